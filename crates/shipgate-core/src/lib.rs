@@ -1,0 +1,22 @@
+//! The domain of shipgate, free of I/O frameworks: the config model and its validation, the
+//! names a user types (apps, environments, versions, digests), the environment graph, the
+//! promotion state machine and the rules that decide whether a release may enter an
+//! environment, plus the audit chain hash.
+//!
+//! This crate must not depend on tokio, SQL or HTTP: everything here is a pure function of its
+//! inputs, so the rules can be unit- and property-tested without a server.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod config;
+pub mod duration;
+pub mod names;
+pub mod promotion;
+pub mod size;
+pub mod template;
+
+pub use config::{AppConfig, Config, ConfigError, ConfigProblem, EnvironmentConfig, ServerConfig};
+pub use duration::Duration;
+pub use names::{AppName, Digest, EnvName, NameError, ReleaseRef, Version};
+pub use promotion::{EntryRefusal, PromotionKind, PromotionState};
+pub use size::ByteSize;

@@ -1,0 +1,236 @@
+//! Names a user types: apps, environments, versions, digests and `app@version` references.
+//! Each type parses its text once; holding one is the proof that it is well formed.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a name was refused, with what to type instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NameError(pub String);
+
+fn check_identifier(kind: &str, s: &str) -> Result<(), NameError> {
+    let ok_first = s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_rest = s
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if s.is_empty() || s.len() > 63 || !ok_first || !ok_rest {
+        return Err(NameError(format!(
+            "`{s}` is not a valid {kind} name: use 1 to 63 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+macro_rules! identifier {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parses a name, refusing characters that could not be used in paths and host names.
+            pub fn parse(s: &str) -> Result<Self, NameError> {
+                check_identifier($kind, s)?;
+                Ok(Self(s.to_owned()))
+            }
+            /// The name as typed.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::str::FromStr for $name {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, NameError> {
+                Self::parse(s)
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+identifier!(
+    /// The name of an app, as in `[apps.web]`.
+    AppName,
+    "app"
+);
+identifier!(
+    /// The name of an environment, as in `[environments.staging]`.
+    EnvName,
+    "environment"
+);
+
+/// A release version as registered (`1.4.2`, `2026.11.22-3`, `v7+build.5`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(String);
+
+impl Version {
+    /// Parses a version: 1 to 128 characters among letters, digits, `.`, `-`, `_` and `+`.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
+        if !ok {
+            return Err(NameError(format!(
+                "`{s}` is not a valid version: use letters, digits, `.`, `-`, `_` or `+`, starting with a letter or digit (for example 1.4.2)"
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    /// The version as typed.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The sha256 digest of a release artifact, written `sha256:<64 lowercase hex digits>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(String);
+
+impl Digest {
+    /// Parses `sha256:<hex>`.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        let hex = s.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+            return Err(NameError(format!(
+                "`{s}` is not a digest: expected `sha256:` followed by 64 lowercase hex digits"
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    /// Builds a digest from the 32 bytes of a sha256 sum.
+    pub fn from_sha256(bytes: &[u8; 32]) -> Self {
+        Self(format!("sha256:{}", hex::encode(bytes)))
+    }
+    /// The full text, `sha256:...`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The hex part alone, used as the artifact's file name.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+    /// The first 12 hex digits, for people.
+    pub fn short(&self) -> &str {
+        &self.hex()[..12]
+    }
+}
+
+macro_rules! text_impls {
+    ($name:ident) => {
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::str::FromStr for $name {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, NameError> {
+                Self::parse(s)
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+text_impls!(Version);
+text_impls!(Digest);
+
+/// `app@version`, as typed in `shipgate promote web@1.4.2 --to testing`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReleaseRef {
+    /// The app.
+    pub app: AppName,
+    /// The version of that app.
+    pub version: Version,
+}
+
+impl ReleaseRef {
+    /// Parses `app@version`.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        let (app, version) = s.split_once('@').ok_or_else(|| {
+            NameError(format!("`{s}` names no version: write APP@VERSION, for example web@1.4.2"))
+        })?;
+        Ok(Self { app: AppName::parse(app)?, version: Version::parse(version)? })
+    }
+}
+
+impl fmt::Display for ReleaseRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.app, self.version)
+    }
+}
+
+impl std::str::FromStr for ReleaseRef {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        Self::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names_refuse_path_characters() {
+        assert!(AppName::parse("web").is_ok());
+        assert!(AppName::parse("../web").is_err());
+        assert!(EnvName::parse("Prod").is_err());
+        assert!(Version::parse("1.4.2").is_ok());
+        assert!(Version::parse("1/2").is_err());
+        assert!(Version::parse("..").is_err());
+    }
+
+    #[test]
+    fn release_ref_needs_an_at() {
+        let r = ReleaseRef::parse("web@1.4.2").unwrap();
+        assert_eq!(r.to_string(), "web@1.4.2");
+        let e = ReleaseRef::parse("web").unwrap_err();
+        assert!(e.0.contains("APP@VERSION"));
+    }
+
+    #[test]
+    fn digest_shape() {
+        let d = Digest::from_sha256(&[0xab; 32]);
+        assert_eq!(Digest::parse(d.as_str()).unwrap(), d);
+        assert_eq!(d.short(), "abababababab");
+        assert!(Digest::parse("sha256:ABC").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parsed_versions_never_contain_separators(s in "\\PC{0,20}") {
+            if let Ok(v) = Version::parse(&s) {
+                prop_assert!(!v.as_str().contains('/') && !v.as_str().starts_with('.'));
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Runs release instances on a machine: starting them, waiting until they answer their health
+//! check, supervising them (restart with backoff after a crash, giving up on a crash loop),
+//! stopping them, and keeping their logs. It acts on what it is asked and reports what happened;
+//! it must not decide which release is live, and it never touches the database or the router.
+//! Requests and replies are plain serializable data so that a remote agent can serve them later.
+
+#![forbid(unsafe_code)]
+
+mod log_file;
+mod process;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use log_file::tail_lines;
+pub use process::ProcessDriver;
+
+/// Starts, supervises and stops instances on one machine.
+///
+/// Requests and replies are plain serializable data so a remote agent can serve them later.
+/// Every operation is idempotent, keyed by `instance_id`.
+#[async_trait::async_trait]
+pub trait Driver: Send + Sync {
+    /// Starts an instance and waits until it is healthy. Asked again for an `instance_id` that
+    /// is already running, returns the same [`InstanceStarted`] without starting another.
+    async fn start(&self, req: StartInstance) -> Result<InstanceStarted, DriverError>;
+
+    /// Stops an instance: SIGTERM to its process group, then SIGKILL after `grace`. Unknown or
+    /// already stopped: `Ok(())`. If this driver does not know the instance but `pid` is given
+    /// (an instance left by a previous server process that was killed), it kills that process
+    /// group only if `/proc/<pid>/environ` contains `SHIPGATE_INSTANCE=<instance_id>`, so a
+    /// reused pid is never killed.
+    async fn stop(&self, req: StopInstance) -> Result<(), DriverError>;
+
+    /// Whether the driver currently runs this instance, and its pid, port and restarts.
+    async fn status(&self, instance_id: &str) -> Option<InstanceStatus>;
+
+    /// Supervision events (crash, restart, crash-loop give-up) for the engine to record.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DriverEvent>;
+
+    /// Stops every instance (server shutdown).
+    async fn stop_all(&self, grace: Duration);
+}
+
+/// A request to run one instance of a release.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StartInstance {
+    /// Key of every operation on this instance, e.g. `web-development-12`.
+    pub instance_id: String,
+    /// Working directory of the process (the unpacked release).
+    pub release_dir: PathBuf,
+    /// Shell command template, run with `sh -c`. `${PORT}` is replaced by the chosen port and
+    /// every `${NAME}` whose `NAME` is a key of `template_vars` by its value (verbatim, not
+    /// quoted); any other `${...}` is left for the shell.
+    pub command: String,
+    /// Values for the command template, e.g. `APP`, `ENV`, `VERSION`, `DIGEST`, `URL`.
+    pub template_vars: BTreeMap<String, String>,
+    /// Environment variables exported to the process, on top of the inherited environment.
+    /// The driver adds `PORT`, `SHIPGATE_PORT` and `SHIPGATE_INSTANCE=<instance_id>`.
+    pub env: BTreeMap<String, String>,
+    /// `GET http://127.0.0.1:<port><health_path>` must answer 2xx for the instance to be healthy.
+    pub health_path: String,
+    /// How long a (re)start may take to become healthy.
+    pub health_timeout: Duration,
+    /// File that stdout and stderr are appended to; parent directories are created.
+    pub log_path: PathBuf,
+    /// Loopback port to listen on; `None` picks a free one.
+    pub port: Option<u16>,
+}
+
+/// The reply to a successful [`Driver::start`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStarted {
+    /// The instance this reply is about.
+    pub instance_id: String,
+    /// Pid of the process (also its process group id).
+    pub pid: u32,
+    /// Loopback port the instance listens on; it keeps it across restarts.
+    pub port: u16,
+    /// `127.0.0.1:<port>`, the address the router should send traffic to.
+    pub addr: SocketAddr,
+    /// Time from spawn to the first 2xx health answer.
+    pub ready_after: Duration,
+}
+
+/// A request to stop one instance.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StopInstance {
+    /// The instance to stop.
+    pub instance_id: String,
+    /// Pid recorded when it started, used only when this driver does not know the instance.
+    pub pid: Option<u32>,
+    /// How long to wait after SIGTERM before SIGKILL.
+    pub grace: Duration,
+}
+
+/// What the driver knows about an instance it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// The instance this status is about.
+    pub instance_id: String,
+    /// Pid of the current (or, while restarting, the last) process.
+    pub pid: u32,
+    /// Loopback port the instance listens on.
+    pub port: u16,
+    /// How many times it was restarted after a crash.
+    pub restarts: u32,
+    /// Whether the current process passed its health check and has not exited since.
+    pub healthy: bool,
+}
+
+/// Something that happened to a running instance without anyone asking.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DriverEvent {
+    /// A running instance exited without being asked to (or a restart of it failed); it will
+    /// be restarted after `restart_in`.
+    Crashed {
+        /// The instance that crashed.
+        instance_id: String,
+        /// How it ended, e.g. `exit code 3` or `signal 9`.
+        exit: String,
+        /// Backoff before the next start attempt.
+        restart_in: Duration,
+    },
+    /// The instance was started again after a crash and answers its health check.
+    Restarted {
+        /// The instance that was restarted.
+        instance_id: String,
+        /// Pid of the new process.
+        pid: u32,
+    },
+    /// Too many crashes in the window: the driver stopped restarting it and forgot it.
+    GaveUp {
+        /// The instance that was given up.
+        instance_id: String,
+        /// Crashes counted within the window.
+        crashes: u32,
+    },
+}
+
+/// Why a driver operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The process kept running but did not answer 2xx in time; it was killed.
+    #[error(
+        "instance {instance_id} did not become healthy within {timeout:?} (GET {url}: {last_error}); last log lines:\n{log_tail}"
+    )]
+    Unhealthy {
+        /// The instance that was started.
+        instance_id: String,
+        /// The health timeout that passed.
+        timeout: Duration,
+        /// The health URL that was polled.
+        url: String,
+        /// The last answer or connection error seen.
+        last_error: String,
+        /// The last lines of the instance's log.
+        log_tail: String,
+    },
+    /// The process exited before it was healthy.
+    #[error(
+        "instance {instance_id} exited with {exit} before becoming healthy; last log lines:\n{log_tail}"
+    )]
+    ExitedEarly {
+        /// The instance that was started.
+        instance_id: String,
+        /// How it ended, e.g. `exit code 1` or `signal 9`.
+        exit: String,
+        /// The last lines of the instance's log.
+        log_tail: String,
+    },
+    /// The process could not be spawned at all.
+    #[error("could not start instance {instance_id} (sh -c {command:?}): {source}")]
+    Spawn {
+        /// The instance that was started.
+        instance_id: String,
+        /// The expanded command.
+        command: String,
+        /// Why spawning failed.
+        source: std::io::Error,
+    },
+    /// A stop was asked while the instance was still starting; nothing is left running.
+    #[error("instance {instance_id} was stopped before it became healthy")]
+    Stopped {
+        /// The instance that was started.
+        instance_id: String,
+    },
+    /// Some other I/O failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the driver was doing.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl DriverError {
+    /// A short reason for a failed restart, for [`DriverEvent::Crashed`].
+    fn crash_reason(&self) -> String {
+        match self {
+            DriverError::Unhealthy { timeout, .. } => {
+                format!("not healthy within {timeout:?} after restart")
+            }
+            DriverError::ExitedEarly { exit, .. } => format!("{exit} before becoming healthy"),
+            other => other.to_string(),
+        }
+    }
+}
