@@ -1,1 +1,136 @@
+//! Durable state of shipgate: releases, promotions and their gates, what is live where, the
+//! instances started for it, API tokens, and the append-only, hash-chained event log; plus the
+//! content-addressed artifact store on disk.
+//!
+//! Every change of state is written in one transaction together with its event. This crate
+//! records decisions; it must not make them (the rules live in `shipgate-core`, the flow in
+//! `shipgate-engine`). [`Store`] is the boundary; [`SqliteStore`] its embedded implementation.
 #![forbid(unsafe_code)]
+
+pub mod artifact;
+mod model;
+mod sqlite;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use shipgate_core::{AppName, Digest, EnvName, PromotionState, Version};
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The version exists with other content; releases are immutable.
+    #[error("{app}@{version} is already registered with digest {existing}, and this artifact has digest {offered}; releases are immutable: register the new content under a new version")]
+    ReleaseConflict {
+        /// The app.
+        app: AppName,
+        /// The version registered twice.
+        version: Version,
+        /// The digest on record.
+        existing: Digest,
+        /// The digest offered now.
+        offered: Digest,
+    },
+    /// The promotion was not in a state the change starts from (someone else moved it first).
+    #[error("promotion {id} is {actual}, not {expected}")]
+    StateConflict {
+        /// The promotion.
+        id: i64,
+        /// The states the change starts from.
+        expected: String,
+        /// Its state now.
+        actual: PromotionState,
+    },
+    /// No such record.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A stored value no longer parses: the database was changed outside shipgate.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// The database failed while doing `context`.
+    #[error("database error while {context}: {source}")]
+    Database {
+        /// What the store was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Result of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything shipgate keeps. Shaped so a PostgreSQL implementation can sit beside SQLite:
+/// plain data in, plain data out, one transaction per method.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Registers a release. The same version with the same digest returns the existing release
+    /// (`created == false`) and writes nothing; with another digest it is refused.
+    async fn insert_release(&self, release: NewRelease, actor: &str) -> Result<(Release, bool)>;
+    /// One release.
+    async fn release(&self, app: &AppName, version: &Version) -> Result<Option<Release>>;
+    /// Releases, newest first, of one app or all.
+    async fn releases(&self, app: Option<&AppName>) -> Result<Vec<Release>>;
+
+    /// Records a new pending promotion, superseding any pending one for the same app and
+    /// environment (each with its event).
+    async fn create_promotion(&self, promotion: NewPromotion, actor: &str) -> Result<Promotion>;
+    /// Moves a promotion from one of `from` to `to`, applies `live`, and appends the event, all
+    /// in one transaction; refused with [`StoreError::StateConflict`] if it was not in `from`.
+    async fn transition(&self, change: Transition) -> Result<Promotion>;
+    /// One promotion.
+    async fn promotion(&self, id: i64) -> Result<Option<Promotion>>;
+    /// Promotions matching the filter, newest first.
+    async fn promotions(&self, filter: PromotionFilter) -> Result<Vec<Promotion>>;
+    /// The digest of `app@version` that succeeded in `env`, if it did.
+    async fn verified_digest(&self, app: &AppName, version: &Version, env: &EnvName) -> Result<Option<Digest>>;
+
+    /// Records one gate result of a promotion, with its event.
+    async fn record_gate(&self, gate: NewGate, actor: &str) -> Result<Gate>;
+    /// The gates of a promotion, in order.
+    async fn gates(&self, promotion_id: i64) -> Result<Vec<Gate>>;
+
+    /// What is live, for one app or all.
+    async fn live(&self, app: Option<&AppName>) -> Result<Vec<LiveRelease>>;
+
+    /// Records an instance (started or changed).
+    async fn put_instance(&self, instance: InstanceRecord) -> Result<()>;
+    /// Instances recorded as running (to stop or restore after a restart).
+    async fn running_instances(&self) -> Result<Vec<InstanceRecord>>;
+
+    /// Appends an event by itself (for changes that are not promotions: crashes, restarts).
+    async fn append_event(&self, event: NewEvent) -> Result<Event>;
+    /// Events with id greater than `after`, oldest first, at most `limit`.
+    async fn events(&self, filter: EventFilter) -> Result<Vec<Event>>;
+    /// Subscribes to every event appended from now on.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event>;
+
+    /// Stores a token's hash under a name.
+    async fn insert_token(&self, token: NewToken, actor: &str) -> Result<TokenRecord>;
+    /// The token whose sha256 hash is `hash`, unless revoked.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
+}
+
+/// Re-computes the audit chain over `events` (all of them, oldest first).
+pub fn verify_chain(events: &[Event]) -> AuditReport {
+    let mut prev = shipgate_core::audit::GENESIS.to_owned();
+    for (i, e) in events.iter().enumerate() {
+        let expected_id = i as i64 + 1;
+        let problem = if e.id != expected_id {
+            Some(format!("event {expected_id} is missing (found {} in its place)", e.id))
+        } else if e.prev_hash != prev {
+            Some(format!("event {} does not follow event {}: the log was changed or reordered", e.id, e.id - 1))
+        } else if e.hash != e.compute_hash() {
+            Some(format!("event {} was changed after it was written", e.id))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return AuditReport { checked: i, problem: Some(problem) };
+        }
+        prev = e.hash.clone();
+    }
+    AuditReport { checked: events.len(), problem: None }
+}

@@ -1,0 +1,317 @@
+//! Records as the store keeps them.
+
+use serde::{Deserialize, Serialize};
+use shipgate_core::{AppName, Digest, EnvName, PromotionKind, PromotionState, Version};
+
+/// A registered, immutable release.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Release {
+    /// The app.
+    pub app: AppName,
+    /// Its version.
+    pub version: Version,
+    /// sha256 of the artifact as uploaded.
+    pub digest: Digest,
+    /// Artifact size in bytes.
+    pub size: i64,
+    /// Source commit, if given.
+    pub commit: Option<String>,
+    /// Free text, if given.
+    pub notes: Option<String>,
+    /// Who registered it.
+    pub created_by: String,
+    /// When (RFC 3339).
+    pub created_at: String,
+}
+
+/// A release about to be registered.
+#[derive(Debug, Clone)]
+pub struct NewRelease {
+    /// The app.
+    pub app: AppName,
+    /// Its version.
+    pub version: Version,
+    /// sha256 of the artifact.
+    pub digest: Digest,
+    /// Artifact size in bytes.
+    pub size: i64,
+    /// Source commit.
+    pub commit: Option<String>,
+    /// Free text.
+    pub notes: Option<String>,
+}
+
+/// A request to put one release into one environment, and where it stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Promotion {
+    /// Sequence number.
+    pub id: i64,
+    /// The app.
+    pub app: AppName,
+    /// The version promoted.
+    pub version: Version,
+    /// Its digest (the one deployed).
+    pub digest: Digest,
+    /// Target environment.
+    pub env: EnvName,
+    /// Promote or rollback.
+    pub kind: PromotionKind,
+    /// Where it stands.
+    pub state: PromotionState,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// The version live in the environment when it was asked for.
+    pub previous_version: Option<Version>,
+    /// Why it ended as it did (failure, supersession), if it has.
+    pub reason: Option<String>,
+    /// When it was asked for (RFC 3339).
+    pub created_at: String,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+}
+
+/// A promotion about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewPromotion {
+    /// The app.
+    pub app: AppName,
+    /// The version.
+    pub version: Version,
+    /// Its digest.
+    pub digest: Digest,
+    /// Target environment.
+    pub env: EnvName,
+    /// Promote or rollback.
+    pub kind: PromotionKind,
+    /// What is live there now.
+    pub previous_version: Option<Version>,
+}
+
+/// What a transition does to the environment's live release.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveChange {
+    /// Leave it.
+    Keep,
+    /// The promotion's release is now live.
+    Promoted,
+    /// Put back what was live before (the release and promotion given), or nothing.
+    Restore(Option<LiveRelease>),
+}
+
+/// One change of a promotion's state, with its event.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// The promotion.
+    pub promotion_id: i64,
+    /// States it may be in now.
+    pub from: Vec<PromotionState>,
+    /// State after.
+    pub to: PromotionState,
+    /// Why (for failures and supersession).
+    pub reason: Option<String>,
+    /// Effect on the live release.
+    pub live: LiveChange,
+    /// Who made the change.
+    pub actor: String,
+    /// The sentence recorded in the event.
+    pub message: String,
+    /// Also mark the promotion that made the previous release live as rolled back.
+    pub roll_back_promotion: Option<i64>,
+}
+
+/// Which promotions to list.
+#[derive(Debug, Clone, Default)]
+pub struct PromotionFilter {
+    /// Only this app.
+    pub app: Option<AppName>,
+    /// Only this environment.
+    pub env: Option<EnvName>,
+    /// Only these states (any if empty).
+    pub states: Vec<PromotionState>,
+    /// At most this many (all if None).
+    pub limit: Option<i64>,
+}
+
+/// One recorded requirement or verification step of a promotion.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Gate {
+    /// Sequence number.
+    pub id: i64,
+    /// The promotion it belongs to.
+    pub promotion_id: i64,
+    /// What was checked (`deploy`, `health`, `test: ./smoke --url ...`).
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Output kept for `history` (truncated to its last 64 KiB).
+    pub output: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// When it ended (RFC 3339).
+    pub finished_at: String,
+}
+
+/// A gate result about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewGate {
+    /// The promotion.
+    pub promotion_id: i64,
+    /// What was checked.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Its output.
+    pub output: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+}
+
+/// The release live in one environment for one app.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LiveRelease {
+    /// The app.
+    pub app: AppName,
+    /// The environment.
+    pub env: EnvName,
+    /// The live version.
+    pub version: Version,
+    /// Its digest.
+    pub digest: Digest,
+    /// The promotion that made it live.
+    pub promotion_id: i64,
+    /// Since when (RFC 3339).
+    pub since: String,
+}
+
+/// An instance started for a release in an environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstanceRecord {
+    /// Driver key (`web-production-12-1`).
+    pub id: String,
+    /// The app.
+    pub app: AppName,
+    /// The environment.
+    pub env: EnvName,
+    /// The release version it runs.
+    pub version: Version,
+    /// The promotion it serves.
+    pub promotion_id: i64,
+    /// Process id, if known.
+    pub pid: Option<i64>,
+    /// Its port.
+    pub port: Option<i64>,
+    /// `running` or `stopped`.
+    pub state: String,
+    /// Its log file.
+    pub log_path: String,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Sequence number, 1-based and gapless.
+    pub id: i64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who caused it.
+    pub actor: String,
+    /// What kind of change (`promotion.succeeded`, ...).
+    pub kind: String,
+    /// The app concerned, if any.
+    pub app: Option<String>,
+    /// The environment concerned, if any.
+    pub env: Option<String>,
+    /// The promotion concerned, if any.
+    pub promotion_id: Option<i64>,
+    /// What happened, in a sentence.
+    pub message: String,
+    /// Details.
+    pub data: serde_json::Value,
+    /// Hash of the event before.
+    pub prev_hash: String,
+    /// Hash of this event (see `shipgate_core::audit`).
+    pub hash: String,
+}
+
+impl Event {
+    /// The hash this event should carry.
+    pub fn compute_hash(&self) -> String {
+        let data = self.data.to_string();
+        shipgate_core::audit::chain_hash(
+            &self.prev_hash,
+            &shipgate_core::audit::EventContent {
+                id: self.id,
+                at: &self.at,
+                actor: &self.actor,
+                kind: &self.kind,
+                message: &self.message,
+                data: &data,
+            },
+        )
+    }
+}
+
+/// An event about to be appended.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    /// Who caused it.
+    pub actor: String,
+    /// What kind of change.
+    pub kind: String,
+    /// The app concerned.
+    pub app: Option<String>,
+    /// The environment concerned.
+    pub env: Option<String>,
+    /// The promotion concerned.
+    pub promotion_id: Option<i64>,
+    /// What happened.
+    pub message: String,
+    /// Details.
+    pub data: serde_json::Value,
+}
+
+/// Which events to list.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only events after this id.
+    pub after: i64,
+    /// At most this many.
+    pub limit: Option<i64>,
+    /// Only this app.
+    pub app: Option<String>,
+    /// Only this environment.
+    pub env: Option<String>,
+}
+
+/// Result of checking the audit chain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditReport {
+    /// Events found intact before the first problem.
+    pub checked: usize,
+    /// The first problem, if any.
+    pub problem: Option<String>,
+}
+
+/// An API token as stored: only its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenRecord {
+    /// Sequence number.
+    pub id: i64,
+    /// Who it belongs to (shown as the actor of what it does).
+    pub name: String,
+    /// Its role (`admin` for now; roles arrive with the gates release).
+    pub role: String,
+    /// When it was made.
+    pub created_at: String,
+}
+
+/// A token about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: String,
+    /// Hex sha256 of the secret.
+    pub hash: String,
+}

@@ -1,0 +1,657 @@
+//! The embedded store: one SQLite file in WAL mode inside the data dir.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use shipgate_core::{AppName, Digest, EnvName, PromotionKind, PromotionState, Version};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::{Mutex, broadcast};
+
+use crate::*;
+
+/// Schema changes, applied in order at start; never edit one that has shipped, add another.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE releases (
+    app TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+    commit_sha TEXT, notes TEXT, created_by TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (app, version)
+);
+CREATE TABLE promotions (
+    id INTEGER PRIMARY KEY, app TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL,
+    env TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL, requested_by TEXT NOT NULL,
+    previous_version TEXT, reason TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    FOREIGN KEY (app, version) REFERENCES releases (app, version)
+);
+CREATE INDEX promotions_app_env ON promotions (app, env, id);
+CREATE INDEX promotions_state ON promotions (state);
+CREATE TABLE gates (
+    id INTEGER PRIMARY KEY, promotion_id INTEGER NOT NULL REFERENCES promotions (id),
+    name TEXT NOT NULL, passed INTEGER NOT NULL, output TEXT NOT NULL,
+    started_at TEXT NOT NULL, finished_at TEXT NOT NULL
+);
+CREATE INDEX gates_promotion ON gates (promotion_id);
+CREATE TABLE live (
+    app TEXT NOT NULL, env TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL,
+    promotion_id INTEGER NOT NULL REFERENCES promotions (id), since TEXT NOT NULL,
+    PRIMARY KEY (app, env)
+);
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY, app TEXT NOT NULL, env TEXT NOT NULL, version TEXT NOT NULL,
+    promotion_id INTEGER NOT NULL, pid INTEGER, port INTEGER, state TEXT NOT NULL,
+    log_path TEXT NOT NULL, updated_at TEXT NOT NULL
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, kind TEXT NOT NULL,
+    app TEXT, env TEXT, promotion_id INTEGER, message TEXT NOT NULL, data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+);
+CREATE INDEX events_app_env ON events (app, env);
+CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+CREATE TRIGGER events_are_append_only_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+CREATE TABLE tokens (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, revoked_at TEXT
+);
+"#];
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// Serialises writers so the event chain has one tail; readers never wait on it.
+    write: Mutex<()>,
+    events: broadcast::Sender<Event>,
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { context, source }
+}
+
+fn parse<T, E: std::fmt::Display>(what: &str, s: &str, f: impl FnOnce(&str) -> std::result::Result<T, E>) -> Result<T> {
+    f(s).map_err(|e| StoreError::Corrupt(format!("{what} `{s}`: {e}")))
+}
+
+fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(row: &'r SqliteRow, col: &str) -> Result<T> {
+    row.try_get(col).map_err(db("reading a row"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db("opening the database"))?;
+        migrate(&pool).await?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self { pool, write: Mutex::new(()), events })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'_, Sqlite>> {
+        self.pool.begin().await.map_err(db("starting a transaction"))
+    }
+
+    async fn commit(&self, tx: Transaction<'_, Sqlite>, events: Vec<Event>) -> Result<()> {
+        tx.commit().await.map_err(db("committing"))?;
+        for e in events {
+            // No subscriber is fine: the event is durable either way.
+            let _ = self.events.send(e);
+        }
+        Ok(())
+    }
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        .execute(pool)
+        .await
+        .map_err(db("creating the migrations table"))?;
+    let applied: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        .fetch_one(pool)
+        .await
+        .map_err(db("reading the schema version"))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        let mut tx = pool.begin().await.map_err(db("starting a migration"))?;
+        sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(db("applying a migration"))?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+            .bind(i as i64 + 1)
+            .bind(now())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("recording a migration"))?;
+        tx.commit().await.map_err(db("committing a migration"))?;
+    }
+    Ok(())
+}
+
+async fn append(tx: &mut Transaction<'_, Sqlite>, e: NewEvent) -> Result<Event> {
+    let last: Option<(i64, String)> = sqlx::query_as("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("reading the event chain"))?;
+    let (prev_id, prev_hash) = last.unwrap_or((0, shipgate_core::audit::GENESIS.to_owned()));
+    let mut event = Event {
+        id: prev_id + 1,
+        at: now(),
+        actor: e.actor,
+        kind: e.kind,
+        app: e.app,
+        env: e.env,
+        promotion_id: e.promotion_id,
+        message: e.message,
+        data: e.data,
+        prev_hash,
+        hash: String::new(),
+    };
+    event.hash = event.compute_hash();
+    sqlx::query("INSERT INTO events (id, at, actor, kind, app, env, promotion_id, message, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        .bind(event.id)
+        .bind(&event.at)
+        .bind(&event.actor)
+        .bind(&event.kind)
+        .bind(&event.app)
+        .bind(&event.env)
+        .bind(event.promotion_id)
+        .bind(&event.message)
+        .bind(event.data.to_string())
+        .bind(&event.prev_hash)
+        .bind(&event.hash)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("appending an event"))?;
+    Ok(event)
+}
+
+fn release_from(row: &SqliteRow) -> Result<Release> {
+    Ok(Release {
+        app: parse("app", &get::<String>(row, "app")?, AppName::parse)?,
+        version: parse("version", &get::<String>(row, "version")?, Version::parse)?,
+        digest: parse("digest", &get::<String>(row, "digest")?, Digest::parse)?,
+        size: get(row, "size")?,
+        commit: get(row, "commit_sha")?,
+        notes: get(row, "notes")?,
+        created_by: get(row, "created_by")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn promotion_from(row: &SqliteRow) -> Result<Promotion> {
+    let state: String = get(row, "state")?;
+    let kind: String = get(row, "kind")?;
+    let previous: Option<String> = get(row, "previous_version")?;
+    Ok(Promotion {
+        id: get(row, "id")?,
+        app: parse("app", &get::<String>(row, "app")?, AppName::parse)?,
+        version: parse("version", &get::<String>(row, "version")?, Version::parse)?,
+        digest: parse("digest", &get::<String>(row, "digest")?, Digest::parse)?,
+        env: parse("environment", &get::<String>(row, "env")?, EnvName::parse)?,
+        kind: PromotionKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("promotion kind `{kind}`")))?,
+        state: PromotionState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("promotion state `{state}`")))?,
+        requested_by: get(row, "requested_by")?,
+        previous_version: previous.map(|v| parse("version", &v, Version::parse)).transpose()?,
+        reason: get(row, "reason")?,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+fn live_from(row: &SqliteRow) -> Result<LiveRelease> {
+    Ok(LiveRelease {
+        app: parse("app", &get::<String>(row, "app")?, AppName::parse)?,
+        env: parse("environment", &get::<String>(row, "env")?, EnvName::parse)?,
+        version: parse("version", &get::<String>(row, "version")?, Version::parse)?,
+        digest: parse("digest", &get::<String>(row, "digest")?, Digest::parse)?,
+        promotion_id: get(row, "promotion_id")?,
+        since: get(row, "since")?,
+    })
+}
+
+fn event_from(row: &SqliteRow) -> Result<Event> {
+    let data: String = get(row, "data")?;
+    Ok(Event {
+        id: get(row, "id")?,
+        at: get(row, "at")?,
+        actor: get(row, "actor")?,
+        kind: get(row, "kind")?,
+        app: get(row, "app")?,
+        env: get(row, "env")?,
+        promotion_id: get(row, "promotion_id")?,
+        message: get(row, "message")?,
+        data: serde_json::Value::from_str(&data).map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
+        prev_hash: get(row, "prev_hash")?,
+        hash: get(row, "hash")?,
+    })
+}
+
+async fn promotion_in(tx: &mut Transaction<'_, Sqlite>, id: i64) -> Result<Promotion> {
+    let row = sqlx::query("SELECT * FROM promotions WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("reading a promotion"))?
+        .ok_or_else(|| StoreError::NotFound(format!("promotion {id}")))?;
+    promotion_from(&row)
+}
+
+async fn set_state(tx: &mut Transaction<'_, Sqlite>, id: i64, state: PromotionState, reason: Option<&str>) -> Result<()> {
+    sqlx::query("UPDATE promotions SET state = ?, reason = COALESCE(?, reason), updated_at = ? WHERE id = ?")
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(now())
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("updating a promotion"))?;
+    Ok(())
+}
+
+fn promotion_event(p: &Promotion, actor: &str, kind: &str, message: String, data: serde_json::Value) -> NewEvent {
+    NewEvent {
+        actor: actor.to_owned(),
+        kind: kind.to_owned(),
+        app: Some(p.app.to_string()),
+        env: Some(p.env.to_string()),
+        promotion_id: Some(p.id),
+        message,
+        data,
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_release(&self, r: NewRelease, actor: &str) -> Result<(Release, bool)> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let existing = sqlx::query("SELECT * FROM releases WHERE app = ? AND version = ?")
+            .bind(r.app.as_str())
+            .bind(r.version.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("reading a release"))?;
+        if let Some(row) = existing {
+            let existing = release_from(&row)?;
+            if existing.digest == r.digest {
+                return Ok((existing, false));
+            }
+            return Err(StoreError::ReleaseConflict {
+                app: r.app,
+                version: r.version,
+                existing: existing.digest,
+                offered: r.digest,
+            });
+        }
+        let release = Release {
+            app: r.app,
+            version: r.version,
+            digest: r.digest,
+            size: r.size,
+            commit: r.commit,
+            notes: r.notes,
+            created_by: actor.to_owned(),
+            created_at: now(),
+        };
+        sqlx::query("INSERT INTO releases (app, version, digest, size, commit_sha, notes, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(release.app.as_str())
+            .bind(release.version.as_str())
+            .bind(release.digest.as_str())
+            .bind(release.size)
+            .bind(&release.commit)
+            .bind(&release.notes)
+            .bind(&release.created_by)
+            .bind(&release.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("inserting a release"))?;
+        let event = append(
+            &mut tx,
+            NewEvent {
+                actor: actor.to_owned(),
+                kind: "release.created".into(),
+                app: Some(release.app.to_string()),
+                message: format!("registered {}@{} ({})", release.app, release.version, release.digest),
+                data: serde_json::json!({ "version": release.version, "digest": release.digest, "size": release.size, "commit": release.commit }),
+                ..NewEvent::default()
+            },
+        )
+        .await?;
+        self.commit(tx, vec![event]).await?;
+        Ok((release, true))
+    }
+
+    async fn release(&self, app: &AppName, version: &Version) -> Result<Option<Release>> {
+        sqlx::query("SELECT * FROM releases WHERE app = ? AND version = ?")
+            .bind(app.as_str())
+            .bind(version.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a release"))?
+            .map(|r| release_from(&r))
+            .transpose()
+    }
+
+    async fn releases(&self, app: Option<&AppName>) -> Result<Vec<Release>> {
+        sqlx::query("SELECT * FROM releases WHERE ?1 IS NULL OR app = ?1 ORDER BY created_at DESC, rowid DESC")
+            .bind(app.map(AppName::as_str))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing releases"))?
+            .iter()
+            .map(release_from)
+            .collect()
+    }
+
+    async fn create_promotion(&self, p: NewPromotion, actor: &str) -> Result<Promotion> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let mut events = Vec::new();
+        let pending: Vec<i64> = sqlx::query_scalar("SELECT id FROM promotions WHERE app = ? AND env = ? AND state = 'pending'")
+            .bind(p.app.as_str())
+            .bind(p.env.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading pending promotions"))?;
+        let at = now();
+        let id: i64 = sqlx::query_scalar("INSERT INTO promotions (app, version, digest, env, kind, state, requested_by, previous_version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) RETURNING id")
+            .bind(p.app.as_str())
+            .bind(p.version.as_str())
+            .bind(p.digest.as_str())
+            .bind(p.env.as_str())
+            .bind(p.kind.as_str())
+            .bind(actor)
+            .bind(p.previous_version.as_ref().map(Version::as_str))
+            .bind(&at)
+            .bind(&at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("inserting a promotion"))?;
+        let promotion = promotion_in(&mut tx, id).await?;
+        for old in pending {
+            let reason = format!("superseded by promotion {id} ({}@{})", p.app, p.version);
+            set_state(&mut tx, old, PromotionState::Superseded, Some(&reason)).await?;
+            let old = promotion_in(&mut tx, old).await?;
+            let message = format!("promotion {} of {}@{} to {} {reason}", old.id, old.app, old.version, old.env);
+            events.push(append(&mut tx, promotion_event(&old, actor, "promotion.superseded", message, serde_json::json!({ "by": id }))).await?);
+        }
+        let message = format!("{actor} asked to {} {}@{} in {}", p.kind.as_str(), p.app, p.version, p.env);
+        let data = serde_json::json!({ "version": p.version, "digest": p.digest, "kind": p.kind, "previous_version": p.previous_version });
+        events.push(append(&mut tx, promotion_event(&promotion, actor, "promotion.requested", message, data)).await?);
+        self.commit(tx, events).await?;
+        Ok(promotion)
+    }
+
+    async fn transition(&self, t: Transition) -> Result<Promotion> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let before = promotion_in(&mut tx, t.promotion_id).await?;
+        if !t.from.contains(&before.state) || !before.state.can_become(t.to) {
+            let expected: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
+            return Err(StoreError::StateConflict { id: t.promotion_id, expected: expected.join(" or "), actual: before.state });
+        }
+        set_state(&mut tx, t.promotion_id, t.to, t.reason.as_deref()).await?;
+        let mut events = Vec::new();
+        match &t.live {
+            LiveChange::Keep => {}
+            LiveChange::Promoted => {
+                sqlx::query("INSERT OR REPLACE INTO live (app, env, version, digest, promotion_id, since) VALUES (?, ?, ?, ?, ?, ?)")
+                    .bind(before.app.as_str())
+                    .bind(before.env.as_str())
+                    .bind(before.version.as_str())
+                    .bind(before.digest.as_str())
+                    .bind(before.id)
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("recording the live release"))?;
+            }
+            LiveChange::Restore(None) => {
+                sqlx::query("DELETE FROM live WHERE app = ? AND env = ?")
+                    .bind(before.app.as_str())
+                    .bind(before.env.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("clearing the live release"))?;
+            }
+            LiveChange::Restore(Some(l)) => {
+                sqlx::query("INSERT OR REPLACE INTO live (app, env, version, digest, promotion_id, since) VALUES (?, ?, ?, ?, ?, ?)")
+                    .bind(l.app.as_str())
+                    .bind(l.env.as_str())
+                    .bind(l.version.as_str())
+                    .bind(l.digest.as_str())
+                    .bind(l.promotion_id)
+                    .bind(&l.since)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("restoring the live release"))?;
+            }
+        }
+        let after = promotion_in(&mut tx, t.promotion_id).await?;
+        let data = serde_json::json!({ "from": before.state, "to": t.to, "version": after.version, "reason": t.reason, "live": format!("{:?}", t.live) });
+        events.push(append(&mut tx, promotion_event(&after, &t.actor, &format!("promotion.{}", t.to), t.message.clone(), data)).await?);
+        if let Some(old) = t.roll_back_promotion {
+            let old_p = promotion_in(&mut tx, old).await?;
+            if old_p.state.can_become(PromotionState::RolledBack) {
+                let reason = format!("rolled back by promotion {}", after.id);
+                set_state(&mut tx, old, PromotionState::RolledBack, Some(&reason)).await?;
+                let message = format!("{}@{} was rolled back in {}", old_p.app, old_p.version, old_p.env);
+                events.push(append(&mut tx, promotion_event(&old_p, &t.actor, "promotion.rolled_back", message, serde_json::json!({ "by": after.id }))).await?);
+            }
+        }
+        self.commit(tx, events).await?;
+        Ok(after)
+    }
+
+    async fn promotion(&self, id: i64) -> Result<Option<Promotion>> {
+        sqlx::query("SELECT * FROM promotions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a promotion"))?
+            .map(|r| promotion_from(&r))
+            .transpose()
+    }
+
+    async fn promotions(&self, f: PromotionFilter) -> Result<Vec<Promotion>> {
+        let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
+        sqlx::query(
+            "SELECT * FROM promotions WHERE (?1 IS NULL OR app = ?1) AND (?2 IS NULL OR env = ?2)
+             AND (?3 = '' OR instr(?3, ',' || state || ',') > 0) ORDER BY id DESC LIMIT ?4",
+        )
+        .bind(f.app.as_ref().map(AppName::as_str))
+        .bind(f.env.as_ref().map(EnvName::as_str))
+        .bind(if states.is_empty() { String::new() } else { format!(",{},", states.join(",")) })
+        .bind(f.limit.unwrap_or(-1))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing promotions"))?
+        .iter()
+        .map(promotion_from)
+        .collect()
+    }
+
+    async fn verified_digest(&self, app: &AppName, version: &Version, env: &EnvName) -> Result<Option<Digest>> {
+        let digest: Option<String> = sqlx::query_scalar(
+            "SELECT digest FROM promotions WHERE app = ? AND version = ? AND env = ? AND state = 'succeeded' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(app.as_str())
+        .bind(version.as_str())
+        .bind(env.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading verified releases"))?;
+        digest.map(|d| parse("digest", &d, Digest::parse)).transpose()
+    }
+
+    async fn record_gate(&self, g: NewGate, actor: &str) -> Result<Gate> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let finished_at = now();
+        let id: i64 = sqlx::query_scalar("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id")
+            .bind(g.promotion_id)
+            .bind(&g.name)
+            .bind(g.passed)
+            .bind(&g.output)
+            .bind(&g.started_at)
+            .bind(&finished_at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("recording a gate"))?;
+        let p = promotion_in(&mut tx, g.promotion_id).await?;
+        let verdict = if g.passed { "passed" } else { "failed" };
+        let message = format!("{} of {}@{} in {} {verdict}", g.name, p.app, p.version, p.env);
+        let event = append(&mut tx, promotion_event(&p, actor, &format!("gate.{verdict}"), message, serde_json::json!({ "gate": g.name, "gate_id": id }))).await?;
+        self.commit(tx, vec![event]).await?;
+        Ok(Gate { id, promotion_id: g.promotion_id, name: g.name, passed: g.passed, output: g.output, started_at: g.started_at, finished_at })
+    }
+
+    async fn gates(&self, promotion_id: i64) -> Result<Vec<Gate>> {
+        let rows = sqlx::query("SELECT * FROM gates WHERE promotion_id = ? ORDER BY id")
+            .bind(promotion_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading gates"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Gate {
+                    id: get(row, "id")?,
+                    promotion_id: get(row, "promotion_id")?,
+                    name: get(row, "name")?,
+                    passed: get(row, "passed")?,
+                    output: get(row, "output")?,
+                    started_at: get(row, "started_at")?,
+                    finished_at: get(row, "finished_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn live(&self, app: Option<&AppName>) -> Result<Vec<LiveRelease>> {
+        sqlx::query("SELECT * FROM live WHERE ?1 IS NULL OR app = ?1 ORDER BY app, env")
+            .bind(app.map(AppName::as_str))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading live releases"))?
+            .iter()
+            .map(live_from)
+            .collect()
+    }
+
+    async fn put_instance(&self, i: InstanceRecord) -> Result<()> {
+        let _w = self.write.lock().await;
+        sqlx::query("INSERT OR REPLACE INTO instances (id, app, env, version, promotion_id, pid, port, state, log_path, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&i.id)
+            .bind(i.app.as_str())
+            .bind(i.env.as_str())
+            .bind(i.version.as_str())
+            .bind(i.promotion_id)
+            .bind(i.pid)
+            .bind(i.port)
+            .bind(&i.state)
+            .bind(&i.log_path)
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(db("recording an instance"))?;
+        Ok(())
+    }
+
+    async fn running_instances(&self) -> Result<Vec<InstanceRecord>> {
+        let rows = sqlx::query("SELECT * FROM instances WHERE state = 'running' ORDER BY updated_at")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading instances"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(InstanceRecord {
+                    id: get(row, "id")?,
+                    app: parse("app", &get::<String>(row, "app")?, AppName::parse)?,
+                    env: parse("environment", &get::<String>(row, "env")?, EnvName::parse)?,
+                    version: parse("version", &get::<String>(row, "version")?, Version::parse)?,
+                    promotion_id: get(row, "promotion_id")?,
+                    pid: get(row, "pid")?,
+                    port: get(row, "port")?,
+                    state: get(row, "state")?,
+                    log_path: get(row, "log_path")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn append_event(&self, e: NewEvent) -> Result<Event> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let event = append(&mut tx, e).await?;
+        self.commit(tx, vec![event.clone()]).await?;
+        Ok(event)
+    }
+
+    async fn events(&self, f: EventFilter) -> Result<Vec<Event>> {
+        sqlx::query("SELECT * FROM events WHERE id > ?1 AND (?2 IS NULL OR app = ?2) AND (?3 IS NULL OR env = ?3) ORDER BY id LIMIT ?4")
+            .bind(f.after)
+            .bind(f.app)
+            .bind(f.env)
+            .bind(f.limit.unwrap_or(-1))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading events"))?
+            .iter()
+            .map(event_from)
+            .collect()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    async fn insert_token(&self, t: NewToken, actor: &str) -> Result<TokenRecord> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let created_at = now();
+        let id: i64 = sqlx::query_scalar("INSERT INTO tokens (name, role, hash, created_at) VALUES (?, ?, ?, ?) RETURNING id")
+            .bind(&t.name)
+            .bind(&t.role)
+            .bind(&t.hash)
+            .bind(&created_at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("storing a token"))?;
+        let event = append(
+            &mut tx,
+            NewEvent {
+                actor: actor.to_owned(),
+                kind: "token.created".into(),
+                message: format!("token `{}` created with role {}", t.name, t.role),
+                data: serde_json::json!({ "name": t.name, "role": t.role }),
+                ..NewEvent::default()
+            },
+        )
+        .await?;
+        self.commit(tx, vec![event]).await?;
+        Ok(TokenRecord { id, name: t.name, role: t.role, created_at })
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE hash = ? AND revoked_at IS NULL")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a token"))?;
+        row.map(|row| Ok(TokenRecord { id: get(&row, "id")?, name: get(&row, "name")?, role: get(&row, "role")?, created_at: get(&row, "created_at")? }))
+            .transpose()
+    }
+}
