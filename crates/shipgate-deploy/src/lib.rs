@@ -174,12 +174,17 @@ pub enum DriverError {
         log_tail: String,
     },
     /// The process could not be spawned at all.
-    #[error("could not start instance {instance_id} (sh -c {command:?}): {source}")]
+    #[error(
+        "could not start instance {instance_id} (sh -c {command:?} in {}): {source}",
+        release_dir.display()
+    )]
     Spawn {
         /// The instance that was started.
         instance_id: String,
         /// The expanded command.
         command: String,
+        /// The working directory it was to run in.
+        release_dir: PathBuf,
         /// Why spawning failed.
         source: std::io::Error,
     },

@@ -63,13 +63,15 @@ pub(crate) fn open_append(path: &Path) -> Result<File, DriverError> {
 
 /// Appends the line that marks each (re)start, so a reader can tell runs apart.
 pub(crate) fn write_marker(mut file: &File, instance_id: &str, pid: u32, port: u16) {
-    let line = format!("--- shipgate: started instance {instance_id} (pid {pid}, port {port}) ---\n");
+    let line =
+        format!("--- shipgate: started instance {instance_id} (pid {pid}, port {port}) ---\n");
     if let Err(err) = file.write_all(line.as_bytes()) {
         tracing::warn!(%instance_id, %err, "could not write start marker to log");
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -79,7 +81,10 @@ mod tests {
         let path = dir.path().join("app.log");
         let text: String = (0..5000).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&path, text).unwrap();
-        assert_eq!(tail_lines(&path, 3).unwrap(), ["line 4997", "line 4998", "line 4999"]);
+        assert_eq!(
+            tail_lines(&path, 3).unwrap(),
+            ["line 4997", "line 4998", "line 4999"]
+        );
         assert_eq!(tail_lines(&path, 5000).unwrap().len(), 5000);
         assert!(tail_lines(&path, 0).unwrap().is_empty());
     }

@@ -1,1 +1,174 @@
+//! The conductor of shipgate: takes a promotion from `pending` to a verified live release (or
+//! back to what was live before), runs verification, rolls back, records every step, and after
+//! a restart brings every environment back to its recorded live release.
+//!
+//! It decides with the rules of `shipgate-core`, records with `shipgate-store`, and acts through
+//! a `shipgate-deploy` driver and the `shipgate-proxy` routers. It must not speak HTTP to users
+//! (that is `shipgate-server`) nor hold rules of its own about which release may enter where.
 #![forbid(unsafe_code)]
+
+mod error;
+mod flow;
+mod reconcile;
+mod report;
+mod verify;
+
+pub use error::EngineError;
+pub use report::{AppStatus, EnvironmentStatus, HistoryEntry, InstanceView};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shipgate_core::{AppName, Config, EnvName};
+use shipgate_deploy::{Driver, ProcessDriver};
+use shipgate_proxy::{Router, Upstream};
+use shipgate_store::Store;
+use shipgate_store::artifact::ArtifactStore;
+
+/// The actor name of changes shipgate makes by itself.
+pub const SYSTEM: &str = "shipgate";
+
+/// How long a stopped instance may take to exit before it is killed, and how long requests in
+/// flight on a replaced instance may take to finish.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The instance currently serving an app in an environment.
+#[derive(Clone)]
+struct LiveInstance {
+    id: String,
+    upstream: Upstream,
+    log_path: PathBuf,
+}
+
+type Slot = (AppName, EnvName);
+
+/// Runs promotions against one config, store, driver and set of routers.
+pub struct Engine {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    artifacts: ArtifactStore,
+    driver: Arc<dyn Driver>,
+    routers: HashMap<EnvName, Arc<Router>>,
+    /// One lock per app and environment: at most one promotion deploys into a slot at a time.
+    slots: Mutex<HashMap<Slot, Arc<tokio::sync::Mutex<()>>>>,
+    live: Mutex<HashMap<Slot, LiveInstance>>,
+    /// Distinguishes instance ids across server starts.
+    boot: i64,
+}
+
+impl Engine {
+    /// Binds every environment's router, restores what was live and resumes or fails what was
+    /// in flight when the server last stopped.
+    pub async fn start(config: Arc<Config>, store: Arc<dyn Store>) -> Result<Arc<Engine>, EngineError> {
+        let artifacts = ArtifactStore::open(&config.server.data_dir)?;
+        let mut routers = HashMap::new();
+        for env in &config.environments {
+            let router = Router::bind(env.listen, env.name.as_str()).await?;
+            if let Some(first) = config.apps.first() {
+                router.set_default_app(first.name.as_str());
+            }
+            routers.insert(env.name.clone(), Arc::new(router));
+        }
+        let engine = Arc::new(Engine {
+            config,
+            store,
+            artifacts,
+            driver: Arc::new(ProcessDriver::new()),
+            routers,
+            slots: Mutex::default(),
+            live: Mutex::default(),
+            boot: jiff::Timestamp::now().as_millisecond(),
+        });
+        engine.record_driver_events();
+        engine.reconcile().await?;
+        Ok(engine)
+    }
+
+    /// The config this engine runs.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The artifact store (uploads are received through it).
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.artifacts
+    }
+
+    /// Stops routing and every instance.
+    pub async fn shutdown(&self) {
+        for router in self.routers.values() {
+            router.shutdown().await;
+        }
+        self.driver.stop_all(STOP_GRACE).await;
+    }
+
+    fn slot_lock(&self, slot: &Slot) -> Arc<tokio::sync::Mutex<()>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(slot.clone()).or_default().clone()
+    }
+
+    fn live_instance(&self, slot: &Slot) -> Option<LiveInstance> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).get(slot).cloned()
+    }
+
+    fn set_live_instance(&self, slot: Slot, instance: Option<LiveInstance>) -> Option<LiveInstance> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        match instance {
+            Some(i) => live.insert(slot, i),
+            None => live.remove(&slot),
+        }
+    }
+
+    fn router(&self, env: &EnvName) -> Result<&Arc<Router>, EngineError> {
+        self.routers.get(env).ok_or_else(|| EngineError::UnknownEnvironment(env.to_string()))
+    }
+
+    fn log_path(&self, slot: &Slot, instance_id: &str) -> PathBuf {
+        self.config.server.data_dir.join("logs").join(slot.0.as_str()).join(slot.1.as_str()).join(format!("{instance_id}.log"))
+    }
+
+    /// Records the driver's crash and restart reports as events.
+    fn record_driver_events(self: &Arc<Self>) {
+        let mut events = self.driver.subscribe();
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Ok(event) = events.recv().await {
+                let Some(engine) = engine.upgrade() else { return };
+                let (id, kind, message) = match &event {
+                    shipgate_deploy::DriverEvent::Crashed { instance_id, exit, restart_in } => {
+                        (instance_id.clone(), "instance.crashed", format!("instance {instance_id} crashed ({exit}); restarting in {restart_in:?}"))
+                    }
+                    shipgate_deploy::DriverEvent::Restarted { instance_id, pid } => {
+                        (instance_id.clone(), "instance.restarted", format!("instance {instance_id} restarted as pid {pid} and is healthy"))
+                    }
+                    shipgate_deploy::DriverEvent::GaveUp { instance_id, crashes } => {
+                        (instance_id.clone(), "instance.gave_up", format!("instance {instance_id} crashed {crashes} times in a row; no longer restarting it"))
+                    }
+                };
+                let slot = engine.live.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(_, i)| i.id == id).map(|(s, _)| s.clone());
+                let result = engine
+                    .store
+                    .append_event(shipgate_store::NewEvent {
+                        actor: SYSTEM.into(),
+                        kind: kind.into(),
+                        app: slot.as_ref().map(|s| s.0.to_string()),
+                        env: slot.as_ref().map(|s| s.1.to_string()),
+                        message,
+                        data: serde_json::to_value(&event).unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!("could not record a driver event: {e}");
+                }
+            }
+        });
+    }
+}

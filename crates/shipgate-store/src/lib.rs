@@ -97,6 +97,8 @@ pub trait Store: Send + Sync {
 
     /// Records an instance (started or changed).
     async fn put_instance(&self, instance: InstanceRecord) -> Result<()>;
+    /// Records that an instance has stopped.
+    async fn mark_instance_stopped(&self, id: &str) -> Result<()>;
     /// Instances recorded as running (to stop or restore after a restart).
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>>;
 

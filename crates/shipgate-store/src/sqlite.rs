@@ -570,6 +570,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn mark_instance_stopped(&self, id: &str) -> Result<()> {
+        let _w = self.write.lock().await;
+        sqlx::query("UPDATE instances SET state = 'stopped', updated_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("recording a stopped instance"))?;
+        Ok(())
+    }
+
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>> {
         let rows = sqlx::query("SELECT * FROM instances WHERE state = 'running' ORDER BY updated_at")
             .fetch_all(&self.pool)

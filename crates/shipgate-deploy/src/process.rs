@@ -1,0 +1,637 @@
+//! The process driver: every instance is a child process of this server, in its own process
+//! group, owned by one task that starts it, waits on it and restarts it after a crash.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::{Pid, getpgid};
+use tokio::process::{Child, Command};
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+
+use crate::log_file::{error_tail, open_append, write_marker};
+use crate::{
+    Driver, DriverError, DriverEvent, InstanceStarted, InstanceStatus, StartInstance, StopInstance,
+};
+
+/// One health request may take this long before it counts as a failed probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Crashes are counted within this window, and this long a healthy run resets the backoff.
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// One crash more than this within [`CRASH_WINDOW`] and the driver gives up.
+const MAX_CRASHES_IN_WINDOW: usize = 5;
+/// How often a process this driver did not start is checked for exit during its grace.
+const LEFTOVER_POLL: Duration = Duration::from_millis(50);
+const EVENT_BUFFER: usize = 256;
+
+/// Runs instances as child processes of this server; create one per server.
+///
+/// Dropping it leaves its instances running and supervised: call [`Driver::stop_all`] on shutdown.
+#[derive(Clone)]
+pub struct ProcessDriver {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    instances: Mutex<HashMap<String, Arc<Instance>>>,
+    events: broadcast::Sender<DriverEvent>,
+    http: reqwest::Client,
+}
+
+/// One instance, from its first start until it is stopped, fails to start, or is given up.
+struct Instance {
+    req: StartInstance,
+    /// Chosen once, so a restarted process keeps the address the router points at.
+    port: u16,
+    /// `Some(grace)` once someone asked to stop it.
+    stop: watch::Sender<Option<Duration>>,
+    phase: watch::Sender<Phase>,
+    live: Mutex<Live>,
+}
+
+#[derive(Clone)]
+enum Phase {
+    /// Not healthy yet; whoever asks to start it too waits for the first start's outcome.
+    Starting,
+    /// Became healthy; the reply every later start gets (with the current pid).
+    Running(InstanceStarted),
+    /// No process is left and the instance is gone from the driver's table.
+    Finished,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Live {
+    /// `None` until the first process is spawned.
+    pid: Option<u32>,
+    restarts: u32,
+    healthy: bool,
+}
+
+/// A process that answered its health check.
+struct Healthy {
+    child: Child,
+    pid: u32,
+    ready_after: Duration,
+}
+
+impl ProcessDriver {
+    /// A driver with no instances.
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            // A proxy from the environment must not sit between us and a loopback health check.
+            .no_proxy()
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        ProcessDriver {
+            shared: Arc::new(Shared {
+                instances: Mutex::new(HashMap::new()),
+                events,
+                http,
+            }),
+        }
+    }
+}
+
+impl Default for ProcessDriver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for ProcessDriver {
+    async fn start(&self, req: StartInstance) -> Result<InstanceStarted, DriverError> {
+        loop {
+            let (inst, first_start) = self.shared.instance_for(&req)?;
+            if let Some(outcome) = first_start {
+                return outcome.await.unwrap_or_else(|_| {
+                    Err(DriverError::Stopped {
+                        instance_id: req.instance_id.clone(),
+                    })
+                });
+            }
+            // Someone else started it: share their outcome, or start anew once a stop is done.
+            let stopping = inst.stop.borrow().is_some();
+            let mut phase = inst.phase.subscribe();
+            let settled = phase
+                .wait_for(|p| match p {
+                    Phase::Finished => true,
+                    Phase::Running(_) => !stopping,
+                    Phase::Starting => false,
+                })
+                .await
+                .map(|p| p.clone());
+            if let Ok(Phase::Running(started)) = settled {
+                return Ok(started);
+            }
+        }
+    }
+
+    async fn stop(&self, req: StopInstance) -> Result<(), DriverError> {
+        match self.shared.instance(&req.instance_id) {
+            Some(inst) => {
+                inst.request_stop(req.grace);
+                inst.finished().await;
+            }
+            None => {
+                if let Some(pid) = req.pid {
+                    stop_leftover(&req.instance_id, pid, req.grace).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn status(&self, instance_id: &str) -> Option<InstanceStatus> {
+        let inst = self.shared.instance(instance_id)?;
+        let live = *lock(&inst.live);
+        Some(InstanceStatus {
+            instance_id: instance_id.to_string(),
+            pid: live.pid?,
+            port: inst.port,
+            restarts: live.restarts,
+            healthy: live.healthy,
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<DriverEvent> {
+        self.shared.events.subscribe()
+    }
+
+    async fn stop_all(&self, grace: Duration) {
+        let all: Vec<Arc<Instance>> = lock(&self.shared.instances).values().cloned().collect();
+        for inst in &all {
+            inst.request_stop(grace);
+        }
+        for inst in &all {
+            inst.finished().await;
+        }
+    }
+}
+
+impl Shared {
+    fn instance(&self, instance_id: &str) -> Option<Arc<Instance>> {
+        lock(&self.instances).get(instance_id).cloned()
+    }
+
+    /// The instance for this request, and, if this call created it, the outcome of its first start.
+    #[allow(clippy::type_complexity)]
+    fn instance_for(
+        self: &Arc<Self>,
+        req: &StartInstance,
+    ) -> Result<
+        (
+            Arc<Instance>,
+            Option<oneshot::Receiver<Result<InstanceStarted, DriverError>>>,
+        ),
+        DriverError,
+    > {
+        let mut instances = lock(&self.instances);
+        if let Some(inst) = instances.get(&req.instance_id) {
+            return Ok((inst.clone(), None));
+        }
+        let port = match req.port {
+            Some(port) => port,
+            None => free_port()?,
+        };
+        let inst = Arc::new(Instance {
+            req: req.clone(),
+            port,
+            stop: watch::Sender::new(None),
+            phase: watch::Sender::new(Phase::Starting),
+            live: Mutex::new(Live::default()),
+        });
+        instances.insert(req.instance_id.clone(), inst.clone());
+        let (outcome, first_start) = oneshot::channel();
+        // A task of its own, so the instance is neither orphaned nor left half-started when
+        // the caller of `start` goes away.
+        tokio::spawn(self.clone().run(inst.clone(), outcome));
+        Ok((inst, Some(first_start)))
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        inst: Arc<Instance>,
+        outcome: oneshot::Sender<Result<InstanceStarted, DriverError>>,
+    ) {
+        match self.launch(&inst).await {
+            Ok(first) => {
+                let started = InstanceStarted {
+                    instance_id: inst.req.instance_id.clone(),
+                    pid: first.pid,
+                    port: inst.port,
+                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, inst.port)),
+                    ready_after: first.ready_after,
+                };
+                inst.phase.send_replace(Phase::Running(started.clone()));
+                // The caller may have gone away; the instance runs on regardless.
+                let _ = outcome.send(Ok(started));
+                self.supervise(&inst, first).await;
+                self.forget(&inst);
+            }
+            Err(err) => {
+                // Forget first, so a caller retrying on this error starts afresh.
+                self.forget(&inst);
+                let _ = outcome.send(Err(err));
+            }
+        }
+    }
+
+    fn forget(&self, inst: &Arc<Instance>) {
+        let mut instances = lock(&self.instances);
+        if instances
+            .get(&inst.req.instance_id)
+            .is_some_and(|known| Arc::ptr_eq(known, inst))
+        {
+            instances.remove(&inst.req.instance_id);
+        }
+        drop(instances);
+        inst.phase.send_replace(Phase::Finished);
+    }
+
+    /// Spawns the instance's process and waits until it answers its health check. On any
+    /// failure no process of it is left running.
+    async fn launch(&self, inst: &Instance) -> Result<Healthy, DriverError> {
+        let req = &inst.req;
+        let id = &req.instance_id;
+        let command = expand(&req.command, inst.port, &req.template_vars);
+        let log = open_append(&req.log_path)?;
+        let output = || {
+            log.try_clone().map_err(|source| DriverError::Io {
+                context: format!(
+                    "sharing log file {} with the process",
+                    req.log_path.display()
+                ),
+                source,
+            })
+        };
+        let port = inst.port.to_string();
+        let spawned_at = Instant::now();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(&req.release_dir)
+            .envs(&req.env)
+            .env("PORT", &port)
+            .env("SHIPGATE_PORT", &port)
+            .env("SHIPGATE_INSTANCE", id)
+            .stdin(Stdio::null())
+            .stdout(output()?)
+            .stderr(output()?)
+            // Its own group, so stopping reaches everything the command started.
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| DriverError::Spawn {
+                instance_id: id.clone(),
+                command: command.clone(),
+                release_dir: req.release_dir.clone(),
+                source,
+            })?;
+        // A freshly spawned child has not been reaped, so it always has an id.
+        let pid = child.id().unwrap_or_default();
+        write_marker(&log, id, pid, inst.port);
+        inst.update_live(|live| {
+            live.pid = Some(pid);
+            live.healthy = false;
+        });
+
+        let url = format!("http://127.0.0.1:{}{}", inst.port, req.health_path);
+        let deadline = spawned_at + req.health_timeout;
+        let mut stop = inst.stop.subscribe();
+        let mut last_error = "no answer yet".to_string();
+        loop {
+            let probe = async {
+                let problem = match self.http.get(&url).timeout(PROBE_TIMEOUT).send().await {
+                    Ok(answer) if answer.status().is_success() => None,
+                    Ok(answer) => Some(format!("answered {}", answer.status())),
+                    Err(err) => Some(root_cause(&err)),
+                };
+                if problem.is_some() {
+                    sleep(PROBE_INTERVAL).await;
+                }
+                problem
+            };
+            tokio::select! {
+                biased;
+                grace = stop_asked(&mut stop) => {
+                    terminate(&mut child, pid, grace).await;
+                    return Err(DriverError::Stopped { instance_id: id.clone() });
+                }
+                status = child.wait() => {
+                    // Whatever it left behind in its group must not hold the port.
+                    signal_group(pid, Signal::SIGKILL);
+                    return Err(DriverError::ExitedEarly {
+                        instance_id: id.clone(),
+                        exit: describe_wait(status),
+                        log_tail: error_tail(&req.log_path),
+                    });
+                }
+                problem = probe => match problem {
+                    None => break,
+                    Some(problem) => last_error = problem,
+                },
+                () = sleep_until(deadline) => {
+                    terminate(&mut child, pid, Duration::ZERO).await;
+                    return Err(DriverError::Unhealthy {
+                        instance_id: id.clone(),
+                        timeout: req.health_timeout,
+                        url,
+                        last_error,
+                        log_tail: error_tail(&req.log_path),
+                    });
+                }
+            }
+        }
+        inst.update_live(|live| live.healthy = true);
+        tracing::info!(instance_id = %id, pid, port = inst.port, "instance is healthy");
+        Ok(Healthy {
+            child,
+            pid,
+            ready_after: spawned_at.elapsed(),
+        })
+    }
+
+    /// Waits on the running process until a stop is asked; restarts it after each crash
+    /// until the crash window overflows.
+    async fn supervise(&self, inst: &Instance, first: Healthy) {
+        let id = &inst.req.instance_id;
+        let mut stop = inst.stop.subscribe();
+        let (mut child, mut pid) = (first.child, first.pid);
+        let mut crashes: VecDeque<Instant> = VecDeque::new();
+        let mut backoff = FIRST_BACKOFF;
+        let mut healthy_since = Instant::now();
+        loop {
+            let status = tokio::select! {
+                biased;
+                grace = stop_asked(&mut stop) => {
+                    terminate(&mut child, pid, grace).await;
+                    return;
+                }
+                status = child.wait() => status,
+            };
+            signal_group(pid, Signal::SIGKILL);
+            inst.update_live(|live| live.healthy = false);
+            if healthy_since.elapsed() >= CRASH_WINDOW {
+                backoff = FIRST_BACKOFF;
+            }
+            let mut exit = describe_wait(status);
+            // Retry until one start becomes healthy, a stop is asked, or the window overflows.
+            loop {
+                let now = Instant::now();
+                crashes.push_back(now);
+                while crashes
+                    .front()
+                    .is_some_and(|at| now.duration_since(*at) > CRASH_WINDOW)
+                {
+                    crashes.pop_front();
+                }
+                if crashes.len() > MAX_CRASHES_IN_WINDOW {
+                    let crashes = u32::try_from(crashes.len()).unwrap_or(u32::MAX);
+                    tracing::error!(instance_id = %id, crashes, "instance keeps crashing; giving up");
+                    self.emit(DriverEvent::GaveUp {
+                        instance_id: id.clone(),
+                        crashes,
+                    });
+                    return;
+                }
+                tracing::warn!(instance_id = %id, %exit, restart_in = ?backoff, "instance crashed");
+                self.emit(DriverEvent::Crashed {
+                    instance_id: id.clone(),
+                    exit: exit.clone(),
+                    restart_in: backoff,
+                });
+                tokio::select! {
+                    biased;
+                    _ = stop_asked(&mut stop) => return,
+                    () = sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                match self.launch(inst).await {
+                    Ok(restarted) => {
+                        (child, pid) = (restarted.child, restarted.pid);
+                        healthy_since = Instant::now();
+                        inst.update_live(|live| live.restarts += 1);
+                        inst.phase.send_modify(|phase| {
+                            if let Phase::Running(started) = phase {
+                                started.pid = pid;
+                            }
+                        });
+                        self.emit(DriverEvent::Restarted {
+                            instance_id: id.clone(),
+                            pid,
+                        });
+                        break;
+                    }
+                    Err(DriverError::Stopped { .. }) => return,
+                    Err(err) => exit = err.crash_reason(),
+                }
+            }
+        }
+    }
+
+    fn emit(&self, event: DriverEvent) {
+        // Nobody listening is fine: the events are a record, not a control path.
+        let _ = self.events.send(event);
+    }
+}
+
+impl Instance {
+    fn request_stop(&self, grace: Duration) {
+        self.stop.send_if_modified(|stop| {
+            let first = stop.is_none();
+            if first {
+                *stop = Some(grace);
+            }
+            first
+        });
+    }
+
+    async fn finished(&self) {
+        let mut phase = self.phase.subscribe();
+        // An error means the sender is gone, which cannot outlive `self`; either way it is over.
+        let _ = phase
+            .wait_for(|p| matches!(p, Phase::Finished))
+            .await
+            .map(|_| ());
+    }
+
+    fn update_live(&self, change: impl FnOnce(&mut Live)) {
+        change(&mut lock(&self.live));
+    }
+}
+
+/// Resolves once a stop is asked, with its grace.
+async fn stop_asked(stop: &mut watch::Receiver<Option<Duration>>) -> Duration {
+    match stop.wait_for(Option::is_some).await {
+        Ok(grace) => (*grace).unwrap_or_default(),
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after `grace`, then reaps the process.
+async fn terminate(child: &mut Child, pid: u32, grace: Duration) {
+    signal_group(pid, Signal::SIGTERM);
+    if timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(
+            pid,
+            ?grace,
+            "instance did not exit within its grace; killing it"
+        );
+    }
+    // Also reaches whatever the leader started and left behind.
+    signal_group(pid, Signal::SIGKILL);
+    let _ = child.wait().await;
+}
+
+fn signal_group(pid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    match killpg(Pid::from_raw(raw), signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(err) => tracing::warn!(pid, %signal, %err, "could not signal process group"),
+    }
+}
+
+/// Stops a process that a previous server started, if it is still that instance.
+async fn stop_leftover(instance_id: &str, pid: u32, grace: Duration) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    let target = Pid::from_raw(raw);
+    if !belongs_to(pid, instance_id).await {
+        tracing::info!(%instance_id, pid, "pid is not this instance (anymore); not stopping it");
+        return;
+    }
+    let is_leader = getpgid(Some(target)).is_ok_and(|group| group == target);
+    let send = |signal| {
+        let sent = if is_leader {
+            killpg(target, signal)
+        } else {
+            kill(target, signal)
+        };
+        if let Err(err) = sent.or_else(|err| {
+            if err == Errno::ESRCH {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }) {
+            tracing::warn!(%instance_id, pid, %signal, %err, "could not signal leftover instance");
+        }
+    };
+    send(Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while is_running(pid).await && Instant::now() < deadline {
+        sleep(LEFTOVER_POLL).await;
+    }
+    if is_running(pid).await && belongs_to(pid, instance_id).await {
+        send(Signal::SIGKILL);
+    }
+}
+
+/// Whether `/proc/<pid>/environ` carries the marker the driver gives every instance.
+async fn belongs_to(pid: u32, instance_id: &str) -> bool {
+    let marker = format!("SHIPGATE_INSTANCE={instance_id}");
+    match tokio::fs::read(format!("/proc/{pid}/environ")).await {
+        Ok(environ) => environ
+            .split(|b| *b == 0)
+            .any(|var| var == marker.as_bytes()),
+        Err(_) => false,
+    }
+}
+
+/// Whether the process exists and is not a zombie waiting to be reaped.
+async fn is_running(pid: u32) -> bool {
+    match tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn free_port() -> Result<u16, DriverError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|source| DriverError::Io {
+            context: "picking a free loopback port".to_string(),
+            source,
+        })
+}
+
+/// Replaces `${PORT}` and `${NAME}` for every key of `vars`; other `${...}` stay for the shell.
+fn expand(template: &str, port: u16, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find("${") {
+        let Some(len) = rest[open..].find('}') else {
+            break;
+        };
+        let (placeholder, name) = (&rest[open..=open + len], &rest[open + 2..open + len]);
+        out.push_str(&rest[..open]);
+        match vars.get(name) {
+            _ if name == "PORT" => out.push_str(&port.to_string()),
+            Some(value) => out.push_str(value),
+            None => out.push_str(placeholder),
+        }
+        rest = &rest[open + len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn describe_wait(status: std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => format!("signal {signal}"),
+            (None, None) => status.to_string(),
+        },
+        Err(err) => format!("an unknown status (waiting failed: {err})"),
+    }
+}
+
+/// The innermost error, e.g. "Connection refused (os error 111)" rather than reqwest's wrapper.
+fn root_cause(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        return format!("no answer within {PROBE_TIMEOUT:?}");
+    }
+    let mut cause: &dyn std::error::Error = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// The table and status locks are only held for plain reads and writes that cannot panic, so
+/// a poisoned lock still holds consistent data.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expand_replaces_port_and_known_vars_only() {
+        let vars = BTreeMap::from([
+            ("APP".to_string(), "web".to_string()),
+            ("PORT".to_string(), "ignored".to_string()),
+        ]);
+        assert_eq!(
+            expand("run ${APP} --port ${PORT} ${HOME} $X ${open", 4312, &vars),
+            "run web --port 4312 ${HOME} $X ${open"
+        );
+    }
+}

@@ -1,0 +1,44 @@
+//! The engine's refusals and failures, each with what to do next.
+
+use shipgate_core::EntryRefusal;
+use shipgate_store::StoreError;
+use shipgate_store::artifact::ArtifactError;
+
+/// Why the engine refused a request or could not carry it out.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The rules refuse the promotion.
+    #[error(transparent)]
+    Refused(#[from] EntryRefusal),
+    /// The app is not in the config.
+    #[error("app `{0}` is not in the config (add [apps.{0}] to shipgate.toml and restart the server)")]
+    UnknownApp(String),
+    /// The environment is not in the config.
+    #[error("environment `{0}` is not in the config")]
+    UnknownEnvironment(String),
+    /// The release was never registered.
+    #[error("{release} is not registered (register it first: shipgate release create {app} --version {version} --artifact PATH)")]
+    NotRegistered {
+        /// `app@version`.
+        release: String,
+        /// The app.
+        app: String,
+        /// The version.
+        version: String,
+    },
+    /// No such promotion.
+    #[error("promotion {0} does not exist")]
+    NoSuchPromotion(i64),
+    /// Rollback has nothing to go back to.
+    #[error("{0}")]
+    NothingToRollBack(String),
+    /// The artifact was refused or could not be stored.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A router could not listen.
+    #[error(transparent)]
+    Proxy(#[from] shipgate_proxy::ProxyError),
+}

@@ -1,0 +1,128 @@
+//! What the engine shows: status per app and environment, history with gates, log files.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use shipgate_core::{AppName, EnvName, PromotionState};
+use shipgate_store::{Gate, LiveRelease, Promotion, PromotionFilter};
+
+use crate::{Engine, EngineError};
+
+/// One app across every environment.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppStatus {
+    /// The app.
+    pub app: AppName,
+    /// Its environments in flow order.
+    pub environments: Vec<EnvironmentStatus>,
+}
+
+/// One app in one environment.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvironmentStatus {
+    /// The environment.
+    pub env: EnvName,
+    /// Its stable address.
+    pub url: String,
+    /// The live release, if any.
+    pub live: Option<LiveRelease>,
+    /// The instance serving it, if one runs.
+    pub instance: Option<InstanceView>,
+    /// Promotions not finished yet (pending, deploying, verifying).
+    pub in_progress: Vec<Promotion>,
+}
+
+/// A running instance as the driver sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    /// Driver key.
+    pub id: String,
+    /// Process id.
+    pub pid: u32,
+    /// Port.
+    pub port: u16,
+    /// Restarts after crashes.
+    pub restarts: u32,
+    /// Whether it answers its health check.
+    pub healthy: bool,
+}
+
+/// A promotion with its gates.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// The promotion.
+    #[serde(flatten)]
+    pub promotion: Promotion,
+    /// Its recorded gates, in order.
+    pub gates: Vec<Gate>,
+}
+
+impl Engine {
+    /// What is live where, with the instances and unfinished promotions.
+    pub async fn status(&self, app: Option<&AppName>) -> Result<Vec<AppStatus>, EngineError> {
+        if let Some(app) = app {
+            if self.config.app(app).is_none() {
+                return Err(EngineError::UnknownApp(app.to_string()));
+            }
+        }
+        let live = self.store.live(app).await?;
+        let unfinished = PromotionFilter {
+            app: app.cloned(),
+            states: vec![PromotionState::Pending, PromotionState::Deploying, PromotionState::Verifying],
+            ..Default::default()
+        };
+        let unfinished = self.store.promotions(unfinished).await?;
+        let mut out = Vec::new();
+        for a in self.config.apps.iter().filter(|a| app.is_none_or(|x| x == &a.name)) {
+            let mut environments = Vec::new();
+            for e in &self.config.environments {
+                let slot = (a.name.clone(), e.name.clone());
+                let instance = match self.live_instance(&slot) {
+                    Some(i) => self.driver.status(&i.id).await.map(|s| InstanceView { id: s.instance_id, pid: s.pid, port: s.port, restarts: s.restarts, healthy: s.healthy }),
+                    None => None,
+                };
+                environments.push(EnvironmentStatus {
+                    env: e.name.clone(),
+                    url: format!("http://{}", e.listen),
+                    live: live.iter().find(|l| l.app == a.name && l.env == e.name).cloned(),
+                    instance,
+                    in_progress: unfinished.iter().filter(|p| p.app == a.name && p.env == e.name).cloned().collect(),
+                });
+            }
+            out.push(AppStatus { app: a.name.clone(), environments });
+        }
+        Ok(out)
+    }
+
+    /// Promotions of an app (in one environment or all), newest first, with their gates.
+    pub async fn history(&self, app: &AppName, env: Option<&EnvName>, limit: i64) -> Result<Vec<HistoryEntry>, EngineError> {
+        let filter = PromotionFilter { app: Some(app.clone()), env: env.cloned(), states: vec![], limit: Some(limit) };
+        let mut out = Vec::new();
+        for promotion in self.store.promotions(filter).await? {
+            let gates = self.store.gates(promotion.id).await?;
+            out.push(HistoryEntry { promotion, gates });
+        }
+        Ok(out)
+    }
+
+    /// One promotion with its gates.
+    pub async fn promotion(&self, id: i64) -> Result<HistoryEntry, EngineError> {
+        let promotion = self.store.promotion(id).await?.ok_or(EngineError::NoSuchPromotion(id))?;
+        let gates = self.store.gates(id).await?;
+        Ok(HistoryEntry { promotion, gates })
+    }
+
+    /// The log file of the instance serving `app` in `env`, or else the newest one written there.
+    pub fn log_file(&self, app: &AppName, env: &EnvName) -> Option<PathBuf> {
+        if let Some(i) = self.live_instance(&(app.clone(), env.clone())) {
+            return Some(i.log_path);
+        }
+        let dir = self.config.server.data_dir.join("logs").join(app.as_str()).join(env.as_str());
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .max()
+            .map(|(_, p)| p)
+    }
+}
