@@ -76,6 +76,9 @@ struct Live {
     healthy: bool,
 }
 
+/// Where the caller that created an instance learns how its first start went.
+type FirstStart = oneshot::Receiver<Result<InstanceStarted, DriverError>>;
+
 /// A process that answered its health check.
 struct Healthy {
     child: Child,
@@ -185,17 +188,10 @@ impl Shared {
     }
 
     /// The instance for this request, and, if this call created it, the outcome of its first start.
-    #[allow(clippy::type_complexity)]
     fn instance_for(
         self: &Arc<Self>,
         req: &StartInstance,
-    ) -> Result<
-        (
-            Arc<Instance>,
-            Option<oneshot::Receiver<Result<InstanceStarted, DriverError>>>,
-        ),
-        DriverError,
-    > {
+    ) -> Result<(Arc<Instance>, Option<FirstStart>), DriverError> {
         let mut instances = lock(&self.instances);
         if let Some(inst) = instances.get(&req.instance_id) {
             return Ok((inst.clone(), None));
@@ -460,10 +456,7 @@ impl Instance {
     async fn finished(&self) {
         let mut phase = self.phase.subscribe();
         // An error means the sender is gone, which cannot outlive `self`; either way it is over.
-        let _ = phase
-            .wait_for(|p| matches!(p, Phase::Finished))
-            .await
-            .map(|_| ());
+        let _ = phase.wait_for(|p| matches!(p, Phase::Finished)).await;
     }
 
     fn update_live(&self, change: impl FnOnce(&mut Live)) {

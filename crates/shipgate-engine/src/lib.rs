@@ -8,12 +8,13 @@
 #![forbid(unsafe_code)]
 
 mod error;
-mod flow;
+pub mod flow;
 mod reconcile;
 mod report;
 mod verify;
 
 pub use error::EngineError;
+pub use shipgate_deploy::tail_lines;
 pub use report::{AppStatus, EnvironmentStatus, HistoryEntry, InstanceView};
 
 use std::collections::HashMap;

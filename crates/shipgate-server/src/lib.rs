@@ -1,1 +1,72 @@
+//! The HTTP face of shipgate: the JSON API under `/api/v1/`, bearer-token auth, live events
+//! over server-sent events, and `/healthz`. It translates requests into engine calls and
+//! engine answers into JSON or `application/problem+json`; it must not decide anything itself.
 #![forbid(unsafe_code)]
+
+mod api;
+mod auth;
+mod problem;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use shipgate_core::Config;
+use shipgate_engine::Engine;
+use shipgate_store::{SqliteStore, Store};
+
+pub use auth::{ADMIN_TOKEN_FILE, generate_token, hash_token};
+
+/// Shared by every handler.
+#[derive(Clone)]
+struct AppState {
+    engine: Arc<Engine>,
+}
+
+/// The database file inside a data dir.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("shipgate.db")
+}
+
+/// A started server: its API address and a way to stop it.
+pub struct Server {
+    /// The address the API listens on (useful when the config asked for port 0).
+    pub addr: std::net::SocketAddr,
+    /// The engine (for the demo and benchmarks running in the same process).
+    pub engine: Arc<Engine>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Opens the store, ensures the admin token, starts the engine (routers, reconcile) and the
+    /// API. Returns once everything listens; the server runs until `shutdown` resolves.
+    pub async fn start(config: Arc<Config>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Server> {
+        let data_dir = &config.server.data_dir;
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&database_path(data_dir)).await.with_context(|| format!("opening the database in {}", data_dir.display()))?,
+        );
+        auth::ensure_admin_token(store.as_ref(), data_dir).await?;
+        let listener = tokio::net::TcpListener::bind(config.server.listen).await.with_context(|| {
+            format!("cannot listen on {} for the API (is another shipgate running? change `listen` in [server])", config.server.listen)
+        })?;
+        let addr = listener.local_addr().context("reading the API address")?;
+        let engine = Engine::start(config, store).await?;
+        let app = api::routes(AppState { engine: Arc::clone(&engine) });
+        let stopping = Arc::clone(&engine);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
+            stopping.shutdown().await;
+            Ok(())
+        });
+        tracing::info!("shipgate API listening on http://{addr}");
+        Ok(Server { addr, engine, task })
+    }
+
+    /// Waits until the server has stopped (after its shutdown future resolved) and every
+    /// instance has been stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the server task panicked")?
+    }
+}

@@ -1,0 +1,224 @@
+//! The `/api/v1/` routes.
+
+use std::convert::Infallible;
+use std::io::{Read, Seek, SeekFrom};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use shipgate_core::{AppName, Digest, EnvName, ReleaseRef, Version};
+use shipgate_engine::flow::ReleaseRequest;
+use shipgate_store::{EventFilter, TokenRecord, verify_chain};
+
+use crate::AppState;
+use crate::auth::require_token;
+use crate::problem::Problem;
+
+/// The actor of changes the server makes by itself.
+pub(crate) const SYSTEM: &str = shipgate_engine::SYSTEM;
+
+type ApiResult<T> = Result<T, Problem>;
+
+pub(crate) fn routes(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/apps/{app}/releases", post(create_release).layer(DefaultBodyLimit::disable()))
+        .route("/releases", get(list_releases))
+        .route("/promotions", post(promote))
+        .route("/promotions/{id}", get(promotion))
+        .route("/rollbacks", post(rollback))
+        .route("/status", get(status))
+        .route("/history", get(history))
+        .route("/logs", get(logs))
+        .route("/events", get(events))
+        .route("/events/stream", get(event_stream))
+        .route("/audit/verify", get(verify_audit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such endpoint", "see the README's API section for the endpoints under /api/v1/") });
+    Router::new().route("/healthz", get(|| async { "ok\n" })).nest("/api/v1", api).with_state(state)
+}
+
+fn parse<T>(what: &str, s: &str, f: impl FnOnce(&str) -> Result<T, shipgate_core::NameError>) -> ApiResult<T> {
+    f(s).map_err(|e| Problem::bad_request(format!("{what}: {e}")))
+}
+
+#[derive(Deserialize)]
+struct ReleaseQuery {
+    version: String,
+    digest: String,
+    commit: Option<String>,
+    notes: Option<String>,
+}
+
+async fn create_release(
+    State(state): State<AppState>,
+    Extension(token): Extension<TokenRecord>,
+    Path(app): Path<String>,
+    Query(q): Query<ReleaseQuery>,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    let app = parse("app", &app, AppName::parse)?;
+    let version = parse("version", &q.version, Version::parse)?;
+    let claimed = parse("digest", &q.digest, Digest::parse)?;
+    let engine = &state.engine;
+    if engine.config().app(&app).is_none() {
+        return Err(shipgate_engine::EngineError::UnknownApp(app.to_string()).into());
+    }
+    let mut upload = engine.artifacts().upload(engine.config().server.max_artifact_size).await?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Problem::bad_request(format!("the upload was cut off: {e}")))?;
+        upload.write(&chunk).await?;
+    }
+    let checked = upload.finish(&claimed).await?;
+    let request = ReleaseRequest { release: ReleaseRef { app, version }, commit: q.commit, notes: q.notes };
+    let (release, created) = engine.create_release(request, checked, &token.name).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(serde_json::json!({ "release": release, "created": created }))))
+}
+
+#[derive(Deserialize)]
+struct AppQuery {
+    app: Option<String>,
+}
+
+async fn list_releases(State(state): State<AppState>, Query(q): Query<AppQuery>) -> ApiResult<impl IntoResponse> {
+    let app = q.app.as_deref().map(|a| parse("app", a, AppName::parse)).transpose()?;
+    Ok(Json(state.engine.store().releases(app.as_ref()).await?))
+}
+
+#[derive(Deserialize)]
+struct PromoteBody {
+    release: String,
+    env: String,
+}
+
+async fn promote(State(state): State<AppState>, Extension(token): Extension<TokenRecord>, Json(b): Json<PromoteBody>) -> ApiResult<impl IntoResponse> {
+    let release = parse("release", &b.release, ReleaseRef::parse)?;
+    let env = parse("environment", &b.env, EnvName::parse)?;
+    let promotion = state.engine.promote(&release, &env, &token.name).await?;
+    Ok((StatusCode::ACCEPTED, Json(promotion)))
+}
+
+async fn promotion(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(state.engine.promotion(id).await?))
+}
+
+#[derive(Deserialize)]
+struct RollbackBody {
+    app: String,
+    env: String,
+    to: Option<String>,
+}
+
+async fn rollback(State(state): State<AppState>, Extension(token): Extension<TokenRecord>, Json(b): Json<RollbackBody>) -> ApiResult<impl IntoResponse> {
+    let app = parse("app", &b.app, AppName::parse)?;
+    let env = parse("environment", &b.env, EnvName::parse)?;
+    let to = b.to.as_deref().map(|v| parse("version", v, Version::parse)).transpose()?;
+    let promotion = state.engine.rollback(&app, &env, to.as_ref(), &token.name).await?;
+    Ok((StatusCode::ACCEPTED, Json(promotion)))
+}
+
+async fn status(State(state): State<AppState>, Query(q): Query<AppQuery>) -> ApiResult<impl IntoResponse> {
+    let app = q.app.as_deref().map(|a| parse("app", a, AppName::parse)).transpose()?;
+    Ok(Json(state.engine.status(app.as_ref()).await?))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    app: String,
+    env: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn history(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -> ApiResult<impl IntoResponse> {
+    let app = parse("app", &q.app, AppName::parse)?;
+    let env = q.env.as_deref().map(|e| parse("environment", e, EnvName::parse)).transpose()?;
+    if state.engine.config().app(&app).is_none() {
+        return Err(shipgate_engine::EngineError::UnknownApp(app.to_string()).into());
+    }
+    Ok(Json(state.engine.history(&app, env.as_ref(), q.limit.unwrap_or(50)).await?))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    app: String,
+    env: String,
+    /// Read from this byte offset (as returned by the previous call); without it, the last `lines`.
+    offset: Option<u64>,
+    lines: Option<usize>,
+}
+
+async fn logs(State(state): State<AppState>, Query(q): Query<LogsQuery>) -> ApiResult<impl IntoResponse> {
+    let app = parse("app", &q.app, AppName::parse)?;
+    let env = parse("environment", &q.env, EnvName::parse)?;
+    if state.engine.config().app(&app).is_none() {
+        return Err(shipgate_engine::EngineError::UnknownApp(app.to_string()).into());
+    }
+    let Some(path) = state.engine.log_file(&app, &env) else {
+        return Ok(Json(serde_json::json!({ "text": "", "offset": 0, "file": null })));
+    };
+    let lines = q.lines.unwrap_or(100);
+    let (text, offset) = tokio::task::spawn_blocking(move || read_log(&path, q.offset, lines).map(|(t, o)| (t, o, path)))
+        .await
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", e.to_string()))?
+        .map(|(t, o, _)| (t, o))
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "log unreadable", e.to_string()))?;
+    Ok(Json(serde_json::json!({ "text": text, "offset": offset })))
+}
+
+/// Reads a log from `offset` to its end (at most 1 MiB), or its last `lines` lines.
+fn read_log(path: &std::path::Path, offset: Option<u64>, lines: usize) -> std::io::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    match offset {
+        Some(from) => {
+            let from = from.min(len);
+            file.seek(SeekFrom::Start(from))?;
+            let mut buf = Vec::new();
+            file.take(1 << 20).read_to_end(&mut buf)?;
+            Ok((String::from_utf8_lossy(&buf).into_owned(), from + buf.len() as u64))
+        }
+        None => {
+            let tail = shipgate_deploy_tail(path, lines)?;
+            Ok((tail, len))
+        }
+    }
+}
+
+fn shipgate_deploy_tail(path: &std::path::Path, lines: usize) -> std::io::Result<String> {
+    let lines = shipgate_engine::tail_lines(path, lines)?;
+    Ok(lines.into_iter().map(|l| l + "\n").collect())
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+    app: Option<String>,
+    env: Option<String>,
+}
+
+async fn events(State(state): State<AppState>, Query(q): Query<EventsQuery>) -> ApiResult<impl IntoResponse> {
+    let filter = EventFilter { after: q.after.unwrap_or(0), limit: Some(q.limit.unwrap_or(1000).min(10_000)), app: q.app, env: q.env };
+    Ok(Json(state.engine.store().events(filter).await?))
+}
+
+async fn event_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let events = tokio_stream::wrappers::BroadcastStream::new(state.engine.store().subscribe());
+    let stream = events.filter_map(|e| async move {
+        let e = e.ok()?;
+        Some(Ok(SseEvent::default().event(e.kind.clone()).id(e.id.to_string()).data(serde_json::to_string(&e).ok()?)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn verify_audit(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let events = state.engine.store().events(EventFilter::default()).await?;
+    Ok(Json(verify_chain(&events)))
+}

@@ -1,0 +1,79 @@
+//! Bearer tokens: the admin token written at first start, and the check every API call passes.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use shipgate_store::{NewToken, Store, TokenRecord};
+
+use crate::AppState;
+use crate::problem::Problem;
+
+/// The admin token's file inside the data dir (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// A new random token: `sg_` and 64 hex digits.
+pub fn generate_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+    Ok(format!("sg_{}", hex::encode(bytes)))
+}
+
+/// The hex sha256 under which a token is stored; the token itself never is.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Writes the admin token on first start and makes sure the store knows its hash.
+pub(crate) async fn ensure_admin_token(store: &dyn Store, data_dir: &Path) -> anyhow::Result<()> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = generate_token()?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("writing the admin token to {}", path.display()))?;
+            writeln!(file, "{token}").context("writing the admin token")?;
+            file.sync_all().context("writing the admin token")?;
+            token
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading the admin token {}", path.display())),
+    };
+    let hash = hash_token(&token);
+    if store.token_by_hash(&hash).await?.is_none() {
+        let name = format!("admin-{}", &hash[..8]);
+        store.insert_token(NewToken { name, role: "admin".into(), hash }, crate::api::SYSTEM).await?;
+    }
+    Ok(())
+}
+
+/// Lets a request through only with a known bearer token; the token's record goes along.
+pub(crate) async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Problem::new(StatusCode::UNAUTHORIZED, "token required", "send `Authorization: Bearer <token>`; a local server's admin token is in its data dir (admin.token), and the shipgate command finds it by itself").into_response();
+    };
+    match state.engine.store().token_by_hash(&hash_token(presented)).await {
+        Ok(Some(record)) => {
+            request.extensions_mut().insert::<TokenRecord>(record);
+            next.run(request).await
+        }
+        Ok(None) => Problem::new(StatusCode::UNAUTHORIZED, "unknown token", "this token is not known to the server or was revoked; use the admin token from the data dir or create one with `shipgate token create`").into_response(),
+        Err(e) => Problem::from(e).into_response(),
+    }
+}

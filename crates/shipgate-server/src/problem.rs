@@ -1,0 +1,77 @@
+//! Errors as `application/problem+json` (RFC 9457), mapped once from the engine's errors.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use shipgate_engine::EngineError;
+use shipgate_store::StoreError;
+use shipgate_store::artifact::ArtifactError;
+
+/// An error answered to an API client.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    title: &'static str,
+    detail: String,
+}
+
+impl Problem {
+    /// A problem with a status, a short title and a sentence the caller can act on.
+    pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, title, detail: detail.into() }
+    }
+    /// 400 with the detail.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad request", detail)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut response = (self.status, body.to_string()).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response
+    }
+}
+
+impl From<EngineError> for Problem {
+    fn from(e: EngineError) -> Self {
+        let detail = e.to_string();
+        let (status, title) = match &e {
+            EngineError::Refused(_) => (StatusCode::CONFLICT, "promotion refused"),
+            EngineError::UnknownApp(_) | EngineError::UnknownEnvironment(_) => (StatusCode::NOT_FOUND, "not in the config"),
+            EngineError::NotRegistered { .. } | EngineError::NoSuchPromotion(_) => (StatusCode::NOT_FOUND, "not found"),
+            EngineError::NothingToRollBack(_) => (StatusCode::CONFLICT, "nothing to roll back"),
+            EngineError::Artifact(a) => match a {
+                ArtifactError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "artifact too large"),
+                ArtifactError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "artifact could not be stored"),
+                _ => (StatusCode::UNPROCESSABLE_ENTITY, "artifact refused"),
+            },
+            EngineError::Store(StoreError::ReleaseConflict { .. }) => (StatusCode::CONFLICT, "release already registered"),
+            EngineError::Store(StoreError::StateConflict { .. }) => (StatusCode::CONFLICT, "state changed"),
+            EngineError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not found"),
+            EngineError::Store(_) | EngineError::Proxy(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        };
+        if status.is_server_error() {
+            tracing::error!("{detail}");
+        }
+        Self::new(status, title, detail)
+    }
+}
+
+impl From<ArtifactError> for Problem {
+    fn from(e: ArtifactError) -> Self {
+        EngineError::Artifact(e).into()
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e).into()
+    }
+}
