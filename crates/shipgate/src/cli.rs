@@ -1,0 +1,184 @@
+//! The command line, as DESIGN.md gives it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// shipgate: releases from development to production through gates that prove every step.
+#[derive(Debug, Parser)]
+#[command(name = "shipgate", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Config file.
+    #[arg(short = 'c', long = "config", global = true, default_value = "shipgate.toml", env = "SHIPGATE_CONFIG")]
+    pub config: PathBuf,
+    /// Server URL (default: the config's `[server] listen`, else http://127.0.0.1:7300).
+    #[arg(long, global = true, env = "SHIPGATE_SERVER")]
+    pub server: Option<String>,
+    /// API token (default: the admin token in the config's data dir).
+    #[arg(long, global = true, env = "SHIPGATE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    Text,
+    /// One JSON document, for scripts.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented shipgate.toml (never overwrites).
+    Init,
+    /// Check the config; errors point at file:line:column.
+    Validate,
+    /// Run the API, router and supervisor.
+    Server,
+    /// A guided tour on a built-in sample app.
+    Demo {
+        /// End after the tour instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+    },
+    /// Register and list releases.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Put a release into an environment.
+    #[command(alias = "deploy")]
+    Promote {
+        /// APP@VERSION
+        release: String,
+        /// Target environment.
+        #[arg(long)]
+        to: String,
+        /// Wait until it has succeeded or failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Return an environment to the release it had before.
+    Rollback {
+        /// The app.
+        app: String,
+        /// The environment.
+        #[arg(long)]
+        env: String,
+        /// A version that was live there (default: the one before the current).
+        #[arg(long)]
+        to: Option<String>,
+        /// Wait until it is done.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// What is live where, instance health, promotions in progress.
+    Status {
+        /// Only this app.
+        app: Option<String>,
+    },
+    /// Promotions of an app with their gates.
+    History {
+        /// The app.
+        app: String,
+        /// Only this environment.
+        #[arg(long)]
+        env: Option<String>,
+        /// At most this many promotions.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Output of the instance serving an app in an environment.
+    Logs {
+        /// The app.
+        app: String,
+        /// The environment.
+        #[arg(long)]
+        env: String,
+        /// Keep printing new output.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Lines to show first.
+        #[arg(long, default_value_t = 100)]
+        lines: usize,
+    },
+    /// The audit log of every change.
+    Audit {
+        /// Check the hash chain instead of listing.
+        #[arg(long)]
+        verify: bool,
+        /// Only this app.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only this environment.
+        #[arg(long)]
+        env: Option<String>,
+        /// At most this many events (the newest).
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Measurements (see docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// The demo's sample app (used by `shipgate demo` and the benchmarks).
+    #[command(hide = true)]
+    SampleApp {
+        #[arg(long)]
+        port: u16,
+    },
+    /// The demo's smoke test.
+    #[command(hide = true)]
+    SampleSmoke {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        expect_version: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Pack (a directory) or take (a .tar/.tar.gz) an artifact, hash it and register it.
+    Create {
+        /// The app.
+        app: String,
+        /// The version (immutable once registered).
+        #[arg(long)]
+        version: String,
+        /// A directory, .tar or .tar.gz.
+        #[arg(long)]
+        artifact: PathBuf,
+        /// Source commit.
+        #[arg(long)]
+        commit: Option<String>,
+        /// Free text.
+        #[arg(long)]
+        notes: Option<String>,
+    },
+    /// Registered releases, newest first.
+    List {
+        /// Only this app.
+        app: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// shipgate's own overhead of a promotion, against the app's own time to become healthy.
+    Promote {
+        /// Promotions measured.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+}

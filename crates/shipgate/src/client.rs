@@ -1,0 +1,127 @@
+//! The API client used by every client command and by the demo.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// A refusal or failure answered by the server, with its problem+json detail.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct Refused {
+    /// HTTP status.
+    pub status: u16,
+    /// What to do about it.
+    pub detail: String,
+}
+
+/// Talks to one server with one token.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:7300`).
+    pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
+        Ok(Self { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), http })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let response = request.bearer_auth(&self.token).send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow::anyhow!("cannot reach the shipgate server at {} (start it with `shipgate server`, or pass --server URL)", self.base)
+            } else {
+                anyhow::anyhow!("request to {} failed: {e}", self.base)
+            }
+        })?;
+        let status = response.status();
+        let body = response.bytes().await.context("reading the server's answer")?;
+        if !status.is_success() {
+            let detail = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| format!("the server answered {status}: {}", String::from_utf8_lossy(&body)));
+            return Err(Refused { status: status.as_u16(), detail }.into());
+        }
+        serde_json::from_slice(&body).with_context(|| format!("the server's answer is not the JSON expected: {}", String::from_utf8_lossy(&body)))
+    }
+
+    /// GET a JSON document.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
+        self.send(self.http.get(self.url(path)).query(query)).await
+    }
+
+    /// POST a JSON body.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    /// Uploads an artifact file (already a .tar or .tar.gz) with its digest.
+    pub async fn upload_release(&self, app: &str, query: &[(&str, String)], file: &Path) -> anyhow::Result<Value> {
+        let f = tokio::fs::File::open(file).await.with_context(|| format!("opening {}", file.display()))?;
+        let len = f.metadata().await.context("reading the artifact size")?.len();
+        let request = self
+            .http
+            .post(self.url(&format!("/apps/{app}/releases")))
+            .query(query)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::from(f));
+        self.send(request).await
+    }
+
+    /// Polls a promotion until it ends; `on_change` sees each new state.
+    pub async fn wait_promotion(&self, id: i64, mut on_change: impl FnMut(&str)) -> anyhow::Result<Value> {
+        let mut last = String::new();
+        loop {
+            let p: Value = self.get(&format!("/promotions/{id}"), &[]).await?;
+            let state = p["state"].as_str().unwrap_or_default().to_owned();
+            if state != last {
+                on_change(&state);
+                last = state.clone();
+            }
+            if !matches!(state.as_str(), "pending" | "deploying" | "verifying") {
+                return Ok(p);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The server URL and token a command uses: flags, then environment, then the config's own
+/// server and the admin token in its data dir.
+pub fn connect(global: &crate::cli::Global) -> anyhow::Result<Client> {
+    let config = if global.config.exists() { crate::config_file::load(&global.config)?.ok() } else { None };
+    let server = match (&global.server, &config) {
+        (Some(s), _) => s.clone(),
+        (None, Some((c, _))) => {
+            let mut addr = c.server.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+        (None, None) => "http://127.0.0.1:7300".to_owned(),
+    };
+    let token = match (&global.token, &config) {
+        (Some(t), _) => t.clone(),
+        (None, Some((c, _))) => {
+            let path = c.server.data_dir.join(shipgate_server::ADMIN_TOKEN_FILE);
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("no token given and none readable at {} (start the server once to create it, or pass --token)", path.display()))?
+                .trim()
+                .to_owned()
+        }
+        (None, None) => bail!("no token: pass --token or set SHIPGATE_TOKEN (or run in the folder of the server's shipgate.toml)"),
+    };
+    Client::new(&server, &token)
+}
