@@ -30,6 +30,8 @@ pub struct ServerConfig {
     /// Database, artifacts, logs and the admin token live here (absolute, resolved against the
     /// config file's folder).
     pub data_dir: PathBuf,
+    /// The SQLite database file (default `data_dir/shipgate.db`; `database = "sqlite://PATH"`).
+    pub database: PathBuf,
     /// Largest artifact upload accepted.
     pub max_artifact_size: ByteSize,
 }
@@ -224,22 +226,29 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         Some(l) => problems.parse(l, parse_address),
         None => parse_address(DEFAULT_LISTEN).ok(),
     };
-    if let Some(db) = &raw.database {
-        if !db.get_ref().starts_with("sqlite:") {
-            problems.add(
-                db.span(),
-                format!("database `{}` is not supported by this version", db.get_ref()),
-                "remove `database` to use the embedded SQLite database in data_dir (PostgreSQL support comes later)".to_owned(),
-            );
-        }
-    }
+    let data_dir = base_dir.join(raw.data_dir.as_deref().unwrap_or(".shipgate"));
+    let database = match &raw.database {
+        None => data_dir.join("shipgate.db"),
+        Some(db) => match db.get_ref().strip_prefix("sqlite://").or_else(|| db.get_ref().strip_prefix("sqlite:")) {
+            Some(path) if !path.is_empty() => base_dir.join(path),
+            _ => {
+                problems.add(
+                    db.span(),
+                    format!("database `{}` is not supported by this version", db.get_ref()),
+                    "write \"sqlite://PATH\", or remove `database` to use shipgate.db in data_dir (PostgreSQL support comes later)".to_owned(),
+                );
+                data_dir.join("shipgate.db")
+            }
+        },
+    };
     let max_artifact_size = match &raw.max_artifact_size {
         Some(s) => problems.parse(s, ByteSize::parse),
         None => None,
     };
     ServerConfig {
         listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7300))),
-        data_dir: base_dir.join(raw.data_dir.as_deref().unwrap_or(".shipgate")),
+        data_dir,
+        database,
         max_artifact_size: max_artifact_size.unwrap_or(ByteSize(512 << 20)),
     }
 }
@@ -419,6 +428,7 @@ pub const EXAMPLE: &str = r#"# shipgate.toml: how releases of your apps move fro
 [server]
 listen = "127.0.0.1:7300"          # API (and, later, the dashboard)
 data_dir = ".shipgate"             # database, artifacts, logs and the admin token
+# database = "sqlite://.shipgate/shipgate.db"   # the default; PostgreSQL comes later
 # max_artifact_size = "512MiB"     # largest release artifact accepted
 
 [apps.web]

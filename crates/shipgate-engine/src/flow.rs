@@ -192,7 +192,9 @@ impl Engine {
         }
         self.store.transition(t).await?;
         if let Some(old) = previous_instance {
-            self.retire(&old).await;
+            // Draining may take the whole grace period; the slot is free for the next promotion meanwhile.
+            let engine = Arc::clone(self);
+            tokio::spawn(async move { engine.retire(&old).await });
         }
         Ok(())
     }

@@ -60,10 +60,8 @@ pub struct HistoryEntry {
 impl Engine {
     /// What is live where, with the instances and unfinished promotions.
     pub async fn status(&self, app: Option<&AppName>) -> Result<Vec<AppStatus>, EngineError> {
-        if let Some(app) = app {
-            if self.config.app(app).is_none() {
-                return Err(EngineError::UnknownApp(app.to_string()));
-            }
+        if let Some(app) = app.filter(|a| self.config.app(a).is_none()) {
+            return Err(EngineError::UnknownApp(app.to_string()));
         }
         let live = self.store.live(app).await?;
         let unfinished = PromotionFilter {

@@ -8,7 +8,6 @@ mod auth;
 mod problem;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -22,11 +21,6 @@ pub use auth::{ADMIN_TOKEN_FILE, generate_token, hash_token};
 #[derive(Clone)]
 struct AppState {
     engine: Arc<Engine>,
-}
-
-/// The database file inside a data dir.
-pub fn database_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("shipgate.db")
 }
 
 /// A started server: its API address and a way to stop it.
@@ -45,7 +39,7 @@ impl Server {
         let data_dir = &config.server.data_dir;
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating the data dir {}", data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&database_path(data_dir)).await.with_context(|| format!("opening the database in {}", data_dir.display()))?,
+            SqliteStore::open(&config.server.database).await.with_context(|| format!("opening the database {}", config.server.database.display()))?,
         );
         auth::ensure_admin_token(store.as_ref(), data_dir).await?;
         let listener = tokio::net::TcpListener::bind(config.server.listen).await.with_context(|| {

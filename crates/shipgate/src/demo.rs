@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 use crate::client::Client;
 use crate::output::Printer;
 
-/// A free loopback port, preferring `wanted` so the addresses are the README's when possible.
+/// A free loopback port, preferring `wanted` (unless 0) so the addresses are the README's when possible.
 pub fn free_port(wanted: u16) -> anyhow::Result<u16> {
-    if std::net::TcpListener::bind(("127.0.0.1", wanted)).is_ok() {
+    if wanted != 0 && std::net::TcpListener::bind(("127.0.0.1", wanted)).is_ok() {
         return Ok(wanted);
     }
     let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
