@@ -147,7 +147,13 @@ impl Driver for ProcessDriver {
                 inst.finished().await;
             }
             None => {
-                if let Some(pid) = req.pid {
+                // Left by a previous server: the recorded pid if any, and every process still
+                // carrying the instance's marker (one killed before its pid was recorded).
+                let mut pids = marked_pids(&req.instance_id).await;
+                pids.extend(req.pid);
+                pids.sort_unstable();
+                pids.dedup();
+                for pid in pids {
                     stop_leftover(&req.instance_id, pid, req.grace).await;
                 }
             }
@@ -528,6 +534,19 @@ async fn stop_leftover(instance_id: &str, pid: u32, grace: Duration) {
     if is_running(pid).await && belongs_to(pid, instance_id).await {
         send(Signal::SIGKILL);
     }
+}
+
+/// Every process whose environment carries the instance's marker.
+async fn marked_pids(instance_id: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir("/proc").await else { return pids };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if belongs_to(pid, instance_id).await {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// Whether `/proc/<pid>/environ` carries the marker the driver gives every instance.

@@ -246,18 +246,30 @@ impl Engine {
             log_path: log_path.clone(),
             port: None,
         };
-        let started = self.driver.start(req).await.map_err(|e| e.to_string())?;
-        let record = shipgate_store::InstanceRecord {
+        // Recorded before it is spawned, so a server killed during the health wait finds it
+        // (by its SHIPGATE_INSTANCE marker) and stops it after the restart.
+        let mut record = shipgate_store::InstanceRecord {
             id: id.clone(),
             app: p.app.clone(),
             env: p.env.clone(),
             version: p.version.clone(),
             promotion_id: p.id,
-            pid: Some(i64::from(started.pid)),
-            port: Some(i64::from(started.port)),
-            state: "running".into(),
+            pid: None,
+            port: None,
+            state: "starting".into(),
             log_path: log_path.display().to_string(),
         };
+        self.store.put_instance(record.clone()).await.map_err(|e| format!("could not record instance {id}: {e}"))?;
+        let started = match self.driver.start(req).await {
+            Ok(started) => started,
+            Err(e) => {
+                self.stop_instance(&id, None).await;
+                return Err(e.to_string());
+            }
+        };
+        record.pid = Some(i64::from(started.pid));
+        record.port = Some(i64::from(started.port));
+        record.state = "running".into();
         if let Err(e) = self.store.put_instance(record).await {
             self.stop_instance(&id, Some(started.pid)).await;
             return Err(format!("could not record instance {id}: {e}"));

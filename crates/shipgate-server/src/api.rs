@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
@@ -18,12 +18,16 @@ use shipgate_store::{EventFilter, TokenRecord, verify_chain};
 
 use crate::AppState;
 use crate::auth::require_token;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::Problem;
 
 /// The actor of changes the server makes by itself.
 pub(crate) const SYSTEM: &str = shipgate_engine::SYSTEM;
 
 type ApiResult<T> = Result<T, Problem>;
+
+/// How much of a refused upload is read and dropped so the refusal reaches the client.
+const DRAIN_LIMIT: u64 = 1 << 30;
 
 pub(crate) fn routes(state: AppState) -> Router {
     let api = Router::new()
@@ -58,8 +62,8 @@ struct ReleaseQuery {
 async fn create_release(
     State(state): State<AppState>,
     Extension(token): Extension<TokenRecord>,
-    Path(app): Path<String>,
-    Query(q): Query<ReleaseQuery>,
+    ApiPath(app): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ReleaseQuery>,
     body: Body,
 ) -> ApiResult<impl IntoResponse> {
     let app = parse("app", &app, AppName::parse)?;
@@ -73,7 +77,18 @@ async fn create_release(
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Problem::bad_request(format!("the upload was cut off: {e}")))?;
-        upload.write(&chunk).await?;
+        if let Err(e) = upload.write(&chunk).await {
+            // Read (and drop) the rest first: answering mid-upload resets the connection and the
+            // client would see a network error instead of this message.
+            let mut left = DRAIN_LIMIT;
+            while let Some(Ok(chunk)) = stream.next().await {
+                left = left.saturating_sub(chunk.len() as u64);
+                if left == 0 {
+                    break;
+                }
+            }
+            return Err(e.into());
+        }
     }
     let checked = upload.finish(&claimed).await?;
     let request = ReleaseRequest { release: ReleaseRef { app, version }, commit: q.commit, notes: q.notes };
@@ -87,7 +102,7 @@ struct AppQuery {
     app: Option<String>,
 }
 
-async fn list_releases(State(state): State<AppState>, Query(q): Query<AppQuery>) -> ApiResult<impl IntoResponse> {
+async fn list_releases(State(state): State<AppState>, ApiQuery(q): ApiQuery<AppQuery>) -> ApiResult<impl IntoResponse> {
     let app = q.app.as_deref().map(|a| parse("app", a, AppName::parse)).transpose()?;
     Ok(Json(state.engine.store().releases(app.as_ref()).await?))
 }
@@ -98,14 +113,14 @@ struct PromoteBody {
     env: String,
 }
 
-async fn promote(State(state): State<AppState>, Extension(token): Extension<TokenRecord>, Json(b): Json<PromoteBody>) -> ApiResult<impl IntoResponse> {
+async fn promote(State(state): State<AppState>, Extension(token): Extension<TokenRecord>, ApiJson(b): ApiJson<PromoteBody>) -> ApiResult<impl IntoResponse> {
     let release = parse("release", &b.release, ReleaseRef::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
     let promotion = state.engine.promote(&release, &env, &token.name).await?;
     Ok((StatusCode::ACCEPTED, Json(promotion)))
 }
 
-async fn promotion(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<impl IntoResponse> {
+async fn promotion(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<impl IntoResponse> {
     Ok(Json(state.engine.promotion(id).await?))
 }
 
@@ -116,7 +131,7 @@ struct RollbackBody {
     to: Option<String>,
 }
 
-async fn rollback(State(state): State<AppState>, Extension(token): Extension<TokenRecord>, Json(b): Json<RollbackBody>) -> ApiResult<impl IntoResponse> {
+async fn rollback(State(state): State<AppState>, Extension(token): Extension<TokenRecord>, ApiJson(b): ApiJson<RollbackBody>) -> ApiResult<impl IntoResponse> {
     let app = parse("app", &b.app, AppName::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
     let to = b.to.as_deref().map(|v| parse("version", v, Version::parse)).transpose()?;
@@ -124,7 +139,7 @@ async fn rollback(State(state): State<AppState>, Extension(token): Extension<Tok
     Ok((StatusCode::ACCEPTED, Json(promotion)))
 }
 
-async fn status(State(state): State<AppState>, Query(q): Query<AppQuery>) -> ApiResult<impl IntoResponse> {
+async fn status(State(state): State<AppState>, ApiQuery(q): ApiQuery<AppQuery>) -> ApiResult<impl IntoResponse> {
     let app = q.app.as_deref().map(|a| parse("app", a, AppName::parse)).transpose()?;
     Ok(Json(state.engine.status(app.as_ref()).await?))
 }
@@ -136,7 +151,7 @@ struct HistoryQuery {
     limit: Option<i64>,
 }
 
-async fn history(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -> ApiResult<impl IntoResponse> {
+async fn history(State(state): State<AppState>, ApiQuery(q): ApiQuery<HistoryQuery>) -> ApiResult<impl IntoResponse> {
     let app = parse("app", &q.app, AppName::parse)?;
     let env = q.env.as_deref().map(|e| parse("environment", e, EnvName::parse)).transpose()?;
     if state.engine.config().app(&app).is_none() {
@@ -154,7 +169,7 @@ struct LogsQuery {
     lines: Option<usize>,
 }
 
-async fn logs(State(state): State<AppState>, Query(q): Query<LogsQuery>) -> ApiResult<impl IntoResponse> {
+async fn logs(State(state): State<AppState>, ApiQuery(q): ApiQuery<LogsQuery>) -> ApiResult<impl IntoResponse> {
     let app = parse("app", &q.app, AppName::parse)?;
     let env = parse("environment", &q.env, EnvName::parse)?;
     if state.engine.config().app(&app).is_none() {
@@ -204,7 +219,7 @@ struct EventsQuery {
     env: Option<String>,
 }
 
-async fn events(State(state): State<AppState>, Query(q): Query<EventsQuery>) -> ApiResult<impl IntoResponse> {
+async fn events(State(state): State<AppState>, ApiQuery(q): ApiQuery<EventsQuery>) -> ApiResult<impl IntoResponse> {
     let filter = EventFilter { after: q.after.unwrap_or(0), limit: Some(q.limit.unwrap_or(1000).min(10_000)), app: q.app, env: q.env };
     Ok(Json(state.engine.store().events(filter).await?))
 }

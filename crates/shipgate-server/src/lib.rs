@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod extract;
 mod problem;
 
 use std::future::Future;

@@ -99,7 +99,7 @@ pub trait Store: Send + Sync {
     async fn put_instance(&self, instance: InstanceRecord) -> Result<()>;
     /// Records that an instance has stopped.
     async fn mark_instance_stopped(&self, id: &str) -> Result<()>;
-    /// Instances recorded as running (to stop or restore after a restart).
+    /// Instances recorded as starting or running (to stop after a restart).
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>>;
 
     /// Appends an event by itself (for changes that are not promotions: crashes, restarts).

@@ -200,7 +200,7 @@ pub struct InstanceRecord {
     pub pid: Option<i64>,
     /// Its port.
     pub port: Option<i64>,
-    /// `running` or `stopped`.
+    /// `starting` (spawned, not yet healthy), `running` or `stopped`.
     pub state: String,
     /// Its log file.
     pub log_path: String,

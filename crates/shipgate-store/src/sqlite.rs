@@ -582,7 +582,7 @@ impl Store for SqliteStore {
     }
 
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>> {
-        let rows = sqlx::query("SELECT * FROM instances WHERE state = 'running' ORDER BY updated_at")
+        let rows = sqlx::query("SELECT * FROM instances WHERE state IN ('starting', 'running') ORDER BY updated_at")
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading instances"))?;

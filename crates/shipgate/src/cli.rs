@@ -150,6 +150,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
     /// Pack (a directory) or take (a .tar/.tar.gz) an artifact, hash it and register it.
+    #[command(disable_version_flag = true)]
     Create {
         /// The app.
         app: String,
@@ -181,4 +182,14 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,0 +1,212 @@
+//! The artifact store: an upload is hashed and checked before anything is stored, stored once
+//! by digest, unpacked read-only, and a refused upload leaves nothing behind.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use shipgate_core::ByteSize;
+use shipgate_store::artifact::{ArtifactError, ArtifactStore};
+
+use crate::fixtures::digest;
+use crate::tar_entries::{Entry, Kind, digest_of, gzip, ordinary, tar};
+
+const LIMIT: ByteSize = ByteSize(1 << 20);
+
+struct DataDir {
+    dir: tempfile::TempDir,
+    artifacts: ArtifactStore,
+}
+
+impl DataDir {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let artifacts = ArtifactStore::open(dir.path()).unwrap();
+        Self { dir, artifacts }
+    }
+
+    /// The names in `data_dir/sub`.
+    fn list(&self, sub: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.dir.path().join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[track_caller]
+    fn assert_nothing_left(&self) {
+        assert_eq!(self.list("tmp"), Vec::<String>::new(), "tmp/ holds nothing after the upload");
+    }
+
+    #[track_caller]
+    fn assert_nothing_stored(&self) {
+        self.assert_nothing_left();
+        assert_eq!(self.list("artifacts"), Vec::<String>::new(), "no artifact was stored");
+        assert_eq!(self.list("releases"), Vec::<String>::new(), "nothing was unpacked");
+    }
+
+    /// Uploads `bytes` in small chunks, checks it against `claimed` and stores it.
+    async fn upload(&self, bytes: &[u8], claimed: &shipgate_core::Digest) -> Result<PathBuf, ArtifactError> {
+        let mut upload = self.artifacts.upload(LIMIT).await?;
+        for chunk in bytes.chunks(700) {
+            upload.write(chunk).await?;
+        }
+        let checked = upload.finish(claimed).await?;
+        assert_eq!(&checked.digest, claimed);
+        assert_eq!(checked.size, bytes.len() as u64);
+        self.artifacts.store(checked).await
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[tokio::test]
+async fn an_upload_is_stored_by_digest_and_unpacked_read_only() {
+    let data = DataDir::new();
+    let archive = gzip(&tar(&ordinary()));
+    let digest = digest_of(&archive);
+
+    let dir = data.upload(&archive, &digest).await.unwrap();
+    assert_eq!(dir, data.artifacts.release_dir(&digest));
+    assert_eq!(dir, data.dir.path().join("releases").join(digest.hex()));
+    assert_eq!(data.list("artifacts"), [format!("{}.tar", digest.hex())]);
+    assert_eq!(fs::read(data.dir.path().join("artifacts").join(format!("{}.tar", digest.hex()))).unwrap(), archive, "the artifact is kept as uploaded");
+    data.assert_nothing_left();
+
+    assert_eq!(fs::read_to_string(dir.join("VERSION")).unwrap(), "1.0.0\n");
+    assert_eq!(fs::read_to_string(dir.join("static/style.css")).unwrap(), "h1 { color: teal }\n");
+    assert_eq!(fs::read_link(dir.join("run")).unwrap(), Path::new("bin/web"));
+    assert_eq!(fs::read_to_string(dir.join("static/version")).unwrap(), "1.0.0\n");
+    assert_eq!(fs::read_to_string(dir.join("public/index.html")).unwrap(), "<h1>hello</h1>\n");
+    assert_eq!(fs::metadata(dir.join("index.html")).unwrap().ino(), fs::metadata(dir.join("static/index.html")).unwrap().ino(), "the hard link is one file");
+
+    assert_eq!(mode(&dir.join("VERSION")), 0o444);
+    assert_eq!(mode(&dir.join("bin/web")), 0o555, "executable and read-only");
+    assert_eq!(mode(&dir.join("bin")), 0o555);
+    assert_eq!(mode(&dir.join("static")), 0o555);
+    assert_eq!(mode(&dir), 0o555, "no file can be added to the release");
+}
+
+#[tokio::test]
+async fn storing_the_same_artifact_again_changes_nothing() {
+    let data = DataDir::new();
+    let archive = tar(&ordinary());
+    let digest = digest_of(&archive);
+    let dir = data.upload(&archive, &digest).await.unwrap();
+    let inode = fs::metadata(dir.join("VERSION")).unwrap().ino();
+
+    let again = data.upload(&archive, &digest).await.unwrap();
+    assert_eq!(again, dir);
+    assert_eq!(fs::metadata(dir.join("VERSION")).unwrap().ino(), inode, "the release was not unpacked again");
+    assert_eq!(data.list("artifacts").len(), 1);
+    assert_eq!(data.list("releases"), [digest.hex().to_owned()]);
+    data.assert_nothing_left();
+}
+
+#[tokio::test]
+async fn a_digest_mismatch_is_refused_and_leaves_nothing() {
+    let data = DataDir::new();
+    let archive = gzip(&tar(&ordinary()));
+    let actual = digest_of(&archive);
+
+    let err = data.upload(&archive, &digest(7)).await.unwrap_err();
+    match &err {
+        ArtifactError::DigestMismatch { claimed, actual: received } => {
+            assert_eq!(claimed, &digest(7));
+            assert_eq!(received, &actual);
+        }
+        other => panic!("expected DigestMismatch, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains(digest(7).as_str()) && message.contains(actual.as_str()), "{message}");
+    data.assert_nothing_stored();
+}
+
+#[tokio::test]
+async fn an_upload_over_the_limit_is_too_large_and_leaves_nothing() {
+    let data = DataDir::new();
+    let limit = ByteSize(1000);
+    let mut upload = data.artifacts.upload(limit).await.unwrap();
+    assert_eq!(data.list("tmp").len(), 1, "the upload is received into tmp/");
+    upload.write(&[0; 600]).await.unwrap();
+    upload.write(&[0; 400]).await.unwrap();
+    let err = upload.write(&[0; 1]).await.unwrap_err();
+    assert!(matches!(err, ArtifactError::TooLarge { limit: l } if l == limit), "{err:?}");
+    assert!(err.to_string().contains("max_artifact_size"), "says what to change: {err}");
+    drop(upload);
+    data.assert_nothing_stored();
+}
+
+#[tokio::test]
+async fn an_upload_of_exactly_the_limit_is_accepted() {
+    let data = DataDir::new();
+    let archive = tar(&ordinary());
+    let mut upload = data.artifacts.upload(ByteSize(archive.len() as u64)).await.unwrap();
+    upload.write(&archive).await.unwrap();
+    upload.finish(&digest_of(&archive)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unsafe_archive_is_refused_and_leaves_nothing() {
+    let data = DataDir::new();
+    let cases: Vec<Vec<Entry>> = vec![
+        vec![Entry("VERSION", Kind::File(b"1\n")), Entry("../x", Kind::File(b"x"))],
+        vec![Entry("/abs", Kind::File(b"x"))],
+        vec![Entry("etc", Kind::Symlink("../../etc"))],
+        vec![Entry("x", Kind::HardLink("../x"))],
+        vec![Entry("sub/", Kind::Dir), Entry("sub/up", Kind::Symlink("..")), Entry("sub/up/x", Kind::File(b"x"))],
+        vec![Entry("pipe", Kind::Fifo)],
+    ];
+    for entries in cases {
+        let archive = gzip(&tar(&entries));
+        let err = data.upload(&archive, &digest_of(&archive)).await.unwrap_err();
+        assert!(matches!(err, ArtifactError::UnsafeEntry { .. }), "{err:?}");
+        data.assert_nothing_stored();
+    }
+    let junk = b"not an archive".repeat(100);
+    let err = data.upload(&junk, &digest_of(&junk)).await.unwrap_err();
+    assert!(matches!(err, ArtifactError::Unreadable(_)), "{err:?}");
+    data.assert_nothing_stored();
+}
+
+#[tokio::test]
+async fn an_abandoned_upload_leaves_nothing() {
+    let data = DataDir::new();
+    let mut upload = data.artifacts.upload(LIMIT).await.unwrap();
+    upload.write(b"the client went away").await.unwrap();
+    drop(upload);
+    data.assert_nothing_stored();
+
+    // Checked but never stored (the release was refused after the upload).
+    let archive = tar(&ordinary());
+    let mut upload = data.artifacts.upload(LIMIT).await.unwrap();
+    upload.write(&archive).await.unwrap();
+    let checked = upload.finish(&digest_of(&archive)).await.unwrap();
+    drop(checked);
+    data.assert_nothing_stored();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "product bug: concurrent stores of one artifact race on the rename into releases/ (see the store tests' report)"]
+async fn the_same_artifact_stored_concurrently_is_stored_once() {
+    let data = DataDir::new();
+    let archive = tar(&ordinary());
+    let digest = digest_of(&archive);
+    let mut stores = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (artifacts, archive, digest) = (data.artifacts.clone(), archive.clone(), digest.clone());
+        stores.spawn(async move {
+            let mut upload = artifacts.upload(LIMIT).await?;
+            upload.write(&archive).await?;
+            artifacts.store(upload.finish(&digest).await?).await
+        });
+    }
+    while let Some(stored) = stores.join_next().await {
+        assert_eq!(stored.unwrap().unwrap(), data.artifacts.release_dir(&digest));
+    }
+    data.assert_nothing_left();
+}

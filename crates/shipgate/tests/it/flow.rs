@@ -1,0 +1,171 @@
+//! A release through development → testing → staging → production, and what refuses it.
+
+use serde_json::json;
+
+use crate::helpers::{ENVS, four_envs, spawn_server};
+
+#[test]
+fn a_release_walks_all_the_way_to_production() {
+    let s = spawn_server(&four_envs(""));
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "production");
+    s.register("1.1.0", &[]);
+    s.walk("1.1.0", "production");
+    for env in ENVS {
+        assert_eq!(
+            s.version(env).as_deref(),
+            Some("1.1.0"),
+            "{env} serves the new version"
+        );
+    }
+    let status = s.json(&["status"]);
+    for e in status[0]["environments"].as_array().unwrap() {
+        assert_eq!(
+            (
+                &e["live"]["version"],
+                &e["instance"]["healthy"],
+                &e["in_progress"]
+            ),
+            (&json!("1.1.0"), &json!(true), &json!([])),
+            "{e}"
+        );
+    }
+    assert!(s.ok(&["audit", "--verify"]).contains("hash chain verified"));
+}
+
+#[test]
+fn skipping_staging_is_refused_naming_staging() {
+    let s = spawn_server(&four_envs(""));
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "testing");
+    let refusal = s.refused(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+    assert!(
+        refusal.contains("web@1.0.0 is not verified in staging yet (promote it there first: shipgate promote web@1.0.0 --to staging)"),
+        "{refusal}"
+    );
+    assert_eq!(s.version("production"), None);
+    assert_eq!(
+        s.json(&["history", "web", "--env", "production"]),
+        json!([]),
+        "no promotion was recorded"
+    );
+}
+
+#[test]
+fn a_failing_smoke_test_leaves_testing_on_its_previous_release() {
+    let s = spawn_server(&four_envs(""));
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "testing");
+    s.register("1.1.0", &[("BUG", "the front page answers 500\n")]);
+    s.ok(&["promote", "web@1.1.0", "--to", "development", "--wait"]);
+
+    let failed = s.refused(&["promote", "web@1.1.0", "--to", "testing", "--wait"]);
+    assert!(failed.contains("failed: web@1.1.0 → testing"), "{failed}");
+    assert_eq!(s.version("testing").as_deref(), Some("1.0.0"));
+    assert_eq!(s.version("development").as_deref(), Some("1.1.0"));
+
+    let smoke_output = format!(
+        "smoke: GET {}/ answered 500, expected 200",
+        s.url("testing")
+    );
+    let history = s.ok(&["history", "web", "--env", "testing"]);
+    assert!(
+        history.contains("FAILED  test: sh smoke.sh ${URL}") && history.contains(&smoke_output),
+        "{history}"
+    );
+    let last = &s.json(&["history", "web", "--env", "testing"])[0];
+    assert_eq!(
+        (&last["version"], &last["state"]),
+        (&json!("1.1.0"), &json!("failed"))
+    );
+    let live: Vec<_> = s.json(&["status"])[0]["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["live"]["version"].clone())
+        .collect();
+    assert_eq!(
+        live,
+        [json!("1.1.0"), json!("1.0.0"), json!(null), json!(null)]
+    );
+
+    let refusal = s.refused(&["promote", "web@1.1.0", "--to", "staging"]);
+    assert!(
+        refusal.contains("web@1.1.0 is not verified in testing yet"),
+        "{refusal}"
+    );
+}
+
+#[test]
+fn registering_the_same_release_twice_is_a_no_op() {
+    let s = spawn_server(&four_envs(""));
+    let create = |dir: std::path::PathBuf| {
+        s.ok(&[
+            "release",
+            "create",
+            "web",
+            "--version",
+            "1.0.0",
+            "--artifact",
+            dir.to_str().unwrap(),
+        ])
+    };
+    let first = create(s.app_release("1.0.0", &[]));
+    assert!(
+        first.starts_with("registered web@1.0.0 (sha256:"),
+        "{first}"
+    );
+    // The same files written again (new mtimes) pack to the same digest.
+    let again = create(s.app_release("1.0.0", &[]));
+    assert!(
+        again.contains("web@1.0.0 is already registered with this content"),
+        "{again}"
+    );
+    assert_eq!(s.json(&["release", "list"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn rollback_returns_production_to_the_previous_version() {
+    let s = spawn_server(&four_envs(""));
+    for version in ["1.0.0", "1.1.0"] {
+        s.register(version, &[]);
+        s.walk(version, "production");
+    }
+    assert_eq!(s.version("production").as_deref(), Some("1.1.0"));
+    s.ok(&["rollback", "web", "--env", "production", "--wait"]);
+    assert_eq!(s.version("production").as_deref(), Some("1.0.0"));
+    assert_eq!(
+        s.version("staging").as_deref(),
+        Some("1.1.0"),
+        "other environments keep theirs"
+    );
+    let history = s.json(&["history", "web", "--env", "production"]);
+    let states: Vec<_> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{} {} {}", p["kind"], p["version"], p["state"]))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            r#""rollback" "1.0.0" "succeeded""#,
+            r#""promote" "1.1.0" "rolled_back""#,
+            r#""promote" "1.0.0" "succeeded""#
+        ]
+    );
+}
+
+#[test]
+fn logs_print_the_apps_output() {
+    let s = spawn_server(&four_envs(""));
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "development");
+    assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
+    let logs = s.ok(&["logs", "web", "--env", "development"]);
+    assert!(
+        logs.contains("fixture app 1.0.0 listening on port")
+            && logs.contains("\"GET /version HTTP/1.1\" 200"),
+        "{logs}"
+    );
+}

@@ -1,0 +1,426 @@
+//! The real `shipgate` binary as child processes: a server in its own temp dir on free loopback
+//! ports, CLI calls against it, plain HTTP to its addresses, and release folders of the fixture
+//! app (`tests/fixtures/app`, a Python `http.server` script that is not shipgate's own).
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shipgate");
+pub const ENVS: [&str; 4] = ["development", "testing", "staging", "production"];
+const FIXTURE_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/app");
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `done` until it holds; panics naming `what` after 30 s.
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The fixture app in development → testing → staging → production, with the smoke test in
+/// testing; `server_extra` goes into `[server]`.
+pub fn four_envs(server_extra: &str) -> String {
+    let mut toml = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"data\"\n{server_extra}\n\n[apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n",
+        free_port()
+    );
+    for (i, env) in ENVS.iter().enumerate() {
+        toml.push_str(&format!(
+            "\n[environments.{env}]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port()
+        ));
+        if i > 0 {
+            toml.push_str(&format!("after = \"{}\"\n", ENVS[i - 1]));
+        }
+        if *env == "testing" {
+            toml.push_str("verify.tests = [\"sh smoke.sh ${URL}\"]\n");
+        }
+    }
+    toml
+}
+
+/// The `listen` address written in `[section]` of a config.
+fn listen_of(config: &str, section: &str) -> String {
+    let start = config
+        .find(&format!("[{section}]"))
+        .unwrap_or_else(|| panic!("no [{section}] in the config"));
+    let line = config[start..]
+        .lines()
+        .find(|l| l.starts_with("listen = "))
+        .unwrap();
+    line.trim_start_matches("listen = ")
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// `GET url` over a plain TCP connection (HTTP/1.0, so no chunking); None if nothing listens.
+pub fn http_get(url: &str, token: Option<&str>) -> Option<Reply> {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n").ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Some(Reply {
+        status,
+        content_type,
+        body: body.to_owned(),
+    })
+}
+
+/// Text of a finished command, both streams, for messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Pid and process group of every process whose working directory is inside `dir`.
+pub fn processes_in(dir: &Path) -> Vec<(i32, i32)> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // Unreadable for processes that are gone or zombies, which hold nothing.
+        let Ok(cwd) = fs::read_link(entry.path().join("cwd")) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let pgid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse().ok());
+        if let (true, Some(pgid)) = (cwd.starts_with(&dir), pgid) {
+            found.push((pid, pgid));
+        }
+    }
+    found
+}
+
+/// `pid: command line (in its working directory)`, for messages.
+pub fn describe_process(pid: i32) -> String {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+    format!("{pid}: {} (in {})", cmdline.trim(), cwd.display())
+}
+
+/// A `shipgate server` child with its own temp dir, config and data dir (`data/`).
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    config_text: String,
+    child: Option<Child>,
+}
+
+/// Writes `config_toml` to `<tempdir>/shipgate.toml`, starts `shipgate server -c` on it (stderr
+/// to `<tempdir>/server.log`) and waits until `/healthz` answers.
+pub fn spawn_server(config_toml: &str) -> TestServer {
+    let dir = tempfile::Builder::new()
+        .prefix("shipgate-it-")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("shipgate.toml");
+    fs::write(&config, config_toml).unwrap();
+    let mut server = TestServer {
+        dir,
+        config,
+        config_text: config_toml.to_owned(),
+        child: None,
+    };
+    server.start();
+    server
+}
+
+impl TestServer {
+    fn start(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        let child = command(self.dir.path())
+            .args(["server", "-c"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let health = format!("{}/healthz", self.api());
+        let deadline = Instant::now() + PATIENCE;
+        while http_get(&health, None).is_none_or(|r| r.status != 200) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "the server exited ({status}) before answering:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not answer {health} within {PATIENCE:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// `http://` address of the API.
+    pub fn api(&self) -> String {
+        format!("http://{}", listen_of(&self.config_text, "server"))
+    }
+
+    /// `http://` address of an environment.
+    pub fn url(&self, env: &str) -> String {
+        format!(
+            "http://{}",
+            listen_of(&self.config_text, &format!("environments.{env}"))
+        )
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// What the server wrote to stderr.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs `shipgate -c <config> ARGS`; it finds the server and admin token by itself.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        command(self.dir.path())
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must exit 0; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "`shipgate {}` failed:\n{}",
+            args.join(" "),
+            text(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command that must exit 1; returns stdout and stderr.
+    pub fn refused(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "`shipgate {}` should have been refused:\n{}",
+            args.join(" "),
+            text(&out)
+        );
+        text(&out)
+    }
+
+    /// Runs a command with `--output json` that must exit 0; returns its document.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(&[args, &["--output", "json"]].concat());
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+
+    /// GET on a URL (an environment address, usually).
+    pub fn get(&self, url: &str) -> Option<Reply> {
+        http_get(url, None)
+    }
+
+    /// The version an environment's address serves, or None if it does not answer 200.
+    pub fn version(&self, env: &str) -> Option<String> {
+        self.get(&format!("{}/version", self.url(env)))
+            .filter(|r| r.status == 200)
+            .map(|r| r.body.trim().to_owned())
+    }
+
+    /// A release folder of the fixture app with its VERSION and `extra` files (BUG, SLOW, ...).
+    pub fn app_release(&self, version: &str, extra: &[(&str, &str)]) -> PathBuf {
+        let names: String = extra.iter().map(|(name, _)| format!("-{name}")).collect();
+        let dir = self
+            .dir
+            .path()
+            .join("src")
+            .join(format!("{version}{names}"));
+        fs::create_dir_all(&dir).unwrap();
+        for file in ["server.py", "smoke.sh"] {
+            fs::copy(Path::new(FIXTURE_APP).join(file), dir.join(file)).unwrap();
+        }
+        fs::write(dir.join("VERSION"), format!("{version}\n")).unwrap();
+        for (name, content) in extra {
+            fs::write(dir.join(name), content).unwrap();
+        }
+        dir
+    }
+
+    /// Registers a fixture app release; returns its digest.
+    pub fn register(&self, version: &str, extra: &[(&str, &str)]) -> String {
+        let dir = self.app_release(version, extra);
+        let answer = self.json(&[
+            "release",
+            "create",
+            "web",
+            "--version",
+            version,
+            "--artifact",
+            dir.to_str().unwrap(),
+        ]);
+        answer["release"]["digest"].as_str().unwrap().to_owned()
+    }
+
+    /// Promotes `web@version` with `--wait` through every environment up to `last`.
+    pub fn walk(&self, version: &str, last: &str) {
+        let release = format!("web@{version}");
+        for env in ENVS {
+            self.ok(&["promote", &release, "--to", env, "--wait"]);
+            if env == last {
+                return;
+            }
+        }
+        panic!("no environment {last}");
+    }
+
+    /// Processes of app instances (and tests) running from an unpacked release.
+    pub fn instance_processes(&self) -> Vec<(i32, i32)> {
+        processes_in(&self.data_dir().join("releases"))
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("the server is not running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts the server again on the same config and data dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.start();
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after 60 s).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the server is not running");
+        kill(
+            Pid::from_raw(i32::try_from(child.id()).unwrap()),
+            Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + 2 * PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "the server did not stop within 60 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(
+                Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)),
+                Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + 2 * PATIENCE;
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A safety net, so a test that failed (or found a leak) leaves no process behind.
+        for (pid, _) in self.instance_processes() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        // Releases are unpacked read-only; without write access the temp dir stays behind.
+        make_dirs_writable(&self.data_dir().join("releases"));
+    }
+}
+
+fn make_dirs_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            make_dirs_writable(&entry.path());
+        }
+    }
+}
+
+/// `shipgate` in `dir`, without the caller's SHIPGATE_* settings.
+pub fn command(dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.current_dir(dir)
+        .env_remove("SHIPGATE_SERVER")
+        .env_remove("SHIPGATE_TOKEN")
+        .env_remove("SHIPGATE_CONFIG")
+        .env_remove("RUST_LOG");
+    c
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the `shipgate` binary: the real binary as child processes, a real
+//! server, real HTTP, and an app that is not shipgate's own (`tests/fixtures/app`).
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod bad_input;
+mod flow;
+mod helpers;
+mod restart;
