@@ -41,10 +41,27 @@ mod tests {
 
     #[test]
     fn any_field_changes_the_hash() {
-        let e = EventContent { id: 1, at: "t", actor: "a", kind: "k", message: "m", data: "{}" };
+        let e = EventContent {
+            id: 1,
+            at: "t",
+            actor: "a",
+            kind: "k",
+            message: "m",
+            data: "{}",
+        };
         let base = chain_hash(GENESIS, &e);
         assert_ne!(base, chain_hash(GENESIS, &EventContent { actor: "b", ..e }));
-        assert_ne!(base, chain_hash(GENESIS, &EventContent { message: "mm", data: "{}", ..e }));
+        assert_ne!(
+            base,
+            chain_hash(
+                GENESIS,
+                &EventContent {
+                    message: "mm",
+                    data: "{}",
+                    ..e
+                }
+            )
+        );
         assert_ne!(base, chain_hash(&base, &e));
     }
 }

@@ -179,12 +179,27 @@ struct RawVerify {
 struct Problems(Vec<ConfigProblem>);
 
 impl Problems {
-    fn add(&mut self, span: Range<usize>, message: impl Into<String>, help: impl Into<Option<String>>) {
-        self.0.push(ConfigProblem { span, message: message.into(), help: help.into() });
+    fn add(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        help: impl Into<Option<String>>,
+    ) {
+        self.0.push(ConfigProblem {
+            span,
+            message: message.into(),
+            help: help.into(),
+        });
     }
 
-    fn parse<T>(&mut self, value: &Spanned<String>, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
-        parse(value.get_ref()).map_err(|e| self.add(value.span(), e, None)).ok()
+    fn parse<T>(
+        &mut self,
+        value: &Spanned<String>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        parse(value.get_ref())
+            .map_err(|e| self.add(value.span(), e, None))
+            .ok()
     }
 }
 
@@ -192,7 +207,9 @@ impl Config {
     /// Parses and validates a config file's text. Relative paths are resolved against
     /// `base_dir` (the folder of the file).
     pub fn parse(src: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(src).map_err(|e| ConfigError { problems: vec![toml_problem(&e, src)] })?;
+        let raw: RawConfig = toml::from_str(src).map_err(|e| ConfigError {
+            problems: vec![toml_problem(&e, src)],
+        })?;
         let mut problems = Problems::default();
         let server = server(raw.server, base_dir, &mut problems);
         let apps = apps(raw.apps, &mut problems);
@@ -201,13 +218,24 @@ impl Config {
             problems.add(0..0, "the config defines no app", "add one, for example:\n[apps.web]\nrun = \"./web --port ${PORT}\"\nhealth = \"/healthz\"".to_owned());
         }
         if environments.is_empty() && problems.0.is_empty() {
-            problems.add(0..0, "the config defines no environment", "add one, for example:\n[environments.development]\nlisten = \"127.0.0.1:8101\"".to_owned());
+            problems.add(
+                0..0,
+                "the config defines no environment",
+                "add one, for example:\n[environments.development]\nlisten = \"127.0.0.1:8101\""
+                    .to_owned(),
+            );
         }
         if !problems.0.is_empty() {
             problems.0.sort_by_key(|p| p.span.start);
-            return Err(ConfigError { problems: problems.0 });
+            return Err(ConfigError {
+                problems: problems.0,
+            });
         }
-        Ok(Config { server, apps, environments })
+        Ok(Config {
+            server,
+            apps,
+            environments,
+        })
     }
 
     /// The app of that name.
@@ -229,7 +257,11 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
     let data_dir = base_dir.join(raw.data_dir.as_deref().unwrap_or(".shipgate"));
     let database = match &raw.database {
         None => data_dir.join("shipgate.db"),
-        Some(db) => match db.get_ref().strip_prefix("sqlite://").or_else(|| db.get_ref().strip_prefix("sqlite:")) {
+        Some(db) => match db
+            .get_ref()
+            .strip_prefix("sqlite://")
+            .or_else(|| db.get_ref().strip_prefix("sqlite:"))
+        {
             Some(path) if !path.is_empty() => base_dir.join(path),
             _ => {
                 problems.add(
@@ -259,12 +291,27 @@ fn apps(raw: BTreeMap<Spanned<String>, RawApp>, problems: &mut Problems) -> Vec<
     let mut apps = Vec::new();
     for (name, app) in raw {
         let parsed_name = problems.parse(&name, |s| AppName::parse(s).map_err(|e| e.0));
-        let health = app.health.map(Spanned::into_inner).unwrap_or_else(|| "/".to_owned());
+        let health = app
+            .health
+            .map(Spanned::into_inner)
+            .unwrap_or_else(|| "/".to_owned());
         if !health.starts_with('/') {
-            problems.add(name.span(), format!("health path `{health}` of app `{}` must start with `/`", name.get_ref()), None);
+            problems.add(
+                name.span(),
+                format!(
+                    "health path `{health}` of app `{}` must start with `/`",
+                    name.get_ref()
+                ),
+                None,
+            );
         }
         if app.run.get_ref().trim().is_empty() {
-            problems.add(app.run.span(), format!("`run` of app `{}` is empty", name.get_ref()), "give the command that starts the app, for example \"./web --port ${PORT}\"".to_owned());
+            problems.add(
+                app.run.span(),
+                format!("`run` of app `{}` is empty", name.get_ref()),
+                "give the command that starts the app, for example \"./web --port ${PORT}\""
+                    .to_owned(),
+            );
         }
         let health_timeout = match &app.health_timeout {
             Some(t) => problems.parse(t, Duration::parse),
@@ -275,32 +322,50 @@ fn apps(raw: BTreeMap<Spanned<String>, RawApp>, problems: &mut Problems) -> Vec<
                 name,
                 run: app.run.into_inner(),
                 health,
-                health_timeout: health_timeout.unwrap_or(Duration::from_std(std::time::Duration::from_secs(30))),
+                health_timeout: health_timeout
+                    .unwrap_or(Duration::from_std(std::time::Duration::from_secs(30))),
             });
         }
     }
     apps
 }
 
-fn environments(raw: BTreeMap<Spanned<String>, RawEnvironment>, server: &ServerConfig, problems: &mut Problems) -> Vec<EnvironmentConfig> {
+fn environments(
+    raw: BTreeMap<Spanned<String>, RawEnvironment>,
+    server: &ServerConfig,
+    problems: &mut Problems,
+) -> Vec<EnvironmentConfig> {
     let mut raw: Vec<_> = raw.into_iter().collect();
     raw.sort_by_key(|(name, _)| name.span().start);
     let names: Vec<String> = raw.iter().map(|(n, _)| n.get_ref().clone()).collect();
     let mut envs = Vec::new();
-    let mut addresses: Vec<(SocketAddr, String)> = vec![(server.listen, "the server (`[server] listen`)".to_owned())];
+    let mut addresses: Vec<(SocketAddr, String)> =
+        vec![(server.listen, "the server (`[server] listen`)".to_owned())];
     for (name, env) in &raw {
         let parsed_name = problems.parse(name, |s| EnvName::parse(s).map_err(|e| e.0));
         let after = env.after.as_ref().and_then(|after| {
             if after.get_ref() == name.get_ref() {
-                problems.add(after.span(), format!("environment `{}` comes after itself", name.get_ref()), "name the environment a release must pass first, or remove `after`".to_owned());
+                problems.add(
+                    after.span(),
+                    format!("environment `{}` comes after itself", name.get_ref()),
+                    "name the environment a release must pass first, or remove `after`".to_owned(),
+                );
                 return None;
             }
             if !names.contains(after.get_ref()) {
                 let help = match closest(after.get_ref(), names.iter().map(String::as_str)) {
                     Some(c) => format!("did you mean `{c}`?"),
-                    None => format!("define [environments.{}] or name one of: {}", after.get_ref(), names.join(", ")),
+                    None => format!(
+                        "define [environments.{}] or name one of: {}",
+                        after.get_ref(),
+                        names.join(", ")
+                    ),
                 };
-                problems.add(after.span(), format!("`after = \"{}\"` names no environment", after.get_ref()), help);
+                problems.add(
+                    after.span(),
+                    format!("`after = \"{}\"` names no environment", after.get_ref()),
+                    help,
+                );
                 return None;
             }
             problems.parse(after, |s| EnvName::parse(s).map_err(|e| e.0))
@@ -308,7 +373,14 @@ fn environments(raw: BTreeMap<Spanned<String>, RawEnvironment>, server: &ServerC
         let listen = problems.parse(&env.listen, parse_address);
         if let Some(addr) = listen {
             if let Some((_, owner)) = addresses.iter().find(|(a, _)| same_socket(*a, addr)) {
-                problems.add(env.listen.span(), format!("environment `{}` listens on {addr}, which {owner} already uses", name.get_ref()), "give every environment its own address".to_owned());
+                problems.add(
+                    env.listen.span(),
+                    format!(
+                        "environment `{}` listens on {addr}, which {owner} already uses",
+                        name.get_ref()
+                    ),
+                    "give every environment its own address".to_owned(),
+                );
             }
             addresses.push((addr, format!("environment `{}`", name.get_ref())));
         }
@@ -319,25 +391,41 @@ fn environments(raw: BTreeMap<Spanned<String>, RawEnvironment>, server: &ServerC
                 "remove it rather than rely on it: approvals, soak time and deploy windows arrive with the gates release".to_owned(),
             );
         }
-        for key in [&env.verify.watch, &env.verify.max_error_rate].into_iter().flatten() {
+        for key in [&env.verify.watch, &env.verify.max_error_rate]
+            .into_iter()
+            .flatten()
+        {
             problems.add(key.span(), "`verify.watch` and `verify.max_error_rate` are not enforced by this version of shipgate", "remove them; use `verify.tests` to check a release after the switch".to_owned());
         }
-        let timeout = env.verify.timeout.as_ref().and_then(|t| problems.parse(t, Duration::parse));
+        let timeout = env
+            .verify
+            .timeout
+            .as_ref()
+            .and_then(|t| problems.parse(t, Duration::parse));
         if let (Some(name), Some(listen)) = (parsed_name, listen) {
             envs.push(EnvironmentConfig {
                 name,
                 after,
                 listen,
                 vars: env.vars.clone(),
-                verify: VerifyConfig { tests: env.verify.tests.clone(), timeout },
+                verify: VerifyConfig {
+                    tests: env.verify.tests.clone(),
+                    timeout,
+                },
             });
         }
     }
     if let Some(cycle) = find_cycle(&envs) {
         let first = raw.iter().find(|(n, _)| n.get_ref() == cycle[0].as_str());
-        let span = first.and_then(|(_, e)| e.after.as_ref()).map_or(0..0, Spanned::span);
+        let span = first
+            .and_then(|(_, e)| e.after.as_ref())
+            .map_or(0..0, Spanned::span);
         let path: Vec<&str> = cycle.iter().map(EnvName::as_str).collect();
-        problems.add(span, format!("environments form a cycle in `after`: {}", path.join(" → ")), "one of them must come first: remove its `after`".to_owned());
+        problems.add(
+            span,
+            format!("environments form a cycle in `after`: {}", path.join(" → ")),
+            "one of them must come first: remove its `after`".to_owned(),
+        );
         return envs;
     }
     order(envs)
@@ -349,7 +437,10 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
 
 /// Follows `after` from each environment; returns the names around the first cycle found.
 fn find_cycle(envs: &[EnvironmentConfig]) -> Option<Vec<EnvName>> {
-    let after: HashMap<&EnvName, &EnvName> = envs.iter().filter_map(|e| Some((&e.name, e.after.as_ref()?))).collect();
+    let after: HashMap<&EnvName, &EnvName> = envs
+        .iter()
+        .filter_map(|e| Some((&e.name, e.after.as_ref()?)))
+        .collect();
     for env in envs {
         let mut path = vec![&env.name];
         let mut at = &env.name;
@@ -372,7 +463,11 @@ fn order(mut envs: Vec<EnvironmentConfig>) -> Vec<EnvironmentConfig> {
     while !envs.is_empty() {
         let ready = envs
             .iter()
-            .position(|e| e.after.as_ref().is_none_or(|a| ordered.iter().any(|o| &o.name == a)))
+            .position(|e| {
+                e.after
+                    .as_ref()
+                    .is_none_or(|a| ordered.iter().any(|o| &o.name == a))
+            })
             .unwrap_or(0);
         ordered.push(envs.remove(ready));
     }
@@ -400,25 +495,47 @@ fn toml_problem(e: &toml::de::Error, src: &str) -> ConfigProblem {
     let msg = e.message().trim();
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let field = rest.split('`').next().unwrap_or_default();
-        let known: Vec<&str> = rest.split('`').skip(1).collect::<Vec<_>>().chunks(2).filter_map(|c| c.get(1).copied()).collect();
+        let known: Vec<&str> = rest
+            .split('`')
+            .skip(1)
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .filter_map(|c| c.get(1).copied())
+            .collect();
         let help = match closest(field, known.iter().copied()) {
             Some(k) => format!("did you mean `{k}`?"),
             None if known.is_empty() => "remove it".to_owned(),
             None => format!("remove it; the keys known here are: {}", known.join(", ")),
         };
-        return ConfigProblem { span, message: format!("unknown key `{field}`"), help: Some(help) };
+        return ConfigProblem {
+            span,
+            message: format!("unknown key `{field}`"),
+            help: Some(help),
+        };
     }
     if let Some(rest) = msg.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or_default();
         let help = match field {
-            "run" => "add the command that starts the app, for example run = \"./web --port ${PORT}\"",
-            "listen" => "give the environment its stable address, for example listen = \"127.0.0.1:8101\"",
+            "run" => {
+                "add the command that starts the app, for example run = \"./web --port ${PORT}\""
+            }
+            "listen" => {
+                "give the environment its stable address, for example listen = \"127.0.0.1:8101\""
+            }
             _ => "add it",
         };
-        return ConfigProblem { span, message: format!("missing key `{field}`"), help: Some(help.to_owned()) };
+        return ConfigProblem {
+            span,
+            message: format!("missing key `{field}`"),
+            help: Some(help.to_owned()),
+        };
     }
     let _ = src;
-    ConfigProblem { span, message: msg.to_owned(), help: None }
+    ConfigProblem {
+        span,
+        message: msg.to_owned(),
+        help: None,
+    }
 }
 
 /// The commented example written by `shipgate init`; it must parse as a valid config.
@@ -460,7 +577,9 @@ mod tests {
     use super::*;
 
     fn errors(src: &str) -> String {
-        Config::parse(src, Path::new("/p")).unwrap_err().render("shipgate.toml", src)
+        Config::parse(src, Path::new("/p"))
+            .unwrap_err()
+            .render("shipgate.toml", src)
     }
 
     const BASE: &str = "[apps.web]\nrun = \"./web\"\n";
@@ -485,7 +604,9 @@ mod tests {
 
     #[test]
     fn after_naming_nothing() {
-        let src = format!("{BASE}[environments.testing]\nlisten = \"127.0.0.1:8101\"\n[environments.staging]\nafter = \"testin\"\nlisten = \"127.0.0.1:8102\"\n");
+        let src = format!(
+            "{BASE}[environments.testing]\nlisten = \"127.0.0.1:8101\"\n[environments.staging]\nafter = \"testin\"\nlisten = \"127.0.0.1:8102\"\n"
+        );
         insta::assert_snapshot!(errors(&src), @r#"
         shipgate.toml:6:9: `after = "testin"` names no environment
           help: did you mean `testing`?
@@ -494,7 +615,9 @@ mod tests {
 
     #[test]
     fn cycle_is_named() {
-        let src = format!("{BASE}[environments.a]\nafter = \"b\"\nlisten = \"127.0.0.1:8101\"\n[environments.b]\nafter = \"a\"\nlisten = \"127.0.0.1:8102\"\n");
+        let src = format!(
+            "{BASE}[environments.a]\nafter = \"b\"\nlisten = \"127.0.0.1:8101\"\n[environments.b]\nafter = \"a\"\nlisten = \"127.0.0.1:8102\"\n"
+        );
         insta::assert_snapshot!(errors(&src), @r"
         shipgate.toml:4:9: environments form a cycle in `after`: a → b → a
           help: one of them must come first: remove its `after`
@@ -503,7 +626,9 @@ mod tests {
 
     #[test]
     fn duplicate_address_malformed_address_and_duration() {
-        let src = format!("{BASE}health_timeout = \"ten\"\n[environments.a]\nlisten = \"127.0.0.1:8101\"\n[environments.b]\nlisten = \"0.0.0.0:8101\"\n[environments.c]\nlisten = \"localhost\"\nverify.timeout = \"5 minutes\"\n");
+        let src = format!(
+            "{BASE}health_timeout = \"ten\"\n[environments.a]\nlisten = \"127.0.0.1:8101\"\n[environments.b]\nlisten = \"0.0.0.0:8101\"\n[environments.c]\nlisten = \"localhost\"\nverify.timeout = \"5 minutes\"\n"
+        );
         insta::assert_snapshot!(errors(&src), @r#"
         shipgate.toml:3:18: `ten` is not a duration: write a number and a unit (ms, s, m, h, d), for example "30s", "10m" or "1h30m"
         shipgate.toml:7:10: environment `b` listens on 0.0.0.0:8101, which environment `a` already uses
@@ -515,7 +640,8 @@ mod tests {
 
     #[test]
     fn unsupported_gates_are_refused_not_ignored() {
-        let src = format!("{BASE}[environments.p]\nlisten = \"127.0.0.1:8101\"\nrequire.approvals = 1\n");
+        let src =
+            format!("{BASE}[environments.p]\nlisten = \"127.0.0.1:8101\"\nrequire.approvals = 1\n");
         assert!(errors(&src).contains("`require` of environment `p` is not enforced"));
     }
 

@@ -10,7 +10,9 @@ impl Duration {
     /// Parses one or more `<number><unit>` parts, units `ms`, `s`, `m`, `h`, `d`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!("`{s}` is not a duration: write a number and a unit (ms, s, m, h, d), for example \"30s\", \"10m\" or \"1h30m\"")
+            format!(
+                "`{s}` is not a duration: write a number and a unit (ms, s, m, h, d), for example \"30s\", \"10m\" or \"1h30m\""
+            )
         };
         let mut total = std::time::Duration::ZERO;
         let mut rest = s.trim();
@@ -24,7 +26,9 @@ impl Duration {
             }
             let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let millis = match &rest[..unit_len] {
                 "ms" => 1,
                 "s" => 1_000,

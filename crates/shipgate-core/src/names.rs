@@ -11,7 +11,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct NameError(pub String);
 
 fn check_identifier(kind: &str, s: &str) -> Result<(), NameError> {
-    let ok_first = s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_first = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     let ok_rest = s
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
@@ -86,7 +89,8 @@ impl Version {
         let ok = !s.is_empty()
             && s.len() <= 128
             && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
         if !ok {
             return Err(NameError(format!(
                 "`{s}` is not a valid version: use letters, digits, `.`, `-`, `_` or `+`, starting with a letter or digit (for example 1.4.2)"
@@ -108,7 +112,11 @@ impl Digest {
     /// Parses `sha256:<hex>`.
     pub fn parse(s: &str) -> Result<Self, NameError> {
         let hex = s.strip_prefix("sha256:").unwrap_or("");
-        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        if hex.len() != 64
+            || !hex
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        {
             return Err(NameError(format!(
                 "`{s}` is not a digest: expected `sha256:` followed by 64 lowercase hex digits"
             )));
@@ -175,9 +183,14 @@ impl ReleaseRef {
     /// Parses `app@version`.
     pub fn parse(s: &str) -> Result<Self, NameError> {
         let (app, version) = s.split_once('@').ok_or_else(|| {
-            NameError(format!("`{s}` names no version: write APP@VERSION, for example web@1.4.2"))
+            NameError(format!(
+                "`{s}` names no version: write APP@VERSION, for example web@1.4.2"
+            ))
         })?;
-        Ok(Self { app: AppName::parse(app)?, version: Version::parse(version)? })
+        Ok(Self {
+            app: AppName::parse(app)?,
+            version: Version::parse(version)?,
+        })
     }
 }
 

@@ -111,7 +111,9 @@ impl PromotionKind {
     }
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Promote, Self::Rollback].into_iter().find(|k| k.as_str() == s)
+        [Self::Promote, Self::Rollback]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -130,7 +132,9 @@ pub enum EntryRefusal {
         known: String,
     },
     /// The release has not passed the environment before this one.
-    #[error("{release} is not verified in {after} yet (promote it there first: shipgate promote {release} --to {after})")]
+    #[error(
+        "{release} is not verified in {after} yet (promote it there first: shipgate promote {release} --to {after})"
+    )]
     NotVerifiedBefore {
         /// The release asked for.
         release: ReleaseRef,
@@ -154,12 +158,22 @@ pub fn check_entry(
         return Err(EntryRefusal::UnknownApp(release.app.to_string()));
     }
     let Some(environment) = config.environment(env) else {
-        let known: Vec<&str> = config.environments.iter().map(|e| e.name.as_str()).collect();
-        return Err(EntryRefusal::UnknownEnvironment { env: env.to_string(), known: known.join(", ") });
+        let known: Vec<&str> = config
+            .environments
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        return Err(EntryRefusal::UnknownEnvironment {
+            env: env.to_string(),
+            known: known.join(", "),
+        });
     };
     match &environment.after {
         Some(after) if verified_digest(after).as_ref() != Some(digest) => {
-            Err(EntryRefusal::NotVerifiedBefore { release: release.clone(), after: after.clone() })
+            Err(EntryRefusal::NotVerifiedBefore {
+                release: release.clone(),
+                after: after.clone(),
+            })
         }
         _ => Ok(()),
     }
@@ -179,7 +193,10 @@ mod tests {
         for from in PromotionState::ALL {
             for to in PromotionState::ALL {
                 if from.is_terminal() && from.can_become(to) {
-                    assert_eq!((from, to), (PromotionState::Succeeded, PromotionState::RolledBack));
+                    assert_eq!(
+                        (from, to),
+                        (PromotionState::Succeeded, PromotionState::RolledBack)
+                    );
                 }
             }
             assert_eq!(PromotionState::parse(from.as_str()), Some(from));
@@ -201,6 +218,10 @@ mod tests {
             "web@1.0.0 is not verified in staging yet (promote it there first: shipgate promote web@1.0.0 --to staging)"
         );
         assert!(check_entry(&c, &r, &d, &prod, |_| Some(other)).is_err());
-        assert!(check_entry(&c, &r, &d, &prod, |e| (e.as_str() == "staging").then(|| d.clone())).is_ok());
+        assert!(
+            check_entry(&c, &r, &d, &prod, |e| (e.as_str() == "staging")
+                .then(|| d.clone()))
+            .is_ok()
+        );
     }
 }

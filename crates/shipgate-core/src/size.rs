@@ -11,7 +11,11 @@ impl ByteSize {
     pub fn parse(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let bad = || format!("`{s}` is not a size: write a number and a unit, for example \"512MiB\" or \"2GiB\"");
+        let bad = || {
+            format!(
+                "`{s}` is not a size: write a number and a unit, for example \"512MiB\" or \"2GiB\""
+            )
+        };
         let n: u64 = t[..split].parse().map_err(|_| bad())?;
         let mult: u64 = match t[split..].trim() {
             "" | "B" => 1,

@@ -32,6 +32,9 @@ mod tests {
     #[test]
     fn expands_known_names_only() {
         let vars = BTreeMap::from([("PORT".to_owned(), "8080".to_owned())]);
-        assert_eq!(expand("./web --port ${PORT} ${HOME} ${", &vars), "./web --port 8080 ${HOME} ${");
+        assert_eq!(
+            expand("./web --port ${PORT} ${HOME} ${", &vars),
+            "./web --port 8080 ${HOME} ${"
+        );
     }
 }

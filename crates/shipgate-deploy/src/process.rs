@@ -539,9 +539,17 @@ async fn stop_leftover(instance_id: &str, pid: u32, grace: Duration) {
 /// Every process whose environment carries the instance's marker.
 async fn marked_pids(instance_id: &str) -> Vec<u32> {
     let mut pids = Vec::new();
-    let Ok(mut entries) = tokio::fs::read_dir("/proc").await else { return pids };
+    let Ok(mut entries) = tokio::fs::read_dir("/proc").await else {
+        return pids;
+    };
     while let Ok(Some(entry)) = entries.next_entry().await {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if belongs_to(pid, instance_id).await {
             pids.push(pid);
         }

@@ -11,13 +11,17 @@ pub enum EngineError {
     #[error(transparent)]
     Refused(#[from] EntryRefusal),
     /// The app is not in the config.
-    #[error("app `{0}` is not in the config (add [apps.{0}] to shipgate.toml and restart the server)")]
+    #[error(
+        "app `{0}` is not in the config (add [apps.{0}] to shipgate.toml and restart the server)"
+    )]
     UnknownApp(String),
     /// The environment is not in the config.
     #[error("environment `{0}` is not in the config")]
     UnknownEnvironment(String),
     /// The release was never registered.
-    #[error("{release} is not registered (register it first: shipgate release create {app} --version {version} --artifact PATH)")]
+    #[error(
+        "{release} is not registered (register it first: shipgate release create {app} --version {version} --artifact PATH)"
+    )]
     NotRegistered {
         /// `app@version`.
         release: String,

@@ -9,8 +9,8 @@ use shipgate_deploy::{StartInstance, StopInstance};
 use shipgate_proxy::{Router, Upstream};
 use shipgate_store::artifact::CheckedArtifact;
 use shipgate_store::{
-    LiveChange, LiveRelease, NewGate, NewPromotion, NewRelease, Promotion, PromotionFilter, Release, StoreError,
-    Transition,
+    LiveChange, LiveRelease, NewGate, NewPromotion, NewRelease, Promotion, PromotionFilter,
+    Release, StoreError, Transition,
 };
 
 use crate::{Engine, EngineError, LiveInstance, STOP_GRACE, SYSTEM, Slot};
@@ -43,30 +43,59 @@ impl Engine {
             if existing.digest == artifact.digest {
                 return Ok((existing, false));
             }
-            return Err(StoreError::ReleaseConflict { app, version, existing: existing.digest, offered: artifact.digest }.into());
+            return Err(StoreError::ReleaseConflict {
+                app,
+                version,
+                existing: existing.digest,
+                offered: artifact.digest,
+            }
+            .into());
         }
         let (digest, size) = (artifact.digest.clone(), artifact.size as i64);
         self.artifacts.store(artifact).await?;
-        let new = NewRelease { app, version, digest, size, commit: req.commit, notes: req.notes };
+        let new = NewRelease {
+            app,
+            version,
+            digest,
+            size,
+            commit: req.commit,
+            notes: req.notes,
+        };
         Ok(self.store.insert_release(new, actor).await?)
     }
 
     /// Asks for `release` to enter `env`. Refused unless it is verified (same digest) in the
     /// environment before; otherwise recorded `pending` and carried on in the background.
-    pub async fn promote(self: &Arc<Self>, release: &ReleaseRef, env: &EnvName, actor: &str) -> Result<Promotion, EngineError> {
+    pub async fn promote(
+        self: &Arc<Self>,
+        release: &ReleaseRef,
+        env: &EnvName,
+        actor: &str,
+    ) -> Result<Promotion, EngineError> {
         let registered = self.registered(release).await?;
         let after = self.config.environment(env).and_then(|e| e.after.clone());
         let verified = match &after {
-            Some(after) => self.store.verified_digest(&release.app, &release.version, after).await?,
+            Some(after) => {
+                self.store
+                    .verified_digest(&release.app, &release.version, after)
+                    .await?
+            }
             None => None,
         };
         check_entry(&self.config, release, &registered.digest, env, |_| verified)?;
-        self.request(registered, env, PromotionKind::Promote, actor).await
+        self.request(registered, env, PromotionKind::Promote, actor)
+            .await
     }
 
     /// Returns `env` to the release that was live before the current one (or to `to`, which
     /// must have been live there). Goes through the normal deploy path, without re-running tests.
-    pub async fn rollback(self: &Arc<Self>, app: &AppName, env: &EnvName, to: Option<&Version>, actor: &str) -> Result<Promotion, EngineError> {
+    pub async fn rollback(
+        self: &Arc<Self>,
+        app: &AppName,
+        env: &EnvName,
+        to: Option<&Version>,
+        actor: &str,
+    ) -> Result<Promotion, EngineError> {
         if self.config.app(app).is_none() {
             return Err(EngineError::UnknownApp(app.to_string()));
         }
@@ -75,11 +104,18 @@ impl Engine {
         }
         let live = self.live_record(app, env).await?;
         let Some(live) = live else {
-            return Err(EngineError::NothingToRollBack(format!("nothing of {app} is live in {env}, so there is nothing to roll back")));
+            return Err(EngineError::NothingToRollBack(format!(
+                "nothing of {app} is live in {env}, so there is nothing to roll back"
+            )));
         };
         let history = self
             .store
-            .promotions(PromotionFilter { app: Some(app.clone()), env: Some(env.clone()), states: vec![PromotionState::Succeeded], limit: None })
+            .promotions(PromotionFilter {
+                app: Some(app.clone()),
+                env: Some(env.clone()),
+                states: vec![PromotionState::Succeeded],
+                limit: None,
+            })
             .await?;
         let target = history.iter().find(|p| match to {
             Some(v) => &p.version == v,
@@ -88,29 +124,59 @@ impl Engine {
         let Some(target) = target else {
             let msg = match to {
                 Some(v) if *v == live.version => format!("{app}@{v} is already live in {env}"),
-                Some(v) => format!("{app}@{v} was never live in {env}; roll back only to a release that was (see: shipgate history {app} --env {env})"),
-                None => format!("{env} has had no other verified release of {app} before {}; nothing to roll back to", live.version),
+                Some(v) => format!(
+                    "{app}@{v} was never live in {env}; roll back only to a release that was (see: shipgate history {app} --env {env})"
+                ),
+                None => format!(
+                    "{env} has had no other verified release of {app} before {}; nothing to roll back to",
+                    live.version
+                ),
             };
             return Err(EngineError::NothingToRollBack(msg));
         };
-        let release = self.registered(&ReleaseRef { app: app.clone(), version: target.version.clone() }).await?;
-        self.request(release, env, PromotionKind::Rollback, actor).await
+        let release = self
+            .registered(&ReleaseRef {
+                app: app.clone(),
+                version: target.version.clone(),
+            })
+            .await?;
+        self.request(release, env, PromotionKind::Rollback, actor)
+            .await
     }
 
     async fn registered(&self, release: &ReleaseRef) -> Result<Release, EngineError> {
         if self.config.app(&release.app).is_none() {
             return Err(EngineError::UnknownApp(release.app.to_string()));
         }
-        self.store.release(&release.app, &release.version).await?.ok_or_else(|| EngineError::NotRegistered {
-            release: release.to_string(),
-            app: release.app.to_string(),
-            version: release.version.to_string(),
-        })
+        self.store
+            .release(&release.app, &release.version)
+            .await?
+            .ok_or_else(|| EngineError::NotRegistered {
+                release: release.to_string(),
+                app: release.app.to_string(),
+                version: release.version.to_string(),
+            })
     }
 
-    async fn request(self: &Arc<Self>, release: Release, env: &EnvName, kind: PromotionKind, actor: &str) -> Result<Promotion, EngineError> {
-        let previous_version = self.live_record(&release.app, env).await?.map(|l| l.version);
-        let new = NewPromotion { app: release.app, version: release.version, digest: release.digest, env: env.clone(), kind, previous_version };
+    async fn request(
+        self: &Arc<Self>,
+        release: Release,
+        env: &EnvName,
+        kind: PromotionKind,
+        actor: &str,
+    ) -> Result<Promotion, EngineError> {
+        let previous_version = self
+            .live_record(&release.app, env)
+            .await?
+            .map(|l| l.version);
+        let new = NewPromotion {
+            app: release.app,
+            version: release.version,
+            digest: release.digest,
+            env: env.clone(),
+            kind,
+            previous_version,
+        };
         let promotion = self.store.create_promotion(new, actor).await?;
         self.spawn_run(promotion.id);
         Ok(promotion)
@@ -123,7 +189,11 @@ impl Engine {
                 tracing::error!("promotion {promotion_id} stopped on an error: {e}");
                 let fail = Transition {
                     promotion_id,
-                    from: vec![PromotionState::Pending, PromotionState::Deploying, PromotionState::Verifying],
+                    from: vec![
+                        PromotionState::Pending,
+                        PromotionState::Deploying,
+                        PromotionState::Verifying,
+                    ],
                     to: PromotionState::Failed,
                     reason: Some(e.to_string()),
                     live: LiveChange::Keep,
@@ -138,12 +208,24 @@ impl Engine {
 
     /// Carries one promotion from `pending` to its end.
     async fn run(self: &Arc<Self>, promotion_id: i64) -> Result<(), EngineError> {
-        let promotion = self.store.promotion(promotion_id).await?.ok_or(EngineError::NoSuchPromotion(promotion_id))?;
+        let promotion = self
+            .store
+            .promotion(promotion_id)
+            .await?
+            .ok_or(EngineError::NoSuchPromotion(promotion_id))?;
         let slot: Slot = (promotion.app.clone(), promotion.env.clone());
         let lock = self.slot_lock(&slot);
         let _held = lock.lock().await;
         let release = format!("{}@{}", promotion.app, promotion.version);
-        let deploying = self.store.transition(self.step(&promotion, PromotionState::Pending, PromotionState::Deploying, format!("deploying {release} to {}", promotion.env))).await;
+        let deploying = self
+            .store
+            .transition(self.step(
+                &promotion,
+                PromotionState::Pending,
+                PromotionState::Deploying,
+                format!("deploying {release} to {}", promotion.env),
+            ))
+            .await;
         let promotion = match deploying {
             Ok(p) => p,
             // Superseded or cancelled while it waited for the slot: nothing to do.
@@ -154,20 +236,45 @@ impl Engine {
         let instance = match self.start_instance(&promotion, &slot).await {
             Ok(i) => i,
             Err(message) => {
-                self.gate(&promotion, "deploy", false, message.clone(), started_at).await?;
-                let mut t = self.step(&promotion, PromotionState::Deploying, PromotionState::Failed, format!("{release} did not start in {}; {} keeps what it had", promotion.env, promotion.env));
+                self.gate(&promotion, "deploy", false, message.clone(), started_at)
+                    .await?;
+                let mut t = self.step(
+                    &promotion,
+                    PromotionState::Deploying,
+                    PromotionState::Failed,
+                    format!(
+                        "{release} did not start in {}; {} keeps what it had",
+                        promotion.env, promotion.env
+                    ),
+                );
                 t.reason = Some(first_line(&message));
                 self.store.transition(t).await?;
                 return Ok(());
             }
         };
-        self.gate(&promotion, "deploy", true, format!("instance {} healthy on port {}", instance.id, instance.upstream.addr().port()), started_at).await?;
+        self.gate(
+            &promotion,
+            "deploy",
+            true,
+            format!(
+                "instance {} healthy on port {}",
+                instance.id,
+                instance.upstream.addr().port()
+            ),
+            started_at,
+        )
+        .await?;
 
         let router = Arc::clone(self.router(&promotion.env)?);
         let previous_live = self.live_record(&promotion.app, &promotion.env).await?;
         let previous_instance = self.set_live_instance(slot.clone(), Some(instance.clone()));
         router.switch(promotion.app.as_str(), Some(instance.upstream.clone()));
-        let mut t = self.step(&promotion, PromotionState::Deploying, PromotionState::Verifying, format!("{release} is live in {}; verifying", promotion.env));
+        let mut t = self.step(
+            &promotion,
+            PromotionState::Deploying,
+            PromotionState::Verifying,
+            format!("{release} is live in {}; verifying", promotion.env),
+        );
         t.live = LiveChange::Promoted;
         let promotion = self.store.transition(t).await?;
 
@@ -176,17 +283,35 @@ impl Engine {
             PromotionKind::Rollback => None,
         };
         if let Some(reason) = failure {
-            router.switch(promotion.app.as_str(), previous_instance.as_ref().map(|i| i.upstream.clone()));
+            router.switch(
+                promotion.app.as_str(),
+                previous_instance.as_ref().map(|i| i.upstream.clone()),
+            );
             self.set_live_instance(slot.clone(), previous_instance);
-            let back = previous_live.as_ref().map_or("nothing".to_owned(), |l| format!("{}@{}", l.app, l.version));
-            let mut t = self.step(&promotion, PromotionState::Verifying, PromotionState::Failed, format!("{release} failed verification in {}; {} is back on {back}", promotion.env, promotion.env));
+            let back = previous_live
+                .as_ref()
+                .map_or("nothing".to_owned(), |l| format!("{}@{}", l.app, l.version));
+            let mut t = self.step(
+                &promotion,
+                PromotionState::Verifying,
+                PromotionState::Failed,
+                format!(
+                    "{release} failed verification in {}; {} is back on {back}",
+                    promotion.env, promotion.env
+                ),
+            );
             t.reason = Some(reason);
             t.live = LiveChange::Restore(previous_live);
             self.store.transition(t).await?;
             self.retire(&instance).await;
             return Ok(());
         }
-        let mut t = self.step(&promotion, PromotionState::Verifying, PromotionState::Succeeded, format!("{release} is verified in {}", promotion.env));
+        let mut t = self.step(
+            &promotion,
+            PromotionState::Verifying,
+            PromotionState::Succeeded,
+            format!("{release} is verified in {}", promotion.env),
+        );
         if promotion.kind == PromotionKind::Rollback {
             t.roll_back_promotion = previous_live.as_ref().map(|l| l.promotion_id);
         }
@@ -199,19 +324,57 @@ impl Engine {
         Ok(())
     }
 
-    fn step(&self, p: &Promotion, from: PromotionState, to: PromotionState, message: String) -> Transition {
-        Transition { promotion_id: p.id, from: vec![from], to, reason: None, live: LiveChange::Keep, actor: SYSTEM.into(), message, roll_back_promotion: None }
+    fn step(
+        &self,
+        p: &Promotion,
+        from: PromotionState,
+        to: PromotionState,
+        message: String,
+    ) -> Transition {
+        Transition {
+            promotion_id: p.id,
+            from: vec![from],
+            to,
+            reason: None,
+            live: LiveChange::Keep,
+            actor: SYSTEM.into(),
+            message,
+            roll_back_promotion: None,
+        }
     }
 
-    pub(crate) async fn gate(&self, p: &Promotion, name: &str, passed: bool, output: String, started_at: String) -> Result<(), EngineError> {
-        let gate = NewGate { promotion_id: p.id, name: name.to_owned(), passed, output: keep_tail(output), started_at };
+    pub(crate) async fn gate(
+        &self,
+        p: &Promotion,
+        name: &str,
+        passed: bool,
+        output: String,
+        started_at: String,
+    ) -> Result<(), EngineError> {
+        let gate = NewGate {
+            promotion_id: p.id,
+            name: name.to_owned(),
+            passed,
+            output: keep_tail(output),
+            started_at,
+        };
         self.store.record_gate(gate, SYSTEM).await?;
         Ok(())
     }
 
     /// The variables offered to `run` and `verify.tests` (`${URL}` ...), also exported as `SHIPGATE_*`.
-    pub(crate) fn template_vars(&self, app: &AppName, env: &EnvName, version: &Version, digest: &str) -> BTreeMap<String, String> {
-        let url = self.config.environment(env).map(|e| format!("http://{}", e.listen)).unwrap_or_default();
+    pub(crate) fn template_vars(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        version: &Version,
+        digest: &str,
+    ) -> BTreeMap<String, String> {
+        let url = self
+            .config
+            .environment(env)
+            .map(|e| format!("http://{}", e.listen))
+            .unwrap_or_default();
         BTreeMap::from([
             ("APP".to_owned(), app.to_string()),
             ("ENV".to_owned(), env.to_string()),
@@ -221,8 +384,16 @@ impl Engine {
         ])
     }
 
-    pub(crate) fn exported_env(&self, env: &EnvName, vars: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        let mut exported: BTreeMap<String, String> = self.config.environment(env).map(|e| e.vars.clone()).unwrap_or_default();
+    pub(crate) fn exported_env(
+        &self,
+        env: &EnvName,
+        vars: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let mut exported: BTreeMap<String, String> = self
+            .config
+            .environment(env)
+            .map(|e| e.vars.clone())
+            .unwrap_or_default();
         for (k, v) in vars {
             exported.insert(format!("SHIPGATE_{k}"), v.clone());
         }
@@ -230,8 +401,15 @@ impl Engine {
     }
 
     /// Starts an instance of the promotion's release; on failure returns the message to record.
-    pub(crate) async fn start_instance(&self, p: &Promotion, slot: &Slot) -> Result<LiveInstance, String> {
-        let app = self.config.app(&p.app).ok_or_else(|| format!("app `{}` is no longer in the config", p.app))?;
+    pub(crate) async fn start_instance(
+        &self,
+        p: &Promotion,
+        slot: &Slot,
+    ) -> Result<LiveInstance, String> {
+        let app = self
+            .config
+            .app(&p.app)
+            .ok_or_else(|| format!("app `{}` is no longer in the config", p.app))?;
         let id = format!("{}-{}-{}-{}", p.app, p.env, p.id, self.boot);
         let log_path = self.log_path(slot, &id);
         let vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str());
@@ -259,7 +437,10 @@ impl Engine {
             state: "starting".into(),
             log_path: log_path.display().to_string(),
         };
-        self.store.put_instance(record.clone()).await.map_err(|e| format!("could not record instance {id}: {e}"))?;
+        self.store
+            .put_instance(record.clone())
+            .await
+            .map_err(|e| format!("could not record instance {id}: {e}"))?;
         let started = match self.driver.start(req).await {
             Ok(started) => started,
             Err(e) => {
@@ -274,7 +455,11 @@ impl Engine {
             self.stop_instance(&id, Some(started.pid)).await;
             return Err(format!("could not record instance {id}: {e}"));
         }
-        Ok(LiveInstance { id, upstream: Upstream::new(started.addr, format!("{}@{}", p.app, p.version)), log_path })
+        Ok(LiveInstance {
+            id,
+            upstream: Upstream::new(started.addr, format!("{}@{}", p.app, p.version)),
+            log_path,
+        })
     }
 
     /// Lets requests in flight on a replaced instance finish, then stops it.
@@ -284,7 +469,15 @@ impl Engine {
     }
 
     pub(crate) async fn stop_instance(&self, id: &str, pid: Option<u32>) {
-        if let Err(e) = self.driver.stop(StopInstance { instance_id: id.to_owned(), pid, grace: STOP_GRACE }).await {
+        if let Err(e) = self
+            .driver
+            .stop(StopInstance {
+                instance_id: id.to_owned(),
+                pid,
+                grace: STOP_GRACE,
+            })
+            .await
+        {
             tracing::warn!("could not stop instance {id}: {e}");
         }
         if let Err(e) = self.store.mark_instance_stopped(id).await {
@@ -293,8 +486,17 @@ impl Engine {
     }
 
     /// The live release recorded for a slot, as it was before a change.
-    pub(crate) async fn live_record(&self, app: &AppName, env: &EnvName) -> Result<Option<LiveRelease>, EngineError> {
-        Ok(self.store.live(Some(app)).await?.into_iter().find(|l| &l.env == env))
+    pub(crate) async fn live_record(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<Option<LiveRelease>, EngineError> {
+        Ok(self
+            .store
+            .live(Some(app))
+            .await?
+            .into_iter()
+            .find(|l| &l.env == env))
     }
 }
 

@@ -14,8 +14,8 @@ mod report;
 mod verify;
 
 pub use error::EngineError;
-pub use shipgate_deploy::tail_lines;
 pub use report::{AppStatus, EnvironmentStatus, HistoryEntry, InstanceView};
+pub use shipgate_deploy::tail_lines;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -62,7 +62,10 @@ pub struct Engine {
 impl Engine {
     /// Binds every environment's router, restores what was live and resumes or fails what was
     /// in flight when the server last stopped.
-    pub async fn start(config: Arc<Config>, store: Arc<dyn Store>) -> Result<Arc<Engine>, EngineError> {
+    pub async fn start(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<Engine>, EngineError> {
         let artifacts = ArtifactStore::open(&config.server.data_dir)?;
         let mut routers = HashMap::new();
         for env in &config.environments {
@@ -116,10 +119,18 @@ impl Engine {
     }
 
     fn live_instance(&self, slot: &Slot) -> Option<LiveInstance> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).get(slot).cloned()
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(slot)
+            .cloned()
     }
 
-    fn set_live_instance(&self, slot: Slot, instance: Option<LiveInstance>) -> Option<LiveInstance> {
+    fn set_live_instance(
+        &self,
+        slot: Slot,
+        instance: Option<LiveInstance>,
+    ) -> Option<LiveInstance> {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         match instance {
             Some(i) => live.insert(slot, i),
@@ -128,11 +139,19 @@ impl Engine {
     }
 
     fn router(&self, env: &EnvName) -> Result<&Arc<Router>, EngineError> {
-        self.routers.get(env).ok_or_else(|| EngineError::UnknownEnvironment(env.to_string()))
+        self.routers
+            .get(env)
+            .ok_or_else(|| EngineError::UnknownEnvironment(env.to_string()))
     }
 
     fn log_path(&self, slot: &Slot, instance_id: &str) -> PathBuf {
-        self.config.server.data_dir.join("logs").join(slot.0.as_str()).join(slot.1.as_str()).join(format!("{instance_id}.log"))
+        self.config
+            .server
+            .data_dir
+            .join("logs")
+            .join(slot.0.as_str())
+            .join(slot.1.as_str())
+            .join(format!("{instance_id}.log"))
     }
 
     /// Records the driver's crash and restart reports as events.
@@ -141,19 +160,44 @@ impl Engine {
         let engine = Arc::downgrade(self);
         tokio::spawn(async move {
             while let Ok(event) = events.recv().await {
-                let Some(engine) = engine.upgrade() else { return };
-                let (id, kind, message) = match &event {
-                    shipgate_deploy::DriverEvent::Crashed { instance_id, exit, restart_in } => {
-                        (instance_id.clone(), "instance.crashed", format!("instance {instance_id} crashed ({exit}); restarting in {restart_in:?}"))
-                    }
-                    shipgate_deploy::DriverEvent::Restarted { instance_id, pid } => {
-                        (instance_id.clone(), "instance.restarted", format!("instance {instance_id} restarted as pid {pid} and is healthy"))
-                    }
-                    shipgate_deploy::DriverEvent::GaveUp { instance_id, crashes } => {
-                        (instance_id.clone(), "instance.gave_up", format!("instance {instance_id} crashed {crashes} times in a row; no longer restarting it"))
-                    }
+                let Some(engine) = engine.upgrade() else {
+                    return;
                 };
-                let slot = engine.live.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(_, i)| i.id == id).map(|(s, _)| s.clone());
+                let (id, kind, message) = match &event {
+                    shipgate_deploy::DriverEvent::Crashed {
+                        instance_id,
+                        exit,
+                        restart_in,
+                    } => (
+                        instance_id.clone(),
+                        "instance.crashed",
+                        format!(
+                            "instance {instance_id} crashed ({exit}); restarting in {restart_in:?}"
+                        ),
+                    ),
+                    shipgate_deploy::DriverEvent::Restarted { instance_id, pid } => (
+                        instance_id.clone(),
+                        "instance.restarted",
+                        format!("instance {instance_id} restarted as pid {pid} and is healthy"),
+                    ),
+                    shipgate_deploy::DriverEvent::GaveUp {
+                        instance_id,
+                        crashes,
+                    } => (
+                        instance_id.clone(),
+                        "instance.gave_up",
+                        format!(
+                            "instance {instance_id} crashed {crashes} times in a row; no longer restarting it"
+                        ),
+                    ),
+                };
+                let slot = engine
+                    .live
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .find(|(_, i)| i.id == id)
+                    .map(|(s, _)| s.clone());
                 let result = engine
                     .store
                     .append_event(shipgate_store::NewEvent {

@@ -15,12 +15,18 @@ impl Engine {
             let pid = old.pid.and_then(|p| u32::try_from(p).ok());
             self.stop_instance(&old.id, pid).await;
         }
-        let in_flight = PromotionFilter { states: vec![PromotionState::Deploying, PromotionState::Verifying], ..Default::default() };
+        let in_flight = PromotionFilter {
+            states: vec![PromotionState::Deploying, PromotionState::Verifying],
+            ..Default::default()
+        };
         for p in self.store.promotions(in_flight).await? {
             self.fail_interrupted(&p).await?;
         }
         self.restore_live().await?;
-        let pending = PromotionFilter { states: vec![PromotionState::Pending], ..Default::default() };
+        let pending = PromotionFilter {
+            states: vec![PromotionState::Pending],
+            ..Default::default()
+        };
         let mut pending = self.store.promotions(pending).await?;
         pending.reverse();
         for p in pending {
@@ -33,8 +39,18 @@ impl Engine {
     /// release verified there before it.
     async fn fail_interrupted(&self, p: &Promotion) -> Result<(), EngineError> {
         let live = if p.state == PromotionState::Verifying {
-            let before = PromotionFilter { app: Some(p.app.clone()), env: Some(p.env.clone()), states: vec![PromotionState::Succeeded], limit: None };
-            let previous = self.store.promotions(before).await?.into_iter().find(|q| q.id < p.id);
+            let before = PromotionFilter {
+                app: Some(p.app.clone()),
+                env: Some(p.env.clone()),
+                states: vec![PromotionState::Succeeded],
+                limit: None,
+            };
+            let previous = self
+                .store
+                .promotions(before)
+                .await?
+                .into_iter()
+                .find(|q| q.id < p.id);
             LiveChange::Restore(previous.map(|q| LiveRelease {
                 app: q.app,
                 env: q.env,
@@ -51,7 +67,10 @@ impl Engine {
             LiveChange::Restore(None) => format!("{} is back to having nothing live", p.env),
             _ => format!("{} keeps what it had", p.env),
         };
-        let reason = format!("the server stopped while this promotion was {}; {back}", p.state);
+        let reason = format!(
+            "the server stopped while this promotion was {}; {back}",
+            p.state
+        );
         let t = Transition {
             promotion_id: p.id,
             from: vec![p.state],
@@ -70,7 +89,8 @@ impl Engine {
     async fn restore_live(self: &Arc<Self>) -> Result<(), EngineError> {
         let mut starts = tokio::task::JoinSet::new();
         for live in self.store.live(None).await? {
-            if self.config.app(&live.app).is_none() || self.config.environment(&live.env).is_none() {
+            if self.config.app(&live.app).is_none() || self.config.environment(&live.env).is_none()
+            {
                 continue;
             }
             let engine = Arc::clone(self);
@@ -88,7 +108,10 @@ impl Engine {
                     app: Some(live.app.to_string()),
                     env: Some(live.env.to_string()),
                     promotion_id: Some(live.promotion_id),
-                    message: format!("{}@{} could not be started again in {}: {message}", live.app, live.version, live.env),
+                    message: format!(
+                        "{}@{} could not be started again in {}: {message}",
+                        live.app, live.version, live.env
+                    ),
                     data: serde_json::json!({ "version": live.version }),
                 };
                 self.store.append_event(event).await?;
@@ -98,7 +121,12 @@ impl Engine {
     }
 
     async fn restore_one(&self, live: &LiveRelease) -> Result<(), String> {
-        let p = self.store.promotion(live.promotion_id).await.map_err(|e| e.to_string())?.ok_or("its promotion is missing")?;
+        let p = self
+            .store
+            .promotion(live.promotion_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("its promotion is missing")?;
         let slot = (live.app.clone(), live.env.clone());
         let instance = self.start_instance(&p, &slot).await?;
         let router = self.router(&live.env).map_err(|e| e.to_string())?;

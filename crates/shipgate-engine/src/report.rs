@@ -66,35 +66,70 @@ impl Engine {
         let live = self.store.live(app).await?;
         let unfinished = PromotionFilter {
             app: app.cloned(),
-            states: vec![PromotionState::Pending, PromotionState::Deploying, PromotionState::Verifying],
+            states: vec![
+                PromotionState::Pending,
+                PromotionState::Deploying,
+                PromotionState::Verifying,
+            ],
             ..Default::default()
         };
         let unfinished = self.store.promotions(unfinished).await?;
         let mut out = Vec::new();
-        for a in self.config.apps.iter().filter(|a| app.is_none_or(|x| x == &a.name)) {
+        for a in self
+            .config
+            .apps
+            .iter()
+            .filter(|a| app.is_none_or(|x| x == &a.name))
+        {
             let mut environments = Vec::new();
             for e in &self.config.environments {
                 let slot = (a.name.clone(), e.name.clone());
                 let instance = match self.live_instance(&slot) {
-                    Some(i) => self.driver.status(&i.id).await.map(|s| InstanceView { id: s.instance_id, pid: s.pid, port: s.port, restarts: s.restarts, healthy: s.healthy }),
+                    Some(i) => self.driver.status(&i.id).await.map(|s| InstanceView {
+                        id: s.instance_id,
+                        pid: s.pid,
+                        port: s.port,
+                        restarts: s.restarts,
+                        healthy: s.healthy,
+                    }),
                     None => None,
                 };
                 environments.push(EnvironmentStatus {
                     env: e.name.clone(),
                     url: format!("http://{}", e.listen),
-                    live: live.iter().find(|l| l.app == a.name && l.env == e.name).cloned(),
+                    live: live
+                        .iter()
+                        .find(|l| l.app == a.name && l.env == e.name)
+                        .cloned(),
                     instance,
-                    in_progress: unfinished.iter().filter(|p| p.app == a.name && p.env == e.name).cloned().collect(),
+                    in_progress: unfinished
+                        .iter()
+                        .filter(|p| p.app == a.name && p.env == e.name)
+                        .cloned()
+                        .collect(),
                 });
             }
-            out.push(AppStatus { app: a.name.clone(), environments });
+            out.push(AppStatus {
+                app: a.name.clone(),
+                environments,
+            });
         }
         Ok(out)
     }
 
     /// Promotions of an app (in one environment or all), newest first, with their gates.
-    pub async fn history(&self, app: &AppName, env: Option<&EnvName>, limit: i64) -> Result<Vec<HistoryEntry>, EngineError> {
-        let filter = PromotionFilter { app: Some(app.clone()), env: env.cloned(), states: vec![], limit: Some(limit) };
+    pub async fn history(
+        &self,
+        app: &AppName,
+        env: Option<&EnvName>,
+        limit: i64,
+    ) -> Result<Vec<HistoryEntry>, EngineError> {
+        let filter = PromotionFilter {
+            app: Some(app.clone()),
+            env: env.cloned(),
+            states: vec![],
+            limit: Some(limit),
+        };
         let mut out = Vec::new();
         for promotion in self.store.promotions(filter).await? {
             let gates = self.store.gates(promotion.id).await?;
@@ -105,7 +140,11 @@ impl Engine {
 
     /// One promotion with its gates.
     pub async fn promotion(&self, id: i64) -> Result<HistoryEntry, EngineError> {
-        let promotion = self.store.promotion(id).await?.ok_or(EngineError::NoSuchPromotion(id))?;
+        let promotion = self
+            .store
+            .promotion(id)
+            .await?
+            .ok_or(EngineError::NoSuchPromotion(id))?;
         let gates = self.store.gates(id).await?;
         Ok(HistoryEntry { promotion, gates })
     }
@@ -115,7 +154,13 @@ impl Engine {
         if let Some(i) = self.live_instance(&(app.clone(), env.clone())) {
             return Some(i.log_path);
         }
-        let dir = self.config.server.data_dir.join("logs").join(app.as_str()).join(env.as_str());
+        let dir = self
+            .config
+            .server
+            .data_dir
+            .join("logs")
+            .join(app.as_str())
+            .join(env.as_str());
         std::fs::read_dir(dir)
             .ok()?
             .filter_map(Result::ok)

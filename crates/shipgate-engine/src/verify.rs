@@ -22,8 +22,13 @@ impl Engine {
     /// Runs every test; returns why verification failed, or None if it passed. Each test is
     /// recorded as a gate with its output.
     pub(crate) async fn verify(&self, p: &Promotion) -> Result<Option<String>, EngineError> {
-        let Some(env) = self.config.environment(&p.env) else { return Ok(None) };
-        let timeout = env.verify.timeout.map_or(VerifyConfig::DEFAULT_TIMEOUT, |t| t.as_std());
+        let Some(env) = self.config.environment(&p.env) else {
+            return Ok(None);
+        };
+        let timeout = env
+            .verify
+            .timeout
+            .map_or(VerifyConfig::DEFAULT_TIMEOUT, |t| t.as_std());
         let vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str());
         let exported = self.exported_env(&p.env, &vars);
         let dir = self.artifacts.release_dir(&p.digest);
@@ -32,7 +37,8 @@ impl Engine {
             let started_at = crate::flow::now();
             let run = run_test(&command, &dir, &exported, timeout).await;
             let output = format!("$ {command}\n{}\n{}", run.output, run.verdict);
-            self.gate(p, &format!("test: {test}"), run.passed, output, started_at).await?;
+            self.gate(p, &format!("test: {test}"), run.passed, output, started_at)
+                .await?;
             if !run.passed {
                 return Ok(Some(format!("test `{test}` {}", run.verdict)));
             }
@@ -41,7 +47,12 @@ impl Engine {
     }
 }
 
-async fn run_test(command: &str, dir: &std::path::Path, env: &std::collections::BTreeMap<String, String>, timeout: Duration) -> TestRun {
+async fn run_test(
+    command: &str,
+    dir: &std::path::Path,
+    env: &std::collections::BTreeMap<String, String>,
+    timeout: Duration,
+) -> TestRun {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -55,7 +66,13 @@ async fn run_test(command: &str, dir: &std::path::Path, env: &std::collections::
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return TestRun { passed: false, output: String::new(), verdict: format!("could not start: {e}") },
+        Err(e) => {
+            return TestRun {
+                passed: false,
+                output: String::new(),
+                verdict: format!("could not start: {e}"),
+            };
+        }
     };
     let pid = child.id();
     let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
@@ -81,20 +98,34 @@ async fn run_test(command: &str, dir: &std::path::Path, env: &std::collections::
             output.push_str(&String::from_utf8_lossy(&b));
             let (passed, verdict) = match status {
                 Ok(s) if s.success() => (true, "exited 0".to_owned()),
-                Ok(s) => (false, match s.code() {
-                    Some(code) => format!("exited with code {code}"),
-                    None => "was killed by a signal".to_owned(),
-                }),
+                Ok(s) => (
+                    false,
+                    match s.code() {
+                        Some(code) => format!("exited with code {code}"),
+                        None => "was killed by a signal".to_owned(),
+                    },
+                ),
                 Err(e) => (false, format!("could not be waited on: {e}")),
             };
-            TestRun { passed, output, verdict }
+            TestRun {
+                passed,
+                output,
+                verdict,
+            }
         }
         Err(_) => {
             // The test's own children share its process group; stop them all.
             if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
-            TestRun { passed: false, output: String::new(), verdict: format!("did not finish within {timeout:?} and was killed") }
+            TestRun {
+                passed: false,
+                output: String::new(),
+                verdict: format!("did not finish within {timeout:?} and was killed"),
+            }
         }
     }
 }

@@ -6,8 +6,8 @@ use std::io::{Read, Seek, SeekFrom};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use futures_util::{Stream, StreamExt};
@@ -31,7 +31,10 @@ const DRAIN_LIMIT: u64 = 1 << 30;
 
 pub(crate) fn routes(state: AppState) -> Router {
     let api = Router::new()
-        .route("/apps/{app}/releases", post(create_release).layer(DefaultBodyLimit::disable()))
+        .route(
+            "/apps/{app}/releases",
+            post(create_release).layer(DefaultBodyLimit::disable()),
+        )
         .route("/releases", get(list_releases))
         .route("/promotions", post(promote))
         .route("/promotions/{id}", get(promotion))
@@ -43,11 +46,24 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/events/stream", get(event_stream))
         .route("/audit/verify", get(verify_audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such endpoint", "see the README's API section for the endpoints under /api/v1/") });
-    Router::new().route("/healthz", get(|| async { "ok\n" })).nest("/api/v1", api).with_state(state)
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint",
+                "see the README's API section for the endpoints under /api/v1/",
+            )
+        });
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .nest("/api/v1", api)
+        .with_state(state)
 }
 
-fn parse<T>(what: &str, s: &str, f: impl FnOnce(&str) -> Result<T, shipgate_core::NameError>) -> ApiResult<T> {
+fn parse<T>(
+    what: &str,
+    s: &str,
+    f: impl FnOnce(&str) -> Result<T, shipgate_core::NameError>,
+) -> ApiResult<T> {
     f(s).map_err(|e| Problem::bad_request(format!("{what}: {e}")))
 }
 
@@ -73,10 +89,14 @@ async fn create_release(
     if engine.config().app(&app).is_none() {
         return Err(shipgate_engine::EngineError::UnknownApp(app.to_string()).into());
     }
-    let mut upload = engine.artifacts().upload(engine.config().server.max_artifact_size).await?;
+    let mut upload = engine
+        .artifacts()
+        .upload(engine.config().server.max_artifact_size)
+        .await?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Problem::bad_request(format!("the upload was cut off: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| Problem::bad_request(format!("the upload was cut off: {e}")))?;
         if let Err(e) = upload.write(&chunk).await {
             // Read (and drop) the rest first: answering mid-upload resets the connection and the
             // client would see a network error instead of this message.
@@ -91,10 +111,21 @@ async fn create_release(
         }
     }
     let checked = upload.finish(&claimed).await?;
-    let request = ReleaseRequest { release: ReleaseRef { app, version }, commit: q.commit, notes: q.notes };
+    let request = ReleaseRequest {
+        release: ReleaseRef { app, version },
+        commit: q.commit,
+        notes: q.notes,
+    };
     let (release, created) = engine.create_release(request, checked, &token.name).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(serde_json::json!({ "release": release, "created": created }))))
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(serde_json::json!({ "release": release, "created": created })),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -102,8 +133,15 @@ struct AppQuery {
     app: Option<String>,
 }
 
-async fn list_releases(State(state): State<AppState>, ApiQuery(q): ApiQuery<AppQuery>) -> ApiResult<impl IntoResponse> {
-    let app = q.app.as_deref().map(|a| parse("app", a, AppName::parse)).transpose()?;
+async fn list_releases(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<AppQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let app = q
+        .app
+        .as_deref()
+        .map(|a| parse("app", a, AppName::parse))
+        .transpose()?;
     Ok(Json(state.engine.store().releases(app.as_ref()).await?))
 }
 
@@ -113,14 +151,21 @@ struct PromoteBody {
     env: String,
 }
 
-async fn promote(State(state): State<AppState>, Extension(token): Extension<TokenRecord>, ApiJson(b): ApiJson<PromoteBody>) -> ApiResult<impl IntoResponse> {
+async fn promote(
+    State(state): State<AppState>,
+    Extension(token): Extension<TokenRecord>,
+    ApiJson(b): ApiJson<PromoteBody>,
+) -> ApiResult<impl IntoResponse> {
     let release = parse("release", &b.release, ReleaseRef::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
     let promotion = state.engine.promote(&release, &env, &token.name).await?;
     Ok((StatusCode::ACCEPTED, Json(promotion)))
 }
 
-async fn promotion(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<impl IntoResponse> {
+async fn promotion(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(state.engine.promotion(id).await?))
 }
 
@@ -131,16 +176,33 @@ struct RollbackBody {
     to: Option<String>,
 }
 
-async fn rollback(State(state): State<AppState>, Extension(token): Extension<TokenRecord>, ApiJson(b): ApiJson<RollbackBody>) -> ApiResult<impl IntoResponse> {
+async fn rollback(
+    State(state): State<AppState>,
+    Extension(token): Extension<TokenRecord>,
+    ApiJson(b): ApiJson<RollbackBody>,
+) -> ApiResult<impl IntoResponse> {
     let app = parse("app", &b.app, AppName::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
-    let to = b.to.as_deref().map(|v| parse("version", v, Version::parse)).transpose()?;
-    let promotion = state.engine.rollback(&app, &env, to.as_ref(), &token.name).await?;
+    let to =
+        b.to.as_deref()
+            .map(|v| parse("version", v, Version::parse))
+            .transpose()?;
+    let promotion = state
+        .engine
+        .rollback(&app, &env, to.as_ref(), &token.name)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(promotion)))
 }
 
-async fn status(State(state): State<AppState>, ApiQuery(q): ApiQuery<AppQuery>) -> ApiResult<impl IntoResponse> {
-    let app = q.app.as_deref().map(|a| parse("app", a, AppName::parse)).transpose()?;
+async fn status(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<AppQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let app = q
+        .app
+        .as_deref()
+        .map(|a| parse("app", a, AppName::parse))
+        .transpose()?;
     Ok(Json(state.engine.status(app.as_ref()).await?))
 }
 
@@ -151,13 +213,25 @@ struct HistoryQuery {
     limit: Option<i64>,
 }
 
-async fn history(State(state): State<AppState>, ApiQuery(q): ApiQuery<HistoryQuery>) -> ApiResult<impl IntoResponse> {
+async fn history(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> ApiResult<impl IntoResponse> {
     let app = parse("app", &q.app, AppName::parse)?;
-    let env = q.env.as_deref().map(|e| parse("environment", e, EnvName::parse)).transpose()?;
+    let env = q
+        .env
+        .as_deref()
+        .map(|e| parse("environment", e, EnvName::parse))
+        .transpose()?;
     if state.engine.config().app(&app).is_none() {
         return Err(shipgate_engine::EngineError::UnknownApp(app.to_string()).into());
     }
-    Ok(Json(state.engine.history(&app, env.as_ref(), q.limit.unwrap_or(50)).await?))
+    Ok(Json(
+        state
+            .engine
+            .history(&app, env.as_ref(), q.limit.unwrap_or(50))
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -169,26 +243,49 @@ struct LogsQuery {
     lines: Option<usize>,
 }
 
-async fn logs(State(state): State<AppState>, ApiQuery(q): ApiQuery<LogsQuery>) -> ApiResult<impl IntoResponse> {
+async fn logs(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> ApiResult<impl IntoResponse> {
     let app = parse("app", &q.app, AppName::parse)?;
     let env = parse("environment", &q.env, EnvName::parse)?;
     if state.engine.config().app(&app).is_none() {
         return Err(shipgate_engine::EngineError::UnknownApp(app.to_string()).into());
     }
     let Some(path) = state.engine.log_file(&app, &env) else {
-        return Ok(Json(serde_json::json!({ "text": "", "offset": 0, "file": null })));
+        return Ok(Json(
+            serde_json::json!({ "text": "", "offset": 0, "file": null }),
+        ));
     };
     let lines = q.lines.unwrap_or(100);
-    let (text, offset) = tokio::task::spawn_blocking(move || read_log(&path, q.offset, lines).map(|(t, o)| (t, o, path)))
-        .await
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", e.to_string()))?
-        .map(|(t, o, _)| (t, o))
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "log unreadable", e.to_string()))?;
+    let (text, offset) = tokio::task::spawn_blocking(move || {
+        read_log(&path, q.offset, lines).map(|(t, o)| (t, o, path))
+    })
+    .await
+    .map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+            e.to_string(),
+        )
+    })?
+    .map(|(t, o, _)| (t, o))
+    .map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "log unreadable",
+            e.to_string(),
+        )
+    })?;
     Ok(Json(serde_json::json!({ "text": text, "offset": offset })))
 }
 
 /// Reads a log from `offset` to its end (at most 1 MiB), or its last `lines` lines.
-fn read_log(path: &std::path::Path, offset: Option<u64>, lines: usize) -> std::io::Result<(String, u64)> {
+fn read_log(
+    path: &std::path::Path,
+    offset: Option<u64>,
+    lines: usize,
+) -> std::io::Result<(String, u64)> {
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     match offset {
@@ -197,7 +294,10 @@ fn read_log(path: &std::path::Path, offset: Option<u64>, lines: usize) -> std::i
             file.seek(SeekFrom::Start(from))?;
             let mut buf = Vec::new();
             file.take(1 << 20).read_to_end(&mut buf)?;
-            Ok((String::from_utf8_lossy(&buf).into_owned(), from + buf.len() as u64))
+            Ok((
+                String::from_utf8_lossy(&buf).into_owned(),
+                from + buf.len() as u64,
+            ))
         }
         None => {
             let tail = shipgate_deploy_tail(path, lines)?;
@@ -219,16 +319,29 @@ struct EventsQuery {
     env: Option<String>,
 }
 
-async fn events(State(state): State<AppState>, ApiQuery(q): ApiQuery<EventsQuery>) -> ApiResult<impl IntoResponse> {
-    let filter = EventFilter { after: q.after.unwrap_or(0), limit: Some(q.limit.unwrap_or(1000).min(10_000)), app: q.app, env: q.env };
+async fn events(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let filter = EventFilter {
+        after: q.after.unwrap_or(0),
+        limit: Some(q.limit.unwrap_or(1000).min(10_000)),
+        app: q.app,
+        env: q.env,
+    };
     Ok(Json(state.engine.store().events(filter).await?))
 }
 
-async fn event_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+async fn event_stream(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let events = tokio_stream::wrappers::BroadcastStream::new(state.engine.store().subscribe());
     let stream = events.filter_map(|e| async move {
         let e = e.ok()?;
-        Some(Ok(SseEvent::default().event(e.kind.clone()).id(e.id.to_string()).data(serde_json::to_string(&e).ok()?)))
+        Some(Ok(SseEvent::default()
+            .event(e.kind.clone())
+            .id(e.id.to_string())
+            .data(serde_json::to_string(&e).ok()?)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -47,18 +47,33 @@ pub(crate) async fn ensure_admin_token(store: &dyn Store, data_dir: &Path) -> an
             file.sync_all().context("writing the admin token")?;
             token
         }
-        Err(e) => return Err(e).with_context(|| format!("reading the admin token {}", path.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the admin token {}", path.display()));
+        }
     };
     let hash = hash_token(&token);
     if store.token_by_hash(&hash).await?.is_none() {
         let name = format!("admin-{}", &hash[..8]);
-        store.insert_token(NewToken { name, role: "admin".into(), hash }, crate::api::SYSTEM).await?;
+        store
+            .insert_token(
+                NewToken {
+                    name,
+                    role: "admin".into(),
+                    hash,
+                },
+                crate::api::SYSTEM,
+            )
+            .await?;
     }
     Ok(())
 }
 
 /// Lets a request through only with a known bearer token; the token's record goes along.
-pub(crate) async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)

@@ -18,7 +18,9 @@ pub(crate) struct ApiPath<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Problem;
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await.map_err(|e| Problem::bad_request(e.body_text()))?;
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state)
+            .await
+            .map_err(|e| Problem::bad_request(e.body_text()))?;
         Ok(Self(value))
     }
 }
@@ -26,7 +28,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state).await.map_err(|e| Problem::bad_request(e.body_text()))?;
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| Problem::bad_request(e.body_text()))?;
         Ok(Self(value))
     }
 }
@@ -34,7 +39,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state).await.map_err(|e| Problem::bad_request(e.body_text()))?;
+        let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Problem::bad_request(e.body_text()))?;
         Ok(Self(value))
     }
 }

@@ -36,11 +36,19 @@ pub struct Server {
 impl Server {
     /// Opens the store, ensures the admin token, starts the engine (routers, reconcile) and the
     /// API. Returns once everything listens; the server runs until `shutdown` resolves.
-    pub async fn start(config: Arc<Config>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Server> {
+    pub async fn start(
+        config: Arc<Config>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Server> {
         let data_dir = &config.server.data_dir;
-        std::fs::create_dir_all(data_dir).with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&config.server.database).await.with_context(|| format!("opening the database {}", config.server.database.display()))?,
+            SqliteStore::open(&config.server.database)
+                .await
+                .with_context(|| {
+                    format!("opening the database {}", config.server.database.display())
+                })?,
         );
         auth::ensure_admin_token(store.as_ref(), data_dir).await?;
         let listener = tokio::net::TcpListener::bind(config.server.listen).await.with_context(|| {
@@ -48,10 +56,15 @@ impl Server {
         })?;
         let addr = listener.local_addr().context("reading the API address")?;
         let engine = Engine::start(config, store).await?;
-        let app = api::routes(AppState { engine: Arc::clone(&engine) });
+        let app = api::routes(AppState {
+            engine: Arc::clone(&engine),
+        });
         let stopping = Arc::clone(&engine);
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("serving the API")?;
             stopping.shutdown().await;
             Ok(())
         });

@@ -17,7 +17,11 @@ pub struct Problem {
 impl Problem {
     /// A problem with a status, a short title and a sentence the caller can act on.
     pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, title, detail: detail.into() }
+        Self {
+            status,
+            title,
+            detail: detail.into(),
+        }
     }
     /// 400 with the detail.
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -34,7 +38,10 @@ impl IntoResponse for Problem {
             "detail": self.detail,
         });
         let mut response = (self.status, body.to_string()).into_response();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         response
     }
 }
@@ -44,18 +51,33 @@ impl From<EngineError> for Problem {
         let detail = e.to_string();
         let (status, title) = match &e {
             EngineError::Refused(_) => (StatusCode::CONFLICT, "promotion refused"),
-            EngineError::UnknownApp(_) | EngineError::UnknownEnvironment(_) => (StatusCode::NOT_FOUND, "not in the config"),
-            EngineError::NotRegistered { .. } | EngineError::NoSuchPromotion(_) => (StatusCode::NOT_FOUND, "not found"),
+            EngineError::UnknownApp(_) | EngineError::UnknownEnvironment(_) => {
+                (StatusCode::NOT_FOUND, "not in the config")
+            }
+            EngineError::NotRegistered { .. } | EngineError::NoSuchPromotion(_) => {
+                (StatusCode::NOT_FOUND, "not found")
+            }
             EngineError::NothingToRollBack(_) => (StatusCode::CONFLICT, "nothing to roll back"),
             EngineError::Artifact(a) => match a {
-                ArtifactError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "artifact too large"),
-                ArtifactError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "artifact could not be stored"),
+                ArtifactError::TooLarge { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "artifact too large")
+                }
+                ArtifactError::Io { .. } => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "artifact could not be stored",
+                ),
                 _ => (StatusCode::UNPROCESSABLE_ENTITY, "artifact refused"),
             },
-            EngineError::Store(StoreError::ReleaseConflict { .. }) => (StatusCode::CONFLICT, "release already registered"),
-            EngineError::Store(StoreError::StateConflict { .. }) => (StatusCode::CONFLICT, "state changed"),
+            EngineError::Store(StoreError::ReleaseConflict { .. }) => {
+                (StatusCode::CONFLICT, "release already registered")
+            }
+            EngineError::Store(StoreError::StateConflict { .. }) => {
+                (StatusCode::CONFLICT, "state changed")
+            }
             EngineError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not found"),
-            EngineError::Store(_) | EngineError::Proxy(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+            EngineError::Store(_) | EngineError::Proxy(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
         };
         if status.is_server_error() {
             tracing::error!("{detail}");

@@ -17,13 +17,17 @@ use tokio::io::AsyncWriteExt;
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     /// Bigger than `server.max_artifact_size`.
-    #[error("the artifact is larger than the server's limit of {limit} (raise `max_artifact_size` in [server] if this is expected)")]
+    #[error(
+        "the artifact is larger than the server's limit of {limit} (raise `max_artifact_size` in [server] if this is expected)"
+    )]
     TooLarge {
         /// The limit.
         limit: ByteSize,
     },
     /// The bytes received do not hash to the digest the client computed.
-    #[error("the artifact was damaged in transit: the client computed {claimed} but the server received {actual}; upload it again")]
+    #[error(
+        "the artifact was damaged in transit: the client computed {claimed} but the server received {actual}; upload it again"
+    )]
     DigestMismatch {
         /// Digest the client sent.
         claimed: Digest,
@@ -64,7 +68,9 @@ pub fn pack_dir(dir: &Path, out: impl Write) -> io::Result<()> {
     let mut paths = Vec::new();
     collect(dir, Path::new(""), &mut paths)?;
     paths.sort();
-    let gz = flate2::GzBuilder::new().mtime(0).write(out, flate2::Compression::default());
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(out, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
     for rel in paths {
@@ -145,9 +151,12 @@ impl ArtifactStore {
     /// Uses `data_dir/artifacts`, `data_dir/releases` and `data_dir/tmp`, creating them.
     pub fn open(data_dir: &Path) -> Result<Self, ArtifactError> {
         for sub in ["artifacts", "releases", "tmp"] {
-            fs::create_dir_all(data_dir.join(sub)).map_err(io_err(format!("creating {}", data_dir.join(sub).display())))?;
+            fs::create_dir_all(data_dir.join(sub))
+                .map_err(io_err(format!("creating {}", data_dir.join(sub).display())))?;
         }
-        Ok(Self { root: data_dir.to_owned() })
+        Ok(Self {
+            root: data_dir.to_owned(),
+        })
     }
 
     /// The unpacked, read-only directory of an artifact.
@@ -156,7 +165,9 @@ impl ArtifactStore {
     }
 
     fn archive_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("artifacts").join(format!("{}.tar", digest.hex()))
+        self.root
+            .join("artifacts")
+            .join(format!("{}.tar", digest.hex()))
     }
 
     /// Starts receiving an upload of at most `limit` bytes.
@@ -166,8 +177,16 @@ impl ArtifactStore {
             .tempfile_in(self.root.join("tmp"))
             .map_err(io_err("creating a temporary upload file"))?
             .into_temp_path();
-        let file = tokio::fs::File::create(&temp).await.map_err(io_err("opening the upload file"))?;
-        Ok(Upload { file, temp, hasher: Sha256::new(), size: 0, limit })
+        let file = tokio::fs::File::create(&temp)
+            .await
+            .map_err(io_err("opening the upload file"))?;
+        Ok(Upload {
+            file,
+            temp,
+            hasher: Sha256::new(),
+            size: 0,
+            limit,
+        })
     }
 
     /// Moves a checked artifact into place and unpacks it read-only; does nothing for an
@@ -176,14 +195,23 @@ impl ArtifactStore {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.store_blocking(artifact))
             .await
-            .map_err(|e| ArtifactError::Io { context: "unpacking the artifact".into(), source: io::Error::other(e) })?
+            .map_err(|e| ArtifactError::Io {
+                context: "unpacking the artifact".into(),
+                source: io::Error::other(e),
+            })?
     }
 
     fn store_blocking(&self, artifact: CheckedArtifact) -> Result<PathBuf, ArtifactError> {
         let dir = self.release_dir(&artifact.digest);
         let archive = self.archive_path(&artifact.digest);
         if !archive.exists() {
-            artifact.temp.persist(&archive).map_err(|e| ArtifactError::Io { context: "storing the artifact".into(), source: e.error })?;
+            artifact
+                .temp
+                .persist(&archive)
+                .map_err(|e| ArtifactError::Io {
+                    context: "storing the artifact".into(),
+                    source: e.error,
+                })?;
         }
         if dir.exists() {
             return Ok(dir);
@@ -195,10 +223,12 @@ impl ArtifactStore {
         let mut tar = open_archive(&archive)?;
         tar.set_preserve_permissions(true);
         tar.set_preserve_mtime(false);
-        tar.unpack(staging.path()).map_err(io_err("unpacking the artifact"))?;
+        tar.unpack(staging.path())
+            .map_err(io_err("unpacking the artifact"))?;
         make_read_only(staging.path()).map_err(io_err("making the release read-only"))?;
         let staged = staging.keep();
-        fs::rename(&staged, &dir).map_err(io_err(format!("moving the release into {}", dir.display())))?;
+        fs::rename(&staged, &dir)
+            .map_err(io_err(format!("moving the release into {}", dir.display())))?;
         Ok(dir)
     }
 }
@@ -211,30 +241,51 @@ impl Upload {
             return Err(ArtifactError::TooLarge { limit: self.limit });
         }
         self.hasher.update(chunk);
-        self.file.write_all(chunk).await.map_err(io_err("writing the upload"))
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(io_err("writing the upload"))
     }
 
     /// Ends the upload: compares digests and checks every entry.
     pub async fn finish(mut self, claimed: &Digest) -> Result<CheckedArtifact, ArtifactError> {
-        self.file.flush().await.map_err(io_err("writing the upload"))?;
-        self.file.sync_all().await.map_err(io_err("syncing the upload"))?;
+        self.file
+            .flush()
+            .await
+            .map_err(io_err("writing the upload"))?;
+        self.file
+            .sync_all()
+            .await
+            .map_err(io_err("syncing the upload"))?;
         let actual = Digest::from_sha256(&self.hasher.finalize().into());
         if &actual != claimed {
-            return Err(ArtifactError::DigestMismatch { claimed: claimed.clone(), actual });
+            return Err(ArtifactError::DigestMismatch {
+                claimed: claimed.clone(),
+                actual,
+            });
         }
         let temp = self.temp;
         let path = temp.to_path_buf();
         tokio::task::spawn_blocking(move || check_archive(&path))
             .await
-            .map_err(|e| ArtifactError::Io { context: "checking the artifact".into(), source: io::Error::other(e) })??;
-        Ok(CheckedArtifact { temp, digest: actual, size: self.size })
+            .map_err(|e| ArtifactError::Io {
+                context: "checking the artifact".into(),
+                source: io::Error::other(e),
+            })??;
+        Ok(CheckedArtifact {
+            temp,
+            digest: actual,
+            size: self.size,
+        })
     }
 }
 
 fn open_archive(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, ArtifactError> {
     let mut file = File::open(path).map_err(io_err("opening the artifact"))?;
     let mut magic = [0u8; 2];
-    let n = file.read(&mut magic).map_err(io_err("reading the artifact"))?;
+    let n = file
+        .read(&mut magic)
+        .map_err(io_err("reading the artifact"))?;
     file.rewind().map_err(io_err("reading the artifact"))?;
     let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
         Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
@@ -249,32 +300,65 @@ pub fn check_archive(path: &Path) -> Result<(), ArtifactError> {
     let mut tar = open_archive(path)?;
     let mut links: Vec<PathBuf> = Vec::new();
     let mut count = 0usize;
-    let entries = tar.entries().map_err(|e| ArtifactError::Unreadable(e.to_string()))?;
+    let entries = tar
+        .entries()
+        .map_err(|e| ArtifactError::Unreadable(e.to_string()))?;
     for entry in entries {
         let entry = entry.map_err(|e| ArtifactError::Unreadable(e.to_string()))?;
-        let path = entry.path().map_err(|e| ArtifactError::Unreadable(e.to_string()))?.into_owned();
-        let unsafe_entry = |reason: &str| ArtifactError::UnsafeEntry { entry: path.display().to_string(), reason: reason.to_owned() };
-        let inside = normalized(&path).ok_or_else(|| unsafe_entry("has an absolute path or climbs out with `..`"))?;
-        if let Some(link) = links.iter().find(|l| inside.starts_with(l) && inside != **l) {
-            return Err(unsafe_entry(&format!("is written through the link `{}`", link.display())));
+        let path = entry
+            .path()
+            .map_err(|e| ArtifactError::Unreadable(e.to_string()))?
+            .into_owned();
+        let unsafe_entry = |reason: &str| ArtifactError::UnsafeEntry {
+            entry: path.display().to_string(),
+            reason: reason.to_owned(),
+        };
+        let inside = normalized(&path)
+            .ok_or_else(|| unsafe_entry("has an absolute path or climbs out with `..`"))?;
+        if let Some(link) = links
+            .iter()
+            .find(|l| inside.starts_with(l) && inside != **l)
+        {
+            return Err(unsafe_entry(&format!(
+                "is written through the link `{}`",
+                link.display()
+            )));
         }
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Directory | tar::EntryType::GNUSparse => {}
             tar::EntryType::Symlink => {
-                let target = entry.link_name().ok().flatten().ok_or_else(|| unsafe_entry("is a link without a target"))?;
+                let target = entry
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| unsafe_entry("is a link without a target"))?;
                 let resolved = inside.parent().unwrap_or(Path::new("")).join(&target);
                 if target.is_absolute() || normalized(&resolved).is_none() {
-                    return Err(unsafe_entry(&format!("is a link to `{}`, outside the release", target.display())));
+                    return Err(unsafe_entry(&format!(
+                        "is a link to `{}`, outside the release",
+                        target.display()
+                    )));
                 }
                 links.push(inside);
             }
             tar::EntryType::Link => {
-                let target = entry.link_name().ok().flatten().ok_or_else(|| unsafe_entry("is a link without a target"))?;
+                let target = entry
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| unsafe_entry("is a link without a target"))?;
                 if normalized(&target).is_none() {
-                    return Err(unsafe_entry(&format!("is a hard link to `{}`, outside the release", target.display())));
+                    return Err(unsafe_entry(&format!(
+                        "is a hard link to `{}`, outside the release",
+                        target.display()
+                    )));
                 }
             }
-            other => return Err(unsafe_entry(&format!("is a {other:?} entry; only files, folders and links are allowed"))),
+            other => {
+                return Err(unsafe_entry(&format!(
+                    "is a {other:?} entry; only files, folders and links are allowed"
+                )));
+            }
         }
         count += 1;
     }
@@ -350,7 +434,10 @@ mod tests {
 
     #[test]
     fn normalized_refuses_escapes() {
-        assert_eq!(normalized(Path::new("a/./b/../c")), Some(PathBuf::from("a/c")));
+        assert_eq!(
+            normalized(Path::new("a/./b/../c")),
+            Some(PathBuf::from("a/c"))
+        );
         assert_eq!(normalized(Path::new("a/../../c")), None);
         assert_eq!(normalized(Path::new("/etc/passwd")), None);
     }

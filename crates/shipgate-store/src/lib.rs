@@ -21,7 +21,9 @@ use shipgate_core::{AppName, Digest, EnvName, PromotionState, Version};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The version exists with other content; releases are immutable.
-    #[error("{app}@{version} is already registered with digest {existing}, and this artifact has digest {offered}; releases are immutable: register the new content under a new version")]
+    #[error(
+        "{app}@{version} is already registered with digest {existing}, and this artifact has digest {offered}; releases are immutable: register the new content under a new version"
+    )]
     ReleaseConflict {
         /// The app.
         app: AppName,
@@ -85,7 +87,12 @@ pub trait Store: Send + Sync {
     /// Promotions matching the filter, newest first.
     async fn promotions(&self, filter: PromotionFilter) -> Result<Vec<Promotion>>;
     /// The digest of `app@version` that succeeded in `env`, if it did.
-    async fn verified_digest(&self, app: &AppName, version: &Version, env: &EnvName) -> Result<Option<Digest>>;
+    async fn verified_digest(
+        &self,
+        app: &AppName,
+        version: &Version,
+        env: &EnvName,
+    ) -> Result<Option<Digest>>;
 
     /// Records one gate result of a promotion, with its event.
     async fn record_gate(&self, gate: NewGate, actor: &str) -> Result<Gate>;
@@ -121,18 +128,31 @@ pub fn verify_chain(events: &[Event]) -> AuditReport {
     for (i, e) in events.iter().enumerate() {
         let expected_id = i as i64 + 1;
         let problem = if e.id != expected_id {
-            Some(format!("event {expected_id} is missing (found {} in its place)", e.id))
+            Some(format!(
+                "event {expected_id} is missing (found {} in its place)",
+                e.id
+            ))
         } else if e.prev_hash != prev {
-            Some(format!("event {} does not follow event {}: the log was changed or reordered", e.id, e.id - 1))
+            Some(format!(
+                "event {} does not follow event {}: the log was changed or reordered",
+                e.id,
+                e.id - 1
+            ))
         } else if e.hash != e.compute_hash() {
             Some(format!("event {} was changed after it was written", e.id))
         } else {
             None
         };
         if let Some(problem) = problem {
-            return AuditReport { checked: i, problem: Some(problem) };
+            return AuditReport {
+                checked: i,
+                problem: Some(problem),
+            };
         }
         prev = e.hash.clone();
     }
-    AuditReport { checked: events.len(), problem: None }
+    AuditReport {
+        checked: events.len(),
+        problem: None,
+    }
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use shipgate_core::{AppName, Digest, EnvName, PromotionKind, PromotionState, Version};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::{Mutex, broadcast};
 
@@ -75,11 +78,18 @@ fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Database { context, source }
 }
 
-fn parse<T, E: std::fmt::Display>(what: &str, s: &str, f: impl FnOnce(&str) -> std::result::Result<T, E>) -> Result<T> {
+fn parse<T, E: std::fmt::Display>(
+    what: &str,
+    s: &str,
+    f: impl FnOnce(&str) -> std::result::Result<T, E>,
+) -> Result<T> {
     f(s).map_err(|e| StoreError::Corrupt(format!("{what} `{s}`: {e}")))
 }
 
-fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(row: &'r SqliteRow, col: &str) -> Result<T> {
+fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
+    row: &'r SqliteRow,
+    col: &str,
+) -> Result<T> {
     row.try_get(col).map_err(db("reading a row"))
 }
 
@@ -100,11 +110,18 @@ impl SqliteStore {
             .map_err(db("opening the database"))?;
         migrate(&pool).await?;
         let (events, _) = broadcast::channel(1024);
-        Ok(Self { pool, write: Mutex::new(()), events })
+        Ok(Self {
+            pool,
+            write: Mutex::new(()),
+            events,
+        })
     }
 
     async fn begin(&self) -> Result<Transaction<'_, Sqlite>> {
-        self.pool.begin().await.map_err(db("starting a transaction"))
+        self.pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))
     }
 
     async fn commit(&self, tx: Transaction<'_, Sqlite>, events: Vec<Event>) -> Result<()> {
@@ -122,13 +139,17 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
         .execute(pool)
         .await
         .map_err(db("creating the migrations table"))?;
-    let applied: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        .fetch_one(pool)
-        .await
-        .map_err(db("reading the schema version"))?;
+    let applied: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(pool)
+            .await
+            .map_err(db("reading the schema version"))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
         let mut tx = pool.begin().await.map_err(db("starting a migration"))?;
-        sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(db("applying a migration"))?;
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("applying a migration"))?;
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
             .bind(i as i64 + 1)
             .bind(now())
@@ -141,10 +162,11 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
 }
 
 async fn append(tx: &mut Transaction<'_, Sqlite>, e: NewEvent) -> Result<Event> {
-    let last: Option<(i64, String)> = sqlx::query_as("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db("reading the event chain"))?;
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db("reading the event chain"))?;
     let (prev_id, prev_hash) = last.unwrap_or((0, shipgate_core::audit::GENESIS.to_owned()));
     let mut event = Event {
         id: prev_id + 1,
@@ -201,10 +223,14 @@ fn promotion_from(row: &SqliteRow) -> Result<Promotion> {
         version: parse("version", &get::<String>(row, "version")?, Version::parse)?,
         digest: parse("digest", &get::<String>(row, "digest")?, Digest::parse)?,
         env: parse("environment", &get::<String>(row, "env")?, EnvName::parse)?,
-        kind: PromotionKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("promotion kind `{kind}`")))?,
-        state: PromotionState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("promotion state `{state}`")))?,
+        kind: PromotionKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("promotion kind `{kind}`")))?,
+        state: PromotionState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("promotion state `{state}`")))?,
         requested_by: get(row, "requested_by")?,
-        previous_version: previous.map(|v| parse("version", &v, Version::parse)).transpose()?,
+        previous_version: previous
+            .map(|v| parse("version", &v, Version::parse))
+            .transpose()?,
         reason: get(row, "reason")?,
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
@@ -233,7 +259,8 @@ fn event_from(row: &SqliteRow) -> Result<Event> {
         env: get(row, "env")?,
         promotion_id: get(row, "promotion_id")?,
         message: get(row, "message")?,
-        data: serde_json::Value::from_str(&data).map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
+        data: serde_json::Value::from_str(&data)
+            .map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
         prev_hash: get(row, "prev_hash")?,
         hash: get(row, "hash")?,
     })
@@ -249,7 +276,12 @@ async fn promotion_in(tx: &mut Transaction<'_, Sqlite>, id: i64) -> Result<Promo
     promotion_from(&row)
 }
 
-async fn set_state(tx: &mut Transaction<'_, Sqlite>, id: i64, state: PromotionState, reason: Option<&str>) -> Result<()> {
+async fn set_state(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: i64,
+    state: PromotionState,
+    reason: Option<&str>,
+) -> Result<()> {
     sqlx::query("UPDATE promotions SET state = ?, reason = COALESCE(?, reason), updated_at = ? WHERE id = ?")
         .bind(state.as_str())
         .bind(reason)
@@ -261,7 +293,13 @@ async fn set_state(tx: &mut Transaction<'_, Sqlite>, id: i64, state: PromotionSt
     Ok(())
 }
 
-fn promotion_event(p: &Promotion, actor: &str, kind: &str, message: String, data: serde_json::Value) -> NewEvent {
+fn promotion_event(
+    p: &Promotion,
+    actor: &str,
+    kind: &str,
+    message: String,
+    data: serde_json::Value,
+) -> NewEvent {
     NewEvent {
         actor: actor.to_owned(),
         kind: kind.to_owned(),
@@ -360,12 +398,14 @@ impl Store for SqliteStore {
         let _w = self.write.lock().await;
         let mut tx = self.begin().await?;
         let mut events = Vec::new();
-        let pending: Vec<i64> = sqlx::query_scalar("SELECT id FROM promotions WHERE app = ? AND env = ? AND state = 'pending'")
-            .bind(p.app.as_str())
-            .bind(p.env.as_str())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("reading pending promotions"))?;
+        let pending: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM promotions WHERE app = ? AND env = ? AND state = 'pending'",
+        )
+        .bind(p.app.as_str())
+        .bind(p.env.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("reading pending promotions"))?;
         let at = now();
         let id: i64 = sqlx::query_scalar("INSERT INTO promotions (app, version, digest, env, kind, state, requested_by, previous_version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) RETURNING id")
             .bind(p.app.as_str())
@@ -385,12 +425,39 @@ impl Store for SqliteStore {
             let reason = format!("superseded by promotion {id} ({}@{})", p.app, p.version);
             set_state(&mut tx, old, PromotionState::Superseded, Some(&reason)).await?;
             let old = promotion_in(&mut tx, old).await?;
-            let message = format!("promotion {} of {}@{} to {} {reason}", old.id, old.app, old.version, old.env);
-            events.push(append(&mut tx, promotion_event(&old, actor, "promotion.superseded", message, serde_json::json!({ "by": id }))).await?);
+            let message = format!(
+                "promotion {} of {}@{} to {} {reason}",
+                old.id, old.app, old.version, old.env
+            );
+            events.push(
+                append(
+                    &mut tx,
+                    promotion_event(
+                        &old,
+                        actor,
+                        "promotion.superseded",
+                        message,
+                        serde_json::json!({ "by": id }),
+                    ),
+                )
+                .await?,
+            );
         }
-        let message = format!("{actor} asked to {} {}@{} in {}", p.kind.as_str(), p.app, p.version, p.env);
+        let message = format!(
+            "{actor} asked to {} {}@{} in {}",
+            p.kind.as_str(),
+            p.app,
+            p.version,
+            p.env
+        );
         let data = serde_json::json!({ "version": p.version, "digest": p.digest, "kind": p.kind, "previous_version": p.previous_version });
-        events.push(append(&mut tx, promotion_event(&promotion, actor, "promotion.requested", message, data)).await?);
+        events.push(
+            append(
+                &mut tx,
+                promotion_event(&promotion, actor, "promotion.requested", message, data),
+            )
+            .await?,
+        );
         self.commit(tx, events).await?;
         Ok(promotion)
     }
@@ -401,7 +468,11 @@ impl Store for SqliteStore {
         let before = promotion_in(&mut tx, t.promotion_id).await?;
         if !t.from.contains(&before.state) || !before.state.can_become(t.to) {
             let expected: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
-            return Err(StoreError::StateConflict { id: t.promotion_id, expected: expected.join(" or "), actual: before.state });
+            return Err(StoreError::StateConflict {
+                id: t.promotion_id,
+                expected: expected.join(" or "),
+                actual: before.state,
+            });
         }
         set_state(&mut tx, t.promotion_id, t.to, t.reason.as_deref()).await?;
         let mut events = Vec::new();
@@ -442,14 +513,41 @@ impl Store for SqliteStore {
         }
         let after = promotion_in(&mut tx, t.promotion_id).await?;
         let data = serde_json::json!({ "from": before.state, "to": t.to, "version": after.version, "reason": t.reason, "live": format!("{:?}", t.live) });
-        events.push(append(&mut tx, promotion_event(&after, &t.actor, &format!("promotion.{}", t.to), t.message.clone(), data)).await?);
+        events.push(
+            append(
+                &mut tx,
+                promotion_event(
+                    &after,
+                    &t.actor,
+                    &format!("promotion.{}", t.to),
+                    t.message.clone(),
+                    data,
+                ),
+            )
+            .await?,
+        );
         if let Some(old) = t.roll_back_promotion {
             let old_p = promotion_in(&mut tx, old).await?;
             if old_p.state.can_become(PromotionState::RolledBack) {
                 let reason = format!("rolled back by promotion {}", after.id);
                 set_state(&mut tx, old, PromotionState::RolledBack, Some(&reason)).await?;
-                let message = format!("{}@{} was rolled back in {}", old_p.app, old_p.version, old_p.env);
-                events.push(append(&mut tx, promotion_event(&old_p, &t.actor, "promotion.rolled_back", message, serde_json::json!({ "by": after.id }))).await?);
+                let message = format!(
+                    "{}@{} was rolled back in {}",
+                    old_p.app, old_p.version, old_p.env
+                );
+                events.push(
+                    append(
+                        &mut tx,
+                        promotion_event(
+                            &old_p,
+                            &t.actor,
+                            "promotion.rolled_back",
+                            message,
+                            serde_json::json!({ "by": after.id }),
+                        ),
+                    )
+                    .await?,
+                );
             }
         }
         self.commit(tx, events).await?;
@@ -474,7 +572,11 @@ impl Store for SqliteStore {
         )
         .bind(f.app.as_ref().map(AppName::as_str))
         .bind(f.env.as_ref().map(EnvName::as_str))
-        .bind(if states.is_empty() { String::new() } else { format!(",{},", states.join(",")) })
+        .bind(if states.is_empty() {
+            String::new()
+        } else {
+            format!(",{},", states.join(","))
+        })
         .bind(f.limit.unwrap_or(-1))
         .fetch_all(&self.pool)
         .await
@@ -484,7 +586,12 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn verified_digest(&self, app: &AppName, version: &Version, env: &EnvName) -> Result<Option<Digest>> {
+    async fn verified_digest(
+        &self,
+        app: &AppName,
+        version: &Version,
+        env: &EnvName,
+    ) -> Result<Option<Digest>> {
         let digest: Option<String> = sqlx::query_scalar(
             "SELECT digest FROM promotions WHERE app = ? AND version = ? AND env = ? AND state = 'succeeded' ORDER BY id DESC LIMIT 1",
         )
@@ -494,7 +601,9 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading verified releases"))?;
-        digest.map(|d| parse("digest", &d, Digest::parse)).transpose()
+        digest
+            .map(|d| parse("digest", &d, Digest::parse))
+            .transpose()
     }
 
     async fn record_gate(&self, g: NewGate, actor: &str) -> Result<Gate> {
@@ -513,10 +622,31 @@ impl Store for SqliteStore {
             .map_err(db("recording a gate"))?;
         let p = promotion_in(&mut tx, g.promotion_id).await?;
         let verdict = if g.passed { "passed" } else { "failed" };
-        let message = format!("{} of {}@{} in {} {verdict}", g.name, p.app, p.version, p.env);
-        let event = append(&mut tx, promotion_event(&p, actor, &format!("gate.{verdict}"), message, serde_json::json!({ "gate": g.name, "gate_id": id }))).await?;
+        let message = format!(
+            "{} of {}@{} in {} {verdict}",
+            g.name, p.app, p.version, p.env
+        );
+        let event = append(
+            &mut tx,
+            promotion_event(
+                &p,
+                actor,
+                &format!("gate.{verdict}"),
+                message,
+                serde_json::json!({ "gate": g.name, "gate_id": id }),
+            ),
+        )
+        .await?;
         self.commit(tx, vec![event]).await?;
-        Ok(Gate { id, promotion_id: g.promotion_id, name: g.name, passed: g.passed, output: g.output, started_at: g.started_at, finished_at })
+        Ok(Gate {
+            id,
+            promotion_id: g.promotion_id,
+            name: g.name,
+            passed: g.passed,
+            output: g.output,
+            started_at: g.started_at,
+            finished_at,
+        })
     }
 
     async fn gates(&self, promotion_id: i64) -> Result<Vec<Gate>> {
@@ -582,10 +712,12 @@ impl Store for SqliteStore {
     }
 
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>> {
-        let rows = sqlx::query("SELECT * FROM instances WHERE state IN ('starting', 'running') ORDER BY updated_at")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading instances"))?;
+        let rows = sqlx::query(
+            "SELECT * FROM instances WHERE state IN ('starting', 'running') ORDER BY updated_at",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading instances"))?;
         rows.iter()
             .map(|row| {
                 Ok(InstanceRecord {
@@ -633,14 +765,16 @@ impl Store for SqliteStore {
         let _w = self.write.lock().await;
         let mut tx = self.begin().await?;
         let created_at = now();
-        let id: i64 = sqlx::query_scalar("INSERT INTO tokens (name, role, hash, created_at) VALUES (?, ?, ?, ?) RETURNING id")
-            .bind(&t.name)
-            .bind(&t.role)
-            .bind(&t.hash)
-            .bind(&created_at)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("storing a token"))?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO tokens (name, role, hash, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&t.name)
+        .bind(&t.role)
+        .bind(&t.hash)
+        .bind(&created_at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("storing a token"))?;
         let event = append(
             &mut tx,
             NewEvent {
@@ -653,7 +787,12 @@ impl Store for SqliteStore {
         )
         .await?;
         self.commit(tx, vec![event]).await?;
-        Ok(TokenRecord { id, name: t.name, role: t.role, created_at })
+        Ok(TokenRecord {
+            id,
+            name: t.name,
+            role: t.role,
+            created_at,
+        })
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
@@ -662,7 +801,14 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading a token"))?;
-        row.map(|row| Ok(TokenRecord { id: get(&row, "id")?, name: get(&row, "name")?, role: get(&row, "role")?, created_at: get(&row, "created_at")? }))
-            .transpose()
+        row.map(|row| {
+            Ok(TokenRecord {
+                id: get(&row, "id")?,
+                name: get(&row, "name")?,
+                role: get(&row, "role")?,
+                created_at: get(&row, "created_at")?,
+            })
+        })
+        .transpose()
     }
 }

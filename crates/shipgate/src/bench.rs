@@ -34,10 +34,21 @@ async fn answers(http: &reqwest::Client, url: &str, want: Option<&str>) -> bool 
 }
 
 /// The app's own readiness: spawn the sample app and poll /healthz every millisecond.
-async fn app_ready_time(exe: &std::path::Path, dir: &std::path::Path, http: &reqwest::Client) -> anyhow::Result<Duration> {
+async fn app_ready_time(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    http: &reqwest::Client,
+) -> anyhow::Result<Duration> {
     let port = free_port(0)?;
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(exe).arg("sample-app").arg("--port").arg(port.to_string()).current_dir(dir).stdout(std::process::Stdio::null()).kill_on_drop(true).spawn()?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("sample-app")
+        .arg("--port")
+        .arg(port.to_string())
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
     let url = format!("http://127.0.0.1:{port}/healthz");
     while !answers(http, &url, None).await {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -49,18 +60,28 @@ async fn app_ready_time(exe: &std::path::Path, dir: &std::path::Path, http: &req
 
 pub async fn promote(runs: usize) -> anyhow::Result<ExitCode> {
     let runs = runs.max(1);
-    let work = tempfile::Builder::new().prefix("shipgate-bench-").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("shipgate-bench-")
+        .tempdir()?;
     let exe = std::env::current_exe()?;
     let ports = [free_port(0)?, free_port(0)?, free_port(0)?, free_port(0)?];
-    std::fs::write(work.path().join("shipgate.toml"), demo_config(&exe, free_port(0)?, ports, false))?;
+    std::fs::write(
+        work.path().join("shipgate.toml"),
+        demo_config(&exe, free_port(0)?, ports, false),
+    )?;
     let src = std::fs::read_to_string(work.path().join("shipgate.toml"))?;
-    let config = shipgate_core::Config::parse(&src, work.path()).map_err(|e| anyhow::anyhow!(e.render("bench", &src)))?;
+    let config = shipgate_core::Config::parse(&src, work.path())
+        .map_err(|e| anyhow::anyhow!(e.render("bench", &src)))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = shipgate_server::Server::start(Arc::new(config), async {
         let _ = stop_rx.await;
     })
     .await?;
-    let token = std::fs::read_to_string(work.path().join("data").join(shipgate_server::ADMIN_TOKEN_FILE))?;
+    let token = std::fs::read_to_string(
+        work.path()
+            .join("data")
+            .join(shipgate_server::ADMIN_TOKEN_FILE),
+    )?;
     let client = Client::new(&format!("http://{}", server.addr), token.trim())?;
     let http = reqwest::Client::builder().no_proxy().build()?;
     let env_url = format!("http://127.0.0.1:{}/version", ports[0]);
@@ -73,13 +94,22 @@ pub async fn promote(runs: usize) -> anyhow::Result<ExitCode> {
         sample_release(&dir, &version, false)?;
         crate::commands::upload(&client, "web", &version, &dir, None, None).await?;
         let started = Instant::now();
-        let p: Value = client.post("/promotions", &json!({ "release": format!("web@{version}"), "env": "development" })).await?;
+        let p: Value = client
+            .post(
+                "/promotions",
+                &json!({ "release": format!("web@{version}"), "env": "development" }),
+            )
+            .await?;
         while !answers(&http, &env_url, Some(&version)).await {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let took = started.elapsed();
-        client.wait_promotion(p["id"].as_i64().unwrap_or_default(), |_| {}).await?;
-        let ready = app_ready_time(&exe, &dir, &http).await.context("measuring the app's own start")?;
+        client
+            .wait_promotion(p["id"].as_i64().unwrap_or_default(), |_| {})
+            .await?;
+        let ready = app_ready_time(&exe, &dir, &http)
+            .await
+            .context("measuring the app's own start")?;
         // Run 0 warms caches (page cache, connection pools) and is not counted.
         if i > 0 {
             totals.push(took);
@@ -89,9 +119,18 @@ pub async fn promote(runs: usize) -> anyhow::Result<ExitCode> {
     let total = median(&mut totals);
     let own = median(&mut app_ready);
     println!("promotion overhead, median of {runs} runs (sample app, one environment, no tests)");
-    println!("  promote → new version answers on the environment address: {:8.2} ms", ms(total));
-    println!("  anchor: the app's own spawn → first 2xx health answer:    {:8.2} ms", ms(own));
-    println!("  shipgate's own overhead (difference):                     {:8.2} ms  (target < 50 ms)", ms(total.saturating_sub(own)));
+    println!(
+        "  promote → new version answers on the environment address: {:8.2} ms",
+        ms(total)
+    );
+    println!(
+        "  anchor: the app's own spawn → first 2xx health answer:    {:8.2} ms",
+        ms(own)
+    );
+    println!(
+        "  shipgate's own overhead (difference):                     {:8.2} ms  (target < 50 ms)",
+        ms(total.saturating_sub(own))
+    );
     let _ = stop_tx.send(());
     server.wait().await?;
     Ok(ExitCode::SUCCESS)

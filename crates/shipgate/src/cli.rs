@@ -18,7 +18,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Config file.
-    #[arg(short = 'c', long = "config", global = true, default_value = "shipgate.toml", env = "SHIPGATE_CONFIG")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "shipgate.toml",
+        env = "SHIPGATE_CONFIG"
+    )]
     pub config: PathBuf,
     /// Server URL (default: the config's `[server] listen`, else http://127.0.0.1:7300).
     #[arg(long, global = true, env = "SHIPGATE_SERVER")]

@@ -27,15 +27,25 @@ pub struct Client {
 impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:7300`).
     pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
-        Ok(Self { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), http })
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http,
+        })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.base)
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
         let response = request.bearer_auth(&self.token).send().await.map_err(|e| {
             if e.is_connect() {
                 anyhow::anyhow!("cannot reach the shipgate server at {} (start it with `shipgate server`, or pass --server URL)", self.base)
@@ -44,19 +54,40 @@ impl Client {
             }
         })?;
         let status = response.status();
-        let body = response.bytes().await.context("reading the server's answer")?;
+        let body = response
+            .bytes()
+            .await
+            .context("reading the server's answer")?;
         if !status.is_success() {
             let detail = serde_json::from_slice::<Value>(&body)
                 .ok()
                 .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_else(|| format!("the server answered {status}: {}", String::from_utf8_lossy(&body)));
-            return Err(Refused { status: status.as_u16(), detail }.into());
+                .unwrap_or_else(|| {
+                    format!(
+                        "the server answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    )
+                });
+            return Err(Refused {
+                status: status.as_u16(),
+                detail,
+            }
+            .into());
         }
-        serde_json::from_slice(&body).with_context(|| format!("the server's answer is not the JSON expected: {}", String::from_utf8_lossy(&body)))
+        serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "the server's answer is not the JSON expected: {}",
+                String::from_utf8_lossy(&body)
+            )
+        })
     }
 
     /// GET a JSON document.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
         self.send(self.http.get(self.url(path)).query(query)).await
     }
 
@@ -66,9 +97,20 @@ impl Client {
     }
 
     /// Uploads an artifact file (already a .tar or .tar.gz) with its digest.
-    pub async fn upload_release(&self, app: &str, query: &[(&str, String)], file: &Path) -> anyhow::Result<Value> {
-        let f = tokio::fs::File::open(file).await.with_context(|| format!("opening {}", file.display()))?;
-        let len = f.metadata().await.context("reading the artifact size")?.len();
+    pub async fn upload_release(
+        &self,
+        app: &str,
+        query: &[(&str, String)],
+        file: &Path,
+    ) -> anyhow::Result<Value> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("opening {}", file.display()))?;
+        let len = f
+            .metadata()
+            .await
+            .context("reading the artifact size")?
+            .len();
         let request = self
             .http
             .post(self.url(&format!("/apps/{app}/releases")))
@@ -80,7 +122,11 @@ impl Client {
     }
 
     /// Polls a promotion until it ends; `on_change` sees each new state.
-    pub async fn wait_promotion(&self, id: i64, mut on_change: impl FnMut(&str)) -> anyhow::Result<Value> {
+    pub async fn wait_promotion(
+        &self,
+        id: i64,
+        mut on_change: impl FnMut(&str),
+    ) -> anyhow::Result<Value> {
         let mut last = String::new();
         loop {
             let p: Value = self.get(&format!("/promotions/{id}"), &[]).await?;
@@ -100,7 +146,11 @@ impl Client {
 /// The server URL and token a command uses: flags, then environment, then the config's own
 /// server and the admin token in its data dir.
 pub fn connect(global: &crate::cli::Global) -> anyhow::Result<Client> {
-    let config = if global.config.exists() { crate::config_file::load(&global.config)?.ok() } else { None };
+    let config = if global.config.exists() {
+        crate::config_file::load(&global.config)?.ok()
+    } else {
+        None
+    };
     let server = match (&global.server, &config) {
         (Some(s), _) => s.clone(),
         (None, Some((c, _))) => {
@@ -121,7 +171,9 @@ pub fn connect(global: &crate::cli::Global) -> anyhow::Result<Client> {
                 .trim()
                 .to_owned()
         }
-        (None, None) => bail!("no token: pass --token or set SHIPGATE_TOKEN (or run in the folder of the server's shipgate.toml)"),
+        (None, None) => bail!(
+            "no token: pass --token or set SHIPGATE_TOKEN (or run in the folder of the server's shipgate.toml)"
+        ),
     };
     Client::new(&server, &token)
 }

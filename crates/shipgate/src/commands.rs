@@ -22,19 +22,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate => validate(&g.config, out),
         Command::Server => server(&g.config).await,
         Command::Demo { exit } => crate::demo::run(exit, out).await,
-        Command::Release(ReleaseCommand::Create { app, version, artifact, commit, notes }) => {
-            release_create(g, out, &app, &version, &artifact, commit, notes).await
-        }
+        Command::Release(ReleaseCommand::Create {
+            app,
+            version,
+            artifact,
+            commit,
+            notes,
+        }) => release_create(g, out, &app, &version, &artifact, commit, notes).await,
         Command::Release(ReleaseCommand::List { app }) => release_list(g, out, app).await,
         Command::Promote { release, to, wait } => promote(g, out, &release, &to, wait).await,
         Command::Rollback { app, env, to, wait } => rollback(g, out, &app, &env, to, wait).await,
         Command::Status { app } => status(g, out, app).await,
         Command::History { app, env, limit } => history(g, out, &app, env, limit).await,
-        Command::Logs { app, env, follow, lines } => logs(g, &app, &env, follow, lines).await,
-        Command::Audit { verify, app, env, limit } => audit(g, out, verify, app, env, limit).await,
+        Command::Logs {
+            app,
+            env,
+            follow,
+            lines,
+        } => logs(g, &app, &env, follow, lines).await,
+        Command::Audit {
+            verify,
+            app,
+            env,
+            limit,
+        } => audit(g, out, verify, app, env, limit).await,
         Command::Bench(BenchCommand::Promote { runs }) => crate::bench::promote(runs).await,
         Command::SampleApp { port } => crate::sample::serve(port).await,
-        Command::SampleSmoke { url, expect_version } => crate::sample::smoke(&url, &expect_version).await,
+        Command::SampleSmoke {
+            url,
+            expect_version,
+        } => crate::sample::smoke(&url, &expect_version).await,
     }
     .or_else(refusal_to_exit_code)
 }
@@ -52,19 +69,33 @@ fn refusal_to_exit_code(e: anyhow::Error) -> anyhow::Result<ExitCode> {
 
 fn init(path: &Path) -> anyhow::Result<ExitCode> {
     if path.exists() {
-        eprintln!("error: {} already exists; nothing was written (edit it, or choose another file with -c FILE)", path.display());
+        eprintln!(
+            "error: {} already exists; nothing was written (edit it, or choose another file with -c FILE)",
+            path.display()
+        );
         return Ok(ExitCode::FAILURE);
     }
-    let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            eprintln!("error: {} already exists; nothing was written", path.display());
+            eprintln!(
+                "error: {} already exists; nothing was written",
+                path.display()
+            );
             return Ok(ExitCode::FAILURE);
         }
         Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
     };
-    std::io::Write::write_all(&mut file, shipgate_core::config::EXAMPLE.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    println!("wrote {}; check it with `shipgate validate`, then start the server with `shipgate server`", path.display());
+    std::io::Write::write_all(&mut file, shipgate_core::config::EXAMPLE.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {}; check it with `shipgate validate`, then start the server with `shipgate server`",
+        path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -74,7 +105,14 @@ fn validate(path: &Path, out: Printer) -> anyhow::Result<ExitCode> {
             let envs: Vec<&str> = c.environments.iter().map(|e| e.name.as_str()).collect();
             let apps: Vec<&str> = c.apps.iter().map(|a| a.name.as_str()).collect();
             let summary = json!({ "valid": true, "apps": apps, "environments": envs });
-            out.print(&summary, |_| format!("{} is valid: apps {}; environments {}", path.display(), apps.join(", "), envs.join(" → ")));
+            out.print(&summary, |_| {
+                format!(
+                    "{} is valid: apps {}; environments {}",
+                    path.display(),
+                    apps.join(", "),
+                    envs.join(" → ")
+                )
+            });
             Ok(ExitCode::SUCCESS)
         }
         Err(invalid) => {
@@ -94,7 +132,9 @@ async fn server(path: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let server = shipgate_server::Server::start(Arc::new(config), shutdown_signal()).await?;
@@ -132,12 +172,19 @@ impl ArtifactFile {
     /// Packs a directory, or takes an archive file as it is.
     pub fn prepare(path: &Path) -> anyhow::Result<Self> {
         if path.is_dir() {
-            let temp = tempfile::Builder::new().suffix(".tar.gz").tempfile().context("creating a temporary archive")?;
-            shipgate_store::artifact::pack_dir(path, std::io::BufWriter::new(temp.as_file())).with_context(|| format!("packing {}", path.display()))?;
+            let temp = tempfile::Builder::new()
+                .suffix(".tar.gz")
+                .tempfile()
+                .context("creating a temporary archive")?;
+            shipgate_store::artifact::pack_dir(path, std::io::BufWriter::new(temp.as_file()))
+                .with_context(|| format!("packing {}", path.display()))?;
             return Ok(Self::Packed(temp.into_temp_path()));
         }
         if !path.is_file() {
-            anyhow::bail!("{} is neither a directory nor a .tar/.tar.gz file", path.display());
+            anyhow::bail!(
+                "{} is neither a directory nor a .tar/.tar.gz file",
+                path.display()
+            );
         }
         Ok(Self::Given(path.to_owned()))
     }
@@ -152,26 +199,56 @@ impl ArtifactFile {
 }
 
 /// Registers a release with the server; shared by the command and the demo.
-pub async fn upload(client: &Client, app: &str, version: &str, artifact: &Path, commit: Option<String>, notes: Option<String>) -> anyhow::Result<Value> {
+pub async fn upload(
+    client: &Client,
+    app: &str,
+    version: &str,
+    artifact: &Path,
+    commit: Option<String>,
+    notes: Option<String>,
+) -> anyhow::Result<Value> {
     AppName::parse(app).map_err(|e| anyhow::anyhow!(e.0))?;
     Version::parse(version).map_err(|e| anyhow::anyhow!(e.0))?;
     let file = ArtifactFile::prepare(artifact)?;
-    let digest = shipgate_store::artifact::digest_file(file.path()).with_context(|| format!("hashing {}", artifact.display()))?;
-    let mut query = vec![("version", version.to_owned()), ("digest", digest.to_string())];
+    let digest = shipgate_store::artifact::digest_file(file.path())
+        .with_context(|| format!("hashing {}", artifact.display()))?;
+    let mut query = vec![
+        ("version", version.to_owned()),
+        ("digest", digest.to_string()),
+    ];
     query.extend(commit.map(|c| ("commit", c)));
     query.extend(notes.map(|n| ("notes", n)));
     client.upload_release(app, &query, file.path()).await
 }
 
-async fn release_create(g: &Global, out: Printer, app: &str, version: &str, artifact: &Path, commit: Option<String>, notes: Option<String>) -> anyhow::Result<ExitCode> {
+async fn release_create(
+    g: &Global,
+    out: Printer,
+    app: &str,
+    version: &str,
+    artifact: &Path,
+    commit: Option<String>,
+    notes: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
     let answer = upload(&client, app, version, artifact, commit, notes).await?;
     out.print(&answer, |a| {
         let r = &a["release"];
         if a["created"].as_bool() == Some(true) {
-            format!("registered {}@{} ({}, {} bytes)", r["app"].as_str().unwrap_or(""), r["version"].as_str().unwrap_or(""), r["digest"].as_str().unwrap_or(""), r["size"])
+            format!(
+                "registered {}@{} ({}, {} bytes)",
+                r["app"].as_str().unwrap_or(""),
+                r["version"].as_str().unwrap_or(""),
+                r["digest"].as_str().unwrap_or(""),
+                r["size"]
+            )
         } else {
-            format!("{}@{} is already registered with this content ({}); nothing changed", r["app"].as_str().unwrap_or(""), r["version"].as_str().unwrap_or(""), r["digest"].as_str().unwrap_or(""))
+            format!(
+                "{}@{} is already registered with this content ({}); nothing changed",
+                r["app"].as_str().unwrap_or(""),
+                r["version"].as_str().unwrap_or(""),
+                r["digest"].as_str().unwrap_or("")
+            )
         }
     });
     Ok(ExitCode::SUCCESS)
@@ -187,7 +264,8 @@ fn s(v: &Value) -> String {
 
 fn short_digest(v: &Value) -> String {
     let d = s(v);
-    d.strip_prefix("sha256:").map_or(d.clone(), |h| format!("sha256:{}", &h[..h.len().min(12)]))
+    d.strip_prefix("sha256:")
+        .map_or(d.clone(), |h| format!("sha256:{}", &h[..h.len().min(12)]))
 }
 
 async fn release_list(g: &Global, out: Printer, app: Option<String>) -> anyhow::Result<ExitCode> {
@@ -195,49 +273,113 @@ async fn release_list(g: &Global, out: Printer, app: Option<String>) -> anyhow::
     let query: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
     let releases: Vec<Value> = client.get("/releases", &query).await?;
     out.print(&releases, |rs| {
-        let rows: Vec<Vec<String>> = rs.iter().map(|r| vec![s(&r["app"]), s(&r["version"]), short_digest(&r["digest"]), s(&r["created_by"]), s(&r["created_at"]), s(&r["commit"])]).collect();
-        table(&["APP", "VERSION", "DIGEST", "BY", "CREATED", "COMMIT"], &rows)
+        let rows: Vec<Vec<String>> = rs
+            .iter()
+            .map(|r| {
+                vec![
+                    s(&r["app"]),
+                    s(&r["version"]),
+                    short_digest(&r["digest"]),
+                    s(&r["created_by"]),
+                    s(&r["created_at"]),
+                    s(&r["commit"]),
+                ]
+            })
+            .collect();
+        table(
+            &["APP", "VERSION", "DIGEST", "BY", "CREATED", "COMMIT"],
+            &rows,
+        )
     });
     Ok(ExitCode::SUCCESS)
 }
 
 /// Waits for a promotion when asked, printing progress; exit code follows its outcome.
-async fn finish_promotion(client: &Client, out: Printer, promotion: Value, wait: bool) -> anyhow::Result<ExitCode> {
+async fn finish_promotion(
+    client: &Client,
+    out: Printer,
+    promotion: Value,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
     let id = promotion["id"].as_i64().unwrap_or_default();
-    let what = format!("{}@{} → {}", s(&promotion["app"]), s(&promotion["version"]), s(&promotion["env"]));
+    let what = format!(
+        "{}@{} → {}",
+        s(&promotion["app"]),
+        s(&promotion["version"]),
+        s(&promotion["env"])
+    );
     if !wait {
-        out.print(&promotion, |_| format!("promotion {id} accepted: {what} (follow it: shipgate history {} --env {})", s(&promotion["app"]), s(&promotion["env"])));
+        out.print(&promotion, |_| {
+            format!(
+                "promotion {id} accepted: {what} (follow it: shipgate history {} --env {})",
+                s(&promotion["app"]),
+                s(&promotion["env"])
+            )
+        });
         return Ok(ExitCode::SUCCESS);
     }
-    let done = client.wait_promotion(id, |state| out.progress(&format!("{what}: {state}"))).await?;
+    let done = client
+        .wait_promotion(id, |state| out.progress(&format!("{what}: {state}")))
+        .await?;
     let state = s(&done["state"]);
     out.print(&done, |d| {
         let mut text = format!("promotion {id} {state}: {what}");
         if let Some(reason) = d["reason"].as_str() {
             text.push_str(&format!("\n  reason: {reason}"));
         }
-        if let Some(failed) = d["gates"].as_array().and_then(|g| g.iter().find(|g| g["passed"] == false)) {
+        if let Some(failed) = d["gates"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["passed"] == false))
+        {
             text.push_str(&format!("\n  {} output:\n", s(&failed["name"])));
-            for line in s(&failed["output"]).lines().rev().take(20).collect::<Vec<_>>().into_iter().rev() {
+            for line in s(&failed["output"])
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
                 text.push_str(&format!("    {line}\n"));
             }
         }
         text
     });
-    Ok(if state == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if state == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-async fn promote(g: &Global, out: Printer, release: &str, to: &str, wait: bool) -> anyhow::Result<ExitCode> {
+async fn promote(
+    g: &Global,
+    out: Printer,
+    release: &str,
+    to: &str,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
     ReleaseRef::parse(release).map_err(|e| anyhow::anyhow!(e.0))?;
     EnvName::parse(to).map_err(|e| anyhow::anyhow!(e.0))?;
     let client = connect(g)?;
-    let promotion: Value = client.post("/promotions", &json!({ "release": release, "env": to })).await?;
+    let promotion: Value = client
+        .post("/promotions", &json!({ "release": release, "env": to }))
+        .await?;
     finish_promotion(&client, out, promotion, wait).await
 }
 
-async fn rollback(g: &Global, out: Printer, app: &str, env: &str, to: Option<String>, wait: bool) -> anyhow::Result<ExitCode> {
+async fn rollback(
+    g: &Global,
+    out: Printer,
+    app: &str,
+    env: &str,
+    to: Option<String>,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
-    let promotion: Value = client.post("/rollbacks", &json!({ "app": app, "env": env, "to": to })).await?;
+    let promotion: Value = client
+        .post("/rollbacks", &json!({ "app": app, "env": env, "to": to }))
+        .await?;
     finish_promotion(&client, out, promotion, wait).await
 }
 
@@ -255,21 +397,52 @@ pub fn render_status(apps: &[Value]) -> String {
     for a in apps {
         for e in a["environments"].as_array().into_iter().flatten() {
             let live = &e["live"];
-            let version = if live.is_null() { "-".to_owned() } else { s(&live["version"]) };
+            let version = if live.is_null() {
+                "-".to_owned()
+            } else {
+                s(&live["version"])
+            };
             let health = match &e["instance"] {
                 Value::Null if live.is_null() => "-".to_owned(),
                 Value::Null => "down".to_owned(),
-                i if i["healthy"] == true => format!("healthy (pid {}, restarts {})", i["pid"], i["restarts"]),
+                i if i["healthy"] == true => {
+                    format!("healthy (pid {}, restarts {})", i["pid"], i["restarts"])
+                }
                 i => format!("unhealthy (restarts {})", i["restarts"]),
             };
-            let progress: Vec<String> = e["in_progress"].as_array().into_iter().flatten().map(|p| format!("{} {}", s(&p["version"]), s(&p["state"]))).collect();
-            rows.push(vec![s(&a["app"]), s(&e["env"]), version, health, s(&e["url"]), if progress.is_empty() { "-".into() } else { progress.join(", ") }]);
+            let progress: Vec<String> = e["in_progress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{} {}", s(&p["version"]), s(&p["state"])))
+                .collect();
+            rows.push(vec![
+                s(&a["app"]),
+                s(&e["env"]),
+                version,
+                health,
+                s(&e["url"]),
+                if progress.is_empty() {
+                    "-".into()
+                } else {
+                    progress.join(", ")
+                },
+            ]);
         }
     }
-    table(&["APP", "ENV", "LIVE", "HEALTH", "URL", "IN PROGRESS"], &rows)
+    table(
+        &["APP", "ENV", "LIVE", "HEALTH", "URL", "IN PROGRESS"],
+        &rows,
+    )
 }
 
-async fn history(g: &Global, out: Printer, app: &str, env: Option<String>, limit: i64) -> anyhow::Result<ExitCode> {
+async fn history(
+    g: &Global,
+    out: Printer,
+    app: &str,
+    env: Option<String>,
+    limit: i64,
+) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
     let mut query = vec![("app", app.to_owned()), ("limit", limit.to_string())];
     query.extend(env.map(|e| ("env", e)));
@@ -277,12 +450,26 @@ async fn history(g: &Global, out: Printer, app: &str, env: Option<String>, limit
     out.print(&entries, |entries| {
         let mut text = String::new();
         for p in entries {
-            text.push_str(&format!("#{} {} {}@{} → {}  {}  by {} at {}\n", p["id"], s(&p["kind"]), s(&p["app"]), s(&p["version"]), s(&p["env"]), s(&p["state"]), s(&p["requested_by"]), s(&p["created_at"])));
+            text.push_str(&format!(
+                "#{} {} {}@{} → {}  {}  by {} at {}\n",
+                p["id"],
+                s(&p["kind"]),
+                s(&p["app"]),
+                s(&p["version"]),
+                s(&p["env"]),
+                s(&p["state"]),
+                s(&p["requested_by"]),
+                s(&p["created_at"])
+            ));
             if let Some(reason) = p["reason"].as_str() {
                 text.push_str(&format!("    reason: {reason}\n"));
             }
             for gate in p["gates"].as_array().into_iter().flatten() {
-                let mark = if gate["passed"] == true { "passed" } else { "FAILED" };
+                let mark = if gate["passed"] == true {
+                    "passed"
+                } else {
+                    "FAILED"
+                };
                 text.push_str(&format!("    {mark}  {}\n", s(&gate["name"])));
                 if gate["passed"] != true {
                     for line in s(&gate["output"]).lines() {
@@ -291,12 +478,22 @@ async fn history(g: &Global, out: Printer, app: &str, env: Option<String>, limit
                 }
             }
         }
-        if text.is_empty() { "no promotions yet\n".into() } else { text }
+        if text.is_empty() {
+            "no promotions yet\n".into()
+        } else {
+            text
+        }
     });
     Ok(ExitCode::SUCCESS)
 }
 
-async fn logs(g: &Global, app: &str, env: &str, follow: bool, lines: usize) -> anyhow::Result<ExitCode> {
+async fn logs(
+    g: &Global,
+    app: &str,
+    env: &str,
+    follow: bool,
+    lines: usize,
+) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
     let base = [("app", app.to_owned()), ("env", env.to_owned())];
     let mut query = base.to_vec();
@@ -314,28 +511,59 @@ async fn logs(g: &Global, app: &str, env: &str, follow: bool, lines: usize) -> a
     }
 }
 
-async fn audit(g: &Global, out: Printer, verify: bool, app: Option<String>, env: Option<String>, limit: i64) -> anyhow::Result<ExitCode> {
+async fn audit(
+    g: &Global,
+    out: Printer,
+    verify: bool,
+    app: Option<String>,
+    env: Option<String>,
+    limit: i64,
+) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
     if verify {
         let report: Value = client.get("/audit/verify", &[]).await?;
         let ok = report["problem"].is_null();
         out.print(&report, |r| {
             if ok {
-                format!("audit log intact: {} events, hash chain verified", r["checked"])
+                format!(
+                    "audit log intact: {} events, hash chain verified",
+                    r["checked"]
+                )
             } else {
-                format!("audit log BROKEN after {} intact events: {}", r["checked"], s(&r["problem"]))
+                format!(
+                    "audit log BROKEN after {} intact events: {}",
+                    r["checked"],
+                    s(&r["problem"])
+                )
             }
         });
-        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let mut query: Vec<(&str, String)> = vec![("limit", "10000".into())];
     query.extend(app.map(|a| ("app", a)));
     query.extend(env.map(|e| ("env", e)));
     let mut events: Vec<Value> = client.get("/events", &query).await?;
-    let skip = events.len().saturating_sub(usize::try_from(limit).unwrap_or(0));
+    let skip = events
+        .len()
+        .saturating_sub(usize::try_from(limit).unwrap_or(0));
     events.drain(..skip);
     out.print(&events, |events| {
-        let rows: Vec<Vec<String>> = events.iter().map(|e| vec![s(&e["id"]), s(&e["at"]), s(&e["actor"]), s(&e["kind"]), s(&e["message"])]).collect();
+        let rows: Vec<Vec<String>> = events
+            .iter()
+            .map(|e| {
+                vec![
+                    s(&e["id"]),
+                    s(&e["at"]),
+                    s(&e["actor"]),
+                    s(&e["kind"]),
+                    s(&e["message"]),
+                ]
+            })
+            .collect();
         table(&["ID", "AT", "ACTOR", "KIND", "WHAT"], &rows)
     });
     Ok(ExitCode::SUCCESS)

@@ -25,13 +25,18 @@ impl std::fmt::Display for Located {
 
 impl Diagnostic for Located {
     fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
-        self.help.as_ref().map(|h| Box::new(h) as Box<dyn std::fmt::Display>)
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn std::fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         Some(&self.src)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        Some(Box::new(std::iter::once(LabeledSpan::at(self.span.clone(), "here"))))
+        Some(Box::new(std::iter::once(LabeledSpan::at(
+            self.span.clone(),
+            "here",
+        ))))
     }
 }
 
@@ -42,10 +47,17 @@ pub struct Invalid(pub String);
 /// Reads and validates the config file.
 pub fn load(path: &Path) -> anyhow::Result<Result<(Config, String), Invalid>> {
     let src = std::fs::read_to_string(path).with_context(|| {
-        format!("cannot read {} (create one with `shipgate init`, or point at one with -c FILE)", path.display())
+        format!(
+            "cannot read {} (create one with `shipgate init`, or point at one with -c FILE)",
+            path.display()
+        )
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() { std::env::current_dir().context("reading the current directory")? } else { std::path::absolute(base)? };
+    let base = if base.as_os_str().is_empty() {
+        std::env::current_dir().context("reading the current directory")?
+    } else {
+        std::path::absolute(base)?
+    };
     match Config::parse(&src, &base) {
         Ok(c) => Ok(Ok((c, src))),
         Err(e) => Ok(Err(Invalid(render(&e, &path.display().to_string(), &src)))),
@@ -56,8 +68,18 @@ pub fn load(path: &Path) -> anyhow::Result<Result<(Config, String), Invalid>> {
 pub fn render(e: &ConfigError, file: &str, src: &str) -> String {
     let mut out = e.render(file, src);
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        for ConfigProblem { span, message, help } in &e.problems {
-            let located = Located { message: message.clone(), help: help.clone(), span: span.clone(), src: NamedSource::new(file, src.to_owned()) };
+        for ConfigProblem {
+            span,
+            message,
+            help,
+        } in &e.problems
+        {
+            let located = Located {
+                message: message.clone(),
+                help: help.clone(),
+                span: span.clone(),
+                src: NamedSource::new(file, src.to_owned()),
+            };
             out.push_str(&format!("{:?}", miette::Report::new(located)));
         }
     }

@@ -28,7 +28,10 @@ pub fn demo_config(exe: &Path, api_port: u16, env_ports: [u16; 4], verify_testin
         "[server]\nlisten = \"127.0.0.1:{api_port}\"\ndata_dir = \"data\"\n\n[apps.web]\nrun = \"'{exe}' sample-app --port ${{PORT}}\"\nhealth = \"/healthz\"\n"
     );
     for (i, name) in names.iter().enumerate() {
-        toml.push_str(&format!("\n[environments.{name}]\nlisten = \"127.0.0.1:{}\"\n", env_ports[i]));
+        toml.push_str(&format!(
+            "\n[environments.{name}]\nlisten = \"127.0.0.1:{}\"\n",
+            env_ports[i]
+        ));
         if i > 0 {
             toml.push_str(&format!("after = \"{}\"\n", names[i - 1]));
         }
@@ -50,9 +53,17 @@ pub fn sample_release(dir: &Path, version: &str, buggy: bool) -> anyhow::Result<
 }
 
 pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
-    let work = tempfile::Builder::new().prefix("shipgate-demo-").tempdir().context("creating the demo folder")?;
+    let work = tempfile::Builder::new()
+        .prefix("shipgate-demo-")
+        .tempdir()
+        .context("creating the demo folder")?;
     let exe = std::env::current_exe().context("locating the shipgate binary")?;
-    let ports = [free_port(8101)?, free_port(8102)?, free_port(8103)?, free_port(8104)?];
+    let ports = [
+        free_port(8101)?,
+        free_port(8102)?,
+        free_port(8103)?,
+        free_port(8104)?,
+    ];
     let api_port = free_port(7300)?;
     let config_path = work.path().join("shipgate.toml");
     std::fs::write(&config_path, demo_config(&exe, api_port, ports, true))?;
@@ -63,7 +74,11 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
         let _ = stop_rx.await;
     })
     .await?;
-    let token = std::fs::read_to_string(work.path().join("data").join(shipgate_server::ADMIN_TOKEN_FILE))?;
+    let token = std::fs::read_to_string(
+        work.path()
+            .join("data")
+            .join(shipgate_server::ADMIN_TOKEN_FILE),
+    )?;
     let client = Client::new(&format!("http://{}", server.addr), token.trim())?;
     let say = |line: String| {
         if !out.json() {
@@ -71,12 +86,30 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
         }
     };
 
-    say(format!("shipgate demo: the sample app `web` through development → testing → staging → production\n(data in {})\n", work.path().display()));
+    say(format!(
+        "shipgate demo: the sample app `web` through development → testing → staging → production\n(data in {})\n",
+        work.path().display()
+    ));
     for (version, buggy) in [("1.0.0", false), ("1.1.0", true)] {
         let dir = work.path().join(format!("web-{version}"));
         sample_release(&dir, version, buggy)?;
-        let r = crate::commands::upload(&client, "web", version, &dir, None, Some(if buggy { "adds a bug the smoke test catches".into() } else { "first release".into() })).await?;
-        say(format!("registered web@{version}  {}", r["release"]["digest"].as_str().unwrap_or("")));
+        let r = crate::commands::upload(
+            &client,
+            "web",
+            version,
+            &dir,
+            None,
+            Some(if buggy {
+                "adds a bug the smoke test catches".into()
+            } else {
+                "first release".into()
+            }),
+        )
+        .await?;
+        say(format!(
+            "registered web@{version}  {}",
+            r["release"]["digest"].as_str().unwrap_or("")
+        ));
     }
     say(String::new());
     for env in ["development", "testing", "staging", "production"] {
@@ -85,19 +118,37 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
     say(String::new());
     step(&client, &say, "web@1.1.0", "development").await?;
     step(&client, &say, "web@1.1.0", "testing").await?;
-    match client.post::<Value>("/promotions", &json!({ "release": "web@1.1.0", "env": "staging" })).await {
+    match client
+        .post::<Value>(
+            "/promotions",
+            &json!({ "release": "web@1.1.0", "env": "staging" }),
+        )
+        .await
+    {
         Err(e) => say(format!("  refused  web@1.1.0 → staging: {e}")),
         Ok(_) => anyhow::bail!("the demo expected web@1.1.0 to be refused in staging"),
     }
 
     let status: Vec<Value> = client.get("/status", &[]).await?;
-    say(format!("\nwhat is live where:\n{}", crate::commands::render_status(&status)));
+    say(format!(
+        "\nwhat is live where:\n{}",
+        crate::commands::render_status(&status)
+    ));
     if out.json() {
         println!("{}", serde_json::to_string_pretty(&status)?);
     }
-    say(format!("try: curl http://127.0.0.1:{}/   (production, web@1.0.0)", ports[3]));
-    say(format!("     curl http://127.0.0.1:{}/   (development, web@1.1.0 with its bug)", ports[0]));
-    say(format!("     shipgate -c {} history web", config_path.display()));
+    say(format!(
+        "try: curl http://127.0.0.1:{}/   (production, web@1.0.0)",
+        ports[3]
+    ));
+    say(format!(
+        "     curl http://127.0.0.1:{}/   (development, web@1.1.0 with its bug)",
+        ports[0]
+    ));
+    say(format!(
+        "     shipgate -c {} history web",
+        config_path.display()
+    ));
     if !exit {
         say("\nserving until Ctrl-C".into());
         crate::commands::shutdown_signal().await;
@@ -108,16 +159,31 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
 }
 
 /// Promotes and waits, printing one line with the outcome and time.
-async fn step(client: &Client, say: &impl Fn(String), release: &str, env: &str) -> anyhow::Result<()> {
+async fn step(
+    client: &Client,
+    say: &impl Fn(String),
+    release: &str,
+    env: &str,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let p: Value = client.post("/promotions", &json!({ "release": release, "env": env })).await?;
-    let done = client.wait_promotion(p["id"].as_i64().unwrap_or_default(), |_| {}).await?;
+    let p: Value = client
+        .post("/promotions", &json!({ "release": release, "env": env }))
+        .await?;
+    let done = client
+        .wait_promotion(p["id"].as_i64().unwrap_or_default(), |_| {})
+        .await?;
     let ms = started.elapsed().as_millis();
     match done["state"].as_str() {
         Some("succeeded") => say(format!("  ok       {release} → {env}  ({ms} ms)")),
         _ => {
-            say(format!("  failed   {release} → {env}  ({ms} ms): {}", done["reason"].as_str().unwrap_or("")));
-            if let Some(gate) = done["gates"].as_array().and_then(|g| g.iter().find(|g| g["passed"] == false)) {
+            say(format!(
+                "  failed   {release} → {env}  ({ms} ms): {}",
+                done["reason"].as_str().unwrap_or("")
+            ));
+            if let Some(gate) = done["gates"]
+                .as_array()
+                .and_then(|g| g.iter().find(|g| g["passed"] == false))
+            {
                 for line in gate["output"].as_str().unwrap_or("").lines() {
                     say(format!("             | {line}"));
                 }

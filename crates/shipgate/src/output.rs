@@ -17,7 +17,10 @@ pub struct Printer {
 impl Printer {
     /// For the chosen format.
     pub fn new(format: OutputFormat) -> Self {
-        Self { json: format == OutputFormat::Json, progress: std::io::stderr().is_terminal() }
+        Self {
+            json: format == OutputFormat::Json,
+            progress: std::io::stderr().is_terminal(),
+        }
     }
 
     /// True when the caller asked for JSON.
@@ -58,7 +61,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         padded.join("  ").trim_end().to_owned() + "\n"
     };
     let mut out = line(header.iter().map(|h| h.to_string()).collect());

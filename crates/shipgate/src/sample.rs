@@ -11,7 +11,10 @@ use axum::routing::get;
 
 /// Serves `/`, `/healthz` and `/version` on 127.0.0.1:`port` until stopped.
 pub async fn serve(port: u16) -> anyhow::Result<ExitCode> {
-    let version = std::fs::read_to_string("VERSION").unwrap_or_else(|_| "unknown".into()).trim().to_owned();
+    let version = std::fs::read_to_string("VERSION")
+        .unwrap_or_else(|_| "unknown".into())
+        .trim()
+        .to_owned();
     let buggy = std::path::Path::new("BUG").exists();
     let env = std::env::var("SHIPGATE_ENV").unwrap_or_else(|_| "nowhere".into());
     let greeting = format!("hello from the sample app {version} in {env}\n");
@@ -23,22 +26,34 @@ pub async fn serve(port: u16) -> anyhow::Result<ExitCode> {
             "/",
             get(move || async move {
                 if buggy {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "internal error: division by zero in the greeting\n".to_owned())
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error: division by zero in the greeting\n".to_owned(),
+                    )
                 } else {
                     (StatusCode::OK, greeting)
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.with_context(|| format!("binding port {port}"))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("binding port {port}"))?;
     println!("sample app {version} listening on 127.0.0.1:{port}");
-    axum::serve(listener, app).with_graceful_shutdown(crate::commands::shutdown_signal()).await.context("serving")?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(crate::commands::shutdown_signal())
+        .await
+        .context("serving")?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Checks that `url` answers `/` with 200 and `/version` with the expected version.
 pub async fn smoke(url: &str, expect_version: &str) -> anyhow::Result<ExitCode> {
     let http = reqwest::Client::builder().no_proxy().build()?;
-    let home = http.get(format!("{url}/")).send().await.with_context(|| format!("GET {url}/"))?;
+    let home = http
+        .get(format!("{url}/"))
+        .send()
+        .await
+        .with_context(|| format!("GET {url}/"))?;
     let status = home.status();
     let body = home.text().await.unwrap_or_default();
     if !status.is_success() {
@@ -46,9 +61,17 @@ pub async fn smoke(url: &str, expect_version: &str) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::FAILURE);
     }
     println!("ok   GET {url}/ answered {status}");
-    let version = http.get(format!("{url}/version")).send().await?.text().await?;
+    let version = http
+        .get(format!("{url}/version"))
+        .send()
+        .await?
+        .text()
+        .await?;
     if version.trim() != expect_version {
-        println!("FAIL GET {url}/version answered {:?}, expected {expect_version:?}", version.trim());
+        println!(
+            "FAIL GET {url}/version answered {:?}, expected {expect_version:?}",
+            version.trim()
+        );
         return Ok(ExitCode::FAILURE);
     }
     println!("ok   GET {url}/version answered {expect_version}");

@@ -37,18 +37,34 @@ impl DataDir {
 
     #[track_caller]
     fn assert_nothing_left(&self) {
-        assert_eq!(self.list("tmp"), Vec::<String>::new(), "tmp/ holds nothing after the upload");
+        assert_eq!(
+            self.list("tmp"),
+            Vec::<String>::new(),
+            "tmp/ holds nothing after the upload"
+        );
     }
 
     #[track_caller]
     fn assert_nothing_stored(&self) {
         self.assert_nothing_left();
-        assert_eq!(self.list("artifacts"), Vec::<String>::new(), "no artifact was stored");
-        assert_eq!(self.list("releases"), Vec::<String>::new(), "nothing was unpacked");
+        assert_eq!(
+            self.list("artifacts"),
+            Vec::<String>::new(),
+            "no artifact was stored"
+        );
+        assert_eq!(
+            self.list("releases"),
+            Vec::<String>::new(),
+            "nothing was unpacked"
+        );
     }
 
     /// Uploads `bytes` in small chunks, checks it against `claimed` and stores it.
-    async fn upload(&self, bytes: &[u8], claimed: &shipgate_core::Digest) -> Result<PathBuf, ArtifactError> {
+    async fn upload(
+        &self,
+        bytes: &[u8],
+        claimed: &shipgate_core::Digest,
+    ) -> Result<PathBuf, ArtifactError> {
         let mut upload = self.artifacts.upload(LIMIT).await?;
         for chunk in bytes.chunks(700) {
             upload.write(chunk).await?;
@@ -74,18 +90,48 @@ async fn an_upload_is_stored_by_digest_and_unpacked_read_only() {
     assert_eq!(dir, data.artifacts.release_dir(&digest));
     assert_eq!(dir, data.dir.path().join("releases").join(digest.hex()));
     assert_eq!(data.list("artifacts"), [format!("{}.tar", digest.hex())]);
-    assert_eq!(fs::read(data.dir.path().join("artifacts").join(format!("{}.tar", digest.hex()))).unwrap(), archive, "the artifact is kept as uploaded");
+    assert_eq!(
+        fs::read(
+            data.dir
+                .path()
+                .join("artifacts")
+                .join(format!("{}.tar", digest.hex()))
+        )
+        .unwrap(),
+        archive,
+        "the artifact is kept as uploaded"
+    );
     data.assert_nothing_left();
 
     assert_eq!(fs::read_to_string(dir.join("VERSION")).unwrap(), "1.0.0\n");
-    assert_eq!(fs::read_to_string(dir.join("static/style.css")).unwrap(), "h1 { color: teal }\n");
-    assert_eq!(fs::read_link(dir.join("run")).unwrap(), Path::new("bin/web"));
-    assert_eq!(fs::read_to_string(dir.join("static/version")).unwrap(), "1.0.0\n");
-    assert_eq!(fs::read_to_string(dir.join("public/index.html")).unwrap(), "<h1>hello</h1>\n");
-    assert_eq!(fs::metadata(dir.join("index.html")).unwrap().ino(), fs::metadata(dir.join("static/index.html")).unwrap().ino(), "the hard link is one file");
+    assert_eq!(
+        fs::read_to_string(dir.join("static/style.css")).unwrap(),
+        "h1 { color: teal }\n"
+    );
+    assert_eq!(
+        fs::read_link(dir.join("run")).unwrap(),
+        Path::new("bin/web")
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("static/version")).unwrap(),
+        "1.0.0\n"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("public/index.html")).unwrap(),
+        "<h1>hello</h1>\n"
+    );
+    assert_eq!(
+        fs::metadata(dir.join("index.html")).unwrap().ino(),
+        fs::metadata(dir.join("static/index.html")).unwrap().ino(),
+        "the hard link is one file"
+    );
 
     assert_eq!(mode(&dir.join("VERSION")), 0o444);
-    assert_eq!(mode(&dir.join("bin/web")), 0o555, "executable and read-only");
+    assert_eq!(
+        mode(&dir.join("bin/web")),
+        0o555,
+        "executable and read-only"
+    );
     assert_eq!(mode(&dir.join("bin")), 0o555);
     assert_eq!(mode(&dir.join("static")), 0o555);
     assert_eq!(mode(&dir), 0o555, "no file can be added to the release");
@@ -101,7 +147,11 @@ async fn storing_the_same_artifact_again_changes_nothing() {
 
     let again = data.upload(&archive, &digest).await.unwrap();
     assert_eq!(again, dir);
-    assert_eq!(fs::metadata(dir.join("VERSION")).unwrap().ino(), inode, "the release was not unpacked again");
+    assert_eq!(
+        fs::metadata(dir.join("VERSION")).unwrap().ino(),
+        inode,
+        "the release was not unpacked again"
+    );
     assert_eq!(data.list("artifacts").len(), 1);
     assert_eq!(data.list("releases"), [digest.hex().to_owned()]);
     data.assert_nothing_left();
@@ -115,14 +165,20 @@ async fn a_digest_mismatch_is_refused_and_leaves_nothing() {
 
     let err = data.upload(&archive, &digest(7)).await.unwrap_err();
     match &err {
-        ArtifactError::DigestMismatch { claimed, actual: received } => {
+        ArtifactError::DigestMismatch {
+            claimed,
+            actual: received,
+        } => {
             assert_eq!(claimed, &digest(7));
             assert_eq!(received, &actual);
         }
         other => panic!("expected DigestMismatch, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(message.contains(digest(7).as_str()) && message.contains(actual.as_str()), "{message}");
+    assert!(
+        message.contains(digest(7).as_str()) && message.contains(actual.as_str()),
+        "{message}"
+    );
     data.assert_nothing_stored();
 }
 
@@ -131,12 +187,22 @@ async fn an_upload_over_the_limit_is_too_large_and_leaves_nothing() {
     let data = DataDir::new();
     let limit = ByteSize(1000);
     let mut upload = data.artifacts.upload(limit).await.unwrap();
-    assert_eq!(data.list("tmp").len(), 1, "the upload is received into tmp/");
+    assert_eq!(
+        data.list("tmp").len(),
+        1,
+        "the upload is received into tmp/"
+    );
     upload.write(&[0; 600]).await.unwrap();
     upload.write(&[0; 400]).await.unwrap();
     let err = upload.write(&[0; 1]).await.unwrap_err();
-    assert!(matches!(err, ArtifactError::TooLarge { limit: l } if l == limit), "{err:?}");
-    assert!(err.to_string().contains("max_artifact_size"), "says what to change: {err}");
+    assert!(
+        matches!(err, ArtifactError::TooLarge { limit: l } if l == limit),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("max_artifact_size"),
+        "says what to change: {err}"
+    );
     drop(upload);
     data.assert_nothing_stored();
 }
@@ -145,7 +211,11 @@ async fn an_upload_over_the_limit_is_too_large_and_leaves_nothing() {
 async fn an_upload_of_exactly_the_limit_is_accepted() {
     let data = DataDir::new();
     let archive = tar(&ordinary());
-    let mut upload = data.artifacts.upload(ByteSize(archive.len() as u64)).await.unwrap();
+    let mut upload = data
+        .artifacts
+        .upload(ByteSize(archive.len() as u64))
+        .await
+        .unwrap();
     upload.write(&archive).await.unwrap();
     upload.finish(&digest_of(&archive)).await.unwrap();
 }
@@ -154,16 +224,26 @@ async fn an_upload_of_exactly_the_limit_is_accepted() {
 async fn an_unsafe_archive_is_refused_and_leaves_nothing() {
     let data = DataDir::new();
     let cases: Vec<Vec<Entry>> = vec![
-        vec![Entry("VERSION", Kind::File(b"1\n")), Entry("../x", Kind::File(b"x"))],
+        vec![
+            Entry("VERSION", Kind::File(b"1\n")),
+            Entry("../x", Kind::File(b"x")),
+        ],
         vec![Entry("/abs", Kind::File(b"x"))],
         vec![Entry("etc", Kind::Symlink("../../etc"))],
         vec![Entry("x", Kind::HardLink("../x"))],
-        vec![Entry("sub/", Kind::Dir), Entry("sub/up", Kind::Symlink("..")), Entry("sub/up/x", Kind::File(b"x"))],
+        vec![
+            Entry("sub/", Kind::Dir),
+            Entry("sub/up", Kind::Symlink("..")),
+            Entry("sub/up/x", Kind::File(b"x")),
+        ],
         vec![Entry("pipe", Kind::Fifo)],
     ];
     for entries in cases {
         let archive = gzip(&tar(&entries));
-        let err = data.upload(&archive, &digest_of(&archive)).await.unwrap_err();
+        let err = data
+            .upload(&archive, &digest_of(&archive))
+            .await
+            .unwrap_err();
         assert!(matches!(err, ArtifactError::UnsafeEntry { .. }), "{err:?}");
         data.assert_nothing_stored();
     }
@@ -198,7 +278,8 @@ async fn the_same_artifact_stored_concurrently_is_stored_once() {
     let digest = digest_of(&archive);
     let mut stores = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let (artifacts, archive, digest) = (data.artifacts.clone(), archive.clone(), digest.clone());
+        let (artifacts, archive, digest) =
+            (data.artifacts.clone(), archive.clone(), digest.clone());
         stores.spawn(async move {
             let mut upload = artifacts.upload(LIMIT).await?;
             upload.write(&archive).await?;
@@ -206,7 +287,10 @@ async fn the_same_artifact_stored_concurrently_is_stored_once() {
         });
     }
     while let Some(stored) = stores.join_next().await {
-        assert_eq!(stored.unwrap().unwrap(), data.artifacts.release_dir(&digest));
+        assert_eq!(
+            stored.unwrap().unwrap(),
+            data.artifacts.release_dir(&digest)
+        );
     }
     data.assert_nothing_left();
 }

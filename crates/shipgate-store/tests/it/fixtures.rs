@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use shipgate_core::{AppName, Digest, EnvName, PromotionKind, PromotionState, Version};
 use shipgate_store::{
-    Event, EventFilter, LiveChange, NewPromotion, NewRelease, Promotion, Release, SqliteStore, Store,
-    Transition,
+    Event, EventFilter, LiveChange, NewPromotion, NewRelease, Promotion, Release, SqliteStore,
+    Store, Transition,
 };
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -19,7 +19,9 @@ pub struct TestStore {
 impl TestStore {
     pub async fn open() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("shipgate.db")).await.unwrap();
+        let store = SqliteStore::open(&dir.path().join("shipgate.db"))
+            .await
+            .unwrap();
         Self { store, dir }
     }
 
@@ -40,17 +42,28 @@ impl TestStore {
 
     /// Registers `web@version` with `digest`.
     pub async fn register(&self, version: &str, digest: &Digest) -> Release {
-        let (release, created) = self.store.insert_release(new_release(version, digest), "ci").await.unwrap();
+        let (release, created) = self
+            .store
+            .insert_release(new_release(version, digest), "ci")
+            .await
+            .unwrap();
         assert!(created);
         release
     }
 
     /// Asks for `web@version` in `env`.
     pub async fn request(&self, version: &str, digest: &Digest, env: &str) -> Promotion {
-        self.request_kind(version, digest, env, PromotionKind::Promote).await
+        self.request_kind(version, digest, env, PromotionKind::Promote)
+            .await
     }
 
-    pub async fn request_kind(&self, version: &str, digest: &Digest, env: &str, kind: PromotionKind) -> Promotion {
+    pub async fn request_kind(
+        &self,
+        version: &str,
+        digest: &Digest,
+        env: &str,
+        kind: PromotionKind,
+    ) -> Promotion {
         let new = NewPromotion {
             app: app(),
             version: version_of(version),
@@ -65,14 +78,20 @@ impl TestStore {
     /// Moves a promotion from its current state to `to`, as the engine would.
     pub async fn step(&self, p: &Promotion, to: PromotionState, live: LiveChange) -> Promotion {
         let now = self.store.promotion(p.id).await.unwrap().unwrap().state;
-        self.store.transition(transition(p.id, &[now], to, live)).await.unwrap()
+        self.store
+            .transition(transition(p.id, &[now], to, live))
+            .await
+            .unwrap()
     }
 
     /// Carries a pending promotion through deploying and verifying (where it goes live) to succeeded.
     pub async fn succeed(&self, p: &Promotion) -> Promotion {
-        self.step(p, PromotionState::Deploying, LiveChange::Keep).await;
-        self.step(p, PromotionState::Verifying, LiveChange::Promoted).await;
-        self.step(p, PromotionState::Succeeded, LiveChange::Keep).await
+        self.step(p, PromotionState::Deploying, LiveChange::Keep)
+            .await;
+        self.step(p, PromotionState::Verifying, LiveChange::Promoted)
+            .await;
+        self.step(p, PromotionState::Succeeded, LiveChange::Keep)
+            .await
     }
 }
 
@@ -104,7 +123,12 @@ pub fn new_release(version: &str, digest: &Digest) -> NewRelease {
     }
 }
 
-pub fn transition(id: i64, from: &[PromotionState], to: PromotionState, live: LiveChange) -> Transition {
+pub fn transition(
+    id: i64,
+    from: &[PromotionState],
+    to: PromotionState,
+    live: LiveChange,
+) -> Transition {
     Transition {
         promotion_id: id,
         from: from.to_vec(),

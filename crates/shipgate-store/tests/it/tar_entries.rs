@@ -79,7 +79,10 @@ pub fn digest_of(bytes: &[u8]) -> Digest {
 
 /// Writes `text` into a fixed-size header field, NUL-padded, bypassing the crate's path checks.
 fn put(field: &mut [u8; 100], text: &str) {
-    assert!(text.len() < field.len(), "`{text}` does not fit a header field");
+    assert!(
+        text.len() < field.len(),
+        "`{text}` does not fit a header field"
+    );
     field.fill(0);
     field[..text.len()].copy_from_slice(text.as_bytes());
 }
