@@ -22,7 +22,6 @@ use crate::{
 
 /// One health request may take this long before it counts as a failed probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Crashes are counted within this window, and this long a healthy run resets the backoff.
@@ -320,7 +319,7 @@ impl Shared {
                     Err(err) => Some(root_cause(&err)),
                 };
                 if problem.is_some() {
-                    sleep(PROBE_INTERVAL).await;
+                    sleep(probe_interval(spawned_at.elapsed())).await;
                 }
                 problem
             };
@@ -576,6 +575,16 @@ async fn is_running(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
+    }
+}
+
+/// How long to wait between health probes: short while a quick app is likely to come up, so a
+/// promotion does not wait on the poll, then longer so a slow app is not flooded.
+fn probe_interval(since_spawn: Duration) -> Duration {
+    match since_spawn.as_millis() {
+        0..200 => Duration::from_millis(2),
+        200..2000 => Duration::from_millis(10),
+        _ => Duration::from_millis(50),
     }
 }
 
