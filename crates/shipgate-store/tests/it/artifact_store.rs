@@ -271,7 +271,7 @@ async fn an_abandoned_upload_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: concurrent stores of one artifact race on the rename into releases/ (see the store tests' report)"]
+#[ignore = "product bug: ArtifactStore::store of one digest twice at once fails the later rename into releases/ (ENOTEMPTY) and leaves tmp/unpack-*; remove this once fixed"]
 async fn the_same_artifact_stored_concurrently_is_stored_once() {
     let data = DataDir::new();
     let archive = tar(&ordinary());
