@@ -279,7 +279,10 @@ impl Engine {
         let promotion = self.store.transition(t).await?;
 
         let failure = match promotion.kind {
-            PromotionKind::Promote => self.verify(&promotion).await?,
+            PromotionKind::Promote => {
+                self.verify(&promotion, instance.upstream.addr().port())
+                    .await?
+            }
             PromotionKind::Rollback => None,
         };
         if let Some(reason) = failure {

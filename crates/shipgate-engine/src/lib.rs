@@ -70,9 +70,8 @@ impl Engine {
         let mut routers = HashMap::new();
         for env in &config.environments {
             let router = Router::bind(env.listen, env.name.as_str()).await?;
-            if let Some(first) = config.apps.first() {
-                router.set_default_app(first.name.as_str());
-            }
+            let apps: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
+            router.set_apps(&apps);
             routers.insert(env.name.clone(), Arc::new(router));
         }
         let engine = Arc::new(Engine {

@@ -21,7 +21,11 @@ struct TestRun {
 impl Engine {
     /// Runs every test; returns why verification failed, or None if it passed. Each test is
     /// recorded as a gate with its output.
-    pub(crate) async fn verify(&self, p: &Promotion) -> Result<Option<String>, EngineError> {
+    pub(crate) async fn verify(
+        &self,
+        p: &Promotion,
+        instance_port: u16,
+    ) -> Result<Option<String>, EngineError> {
         let Some(env) = self.config.environment(&p.env) else {
             return Ok(None);
         };
@@ -29,7 +33,8 @@ impl Engine {
             .verify
             .timeout
             .map_or(VerifyConfig::DEFAULT_TIMEOUT, |t| t.as_std());
-        let vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str());
+        let mut vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str());
+        vars.insert("PORT".to_owned(), instance_port.to_string());
         let exported = self.exported_env(&p.env, &vars);
         let dir = self.artifacts.release_dir(&p.digest);
         for test in &env.verify.tests {

@@ -38,6 +38,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 pub(crate) struct RouteTable {
     pub(crate) apps: HashMap<String, Upstream>,
     pub(crate) default_app: Option<String>,
+    /// Every app of the config, live here or not.
+    pub(crate) known_apps: Vec<String>,
 }
 
 /// Everything the connections of one router share: its routes and a pooled client to upstreams.
@@ -108,25 +110,20 @@ impl Gateway {
     /// default app. The error says why there is none.
     fn route(&self, host: Option<&HeaderValue>) -> Result<Upstream, String> {
         let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
-        let named = host
+        // A Host naming a known app reaches that app or nothing: never another app's answer.
+        let app = host
             .and_then(app_label)
-            .and_then(|app| routes.apps.get(&app));
-        let default = || {
-            routes
-                .default_app
-                .as_ref()
-                .and_then(|app| routes.apps.get(app))
-        };
-        if let Some(upstream) = named.or_else(default) {
-            return Ok(upstream.clone());
-        }
+            .filter(|label| routes.known_apps.contains(label) || routes.apps.contains_key(label))
+            .or_else(|| routes.default_app.clone());
         let env = &self.env;
-        Err(match &routes.default_app {
-            Some(app) => format!(
-                "environment `{env}` has no live release of `{app}` yet; promote one: shipgate promote {app}@VERSION --to {env}"
-            ),
-            None => format!("no app is live in environment `{env}`"),
-        })
+        match app {
+            Some(app) => routes.apps.get(&app).cloned().ok_or_else(|| {
+                format!(
+                    "environment `{env}` has no live release of `{app}` yet; promote one: shipgate promote {app}@VERSION --to {env}"
+                )
+            }),
+            None => Err(format!("no app is live in environment `{env}`")),
+        }
     }
 }
 

@@ -85,14 +85,16 @@ impl Router {
         routes.apps.get(app).cloned()
     }
 
-    /// Sets which app receives requests whose Host does not name an app (the first app of the config).
-    pub fn set_default_app(&self, app: &str) {
+    /// Names the apps of the config. A request whose Host names one of them reaches that app
+    /// (503 if it is not live here); any other request reaches the first.
+    pub fn set_apps<S: AsRef<str>>(&self, apps: &[S]) {
         let mut routes = self
             .gateway
             .routes
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        routes.default_app = Some(app.to_owned());
+        routes.known_apps = apps.iter().map(|a| a.as_ref().to_owned()).collect();
+        routes.default_app = routes.known_apps.first().cloned();
     }
 
     /// Waits until `upstream` has no request in flight, or `grace` has passed; returns true if it drained.

@@ -88,7 +88,7 @@ pub(crate) async fn require_token(
             request.extensions_mut().insert::<TokenRecord>(record);
             next.run(request).await
         }
-        Ok(None) => Problem::new(StatusCode::UNAUTHORIZED, "unknown token", "this token is not known to the server or was revoked; use the admin token from the data dir or create one with `shipgate token create`").into_response(),
+        Ok(None) => Problem::new(StatusCode::UNAUTHORIZED, "unknown token", "this token is not known to the server or was revoked; use the admin token in the server's data dir (admin.token)").into_response(),
         Err(e) => Problem::from(e).into_response(),
     }
 }

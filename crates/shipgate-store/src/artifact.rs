@@ -148,11 +148,27 @@ pub struct CheckedArtifact {
 }
 
 impl ArtifactStore {
-    /// Uses `data_dir/artifacts`, `data_dir/releases` and `data_dir/tmp`, creating them.
+    /// Uses `data_dir/artifacts`, `data_dir/releases` and `data_dir/tmp`, creating them and
+    /// emptying `tmp`.
     pub fn open(data_dir: &Path) -> Result<Self, ArtifactError> {
         for sub in ["artifacts", "releases", "tmp"] {
             fs::create_dir_all(data_dir.join(sub))
                 .map_err(io_err(format!("creating {}", data_dir.join(sub).display())))?;
+        }
+        // Uploads and unpacks cut off by a previous stop; nothing refers to them.
+        for leftover in fs::read_dir(data_dir.join("tmp"))
+            .map_err(io_err("reading tmp/"))?
+            .flatten()
+        {
+            let path = leftover.path();
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if let Err(e) = removed {
+                tracing::warn!("could not remove {}: {e}", path.display());
+            }
         }
         Ok(Self {
             root: data_dir.to_owned(),
@@ -225,10 +241,15 @@ impl ArtifactStore {
         tar.set_preserve_mtime(false);
         tar.unpack(staging.path())
             .map_err(io_err("unpacking the artifact"))?;
-        make_read_only(staging.path()).map_err(io_err("making the release read-only"))?;
-        let staged = staging.keep();
-        fs::rename(&staged, &dir)
-            .map_err(io_err(format!("moving the release into {}", dir.display())))?;
+        // Renamed while still writable (moving a folder needs write permission on it), made
+        // read-only in place after.
+        match fs::rename(staging.path(), &dir) {
+            Ok(()) => {}
+            // Another upload of the same content got there first: theirs is the same bytes.
+            Err(_) if dir.exists() => return Ok(dir),
+            Err(e) => return Err(io_err(format!("moving the release into {}", dir.display()))(e)),
+        }
+        make_read_only(&dir).map_err(io_err("making the release read-only"))?;
         Ok(dir)
     }
 }
@@ -297,75 +318,124 @@ fn open_archive(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, ArtifactErro
 
 /// Refuses archives whose entries could land outside the release directory.
 pub fn check_archive(path: &Path) -> Result<(), ArtifactError> {
+    let entries = read_entries(path)?;
+    if entries.is_empty() {
+        return Err(ArtifactError::Unreadable("it holds no file".into()));
+    }
+    let links: Vec<&Path> = entries
+        .iter()
+        .filter(|e| e.kind == tar::EntryType::Symlink)
+        .map(|e| e.inside.as_path())
+        .collect();
+    for entry in &entries {
+        let unsafe_entry = |reason: String| ArtifactError::UnsafeEntry {
+            entry: entry.path.display().to_string(),
+            reason,
+        };
+        if let Some(link) = through_link(&entry.inside, &links) {
+            return Err(unsafe_entry(format!(
+                "is written through the link `{}`",
+                link.display()
+            )));
+        }
+        let Some(target) = &entry.target else {
+            continue;
+        };
+        // A link is judged by the path it names, taken step by step: it may not climb above the
+        // release, and may not pass through another link (whose own target could lead anywhere).
+        let from = match entry.kind {
+            tar::EntryType::Symlink => entry.inside.parent().unwrap_or(Path::new("")).to_owned(),
+            _ => PathBuf::new(),
+        };
+        let mut at = from;
+        for c in target.components() {
+            match c {
+                Component::Normal(p) => at.push(p),
+                Component::CurDir => {}
+                Component::ParentDir if at.pop() => {}
+                _ => {
+                    let kind = if entry.kind == tar::EntryType::Link {
+                        "hard link"
+                    } else {
+                        "link"
+                    };
+                    return Err(unsafe_entry(format!(
+                        "is a {kind} to `{}`, outside the release",
+                        target.display()
+                    )));
+                }
+            }
+            if links.contains(&at.as_path()) {
+                return Err(unsafe_entry(format!(
+                    "is a link to `{}`, which passes through the link `{}` and could lead outside the release",
+                    target.display(),
+                    at.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One archive entry as far as safety goes.
+struct EntryInfo {
+    /// As written in the archive.
+    path: PathBuf,
+    /// Normalized, inside the release.
+    inside: PathBuf,
+    kind: tar::EntryType,
+    /// Link target (symbolic or hard).
+    target: Option<PathBuf>,
+}
+
+/// Reads every entry, refusing paths outside the release and kinds other than files, folders
+/// and links.
+fn read_entries(path: &Path) -> Result<Vec<EntryInfo>, ArtifactError> {
+    let unreadable = |e: io::Error| ArtifactError::Unreadable(e.to_string());
     let mut tar = open_archive(path)?;
-    let mut links: Vec<PathBuf> = Vec::new();
-    let mut count = 0usize;
-    let entries = tar
-        .entries()
-        .map_err(|e| ArtifactError::Unreadable(e.to_string()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| ArtifactError::Unreadable(e.to_string()))?;
-        let path = entry
-            .path()
-            .map_err(|e| ArtifactError::Unreadable(e.to_string()))?
-            .into_owned();
+    let mut out = Vec::new();
+    for entry in tar.entries().map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        let path = entry.path().map_err(unreadable)?.into_owned();
         let unsafe_entry = |reason: &str| ArtifactError::UnsafeEntry {
             entry: path.display().to_string(),
             reason: reason.to_owned(),
         };
         let inside = normalized(&path)
             .ok_or_else(|| unsafe_entry("has an absolute path or climbs out with `..`"))?;
-        if let Some(link) = links
-            .iter()
-            .find(|l| inside.starts_with(l) && inside != **l)
-        {
-            return Err(unsafe_entry(&format!(
-                "is written through the link `{}`",
-                link.display()
-            )));
-        }
-        match entry.header().entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Directory | tar::EntryType::GNUSparse => {}
-            tar::EntryType::Symlink => {
-                let target = entry
+        let kind = entry.header().entry_type();
+        let target = match kind {
+            tar::EntryType::Regular | tar::EntryType::Directory | tar::EntryType::GNUSparse => None,
+            tar::EntryType::Symlink | tar::EntryType::Link => Some(
+                entry
                     .link_name()
                     .ok()
                     .flatten()
-                    .ok_or_else(|| unsafe_entry("is a link without a target"))?;
-                let resolved = inside.parent().unwrap_or(Path::new("")).join(&target);
-                if target.is_absolute() || normalized(&resolved).is_none() {
-                    return Err(unsafe_entry(&format!(
-                        "is a link to `{}`, outside the release",
-                        target.display()
-                    )));
-                }
-                links.push(inside);
-            }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| unsafe_entry("is a link without a target"))?;
-                if normalized(&target).is_none() {
-                    return Err(unsafe_entry(&format!(
-                        "is a hard link to `{}`, outside the release",
-                        target.display()
-                    )));
-                }
-            }
+                    .ok_or_else(|| unsafe_entry("is a link without a target"))?
+                    .into_owned(),
+            ),
             other => {
                 return Err(unsafe_entry(&format!(
                     "is a {other:?} entry; only files, folders and links are allowed"
                 )));
             }
-        }
-        count += 1;
+        };
+        out.push(EntryInfo {
+            path,
+            inside,
+            kind,
+            target,
+        });
     }
-    if count == 0 {
-        return Err(ArtifactError::Unreadable("it holds no file".into()));
-    }
-    Ok(())
+    Ok(out)
+}
+
+/// The link among `links` that `path` would be written through, if any.
+fn through_link<'a>(path: &Path, links: &[&'a Path]) -> Option<&'a Path> {
+    links
+        .iter()
+        .find(|l| path.starts_with(l) && path != **l)
+        .copied()
 }
 
 /// The path with `.` removed, or None if it is absolute or climbs above its root.

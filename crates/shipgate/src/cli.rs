@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use shipgate_core::{AppName, EnvName, ReleaseRef, Version};
 
 /// shipgate: releases from development to production through gates that prove every step.
 #[derive(Debug, Parser)]
@@ -67,10 +68,10 @@ pub enum Command {
     #[command(alias = "deploy")]
     Promote {
         /// APP@VERSION
-        release: String,
+        release: ReleaseRef,
         /// Target environment.
         #[arg(long)]
-        to: String,
+        to: EnvName,
         /// Wait until it has succeeded or failed.
         #[arg(long)]
         wait: bool,
@@ -78,13 +79,13 @@ pub enum Command {
     /// Return an environment to the release it had before.
     Rollback {
         /// The app.
-        app: String,
+        app: AppName,
         /// The environment.
         #[arg(long)]
-        env: String,
+        env: EnvName,
         /// A version that was live there (default: the one before the current).
         #[arg(long)]
-        to: Option<String>,
+        to: Option<Version>,
         /// Wait until it is done.
         #[arg(long)]
         wait: bool,
@@ -92,15 +93,15 @@ pub enum Command {
     /// What is live where, instance health, promotions in progress.
     Status {
         /// Only this app.
-        app: Option<String>,
+        app: Option<AppName>,
     },
     /// Promotions of an app with their gates.
     History {
         /// The app.
-        app: String,
+        app: AppName,
         /// Only this environment.
         #[arg(long)]
-        env: Option<String>,
+        env: Option<EnvName>,
         /// At most this many promotions.
         #[arg(long, default_value_t = 20)]
         limit: i64,
@@ -108,10 +109,10 @@ pub enum Command {
     /// Output of the instance serving an app in an environment.
     Logs {
         /// The app.
-        app: String,
+        app: AppName,
         /// The environment.
         #[arg(long)]
-        env: String,
+        env: EnvName,
         /// Keep printing new output.
         #[arg(long, short = 'f')]
         follow: bool,
@@ -126,10 +127,10 @@ pub enum Command {
         verify: bool,
         /// Only this app.
         #[arg(long)]
-        app: Option<String>,
+        app: Option<AppName>,
         /// Only this environment.
         #[arg(long)]
-        env: Option<String>,
+        env: Option<EnvName>,
         /// At most this many events (the newest).
         #[arg(long, default_value_t = 50)]
         limit: i64,
@@ -159,10 +160,10 @@ pub enum ReleaseCommand {
     #[command(disable_version_flag = true)]
     Create {
         /// The app.
-        app: String,
+        app: AppName,
         /// The version (immutable once registered).
         #[arg(long)]
-        version: String,
+        version: Version,
         /// A directory, .tar or .tar.gz.
         #[arg(long)]
         artifact: PathBuf,
@@ -176,7 +177,7 @@ pub enum ReleaseCommand {
     /// Registered releases, newest first.
     List {
         /// Only this app.
-        app: Option<String>,
+        app: Option<AppName>,
     },
 }
 

@@ -28,24 +28,61 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             artifact,
             commit,
             notes,
-        }) => release_create(g, out, &app, &version, &artifact, commit, notes).await,
-        Command::Release(ReleaseCommand::List { app }) => release_list(g, out, app).await,
-        Command::Promote { release, to, wait } => promote(g, out, &release, &to, wait).await,
-        Command::Rollback { app, env, to, wait } => rollback(g, out, &app, &env, to, wait).await,
-        Command::Status { app } => status(g, out, app).await,
-        Command::History { app, env, limit } => history(g, out, &app, env, limit).await,
+        }) => {
+            release_create(
+                g,
+                out,
+                app.as_str(),
+                version.as_str(),
+                &artifact,
+                commit,
+                notes,
+            )
+            .await
+        }
+        Command::Release(ReleaseCommand::List { app }) => {
+            release_list(g, out, app.map(|a| a.to_string())).await
+        }
+        Command::Promote { release, to, wait } => {
+            promote(g, out, &release.to_string(), to.as_str(), wait).await
+        }
+        Command::Rollback { app, env, to, wait } => {
+            rollback(
+                g,
+                out,
+                app.as_str(),
+                env.as_str(),
+                to.map(|v| v.to_string()),
+                wait,
+            )
+            .await
+        }
+        Command::Status { app } => status(g, out, app.map(|a| a.to_string())).await,
+        Command::History { app, env, limit } => {
+            history(g, out, app.as_str(), env.map(|e| e.to_string()), limit).await
+        }
         Command::Logs {
             app,
             env,
             follow,
             lines,
-        } => logs(g, &app, &env, follow, lines).await,
+        } => logs(g, app.as_str(), env.as_str(), follow, lines).await,
         Command::Audit {
             verify,
             app,
             env,
             limit,
-        } => audit(g, out, verify, app, env, limit).await,
+        } => {
+            audit(
+                g,
+                out,
+                verify,
+                app.map(|a| a.to_string()),
+                env.map(|e| e.to_string()),
+                limit,
+            )
+            .await
+        }
         Command::Bench(BenchCommand::Promote { runs }) => crate::bench::promote(runs).await,
         Command::SampleApp { port } => crate::sample::serve(port).await,
         Command::SampleSmoke {
@@ -359,8 +396,6 @@ async fn promote(
     to: &str,
     wait: bool,
 ) -> anyhow::Result<ExitCode> {
-    ReleaseRef::parse(release).map_err(|e| anyhow::anyhow!(e.0))?;
-    EnvName::parse(to).map_err(|e| anyhow::anyhow!(e.0))?;
     let client = connect(g)?;
     let promotion: Value = client
         .post("/promotions", &json!({ "release": release, "env": to }))

@@ -145,11 +145,11 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
         "     curl http://127.0.0.1:{}/   (development, web@1.1.0 with its bug)",
         ports[0]
     ));
-    say(format!(
-        "     shipgate -c {} history web",
-        config_path.display()
-    ));
     if !exit {
+        say(format!(
+            "     shipgate -c {} history web",
+            config_path.display()
+        ));
         say("\nserving until Ctrl-C".into());
         crate::commands::shutdown_signal().await;
     }

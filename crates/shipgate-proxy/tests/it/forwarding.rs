@@ -11,7 +11,7 @@ use crate::helpers::{echo, get, read, router, send};
 async fn forwards_method_path_query_and_body_and_returns_the_backend_answer() {
     let router = router().await;
     router.switch("web", Some(Upstream::new(echo("A").await, "web@1.0.0")));
-    router.set_default_app("web");
+    router.set_apps(&["web", "api"]);
 
     let req = Request::post(format!(
         "http://{}/orders/7?expand=lines&x=1",
@@ -42,7 +42,7 @@ async fn answers_503_problem_when_nothing_is_live() {
     assert_eq!(problem["status"], 503);
     assert_eq!(problem["detail"], "no app is live in environment `test`");
 
-    router.set_default_app("web");
+    router.set_apps(&["web", "api"]);
     let reply = get(&router, "localhost", "/").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     let problem: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
@@ -62,7 +62,7 @@ async fn routes_by_the_first_label_of_the_host() {
     let router = router().await;
     router.switch("web", Some(Upstream::new(echo("web").await, "web@1.0.0")));
     router.switch("api", Some(Upstream::new(echo("api").await, "api@2.0.0")));
-    router.set_default_app("web");
+    router.set_apps(&["web", "api"]);
 
     let reached = |reply: crate::helpers::Reply| reply.body.split(' ').next().unwrap().to_owned();
     assert_eq!(reached(get(&router, "api.localhost", "/").await), "api");
@@ -73,6 +73,16 @@ async fn routes_by_the_first_label_of_the_host() {
     assert_eq!(reached(get(&router, "web.localhost", "/").await), "web");
     assert_eq!(reached(get(&router, "127.0.0.1:8101", "/").await), "web");
     assert_eq!(reached(get(&router, "docs.localhost", "/").await), "web");
+
+    // A Host naming a known app that is not live gets 503, never another app's answer.
+    router.switch("api", None);
+    let reply = get(&router, "api.localhost", "/").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        reply.body.contains("no live release of `api`"),
+        "{}",
+        reply.body
+    );
 }
 
 #[tokio::test]
@@ -85,7 +95,7 @@ async fn answers_502_problem_naming_the_upstream_when_it_is_down() {
     let router = router().await;
     let upstream = Upstream::new(closed, "web@1.4.2");
     router.switch("web", Some(upstream.clone()));
-    router.set_default_app("web");
+    router.set_apps(&["web", "api"]);
 
     let reply = get(&router, "localhost", "/").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);

@@ -14,7 +14,7 @@ async fn requests_after_a_switch_reach_the_new_upstream() {
     let router = router().await;
     let a = Upstream::new(echo("A").await, "web@1");
     let b = Upstream::new(echo("B").await, "web@2");
-    router.set_default_app("web");
+    router.set_apps(&["web", "api"]);
 
     assert!(router.switch("web", Some(a)).is_none());
     assert!(get(&router, "localhost", "/").await.body.starts_with("A "));
@@ -42,7 +42,7 @@ async fn a_response_streaming_from_the_old_upstream_completes_and_then_it_drains
     let a = Upstream::new(slow, "web@1");
     let b = Upstream::new(echo("B").await, "web@2");
     let router = router().await;
-    router.set_default_app("web");
+    router.set_apps(&["web", "api"]);
     router.switch("web", Some(a.clone()));
 
     let uri = format!("http://{}/download", router.local_addr());

@@ -271,7 +271,6 @@ async fn an_abandoned_upload_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: ArtifactStore::store of one digest twice at once fails the later rename into releases/ (ENOTEMPTY) and leaves tmp/unpack-*; remove this once fixed"]
 async fn the_same_artifact_stored_concurrently_is_stored_once() {
     let data = DataDir::new();
     let archive = tar(&ordinary());
@@ -293,4 +292,14 @@ async fn the_same_artifact_stored_concurrently_is_stored_once() {
         );
     }
     data.assert_nothing_left();
+}
+
+#[test]
+fn opening_the_store_clears_what_a_killed_server_left_in_tmp() {
+    let d = DataDir::new();
+    fs::write(d.dir.path().join("tmp/upload-cut-off"), b"half an upload").unwrap();
+    fs::create_dir_all(d.dir.path().join("tmp/unpack-half/bin")).unwrap();
+    fs::write(d.dir.path().join("tmp/unpack-half/bin/web"), b"#!/bin/sh").unwrap();
+    ArtifactStore::open(d.dir.path()).unwrap();
+    assert!(d.list("tmp").is_empty(), "{:?}", d.list("tmp"));
 }

@@ -344,3 +344,19 @@ fn an_api_call_without_a_token_gets_401_problem_json() {
         "/healthz needs no token"
     );
 }
+
+#[test]
+fn malformed_names_on_the_command_line_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| command(dir.path()).args(args).output().unwrap();
+    let out = run(&["promote", "web", "--to", "testing"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("write APP@VERSION"), "{}", text(&out));
+    let out = run(&["rollback", "web", "--env", "../prod"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("not a valid environment name"),
+        "{}",
+        text(&out)
+    );
+}
