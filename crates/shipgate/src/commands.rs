@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use shipgate_core::{AppName, EnvName, ReleaseRef, Version};
+use shipgate_core::{AppName, Version};
 
 use crate::cli::{BenchCommand, Cli, Command, Global, ReleaseCommand};
 use crate::client::{Client, connect};
