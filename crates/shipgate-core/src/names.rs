@@ -26,23 +26,8 @@ fn check_identifier(kind: &str, s: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-macro_rules! identifier {
-    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
-
-        impl $name {
-            /// Parses a name, refusing characters that could not be used in paths and host names.
-            pub fn parse(s: &str) -> Result<Self, NameError> {
-                check_identifier($kind, s)?;
-                Ok(Self(s.to_owned()))
-            }
-            /// The name as typed.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
+macro_rules! text_impls {
+    ($name:ident) => {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
@@ -65,6 +50,26 @@ macro_rules! identifier {
                 Self::parse(&s).map_err(serde::de::Error::custom)
             }
         }
+    };
+}
+macro_rules! identifier {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parses a name, refusing characters that could not be used in paths and host names.
+            pub fn parse(s: &str) -> Result<Self, NameError> {
+                check_identifier($kind, s)?;
+                Ok(Self(s.to_owned()))
+            }
+            /// The name as typed.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        text_impls!($name);
     };
 }
 
@@ -141,32 +146,6 @@ impl Digest {
     }
 }
 
-macro_rules! text_impls {
-    ($name:ident) => {
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-        impl std::str::FromStr for $name {
-            type Err = NameError;
-            fn from_str(s: &str) -> Result<Self, NameError> {
-                Self::parse(s)
-            }
-        }
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::parse(&s).map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
 text_impls!(Version);
 text_impls!(Digest);
 

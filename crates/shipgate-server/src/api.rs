@@ -59,6 +59,24 @@ pub(crate) fn routes(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// An app name from a request that the config knows.
+fn configured_app(state: &AppState, s: &str) -> ApiResult<AppName> {
+    let app = parse("app", s, AppName::parse)?;
+    if state.engine.config().app(&app).is_none() {
+        return Err(shipgate_engine::EngineError::UnknownApp(app.to_string()).into());
+    }
+    Ok(app)
+}
+
+/// An optional query parameter, parsed when present.
+fn optional<T>(
+    what: &str,
+    s: Option<&str>,
+    f: impl FnOnce(&str) -> Result<T, shipgate_core::NameError>,
+) -> ApiResult<Option<T>> {
+    s.map(|s| parse(what, s, f)).transpose()
+}
+
 fn parse<T>(
     what: &str,
     s: &str,
@@ -82,13 +100,10 @@ async fn create_release(
     ApiQuery(q): ApiQuery<ReleaseQuery>,
     body: Body,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse("app", &app, AppName::parse)?;
+    let app = configured_app(&state, &app)?;
     let version = parse("version", &q.version, Version::parse)?;
     let claimed = parse("digest", &q.digest, Digest::parse)?;
     let engine = &state.engine;
-    if engine.config().app(&app).is_none() {
-        return Err(shipgate_engine::EngineError::UnknownApp(app.to_string()).into());
-    }
     let mut upload = engine
         .artifacts()
         .upload(engine.config().server.max_artifact_size)
@@ -137,11 +152,7 @@ async fn list_releases(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<AppQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = q
-        .app
-        .as_deref()
-        .map(|a| parse("app", a, AppName::parse))
-        .transpose()?;
+    let app = optional("app", q.app.as_deref(), AppName::parse)?;
     Ok(Json(state.engine.store().releases(app.as_ref()).await?))
 }
 
@@ -183,10 +194,7 @@ async fn rollback(
 ) -> ApiResult<impl IntoResponse> {
     let app = parse("app", &b.app, AppName::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
-    let to =
-        b.to.as_deref()
-            .map(|v| parse("version", v, Version::parse))
-            .transpose()?;
+    let to = optional("version", b.to.as_deref(), Version::parse)?;
     let promotion = state
         .engine
         .rollback(&app, &env, to.as_ref(), &token.name)
@@ -198,11 +206,7 @@ async fn status(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<AppQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = q
-        .app
-        .as_deref()
-        .map(|a| parse("app", a, AppName::parse))
-        .transpose()?;
+    let app = optional("app", q.app.as_deref(), AppName::parse)?;
     Ok(Json(state.engine.status(app.as_ref()).await?))
 }
 
@@ -217,15 +221,8 @@ async fn history(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse("app", &q.app, AppName::parse)?;
-    let env = q
-        .env
-        .as_deref()
-        .map(|e| parse("environment", e, EnvName::parse))
-        .transpose()?;
-    if state.engine.config().app(&app).is_none() {
-        return Err(shipgate_engine::EngineError::UnknownApp(app.to_string()).into());
-    }
+    let app = configured_app(&state, &q.app)?;
+    let env = optional("environment", q.env.as_deref(), EnvName::parse)?;
     Ok(Json(
         state
             .engine
@@ -247,36 +244,22 @@ async fn logs(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = parse("app", &q.app, AppName::parse)?;
+    let app = configured_app(&state, &q.app)?;
     let env = parse("environment", &q.env, EnvName::parse)?;
-    if state.engine.config().app(&app).is_none() {
-        return Err(shipgate_engine::EngineError::UnknownApp(app.to_string()).into());
-    }
     let Some(path) = state.engine.log_file(&app, &env) else {
-        return Ok(Json(
-            serde_json::json!({ "text": "", "offset": 0, "file": null }),
-        ));
+        return Ok(Json(serde_json::json!({ "text": "", "offset": 0 })));
     };
     let lines = q.lines.unwrap_or(100);
-    let (text, offset) = tokio::task::spawn_blocking(move || {
-        read_log(&path, q.offset, lines).map(|(t, o)| (t, o, path))
-    })
-    .await
-    .map_err(|e| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error",
-            e.to_string(),
-        )
-    })?
-    .map(|(t, o, _)| (t, o))
-    .map_err(|e| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "log unreadable",
-            e.to_string(),
-        )
-    })?;
+    let read = tokio::task::spawn_blocking(move || read_log(&path, q.offset, lines)).await;
+    let (text, offset) = read
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "log unreadable",
+                e.to_string(),
+            )
+        })?;
     Ok(Json(serde_json::json!({ "text": text, "offset": offset })))
 }
 
@@ -300,15 +283,10 @@ fn read_log(
             ))
         }
         None => {
-            let tail = shipgate_deploy_tail(path, lines)?;
-            Ok((tail, len))
+            let tail = shipgate_engine::tail_lines(path, lines)?;
+            Ok((tail.into_iter().map(|l| l + "\n").collect(), len))
         }
     }
-}
-
-fn shipgate_deploy_tail(path: &std::path::Path, lines: usize) -> std::io::Result<String> {
-    let lines = shipgate_engine::tail_lines(path, lines)?;
-    Ok(lines.into_iter().map(|l| l + "\n").collect())
 }
 
 #[derive(Deserialize)]

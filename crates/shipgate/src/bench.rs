@@ -5,14 +5,12 @@
 //! its first 2xx health answer, polled every millisecond. Overhead = the difference of medians.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::client::Client;
-use crate::demo::{demo_config, free_port, sample_release};
+use crate::demo::{SampleServer, free_port, sample_release};
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
@@ -60,29 +58,10 @@ async fn app_ready_time(
 
 pub async fn promote(runs: usize) -> anyhow::Result<ExitCode> {
     let runs = runs.max(1);
-    let work = tempfile::Builder::new()
-        .prefix("shipgate-bench-")
-        .tempdir()?;
-    let exe = std::env::current_exe()?;
     let ports = [free_port(0)?, free_port(0)?, free_port(0)?, free_port(0)?];
-    std::fs::write(
-        work.path().join("shipgate.toml"),
-        demo_config(&exe, free_port(0)?, ports, false),
-    )?;
-    let src = std::fs::read_to_string(work.path().join("shipgate.toml"))?;
-    let config = shipgate_core::Config::parse(&src, work.path())
-        .map_err(|e| anyhow::anyhow!(e.render("bench", &src)))?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = shipgate_server::Server::start(Arc::new(config), async {
-        let _ = stop_rx.await;
-    })
-    .await?;
-    let token = std::fs::read_to_string(
-        work.path()
-            .join("data")
-            .join(shipgate_server::ADMIN_TOKEN_FILE),
-    )?;
-    let client = Client::new(&format!("http://{}", server.addr), token.trim())?;
+    let sample = SampleServer::start("shipgate-bench-", free_port(0)?, ports, false).await?;
+    let (work, client) = (&sample.work, &sample.client);
+    let exe = std::env::current_exe()?;
     let http = reqwest::Client::builder().no_proxy().build()?;
     let env_url = format!("http://127.0.0.1:{}/version", ports[0]);
 
@@ -92,7 +71,7 @@ pub async fn promote(runs: usize) -> anyhow::Result<ExitCode> {
         let version = format!("1.0.{i}");
         let dir = work.path().join(&version);
         sample_release(&dir, &version, false)?;
-        crate::commands::upload(&client, "web", &version, &dir, None, None).await?;
+        crate::commands::upload(client, "web", &version, &dir, None, None).await?;
         let started = Instant::now();
         let p: Value = client
             .post(
@@ -131,7 +110,6 @@ pub async fn promote(runs: usize) -> anyhow::Result<ExitCode> {
         "  shipgate's own overhead (difference):                     {:8.2} ms  (target < 50 ms)",
         ms(total.saturating_sub(own))
     );
-    let _ = stop_tx.send(());
-    server.wait().await?;
+    sample.stop().await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -52,34 +52,78 @@ pub fn sample_release(dir: &Path, version: &str, buggy: bool) -> anyhow::Result<
     Ok(())
 }
 
+/// A server on the sample app's config, in its own temporary folder, for the demo and the
+/// benchmarks.
+pub struct SampleServer {
+    /// The temporary folder (config, data dir, release directories); deleted on drop.
+    pub work: tempfile::TempDir,
+    /// The config file inside it.
+    pub config_path: std::path::PathBuf,
+    /// A client holding the admin token.
+    pub client: Client,
+    server: shipgate_server::Server,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl SampleServer {
+    /// Starts the server in this process on the given ports.
+    pub async fn start(
+        prefix: &str,
+        api_port: u16,
+        env_ports: [u16; 4],
+        verify_testing: bool,
+    ) -> anyhow::Result<Self> {
+        let work = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .context("creating a temporary folder")?;
+        let exe = std::env::current_exe().context("locating the shipgate binary")?;
+        let config_path = work.path().join("shipgate.toml");
+        let src = demo_config(&exe, api_port, env_ports, verify_testing);
+        std::fs::write(&config_path, &src)?;
+        let config = shipgate_core::Config::parse(&src, work.path()).map_err(|e| {
+            anyhow::anyhow!(
+                "the sample config is invalid:\n{}",
+                e.render("shipgate.toml", &src)
+            )
+        })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = shipgate_server::Server::start(Arc::new(config), async {
+            let _ = stopped.await;
+        })
+        .await?;
+        let token_file = work
+            .path()
+            .join("data")
+            .join(shipgate_server::ADMIN_TOKEN_FILE);
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?;
+        let client = Client::new(&format!("http://{}", server.addr), token.trim())?;
+        Ok(Self {
+            work,
+            config_path,
+            client,
+            server,
+            stop,
+        })
+    }
+
+    /// Stops the server and every instance it started.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.wait().await
+    }
+}
+
 pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
-    let work = tempfile::Builder::new()
-        .prefix("shipgate-demo-")
-        .tempdir()
-        .context("creating the demo folder")?;
-    let exe = std::env::current_exe().context("locating the shipgate binary")?;
     let ports = [
         free_port(8101)?,
         free_port(8102)?,
         free_port(8103)?,
         free_port(8104)?,
     ];
-    let api_port = free_port(7300)?;
-    let config_path = work.path().join("shipgate.toml");
-    std::fs::write(&config_path, demo_config(&exe, api_port, ports, true))?;
-    let config = shipgate_core::Config::parse(&std::fs::read_to_string(&config_path)?, work.path())
-        .map_err(|e| anyhow::anyhow!("the demo config is invalid:\n{}", e.render("demo", "")))?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = shipgate_server::Server::start(Arc::new(config), async {
-        let _ = stop_rx.await;
-    })
-    .await?;
-    let token = std::fs::read_to_string(
-        work.path()
-            .join("data")
-            .join(shipgate_server::ADMIN_TOKEN_FILE),
-    )?;
-    let client = Client::new(&format!("http://{}", server.addr), token.trim())?;
+    let sample = SampleServer::start("shipgate-demo-", free_port(7300)?, ports, true).await?;
+    let (work, client, config_path) = (&sample.work, &sample.client, &sample.config_path);
     let say = |line: String| {
         if !out.json() {
             println!("{line}");
@@ -94,7 +138,7 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
         let dir = work.path().join(format!("web-{version}"));
         sample_release(&dir, version, buggy)?;
         let r = crate::commands::upload(
-            &client,
+            client,
             "web",
             version,
             &dir,
@@ -153,8 +197,7 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
         say("\nserving until Ctrl-C".into());
         crate::commands::shutdown_signal().await;
     }
-    let _ = stop_tx.send(());
-    server.wait().await?;
+    sample.stop().await?;
     Ok(ExitCode::SUCCESS)
 }
 
