@@ -4,11 +4,12 @@ use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::extract::{Extension, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, get, on};
 use axum::{Json, Router, middleware};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
@@ -29,34 +30,59 @@ type ApiResult<T> = Result<T, Problem>;
 /// How much of a refused upload is read and dropped so the refusal reaches the client.
 const DRAIN_LIMIT: u64 = 1 << 30;
 
+/// The endpoints under `/api/v1`: method, path and handler, in one place, so the OpenAPI
+/// document can be checked against them.
+macro_rules! endpoints {
+    ($($method:ident $path:literal => $handler:expr),* $(,)?) => {
+        vec![$((Method::$method, $path, on(MethodFilter::$method, $handler))),*]
+    };
+}
+
+fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    endpoints![
+        POST "/apps/{app}/releases" => create_release,
+        GET "/releases" => list_releases,
+        POST "/promotions" => promote,
+        GET "/promotions/{id}" => promotion,
+        POST "/rollbacks" => rollback,
+        GET "/status" => status,
+        GET "/history" => history,
+        GET "/logs" => logs,
+        GET "/events" => events,
+        GET "/events/stream" => event_stream,
+        GET "/audit/verify" => verify_audit,
+        GET "/openapi.json" => openapi,
+    ]
+}
+
+/// The OpenAPI 3.1 document describing [`endpoints`].
+const OPENAPI: &str = include_str!("openapi.json");
+
 pub(crate) fn routes(state: AppState) -> Router {
-    let api = Router::new()
-        .route(
-            "/apps/{app}/releases",
-            post(create_release).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/releases", get(list_releases))
-        .route("/promotions", post(promote))
-        .route("/promotions/{id}", get(promotion))
-        .route("/rollbacks", post(rollback))
-        .route("/status", get(status))
-        .route("/history", get(history))
-        .route("/logs", get(logs))
-        .route("/events", get(events))
-        .route("/events/stream", get(event_stream))
-        .route("/audit/verify", get(verify_audit))
+    let api = endpoints()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, handler)| {
+            router.route(path, handler)
+        })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,
                 "no such endpoint",
-                "see the README's API section for the endpoints under /api/v1/",
+                "the endpoints under /api/v1/ are described at /api/v1/openapi.json",
             )
         });
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/api/v1", api)
         .with_state(state)
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 /// An app name from a request that the config knows.
@@ -98,6 +124,7 @@ async fn create_release(
     Extension(token): Extension<TokenRecord>,
     ApiPath(app): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReleaseQuery>,
+    // Read as a raw stream: axum's 2 MB default body limit does not apply, `max_artifact_size` does.
     body: Body,
 ) -> ApiResult<impl IntoResponse> {
     let app = configured_app(&state, &app)?;
@@ -327,4 +354,28 @@ async fn event_stream(
 async fn verify_audit(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     let events = state.engine.store().events(EventFilter::default()).await?;
     Ok(Json(verify_chain(&events)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every endpoint is in the OpenAPI document and the document lists no other.
+    #[test]
+    fn the_openapi_document_lists_exactly_the_endpoints() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let mut documented: Vec<String> = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                documented.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+        let mut served: Vec<String> = endpoints()
+            .iter()
+            .map(|(m, p, _)| format!("{m} {p}"))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+    }
 }
