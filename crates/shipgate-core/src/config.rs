@@ -431,8 +431,11 @@ fn environments(
     order(envs)
 }
 
+/// Whether two addresses would collide; port 0 (any free port) never does.
 fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Follows `after` from each environment; returns the names around the first cycle found.
@@ -636,6 +639,14 @@ mod tests {
         shipgate.toml:9:10: `localhost` is not an address: write IP:PORT, for example "127.0.0.1:8101" (host names are not accepted)
         shipgate.toml:10:18: `5 minutes` is not a duration: write a number and a unit (ms, s, m, h, d), for example "30s", "10m" or "1h30m"
         "#);
+    }
+
+    #[test]
+    fn port_zero_never_collides() {
+        let src = format!(
+            "{BASE}[server]\nlisten = \"127.0.0.1:0\"\n[environments.a]\nlisten = \"127.0.0.1:0\"\n[environments.b]\nlisten = \"127.0.0.1:0\"\n"
+        );
+        assert!(Config::parse(&src, Path::new("/p")).is_ok());
     }
 
     #[test]
