@@ -113,21 +113,30 @@ impl Engine {
             .promotions(PromotionFilter {
                 app: Some(app.clone()),
                 env: Some(env.clone()),
-                states: vec![PromotionState::Succeeded],
+                states: vec![PromotionState::Succeeded, PromotionState::RolledBack],
                 limit: None,
             })
             .await?;
-        let target = history.iter().find(|p| match to {
+        let candidate = |p: &&Promotion| match to {
             Some(v) => &p.version == v,
             None => p.id < live.promotion_id && p.version != live.version,
-        });
+        };
+        let target = history
+            .iter()
+            .filter(candidate)
+            .find(|p| p.state == PromotionState::Succeeded);
         let Some(target) = target else {
-            let msg = match to {
-                Some(v) if *v == live.version => format!("{app}@{v} is already live in {env}"),
-                Some(v) => format!(
+            // Tell apart "never there" from "there, but rolled back since".
+            let rolled_back = history.iter().find(candidate).map(|p| &p.version);
+            let msg = match (to, rolled_back) {
+                (Some(v), _) if *v == live.version => format!("{app}@{v} is already live in {env}"),
+                (_, Some(v)) => format!(
+                    "{app}@{v} was rolled back in {env}; to bring it back, promote it there again: shipgate promote {app}@{v} --to {env}"
+                ),
+                (Some(v), None) => format!(
                     "{app}@{v} was never live in {env}; roll back only to a release that was (see: shipgate history {app} --env {env})"
                 ),
-                None => format!(
+                (None, None) => format!(
                     "{env} has had no other verified release of {app} before {}; nothing to roll back to",
                     live.version
                 ),

@@ -348,6 +348,10 @@ async fn event_stream(
             .id(e.id.to_string())
             .data(serde_json::to_string(&e).ok()?)))
     });
+    let mut stopping = state.stopping.clone();
+    let stream = stream.take_until(async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

@@ -22,6 +22,9 @@ pub use auth::{ADMIN_TOKEN_FILE, generate_token, hash_token};
 #[derive(Clone)]
 struct AppState {
     engine: Arc<Engine>,
+    /// Turns true when the server begins to stop; endless responses (the event stream) end then,
+    /// or the graceful shutdown would wait on them forever.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A started server: its API address and a way to stop it.
@@ -56,16 +59,22 @@ impl Server {
         })?;
         let addr = listener.local_addr().context("reading the API address")?;
         let engine = Engine::start(config, store).await?;
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         let app = api::routes(AppState {
             engine: Arc::clone(&engine),
+            stopping,
         });
-        let stopping = Arc::clone(&engine);
+        let engine_to_stop = Arc::clone(&engine);
         let task = tokio::spawn(async move {
+            let signal = async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            };
             axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
+                .with_graceful_shutdown(signal)
                 .await
                 .context("serving the API")?;
-            stopping.shutdown().await;
+            engine_to_stop.shutdown().await;
             Ok(())
         });
         tracing::info!("shipgate API listening on http://{addr}");

@@ -157,11 +157,11 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
     }
     say(String::new());
     for env in ["development", "testing", "staging", "production"] {
-        step(&client, &say, "web@1.0.0", env).await?;
+        step(client, &say, "web@1.0.0", env).await?;
     }
     say(String::new());
-    step(&client, &say, "web@1.1.0", "development").await?;
-    step(&client, &say, "web@1.1.0", "testing").await?;
+    step(client, &say, "web@1.1.0", "development").await?;
+    step(client, &say, "web@1.1.0", "testing").await?;
     match client
         .post::<Value>(
             "/promotions",

@@ -36,6 +36,17 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The status entry of `env` in a `status --output json` document (of the only app).
+pub fn env_status(status: &Value, env: &str) -> Value {
+    status[0]["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["env"] == env)
+        .unwrap_or_else(|| panic!("no {env} in the status: {status}"))
+        .clone()
+}
+
 /// The fixture app in development → testing → staging → production, with the smoke test in
 /// testing; `server_extra` goes into `[server]`.
 pub fn four_envs(server_extra: &str) -> String {

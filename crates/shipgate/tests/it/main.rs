@@ -6,3 +6,4 @@ mod bad_input;
 mod flow;
 mod helpers;
 mod restart;
+mod supervision;

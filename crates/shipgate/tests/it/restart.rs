@@ -2,22 +2,11 @@
 
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{
-    ENVS, TestServer, describe_process, four_envs, processes_in, spawn_server, wait_for,
+    ENVS, TestServer, describe_process, env_status, four_envs, processes_in, spawn_server, wait_for,
 };
-
-/// The status entry of `env`.
-fn env_status(status: &Value, env: &str) -> Value {
-    status[0]["environments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["env"] == env)
-        .unwrap()
-        .clone()
-}
 
 /// web@1.0.0 live in development, testing and staging; web@2.0.0 deploying into development
 /// (its process started, held before listening until the returned gate file exists) when the
