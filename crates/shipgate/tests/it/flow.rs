@@ -169,3 +169,33 @@ fn logs_print_the_apps_output() {
         "{logs}"
     );
 }
+
+#[test]
+fn an_instance_that_never_becomes_healthy_fails_with_its_last_log_lines() {
+    let config = four_envs("").replace(
+        "health = \"/healthz\"",
+        "health = \"/healthz\"\nhealth_timeout = \"1s\"",
+    );
+    let s = spawn_server(&config);
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "development");
+    // The gate file never appears, so 2.0.0 never listens.
+    let never = s.dir.path().join("never");
+    let digest = s.register("2.0.0", &[("SLOW", never.to_str().unwrap())]);
+    let release_dir = digest.trim_start_matches("sha256:").to_owned();
+
+    let failed = s.refused(&["promote", "web@2.0.0", "--to", "development", "--wait"]);
+    assert!(failed.contains("failed"), "{failed}");
+    assert!(failed.contains("did not become healthy within"), "{failed}");
+    assert!(
+        failed.contains("fixture app 2.0.0: waiting for"),
+        "the instance's own last log lines are shown: {failed}"
+    );
+    assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
+    let stray: Vec<_> = s
+        .instance_processes()
+        .into_iter()
+        .filter(|(pid, _)| crate::helpers::describe_process(*pid).contains(&release_dir))
+        .collect();
+    assert_eq!(stray, [], "the unhealthy instance was stopped");
+}
