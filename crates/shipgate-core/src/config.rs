@@ -47,6 +47,27 @@ pub struct AppConfig {
     pub health: String,
     /// How long an instance may take to become healthy.
     pub health_timeout: Duration,
+    /// When a live instance counts as crash-looping.
+    pub crash_loop: CrashLoop,
+}
+
+/// `crash_loop = { crashes = 5, within = "1m" }`: more than `crashes` crashes within `within`
+/// and the instance is no longer restarted; its environment is marked unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashLoop {
+    /// Crashes tolerated within the window.
+    pub crashes: u32,
+    /// The window.
+    pub within: Duration,
+}
+
+impl Default for CrashLoop {
+    fn default() -> Self {
+        Self {
+            crashes: 5,
+            within: Duration::from_std(std::time::Duration::from_secs(60)),
+        }
+    }
 }
 
 /// `[environments.NAME]`: one place a release runs.
@@ -62,6 +83,19 @@ pub struct EnvironmentConfig {
     pub vars: BTreeMap<String, String>,
     /// What a release must pass after the switch.
     pub verify: VerifyConfig,
+    /// How long the replaced release keeps running after a switch, so a rollback is instant.
+    pub standby: Duration,
+    /// How long requests in flight on a replaced or stopped instance may take to finish.
+    pub drain: Duration,
+    /// Longest wait for an instance's response head before the router answers 504.
+    pub request_timeout: Option<Duration>,
+}
+
+impl EnvironmentConfig {
+    /// Default `standby`.
+    pub const DEFAULT_STANDBY: std::time::Duration = std::time::Duration::from_secs(600);
+    /// Default `drain`.
+    pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 }
 
 /// `verify.*` of an environment.
@@ -150,6 +184,14 @@ struct RawApp {
     run: Spanned<String>,
     health: Option<Spanned<String>>,
     health_timeout: Option<Spanned<String>>,
+    crash_loop: Option<RawCrashLoop>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCrashLoop {
+    crashes: Spanned<u32>,
+    within: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +204,9 @@ struct RawEnvironment {
     #[serde(default)]
     verify: RawVerify,
     require: Option<Spanned<toml::Table>>,
+    standby: Option<Spanned<String>>,
+    drain: Option<Spanned<String>>,
+    request_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -317,10 +362,20 @@ fn apps(raw: BTreeMap<Spanned<String>, RawApp>, problems: &mut Problems) -> Vec<
             Some(t) => problems.parse(t, Duration::parse),
             None => None,
         };
+        let crash_loop = match &app.crash_loop {
+            Some(c) => CrashLoop {
+                crashes: *c.crashes.get_ref(),
+                within: problems
+                    .parse(&c.within, Duration::parse)
+                    .unwrap_or(CrashLoop::default().within),
+            },
+            None => CrashLoop::default(),
+        };
         if let Some(name) = parsed_name {
             apps.push(AppConfig {
                 name,
                 run: app.run.into_inner(),
+                crash_loop,
                 health,
                 health_timeout: health_timeout
                     .unwrap_or(Duration::from_std(std::time::Duration::from_secs(30))),
@@ -402,6 +457,15 @@ fn environments(
             .timeout
             .as_ref()
             .and_then(|t| problems.parse(t, Duration::parse));
+        let duration = |key: &Option<Spanned<String>>, problems: &mut Problems| {
+            key.as_ref()
+                .and_then(|d| problems.parse(d, Duration::parse))
+        };
+        let standby = duration(&env.standby, problems)
+            .unwrap_or(Duration::from_std(EnvironmentConfig::DEFAULT_STANDBY));
+        let drain = duration(&env.drain, problems)
+            .unwrap_or(Duration::from_std(EnvironmentConfig::DEFAULT_DRAIN));
+        let request_timeout = duration(&env.request_timeout, problems);
         if let (Some(name), Some(listen)) = (parsed_name, listen) {
             envs.push(EnvironmentConfig {
                 name,
@@ -412,6 +476,9 @@ fn environments(
                     tests: env.verify.tests.clone(),
                     timeout,
                 },
+                standby,
+                drain,
+                request_timeout,
             });
         }
     }

@@ -15,8 +15,10 @@ pub mod promotion;
 pub mod size;
 pub mod template;
 
-pub use config::{AppConfig, Config, ConfigError, ConfigProblem, EnvironmentConfig, ServerConfig};
+pub use config::{
+    AppConfig, Config, ConfigError, ConfigProblem, CrashLoop, EnvironmentConfig, ServerConfig,
+};
 pub use duration::Duration;
 pub use names::{AppName, Digest, EnvName, NameError, ReleaseRef, Version};
-pub use promotion::{EntryRefusal, PromotionKind, PromotionState};
+pub use promotion::{EntryRefusal, PromotionKind, PromotionState, Standing};
 pub use size::ByteSize;

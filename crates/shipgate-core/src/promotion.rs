@@ -141,18 +141,49 @@ pub enum EntryRefusal {
         /// The environment it must pass first.
         after: EnvName,
     },
+    /// The release passed the environment before, which was then rolled back away from it.
+    #[error(
+        "{release} was rolled back in {after}, so it may not go further (promote it there again first: shipgate promote {release} --to {after})"
+    )]
+    RolledBackBefore {
+        /// The release asked for.
+        release: ReleaseRef,
+        /// The environment that rolled it back.
+        after: EnvName,
+    },
+}
+
+/// Where a release stands in one environment, by its latest promotion there that succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// It never succeeded there.
+    Unverified,
+    /// It succeeded there (with this digest) and was not rolled back since.
+    Verified(Digest),
+    /// It succeeded there, then the environment was rolled back away from it.
+    RolledBack(Digest),
+}
+
+impl Standing {
+    /// The digest verified there, unless rolled back since.
+    pub fn verified(&self) -> Option<&Digest> {
+        match self {
+            Self::Verified(d) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 /// Decides whether `release` (with `digest`) may be promoted into `env`.
 ///
-/// `verified_digest(env)` answers the digest of this release that succeeded in `env`, if any;
-/// only the environment named in `after` is asked, since entering it required the one before.
+/// `standing(env)` answers where this release stands in `env`; only the environment named in
+/// `after` is asked, since entering it required the one before.
 pub fn check_entry(
     config: &Config,
     release: &ReleaseRef,
     digest: &Digest,
     env: &EnvName,
-    verified_digest: impl FnOnce(&EnvName) -> Option<Digest>,
+    standing: impl FnOnce(&EnvName) -> Standing,
 ) -> Result<(), EntryRefusal> {
     if config.app(&release.app).is_none() {
         return Err(EntryRefusal::UnknownApp(release.app.to_string()));
@@ -168,15 +199,21 @@ pub fn check_entry(
             known: known.join(", "),
         });
     };
-    match &environment.after {
-        Some(after) if verified_digest(after).as_ref() != Some(digest) => {
-            Err(EntryRefusal::NotVerifiedBefore {
-                release: release.clone(),
-                after: after.clone(),
-            })
-        }
-        _ => Ok(()),
-    }
+    let Some(after) = &environment.after else {
+        return Ok(());
+    };
+    let refusal = match standing(after) {
+        Standing::Verified(d) if &d == digest => return Ok(()),
+        Standing::RolledBack(d) if &d == digest => EntryRefusal::RolledBackBefore {
+            release: release.clone(),
+            after: after.clone(),
+        },
+        _ => EntryRefusal::NotVerifiedBefore {
+            release: release.clone(),
+            after: after.clone(),
+        },
+    };
+    Err(refusal)
 }
 
 #[cfg(test)]
@@ -211,16 +248,25 @@ mod tests {
         let other = Digest::from_sha256(&[2; 32]);
         let dev = EnvName::parse("development").unwrap();
         let prod = EnvName::parse("production").unwrap();
-        assert!(check_entry(&c, &r, &d, &dev, |_| None).is_ok());
-        let err = check_entry(&c, &r, &d, &prod, |_| None).unwrap_err();
+        assert!(check_entry(&c, &r, &d, &dev, |_| Standing::Unverified).is_ok());
+        let err = check_entry(&c, &r, &d, &prod, |_| Standing::Unverified).unwrap_err();
         assert_eq!(
             err.to_string(),
             "web@1.0.0 is not verified in staging yet (promote it there first: shipgate promote web@1.0.0 --to staging)"
         );
-        assert!(check_entry(&c, &r, &d, &prod, |_| Some(other)).is_err());
+        assert!(check_entry(&c, &r, &d, &prod, |_| Standing::Verified(other.clone())).is_err());
+        let err = check_entry(&c, &r, &d, &prod, |_| Standing::RolledBack(d.clone())).unwrap_err();
         assert!(
-            check_entry(&c, &r, &d, &prod, |e| (e.as_str() == "staging")
-                .then(|| d.clone()))
+            err.to_string()
+                .starts_with("web@1.0.0 was rolled back in staging"),
+            "{err}"
+        );
+        assert!(
+            check_entry(&c, &r, &d, &prod, |e| if e.as_str() == "staging" {
+                Standing::Verified(d.clone())
+            } else {
+                Standing::Unverified
+            })
             .is_ok()
         );
     }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use shipgate_core::promotion::check_entry;
-use shipgate_core::{AppName, EnvName, PromotionKind, PromotionState, ReleaseRef, Version};
+use shipgate_core::{
+    AppName, EnvName, PromotionKind, PromotionState, ReleaseRef, Standing, Version,
+};
 use shipgate_deploy::{StartInstance, StopInstance};
 use shipgate_proxy::{Router, Upstream};
 use shipgate_store::artifact::CheckedArtifact;
@@ -74,15 +76,15 @@ impl Engine {
     ) -> Result<Promotion, EngineError> {
         let registered = self.registered(release).await?;
         let after = self.config.environment(env).and_then(|e| e.after.clone());
-        let verified = match &after {
+        let standing = match &after {
             Some(after) => {
                 self.store
-                    .verified_digest(&release.app, &release.version, after)
+                    .standing(&release.app, &release.version, after)
                     .await?
             }
-            None => None,
+            None => Standing::Unverified,
         };
-        check_entry(&self.config, release, &registered.digest, env, |_| verified)?;
+        check_entry(&self.config, release, &registered.digest, env, |_| standing)?;
         self.request(registered, env, PromotionKind::Promote, actor)
             .await
     }

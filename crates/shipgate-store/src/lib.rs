@@ -15,7 +15,7 @@ pub use model::*;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
-use shipgate_core::{AppName, Digest, EnvName, PromotionState, Version};
+use shipgate_core::{AppName, Digest, EnvName, PromotionState, Standing, Version};
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,13 +86,9 @@ pub trait Store: Send + Sync {
     async fn promotion(&self, id: i64) -> Result<Option<Promotion>>;
     /// Promotions matching the filter, newest first.
     async fn promotions(&self, filter: PromotionFilter) -> Result<Vec<Promotion>>;
-    /// The digest of `app@version` that succeeded in `env`, if it did.
-    async fn verified_digest(
-        &self,
-        app: &AppName,
-        version: &Version,
-        env: &EnvName,
-    ) -> Result<Option<Digest>>;
+    /// Where `app@version` stands in `env`: by its latest promotion there that succeeded (and
+    /// maybe was rolled back since).
+    async fn standing(&self, app: &AppName, version: &Version, env: &EnvName) -> Result<Standing>;
 
     /// Records one gate result of a promotion, with its event.
     async fn record_gate(&self, gate: NewGate, actor: &str) -> Result<Gate>;

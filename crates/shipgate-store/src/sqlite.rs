@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use shipgate_core::{AppName, Digest, EnvName, PromotionKind, PromotionState, Version};
+use shipgate_core::{AppName, Digest, EnvName, PromotionKind, PromotionState, Standing, Version};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -586,14 +586,10 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn verified_digest(
-        &self,
-        app: &AppName,
-        version: &Version,
-        env: &EnvName,
-    ) -> Result<Option<Digest>> {
-        let digest: Option<String> = sqlx::query_scalar(
-            "SELECT digest FROM promotions WHERE app = ? AND version = ? AND env = ? AND state = 'succeeded' ORDER BY id DESC LIMIT 1",
+    async fn standing(&self, app: &AppName, version: &Version, env: &EnvName) -> Result<Standing> {
+        let latest: Option<(String, String)> = sqlx::query_as(
+            "SELECT digest, state FROM promotions WHERE app = ? AND version = ? AND env = ?
+             AND state IN ('succeeded', 'rolled_back') ORDER BY id DESC LIMIT 1",
         )
         .bind(app.as_str())
         .bind(version.as_str())
@@ -601,9 +597,17 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading verified releases"))?;
-        digest
-            .map(|d| parse("digest", &d, Digest::parse))
-            .transpose()
+        Ok(match latest {
+            None => Standing::Unverified,
+            Some((digest, state)) => {
+                let digest = parse("digest", &digest, Digest::parse)?;
+                if state == PromotionState::RolledBack.as_str() {
+                    Standing::RolledBack(digest)
+                } else {
+                    Standing::Verified(digest)
+                }
+            }
+        })
     }
 
     async fn record_gate(&self, g: NewGate, actor: &str) -> Result<Gate> {

@@ -244,7 +244,14 @@ async fn a_digest_is_verified_only_after_its_promotion_succeeded() {
         env_of("development"),
         env_of("testing"),
     );
-    let verified = || async { t.store.verified_digest(&app(), &v, &dev).await.unwrap() };
+    let verified = || async {
+        t.store
+            .standing(&app(), &v, &dev)
+            .await
+            .unwrap()
+            .verified()
+            .cloned()
+    };
 
     let p = t.request("1.0.0", &digest(1), "development").await;
     assert_eq!(verified().await, None, "pending");
@@ -258,7 +265,12 @@ async fn a_digest_is_verified_only_after_its_promotion_succeeded() {
         .await;
     assert_eq!(verified().await, Some(digest(1)));
     assert_eq!(
-        t.store.verified_digest(&app(), &v, &testing).await.unwrap(),
+        t.store
+            .standing(&app(), &v, &testing)
+            .await
+            .unwrap()
+            .verified()
+            .cloned(),
         None,
         "only in the environment it passed"
     );
@@ -269,7 +281,12 @@ async fn a_digest_is_verified_only_after_its_promotion_succeeded() {
     t.step(&failed, PromotionState::Failed, LiveChange::Keep)
         .await;
     assert_eq!(
-        t.store.verified_digest(&app(), &v, &testing).await.unwrap(),
+        t.store
+            .standing(&app(), &v, &testing)
+            .await
+            .unwrap()
+            .verified()
+            .cloned(),
         None,
         "a failed promotion verifies nothing"
     );
@@ -338,5 +355,11 @@ async fn a_rollback_marks_the_replaced_promotion_rolled_back() {
         succeeded.len(),
         2,
         "the first promotion and the rollback: {succeeded:?}"
+    );
+    let v110 = shipgate_core::Version::parse("1.1.0").unwrap();
+    assert_eq!(
+        t.store.standing(&app(), &v110, &env_of("production")).await.unwrap(),
+        shipgate_core::Standing::RolledBack(digest(2)),
+        "a rolled-back release no longer counts as verified there"
     );
 }
