@@ -70,6 +70,27 @@ pub struct StartInstance {
     pub log_path: PathBuf,
     /// Loopback port to listen on; `None` picks a free one.
     pub port: Option<u16>,
+    /// When to stop restarting a crashing instance.
+    pub crash_loop: CrashLoopPolicy,
+}
+
+/// More than `crashes` crashes within `within` and the driver stops restarting an instance
+/// (and reports [`DriverEvent::GaveUp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashLoopPolicy {
+    /// Crashes tolerated within the window.
+    pub crashes: u32,
+    /// The window; a healthy run this long also resets the restart backoff.
+    pub within: Duration,
+}
+
+impl Default for CrashLoopPolicy {
+    fn default() -> Self {
+        Self {
+            crashes: 5,
+            within: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The reply to a successful [`Driver::start`].

@@ -24,10 +24,6 @@ use crate::{
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// Crashes are counted within this window, and this long a healthy run resets the backoff.
-const CRASH_WINDOW: Duration = Duration::from_secs(60);
-/// One crash more than this within [`CRASH_WINDOW`] and the driver gives up.
-const MAX_CRASHES_IN_WINDOW: usize = 5;
 /// How often a process this driver did not start is checked for exit during its grace.
 const LEFTOVER_POLL: Duration = Duration::from_millis(50);
 const EVENT_BUFFER: usize = 256;
@@ -372,6 +368,7 @@ impl Shared {
         let mut crashes: VecDeque<Instant> = VecDeque::new();
         let mut backoff = FIRST_BACKOFF;
         let mut healthy_since = Instant::now();
+        let policy = inst.req.crash_loop;
         loop {
             let status = tokio::select! {
                 biased;
@@ -383,7 +380,7 @@ impl Shared {
             };
             signal_group(pid, Signal::SIGKILL);
             inst.update_live(|live| live.healthy = false);
-            if healthy_since.elapsed() >= CRASH_WINDOW {
+            if healthy_since.elapsed() >= policy.within {
                 backoff = FIRST_BACKOFF;
             }
             let mut exit = describe_wait(status);
@@ -393,11 +390,11 @@ impl Shared {
                 crashes.push_back(now);
                 while crashes
                     .front()
-                    .is_some_and(|at| now.duration_since(*at) > CRASH_WINDOW)
+                    .is_some_and(|at| now.duration_since(*at) > policy.within)
                 {
                     crashes.pop_front();
                 }
-                if crashes.len() > MAX_CRASHES_IN_WINDOW {
+                if crashes.len() > policy.crashes as usize {
                     let crashes = u32::try_from(crashes.len()).unwrap_or(u32::MAX);
                     tracing::error!(instance_id = %id, crashes, "instance keeps crashing; giving up");
                     self.emit(DriverEvent::GaveUp {

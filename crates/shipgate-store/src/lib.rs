@@ -79,6 +79,16 @@ pub trait Store: Send + Sync {
     /// Records a new pending promotion, superseding any pending one for the same app and
     /// environment (each with its event).
     async fn create_promotion(&self, promotion: NewPromotion, actor: &str) -> Result<Promotion>;
+    /// Records a rollback that happened by switching traffic back to a still-running (standby)
+    /// instance: the promotion goes straight to `succeeded`, its release is live, the promotion
+    /// it replaced is `rolled_back`, and `gate` says what was switched, all in one transaction.
+    async fn switch_back(
+        &self,
+        promotion: NewPromotion,
+        replaced: i64,
+        gate: String,
+        actor: &str,
+    ) -> Result<Promotion>;
     /// Moves a promotion from one of `from` to `to`, applies `live`, and appends the event, all
     /// in one transaction; refused with [`StoreError::StateConflict`] if it was not in `from`.
     async fn transition(&self, change: Transition) -> Result<Promotion>;

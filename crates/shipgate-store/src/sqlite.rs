@@ -311,6 +311,120 @@ fn promotion_event(
     }
 }
 
+/// Records a new pending promotion and supersedes the pending ones of its app and environment.
+async fn insert_promotion(
+    tx: &mut Transaction<'_, Sqlite>,
+    p: NewPromotion,
+    actor: &str,
+    events: &mut Vec<Event>,
+) -> Result<Promotion> {
+    let pending: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM promotions WHERE app = ? AND env = ? AND state = 'pending'",
+    )
+    .bind(p.app.as_str())
+    .bind(p.env.as_str())
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db("reading pending promotions"))?;
+    let at = now();
+    let id: i64 = sqlx::query_scalar("INSERT INTO promotions (app, version, digest, env, kind, state, requested_by, previous_version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) RETURNING id")
+            .bind(p.app.as_str())
+            .bind(p.version.as_str())
+            .bind(p.digest.as_str())
+            .bind(p.env.as_str())
+            .bind(p.kind.as_str())
+            .bind(actor)
+            .bind(p.previous_version.as_ref().map(Version::as_str))
+            .bind(&at)
+            .bind(&at)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db("inserting a promotion"))?;
+    let promotion = promotion_in(tx, id).await?;
+    for old in pending {
+        let reason = format!("superseded by promotion {id} ({}@{})", p.app, p.version);
+        set_state(tx, old, PromotionState::Superseded, Some(&reason)).await?;
+        let old = promotion_in(tx, old).await?;
+        let message = format!(
+            "promotion {} of {}@{} to {} {reason}",
+            old.id, old.app, old.version, old.env
+        );
+        events.push(
+            append(
+                tx,
+                promotion_event(
+                    &old,
+                    actor,
+                    "promotion.superseded",
+                    message,
+                    serde_json::json!({ "by": id }),
+                ),
+            )
+            .await?,
+        );
+    }
+    let message = format!(
+        "{actor} asked to {} {}@{} in {}",
+        p.kind.as_str(),
+        p.app,
+        p.version,
+        p.env
+    );
+    let data = serde_json::json!({ "version": p.version, "digest": p.digest, "kind": p.kind, "previous_version": p.previous_version });
+    events.push(
+        append(
+            tx,
+            promotion_event(&promotion, actor, "promotion.requested", message, data),
+        )
+        .await?,
+    );
+    Ok(promotion)
+}
+
+/// Records `promotion_id`'s release as live in its app and environment.
+async fn put_live(tx: &mut Transaction<'_, Sqlite>, l: &LiveRelease) -> Result<()> {
+    sqlx::query("INSERT OR REPLACE INTO live (app, env, version, digest, promotion_id, since) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(l.app.as_str())
+        .bind(l.env.as_str())
+        .bind(l.version.as_str())
+        .bind(l.digest.as_str())
+        .bind(l.promotion_id)
+        .bind(&l.since)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("recording the live release"))?;
+    Ok(())
+}
+
+/// Marks the promotion that made a release live as rolled back by `by`.
+async fn mark_rolled_back(
+    tx: &mut Transaction<'_, Sqlite>,
+    old: i64,
+    by: i64,
+    actor: &str,
+    events: &mut Vec<Event>,
+) -> Result<()> {
+    let old_p = promotion_in(tx, old).await?;
+    if !old_p.state.can_become(PromotionState::RolledBack) {
+        return Ok(());
+    }
+    let reason = format!("rolled back by promotion {by}");
+    set_state(tx, old, PromotionState::RolledBack, Some(&reason)).await?;
+    let message = format!(
+        "{}@{} was rolled back in {}",
+        old_p.app, old_p.version, old_p.env
+    );
+    let event = promotion_event(
+        &old_p,
+        actor,
+        "promotion.rolled_back",
+        message,
+        serde_json::json!({ "by": by }),
+    );
+    events.push(append(tx, event).await?);
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_release(&self, r: NewRelease, actor: &str) -> Result<(Release, bool)> {
@@ -398,68 +512,58 @@ impl Store for SqliteStore {
         let _w = self.write.lock().await;
         let mut tx = self.begin().await?;
         let mut events = Vec::new();
-        let pending: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM promotions WHERE app = ? AND env = ? AND state = 'pending'",
-        )
-        .bind(p.app.as_str())
-        .bind(p.env.as_str())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("reading pending promotions"))?;
+        let promotion = insert_promotion(&mut tx, p, actor, &mut events).await?;
+        self.commit(tx, events).await?;
+        Ok(promotion)
+    }
+
+    async fn switch_back(
+        &self,
+        p: NewPromotion,
+        replaced: i64,
+        gate: String,
+        actor: &str,
+    ) -> Result<Promotion> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let mut events = Vec::new();
+        let requested = insert_promotion(&mut tx, p, actor, &mut events).await?;
         let at = now();
-        let id: i64 = sqlx::query_scalar("INSERT INTO promotions (app, version, digest, env, kind, state, requested_by, previous_version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) RETURNING id")
-            .bind(p.app.as_str())
-            .bind(p.version.as_str())
-            .bind(p.digest.as_str())
-            .bind(p.env.as_str())
-            .bind(p.kind.as_str())
-            .bind(actor)
-            .bind(p.previous_version.as_ref().map(Version::as_str))
+        // Nothing was started or tested: the standby instance already ran this verified release.
+        set_state(&mut tx, requested.id, PromotionState::Succeeded, None).await?;
+        let done = promotion_in(&mut tx, requested.id).await?;
+        sqlx::query("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES (?, 'switch', 1, ?, ?, ?)")
+            .bind(done.id)
+            .bind(&gate)
             .bind(&at)
             .bind(&at)
-            .fetch_one(&mut *tx)
+            .execute(&mut *tx)
             .await
-            .map_err(db("inserting a promotion"))?;
-        let promotion = promotion_in(&mut tx, id).await?;
-        for old in pending {
-            let reason = format!("superseded by promotion {id} ({}@{})", p.app, p.version);
-            set_state(&mut tx, old, PromotionState::Superseded, Some(&reason)).await?;
-            let old = promotion_in(&mut tx, old).await?;
-            let message = format!(
-                "promotion {} of {}@{} to {} {reason}",
-                old.id, old.app, old.version, old.env
-            );
-            events.push(
-                append(
-                    &mut tx,
-                    promotion_event(
-                        &old,
-                        actor,
-                        "promotion.superseded",
-                        message,
-                        serde_json::json!({ "by": id }),
-                    ),
-                )
-                .await?,
-            );
-        }
+            .map_err(db("recording a gate"))?;
+        let live = LiveRelease {
+            app: done.app.clone(),
+            env: done.env.clone(),
+            version: done.version.clone(),
+            digest: done.digest.clone(),
+            promotion_id: done.id,
+            since: at,
+        };
+        put_live(&mut tx, &live).await?;
         let message = format!(
-            "{actor} asked to {} {}@{} in {}",
-            p.kind.as_str(),
-            p.app,
-            p.version,
-            p.env
+            "{}@{} is live again in {}: {gate}",
+            done.app, done.version, done.env
         );
-        let data = serde_json::json!({ "version": p.version, "digest": p.digest, "kind": p.kind, "previous_version": p.previous_version });
+        let data = serde_json::json!({ "from": PromotionState::Pending, "to": PromotionState::Succeeded, "version": done.version, "instant": true });
         events.push(
             append(
                 &mut tx,
-                promotion_event(&promotion, actor, "promotion.requested", message, data),
+                promotion_event(&done, actor, "promotion.succeeded", message, data),
             )
             .await?,
         );
+        mark_rolled_back(&mut tx, replaced, done.id, actor, &mut events).await?;
         self.commit(tx, events).await?;
-        Ok(promotion)
+        Ok(done)
     }
 
     async fn transition(&self, t: Transition) -> Result<Promotion> {
@@ -479,16 +583,15 @@ impl Store for SqliteStore {
         match &t.live {
             LiveChange::Keep => {}
             LiveChange::Promoted => {
-                sqlx::query("INSERT OR REPLACE INTO live (app, env, version, digest, promotion_id, since) VALUES (?, ?, ?, ?, ?, ?)")
-                    .bind(before.app.as_str())
-                    .bind(before.env.as_str())
-                    .bind(before.version.as_str())
-                    .bind(before.digest.as_str())
-                    .bind(before.id)
-                    .bind(now())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("recording the live release"))?;
+                let live = LiveRelease {
+                    app: before.app.clone(),
+                    env: before.env.clone(),
+                    version: before.version.clone(),
+                    digest: before.digest.clone(),
+                    promotion_id: before.id,
+                    since: now(),
+                };
+                put_live(&mut tx, &live).await?;
             }
             LiveChange::Restore(None) => {
                 sqlx::query("DELETE FROM live WHERE app = ? AND env = ?")
@@ -498,18 +601,7 @@ impl Store for SqliteStore {
                     .await
                     .map_err(db("clearing the live release"))?;
             }
-            LiveChange::Restore(Some(l)) => {
-                sqlx::query("INSERT OR REPLACE INTO live (app, env, version, digest, promotion_id, since) VALUES (?, ?, ?, ?, ?, ?)")
-                    .bind(l.app.as_str())
-                    .bind(l.env.as_str())
-                    .bind(l.version.as_str())
-                    .bind(l.digest.as_str())
-                    .bind(l.promotion_id)
-                    .bind(&l.since)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("restoring the live release"))?;
-            }
+            LiveChange::Restore(Some(l)) => put_live(&mut tx, l).await?,
         }
         let after = promotion_in(&mut tx, t.promotion_id).await?;
         let data = serde_json::json!({ "from": before.state, "to": t.to, "version": after.version, "reason": t.reason, "live": format!("{:?}", t.live) });
@@ -527,28 +619,7 @@ impl Store for SqliteStore {
             .await?,
         );
         if let Some(old) = t.roll_back_promotion {
-            let old_p = promotion_in(&mut tx, old).await?;
-            if old_p.state.can_become(PromotionState::RolledBack) {
-                let reason = format!("rolled back by promotion {}", after.id);
-                set_state(&mut tx, old, PromotionState::RolledBack, Some(&reason)).await?;
-                let message = format!(
-                    "{}@{} was rolled back in {}",
-                    old_p.app, old_p.version, old_p.env
-                );
-                events.push(
-                    append(
-                        &mut tx,
-                        promotion_event(
-                            &old_p,
-                            &t.actor,
-                            "promotion.rolled_back",
-                            message,
-                            serde_json::json!({ "by": after.id }),
-                        ),
-                    )
-                    .await?,
-                );
-            }
+            mark_rolled_back(&mut tx, old, after.id, &t.actor, &mut events).await?;
         }
         self.commit(tx, events).await?;
         Ok(after)

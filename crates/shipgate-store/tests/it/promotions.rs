@@ -358,7 +358,10 @@ async fn a_rollback_marks_the_replaced_promotion_rolled_back() {
     );
     let v110 = shipgate_core::Version::parse("1.1.0").unwrap();
     assert_eq!(
-        t.store.standing(&app(), &v110, &env_of("production")).await.unwrap(),
+        t.store
+            .standing(&app(), &v110, &env_of("production"))
+            .await
+            .unwrap(),
         shipgate_core::Standing::RolledBack(digest(2)),
         "a rolled-back release no longer counts as verified there"
     );
