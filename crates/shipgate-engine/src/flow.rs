@@ -7,7 +7,7 @@ use shipgate_core::promotion::check_entry;
 use shipgate_core::{
     AppName, EnvName, PromotionKind, PromotionState, ReleaseRef, Standing, Version,
 };
-use shipgate_deploy::{StartInstance, StopInstance};
+use shipgate_deploy::{CrashLoopPolicy, StartInstance, StopInstance};
 use shipgate_proxy::{Router, Upstream};
 use shipgate_store::artifact::CheckedArtifact;
 use shipgate_store::{
@@ -151,6 +151,12 @@ impl Engine {
                 version: target.version.clone(),
             })
             .await?;
+        if let Some(done) = self
+            .switch_back(&(app.clone(), env.clone()), &release, &live, actor)
+            .await?
+        {
+            return Ok(done);
+        }
         self.request(release, env, PromotionKind::Rollback, actor)
             .await
     }
@@ -317,7 +323,7 @@ impl Engine {
             t.reason = Some(reason);
             t.live = LiveChange::Restore(previous_live);
             self.store.transition(t).await?;
-            self.retire(&instance).await;
+            self.retire(&instance, self.drain_grace(&slot.1)).await;
             return Ok(());
         }
         let mut t = self.step(
@@ -330,10 +336,16 @@ impl Engine {
             t.roll_back_promotion = previous_live.as_ref().map(|l| l.promotion_id);
         }
         self.store.transition(t).await?;
-        if let Some(old) = previous_instance {
-            // Draining may take the whole grace period; the slot is free for the next promotion meanwhile.
-            let engine = Arc::clone(self);
-            tokio::spawn(async move { engine.retire(&old).await });
+        let Some(old) = previous_instance else {
+            return Ok(());
+        };
+        // A replaced release that still runs stays warm for an instant rollback; a rolled-back
+        // or crashed one does not.
+        let warm = promotion.kind == PromotionKind::Promote
+            && self.driver.status(&old.id).await.is_some_and(|s| s.healthy);
+        match previous_live {
+            Some(live) if warm => self.keep_warm(slot, old, live),
+            _ => self.retire_later(slot, old),
         }
         Ok(())
     }
@@ -437,6 +449,10 @@ impl Engine {
             health_timeout: app.health_timeout.as_std(),
             log_path: log_path.clone(),
             port: None,
+            crash_loop: CrashLoopPolicy {
+                crashes: app.crash_loop.crashes,
+                within: app.crash_loop.within.as_std(),
+            },
         };
         // Recorded before it is spawned, so a server killed during the health wait finds it
         // (by its SHIPGATE_INSTANCE marker) and stops it after the restart.
@@ -476,9 +492,9 @@ impl Engine {
         })
     }
 
-    /// Lets requests in flight on a replaced instance finish, then stops it.
-    pub(crate) async fn retire(&self, instance: &LiveInstance) {
-        Router::drain(&instance.upstream, STOP_GRACE).await;
+    /// Lets requests in flight on a replaced instance finish (up to `grace`), then stops it.
+    pub(crate) async fn retire(&self, instance: &LiveInstance, grace: std::time::Duration) {
+        Router::drain(&instance.upstream, grace).await;
         self.stop_instance(&instance.id, None).await;
     }
 

@@ -11,10 +11,11 @@ mod error;
 pub mod flow;
 mod reconcile;
 mod report;
+mod standby;
 mod verify;
 
 pub use error::EngineError;
-pub use report::{AppStatus, EnvironmentStatus, HistoryEntry, InstanceView};
+pub use report::{AppStatus, EnvironmentStatus, HistoryEntry, InstanceView, StandbyView};
 pub use shipgate_deploy::tail_lines;
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shipgate_core::{AppName, Config, EnvName};
-use shipgate_deploy::{Driver, ProcessDriver};
+use shipgate_deploy::{Driver, DriverEvent, ProcessDriver};
 use shipgate_proxy::{Router, Upstream};
 use shipgate_store::Store;
 use shipgate_store::artifact::ArtifactStore;
@@ -55,8 +56,17 @@ pub struct Engine {
     /// One lock per app and environment: at most one promotion deploys into a slot at a time.
     slots: Mutex<HashMap<Slot, Arc<tokio::sync::Mutex<()>>>>,
     live: Mutex<HashMap<Slot, LiveInstance>>,
+    /// The release each slot had before its last promotion, still running for `standby`.
+    standby: Mutex<HashMap<Slot, standby::Standby>>,
+    /// Slots whose live instance crash-looped and is no longer restarted, with why.
+    unhealthy: Mutex<HashMap<Slot, String>>,
     /// Distinguishes instance ids across server starts.
     boot: i64,
+}
+
+/// Locks a std mutex, taking over from a panicked holder: the maps it guards stay valid.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Engine {
@@ -82,6 +92,8 @@ impl Engine {
             routers,
             slots: Mutex::default(),
             live: Mutex::default(),
+            standby: Mutex::default(),
+            unhealthy: Mutex::default(),
             boot: jiff::Timestamp::now().as_millisecond(),
         });
         engine.record_driver_events();
@@ -113,16 +125,11 @@ impl Engine {
     }
 
     fn slot_lock(&self, slot: &Slot) -> Arc<tokio::sync::Mutex<()>> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.entry(slot.clone()).or_default().clone()
+        locked(&self.slots).entry(slot.clone()).or_default().clone()
     }
 
     fn live_instance(&self, slot: &Slot) -> Option<LiveInstance> {
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(slot)
-            .cloned()
+        locked(&self.live).get(slot).cloned()
     }
 
     fn set_live_instance(
@@ -130,7 +137,9 @@ impl Engine {
         slot: Slot,
         instance: Option<LiveInstance>,
     ) -> Option<LiveInstance> {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        // A new instance starts with a clean bill of health.
+        locked(&self.unhealthy).remove(&slot);
+        let mut live = locked(&self.live);
         match instance {
             Some(i) => live.insert(slot, i),
             None => live.remove(&slot),
@@ -153,7 +162,23 @@ impl Engine {
             .join(format!("{instance_id}.log"))
     }
 
-    /// Records the driver's crash and restart reports as events.
+    /// How long requests in flight on a replaced instance of `env` may take to finish.
+    fn drain_grace(&self, env: &EnvName) -> Duration {
+        self.config
+            .environment(env)
+            .map_or(STOP_GRACE, |e| e.drain.as_std())
+    }
+
+    /// The slot whose live instance is `id`.
+    fn slot_of_live(&self, id: &str) -> Option<Slot> {
+        locked(&self.live)
+            .iter()
+            .find(|(_, i)| i.id == id)
+            .map(|(s, _)| s.clone())
+    }
+
+    /// Records the driver's crash and restart reports as events; a live instance that
+    /// crash-loops marks its environment unhealthy.
     fn record_driver_events(self: &Arc<Self>) {
         let mut events = self.driver.subscribe();
         let engine = Arc::downgrade(self);
@@ -162,57 +187,62 @@ impl Engine {
                 let Some(engine) = engine.upgrade() else {
                     return;
                 };
-                let (id, kind, message) = match &event {
-                    shipgate_deploy::DriverEvent::Crashed {
-                        instance_id,
-                        exit,
-                        restart_in,
-                    } => (
-                        instance_id.clone(),
-                        "instance.crashed",
-                        format!(
-                            "instance {instance_id} crashed ({exit}); restarting in {restart_in:?}"
-                        ),
-                    ),
-                    shipgate_deploy::DriverEvent::Restarted { instance_id, pid } => (
-                        instance_id.clone(),
-                        "instance.restarted",
-                        format!("instance {instance_id} restarted as pid {pid} and is healthy"),
-                    ),
-                    shipgate_deploy::DriverEvent::GaveUp {
-                        instance_id,
-                        crashes,
-                    } => (
-                        instance_id.clone(),
-                        "instance.gave_up",
-                        format!(
-                            "instance {instance_id} crashed {crashes} times in a row; no longer restarting it"
-                        ),
-                    ),
-                };
-                let slot = engine
-                    .live
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .find(|(_, i)| i.id == id)
-                    .map(|(s, _)| s.clone());
-                let result = engine
-                    .store
-                    .append_event(shipgate_store::NewEvent {
-                        actor: SYSTEM.into(),
-                        kind: kind.into(),
-                        app: slot.as_ref().map(|s| s.0.to_string()),
-                        env: slot.as_ref().map(|s| s.1.to_string()),
-                        message,
-                        data: serde_json::to_value(&event).unwrap_or_default(),
-                        ..Default::default()
-                    })
-                    .await;
-                if let Err(e) = result {
+                if let Err(e) = engine.record_driver_event(&event).await {
                     tracing::error!("could not record a driver event: {e}");
                 }
             }
         });
+    }
+
+    async fn record_driver_event(&self, event: &DriverEvent) -> Result<(), EngineError> {
+        let (id, kind, message) = match event {
+            DriverEvent::Crashed {
+                instance_id,
+                exit,
+                restart_in,
+            } => (
+                instance_id,
+                "instance.crashed",
+                format!("instance {instance_id} crashed ({exit}); restarting in {restart_in:?}"),
+            ),
+            DriverEvent::Restarted { instance_id, pid } => (
+                instance_id,
+                "instance.restarted",
+                format!("instance {instance_id} restarted as pid {pid} and is healthy"),
+            ),
+            DriverEvent::GaveUp {
+                instance_id,
+                crashes,
+            } => {
+                let slot = self.slot_of_live(instance_id);
+                let message = format!(
+                    "instance {instance_id} crashed {crashes} times in a row and is no longer restarted"
+                );
+                match slot {
+                    Some(slot) => {
+                        let reason = format!("{message}; promote or roll back to recover");
+                        locked(&self.unhealthy).insert(slot, reason.clone());
+                        (instance_id, "environment.unhealthy", reason)
+                    }
+                    None => {
+                        self.drop_standby_instance(instance_id);
+                        (instance_id, "instance.gave_up", message)
+                    }
+                }
+            }
+        };
+        let slot = self.slot_of_live(id).or_else(|| self.slot_of_standby(id));
+        self.store
+            .append_event(shipgate_store::NewEvent {
+                actor: SYSTEM.into(),
+                kind: kind.into(),
+                app: slot.as_ref().map(|s| s.0.to_string()),
+                env: slot.as_ref().map(|s| s.1.to_string()),
+                message,
+                data: serde_json::to_value(event).unwrap_or_default(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
     }
 }

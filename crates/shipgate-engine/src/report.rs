@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
-use shipgate_core::{AppName, EnvName, PromotionState};
+use shipgate_core::{AppName, EnvName, PromotionState, Version};
 use shipgate_store::{Gate, LiveRelease, Promotion, PromotionFilter};
 
 use crate::{Engine, EngineError};
@@ -30,6 +30,21 @@ pub struct EnvironmentStatus {
     pub instance: Option<InstanceView>,
     /// Promotions not finished yet (pending, deploying, verifying).
     pub in_progress: Vec<Promotion>,
+    /// The replaced release still running for an instant rollback, if any.
+    pub standby: Option<StandbyView>,
+    /// Why the environment is unhealthy (its instance crash-looped), if it is.
+    pub unhealthy: Option<String>,
+}
+
+/// The warm standby of an app in an environment.
+#[derive(Debug, Clone, Serialize)]
+pub struct StandbyView {
+    /// The version it runs.
+    pub version: Version,
+    /// Its instance.
+    pub instance_id: String,
+    /// When it will be stopped (RFC 3339).
+    pub until: String,
 }
 
 /// A running instance as the driver sees it.
@@ -107,6 +122,12 @@ impl Engine {
                         .filter(|p| p.app == a.name && p.env == e.name)
                         .cloned()
                         .collect(),
+                    standby: self.standby_of(&slot).map(|s| StandbyView {
+                        version: s.live.version,
+                        instance_id: s.instance.id,
+                        until: s.until.to_string(),
+                    }),
+                    unhealthy: crate::locked(&self.unhealthy).get(&slot).cloned(),
                 });
             }
             out.push(AppStatus {

@@ -438,6 +438,7 @@ pub fn render_status(apps: &[Value]) -> String {
                 s(&live["version"])
             };
             let health = match &e["instance"] {
+                _ if !e["unhealthy"].is_null() => "CRASH-LOOPING (see shipgate audit)".to_owned(),
                 Value::Null if live.is_null() => "-".to_owned(),
                 Value::Null => "down".to_owned(),
                 i if i["healthy"] == true => {
@@ -457,6 +458,14 @@ pub fn render_status(apps: &[Value]) -> String {
                 version,
                 health,
                 s(&e["url"]),
+                match &e["standby"] {
+                    Value::Null => "-".to_owned(),
+                    sb => format!(
+                        "{} until {}",
+                        s(&sb["version"]),
+                        s(&sb["until"]).get(11..19).unwrap_or("?")
+                    ),
+                },
                 if progress.is_empty() {
                     "-".into()
                 } else {
@@ -466,7 +475,15 @@ pub fn render_status(apps: &[Value]) -> String {
         }
     }
     table(
-        &["APP", "ENV", "LIVE", "HEALTH", "URL", "IN PROGRESS"],
+        &[
+            "APP",
+            "ENV",
+            "LIVE",
+            "HEALTH",
+            "URL",
+            "STANDBY",
+            "IN PROGRESS",
+        ],
         &rows,
     )
 }

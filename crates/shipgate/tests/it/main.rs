@@ -6,4 +6,5 @@ mod bad_input;
 mod flow;
 mod helpers;
 mod restart;
+mod standby;
 mod supervision;
