@@ -622,10 +622,14 @@ data_dir = ".shipgate"             # database, artifacts, logs and the admin tok
 run = "./web --port ${PORT}"       # started inside the unpacked release directory
 health = "/healthz"                # answers 2xx once an instance is ready
 # health_timeout = "30s"
+# crash_loop = { crashes = 5, within = "1m" }   # more crashes than this: stop restarting, mark unhealthy
 
 [environments.development]
 listen = "127.0.0.1:8101"          # stable address; the router forwards it to the live instance
 vars = { LOG_LEVEL = "debug" }     # environment variables of every instance here
+# standby = "10m"                  # the replaced release keeps running this long: rollback is instant
+# drain = "30s"                    # requests in flight on a replaced instance may take this long
+# request_timeout = "60s"          # the router answers 504 if an instance takes longer to answer
 
 [environments.testing]
 after = "development"              # only releases verified in development may enter
