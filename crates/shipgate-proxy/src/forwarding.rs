@@ -1,19 +1,26 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Incoming};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
 
-use crate::upstream::{TrackedBody, Upstream};
+use crate::body::{RequestBody, ResponseBody};
+use crate::metrics::{MetricsRegistry, NO_RELEASE, ReleaseMetrics};
+use crate::tunnel::Tunnel;
+use crate::upstream::{InFlight, Upstream};
 
 /// What the router answers with: an upstream's streamed body or a problem document.
 pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -36,18 +43,36 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Which upstream serves each app of one environment.
 #[derive(Debug, Default)]
 pub(crate) struct RouteTable {
-    pub(crate) apps: HashMap<String, Upstream>,
+    pub(crate) apps: HashMap<String, Route>,
     pub(crate) default_app: Option<String>,
     /// Every app of the config, live here or not.
     pub(crate) known_apps: Vec<String>,
 }
 
-/// Everything the connections of one router share: its routes and a pooled client to upstreams.
+/// The live upstream of one app and the counters of its release.
+#[derive(Clone, Debug)]
+pub(crate) struct Route {
+    pub(crate) upstream: Upstream,
+    pub(crate) metrics: Arc<ReleaseMetrics>,
+}
+
+/// Why a request has nowhere to go.
+struct Unroutable {
+    /// The app the request is for, if the router could tell.
+    app: Option<String>,
+    detail: String,
+}
+
+/// Everything the connections of one router share: its routes, a pooled client to upstreams and
+/// the request metrics.
 #[derive(Debug)]
 pub(crate) struct Gateway {
     pub(crate) env: String,
     pub(crate) routes: RwLock<RouteTable>,
-    client: Client<HttpConnector, Incoming>,
+    pub(crate) metrics: MetricsRegistry,
+    /// Nanoseconds to wait for an upstream's response head; 0 waits as long as it takes.
+    request_timeout: AtomicU64,
+    client: Client<HttpConnector, RequestBody>,
 }
 
 impl Gateway {
@@ -60,76 +85,219 @@ impl Gateway {
         Self {
             env,
             routes: RwLock::default(),
+            metrics: MetricsRegistry::default(),
+            request_timeout: AtomicU64::new(0),
             client,
         }
     }
 
+    pub(crate) fn set_request_timeout(&self, timeout: Option<Duration>) {
+        // A zero timeout still has to mean "expire at once", not "never".
+        let nanos = timeout.map_or(0, |t| {
+            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
+        self.request_timeout.store(nanos, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_timeout(&self) -> Option<Duration> {
+        match self.request_timeout.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
     /// Forwards `req` from `client_ip` to the live upstream of its app, or explains why it cannot.
+    /// Every answer is counted for the release that gave it (or [`NO_RELEASE`]).
     pub(crate) async fn forward(
         &self,
         client_ip: IpAddr,
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
-        let upstream = match self.route(req.headers().get(HOST)) {
-            Ok(upstream) => upstream,
-            Err(detail) => {
-                return problem(StatusCode::SERVICE_UNAVAILABLE, "no live release", detail);
+        let received = Instant::now();
+        match self.route(&req) {
+            Ok(route) => self.exchange(client_ip, req, route, received).await,
+            Err(Unroutable { app, detail }) => {
+                let app = app.as_deref().unwrap_or(NO_RELEASE);
+                let metrics = self.metrics.release(app, NO_RELEASE);
+                let response = problem(StatusCode::SERVICE_UNAVAILABLE, "no live release", detail);
+                answered(&metrics, received, response)
             }
-        };
-        let req = match upstream_request(req, &upstream, client_ip) {
+        }
+    }
+
+    /// Sends `req` to the upstream of `route` and turns its answer into the client's.
+    async fn exchange(
+        &self,
+        client_ip: IpAddr,
+        mut req: Request<Incoming>,
+        route: Route,
+        received: Instant,
+    ) -> Response<ProxyBody> {
+        let Route { upstream, metrics } = route;
+        let protocol = upgrade_protocol(&req);
+        let client_upgrade = protocol.is_some().then(|| hyper::upgrade::on(&mut req));
+        let req = match upstream_request(req, &upstream, client_ip, protocol, &metrics) {
             Ok(req) => req,
             Err(err) => {
                 let detail = format!(
                     "the request target cannot be forwarded to `{}`: {err}",
                     upstream.label()
                 );
-                return problem(StatusCode::BAD_REQUEST, "bad request target", detail);
+                let response = problem(StatusCode::BAD_REQUEST, "bad request target", detail);
+                return answered(&metrics, received, response);
             }
         };
         let in_flight = upstream.start_request();
-        match self.client.request(req).await {
-            Ok(mut response) => {
-                strip_hop_by_hop(response.headers_mut());
-                response.map(|body| TrackedBody::new(body, in_flight).boxed_unsync())
-            }
-            Err(err) => {
-                let cause = error_chain(&err);
-                tracing::warn!(env = %self.env, upstream = upstream.label(), "forwarding failed: {cause}");
+        let mut response = match self.dispatch(req, &upstream).await {
+            Ok(response) => response,
+            Err(problem) => return answered(&metrics, received, problem),
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client) = client_upgrade else {
                 let detail = format!(
-                    "environment `{}` got no response from `{}` at {}: {cause}",
-                    self.env,
-                    upstream.label(),
-                    upstream.addr()
+                    "`{}` switched protocols for a request that did not ask to",
+                    upstream.label()
                 );
-                problem(StatusCode::BAD_GATEWAY, "upstream unavailable", detail)
-            }
+                let response = problem(StatusCode::BAD_GATEWAY, "unexpected upgrade", detail);
+                return answered(&metrics, received, response);
+            };
+            metrics.record_response(response.status(), received);
+            return open_tunnel(client, response, in_flight, metrics);
         }
+        strip_hop_by_hop(response.headers_mut());
+        metrics.record_response(response.status(), received);
+        response.map(|body| ResponseBody::new(body, metrics, in_flight).boxed_unsync())
     }
 
-    /// The upstream for a request with this Host header: the app its first label names, else the
+    /// Sends `req` to `upstream` and waits for the response head, within the request timeout if
+    /// there is one. The error is the problem to answer instead.
+    async fn dispatch(
+        &self,
+        req: Request<RequestBody>,
+        upstream: &Upstream,
+    ) -> Result<Response<Incoming>, Response<ProxyBody>> {
+        let env = &self.env;
+        let label = upstream.label();
+        let addr = upstream.addr();
+        let pending = self.client.request(req);
+        let result = match self.request_timeout() {
+            None => pending.await,
+            Some(timeout) => match tokio::time::timeout(timeout, pending).await {
+                Ok(result) => result,
+                Err(_elapsed) => {
+                    tracing::warn!(%env, upstream = label, ?timeout, "upstream timed out");
+                    let detail = format!(
+                        "environment `{env}` got no response head from `{label}` at {addr} within the \
+                         request timeout of {timeout:?}; the upstream may be overloaded or stuck \
+                         (see its log), or the timeout too short (`request_timeout` of the environment)"
+                    );
+                    let title = "upstream timed out";
+                    return Err(problem(StatusCode::GATEWAY_TIMEOUT, title, detail));
+                }
+            },
+        };
+        result.map_err(|err| {
+            let cause = error_chain(&err);
+            tracing::warn!(%env, upstream = label, "forwarding failed: {cause}");
+            let detail =
+                format!("environment `{env}` got no response from `{label}` at {addr}: {cause}");
+            problem(StatusCode::BAD_GATEWAY, "upstream unavailable", detail)
+        })
+    }
+
+    /// The route for a request: the app its Host (or HTTP/2 authority) first label names, else the
     /// default app. The error says why there is none.
-    fn route(&self, host: Option<&HeaderValue>) -> Result<Upstream, String> {
+    fn route(&self, req: &Request<Incoming>) -> Result<Route, Unroutable> {
         let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
         // A Host naming a known app reaches that app or nothing: never another app's answer.
-        let app = host
+        let app = host_of(req)
             .and_then(app_label)
             .filter(|label| routes.known_apps.contains(label) || routes.apps.contains_key(label))
             .or_else(|| routes.default_app.clone());
         let env = &self.env;
         match app {
-            Some(app) => routes.apps.get(&app).cloned().ok_or_else(|| {
-                format!(
-                    "environment `{env}` has no live release of `{app}` yet; promote one: shipgate promote {app}@VERSION --to {env}"
-                )
+            Some(app) => match routes.apps.get(&app) {
+                Some(route) => Ok(route.clone()),
+                None => Err(Unroutable {
+                    detail: format!(
+                        "environment `{env}` has no live release of `{app}` yet; promote one: shipgate promote {app}@VERSION --to {env}"
+                    ),
+                    app: Some(app),
+                }),
+            },
+            None => Err(Unroutable {
+                app: None,
+                detail: format!("no app is live in environment `{env}`"),
             }),
-            None => Err(format!("no app is live in environment `{env}`")),
         }
     }
 }
 
-/// The app a Host header names: its first DNS label, without the port.
-fn app_label(host: &HeaderValue) -> Option<String> {
-    let authority: Authority = host.to_str().ok()?.parse().ok()?;
+/// The host a request is for: its Host header, or the authority of its target (HTTP/2 sends
+/// `:authority` instead of Host).
+fn host_of(req: &Request<Incoming>) -> Option<&str> {
+    match req.headers().get(HOST) {
+        Some(host) => host.to_str().ok(),
+        None => req.uri().authority().map(Authority::as_str),
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with `Upgrade: X`).
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(UPGRADE).cloned()).flatten()
+}
+
+/// Answers the client's upgrade with the upstream's 101 and splices the two connections once both
+/// have switched; the upstream stays in flight until the tunnel closes.
+fn open_tunnel(
+    client: OnUpgrade,
+    mut response: Response<Incoming>,
+    in_flight: InFlight,
+    metrics: Arc<ReleaseMetrics>,
+) -> Response<ProxyBody> {
+    let tunnel = Tunnel {
+        client,
+        upstream: hyper::upgrade::on(&mut response),
+        in_flight,
+        metrics,
+    };
+    tunnel.spawn();
+    let (mut parts, _empty) = response.into_parts();
+    let accepted = parts.headers.get(UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    let upgrade = HeaderValue::from_static("upgrade");
+    parts.headers.insert(CONNECTION, upgrade);
+    if let Some(accepted) = accepted {
+        parts.headers.insert(UPGRADE, accepted);
+    }
+    Response::from_parts(parts, empty_body())
+}
+
+/// Counts a response the router made itself and hands it on.
+fn answered(
+    metrics: &ReleaseMetrics,
+    received: Instant,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    metrics.record_response(response.status(), received);
+    let length = response.body().size_hint().exact().unwrap_or(0);
+    metrics.add_response_bytes(length);
+    response
+}
+
+/// The app a host names: its first DNS label, without the port.
+fn app_label(host: &str) -> Option<String> {
+    let authority: Authority = host.parse().ok()?;
     authority
         .host()
         .split('.')
@@ -137,13 +305,18 @@ fn app_label(host: &HeaderValue) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
-/// Turns the client's request into the one sent to `upstream`: same method, path, query and body.
+/// Turns the client's request into the one sent to `upstream`: same method, path, query and body,
+/// over HTTP/1.1 whatever the client spoke. `upgrade` is the protocol the client asked to switch
+/// to, which then goes along with the `Connection: upgrade` that asks for it.
 fn upstream_request(
     req: Request<Incoming>,
     upstream: &Upstream,
     client_ip: IpAddr,
-) -> Result<Request<Incoming>, http::Error> {
+    upgrade: Option<HeaderValue>,
+    metrics: &Arc<ReleaseMetrics>,
+) -> Result<Request<RequestBody>, http::Error> {
     let (mut parts, body) = req.into_parts();
+    let authority = parts.uri.authority().cloned();
     let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     parts.uri = Uri::builder()
         .scheme(Scheme::HTTP)
@@ -153,6 +326,16 @@ fn upstream_request(
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, protocol);
+    }
+    // HTTP/1.1 needs a Host; an HTTP/2 client named it in the authority of the target.
+    if !headers.contains_key(HOST)
+        && let Some(authority) = authority
+    {
+        headers.insert(HOST, HeaderValue::try_from(authority.as_str())?);
+    }
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(earlier) => format!("{earlier}, {client_ip}"),
         None => client_ip.to_string(),
@@ -162,6 +345,7 @@ fn upstream_request(
     if let Some(host) = headers.get(HOST).cloned() {
         headers.insert(X_FORWARDED_HOST, host);
     }
+    let body = RequestBody::new(body, metrics.clone());
     Ok(Request::from_parts(parts, body))
 }
 
@@ -177,6 +361,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);
     }
+}
+
+fn empty_body() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// An RFC 9457 problem document.

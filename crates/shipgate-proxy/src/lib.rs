@@ -1,15 +1,28 @@
 //! The per-environment router: the data plane of shipgate. It owns one listener per environment,
-//! forwards each request to the live upstream of the app it is for, switches that upstream
-//! atomically, and tells the engine when an old upstream has drained. It must not decide which
-//! release is live (the engine calls [`Router::switch`]) and must not touch the database.
+//! forwards each request (HTTP/1.1, h2c, or an upgraded connection such as a WebSocket) to the
+//! live upstream of the app it is for, switches that upstream atomically, tells the engine when an
+//! old upstream has drained, and counts what each release answered ([`Router::metrics`],
+//! [`render_prometheus`]). It must not decide which release is live (the engine calls
+//! [`Router::switch`]), must not judge the metrics it counts (gates do), and must not touch the
+//! database.
 #![forbid(unsafe_code)]
 
+mod body;
 mod forwarding;
+mod metrics;
+mod prometheus;
 mod router;
+mod tunnel;
 mod upstream;
+mod window;
 
 use std::net::SocketAddr;
 
+pub use metrics::{
+    LATENCY_BUCKETS_MS, LatencyBucket, LatencyHistogram, NO_RELEASE, StatusClasses,
+    UpstreamMetrics, WindowSummary,
+};
+pub use prometheus::render_prometheus;
 pub use router::Router;
 pub use upstream::Upstream;
 

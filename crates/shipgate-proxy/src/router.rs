@@ -3,15 +3,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::ProxyError;
-use crate::forwarding::Gateway;
+use crate::forwarding::{Gateway, Route};
+use crate::metrics::{ReleaseMetrics, UpstreamMetrics};
 use crate::upstream::Upstream;
 
 /// How often `drain` looks at an upstream's in-flight count.
@@ -20,7 +21,9 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The router of one environment: listens on the environment's stable address and forwards each
-/// request to the live upstream of the app it is for.
+/// request to the live upstream of the app it is for. Clients may speak HTTP/1.1 (keep-alive,
+/// `Upgrade` such as WebSocket) or HTTP/2 with prior knowledge (h2c); upstreams are spoken to
+/// over pooled HTTP/1.1 connections.
 #[derive(Debug)]
 pub struct Router {
     local_addr: SocketAddr,
@@ -64,15 +67,20 @@ impl Router {
     pub fn switch(&self, app: &str, upstream: Option<Upstream>) -> Option<Upstream> {
         let to = upstream.as_ref().map_or("nothing", Upstream::label);
         tracing::info!(env = %self.gateway.env, app, to, "switching");
+        let route = upstream.map(|upstream| Route {
+            metrics: self.gateway.metrics.release(app, upstream.label()),
+            upstream,
+        });
         let mut routes = self
             .gateway
             .routes
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        match upstream {
-            Some(upstream) => routes.apps.insert(app.to_owned(), upstream),
+        let previous = match route {
+            Some(route) => routes.apps.insert(app.to_owned(), route),
             None => routes.apps.remove(app),
-        }
+        };
+        previous.map(|route| route.upstream)
     }
 
     /// The upstream `app` is currently routed to.
@@ -82,7 +90,7 @@ impl Router {
             .routes
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        routes.apps.get(app).cloned()
+        routes.apps.get(app).map(|route| route.upstream.clone())
     }
 
     /// Names the apps of the config. A request whose Host names one of them reaches that app
@@ -97,7 +105,40 @@ impl Router {
         routes.default_app = routes.known_apps.first().cloned();
     }
 
-    /// Waits until `upstream` has no request in flight, or `grace` has passed; returns true if it drained.
+    /// Sets how long a request may wait, from its dispatch to an upstream until the response head
+    /// arrives, before the router answers 504 instead; None (the default) waits as long as it
+    /// takes. A response body that has started streaming is never cut. Applies to requests
+    /// dispatched after this call.
+    pub fn set_request_timeout(&self, timeout: Option<Duration>) {
+        self.gateway.set_request_timeout(timeout);
+    }
+
+    /// The request timeout in force (see [`Router::set_request_timeout`]).
+    pub fn request_timeout(&self) -> Option<Duration> {
+        self.gateway.request_timeout()
+    }
+
+    /// A snapshot of the request metrics of every release this router has answered for since it
+    /// started (live or not), grouped by app; render them with [`crate::render_prometheus`].
+    pub fn metrics(&self) -> Vec<UpstreamMetrics> {
+        let live: Vec<Arc<ReleaseMetrics>> = {
+            let routes = self
+                .gateway
+                .routes
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let live = routes.apps.values();
+            live.map(|route| route.metrics.clone()).collect()
+        };
+        let releases = self.gateway.metrics.releases();
+        releases
+            .iter()
+            .map(|release| release.snapshot(live.iter().any(|l| Arc::ptr_eq(l, release))))
+            .collect()
+    }
+
+    /// Waits until `upstream` has no request in flight and no upgraded connection open, or `grace`
+    /// has passed; returns true if it drained.
     pub async fn drain(upstream: &Upstream, grace: Duration) -> bool {
         let idle = async {
             while upstream.in_flight() > 0 {
@@ -108,7 +149,8 @@ impl Router {
     }
 
     /// Stops accepting connections and ends the serving task. The port is free when this returns;
-    /// open connections finish the request they are on and then close.
+    /// open connections finish the requests they are on and then close. Upgraded connections
+    /// (WebSocket) are left to end with their upstream.
     pub async fn shutdown(&self) {
         self.stop.send_replace(());
         let accepting = self
@@ -125,6 +167,10 @@ impl Router {
 
 /// Accepts connections until the router stops; the listener is dropped on return.
 async fn accept(listener: TcpListener, gateway: Arc<Gateway>, mut stopping: watch::Receiver<()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
             _ = stopping.changed() => return,
@@ -132,7 +178,8 @@ async fn accept(listener: TcpListener, gateway: Arc<Gateway>, mut stopping: watc
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(serve(stream, peer, gateway.clone(), stopping.clone()));
+                let (gateway, stopping) = (gateway.clone(), stopping.clone());
+                tokio::spawn(serve(stream, peer, builder.clone(), gateway, stopping));
             }
             Err(err) => {
                 tracing::warn!(env = %gateway.env, "cannot accept a connection: {err}");
@@ -142,11 +189,12 @@ async fn accept(listener: TcpListener, gateway: Arc<Gateway>, mut stopping: watc
     }
 }
 
-/// Serves one client connection until it closes, or until the router stops and its current
-/// request is answered.
+/// Serves one client connection, HTTP/1.1 or h2c, until it closes, or until the router stops and
+/// its current requests are answered.
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     gateway: Arc<Gateway>,
     mut stopping: watch::Receiver<()>,
 ) {
@@ -157,9 +205,7 @@ async fn serve(
         let gateway = gateway.clone();
         async move { Ok::<_, Infallible>(gateway.forward(peer.ip(), req).await) }
     });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

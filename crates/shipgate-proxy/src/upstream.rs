@@ -1,11 +1,6 @@
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// One backend instance that a router may forward to. Cheap to clone; clones share the in-flight counter.
 #[derive(Clone, Debug)]
@@ -36,7 +31,8 @@ impl Upstream {
         &self.label
     }
 
-    /// Requests dispatched to this instance whose response has not been fully sent to the client yet.
+    /// Requests dispatched to this instance whose response has not been fully sent to the client
+    /// yet, and upgraded connections (WebSocket) to it that are still open.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
@@ -54,46 +50,5 @@ pub(crate) struct InFlight(Arc<AtomicUsize>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// An upstream's response body that keeps its request in flight until the body ends or is dropped.
-pub(crate) struct TrackedBody {
-    body: Incoming,
-    in_flight: Option<InFlight>,
-}
-
-impl TrackedBody {
-    pub(crate) fn new(body: Incoming, in_flight: InFlight) -> Self {
-        Self {
-            body,
-            in_flight: Some(in_flight),
-        }
-    }
-}
-
-impl Body for TrackedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = Pin::new(&mut self.body).poll_frame(cx);
-        // The end is released here, not only on drop, so `drain` does not depend on when the
-        // server gets around to dropping a finished body.
-        if let Poll::Ready(None) = frame {
-            self.in_flight = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

@@ -42,7 +42,8 @@ where
                 let response = respond(req);
                 async move { Ok::<_, Infallible>(response.await) }
             });
-            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(connection.with_upgrades());
         }
     });
     addr
@@ -77,6 +78,22 @@ pub async fn echo(name: &'static str) -> SocketAddr {
 pub async fn send(req: Request<Full<Bytes>>) -> Response<Incoming> {
     let client = Client::builder(TokioExecutor::new()).build_http();
     client.request(req).await.unwrap()
+}
+
+/// Sends `req` over HTTP/2 with prior knowledge (h2c), as gRPC clients and load testers do.
+pub async fn send_h2(req: Request<Full<Bytes>>) -> Response<Incoming> {
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    client.request(req).await.unwrap()
+}
+
+/// POSTs `body` to `path` through `router`.
+pub async fn post(router: &Router, path: &str, body: &'static str) -> Reply {
+    let req = Request::post(format!("http://{}{path}", router.local_addr()))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    read(send(req).await).await
 }
 
 /// A response read to the end.

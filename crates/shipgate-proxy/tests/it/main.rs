@@ -3,5 +3,9 @@
 
 mod forwarding;
 mod helpers;
+mod http2;
+mod metrics;
 mod shutdown;
 mod switching;
+mod timeout;
+mod upgrade;

@@ -140,5 +140,9 @@ fn a_crash_loop_marks_the_environment_unhealthy() {
     s.ok(&["promote", "web@1.0.1", "--to", "development", "--wait"]);
     let development = env_status(&s.json(&["status"]), "development");
     assert_eq!(development["unhealthy"], Value::Null);
-    assert_eq!(development["standby"], Value::Null, "a crashed instance is not kept warm");
+    assert_eq!(
+        development["standby"],
+        Value::Null,
+        "a crashed instance is not kept warm"
+    );
 }
