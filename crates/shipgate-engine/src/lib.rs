@@ -82,6 +82,7 @@ impl Engine {
             let router = Router::bind(env.listen, env.name.as_str()).await?;
             let apps: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
             router.set_apps(&apps);
+            router.set_request_timeout(env.request_timeout.map(|t| t.as_std()));
             routers.insert(env.name.clone(), Arc::new(router));
         }
         let engine = Arc::new(Engine {
@@ -114,6 +115,15 @@ impl Engine {
     /// The artifact store (uploads are received through it).
     pub fn artifacts(&self) -> &ArtifactStore {
         &self.artifacts
+    }
+
+    /// Request metrics of every environment's router, in flow order.
+    pub fn request_metrics(&self) -> Vec<(String, Vec<shipgate_proxy::UpstreamMetrics>)> {
+        self.config
+            .environments
+            .iter()
+            .filter_map(|e| Some((e.name.to_string(), self.routers.get(&e.name)?.metrics())))
+            .collect()
     }
 
     /// Stops routing and every instance.

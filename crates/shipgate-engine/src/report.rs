@@ -34,6 +34,8 @@ pub struct EnvironmentStatus {
     pub standby: Option<StandbyView>,
     /// Why the environment is unhealthy (its instance crash-looped), if it is.
     pub unhealthy: Option<String>,
+    /// The live release's traffic through the router over the last minute.
+    pub traffic: Option<shipgate_proxy::WindowSummary>,
 }
 
 /// The warm standby of an app in an environment.
@@ -128,6 +130,12 @@ impl Engine {
                         until: s.until.to_string(),
                     }),
                     unhealthy: crate::locked(&self.unhealthy).get(&slot).cloned(),
+                    traffic: self.routers.get(&e.name).and_then(|r| {
+                        r.metrics()
+                            .into_iter()
+                            .find(|m| m.app == a.name.as_str() && m.live)
+                            .map(|m| m.last_minute)
+                    }),
                 });
             }
             out.push(AppStatus {

@@ -72,10 +72,26 @@ pub(crate) fn routes(state: AppState) -> Router {
                 "the endpoints under /api/v1/ are described at /api/v1/openapi.json",
             )
         });
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/api/v1", api)
+        .merge(metrics)
         .with_state(state)
+}
+
+/// Request metrics of every environment in the Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let text = shipgate_proxy::render_prometheus(&state.engine.request_metrics());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -426,6 +426,23 @@ async fn status(g: &Global, out: Printer, app: Option<String>) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// Requests/s, error rate and latency of the last minute, or `-` without traffic.
+fn traffic(t: &Value) -> String {
+    let Some(rps) = t["requests_per_second"]
+        .as_f64()
+        .filter(|_| t["requests"].as_u64().unwrap_or(0) > 0)
+    else {
+        return "-".to_owned();
+    };
+    let ms = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.1}ms"));
+    format!(
+        "{rps:.1} req/s, {:.1}% 5xx, p50 {} p99 {}",
+        t["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+        ms(&t["p50_ms"]),
+        ms(&t["p99_ms"])
+    )
+}
+
 /// The status table: one row per app and environment.
 pub fn render_status(apps: &[Value]) -> String {
     let mut rows = Vec::new();
@@ -458,6 +475,7 @@ pub fn render_status(apps: &[Value]) -> String {
                 version,
                 health,
                 s(&e["url"]),
+                traffic(&e["traffic"]),
                 match &e["standby"] {
                     Value::Null => "-".to_owned(),
                     sb => format!(
@@ -481,6 +499,7 @@ pub fn render_status(apps: &[Value]) -> String {
             "LIVE",
             "HEALTH",
             "URL",
+            "TRAFFIC (1 MIN)",
             "STANDBY",
             "IN PROGRESS",
         ],

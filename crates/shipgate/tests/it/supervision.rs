@@ -396,3 +396,51 @@ fn sigterm_ends_open_event_streams_and_exits_0() {
     assert_eq!(exit.code(), Some(0), "{}", s.log());
     assert_eq!(s.instance_processes(), [], "every instance was stopped");
 }
+
+#[test]
+fn request_metrics_count_what_the_router_served() {
+    let s = spawn_server(&four_envs(""));
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "development");
+    let url = s.url("development");
+    for _ in 0..5 {
+        assert_eq!(s.get(&format!("{url}/")).unwrap().status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(s.get(&format!("{url}/missing")).unwrap().status, 404);
+    }
+    let token = fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
+    assert_eq!(
+        crate::helpers::http_get(&format!("{}/metrics", s.api()), None)
+            .unwrap()
+            .status,
+        401
+    );
+    let metrics =
+        crate::helpers::http_get(&format!("{}/metrics", s.api()), Some(token.trim())).unwrap();
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .content_type
+            .starts_with("text/plain; version=0.0.4"),
+        "{}",
+        metrics.content_type
+    );
+    let series = r#"{app="web",env="development",release="web@1.0.0""#;
+    for line in [
+        format!("shipgate_requests_total{series},class=\"2xx\"}} 5"),
+        format!("shipgate_requests_total{series},class=\"4xx\"}} 2"),
+        format!("shipgate_requests_total{series},class=\"5xx\"}} 0"),
+        format!("shipgate_request_duration_seconds_count{series}}} 7"),
+    ] {
+        assert!(
+            metrics.body.lines().any(|l| l == line),
+            "no line `{line}` in:\n{}",
+            metrics.body
+        );
+    }
+    let traffic = env_status(&s.json(&["status"]), "development")["traffic"].clone();
+    assert_eq!(traffic["requests"], json!(7), "{traffic}");
+    assert_eq!(traffic["error_rate"], json!(0.0), "{traffic}");
+    assert!(s.ok(&["status"]).contains("0.0% 5xx"));
+}
