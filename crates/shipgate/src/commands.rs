@@ -84,6 +84,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Bench(BenchCommand::Promote { runs }) => crate::bench::promote(runs).await,
+        Command::Bench(BenchCommand::Router {
+            duration,
+            cycles,
+            rollbacks,
+            load_duration,
+            connections,
+            client_threads,
+        }) => {
+            crate::bench::router::run(crate::bench::router::Options {
+                duration,
+                cycles,
+                rollbacks,
+                load_duration,
+                connections,
+                client_threads,
+            })
+            .await
+        }
         Command::SampleApp { port } => crate::sample::serve(port).await,
         Command::SampleSmoke {
             url,
@@ -346,12 +364,14 @@ async fn finish_promotion(
         s(&promotion["env"])
     );
     if !wait {
-        out.print(&promotion, |_| {
-            format!(
+        out.print(&promotion, |p| match p["state"].as_str() {
+            // A rollback to the warm standby is done by the time the server answers.
+            Some("succeeded") => format!("promotion {id} succeeded: {what}"),
+            _ => format!(
                 "promotion {id} accepted: {what} (follow it: shipgate history {} --env {})",
-                s(&promotion["app"]),
-                s(&promotion["env"])
-            )
+                s(&p["app"]),
+                s(&p["env"])
+            ),
         });
         return Ok(ExitCode::SUCCESS);
     }
