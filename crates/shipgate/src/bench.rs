@@ -1,4 +1,5 @@
-//! `shipgate bench promote`: shipgate's own overhead of a promotion.
+//! `shipgate bench promote`: shipgate's own overhead of a promotion. `shipgate bench router` is
+//! in [`router`], with its load client in [`load`].
 //!
 //! For each run: from the promote API call until the environment's address answers with the
 //! new version. The anchor, measured in the same run: the sample app's own time from spawn to
@@ -11,6 +12,9 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::demo::{SampleServer, free_port, sample_release};
+
+mod load;
+pub mod router;
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
