@@ -210,19 +210,24 @@ impl Gateway {
     fn route(&self, req: &Request<Incoming>) -> Result<Route, Unroutable> {
         let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
         // A Host naming a known app reaches that app or nothing: never another app's answer.
-        let app = host_of(req)
-            .and_then(app_label)
-            .filter(|label| routes.known_apps.contains(label) || routes.apps.contains_key(label))
-            .or_else(|| routes.default_app.clone());
+        let named = host_of(req).and_then(app_label);
+        let app = named
+            .and_then(|label| {
+                let known = routes.known_apps.iter().chain(routes.apps.keys());
+                known
+                    .map(String::as_str)
+                    .find(|app| app.eq_ignore_ascii_case(label))
+            })
+            .or(routes.default_app.as_deref());
         let env = &self.env;
         match app {
-            Some(app) => match routes.apps.get(&app) {
+            Some(app) => match routes.apps.get(app) {
                 Some(route) => Ok(route.clone()),
                 None => Err(Unroutable {
                     detail: format!(
                         "environment `{env}` has no live release of `{app}` yet; promote one: shipgate promote {app}@VERSION --to {env}"
                     ),
-                    app: Some(app),
+                    app: Some(app.to_owned()),
                 }),
             },
             None => Err(Unroutable {
@@ -295,14 +300,14 @@ fn answered(
     response
 }
 
-/// The app a host names: its first DNS label, without the port.
-fn app_label(host: &str) -> Option<String> {
-    let authority: Authority = host.parse().ok()?;
-    authority
-        .host()
-        .split('.')
-        .next()
-        .map(str::to_ascii_lowercase)
+/// The app a host names: its first DNS label, without the port (compared ignoring case).
+fn app_label(host: &str) -> Option<&str> {
+    // `[::1]:8101` names no app; `web.localhost:8101` names `web`.
+    if host.starts_with('[') {
+        return None;
+    }
+    let name = host.split(':').next()?;
+    name.split('.').next().filter(|label| !label.is_empty())
 }
 
 /// Turns the client's request into the one sent to `upstream`: same method, path, query and body,
@@ -317,12 +322,14 @@ fn upstream_request(
 ) -> Result<Request<RequestBody>, http::Error> {
     let (mut parts, body) = req.into_parts();
     let authority = parts.uri.authority().cloned();
-    let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(upstream.addr().to_string())
-        .path_and_query(path)
-        .build()?;
+    // Reuses the parsed path and query; only the scheme and authority change.
+    let mut target = std::mem::take(&mut parts.uri).into_parts();
+    target.scheme = Some(Scheme::HTTP);
+    target.authority = Some(upstream.authority().clone());
+    if target.path_and_query.is_none() {
+        target.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(target)?;
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -351,6 +358,12 @@ fn upstream_request(
 
 /// Removes the hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.contains_key(CONNECTION) {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()

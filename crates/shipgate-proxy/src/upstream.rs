@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 #[derive(Clone, Debug)]
 pub struct Upstream {
     addr: SocketAddr,
+    /// `addr` as a URI authority, made once rather than per request.
+    authority: http::uri::Authority,
     label: Arc<str>,
     in_flight: Arc<AtomicUsize>,
 }
@@ -14,8 +16,12 @@ impl Upstream {
     /// An instance listening on `addr`; `label` names it in logs and errors, e.g. `web@1.4.2`.
     pub fn new(addr: SocketAddr, label: impl Into<String>) -> Self {
         let label = label.into().into();
+        // A socket address always renders as a valid authority.
+        let authority = http::uri::Authority::try_from(addr.to_string())
+            .expect("a socket address is a valid URI authority");
         Self {
             addr,
+            authority,
             label,
             in_flight: Arc::default(),
         }
@@ -24,6 +30,11 @@ impl Upstream {
     /// Where the instance listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the instance listens, as a URI authority.
+    pub(crate) fn authority(&self) -> &http::uri::Authority {
+        &self.authority
     }
 
     /// The name given at creation, e.g. `web@1.4.2`.
