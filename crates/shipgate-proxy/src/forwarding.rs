@@ -63,31 +63,46 @@ struct Unroutable {
     detail: String,
 }
 
-/// Everything the connections of one router share: its routes, a pooled client to upstreams and
-/// the request metrics.
+/// What the connections of one router work with: its routes, the request metrics and the
+/// timeout (shared by every worker thread), and a pooled client to upstreams (one per worker, so
+/// an upstream connection is driven by the thread that uses it).
 #[derive(Debug)]
 pub(crate) struct Gateway {
     pub(crate) env: String,
-    pub(crate) routes: RwLock<RouteTable>,
-    pub(crate) metrics: MetricsRegistry,
+    pub(crate) routes: Arc<RwLock<RouteTable>>,
+    pub(crate) metrics: Arc<MetricsRegistry>,
     /// Nanoseconds to wait for an upstream's response head; 0 waits as long as it takes.
-    request_timeout: AtomicU64,
+    request_timeout: Arc<AtomicU64>,
     client: Client<HttpConnector, RequestBody>,
+}
+
+fn upstream_client() -> Client<HttpConnector, RequestBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 impl Gateway {
     pub(crate) fn new(env: String) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Self {
             env,
-            routes: RwLock::default(),
-            metrics: MetricsRegistry::default(),
-            request_timeout: AtomicU64::new(0),
-            client,
+            routes: Arc::default(),
+            metrics: Arc::default(),
+            request_timeout: Arc::default(),
+            client: upstream_client(),
+        }
+    }
+
+    /// The same routes, metrics and timeout, with a connection pool of its own.
+    pub(crate) fn for_worker(&self) -> Self {
+        Self {
+            env: self.env.clone(),
+            routes: Arc::clone(&self.routes),
+            metrics: Arc::clone(&self.metrics),
+            request_timeout: Arc::clone(&self.request_timeout),
+            client: upstream_client(),
         }
     }
 

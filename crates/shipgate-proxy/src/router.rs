@@ -7,7 +7,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::ProxyError;
@@ -17,6 +17,8 @@ use crate::upstream::Upstream;
 
 /// How often `drain` looks at an upstream's in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// Worker threads of one router at most, whatever the number of cores.
+const MAX_WORKERS: usize = 8;
 /// Pause after a failed accept, so running out of file descriptors does not become a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -45,9 +47,10 @@ impl Router {
         let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         tracing::info!(%env, %local_addr, "router listening");
-        let gateway = Arc::new(Gateway::new(env));
+        let gateway = Arc::new(Gateway::new(env.clone()));
         let (stop, stopping) = watch::channel(());
-        let accepting = tokio::spawn(accept(listener, gateway.clone(), stopping));
+        let workers = start_workers(&gateway, &stopping).map_err(bind_error)?;
+        let accepting = tokio::spawn(accept(listener, workers, stopping, gateway.env.clone()));
         Ok(Router {
             local_addr,
             gateway,
@@ -165,24 +168,89 @@ impl Router {
     }
 }
 
-/// Accepts connections until the router stops; the listener is dropped on return.
-async fn accept(listener: TcpListener, gateway: Arc<Gateway>, mut stopping: watch::Receiver<()>) {
+/// A client connection handed from the accepting task to a worker thread.
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// Starts one worker thread per core, each with a single-threaded runtime of its own: every
+/// worker polls its own sockets, so the router's connections spread over all cores instead of
+/// waiting on one shared I/O driver. Returns the channels that hand connections to them.
+fn start_workers(
+    gateway: &Gateway,
+    stopping: &watch::Receiver<()>,
+) -> std::io::Result<Vec<mpsc::UnboundedSender<Handoff>>> {
+    let count = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_WORKERS);
+    let mut senders = Vec::with_capacity(count);
+    for index in 0..count {
+        let (sender, connections) = mpsc::unbounded_channel();
+        let gateway = Arc::new(gateway.for_worker());
+        let stopping = stopping.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("router-{}-{index}", gateway.env))
+            .spawn(move || runtime.block_on(work(connections, gateway, stopping)))?;
+        senders.push(sender);
+    }
+    Ok(senders)
+}
+
+/// A worker: serves the connections it is handed until the router stops, then lets the open
+/// ones finish their current requests.
+async fn work(
+    mut handed: mpsc::UnboundedReceiver<Handoff>,
+    gateway: Arc<Gateway>,
+    stopping: watch::Receiver<()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            next = handed.recv() => {
+                let Some((stream, peer)) = next else { break };
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        let (builder, gateway, stopping) = (builder.clone(), gateway.clone(), stopping.clone());
+                        connections.spawn(serve(stream, peer, builder, gateway, stopping));
+                    }
+                    Err(err) => tracing::warn!(env = %gateway.env, %peer, "cannot take a connection: {err}"),
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// Accepts connections until the router stops and hands them to the workers in turn; the
+/// listener is dropped on return, and with the channels the workers wind down.
+async fn accept(
+    listener: TcpListener,
+    workers: Vec<mpsc::UnboundedSender<Handoff>>,
+    mut stopping: watch::Receiver<()>,
+    env: String,
+) {
+    let mut next = 0;
     loop {
         let accepted = tokio::select! {
             _ = stopping.changed() => return,
             accepted = listener.accept() => accepted,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let (gateway, stopping) = (gateway.clone(), stopping.clone());
-                tokio::spawn(serve(stream, peer, builder.clone(), gateway, stopping));
+        match accepted.and_then(|(stream, peer)| Ok((stream.into_std()?, peer))) {
+            Ok(handoff) => {
+                if workers[next % workers.len()].send(handoff).is_err() {
+                    tracing::error!(%env, "a router worker has stopped; not accepting any more");
+                    return;
+                }
+                next = next.wrapping_add(1);
             }
             Err(err) => {
-                tracing::warn!(env = %gateway.env, "cannot accept a connection: {err}");
+                tracing::warn!(%env, "cannot accept a connection: {err}");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }

@@ -18,13 +18,22 @@ pub const ENVS: [&str; 4] = ["development", "testing", "staging", "production"];
 const FIXTURE_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/app");
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago and that no other test of this run was given:
+/// the kernel may hand the same free port out twice in a row.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `done` until it holds; panics naming `what` after 30 s.
