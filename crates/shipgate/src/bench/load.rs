@@ -166,6 +166,25 @@ pub struct Report {
 }
 
 impl Report {
+    /// One report of two runs against the same target: counts and times added, latencies pooled.
+    pub fn merge(mut self, other: Report) -> Report {
+        self.sent += other.sent;
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.reconnects += other.reconnects;
+        self.elapsed += other.elapsed;
+        for (kind, n) in other.kinds {
+            *self.kinds.entry(kind).or_default() += n;
+        }
+        self.failures.extend(other.failures);
+        for (body, n) in other.bodies {
+            *self.bodies.entry(body).or_default() += n;
+        }
+        self.latencies.extend(other.latencies);
+        self.latencies.sort_unstable();
+        self
+    }
+
     /// Successful requests per second.
     pub fn per_second(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)

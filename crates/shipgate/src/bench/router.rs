@@ -442,38 +442,50 @@ async fn throughput(
     let live = env["live"]["version"].as_str().unwrap_or("?").to_owned();
     let backend = SocketAddr::from(([127, 0, 0, 1], port));
 
-    let measure = |addr: SocketAddr| async move {
+    let measure = |addr: SocketAddr, duration: Duration| async move {
         Load::run_for(rt, addr, "/", o.connections, WARM_UP).await?;
-        Load::run_for(rt, addr, "/", o.connections, o.load_duration).await
+        Load::run_for(rt, addr, "/", o.connections, duration).await
     };
     eprintln!(
         "  running part 3 ({:.0} s each, after {:.0} s of warm-up)…",
         o.load_duration.as_secs_f64(),
         WARM_UP.as_secs_f64()
     );
-    let direct = measure(backend).await?;
-    let router = measure(env_addr).await?;
+    let direct = measure(backend, o.load_duration).await?;
     let nginx = match find_nginx() {
         None => Err(
             "nginx is not installed: install it with `apt-get install -y nginx` (Debian) to compare; the nginx row is skipped"
                 .to_owned(),
         ),
-        Some(exe) => match Nginx::start(&exe, port).await {
-            Err(e) => Err(format!("nginx did not start ({e:#}); the nginx row is skipped")),
-            Ok(nginx) => {
-                let measured = measure(nginx.addr).await;
-                let (label, addr) = (nginx.version.clone(), nginx.addr);
-                nginx.stop().await;
-                Ok((label, addr, measured?))
-            }
-        },
+        Some(exe) => Nginx::start(&exe, port)
+            .await
+            .map_err(|e| format!("nginx did not start ({e:#}); the nginx row is skipped")),
     };
+    // Router and nginx take turns, router–nginx–nginx–router, each half the time: whatever drifts
+    // during the run (caches, the CPU's clock, the backend warming up) weighs on both alike.
+    let half = o.load_duration / 2;
+    let router_first = measure(env_addr, half).await?;
+    let nginx = match nginx {
+        Err(why) => Err(why),
+        Ok(nginx) => {
+            let measured = async {
+                let first = measure(nginx.addr, half).await?;
+                let second = measure(nginx.addr, half).await?;
+                anyhow::Ok(first.merge(second))
+            }
+            .await;
+            let (label, addr) = (nginx.version.clone(), nginx.addr);
+            nginx.stop().await;
+            Ok((label, addr, measured?))
+        }
+    };
+    let router = router_first.merge(measure(env_addr, half).await?);
 
     println!(
         "3. Throughput and latency: one sample-app process (web@{live}, port {port}) hit directly, through shipgate's router and through nginx"
     );
     println!(
-        "   same client for each: {} keep-alive connections, GET /, {:.0} s warm-up (not counted) then {:.0} s",
+        "   same client for each: {} keep-alive connections, GET /, {:.0} s warm-up (not counted) then {:.0} s (router and nginx: two halves, in the order router, nginx, nginx, router)",
         o.connections,
         WARM_UP.as_secs_f64(),
         o.load_duration.as_secs_f64()
