@@ -7,6 +7,7 @@
 //! inputs, so the rules can be unit- and property-tested without a server.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
 pub mod config;
 pub mod duration;
@@ -15,6 +16,7 @@ pub mod promotion;
 pub mod size;
 pub mod template;
 
+pub use access::{Action, Denied, Grant, Role};
 pub use config::{
     AppConfig, Config, ConfigError, ConfigProblem, CrashLoop, EnvironmentConfig, ServerConfig,
 };

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 
 use axum::body::Body;
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -13,13 +13,13 @@ use axum::routing::{MethodFilter, MethodRouter, get, on};
 use axum::{Json, Router, middleware};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
-use shipgate_core::{AppName, Digest, EnvName, ReleaseRef, Version};
+use shipgate_core::{Action, AppName, Digest, EnvName, ReleaseRef, Version};
 use shipgate_engine::flow::ReleaseRequest;
-use shipgate_store::{EventFilter, TokenRecord, verify_chain};
+use shipgate_store::{EventFilter, NewToken, verify_chain};
 
 use crate::AppState;
 use crate::auth::require_token;
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use crate::problem::Problem;
 
 /// The actor of changes the server makes by itself.
@@ -52,6 +52,9 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         GET "/events/stream" => event_stream,
         GET "/audit/verify" => verify_audit,
         GET "/openapi.json" => openapi,
+        POST "/tokens" => create_token,
+        GET "/tokens" => list_tokens,
+        DELETE "/tokens/{name}" => revoke_token,
     ]
 }
 
@@ -83,22 +86,26 @@ pub(crate) fn routes(state: AppState) -> Router {
 }
 
 /// Request metrics of every environment in the Prometheus text format.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = shipgate_proxy::render_prometheus(&state.engine.request_metrics());
-    (
+async fn metrics(State(state): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::Read, None)?;
+    let mut all = state.engine.request_metrics();
+    all.retain(|(env, _)| caller.sees(Some(env)));
+    let text = shipgate_proxy::render_prometheus(&all);
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
         text,
-    )
+    ))
 }
 
-async fn openapi() -> impl IntoResponse {
-    (
+async fn openapi(caller: Caller) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::Read, None)?;
+    Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         OPENAPI,
-    )
+    ))
 }
 
 /// An app name from a request that the config knows.
@@ -137,12 +144,13 @@ struct ReleaseQuery {
 
 async fn create_release(
     State(state): State<AppState>,
-    Extension(token): Extension<TokenRecord>,
+    caller: Caller,
     ApiPath(app): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReleaseQuery>,
     // Read as a raw stream: axum's 2 MB default body limit does not apply, `max_artifact_size` does.
     body: Body,
 ) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::RegisterRelease, None)?;
     let app = configured_app(&state, &app)?;
     let version = parse("version", &q.version, Version::parse)?;
     let claimed = parse("digest", &q.digest, Digest::parse)?;
@@ -174,7 +182,9 @@ async fn create_release(
         commit: q.commit,
         notes: q.notes,
     };
-    let (release, created) = engine.create_release(request, checked, &token.name).await?;
+    let (release, created) = engine
+        .create_release(request, checked, caller.name())
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -193,8 +203,10 @@ struct AppQuery {
 
 async fn list_releases(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<AppQuery>,
 ) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::Read, None)?;
     let app = optional("app", q.app.as_deref(), AppName::parse)?;
     Ok(Json(state.engine.store().releases(app.as_ref()).await?))
 }
@@ -207,20 +219,24 @@ struct PromoteBody {
 
 async fn promote(
     State(state): State<AppState>,
-    Extension(token): Extension<TokenRecord>,
+    caller: Caller,
     ApiJson(b): ApiJson<PromoteBody>,
 ) -> ApiResult<impl IntoResponse> {
     let release = parse("release", &b.release, ReleaseRef::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
-    let promotion = state.engine.promote(&release, &env, &token.name).await?;
+    caller.allow(Action::Promote, Some(&env))?;
+    let promotion = state.engine.promote(&release, &env, caller.name()).await?;
     Ok((StatusCode::ACCEPTED, Json(promotion)))
 }
 
 async fn promotion(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(state.engine.promotion(id).await?))
+    let entry = state.engine.promotion(id).await?;
+    caller.allow(Action::Read, Some(&entry.promotion.env))?;
+    Ok(Json(entry))
 }
 
 #[derive(Deserialize)]
@@ -232,25 +248,33 @@ struct RollbackBody {
 
 async fn rollback(
     State(state): State<AppState>,
-    Extension(token): Extension<TokenRecord>,
+    caller: Caller,
     ApiJson(b): ApiJson<RollbackBody>,
 ) -> ApiResult<impl IntoResponse> {
     let app = parse("app", &b.app, AppName::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
     let to = optional("version", b.to.as_deref(), Version::parse)?;
+    caller.allow(Action::Rollback, Some(&env))?;
     let promotion = state
         .engine
-        .rollback(&app, &env, to.as_ref(), &token.name)
+        .rollback(&app, &env, to.as_ref(), caller.name())
         .await?;
     Ok((StatusCode::ACCEPTED, Json(promotion)))
 }
 
 async fn status(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<AppQuery>,
 ) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::Read, None)?;
     let app = optional("app", q.app.as_deref(), AppName::parse)?;
-    Ok(Json(state.engine.status(app.as_ref()).await?))
+    let mut apps = state.engine.status(app.as_ref()).await?;
+    for app in &mut apps {
+        app.environments
+            .retain(|e| caller.sees(Some(e.env.as_str())));
+    }
+    Ok(Json(apps))
 }
 
 #[derive(Deserialize)]
@@ -262,16 +286,18 @@ struct HistoryQuery {
 
 async fn history(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let app = configured_app(&state, &q.app)?;
     let env = optional("environment", q.env.as_deref(), EnvName::parse)?;
-    Ok(Json(
-        state
-            .engine
-            .history(&app, env.as_ref(), q.limit.unwrap_or(50))
-            .await?,
-    ))
+    caller.allow(Action::Read, env.as_ref())?;
+    let mut entries = state
+        .engine
+        .history(&app, env.as_ref(), q.limit.unwrap_or(50))
+        .await?;
+    entries.retain(|e| caller.sees(Some(e.promotion.env.as_str())));
+    Ok(Json(entries))
 }
 
 #[derive(Deserialize)]
@@ -285,10 +311,12 @@ struct LogsQuery {
 
 async fn logs(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let app = configured_app(&state, &q.app)?;
     let env = parse("environment", &q.env, EnvName::parse)?;
+    caller.allow(Action::Read, Some(&env))?;
     let Some(path) = state.engine.log_file(&app, &env) else {
         return Ok(Json(serde_json::json!({ "text": "", "offset": 0 })));
     };
@@ -342,38 +370,134 @@ struct EventsQuery {
 
 async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<impl IntoResponse> {
+    let env = optional("environment", q.env.as_deref(), EnvName::parse)?;
+    caller.allow(Action::Read, env.as_ref())?;
     let filter = EventFilter {
         after: q.after.unwrap_or(0),
         limit: Some(q.limit.unwrap_or(1000).min(10_000)),
         app: q.app,
         env: q.env,
     };
-    Ok(Json(state.engine.store().events(filter).await?))
+    let mut events = state.engine.store().events(filter).await?;
+    events.retain(|e| caller.sees(e.env.as_deref()));
+    Ok(Json(events))
 }
 
 async fn event_stream(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    caller: Caller,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    caller.allow(Action::Read, None)?;
+    let caller = std::sync::Arc::new(caller);
     let events = tokio_stream::wrappers::BroadcastStream::new(state.engine.store().subscribe());
-    let stream = events.filter_map(|e| async move {
-        let e = e.ok()?;
-        Some(Ok(SseEvent::default()
-            .event(e.kind.clone())
-            .id(e.id.to_string())
-            .data(serde_json::to_string(&e).ok()?)))
+    let stream = events.filter_map(move |e| {
+        let caller = caller.clone();
+        async move {
+            let e = e.ok().filter(|e| caller.sees(e.env.as_deref()))?;
+            Some(Ok(SseEvent::default()
+                .event(e.kind.clone())
+                .id(e.id.to_string())
+                .data(serde_json::to_string(&e).ok()?)))
+        }
     });
     let mut stopping = state.stopping.clone();
     let stream = stream.take_until(async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-async fn verify_audit(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+async fn verify_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::Read, None)?;
     let events = state.engine.store().events(EventFilter::default()).await?;
     Ok(Json(verify_chain(&events)))
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    name: String,
+    role: String,
+    #[serde(default)]
+    envs: Vec<String>,
+}
+
+/// Creates a token; the secret is in this answer and nowhere else (only its hash is stored).
+async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(b): ApiJson<TokenBody>,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::ManageTokens, None)?;
+    let name = b.name.trim();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+        return Err(Problem::bad_request(
+            "a token name is 1 to 64 letters, digits, `-`, `_`, `.` or `@`, for example `ci-deploy`",
+        ));
+    }
+    let role = shipgate_core::Role::parse(&b.role).map_err(Problem::bad_request)?;
+    let envs = b
+        .envs
+        .iter()
+        .map(|e| {
+            let env = parse("environment", e, EnvName::parse)?;
+            match state.engine.config().environment(&env) {
+                Some(_) => Ok(env),
+                None => Err(shipgate_engine::EngineError::UnknownEnvironment(e.clone()).into()),
+            }
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let secret = crate::auth::generate_token().map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+            e.to_string(),
+        )
+    })?;
+    let new = NewToken {
+        name: name.to_owned(),
+        role,
+        envs,
+        hash: crate::auth::hash_token(&secret),
+    };
+    let record = state
+        .engine
+        .store()
+        .insert_token(new, caller.name())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "token": secret, "record": record })),
+    ))
+}
+
+async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::ManageTokens, None)?;
+    Ok(Json(state.engine.store().tokens().await?))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::ManageTokens, None)?;
+    Ok(Json(
+        state
+            .engine
+            .store()
+            .revoke_token(&name, caller.name())
+            .await?,
+    ))
 }
 
 #[cfg(test)]

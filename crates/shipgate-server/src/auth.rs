@@ -58,7 +58,8 @@ pub(crate) async fn ensure_admin_token(store: &dyn Store, data_dir: &Path) -> an
             .insert_token(
                 NewToken {
                     name,
-                    role: "admin".into(),
+                    role: shipgate_core::Role::Admin,
+                    envs: Vec::new(),
                     hash,
                 },
                 crate::api::SYSTEM,

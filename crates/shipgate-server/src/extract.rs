@@ -45,3 +45,54 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
         Ok(Self(value))
     }
 }
+
+/// The token a request came with, and what it may do.
+pub(crate) struct Caller(pub shipgate_core::Grant);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        // The auth layer puts the token there before any handler runs.
+        let token = parts
+            .extensions
+            .get::<shipgate_store::TokenRecord>()
+            .ok_or_else(|| {
+                Problem::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "token required",
+                    "send `Authorization: Bearer <token>`",
+                )
+            })?;
+        Ok(Self(token.grant()))
+    }
+}
+
+impl Caller {
+    /// The token's name, the actor of what it does.
+    pub(crate) fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Refuses with 403 unless the token may do `action` (on `env`).
+    pub(crate) fn allow(
+        &self,
+        action: shipgate_core::Action,
+        env: Option<&shipgate_core::EnvName>,
+    ) -> Result<(), Problem> {
+        self.0.check(action, env).map_err(|denied| {
+            Problem::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                denied.to_string(),
+            )
+        })
+    }
+
+    /// Whether records of `env` (None: of no environment) are in the token's scope.
+    pub(crate) fn sees(&self, env: Option<&str>) -> bool {
+        match env {
+            Some(env) if !self.0.envs.is_empty() => self.0.envs.iter().any(|e| e.as_str() == env),
+            _ => true,
+        }
+    }
+}

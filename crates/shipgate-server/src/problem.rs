@@ -75,6 +75,9 @@ impl From<EngineError> for Problem {
                 (StatusCode::CONFLICT, "state changed")
             }
             EngineError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not found"),
+            EngineError::Store(StoreError::TokenExists(_)) => {
+                (StatusCode::CONFLICT, "token name taken")
+            }
             EngineError::Store(_) | EngineError::Proxy(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
             }

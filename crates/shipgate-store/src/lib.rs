@@ -47,6 +47,9 @@ pub enum StoreError {
     /// No such record.
     #[error("{0} not found")]
     NotFound(String),
+    /// Token names are unique (they are the actor in the audit log).
+    #[error("a token named `{0}` already exists; choose another name (revoked tokens keep theirs)")]
+    TokenExists(String),
     /// A stored value no longer parses: the database was changed outside shipgate.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
@@ -126,6 +129,10 @@ pub trait Store: Send + Sync {
     async fn insert_token(&self, token: NewToken, actor: &str) -> Result<TokenRecord>;
     /// The token whose sha256 hash is `hash`, unless revoked.
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
+    /// Every token, revoked ones included, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Revokes the active token of that name, with its event.
+    async fn revoke_token(&self, name: &str, actor: &str) -> Result<TokenRecord>;
 }
 
 /// Re-computes the audit chain over `events` (all of them, oldest first).

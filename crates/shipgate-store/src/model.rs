@@ -299,10 +299,25 @@ pub struct TokenRecord {
     pub id: i64,
     /// Who it belongs to (shown as the actor of what it does).
     pub name: String,
-    /// Its role (`admin` for now; roles arrive with the gates release).
-    pub role: String,
+    /// Its role.
+    pub role: shipgate_core::Role,
+    /// The environments it is limited to; empty: all.
+    pub envs: Vec<EnvName>,
     /// When it was made.
     pub created_at: String,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<String>,
+}
+
+impl TokenRecord {
+    /// What the token may do.
+    pub fn grant(&self) -> shipgate_core::Grant {
+        shipgate_core::Grant {
+            name: self.name.clone(),
+            role: self.role,
+            envs: self.envs.clone(),
+        }
+    }
 }
 
 /// A token about to be stored.
@@ -311,7 +326,9 @@ pub struct NewToken {
     /// Its name.
     pub name: String,
     /// Its role.
-    pub role: String,
+    pub role: shipgate_core::Role,
+    /// The environments it is limited to; empty: all.
+    pub envs: Vec<EnvName>,
     /// Hex sha256 of the secret.
     pub hash: String,
 }

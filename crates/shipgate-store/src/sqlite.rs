@@ -16,7 +16,8 @@ use tokio::sync::{Mutex, broadcast};
 use crate::*;
 
 /// Schema changes, applied in order at start; never edit one that has shipped, add another.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE releases (
     app TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
     commit_sha TEXT, notes TEXT, created_by TEXT NOT NULL, created_at TEXT NOT NULL,
@@ -60,7 +61,11 @@ CREATE TABLE tokens (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
     hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, revoked_at TEXT
 );
-"#];
+"#,
+    r#"
+ALTER TABLE tokens ADD COLUMN envs TEXT NOT NULL DEFAULT '[]';
+"#,
+];
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -839,24 +844,40 @@ impl Store for SqliteStore {
     async fn insert_token(&self, t: NewToken, actor: &str) -> Result<TokenRecord> {
         let _w = self.write.lock().await;
         let mut tx = self.begin().await?;
+        let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM tokens WHERE name = ?")
+            .bind(&t.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("reading tokens"))?;
+        if taken.is_some() {
+            return Err(StoreError::TokenExists(t.name));
+        }
         let created_at = now();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO tokens (name, role, hash, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&t.name)
-        .bind(&t.role)
-        .bind(&t.hash)
-        .bind(&created_at)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("storing a token"))?;
+        let envs: Vec<&str> = t.envs.iter().map(EnvName::as_str).collect();
+        let id: i64 = sqlx::query_scalar("INSERT INTO tokens (name, role, hash, created_at, envs) VALUES (?, ?, ?, ?, ?) RETURNING id")
+            .bind(&t.name)
+            .bind(t.role.as_str())
+            .bind(&t.hash)
+            .bind(&created_at)
+            .bind(serde_json::to_string(&envs).unwrap_or_else(|_| "[]".into()))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("storing a token"))?;
+        let scope = if envs.is_empty() {
+            "every environment".to_owned()
+        } else {
+            envs.join(", ")
+        };
         let event = append(
             &mut tx,
             NewEvent {
                 actor: actor.to_owned(),
                 kind: "token.created".into(),
-                message: format!("token `{}` created with role {}", t.name, t.role),
-                data: serde_json::json!({ "name": t.name, "role": t.role }),
+                message: format!(
+                    "token `{}` created with role {} for {scope}",
+                    t.name, t.role
+                ),
+                data: serde_json::json!({ "name": t.name, "role": t.role, "envs": envs }),
                 ..NewEvent::default()
             },
         )
@@ -866,7 +887,9 @@ impl Store for SqliteStore {
             id,
             name: t.name,
             role: t.role,
+            envs: t.envs,
             created_at,
+            revoked_at: None,
         })
     }
 
@@ -876,14 +899,71 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading a token"))?;
-        row.map(|row| {
-            Ok(TokenRecord {
-                id: get(&row, "id")?,
-                name: get(&row, "name")?,
-                role: get(&row, "role")?,
-                created_at: get(&row, "created_at")?,
-            })
-        })
-        .transpose()
+        row.map(|row| token_from(&row)).transpose()
     }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        sqlx::query("SELECT * FROM tokens ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing tokens"))?
+            .iter()
+            .map(token_from)
+            .collect()
+    }
+
+    async fn revoke_token(&self, name: &str, actor: &str) -> Result<TokenRecord> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let at = now();
+        let revoked =
+            sqlx::query("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+                .bind(&at)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("revoking a token"))?;
+        if revoked.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "an active token named `{name}`"
+            )));
+        }
+        let row = sqlx::query("SELECT * FROM tokens WHERE name = ?")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("reading a token"))?;
+        let token = token_from(&row)?;
+        let event = append(
+            &mut tx,
+            NewEvent {
+                actor: actor.to_owned(),
+                kind: "token.revoked".into(),
+                message: format!("token `{name}` revoked"),
+                data: serde_json::json!({ "name": name }),
+                ..NewEvent::default()
+            },
+        )
+        .await?;
+        self.commit(tx, vec![event]).await?;
+        Ok(token)
+    }
+}
+
+fn token_from(row: &SqliteRow) -> Result<TokenRecord> {
+    let role: String = get(row, "role")?;
+    let envs: String = get(row, "envs")?;
+    let envs: Vec<String> = serde_json::from_str(&envs)
+        .map_err(|e| StoreError::Corrupt(format!("token environments: {e}")))?;
+    Ok(TokenRecord {
+        id: get(row, "id")?,
+        name: get(row, "name")?,
+        role: parse("role", &role, shipgate_core::Role::parse)?,
+        envs: envs
+            .iter()
+            .map(|e| parse("environment", e, EnvName::parse))
+            .collect::<Result<_>>()?,
+        created_at: get(row, "created_at")?,
+        revoked_at: get(row, "revoked_at")?,
+    })
 }

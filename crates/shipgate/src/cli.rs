@@ -135,6 +135,9 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Measurements (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -178,6 +181,28 @@ pub enum ReleaseCommand {
     List {
         /// Only this app.
         app: Option<AppName>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once and stored only as a hash.
+    Create {
+        /// Who or what holds it (the actor in the audit log).
+        name: String,
+        /// viewer, deployer, approver or admin.
+        #[arg(long, value_parser = shipgate_core::Role::parse)]
+        role: shipgate_core::Role,
+        /// Limit it to these environments (repeat the flag); default: all.
+        #[arg(long = "env")]
+        envs: Vec<EnvName>,
+    },
+    /// Every token (never their secrets).
+    List,
+    /// Revoke a token: it stops working at once.
+    Revoke {
+        /// The token's name.
+        name: String,
     },
 }
 

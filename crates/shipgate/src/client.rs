@@ -96,6 +96,11 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    /// DELETE a resource.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
     /// Uploads an artifact file (already a .tar or .tar.gz) with its digest.
     pub async fn upload_release(
         &self,

@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use shipgate_core::{AppName, Version};
 
-use crate::cli::{BenchCommand, Cli, Command, Global, ReleaseCommand};
+use crate::cli::{BenchCommand, Cli, Command, Global, ReleaseCommand, TokenCommand};
 use crate::client::{Client, connect};
 use crate::config_file;
 use crate::output::{Printer, table};
@@ -83,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        Command::Token(command) => token(g, out, command).await,
         Command::Bench(BenchCommand::Promote { runs }) => crate::bench::promote(runs).await,
         Command::Bench(BenchCommand::Router {
             duration,
@@ -657,5 +658,64 @@ async fn audit(
             .collect();
         table(&["ID", "AT", "ACTOR", "KIND", "WHAT"], &rows)
     });
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn token(g: &Global, out: Printer, command: TokenCommand) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    match command {
+        TokenCommand::Create { name, role, envs } => {
+            let body = json!({ "name": name, "role": role, "envs": envs });
+            let created: Value = client.post("/tokens", &body).await?;
+            out.print(&created, |c| {
+                let scope = match c["record"]["envs"].as_array() {
+                    Some(envs) if !envs.is_empty() => envs.iter().map(s).collect::<Vec<_>>().join(", "),
+                    _ => "every environment".to_owned(),
+                };
+                format!(
+                    "{}\n(token `{}`, role {}, for {scope}; it is shown this once: store it now, for example in SHIPGATE_TOKEN)",
+                    s(&c["token"]),
+                    s(&c["record"]["name"]),
+                    s(&c["record"]["role"])
+                )
+            });
+        }
+        TokenCommand::List => {
+            let tokens: Vec<Value> = client.get("/tokens", &[]).await?;
+            out.print(&tokens, |tokens| {
+                let rows: Vec<Vec<String>> = tokens
+                    .iter()
+                    .map(|t| {
+                        let envs: Vec<String> =
+                            t["envs"].as_array().into_iter().flatten().map(s).collect();
+                        let scope = if envs.is_empty() {
+                            "all".to_owned()
+                        } else {
+                            envs.join(", ")
+                        };
+                        let state = if t["revoked_at"].is_null() {
+                            "active".to_owned()
+                        } else {
+                            format!("revoked {}", s(&t["revoked_at"]))
+                        };
+                        vec![
+                            s(&t["name"]),
+                            s(&t["role"]),
+                            scope,
+                            s(&t["created_at"]),
+                            state,
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "ROLE", "ENVIRONMENTS", "CREATED", "STATE"], &rows)
+            });
+        }
+        TokenCommand::Revoke { name } => {
+            let revoked: Value = client.delete(&format!("/tokens/{name}")).await?;
+            out.print(&revoked, |t| {
+                format!("token `{}` revoked; it no longer works", s(&t["name"]))
+            });
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

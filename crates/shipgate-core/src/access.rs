@@ -1,0 +1,225 @@
+//! Who may do what: roles, environment scopes and the rule that decides a request.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::EnvName;
+
+/// What a token's holder is trusted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything in scope; changes nothing.
+    Viewer,
+    /// A viewer who may also register releases, promote and roll back.
+    Deployer,
+    /// A viewer who may also approve or reject promotions.
+    Approver,
+    /// Everything, including tokens (when not limited to environments).
+    Admin,
+}
+
+impl Role {
+    /// Every role, least trusted first.
+    pub const ALL: [Role; 4] = [Self::Viewer, Self::Deployer, Self::Approver, Self::Admin];
+
+    /// The name stored and typed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Deployer => "deployer",
+            Self::Approver => "approver",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a role: use viewer, deployer, approver or admin"))
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something a request does, as far as permission goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Read state, history, logs, events or metrics.
+    Read,
+    /// Register a release.
+    RegisterRelease,
+    /// Put a release into an environment.
+    Promote,
+    /// Return an environment to an earlier release.
+    Rollback,
+    /// Approve or reject a promotion.
+    Approve,
+    /// Create, list or revoke tokens.
+    ManageTokens,
+}
+
+impl Action {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::RegisterRelease => "register releases",
+            Self::Promote => "promote",
+            Self::Rollback => "roll back",
+            Self::Approve => "approve or reject promotions",
+            Self::ManageTokens => "manage tokens",
+        }
+    }
+
+    /// The roles that may do it.
+    fn roles(self) -> &'static [Role] {
+        match self {
+            Self::Read => &Role::ALL,
+            Self::RegisterRelease | Self::Promote | Self::Rollback => {
+                &[Role::Deployer, Role::Admin]
+            }
+            Self::Approve => &[Role::Approver, Role::Admin],
+            Self::ManageTokens => &[Role::Admin],
+        }
+    }
+}
+
+/// A token's role and the environments it is limited to (none: all of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The token's name (the actor of what it does).
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// The environments it may act on; empty means every one.
+    pub envs: Vec<EnvName>,
+}
+
+/// Why a request was refused, with whom to ask.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// The role does not allow the action.
+    #[error(
+        "token `{name}` has the role {role}, which may not {action}; use a token with the role {allowed}"
+    )]
+    Role {
+        /// The token.
+        name: String,
+        /// Its role.
+        role: Role,
+        /// What it tried.
+        action: &'static str,
+        /// The roles that may.
+        allowed: String,
+    },
+    /// The environment is outside the token's scope.
+    #[error("token `{name}` is limited to {scope}; it may not act on {env}")]
+    Scope {
+        /// The token.
+        name: String,
+        /// Its environments.
+        scope: String,
+        /// The environment asked for.
+        env: EnvName,
+    },
+}
+
+impl Grant {
+    /// Whether the token may do `action`, on `env` when the action concerns one. Managing tokens
+    /// needs an admin token limited to no environment, so no scoped token can widen itself.
+    pub fn check(&self, action: Action, env: Option<&EnvName>) -> Result<(), Denied> {
+        let scoped = !self.envs.is_empty();
+        let role_ok =
+            action.roles().contains(&self.role) && !(action == Action::ManageTokens && scoped);
+        if !role_ok {
+            let allowed: Vec<&str> = action.roles().iter().map(|r| r.as_str()).collect();
+            let allowed = if action == Action::ManageTokens {
+                "admin, limited to no environment".to_owned()
+            } else {
+                allowed.join(" or ")
+            };
+            return Err(Denied::Role {
+                name: self.name.clone(),
+                role: self.role,
+                action: action.describe(),
+                allowed,
+            });
+        }
+        match env {
+            Some(env) if scoped && !self.envs.contains(env) => {
+                let scope: Vec<&str> = self.envs.iter().map(EnvName::as_str).collect();
+                Err(Denied::Scope {
+                    name: self.name.clone(),
+                    scope: scope.join(", "),
+                    env: env.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(role: Role, envs: &[&str]) -> Grant {
+        Grant {
+            name: "t".into(),
+            role,
+            envs: envs.iter().map(|e| EnvName::parse(e).unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn roles_and_scopes() {
+        let dev = EnvName::parse("development").unwrap();
+        let prod = EnvName::parse("production").unwrap();
+        let viewer = grant(Role::Viewer, &[]);
+        assert!(viewer.check(Action::Read, Some(&prod)).is_ok());
+        let err = viewer.check(Action::Promote, Some(&dev)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "token `t` has the role viewer, which may not promote; use a token with the role deployer or admin"
+        );
+        let deployer = grant(Role::Deployer, &["development"]);
+        assert!(deployer.check(Action::Promote, Some(&dev)).is_ok());
+        assert_eq!(
+            deployer
+                .check(Action::Promote, Some(&prod))
+                .unwrap_err()
+                .to_string(),
+            "token `t` is limited to development; it may not act on production"
+        );
+        assert!(
+            deployer.check(Action::Read, Some(&prod)).is_err(),
+            "reads are scoped too"
+        );
+        assert!(deployer.check(Action::Approve, Some(&dev)).is_err());
+        assert!(
+            grant(Role::Approver, &[])
+                .check(Action::Approve, Some(&prod))
+                .is_ok()
+        );
+        assert!(
+            grant(Role::Admin, &[])
+                .check(Action::ManageTokens, None)
+                .is_ok()
+        );
+        assert!(
+            grant(Role::Admin, &["development"])
+                .check(Action::ManageTokens, None)
+                .is_err()
+        );
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Ok(role));
+        }
+    }
+}
