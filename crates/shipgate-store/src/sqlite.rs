@@ -16,6 +16,8 @@ use tokio::sync::{Mutex, broadcast};
 use crate::*;
 
 /// Schema changes, applied in order at start; never edit one that has shipped, add another.
+/// A migration that adds a column must come with the queries of that table naming their columns:
+/// sqlx-sqlite panics when a cached `SELECT *` meets a table whose column count changed.
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE releases (
@@ -894,7 +896,7 @@ impl Store for SqliteStore {
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT * FROM tokens WHERE hash = ? AND revoked_at IS NULL")
+        let row = sqlx::query("SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE hash = ? AND revoked_at IS NULL")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await
@@ -903,7 +905,7 @@ impl Store for SqliteStore {
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        sqlx::query("SELECT * FROM tokens ORDER BY id")
+        sqlx::query("SELECT id, name, role, envs, created_at, revoked_at FROM tokens ORDER BY id")
             .fetch_all(&self.pool)
             .await
             .map_err(db("listing tokens"))?
@@ -928,11 +930,13 @@ impl Store for SqliteStore {
                 "an active token named `{name}`"
             )));
         }
-        let row = sqlx::query("SELECT * FROM tokens WHERE name = ?")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("reading a token"))?;
+        let row = sqlx::query(
+            "SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("reading a token"))?;
         let token = token_from(&row)?;
         let event = append(
             &mut tx,
