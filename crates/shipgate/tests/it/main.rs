@@ -2,6 +2,7 @@
 //! server, real HTTP, and an app that is not shipgate's own (`tests/fixtures/app`).
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
+mod access;
 mod bad_input;
 mod flow;
 mod helpers;
