@@ -62,6 +62,10 @@ pub enum Action {
     Rollback,
     /// Approve or reject a promotion.
     Approve,
+    /// Freeze or unfreeze an environment (all of them when no environment is named).
+    Freeze,
+    /// Lift deploy windows and freezes for one promotion, with a reason.
+    Override,
     /// Create, list or revoke tokens.
     ManageTokens,
 }
@@ -74,6 +78,8 @@ impl Action {
             Self::Promote => "promote",
             Self::Rollback => "roll back",
             Self::Approve => "approve or reject promotions",
+            Self::Freeze => "freeze or unfreeze environments",
+            Self::Override => "override deploy windows and freezes",
             Self::ManageTokens => "manage tokens",
         }
     }
@@ -85,8 +91,8 @@ impl Action {
             Self::RegisterRelease | Self::Promote | Self::Rollback => {
                 &[Role::Deployer, Role::Admin]
             }
-            Self::Approve => &[Role::Approver, Role::Admin],
-            Self::ManageTokens => &[Role::Admin],
+            Self::Approve | Self::Freeze => &[Role::Approver, Role::Admin],
+            Self::Override | Self::ManageTokens => &[Role::Admin],
         }
     }
 }
@@ -133,15 +139,17 @@ pub enum Denied {
 
 impl Grant {
     /// Whether the token may do `action`, on `env` when the action concerns one. Managing tokens
-    /// needs an admin token limited to no environment, so no scoped token can widen itself.
+    /// needs an admin token limited to no environment, so no scoped token can widen itself;
+    /// freezing every environment at once needs a token limited to none.
     pub fn check(&self, action: Action, env: Option<&EnvName>) -> Result<(), Denied> {
         let scoped = !self.envs.is_empty();
-        let role_ok =
-            action.roles().contains(&self.role) && !(action == Action::ManageTokens && scoped);
+        let unscoped_only =
+            action == Action::ManageTokens || (action == Action::Freeze && env.is_none());
+        let role_ok = action.roles().contains(&self.role) && !(unscoped_only && scoped);
         if !role_ok {
             let allowed: Vec<&str> = action.roles().iter().map(|r| r.as_str()).collect();
-            let allowed = if action == Action::ManageTokens {
-                "admin, limited to no environment".to_owned()
+            let allowed = if unscoped_only {
+                format!("{}, limited to no environment", allowed.join(" or "))
             } else {
                 allowed.join(" or ")
             };
@@ -218,6 +226,11 @@ mod tests {
                 .check(Action::ManageTokens, None)
                 .is_err()
         );
+        let scoped_approver = grant(Role::Approver, &["development"]);
+        assert!(scoped_approver.check(Action::Freeze, Some(&dev)).is_ok());
+        assert!(scoped_approver.check(Action::Freeze, None).is_err());
+        assert!(scoped_approver.check(Action::Override, Some(&dev)).is_err());
+        assert!(grant(Role::Admin, &[]).check(Action::Override, Some(&prod)).is_ok());
         for role in Role::ALL {
             assert_eq!(Role::parse(role.as_str()), Ok(role));
         }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{AppName, ByteSize, Duration, EnvName};
+use crate::gate::Inconclusive;
+use crate::window::DeployWindow;
+use crate::{AppName, ByteSize, Duration, EnvName, Role};
 
 /// A validated config. Holding one proves every rule of this module holds.
 #[derive(Debug, Clone)]
@@ -89,6 +91,68 @@ pub struct EnvironmentConfig {
     pub drain: Duration,
     /// Longest wait for an instance's response head before the router answers 504.
     pub request_timeout: Option<Duration>,
+    /// What a promotion must have before it may deploy here.
+    pub require: Requirements,
+    /// A release verified in `after` is promoted here as soon as its requirements hold.
+    pub auto: bool,
+}
+
+/// `require.*` of an environment: what a promotion waits on before it deploys.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Requirements {
+    /// `require.approvals`: distinct approvers, never the requester.
+    pub approvals: Option<ApprovalRule>,
+    /// `require.soak`: verified in `after` at least this long.
+    pub soak: Option<Duration>,
+    /// `require.window`: only while one of these is open.
+    pub windows: Vec<DeployWindow>,
+}
+
+impl Requirements {
+    /// True when a promotion here never waits.
+    pub fn is_empty(&self) -> bool {
+        self.approvals.is_none() && self.soak.is_none() && self.windows.is_empty()
+    }
+}
+
+/// `require.approvals = 2` or `{ count = 2, role = "approver" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRule {
+    /// Distinct approvers needed.
+    pub count: u32,
+    /// Only approvals from tokens of this role (or admin) count.
+    pub role: Option<Role>,
+}
+
+/// `verify.watch` and its thresholds: the router's figures for the new release after the switch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchRule {
+    /// How long to watch.
+    pub watch: Duration,
+    /// Above this share of 5xx responses: roll back.
+    pub max_error_rate: Option<f64>,
+    /// Above this 99th percentile latency: roll back.
+    pub max_p99: Option<Duration>,
+    /// Fewer responses than this during the watch: the outcome follows `inconclusive`.
+    pub min_requests: u64,
+    /// What too little traffic means.
+    pub inconclusive: Inconclusive,
+}
+
+impl WatchRule {
+    /// Default `verify.min_requests`.
+    pub const DEFAULT_MIN_REQUESTS: u64 = 10;
+}
+
+/// One `verify.http` check: a request to the environment's stable address after the switch.
+#[derive(Debug, Clone)]
+pub struct HttpCheck {
+    /// Path requested (GET).
+    pub path: String,
+    /// Status expected.
+    pub status: u16,
+    /// A regular expression the body must match, if given.
+    pub body: Option<regex_lite::Regex>,
 }
 
 impl EnvironmentConfig {
@@ -105,6 +169,10 @@ pub struct VerifyConfig {
     pub tests: Vec<String>,
     /// How long one test command may run.
     pub timeout: Option<Duration>,
+    /// HTTP checks against the stable address.
+    pub http: Vec<HttpCheck>,
+    /// The watch after the switch, if any.
+    pub watch: Option<WatchRule>,
 }
 
 impl VerifyConfig {
@@ -203,7 +271,9 @@ struct RawEnvironment {
     vars: BTreeMap<String, String>,
     #[serde(default)]
     verify: RawVerify,
-    require: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    require: RawRequire,
+    auto: Option<Spanned<bool>>,
     standby: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
@@ -215,8 +285,30 @@ struct RawVerify {
     #[serde(default)]
     tests: Vec<String>,
     timeout: Option<Spanned<String>>,
-    watch: Option<Spanned<toml::Value>>,
-    max_error_rate: Option<Spanned<toml::Value>>,
+    watch: Option<Spanned<String>>,
+    max_error_rate: Option<Spanned<f64>>,
+    max_p99: Option<Spanned<String>>,
+    min_requests: Option<Spanned<u64>>,
+    inconclusive: Option<Spanned<String>>,
+    #[serde(default)]
+    http: Vec<RawHttpCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpCheck {
+    path: Spanned<String>,
+    status: Option<Spanned<u16>>,
+    body: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRequire {
+    approvals: Option<Spanned<toml::Value>>,
+    soak: Option<Spanned<String>>,
+    window: Option<Spanned<toml::Value>>,
+    parity: Option<Spanned<toml::Value>>,
 }
 
 /// Collects problems while a raw config is turned into a [`Config`].
@@ -439,19 +531,19 @@ fn environments(
             }
             addresses.push((addr, format!("environment `{}`", name.get_ref())));
         }
-        if let Some(require) = &env.require {
-            problems.add(
-                require.span(),
-                format!("`require` of environment `{}` is not enforced by this version of shipgate", name.get_ref()),
-                "remove it rather than rely on it: approvals, soak time and deploy windows arrive with the gates release".to_owned(),
-            );
+        let require = requirements(&env.require, name, env.after.is_some(), problems);
+        let auto = env.auto.as_ref().is_some_and(|a| *a.get_ref());
+        if let (Some(a), None) = (&env.auto, &env.after) {
+            if *a.get_ref() {
+                problems.add(
+                    a.span(),
+                    format!("`auto = true` on environment `{}`, which has no `after`", name.get_ref()),
+                    "auto-promotion takes releases verified in the environment named by `after`: add `after` or remove `auto`".to_owned(),
+                );
+            }
         }
-        for key in [&env.verify.watch, &env.verify.max_error_rate]
-            .into_iter()
-            .flatten()
-        {
-            problems.add(key.span(), "`verify.watch` and `verify.max_error_rate` are not enforced by this version of shipgate", "remove them; use `verify.tests` to check a release after the switch".to_owned());
-        }
+        let watch = watch_rule(&env.verify, problems);
+        let http = http_checks(&env.verify.http, problems);
         let timeout = env
             .verify
             .timeout
@@ -475,10 +567,14 @@ fn environments(
                 verify: VerifyConfig {
                     tests: env.verify.tests.clone(),
                     timeout,
+                    http,
+                    watch,
                 },
                 standby,
                 drain,
                 request_timeout,
+                require,
+                auto,
             });
         }
     }
@@ -496,6 +592,175 @@ fn environments(
         return envs;
     }
     order(envs)
+}
+
+/// `require.*` of one environment.
+fn requirements(
+    raw: &RawRequire,
+    env: &Spanned<String>,
+    has_after: bool,
+    problems: &mut Problems,
+) -> Requirements {
+    let mut req = Requirements::default();
+    if let Some(a) = &raw.approvals {
+        req.approvals = approval_rule(a, problems);
+    }
+    if let Some(soak) = &raw.soak {
+        req.soak = problems.parse(soak, Duration::parse);
+        if !has_after {
+            problems.add(
+                soak.span(),
+                format!("`require.soak` on environment `{}`, which has no `after`", env.get_ref()),
+                "soak time is counted in the environment before this one: add `after` or remove `require.soak`".to_owned(),
+            );
+        }
+    }
+    if let Some(w) = &raw.window {
+        let texts: Vec<&toml::Value> = match w.get_ref() {
+            toml::Value::Array(items) => items.iter().collect(),
+            one => vec![one],
+        };
+        for text in texts {
+            match text.as_str().map(DeployWindow::parse) {
+                Some(Ok(window)) => req.windows.push(window),
+                Some(Err(e)) => problems.add(w.span(), e, None),
+                None => problems.add(
+                    w.span(),
+                    "`require.window` is a string or a list of strings",
+                    "for example require.window = \"Mon-Fri 09:00-17:00 Europe/Paris\"".to_owned(),
+                ),
+            }
+        }
+    }
+    if let Some(p) = &raw.parity {
+        problems.add(
+            p.span(),
+            format!("`require.parity` of environment `{}` is not enforced by this version of shipgate", env.get_ref()),
+            "remove it rather than rely on it: parity between environments arrives with `shipgate diff`".to_owned(),
+        );
+    }
+    req
+}
+
+fn approval_rule(raw: &Spanned<toml::Value>, problems: &mut Problems) -> Option<ApprovalRule> {
+    let help = "write require.approvals = 2, or { count = 2, role = \"approver\" }".to_owned();
+    let (count, role) = match raw.get_ref() {
+        toml::Value::Integer(n) => (Some(*n), None),
+        toml::Value::Table(t) => {
+            if let Some(key) = t.keys().find(|k| !matches!(k.as_str(), "count" | "role")) {
+                problems.add(raw.span(), format!("unknown key `{key}` in `require.approvals`"), help);
+                return None;
+            }
+            (t.get("count").and_then(toml::Value::as_integer), t.get("role"))
+        }
+        _ => (None, None),
+    };
+    let Some(count) = count.filter(|n| (1..=100).contains(n)) else {
+        problems.add(raw.span(), "`require.approvals` needs a count from 1 to 100", help);
+        return None;
+    };
+    let role = match role {
+        None => None,
+        Some(r) => match r.as_str().map(Role::parse) {
+            Some(Ok(r @ (Role::Approver | Role::Admin))) => Some(r),
+            _ => {
+                problems.add(
+                    raw.span(),
+                    "the role of `require.approvals` must be \"approver\" or \"admin\" (the roles that may approve)",
+                    None,
+                );
+                return None;
+            }
+        },
+    };
+    Some(ApprovalRule {
+        count: count as u32,
+        role,
+    })
+}
+
+fn watch_rule(raw: &RawVerify, problems: &mut Problems) -> Option<WatchRule> {
+    let Some(watch) = &raw.watch else {
+        let thresholds = [
+            raw.max_error_rate.as_ref().map(Spanned::span),
+            raw.max_p99.as_ref().map(Spanned::span),
+            raw.min_requests.as_ref().map(Spanned::span),
+            raw.inconclusive.as_ref().map(Spanned::span),
+        ];
+        if let Some(span) = thresholds.into_iter().flatten().next() {
+            problems.add(
+                span,
+                "this threshold of the watch has no `verify.watch`",
+                "say how long to watch after the switch, for example verify.watch = \"2m\"".to_owned(),
+            );
+        }
+        return None;
+    };
+    let duration = problems.parse(watch, Duration::parse)?;
+    if let Some(rate) = &raw.max_error_rate {
+        if !(0.0..=1.0).contains(rate.get_ref()) {
+            problems.add(
+                rate.span(),
+                format!("verify.max_error_rate {} is not a share from 0 to 1", rate.get_ref()),
+                "write 0.01 for 1%".to_owned(),
+            );
+        }
+    }
+    let max_p99 = raw
+        .max_p99
+        .as_ref()
+        .and_then(|p| problems.parse(p, Duration::parse));
+    let inconclusive = match &raw.inconclusive {
+        Some(i) => problems.parse(i, Inconclusive::parse)?,
+        None => Inconclusive::Fail,
+    };
+    Some(WatchRule {
+        watch: duration,
+        max_error_rate: raw.max_error_rate.as_ref().map(|r| *r.get_ref()),
+        max_p99,
+        min_requests: raw
+            .min_requests
+            .as_ref()
+            .map_or(WatchRule::DEFAULT_MIN_REQUESTS, |m| *m.get_ref()),
+        inconclusive,
+    })
+}
+
+fn http_checks(raw: &[RawHttpCheck], problems: &mut Problems) -> Vec<HttpCheck> {
+    let mut checks = Vec::new();
+    for c in raw {
+        if !c.path.get_ref().starts_with('/') {
+            problems.add(
+                c.path.span(),
+                format!("verify.http path `{}` must start with `/`", c.path.get_ref()),
+                None,
+            );
+            continue;
+        }
+        let status = c.status.as_ref().map_or(200, |s| *s.get_ref());
+        if !(100..=599).contains(&status) {
+            if let Some(s) = &c.status {
+                problems.add(s.span(), format!("{status} is not an HTTP status"), None);
+            }
+            continue;
+        }
+        let body = match &c.body {
+            None => None,
+            Some(b) => match regex_lite::Regex::new(b.get_ref()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    problems.add(b.span(), format!("verify.http body pattern is not a regular expression: {e}"), None);
+                    continue;
+                }
+            },
+        };
+        checks.push(HttpCheck {
+            path: c.path.get_ref().clone(),
+            status,
+            body,
+        });
+    }
+    checks
 }
 
 /// Whether two addresses would collide; port 0 (any free port) never does.
@@ -723,8 +988,39 @@ mod tests {
     #[test]
     fn unsupported_gates_are_refused_not_ignored() {
         let src =
-            format!("{BASE}[environments.p]\nlisten = \"127.0.0.1:8101\"\nrequire.approvals = 1\n");
-        assert!(errors(&src).contains("`require` of environment `p` is not enforced"));
+            format!("{BASE}[environments.p]\nlisten = \"127.0.0.1:8101\"\nrequire.parity = \"s\"\n");
+        assert!(errors(&src).contains("`require.parity` of environment `p` is not enforced"));
+    }
+
+    #[test]
+    fn gates_parse_and_bad_ones_point_at_the_key() {
+        let src = format!(
+            "{BASE}[environments.s]\nlisten = \"127.0.0.1:8101\"\n[environments.p]\nafter = \"s\"\nlisten = \"127.0.0.1:8102\"\nauto = true\nrequire.approvals = {{ count = 2, role = \"approver\" }}\nrequire.soak = \"10m\"\nrequire.window = [\"Mon-Fri 09:00-17:00 Europe/Paris\"]\nverify.watch = \"2m\"\nverify.max_error_rate = 0.01\nverify.max_p99 = \"300ms\"\nverify.inconclusive = \"hold\"\nverify.http = [{{ path = \"/healthz\", body = \"^ok\" }}]\n"
+        );
+        let c = Config::parse(&src, Path::new("/p")).unwrap();
+        let p = &c.environments[1];
+        assert!(p.auto);
+        assert_eq!(p.require.approvals, Some(ApprovalRule { count: 2, role: Some(Role::Approver) }));
+        assert_eq!(p.require.soak, Some(Duration::parse("10m").unwrap()));
+        assert_eq!(p.require.windows.len(), 1);
+        let watch = p.verify.watch.as_ref().unwrap();
+        assert_eq!((watch.min_requests, watch.inconclusive), (10, Inconclusive::Hold));
+        assert_eq!(p.verify.http[0].status, 200);
+
+        let bad = format!(
+            "{BASE}[environments.d]\nlisten = \"127.0.0.1:8101\"\nauto = true\nrequire.soak = \"1h\"\nrequire.approvals = 0\nrequire.window = \"Mon-Fri 9-5\"\nverify.max_error_rate = 0.5\n"
+        );
+        insta::assert_snapshot!(errors(&bad), @r#"
+        shipgate.toml:5:8: `auto = true` on environment `d`, which has no `after`
+          help: auto-promotion takes releases verified in the environment named by `after`: add `after` or remove `auto`
+        shipgate.toml:6:16: `require.soak` on environment `d`, which has no `after`
+          help: soak time is counted in the environment before this one: add `after` or remove `require.soak`
+        shipgate.toml:7:21: `require.approvals` needs a count from 1 to 100
+          help: write require.approvals = 2, or { count = 2, role = "approver" }
+        shipgate.toml:8:18: `9-5` is not a time range: write DAYS HH:MM-HH:MM TIME_ZONE, for example "Mon-Fri 09:00-17:00 Europe/Paris"
+        shipgate.toml:9:25: this threshold of the watch has no `verify.watch`
+          help: say how long to watch after the switch, for example verify.watch = "2m"
+        "#);
     }
 
     #[test]

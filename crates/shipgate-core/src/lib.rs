@@ -11,14 +11,17 @@ pub mod access;
 pub mod audit;
 pub mod config;
 pub mod duration;
+pub mod gate;
 pub mod names;
 pub mod promotion;
 pub mod size;
 pub mod template;
+pub mod window;
 
 pub use access::{Action, Denied, Grant, Role};
 pub use config::{
-    AppConfig, Config, ConfigError, ConfigProblem, CrashLoop, EnvironmentConfig, ServerConfig,
+    AppConfig, ApprovalRule, Config, ConfigError, ConfigProblem, CrashLoop, EnvironmentConfig, HttpCheck, Requirements,
+    ServerConfig, WatchRule,
 };
 pub use duration::Duration;
 pub use names::{AppName, Digest, EnvName, NameError, ReleaseRef, Version};

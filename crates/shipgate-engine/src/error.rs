@@ -1,6 +1,7 @@
 //! The engine's refusals and failures, each with what to do next.
 
 use shipgate_core::EntryRefusal;
+use shipgate_core::gate::DecisionRefusal;
 use shipgate_store::StoreError;
 use shipgate_store::artifact::ArtifactError;
 
@@ -33,6 +34,12 @@ pub enum EngineError {
     /// No such promotion.
     #[error("promotion {0} does not exist")]
     NoSuchPromotion(i64),
+    /// The approval or rejection is not allowed.
+    #[error(transparent)]
+    Decision(#[from] DecisionRefusal),
+    /// Nothing waits for the decision asked for.
+    #[error("{0}")]
+    NothingToDecide(String),
     /// Rollback has nothing to go back to.
     #[error("{0}")]
     NothingToRollBack(String),

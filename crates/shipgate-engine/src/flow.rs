@@ -67,12 +67,15 @@ impl Engine {
     }
 
     /// Asks for `release` to enter `env`. Refused unless it is verified (same digest) in the
-    /// environment before; otherwise recorded `pending` and carried on in the background.
+    /// environment before; otherwise recorded `pending` and carried on in the background: it
+    /// deploys once its requirements hold. `override_reason` (an admin's, checked by the caller)
+    /// lifts deploy windows and freezes for this promotion and is recorded with it.
     pub async fn promote(
         self: &Arc<Self>,
         release: &ReleaseRef,
         env: &EnvName,
         actor: &str,
+        override_reason: Option<String>,
     ) -> Result<Promotion, EngineError> {
         let registered = self.registered(release).await?;
         let after = self.config.environment(env).and_then(|e| e.after.clone());
@@ -85,7 +88,7 @@ impl Engine {
             None => Standing::Unverified,
         };
         check_entry(&self.config, release, &registered.digest, env, |_| standing)?;
-        self.request(registered, env, PromotionKind::Promote, actor)
+        self.request(registered, env, PromotionKind::Promote, actor, override_reason)
             .await
     }
 
@@ -157,7 +160,7 @@ impl Engine {
         {
             return Ok(done);
         }
-        self.request(release, env, PromotionKind::Rollback, actor)
+        self.request(release, env, PromotionKind::Rollback, actor, None)
             .await
     }
 
@@ -181,6 +184,7 @@ impl Engine {
         env: &EnvName,
         kind: PromotionKind,
         actor: &str,
+        override_reason: Option<String>,
     ) -> Result<Promotion, EngineError> {
         let previous_version = self
             .live_record(&release.app, env)
@@ -193,6 +197,7 @@ impl Engine {
             env: env.clone(),
             kind,
             previous_version,
+            override_reason,
         };
         let promotion = self.store.create_promotion(new, actor).await?;
         self.spawn_run(promotion.id);
@@ -231,6 +236,14 @@ impl Engine {
             .await?
             .ok_or(EngineError::NoSuchPromotion(promotion_id))?;
         let slot: Slot = (promotion.app.clone(), promotion.env.clone());
+        // Requirements are waited on before the slot is taken: a rollback or a newer promotion
+        // must never queue behind an approval.
+        if promotion.kind == PromotionKind::Promote
+            && promotion.state == PromotionState::Pending
+            && !self.await_requirements(&promotion).await?
+        {
+            return Ok(());
+        }
         let lock = self.slot_lock(&slot);
         let _held = lock.lock().await;
         let release = format!("{}@{}", promotion.app, promotion.version);
@@ -297,8 +310,13 @@ impl Engine {
 
         let failure = match promotion.kind {
             PromotionKind::Promote => {
-                self.verify(&promotion, instance.upstream.addr().port())
+                match self
+                    .verify(&promotion, instance.upstream.addr().port())
                     .await?
+                {
+                    Some(failure) => Some(failure),
+                    None => self.watch(&promotion, &router, &instance).await?,
+                }
             }
             PromotionKind::Rollback => None,
         };
@@ -316,7 +334,7 @@ impl Engine {
                 PromotionState::Verifying,
                 PromotionState::Failed,
                 format!(
-                    "{release} failed verification in {}; {} is back on {back}",
+                    "{release} failed verification in {}: {reason}; {} is back on {back}",
                     promotion.env, promotion.env
                 ),
             );
@@ -335,7 +353,10 @@ impl Engine {
         if promotion.kind == PromotionKind::Rollback {
             t.roll_back_promotion = previous_live.as_ref().map(|l| l.promotion_id);
         }
-        self.store.transition(t).await?;
+        let succeeded = self.store.transition(t).await?;
+        if succeeded.kind == PromotionKind::Promote {
+            self.auto_promote(&succeeded).await;
+        }
         let Some(old) = previous_instance else {
             return Ok(());
         };
@@ -350,7 +371,7 @@ impl Engine {
         Ok(())
     }
 
-    fn step(
+    pub(crate) fn step(
         &self,
         p: &Promotion,
         from: PromotionState,

@@ -9,13 +9,17 @@
 
 mod error;
 pub mod flow;
+mod gates;
 mod reconcile;
 mod report;
 mod standby;
 mod verify;
+mod watch;
 
 pub use error::EngineError;
-pub use report::{AppStatus, EnvironmentStatus, HistoryEntry, InstanceView, StandbyView};
+pub use report::{
+    AppStatus, EnvironmentStatus, HistoryEntry, InstanceView, PromotionView, StandbyView, WaitView,
+};
 pub use shipgate_deploy::tail_lines;
 
 use std::collections::HashMap;
@@ -60,6 +64,8 @@ pub struct Engine {
     standby: Mutex<HashMap<Slot, standby::Standby>>,
     /// Slots whose live instance crash-looped and is no longer restarted, with why.
     unhealthy: Mutex<HashMap<Slot, String>>,
+    /// What each waiting promotion waits on (pending ones, and verifying ones held for a person).
+    waiting: Mutex<HashMap<i64, Vec<shipgate_core::gate::Wait>>>,
     /// Distinguishes instance ids across server starts.
     boot: i64,
 }
@@ -95,6 +101,7 @@ impl Engine {
             live: Mutex::default(),
             standby: Mutex::default(),
             unhealthy: Mutex::default(),
+            waiting: Mutex::default(),
             boot: jiff::Timestamp::now().as_millisecond(),
         });
         engine.record_driver_events();

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
+use shipgate_core::gate::{Stage, Wait};
 use shipgate_core::{AppName, EnvName, PromotionState, Version};
 use shipgate_store::{Gate, LiveRelease, Promotion, PromotionFilter};
 
@@ -28,8 +29,10 @@ pub struct EnvironmentStatus {
     pub live: Option<LiveRelease>,
     /// The instance serving it, if one runs.
     pub instance: Option<InstanceView>,
-    /// Promotions not finished yet (pending, deploying, verifying).
-    pub in_progress: Vec<Promotion>,
+    /// Promotions not finished yet (pending, deploying, verifying), with what they wait on.
+    pub in_progress: Vec<PromotionView>,
+    /// The freezes in force here (its own and the one of every environment).
+    pub frozen: Vec<shipgate_core::gate::Freeze>,
     /// The replaced release still running for an instant rollback, if any.
     pub standby: Option<StandbyView>,
     /// Why the environment is unhealthy (its instance crash-looped), if it is.
@@ -72,6 +75,39 @@ pub struct HistoryEntry {
     pub promotion: Promotion,
     /// Its recorded gates, in order.
     pub gates: Vec<Gate>,
+    /// What it waits on now, if it waits.
+    pub waiting_on: Vec<WaitView>,
+    /// Approvals and rejections recorded for it.
+    pub decisions: Vec<shipgate_core::gate::Decision>,
+}
+
+/// A promotion in progress with what it waits on.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromotionView {
+    /// The promotion.
+    #[serde(flatten)]
+    pub promotion: Promotion,
+    /// What it waits on; empty once it deploys.
+    pub waiting_on: Vec<WaitView>,
+}
+
+/// One thing a promotion waits on, with a sentence for people.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitView {
+    /// The wait, as data (`gate` says which kind).
+    #[serde(flatten)]
+    pub wait: Wait,
+    /// The same in a sentence (`2 of 3 approvals (alice, bob)`).
+    pub message: String,
+}
+
+impl From<Wait> for WaitView {
+    fn from(wait: Wait) -> Self {
+        Self {
+            message: wait.to_string(),
+            wait,
+        }
+    }
 }
 
 impl Engine {
@@ -91,6 +127,7 @@ impl Engine {
             ..Default::default()
         };
         let unfinished = self.store.promotions(unfinished).await?;
+        let freezes = self.store.freezes().await?;
         let mut out = Vec::new();
         for a in self
             .config
@@ -122,6 +159,14 @@ impl Engine {
                     in_progress: unfinished
                         .iter()
                         .filter(|p| p.app == a.name && p.env == e.name)
+                        .map(|p| PromotionView {
+                            promotion: p.clone(),
+                            waiting_on: self.waiting_on(p.id).into_iter().map(WaitView::from).collect(),
+                        })
+                        .collect(),
+                    frozen: freezes
+                        .iter()
+                        .filter(|f| f.env.as_ref().is_none_or(|x| x == &e.name))
                         .cloned()
                         .collect(),
                     standby: self.standby_of(&slot).map(|s| StandbyView {
@@ -161,8 +206,7 @@ impl Engine {
         };
         let mut out = Vec::new();
         for promotion in self.store.promotions(filter).await? {
-            let gates = self.store.gates(promotion.id).await?;
-            out.push(HistoryEntry { promotion, gates });
+            out.push(self.entry(promotion).await?);
         }
         Ok(out)
     }
@@ -174,8 +218,23 @@ impl Engine {
             .promotion(id)
             .await?
             .ok_or(EngineError::NoSuchPromotion(id))?;
-        let gates = self.store.gates(id).await?;
-        Ok(HistoryEntry { promotion, gates })
+        self.entry(promotion).await
+    }
+
+    async fn entry(&self, promotion: Promotion) -> Result<HistoryEntry, EngineError> {
+        let gates = self.store.gates(promotion.id).await?;
+        let mut decisions = self.store.decisions(promotion.id, Stage::Entry).await?;
+        decisions.extend(self.store.decisions(promotion.id, Stage::Watch).await?);
+        Ok(HistoryEntry {
+            waiting_on: self
+                .waiting_on(promotion.id)
+                .into_iter()
+                .map(WaitView::from)
+                .collect(),
+            promotion,
+            gates,
+            decisions,
+        })
     }
 
     /// The log file of the instance serving `app` in `env`, or else the newest one written there.

@@ -128,6 +128,7 @@ impl Engine {
             env: slot.1.clone(),
             kind: PromotionKind::Rollback,
             previous_version: Some(current.version.clone()),
+            override_reason: None,
         };
         let gate = format!(
             "switched traffic back to standby instance {} of {}@{}",

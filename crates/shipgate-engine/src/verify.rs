@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use shipgate_core::config::VerifyConfig;
+use shipgate_core::config::{HttpCheck, VerifyConfig};
 use shipgate_core::template::expand;
 use shipgate_store::Promotion;
 use tokio::io::AsyncReadExt;
@@ -48,8 +48,49 @@ impl Engine {
                 return Ok(Some(format!("test `{test}` {}", run.verdict)));
             }
         }
+        for check in &env.verify.http {
+            let started_at = crate::flow::now();
+            let url = format!("http://{}{}", env.listen, check.path);
+            let (passed, output) = http_check(check, &url, timeout).await;
+            let name = format!("http: GET {} → {}", check.path, check.status);
+            self.gate(p, &name, passed, output.clone(), started_at).await?;
+            if !passed {
+                return Ok(Some(format!("{name} failed: {}", first_line(&output))));
+            }
+        }
         Ok(None)
     }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+/// One `verify.http` check against the environment's stable address.
+async fn http_check(check: &HttpCheck, url: &str, timeout: Duration) -> (bool, String) {
+    let client = match reqwest::Client::builder().no_proxy().timeout(timeout).build() {
+        Ok(c) => c,
+        Err(e) => return (false, format!("could not build an HTTP client: {e}")),
+    };
+    let response = match client.get(url).send().await {
+        Ok(r) => r,
+        Err(e) => return (false, format!("GET {url} failed: {e}")),
+    };
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    let shown: String = body.chars().take(2000).collect();
+    if status != check.status {
+        return (false, format!("GET {url} answered {status}, expected {}\n{shown}", check.status));
+    }
+    if let Some(pattern) = &check.body {
+        if !pattern.is_match(&body) {
+            return (
+                false,
+                format!("GET {url} answered {status} but the body does not match /{pattern}/\n{shown}"),
+            );
+        }
+    }
+    (true, format!("GET {url} answered {status}\n{shown}"))
 }
 
 async fn run_test(

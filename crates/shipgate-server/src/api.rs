@@ -45,6 +45,10 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         POST "/promotions" => promote,
         GET "/promotions/{id}" => promotion,
         POST "/rollbacks" => rollback,
+        POST "/approvals" => decide,
+        GET "/freezes" => list_freezes,
+        POST "/freezes" => freeze,
+        DELETE "/freezes" => unfreeze,
         GET "/status" => status,
         GET "/history" => history,
         GET "/logs" => logs,
@@ -215,6 +219,9 @@ async fn list_releases(
 struct PromoteBody {
     release: String,
     env: String,
+    /// An admin's reason to lift deploy windows and freezes for this promotion.
+    #[serde(rename = "override")]
+    override_reason: Option<String>,
 }
 
 async fn promote(
@@ -225,8 +232,100 @@ async fn promote(
     let release = parse("release", &b.release, ReleaseRef::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
     caller.allow(Action::Promote, Some(&env))?;
-    let promotion = state.engine.promote(&release, &env, caller.name()).await?;
+    if let Some(reason) = &b.override_reason {
+        caller.allow(Action::Override, Some(&env))?;
+        if reason.trim().is_empty() {
+            return Err(Problem::bad_request(
+                "an override needs a reason, recorded in the audit log (--override \"hotfix for incident 42\")",
+            ));
+        }
+    }
+    let promotion = state
+        .engine
+        .promote(&release, &env, caller.name(), b.override_reason)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(promotion)))
+}
+
+#[derive(Deserialize)]
+struct DecisionBody {
+    release: String,
+    env: String,
+    approve: bool,
+    comment: Option<String>,
+}
+
+/// Approves or rejects the promotion of a release into an environment.
+async fn decide(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(b): ApiJson<DecisionBody>,
+) -> ApiResult<impl IntoResponse> {
+    let release = parse("release", &b.release, ReleaseRef::parse)?;
+    let env = parse("environment", &b.env, EnvName::parse)?;
+    caller.allow(Action::Approve, Some(&env))?;
+    let comment = b.comment.filter(|c| !c.trim().is_empty());
+    let (promotion, decision) = state
+        .engine
+        .decide(&release, &env, &caller.0, b.approve, comment)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "promotion": promotion, "decision": decision })),
+    ))
+}
+
+#[derive(Deserialize)]
+struct FreezeBody {
+    /// None: every environment.
+    env: Option<String>,
+    reason: String,
+}
+
+async fn freeze(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(b): ApiJson<FreezeBody>,
+) -> ApiResult<impl IntoResponse> {
+    let env = optional("environment", b.env.as_deref(), EnvName::parse)?;
+    caller.allow(Action::Freeze, env.as_ref())?;
+    if b.reason.trim().is_empty() {
+        return Err(Problem::bad_request(
+            "a freeze needs a reason (--reason \"year-end change freeze\")",
+        ));
+    }
+    let freeze = state
+        .engine
+        .freeze(env.as_ref(), b.reason.trim(), caller.name())
+        .await?;
+    Ok((StatusCode::CREATED, Json(freeze)))
+}
+
+#[derive(Deserialize)]
+struct FreezeQuery {
+    env: Option<String>,
+}
+
+async fn unfreeze(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<FreezeQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let env = optional("environment", q.env.as_deref(), EnvName::parse)?;
+    caller.allow(Action::Freeze, env.as_ref())?;
+    Ok(Json(
+        state.engine.unfreeze(env.as_ref(), caller.name()).await?,
+    ))
+}
+
+async fn list_freezes(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::Read, None)?;
+    let mut freezes = state.engine.store().freezes().await?;
+    freezes.retain(|f| caller.sees(f.env.as_ref().map(EnvName::as_str)));
+    Ok(Json(freezes))
 }
 
 async fn promotion(

@@ -2,6 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use shipgate_core::gate::DecisionRefusal;
 use shipgate_engine::EngineError;
 use shipgate_store::StoreError;
 use shipgate_store::artifact::ArtifactError;
@@ -58,6 +59,17 @@ impl From<EngineError> for Problem {
                 (StatusCode::NOT_FOUND, "not found")
             }
             EngineError::NothingToRollBack(_) => (StatusCode::CONFLICT, "nothing to roll back"),
+            EngineError::NothingToDecide(_) => (StatusCode::CONFLICT, "nothing to decide"),
+            EngineError::Decision(d) => match d {
+                DecisionRefusal::OwnPromotion { .. } | DecisionRefusal::WrongRole { .. } => {
+                    (StatusCode::FORBIDDEN, "decision refused")
+                }
+                DecisionRefusal::AlreadyDecided { .. } => (StatusCode::CONFLICT, "already decided"),
+                DecisionRefusal::RejectionWithoutComment => {
+                    (StatusCode::BAD_REQUEST, "comment missing")
+                }
+            },
+            EngineError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
             EngineError::Artifact(a) => match a {
                 ArtifactError::TooLarge { .. } => {
                     (StatusCode::PAYLOAD_TOO_LARGE, "artifact too large")

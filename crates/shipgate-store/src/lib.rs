@@ -15,6 +15,7 @@ pub use model::*;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
+use shipgate_core::gate::{Decision, Freeze, Stage};
 use shipgate_core::{AppName, Digest, EnvName, PromotionState, Standing, Version};
 
 /// Why the store refused or failed.
@@ -50,6 +51,9 @@ pub enum StoreError {
     /// Token names are unique (they are the actor in the audit log).
     #[error("a token named `{0}` already exists; choose another name (revoked tokens keep theirs)")]
     TokenExists(String),
+    /// The change collides with one already recorded (a second freeze, a second decision).
+    #[error("{0}")]
+    Conflict(String),
     /// A stored value no longer parses: the database was changed outside shipgate.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
@@ -102,6 +106,31 @@ pub trait Store: Send + Sync {
     /// Where `app@version` stands in `env`: by its latest promotion there that succeeded (and
     /// maybe was rolled back since).
     async fn standing(&self, app: &AppName, version: &Version, env: &EnvName) -> Result<Standing>;
+
+    /// When `app@version` last became verified in `env` (RFC 3339), unless rolled back since.
+    async fn verified_at(
+        &self,
+        app: &AppName,
+        version: &Version,
+        env: &EnvName,
+    ) -> Result<Option<String>>;
+
+    /// Records an approval or rejection with its event. Refused with
+    /// [`StoreError::StateConflict`] unless the promotion is `pending` (entry stage) or
+    /// `verifying` (watch stage), and with [`StoreError::Conflict`] if that person already decided.
+    async fn record_decision(&self, decision: NewDecision) -> Result<Decision>;
+    /// The decisions of one stage of a promotion, oldest first.
+    async fn decisions(&self, promotion_id: i64, stage: Stage) -> Result<Vec<Decision>>;
+    /// The override of a promotion, if an admin gave one.
+    async fn override_of(&self, promotion_id: i64) -> Result<Option<Override>>;
+
+    /// Freezes one environment (or all: `None`), with its event; refused with
+    /// [`StoreError::Conflict`] if that scope is frozen already.
+    async fn freeze(&self, env: Option<&EnvName>, reason: &str, actor: &str) -> Result<Freeze>;
+    /// Lifts the freeze of exactly that scope, with its event.
+    async fn unfreeze(&self, env: Option<&EnvName>, actor: &str) -> Result<Freeze>;
+    /// Freezes in force, oldest first.
+    async fn freezes(&self) -> Result<Vec<Freeze>>;
 
     /// Records one gate result of a promotion, with its event.
     async fn record_gate(&self, gate: NewGate, actor: &str) -> Result<Gate>;

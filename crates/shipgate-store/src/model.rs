@@ -85,6 +85,36 @@ pub struct NewPromotion {
     pub kind: PromotionKind,
     /// What is live there now.
     pub previous_version: Option<Version>,
+    /// An admin lifts deploy windows and freezes for this promotion, for this reason.
+    pub override_reason: Option<String>,
+}
+
+/// An approval or rejection about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewDecision {
+    /// The promotion decided on.
+    pub promotion_id: i64,
+    /// Before the deploy or on a held watch.
+    pub stage: shipgate_core::gate::Stage,
+    /// Who decides.
+    pub actor: String,
+    /// Their token's role.
+    pub role: shipgate_core::Role,
+    /// Approve (true) or reject.
+    pub approve: bool,
+    /// Why.
+    pub comment: Option<String>,
+}
+
+/// An admin's override of a promotion's windows and freezes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Override {
+    /// Who overrode.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub at: String,
 }
 
 /// What a transition does to the environment's live release.

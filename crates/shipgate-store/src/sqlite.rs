@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use shipgate_core::gate::{Decision, Freeze, Stage};
 use shipgate_core::{AppName, Digest, EnvName, PromotionKind, PromotionState, Standing, Version};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -66,6 +67,21 @@ CREATE TABLE tokens (
 "#,
     r#"
 ALTER TABLE tokens ADD COLUMN envs TEXT NOT NULL DEFAULT '[]';
+"#,
+    r#"
+CREATE TABLE decisions (
+    id INTEGER PRIMARY KEY, promotion_id INTEGER NOT NULL REFERENCES promotions (id),
+    stage TEXT NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL, approve INTEGER NOT NULL,
+    comment TEXT, at TEXT NOT NULL, UNIQUE (promotion_id, stage, actor)
+);
+CREATE TABLE freezes (
+    id INTEGER PRIMARY KEY, env TEXT, reason TEXT NOT NULL, frozen_by TEXT NOT NULL,
+    frozen_at TEXT NOT NULL, lifted_by TEXT, lifted_at TEXT
+);
+CREATE TABLE overrides (
+    promotion_id INTEGER PRIMARY KEY REFERENCES promotions (id), actor TEXT NOT NULL,
+    reason TEXT NOT NULL, at TEXT NOT NULL
+);
 "#,
 ];
 
@@ -348,6 +364,28 @@ async fn insert_promotion(
             .await
             .map_err(db("inserting a promotion"))?;
     let promotion = promotion_in(tx, id).await?;
+    if let Some(reason) = &p.override_reason {
+        sqlx::query("INSERT INTO overrides (promotion_id, actor, reason, at) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(actor)
+            .bind(reason)
+            .bind(&at)
+            .execute(&mut **tx)
+            .await
+            .map_err(db("recording an override"))?;
+        let message = format!(
+            "{actor} overrode deploy windows and freezes for {}@{} into {}: {reason}",
+            p.app, p.version, p.env
+        );
+        let event = promotion_event(
+            &promotion,
+            actor,
+            "promotion.override",
+            message,
+            serde_json::json!({ "reason": reason }),
+        );
+        events.push(append(tx, event).await?);
+    }
     for old in pending {
         let reason = format!("superseded by promotion {id} ({}@{})", p.app, p.version);
         set_state(tx, old, PromotionState::Superseded, Some(&reason)).await?;
@@ -686,6 +724,229 @@ impl Store for SqliteStore {
                 }
             }
         })
+    }
+
+    async fn verified_at(
+        &self,
+        app: &AppName,
+        version: &Version,
+        env: &EnvName,
+    ) -> Result<Option<String>> {
+        let latest: Option<(String, String)> = sqlx::query_as(
+            "SELECT state, updated_at FROM promotions WHERE app = ? AND version = ? AND env = ?
+             AND state IN ('succeeded', 'rolled_back') ORDER BY id DESC LIMIT 1",
+        )
+        .bind(app.as_str())
+        .bind(version.as_str())
+        .bind(env.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading verified releases"))?;
+        Ok(latest
+            .filter(|(state, _)| state == PromotionState::Succeeded.as_str())
+            .map(|(_, at)| at))
+    }
+
+    async fn record_decision(&self, d: NewDecision) -> Result<Decision> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let p = promotion_in(&mut tx, d.promotion_id).await?;
+        let expected = match d.stage {
+            Stage::Entry => PromotionState::Pending,
+            Stage::Watch => PromotionState::Verifying,
+        };
+        if p.state != expected {
+            return Err(StoreError::StateConflict {
+                id: p.id,
+                expected: expected.to_string(),
+                actual: p.state,
+            });
+        }
+        let at = jiff::Timestamp::now();
+        let inserted = sqlx::query("INSERT INTO decisions (promotion_id, stage, actor, role, approve, comment, at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(p.id)
+            .bind(d.stage.as_str())
+            .bind(&d.actor)
+            .bind(d.role.as_str())
+            .bind(d.approve)
+            .bind(&d.comment)
+            .bind(at.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("recording a decision"))?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "{} has already decided on promotion {}; each person decides once",
+                d.actor, p.id
+            )));
+        }
+        let verdict = if d.approve { "approved" } else { "rejected" };
+        let what = match d.stage {
+            Stage::Entry => "",
+            Stage::Watch => " after its inconclusive watch",
+        };
+        let mut message = format!(
+            "{} {verdict} {}@{} into {}{what}",
+            d.actor, p.app, p.version, p.env
+        );
+        if let Some(c) = &d.comment {
+            message.push_str(&format!(": {c}"));
+        }
+        let data = serde_json::json!({ "stage": d.stage, "role": d.role, "approve": d.approve, "comment": d.comment });
+        let event = append(
+            &mut tx,
+            promotion_event(&p, &d.actor, &format!("approval.{verdict}"), message, data),
+        )
+        .await?;
+        self.commit(tx, vec![event]).await?;
+        Ok(Decision {
+            actor: d.actor,
+            role: d.role,
+            approve: d.approve,
+            comment: d.comment,
+            at,
+        })
+    }
+
+    async fn decisions(&self, promotion_id: i64, stage: Stage) -> Result<Vec<Decision>> {
+        let rows = sqlx::query("SELECT actor, role, approve, comment, at FROM decisions WHERE promotion_id = ? AND stage = ? ORDER BY id")
+            .bind(promotion_id)
+            .bind(stage.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading decisions"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Decision {
+                    actor: get(row, "actor")?,
+                    role: parse("role", &get::<String>(row, "role")?, shipgate_core::Role::parse)?,
+                    approve: get(row, "approve")?,
+                    comment: get(row, "comment")?,
+                    at: parse("time", &get::<String>(row, "at")?, str::parse::<jiff::Timestamp>)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn override_of(&self, promotion_id: i64) -> Result<Option<Override>> {
+        let row: Option<(String, String, String)> =
+            sqlx::query_as("SELECT actor, reason, at FROM overrides WHERE promotion_id = ?")
+                .bind(promotion_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading an override"))?;
+        Ok(row.map(|(actor, reason, at)| Override { actor, reason, at }))
+    }
+
+    async fn freeze(&self, env: Option<&EnvName>, reason: &str, actor: &str) -> Result<Freeze> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let env_name = env.map(EnvName::as_str);
+        let existing: Option<(String, String)> = sqlx::query_as(
+            "SELECT frozen_by, reason FROM freezes WHERE env IS ? AND lifted_at IS NULL",
+        )
+        .bind(env_name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading freezes"))?;
+        let scope = env_name.unwrap_or("every environment");
+        if let Some((by, why)) = existing {
+            return Err(StoreError::Conflict(format!(
+                "{scope} is already frozen by {by}: {why} (unfreeze it first to change the reason)"
+            )));
+        }
+        let since = jiff::Timestamp::now();
+        sqlx::query("INSERT INTO freezes (env, reason, frozen_by, frozen_at) VALUES (?, ?, ?, ?)")
+            .bind(env_name)
+            .bind(reason)
+            .bind(actor)
+            .bind(since.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("recording a freeze"))?;
+        let event = append(
+            &mut tx,
+            NewEvent {
+                actor: actor.to_owned(),
+                kind: "environment.frozen".into(),
+                env: env_name.map(str::to_owned),
+                message: format!("{actor} froze {scope}: {reason}"),
+                data: serde_json::json!({ "env": env_name, "reason": reason }),
+                ..NewEvent::default()
+            },
+        )
+        .await?;
+        self.commit(tx, vec![event]).await?;
+        Ok(Freeze {
+            env: env.cloned(),
+            reason: reason.to_owned(),
+            by: actor.to_owned(),
+            since,
+        })
+    }
+
+    async fn unfreeze(&self, env: Option<&EnvName>, actor: &str) -> Result<Freeze> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let env_name = env.map(EnvName::as_str);
+        let scope = env_name.unwrap_or("every environment");
+        let row: Option<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT id, reason, frozen_by, frozen_at FROM freezes WHERE env IS ? AND lifted_at IS NULL",
+        )
+        .bind(env_name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading freezes"))?;
+        let Some((id, reason, by, since)) = row else {
+            return Err(StoreError::NotFound(format!("a freeze of {scope}")));
+        };
+        sqlx::query("UPDATE freezes SET lifted_by = ?, lifted_at = ? WHERE id = ?")
+            .bind(actor)
+            .bind(now())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("lifting a freeze"))?;
+        let event = append(
+            &mut tx,
+            NewEvent {
+                actor: actor.to_owned(),
+                kind: "environment.unfrozen".into(),
+                env: env_name.map(str::to_owned),
+                message: format!("{actor} lifted the freeze of {scope} (frozen by {by}: {reason})"),
+                data: serde_json::json!({ "env": env_name }),
+                ..NewEvent::default()
+            },
+        )
+        .await?;
+        self.commit(tx, vec![event]).await?;
+        Ok(Freeze {
+            env: env.cloned(),
+            reason,
+            by,
+            since: parse("time", &since, str::parse::<jiff::Timestamp>)?,
+        })
+    }
+
+    async fn freezes(&self) -> Result<Vec<Freeze>> {
+        let rows: Vec<(Option<String>, String, String, String)> = sqlx::query_as(
+            "SELECT env, reason, frozen_by, frozen_at FROM freezes WHERE lifted_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading freezes"))?;
+        rows.into_iter()
+            .map(|(env, reason, by, since)| {
+                Ok(Freeze {
+                    env: env
+                        .map(|e| parse("environment", &e, EnvName::parse))
+                        .transpose()?,
+                    reason,
+                    by,
+                    since: parse("time", &since, str::parse::<jiff::Timestamp>)?,
+                })
+            })
+            .collect()
     }
 
     async fn record_gate(&self, g: NewGate, actor: &str) -> Result<Gate> {

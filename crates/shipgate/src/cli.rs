@@ -75,6 +75,53 @@ pub enum Command {
         /// Wait until it has succeeded or failed.
         #[arg(long)]
         wait: bool,
+        /// Admin only: lift deploy windows and freezes for this promotion, for this reason
+        /// (recorded in the audit log). Approvals and soak still apply.
+        #[arg(long = "override", value_name = "REASON")]
+        override_reason: Option<String>,
+    },
+    /// Approve a release's pending promotion into an environment (never your own).
+    Approve {
+        /// APP@VERSION
+        release: ReleaseRef,
+        /// The environment it waits to enter.
+        #[arg(long)]
+        env: EnvName,
+        /// Why, recorded with the approval.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a release's pending promotion into an environment: it ends, failed.
+    Reject {
+        /// APP@VERSION
+        release: ReleaseRef,
+        /// The environment it waits to enter.
+        #[arg(long)]
+        env: EnvName,
+        /// Why (required).
+        #[arg(long)]
+        comment: String,
+    },
+    /// Stop promotions into an environment (or all) until `shipgate unfreeze`.
+    Freeze {
+        /// The environment.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        env: Option<EnvName>,
+        /// Every environment at once.
+        #[arg(long)]
+        all: bool,
+        /// Why (shown to everyone whose promotion waits).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a freeze (of one environment, or the one of every environment with --all).
+    Unfreeze {
+        /// The environment.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        env: Option<EnvName>,
+        /// The freeze of every environment.
+        #[arg(long)]
+        all: bool,
     },
     /// Return an environment to the release it had before.
     Rollback {

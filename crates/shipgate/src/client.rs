@@ -136,9 +136,21 @@ impl Client {
         loop {
             let p: Value = self.get(&format!("/promotions/{id}"), &[]).await?;
             let state = p["state"].as_str().unwrap_or_default().to_owned();
-            if state != last {
-                on_change(&state);
-                last = state.clone();
+            // Shown: the state, and what a waiting promotion waits on.
+            let waits: Vec<&str> = p["waiting_on"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|w| w["message"].as_str())
+                .collect();
+            let shown = if waits.is_empty() {
+                state.clone()
+            } else {
+                format!("{state}, waiting on {}", waits.join("; "))
+            };
+            if shown != last {
+                on_change(&shown);
+                last = shown;
             }
             if !matches!(state.as_str(), "pending" | "deploying" | "verifying") {
                 return Ok(p);

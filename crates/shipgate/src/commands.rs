@@ -43,9 +43,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Release(ReleaseCommand::List { app }) => {
             release_list(g, out, app.map(|a| a.to_string())).await
         }
-        Command::Promote { release, to, wait } => {
-            promote(g, out, &release.to_string(), to.as_str(), wait).await
+        Command::Promote {
+            release,
+            to,
+            wait,
+            override_reason,
+        } => {
+            let body = json!({ "release": release.to_string(), "env": to.as_str(), "override": override_reason });
+            promote(g, out, body, wait).await
         }
+        Command::Approve {
+            release,
+            env,
+            comment,
+        } => decide(g, out, &release.to_string(), env.as_str(), true, comment).await,
+        Command::Reject {
+            release,
+            env,
+            comment,
+        } => decide(g, out, &release.to_string(), env.as_str(), false, Some(comment)).await,
+        Command::Freeze { env, all: _, reason } => {
+            freeze(g, out, env.map(|e| e.to_string()), Some(reason)).await
+        }
+        Command::Unfreeze { env, all: _ } => freeze(g, out, env.map(|e| e.to_string()), None).await,
         Command::Rollback { app, env, to, wait } => {
             rollback(
                 g,
@@ -410,18 +430,79 @@ async fn finish_promotion(
     })
 }
 
-async fn promote(
+async fn promote(g: &Global, out: Printer, body: Value, wait: bool) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let promotion: Value = client.post("/promotions", &body).await?;
+    finish_promotion(&client, out, promotion, wait).await
+}
+
+/// `approve` and `reject`.
+async fn decide(
     g: &Global,
     out: Printer,
     release: &str,
-    to: &str,
-    wait: bool,
+    env: &str,
+    approve: bool,
+    comment: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
-    let promotion: Value = client
-        .post("/promotions", &json!({ "release": release, "env": to }))
-        .await?;
-    finish_promotion(&client, out, promotion, wait).await
+    let body = json!({ "release": release, "env": env, "approve": approve, "comment": comment });
+    let answer: Value = client.post("/approvals", &body).await?;
+    let id = answer["promotion"]["id"].as_i64().unwrap_or_default();
+    out.print(&answer, |a| {
+        let verdict = if approve { "approved" } else { "rejected" };
+        let mut text = format!(
+            "{} {verdict} {release} into {env} (promotion {id})",
+            s(&a["decision"]["actor"])
+        );
+        if !approve {
+            text.push_str("; it will not deploy");
+        }
+        text.push_str(&format!(
+            "\n  see what it waits on: shipgate status {}",
+            release.split('@').next().unwrap_or(release)
+        ));
+        text
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `freeze` (with a reason) and `unfreeze` (without); no environment means all of them.
+async fn freeze(
+    g: &Global,
+    out: Printer,
+    env: Option<String>,
+    reason: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let scope = env.clone().unwrap_or_else(|| "every environment".to_owned());
+    let freezing = reason.is_some();
+    let answer: Value = match reason {
+        Some(reason) => {
+            client
+                .post("/freezes", &json!({ "env": env, "reason": reason }))
+                .await?
+        }
+        None => {
+            let path = match &env {
+                Some(e) => format!("/freezes?env={e}"),
+                None => "/freezes".to_owned(),
+            };
+            client.delete(&path).await?
+        }
+    };
+    out.print(&answer, |f| {
+        if freezing {
+            format!(
+                "{scope} is frozen: {}\n  promotions there wait until: shipgate unfreeze {}",
+                s(&f["reason"]),
+                if f["env"].is_null() { "--all".to_owned() } else { format!("--env {scope}") }
+            )
+        } else {
+            format!("{scope} is no longer frozen (it was: {})", s(&f["reason"]))
+        }
+    });
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn rollback(
@@ -513,7 +594,7 @@ pub fn render_status(apps: &[Value]) -> String {
             ]);
         }
     }
-    table(
+    let mut text = table(
         &[
             "APP",
             "ENV",
@@ -525,7 +606,61 @@ pub fn render_status(apps: &[Value]) -> String {
             "IN PROGRESS",
         ],
         &rows,
-    )
+    );
+    text.push_str(&render_waits(apps));
+    text
+}
+
+/// What each waiting promotion waits on, and the freezes in force, below the status table.
+fn render_waits(apps: &[Value]) -> String {
+    let mut waits = String::new();
+    let mut freezes: Vec<String> = Vec::new();
+    for a in apps {
+        for e in a["environments"].as_array().into_iter().flatten() {
+            for f in e["frozen"].as_array().into_iter().flatten() {
+                let scope = if f["env"].is_null() {
+                    "every environment".to_owned()
+                } else {
+                    s(&f["env"])
+                };
+                let line = format!(
+                    "  {scope} frozen by {} since {}: {}\n",
+                    s(&f["by"]),
+                    s(&f["since"]),
+                    s(&f["reason"])
+                );
+                if !freezes.contains(&line) {
+                    freezes.push(line);
+                }
+            }
+            for p in e["in_progress"].as_array().into_iter().flatten() {
+                let Some(list) = p["waiting_on"].as_array().filter(|l| !l.is_empty()) else {
+                    continue;
+                };
+                waits.push_str(&format!(
+                    "  {}@{} → {} (promotion {}, requested by {}) waits on:\n",
+                    s(&a["app"]),
+                    s(&p["version"]),
+                    s(&e["env"]),
+                    p["id"],
+                    s(&p["requested_by"])
+                ));
+                for w in list {
+                    waits.push_str(&format!("    - {}\n", s(&w["message"])));
+                }
+            }
+        }
+    }
+    let mut text = String::new();
+    if !waits.is_empty() {
+        text.push_str("\nwaiting:\n");
+        text.push_str(&waits);
+    }
+    if !freezes.is_empty() {
+        text.push_str("\nfrozen:\n");
+        text.push_str(&freezes.concat());
+    }
+    text
 }
 
 async fn history(
@@ -555,6 +690,19 @@ async fn history(
             ));
             if let Some(reason) = p["reason"].as_str() {
                 text.push_str(&format!("    reason: {reason}\n"));
+            }
+            for w in p["waiting_on"].as_array().into_iter().flatten() {
+                text.push_str(&format!("    waits on: {}\n", s(&w["message"])));
+            }
+            for d in p["decisions"].as_array().into_iter().flatten() {
+                let verdict = if d["approve"] == true { "approved" } else { "rejected" };
+                let comment = d["comment"].as_str().map(|c| format!(": {c}")).unwrap_or_default();
+                text.push_str(&format!(
+                    "    {verdict} by {} ({}) at {}{comment}\n",
+                    s(&d["actor"]),
+                    s(&d["role"]),
+                    s(&d["at"])
+                ));
             }
             for gate in p["gates"].as_array().into_iter().flatten() {
                 let mark = if gate["passed"] == true {

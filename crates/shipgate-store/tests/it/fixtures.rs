@@ -71,6 +71,7 @@ impl TestStore {
             env: env_of(env),
             kind,
             previous_version: None,
+            override_reason: None,
         };
         self.store.create_promotion(new, "alice").await.unwrap()
     }

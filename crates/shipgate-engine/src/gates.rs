@@ -1,0 +1,408 @@
+//! Requirements before the deploy (`require.*`, freezes, overrides), approvals and rejections,
+//! and auto-promotion. The rules are `shipgate_core::gate`'s; this module gathers the facts,
+//! waits for them to change and records the outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use shipgate_core::gate::{
+    self, Decision, DecisionAsk, EntryFacts, Freeze, Stage, Wait, check_decision,
+};
+use shipgate_core::promotion::check_entry;
+use shipgate_core::{EnvName, Grant, PromotionKind, PromotionState, ReleaseRef, Standing};
+use shipgate_store::{Event, NewDecision, Promotion, PromotionFilter};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::{Engine, EngineError, SYSTEM, locked};
+
+/// Longest sleep between two looks at a waiting promotion's facts when no event arrives.
+const RECHECK: Duration = Duration::from_secs(60);
+
+impl Engine {
+    /// What a promotion waits on now (empty when it waits on nothing or is not pending).
+    pub fn waiting_on(&self, promotion_id: i64) -> Vec<Wait> {
+        locked(&self.waiting)
+            .get(&promotion_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_waiting(&self, promotion_id: i64, waits: Vec<Wait>) {
+        let mut waiting = locked(&self.waiting);
+        if waits.is_empty() {
+            waiting.remove(&promotion_id);
+        } else {
+            waiting.insert(promotion_id, waits);
+        }
+    }
+
+    /// Waits until the promotion's requirements hold (true) or it ended while waiting (false):
+    /// superseded, rejected, or no longer allowed in by the entry rule.
+    pub(crate) async fn await_requirements(&self, p: &Promotion) -> Result<bool, EngineError> {
+        let Some(env) = self.config.environment(&p.env) else {
+            return Ok(true);
+        };
+        let mut events = self.store.subscribe();
+        let started_at = crate::flow::now();
+        let facts = loop {
+            let current = self.store.promotion(p.id).await?;
+            if current.is_none_or(|c| c.state != PromotionState::Pending) {
+                self.set_waiting(p.id, vec![]);
+                return Ok(false);
+            }
+            let standing = match &env.after {
+                Some(after) => self.store.standing(&p.app, &p.version, after).await?,
+                None => Standing::Unverified,
+            };
+            let release = ReleaseRef {
+                app: p.app.clone(),
+                version: p.version.clone(),
+            };
+            if let Err(refusal) = check_entry(&self.config, &release, &p.digest, &p.env, |_| standing)
+            {
+                self.end_pending(p, format!("no longer allowed in: {refusal}"))
+                    .await?;
+                return Ok(false);
+            }
+            let decisions = self.store.decisions(p.id, Stage::Entry).await?;
+            if let Some(rejection) = decisions.iter().find(|d| !d.approve) {
+                let why = format!(
+                    "rejected by {}: {}",
+                    rejection.actor,
+                    rejection.comment.as_deref().unwrap_or("")
+                );
+                self.gate(p, "approvals", false, why.clone(), started_at.clone())
+                    .await?;
+                self.end_pending(p, why).await?;
+                return Ok(false);
+            }
+            let facts = self.entry_facts(p, env.after.as_ref(), decisions).await?;
+            let waits = gate::waiting_on(&env.require, &facts.borrowed());
+            if waits.is_empty() {
+                break facts;
+            }
+            let next = waits.iter().filter_map(Wait::until).min();
+            self.set_waiting(p.id, waits);
+            let sleep = next
+                .and_then(|t| Duration::try_from(t.duration_since(Timestamp::now())).ok())
+                .map_or(RECHECK, |d| (d + Duration::from_millis(5)).min(RECHECK));
+            tokio::select! {
+                got = next_relevant(&mut events, p) => if got.is_none() { return Ok(false) },
+                () = tokio::time::sleep(sleep) => {}
+            }
+        };
+        self.set_waiting(p.id, vec![]);
+        self.record_entry_gates(p, &facts, &started_at).await?;
+        Ok(true)
+    }
+
+    async fn entry_facts(
+        &self,
+        p: &Promotion,
+        after: Option<&EnvName>,
+        decisions: Vec<Decision>,
+    ) -> Result<OwnedFacts, EngineError> {
+        let verified_before_at = match after {
+            Some(after) => self
+                .store
+                .verified_at(&p.app, &p.version, after)
+                .await?
+                .and_then(|t| t.parse().ok()),
+            None => None,
+        };
+        let freezes = self
+            .store
+            .freezes()
+            .await?
+            .into_iter()
+            .filter(|f| f.env.as_ref().is_none_or(|e| e == &p.env))
+            .collect();
+        let overridden = self.store.override_of(p.id).await?;
+        Ok(OwnedFacts {
+            after: after.cloned(),
+            verified_before_at,
+            decisions,
+            freezes,
+            overridden,
+            now: Timestamp::now(),
+        })
+    }
+
+    /// Records, once the requirements hold, what each of them saw.
+    async fn record_entry_gates(
+        &self,
+        p: &Promotion,
+        facts: &OwnedFacts,
+        started_at: &str,
+    ) -> Result<(), EngineError> {
+        let Some(env) = self.config.environment(&p.env) else {
+            return Ok(());
+        };
+        let req = &env.require;
+        if let Some(rule) = &req.approvals {
+            let approvers = gate::counted_approvers(rule, &facts.decisions);
+            let comments: Vec<String> = facts
+                .decisions
+                .iter()
+                .filter(|d| approvers.contains(&d.actor))
+                .map(|d| match &d.comment {
+                    Some(c) => format!("{} at {}: {c}", d.actor, d.at),
+                    None => format!("{} at {}", d.actor, d.at),
+                })
+                .collect();
+            let output = format!(
+                "{} of {} approvals, requested by {}\n{}",
+                approvers.len(),
+                rule.count,
+                p.requested_by,
+                comments.join("\n")
+            );
+            self.gate(p, "approvals", true, output, started_at.to_owned())
+                .await?;
+        }
+        if let (Some(soak), Some(after), Some(at)) =
+            (req.soak, &facts.after, facts.verified_before_at)
+        {
+            let output = format!("verified in {after} since {at}, soak {soak} ended");
+            self.gate(p, "soak", true, output, started_at.to_owned())
+                .await?;
+        }
+        if let Some(o) = &facts.overridden {
+            let output = format!(
+                "deploy windows and freezes overridden by {} at {}: {}",
+                o.actor, o.at, o.reason
+            );
+            self.gate(p, "override", true, output, started_at.to_owned())
+                .await?;
+        } else if let Some(shipgate_core::window::WindowState::Open { closes }) =
+            shipgate_core::window::state_of(&req.windows, facts.now)
+        {
+            let output = format!("deploy window open until {closes}");
+            self.gate(p, "window", true, output, started_at.to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends a pending promotion as failed, with why.
+    async fn end_pending(&self, p: &Promotion, reason: String) -> Result<(), EngineError> {
+        self.set_waiting(p.id, vec![]);
+        let mut t = self.step(
+            p,
+            PromotionState::Pending,
+            PromotionState::Failed,
+            format!("{}@{} will not enter {}: {reason}", p.app, p.version, p.env),
+        );
+        t.reason = Some(reason);
+        match self.store.transition(t).await {
+            Ok(_) | Err(shipgate_store::StoreError::StateConflict { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records an approval (or rejection) of `release`'s promotion into `env` by `grant`: the
+    /// pending one, or the verifying one whose watch is held for a person.
+    pub async fn decide(
+        &self,
+        release: &ReleaseRef,
+        env: &EnvName,
+        grant: &Grant,
+        approve: bool,
+        comment: Option<String>,
+    ) -> Result<(Promotion, Decision), EngineError> {
+        let Some(env_config) = self.config.environment(env) else {
+            return Err(EngineError::UnknownEnvironment(env.to_string()));
+        };
+        let open = PromotionFilter {
+            app: Some(release.app.clone()),
+            env: Some(env.clone()),
+            states: vec![PromotionState::Pending, PromotionState::Verifying],
+            limit: None,
+        };
+        let promotion = self
+            .store
+            .promotions(open)
+            .await?
+            .into_iter()
+            .find(|p| p.version == release.version && p.kind == PromotionKind::Promote);
+        let held = |p: &Promotion| {
+            self.waiting_on(p.id)
+                .iter()
+                .any(|w| matches!(w, Wait::Decision { .. }))
+        };
+        let (promotion, stage) = match promotion {
+            Some(p) if p.state == PromotionState::Pending => (p, Stage::Entry),
+            Some(p) if held(&p) => (p, Stage::Watch),
+            _ => {
+                return Err(EngineError::NothingToDecide(format!(
+                    "{release} has no promotion into {env} waiting for a decision (see: shipgate status {})",
+                    release.app
+                )));
+            }
+        };
+        let rule = env_config.require.approvals.as_ref();
+        if stage == Stage::Entry && approve && rule.is_none() {
+            return Err(EngineError::NothingToDecide(format!(
+                "{env} does not require approvals, so there is nothing to approve; {release} waits on: {}",
+                describe(&self.waiting_on(promotion.id))
+            )));
+        }
+        let earlier = self.store.decisions(promotion.id, stage).await?;
+        let ask = DecisionAsk {
+            stage,
+            requested_by: &promotion.requested_by,
+            grant,
+            approve,
+            comment: comment.as_deref(),
+        };
+        check_decision(rule, env, &ask, &earlier)?;
+        let decision = self
+            .store
+            .record_decision(NewDecision {
+                promotion_id: promotion.id,
+                stage,
+                actor: grant.name.clone(),
+                role: grant.role,
+                approve,
+                comment,
+            })
+            .await?;
+        Ok((promotion, decision))
+    }
+
+    /// Freezes one environment or all of them: pending promotions there wait until it is lifted.
+    pub async fn freeze(
+        &self,
+        env: Option<&EnvName>,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Freeze, EngineError> {
+        if let Some(env) = env.filter(|e| self.config.environment(e).is_none()) {
+            return Err(EngineError::UnknownEnvironment(env.to_string()));
+        }
+        Ok(self.store.freeze(env, reason, actor).await?)
+    }
+
+    /// Lifts the freeze of exactly that scope.
+    pub async fn unfreeze(&self, env: Option<&EnvName>, actor: &str) -> Result<Freeze, EngineError> {
+        Ok(self.store.unfreeze(env, actor).await?)
+    }
+
+    /// After `p` succeeded, promotes its release into every `auto = true` environment after it.
+    pub(crate) async fn auto_promote(self: &Arc<Self>, p: &Promotion) {
+        let release = ReleaseRef {
+            app: p.app.clone(),
+            version: p.version.clone(),
+        };
+        let next = self
+            .config
+            .environments
+            .iter()
+            .filter(|e| e.auto && e.after.as_ref() == Some(&p.env));
+        for env in next {
+            if let Err(e) = self.promote(&release, &env.name, SYSTEM, None).await {
+                let event = shipgate_store::NewEvent {
+                    actor: SYSTEM.into(),
+                    kind: "promotion.auto_refused".into(),
+                    app: Some(p.app.to_string()),
+                    env: Some(env.name.to_string()),
+                    promotion_id: Some(p.id),
+                    message: format!("{release} was not promoted into {} automatically: {e}", env.name),
+                    data: serde_json::json!({ "version": p.version }),
+                };
+                if let Err(e) = self.store.append_event(event).await {
+                    tracing::error!("could not record a refused auto-promotion: {e}");
+                }
+            }
+        }
+    }
+
+    /// Waits for a person's decision on a verifying promotion whose watch was inconclusive.
+    /// Returns the failure reason when they rejected it.
+    pub(crate) async fn await_watch_decision(
+        &self,
+        p: &Promotion,
+        watched: String,
+    ) -> Result<Option<String>, EngineError> {
+        let mut events = self.store.subscribe();
+        self.set_waiting(p.id, vec![Wait::Decision { watched }]);
+        let started_at = crate::flow::now();
+        loop {
+            let decisions = self.store.decisions(p.id, Stage::Watch).await?;
+            if let Some(d) = decisions.first() {
+                self.set_waiting(p.id, vec![]);
+                let comment = d.comment.as_deref().unwrap_or("");
+                let output = format!("{} by {}: {comment}", verdict(d.approve), d.actor);
+                self.gate(p, "watch decision", d.approve, output.clone(), started_at)
+                    .await?;
+                return Ok((!d.approve).then_some(output));
+            }
+            if next_relevant(&mut events, p).await.is_none() {
+                return Ok(Some("the server stopped while waiting for a decision".into()));
+            }
+        }
+    }
+}
+
+fn verdict(approve: bool) -> &'static str {
+    if approve { "approved" } else { "rejected" }
+}
+
+/// The waits as one line.
+pub(crate) fn describe(waits: &[Wait]) -> String {
+    if waits.is_empty() {
+        return "nothing".to_owned();
+    }
+    waits
+        .iter()
+        .map(Wait::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The next event that may change what `p` waits on; None once the store is gone.
+async fn next_relevant(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    p: &Promotion,
+) -> Option<()> {
+    loop {
+        match events.recv().await {
+            Ok(e) if relevant(&e, p) => return Some(()),
+            Ok(_) => {}
+            // Missed some: look again rather than guess which.
+            Err(RecvError::Lagged(_)) => return Some(()),
+            Err(RecvError::Closed) => return None,
+        }
+    }
+}
+
+fn relevant(e: &Event, p: &Promotion) -> bool {
+    e.kind.starts_with("approval.")
+        || e.kind.starts_with("environment.frozen")
+        || e.kind.starts_with("environment.unfrozen")
+        || (e.kind.starts_with("promotion.") && e.app.as_deref() == Some(p.app.as_str()))
+}
+
+/// [`EntryFacts`] with owned parts, so they can be kept after the wait.
+struct OwnedFacts {
+    after: Option<EnvName>,
+    verified_before_at: Option<Timestamp>,
+    decisions: Vec<Decision>,
+    freezes: Vec<Freeze>,
+    overridden: Option<shipgate_store::Override>,
+    now: Timestamp,
+}
+
+impl OwnedFacts {
+    fn borrowed(&self) -> EntryFacts<'_> {
+        EntryFacts {
+            after: self.after.as_ref(),
+            verified_before_at: self.verified_before_at,
+            decisions: &self.decisions,
+            freezes: &self.freezes,
+            overridden: self.overridden.is_some(),
+            now: self.now,
+        }
+    }
+}
