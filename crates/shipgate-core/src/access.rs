@@ -230,7 +230,11 @@ mod tests {
         assert!(scoped_approver.check(Action::Freeze, Some(&dev)).is_ok());
         assert!(scoped_approver.check(Action::Freeze, None).is_err());
         assert!(scoped_approver.check(Action::Override, Some(&dev)).is_err());
-        assert!(grant(Role::Admin, &[]).check(Action::Override, Some(&prod)).is_ok());
+        assert!(
+            grant(Role::Admin, &[])
+                .check(Action::Override, Some(&prod))
+                .is_ok()
+        );
         for role in Role::ALL {
             assert_eq!(Role::parse(role.as_str()), Ok(role));
         }

@@ -648,15 +648,26 @@ fn approval_rule(raw: &Spanned<toml::Value>, problems: &mut Problems) -> Option<
         toml::Value::Integer(n) => (Some(*n), None),
         toml::Value::Table(t) => {
             if let Some(key) = t.keys().find(|k| !matches!(k.as_str(), "count" | "role")) {
-                problems.add(raw.span(), format!("unknown key `{key}` in `require.approvals`"), help);
+                problems.add(
+                    raw.span(),
+                    format!("unknown key `{key}` in `require.approvals`"),
+                    help,
+                );
                 return None;
             }
-            (t.get("count").and_then(toml::Value::as_integer), t.get("role"))
+            (
+                t.get("count").and_then(toml::Value::as_integer),
+                t.get("role"),
+            )
         }
         _ => (None, None),
     };
     let Some(count) = count.filter(|n| (1..=100).contains(n)) else {
-        problems.add(raw.span(), "`require.approvals` needs a count from 1 to 100", help);
+        problems.add(
+            raw.span(),
+            "`require.approvals` needs a count from 1 to 100",
+            help,
+        );
         return None;
     };
     let role = match role {
@@ -691,7 +702,8 @@ fn watch_rule(raw: &RawVerify, problems: &mut Problems) -> Option<WatchRule> {
             problems.add(
                 span,
                 "this threshold of the watch has no `verify.watch`",
-                "say how long to watch after the switch, for example verify.watch = \"2m\"".to_owned(),
+                "say how long to watch after the switch, for example verify.watch = \"2m\""
+                    .to_owned(),
             );
         }
         return None;
@@ -701,7 +713,10 @@ fn watch_rule(raw: &RawVerify, problems: &mut Problems) -> Option<WatchRule> {
         if !(0.0..=1.0).contains(rate.get_ref()) {
             problems.add(
                 rate.span(),
-                format!("verify.max_error_rate {} is not a share from 0 to 1", rate.get_ref()),
+                format!(
+                    "verify.max_error_rate {} is not a share from 0 to 1",
+                    rate.get_ref()
+                ),
                 "write 0.01 for 1%".to_owned(),
             );
         }
@@ -732,7 +747,10 @@ fn http_checks(raw: &[RawHttpCheck], problems: &mut Problems) -> Vec<HttpCheck> 
         if !c.path.get_ref().starts_with('/') {
             problems.add(
                 c.path.span(),
-                format!("verify.http path `{}` must start with `/`", c.path.get_ref()),
+                format!(
+                    "verify.http path `{}` must start with `/`",
+                    c.path.get_ref()
+                ),
                 None,
             );
             continue;
@@ -749,7 +767,11 @@ fn http_checks(raw: &[RawHttpCheck], problems: &mut Problems) -> Vec<HttpCheck> 
             Some(b) => match regex_lite::Regex::new(b.get_ref()) {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    problems.add(b.span(), format!("verify.http body pattern is not a regular expression: {e}"), None);
+                    problems.add(
+                        b.span(),
+                        format!("verify.http body pattern is not a regular expression: {e}"),
+                        None,
+                    );
                     continue;
                 }
             },
@@ -987,8 +1009,9 @@ mod tests {
 
     #[test]
     fn unsupported_gates_are_refused_not_ignored() {
-        let src =
-            format!("{BASE}[environments.p]\nlisten = \"127.0.0.1:8101\"\nrequire.parity = \"s\"\n");
+        let src = format!(
+            "{BASE}[environments.p]\nlisten = \"127.0.0.1:8101\"\nrequire.parity = \"s\"\n"
+        );
         assert!(errors(&src).contains("`require.parity` of environment `p` is not enforced"));
     }
 
@@ -1000,11 +1023,20 @@ mod tests {
         let c = Config::parse(&src, Path::new("/p")).unwrap();
         let p = &c.environments[1];
         assert!(p.auto);
-        assert_eq!(p.require.approvals, Some(ApprovalRule { count: 2, role: Some(Role::Approver) }));
+        assert_eq!(
+            p.require.approvals,
+            Some(ApprovalRule {
+                count: 2,
+                role: Some(Role::Approver)
+            })
+        );
         assert_eq!(p.require.soak, Some(Duration::parse("10m").unwrap()));
         assert_eq!(p.require.windows.len(), 1);
         let watch = p.verify.watch.as_ref().unwrap();
-        assert_eq!((watch.min_requests, watch.inconclusive), (10, Inconclusive::Hold));
+        assert_eq!(
+            (watch.min_requests, watch.inconclusive),
+            (10, Inconclusive::Hold)
+        );
         assert_eq!(p.verify.http[0].status, 200);
 
         let bad = format!(

@@ -202,9 +202,7 @@ pub fn waiting_on(req: &Requirements, facts: &EntryFacts<'_>) -> Vec<Wait> {
     if let (Some(soak), Some(after)) = (req.soak, facts.after) {
         // Without a verification time the entry rule refuses the promotion anyway.
         if let Some(at) = facts.verified_before_at {
-            let ends = at
-                .checked_add(soak.as_std())
-                .unwrap_or(Timestamp::MAX);
+            let ends = at.checked_add(soak.as_std()).unwrap_or(Timestamp::MAX);
             if facts.now < ends {
                 waits.push(Wait::Soak {
                     env: after.clone(),
@@ -241,7 +239,9 @@ pub fn waiting_on(req: &Requirements, facts: &EntryFacts<'_>) -> Vec<Wait> {
 pub fn counted_approvers(rule: &ApprovalRule, decisions: &[Decision]) -> Vec<String> {
     let mut approvers: Vec<String> = Vec::new();
     for d in decisions.iter().filter(|d| d.approve) {
-        let role_ok = rule.role.is_none_or(|r| d.role == r || d.role == Role::Admin);
+        let role_ok = rule
+            .role
+            .is_none_or(|r| d.role == r || d.role == Role::Admin);
         if role_ok && !approvers.contains(&d.actor) {
             approvers.push(d.actor.clone());
         }
@@ -332,7 +332,10 @@ pub fn check_decision(
         });
     }
     if let (Stage::Entry, Some(rule)) = (stage, rule) {
-        if let Some(role) = rule.role.filter(|r| *r != grant.role && grant.role != Role::Admin) {
+        if let Some(role) = rule
+            .role
+            .filter(|r| *r != grant.role && grant.role != Role::Admin)
+        {
             return Err(DecisionRefusal::WrongRole {
                 env: env.clone(),
                 role,
@@ -530,13 +533,15 @@ mod tests {
             count: 1,
             role: None,
         };
-        let ask = |grant, approve, comment| DecisionAsk {
-            stage: Stage::Entry,
-            requested_by: "carol",
-            grant,
-            approve,
-            comment,
-        };
+        fn ask<'a>(grant: &'a Grant, approve: bool, comment: Option<&'a str>) -> DecisionAsk<'a> {
+            DecisionAsk {
+                stage: Stage::Entry,
+                requested_by: "carol",
+                grant,
+                approve,
+                comment,
+            }
+        }
         let check = |g: &Grant, approve, comment, earlier: &[Decision]| {
             check_decision(Some(&rule), &env, &ask(g, approve, comment), earlier)
         };
@@ -616,7 +621,11 @@ mod tests {
         f.now = at("2026-12-07T10:00:00Z");
         let waits = waiting_on(&req, &f);
         assert_eq!(waits.len(), 1);
-        assert!(waits[0].to_string().starts_with("every environment is frozen by root"));
+        assert!(
+            waits[0]
+                .to_string()
+                .starts_with("every environment is frozen by root")
+        );
         assert_eq!(waits[0].until(), None);
         f.overridden = true;
         f.now = at("2026-12-05T12:00:00Z");

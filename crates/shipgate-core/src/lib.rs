@@ -20,8 +20,8 @@ pub mod window;
 
 pub use access::{Action, Denied, Grant, Role};
 pub use config::{
-    AppConfig, ApprovalRule, Config, ConfigError, ConfigProblem, CrashLoop, EnvironmentConfig, HttpCheck, Requirements,
-    ServerConfig, WatchRule,
+    AppConfig, ApprovalRule, Config, ConfigError, ConfigProblem, CrashLoop, EnvironmentConfig,
+    HttpCheck, Requirements, ServerConfig, WatchRule,
 };
 pub use duration::Duration;
 pub use names::{AppName, Digest, EnvName, NameError, ReleaseRef, Version};

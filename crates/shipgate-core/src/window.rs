@@ -69,7 +69,8 @@ fn parse_days(s: &str) -> Result<[bool; 7], String> {
         return Ok([true; 7]);
     }
     for part in s.split(',') {
-        let unknown = |d: &str| format!("`{d}` is not a weekday: write Mon, Tue, Wed, Thu, Fri, Sat or Sun");
+        let unknown =
+            |d: &str| format!("`{d}` is not a weekday: write Mon, Tue, Wed, Thu, Fri, Sat or Sun");
         match part.split_once('-') {
             Some((a, b)) => {
                 let a = day_index(a).ok_or_else(|| unknown(a))?;
@@ -104,7 +105,8 @@ impl DeployWindow {
     /// `daily`; the time zone an IANA name (default UTC). An end before the start runs past
     /// midnight into the next day.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let example = "write DAYS HH:MM-HH:MM TIME_ZONE, for example \"Mon-Fri 09:00-17:00 Europe/Paris\"";
+        let example =
+            "write DAYS HH:MM-HH:MM TIME_ZONE, for example \"Mon-Fri 09:00-17:00 Europe/Paris\"";
         let parts: Vec<&str> = s.split_whitespace().collect();
         let (days, times, zone) = match parts.as_slice() {
             [d, t] => (*d, *t, "UTC"),
@@ -117,7 +119,9 @@ impl DeployWindow {
             .and_then(|(a, b)| Some((parse_time(a)?, parse_time(b)?)))
             .ok_or_else(|| format!("`{times}` is not a time range: {example}"))?;
         if start == end || start == 24 * 60 {
-            return Err(format!("the window `{s}` never opens: give a start before the end"));
+            return Err(format!(
+                "the window `{s}` never opens: give a start before the end"
+            ));
         }
         let tz = TimeZone::get(zone).map_err(|_| {
             format!("`{zone}` is not a time zone: use an IANA name such as Europe/Paris, America/New_York or UTC")
@@ -159,7 +163,10 @@ impl DeployWindow {
         };
         let end = Time::new((end_minutes / 60) as i8, (end_minutes % 60) as i8, 0, 0).ok()?;
         // Civil times that fall in a gap or a fold resolve the "compatible" way (as RFC 5545).
-        let opens = date.to_datetime(self.start).to_zoned(self.tz.clone()).ok()?;
+        let opens = date
+            .to_datetime(self.start)
+            .to_zoned(self.tz.clone())
+            .ok()?;
         let closes = end_date.to_datetime(end).to_zoned(self.tz.clone()).ok()?;
         Some((opens.timestamp(), closes.timestamp()))
     }

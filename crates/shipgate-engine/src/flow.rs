@@ -88,8 +88,14 @@ impl Engine {
             None => Standing::Unverified,
         };
         check_entry(&self.config, release, &registered.digest, env, |_| standing)?;
-        self.request(registered, env, PromotionKind::Promote, actor, override_reason)
-            .await
+        self.request(
+            registered,
+            env,
+            PromotionKind::Promote,
+            actor,
+            override_reason,
+        )
+        .await
     }
 
     /// Returns `env` to the release that was live before the current one (or to `to`, which

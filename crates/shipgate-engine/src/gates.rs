@@ -59,7 +59,8 @@ impl Engine {
                 app: p.app.clone(),
                 version: p.version.clone(),
             };
-            if let Err(refusal) = check_entry(&self.config, &release, &p.digest, &p.env, |_| standing)
+            if let Err(refusal) =
+                check_entry(&self.config, &release, &p.digest, &p.env, |_| standing)
             {
                 self.end_pending(p, format!("no longer allowed in: {refusal}"))
                     .await?;
@@ -285,7 +286,11 @@ impl Engine {
     }
 
     /// Lifts the freeze of exactly that scope.
-    pub async fn unfreeze(&self, env: Option<&EnvName>, actor: &str) -> Result<Freeze, EngineError> {
+    pub async fn unfreeze(
+        &self,
+        env: Option<&EnvName>,
+        actor: &str,
+    ) -> Result<Freeze, EngineError> {
         Ok(self.store.unfreeze(env, actor).await?)
     }
 
@@ -308,7 +313,10 @@ impl Engine {
                     app: Some(p.app.to_string()),
                     env: Some(env.name.to_string()),
                     promotion_id: Some(p.id),
-                    message: format!("{release} was not promoted into {} automatically: {e}", env.name),
+                    message: format!(
+                        "{release} was not promoted into {} automatically: {e}",
+                        env.name
+                    ),
                     data: serde_json::json!({ "version": p.version }),
                 };
                 if let Err(e) = self.store.append_event(event).await {
@@ -339,7 +347,9 @@ impl Engine {
                 return Ok((!d.approve).then_some(output));
             }
             if next_relevant(&mut events, p).await.is_none() {
-                return Ok(Some("the server stopped while waiting for a decision".into()));
+                return Ok(Some(
+                    "the server stopped while waiting for a decision".into(),
+                ));
             }
         }
     }

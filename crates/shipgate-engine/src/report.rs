@@ -161,7 +161,11 @@ impl Engine {
                         .filter(|p| p.app == a.name && p.env == e.name)
                         .map(|p| PromotionView {
                             promotion: p.clone(),
-                            waiting_on: self.waiting_on(p.id).into_iter().map(WaitView::from).collect(),
+                            waiting_on: self
+                                .waiting_on(p.id)
+                                .into_iter()
+                                .map(WaitView::from)
+                                .collect(),
                         })
                         .collect(),
                     frozen: freezes

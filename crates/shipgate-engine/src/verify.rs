@@ -53,7 +53,8 @@ impl Engine {
             let url = format!("http://{}{}", env.listen, check.path);
             let (passed, output) = http_check(check, &url, timeout).await;
             let name = format!("http: GET {} → {}", check.path, check.status);
-            self.gate(p, &name, passed, output.clone(), started_at).await?;
+            self.gate(p, &name, passed, output.clone(), started_at)
+                .await?;
             if !passed {
                 return Ok(Some(format!("{name} failed: {}", first_line(&output))));
             }
@@ -68,7 +69,11 @@ fn first_line(s: &str) -> &str {
 
 /// One `verify.http` check against the environment's stable address.
 async fn http_check(check: &HttpCheck, url: &str, timeout: Duration) -> (bool, String) {
-    let client = match reqwest::Client::builder().no_proxy().timeout(timeout).build() {
+    let client = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+    {
         Ok(c) => c,
         Err(e) => return (false, format!("could not build an HTTP client: {e}")),
     };
@@ -80,13 +85,21 @@ async fn http_check(check: &HttpCheck, url: &str, timeout: Duration) -> (bool, S
     let body = response.text().await.unwrap_or_default();
     let shown: String = body.chars().take(2000).collect();
     if status != check.status {
-        return (false, format!("GET {url} answered {status}, expected {}\n{shown}", check.status));
+        return (
+            false,
+            format!(
+                "GET {url} answered {status}, expected {}\n{shown}",
+                check.status
+            ),
+        );
     }
     if let Some(pattern) = &check.body {
         if !pattern.is_match(&body) {
             return (
                 false,
-                format!("GET {url} answered {status} but the body does not match /{pattern}/\n{shown}"),
+                format!(
+                    "GET {url} answered {status} but the body does not match /{pattern}/\n{shown}"
+                ),
             );
         }
     }

@@ -112,7 +112,8 @@ impl Engine {
                     "instance {} stopped answering (crashed or exited) during the watch; {figures}",
                     instance.id
                 );
-                self.gate(p, "watch", false, why.clone(), started_at).await?;
+                self.gate(p, "watch", false, why.clone(), started_at)
+                    .await?;
                 return Ok(Some(why));
             }
             let ended = tokio::time::Instant::now() >= deadline;
@@ -130,17 +131,22 @@ impl Engine {
                 WatchVerdict::Inconclusive(why) => {
                     return match rule.inconclusive {
                         Inconclusive::Pass => {
-                            let output = format!("{why}; verify.inconclusive = \"pass\" accepts it");
+                            let output =
+                                format!("{why}; verify.inconclusive = \"pass\" accepts it");
                             self.gate(p, "watch", true, output, started_at).await?;
                             Ok(None)
                         }
                         Inconclusive::Fail => {
-                            let why = format!("{why}; verify.inconclusive = \"fail\" rolls it back");
-                            self.gate(p, "watch", false, why.clone(), started_at).await?;
+                            let why =
+                                format!("{why}; verify.inconclusive = \"fail\" rolls it back");
+                            self.gate(p, "watch", false, why.clone(), started_at)
+                                .await?;
                             Ok(Some(why))
                         }
                         Inconclusive::Hold => {
-                            let output = format!("{why}; held for a person (verify.inconclusive = \"hold\")");
+                            let output = format!(
+                                "{why}; held for a person (verify.inconclusive = \"hold\")"
+                            );
                             self.gate(p, "watch", true, output, started_at).await?;
                             self.await_watch_decision(p, why).await
                         }

@@ -819,10 +819,18 @@ impl Store for SqliteStore {
             .map(|row| {
                 Ok(Decision {
                     actor: get(row, "actor")?,
-                    role: parse("role", &get::<String>(row, "role")?, shipgate_core::Role::parse)?,
+                    role: parse(
+                        "role",
+                        &get::<String>(row, "role")?,
+                        shipgate_core::Role::parse,
+                    )?,
                     approve: get(row, "approve")?,
                     comment: get(row, "comment")?,
-                    at: parse("time", &get::<String>(row, "at")?, str::parse::<jiff::Timestamp>)?,
+                    at: parse(
+                        "time",
+                        &get::<String>(row, "at")?,
+                        str::parse::<jiff::Timestamp>,
+                    )?,
                 })
             })
             .collect()

@@ -475,7 +475,9 @@ async fn freeze(
     reason: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
-    let scope = env.clone().unwrap_or_else(|| "every environment".to_owned());
+    let scope = env
+        .clone()
+        .unwrap_or_else(|| "every environment".to_owned());
     let freezing = reason.is_some();
     let answer: Value = match reason {
         Some(reason) => {
@@ -496,7 +498,11 @@ async fn freeze(
             format!(
                 "{scope} is frozen: {}\n  promotions there wait until: shipgate unfreeze {}",
                 s(&f["reason"]),
-                if f["env"].is_null() { "--all".to_owned() } else { format!("--env {scope}") }
+                if f["env"].is_null() {
+                    "--all".to_owned()
+                } else {
+                    format!("--env {scope}")
+                }
             )
         } else {
             format!("{scope} is no longer frozen (it was: {})", s(&f["reason"]))
@@ -695,8 +701,15 @@ async fn history(
                 text.push_str(&format!("    waits on: {}\n", s(&w["message"])));
             }
             for d in p["decisions"].as_array().into_iter().flatten() {
-                let verdict = if d["approve"] == true { "approved" } else { "rejected" };
-                let comment = d["comment"].as_str().map(|c| format!(": {c}")).unwrap_or_default();
+                let verdict = if d["approve"] == true {
+                    "approved"
+                } else {
+                    "rejected"
+                };
+                let comment = d["comment"]
+                    .as_str()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
                 text.push_str(&format!(
                     "    {verdict} by {} ({}) at {}{comment}\n",
                     s(&d["actor"]),

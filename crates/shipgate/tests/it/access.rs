@@ -16,6 +16,12 @@ use crate::helpers::{TestServer, four_envs, spawn_server};
 enum Needs {
     Read,
     Deploy,
+    /// Approve, reject, freeze one environment: approver or admin.
+    Approve,
+    /// Freeze or unfreeze every environment: approver or admin, limited to no environment.
+    FreezeAll,
+    /// Override windows and freezes: admin.
+    Override,
     Tokens,
 }
 
@@ -23,6 +29,9 @@ fn allowed(role: &str, scoped: bool, needs: Needs, env_in_scope: bool) -> bool {
     let role_ok = match needs {
         Needs::Read => true,
         Needs::Deploy => matches!(role, "deployer" | "admin"),
+        Needs::Approve => matches!(role, "approver" | "admin"),
+        Needs::FreezeAll => matches!(role, "approver" | "admin") && !scoped,
+        Needs::Override => role == "admin",
         Needs::Tokens => role == "admin" && !scoped,
     };
     role_ok && env_in_scope
@@ -152,6 +161,51 @@ fn every_endpoint_checks_role_and_environment_scope() {
                     Needs::Deploy,
                     in_scope,
                 ),
+                (
+                    "POST",
+                    "/api/v1/promotions".into(),
+                    Some(json!({ "release": "web@1.0.0", "env": env, "override": "matrix" })),
+                    Needs::Override,
+                    in_scope,
+                ),
+                (
+                    "POST",
+                    "/api/v1/approvals".into(),
+                    Some(
+                        json!({ "release": "web@1.0.0", "env": env, "approve": false, "comment": "no" }),
+                    ),
+                    Needs::Approve,
+                    in_scope,
+                ),
+                (
+                    "POST",
+                    "/api/v1/freezes".into(),
+                    Some(json!({ "env": env, "reason": "matrix" })),
+                    Needs::Approve,
+                    in_scope,
+                ),
+                (
+                    "DELETE",
+                    format!("/api/v1/freezes?env={env}"),
+                    None,
+                    Needs::Approve,
+                    in_scope,
+                ),
+                (
+                    "POST",
+                    "/api/v1/freezes".into(),
+                    Some(json!({ "reason": "matrix" })),
+                    Needs::FreezeAll,
+                    true,
+                ),
+                (
+                    "DELETE",
+                    "/api/v1/freezes".into(),
+                    None,
+                    Needs::FreezeAll,
+                    true,
+                ),
+                ("GET", "/api/v1/freezes".into(), None, Needs::Read, true),
                 ("GET", "/api/v1/status".into(), None, Needs::Read, true),
                 (
                     "GET",
@@ -236,7 +290,7 @@ fn every_endpoint_checks_role_and_environment_scope() {
             }
         }
     }
-    assert_eq!(checked, 5 * 2 * 16);
+    assert_eq!(checked, 5 * 2 * 23);
 }
 
 #[test]

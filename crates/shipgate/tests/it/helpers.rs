@@ -59,6 +59,11 @@ pub fn env_status(status: &Value, env: &str) -> Value {
 /// The fixture app in development → testing → staging → production, with the smoke test in
 /// testing; `server_extra` goes into `[server]`.
 pub fn four_envs(server_extra: &str) -> String {
+    four_envs_with(server_extra, &[])
+}
+
+/// [`four_envs`] with extra lines in some environments: `(environment, lines)`.
+pub fn four_envs_with(server_extra: &str, extra: &[(&str, &str)]) -> String {
     let mut toml = format!(
         "[server]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"data\"\n{server_extra}\n\n[apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n",
         free_port()
@@ -73,6 +78,10 @@ pub fn four_envs(server_extra: &str) -> String {
         }
         if *env == "testing" {
             toml.push_str("verify.tests = [\"sh smoke.sh ${URL}\"]\n");
+        }
+        for (_, lines) in extra.iter().filter(|(e, _)| e == env) {
+            toml.push_str(lines);
+            toml.push('\n');
         }
     }
     toml
@@ -266,6 +275,37 @@ impl TestServer {
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// Creates a token; returns its secret.
+    pub fn token(&self, name: &str, role: &str, envs: &[&str]) -> String {
+        let mut args = vec!["token", "create", name, "--role", role];
+        for env in envs {
+            args.extend(["--env", env]);
+        }
+        self.json(&args)["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs a command with another token than the admin's.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        self.cli(&[&["--token", token], args].concat())
+    }
+
+    /// The messages of what each promotion in progress in `env` waits on.
+    pub fn waits(&self, env: &str) -> Vec<String> {
+        let status = self.json(&["status", "web"]);
+        env_status(&status, env)["in_progress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["waiting_on"].as_array().unwrap().clone())
+            .map(|w| w["message"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The newest promotion of web into `env`, with its gates and decisions.
+    pub fn latest(&self, env: &str) -> Value {
+        self.json(&["history", "web", "--env", env, "--limit", "1"])[0].clone()
     }
 
     /// Runs a command that must exit 0; returns its stdout.

@@ -5,6 +5,7 @@
 mod access;
 mod bad_input;
 mod flow;
+mod gates;
 mod helpers;
 mod restart;
 mod standby;
