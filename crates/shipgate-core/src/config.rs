@@ -533,14 +533,14 @@ fn environments(
         }
         let require = requirements(&env.require, name, env.after.is_some(), problems);
         let auto = env.auto.as_ref().is_some_and(|a| *a.get_ref());
-        if let (Some(a), None) = (&env.auto, &env.after) {
-            if *a.get_ref() {
-                problems.add(
+        if let (Some(a), None) = (&env.auto, &env.after)
+            && *a.get_ref()
+        {
+            problems.add(
                     a.span(),
                     format!("`auto = true` on environment `{}`, which has no `after`", name.get_ref()),
                     "auto-promotion takes releases verified in the environment named by `after`: add `after` or remove `auto`".to_owned(),
                 );
-            }
         }
         let watch = watch_rule(&env.verify, problems);
         let http = http_checks(&env.verify.http, problems);
@@ -709,17 +709,17 @@ fn watch_rule(raw: &RawVerify, problems: &mut Problems) -> Option<WatchRule> {
         return None;
     };
     let duration = problems.parse(watch, Duration::parse)?;
-    if let Some(rate) = &raw.max_error_rate {
-        if !(0.0..=1.0).contains(rate.get_ref()) {
-            problems.add(
-                rate.span(),
-                format!(
-                    "verify.max_error_rate {} is not a share from 0 to 1",
-                    rate.get_ref()
-                ),
-                "write 0.01 for 1%".to_owned(),
-            );
-        }
+    if let Some(rate) = &raw.max_error_rate
+        && !(0.0..=1.0).contains(rate.get_ref())
+    {
+        problems.add(
+            rate.span(),
+            format!(
+                "verify.max_error_rate {} is not a share from 0 to 1",
+                rate.get_ref()
+            ),
+            "write 0.01 for 1%".to_owned(),
+        );
     }
     let max_p99 = raw
         .max_p99

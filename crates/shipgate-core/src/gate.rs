@@ -331,18 +331,17 @@ pub fn check_decision(
             verdict: if d.approve { "approved" } else { "rejected" },
         });
     }
-    if let (Stage::Entry, Some(rule)) = (stage, rule) {
-        if let Some(role) = rule
+    if let (Stage::Entry, Some(rule)) = (stage, rule)
+        && let Some(role) = rule
             .role
             .filter(|r| *r != grant.role && grant.role != Role::Admin)
-        {
-            return Err(DecisionRefusal::WrongRole {
-                env: env.clone(),
-                role,
-                actor: grant.name.clone(),
-                has: grant.role,
-            });
-        }
+    {
+        return Err(DecisionRefusal::WrongRole {
+            env: env.clone(),
+            role,
+            actor: grant.name.clone(),
+            has: grant.role,
+        });
     }
     Ok(())
 }
@@ -428,15 +427,15 @@ pub enum WatchVerdict {
 /// once `min_requests` arrived, so a single early error does not roll a release back.
 pub fn judge(rule: &WatchRule, figures: &WatchFigures, ended: bool) -> WatchVerdict {
     if figures.requests >= rule.min_requests.max(1) {
-        if let Some(max) = rule.max_error_rate {
-            if figures.error_rate() > max {
-                return WatchVerdict::Breach(format!(
-                    "error rate {:.4} ({} of {} requests failed) is above verify.max_error_rate {max}",
-                    figures.error_rate(),
-                    figures.errors,
-                    figures.requests
-                ));
-            }
+        if let Some(max) = rule.max_error_rate
+            && figures.error_rate() > max
+        {
+            return WatchVerdict::Breach(format!(
+                "error rate {:.4} ({} of {} requests failed) is above verify.max_error_rate {max}",
+                figures.error_rate(),
+                figures.errors,
+                figures.requests
+            ));
         }
         if let (Some(max), Some(p99)) = (rule.max_p99, figures.p99_ms) {
             let max_ms = max.as_std().as_secs_f64() * 1000.0;

@@ -93,15 +93,13 @@ async fn http_check(check: &HttpCheck, url: &str, timeout: Duration) -> (bool, S
             ),
         );
     }
-    if let Some(pattern) = &check.body {
-        if !pattern.is_match(&body) {
-            return (
-                false,
-                format!(
-                    "GET {url} answered {status} but the body does not match /{pattern}/\n{shown}"
-                ),
-            );
-        }
+    if let Some(pattern) = &check.body
+        && !pattern.is_match(&body)
+    {
+        return (
+            false,
+            format!("GET {url} answered {status} but the body does not match /{pattern}/\n{shown}"),
+        );
     }
     (true, format!("GET {url} answered {status}\n{shown}"))
 }

@@ -391,20 +391,16 @@ fn a_release_over_the_error_rate_is_rolled_back_with_the_figure_that_tripped_it(
         "{failed:?}"
     );
 
-    let bad_release = answers
-        .iter()
-        .filter(|(status, body)| *status == 500 && body.contains("fixture app 2.0.0: broken"))
-        .count();
-    let good = answers
-        .iter()
-        .filter(|(status, body)| *status == 200 && body.contains("fixture app 1.0.0"))
-        .count();
+    let from_bad = |(status, body): &&(u16, String)| {
+        *status == 500 && body.contains("fixture app 2.0.0: broken")
+    };
+    let from_good =
+        |(status, body): &&(u16, String)| *status == 200 && body.contains("fixture app 1.0.0");
+    let bad_release = answers.iter().filter(from_bad).count();
+    let good = answers.iter().filter(from_good).count();
     let other: Vec<&(u16, String)> = answers
         .iter()
-        .filter(|(status, body)| {
-            !(*status == 500 && body.contains("fixture app 2.0.0"))
-                && !(*status == 200 && body.contains("fixture app 1.0.0"))
-        })
+        .filter(|a| !from_bad(a) && !from_good(a))
         .collect();
     assert!(
         other.is_empty(),
