@@ -6,6 +6,7 @@ mod archive_checks;
 mod artifact_store;
 mod event_log;
 mod fixtures;
+mod gates;
 mod promotions;
 mod releases;
 mod reopen;
