@@ -927,10 +927,20 @@ verify.tests = ["curl -fsS ${URL}/healthz"]   # must exit 0 against the freshly 
 [environments.staging]
 after = "testing"
 listen = "127.0.0.1:8103"
+# auto = true                      # promote here by itself what passes testing
 
 [environments.production]
 after = "staging"
 listen = "127.0.0.1:8104"
+# require.approvals = 1            # distinct approvers, never the requester; or { count = 2, role = "approver" }
+# require.soak = "10m"             # verified in staging at least this long
+# require.window = "Mon-Fri 09:00-17:00 Europe/Paris"   # deploy only then (shipgate freeze stops all)
+# verify.http = [{ path = "/healthz", status = 200 }]   # GET on the stable address after the switch
+# verify.watch = "2m"              # after the switch: the router's figures for the new release watched this long
+# verify.max_error_rate = 0.01     # above it: automatic rollback
+# verify.max_p99 = "500ms"         # above it: automatic rollback
+# verify.min_requests = 10         # fewer during the watch is inconclusive...
+# verify.inconclusive = "fail"     # ...and then "fail" rolls back, "pass" accepts, "hold" waits for shipgate approve/reject
 "#;
 
 #[cfg(test)]
@@ -952,6 +962,24 @@ mod tests {
         assert_eq!(names, ["development", "testing", "staging", "production"]);
         assert_eq!(c.server.data_dir, Path::new("/p/.shipgate"));
         assert_eq!(c.apps[0].health, "/healthz");
+    }
+
+    #[test]
+    fn example_gates_are_valid_when_uncommented() {
+        let src = EXAMPLE
+            .replace("\n# require.", "\nrequire.")
+            .replace("\n# verify.", "\nverify.")
+            .replace("\n# auto", "\nauto");
+        let c = Config::parse(&src, Path::new("/p")).unwrap();
+        let prod = c
+            .environment(&EnvName::parse("production").unwrap())
+            .unwrap();
+        assert!(prod.require.approvals.is_some() && prod.verify.watch.is_some());
+        assert!(
+            c.environment(&EnvName::parse("staging").unwrap())
+                .unwrap()
+                .auto
+        );
     }
 
     #[test]
