@@ -235,7 +235,14 @@ impl Engine {
         let (promotion, stage) = match promotion {
             Some(p) if p.state == PromotionState::Pending => (p, Stage::Entry),
             Some(p) if held(&p) => (p, Stage::Watch),
-            _ => {
+            // A rejection while it is verified rolls it back at the watch's next look.
+            Some(p) if !approve => (p, Stage::Watch),
+            Some(_) => {
+                return Err(EngineError::NothingToDecide(format!(
+                    "{release} is being verified in {env} and passes or fails by itself; reject it to roll back now (shipgate reject {release} --env {env} --comment WHY)"
+                )));
+            }
+            None => {
                 return Err(EngineError::NothingToDecide(format!(
                     "{release} has no promotion into {env} waiting for a decision (see: shipgate status {})",
                     release.app

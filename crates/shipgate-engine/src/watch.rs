@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shipgate_core::gate::{Inconclusive, WatchFigures, WatchVerdict, judge};
+use shipgate_core::gate::{Inconclusive, Stage, WatchFigures, WatchVerdict, judge};
 use shipgate_proxy::{LATENCY_BUCKETS_MS, Router, UpstreamMetrics};
 use shipgate_store::Promotion;
 
@@ -102,6 +102,17 @@ impl Engine {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             tokio::time::sleep(left.min(LOOK_EVERY)).await;
             let figures = Counters::of(router, app, &label).since(&before);
+            let decisions = self.store.decisions(p.id, Stage::Watch).await?;
+            if let Some(rejection) = decisions.iter().find(|d| !d.approve) {
+                let why = format!(
+                    "rejected by {} during the watch: {}",
+                    rejection.actor,
+                    rejection.comment.as_deref().unwrap_or("")
+                );
+                let output = format!("{why}\nmeasured since the switch: {figures}");
+                self.gate(p, "watch", false, output, started_at).await?;
+                return Ok(Some(why));
+            }
             let healthy = self
                 .driver
                 .status(&instance.id)

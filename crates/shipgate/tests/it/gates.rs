@@ -411,6 +411,39 @@ fn a_release_over_the_error_rate_is_rolled_back_with_the_figure_that_tripped_it(
         "the watch saw the bad release's errors: {bad_release}"
     );
     assert!(good > 0, "the good release answered before and after");
+
+    // A person may stop a watch that has not tripped yet: the rejection rolls back at once.
+    s.register("3.0.0", &[]);
+    s.ok(&["promote", "web@3.0.0", "--to", "production"]);
+    wait_for("3.0.0 to be watched", || {
+        state_of(&s, "production") == "verifying"
+    });
+    let early = s.refused(&["approve", "web@3.0.0", "--env", "production"]);
+    assert!(
+        early.contains("is being verified in production and passes or fails by itself"),
+        "{early}"
+    );
+    s.ok(&[
+        "reject",
+        "web@3.0.0",
+        "--env",
+        "production",
+        "--comment",
+        "wrong config",
+    ]);
+    wait_for("the rejection to roll it back", || {
+        state_of(&s, "production") == "failed"
+    });
+    let reason = s.latest("production")["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.starts_with("rejected by admin-")
+            && reason.ends_with(" during the watch: wrong config"),
+        "{reason}"
+    );
+    assert_eq!(s.version("production").as_deref(), Some("1.0.0"));
 }
 
 #[test]
