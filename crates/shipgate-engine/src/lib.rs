@@ -212,6 +212,8 @@ impl Engine {
     }
 
     async fn record_driver_event(&self, event: &DriverEvent) -> Result<(), EngineError> {
+        // Marked unhealthy only once recorded: status never shows what the audit log lacks.
+        let mut mark_unhealthy = None;
         let (id, kind, message) = match event {
             DriverEvent::Crashed {
                 instance_id,
@@ -238,7 +240,7 @@ impl Engine {
                 match slot {
                     Some(slot) => {
                         let reason = format!("{message}; promote or roll back to recover");
-                        locked(&self.unhealthy).insert(slot, reason.clone());
+                        mark_unhealthy = Some((slot, reason.clone()));
                         (instance_id, "environment.unhealthy", reason)
                     }
                     None => {
@@ -260,6 +262,12 @@ impl Engine {
                 ..Default::default()
             })
             .await?;
+        if let Some((slot, reason)) = mark_unhealthy {
+            // Unless a promotion replaced the crashed instance meanwhile.
+            if self.slot_of_live(id).as_ref() == Some(&slot) {
+                locked(&self.unhealthy).insert(slot, reason);
+            }
+        }
         Ok(())
     }
 }

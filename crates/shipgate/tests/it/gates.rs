@@ -18,30 +18,6 @@ fn state_of(s: &TestServer, env: &str) -> String {
     s.latest(env)["state"].as_str().unwrap().to_owned()
 }
 
-fn refused_as(s: &TestServer, token: &str, args: &[&str]) -> String {
-    let out = s.cli_as(token, args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "`shipgate {}` should have been refused:\n{}",
-        args.join(" "),
-        text(&out)
-    );
-    text(&out)
-}
-
-fn ok_as(s: &TestServer, token: &str, args: &[&str]) -> String {
-    let out = s.cli_as(token, args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "`shipgate {}`:\n{}",
-        args.join(" "),
-        text(&out)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn gate_names(p: &Value) -> Vec<String> {
     p["gates"]
         .as_array()
@@ -77,23 +53,22 @@ fn approvals_come_from_distinct_people_never_the_requester() {
     s.register("1.0.0", &[]);
     s.walk("1.0.0", "staging");
 
-    ok_as(&s, &dana, &["promote", "web@1.0.0", "--to", "production"]);
+    s.ok_as(&dana, &["promote", "web@1.0.0", "--to", "production"]);
     wait_for("the promotion to wait on approvals", || {
         s.waits("production") == ["0 of 2 approvals from the role approver"]
     });
-    let own = refused_as(&s, &dana, &["approve", "web@1.0.0", "--env", "production"]);
+    let own = s.refused_as(&dana, &["approve", "web@1.0.0", "--env", "production"]);
     assert!(
         own.contains("dana asked for this promotion, so dana may not approve it"),
         "{own}"
     );
-    let deployer = refused_as(&s, &carol, &["approve", "web@1.0.0", "--env", "production"]);
+    let deployer = s.refused_as(&carol, &["approve", "web@1.0.0", "--env", "production"]);
     assert!(
         deployer.contains("has the role deployer, which may not approve"),
         "{deployer}"
     );
 
-    ok_as(
-        &s,
+    s.ok_as(
         &alice,
         &[
             "approve",
@@ -112,7 +87,7 @@ fn approvals_come_from_distinct_people_never_the_requester() {
         text.contains("waits on:\n    - 1 of 2 approvals (alice)"),
         "{text}"
     );
-    let twice = refused_as(&s, &alice, &["approve", "web@1.0.0", "--env", "production"]);
+    let twice = s.refused_as(&alice, &["approve", "web@1.0.0", "--env", "production"]);
     assert!(twice.contains("alice has already decided"), "{twice}");
     assert_eq!(state_of(&s, "production"), "pending");
     assert_eq!(
@@ -121,7 +96,7 @@ fn approvals_come_from_distinct_people_never_the_requester() {
         "nothing deployed before the approvals"
     );
 
-    ok_as(&s, &bob, &["approve", "web@1.0.0", "--env", "production"]);
+    s.ok_as(&bob, &["approve", "web@1.0.0", "--env", "production"]);
     wait_for("production to be verified", || {
         state_of(&s, "production") == "succeeded"
     });
@@ -149,12 +124,12 @@ fn approvals_come_from_distinct_people_never_the_requester() {
     // Approvals belong to one promotion: a superseding request starts from zero.
     s.register("1.1.0", &[]);
     s.walk("1.1.0", "staging");
-    ok_as(&s, &dana, &["promote", "web@1.1.0", "--to", "production"]);
-    ok_as(&s, &alice, &["approve", "web@1.1.0", "--env", "production"]);
+    s.ok_as(&dana, &["promote", "web@1.1.0", "--to", "production"]);
+    s.ok_as(&alice, &["approve", "web@1.1.0", "--env", "production"]);
     wait_for("alice's approval", || {
         s.waits("production")[0].starts_with("1 of 2")
     });
-    ok_as(&s, &dana, &["promote", "web@1.1.0", "--to", "production"]);
+    s.ok_as(&dana, &["promote", "web@1.1.0", "--to", "production"]);
     wait_for("the new promotion to start from zero", || {
         s.waits("production") == ["0 of 2 approvals from the role approver"]
     });
@@ -162,8 +137,7 @@ fn approvals_come_from_distinct_people_never_the_requester() {
     // A rejection needs a reason and ends the promotion.
     let out = s.cli_as(&bob, &["reject", "web@1.1.0", "--env", "production"]);
     assert_eq!(out.status.code(), Some(2), "clap requires --comment");
-    ok_as(
-        &s,
+    s.ok_as(
         &bob,
         &[
             "reject",
@@ -252,7 +226,7 @@ fn freezes_and_deploy_windows_hold_promotions_and_an_admin_override_is_audited()
             .is_some_and(|w| w.contains("staging is frozen by") && w.contains(": year-end"))
     });
     assert_eq!(s.version("staging"), None);
-    let all = refused_as(&s, &scoped, &["freeze", "--all", "--reason", "x"]);
+    let all = s.refused_as(&scoped, &["freeze", "--all", "--reason", "x"]);
     assert!(all.contains("limited to no environment"), "{all}");
     s.ok(&["unfreeze", "--env", "staging"]);
     wait_for("staging to be verified", || {
@@ -265,8 +239,7 @@ fn freezes_and_deploy_windows_hold_promotions_and_an_admin_override_is_audited()
             .first()
             .is_some_and(|w| w.starts_with("deploy window opens "))
     });
-    let no = refused_as(
-        &s,
+    let no = s.refused_as(
         &deployer,
         &[
             "promote",
@@ -460,8 +433,7 @@ fn an_inconclusive_watch_can_hold_for_a_person_and_http_checks_verify_the_body()
             .is_some_and(|w| w.starts_with("a person to decide: only "))
     });
     assert_eq!(state_of(&s, "production"), "verifying");
-    ok_as(
-        &s,
+    s.ok_as(
         &alice,
         &[
             "approve",
@@ -491,8 +463,7 @@ fn an_inconclusive_watch_can_hold_for_a_person_and_http_checks_verify_the_body()
     wait_for("the second watch to hold", || {
         !s.waits("production").is_empty()
     });
-    ok_as(
-        &s,
+    s.ok_as(
         &alice,
         &[
             "reject",
@@ -551,7 +522,7 @@ fn auto_promotion_follows_verification_and_still_waits_on_requirements() {
     wait_for("production to wait on its approval", || {
         s.waits("production") == ["0 of 1 approvals"]
     });
-    ok_as(&s, &alice, &["approve", "web@1.0.0", "--env", "production"]);
+    s.ok_as(&alice, &["approve", "web@1.0.0", "--env", "production"]);
     wait_for("production to be verified", || {
         state_of(&s, "production") == "succeeded"
     });

@@ -140,6 +140,30 @@ pub fn http_get(url: &str, token: Option<&str>) -> Option<Reply> {
     })
 }
 
+/// The stdout of a command that must have exited 0.
+fn succeeded(out: Output, args: &[&str]) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "`shipgate {}` failed:\n{}",
+        args.join(" "),
+        text(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Both streams of a command that must have been refused (exit 1).
+fn was_refused(out: Output, args: &[&str]) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "`shipgate {}` should have been refused:\n{}",
+        args.join(" "),
+        text(&out)
+    );
+    text(&out)
+}
+
 /// Text of a finished command, both streams, for messages.
 pub fn text(out: &Output) -> String {
     format!(
@@ -310,28 +334,22 @@ impl TestServer {
 
     /// Runs a command that must exit 0; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "`shipgate {}` failed:\n{}",
-            args.join(" "),
-            text(&out)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(self.cli(args), args)
+    }
+
+    /// [`Self::ok`] with another token than the admin's.
+    pub fn ok_as(&self, token: &str, args: &[&str]) -> String {
+        succeeded(self.cli_as(token, args), args)
     }
 
     /// Runs a command that must exit 1; returns stdout and stderr.
     pub fn refused(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "`shipgate {}` should have been refused:\n{}",
-            args.join(" "),
-            text(&out)
-        );
-        text(&out)
+        was_refused(self.cli(args), args)
+    }
+
+    /// [`Self::refused`] with another token than the admin's.
+    pub fn refused_as(&self, token: &str, args: &[&str]) -> String {
+        was_refused(self.cli_as(token, args), args)
     }
 
     /// Runs a command with `--output json` that must exit 0; returns its document.
