@@ -375,6 +375,10 @@ fn a_release_over_the_error_rate_is_rolled_back_with_the_figure_that_tripped_it(
         .iter()
         .filter(|a| !from_bad(a) && !from_good(a))
         .collect();
+    eprintln!(
+        "watch rollback: {} answers under load, {bad_release} from the bad release, {good} from the good one, 0 others",
+        answers.len()
+    );
     assert!(
         other.is_empty(),
         "requests failed outside the bad release's own errors: {other:?}"
