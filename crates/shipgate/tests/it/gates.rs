@@ -350,6 +350,7 @@ fn a_release_over_the_error_rate_is_rolled_back_with_the_figure_that_tripped_it(
     let p = s.latest("production");
     assert_eq!(p["state"], "failed");
     let reason = p["reason"].as_str().unwrap();
+    eprintln!("watch rollback reason: {reason}");
     assert!(reason.starts_with("error rate 1.0000 ("), "{reason}");
     assert!(
         reason.ends_with("requests failed) is above verify.max_error_rate 0.01"),
