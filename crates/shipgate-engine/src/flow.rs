@@ -124,6 +124,7 @@ impl Engine {
             .promotions(PromotionFilter {
                 app: Some(app.clone()),
                 env: Some(env.clone()),
+                version: None,
                 states: vec![PromotionState::Succeeded, PromotionState::RolledBack],
                 limit: None,
             })

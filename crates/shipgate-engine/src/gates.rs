@@ -218,6 +218,7 @@ impl Engine {
         let open = PromotionFilter {
             app: Some(release.app.clone()),
             env: Some(env.clone()),
+            version: None,
             states: vec![PromotionState::Pending, PromotionState::Verifying],
             limit: None,
         };

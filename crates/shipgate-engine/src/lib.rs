@@ -13,6 +13,7 @@ mod gates;
 mod reconcile;
 mod report;
 mod standby;
+mod traffic;
 mod verify;
 mod watch;
 
@@ -21,6 +22,7 @@ pub use report::{
     AppStatus, EnvironmentStatus, HistoryEntry, InstanceView, PromotionView, StandbyView, WaitView,
 };
 pub use shipgate_deploy::tail_lines;
+pub use traffic::{SAMPLE_EVERY, TrafficSample};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -66,6 +68,8 @@ pub struct Engine {
     unhealthy: Mutex<HashMap<Slot, String>>,
     /// What each waiting promotion waits on (pending ones, and verifying ones held for a person).
     waiting: Mutex<HashMap<i64, Vec<shipgate_core::gate::Wait>>>,
+    /// The last hour of each slot's traffic, for charts.
+    traffic: Mutex<HashMap<Slot, traffic::History>>,
     /// Distinguishes instance ids across server starts.
     boot: i64,
 }
@@ -102,9 +106,11 @@ impl Engine {
             standby: Mutex::default(),
             unhealthy: Mutex::default(),
             waiting: Mutex::default(),
+            traffic: Mutex::default(),
             boot: jiff::Timestamp::now().as_millisecond(),
         });
         engine.record_driver_events();
+        engine.sample_traffic();
         engine.reconcile().await?;
         Ok(engine)
     }

@@ -42,6 +42,7 @@ impl Engine {
             let before = PromotionFilter {
                 app: Some(p.app.clone()),
                 env: Some(p.env.clone()),
+                version: None,
                 states: vec![PromotionState::Succeeded],
                 limit: None,
             };

@@ -116,6 +116,22 @@ impl Engine {
         if let Some(app) = app.filter(|a| self.config.app(a).is_none()) {
             return Err(EngineError::UnknownApp(app.to_string()));
         }
+        let apps: Vec<AppName> = self
+            .config
+            .apps
+            .iter()
+            .filter(|a| app.is_none_or(|x| x == &a.name))
+            .map(|a| a.name.clone())
+            .collect();
+        self.status_of(&apps).await
+    }
+
+    /// [`Self::status`] of these apps (of the config), in the order given.
+    pub async fn status_of(&self, apps: &[AppName]) -> Result<Vec<AppStatus>, EngineError> {
+        let app = match apps {
+            [one] => Some(one),
+            _ => None,
+        };
         let live = self.store.live(app).await?;
         let unfinished = PromotionFilter {
             app: app.cloned(),
@@ -129,12 +145,7 @@ impl Engine {
         let unfinished = self.store.promotions(unfinished).await?;
         let freezes = self.store.freezes().await?;
         let mut out = Vec::new();
-        for a in self
-            .config
-            .apps
-            .iter()
-            .filter(|a| app.is_none_or(|x| x == &a.name))
-        {
+        for a in apps.iter().filter_map(|a| self.config.app(a)) {
             let mut environments = Vec::new();
             for e in &self.config.environments {
                 let slot = (a.name.clone(), e.name.clone());
@@ -205,6 +216,7 @@ impl Engine {
         let filter = PromotionFilter {
             app: Some(app.clone()),
             env: env.cloned(),
+            version: None,
             states: vec![],
             limit: Some(limit),
         };

@@ -86,6 +86,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/api/v1", api)
         .merge(metrics)
+        .merge(crate::ui::routes())
         .with_state(state)
 }
 
@@ -465,6 +466,8 @@ struct EventsQuery {
     limit: Option<i64>,
     app: Option<String>,
     env: Option<String>,
+    actor: Option<String>,
+    kind: Option<String>,
 }
 
 async fn events(
@@ -479,6 +482,9 @@ async fn events(
         limit: Some(q.limit.unwrap_or(1000).min(10_000)),
         app: q.app,
         env: q.env,
+        actor: q.actor,
+        kind: q.kind,
+        ..EventFilter::default()
     };
     let mut events = state.engine.store().events(filter).await?;
     events.retain(|e| caller.sees(e.env.as_deref()));
@@ -490,23 +496,36 @@ async fn event_stream(
     caller: Caller,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     caller.allow(Action::Read, None)?;
+    Ok(live_events(&state, caller, true))
+}
+
+/// Every new event the caller may see, as server-sent events; `named` gives each its kind as
+/// the event type (the dashboard's script wants plain `message` events).
+pub(crate) fn live_events(
+    state: &AppState,
+    caller: Caller,
+    named: bool,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<>> {
     let caller = std::sync::Arc::new(caller);
     let events = tokio_stream::wrappers::BroadcastStream::new(state.engine.store().subscribe());
     let stream = events.filter_map(move |e| {
         let caller = caller.clone();
         async move {
             let e = e.ok().filter(|e| caller.sees(e.env.as_deref()))?;
-            Some(Ok(SseEvent::default()
-                .event(e.kind.clone())
-                .id(e.id.to_string())
-                .data(serde_json::to_string(&e).ok()?)))
+            let event = SseEvent::default().id(e.id.to_string());
+            let event = if named {
+                event.event(e.kind.clone())
+            } else {
+                event
+            };
+            Some(Ok(event.data(serde_json::to_string(&e).ok()?)))
         }
     });
     let mut stopping = state.stopping.clone();
     let stream = stream.take_until(async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn verify_audit(

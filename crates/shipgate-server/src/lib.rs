@@ -1,5 +1,5 @@
 //! The HTTP face of shipgate: the JSON API under `/api/v1/`, bearer-token auth, live events
-//! over server-sent events, and `/healthz`. It translates requests into engine calls and
+//! over server-sent events, `/healthz`, and the dashboard (`/`, signed in by cookie). It translates requests into engine calls and
 //! engine answers into JSON or `application/problem+json`; it must not decide anything itself.
 #![forbid(unsafe_code)]
 
@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod extract;
 mod problem;
+mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ struct AppState {
     /// Turns true when the server begins to stop; endless responses (the event stream) end then,
     /// or the graceful shutdown would wait on them forever.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Signed-in dashboard sessions.
+    sessions: Arc<ui::Sessions>,
 }
 
 /// A started server: its API address and a way to stop it.
@@ -63,6 +66,7 @@ impl Server {
         let app = api::routes(AppState {
             engine: Arc::clone(&engine),
             stopping,
+            sessions: Arc::default(),
         });
         let engine_to_stop = Arc::clone(&engine);
         let task = tokio::spawn(async move {

@@ -24,6 +24,14 @@ impl Problem {
             detail: detail.into(),
         }
     }
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// What to do about it.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
     /// 400 with the detail.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad request", detail)

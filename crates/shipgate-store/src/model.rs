@@ -156,6 +156,8 @@ pub struct PromotionFilter {
     pub app: Option<AppName>,
     /// Only this environment.
     pub env: Option<EnvName>,
+    /// Only this version.
+    pub version: Option<Version>,
     /// Only these states (any if empty).
     pub states: Vec<PromotionState>,
     /// At most this many (all if None).
@@ -311,6 +313,14 @@ pub struct EventFilter {
     pub app: Option<String>,
     /// Only this environment.
     pub env: Option<String>,
+    /// Only events caused by this actor.
+    pub actor: Option<String>,
+    /// Only this kind (`promotion.failed`), or this family of kinds (`promotion`).
+    pub kind: Option<String>,
+    /// Only events with id lower than this.
+    pub before: Option<i64>,
+    /// Newest first (the default is oldest first).
+    pub newest_first: bool,
 }
 
 /// Result of checking the audit chain.

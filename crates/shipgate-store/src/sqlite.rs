@@ -684,7 +684,8 @@ impl Store for SqliteStore {
         let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
         sqlx::query(
             "SELECT * FROM promotions WHERE (?1 IS NULL OR app = ?1) AND (?2 IS NULL OR env = ?2)
-             AND (?3 = '' OR instr(?3, ',' || state || ',') > 0) ORDER BY id DESC LIMIT ?4",
+             AND (?3 = '' OR instr(?3, ',' || state || ',') > 0) AND (?5 IS NULL OR version = ?5)
+             ORDER BY id DESC LIMIT ?4",
         )
         .bind(f.app.as_ref().map(AppName::as_str))
         .bind(f.env.as_ref().map(EnvName::as_str))
@@ -694,6 +695,7 @@ impl Store for SqliteStore {
             format!(",{},", states.join(","))
         })
         .bind(f.limit.unwrap_or(-1))
+        .bind(f.version.as_ref().map(Version::as_str))
         .fetch_all(&self.pool)
         .await
         .map_err(db("listing promotions"))?
@@ -1095,11 +1097,22 @@ impl Store for SqliteStore {
     }
 
     async fn events(&self, f: EventFilter) -> Result<Vec<Event>> {
-        sqlx::query("SELECT * FROM events WHERE id > ?1 AND (?2 IS NULL OR app = ?2) AND (?3 IS NULL OR env = ?3) ORDER BY id LIMIT ?4")
+        const MATCHING: &str = "SELECT * FROM events WHERE id > ?1 AND (?2 IS NULL OR app = ?2) AND (?3 IS NULL OR env = ?3)
+            AND (?5 IS NULL OR actor = ?5) AND (?6 IS NULL OR kind = ?6 OR kind LIKE ?6 || '.%')
+            AND (?7 IS NULL OR id < ?7)";
+        let sql = if f.newest_first {
+            format!("{MATCHING} ORDER BY id DESC LIMIT ?4")
+        } else {
+            format!("{MATCHING} ORDER BY id LIMIT ?4")
+        };
+        sqlx::query(&sql)
             .bind(f.after)
             .bind(f.app)
             .bind(f.env)
             .bind(f.limit.unwrap_or(-1))
+            .bind(f.actor)
+            .bind(f.kind)
+            .bind(f.before)
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading events"))?

@@ -340,6 +340,7 @@ async fn a_rollback_marks_the_replaced_promotion_rolled_back() {
 
     let filter = PromotionFilter {
         env: Some(env_of("production")),
+        version: None,
         states: vec![PromotionState::Succeeded],
         ..Default::default()
     };

@@ -1,0 +1,210 @@
+//! Request counters of each app in each environment: cumulative [`Counters`] read off the
+//! routers, and a sampled history of the last hour for charts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use shipgate_core::gate::WatchFigures;
+use shipgate_proxy::{LATENCY_BUCKETS_MS, Router, UpstreamMetrics};
+
+use crate::{Engine, Slot, locked};
+
+/// How often the traffic history takes a sample.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// Samples kept: one hour.
+const KEPT: usize = 360;
+
+/// What one app answered in one environment during one sample period.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TrafficSample {
+    /// End of the period.
+    pub at: jiff::Timestamp,
+    /// Length of the period in seconds.
+    pub seconds: f64,
+    /// Responses.
+    pub requests: u64,
+    /// 5xx responses.
+    pub errors: u64,
+    /// Estimated 99th percentile latency, if there were responses.
+    pub p99_ms: Option<f64>,
+}
+
+/// The samples of one slot and the counters they are taken against.
+#[derive(Default)]
+pub(crate) struct History {
+    last: Option<(jiff::Timestamp, Counters)>,
+    samples: VecDeque<TrafficSample>,
+}
+
+/// Cumulative counters of one release at one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counters {
+    requests: u64,
+    errors: u64,
+    /// Cumulative latency bucket counts, one per bound of [`LATENCY_BUCKETS_MS`], then `+Inf`.
+    buckets: Vec<u64>,
+}
+
+impl Counters {
+    pub(crate) fn of(router: &Router, app: &str, label: &str) -> Self {
+        router
+            .metrics()
+            .iter()
+            .find(|m| m.app == app && m.label == label)
+            .map_or_else(Self::default, Self::from_metrics)
+    }
+
+    fn from_metrics(m: &UpstreamMetrics) -> Self {
+        let mut buckets: Vec<u64> = m.latency.buckets.iter().map(|b| b.count).collect();
+        buckets.push(m.latency.count);
+        Self {
+            requests: m.requests.total(),
+            errors: m.requests.server_error,
+            buckets,
+        }
+    }
+
+    /// What happened between `before` and `self`.
+    pub(crate) fn since(&self, before: &Counters) -> WatchFigures {
+        let bucket = |c: &Counters, i: usize| c.buckets.get(i).copied().unwrap_or(0);
+        let diff: Vec<u64> = (0..self.buckets.len())
+            .map(|i| bucket(self, i).saturating_sub(bucket(before, i)))
+            .collect();
+        WatchFigures {
+            requests: self.requests.saturating_sub(before.requests),
+            errors: self.errors.saturating_sub(before.errors),
+            p99_ms: quantile(&diff, 0.99),
+        }
+    }
+}
+
+/// Estimates a quantile from cumulative bucket counts (the last is `+Inf`), interpolating
+/// linearly inside the bucket it falls in; beyond the last bound it answers that bound.
+fn quantile(cumulative: &[u64], q: f64) -> Option<f64> {
+    let total = *cumulative.last()?;
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as u64;
+    let mut below = 0u64;
+    let mut lower = 0.0;
+    for (i, &count) in cumulative.iter().enumerate() {
+        let Some(&upper) = LATENCY_BUCKETS_MS.get(i) else {
+            return Some(lower);
+        };
+        if count >= rank {
+            let inside = (count - below).max(1) as f64;
+            return Some(lower + (upper - lower) * (rank - below) as f64 / inside);
+        }
+        below = count;
+        lower = upper;
+    }
+    Some(lower)
+}
+
+impl Counters {
+    /// Adds another release's counters (all releases of an app, for its history).
+    fn add(&mut self, other: &Counters) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+    }
+}
+
+impl Engine {
+    /// Samples every router every [`SAMPLE_EVERY`] while the engine lives.
+    pub(crate) fn sample_traffic(self: &Arc<Self>) {
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                engine.take_sample(jiff::Timestamp::now());
+            }
+        });
+    }
+
+    fn take_sample(&self, now: jiff::Timestamp) {
+        let mut all: HashMap<Slot, Counters> = HashMap::new();
+        for (env, router) in &self.routers {
+            for m in router.metrics() {
+                let Ok(app) = shipgate_core::AppName::parse(&m.app) else {
+                    continue;
+                };
+                all.entry((app, env.clone()))
+                    .or_default()
+                    .add(&Counters::from_metrics(&m));
+            }
+        }
+        let mut history = locked(&self.traffic);
+        for (slot, now_counters) in all {
+            let h = history.entry(slot).or_default();
+            if let Some((then, before)) = &h.last {
+                let figures = now_counters.since(before);
+                h.samples.push_back(TrafficSample {
+                    at: now,
+                    seconds: now.duration_since(*then).as_secs_f64(),
+                    requests: figures.requests,
+                    errors: figures.errors,
+                    p99_ms: figures.p99_ms,
+                });
+                while h.samples.len() > KEPT {
+                    h.samples.pop_front();
+                }
+            }
+            h.last = Some((now, now_counters));
+        }
+    }
+
+    /// The last hour of an app's traffic in an environment, oldest first.
+    pub fn traffic_history(
+        &self,
+        app: &shipgate_core::AppName,
+        env: &shipgate_core::EnvName,
+    ) -> Vec<TrafficSample> {
+        locked(&self.traffic)
+            .get(&(app.clone(), env.clone()))
+            .map(|h| h.samples.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Figures of a sample, for the same sentence the watch writes.
+impl From<&TrafficSample> for WatchFigures {
+    fn from(s: &TrafficSample) -> Self {
+        WatchFigures {
+            requests: s.requests,
+            errors: s.errors,
+            p99_ms: s.p99_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_a_bucket() {
+        // 100 responses: 98 within 1ms, 2 between 250 and 500ms.
+        let mut buckets = vec![98, 98, 98, 98, 98, 98, 98, 98, 100, 100, 100, 100, 100];
+        buckets.push(100);
+        let p99 = quantile(&buckets, 0.99).unwrap();
+        assert!((250.0..=500.0).contains(&p99), "{p99}");
+        assert_eq!(quantile(&[0; 14], 0.99), None);
+        // Everything slower than the last bound: the bound is all that can be said.
+        let mut slow = vec![0; 13];
+        slow.push(5);
+        assert_eq!(quantile(&slow, 0.99), Some(10000.0));
+    }
+}

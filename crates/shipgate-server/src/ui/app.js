@@ -1,0 +1,45 @@
+// shipgate dashboard: follows the event stream and redraws the page's <main> in place, so a
+// promotion's progress shows without a reload. Without this script every page still works.
+(() => {
+  "use strict";
+  const main = document.querySelector("main[data-live]");
+  const badge = document.getElementById("live");
+  if (!main || !window.EventSource || !window.fetch) return;
+  let timer = null;
+  let busy = false;
+
+  const typing = () => {
+    const el = document.activeElement;
+    return el && main.contains(el) && (el.tagName === "INPUT" || el.tagName === "TEXTAREA") && el.value !== "";
+  };
+
+  const refresh = async () => {
+    if (busy) return;
+    if (typing()) { timer = setTimeout(refresh, 1000); return; }
+    busy = true;
+    try {
+      const r = await fetch(location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } });
+      if (!r.ok || r.redirected) return;
+      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+      const fresh = doc.querySelector("main[data-live]");
+      if (fresh) {
+        const open = [...main.querySelectorAll("details[open] summary")].map((s) => s.textContent);
+        main.innerHTML = fresh.innerHTML;
+        main.querySelectorAll("details summary").forEach((s) => {
+          if (open.includes(s.textContent)) s.parentElement.open = true;
+        });
+        document.body.dataset.refreshed = String(Date.now());
+      }
+    } finally {
+      busy = false;
+    }
+  };
+
+  const events = new EventSource("/ui/events");
+  events.onopen = () => { if (badge) { badge.textContent = "● live"; badge.classList.add("on"); } };
+  events.onerror = () => { if (badge) { badge.textContent = "○ reconnecting"; badge.classList.remove("on"); } };
+  events.onmessage = () => {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 150);
+  };
+})();

@@ -1,0 +1,218 @@
+//! The dashboard: server-rendered pages (askama) with their CSS and a little script embedded in
+//! the binary. Readable without JavaScript; with it, pages follow the event stream.
+//!
+//! Sign-in trades a pasted token for a session cookie (`HttpOnly`, `SameSite=Strict`); every
+//! form that changes state carries the session's CSRF token, and a request whose `Origin` is
+//! another site is refused. The session only remembers the token's hash, so revoking the token
+//! signs its sessions out at once.
+
+mod chart;
+mod pages;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+use crate::extract::Caller;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "shipgate_session";
+/// How long a sign-in lasts.
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+const STYLE: &str = include_str!("style.css");
+const SCRIPT: &str = include_str!("app.js");
+
+/// Signed-in browsers: session id → the token's hash and the session's CSRF token.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+#[derive(Clone)]
+struct Session {
+    token_hash: String,
+    csrf: String,
+    expires: Instant,
+}
+
+impl Sessions {
+    fn create(&self, token_hash: String) -> anyhow::Result<(String, String)> {
+        let id = crate::auth::generate_token()?;
+        let csrf = crate::auth::generate_token()?;
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        map.retain(|_, s| s.expires > now);
+        map.insert(
+            id.clone(),
+            Session {
+                token_hash,
+                csrf: csrf.clone(),
+                expires: now + SESSION_TTL,
+            },
+        );
+        Ok((id, csrf))
+    }
+
+    fn get(&self, id: &str) -> Option<Session> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).filter(|s| s.expires > Instant::now()).cloned()
+    }
+
+    fn remove(&self, id: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+}
+
+/// A signed-in browser: the token's grant and the session's CSRF token.
+pub(crate) struct Viewer {
+    caller: Caller,
+    csrf: String,
+    session: String,
+}
+
+impl Viewer {
+    /// Refuses a form whose CSRF token is not this session's.
+    fn check_csrf(&self, presented: &str) -> Result<(), pages::PageError> {
+        if bool::from(presented.as_bytes().ct_eq(self.csrf.as_bytes())) {
+            Ok(())
+        } else {
+            Err(pages::error_page(
+                StatusCode::FORBIDDEN,
+                "This form is out of date or came from another site. Reload the page and try again.",
+            ))
+        }
+    }
+}
+
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A state-changing request from another site is refused, whatever its cookies.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    origin_host.is_some() && origin_host == host
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = pages::PageError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, pages::PageError> {
+        let sign_in = || {
+            let next = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            pages::PageError::SignIn(format!("/sign-in?next={}", pages::query_escape(&next)))
+        };
+        if parts.method != axum::http::Method::GET && !same_origin(&parts.headers) {
+            return Err(pages::error_page(
+                StatusCode::FORBIDDEN,
+                "This request came from another site and was refused.",
+            ));
+        }
+        let Some(id) = session_id(&parts.headers) else {
+            return Err(sign_in());
+        };
+        let Some(session) = state.sessions.get(&id) else {
+            return Err(sign_in());
+        };
+        match state
+            .engine
+            .store()
+            .token_by_hash(&session.token_hash)
+            .await
+        {
+            Ok(Some(record)) => Ok(Viewer {
+                caller: Caller(record.grant()),
+                csrf: session.csrf,
+                session: id,
+            }),
+            // Revoked since: the session ends with it.
+            Ok(None) => {
+                state.sessions.remove(&id);
+                Err(sign_in())
+            }
+            Err(e) => Err(pages::error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &e.to_string(),
+            )),
+        }
+    }
+}
+
+fn session_cookie(id: &str, max_age: u64) -> HeaderValue {
+    let cookie =
+        format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}");
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The dashboard's routes, merged beside the API.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(pages::board))
+        .route("/sign-in", get(pages::sign_in_form).post(pages::sign_in))
+        .route("/sign-out", post(pages::sign_out))
+        .route("/apps/{app}/releases/{version}", get(pages::release))
+        .route(
+            "/apps/{app}/releases/{version}/decisions",
+            post(pages::decide),
+        )
+        .route("/apps/{app}/environments/{env}", get(pages::environment))
+        .route(
+            "/apps/{app}/environments/{env}/rollback",
+            post(pages::rollback),
+        )
+        .route("/audit", get(pages::audit))
+        .route("/audit.jsonl", get(pages::audit_export))
+        .route("/ui/events", get(pages::live))
+        .route(
+            "/assets/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route(
+            "/assets/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+}
