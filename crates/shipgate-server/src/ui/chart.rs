@@ -7,7 +7,7 @@ use shipgate_engine::TrafficSample;
 
 const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 90.0;
-const LEFT: f64 = 64.0;
+const LEFT: f64 = 88.0;
 
 /// One panel: a series over the hour, its maximum labelled.
 struct Series<'a> {
@@ -22,9 +22,12 @@ pub(crate) fn svg(samples: &[TrafficSample]) -> String {
     let Some(last) = samples.last() else {
         return "<p class=\"muted\">No traffic recorded in the last hour yet (a sample is taken every 10 seconds).</p>".to_owned();
     };
+    // The last hour, or less while the server is younger than that (at least a minute).
+    let first = samples.first().map_or(last.at, |s| s.at);
+    let span = (last.at.duration_since(first).as_secs_f64() + last.seconds).clamp(60.0, 3600.0);
     let x = |s: &TrafficSample| {
         let age = last.at.duration_since(s.at).as_secs_f64();
-        LEFT + (WIDTH - LEFT) * (1.0 - age / 3600.0).max(0.0)
+        LEFT + (WIDTH - LEFT) * (1.0 - age / span).max(0.0)
     };
     let rate = |s: &TrafficSample| s.requests as f64 / s.seconds.max(1e-9);
     let series = [
@@ -63,8 +66,10 @@ pub(crate) fn svg(samples: &[TrafficSample]) -> String {
     }
     let _ = write!(
         out,
-        "<text class=\"axis\" x=\"{LEFT}\" y=\"{}\">1 hour ago</text><text class=\"axis\" x=\"{WIDTH}\" y=\"{}\" text-anchor=\"end\">now</text></svg>",
+        "<text class=\"axis\" x=\"{LEFT}\" y=\"{}\">{} ago</text><text class=\"axis\" x=\"{}\" y=\"{}\" text-anchor=\"end\">now</text></svg>",
         total - 6.0,
+        ago(span),
+        WIDTH - 4.0,
         total - 6.0
     );
     out
@@ -80,11 +85,10 @@ fn panel(out: &mut String, s: &Series<'_>, top: f64) {
     let (y0, y1) = (top + HEIGHT - 14.0, top + 8.0);
     let _ = write!(
         out,
-        "<line class=\"grid\" x1=\"{LEFT}\" y1=\"{y0}\" x2=\"{WIDTH}\" y2=\"{y0}\"/><text class=\"label\" x=\"0\" y=\"{}\">{}</text><text class=\"axis\" x=\"{}\" y=\"{}\" text-anchor=\"end\">{}{}</text>",
+        "<line class=\"grid\" x1=\"{LEFT}\" y1=\"{y0}\" x2=\"{WIDTH}\" y2=\"{y0}\"/><text class=\"label\" x=\"8\" y=\"{}\">{}</text><text class=\"axis\" x=\"8\" y=\"{}\">max {}{}</text>",
         top + 22.0,
         s.title,
-        LEFT - 6.0,
-        y1 + 8.0,
+        top + 38.0,
         pretty(max),
         s.unit
     );
@@ -108,6 +112,16 @@ fn panel(out: &mut String, s: &Series<'_>, top: f64) {
         }
     }
     flush(&mut segment, out);
+}
+
+fn ago(seconds: f64) -> String {
+    if seconds >= 3600.0 {
+        "1 hour".to_owned()
+    } else if seconds >= 120.0 {
+        format!("{:.0} minutes", seconds / 60.0)
+    } else {
+        format!("{seconds:.0} seconds")
+    }
 }
 
 fn pretty(v: f64) -> String {
@@ -147,12 +161,19 @@ mod tests {
         assert_eq!(svg.matches("class=\"s-rps\"").count(), 1);
         assert_eq!(svg.matches("class=\"s-err\"").count(), 2);
         assert_eq!(svg.matches("class=\"s-p99\"").count(), 2);
-        assert!(svg.contains(">20.0<"), "the rps maximum is labelled: {svg}");
         assert!(
-            svg.contains(">10.0%<"),
+            svg.contains(">max 20.0<"),
+            "the rps maximum is labelled: {svg}"
+        );
+        assert!(
+            svg.contains(">max 10.0%<"),
             "the 5xx maximum is labelled: {svg}"
         );
-        assert!(svg.contains(">40.0ms<"));
+        assert!(svg.contains(">max 40.0ms<"));
+        assert!(
+            svg.contains(">60 seconds ago<"),
+            "a young history spans what it has: {svg}"
+        );
         assert!(super::svg(&[]).contains("No traffic recorded"));
     }
 }

@@ -4,6 +4,8 @@
 
 mod access;
 mod bad_input;
+mod browser;
+mod dashboard;
 mod flow;
 mod gates;
 mod helpers;

@@ -1,0 +1,341 @@
+//! The dashboard in a real headless Chromium (sign in, the board, approving on the release
+//! page, the board changing without a reload, sign-out) and over plain HTTP (cookie flags,
+//! CSRF and cross-site refusals, scoped views, the audit export).
+//!
+//! Screenshots go to a temp dir; with `SHIPGATE_SCREENSHOTS=1` they replace `docs/screenshots/`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::browser::Browser;
+use crate::helpers::{TestServer, four_envs_with, spawn_server, wait_for};
+
+fn screenshot_dir() -> (PathBuf, Option<tempfile::TempDir>) {
+    if std::env::var_os("SHIPGATE_SCREENSHOTS").is_some() {
+        let dir = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/screenshots"
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        (dir, None)
+    } else {
+        let tmp = tempfile::tempdir().unwrap();
+        (tmp.path().to_owned(), Some(tmp))
+    }
+}
+
+fn save(b: &Browser, dir: &std::path::Path, name: &str) {
+    let png = b.screenshot();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name} is a PNG");
+    assert!(
+        png.len() > 10_000,
+        "{name} shows something ({} bytes)",
+        png.len()
+    );
+    std::fs::write(dir.join(name), png).unwrap();
+}
+
+#[test]
+fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
+    let s = spawn_server(&four_envs_with(
+        "",
+        &[("production", "require.approvals = 1")],
+    ));
+    let alice = s.token("alice", "approver", &[]);
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "staging");
+    s.ok(&["promote", "web@1.0.0", "--to", "production"]);
+    let promotion = s.latest("production")["id"].as_i64().unwrap();
+    let (dir, _keep) = screenshot_dir();
+
+    let b = Browser::start();
+    b.goto(&format!("{}/", s.api()));
+    assert!(b.url().contains("/sign-in?next=/"), "{}", b.url());
+    b.type_into("#token", "not-a-token");
+    b.click("#sign-in");
+    assert!(
+        b.text("main").contains("This token is not known"),
+        "{}",
+        b.text("main")
+    );
+    b.type_into("#token", &alice);
+    b.click("#sign-in");
+    wait_for("the board after signing in", || {
+        b.url() == format!("{}/", s.api())
+    });
+    assert!(
+        b.text("header").contains("alice · approver"),
+        "{}",
+        b.text("header")
+    );
+
+    let production = "tr[data-app=web] td[data-env=production]";
+    wait_for("the board to show what production waits on", || {
+        b.text(production).contains("waits on: 0 of 1 approvals")
+    });
+    save(&b, &dir, "board.png");
+    assert!(
+        b.text("tr[data-app=web] td[data-env=staging]")
+            .contains("1.0.0")
+    );
+    assert!(
+        b.text("tr[data-app=web] td[data-env=staging]")
+            .contains("healthy")
+    );
+
+    b.goto(&format!("{}/apps/web/releases/1.0.0", s.api()));
+    let section = format!("#promotion-{promotion}");
+    assert!(
+        b.text(&section).contains("waits on: 0 of 1 approvals"),
+        "{}",
+        b.text(&section)
+    );
+    b.type_into(
+        &format!("{section} input[name=comment]"),
+        "checked the notes",
+    );
+    b.click(&format!("{section} button.approve"));
+    assert!(b.url().ends_with("/apps/web/releases/1.0.0"), "{}", b.url());
+    wait_for(
+        "the approval and the deploy to show on the release page",
+        || {
+            let text = b.text(&section);
+            text.contains("approved by alice (approver)") && text.contains("succeeded")
+        },
+    );
+    assert!(b.text(&section).contains("checked the notes"));
+    assert_eq!(s.version("production").as_deref(), Some("1.0.0"));
+    save(&b, &dir, "release.png");
+
+    // The board follows the event stream: a promotion shows up without a reload.
+    b.goto(&format!("{}/", s.api()));
+    wait_for("the live badge", || b.text("#live").contains("live"));
+    b.run("window.__not_reloaded = 42;", serde_json::json!([]));
+    s.register("1.1.0", &[]);
+    s.ok(&["promote", "web@1.1.0", "--to", "development", "--wait"]);
+    let development = "tr[data-app=web] td[data-env=development]";
+    wait_for("the board to show 1.1.0 live in development", || {
+        b.text(&format!("{development} a.release")) == "1.1.0"
+            && !b.text(development).contains("deploying")
+    });
+    assert_eq!(
+        b.run("return window.__not_reloaded;", serde_json::json!([])),
+        42,
+        "the page was redrawn in place, not reloaded"
+    );
+    assert!(b.text(production).contains("1.0.0"));
+
+    // Some traffic, so the environment page has figures. The chart takes a sample every 10 s:
+    // for the docs' screenshot, keep the traffic going long enough to draw lines.
+    let traffic_for = if std::env::var_os("SHIPGATE_SCREENSHOTS").is_some() {
+        Duration::from_secs(45)
+    } else {
+        Duration::ZERO
+    };
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while sent < 50 || started.elapsed() < traffic_for {
+        let path = if sent % 7 == 0 { "/missing" } else { "/" };
+        s.get(&format!("{}{path}", s.url("development")));
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(if traffic_for.is_zero() {
+            0
+        } else {
+            20
+        }));
+    }
+    b.goto(&format!("{}/apps/web/environments/development", s.api()));
+    let main = b.text("main");
+    assert!(main.contains("Traffic, last hour"), "{main}");
+    let log = b.text("pre.log");
+    assert!(
+        log.contains("fixture app 1.1.0: \"GET / HTTP/1.1\" 200"),
+        "the log tail: {log}"
+    );
+    assert!(
+        main.contains("Roll back to the previous release") == false,
+        "alice may not roll back"
+    );
+    save(&b, &dir, "environment.png");
+
+    b.goto(&format!("{}/audit?actor=alice", s.api()));
+    assert!(
+        b.text("table.events")
+            .contains("alice approved web@1.0.0 into production: checked the notes")
+    );
+
+    b.click("header button.link");
+    assert!(b.url().contains("/sign-in"), "{}", b.url());
+    b.goto(&format!("{}/", s.api()));
+    assert!(b.url().contains("/sign-in"), "signed out: {}", b.url());
+}
+
+/// A raw HTTP/1.0 request: status, headers and body.
+fn raw(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let api = s.api();
+    let host = api.strip_prefix("http://").unwrap();
+    let mut stream = TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn sign_in(s: &TestServer, token: &str) -> String {
+    let (status, head, _) = raw(s, "POST", "/sign-in", &[], &format!("token={token}&next=/"));
+    assert_eq!(status, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
+#[test]
+fn forms_need_the_session_csrf_token_and_cross_site_posts_are_refused() {
+    let s = spawn_server(&four_envs_with(
+        "",
+        &[("production", "require.approvals = 1")],
+    ));
+    let alice = s.token("alice", "approver", &[]);
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "staging");
+    s.ok(&["promote", "web@1.0.0", "--to", "production"]);
+    let cookie = sign_in(&s, &alice);
+    let auth = [("Cookie", cookie.as_str())];
+    let (status, _, page) = raw(&s, "GET", "/apps/web/releases/1.0.0", &auth, "");
+    assert_eq!(status, 200);
+    let csrf = csrf_of(&page);
+    let path = "/apps/web/releases/1.0.0/decisions";
+
+    let (status, _, body) = raw(
+        &s,
+        "POST",
+        path,
+        &auth,
+        "env=production&verdict=approve&csrf=wrong",
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("This form is out of date or came from another site"),
+        "{body}"
+    );
+    let cross = [
+        ("Cookie", cookie.as_str()),
+        ("Origin", "http://evil.example"),
+    ];
+    let form = format!("env=production&verdict=approve&csrf={csrf}");
+    let (status, _, body) = raw(&s, "POST", path, &cross, &form);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("came from another site"), "{body}");
+    let (status, _, _) = raw(&s, "POST", path, &[], &form);
+    assert_eq!(status, 303, "without a session: to the sign-in page");
+    assert_eq!(
+        s.latest("production")["decisions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "nothing recorded"
+    );
+
+    let (status, head, _) = raw(&s, "POST", path, &auth, &form);
+    assert_eq!(status, 303, "{head}");
+    wait_for("the approved promotion to succeed", || {
+        s.latest("production")["state"] == "succeeded"
+    });
+
+    // Revoking the token ends its sessions at once.
+    s.ok(&["token", "revoke", "alice"]);
+    let (status, head, _) = raw(&s, "GET", "/", &auth, "");
+    assert_eq!(status, 303);
+    assert!(head.contains("location: /sign-in"), "{head}");
+}
+
+#[test]
+fn scoped_viewers_see_their_environments_and_the_audit_exports_json_lines() {
+    let s = spawn_server(&four_envs_with("", &[]));
+    let dev = s.token("dev-viewer", "viewer", &["development"]);
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "testing");
+    let cookie = sign_in(&s, &dev);
+    let auth = [("Cookie", cookie.as_str())];
+    let (status, _, board) = raw(&s, "GET", "/", &auth, "");
+    assert_eq!(status, 200);
+    assert!(board.contains("data-env=\"development\""));
+    assert!(
+        !board.contains("data-env=\"testing\""),
+        "testing is out of scope"
+    );
+    let (status, _, body) = raw(&s, "GET", "/apps/web/environments/testing", &auth, "");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("token `dev-viewer` is limited to development"),
+        "{body}"
+    );
+    let (status, _, body) = raw(&s, "GET", "/?app=nothing-like-it", &auth, "");
+    assert_eq!(status, 200);
+    assert!(body.contains("No app matches"), "{body}");
+
+    let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
+    let cookie = sign_in(&s, admin.trim());
+    let auth = [("Cookie", cookie.as_str())];
+    let (status, head, lines) = raw(
+        &s,
+        "GET",
+        "/audit.jsonl?kind=promotion.succeeded",
+        &auth,
+        "",
+    );
+    assert_eq!(status, 200);
+    assert!(head.contains("application/x-ndjson"), "{head}");
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "development and testing: {lines}");
+    assert!(events.iter().all(|e| e["kind"] == "promotion.succeeded"));
+    let (status, _, page) = raw(&s, "GET", "/audit?env=testing&kind=promotion", &auth, "");
+    assert_eq!(status, 200);
+    assert!(page.contains("web@1.0.0 is verified in testing"), "{page}");
+    assert!(
+        !page.contains("web@1.0.0 is verified in development"),
+        "{page}"
+    );
+}
