@@ -125,6 +125,7 @@ impl Engine {
                 app: Some(app.clone()),
                 env: Some(env.clone()),
                 version: None,
+                apps: Vec::new(),
                 states: vec![PromotionState::Succeeded, PromotionState::RolledBack],
                 limit: None,
             })

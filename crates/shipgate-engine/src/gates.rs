@@ -219,6 +219,7 @@ impl Engine {
             app: Some(release.app.clone()),
             env: Some(env.clone()),
             version: None,
+            apps: Vec::new(),
             states: vec![PromotionState::Pending, PromotionState::Verifying],
             limit: None,
         };

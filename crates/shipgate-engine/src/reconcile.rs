@@ -43,6 +43,7 @@ impl Engine {
                 app: Some(p.app.clone()),
                 env: Some(p.env.clone()),
                 version: None,
+                apps: Vec::new(),
                 states: vec![PromotionState::Succeeded],
                 limit: None,
             };

@@ -1,5 +1,6 @@
 //! What the engine shows: status per app and environment, history with gates, log files.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -128,13 +129,9 @@ impl Engine {
 
     /// [`Self::status`] of these apps (of the config), in the order given.
     pub async fn status_of(&self, apps: &[AppName]) -> Result<Vec<AppStatus>, EngineError> {
-        let app = match apps {
-            [one] => Some(one),
-            _ => None,
-        };
-        let live = self.store.live(app).await?;
+        let live = self.store.live_of(apps).await?;
         let unfinished = PromotionFilter {
-            app: app.cloned(),
+            apps: apps.to_vec(),
             states: vec![
                 PromotionState::Pending,
                 PromotionState::Deploying,
@@ -144,6 +141,20 @@ impl Engine {
         };
         let unfinished = self.store.promotions(unfinished).await?;
         let freezes = self.store.freezes().await?;
+        // One snapshot per router, not one per cell: a snapshot covers every release it saw.
+        let traffic: HashMap<&EnvName, HashMap<String, shipgate_proxy::WindowSummary>> = self
+            .routers
+            .iter()
+            .map(|(env, router)| {
+                let live = router
+                    .metrics()
+                    .into_iter()
+                    .filter(|m| m.live)
+                    .map(|m| (m.app, m.last_minute))
+                    .collect();
+                (env, live)
+            })
+            .collect();
         let mut out = Vec::new();
         for a in apps.iter().filter_map(|a| self.config.app(a)) {
             let mut environments = Vec::new();
@@ -190,12 +201,10 @@ impl Engine {
                         until: s.until.to_string(),
                     }),
                     unhealthy: crate::locked(&self.unhealthy).get(&slot).cloned(),
-                    traffic: self.routers.get(&e.name).and_then(|r| {
-                        r.metrics()
-                            .into_iter()
-                            .find(|m| m.app == a.name.as_str() && m.live)
-                            .map(|m| m.last_minute)
-                    }),
+                    traffic: traffic
+                        .get(&e.name)
+                        .and_then(|t| t.get(a.name.as_str()))
+                        .copied(),
                 });
             }
             out.push(AppStatus {
@@ -217,6 +226,7 @@ impl Engine {
             app: Some(app.clone()),
             env: env.cloned(),
             version: None,
+            apps: Vec::new(),
             states: vec![],
             limit: Some(limit),
         };

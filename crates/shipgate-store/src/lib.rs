@@ -139,6 +139,8 @@ pub trait Store: Send + Sync {
 
     /// What is live, for one app or all.
     async fn live(&self, app: Option<&AppName>) -> Result<Vec<LiveRelease>>;
+    /// What is live for these apps (a page of the dashboard).
+    async fn live_of(&self, apps: &[AppName]) -> Result<Vec<LiveRelease>>;
 
     /// Records an instance (started or changed).
     async fn put_instance(&self, instance: InstanceRecord) -> Result<()>;

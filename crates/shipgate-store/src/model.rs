@@ -154,6 +154,8 @@ pub struct Transition {
 pub struct PromotionFilter {
     /// Only this app.
     pub app: Option<AppName>,
+    /// Only these apps (any if empty).
+    pub apps: Vec<AppName>,
     /// Only this environment.
     pub env: Option<EnvName>,
     /// Only this version.

@@ -83,6 +83,11 @@ CREATE TABLE overrides (
     reason TEXT NOT NULL, at TEXT NOT NULL
 );
 "#,
+    r#"
+CREATE INDEX promotions_app_version ON promotions (app, version, id);
+CREATE INDEX events_actor ON events (actor, id);
+CREATE INDEX events_kind ON events (kind, id);
+"#,
 ];
 
 /// The SQLite implementation of [`Store`].
@@ -681,27 +686,48 @@ impl Store for SqliteStore {
     }
 
     async fn promotions(&self, f: PromotionFilter) -> Result<Vec<Promotion>> {
-        let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
-        sqlx::query(
-            "SELECT * FROM promotions WHERE (?1 IS NULL OR app = ?1) AND (?2 IS NULL OR env = ?2)
-             AND (?3 = '' OR instr(?3, ',' || state || ',') > 0) AND (?5 IS NULL OR version = ?5)
-             ORDER BY id DESC LIMIT ?4",
-        )
-        .bind(f.app.as_ref().map(AppName::as_str))
-        .bind(f.env.as_ref().map(EnvName::as_str))
-        .bind(if states.is_empty() {
-            String::new()
-        } else {
-            format!(",{},", states.join(","))
-        })
-        .bind(f.limit.unwrap_or(-1))
-        .bind(f.version.as_ref().map(Version::as_str))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("listing promotions"))?
-        .iter()
-        .map(promotion_from)
-        .collect()
+        // Only the conditions asked for are written, so SQLite can pick the index that serves
+        // them (`?1 IS NULL OR app = ?1` would scan the whole history). The states are our own
+        // fixed names, written in.
+        let mut sql = "SELECT * FROM promotions WHERE 1 = 1".to_owned();
+        let mut binds: Vec<&str> = Vec::new();
+        for (column, value) in [
+            ("app", f.app.as_ref().map(AppName::as_str)),
+            ("env", f.env.as_ref().map(EnvName::as_str)),
+            ("version", f.version.as_ref().map(Version::as_str)),
+        ] {
+            if let Some(value) = value {
+                sql.push_str(&format!(" AND {column} = ?"));
+                binds.push(value);
+            }
+        }
+        if !f.apps.is_empty() {
+            sql.push_str(&format!(" AND app IN ({})", placeholders(f.apps.len())));
+            binds.extend(f.apps.iter().map(AppName::as_str));
+        }
+        if !f.states.is_empty() {
+            let names: Vec<String> = f
+                .states
+                .iter()
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect();
+            sql.push_str(&format!(" AND state IN ({})", names.join(", ")));
+        }
+        // `id + 0`: newest first without letting the order pick the rowid scan over the
+        // index that serves the conditions.
+        sql.push_str(" ORDER BY id + 0 DESC LIMIT ?");
+        let mut query = sqlx::query(&sql);
+        for value in binds {
+            query = query.bind(value);
+        }
+        query
+            .bind(f.limit.unwrap_or(-1))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing promotions"))?
+            .iter()
+            .map(promotion_from)
+            .collect()
     }
 
     async fn standing(&self, app: &AppName, version: &Version, env: &EnvName) -> Result<Standing> {
@@ -1024,8 +1050,34 @@ impl Store for SqliteStore {
     }
 
     async fn live(&self, app: Option<&AppName>) -> Result<Vec<LiveRelease>> {
-        sqlx::query("SELECT * FROM live WHERE ?1 IS NULL OR app = ?1 ORDER BY app, env")
-            .bind(app.map(AppName::as_str))
+        let query = match app {
+            Some(app) => {
+                sqlx::query("SELECT * FROM live WHERE app = ? ORDER BY app, env").bind(app.as_str())
+            }
+            None => sqlx::query("SELECT * FROM live ORDER BY app, env"),
+        };
+        query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading live releases"))?
+            .iter()
+            .map(live_from)
+            .collect()
+    }
+
+    async fn live_of(&self, apps: &[AppName]) -> Result<Vec<LiveRelease>> {
+        if apps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT * FROM live WHERE app IN ({}) ORDER BY app, env",
+            placeholders(apps.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for app in apps {
+            query = query.bind(app.as_str());
+        }
+        query
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading live releases"))?
@@ -1234,6 +1286,11 @@ impl Store for SqliteStore {
         self.commit(tx, vec![event]).await?;
         Ok(token)
     }
+}
+
+/// `?, ?, ?` for an `IN` list of `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }
 
 fn token_from(row: &SqliteRow) -> Result<TokenRecord> {

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::demo::{SampleServer, free_port, sample_release};
 
+pub mod dashboard;
 mod load;
 pub mod router;
 

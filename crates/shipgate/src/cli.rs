@@ -255,6 +255,12 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// The dashboard at scale: 1,000 apps × 4 environments and 100,000 promotions.
+    Dashboard {
+        /// Requests timed per page (the median is printed).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// shipgate's own overhead of a promotion, against the app's own time to become healthy.
     Promote {
         /// Promotions measured.

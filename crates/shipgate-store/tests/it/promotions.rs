@@ -341,6 +341,7 @@ async fn a_rollback_marks_the_replaced_promotion_rolled_back() {
     let filter = PromotionFilter {
         env: Some(env_of("production")),
         version: None,
+        apps: Vec::new(),
         states: vec![PromotionState::Succeeded],
         ..Default::default()
     };

@@ -55,11 +55,9 @@ fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
     assert!(b.url().contains("/sign-in?next=/"), "{}", b.url());
     b.type_into("#token", "not-a-token");
     b.click("#sign-in");
-    assert!(
-        b.text("main").contains("This token is not known"),
-        "{}",
-        b.text("main")
-    );
+    wait_for("the refusal of a wrong token", || {
+        b.text("main").contains("This token is not known")
+    });
     b.type_into("#token", &alice);
     b.click("#sign-in");
     wait_for("the board after signing in", || {
@@ -97,7 +95,9 @@ fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
         "checked the notes",
     );
     b.click(&format!("{section} button.approve"));
-    assert!(b.url().ends_with("/apps/web/releases/1.0.0"), "{}", b.url());
+    wait_for("the release page after approving", || {
+        b.url().ends_with("/apps/web/releases/1.0.0") && b.text(&section).contains("approved by")
+    });
     wait_for(
         "the approval and the deploy to show on the release page",
         || {
@@ -155,7 +155,7 @@ fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
         "the log tail: {log}"
     );
     assert!(
-        main.contains("Roll back to the previous release") == false,
+        !main.contains("Roll back to the previous release"),
         "alice may not roll back"
     );
     save(&b, &dir, "environment.png");
@@ -167,7 +167,9 @@ fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
     );
 
     b.click("header button.link");
-    assert!(b.url().contains("/sign-in"), "{}", b.url());
+    wait_for("the sign-in page after signing out", || {
+        b.url().contains("/sign-in")
+    });
     b.goto(&format!("{}/", s.api()));
     assert!(b.url().contains("/sign-in"), "signed out: {}", b.url());
 }
