@@ -109,6 +109,11 @@ impl SampleServer {
     }
 
     /// Stops the server and every instance it started.
+    /// The address of the API and dashboard.
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        self.server.addr
+    }
+
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.server.wait().await
@@ -193,6 +198,14 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
         say(format!(
             "     shipgate -c {} history web",
             config_path.display()
+        ));
+        say(format!(
+            "dashboard: http://{}/   (sign in with the token in {})",
+            sample.api_addr(),
+            work.path()
+                .join("data")
+                .join(shipgate_server::ADMIN_TOKEN_FILE)
+                .display()
         ));
         say("\nserving until Ctrl-C".into());
         crate::commands::shutdown_signal().await;
