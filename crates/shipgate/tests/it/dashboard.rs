@@ -341,3 +341,63 @@ fn scoped_viewers_see_their_environments_and_the_audit_exports_json_lines() {
         "{page}"
     );
 }
+
+#[test]
+fn the_board_pages_fifty_apps_and_the_rollback_button_rolls_back() {
+    let mut config = four_envs_with("", &[]);
+    let app = "[apps.web]\nrun = \"python3 server.py --port ${PORT}\"\nhealth = \"/healthz\"\n";
+    let many: String = (0..119)
+        .map(|i| format!("[apps.svc-{i:03}]\nrun = \"python3 server.py --port ${{PORT}}\"\n"))
+        .collect();
+    config = config.replace(app, &format!("{app}{many}"));
+    let s = spawn_server(&config);
+    s.register("1.0.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
+    s.register("1.1.0", &[]);
+    s.ok(&["promote", "web@1.1.0", "--to", "development", "--wait"]);
+    let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
+    let cookie = sign_in(&s, admin.trim());
+    let auth = [("Cookie", cookie.as_str())];
+
+    let rows = |page: &str| page.matches("<tr data-app=").count();
+    let (_, _, first) = raw(&s, "GET", "/", &auth, "");
+    assert_eq!(rows(&first), 50);
+    assert!(
+        first.contains("120 apps · page 1 of 3"),
+        "the count and pages"
+    );
+    assert!(
+        first.contains("href=\"/?app=&#38;page=2\" rel=\"next\""),
+        "a next link: {}",
+        &first[first.find("class=\"pages\"").unwrap_or(0)..]
+    );
+    let (_, _, last) = raw(&s, "GET", "/?page=3", &auth, "");
+    assert_eq!(rows(&last), 20);
+    assert!(last.contains("rel=\"prev\"") && !last.contains("rel=\"next\""));
+    let (_, _, filtered) = raw(&s, "GET", "/?app=svc-01", &auth, "");
+    assert_eq!(rows(&filtered), 10, "svc-010 to svc-019");
+
+    let (status, _, page) = raw(&s, "GET", "/apps/web/environments/development", &auth, "");
+    assert_eq!(status, 200);
+    assert!(page.contains("Roll back to the previous release"));
+    let form = format!("csrf={}", csrf_of(&page));
+    let (status, head, _) = raw(
+        &s,
+        "POST",
+        "/apps/web/environments/development/rollback",
+        &auth,
+        &form,
+    );
+    assert_eq!(status, 303, "{head}");
+    wait_for("development back on 1.0.0", || {
+        s.version("development").as_deref() == Some("1.0.0")
+    });
+    let latest = s.latest("development");
+    assert_eq!(latest["kind"], "rollback");
+    assert!(
+        latest["requested_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin-")
+    );
+}
