@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub database: PathBuf,
     /// Largest artifact upload accepted.
     pub max_artifact_size: ByteSize,
+    /// How often live releases are checked for drift; None: only on demand (`shipgate drift`).
+    pub drift_scan: Option<Duration>,
 }
 
 /// `[apps.NAME]`: one deployable service.
@@ -51,6 +53,9 @@ pub struct AppConfig {
     pub health_timeout: Duration,
     /// When a live instance counts as crash-looping.
     pub crash_loop: CrashLoop,
+    /// `facts = { runtime = "python3 --version" }`: commands run in each environment's live
+    /// release for `shipgate diff`, by name.
+    pub facts: BTreeMap<String, String>,
 }
 
 /// `crash_loop = { crashes = 5, within = "1m" }`: more than `crashes` crashes within `within`
@@ -95,6 +100,13 @@ pub struct EnvironmentConfig {
     pub require: Requirements,
     /// A release verified in `after` is promoted here as soon as its requirements hold.
     pub auto: bool,
+    /// The environment this one mirrors (`mirrors = "production"` on staging).
+    pub mirrors: Option<EnvName>,
+    /// Differences with other environments that are meant (`vars.DATABASE_URL`, `listen`,
+    /// `require.*`).
+    pub differs: Vec<String>,
+    /// Variables whose values are never shown, besides those whose names look secret.
+    pub secrets: Vec<String>,
 }
 
 /// `require.*` of an environment: what a promotion waits on before it deploys.
@@ -106,12 +118,17 @@ pub struct Requirements {
     pub soak: Option<Duration>,
     /// `require.window`: only while one of these is open.
     pub windows: Vec<DeployWindow>,
+    /// `require.parity`: no unexpected difference with this environment but the release.
+    pub parity: Option<EnvName>,
 }
 
 impl Requirements {
     /// True when a promotion here never waits.
     pub fn is_empty(&self) -> bool {
-        self.approvals.is_none() && self.soak.is_none() && self.windows.is_empty()
+        self.approvals.is_none()
+            && self.soak.is_none()
+            && self.windows.is_empty()
+            && self.parity.is_none()
     }
 }
 
@@ -244,6 +261,7 @@ struct RawServer {
     data_dir: Option<String>,
     database: Option<Spanned<String>>,
     max_artifact_size: Option<Spanned<String>>,
+    drift_scan: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +271,8 @@ struct RawApp {
     health: Option<Spanned<String>>,
     health_timeout: Option<Spanned<String>>,
     crash_loop: Option<RawCrashLoop>,
+    #[serde(default)]
+    facts: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -274,6 +294,11 @@ struct RawEnvironment {
     #[serde(default)]
     require: RawRequire,
     auto: Option<Spanned<bool>>,
+    mirrors: Option<Spanned<String>>,
+    #[serde(default)]
+    differs: Vec<Spanned<String>>,
+    #[serde(default)]
+    secrets: Vec<String>,
     standby: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
@@ -414,11 +439,17 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         Some(s) => problems.parse(s, ByteSize::parse),
         None => None,
     };
+    let drift_scan = match &raw.drift_scan {
+        Some(d) => problems.parse(d, Duration::parse),
+        None => Some(Duration::from_std(std::time::Duration::from_secs(60))),
+    }
+    .filter(|d| !d.as_std().is_zero());
     ServerConfig {
         listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7300))),
         data_dir,
         database,
         max_artifact_size: max_artifact_size.unwrap_or(ByteSize(512 << 20)),
+        drift_scan,
     }
 }
 
@@ -468,6 +499,7 @@ fn apps(raw: BTreeMap<Spanned<String>, RawApp>, problems: &mut Problems) -> Vec<
                 name,
                 run: app.run.into_inner(),
                 crash_loop,
+                facts: app.facts,
                 health,
                 health_timeout: health_timeout
                     .unwrap_or(Duration::from_std(std::time::Duration::from_secs(30))),
@@ -531,7 +563,43 @@ fn environments(
             }
             addresses.push((addr, format!("environment `{}`", name.get_ref())));
         }
-        let require = requirements(&env.require, name, env.after.is_some(), problems);
+        let mut require = requirements(&env.require, name, env.after.is_some(), problems);
+        let known_env = |key: &Spanned<String>, what: &str, problems: &mut Problems| {
+            if names.contains(key.get_ref()) && key.get_ref() != name.get_ref() {
+                return problems.parse(key, |s| EnvName::parse(s).map_err(|e| e.0));
+            }
+            let help = closest(key.get_ref(), names.iter().map(String::as_str))
+                .filter(|c| *c != name.get_ref())
+                .map(|c| format!("did you mean `{c}`?"));
+            problems.add(
+                key.span(),
+                format!(
+                    "`{what} = \"{}\"` on environment `{}` names no other environment",
+                    key.get_ref(),
+                    name.get_ref()
+                ),
+                help,
+            );
+            None
+        };
+        if let Some(p) = &env.require.parity {
+            match p.get_ref().as_str() {
+                Some(other) => {
+                    let key = Spanned::new(p.span(), other.to_owned());
+                    require.parity = known_env(&key, "require.parity", problems);
+                }
+                None => problems.add(p.span(), "`require.parity` names an environment, for example require.parity = \"staging\"", None),
+            }
+        }
+        let mirrors = env
+            .mirrors
+            .as_ref()
+            .and_then(|m| known_env(m, "mirrors", problems));
+        for d in &env.differs {
+            if let Err(e) = crate::parity::check_key(d.get_ref()) {
+                problems.add(d.span(), e, None);
+            }
+        }
         let auto = env.auto.as_ref().is_some_and(|a| *a.get_ref());
         if let (Some(a), None) = (&env.auto, &env.after)
             && *a.get_ref()
@@ -575,6 +643,9 @@ fn environments(
                 request_timeout,
                 require,
                 auto,
+                mirrors,
+                differs: env.differs.iter().map(|d| d.get_ref().clone()).collect(),
+                secrets: env.secrets.clone(),
             });
         }
     }
@@ -631,13 +702,6 @@ fn requirements(
                 ),
             }
         }
-    }
-    if let Some(p) = &raw.parity {
-        problems.add(
-            p.span(),
-            format!("`require.parity` of environment `{}` is not enforced by this version of shipgate", env.get_ref()),
-            "remove it rather than rely on it: parity between environments arrives with `shipgate diff`".to_owned(),
-        );
     }
     req
 }
@@ -1036,11 +1100,39 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_gates_are_refused_not_ignored() {
+    fn parity_and_mirrors_name_another_environment() {
         let src = format!(
-            "{BASE}[environments.p]\nlisten = \"127.0.0.1:8101\"\nrequire.parity = \"s\"\n"
+            "{BASE}[environments.s]\nlisten = \"127.0.0.1:8101\"\nmirrors = \"p\"\ndiffers = [\"vars.DATABASE_URL\", \"require.*\"]\n[environments.p]\nafter = \"s\"\nlisten = \"127.0.0.1:8102\"\nrequire.parity = \"s\"\n"
         );
-        assert!(errors(&src).contains("`require.parity` of environment `p` is not enforced"));
+        let c = Config::parse(&src, Path::new("/p")).unwrap();
+        assert_eq!(
+            c.environments[0].mirrors.as_ref().map(EnvName::as_str),
+            Some("p")
+        );
+        assert_eq!(
+            c.environments[1]
+                .require
+                .parity
+                .as_ref()
+                .map(EnvName::as_str),
+            Some("s")
+        );
+        let bad = format!(
+            "{BASE}[environments.s]\nlisten = \"127.0.0.1:8101\"\nmirrors = \"prod\"\ndiffers = [\"colour\"]\nrequire.parity = \"s\"\n"
+        );
+        let e = errors(&bad);
+        assert!(
+            e.contains("`mirrors = \"prod\"` on environment `s` names no other environment"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`require.parity = \"s\"` on environment `s` names no other environment"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`colour` is not something environments differ in"),
+            "{e}"
+        );
     }
 
     #[test]

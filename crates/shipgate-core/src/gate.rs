@@ -103,6 +103,15 @@ pub enum Wait {
         /// The freeze.
         freeze: Freeze,
     },
+    /// The environment differs from the one `require.parity` names, beyond the release.
+    Parity {
+        /// The environment it must match.
+        with: EnvName,
+        /// The unexpected differences (`vars.REGION`, `facts.runtime`).
+        differences: Vec<String>,
+        /// When it is compared again (facts can change without an event).
+        recheck: Timestamp,
+    },
     /// The watch after the switch was inconclusive; a person approves or rejects.
     Decision {
         /// What the watch saw.
@@ -116,6 +125,7 @@ impl Wait {
         match self {
             Self::Soak { ends, .. } => Some(*ends),
             Self::Window { opens, .. } => Some(*opens),
+            Self::Parity { recheck, .. } => Some(*recheck),
             _ => None,
         }
     }
@@ -160,6 +170,14 @@ impl fmt::Display for Wait {
                     freeze.by, freeze.since, freeze.reason
                 )
             }
+            Self::Parity {
+                with, differences, ..
+            } => write!(
+                f,
+                "parity with {with}: {} unexpected difference(s): {} (see shipgate diff; fix them, declare them in `differs`, or an admin promotes with --override REASON)",
+                differences.len(),
+                differences.join(", ")
+            ),
             Self::Decision { watched } => write!(
                 f,
                 "a person to decide: {watched} (shipgate approve or shipgate reject)"
@@ -179,8 +197,10 @@ pub struct EntryFacts<'a> {
     pub decisions: &'a [Decision],
     /// Freezes in force on this environment (its own and the all-environment one).
     pub freezes: &'a [Freeze],
-    /// An admin lifted windows and freezes for this promotion, with this reason.
+    /// An admin lifted windows, freezes and parity for this promotion, with this reason.
     pub overridden: bool,
+    /// With `require.parity`: the environment named and its unexpected differences now.
+    pub parity: Option<(&'a EnvName, Vec<String>)>,
     /// Now.
     pub now: Timestamp,
 }
@@ -231,9 +251,21 @@ pub fn waiting_on(req: &Requirements, facts: &EntryFacts<'_>) -> Vec<Wait> {
                 freeze: freeze.clone(),
             });
         }
+        if let Some((with, differences)) = &facts.parity
+            && !differences.is_empty()
+        {
+            waits.push(Wait::Parity {
+                with: (*with).clone(),
+                differences: differences.clone(),
+                recheck: facts.now.checked_add(PARITY_RECHECK).unwrap_or(facts.now),
+            });
+        }
     }
     waits
 }
+
+/// How often a promotion held by parity compares the environments again.
+pub const PARITY_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The distinct approvers that count under `rule`, in the order they approved.
 pub fn counted_approvers(rule: &ApprovalRule, decisions: &[Decision]) -> Vec<String> {
@@ -485,6 +517,7 @@ mod tests {
             decisions,
             freezes,
             overridden: false,
+            parity: None,
             now: at(now),
         }
     }
@@ -628,6 +661,31 @@ mod tests {
         assert_eq!(waits[0].until(), None);
         f.overridden = true;
         f.now = at("2026-12-05T12:00:00Z");
+        assert!(waiting_on(&req, &f).is_empty());
+    }
+
+    #[test]
+    fn parity_waits_until_no_difference_is_left_unless_overridden() {
+        let staging = EnvName::parse("staging").unwrap();
+        let req = Requirements {
+            parity: Some(staging.clone()),
+            ..Default::default()
+        };
+        let mut f = facts(&[], &[], "2026-12-01T10:00:00Z");
+        f.parity = Some((&staging, vec!["vars.REGION".into()]));
+        let waits = waiting_on(&req, &f);
+        assert!(
+            waits[0]
+                .to_string()
+                .starts_with("parity with staging: 1 unexpected difference(s): vars.REGION"),
+            "{}",
+            waits[0]
+        );
+        assert_eq!(waits[0].until(), Some(at("2026-12-01T10:00:05Z")));
+        f.overridden = true;
+        assert!(waiting_on(&req, &f).is_empty());
+        f.overridden = false;
+        f.parity = Some((&staging, vec![]));
         assert!(waiting_on(&req, &f).is_empty());
     }
 

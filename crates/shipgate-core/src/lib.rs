@@ -13,6 +13,7 @@ pub mod config;
 pub mod duration;
 pub mod gate;
 pub mod names;
+pub mod parity;
 pub mod promotion;
 pub mod size;
 pub mod template;

@@ -99,6 +99,8 @@ pub enum PromotionKind {
     Promote,
     /// `shipgate rollback`: return to a release that was live here before.
     Rollback,
+    /// `shipgate drift --heal`: start the recorded live release again from its artifact.
+    Redeploy,
 }
 
 impl PromotionKind {
@@ -107,11 +109,12 @@ impl PromotionKind {
         match self {
             Self::Promote => "promote",
             Self::Rollback => "rollback",
+            Self::Redeploy => "redeploy",
         }
     }
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Promote, Self::Rollback]
+        [Self::Promote, Self::Rollback, Self::Redeploy]
             .into_iter()
             .find(|k| k.as_str() == s)
     }

@@ -172,7 +172,7 @@ impl Engine {
             .await
     }
 
-    async fn registered(&self, release: &ReleaseRef) -> Result<Release, EngineError> {
+    pub(crate) async fn registered(&self, release: &ReleaseRef) -> Result<Release, EngineError> {
         if self.config.app(&release.app).is_none() {
             return Err(EngineError::UnknownApp(release.app.to_string()));
         }
@@ -186,7 +186,7 @@ impl Engine {
             })
     }
 
-    async fn request(
+    pub(crate) async fn request(
         self: &Arc<Self>,
         release: Release,
         env: &EnvName,
@@ -326,7 +326,8 @@ impl Engine {
                     None => self.watch(&promotion, &router, &instance).await?,
                 }
             }
-            PromotionKind::Rollback => None,
+            // Both go back to a release verified here before.
+            PromotionKind::Rollback | PromotionKind::Redeploy => None,
         };
         if let Some(reason) = failure {
             router.switch(

@@ -120,7 +120,19 @@ impl Engine {
             .filter(|f| f.env.as_ref().is_none_or(|e| e == &p.env))
             .collect();
         let overridden = self.store.override_of(p.id).await?;
+        let parity = match self
+            .config
+            .environment(&p.env)
+            .and_then(|e| e.require.parity.clone())
+        {
+            Some(with) => {
+                let diff = self.diff(&p.app, &with, &p.env).await?;
+                Some((with, shipgate_core::parity::blocking(&diff.items)))
+            }
+            None => None,
+        };
         Ok(OwnedFacts {
+            parity,
             after: after.cloned(),
             verified_before_at,
             decisions,
@@ -167,6 +179,14 @@ impl Engine {
         {
             let output = format!("verified in {after} since {at}, soak {soak} ended");
             self.gate(p, "soak", true, output, started_at.to_owned())
+                .await?;
+        }
+        if let (Some((with, left)), None) = (&facts.parity, &facts.overridden) {
+            let output = format!(
+                "no unexpected difference with {with} besides the release{}",
+                if left.is_empty() { "" } else { " (overridden)" }
+            );
+            self.gate(p, "parity", true, output, started_at.to_owned())
                 .await?;
         }
         if let Some(o) = &facts.overridden {
@@ -410,6 +430,7 @@ struct OwnedFacts {
     decisions: Vec<Decision>,
     freezes: Vec<Freeze>,
     overridden: Option<shipgate_store::Override>,
+    parity: Option<(EnvName, Vec<String>)>,
     now: Timestamp,
 }
 
@@ -421,6 +442,7 @@ impl OwnedFacts {
             decisions: &self.decisions,
             freezes: &self.freezes,
             overridden: self.overridden.is_some(),
+            parity: self.parity.as_ref().map(|(e, d)| (e, d.clone())),
             now: self.now,
         }
     }

@@ -7,9 +7,11 @@
 //! (that is `shipgate-server`) nor hold rules of its own about which release may enter where.
 #![forbid(unsafe_code)]
 
+mod drift;
 mod error;
 pub mod flow;
 mod gates;
+mod parity;
 mod reconcile;
 mod report;
 mod standby;
@@ -17,7 +19,9 @@ mod traffic;
 mod verify;
 mod watch;
 
+pub use drift::DriftReport;
 pub use error::EngineError;
+pub use parity::Diff;
 pub use report::{
     AppStatus, EnvironmentStatus, HistoryEntry, InstanceView, PromotionView, StandbyView, WaitView,
 };
@@ -70,6 +74,8 @@ pub struct Engine {
     waiting: Mutex<HashMap<i64, Vec<shipgate_core::gate::Wait>>>,
     /// The last hour of each slot's traffic, for charts.
     traffic: Mutex<HashMap<Slot, traffic::History>>,
+    /// What the last drift scan found, for slots that drifted.
+    drift: Mutex<HashMap<Slot, Vec<String>>>,
     /// Distinguishes instance ids across server starts.
     boot: i64,
 }
@@ -107,10 +113,12 @@ impl Engine {
             unhealthy: Mutex::default(),
             waiting: Mutex::default(),
             traffic: Mutex::default(),
+            drift: Mutex::default(),
             boot: jiff::Timestamp::now().as_millisecond(),
         });
         engine.record_driver_events();
         engine.sample_traffic();
+        engine.scan_drift_periodically();
         engine.reconcile().await?;
         Ok(engine)
     }

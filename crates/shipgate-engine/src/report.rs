@@ -40,6 +40,8 @@ pub struct EnvironmentStatus {
     pub unhealthy: Option<String>,
     /// The live release's traffic through the router over the last minute.
     pub traffic: Option<shipgate_proxy::WindowSummary>,
+    /// What the last drift scan found here (empty: matches its record).
+    pub drift: Vec<String>,
 }
 
 /// The warm standby of an app in an environment.
@@ -201,6 +203,7 @@ impl Engine {
                         until: s.until.to_string(),
                     }),
                     unhealthy: crate::locked(&self.unhealthy).get(&slot).cloned(),
+                    drift: self.drift_of_slot(&a.name, &e.name),
                     traffic: traffic
                         .get(&e.name)
                         .and_then(|t| t.get(a.name.as_str()))

@@ -12,10 +12,10 @@ use tokio::io::AsyncReadExt;
 use crate::{Engine, EngineError};
 
 /// What one test command did.
-struct TestRun {
-    passed: bool,
-    output: String,
-    verdict: String,
+pub(crate) struct TestRun {
+    pub(crate) passed: bool,
+    pub(crate) output: String,
+    pub(crate) verdict: String,
 }
 
 impl Engine {
@@ -104,7 +104,7 @@ async fn http_check(check: &HttpCheck, url: &str, timeout: Duration) -> (bool, S
     (true, format!("GET {url} answered {status}\n{shown}"))
 }
 
-async fn run_test(
+pub(crate) async fn run_test(
     command: &str,
     dir: &std::path::Path,
     env: &std::collections::BTreeMap<String, String>,

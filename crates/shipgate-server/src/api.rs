@@ -46,6 +46,9 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         GET "/promotions/{id}" => promotion,
         POST "/rollbacks" => rollback,
         POST "/approvals" => decide,
+        GET "/diff" => diff,
+        GET "/drift" => drift,
+        POST "/drift/heal" => heal,
         GET "/freezes" => list_freezes,
         POST "/freezes" => freeze,
         DELETE "/freezes" => unfreeze,
@@ -274,6 +277,60 @@ async fn decide(
         StatusCode::CREATED,
         Json(serde_json::json!({ "promotion": promotion, "decision": decision })),
     ))
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    app: String,
+    a: String,
+    b: String,
+}
+
+/// Compares an app in two environments (runs the app's facts in both).
+async fn diff(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<DiffQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let app = configured_app(&state, &q.app)?;
+    let a = parse("environment", &q.a, EnvName::parse)?;
+    let b = parse("environment", &q.b, EnvName::parse)?;
+    caller.allow(Action::Read, Some(&a))?;
+    caller.allow(Action::Read, Some(&b))?;
+    Ok(Json(state.engine.diff(&app, &a, &b).await?))
+}
+
+/// Checks every live release for drift now.
+async fn drift(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AppQuery>,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::Read, None)?;
+    let app = optional("app", q.app.as_deref(), AppName::parse)?;
+    let mut reports = state.engine.scan_drift().await?;
+    reports
+        .retain(|r| app.as_ref().is_none_or(|a| a == &r.app) && caller.sees(Some(r.env.as_str())));
+    Ok(Json(reports))
+}
+
+#[derive(Deserialize)]
+struct HealBody {
+    app: String,
+    env: String,
+}
+
+/// Redeploys the recorded live release from its artifact.
+async fn heal(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(b): ApiJson<HealBody>,
+) -> ApiResult<impl IntoResponse> {
+    let app = configured_app(&state, &b.app)?;
+    let env = parse("environment", &b.env, EnvName::parse)?;
+    caller.allow(Action::Rollback, Some(&env))?;
+    let promotion = state.engine.heal(&app, &env, caller.name()).await?;
+    Ok((StatusCode::ACCEPTED, Json(promotion)))
 }
 
 #[derive(Deserialize)]

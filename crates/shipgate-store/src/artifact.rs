@@ -254,6 +254,136 @@ impl ArtifactStore {
     }
 }
 
+/// What a release directory holds at one path, for comparison with its archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Held {
+    Dir,
+    File([u8; 32]),
+    Link(PathBuf),
+}
+
+fn sha256_of(mut r: impl Read) -> io::Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+fn walk(
+    root: &Path,
+    at: &Path,
+    out: &mut std::collections::BTreeMap<PathBuf, Held>,
+) -> io::Result<()> {
+    for entry in fs::read_dir(at)? {
+        let entry = entry?;
+        let path = entry.path();
+        let inside = path.strip_prefix(root).unwrap_or(&path).to_owned();
+        let ty = entry.file_type()?;
+        if ty.is_symlink() {
+            out.insert(inside, Held::Link(fs::read_link(&path)?));
+        } else if ty.is_dir() {
+            out.insert(inside, Held::Dir);
+            walk(root, &path, out)?;
+        } else {
+            out.insert(inside, Held::File(sha256_of(File::open(&path)?)?));
+        }
+    }
+    Ok(())
+}
+
+impl ArtifactStore {
+    /// How the release directory of `digest` differs from its archive: one line per changed,
+    /// added or missing path. Empty when it is exactly what was uploaded.
+    pub fn check_release_dir(&self, digest: &Digest) -> Result<Vec<String>, ArtifactError> {
+        let unreadable = |e: io::Error| ArtifactError::Unreadable(e.to_string());
+        let mut expected = std::collections::BTreeMap::new();
+        let mut tar = open_archive(&self.archive_path(digest))?;
+        for entry in tar.entries().map_err(unreadable)? {
+            let mut entry = entry.map_err(unreadable)?;
+            let path = entry.path().map_err(unreadable)?.into_owned();
+            let Some(inside) = normalized(&path).filter(|p| !p.as_os_str().is_empty()) else {
+                continue;
+            };
+            let held = match entry.header().entry_type() {
+                tar::EntryType::Directory => Held::Dir,
+                tar::EntryType::Symlink => Held::Link(
+                    entry
+                        .link_name()
+                        .map_err(unreadable)?
+                        .map(|l| l.into_owned())
+                        .unwrap_or_default(),
+                ),
+                _ => Held::File(sha256_of(&mut entry).map_err(unreadable)?),
+            };
+            // Parent folders are implied by their entries even when the archive omits them.
+            for parent in inside
+                .ancestors()
+                .skip(1)
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                expected.entry(parent.to_owned()).or_insert(Held::Dir);
+            }
+            expected.insert(inside, held);
+        }
+        let dir = self.release_dir(digest);
+        let mut found = std::collections::BTreeMap::new();
+        walk(&dir, &dir, &mut found).map_err(io_err(format!("reading {}", dir.display())))?;
+        let mut drift = Vec::new();
+        for (path, held) in &expected {
+            match found.get(path) {
+                None => drift.push(format!("missing: {}", path.display())),
+                Some(f) if f != held => drift.push(format!("changed: {}", path.display())),
+                Some(_) => {}
+            }
+        }
+        for path in found.keys().filter(|p| !expected.contains_key(*p)) {
+            drift.push(format!("added: {}", path.display()));
+        }
+        Ok(drift)
+    }
+
+    /// Unpacks the release directory of `digest` again from its archive; the old one is moved
+    /// aside into `tmp/` (instances still running from it keep their open files).
+    pub fn restore_release_dir(&self, digest: &Digest) -> Result<PathBuf, ArtifactError> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.release_dir(digest);
+        if dir.exists() {
+            // Moving a folder needs write permission on it.
+            let mut perm = fs::metadata(&dir)
+                .map_err(io_err("reading the release"))?
+                .permissions();
+            perm.set_mode(perm.mode() | 0o200);
+            fs::set_permissions(&dir, perm).map_err(io_err("making the release movable"))?;
+            let aside = tempfile::Builder::new()
+                .prefix("drifted-")
+                .tempdir_in(self.root.join("tmp"))
+                .map_err(io_err("creating a folder for the drifted release"))?
+                .keep();
+            fs::rename(&dir, aside.join("release"))
+                .map_err(io_err("moving the drifted release aside"))?;
+        }
+        let archive = self.archive_path(digest);
+        let staging = tempfile::Builder::new()
+            .prefix("unpack-")
+            .tempdir_in(self.root.join("tmp"))
+            .map_err(io_err("creating an unpack folder"))?;
+        let mut tar = open_archive(&archive)?;
+        tar.set_preserve_permissions(true);
+        tar.set_preserve_mtime(false);
+        tar.unpack(staging.path())
+            .map_err(io_err("unpacking the artifact"))?;
+        fs::rename(staging.path(), &dir)
+            .map_err(io_err(format!("moving the release into {}", dir.display())))?;
+        make_read_only(&dir).map_err(io_err("making the release read-only"))?;
+        Ok(dir)
+    }
+}
+
 impl Upload {
     /// Appends a chunk; refuses once the limit is passed.
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ArtifactError> {

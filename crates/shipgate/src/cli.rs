@@ -123,6 +123,26 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Compare an app in two environments; exit 1 on any unexpected difference.
+    Diff {
+        /// The app.
+        app: AppName,
+        /// The first environment (staging, say).
+        env_a: EnvName,
+        /// The second environment (production, say).
+        env_b: EnvName,
+    },
+    /// Check live releases against what was recorded; exit 1 if any drifted.
+    Drift {
+        /// Only this app.
+        app: Option<AppName>,
+        /// With --heal: the environment to heal.
+        #[arg(long, requires = "heal")]
+        env: Option<EnvName>,
+        /// Redeploy the recorded release there from its artifact.
+        #[arg(long, requires = "env")]
+        heal: bool,
+    },
     /// Return an environment to the release it had before.
     Rollback {
         /// The app.

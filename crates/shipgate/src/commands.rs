@@ -78,6 +78,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Status { app } => status(g, out, app.map(|a| a.to_string())).await,
+        Command::Diff { app, env_a, env_b } => {
+            diff(g, out, app.as_str(), env_a.as_str(), env_b.as_str()).await
+        }
+        Command::Drift { app, env, heal } => match (app, env, heal) {
+            (Some(app), Some(env), true) => drift_heal(g, out, app.as_str(), env.as_str()).await,
+            (None, _, true) => Err(anyhow::anyhow!(crate::client::Refused {
+                status: 400,
+                detail: "name the app to heal: shipgate drift APP --env ENV --heal".into(),
+            })),
+            (app, _, _) => drift(g, out, app.map(|a| a.to_string())).await,
+        },
         Command::History { app, env, limit } => {
             history(g, out, app.as_str(), env.map(|e| e.to_string()), limit).await
         }
@@ -535,6 +546,113 @@ async fn status(g: &Global, out: Printer, app: Option<String>) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+async fn diff(g: &Global, out: Printer, app: &str, a: &str, b: &str) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let query = [
+        ("app", app.to_owned()),
+        ("a", a.to_owned()),
+        ("b", b.to_owned()),
+    ];
+    let diff: Value = client.get("/diff", &query).await?;
+    out.print(&diff, |d| {
+        let show = |item: &Value, side: &str| {
+            if item["secret"] == true {
+                "(secret)".to_owned()
+            } else {
+                item[side].as_str().map_or("-".to_owned(), str::to_owned)
+            }
+        };
+        let rows: Vec<Vec<String>> = d["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["class"] != "same")
+            .map(|i| {
+                let class = match i["class"].as_str().unwrap_or_default() {
+                    "expected" => "expected",
+                    "unexpected" => "UNEXPECTED",
+                    "only_in_a" => "ONLY IN A",
+                    "only_in_b" => "ONLY IN B",
+                    other => other,
+                }
+                .to_owned();
+                let (va, vb) = if i["secret"] == true {
+                    ("(secret, differs)".to_owned(), "(secret, differs)".to_owned())
+                } else {
+                    (show(i, "a"), show(i, "b"))
+                };
+                vec![class, s(&i["key"]), va, vb]
+            })
+            .collect();
+        let same = d["items"]
+            .as_array()
+            .map_or(0, |i| i.iter().filter(|i| i["class"] == "same").count());
+        let mut text = format!("{app}: {a} (A) compared with {b} (B); {same} items the same\n");
+        if !rows.is_empty() {
+            text.push_str(&table(&["CLASS", "ITEM", &format!("A: {a}"), &format!("B: {b}")], &rows));
+        }
+        text.push_str(if d["unexpected"] == true {
+            "unexpected differences: fix them, or declare them in `differs` of the environment that mirrors the other\n"
+        } else {
+            "no unexpected difference\n"
+        });
+        text
+    });
+    Ok(if diff["unexpected"] == true {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn drift(g: &Global, out: Printer, app: Option<String>) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let query: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+    let reports: Vec<Value> = client.get("/drift", &query).await?;
+    let drifted = reports
+        .iter()
+        .any(|r| r["drift"].as_array().is_some_and(|d| !d.is_empty()));
+    out.print(&reports, |reports| {
+        let mut text = String::new();
+        for r in reports {
+            let items = r["drift"].as_array().cloned().unwrap_or_default();
+            let verdict = if items.is_empty() {
+                "matches its record"
+            } else {
+                "DRIFTED"
+            };
+            text.push_str(&format!(
+                "{}@{} in {}: {verdict}\n",
+                s(&r["app"]),
+                s(&r["version"]),
+                s(&r["env"])
+            ));
+            for i in items {
+                text.push_str(&format!("  - {}\n", s(&i)));
+            }
+        }
+        if reports.is_empty() {
+            text.push_str("nothing is live, so nothing can drift\n");
+        } else if drifted {
+            text.push_str("heal one: shipgate drift APP --env ENV --heal\n");
+        }
+        text
+    });
+    Ok(if drifted {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn drift_heal(g: &Global, out: Printer, app: &str, env: &str) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let promotion: Value = client
+        .post("/drift/heal", &json!({ "app": app, "env": env }))
+        .await?;
+    finish_promotion(&client, out, promotion, true).await
+}
+
 /// Requests/s, error rate and latency of the last minute, or `-` without traffic.
 fn traffic(t: &Value) -> String {
     let Some(rps) = t["requests_per_second"]
@@ -565,6 +683,9 @@ pub fn render_status(apps: &[Value]) -> String {
             };
             let health = match &e["instance"] {
                 _ if !e["unhealthy"].is_null() => "CRASH-LOOPING (see shipgate audit)".to_owned(),
+                _ if e["drift"].as_array().is_some_and(|d| !d.is_empty()) => {
+                    "DRIFTED (see shipgate drift)".to_owned()
+                }
                 Value::Null if live.is_null() => "-".to_owned(),
                 Value::Null => "down".to_owned(),
                 i if i["healthy"] == true => {

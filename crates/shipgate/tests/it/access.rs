@@ -206,6 +206,21 @@ fn every_endpoint_checks_role_and_environment_scope() {
                     true,
                 ),
                 ("GET", "/api/v1/freezes".into(), None, Needs::Read, true),
+                (
+                    "GET",
+                    format!("/api/v1/diff?app=web&a={env}&b={env}"),
+                    None,
+                    Needs::Read,
+                    in_scope,
+                ),
+                ("GET", "/api/v1/drift".into(), None, Needs::Read, true),
+                (
+                    "POST",
+                    "/api/v1/drift/heal".into(),
+                    Some(json!({ "app": "web", "env": env })),
+                    Needs::Deploy,
+                    in_scope,
+                ),
                 ("GET", "/api/v1/status".into(), None, Needs::Read, true),
                 (
                     "GET",
@@ -290,7 +305,7 @@ fn every_endpoint_checks_role_and_environment_scope() {
             }
         }
     }
-    assert_eq!(checked, 5 * 2 * 23);
+    assert_eq!(checked, 5 * 2 * 26);
 }
 
 #[test]

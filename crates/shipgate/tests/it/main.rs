@@ -9,6 +9,7 @@ mod dashboard;
 mod flow;
 mod gates;
 mod helpers;
+mod parity;
 mod restart;
 mod standby;
 mod supervision;

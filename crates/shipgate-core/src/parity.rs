@@ -1,0 +1,357 @@
+//! Parity between two environments (`shipgate diff`, `require.parity`): every setting and
+//! gathered fact of an app in both, each item classed as the same, a declared (expected)
+//! difference, an unexpected one, or present on one side only. Secret values never leave here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::{AppConfig, Digest, EnvName, EnvironmentConfig, Version};
+
+/// How one item compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemClass {
+    /// Equal on both sides.
+    Same,
+    /// Different, and declared in `differs`.
+    Expected,
+    /// Different, and not declared.
+    Unexpected,
+    /// Present only in the first environment (and not declared).
+    OnlyInA,
+    /// Present only in the second environment (and not declared).
+    OnlyInB,
+}
+
+impl ItemClass {
+    /// True for the classes that make a diff fail (exit 1) and hold a parity gate.
+    pub fn is_unexpected(self) -> bool {
+        matches!(self, Self::Unexpected | Self::OnlyInA | Self::OnlyInB)
+    }
+}
+
+/// One compared item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiffItem {
+    /// What is compared: `release.version`, `vars.LOG_LEVEL`, `verify.tests`, `facts.runtime`.
+    pub key: String,
+    /// How it compares.
+    pub class: ItemClass,
+    /// The value in the first environment; None when absent or secret.
+    pub a: Option<String>,
+    /// The value in the second environment; None when absent or secret.
+    pub b: Option<String>,
+    /// The values are secret: only whether they differ is said.
+    pub secret: bool,
+}
+
+/// What is known of one environment besides its config.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The live release, if any.
+    pub live: Option<(Version, Digest)>,
+    /// Each fact's output (or why it has none), by name.
+    pub facts: BTreeMap<String, String>,
+}
+
+/// The prefixes a `differs` entry may name.
+const FAMILIES: [&str; 9] = [
+    "release", "run", "health", "listen", "vars", "require", "verify", "facts", "settings",
+];
+
+/// Checks a `differs` entry: a known item or family, optionally ending in `.*`.
+pub fn check_key(key: &str) -> Result<(), String> {
+    let family = key.split('.').next().unwrap_or_default();
+    if FAMILIES.contains(&family) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{key}` is not something environments differ in: start it with one of {} (for example \"vars.DATABASE_URL\" or \"require.*\")",
+            FAMILIES.join(", ")
+        ))
+    }
+}
+
+/// Whether `key` is declared by one of `declared` (exact, a family, or `family.*`).
+fn declared(key: &str, declared: &BTreeSet<&str>) -> bool {
+    declared.iter().any(|d| {
+        *d == key
+            || d.strip_suffix(".*")
+                .is_some_and(|family| key.starts_with(&format!("{family}.")))
+            || key.starts_with(&format!("{d}."))
+    })
+}
+
+/// Whether a variable's value must not be shown.
+pub fn is_secret(name: &str, values: &[Option<&str>], declared: &[&String]) -> bool {
+    let upper = name.to_ascii_uppercase();
+    let named = ["TOKEN", "PASSWORD", "KEY", "SECRET"]
+        .iter()
+        .any(|s| upper == *s || upper.ends_with(&format!("_{s}")));
+    named
+        || declared.iter().any(|d| d.as_str() == name)
+        || values.iter().flatten().any(|v| has_credentials(v))
+}
+
+/// `scheme://user:password@host...`
+fn has_credentials(v: &str) -> bool {
+    let Some((_, rest)) = v.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority
+        .split_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// The settings of one environment as comparable items, by key.
+fn settings(app: &AppConfig, env: &EnvironmentConfig, seen: &Observed) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        out.insert(k.to_owned(), v);
+    };
+    if let Some((version, digest)) = &seen.live {
+        put("release.version", version.to_string());
+        put("release.digest", digest.to_string());
+    }
+    put("run", app.run.clone());
+    put("health", app.health.clone());
+    put("listen", env.listen.to_string());
+    for (k, v) in &env.vars {
+        put(&format!("vars.{k}"), v.clone());
+    }
+    let r = &env.require;
+    if let Some(a) = &r.approvals {
+        let role = a
+            .role
+            .map(|r| format!(" from the role {r}"))
+            .unwrap_or_default();
+        put("require.approvals", format!("{}{role}", a.count));
+    }
+    if let Some(s) = r.soak {
+        put("require.soak", s.to_string());
+    }
+    if !r.windows.is_empty() {
+        let w: Vec<&str> = r.windows.iter().map(|w| w.as_str()).collect();
+        put("require.window", w.join("; "));
+    }
+    if let Some(p) = &r.parity {
+        put("require.parity", p.to_string());
+    }
+    let v = &env.verify;
+    if !v.tests.is_empty() {
+        put("verify.tests", v.tests.join("; "));
+    }
+    if let Some(t) = v.timeout {
+        put("verify.timeout", t.to_string());
+    }
+    if !v.http.is_empty() {
+        let checks: Vec<String> = v
+            .http
+            .iter()
+            .map(|c| {
+                let body = c
+                    .body
+                    .as_ref()
+                    .map(|b| format!(" /{b}/"))
+                    .unwrap_or_default();
+                format!("GET {} → {}{body}", c.path, c.status)
+            })
+            .collect();
+        put("verify.http", checks.join("; "));
+    }
+    if let Some(w) = &v.watch {
+        put("verify.watch", w.watch.to_string());
+        if let Some(m) = w.max_error_rate {
+            put("verify.max_error_rate", m.to_string());
+        }
+        if let Some(m) = w.max_p99 {
+            put("verify.max_p99", m.to_string());
+        }
+        put("verify.min_requests", w.min_requests.to_string());
+        put(
+            "verify.inconclusive",
+            format!("{:?}", w.inconclusive).to_lowercase(),
+        );
+    }
+    put("settings.standby", env.standby.to_string());
+    put("settings.drain", env.drain.to_string());
+    if let Some(t) = env.request_timeout {
+        put("settings.request_timeout", t.to_string());
+    }
+    for (k, v) in &seen.facts {
+        put(&format!("facts.{k}"), v.clone());
+    }
+    out
+}
+
+/// Compares `app` in environment `a` with environment `b`. Declared differences are the union
+/// of both environments' `differs`; secret variables are those either declares, or whose name
+/// or value looks secret.
+pub fn compare(
+    app: &AppConfig,
+    a: (&EnvironmentConfig, &Observed),
+    b: (&EnvironmentConfig, &Observed),
+) -> Vec<DiffItem> {
+    let (sa, sb) = (settings(app, a.0, a.1), settings(app, b.0, b.1));
+    let meant: BTreeSet<&str> =
+        a.0.differs
+            .iter()
+            .chain(&b.0.differs)
+            .map(String::as_str)
+            .collect();
+    let secrets: Vec<&String> = a.0.secrets.iter().chain(&b.0.secrets).collect();
+    let keys: BTreeSet<&String> = sa.keys().chain(sb.keys()).collect();
+    keys.into_iter()
+        .map(|key| {
+            let (va, vb) = (sa.get(key), sb.get(key));
+            let class = match (va, vb) {
+                (Some(x), Some(y)) if x == y => ItemClass::Same,
+                _ if declared(key, &meant) => ItemClass::Expected,
+                (Some(_), None) => ItemClass::OnlyInA,
+                (None, Some(_)) => ItemClass::OnlyInB,
+                _ => ItemClass::Unexpected,
+            };
+            let secret = key.strip_prefix("vars.").is_some_and(|name| {
+                is_secret(
+                    name,
+                    &[va.map(String::as_str), vb.map(String::as_str)],
+                    &secrets,
+                )
+            });
+            DiffItem {
+                key: key.clone(),
+                class,
+                a: va.filter(|_| !secret).cloned(),
+                b: vb.filter(|_| !secret).cloned(),
+                secret,
+            }
+        })
+        .collect()
+}
+
+/// The unexpected differences a parity gate waits on: all but the release being promoted.
+pub fn blocking(items: &[DiffItem]) -> Vec<String> {
+    items
+        .iter()
+        .filter(|i| i.class.is_unexpected() && !i.key.starts_with("release."))
+        .map(|i| i.key.clone())
+        .collect()
+}
+
+/// The environment a diff compares with by default: the one `env` mirrors.
+pub fn mirrored(env: &EnvironmentConfig) -> Option<&EnvName> {
+    env.mirrors.as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+    use std::path::Path;
+
+    fn config(extra_staging: &str, extra_production: &str) -> Config {
+        let src = format!(
+            "[apps.web]\nrun = \"./web\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\n{extra_staging}\n[environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:8104\"\n{extra_production}\n"
+        );
+        Config::parse(&src, Path::new("/p")).unwrap()
+    }
+
+    fn diff(c: &Config, a: &Observed, b: &Observed) -> Vec<DiffItem> {
+        compare(&c.apps[0], (&c.environments[0], a), (&c.environments[1], b))
+    }
+
+    fn class_of<'a>(items: &'a [DiffItem], key: &str) -> &'a DiffItem {
+        items
+            .iter()
+            .find(|i| i.key == key)
+            .unwrap_or_else(|| panic!("no {key} in {items:#?}"))
+    }
+
+    #[test]
+    fn each_kind_of_item_is_classed() {
+        let c = config(
+            "mirrors = \"production\"\ndiffers = [\"listen\", \"vars.LOG_LEVEL\", \"require.*\"]\nvars = { LOG_LEVEL = \"debug\", REGION = \"eu\", ONLY_STAGING = \"1\" }",
+            "vars = { LOG_LEVEL = \"info\", REGION = \"us\", ONLY_PROD = \"1\" }\nrequire.approvals = 2",
+        );
+        let digest = Digest::from_sha256(&[7; 32]);
+        let a = Observed {
+            live: Some((Version::parse("1.1.0").unwrap(), digest.clone())),
+            facts: BTreeMap::from([("runtime".to_owned(), "Python 3.11.7".to_owned())]),
+        };
+        let b = Observed {
+            live: Some((Version::parse("1.1.0").unwrap(), digest)),
+            facts: BTreeMap::from([("runtime".to_owned(), "Python 3.9.2".to_owned())]),
+        };
+        let items = diff(&c, &a, &b);
+        assert_eq!(class_of(&items, "release.version").class, ItemClass::Same);
+        assert_eq!(class_of(&items, "run").class, ItemClass::Same);
+        assert_eq!(class_of(&items, "listen").class, ItemClass::Expected);
+        assert_eq!(
+            class_of(&items, "vars.LOG_LEVEL").class,
+            ItemClass::Expected
+        );
+        assert_eq!(
+            class_of(&items, "require.approvals").class,
+            ItemClass::Expected,
+            "require.* is declared"
+        );
+        assert_eq!(class_of(&items, "vars.REGION").class, ItemClass::Unexpected);
+        assert_eq!(
+            class_of(&items, "vars.ONLY_STAGING").class,
+            ItemClass::OnlyInA
+        );
+        assert_eq!(class_of(&items, "vars.ONLY_PROD").class, ItemClass::OnlyInB);
+        let fact = class_of(&items, "facts.runtime");
+        assert_eq!(fact.class, ItemClass::Unexpected);
+        assert_eq!(
+            (fact.a.as_deref(), fact.b.as_deref()),
+            (Some("Python 3.11.7"), Some("Python 3.9.2"))
+        );
+        assert_eq!(
+            blocking(&items),
+            [
+                "facts.runtime",
+                "vars.ONLY_PROD",
+                "vars.ONLY_STAGING",
+                "vars.REGION"
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_are_never_carried() {
+        let c = config(
+            "secrets = [\"SESSION\"]\nvars = { API_TOKEN = \"s-111\", DB_PASSWORD = \"hunter2\", DATABASE_URL = \"postgres://app:pw1@db/shop\", SESSION = \"abc\", PLAIN = \"x\" }",
+            "vars = { API_TOKEN = \"p-222\", DB_PASSWORD = \"hunter2\", DATABASE_URL = \"postgres://app:pw2@db/shop\", SESSION = \"def\", PLAIN = \"y\" }",
+        );
+        let none = Observed::default();
+        let items = diff(&c, &none, &none);
+        for key in [
+            "vars.API_TOKEN",
+            "vars.DB_PASSWORD",
+            "vars.DATABASE_URL",
+            "vars.SESSION",
+        ] {
+            let item = class_of(&items, key);
+            assert!(item.secret, "{key}");
+            assert_eq!((&item.a, &item.b), (&None, &None), "{key}");
+        }
+        assert_eq!(
+            class_of(&items, "vars.DB_PASSWORD").class,
+            ItemClass::Same,
+            "equal secrets still compare"
+        );
+        assert_eq!(
+            class_of(&items, "vars.API_TOKEN").class,
+            ItemClass::Unexpected
+        );
+        let all = format!("{items:?}");
+        for leaked in ["s-111", "p-222", "hunter2", "pw1", "pw2", "abc", "def"] {
+            assert!(!all.contains(leaked), "{leaked} leaked: {all}");
+        }
+        assert_eq!(class_of(&items, "vars.PLAIN").a.as_deref(), Some("x"));
+        assert!(!has_credentials("https://example.com/a@b"));
+    }
+}

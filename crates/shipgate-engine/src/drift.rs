@@ -1,0 +1,253 @@
+//! Drift: what runs compared with what shipgate recorded. The release directory against its
+//! archive, the running instance's variables and folder against those it was started with, and
+//! the router still serving the recorded release. A periodic scan records changes as events;
+//! `shipgate drift --heal` redeploys the recorded release from its artifact.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use shipgate_core::{AppName, EnvName, PromotionKind, ReleaseRef, Version};
+use shipgate_store::{LiveRelease, NewEvent, Promotion};
+
+use crate::{Engine, EngineError, SYSTEM, Slot, locked};
+
+/// What a scan found for one app in one environment.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DriftReport {
+    /// The app.
+    pub app: AppName,
+    /// The environment.
+    pub env: EnvName,
+    /// The recorded live release.
+    pub version: Version,
+    /// Each difference found, in a sentence; empty when nothing drifted.
+    pub drift: Vec<String>,
+    /// When (RFC 3339).
+    pub checked_at: String,
+}
+
+impl Engine {
+    /// Checks every live release now; records an event for each slot whose drift changed.
+    pub async fn scan_drift(&self) -> Result<Vec<DriftReport>, EngineError> {
+        let mut reports = Vec::new();
+        for live in self.store.live(None).await? {
+            if self.config.app(&live.app).is_none() || self.config.environment(&live.env).is_none()
+            {
+                continue;
+            }
+            let drift = self.drift_of(&live).await;
+            let report = DriftReport {
+                app: live.app.clone(),
+                env: live.env.clone(),
+                version: live.version.clone(),
+                drift,
+                checked_at: crate::flow::now(),
+            };
+            self.record_drift(&live, &report).await?;
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    /// The drift found by the last scan of a slot, if any.
+    pub fn drift_of_slot(&self, app: &AppName, env: &EnvName) -> Vec<String> {
+        locked(&self.drift)
+            .get(&(app.clone(), env.clone()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn record_drift(
+        &self,
+        live: &LiveRelease,
+        report: &DriftReport,
+    ) -> Result<(), EngineError> {
+        let slot: Slot = (live.app.clone(), live.env.clone());
+        let before = locked(&self.drift).get(&slot).cloned().unwrap_or_default();
+        if before == report.drift {
+            return Ok(());
+        }
+        if report.drift.is_empty() {
+            locked(&self.drift).remove(&slot);
+        } else {
+            locked(&self.drift).insert(slot, report.drift.clone());
+        }
+        let (kind, message) = if report.drift.is_empty() {
+            (
+                "environment.drift_cleared",
+                format!(
+                    "{}@{} in {} matches its record again",
+                    live.app, live.version, live.env
+                ),
+            )
+        } else {
+            (
+                "environment.drifted",
+                format!(
+                    "{}@{} in {} drifted from its record: {}",
+                    live.app,
+                    live.version,
+                    live.env,
+                    report.drift.join("; ")
+                ),
+            )
+        };
+        self.store
+            .append_event(NewEvent {
+                actor: SYSTEM.into(),
+                kind: kind.into(),
+                app: Some(live.app.to_string()),
+                env: Some(live.env.to_string()),
+                promotion_id: Some(live.promotion_id),
+                message,
+                data: serde_json::json!({ "version": live.version, "drift": report.drift }),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn drift_of(&self, live: &LiveRelease) -> Vec<String> {
+        let mut drift = Vec::new();
+        let artifacts = self.artifacts.clone();
+        let digest = live.digest.clone();
+        match tokio::task::spawn_blocking(move || artifacts.check_release_dir(&digest)).await {
+            Ok(Ok(files)) => {
+                drift.extend(files.into_iter().map(|f| format!("release directory {f}")))
+            }
+            Ok(Err(e)) => drift.push(format!("release directory could not be checked: {e}")),
+            Err(e) => drift.push(format!("release directory could not be checked: {e}")),
+        }
+        let slot: Slot = (live.app.clone(), live.env.clone());
+        let label = format!("{}@{}", live.app, live.version);
+        let served = self
+            .routers
+            .get(&live.env)
+            .and_then(|r| r.current(live.app.as_str()))
+            .map(|u| u.label().to_owned());
+        match served {
+            Some(l) if l == label => {}
+            Some(l) => drift.push(format!("the router serves {l}, not the recorded {label}")),
+            None => drift.push(format!(
+                "the router serves nothing, not the recorded {label}"
+            )),
+        }
+        let Some(instance) = self.live_instance(&slot) else {
+            drift.push(format!("no instance of {label} runs"));
+            return drift;
+        };
+        match self.driver.status(&instance.id).await {
+            Some(s) if s.healthy => drift.extend(self.process_drift(live, s.pid)),
+            _ => drift.push(format!(
+                "instance {} of {label} is not running healthy",
+                instance.id
+            )),
+        }
+        drift
+    }
+
+    /// The running process's variables and folder against those it was started with.
+    fn process_drift(&self, live: &LiveRelease, pid: u32) -> Vec<String> {
+        let mut drift = Vec::new();
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            return drift;
+        };
+        let running: BTreeMap<String, String> = environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect();
+        let vars = self.template_vars(&live.app, &live.env, &live.version, live.digest.as_str());
+        let expected = self.exported_env(&live.env, &vars);
+        let secrets: Vec<&String> = self
+            .config
+            .environment(&live.env)
+            .map(|e| e.secrets.iter().collect())
+            .unwrap_or_default();
+        for (k, v) in &expected {
+            match running.get(k) {
+                Some(r) if r == v => {}
+                Some(r) => {
+                    let secret = shipgate_core::parity::is_secret(k, &[Some(r), Some(v)], &secrets);
+                    if secret {
+                        drift.push(format!(
+                            "variable {k} of the running instance differs from the recorded one"
+                        ));
+                    } else {
+                        drift.push(format!(
+                            "variable {k} of the running instance is `{r}`, recorded `{v}`"
+                        ));
+                    }
+                }
+                None => drift.push(format!("variable {k} is missing from the running instance")),
+            }
+        }
+        let dir = self.artifacts.release_dir(&live.digest);
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            && cwd != dir
+        {
+            drift.push(format!(
+                "the running instance works in {}, not in the release directory {}",
+                cwd.display(),
+                dir.display()
+            ));
+        }
+        drift
+    }
+
+    /// Scans every `drift_scan` while the engine lives.
+    pub(crate) fn scan_drift_periodically(self: &Arc<Self>) {
+        let Some(every) = self.config.server.drift_scan else {
+            return;
+        };
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.as_std());
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                if let Err(e) = engine.scan_drift().await {
+                    tracing::warn!("drift scan failed: {e}");
+                }
+            }
+        });
+    }
+
+    /// Puts the recorded live release of `app` in `env` back as recorded: its release directory
+    /// unpacked again from the artifact, then deployed again (no tests: it was verified).
+    pub async fn heal(
+        self: &Arc<Self>,
+        app: &AppName,
+        env: &EnvName,
+        actor: &str,
+    ) -> Result<Promotion, EngineError> {
+        let live = self.live_record(app, env).await?.ok_or_else(|| {
+            EngineError::NothingToRollBack(format!(
+                "nothing of {app} is live in {env}, so there is nothing to heal"
+            ))
+        })?;
+        let artifacts = self.artifacts.clone();
+        let digest = live.digest.clone();
+        tokio::task::spawn_blocking(move || artifacts.restore_release_dir(&digest))
+            .await
+            .map_err(|e| {
+                EngineError::Artifact(shipgate_store::artifact::ArtifactError::Unreadable(
+                    e.to_string(),
+                ))
+            })??;
+        let release = self
+            .registered(&ReleaseRef {
+                app: app.clone(),
+                version: live.version.clone(),
+            })
+            .await?;
+        self.request(release, env, PromotionKind::Redeploy, actor, None)
+            .await
+    }
+}

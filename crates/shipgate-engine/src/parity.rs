@@ -1,0 +1,105 @@
+//! `shipgate diff` and `require.parity`: the facts of each environment gathered (the config's
+//! `facts` commands run in the live release), then compared by `shipgate_core::parity`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use shipgate_core::parity::{DiffItem, Observed, compare};
+use shipgate_core::template::expand;
+use shipgate_core::{AppName, EnvName};
+
+use crate::{Engine, EngineError};
+
+/// How long one fact command may run.
+const FACT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An app compared in two environments.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diff {
+    /// The app.
+    pub app: AppName,
+    /// The first environment.
+    pub a: EnvName,
+    /// The second environment.
+    pub b: EnvName,
+    /// Every item, by key.
+    pub items: Vec<DiffItem>,
+    /// Whether any item is an unexpected difference (or present on one side only).
+    pub unexpected: bool,
+}
+
+impl Engine {
+    /// Compares `app` in `a` and `b`, running its facts in both.
+    pub async fn diff(&self, app: &AppName, a: &EnvName, b: &EnvName) -> Result<Diff, EngineError> {
+        let app_config = self
+            .config
+            .app(app)
+            .ok_or_else(|| EngineError::UnknownApp(app.to_string()))?;
+        let env_of = |e: &EnvName| {
+            self.config
+                .environment(e)
+                .ok_or_else(|| EngineError::UnknownEnvironment(e.to_string()))
+        };
+        let (ea, eb) = (env_of(a)?, env_of(b)?);
+        let (oa, ob) = tokio::join!(self.observe(app, a), self.observe(app, b));
+        let items = compare(app_config, (ea, &oa?), (eb, &ob?));
+        Ok(Diff {
+            unexpected: items.iter().any(|i| i.class.is_unexpected()),
+            app: app.clone(),
+            a: a.clone(),
+            b: b.clone(),
+            items,
+        })
+    }
+
+    /// The live release of `app` in `env` and the output of each of its facts there. Facts
+    /// describe the environment (runtime, schema, flags): they run in the live release's
+    /// directory, or in the data dir while nothing is live there yet.
+    async fn observe(&self, app: &AppName, env: &EnvName) -> Result<Observed, EngineError> {
+        let live = self.live_record(app, env).await?;
+        let declared = self
+            .config
+            .app(app)
+            .map(|a| a.facts.clone())
+            .unwrap_or_default();
+        let (mut vars, dir) = match &live {
+            Some(l) => (
+                self.template_vars(app, env, &l.version, l.digest.as_str()),
+                self.artifacts.release_dir(&l.digest),
+            ),
+            None => {
+                let url = self
+                    .config
+                    .environment(env)
+                    .map(|e| format!("http://{}", e.listen))
+                    .unwrap_or_default();
+                let vars = BTreeMap::from([
+                    ("APP".to_owned(), app.to_string()),
+                    ("ENV".to_owned(), env.to_string()),
+                    ("URL".to_owned(), url),
+                ]);
+                (vars, self.config.server.data_dir.clone())
+            }
+        };
+        if let Some(i) = self.live_instance(&(app.clone(), env.clone())) {
+            vars.insert("PORT".to_owned(), i.upstream.addr().port().to_string());
+        }
+        let exported = self.exported_env(env, &vars);
+        let mut facts = BTreeMap::new();
+        for (name, command) in declared {
+            let command = expand(&command, &vars);
+            let run = crate::verify::run_test(&command, &dir, &exported, FACT_TIMEOUT).await;
+            let value = if run.passed {
+                run.output.trim().to_owned()
+            } else {
+                format!("(failed: {}) {}", run.verdict, run.output.trim())
+            };
+            facts.insert(name, value);
+        }
+        Ok(Observed {
+            live: live.map(|l| (l.version, l.digest)),
+            facts,
+        })
+    }
+}
