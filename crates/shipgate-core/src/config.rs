@@ -968,12 +968,14 @@ listen = "127.0.0.1:7300"          # API (and, later, the dashboard)
 data_dir = ".shipgate"             # database, artifacts, logs and the admin token
 # database = "sqlite://.shipgate/shipgate.db"   # the default; PostgreSQL comes later
 # max_artifact_size = "512MiB"     # largest release artifact accepted
+# drift_scan = "1m"                # how often live releases are checked for drift ("0s": only on demand)
 
 [apps.web]
 run = "./web --port ${PORT}"       # started inside the unpacked release directory
 health = "/healthz"                # answers 2xx once an instance is ready
 # health_timeout = "30s"
 # crash_loop = { crashes = 5, within = "1m" }   # more crashes than this: stop restarting, mark unhealthy
+# facts = { runtime = "python3 --version" }     # run in each environment, compared by shipgate diff
 
 [environments.development]
 listen = "127.0.0.1:8101"          # stable address; the router forwards it to the live instance
@@ -992,6 +994,8 @@ verify.tests = ["curl -fsS ${URL}/healthz"]   # must exit 0 against the freshly 
 after = "testing"
 listen = "127.0.0.1:8103"
 # auto = true                      # promote here by itself what passes testing
+# mirrors = "production"           # staging is meant to look like production...
+# differs = ["listen", "vars.LOG_LEVEL", "vars.DATABASE_URL"]   # ...except in these (shipgate diff)
 
 [environments.production]
 after = "staging"
@@ -999,6 +1003,7 @@ listen = "127.0.0.1:8104"
 # require.approvals = 1            # distinct approvers, never the requester; or { count = 2, role = "approver" }
 # require.soak = "10m"             # verified in staging at least this long
 # require.window = "Mon-Fri 09:00-17:00 Europe/Paris"   # deploy only then (shipgate freeze stops all)
+# require.parity = "staging"       # wait until staging and production differ only as declared
 # verify.http = [{ path = "/healthz", status = 200 }]   # GET on the stable address after the switch
 # verify.watch = "2m"              # after the switch: the router's figures for the new release watched this long
 # verify.max_error_rate = 0.01     # above it: automatic rollback
@@ -1033,12 +1038,17 @@ mod tests {
         let src = EXAMPLE
             .replace("\n# require.", "\nrequire.")
             .replace("\n# verify.", "\nverify.")
-            .replace("\n# auto", "\nauto");
+            .replace("\n# auto", "\nauto")
+            .replace("\n# mirrors", "\nmirrors")
+            .replace("\n# differs", "\ndiffers")
+            .replace("\n# facts", "\nfacts")
+            .replace("\n# drift_scan", "\ndrift_scan");
         let c = Config::parse(&src, Path::new("/p")).unwrap();
         let prod = c
             .environment(&EnvName::parse("production").unwrap())
             .unwrap();
         assert!(prod.require.approvals.is_some() && prod.verify.watch.is_some());
+        assert!(prod.require.parity.is_some() && !c.apps[0].facts.is_empty());
         assert!(
             c.environment(&EnvName::parse("staging").unwrap())
                 .unwrap()

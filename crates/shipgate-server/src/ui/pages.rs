@@ -315,6 +315,7 @@ fn health(e: &EnvironmentStatus) -> Badge {
     match (&e.live, &e.instance, &e.unhealthy) {
         (None, _, _) => Badge::new("idle", "○", "nothing live"),
         (_, _, Some(_)) => Badge::new("bad", "▲", "crash-looping"),
+        _ if !e.drift.is_empty() => Badge::new("bad", "▲", "drifted"),
         (Some(_), Some(i), None) if i.healthy => Badge::new("ok", "●", "healthy"),
         (Some(_), Some(_), None) => Badge::new("bad", "▲", "unhealthy"),
         (Some(_), None, None) => Badge::new("bad", "▲", "down"),
