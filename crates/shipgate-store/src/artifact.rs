@@ -232,15 +232,7 @@ impl ArtifactStore {
         if dir.exists() {
             return Ok(dir);
         }
-        let staging = tempfile::Builder::new()
-            .prefix("unpack-")
-            .tempdir_in(self.root.join("tmp"))
-            .map_err(io_err("creating an unpack folder"))?;
-        let mut tar = open_archive(&archive)?;
-        tar.set_preserve_permissions(true);
-        tar.set_preserve_mtime(false);
-        tar.unpack(staging.path())
-            .map_err(io_err("unpacking the artifact"))?;
+        let staging = self.unpacked(&archive)?;
         // Renamed while still writable (moving a folder needs write permission on it), made
         // read-only in place after.
         match fs::rename(staging.path(), &dir) {
@@ -367,20 +359,27 @@ impl ArtifactStore {
             fs::rename(&dir, aside.join("release"))
                 .map_err(io_err("moving the drifted release aside"))?;
         }
-        let archive = self.archive_path(digest);
-        let staging = tempfile::Builder::new()
-            .prefix("unpack-")
-            .tempdir_in(self.root.join("tmp"))
-            .map_err(io_err("creating an unpack folder"))?;
-        let mut tar = open_archive(&archive)?;
-        tar.set_preserve_permissions(true);
-        tar.set_preserve_mtime(false);
-        tar.unpack(staging.path())
-            .map_err(io_err("unpacking the artifact"))?;
+        let staging = self.unpacked(&self.archive_path(digest))?;
         fs::rename(staging.path(), &dir)
             .map_err(io_err(format!("moving the release into {}", dir.display())))?;
         make_read_only(&dir).map_err(io_err("making the release read-only"))?;
         Ok(dir)
+    }
+}
+
+impl ArtifactStore {
+    /// An archive unpacked into a fresh folder of `tmp/` (removed when dropped).
+    fn unpacked(&self, archive: &Path) -> Result<tempfile::TempDir, ArtifactError> {
+        let staging = tempfile::Builder::new()
+            .prefix("unpack-")
+            .tempdir_in(self.root.join("tmp"))
+            .map_err(io_err("creating an unpack folder"))?;
+        let mut tar = open_archive(archive)?;
+        tar.set_preserve_permissions(true);
+        tar.set_preserve_mtime(false);
+        tar.unpack(staging.path())
+            .map_err(io_err("unpacking the artifact"))?;
+        Ok(staging)
     }
 }
 

@@ -37,8 +37,9 @@ fn save(b: &Browser, dir: &std::path::Path, name: &str) {
     std::fs::write(dir.join(name), png).unwrap();
 }
 
-#[test]
-fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
+/// web@1.0.0 walked to staging and asked into production, which needs one approval; and the
+/// secret of alice, an approver.
+fn production_waiting_on_alice() -> (TestServer, String) {
     let s = spawn_server(&four_envs_with(
         "",
         &[("production", "require.approvals = 1")],
@@ -47,6 +48,12 @@ fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
     s.register("1.0.0", &[]);
     s.walk("1.0.0", "staging");
     s.ok(&["promote", "web@1.0.0", "--to", "production"]);
+    (s, alice)
+}
+
+#[test]
+fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
+    let (s, alice) = production_waiting_on_alice();
     let promotion = s.latest("production")["id"].as_i64().unwrap();
     let (dir, _keep) = screenshot_dir();
 
@@ -231,14 +238,7 @@ fn csrf_of(page: &str) -> String {
 
 #[test]
 fn forms_need_the_session_csrf_token_and_cross_site_posts_are_refused() {
-    let s = spawn_server(&four_envs_with(
-        "",
-        &[("production", "require.approvals = 1")],
-    ));
-    let alice = s.token("alice", "approver", &[]);
-    s.register("1.0.0", &[]);
-    s.walk("1.0.0", "staging");
-    s.ok(&["promote", "web@1.0.0", "--to", "production"]);
+    let (s, alice) = production_waiting_on_alice();
     let cookie = sign_in(&s, &alice);
     let auth = [("Cookie", cookie.as_str())];
     let (status, _, page) = raw(&s, "GET", "/apps/web/releases/1.0.0", &auth, "");
