@@ -56,6 +56,37 @@ pub struct AppConfig {
     /// `facts = { runtime = "python3 --version" }`: commands run in each environment's live
     /// release for `shipgate diff`, by name.
     pub facts: BTreeMap<String, String>,
+    /// `[apps.NAME.data]`: where each environment's data lives and how it is masked.
+    pub data: Option<DataConfig>,
+}
+
+/// `[apps.NAME.data]`.
+#[derive(Debug, Clone)]
+pub struct DataConfig {
+    /// Each environment's database.
+    pub locations: BTreeMap<EnvName, DataLocation>,
+    /// What to do with a column that looks personal and has no rule.
+    pub unlisted: Unlisted,
+    /// `mask.TABLE.COLUMN = rule`.
+    pub mask: BTreeMap<String, BTreeMap<String, crate::mask::Transformer>>,
+    /// Who may refresh (admin by default).
+    pub role: Role,
+}
+
+/// Where an environment's data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataLocation {
+    /// A SQLite file (absolute).
+    Sqlite(PathBuf),
+}
+
+/// `unlisted = "refuse" | "keep"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlisted {
+    /// A personal-looking column without a rule stops the refresh before it writes anything.
+    Refuse,
+    /// Such columns are copied as they are.
+    Keep,
 }
 
 /// `crash_loop = { crashes = 5, within = "1m" }`: more than `crashes` crashes within `within`
@@ -273,6 +304,7 @@ struct RawApp {
     crash_loop: Option<RawCrashLoop>,
     #[serde(default)]
     facts: BTreeMap<String, String>,
+    data: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize)]
@@ -374,7 +406,7 @@ impl Config {
         })?;
         let mut problems = Problems::default();
         let server = server(raw.server, base_dir, &mut problems);
-        let apps = apps(raw.apps, &mut problems);
+        let apps = apps(raw.apps, base_dir, &mut problems);
         let environments = environments(raw.environments, &server, &mut problems);
         if apps.is_empty() {
             problems.add(0..0, "the config defines no app", "add one, for example:\n[apps.web]\nrun = \"./web --port ${PORT}\"\nhealth = \"/healthz\"".to_owned());
@@ -453,7 +485,82 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
     }
 }
 
-fn apps(raw: BTreeMap<Spanned<String>, RawApp>, problems: &mut Problems) -> Vec<AppConfig> {
+fn data_config(
+    raw: &Spanned<toml::Table>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<DataConfig> {
+    let span = raw.span();
+    let mut bad = |message: String, help: Option<String>| problems.add(span.clone(), message, help);
+    let mut data = DataConfig {
+        locations: BTreeMap::new(),
+        unlisted: Unlisted::Refuse,
+        mask: BTreeMap::new(),
+        role: Role::Admin,
+    };
+    for (key, value) in raw.get_ref() {
+        match (key.as_str(), value) {
+            ("unlisted", toml::Value::String(u)) => {
+                data.unlisted = match u.as_str() {
+                    "refuse" => Unlisted::Refuse,
+                    "keep" => Unlisted::Keep,
+                    _ => {
+                        bad(format!("`unlisted = \"{u}\"`: write \"refuse\" or \"keep\""), None);
+                        continue;
+                    }
+                }
+            }
+            ("role", toml::Value::String(r)) => match Role::parse(r) {
+                Ok(role) => data.role = role,
+                Err(e) => bad(e, None),
+            },
+            ("mask", toml::Value::Table(tables)) => {
+                for (table, columns) in tables {
+                    let Some(columns) = columns.as_table() else {
+                        bad(format!("`mask.{table}` is a table of column = rule"), None);
+                        continue;
+                    };
+                    let mut rules = BTreeMap::new();
+                    for (column, rule) in columns {
+                        match crate::mask::Transformer::parse(rule) {
+                            Ok(t) => {
+                                rules.insert(column.clone(), t);
+                            }
+                            Err(e) => bad(format!("mask.{table}.{column}: {e}"), None),
+                        }
+                    }
+                    data.mask.insert(table.clone(), rules);
+                }
+            }
+            (env, toml::Value::String(location)) => {
+                let Ok(env) = EnvName::parse(env) else {
+                    bad(format!("`{env}` in [data] is neither an environment nor a known key (unlisted, role, mask)"), None);
+                    continue;
+                };
+                let path = location
+                    .strip_prefix("sqlite://")
+                    .or_else(|| location.strip_prefix("sqlite:"));
+                match path {
+                    Some(p) if !p.is_empty() => {
+                        data.locations.insert(env, DataLocation::Sqlite(base_dir.join(p)));
+                    }
+                    _ => bad(
+                        format!("data location `{location}` of {env} is not supported by this version"),
+                        Some("write \"sqlite://PATH\"; PostgreSQL locations come with the next release".to_owned()),
+                    ),
+                }
+            }
+            (other, _) => bad(format!("`{other}` in [data] is not understood"), Some("write ENV = \"sqlite://PATH\", unlisted = \"refuse\", role = \"admin\" and [apps.NAME.data.mask.TABLE]".to_owned())),
+        }
+    }
+    Some(data)
+}
+
+fn apps(
+    raw: BTreeMap<Spanned<String>, RawApp>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Vec<AppConfig> {
     let mut raw: Vec<_> = raw.into_iter().collect();
     raw.sort_by_key(|(name, _)| name.span().start);
     let mut apps = Vec::new();
@@ -499,6 +606,7 @@ fn apps(raw: BTreeMap<Spanned<String>, RawApp>, problems: &mut Problems) -> Vec<
                 name,
                 run: app.run.into_inner(),
                 crash_loop,
+                data: app.data.as_ref().and_then(|d| data_config(d, base_dir, problems)),
                 facts: app.facts,
                 health,
                 health_timeout: health_timeout

@@ -11,6 +11,7 @@ pub mod access;
 pub mod audit;
 pub mod config;
 pub mod duration;
+pub mod mask;
 pub mod gate;
 pub mod names;
 pub mod parity;
