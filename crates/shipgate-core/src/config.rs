@@ -606,7 +606,10 @@ fn apps(
                 name,
                 run: app.run.into_inner(),
                 crash_loop,
-                data: app.data.as_ref().and_then(|d| data_config(d, base_dir, problems)),
+                data: app
+                    .data
+                    .as_ref()
+                    .and_then(|d| data_config(d, base_dir, problems)),
                 facts: app.facts,
                 health,
                 health_timeout: health_timeout

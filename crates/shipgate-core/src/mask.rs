@@ -44,14 +44,56 @@ pub enum Transformer {
 pub const REDACTED: &str = "[redacted]";
 
 const FIRST: [&str; 24] = [
-    "Ada", "Alan", "Grace", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Frances", "Edsger",
-    "Radia", "Tim", "Hedy", "Donald", "Sophie", "John", "Katherine", "Niklaus", "Anita", "Leslie",
-    "Joan", "Bjarne", "Mary", "Guido",
+    "Ada",
+    "Alan",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Dennis",
+    "Barbara",
+    "Ken",
+    "Frances",
+    "Edsger",
+    "Radia",
+    "Tim",
+    "Hedy",
+    "Donald",
+    "Sophie",
+    "John",
+    "Katherine",
+    "Niklaus",
+    "Anita",
+    "Leslie",
+    "Joan",
+    "Bjarne",
+    "Mary",
+    "Guido",
 ];
 const LAST: [&str; 24] = [
-    "Lovelace", "Turing", "Hopper", "Torvalds", "Hamilton", "Ritchie", "Liskov", "Thompson",
-    "Allen", "Dijkstra", "Perlman", "Berners", "Lamarr", "Knuth", "Wilson", "Backus", "Johnson",
-    "Wirth", "Borg", "Lamport", "Clarke", "Stroustrup", "Shaw", "Rossum",
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Torvalds",
+    "Hamilton",
+    "Ritchie",
+    "Liskov",
+    "Thompson",
+    "Allen",
+    "Dijkstra",
+    "Perlman",
+    "Berners",
+    "Lamarr",
+    "Knuth",
+    "Wilson",
+    "Backus",
+    "Johnson",
+    "Wirth",
+    "Borg",
+    "Lamport",
+    "Clarke",
+    "Stroustrup",
+    "Shaw",
+    "Rossum",
 ];
 
 impl Transformer {
@@ -144,6 +186,9 @@ impl fmt::Display for Transformer {
             Self::ShiftDays(n) => write!(f, "shift_days {n}"),
             Self::Noise(x) => write!(f, "noise {x}"),
             Self::Constant(c) => write!(f, "constant {c:?}"),
+            Self::KeepFormat => f.write_str("keep_format"),
+            Self::FirstName => f.write_str("first_name"),
+            Self::LastName => f.write_str("last_name"),
             other => write!(f, "{}", format!("{other:?}").to_lowercase()),
         }
     }
@@ -188,7 +233,7 @@ fn shift_days(seed: &[u8; 32], max: u32, value: &str) -> Option<String> {
         return Some(hex16(seed));
     };
     let magnitude = 1 + u32::from_be_bytes([seed[0], seed[1], seed[2], seed[3]]) % max;
-    let days = if seed[4] % 2 == 0 {
+    let days = if seed[4].is_multiple_of(2) {
         i64::from(magnitude)
     } else {
         -i64::from(magnitude)
@@ -204,10 +249,22 @@ fn noise(seed: &[u8; 32], fraction: f64, value: &str) -> String {
     let unit = u32::from_be_bytes([seed[0], seed[1], seed[2], seed[3]]) as f64 / u32::MAX as f64;
     let factor = 1.0 + fraction * (2.0 * unit - 1.0);
     let moved = n * factor;
+    // Never the value itself, or the output would leak it: the smallest step away instead.
+    let away = if seed[5].is_multiple_of(2) { 1.0 } else { -1.0 };
     if value.contains('.') || value.contains('e') {
-        format!("{moved:.2}")
+        let out = format!("{moved:.2}");
+        if out.parse::<f64>() == Ok(n) {
+            format!("{:.2}", n + away * 0.01)
+        } else {
+            out
+        }
     } else {
-        format!("{}", moved.round() as i64)
+        let out = moved.round() as i64;
+        if out as f64 == n {
+            format!("{}", out + away as i64)
+        } else {
+            format!("{out}")
+        }
     }
 }
 
@@ -258,7 +315,11 @@ pub fn looks_personal(column: &str) -> bool {
     let lower = column.to_ascii_lowercase();
     lower
         .split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|part| WORDS.iter().any(|w| part == *w || (w.len() > 3 && part.contains(w))))
+        .any(|part| {
+            WORDS
+                .iter()
+                .any(|w| part == *w || (w.len() > 3 && part.contains(w)))
+        })
 }
 
 #[cfg(test)]
@@ -277,14 +338,26 @@ mod tests {
     fn deterministic_and_keyed() {
         let k = key();
         let other = MaskKey::new([1; 32]);
-        for t in [Transformer::Hash, Transformer::Email, Transformer::Name, Transformer::Phone] {
+        for t in [
+            Transformer::Hash,
+            Transformer::Email,
+            Transformer::Name,
+            Transformer::Phone,
+        ] {
             let a = t.apply(&k, "alice@shop.example");
             assert_eq!(a, t.apply(&k, "alice@shop.example"), "{t}");
-            assert_ne!(a, t.apply(&other, "alice@shop.example"), "{t} depends on the key");
+            assert_ne!(
+                a,
+                t.apply(&other, "alice@shop.example"),
+                "{t} depends on the key"
+            );
             assert_ne!(a.as_deref(), Some("alice@shop.example"));
         }
         let email = Transformer::Email.apply(&k, "a@b.c").unwrap();
-        assert!(email.starts_with('u') && email.ends_with("@example.com") && email.len() == 29, "{email}");
+        assert!(
+            email.starts_with('u') && email.ends_with("@example.com") && email.len() == 29,
+            "{email}"
+        );
     }
 
     #[test]
@@ -292,29 +365,63 @@ mod tests {
         let k = key();
         let f = Transformer::KeepFormat.apply(&k, "AB-123 x9").unwrap();
         assert_eq!(f.len(), 9);
-        assert!(f.chars().zip("AB-123 x9".chars()).all(|(a, b)| {
-            (a.is_ascii_uppercase() == b.is_ascii_uppercase())
-                && (a.is_ascii_digit() == b.is_ascii_digit())
-                && (a.is_alphanumeric() || a == b)
-        }), "{f}");
-        let shifted = rule("r = { shift_days = 30 }").apply(&k, "1984-06-02").unwrap();
+        assert!(
+            f.chars().zip("AB-123 x9".chars()).all(|(a, b)| {
+                (a.is_ascii_uppercase() == b.is_ascii_uppercase())
+                    && (a.is_ascii_digit() == b.is_ascii_digit())
+                    && (a.is_alphanumeric() || a == b)
+            }),
+            "{f}"
+        );
+        let shifted = rule("r = { shift_days = 30 }")
+            .apply(&k, "1984-06-02")
+            .unwrap();
         let (a, b): (jiff::civil::Date, jiff::civil::Date) =
             (shifted.parse().unwrap(), "1984-06-02".parse().unwrap());
         let days = (a - b).get_days().abs();
         assert!((1..=30).contains(&days), "{shifted}");
-        let n: f64 = rule("r = { noise = 0.1 }").apply(&k, "50000").unwrap().parse().unwrap();
+        let n: f64 = rule("r = { noise = 0.1 }")
+            .apply(&k, "50000")
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((45000.0..=55000.0).contains(&n), "{n}");
         assert_eq!(Transformer::Null.apply(&k, "x"), None);
-        assert_eq!(rule("r = { constant = \"n/a\" }").apply(&k, "x").as_deref(), Some("n/a"));
-        assert!(Transformer::parse(&toml::Value::String("blur".into())).unwrap_err().contains("is not a transformer"));
+        assert_eq!(
+            rule("r = { constant = \"n/a\" }").apply(&k, "x").as_deref(),
+            Some("n/a")
+        );
+        assert!(
+            Transformer::parse(&toml::Value::String("blur".into()))
+                .unwrap_err()
+                .contains("is not a transformer")
+        );
     }
 
     #[test]
     fn personal_names() {
-        for c in ["email", "full_name", "phone", "home_address", "ssn", "birth_date", "iban", "card_number", "ip", "last_login_ip"] {
+        for c in [
+            "email",
+            "full_name",
+            "phone",
+            "home_address",
+            "ssn",
+            "birth_date",
+            "iban",
+            "card_number",
+            "ip",
+            "last_login_ip",
+        ] {
             assert!(looks_personal(c), "{c}");
         }
-        for c in ["id", "created_at", "status", "amount", "product_id", "quantity"] {
+        for c in [
+            "id",
+            "created_at",
+            "status",
+            "amount",
+            "product_id",
+            "quantity",
+        ] {
             assert!(!looks_personal(c), "{c}");
         }
     }

@@ -1,0 +1,133 @@
+//! Staging data refreshed from production with personal data masked. It reads the source in one
+//! consistent snapshot (a read transaction), writes the schema and the masked rows into a fresh
+//! file beside the target, checks that no masked value leaked, and only then swaps the file in:
+//! a refresh that fails or is killed leaves the target's previous data as it was. The source is
+//! opened read-only and never written.
+//!
+//! The rules (which transformer does what, which columns look personal) are in
+//! `shipgate_core::mask`; this crate applies them to databases. SQLite today.
+#![forbid(unsafe_code)]
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+pub use sqlite::{check_sqlite, refresh_sqlite};
+
+/// Why a refresh or a check did not happen, or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    /// Columns that look personal have no rule while `unlisted = "refuse"`.
+    #[error(
+        "refused before writing anything: these columns look personal and have no masking rule: {}; add a rule for each under [apps.APP.data.mask.TABLE] (\"keep\" if they are not personal), or set unlisted = \"keep\"",
+        .0.join(", ")
+    )]
+    Unmasked(Vec<String>),
+    /// A rule names a table or column the source does not have.
+    #[error("{0}")]
+    UnknownColumn(String),
+    /// Masked values equal their source values: the target was not replaced.
+    #[error("leak check failed, staging keeps its previous data: {}", describe_leaks(.0))]
+    Leaked(LeakReport),
+    /// The database failed while doing `context`.
+    #[error("database error while {context}: {source}")]
+    Database {
+        /// What was being done.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source holds something this version cannot copy.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn describe_leaks(r: &LeakReport) -> String {
+    r.columns
+        .iter()
+        .filter(|c| c.leaked > 0)
+        .map(|c| {
+            format!(
+                "{}.{}: {} of {} values equal the source",
+                c.table, c.column, c.leaked, c.checked
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One table copied.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// The table.
+    pub table: String,
+    /// Rows copied.
+    pub rows: u64,
+    /// Columns masked (with their rule).
+    pub masked: BTreeMap<String, String>,
+    /// How long it took.
+    pub seconds: f64,
+}
+
+/// Masked columns compared with their source.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LeakReport {
+    /// One entry per masked column.
+    pub columns: Vec<ColumnLeaks>,
+}
+
+impl LeakReport {
+    /// Values that equal their source beyond what their rule allows.
+    pub fn leaked(&self) -> u64 {
+        self.columns.iter().map(|c| c.leaked).sum()
+    }
+}
+
+/// One masked column compared with its source.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnLeaks {
+    /// The table.
+    pub table: String,
+    /// The column.
+    pub column: String,
+    /// The rule.
+    pub rule: String,
+    /// Non-null values compared.
+    pub checked: u64,
+    /// Values equal to their source where the rule does not allow it.
+    pub leaked: u64,
+}
+
+/// A finished refresh.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefreshReport {
+    /// Each table, in the order copied.
+    pub tables: Vec<TableReport>,
+    /// The leak check of the new data, done before it was swapped in.
+    pub leaks: LeakReport,
+    /// Total time.
+    pub seconds: f64,
+}
+
+/// Progress of one table, as it is copied.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// The table.
+    pub table: String,
+    /// Rows copied so far.
+    pub rows: u64,
+    /// Rows it has.
+    pub total: u64,
+}
