@@ -37,6 +37,9 @@ pub enum EngineError {
     /// The approval or rejection is not allowed.
     #[error(transparent)]
     Decision(#[from] DecisionRefusal),
+    /// A data refresh or check may not happen as asked.
+    #[error("{0}")]
+    DataRefused(String),
     /// Nothing waits for the decision asked for.
     #[error("{0}")]
     NothingToDecide(String),

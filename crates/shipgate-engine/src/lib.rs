@@ -7,6 +7,7 @@
 //! (that is `shipgate-server`) nor hold rules of its own about which release may enter where.
 #![forbid(unsafe_code)]
 
+mod data;
 mod drift;
 mod error;
 pub mod flow;
@@ -19,6 +20,7 @@ mod traffic;
 mod verify;
 mod watch;
 
+pub use data::{DataMessage, MASK_KEY_FILE};
 pub use drift::DriftReport;
 pub use error::EngineError;
 pub use parity::Diff;

@@ -47,6 +47,8 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         POST "/rollbacks" => rollback,
         POST "/approvals" => decide,
         GET "/diff" => diff,
+        POST "/data/refresh" => refresh_data,
+        GET "/data/check" => check_data,
         GET "/drift" => drift,
         POST "/drift/heal" => heal,
         GET "/freezes" => list_freezes,
@@ -312,6 +314,74 @@ async fn drift(
     reports
         .retain(|r| app.as_ref().is_none_or(|a| a == &r.app) && caller.sees(Some(r.env.as_str())));
     Ok(Json(reports))
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    app: String,
+    from: String,
+    to: String,
+}
+
+/// Refreshes one environment's data from another, masked; answers with one JSON line per
+/// progress report and a last line `{"done": ...}` or `{"failed": "..."}`.
+async fn refresh_data(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(b): ApiJson<RefreshBody>,
+) -> ApiResult<impl IntoResponse> {
+    let app = configured_app(&state, &b.app)?;
+    let from = parse("environment", &b.from, EnvName::parse)?;
+    let to = parse("environment", &b.to, EnvName::parse)?;
+    caller.allow(Action::Read, Some(&from))?;
+    caller.allow(Action::Read, Some(&to))?;
+    let needed = state
+        .engine
+        .config()
+        .app(&app)
+        .and_then(|a| a.data.as_ref())
+        .map_or(shipgate_core::Role::Admin, |d| d.role);
+    if caller.0.role != shipgate_core::Role::Admin && caller.0.role != needed {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token `{}` has the role {}, which may not refresh data; use a token with the role {needed} or admin",
+                caller.0.name, caller.0.role
+            ),
+        ));
+    }
+    let messages = state.engine.refresh_data(&app, &from, &to, &caller.0)?;
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(messages).map(|m| {
+        let mut line = serde_json::to_vec(&m).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(bytes::Bytes::from(line))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    ))
+}
+
+#[derive(Deserialize)]
+struct CheckQuery {
+    app: String,
+    env: String,
+}
+
+/// The leak check of one environment's masked data against the environment it comes from.
+async fn check_data(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<CheckQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let app = configured_app(&state, &q.app)?;
+    let env = parse("environment", &q.env, EnvName::parse)?;
+    caller.allow(Action::Read, Some(&env))?;
+    let (from, report) = state.engine.check_data(&app, &env).await?;
+    Ok(Json(
+        serde_json::json!({ "app": app, "env": env, "from": from, "leaked": report.leaked(), "columns": report.columns }),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -68,6 +68,7 @@ impl From<EngineError> for Problem {
             }
             EngineError::NothingToRollBack(_) => (StatusCode::CONFLICT, "nothing to roll back"),
             EngineError::NothingToDecide(_) => (StatusCode::CONFLICT, "nothing to decide"),
+            EngineError::DataRefused(_) => (StatusCode::CONFLICT, "data refresh refused"),
             EngineError::Decision(d) => match d {
                 DecisionRefusal::OwnPromotion { .. } | DecisionRefusal::WrongRole { .. } => {
                     (StatusCode::FORBIDDEN, "decision refused")

@@ -123,6 +123,9 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Staging data from production, masked (see [apps.APP.data]).
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Compare an app in two environments; exit 1 on any unexpected difference.
     Diff {
         /// The app.
@@ -248,6 +251,29 @@ pub enum ReleaseCommand {
     List {
         /// Only this app.
         app: Option<AppName>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Replace an environment's data with another's, masked; the source is only read.
+    Refresh {
+        /// The app.
+        app: AppName,
+        /// Where the data comes from (production).
+        #[arg(long)]
+        from: EnvName,
+        /// Where it goes (staging); its previous data stays if the refresh fails.
+        #[arg(long)]
+        to: EnvName,
+    },
+    /// The leak check: masked columns compared with the environment the data comes from.
+    Check {
+        /// The app.
+        app: AppName,
+        /// The masked environment.
+        #[arg(long)]
+        env: EnvName,
     },
 }
 

@@ -96,6 +96,49 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    /// POST a JSON body and hand each JSON line of the streamed answer to `each`.
+    pub async fn post_lines(
+        &self,
+        path: &str,
+        body: &Value,
+        mut each: impl FnMut(Value),
+    ) -> anyhow::Result<()> {
+        use futures_util::StreamExt;
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("request to {} failed: {e}", self.base))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            let detail = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| format!("the server answered {status}"));
+            return Err(Refused {
+                status: status.as_u16(),
+                detail,
+            }
+            .into());
+        }
+        let mut stream = response.bytes_stream();
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            pending.extend_from_slice(&chunk.context("reading the server's answer")?);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(v) = serde_json::from_slice(&line) {
+                    each(v);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// DELETE a resource.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.http.delete(self.url(path))).await

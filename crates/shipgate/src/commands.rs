@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use shipgate_core::{AppName, Version};
 
-use crate::cli::{BenchCommand, Cli, Command, Global, ReleaseCommand, TokenCommand};
+use crate::cli::{BenchCommand, Cli, Command, DataCommand, Global, ReleaseCommand, TokenCommand};
 use crate::client::{Client, connect};
 use crate::config_file;
 use crate::output::{Printer, table};
@@ -78,6 +78,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Status { app } => status(g, out, app.map(|a| a.to_string())).await,
+        Command::Data(DataCommand::Refresh { app, from, to }) => {
+            data_refresh(g, out, app.as_str(), from.as_str(), to.as_str()).await
+        }
+        Command::Data(DataCommand::Check { app, env }) => {
+            data_check(g, out, app.as_str(), env.as_str()).await
+        }
         Command::Diff { app, env_a, env_b } => {
             diff(g, out, app.as_str(), env_a.as_str(), env_b.as_str()).await
         }
@@ -602,6 +608,115 @@ async fn diff(g: &Global, out: Printer, app: &str, a: &str, b: &str) -> anyhow::
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+async fn data_refresh(
+    g: &Global,
+    out: Printer,
+    app: &str,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let started = std::time::Instant::now();
+    let mut last: Option<Value> = None;
+    let body = json!({ "app": app, "from": from, "to": to });
+    client
+        .post_lines("/data/refresh", &body, |m| {
+            if let Some(p) = m.get("progress") {
+                let (rows, total) = (
+                    p["rows"].as_f64().unwrap_or(0.0),
+                    p["total"].as_f64().unwrap_or(0.0),
+                );
+                let rate = rows / started.elapsed().as_secs_f64().max(1e-3);
+                let eta = if rate > 0.0 {
+                    (total - rows).max(0.0) / rate
+                } else {
+                    0.0
+                };
+                out.progress(&format!(
+                    "{:<16} {:>10}/{:<10} rows  {:>9.0} rows/s  ETA {:>4.0}s",
+                    s(&p["table"]),
+                    rows,
+                    total,
+                    rate,
+                    eta
+                ));
+            } else {
+                last = Some(m);
+            }
+        })
+        .await?;
+    let Some(last) = last else {
+        anyhow::bail!("the server ended the refresh without an outcome");
+    };
+    if let Some(reason) = last.get("failed").and_then(Value::as_str) {
+        eprintln!("error: {reason}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let report = &last["done"];
+    out.print(report, |r| {
+        let rows: Vec<Vec<String>> = r["tables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                let masked: Vec<String> = t["masked"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(c, rule)| format!("{c}: {}", s(rule)))
+                    .collect();
+                let secs = t["seconds"].as_f64().unwrap_or(0.0);
+                let n = t["rows"].as_f64().unwrap_or(0.0);
+                vec![
+                    s(&t["table"]),
+                    format!("{n}"),
+                    format!("{:.0}", n / secs.max(1e-6)),
+                    if masked.is_empty() { "-".into() } else { masked.join(", ") },
+                ]
+            })
+            .collect();
+        let leaks = r["leaks"]["columns"].as_array().map_or(0, Vec::len);
+        format!(
+            "{}refreshed {app} data in {to} from {from} in {:.1}s; leak check: 0 of {leaks} masked columns leaked\n",
+            table(&["TABLE", "ROWS", "ROWS/S", "MASKED"], &rows),
+            r["seconds"].as_f64().unwrap_or(0.0)
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn data_check(g: &Global, out: Printer, app: &str, env: &str) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let query = [("app", app.to_owned()), ("env", env.to_owned())];
+    let check: Value = client.get("/data/check", &query).await?;
+    let leaked = check["leaked"].as_u64().unwrap_or(0);
+    out.print(&check, |c| {
+        let rows: Vec<Vec<String>> = c["columns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|col| {
+                vec![
+                    format!("{}.{}", s(&col["table"]), s(&col["column"])),
+                    s(&col["rule"]),
+                    col["checked"].to_string(),
+                    col["leaked"].to_string(),
+                ]
+            })
+            .collect();
+        format!(
+            "{}{env} compared with {}: {leaked} values equal their source where the rule does not allow it\n",
+            table(&["COLUMN", "RULE", "CHECKED", "LEAKED"], &rows),
+            s(&c["from"])
+        )
+    });
+    Ok(if leaked == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

@@ -20,7 +20,7 @@ enum Needs {
     Approve,
     /// Freeze or unfreeze every environment: approver or admin, limited to no environment.
     FreezeAll,
-    /// Override windows and freezes: admin.
+    /// Override windows and freezes, refresh data (by default): admin.
     Override,
     Tokens,
 }
@@ -216,6 +216,20 @@ fn every_endpoint_checks_role_and_environment_scope() {
                 ("GET", "/api/v1/drift".into(), None, Needs::Read, true),
                 (
                     "POST",
+                    "/api/v1/data/refresh".into(),
+                    Some(json!({ "app": "web", "from": env, "to": env })),
+                    Needs::Override,
+                    in_scope,
+                ),
+                (
+                    "GET",
+                    format!("/api/v1/data/check?app=web&env={env}"),
+                    None,
+                    Needs::Read,
+                    in_scope,
+                ),
+                (
+                    "POST",
                     "/api/v1/drift/heal".into(),
                     Some(json!({ "app": "web", "env": env })),
                     Needs::Deploy,
@@ -305,7 +319,7 @@ fn every_endpoint_checks_role_and_environment_scope() {
             }
         }
     }
-    assert_eq!(checked, 5 * 2 * 26);
+    assert_eq!(checked, 5 * 2 * 28);
 }
 
 #[test]

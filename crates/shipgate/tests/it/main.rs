@@ -6,6 +6,7 @@ mod access;
 mod bad_input;
 mod browser;
 mod dashboard;
+mod data;
 mod flow;
 mod gates;
 mod helpers;

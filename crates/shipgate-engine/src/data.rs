@@ -1,0 +1,249 @@
+//! Staging data refreshed from production with masking (`shipgate data refresh`) and the leak
+//! check on demand (`shipgate data check`). The copy runs on a thread of its own and reports
+//! progress; its outcome is an audit event with the row counts.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use shipgate_core::config::{DataConfig, DataLocation};
+use shipgate_core::mask::MaskKey;
+use shipgate_core::{AppName, EnvName, Grant, Role};
+use shipgate_mask::{LeakReport, Progress, RefreshReport};
+use shipgate_store::NewEvent;
+use tokio::sync::mpsc;
+
+use crate::{Engine, EngineError};
+
+/// The masking key's file in the data dir.
+pub const MASK_KEY_FILE: &str = "mask.key";
+
+/// What a running refresh reports.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataMessage {
+    /// A table's progress.
+    Progress(Progress),
+    /// It finished.
+    Done(RefreshReport),
+    /// It failed; the target kept its previous data.
+    Failed(String),
+}
+
+impl Engine {
+    fn data_of(&self, app: &AppName) -> Result<&DataConfig, EngineError> {
+        let config = self
+            .config
+            .app(app)
+            .ok_or_else(|| EngineError::UnknownApp(app.to_string()))?;
+        config.data.as_ref().ok_or_else(|| {
+            EngineError::DataRefused(format!(
+                "app {app} has no [apps.{app}.data] section saying where its data lives"
+            ))
+        })
+    }
+
+    fn location(
+        data: &DataConfig,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<std::path::PathBuf, EngineError> {
+        match data.locations.get(env) {
+            Some(DataLocation::Sqlite(path)) => Ok(path.clone()),
+            None => Err(EngineError::DataRefused(format!(
+                "[apps.{app}.data] says nothing about {env}: add {env} = \"sqlite://PATH\""
+            ))),
+        }
+    }
+
+    /// The project's masking key, made on first use (32 random bytes, mode 0600).
+    fn mask_key(&self) -> Result<MaskKey, EngineError> {
+        let path = self.config.server.data_dir.join(MASK_KEY_FILE);
+        let failed = |e: std::io::Error| {
+            EngineError::DataRefused(format!("the masking key {}: {e}", path.display()))
+        };
+        if !path.exists() {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| failed(std::io::Error::other(e.to_string())))?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode_0600()
+                .open(&path)
+                .map_err(failed)?;
+            writeln!(file, "{}", hex_encode(&bytes)).map_err(failed)?;
+            file.sync_all().map_err(failed)?;
+        }
+        let text = std::fs::read_to_string(&path).map_err(failed)?;
+        let bytes = hex_decode(text.trim()).ok_or_else(|| {
+            EngineError::DataRefused(format!(
+                "the masking key {} is not 64 hex digits",
+                path.display()
+            ))
+        })?;
+        Ok(MaskKey::new(bytes))
+    }
+
+    /// Starts refreshing `to` from `from` with `app`'s masking rules; refused (before anything
+    /// is read) unless `grant` has the data role, both environments are in its scope, and `to`
+    /// comes before `from` in the flow: data only ever flows from production towards
+    /// development, and the source is only read.
+    pub fn refresh_data(
+        self: &Arc<Self>,
+        app: &AppName,
+        from: &EnvName,
+        to: &EnvName,
+        grant: &Grant,
+    ) -> Result<mpsc::UnboundedReceiver<DataMessage>, EngineError> {
+        let data = self.data_of(app)?.clone();
+        if grant.role != Role::Admin && grant.role != data.role {
+            return Err(EngineError::DataRefused(format!(
+                "token `{}` has the role {}; refreshing data needs the role {} (or admin)",
+                grant.name, grant.role, data.role
+            )));
+        }
+        if !self.comes_before(to, from) {
+            return Err(EngineError::DataRefused(format!(
+                "data flows only towards earlier environments: {to} does not come before {from} (refresh staging from production, never the other way)"
+            )));
+        }
+        let (source, target) = (
+            Self::location(&data, app, from)?,
+            Self::location(&data, app, to)?,
+        );
+        let key = self.mask_key()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let engine = Arc::clone(self);
+        let (app, from, to, actor) = (app.clone(), from.clone(), to.clone(), grant.name.clone());
+        // The copy holds database connections across awaits that are not `Send`: it gets a
+        // thread and a runtime of its own.
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                let _ = tx.send(DataMessage::Failed("could not start the refresh".into()));
+                return;
+            };
+            rt.block_on(async {
+                let progress = tx.clone();
+                let outcome = shipgate_mask::refresh_sqlite(&source, &target, &data, &key, |p| {
+                    let _ = progress.send(DataMessage::Progress(p));
+                })
+                .await;
+                let (kind, message, json, done) = match outcome {
+                    Ok(report) => {
+                        let rows: u64 = report.tables.iter().map(|t| t.rows).sum();
+                        (
+                            "data.refreshed",
+                            format!("{actor} refreshed {app} data in {to} from {from}: {rows} rows in {} tables, masked, no leak", report.tables.len()),
+                            serde_json::to_value(&report).unwrap_or_default(),
+                            DataMessage::Done(report),
+                        )
+                    }
+                    Err(e) => (
+                        "data.refresh_failed",
+                        format!("{actor}'s refresh of {app} data in {to} from {from} failed; {to} keeps its previous data: {e}"),
+                        serde_json::json!({ "error": e.to_string() }),
+                        DataMessage::Failed(e.to_string()),
+                    ),
+                };
+                let event = NewEvent {
+                    actor: actor.clone(),
+                    kind: kind.into(),
+                    app: Some(app.to_string()),
+                    env: Some(to.to_string()),
+                    promotion_id: None,
+                    message,
+                    data: json,
+                };
+                if let Err(e) = engine.store.append_event(event).await {
+                    tracing::error!("could not record a data refresh: {e}");
+                }
+                let _ = tx.send(done);
+            });
+        });
+        Ok(rx)
+    }
+
+    /// Compares the masked columns of `env` with the environment its data comes from.
+    pub async fn check_data(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<(EnvName, LeakReport), EngineError> {
+        let data = self.data_of(app)?.clone();
+        let from = self
+            .config
+            .environments
+            .iter()
+            .rev()
+            .map(|e| &e.name)
+            .find(|e| *e != env && data.locations.contains_key(*e) && self.comes_before(env, e))
+            .cloned()
+            .ok_or_else(|| {
+                EngineError::DataRefused(format!(
+                    "no environment after {env} holds {app} data to compare with"
+                ))
+            })?;
+        let (source, target) = (
+            Self::location(&data, app, &from)?,
+            Self::location(&data, app, env)?,
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(shipgate_mask::check_sqlite(&source, &target, &data))
+                        .map_err(|e| e.to_string())
+                });
+            let _ = tx.send(outcome);
+        });
+        let report = rx
+            .await
+            .map_err(|e| EngineError::DataRefused(e.to_string()))?
+            .map_err(EngineError::DataRefused)?;
+        Ok((from, report))
+    }
+
+    /// Whether `a` comes before `b` in the flow (`b` is reached from `a` by `after`).
+    fn comes_before(&self, a: &EnvName, b: &EnvName) -> bool {
+        let mut at = self.config.environment(b).and_then(|e| e.after.as_ref());
+        while let Some(env) = at {
+            if env == a {
+                return true;
+            }
+            at = self.config.environment(env).and_then(|e| e.after.as_ref());
+        }
+        false
+    }
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
