@@ -5,15 +5,17 @@
 //! opened read-only and never written.
 //!
 //! The rules (which transformer does what, which columns look personal) are in
-//! `shipgate_core::mask`; this crate applies them to databases. SQLite today.
+//! `shipgate_core::mask`; this crate applies them to SQLite files and PostgreSQL databases.
 #![forbid(unsafe_code)]
 
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use postgres::{check_postgres, refresh_postgres};
 pub use sqlite::{check_sqlite, refresh_sqlite};
 
 /// Why a refresh or a check did not happen, or failed.

@@ -333,3 +333,209 @@ async fn the_leak_check_catches_a_weak_rule_and_keeps_the_previous_data() {
             .all(|c| c.checked == 50 || c.column == "user_email")
     );
 }
+
+mod pg;
+
+mod postgres {
+    use shipgate_core::mask::{MaskKey, Transformer};
+    use shipgate_mask::{MaskError, check_postgres, refresh_postgres};
+    use sqlx::{Connection, PgConnection};
+
+    use super::pg::Postgres;
+    use super::{full_rules, key};
+
+    async fn conn(url: &str) -> PgConnection {
+        PgConnection::connect(url).await.unwrap()
+    }
+
+    /// `users` and `orders` in `shop`, orders joined to users on the email; a marker table in
+    /// `shop_staging` standing for its previous data.
+    async fn fill(pg: &Postgres, users: i64) {
+        let mut db = conn(&pg.url("shop")).await;
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL UNIQUE, full_name text,
+               phone text, birth_date date, salary integer, notes text, status text, door_code text);
+             CREATE TABLE orders (id bigint PRIMARY KEY, user_email text NOT NULL REFERENCES users (email),
+               amount numeric(10, 2) NOT NULL);
+             CREATE INDEX orders_amount ON orders (amount);
+             INSERT INTO users SELECT i, 'person' || i || '@mail.example', 'Person Number' || i,
+               '+33 6 12 34 ' || lpad((i % 100)::text, 2, '0'), date '1960-01-01' + (i % 9000),
+               30000 + i * 7, E'called on\\t' || i, 'active', (i % 10)::text
+               FROM generate_series(0, {last}) i;
+             INSERT INTO orders SELECT i, 'person' || (i / 2) || '@mail.example', (i % 500) + 0.5
+               FROM generate_series(0, {orders}) i;",
+            last = users - 1,
+            orders = users * 2 - 1
+        ))
+        .execute(&mut db)
+        .await
+        .unwrap();
+        let mut staging = conn(&pg.url("shop_staging")).await;
+        sqlx::raw_sql(
+            "CREATE TABLE previous (note text); INSERT INTO previous VALUES ('staging before')",
+        )
+        .execute(&mut staging)
+        .await
+        .unwrap();
+    }
+
+    async fn fingerprint(url: &str) -> String {
+        let mut db = conn(url).await;
+        sqlx::query_scalar(
+            "SELECT md5(string_agg(id || email || coalesce(full_name, '') || coalesce(phone, '') || coalesce(salary::text, ''), ',' ORDER BY id)) FROM users",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+    }
+
+    async fn previous_is_there(url: &str) -> bool {
+        let mut db = conn(url).await;
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name = 'previous'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+            == 1
+    }
+
+    #[tokio::test]
+    async fn foreign_keys_hold_every_run_is_the_same_and_unique_stays_unique() {
+        let pg = Postgres::start().await;
+        fill(&pg, 2000).await;
+        let (source, target) = (pg.url("shop"), pg.url("shop_staging"));
+        let report = refresh_postgres(&source, &target, &full_rules(), &key(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.tables.iter().map(|t| t.rows).sum::<u64>(), 6000);
+        assert_eq!(report.leaks.leaked(), 0, "{:?}", report.leaks);
+        assert!(
+            !previous_is_there(&target).await,
+            "staging was replaced as a whole"
+        );
+        let first = fingerprint(&target).await;
+        refresh_postgres(&source, &target, &full_rules(), &key(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            fingerprint(&target).await,
+            first,
+            "the same key gives the same data"
+        );
+
+        let mut db = conn(&target).await;
+        let fk: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'public.orders'::regclass")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(
+            fk, 1,
+            "the foreign key was added back, so every masked order joins its user"
+        );
+        let (n, distinct, leaked): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT email), count(*) FILTER (WHERE email LIKE '%@mail.example' OR full_name LIKE 'Person%' OR notes IS NOT NULL) FROM users",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert_eq!((n, distinct, leaked), (2000, 2000, 0));
+        let index: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND indexname = 'orders_amount'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(index, 1);
+        let mut src = conn(&source).await;
+        let untouched: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM users WHERE email LIKE '%@mail.example'")
+                .fetch_one(&mut src)
+                .await
+                .unwrap();
+        assert_eq!(untouched, 2000, "production is only read");
+        assert_eq!(
+            check_postgres(&source, &target, &full_rules())
+                .await
+                .unwrap()
+                .leaked(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn refusal_cut_off_and_weak_rules_leave_staging_as_it_was() {
+        let pg = Postgres::start().await;
+        fill(&pg, 120_000).await;
+        let (source, target) = (pg.url("shop"), pg.url("shop_staging"));
+
+        let mut partial = full_rules();
+        partial.mask.get_mut("users").unwrap().remove("phone");
+        let err = refresh_postgres(&source, &target, &partial, &key(), |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, MaskError::Unmasked(ref c) if c == &["users.phone".to_owned()]),
+            "{err}"
+        );
+        assert!(previous_is_there(&target).await);
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut tx = Some(tx);
+        let (rules, k) = (full_rules(), key());
+        let outcome = tokio::select! {
+            done = refresh_postgres(&source, &target, &rules, &k, move |p| {
+                if p.rows < p.total {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }) => Some(done),
+            _ = rx => None,
+        };
+        assert!(outcome.is_none(), "cut off mid-table");
+        assert!(
+            previous_is_there(&target).await,
+            "staging keeps its previous data"
+        );
+
+        let mut weak = full_rules();
+        weak.mask
+            .get_mut("users")
+            .unwrap()
+            .insert("door_code".into(), Transformer::KeepFormat);
+        let weak_key = (0u8..=255)
+            .map(|k| MaskKey::new([k; 32]))
+            .find(|k| {
+                (0..10).any(|d| {
+                    Transformer::KeepFormat.apply(k, &d.to_string()) == Some(d.to_string())
+                })
+            })
+            .unwrap();
+        let err = refresh_postgres(&source, &target, &weak, &weak_key, |_| {})
+            .await
+            .unwrap_err();
+        let MaskError::Leaked(report) = &err else {
+            panic!("{err}")
+        };
+        let door = report
+            .columns
+            .iter()
+            .find(|c| c.column == "door_code")
+            .unwrap();
+        assert!(door.leaked > 0 && door.leaked < 120_000, "{door:?}");
+        assert!(
+            previous_is_there(&target).await,
+            "a leaking refresh is not swapped in"
+        );
+
+        refresh_postgres(&source, &target, &full_rules(), &key(), |_| {})
+            .await
+            .unwrap();
+        assert!(!previous_is_there(&target).await);
+        let mut db = conn(&target).await;
+        let leftovers: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'shipgate_refresh'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert_eq!(leftovers, 0);
+    }
+}
