@@ -78,6 +78,8 @@ pub struct DataConfig {
 pub enum DataLocation {
     /// A SQLite file (absolute).
     Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://user:password@host:port/db`).
+    Postgres(String),
 }
 
 /// `unlisted = "refuse" | "keep"`.
@@ -540,13 +542,17 @@ fn data_config(
                 let path = location
                     .strip_prefix("sqlite://")
                     .or_else(|| location.strip_prefix("sqlite:"));
+                let postgres = location.starts_with("postgres://") || location.starts_with("postgresql://");
                 match path {
                     Some(p) if !p.is_empty() => {
                         data.locations.insert(env, DataLocation::Sqlite(base_dir.join(p)));
                     }
+                    _ if postgres => {
+                        data.locations.insert(env, DataLocation::Postgres(location.clone()));
+                    }
                     _ => bad(
-                        format!("data location `{location}` of {env} is not supported by this version"),
-                        Some("write \"sqlite://PATH\"; PostgreSQL locations come with the next release".to_owned()),
+                        format!("data location `{location}` of {env} is neither SQLite nor PostgreSQL"),
+                        Some("write \"sqlite://PATH\" or \"postgres://USER:PASSWORD@HOST:PORT/DB\"".to_owned()),
                     ),
                 }
             }

@@ -46,13 +46,12 @@ impl Engine {
         data: &DataConfig,
         app: &AppName,
         env: &EnvName,
-    ) -> Result<std::path::PathBuf, EngineError> {
-        match data.locations.get(env) {
-            Some(DataLocation::Sqlite(path)) => Ok(path.clone()),
-            None => Err(EngineError::DataRefused(format!(
-                "[apps.{app}.data] says nothing about {env}: add {env} = \"sqlite://PATH\""
-            ))),
-        }
+    ) -> Result<DataLocation, EngineError> {
+        data.locations.get(env).cloned().ok_or_else(|| {
+            EngineError::DataRefused(format!(
+                "[apps.{app}.data] says nothing about {env}: add {env} = \"sqlite://PATH\" or \"postgres://...\""
+            ))
+        })
     }
 
     /// The project's masking key, made on first use (32 random bytes, mode 0600).
@@ -127,10 +126,20 @@ impl Engine {
             };
             rt.block_on(async {
                 let progress = tx.clone();
-                let outcome = shipgate_mask::refresh_sqlite(&source, &target, &data, &key, |p| {
+                let report = |p| {
                     let _ = progress.send(DataMessage::Progress(p));
-                })
-                .await;
+                };
+                let outcome = match (&source, &target) {
+                    (DataLocation::Sqlite(s), DataLocation::Sqlite(t)) => {
+                        shipgate_mask::refresh_sqlite(s, t, &data, &key, report).await
+                    }
+                    (DataLocation::Postgres(s), DataLocation::Postgres(t)) => {
+                        shipgate_mask::refresh_postgres(s, t, &data, &key, report).await
+                    }
+                    _ => Err(shipgate_mask::MaskError::Unsupported(
+                        "both environments' data must be SQLite, or both PostgreSQL".into(),
+                    )),
+                };
                 let (kind, message, json, done) = match outcome {
                     Ok(report) => {
                         let rows: u64 = report.tables.iter().map(|t| t.rows).sum();
@@ -197,8 +206,20 @@ impl Engine {
                 .build()
                 .map_err(|e| e.to_string())
                 .and_then(|rt| {
-                    rt.block_on(shipgate_mask::check_sqlite(&source, &target, &data))
-                        .map_err(|e| e.to_string())
+                    rt.block_on(async {
+                        match (&source, &target) {
+                            (DataLocation::Sqlite(s), DataLocation::Sqlite(t)) => {
+                                shipgate_mask::check_sqlite(s, t, &data).await
+                            }
+                            (DataLocation::Postgres(s), DataLocation::Postgres(t)) => {
+                                shipgate_mask::check_postgres(s, t, &data).await
+                            }
+                            _ => Err(shipgate_mask::MaskError::Unsupported(
+                                "both environments' data must be SQLite, or both PostgreSQL".into(),
+                            )),
+                        }
+                    })
+                    .map_err(|e| e.to_string())
                 });
             let _ = tx.send(outcome);
         });

@@ -402,7 +402,7 @@ pub async fn refresh_postgres(
                     .map_err(db(format!("writing {}", t.name)))?;
                 buf.reserve(SEND_EVERY + 4096);
             }
-            if rows % PROGRESS_EVERY == 0 {
+            if rows.is_multiple_of(PROGRESS_EVERY) {
                 progress(Progress {
                     table: t.name.clone(),
                     rows,
