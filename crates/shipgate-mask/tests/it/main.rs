@@ -481,11 +481,10 @@ mod postgres {
         let (rules, k) = (full_rules(), key());
         let outcome = tokio::select! {
             done = refresh_postgres(&source, &target, &rules, &k, move |p| {
-                if p.rows < p.total {
-                    if let Some(tx) = tx.take() {
+                if p.rows < p.total
+                    && let Some(tx) = tx.take() {
                         let _ = tx.send(());
                     }
-                }
             }) => Some(done),
             _ = rx => None,
         };
