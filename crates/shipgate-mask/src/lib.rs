@@ -8,6 +8,7 @@
 //! `shipgate_core::mask`; this crate applies them to SQLite files and PostgreSQL databases.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 mod postgres;
 mod sqlite;
 

@@ -15,6 +15,7 @@ use crate::demo::{SampleServer, free_port, sample_release};
 
 pub mod dashboard;
 mod load;
+pub mod mask;
 pub mod router;
 
 fn median(v: &mut [Duration]) -> Duration {

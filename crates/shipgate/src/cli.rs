@@ -301,6 +301,12 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// A masked PostgreSQL refresh against a plain COPY and pganonymize 0.13.
+    Mask {
+        /// Rows of the users table.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+    },
     /// The dashboard at scale: 1,000 apps × 4 environments and 100,000 promotions.
     Dashboard {
         /// Requests timed per page (the median is printed).

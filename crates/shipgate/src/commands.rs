@@ -123,6 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(command) => token(g, out, command).await,
         Command::Bench(BenchCommand::Promote { runs }) => crate::bench::promote(runs).await,
         Command::Bench(BenchCommand::Dashboard { runs }) => crate::bench::dashboard::run(runs).await,
+        Command::Bench(BenchCommand::Mask { rows }) => crate::bench::mask::run(rows).await,
         Command::Bench(BenchCommand::Router {
             duration,
             cycles,

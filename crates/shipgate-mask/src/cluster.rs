@@ -1,0 +1,142 @@
+//! A throwaway PostgreSQL cluster for tests and benchmarks: `initdb` and `pg_ctl` from Debian's
+//! postgresql into a temp dir on a free loopback port (run as the `postgres` user when the caller
+//! is root, since PostgreSQL refuses to run as root), stopped when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sqlx::{Connection, PgConnection};
+
+/// A running cluster; it is stopped (immediately) and deleted when dropped.
+pub struct TempCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+fn bin_dir() -> Result<PathBuf, String> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| "PostgreSQL is not installed: apt-get install -y postgresql (scripts/test does it as root)".to_owned())?
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin".to_owned())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn as_owner(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut c: Command, what: &str) -> Result<(), String> {
+    let out = c.output().map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl TempCluster {
+    /// Creates and starts a cluster (trust auth on loopback, fsync off: it is thrown away).
+    pub fn start() -> Result<TempCluster, String> {
+        let bin = bin_dir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("shipgate-pg-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        if is_root() {
+            let mut chown = Command::new("chown");
+            chown.args(["-R", "postgres:postgres"]).arg(dir.path());
+            run(chown, "chown")?;
+        }
+        let data = dir.path().join("data");
+        let mut init = as_owner(&bin.join("initdb"));
+        init.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        run(init, "initdb")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let mut start = as_owner(&bin.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("log"))
+            .args([
+                "-o",
+                &format!(
+                    "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_wal_size=4GB",
+                    dir.path().display()
+                ),
+                "-w",
+                "start",
+            ]);
+        run(start, "pg_ctl start")?;
+        Ok(TempCluster { dir, bin, port })
+    }
+
+    /// The URL of a database of the cluster.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Creates a database (optionally as a copy of another).
+    pub async fn create_database(
+        &self,
+        name: &str,
+        template: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        let mut admin = PgConnection::connect(&self.url("postgres")).await?;
+        let template = template
+            .map(|t| format!(" TEMPLATE {t}"))
+            .unwrap_or_default();
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}{template}"))
+            .execute(&mut admin)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for TempCluster {
+    fn drop(&mut self) {
+        let mut stop = as_owner(&self.bin.join("pg_ctl"));
+        stop.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"]);
+        let _ = stop.output();
+    }
+}
