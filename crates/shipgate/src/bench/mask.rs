@@ -137,6 +137,25 @@ pub async fn run(rows: u64) -> anyhow::Result<ExitCode> {
     let ours_s = t.elapsed().as_secs_f64();
     let peak = peak_mib();
 
+    let rate = |s: f64| rows as f64 / s.max(1e-9);
+    println!(
+        "  {:<58} {:>9.2} s  {:>10.0} rows/s",
+        "plain copy (COPY TO STDOUT → COPY FROM STDIN)",
+        copy_s,
+        rate(copy_s)
+    );
+    println!(
+        "  {:<58} {:>9.2} s  {:>10.0} rows/s   {:.2}× the plain copy (target ≥ 0.5)",
+        "shipgate masked refresh (snapshot, mask, constraints, leak check, swap)",
+        ours_s,
+        rate(ours_s),
+        copy_s / ours_s
+    );
+    println!(
+        "  shipgate peak memory: {peak:.0} MiB (before the refresh: {before:.0} MiB; target < 200 MB); leak check: {} of {} masked columns leaked",
+        report.leaks.columns.iter().filter(|c| c.leaked > 0).count(),
+        report.leaks.columns.len()
+    );
     let schema = tempfile::NamedTempFile::new()?;
     std::fs::write(schema.path(), PGANONYMIZE_SCHEMA)?;
     let t = Instant::now();
@@ -156,20 +175,6 @@ pub async fn run(rows: u64) -> anyhow::Result<ExitCode> {
         .output()
         .await;
     let anon_s = t.elapsed().as_secs_f64();
-    let rate = |s: f64| rows as f64 / s.max(1e-9);
-    println!(
-        "  {:<58} {:>9.2} s  {:>10.0} rows/s",
-        "plain copy (COPY TO STDOUT → COPY FROM STDIN)",
-        copy_s,
-        rate(copy_s)
-    );
-    println!(
-        "  {:<58} {:>9.2} s  {:>10.0} rows/s   {:.2}× the plain copy (target ≥ 0.5)",
-        "shipgate masked refresh (snapshot, mask, constraints, leak check, swap)",
-        ours_s,
-        rate(ours_s),
-        copy_s / ours_s
-    );
     match anon {
         Ok(out) if out.status.success() => println!(
             "  {:<58} {:>9.2} s  {:>10.0} rows/s   shipgate is {:.1}× faster (target ≥ 20)",
@@ -197,10 +202,5 @@ pub async fn run(rows: u64) -> anyhow::Result<ExitCode> {
             "  pganonymize could not run ({e}): pip install pganonymize==0.13.0 psycopg2-binary"
         ),
     }
-    println!(
-        "  shipgate peak memory: {peak:.0} MiB (before the refresh: {before:.0} MiB; target < 200 MB); leak check: {} of {} masked columns leaked",
-        report.leaks.columns.iter().filter(|c| c.leaked > 0).count(),
-        report.leaks.columns.len()
-    );
     Ok(ExitCode::SUCCESS)
 }
