@@ -15,6 +15,8 @@ mod sqlite;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use shipgate_core::config::{DataConfig, Unlisted};
+use shipgate_core::mask::{Transformer, looks_personal};
 
 pub use postgres::{check_postgres, refresh_postgres};
 pub use sqlite::{check_sqlite, refresh_sqlite};
@@ -133,4 +135,44 @@ pub struct Progress {
     pub rows: u64,
     /// Rows it has.
     pub total: u64,
+}
+
+/// The rule of every column of every table (`(table, columns)` as the source has them),
+/// checked against the source's schema: nothing is written when a rule names nothing or a
+/// personal-looking column has no rule.
+fn plan(
+    tables: &[(&str, Vec<&str>)],
+    data: &DataConfig,
+) -> Result<Vec<BTreeMap<String, Transformer>>, MaskError> {
+    for (table, rules) in &data.mask {
+        let Some((_, columns)) = tables.iter().find(|(t, _)| t == table) else {
+            let known: Vec<&str> = tables.iter().map(|(t, _)| *t).collect();
+            return Err(MaskError::UnknownColumn(format!(
+                "mask.{table} names no table of the source (tables: {})",
+                known.join(", ")
+            )));
+        };
+        if let Some(c) = rules.keys().find(|c| !columns.contains(&c.as_str())) {
+            return Err(MaskError::UnknownColumn(format!(
+                "mask.{table}.{c} names no column of {table} (columns: {})",
+                columns.join(", ")
+            )));
+        }
+    }
+    let mut unmasked = Vec::new();
+    let mut out = Vec::new();
+    for (table, columns) in tables {
+        let rules = data.mask.get(*table).cloned().unwrap_or_default();
+        for c in columns {
+            if !rules.contains_key(*c) && data.unlisted == Unlisted::Refuse && looks_personal(c) {
+                unmasked.push(format!("{table}.{c}"));
+            }
+        }
+        out.push(rules);
+    }
+    if unmasked.is_empty() {
+        Ok(out)
+    } else {
+        Err(MaskError::Unmasked(unmasked))
+    }
 }

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use shipgate_core::config::{DataConfig, Unlisted};
-use shipgate_core::mask::{MaskKey, Transformer, looks_personal};
+use shipgate_core::config::DataConfig;
+use shipgate_core::mask::{MaskKey, Transformer};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
@@ -142,26 +142,17 @@ fn plan(
     tables: &[PgTable],
     data: &DataConfig,
 ) -> Result<Vec<BTreeMap<String, Transformer>>, MaskError> {
-    for (table, rules) in &data.mask {
-        let Some(t) = tables.iter().find(|t| &t.name == table) else {
-            let known: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-            return Err(MaskError::UnknownColumn(format!(
-                "mask.{table} names no table of the source (tables: {})",
-                known.join(", ")
-            )));
-        };
-        let names: Vec<&str> = t.columns.iter().map(|c| c.0.as_str()).collect();
-        if let Some(c) = rules.keys().find(|c| !names.contains(&c.as_str())) {
-            return Err(MaskError::UnknownColumn(format!(
-                "mask.{table}.{c} names no column of {table} (columns: {})",
-                names.join(", ")
-            )));
-        }
-    }
-    let mut unmasked = Vec::new();
-    let mut out = Vec::new();
-    for t in tables {
-        let rules = data.mask.get(&t.name).cloned().unwrap_or_default();
+    let shape: Vec<(&str, Vec<&str>)> = tables
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_str(),
+                t.columns.iter().map(|c| c.0.as_str()).collect(),
+            )
+        })
+        .collect();
+    let rules = crate::plan(&shape, data)?;
+    for (t, rules) in tables.iter().zip(&rules) {
         if rules.values().any(|r| *r == Transformer::Shuffle) {
             return Err(MaskError::Unsupported(format!(
                 "shuffle in {} is not supported for PostgreSQL yet",
@@ -174,18 +165,8 @@ fn plan(
                 t.name
             )));
         }
-        for (c, _, _) in &t.columns {
-            if !rules.contains_key(c) && data.unlisted == Unlisted::Refuse && looks_personal(c) {
-                unmasked.push(format!("{}.{c}", t.name));
-            }
-        }
-        out.push(rules);
     }
-    if unmasked.is_empty() {
-        Ok(out)
-    } else {
-        Err(MaskError::Unmasked(unmasked))
-    }
+    Ok(rules)
 }
 
 /// One field of COPY's text format, decoded; None for `\N`.

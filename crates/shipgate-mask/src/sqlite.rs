@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use futures_util::TryStreamExt;
-use shipgate_core::config::{DataConfig, Unlisted};
-use shipgate_core::mask::{MaskKey, Transformer, looks_personal};
+use shipgate_core::config::DataConfig;
+use shipgate_core::mask::{MaskKey, Transformer};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection, TypeInfo, ValueRef};
 
@@ -129,43 +129,20 @@ async fn tables(conn: &mut SqliteConnection) -> Result<Vec<Table>, MaskError> {
     Ok(out)
 }
 
-/// The rule of every column of every table, checked against the source's schema: nothing is
-/// written when a rule names nothing or a personal-looking column has no rule.
 fn plan(
     tables: &[Table],
     data: &DataConfig,
 ) -> Result<Vec<BTreeMap<String, Transformer>>, MaskError> {
-    for (table, rules) in &data.mask {
-        let Some(t) = tables.iter().find(|t| &t.name == table) else {
-            let known: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-            return Err(MaskError::UnknownColumn(format!(
-                "mask.{table} names no table of the source (tables: {})",
-                known.join(", ")
-            )));
-        };
-        if let Some(c) = rules.keys().find(|c| !t.columns.contains(c)) {
-            return Err(MaskError::UnknownColumn(format!(
-                "mask.{table}.{c} names no column of {table} (columns: {})",
-                t.columns.join(", ")
-            )));
-        }
-    }
-    let mut unmasked = Vec::new();
-    let mut out = Vec::new();
-    for t in tables {
-        let rules = data.mask.get(&t.name).cloned().unwrap_or_default();
-        for c in &t.columns {
-            if !rules.contains_key(c) && data.unlisted == Unlisted::Refuse && looks_personal(c) {
-                unmasked.push(format!("{}.{c}", t.name));
-            }
-        }
-        out.push(rules);
-    }
-    if unmasked.is_empty() {
-        Ok(out)
-    } else {
-        Err(MaskError::Unmasked(unmasked))
-    }
+    let shape: Vec<(&str, Vec<&str>)> = tables
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_str(),
+                t.columns.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    crate::plan(&shape, data)
 }
 
 async fn open(path: &Path, read_only: bool) -> Result<SqliteConnection, MaskError> {

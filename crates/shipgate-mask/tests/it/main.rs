@@ -93,6 +93,17 @@ fn key() -> MaskKey {
     MaskKey::new([42; 32])
 }
 
+/// A key under which `keep_format` leaves at least one of the ten one-digit codes as it was
+/// (any key leaves about one in ten; this makes sure of it for the assertions).
+fn leaky_key() -> MaskKey {
+    (0u8..=255)
+        .map(|k| MaskKey::new([k; 32]))
+        .find(|k| {
+            (0..10).any(|d| Transformer::KeepFormat.apply(k, &d.to_string()) == Some(d.to_string()))
+        })
+        .unwrap()
+}
+
 async fn dump(path: &Path) -> Vec<(i64, String, String, String, i64)> {
     let mut db = connect(path).await;
     sqlx::query_as("SELECT id, email, full_name, phone, salary FROM users ORDER BY id")
@@ -288,15 +299,7 @@ async fn the_leak_check_catches_a_weak_rule_and_keeps_the_previous_data() {
         .insert("door_code".into(), Transformer::KeepFormat);
     // A key under which at least one of the ten codes keeps its digit (any key leaves about
     // one in ten codes as they were; this makes sure of it for the assertion).
-    let weak_key = (0u8..=255)
-        .map(|k| MaskKey::new([k; 32]))
-        .find(|k| {
-            (0..10).any(|d| {
-                Transformer::KeepFormat.apply(k, &d.to_string()).as_deref()
-                    == Some(&d.to_string()[..])
-            })
-        })
-        .unwrap();
+    let weak_key = leaky_key();
     let err = refresh_sqlite(&source, &target, &weak, &weak_key, |_| {})
         .await
         .unwrap_err();
@@ -337,7 +340,7 @@ async fn the_leak_check_catches_a_weak_rule_and_keeps_the_previous_data() {
 mod pg;
 
 mod postgres {
-    use shipgate_core::mask::{MaskKey, Transformer};
+    use shipgate_core::mask::Transformer;
     use shipgate_mask::{MaskError, check_postgres, refresh_postgres};
     use sqlx::{Connection, PgConnection};
 
@@ -499,14 +502,7 @@ mod postgres {
             .get_mut("users")
             .unwrap()
             .insert("door_code".into(), Transformer::KeepFormat);
-        let weak_key = (0u8..=255)
-            .map(|k| MaskKey::new([k; 32]))
-            .find(|k| {
-                (0..10).any(|d| {
-                    Transformer::KeepFormat.apply(k, &d.to_string()) == Some(d.to_string())
-                })
-            })
-            .unwrap();
+        let weak_key = super::leaky_key();
         let err = refresh_postgres(&source, &target, &weak, &weak_key, |_| {})
             .await
             .unwrap_err();
