@@ -135,3 +135,76 @@ fn admins_refresh_staging_from_production_which_is_only_read() {
     );
     assert_eq!(refreshed[0]["data"]["tables"][0]["rows"], 200);
 }
+
+#[test]
+fn a_refresh_killed_with_the_server_leaves_staging_as_it_was() {
+    let config = four_envs_with("", &[]).replace(
+        "health = \"/healthz\"\n",
+        "health = \"/healthz\"\n\n[apps.web.data]\nproduction = \"sqlite://production.db\"\nstaging = \"sqlite://staging.db\"\n\n[apps.web.data.mask.users]\nemail = \"email\"\nfull_name = \"name\"\n",
+    );
+    let mut s = spawn_server(&config);
+    let production = s.dir.path().join("production.db");
+    let staging = s.dir.path().join("staging.db");
+    let script = format!(
+        "import sqlite3\ndb = sqlite3.connect({:?})\ndb.execute('CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE NOT NULL, full_name TEXT, plan TEXT)')\ndb.executemany('INSERT INTO users VALUES (?, ?, ?, ?)', ((i, f'user{{i}}@corp.example', f'Real Name {{i}}', 'pro') for i in range(300000)))\ndb.commit()\n",
+        production.display().to_string()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(&staging, b"staging before").unwrap();
+
+    let mut refresh = crate::helpers::command(s.dir.path())
+        .arg("-c")
+        .arg(&s.config)
+        .args([
+            "data",
+            "refresh",
+            "web",
+            "--from",
+            "production",
+            "--to",
+            "staging",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = s.dir.path().to_owned();
+    let fresh = || {
+        std::fs::read_dir(&dir).unwrap().flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".staging.db.refresh-")
+                && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    };
+    crate::helpers::wait_for("the refresh to be writing", fresh);
+    s.kill9();
+    let status = refresh.wait().unwrap();
+    assert!(!status.success(), "the refresh did not finish");
+    assert_eq!(
+        std::fs::read(&staging).unwrap(),
+        b"staging before",
+        "staging keeps its previous data"
+    );
+
+    s.restart();
+    s.ok(&[
+        "data",
+        "refresh",
+        "web",
+        "--from",
+        "production",
+        "--to",
+        "staging",
+    ]);
+    assert_ne!(std::fs::read(&staging).unwrap(), b"staging before");
+    assert!(
+        !fresh(),
+        "the next refresh cleared what the killed one left"
+    );
+}
