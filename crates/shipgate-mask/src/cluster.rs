@@ -86,10 +86,18 @@ impl TempCluster {
             "--no-sync",
         ]);
         run(init, "initdb")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
+        // Below the kernel's ephemeral range (32768 and up), where instances' ports are picked,
+        // so a cluster never takes the port a just-picked instance is about to bind.
+        let port = (0..200)
+            .map(|i| {
+                20_000
+                    + (std::process::id() as u16)
+                        .wrapping_mul(7)
+                        .wrapping_add(i * 37)
+                        % 10_000
+            })
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .ok_or("no free port between 20000 and 30000")?;
         let mut start = as_owner(&bin.join("pg_ctl"));
         start
             .arg("-D")
