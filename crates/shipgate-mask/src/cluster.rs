@@ -88,13 +88,17 @@ impl TempCluster {
         run(init, "initdb")?;
         // Below the kernel's ephemeral range (32768 and up), where instances' ports are picked,
         // so a cluster never takes the port a just-picked instance is about to bind.
-        let port = (0..200)
+        // Each call of this process starts elsewhere in the range, so two clusters started at
+        // once do not both find the same port free before either binds it.
+        static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (0..200u16)
             .map(|i| {
-                20_000
-                    + (std::process::id() as u16)
-                        .wrapping_mul(7)
-                        .wrapping_add(i * 37)
-                        % 10_000
+                let spread = (std::process::id() as u16)
+                    .wrapping_mul(7)
+                    .wrapping_add(call.wrapping_mul(1009))
+                    .wrapping_add(i.wrapping_mul(37));
+                20_000 + spread % 10_000
             })
             .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
             .ok_or("no free port between 20000 and 30000")?;
