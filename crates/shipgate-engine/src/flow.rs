@@ -457,16 +457,38 @@ impl Engine {
     }
 
     /// Starts an instance of the promotion's release; on failure returns the message to record.
+    /// The instance's port is picked free and bound by the app a moment later: when the app
+    /// says its address is already in use, something took the port in between, and the start
+    /// is tried once more on another port.
     pub(crate) async fn start_instance(
         &self,
         p: &Promotion,
         slot: &Slot,
     ) -> Result<LiveInstance, String> {
+        match self.start_instance_once(p, slot, "").await {
+            Err(message) if lost_its_port(&message) => {
+                tracing::warn!(
+                    "instance of {}@{} lost its port before binding it; starting it again",
+                    p.app,
+                    p.version
+                );
+                self.start_instance_once(p, slot, "-2").await
+            }
+            other => other,
+        }
+    }
+
+    async fn start_instance_once(
+        &self,
+        p: &Promotion,
+        slot: &Slot,
+        attempt: &str,
+    ) -> Result<LiveInstance, String> {
         let app = self
             .config
             .app(&p.app)
             .ok_or_else(|| format!("app `{}` is no longer in the config", p.app))?;
-        let id = format!("{}-{}-{}-{}", p.app, p.env, p.id, self.boot);
+        let id = format!("{}-{}-{}-{}{attempt}", p.app, p.env, p.id, self.boot);
         let log_path = self.log_path(slot, &id);
         let vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str());
         let req = StartInstance {
@@ -558,6 +580,12 @@ impl Engine {
             .into_iter()
             .find(|l| &l.env == env))
     }
+}
+
+/// Whether a failed start's output says the app could not bind its address.
+fn lost_its_port(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("address already in use") || m.contains("eaddrinuse")
 }
 
 pub(crate) fn now() -> String {
