@@ -363,8 +363,9 @@ async fn refresh_data(
     ))
 }
 
+/// An app in an environment, as a query or a body.
 #[derive(Deserialize)]
-struct CheckQuery {
+struct AppEnv {
     app: String,
     env: String,
 }
@@ -373,7 +374,7 @@ struct CheckQuery {
 async fn check_data(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<CheckQuery>,
+    ApiQuery(q): ApiQuery<AppEnv>,
 ) -> ApiResult<impl IntoResponse> {
     let app = configured_app(&state, &q.app)?;
     let env = parse("environment", &q.env, EnvName::parse)?;
@@ -384,17 +385,11 @@ async fn check_data(
     ))
 }
 
-#[derive(Deserialize)]
-struct HealBody {
-    app: String,
-    env: String,
-}
-
 /// Redeploys the recorded live release from its artifact.
 async fn heal(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(b): ApiJson<HealBody>,
+    ApiJson(b): ApiJson<AppEnv>,
 ) -> ApiResult<impl IntoResponse> {
     let app = configured_app(&state, &b.app)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
