@@ -803,6 +803,9 @@ impl Store for SqliteStore {
             .await
             .map_err(db("recording a decision"))?;
         if inserted.rows_affected() == 0 {
+            // The insert took the write lock: release it now, not when the pool gets to the
+            // dropped transaction (the next writer would meet "database is locked").
+            tx.rollback().await.map_err(db("rolling back"))?;
             return Err(StoreError::Conflict(format!(
                 "{} has already decided on promotion {}; each person decides once",
                 d.actor, p.id
@@ -1260,6 +1263,8 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db("revoking a token"))?;
         if revoked.rows_affected() == 0 {
+            // As in `record_decision`: the update took the write lock.
+            tx.rollback().await.map_err(db("rolling back"))?;
             return Err(StoreError::NotFound(format!(
                 "an active token named `{name}`"
             )));
