@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::{AppConfig, Digest, EnvName, EnvironmentConfig, Version};
+use crate::{AppConfig, Digest, EnvironmentConfig, Version};
 
 /// How one item compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -241,11 +241,6 @@ pub fn blocking(items: &[DiffItem]) -> Vec<String> {
         })
         .map(|i| i.key.clone())
         .collect()
-}
-
-/// The environment a diff compares with by default: the one `env` mirrors.
-pub fn mirrored(env: &EnvironmentConfig) -> Option<&EnvName> {
-    env.mirrors.as_ref()
 }
 
 #[cfg(test)]

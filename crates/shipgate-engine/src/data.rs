@@ -3,6 +3,7 @@
 //! progress; its outcome is an audit event with the row counts.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use shipgate_core::config::{DataConfig, DataLocation};
@@ -67,19 +68,22 @@ impl Engine {
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode_0600()
+                .mode(0o600)
                 .open(&path)
                 .map_err(failed)?;
-            writeln!(file, "{}", hex_encode(&bytes)).map_err(failed)?;
+            writeln!(file, "{}", hex::encode(bytes)).map_err(failed)?;
             file.sync_all().map_err(failed)?;
         }
         let text = std::fs::read_to_string(&path).map_err(failed)?;
-        let bytes = hex_decode(text.trim()).ok_or_else(|| {
-            EngineError::DataRefused(format!(
-                "the masking key {} is not 64 hex digits",
-                path.display()
-            ))
-        })?;
+        let bytes = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                EngineError::DataRefused(format!(
+                    "the masking key {} is not 64 hex digits",
+                    path.display()
+                ))
+            })?;
         Ok(MaskKey::new(bytes))
     }
 
@@ -241,30 +245,4 @@ impl Engine {
         }
         false
     }
-}
-
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
-    }
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }

@@ -179,17 +179,6 @@ impl Engine {
     }
 }
 
-/// Figures of a sample, for the same sentence the watch writes.
-impl From<&TrafficSample> for WatchFigures {
-    fn from(s: &TrafficSample) -> Self {
-        WatchFigures {
-            requests: s.requests,
-            errors: s.errors,
-            p99_ms: s.p99_ms,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use shipgate_core::config::{DataConfig, Unlisted};
-use shipgate_core::mask::{Transformer, looks_personal};
+use shipgate_core::mask::{MaskKey, Transformer, looks_personal};
 
 pub use postgres::{check_postgres, refresh_postgres};
 pub use sqlite::{check_sqlite, refresh_sqlite};
@@ -175,4 +175,32 @@ fn plan(
     } else {
         Err(MaskError::Unmasked(unmasked))
     }
+}
+
+/// What a database call failed while doing, as the error of this crate.
+fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> MaskError {
+    let context = context.into();
+    move |source| MaskError::Database { context, source }
+}
+
+/// The masked value of a unique column that no earlier row of this refresh got: on a
+/// collision the original is masked again with a counter (`value#1`, `value#2`, ...), which is
+/// deterministic for rows read in key order. `first` is the value's first masking.
+fn unique(
+    rule: &Transformer,
+    original: Option<&str>,
+    first: Option<String>,
+    key: &MaskKey,
+    seen: &mut std::collections::HashSet<String>,
+) -> Option<String> {
+    let mut out = first;
+    let mut n = 1u32;
+    while let Some(o) = out.clone() {
+        if seen.insert(o) {
+            break;
+        }
+        out = original.and_then(|v| rule.apply(key, &format!("{v}#{n}")));
+        n += 1;
+    }
+    out
 }

@@ -13,7 +13,7 @@ use shipgate_core::mask::{MaskKey, Transformer};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
-use crate::{ColumnLeaks, LeakReport, MaskError, Progress, RefreshReport, TableReport};
+use crate::{ColumnLeaks, LeakReport, MaskError, Progress, RefreshReport, TableReport, db};
 
 /// The schema a refresh fills before it becomes `public`.
 const FRESH: &str = "shipgate_refresh";
@@ -21,11 +21,6 @@ const FRESH: &str = "shipgate_refresh";
 const SEND_EVERY: usize = 1 << 20;
 /// Rows between two progress reports.
 const PROGRESS_EVERY: u64 = 50_000;
-
-fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> MaskError {
-    let context = context.into();
-    move |source| MaskError::Database { context, source }
-}
 
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -358,16 +353,7 @@ pub async fn refresh_postgres(
                             let mut out = value.as_deref().and_then(|v| rule.apply(key, v));
                             if t.unique.contains(&t.columns[i].0) {
                                 let seen = seen.entry(i).or_default();
-                                let mut n = 1;
-                                while let Some(o) = out.clone() {
-                                    if seen.insert(o) {
-                                        break;
-                                    }
-                                    out = value
-                                        .as_deref()
-                                        .and_then(|v| rule.apply(key, &format!("{v}#{n}")));
-                                    n += 1;
-                                }
+                                out = crate::unique(rule, value.as_deref(), out, key, seen);
                             }
                             encode(out.as_deref(), &mut buf);
                         }

@@ -11,15 +11,10 @@ use shipgate_core::mask::{MaskKey, Transformer};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection, TypeInfo, ValueRef};
 
-use crate::{ColumnLeaks, LeakReport, MaskError, Progress, RefreshReport, TableReport};
+use crate::{ColumnLeaks, LeakReport, MaskError, Progress, RefreshReport, TableReport, db};
 
 /// Rows between two progress reports.
 const PROGRESS_EVERY: u64 = 10_000;
-
-fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> MaskError {
-    let context = context.into();
-    move |source| MaskError::Database { context, source }
-}
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> MaskError {
     let context = context.into();
@@ -419,8 +414,7 @@ pub async fn refresh_sqlite(
     })
 }
 
-/// A value of a unique column that no earlier row of this refresh got: on a collision the
-/// value is masked again with a counter, which is deterministic for rows read in rowid order.
+/// [`crate::unique`] for a SQLite value: the first masking keeps its type unless it collides.
 fn unique_value(
     rule: &Transformer,
     original: &Value,
@@ -428,20 +422,19 @@ fn unique_value(
     key: &MaskKey,
     seen: &mut HashSet<String>,
 ) -> Value {
-    let mut out = first;
-    let mut n = 1u32;
-    while let Some(text) = out.as_text() {
-        if seen.insert(text) {
-            break;
-        }
-        let again = original
-            .as_text()
-            .map(|t| format!("{t}#{n}"))
-            .unwrap_or_default();
-        out = masked(rule, &Value::Text(again), key);
-        n += 1;
+    let first_text = first.as_text();
+    let out = crate::unique(
+        rule,
+        original.as_text().as_deref(),
+        first_text.clone(),
+        key,
+        seen,
+    );
+    match out {
+        _ if out == first_text => first,
+        Some(text) => Value::Text(text),
+        None => Value::Null,
     }
-    out
 }
 
 /// `.<name>.refresh-<pid>` beside the target, after removing those a killed refresh left.
