@@ -174,6 +174,33 @@ impl Grant {
     }
 }
 
+/// Why a token may not be revoked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevokeRefusal {
+    /// Revoking it would leave no admin token limited to no environment, and so nobody who
+    /// could make or revoke tokens again.
+    #[error(
+        "`{0}` is the last admin token limited to no environment; create another one first (shipgate token create NAME --role admin), then revoke this one"
+    )]
+    LastUnscopedAdmin(String),
+}
+
+/// Whether the token `name` may be revoked, given every token still active (`active`, which
+/// includes it). The last unscoped admin must stay: without it no one can manage tokens.
+pub fn may_revoke(active: &[Grant], name: &str) -> Result<(), RevokeRefusal> {
+    let unscoped_admin = |g: &&Grant| g.role == Role::Admin && g.envs.is_empty();
+    let is_one = active.iter().filter(unscoped_admin).any(|g| g.name == name);
+    let others = active
+        .iter()
+        .filter(unscoped_admin)
+        .filter(|g| g.name != name)
+        .count();
+    if is_one && others == 0 {
+        return Err(RevokeRefusal::LastUnscopedAdmin(name.to_owned()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +265,25 @@ mod tests {
         for role in Role::ALL {
             assert_eq!(Role::parse(role.as_str()), Ok(role));
         }
+    }
+
+    #[test]
+    fn the_last_unscoped_admin_may_not_be_revoked() {
+        let named = |name: &str, role, envs| Grant {
+            name: name.into(),
+            ..grant(role, envs)
+        };
+        let admin = named("admin", Role::Admin, &[]);
+        let scoped = named("dev-admin", Role::Admin, &["development"]);
+        let viewer = named("viewer", Role::Viewer, &[]);
+        let alone = [admin.clone(), scoped.clone(), viewer.clone()];
+        assert_eq!(
+            may_revoke(&alone, "admin"),
+            Err(RevokeRefusal::LastUnscopedAdmin("admin".into()))
+        );
+        assert_eq!(may_revoke(&alone, "dev-admin"), Ok(()));
+        assert_eq!(may_revoke(&alone, "viewer"), Ok(()));
+        let two = [admin, named("second", Role::Admin, &[]), scoped, viewer];
+        assert_eq!(may_revoke(&two, "admin"), Ok(()));
     }
 }

@@ -30,21 +30,16 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Writes the admin token on first start and makes sure the store knows its hash.
+/// Writes the admin token on first start and makes sure the store knows its hash. A token in
+/// the file that was revoked is replaced by a new one, so a revoked admin token never keeps the
+/// server (and every environment) from starting.
 pub(crate) async fn ensure_admin_token(store: &dyn Store, data_dir: &Path) -> anyhow::Result<()> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     let token = match std::fs::read_to_string(&path) {
         Ok(t) => t.trim().to_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = generate_token()?;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("writing the admin token to {}", path.display()))?;
-            writeln!(file, "{token}").context("writing the admin token")?;
-            file.sync_all().context("writing the admin token")?;
+            write_admin_token(&path, &token)?;
             token
         }
         Err(e) => {
@@ -52,21 +47,58 @@ pub(crate) async fn ensure_admin_token(store: &dyn Store, data_dir: &Path) -> an
         }
     };
     let hash = hash_token(&token);
-    if store.token_by_hash(&hash).await?.is_none() {
-        let name = format!("admin-{}", &hash[..8]);
-        store
-            .insert_token(
-                NewToken {
-                    name,
-                    role: shipgate_core::Role::Admin,
-                    envs: Vec::new(),
-                    hash,
-                },
-                crate::api::SYSTEM,
-            )
-            .await?;
+    if store.token_by_hash(&hash).await?.is_some() {
+        return Ok(());
     }
+    let name = admin_token_name(&hash);
+    let revoked = store.tokens().await?.into_iter().any(|t| t.name == name);
+    let hash = if revoked {
+        let token = generate_token()?;
+        write_admin_token(&path, &token)?;
+        let hash = hash_token(&token);
+        tracing::warn!(
+            "the admin token in {} (token `{name}`) was revoked; a new admin token `{}` was written there, and the shipgate command on this machine uses it by itself",
+            path.display(),
+            admin_token_name(&hash)
+        );
+        hash
+    } else {
+        hash
+    };
+    store
+        .insert_token(
+            NewToken {
+                name: admin_token_name(&hash),
+                role: shipgate_core::Role::Admin,
+                envs: Vec::new(),
+                hash,
+            },
+            crate::api::SYSTEM,
+        )
+        .await?;
     Ok(())
+}
+
+/// The name of the admin token with that hash: `admin-` and the hash's first 8 digits.
+fn admin_token_name(hash: &str) -> String {
+    format!("admin-{}", &hash[..8])
+}
+
+/// Replaces the admin token file at once (a new file, mode 0600, renamed over the old one), so
+/// a crash leaves either the old token or the new one.
+fn write_admin_token(path: &Path, token: &str) -> anyhow::Result<()> {
+    let fresh = path.with_extension("token.new");
+    let _ = std::fs::remove_file(&fresh);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&fresh)
+        .with_context(|| format!("writing the admin token to {}", fresh.display()))?;
+    writeln!(file, "{token}").context("writing the admin token")?;
+    file.sync_all().context("writing the admin token")?;
+    std::fs::rename(&fresh, path)
+        .with_context(|| format!("writing the admin token to {}", path.display()))
 }
 
 /// Lets a request through only with a known bearer token; the token's record goes along.

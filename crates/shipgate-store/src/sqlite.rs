@@ -1254,6 +1254,17 @@ impl Store for SqliteStore {
     async fn revoke_token(&self, name: &str, actor: &str) -> Result<TokenRecord> {
         let _w = self.write.lock().await;
         let mut tx = self.begin().await?;
+        let active: Vec<shipgate_core::Grant> = sqlx::query(
+            "SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE revoked_at IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("reading tokens"))?
+        .iter()
+        .map(|row| token_from(row).map(|t| t.grant()))
+        .collect::<Result<_>>()?;
+        shipgate_core::access::may_revoke(&active, name)
+            .map_err(|refusal| StoreError::Conflict(refusal.to_string()))?;
         let at = now();
         let revoked =
             sqlx::query("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")

@@ -9,6 +9,7 @@ mod dashboard;
 mod data;
 mod flow;
 mod gates;
+mod hardening;
 mod helpers;
 mod parity;
 mod restart;
