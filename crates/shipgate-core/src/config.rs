@@ -36,6 +36,10 @@ pub struct ServerConfig {
     pub database: PathBuf,
     /// Largest artifact upload accepted.
     pub max_artifact_size: ByteSize,
+    /// Largest total size of the files an artifact unpacks to (counted while it is read).
+    pub max_unpacked_size: ByteSize,
+    /// Most entries (files, folders, links) an artifact may hold.
+    pub max_files: u64,
     /// How often live releases are checked for drift; None: only on demand (`shipgate drift`).
     pub drift_scan: Option<Duration>,
 }
@@ -294,6 +298,8 @@ struct RawServer {
     data_dir: Option<String>,
     database: Option<Spanned<String>>,
     max_artifact_size: Option<Spanned<String>>,
+    max_unpacked_size: Option<Spanned<String>>,
+    max_files: Option<Spanned<i64>>,
     drift_scan: Option<Spanned<String>>,
 }
 
@@ -469,10 +475,26 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
             }
         },
     };
-    let max_artifact_size = match &raw.max_artifact_size {
-        Some(s) => problems.parse(s, ByteSize::parse),
-        None => None,
-    };
+    let max_artifact_size = raw
+        .max_artifact_size
+        .as_ref()
+        .and_then(|s| problems.parse(s, positive_size("max_artifact_size")));
+    let max_unpacked_size = raw
+        .max_unpacked_size
+        .as_ref()
+        .and_then(|s| problems.parse(s, positive_size("max_unpacked_size")));
+    let max_files = raw.max_files.as_ref().and_then(|n| {
+        let value = u64::try_from(*n.get_ref()).ok().filter(|n| *n > 0);
+        if value.is_none() {
+            problems.add(
+                n.span(),
+                format!("`max_files` must be at least 1, not {}", n.get_ref()),
+                "write the most entries an artifact may hold, for example max_files = 100000"
+                    .to_owned(),
+            );
+        }
+        value
+    });
     let drift_scan = match &raw.drift_scan {
         Some(d) => problems.parse(d, Duration::parse),
         None => Some(Duration::from_std(std::time::Duration::from_secs(60))),
@@ -483,7 +505,19 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         data_dir,
         database,
         max_artifact_size: max_artifact_size.unwrap_or(ByteSize(512 << 20)),
+        max_unpacked_size: max_unpacked_size.unwrap_or(ByteSize(4 << 30)),
+        max_files: max_files.unwrap_or(100_000),
         drift_scan,
+    }
+}
+
+/// Parses a size that a limit is set to: zero would refuse everything.
+fn positive_size(key: &'static str) -> impl FnOnce(&str) -> Result<ByteSize, String> {
+    move |s| match ByteSize::parse(s)? {
+        ByteSize(0) => Err(format!(
+            "`{key}` must be more than 0 bytes (write a size such as \"512MiB\")"
+        )),
+        size => Ok(size),
     }
 }
 
@@ -1085,6 +1119,8 @@ listen = "127.0.0.1:7300"          # API (and, later, the dashboard)
 data_dir = ".shipgate"             # database, artifacts, logs and the admin token
 # database = "sqlite://.shipgate/shipgate.db"   # the default; PostgreSQL comes later
 # max_artifact_size = "512MiB"     # largest release artifact accepted
+# max_unpacked_size = "4GiB"       # largest total size an artifact may unpack to
+# max_files = 100000               # most entries an artifact may hold
 # drift_scan = "1m"                # how often live releases are checked for drift ("0s": only on demand)
 
 [apps.web]

@@ -15,6 +15,7 @@ use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use shipgate_core::{Action, AppName, Digest, EnvName, ReleaseRef, Version};
 use shipgate_engine::flow::ReleaseRequest;
+use shipgate_store::artifact::UnpackLimits;
 use shipgate_store::{EventFilter, NewToken, verify_chain};
 
 use crate::AppState;
@@ -167,7 +168,10 @@ async fn create_release(
     let engine = &state.engine;
     let mut upload = engine
         .artifacts()
-        .upload(engine.config().server.max_artifact_size)
+        .upload(
+            engine.config().server.max_artifact_size,
+            UnpackLimits::of(&engine.config().server),
+        )
         .await?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {

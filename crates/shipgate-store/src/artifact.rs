@@ -42,6 +42,16 @@ pub enum ArtifactError {
         /// What is wrong with it.
         reason: String,
     },
+    /// It would unpack to more bytes or more entries than the server allows.
+    #[error(
+        "the artifact is refused, nothing was extracted: it unpacks to more than the server's limit of {limit} (raise `{key}` in [server] if this is expected)"
+    )]
+    UnpacksTooLarge {
+        /// The limit passed, as written in the config.
+        limit: String,
+        /// The config key that sets it.
+        key: &'static str,
+    },
     /// Not a tar or tar.gz archive.
     #[error("the artifact is not a readable .tar or .tar.gz archive: {0}")]
     Unreadable(String),
@@ -129,6 +139,26 @@ pub struct ArtifactStore {
     root: PathBuf,
 }
 
+/// What an artifact may unpack to (`server.max_unpacked_size` and `server.max_files`),
+/// checked while its entries are read, before anything is extracted.
+#[derive(Debug, Clone, Copy)]
+pub struct UnpackLimits {
+    /// Total bytes of every file together.
+    pub max_size: ByteSize,
+    /// Entries: files, folders and links.
+    pub max_files: u64,
+}
+
+impl UnpackLimits {
+    /// The limits of a server's config.
+    pub fn of(server: &shipgate_core::config::ServerConfig) -> Self {
+        Self {
+            max_size: server.max_unpacked_size,
+            max_files: server.max_files,
+        }
+    }
+}
+
 /// An upload being received: written to a temporary file while it is hashed and counted.
 pub struct Upload {
     file: tokio::fs::File,
@@ -136,6 +166,7 @@ pub struct Upload {
     hasher: Sha256,
     size: u64,
     limit: ByteSize,
+    unpack: UnpackLimits,
 }
 
 /// An upload that arrived whole, matches its digest and holds only safe entries; not yet stored.
@@ -186,8 +217,12 @@ impl ArtifactStore {
             .join(format!("{}.tar", digest.hex()))
     }
 
-    /// Starts receiving an upload of at most `limit` bytes.
-    pub async fn upload(&self, limit: ByteSize) -> Result<Upload, ArtifactError> {
+    /// Starts receiving an upload of at most `limit` bytes that unpacks within `unpack`.
+    pub async fn upload(
+        &self,
+        limit: ByteSize,
+        unpack: UnpackLimits,
+    ) -> Result<Upload, ArtifactError> {
         let temp = tempfile::Builder::new()
             .prefix("upload-")
             .tempfile_in(self.root.join("tmp"))
@@ -202,6 +237,7 @@ impl ArtifactStore {
             hasher: Sha256::new(),
             size: 0,
             limit,
+            unpack,
         })
     }
 
@@ -376,6 +412,11 @@ impl ArtifactStore {
             .map_err(io_err("creating an unpack folder"))?;
         let mut tar = open_archive(archive)?;
         tar.set_preserve_permissions(true);
+        // No setuid, setgid or sticky bit, nothing group- or world-writable; and no extended
+        // attributes (file capabilities are one) or owners taken from the archive.
+        tar.set_mask(0o7022);
+        tar.set_unpack_xattrs(false);
+        tar.set_preserve_ownerships(false);
         tar.set_preserve_mtime(false);
         tar.unpack(staging.path())
             .map_err(io_err("unpacking the artifact"))?;
@@ -416,7 +457,8 @@ impl Upload {
         }
         let temp = self.temp;
         let path = temp.to_path_buf();
-        tokio::task::spawn_blocking(move || check_archive(&path))
+        let unpack = self.unpack;
+        tokio::task::spawn_blocking(move || check_archive(&path, unpack))
             .await
             .map_err(|e| ArtifactError::Io {
                 context: "checking the artifact".into(),
@@ -445,9 +487,11 @@ fn open_archive(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, ArtifactErro
     Ok(tar::Archive::new(reader))
 }
 
-/// Refuses archives whose entries could land outside the release directory.
-pub fn check_archive(path: &Path) -> Result<(), ArtifactError> {
-    let entries = read_entries(path)?;
+/// Refuses archives whose entries could land outside the release directory, that unpack past
+/// `limits`, that hold a name too long for the file system, or whose gzip stream is cut short
+/// or fails its checksum.
+pub fn check_archive(path: &Path, limits: UnpackLimits) -> Result<(), ArtifactError> {
+    let entries = read_entries(path, limits)?;
     if entries.is_empty() {
         return Err(ArtifactError::Unreadable("it holds no file".into()));
     }
@@ -517,12 +561,18 @@ struct EntryInfo {
     target: Option<PathBuf>,
 }
 
-/// Reads every entry, refusing paths outside the release and kinds other than files, folders
-/// and links.
-fn read_entries(path: &Path) -> Result<Vec<EntryInfo>, ArtifactError> {
+/// The longest name of one path component, and of a whole path, that Linux file systems take.
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4095;
+
+/// Reads every entry, refusing paths outside the release, kinds other than files, folders and
+/// links, names too long to create, and more bytes or entries than `limits` allow; then reads
+/// the compressed stream to its end, so a missing or wrong gzip trailer is refused too.
+fn read_entries(path: &Path, limits: UnpackLimits) -> Result<Vec<EntryInfo>, ArtifactError> {
     let unreadable = |e: io::Error| ArtifactError::Unreadable(e.to_string());
     let mut tar = open_archive(path)?;
     let mut out = Vec::new();
+    let mut unpacked_size: u64 = 0;
     for entry in tar.entries().map_err(unreadable)? {
         let entry = entry.map_err(unreadable)?;
         let path = entry.path().map_err(unreadable)?.into_owned();
@@ -532,6 +582,26 @@ fn read_entries(path: &Path) -> Result<Vec<EntryInfo>, ArtifactError> {
         };
         let inside = normalized(&path)
             .ok_or_else(|| unsafe_entry("has an absolute path or climbs out with `..`"))?;
+        let too_long = inside.as_os_str().len() > PATH_MAX
+            || inside.components().any(|c| c.as_os_str().len() > NAME_MAX);
+        if too_long {
+            return Err(unsafe_entry(&format!(
+                "has a name longer than the file system allows ({NAME_MAX} bytes a name, {PATH_MAX} a path)"
+            )));
+        }
+        unpacked_size = unpacked_size.saturating_add(entry.size());
+        if unpacked_size > limits.max_size.0 {
+            return Err(ArtifactError::UnpacksTooLarge {
+                limit: limits.max_size.to_string(),
+                key: "max_unpacked_size",
+            });
+        }
+        if out.len() as u64 >= limits.max_files {
+            return Err(ArtifactError::UnpacksTooLarge {
+                limit: format!("{} entries", limits.max_files),
+                key: "max_files",
+            });
+        }
         let kind = entry.header().entry_type();
         let target = match kind {
             tar::EntryType::Regular | tar::EntryType::Directory | tar::EntryType::GNUSparse => None,
@@ -556,6 +626,12 @@ fn read_entries(path: &Path) -> Result<Vec<EntryInfo>, ArtifactError> {
             target,
         });
     }
+    // The tar ends before the gzip trailer (CRC and length), which is checked only when read.
+    io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(|e| {
+        ArtifactError::Unreadable(format!(
+            "its compressed stream is damaged or cut short ({e}); upload it again"
+        ))
+    })?;
     Ok(out)
 }
 
@@ -595,12 +671,12 @@ fn make_read_only(dir: &Path) -> io::Result<()> {
         }
         if !ty.is_symlink() {
             let mut perm = entry.metadata()?.permissions();
-            perm.set_mode(perm.mode() & !0o222);
+            perm.set_mode(perm.mode() & 0o555);
             fs::set_permissions(entry.path(), perm)?;
         }
     }
     let mut perm = fs::metadata(dir)?.permissions();
-    perm.set_mode(perm.mode() & !0o222);
+    perm.set_mode(perm.mode() & 0o555);
     fs::set_permissions(dir, perm)
 }
 

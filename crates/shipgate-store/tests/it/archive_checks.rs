@@ -3,10 +3,13 @@
 
 use shipgate_store::artifact::{ArtifactError, check_archive};
 
-use crate::tar_entries::{Entry, Kind, file, gzip, ordinary, tar};
+use shipgate_core::ByteSize;
+use shipgate_store::artifact::UnpackLimits;
+
+use crate::tar_entries::{Entry, Kind, ROOMY, file, gzip, ordinary, tar};
 
 fn check(entries: &[Entry]) -> Result<(), ArtifactError> {
-    check_archive(file(&tar(entries)).path())
+    check_archive(file(&tar(entries)).path(), ROOMY)
 }
 
 /// Asserts the archive is refused because of `entry`, with a reason containing `because`.
@@ -29,7 +32,7 @@ fn assert_refused(entries: &[Entry], entry: &str, because: &str) {
 #[test]
 fn an_ordinary_archive_is_accepted() {
     check(&ordinary()).unwrap();
-    check_archive(file(&gzip(&tar(&ordinary()))).path()).unwrap();
+    check_archive(file(&gzip(&tar(&ordinary()))).path(), ROOMY).unwrap();
 }
 
 #[test]
@@ -40,7 +43,7 @@ fn an_archive_packed_by_shipgate_is_accepted() {
     std::os::unix::fs::symlink("a/b/c.txt", dir.path().join("c")).unwrap();
     let mut packed = Vec::new();
     shipgate_store::artifact::pack_dir(dir.path(), &mut packed).unwrap();
-    check_archive(file(&packed).path()).unwrap();
+    check_archive(file(&packed).path(), ROOMY).unwrap();
 }
 
 #[test]
@@ -172,9 +175,9 @@ fn something_that_is_no_archive_is_unreadable() {
         "an archive holding nothing"
     );
     let text = "this is not a tar archive, just text. ".repeat(40);
-    let err = check_archive(file(text.as_bytes()).path()).unwrap_err();
+    let err = check_archive(file(text.as_bytes()).path(), ROOMY).unwrap_err();
     assert!(matches!(err, ArtifactError::Unreadable(_)), "{err:?}");
-    let err = check_archive(file(&gzip(text.as_bytes())).path()).unwrap_err();
+    let err = check_archive(file(&gzip(text.as_bytes())).path(), ROOMY).unwrap_err();
     assert!(matches!(err, ArtifactError::Unreadable(_)), "{err:?}");
 }
 
@@ -188,4 +191,94 @@ fn a_symlink_out_of_the_release_through_an_earlier_symlink_is_refused() {
         Entry("esc", Kind::Symlink("sub/up/..")),
     ];
     assert_refused(&entries, "esc", "outside the release");
+}
+
+#[test]
+fn defect_3_an_archive_unpacking_past_max_unpacked_size_is_refused() {
+    // Ten MiB of zeros compress to a few KiB: only the unpacked size tells.
+    static ZEROS: [u8; 10 << 20] = [0; 10 << 20];
+    let archive = gzip(&tar(&[Entry("zeros", Kind::File(&ZEROS))]));
+    assert!(archive.len() < 64 << 10, "{} bytes", archive.len());
+    let limits = UnpackLimits {
+        max_size: ByteSize(1 << 20),
+        ..ROOMY
+    };
+    let err = check_archive(file(&archive).path(), limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ArtifactError::UnpacksTooLarge {
+                key: "max_unpacked_size",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("1MiB"), "{err}");
+    check_archive(file(&archive).path(), ROOMY).unwrap();
+}
+
+#[test]
+fn defect_3_an_archive_with_more_entries_than_max_files_is_refused() {
+    let limits = UnpackLimits {
+        max_files: 3,
+        ..ROOMY
+    };
+    let err = check_archive(file(&tar(&ordinary())).path(), limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ArtifactError::UnpacksTooLarge {
+                key: "max_files",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("3 entries"), "{err}");
+}
+
+#[test]
+fn defect_3_a_gzip_with_a_wrong_or_missing_trailer_is_refused() {
+    let good = gzip(&tar(&ordinary()));
+    let mut wrong_crc = good.clone();
+    let at = wrong_crc.len() - 8;
+    wrong_crc[at] ^= 0xff;
+    let mut wrong_length = good.clone();
+    let at = wrong_length.len() - 1;
+    wrong_length[at] ^= 0x01;
+    let missing = &good[..good.len() - 8];
+    for (what, bytes) in [
+        ("a wrong CRC", &wrong_crc[..]),
+        ("a wrong length", &wrong_length[..]),
+        ("no trailer", missing),
+    ] {
+        let err = check_archive(file(bytes).path(), ROOMY).unwrap_err();
+        assert!(
+            matches!(&err, ArtifactError::Unreadable(m) if m.contains("damaged or cut short")),
+            "{what}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn defect_3_a_name_too_long_for_the_file_system_is_refused() {
+    let long = "a".repeat(300);
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(1);
+    header.set_mode(0o644);
+    builder
+        .append_data(&mut header, format!("dir/{long}"), &b"x"[..])
+        .unwrap();
+    let archive = builder.into_inner().unwrap();
+    match check_archive(file(&archive).path(), ROOMY) {
+        Err(ArtifactError::UnsafeEntry { reason, .. }) => {
+            assert!(
+                reason.contains("longer than the file system allows"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected the long name to be refused, got {other:?}"),
+    }
 }

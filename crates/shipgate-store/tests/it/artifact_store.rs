@@ -9,7 +9,7 @@ use shipgate_core::ByteSize;
 use shipgate_store::artifact::{ArtifactError, ArtifactStore};
 
 use crate::fixtures::digest;
-use crate::tar_entries::{Entry, Kind, digest_of, gzip, ordinary, tar};
+use crate::tar_entries::{Entry, Kind, ROOMY, digest_of, gzip, ordinary, tar};
 
 const LIMIT: ByteSize = ByteSize(1 << 20);
 
@@ -65,7 +65,7 @@ impl DataDir {
         bytes: &[u8],
         claimed: &shipgate_core::Digest,
     ) -> Result<PathBuf, ArtifactError> {
-        let mut upload = self.artifacts.upload(LIMIT).await?;
+        let mut upload = self.artifacts.upload(LIMIT, ROOMY).await?;
         for chunk in bytes.chunks(700) {
             upload.write(chunk).await?;
         }
@@ -186,7 +186,7 @@ async fn a_digest_mismatch_is_refused_and_leaves_nothing() {
 async fn an_upload_over_the_limit_is_too_large_and_leaves_nothing() {
     let data = DataDir::new();
     let limit = ByteSize(1000);
-    let mut upload = data.artifacts.upload(limit).await.unwrap();
+    let mut upload = data.artifacts.upload(limit, ROOMY).await.unwrap();
     assert_eq!(
         data.list("tmp").len(),
         1,
@@ -213,7 +213,7 @@ async fn an_upload_of_exactly_the_limit_is_accepted() {
     let archive = tar(&ordinary());
     let mut upload = data
         .artifacts
-        .upload(ByteSize(archive.len() as u64))
+        .upload(ByteSize(archive.len() as u64), ROOMY)
         .await
         .unwrap();
     upload.write(&archive).await.unwrap();
@@ -256,14 +256,14 @@ async fn an_unsafe_archive_is_refused_and_leaves_nothing() {
 #[tokio::test]
 async fn an_abandoned_upload_leaves_nothing() {
     let data = DataDir::new();
-    let mut upload = data.artifacts.upload(LIMIT).await.unwrap();
+    let mut upload = data.artifacts.upload(LIMIT, ROOMY).await.unwrap();
     upload.write(b"the client went away").await.unwrap();
     drop(upload);
     data.assert_nothing_stored();
 
     // Checked but never stored (the release was refused after the upload).
     let archive = tar(&ordinary());
-    let mut upload = data.artifacts.upload(LIMIT).await.unwrap();
+    let mut upload = data.artifacts.upload(LIMIT, ROOMY).await.unwrap();
     upload.write(&archive).await.unwrap();
     let checked = upload.finish(&digest_of(&archive)).await.unwrap();
     drop(checked);
@@ -280,7 +280,7 @@ async fn the_same_artifact_stored_concurrently_is_stored_once() {
         let (artifacts, archive, digest) =
             (data.artifacts.clone(), archive.clone(), digest.clone());
         stores.spawn(async move {
-            let mut upload = artifacts.upload(LIMIT).await?;
+            let mut upload = artifacts.upload(LIMIT, ROOMY).await?;
             upload.write(&archive).await?;
             artifacts.store(upload.finish(&digest).await?).await
         });
@@ -302,4 +302,67 @@ fn opening_the_store_clears_what_a_killed_server_left_in_tmp() {
     fs::write(d.dir.path().join("tmp/unpack-half/bin/web"), b"#!/bin/sh").unwrap();
     ArtifactStore::open(d.dir.path()).unwrap();
     assert!(d.list("tmp").is_empty(), "{:?}", d.list("tmp"));
+}
+
+#[tokio::test]
+async fn defect_2_setuid_setgid_sticky_and_group_or_world_write_bits_are_stripped() {
+    let data = DataDir::new();
+    let archive = gzip(&tar(&[
+        Entry("shared/", Kind::DirMode(0o1777)),
+        Entry("shared/rootid", Kind::Mode(0o6755, b"#!/bin/sh\nid\n")),
+        Entry("setgid", Kind::Mode(0o2711, b"#!/bin/sh\nid\n")),
+        Entry("open.txt", Kind::Mode(0o666, b"anyone may write\n")),
+        Entry("VERSION", Kind::File(b"1\n")),
+    ]));
+    let dir = data.upload(&archive, &digest_of(&archive)).await.unwrap();
+    for (path, expected) in [
+        ("shared", 0o555),
+        ("shared/rootid", 0o555),
+        ("setgid", 0o511),
+        ("open.txt", 0o444),
+        ("VERSION", 0o444),
+    ] {
+        assert_eq!(
+            mode(&dir.join(path)),
+            expected,
+            "{path}: mode {:o}",
+            mode(&dir.join(path))
+        );
+    }
+    let no_xattrs = std::process::Command::new("getfattr")
+        .args(["-d", "-m", "-", "-R"])
+        .arg(&dir)
+        .output();
+    if let Ok(out) = no_xattrs {
+        assert!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "no extended attributes: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[tokio::test]
+async fn defect_3_a_name_too_long_leaves_no_partial_directory() {
+    let data = DataDir::new();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut ok = tar::Header::new_gnu();
+    ok.set_size(2);
+    ok.set_mode(0o644);
+    builder
+        .append_data(&mut ok, "VERSION", &b"1\n"[..])
+        .unwrap();
+    let mut long = tar::Header::new_gnu();
+    long.set_size(1);
+    long.set_mode(0o644);
+    builder
+        .append_data(&mut long, "a".repeat(256), &b"x"[..])
+        .unwrap();
+    let archive = gzip(&builder.into_inner().unwrap());
+    let err = data
+        .upload(&archive, &digest_of(&archive))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ArtifactError::UnsafeEntry { .. }), "{err:?}");
+    data.assert_nothing_stored();
 }

@@ -4,12 +4,23 @@
 use std::io::Write;
 
 use sha2::{Digest as _, Sha256};
-use shipgate_core::Digest;
+use shipgate_core::{ByteSize, Digest};
+use shipgate_store::artifact::UnpackLimits;
+
+/// Limits no ordinary test archive comes near.
+pub const ROOMY: UnpackLimits = UnpackLimits {
+    max_size: ByteSize(1 << 30),
+    max_files: 10_000,
+};
 
 /// What one archive entry is.
 pub enum Kind {
     File(&'static [u8]),
     Executable(&'static [u8]),
+    /// A file with these mode bits (setuid, world-writable, ...).
+    Mode(u32, &'static [u8]),
+    /// A folder with these mode bits (sticky, world-writable, ...).
+    DirMode(u32),
     Dir,
     Symlink(&'static str),
     HardLink(&'static str),
@@ -32,6 +43,8 @@ pub fn tar(entries: &[Entry]) -> Vec<u8> {
         let (ty, mode, data): (tar::EntryType, u32, &[u8]) = match kind {
             Kind::File(data) => (tar::EntryType::Regular, 0o644, data),
             Kind::Executable(data) => (tar::EntryType::Regular, 0o755, data),
+            Kind::Mode(mode, data) => (tar::EntryType::Regular, *mode, data),
+            Kind::DirMode(mode) => (tar::EntryType::Directory, *mode, b""),
             Kind::Dir => (tar::EntryType::Directory, 0o755, b""),
             Kind::Symlink(target) => {
                 put(&mut header.as_old_mut().linkname, target);
