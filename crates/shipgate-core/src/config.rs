@@ -1210,6 +1210,21 @@ mod tests {
     }
 
     #[test]
+    fn defect_10_zero_limits_are_refused_at_their_position() {
+        let src = format!(
+            "[server]\nmax_artifact_size = \"0B\"\nmax_unpacked_size = \"0GiB\"\nmax_files = -1\n{BASE}[environments.dev]\nlisten = \"127.0.0.1:8101\"\n"
+        );
+        let errors = errors(&src);
+        for expected in [
+            "shipgate.toml:2:21: `max_artifact_size` must be more than 0 bytes",
+            "shipgate.toml:3:21: `max_unpacked_size` must be more than 0 bytes",
+            "shipgate.toml:4:13: `max_files` must be at least 1, not -1",
+        ] {
+            assert!(errors.contains(expected), "{expected} in:\n{errors}");
+        }
+    }
+
+    #[test]
     fn unknown_key_suggests_closest() {
         let src = format!("{BASE}[environments.dev]\nlisten = \"127.0.0.1:8101\"\nlisen = \"x\"\n");
         insta::assert_snapshot!(errors(&src), @r"
