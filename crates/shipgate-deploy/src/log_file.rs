@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::DriverError;
@@ -54,11 +55,16 @@ pub(crate) fn open_append(path: &Path) -> Result<File, DriverError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io_err)?;
     }
-    OpenOptions::new()
+    // Logs may hold what an app prints of its secrets: only the server's user reads them.
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
-        .map_err(io_err)
+        .map_err(io_err)?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io_err)?;
+    Ok(file)
 }
 
 /// Appends the line that marks each (re)start, so a reader can tell runs apart.

@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod data_dir;
 mod extract;
 mod problem;
 mod ui;
@@ -47,8 +48,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Server> {
         let data_dir = &config.server.data_dir;
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+        let lock = data_dir::DataDirLock::take(data_dir)?;
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&config.server.database)
                 .await
@@ -79,6 +79,8 @@ impl Server {
                 .await
                 .context("serving the API")?;
             engine_to_stop.shutdown().await;
+            // Held until every instance has stopped: only then may another server take over.
+            drop(lock);
             Ok(())
         });
         tracing::info!("shipgate API listening on http://{addr}");

@@ -124,6 +124,12 @@ fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
     pub async fn open(path: &Path) -> Result<Self> {
+        // SQLite gives its -wal and -shm files the mode of the database file: make that 0600
+        // before the first connection, so no other local user can read tokens' neighbours.
+        private_file(path).map_err(|e| StoreError::Database {
+            context: "making the database file private",
+            source: sqlx::Error::Io(e),
+        })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -1302,6 +1308,26 @@ impl Store for SqliteStore {
         self.commit(tx, vec![event]).await?;
         Ok(token)
     }
+}
+
+/// Creates `path` (mode 0600) if missing and makes it and its -wal and -shm files 0600.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// `?, ?, ?` for an `IN` list of `n` values.

@@ -1,8 +1,10 @@
 //! Regression tests of the defects that probing found (issue 11), each named after its defect.
 
+use std::os::unix::fs::PermissionsExt;
+
 use serde_json::Value;
 
-use crate::helpers::{four_envs, spawn_server};
+use crate::helpers::{command, four_envs, spawn_server, text};
 
 /// The name of the only admin token limited to no environment (the one in `admin.token`).
 fn admin_token_name(tokens: &Value) -> String {
@@ -61,4 +63,72 @@ fn defect_1_revoking_the_admin_token_never_bricks_the_server() {
         .find(|t| t["name"] == first.as_str())
         .unwrap();
     assert!(!old["revoked_at"].is_null(), "{old}");
+}
+
+#[test]
+fn defect_6_a_second_server_on_the_same_data_dir_refuses_and_harms_nothing() {
+    let s = spawn_server(&four_envs(""));
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "development");
+    let before = s.instance_processes();
+    assert!(!before.is_empty());
+
+    let second = command(s.dir.path())
+        .args(["server", "-c"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    let expected = format!(
+        "another shipgate server (pid {}) is using the data dir",
+        s.pid()
+    );
+    assert!(text(&second).contains(&expected), "{}", text(&second));
+
+    assert_eq!(
+        s.instance_processes(),
+        before,
+        "the first server's instances live on"
+    );
+    assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
+    let mode = std::fs::metadata(s.data_dir())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "the data dir is private: {mode:o}");
+}
+
+/// Every file below `dir` but the unpacked releases, with its mode.
+fn modes_below(dir: &std::path::Path, out: &mut Vec<(String, u32)>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            if path.file_name().is_some_and(|n| n != "releases") {
+                modes_below(&path, out);
+            }
+        } else if meta.is_file() {
+            out.push((
+                path.display().to_string(),
+                meta.permissions().mode() & 0o777,
+            ));
+        }
+    }
+}
+
+#[test]
+fn defect_5_the_database_and_logs_are_readable_by_the_server_user_only() {
+    let s = spawn_server(&four_envs(""));
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "testing");
+    let mut files = Vec::new();
+    modes_below(&s.data_dir(), &mut files);
+    assert!(
+        files.iter().any(|(f, _)| f.ends_with("shipgate.db-wal")),
+        "{files:?}"
+    );
+    assert!(files.iter().any(|(f, _)| f.ends_with(".log")), "{files:?}");
+    let open: Vec<_> = files.iter().filter(|(_, mode)| mode & 0o077 != 0).collect();
+    assert!(open.is_empty(), "readable by others: {open:?}");
 }
