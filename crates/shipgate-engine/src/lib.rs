@@ -151,8 +151,25 @@ impl Engine {
 
     /// Stops routing and every instance.
     pub async fn shutdown(&self) {
-        for router in self.routers.values() {
+        // Stop accepting everywhere first, then let the requests in flight finish (each
+        // environment within its `drain`) before their instances are stopped.
+        let mut draining = Vec::new();
+        for env in &self.config.environments {
+            let Some(router) = self.routers.get(&env.name) else {
+                continue;
+            };
+            let upstreams = router.upstreams();
             router.shutdown().await;
+            let grace = env.drain.as_std();
+            draining.extend(
+                upstreams
+                    .into_iter()
+                    .map(move |upstream| async move { Router::drain(&upstream, grace).await }),
+            );
+        }
+        let drained = futures_util::future::join_all(draining).await;
+        if drained.iter().any(|done| !done) {
+            tracing::warn!("requests were still in flight when `drain` ran out; stopping anyway");
         }
         self.driver.stop_all(STOP_GRACE).await;
     }

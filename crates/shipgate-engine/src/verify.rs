@@ -36,11 +36,12 @@ impl Engine {
         let mut vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str());
         vars.insert("PORT".to_owned(), instance_port.to_string());
         let exported = self.exported_env(&p.env, &vars);
-        let dir = self.artifacts.release_dir(&p.digest);
-        for test in &env.verify.tests {
+        for (n, test) in env.verify.tests.iter().enumerate() {
             let command = expand(test, &vars);
             let started_at = crate::flow::now();
-            let run = run_test(&command, &dir, &exported, timeout).await;
+            let run = self
+                .run_recorded_test(p, n, &command, &exported, timeout)
+                .await?;
             let output = format!("$ {command}\n{}\n{}", run.output, run.verdict);
             self.gate(p, &format!("test: {test}"), run.passed, output, started_at)
                 .await?;
@@ -60,6 +61,41 @@ impl Engine {
             }
         }
         Ok(None)
+    }
+}
+
+impl Engine {
+    /// Runs one test command recorded as an instance of the promotion (state `starting`, marked
+    /// `SHIPGATE_INSTANCE=<id>` like every instance), so a server killed while it runs finds
+    /// its process group at the next start and stops it with the instances it left.
+    async fn run_recorded_test(
+        &self,
+        p: &Promotion,
+        n: usize,
+        command: &str,
+        exported: &std::collections::BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<TestRun, EngineError> {
+        let id = format!("{}-{}-{}-test-{}", p.app, p.env, p.id, n + 1);
+        self.store
+            .put_instance(shipgate_store::InstanceRecord {
+                id: id.clone(),
+                app: p.app.clone(),
+                env: p.env.clone(),
+                version: p.version.clone(),
+                promotion_id: p.id,
+                pid: None,
+                port: None,
+                state: "starting".into(),
+                log_path: String::new(),
+            })
+            .await?;
+        let mut exported = exported.clone();
+        exported.insert("SHIPGATE_INSTANCE".to_owned(), id.clone());
+        let dir = self.artifacts.release_dir(&p.digest);
+        let run = run_test(command, &dir, &exported, timeout).await;
+        self.store.mark_instance_stopped(&id).await?;
+        Ok(run)
     }
 }
 

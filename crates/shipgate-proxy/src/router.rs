@@ -96,6 +96,16 @@ impl Router {
         routes.apps.get(app).map(|route| route.upstream.clone())
     }
 
+    /// The upstream of every app routed here now.
+    pub fn upstreams(&self) -> Vec<Upstream> {
+        let routes = self
+            .gateway
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        routes.apps.values().map(|r| r.upstream.clone()).collect()
+    }
+
     /// Names the apps of the config. A request whose Host names one of them reaches that app
     /// (503 if it is not live here); any other request reaches the first.
     pub fn set_apps<S: AsRef<str>>(&self, apps: &[S]) {

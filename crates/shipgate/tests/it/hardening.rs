@@ -4,7 +4,9 @@ use std::os::unix::fs::PermissionsExt;
 
 use serde_json::Value;
 
-use crate::helpers::{command, four_envs, spawn_server, text};
+use crate::helpers::{
+    command, describe_process, four_envs, four_envs_with, spawn_server, text, wait_for,
+};
 
 /// The name of the only admin token limited to no environment (the one in `admin.token`).
 fn admin_token_name(tokens: &Value) -> String {
@@ -131,4 +133,60 @@ fn defect_5_the_database_and_logs_are_readable_by_the_server_user_only() {
     assert!(files.iter().any(|(f, _)| f.ends_with(".log")), "{files:?}");
     let open: Vec<_> = files.iter().filter(|(_, mode)| mode & 0o077 != 0).collect();
     assert!(open.is_empty(), "readable by others: {open:?}");
+}
+
+#[test]
+fn defect_7_sigterm_lets_requests_in_flight_finish_within_drain() {
+    let mut s = spawn_server(&four_envs(""));
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "development");
+    let url = format!("{}/slow?ms=1500", s.url("development"));
+    let clients: Vec<_> = (0..11)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || crate::helpers::http_get(&url, None))
+        })
+        .collect();
+    // Every request is inside the app, half-way through, when the server is told to stop.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = s.terminate();
+    let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    for answer in &answers {
+        let answer = answer.as_ref().expect("the request got an answer");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.body, "slow answer, first half; second half\n");
+    }
+    assert!(
+        status.success(),
+        "the server exits 0: {status}\n{}",
+        s.log()
+    );
+}
+
+#[test]
+fn defect_8_a_test_still_running_at_kill_9_is_stopped_at_restart() {
+    let config = four_envs_with("", &[("staging", "verify.tests = [\"sleep 300\"]")]);
+    let mut s = spawn_server(&config);
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "testing");
+    s.ok(&["promote", "web@1.0.0", "--to", "staging"]);
+    let sleeping = |s: &crate::helpers::TestServer| -> Vec<i32> {
+        s.instance_processes()
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .filter(|pid| describe_process(*pid).contains("sleep 300"))
+            .collect()
+    };
+    wait_for("the staging test to run", || !sleeping(&s).is_empty());
+    s.kill9();
+    assert!(
+        !sleeping(&s).is_empty(),
+        "the test outlives a killed server"
+    );
+    s.restart();
+    wait_for("the restarted server to stop the orphaned test", || {
+        sleeping(&s).is_empty()
+    });
+    let staging = s.latest("staging");
+    assert_eq!(staging["state"], "failed", "{staging}");
 }
