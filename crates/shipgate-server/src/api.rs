@@ -503,6 +503,21 @@ async fn status(
     Ok(Json(apps))
 }
 
+/// `value` of the query parameter `name`, refused with 400 outside `min..=max`.
+fn within(name: &str, value: i64, min: i64, max: i64) -> Result<i64, Problem> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else if max == i64::MAX {
+        Err(Problem::bad_request(format!(
+            "`{name}` must be at least {min}, not {value}"
+        )))
+    } else {
+        Err(Problem::bad_request(format!(
+            "`{name}` must be between {min} and {max}, not {value}"
+        )))
+    }
+}
+
 #[derive(Deserialize)]
 struct HistoryQuery {
     app: String,
@@ -520,7 +535,11 @@ async fn history(
     caller.allow(Action::Read, env.as_ref())?;
     let mut entries = state
         .engine
-        .history(&app, env.as_ref(), q.limit.unwrap_or(50))
+        .history(
+            &app,
+            env.as_ref(),
+            within("limit", q.limit.unwrap_or(50), 1, 1000)?,
+        )
         .await?;
     entries.retain(|e| caller.sees(Some(e.promotion.env.as_str())));
     Ok(Json(entries))
@@ -586,10 +605,23 @@ fn read_log(
     }
 }
 
+/// Which end of the event log a page of `/events` is taken from.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq)]
+#[serde(rename_all = "snake_case")]
+enum EventOrder {
+    /// The oldest events after `after`, oldest first.
+    #[default]
+    Oldest,
+    /// The newest events, newest first.
+    Newest,
+}
+
 #[derive(Deserialize)]
 struct EventsQuery {
     after: Option<i64>,
     limit: Option<i64>,
+    #[serde(default)]
+    order: EventOrder,
     app: Option<String>,
     env: Option<String>,
     actor: Option<String>,
@@ -604,8 +636,9 @@ async fn events(
     let env = optional("environment", q.env.as_deref(), EnvName::parse)?;
     caller.allow(Action::Read, env.as_ref())?;
     let filter = EventFilter {
-        after: q.after.unwrap_or(0),
-        limit: Some(q.limit.unwrap_or(1000).min(10_000)),
+        after: within("after", q.after.unwrap_or(0), 0, i64::MAX)?,
+        limit: Some(within("limit", q.limit.unwrap_or(1000), 1, 10_000)?),
+        newest_first: q.order == EventOrder::Newest,
         app: q.app,
         env: q.env,
         actor: q.actor,

@@ -201,8 +201,8 @@ pub enum Command {
         /// Only this environment.
         #[arg(long)]
         env: Option<EnvName>,
-        /// At most this many events (the newest).
-        #[arg(long, default_value_t = 50)]
+        /// At most this many events (the newest), 1 to 10000.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
     },
     /// Create, list and revoke API tokens (admin).

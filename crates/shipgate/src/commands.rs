@@ -1034,14 +1034,13 @@ async fn audit(
             ExitCode::FAILURE
         });
     }
-    let mut query: Vec<(&str, String)> = vec![("limit", "10000".into())];
+    // The newest `limit` events, shown oldest first as a log reads.
+    let mut query: Vec<(&str, String)> =
+        vec![("limit", limit.to_string()), ("order", "newest".into())];
     query.extend(app.map(|a| ("app", a)));
     query.extend(env.map(|e| ("env", e)));
     let mut events: Vec<Value> = client.get("/events", &query).await?;
-    let skip = events
-        .len()
-        .saturating_sub(usize::try_from(limit).unwrap_or(0));
-    events.drain(..skip);
+    events.reverse();
     out.print(&events, |events| {
         let rows: Vec<Vec<String>> = events
             .iter()

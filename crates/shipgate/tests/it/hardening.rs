@@ -190,3 +190,73 @@ fn defect_8_a_test_still_running_at_kill_9_is_stopped_at_restart() {
     let staging = s.latest("staging");
     assert_eq!(staging["state"], "failed", "{staging}");
 }
+
+#[test]
+fn defect_11_audit_limit_shows_the_newest_events_of_a_long_log() {
+    let mut s = spawn_server(&four_envs(""));
+    s.register("1.0.0", &[]);
+    assert!(s.terminate().success());
+    // A log longer than one page of /events (10,000), filled while the server is stopped.
+    let db = s.data_dir().join("shipgate.db");
+    let fill = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys\n\
+             db = sqlite3.connect(sys.argv[1])\n\
+             start = db.execute('SELECT MAX(id) FROM events').fetchone()[0]\n\
+             db.executemany(\"INSERT INTO events (id, at, actor, kind, message, data, prev_hash, hash) VALUES (?, '2026-01-01T00:00:00Z', 'filler', 'test.filler', 'filler', '{}', '', '')\", [(start + i,) for i in range(1, 10051)])\n\
+             db.commit()\n",
+        )
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(fill.status.success(), "{}", text(&fill));
+    s.restart();
+    s.token("latest", "viewer", &[]);
+    let events = s.json(&["audit", "--limit", "3"]);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 3, "{events}");
+    assert_eq!(
+        kinds[2], "token.created",
+        "the newest event comes last: {events}"
+    );
+    let ids: Vec<i64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+
+    let usage = s.cli(&["audit", "--limit", "0"]);
+    assert_eq!(
+        usage.status.code(),
+        Some(2),
+        "a usage error: {}",
+        text(&usage)
+    );
+    assert!(
+        text(&usage).contains("0 is not in 1..=10000"),
+        "{}",
+        text(&usage)
+    );
+    let (status, body) = {
+        let token = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
+        let reply = crate::helpers::http_get(
+            &format!("{}/api/v1/events?limit=-1", s.api()),
+            Some(token.trim()),
+        )
+        .unwrap();
+        (reply.status, reply.body)
+    };
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("`limit` must be between 1 and 10000, not -1"),
+        "{body}"
+    );
+}
