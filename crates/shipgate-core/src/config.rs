@@ -295,7 +295,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<Spanned<String>>,
-    data_dir: Option<String>,
+    data_dir: Option<Spanned<String>>,
     database: Option<Spanned<String>>,
     max_artifact_size: Option<Spanned<String>>,
     max_unpacked_size: Option<Spanned<String>>,
@@ -328,7 +328,7 @@ struct RawEnvironment {
     after: Option<Spanned<String>>,
     listen: Spanned<String>,
     #[serde(default)]
-    vars: BTreeMap<String, String>,
+    vars: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     verify: RawVerify,
     #[serde(default)]
@@ -456,7 +456,22 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         Some(l) => problems.parse(l, parse_address),
         None => parse_address(DEFAULT_LISTEN).ok(),
     };
-    let data_dir = base_dir.join(raw.data_dir.as_deref().unwrap_or(".shipgate"));
+    let data_dir = base_dir.join(
+        raw.data_dir
+            .as_ref()
+            .map_or(".shipgate", |d| d.get_ref().as_str()),
+    );
+    if let Some(d) = &raw.data_dir
+        && data_dir.exists()
+        && !data_dir.is_dir()
+    {
+        problems.add(
+            d.span(),
+            format!("data_dir `{}` exists and is not a folder", d.get_ref()),
+            "name a folder (shipgate creates it if missing), for example data_dir = \".shipgate\""
+                .to_owned(),
+        );
+    }
     let database = match &raw.database {
         None => data_dir.join("shipgate.db"),
         Some(db) => match db
@@ -628,10 +643,10 @@ fn apps(
                     .to_owned(),
             );
         }
-        let health_timeout = match &app.health_timeout {
-            Some(t) => problems.parse(t, Duration::parse),
-            None => None,
-        };
+        let health_timeout = app
+            .health_timeout
+            .as_ref()
+            .and_then(|t| problems.parse(t, positive_duration("health_timeout")));
         let crash_loop = match &app.crash_loop {
             Some(c) => CrashLoop {
                 crashes: *c.crashes.get_ref(),
@@ -701,6 +716,19 @@ fn environments(
             problems.parse(after, |s| EnvName::parse(s).map_err(|e| e.0))
         });
         let listen = problems.parse(&env.listen, parse_address);
+        if let Some(addr) = listen
+            && addr.port() == 0
+        {
+            problems.add(
+                env.listen.span(),
+                format!(
+                    "environment `{}` listens on port 0, which picks a new port at every start",
+                    name.get_ref()
+                ),
+                "give the environment a stable port, for example listen = \"127.0.0.1:8101\""
+                    .to_owned(),
+            );
+        }
         if let Some(addr) = listen {
             if let Some((_, owner)) = addresses.iter().find(|(a, _)| same_socket(*a, addr)) {
                 problems.add(
@@ -782,7 +810,7 @@ fn environments(
                 name,
                 after,
                 listen,
-                vars: env.vars.clone(),
+                vars: env_vars(&env.vars, problems),
                 verify: VerifyConfig {
                     tests: env.verify.tests.clone(),
                     timeout,
@@ -842,6 +870,13 @@ fn requirements(
             toml::Value::Array(items) => items.iter().collect(),
             one => vec![one],
         };
+        if texts.is_empty() {
+            problems.add(
+                w.span(),
+                "`require.window = []` names no window, so no deploy could ever enter",
+                "name at least one, for example require.window = \"Mon-Fri 09:00-17:00 Europe/Paris\", or remove the line".to_owned(),
+            );
+        }
         for text in texts {
             match text.as_str().map(DeployWindow::parse) {
                 Some(Ok(window)) => req.windows.push(window),
@@ -939,7 +974,17 @@ fn watch_rule(raw: &RawVerify, problems: &mut Problems) -> Option<WatchRule> {
     let max_p99 = raw
         .max_p99
         .as_ref()
-        .and_then(|p| problems.parse(p, Duration::parse));
+        .and_then(|p| problems.parse(p, positive_duration("verify.max_p99")));
+    if let Some(m) = &raw.min_requests
+        && *m.get_ref() == 0
+    {
+        problems.add(
+            m.span(),
+            "`verify.min_requests` must be at least 1",
+            "a watch that needs no request judges nothing: write 1 or more, or remove it for the default"
+                .to_owned(),
+        );
+    }
     let inconclusive = match &raw.inconclusive {
         Some(i) => problems.parse(i, Inconclusive::parse)?,
         None => Inconclusive::Fail,
@@ -1044,6 +1089,54 @@ fn order(mut envs: Vec<EnvironmentConfig>) -> Vec<EnvironmentConfig> {
         ordered.push(envs.remove(ready));
     }
     ordered
+}
+
+/// An environment's `vars`: names a shell can export (`[A-Za-z_][A-Za-z0-9_]*`) and values
+/// without NUL, which no process environment can hold.
+fn env_vars(
+    raw: &BTreeMap<Spanned<String>, Spanned<String>>,
+    problems: &mut Problems,
+) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    for (name, value) in raw {
+        let n = name.get_ref();
+        let valid_name = n
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            problems.add(
+                name.span(),
+                format!("`{n}` is not a variable name"),
+                "use letters, digits and `_`, not starting with a digit, for example LOG_LEVEL"
+                    .to_owned(),
+            );
+        } else if value.get_ref().contains('\0') {
+            problems.add(
+                value.span(),
+                format!("the value of `{n}` holds a NUL character, which no process environment can carry"),
+                "remove the \\u0000 from the value".to_owned(),
+            );
+        } else {
+            vars.insert(n.clone(), value.get_ref().clone());
+        }
+    }
+    vars
+}
+
+/// Parses a duration that a timeout or threshold is set to: zero would fail or pass everything.
+fn positive_duration(key: &'static str) -> impl FnOnce(&str) -> Result<Duration, String> {
+    move |s| {
+        let d = Duration::parse(s)?;
+        if d.as_std().is_zero() {
+            Err(format!(
+                "`{key}` must be longer than 0 (write a duration such as \"30s\")"
+            ))
+        } else {
+            Ok(d)
+        }
+    }
 }
 
 fn parse_address(s: &str) -> Result<SocketAddr, String> {
@@ -1225,6 +1318,31 @@ mod tests {
     }
 
     #[test]
+    fn defect_10_bad_values_are_refused_at_their_position() {
+        let src = format!(
+            "{BASE}health_timeout = \"0s\"\n[environments.dev]\nlisten = \"127.0.0.1:0\"\nvars = {{ \"A=B\" = \"1\", NUL = \"a\\u0000b\" }}\nrequire.window = []\nverify.watch = \"1m\"\nverify.min_requests = 0\nverify.max_p99 = \"0ms\"\n"
+        );
+        insta::assert_snapshot!(errors(&src));
+    }
+
+    #[test]
+    fn defect_10_a_data_dir_that_is_a_file_is_refused_at_its_position() {
+        let file = std::env::temp_dir().join(format!("shipgate-not-a-dir-{}", std::process::id()));
+        std::fs::write(&file, "x").unwrap();
+        let src = format!(
+            "[server]\ndata_dir = \"{}\"\n{BASE}[environments.dev]\nlisten = \"127.0.0.1:8101\"\n",
+            file.display()
+        );
+        let errors = errors(&src);
+        std::fs::remove_file(&file).unwrap();
+        assert!(
+            errors.starts_with("shipgate.toml:2:12: data_dir `"),
+            "{errors}"
+        );
+        assert!(errors.contains("exists and is not a folder"), "{errors}");
+    }
+
+    #[test]
     fn unknown_key_suggests_closest() {
         let src = format!("{BASE}[environments.dev]\nlisten = \"127.0.0.1:8101\"\nlisen = \"x\"\n");
         insta::assert_snapshot!(errors(&src), @r"
@@ -1270,9 +1388,9 @@ mod tests {
     }
 
     #[test]
-    fn port_zero_never_collides() {
+    fn port_zero_is_for_the_api_only() {
         let src = format!(
-            "{BASE}[server]\nlisten = \"127.0.0.1:0\"\n[environments.a]\nlisten = \"127.0.0.1:0\"\n[environments.b]\nlisten = \"127.0.0.1:0\"\n"
+            "{BASE}[server]\nlisten = \"127.0.0.1:0\"\n[environments.a]\nlisten = \"127.0.0.1:8101\"\n"
         );
         assert!(Config::parse(&src, Path::new("/p")).is_ok());
     }

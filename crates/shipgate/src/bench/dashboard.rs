@@ -18,7 +18,7 @@ const APPS: usize = 1000;
 const ENVS: [&str; 4] = ["development", "testing", "staging", "production"];
 const VERSIONS: usize = 25;
 
-fn config(apps: usize) -> String {
+fn config(apps: usize) -> anyhow::Result<String> {
     let mut toml = "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n".to_owned();
     for i in 0..apps {
         toml.push_str(&format!(
@@ -26,8 +26,10 @@ fn config(apps: usize) -> String {
         ));
     }
     for (i, env) in ENVS.iter().enumerate() {
+        // An environment's address is stable: port 0 is refused there.
         toml.push_str(&format!(
-            "\n[environments.{env}]\nlisten = \"127.0.0.1:0\"\n"
+            "\n[environments.{env}]\nlisten = \"127.0.0.1:{}\"\n",
+            crate::demo::free_port(0)?
         ));
         if i > 0 {
             toml.push_str(&format!("after = \"{}\"\n", ENVS[i - 1]));
@@ -36,7 +38,7 @@ fn config(apps: usize) -> String {
             toml.push_str("require.approvals = 2\n");
         }
     }
-    toml
+    Ok(toml)
 }
 
 /// 100,000 promotions: every version of every app through every environment, the newest one
@@ -120,7 +122,7 @@ pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
     let work = tempfile::Builder::new()
         .prefix("shipgate-bench-dashboard-")
         .tempdir()?;
-    let src = config(APPS);
+    let src = config(APPS)?;
     let config = shipgate_core::Config::parse(&src, work.path())
         .map_err(|e| anyhow::anyhow!("{}", e.render("shipgate.toml", &src)))?;
     let database = config.server.database.clone();
