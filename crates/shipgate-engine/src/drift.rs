@@ -232,15 +232,26 @@ impl Engine {
                 "nothing of {app} is live in {env}, so there is nothing to heal"
             ))
         })?;
-        let artifacts = self.artifacts.clone();
-        let digest = live.digest.clone();
-        tokio::task::spawn_blocking(move || artifacts.restore_release_dir(&digest))
-            .await
-            .map_err(|e| {
-                EngineError::Artifact(shipgate_store::artifact::ArtifactError::Unreadable(
-                    e.to_string(),
-                ))
-            })??;
+        let drift = self.drift_of(&live).await;
+        if drift.is_empty() {
+            return Err(EngineError::NothingToHeal(format!(
+                "{app}@{} in {env} has not drifted: it runs as recorded, so there is nothing to heal (shipgate drift {app} shows what is checked)",
+                live.version
+            )));
+        }
+        // Only a changed release directory is unpacked again; any other drift (the process,
+        // the router, variables) is healed by the redeploy alone.
+        if drift.iter().any(|d| d.starts_with("release directory")) {
+            let artifacts = self.artifacts.clone();
+            let digest = live.digest.clone();
+            tokio::task::spawn_blocking(move || artifacts.restore_release_dir(&digest))
+                .await
+                .map_err(|e| {
+                    EngineError::Artifact(shipgate_store::artifact::ArtifactError::Unreadable(
+                        e.to_string(),
+                    ))
+                })??;
+        }
         let release = self
             .registered(&ReleaseRef {
                 app: app.clone(),

@@ -46,6 +46,9 @@ pub enum EngineError {
     /// Rollback has nothing to go back to.
     #[error("{0}")]
     NothingToRollBack(String),
+    /// A heal was asked for where nothing has drifted.
+    #[error("{0}")]
+    NothingToHeal(String),
     /// The artifact was refused or could not be stored.
     #[error(transparent)]
     Artifact(#[from] ArtifactError),

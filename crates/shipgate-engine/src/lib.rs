@@ -80,6 +80,8 @@ pub struct Engine {
     drift: Mutex<HashMap<Slot, Vec<String>>>,
     /// Distinguishes instance ids across server starts.
     boot: i64,
+    /// True from the start until every recorded live release has been started again.
+    restoring: std::sync::atomic::AtomicBool,
 }
 
 /// Locks a std mutex, taking over from a panicked holder: the maps it guards stay valid.
@@ -117,12 +119,18 @@ impl Engine {
             traffic: Mutex::default(),
             drift: Mutex::default(),
             boot: jiff::Timestamp::now().as_millisecond(),
+            restoring: std::sync::atomic::AtomicBool::new(true),
         });
         engine.record_driver_events();
         engine.sample_traffic();
         engine.scan_drift_periodically();
         engine.reconcile().await?;
         Ok(engine)
+    }
+
+    /// Whether the releases live when the server last stopped are still being started again.
+    pub fn restoring(&self) -> bool {
+        self.restoring.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The config this engine runs.

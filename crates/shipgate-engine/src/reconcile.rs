@@ -22,6 +22,22 @@ impl Engine {
         for p in self.store.promotions(in_flight).await? {
             self.fail_interrupted(&p).await?;
         }
+        // Restoring can take as long as the slowest instance takes to get healthy: the API
+        // answers meanwhile, and each router says what it is starting.
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = engine.restore_and_resume().await {
+                tracing::error!("could not restore what was live: {e}");
+            }
+            engine
+                .restoring
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
+        Ok(())
+    }
+
+    /// Starts every recorded live release again, then resumes the pending promotions.
+    async fn restore_and_resume(self: &Arc<Self>) -> Result<(), EngineError> {
         self.restore_live().await?;
         let pending = PromotionFilter {
             states: vec![PromotionState::Pending],
@@ -130,8 +146,12 @@ impl Engine {
             .map_err(|e| e.to_string())?
             .ok_or("its promotion is missing")?;
         let slot = (live.app.clone(), live.env.clone());
-        let instance = self.start_instance(&p, &slot).await?;
+        // A promotion asked for meanwhile waits until the recorded release is back.
+        let lock = self.slot_lock(&slot);
+        let _slot = lock.lock().await;
         let router = self.router(&live.env).map_err(|e| e.to_string())?;
+        router.set_starting(live.app.as_str(), &format!("{}@{}", live.app, live.version));
+        let instance = self.start_instance(&p, &slot).await?;
         router.switch(live.app.as_str(), Some(instance.upstream.clone()));
         self.set_live_instance(slot, Some(instance));
         Ok(())

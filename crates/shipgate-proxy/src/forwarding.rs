@@ -47,6 +47,9 @@ pub(crate) struct RouteTable {
     pub(crate) default_app: Option<String>,
     /// Every app of the config, live here or not.
     pub(crate) known_apps: Vec<String>,
+    /// Apps with no upstream yet whose release is being started (`web@1.2.0`), so a request
+    /// meanwhile hears that rather than "no live release".
+    pub(crate) starting: HashMap<String, String>,
 }
 
 /// The live upstream of one app and the counters of its release.
@@ -60,6 +63,8 @@ pub(crate) struct Route {
 struct Unroutable {
     /// The app the request is for, if the router could tell.
     app: Option<String>,
+    /// The problem's title.
+    title: &'static str,
     detail: String,
 }
 
@@ -131,10 +136,10 @@ impl Gateway {
         let received = Instant::now();
         match self.route(&req) {
             Ok(route) => self.exchange(client_ip, req, route, received).await,
-            Err(Unroutable { app, detail }) => {
+            Err(Unroutable { app, title, detail }) => {
                 let app = app.as_deref().unwrap_or(NO_RELEASE);
                 let metrics = self.metrics.release(app, NO_RELEASE);
-                let response = problem(StatusCode::SERVICE_UNAVAILABLE, "no live release", detail);
+                let response = problem(StatusCode::SERVICE_UNAVAILABLE, title, detail);
                 answered(&metrics, received, response)
             }
         }
@@ -238,14 +243,24 @@ impl Gateway {
         match app {
             Some(app) => match routes.apps.get(app) {
                 Some(route) => Ok(route.clone()),
+                None if routes.starting.contains_key(app) => Err(Unroutable {
+                    detail: format!(
+                        "environment `{env}` is starting {}; try again in a moment",
+                        routes.starting[app]
+                    ),
+                    app: Some(app.to_owned()),
+                    title: "starting",
+                }),
                 None => Err(Unroutable {
                     detail: format!(
                         "environment `{env}` has no live release of `{app}` yet; promote one: shipgate promote {app}@VERSION --to {env}"
                     ),
                     app: Some(app.to_owned()),
+                    title: "no live release",
                 }),
             },
             None => Err(Unroutable {
+                title: "no live release",
                 app: None,
                 detail: format!("no app is live in environment `{env}`"),
             }),

@@ -79,6 +79,7 @@ impl Router {
             .routes
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        routes.starting.remove(app);
         let previous = match route {
             Some(route) => routes.apps.insert(app.to_owned(), route),
             None => routes.apps.remove(app),
@@ -94,6 +95,17 @@ impl Router {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         routes.apps.get(app).map(|route| route.upstream.clone())
+    }
+
+    /// Says that `label` (`web@1.2.0`) of `app` is being started here, until the next
+    /// [`Router::switch`] of that app: requests meanwhile get 503 "starting web@1.2.0".
+    pub fn set_starting(&self, app: &str, label: &str) {
+        let mut routes = self
+            .gateway
+            .routes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        routes.starting.insert(app.to_owned(), label.to_owned());
     }
 
     /// The upstream of every app routed here now.

@@ -89,7 +89,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .nest("/api/v1", api)
         .merge(metrics)
         .merge(crate::ui::routes())
@@ -501,6 +501,16 @@ async fn status(
             .retain(|e| caller.sees(Some(e.env.as_str())));
     }
     Ok(Json(apps))
+}
+
+/// 200 as soon as the API answers; the body says whether the releases live before the last
+/// stop are still being started again.
+async fn healthz(State(state): State<AppState>) -> &'static str {
+    if state.engine.restoring() {
+        "ok: restoring the live releases\n"
+    } else {
+        "ok\n"
+    }
 }
 
 /// `value` of the query parameter `name`, refused with 400 outside `min..=max`.

@@ -375,29 +375,45 @@ impl ArtifactStore {
         Ok(drift)
     }
 
-    /// Unpacks the release directory of `digest` again from its archive; the old one is moved
-    /// aside into `tmp/` (instances still running from it keep their open files).
+    /// Puts the release directory of `digest` back as its archive holds it, in place: the folder
+    /// itself stays (so instances of other environments running from it keep their working
+    /// directory), and each of its entries is swapped for the fresh copy by a rename. What was
+    /// there is moved aside into `tmp/`, so processes holding those files open keep them.
     pub fn restore_release_dir(&self, digest: &Digest) -> Result<PathBuf, ArtifactError> {
         use std::os::unix::fs::PermissionsExt;
         let dir = self.release_dir(digest);
-        if dir.exists() {
-            // Moving a folder needs write permission on it.
-            let mut perm = fs::metadata(&dir)
-                .map_err(io_err("reading the release"))?
-                .permissions();
-            perm.set_mode(perm.mode() | 0o200);
-            fs::set_permissions(&dir, perm).map_err(io_err("making the release movable"))?;
-            let aside = tempfile::Builder::new()
-                .prefix("drifted-")
-                .tempdir_in(self.root.join("tmp"))
-                .map_err(io_err("creating a folder for the drifted release"))?
-                .keep();
-            fs::rename(&dir, aside.join("release"))
-                .map_err(io_err("moving the drifted release aside"))?;
-        }
         let staging = self.unpacked(&self.archive_path(digest))?;
-        fs::rename(staging.path(), &dir)
-            .map_err(io_err(format!("moving the release into {}", dir.display())))?;
+        if !dir.exists() {
+            fs::rename(staging.path(), &dir)
+                .map_err(io_err(format!("moving the release into {}", dir.display())))?;
+            make_read_only(&dir).map_err(io_err("making the release read-only"))?;
+            return Ok(dir);
+        }
+        // Moving entries in and out of a folder needs write permission on it.
+        let mut perm = fs::metadata(&dir)
+            .map_err(io_err("reading the release"))?
+            .permissions();
+        perm.set_mode(perm.mode() | 0o200);
+        fs::set_permissions(&dir, perm).map_err(io_err("making the release writable"))?;
+        let aside = tempfile::Builder::new()
+            .prefix("drifted-")
+            .tempdir_in(self.root.join("tmp"))
+            .map_err(io_err("creating a folder for the drifted files"))?
+            .keep();
+        let fresh: Vec<std::ffi::OsString> = fs::read_dir(staging.path())
+            .map_err(io_err("reading the fresh copy"))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()
+            .map_err(io_err("reading the fresh copy"))?;
+        for entry in fs::read_dir(&dir).map_err(io_err("reading the release"))? {
+            let name = entry.map_err(io_err("reading the release"))?.file_name();
+            fs::rename(dir.join(&name), aside.join(&name))
+                .map_err(io_err("moving a drifted file aside"))?;
+        }
+        for name in &fresh {
+            fs::rename(staging.path().join(name), dir.join(name))
+                .map_err(io_err(format!("putting back {}", dir.join(name).display())))?;
+        }
         make_read_only(&dir).map_err(io_err("making the release read-only"))?;
         Ok(dir)
     }

@@ -48,7 +48,9 @@ fn defect_1_revoking_the_admin_token_never_bricks_the_server() {
     let new_file = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
     assert_ne!(old_file, new_file, "a new admin token was written");
     // The shipgate command finds the new token by itself; development serves again.
-    assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
+    wait_for("development to serve 1.0.0 again", || {
+        s.version("development").as_deref() == Some("1.0.0")
+    });
     let tokens = s.json(&["token", "list"]);
     let active_admins = tokens
         .as_array()
@@ -259,4 +261,85 @@ fn defect_11_audit_limit_shows_the_newest_events_of_a_long_log() {
         body.contains("`limit` must be between 1 and 10000, not -1"),
         "{body}"
     );
+}
+
+/// The pid of the instance live in `env`.
+fn live_pid(s: &crate::helpers::TestServer, env: &str) -> i64 {
+    let status = s.json(&["status", "web"]);
+    let e = crate::helpers::env_status(&status, env);
+    e["instance"]["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no pid for {env}: {e}"))
+}
+
+#[test]
+fn defect_4_a_heal_touches_only_its_own_environment() {
+    let s = spawn_server(&four_envs(""));
+    let digest = s.register("1.0.0", &[]);
+    s.walk("1.0.0", "testing");
+    let refused = s.refused(&["drift", "web", "--env", "development", "--heal"]);
+    assert!(refused.contains("has not drifted"), "{refused}");
+
+    // Both environments run from the one release directory of that digest; change a file in it.
+    let dir = s
+        .data_dir()
+        .join("releases")
+        .join(digest.trim_start_matches("sha256:"));
+    let original = std::fs::read_to_string(dir.join("server.py")).unwrap();
+    for path in [dir.clone(), dir.join("server.py")] {
+        let mut perm = std::fs::metadata(&path).unwrap().permissions();
+        perm.set_mode(perm.mode() | 0o200);
+        std::fs::set_permissions(&path, perm).unwrap();
+    }
+    std::fs::write(dir.join("server.py"), format!("{original}\n# by hand\n")).unwrap();
+    let testing_pid = live_pid(&s, "testing");
+
+    s.ok(&["drift", "web", "--env", "development", "--heal"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("server.py")).unwrap(),
+        original
+    );
+    let after = s.cli(&["drift", "web"]);
+    assert_eq!(
+        after.status.code(),
+        Some(0),
+        "nothing drifted: {}",
+        text(&after)
+    );
+    assert_eq!(
+        live_pid(&s, "testing"),
+        testing_pid,
+        "testing was not redeployed"
+    );
+    assert_eq!(s.version("testing").as_deref(), Some("1.0.0"));
+    assert_eq!(s.latest("testing")["kind"], "promote");
+}
+
+#[test]
+fn defect_9_the_api_answers_at_once_while_a_slow_instance_starts() {
+    let mut s = spawn_server(&four_envs(""));
+    let gate = s.dir.path().join("let-it-listen");
+    std::fs::write(&gate, "").unwrap();
+    s.register("1.0.0", &[("SLOW", gate.to_str().unwrap())]);
+    s.walk("1.0.0", "development");
+    assert!(s.terminate().success());
+
+    std::fs::remove_file(&gate).unwrap();
+    s.restart_answering();
+    // The API answers while development's instance is still held before listening.
+    let status = s.json(&["status", "web"]);
+    assert!(
+        crate::helpers::env_status(&status, "development")["live"]["version"] == "1.0.0",
+        "{status}"
+    );
+    let reply = s.get(&format!("{}/", s.url("development"))).unwrap();
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(reply.body.contains("starting web@1.0.0"), "{reply:?}");
+
+    assert!(s.restoring(), "the health check says it is restoring");
+    std::fs::write(&gate, "").unwrap();
+    wait_for("development to serve 1.0.0 again", || {
+        s.version("development").as_deref() == Some("1.0.0")
+    });
+    wait_for("the restore to end", || !s.restoring());
 }

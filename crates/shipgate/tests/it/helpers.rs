@@ -237,6 +237,11 @@ pub fn spawn_server(config_toml: &str) -> TestServer {
 
 impl TestServer {
     fn start(&mut self) {
+        self.start_until(|r| r.body == "ok\n");
+    }
+
+    /// Starts the server and waits until `/healthz` answers 200 with a body that `ready` accepts.
+    fn start_until(&mut self, ready: impl Fn(&Reply) -> bool) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -253,7 +258,7 @@ impl TestServer {
         self.child = Some(child);
         let health = format!("{}/healthz", self.api());
         let deadline = Instant::now() + PATIENCE;
-        while http_get(&health, None).is_none_or(|r| r.status != 200) {
+        while http_get(&health, None).is_none_or(|r| r.status != 200 || !ready(&r)) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "the server exited ({status}) before answering:\n{}",
@@ -433,10 +438,23 @@ impl TestServer {
         child.wait().unwrap();
     }
 
-    /// Starts the server again on the same config and data dir.
+    /// Starts the server again on the same config and data dir, and waits until every live
+    /// release has been started again.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is still running");
         self.start();
+    }
+
+    /// Like [`Self::restart`], but returns as soon as the API answers.
+    pub fn restart_answering(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.start_until(|_| true);
+    }
+
+    /// Whether `/healthz` says live releases are still being started again.
+    pub fn restoring(&self) -> bool {
+        http_get(&format!("{}/healthz", self.api()), None)
+            .is_some_and(|r| r.body.contains("restoring"))
     }
 
     /// SIGTERM, then waits for the exit (SIGKILL after 60 s).

@@ -43,7 +43,7 @@ fn request(s: &TestServer, version: &str) -> i64 {
 
 /// Every event of the audit log.
 fn audit(s: &TestServer) -> Vec<Value> {
-    let events = s.json(&["audit", "--limit", "100000"]);
+    let events = s.json(&["audit", "--limit", "10000"]);
     events.as_array().unwrap().clone()
 }
 
