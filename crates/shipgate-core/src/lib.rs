@@ -16,6 +16,7 @@ pub mod mask;
 pub mod names;
 pub mod parity;
 pub mod promotion;
+pub mod secret;
 pub mod size;
 pub mod template;
 pub mod window;

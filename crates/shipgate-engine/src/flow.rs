@@ -411,11 +411,19 @@ impl Engine {
             promotion_id: p.id,
             name: name.to_owned(),
             passed,
-            output: keep_tail(output),
+            output: keep_tail(self.redactor(&p.env).redact(&output)),
             started_at,
         };
         self.store.record_gate(gate, SYSTEM).await?;
         Ok(())
+    }
+
+    /// What replaces the secret values of `env` in any text stored or shown.
+    pub(crate) fn redactor(&self, env: &EnvName) -> shipgate_core::secret::Redactor {
+        self.config
+            .environment(env)
+            .map(shipgate_core::secret::Redactor::of)
+            .unwrap_or_default()
     }
 
     /// The variables offered to `run` and `verify.tests` (`${URL}` ...), also exported as `SHIPGATE_*`.

@@ -86,6 +86,7 @@ impl Engine {
             vars.insert("PORT".to_owned(), i.upstream.addr().port().to_string());
         }
         let exported = self.exported_env(env, &vars);
+        let redactor = self.redactor(env);
         let mut facts = BTreeMap::new();
         for (name, command) in declared {
             let command = expand(&command, &vars);
@@ -95,7 +96,7 @@ impl Engine {
             } else {
                 format!("(failed: {}) {}", run.verdict, run.output.trim())
             };
-            facts.insert(name, value);
+            facts.insert(name, redactor.redact(&value));
         }
         Ok(Observed {
             live: live.map(|l| (l.version, l.digest)),

@@ -343,3 +343,42 @@ fn defect_9_the_api_answers_at_once_while_a_slow_instance_starts() {
     });
     wait_for("the restore to end", || !s.restoring());
 }
+
+#[test]
+fn defect_5_secret_values_are_replaced_before_they_are_stored_or_shown() {
+    const SECRET: &str = "hunter2-in-staging";
+    let config = four_envs_with(
+        "",
+        &[(
+            "staging",
+            "vars = { DB_PASSWORD = \"hunter2-in-staging\" }\nverify.tests = [\"printenv DB_PASSWORD\"]",
+        )],
+    )
+    .replace(
+        "health = \"/healthz\"\n",
+        "health = \"/healthz\"\nfacts = { pw = \"printenv DB_PASSWORD\" }\n",
+    );
+    let s = spawn_server(&config);
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "staging");
+
+    let history = s.ok(&["history", "web", "--env", "staging", "--output", "json"]);
+    assert!(!history.contains(SECRET), "{history}");
+    assert!(history.contains("[secret DB_PASSWORD]"), "{history}");
+    let diff = s.cli(&["diff", "web", "staging", "testing"]);
+    assert!(!text(&diff).contains(SECRET), "{}", text(&diff));
+    let viewer = s.token("viewer", "viewer", &[]);
+    let page = crate::helpers::http_get(
+        &format!("{}/api/v1/history?app=web", s.api()),
+        Some(&viewer),
+    )
+    .unwrap();
+    assert!(!page.body.contains(SECRET), "{}", page.body);
+    for file in ["shipgate.db", "shipgate.db-wal"] {
+        let bytes = std::fs::read(s.data_dir().join(file)).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(SECRET),
+            "the secret is stored in {file}"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! Secret values never leave shipgate in clear: every text that is stored or shown (test output,
+//! facts, gate output) passes through a [`Redactor`] first, which replaces each known secret
+//! value with `[secret NAME]`.
+
+use crate::config::EnvironmentConfig;
+use crate::parity::is_secret;
+
+/// Values shorter than this are not replaced: a one- or two-letter value would blank out
+/// ordinary words everywhere, and is no secret worth the name.
+const SHORTEST: usize = 4;
+
+/// The secret values of one environment, by variable name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redactor {
+    /// `(name, value)`, longest value first, so a value containing another is replaced whole.
+    secrets: Vec<(String, String)>,
+}
+
+impl Redactor {
+    /// The secrets of an environment: each variable it declares in `secrets`, or whose name or
+    /// value looks secret (`*_PASSWORD`, `user:password@` in a URL), and the password inside
+    /// such a URL on its own.
+    pub fn of(env: &EnvironmentConfig) -> Self {
+        let declared: Vec<&String> = env.secrets.iter().collect();
+        let mut secrets = Vec::new();
+        for (name, value) in &env.vars {
+            if !is_secret(name, &[Some(value)], &declared) {
+                continue;
+            }
+            secrets.push((name.clone(), value.clone()));
+            if let Some(password) = url_password(value) {
+                secrets.push((name.clone(), password.to_owned()));
+            }
+        }
+        Self::new(secrets)
+    }
+
+    /// A redactor of these `(name, value)` pairs.
+    pub fn new(mut secrets: Vec<(String, String)>) -> Self {
+        secrets.retain(|(_, v)| v.len() >= SHORTEST);
+        secrets.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.cmp(b)));
+        secrets.dedup_by(|a, b| a.1 == b.1);
+        Self { secrets }
+    }
+
+    /// `text` with every secret value replaced by `[secret NAME]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for (name, value) in &self.secrets {
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), &format!("[secret {name}]"));
+            }
+        }
+        out
+    }
+}
+
+/// The password of `scheme://user:password@host...`, if the value has one.
+fn url_password(v: &str) -> Option<&str> {
+    let (_, rest) = v.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    Some(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(lines: &str) -> EnvironmentConfig {
+        let src = format!(
+            "[apps.web]\nrun = \"./web\"\n[environments.staging]\nlisten = \"127.0.0.1:8101\"\n{lines}\n"
+        );
+        crate::Config::parse(&src, std::path::Path::new("/p"))
+            .unwrap()
+            .environments
+            .remove(0)
+    }
+
+    #[test]
+    fn every_known_secret_value_is_replaced_by_its_name() {
+        let r = Redactor::of(&env(
+            "secrets = [\"SESSION\"]\nvars = { DB_PASSWORD = \"hunter22\", DATABASE_URL = \"postgres://app:pw-1234@db/shop\", SESSION = \"abcdef\", PLAIN = \"visible\", API_KEY = \"k\" }",
+        ));
+        let text =
+            "pw hunter22; url postgres://app:pw-1234@db/shop; only pw-1234; abcdef; visible; k";
+        assert_eq!(
+            r.redact(text),
+            "pw [secret DB_PASSWORD]; url [secret DATABASE_URL]; only [secret DATABASE_URL]; [secret SESSION]; visible; k"
+        );
+    }
+}
