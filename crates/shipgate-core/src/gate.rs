@@ -39,6 +39,26 @@ impl Stage {
     }
 }
 
+/// What a person decided about a promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Let it go on.
+    Approve,
+    /// Stop it (always with a comment saying why).
+    Reject,
+}
+
+impl Verdict {
+    /// The decision as said afterwards: `approved` or `rejected`.
+    pub fn past(self) -> &'static str {
+        match self {
+            Self::Approve => "approved",
+            Self::Reject => "rejected",
+        }
+    }
+}
+
 /// One recorded approval or rejection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
@@ -46,8 +66,8 @@ pub struct Decision {
     pub actor: String,
     /// The role of their token when they decided.
     pub role: Role,
-    /// True for an approval, false for a rejection.
-    pub approve: bool,
+    /// Approved or rejected.
+    pub verdict: Verdict,
     /// Why, in their words.
     pub comment: Option<String>,
     /// When.
@@ -270,7 +290,7 @@ pub const PARITY_RECHECK: std::time::Duration = std::time::Duration::from_secs(5
 /// The distinct approvers that count under `rule`, in the order they approved.
 pub fn counted_approvers(rule: &ApprovalRule, decisions: &[Decision]) -> Vec<String> {
     let mut approvers: Vec<String> = Vec::new();
-    for d in decisions.iter().filter(|d| d.approve) {
+    for d in decisions.iter().filter(|d| d.verdict == Verdict::Approve) {
         let role_ok = rule
             .role
             .is_none_or(|r| d.role == r || d.role == Role::Admin);
@@ -328,8 +348,8 @@ pub struct DecisionAsk<'a> {
     pub requested_by: &'a str,
     /// Who decides.
     pub grant: &'a Grant,
-    /// Approve (true) or reject.
-    pub approve: bool,
+    /// Approve or reject.
+    pub verdict: Verdict,
     /// Why.
     pub comment: Option<&'a str>,
 }
@@ -346,13 +366,13 @@ pub fn check_decision(
         stage,
         requested_by,
         grant,
-        approve,
+        verdict,
         comment,
     } = *ask;
-    if !approve && comment.is_none_or(|c| c.trim().is_empty()) {
+    if verdict == Verdict::Reject && comment.is_none_or(|c| c.trim().is_empty()) {
         return Err(DecisionRefusal::RejectionWithoutComment);
     }
-    if approve && grant.name == requested_by {
+    if verdict == Verdict::Approve && grant.name == requested_by {
         return Err(DecisionRefusal::OwnPromotion {
             actor: grant.name.clone(),
         });
@@ -360,7 +380,7 @@ pub fn check_decision(
     if let Some(d) = earlier.iter().find(|d| d.actor == grant.name) {
         return Err(DecisionRefusal::AlreadyDecided {
             actor: grant.name.clone(),
-            verdict: if d.approve { "approved" } else { "rejected" },
+            verdict: d.verdict.past(),
         });
     }
     if let (Stage::Entry, Some(rule)) = (stage, rule)
@@ -500,11 +520,11 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn decision(actor: &str, role: Role, approve: bool) -> Decision {
+    fn decision(actor: &str, role: Role, verdict: Verdict) -> Decision {
         Decision {
             actor: actor.into(),
             role,
-            approve,
+            verdict,
             comment: None,
             at: at("2026-12-01T10:00:00Z"),
         }
@@ -541,9 +561,9 @@ mod tests {
             ..Default::default()
         };
         let ds = [
-            decision("alice", Role::Approver, true),
-            decision("alice", Role::Approver, true),
-            decision("dave", Role::Deployer, true),
+            decision("alice", Role::Approver, Verdict::Approve),
+            decision("alice", Role::Approver, Verdict::Approve),
+            decision("dave", Role::Deployer, Verdict::Approve),
         ];
         let waits = waiting_on(&req, &facts(&ds, &[], "2026-12-01T10:00:00Z"));
         assert_eq!(waits.len(), 1);
@@ -552,8 +572,8 @@ mod tests {
             "1 of 2 approvals (alice) from the role approver"
         );
         let ds = [
-            decision("alice", Role::Approver, true),
-            decision("root", Role::Admin, true),
+            decision("alice", Role::Approver, Verdict::Approve),
+            decision("root", Role::Admin, Verdict::Approve),
         ];
         assert!(waiting_on(&req, &facts(&ds, &[], "2026-12-01T10:00:00Z")).is_empty());
     }
@@ -565,44 +585,53 @@ mod tests {
             count: 1,
             role: None,
         };
-        fn ask<'a>(grant: &'a Grant, approve: bool, comment: Option<&'a str>) -> DecisionAsk<'a> {
+        fn ask<'a>(
+            grant: &'a Grant,
+            verdict: Verdict,
+            comment: Option<&'a str>,
+        ) -> DecisionAsk<'a> {
             DecisionAsk {
                 stage: Stage::Entry,
                 requested_by: "carol",
                 grant,
-                approve,
+                verdict,
                 comment,
             }
         }
-        let check = |g: &Grant, approve, comment, earlier: &[Decision]| {
-            check_decision(Some(&rule), &env, &ask(g, approve, comment), earlier)
+        let check = |g: &Grant, verdict, comment, earlier: &[Decision]| {
+            check_decision(Some(&rule), &env, &ask(g, verdict, comment), earlier)
         };
         let carol = grant("carol", Role::Admin);
         assert_eq!(
-            check(&carol, true, None, &[]),
+            check(&carol, Verdict::Approve, None, &[]),
             Err(DecisionRefusal::OwnPromotion {
                 actor: "carol".into()
             })
         );
         let alice = grant("alice", Role::Approver);
-        assert!(check(&alice, true, None, &[]).is_ok());
-        let earlier = [decision("alice", Role::Approver, true)];
+        assert!(check(&alice, Verdict::Approve, None, &[]).is_ok());
+        let earlier = [decision("alice", Role::Approver, Verdict::Approve)];
         assert!(matches!(
-            check(&alice, true, None, &earlier),
+            check(&alice, Verdict::Approve, None, &earlier),
             Err(DecisionRefusal::AlreadyDecided { .. })
         ));
         assert_eq!(
-            check(&alice, false, Some("  "), &[]),
+            check(&alice, Verdict::Reject, Some("  "), &[]),
             Err(DecisionRefusal::RejectionWithoutComment)
         );
         // The requester may reject (withdraw) what they asked for, with a reason.
-        assert!(check(&carol, false, Some("wrong build"), &[]).is_ok());
+        assert!(check(&carol, Verdict::Reject, Some("wrong build"), &[]).is_ok());
         let strict = ApprovalRule {
             count: 1,
             role: Some(Role::Approver),
         };
         let dave = grant("dave", Role::Deployer);
-        let err = check_decision(Some(&strict), &env, &ask(&dave, true, None), &[]);
+        let err = check_decision(
+            Some(&strict),
+            &env,
+            &ask(&dave, Verdict::Approve, None),
+            &[],
+        );
         assert!(matches!(err, Err(DecisionRefusal::WrongRole { .. })));
     }
 

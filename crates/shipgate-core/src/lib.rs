@@ -27,6 +27,7 @@ pub use config::{
     HttpCheck, Requirements, ServerConfig, WatchRule,
 };
 pub use duration::Duration;
+pub use gate::Verdict;
 pub use names::{AppName, Digest, EnvName, NameError, ReleaseRef, Version};
 pub use promotion::{EntryRefusal, PromotionKind, PromotionState, Standing};
 pub use size::ByteSize;

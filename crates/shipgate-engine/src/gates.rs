@@ -10,7 +10,7 @@ use shipgate_core::gate::{
     self, Decision, DecisionAsk, EntryFacts, Freeze, Stage, Wait, check_decision,
 };
 use shipgate_core::promotion::check_entry;
-use shipgate_core::{EnvName, Grant, PromotionKind, PromotionState, ReleaseRef, Standing};
+use shipgate_core::{EnvName, Grant, PromotionKind, PromotionState, ReleaseRef, Standing, Verdict};
 use shipgate_store::{Event, NewDecision, Promotion, PromotionFilter};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -67,7 +67,7 @@ impl Engine {
                 return Ok(false);
             }
             let decisions = self.store.decisions(p.id, Stage::Entry).await?;
-            if let Some(rejection) = decisions.iter().find(|d| !d.approve) {
+            if let Some(rejection) = decisions.iter().find(|d| d.verdict == Verdict::Reject) {
                 let why = format!(
                     "rejected by {}: {}",
                     rejection.actor,
@@ -229,7 +229,7 @@ impl Engine {
         release: &ReleaseRef,
         env: &EnvName,
         grant: &Grant,
-        approve: bool,
+        verdict: Verdict,
         comment: Option<String>,
     ) -> Result<(Promotion, Decision), EngineError> {
         let Some(env_config) = self.config.environment(env) else {
@@ -258,7 +258,7 @@ impl Engine {
             Some(p) if p.state == PromotionState::Pending => (p, Stage::Entry),
             Some(p) if held(&p) => (p, Stage::Watch),
             // A rejection while it is verified rolls it back at the watch's next look.
-            Some(p) if !approve => (p, Stage::Watch),
+            Some(p) if verdict == Verdict::Reject => (p, Stage::Watch),
             Some(_) => {
                 return Err(EngineError::NothingToDecide(format!(
                     "{release} is being verified in {env} and passes or fails by itself; reject it to roll back now (shipgate reject {release} --env {env} --comment WHY)"
@@ -272,7 +272,7 @@ impl Engine {
             }
         };
         let rule = env_config.require.approvals.as_ref();
-        if stage == Stage::Entry && approve && rule.is_none() {
+        if stage == Stage::Entry && verdict == Verdict::Approve && rule.is_none() {
             return Err(EngineError::NothingToDecide(format!(
                 "{env} does not require approvals, so there is nothing to approve; {release} waits on: {}",
                 describe(&self.waiting_on(promotion.id))
@@ -283,7 +283,7 @@ impl Engine {
             stage,
             requested_by: &promotion.requested_by,
             grant,
-            approve,
+            verdict,
             comment: comment.as_deref(),
         };
         check_decision(rule, env, &ask, &earlier)?;
@@ -294,7 +294,7 @@ impl Engine {
                 stage,
                 actor: grant.name.clone(),
                 role: grant.role,
-                approve,
+                verdict,
                 comment,
             })
             .await?;
@@ -370,10 +370,11 @@ impl Engine {
             if let Some(d) = decisions.first() {
                 self.set_waiting(p.id, vec![]);
                 let comment = d.comment.as_deref().unwrap_or("");
-                let output = format!("{} by {}: {comment}", verdict(d.approve), d.actor);
-                self.gate(p, "watch decision", d.approve, output.clone(), started_at)
+                let output = format!("{} by {}: {comment}", d.verdict.past(), d.actor);
+                let approved = d.verdict == Verdict::Approve;
+                self.gate(p, "watch decision", approved, output.clone(), started_at)
                     .await?;
-                return Ok((!d.approve).then_some(output));
+                return Ok((!approved).then_some(output));
             }
             if next_relevant(&mut events, p).await.is_none() {
                 return Ok(Some(
@@ -382,10 +383,6 @@ impl Engine {
             }
         }
     }
-}
-
-fn verdict(approve: bool) -> &'static str {
-    if approve { "approved" } else { "rejected" }
 }
 
 /// The waits as one line.

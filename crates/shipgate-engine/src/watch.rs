@@ -38,7 +38,10 @@ impl Engine {
             tokio::time::sleep(left.min(LOOK_EVERY)).await;
             let figures = Counters::of(router, app, &label).since(&before);
             let decisions = self.store.decisions(p.id, Stage::Watch).await?;
-            if let Some(rejection) = decisions.iter().find(|d| !d.approve) {
+            if let Some(rejection) = decisions
+                .iter()
+                .find(|d| d.verdict == shipgate_core::Verdict::Reject)
+            {
                 let why = format!(
                     "rejected by {} during the watch: {}",
                     rejection.actor,

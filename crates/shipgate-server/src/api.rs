@@ -261,7 +261,7 @@ async fn promote(
 struct DecisionBody {
     release: String,
     env: String,
-    approve: bool,
+    verdict: shipgate_core::Verdict,
     comment: Option<String>,
 }
 
@@ -277,7 +277,7 @@ async fn decide(
     let comment = b.comment.filter(|c| !c.trim().is_empty());
     let (promotion, decision) = state
         .engine
-        .decide(&release, &env, &caller.0, b.approve, comment)
+        .decide(&release, &env, &caller.0, b.verdict, comment)
         .await?;
     Ok((
         StatusCode::CREATED,

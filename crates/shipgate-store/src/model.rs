@@ -100,8 +100,8 @@ pub struct NewDecision {
     pub actor: String,
     /// Their token's role.
     pub role: shipgate_core::Role,
-    /// Approve (true) or reject.
-    pub approve: bool,
+    /// Approve or reject.
+    pub verdict: shipgate_core::Verdict,
     /// Why.
     pub comment: Option<String>,
 }

@@ -802,7 +802,7 @@ impl Store for SqliteStore {
             .bind(d.stage.as_str())
             .bind(&d.actor)
             .bind(d.role.as_str())
-            .bind(d.approve)
+            .bind(d.verdict == shipgate_core::Verdict::Approve)
             .bind(&d.comment)
             .bind(at.to_string())
             .execute(&mut *tx)
@@ -817,7 +817,7 @@ impl Store for SqliteStore {
                 d.actor, p.id
             )));
         }
-        let verdict = if d.approve { "approved" } else { "rejected" };
+        let verdict = d.verdict.past();
         let what = match d.stage {
             Stage::Entry => "",
             Stage::Watch => " after its inconclusive watch",
@@ -829,7 +829,7 @@ impl Store for SqliteStore {
         if let Some(c) = &d.comment {
             message.push_str(&format!(": {c}"));
         }
-        let data = serde_json::json!({ "stage": d.stage, "role": d.role, "approve": d.approve, "comment": d.comment });
+        let data = serde_json::json!({ "stage": d.stage, "role": d.role, "verdict": d.verdict, "comment": d.comment });
         let event = append(
             &mut tx,
             promotion_event(&p, &d.actor, &format!("approval.{verdict}"), message, data),
@@ -839,7 +839,7 @@ impl Store for SqliteStore {
         Ok(Decision {
             actor: d.actor,
             role: d.role,
-            approve: d.approve,
+            verdict: d.verdict,
             comment: d.comment,
             at,
         })
@@ -861,7 +861,11 @@ impl Store for SqliteStore {
                         &get::<String>(row, "role")?,
                         shipgate_core::Role::parse,
                     )?,
-                    approve: get(row, "approve")?,
+                    verdict: if get::<bool>(row, "approve")? {
+                        shipgate_core::Verdict::Approve
+                    } else {
+                        shipgate_core::Verdict::Reject
+                    },
                     comment: get(row, "comment")?,
                     at: parse(
                         "time",

@@ -56,12 +56,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             release,
             env,
             comment,
-        } => decide(g, out, &release.to_string(), env.as_str(), true, comment).await,
+        } => decide(g, out, &release.to_string(), env.as_str(), shipgate_core::Verdict::Approve, comment).await,
         Command::Reject {
             release,
             env,
             comment,
-        } => decide(g, out, &release.to_string(), env.as_str(), false, Some(comment)).await,
+        } => decide(g, out, &release.to_string(), env.as_str(), shipgate_core::Verdict::Reject, Some(comment)).await,
         Command::Freeze { env, all: _, reason } => {
             freeze(g, out, env.map(|e| e.to_string()), Some(reason)).await
         }
@@ -461,20 +461,20 @@ async fn decide(
     out: Printer,
     release: &str,
     env: &str,
-    approve: bool,
+    verdict: shipgate_core::Verdict,
     comment: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
-    let body = json!({ "release": release, "env": env, "approve": approve, "comment": comment });
+    let body = json!({ "release": release, "env": env, "verdict": verdict, "comment": comment });
     let answer: Value = client.post("/approvals", &body).await?;
     let id = answer["promotion"]["id"].as_i64().unwrap_or_default();
     out.print(&answer, |a| {
-        let verdict = if approve { "approved" } else { "rejected" };
+        let verdict = verdict.past();
         let mut text = format!(
             "{} {verdict} {release} into {env} (promotion {id})",
             s(&a["decision"]["actor"])
         );
-        if !approve {
+        if verdict == shipgate_core::Verdict::Reject.past() {
             text.push_str("; it will not deploy");
         }
         text.push_str(&format!(
@@ -939,7 +939,7 @@ async fn history(
                 text.push_str(&format!("    waits on: {}\n", s(&w["message"])));
             }
             for d in p["decisions"].as_array().into_iter().flatten() {
-                let verdict = if d["approve"] == true {
+                let verdict = if d["verdict"] == "approve" {
                     "approved"
                 } else {
                     "rejected"

@@ -536,7 +536,7 @@ fn block(state: &AppState, viewer: &Viewer, entry: &HistoryEntry) -> PromotionBl
             .decisions
             .iter()
             .map(|d| {
-                let verdict = if d.approve { "approved" } else { "rejected" };
+                let verdict = d.verdict.past();
                 let comment = d
                     .comment
                     .as_deref()
@@ -640,7 +640,8 @@ pub(crate) async fn release(
 pub(crate) struct DecisionForm {
     csrf: String,
     env: String,
-    verdict: String,
+    /// An unknown value is refused by the form's parsing, never read as a rejection.
+    verdict: shipgate_core::Verdict,
     comment: Option<String>,
 }
 
@@ -661,10 +662,9 @@ pub(crate) async fn decide(
         version: version.clone(),
     };
     let comment = f.comment.filter(|c| !c.trim().is_empty());
-    let approve = f.verdict == "approve";
     state
         .engine
-        .decide(&release, &env, &viewer.caller.0, approve, comment)
+        .decide(&release, &env, &viewer.caller.0, f.verdict, comment)
         .await
         .map_err(|e| from_problem(e.into()))?;
     Ok(Redirect::to(&release_link(app.as_str(), version.as_str())).into_response())

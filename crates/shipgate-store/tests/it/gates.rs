@@ -3,19 +3,19 @@
 //! every change with its event in the chain.
 
 use shipgate_core::gate::Stage;
-use shipgate_core::{PromotionState, Role};
+use shipgate_core::{PromotionState, Role, Verdict};
 use shipgate_store::{LiveChange, NewDecision, Store, StoreError, verify_chain};
 
 use crate::fixtures::{TestStore, digest, env_of};
 
-fn decision(promotion_id: i64, actor: &str, stage: Stage, approve: bool) -> NewDecision {
+fn decision(promotion_id: i64, actor: &str, stage: Stage, verdict: Verdict) -> NewDecision {
     NewDecision {
         promotion_id,
         stage,
         actor: actor.into(),
         role: Role::Approver,
-        approve,
-        comment: (!approve).then(|| "no".to_owned()),
+        verdict,
+        comment: (verdict == Verdict::Reject).then(|| "no".to_owned()),
     }
 }
 
@@ -25,12 +25,12 @@ async fn each_person_decides_once_and_only_while_the_promotion_waits() {
     t.register("1.0.0", &digest(1)).await;
     let p = t.request("1.0.0", &digest(1), "production").await;
     t.store
-        .record_decision(decision(p.id, "bob", Stage::Entry, true))
+        .record_decision(decision(p.id, "bob", Stage::Entry, Verdict::Approve))
         .await
         .unwrap();
     let again = t
         .store
-        .record_decision(decision(p.id, "bob", Stage::Entry, false))
+        .record_decision(decision(p.id, "bob", Stage::Entry, Verdict::Reject))
         .await
         .unwrap_err();
     assert!(matches!(again, StoreError::Conflict(_)), "{again}");
@@ -44,20 +44,20 @@ async fn each_person_decides_once_and_only_while_the_promotion_waits() {
     // A watch decision needs a verifying promotion.
     let early = t
         .store
-        .record_decision(decision(p.id, "eve", Stage::Watch, true))
+        .record_decision(decision(p.id, "eve", Stage::Watch, Verdict::Approve))
         .await
         .unwrap_err();
     assert!(matches!(early, StoreError::StateConflict { .. }), "{early}");
     t.store
-        .record_decision(decision(p.id, "eve", Stage::Entry, false))
+        .record_decision(decision(p.id, "eve", Stage::Entry, Verdict::Reject))
         .await
         .unwrap();
     let decisions = t.store.decisions(p.id, Stage::Entry).await.unwrap();
-    let who: Vec<(&str, bool)> = decisions
+    let who: Vec<(&str, Verdict)> = decisions
         .iter()
-        .map(|d| (d.actor.as_str(), d.approve))
+        .map(|d| (d.actor.as_str(), d.verdict))
         .collect();
-    assert_eq!(who, [("bob", true), ("eve", false)]);
+    assert_eq!(who, [("bob", Verdict::Approve), ("eve", Verdict::Reject)]);
     assert!(
         t.store
             .decisions(p.id, Stage::Watch)
@@ -71,7 +71,7 @@ async fn each_person_decides_once_and_only_while_the_promotion_waits() {
         .await;
     let late = t
         .store
-        .record_decision(decision(p.id, "carol", Stage::Entry, true))
+        .record_decision(decision(p.id, "carol", Stage::Entry, Verdict::Approve))
         .await
         .unwrap_err();
     assert!(matches!(late, StoreError::StateConflict { .. }), "{late}");

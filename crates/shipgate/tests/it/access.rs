@@ -172,7 +172,7 @@ fn every_endpoint_checks_role_and_environment_scope() {
                     "POST",
                     "/api/v1/approvals".into(),
                     Some(
-                        json!({ "release": "web@1.0.0", "env": env, "approve": false, "comment": "no" }),
+                        json!({ "release": "web@1.0.0", "env": env, "verdict": "reject", "comment": "no" }),
                     ),
                     Needs::Approve,
                     in_scope,

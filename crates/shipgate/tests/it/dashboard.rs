@@ -268,6 +268,10 @@ fn forms_need_the_session_csrf_token_and_cross_site_posts_are_refused() {
     assert!(body.contains("came from another site"), "{body}");
     let (status, _, _) = raw(&s, "POST", path, &[], &form);
     assert_eq!(status, 303, "without a session: to the sign-in page");
+    // An unknown verdict is refused, never read as a rejection.
+    let unknown = format!("env=production&verdict=maybe&comment=hmm&csrf={csrf}");
+    let (status, _, body) = raw(&s, "POST", path, &auth, &unknown);
+    assert!((400..500).contains(&status), "{status}: {body}");
     assert_eq!(
         s.latest("production")["decisions"]
             .as_array()
