@@ -18,9 +18,19 @@ pub(crate) struct ApiPath<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Problem;
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state)
-            .await
-            .map_err(|e| Problem::bad_request(e.body_text()))?;
+        let axum::Json(value) =
+            axum::Json::<T>::from_request(req, state)
+                .await
+                .map_err(|e| match e {
+                    axum::extract::rejection::JsonRejection::MissingJsonContentType(_) => {
+                        Problem::new(
+                            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            "unsupported media type",
+                            "send the body as JSON with `Content-Type: application/json`",
+                        )
+                    }
+                    other => Problem::bad_request(other.body_text()),
+                })?;
         Ok(Self(value))
     }
 }

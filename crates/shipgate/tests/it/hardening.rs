@@ -382,3 +382,34 @@ fn defect_5_secret_values_are_replaced_before_they_are_stored_or_shown() {
         );
     }
 }
+
+#[test]
+fn a_json_body_with_another_content_type_gets_415_as_problem_json() {
+    use std::io::{Read, Write};
+    let s = spawn_server(&four_envs(""));
+    let token = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
+    let host = s.api().trim_start_matches("http://").to_owned();
+    let body = r#"{"name":"ci","role":"viewer"}"#;
+    let mut stream = std::net::TcpStream::connect(&host).unwrap();
+    write!(
+        stream,
+        "POST /api/v1/tokens HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 415"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(
+        answer.contains("Content-Type: application/json"),
+        "{answer}"
+    );
+    let tokens = s.json(&["token", "list"]);
+    assert_eq!(
+        tokens.as_array().unwrap().len(),
+        1,
+        "nothing created: {tokens}"
+    );
+}
