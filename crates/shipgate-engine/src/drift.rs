@@ -42,7 +42,7 @@ impl Engine {
                 env: live.env.clone(),
                 version: live.version.clone(),
                 drift,
-                checked_at: crate::flow::now(),
+                checked_at: self.now_text(),
             };
             self.record_drift(&live, &report).await?;
             reports.push(report);

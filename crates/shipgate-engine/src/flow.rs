@@ -270,7 +270,7 @@ impl Engine {
             Err(StoreError::StateConflict { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let started_at = now();
+        let started_at = self.now_text();
         let instance = match self.start_instance(&promotion, &slot).await {
             Ok(i) => i,
             Err(message) => {
@@ -416,6 +416,11 @@ impl Engine {
         };
         self.store.record_gate(gate, SYSTEM).await?;
         Ok(())
+    }
+
+    /// The engine clock's time, as gates record it (RFC 3339).
+    pub(crate) fn now_text(&self) -> String {
+        self.clock.now().to_string()
     }
 
     /// What replaces the secret values of `env` in any text stored or shown.
@@ -594,10 +599,6 @@ impl Engine {
 fn lost_its_port(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("address already in use") || m.contains("eaddrinuse")
-}
-
-pub(crate) fn now() -> String {
-    jiff::Timestamp::now().to_string()
 }
 
 fn first_line(s: &str) -> String {

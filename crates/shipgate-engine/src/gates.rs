@@ -44,7 +44,7 @@ impl Engine {
             return Ok(true);
         };
         let mut events = self.store.subscribe();
-        let started_at = crate::flow::now();
+        let started_at = self.now_text();
         let facts = loop {
             let current = self.store.promotion(p.id).await?;
             if current.is_none_or(|c| c.state != PromotionState::Pending) {
@@ -86,11 +86,11 @@ impl Engine {
             let next = waits.iter().filter_map(Wait::until).min();
             self.set_waiting(p.id, waits);
             let sleep = next
-                .and_then(|t| Duration::try_from(t.duration_since(Timestamp::now())).ok())
+                .and_then(|t| Duration::try_from(t.duration_since(self.clock.now())).ok())
                 .map_or(RECHECK, |d| (d + Duration::from_millis(5)).min(RECHECK));
             tokio::select! {
                 got = next_relevant(&mut events, p) => if got.is_none() { return Ok(false) },
-                () = tokio::time::sleep(sleep) => {}
+                () = self.clock.sleep_until(crate::clock::after(self.clock.now(), sleep)) => {}
             }
         };
         self.set_waiting(p.id, vec![]);
@@ -138,7 +138,7 @@ impl Engine {
             decisions,
             freezes,
             overridden,
-            now: Timestamp::now(),
+            now: self.clock.now(),
         })
     }
 
@@ -364,7 +364,7 @@ impl Engine {
     ) -> Result<Option<String>, EngineError> {
         let mut events = self.store.subscribe();
         self.set_waiting(p.id, vec![Wait::Decision { watched }]);
-        let started_at = crate::flow::now();
+        let started_at = self.now_text();
         loop {
             let decisions = self.store.decisions(p.id, Stage::Watch).await?;
             if let Some(d) = decisions.first() {

@@ -7,6 +7,7 @@
 //! (that is `shipgate-server`) nor hold rules of its own about which release may enter where.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 mod data;
 mod drift;
 mod error;
@@ -20,6 +21,7 @@ mod traffic;
 mod verify;
 mod watch;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use data::{DataMessage, MASK_KEY_FILE};
 pub use drift::DriftReport;
 pub use error::EngineError;
@@ -36,7 +38,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shipgate_core::{AppName, Config, EnvName};
-use shipgate_deploy::{Driver, DriverEvent, ProcessDriver};
+use shipgate_deploy::DriverEvent;
+pub use shipgate_deploy::{Driver, ProcessDriver};
 use shipgate_proxy::{Router, Upstream};
 use shipgate_store::Store;
 use shipgate_store::artifact::ArtifactStore;
@@ -64,6 +67,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     artifacts: ArtifactStore,
     driver: Arc<dyn Driver>,
+    clock: Arc<dyn Clock>,
     routers: HashMap<EnvName, Arc<Router>>,
     /// One lock per app and environment: at most one promotion deploys into a slot at a time.
     slots: Mutex<HashMap<Slot, Arc<tokio::sync::Mutex<()>>>>,
@@ -91,10 +95,13 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Engine {
     /// Binds every environment's router, restores what was live and resumes or fails what was
-    /// in flight when the server last stopped.
+    /// in flight when the server last stopped. The engine acts only through `driver` and reads
+    /// time only from `clock`; whoever starts it chooses both.
     pub async fn start(
         config: Arc<Config>,
         store: Arc<dyn Store>,
+        driver: Arc<dyn Driver>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Arc<Engine>, EngineError> {
         let artifacts = ArtifactStore::open(&config.server.data_dir)?;
         let mut routers = HashMap::new();
@@ -109,7 +116,8 @@ impl Engine {
             config,
             store,
             artifacts,
-            driver: Arc::new(ProcessDriver::new()),
+            driver,
+            clock,
             routers,
             slots: Mutex::default(),
             live: Mutex::default(),

@@ -32,8 +32,7 @@ impl Engine {
             self.retire_later(slot, old);
             return;
         }
-        let until = jiff::Timestamp::now()
-            + jiff::SignedDuration::try_from(keep).unwrap_or(jiff::SignedDuration::ZERO);
+        let until = crate::clock::after(self.clock.now(), keep);
         let id = old.id.clone();
         let replaced = locked(&self.standby).insert(
             slot.clone(),
@@ -48,7 +47,7 @@ impl Engine {
         }
         let engine = Arc::clone(self);
         tokio::spawn(async move {
-            tokio::time::sleep(keep).await;
+            engine.clock.sleep_until(until).await;
             let expired = {
                 let mut standby = locked(&engine.standby);
                 match standby.get(&slot) {

@@ -129,7 +129,7 @@ impl Engine {
                 let Some(engine) = engine.upgrade() else {
                     return;
                 };
-                engine.take_sample(jiff::Timestamp::now());
+                engine.take_sample(engine.clock.now());
             }
         });
     }

@@ -38,7 +38,7 @@ impl Engine {
         let exported = self.exported_env(&p.env, &vars);
         for (n, test) in env.verify.tests.iter().enumerate() {
             let command = expand(test, &vars);
-            let started_at = crate::flow::now();
+            let started_at = self.now_text();
             let run = self
                 .run_recorded_test(p, n, &command, &exported, timeout)
                 .await?;
@@ -50,7 +50,7 @@ impl Engine {
             }
         }
         for check in &env.verify.http {
-            let started_at = crate::flow::now();
+            let started_at = self.now_text();
             let url = format!("http://{}{}", env.listen, check.path);
             let (passed, output) = http_check(check, &url, timeout).await;
             let name = format!("http: GET {} → {}", check.path, check.status);

@@ -31,11 +31,11 @@ impl Engine {
         let label = instance.upstream.label().to_owned();
         let app = p.app.as_str();
         let before = Counters::of(router, app, &label);
-        let started_at = crate::flow::now();
-        let deadline = tokio::time::Instant::now() + rule.watch.as_std();
+        let started_at = self.now_text();
+        let deadline = crate::clock::after(self.clock.now(), rule.watch.as_std());
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            tokio::time::sleep(left.min(LOOK_EVERY)).await;
+            let next = crate::clock::after(self.clock.now(), LOOK_EVERY).min(deadline);
+            self.clock.sleep_until(next).await;
             let figures = Counters::of(router, app, &label).since(&before);
             let decisions = self.store.decisions(p.id, Stage::Watch).await?;
             if let Some(rejection) = decisions
@@ -65,7 +65,7 @@ impl Engine {
                     .await?;
                 return Ok(Some(why));
             }
-            let ended = tokio::time::Instant::now() >= deadline;
+            let ended = self.clock.now() >= deadline;
             match judge(&rule, &figures, ended) {
                 WatchVerdict::Continue => {}
                 WatchVerdict::Breach(why) => {

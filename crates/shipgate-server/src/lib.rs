@@ -61,7 +61,13 @@ impl Server {
             format!("cannot listen on {} for the API (is another shipgate running? change `listen` in [server])", config.server.listen)
         })?;
         let addr = listener.local_addr().context("reading the API address")?;
-        let engine = Engine::start(config, store).await?;
+        let engine = Engine::start(
+            config,
+            store,
+            Arc::new(shipgate_engine::ProcessDriver::new()),
+            Arc::new(shipgate_engine::SystemClock),
+        )
+        .await?;
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let app = api::routes(AppState {
             engine: Arc::clone(&engine),

@@ -1,0 +1,235 @@
+//! The engine on a controlled clock: a real SQLite store, real processes through the process
+//! driver, real routers, and a [`ManualClock`] that moves only when the test says so, so soak,
+//! deploy windows and watches are judged without sleeping through real minutes.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shipgate_core::gate::Wait;
+use shipgate_core::{Config, EnvName, PromotionState, ReleaseRef};
+use shipgate_engine::flow::ReleaseRequest;
+use shipgate_engine::{Engine, ManualClock, ProcessDriver};
+use shipgate_store::artifact::UnpackLimits;
+use shipgate_store::{SqliteStore, Store};
+
+/// An app that is not shipgate's own: answers every path with 200.
+const APP: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "3"); self.end_headers(); self.wfile.write(b"ok\n")
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    engine: Arc<Engine>,
+    clock: Arc<ManualClock>,
+}
+
+/// An engine for web in development → production, `production` holding `extra` lines.
+async fn start(extra: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[server]\ndata_dir = \"data\"\n[apps.web]\nrun = \"python3 app.py ${{PORT}}\"\nhealth = \"/\"\n\
+         [environments.development]\nlisten = \"127.0.0.1:{}\"\n\
+         [environments.production]\nafter = \"development\"\nlisten = \"127.0.0.1:{}\"\n{extra}\n",
+        free_port(),
+        free_port()
+    );
+    let config = Arc::new(Config::parse(&toml, dir.path()).unwrap());
+    std::fs::create_dir_all(&config.server.data_dir).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.server.database).await.unwrap());
+    let clock = Arc::new(ManualClock::new(jiff::Timestamp::now()));
+    let engine = Engine::start(
+        config,
+        store,
+        Arc::new(ProcessDriver::new()),
+        Arc::clone(&clock) as Arc<dyn shipgate_engine::Clock>,
+    )
+    .await
+    .unwrap();
+    Fixture { dir, engine, clock }
+}
+
+impl Fixture {
+    async fn register(&self, version: &str) -> ReleaseRef {
+        let src = self.dir.path().join(format!("src-{version}"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("app.py"), APP).unwrap();
+        std::fs::write(src.join("VERSION"), version).unwrap();
+        let mut packed = Vec::new();
+        shipgate_store::artifact::pack_dir(&src, &mut packed).unwrap();
+        let server = &self.engine.config().server;
+        let mut upload = self
+            .engine
+            .artifacts()
+            .upload(server.max_artifact_size, UnpackLimits::of(server))
+            .await
+            .unwrap();
+        upload.write(&packed).await.unwrap();
+        let digest = shipgate_store::artifact::digest_file(&{
+            let f = self.dir.path().join(format!("{version}.tar.gz"));
+            std::fs::write(&f, &packed).unwrap();
+            f
+        })
+        .unwrap();
+        let checked = upload.finish(&digest).await.unwrap();
+        let release = ReleaseRef::parse(&format!("web@{version}")).unwrap();
+        let request = ReleaseRequest {
+            release: release.clone(),
+            commit: None,
+            notes: None,
+        };
+        self.engine
+            .create_release(request, checked, "ci")
+            .await
+            .unwrap();
+        release
+    }
+
+    /// Promotes and returns the promotion's id.
+    async fn promote(&self, release: &ReleaseRef, env: &str) -> i64 {
+        let env = EnvName::parse(env).unwrap();
+        self.engine
+            .promote(release, &env, "ci", None)
+            .await
+            .unwrap()
+            .id
+    }
+
+    async fn state(&self, id: i64) -> PromotionState {
+        self.engine
+            .store()
+            .promotion(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+    }
+
+    /// Waits (real time, for processes to start) until promotion `id` is in `state`.
+    async fn reaches(&self, id: i64, state: PromotionState) {
+        for _ in 0..600 {
+            if self.state(id).await == state {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "promotion {id} is {} after 30 s, not {state}",
+            self.state(id).await
+        );
+    }
+
+    /// Lets the engine's tasks run for a moment of real time without moving the clock.
+    async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_is_counted_on_the_engine_clock() {
+    let f = start("require.soak = \"10m\"").await;
+    let release = f.register("1.0.0").await;
+    let dev = f.promote(&release, "development").await;
+    f.reaches(dev, PromotionState::Succeeded).await;
+
+    let prod = f.promote(&release, "production").await;
+    f.settle().await;
+    assert_eq!(f.state(prod).await, PromotionState::Pending);
+    assert!(
+        f.engine
+            .waiting_on(prod)
+            .iter()
+            .any(|w| matches!(w, Wait::Soak { .. })),
+        "{:?}",
+        f.engine.waiting_on(prod)
+    );
+    f.clock.advance(9 * MINUTE);
+    f.settle().await;
+    assert_eq!(
+        f.state(prod).await,
+        PromotionState::Pending,
+        "9 of 10 minutes"
+    );
+
+    f.clock.advance(MINUTE + Duration::from_secs(30));
+    f.reaches(prod, PromotionState::Succeeded).await;
+    f.engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_lasts_its_time_on_the_engine_clock() {
+    let f = start("verify.watch = \"2m\"\nverify.inconclusive = \"pass\"").await;
+    let release = f.register("1.0.0").await;
+    let dev = f.promote(&release, "development").await;
+    f.reaches(dev, PromotionState::Succeeded).await;
+
+    let prod = f.promote(&release, "production").await;
+    f.reaches(prod, PromotionState::Verifying).await;
+    f.clock.advance(MINUTE);
+    f.settle().await;
+    assert_eq!(
+        f.state(prod).await,
+        PromotionState::Verifying,
+        "1 of 2 minutes"
+    );
+
+    f.clock.advance(MINUTE);
+    f.reaches(prod, PromotionState::Succeeded).await;
+    f.engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_window_opens_on_the_engine_clock() {
+    // A window that opens 30 minutes from now and lasts an hour (cut at midnight).
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let opens = now
+        .checked_add(jiff::SignedDuration::from_mins(30))
+        .unwrap();
+    let closes = opens
+        .checked_add(jiff::SignedDuration::from_mins(60))
+        .unwrap();
+    let (close_hour, close_minute) = if closes.date() == opens.date() {
+        (closes.hour(), closes.minute())
+    } else {
+        (23, 59)
+    };
+    let window = format!(
+        "require.window = \"Mon-Sun {:02}:{:02}-{close_hour:02}:{close_minute:02} UTC\"",
+        opens.hour(),
+        opens.minute(),
+    );
+    let f = start(&window).await;
+    let release = f.register("1.0.0").await;
+    let dev = f.promote(&release, "development").await;
+    f.reaches(dev, PromotionState::Succeeded).await;
+
+    let prod = f.promote(&release, "production").await;
+    f.settle().await;
+    assert_eq!(f.state(prod).await, PromotionState::Pending);
+    assert!(
+        f.engine
+            .waiting_on(prod)
+            .iter()
+            .any(|w| matches!(w, Wait::Window { .. })),
+        "{:?}",
+        f.engine.waiting_on(prod)
+    );
+    f.clock.advance(31 * MINUTE);
+    f.reaches(prod, PromotionState::Succeeded).await;
+    f.engine.shutdown().await;
+}
