@@ -183,11 +183,18 @@ pub enum RevokeRefusal {
         "`{0}` is the last admin token limited to no environment; create another one first (shipgate token create NAME --role admin), then revoke this one"
     )]
     LastUnscopedAdmin(String),
+    /// The request comes with the very token it would revoke, which would lock the caller out
+    /// half-way through what they are doing.
+    #[error(
+        "`{0}` is the token this request comes with; revoke it with another admin token (a token never revokes itself)"
+    )]
+    Itself(String),
 }
 
-/// Whether the token `name` may be revoked, given every token still active (`active`, which
-/// includes it). The last unscoped admin must stay: without it no one can manage tokens.
-pub fn may_revoke(active: &[Grant], name: &str) -> Result<(), RevokeRefusal> {
+/// Whether the token `name` may be revoked by the token `by`, given every token still active
+/// (`active`, which includes both). The last unscoped admin must stay: without it no one can
+/// manage tokens; and no token revokes itself.
+pub fn may_revoke(active: &[Grant], name: &str, by: &str) -> Result<(), RevokeRefusal> {
     let unscoped_admin = |g: &&Grant| g.role == Role::Admin && g.envs.is_empty();
     let is_one = active.iter().filter(unscoped_admin).any(|g| g.name == name);
     let others = active
@@ -197,6 +204,9 @@ pub fn may_revoke(active: &[Grant], name: &str) -> Result<(), RevokeRefusal> {
         .count();
     if is_one && others == 0 {
         return Err(RevokeRefusal::LastUnscopedAdmin(name.to_owned()));
+    }
+    if name == by {
+        return Err(RevokeRefusal::Itself(name.to_owned()));
     }
     Ok(())
 }
@@ -278,12 +288,16 @@ mod tests {
         let viewer = named("viewer", Role::Viewer, &[]);
         let alone = [admin.clone(), scoped.clone(), viewer.clone()];
         assert_eq!(
-            may_revoke(&alone, "admin"),
+            may_revoke(&alone, "admin", "shipgate"),
             Err(RevokeRefusal::LastUnscopedAdmin("admin".into()))
         );
-        assert_eq!(may_revoke(&alone, "dev-admin"), Ok(()));
-        assert_eq!(may_revoke(&alone, "viewer"), Ok(()));
+        assert_eq!(may_revoke(&alone, "dev-admin", "admin"), Ok(()));
+        assert_eq!(may_revoke(&alone, "viewer", "admin"), Ok(()));
         let two = [admin, named("second", Role::Admin, &[]), scoped, viewer];
-        assert_eq!(may_revoke(&two, "admin"), Ok(()));
+        assert_eq!(may_revoke(&two, "admin", "second"), Ok(()));
+        assert_eq!(
+            may_revoke(&two, "admin", "admin"),
+            Err(RevokeRefusal::Itself("admin".into()))
+        );
     }
 }

@@ -162,7 +162,8 @@ pub trait Store: Send + Sync {
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
     /// Every token, revoked ones included, oldest first.
     async fn tokens(&self) -> Result<Vec<TokenRecord>>;
-    /// Revokes the active token of that name, with its event.
+    /// Revokes the active token of that name for the token `actor`, with its event; refused
+    /// (see `shipgate_core::access::may_revoke`) for the last unscoped admin and for `actor` itself.
     async fn revoke_token(&self, name: &str, actor: &str) -> Result<TokenRecord>;
 }
 

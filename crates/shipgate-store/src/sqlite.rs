@@ -1273,7 +1273,7 @@ impl Store for SqliteStore {
         .iter()
         .map(|row| token_from(row).map(|t| t.grant()))
         .collect::<Result<_>>()?;
-        shipgate_core::access::may_revoke(&active, name)
+        shipgate_core::access::may_revoke(&active, name, actor)
             .map_err(|refusal| StoreError::Conflict(refusal.to_string()))?;
         let at = now();
         let revoked =

@@ -35,6 +35,8 @@ fn defect_1_revoking_the_admin_token_never_bricks_the_server() {
     );
 
     let second = s.token("second-admin", "admin", &[]);
+    let itself = s.refused_as(&second, &["token", "revoke", "second-admin"]);
+    assert!(itself.contains("a token never revokes itself"), "{itself}");
     s.ok_as(&second, &["token", "revoke", &first]);
     let old_file = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
     assert!(s.terminate().success());
