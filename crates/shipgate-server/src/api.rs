@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::Method;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
@@ -254,7 +254,11 @@ async fn promote(
         .engine
         .promote(&release, &env, caller.name(), b.override_reason)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(promotion)))
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, promotion_location(promotion.id))],
+        Json(promotion),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -274,7 +278,12 @@ async fn decide(
     let release = parse("release", &b.release, ReleaseRef::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
     caller.allow(Action::Approve, Some(&env))?;
-    let comment = b.comment.filter(|c| !c.trim().is_empty());
+    if b.comment.as_ref().is_some_and(|c| c.trim().is_empty()) {
+        return Err(Problem::bad_request(
+            "a comment says why in words; leave it out rather than send it blank",
+        ));
+    }
+    let comment = b.comment;
     let (promotion, decision) = state
         .engine
         .decide(&release, &env, &caller.0, b.verdict, comment)
@@ -399,7 +408,11 @@ async fn heal(
     let env = parse("environment", &b.env, EnvName::parse)?;
     caller.allow(Action::Rollback, Some(&env))?;
     let promotion = state.engine.heal(&app, &env, caller.name()).await?;
-    Ok((StatusCode::ACCEPTED, Json(promotion)))
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, promotion_location(promotion.id))],
+        Json(promotion),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -485,7 +498,11 @@ async fn rollback(
         .engine
         .rollback(&app, &env, to.as_ref(), caller.name())
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(promotion)))
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, promotion_location(promotion.id))],
+        Json(promotion),
+    ))
 }
 
 async fn status(
@@ -511,6 +528,11 @@ async fn healthz(State(state): State<AppState>) -> &'static str {
     } else {
         "ok\n"
     }
+}
+
+/// Where a promotion can be read: the `Location` of every answer that starts one.
+fn promotion_location(id: i64) -> String {
+    format!("/api/v1/promotions/{id}")
 }
 
 /// `value` of the query parameter `name`, refused with 400 outside `min..=max`.
@@ -561,7 +583,7 @@ struct LogsQuery {
     env: String,
     /// Read from this byte offset (as returned by the previous call); without it, the last `lines`.
     offset: Option<u64>,
-    lines: Option<usize>,
+    lines: Option<i64>,
 }
 
 async fn logs(
@@ -575,8 +597,8 @@ async fn logs(
     let Some(path) = state.engine.log_file(&app, &env) else {
         return Ok(Json(serde_json::json!({ "text": "", "offset": 0 })));
     };
-    let lines = q.lines.unwrap_or(100);
-    let read = tokio::task::spawn_blocking(move || read_log(&path, q.offset, lines)).await;
+    let lines = within("lines", q.lines.unwrap_or(100), 1, 100_000)?;
+    let read = tokio::task::spawn_blocking(move || read_log(&path, q.offset, lines as usize)).await;
     let (text, offset) = read
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
         .map_err(|e| {
@@ -644,6 +666,7 @@ async fn events(
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let env = optional("environment", q.env.as_deref(), EnvName::parse)?;
+    optional("app", q.app.as_deref(), AppName::parse)?;
     caller.allow(Action::Read, env.as_ref())?;
     let filter = EventFilter {
         after: within("after", q.after.unwrap_or(0), 0, i64::MAX)?,
@@ -721,7 +744,7 @@ async fn create_token(
     ApiJson(b): ApiJson<TokenBody>,
 ) -> ApiResult<impl IntoResponse> {
     caller.allow(Action::ManageTokens, None)?;
-    let name = b.name.trim();
+    let name = b.name.as_str();
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
     if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
         return Err(Problem::bad_request(
@@ -758,8 +781,10 @@ async fn create_token(
         .store()
         .insert_token(new, caller.name())
         .await?;
+    let location = format!("/api/v1/tokens/{}", record.name);
     Ok((
         StatusCode::CREATED,
+        [(header::LOCATION, location)],
         Json(serde_json::json!({ "token": secret, "record": record })),
     ))
 }
