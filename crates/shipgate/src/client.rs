@@ -14,6 +14,47 @@ pub struct Refused {
     pub status: u16,
     /// What to do about it.
     pub detail: String,
+    /// The problem+json body as the server sent it (printed as is with `--output json`).
+    pub problem: Option<Value>,
+}
+
+impl Refused {
+    /// A refusal the command itself makes, before asking the server.
+    pub fn local(status: u16, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let problem = serde_json::json!({
+            "type": "about:blank",
+            "title": "refused",
+            "status": status,
+            "detail": detail,
+        });
+        Self {
+            status,
+            detail,
+            problem: Some(problem),
+        }
+    }
+
+    /// Reads a failed answer's body: its problem+json, or the raw text when it is none.
+    fn from_answer(status: reqwest::StatusCode, body: &[u8]) -> Self {
+        let problem = serde_json::from_slice::<Value>(body)
+            .ok()
+            .filter(|v| v.get("detail").is_some_and(Value::is_string));
+        let detail = problem
+            .as_ref()
+            .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| {
+                format!(
+                    "the server answered {status}: {}",
+                    String::from_utf8_lossy(body)
+                )
+            });
+        Self {
+            status: status.as_u16(),
+            detail,
+            problem,
+        }
+    }
 }
 
 /// Talks to one server with one token.
@@ -59,20 +100,7 @@ impl Client {
             .await
             .context("reading the server's answer")?;
         if !status.is_success() {
-            let detail = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_else(|| {
-                    format!(
-                        "the server answered {status}: {}",
-                        String::from_utf8_lossy(&body)
-                    )
-                });
-            return Err(Refused {
-                status: status.as_u16(),
-                detail,
-            }
-            .into());
+            return Err(Refused::from_answer(status, &body).into());
         }
         serde_json::from_slice(&body).with_context(|| {
             format!(
@@ -115,15 +143,7 @@ impl Client {
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.unwrap_or_default();
-            let detail = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_else(|| format!("the server answered {status}"));
-            return Err(Refused {
-                status: status.as_u16(),
-                detail,
-            }
-            .into());
+            return Err(Refused::from_answer(status, &body).into());
         }
         let mut stream = response.bytes_stream();
         let mut pending: Vec<u8> = Vec::new();

@@ -89,10 +89,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Drift { app, env, heal } => match (app, env, heal) {
             (Some(app), Some(env), true) => drift_heal(g, out, app.as_str(), env.as_str()).await,
-            (None, _, true) => Err(anyhow::anyhow!(crate::client::Refused {
-                status: 400,
-                detail: "name the app to heal: shipgate drift APP --env ENV --heal".into(),
-            })),
+            (None, _, true) => Err(anyhow::anyhow!(crate::client::Refused::local(
+                400,
+                "name the app to heal: shipgate drift APP --env ENV --heal",
+            ))),
             (app, _, _) => drift(g, out, app.map(|a| a.to_string())).await,
         },
         Command::History { app, env, limit } => {
@@ -148,13 +148,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             expect_version,
         } => crate::sample::smoke(&url, &expect_version).await,
     }
-    .or_else(refusal_to_exit_code)
+    .or_else(|e| refusal_to_exit_code(e, out))
 }
 
-/// A refusal from the server is the user's answer, not a crash: print it and exit 1.
-fn refusal_to_exit_code(e: anyhow::Error) -> anyhow::Result<ExitCode> {
+/// A refusal from the server is the user's answer, not a crash: print it and exit 1. With
+/// `--output json` its problem+json body goes to stdout too, for scripts.
+fn refusal_to_exit_code(e: anyhow::Error, out: Printer) -> anyhow::Result<ExitCode> {
     match e.downcast_ref::<crate::client::Refused>() {
         Some(r) => {
+            if let (true, Some(problem)) = (out.json(), &r.problem) {
+                println!("{problem}");
+            }
             eprintln!("error: {}", r.detail);
             Ok(ExitCode::FAILURE)
         }

@@ -415,3 +415,33 @@ fn a_json_body_with_another_content_type_gets_415_as_problem_json() {
         "nothing created: {tokens}"
     );
 }
+
+#[test]
+fn a_refused_command_prints_its_problem_json_on_stdout_with_output_json() {
+    let s = spawn_server(&four_envs(""));
+    s.register("1.0.0", &[]);
+    let out = s.cli(&[
+        "promote",
+        "web@1.0.0",
+        "--to",
+        "testing",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let problem: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", text(&out)));
+    assert_eq!(problem["status"], 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is not verified in development yet"),
+        "{problem}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: "),
+        "{}",
+        text(&out)
+    );
+}
