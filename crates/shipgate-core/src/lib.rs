@@ -28,6 +28,6 @@ pub use config::{
 };
 pub use duration::Duration;
 pub use gate::Verdict;
-pub use names::{AppName, Digest, EnvName, NameError, ReleaseRef, Version};
+pub use names::{AppName, Digest, EnvName, NameError, PromotionId, ReleaseRef, Version};
 pub use promotion::{EntryRefusal, PromotionKind, PromotionState, Standing};
 pub use size::ByteSize;

@@ -173,6 +173,17 @@ impl ReleaseRef {
     }
 }
 
+/// The sequence number the store gave a promotion; the key every step of it is recorded under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PromotionId(pub i64);
+
+impl fmt::Display for PromotionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl fmt::Display for ReleaseRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.app, self.version)

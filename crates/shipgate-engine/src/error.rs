@@ -33,7 +33,7 @@ pub enum EngineError {
     },
     /// No such promotion.
     #[error("promotion {0} does not exist")]
-    NoSuchPromotion(i64),
+    NoSuchPromotion(shipgate_core::PromotionId),
     /// The approval or rejection is not allowed.
     #[error(transparent)]
     Decision(#[from] DecisionRefusal),

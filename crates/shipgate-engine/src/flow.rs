@@ -212,7 +212,7 @@ impl Engine {
         Ok(promotion)
     }
 
-    pub(crate) fn spawn_run(self: &Arc<Self>, promotion_id: i64) {
+    pub(crate) fn spawn_run(self: &Arc<Self>, promotion_id: shipgate_core::PromotionId) {
         let engine = Arc::clone(self);
         tokio::spawn(async move {
             if let Err(e) = engine.run(promotion_id).await {
@@ -237,7 +237,10 @@ impl Engine {
     }
 
     /// Carries one promotion from `pending` to its end.
-    async fn run(self: &Arc<Self>, promotion_id: i64) -> Result<(), EngineError> {
+    async fn run(
+        self: &Arc<Self>,
+        promotion_id: shipgate_core::PromotionId,
+    ) -> Result<(), EngineError> {
         let promotion = self
             .store
             .promotion(promotion_id)

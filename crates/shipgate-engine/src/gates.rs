@@ -21,14 +21,14 @@ const RECHECK: Duration = Duration::from_secs(60);
 
 impl Engine {
     /// What a promotion waits on now (empty when it waits on nothing or is not pending).
-    pub fn waiting_on(&self, promotion_id: i64) -> Vec<Wait> {
+    pub fn waiting_on(&self, promotion_id: shipgate_core::PromotionId) -> Vec<Wait> {
         locked(&self.waiting)
             .get(&promotion_id)
             .cloned()
             .unwrap_or_default()
     }
 
-    pub(crate) fn set_waiting(&self, promotion_id: i64, waits: Vec<Wait>) {
+    pub(crate) fn set_waiting(&self, promotion_id: shipgate_core::PromotionId, waits: Vec<Wait>) {
         let mut waiting = locked(&self.waiting);
         if waits.is_empty() {
             waiting.remove(&promotion_id);

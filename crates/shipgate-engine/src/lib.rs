@@ -77,7 +77,7 @@ pub struct Engine {
     /// Slots whose live instance crash-looped and is no longer restarted, with why.
     unhealthy: Mutex<HashMap<Slot, String>>,
     /// What each waiting promotion waits on (pending ones, and verifying ones held for a person).
-    waiting: Mutex<HashMap<i64, Vec<shipgate_core::gate::Wait>>>,
+    waiting: Mutex<HashMap<shipgate_core::PromotionId, Vec<shipgate_core::gate::Wait>>>,
     /// The last hour of each slot's traffic, for charts.
     traffic: Mutex<HashMap<Slot, traffic::History>>,
     /// What the last drift scan found, for slots that drifted.

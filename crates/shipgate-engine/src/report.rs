@@ -241,7 +241,10 @@ impl Engine {
     }
 
     /// One promotion with its gates.
-    pub async fn promotion(&self, id: i64) -> Result<HistoryEntry, EngineError> {
+    pub async fn promotion(
+        &self,
+        id: shipgate_core::PromotionId,
+    ) -> Result<HistoryEntry, EngineError> {
         let promotion = self
             .store
             .promotion(id)

@@ -471,7 +471,7 @@ async fn list_freezes(
 async fn promotion(
     State(state): State<AppState>,
     caller: Caller,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<shipgate_core::PromotionId>,
 ) -> ApiResult<impl IntoResponse> {
     let entry = state.engine.promotion(id).await?;
     caller.allow(Action::Read, Some(&entry.promotion.env))?;
@@ -531,7 +531,7 @@ async fn healthz(State(state): State<AppState>) -> &'static str {
 }
 
 /// Where a promotion can be read: the `Location` of every answer that starts one.
-fn promotion_location(id: i64) -> String {
+fn promotion_location(id: shipgate_core::PromotionId) -> String {
     format!("/api/v1/promotions/{id}")
 }
 

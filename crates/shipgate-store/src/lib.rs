@@ -16,7 +16,7 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use shipgate_core::gate::{Decision, Freeze, Stage};
-use shipgate_core::{AppName, Digest, EnvName, PromotionState, Standing, Version};
+use shipgate_core::{AppName, Digest, EnvName, PromotionId, PromotionState, Standing, Version};
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum StoreError {
     #[error("promotion {id} is {actual}, not {expected}")]
     StateConflict {
         /// The promotion.
-        id: i64,
+        id: PromotionId,
         /// The states the change starts from.
         expected: String,
         /// Its state now.
@@ -92,7 +92,7 @@ pub trait Store: Send + Sync {
     async fn switch_back(
         &self,
         promotion: NewPromotion,
-        replaced: i64,
+        replaced: PromotionId,
         gate: String,
         actor: &str,
     ) -> Result<Promotion>;
@@ -100,7 +100,7 @@ pub trait Store: Send + Sync {
     /// in one transaction; refused with [`StoreError::StateConflict`] if it was not in `from`.
     async fn transition(&self, change: Transition) -> Result<Promotion>;
     /// One promotion.
-    async fn promotion(&self, id: i64) -> Result<Option<Promotion>>;
+    async fn promotion(&self, id: PromotionId) -> Result<Option<Promotion>>;
     /// Promotions matching the filter, newest first.
     async fn promotions(&self, filter: PromotionFilter) -> Result<Vec<Promotion>>;
     /// Where `app@version` stands in `env`: by its latest promotion there that succeeded (and
@@ -120,9 +120,9 @@ pub trait Store: Send + Sync {
     /// `verifying` (watch stage), and with [`StoreError::Conflict`] if that person already decided.
     async fn record_decision(&self, decision: NewDecision) -> Result<Decision>;
     /// The decisions of one stage of a promotion, oldest first.
-    async fn decisions(&self, promotion_id: i64, stage: Stage) -> Result<Vec<Decision>>;
+    async fn decisions(&self, promotion_id: PromotionId, stage: Stage) -> Result<Vec<Decision>>;
     /// The override of a promotion, if an admin gave one.
-    async fn override_of(&self, promotion_id: i64) -> Result<Option<Override>>;
+    async fn override_of(&self, promotion_id: PromotionId) -> Result<Option<Override>>;
 
     /// Freezes one environment (or all: `None`), with its event; refused with
     /// [`StoreError::Conflict`] if that scope is frozen already.
@@ -135,7 +135,7 @@ pub trait Store: Send + Sync {
     /// Records one gate result of a promotion, with its event.
     async fn record_gate(&self, gate: NewGate, actor: &str) -> Result<Gate>;
     /// The gates of a promotion, in order.
-    async fn gates(&self, promotion_id: i64) -> Result<Vec<Gate>>;
+    async fn gates(&self, promotion_id: PromotionId) -> Result<Vec<Gate>>;
 
     /// What is live, for one app or all.
     async fn live(&self, app: Option<&AppName>) -> Result<Vec<LiveRelease>>;

@@ -1,7 +1,9 @@
 //! Records as the store keeps them.
 
 use serde::{Deserialize, Serialize};
-use shipgate_core::{AppName, Digest, EnvName, PromotionKind, PromotionState, Version};
+use shipgate_core::{
+    AppName, Digest, EnvName, PromotionId, PromotionKind, PromotionState, Version,
+};
 
 /// A registered, immutable release.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -45,7 +47,7 @@ pub struct NewRelease {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Promotion {
     /// Sequence number.
-    pub id: i64,
+    pub id: PromotionId,
     /// The app.
     pub app: AppName,
     /// The version promoted.
@@ -93,7 +95,7 @@ pub struct NewPromotion {
 #[derive(Debug, Clone)]
 pub struct NewDecision {
     /// The promotion decided on.
-    pub promotion_id: i64,
+    pub promotion_id: PromotionId,
     /// Before the deploy or on a held watch.
     pub stage: shipgate_core::gate::Stage,
     /// Who decides.
@@ -132,7 +134,7 @@ pub enum LiveChange {
 #[derive(Debug, Clone)]
 pub struct Transition {
     /// The promotion.
-    pub promotion_id: i64,
+    pub promotion_id: PromotionId,
     /// States it may be in now.
     pub from: Vec<PromotionState>,
     /// State after.
@@ -146,7 +148,7 @@ pub struct Transition {
     /// The sentence recorded in the event.
     pub message: String,
     /// Also mark the promotion that made the previous release live as rolled back.
-    pub roll_back_promotion: Option<i64>,
+    pub roll_back_promotion: Option<PromotionId>,
 }
 
 /// Which promotions to list.
@@ -172,7 +174,7 @@ pub struct Gate {
     /// Sequence number.
     pub id: i64,
     /// The promotion it belongs to.
-    pub promotion_id: i64,
+    pub promotion_id: PromotionId,
     /// What was checked (`deploy`, `health`, `test: ./smoke --url ...`).
     pub name: String,
     /// Whether it passed.
@@ -189,7 +191,7 @@ pub struct Gate {
 #[derive(Debug, Clone)]
 pub struct NewGate {
     /// The promotion.
-    pub promotion_id: i64,
+    pub promotion_id: PromotionId,
     /// What was checked.
     pub name: String,
     /// Whether it passed.
@@ -212,7 +214,7 @@ pub struct LiveRelease {
     /// Its digest.
     pub digest: Digest,
     /// The promotion that made it live.
-    pub promotion_id: i64,
+    pub promotion_id: PromotionId,
     /// Since when (RFC 3339).
     pub since: String,
 }
@@ -229,7 +231,7 @@ pub struct InstanceRecord {
     /// The release version it runs.
     pub version: Version,
     /// The promotion it serves.
-    pub promotion_id: i64,
+    pub promotion_id: PromotionId,
     /// Process id, if known.
     pub pid: Option<i64>,
     /// Its port.
@@ -256,7 +258,7 @@ pub struct Event {
     /// The environment concerned, if any.
     pub env: Option<String>,
     /// The promotion concerned, if any.
-    pub promotion_id: Option<i64>,
+    pub promotion_id: Option<PromotionId>,
     /// What happened, in a sentence.
     pub message: String,
     /// Details.
@@ -297,7 +299,7 @@ pub struct NewEvent {
     /// The environment concerned.
     pub env: Option<String>,
     /// The promotion concerned.
-    pub promotion_id: Option<i64>,
+    pub promotion_id: Option<PromotionId>,
     /// What happened.
     pub message: String,
     /// Details.

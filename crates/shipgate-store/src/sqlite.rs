@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use shipgate_core::gate::{Decision, Freeze, Stage};
-use shipgate_core::{AppName, Digest, EnvName, PromotionKind, PromotionState, Standing, Version};
+use shipgate_core::{
+    AppName, Digest, EnvName, PromotionId, PromotionKind, PromotionState, Standing, Version,
+};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -223,7 +225,7 @@ async fn append(tx: &mut Transaction<'_, Sqlite>, e: NewEvent) -> Result<Event> 
         .bind(&event.kind)
         .bind(&event.app)
         .bind(&event.env)
-        .bind(event.promotion_id)
+        .bind(event.promotion_id.map(|p| p.0))
         .bind(&event.message)
         .bind(event.data.to_string())
         .bind(&event.prev_hash)
@@ -252,7 +254,7 @@ fn promotion_from(row: &SqliteRow) -> Result<Promotion> {
     let kind: String = get(row, "kind")?;
     let previous: Option<String> = get(row, "previous_version")?;
     Ok(Promotion {
-        id: get(row, "id")?,
+        id: PromotionId(get(row, "id")?),
         app: parse("app", &get::<String>(row, "app")?, AppName::parse)?,
         version: parse("version", &get::<String>(row, "version")?, Version::parse)?,
         digest: parse("digest", &get::<String>(row, "digest")?, Digest::parse)?,
@@ -277,7 +279,7 @@ fn live_from(row: &SqliteRow) -> Result<LiveRelease> {
         env: parse("environment", &get::<String>(row, "env")?, EnvName::parse)?,
         version: parse("version", &get::<String>(row, "version")?, Version::parse)?,
         digest: parse("digest", &get::<String>(row, "digest")?, Digest::parse)?,
-        promotion_id: get(row, "promotion_id")?,
+        promotion_id: PromotionId(get(row, "promotion_id")?),
         since: get(row, "since")?,
     })
 }
@@ -291,7 +293,7 @@ fn event_from(row: &SqliteRow) -> Result<Event> {
         kind: get(row, "kind")?,
         app: get(row, "app")?,
         env: get(row, "env")?,
-        promotion_id: get(row, "promotion_id")?,
+        promotion_id: get::<Option<i64>>(row, "promotion_id")?.map(PromotionId),
         message: get(row, "message")?,
         data: serde_json::Value::from_str(&data)
             .map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
@@ -300,9 +302,9 @@ fn event_from(row: &SqliteRow) -> Result<Event> {
     })
 }
 
-async fn promotion_in(tx: &mut Transaction<'_, Sqlite>, id: i64) -> Result<Promotion> {
+async fn promotion_in(tx: &mut Transaction<'_, Sqlite>, id: PromotionId) -> Result<Promotion> {
     let row = sqlx::query("SELECT * FROM promotions WHERE id = ?")
-        .bind(id)
+        .bind(id.0)
         .fetch_optional(&mut **tx)
         .await
         .map_err(db("reading a promotion"))?
@@ -312,7 +314,7 @@ async fn promotion_in(tx: &mut Transaction<'_, Sqlite>, id: i64) -> Result<Promo
 
 async fn set_state(
     tx: &mut Transaction<'_, Sqlite>,
-    id: i64,
+    id: PromotionId,
     state: PromotionState,
     reason: Option<&str>,
 ) -> Result<()> {
@@ -320,7 +322,7 @@ async fn set_state(
         .bind(state.as_str())
         .bind(reason)
         .bind(now())
-        .bind(id)
+        .bind(id.0)
         .execute(&mut **tx)
         .await
         .map_err(db("updating a promotion"))?;
@@ -374,10 +376,11 @@ async fn insert_promotion(
             .fetch_one(&mut **tx)
             .await
             .map_err(db("inserting a promotion"))?;
+    let id = PromotionId(id);
     let promotion = promotion_in(tx, id).await?;
     if let Some(reason) = &p.override_reason {
         sqlx::query("INSERT INTO overrides (promotion_id, actor, reason, at) VALUES (?, ?, ?, ?)")
-            .bind(id)
+            .bind(id.0)
             .bind(actor)
             .bind(reason)
             .bind(&at)
@@ -397,7 +400,7 @@ async fn insert_promotion(
         );
         events.push(append(tx, event).await?);
     }
-    for old in pending {
+    for old in pending.into_iter().map(PromotionId) {
         let reason = format!("superseded by promotion {id} ({}@{})", p.app, p.version);
         set_state(tx, old, PromotionState::Superseded, Some(&reason)).await?;
         let old = promotion_in(tx, old).await?;
@@ -444,7 +447,7 @@ async fn put_live(tx: &mut Transaction<'_, Sqlite>, l: &LiveRelease) -> Result<(
         .bind(l.env.as_str())
         .bind(l.version.as_str())
         .bind(l.digest.as_str())
-        .bind(l.promotion_id)
+        .bind(l.promotion_id.0)
         .bind(&l.since)
         .execute(&mut **tx)
         .await
@@ -455,8 +458,8 @@ async fn put_live(tx: &mut Transaction<'_, Sqlite>, l: &LiveRelease) -> Result<(
 /// Marks the promotion that made a release live as rolled back by `by`.
 async fn mark_rolled_back(
     tx: &mut Transaction<'_, Sqlite>,
-    old: i64,
-    by: i64,
+    old: PromotionId,
+    by: PromotionId,
     actor: &str,
     events: &mut Vec<Event>,
 ) -> Result<()> {
@@ -576,7 +579,7 @@ impl Store for SqliteStore {
     async fn switch_back(
         &self,
         p: NewPromotion,
-        replaced: i64,
+        replaced: PromotionId,
         gate: String,
         actor: &str,
     ) -> Result<Promotion> {
@@ -589,7 +592,7 @@ impl Store for SqliteStore {
         set_state(&mut tx, requested.id, PromotionState::Succeeded, None).await?;
         let done = promotion_in(&mut tx, requested.id).await?;
         sqlx::query("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES (?, 'switch', 1, ?, ?, ?)")
-            .bind(done.id)
+            .bind(done.id.0)
             .bind(&gate)
             .bind(&at)
             .bind(&at)
@@ -681,9 +684,9 @@ impl Store for SqliteStore {
         Ok(after)
     }
 
-    async fn promotion(&self, id: i64) -> Result<Option<Promotion>> {
+    async fn promotion(&self, id: PromotionId) -> Result<Option<Promotion>> {
         sqlx::query("SELECT * FROM promotions WHERE id = ?")
-            .bind(id)
+            .bind(id.0)
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading a promotion"))?
@@ -798,7 +801,7 @@ impl Store for SqliteStore {
         }
         let at = jiff::Timestamp::now();
         let inserted = sqlx::query("INSERT INTO decisions (promotion_id, stage, actor, role, approve, comment, at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
-            .bind(p.id)
+            .bind(p.id.0)
             .bind(d.stage.as_str())
             .bind(&d.actor)
             .bind(d.role.as_str())
@@ -845,9 +848,9 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn decisions(&self, promotion_id: i64, stage: Stage) -> Result<Vec<Decision>> {
+    async fn decisions(&self, promotion_id: PromotionId, stage: Stage) -> Result<Vec<Decision>> {
         let rows = sqlx::query("SELECT actor, role, approve, comment, at FROM decisions WHERE promotion_id = ? AND stage = ? ORDER BY id")
-            .bind(promotion_id)
+            .bind(promotion_id.0)
             .bind(stage.as_str())
             .fetch_all(&self.pool)
             .await
@@ -877,10 +880,10 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn override_of(&self, promotion_id: i64) -> Result<Option<Override>> {
+    async fn override_of(&self, promotion_id: PromotionId) -> Result<Option<Override>> {
         let row: Option<(String, String, String)> =
             sqlx::query_as("SELECT actor, reason, at FROM overrides WHERE promotion_id = ?")
-                .bind(promotion_id)
+                .bind(promotion_id.0)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db("reading an override"))?;
@@ -1003,7 +1006,7 @@ impl Store for SqliteStore {
         let mut tx = self.begin().await?;
         let finished_at = now();
         let id: i64 = sqlx::query_scalar("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id")
-            .bind(g.promotion_id)
+            .bind(g.promotion_id.0)
             .bind(&g.name)
             .bind(g.passed)
             .bind(&g.output)
@@ -1041,9 +1044,9 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn gates(&self, promotion_id: i64) -> Result<Vec<Gate>> {
+    async fn gates(&self, promotion_id: PromotionId) -> Result<Vec<Gate>> {
         let rows = sqlx::query("SELECT * FROM gates WHERE promotion_id = ? ORDER BY id")
-            .bind(promotion_id)
+            .bind(promotion_id.0)
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading gates"))?;
@@ -1051,7 +1054,7 @@ impl Store for SqliteStore {
             .map(|row| {
                 Ok(Gate {
                     id: get(row, "id")?,
-                    promotion_id: get(row, "promotion_id")?,
+                    promotion_id: PromotionId(get(row, "promotion_id")?),
                     name: get(row, "name")?,
                     passed: get(row, "passed")?,
                     output: get(row, "output")?,
@@ -1106,7 +1109,7 @@ impl Store for SqliteStore {
             .bind(i.app.as_str())
             .bind(i.env.as_str())
             .bind(i.version.as_str())
-            .bind(i.promotion_id)
+            .bind(i.promotion_id.0)
             .bind(i.pid)
             .bind(i.port)
             .bind(&i.state)
@@ -1143,7 +1146,7 @@ impl Store for SqliteStore {
                     app: parse("app", &get::<String>(row, "app")?, AppName::parse)?,
                     env: parse("environment", &get::<String>(row, "env")?, EnvName::parse)?,
                     version: parse("version", &get::<String>(row, "version")?, Version::parse)?,
-                    promotion_id: get(row, "promotion_id")?,
+                    promotion_id: PromotionId(get(row, "promotion_id")?),
                     pid: get(row, "pid")?,
                     port: get(row, "port")?,
                     state: get(row, "state")?,

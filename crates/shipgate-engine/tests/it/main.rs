@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shipgate_core::gate::Wait;
-use shipgate_core::{Config, EnvName, PromotionState, ReleaseRef};
+use shipgate_core::{Config, EnvName, PromotionId, PromotionState, ReleaseRef};
 use shipgate_engine::flow::ReleaseRequest;
 use shipgate_engine::{Engine, ManualClock, ProcessDriver};
 use shipgate_store::artifact::UnpackLimits;
@@ -101,7 +101,7 @@ impl Fixture {
     }
 
     /// Promotes and returns the promotion's id.
-    async fn promote(&self, release: &ReleaseRef, env: &str) -> i64 {
+    async fn promote(&self, release: &ReleaseRef, env: &str) -> PromotionId {
         let env = EnvName::parse(env).unwrap();
         self.engine
             .promote(release, &env, "ci", None)
@@ -110,7 +110,7 @@ impl Fixture {
             .id
     }
 
-    async fn state(&self, id: i64) -> PromotionState {
+    async fn state(&self, id: PromotionId) -> PromotionState {
         self.engine
             .store()
             .promotion(id)
@@ -121,7 +121,7 @@ impl Fixture {
     }
 
     /// Waits (real time, for processes to start) until promotion `id` is in `state`.
-    async fn reaches(&self, id: i64, state: PromotionState) {
+    async fn reaches(&self, id: PromotionId, state: PromotionState) {
         for _ in 0..600 {
             if self.state(id).await == state {
                 return;

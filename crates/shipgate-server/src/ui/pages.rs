@@ -173,7 +173,7 @@ fn environment_link(app: &str, env: &str) -> String {
     format!("/apps/{app}/environments/{env}")
 }
 
-fn waits_of(state: &AppState, id: i64) -> Vec<String> {
+fn waits_of(state: &AppState, id: shipgate_core::PromotionId) -> Vec<String> {
     state
         .engine
         .waiting_on(id)
@@ -448,7 +448,7 @@ pub(crate) struct GateView {
 }
 
 pub(crate) struct PromotionBlock {
-    pub id: i64,
+    pub id: shipgate_core::PromotionId,
     pub env: String,
     pub env_link: String,
     pub kind: String,
@@ -673,7 +673,7 @@ pub(crate) async fn decide(
 // ------------------------------------------------------------------------------ environment --
 
 pub(crate) struct HistoryRow {
-    pub id: i64,
+    pub id: shipgate_core::PromotionId,
     pub version: String,
     pub link: String,
     pub kind: String,

@@ -125,7 +125,7 @@ pub fn new_release(version: &str, digest: &Digest) -> NewRelease {
 }
 
 pub fn transition(
-    id: i64,
+    id: shipgate_core::PromotionId,
     from: &[PromotionState],
     to: PromotionState,
     live: LiveChange,

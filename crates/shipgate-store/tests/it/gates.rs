@@ -8,7 +8,12 @@ use shipgate_store::{LiveChange, NewDecision, Store, StoreError, verify_chain};
 
 use crate::fixtures::{TestStore, digest, env_of};
 
-fn decision(promotion_id: i64, actor: &str, stage: Stage, verdict: Verdict) -> NewDecision {
+fn decision(
+    promotion_id: shipgate_core::PromotionId,
+    actor: &str,
+    stage: Stage,
+    verdict: Verdict,
+) -> NewDecision {
     NewDecision {
         promotion_id,
         stage,

@@ -41,7 +41,7 @@ async fn a_newer_request_supersedes_a_pending_one() {
     assert_eq!(superseded.len(), 1, "{events:#?}");
     assert_eq!(superseded[0].promotion_id, Some(old.id));
     assert_eq!(superseded[0].actor, "alice");
-    assert_eq!(superseded[0].data["by"], new.id);
+    assert_eq!(superseded[0].data["by"], new.id.0);
     // The supersession and the new request are one transaction: the new request's event follows.
     let requested = events
         .iter()
@@ -131,7 +131,7 @@ async fn a_transition_of_an_unknown_promotion_is_not_found() {
     let err = t
         .store
         .transition(transition(
-            42,
+            shipgate_core::PromotionId(42),
             &[PromotionState::Pending],
             PromotionState::Deploying,
             LiveChange::Keep,
@@ -345,7 +345,7 @@ async fn a_rollback_marks_the_replaced_promotion_rolled_back() {
         states: vec![PromotionState::Succeeded],
         ..Default::default()
     };
-    let succeeded: Vec<i64> = t
+    let succeeded: Vec<shipgate_core::PromotionId> = t
         .store
         .promotions(filter)
         .await
