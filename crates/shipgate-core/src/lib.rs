@@ -11,6 +11,7 @@ pub mod access;
 pub mod audit;
 pub mod config;
 pub mod duration;
+pub mod event_kind;
 pub mod gate;
 pub mod mask;
 pub mod names;
@@ -27,6 +28,7 @@ pub use config::{
     HttpCheck, Requirements, ServerConfig, WatchRule,
 };
 pub use duration::Duration;
+pub use event_kind::EventKind;
 pub use gate::Verdict;
 pub use names::{AppName, Digest, EnvName, NameError, PromotionId, ReleaseRef, Version};
 pub use promotion::{EntryRefusal, PromotionKind, PromotionState, Standing};

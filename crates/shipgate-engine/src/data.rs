@@ -148,14 +148,14 @@ impl Engine {
                     Ok(report) => {
                         let rows: u64 = report.tables.iter().map(|t| t.rows).sum();
                         (
-                            "data.refreshed",
+                            shipgate_core::EventKind::DataRefreshed,
                             format!("{actor} refreshed {app} data in {to} from {from}: {rows} rows in {} tables, masked, no leak", report.tables.len()),
                             serde_json::to_value(&report).unwrap_or_default(),
                             DataMessage::Done(report),
                         )
                     }
                     Err(e) => (
-                        "data.refresh_failed",
+                        shipgate_core::EventKind::DataRefreshFailed,
                         format!("{actor}'s refresh of {app} data in {to} from {from} failed; {to} keeps its previous data: {e}"),
                         serde_json::json!({ "error": e.to_string() }),
                         DataMessage::Failed(e.to_string()),
@@ -163,7 +163,7 @@ impl Engine {
                 };
                 let event = NewEvent {
                     actor: actor.clone(),
-                    kind: kind.into(),
+                    kind,
                     app: Some(app.to_string()),
                     env: Some(to.to_string()),
                     promotion_id: None,

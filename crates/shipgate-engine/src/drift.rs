@@ -75,7 +75,7 @@ impl Engine {
         }
         let (kind, message) = if report.drift.is_empty() {
             (
-                "environment.drift_cleared",
+                shipgate_core::EventKind::EnvironmentDriftCleared,
                 format!(
                     "{}@{} in {} matches its record again",
                     live.app, live.version, live.env
@@ -83,7 +83,7 @@ impl Engine {
             )
         } else {
             (
-                "environment.drifted",
+                shipgate_core::EventKind::EnvironmentDrifted,
                 format!(
                     "{}@{} in {} drifted from its record: {}",
                     live.app,
@@ -96,7 +96,7 @@ impl Engine {
         self.store
             .append_event(NewEvent {
                 actor: SYSTEM.into(),
-                kind: kind.into(),
+                kind,
                 app: Some(live.app.to_string()),
                 env: Some(live.env.to_string()),
                 promotion_id: Some(live.promotion_id),

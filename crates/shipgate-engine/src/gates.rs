@@ -338,7 +338,7 @@ impl Engine {
             if let Err(e) = self.promote(&release, &env.name, SYSTEM, None).await {
                 let event = shipgate_store::NewEvent {
                     actor: SYSTEM.into(),
-                    kind: "promotion.auto_refused".into(),
+                    kind: shipgate_core::EventKind::PromotionAutoRefused,
                     app: Some(p.app.to_string()),
                     env: Some(env.name.to_string()),
                     promotion_id: Some(p.id),
@@ -414,10 +414,14 @@ async fn next_relevant(
 }
 
 fn relevant(e: &Event, p: &Promotion) -> bool {
-    e.kind.starts_with("approval.")
-        || e.kind.starts_with("environment.frozen")
-        || e.kind.starts_with("environment.unfrozen")
-        || (e.kind.starts_with("promotion.") && e.app.as_deref() == Some(p.app.as_str()))
+    use shipgate_core::EventKind;
+    matches!(
+        e.kind,
+        EventKind::Approved
+            | EventKind::Rejected
+            | EventKind::EnvironmentFrozen
+            | EventKind::EnvironmentUnfrozen
+    ) || (e.kind.family() == "promotion" && e.app.as_deref() == Some(p.app.as_str()))
 }
 
 /// [`EntryFacts`] with owned parts, so they can be kept after the wait.

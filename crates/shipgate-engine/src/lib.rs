@@ -270,12 +270,12 @@ impl Engine {
                 restart_in,
             } => (
                 instance_id,
-                "instance.crashed",
+                shipgate_core::EventKind::InstanceCrashed,
                 format!("instance {instance_id} crashed ({exit}); restarting in {restart_in:?}"),
             ),
             DriverEvent::Restarted { instance_id, pid } => (
                 instance_id,
-                "instance.restarted",
+                shipgate_core::EventKind::InstanceRestarted,
                 format!("instance {instance_id} restarted as pid {pid} and is healthy"),
             ),
             DriverEvent::GaveUp {
@@ -290,11 +290,19 @@ impl Engine {
                     Some(slot) => {
                         let reason = format!("{message}; promote or roll back to recover");
                         mark_unhealthy = Some((slot, reason.clone()));
-                        (instance_id, "environment.unhealthy", reason)
+                        (
+                            instance_id,
+                            shipgate_core::EventKind::EnvironmentUnhealthy,
+                            reason,
+                        )
                     }
                     None => {
                         self.drop_standby_instance(instance_id);
-                        (instance_id, "instance.gave_up", message)
+                        (
+                            instance_id,
+                            shipgate_core::EventKind::InstanceGaveUp,
+                            message,
+                        )
                     }
                 }
             }
@@ -303,12 +311,12 @@ impl Engine {
         self.store
             .append_event(shipgate_store::NewEvent {
                 actor: SYSTEM.into(),
-                kind: kind.into(),
+                kind,
                 app: slot.as_ref().map(|s| s.0.to_string()),
                 env: slot.as_ref().map(|s| s.1.to_string()),
+                promotion_id: None,
                 message,
                 data: serde_json::to_value(event).unwrap_or_default(),
-                ..Default::default()
             })
             .await?;
         if let Some((slot, reason)) = mark_unhealthy {

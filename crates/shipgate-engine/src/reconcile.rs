@@ -122,7 +122,7 @@ impl Engine {
             if let Err(message) = result {
                 let event = NewEvent {
                     actor: SYSTEM.into(),
-                    kind: "environment.unavailable".into(),
+                    kind: shipgate_core::EventKind::EnvironmentUnavailable,
                     app: Some(live.app.to_string()),
                     env: Some(live.env.to_string()),
                     promotion_id: Some(live.promotion_id),

@@ -706,7 +706,7 @@ pub(crate) fn live_events(
             let e = e.ok().filter(|e| caller.sees(e.env.as_deref()))?;
             let event = SseEvent::default().id(e.id.to_string());
             let event = if named {
-                event.event(e.kind.clone())
+                event.event(e.kind.to_string())
             } else {
                 event
             };

@@ -252,7 +252,7 @@ pub struct Event {
     /// Who caused it.
     pub actor: String,
     /// What kind of change (`promotion.succeeded`, ...).
-    pub kind: String,
+    pub kind: shipgate_core::EventKind,
     /// The app concerned, if any.
     pub app: Option<String>,
     /// The environment concerned, if any.
@@ -273,13 +273,14 @@ impl Event {
     /// The hash this event should carry.
     pub fn compute_hash(&self) -> String {
         let data = self.data.to_string();
+        let kind = self.kind.to_string();
         shipgate_core::audit::chain_hash(
             &self.prev_hash,
             &shipgate_core::audit::EventContent {
                 id: self.id,
                 at: &self.at,
                 actor: &self.actor,
-                kind: &self.kind,
+                kind: &kind,
                 message: &self.message,
                 data: &data,
             },
@@ -288,12 +289,12 @@ impl Event {
 }
 
 /// An event about to be appended.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewEvent {
     /// Who caused it.
     pub actor: String,
     /// What kind of change.
-    pub kind: String,
+    pub kind: shipgate_core::EventKind,
     /// The app concerned.
     pub app: Option<String>,
     /// The environment concerned.
@@ -304,6 +305,21 @@ pub struct NewEvent {
     pub message: String,
     /// Details.
     pub data: serde_json::Value,
+}
+
+impl NewEvent {
+    /// An event of no app, environment or promotion: fill in actor, kind, message and data.
+    pub fn about_nothing() -> Self {
+        Self {
+            actor: String::new(),
+            kind: shipgate_core::EventKind::ReleaseCreated,
+            app: None,
+            env: None,
+            promotion_id: None,
+            message: String::new(),
+            data: serde_json::Value::Null,
+        }
+    }
 }
 
 /// Which events to list.

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use shipgate_core::gate::{Decision, Freeze, Stage};
 use shipgate_core::{
-    AppName, Digest, EnvName, PromotionId, PromotionKind, PromotionState, Standing, Version,
+    AppName, Digest, EnvName, EventKind, PromotionId, PromotionKind, PromotionState, Standing,
+    Version,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -222,7 +223,7 @@ async fn append(tx: &mut Transaction<'_, Sqlite>, e: NewEvent) -> Result<Event> 
         .bind(event.id)
         .bind(&event.at)
         .bind(&event.actor)
-        .bind(&event.kind)
+        .bind(event.kind.to_string())
         .bind(&event.app)
         .bind(&event.env)
         .bind(event.promotion_id.map(|p| p.0))
@@ -290,7 +291,11 @@ fn event_from(row: &SqliteRow) -> Result<Event> {
         id: get(row, "id")?,
         at: get(row, "at")?,
         actor: get(row, "actor")?,
-        kind: get(row, "kind")?,
+        kind: {
+            let kind: String = get(row, "kind")?;
+            EventKind::parse(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("event kind `{kind}`")))?
+        },
         app: get(row, "app")?,
         env: get(row, "env")?,
         promotion_id: get::<Option<i64>>(row, "promotion_id")?.map(PromotionId),
@@ -332,13 +337,13 @@ async fn set_state(
 fn promotion_event(
     p: &Promotion,
     actor: &str,
-    kind: &str,
+    kind: EventKind,
     message: String,
     data: serde_json::Value,
 ) -> NewEvent {
     NewEvent {
         actor: actor.to_owned(),
-        kind: kind.to_owned(),
+        kind,
         app: Some(p.app.to_string()),
         env: Some(p.env.to_string()),
         promotion_id: Some(p.id),
@@ -394,7 +399,7 @@ async fn insert_promotion(
         let event = promotion_event(
             &promotion,
             actor,
-            "promotion.override",
+            EventKind::PromotionOverride,
             message,
             serde_json::json!({ "reason": reason }),
         );
@@ -414,7 +419,7 @@ async fn insert_promotion(
                 promotion_event(
                     &old,
                     actor,
-                    "promotion.superseded",
+                    EventKind::Promotion(PromotionState::Superseded),
                     message,
                     serde_json::json!({ "by": id }),
                 ),
@@ -433,7 +438,13 @@ async fn insert_promotion(
     events.push(
         append(
             tx,
-            promotion_event(&promotion, actor, "promotion.requested", message, data),
+            promotion_event(
+                &promotion,
+                actor,
+                EventKind::PromotionRequested,
+                message,
+                data,
+            ),
         )
         .await?,
     );
@@ -476,7 +487,7 @@ async fn mark_rolled_back(
     let event = promotion_event(
         &old_p,
         actor,
-        "promotion.rolled_back",
+        EventKind::Promotion(PromotionState::RolledBack),
         message,
         serde_json::json!({ "by": by }),
     );
@@ -533,11 +544,11 @@ impl Store for SqliteStore {
             &mut tx,
             NewEvent {
                 actor: actor.to_owned(),
-                kind: "release.created".into(),
+                kind: EventKind::ReleaseCreated,
                 app: Some(release.app.to_string()),
                 message: format!("registered {}@{} ({})", release.app, release.version, release.digest),
                 data: serde_json::json!({ "version": release.version, "digest": release.digest, "size": release.size, "commit": release.commit }),
-                ..NewEvent::default()
+                ..NewEvent::about_nothing()
             },
         )
         .await?;
@@ -616,7 +627,13 @@ impl Store for SqliteStore {
         events.push(
             append(
                 &mut tx,
-                promotion_event(&done, actor, "promotion.succeeded", message, data),
+                promotion_event(
+                    &done,
+                    actor,
+                    EventKind::Promotion(PromotionState::Succeeded),
+                    message,
+                    data,
+                ),
             )
             .await?,
         );
@@ -670,7 +687,7 @@ impl Store for SqliteStore {
                 promotion_event(
                     &after,
                     &t.actor,
-                    &format!("promotion.{}", t.to),
+                    EventKind::Promotion(t.to),
                     t.message.clone(),
                     data,
                 ),
@@ -835,7 +852,16 @@ impl Store for SqliteStore {
         let data = serde_json::json!({ "stage": d.stage, "role": d.role, "verdict": d.verdict, "comment": d.comment });
         let event = append(
             &mut tx,
-            promotion_event(&p, &d.actor, &format!("approval.{verdict}"), message, data),
+            promotion_event(
+                &p,
+                &d.actor,
+                match d.verdict {
+                    shipgate_core::Verdict::Approve => EventKind::Approved,
+                    shipgate_core::Verdict::Reject => EventKind::Rejected,
+                },
+                message,
+                data,
+            ),
         )
         .await?;
         self.commit(tx, vec![event]).await?;
@@ -920,11 +946,11 @@ impl Store for SqliteStore {
             &mut tx,
             NewEvent {
                 actor: actor.to_owned(),
-                kind: "environment.frozen".into(),
+                kind: EventKind::EnvironmentFrozen,
                 env: env_name.map(str::to_owned),
                 message: format!("{actor} froze {scope}: {reason}"),
                 data: serde_json::json!({ "env": env_name, "reason": reason }),
-                ..NewEvent::default()
+                ..NewEvent::about_nothing()
             },
         )
         .await?;
@@ -963,11 +989,11 @@ impl Store for SqliteStore {
             &mut tx,
             NewEvent {
                 actor: actor.to_owned(),
-                kind: "environment.unfrozen".into(),
+                kind: EventKind::EnvironmentUnfrozen,
                 env: env_name.map(str::to_owned),
                 message: format!("{actor} lifted the freeze of {scope} (frozen by {by}: {reason})"),
                 data: serde_json::json!({ "env": env_name }),
-                ..NewEvent::default()
+                ..NewEvent::about_nothing()
             },
         )
         .await?;
@@ -1026,7 +1052,11 @@ impl Store for SqliteStore {
             promotion_event(
                 &p,
                 actor,
-                &format!("gate.{verdict}"),
+                if g.passed {
+                    EventKind::GatePassed
+                } else {
+                    EventKind::GateFailed
+                },
                 message,
                 serde_json::json!({ "gate": g.name, "gate_id": id }),
             ),
@@ -1224,13 +1254,13 @@ impl Store for SqliteStore {
             &mut tx,
             NewEvent {
                 actor: actor.to_owned(),
-                kind: "token.created".into(),
+                kind: EventKind::TokenCreated,
                 message: format!(
                     "token `{}` created with role {} for {scope}",
                     t.name, t.role
                 ),
                 data: serde_json::json!({ "name": t.name, "role": t.role, "envs": envs }),
-                ..NewEvent::default()
+                ..NewEvent::about_nothing()
             },
         )
         .await?;
@@ -1305,10 +1335,10 @@ impl Store for SqliteStore {
             &mut tx,
             NewEvent {
                 actor: actor.to_owned(),
-                kind: "token.revoked".into(),
+                kind: EventKind::TokenRevoked,
                 message: format!("token `{name}` revoked"),
                 data: serde_json::json!({ "name": name }),
-                ..NewEvent::default()
+                ..NewEvent::about_nothing()
             },
         )
         .await?;

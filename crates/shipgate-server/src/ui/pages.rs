@@ -883,7 +883,7 @@ fn row(e: Event) -> EventRow {
         id: e.id,
         at: short_time(&e.at),
         actor: e.actor,
-        kind: e.kind,
+        kind: e.kind.to_string(),
         app: e.app.unwrap_or_default(),
         env: e.env.unwrap_or_default(),
         message: e.message,

@@ -162,7 +162,7 @@ async fn subscribers_receive_each_committed_event() {
     t.register("1.0.0", &digest(1)).await;
     let received = events.recv().await.unwrap();
     assert_eq!(received, t.events().await[0]);
-    assert_eq!(received.kind, "release.created");
+    assert_eq!(received.kind.to_string(), "release.created");
 
     // A refused change publishes nothing.
     let _ = t

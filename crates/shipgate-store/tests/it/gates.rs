@@ -86,10 +86,10 @@ async fn each_person_decides_once_and_only_while_the_promotion_waits() {
     );
 
     let events = t.events().await;
-    let kinds: Vec<&str> = events
+    let kinds: Vec<String> = events
         .iter()
-        .filter(|e| e.kind.starts_with("approval."))
-        .map(|e| e.kind.as_str())
+        .filter(|e| e.kind.family() == "approval")
+        .map(|e| e.kind.to_string())
         .collect();
     assert_eq!(kinds, ["approval.approved", "approval.rejected"]);
     assert_eq!(verify_chain(&events).problem, None);
@@ -132,7 +132,7 @@ async fn one_freeze_per_scope_lifted_by_scope() {
     assert!(t.store.freezes().await.unwrap().is_empty());
 
     let events = t.events().await;
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<String> = events.iter().map(|e| e.kind.to_string()).collect();
     assert_eq!(
         kinds,
         [

@@ -36,7 +36,7 @@ async fn a_newer_request_supersedes_a_pending_one() {
     let events = t.events().await;
     let superseded: Vec<_> = events
         .iter()
-        .filter(|e| e.kind == "promotion.superseded")
+        .filter(|e| e.kind.to_string() == "promotion.superseded")
         .collect();
     assert_eq!(superseded.len(), 1, "{events:#?}");
     assert_eq!(superseded[0].promotion_id, Some(old.id));
@@ -45,7 +45,7 @@ async fn a_newer_request_supersedes_a_pending_one() {
     // The supersession and the new request are one transaction: the new request's event follows.
     let requested = events
         .iter()
-        .find(|e| e.kind == "promotion.requested" && e.promotion_id == Some(new.id))
+        .find(|e| e.kind.to_string() == "promotion.requested" && e.promotion_id == Some(new.id))
         .unwrap();
     assert_eq!(requested.id, superseded[0].id + 1);
 }
@@ -153,7 +153,7 @@ async fn each_transition_records_its_event() {
         .await
         .into_iter()
         .filter(|e| e.promotion_id == Some(p.id))
-        .map(|e| e.kind)
+        .map(|e| e.kind.to_string())
         .collect();
     assert_eq!(
         kinds,
@@ -334,8 +334,8 @@ async fn a_rollback_marks_the_replaced_promotion_rolled_back() {
     );
     let last = t.events().await.pop().unwrap();
     assert_eq!(
-        (last.kind.as_str(), last.promotion_id),
-        ("promotion.rolled_back", Some(replaced.id))
+        (last.kind.to_string(), last.promotion_id),
+        ("promotion.rolled_back".to_owned(), Some(replaced.id))
     );
 
     let filter = PromotionFilter {

@@ -30,7 +30,7 @@ async fn the_same_version_with_the_same_digest_is_a_no_op() {
         1,
         "only the first registration is an event: {events:#?}"
     );
-    assert_eq!(events[0].kind, "release.created");
+    assert_eq!(events[0].kind.to_string(), "release.created");
     assert_eq!(events[0].actor, "alice");
     assert_eq!(t.store.releases(None).await.unwrap(), vec![first]);
 }

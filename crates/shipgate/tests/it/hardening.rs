@@ -208,7 +208,7 @@ fn defect_11_audit_limit_shows_the_newest_events_of_a_long_log() {
             "import sqlite3, sys\n\
              db = sqlite3.connect(sys.argv[1])\n\
              start = db.execute('SELECT MAX(id) FROM events').fetchone()[0]\n\
-             db.executemany(\"INSERT INTO events (id, at, actor, kind, message, data, prev_hash, hash) VALUES (?, '2026-01-01T00:00:00Z', 'filler', 'test.filler', 'filler', '{}', '', '')\", [(start + i,) for i in range(1, 10051)])\n\
+             db.executemany(\"INSERT INTO events (id, at, actor, kind, message, data, prev_hash, hash) VALUES (?, '2026-01-01T00:00:00Z', 'filler', 'environment.frozen', 'filler', '{}', '', '')\", [(start + i,) for i in range(1, 10051)])\n\
              db.commit()\n",
         )
         .arg(&db)

@@ -1,0 +1,166 @@
+//! What kind of change an audit event records. Stored and sent as its dotted name
+//! (`promotion.succeeded`), which the audit chain hashes, so a name never changes once used.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::PromotionState;
+
+/// The kind of one audit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A gate of a promotion passed (`gate.passed`).
+    GatePassed,
+    /// A gate of a promotion failed (`gate.failed`).
+    GateFailed,
+    /// A person approved a promotion (`approval.approved`).
+    Approved,
+    /// A person rejected a promotion (`approval.rejected`).
+    Rejected,
+    /// A release was registered (`release.created`).
+    ReleaseCreated,
+    /// A promotion was asked for (`promotion.requested`).
+    PromotionRequested,
+    /// A promotion reached this state (`promotion.deploying`, `promotion.succeeded`, ...).
+    Promotion(PromotionState),
+    /// An admin lifted windows and freezes for a promotion (`promotion.override`).
+    PromotionOverride,
+    /// An automatic promotion was not asked for, and why (`promotion.auto_refused`).
+    PromotionAutoRefused,
+    /// A live release could not be started again after a restart (`environment.unavailable`).
+    EnvironmentUnavailable,
+    /// An environment (or every one) was frozen (`environment.frozen`).
+    EnvironmentFrozen,
+    /// A freeze was lifted (`environment.unfrozen`).
+    EnvironmentUnfrozen,
+    /// A live release no longer matches its record (`environment.drifted`).
+    EnvironmentDrifted,
+    /// A drifted live release matches its record again (`environment.drift_cleared`).
+    EnvironmentDriftCleared,
+    /// The live instance crash-looped and is no longer restarted (`environment.unhealthy`).
+    EnvironmentUnhealthy,
+    /// An instance exited on its own (`instance.crashed`).
+    InstanceCrashed,
+    /// A crashed instance was started again (`instance.restarted`).
+    InstanceRestarted,
+    /// A standby instance crash-looped and was given up (`instance.gave_up`).
+    InstanceGaveUp,
+    /// A token was made (`token.created`).
+    TokenCreated,
+    /// A token was revoked (`token.revoked`).
+    TokenRevoked,
+    /// Staging data was refreshed, masked (`data.refreshed`).
+    DataRefreshed,
+    /// A data refresh failed and changed nothing (`data.refresh_failed`).
+    DataRefreshFailed,
+}
+
+impl EventKind {
+    const NAMED: [(EventKind, &'static str); 21] = [
+        (Self::GatePassed, "gate.passed"),
+        (Self::GateFailed, "gate.failed"),
+        (Self::Approved, "approval.approved"),
+        (Self::Rejected, "approval.rejected"),
+        (Self::ReleaseCreated, "release.created"),
+        (Self::PromotionRequested, "promotion.requested"),
+        (Self::PromotionOverride, "promotion.override"),
+        (Self::PromotionAutoRefused, "promotion.auto_refused"),
+        (Self::EnvironmentUnavailable, "environment.unavailable"),
+        (Self::EnvironmentFrozen, "environment.frozen"),
+        (Self::EnvironmentUnfrozen, "environment.unfrozen"),
+        (Self::EnvironmentDrifted, "environment.drifted"),
+        (Self::EnvironmentDriftCleared, "environment.drift_cleared"),
+        (Self::EnvironmentUnhealthy, "environment.unhealthy"),
+        (Self::InstanceCrashed, "instance.crashed"),
+        (Self::InstanceRestarted, "instance.restarted"),
+        (Self::InstanceGaveUp, "instance.gave_up"),
+        (Self::TokenCreated, "token.created"),
+        (Self::TokenRevoked, "token.revoked"),
+        (Self::DataRefreshed, "data.refreshed"),
+        (Self::DataRefreshFailed, "data.refresh_failed"),
+    ];
+
+    /// The family: the part before the dot (`promotion`, `environment`, ...).
+    pub fn family(&self) -> &'static str {
+        match self {
+            Self::GatePassed | Self::GateFailed => "gate",
+            Self::Approved | Self::Rejected => "approval",
+            Self::ReleaseCreated => "release",
+            Self::PromotionRequested
+            | Self::Promotion(_)
+            | Self::PromotionOverride
+            | Self::PromotionAutoRefused => "promotion",
+            Self::EnvironmentUnavailable
+            | Self::EnvironmentFrozen
+            | Self::EnvironmentUnfrozen
+            | Self::EnvironmentDrifted
+            | Self::EnvironmentDriftCleared
+            | Self::EnvironmentUnhealthy => "environment",
+            Self::InstanceCrashed | Self::InstanceRestarted | Self::InstanceGaveUp => "instance",
+            Self::TokenCreated | Self::TokenRevoked => "token",
+            Self::DataRefreshed | Self::DataRefreshFailed => "data",
+        }
+    }
+
+    /// Parses a dotted name.
+    pub fn parse(s: &str) -> Option<Self> {
+        if let Some((kind, _)) = Self::NAMED.iter().find(|(_, name)| *name == s) {
+            return Some(*kind);
+        }
+        s.strip_prefix("promotion.")
+            .and_then(PromotionState::parse)
+            .map(Self::Promotion)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Promotion(state) => write!(f, "promotion.{state}"),
+            kind => {
+                let name = Self::NAMED
+                    .iter()
+                    .find(|(k, _)| k == kind)
+                    .map_or("unknown", |(_, name)| name);
+                f.write_str(name)
+            }
+        }
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not an event kind")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_its_name() {
+        let mut kinds: Vec<EventKind> = EventKind::NAMED.iter().map(|(k, _)| *k).collect();
+        kinds.extend(PromotionState::ALL.map(EventKind::Promotion));
+        for kind in kinds {
+            let name = kind.to_string();
+            assert_ne!(name, "unknown", "{kind:?}");
+            assert_eq!(EventKind::parse(&name), Some(kind), "{name}");
+            assert!(name.starts_with(&format!("{}.", kind.family())), "{name}");
+        }
+        assert_eq!(
+            EventKind::Promotion(PromotionState::RolledBack).to_string(),
+            "promotion.rolled_back"
+        );
+        assert_eq!(EventKind::parse("promotion.exploded"), None);
+    }
+}
