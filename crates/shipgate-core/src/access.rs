@@ -9,6 +9,7 @@ use crate::EnvName;
 /// What a token's holder is trusted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum Role {
     /// Reads everything in scope; changes nothing.
     Viewer,

@@ -15,6 +15,7 @@ use crate::{EnvName, Grant, Role};
 /// At which point of a promotion a person decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum Stage {
     /// Before the deploy: `require.approvals`.
     Entry,
@@ -42,6 +43,7 @@ impl Stage {
 /// What a person decided about a promotion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum Verdict {
     /// Let it go on.
     Approve,

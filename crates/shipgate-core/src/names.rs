@@ -52,6 +52,55 @@ macro_rules! text_impls {
         }
     };
 }
+/// The OpenAPI schema of a name: a string with the pattern its `parse` accepts.
+macro_rules! string_schema {
+    ($name:ident, $pattern:expr, $description:expr) => {
+        #[cfg(feature = "schema")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some($pattern))
+                    .description(Some($description))
+                    .into()
+            }
+        }
+        #[cfg(feature = "schema")]
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+/// What [`AppName::parse`] and [`EnvName::parse`] accept.
+pub const IDENTIFIER_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
+/// What [`Version::parse`] accepts.
+pub const VERSION_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$";
+
+string_schema!(
+    AppName,
+    IDENTIFIER_PATTERN,
+    "an app of the config: 1 to 63 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
+);
+string_schema!(
+    EnvName,
+    IDENTIFIER_PATTERN,
+    "an environment of the config, named like an app"
+);
+string_schema!(
+    Version,
+    VERSION_PATTERN,
+    "1 to 128 letters, digits, `.`, `-`, `_` or `+`, starting with a letter or digit"
+);
+string_schema!(
+    Digest,
+    "^sha256:[0-9a-f]{64}$",
+    "the sha256 of the artifact as uploaded"
+);
+string_schema!(
+    ReleaseRef,
+    "^[a-z0-9][a-z0-9_-]{0,62}@[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$",
+    "APP@VERSION"
+);
+
 macro_rules! identifier {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
@@ -176,6 +225,8 @@ impl ReleaseRef {
 /// The sequence number the store gave a promotion; the key every step of it is recorded under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", schema(value_type = i64))]
 pub struct PromotionId(pub i64);
 
 impl fmt::Display for PromotionId {
@@ -229,6 +280,15 @@ mod tests {
     }
 
     proptest! {
+        /// The patterns the API document states accept exactly what `parse` accepts.
+        #[test]
+        fn the_documented_patterns_agree_with_parse(s in "[a-zA-Z0-9._+@/ -]{0,70}|\\PC{0,8}") {
+            let identifier = regex_lite::Regex::new(IDENTIFIER_PATTERN).unwrap();
+            let version = regex_lite::Regex::new(VERSION_PATTERN).unwrap();
+            prop_assert_eq!(identifier.is_match(&s), AppName::parse(&s).is_ok());
+            prop_assert_eq!(version.is_match(&s), Version::parse(&s).is_ok());
+        }
+
         #[test]
         fn parsed_versions_never_contain_separators(s in "\\PC{0,20}") {
             if let Ok(v) = Version::parse(&s) {

@@ -10,6 +10,7 @@ use crate::{Config, Digest, EnvName, ReleaseRef};
 /// Where a promotion stands. A promotion only ever moves forward along [`Self::can_become`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum PromotionState {
     /// Waiting on requirements or on another promotion into the same environment; nothing has
     /// been started yet.
@@ -94,6 +95,7 @@ impl fmt::Display for PromotionState {
 /// Why a promotion was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum PromotionKind {
     /// `shipgate promote`: the release must be verified in the environment before.
     Promote,
