@@ -1,30 +1,14 @@
-//! Records as the store keeps them.
+//! Records as the store keeps them. Those that cross the wire are the API's own types
+//! (`shipgate-api`), re-exported here.
+
+pub use shipgate_api::records::{
+    AuditReport, Event, Gate, LiveRelease, Promotion, Release, TokenRecord,
+};
 
 use serde::{Deserialize, Serialize};
 use shipgate_core::{
     AppName, Digest, EnvName, PromotionId, PromotionKind, PromotionState, Version,
 };
-
-/// A registered, immutable release.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Release {
-    /// The app.
-    pub app: AppName,
-    /// Its version.
-    pub version: Version,
-    /// sha256 of the artifact as uploaded.
-    pub digest: Digest,
-    /// Artifact size in bytes.
-    pub size: i64,
-    /// Source commit, if given.
-    pub commit: Option<String>,
-    /// Free text, if given.
-    pub notes: Option<String>,
-    /// Who registered it.
-    pub created_by: String,
-    /// When (RFC 3339).
-    pub created_at: String,
-}
 
 /// A release about to be registered.
 #[derive(Debug, Clone)]
@@ -41,35 +25,6 @@ pub struct NewRelease {
     pub commit: Option<String>,
     /// Free text.
     pub notes: Option<String>,
-}
-
-/// A request to put one release into one environment, and where it stands.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Promotion {
-    /// Sequence number.
-    pub id: PromotionId,
-    /// The app.
-    pub app: AppName,
-    /// The version promoted.
-    pub version: Version,
-    /// Its digest (the one deployed).
-    pub digest: Digest,
-    /// Target environment.
-    pub env: EnvName,
-    /// Promote or rollback.
-    pub kind: PromotionKind,
-    /// Where it stands.
-    pub state: PromotionState,
-    /// Who asked for it.
-    pub requested_by: String,
-    /// The version live in the environment when it was asked for.
-    pub previous_version: Option<Version>,
-    /// Why it ended as it did (failure, supersession), if it has.
-    pub reason: Option<String>,
-    /// When it was asked for (RFC 3339).
-    pub created_at: String,
-    /// Last change (RFC 3339).
-    pub updated_at: String,
 }
 
 /// A promotion about to be recorded.
@@ -168,25 +123,6 @@ pub struct PromotionFilter {
     pub limit: Option<i64>,
 }
 
-/// One recorded requirement or verification step of a promotion.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Gate {
-    /// Sequence number.
-    pub id: i64,
-    /// The promotion it belongs to.
-    pub promotion_id: PromotionId,
-    /// What was checked (`deploy`, `health`, `test: ./smoke --url ...`).
-    pub name: String,
-    /// Whether it passed.
-    pub passed: bool,
-    /// Output kept for `history` (truncated to its last 64 KiB).
-    pub output: String,
-    /// When it started (RFC 3339).
-    pub started_at: String,
-    /// When it ended (RFC 3339).
-    pub finished_at: String,
-}
-
 /// A gate result about to be recorded.
 #[derive(Debug, Clone)]
 pub struct NewGate {
@@ -200,23 +136,6 @@ pub struct NewGate {
     pub output: String,
     /// When it started (RFC 3339).
     pub started_at: String,
-}
-
-/// The release live in one environment for one app.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LiveRelease {
-    /// The app.
-    pub app: AppName,
-    /// The environment.
-    pub env: EnvName,
-    /// The live version.
-    pub version: Version,
-    /// Its digest.
-    pub digest: Digest,
-    /// The promotion that made it live.
-    pub promotion_id: PromotionId,
-    /// Since when (RFC 3339).
-    pub since: String,
 }
 
 /// An instance started for a release in an environment.
@@ -240,52 +159,6 @@ pub struct InstanceRecord {
     pub state: String,
     /// Its log file.
     pub log_path: String,
-}
-
-/// One audit record.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Event {
-    /// Sequence number, 1-based and gapless.
-    pub id: i64,
-    /// When (RFC 3339).
-    pub at: String,
-    /// Who caused it.
-    pub actor: String,
-    /// What kind of change (`promotion.succeeded`, ...).
-    pub kind: shipgate_core::EventKind,
-    /// The app concerned, if any.
-    pub app: Option<String>,
-    /// The environment concerned, if any.
-    pub env: Option<String>,
-    /// The promotion concerned, if any.
-    pub promotion_id: Option<PromotionId>,
-    /// What happened, in a sentence.
-    pub message: String,
-    /// Details.
-    pub data: serde_json::Value,
-    /// Hash of the event before.
-    pub prev_hash: String,
-    /// Hash of this event (see `shipgate_core::audit`).
-    pub hash: String,
-}
-
-impl Event {
-    /// The hash this event should carry.
-    pub fn compute_hash(&self) -> String {
-        let data = self.data.to_string();
-        let kind = self.kind.to_string();
-        shipgate_core::audit::chain_hash(
-            &self.prev_hash,
-            &shipgate_core::audit::EventContent {
-                id: self.id,
-                at: &self.at,
-                actor: &self.actor,
-                kind: &kind,
-                message: &self.message,
-                data: &data,
-            },
-        )
-    }
 }
 
 /// An event about to be appended.
@@ -341,43 +214,6 @@ pub struct EventFilter {
     pub before: Option<i64>,
     /// Newest first (the default is oldest first).
     pub newest_first: bool,
-}
-
-/// Result of checking the audit chain.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AuditReport {
-    /// Events found intact before the first problem.
-    pub checked: usize,
-    /// The first problem, if any.
-    pub problem: Option<String>,
-}
-
-/// An API token as stored: only its hash.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TokenRecord {
-    /// Sequence number.
-    pub id: i64,
-    /// Who it belongs to (shown as the actor of what it does).
-    pub name: String,
-    /// Its role.
-    pub role: shipgate_core::Role,
-    /// The environments it is limited to; empty: all.
-    pub envs: Vec<EnvName>,
-    /// When it was made.
-    pub created_at: String,
-    /// When it was revoked, if it was.
-    pub revoked_at: Option<String>,
-}
-
-impl TokenRecord {
-    /// What the token may do.
-    pub fn grant(&self) -> shipgate_core::Grant {
-        shipgate_core::Grant {
-            name: self.name.clone(),
-            role: self.role,
-            envs: self.envs.clone(),
-        }
-    }
 }
 
 /// A token about to be stored.
