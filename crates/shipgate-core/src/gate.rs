@@ -63,6 +63,7 @@ impl Verdict {
 
 /// One recorded approval or rejection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Decision {
     /// Who decided (the token's name).
     pub actor: String,
@@ -78,6 +79,7 @@ pub struct Decision {
 
 /// A freeze in force on an environment (or on all of them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Freeze {
     /// The environment frozen; None: every environment.
     pub env: Option<EnvName>,
@@ -90,8 +92,9 @@ pub struct Freeze {
 }
 
 /// What a pending promotion still waits on, each with the moment it may end by itself.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "gate", rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum Wait {
     /// Fewer distinct approvals than `require.approvals`.
     Approvals {

@@ -3,115 +3,15 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use serde::Serialize;
-use shipgate_core::gate::{Stage, Wait};
-use shipgate_core::{AppName, EnvName, PromotionState, Version};
-use shipgate_store::{Gate, LiveRelease, Promotion, PromotionFilter};
+pub use shipgate_api::status::{
+    AppStatus, EnvironmentStatus, HistoryEntry, InstanceView, PromotionView, StandbyView, Traffic,
+    WaitView,
+};
+use shipgate_core::gate::Stage;
+use shipgate_core::{AppName, EnvName, PromotionState};
+use shipgate_store::{Promotion, PromotionFilter};
 
 use crate::{Engine, EngineError};
-
-/// One app across every environment.
-#[derive(Debug, Clone, Serialize)]
-pub struct AppStatus {
-    /// The app.
-    pub app: AppName,
-    /// Its environments in flow order.
-    pub environments: Vec<EnvironmentStatus>,
-}
-
-/// One app in one environment.
-#[derive(Debug, Clone, Serialize)]
-pub struct EnvironmentStatus {
-    /// The environment.
-    pub env: EnvName,
-    /// Its stable address.
-    pub url: String,
-    /// The live release, if any.
-    pub live: Option<LiveRelease>,
-    /// The instance serving it, if one runs.
-    pub instance: Option<InstanceView>,
-    /// Promotions not finished yet (pending, deploying, verifying), with what they wait on.
-    pub in_progress: Vec<PromotionView>,
-    /// The freezes in force here (its own and the one of every environment).
-    pub frozen: Vec<shipgate_core::gate::Freeze>,
-    /// The replaced release still running for an instant rollback, if any.
-    pub standby: Option<StandbyView>,
-    /// Why the environment is unhealthy (its instance crash-looped), if it is.
-    pub unhealthy: Option<String>,
-    /// The live release's traffic through the router over the last minute.
-    pub traffic: Option<shipgate_proxy::WindowSummary>,
-    /// What the last drift scan found here (empty: matches its record).
-    pub drift: Vec<String>,
-}
-
-/// The warm standby of an app in an environment.
-#[derive(Debug, Clone, Serialize)]
-pub struct StandbyView {
-    /// The version it runs.
-    pub version: Version,
-    /// Its instance.
-    pub instance_id: String,
-    /// When it will be stopped (RFC 3339).
-    pub until: String,
-}
-
-/// A running instance as the driver sees it.
-#[derive(Debug, Clone, Serialize)]
-pub struct InstanceView {
-    /// Driver key.
-    pub id: String,
-    /// Process id.
-    pub pid: u32,
-    /// Port.
-    pub port: u16,
-    /// Restarts after crashes.
-    pub restarts: u32,
-    /// Whether it answers its health check.
-    pub healthy: bool,
-}
-
-/// A promotion with its gates.
-#[derive(Debug, Clone, Serialize)]
-pub struct HistoryEntry {
-    /// The promotion.
-    #[serde(flatten)]
-    pub promotion: Promotion,
-    /// Its recorded gates, in order.
-    pub gates: Vec<Gate>,
-    /// What it waits on now, if it waits.
-    pub waiting_on: Vec<WaitView>,
-    /// Approvals and rejections recorded for it.
-    pub decisions: Vec<shipgate_core::gate::Decision>,
-}
-
-/// A promotion in progress with what it waits on.
-#[derive(Debug, Clone, Serialize)]
-pub struct PromotionView {
-    /// The promotion.
-    #[serde(flatten)]
-    pub promotion: Promotion,
-    /// What it waits on; empty once it deploys.
-    pub waiting_on: Vec<WaitView>,
-}
-
-/// One thing a promotion waits on, with a sentence for people.
-#[derive(Debug, Clone, Serialize)]
-pub struct WaitView {
-    /// The wait, as data (`gate` says which kind).
-    #[serde(flatten)]
-    pub wait: Wait,
-    /// The same in a sentence (`2 of 3 approvals (alice, bob)`).
-    pub message: String,
-}
-
-impl From<Wait> for WaitView {
-    fn from(wait: Wait) -> Self {
-        Self {
-            message: wait.to_string(),
-            wait,
-        }
-    }
-}
 
 impl Engine {
     /// What is live where, with the instances and unfinished promotions.
@@ -207,7 +107,13 @@ impl Engine {
                     traffic: traffic
                         .get(&e.name)
                         .and_then(|t| t.get(a.name.as_str()))
-                        .copied(),
+                        .map(|w| Traffic {
+                            requests_per_second: w.requests_per_second,
+                            error_rate: w.error_rate,
+                            p50_ms: w.p50_ms,
+                            p99_ms: w.p99_ms,
+                            requests: w.requests,
+                        }),
                 });
             }
             out.push(AppStatus {

@@ -1,0 +1,126 @@
+//! What `status`, `history` and one promotion look like on the wire.
+
+use serde::{Deserialize, Serialize};
+use shipgate_core::gate::{Decision, Freeze, Wait};
+use shipgate_core::{AppName, EnvName, Version};
+use utoipa::ToSchema;
+
+use crate::records::{Gate, LiveRelease, Promotion};
+
+/// One app across every environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct AppStatus {
+    /// The app.
+    pub app: AppName,
+    /// Its environments in flow order.
+    pub environments: Vec<EnvironmentStatus>,
+}
+
+/// One app in one environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct EnvironmentStatus {
+    /// The environment.
+    pub env: EnvName,
+    /// Its stable address.
+    pub url: String,
+    /// The live release, if any.
+    pub live: Option<LiveRelease>,
+    /// The instance serving it, if one runs.
+    pub instance: Option<InstanceView>,
+    /// Promotions not finished yet (pending, deploying, verifying), with what they wait on.
+    pub in_progress: Vec<PromotionView>,
+    /// The freezes in force here (its own and the one of every environment).
+    pub frozen: Vec<Freeze>,
+    /// The replaced release still running for an instant rollback, if any.
+    pub standby: Option<StandbyView>,
+    /// Why the environment is unhealthy (its instance crash-looped), if it is.
+    pub unhealthy: Option<String>,
+    /// The live release's traffic through the router over the last minute.
+    pub traffic: Option<Traffic>,
+    /// What the last drift scan found here (empty: matches its record).
+    pub drift: Vec<String>,
+}
+
+/// The warm standby of an app in an environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct StandbyView {
+    /// The version it runs.
+    pub version: Version,
+    /// Its instance.
+    pub instance_id: String,
+    /// When it will be stopped (RFC 3339).
+    pub until: String,
+}
+
+/// A running instance as the driver sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct InstanceView {
+    /// Driver key.
+    pub id: String,
+    /// Process id.
+    pub pid: u32,
+    /// Port.
+    pub port: u16,
+    /// Restarts after crashes.
+    pub restarts: u32,
+    /// Whether it answers its health check.
+    pub healthy: bool,
+}
+
+/// A promotion with its gates.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct HistoryEntry {
+    /// The promotion.
+    #[serde(flatten)]
+    pub promotion: Promotion,
+    /// Its recorded gates, in order.
+    pub gates: Vec<Gate>,
+    /// What it waits on now, if it waits.
+    pub waiting_on: Vec<WaitView>,
+    /// Approvals and rejections recorded for it.
+    pub decisions: Vec<Decision>,
+}
+
+/// A promotion in progress with what it waits on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct PromotionView {
+    /// The promotion.
+    #[serde(flatten)]
+    pub promotion: Promotion,
+    /// What it waits on; empty once it deploys.
+    pub waiting_on: Vec<WaitView>,
+}
+
+/// One thing a promotion waits on, with a sentence for people.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct WaitView {
+    /// The wait, as data (`gate` says which kind).
+    #[serde(flatten)]
+    pub wait: Wait,
+    /// The same in a sentence (`2 of 3 approvals (alice, bob)`).
+    pub message: String,
+}
+
+impl From<Wait> for WaitView {
+    fn from(wait: Wait) -> Self {
+        Self {
+            message: wait.to_string(),
+            wait,
+        }
+    }
+}
+
+/// An environment's traffic through its router over the last minute.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Traffic {
+    /// Responses per second over the minute, or over the time since counting started if shorter.
+    pub requests_per_second: f64,
+    /// The share of responses that were 5xx, from 0 to 1; 0 when there were none.
+    pub error_rate: f64,
+    /// Median latency to the response head, estimated; None without responses.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency to the response head, estimated; None without responses.
+    pub p99_ms: Option<f64>,
+    /// Responses in the window.
+    pub requests: u64,
+}
