@@ -4,5 +4,7 @@
 //! data and its shape only: no rule, no I/O.
 #![forbid(unsafe_code)]
 
+pub mod data;
+pub mod parity;
 pub mod records;
 pub mod status;

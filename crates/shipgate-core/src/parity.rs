@@ -4,13 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{AppConfig, Digest, EnvironmentConfig, Version};
 
 /// How one item compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum ItemClass {
     /// Equal on both sides.
     Same,
@@ -32,7 +33,8 @@ impl ItemClass {
 }
 
 /// One compared item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct DiffItem {
     /// What is compared: `release.version`, `vars.LOG_LEVEL`, `verify.tests`, `facts.runtime`.
     pub key: String,

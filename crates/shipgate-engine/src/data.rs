@@ -2,6 +2,8 @@
 //! check on demand (`shipgate data check`). The copy runs on a thread of its own and reports
 //! progress; its outcome is an audit event with the row counts.
 
+pub use shipgate_api::data::DataMessage;
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use shipgate_core::config::{DataConfig, DataLocation};
 use shipgate_core::mask::MaskKey;
 use shipgate_core::{AppName, EnvName, Grant, Role};
-use shipgate_mask::{LeakReport, Progress, RefreshReport};
+use shipgate_mask::LeakReport;
 use shipgate_store::NewEvent;
 use tokio::sync::mpsc;
 
@@ -17,18 +19,6 @@ use crate::{Engine, EngineError};
 
 /// The masking key's file in the data dir.
 pub const MASK_KEY_FILE: &str = "mask.key";
-
-/// What a running refresh reports.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DataMessage {
-    /// A table's progress.
-    Progress(Progress),
-    /// It finished.
-    Done(RefreshReport),
-    /// It failed; the target kept its previous data.
-    Failed(String),
-}
 
 impl Engine {
     fn data_of(&self, app: &AppName) -> Result<&DataConfig, EngineError> {

@@ -3,29 +3,15 @@
 //! the router still serving the recorded release. A periodic scan records changes as events;
 //! `shipgate drift --heal` redeploys the recorded release from its artifact.
 
+pub use shipgate_api::parity::DriftReport;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Serialize;
-use shipgate_core::{AppName, EnvName, PromotionKind, ReleaseRef, Version};
+use shipgate_core::{AppName, EnvName, PromotionKind, ReleaseRef};
 use shipgate_store::{LiveRelease, NewEvent, Promotion};
 
 use crate::{Engine, EngineError, SYSTEM, Slot, locked};
-
-/// What a scan found for one app in one environment.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct DriftReport {
-    /// The app.
-    pub app: AppName,
-    /// The environment.
-    pub env: EnvName,
-    /// The recorded live release.
-    pub version: Version,
-    /// Each difference found, in a sentence; empty when nothing drifted.
-    pub drift: Vec<String>,
-    /// When (RFC 3339).
-    pub checked_at: String,
-}
 
 impl Engine {
     /// Checks every live release now; records an event for each slot whose drift changed.

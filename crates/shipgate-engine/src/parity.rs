@@ -1,11 +1,12 @@
 //! `shipgate diff` and `require.parity`: the facts of each environment gathered (the config's
 //! `facts` commands run in the live release), then compared by `shipgate_core::parity`.
 
+pub use shipgate_api::parity::Diff;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
-use shipgate_core::parity::{DiffItem, Observed, compare};
+use shipgate_core::parity::{Observed, compare};
 use shipgate_core::template::expand;
 use shipgate_core::{AppName, EnvName};
 
@@ -13,21 +14,6 @@ use crate::{Engine, EngineError};
 
 /// How long one fact command may run.
 const FACT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// An app compared in two environments.
-#[derive(Debug, Clone, Serialize)]
-pub struct Diff {
-    /// The app.
-    pub app: AppName,
-    /// The first environment.
-    pub a: EnvName,
-    /// The second environment.
-    pub b: EnvName,
-    /// Every item, by key.
-    pub items: Vec<DiffItem>,
-    /// Whether any item is an unexpected difference (or present on one side only).
-    pub unexpected: bool,
-}
 
 impl Engine {
     /// Compares `app` in `a` and `b`, running its facts in both.

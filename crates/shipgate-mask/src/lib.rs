@@ -8,13 +8,14 @@
 //! `shipgate_core::mask`; this crate applies them to SQLite files and PostgreSQL databases.
 #![forbid(unsafe_code)]
 
+pub use shipgate_api::data::{ColumnLeaks, LeakReport, Progress, RefreshReport, TableReport};
+
 pub mod cluster;
 mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use shipgate_core::config::{DataConfig, Unlisted};
 use shipgate_core::mask::{MaskKey, Transformer, looks_personal};
 
@@ -71,70 +72,6 @@ fn describe_leaks(r: &LeakReport) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// One table copied.
-#[derive(Debug, Clone, Serialize)]
-pub struct TableReport {
-    /// The table.
-    pub table: String,
-    /// Rows copied.
-    pub rows: u64,
-    /// Columns masked (with their rule).
-    pub masked: BTreeMap<String, String>,
-    /// How long it took.
-    pub seconds: f64,
-}
-
-/// Masked columns compared with their source.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct LeakReport {
-    /// One entry per masked column.
-    pub columns: Vec<ColumnLeaks>,
-}
-
-impl LeakReport {
-    /// Values that equal their source beyond what their rule allows.
-    pub fn leaked(&self) -> u64 {
-        self.columns.iter().map(|c| c.leaked).sum()
-    }
-}
-
-/// One masked column compared with its source.
-#[derive(Debug, Clone, Serialize)]
-pub struct ColumnLeaks {
-    /// The table.
-    pub table: String,
-    /// The column.
-    pub column: String,
-    /// The rule.
-    pub rule: String,
-    /// Non-null values compared.
-    pub checked: u64,
-    /// Values equal to their source where the rule does not allow it.
-    pub leaked: u64,
-}
-
-/// A finished refresh.
-#[derive(Debug, Clone, Serialize)]
-pub struct RefreshReport {
-    /// Each table, in the order copied.
-    pub tables: Vec<TableReport>,
-    /// The leak check of the new data, done before it was swapped in.
-    pub leaks: LeakReport,
-    /// Total time.
-    pub seconds: f64,
-}
-
-/// Progress of one table, as it is copied.
-#[derive(Debug, Clone, Serialize)]
-pub struct Progress {
-    /// The table.
-    pub table: String,
-    /// Rows copied so far.
-    pub rows: u64,
-    /// Rows it has.
-    pub total: u64,
 }
 
 /// The rule of every column of every table (`(table, columns)` as the source has them),
