@@ -4,7 +4,9 @@
 //! data and its shape only: no rule, no I/O.
 #![forbid(unsafe_code)]
 
+pub mod answers;
 pub mod data;
 pub mod parity;
 pub mod records;
+pub mod requests;
 pub mod status;

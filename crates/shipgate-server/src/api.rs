@@ -12,7 +12,12 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 use axum::{Json, Router, middleware};
 use futures_util::{Stream, StreamExt};
-use serde::Deserialize;
+use shipgate_api::answers::{CreatedRelease, CreatedToken, DataCheck, DecisionRecorded, LogChunk};
+use shipgate_api::requests::{
+    AppEnv, AppQuery, DataRefreshRequest, DecisionRequest, DiffQuery, EventOrder, EventsQuery,
+    FreezeQuery, FreezeRequest, HistoryQuery, LogsQuery, PromoteRequest, ReleaseQuery,
+    RollbackRequest, TokenRequest,
+};
 use shipgate_core::{Action, AppName, Digest, EnvName, ReleaseRef, Version};
 use shipgate_engine::flow::ReleaseRequest;
 use shipgate_store::artifact::UnpackLimits;
@@ -145,14 +150,6 @@ fn parse<T>(
     f(s).map_err(|e| Problem::bad_request(format!("{what}: {e}")))
 }
 
-#[derive(Deserialize)]
-struct ReleaseQuery {
-    version: String,
-    digest: String,
-    commit: Option<String>,
-    notes: Option<String>,
-}
-
 async fn create_release(
     State(state): State<AppState>,
     caller: Caller,
@@ -204,15 +201,7 @@ async fn create_release(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(serde_json::json!({ "release": release, "created": created })),
-    ))
-}
-
-#[derive(Deserialize)]
-struct AppQuery {
-    app: Option<String>,
+    Ok((status, Json(CreatedRelease { release, created })))
 }
 
 async fn list_releases(
@@ -225,19 +214,10 @@ async fn list_releases(
     Ok(Json(state.engine.store().releases(app.as_ref()).await?))
 }
 
-#[derive(Deserialize)]
-struct PromoteBody {
-    release: String,
-    env: String,
-    /// An admin's reason to lift deploy windows and freezes for this promotion.
-    #[serde(rename = "override")]
-    override_reason: Option<String>,
-}
-
 async fn promote(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(b): ApiJson<PromoteBody>,
+    ApiJson(b): ApiJson<PromoteRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let release = parse("release", &b.release, ReleaseRef::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
@@ -261,19 +241,11 @@ async fn promote(
     ))
 }
 
-#[derive(Deserialize)]
-struct DecisionBody {
-    release: String,
-    env: String,
-    verdict: shipgate_core::Verdict,
-    comment: Option<String>,
-}
-
 /// Approves or rejects the promotion of a release into an environment.
 async fn decide(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(b): ApiJson<DecisionBody>,
+    ApiJson(b): ApiJson<DecisionRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let release = parse("release", &b.release, ReleaseRef::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
@@ -290,15 +262,11 @@ async fn decide(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "promotion": promotion, "decision": decision })),
+        Json(DecisionRecorded {
+            promotion,
+            decision,
+        }),
     ))
-}
-
-#[derive(Deserialize)]
-struct DiffQuery {
-    app: String,
-    a: String,
-    b: String,
 }
 
 /// Compares an app in two environments (runs the app's facts in both).
@@ -329,19 +297,12 @@ async fn drift(
     Ok(Json(reports))
 }
 
-#[derive(Deserialize)]
-struct RefreshBody {
-    app: String,
-    from: String,
-    to: String,
-}
-
 /// Refreshes one environment's data from another, masked; answers with one JSON line per
 /// progress report and a last line `{"done": ...}` or `{"failed": "..."}`.
 async fn refresh_data(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(b): ApiJson<RefreshBody>,
+    ApiJson(b): ApiJson<DataRefreshRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let app = configured_app(&state, &b.app)?;
     let from = parse("environment", &b.from, EnvName::parse)?;
@@ -377,12 +338,6 @@ async fn refresh_data(
 }
 
 /// An app in an environment, as a query or a body.
-#[derive(Deserialize)]
-struct AppEnv {
-    app: String,
-    env: String,
-}
-
 /// The leak check of one environment's masked data against the environment it comes from.
 async fn check_data(
     State(state): State<AppState>,
@@ -393,9 +348,13 @@ async fn check_data(
     let env = parse("environment", &q.env, EnvName::parse)?;
     caller.allow(Action::Read, Some(&env))?;
     let (from, report) = state.engine.check_data(&app, &env).await?;
-    Ok(Json(
-        serde_json::json!({ "app": app, "env": env, "from": from, "leaked": report.leaked(), "columns": report.columns }),
-    ))
+    Ok(Json(DataCheck {
+        app,
+        env,
+        from,
+        leaked: report.leaked(),
+        columns: report.columns,
+    }))
 }
 
 /// Redeploys the recorded live release from its artifact.
@@ -415,17 +374,10 @@ async fn heal(
     ))
 }
 
-#[derive(Deserialize)]
-struct FreezeBody {
-    /// None: every environment.
-    env: Option<String>,
-    reason: String,
-}
-
 async fn freeze(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(b): ApiJson<FreezeBody>,
+    ApiJson(b): ApiJson<FreezeRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let env = optional("environment", b.env.as_deref(), EnvName::parse)?;
     caller.allow(Action::Freeze, env.as_ref())?;
@@ -439,11 +391,6 @@ async fn freeze(
         .freeze(env.as_ref(), b.reason.trim(), caller.name())
         .await?;
     Ok((StatusCode::CREATED, Json(freeze)))
-}
-
-#[derive(Deserialize)]
-struct FreezeQuery {
-    env: Option<String>,
 }
 
 async fn unfreeze(
@@ -478,17 +425,10 @@ async fn promotion(
     Ok(Json(entry))
 }
 
-#[derive(Deserialize)]
-struct RollbackBody {
-    app: String,
-    env: String,
-    to: Option<String>,
-}
-
 async fn rollback(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(b): ApiJson<RollbackBody>,
+    ApiJson(b): ApiJson<RollbackRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let app = parse("app", &b.app, AppName::parse)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
@@ -550,13 +490,6 @@ fn within(name: &str, value: i64, min: i64, max: i64) -> Result<i64, Problem> {
     }
 }
 
-#[derive(Deserialize)]
-struct HistoryQuery {
-    app: String,
-    env: Option<String>,
-    limit: Option<i64>,
-}
-
 async fn history(
     State(state): State<AppState>,
     caller: Caller,
@@ -577,15 +510,6 @@ async fn history(
     Ok(Json(entries))
 }
 
-#[derive(Deserialize)]
-struct LogsQuery {
-    app: String,
-    env: String,
-    /// Read from this byte offset (as returned by the previous call); without it, the last `lines`.
-    offset: Option<u64>,
-    lines: Option<i64>,
-}
-
 async fn logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -595,7 +519,7 @@ async fn logs(
     let env = parse("environment", &q.env, EnvName::parse)?;
     caller.allow(Action::Read, Some(&env))?;
     let Some(path) = state.engine.log_file(&app, &env) else {
-        return Ok(Json(serde_json::json!({ "text": "", "offset": 0 })));
+        return Ok(Json(LogChunk::default()));
     };
     let lines = within("lines", q.lines.unwrap_or(100), 1, 100_000)?;
     let read = tokio::task::spawn_blocking(move || read_log(&path, q.offset, lines as usize)).await;
@@ -608,7 +532,7 @@ async fn logs(
                 e.to_string(),
             )
         })?;
-    Ok(Json(serde_json::json!({ "text": text, "offset": offset })))
+    Ok(Json(LogChunk { text, offset }))
 }
 
 /// Reads a log from `offset` to its end (at most 1 MiB), or its last `lines` lines.
@@ -635,29 +559,6 @@ fn read_log(
             Ok((tail.into_iter().map(|l| l + "\n").collect(), len))
         }
     }
-}
-
-/// Which end of the event log a page of `/events` is taken from.
-#[derive(Deserialize, Default, Clone, Copy, PartialEq)]
-#[serde(rename_all = "snake_case")]
-enum EventOrder {
-    /// The oldest events after `after`, oldest first.
-    #[default]
-    Oldest,
-    /// The newest events, newest first.
-    Newest,
-}
-
-#[derive(Deserialize)]
-struct EventsQuery {
-    after: Option<i64>,
-    limit: Option<i64>,
-    #[serde(default)]
-    order: EventOrder,
-    app: Option<String>,
-    env: Option<String>,
-    actor: Option<String>,
-    kind: Option<String>,
 }
 
 async fn events(
@@ -729,19 +630,11 @@ async fn verify_audit(
     Ok(Json(verify_chain(&events)))
 }
 
-#[derive(Deserialize)]
-struct TokenBody {
-    name: String,
-    role: String,
-    #[serde(default)]
-    envs: Vec<String>,
-}
-
 /// Creates a token; the secret is in this answer and nowhere else (only its hash is stored).
 async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(b): ApiJson<TokenBody>,
+    ApiJson(b): ApiJson<TokenRequest>,
 ) -> ApiResult<impl IntoResponse> {
     caller.allow(Action::ManageTokens, None)?;
     let name = b.name.as_str();
@@ -785,7 +678,10 @@ async fn create_token(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(serde_json::json!({ "token": secret, "record": record })),
+        Json(CreatedToken {
+            token: secret,
+            record,
+        }),
     ))
 }
 

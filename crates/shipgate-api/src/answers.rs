@@ -1,0 +1,75 @@
+//! Answers that are not records of the store: what creating something returns, log chunks,
+//! the leak check, and errors.
+
+use serde::{Deserialize, Serialize};
+use shipgate_core::gate::Decision;
+use shipgate_core::{AppName, EnvName};
+use utoipa::ToSchema;
+
+use crate::data::ColumnLeaks;
+use crate::records::{Promotion, Release, TokenRecord};
+
+/// `POST /api/v1/apps/{app}/releases`: 201 when registered now, 200 when it already was.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedRelease {
+    /// The release on record.
+    pub release: Release,
+    /// False when this version was already registered with this digest (nothing was written).
+    pub created: bool,
+}
+
+/// `POST /api/v1/approvals`: the decision and the promotion it is about.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DecisionRecorded {
+    /// The promotion decided on.
+    pub promotion: Promotion,
+    /// The decision as recorded.
+    pub decision: Decision,
+}
+
+/// `POST /api/v1/tokens`: the secret, shown this once (only its hash is stored).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    /// The secret to send as `Authorization: Bearer ...`.
+    pub token: String,
+    /// The token as stored.
+    pub record: TokenRecord,
+}
+
+/// `GET /api/v1/logs`: a piece of an instance's output.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct LogChunk {
+    /// The text read.
+    pub text: String,
+    /// Where to read from next time (to follow the log).
+    pub offset: u64,
+}
+
+/// `GET /api/v1/data/check`: masked data compared with the data it was made from.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DataCheck {
+    /// The app.
+    pub app: AppName,
+    /// The environment checked.
+    pub env: EnvName,
+    /// Where its data comes from.
+    pub from: EnvName,
+    /// Values equal to their source where the rule does not allow it; 0 is a pass.
+    pub leaked: u64,
+    /// Each masked column.
+    pub columns: Vec<ColumnLeaks>,
+}
+
+/// Every error: `application/problem+json` (RFC 9457), with a detail saying what to do next.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status and title say what kind of problem it is.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short name of the problem.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened and what to do next, for a person.
+    pub detail: String,
+}

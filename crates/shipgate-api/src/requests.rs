@@ -1,0 +1,231 @@
+//! What clients send: JSON bodies and query strings. Names arrive as text and are parsed by the
+//! server into their domain types at once, so a refusal can say which field was wrong and what
+//! to write instead; the schemas state the same patterns the parsers accept.
+
+use serde::{Deserialize, Serialize};
+use shipgate_core::{AppName, EnvName, ReleaseRef, Role, Verdict, Version};
+use utoipa::{IntoParams, ToSchema};
+
+/// `POST /api/v1/promotions`: put a release into an environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PromoteRequest {
+    /// The release.
+    #[schema(value_type = ReleaseRef)]
+    pub release: String,
+    /// The environment.
+    #[schema(value_type = EnvName)]
+    pub env: String,
+    /// Admin only: a reason to lift deploy windows and freezes for this promotion, recorded in
+    /// the audit log.
+    #[serde(rename = "override", default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "\\S")]
+    pub override_reason: Option<String>,
+}
+
+/// `POST /api/v1/approvals`: approve or reject the promotion of a release into an environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DecisionRequest {
+    /// The release.
+    #[schema(value_type = ReleaseRef)]
+    pub release: String,
+    /// The environment.
+    #[schema(value_type = EnvName)]
+    pub env: String,
+    /// Approve or reject; a rejection needs a comment.
+    pub verdict: Verdict,
+    /// Why, in words (not blank).
+    #[serde(default)]
+    #[schema(pattern = "\\S")]
+    pub comment: Option<String>,
+}
+
+/// `POST /api/v1/rollbacks`: return an environment to an earlier release.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RollbackRequest {
+    /// The app.
+    #[schema(value_type = AppName)]
+    pub app: String,
+    /// The environment.
+    #[schema(value_type = EnvName)]
+    pub env: String,
+    /// The version to return to; none: the one live before the current one.
+    #[serde(default)]
+    #[schema(value_type = Option<Version>)]
+    pub to: Option<String>,
+}
+
+/// `POST /api/v1/tokens`: make a token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenRequest {
+    /// Its name, the actor of what it does: 1 to 64 letters, digits, `-`, `_`, `.` or `@`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
+    pub name: String,
+    /// Its role.
+    #[schema(value_type = Role)]
+    pub role: String,
+    /// The environments it is limited to; empty or absent: all.
+    #[serde(default)]
+    #[schema(value_type = Vec<EnvName>)]
+    pub envs: Vec<String>,
+}
+
+/// `POST /api/v1/freezes`: stop promotions into one environment, or into all of them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FreezeRequest {
+    /// The environment; none: every environment.
+    #[serde(default)]
+    #[schema(value_type = Option<EnvName>)]
+    pub env: Option<String>,
+    /// Why, in words (not blank).
+    #[schema(pattern = "\\S")]
+    pub reason: String,
+}
+
+/// One app in one environment: the body of `POST /api/v1/drift/heal`, the query of
+/// `GET /api/v1/data/check`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AppEnv {
+    /// The app.
+    #[schema(value_type = AppName)]
+    #[param(value_type = AppName)]
+    pub app: String,
+    /// The environment.
+    #[schema(value_type = EnvName)]
+    #[param(value_type = EnvName)]
+    pub env: String,
+}
+
+/// `POST /api/v1/data/refresh`: copy an app's data from one environment into another, masked.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DataRefreshRequest {
+    /// The app.
+    #[schema(value_type = AppName)]
+    pub app: String,
+    /// Where the data comes from (read only).
+    #[schema(value_type = EnvName)]
+    pub from: String,
+    /// Where it goes (replaced whole, or not at all).
+    #[schema(value_type = EnvName)]
+    pub to: String,
+}
+
+/// The query of `POST /api/v1/apps/{app}/releases`, whose body is the artifact.
+#[derive(Debug, Clone, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReleaseQuery {
+    /// The version to register.
+    #[param(value_type = Version)]
+    pub version: String,
+    /// The sha256 the client computed of the body; the server compares it with what arrived.
+    #[param(value_type = shipgate_core::Digest)]
+    pub digest: String,
+    /// Source commit.
+    pub commit: Option<String>,
+    /// Free text.
+    pub notes: Option<String>,
+}
+
+/// An optional app filter.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AppQuery {
+    /// Only this app.
+    #[param(value_type = Option<AppName>)]
+    pub app: Option<String>,
+}
+
+/// `GET /api/v1/diff`: an app compared in two environments.
+#[derive(Debug, Clone, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DiffQuery {
+    /// The app.
+    #[param(value_type = AppName)]
+    pub app: String,
+    /// The first environment.
+    #[param(value_type = EnvName)]
+    pub a: String,
+    /// The second environment.
+    #[param(value_type = EnvName)]
+    pub b: String,
+}
+
+/// `GET /api/v1/history`: an app's promotions, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// The app.
+    #[param(value_type = AppName)]
+    pub app: String,
+    /// Only this environment.
+    #[param(value_type = Option<EnvName>)]
+    pub env: Option<String>,
+    /// At most this many (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/logs`: an instance's output.
+#[derive(Debug, Clone, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// The app.
+    #[param(value_type = AppName)]
+    pub app: String,
+    /// The environment.
+    #[param(value_type = EnvName)]
+    pub env: String,
+    /// Read from this byte offset (as returned by the previous call); without it, the last
+    /// `lines` lines.
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    pub offset: Option<u64>,
+    /// How many lines from the end (default 100).
+    #[param(minimum = 1, maximum = 100_000)]
+    pub lines: Option<i64>,
+}
+
+/// Which end of the event log a page of `/events` is taken from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventOrder {
+    /// The oldest events after `after`, oldest first.
+    #[default]
+    Oldest,
+    /// The newest events, newest first.
+    Newest,
+}
+
+/// `GET /api/v1/events`: a page of the audit log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only events after this id.
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    pub after: Option<i64>,
+    /// At most this many (default 1000).
+    #[param(minimum = 1, maximum = 10_000)]
+    pub limit: Option<i64>,
+    /// Oldest first (default) or newest first.
+    #[serde(default)]
+    #[param(inline)]
+    pub order: EventOrder,
+    /// Only this app.
+    #[param(value_type = Option<AppName>)]
+    pub app: Option<String>,
+    /// Only this environment.
+    #[param(value_type = Option<EnvName>)]
+    pub env: Option<String>,
+    /// Only events caused by this actor (a token's name, or `shipgate`).
+    pub actor: Option<String>,
+    /// Only this kind (`promotion.failed`) or family (`promotion`).
+    pub kind: Option<String>,
+}
+
+/// `DELETE /api/v1/freezes`: which freeze to lift.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FreezeQuery {
+    /// The environment whose freeze is lifted; none: the every-environment freeze.
+    #[param(value_type = Option<EnvName>)]
+    pub env: Option<String>,
+}
