@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod data_dir;
 mod extract;
+mod openapi;
 mod problem;
 mod ui;
 

@@ -1,0 +1,423 @@
+//! The OpenAPI 3.1 document, derived from the wire types of `shipgate-api`: one declaration
+//! per endpoint here, the bodies' schemas from their types. A test checks that it lists exactly
+//! the routes served, and schemathesis checks the server against it.
+
+use shipgate_api::answers::{
+    CreatedRelease, CreatedToken, DataCheck, DecisionRecorded, LogChunk, Problem,
+};
+use shipgate_api::data::DataMessage;
+use shipgate_api::parity::{Diff, DriftReport};
+use shipgate_api::records::{AuditReport, Event, Promotion, Release, TokenRecord};
+use shipgate_api::requests::{
+    AppEnv, AppQuery, DataRefreshRequest, DecisionRequest, DiffQuery, EventsQuery, FreezeQuery,
+    FreezeRequest, HistoryQuery, LogsQuery, PromoteRequest, ReleaseQuery, RollbackRequest,
+    TokenRequest,
+};
+use shipgate_api::status::{AppStatus, HistoryEntry};
+use shipgate_core::gate::Freeze;
+use utoipa::openapi::link::{Link, LinkBuilder};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ObjectBuilder, OpenApi as Document, RefOr, Response};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "shipgate API",
+        version = "1",
+        description = "Releases, promotions through environments, rollbacks, status, history, logs and the audit log. Every call but /healthz needs `Authorization: Bearer TOKEN` (a local server's admin token is in its data dir, admin.token). Errors are application/problem+json (RFC 9457) whose `detail` says what to do next. Roles: viewer reads; deployer also registers releases, promotes and rolls back; approver also approves; admin does everything, and manages tokens when limited to no environment. A token limited to environments is refused (403) anything about another environment."
+    ),
+    paths(
+        declared::healthz,
+        declared::metrics,
+        declared::create_release,
+        declared::list_releases,
+        declared::promote,
+        declared::promotion,
+        declared::rollback,
+        declared::decide,
+        declared::diff,
+        declared::refresh_data,
+        declared::check_data,
+        declared::drift,
+        declared::heal,
+        declared::list_freezes,
+        declared::freeze,
+        declared::unfreeze,
+        declared::status,
+        declared::history,
+        declared::logs,
+        declared::events,
+        declared::event_stream,
+        declared::verify_audit,
+        declared::openapi,
+        declared::create_token,
+        declared::list_tokens,
+        declared::revoke_token,
+    ),
+    components(schemas(Problem)),
+    security(("bearer" = [])),
+    modifiers(&Bearer, &Links)
+)]
+struct ApiDoc;
+
+/// The document, as served at `/api/v1/openapi.json`.
+pub(crate) fn document() -> String {
+    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            return format!("{{\"error\": \"the OpenAPI document cannot be written: {e}\"}}");
+        }
+    };
+    tidy(&mut doc);
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// Two touches utoipa 5 leaves to do: its links serialize `operation_id` where OpenAPI says
+/// `operationId`, and it tags each operation with the module declaring it, which says nothing.
+fn tidy(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for op in paths
+        .values_mut()
+        .filter_map(|i| i.as_object_mut())
+        .flat_map(|i| i.values_mut())
+    {
+        let Some(op) = op.as_object_mut() else {
+            continue;
+        };
+        op.remove("tags");
+        let responses = op.get_mut("responses").and_then(|r| r.as_object_mut());
+        for response in responses.into_iter().flat_map(|r| r.values_mut()) {
+            let links = response.get_mut("links").and_then(|l| l.as_object_mut());
+            for link in links.into_iter().flat_map(|l| l.values_mut()) {
+                if let Some(link) = link.as_object_mut()
+                    && let Some(id) = link.remove("operation_id")
+                {
+                    link.insert("operationId".to_owned(), id);
+                }
+            }
+        }
+    }
+}
+
+/// The paths and methods the document describes (for the test against the routes).
+#[cfg(test)]
+pub(crate) fn operations() -> Vec<(String, String)> {
+    let doc = ApiDoc::openapi();
+    let mut out = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        let methods = [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("DELETE", &item.delete),
+            ("PATCH", &item.patch),
+        ];
+        for (method, op) in methods {
+            if op.is_some() {
+                out.push((method.to_owned(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The links a stateful client follows: what creates a token or a promotion leads to it.
+struct Links;
+
+impl Modify for Links {
+    fn modify(&self, doc: &mut Document) {
+        let link = |operation: &str, name: &str, from: &str| {
+            LinkBuilder::new()
+                .operation_id(operation)
+                .parameter(name, from)
+                .build()
+        };
+        let mut add = |path: &str, status: &str, name: &str, l: Link| {
+            let Some(item) = doc.paths.paths.get_mut(path) else {
+                return;
+            };
+            let Some(op) = item.post.as_mut() else {
+                return;
+            };
+            with_response(op, status, |r| {
+                r.links.insert(name.to_owned(), RefOr::T(l));
+            });
+        };
+        add(
+            "/api/v1/tokens",
+            "201",
+            "RevokeToken",
+            link("revokeToken", "name", "$response.body#/record/name"),
+        );
+        for path in [
+            "/api/v1/promotions",
+            "/api/v1/rollbacks",
+            "/api/v1/drift/heal",
+        ] {
+            add(
+                path,
+                "202",
+                "GetPromotion",
+                link("getPromotion", "id", "$response.body#/id"),
+            );
+        }
+    }
+}
+
+fn with_response(op: &mut Operation, status: &str, f: impl FnOnce(&mut Response)) {
+    if let Some(RefOr::T(r)) = op.responses.responses.get_mut(status) {
+        f(r);
+    }
+}
+
+/// The schema of one server-sent event of `/api/v1/events/stream`.
+struct SseEvent;
+
+impl utoipa::PartialSchema for SseEvent {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::Type;
+        let text = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description))
+                .build()
+        };
+        let data = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("the Event, as JSON (schema Event)"))
+            .content_media_type("application/json");
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("id", text("the event's id"))
+            .property("event", text("the event's kind"))
+            .property("data", data)
+            .required("id")
+            .required("event")
+            .required("data")
+            .into()
+    }
+}
+
+impl ToSchema for SseEvent {}
+
+/// One declaration per endpoint, describing the handlers of `api.rs`.
+#[allow(
+    dead_code,
+    reason = "the declarations describe the handlers of api.rs; they are never called"
+)]
+mod declared {
+    use super::*;
+
+    /// Whether the server answers: `ok`, or `ok: restoring the live releases` while a restarted
+    /// server starts them again.
+    #[utoipa::path(get, path = "/healthz", operation_id = "health", security(()),
+        responses((status = 200, description = "the server answers", body = String, content_type = "text/plain")))]
+    fn healthz() {}
+
+    /// Request metrics of every environment the token sees, in the Prometheus text format.
+    #[utoipa::path(get, path = "/metrics", operation_id = "metrics",
+        responses(
+            (status = 200, description = "metrics", body = String, content_type = "text/plain"),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn metrics() {}
+
+    /// Register a release: the body is the .tar or .tar.gz artifact, streamed.
+    #[utoipa::path(post, path = "/api/v1/apps/{app}/releases", operation_id = "createRelease",
+        params(("app" = shipgate_core::AppName, Path, description = "the app"), ReleaseQuery),
+        request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+        responses(
+            (status = 201, description = "registered", body = CreatedRelease),
+            (status = 200, description = "already registered with this digest; nothing changed", body = CreatedRelease),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn create_release() {}
+
+    /// Registered releases, newest first.
+    #[utoipa::path(get, path = "/api/v1/releases", operation_id = "listReleases", params(AppQuery),
+        responses(
+            (status = 200, description = "releases", body = Vec<Release>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_releases() {}
+
+    /// Ask for a release to enter an environment: refused unless it is verified in the
+    /// environment before; then pending until its requirements hold.
+    #[utoipa::path(post, path = "/api/v1/promotions", operation_id = "promote", request_body = PromoteRequest,
+        responses(
+            (status = 202, description = "accepted, pending", body = Promotion,
+                headers(("Location" = String, description = "where the promotion can be read"))),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn promote() {}
+
+    /// One promotion with its gates, decisions and what it waits on.
+    #[utoipa::path(get, path = "/api/v1/promotions/{id}", operation_id = "getPromotion",
+        params(("id" = i64, Path, minimum = 1, description = "the promotion")),
+        responses(
+            (status = 200, description = "the promotion", body = HistoryEntry),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn promotion() {}
+
+    /// Return an environment to the release live before the current one, or to `to`.
+    #[utoipa::path(post, path = "/api/v1/rollbacks", operation_id = "rollBack", request_body = RollbackRequest,
+        responses(
+            (status = 202, description = "accepted", body = Promotion,
+                headers(("Location" = String, description = "where the promotion can be read"))),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn rollback() {}
+
+    /// Approve or reject (with a comment) the pending promotion of a release into an environment,
+    /// or the verifying one held after an inconclusive watch. Nobody approves their own promotion.
+    #[utoipa::path(post, path = "/api/v1/approvals", operation_id = "decide", request_body = DecisionRequest,
+        responses(
+            (status = 201, description = "recorded", body = DecisionRecorded),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn decide() {}
+
+    /// Compare an app in two environments; each item same, expected, unexpected, only_in_a or
+    /// only_in_b. Secret values are never returned.
+    #[utoipa::path(get, path = "/api/v1/diff", operation_id = "diff", params(DiffQuery),
+        responses(
+            (status = 200, description = "the comparison", body = Diff),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn diff() {}
+
+    /// Refresh one environment's data from another (it must come after it), masked: one JSON line
+    /// per progress report, then `{"done": report}` or `{"failed": reason}`.
+    #[utoipa::path(post, path = "/api/v1/data/refresh", operation_id = "refreshData", request_body = DataRefreshRequest,
+        responses(
+            (status = 200, description = "progress and outcome, as JSON lines", body = DataMessage, content_type = "application/x-ndjson"),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn refresh_data() {}
+
+    /// Leak check: masked columns of `env` compared row by row with the data they come from.
+    #[utoipa::path(get, path = "/api/v1/data/check", operation_id = "checkData", params(AppEnv),
+        responses(
+            (status = 200, description = "the check", body = DataCheck),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn check_data() {}
+
+    /// Check every live release now against its record.
+    #[utoipa::path(get, path = "/api/v1/drift", operation_id = "drift", params(AppQuery),
+        responses(
+            (status = 200, description = "one report per live release", body = Vec<DriftReport>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn drift() {}
+
+    /// Put a drifted live release back as recorded and deploy it again (a `redeploy` promotion).
+    #[utoipa::path(post, path = "/api/v1/drift/heal", operation_id = "heal", request_body = AppEnv,
+        responses(
+            (status = 202, description = "accepted", body = Promotion,
+                headers(("Location" = String, description = "where the promotion can be read"))),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn heal() {}
+
+    /// Freezes in force.
+    #[utoipa::path(get, path = "/api/v1/freezes", operation_id = "listFreezes",
+        responses(
+            (status = 200, description = "freezes", body = Vec<Freeze>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_freezes() {}
+
+    /// Freeze one environment (or every one when `env` is absent).
+    #[utoipa::path(post, path = "/api/v1/freezes", operation_id = "freeze", request_body = FreezeRequest,
+        responses(
+            (status = 201, description = "frozen", body = Freeze),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn freeze() {}
+
+    /// Lift the freeze of one environment, or the one of every environment (no `env`).
+    #[utoipa::path(delete, path = "/api/v1/freezes", operation_id = "unfreeze", params(FreezeQuery),
+        responses(
+            (status = 200, description = "lifted", body = Freeze),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn unfreeze() {}
+
+    /// What is live where, instance health, promotions in progress.
+    #[utoipa::path(get, path = "/api/v1/status", operation_id = "status", params(AppQuery),
+        responses(
+            (status = 200, description = "one entry per app", body = Vec<AppStatus>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn status() {}
+
+    /// Promotions of an app with their gates, newest first.
+    #[utoipa::path(get, path = "/api/v1/history", operation_id = "history", params(HistoryQuery),
+        responses(
+            (status = 200, description = "promotions", body = Vec<HistoryEntry>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn history() {}
+
+    /// Output of the instance serving an app in an environment.
+    #[utoipa::path(get, path = "/api/v1/logs", operation_id = "logs", params(LogsQuery),
+        responses(
+            (status = 200, description = "log text and the offset to continue from", body = LogChunk),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn logs() {}
+
+    /// Audit events after an id, oldest first, or the newest first.
+    #[utoipa::path(get, path = "/api/v1/events", operation_id = "listEvents", params(EventsQuery),
+        responses(
+            (status = 200, description = "events", body = Vec<Event>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn events() {}
+
+    /// Every new event as server-sent events (`event:` its kind, `id:` its id, `data:` the Event).
+    #[utoipa::path(get, path = "/api/v1/events/stream", operation_id = "streamEvents",
+        responses(
+            (status = 200, description = "an endless stream", body = SseEvent, content_type = "text/event-stream"),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn event_stream() {}
+
+    /// Check the audit log's hash chain.
+    #[utoipa::path(get, path = "/api/v1/audit/verify", operation_id = "verifyAudit",
+        responses(
+            (status = 200, description = "the result", body = AuditReport),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn verify_audit() {}
+
+    /// This document.
+    #[utoipa::path(get, path = "/api/v1/openapi.json", operation_id = "openapi",
+        responses(
+            (status = 200, description = "OpenAPI 3.1", body = Object),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn openapi() {}
+
+    /// Create a token (admin limited to no environment); the secret is returned once.
+    #[utoipa::path(post, path = "/api/v1/tokens", operation_id = "createToken", request_body = TokenRequest,
+        responses(
+            (status = 201, description = "created", body = CreatedToken,
+                headers(("Location" = String, description = "the token's path"))),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn create_token() {}
+
+    /// Every token, revoked ones included (never their secrets).
+    #[utoipa::path(get, path = "/api/v1/tokens", operation_id = "listTokens",
+        responses(
+            (status = 200, description = "tokens", body = Vec<TokenRecord>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_tokens() {}
+
+    /// Revoke a token; refused for the last admin token limited to no environment and for the
+    /// token the request comes with.
+    #[utoipa::path(delete, path = "/api/v1/tokens/{name}", operation_id = "revokeToken",
+        params(("name" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "the token")),
+        responses(
+            (status = 200, description = "revoked", body = TokenRecord),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn revoke_token() {}
+}
