@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{Value, json};
 
 use crate::demo::{SampleServer, free_port, sample_release};
 
@@ -79,19 +78,14 @@ pub async fn promote(runs: usize) -> anyhow::Result<ExitCode> {
         sample_release(&dir, &version, false)?;
         crate::commands::upload(client, "web", &version, &dir, None, None).await?;
         let started = Instant::now();
-        let p: Value = client
-            .post(
-                "/promotions",
-                &json!({ "release": format!("web@{version}"), "env": "development" }),
-            )
+        let p = client
+            .promote(&format!("web@{version}"), "development")
             .await?;
         while !answers(&http, &env_url, Some(&version)).await {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let took = started.elapsed();
-        client
-            .wait_promotion(p["id"].as_i64().unwrap_or_default(), |_| {})
-            .await?;
+        client.wait_promotion(p.id, |_| {}).await?;
         let ready = app_ready_time(&exe, &dir, &http)
             .await
             .context("measuring the app's own start")?;

@@ -3,8 +3,14 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use shipgate_api::answers::CreatedRelease;
+use shipgate_api::records::Promotion;
+use shipgate_api::requests::{PromoteRequest, ReleaseQuery};
+use shipgate_api::status::HistoryEntry;
+use shipgate_core::PromotionId;
 
 /// A refusal or failure answered by the server, with its problem+json detail.
 #[derive(Debug, thiserror::Error)]
@@ -120,16 +126,20 @@ impl Client {
     }
 
     /// POST a JSON body.
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
     /// POST a JSON body and hand each JSON line of the streamed answer to `each`.
-    pub async fn post_lines(
+    pub async fn post_lines<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
-        body: &Value,
-        mut each: impl FnMut(Value),
+        body: &B,
+        mut each: impl FnMut(T),
     ) -> anyhow::Result<()> {
         use futures_util::StreamExt;
         let response = self
@@ -151,9 +161,13 @@ impl Client {
             pending.extend_from_slice(&chunk.context("reading the server's answer")?);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                if let Ok(v) = serde_json::from_slice(&line) {
-                    each(v);
-                }
+                let line = serde_json::from_slice(&line).with_context(|| {
+                    format!(
+                        "the server's answer is not the JSON expected: {}",
+                        String::from_utf8_lossy(&line)
+                    )
+                })?;
+                each(line);
             }
         }
         Ok(())
@@ -168,9 +182,9 @@ impl Client {
     pub async fn upload_release(
         &self,
         app: &str,
-        query: &[(&str, String)],
+        query: &ReleaseQuery,
         file: &Path,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<CreatedRelease> {
         let f = tokio::fs::File::open(file)
             .await
             .with_context(|| format!("opening {}", file.display()))?;
@@ -189,25 +203,30 @@ impl Client {
         self.send(request).await
     }
 
+    /// Asks for `release` (`app@version`) to enter `env`.
+    pub async fn promote(&self, release: &str, env: &str) -> anyhow::Result<Promotion> {
+        let body = PromoteRequest {
+            release: release.to_owned(),
+            env: env.to_owned(),
+            override_reason: None,
+        };
+        self.post("/promotions", &body).await
+    }
+
     /// Polls a promotion until it ends; `on_change` sees each new state.
     pub async fn wait_promotion(
         &self,
-        id: i64,
+        id: PromotionId,
         mut on_change: impl FnMut(&str),
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<HistoryEntry> {
         let mut last = String::new();
         loop {
-            let p: Value = self.get(&format!("/promotions/{id}"), &[]).await?;
-            let state = p["state"].as_str().unwrap_or_default().to_owned();
+            let p: HistoryEntry = self.get(&format!("/promotions/{id}"), &[]).await?;
+            let state = p.promotion.state;
             // Shown: the state, and what a waiting promotion waits on.
-            let waits: Vec<&str> = p["waiting_on"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|w| w["message"].as_str())
-                .collect();
+            let waits: Vec<&str> = p.waiting_on.iter().map(|w| w.message.as_str()).collect();
             let shown = if waits.is_empty() {
-                state.clone()
+                state.to_string()
             } else {
                 format!("{state}, waiting on {}", waits.join("; "))
             };
@@ -215,7 +234,7 @@ impl Client {
                 on_change(&shown);
                 last = shown;
             }
-            if !matches!(state.as_str(), "pending" | "deploying" | "verifying") {
+            if state.is_terminal() {
                 return Ok(p);
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

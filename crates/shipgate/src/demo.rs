@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use shipgate_api::status::AppStatus;
+use shipgate_core::PromotionState;
 
 use crate::client::Client;
 use crate::output::Printer;
@@ -155,10 +156,7 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
             }),
         )
         .await?;
-        say(format!(
-            "registered web@{version}  {}",
-            r["release"]["digest"].as_str().unwrap_or("")
-        ));
+        say(format!("registered web@{version}  {}", r.release.digest));
     }
     say(String::new());
     for env in ["development", "testing", "staging", "production"] {
@@ -167,18 +165,12 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
     say(String::new());
     step(client, &say, "web@1.1.0", "development").await?;
     step(client, &say, "web@1.1.0", "testing").await?;
-    match client
-        .post::<Value>(
-            "/promotions",
-            &json!({ "release": "web@1.1.0", "env": "staging" }),
-        )
-        .await
-    {
+    match client.promote("web@1.1.0", "staging").await {
         Err(e) => say(format!("  refused  web@1.1.0 → staging: {e}")),
         Ok(_) => anyhow::bail!("the demo expected web@1.1.0 to be refused in staging"),
     }
 
-    let status: Vec<Value> = client.get("/status", &[]).await?;
+    let status: Vec<AppStatus> = client.get("/status", &[]).await?;
     say(format!(
         "\nwhat is live where:\n{}",
         crate::commands::render_status(&status)
@@ -222,25 +214,18 @@ async fn step(
     env: &str,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let p: Value = client
-        .post("/promotions", &json!({ "release": release, "env": env }))
-        .await?;
-    let done = client
-        .wait_promotion(p["id"].as_i64().unwrap_or_default(), |_| {})
-        .await?;
+    let p = client.promote(release, env).await?;
+    let done = client.wait_promotion(p.id, |_| {}).await?;
     let ms = started.elapsed().as_millis();
-    match done["state"].as_str() {
-        Some("succeeded") => say(format!("  ok       {release} → {env}  ({ms} ms)")),
+    match done.promotion.state {
+        PromotionState::Succeeded => say(format!("  ok       {release} → {env}  ({ms} ms)")),
         _ => {
             say(format!(
                 "  failed   {release} → {env}  ({ms} ms): {}",
-                done["reason"].as_str().unwrap_or("")
+                done.promotion.reason.as_deref().unwrap_or("")
             ));
-            if let Some(gate) = done["gates"]
-                .as_array()
-                .and_then(|g| g.iter().find(|g| g["passed"] == false))
-            {
-                for line in gate["output"].as_str().unwrap_or("").lines() {
+            if let Some(gate) = done.gates.iter().find(|g| !g.passed) {
+                for line in gate.output.lines() {
                     say(format!("             | {line}"));
                 }
             }

@@ -74,3 +74,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+/// The text, or `-` where there is none.
+pub fn dash(text: Option<&str>) -> String {
+    text.map_or_else(|| "-".to_owned(), str::to_owned)
+}

@@ -19,7 +19,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use shipgate_api::records::Promotion;
+use shipgate_api::requests::RollbackRequest;
+use shipgate_api::status::AppStatus;
+use shipgate_core::PromotionState;
 
 use super::load::{self, Conn, Load, Report};
 use crate::client::Client;
@@ -113,20 +116,13 @@ async fn all_parts(
 /// Promotes `version` into the environment and waits until it has succeeded.
 async fn promote(client: &Client, version: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let p: Value = client
-        .post(
-            "/promotions",
-            &json!({ "release": format!("{APP}@{version}"), "env": ENV }),
-        )
-        .await?;
-    let done = client
-        .wait_promotion(p["id"].as_i64().unwrap_or_default(), |_| {})
-        .await?;
-    if done["state"] != "succeeded" {
+    let p = client.promote(&format!("{APP}@{version}"), ENV).await?;
+    let done = client.wait_promotion(p.id, |_| {}).await?.promotion;
+    if done.state != PromotionState::Succeeded {
         bail!(
             "promotion of {APP}@{version} to {ENV} ended {}: {}",
-            done["state"],
-            done["reason"].as_str().unwrap_or("")
+            done.state,
+            done.reason.unwrap_or_default()
         );
     }
     Ok(started.elapsed())
@@ -136,21 +132,22 @@ async fn promote(client: &Client, version: &str) -> anyhow::Result<Duration> {
 /// to the warm standby). A rollback that went through the deploy path is waited for.
 async fn rollback(client: &Client) -> anyhow::Result<(Duration, bool)> {
     let started = Instant::now();
-    let p: Value = client
-        .post("/rollbacks", &json!({ "app": APP, "env": ENV }))
-        .await?;
+    let body = RollbackRequest {
+        app: APP.to_owned(),
+        env: ENV.to_owned(),
+        to: None,
+    };
+    let p: Promotion = client.post("/rollbacks", &body).await?;
     let took = started.elapsed();
-    if p["state"] == "succeeded" {
+    if p.state == PromotionState::Succeeded {
         return Ok((took, true));
     }
-    let done = client
-        .wait_promotion(p["id"].as_i64().unwrap_or_default(), |_| {})
-        .await?;
-    if done["state"] != "succeeded" {
+    let done = client.wait_promotion(p.id, |_| {}).await?.promotion;
+    if done.state != PromotionState::Succeeded {
         bail!(
             "rollback in {ENV} ended {}: {}",
-            done["state"],
-            done["reason"].as_str().unwrap_or("")
+            done.state,
+            done.reason.unwrap_or_default()
         );
     }
     Ok((took, false))
@@ -429,17 +426,21 @@ async fn throughput(
     rt: &tokio::runtime::Handle,
     env_addr: SocketAddr,
 ) -> anyhow::Result<()> {
-    let status: Vec<Value> = client.get("/status", &[("app", APP.to_owned())]).await?;
+    let status: Vec<AppStatus> = client.get("/status", &[("app", APP.to_owned())]).await?;
     let env = status
         .iter()
-        .flat_map(|a| a["environments"].as_array().into_iter().flatten())
-        .find(|e| e["env"] == ENV)
+        .flat_map(|a| &a.environments)
+        .find(|e| e.env.as_str() == ENV)
         .context("the status has no development environment")?;
-    let port = env["instance"]["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
+    let port = env
+        .instance
+        .as_ref()
+        .map(|i| i.port)
         .context("the status shows no instance serving development")?;
-    let live = env["live"]["version"].as_str().unwrap_or("?").to_owned();
+    let live = env
+        .live
+        .as_ref()
+        .map_or("?".to_owned(), |l| l.version.to_string());
     let backend = SocketAddr::from(([127, 0, 0, 1], port));
 
     let measure = |addr: SocketAddr, duration: Duration| async move {

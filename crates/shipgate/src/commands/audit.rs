@@ -1,0 +1,153 @@
+//! `shipgate logs`, `audit` and `token`.
+
+use std::process::ExitCode;
+
+use shipgate_api::answers::{CreatedToken, LogChunk};
+use shipgate_api::records::{AuditReport, Event, TokenRecord};
+use shipgate_api::requests::TokenRequest;
+
+use crate::cli::{Global, TokenCommand};
+use crate::client::connect;
+use crate::output::{Printer, table};
+
+pub(super) async fn logs(
+    g: &Global,
+    app: &str,
+    env: &str,
+    follow: bool,
+    lines: usize,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let base = [("app", app.to_owned()), ("env", env.to_owned())];
+    let mut query = base.to_vec();
+    query.push(("lines", lines.to_string()));
+    let mut chunk: LogChunk = client.get("/logs", &query).await?;
+    loop {
+        print!("{}", chunk.text);
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let mut query = base.to_vec();
+        query.push(("offset", chunk.offset.to_string()));
+        chunk = client.get("/logs", &query).await?;
+    }
+}
+
+pub(super) async fn audit(
+    g: &Global,
+    out: Printer,
+    verify: bool,
+    app: Option<String>,
+    env: Option<String>,
+    limit: i64,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    if verify {
+        let report: AuditReport = client.get("/audit/verify", &[]).await?;
+        out.print(&report, |r| match &r.problem {
+            None => format!(
+                "audit log intact: {} events, hash chain verified",
+                r.checked
+            ),
+            Some(problem) => format!(
+                "audit log BROKEN after {} intact events: {problem}",
+                r.checked
+            ),
+        });
+        return Ok(if report.problem.is_none() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    // The newest `limit` events, shown oldest first as a log reads.
+    let mut query: Vec<(&str, String)> =
+        vec![("limit", limit.to_string()), ("order", "newest".into())];
+    query.extend(app.map(|a| ("app", a)));
+    query.extend(env.map(|e| ("env", e)));
+    let mut events: Vec<Event> = client.get("/events", &query).await?;
+    events.reverse();
+    out.print(&events, |events| {
+        let rows: Vec<Vec<String>> = events
+            .iter()
+            .map(|e| {
+                vec![
+                    e.id.to_string(),
+                    e.at.clone(),
+                    e.actor.clone(),
+                    e.kind.to_string(),
+                    e.message.clone(),
+                ]
+            })
+            .collect();
+        table(&["ID", "AT", "ACTOR", "KIND", "WHAT"], &rows)
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The environments a token is limited to, or `all`.
+fn scope(t: &TokenRecord, all: &str) -> String {
+    if t.envs.is_empty() {
+        all.to_owned()
+    } else {
+        let envs: Vec<&str> = t.envs.iter().map(|e| e.as_str()).collect();
+        envs.join(", ")
+    }
+}
+
+pub(super) async fn token(
+    g: &Global,
+    out: Printer,
+    command: TokenCommand,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    match command {
+        TokenCommand::Create { name, role, envs } => {
+            let body = TokenRequest {
+                name,
+                role: role.to_string(),
+                envs: envs.iter().map(ToString::to_string).collect(),
+            };
+            let created: CreatedToken = client.post("/tokens", &body).await?;
+            out.print(&created, |c| {
+                format!(
+                    "{}\n(token `{}`, role {}, for {}; it is shown this once: store it now, for example in SHIPGATE_TOKEN)",
+                    c.token,
+                    c.record.name,
+                    c.record.role,
+                    scope(&c.record, "every environment")
+                )
+            });
+        }
+        TokenCommand::List => {
+            let tokens: Vec<TokenRecord> = client.get("/tokens", &[]).await?;
+            out.print(&tokens, |tokens| {
+                let rows: Vec<Vec<String>> = tokens
+                    .iter()
+                    .map(|t| {
+                        let state = match &t.revoked_at {
+                            None => "active".to_owned(),
+                            Some(at) => format!("revoked {at}"),
+                        };
+                        vec![
+                            t.name.clone(),
+                            t.role.to_string(),
+                            scope(t, "all"),
+                            t.created_at.clone(),
+                            state,
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "ROLE", "ENVIRONMENTS", "CREATED", "STATE"], &rows)
+            });
+        }
+        TokenCommand::Revoke { name } => {
+            let revoked: TokenRecord = client.delete(&format!("/tokens/{name}")).await?;
+            out.print(&revoked, |t| {
+                format!("token `{}` revoked; it no longer works", t.name)
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,305 @@
+//! One function per command, one module per noun of the command line. Every answer of the
+//! server is read through the wire types of `shipgate-api`.
+
+mod audit;
+mod data;
+mod parity;
+mod promotion;
+mod release;
+mod status;
+
+pub use release::upload;
+pub use status::render_status;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::json;
+use shipgate_api::requests::PromoteRequest;
+
+use crate::cli::{BenchCommand, Cli, Command, DataCommand, ReleaseCommand};
+use crate::config_file;
+use crate::output::Printer;
+
+use audit::{audit, logs, token};
+use data::{data_check, data_refresh};
+use parity::{diff, drift, drift_heal};
+use promotion::{decide, freeze, promote, rollback};
+use release::{release_create, release_list};
+use status::{history, status};
+
+/// Runs a command; `Ok(FAILURE)` is a refusal already explained to the user.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = Printer::new(cli.global.output);
+    let g = &cli.global;
+    match cli.command {
+        Command::Init => init(&g.config),
+        Command::Validate => validate(&g.config, out),
+        Command::Server => server(&g.config).await,
+        Command::Demo { exit } => crate::demo::run(exit, out).await,
+        Command::Release(ReleaseCommand::Create {
+            app,
+            version,
+            artifact,
+            commit,
+            notes,
+        }) => {
+            release_create(
+                g,
+                out,
+                app.as_str(),
+                version.as_str(),
+                &artifact,
+                commit,
+                notes,
+            )
+            .await
+        }
+        Command::Release(ReleaseCommand::List { app }) => {
+            release_list(g, out, app.map(|a| a.to_string())).await
+        }
+        Command::Promote {
+            release,
+            to,
+            wait,
+            override_reason,
+        } => {
+            let body = PromoteRequest {
+                release: release.to_string(),
+                env: to.to_string(),
+                override_reason,
+            };
+            promote(g, out, body, wait).await
+        }
+        Command::Approve {
+            release,
+            env,
+            comment,
+        } => {
+            decide(
+                g,
+                out,
+                &release.to_string(),
+                env.as_str(),
+                shipgate_core::Verdict::Approve,
+                comment,
+            )
+            .await
+        }
+        Command::Reject {
+            release,
+            env,
+            comment,
+        } => {
+            decide(
+                g,
+                out,
+                &release.to_string(),
+                env.as_str(),
+                shipgate_core::Verdict::Reject,
+                Some(comment),
+            )
+            .await
+        }
+        Command::Freeze {
+            env,
+            all: _,
+            reason,
+        } => freeze(g, out, env.map(|e| e.to_string()), Some(reason)).await,
+        Command::Unfreeze { env, all: _ } => freeze(g, out, env.map(|e| e.to_string()), None).await,
+        Command::Rollback { app, env, to, wait } => {
+            rollback(
+                g,
+                out,
+                app.as_str(),
+                env.as_str(),
+                to.map(|v| v.to_string()),
+                wait,
+            )
+            .await
+        }
+        Command::Status { app } => status(g, out, app.map(|a| a.to_string())).await,
+        Command::Data(DataCommand::Refresh { app, from, to }) => {
+            data_refresh(g, out, app.as_str(), from.as_str(), to.as_str()).await
+        }
+        Command::Data(DataCommand::Check { app, env }) => {
+            data_check(g, out, app.as_str(), env.as_str()).await
+        }
+        Command::Diff { app, env_a, env_b } => {
+            diff(g, out, app.as_str(), env_a.as_str(), env_b.as_str()).await
+        }
+        Command::Drift { app, env, heal } => match (app, env, heal) {
+            (Some(app), Some(env), true) => drift_heal(g, out, app.as_str(), env.as_str()).await,
+            (None, _, true) => Err(anyhow::anyhow!(crate::client::Refused::local(
+                400,
+                "name the app to heal: shipgate drift APP --env ENV --heal",
+            ))),
+            (app, _, _) => drift(g, out, app.map(|a| a.to_string())).await,
+        },
+        Command::History { app, env, limit } => {
+            history(g, out, app.as_str(), env.map(|e| e.to_string()), limit).await
+        }
+        Command::Logs {
+            app,
+            env,
+            follow,
+            lines,
+        } => logs(g, app.as_str(), env.as_str(), follow, lines).await,
+        Command::Audit {
+            verify,
+            app,
+            env,
+            limit,
+        } => {
+            audit(
+                g,
+                out,
+                verify,
+                app.map(|a| a.to_string()),
+                env.map(|e| e.to_string()),
+                limit,
+            )
+            .await
+        }
+        Command::Token(command) => token(g, out, command).await,
+        Command::Bench(BenchCommand::Promote { runs }) => crate::bench::promote(runs).await,
+        Command::Bench(BenchCommand::Dashboard { runs }) => {
+            crate::bench::dashboard::run(runs).await
+        }
+        Command::Bench(BenchCommand::Mask { rows }) => crate::bench::mask::run(rows).await,
+        Command::Bench(BenchCommand::Router {
+            duration,
+            cycles,
+            rollbacks,
+            load_duration,
+            connections,
+            client_threads,
+        }) => {
+            crate::bench::router::run(crate::bench::router::Options {
+                duration,
+                cycles,
+                rollbacks,
+                load_duration,
+                connections,
+                client_threads,
+            })
+            .await
+        }
+        Command::SampleApp { port } => crate::sample::serve(port).await,
+        Command::SampleSmoke {
+            url,
+            expect_version,
+        } => crate::sample::smoke(&url, &expect_version).await,
+    }
+    .or_else(|e| refusal_to_exit_code(e, out))
+}
+
+/// A refusal from the server is the user's answer, not a crash: print it and exit 1. With
+/// `--output json` its problem+json body goes to stdout too, for scripts.
+fn refusal_to_exit_code(e: anyhow::Error, out: Printer) -> anyhow::Result<ExitCode> {
+    match e.downcast_ref::<crate::client::Refused>() {
+        Some(r) => {
+            if let (true, Some(problem)) = (out.json(), &r.problem) {
+                println!("{problem}");
+            }
+            eprintln!("error: {}", r.detail);
+            Ok(ExitCode::FAILURE)
+        }
+        None => Err(e),
+    }
+}
+
+fn init(path: &Path) -> anyhow::Result<ExitCode> {
+    if path.exists() {
+        eprintln!(
+            "error: {} already exists; nothing was written (edit it, or choose another file with -c FILE)",
+            path.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!(
+                "error: {} already exists; nothing was written",
+                path.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    };
+    std::io::Write::write_all(&mut file, shipgate_core::config::EXAMPLE.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {}; check it with `shipgate validate`, then start the server with `shipgate server`",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(path: &Path, out: Printer) -> anyhow::Result<ExitCode> {
+    match config_file::load(path)? {
+        Ok((c, _)) => {
+            let envs: Vec<&str> = c.environments.iter().map(|e| e.name.as_str()).collect();
+            let apps: Vec<&str> = c.apps.iter().map(|a| a.name.as_str()).collect();
+            let summary = json!({ "valid": true, "apps": apps, "environments": envs });
+            out.print(&summary, |_| {
+                format!(
+                    "{} is valid: apps {}; environments {}",
+                    path.display(),
+                    apps.join(", "),
+                    envs.join(" → ")
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(invalid) => {
+            eprint!("{}", invalid.0);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn server(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match config_file::load(path)? {
+        Ok((c, _)) => c,
+        Err(invalid) => {
+            eprint!("{}", invalid.0);
+            eprintln!("error: the server does not start on an invalid config");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let server = shipgate_server::Server::start(Arc::new(config), shutdown_signal()).await?;
+    eprintln!("shipgate serving its API on http://{}", server.addr);
+    server.wait().await?;
+    eprintln!("shipgate stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,130 @@
+//! `shipgate diff` and `drift`.
+
+use std::process::ExitCode;
+
+use shipgate_api::parity::{Diff, DriftReport};
+use shipgate_api::records::Promotion;
+use shipgate_api::requests::AppEnv;
+use shipgate_core::parity::{DiffItem, ItemClass};
+
+use super::promotion::finish_promotion;
+use crate::cli::Global;
+use crate::client::connect;
+use crate::output::{Printer, dash, table};
+
+pub(super) async fn diff(
+    g: &Global,
+    out: Printer,
+    app: &str,
+    a: &str,
+    b: &str,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let query = [
+        ("app", app.to_owned()),
+        ("a", a.to_owned()),
+        ("b", b.to_owned()),
+    ];
+    let diff: Diff = client.get("/diff", &query).await?;
+    out.print(&diff, |d| {
+        let rows: Vec<Vec<String>> = d
+            .items
+            .iter()
+            .filter(|i| i.class != ItemClass::Same)
+            .map(|i| {
+                let class = match i.class {
+                    ItemClass::Same => "same",
+                    ItemClass::Expected => "expected",
+                    ItemClass::Unexpected => "UNEXPECTED",
+                    ItemClass::OnlyInA => "ONLY IN A",
+                    ItemClass::OnlyInB => "ONLY IN B",
+                };
+                let (va, vb) = sides(i);
+                vec![class.to_owned(), i.key.clone(), va, vb]
+            })
+            .collect();
+        let same = d.items.iter().filter(|i| i.class == ItemClass::Same).count();
+        let mut text = format!("{app}: {a} (A) compared with {b} (B); {same} items the same\n");
+        if !rows.is_empty() {
+            text.push_str(&table(
+                &["CLASS", "ITEM", &format!("A: {a}"), &format!("B: {b}")],
+                &rows,
+            ));
+        }
+        text.push_str(if d.unexpected {
+            "unexpected differences: fix them, or declare them in `differs` of the environment that mirrors the other\n"
+        } else {
+            "no unexpected difference\n"
+        });
+        text
+    });
+    Ok(if diff.unexpected {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The two values of an item as shown; a secret's never are.
+fn sides(i: &DiffItem) -> (String, String) {
+    if i.secret {
+        let hidden = "(secret, differs)".to_owned();
+        (hidden.clone(), hidden)
+    } else {
+        (dash(i.a.as_deref()), dash(i.b.as_deref()))
+    }
+}
+
+pub(super) async fn drift(
+    g: &Global,
+    out: Printer,
+    app: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let query: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+    let reports: Vec<DriftReport> = client.get("/drift", &query).await?;
+    let drifted = reports.iter().any(|r| !r.drift.is_empty());
+    out.print(&reports, |reports| {
+        let mut text = String::new();
+        for r in reports {
+            let verdict = if r.drift.is_empty() {
+                "matches its record"
+            } else {
+                "DRIFTED"
+            };
+            text.push_str(&format!(
+                "{}@{} in {}: {verdict}\n",
+                r.app, r.version, r.env
+            ));
+            for item in &r.drift {
+                text.push_str(&format!("  - {item}\n"));
+            }
+        }
+        if reports.is_empty() {
+            text.push_str("nothing is live, so nothing can drift\n");
+        } else if drifted {
+            text.push_str("heal one: shipgate drift APP --env ENV --heal\n");
+        }
+        text
+    });
+    Ok(if drifted {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub(super) async fn drift_heal(
+    g: &Global,
+    out: Printer,
+    app: &str,
+    env: &str,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let body = AppEnv {
+        app: app.to_owned(),
+        env: env.to_owned(),
+    };
+    let promotion: Promotion = client.post("/drift/heal", &body).await?;
+    finish_promotion(&client, out, promotion, true).await
+}

@@ -1,0 +1,173 @@
+//! `shipgate promote`, `approve`/`reject`, `freeze`/`unfreeze` and `rollback`, and waiting for
+//! a promotion to end.
+
+use std::process::ExitCode;
+
+use shipgate_api::answers::DecisionRecorded;
+use shipgate_api::records::Promotion;
+use shipgate_api::requests::{DecisionRequest, FreezeRequest, PromoteRequest, RollbackRequest};
+use shipgate_core::gate::Freeze;
+use shipgate_core::{PromotionState, Verdict};
+
+use crate::cli::Global;
+use crate::client::{Client, connect};
+use crate::output::Printer;
+
+/// Waits for a promotion when asked, printing progress; exit code follows its outcome.
+pub(super) async fn finish_promotion(
+    client: &Client,
+    out: Printer,
+    promotion: Promotion,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let id = promotion.id;
+    let what = format!(
+        "{}@{} → {}",
+        promotion.app, promotion.version, promotion.env
+    );
+    if !wait {
+        out.print(&promotion, |p| match p.state {
+            // A rollback to the warm standby is done by the time the server answers.
+            PromotionState::Succeeded => format!("promotion {id} succeeded: {what}"),
+            _ => format!(
+                "promotion {id} accepted: {what} (follow it: shipgate history {} --env {})",
+                p.app, p.env
+            ),
+        });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = client
+        .wait_promotion(id, |state| out.progress(&format!("{what}: {state}")))
+        .await?;
+    let state = done.promotion.state;
+    out.print(&done, |d| {
+        let mut text = format!("promotion {id} {state}: {what}");
+        if let Some(reason) = &d.promotion.reason {
+            text.push_str(&format!("\n  reason: {reason}"));
+        }
+        if let Some(failed) = d.gates.iter().find(|g| !g.passed) {
+            text.push_str(&format!("\n  {} output:\n", failed.name));
+            let lines: Vec<&str> = failed.output.lines().rev().take(20).collect();
+            for line in lines.into_iter().rev() {
+                text.push_str(&format!("    {line}\n"));
+            }
+        }
+        text
+    });
+    Ok(if state == PromotionState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub(super) async fn promote(
+    g: &Global,
+    out: Printer,
+    body: PromoteRequest,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let promotion: Promotion = client.post("/promotions", &body).await?;
+    finish_promotion(&client, out, promotion, wait).await
+}
+
+/// `approve` and `reject`.
+pub(super) async fn decide(
+    g: &Global,
+    out: Printer,
+    release: &str,
+    env: &str,
+    verdict: Verdict,
+    comment: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let body = DecisionRequest {
+        release: release.to_owned(),
+        env: env.to_owned(),
+        verdict,
+        comment,
+    };
+    let answer: DecisionRecorded = client.post("/approvals", &body).await?;
+    out.print(&answer, |a| {
+        let mut text = format!(
+            "{} {} {release} into {env} (promotion {})",
+            a.decision.actor,
+            verdict.past(),
+            a.promotion.id
+        );
+        if verdict == Verdict::Reject {
+            text.push_str("; it will not deploy");
+        }
+        text.push_str(&format!(
+            "\n  see what it waits on: shipgate status {}",
+            a.promotion.app
+        ));
+        text
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `freeze` (with a reason) and `unfreeze` (without); no environment means all of them.
+pub(super) async fn freeze(
+    g: &Global,
+    out: Printer,
+    env: Option<String>,
+    reason: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let scope = env
+        .clone()
+        .unwrap_or_else(|| "every environment".to_owned());
+    let freezing = reason.is_some();
+    let answer: Freeze = match reason {
+        Some(reason) => {
+            let body = FreezeRequest {
+                env: env.clone(),
+                reason,
+            };
+            client.post("/freezes", &body).await?
+        }
+        None => {
+            let path = match &env {
+                Some(e) => format!("/freezes?env={e}"),
+                None => "/freezes".to_owned(),
+            };
+            client.delete(&path).await?
+        }
+    };
+    out.print(&answer, |f| {
+        if freezing {
+            format!(
+                "{scope} is frozen: {}\n  promotions there wait until: shipgate unfreeze {}",
+                f.reason,
+                if f.env.is_none() {
+                    "--all".to_owned()
+                } else {
+                    format!("--env {scope}")
+                }
+            )
+        } else {
+            format!("{scope} is no longer frozen (it was: {})", f.reason)
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn rollback(
+    g: &Global,
+    out: Printer,
+    app: &str,
+    env: &str,
+    to: Option<String>,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let body = RollbackRequest {
+        app: app.to_owned(),
+        env: env.to_owned(),
+        to,
+    };
+    let promotion: Promotion = client.post("/rollbacks", &body).await?;
+    finish_promotion(&client, out, promotion, wait).await
+}

@@ -1,0 +1,209 @@
+//! `shipgate status` and `history`.
+
+use std::process::ExitCode;
+
+use shipgate_api::status::{AppStatus, EnvironmentStatus, HistoryEntry, Traffic};
+
+use crate::cli::Global;
+use crate::client::connect;
+use crate::output::{Printer, table};
+
+pub(super) async fn status(
+    g: &Global,
+    out: Printer,
+    app: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let query: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+    let apps: Vec<AppStatus> = client.get("/status", &query).await?;
+    out.print(&apps, |apps| render_status(apps));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Requests/s, error rate and latency of the last minute, or `-` without traffic.
+fn traffic(t: Option<&Traffic>) -> String {
+    let Some(t) = t.filter(|t| t.requests > 0) else {
+        return "-".to_owned();
+    };
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.1}ms"));
+    format!(
+        "{:.1} req/s, {:.1}% 5xx, p50 {} p99 {}",
+        t.requests_per_second,
+        t.error_rate * 100.0,
+        ms(t.p50_ms),
+        ms(t.p99_ms)
+    )
+}
+
+/// How the instance of an environment is doing, in a few words.
+fn health(e: &EnvironmentStatus) -> String {
+    if e.unhealthy.is_some() {
+        return "CRASH-LOOPING (see shipgate audit)".to_owned();
+    }
+    if !e.drift.is_empty() {
+        return "DRIFTED (see shipgate drift)".to_owned();
+    }
+    match (&e.instance, &e.live) {
+        (None, None) => "-".to_owned(),
+        (None, Some(_)) => "down".to_owned(),
+        (Some(i), _) if i.healthy => format!("healthy (pid {}, restarts {})", i.pid, i.restarts),
+        (Some(i), _) => format!("unhealthy (restarts {})", i.restarts),
+    }
+}
+
+/// The status table: one row per app and environment.
+pub fn render_status(apps: &[AppStatus]) -> String {
+    let mut rows = Vec::new();
+    for a in apps {
+        for e in &a.environments {
+            let progress: Vec<String> = e
+                .in_progress
+                .iter()
+                .map(|p| format!("{} {}", p.promotion.version, p.promotion.state))
+                .collect();
+            rows.push(vec![
+                a.app.to_string(),
+                e.env.to_string(),
+                e.live
+                    .as_ref()
+                    .map_or("-".to_owned(), |l| l.version.to_string()),
+                health(e),
+                e.url.clone(),
+                traffic(e.traffic.as_ref()),
+                match &e.standby {
+                    None => "-".to_owned(),
+                    Some(sb) => format!(
+                        "{} until {}",
+                        sb.version,
+                        sb.until.get(11..19).unwrap_or("?")
+                    ),
+                },
+                if progress.is_empty() {
+                    "-".into()
+                } else {
+                    progress.join(", ")
+                },
+            ]);
+        }
+    }
+    let mut text = table(
+        &[
+            "APP",
+            "ENV",
+            "LIVE",
+            "HEALTH",
+            "URL",
+            "TRAFFIC (1 MIN)",
+            "STANDBY",
+            "IN PROGRESS",
+        ],
+        &rows,
+    );
+    text.push_str(&render_waits(apps));
+    text
+}
+
+/// What each waiting promotion waits on, and the freezes in force, below the status table.
+fn render_waits(apps: &[AppStatus]) -> String {
+    let mut waits = String::new();
+    let mut freezes: Vec<String> = Vec::new();
+    for a in apps {
+        for e in &a.environments {
+            for f in &e.frozen {
+                let scope = f
+                    .env
+                    .as_ref()
+                    .map_or("every environment".to_owned(), ToString::to_string);
+                let line = format!(
+                    "  {scope} frozen by {} since {}: {}\n",
+                    f.by, f.since, f.reason
+                );
+                if !freezes.contains(&line) {
+                    freezes.push(line);
+                }
+            }
+            for p in e.in_progress.iter().filter(|p| !p.waiting_on.is_empty()) {
+                waits.push_str(&format!(
+                    "  {}@{} → {} (promotion {}, requested by {}) waits on:\n",
+                    a.app, p.promotion.version, e.env, p.promotion.id, p.promotion.requested_by
+                ));
+                for w in &p.waiting_on {
+                    waits.push_str(&format!("    - {}\n", w.message));
+                }
+            }
+        }
+    }
+    let mut text = String::new();
+    if !waits.is_empty() {
+        text.push_str("\nwaiting:\n");
+        text.push_str(&waits);
+    }
+    if !freezes.is_empty() {
+        text.push_str("\nfrozen:\n");
+        text.push_str(&freezes.concat());
+    }
+    text
+}
+
+pub(super) async fn history(
+    g: &Global,
+    out: Printer,
+    app: &str,
+    env: Option<String>,
+    limit: i64,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let mut query = vec![("app", app.to_owned()), ("limit", limit.to_string())];
+    query.extend(env.map(|e| ("env", e)));
+    let entries: Vec<HistoryEntry> = client.get("/history", &query).await?;
+    out.print(&entries, |entries| {
+        let mut text = String::new();
+        for entry in entries {
+            let p = &entry.promotion;
+            text.push_str(&format!(
+                "#{} {} {}@{} → {}  {}  by {} at {}\n",
+                p.id,
+                p.kind.as_str(),
+                p.app,
+                p.version,
+                p.env,
+                p.state,
+                p.requested_by,
+                p.created_at
+            ));
+            if let Some(reason) = &p.reason {
+                text.push_str(&format!("    reason: {reason}\n"));
+            }
+            for w in &entry.waiting_on {
+                text.push_str(&format!("    waits on: {}\n", w.message));
+            }
+            for d in &entry.decisions {
+                let comment = d
+                    .comment
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                let verdict = d.verdict.past();
+                text.push_str(&format!(
+                    "    {verdict} by {} ({}) at {}{comment}\n",
+                    d.actor, d.role, d.at
+                ));
+            }
+            for gate in &entry.gates {
+                let mark = if gate.passed { "passed" } else { "FAILED" };
+                text.push_str(&format!("    {mark}  {}\n", gate.name));
+                if !gate.passed {
+                    for line in gate.output.lines() {
+                        text.push_str(&format!("        {line}\n"));
+                    }
+                }
+            }
+        }
+        if text.is_empty() {
+            "no promotions yet\n".into()
+        } else {
+            text
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
