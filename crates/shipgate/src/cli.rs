@@ -208,10 +208,7 @@ pub enum Command {
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Measurements (see docs/BENCHMARKS.md).
-    #[command(subcommand)]
-    Bench(BenchCommand),
-    /// The demo's sample app (used by `shipgate demo` and the benchmarks).
+    /// The demo's sample app (used by `shipgate demo` and by shipgate-bench).
     #[command(hide = true)]
     SampleApp {
         #[arg(long)]
@@ -297,54 +294,6 @@ pub enum TokenCommand {
         /// The token's name.
         name: String,
     },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// A masked PostgreSQL refresh against a plain COPY and pganonymize 0.13.
-    Mask {
-        /// Rows of the users table.
-        #[arg(long, default_value_t = 1_000_000)]
-        rows: u64,
-    },
-    /// The dashboard at scale: 1,000 apps × 4 environments and 100,000 promotions.
-    Dashboard {
-        /// Requests timed per page (the median is printed).
-        #[arg(long, default_value_t = 20)]
-        runs: usize,
-    },
-    /// shipgate's own overhead of a promotion, against the app's own time to become healthy.
-    Promote {
-        /// Promotions measured.
-        #[arg(long, default_value_t = 20)]
-        runs: usize,
-    },
-    /// The router: zero drops under switches, rollback time, throughput and latency against nginx.
-    Router {
-        /// Length of the constant load during the promote/rollback cycles (issue 3 asks ≥ 30s).
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        duration: std::time::Duration,
-        /// Promote/rollback cycles spread over `--duration`.
-        #[arg(long, default_value_t = 20)]
-        cycles: usize,
-        /// Rollbacks timed.
-        #[arg(long, default_value_t = 50)]
-        rollbacks: usize,
-        /// Length of each throughput run (backend, router, nginx), after 1s of warm-up.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        load_duration: std::time::Duration,
-        /// Keep-alive connections of the load client.
-        #[arg(long, default_value_t = 16)]
-        connections: usize,
-        /// Threads of the load client (a runtime of its own, apart from the server's).
-        #[arg(long, default_value_t = 2)]
-        client_threads: usize,
-    },
-}
-
-/// A duration as the config writes it (`500ms`, `30s`, `1m`).
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    shipgate_core::Duration::parse(s).map(|d| d.as_std())
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ impl SampleServer {
             .prefix(prefix)
             .tempdir()
             .context("creating a temporary folder")?;
-        let exe = std::env::current_exe().context("locating the shipgate binary")?;
+        let exe = crate::shipgate_exe()?;
         let config_path = work.path().join("shipgate.toml");
         let src = demo_config(&exe, api_port, env_ports, verify_testing);
         std::fs::write(&config_path, &src)?;

@@ -2,14 +2,7 @@
 //! process; client commands talk to a server over its HTTP API.
 #![forbid(unsafe_code)]
 
-mod bench;
-mod cli;
-mod client;
-mod commands;
-mod config_file;
-mod demo;
-mod output;
-mod sample;
+use shipgate::{cli, commands};
 
 use std::process::ExitCode;
 

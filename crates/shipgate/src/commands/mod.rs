@@ -19,7 +19,7 @@ use anyhow::Context;
 use serde_json::json;
 use shipgate_api::requests::PromoteRequest;
 
-use crate::cli::{BenchCommand, Cli, Command, DataCommand, ReleaseCommand};
+use crate::cli::{Cli, Command, DataCommand, ReleaseCommand};
 use crate::config_file;
 use crate::output::Printer;
 
@@ -164,29 +164,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Token(command) => token(g, out, command).await,
-        Command::Bench(BenchCommand::Promote { runs }) => crate::bench::promote(runs).await,
-        Command::Bench(BenchCommand::Dashboard { runs }) => {
-            crate::bench::dashboard::run(runs).await
-        }
-        Command::Bench(BenchCommand::Mask { rows }) => crate::bench::mask::run(rows).await,
-        Command::Bench(BenchCommand::Router {
-            duration,
-            cycles,
-            rollbacks,
-            load_duration,
-            connections,
-            client_threads,
-        }) => {
-            crate::bench::router::run(crate::bench::router::Options {
-                duration,
-                cycles,
-                rollbacks,
-                load_duration,
-                connections,
-                client_threads,
-            })
-            .await
-        }
         Command::SampleApp { port } => crate::sample::serve(port).await,
         Command::SampleSmoke {
             url,

@@ -1,4 +1,4 @@
-//! `shipgate bench dashboard`: the dashboard at scale. A server with 1,000 apps × 4
+//! `shipgate-bench dashboard`: the dashboard at scale. A server with 1,000 apps × 4
 //! environments whose store holds 100,000 promotions (one `deploy` gate each) and 4,000 live
 //! releases; then the time to answer the board and a release page, median of 20, over loopback
 //! HTTP (an upper bound of the server's own time). The anchor, in the same run: `GET /healthz`
@@ -29,7 +29,7 @@ fn config(apps: usize) -> anyhow::Result<String> {
         // An environment's address is stable: port 0 is refused there.
         toml.push_str(&format!(
             "\n[environments.{env}]\nlisten = \"127.0.0.1:{}\"\n",
-            crate::demo::free_port(0)?
+            shipgate::demo::free_port(0)?
         ));
         if i > 0 {
             toml.push_str(&format!("after = \"{}\"\n", ENVS[i - 1]));

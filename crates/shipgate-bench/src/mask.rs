@@ -1,4 +1,4 @@
-//! `shipgate bench mask`: a masked refresh of a realistic `users` table, PostgreSQL to
+//! `shipgate-bench mask`: a masked refresh of a realistic `users` table, PostgreSQL to
 //! PostgreSQL, side by side in one run with its anchors: a plain unmasked copy of the same table
 //! (`COPY ... TO STDOUT` into `COPY ... FROM STDIN`, the physical limit) and pganonymize 0.13
 //! from PyPI with equivalent rules. Prints rows/s, the ratios and shipgate's peak memory.

@@ -1,4 +1,4 @@
-//! The load client of `shipgate bench router`: K tasks, each with its own HTTP/1.1 keep-alive
+//! The load client of `shipgate-bench router`: K tasks, each with its own HTTP/1.1 keep-alive
 //! connection, sending GET requests one after the other (the next as soon as the previous
 //! response body has been read) until told to stop. Every measurement of the benchmark goes
 //! through this code: the environment under switches, the rollback poll, and the backend, the

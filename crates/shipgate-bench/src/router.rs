@@ -1,4 +1,4 @@
-//! `shipgate bench router`: the router under switches, the rollback time, and throughput and
+//! `shipgate-bench router`: the router under switches, the rollback time, and throughput and
 //! latency against nginx, in one run (issue 3; see docs/BENCHMARKS.md).
 //!
 //! A server starts in this process on the built-in sample app (one environment is used:
@@ -11,7 +11,7 @@
 //! 3. Throughput and latency: the live instance's port directly, the router in front of it, and
 //!    Debian's nginx in front of the same port, each with the same client and settings.
 //!
-//! All client traffic goes through [`super::load`], on a runtime of its own.
+//! All client traffic goes through [`crate::load`], on a runtime of its own.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,10 +24,10 @@ use shipgate_api::requests::RollbackRequest;
 use shipgate_api::status::AppStatus;
 use shipgate_core::PromotionState;
 
-use super::load::{self, Conn, Load, Report};
-use crate::client::Client;
-use crate::demo::{SampleServer, free_port, sample_release};
-use crate::output::table;
+use crate::load::{self, Conn, Load, Report};
+use shipgate::client::Client;
+use shipgate::demo::{SampleServer, free_port, sample_release};
+use shipgate::output::table;
 
 const APP: &str = "web";
 const ENV: &str = "development";
@@ -77,7 +77,7 @@ pub async fn run(o: Options) -> anyhow::Result<ExitCode> {
     // and nginx are stopped, not left behind.
     let result = tokio::select! {
         r = all_parts(&o, &sample, client_rt.handle(), env_addr) => r,
-        () = crate::commands::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+        () = shipgate::commands::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
     };
     client_rt.shutdown_background();
     sample.stop().await?;
@@ -94,14 +94,14 @@ async fn all_parts(
     for version in [OLD, NEW] {
         let dir = sample.work.path().join(format!("{APP}-{version}"));
         sample_release(&dir, version, false)?;
-        crate::commands::upload(client, APP, version, &dir, None, None).await?;
+        shipgate::commands::upload(client, APP, version, &dir, None, None).await?;
     }
     promote(client, OLD).await?;
     wait_serves(rt, env_addr, OLD).await?;
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "shipgate bench router: the sample app `{APP}` in environment `{ENV}` (router on {env_addr}), \
+        "shipgate-bench router: the sample app `{APP}` in environment `{ENV}` (router on {env_addr}), \
          web@{OLD} and web@{NEW} registered"
     );
     println!(

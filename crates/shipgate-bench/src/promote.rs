@@ -1,5 +1,4 @@
-//! `shipgate bench promote`: shipgate's own overhead of a promotion. `shipgate bench router` is
-//! in [`router`], with its load client in [`load`].
+//! `shipgate-bench promote`: shipgate's own overhead of a promotion.
 //!
 //! For each run: from the promote API call until the environment's address answers with the
 //! new version. The anchor, measured in the same run: the sample app's own time from spawn to
@@ -10,12 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::demo::{SampleServer, free_port, sample_release};
-
-pub mod dashboard;
-mod load;
-pub mod mask;
-pub mod router;
+use shipgate::demo::{SampleServer, free_port, sample_release};
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
@@ -61,12 +55,12 @@ async fn app_ready_time(
     Ok(took)
 }
 
-pub async fn promote(runs: usize) -> anyhow::Result<ExitCode> {
+pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
     let runs = runs.max(1);
     let ports = [free_port(0)?, free_port(0)?, free_port(0)?, free_port(0)?];
     let sample = SampleServer::start("shipgate-bench-", free_port(0)?, ports, false).await?;
     let (work, client) = (&sample.work, &sample.client);
-    let exe = std::env::current_exe()?;
+    let exe = shipgate::shipgate_exe()?;
     let http = reqwest::Client::builder().no_proxy().build()?;
     let env_url = format!("http://127.0.0.1:{}/version", ports[0]);
 
@@ -76,7 +70,7 @@ pub async fn promote(runs: usize) -> anyhow::Result<ExitCode> {
         let version = format!("1.0.{i}");
         let dir = work.path().join(&version);
         sample_release(&dir, &version, false)?;
-        crate::commands::upload(client, "web", &version, &dir, None, None).await?;
+        shipgate::commands::upload(client, "web", &version, &dir, None, None).await?;
         let started = Instant::now();
         let p = client
             .promote(&format!("web@{version}"), "development")
