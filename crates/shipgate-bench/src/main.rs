@@ -70,47 +70,31 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let done = runtime.block_on(async {
-        match cli.command {
-            BenchCommand::Promote { runs } => promote::run(runs).await,
-            BenchCommand::Dashboard { runs } => dashboard::run(runs).await,
-            BenchCommand::Mask { rows } => mask::run(rows).await,
-            BenchCommand::Router {
+    shipgate::run_to_exit(run(Cli::parse().command))
+}
+
+async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Promote { runs } => promote::run(runs).await,
+        BenchCommand::Dashboard { runs } => dashboard::run(runs).await,
+        BenchCommand::Mask { rows } => mask::run(rows).await,
+        BenchCommand::Router {
+            duration,
+            cycles,
+            rollbacks,
+            load_duration,
+            connections,
+            client_threads,
+        } => {
+            router::run(router::Options {
                 duration,
                 cycles,
                 rollbacks,
                 load_duration,
                 connections,
                 client_threads,
-            } => {
-                router::run(router::Options {
-                    duration,
-                    cycles,
-                    rollbacks,
-                    load_duration,
-                    connections,
-                    client_threads,
-                })
-                .await
-            }
-        }
-    });
-    match done {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            })
+            .await
         }
     }
 }

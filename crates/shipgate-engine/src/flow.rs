@@ -524,17 +524,8 @@ impl Engine {
         };
         // Recorded before it is spawned, so a server killed during the health wait finds it
         // (by its SHIPGATE_INSTANCE marker) and stops it after the restart.
-        let mut record = shipgate_store::InstanceRecord {
-            id: id.clone(),
-            app: p.app.clone(),
-            env: p.env.clone(),
-            version: p.version.clone(),
-            promotion_id: p.id,
-            pid: None,
-            port: None,
-            state: "starting".into(),
-            log_path: log_path.display().to_string(),
-        };
+        let mut record =
+            shipgate_store::InstanceRecord::starting(p, &id, log_path.display().to_string());
         self.store
             .put_instance(record.clone())
             .await

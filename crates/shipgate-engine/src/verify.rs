@@ -78,17 +78,11 @@ impl Engine {
     ) -> Result<TestRun, EngineError> {
         let id = format!("{}-{}-{}-test-{}", p.app, p.env, p.id, n + 1);
         self.store
-            .put_instance(shipgate_store::InstanceRecord {
-                id: id.clone(),
-                app: p.app.clone(),
-                env: p.env.clone(),
-                version: p.version.clone(),
-                promotion_id: p.id,
-                pid: None,
-                port: None,
-                state: "starting".into(),
-                log_path: String::new(),
-            })
+            .put_instance(shipgate_store::InstanceRecord::starting(
+                p,
+                &id,
+                String::new(),
+            ))
             .await?;
         let mut exported = exported.clone();
         exported.insert("SHIPGATE_INSTANCE".to_owned(), id.clone());

@@ -161,6 +161,23 @@ pub struct InstanceRecord {
     pub log_path: String,
 }
 
+impl InstanceRecord {
+    /// An instance of promotion `p` about to be spawned (no pid or port yet).
+    pub fn starting(p: &Promotion, id: &str, log_path: String) -> Self {
+        Self {
+            id: id.to_owned(),
+            app: p.app.clone(),
+            env: p.env.clone(),
+            version: p.version.clone(),
+            promotion_id: p.id,
+            pid: None,
+            port: None,
+            state: "starting".into(),
+            log_path,
+        }
+    }
+}
+
 /// An event about to be appended.
 #[derive(Debug, Clone)]
 pub struct NewEvent {

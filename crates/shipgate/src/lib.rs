@@ -28,3 +28,26 @@ pub fn shipgate_exe() -> anyhow::Result<std::path::PathBuf> {
     );
     Ok(beside)
 }
+
+/// Runs a command on a multi-threaded tokio runtime: its exit code, or 1 with the error printed.
+pub fn run_to_exit(
+    command: impl std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -2,29 +2,11 @@
 //! process; client commands talk to a server over its HTTP API.
 #![forbid(unsafe_code)]
 
-use shipgate::{cli, commands};
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use shipgate::{cli, commands};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(commands::run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    shipgate::run_to_exit(commands::run(cli::Cli::parse()))
 }

@@ -134,6 +134,13 @@ impl Fixture {
         );
     }
 
+    /// Asserts that promotion `id` waits on something `is` recognizes.
+    #[track_caller]
+    fn waits_on(&self, id: PromotionId, is: impl Fn(&Wait) -> bool) {
+        let waits = self.engine.waiting_on(id);
+        assert!(waits.iter().any(is), "{waits:?}");
+    }
+
     /// Lets the engine's tasks run for a moment of real time without moving the clock.
     async fn settle(&self) {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -150,14 +157,7 @@ async fn soak_is_counted_on_the_engine_clock() {
     let prod = f.promote(&release, "production").await;
     f.settle().await;
     assert_eq!(f.state(prod).await, PromotionState::Pending);
-    assert!(
-        f.engine
-            .waiting_on(prod)
-            .iter()
-            .any(|w| matches!(w, Wait::Soak { .. })),
-        "{:?}",
-        f.engine.waiting_on(prod)
-    );
+    f.waits_on(prod, |w| matches!(w, Wait::Soak { .. }));
     f.clock.advance(9 * MINUTE);
     f.settle().await;
     assert_eq!(
@@ -221,14 +221,7 @@ async fn a_deploy_window_opens_on_the_engine_clock() {
     let prod = f.promote(&release, "production").await;
     f.settle().await;
     assert_eq!(f.state(prod).await, PromotionState::Pending);
-    assert!(
-        f.engine
-            .waiting_on(prod)
-            .iter()
-            .any(|w| matches!(w, Wait::Window { .. })),
-        "{:?}",
-        f.engine.waiting_on(prod)
-    );
+    f.waits_on(prod, |w| matches!(w, Wait::Window { .. }));
     f.clock.advance(31 * MINUTE);
     f.reaches(prod, PromotionState::Succeeded).await;
     f.engine.shutdown().await;

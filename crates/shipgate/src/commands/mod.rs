@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::json;
-use shipgate_api::requests::PromoteRequest;
+use shipgate_api::requests::{DecisionRequest, PromoteRequest};
+use shipgate_core::Verdict;
 
 use crate::cli::{Cli, Command, DataCommand, ReleaseCommand};
 use crate::config_file;
@@ -77,17 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             release,
             env,
             comment,
-        } => {
-            decide(
-                g,
-                out,
-                &release.to_string(),
-                env.as_str(),
-                shipgate_core::Verdict::Approve,
-                comment,
-            )
-            .await
-        }
+        } => decide(g, out, decision(release, env, Verdict::Approve, comment)).await,
         Command::Reject {
             release,
             env,
@@ -96,10 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             decide(
                 g,
                 out,
-                &release.to_string(),
-                env.as_str(),
-                shipgate_core::Verdict::Reject,
-                Some(comment),
+                decision(release, env, Verdict::Reject, Some(comment)),
             )
             .await
         }
@@ -171,6 +159,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => crate::sample::smoke(&url, &expect_version).await,
     }
     .or_else(|e| refusal_to_exit_code(e, out))
+}
+
+/// The query of an optional app filter.
+fn app_query(app: Option<String>) -> Vec<(&'static str, String)> {
+    app.map(|a| ("app", a)).into_iter().collect()
+}
+
+/// What `approve` and `reject` send.
+fn decision(
+    release: shipgate_core::ReleaseRef,
+    env: shipgate_core::EnvName,
+    verdict: Verdict,
+    comment: Option<String>,
+) -> DecisionRequest {
+    DecisionRequest {
+        release: release.to_string(),
+        env: env.to_string(),
+        verdict,
+        comment,
+    }
 }
 
 /// A refusal from the server is the user's answer, not a crash: print it and exit 1. With

@@ -81,7 +81,7 @@ pub(super) async fn drift(
     app: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
-    let query: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+    let query = super::app_query(app);
     let reports: Vec<DriftReport> = client.get("/drift", &query).await?;
     let drifted = reports.iter().any(|r| !r.drift.is_empty());
     out.print(&reports, |reports| {

@@ -76,19 +76,16 @@ pub(super) async fn promote(
 pub(super) async fn decide(
     g: &Global,
     out: Printer,
-    release: &str,
-    env: &str,
-    verdict: Verdict,
-    comment: Option<String>,
+    body: DecisionRequest,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
-    let body = DecisionRequest {
-        release: release.to_owned(),
-        env: env.to_owned(),
-        verdict,
-        comment,
-    };
     let answer: DecisionRecorded = client.post("/approvals", &body).await?;
+    let DecisionRequest {
+        release,
+        env,
+        verdict,
+        ..
+    } = &body;
     out.print(&answer, |a| {
         let mut text = format!(
             "{} {} {release} into {env} (promotion {})",
@@ -96,7 +93,7 @@ pub(super) async fn decide(
             verdict.past(),
             a.promotion.id
         );
-        if verdict == Verdict::Reject {
+        if *verdict == Verdict::Reject {
             text.push_str("; it will not deploy");
         }
         text.push_str(&format!(

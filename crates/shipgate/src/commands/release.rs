@@ -108,7 +108,7 @@ pub(super) async fn release_list(
     app: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
-    let query: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+    let query = super::app_query(app);
     let releases: Vec<Release> = client.get("/releases", &query).await?;
     out.print(&releases, |rs| {
         let rows: Vec<Vec<String>> = rs

@@ -14,7 +14,7 @@ pub(super) async fn status(
     app: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
-    let query: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+    let query = super::app_query(app);
     let apps: Vec<AppStatus> = client.get("/status", &query).await?;
     out.print(&apps, |apps| render_status(apps));
     Ok(ExitCode::SUCCESS)
