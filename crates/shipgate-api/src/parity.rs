@@ -32,5 +32,5 @@ pub struct DriftReport {
     /// Each difference found, in a sentence; empty when nothing drifted.
     pub drift: Vec<String>,
     /// When (RFC 3339).
-    pub checked_at: String,
+    pub checked_at: jiff::Timestamp,
 }

@@ -1,6 +1,7 @@
 //! What the store records and the API answers with: releases, promotions, gates, what is live,
 //! audit events and tokens.
 
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use shipgate_core::{
     AppName, Digest, EnvName, EventKind, PromotionId, PromotionKind, PromotionState, Version,
@@ -25,7 +26,7 @@ pub struct Release {
     /// Who registered it.
     pub created_by: String,
     /// When (RFC 3339).
-    pub created_at: String,
+    pub created_at: Timestamp,
 }
 
 /// A request to put one release into one environment, and where it stands.
@@ -52,9 +53,9 @@ pub struct Promotion {
     /// Why it ended as it did (failure, supersession), if it has.
     pub reason: Option<String>,
     /// When it was asked for (RFC 3339).
-    pub created_at: String,
+    pub created_at: Timestamp,
     /// Last change (RFC 3339).
-    pub updated_at: String,
+    pub updated_at: Timestamp,
 }
 
 /// One recorded requirement or verification step of a promotion.
@@ -71,9 +72,9 @@ pub struct Gate {
     /// Output kept for `history` (truncated to its last 64 KiB).
     pub output: String,
     /// When it started (RFC 3339).
-    pub started_at: String,
+    pub started_at: Timestamp,
     /// When it ended (RFC 3339).
-    pub finished_at: String,
+    pub finished_at: Timestamp,
 }
 
 /// The release live in one environment for one app.
@@ -90,7 +91,7 @@ pub struct LiveRelease {
     /// The promotion that made it live.
     pub promotion_id: PromotionId,
     /// Since when (RFC 3339).
-    pub since: String,
+    pub since: Timestamp,
 }
 
 /// One audit record.
@@ -99,7 +100,7 @@ pub struct Event {
     /// Sequence number, 1-based and gapless.
     pub id: i64,
     /// When (RFC 3339).
-    pub at: String,
+    pub at: Timestamp,
     /// Who caused it.
     pub actor: String,
     /// What kind of change (`promotion.succeeded`, ...).
@@ -127,11 +128,12 @@ impl Event {
     pub fn compute_hash(&self) -> String {
         let data = self.data.to_string();
         let kind = self.kind.to_string();
+        let at = self.at.to_string();
         shipgate_core::audit::chain_hash(
             &self.prev_hash,
             &shipgate_core::audit::EventContent {
                 id: self.id,
-                at: &self.at,
+                at: &at,
                 actor: &self.actor,
                 kind: &kind,
                 message: &self.message,
@@ -162,9 +164,9 @@ pub struct TokenRecord {
     /// The environments it is limited to; empty: all.
     pub envs: Vec<EnvName>,
     /// When it was made.
-    pub created_at: String,
+    pub created_at: Timestamp,
     /// When it was revoked, if it was.
-    pub revoked_at: Option<String>,
+    pub revoked_at: Option<Timestamp>,
 }
 
 impl TokenRecord {

@@ -47,16 +47,16 @@ pub struct StandbyView {
     /// The version it runs.
     pub version: Version,
     /// Its instance.
-    pub instance_id: String,
+    pub instance_id: shipgate_core::InstanceId,
     /// When it will be stopped (RFC 3339).
-    pub until: String,
+    pub until: jiff::Timestamp,
 }
 
 /// A running instance as the driver sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct InstanceView {
     /// Driver key.
-    pub id: String,
+    pub id: shipgate_core::InstanceId,
     /// Process id.
     pub pid: u32,
     /// Port.

@@ -30,6 +30,8 @@ pub use config::{
 pub use duration::Duration;
 pub use event_kind::EventKind;
 pub use gate::Verdict;
-pub use names::{AppName, Digest, EnvName, NameError, PromotionId, ReleaseRef, Version};
+pub use names::{
+    AppName, Digest, EnvName, InstanceId, NameError, PromotionId, ReleaseRef, Version,
+};
 pub use promotion::{EntryRefusal, PromotionKind, PromotionState, Standing};
 pub use size::ByteSize;

@@ -235,6 +235,56 @@ impl fmt::Display for PromotionId {
     }
 }
 
+/// The key of one process the server runs for a promotion: an instance of the release
+/// (`web-production-12-1733150000-1`) or one of its verification tests (`web-production-12-test-1`).
+/// Every operation on the process, its log file and the marker in its environment use it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", schema(value_type = String, example = "web-production-12-1733150000-1"))]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// Instance `attempt` of promotion `promotion` of `app` into `env`, started by the server
+    /// that booted at `boot` (so a restarted server never reuses a key).
+    pub fn instance(
+        app: &AppName,
+        env: &EnvName,
+        promotion: PromotionId,
+        boot: i64,
+        attempt: &str,
+    ) -> Self {
+        Self(format!("{app}-{env}-{promotion}-{boot}{attempt}"))
+    }
+
+    /// The process of verification test `n` (1-based) of a promotion.
+    pub fn test(app: &AppName, env: &EnvName, promotion: PromotionId, n: usize) -> Self {
+        Self(format!("{app}-{env}-{promotion}-test-{n}"))
+    }
+
+    /// A key read back from the store or a driver, as it was recorded.
+    pub fn recorded(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for InstanceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for ReleaseRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.app, self.version)

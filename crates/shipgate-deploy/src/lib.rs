@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+pub use shipgate_core::InstanceId;
 
 pub use log_file::tail_lines;
 pub use process::ProcessDriver;
@@ -37,7 +38,7 @@ pub trait Driver: Send + Sync {
     async fn stop(&self, req: StopInstance) -> Result<(), DriverError>;
 
     /// Whether the driver currently runs this instance, and its pid, port and restarts.
-    async fn status(&self, instance_id: &str) -> Option<InstanceStatus>;
+    async fn status(&self, instance_id: &InstanceId) -> Option<InstanceStatus>;
 
     /// Supervision events (crash, restart, crash-loop give-up) for the engine to record.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DriverEvent>;
@@ -50,7 +51,7 @@ pub trait Driver: Send + Sync {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StartInstance {
     /// Key of every operation on this instance, e.g. `web-development-12`.
-    pub instance_id: String,
+    pub instance_id: InstanceId,
     /// Working directory of the process (the unpacked release).
     pub release_dir: PathBuf,
     /// Shell command template, run with `sh -c`. `${PORT}` is replaced by the chosen port and
@@ -97,7 +98,7 @@ impl Default for CrashLoopPolicy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceStarted {
     /// The instance this reply is about.
-    pub instance_id: String,
+    pub instance_id: InstanceId,
     /// Pid of the process (also its process group id).
     pub pid: u32,
     /// Loopback port the instance listens on; it keeps it across restarts.
@@ -112,7 +113,7 @@ pub struct InstanceStarted {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StopInstance {
     /// The instance to stop.
-    pub instance_id: String,
+    pub instance_id: InstanceId,
     /// Pid recorded when it started, used only when this driver does not know the instance.
     pub pid: Option<u32>,
     /// How long to wait after SIGTERM before SIGKILL.
@@ -123,7 +124,7 @@ pub struct StopInstance {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     /// The instance this status is about.
-    pub instance_id: String,
+    pub instance_id: InstanceId,
     /// Pid of the current (or, while restarting, the last) process.
     pub pid: u32,
     /// Loopback port the instance listens on.
@@ -141,7 +142,7 @@ pub enum DriverEvent {
     /// be restarted after `restart_in`.
     Crashed {
         /// The instance that crashed.
-        instance_id: String,
+        instance_id: InstanceId,
         /// How it ended, e.g. `exit code 3` or `signal 9`.
         exit: String,
         /// Backoff before the next start attempt.
@@ -150,14 +151,14 @@ pub enum DriverEvent {
     /// The instance was started again after a crash and answers its health check.
     Restarted {
         /// The instance that was restarted.
-        instance_id: String,
+        instance_id: InstanceId,
         /// Pid of the new process.
         pid: u32,
     },
     /// Too many crashes in the window: the driver stopped restarting it and forgot it.
     GaveUp {
         /// The instance that was given up.
-        instance_id: String,
+        instance_id: InstanceId,
         /// Crashes counted within the window.
         crashes: u32,
     },
@@ -172,7 +173,7 @@ pub enum DriverError {
     )]
     Unhealthy {
         /// The instance that was started.
-        instance_id: String,
+        instance_id: InstanceId,
         /// The health timeout that passed.
         timeout: Duration,
         /// The health URL that was polled.
@@ -188,7 +189,7 @@ pub enum DriverError {
     )]
     ExitedEarly {
         /// The instance that was started.
-        instance_id: String,
+        instance_id: InstanceId,
         /// How it ended, e.g. `exit code 1` or `signal 9`.
         exit: String,
         /// The last lines of the instance's log.
@@ -201,7 +202,7 @@ pub enum DriverError {
     )]
     Spawn {
         /// The instance that was started.
-        instance_id: String,
+        instance_id: InstanceId,
         /// The expanded command.
         command: String,
         /// The working directory it was to run in.
@@ -213,7 +214,7 @@ pub enum DriverError {
     #[error("instance {instance_id} was stopped before it became healthy")]
     Stopped {
         /// The instance that was started.
-        instance_id: String,
+        instance_id: InstanceId,
     },
     /// Some other I/O failed.
     #[error("{context}: {source}")]

@@ -5,7 +5,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::DriverError;
+use crate::{DriverError, InstanceId};
 
 /// Lines shown in an error about an instance that failed to start.
 const ERROR_TAIL_LINES: usize = 20;
@@ -68,7 +68,7 @@ pub(crate) fn open_append(path: &Path) -> Result<File, DriverError> {
 }
 
 /// Appends the line that marks each (re)start, so a reader can tell runs apart.
-pub(crate) fn write_marker(mut file: &File, instance_id: &str, pid: u32, port: u16) {
+pub(crate) fn write_marker(mut file: &File, instance_id: &InstanceId, pid: u32, port: u16) {
     let line =
         format!("--- shipgate: started instance {instance_id} (pid {pid}, port {port}) ---\n");
     if let Err(err) = file.write_all(line.as_bytes()) {

@@ -17,7 +17,8 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use crate::log_file::{error_tail, open_append, write_marker};
 use crate::{
-    Driver, DriverError, DriverEvent, InstanceStarted, InstanceStatus, StartInstance, StopInstance,
+    Driver, DriverError, DriverEvent, InstanceId, InstanceStarted, InstanceStatus, StartInstance,
+    StopInstance,
 };
 
 /// One health request may take this long before it counts as a failed probe.
@@ -37,7 +38,7 @@ pub struct ProcessDriver {
 }
 
 struct Shared {
-    instances: Mutex<HashMap<String, Arc<Instance>>>,
+    instances: Mutex<HashMap<InstanceId, Arc<Instance>>>,
     events: broadcast::Sender<DriverEvent>,
     http: reqwest::Client,
 }
@@ -156,11 +157,11 @@ impl Driver for ProcessDriver {
         Ok(())
     }
 
-    async fn status(&self, instance_id: &str) -> Option<InstanceStatus> {
+    async fn status(&self, instance_id: &InstanceId) -> Option<InstanceStatus> {
         let inst = self.shared.instance(instance_id)?;
         let live = *lock(&inst.live);
         Some(InstanceStatus {
-            instance_id: instance_id.to_string(),
+            instance_id: instance_id.clone(),
             pid: live.pid?,
             port: inst.port,
             restarts: live.restarts,
@@ -184,7 +185,7 @@ impl Driver for ProcessDriver {
 }
 
 impl Shared {
-    fn instance(&self, instance_id: &str) -> Option<Arc<Instance>> {
+    fn instance(&self, instance_id: &InstanceId) -> Option<Arc<Instance>> {
         lock(&self.instances).get(instance_id).cloned()
     }
 
@@ -281,7 +282,7 @@ impl Shared {
             .envs(&req.env)
             .env("PORT", &port)
             .env("SHIPGATE_PORT", &port)
-            .env("SHIPGATE_INSTANCE", id)
+            .env("SHIPGATE_INSTANCE", id.as_str())
             .stdin(Stdio::null())
             .stdout(output()?)
             .stderr(output()?)
@@ -498,7 +499,7 @@ fn signal_group(pid: u32, signal: Signal) {
 }
 
 /// Stops a process that a previous server started, if it is still that instance.
-async fn stop_leftover(instance_id: &str, pid: u32, grace: Duration) {
+async fn stop_leftover(instance_id: &InstanceId, pid: u32, grace: Duration) {
     let Ok(raw) = i32::try_from(pid) else { return };
     let target = Pid::from_raw(raw);
     if !belongs_to(pid, instance_id).await {
@@ -533,7 +534,7 @@ async fn stop_leftover(instance_id: &str, pid: u32, grace: Duration) {
 }
 
 /// Every process whose environment carries the instance's marker.
-async fn marked_pids(instance_id: &str) -> Vec<u32> {
+async fn marked_pids(instance_id: &InstanceId) -> Vec<u32> {
     let mut pids = Vec::new();
     let Ok(mut entries) = tokio::fs::read_dir("/proc").await else {
         return pids;
@@ -554,7 +555,7 @@ async fn marked_pids(instance_id: &str) -> Vec<u32> {
 }
 
 /// Whether `/proc/<pid>/environ` carries the marker the driver gives every instance.
-async fn belongs_to(pid: u32, instance_id: &str) -> bool {
+async fn belongs_to(pid: u32, instance_id: &InstanceId) -> bool {
     let marker = format!("SHIPGATE_INSTANCE={instance_id}");
     match tokio::fs::read(format!("/proc/{pid}/environ")).await {
         Ok(environ) => environ

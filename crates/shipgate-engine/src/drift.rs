@@ -28,7 +28,7 @@ impl Engine {
                 env: live.env.clone(),
                 version: live.version.clone(),
                 drift,
-                checked_at: self.now_text(),
+                checked_at: self.clock.now(),
             };
             self.record_drift(&live, &report).await?;
             reports.push(report);

@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use jiff::Timestamp;
 use shipgate_core::promotion::check_entry;
 use shipgate_core::{
-    AppName, EnvName, PromotionKind, PromotionState, ReleaseRef, Standing, Version,
+    AppName, EnvName, InstanceId, PromotionKind, PromotionState, ReleaseRef, Standing, Version,
 };
 use shipgate_deploy::{CrashLoopPolicy, StartInstance, StopInstance};
 use shipgate_proxy::{Router, Upstream};
@@ -273,7 +274,7 @@ impl Engine {
             Err(StoreError::StateConflict { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let started_at = self.now_text();
+        let started_at = self.clock.now();
         let instance = match self.start_instance(&promotion, &slot).await {
             Ok(i) => i,
             Err(message) => {
@@ -408,7 +409,7 @@ impl Engine {
         name: &str,
         passed: bool,
         output: String,
-        started_at: String,
+        started_at: Timestamp,
     ) -> Result<(), EngineError> {
         let gate = NewGate {
             promotion_id: p.id,
@@ -419,11 +420,6 @@ impl Engine {
         };
         self.store.record_gate(gate, SYSTEM).await?;
         Ok(())
-    }
-
-    /// The engine clock's time, as gates record it (RFC 3339).
-    pub(crate) fn now_text(&self) -> String {
-        self.clock.now().to_string()
     }
 
     /// What replaces the secret values of `env` in any text stored or shown.
@@ -504,7 +500,7 @@ impl Engine {
             .config
             .app(&p.app)
             .ok_or_else(|| format!("app `{}` is no longer in the config", p.app))?;
-        let id = format!("{}-{}-{}-{}{attempt}", p.app, p.env, p.id, self.boot);
+        let id = InstanceId::instance(&p.app, &p.env, p.id, self.boot, attempt);
         let log_path = self.log_path(slot, &id);
         let vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str());
         let req = StartInstance {
@@ -557,11 +553,11 @@ impl Engine {
         self.stop_instance(&instance.id, None).await;
     }
 
-    pub(crate) async fn stop_instance(&self, id: &str, pid: Option<u32>) {
+    pub(crate) async fn stop_instance(&self, id: &InstanceId, pid: Option<u32>) {
         if let Err(e) = self
             .driver
             .stop(StopInstance {
-                instance_id: id.to_owned(),
+                instance_id: id.clone(),
                 pid,
                 grace: STOP_GRACE,
             })

@@ -44,7 +44,7 @@ impl Engine {
             return Ok(true);
         };
         let mut events = self.store.subscribe();
-        let started_at = self.now_text();
+        let started_at = self.clock.now();
         let facts = loop {
             let current = self.store.promotion(p.id).await?;
             if current.is_none_or(|c| c.state != PromotionState::Pending) {
@@ -73,7 +73,7 @@ impl Engine {
                     rejection.actor,
                     rejection.comment.as_deref().unwrap_or("")
                 );
-                self.gate(p, "approvals", false, why.clone(), started_at.clone())
+                self.gate(p, "approvals", false, why.clone(), started_at)
                     .await?;
                 self.end_pending(p, why).await?;
                 return Ok(false);
@@ -94,7 +94,7 @@ impl Engine {
             }
         };
         self.set_waiting(p.id, vec![]);
-        self.record_entry_gates(p, &facts, &started_at).await?;
+        self.record_entry_gates(p, &facts, started_at).await?;
         Ok(true)
     }
 
@@ -105,11 +105,7 @@ impl Engine {
         decisions: Vec<Decision>,
     ) -> Result<OwnedFacts, EngineError> {
         let verified_before_at = match after {
-            Some(after) => self
-                .store
-                .verified_at(&p.app, &p.version, after)
-                .await?
-                .and_then(|t| t.parse().ok()),
+            Some(after) => self.store.verified_at(&p.app, &p.version, after).await?,
             None => None,
         };
         let freezes = self
@@ -147,7 +143,7 @@ impl Engine {
         &self,
         p: &Promotion,
         facts: &OwnedFacts,
-        started_at: &str,
+        started_at: Timestamp,
     ) -> Result<(), EngineError> {
         let Some(env) = self.config.environment(&p.env) else {
             return Ok(());
@@ -171,37 +167,32 @@ impl Engine {
                 p.requested_by,
                 comments.join("\n")
             );
-            self.gate(p, "approvals", true, output, started_at.to_owned())
-                .await?;
+            self.gate(p, "approvals", true, output, started_at).await?;
         }
         if let (Some(soak), Some(after), Some(at)) =
             (req.soak, &facts.after, facts.verified_before_at)
         {
             let output = format!("verified in {after} since {at}, soak {soak} ended");
-            self.gate(p, "soak", true, output, started_at.to_owned())
-                .await?;
+            self.gate(p, "soak", true, output, started_at).await?;
         }
         if let (Some((with, left)), None) = (&facts.parity, &facts.overridden) {
             let output = format!(
                 "no unexpected difference with {with} besides the release{}",
                 if left.is_empty() { "" } else { " (overridden)" }
             );
-            self.gate(p, "parity", true, output, started_at.to_owned())
-                .await?;
+            self.gate(p, "parity", true, output, started_at).await?;
         }
         if let Some(o) = &facts.overridden {
             let output = format!(
                 "deploy windows and freezes overridden by {} at {}: {}",
                 o.actor, o.at, o.reason
             );
-            self.gate(p, "override", true, output, started_at.to_owned())
-                .await?;
+            self.gate(p, "override", true, output, started_at).await?;
         } else if let Some(shipgate_core::window::WindowState::Open { closes }) =
             shipgate_core::window::state_of(&req.windows, facts.now)
         {
             let output = format!("deploy window open until {closes}");
-            self.gate(p, "window", true, output, started_at.to_owned())
-                .await?;
+            self.gate(p, "window", true, output, started_at).await?;
         }
         Ok(())
     }
@@ -364,7 +355,7 @@ impl Engine {
     ) -> Result<Option<String>, EngineError> {
         let mut events = self.store.subscribe();
         self.set_waiting(p.id, vec![Wait::Decision { watched }]);
-        let started_at = self.now_text();
+        let started_at = self.clock.now();
         loop {
             let decisions = self.store.decisions(p.id, Stage::Watch).await?;
             if let Some(d) = decisions.first() {

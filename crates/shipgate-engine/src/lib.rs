@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shipgate_core::{AppName, Config, EnvName};
+use shipgate_core::{AppName, Config, EnvName, InstanceId};
 use shipgate_deploy::DriverEvent;
 pub use shipgate_deploy::{Driver, ProcessDriver};
 use shipgate_proxy::{Router, Upstream};
@@ -54,7 +54,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The instance currently serving an app in an environment.
 #[derive(Clone)]
 struct LiveInstance {
-    id: String,
+    id: InstanceId,
     upstream: Upstream,
     log_path: PathBuf,
 }
@@ -218,7 +218,7 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownEnvironment(env.to_string()))
     }
 
-    fn log_path(&self, slot: &Slot, instance_id: &str) -> PathBuf {
+    fn log_path(&self, slot: &Slot, instance_id: &InstanceId) -> PathBuf {
         self.config
             .server
             .data_dir
@@ -236,10 +236,10 @@ impl Engine {
     }
 
     /// The slot whose live instance is `id`.
-    fn slot_of_live(&self, id: &str) -> Option<Slot> {
+    fn slot_of_live(&self, id: &InstanceId) -> Option<Slot> {
         locked(&self.live)
             .iter()
-            .find(|(_, i)| i.id == id)
+            .find(|(_, i)| &i.id == id)
             .map(|(s, _)| s.clone())
     }
 

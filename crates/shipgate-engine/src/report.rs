@@ -100,7 +100,7 @@ impl Engine {
                     standby: self.standby_of(&slot).map(|s| StandbyView {
                         version: s.live.version,
                         instance_id: s.instance.id,
-                        until: s.until.to_string(),
+                        until: s.until,
                     }),
                     unhealthy: crate::locked(&self.unhealthy).get(&slot).cloned(),
                     drift: self.drift_of_slot(&a.name, &e.name),

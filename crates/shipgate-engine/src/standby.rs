@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use shipgate_core::PromotionKind;
+use shipgate_core::{InstanceId, PromotionKind};
 use shipgate_store::{LiveRelease, NewPromotion, Promotion, Release};
 
 use crate::{Engine, EngineError, LiveInstance, Slot, locked};
@@ -74,16 +74,16 @@ impl Engine {
         locked(&self.standby).get(slot).cloned()
     }
 
-    pub(crate) fn slot_of_standby(&self, id: &str) -> Option<Slot> {
+    pub(crate) fn slot_of_standby(&self, id: &InstanceId) -> Option<Slot> {
         locked(&self.standby)
             .iter()
-            .find(|(_, s)| s.instance.id == id)
+            .find(|(_, s)| &s.instance.id == id)
             .map(|(slot, _)| slot.clone())
     }
 
     /// Forgets a standby whose instance the driver gave up on.
-    pub(crate) fn drop_standby_instance(&self, id: &str) {
-        locked(&self.standby).retain(|_, s| s.instance.id != id);
+    pub(crate) fn drop_standby_instance(&self, id: &InstanceId) {
+        locked(&self.standby).retain(|_, s| &s.instance.id != id);
     }
 
     /// Rolls back by switching the router to the slot's standby, if it runs `target` and is

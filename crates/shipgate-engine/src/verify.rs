@@ -4,6 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use shipgate_core::InstanceId;
 use shipgate_core::config::{HttpCheck, VerifyConfig};
 use shipgate_core::template::expand;
 use shipgate_store::Promotion;
@@ -38,7 +39,7 @@ impl Engine {
         let exported = self.exported_env(&p.env, &vars);
         for (n, test) in env.verify.tests.iter().enumerate() {
             let command = expand(test, &vars);
-            let started_at = self.now_text();
+            let started_at = self.clock.now();
             let run = self
                 .run_recorded_test(p, n, &command, &exported, timeout)
                 .await?;
@@ -50,7 +51,7 @@ impl Engine {
             }
         }
         for check in &env.verify.http {
-            let started_at = self.now_text();
+            let started_at = self.clock.now();
             let url = format!("http://{}{}", env.listen, check.path);
             let (passed, output) = http_check(check, &url, timeout).await;
             let name = format!("http: GET {} → {}", check.path, check.status);
@@ -76,7 +77,7 @@ impl Engine {
         exported: &std::collections::BTreeMap<String, String>,
         timeout: Duration,
     ) -> Result<TestRun, EngineError> {
-        let id = format!("{}-{}-{}-test-{}", p.app, p.env, p.id, n + 1);
+        let id = InstanceId::test(&p.app, &p.env, p.id, n + 1);
         self.store
             .put_instance(shipgate_store::InstanceRecord::starting(
                 p,
@@ -85,7 +86,7 @@ impl Engine {
             ))
             .await?;
         let mut exported = exported.clone();
-        exported.insert("SHIPGATE_INSTANCE".to_owned(), id.clone());
+        exported.insert("SHIPGATE_INSTANCE".to_owned(), id.to_string());
         let dir = self.artifacts.release_dir(&p.digest);
         let run = run_test(command, &dir, &exported, timeout).await;
         self.store.mark_instance_stopped(&id).await?;

@@ -31,7 +31,7 @@ impl Engine {
         let label = instance.upstream.label().to_owned();
         let app = p.app.as_str();
         let before = Counters::of(router, app, &label);
-        let started_at = self.now_text();
+        let started_at = self.clock.now();
         let deadline = crate::clock::after(self.clock.now(), rule.watch.as_std());
         loop {
             let next = crate::clock::after(self.clock.now(), LOOK_EVERY).min(deadline);

@@ -16,7 +16,9 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use shipgate_core::gate::{Decision, Freeze, Stage};
-use shipgate_core::{AppName, Digest, EnvName, PromotionId, PromotionState, Standing, Version};
+use shipgate_core::{
+    AppName, Digest, EnvName, InstanceId, PromotionId, PromotionState, Standing, Version,
+};
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,13 +109,13 @@ pub trait Store: Send + Sync {
     /// maybe was rolled back since).
     async fn standing(&self, app: &AppName, version: &Version, env: &EnvName) -> Result<Standing>;
 
-    /// When `app@version` last became verified in `env` (RFC 3339), unless rolled back since.
+    /// When `app@version` last became verified in `env`, unless rolled back since.
     async fn verified_at(
         &self,
         app: &AppName,
         version: &Version,
         env: &EnvName,
-    ) -> Result<Option<String>>;
+    ) -> Result<Option<jiff::Timestamp>>;
 
     /// Records an approval or rejection with its event. Refused with
     /// [`StoreError::StateConflict`] unless the promotion is `pending` (entry stage) or
@@ -145,7 +147,7 @@ pub trait Store: Send + Sync {
     /// Records an instance (started or changed).
     async fn put_instance(&self, instance: InstanceRecord) -> Result<()>;
     /// Records that an instance has stopped.
-    async fn mark_instance_stopped(&self, id: &str) -> Result<()>;
+    async fn mark_instance_stopped(&self, id: &InstanceId) -> Result<()>;
     /// Instances recorded as starting or running (to stop after a restart).
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>>;
 

@@ -7,7 +7,7 @@ pub use shipgate_api::records::{
 
 use serde::{Deserialize, Serialize};
 use shipgate_core::{
-    AppName, Digest, EnvName, PromotionId, PromotionKind, PromotionState, Version,
+    AppName, Digest, EnvName, InstanceId, PromotionId, PromotionKind, PromotionState, Version,
 };
 
 /// A release about to be registered.
@@ -70,8 +70,8 @@ pub struct Override {
     pub actor: String,
     /// Why.
     pub reason: String,
-    /// When (RFC 3339).
-    pub at: String,
+    /// When.
+    pub at: jiff::Timestamp,
 }
 
 /// What a transition does to the environment's live release.
@@ -134,15 +134,15 @@ pub struct NewGate {
     pub passed: bool,
     /// Its output.
     pub output: String,
-    /// When it started (RFC 3339).
-    pub started_at: String,
+    /// When it started.
+    pub started_at: jiff::Timestamp,
 }
 
 /// An instance started for a release in an environment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InstanceRecord {
-    /// Driver key (`web-production-12-1`).
-    pub id: String,
+    /// Driver key.
+    pub id: InstanceId,
     /// The app.
     pub app: AppName,
     /// The environment.
@@ -163,9 +163,9 @@ pub struct InstanceRecord {
 
 impl InstanceRecord {
     /// An instance of promotion `p` about to be spawned (no pid or port yet).
-    pub fn starting(p: &Promotion, id: &str, log_path: String) -> Self {
+    pub fn starting(p: &Promotion, id: &InstanceId, log_path: String) -> Self {
         Self {
-            id: id.to_owned(),
+            id: id.clone(),
             app: p.app.clone(),
             env: p.env.clone(),
             version: p.version.clone(),

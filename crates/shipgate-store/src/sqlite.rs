@@ -5,10 +5,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use jiff::Timestamp;
 use shipgate_core::gate::{Decision, Freeze, Stage};
 use shipgate_core::{
-    AppName, Digest, EnvName, EventKind, PromotionId, PromotionKind, PromotionState, Standing,
-    Version,
+    AppName, Digest, EnvName, EventKind, InstanceId, PromotionId, PromotionKind, PromotionState,
+    Standing, Version,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -101,8 +102,8 @@ pub struct SqliteStore {
     events: broadcast::Sender<Event>,
 }
 
-fn now() -> String {
-    jiff::Timestamp::now().to_string()
+fn now() -> Timestamp {
+    Timestamp::now()
 }
 
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -115,6 +116,16 @@ fn parse<T, E: std::fmt::Display>(
     f: impl FnOnce(&str) -> std::result::Result<T, E>,
 ) -> Result<T> {
     f(s).map_err(|e| StoreError::Corrupt(format!("{what} `{s}`: {e}")))
+}
+
+fn get_time(row: &SqliteRow, col: &str) -> Result<Timestamp> {
+    parse("time", &get::<String>(row, col)?, str::parse::<Timestamp>)
+}
+
+fn get_time_opt(row: &SqliteRow, col: &str) -> Result<Option<Timestamp>> {
+    get::<Option<String>>(row, col)?
+        .map(|t| parse("time", &t, str::parse::<Timestamp>))
+        .transpose()
 }
 
 fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
@@ -189,7 +200,7 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
             .map_err(db("applying a migration"))?;
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
             .bind(i as i64 + 1)
-            .bind(now())
+            .bind(now().to_string())
             .execute(&mut *tx)
             .await
             .map_err(db("recording a migration"))?;
@@ -221,7 +232,7 @@ async fn append(tx: &mut Transaction<'_, Sqlite>, e: NewEvent) -> Result<Event> 
     event.hash = event.compute_hash();
     sqlx::query("INSERT INTO events (id, at, actor, kind, app, env, promotion_id, message, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         .bind(event.id)
-        .bind(&event.at)
+        .bind(event.at.to_string())
         .bind(&event.actor)
         .bind(event.kind.to_string())
         .bind(&event.app)
@@ -246,7 +257,7 @@ fn release_from(row: &SqliteRow) -> Result<Release> {
         commit: get(row, "commit_sha")?,
         notes: get(row, "notes")?,
         created_by: get(row, "created_by")?,
-        created_at: get(row, "created_at")?,
+        created_at: get_time(row, "created_at")?,
     })
 }
 
@@ -269,8 +280,8 @@ fn promotion_from(row: &SqliteRow) -> Result<Promotion> {
             .map(|v| parse("version", &v, Version::parse))
             .transpose()?,
         reason: get(row, "reason")?,
-        created_at: get(row, "created_at")?,
-        updated_at: get(row, "updated_at")?,
+        created_at: get_time(row, "created_at")?,
+        updated_at: get_time(row, "updated_at")?,
     })
 }
 
@@ -281,7 +292,7 @@ fn live_from(row: &SqliteRow) -> Result<LiveRelease> {
         version: parse("version", &get::<String>(row, "version")?, Version::parse)?,
         digest: parse("digest", &get::<String>(row, "digest")?, Digest::parse)?,
         promotion_id: PromotionId(get(row, "promotion_id")?),
-        since: get(row, "since")?,
+        since: get_time(row, "since")?,
     })
 }
 
@@ -289,7 +300,7 @@ fn event_from(row: &SqliteRow) -> Result<Event> {
     let data: String = get(row, "data")?;
     Ok(Event {
         id: get(row, "id")?,
-        at: get(row, "at")?,
+        at: get_time(row, "at")?,
         actor: get(row, "actor")?,
         kind: {
             let kind: String = get(row, "kind")?;
@@ -326,7 +337,7 @@ async fn set_state(
     sqlx::query("UPDATE promotions SET state = ?, reason = COALESCE(?, reason), updated_at = ? WHERE id = ?")
         .bind(state.as_str())
         .bind(reason)
-        .bind(now())
+        .bind(now().to_string())
         .bind(id.0)
         .execute(&mut **tx)
         .await
@@ -376,8 +387,8 @@ async fn insert_promotion(
             .bind(p.kind.as_str())
             .bind(actor)
             .bind(p.previous_version.as_ref().map(Version::as_str))
-            .bind(&at)
-            .bind(&at)
+            .bind(at.to_string())
+            .bind(at.to_string())
             .fetch_one(&mut **tx)
             .await
             .map_err(db("inserting a promotion"))?;
@@ -388,7 +399,7 @@ async fn insert_promotion(
             .bind(id.0)
             .bind(actor)
             .bind(reason)
-            .bind(&at)
+            .bind(at.to_string())
             .execute(&mut **tx)
             .await
             .map_err(db("recording an override"))?;
@@ -459,7 +470,7 @@ async fn put_live(tx: &mut Transaction<'_, Sqlite>, l: &LiveRelease) -> Result<(
         .bind(l.version.as_str())
         .bind(l.digest.as_str())
         .bind(l.promotion_id.0)
-        .bind(&l.since)
+        .bind(l.since.to_string())
         .execute(&mut **tx)
         .await
         .map_err(db("recording the live release"))?;
@@ -536,7 +547,7 @@ impl Store for SqliteStore {
             .bind(&release.commit)
             .bind(&release.notes)
             .bind(&release.created_by)
-            .bind(&release.created_at)
+            .bind(release.created_at.to_string())
             .execute(&mut *tx)
             .await
             .map_err(db("inserting a release"))?;
@@ -605,8 +616,8 @@ impl Store for SqliteStore {
         sqlx::query("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES (?, 'switch', 1, ?, ?, ?)")
             .bind(done.id.0)
             .bind(&gate)
-            .bind(&at)
-            .bind(&at)
+            .bind(at.to_string())
+            .bind(at.to_string())
             .execute(&mut *tx)
             .await
             .map_err(db("recording a gate"))?;
@@ -785,7 +796,7 @@ impl Store for SqliteStore {
         app: &AppName,
         version: &Version,
         env: &EnvName,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<Timestamp>> {
         let latest: Option<(String, String)> = sqlx::query_as(
             "SELECT state, updated_at FROM promotions WHERE app = ? AND version = ? AND env = ?
              AND state IN ('succeeded', 'rolled_back') ORDER BY id DESC LIMIT 1",
@@ -798,7 +809,8 @@ impl Store for SqliteStore {
         .map_err(db("reading verified releases"))?;
         Ok(latest
             .filter(|(state, _)| state == PromotionState::Succeeded.as_str())
-            .map(|(_, at)| at))
+            .map(|(_, at)| parse("time", &at, str::parse::<Timestamp>))
+            .transpose()?)
     }
 
     async fn record_decision(&self, d: NewDecision) -> Result<Decision> {
@@ -896,11 +908,7 @@ impl Store for SqliteStore {
                         shipgate_core::Verdict::Reject
                     },
                     comment: get(row, "comment")?,
-                    at: parse(
-                        "time",
-                        &get::<String>(row, "at")?,
-                        str::parse::<jiff::Timestamp>,
-                    )?,
+                    at: parse("time", &get::<String>(row, "at")?, str::parse::<Timestamp>)?,
                 })
             })
             .collect()
@@ -913,7 +921,14 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db("reading an override"))?;
-        Ok(row.map(|(actor, reason, at)| Override { actor, reason, at }))
+        row.map(|(actor, reason, at)| {
+            Ok(Override {
+                actor,
+                reason,
+                at: parse("time", &at, str::parse::<Timestamp>)?,
+            })
+        })
+        .transpose()
     }
 
     async fn freeze(&self, env: Option<&EnvName>, reason: &str, actor: &str) -> Result<Freeze> {
@@ -980,7 +995,7 @@ impl Store for SqliteStore {
         };
         sqlx::query("UPDATE freezes SET lifted_by = ?, lifted_at = ? WHERE id = ?")
             .bind(actor)
-            .bind(now())
+            .bind(now().to_string())
             .bind(id)
             .execute(&mut *tx)
             .await
@@ -1002,7 +1017,7 @@ impl Store for SqliteStore {
             env: env.cloned(),
             reason,
             by,
-            since: parse("time", &since, str::parse::<jiff::Timestamp>)?,
+            since: parse("time", &since, str::parse::<Timestamp>)?,
         })
     }
 
@@ -1021,7 +1036,7 @@ impl Store for SqliteStore {
                         .transpose()?,
                     reason,
                     by,
-                    since: parse("time", &since, str::parse::<jiff::Timestamp>)?,
+                    since: parse("time", &since, str::parse::<Timestamp>)?,
                 })
             })
             .collect()
@@ -1036,8 +1051,8 @@ impl Store for SqliteStore {
             .bind(&g.name)
             .bind(g.passed)
             .bind(&g.output)
-            .bind(&g.started_at)
-            .bind(&finished_at)
+            .bind(g.started_at.to_string())
+            .bind(finished_at.to_string())
             .fetch_one(&mut *tx)
             .await
             .map_err(db("recording a gate"))?;
@@ -1088,8 +1103,8 @@ impl Store for SqliteStore {
                     name: get(row, "name")?,
                     passed: get(row, "passed")?,
                     output: get(row, "output")?,
-                    started_at: get(row, "started_at")?,
-                    finished_at: get(row, "finished_at")?,
+                    started_at: get_time(row, "started_at")?,
+                    finished_at: get_time(row, "finished_at")?,
                 })
             })
             .collect()
@@ -1135,7 +1150,7 @@ impl Store for SqliteStore {
     async fn put_instance(&self, i: InstanceRecord) -> Result<()> {
         let _w = self.write.lock().await;
         sqlx::query("INSERT OR REPLACE INTO instances (id, app, env, version, promotion_id, pid, port, state, log_path, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(&i.id)
+            .bind(i.id.as_str())
             .bind(i.app.as_str())
             .bind(i.env.as_str())
             .bind(i.version.as_str())
@@ -1144,18 +1159,18 @@ impl Store for SqliteStore {
             .bind(i.port)
             .bind(&i.state)
             .bind(&i.log_path)
-            .bind(now())
+            .bind(now().to_string())
             .execute(&self.pool)
             .await
             .map_err(db("recording an instance"))?;
         Ok(())
     }
 
-    async fn mark_instance_stopped(&self, id: &str) -> Result<()> {
+    async fn mark_instance_stopped(&self, id: &InstanceId) -> Result<()> {
         let _w = self.write.lock().await;
         sqlx::query("UPDATE instances SET state = 'stopped', updated_at = ? WHERE id = ?")
-            .bind(now())
-            .bind(id)
+            .bind(now().to_string())
+            .bind(id.as_str())
             .execute(&self.pool)
             .await
             .map_err(db("recording a stopped instance"))?;
@@ -1172,7 +1187,7 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|row| {
                 Ok(InstanceRecord {
-                    id: get(row, "id")?,
+                    id: InstanceId::recorded(get::<String>(row, "id")?),
                     app: parse("app", &get::<String>(row, "app")?, AppName::parse)?,
                     env: parse("environment", &get::<String>(row, "env")?, EnvName::parse)?,
                     version: parse("version", &get::<String>(row, "version")?, Version::parse)?,
@@ -1240,7 +1255,7 @@ impl Store for SqliteStore {
             .bind(&t.name)
             .bind(t.role.as_str())
             .bind(&t.hash)
-            .bind(&created_at)
+            .bind(created_at.to_string())
             .bind(serde_json::to_string(&envs).unwrap_or_else(|_| "[]".into()))
             .fetch_one(&mut *tx)
             .await
@@ -1311,7 +1326,7 @@ impl Store for SqliteStore {
         let at = now();
         let revoked =
             sqlx::query("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
-                .bind(&at)
+                .bind(at.to_string())
                 .bind(name)
                 .execute(&mut *tx)
                 .await
@@ -1385,7 +1400,7 @@ fn token_from(row: &SqliteRow) -> Result<TokenRecord> {
             .iter()
             .map(|e| parse("environment", e, EnvName::parse))
             .collect::<Result<_>>()?,
-        created_at: get(row, "created_at")?,
-        revoked_at: get(row, "revoked_at")?,
+        created_at: get_time(row, "created_at")?,
+        revoked_at: get_time_opt(row, "revoked_at")?,
     })
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use shipgate_deploy::{
-    Driver, DriverError, DriverEvent, ProcessDriver, StartInstance, StopInstance, tail_lines,
+    Driver, DriverError, DriverEvent, InstanceId, ProcessDriver, StartInstance, StopInstance,
+    tail_lines,
 };
 use tempfile::TempDir;
 
@@ -18,9 +19,13 @@ const HTTP_SERVER: &str = "exec python3 -m http.server ${PORT} --bind 127.0.0.1"
 /// Only a guard against hanging forever; no test asserts on time.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+fn id(key: &str) -> InstanceId {
+    InstanceId::recorded(key)
+}
+
 fn request(dir: &TempDir, instance_id: &str, command: &str) -> StartInstance {
     StartInstance {
-        instance_id: instance_id.to_string(),
+        instance_id: id(instance_id),
         release_dir: dir.path().to_path_buf(),
         command: command.to_string(),
         template_vars: BTreeMap::new(),
@@ -35,7 +40,7 @@ fn request(dir: &TempDir, instance_id: &str, command: &str) -> StartInstance {
 
 fn stop(instance_id: &str) -> StopInstance {
     StopInstance {
-        instance_id: instance_id.to_string(),
+        instance_id: id(instance_id),
         pid: None,
         grace: Duration::from_secs(5),
     }
@@ -69,7 +74,7 @@ async fn start_serves_until_stopped() {
     let started = driver.start(req.clone()).await.unwrap();
     assert_eq!(started.addr.port(), started.port);
     assert_eq!(get_status(started.addr).await, 200);
-    let status = driver.status("web-development-1").await.unwrap();
+    let status = driver.status(&id("web-development-1")).await.unwrap();
     assert_eq!(
         (status.pid, status.port, status.restarts),
         (started.pid, started.port, 0)
@@ -83,7 +88,7 @@ async fn start_serves_until_stopped() {
 
     driver.stop(stop("web-development-1")).await.unwrap();
     assert!(TcpStream::connect(started.addr).is_err());
-    assert!(driver.status("web-development-1").await.is_none());
+    assert!(driver.status(&id("web-development-1")).await.is_none());
     driver.stop(stop("web-development-1")).await.unwrap();
 }
 
@@ -115,7 +120,7 @@ async fn exiting_before_healthy_reports_log_lines() {
     let message = err.to_string();
     assert!(message.contains("exited with exit code 1"), "{message}");
     assert!(message.contains("boom-line-42"), "{message}");
-    assert!(driver.status("web-development-3").await.is_none());
+    assert!(driver.status(&id("web-development-3")).await.is_none());
 }
 
 #[tokio::test]
@@ -136,7 +141,7 @@ async fn never_healthy_is_killed() {
     assert!(message.contains("waiting-forever"), "{message}");
     let pid = std::fs::read_to_string(dir.path().join("pid")).unwrap();
     assert!(!Path::new(&format!("/proc/{}", pid.trim())).exists());
-    assert!(driver.status("web-development-4").await.is_none());
+    assert!(driver.status(&id("web-development-4")).await.is_none());
 }
 
 #[tokio::test]
@@ -172,7 +177,7 @@ async fn crash_is_restarted_on_the_same_port() {
     };
     assert_ne!(pid, started.pid);
 
-    let status = driver.status("web-development-5").await.unwrap();
+    let status = driver.status(&id("web-development-5")).await.unwrap();
     assert_eq!(
         (status.pid, status.port, status.restarts),
         (pid, started.port, 1)
@@ -194,7 +199,7 @@ async fn stop_while_starting_leaves_nothing_running() {
         let driver = driver.clone();
         async move { driver.start(req).await }
     });
-    while driver.status("web-development-6").await.is_none() {
+    while driver.status(&id("web-development-6")).await.is_none() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -218,7 +223,7 @@ async fn leftover_pid_is_stopped_only_if_it_is_that_instance() {
         .unwrap();
     driver
         .stop(StopInstance {
-            instance_id: "web-development-7".to_string(),
+            instance_id: id("web-development-7"),
             pid: Some(stranger.id()),
             grace,
         })
@@ -245,7 +250,7 @@ async fn leftover_pid_is_stopped_only_if_it_is_that_instance() {
     }
     driver
         .stop(StopInstance {
-            instance_id: "web-development-7".to_string(),
+            instance_id: id("web-development-7"),
             pid: Some(leftover.id()),
             grace,
         })
@@ -289,6 +294,6 @@ async fn crash_loop_is_given_up() {
     assert_eq!(crashed.len(), 5);
     assert_eq!(crashed[0], "signal 9");
     assert_eq!(crashed[1], "exit code 3 before becoming healthy");
-    assert!(driver.status("web-development-8").await.is_none());
+    assert!(driver.status(&id("web-development-8")).await.is_none());
     driver.stop(stop("web-development-8")).await.unwrap();
 }

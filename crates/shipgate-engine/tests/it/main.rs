@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use shipgate_core::gate::Wait;
@@ -13,12 +14,17 @@ use shipgate_engine::{Engine, ManualClock, ProcessDriver};
 use shipgate_store::artifact::UnpackLimits;
 use shipgate_store::{SqliteStore, Store};
 
-/// An app that is not shipgate's own: answers every path with 200.
+/// An app that is not shipgate's own: healthy at `/healthz`; every other path answers 200 with
+/// its version, or 500 when the release holds a file named `BUG`.
 const APP: &str = r#"
-import http.server, sys
+import http.server, os, sys
+VERSION = open("VERSION").read()
+BROKEN = os.path.exists("BUG")
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        self.send_response(200); self.send_header("Content-Length", "3"); self.end_headers(); self.wfile.write(b"ok\n")
+        status = 500 if BROKEN and self.path != "/healthz" else 200
+        body = ("app %s" % VERSION).encode()
+        self.send_response(status); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 "#;
@@ -43,7 +49,7 @@ struct Fixture {
 async fn start(extra: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "[server]\ndata_dir = \"data\"\n[apps.web]\nrun = \"python3 app.py ${{PORT}}\"\nhealth = \"/\"\n\
+        "[server]\ndata_dir = \"data\"\n[apps.web]\nrun = \"python3 app.py ${{PORT}}\"\nhealth = \"/healthz\"\n\
          [environments.development]\nlisten = \"127.0.0.1:{}\"\n\
          [environments.production]\nafter = \"development\"\nlisten = \"127.0.0.1:{}\"\n{extra}\n",
         free_port(),
@@ -66,10 +72,18 @@ async fn start(extra: &str) -> Fixture {
 
 impl Fixture {
     async fn register(&self, version: &str) -> ReleaseRef {
+        self.register_with(version, &[]).await
+    }
+
+    /// Registers `web@version` with these extra files in it.
+    async fn register_with(&self, version: &str, files: &[&str]) -> ReleaseRef {
         let src = self.dir.path().join(format!("src-{version}"));
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("app.py"), APP).unwrap();
         std::fs::write(src.join("VERSION"), version).unwrap();
+        for file in files {
+            std::fs::write(src.join(file), "").unwrap();
+        }
         let mut packed = Vec::new();
         shipgate_store::artifact::pack_dir(&src, &mut packed).unwrap();
         let server = &self.engine.config().server;
@@ -98,6 +112,15 @@ impl Fixture {
             .await
             .unwrap();
         release
+    }
+
+    /// The address of `env`'s router.
+    fn router(&self, env: &str) -> std::net::SocketAddr {
+        self.engine
+            .config()
+            .environment(&EnvName::parse(env).unwrap())
+            .unwrap()
+            .listen
     }
 
     /// Promotes and returns the promotion's id.
@@ -224,5 +247,112 @@ async fn a_deploy_window_opens_on_the_engine_clock() {
     f.waits_on(prod, |w| matches!(w, Wait::Window { .. }));
     f.clock.advance(31 * MINUTE);
     f.reaches(prod, PromotionState::Succeeded).await;
+    f.engine.shutdown().await;
+}
+
+/// One GET through a router: the status and body, or None when the request failed.
+fn get(addr: std::net::SocketAddr) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_over_the_error_rate_is_rolled_back_when_its_watch_ends_on_the_engine_clock() {
+    let f = start(
+        "verify.watch = \"10m\"\nverify.max_error_rate = 0.01\nverify.min_requests = 20\nverify.inconclusive = \"pass\"",
+    )
+    .await;
+    let good = f.register("1.0.0").await;
+    let dev = f.promote(&good, "development").await;
+    f.reaches(dev, PromotionState::Succeeded).await;
+    let prod = f.promote(&good, "production").await;
+    f.reaches(prod, PromotionState::Verifying).await;
+    f.clock.advance(10 * MINUTE);
+    f.reaches(prod, PromotionState::Succeeded).await;
+
+    let bad = f.register_with("2.0.0", &["BUG"]).await;
+    let dev = f.promote(&bad, "development").await;
+    f.reaches(dev, PromotionState::Succeeded).await;
+    // Constant load on production's stable address while the broken release goes live, is
+    // judged when its watch ends and is rolled back.
+    let addr = f.router("production");
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, errors) = (Arc::clone(&stop), Arc::clone(&errors));
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let answer = get(addr);
+                if answer.as_ref().is_some_and(|(status, _)| *status == 500) {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                answers.push(answer);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            answers
+        })
+    };
+    let prod = f.promote(&bad, "production").await;
+    f.reaches(prod, PromotionState::Verifying).await;
+    while errors.load(Ordering::Relaxed) < 40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f.clock.advance(10 * MINUTE);
+    f.reaches(prod, PromotionState::Failed).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let answers = load.join().unwrap();
+
+    let p = f.engine.store().promotion(prod).await.unwrap().unwrap();
+    let reason = p.reason.unwrap();
+    assert!(reason.starts_with("error rate 1.0000 ("), "{reason}");
+    assert!(
+        reason.ends_with("requests failed) is above verify.max_error_rate 0.01"),
+        "{reason}"
+    );
+    assert_eq!(get(addr), Some((200, "app 1.0.0".to_owned())));
+    let failed = f
+        .engine
+        .store()
+        .events(shipgate_store::EventFilter {
+            kind: Some("promotion.failed".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        failed.iter().any(
+            |e| e.message.contains("is above verify.max_error_rate 0.01")
+                && e.message.contains("production is back on web@1.0.0")
+        ),
+        "{failed:?}"
+    );
+    let from_bad = |a: &&Option<(u16, String)>| {
+        a.as_ref()
+            .is_some_and(|(s, b)| *s == 500 && b == "app 2.0.0")
+    };
+    let from_good = |a: &&Option<(u16, String)>| {
+        a.as_ref()
+            .is_some_and(|(s, b)| *s == 200 && b == "app 1.0.0")
+    };
+    let other: Vec<_> = answers
+        .iter()
+        .filter(|a| !from_bad(a) && !from_good(a))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "requests failed outside the bad release's own errors: {other:?}"
+    );
+    assert!(answers.iter().filter(from_bad).count() >= 20);
+    assert!(answers.iter().filter(from_good).count() > 0);
     f.engine.shutdown().await;
 }

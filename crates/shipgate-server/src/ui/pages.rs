@@ -158,11 +158,8 @@ pub(crate) fn query_escape(s: &str) -> String {
 }
 
 /// `2026-12-01T19:45:12.123Z` as `2026-12-01 19:45:12`.
-fn short_time(rfc3339: &str) -> String {
-    match rfc3339.parse::<jiff::Timestamp>() {
-        Ok(t) => t.strftime("%Y-%m-%d %H:%M:%S").to_string(),
-        Err(_) => rfc3339.to_owned(),
-    }
+fn short_time(t: &jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 fn release_link(app: &str, version: &str) -> String {
@@ -546,7 +543,7 @@ fn block(state: &AppState, viewer: &Viewer, entry: &HistoryEntry) -> PromotionBl
                     "{verdict} by {} ({}) at {}{comment}",
                     d.actor,
                     d.role,
-                    d.at.strftime("%Y-%m-%d %H:%M:%S")
+                    short_time(&d.at)
                 )
             })
             .collect(),

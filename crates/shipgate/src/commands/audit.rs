@@ -74,7 +74,7 @@ pub(super) async fn audit(
             .map(|e| {
                 vec![
                     e.id.to_string(),
-                    e.at.clone(),
+                    e.at.to_string(),
                     e.actor.clone(),
                     e.kind.to_string(),
                     e.message.clone(),
@@ -134,7 +134,7 @@ pub(super) async fn token(
                             t.name.clone(),
                             t.role.to_string(),
                             scope(t, "all"),
-                            t.created_at.clone(),
+                            t.created_at.to_string(),
                             state,
                         ]
                     })

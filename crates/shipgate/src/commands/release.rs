@@ -119,7 +119,7 @@ pub(super) async fn release_list(
                     r.version.to_string(),
                     format!("sha256:{}", r.digest.short()),
                     r.created_by.clone(),
-                    r.created_at.clone(),
+                    r.created_at.to_string(),
                     dash(r.commit.as_deref()),
                 ]
             })

@@ -72,11 +72,7 @@ pub fn render_status(apps: &[AppStatus]) -> String {
                 traffic(e.traffic.as_ref()),
                 match &e.standby {
                     None => "-".to_owned(),
-                    Some(sb) => format!(
-                        "{} until {}",
-                        sb.version,
-                        sb.until.get(11..19).unwrap_or("?")
-                    ),
+                    Some(sb) => format!("{} until {}", sb.version, sb.until.strftime("%H:%M:%S")),
                 },
                 if progress.is_empty() {
                     "-".into()

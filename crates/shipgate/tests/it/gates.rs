@@ -1,18 +1,12 @@
-//! Gates end to end: approvals, soak, freezes, deploy windows and overrides, watched
-//! verification with automatic rollback, held verifications, HTTP checks and auto-promotion.
-//! The rules' clock-dependent edges (soak ends, windows across daylight saving) are unit-tested
-//! with a fixed clock in `shipgate-core`; here the real server proves they are enforced.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
-use std::time::Duration;
+//! Gates end to end: approvals, soak, freezes, deploy windows and overrides, watches stopped by
+//! a person, held verifications, HTTP checks and auto-promotion. What happens when time passes
+//! (a soak or a watch ends, a window opens) is tested on the engine's controlled clock in
+//! `shipgate-engine`, and the rules' edges (windows across daylight saving) with a fixed clock in
+//! `shipgate-core`; here the real server proves the rules are enforced and shown.
 
 use serde_json::Value;
 
-use crate::helpers::{
-    TestServer, four_envs_with, free_port, http_get, spawn_server, text, wait_for,
-};
+use crate::helpers::{TestServer, four_envs_with, free_port, spawn_server, text, wait_for};
 
 fn state_of(s: &TestServer, env: &str) -> String {
     s.latest(env)["state"].as_str().unwrap().to_owned()
@@ -166,44 +160,6 @@ fn approvals_come_from_distinct_people_never_the_requester() {
 }
 
 #[test]
-fn a_soaking_promotion_proceeds_by_itself_when_the_soak_ends() {
-    let s = spawn_server(&four_envs_with(
-        "",
-        &[("production", "require.soak = \"3s\"")],
-    ));
-    s.register("1.0.0", &[]);
-    s.walk("1.0.0", "staging");
-    let staged: jiff::Timestamp = s.latest("staging")["updated_at"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    s.ok(&["promote", "web@1.0.0", "--to", "production"]);
-    wait_for("the soak to show", || !s.waits("production").is_empty());
-    let waits = s.waits("production");
-    assert_eq!(waits.len(), 1, "{waits:?}");
-    assert!(
-        waits[0].starts_with("soak in staging ends at "),
-        "{waits:?}"
-    );
-    // Nobody acts: the promotion deploys once the soak is over.
-    wait_for("production to be verified", || {
-        state_of(&s, "production") == "succeeded"
-    });
-    let p = s.latest("production");
-    assert_eq!(gate_names(&p)[..2], ["soak", "deploy"]);
-    let deployed: jiff::Timestamp = p["gates"][1]["started_at"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        deployed >= staged + jiff::SignedDuration::from_secs(3),
-        "deployed at {deployed}, verified in staging at {staged}"
-    );
-}
-
-#[test]
 fn freezes_and_deploy_windows_hold_promotions_and_an_admin_override_is_audited() {
     // A daily window that opens two hours from now: closed for the whole test.
     let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
@@ -300,97 +256,10 @@ fn watched(extra: &str) -> String {
 }
 
 #[test]
-fn a_release_over_the_error_rate_is_rolled_back_with_the_figure_that_tripped_it() {
-    let s = spawn_server(&watched(
-        "verify.watch = \"6s\"\nverify.max_error_rate = 0.01\nverify.min_requests = 20\nverify.inconclusive = \"pass\"",
-    ));
-    s.register("1.0.0", &[]);
-    // No traffic yet: too few requests to judge, and `inconclusive = "pass"` accepts it.
-    s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
-    let watch = &s.latest("production")["gates"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(watch["name"], "watch");
-    assert!(
-        watch["output"]
-            .as_str()
-            .unwrap()
-            .contains("verify.inconclusive = \"pass\" accepts it"),
-        "{watch}"
-    );
-
-    // Constant load on the stable address while a broken release goes live and is rolled back.
-    let url = format!("{}/", s.url("production"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let stop = Arc::clone(&stop);
-        thread::spawn(move || {
-            let mut answers: Vec<(u16, String)> = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match http_get(&url, None) {
-                    Some(r) => answers.push((r.status, r.body)),
-                    None => answers.push((0, "no answer".into())),
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-            answers
-        })
-    };
-    s.register("2.0.0", &[("BUG", "")]);
-    let out = s.cli(&["promote", "web@2.0.0", "--to", "production", "--wait"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let answers = load.join().unwrap();
-
-    assert_eq!(s.version("production").as_deref(), Some("1.0.0"));
-    let p = s.latest("production");
-    assert_eq!(p["state"], "failed");
-    let reason = p["reason"].as_str().unwrap();
-    eprintln!("watch rollback reason: {reason}");
-    assert!(reason.starts_with("error rate 1.0000 ("), "{reason}");
-    assert!(
-        reason.ends_with("requests failed) is above verify.max_error_rate 0.01"),
-        "{reason}"
-    );
-    let failed = event_messages(&s, "promotion.failed");
-    assert!(
-        failed
-            .iter()
-            .any(|m| m.contains("is above verify.max_error_rate 0.01")
-                && m.contains("production is back on web@1.0.0")),
-        "{failed:?}"
-    );
-
-    let from_bad = |(status, body): &&(u16, String)| {
-        *status == 500 && body.contains("fixture app 2.0.0: broken")
-    };
-    let from_good =
-        |(status, body): &&(u16, String)| *status == 200 && body.contains("fixture app 1.0.0");
-    let bad_release = answers.iter().filter(from_bad).count();
-    let good = answers.iter().filter(from_good).count();
-    let other: Vec<&(u16, String)> = answers
-        .iter()
-        .filter(|a| !from_bad(a) && !from_good(a))
-        .collect();
-    eprintln!(
-        "watch rollback: {} answers under load, {bad_release} from the bad release, {good} from the good one, 0 others",
-        answers.len()
-    );
-    assert!(
-        other.is_empty(),
-        "requests failed outside the bad release's own errors: {other:?}"
-    );
-    assert!(
-        bad_release >= 20,
-        "the watch saw the bad release's errors: {bad_release}"
-    );
-    assert!(good > 0, "the good release answered before and after");
-
-    // A person may stop a watch that has not tripped yet: the rejection rolls back at once.
+fn a_person_may_stop_a_watch_and_the_rejection_rolls_back_at_once() {
+    // The watch is long: it never ends during the test (its end is judged on the engine's
+    // clock in shipgate-engine's tests); a person ends it first.
+    let s = spawn_server(&watched("verify.watch = \"10m\""));
     s.register("3.0.0", &[]);
     s.ok(&["promote", "web@3.0.0", "--to", "production"]);
     wait_for("3.0.0 to be watched", || {
@@ -421,7 +290,7 @@ fn a_release_over_the_error_rate_is_rolled_back_with_the_figure_that_tripped_it(
             && reason.ends_with(" during the watch: wrong config"),
         "{reason}"
     );
-    assert_eq!(s.version("production").as_deref(), Some("1.0.0"));
+    assert_eq!(s.version("production"), None, "nothing was live before it");
 }
 
 #[test]
