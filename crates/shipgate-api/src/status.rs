@@ -39,6 +39,8 @@ pub struct EnvironmentStatus {
     pub traffic: Option<Traffic>,
     /// What the last drift scan found here (empty: matches its record).
     pub drift: Vec<String>,
+    /// How its instances are confined.
+    pub isolation: IsolationView,
 }
 
 /// The warm standby of an app in an environment.
@@ -65,6 +67,17 @@ pub struct InstanceView {
     pub restarts: u32,
     /// Whether it answers its health check.
     pub healthy: bool,
+    /// How its last crash ended (`exit code 1`, `out of memory (limit 512MiB)`), if it crashed.
+    pub last_crash: Option<String>,
+}
+
+/// How an environment's instances are confined.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct IsolationView {
+    /// Whether they run in a sandbox of the environment's own user.
+    pub sandboxed: bool,
+    /// The sandbox's user and limits, or why there is none.
+    pub detail: String,
 }
 
 /// A promotion with its gates.

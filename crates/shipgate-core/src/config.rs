@@ -42,6 +42,71 @@ pub struct ServerConfig {
     pub max_files: u64,
     /// How often live releases are checked for drift; None: only on demand (`shipgate drift`).
     pub drift_scan: Option<Duration>,
+    /// How instances are confined unless their environment says otherwise.
+    pub isolation: Isolation,
+}
+
+/// `isolation = "auto" | "sandbox" | "none"`: how an environment's instances are confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// In a sandbox where the server can make one (it runs as root with bubblewrap installed);
+    /// otherwise unisolated, and the server says so at start and in `status`.
+    #[default]
+    Auto,
+    /// Always in a sandbox: the server refuses to start where it cannot make one.
+    Sandbox,
+    /// As ordinary child processes of the server's user (a laptop without root).
+    None,
+}
+
+impl Isolation {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "sandbox" => Ok(Self::Sandbox),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "`isolation = \"{other}\"`: write \"auto\", \"sandbox\" or \"none\""
+            )),
+        }
+    }
+
+    /// The word the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Sandbox => "sandbox",
+            Self::None => "none",
+        }
+    }
+}
+
+/// `limits = { memory = "512MiB", cpu = 1.5, pids = 512 }` on an app or an environment; each
+/// one the environment sets wins over the app's.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Limits {
+    /// Memory; over it the kernel kills the instance.
+    pub memory: Option<ByteSize>,
+    /// CPU, in cores.
+    pub cpu: Option<f64>,
+    /// Processes and threads at once.
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.memory.is_some() || self.cpu.is_some() || self.pids.is_some()
+    }
+
+    /// These limits, with `over`'s wherever it sets one.
+    pub fn overridden_by(self, over: Limits) -> Limits {
+        Limits {
+            memory: over.memory.or(self.memory),
+            cpu: over.cpu.or(self.cpu),
+            pids: over.pids.or(self.pids),
+        }
+    }
 }
 
 /// `[apps.NAME]`: one deployable service.
@@ -62,6 +127,8 @@ pub struct AppConfig {
     pub facts: BTreeMap<String, String>,
     /// `[apps.NAME.data]`: where each environment's data lives and how it is masked.
     pub data: Option<DataConfig>,
+    /// Resource limits of each instance (an environment's own win).
+    pub limits: Limits,
 }
 
 /// `[apps.NAME.data]`.
@@ -144,6 +211,10 @@ pub struct EnvironmentConfig {
     pub differs: Vec<String>,
     /// Variables whose values are never shown, besides those whose names look secret.
     pub secrets: Vec<String>,
+    /// How its instances are confined (the server's `isolation` unless set here).
+    pub isolation: Isolation,
+    /// Resource limits of its instances, over the app's.
+    pub limits: Limits,
 }
 
 /// `require.*` of an environment: what a promotion waits on before it deploys.
@@ -301,6 +372,15 @@ struct RawServer {
     max_unpacked_size: Option<Spanned<String>>,
     max_files: Option<Spanned<i64>>,
     drift_scan: Option<Spanned<String>>,
+    isolation: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<Spanned<String>>,
+    cpu: Option<Spanned<f64>>,
+    pids: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -313,6 +393,7 @@ struct RawApp {
     #[serde(default)]
     facts: BTreeMap<String, String>,
     data: Option<Spanned<toml::Table>>,
+    limits: Option<RawLimits>,
 }
 
 #[derive(Deserialize)]
@@ -342,6 +423,8 @@ struct RawEnvironment {
     standby: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
+    isolation: Option<Spanned<String>>,
+    limits: Option<RawLimits>,
 }
 
 #[derive(Deserialize, Default)]
@@ -523,7 +606,55 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         max_unpacked_size: max_unpacked_size.unwrap_or(ByteSize(4 << 30)),
         max_files: max_files.unwrap_or(100_000),
         drift_scan,
+        isolation: raw
+            .isolation
+            .as_ref()
+            .and_then(|i| problems.parse(i, Isolation::parse))
+            .unwrap_or_default(),
     }
+}
+
+/// Checks `limits = { ... }`; a value out of range is a problem at its position.
+fn limits(raw: Option<&RawLimits>, problems: &mut Problems) -> Limits {
+    let Some(raw) = raw else {
+        return Limits::default();
+    };
+    let memory = raw.memory.as_ref().and_then(|m| {
+        let size = problems.parse(m, ByteSize::parse)?;
+        if size.0 < 4 << 20 {
+            problems.add(
+                m.span(),
+                format!("`limits.memory = \"{}\"` is too small to start a process", m.get_ref()),
+                "give at least 4MiB, for example limits.memory = \"512MiB\"".to_owned(),
+            );
+            return None;
+        }
+        Some(size)
+    });
+    let cpu = raw.cpu.as_ref().and_then(|c| {
+        let cores = *c.get_ref();
+        if !(cores.is_finite() && (0.01..=1024.0).contains(&cores)) {
+            problems.add(
+                c.span(),
+                format!("`limits.cpu = {cores}` is not a number of cores between 0.01 and 1024"),
+                "write the cores' worth of CPU time an instance may use, for example limits.cpu = 1.5".to_owned(),
+            );
+            return None;
+        }
+        Some(cores)
+    });
+    let pids = raw.pids.as_ref().and_then(|p| {
+        let n = u64::try_from(*p.get_ref()).ok().filter(|n| *n >= 8);
+        if n.is_none() {
+            problems.add(
+                p.span(),
+                format!("`limits.pids = {}` leaves no room for the app's own processes and threads", p.get_ref()),
+                "give at least 8, for example limits.pids = 512".to_owned(),
+            );
+        }
+        n
+    });
+    Limits { memory, cpu, pids }
 }
 
 /// Parses a size that a limit is set to: zero would refuse everything.
@@ -666,6 +797,7 @@ fn apps(
                     .as_ref()
                     .and_then(|d| data_config(d, base_dir, problems)),
                 facts: app.facts,
+                limits: limits(app.limits.as_ref(), problems),
                 health,
                 health_timeout: health_timeout
                     .unwrap_or(Duration::from_std(std::time::Duration::from_secs(30))),
@@ -825,6 +957,12 @@ fn environments(
                 mirrors,
                 differs: env.differs.iter().map(|d| d.get_ref().clone()).collect(),
                 secrets: env.secrets.clone(),
+                isolation: env
+                    .isolation
+                    .as_ref()
+                    .and_then(|i| problems.parse(i, Isolation::parse))
+                    .unwrap_or(server.isolation),
+                limits: limits(env.limits.as_ref(), problems),
             });
         }
     }

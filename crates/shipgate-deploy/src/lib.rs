@@ -6,8 +6,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cgroup;
 mod log_file;
 mod process;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,6 +17,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+pub use cgroup::{Hierarchy, Limits};
+pub use sandbox::Sandbox;
 pub use shipgate_core::InstanceId;
 
 pub use log_file::tail_lines;
@@ -73,6 +77,8 @@ pub struct StartInstance {
     pub port: Option<u16>,
     /// When to stop restarting a crashing instance.
     pub crash_loop: CrashLoopPolicy,
+    /// How it is confined; `None`: an ordinary child process of the driver's own user.
+    pub sandbox: Option<Sandbox>,
 }
 
 /// More than `crashes` crashes within `within` and the driver stops restarting an instance
@@ -133,6 +139,8 @@ pub struct InstanceStatus {
     pub restarts: u32,
     /// Whether the current process passed its health check and has not exited since.
     pub healthy: bool,
+    /// How the last crash ended, if it crashed (`out of memory (limit 512MiB)`, `signal 9`).
+    pub last_crash: Option<String>,
 }
 
 /// Something that happened to a running instance without anyone asking.
@@ -215,6 +223,14 @@ pub enum DriverError {
     Stopped {
         /// The instance that was started.
         instance_id: InstanceId,
+    },
+    /// Its sandbox could not be prepared (user, data directory, cgroup); nothing was started.
+    #[error("could not prepare the sandbox of instance {instance_id}: {reason}")]
+    Sandbox {
+        /// The instance that was started.
+        instance_id: InstanceId,
+        /// What failed.
+        reason: String,
     },
     /// Some other I/O failed.
     #[error("{context}: {source}")]

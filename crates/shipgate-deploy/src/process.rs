@@ -15,7 +15,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
+use crate::cgroup::{Cgroup, Hierarchy};
 use crate::log_file::{error_tail, open_append, write_marker};
+use crate::sandbox::{self, Account, Sandbox};
 use crate::{
     Driver, DriverError, DriverEvent, InstanceId, InstanceStarted, InstanceStatus, StartInstance,
     StopInstance,
@@ -41,7 +43,22 @@ struct Shared {
     instances: Mutex<HashMap<InstanceId, Arc<Instance>>>,
     events: broadcast::Sender<DriverEvent>,
     http: reqwest::Client,
+    /// Where limits are enforced, or why they cannot be.
+    cgroups: Result<Hierarchy, String>,
 }
+
+/// A sandboxed instance's account, data directory and cgroup, made once for all its starts.
+struct Confined {
+    account: Account,
+    sandbox: Sandbox,
+    cgroup: Option<Cgroup>,
+}
+
+/// Run as root before the sandbox: writes 0 (itself) to each `cgroup.procs` file given before
+/// `--`, then becomes the command after it, so the sandbox and all it starts are in the cgroup
+/// from its first instruction.
+const JOIN_CGROUP: &str =
+    r#"while [ "$1" != -- ]; do echo 0 > "$1" || exit 125; shift; done; shift; exec "$@""#;
 
 /// One instance, from its first start until it is stopped, fails to start, or is given up.
 struct Instance {
@@ -64,12 +81,13 @@ enum Phase {
     Finished,
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Live {
     /// `None` until the first process is spawned.
     pid: Option<u32>,
     restarts: u32,
     healthy: bool,
+    last_crash: Option<String>,
 }
 
 /// Where the caller that created an instance learns how its first start went.
@@ -80,6 +98,8 @@ struct Healthy {
     child: Child,
     pid: u32,
     ready_after: Duration,
+    /// Its cgroup's OOM kills before it started.
+    oom_before: u64,
 }
 
 impl ProcessDriver {
@@ -96,6 +116,7 @@ impl ProcessDriver {
                 instances: Mutex::new(HashMap::new()),
                 events,
                 http,
+                cgroups: Hierarchy::detect(),
             }),
         }
     }
@@ -166,6 +187,7 @@ impl Driver for ProcessDriver {
             port: inst.port,
             restarts: live.restarts,
             healthy: live.healthy,
+            last_crash: live.last_crash,
         })
     }
 
@@ -222,7 +244,19 @@ impl Shared {
         inst: Arc<Instance>,
         outcome: oneshot::Sender<Result<InstanceStarted, DriverError>>,
     ) {
-        match self.launch(&inst).await {
+        let confined = match self.confine(&inst.req) {
+            Ok(confined) => confined,
+            Err(reason) => {
+                self.forget(&inst);
+                let _ = outcome.send(Err(DriverError::Sandbox {
+                    instance_id: inst.req.instance_id.clone(),
+                    reason,
+                }));
+                return;
+            }
+        };
+        let confined = confined.as_ref();
+        match self.launch(&inst, confined).await {
             Ok(first) => {
                 let started = InstanceStarted {
                     instance_id: inst.req.instance_id.clone(),
@@ -234,7 +268,7 @@ impl Shared {
                 inst.phase.send_replace(Phase::Running(started.clone()));
                 // The caller may have gone away; the instance runs on regardless.
                 let _ = outcome.send(Ok(started));
-                self.supervise(&inst, first).await;
+                self.supervise(&inst, first, confined).await;
                 self.forget(&inst);
             }
             Err(err) => {
@@ -243,6 +277,35 @@ impl Shared {
                 let _ = outcome.send(Err(err));
             }
         }
+        if let Some(cgroup) = confined.and_then(|c| c.cgroup.as_ref()) {
+            cgroup.remove();
+        }
+    }
+
+    /// Makes what the sandbox of `req` needs: its user, its data directory and its cgroup.
+    fn confine(&self, req: &StartInstance) -> Result<Option<Confined>, String> {
+        let Some(sandbox) = &req.sandbox else {
+            return Ok(None);
+        };
+        let account = sandbox::ensure_user(&sandbox.user)?;
+        sandbox::prepare_data_dir(&sandbox.data_dir, account)?;
+        let cgroup = if sandbox.limits.any() {
+            let hierarchy = self.cgroups.as_ref().map_err(|why| {
+                format!("its limits cannot be enforced: {why}")
+            })?;
+            Some(
+                hierarchy
+                    .create(req.instance_id.as_str(), &sandbox.limits)
+                    .map_err(|e| format!("could not make its cgroup: {e}"))?,
+            )
+        } else {
+            None
+        };
+        Ok(Some(Confined {
+            account,
+            sandbox: sandbox.clone(),
+            cgroup,
+        }))
     }
 
     fn forget(&self, inst: &Arc<Instance>) {
@@ -259,7 +322,11 @@ impl Shared {
 
     /// Spawns the instance's process and waits until it answers its health check. On any
     /// failure no process of it is left running.
-    async fn launch(&self, inst: &Instance) -> Result<Healthy, DriverError> {
+    async fn launch(
+        &self,
+        inst: &Instance,
+        confined: Option<&Confined>,
+    ) -> Result<Healthy, DriverError> {
         let req = &inst.req;
         let id = &req.instance_id;
         let command = expand(&req.command, inst.port, &req.template_vars);
@@ -274,10 +341,25 @@ impl Shared {
             })
         };
         let port = inst.port.to_string();
+        let oom_before = oom_kills(confined);
         let spawned_at = Instant::now();
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&command)
+        let mut process = Command::new("sh");
+        match confined {
+            None => process.arg("-c").arg(&command),
+            Some(c) => process
+                .arg("-c")
+                .arg(JOIN_CGROUP)
+                .arg("sh")
+                .args(c.cgroup.iter().flat_map(Cgroup::procs_files))
+                .args(["--", "bwrap"])
+                .args(sandbox::command_line(
+                    &req.release_dir,
+                    &c.sandbox.data_dir,
+                    c.account,
+                    &command,
+                )),
+        };
+        let mut child = process
             .current_dir(&req.release_dir)
             .envs(&req.env)
             .env("PORT", &port)
@@ -331,7 +413,7 @@ impl Shared {
                     signal_group(pid, Signal::SIGKILL);
                     return Err(DriverError::ExitedEarly {
                         instance_id: id.clone(),
-                        exit: describe_wait(status),
+                        exit: describe_end(status, confined, oom_before),
                         log_tail: error_tail(&req.log_path),
                     });
                 }
@@ -357,15 +439,16 @@ impl Shared {
             child,
             pid,
             ready_after: spawned_at.elapsed(),
+            oom_before,
         })
     }
 
     /// Waits on the running process until a stop is asked; restarts it after each crash
     /// until the crash window overflows.
-    async fn supervise(&self, inst: &Instance, first: Healthy) {
+    async fn supervise(&self, inst: &Instance, first: Healthy, confined: Option<&Confined>) {
         let id = &inst.req.instance_id;
         let mut stop = inst.stop.subscribe();
-        let (mut child, mut pid) = (first.child, first.pid);
+        let (mut child, mut pid, mut oom_before) = (first.child, first.pid, first.oom_before);
         let mut crashes: VecDeque<Instant> = VecDeque::new();
         let mut backoff = FIRST_BACKOFF;
         let mut healthy_since = Instant::now();
@@ -384,7 +467,8 @@ impl Shared {
             if healthy_since.elapsed() >= policy.within {
                 backoff = FIRST_BACKOFF;
             }
-            let mut exit = describe_wait(status);
+            let mut exit = describe_end(status, confined, oom_before);
+            inst.update_live(|live| live.last_crash = Some(exit.clone()));
             // Retry until one start becomes healthy, a stop is asked, or the window overflows.
             loop {
                 let now = Instant::now();
@@ -416,9 +500,10 @@ impl Shared {
                     () = sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-                match self.launch(inst).await {
+                match self.launch(inst, confined).await {
                     Ok(restarted) => {
-                        (child, pid) = (restarted.child, restarted.pid);
+                        (child, pid, oom_before) =
+                            (restarted.child, restarted.pid, restarted.oom_before);
                         healthy_since = Instant::now();
                         inst.update_live(|live| live.restarts += 1);
                         inst.phase.send_modify(|phase| {
@@ -615,6 +700,28 @@ fn expand(template: &str, port: u16, vars: &BTreeMap<String, String>) -> String 
     }
     out.push_str(rest);
     out
+}
+
+/// How a process ended; `out of memory (limit 512MiB)` when the kernel killed it for its cgroup's
+/// memory limit (more OOM kills than the `before` counted when it started).
+fn describe_end(
+    status: std::io::Result<ExitStatus>,
+    confined: Option<&Confined>,
+    before: u64,
+) -> String {
+    if let Some(c) = confined
+        && let (Some(cgroup), Some(limit)) = (&c.cgroup, c.sandbox.limits.memory)
+        && cgroup.oom_kills() > before
+    {
+        return format!("out of memory (limit {})", crate::cgroup::bytes_text(limit));
+    }
+    describe_wait(status)
+}
+
+fn oom_kills(confined: Option<&Confined>) -> u64 {
+    confined
+        .and_then(|c| c.cgroup.as_ref())
+        .map_or(0, Cgroup::oom_kills)
 }
 
 fn describe_wait(status: std::io::Result<ExitStatus>) -> String {

@@ -55,6 +55,9 @@ pub enum EngineError {
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The config asks for an isolation this machine cannot give.
+    #[error("{0}")]
+    CannotIsolate(String),
     /// A router could not listen.
     #[error(transparent)]
     Proxy(#[from] shipgate_proxy::ProxyError),

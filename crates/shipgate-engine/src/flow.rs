@@ -449,6 +449,10 @@ impl Engine {
             ("VERSION".to_owned(), version.to_string()),
             ("DIGEST".to_owned(), digest.to_owned()),
             ("URL".to_owned(), url),
+            (
+                "DATA_DIR".to_owned(),
+                self.app_data_dir(app, env).display().to_string(),
+            ),
         ])
     }
 
@@ -503,6 +507,14 @@ impl Engine {
         let id = InstanceId::instance(&p.app, &p.env, p.id, self.boot, attempt);
         let log_path = self.log_path(slot, &id);
         let vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str());
+        let sandbox = self.sandbox_for(&p.app, &p.env);
+        if sandbox.is_none() {
+            // Unisolated: the server makes the data dir (a sandbox's own is made by the driver).
+            let dir = self.app_data_dir(&p.app, &p.env);
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                format!("could not make the data directory {}: {e}", dir.display())
+            })?;
+        }
         let req = StartInstance {
             instance_id: id.clone(),
             release_dir: self.artifacts.release_dir(&p.digest),
@@ -517,6 +529,7 @@ impl Engine {
                 crashes: app.crash_loop.crashes,
                 within: app.crash_loop.within.as_std(),
             },
+            sandbox,
         };
         // Recorded before it is spawned, so a server killed during the health wait finds it
         // (by its SHIPGATE_INSTANCE marker) and stops it after the restart.

@@ -13,6 +13,7 @@ mod drift;
 mod error;
 pub mod flow;
 mod gates;
+mod isolation;
 mod parity;
 mod reconcile;
 mod report;
@@ -86,6 +87,8 @@ pub struct Engine {
     boot: i64,
     /// True from the start until every recorded live release has been started again.
     restoring: std::sync::atomic::AtomicBool,
+    /// How each environment's instances are confined.
+    isolation: HashMap<EnvName, isolation::Confinement>,
 }
 
 /// Locks a std mutex, taking over from a panicked holder: the maps it guards stay valid.
@@ -104,6 +107,14 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Engine>, EngineError> {
         let artifacts = ArtifactStore::open(&config.server.data_dir)?;
+        let isolation = isolation::decide(
+            &config,
+            shipgate_deploy::sandbox::unavailable(),
+            isolation::cgroups(),
+        )?;
+        for said in isolation::warnings(&config, &isolation) {
+            tracing::warn!("{said}");
+        }
         let mut routers = HashMap::new();
         for env in &config.environments {
             let router = Router::bind(env.listen, env.name.as_str()).await?;
@@ -128,6 +139,7 @@ impl Engine {
             drift: Mutex::default(),
             boot: jiff::Timestamp::now().as_millisecond(),
             restoring: std::sync::atomic::AtomicBool::new(true),
+            isolation,
         });
         engine.record_driver_events();
         engine.sample_traffic();

@@ -69,6 +69,7 @@ impl Engine {
                         port: s.port,
                         restarts: s.restarts,
                         healthy: s.healthy,
+                        last_crash: s.last_crash,
                     }),
                     None => None,
                 };
@@ -104,6 +105,7 @@ impl Engine {
                     }),
                     unhealthy: crate::locked(&self.unhealthy).get(&slot).cloned(),
                     drift: self.drift_of_slot(&a.name, &e.name),
+                    isolation: self.isolation_view(&a.name, &e.name),
                     traffic: traffic
                         .get(&e.name)
                         .and_then(|t| t.get(a.name.as_str()))

@@ -35,6 +35,7 @@ fn request(dir: &TempDir, instance_id: &str, command: &str) -> StartInstance {
         log_path: dir.path().join("logs").join(format!("{instance_id}.log")),
         port: None,
         crash_loop: shipgate_deploy::CrashLoopPolicy::default(),
+        sandbox: None,
     }
 }
 

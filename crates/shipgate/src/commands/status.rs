@@ -46,8 +46,18 @@ fn health(e: &EnvironmentStatus) -> String {
     match (&e.instance, &e.live) {
         (None, None) => "-".to_owned(),
         (None, Some(_)) => "down".to_owned(),
-        (Some(i), _) if i.healthy => format!("healthy (pid {}, restarts {})", i.pid, i.restarts),
-        (Some(i), _) => format!("unhealthy (restarts {})", i.restarts),
+        (Some(i), _) => {
+            let crash = i
+                .last_crash
+                .as_ref()
+                .map(|c| format!("; last crash: {c}"))
+                .unwrap_or_default();
+            if i.healthy {
+                format!("healthy (pid {}, restarts {}{crash})", i.pid, i.restarts)
+            } else {
+                format!("unhealthy (restarts {}{crash})", i.restarts)
+            }
+        }
     }
 }
 
@@ -79,6 +89,11 @@ pub fn render_status(apps: &[AppStatus]) -> String {
                 } else {
                     progress.join(", ")
                 },
+                if e.isolation.sandboxed {
+                    "sandbox".into()
+                } else {
+                    "NONE".into()
+                },
             ]);
         }
     }
@@ -92,11 +107,27 @@ pub fn render_status(apps: &[AppStatus]) -> String {
             "TRAFFIC (1 MIN)",
             "STANDBY",
             "IN PROGRESS",
+            "ISOLATION",
         ],
         &rows,
     );
+    text.push_str(&render_isolation(apps));
     text.push_str(&render_waits(apps));
     text
+}
+
+/// One line per environment and app on how it is confined, below the status table.
+fn render_isolation(apps: &[AppStatus]) -> String {
+    let mut lines = String::new();
+    for a in apps {
+        for e in &a.environments {
+            lines.push_str(&format!("  {} in {}: {}\n", a.app, e.env, e.isolation.detail));
+        }
+    }
+    if lines.is_empty() {
+        return lines;
+    }
+    format!("\nisolation:\n{lines}")
 }
 
 /// What each waiting promotion waits on, and the freezes in force, below the status table.

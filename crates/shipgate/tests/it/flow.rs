@@ -180,8 +180,7 @@ fn an_instance_that_never_becomes_healthy_fails_with_its_last_log_lines() {
     s.register("1.0.0", &[]);
     s.walk("1.0.0", "development");
     // The gate file never appears, so 2.0.0 never listens.
-    let never = s.dir.path().join("never");
-    let digest = s.register("2.0.0", &[("SLOW", never.to_str().unwrap())]);
+    let digest = s.register("2.0.0", &[("SLOW", "never")]);
     let release_dir = digest.trim_start_matches("sha256:").to_owned();
 
     let failed = s.refused(&["promote", "web@2.0.0", "--to", "development", "--wait"]);

@@ -320,9 +320,10 @@ fn defect_4_a_heal_touches_only_its_own_environment() {
 #[test]
 fn defect_9_the_api_answers_at_once_while_a_slow_instance_starts() {
     let mut s = spawn_server(&four_envs(""));
-    let gate = s.dir.path().join("let-it-listen");
+    let gate = s.app_data("development").join("let-it-listen");
+    std::fs::create_dir_all(gate.parent().unwrap()).unwrap();
     std::fs::write(&gate, "").unwrap();
-    s.register("1.0.0", &[("SLOW", gate.to_str().unwrap())]);
+    s.register("1.0.0", &[("SLOW", "let-it-listen")]);
     s.walk("1.0.0", "development");
     assert!(s.terminate().success());
 

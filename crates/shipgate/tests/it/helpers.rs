@@ -380,6 +380,12 @@ impl TestServer {
             .map(|r| r.body.trim().to_owned())
     }
 
+    /// The data folder (`${DATA_DIR}`) of web in `env`: the one folder its instances and the
+    /// test both see, sandboxed or not.
+    pub fn app_data(&self, env: &str) -> PathBuf {
+        self.data_dir().join("data").join(env).join("web")
+    }
+
     /// A release folder of the fixture app with its VERSION and `extra` files (BUG, SLOW, ...).
     pub fn app_release(&self, version: &str, extra: &[(&str, &str)]) -> PathBuf {
         let names: String = extra.iter().map(|(name, _)| format!("-{name}")).collect();

@@ -10,6 +10,7 @@ mod data;
 mod flow;
 mod gates;
 mod hardening;
+mod isolation;
 mod helpers;
 mod parity;
 mod restart;

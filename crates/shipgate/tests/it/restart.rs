@@ -16,8 +16,8 @@ fn killed_during_a_deploy_and_restarted() -> (TestServer, PathBuf, PathBuf) {
     let mut s = spawn_server(&four_envs(""));
     s.register("1.0.0", &[]);
     s.walk("1.0.0", "staging");
-    let gate = s.dir.path().join("let-2.0.0-listen");
-    let digest = s.register("2.0.0", &[("SLOW", gate.to_str().unwrap())]);
+    let gate = s.app_data("development").join("let-2.0.0-listen");
+    let digest = s.register("2.0.0", &[("SLOW", "let-2.0.0-listen")]);
     let slow_release = s
         .data_dir()
         .join("releases")

@@ -119,8 +119,8 @@ fn a_crashed_live_instance_is_restarted_and_recorded() {
 #[test]
 fn a_newer_request_supersedes_a_pending_one() {
     let s = spawn_server(&four_envs(""));
-    let gate = s.dir.path().join("let-1.0.0-listen");
-    s.register("1.0.0", &[("SLOW", gate.to_str().unwrap())]);
+    let gate = s.app_data("development").join("let-1.0.0-listen");
+    s.register("1.0.0", &[("SLOW", "let-1.0.0-listen")]);
     s.register("1.1.0", &[]);
     s.register("1.2.0", &[]);
 
