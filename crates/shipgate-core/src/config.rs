@@ -624,7 +624,10 @@ fn limits(raw: Option<&RawLimits>, problems: &mut Problems) -> Limits {
         if size.0 < 4 << 20 {
             problems.add(
                 m.span(),
-                format!("`limits.memory = \"{}\"` is too small to start a process", m.get_ref()),
+                format!(
+                    "`limits.memory = \"{}\"` is too small to start a process",
+                    m.get_ref()
+                ),
                 "give at least 4MiB, for example limits.memory = \"512MiB\"".to_owned(),
             );
             return None;
@@ -648,7 +651,10 @@ fn limits(raw: Option<&RawLimits>, problems: &mut Problems) -> Limits {
         if n.is_none() {
             problems.add(
                 p.span(),
-                format!("`limits.pids = {}` leaves no room for the app's own processes and threads", p.get_ref()),
+                format!(
+                    "`limits.pids = {}` leaves no room for the app's own processes and threads",
+                    p.get_ref()
+                ),
                 "give at least 8, for example limits.pids = 512".to_owned(),
             );
         }

@@ -16,9 +16,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 pub use cgroup::{Hierarchy, Limits};
 pub use sandbox::Sandbox;
+use serde::{Deserialize, Serialize};
 pub use shipgate_core::InstanceId;
 
 pub use log_file::tail_lines;

@@ -180,7 +180,7 @@ impl Driver for ProcessDriver {
 
     async fn status(&self, instance_id: &InstanceId) -> Option<InstanceStatus> {
         let inst = self.shared.instance(instance_id)?;
-        let live = *lock(&inst.live);
+        let live = lock(&inst.live).clone();
         Some(InstanceStatus {
             instance_id: instance_id.clone(),
             pid: live.pid?,
@@ -290,9 +290,10 @@ impl Shared {
         let account = sandbox::ensure_user(&sandbox.user)?;
         sandbox::prepare_data_dir(&sandbox.data_dir, account)?;
         let cgroup = if sandbox.limits.any() {
-            let hierarchy = self.cgroups.as_ref().map_err(|why| {
-                format!("its limits cannot be enforced: {why}")
-            })?;
+            let hierarchy = self
+                .cgroups
+                .as_ref()
+                .map_err(|why| format!("its limits cannot be enforced: {why}"))?;
             Some(
                 hierarchy
                     .create(req.instance_id.as_str(), &sandbox.limits)

@@ -511,9 +511,8 @@ impl Engine {
         if sandbox.is_none() {
             // Unisolated: the server makes the data dir (a sandbox's own is made by the driver).
             let dir = self.app_data_dir(&p.app, &p.env);
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                format!("could not make the data directory {}: {e}", dir.display())
-            })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("could not make the data directory {}: {e}", dir.display()))?;
         }
         let req = StartInstance {
             instance_id: id.clone(),

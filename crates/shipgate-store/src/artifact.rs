@@ -677,23 +677,31 @@ fn normalized(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Makes a release folder read-only for everyone. Its top folder (made 0700 as a temp dir) is
+/// made 0555, so that the environments' own users, whose sandboxes see it, may enter it.
 fn make_read_only(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    make_entries_read_only(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o555))
+}
+
+fn make_entries_read_only(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let ty = entry.file_type()?;
         if ty.is_dir() {
-            make_read_only(&entry.path())?;
-        }
-        if !ty.is_symlink() {
+            make_entries_read_only(&entry.path())?;
+            let mut perm = entry.metadata()?.permissions();
+            perm.set_mode(perm.mode() & 0o555);
+            fs::set_permissions(entry.path(), perm)?;
+        } else if !ty.is_symlink() {
             let mut perm = entry.metadata()?.permissions();
             perm.set_mode(perm.mode() & 0o555);
             fs::set_permissions(entry.path(), perm)?;
         }
     }
-    let mut perm = fs::metadata(dir)?.permissions();
-    perm.set_mode(perm.mode() & 0o555);
-    fs::set_permissions(dir, perm)
+    Ok(())
 }
 
 #[cfg(test)]

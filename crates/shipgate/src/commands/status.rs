@@ -121,7 +121,10 @@ fn render_isolation(apps: &[AppStatus]) -> String {
     let mut lines = String::new();
     for a in apps {
         for e in &a.environments {
-            lines.push_str(&format!("  {} in {}: {}\n", a.app, e.env, e.isolation.detail));
+            lines.push_str(&format!(
+                "  {} in {}: {}\n",
+                a.app, e.env, e.isolation.detail
+            ));
         }
     }
     if lines.is_empty() {

@@ -201,17 +201,14 @@ fn an_instance_that_never_becomes_healthy_fails_with_its_last_log_lines() {
 
 #[test]
 fn an_instance_whose_port_was_taken_before_it_bound_it_is_started_again() {
-    let marker = tempfile::tempdir().unwrap();
-    let once = marker.path().join("failed-once");
+    // The marker is in ${DATA_DIR}, the one folder a sandboxed instance may write.
     let config = crate::helpers::four_envs("")
         .replace(
             "run = \"python3 server.py --port ${PORT}\"",
-            &format!(
-                "run = \"if [ ! -e {0} ]; then touch {0}; echo 'OSError: [Errno 98] Address already in use' >&2; exit 1; fi; exec python3 server.py --port ${{PORT}}\"",
-                once.display()
-            ),
+            "run = \"if [ ! -e ${DATA_DIR}/failed-once ]; then touch ${DATA_DIR}/failed-once; echo 'OSError: [Errno 98] Address already in use' >&2; exit 1; fi; exec python3 server.py --port ${PORT}\"",
         );
     let s = crate::helpers::spawn_server(&config);
+    let once = s.app_data("development").join("failed-once");
     s.register("1.0.0", &[]);
     s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
     assert!(once.exists(), "the first start failed as arranged");

@@ -1,0 +1,186 @@
+//! Every instance in a sandbox: probed from inside a staging instance, which must not see
+//! production's variables, release or data, nor shipgate's own data dir, and whose memory and
+//! process limits are enforced by the cgroup hierarchy this machine offers (v1 or v2).
+
+use std::fs;
+use std::path::Path;
+
+use crate::helpers::{env_status, free_port, spawn_server, wait_for};
+
+const PROBE_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/probe");
+const PRODUCTION_SECRET: &str = "prod-secret-9f2c";
+
+/// Root is needed to switch users and make namespaces and cgroups. Without it the test cannot
+/// check anything, so it fails, unless SHIPGATE_SKIP_ROOT_TESTS=1 says to skip it.
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SHIPGATE_SKIP_ROOT_TESTS").is_some(),
+        "{test} needs root (it makes users, namespaces and cgroups): run it as root, or set \
+         SHIPGATE_SKIP_ROOT_TESTS=1 to skip it"
+    );
+    eprintln!("SKIPPED {test}: not root (SHIPGATE_SKIP_ROOT_TESTS is set)");
+    false
+}
+
+fn config() -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"data\"\n\n\
+         [apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n\
+         crash_loop = {{ crashes = 20, within = \"1m\" }}\n\n\
+         [environments.staging]\nlisten = \"127.0.0.1:{}\"\n\
+         limits = {{ memory = \"64MiB\", pids = 48 }}\nvars.DB_PASSWORD = \"staging-pw\"\n\n\
+         [environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:{}\"\n\
+         vars.DB_PASSWORD = \"{PRODUCTION_SECRET}\"\n",
+        free_port(),
+        free_port(),
+        free_port()
+    )
+}
+
+fn uid_of(user: &str) -> u32 {
+    nix::unistd::User::from_name(user)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no user {user}"))
+        .uid
+        .as_raw()
+}
+
+#[test]
+fn a_staging_instance_sees_nothing_of_production_or_shipgate_and_is_held_to_its_limits() {
+    if !root_or_skip("isolation") {
+        return;
+    }
+    let s = spawn_server(&config());
+    let src = s.dir.path().join("probe");
+    fs::create_dir_all(&src).unwrap();
+    fs::copy(
+        Path::new(PROBE_APP).join("server.py"),
+        src.join("server.py"),
+    )
+    .unwrap();
+    s.ok(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "1.0.0",
+        "--artifact",
+        src.to_str().unwrap(),
+    ]);
+    s.ok(&["promote", "web@1.0.0", "--to", "staging", "--wait"]);
+    s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+
+    let status = s.json(&["status", "web"]);
+    let staging = env_status(&status, "staging");
+    let production = env_status(&status, "production");
+    assert_eq!(staging["isolation"]["sandboxed"], true, "{staging}");
+    let detail = staging["isolation"]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("sandbox as user sg-staging, memory 64MiB, pids 48 (cgroup v"),
+        "{detail}"
+    );
+    eprintln!("staging isolation: {detail}");
+    let text = s.ok(&["status", "web"]);
+    assert!(
+        text.contains("web in production: sandbox as user sg-production, no limits"),
+        "{text}"
+    );
+
+    let probe = |query: &str| -> String {
+        let reply = s
+            .get(&format!("{}/{query}", s.url("staging")))
+            .unwrap_or_else(|| panic!("staging did not answer /{query}"));
+        reply.body.trim().to_owned()
+    };
+    // It runs as staging's own user, not as root.
+    assert!(
+        probe("whoami").starts_with(&format!("uid {} ", uid_of("sg-staging"))),
+        "{}",
+        probe("whoami")
+    );
+
+    // Production's variables: present in its process, invisible from staging.
+    let production_pid = production["instance"]["pid"].as_u64().unwrap();
+    let environ = fs::read(format!("/proc/{production_pid}/environ")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&environ).contains(PRODUCTION_SECRET),
+        "the production process holds the secret the probe looks for"
+    );
+    assert_eq!(
+        probe(&format!("environ?needle={PRODUCTION_SECRET}")),
+        "0 processes hold it"
+    );
+    assert!(probe(&format!("read?path=/proc/{production_pid}/environ")).starts_with("refused"));
+
+    // shipgate's data dir: the admin token, the database, production's data.
+    let data = s.data_dir();
+    for hidden in [
+        data.join("admin.token"),
+        data.join("shipgate.db"),
+        s.app_data("production"),
+        data.join("logs"),
+    ] {
+        let answer = probe(&format!("read?path={}", hidden.display()));
+        assert!(
+            answer.starts_with("refused"),
+            "{}: {answer}",
+            hidden.display()
+        );
+    }
+    let releases = fs::read_dir(data.join("releases")).unwrap().count();
+    assert!(releases >= 1);
+
+    // Writable: its own data dir and a private /tmp. Not: its release, the system.
+    let release_dir = staging["live"]["digest"]
+        .as_str()
+        .map(|d| data.join("releases").join(d.trim_start_matches("sha256:")))
+        .unwrap();
+    let own = s.app_data("staging").join("kept");
+    assert_eq!(probe(&format!("write?path={}", own.display())), "written");
+    assert!(
+        own.exists(),
+        "the data dir is the real folder, kept across releases"
+    );
+    assert!(probe(&format!("write?path={}/x", release_dir.display())).starts_with("refused"));
+    assert!(probe("write?path=/usr/x").starts_with("refused"));
+    let marker = format!("shipgate-isolation-{}", std::process::id());
+    assert_eq!(probe(&format!("write?path=/tmp/{marker}")), "written");
+    assert!(
+        !Path::new("/tmp").join(&marker).exists(),
+        "its /tmp is its own"
+    );
+
+    // A fork bomb stops at the pids limit, and the instance keeps serving.
+    let forked = probe("fork?n=200");
+    let started: u32 = forked
+        .strip_prefix("started ")
+        .and_then(|r| r.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{forked}"));
+    assert!(started < 48, "{forked}");
+    assert!(!forked.ends_with("refused: none"), "{forked}");
+    assert_eq!(probe("healthz"), "ok");
+
+    // A memory hog over its limit is killed, recorded as such, and restarted.
+    let _ = s.get(&format!("{}/hog?mb=200", s.url("staging")));
+    wait_for("the hog to be killed and restarted", || {
+        let staging = env_status(&s.json(&["status", "web"]), "staging");
+        staging["instance"]["restarts"].as_u64().unwrap_or(0) >= 1
+            && staging["instance"]["healthy"] == true
+    });
+    let staging = env_status(&s.json(&["status", "web"]), "staging");
+    assert_eq!(
+        staging["instance"]["last_crash"], "out of memory (limit 64MiB)",
+        "{staging}"
+    );
+    let crashed = s.ok(&["audit", "--env", "staging"]);
+    assert!(crashed.contains("out of memory (limit 64MiB)"), "{crashed}");
+    let text = s.ok(&["status", "web"]);
+    assert!(
+        text.contains("last crash: out of memory (limit 64MiB)"),
+        "{text}"
+    );
+}
