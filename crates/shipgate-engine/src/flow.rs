@@ -423,7 +423,7 @@ impl Engine {
     }
 
     /// What replaces the secret values of `env` in any text stored or shown.
-    pub(crate) fn redactor(&self, env: &EnvName) -> shipgate_core::secret::Redactor {
+    pub fn redactor(&self, env: &EnvName) -> shipgate_core::secret::Redactor {
         self.config
             .environment(env)
             .map(shipgate_core::secret::Redactor::of)

@@ -524,6 +524,8 @@ async fn logs(
     };
     let lines = within("lines", q.lines.unwrap_or(100), 1, 100_000)?;
     let read = tokio::task::spawn_blocking(move || read_log(&path, q.offset, lines as usize)).await;
+    // What an app prints of its own secrets is not shown to every viewer.
+    let redactor = state.engine.redactor(&env);
     let (text, offset) = read
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
         .map_err(|e| {
@@ -533,7 +535,10 @@ async fn logs(
                 e.to_string(),
             )
         })?;
-    Ok(Json(LogChunk { text, offset }))
+    Ok(Json(LogChunk {
+        text: redactor.redact(&text),
+        offset,
+    }))
 }
 
 /// Reads a log from `offset` to its end (at most 1 MiB), or its last `lines` lines.

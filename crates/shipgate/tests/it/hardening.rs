@@ -360,10 +360,22 @@ fn defect_5_secret_values_are_replaced_before_they_are_stored_or_shown() {
     .replace(
         "health = \"/healthz\"\n",
         "health = \"/healthz\"\nfacts = { pw = \"printenv DB_PASSWORD\" }\n",
+    )
+    .replace(
+        "run = \"python3 server.py",
+        "run = \"echo connecting with $DB_PASSWORD; exec python3 server.py",
     );
     let s = spawn_server(&config);
     s.register("1.0.0", &[]);
     s.walk("1.0.0", "staging");
+
+    // The app printed it into its own log; `shipgate logs` does not show it.
+    let logs = s.ok(&["logs", "web", "--env", "staging"]);
+    assert!(
+        logs.contains("connecting with [secret DB_PASSWORD]"),
+        "{logs}"
+    );
+    assert!(!logs.contains(SECRET), "{logs}");
 
     let history = s.ok(&["history", "web", "--env", "staging", "--output", "json"]);
     assert!(!history.contains(SECRET), "{history}");
