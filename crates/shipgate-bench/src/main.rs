@@ -8,6 +8,7 @@ mod load;
 mod mask;
 mod promote;
 mod router;
+mod sandbox;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,12 @@ enum BenchCommand {
     /// The dashboard at scale: 1,000 apps × 4 environments and 100,000 promotions.
     Dashboard {
         /// Requests timed per page (the median is printed).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+    /// An instance's start in the sandbox (with and without limits) against a bare process's.
+    Sandbox {
+        /// Starts measured of each kind.
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
@@ -78,6 +85,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Promote { runs } => promote::run(runs).await,
         BenchCommand::Dashboard { runs } => dashboard::run(runs).await,
         BenchCommand::Mask { rows } => mask::run(rows).await,
+        BenchCommand::Sandbox { runs } => sandbox::run(runs).await,
         BenchCommand::Router {
             duration,
             cycles,

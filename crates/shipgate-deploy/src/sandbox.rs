@@ -157,8 +157,9 @@ pub fn command_line(
         "--unshare-cgroup-try".as_ref(),
         "--hostname".as_ref(),
         "sandbox".as_ref(),
-        // The sandbox ends with bwrap, whatever killed it.
-        "--die-with-parent".as_ref(),
+        // No --die-with-parent: an instance outlives the server that started it (a restarted
+        // server finds it by its SHIPGATE_INSTANCE marker). Killing bwrap's process group, or
+        // its pid-1 child, ends the whole sandbox.
         "--".as_ref(),
         "setpriv".as_ref(),
     ]);
@@ -179,6 +180,26 @@ pub fn command_line(
         command.as_ref(),
     ]);
     args
+}
+
+/// The command line (`bwrap …`) that runs `sh -c command` in `sandbox` from `release_dir`,
+/// after making its user and data directory. Its limits are left out: they need a cgroup, which
+/// only the driver's instances get; a verification test or a fact runs under the test timeout.
+pub fn wrapped(
+    release_dir: &Path,
+    sandbox: &Sandbox,
+    command: &str,
+) -> Result<Vec<OsString>, String> {
+    let account = ensure_user(&sandbox.user)?;
+    prepare_data_dir(&sandbox.data_dir, account)?;
+    let mut args = vec![OsString::from("bwrap")];
+    args.extend(command_line(
+        release_dir,
+        &sandbox.data_dir,
+        account,
+        command,
+    ));
+    Ok(args)
 }
 
 /// Why this process cannot sandbox instances, if it cannot.

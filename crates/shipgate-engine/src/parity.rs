@@ -64,6 +64,10 @@ impl Engine {
                     ("APP".to_owned(), app.to_string()),
                     ("ENV".to_owned(), env.to_string()),
                     ("URL".to_owned(), url),
+                    (
+                        "DATA_DIR".to_owned(),
+                        self.app_data_dir(app, env).display().to_string(),
+                    ),
                 ]);
                 (vars, self.config.server.data_dir.clone())
             }
@@ -73,10 +77,15 @@ impl Engine {
         }
         let exported = self.exported_env(env, &vars);
         let redactor = self.redactor(env);
+        // In the live release, a fact runs in the sandbox its instances run in (it may execute
+        // the release's files); with nothing live it runs only the operator's own command.
+        let sandbox = live.as_ref().and_then(|_| self.sandbox_for(app, env));
         let mut facts = BTreeMap::new();
         for (name, command) in declared {
             let command = expand(&command, &vars);
-            let run = crate::verify::run_test(&command, &dir, &exported, FACT_TIMEOUT).await;
+            let run =
+                crate::verify::run_test(&command, &dir, &exported, FACT_TIMEOUT, sandbox.as_ref())
+                    .await;
             let value = if run.passed {
                 run.output.trim().to_owned()
             } else {

@@ -88,7 +88,8 @@ impl Engine {
         let mut exported = exported.clone();
         exported.insert("SHIPGATE_INSTANCE".to_owned(), id.to_string());
         let dir = self.artifacts.release_dir(&p.digest);
-        let run = run_test(command, &dir, &exported, timeout).await;
+        let sandbox = self.sandbox_for(&p.app, &p.env);
+        let run = run_test(command, &dir, &exported, timeout, sandbox.as_ref()).await;
         self.store.mark_instance_stopped(&id).await?;
         Ok(run)
     }
@@ -140,10 +141,30 @@ pub(crate) async fn run_test(
     dir: &std::path::Path,
     env: &std::collections::BTreeMap<String, String>,
     timeout: Duration,
+    sandbox: Option<&shipgate_deploy::Sandbox>,
 ) -> TestRun {
-    let child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
+    let mut process = match sandbox {
+        None => {
+            let mut sh = tokio::process::Command::new("sh");
+            sh.arg("-c").arg(command);
+            sh
+        }
+        Some(sandbox) => match shipgate_deploy::sandbox::wrapped(dir, sandbox, command) {
+            Ok(args) => {
+                let mut bwrap = tokio::process::Command::new(&args[0]);
+                bwrap.args(&args[1..]);
+                bwrap
+            }
+            Err(why) => {
+                return TestRun {
+                    passed: false,
+                    output: String::new(),
+                    verdict: format!("could not prepare its sandbox: {why}"),
+                };
+            }
+        },
+    };
+    let child = process
         .current_dir(dir)
         .envs(env)
         .stdin(Stdio::null())

@@ -31,7 +31,8 @@ fn config() -> String {
          [apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n\
          crash_loop = {{ crashes = 20, within = \"1m\" }}\n\n\
          [environments.staging]\nlisten = \"127.0.0.1:{}\"\n\
-         limits = {{ memory = \"64MiB\", pids = 48 }}\nvars.DB_PASSWORD = \"staging-pw\"\n\n\
+         limits = {{ memory = \"64MiB\", pids = 48 }}\nvars.DB_PASSWORD = \"staging-pw\"\n\
+         verify.tests = [\"test ! -e ${{DATA_DIR}}/../../../admin.token && test $(id -u) -ne 0\"]\n\n\
          [environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:{}\"\n\
          vars.DB_PASSWORD = \"{PRODUCTION_SECRET}\"\n",
         free_port(),
@@ -70,6 +71,9 @@ fn a_staging_instance_sees_nothing_of_production_or_shipgate_and_is_held_to_its_
         "--artifact",
         src.to_str().unwrap(),
     ]);
+    // staging's verification test runs in the sandbox too: as sg-staging, without the admin
+    // token that is there for the server, three folders above its data dir.
+    assert!(s.data_dir().join("admin.token").exists());
     s.ok(&["promote", "web@1.0.0", "--to", "staging", "--wait"]);
     s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
 

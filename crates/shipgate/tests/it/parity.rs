@@ -92,10 +92,7 @@ fn diff_classes_every_item_and_never_prints_a_secret() {
 
 #[test]
 fn the_parity_gate_holds_production_until_the_difference_is_fixed() {
-    let flags = tempfile::tempdir().unwrap();
-    let flag = |env: &str, value: &str| fs::write(flags.path().join(env), value).unwrap();
-    flag("staging", "new-checkout");
-    flag("production", "old-checkout");
+    // Each environment's flag is a file in its ${DATA_DIR}, which a fact sees in its sandbox.
     let config = four_envs_with(
         "",
         &[
@@ -108,12 +105,16 @@ fn the_parity_gate_holds_production_until_the_difference_is_fixed() {
     )
     .replace(
         "health = \"/healthz\"\n",
-        &format!(
-            "health = \"/healthz\"\nfacts = {{ feature = \"cat {}/${{ENV}}\" }}\n",
-            flags.path().display()
-        ),
+        "health = \"/healthz\"\nfacts = { feature = \"cat ${DATA_DIR}/feature\" }\n",
     );
     let s = spawn_server(&config);
+    let flag = |env: &str, value: &str| {
+        let dir = s.app_data(env);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("feature"), value).unwrap();
+    };
+    flag("staging", "new-checkout");
+    flag("production", "old-checkout");
     s.register("1.0.0", &[]);
     s.walk("1.0.0", "staging");
     s.ok(&["promote", "web@1.0.0", "--to", "production"]);

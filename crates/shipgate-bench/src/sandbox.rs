@@ -1,0 +1,118 @@
+//! `shipgate-bench sandbox`: what the sandbox adds to an instance's start.
+//!
+//! The sample app is started through the process driver, from spawn until its first 2xx health
+//! answer (the driver's own `ready_after`, with the same health polling for every row), three
+//! ways in turn: as a bare child process (the anchor), in the sandbox (bubblewrap namespaces, the
+//! environment's user), and in the sandbox with memory, cpu and pids limits (a cgroup of its
+//! own). Needs root and bubblewrap, as sandboxed instances do.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use shipgate_deploy::{
+    CrashLoopPolicy, Driver, InstanceId, Limits, ProcessDriver, Sandbox, StartInstance,
+    StopInstance,
+};
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
+    if let Some(why) = shipgate_deploy::sandbox::unavailable() {
+        bail!("the sandbox benchmark needs what sandboxed instances need: {why}");
+    }
+    let runs = runs.max(1);
+    let dir = tempfile::tempdir()?;
+    // The release: the shipgate binary (its hidden sample-app command), read-only for all, as
+    // a release directory is.
+    let release = dir.path().join("release");
+    std::fs::create_dir_all(&release)?;
+    let exe = shipgate::shipgate_exe().context("finding the shipgate binary")?;
+    std::fs::copy(&exe, release.join("shipgate")).context("copying the shipgate binary")?;
+    std::fs::set_permissions(
+        release.join("shipgate"),
+        std::fs::Permissions::from_mode(0o555),
+    )?;
+    std::fs::set_permissions(&release, std::fs::Permissions::from_mode(0o555))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+
+    let driver = ProcessDriver::new();
+    let limits = Limits {
+        memory: Some(256 << 20),
+        cpu: Some(1.0),
+        pids: Some(256),
+    };
+    let kinds: [(&str, Option<Limits>); 3] = [
+        ("bare child process (the anchor)", None),
+        ("sandbox (namespaces, own user)", Some(Limits::default())),
+        ("sandbox + cgroup limits", Some(limits)),
+    ];
+    let mut took: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
+    // One start of each kind is warm-up, not counted.
+    for run in 0..=runs {
+        for (k, (_, sandbox_limits)) in kinds.iter().enumerate() {
+            let id = InstanceId::recorded(format!("bench-sandbox-{k}-{run}"));
+            let req = StartInstance {
+                instance_id: id.clone(),
+                release_dir: release.clone(),
+                command: "exec ./shipgate sample-app --port ${PORT}".into(),
+                template_vars: BTreeMap::new(),
+                env: BTreeMap::new(),
+                health_path: "/healthz".into(),
+                health_timeout: Duration::from_secs(30),
+                log_path: dir.path().join("logs").join(format!("{id}.log")),
+                port: None,
+                crash_loop: CrashLoopPolicy::default(),
+                sandbox: sandbox_limits.map(|limits| Sandbox {
+                    user: "sg-bench".into(),
+                    data_dir: dir.path().join("data"),
+                    limits,
+                }),
+            };
+            let started = driver
+                .start(req)
+                .await
+                .with_context(|| format!("starting {}", kinds[k].0))?;
+            if run > 0 {
+                took[k].push(started.ready_after);
+            }
+            driver
+                .stop(StopInstance {
+                    instance_id: id,
+                    pid: None,
+                    grace: Duration::from_secs(5),
+                })
+                .await?;
+        }
+    }
+    let cgroups = shipgate_deploy::Hierarchy::detect()
+        .map(|h| format!("cgroup {}", h.version()))
+        .unwrap_or_else(|why| why);
+    println!(
+        "instance start, spawn → first 2xx health answer, median of {runs} (sample app, {cgroups})"
+    );
+    let anchor = median(&mut took[0]);
+    for (k, (name, _)) in kinds.iter().enumerate() {
+        let m = median(&mut took[k]);
+        if k == 0 {
+            println!("  {name:<36} {:>8.2} ms", ms(m));
+        } else {
+            println!(
+                "  {name:<36} {:>8.2} ms   +{:.2} ms over the bare start ({:.2}×)",
+                ms(m),
+                ms(m.saturating_sub(anchor)),
+                m.as_secs_f64() / anchor.as_secs_f64()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
