@@ -9,6 +9,7 @@
 pub mod cgroup;
 mod log_file;
 mod process;
+mod routes;
 pub mod sandbox;
 
 use std::collections::BTreeMap;
@@ -20,14 +21,17 @@ pub use cgroup::{Hierarchy, Limits};
 pub use sandbox::Sandbox;
 use serde::{Deserialize, Serialize};
 pub use shipgate_core::InstanceId;
+pub use shipgate_proxy::UpstreamMetrics;
 
 pub use log_file::tail_lines;
 pub use process::ProcessDriver;
 
-/// Starts, supervises and stops instances on one machine.
+/// The data plane of one machine: starts, supervises and stops instances, and holds the
+/// environments' routers that send each app's traffic to one of them.
 ///
 /// Requests and replies are plain serializable data so a remote agent can serve them later.
-/// Every operation is idempotent, keyed by `instance_id`.
+/// Every operation is idempotent, keyed by `instance_id` (instances) or environment and app
+/// (routes).
 #[async_trait::async_trait]
 pub trait Driver: Send + Sync {
     /// Starts an instance and waits until it is healthy. Asked again for an `instance_id` that
@@ -49,6 +53,60 @@ pub trait Driver: Send + Sync {
 
     /// Stops every instance (server shutdown).
     async fn stop_all(&self, grace: Duration);
+
+    /// Binds the router of an environment at its address, or updates its apps and request
+    /// timeout if it is already bound there.
+    async fn bind_router(&self, spec: RouterSpec) -> Result<(), DriverError>;
+
+    /// Sends the traffic of `app` in `env` to `to` (None: nothing is live); returns what it went
+    /// to before. Requests in flight on the previous target continue.
+    async fn switch(
+        &self,
+        env: &str,
+        app: &str,
+        to: Option<RouteTarget>,
+    ) -> Result<Option<RouteTarget>, DriverError>;
+
+    /// Where the traffic of `app` in `env` goes now.
+    async fn routed(&self, env: &str, app: &str) -> Option<RouteTarget>;
+
+    /// Until the next switch of `app` in `env`, its requests get 503 "starting LABEL".
+    async fn set_starting(&self, env: &str, app: &str, label: &str);
+
+    /// Waits until no request is in flight on `instance` (through any router), at most
+    /// `grace`; true if it drained.
+    async fn drain(&self, instance: &InstanceId, grace: Duration) -> bool;
+
+    /// The request metrics of `env`'s router, per app and release.
+    async fn router_metrics(&self, env: &str) -> Vec<UpstreamMetrics>;
+
+    /// Stops every router accepting; returns, per environment, the instances they routed to
+    /// (so they can be drained before they are stopped).
+    async fn close_routers(&self) -> Vec<(String, Vec<InstanceId>)>;
+}
+
+/// An environment's router: where it listens and what it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterSpec {
+    /// The environment.
+    pub env: String,
+    /// Its stable address.
+    pub listen: SocketAddr,
+    /// The apps of the config (a request naming none of them goes to the first).
+    pub apps: Vec<String>,
+    /// Longest wait for an instance's response head before the router answers 504.
+    pub request_timeout: Option<Duration>,
+}
+
+/// The instance a router sends an app's traffic to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTarget {
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it runs, as metrics and errors name it (`web@1.4.2`).
+    pub label: String,
 }
 
 /// A request to run one instance of a release.
@@ -232,6 +290,9 @@ pub enum DriverError {
         /// What failed.
         reason: String,
     },
+    /// A router could not be bound or is not bound.
+    #[error("{0}")]
+    Router(String),
     /// Some other I/O failed.
     #[error("{context}: {source}")]
     Io {

@@ -17,10 +17,11 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use crate::cgroup::{Cgroup, Hierarchy};
 use crate::log_file::{error_tail, open_append, write_marker};
+use crate::routes::Routes;
 use crate::sandbox::{self, Account, Sandbox};
 use crate::{
-    Driver, DriverError, DriverEvent, InstanceId, InstanceStarted, InstanceStatus, StartInstance,
-    StopInstance,
+    Driver, DriverError, DriverEvent, InstanceId, InstanceStarted, InstanceStatus, RouteTarget,
+    RouterSpec, StartInstance, StopInstance, UpstreamMetrics,
 };
 
 /// One health request may take this long before it counts as a failed probe.
@@ -45,6 +46,7 @@ struct Shared {
     http: reqwest::Client,
     /// Where limits are enforced, or why they cannot be.
     cgroups: Result<Hierarchy, String>,
+    routes: Routes,
 }
 
 /// A sandboxed instance's account, data directory and cgroup, made once for all its starts.
@@ -117,6 +119,7 @@ impl ProcessDriver {
                 events,
                 http,
                 cgroups: Hierarchy::detect(),
+                routes: Routes::default(),
             }),
         }
     }
@@ -175,6 +178,7 @@ impl Driver for ProcessDriver {
                 }
             }
         }
+        self.shared.routes.forget(&req.instance_id);
         Ok(())
     }
 
@@ -203,6 +207,39 @@ impl Driver for ProcessDriver {
         for inst in &all {
             inst.finished().await;
         }
+    }
+
+    async fn bind_router(&self, spec: RouterSpec) -> Result<(), DriverError> {
+        self.shared.routes.bind(spec).await
+    }
+
+    async fn switch(
+        &self,
+        env: &str,
+        app: &str,
+        to: Option<RouteTarget>,
+    ) -> Result<Option<RouteTarget>, DriverError> {
+        self.shared.routes.switch(env, app, to).await
+    }
+
+    async fn routed(&self, env: &str, app: &str) -> Option<RouteTarget> {
+        self.shared.routes.routed(env, app).await
+    }
+
+    async fn set_starting(&self, env: &str, app: &str, label: &str) {
+        self.shared.routes.set_starting(env, app, label).await;
+    }
+
+    async fn drain(&self, instance: &InstanceId, grace: Duration) -> bool {
+        self.shared.routes.drain(instance, grace).await
+    }
+
+    async fn router_metrics(&self, env: &str) -> Vec<UpstreamMetrics> {
+        self.shared.routes.metrics(env).await
+    }
+
+    async fn close_routers(&self) -> Vec<(String, Vec<InstanceId>)> {
+        self.shared.routes.close().await
     }
 }
 

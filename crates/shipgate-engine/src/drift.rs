@@ -107,10 +107,10 @@ impl Engine {
         let slot: Slot = (live.app.clone(), live.env.clone());
         let label = format!("{}@{}", live.app, live.version);
         let served = self
-            .routers
-            .get(&live.env)
-            .and_then(|r| r.current(live.app.as_str()))
-            .map(|u| u.label().to_owned());
+            .driver
+            .routed(live.env.as_str(), live.app.as_str())
+            .await
+            .map(|t| t.label);
         match served {
             Some(l) if l == label => {}
             Some(l) => drift.push(format!("the router serves {l}, not the recorded {label}")),

@@ -58,7 +58,7 @@ pub enum EngineError {
     /// The config asks for an isolation this machine cannot give.
     #[error("{0}")]
     CannotIsolate(String),
-    /// A router could not listen.
-    #[error(transparent)]
-    Proxy(#[from] shipgate_proxy::ProxyError),
+    /// The data plane (a router, an instance) refused or failed.
+    #[error("{0}")]
+    DataPlane(String),
 }

@@ -8,8 +8,8 @@ use shipgate_core::promotion::check_entry;
 use shipgate_core::{
     AppName, EnvName, InstanceId, PromotionKind, PromotionState, ReleaseRef, Standing, Version,
 };
+use shipgate_deploy::RouteTarget;
 use shipgate_deploy::{CrashLoopPolicy, StartInstance, StopInstance};
-use shipgate_proxy::{Router, Upstream};
 use shipgate_store::artifact::CheckedArtifact;
 use shipgate_store::{
     LiveChange, LiveRelease, NewGate, NewPromotion, NewRelease, Promotion, PromotionFilter,
@@ -301,16 +301,15 @@ impl Engine {
             format!(
                 "instance {} healthy on port {}",
                 instance.id,
-                instance.upstream.addr().port()
+                instance.target.addr.port()
             ),
             started_at,
         )
         .await?;
 
-        let router = Arc::clone(self.router(&promotion.env)?);
         let previous_live = self.live_record(&promotion.app, &promotion.env).await?;
         let previous_instance = self.set_live_instance(slot.clone(), Some(instance.clone()));
-        router.switch(promotion.app.as_str(), Some(instance.upstream.clone()));
+        self.route(&slot, Some(&instance)).await?;
         let mut t = self.step(
             &promotion,
             PromotionState::Deploying,
@@ -322,22 +321,16 @@ impl Engine {
 
         let failure = match promotion.kind {
             PromotionKind::Promote => {
-                match self
-                    .verify(&promotion, instance.upstream.addr().port())
-                    .await?
-                {
+                match self.verify(&promotion, instance.target.addr.port()).await? {
                     Some(failure) => Some(failure),
-                    None => self.watch(&promotion, &router, &instance).await?,
+                    None => self.watch(&promotion, &instance).await?,
                 }
             }
             // Both go back to a release verified here before.
             PromotionKind::Rollback | PromotionKind::Redeploy => None,
         };
         if let Some(reason) = failure {
-            router.switch(
-                promotion.app.as_str(),
-                previous_instance.as_ref().map(|i| i.upstream.clone()),
-            );
+            self.route(&slot, previous_instance.as_ref()).await?;
             self.set_live_instance(slot.clone(), previous_instance);
             let back = previous_live
                 .as_ref()
@@ -553,16 +546,37 @@ impl Engine {
             return Err(format!("could not record instance {id}: {e}"));
         }
         Ok(LiveInstance {
-            id,
-            upstream: Upstream::new(started.addr, format!("{}@{}", p.app, p.version)),
+            id: id.clone(),
+            target: RouteTarget {
+                instance_id: id.clone(),
+                addr: started.addr,
+                label: format!("{}@{}", p.app, p.version),
+            },
             log_path,
         })
     }
 
     /// Lets requests in flight on a replaced instance finish (up to `grace`), then stops it.
     pub(crate) async fn retire(&self, instance: &LiveInstance, grace: std::time::Duration) {
-        Router::drain(&instance.upstream, grace).await;
+        self.driver.drain(&instance.id, grace).await;
         self.stop_instance(&instance.id, None).await;
+    }
+
+    /// Sends the slot's traffic to `to` (None: nothing is live).
+    pub(crate) async fn route(
+        &self,
+        slot: &Slot,
+        to: Option<&LiveInstance>,
+    ) -> Result<(), EngineError> {
+        self.driver
+            .switch(
+                slot.1.as_str(),
+                slot.0.as_str(),
+                to.map(|i| i.target.clone()),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::DataPlane(e.to_string()))
     }
 
     pub(crate) async fn stop_instance(&self, id: &InstanceId, pid: Option<u32>) {

@@ -39,9 +39,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shipgate_core::{AppName, Config, EnvName, InstanceId};
-use shipgate_deploy::DriverEvent;
 pub use shipgate_deploy::{Driver, ProcessDriver};
-use shipgate_proxy::{Router, Upstream};
+use shipgate_deploy::{DriverEvent, RouteTarget, RouterSpec};
+
 use shipgate_store::Store;
 use shipgate_store::artifact::ArtifactStore;
 
@@ -56,7 +56,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct LiveInstance {
     id: InstanceId,
-    upstream: Upstream,
+    target: RouteTarget,
     log_path: PathBuf,
 }
 
@@ -69,7 +69,6 @@ pub struct Engine {
     artifacts: ArtifactStore,
     driver: Arc<dyn Driver>,
     clock: Arc<dyn Clock>,
-    routers: HashMap<EnvName, Arc<Router>>,
     /// One lock per app and environment: at most one promotion deploys into a slot at a time.
     slots: Mutex<HashMap<Slot, Arc<tokio::sync::Mutex<()>>>>,
     live: Mutex<HashMap<Slot, LiveInstance>>,
@@ -115,13 +114,16 @@ impl Engine {
         for said in isolation::warnings(&config, &isolation) {
             tracing::warn!("{said}");
         }
-        let mut routers = HashMap::new();
         for env in &config.environments {
-            let router = Router::bind(env.listen, env.name.as_str()).await?;
-            let apps: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
-            router.set_apps(&apps);
-            router.set_request_timeout(env.request_timeout.map(|t| t.as_std()));
-            routers.insert(env.name.clone(), Arc::new(router));
+            driver
+                .bind_router(RouterSpec {
+                    env: env.name.to_string(),
+                    listen: env.listen,
+                    apps: config.apps.iter().map(|a| a.name.to_string()).collect(),
+                    request_timeout: env.request_timeout.map(|t| t.as_std()),
+                })
+                .await
+                .map_err(|e| EngineError::DataPlane(e.to_string()))?;
         }
         let engine = Arc::new(Engine {
             config,
@@ -129,7 +131,6 @@ impl Engine {
             artifacts,
             driver,
             clock,
-            routers,
             slots: Mutex::default(),
             live: Mutex::default(),
             standby: Mutex::default(),
@@ -169,12 +170,15 @@ impl Engine {
     }
 
     /// Request metrics of every environment's router, in flow order.
-    pub fn request_metrics(&self) -> Vec<(String, Vec<shipgate_proxy::UpstreamMetrics>)> {
-        self.config
-            .environments
-            .iter()
-            .filter_map(|e| Some((e.name.to_string(), self.routers.get(&e.name)?.metrics())))
-            .collect()
+    pub async fn request_metrics(&self) -> Vec<(String, Vec<shipgate_proxy::UpstreamMetrics>)> {
+        let mut all = Vec::new();
+        for e in &self.config.environments {
+            all.push((
+                e.name.to_string(),
+                self.driver.router_metrics(e.name.as_str()).await,
+            ));
+        }
+        all
     }
 
     /// Stops routing and every instance.
@@ -182,17 +186,18 @@ impl Engine {
         // Stop accepting everywhere first, then let the requests in flight finish (each
         // environment within its `drain`) before their instances are stopped.
         let mut draining = Vec::new();
-        for env in &self.config.environments {
-            let Some(router) = self.routers.get(&env.name) else {
-                continue;
-            };
-            let upstreams = router.upstreams();
-            router.shutdown().await;
-            let grace = env.drain.as_std();
+        for (env, routed) in self.driver.close_routers().await {
+            let grace = self
+                .config
+                .environments
+                .iter()
+                .find(|e| e.name.as_str() == env)
+                .map_or(STOP_GRACE, |e| e.drain.as_std());
+            let driver = &self.driver;
             draining.extend(
-                upstreams
+                routed
                     .into_iter()
-                    .map(move |upstream| async move { Router::drain(&upstream, grace).await }),
+                    .map(move |id| async move { driver.drain(&id, grace).await }),
             );
         }
         let drained = futures_util::future::join_all(draining).await;
@@ -222,12 +227,6 @@ impl Engine {
             Some(i) => live.insert(slot, i),
             None => live.remove(&slot),
         }
-    }
-
-    fn router(&self, env: &EnvName) -> Result<&Arc<Router>, EngineError> {
-        self.routers
-            .get(env)
-            .ok_or_else(|| EngineError::UnknownEnvironment(env.to_string()))
     }
 
     fn log_path(&self, slot: &Slot, instance_id: &InstanceId) -> PathBuf {

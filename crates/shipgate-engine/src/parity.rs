@@ -73,7 +73,7 @@ impl Engine {
             }
         };
         if let Some(i) = self.live_instance(&(app.clone(), env.clone())) {
-            vars.insert("PORT".to_owned(), i.upstream.addr().port().to_string());
+            vars.insert("PORT".to_owned(), i.target.addr.port().to_string());
         }
         let exported = self.exported_env(env, &vars);
         let redactor = self.redactor(env);

@@ -149,10 +149,17 @@ impl Engine {
         // A promotion asked for meanwhile waits until the recorded release is back.
         let lock = self.slot_lock(&slot);
         let _slot = lock.lock().await;
-        let router = self.router(&live.env).map_err(|e| e.to_string())?;
-        router.set_starting(live.app.as_str(), &format!("{}@{}", live.app, live.version));
+        self.driver
+            .set_starting(
+                live.env.as_str(),
+                live.app.as_str(),
+                &format!("{}@{}", live.app, live.version),
+            )
+            .await;
         let instance = self.start_instance(&p, &slot).await?;
-        router.switch(live.app.as_str(), Some(instance.upstream.clone()));
+        self.route(&slot, Some(&instance))
+            .await
+            .map_err(|e| e.to_string())?;
         self.set_live_instance(slot, Some(instance));
         Ok(())
     }

@@ -44,19 +44,19 @@ impl Engine {
         let unfinished = self.store.promotions(unfinished).await?;
         let freezes = self.store.freezes().await?;
         // One snapshot per router, not one per cell: a snapshot covers every release it saw.
-        let traffic: HashMap<&EnvName, HashMap<String, shipgate_proxy::WindowSummary>> = self
-            .routers
-            .iter()
-            .map(|(env, router)| {
-                let live = router
-                    .metrics()
-                    .into_iter()
-                    .filter(|m| m.live)
-                    .map(|m| (m.app, m.last_minute))
-                    .collect();
-                (env, live)
-            })
-            .collect();
+        let mut traffic: HashMap<&EnvName, HashMap<String, shipgate_proxy::WindowSummary>> =
+            HashMap::new();
+        for env in self.config.environments.iter().map(|e| &e.name) {
+            let live = self
+                .driver
+                .router_metrics(env.as_str())
+                .await
+                .into_iter()
+                .filter(|m| m.live)
+                .map(|m| (m.app, m.last_minute))
+                .collect();
+            traffic.insert(env, live);
+        }
         let mut out = Vec::new();
         for a in apps.iter().filter_map(|a| self.config.app(a)) {
             let mut environments = Vec::new();

@@ -115,8 +115,7 @@ impl Engine {
         {
             return Ok(None);
         }
-        let router = Arc::clone(self.router(&slot.1)?);
-        router.switch(slot.0.as_str(), Some(standby.instance.upstream.clone()));
+        self.route(slot, Some(&standby.instance)).await?;
         let replaced = self.set_live_instance(slot.clone(), Some(standby.instance.clone()));
         locked(&self.standby).remove(slot);
 
@@ -145,10 +144,7 @@ impl Engine {
                 Ok(Some(promotion))
             }
             Err(e) => {
-                router.switch(
-                    slot.0.as_str(),
-                    replaced.as_ref().map(|i| i.upstream.clone()),
-                );
+                self.route(slot, replaced.as_ref()).await?;
                 self.set_live_instance(slot.clone(), replaced);
                 locked(&self.standby).insert(slot.clone(), standby);
                 Err(e.into())

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use shipgate_core::gate::WatchFigures;
-use shipgate_proxy::{LATENCY_BUCKETS_MS, Router, UpstreamMetrics};
+use shipgate_proxy::{LATENCY_BUCKETS_MS, UpstreamMetrics};
 
 use crate::{Engine, Slot, locked};
 
@@ -48,9 +48,8 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn of(router: &Router, app: &str, label: &str) -> Self {
-        router
-            .metrics()
+    pub(crate) fn of(metrics: &[UpstreamMetrics], app: &str, label: &str) -> Self {
+        metrics
             .iter()
             .find(|m| m.app == app && m.label == label)
             .map_or_else(Self::default, Self::from_metrics)
@@ -129,15 +128,15 @@ impl Engine {
                 let Some(engine) = engine.upgrade() else {
                     return;
                 };
-                engine.take_sample(engine.clock.now());
+                engine.take_sample(engine.clock.now()).await;
             }
         });
     }
 
-    fn take_sample(&self, now: jiff::Timestamp) {
+    async fn take_sample(&self, now: jiff::Timestamp) {
         let mut all: HashMap<Slot, Counters> = HashMap::new();
-        for (env, router) in &self.routers {
-            for m in router.metrics() {
+        for env in self.config.environments.iter().map(|e| &e.name) {
+            for m in self.driver.router_metrics(env.as_str()).await {
                 let Ok(app) = shipgate_core::AppName::parse(&m.app) else {
                     continue;
                 };

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use shipgate_core::gate::{Inconclusive, Stage, WatchVerdict, judge};
-use shipgate_proxy::Router;
 use shipgate_store::Promotion;
 
 use crate::traffic::Counters;
@@ -18,7 +17,6 @@ impl Engine {
     pub(crate) async fn watch(
         &self,
         p: &Promotion,
-        router: &Router,
         instance: &LiveInstance,
     ) -> Result<Option<String>, EngineError> {
         let Some(rule) = self
@@ -28,15 +26,17 @@ impl Engine {
         else {
             return Ok(None);
         };
-        let label = instance.upstream.label().to_owned();
+        let label = instance.target.label.clone();
         let app = p.app.as_str();
-        let before = Counters::of(router, app, &label);
+        let env = p.env.as_str();
+        let before = Counters::of(&self.driver.router_metrics(env).await, app, &label);
         let started_at = self.clock.now();
         let deadline = crate::clock::after(self.clock.now(), rule.watch.as_std());
         loop {
             let next = crate::clock::after(self.clock.now(), LOOK_EVERY).min(deadline);
             self.clock.sleep_until(next).await;
-            let figures = Counters::of(router, app, &label).since(&before);
+            let figures =
+                Counters::of(&self.driver.router_metrics(env).await, app, &label).since(&before);
             let decisions = self.store.decisions(p.id, Stage::Watch).await?;
             if let Some(rejection) = decisions
                 .iter()

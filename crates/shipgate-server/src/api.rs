@@ -105,7 +105,7 @@ pub(crate) fn routes(state: AppState) -> Router {
 /// Request metrics of every environment in the Prometheus text format.
 async fn metrics(State(state): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
     caller.allow(Action::Read, None)?;
-    let mut all = state.engine.request_metrics();
+    let mut all = state.engine.request_metrics().await;
     all.retain(|(env, _)| caller.sees(Some(env)));
     let text = shipgate_proxy::render_prometheus(&all);
     Ok((

@@ -101,7 +101,7 @@ impl From<EngineError> for Problem {
             EngineError::Store(StoreError::TokenExists(_)) => {
                 (StatusCode::CONFLICT, "token name taken")
             }
-            EngineError::Store(_) | EngineError::Proxy(_) | EngineError::CannotIsolate(_) => {
+            EngineError::Store(_) | EngineError::DataPlane(_) | EngineError::CannotIsolate(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
             }
         };

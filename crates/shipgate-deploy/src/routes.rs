@@ -1,0 +1,154 @@
+//! The environments' routers as the process driver holds them: each environment's stable
+//! address, and which instance each app's traffic goes to. The engine reaches them only through
+//! the [`crate::Driver`], so the same calls can be served by an agent that outlives the server.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shipgate_proxy::{Router, Upstream, UpstreamMetrics};
+use tokio::sync::Mutex;
+
+use crate::{DriverError, InstanceId, RouteTarget, RouterSpec};
+
+/// Every router of this driver, and the upstream of every instance they were sent to.
+#[derive(Default)]
+pub(crate) struct Routes {
+    routers: Mutex<HashMap<String, Arc<Router>>>,
+    /// One upstream per instance, kept so its in-flight count can be drained after a switch.
+    upstreams: std::sync::Mutex<HashMap<InstanceId, (RouteTarget, Upstream)>>,
+}
+
+impl Routes {
+    pub(crate) async fn bind(&self, spec: RouterSpec) -> Result<(), DriverError> {
+        let mut routers = self.routers.lock().await;
+        let router = match routers.get(&spec.env) {
+            Some(r) if r.local_addr() == spec.listen => r.clone(),
+            _ => {
+                let bound = Router::bind(spec.listen, spec.env.clone())
+                    .await
+                    .map_err(|e| DriverError::Router(e.to_string()))?;
+                let bound = Arc::new(bound);
+                if let Some(old) = routers.insert(spec.env.clone(), bound.clone()) {
+                    old.shutdown().await;
+                }
+                bound
+            }
+        };
+        router.set_apps(&spec.apps);
+        router.set_request_timeout(spec.request_timeout);
+        Ok(())
+    }
+
+    async fn router(&self, env: &str) -> Result<Arc<Router>, DriverError> {
+        self.routers
+            .lock()
+            .await
+            .get(env)
+            .cloned()
+            .ok_or_else(|| DriverError::Router(format!("no router is bound for environment {env}")))
+    }
+
+    fn upstream_of(&self, target: &RouteTarget) -> Upstream {
+        let mut upstreams = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        upstreams
+            .entry(target.instance_id.clone())
+            .or_insert_with(|| {
+                (
+                    target.clone(),
+                    Upstream::new(target.addr, target.label.clone()),
+                )
+            })
+            .1
+            .clone()
+    }
+
+    fn target_of(&self, upstream: &Upstream) -> Option<RouteTarget> {
+        let upstreams = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        upstreams
+            .values()
+            .find(|(_, u)| u.addr() == upstream.addr() && u.label() == upstream.label())
+            .map(|(t, _)| t.clone())
+    }
+
+    pub(crate) async fn switch(
+        &self,
+        env: &str,
+        app: &str,
+        to: Option<RouteTarget>,
+    ) -> Result<Option<RouteTarget>, DriverError> {
+        let router = self.router(env).await?;
+        let upstream = to.as_ref().map(|t| self.upstream_of(t));
+        Ok(router
+            .switch(app, upstream)
+            .and_then(|previous| self.target_of(&previous)))
+    }
+
+    pub(crate) async fn routed(&self, env: &str, app: &str) -> Option<RouteTarget> {
+        let router = self.router(env).await.ok()?;
+        router.current(app).and_then(|u| self.target_of(&u))
+    }
+
+    pub(crate) async fn set_starting(&self, env: &str, app: &str, label: &str) {
+        if let Ok(router) = self.router(env).await {
+            router.set_starting(app, label);
+        }
+    }
+
+    pub(crate) async fn drain(&self, instance: &InstanceId, grace: Duration) -> bool {
+        let upstream = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(instance)
+            .map(|(_, u)| u.clone());
+        match upstream {
+            Some(u) => Router::drain(&u, grace).await,
+            None => true,
+        }
+    }
+
+    /// Forgets a stopped instance's upstream.
+    pub(crate) fn forget(&self, instance: &InstanceId) {
+        self.upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(instance);
+    }
+
+    pub(crate) async fn metrics(&self, env: &str) -> Vec<UpstreamMetrics> {
+        match self.router(env).await {
+            Ok(router) => router.metrics(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Stops every router accepting; returns, per environment, the instances they routed to.
+    pub(crate) async fn close(&self) -> Vec<(String, Vec<InstanceId>)> {
+        let routers: Vec<(String, Arc<Router>)> = self
+            .routers
+            .lock()
+            .await
+            .iter()
+            .map(|(e, r)| (e.clone(), r.clone()))
+            .collect();
+        let mut closed = Vec::new();
+        for (env, router) in routers {
+            let routed: Vec<InstanceId> = router
+                .upstreams()
+                .iter()
+                .filter_map(|u| self.target_of(u))
+                .map(|t| t.instance_id)
+                .collect();
+            router.shutdown().await;
+            closed.push((env, routed));
+        }
+        closed
+    }
+}
