@@ -44,6 +44,31 @@ pub struct ServerConfig {
     pub drift_scan: Option<Duration>,
     /// How instances are confined unless their environment says otherwise.
     pub isolation: Isolation,
+    /// Where the instances and routers run.
+    pub data_plane: DataPlane,
+}
+
+/// `data_plane = "server" | "agent"`: which process runs the instances and the routers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPlane {
+    /// The server's own process: they stop when it stops.
+    #[default]
+    Server,
+    /// A local agent process the server starts (or finds running) and drives: they outlive the
+    /// server, so a restart, crash or upgrade of the server drops no request.
+    Agent,
+}
+
+impl DataPlane {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "server" => Ok(Self::Server),
+            "agent" => Ok(Self::Agent),
+            other => Err(format!(
+                "`data_plane = \"{other}\"`: write \"server\" or \"agent\""
+            )),
+        }
+    }
 }
 
 /// `isolation = "auto" | "sandbox" | "none"`: how an environment's instances are confined.
@@ -373,6 +398,7 @@ struct RawServer {
     max_files: Option<Spanned<i64>>,
     drift_scan: Option<Spanned<String>>,
     isolation: Option<Spanned<String>>,
+    data_plane: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -610,6 +636,11 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
             .isolation
             .as_ref()
             .and_then(|i| problems.parse(i, Isolation::parse))
+            .unwrap_or_default(),
+        data_plane: raw
+            .data_plane
+            .as_ref()
+            .and_then(|d| problems.parse(d, DataPlane::parse))
             .unwrap_or_default(),
     }
 }

@@ -271,6 +271,13 @@ impl InstanceId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether it names a verification test's process rather than an instance of a release.
+    pub fn is_test(&self) -> bool {
+        self.0
+            .rsplit_once("-test-")
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
 }
 
 impl fmt::Display for InstanceId {

@@ -293,6 +293,9 @@ pub enum DriverError {
     /// A router could not be bound or is not bound.
     #[error("{0}")]
     Router(String),
+    /// The agent serving this driver refused or could not be reached (its message).
+    #[error("{0}")]
+    Agent(String),
     /// Some other I/O failed.
     #[error("{context}: {source}")]
     Io {

@@ -4,14 +4,40 @@
 use std::sync::Arc;
 
 use shipgate_core::PromotionState;
-use shipgate_store::{LiveChange, LiveRelease, NewEvent, Promotion, PromotionFilter, Transition};
+use shipgate_deploy::RouteTarget;
+use shipgate_store::{
+    InstanceRecord, LiveChange, LiveRelease, NewEvent, Promotion, PromotionFilter, Transition,
+};
 
-use crate::{Engine, EngineError, SYSTEM};
+use crate::{Engine, EngineError, LiveInstance, SYSTEM};
+
+/// The instance a recorded, still running instance is, as the engine tracks it.
+fn adopted_instance(r: &InstanceRecord) -> Option<LiveInstance> {
+    let port = u16::try_from(r.port?).ok()?;
+    Some(LiveInstance {
+        id: r.id.clone(),
+        target: RouteTarget {
+            instance_id: r.id.clone(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            label: format!("{}@{}", r.app, r.version),
+        },
+        log_path: std::path::PathBuf::from(&r.log_path),
+    })
+}
 
 impl Engine {
     pub(crate) async fn reconcile(self: &Arc<Self>) -> Result<(), EngineError> {
-        // Instances of a previous server process may still run; they are not ours to adopt.
+        // Instances a previous server process started may still run. Where the data plane
+        // outlived it (an agent), the driver still runs them: a healthy instance of a release is
+        // adopted, without a restart. Any other (a test, an unhealthy one, one left by a
+        // server's own process) is stopped.
+        let mut adopted = Vec::new();
         for old in self.store.running_instances().await? {
+            let runs = self.driver.status(&old.id).await.is_some_and(|s| s.healthy);
+            if runs && !old.id.is_test() && old.port.is_some() {
+                adopted.push(old);
+                continue;
+            }
             let pid = old.pid.and_then(|p| u32::try_from(p).ok());
             self.stop_instance(&old.id, pid).await;
         }
@@ -26,7 +52,7 @@ impl Engine {
         // answers meanwhile, and each router says what it is starting.
         let engine = Arc::clone(self);
         tokio::spawn(async move {
-            if let Err(e) = engine.restore_and_resume().await {
+            if let Err(e) = engine.restore_and_resume(adopted).await {
                 tracing::error!("could not restore what was live: {e}");
             }
             engine
@@ -37,8 +63,12 @@ impl Engine {
     }
 
     /// Starts every recorded live release again, then resumes the pending promotions.
-    async fn restore_and_resume(self: &Arc<Self>) -> Result<(), EngineError> {
-        self.restore_live().await?;
+    async fn restore_and_resume(
+        self: &Arc<Self>,
+        adopted: Vec<InstanceRecord>,
+    ) -> Result<(), EngineError> {
+        let adopted = self.restore_live(adopted).await?;
+        self.keep_adopted_standbys(adopted).await?;
         let pending = PromotionFilter {
             states: vec![PromotionState::Pending],
             ..Default::default()
@@ -104,12 +134,36 @@ impl Engine {
     }
 
     /// Starts every recorded live release (in parallel) and points its router at it.
-    async fn restore_live(self: &Arc<Self>) -> Result<(), EngineError> {
+    /// Returns the adopted instances that serve no live release.
+    async fn restore_live(
+        self: &Arc<Self>,
+        mut adopted: Vec<InstanceRecord>,
+    ) -> Result<Vec<InstanceRecord>, EngineError> {
         let mut starts = tokio::task::JoinSet::new();
         for live in self.store.live(None).await? {
             if self.config.app(&live.app).is_none() || self.config.environment(&live.env).is_none()
             {
                 continue;
+            }
+            let slot = (live.app.clone(), live.env.clone());
+            if let Some(at) = adopted
+                .iter()
+                .position(|i| i.promotion_id == live.promotion_id && i.env == live.env)
+            {
+                let record = adopted.remove(at);
+                if let Some(instance) = adopted_instance(&record) {
+                    tracing::info!(
+                        "{}@{} in {}: adopted instance {} (pid {:?}), still serving",
+                        live.app,
+                        live.version,
+                        live.env,
+                        record.id,
+                        record.pid
+                    );
+                    self.route(&slot, Some(&instance)).await?;
+                    self.set_live_instance(slot, Some(instance));
+                    continue;
+                }
             }
             let engine = Arc::clone(self);
             starts.spawn(async move {
@@ -133,6 +187,53 @@ impl Engine {
                     data: serde_json::json!({ "version": live.version }),
                 };
                 self.store.append_event(event).await?;
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// An adopted instance that serves no live release becomes its slot's warm standby when
+    /// its release was verified there (a fresh `standby` time from now); any other is stopped.
+    async fn keep_adopted_standbys(
+        self: &Arc<Self>,
+        adopted: Vec<InstanceRecord>,
+    ) -> Result<(), EngineError> {
+        for record in adopted {
+            let slot = (record.app.clone(), record.env.clone());
+            let promotion = self.store.promotion(record.promotion_id).await?;
+            let standby = match (&promotion, adopted_instance(&record)) {
+                (Some(p), Some(instance))
+                    if p.state == PromotionState::Succeeded
+                        && self.standby_of(&slot).is_none()
+                        && self.live_instance(&slot).is_some() =>
+                {
+                    Some((p.clone(), instance))
+                }
+                _ => None,
+            };
+            match standby {
+                Some((p, instance)) => {
+                    tracing::info!(
+                        "{}@{} in {}: adopted instance {} as the warm standby",
+                        p.app,
+                        p.version,
+                        p.env,
+                        record.id
+                    );
+                    let live = LiveRelease {
+                        app: p.app,
+                        env: p.env,
+                        version: p.version,
+                        digest: p.digest,
+                        promotion_id: p.id,
+                        since: p.updated_at,
+                    };
+                    self.keep_warm(slot, instance, live);
+                }
+                None => {
+                    let pid = record.pid.and_then(|p| u32::try_from(p).ok());
+                    self.stop_instance(&record.id, pid).await;
+                }
             }
         }
         Ok(())

@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::window::LastMinute;
@@ -20,7 +20,7 @@ pub const LATENCY_BUCKETS_MS: [f64; 13] = [
 pub const NO_RELEASE: &str = "none";
 
 /// What the router of one environment counted for one release of one app, since it started.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UpstreamMetrics {
     /// The app the requests were for.
     pub app: String,
@@ -44,7 +44,7 @@ pub struct UpstreamMetrics {
 }
 
 /// Response counts by status class.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusClasses {
     /// Informational responses; in practice `101 Switching Protocols` for upgrades.
     #[serde(rename = "1xx")]
@@ -93,7 +93,7 @@ impl StatusClasses {
 }
 
 /// A Prometheus-style latency histogram.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatencyHistogram {
     /// Cumulative buckets, one per bound of [`LATENCY_BUCKETS_MS`].
     pub buckets: Vec<LatencyBucket>,
@@ -104,7 +104,7 @@ pub struct LatencyHistogram {
 }
 
 /// One cumulative histogram bucket.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatencyBucket {
     /// The bucket's upper bound, in milliseconds.
     pub le_ms: f64,
@@ -113,7 +113,7 @@ pub struct LatencyBucket {
 }
 
 /// The last minute of one release, for `status` and for gates watching a switch.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowSummary {
     /// Responses per second over the minute, or over the time since counting started if shorter.
     pub requests_per_second: f64,

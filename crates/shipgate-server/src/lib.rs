@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shipgate_core::Config;
+use shipgate_core::config::DataPlane;
 use shipgate_engine::Engine;
 use shipgate_store::{SqliteStore, Store};
 
@@ -62,10 +63,20 @@ impl Server {
             format!("cannot listen on {} for the API (is another shipgate running? change `listen` in [server])", config.server.listen)
         })?;
         let addr = listener.local_addr().context("reading the API address")?;
+        let data_plane = config.server.data_plane;
+        let driver: Arc<dyn shipgate_deploy::Driver> = match data_plane {
+            DataPlane::Server => Arc::new(shipgate_engine::ProcessDriver::new()),
+            DataPlane::Agent => {
+                let exe = std::env::current_exe().context("locating the shipgate binary")?;
+                shipgate_agent::local::connect_or_start(&exe, data_dir)
+                    .await
+                    .map_err(anyhow::Error::msg)?
+            }
+        };
         let engine = Engine::start(
             config,
             store,
-            Arc::new(shipgate_engine::ProcessDriver::new()),
+            driver,
             Arc::new(shipgate_engine::SystemClock),
         )
         .await?;
@@ -85,7 +96,13 @@ impl Server {
                 .with_graceful_shutdown(signal)
                 .await
                 .context("serving the API")?;
-            engine_to_stop.shutdown().await;
+            match data_plane {
+                DataPlane::Server => engine_to_stop.shutdown().await,
+                // The agent keeps serving: the next server takes it over.
+                DataPlane::Agent => tracing::info!(
+                    "the local agent keeps serving the environments; stop it with SIGTERM (its pid is in agent.pid)"
+                ),
+            }
             // Held until every instance has stopped: only then may another server take over.
             drop(lock);
             Ok(())

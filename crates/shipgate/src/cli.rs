@@ -208,6 +208,13 @@ pub enum Command {
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Runs the data plane of this machine (instances and routers) for the server; the server
+    /// starts it itself when its config says `data_plane = "agent"`.
+    Agent {
+        /// The server's data dir, where the agent keeps its socket, pid and lock.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
     /// The demo's sample app (used by `shipgate demo` and by shipgate-bench).
     #[command(hide = true)]
     SampleApp {

@@ -153,6 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(command) => token(g, out, command).await,
         Command::SampleApp { port } => crate::sample::serve(port).await,
+        Command::Agent { data_dir } => agent(&data_dir).await,
         Command::SampleSmoke {
             url,
             expect_version,
@@ -271,6 +272,23 @@ async fn server(path: &Path) -> anyhow::Result<ExitCode> {
     server.wait().await?;
     eprintln!("shipgate stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let driver = Arc::new(shipgate_deploy::ProcessDriver::new());
+    match shipgate_agent::local::run(data_dir, driver).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -432,6 +432,16 @@ impl TestServer {
         panic!("no environment {last}");
     }
 
+    /// The pid of the data dir's local agent, while one runs.
+    pub fn agent_pid(&self) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(self.data_dir().join("agent.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
     /// Processes of app instances (and tests) running from an unpacked release.
     pub fn instance_processes(&self) -> Vec<(i32, i32)> {
         processes_in(&self.data_dir().join("releases"))
@@ -501,6 +511,14 @@ impl Drop for TestServer {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A local agent outlives the server by design: stop it (it stops its instances).
+        if let Some(pid) = self.agent_pid() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            let deadline = Instant::now() + 2 * PATIENCE;
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(25));
+            }
         }
         // A safety net, so a test that failed (or found a leak) leaves no process behind.
         for (pid, _) in self.instance_processes() {

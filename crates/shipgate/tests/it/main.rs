@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 mod access;
+mod agent;
 mod bad_input;
 mod browser;
 mod dashboard;

@@ -1,0 +1,224 @@
+//! The server's side: a [`Driver`] whose every operation is a request to an agent.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shipgate_deploy::{
+    Driver, DriverError, DriverEvent, InstanceId, InstanceStarted, InstanceStatus, RouteTarget,
+    RouterSpec, StartInstance, StopInstance, UpstreamMetrics,
+};
+use tokio::sync::broadcast;
+
+use crate::protocol::{Drain, Env, Events, EventsAfter, Failed, Grace, Hello, Slot, Switch};
+
+/// How long one wait for supervision events lasts before it is asked again.
+const EVENT_WAIT: Duration = Duration::from_secs(20);
+/// Pause before asking again after the agent could not be reached.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// A [`Driver`] served by an agent on a Unix socket.
+pub struct AgentClient {
+    socket: PathBuf,
+    events: broadcast::Sender<DriverEvent>,
+    /// The last event sequence number passed on.
+    cursor: AtomicU64,
+}
+
+impl AgentClient {
+    /// Connects to the agent at `socket` and starts passing on its supervision events, from
+    /// the ones it has now on (those before this connection were another server's to record).
+    pub async fn connect(socket: &Path) -> Result<Arc<AgentClient>, String> {
+        let (events, _) = broadcast::channel(256);
+        let client = Arc::new(AgentClient {
+            socket: socket.to_path_buf(),
+            events,
+            cursor: AtomicU64::new(0),
+        });
+        client.hello().await?;
+        let now: Events = client
+            .call(
+                "/v1/events",
+                &EventsAfter {
+                    after: u64::MAX,
+                    wait: Duration::ZERO,
+                },
+            )
+            .await?;
+        client.cursor.store(now.next, Ordering::Release);
+        let pump = Arc::downgrade(&client);
+        tokio::spawn(async move {
+            loop {
+                let Some(client) = pump.upgrade() else { return };
+                let after = client.cursor.load(Ordering::Acquire);
+                let asked = EventsAfter {
+                    after,
+                    wait: EVENT_WAIT,
+                };
+                match client.call::<_, Events>("/v1/events", &asked).await {
+                    Ok(got) => {
+                        for (seq, event) in got.events {
+                            if seq > client.cursor.load(Ordering::Acquire) {
+                                client.cursor.store(seq, Ordering::Release);
+                                let _ = client.events.send(event);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("could not read the agent's events: {e}");
+                        drop(client);
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
+        });
+        Ok(client)
+    }
+
+    /// Who the agent is and what it runs.
+    pub async fn hello(&self) -> Result<Hello, String> {
+        self.call("/v1/hello", &()).await
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp, String> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            format!("the agent at {} did not answer: {e}", self.socket.display())
+        };
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        tokio::spawn(conn);
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let request = http::Request::post(path)
+            .header(http::header::HOST, "agent")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let answer = sender
+            .send_request(request)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let status = answer.status();
+        let bytes = answer
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(&e))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<Failed>(&bytes) {
+                Ok(f) => f.error,
+                Err(_) => format!(
+                    "the agent answered {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                ),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("the agent's answer to {path}: {e}"))
+    }
+}
+
+fn agent_error(message: String) -> DriverError {
+    DriverError::Agent(message)
+}
+
+#[async_trait::async_trait]
+impl Driver for AgentClient {
+    async fn start(&self, req: StartInstance) -> Result<InstanceStarted, DriverError> {
+        self.call("/v1/start", &req).await.map_err(agent_error)
+    }
+
+    async fn stop(&self, req: StopInstance) -> Result<(), DriverError> {
+        self.call("/v1/stop", &req).await.map_err(agent_error)
+    }
+
+    async fn status(&self, instance_id: &InstanceId) -> Option<InstanceStatus> {
+        self.call("/v1/status", instance_id).await.ok().flatten()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<DriverEvent> {
+        self.events.subscribe()
+    }
+
+    async fn stop_all(&self, grace: Duration) {
+        if let Err(e) = self.call::<_, ()>("/v1/stop_all", &Grace { grace }).await {
+            tracing::warn!("could not stop the agent's instances: {e}");
+        }
+    }
+
+    async fn bind_router(&self, spec: RouterSpec) -> Result<(), DriverError> {
+        self.call("/v1/bind_router", &spec)
+            .await
+            .map_err(agent_error)
+    }
+
+    async fn switch(
+        &self,
+        env: &str,
+        app: &str,
+        to: Option<RouteTarget>,
+    ) -> Result<Option<RouteTarget>, DriverError> {
+        let s = Switch {
+            env: env.to_owned(),
+            app: app.to_owned(),
+            to,
+        };
+        self.call("/v1/switch", &s).await.map_err(agent_error)
+    }
+
+    async fn routed(&self, env: &str, app: &str) -> Option<RouteTarget> {
+        let s = Slot {
+            env: env.to_owned(),
+            app: app.to_owned(),
+            label: String::new(),
+        };
+        self.call("/v1/routed", &s).await.ok().flatten()
+    }
+
+    async fn set_starting(&self, env: &str, app: &str, label: &str) {
+        let s = Slot {
+            env: env.to_owned(),
+            app: app.to_owned(),
+            label: label.to_owned(),
+        };
+        if let Err(e) = self.call::<_, ()>("/v1/set_starting", &s).await {
+            tracing::warn!("could not tell the agent what {env} is starting: {e}");
+        }
+    }
+
+    async fn drain(&self, instance: &InstanceId, grace: Duration) -> bool {
+        let d = Drain {
+            instance_id: instance.clone(),
+            grace,
+        };
+        self.call("/v1/drain", &d).await.unwrap_or(false)
+    }
+
+    async fn router_metrics(&self, env: &str) -> Vec<UpstreamMetrics> {
+        let e = Env {
+            env: env.to_owned(),
+        };
+        self.call("/v1/router_metrics", &e)
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn close_routers(&self) -> Vec<(String, Vec<InstanceId>)> {
+        self.call("/v1/close_routers", &())
+            .await
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,22 @@
+//! The agent: the data plane of one machine (its instances, and the routers of its
+//! environments) in a process of its own, so that it outlives the server. The server drives it
+//! through [`AgentClient`], which is a [`Driver`] like the in-process one: the engine cannot tell
+//! them apart.
+//!
+//! The protocol is JSON over HTTP/1.1, one `POST /v1/OPERATION` per [`Driver`] method, on a Unix
+//! socket in the agent's data dir (mode 0600: only the server's user reaches it). Every operation
+//! is idempotent, keyed by the instance id or by environment and app, so a request repeated
+//! after a lost answer does the work once. Supervision events carry a sequence number and are
+//! read with a cursor, so a server that reconnects misses none the agent still holds.
+#![forbid(unsafe_code)]
+
+mod client;
+pub mod local;
+mod protocol;
+mod serve;
+
+pub use client::AgentClient;
+pub use protocol::{AGENT_SOCKET, Hello};
+pub use serve::{Agent, serve};
+
+pub use shipgate_deploy::Driver;

@@ -1,0 +1,147 @@
+//! The agent on the server's own machine: started by the server in its data dir (or found there
+//! running), reached on `agent.sock`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{AGENT_SOCKET, Agent, AgentClient};
+
+/// How long a freshly started agent may take to answer on its socket.
+const AGENT_START: Duration = Duration::from_secs(15);
+/// How long the instances of an agent that is asked to stop may take to exit.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The agent's files in a data dir.
+pub struct AgentFiles {
+    /// The socket it serves on.
+    pub socket: PathBuf,
+    /// Its pid, while it runs.
+    pub pid: PathBuf,
+    /// Held (flock) while it runs: one agent per data dir.
+    pub lock: PathBuf,
+    /// What it logs, when the server started it.
+    pub log: PathBuf,
+}
+
+impl AgentFiles {
+    /// The files of the agent of `data_dir`.
+    pub fn of(data_dir: &Path) -> AgentFiles {
+        AgentFiles {
+            socket: data_dir.join(AGENT_SOCKET),
+            pid: data_dir.join("agent.pid"),
+            lock: data_dir.join("agent.lock"),
+            log: data_dir.join("agent.log"),
+        }
+    }
+}
+
+/// Runs the agent of `data_dir` until SIGTERM or Ctrl-C, then stops its routers and instances.
+/// Refused while another agent holds the data dir.
+pub async fn run(data_dir: &Path, driver: Arc<dyn crate::Driver>) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let files = AgentFiles::of(data_dir);
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("could not make {}: {e}", data_dir.display()))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&files.lock)
+        .map_err(|e| format!("could not open {}: {e}", files.lock.display()))?;
+    if lock.try_lock().is_err() {
+        let pid = std::fs::read_to_string(&files.pid).unwrap_or_default();
+        return Err(format!(
+            "another agent (pid {}) already serves {}; stop it first",
+            pid.trim(),
+            data_dir.display()
+        ));
+    }
+    std::fs::write(&files.pid, std::process::id().to_string())
+        .map_err(|e| format!("could not write {}: {e}", files.pid.display()))?;
+    let agent = Agent::new(Arc::clone(&driver));
+    tracing::info!(socket = %files.socket.display(), "agent serving");
+    crate::serve(&files.socket, agent, stop_signal())
+        .await
+        .map_err(|e| format!("could not serve on {}: {e}", files.socket.display()))?;
+    tracing::info!("agent stopping: routers, then instances");
+    for (_, routed) in driver.close_routers().await {
+        for id in routed {
+            driver.drain(&id, STOP_GRACE).await;
+        }
+    }
+    driver.stop_all(STOP_GRACE).await;
+    let _ = std::fs::remove_file(&files.pid);
+    let _ = std::fs::remove_file(&files.socket);
+    drop(lock);
+    Ok(())
+}
+
+async fn stop_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The agent of `data_dir`: the one running there, or one started now as `exe agent
+/// --data-dir DATA_DIR`, in a process group of its own so that it outlives the server.
+pub async fn connect_or_start(exe: &Path, data_dir: &Path) -> Result<Arc<AgentClient>, String> {
+    let files = AgentFiles::of(data_dir);
+    if let Ok(client) = AgentClient::connect(&files.socket).await {
+        let hello = client.hello().await?;
+        tracing::info!(
+            pid = hello.pid,
+            instances = hello.instances.len(),
+            "reconnected to the local agent"
+        );
+        return Ok(client);
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&files.log)
+        .map_err(|e| format!("could not open {}: {e}", files.log.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("could not share {}: {e}", files.log.display()))?;
+    let child = std::process::Command::new(exe)
+        .arg("agent")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("could not start the local agent ({}): {e}", exe.display()))?;
+    use std::os::unix::process::CommandExt as _;
+    let pid = child.id();
+    // Reaped by whoever outlives it; the server does not wait on it.
+    drop(child);
+    let deadline = tokio::time::Instant::now() + AGENT_START;
+    loop {
+        match AgentClient::connect(&files.socket).await {
+            Ok(client) => {
+                tracing::info!(pid, "started the local agent");
+                return Ok(client);
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                let tail = std::fs::read_to_string(&files.log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(10).collect();
+                return Err(format!(
+                    "the local agent (pid {pid}) did not answer within {AGENT_START:?}: {e}; its log ({}) ends:\n{}",
+                    files.log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}

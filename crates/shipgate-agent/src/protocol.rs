@@ -1,0 +1,78 @@
+//! The bodies of the agent protocol that are not already [`shipgate_deploy`] requests.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shipgate_deploy::{DriverEvent, InstanceId, RouteTarget};
+
+/// The socket's file name in the agent's data dir.
+pub const AGENT_SOCKET: &str = "agent.sock";
+
+/// `POST /v1/hello`: who answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The agent's pid.
+    pub pid: u32,
+    /// Its version (the shipgate release it was built from).
+    pub version: String,
+    /// The instances it runs now.
+    pub instances: Vec<InstanceId>,
+}
+
+/// `POST /v1/switch`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Switch {
+    pub env: String,
+    pub app: String,
+    pub to: Option<RouteTarget>,
+}
+
+/// `POST /v1/routed` and `POST /v1/set_starting` (without a label for `routed`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Slot {
+    pub env: String,
+    pub app: String,
+    #[serde(default)]
+    pub label: String,
+}
+
+/// `POST /v1/drain`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Drain {
+    pub instance_id: InstanceId,
+    pub grace: Duration,
+}
+
+/// `POST /v1/router_metrics`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Env {
+    pub env: String,
+}
+
+/// `POST /v1/stop_all`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Grace {
+    pub grace: Duration,
+}
+
+/// `POST /v1/events`: the events after `after`, waiting up to `wait` for one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct EventsAfter {
+    pub after: u64,
+    pub wait: Duration,
+}
+
+/// The answer to `/v1/events`: events in order, each with its sequence number, and the
+/// cursor to ask from next.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Events {
+    pub events: Vec<(u64, DriverEvent)>,
+    pub next: u64,
+}
+
+/// An operation that failed on the agent: the driver's message, as it would have been
+/// in-process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Failed {
+    pub error: String,
+}

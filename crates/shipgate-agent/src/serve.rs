@@ -1,0 +1,228 @@
+//! The agent's side: a [`Driver`] (the process driver, with its routers) served on a Unix socket.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use shipgate_deploy::{Driver, DriverEvent, InstanceId, RouterSpec, StartInstance, StopInstance};
+use tokio::sync::Notify;
+
+use crate::protocol::{Drain, Env, Events, EventsAfter, Failed, Grace, Hello, Slot, Switch};
+
+/// How many supervision events the agent keeps for a server that reconnects.
+const EVENTS_KEPT: usize = 4096;
+
+/// The agent: its driver and the supervision events it has seen, numbered.
+pub struct Agent {
+    driver: Arc<dyn Driver>,
+    events: Mutex<EventLog>,
+    arrived: Notify,
+    /// The instances started through it and not stopped since.
+    running: Mutex<Vec<InstanceId>>,
+}
+
+#[derive(Default)]
+struct EventLog {
+    /// The sequence number the next event gets (the first is 1).
+    next: u64,
+    kept: VecDeque<(u64, DriverEvent)>,
+}
+
+impl Agent {
+    /// An agent serving `driver`; it starts recording the driver's events at once.
+    pub fn new(driver: Arc<dyn Driver>) -> Arc<Agent> {
+        let agent = Arc::new(Agent {
+            driver,
+            events: Mutex::new(EventLog {
+                next: 1,
+                kept: VecDeque::new(),
+            }),
+            arrived: Notify::new(),
+            running: Mutex::default(),
+        });
+        let mut events = agent.driver.subscribe();
+        let recorder = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("the agent missed {n} supervision events");
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                let Some(agent) = recorder.upgrade() else {
+                    return;
+                };
+                {
+                    let mut log = agent.events.lock().unwrap_or_else(PoisonError::into_inner);
+                    let seq = log.next;
+                    log.next += 1;
+                    log.kept.push_back((seq, event));
+                    if log.kept.len() > EVENTS_KEPT {
+                        log.kept.pop_front();
+                    }
+                }
+                agent.arrived.notify_waiters();
+            }
+        });
+        agent
+    }
+
+    fn events_after(&self, after: u64) -> Events {
+        let log = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        Events {
+            events: log
+                .kept
+                .iter()
+                .filter(|(seq, _)| *seq > after)
+                .cloned()
+                .collect(),
+            next: log.next - 1,
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Vec<InstanceId>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Serves `agent` on the Unix socket `path` (replacing a stale one) until `shutdown` resolves.
+pub async fn serve(
+    path: &Path,
+    agent: Arc<Agent>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let app = Router::new()
+        .route("/v1/hello", post(hello))
+        .route("/v1/start", post(start))
+        .route("/v1/stop", post(stop))
+        .route("/v1/status", post(status))
+        .route("/v1/events", post(events))
+        .route("/v1/stop_all", post(stop_all))
+        .route("/v1/bind_router", post(bind_router))
+        .route("/v1/switch", post(switch))
+        .route("/v1/routed", post(routed))
+        .route("/v1/set_starting", post(set_starting))
+        .route("/v1/drain", post(drain))
+        .route("/v1/router_metrics", post(router_metrics))
+        .route("/v1/close_routers", post(close_routers))
+        .with_state(agent);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+type AgentState = State<Arc<Agent>>;
+
+fn failed(error: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(Failed {
+            error: error.to_string(),
+        }),
+    )
+        .into_response()
+}
+
+async fn hello(State(agent): AgentState) -> Json<Hello> {
+    Json(Hello {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        instances: agent.running().clone(),
+    })
+}
+
+async fn start(State(agent): AgentState, Json(req): Json<StartInstance>) -> Response {
+    let id = req.instance_id.clone();
+    match agent.driver.start(req).await {
+        Ok(started) => {
+            let mut running = agent.running();
+            if !running.contains(&id) {
+                running.push(id);
+            }
+            Json(started).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+async fn stop(State(agent): AgentState, Json(req): Json<StopInstance>) -> Response {
+    let id = req.instance_id.clone();
+    match agent.driver.stop(req).await {
+        Ok(()) => {
+            agent.running().retain(|i| i != &id);
+            Json(()).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+async fn status(State(agent): AgentState, Json(id): Json<InstanceId>) -> Response {
+    Json(agent.driver.status(&id).await).into_response()
+}
+
+async fn events(State(agent): AgentState, Json(q): Json<EventsAfter>) -> Json<Events> {
+    // Registered before looking, so an event arriving in between still wakes the wait.
+    let arrived = agent.arrived.notified();
+    let now = agent.events_after(q.after);
+    if !now.events.is_empty() {
+        return Json(now);
+    }
+    let _ = tokio::time::timeout(q.wait, arrived).await;
+    Json(agent.events_after(q.after))
+}
+
+async fn stop_all(State(agent): AgentState, Json(g): Json<Grace>) -> Json<()> {
+    agent.driver.stop_all(g.grace).await;
+    agent.running().clear();
+    Json(())
+}
+
+async fn bind_router(State(agent): AgentState, Json(spec): Json<RouterSpec>) -> Response {
+    match agent.driver.bind_router(spec).await {
+        Ok(()) => Json(()).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn switch(State(agent): AgentState, Json(s): Json<Switch>) -> Response {
+    match agent.driver.switch(&s.env, &s.app, s.to).await {
+        Ok(previous) => Json(previous).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn routed(State(agent): AgentState, Json(s): Json<Slot>) -> Response {
+    Json(agent.driver.routed(&s.env, &s.app).await).into_response()
+}
+
+async fn set_starting(State(agent): AgentState, Json(s): Json<Slot>) -> Json<()> {
+    agent.driver.set_starting(&s.env, &s.app, &s.label).await;
+    Json(())
+}
+
+async fn drain(State(agent): AgentState, Json(d): Json<Drain>) -> Json<bool> {
+    Json(agent.driver.drain(&d.instance_id, d.grace).await)
+}
+
+async fn router_metrics(State(agent): AgentState, Json(e): Json<Env>) -> Response {
+    Json(agent.driver.router_metrics(&e.env).await).into_response()
+}
+
+async fn close_routers(State(agent): AgentState) -> Response {
+    Json(agent.driver.close_routers().await).into_response()
+}

@@ -1,0 +1,86 @@
+//! `data_plane = "agent"`: the instances and routers run in a local agent process that the
+//! server starts and that outlives it. Killing the server with -9, or stopping it, and starting
+//! it again drops no request, restarts no instance and keeps the warm standby.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use crate::helpers::{env_status, four_envs, http_get, spawn_server, wait_for};
+
+/// GETs `url` back to back until `stop`; returns (answers, failures with what they were).
+fn load(url: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<(usize, Vec<String>)> {
+    thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            match http_get(&url, None) {
+                Some(r) if r.status == 200 => ok += 1,
+                Some(r) => failed.push(format!("{} {}", r.status, r.body.trim())),
+                None => failed.push("no answer".to_owned()),
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        (ok, failed)
+    })
+}
+
+#[test]
+fn the_agent_keeps_serving_through_a_server_kill_9_and_restart_with_its_standby() {
+    let mut s = spawn_server(&four_envs("data_plane = \"agent\""));
+    let agent = s.agent_pid().expect("the server started a local agent");
+    s.register("1.0.0", &[]);
+    s.register("1.1.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
+    s.ok(&["promote", "web@1.1.0", "--to", "development", "--wait"]);
+    let before = env_status(&s.json(&["status", "web"]), "development");
+    assert_eq!(before["standby"]["version"], "1.0.0", "{before}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(
+        format!("{}/version", s.url("development")),
+        Arc::clone(&stop),
+    );
+    thread::sleep(Duration::from_millis(300));
+    s.kill9();
+    // The server is gone; its environment still answers.
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.version("development").as_deref(), Some("1.1.0"));
+    s.restart();
+    thread::sleep(Duration::from_millis(300));
+    // A polite stop leaves the data plane serving too.
+    assert!(s.terminate().success());
+    thread::sleep(Duration::from_millis(300));
+    s.restart();
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed) = traffic.join().unwrap();
+    eprintln!(
+        "agent: {answered} requests answered through a kill -9, a SIGTERM and two restarts, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    assert!(answered > 100, "the load ran: {answered}");
+
+    assert_eq!(s.agent_pid(), Some(agent), "the same agent serves");
+    let after = env_status(&s.json(&["status", "web"]), "development");
+    assert_eq!(
+        after["instance"]["pid"], before["instance"]["pid"],
+        "the live instance was not restarted: {after}"
+    );
+    assert_eq!(
+        after["standby"]["instance_id"], before["standby"]["instance_id"],
+        "the warm standby is kept: {after}"
+    );
+    // A rollback after the restarts is still a switch to the standby.
+    s.ok(&["rollback", "web", "--env", "development", "--wait"]);
+    let rollback = s.latest("development");
+    let gate = rollback["gates"][0]["output"].as_str().unwrap_or_default();
+    assert!(
+        gate.starts_with("switched traffic back to standby instance"),
+        "{rollback}"
+    );
+    wait_for("1.0.0 to answer", || {
+        s.version("development").as_deref() == Some("1.0.0")
+    });
+}
