@@ -58,7 +58,15 @@ pub async fn run(data_dir: &Path, driver: Arc<dyn crate::Driver>) -> Result<(), 
             data_dir.display()
         ));
     }
-    std::fs::write(&files.pid, std::process::id().to_string())
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&files.pid)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, std::process::id().to_string().as_bytes())
+        })
         .map_err(|e| format!("could not write {}: {e}", files.pid.display()))?;
     let agent = Agent::new(Arc::clone(&driver));
     tracing::info!(socket = %files.socket.display(), "agent serving");
@@ -90,6 +98,23 @@ async fn stop_signal() {
     }
 }
 
+/// The `shipgate` binary that runs agents: this program if it is `shipgate`, else the
+/// `shipgate` beside it (a benchmark or test binary that embeds the server).
+pub fn agent_exe() -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| format!("locating the running program: {e}"))?;
+    if me.file_stem().is_some_and(|n| n == "shipgate") {
+        return Ok(me);
+    }
+    let beside = me.with_file_name("shipgate");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    Err(format!(
+        "the local agent is the `shipgate` binary, and {} is missing: build it (cargo build -p shipgate), or set data_plane = \"server\"",
+        beside.display()
+    ))
+}
+
 /// The agent of `data_dir`: the one running there, or one started now as `exe agent
 /// --data-dir DATA_DIR`, in a process group of its own so that it outlives the server.
 pub async fn connect_or_start(exe: &Path, data_dir: &Path) -> Result<Arc<AgentClient>, String> {
@@ -103,9 +128,11 @@ pub async fn connect_or_start(exe: &Path, data_dir: &Path) -> Result<Arc<AgentCl
         );
         return Ok(client);
     }
+    use std::os::unix::fs::OpenOptionsExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&files.log)
         .map_err(|e| format!("could not open {}: {e}", files.log.display()))?;
     let log_err = log

@@ -19,7 +19,9 @@ const ENVS: [&str; 4] = ["development", "testing", "staging", "production"];
 const VERSIONS: usize = 25;
 
 fn config(apps: usize) -> anyhow::Result<String> {
-    let mut toml = "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n".to_owned();
+    let mut toml =
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ndata_plane = \"server\"\n"
+            .to_owned();
     for i in 0..apps {
         toml.push_str(&format!(
             "\n[apps.app-{i:04}]\nrun = \"./app --port ${{PORT}}\"\nhealth = \"/healthz\"\n"

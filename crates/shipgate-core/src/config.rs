@@ -52,10 +52,10 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DataPlane {
     /// The server's own process: they stop when it stops.
-    #[default]
     Server,
     /// A local agent process the server starts (or finds running) and drives: they outlive the
     /// server, so a restart, crash or upgrade of the server drops no request.
+    #[default]
     Agent,
 }
 

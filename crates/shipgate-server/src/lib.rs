@@ -67,7 +67,7 @@ impl Server {
         let driver: Arc<dyn shipgate_deploy::Driver> = match data_plane {
             DataPlane::Server => Arc::new(shipgate_engine::ProcessDriver::new()),
             DataPlane::Agent => {
-                let exe = std::env::current_exe().context("locating the shipgate binary")?;
+                let exe = shipgate_agent::local::agent_exe().map_err(anyhow::Error::msg)?;
                 shipgate_agent::local::connect_or_start(&exe, data_dir)
                     .await
                     .map_err(anyhow::Error::msg)?

@@ -21,12 +21,14 @@ pub fn free_port(wanted: u16) -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// The demo's config: the sample app behind four environments, a smoke test in testing.
+/// The demo's config: the sample app behind four environments, a smoke test in testing. Its
+/// data plane is the server's own process (`data_plane = "server"`), so that everything the
+/// demo started ends with it and leaves nothing running.
 pub fn demo_config(exe: &Path, api_port: u16, env_ports: [u16; 4], verify_testing: bool) -> String {
     let exe = exe.display();
     let names = ["development", "testing", "staging", "production"];
     let mut toml = format!(
-        "[server]\nlisten = \"127.0.0.1:{api_port}\"\ndata_dir = \"data\"\n\n[apps.web]\nrun = \"'{exe}' sample-app --port ${{PORT}}\"\nhealth = \"/healthz\"\n"
+        "[server]\nlisten = \"127.0.0.1:{api_port}\"\ndata_dir = \"data\"\ndata_plane = \"server\"\n\n[apps.web]\nrun = \"'{exe}' sample-app --port ${{PORT}}\"\nhealth = \"/healthz\"\n"
     );
     for (i, name) in names.iter().enumerate() {
         toml.push_str(&format!(

@@ -319,7 +319,9 @@ fn defect_4_a_heal_touches_only_its_own_environment() {
 
 #[test]
 fn defect_9_the_api_answers_at_once_while_a_slow_instance_starts() {
-    let mut s = spawn_server(&four_envs(""));
+    // The server's own data plane, so that a restart starts the live release again (a local
+    // agent would still run it, and nothing would be starting).
+    let mut s = spawn_server(&four_envs("data_plane = \"server\""));
     let gate = s.app_data("development").join("let-it-listen");
     std::fs::create_dir_all(gate.parent().unwrap()).unwrap();
     std::fs::write(&gate, "").unwrap();

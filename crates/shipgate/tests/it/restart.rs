@@ -100,7 +100,9 @@ fn sigkill_during_a_deploy_then_restart_leaves_no_process_of_the_killed_server()
 
 #[test]
 fn sigterm_stops_instances_and_exits_0() {
-    let mut s = spawn_server(&four_envs(""));
+    // The server's own data plane: stopping the server stops its instances (with a local
+    // agent, they keep serving; see agent.rs).
+    let mut s = spawn_server(&four_envs("data_plane = \"server\""));
     s.register("1.0.0", &[]);
     s.walk("1.0.0", "development");
     assert_eq!(s.version("development").as_deref(), Some("1.0.0"));

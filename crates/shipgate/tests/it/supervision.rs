@@ -387,7 +387,9 @@ fn rollback_to_a_named_version_and_refusals() {
 
 #[test]
 fn sigterm_ends_open_event_streams_and_exits_0() {
-    let mut s = spawn_server(&four_envs(""));
+    // The server's own data plane: stopping the server stops its instances (with a local
+    // agent, they keep serving; see agent.rs).
+    let mut s = spawn_server(&four_envs("data_plane = \"server\""));
     s.register("1.0.0", &[]);
     s.walk("1.0.0", "development");
     let deadline = Instant::now() + Duration::from_secs(30);
