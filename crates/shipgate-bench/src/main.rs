@@ -68,6 +68,10 @@ enum BenchCommand {
         /// Threads of the load client (a runtime of its own, apart from the server's).
         #[arg(long, default_value_t = 2)]
         client_threads: usize,
+        /// Where the instances and the router run: `server` (this process) or `agent` (a local
+        /// agent process, the default of `shipgate server`).
+        #[arg(long, default_value = "server", value_parser = ["server", "agent"])]
+        data_plane: String,
     },
 }
 
@@ -93,8 +97,10 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             load_duration,
             connections,
             client_threads,
+            data_plane,
         } => {
             router::run(router::Options {
+                agent: data_plane == "agent",
                 duration,
                 cycles,
                 rollbacks,

@@ -53,6 +53,9 @@ pub struct Options {
     pub connections: usize,
     /// Worker threads of the load client's runtime.
     pub client_threads: usize,
+    /// Run the instances and the router in a local agent process, as `shipgate server` does by
+    /// default, instead of in the benchmark's own process.
+    pub agent: bool,
 }
 
 fn ms(d: Duration) -> String {
@@ -66,7 +69,22 @@ fn verdict(met: bool) -> &'static str {
 pub async fn run(o: Options) -> anyhow::Result<ExitCode> {
     let ports = [free_port(0)?, free_port(0)?, free_port(0)?, free_port(0)?];
     let env_addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
-    let sample = SampleServer::start("shipgate-bench-router-", free_port(0)?, ports, false).await?;
+    let sample = SampleServer::start_on(
+        "shipgate-bench-router-",
+        free_port(0)?,
+        ports,
+        false,
+        o.agent,
+    )
+    .await?;
+    println!(
+        "data plane: {}",
+        if o.agent {
+            "a local agent process (data_plane = \"agent\", the default of shipgate server)"
+        } else {
+            "the benchmark's own process (data_plane = \"server\")"
+        }
+    );
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(o.client_threads.max(1))
         .thread_name("bench-client")

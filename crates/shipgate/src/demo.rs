@@ -23,12 +23,14 @@ pub fn free_port(wanted: u16) -> anyhow::Result<u16> {
 
 /// The demo's config: the sample app behind four environments, a smoke test in testing. Its
 /// data plane is the server's own process (`data_plane = "server"`), so that everything the
-/// demo started ends with it and leaves nothing running.
+/// demo started ends with it and leaves nothing running; and its instances are unisolated
+/// (`isolation = "none"`), because the sample app is this very binary, outside any release
+/// directory a sandbox would show it.
 pub fn demo_config(exe: &Path, api_port: u16, env_ports: [u16; 4], verify_testing: bool) -> String {
     let exe = exe.display();
     let names = ["development", "testing", "staging", "production"];
     let mut toml = format!(
-        "[server]\nlisten = \"127.0.0.1:{api_port}\"\ndata_dir = \"data\"\ndata_plane = \"server\"\n\n[apps.web]\nrun = \"'{exe}' sample-app --port ${{PORT}}\"\nhealth = \"/healthz\"\n"
+        "[server]\nlisten = \"127.0.0.1:{api_port}\"\ndata_dir = \"data\"\ndata_plane = \"server\"\nisolation = \"none\"\n\n[apps.web]\nrun = \"'{exe}' sample-app --port ${{PORT}}\"\nhealth = \"/healthz\"\n"
     );
     for (i, name) in names.iter().enumerate() {
         toml.push_str(&format!(
@@ -76,13 +78,28 @@ impl SampleServer {
         env_ports: [u16; 4],
         verify_testing: bool,
     ) -> anyhow::Result<Self> {
+        Self::start_on(prefix, api_port, env_ports, verify_testing, false).await
+    }
+
+    /// As [`SampleServer::start`], with the data plane in a local agent when `agent` is true
+    /// (stopped by [`SampleServer::stop`]).
+    pub async fn start_on(
+        prefix: &str,
+        api_port: u16,
+        env_ports: [u16; 4],
+        verify_testing: bool,
+        agent: bool,
+    ) -> anyhow::Result<Self> {
         let work = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir()
             .context("creating a temporary folder")?;
         let exe = crate::shipgate_exe()?;
         let config_path = work.path().join("shipgate.toml");
-        let src = demo_config(&exe, api_port, env_ports, verify_testing);
+        let mut src = demo_config(&exe, api_port, env_ports, verify_testing);
+        if agent {
+            src = src.replace("data_plane = \"server\"", "data_plane = \"agent\"");
+        }
         std::fs::write(&config_path, &src)?;
         let config = shipgate_core::Config::parse(&src, work.path()).map_err(|e| {
             anyhow::anyhow!(
@@ -111,15 +128,30 @@ impl SampleServer {
         })
     }
 
-    /// Stops the server and every instance it started.
     /// The address of the API and dashboard.
     pub fn api_addr(&self) -> std::net::SocketAddr {
         self.server.addr
     }
 
+    /// Stops the server and every instance it started (and its local agent, if it has one).
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
-        self.server.wait().await
+        self.server.wait().await?;
+        let pid_file = self.work.path().join("data").join("agent.pid");
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..400 {
+                if nix::sys::signal::kill(pid, None).is_err() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+        }
+        Ok(())
     }
 }
 

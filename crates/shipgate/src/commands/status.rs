@@ -116,21 +116,27 @@ pub fn render_status(apps: &[AppStatus]) -> String {
     text
 }
 
-/// One line per environment and app on how it is confined, below the status table.
+/// How each app and environment is confined, below the status table: one line per distinct
+/// confinement, naming where it applies.
 fn render_isolation(apps: &[AppStatus]) -> String {
-    let mut lines = String::new();
+    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
     for a in apps {
         for e in &a.environments {
-            lines.push_str(&format!(
-                "  {} in {}: {}\n",
-                a.app, e.env, e.isolation.detail
-            ));
+            let place = format!("{} in {}", a.app, e.env);
+            match groups.iter_mut().find(|(d, _)| *d == e.isolation.detail) {
+                Some((_, places)) => places.push(place),
+                None => groups.push((&e.isolation.detail, vec![place])),
+            }
         }
     }
-    if lines.is_empty() {
-        return lines;
+    if groups.is_empty() {
+        return String::new();
     }
-    format!("\nisolation:\n{lines}")
+    let mut text = "\nisolation:\n".to_owned();
+    for (detail, places) in groups {
+        text.push_str(&format!("  {}: {detail}\n", places.join(", ")));
+    }
+    text
 }
 
 /// What each waiting promotion waits on, and the freezes in force, below the status table.

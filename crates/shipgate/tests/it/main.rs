@@ -8,6 +8,7 @@ mod bad_input;
 mod browser;
 mod dashboard;
 mod data;
+mod demo;
 mod flow;
 mod gates;
 mod hardening;
