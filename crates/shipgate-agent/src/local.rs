@@ -138,7 +138,7 @@ pub async fn connect_or_start(exe: &Path, data_dir: &Path) -> Result<Arc<AgentCl
     let log_err = log
         .try_clone()
         .map_err(|e| format!("could not share {}: {e}", files.log.display()))?;
-    let child = std::process::Command::new(exe)
+    let mut child = std::process::Command::new(exe)
         .arg("agent")
         .arg("--data-dir")
         .arg(data_dir)
@@ -150,8 +150,10 @@ pub async fn connect_or_start(exe: &Path, data_dir: &Path) -> Result<Arc<AgentCl
         .map_err(|e| format!("could not start the local agent ({}): {e}", exe.display()))?;
     use std::os::unix::process::CommandExt as _;
     let pid = child.id();
-    // Reaped by whoever outlives it; the server does not wait on it.
-    drop(child);
+    // Reaped here if it stops while this server runs (after that, by whoever adopts it).
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
     let deadline = tokio::time::Instant::now() + AGENT_START;
     loop {
         match AgentClient::connect(&files.socket).await {

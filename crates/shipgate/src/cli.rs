@@ -211,9 +211,14 @@ pub enum Command {
     /// Runs the data plane of this machine (instances and routers) for the server; the server
     /// starts it itself when its config says `data_plane = "agent"`.
     Agent {
-        /// The server's data dir, where the agent keeps its socket, pid and lock.
+        /// The server's data dir, where the agent keeps its socket, pid and lock (default: the
+        /// config's `data_dir`).
         #[arg(long)]
-        data_dir: std::path::PathBuf,
+        data_dir: Option<std::path::PathBuf>,
+        /// Stop the agent running there instead: its routers stop accepting, requests in flight
+        /// finish, and its instances are stopped.
+        #[arg(long)]
+        stop: bool,
     },
     /// The demo's sample app (used by `shipgate demo` and by shipgate-bench).
     #[command(hide = true)]

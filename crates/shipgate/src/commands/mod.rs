@@ -153,7 +153,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(command) => token(g, out, command).await,
         Command::SampleApp { port } => crate::sample::serve(port).await,
-        Command::Agent { data_dir } => agent(&data_dir).await,
+        Command::Agent { data_dir, stop } => {
+            let data_dir = match data_dir {
+                Some(d) => d,
+                None => match config_file::load(&g.config)? {
+                    Ok((c, _)) => c.server.data_dir,
+                    Err(invalid) => {
+                        eprint!("{}", invalid.0);
+                        eprintln!("error: give --data-dir, or fix the config");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                },
+            };
+            if stop {
+                stop_agent(&data_dir).await
+            } else {
+                agent(&data_dir).await
+            }
+        }
         Command::SampleSmoke {
             url,
             expect_version,
@@ -289,6 +306,43 @@ async fn agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Sends SIGTERM to the agent of `data_dir` and waits until it has stopped.
+async fn stop_agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let files = shipgate_agent::local::AgentFiles::of(data_dir);
+    let Some(pid) = std::fs::read_to_string(&files.pid)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        eprintln!(
+            "no agent runs for {} (no {})",
+            data_dir.display(),
+            files.pid.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
+        eprintln!(
+            "the agent (pid {pid}) of {} is not running",
+            data_dir.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    eprintln!("stopping the agent (pid {pid}): its routers, then its instances");
+    // Gone, or a zombie its parent has not reaped yet.
+    let running = |pid: nix::unistd::Pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    };
+    while running(pid) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    eprintln!("the agent stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
