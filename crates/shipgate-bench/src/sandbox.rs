@@ -47,7 +47,7 @@ pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
 
     let driver = ProcessDriver::new();
     let limits = Limits {
-        memory: Some(256 << 20),
+        memory: Some(shipgate_core::ByteSize(256 << 20)),
         cpu: Some(1.0),
         pids: Some(256),
     };

@@ -107,8 +107,8 @@ impl Isolation {
 }
 
 /// `limits = { memory = "512MiB", cpu = 1.5, pids = 512 }` on an app or an environment; each
-/// one the environment sets wins over the app's.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// one the environment sets wins over the app's. Also what the driver enforces on an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Memory; over it the kernel kills the instance.
     pub memory: Option<ByteSize>,

@@ -3,7 +3,10 @@
 use std::fmt;
 
 /// A number of bytes parsed from text such as `512MiB`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {

@@ -6,25 +6,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-/// What an instance may use. `None`: no limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Limits {
-    /// Memory in bytes; over it the kernel kills the instance.
-    pub memory: Option<u64>,
-    /// CPU time, in cores (1.5: one and a half cores' worth per period).
-    pub cpu: Option<f64>,
-    /// Processes and threads at once; a fork over it fails.
-    pub pids: Option<u64>,
-}
-
-impl Limits {
-    /// Whether any limit is set.
-    pub fn any(&self) -> bool {
-        self.memory.is_some() || self.cpu.is_some() || self.pids.is_some()
-    }
-}
+pub use shipgate_core::config::Limits;
 
 /// The CPU period the quota is given over (the kernel's default, 100 ms).
 const CPU_PERIOD_US: u64 = 100_000;
@@ -140,7 +122,7 @@ impl Cgroup {
                 vec![
                     (
                         dir.join("memory.max"),
-                        limits.memory.map_or("max".into(), |m| m.to_string()),
+                        limits.memory.map_or("max".into(), |m| m.0.to_string()),
                     ),
                     (
                         dir.join("memory.swap.max"),
@@ -164,7 +146,7 @@ impl Cgroup {
                 vec![
                     (
                         memory.join("memory.limit_in_bytes"),
-                        limits.memory.map_or("-1".into(), |m| m.to_string()),
+                        limits.memory.map_or("-1".into(), |m| m.0.to_string()),
                     ),
                     (cpu.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string()),
                     (
@@ -269,7 +251,7 @@ mod tests {
     }
 
     const LIMITS: Limits = Limits {
-        memory: Some(512 * 1024 * 1024),
+        memory: Some(shipgate_core::ByteSize(512 * 1024 * 1024)),
         cpu: Some(1.5),
         pids: Some(512),
     };

@@ -751,7 +751,10 @@ fn describe_end(
         && let (Some(cgroup), Some(limit)) = (&c.cgroup, c.sandbox.limits.memory)
         && cgroup.oom_kills() > before
     {
-        return format!("out of memory (limit {})", crate::cgroup::bytes_text(limit));
+        return format!(
+            "out of memory (limit {})",
+            crate::cgroup::bytes_text(limit.0)
+        );
     }
     describe_wait(status)
 }

@@ -103,7 +103,7 @@ impl Engine {
             Confinement::Sandboxed { .. } => Some(Sandbox {
                 user: env_user(env),
                 data_dir: self.app_data_dir(app, env),
-                limits: self.limits_of(app, env).map(to_driver).unwrap_or_default(),
+                limits: self.limits_of(app, env).unwrap_or_default(),
             }),
         }
     }
@@ -157,14 +157,6 @@ impl Engine {
 /// The Unix user an environment's instances run as.
 pub(crate) fn env_user(env: &EnvName) -> String {
     format!("sg-{env}")
-}
-
-fn to_driver(l: Limits) -> shipgate_deploy::Limits {
-    shipgate_deploy::Limits {
-        memory: l.memory.map(|m| m.0),
-        cpu: l.cpu,
-        pids: l.pids,
-    }
 }
 
 /// `memory 512MiB, cpu 1.5, pids 512`, or None without limits.

@@ -408,7 +408,15 @@ impl TestServer {
     /// Registers a fixture app release; returns its digest.
     pub fn register(&self, version: &str, extra: &[(&str, &str)]) -> String {
         let dir = self.app_release(version, extra);
-        let answer = self.json(&[
+        self.register_dir(version, &dir)["release"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Registers the folder `dir` as web@version; returns the answer.
+    pub fn register_dir(&self, version: &str, dir: &Path) -> Value {
+        self.json(&[
             "release",
             "create",
             "web",
@@ -416,8 +424,7 @@ impl TestServer {
             version,
             "--artifact",
             dir.to_str().unwrap(),
-        ]);
-        answer["release"]["digest"].as_str().unwrap().to_owned()
+        ])
     }
 
     /// Promotes `web@version` with `--wait` through every environment up to `last`.

@@ -62,15 +62,7 @@ fn a_staging_instance_sees_nothing_of_production_or_shipgate_and_is_held_to_its_
         src.join("server.py"),
     )
     .unwrap();
-    s.ok(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "1.0.0",
-        "--artifact",
-        src.to_str().unwrap(),
-    ]);
+    s.register_dir("1.0.0", &src);
     // staging's verification test runs in the sandbox too: as sg-staging, without the admin
     // token that is there for the server, three folders above its data dir.
     assert!(s.data_dir().join("admin.token").exists());
