@@ -216,9 +216,29 @@ pub struct TestServer {
     child: Option<Child>,
 }
 
+/// Root is needed to switch users and make namespaces and cgroups. Without it the test cannot
+/// check anything, so it fails, unless SHIPGATE_SKIP_ROOT_TESTS=1 says to skip it.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SHIPGATE_SKIP_ROOT_TESTS").is_some(),
+        "{test} needs root (it makes users, namespaces and cgroups): run it as root, or set \
+         SHIPGATE_SKIP_ROOT_TESTS=1 to skip it"
+    );
+    eprintln!("SKIPPED {test}: not root (SHIPGATE_SKIP_ROOT_TESTS is set)");
+    false
+}
+
 /// Writes `config_toml` to `<tempdir>/shipgate.toml`, starts `shipgate server -c` on it (stderr
 /// to `<tempdir>/server.log`) and waits until `/healthz` answers.
 pub fn spawn_server(config_toml: &str) -> TestServer {
+    spawn_server_after(config_toml, |_| {})
+}
+
+/// [`spawn_server`], running `before` with the temp dir (config written, server not started).
+pub fn spawn_server_after(config_toml: &str, before: impl FnOnce(&Path)) -> TestServer {
     let dir = tempfile::Builder::new()
         .prefix("shipgate-it-")
         .tempdir()
@@ -231,6 +251,7 @@ pub fn spawn_server(config_toml: &str) -> TestServer {
         config_text: config_toml.to_owned(),
         child: None,
     };
+    before(server.dir.path());
     server.start();
     server
 }

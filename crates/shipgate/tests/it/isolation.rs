@@ -5,25 +5,10 @@
 use std::fs;
 use std::path::Path;
 
-use crate::helpers::{env_status, free_port, spawn_server, wait_for};
+use crate::helpers::{env_status, free_port, root_or_skip, spawn_server, wait_for};
 
 const PROBE_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/probe");
 const PRODUCTION_SECRET: &str = "prod-secret-9f2c";
-
-/// Root is needed to switch users and make namespaces and cgroups. Without it the test cannot
-/// check anything, so it fails, unless SHIPGATE_SKIP_ROOT_TESTS=1 says to skip it.
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("SHIPGATE_SKIP_ROOT_TESTS").is_some(),
-        "{test} needs root (it makes users, namespaces and cgroups): run it as root, or set \
-         SHIPGATE_SKIP_ROOT_TESTS=1 to skip it"
-    );
-    eprintln!("SKIPPED {test}: not root (SHIPGATE_SKIP_ROOT_TESTS is set)");
-    false
-}
 
 fn config() -> String {
     format!(
