@@ -221,4 +221,10 @@ impl Driver for AgentClient {
             .await
             .unwrap_or_default()
     }
+
+    async fn retain_routers(&self, envs: &[String]) -> Vec<String> {
+        self.call("/v1/retain_routers", &envs)
+            .await
+            .unwrap_or_default()
+    }
 }

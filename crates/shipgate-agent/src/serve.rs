@@ -1,6 +1,7 @@
 //! The agent's side: a [`Driver`] (the process driver, with its routers) served on a Unix socket.
 
 use std::collections::VecDeque;
+use std::future::IntoFuture;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -120,10 +121,14 @@ pub async fn serve(
         .route("/v1/drain", post(drain))
         .route("/v1/router_metrics", post(router_metrics))
         .route("/v1/close_routers", post(close_routers))
+        .route("/v1/retain_routers", post(retain_routers))
         .with_state(agent);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Not a graceful shutdown: a server's long wait for events would hold it up to 20 s, and
+    // every operation is idempotent, so one cut short is asked again.
+    tokio::select! {
+        served = axum::serve(listener, app).into_future() => served,
+        () = shutdown => Ok(()),
+    }
 }
 
 type AgentState = State<Arc<Agent>>;
@@ -225,4 +230,8 @@ async fn router_metrics(State(agent): AgentState, Json(e): Json<Env>) -> Respons
 
 async fn close_routers(State(agent): AgentState) -> Response {
     Json(agent.driver.close_routers().await).into_response()
+}
+
+async fn retain_routers(State(agent): AgentState, Json(envs): Json<Vec<String>>) -> Response {
+    Json(agent.driver.retain_routers(&envs).await).into_response()
 }

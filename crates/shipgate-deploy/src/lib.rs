@@ -83,6 +83,10 @@ pub trait Driver: Send + Sync {
     /// Stops every router accepting; returns, per environment, the instances they routed to
     /// (so they can be drained before they are stopped).
     async fn close_routers(&self) -> Vec<(String, Vec<InstanceId>)>;
+
+    /// Closes the routers of every environment not in `envs` (gone from the config); returns
+    /// the ones it closed.
+    async fn retain_routers(&self, envs: &[String]) -> Vec<String>;
 }
 
 /// An environment's router: where it listens and what it serves.

@@ -241,6 +241,10 @@ impl Driver for ProcessDriver {
     async fn close_routers(&self) -> Vec<(String, Vec<InstanceId>)> {
         self.shared.routes.close().await
     }
+
+    async fn retain_routers(&self, envs: &[String]) -> Vec<String> {
+        self.shared.routes.retain(envs).await
+    }
 }
 
 impl Shared {

@@ -129,6 +129,26 @@ impl Routes {
         }
     }
 
+    pub(crate) async fn retain(&self, envs: &[String]) -> Vec<String> {
+        let gone: Vec<(String, Arc<Router>)> = {
+            let mut routers = self.routers.lock().await;
+            let names: Vec<String> = routers
+                .keys()
+                .filter(|e| !envs.contains(e))
+                .cloned()
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|e| routers.remove(&e).map(|r| (e, r)))
+                .collect()
+        };
+        for (env, router) in &gone {
+            tracing::info!(%env, "closing the router of an environment no longer in the config");
+            router.shutdown().await;
+        }
+        gone.into_iter().map(|(e, _)| e).collect()
+    }
+
     /// Stops every router accepting; returns, per environment, the instances they routed to.
     pub(crate) async fn close(&self) -> Vec<(String, Vec<InstanceId>)> {
         let routers: Vec<(String, Arc<Router>)> = self

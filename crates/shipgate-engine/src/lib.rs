@@ -125,6 +125,15 @@ impl Engine {
                 .await
                 .map_err(|e| EngineError::DataPlane(e.to_string()))?;
         }
+        // An agent that outlived the server may still serve environments the config dropped.
+        let envs: Vec<String> = config
+            .environments
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect();
+        for gone in driver.retain_routers(&envs).await {
+            tracing::info!("environment {gone} is no longer in the config: its router is closed");
+        }
         let engine = Arc::new(Engine {
             config,
             store,

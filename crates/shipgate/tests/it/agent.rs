@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use crate::helpers::{env_status, four_envs, http_get, spawn_server, wait_for};
+use crate::helpers::{env_status, four_envs, http_get, spawn_server, text, wait_for};
 
 /// GETs `url` back to back until `stop`; returns (answers, failures with what they were).
 fn load(url: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<(usize, Vec<String>)> {
@@ -83,4 +83,30 @@ fn the_agent_keeps_serving_through_a_server_kill_9_and_restart_with_its_standby(
     wait_for("1.0.0 to answer", || {
         s.version("development").as_deref() == Some("1.0.0")
     });
+
+    // A restart on a config without `production` closes its router in the agent.
+    let production = s.url("production").trim_start_matches("http://").to_owned();
+    assert!(std::net::TcpStream::connect(&production).is_ok());
+    let start = s.config_text().find("\n[environments.production]").unwrap();
+    let without = s.config_text()[..start].to_owned() + "\n";
+    assert!(s.terminate().success());
+    s.rewrite_config(&without);
+    s.restart();
+    assert!(
+        std::net::TcpStream::connect(&production).is_err(),
+        "the router of production is closed"
+    );
+    assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
+
+    // `shipgate agent --stop` stops it, and with it the environments' addresses and instances.
+    let stopped = s.cli(&["agent", "--stop"]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", text(&stopped));
+    assert!(
+        text(&stopped).contains("the agent stopped"),
+        "{}",
+        text(&stopped)
+    );
+    assert_eq!(s.agent_pid(), None);
+    assert_eq!(s.version("development"), None, "nothing serves any more");
+    assert_eq!(s.instance_processes(), [], "its instances were stopped");
 }

@@ -460,6 +460,17 @@ impl TestServer {
         panic!("no environment {last}");
     }
 
+    /// Replaces the config file (the server reads it at its next start).
+    pub fn rewrite_config(&mut self, text: &str) {
+        fs::write(&self.config, text).unwrap();
+        self.config_text = text.to_owned();
+    }
+
+    /// The text of the config file.
+    pub fn config_text(&self) -> &str {
+        &self.config_text
+    }
+
     /// The pid of the data dir's local agent, while one runs.
     pub fn agent_pid(&self) -> Option<i32> {
         let pid: i32 = fs::read_to_string(self.data_dir().join("agent.pid"))

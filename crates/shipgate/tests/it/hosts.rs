@@ -100,6 +100,12 @@ fn an_agent_on_a_host_of_its_own_keeps_serving_its_address_through_a_server_kill
         .is_ok(),
         "the router's port is free on the root namespace's loopback"
     );
-    s.ok(&["agent", "--stop"]);
+    let stopped = s.cli(&["agent", "--stop"]);
+    assert_eq!(
+        stopped.status.code(),
+        Some(0),
+        "{}",
+        crate::helpers::text(&stopped)
+    );
     let _ = agent.wait();
 }
