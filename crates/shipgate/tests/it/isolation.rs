@@ -53,6 +53,10 @@ fn a_staging_instance_sees_nothing_of_production_or_shipgate_and_is_held_to_its_
     assert!(s.data_dir().join("admin.token").exists());
     s.ok(&["promote", "web@1.0.0", "--to", "staging", "--wait"]);
     s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+    // staging moves on to a release of its own, so production's release directory is another.
+    fs::write(src.join("NOTES"), "staging only\n").unwrap();
+    s.register_dir("1.1.0", &src);
+    s.ok(&["promote", "web@1.1.0", "--to", "staging", "--wait"]);
 
     let status = s.json(&["status", "web"]);
     let staging = env_status(&status, "staging");
@@ -111,8 +115,27 @@ fn a_staging_instance_sees_nothing_of_production_or_shipgate_and_is_held_to_its_
             hidden.display()
         );
     }
-    let releases = fs::read_dir(data.join("releases")).unwrap().count();
-    assert!(releases >= 1);
+    // Production's release directory (another digest than staging's), while staging's own is
+    // there to read.
+    let release_of = |env: &serde_json::Value| {
+        env["live"]["digest"]
+            .as_str()
+            .map(|d| data.join("releases").join(d.trim_start_matches("sha256:")))
+            .unwrap()
+    };
+    let production_release = release_of(&production);
+    assert_ne!(production_release, release_of(&staging));
+    assert!(production_release.join("server.py").exists());
+    let answer = probe(&format!(
+        "read?path={}/server.py",
+        production_release.display()
+    ));
+    assert!(answer.starts_with("refused"), "{answer}");
+    let answer = probe(&format!(
+        "read?path={}/server.py",
+        release_of(&staging).display()
+    ));
+    assert!(answer.starts_with("read "), "{answer}");
 
     // Writable: its own data dir and a private /tmp. Not: its release, the system.
     let release_dir = staging["live"]["digest"]
