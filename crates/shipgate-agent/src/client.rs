@@ -29,6 +29,8 @@ pub struct AgentClient {
     events: broadcast::Sender<DriverEvent>,
     /// The last event sequence number passed on.
     cursor: AtomicU64,
+    /// The pid of the agent the cursor counts in.
+    agent: std::sync::atomic::AtomicU32,
 }
 
 impl AgentClient {
@@ -40,6 +42,7 @@ impl AgentClient {
             socket: socket.to_path_buf(),
             events,
             cursor: AtomicU64::new(0),
+            agent: std::sync::atomic::AtomicU32::new(0),
         });
         client.hello().await?;
         let now: Events = client
@@ -52,6 +55,7 @@ impl AgentClient {
             )
             .await?;
         client.cursor.store(now.next, Ordering::Release);
+        client.agent.store(now.agent, Ordering::Release);
         let pump = Arc::downgrade(&client);
         tokio::spawn(async move {
             loop {
@@ -62,6 +66,11 @@ impl AgentClient {
                     wait: EVENT_WAIT,
                 };
                 match client.call::<_, Events>("/v1/events", &asked).await {
+                    Ok(got) if got.agent != client.agent.load(Ordering::Acquire) => {
+                        // Another agent (the last one died): its events are numbered from 1.
+                        client.agent.store(got.agent, Ordering::Release);
+                        client.cursor.store(0, Ordering::Release);
+                    }
                     Ok(got) => {
                         for (seq, event) in got.events {
                             if seq > client.cursor.load(Ordering::Acquire) {

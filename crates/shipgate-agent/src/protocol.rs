@@ -68,6 +68,8 @@ pub(crate) struct EventsAfter {
 pub(crate) struct Events {
     pub events: Vec<(u64, DriverEvent)>,
     pub next: u64,
+    /// The pid of the agent answering: another one numbers its events anew.
+    pub agent: u32,
 }
 
 /// An operation that failed on the agent: the driver's message, as it would have been

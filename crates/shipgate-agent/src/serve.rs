@@ -86,6 +86,7 @@ impl Agent {
                 .cloned()
                 .collect(),
             next: log.next - 1,
+            agent: std::process::id(),
         }
     }
 

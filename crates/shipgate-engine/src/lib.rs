@@ -90,6 +90,32 @@ pub struct Engine {
     isolation: HashMap<EnvName, isolation::Confinement>,
 }
 
+/// Binds every environment's router (or updates it where the data plane already has it), and
+/// closes those of environments the config no longer has.
+async fn bind_routers(config: &Config, driver: &dyn Driver) -> Result<(), EngineError> {
+    for env in &config.environments {
+        driver
+            .bind_router(RouterSpec {
+                env: env.name.to_string(),
+                listen: env.listen,
+                apps: config.apps.iter().map(|a| a.name.to_string()).collect(),
+                request_timeout: env.request_timeout.map(|t| t.as_std()),
+            })
+            .await
+            .map_err(|e| EngineError::DataPlane(e.to_string()))?;
+    }
+    // An agent that outlived the server may still serve environments the config dropped.
+    let envs: Vec<String> = config
+        .environments
+        .iter()
+        .map(|e| e.name.to_string())
+        .collect();
+    for gone in driver.retain_routers(&envs).await {
+        tracing::info!("environment {gone} is no longer in the config: its router is closed");
+    }
+    Ok(())
+}
+
 /// Locks a std mutex, taking over from a panicked holder: the maps it guards stay valid.
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -114,26 +140,7 @@ impl Engine {
         for said in isolation::warnings(&config, &isolation) {
             tracing::warn!("{said}");
         }
-        for env in &config.environments {
-            driver
-                .bind_router(RouterSpec {
-                    env: env.name.to_string(),
-                    listen: env.listen,
-                    apps: config.apps.iter().map(|a| a.name.to_string()).collect(),
-                    request_timeout: env.request_timeout.map(|t| t.as_std()),
-                })
-                .await
-                .map_err(|e| EngineError::DataPlane(e.to_string()))?;
-        }
-        // An agent that outlived the server may still serve environments the config dropped.
-        let envs: Vec<String> = config
-            .environments
-            .iter()
-            .map(|e| e.name.to_string())
-            .collect();
-        for gone in driver.retain_routers(&envs).await {
-            tracing::info!("environment {gone} is no longer in the config: its router is closed");
-        }
+        bind_routers(&config, driver.as_ref()).await?;
         let engine = Arc::new(Engine {
             config,
             store,

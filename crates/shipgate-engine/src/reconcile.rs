@@ -62,6 +62,29 @@ impl Engine {
         Ok(())
     }
 
+    /// The data plane lost everything it held (its agent died and a new one was started): binds
+    /// the routers again, stops what the old one left running (found by their markers), and
+    /// starts every recorded live release again. In-flight promotions fail on their own when
+    /// their instance or route is gone.
+    pub async fn data_plane_restarted(self: &Arc<Self>) -> Result<(), EngineError> {
+        self.restoring
+            .store(true, std::sync::atomic::Ordering::Release);
+        tracing::warn!("the data plane was restarted: restoring every live release");
+        crate::bind_routers(&self.config, self.driver.as_ref()).await?;
+        crate::locked(&self.live).clear();
+        crate::locked(&self.standby).clear();
+        for old in self.store.running_instances().await? {
+            if self.driver.status(&old.id).await.is_none() {
+                let pid = old.pid.and_then(|p| u32::try_from(p).ok());
+                self.stop_instance(&old.id, pid).await;
+            }
+        }
+        let restored = self.restore_live(Vec::new()).await;
+        self.restoring
+            .store(false, std::sync::atomic::Ordering::Release);
+        restored.map(|_| ())
+    }
+
     /// Starts every recorded live release again, then resumes the pending promotions.
     async fn restore_and_resume(
         self: &Arc<Self>,

@@ -49,7 +49,7 @@ impl Server {
         config: Arc<Config>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Server> {
-        let data_dir = &config.server.data_dir;
+        let data_dir = &config.server.data_dir.clone();
         let lock = data_dir::DataDirLock::take(data_dir)?;
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&config.server.database)
@@ -64,13 +64,17 @@ impl Server {
         })?;
         let addr = listener.local_addr().context("reading the API address")?;
         let data_plane = config.server.data_plane;
-        let driver: Arc<dyn shipgate_deploy::Driver> = match data_plane {
-            DataPlane::Server => Arc::new(shipgate_engine::ProcessDriver::new()),
+        let (driver, agent): (Arc<dyn shipgate_deploy::Driver>, _) = match data_plane {
+            DataPlane::Server => (Arc::new(shipgate_engine::ProcessDriver::new()), None),
             DataPlane::Agent => {
                 let exe = shipgate_agent::local::agent_exe().map_err(anyhow::Error::msg)?;
-                shipgate_agent::local::connect_or_start(&exe, data_dir)
+                let client = shipgate_agent::local::connect_or_start(&exe, data_dir)
                     .await
-                    .map_err(anyhow::Error::msg)?
+                    .map_err(anyhow::Error::msg)?;
+                (
+                    client.clone() as Arc<dyn shipgate_deploy::Driver>,
+                    Some((client, exe)),
+                )
             }
         };
         let engine = Engine::start(
@@ -86,6 +90,14 @@ impl Server {
             stopping,
             sessions: Arc::default(),
         });
+        let supervisor = agent.map(|(client, exe)| {
+            tokio::spawn(supervise_agent(
+                client,
+                exe,
+                data_dir.clone(),
+                Arc::clone(&engine),
+            ))
+        });
         let engine_to_stop = Arc::clone(&engine);
         let task = tokio::spawn(async move {
             let signal = async move {
@@ -96,6 +108,9 @@ impl Server {
                 .with_graceful_shutdown(signal)
                 .await
                 .context("serving the API")?;
+            if let Some(supervisor) = supervisor {
+                supervisor.abort();
+            }
             match data_plane {
                 DataPlane::Server => engine_to_stop.shutdown().await,
                 // The agent keeps serving: the next server takes it over.
@@ -115,5 +130,42 @@ impl Server {
     /// instance has been stopped.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("the server task panicked")?
+    }
+}
+
+/// How often the server checks that its local agent answers.
+const AGENT_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the local agent running: one that stops answering is started again, and a new agent
+/// (whatever ended the last one) gets every live release back from the engine.
+async fn supervise_agent(
+    client: Arc<shipgate_agent::AgentClient>,
+    exe: std::path::PathBuf,
+    data_dir: std::path::PathBuf,
+    engine: Arc<Engine>,
+) {
+    let mut known = client.hello().await.ok().map(|h| h.pid);
+    loop {
+        tokio::time::sleep(AGENT_CHECK).await;
+        match client.hello().await {
+            Ok(h) if Some(h.pid) == known => {}
+            Ok(h) => {
+                tracing::warn!(
+                    "the local agent is a new one (pid {}, was {:?}): restoring what was live",
+                    h.pid,
+                    known
+                );
+                known = Some(h.pid);
+                if let Err(e) = engine.data_plane_restarted().await {
+                    tracing::error!("could not restore what was live on the new agent: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::error!("the local agent does not answer ({e}); starting it again");
+                if let Err(e) = shipgate_agent::local::connect_or_start(&exe, &data_dir).await {
+                    tracing::error!("could not start the local agent: {e}");
+                }
+            }
+        }
     }
 }

@@ -110,3 +110,38 @@ fn the_agent_keeps_serving_through_a_server_kill_9_and_restart_with_its_standby(
     assert_eq!(s.version("development"), None, "nothing serves any more");
     assert_eq!(s.instance_processes(), [], "its instances were stopped");
 }
+
+#[test]
+fn a_killed_agent_is_started_again_and_given_back_what_was_live() {
+    let s = spawn_server(&four_envs("data_plane = \"agent\""));
+    s.register("1.0.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
+    let before = env_status(&s.json(&["status", "web"]), "development");
+    let old_agent = s.agent_pid().unwrap();
+    let old_instance = before["instance"]["pid"].as_i64().unwrap();
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("a new agent", || {
+        s.agent_pid().is_some_and(|pid| pid != old_agent)
+    });
+    wait_for("development to serve 1.0.0 again", || {
+        s.version("development").as_deref() == Some("1.0.0")
+    });
+    let after = env_status(&s.json(&["status", "web"]), "development");
+    assert_eq!(after["instance"]["healthy"], true, "{after}");
+    assert_ne!(
+        after["instance"]["pid"].as_i64(),
+        Some(old_instance),
+        "{after}"
+    );
+    // The instance the dead agent left behind was found by its marker and stopped.
+    wait_for("the orphaned instance to be gone", || {
+        !std::path::Path::new(&format!("/proc/{old_instance}")).exists()
+    });
+    let said = s.log();
+    assert!(said.contains("starting it again"), "{said}");
+}
