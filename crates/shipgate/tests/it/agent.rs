@@ -7,23 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use crate::helpers::{env_status, four_envs, http_get, spawn_server, text, wait_for};
-
-/// GETs `url` back to back until `stop`; returns (answers, failures with what they were).
-fn load(url: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<(usize, Vec<String>)> {
-    thread::spawn(move || {
-        let (mut ok, mut failed) = (0, Vec::new());
-        while !stop.load(Ordering::Relaxed) {
-            match http_get(&url, None) {
-                Some(r) if r.status == 200 => ok += 1,
-                Some(r) => failed.push(format!("{} {}", r.status, r.body.trim())),
-                None => failed.push("no answer".to_owned()),
-            }
-            thread::sleep(Duration::from_millis(2));
-        }
-        (ok, failed)
-    })
-}
+use crate::helpers::{env_status, four_envs, load, spawn_server, text, wait_for};
 
 #[test]
 fn the_agent_keeps_serving_through_a_server_kill_9_and_restart_with_its_standby() {

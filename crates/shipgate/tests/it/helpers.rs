@@ -231,6 +231,25 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// GETs `url` back to back until `stop`; returns (answers, failures with what they were).
+pub fn load(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match http_get(&url, None) {
+                Some(r) if r.status == 200 => ok += 1,
+                Some(r) => failed.push(format!("{} {}", r.status, r.body.trim())),
+                None => failed.push("no answer".to_owned()),
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (ok, failed)
+    })
+}
+
 /// Writes `config_toml` to `<tempdir>/shipgate.toml`, starts `shipgate server -c` on it (stderr
 /// to `<tempdir>/server.log`) and waits until `/healthz` answers.
 pub fn spawn_server(config_toml: &str) -> TestServer {

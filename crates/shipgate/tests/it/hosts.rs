@@ -58,20 +58,7 @@ fn an_agent_on_a_host_of_its_own_keeps_serving_its_address_through_a_server_kill
         Some("1.0.0")
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = {
-        let (stop, url) = (Arc::clone(&stop), url.clone());
-        thread::spawn(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                match http_get(&url, None) {
-                    Some(r) if r.status == 200 => ok += 1,
-                    other => failed.push(format!("{other:?}")),
-                }
-                thread::sleep(Duration::from_millis(2));
-            }
-            (ok, failed)
-        })
-    };
+    let traffic = crate::helpers::load(url.clone(), Arc::clone(&stop));
     thread::sleep(Duration::from_millis(300));
     s.kill9();
     thread::sleep(Duration::from_millis(500));
