@@ -137,3 +137,22 @@ pub struct Traffic {
     /// Responses in the window.
     pub requests: u64,
 }
+
+/// A machine that runs instances and routers: today the server's own (`local`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct HostView {
+    /// Its name (`local` for the server's own machine).
+    pub name: String,
+    /// Where its data plane runs: `agent` (a local agent process) or `server` (the server's own).
+    pub data_plane: String,
+    /// Whether its agent answers.
+    pub connected: bool,
+    /// Since when it is connected, or unreachable.
+    pub since: jiff::Timestamp,
+    /// The agent's process id (the server's own for `server`).
+    pub pid: Option<u32>,
+    /// The version of shipgate the agent runs.
+    pub version: Option<String>,
+    /// The instances it runs.
+    pub instances: usize,
+}

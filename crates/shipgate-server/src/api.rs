@@ -69,6 +69,7 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         GET "/openapi.json" => openapi,
         POST "/tokens" => create_token,
         GET "/tokens" => list_tokens,
+        GET "/hosts" => list_hosts,
         DELETE "/tokens/{name}" => revoke_token,
     ]
 }
@@ -689,6 +690,19 @@ async fn create_token(
             record,
         }),
     ))
+}
+
+async fn list_hosts(State(state): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::Read, None)?;
+    let mut host = state
+        .local_host
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if host.data_plane == "server" {
+        host.instances = state.engine.store().running_instances().await?.len();
+    }
+    Ok(Json(vec![host]))
 }
 
 async fn list_tokens(

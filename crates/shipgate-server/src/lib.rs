@@ -31,6 +31,8 @@ struct AppState {
     stopping: tokio::sync::watch::Receiver<bool>,
     /// Signed-in dashboard sessions.
     sessions: Arc<ui::Sessions>,
+    /// The server's own machine, as the agent supervisor last saw it.
+    local_host: Arc<std::sync::Mutex<shipgate_api::status::HostView>>,
 }
 
 /// A started server: its API address and a way to stop it.
@@ -84,11 +86,25 @@ impl Server {
             Arc::new(shipgate_engine::SystemClock),
         )
         .await?;
+        let local_host = Arc::new(std::sync::Mutex::new(shipgate_api::status::HostView {
+            name: "local".into(),
+            data_plane: match data_plane {
+                DataPlane::Server => "server",
+                DataPlane::Agent => "agent",
+            }
+            .into(),
+            connected: true,
+            since: jiff::Timestamp::now(),
+            pid: Some(std::process::id()),
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            instances: 0,
+        }));
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let app = api::routes(AppState {
             engine: Arc::clone(&engine),
             stopping,
             sessions: Arc::default(),
+            local_host: Arc::clone(&local_host),
         });
         let supervisor = agent.map(|(client, exe)| {
             tokio::spawn(supervise_agent(
@@ -96,6 +112,7 @@ impl Server {
                 exe,
                 data_dir.clone(),
                 Arc::clone(&engine),
+                Arc::clone(&local_host),
             ))
         });
         let engine_to_stop = Arc::clone(&engine);
@@ -143,9 +160,23 @@ async fn supervise_agent(
     exe: std::path::PathBuf,
     data_dir: std::path::PathBuf,
     engine: Arc<Engine>,
+    local_host: Arc<std::sync::Mutex<shipgate_api::status::HostView>>,
 ) {
     let mut known = client.hello().await.ok().map(|h| h.pid);
     loop {
+        let seen = client.hello().await;
+        {
+            let mut host = local_host.lock().unwrap_or_else(|e| e.into_inner());
+            if host.connected != seen.is_ok() {
+                host.since = jiff::Timestamp::now();
+            }
+            host.connected = seen.is_ok();
+            if let Ok(h) = &seen {
+                host.pid = Some(h.pid);
+                host.version = Some(h.version.clone());
+                host.instances = h.instances.len();
+            }
+        }
         tokio::time::sleep(AGENT_CHECK).await;
         match client.hello().await {
             Ok(h) if Some(h.pid) == known => {}

@@ -13,7 +13,7 @@ use shipgate_api::requests::{
     FreezeRequest, HistoryQuery, LogsQuery, PromoteRequest, ReleaseQuery, RollbackRequest,
     TokenRequest,
 };
-use shipgate_api::status::{AppStatus, HistoryEntry};
+use shipgate_api::status::{AppStatus, HistoryEntry, HostView};
 use shipgate_core::gate::Freeze;
 use utoipa::openapi::link::{Link, LinkBuilder};
 use utoipa::openapi::path::Operation;
@@ -56,6 +56,7 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::openapi,
         declared::create_token,
         declared::list_tokens,
+        declared::list_hosts,
         declared::revoke_token,
     ),
     components(schemas(Problem)),
@@ -411,6 +412,14 @@ mod declared {
             (status = 200, description = "tokens", body = Vec<TokenRecord>),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn list_tokens() {}
+
+    /// The machines that run instances and routers: the server's own (`local`), with whether
+    /// its agent answers.
+    #[utoipa::path(get, path = "/api/v1/hosts", operation_id = "listHosts",
+        responses(
+            (status = 200, description = "hosts", body = Vec<HostView>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_hosts() {}
 
     /// Revoke a token; refused for the last admin token limited to no environment and for the
     /// token the request comes with.

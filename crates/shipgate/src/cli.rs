@@ -208,6 +208,9 @@ pub enum Command {
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The machines that run instances and routers.
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Runs the data plane of this machine (instances and routers) for the server; the server
     /// starts it itself when its config says `data_plane = "agent"`.
     Agent {
@@ -286,6 +289,14 @@ pub enum DataCommand {
     },
 }
 
+/// `shipgate host ...`.
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Every host: connected, or since when not; its agent's pid, version and instances.
+    List,
+}
+
+/// `shipgate token ...`.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token; its secret is printed once and stored only as a hash.

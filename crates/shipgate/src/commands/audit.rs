@@ -1,14 +1,47 @@
-//! `shipgate logs`, `audit` and `token`.
+//! `shipgate logs`, `audit`, `token` and `host`.
 
 use std::process::ExitCode;
 
 use shipgate_api::answers::{CreatedToken, LogChunk};
 use shipgate_api::records::{AuditReport, Event, TokenRecord};
 use shipgate_api::requests::TokenRequest;
+use shipgate_api::status::HostView;
 
 use crate::cli::{Global, TokenCommand};
 use crate::client::connect;
 use crate::output::{Printer, table};
+
+pub(super) async fn hosts(g: &Global, out: Printer) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let hosts: Vec<HostView> = client.get("/hosts", &[]).await?;
+    out.print(&hosts, |hosts| {
+        let rows: Vec<Vec<String>> = hosts
+            .iter()
+            .map(|h| {
+                vec![
+                    h.name.clone(),
+                    h.data_plane.clone(),
+                    if h.connected {
+                        format!("connected since {}", h.since.strftime("%Y-%m-%d %H:%M:%S"))
+                    } else {
+                        format!(
+                            "UNREACHABLE since {}",
+                            h.since.strftime("%Y-%m-%d %H:%M:%S")
+                        )
+                    },
+                    h.pid.map_or("-".into(), |p| p.to_string()),
+                    h.version.clone().unwrap_or_else(|| "-".into()),
+                    h.instances.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &["HOST", "DATA PLANE", "STATE", "PID", "VERSION", "INSTANCES"],
+            &rows,
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
 
 pub(super) async fn logs(
     g: &Global,

@@ -24,7 +24,7 @@ use crate::cli::{Cli, Command, DataCommand, ReleaseCommand};
 use crate::config_file;
 use crate::output::Printer;
 
-use audit::{audit, logs, token};
+use audit::{audit, hosts, logs, token};
 use data::{data_check, data_refresh};
 use parity::{diff, drift, drift_heal};
 use promotion::{decide, freeze, promote, rollback};
@@ -152,6 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Token(command) => token(g, out, command).await,
+        Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,
         Command::SampleApp { port } => crate::sample::serve(port).await,
         Command::Agent { data_dir, stop } => {
             let data_dir = match data_dir {

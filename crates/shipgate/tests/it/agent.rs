@@ -19,6 +19,17 @@ fn the_agent_keeps_serving_through_a_server_kill_9_and_restart_with_its_standby(
     s.ok(&["promote", "web@1.1.0", "--to", "development", "--wait"]);
     let before = env_status(&s.json(&["status", "web"]), "development");
     assert_eq!(before["standby"]["version"], "1.0.0", "{before}");
+    // The server's own machine is a host, served by its local agent (live and standby).
+    wait_for("host list to count both instances", || {
+        s.json(&["host", "list"])[0]["instances"] == 2
+    });
+    let hosts = s.json(&["host", "list"]);
+    assert_eq!(hosts[0]["name"], "local", "{hosts}");
+    assert_eq!(hosts[0]["data_plane"], "agent", "{hosts}");
+    assert_eq!(hosts[0]["connected"], true, "{hosts}");
+    assert_eq!(hosts[0]["pid"], agent, "{hosts}");
+    let table = s.ok(&["host", "list"]);
+    assert!(table.contains("connected since"), "{table}");
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(
