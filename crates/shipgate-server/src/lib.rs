@@ -51,8 +51,8 @@ impl Server {
         config: Arc<Config>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Server> {
-        let data_dir = &config.server.data_dir.clone();
-        let lock = data_dir::DataDirLock::take(data_dir)?;
+        let data_dir = config.server.data_dir.clone();
+        let lock = data_dir::DataDirLock::take(&data_dir)?;
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&config.server.database)
                 .await
@@ -60,7 +60,7 @@ impl Server {
                     format!("opening the database {}", config.server.database.display())
                 })?,
         );
-        auth::ensure_admin_token(store.as_ref(), data_dir).await?;
+        auth::ensure_admin_token(store.as_ref(), &data_dir).await?;
         let listener = tokio::net::TcpListener::bind(config.server.listen).await.with_context(|| {
             format!("cannot listen on {} for the API (is another shipgate running? change `listen` in [server])", config.server.listen)
         })?;
@@ -70,7 +70,7 @@ impl Server {
             DataPlane::Server => (Arc::new(shipgate_engine::ProcessDriver::new()), None),
             DataPlane::Agent => {
                 let exe = shipgate_agent::local::agent_exe().map_err(anyhow::Error::msg)?;
-                let client = shipgate_agent::local::connect_or_start(&exe, data_dir)
+                let client = shipgate_agent::local::connect_or_start(&exe, &data_dir)
                     .await
                     .map_err(anyhow::Error::msg)?;
                 (
