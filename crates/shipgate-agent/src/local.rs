@@ -174,3 +174,38 @@ pub async fn connect_or_start(exe: &Path, data_dir: &Path) -> Result<Arc<AgentCl
         }
     }
 }
+
+/// Stops the agent of `data_dir` with SIGTERM and waits until it has exited (its routers stop
+/// accepting, requests in flight finish, then its instances stop). Returns its pid, or why
+/// there is none to stop.
+pub async fn stop(data_dir: &Path) -> Result<u32, String> {
+    let files = AgentFiles::of(data_dir);
+    let pid: i32 = std::fs::read_to_string(&files.pid)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "no agent runs for {} (no {})",
+                data_dir.display(),
+                files.pid.display()
+            )
+        })?;
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|_| {
+        format!(
+            "the agent (pid {pid}) of {} is not running",
+            data_dir.display()
+        )
+    })?;
+    // Gone, or a zombie its parent has not reaped yet.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    };
+    while running() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(pid.as_raw().unsigned_abs())
+}

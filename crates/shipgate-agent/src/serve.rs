@@ -145,10 +145,19 @@ fn failed(error: impl std::fmt::Display) -> Response {
 }
 
 async fn hello(State(agent): AgentState) -> Json<Hello> {
+    // Those the driver still runs: it forgets one it gave up on after a crash loop.
+    let started = agent.running().clone();
+    let mut instances = Vec::new();
+    for id in started {
+        if agent.driver.status(&id).await.is_some() {
+            instances.push(id);
+        }
+    }
+    agent.running().retain(|id| instances.contains(id));
     Json(Hello {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        instances: agent.running().clone(),
+        instances,
     })
 }
 

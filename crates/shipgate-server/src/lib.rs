@@ -162,9 +162,9 @@ async fn supervise_agent(
     engine: Arc<Engine>,
     local_host: Arc<std::sync::Mutex<shipgate_api::status::HostView>>,
 ) {
-    let mut known = client.hello().await.ok().map(|h| h.pid);
+    let mut seen = client.hello().await;
+    let mut known = seen.as_ref().ok().map(|h| h.pid);
     loop {
-        let seen = client.hello().await;
         {
             let mut host = local_host.lock().unwrap_or_else(|e| e.into_inner());
             if host.connected != seen.is_ok() {
@@ -178,7 +178,8 @@ async fn supervise_agent(
             }
         }
         tokio::time::sleep(AGENT_CHECK).await;
-        match client.hello().await {
+        seen = client.hello().await;
+        match &seen {
             Ok(h) if Some(h.pid) == known => {}
             Ok(h) => {
                 tracing::warn!(

@@ -137,19 +137,14 @@ impl SampleServer {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.server.wait().await?;
-        let pid_file = self.work.path().join("data").join("agent.pid");
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
+        let data_dir = self.work.path().join("data");
+        if shipgate_agent::local::AgentFiles::of(&data_dir)
+            .pid
+            .exists()
         {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            for _ in 0..400 {
-                if nix::sys::signal::kill(pid, None).is_err() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-            }
+            shipgate_agent::local::stop(&data_dir)
+                .await
+                .map_err(anyhow::Error::msg)?;
         }
         Ok(())
     }

@@ -71,10 +71,6 @@ async fn start(extra: &str) -> Fixture {
 }
 
 impl Fixture {
-    async fn register(&self, version: &str) -> ReleaseRef {
-        self.register_with(version, &[]).await
-    }
-
     /// Registers `web@version` with these extra files in it.
     async fn register_with(&self, version: &str, files: &[&str]) -> ReleaseRef {
         let src = self.dir.path().join(format!("src-{version}"));
@@ -111,6 +107,14 @@ impl Fixture {
             .create_release(request, checked, "ci")
             .await
             .unwrap();
+        release
+    }
+
+    /// Registers `web@version` (with these extra files) and has it verified in development.
+    async fn verified_in_development(&self, version: &str, files: &[&str]) -> ReleaseRef {
+        let release = self.register_with(version, files).await;
+        let dev = self.promote(&release, "development").await;
+        self.reaches(dev, PromotionState::Succeeded).await;
         release
     }
 
@@ -173,9 +177,7 @@ impl Fixture {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_is_counted_on_the_engine_clock() {
     let f = start("require.soak = \"10m\"").await;
-    let release = f.register("1.0.0").await;
-    let dev = f.promote(&release, "development").await;
-    f.reaches(dev, PromotionState::Succeeded).await;
+    let release = f.verified_in_development("1.0.0", &[]).await;
 
     let prod = f.promote(&release, "production").await;
     f.settle().await;
@@ -197,9 +199,7 @@ async fn soak_is_counted_on_the_engine_clock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_lasts_its_time_on_the_engine_clock() {
     let f = start("verify.watch = \"2m\"\nverify.inconclusive = \"pass\"").await;
-    let release = f.register("1.0.0").await;
-    let dev = f.promote(&release, "development").await;
-    f.reaches(dev, PromotionState::Succeeded).await;
+    let release = f.verified_in_development("1.0.0", &[]).await;
 
     let prod = f.promote(&release, "production").await;
     f.reaches(prod, PromotionState::Verifying).await;
@@ -237,9 +237,7 @@ async fn a_deploy_window_opens_on_the_engine_clock() {
         opens.minute(),
     );
     let f = start(&window).await;
-    let release = f.register("1.0.0").await;
-    let dev = f.promote(&release, "development").await;
-    f.reaches(dev, PromotionState::Succeeded).await;
+    let release = f.verified_in_development("1.0.0", &[]).await;
 
     let prod = f.promote(&release, "production").await;
     f.settle().await;
@@ -270,17 +268,13 @@ async fn a_release_over_the_error_rate_is_rolled_back_when_its_watch_ends_on_the
         "verify.watch = \"10m\"\nverify.max_error_rate = 0.01\nverify.min_requests = 20\nverify.inconclusive = \"pass\"",
     )
     .await;
-    let good = f.register("1.0.0").await;
-    let dev = f.promote(&good, "development").await;
-    f.reaches(dev, PromotionState::Succeeded).await;
+    let good = f.verified_in_development("1.0.0", &[]).await;
     let prod = f.promote(&good, "production").await;
     f.reaches(prod, PromotionState::Verifying).await;
     f.clock.advance(10 * MINUTE);
     f.reaches(prod, PromotionState::Succeeded).await;
 
-    let bad = f.register_with("2.0.0", &["BUG"]).await;
-    let dev = f.promote(&bad, "development").await;
-    f.reaches(dev, PromotionState::Succeeded).await;
+    let bad = f.verified_in_development("2.0.0", &["BUG"]).await;
     // Constant load on production's stable address while the broken release goes live, is
     // judged when its watch ends and is rolled back.
     let addr = f.router("production");

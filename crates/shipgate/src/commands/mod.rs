@@ -311,39 +311,20 @@ async fn agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
 
 /// Sends SIGTERM to the agent of `data_dir` and waits until it has stopped.
 async fn stop_agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let files = shipgate_agent::local::AgentFiles::of(data_dir);
-    let Some(pid) = std::fs::read_to_string(&files.pid)
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    else {
-        eprintln!(
-            "no agent runs for {} (no {})",
-            data_dir.display(),
-            files.pid.display()
-        );
-        return Ok(ExitCode::FAILURE);
-    };
-    let pid = nix::unistd::Pid::from_raw(pid);
-    if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
-        eprintln!(
-            "the agent (pid {pid}) of {} is not running",
-            data_dir.display()
-        );
-        return Ok(ExitCode::FAILURE);
+    eprintln!(
+        "stopping the agent of {}: its routers, then its instances",
+        data_dir.display()
+    );
+    match shipgate_agent::local::stop(data_dir).await {
+        Ok(pid) => {
+            eprintln!("the agent stopped (pid {pid})");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            eprintln!("error: {why}");
+            Ok(ExitCode::FAILURE)
+        }
     }
-    eprintln!("stopping the agent (pid {pid}): its routers, then its instances");
-    // Gone, or a zombie its parent has not reaped yet.
-    let running = |pid: nix::unistd::Pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit_once(") ")
-                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-        })
-    };
-    while running(pid) {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    eprintln!("the agent stopped");
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
