@@ -23,9 +23,29 @@ const EVENT_WAIT: Duration = Duration::from_secs(20);
 /// Pause before asking again after the agent could not be reached.
 const RETRY: Duration = Duration::from_millis(200);
 
-/// A [`Driver`] served by an agent on a Unix socket.
+/// How requests reach the agent.
+enum Transport {
+    /// The local agent's Unix socket: a connection per request.
+    Unix(PathBuf),
+    /// An agent of another host, over the HTTP/2 connection it dialled in.
+    Host {
+        hosts: Arc<crate::link::Hosts>,
+        name: String,
+    },
+}
+
+impl Transport {
+    fn describe(&self) -> String {
+        match self {
+            Transport::Unix(socket) => format!("the agent at {}", socket.display()),
+            Transport::Host { name, .. } => format!("the agent of host {name}"),
+        }
+    }
+}
+
+/// A [`Driver`] served by an agent: the local one on a Unix socket, or that of another host.
 pub struct AgentClient {
-    socket: PathBuf,
+    transport: Transport,
     events: broadcast::Sender<DriverEvent>,
     /// The last event sequence number passed on.
     cursor: AtomicU64,
@@ -37,13 +57,7 @@ impl AgentClient {
     /// Connects to the agent at `socket` and starts passing on its supervision events, from
     /// the ones it has now on (those before this connection were another server's to record).
     pub async fn connect(socket: &Path) -> Result<Arc<AgentClient>, String> {
-        let (events, _) = broadcast::channel(256);
-        let client = Arc::new(AgentClient {
-            socket: socket.to_path_buf(),
-            events,
-            cursor: AtomicU64::new(0),
-            agent: std::sync::atomic::AtomicU32::new(0),
-        });
+        let client = Self::new(Transport::Unix(socket.to_path_buf()));
         client.hello().await?;
         let now: Events = client
             .call(
@@ -56,7 +70,33 @@ impl AgentClient {
             .await?;
         client.cursor.store(now.next, Ordering::Release);
         client.agent.store(now.agent, Ordering::Release);
-        let pump = Arc::downgrade(&client);
+        client.pump_events();
+        Ok(client)
+    }
+
+    /// The agent of host `name`, reached while it is connected to `hosts`. Its events are passed
+    /// on from the first connection on, and from 1 again whenever its agent is a new process.
+    pub fn host(hosts: Arc<crate::link::Hosts>, name: &str) -> Arc<AgentClient> {
+        let client = Self::new(Transport::Host {
+            hosts,
+            name: name.to_owned(),
+        });
+        client.pump_events();
+        client
+    }
+
+    fn new(transport: Transport) -> Arc<AgentClient> {
+        let (events, _) = broadcast::channel(256);
+        Arc::new(AgentClient {
+            transport,
+            events,
+            cursor: AtomicU64::new(0),
+            agent: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
+    fn pump_events(self: &Arc<Self>) {
+        let pump = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let Some(client) = pump.upgrade() else { return };
@@ -80,14 +120,15 @@ impl AgentClient {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!("could not read the agent's events: {e}");
+                        if matches!(client.transport, Transport::Unix(_)) {
+                            tracing::warn!("could not read the agent's events: {e}");
+                        }
                         drop(client);
                         tokio::time::sleep(RETRY).await;
                     }
                 }
             }
         });
-        Ok(client)
     }
 
     /// Who the agent is and what it runs.
@@ -95,31 +136,55 @@ impl AgentClient {
         self.call("/v1/hello", &()).await
     }
 
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
         body: &Req,
     ) -> Result<Resp, String> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            format!("the agent at {} did not answer: {e}", self.socket.display())
-        };
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(&e))?;
-        tokio::spawn(conn);
         let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-        let request = http::Request::post(path)
-            .header(http::header::HOST, "agent")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let answer = sender
-            .send_request(request)
+        self.send(path, "application/json", &[], Bytes::from(body))
             .await
-            .map_err(|e| unreachable(&e))?;
+    }
+
+    /// Sends one request with a body of `content_type` and extra `headers`, and reads the JSON
+    /// answer.
+    pub(crate) async fn send<Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Resp, String> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            format!("{} did not answer: {e}", self.transport.describe())
+        };
+        let mut request = match &self.transport {
+            Transport::Unix(_) => http::Request::post(path).header(http::header::HOST, "agent"),
+            Transport::Host { .. } => http::Request::post(format!("http://agent{path}")),
+        }
+        .header(http::header::CONTENT_TYPE, content_type);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let answer = match &self.transport {
+            Transport::Unix(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map_err(|e| unreachable(&e))?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| unreachable(&e))?;
+                tokio::spawn(conn);
+                sender.send_request(request).await
+            }
+            Transport::Host { hosts, name } => {
+                let mut sender = hosts.sender(name)?;
+                sender.send_request(request).await
+            }
+        }
+        .map_err(|e| unreachable(&e))?;
         let status = answer.status();
         let bytes = answer
             .into_body()

@@ -3,20 +3,27 @@
 //! through [`AgentClient`], which is a [`Driver`] like the in-process one: the engine cannot tell
 //! them apart.
 //!
-//! The protocol is JSON over HTTP/1.1, one `POST /v1/OPERATION` per [`Driver`] method, on a Unix
-//! socket in the agent's data dir (mode 0600: only the server's user reaches it). Every operation
+//! The protocol is JSON over HTTP, one `POST /v1/OPERATION` per [`Driver`] method: HTTP/1.1 on a
+//! Unix socket in the agent's data dir (mode 0600: only the server's user reaches it), and
+//! HTTP/2 over mutual TLS on the connection an agent of another host dials to the server
+//! ([`link`]). Every operation
 //! is idempotent, keyed by the instance id or by environment and app, so a request repeated
 //! after a lost answer does the work once. Supervision events carry a sequence number and are
 //! read with a cursor, so a server that reconnects misses none the agent still holds.
 #![forbid(unsafe_code)]
 
 mod client;
+pub mod link;
 pub mod local;
+pub mod placement;
 mod protocol;
 mod serve;
+pub mod tls;
 
 pub use client::AgentClient;
-pub use protocol::{AGENT_SOCKET, Hello};
-pub use serve::{Agent, serve};
+pub use link::Hosts;
+pub use placement::{EnvPlacement, Placement};
+pub use protocol::{AGENT_SOCKET, Hello, LogChunk, LogFrom};
+pub use serve::{AGENT_MARKER, Agent, serve};
 
 pub use shipgate_deploy::Driver;

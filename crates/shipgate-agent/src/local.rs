@@ -37,8 +37,13 @@ impl AgentFiles {
 }
 
 /// Runs the agent of `data_dir` until SIGTERM or Ctrl-C, then stops its routers and instances.
-/// Refused while another agent holds the data dir.
-pub async fn run(data_dir: &Path, driver: Arc<dyn crate::Driver>) -> Result<(), String> {
+/// Refused while another agent holds the data dir. With an `identity` (an agent of another
+/// host that has joined), it also dials the server and serves it over that connection.
+pub async fn run(
+    data_dir: &Path,
+    driver: Arc<dyn crate::Driver>,
+    identity: Option<crate::tls::Identity>,
+) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let files = AgentFiles::of(data_dir);
     std::fs::create_dir_all(data_dir)
@@ -68,7 +73,16 @@ pub async fn run(data_dir: &Path, driver: Arc<dyn crate::Driver>) -> Result<(), 
             std::io::Write::write_all(&mut f, std::process::id().to_string().as_bytes())
         })
         .map_err(|e| format!("could not write {}: {e}", files.pid.display()))?;
-    let agent = Agent::new(Arc::clone(&driver));
+    stop_orphans(data_dir);
+    let agent = Agent::new(Arc::clone(&driver), data_dir);
+    if let Some(identity) = identity {
+        let agent = Arc::clone(&agent);
+        tokio::spawn(async move {
+            if let Err(e) = crate::link::dial_forever(identity, agent).await {
+                tracing::error!("cannot dial the server: {e}");
+            }
+        });
+    }
     tracing::info!(socket = %files.socket.display(), "agent serving");
     crate::serve(&files.socket, agent, stop_signal())
         .await
@@ -84,6 +98,38 @@ pub async fn run(data_dir: &Path, driver: Arc<dyn crate::Driver>) -> Result<(), 
     let _ = std::fs::remove_file(&files.socket);
     drop(lock);
     Ok(())
+}
+
+/// Kills what an earlier agent of `data_dir` left running when it was killed (`kill -9`): the
+/// processes marked with [`crate::AGENT_MARKER`] for this data dir. Its routers died with it,
+/// so nothing reaches them; the server starts what should run again.
+fn stop_orphans(data_dir: &Path) {
+    let marker = format!("{}={}", crate::AGENT_MARKER, data_dir.display());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            continue;
+        }
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let group = nix::unistd::getpgid(Some(pid)).unwrap_or(pid);
+        if group == nix::unistd::getpgrp() {
+            continue;
+        }
+        tracing::warn!("stopping process group {group}, left running by an earlier agent");
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 async fn stop_signal() {

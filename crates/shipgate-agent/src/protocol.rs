@@ -17,6 +17,35 @@ pub struct Hello {
     pub version: String,
     /// The instances it runs now.
     pub instances: Vec<InstanceId>,
+    /// Its data dir (where a host's agent keeps releases, logs and instance data).
+    #[serde(default)]
+    pub data_dir: std::path::PathBuf,
+}
+
+/// `POST /v1/has_release`: whether the agent has a release unpacked (its directory if so).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct HasRelease {
+    pub digest: shipgate_core::Digest,
+}
+
+/// `POST /v1/logs`: a log read with a cursor.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogFrom {
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// The byte offset to read from (the `next` of the last chunk; 0 at first).
+    pub offset: u64,
+    /// Most bytes to return.
+    pub max: u64,
+}
+
+/// The answer to `/v1/logs`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// The text read.
+    pub text: String,
+    /// Where the next read starts.
+    pub next: u64,
 }
 
 /// `POST /v1/switch`.

@@ -2,8 +2,8 @@
 
 use std::collections::VecDeque;
 use std::future::IntoFuture;
-use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,7 +13,16 @@ use axum::{Json, Router};
 use shipgate_deploy::{Driver, DriverEvent, InstanceId, RouterSpec, StartInstance, StopInstance};
 use tokio::sync::Notify;
 
-use crate::protocol::{Drain, Env, Events, EventsAfter, Failed, Grace, Hello, Slot, Switch};
+use crate::protocol::{
+    Drain, Env, Events, EventsAfter, Failed, Grace, HasRelease, Hello, LogChunk, LogFrom, Slot,
+    Switch,
+};
+
+/// The header that names the digest of a release sent to `/v1/release`.
+pub(crate) const DIGEST_HEADER: &str = "x-shipgate-digest";
+/// The environment variable that marks every instance with the data dir of its agent, so that
+/// an agent started after a `kill -9` of the last one finds what it left running.
+pub const AGENT_MARKER: &str = "SHIPGATE_AGENT";
 
 /// How many supervision events the agent keeps for a server that reconnects.
 const EVENTS_KEPT: usize = 4096;
@@ -23,8 +32,14 @@ pub struct Agent {
     driver: Arc<dyn Driver>,
     events: Mutex<EventLog>,
     arrived: Notify,
-    /// The instances started through it and not stopped since.
+    /// The instances started through it and not stopped since, with their log files.
     running: Mutex<Vec<InstanceId>>,
+    logs: Mutex<std::collections::HashMap<InstanceId, PathBuf>>,
+    /// Its data dir: releases sent to it are unpacked here (an agent of another host).
+    data_dir: PathBuf,
+    /// Opened on the first release sent (the local agent, which shares the server's data dir,
+    /// is never sent one).
+    artifacts: OnceLock<shipgate_store::artifact::ArtifactStore>,
 }
 
 #[derive(Default)]
@@ -36,9 +51,12 @@ struct EventLog {
 
 impl Agent {
     /// An agent serving `driver`; it starts recording the driver's events at once.
-    pub fn new(driver: Arc<dyn Driver>) -> Arc<Agent> {
+    pub fn new(driver: Arc<dyn Driver>, data_dir: &Path) -> Arc<Agent> {
         let agent = Arc::new(Agent {
             driver,
+            logs: Mutex::default(),
+            data_dir: data_dir.to_path_buf(),
+            artifacts: OnceLock::new(),
             events: Mutex::new(EventLog {
                 next: 1,
                 kept: VecDeque::new(),
@@ -108,7 +126,18 @@ pub async fn serve(
     }
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let app = Router::new()
+    let app = routes(agent);
+    // Not a graceful shutdown: a server's long wait for events would hold it up to 20 s, and
+    // every operation is idempotent, so one cut short is asked again.
+    tokio::select! {
+        served = axum::serve(listener, app).into_future() => served,
+        () = shutdown => Ok(()),
+    }
+}
+
+/// The agent protocol's operations, as served on the socket and over a host's connection.
+pub(crate) fn routes(agent: Arc<Agent>) -> Router {
+    Router::new()
         .route("/v1/hello", post(hello))
         .route("/v1/start", post(start))
         .route("/v1/stop", post(stop))
@@ -123,13 +152,13 @@ pub async fn serve(
         .route("/v1/router_metrics", post(router_metrics))
         .route("/v1/close_routers", post(close_routers))
         .route("/v1/retain_routers", post(retain_routers))
-        .with_state(agent);
-    // Not a graceful shutdown: a server's long wait for events would hold it up to 20 s, and
-    // every operation is idempotent, so one cut short is asked again.
-    tokio::select! {
-        served = axum::serve(listener, app).into_future() => served,
-        () = shutdown => Ok(()),
-    }
+        .route("/v1/has_release", post(has_release))
+        .route(
+            "/v1/release",
+            post(receive_release).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/v1/logs", post(logs))
+        .with_state(agent)
 }
 
 type AgentState = State<Arc<Agent>>;
@@ -158,19 +187,133 @@ async fn hello(State(agent): AgentState) -> Json<Hello> {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         instances,
+        data_dir: agent.data_dir.clone(),
     })
 }
 
-async fn start(State(agent): AgentState, Json(req): Json<StartInstance>) -> Response {
+async fn start(State(agent): AgentState, Json(mut req): Json<StartInstance>) -> Response {
     let id = req.instance_id.clone();
+    req.env.insert(
+        AGENT_MARKER.to_owned(),
+        agent.data_dir.display().to_string(),
+    );
+    if req.sandbox.is_none()
+        && let Some(dir) = req.template_vars.get("DATA_DIR")
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        return failed(format!("could not make the data directory {dir}: {e}"));
+    }
+    let log = req.log_path.clone();
     match agent.driver.start(req).await {
         Ok(started) => {
             let mut running = agent.running();
             if !running.contains(&id) {
-                running.push(id);
+                running.push(id.clone());
             }
+            drop(running);
+            agent
+                .logs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, log);
             Json(started).into_response()
         }
+        Err(e) => failed(e),
+    }
+}
+
+impl Agent {
+    fn artifacts(&self) -> Result<&shipgate_store::artifact::ArtifactStore, String> {
+        if let Some(a) = self.artifacts.get() {
+            return Ok(a);
+        }
+        let opened = shipgate_store::artifact::ArtifactStore::open(&self.data_dir)
+            .map_err(|e| e.to_string())?;
+        Ok(self.artifacts.get_or_init(|| opened))
+    }
+}
+
+async fn has_release(State(agent): AgentState, Json(h): Json<HasRelease>) -> Response {
+    match agent.artifacts() {
+        Ok(artifacts) => {
+            let dir = artifacts.release_dir(&h.digest);
+            Json(dir.is_dir().then_some(dir)).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// A release archive sent by the server: checked and unpacked exactly as an upload to the
+/// server is (its digest, size and entry limits, read-only), into this agent's data dir.
+async fn receive_release(
+    State(agent): AgentState,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    use futures_util::StreamExt;
+    let digest = match headers
+        .get(DIGEST_HEADER)
+        .and_then(|d| d.to_str().ok())
+        .map(shipgate_core::Digest::parse)
+    {
+        Some(Ok(d)) => d,
+        _ => return failed(format!("a release needs a valid {DIGEST_HEADER} header")),
+    };
+    let artifacts = match agent.artifacts() {
+        Ok(a) => a,
+        Err(e) => return failed(e),
+    };
+    let limits = shipgate_store::artifact::UnpackLimits {
+        max_size: shipgate_core::ByteSize(u64::MAX / 2),
+        max_files: u64::MAX / 2,
+    };
+    let received = async {
+        let mut upload = artifacts
+            .upload(shipgate_core::ByteSize(u64::MAX / 2), limits)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("receiving the release: {e}"))?;
+            upload.write(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        let checked = upload.finish(&digest).await.map_err(|e| e.to_string())?;
+        artifacts.store(checked).await.map_err(|e| e.to_string())
+    };
+    match received.await {
+        Ok(dir) => Json(dir).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// Up to `max` bytes of an instance's log from `offset` on, and the offset to read from next.
+async fn logs(State(agent): AgentState, Json(q): Json<LogFrom>) -> Response {
+    use std::io::{Read, Seek};
+    let path = agent
+        .logs
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&q.instance_id)
+        .cloned();
+    let Some(path) = path else {
+        return failed(format!("this agent has no log of {}", q.instance_id));
+    };
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<LogChunk> {
+        let mut file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
+        let from = q.offset.min(len);
+        file.seek(std::io::SeekFrom::Start(from))?;
+        let mut text = Vec::new();
+        file.take(q.max.min(1 << 20)).read_to_end(&mut text)?;
+        Ok(LogChunk {
+            next: from + text.len() as u64,
+            text: String::from_utf8_lossy(&text).into_owned(),
+        })
+    })
+    .await;
+    match read {
+        Ok(Ok(chunk)) => Json(chunk).into_response(),
+        Ok(Err(e)) => failed(format!("reading the log of {}: {e}", q.instance_id)),
         Err(e) => failed(e),
     }
 }

@@ -36,6 +36,33 @@ pub struct CreatedToken {
     pub record: TokenRecord,
 }
 
+/// `POST /api/v1/hosts`: the host's one-time join token, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedHost {
+    /// The token for `shipgate agent --join`; it works once.
+    pub token: String,
+    /// The host as stored.
+    pub record: crate::records::HostRecord,
+}
+
+/// `POST /api/v1/hosts/join`: the agent's certificate, and what it needs to dial in.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Joined {
+    /// Its certificate (PEM), issued by shipgate's CA for the public key it sent.
+    pub certificate: String,
+    /// The CA's certificate (PEM): the only issuer the agent trusts for the server.
+    pub ca: String,
+    /// The port agents dial on the server's address (mutual TLS).
+    pub agent_port: u16,
+}
+
+/// `GET /api/v1/hosts/endpoint`: where agents dial.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentEndpoint {
+    /// The port agents dial on the server's address (mutual TLS).
+    pub agent_port: u16,
+}
+
 /// `GET /api/v1/logs`: a piece of an instance's output.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct LogChunk {

@@ -152,6 +152,23 @@ pub struct AuditReport {
     pub problem: Option<String>,
 }
 
+/// A host agents may run on, as stored: added with a one-time join token (only its hash is
+/// kept), joined when its agent swapped that token for a certificate (only its fingerprint is
+/// kept), removed when that certificate was revoked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct HostRecord {
+    /// Its name (`environments.X.hosts` names it).
+    pub name: String,
+    /// When it was added.
+    pub added_at: Timestamp,
+    /// When its agent joined, if it has.
+    pub joined_at: Option<Timestamp>,
+    /// The SHA-256 of the certificate it was issued, if it has joined.
+    pub fingerprint: Option<String>,
+    /// When it was removed (its certificate revoked), if it was.
+    pub removed_at: Option<Timestamp>,
+}
+
 /// An API token as stored: only its hash.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct TokenRecord {

@@ -54,6 +54,26 @@ pub struct RollbackRequest {
     pub to: Option<String>,
 }
 
+/// `POST /api/v1/hosts`: add a host, for an agent to join.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostRequest {
+    /// Its name, as `environments.X.hosts` names it.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub name: String,
+}
+
+/// `POST /api/v1/hosts/join`: an agent swaps its one-time token for a certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JoinRequest {
+    /// The host it joins as.
+    pub name: String,
+    /// The token `shipgate host add` printed.
+    pub token: String,
+    /// Its public key: the hex of an uncompressed P-256 point (its private key never leaves
+    /// the host).
+    pub public_key: String,
+}
+
 /// `POST /api/v1/tokens`: make a token.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenRequest {

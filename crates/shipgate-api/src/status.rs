@@ -69,6 +69,24 @@ pub struct InstanceView {
     pub healthy: bool,
     /// How its last crash ended (`exit code 1`, `out of memory (limit 512MiB)`), if it crashed.
     pub last_crash: Option<String>,
+    /// For an environment placed on hosts: the instance on each host that answers.
+    #[serde(default)]
+    pub hosts: Vec<HostInstanceView>,
+}
+
+/// An instance of an environment placed on hosts, on one of them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct HostInstanceView {
+    /// The host.
+    pub host: String,
+    /// Its process there.
+    pub pid: u32,
+    /// Its port there.
+    pub port: u16,
+    /// Whether it answers its health check there.
+    pub healthy: bool,
+    /// Its restarts there.
+    pub restarts: u32,
 }
 
 /// How an environment's instances are confined.
@@ -155,4 +173,7 @@ pub struct HostView {
     pub version: Option<String>,
     /// The instances it runs.
     pub instances: usize,
+    /// The address it dialled in from (other hosts; none for `local`).
+    #[serde(default)]
+    pub address: Option<String>,
 }

@@ -69,6 +69,8 @@ pub enum Action {
     Override,
     /// Create, list or revoke tokens.
     ManageTokens,
+    /// Add or remove hosts.
+    ManageHosts,
 }
 
 impl Action {
@@ -82,6 +84,7 @@ impl Action {
             Self::Freeze => "freeze or unfreeze environments",
             Self::Override => "override deploy windows and freezes",
             Self::ManageTokens => "manage tokens",
+            Self::ManageHosts => "add or remove hosts",
         }
     }
 
@@ -93,7 +96,7 @@ impl Action {
                 &[Role::Deployer, Role::Admin]
             }
             Self::Approve | Self::Freeze => &[Role::Approver, Role::Admin],
-            Self::Override | Self::ManageTokens => &[Role::Admin],
+            Self::Override | Self::ManageTokens | Self::ManageHosts => &[Role::Admin],
         }
     }
 }
@@ -144,8 +147,8 @@ impl Grant {
     /// freezing every environment at once needs a token limited to none.
     pub fn check(&self, action: Action, env: Option<&EnvName>) -> Result<(), Denied> {
         let scoped = !self.envs.is_empty();
-        let unscoped_only =
-            action == Action::ManageTokens || (action == Action::Freeze && env.is_none());
+        let unscoped_only = matches!(action, Action::ManageTokens | Action::ManageHosts)
+            || (action == Action::Freeze && env.is_none());
         let role_ok = action.roles().contains(&self.role) && !(unscoped_only && scoped);
         if !role_ok {
             let allowed: Vec<&str> = action.roles().iter().map(|r| r.as_str()).collect();

@@ -46,6 +46,33 @@ pub struct ServerConfig {
     pub isolation: Isolation,
     /// Where the instances and routers run.
     pub data_plane: DataPlane,
+    /// Where agents of other hosts dial in (mutual TLS); default: the API's address with port
+    /// 0 (any free port; agents ask the API which one).
+    pub agent_listen: SocketAddr,
+}
+
+/// How many hosts of an environment start a new release at once (`rollout.batch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Batch {
+    /// Every host at once.
+    #[default]
+    All,
+    /// This many hosts at a time.
+    Hosts(usize),
+    /// This share of the hosts at a time, in percent (rounded up, at least one host).
+    Percent(u8),
+}
+
+impl Batch {
+    /// How many of `hosts` hosts start at once.
+    pub fn size(self, hosts: usize) -> usize {
+        match self {
+            Batch::All => hosts,
+            Batch::Hosts(n) => n,
+            Batch::Percent(p) => (hosts * usize::from(p)).div_ceil(100),
+        }
+        .clamp(1, hosts.max(1))
+    }
 }
 
 /// `data_plane = "server" | "agent"`: which process runs the instances and the routers.
@@ -240,6 +267,12 @@ pub struct EnvironmentConfig {
     pub isolation: Isolation,
     /// Resource limits of its instances, over the app's.
     pub limits: Limits,
+    /// The hosts it runs on (`shipgate host add` names them); empty: the server's own machine.
+    pub hosts: Vec<String>,
+    /// How many hosts start a new release at once.
+    pub batch: Batch,
+    /// How many of its hosts must take part in a promotion (all of them unless set).
+    pub hosts_required: usize,
 }
 
 /// `require.*` of an environment: what a promotion waits on before it deploys.
@@ -399,6 +432,13 @@ struct RawServer {
     drift_scan: Option<Spanned<String>>,
     isolation: Option<Spanned<String>>,
     data_plane: Option<Spanned<String>>,
+    agent_listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    batch: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -451,6 +491,10 @@ struct RawEnvironment {
     request_timeout: Option<Spanned<String>>,
     isolation: Option<Spanned<String>>,
     limits: Option<RawLimits>,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
+    rollout: Option<RawRollout>,
+    hosts_required: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -624,8 +668,15 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         None => Some(Duration::from_std(std::time::Duration::from_secs(60))),
     }
     .filter(|d| !d.as_std().is_zero());
+    let listen = listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7300)));
+    let agent_listen = match &raw.agent_listen {
+        Some(a) => problems.parse(a, parse_address),
+        None => None,
+    }
+    .unwrap_or(SocketAddr::new(listen.ip(), 0));
     ServerConfig {
-        listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7300))),
+        listen,
+        agent_listen,
         data_dir,
         database,
         max_artifact_size: max_artifact_size.unwrap_or(ByteSize(512 << 20)),
@@ -974,6 +1025,7 @@ fn environments(
         let drain = duration(&env.drain, problems)
             .unwrap_or(Duration::from_std(EnvironmentConfig::DEFAULT_DRAIN));
         let request_timeout = duration(&env.request_timeout, problems);
+        let placement = hosts(env, name, problems);
         if let (Some(name), Some(listen)) = (parsed_name, listen) {
             envs.push(EnvironmentConfig {
                 name,
@@ -1000,6 +1052,9 @@ fn environments(
                     .and_then(|i| problems.parse(i, Isolation::parse))
                     .unwrap_or(server.isolation),
                 limits: limits(env.limits.as_ref(), problems),
+                hosts: placement.0,
+                batch: placement.1,
+                hosts_required: placement.2,
             });
         }
     }
@@ -1017,6 +1072,88 @@ fn environments(
         return envs;
     }
     order(envs)
+}
+
+/// `hosts`, `rollout.batch` and `hosts_required` of one environment.
+fn hosts(
+    env: &RawEnvironment,
+    name: &Spanned<String>,
+    problems: &mut Problems,
+) -> (Vec<String>, Batch, usize) {
+    let mut hosts: Vec<String> = Vec::new();
+    for h in &env.hosts {
+        if let Err(e) = crate::names::EnvName::parse(h.get_ref()) {
+            problems.add(
+                h.span(),
+                format!("host name `{}`: {}", h.get_ref(), e.0),
+                None,
+            );
+        } else if hosts.contains(h.get_ref()) {
+            problems.add(
+                h.span(),
+                format!(
+                    "host `{}` is named twice on environment `{}`",
+                    h.get_ref(),
+                    name.get_ref()
+                ),
+                None,
+            );
+        } else {
+            hosts.push(h.get_ref().clone());
+        }
+    }
+    let batch = match env.rollout.as_ref().and_then(|r| r.batch.as_ref()) {
+        None => Batch::All,
+        Some(b) => {
+            let parsed = match b.get_ref() {
+                toml::Value::Integer(n) if *n >= 1 => usize::try_from(*n).ok().map(Batch::Hosts),
+                toml::Value::String(s) => s
+                    .strip_suffix('%')
+                    .and_then(|p| p.trim().parse::<u8>().ok())
+                    .filter(|p| (1..=100).contains(p))
+                    .map(Batch::Percent),
+                _ => None,
+            };
+            parsed.unwrap_or_else(|| {
+                problems.add(
+                    b.span(),
+                    "`rollout.batch` is a number of hosts (batch = 2) or a share of them (batch = \"25%\")",
+                    None,
+                );
+                Batch::All
+            })
+        }
+    };
+    if env.rollout.is_some() && hosts.is_empty() {
+        problems.add(
+            0..0,
+            format!(
+                "`rollout` on environment `{}`, which has no `hosts`",
+                name.get_ref()
+            ),
+            "add `hosts = [...]`, or remove `rollout`".to_owned(),
+        );
+    }
+    let required = match &env.hosts_required {
+        None => hosts.len(),
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(r) if r >= 1 && r <= hosts.len() => r,
+            _ => {
+                problems.add(
+                    n.span(),
+                    format!(
+                        "`hosts_required = {}` on environment `{}`, which has {} hosts",
+                        n.get_ref(),
+                        name.get_ref(),
+                        hosts.len()
+                    ),
+                    "write a number from 1 to the number of its hosts".to_owned(),
+                );
+                hosts.len()
+            }
+        },
+    };
+    (hosts, batch, required)
 }
 
 /// `require.*` of one environment.

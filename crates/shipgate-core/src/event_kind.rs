@@ -50,6 +50,12 @@ pub enum EventKind {
     TokenCreated,
     /// A token was revoked (`token.revoked`).
     TokenRevoked,
+    /// A host was added, with a join token (`host.added`).
+    HostAdded,
+    /// A host's agent joined and was issued its certificate (`host.joined`).
+    HostJoined,
+    /// A host was removed and its certificate revoked (`host.removed`).
+    HostRemoved,
     /// Staging data was refreshed, masked (`data.refreshed`).
     DataRefreshed,
     /// A data refresh failed and changed nothing (`data.refresh_failed`).
@@ -57,7 +63,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 21] = [
+    const NAMED: [(EventKind, &'static str); 24] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -77,6 +83,9 @@ impl EventKind {
         (Self::InstanceGaveUp, "instance.gave_up"),
         (Self::TokenCreated, "token.created"),
         (Self::TokenRevoked, "token.revoked"),
+        (Self::HostAdded, "host.added"),
+        (Self::HostJoined, "host.joined"),
+        (Self::HostRemoved, "host.removed"),
         (Self::DataRefreshed, "data.refreshed"),
         (Self::DataRefreshFailed, "data.refresh_failed"),
     ];
@@ -99,6 +108,7 @@ impl EventKind {
             | Self::EnvironmentUnhealthy => "environment",
             Self::InstanceCrashed | Self::InstanceRestarted | Self::InstanceGaveUp => "instance",
             Self::TokenCreated | Self::TokenRevoked => "token",
+            Self::HostAdded | Self::HostJoined | Self::HostRemoved => "host",
             Self::DataRefreshed | Self::DataRefreshFailed => "data",
         }
     }

@@ -87,6 +87,28 @@ pub trait Driver: Send + Sync {
     /// Closes the routers of every environment not in `envs` (gone from the config); returns
     /// the ones it closed.
     async fn retain_routers(&self, envs: &[String]) -> Vec<String>;
+
+    /// The addresses `env`, whose router listens at `listen`, answers at: `listen` itself on
+    /// this machine, or that port on each host of an environment placed on hosts.
+    fn endpoints(&self, env: &str, listen: SocketAddr) -> Vec<SocketAddr> {
+        let _ = env;
+        vec![listen]
+    }
+}
+
+/// An instance of an environment placed on hosts, as it runs on one of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInstance {
+    /// The host.
+    pub host: String,
+    /// Its process there.
+    pub pid: u32,
+    /// Its loopback port there.
+    pub port: u16,
+    /// Whether it answers its health check there.
+    pub healthy: bool,
+    /// Its restarts there.
+    pub restarts: u32,
 }
 
 /// An environment's router: where it listens and what it serves.
@@ -203,6 +225,10 @@ pub struct InstanceStatus {
     pub healthy: bool,
     /// How the last crash ended, if it crashed (`out of memory (limit 512MiB)`, `signal 9`).
     pub last_crash: Option<String>,
+    /// Where the instance runs on each host, for an environment placed on hosts (empty on the
+    /// server's own machine).
+    #[serde(default)]
+    pub hosts: Vec<HostInstance>,
 }
 
 /// Something that happened to a running instance without anyone asking.

@@ -192,6 +192,7 @@ impl Driver for ProcessDriver {
             restarts: live.restarts,
             healthy: live.healthy,
             last_crash: live.last_crash,
+            hosts: Vec::new(),
         })
     }
 

@@ -70,6 +70,17 @@ impl Engine {
                         restarts: s.restarts,
                         healthy: s.healthy,
                         last_crash: s.last_crash,
+                        hosts: s
+                            .hosts
+                            .into_iter()
+                            .map(|h| shipgate_api::status::HostInstanceView {
+                                host: h.host,
+                                pid: h.pid,
+                                port: h.port,
+                                healthy: h.healthy,
+                                restarts: h.restarts,
+                            })
+                            .collect(),
                     }),
                     None => None,
                 };

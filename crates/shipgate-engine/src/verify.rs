@@ -52,8 +52,21 @@ impl Engine {
         }
         for check in &env.verify.http {
             let started_at = self.clock.now();
-            let url = format!("http://{}{}", env.listen, check.path);
-            let (passed, output) = http_check(check, &url, timeout).await;
+            // Every address the environment answers at: each of its hosts, when it has some.
+            let mut passed = true;
+            let mut outputs = Vec::new();
+            let endpoints = self.driver.endpoints(env.name.as_str(), env.listen);
+            for addr in &endpoints {
+                let url = format!("http://{addr}{}", check.path);
+                let (ok, out) = http_check(check, &url, timeout).await;
+                passed &= ok;
+                outputs.push(if endpoints.len() > 1 {
+                    format!("{addr}: {out}")
+                } else {
+                    out
+                });
+            }
+            let output = outputs.join("\n");
             let name = format!("http: GET {} → {}", check.path, check.status);
             self.gate(p, &name, passed, output.clone(), started_at)
                 .await?;

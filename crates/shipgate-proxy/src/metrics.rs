@@ -43,6 +43,46 @@ pub struct UpstreamMetrics {
     pub last_minute: WindowSummary,
 }
 
+impl UpstreamMetrics {
+    /// Adds the figures of the same app and release counted by another router (another host
+    /// of the environment). Latency percentiles of the last minute take the worse of the two.
+    pub fn absorb(&mut self, other: &UpstreamMetrics) {
+        let (a, b) = (&mut self.requests, &other.requests);
+        a.informational += b.informational;
+        a.success += b.success;
+        a.redirection += b.redirection;
+        a.client_error += b.client_error;
+        a.server_error += b.server_error;
+        for (mine, theirs) in self
+            .latency
+            .buckets
+            .iter_mut()
+            .zip(other.latency.buckets.iter())
+        {
+            mine.count += theirs.count;
+        }
+        self.latency.sum_ms += other.latency.sum_ms;
+        self.latency.count += other.latency.count;
+        self.request_bytes += other.request_bytes;
+        self.response_bytes += other.response_bytes;
+        self.live |= other.live;
+        let (m, o) = (&mut self.last_minute, &other.last_minute);
+        let requests = m.requests + o.requests;
+        if requests > 0 {
+            m.error_rate = (m.error_rate * m.requests as f64 + o.error_rate * o.requests as f64)
+                / requests as f64;
+        }
+        m.requests = requests;
+        m.requests_per_second += o.requests_per_second;
+        let worse = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        m.p50_ms = worse(m.p50_ms, o.p50_ms);
+        m.p99_ms = worse(m.p99_ms, o.p99_ms);
+    }
+}
+
 /// Response counts by status class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusClasses {

@@ -70,6 +70,8 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         POST "/tokens" => create_token,
         GET "/tokens" => list_tokens,
         GET "/hosts" => list_hosts,
+        POST "/hosts" => add_host,
+        DELETE "/hosts/{name}" => remove_host,
         DELETE "/tokens/{name}" => revoke_token,
     ]
 }
@@ -85,6 +87,9 @@ pub(crate) fn routes(state: AppState) -> Router {
             router.route(path, handler)
         })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // An agent joining has its one-time token, not an API token; where to dial is no secret.
+        .route("/hosts/join", axum::routing::post(join_host))
+        .route("/hosts/endpoint", get(agent_endpoint))
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -702,7 +707,114 @@ async fn list_hosts(State(state): State<AppState>, caller: Caller) -> ApiResult<
     if host.data_plane == "server" {
         host.instances = state.engine.store().running_instances().await?.len();
     }
-    Ok(Json(vec![host]))
+    let mut all = vec![host];
+    let links = state.hosts.views();
+    for record in state.engine.store().hosts().await? {
+        if record.removed_at.is_some() {
+            continue;
+        }
+        let link = links.iter().find(|l| l.name == record.name);
+        let hello = match link {
+            Some(l) if l.connected => state.placement.hello(&record.name).await,
+            _ => None,
+        };
+        all.push(shipgate_api::status::HostView {
+            name: record.name.clone(),
+            data_plane: if record.joined_at.is_some() {
+                "agent".into()
+            } else {
+                "not joined".into()
+            },
+            connected: link.is_some_and(|l| l.connected) && hello.is_some(),
+            since: link
+                .map(|l| l.since)
+                .or(record.joined_at)
+                .unwrap_or(record.added_at),
+            pid: hello.as_ref().map(|h| h.pid),
+            version: hello.as_ref().map(|h| h.version.clone()),
+            instances: hello.as_ref().map_or(0, |h| h.instances.len()),
+            address: link.and_then(|l| l.peer).map(|p| p.to_string()),
+        });
+    }
+    Ok(Json(all))
+}
+
+async fn add_host(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<shipgate_api::requests::HostRequest>,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::ManageHosts, None)?;
+    if req.name == "local" || EnvName::parse(&req.name).is_err() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid host name",
+            format!(
+                "`{}` cannot name a host: use 1 to 63 lowercase letters, digits and `-`, starting with a letter or digit (`local` is the server's own machine)",
+                req.name
+            ),
+        ));
+    }
+    let token = crate::auth::generate_token()
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "no token", e.to_string()))?;
+    let record = state
+        .engine
+        .store()
+        .add_host(&req.name, &crate::auth::hash_token(&token), caller.name())
+        .await?;
+    let location = format!("/api/v1/hosts/{}", record.name);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(shipgate_api::answers::CreatedHost { token, record }),
+    ))
+}
+
+async fn remove_host(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::ManageHosts, None)?;
+    let record = state
+        .engine
+        .store()
+        .remove_host(&name, caller.name())
+        .await?;
+    state.hosts.disconnect(&name);
+    Ok(Json(record))
+}
+
+async fn join_host(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<shipgate_api::requests::JoinRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let (certificate, fingerprint) = state
+        .ca
+        .issue_host(&req.name, &req.public_key)
+        .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid join", e))?;
+    state
+        .engine
+        .store()
+        .join_host(
+            &req.name,
+            &crate::auth::hash_token(req.token.trim()),
+            &fingerprint,
+        )
+        .await?;
+    Ok(Json(shipgate_api::answers::Joined {
+        certificate,
+        ca: state.ca.cert_pem.clone(),
+        agent_port: state.hosts.port,
+    }))
+}
+
+async fn agent_endpoint(
+    State(state): State<AppState>,
+) -> Json<shipgate_api::answers::AgentEndpoint> {
+    Json(shipgate_api::answers::AgentEndpoint {
+        agent_port: state.hosts.port,
+    })
 }
 
 async fn list_tokens(
@@ -742,7 +854,12 @@ mod tests {
         let mut served: Vec<String> = endpoints()
             .iter()
             .map(|(m, p, _)| format!("{m} /api/v1{p}"))
-            .chain(["GET /healthz".to_owned(), "GET /metrics".to_owned()])
+            .chain([
+                "GET /healthz".to_owned(),
+                "GET /metrics".to_owned(),
+                "POST /api/v1/hosts/join".to_owned(),
+                "GET /api/v1/hosts/endpoint".to_owned(),
+            ])
             .collect();
         documented.sort();
         served.sort();

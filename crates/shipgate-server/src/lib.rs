@@ -33,6 +33,47 @@ struct AppState {
     sessions: Arc<ui::Sessions>,
     /// The server's own machine, as the agent supervisor last saw it.
     local_host: Arc<std::sync::Mutex<shipgate_api::status::HostView>>,
+    /// The agents of other hosts connected now.
+    hosts: Arc<shipgate_agent::Hosts>,
+    /// What the config places on them.
+    placement: Arc<shipgate_agent::Placement>,
+    /// The CA that issues their certificates.
+    ca: Arc<shipgate_agent::tls::Ca>,
+}
+
+/// Which agents may connect: those whose certificate fingerprint a joined host pinned.
+struct StoreCheck(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl shipgate_agent::link::HostCheck for StoreCheck {
+    async fn host_of(&self, fingerprint: &str) -> Option<String> {
+        match self.0.host_by_fingerprint(fingerprint).await {
+            Ok(h) => h.map(|h| h.name),
+            Err(e) => {
+                tracing::error!("could not look up an agent's certificate: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Where each environment with `hosts` runs, as the placement driver takes it.
+fn placements(config: &Config) -> std::collections::HashMap<String, shipgate_agent::EnvPlacement> {
+    config
+        .environments
+        .iter()
+        .filter(|e| !e.hosts.is_empty())
+        .map(|e| {
+            (
+                e.name.to_string(),
+                shipgate_agent::EnvPlacement {
+                    hosts: e.hosts.clone(),
+                    batch: e.batch.size(e.hosts.len()),
+                    required: e.hosts_required,
+                },
+            )
+        })
+        .collect()
 }
 
 /// A started server: its API address and a way to stop it.
@@ -79,10 +120,27 @@ impl Server {
                 )
             }
         };
+        let ca = Arc::new(
+            shipgate_agent::tls::Ca::load_or_create(&data_dir).map_err(anyhow::Error::msg)?,
+        );
+        let hosts = shipgate_agent::Hosts::listen(
+            config.server.agent_listen,
+            ca.server_config().map_err(anyhow::Error::msg)?,
+            Arc::new(StoreCheck(Arc::clone(&store))),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        tracing::info!("agents of other hosts dial port {}", hosts.port);
+        let placement = shipgate_agent::Placement::new(
+            driver,
+            Arc::clone(&hosts),
+            placements(&config),
+            &data_dir,
+        );
         let engine = Engine::start(
             config,
             store,
-            driver,
+            Arc::clone(&placement) as Arc<dyn shipgate_deploy::Driver>,
             Arc::new(shipgate_engine::SystemClock),
         )
         .await?;
@@ -98,6 +156,7 @@ impl Server {
             pid: Some(std::process::id()),
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             instances: 0,
+            address: None,
         }));
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let app = api::routes(AppState {
@@ -105,6 +164,9 @@ impl Server {
             stopping,
             sessions: Arc::default(),
             local_host: Arc::clone(&local_host),
+            hosts,
+            placement,
+            ca,
         });
         let supervisor = agent.map(|(client, exe)| {
             tokio::spawn(supervise_agent(

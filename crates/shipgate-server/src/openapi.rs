@@ -3,15 +3,16 @@
 //! the routes served, and schemathesis checks the server against it.
 
 use shipgate_api::answers::{
-    CreatedRelease, CreatedToken, DataCheck, DecisionRecorded, LogChunk, Problem,
+    AgentEndpoint, CreatedHost, CreatedRelease, CreatedToken, DataCheck, DecisionRecorded, Joined,
+    LogChunk, Problem,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
-use shipgate_api::records::{AuditReport, Event, Promotion, Release, TokenRecord};
+use shipgate_api::records::{AuditReport, Event, HostRecord, Promotion, Release, TokenRecord};
 use shipgate_api::requests::{
     AppEnv, AppQuery, DataRefreshRequest, DecisionRequest, DiffQuery, EventsQuery, FreezeQuery,
-    FreezeRequest, HistoryQuery, LogsQuery, PromoteRequest, ReleaseQuery, RollbackRequest,
-    TokenRequest,
+    FreezeRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery, PromoteRequest, ReleaseQuery,
+    RollbackRequest, TokenRequest,
 };
 use shipgate_api::status::{AppStatus, HistoryEntry, HostView};
 use shipgate_core::gate::Freeze;
@@ -57,6 +58,10 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::create_token,
         declared::list_tokens,
         declared::list_hosts,
+        declared::add_host,
+        declared::remove_host,
+        declared::join_host,
+        declared::agent_endpoint,
         declared::revoke_token,
     ),
     components(schemas(Problem)),
@@ -420,6 +425,36 @@ mod declared {
             (status = 200, description = "hosts", body = Vec<HostView>),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn list_hosts() {}
+
+    /// Add a host (admin limited to no environment); its one-time join token is returned once.
+    #[utoipa::path(post, path = "/api/v1/hosts", operation_id = "addHost", request_body = HostRequest,
+        responses(
+            (status = 201, description = "added", body = CreatedHost,
+                headers(("Location" = String, description = "the host's path"))),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn add_host() {}
+
+    /// Remove a host: its certificate is revoked and its agent disconnected.
+    #[utoipa::path(delete, path = "/api/v1/hosts/{name}", operation_id = "removeHost",
+        params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9-]{0,62}$", description = "the host")),
+        responses(
+            (status = 200, description = "removed", body = HostRecord),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn remove_host() {}
+
+    /// An agent swaps its one-time join token for a certificate from shipgate's CA (no API
+    /// token: the join token is the credential, and works once).
+    #[utoipa::path(post, path = "/api/v1/hosts/join", operation_id = "joinHost", request_body = JoinRequest, security(()),
+        responses(
+            (status = 200, description = "joined", body = Joined),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn join_host() {}
+
+    /// The port agents dial (mutual TLS), on the address of this API.
+    #[utoipa::path(get, path = "/api/v1/hosts/endpoint", operation_id = "agentEndpoint", security(()),
+        responses(
+            (status = 200, description = "where agents dial", body = AgentEndpoint)))]
+    fn agent_endpoint() {}
 
     /// Revoke a token; refused for the last admin token limited to no environment and for the
     /// token the request comes with.

@@ -167,6 +167,24 @@ pub trait Store: Send + Sync {
     /// Revokes the active token of that name for the token `actor`, with its event; refused
     /// (see `shipgate_core::access::may_revoke`) for the last unscoped admin and for `actor` itself.
     async fn revoke_token(&self, name: &str, actor: &str) -> Result<TokenRecord>;
+
+    /// Adds host `name`, waiting to join with the token whose hash is `token_hash`, with its
+    /// event. A removed host of that name is added anew; a present one is refused.
+    async fn add_host(&self, name: &str, token_hash: &str, actor: &str) -> Result<HostRecord>;
+    /// Joins host `name` with its token (used up) and pins the certificate `fingerprint`, with
+    /// its event. Refused unless the host waits to join with exactly that token.
+    async fn join_host(
+        &self,
+        name: &str,
+        token_hash: &str,
+        fingerprint: &str,
+    ) -> Result<HostRecord>;
+    /// The joined, not removed host whose certificate has this fingerprint.
+    async fn host_by_fingerprint(&self, fingerprint: &str) -> Result<Option<HostRecord>>;
+    /// Every host, removed ones included, in name order.
+    async fn hosts(&self) -> Result<Vec<HostRecord>>;
+    /// Removes host `name` (its certificate is no longer accepted), with its event.
+    async fn remove_host(&self, name: &str, actor: &str) -> Result<HostRecord>;
 }
 
 /// Re-computes the audit chain over `events` (all of them, oldest first).

@@ -2,7 +2,7 @@
 //! (`shipgate-api`), re-exported here.
 
 pub use shipgate_api::records::{
-    AuditReport, Event, Gate, LiveRelease, Promotion, Release, TokenRecord,
+    AuditReport, Event, Gate, HostRecord, LiveRelease, Promotion, Release, TokenRecord,
 };
 
 use serde::{Deserialize, Serialize};

@@ -92,7 +92,45 @@ CREATE INDEX promotions_app_version ON promotions (app, version, id);
 CREATE INDEX events_actor ON events (actor, id);
 CREATE INDEX events_kind ON events (kind, id);
 "#,
+    r#"
+CREATE TABLE hosts (
+    name TEXT PRIMARY KEY, token_hash TEXT, fingerprint TEXT UNIQUE, added_at TEXT NOT NULL,
+    joined_at TEXT, removed_at TEXT
+);
+"#,
 ];
+
+const HOST_COLUMNS: &str = "name, fingerprint, added_at, joined_at, removed_at";
+
+fn host_from(row: &SqliteRow) -> Result<HostRecord> {
+    Ok(HostRecord {
+        name: get(row, "name")?,
+        fingerprint: get(row, "fingerprint")?,
+        added_at: get_time(row, "added_at")?,
+        joined_at: get_time_opt(row, "joined_at")?,
+        removed_at: get_time_opt(row, "removed_at")?,
+    })
+}
+
+async fn host_in(tx: &mut Transaction<'_, Sqlite>, name: &str) -> Result<Option<HostRecord>> {
+    sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE name = ?"))
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("reading a host"))?
+        .map(|row| host_from(&row))
+        .transpose()
+}
+
+fn host_event(actor: &str, kind: EventKind, name: &str, message: String) -> NewEvent {
+    NewEvent {
+        actor: actor.to_owned(),
+        kind,
+        message,
+        data: serde_json::json!({ "host": name }),
+        ..NewEvent::about_nothing()
+    }
+}
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -1359,6 +1397,145 @@ impl Store for SqliteStore {
         .await?;
         self.commit(tx, vec![event]).await?;
         Ok(token)
+    }
+
+    async fn add_host(&self, name: &str, token_hash: &str, actor: &str) -> Result<HostRecord> {
+        let present = |h: Option<&HostRecord>| match h {
+            Some(h) if h.removed_at.is_none() => Err(StoreError::Conflict(format!(
+                "host `{name}` is already added; remove it first (shipgate host remove {name}) to issue a new join token"
+            ))),
+            _ => Ok(()),
+        };
+        let at = now().to_string();
+        self.host_write(
+            name,
+            present,
+            "INSERT INTO hosts (name, token_hash, fingerprint, added_at, joined_at, removed_at) VALUES (?, ?, NULL, ?, NULL, NULL) \
+             ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash, fingerprint = NULL, added_at = excluded.added_at, joined_at = NULL, removed_at = NULL",
+            &[Some(name.to_owned()), Some(token_hash.to_owned()), Some(at)],
+            host_event(actor, EventKind::HostAdded, name, format!("host `{name}` added; it joins with its one-time token")),
+        )
+        .await
+    }
+
+    async fn join_host(
+        &self,
+        name: &str,
+        token_hash: &str,
+        fingerprint: &str,
+    ) -> Result<HostRecord> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        let waiting: Option<String> = sqlx::query_scalar(
+            "SELECT token_hash FROM hosts WHERE name = ? AND removed_at IS NULL AND joined_at IS NULL",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading a host"))?
+        .flatten();
+        let matches = waiting.is_some_and(|w| {
+            use subtle::ConstantTimeEq;
+            bool::from(w.as_bytes().ct_eq(token_hash.as_bytes()))
+        });
+        if !matches {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::NotFound(format!(
+                "a host `{name}` waiting to join with this token (a join token works once: run `shipgate host add {name}` for a new one)"
+            )));
+        }
+        sqlx::query(
+            "UPDATE hosts SET token_hash = NULL, fingerprint = ?, joined_at = ? WHERE name = ?",
+        )
+        .bind(fingerprint)
+        .bind(now().to_string())
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("joining a host"))?;
+        let host = host_in(&mut tx, name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("host `{name}`")))?;
+        let event = append(
+            &mut tx,
+            host_event(
+                name,
+                EventKind::HostJoined,
+                name,
+                format!("host `{name}` joined; its certificate {fingerprint} is pinned"),
+            ),
+        )
+        .await?;
+        self.commit(tx, vec![event]).await?;
+        Ok(host)
+    }
+
+    async fn host_by_fingerprint(&self, fingerprint: &str) -> Result<Option<HostRecord>> {
+        sqlx::query(&format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE fingerprint = ? AND removed_at IS NULL"
+        ))
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a host"))?
+        .map(|row| host_from(&row))
+        .transpose()
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostRecord>> {
+        sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing hosts"))?
+            .iter()
+            .map(host_from)
+            .collect()
+    }
+
+    async fn remove_host(&self, name: &str, actor: &str) -> Result<HostRecord> {
+        let present = |h: Option<&HostRecord>| match h {
+            Some(h) if h.removed_at.is_none() => Ok(()),
+            _ => Err(StoreError::NotFound(format!("a host named `{name}`"))),
+        };
+        self.host_write(
+            name,
+            present,
+            "UPDATE hosts SET removed_at = ?, token_hash = NULL WHERE name = ?",
+            &[Some(now().to_string()), Some(name.to_owned())],
+            host_event(
+                actor,
+                EventKind::HostRemoved,
+                name,
+                format!("host `{name}` removed; its certificate is revoked"),
+            ),
+        )
+        .await
+    }
+}
+
+impl SqliteStore {
+    async fn host_write(
+        &self,
+        name: &str,
+        check: impl FnOnce(Option<&HostRecord>) -> Result<()>,
+        sql: &str,
+        binds: &[Option<String>],
+        event: NewEvent,
+    ) -> Result<HostRecord> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin().await?;
+        check(host_in(&mut tx, name).await?.as_ref())?;
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = q.bind(b.clone());
+        }
+        q.execute(&mut *tx).await.map_err(db("writing a host"))?;
+        let host = host_in(&mut tx, name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("host `{name}`")))?;
+        let event = append(&mut tx, event).await?;
+        self.commit(tx, vec![event]).await?;
+        Ok(host)
     }
 }
 

@@ -211,13 +211,22 @@ pub enum Command {
     /// The machines that run instances and routers.
     #[command(subcommand)]
     Host(HostCommand),
-    /// Runs the data plane of this machine (instances and routers) for the server; the server
-    /// starts it itself when its config says `data_plane = "agent"`.
+    /// Runs the data plane of this machine (instances and routers) for the server. The server
+    /// starts the one on its own machine itself; on another host, join once with `--server URL
+    /// --join TOKEN --name NAME` (the token from `shipgate host add NAME`), and from then on
+    /// `shipgate agent --data-dir DIR` dials the server with the certificate it got.
     Agent {
-        /// The server's data dir, where the agent keeps its socket, pid and lock (default: the
-        /// config's `data_dir`).
+        /// Where the agent keeps its socket, pid, lock, and on another host its certificate,
+        /// releases, logs and instance data (default: the config's `data_dir` on the server's
+        /// machine, /var/lib/shipgate-agent on another host).
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
+        /// Join the server (`--server URL`, its API address) with this one-time token.
+        #[arg(long, requires = "name")]
+        join: Option<String>,
+        /// The host's name, as `shipgate host add` named it.
+        #[arg(long, requires = "join")]
+        name: Option<String>,
         /// Stop the agent running there instead: its routers stop accepting, requests in flight
         /// finish, and its instances are stopped.
         #[arg(long)]
@@ -294,6 +303,16 @@ pub enum DataCommand {
 pub enum HostCommand {
     /// Every host: connected, or since when not; its agent's pid, version and instances.
     List,
+    /// Add a host; prints its one-time join token for `shipgate agent --join` (admin).
+    Add {
+        /// Its name, as `environments.X.hosts` names it.
+        name: String,
+    },
+    /// Remove a host: its certificate is revoked and its agent cut off at once (admin).
+    Remove {
+        /// The host.
+        name: String,
+    },
 }
 
 /// `shipgate token ...`.

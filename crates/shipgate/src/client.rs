@@ -85,6 +85,11 @@ impl Client {
         })
     }
 
+    /// The server's address, as the CLI reaches it.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.base)
     }

@@ -2,14 +2,46 @@
 
 use std::process::ExitCode;
 
-use shipgate_api::answers::{CreatedToken, LogChunk};
-use shipgate_api::records::{AuditReport, Event, TokenRecord};
-use shipgate_api::requests::TokenRequest;
+use shipgate_api::answers::{CreatedHost, CreatedToken, LogChunk};
+use shipgate_api::records::{AuditReport, Event, HostRecord, TokenRecord};
+use shipgate_api::requests::{HostRequest, TokenRequest};
 use shipgate_api::status::HostView;
 
 use crate::cli::{Global, TokenCommand};
 use crate::client::connect;
 use crate::output::{Printer, table};
+
+pub(super) async fn add_host(g: &Global, out: Printer, name: &str) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let created: CreatedHost = client
+        .post(
+            "/hosts",
+            &HostRequest {
+                name: name.to_owned(),
+            },
+        )
+        .await?;
+    out.print(&created, |c| {
+        format!(
+            "host {name} added. On it, run (the token works once):\n  shipgate agent --server {} --join {} --name {name}\n",
+            client.base(),
+            c.token
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn remove_host(g: &Global, out: Printer, name: &str) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let removed: HostRecord = client.delete(&format!("/hosts/{name}")).await?;
+    out.print(&removed, |h| {
+        format!(
+            "host {} removed: its certificate is revoked and its agent cut off\n",
+            h.name
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
 
 pub(super) async fn hosts(g: &Global, out: Printer) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
@@ -32,11 +64,20 @@ pub(super) async fn hosts(g: &Global, out: Printer) -> anyhow::Result<ExitCode> 
                     h.pid.map_or("-".into(), |p| p.to_string()),
                     h.version.clone().unwrap_or_else(|| "-".into()),
                     h.instances.to_string(),
+                    h.address.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
         table(
-            &["HOST", "DATA PLANE", "STATE", "PID", "VERSION", "INSTANCES"],
+            &[
+                "HOST",
+                "DATA PLANE",
+                "STATE",
+                "PID",
+                "VERSION",
+                "INSTANCES",
+                "ADDRESS",
+            ],
             &rows,
         )
     });

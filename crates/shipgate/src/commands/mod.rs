@@ -20,11 +20,11 @@ use serde_json::json;
 use shipgate_api::requests::{DecisionRequest, PromoteRequest};
 use shipgate_core::Verdict;
 
-use crate::cli::{Cli, Command, DataCommand, ReleaseCommand};
+use crate::cli::{Cli, Command, DataCommand, Global, ReleaseCommand};
 use crate::config_file;
 use crate::output::Printer;
 
-use audit::{audit, hosts, logs, token};
+use audit::{add_host, audit, hosts, logs, remove_host, token};
 use data::{data_check, data_refresh};
 use parity::{diff, drift, drift_heal};
 use promotion::{decide, freeze, promote, rollback};
@@ -153,10 +153,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(command) => token(g, out, command).await,
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,
+        Command::Host(crate::cli::HostCommand::Add { name }) => add_host(g, out, &name).await,
+        Command::Host(crate::cli::HostCommand::Remove { name }) => remove_host(g, out, &name).await,
         Command::SampleApp { port } => crate::sample::serve(port).await,
-        Command::Agent { data_dir, stop } => {
+        Command::Agent {
+            data_dir,
+            stop,
+            join,
+            name,
+        } => {
+            if let (Some(token), Some(name)) = (join, name) {
+                let data_dir = data_dir.unwrap_or_else(|| "/var/lib/shipgate-agent".into());
+                return join_and_run(g, &data_dir, &token, &name).await;
+            }
             let data_dir = match data_dir {
                 Some(d) => d,
+                None if !g.config.exists() => "/var/lib/shipgate-agent".into(),
                 None => match config_file::load(&g.config)? {
                     Ok((c, _)) => c.server.data_dir,
                     Err(invalid) => {
@@ -292,6 +304,58 @@ async fn server(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Joins the server named by `--server` as host `name` with its one-time `token`, keeps the
+/// certificate it gets in `data_dir`, and runs the agent.
+async fn join_and_run(
+    g: &Global,
+    data_dir: &Path,
+    token: &str,
+    name: &str,
+) -> anyhow::Result<ExitCode> {
+    let Some(server) = g.server.clone() else {
+        eprintln!("error: joining needs the server's API address: add --server http://HOST:PORT");
+        return Ok(ExitCode::FAILURE);
+    };
+    std::fs::create_dir_all(data_dir).with_context(|| format!("making {}", data_dir.display()))?;
+    let (key, public_key) = shipgate_agent::tls::Identity::new_key().map_err(anyhow::Error::msg)?;
+    let url = format!("{}/api/v1/hosts/join", server.trim_end_matches('/'));
+    let answer = reqwest::Client::new()
+        .post(&url)
+        .json(&shipgate_api::requests::JoinRequest {
+            name: name.to_owned(),
+            token: token.to_owned(),
+            public_key,
+        })
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    if !answer.status().is_success() {
+        let status = answer.status();
+        let body: serde_json::Value = answer.json().await.unwrap_or_default();
+        eprintln!(
+            "error: the server refused the join ({status}): {}",
+            body["detail"].as_str().unwrap_or("no detail")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let joined: shipgate_api::answers::Joined = answer.json().await.context("the join answer")?;
+    shipgate_agent::tls::Identity::save(
+        data_dir,
+        name,
+        &server,
+        &key,
+        &joined.certificate,
+        &joined.ca,
+    )
+    .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "joined {server} as host {name}; the certificate is kept in {} (start again with: shipgate agent --data-dir {})",
+        data_dir.display(),
+        data_dir.display()
+    );
+    agent(data_dir).await
+}
+
 async fn agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -299,8 +363,18 @@ async fn agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let identity = match shipgate_agent::tls::Identity::load(data_dir) {
+        Ok(identity) => identity,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Some(id) = &identity {
+        eprintln!("agent of host {} for the server {}", id.name, id.server);
+    }
     let driver = Arc::new(shipgate_deploy::ProcessDriver::new());
-    match shipgate_agent::local::run(data_dir, driver).await {
+    match shipgate_agent::local::run(data_dir, driver, identity).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("error: {e}");

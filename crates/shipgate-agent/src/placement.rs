@@ -1,0 +1,782 @@
+//! Environments placed on hosts: a [`Driver`] that sends each environment's work where the
+//! config puts it. An environment without `hosts` runs on the server's own machine (the local
+//! driver); one with `hosts` runs on each of them, and this driver makes those hosts act as one:
+//!
+//! - a start runs on every reachable host (all at once, or in batches), and only when every one
+//!   of them is healthy does it succeed; if any fails, the new instances are stopped everywhere
+//!   and the error names the host and its last log lines;
+//! - a switch checks first that every host has the instance healthy, then switches them all
+//!   (switching back those it did if one fails), so no host is left half-switched;
+//! - what each environment serves is kept in `placement.json`, so that a host that comes back
+//!   (or whose agent was started again) is given its environments' live releases before its
+//!   router serves them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use shipgate_deploy::{
+    Driver, DriverError, DriverEvent, HostInstance, InstanceId, InstanceStarted, InstanceStatus,
+    RouteTarget, RouterSpec, StartInstance, StopInstance, UpstreamMetrics,
+};
+use tokio::sync::broadcast;
+
+use crate::AgentClient;
+use crate::link::Hosts;
+use crate::protocol::{HasRelease, Hello};
+
+/// How an environment is spread over hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvPlacement {
+    /// Its hosts, in config order.
+    pub hosts: Vec<String>,
+    /// How many start at once.
+    pub batch: usize,
+    /// How many must take part in a promotion.
+    pub required: usize,
+}
+
+/// What an environment's app serves, kept so that a returning host can be given it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Served {
+    target: RouteTarget,
+    start: StartInstance,
+}
+
+/// What is kept in [`PLACEMENT_FILE`].
+#[derive(Default, Serialize, Deserialize)]
+struct Kept {
+    #[serde(default)]
+    served: BTreeMap<String, BTreeMap<String, Served>>,
+    #[serde(default)]
+    started: HashMap<InstanceId, StartInstance>,
+}
+
+/// The file that keeps what hosts run across server restarts.
+const PLACEMENT_FILE: &str = "placement.json";
+/// How long a stopped instance on a host may take to exit.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A [`Driver`] over the local data plane and the agents of other hosts.
+pub struct Placement {
+    local: Arc<dyn Driver>,
+    hosts: Arc<Hosts>,
+    clients: BTreeMap<String, Arc<AgentClient>>,
+    envs: HashMap<String, EnvPlacement>,
+    data_dir: PathBuf,
+    events: broadcast::Sender<DriverEvent>,
+    /// The requests of the instances started on hosts (server-side paths), by instance.
+    started: Mutex<HashMap<InstanceId, StartInstance>>,
+    /// What each hosted environment's apps serve, by environment and app.
+    served: Mutex<BTreeMap<String, BTreeMap<String, Served>>>,
+    routers: Mutex<HashMap<String, RouterSpec>>,
+    /// One reconciliation of a host at a time.
+    reconciling: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn on_host(host: &str, e: impl std::fmt::Display) -> DriverError {
+    DriverError::Agent(format!("on host {host}: {e}"))
+}
+
+/// `path` moved from under `from` to under `to` (unchanged when it is not under `from`).
+fn rebase(path: &Path, from: &Path, to: &Path) -> PathBuf {
+    path.strip_prefix(from)
+        .map_or_else(|_| path.to_path_buf(), |rest| to.join(rest))
+}
+
+fn rebase_text(text: &str, from: &Path, to: &Path) -> String {
+    let from = from.display().to_string();
+    match text.strip_prefix(&from) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            format!("{}{rest}", to.display())
+        }
+        _ => text.to_owned(),
+    }
+}
+
+impl Placement {
+    /// Places `envs` on their hosts; everything else runs on `local`. Hosts are reached while
+    /// they are connected to `hosts`.
+    pub fn new(
+        local: Arc<dyn Driver>,
+        hosts: Arc<Hosts>,
+        envs: HashMap<String, EnvPlacement>,
+        data_dir: &Path,
+    ) -> Arc<Placement> {
+        let mut clients = BTreeMap::new();
+        for p in envs.values() {
+            for h in &p.hosts {
+                clients
+                    .entry(h.clone())
+                    .or_insert_with(|| AgentClient::host(Arc::clone(&hosts), h));
+            }
+        }
+        let kept: Kept = std::fs::read(data_dir.join(PLACEMENT_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let (events, _) = broadcast::channel(256);
+        let placement = Arc::new(Placement {
+            local,
+            hosts,
+            clients,
+            envs,
+            data_dir: data_dir.to_path_buf(),
+            events,
+            started: Mutex::new(kept.started),
+            served: Mutex::new(kept.served),
+            routers: Mutex::default(),
+            reconciling: tokio::sync::Mutex::new(()),
+        });
+        placement.pass_on_events();
+        placement.reconcile_on_connect();
+        placement
+    }
+
+    /// The host names this placement uses.
+    pub fn host_names(&self) -> Vec<String> {
+        self.clients.keys().cloned().collect()
+    }
+
+    /// Who answers on `host` now.
+    pub async fn hello(&self, host: &str) -> Option<Hello> {
+        if !self.hosts.is_connected(host) {
+            return None;
+        }
+        self.clients.get(host)?.hello().await.ok()
+    }
+
+    fn pass_on_events(self: &Arc<Self>) {
+        let mut sources = vec![(String::new(), self.local.subscribe())];
+        for (name, client) in &self.clients {
+            sources.push((name.clone(), client.subscribe()));
+        }
+        for (host, mut rx) in sources {
+            let tx = self.events.clone();
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(event) => {
+                            let event = match event {
+                                DriverEvent::Crashed {
+                                    instance_id,
+                                    exit,
+                                    restart_in,
+                                } if !host.is_empty() => DriverEvent::Crashed {
+                                    instance_id,
+                                    exit: format!("{exit} on host {host}"),
+                                    restart_in,
+                                },
+                                other => other,
+                            };
+                            let _ = tx.send(event);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    }
+
+    fn reconcile_on_connect(self: &Arc<Self>) {
+        let mut connections = self.hosts.connections();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let host = match connections.recv().await {
+                    Ok(h) => h,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                };
+                let Some(placement) = weak.upgrade() else {
+                    return;
+                };
+                if placement.clients.contains_key(&host) {
+                    let p = Arc::clone(&placement);
+                    tokio::spawn(async move { p.reconcile_host(&host).await });
+                }
+            }
+        });
+    }
+
+    /// Gives a host that (re)connected its environments: their routers, their live releases
+    /// started and switched to, and nothing else of theirs running.
+    async fn reconcile_host(&self, host: &str) {
+        let _one = self.reconciling.lock().await;
+        let Some(client) = self.clients.get(host) else {
+            return;
+        };
+        let envs: Vec<String> = self
+            .envs
+            .iter()
+            .filter(|(_, p)| p.hosts.iter().any(|h| h == host))
+            .map(|(e, _)| e.clone())
+            .collect();
+        let specs: Vec<RouterSpec> = {
+            let routers = lock(&self.routers);
+            envs.iter()
+                .filter_map(|e| routers.get(e).cloned())
+                .collect()
+        };
+        for spec in specs {
+            if let Err(e) = client.bind_router(spec.clone()).await {
+                tracing::warn!(
+                    "host {host}: could not bind the router of {}: {e}",
+                    spec.env
+                );
+            }
+        }
+        let served: Vec<(String, String, Served)> = {
+            let served = lock(&self.served);
+            envs.iter()
+                .filter_map(|e| served.get(e).map(|apps| (e, apps)))
+                .flat_map(|(e, apps)| {
+                    apps.iter()
+                        .map(move |(a, s)| (e.clone(), a.clone(), s.clone()))
+                })
+                .collect()
+        };
+        for (env, app, s) in served {
+            let routed = client.routed(&env, &app).await;
+            if routed.as_ref().map(|r| &r.instance_id) == Some(&s.target.instance_id) {
+                continue;
+            }
+            tracing::info!(
+                "host {host}: bringing {env} to {} before its router serves it",
+                s.target.label
+            );
+            client.set_starting(&env, &app, &s.target.label).await;
+            match self.start_on(host, s.start.clone()).await {
+                Ok(started) => {
+                    let target = RouteTarget {
+                        addr: started.addr,
+                        ..s.target.clone()
+                    };
+                    if let Err(e) = client.switch(&env, &app, Some(target)).await {
+                        tracing::warn!("host {host}: could not switch {env} back: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("host {host}: could not start {}: {e}", s.target.label),
+            }
+        }
+        // Anything else it runs is from before: a promotion that failed, a standby that ended.
+        let mut keep: Vec<InstanceId> = lock(&self.started).keys().cloned().collect();
+        keep.extend(
+            lock(&self.served)
+                .values()
+                .flat_map(|apps| apps.values().map(|s| s.target.instance_id.clone())),
+        );
+        if let Ok(hello) = client.hello().await {
+            for id in hello.instances.iter().filter(|i| !keep.contains(i)) {
+                let stop = StopInstance {
+                    instance_id: id.clone(),
+                    pid: None,
+                    grace: STOP_GRACE,
+                };
+                if let Err(e) = client.stop(stop).await {
+                    tracing::warn!("host {host}: could not stop {id}: {e}");
+                }
+            }
+        }
+    }
+
+    fn save(&self) {
+        let kept = Kept {
+            served: lock(&self.served).clone(),
+            started: lock(&self.started).clone(),
+        };
+        let path = self.data_dir.join(PLACEMENT_FILE);
+        let temp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&kept)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&temp, bytes))
+            .and_then(|()| std::fs::rename(&temp, &path));
+        if let Err(e) = written {
+            tracing::warn!("could not keep {}: {e}", path.display());
+        }
+    }
+
+    fn placed(&self, env: &str) -> Option<&EnvPlacement> {
+        self.envs.get(env)
+    }
+
+    /// The environment an instance belongs to, if it is one of a hosted environment.
+    fn env_of_instance(&self, id: &InstanceId) -> Option<String> {
+        if let Some(req) = lock(&self.started).get(id) {
+            return req.template_vars.get("ENV").cloned();
+        }
+        let served = lock(&self.served);
+        served
+            .iter()
+            .find(|(_, apps)| apps.values().any(|s| &s.target.instance_id == id))
+            .map(|(e, _)| e.clone())
+    }
+
+    /// The hosts of `env` that are connected now, and those that are not.
+    fn reachable(&self, p: &EnvPlacement) -> (Vec<String>, Vec<String>) {
+        p.hosts
+            .iter()
+            .cloned()
+            .partition(|h| self.hosts.is_connected(h))
+    }
+
+    fn enough(&self, env: &str, p: &EnvPlacement) -> Result<Vec<String>, DriverError> {
+        let (up, down) = self.reachable(p);
+        if up.len() < p.required {
+            let why: Vec<String> = down
+                .iter()
+                .map(|h| match self.hosts.sender(h) {
+                    Err(e) => e,
+                    Ok(_) => format!("host {h} is unreachable"),
+                })
+                .collect();
+            return Err(DriverError::Agent(format!(
+                "{env} needs {} of its {} hosts and only {} answer: {}{}",
+                p.required,
+                p.hosts.len(),
+                up.len(),
+                why.join("; "),
+                if p.required == p.hosts.len() {
+                    " (set `hosts_required` to run on fewer)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(up)
+    }
+
+    /// The host's copy of the release in `release_dir` (the server's), sent if it lacks it.
+    async fn ensure_release(
+        &self,
+        client: &AgentClient,
+        release_dir: &Path,
+    ) -> Result<PathBuf, String> {
+        let hex = release_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("the release directory has no name")?;
+        let digest = shipgate_core::Digest::parse(&format!("sha256:{hex}"))
+            .map_err(|e| format!("the release directory's digest: {e:?}"))?;
+        let has: Option<PathBuf> = client
+            .call(
+                "/v1/has_release",
+                &HasRelease {
+                    digest: digest.clone(),
+                },
+            )
+            .await?;
+        if let Some(dir) = has {
+            return Ok(dir);
+        }
+        let archive = self.data_dir.join("artifacts").join(format!("{hex}.tar"));
+        let bytes = tokio::fs::read(&archive)
+            .await
+            .map_err(|e| format!("reading {}: {e}", archive.display()))?;
+        client
+            .send(
+                "/v1/release",
+                "application/octet-stream",
+                &[(crate::serve::DIGEST_HEADER, digest.to_string())],
+                Bytes::from(bytes),
+            )
+            .await
+    }
+
+    /// Starts the instance of `req` (server-side paths) on `host`, with its paths moved to the
+    /// host's data dir.
+    async fn start_on(&self, host: &str, req: StartInstance) -> Result<InstanceStarted, String> {
+        let client = self.clients.get(host).ok_or("not a host of this config")?;
+        let hello = client.hello().await?;
+        let there = hello.data_dir;
+        let mut req = req;
+        req.release_dir = self.ensure_release(client, &req.release_dir).await?;
+        req.log_path = rebase(&req.log_path, &self.data_dir, &there);
+        if let Some(s) = req.sandbox.as_mut() {
+            s.data_dir = rebase(&s.data_dir, &self.data_dir, &there);
+        }
+        for v in req.template_vars.values_mut().chain(req.env.values_mut()) {
+            *v = rebase_text(v, &self.data_dir, &there);
+        }
+        client.start(req).await.map_err(|e| e.to_string())
+    }
+
+    async fn stop_on(&self, hosts: &[String], id: &InstanceId, grace: Duration) {
+        let stops = hosts.iter().filter_map(|h| {
+            let client = self.clients.get(h)?;
+            let stop = StopInstance {
+                instance_id: id.clone(),
+                pid: None,
+                grace,
+            };
+            Some(async move {
+                if let Err(e) = client.stop(stop).await {
+                    tracing::warn!("host {h}: could not stop {id}: {e}");
+                }
+            })
+        });
+        futures_util::future::join_all(stops).await;
+    }
+
+    /// The instance's address on each of `hosts` where it runs healthy, or the first host where
+    /// it does not.
+    async fn targets_on(
+        &self,
+        hosts: &[String],
+        to: &RouteTarget,
+    ) -> Result<Vec<(String, RouteTarget)>, DriverError> {
+        let mut out = Vec::new();
+        for h in hosts {
+            let client = &self.clients[h];
+            match client.status(&to.instance_id).await {
+                Some(s) if s.healthy => out.push((
+                    h.clone(),
+                    RouteTarget {
+                        addr: SocketAddr::from(([127, 0, 0, 1], s.port)),
+                        ..to.clone()
+                    },
+                )),
+                Some(_) => {
+                    return Err(on_host(h, format!("{} is not healthy", to.instance_id)));
+                }
+                None => {
+                    return Err(on_host(h, format!("{} is not running", to.instance_id)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The addresses an environment answers at: its hosts' addresses with its port, or its
+    /// `listen` on the server's machine.
+    pub fn endpoints(&self, env: &str, listen: SocketAddr) -> Vec<SocketAddr> {
+        match self.placed(env) {
+            None => vec![listen],
+            Some(p) => p
+                .hosts
+                .iter()
+                .filter_map(|h| self.hosts.peer(h))
+                .map(|ip| SocketAddr::new(ip, listen.port()))
+                .collect(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for Placement {
+    async fn start(&self, req: StartInstance) -> Result<InstanceStarted, DriverError> {
+        let env = req.template_vars.get("ENV").cloned().unwrap_or_default();
+        let Some(p) = self.placed(&env).cloned() else {
+            return self.local.start(req).await;
+        };
+        let up = self.enough(&env, &p)?;
+        lock(&self.started).insert(req.instance_id.clone(), req.clone());
+        self.save();
+        let mut first: Option<InstanceStarted> = None;
+        let mut tried: Vec<String> = Vec::new();
+        for batch in up.chunks(p.batch.max(1)) {
+            tried.extend(batch.iter().cloned());
+            let starts = batch.iter().map(|h| {
+                let req = req.clone();
+                async move { (h.clone(), self.start_on(h, req).await) }
+            });
+            let done = futures_util::future::join_all(starts).await;
+            if let Some((host, Err(e))) = done.iter().find(|(_, r)| r.is_err()) {
+                let (host, e) = (host.clone(), e.clone());
+                lock(&self.started).remove(&req.instance_id);
+                self.save();
+                self.stop_on(&tried, &req.instance_id, STOP_GRACE).await;
+                return Err(DriverError::Agent(format!(
+                    "on host {host}: {e}\nthe new instances were stopped on every host ({}); nothing was switched",
+                    tried.join(", ")
+                )));
+            }
+            if first.is_none() {
+                first = done.into_iter().find_map(|(_, r)| r.ok());
+            }
+        }
+        first.ok_or_else(|| DriverError::Agent(format!("{env} has no host to start on")))
+    }
+
+    async fn stop(&self, req: StopInstance) -> Result<(), DriverError> {
+        let hosts: Vec<String> = match self.env_of_instance(&req.instance_id) {
+            Some(env) => match self.placed(&env) {
+                Some(p) => p.hosts.clone(),
+                None => return self.local.stop(req).await,
+            },
+            None => {
+                // Unknown here (a server restart since): wherever it may run.
+                self.local.stop(req.clone()).await?;
+                self.clients.keys().cloned().collect()
+            }
+        };
+        let reachable: Vec<String> = hosts
+            .into_iter()
+            .filter(|h| self.hosts.is_connected(h))
+            .collect();
+        self.stop_on(&reachable, &req.instance_id, req.grace).await;
+        if lock(&self.started).remove(&req.instance_id).is_some() {
+            self.save();
+        }
+        Ok(())
+    }
+
+    async fn status(&self, instance_id: &InstanceId) -> Option<InstanceStatus> {
+        let hosts: Vec<String> = match self.env_of_instance(instance_id) {
+            Some(env) => match self.placed(&env) {
+                Some(p) => p.hosts.clone(),
+                None => return self.local.status(instance_id).await,
+            },
+            None => {
+                if let Some(s) = self.local.status(instance_id).await {
+                    return Some(s);
+                }
+                self.clients.keys().cloned().collect()
+            }
+        };
+        let mut each = Vec::new();
+        for h in &hosts {
+            if !self.hosts.is_connected(h) {
+                continue;
+            }
+            if let Some(s) = self.clients[h].status(instance_id).await {
+                each.push((h.clone(), s));
+            }
+        }
+        let (_, first) = each.first()?.clone();
+        let required = self
+            .env_of_instance(instance_id)
+            .and_then(|e| self.placed(&e).map(|p| p.required))
+            .unwrap_or(1);
+        Some(InstanceStatus {
+            healthy: each.len() >= required && each.iter().all(|(_, s)| s.healthy),
+            restarts: each.iter().map(|(_, s)| s.restarts).sum(),
+            last_crash: each
+                .iter()
+                .find_map(|(h, s)| s.last_crash.as_ref().map(|c| format!("{c} on host {h}"))),
+            hosts: each
+                .iter()
+                .map(|(h, s)| HostInstance {
+                    host: h.clone(),
+                    pid: s.pid,
+                    port: s.port,
+                    healthy: s.healthy,
+                    restarts: s.restarts,
+                })
+                .collect(),
+            ..first
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<DriverEvent> {
+        self.events.subscribe()
+    }
+
+    async fn stop_all(&self, grace: Duration) {
+        // Hosts keep serving: they outlive the server, as the local agent does.
+        self.local.stop_all(grace).await;
+    }
+
+    async fn bind_router(&self, spec: RouterSpec) -> Result<(), DriverError> {
+        let Some(p) = self.placed(&spec.env).cloned() else {
+            return self.local.bind_router(spec).await;
+        };
+        lock(&self.routers).insert(spec.env.clone(), spec.clone());
+        let (up, down) = self.reachable(&p);
+        for h in &down {
+            tracing::warn!(
+                "host {h} is not connected: {}'s router there is bound when it connects",
+                spec.env
+            );
+        }
+        for h in &up {
+            self.clients[h]
+                .bind_router(spec.clone())
+                .await
+                .map_err(|e| on_host(h, e))?;
+        }
+        Ok(())
+    }
+
+    async fn switch(
+        &self,
+        env: &str,
+        app: &str,
+        to: Option<RouteTarget>,
+    ) -> Result<Option<RouteTarget>, DriverError> {
+        let Some(p) = self.placed(env).cloned() else {
+            return self.local.switch(env, app, to).await;
+        };
+        let up = self.enough(env, &p)?;
+        let targets: Vec<(String, Option<RouteTarget>)> = match &to {
+            Some(t) => self
+                .targets_on(&up, t)
+                .await?
+                .into_iter()
+                .map(|(h, t)| (h, Some(t)))
+                .collect(),
+            None => up.iter().map(|h| (h.clone(), None)).collect(),
+        };
+        let mut done: Vec<(String, Option<RouteTarget>)> = Vec::new();
+        let mut previous = None;
+        for (h, t) in targets {
+            match self.clients[&h].switch(env, app, t).await {
+                Ok(before) => {
+                    if done.is_empty() {
+                        previous = before.clone();
+                    }
+                    done.push((h, before));
+                }
+                Err(e) => {
+                    for (back, before) in done {
+                        let _ = self.clients[&back].switch(env, app, before).await;
+                    }
+                    return Err(on_host(
+                        &h,
+                        format!("{e}; the hosts switched before it were switched back"),
+                    ));
+                }
+            }
+        }
+        {
+            let mut served = lock(&self.served);
+            let apps = served.entry(env.to_owned()).or_default();
+            match &to {
+                Some(t) => {
+                    let start = lock(&self.started).get(&t.instance_id).cloned();
+                    match start {
+                        Some(start) => {
+                            apps.insert(
+                                app.to_owned(),
+                                Served {
+                                    target: t.clone(),
+                                    start,
+                                },
+                            );
+                        }
+                        // Adopted after a server restart: what was kept for it still holds.
+                        None => {
+                            if apps
+                                .get(app)
+                                .is_some_and(|s| s.target.instance_id != t.instance_id)
+                            {
+                                tracing::warn!(
+                                    "{env}: no start request is known for {}; a returning host gets the last one kept",
+                                    t.instance_id
+                                );
+                            }
+                        }
+                    }
+                }
+                None => {
+                    apps.remove(app);
+                }
+            }
+        }
+        self.save();
+        Ok(previous)
+    }
+
+    async fn routed(&self, env: &str, app: &str) -> Option<RouteTarget> {
+        let Some(p) = self.placed(env) else {
+            return self.local.routed(env, app).await;
+        };
+        for h in self.reachable(p).0 {
+            if let Some(r) = self.clients[&h].routed(env, app).await {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    async fn set_starting(&self, env: &str, app: &str, label: &str) {
+        let Some(p) = self.placed(env) else {
+            return self.local.set_starting(env, app, label).await;
+        };
+        for h in self.reachable(p).0 {
+            self.clients[&h].set_starting(env, app, label).await;
+        }
+    }
+
+    async fn drain(&self, instance: &InstanceId, grace: Duration) -> bool {
+        let Some(p) = self
+            .env_of_instance(instance)
+            .and_then(|e| self.placed(&e).cloned())
+        else {
+            return self.local.drain(instance, grace).await;
+        };
+        let drains = self
+            .reachable(&p)
+            .0
+            .into_iter()
+            .map(|h| async move { self.clients[&h].drain(instance, grace).await });
+        futures_util::future::join_all(drains)
+            .await
+            .into_iter()
+            .all(|d| d)
+    }
+
+    async fn router_metrics(&self, env: &str) -> Vec<UpstreamMetrics> {
+        let Some(p) = self.placed(env) else {
+            return self.local.router_metrics(env).await;
+        };
+        let mut merged: Vec<UpstreamMetrics> = Vec::new();
+        for h in self.reachable(p).0 {
+            for m in self.clients[&h].router_metrics(env).await {
+                match merged
+                    .iter_mut()
+                    .find(|x| x.app == m.app && x.label == m.label)
+                {
+                    Some(x) => x.absorb(&m),
+                    None => merged.push(m),
+                }
+            }
+        }
+        merged
+    }
+
+    async fn close_routers(&self) -> Vec<(String, Vec<InstanceId>)> {
+        self.local.close_routers().await
+    }
+
+    async fn retain_routers(&self, envs: &[String]) -> Vec<String> {
+        let local: Vec<String> = envs
+            .iter()
+            .filter(|e| self.placed(e).is_none())
+            .cloned()
+            .collect();
+        let mut closed = self.local.retain_routers(&local).await;
+        for (h, client) in &self.clients {
+            if !self.hosts.is_connected(h) {
+                continue;
+            }
+            let mine: Vec<String> = self
+                .envs
+                .iter()
+                .filter(|(_, p)| p.hosts.contains(h))
+                .map(|(e, _)| e.clone())
+                .collect();
+            closed.extend(
+                client
+                    .retain_routers(&mine)
+                    .await
+                    .into_iter()
+                    .map(|e| format!("{e} (host {h})")),
+            );
+        }
+        closed
+    }
+
+    fn endpoints(&self, env: &str, listen: SocketAddr) -> Vec<SocketAddr> {
+        Placement::endpoints(self, env, listen)
+    }
+}
