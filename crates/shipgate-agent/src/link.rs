@@ -245,8 +245,9 @@ pub async fn dial_forever(identity: Identity, agent: Arc<crate::Agent>) -> Resul
         .build()
         .map_err(|e| e.to_string())?;
     let mut said = String::new();
+    let mut last: Option<SocketAddr> = None;
     loop {
-        match dial_once(&identity, &connector, &http, app.clone()).await {
+        match dial_once(&identity, &connector, &http, app.clone(), &mut last).await {
             Ok(()) => said.clear(),
             Err(e) if e != said => {
                 tracing::warn!("could not reach the server {}: {e}", identity.server);
@@ -292,11 +293,28 @@ async fn dial_once(
     connector: &tokio_rustls::TlsConnector,
     http: &reqwest::Client,
     app: axum::Router,
+    last: &mut Option<SocketAddr>,
 ) -> Result<(), String> {
-    let addr = endpoint(http, &identity.server).await?;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    // The address that answered last time first: a restarting server keeps its agent port,
+    // and its API may not answer yet.
+    let tried = match *last {
+        Some(addr) => tokio::net::TcpStream::connect(addr)
+            .await
+            .ok()
+            .map(|tcp| (addr, tcp)),
+        None => None,
+    };
+    let (addr, tcp) = match tried {
+        Some(found) => found,
+        None => {
+            let addr = endpoint(http, &identity.server).await?;
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            (addr, tcp)
+        }
+    };
+    *last = Some(addr);
     let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(HANDSHAKE, connector.connect(Identity::server_name(), tcp))
         .await

@@ -485,23 +485,38 @@ impl Driver for Placement {
         let mut tried: Vec<String> = Vec::new();
         for batch in up.chunks(p.batch.max(1)) {
             tried.extend(batch.iter().cloned());
-            let starts = batch.iter().map(|h| {
-                let req = req.clone();
-                async move { (h.clone(), self.start_on(h, req).await) }
-            });
-            let done = futures_util::future::join_all(starts).await;
-            if let Some((host, Err(e))) = done.iter().find(|(_, r)| r.is_err()) {
-                let (host, e) = (host.clone(), e.clone());
-                lock(&self.started).remove(&req.instance_id);
-                self.save();
+            let mut starts: futures_util::stream::FuturesUnordered<_> = batch
+                .iter()
+                .map(|h| {
+                    let req = req.clone();
+                    async move { (h.clone(), self.start_on(h, req).await) }
+                })
+                .collect();
+            // The first failure stops the instance everywhere at once: the starts still
+            // waiting for their health check end then, instead of running out their timeout.
+            let mut failure = None;
+            while let Some((host, result)) = futures_util::StreamExt::next(&mut starts).await {
+                match result {
+                    Ok(started) if first.is_none() => first = Some(started),
+                    Ok(_) => {}
+                    Err(e) if failure.is_none() => {
+                        failure = Some((host, e));
+                        lock(&self.started).remove(&req.instance_id);
+                        self.save();
+                        self.stop_on(&tried, &req.instance_id, STOP_GRACE).await;
+                    }
+                    Err(_) => {}
+                }
+            }
+            drop(starts);
+            if let Some((host, e)) = failure {
+                // Stopped again now that every start has ended: one that became healthy just
+                // as the stop arrived is gone too.
                 self.stop_on(&tried, &req.instance_id, STOP_GRACE).await;
                 return Err(DriverError::Agent(format!(
                     "on host {host}: {e}\nthe new instances were stopped on every host ({}); nothing was switched",
                     tried.join(", ")
                 )));
-            }
-            if first.is_none() {
-                first = done.into_iter().find_map(|(_, r)| r.ok());
             }
         }
         first.ok_or_else(|| DriverError::Agent(format!("{env} has no host to start on")))

@@ -124,19 +124,23 @@ impl Server {
             shipgate_agent::tls::Ca::load_or_create(&data_dir).map_err(anyhow::Error::msg)?,
         );
         let hosts = shipgate_agent::Hosts::listen(
-            config.server.agent_listen,
+            agent_listen(&config, &data_dir),
             ca.server_config().map_err(anyhow::Error::msg)?,
             Arc::new(StoreCheck(Arc::clone(&store))),
         )
         .await
         .map_err(anyhow::Error::msg)?;
         tracing::info!("agents of other hosts dial port {}", hosts.port);
+        if let Err(e) = std::fs::write(data_dir.join(AGENT_PORT_FILE), hosts.port.to_string()) {
+            tracing::warn!("could not keep the agent port in {AGENT_PORT_FILE}: {e}");
+        }
         let placement = shipgate_agent::Placement::new(
             driver,
             Arc::clone(&hosts),
             placements(&config),
             &data_dir,
         );
+        wait_for_hosts(&hosts, &placement, store.as_ref()).await;
         let engine = Engine::start(
             config,
             store,
@@ -209,6 +213,67 @@ impl Server {
     /// instance has been stopped.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("the server task panicked")?
+    }
+}
+
+/// Where the port agents dial is kept, so that a restarted server listens on the same one
+/// and its agents find it again without asking the API.
+const AGENT_PORT_FILE: &str = "agent.port";
+
+/// `agent_listen`; with port 0 (the default), the port the last start used, if there was one.
+fn agent_listen(config: &Config, data_dir: &std::path::Path) -> std::net::SocketAddr {
+    let mut addr = config.server.agent_listen;
+    if addr.port() == 0
+        && let Some(port) = std::fs::read_to_string(data_dir.join(AGENT_PORT_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        && std::net::TcpListener::bind((addr.ip(), port)).is_ok()
+    {
+        addr.set_port(port);
+    }
+    addr
+}
+
+/// How long a starting server waits for the agents of its hosts to dial in again before it
+/// reconciles what they run (an agent dials again within a second or two).
+const HOSTS_RETURN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits (at most [`HOSTS_RETURN`]) until every joined host the config places environments on
+/// is connected, so that what they still run is adopted rather than started again.
+async fn wait_for_hosts(
+    hosts: &shipgate_agent::Hosts,
+    placement: &shipgate_agent::Placement,
+    store: &dyn Store,
+) {
+    let joined: Vec<String> = match store.hosts().await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|h| h.joined_at.is_some() && h.removed_at.is_none())
+            .map(|h| h.name)
+            .collect(),
+        Err(e) => {
+            tracing::error!("could not read the hosts: {e}");
+            return;
+        }
+    };
+    let expected: Vec<String> = placement
+        .host_names()
+        .into_iter()
+        .filter(|h| joined.contains(h))
+        .collect();
+    let deadline = tokio::time::Instant::now() + HOSTS_RETURN;
+    loop {
+        let missing: Vec<&String> = expected.iter().filter(|h| !hosts.is_connected(h)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "hosts not connected after {HOSTS_RETURN:?}: {missing:?}; they are reconciled when they connect"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

@@ -200,6 +200,23 @@ pub fn processes_in(dir: &Path) -> Vec<(i32, i32)> {
     found
 }
 
+/// SIGKILLs the process group of every process whose environment holds `marker` (`NAME=VALUE`).
+pub fn kill_marked(marker: &str) {
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            let pid = Pid::from_raw(pid);
+            let group = nix::unistd::getpgid(Some(pid)).unwrap_or(pid);
+            let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
 /// `pid: command line (in its working directory)`, for messages.
 pub fn describe_process(pid: i32) -> String {
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

@@ -9,6 +9,7 @@ mod browser;
 mod dashboard;
 mod data;
 mod demo;
+mod fleet;
 mod flow;
 mod gates;
 mod hardening;

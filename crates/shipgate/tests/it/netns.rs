@@ -31,9 +31,12 @@ impl Hosts {
     pub fn make(count: usize) -> Hosts {
         assert!((1..=50).contains(&count));
         // A /24 of 169.254.0.0/16 of this test process's own; the tag keeps names apart too.
+        // Tests of one process run at once: each call gets its own subnet and names.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nth = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let subnet = format!("169.254.{}", 100 + pid % 150);
-        let tag = format!("{:05}", pid % 100_000);
+        let subnet = format!("169.254.{}", 100 + (pid * 7 + nth) % 150);
+        let tag = format!("{:04}{}", pid % 10_000, nth % 10);
         let mut made = Hosts {
             tag: tag.clone(),
             root_addr: format!("{subnet}.1"),
@@ -103,6 +106,23 @@ impl Hosts {
             out.status.success() && route.contains(&own),
             "{addr} would not leave through the test's own veth sgr{}: `{}`; refusing to send anything",
             self.tag,
+            route.trim()
+        );
+    }
+
+    /// Aborts unless `addr` leaves host `n`'s namespace through that host's own veth (how its
+    /// agent reaches the server in the root namespace).
+    pub fn assert_routed_from(&self, n: usize, addr: &str) {
+        let (ns, _) = &self.hosts[n - 1];
+        let out = Command::new("ip")
+            .args(["-n", ns, "route", "get", addr])
+            .output()
+            .expect("running ip route get");
+        let route = String::from_utf8_lossy(&out.stdout);
+        let own = format!("dev sgh{}{n} ", self.tag);
+        assert!(
+            out.status.success() && route.contains(&own),
+            "{addr} would not leave host {n} through its own veth: `{}`; refusing to send anything",
             route.trim()
         );
     }

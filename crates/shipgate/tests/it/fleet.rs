@@ -1,0 +1,383 @@
+//! One environment on three hosts. Each host is a network namespace the test makes (netns.rs)
+//! running its own `shipgate agent`, joined with a token from `shipgate host add` and talking
+//! mutual TLS to the server, which runs in the root namespace. Load goes to every host's address
+//! over the bridge.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{
+    BIN, TestServer, env_status, free_port, http_get, load, root_or_skip, spawn_server, text,
+    wait_for,
+};
+use crate::netns::Hosts;
+
+/// The agents of the hosts, stopped (with their instances) when dropped.
+struct Agents<'a> {
+    hosts: &'a Hosts,
+    server: String,
+    dirs: Vec<PathBuf>,
+    running: Vec<Option<Child>>,
+}
+
+impl<'a> Agents<'a> {
+    /// Adds `web-1` … `web-N` and joins an agent on each host.
+    fn join(hosts: &'a Hosts, s: &TestServer) -> Agents<'a> {
+        let mut agents = Agents {
+            hosts,
+            server: s.api(),
+            dirs: Vec::new(),
+            running: Vec::new(),
+        };
+        for n in 1..=hosts.hosts.len() {
+            hosts.assert_routed_from(n, &hosts.root_addr);
+            let added = s.json(&["host", "add", &format!("web-{n}")]);
+            let token = added["token"].as_str().expect("a join token").to_owned();
+            let dir = s.dir.path().join(format!("host-{n}"));
+            agents.dirs.push(dir.clone());
+            let child = agents.spawn(
+                n,
+                &[
+                    "--server",
+                    &agents.server,
+                    "--join",
+                    &token,
+                    "--name",
+                    &format!("web-{n}"),
+                ],
+            );
+            agents.running.push(Some(child));
+        }
+        agents.wait_connected(s, &(1..=hosts.hosts.len()).collect::<Vec<_>>());
+        agents
+    }
+
+    fn spawn(&self, n: usize, extra: &[&str]) -> Child {
+        let dir = &self.dirs[n - 1];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))
+            .unwrap();
+        self.hosts
+            .command_in(n, Path::new(BIN))
+            .arg("agent")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .env_remove("SHIPGATE_SERVER")
+            .env_remove("SHIPGATE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_connected(&self, s: &TestServer, which: &[usize]) {
+        wait_for("the hosts' agents to connect", || {
+            let list = s.json(&["host", "list"]);
+            which.iter().all(|n| host(&list, *n)["connected"] == true)
+        });
+    }
+
+    fn kill9(&mut self, n: usize) {
+        let mut child = self.running[n - 1]
+            .take()
+            .expect("that agent is not running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts host `n`'s agent again from its data dir (its certificate is kept there).
+    fn restart(&mut self, n: usize) {
+        assert!(self.running[n - 1].is_none());
+        self.running[n - 1] = Some(self.spawn(n, &[]));
+    }
+
+    fn log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dirs[n - 1].with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agents<'_> {
+    fn drop(&mut self) {
+        for (n, child) in self.running.iter_mut().enumerate() {
+            if let Some(child) = child {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let _ = child.wait();
+            }
+            // Instances a killed agent left behind (they carry its data dir as a marker).
+            crate::helpers::kill_marked(&format!("SHIPGATE_AGENT={}", self.dirs[n].display()));
+        }
+    }
+}
+
+/// Host `n` (web-N) in `host list`.
+fn host(list: &Value, n: usize) -> Value {
+    let name = format!("web-{n}");
+    list.as_array()
+        .and_then(|l| l.iter().find(|h| h["name"] == name.as_str()))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn config(hosts: &Hosts, port: u16, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"{}:{}\"\ndata_dir = \"data\"\n\n[apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n\n[environments.production]\nlisten = \"0.0.0.0:{port}\"\nhosts = [\"web-1\", \"web-2\", \"web-3\"]\nstandby = \"1h\"\n{extra}\n",
+        hosts.root_addr,
+        free_port()
+    )
+}
+
+/// `http://HOST:PORT/version` of every host.
+fn urls(hosts: &Hosts, port: u16) -> Vec<String> {
+    hosts
+        .hosts
+        .iter()
+        .map(|(_, addr)| {
+            hosts.assert_routed(addr);
+            format!("http://{addr}:{port}/version")
+        })
+        .collect()
+}
+
+fn versions(urls: &[String]) -> Vec<Option<String>> {
+    urls.iter()
+        .map(|u| http_get(u, None).map(|r| r.body.trim().to_owned()))
+        .collect()
+}
+
+/// The pid of the live instance on each host, from `status`.
+fn host_pids(s: &TestServer) -> Vec<Value> {
+    let live = env_status(&s.json(&["status", "web"]), "production");
+    let mut pids: Vec<(String, Value)> = live["instance"]["hosts"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap_or("").to_owned(),
+                h["pid"].clone(),
+            )
+        })
+        .collect();
+    pids.sort_by(|a, b| a.0.cmp(&b.0));
+    pids.into_iter().map(|(_, p)| p).collect()
+}
+
+#[test]
+fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load() {
+    if !root_or_skip("fleet") {
+        return;
+    }
+    let hosts = Hosts::make(3);
+    let port = free_port();
+    let mut s = spawn_server(&config(&hosts, port, ""));
+    let agents = Agents::join(&hosts, &s);
+    let list = s.json(&["host", "list"]);
+    for n in 1..=3 {
+        assert_eq!(host(&list, n)["data_plane"], "agent", "{list}");
+        assert_eq!(
+            host(&list, n)["address"],
+            hosts.hosts[n - 1].1.as_str(),
+            "{list}"
+        );
+    }
+    let table = s.ok(&["host", "list"]);
+    assert!(
+        table.contains("web-3") && table.contains("connected since"),
+        "{table}"
+    );
+
+    for v in 0..=10 {
+        s.register(&format!("1.0.{v}"), &[]);
+    }
+    s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+    let urls = urls(&hosts, port);
+    assert_eq!(versions(&urls), vec![Some("1.0.0".to_owned()); 3]);
+    let live = env_status(&s.json(&["status", "web"]), "production");
+    assert_eq!(
+        live["instance"]["hosts"].as_array().map(Vec::len),
+        Some(3),
+        "status shows the instance on each host: {live}"
+    );
+    // Every host runs the release sandboxed, as the environment's own user.
+    let hello = s.ok(&["status"]);
+    assert!(hello.contains("production"), "{hello}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic: Vec<_> = urls
+        .iter()
+        .map(|u| load(u.clone(), Arc::clone(&stop)))
+        .collect();
+    for v in 1..=10 {
+        let version = format!("1.0.{v}");
+        s.ok(&[
+            "promote",
+            &format!("web@{version}"),
+            "--to",
+            "production",
+            "--wait",
+        ]);
+        assert_eq!(versions(&urls), vec![Some(version.clone()); 3], "cycle {v}");
+        s.ok(&["rollback", "web", "--env", "production", "--wait"]);
+        let back = format!("1.0.{}", v - 1);
+        assert_eq!(
+            versions(&urls),
+            vec![Some(back); 3],
+            "cycle {v} rolled back"
+        );
+        // The next cycle promotes from the same place.
+        s.ok(&[
+            "promote",
+            &format!("web@{version}"),
+            "--to",
+            "production",
+            "--wait",
+        ]);
+    }
+    let before = host_pids(&s);
+    assert_eq!(before.len(), 3, "{before:?}");
+    s.kill9();
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(versions(&urls), vec![Some("1.0.10".to_owned()); 3]);
+    s.restart();
+    agents.wait_connected(&s, &[1, 2, 3]);
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for (n, t) in traffic.into_iter().enumerate() {
+        let (answered, failed) = t.join().unwrap();
+        eprintln!(
+            "fleet: host web-{}: {answered} requests through 10 promote/rollback cycles and a server kill -9, {} failed",
+            n + 1,
+            failed.len()
+        );
+        assert!(failed.is_empty(), "web-{}: {failed:?}", n + 1);
+        assert!(answered > 50, "web-{}: {answered}", n + 1);
+        total += answered;
+    }
+    eprintln!("fleet: {total} requests on 3 hosts, 0 failed");
+    assert_eq!(
+        host_pids(&s),
+        before,
+        "no instance was restarted: {}\n{}",
+        s.ok(&["status", "web"]),
+        s.log()
+    );
+    // The standbys are still there: a rollback is a switch on every host.
+    s.ok(&["rollback", "web", "--env", "production", "--wait"]);
+    let rollback = s.latest("production");
+    let gate = rollback["gates"][0]["output"].as_str().unwrap_or_default();
+    assert!(
+        gate.starts_with("switched traffic back to standby instance"),
+        "{rollback}"
+    );
+    assert_eq!(versions(&urls), vec![Some("1.0.9".to_owned()); 3]);
+    drop(agents);
+}
+
+#[test]
+fn an_agent_killed_mid_promotion_fails_it_naming_the_host_and_comes_back_to_the_live_release() {
+    if !root_or_skip("fleet") {
+        return;
+    }
+    let hosts = Hosts::make(3);
+    let port = free_port();
+    // Unisolated, so the held start (SLOW) can wait on a file in the test's own folder.
+    let s = spawn_server(&config(&hosts, port, "isolation = \"none\""));
+    let mut agents = Agents::join(&hosts, &s);
+    s.register("1.0.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+    let urls = urls(&hosts, port);
+    assert_eq!(versions(&urls), vec![Some("1.0.0".to_owned()); 3]);
+
+    let gate = s.dir.path().join("go");
+    let digest = s.register("2.0.0", &[("SLOW", gate.to_str().unwrap())]);
+    let hex = digest.trim_start_matches("sha256:").to_owned();
+    let dirs = agents.dirs.clone();
+    let running_new =
+        |n: usize| crate::helpers::processes_in(&dirs[n - 1].join("releases").join(&hex)).len();
+    s.ok(&["promote", "web@2.0.0", "--to", "production"]);
+    wait_for("2.0.0 to be starting on every host", || {
+        (1..=3).all(|n| running_new(n) > 0)
+    });
+    agents.kill9(2);
+    for _ in 0..300 {
+        if s.latest("production")["state"] == "failed" {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        s.latest("production")["state"],
+        "failed",
+        "{}\n{}",
+        s.latest("production"),
+        s.log()
+    );
+    let failed = s.latest("production");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("web-2"),
+        "the failure names the host: {failed}"
+    );
+    std::fs::write(&gate, "").unwrap();
+    // Nothing switched: the other hosts serve 1.0.0, with no 2.0.0 left running.
+    let [one, _, three] = [0, 1, 2].map(|i| urls[i].clone());
+    assert_eq!(versions(&[one, three]), vec![Some("1.0.0".to_owned()); 2]);
+    for n in [1, 3] {
+        wait_for("the new instances to be stopped", || running_new(n) == 0);
+    }
+    // Unreachable within 10 s, and a promotion now fails naming it.
+    let mut seen = None;
+    for _ in 0..100 {
+        let list = s.json(&["host", "list"]);
+        if host(&list, 2)["connected"] == false {
+            seen = Some(list);
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let list = seen.expect("web-2 shows as unreachable within 10 s");
+    eprintln!("fleet: {}", host(&list, 2));
+    let table = s.ok(&["host", "list"]);
+    assert!(table.contains("UNREACHABLE since"), "{table}");
+    s.register("2.0.1", &[]);
+    let refused = s.cli(&["promote", "web@2.0.1", "--to", "production", "--wait"]);
+    let said = text(&refused);
+    assert!(said.contains("web-2"), "{said}");
+
+    // The restarted agent reuses its certificate and is given the live release again.
+    agents.restart(2);
+    agents.wait_connected(&s, &[2]);
+    wait_for("web-2 to serve 1.0.0 again", || {
+        versions(&urls[1..2]) == vec![Some("1.0.0".to_owned())]
+    });
+    assert!(
+        agents.log(2).contains("connected to the server"),
+        "{}",
+        agents.log(2)
+    );
+    s.ok(&["promote", "web@2.0.1", "--to", "production", "--wait"]);
+    assert_eq!(versions(&urls), vec![Some("2.0.1".to_owned()); 3]);
+
+    // A removed host's certificate no longer gets in.
+    s.ok(&["host", "remove", "web-3"]);
+    thread::sleep(Duration::from_secs(3));
+    let list = s.json(&["host", "list"]);
+    assert_eq!(host(&list, 3), Value::Null, "{list}");
+    let refused = s.cli(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+    assert!(text(&refused).contains("web-3"), "{}", text(&refused));
+    drop(agents);
+}
