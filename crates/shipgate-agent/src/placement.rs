@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 
 use crate::AgentClient;
 use crate::link::Hosts;
-use crate::protocol::{HasRelease, Hello};
+use crate::protocol::{HasRelease, Hello, LogChunk, LogFrom};
 
 /// How an environment is spread over hosts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -793,5 +793,41 @@ impl Driver for Placement {
 
     fn endpoints(&self, env: &str, listen: SocketAddr) -> Vec<SocketAddr> {
         Placement::endpoints(self, env, listen)
+    }
+
+    async fn read_log(
+        &self,
+        instance: &InstanceId,
+        host: Option<&str>,
+        offset: Option<u64>,
+        lines: usize,
+    ) -> Option<Result<(String, u64), String>> {
+        let p = self.placed(&self.env_of_instance(instance)?)?;
+        let candidates: Vec<String> = match host {
+            Some(h) if p.hosts.iter().any(|x| x == h) => vec![h.to_owned()],
+            Some(h) => {
+                return Some(Err(format!(
+                    "host {h} is not one of this environment's hosts ({})",
+                    p.hosts.join(", ")
+                )));
+            }
+            None => self.reachable(p).0,
+        };
+        let mut last = format!("none of the hosts {} answers", p.hosts.join(", "));
+        for h in candidates {
+            let asked = LogFrom {
+                instance_id: instance.clone(),
+                offset,
+                lines,
+            };
+            match self.clients[&h]
+                .call::<_, LogChunk>("/v1/logs", &asked)
+                .await
+            {
+                Ok(chunk) => return Some(Ok((chunk.text, chunk.next))),
+                Err(e) => last = format!("on host {h}: {e}"),
+            }
+        }
+        Some(Err(last))
     }
 }

@@ -33,10 +33,10 @@ pub(crate) struct HasRelease {
 pub struct LogFrom {
     /// The instance.
     pub instance_id: InstanceId,
-    /// The byte offset to read from (the `next` of the last chunk; 0 at first).
-    pub offset: u64,
-    /// Most bytes to return.
-    pub max: u64,
+    /// The byte offset to read from (the `next` of the last chunk); None: the last `lines`.
+    pub offset: Option<u64>,
+    /// How many lines from the end, without an offset.
+    pub lines: usize,
 }
 
 /// The answer to `/v1/logs`.

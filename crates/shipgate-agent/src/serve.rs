@@ -286,9 +286,9 @@ async fn receive_release(
     }
 }
 
-/// Up to `max` bytes of an instance's log from `offset` on, and the offset to read from next.
+/// An instance's log from `offset` (at most 1 MiB), or its last `lines` lines, and the offset
+/// to read from next.
 async fn logs(State(agent): AgentState, Json(q): Json<LogFrom>) -> Response {
-    use std::io::{Read, Seek};
     let path = agent
         .logs
         .lock()
@@ -298,21 +298,11 @@ async fn logs(State(agent): AgentState, Json(q): Json<LogFrom>) -> Response {
     let Some(path) = path else {
         return failed(format!("this agent has no log of {}", q.instance_id));
     };
-    let read = tokio::task::spawn_blocking(move || -> std::io::Result<LogChunk> {
-        let mut file = std::fs::File::open(&path)?;
-        let len = file.metadata()?.len();
-        let from = q.offset.min(len);
-        file.seek(std::io::SeekFrom::Start(from))?;
-        let mut text = Vec::new();
-        file.take(q.max.min(1 << 20)).read_to_end(&mut text)?;
-        Ok(LogChunk {
-            next: from + text.len() as u64,
-            text: String::from_utf8_lossy(&text).into_owned(),
-        })
-    })
-    .await;
+    let read =
+        tokio::task::spawn_blocking(move || shipgate_deploy::read_log(&path, q.offset, q.lines))
+            .await;
     match read {
-        Ok(Ok(chunk)) => Json(chunk).into_response(),
+        Ok(Ok((text, next))) => Json(LogChunk { text, next }).into_response(),
         Ok(Err(e)) => failed(format!("reading the log of {}: {e}", q.instance_id)),
         Err(e) => failed(e),
     }

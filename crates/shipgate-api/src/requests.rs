@@ -202,6 +202,9 @@ pub struct LogsQuery {
     /// How many lines from the end (default 100).
     #[param(minimum = 1, maximum = 100_000)]
     pub lines: Option<i64>,
+    /// For an environment placed on hosts: the host whose instance's log to read (default:
+    /// the first of its hosts that answers).
+    pub host: Option<String>,
 }
 
 /// Which end of the event log a page of `/events` is taken from.

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use shipgate_core::InstanceId;
 pub use shipgate_proxy::UpstreamMetrics;
 
-pub use log_file::tail_lines;
+pub use log_file::{read_log, tail_lines};
 pub use process::ProcessDriver;
 
 /// The data plane of one machine: starts, supervises and stops instances, and holds the
@@ -93,6 +93,20 @@ pub trait Driver: Send + Sync {
     fn endpoints(&self, env: &str, listen: SocketAddr) -> Vec<SocketAddr> {
         let _ = env;
         vec![listen]
+    }
+
+    /// For an instance whose log is kept on another host: its log from `offset` (or its last
+    /// `lines` lines), read there, from `host` or the first of its hosts that answers. None:
+    /// the log is a file on this machine, at the path it was started with.
+    async fn read_log(
+        &self,
+        instance: &InstanceId,
+        host: Option<&str>,
+        offset: Option<u64>,
+        lines: usize,
+    ) -> Option<Result<(String, u64), String>> {
+        let _ = (instance, host, offset, lines);
+        None
     }
 }
 

@@ -11,6 +11,29 @@ use crate::{DriverError, InstanceId};
 const ERROR_TAIL_LINES: usize = 20;
 const CHUNK: u64 = 8192;
 
+/// Reads a log from `offset` to its end (at most 1 MiB), or without an offset its last `lines`
+/// lines; returns the text and the offset to read from next.
+pub fn read_log(path: &Path, offset: Option<u64>, lines: usize) -> io::Result<(String, u64)> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    match offset {
+        Some(from) => {
+            let from = from.min(len);
+            file.seek(SeekFrom::Start(from))?;
+            let mut buf = Vec::new();
+            file.take(1 << 20).read_to_end(&mut buf)?;
+            Ok((
+                String::from_utf8_lossy(&buf).into_owned(),
+                from + buf.len() as u64,
+            ))
+        }
+        None => {
+            let tail = tail_lines(path, lines)?;
+            Ok((tail.into_iter().map(|l| l + "\n").collect(), len))
+        }
+    }
+}
+
 /// Returns the last `n` lines of a log file (used for errors and `shipgate logs`).
 ///
 /// Reads backwards from the end, so a large log costs only the bytes of its last lines.

@@ -189,6 +189,20 @@ impl Engine {
     }
 
     /// The log file of the instance serving `app` in `env`, or else the newest one written there.
+    /// The live instance's log when it is kept on the environment's hosts (from `host`, or the
+    /// first that answers); None when it is a file on this machine ([`Self::log_file`]).
+    pub async fn read_remote_log(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        host: Option<&str>,
+        offset: Option<u64>,
+        lines: usize,
+    ) -> Option<Result<(String, u64), String>> {
+        let live = self.live_instance(&(app.clone(), env.clone()))?;
+        self.driver.read_log(&live.id, host, offset, lines).await
+    }
+
     pub fn log_file(&self, app: &AppName, env: &EnvName) -> Option<PathBuf> {
         if let Some(i) = self.live_instance(&(app.clone(), env.clone())) {
             return Some(i.log_path);

@@ -1,7 +1,6 @@
 //! The `/api/v1/` routes.
 
 use std::convert::Infallible;
-use std::io::{Read, Seek, SeekFrom};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -525,52 +524,32 @@ async fn logs(
     let app = configured_app(&state, &q.app)?;
     let env = parse("environment", &q.env, EnvName::parse)?;
     caller.allow(Action::Read, Some(&env))?;
-    let Some(path) = state.engine.log_file(&app, &env) else {
-        return Ok(Json(LogChunk::default()));
+    let lines = within("lines", q.lines.unwrap_or(100), 1, 100_000)? as usize;
+    let unreadable =
+        |e: String| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "log unreadable", e);
+    let remote = state
+        .engine
+        .read_remote_log(&app, &env, q.host.as_deref(), q.offset, lines)
+        .await;
+    let (text, offset) = match remote {
+        Some(read) => read.map_err(unreadable)?,
+        None => {
+            let Some(path) = state.engine.log_file(&app, &env) else {
+                return Ok(Json(LogChunk::default()));
+            };
+            let offset = q.offset;
+            tokio::task::spawn_blocking(move || shipgate_deploy::read_log(&path, offset, lines))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(|e| unreadable(e.to_string()))?
+        }
     };
-    let lines = within("lines", q.lines.unwrap_or(100), 1, 100_000)?;
-    let read = tokio::task::spawn_blocking(move || read_log(&path, q.offset, lines as usize)).await;
     // What an app prints of its own secrets is not shown to every viewer.
     let redactor = state.engine.redactor(&env);
-    let (text, offset) = read
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        .map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "log unreadable",
-                e.to_string(),
-            )
-        })?;
     Ok(Json(LogChunk {
         text: redactor.redact(&text),
         offset,
     }))
-}
-
-/// Reads a log from `offset` to its end (at most 1 MiB), or its last `lines` lines.
-fn read_log(
-    path: &std::path::Path,
-    offset: Option<u64>,
-    lines: usize,
-) -> std::io::Result<(String, u64)> {
-    let mut file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    match offset {
-        Some(from) => {
-            let from = from.min(len);
-            file.seek(SeekFrom::Start(from))?;
-            let mut buf = Vec::new();
-            file.take(1 << 20).read_to_end(&mut buf)?;
-            Ok((
-                String::from_utf8_lossy(&buf).into_owned(),
-                from + buf.len() as u64,
-            ))
-        }
-        None => {
-            let tail = shipgate_engine::tail_lines(path, lines)?;
-            Ok((tail.into_iter().map(|l| l + "\n").collect(), len))
-        }
-    }
 }
 
 async fn events(

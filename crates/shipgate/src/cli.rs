@@ -189,6 +189,10 @@ pub enum Command {
         /// Lines to show first.
         #[arg(long, default_value_t = 100)]
         lines: usize,
+        /// For an environment on hosts: the host whose instance to read (default: the first
+        /// that answers).
+        #[arg(long)]
+        host: Option<String>,
     },
     /// The audit log of every change.
     Audit {

@@ -90,9 +90,13 @@ pub(super) async fn logs(
     env: &str,
     follow: bool,
     lines: usize,
+    host: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
-    let base = [("app", app.to_owned()), ("env", env.to_owned())];
+    let mut base = vec![("app", app.to_owned()), ("env", env.to_owned())];
+    if let Some(h) = host {
+        base.push(("host", h));
+    }
     let mut query = base.to_vec();
     query.push(("lines", lines.to_string()));
     let mut chunk: LogChunk = client.get("/logs", &query).await?;

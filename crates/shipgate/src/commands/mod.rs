@@ -134,7 +134,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             env,
             follow,
             lines,
-        } => logs(g, app.as_str(), env.as_str(), follow, lines).await,
+            host,
+        } => logs(g, app.as_str(), env.as_str(), follow, lines, host).await,
         Command::Audit {
             verify,
             app,

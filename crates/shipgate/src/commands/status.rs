@@ -112,8 +112,44 @@ pub fn render_status(apps: &[AppStatus]) -> String {
         &rows,
     );
     text.push_str(&render_isolation(apps));
+    text.push_str(&render_hosts(apps));
     text.push_str(&render_waits(apps));
     text
+}
+
+/// For environments on hosts, the live instance on each host, below the status table.
+fn render_hosts(apps: &[AppStatus]) -> String {
+    let mut text = String::new();
+    for a in apps {
+        for e in &a.environments {
+            let Some(i) = e.instance.as_ref().filter(|i| !i.hosts.is_empty()) else {
+                continue;
+            };
+            let each: Vec<String> = i
+                .hosts
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{} pid {} {}{}",
+                        h.host,
+                        h.pid,
+                        if h.healthy { "healthy" } else { "UNHEALTHY" },
+                        if h.restarts > 0 {
+                            format!(" ({} restarts)", h.restarts)
+                        } else {
+                            String::new()
+                        }
+                    )
+                })
+                .collect();
+            text.push_str(&format!("  {} in {}: {}\n", a.app, e.env, each.join(", ")));
+        }
+    }
+    if text.is_empty() {
+        text
+    } else {
+        format!("\nhosts:\n{text}")
+    }
 }
 
 /// How each app and environment is confined, below the status table: one line per distinct

@@ -211,9 +211,11 @@ fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load()
         Some(3),
         "status shows the instance on each host: {live}"
     );
-    // Every host runs the release sandboxed, as the environment's own user.
-    let hello = s.ok(&["status"]);
-    assert!(hello.contains("production"), "{hello}");
+    let table = s.ok(&["status", "web"]);
+    assert!(
+        table.contains("hosts:") && table.contains("web-2 pid") && table.contains("healthy"),
+        "{table}"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic: Vec<_> = urls
@@ -371,6 +373,9 @@ fn an_agent_killed_mid_promotion_fails_it_naming_the_host_and_comes_back_to_the_
     );
     s.ok(&["promote", "web@2.0.1", "--to", "production", "--wait"]);
     assert_eq!(versions(&urls), vec![Some("2.0.1".to_owned()); 3]);
+    // Its log is read on the host, with a cursor.
+    let log = s.ok(&["logs", "web", "--env", "production", "--host", "web-2"]);
+    assert!(log.contains("fixture app 2.0.1 listening"), "{log}");
 
     // A removed host's certificate no longer gets in.
     s.ok(&["host", "remove", "web-3"]);
