@@ -294,18 +294,26 @@ impl Engine {
                 return Ok(());
             }
         };
-        self.gate(
-            &promotion,
-            "deploy",
-            true,
+        // On hosts: where it runs on each of them.
+        let on_hosts = match self.driver.status(&instance.id).await {
+            Some(s) if !s.hosts.is_empty() => s
+                .hosts
+                .iter()
+                .map(|h| format!("\n  {}: pid {}, port {}", h.host, h.pid, h.port))
+                .collect::<String>(),
+            _ => String::new(),
+        };
+        let output = if on_hosts.is_empty() {
             format!(
                 "instance {} healthy on port {}",
                 instance.id,
                 instance.target.addr.port()
-            ),
-            started_at,
-        )
-        .await?;
+            )
+        } else {
+            format!("instance {} healthy on every host:{on_hosts}", instance.id)
+        };
+        self.gate(&promotion, "deploy", true, output, started_at)
+            .await?;
 
         let previous_live = self.live_record(&promotion.app, &promotion.env).await?;
         let previous_instance = self.set_live_instance(slot.clone(), Some(instance.clone()));

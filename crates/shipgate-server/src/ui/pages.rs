@@ -700,6 +700,8 @@ struct EnvironmentPage {
     log: String,
     history: Vec<HistoryRow>,
     pending: Vec<Pending>,
+    /// For an environment on hosts: the live instance on each (`web-1: pid 12, healthy`).
+    hosts: Vec<String>,
 }
 
 pub(crate) async fn environment(
@@ -734,15 +736,34 @@ pub(crate) async fn environment(
         .history(&app, Some(&env), 50)
         .await
         .map_err(|e| from_problem(e.into()))?;
-    let log = match engine.log_file(&app, &env) {
-        Some(path) => tokio::task::spawn_blocking(move || shipgate_engine::tail_lines(&path, 40))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|lines| lines.join("\n"))
-            .unwrap_or_default(),
-        None => String::new(),
+    let log = match engine.read_remote_log(&app, &env, None, None, 40).await {
+        Some(read) => read.map(|(text, _)| text).unwrap_or_else(|e| e),
+        None => match engine.log_file(&app, &env) {
+            Some(path) => {
+                tokio::task::spawn_blocking(move || shipgate_engine::tail_lines(&path, 40))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|lines| lines.join("\n"))
+                    .unwrap_or_default()
+            }
+            None => String::new(),
+        },
     };
+    let log = engine.redactor(&env).redact(&log);
+    let hosts = e
+        .instance
+        .iter()
+        .flat_map(|i| &i.hosts)
+        .map(|h| {
+            format!(
+                "{}: pid {}, {}",
+                h.host,
+                h.pid,
+                if h.healthy { "healthy" } else { "unhealthy" }
+            )
+        })
+        .collect();
     let c = cell(app.as_str(), &e);
     let page = EnvironmentPage {
         layout: Layout::new(&viewer, format!("{app} in {env}"), "board"),
@@ -778,6 +799,7 @@ pub(crate) async fn environment(
         standby: c.standby,
         frozen: c.frozen,
         pending: c.pending,
+        hosts,
     };
     Ok(html(&page))
 }

@@ -182,7 +182,7 @@ fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
 }
 
 /// A raw HTTP/1.0 request: status, headers and body.
-fn raw(
+pub(crate) fn raw(
     s: &TestServer,
     method: &str,
     path: &str,
@@ -212,7 +212,7 @@ fn raw(
     (status, head.to_owned(), body.to_owned())
 }
 
-fn sign_in(s: &TestServer, token: &str) -> String {
+pub(crate) fn sign_in(s: &TestServer, token: &str) -> String {
     let (status, head, _) = raw(s, "POST", "/sign-in", &[], &format!("token={token}&next=/"));
     assert_eq!(status, 303, "{head}");
     let cookie = head

@@ -216,6 +216,23 @@ fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load()
         table.contains("hosts:") && table.contains("web-2 pid") && table.contains("healthy"),
         "{table}"
     );
+    let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
+    let cookie = crate::dashboard::sign_in(&s, admin.trim());
+    let (code, _, page) = crate::dashboard::raw(
+        &s,
+        "GET",
+        "/apps/web/environments/production",
+        &[("Cookie", cookie.as_str())],
+        "",
+    );
+    assert_eq!(code, 200, "{page}");
+    for n in 1..=3 {
+        assert!(page.contains(&format!("<li>web-{n}: pid ")), "{page}");
+    }
+    assert!(page.contains("fixture app 1.0.0 listening"), "the host's log: {page}");
+    let history = s.latest("production");
+    let deploy = history["gates"][0]["output"].as_str().unwrap_or_default();
+    assert!(deploy.contains("healthy on every host") && deploy.contains("web-3: pid"), "{history}");
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic: Vec<_> = urls
