@@ -317,6 +317,27 @@ pub enum HostCommand {
         /// The host.
         name: String,
     },
+    /// Put an agent on a machine over SSH (OpenSSH's `ssh` and `scp`): add the host, copy this
+    /// binary, write a start script, join and start the agent, and wait until it connects.
+    Install {
+        /// The host's name, as `environments.X.hosts` will name it.
+        name: String,
+        /// Where to log in: USER@ADDRESS.
+        #[arg(long)]
+        ssh: String,
+        /// The private key to log in with (`ssh -i`).
+        #[arg(long)]
+        identity: Option<std::path::PathBuf>,
+        /// The SSH port.
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+        /// The folder on the machine for the binary, the start script, the log and the data.
+        #[arg(long, default_value = "/var/lib/shipgate-agent")]
+        dir: String,
+        /// More `ssh -o` options, e.g. `--ssh-option UserKnownHostsFile=FILE` (repeat it).
+        #[arg(long = "ssh-option")]
+        ssh_options: Vec<String>,
+    },
 }
 
 /// `shipgate token ...`.

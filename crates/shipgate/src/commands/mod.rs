@@ -3,6 +3,7 @@
 
 mod audit;
 mod data;
+mod install;
 mod parity;
 mod promotion;
 mod release;
@@ -156,6 +157,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,
         Command::Host(crate::cli::HostCommand::Add { name }) => add_host(g, out, &name).await,
         Command::Host(crate::cli::HostCommand::Remove { name }) => remove_host(g, out, &name).await,
+        Command::Host(crate::cli::HostCommand::Install {
+            name,
+            ssh,
+            identity,
+            port,
+            dir,
+            ssh_options,
+        }) => {
+            let via = install::Ssh {
+                target: ssh,
+                identity,
+                port,
+                options: ssh_options,
+            };
+            install::install(g, out, &name, &via, &dir).await
+        }
         Command::SampleApp { port } => crate::sample::serve(port).await,
         Command::Agent {
             data_dir,

@@ -229,10 +229,16 @@ fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load()
     for n in 1..=3 {
         assert!(page.contains(&format!("<li>web-{n}: pid ")), "{page}");
     }
-    assert!(page.contains("fixture app 1.0.0 listening"), "the host's log: {page}");
+    assert!(
+        page.contains("fixture app 1.0.0 listening"),
+        "the host's log: {page}"
+    );
     let history = s.latest("production");
     let deploy = history["gates"][0]["output"].as_str().unwrap_or_default();
-    assert!(deploy.contains("healthy on every host") && deploy.contains("web-3: pid"), "{history}");
+    assert!(
+        deploy.contains("healthy on every host") && deploy.contains("web-3: pid"),
+        "{history}"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic: Vec<_> = urls
@@ -402,4 +408,151 @@ fn an_agent_killed_mid_promotion_fails_it_naming_the_host_and_comes_back_to_the_
     let refused = s.cli(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
     assert!(text(&refused).contains("web-3"), "{}", text(&refused));
     drop(agents);
+}
+
+/// Debian's sshd in a test host, on a config, keys and port of the test's own.
+struct Sshd {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Sshd {
+    fn start(hosts: &Hosts, n: usize, dir: &Path) -> Sshd {
+        let (_, addr) = &hosts.hosts[n - 1];
+        std::fs::create_dir_all(dir).unwrap();
+        let keygen = |file: &str| {
+            let out = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(file))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out));
+        };
+        keygen("host_key");
+        keygen("id");
+        std::fs::copy(dir.join("id.pub"), dir.join("authorized_keys")).unwrap();
+        // sshd's privilege separation folder.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let config = format!(
+            "Port 2222\nListenAddress {addr}\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nSubsystem sftp /usr/lib/openssh/sftp-server\nPidFile {d}/sshd.pid\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("sshd_config"), config).unwrap();
+        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+        let child = hosts
+            .command_in(n, Path::new("/usr/sbin/sshd"))
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        hosts.assert_routed(addr);
+        wait_for("sshd to listen", || {
+            std::net::TcpStream::connect((addr.as_str(), 2222)).is_ok()
+        });
+        Sshd {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn host_install_puts_an_agent_on_a_machine_over_ssh() {
+    if !root_or_skip("fleet") {
+        return;
+    }
+    if !Path::new("/usr/sbin/sshd").exists() {
+        panic!("the install test needs Debian's openssh-server (scripts/test installs it)");
+    }
+    let hosts = Hosts::make(1);
+    let port = free_port();
+    let s = spawn_server(&config(&hosts, port, "").replace(
+        "hosts = [\"web-1\", \"web-2\", \"web-3\"]",
+        "hosts = [\"web-1\"]",
+    ));
+    let sshd = Sshd::start(&hosts, 1, &s.dir.path().join("ssh"));
+    let (_, addr) = hosts.hosts[0].clone();
+    let remote = s.dir.path().join("remote");
+    let known = format!(
+        "UserKnownHostsFile={}",
+        sshd.dir.join("known_hosts").display()
+    );
+    let install = |name: &str, key: &str| {
+        s.cli(&[
+            "host",
+            "install",
+            name,
+            "--ssh",
+            &format!("root@{addr}"),
+            "--port",
+            "2222",
+            "--identity",
+            sshd.dir.join(key).to_str().unwrap(),
+            "--dir",
+            remote.to_str().unwrap(),
+            "--ssh-option",
+            &known,
+        ])
+    };
+    // A key the machine does not accept: refused before anything is added.
+    let wrong = sshd.dir.join("wrong");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let refused = install("web-1", "wrong");
+    assert_ne!(refused.status.code(), Some(0), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("checking the machine"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(host(&s.json(&["host", "list"]), 1), Value::Null);
+
+    let done = install("web-1", "id");
+    assert_eq!(done.status.code(), Some(0), "{}", text(&done));
+    let said = text(&done);
+    assert!(
+        said.contains("installed") && said.contains("connected"),
+        "{said}"
+    );
+    assert!(remote.join("start.sh").exists() && remote.join("bin/shipgate").exists());
+    let script = std::fs::read_to_string(remote.join("start.sh")).unwrap();
+    assert!(
+        !script.contains("--join"),
+        "the token is not kept: {script}"
+    );
+    let list = s.json(&["host", "list"]);
+    assert_eq!(host(&list, 1)["connected"], true, "{list}");
+
+    s.register("1.0.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+    assert_eq!(
+        versions(&urls(&hosts, port)),
+        vec![Some("1.0.0".to_owned())]
+    );
+    let pid: i32 = std::fs::read_to_string(remote.join("data/agent.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    wait_for("the installed agent to stop", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    crate::helpers::kill_marked(&format!("SHIPGATE_AGENT={}", remote.join("data").display()));
 }
