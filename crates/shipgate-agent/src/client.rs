@@ -301,4 +301,18 @@ impl Driver for AgentClient {
             .await
             .unwrap_or_default()
     }
+
+    async fn set_front(
+        &self,
+        env: &str,
+        listen: std::net::SocketAddr,
+        backends: Vec<std::net::SocketAddr>,
+    ) -> Result<(), DriverError> {
+        let f = crate::protocol::SetFront {
+            env: env.to_owned(),
+            listen,
+            backends,
+        };
+        self.call("/v1/set_front", &f).await.map_err(agent_error)
+    }
 }

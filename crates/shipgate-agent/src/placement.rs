@@ -38,7 +38,14 @@ pub struct EnvPlacement {
     pub batch: usize,
     /// How many must take part in a promotion.
     pub required: usize,
+    /// The port its router listens on, on each host.
+    pub port: u16,
+    /// The address on the server's machine that spreads connections over its hosts, if any.
+    pub front: Option<SocketAddr>,
 }
+
+/// How often the fronts' lists of hosts are brought up to date.
+const FRONT_EVERY: Duration = Duration::from_millis(500);
 
 /// What an environment's app serves, kept so that a returning host can be given it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -138,7 +145,54 @@ impl Placement {
         });
         placement.pass_on_events();
         placement.reconcile_on_connect();
+        placement.keep_fronts();
         placement
+    }
+
+    /// Keeps each front's list of hosts to those connected, on the local data plane (which
+    /// holds the front, as it holds the routers, so that it outlives the server).
+    fn keep_fronts(self: &Arc<Self>) {
+        let fronted: Vec<(String, SocketAddr, u16, Vec<String>)> = self
+            .envs
+            .iter()
+            .filter_map(|(e, p)| Some((e.clone(), p.front?, p.port, p.hosts.clone())))
+            .collect();
+        if fronted.is_empty() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut said: HashMap<String, String> = HashMap::new();
+            loop {
+                let Some(placement) = weak.upgrade() else {
+                    return;
+                };
+                for (env, front, port, hosts) in &fronted {
+                    let backends: Vec<SocketAddr> = hosts
+                        .iter()
+                        .filter(|h| placement.hosts.is_connected(h))
+                        .filter_map(|h| placement.hosts.peer(h))
+                        .map(|ip| SocketAddr::new(ip, *port))
+                        .collect();
+                    // With no host connected (a server that just started, or a network that
+                    // failed on this side) the front keeps the hosts it had: they may well
+                    // still serve, and an empty front would refuse everyone.
+                    if backends.is_empty() {
+                        continue;
+                    }
+                    let result = placement.local.set_front(env, *front, backends).await;
+                    let now = result.err().map(|e| e.to_string()).unwrap_or_default();
+                    if said.get(env) != Some(&now) {
+                        if !now.is_empty() {
+                            tracing::warn!("the front of {env} at {front}: {now}");
+                        }
+                        said.insert(env.clone(), now);
+                    }
+                }
+                drop(placement);
+                tokio::time::sleep(FRONT_EVERY).await;
+            }
+        });
     }
 
     /// The host names this placement uses.
@@ -227,14 +281,6 @@ impl Placement {
                 .filter_map(|e| routers.get(e).cloned())
                 .collect()
         };
-        for spec in specs {
-            if let Err(e) = client.bind_router(spec.clone()).await {
-                tracing::warn!(
-                    "host {host}: could not bind the router of {}: {e}",
-                    spec.env
-                );
-            }
-        }
         let served: Vec<(String, String, Served)> = {
             let served = lock(&self.served);
             envs.iter()
@@ -245,6 +291,9 @@ impl Placement {
                 })
                 .collect()
         };
+        // The live releases first, then the routers: a host that lost everything (its agent
+        // started again) does not accept connections before it has something to serve.
+        let mut targets = Vec::new();
         for (env, app, s) in served {
             let routed = client.routed(&env, &app).await;
             if routed.as_ref().map(|r| &r.instance_id) == Some(&s.target.instance_id) {
@@ -254,18 +303,29 @@ impl Placement {
                 "host {host}: bringing {env} to {} before its router serves it",
                 s.target.label
             );
-            client.set_starting(&env, &app, &s.target.label).await;
             match self.start_on(host, s.start.clone()).await {
-                Ok(started) => {
-                    let target = RouteTarget {
+                Ok(started) => targets.push((
+                    env,
+                    app,
+                    RouteTarget {
                         addr: started.addr,
                         ..s.target.clone()
-                    };
-                    if let Err(e) = client.switch(&env, &app, Some(target)).await {
-                        tracing::warn!("host {host}: could not switch {env} back: {e}");
-                    }
-                }
+                    },
+                )),
                 Err(e) => tracing::warn!("host {host}: could not start {}: {e}", s.target.label),
+            }
+        }
+        for spec in specs {
+            if let Err(e) = client.bind_router(spec.clone()).await {
+                tracing::warn!(
+                    "host {host}: could not bind the router of {}: {e}",
+                    spec.env
+                );
+            }
+        }
+        for (env, app, target) in targets {
+            if let Err(e) = client.switch(&env, &app, Some(target)).await {
+                tracing::warn!("host {host}: could not switch {env} to its live release: {e}");
             }
         }
         // Anything else it runs is from before: a promotion that failed, a standby that ended.

@@ -107,3 +107,11 @@ pub(crate) struct Events {
 pub(crate) struct Failed {
     pub error: String,
 }
+
+/// `POST /v1/set_front`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SetFront {
+    pub env: String,
+    pub listen: std::net::SocketAddr,
+    pub backends: Vec<std::net::SocketAddr>,
+}

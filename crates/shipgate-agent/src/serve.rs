@@ -14,8 +14,8 @@ use shipgate_deploy::{Driver, DriverEvent, InstanceId, RouterSpec, StartInstance
 use tokio::sync::Notify;
 
 use crate::protocol::{
-    Drain, Env, Events, EventsAfter, Failed, Grace, HasRelease, Hello, LogChunk, LogFrom, Slot,
-    Switch,
+    Drain, Env, Events, EventsAfter, Failed, Grace, HasRelease, Hello, LogChunk, LogFrom, SetFront,
+    Slot, Switch,
 };
 
 /// The header that names the digest of a release sent to `/v1/release`.
@@ -158,6 +158,7 @@ pub(crate) fn routes(agent: Arc<Agent>) -> Router {
             post(receive_release).layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/v1/logs", post(logs))
+        .route("/v1/set_front", post(set_front))
         .with_state(agent)
 }
 
@@ -304,6 +305,13 @@ async fn logs(State(agent): AgentState, Json(q): Json<LogFrom>) -> Response {
     match read {
         Ok(Ok((text, next))) => Json(LogChunk { text, next }).into_response(),
         Ok(Err(e)) => failed(format!("reading the log of {}: {e}", q.instance_id)),
+        Err(e) => failed(e),
+    }
+}
+
+async fn set_front(State(agent): AgentState, Json(f): Json<SetFront>) -> Response {
+    match agent.driver.set_front(&f.env, f.listen, f.backends).await {
+        Ok(()) => Json(()).into_response(),
         Err(e) => failed(e),
     }
 }

@@ -273,6 +273,8 @@ pub struct EnvironmentConfig {
     pub batch: Batch,
     /// How many of its hosts must take part in a promotion (all of them unless set).
     pub hosts_required: usize,
+    /// An address on the server's machine that spreads connections over its hosts' routers.
+    pub front: Option<SocketAddr>,
 }
 
 /// `require.*` of an environment: what a promotion waits on before it deploys.
@@ -495,6 +497,7 @@ struct RawEnvironment {
     hosts: Vec<Spanned<String>>,
     rollout: Option<RawRollout>,
     hosts_required: Option<Spanned<i64>>,
+    front: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1026,6 +1029,26 @@ fn environments(
             .unwrap_or(Duration::from_std(EnvironmentConfig::DEFAULT_DRAIN));
         let request_timeout = duration(&env.request_timeout, problems);
         let placement = hosts(env, name, problems);
+        let front = env.front.as_ref().and_then(|f| {
+            if placement.0.is_empty() {
+                problems.add(
+                    f.span(),
+                    format!("`front` on environment `{}`, which has no `hosts`", name.get_ref()),
+                    "a front spreads an environment over its hosts: add `hosts = [...]`, or remove `front`".to_owned(),
+                );
+                return None;
+            }
+            let addr = problems.parse(f, parse_address)?;
+            if let Some((_, owner)) = addresses.iter().find(|(a, _)| same_socket(*a, addr)) {
+                problems.add(
+                    f.span(),
+                    format!("the front of `{}` is at {addr}, which {owner} already uses", name.get_ref()),
+                    "give the front an address of its own".to_owned(),
+                );
+            }
+            addresses.push((addr, format!("the front of environment `{}`", name.get_ref())));
+            Some(addr)
+        });
         if let (Some(name), Some(listen)) = (parsed_name, listen) {
             envs.push(EnvironmentConfig {
                 name,
@@ -1055,6 +1078,7 @@ fn environments(
                 hosts: placement.0,
                 batch: placement.1,
                 hosts_required: placement.2,
+                front,
             });
         }
     }

@@ -95,6 +95,20 @@ pub trait Driver: Send + Sync {
         vec![listen]
     }
 
+    /// Holds the front of `env` at `listen` on this machine (binding it if needed) and spreads
+    /// its connections over `backends`, the routers of the environment's hosts.
+    async fn set_front(
+        &self,
+        env: &str,
+        listen: SocketAddr,
+        backends: Vec<SocketAddr>,
+    ) -> Result<(), DriverError> {
+        let _ = (listen, backends);
+        Err(DriverError::Router(format!(
+            "this data plane cannot front environment {env}"
+        )))
+    }
+
     /// For an instance whose log is kept on another host: its log from `offset` (or its last
     /// `lines` lines), read there, from `host` or the first of its hosts that answers. None:
     /// the log is a file on this machine, at the path it was started with.

@@ -246,6 +246,15 @@ impl Driver for ProcessDriver {
     async fn retain_routers(&self, envs: &[String]) -> Vec<String> {
         self.shared.routes.retain(envs).await
     }
+
+    async fn set_front(
+        &self,
+        env: &str,
+        listen: std::net::SocketAddr,
+        backends: Vec<std::net::SocketAddr>,
+    ) -> Result<(), DriverError> {
+        self.shared.routes.front(env, listen, backends).await
+    }
 }
 
 impl Shared {

@@ -17,9 +17,36 @@ pub(crate) struct Routes {
     routers: Mutex<HashMap<String, Arc<Router>>>,
     /// One upstream per instance, kept so its in-flight count can be drained after a switch.
     upstreams: std::sync::Mutex<HashMap<InstanceId, (RouteTarget, Upstream)>>,
+    /// The fronts of environments on several hosts.
+    fronts: Mutex<HashMap<String, shipgate_proxy::Front>>,
 }
 
 impl Routes {
+    pub(crate) async fn front(
+        &self,
+        env: &str,
+        listen: std::net::SocketAddr,
+        backends: Vec<std::net::SocketAddr>,
+    ) -> Result<(), DriverError> {
+        let mut fronts = self.fronts.lock().await;
+        let same = fronts.get(env).is_some_and(|f| f.local_addr() == listen);
+        if !same {
+            // Dropped first, so a front that stays at its address can be bound again.
+            fronts.remove(env);
+            let bound = shipgate_proxy::Front::bind(listen, env)
+                .await
+                .map_err(|e| DriverError::Router(e.to_string()))?;
+            fronts.insert(env.to_owned(), bound);
+        }
+        if let Some(f) = fronts.get(env)
+            && f.backends() != backends
+        {
+            tracing::info!("front of {env} at {listen}: spreading over {backends:?}");
+            f.set_backends(backends);
+        }
+        Ok(())
+    }
+
     pub(crate) async fn bind(&self, spec: RouterSpec) -> Result<(), DriverError> {
         let mut routers = self.routers.lock().await;
         let router = match routers.get(&spec.env) {

@@ -9,6 +9,7 @@
 
 mod body;
 mod forwarding;
+mod front;
 mod metrics;
 mod prometheus;
 mod router;
@@ -18,6 +19,7 @@ mod window;
 
 use std::net::SocketAddr;
 
+pub use front::Front;
 pub use metrics::{
     LATENCY_BUCKETS_MS, LatencyBucket, LatencyHistogram, NO_RELEASE, StatusClasses,
     UpstreamMetrics, WindowSummary,

@@ -70,6 +70,8 @@ fn placements(config: &Config) -> std::collections::HashMap<String, shipgate_age
                     hosts: e.hosts.clone(),
                     batch: e.batch.size(e.hosts.len()),
                     required: e.hosts_required,
+                    port: e.listen.port(),
+                    front: e.front,
                 },
             )
         })

@@ -182,7 +182,8 @@ fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load()
     }
     let hosts = Hosts::make(3);
     let port = free_port();
-    let mut s = spawn_server(&config(&hosts, port, ""));
+    let front = format!("{}:{}", hosts.root_addr, free_port());
+    let mut s = spawn_server(&config(&hosts, port, &format!("front = \"{front}\"")));
     let agents = Agents::join(&hosts, &s);
     let list = s.json(&["host", "list"]);
     for n in 1..=3 {
@@ -241,8 +242,14 @@ fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load()
     );
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Every host's address, and the front that spreads over them.
+    let front_url = format!("http://{front}/version");
+    wait_for("the front to answer", || {
+        http_get(&front_url, None).is_some_and(|r| r.status == 200)
+    });
     let traffic: Vec<_> = urls
         .iter()
+        .chain(std::iter::once(&front_url))
         .map(|u| load(u.clone(), Arc::clone(&stop)))
         .collect();
     for v in 1..=10 {
@@ -283,16 +290,20 @@ fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load()
     let mut total = 0;
     for (n, t) in traffic.into_iter().enumerate() {
         let (answered, failed) = t.join().unwrap();
+        let via = if n < 3 {
+            format!("host web-{}", n + 1)
+        } else {
+            "the front".to_owned()
+        };
         eprintln!(
-            "fleet: host web-{}: {answered} requests through 10 promote/rollback cycles and a server kill -9, {} failed",
-            n + 1,
+            "fleet: {via}: {answered} requests through 10 promote/rollback cycles and a server kill -9, {} failed",
             failed.len()
         );
-        assert!(failed.is_empty(), "web-{}: {failed:?}", n + 1);
-        assert!(answered > 50, "web-{}: {answered}", n + 1);
+        assert!(failed.is_empty(), "{via}: {failed:?}");
+        assert!(answered > 50, "{via}: {answered}");
         total += answered;
     }
-    eprintln!("fleet: {total} requests on 3 hosts, 0 failed");
+    eprintln!("fleet: {total} requests on 3 hosts and their front, 0 failed");
     assert_eq!(
         host_pids(&s),
         before,
@@ -555,4 +566,75 @@ fn host_install_puts_an_agent_on_a_machine_over_ssh() {
         !Path::new(&format!("/proc/{pid}")).exists()
     });
     crate::helpers::kill_marked(&format!("SHIPGATE_AGENT={}", remote.join("data").display()));
+}
+
+#[test]
+fn a_host_cut_off_is_unreachable_within_10_s_and_given_the_live_release_when_it_returns() {
+    if !root_or_skip("fleet") {
+        return;
+    }
+    let hosts = Hosts::make(3);
+    let port = free_port();
+    let front = format!("{}:{}", hosts.root_addr, free_port());
+    let text_of = |extra: &str| {
+        config(
+            &hosts,
+            port,
+            &format!("isolation = \"none\"\nfront = \"{front}\"\n{extra}"),
+        )
+    };
+    let mut s = spawn_server(&text_of(""));
+    let agents = Agents::join(&hosts, &s);
+    s.register("1.0.0", &[]);
+    s.register("2.0.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+    let urls = urls(&hosts, port);
+    let front_url = format!("http://{front}/version");
+    wait_for("the front to answer", || {
+        http_get(&front_url, None).is_some_and(|r| r.status == 200)
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(front_url.clone(), Arc::clone(&stop));
+
+    hosts.set_link(3, false);
+    let cut = std::time::Instant::now();
+    wait_for("web-3 to show as unreachable", || {
+        host(&s.json(&["host", "list"]), 3)["connected"] == false
+    });
+    let noticed = cut.elapsed();
+    eprintln!("fleet: web-3 cut off; unreachable in `host list` after {noticed:?}");
+    assert!(noticed < Duration::from_secs(10), "{noticed:?}");
+    // All three are required: refused, naming the host.
+    let refused = s.cli(&["promote", "web@2.0.0", "--to", "production", "--wait"]);
+    let said = text(&refused);
+    assert!(
+        said.contains("web-3") && said.contains("hosts_required"),
+        "{said}"
+    );
+    // Two of three may do: the config says so, and the server is restarted on it.
+    s.rewrite_config(&text_of("hosts_required = 2"));
+    assert!(s.terminate().success());
+    s.restart();
+    s.ok(&["promote", "web@2.0.0", "--to", "production", "--wait"]);
+    assert_eq!(
+        versions(&urls[..2]),
+        vec![Some("2.0.0".to_owned()); 2],
+        "web-1 and web-2 switched"
+    );
+    // Back on the network: brought to 2.0.0 before it is spread over again.
+    hosts.set_link(3, true);
+    agents.wait_connected(&s, &[3]);
+    wait_for("web-3 to serve 2.0.0", || {
+        versions(&urls[2..]) == vec![Some("2.0.0".to_owned())]
+    });
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed) = traffic.join().unwrap();
+    eprintln!(
+        "fleet: {answered} requests through the front while web-3 was cut off and came back, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(answered > 50, "{answered}");
+    drop(agents);
 }

@@ -127,6 +127,26 @@ impl Hosts {
         );
     }
 
+    /// Cuts host `n` off the network (`up = false`) or plugs it back in, as a pulled cable
+    /// would: its processes keep running.
+    pub fn set_link(&self, n: usize, up: bool) {
+        let (ns, _) = &self.hosts[n - 1];
+        let dev = format!("sgh{}{n}", self.tag);
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "set",
+            &dev,
+            if up { "up" } else { "down" },
+        ]);
+        if up {
+            // Bringing a veth down drops its routes; the address's own route comes back with it.
+            let (_, addr) = &self.hosts[n - 1];
+            self.assert_routed(addr);
+        }
+    }
+
     /// A command run inside host `n`'s namespace (1-based).
     pub fn command_in(&self, n: usize, program: &std::path::Path) -> Command {
         let (ns, _) = &self.hosts[n - 1];
