@@ -4,8 +4,13 @@
 #![forbid(unsafe_code)]
 
 mod dashboard;
+mod hosts;
 mod load;
 mod mask;
+/// The test hosts of the integration tests (network namespaces on a bridge of their own), shared.
+#[path = "../../shipgate/tests/it/netns.rs"]
+#[allow(dead_code)]
+mod netns;
 mod promote;
 mod router;
 mod sandbox;
@@ -40,6 +45,13 @@ enum BenchCommand {
     Sandbox {
         /// Starts measured of each kind.
         #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+    /// A promotion into an environment on 3 hosts (network namespaces, as root) against the
+    /// same promotion on the server's own machine.
+    Hosts {
+        /// Promotions measured into each.
+        #[arg(long, default_value_t = 10)]
         runs: usize,
     },
     /// shipgate's own overhead of a promotion, against the app's own time to become healthy.
@@ -87,6 +99,7 @@ fn main() -> ExitCode {
 async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Promote { runs } => promote::run(runs).await,
+        BenchCommand::Hosts { runs } => hosts::run(runs).await,
         BenchCommand::Dashboard { runs } => dashboard::run(runs).await,
         BenchCommand::Mask { rows } => mask::run(rows).await,
         BenchCommand::Sandbox { runs } => sandbox::run(runs).await,
