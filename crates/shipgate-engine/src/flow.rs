@@ -439,11 +439,7 @@ impl Engine {
         version: &Version,
         digest: &str,
     ) -> BTreeMap<String, String> {
-        let url = self
-            .config
-            .environment(env)
-            .map(|e| format!("http://{}", e.listen))
-            .unwrap_or_default();
+        let url = self.env_url(env);
         BTreeMap::from([
             ("APP".to_owned(), app.to_string()),
             ("ENV".to_owned(), env.to_string()),

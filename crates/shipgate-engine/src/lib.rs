@@ -255,6 +255,24 @@ impl Engine {
             .join(format!("{instance_id}.log"))
     }
 
+    /// Where `env` is reached (`${URL}`, `status`): its front, or the first of its hosts, or
+    /// its `listen` on this machine.
+    fn env_url(&self, env: &EnvName) -> String {
+        let Some(e) = self.config.environment(env) else {
+            return String::new();
+        };
+        if let Some(front) = e.front {
+            return format!("http://{front}");
+        }
+        let first = self
+            .driver
+            .endpoints(e.name.as_str(), e.listen)
+            .into_iter()
+            .next()
+            .unwrap_or(e.listen);
+        format!("http://{first}")
+    }
+
     /// How long requests in flight on a replaced instance of `env` may take to finish.
     fn drain_grace(&self, env: &EnvName) -> Duration {
         self.config

@@ -55,11 +55,7 @@ impl Engine {
                 self.artifacts.release_dir(&l.digest),
             ),
             None => {
-                let url = self
-                    .config
-                    .environment(env)
-                    .map(|e| format!("http://{}", e.listen))
-                    .unwrap_or_default();
+                let url = self.env_url(env);
                 let vars = BTreeMap::from([
                     ("APP".to_owned(), app.to_string()),
                     ("ENV".to_owned(), env.to_string()),

@@ -86,7 +86,7 @@ impl Engine {
                 };
                 environments.push(EnvironmentStatus {
                     env: e.name.clone(),
-                    url: format!("http://{}", e.listen),
+                    url: self.env_url(&e.name),
                     live: live
                         .iter()
                         .find(|l| l.app == a.name && l.env == e.name)
