@@ -155,6 +155,49 @@ impl AgentClient {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Result<Resp, String> {
+        let mut headers = headers.to_vec();
+        if !READS.contains(&path) {
+            headers.push((crate::serve::COMMAND_HEADER, command_id()));
+        }
+        // A host whose connection dropped mid-request is asked again, with the same command
+        // id, once it is back: the agent runs a command once and answers a repeat from memory.
+        let give_up = tokio::time::Instant::now() + RESEND_WITHIN;
+        let (status, bytes) = loop {
+            match self
+                .exchange(path, content_type, &headers, body.clone())
+                .await
+            {
+                Ok(answer) => break answer,
+                Err(e)
+                    if matches!(self.transport, Transport::Host { .. })
+                        && tokio::time::Instant::now() < give_up =>
+                {
+                    tracing::debug!("{e}; asking again");
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<Failed>(&bytes) {
+                Ok(f) => f.error,
+                Err(_) => format!(
+                    "the agent answered {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                ),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("the agent's answer to {path}: {e}"))
+    }
+
+    /// One request and its whole answer, or why the agent could not be reached.
+    async fn exchange(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<(http::StatusCode, Bytes), String> {
         let unreachable = |e: &dyn std::fmt::Display| {
             format!("{} did not answer: {e}", self.transport.describe())
         };
@@ -192,17 +235,38 @@ impl AgentClient {
             .await
             .map_err(|e| unreachable(&e))?
             .to_bytes();
-        if !status.is_success() {
-            return Err(match serde_json::from_slice::<Failed>(&bytes) {
-                Ok(f) => f.error,
-                Err(_) => format!(
-                    "the agent answered {status}: {}",
-                    String::from_utf8_lossy(&bytes)
-                ),
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| format!("the agent's answer to {path}: {e}"))
+        Ok((status, bytes))
     }
+}
+
+/// The operations that carry no command id and are not remembered: those that only read or
+/// wait, and the release upload, which is keyed by its digest (and whose answer to a dropped
+/// upload is a failure, not to be repeated).
+const READS: [&str; 9] = [
+    "/v1/release",
+    "/v1/hello",
+    "/v1/events",
+    "/v1/status",
+    "/v1/routed",
+    "/v1/router_metrics",
+    "/v1/logs",
+    "/v1/has_release",
+    "/v1/drain",
+];
+
+/// How long a command to a host whose connection dropped is asked again.
+const RESEND_WITHIN: Duration = Duration::from_secs(5);
+
+/// An id for one command, chosen here: unique to this server process and call.
+fn command_id() -> String {
+    static BOOT: std::sync::OnceLock<i128> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let boot = BOOT.get_or_init(|| jiff::Timestamp::now().as_nanosecond());
+    format!(
+        "{boot:x}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn agent_error(message: String) -> DriverError {

@@ -27,3 +27,19 @@ pub use protocol::{AGENT_SOCKET, Hello, LogChunk, LogFrom};
 pub use serve::{AGENT_MARKER, Agent, serve};
 
 pub use shipgate_deploy::Driver;
+
+/// Writes `bytes` to `path` (replacing it), readable and writable by its owner only: keys,
+/// certificates, what hosts run (their variables included), the agent port.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    // A file made before with wider permissions is narrowed too.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)
+}

@@ -358,7 +358,7 @@ impl Placement {
         let temp = path.with_extension("json.tmp");
         let written = serde_json::to_vec_pretty(&kept)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&temp, bytes))
+            .and_then(|bytes| crate::write_private(&temp, &bytes))
             .and_then(|()| std::fs::rename(&temp, &path));
         if let Err(e) = written {
             tracing::warn!("could not keep {}: {e}", path.display());

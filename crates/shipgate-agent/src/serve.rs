@@ -18,6 +18,25 @@ use crate::protocol::{
     Slot, Switch,
 };
 
+/// The header that carries the id the server chose for a command.
+pub(crate) const COMMAND_HEADER: &str = "x-shipgate-command";
+/// How many commands' answers are remembered.
+const COMMANDS_KEPT: usize = 1024;
+
+/// The answers to the last commands, by id: a command asked again (its connection dropped
+/// before the answer arrived) gets the first one's answer, or waits for it, and runs once.
+#[derive(Default)]
+struct Commands {
+    answers: std::collections::HashMap<String, tokio::sync::watch::Sender<Option<Answer>>>,
+    order: VecDeque<String>,
+}
+
+#[derive(Clone)]
+struct Answer {
+    status: StatusCode,
+    body: bytes::Bytes,
+}
+
 /// The header that names the digest of a release sent to `/v1/release`.
 pub(crate) const DIGEST_HEADER: &str = "x-shipgate-digest";
 /// The environment variable that marks every instance with the data dir of its agent, so that
@@ -40,6 +59,7 @@ pub struct Agent {
     /// Opened on the first release sent (the local agent, which shares the server's data dir,
     /// is never sent one).
     artifacts: OnceLock<shipgate_store::artifact::ArtifactStore>,
+    commands: Mutex<Commands>,
 }
 
 #[derive(Default)]
@@ -57,6 +77,7 @@ impl Agent {
             logs: Mutex::default(),
             data_dir: data_dir.to_path_buf(),
             artifacts: OnceLock::new(),
+            commands: Mutex::default(),
             events: Mutex::new(EventLog {
                 next: 1,
                 kept: VecDeque::new(),
@@ -159,7 +180,72 @@ pub(crate) fn routes(agent: Arc<Agent>) -> Router {
         )
         .route("/v1/logs", post(logs))
         .route("/v1/set_front", post(set_front))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&agent),
+            once_per_command,
+        ))
         .with_state(agent)
+}
+
+/// Runs each command (a request with a command id) once: to its end even when the connection
+/// that asked drops, with its answer kept for a repeat.
+async fn once_per_command(
+    State(agent): AgentState,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(id) = request
+        .headers()
+        .get(COMMAND_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return next.run(request).await;
+    };
+    let (tx, first) = {
+        let mut commands = agent
+            .commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match commands.answers.get(&id) {
+            Some(tx) => (tx.clone(), false),
+            None => {
+                let (tx, _) = tokio::sync::watch::channel(None);
+                commands.answers.insert(id.clone(), tx.clone());
+                commands.order.push_back(id.clone());
+                while commands.order.len() > COMMANDS_KEPT {
+                    if let Some(old) = commands.order.pop_front() {
+                        commands.answers.remove(&old);
+                    }
+                }
+                (tx, true)
+            }
+        }
+    };
+    let mut answered = tx.subscribe();
+    if first {
+        tokio::spawn(async move {
+            let response = next.run(request).await;
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap_or_default();
+            let _ = tx.send(Some(Answer { status, body }));
+        });
+    }
+    let answer = match answered.wait_for(Option::is_some).await {
+        Ok(a) => a.clone(),
+        Err(_) => None,
+    };
+    match answer {
+        Some(a) => (
+            a.status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            a.body,
+        )
+            .into_response(),
+        None => failed("the command ended without an answer"),
+    }
 }
 
 type AgentState = State<Arc<Agent>>;

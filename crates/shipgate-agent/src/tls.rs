@@ -39,17 +39,8 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(der))
 }
 
-/// Writes `text` to `path`, readable by its owner only.
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
+    crate::write_private(path, text.as_bytes())
         .map_err(|e| format!("could not write {}: {e}", path.display()))
 }
 

@@ -133,7 +133,11 @@ impl Server {
         .await
         .map_err(anyhow::Error::msg)?;
         tracing::info!("agents of other hosts dial port {}", hosts.port);
-        if let Err(e) = std::fs::write(data_dir.join(AGENT_PORT_FILE), hosts.port.to_string()) {
+        let kept = shipgate_agent::write_private(
+            &data_dir.join(AGENT_PORT_FILE),
+            hosts.port.to_string().as_bytes(),
+        );
+        if let Err(e) = kept {
             tracing::warn!("could not keep the agent port in {AGENT_PORT_FILE}: {e}");
         }
         let placement = shipgate_agent::Placement::new(

@@ -140,3 +140,64 @@ fn a_killed_agent_is_started_again_and_given_back_what_was_live() {
     let said = s.log();
     assert!(said.contains("starting it again"), "{said}");
 }
+
+/// One raw HTTP/1.1 POST to the agent's socket, with a command id; returns (status, body).
+fn post_command(socket: &std::path::Path, path: &str, command: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nx-shipgate-command: {command}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+#[test]
+fn a_command_asked_twice_runs_once() {
+    let s = spawn_server(&four_envs("data_plane = \"agent\"\nisolation = \"none\""));
+    let socket = s.data_dir().join("agent.sock");
+    let dir = s.dir.path().join("cmd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = |id: &str| {
+        serde_json::json!({
+            "instance_id": id,
+            "release_dir": dir,
+            "command": "exec python3 -m http.server ${PORT} --bind 127.0.0.1",
+            "template_vars": {},
+            "env": {},
+            "health_path": "/",
+            "health_timeout": { "secs": 20, "nanos": 0 },
+            "log_path": dir.join(format!("{id}.log")),
+            "port": null,
+            "crash_loop": { "crashes": 5, "within": { "secs": 60, "nanos": 0 } },
+            "sandbox": null
+        })
+        .to_string()
+    };
+    let (status, first) = post_command(&socket, "/v1/start", "cmd-1", &start("web-cmd-1"));
+    assert_eq!(status, 200, "{first}");
+    // The same command id again, even with another body: the first answer, nothing started.
+    let (status, again) = post_command(&socket, "/v1/start", "cmd-1", &start("web-cmd-2"));
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again, first);
+    let (_, hello) = post_command(&socket, "/v1/hello", "hello-1", "null");
+    let hello: serde_json::Value = serde_json::from_str(&hello).unwrap();
+    let ids: Vec<&str> = hello["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i.as_str())
+        .filter(|i| i.starts_with("web-cmd-"))
+        .collect();
+    assert_eq!(ids, vec!["web-cmd-1"], "{hello}");
+    // A new id is a new command.
+    let stop = serde_json::json!({ "instance_id": "web-cmd-1", "pid": null, "grace": { "secs": 5, "nanos": 0 } });
+    let (status, body) = post_command(&socket, "/v1/stop", "cmd-2", &stop.to_string());
+    assert_eq!(status, 200, "{body}");
+}

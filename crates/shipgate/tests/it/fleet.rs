@@ -217,6 +217,18 @@ fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load()
         table.contains("hosts:") && table.contains("web-2 pid") && table.contains("healthy"),
         "{table}"
     );
+    // Keys, certificates and what hosts run (their variables included) are the owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    for file in [
+        s.data_dir().join("ca.key"),
+        s.data_dir().join("placement.json"),
+        s.data_dir().join("agent.port"),
+        agents.dirs[0].join("host.key"),
+        agents.dirs[0].join("host.crt"),
+    ] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
     let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
     let cookie = crate::dashboard::sign_in(&s, admin.trim());
     let (code, _, page) = crate::dashboard::raw(
