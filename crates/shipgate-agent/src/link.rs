@@ -199,7 +199,7 @@ impl Hosts {
                 link.since.strftime("%Y-%m-%d %H:%M:%S UTC")
             )),
             None => Err(format!(
-                "host {name} has not connected since the server started"
+                "host {name} has not connected since the server started (is it added with `shipgate host add {name}`, and its agent running?)"
             )),
         }
     }

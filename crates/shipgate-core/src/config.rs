@@ -1812,4 +1812,25 @@ mod tests {
         assert_eq!(line_col("ab\ncé d", 7), (2, 4));
         assert_eq!(line_col("x", 0), (1, 1));
     }
+
+    #[test]
+    fn a_rollout_batch_is_a_count_or_a_share_of_the_hosts_rounded_up() {
+        assert_eq!(Batch::All.size(5), 5);
+        assert_eq!(Batch::Hosts(2).size(5), 2);
+        assert_eq!(Batch::Hosts(9).size(3), 3);
+        assert_eq!(Batch::Percent(25).size(3), 1);
+        assert_eq!(Batch::Percent(50).size(3), 2);
+        assert_eq!(Batch::Percent(100).size(4), 4);
+        let base = "[apps.web]\nrun = \"x\"\n\n[environments.production]\nlisten = \"0.0.0.0:8080\"\nhosts = [\"a\", \"b\", \"c\"]\n";
+        let parse = |extra: &str| Config::parse(&format!("{base}{extra}"), Path::new("/tmp"));
+        let ok = parse("rollout = { batch = \"34%\" }\nhosts_required = 2\n").unwrap();
+        assert_eq!(ok.environments[0].batch, Batch::Percent(34));
+        assert_eq!(ok.environments[0].hosts_required, 2);
+        assert!(parse("rollout = { batch = 0 }\n").is_err());
+        assert!(parse("hosts_required = 4\n").is_err());
+        assert!(
+            parse("front = \"0.0.0.0:8080\"\n").is_err(),
+            "the front may not take the hosts' address"
+        );
+    }
 }

@@ -650,3 +650,39 @@ fn a_host_cut_off_is_unreachable_within_10_s_and_given_the_live_release_when_it_
     assert!(answered > 50, "{answered}");
     drop(agents);
 }
+
+#[test]
+fn rollout_batch_starts_the_hosts_one_batch_after_the_other() {
+    if !root_or_skip("fleet") {
+        return;
+    }
+    let hosts = Hosts::make(3);
+    let port = free_port();
+    let s = spawn_server(&config(
+        &hosts,
+        port,
+        "isolation = \"none\"\nrollout = { batch = 2 }",
+    ));
+    let agents = Agents::join(&hosts, &s);
+    let gate = s.dir.path().join("go");
+    let digest = s.register("1.0.0", &[("SLOW", gate.to_str().unwrap())]);
+    let hex = digest.trim_start_matches("sha256:").to_owned();
+    let dirs = agents.dirs.clone();
+    let starting = |n: usize| {
+        !crate::helpers::processes_in(&dirs[n - 1].join("releases").join(&hex)).is_empty()
+    };
+    s.ok(&["promote", "web@1.0.0", "--to", "production"]);
+    wait_for("the first batch to start", || starting(1) && starting(2));
+    // Held in its health wait: the second batch has not started.
+    thread::sleep(Duration::from_millis(1500));
+    assert!(!starting(3), "web-3 waits for the first batch");
+    std::fs::write(&gate, "").unwrap();
+    wait_for("the promotion to succeed", || {
+        s.latest("production")["state"] == "succeeded"
+    });
+    assert_eq!(
+        versions(&urls(&hosts, port)),
+        vec![Some("1.0.0".to_owned()); 3]
+    );
+    drop(agents);
+}
