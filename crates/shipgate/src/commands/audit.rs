@@ -11,16 +11,24 @@ use crate::cli::{Global, TokenCommand};
 use crate::client::connect;
 use crate::output::{Printer, table};
 
-pub(super) async fn add_host(g: &Global, out: Printer, name: &str) -> anyhow::Result<ExitCode> {
-    let client = connect(g)?;
-    let created: CreatedHost = client
+/// Adds host `name`; the answer holds its one-time join token.
+pub(super) async fn added_host(
+    client: &crate::client::Client,
+    name: &str,
+) -> anyhow::Result<CreatedHost> {
+    client
         .post(
             "/hosts",
             &HostRequest {
                 name: name.to_owned(),
             },
         )
-        .await?;
+        .await
+}
+
+pub(super) async fn add_host(g: &Global, out: Printer, name: &str) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let created = added_host(&client, name).await?;
     out.print(&created, |c| {
         format!(
             "host {name} added. On it, run (the token works once):\n  shipgate agent --server {} --join {} --name {name}\n",

@@ -8,8 +8,6 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use shipgate_api::answers::CreatedHost;
-use shipgate_api::requests::HostRequest;
 use shipgate_api::status::HostView;
 
 use crate::cli::Global;
@@ -128,14 +126,7 @@ pub(super) async fn install(
         );
     }
     let exe = std::env::current_exe().context("locating this shipgate binary")?;
-    let created: CreatedHost = client
-        .post(
-            "/hosts",
-            &HostRequest {
-                name: name.to_owned(),
-            },
-        )
-        .await?;
+    let created = super::audit::added_host(&client, name).await?;
     let d = quoted(dir);
     ssh.run(
         "making the folder",

@@ -131,12 +131,30 @@ fn host(list: &Value, n: usize) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// `count` test hosts and the port their environment listens on, or None (said why) when not
+/// root.
+fn make_hosts(count: usize) -> Option<(Hosts, u16)> {
+    if !root_or_skip("fleet") {
+        return None;
+    }
+    Some((Hosts::make(count), free_port()))
+}
+
 fn config(hosts: &Hosts, port: u16, extra: &str) -> String {
     format!(
         "[server]\nlisten = \"{}:{}\"\ndata_dir = \"data\"\n\n[apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n\n[environments.production]\nlisten = \"0.0.0.0:{port}\"\nhosts = [\"web-1\", \"web-2\", \"web-3\"]\nstandby = \"1h\"\n{extra}\n",
         hosts.root_addr,
         free_port()
     )
+}
+
+/// `http://FRONT/version`, once the front answers.
+fn answering_front(front: &str) -> String {
+    let url = format!("http://{front}/version");
+    wait_for("the front to answer", || {
+        http_get(&url, None).is_some_and(|r| r.status == 200)
+    });
+    url
 }
 
 /// `http://HOST:PORT/version` of every host.
@@ -177,11 +195,9 @@ fn host_pids(s: &TestServer) -> Vec<Value> {
 
 #[test]
 fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load() {
-    if !root_or_skip("fleet") {
+    let Some((hosts, port)) = make_hosts(3) else {
         return;
-    }
-    let hosts = Hosts::make(3);
-    let port = free_port();
+    };
     let front = format!("{}:{}", hosts.root_addr, free_port());
     let mut s = spawn_server(&config(&hosts, port, &format!("front = \"{front}\"")));
     let agents = Agents::join(&hosts, &s);
@@ -255,24 +271,19 @@ fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load()
 
     let stop = Arc::new(AtomicBool::new(false));
     // Every host's address, and the front that spreads over them.
-    let front_url = format!("http://{front}/version");
-    wait_for("the front to answer", || {
-        http_get(&front_url, None).is_some_and(|r| r.status == 200)
-    });
+    let front_url = answering_front(&front);
     let traffic: Vec<_> = urls
         .iter()
         .chain(std::iter::once(&front_url))
         .map(|u| load(u.clone(), Arc::clone(&stop)))
         .collect();
+    let promote = |version: &str| {
+        let release = format!("web@{version}");
+        s.ok(&["promote", &release, "--to", "production", "--wait"]);
+    };
     for v in 1..=10 {
         let version = format!("1.0.{v}");
-        s.ok(&[
-            "promote",
-            &format!("web@{version}"),
-            "--to",
-            "production",
-            "--wait",
-        ]);
+        promote(&version);
         assert_eq!(versions(&urls), vec![Some(version.clone()); 3], "cycle {v}");
         s.ok(&["rollback", "web", "--env", "production", "--wait"]);
         let back = format!("1.0.{}", v - 1);
@@ -282,13 +293,7 @@ fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load()
             "cycle {v} rolled back"
         );
         // The next cycle promotes from the same place.
-        s.ok(&[
-            "promote",
-            &format!("web@{version}"),
-            "--to",
-            "production",
-            "--wait",
-        ]);
+        promote(&version);
     }
     let before = host_pids(&s);
     assert_eq!(before.len(), 3, "{before:?}");
@@ -337,11 +342,9 @@ fn three_hosts_switch_as_one_through_ten_cycles_and_a_server_kill_9_under_load()
 
 #[test]
 fn an_agent_killed_mid_promotion_fails_it_naming_the_host_and_comes_back_to_the_live_release() {
-    if !root_or_skip("fleet") {
+    let Some((hosts, port)) = make_hosts(3) else {
         return;
-    }
-    let hosts = Hosts::make(3);
-    let port = free_port();
+    };
     // Unisolated, so the held start (SLOW) can wait on a file in the test's own folder.
     let s = spawn_server(&config(&hosts, port, "isolation = \"none\""));
     let mut agents = Agents::join(&hosts, &s);
@@ -490,14 +493,13 @@ impl Drop for Sshd {
 
 #[test]
 fn host_install_puts_an_agent_on_a_machine_over_ssh() {
-    if !root_or_skip("fleet") {
+    let Some((hosts, port)) = make_hosts(1) else {
         return;
-    }
-    if !Path::new("/usr/sbin/sshd").exists() {
-        panic!("the install test needs Debian's openssh-server (scripts/test installs it)");
-    }
-    let hosts = Hosts::make(1);
-    let port = free_port();
+    };
+    assert!(
+        Path::new("/usr/sbin/sshd").exists(),
+        "the install test needs Debian's openssh-server (scripts/test installs it)"
+    );
     let s = spawn_server(&config(&hosts, port, "").replace(
         "hosts = [\"web-1\", \"web-2\", \"web-3\"]",
         "hosts = [\"web-1\"]",
@@ -582,11 +584,9 @@ fn host_install_puts_an_agent_on_a_machine_over_ssh() {
 
 #[test]
 fn a_host_cut_off_is_unreachable_within_10_s_and_given_the_live_release_when_it_returns() {
-    if !root_or_skip("fleet") {
+    let Some((hosts, port)) = make_hosts(3) else {
         return;
-    }
-    let hosts = Hosts::make(3);
-    let port = free_port();
+    };
     let front = format!("{}:{}", hosts.root_addr, free_port());
     let text_of = |extra: &str| {
         config(
@@ -601,10 +601,7 @@ fn a_host_cut_off_is_unreachable_within_10_s_and_given_the_live_release_when_it_
     s.register("2.0.0", &[]);
     s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
     let urls = urls(&hosts, port);
-    let front_url = format!("http://{front}/version");
-    wait_for("the front to answer", || {
-        http_get(&front_url, None).is_some_and(|r| r.status == 200)
-    });
+    let front_url = answering_front(&front);
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(front_url.clone(), Arc::clone(&stop));
 
@@ -653,11 +650,9 @@ fn a_host_cut_off_is_unreachable_within_10_s_and_given_the_live_release_when_it_
 
 #[test]
 fn rollout_batch_starts_the_hosts_one_batch_after_the_other() {
-    if !root_or_skip("fleet") {
+    let Some((hosts, port)) = make_hosts(3) else {
         return;
-    }
-    let hosts = Hosts::make(3);
-    let port = free_port();
+    };
     let s = spawn_server(&config(
         &hosts,
         port,
