@@ -77,12 +77,17 @@ impl AgentClient {
     /// The agent of host `name`, reached while it is connected to `hosts`. Its events are passed
     /// on from the first connection on, and from 1 again whenever its agent is a new process.
     pub fn host(hosts: Arc<crate::link::Hosts>, name: &str) -> Arc<AgentClient> {
-        let client = Self::new(Transport::Host {
-            hosts,
-            name: name.to_owned(),
-        });
+        let client = Self::host_once(hosts, name);
         client.pump_events();
         client
+    }
+
+    /// The agent of host `name`, for a few requests: its events are not read.
+    pub fn host_once(hosts: Arc<crate::link::Hosts>, name: &str) -> Arc<AgentClient> {
+        Self::new(Transport::Host {
+            hosts,
+            name: name.to_owned(),
+        })
     }
 
     fn new(transport: Transport) -> Arc<AgentClient> {
@@ -106,6 +111,12 @@ impl AgentClient {
                     wait: EVENT_WAIT,
                 };
                 match client.call::<_, Events>("/v1/events", &asked).await {
+                    Ok(got) if client.agent.load(Ordering::Acquire) == 0 => {
+                        // First contact: the events it holds from before were another
+                        // server's to record.
+                        client.agent.store(got.agent, Ordering::Release);
+                        client.cursor.store(got.next, Ordering::Release);
+                    }
                     Ok(got) if got.agent != client.agent.load(Ordering::Acquire) => {
                         // Another agent (the last one died): its events are numbered from 1.
                         client.agent.store(got.agent, Ordering::Release);
@@ -161,17 +172,21 @@ impl AgentClient {
         }
         // A host whose connection dropped mid-request is asked again, with the same command
         // id, once it is back: the agent runs a command once and answers a repeat from memory.
-        let give_up = tokio::time::Instant::now() + RESEND_WITHIN;
+        let mut give_up = None;
         let (status, bytes) = loop {
-            match self
+            let tried = self
                 .exchange(path, content_type, &headers, body.clone())
-                .await
-            {
+                .await;
+            match tried {
                 Ok(answer) => break answer,
-                Err(e)
-                    if matches!(self.transport, Transport::Host { .. })
-                        && tokio::time::Instant::now() < give_up =>
-                {
+                Err(e) if matches!(self.transport, Transport::Host { .. }) => {
+                    // Counted from the first failure: a long start that loses its connection
+                    // at its end is still asked again.
+                    let until =
+                        *give_up.get_or_insert_with(|| tokio::time::Instant::now() + RESEND_WITHIN);
+                    if tokio::time::Instant::now() >= until {
+                        return Err(e);
+                    }
                     tracing::debug!("{e}; asking again");
                     tokio::time::sleep(RETRY).await;
                 }

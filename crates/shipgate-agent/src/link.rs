@@ -86,6 +86,8 @@ impl Hosts {
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, peer)) = listener.accept().await else {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
                 let Some(hosts) = weak.upgrade() else { return };
@@ -157,6 +159,11 @@ impl Hosts {
             );
             generation
         };
+        // Removed while it was being let in: cut off now (`disconnect` ran before the link).
+        if check.host_of(&print).await.as_deref() != Some(name.as_str()) {
+            self.disconnect(&name);
+            return Err(format!("host {name} was removed while it connected"));
+        }
         tracing::info!("host {name} connected from {peer} (connection {generation})");
         let _ = self.connected.send(name);
         Ok(())

@@ -83,6 +83,11 @@ pub struct Placement {
     routers: Mutex<HashMap<String, RouterSpec>>,
     /// One reconciliation of a host at a time.
     reconciling: tokio::sync::Mutex<()>,
+    /// One write of `placement.json` at a time, snapshot to rename.
+    saving: Mutex<()>,
+    /// False when `placement.json` was there but unreadable: then nothing a host runs is
+    /// stopped as unknown, since what is known was lost.
+    trusted: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,10 +131,20 @@ impl Placement {
                     .or_insert_with(|| AgentClient::host(Arc::clone(&hosts), h));
             }
         }
-        let kept: Kept = std::fs::read(data_dir.join(PLACEMENT_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let path = data_dir.join(PLACEMENT_FILE);
+        let (kept, trusted): (Kept, bool) = match std::fs::read(&path) {
+            Err(_) => (Kept::default(), true),
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(kept) => (kept, true),
+                Err(e) => {
+                    tracing::error!(
+                        "{} is unreadable ({e}): hosts are not reconciled against it, and nothing they run is stopped as unknown",
+                        path.display()
+                    );
+                    (Kept::default(), false)
+                }
+            },
+        };
         let (events, _) = broadcast::channel(256);
         let placement = Arc::new(Placement {
             local,
@@ -142,6 +157,8 @@ impl Placement {
             served: Mutex::new(kept.served),
             routers: Mutex::default(),
             reconciling: tokio::sync::Mutex::new(()),
+            saving: Mutex::new(()),
+            trusted,
         });
         placement.pass_on_events();
         placement.reconcile_on_connect();
@@ -205,7 +222,14 @@ impl Placement {
         if !self.hosts.is_connected(host) {
             return None;
         }
-        self.clients.get(host)?.hello().await.ok()
+        match self.clients.get(host) {
+            Some(client) => client.hello().await.ok(),
+            // Joined, but no environment of this config is placed on it yet.
+            None => AgentClient::host_once(Arc::clone(&self.hosts), host)
+                .hello()
+                .await
+                .ok(),
+        }
     }
 
     fn pass_on_events(self: &Arc<Self>) {
@@ -329,6 +353,9 @@ impl Placement {
             }
         }
         // Anything else it runs is from before: a promotion that failed, a standby that ended.
+        if !self.trusted {
+            return;
+        }
         let mut keep: Vec<InstanceId> = lock(&self.started).keys().cloned().collect();
         keep.extend(
             lock(&self.served)
@@ -350,6 +377,7 @@ impl Placement {
     }
 
     fn save(&self) {
+        let _one = lock(&self.saving);
         let kept = Kept {
             served: lock(&self.served).clone(),
             started: lock(&self.started).clone(),
@@ -359,6 +387,7 @@ impl Placement {
         let written = serde_json::to_vec_pretty(&kept)
             .map_err(std::io::Error::other)
             .and_then(|bytes| crate::write_private(&temp, &bytes))
+            .and_then(|()| std::fs::File::open(&temp)?.sync_all())
             .and_then(|()| std::fs::rename(&temp, &path));
         if let Err(e) = written {
             tracing::warn!("could not keep {}: {e}", path.display());
@@ -509,7 +538,20 @@ impl Placement {
                     return Err(on_host(h, format!("{} is not healthy", to.instance_id)));
                 }
                 None => {
-                    return Err(on_host(h, format!("{} is not running", to.instance_id)));
+                    // A host that connected after the start began: it is given the instance
+                    // now, so that it switches with the others.
+                    let req = lock(&self.started).get(&to.instance_id).cloned();
+                    let Some(req) = req else {
+                        return Err(on_host(h, format!("{} is not running", to.instance_id)));
+                    };
+                    let started = self.start_on(h, req).await.map_err(|e| on_host(h, e))?;
+                    out.push((
+                        h.clone(),
+                        RouteTarget {
+                            addr: started.addr,
+                            ..to.clone()
+                        },
+                    ));
                 }
             }
         }
@@ -524,6 +566,7 @@ impl Placement {
             Some(p) => p
                 .hosts
                 .iter()
+                .filter(|h| self.hosts.is_connected(h))
                 .filter_map(|h| self.hosts.peer(h))
                 .map(|ip| SocketAddr::new(ip, listen.port()))
                 .collect(),

@@ -224,13 +224,25 @@ async fn once_per_command(
     };
     let mut answered = tx.subscribe();
     if first {
-        tokio::spawn(async move {
+        let ran = tokio::spawn(async move {
             let response = next.run(request).await;
             let status = response.status();
             let body = axum::body::to_bytes(response.into_body(), usize::MAX)
                 .await
                 .unwrap_or_default();
-            let _ = tx.send(Some(Answer { status, body }));
+            Answer { status, body }
+        });
+        tokio::spawn(async move {
+            // A handler that panicked still answers, and every repeat with it.
+            let answer = ran.await.unwrap_or_else(|e| Answer {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                body: serde_json::to_vec(&Failed {
+                    error: format!("the command failed inside the agent: {e}"),
+                })
+                .unwrap_or_default()
+                .into(),
+            });
+            let _ = tx.send(Some(answer));
         });
     }
     let answer = match answered.wait_for(Option::is_some).await {

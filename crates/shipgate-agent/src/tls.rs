@@ -39,6 +39,13 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(der))
 }
 
+/// The fingerprint of a certificate in PEM: how a joining agent checks the CA it is sent.
+pub fn pem_fingerprint(pem: &str) -> Result<String, String> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    Ok(fingerprint(&der))
+}
+
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
     crate::write_private(path, text.as_bytes())
         .map_err(|e| format!("could not write {}: {e}", path.display()))

@@ -41,6 +41,10 @@ pub struct CreatedToken {
 pub struct CreatedHost {
     /// The token for `shipgate agent --join`; it works once.
     pub token: String,
+    /// The SHA-256 of shipgate's CA certificate (hex), for `shipgate agent --ca-fingerprint`:
+    /// the joining agent checks the CA it is sent against it, so nobody between it and the
+    /// server can hand it another.
+    pub ca_fingerprint: String,
     /// The host as stored.
     pub record: crate::records::HostRecord,
 }

@@ -745,7 +745,12 @@ async fn add_host(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(shipgate_api::answers::CreatedHost { token, record }),
+        Json(shipgate_api::answers::CreatedHost {
+            token,
+            record,
+            ca_fingerprint: shipgate_agent::tls::pem_fingerprint(&state.ca.cert_pem)
+                .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "no CA", e))?,
+        }),
     ))
 }
 

@@ -231,6 +231,10 @@ pub enum Command {
         /// The host's name, as `shipgate host add` named it.
         #[arg(long, requires = "join")]
         name: Option<String>,
+        /// The SHA-256 of the server's CA certificate, as `shipgate host add` prints it: the
+        /// join is refused unless the CA it is sent has it.
+        #[arg(long, requires = "join")]
+        ca_fingerprint: Option<String>,
         /// Stop the agent running there instead: its routers stop accepting, requests in flight
         /// finish, and its instances are stopped.
         #[arg(long)]

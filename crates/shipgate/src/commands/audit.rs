@@ -31,9 +31,10 @@ pub(super) async fn add_host(g: &Global, out: Printer, name: &str) -> anyhow::Re
     let created = added_host(&client, name).await?;
     out.print(&created, |c| {
         format!(
-            "host {name} added. On it, run (the token works once):\n  shipgate agent --server {} --join {} --name {name}\n",
+            "host {name} added. On it, run (the token works once):\n  shipgate agent --server {} --join {} --name {name} --ca-fingerprint {}\n",
             client.base(),
-            c.token
+            c.token,
+            c.ca_fingerprint
         )
     });
     Ok(ExitCode::SUCCESS)

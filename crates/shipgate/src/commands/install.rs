@@ -150,13 +150,17 @@ pub(super) async fn install(
          chmod 0755 {d}/bin/shipgate\n\
          cat > {d}/start.sh <<'SHIPGATE_START'\n{start}SHIPGATE_START\n\
          chmod 0700 {d}/start.sh\n\
-         if [ -f {d}/data/agent.pid ] && kill -0 \"$(cat {d}/data/agent.pid)\" 2>/dev/null; then\n\
-           kill \"$(cat {d}/data/agent.pid)\"; sleep 1\n\
+         if [ -f {d}/data/agent.pid ]; then\n\
+           old=\"$(cat {d}/data/agent.pid)\"\n\
+           if kill \"$old\" 2>/dev/null; then\n\
+             for _ in $(seq 120); do kill -0 \"$old\" 2>/dev/null || break; sleep 0.5; done\n\
+           fi\n\
          fi\n\
-         {d}/start.sh --server {server} --join {token} --name {name}\n",
+         {d}/start.sh --server {server} --join {token} --name {name} --ca-fingerprint {ca}\n",
         up = quoted(&upload),
         server = quoted(&server),
         token = quoted(&created.token),
+        ca = quoted(&created.ca_fingerprint),
         name = quoted(name),
     );
     let pid = ssh.run("starting the agent", &script)?;

@@ -179,10 +179,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stop,
             join,
             name,
+            ca_fingerprint,
         } => {
             if let (Some(token), Some(name)) = (join, name) {
                 let data_dir = data_dir.unwrap_or_else(|| "/var/lib/shipgate-agent".into());
-                return join_and_run(g, &data_dir, &token, &name).await;
+                let ca = ca_fingerprint.as_deref();
+                return join_and_run(g, &data_dir, &token, &name, ca).await;
             }
             let data_dir = match data_dir {
                 Some(d) => d,
@@ -329,6 +331,7 @@ async fn join_and_run(
     data_dir: &Path,
     token: &str,
     name: &str,
+    ca_fingerprint: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let Some(server) = g.server.clone() else {
         eprintln!("error: joining needs the server's API address: add --server http://HOST:PORT");
@@ -357,6 +360,19 @@ async fn join_and_run(
         return Ok(ExitCode::FAILURE);
     }
     let joined: shipgate_api::answers::Joined = answer.json().await.context("the join answer")?;
+    let sent = shipgate_agent::tls::pem_fingerprint(&joined.ca).map_err(anyhow::Error::msg)?;
+    match ca_fingerprint {
+        Some(expected) if !expected.trim().eq_ignore_ascii_case(&sent) => {
+            eprintln!(
+                "error: the server's CA has fingerprint {sent}, not {expected}: something between this host and {server} answered the join; nothing was saved"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        Some(_) => {}
+        None => eprintln!(
+            "warning: the server's CA ({sent}) was not checked; pass --ca-fingerprint, as `shipgate host add` prints it"
+        ),
+    }
     shipgate_agent::tls::Identity::save(
         data_dir,
         name,

@@ -39,6 +39,10 @@ impl<'a> Agents<'a> {
             hosts.assert_routed_from(n, &hosts.root_addr);
             let added = s.json(&["host", "add", &format!("web-{n}")]);
             let token = added["token"].as_str().expect("a join token").to_owned();
+            let ca = added["ca_fingerprint"]
+                .as_str()
+                .expect("the CA's")
+                .to_owned();
             let dir = s.dir.path().join(format!("host-{n}"));
             agents.dirs.push(dir.clone());
             let child = agents.spawn(
@@ -50,6 +54,8 @@ impl<'a> Agents<'a> {
                     &token,
                     "--name",
                     &format!("web-{n}"),
+                    "--ca-fingerprint",
+                    &ca,
                 ],
             );
             agents.running.push(Some(child));
@@ -511,7 +517,7 @@ fn host_install_puts_an_agent_on_a_machine_over_ssh() {
         "UserKnownHostsFile={}",
         sshd.dir.join("known_hosts").display()
     );
-    let install = |name: &str, key: &str| {
+    let install_into = |name: &str, key: &str, remote: &Path| {
         s.cli(&[
             "host",
             "install",
@@ -528,6 +534,7 @@ fn host_install_puts_an_agent_on_a_machine_over_ssh() {
             &known,
         ])
     };
+    let install = |name: &str, key: &str| install_into(name, key, &remote);
     // A key the machine does not accept: refused before anything is added.
     let wrong = sshd.dir.join("wrong");
     let out = std::process::Command::new("ssh-keygen")
@@ -580,6 +587,25 @@ fn host_install_puts_an_agent_on_a_machine_over_ssh() {
         !Path::new(&format!("/proc/{pid}")).exists()
     });
     crate::helpers::kill_marked(&format!("SHIPGATE_AGENT={}", remote.join("data").display()));
+
+    // A host no environment names yet installs and connects too (the config comes after).
+    let spare = s.dir.path().join("spare");
+    let done = install_into("spare", "id", &spare);
+    assert_eq!(done.status.code(), Some(0), "{}", text(&done));
+    let list = s.json(&["host", "list"]);
+    let row = list
+        .as_array()
+        .and_then(|l| l.iter().find(|h| h["name"] == "spare"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(row["connected"], true, "{list}");
+    assert!(row["version"].is_string(), "{list}");
+    let stopped = std::process::Command::new(BIN)
+        .args(["agent", "--stop", "--data-dir"])
+        .arg(spare.join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(stopped.status.code(), Some(0), "{}", text(&stopped));
 }
 
 #[test]
@@ -680,4 +706,57 @@ fn rollout_batch_starts_the_hosts_one_batch_after_the_other() {
         vec![Some("1.0.0".to_owned()); 3]
     );
     drop(agents);
+}
+
+#[test]
+fn a_join_that_is_sent_another_ca_is_refused_and_saves_nothing() {
+    let Some((hosts, port)) = make_hosts(1) else {
+        return;
+    };
+    let s = spawn_server(&config(&hosts, port, "").replace(
+        "hosts = [\"web-1\", \"web-2\", \"web-3\"]",
+        "hosts = [\"web-1\"]",
+    ));
+    hosts.assert_routed_from(1, &hosts.root_addr);
+    let added = s.json(&["host", "add", "web-1"]);
+    let printed = s.ok(&["host", "remove", "web-1"]);
+    assert!(printed.contains("removed"), "{printed}");
+    let added_again = s.ok(&["host", "add", "web-1"]);
+    assert!(
+        added_again.contains("--ca-fingerprint") && added_again.contains("--join sg_"),
+        "{added_again}"
+    );
+    let token = added_again
+        .split("--join ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let dir = s.dir.path().join("host-1");
+    let out = hosts
+        .command_in(1, Path::new(BIN))
+        .args([
+            "agent",
+            "--server",
+            &s.api(),
+            "--join",
+            &token,
+            "--name",
+            "web-1",
+        ])
+        .args(["--ca-fingerprint", &"0".repeat(64), "--data-dir"])
+        .arg(&dir)
+        .env_remove("SHIPGATE_SERVER")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("nothing was saved"), "{said}");
+    assert!(!dir.join("host.json").exists() && !dir.join("host.key").exists());
+    // The fingerprint the server gave is the one of the CA it hands out.
+    assert_eq!(
+        added["ca_fingerprint"].as_str().map(str::len),
+        Some(64),
+        "{added}"
+    );
 }
