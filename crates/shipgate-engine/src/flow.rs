@@ -317,7 +317,27 @@ impl Engine {
 
         let previous_live = self.live_record(&promotion.app, &promotion.env).await?;
         let previous_instance = self.set_live_instance(slot.clone(), Some(instance.clone()));
-        self.route(&slot, Some(&instance)).await?;
+        if let Err(e) = self.route(&slot, Some(&instance)).await {
+            // Nothing switched (a driver on several hosts switches back those it did): the
+            // environment keeps what it had, and the new instance goes.
+            self.set_live_instance(slot.clone(), previous_instance);
+            self.stop_instance(&instance.id, None).await;
+            let message = format!("the switch to instance {} failed: {e}", instance.id);
+            self.gate(&promotion, "switch", false, message.clone(), started_at)
+                .await?;
+            let mut t = self.step(
+                &promotion,
+                PromotionState::Deploying,
+                PromotionState::Failed,
+                format!(
+                    "{release} could not be switched to in {}; {} keeps what it had",
+                    promotion.env, promotion.env
+                ),
+            );
+            t.reason = Some(first_line(&message));
+            self.store.transition(t).await?;
+            return Ok(());
+        }
         let mut t = self.step(
             &promotion,
             PromotionState::Deploying,

@@ -17,7 +17,8 @@ use shipgate_store::{SqliteStore, Store};
 /// An app that is not shipgate's own: healthy at `/healthz`; every other path answers 200 with
 /// its version, or 500 when the release holds a file named `BUG`.
 const APP: &str = r#"
-import http.server, os, sys
+import http.server, os, sys, time
+if os.path.exists("SLOW"): time.sleep(1.5)
 VERSION = open("VERSION").read()
 BROKEN = os.path.exists("BUG")
 class H(http.server.BaseHTTPRequestHandler):
@@ -43,6 +44,7 @@ struct Fixture {
     dir: tempfile::TempDir,
     engine: Arc<Engine>,
     clock: Arc<ManualClock>,
+    driver: Arc<ProcessDriver>,
 }
 
 /// An engine for web in development → production, `production` holding `extra` lines.
@@ -59,15 +61,21 @@ async fn start(extra: &str) -> Fixture {
     std::fs::create_dir_all(&config.server.data_dir).unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.server.database).await.unwrap());
     let clock = Arc::new(ManualClock::new(jiff::Timestamp::now()));
+    let driver = Arc::new(ProcessDriver::new());
     let engine = Engine::start(
         config,
         store,
-        Arc::new(ProcessDriver::new()),
+        Arc::clone(&driver) as Arc<dyn shipgate_engine::Driver>,
         Arc::clone(&clock) as Arc<dyn shipgate_engine::Clock>,
     )
     .await
     .unwrap();
-    Fixture { dir, engine, clock }
+    Fixture {
+        dir,
+        engine,
+        clock,
+        driver,
+    }
 }
 
 impl Fixture {
@@ -348,5 +356,37 @@ async fn a_release_over_the_error_rate_is_rolled_back_when_its_watch_ends_on_the
     );
     assert!(answers.iter().filter(from_bad).count() >= 20);
     assert!(answers.iter().filter(from_good).count() > 0);
+    f.engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_fails_fails_the_promotion_and_stops_its_instance() {
+    use shipgate_engine::Driver;
+    let f = start("").await;
+    let release = f.verified_in_development("1.0.0", &["SLOW"]).await;
+    let prod = f.promote(&release, "production").await;
+    f.reaches(prod, PromotionState::Deploying).await;
+    // The data plane loses production's router while the instance starts: the switch fails.
+    let closed = f.driver.retain_routers(&["development".to_owned()]).await;
+    assert_eq!(closed, vec!["production".to_owned()]);
+    f.reaches(prod, PromotionState::Failed).await;
+    let p = f.engine.store().promotion(prod).await.unwrap().unwrap();
+    let reason = p.reason.unwrap_or_default();
+    assert!(reason.contains("the switch to instance"), "{reason}");
+    let running = f.engine.store().running_instances().await.unwrap();
+    assert!(
+        running.iter().all(|i| i.env.as_str() != "production"),
+        "the new instance was stopped: {running:?}"
+    );
+    assert!(
+        f.engine
+            .store()
+            .live(None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|l| l.env.as_str() != "production"),
+        "production keeps what it had (nothing)"
+    );
     f.engine.shutdown().await;
 }
