@@ -36,6 +36,15 @@ pub struct CreatedToken {
     pub record: TokenRecord,
 }
 
+/// `POST /api/v1/reload`: what the new config file changes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Reloaded {
+    /// Each change, in config order; empty when the file says what runs already.
+    pub changes: Vec<String>,
+    /// Whether the server is starting again on it now (the data plane keeps serving).
+    pub reloading: bool,
+}
+
 /// `POST /api/v1/hosts`: the host's one-time join token, shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreatedHost {

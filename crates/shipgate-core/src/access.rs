@@ -71,6 +71,8 @@ pub enum Action {
     ManageTokens,
     /// Add or remove hosts.
     ManageHosts,
+    /// Reload the server's config file.
+    Reload,
 }
 
 impl Action {
@@ -85,6 +87,7 @@ impl Action {
             Self::Override => "override deploy windows and freezes",
             Self::ManageTokens => "manage tokens",
             Self::ManageHosts => "add or remove hosts",
+            Self::Reload => "reload the config",
         }
     }
 
@@ -96,7 +99,9 @@ impl Action {
                 &[Role::Deployer, Role::Admin]
             }
             Self::Approve | Self::Freeze => &[Role::Approver, Role::Admin],
-            Self::Override | Self::ManageTokens | Self::ManageHosts => &[Role::Admin],
+            Self::Override | Self::ManageTokens | Self::ManageHosts | Self::Reload => {
+                &[Role::Admin]
+            }
         }
     }
 }
@@ -147,8 +152,10 @@ impl Grant {
     /// freezing every environment at once needs a token limited to none.
     pub fn check(&self, action: Action, env: Option<&EnvName>) -> Result<(), Denied> {
         let scoped = !self.envs.is_empty();
-        let unscoped_only = matches!(action, Action::ManageTokens | Action::ManageHosts)
-            || (action == Action::Freeze && env.is_none());
+        let unscoped_only = matches!(
+            action,
+            Action::ManageTokens | Action::ManageHosts | Action::Reload
+        ) || (action == Action::Freeze && env.is_none());
         let role_ok = action.roles().contains(&self.role) && !(unscoped_only && scoped);
         if !role_ok {
             let allowed: Vec<&str> = action.roles().iter().map(|r| r.as_str()).collect();

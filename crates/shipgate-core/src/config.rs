@@ -49,6 +49,8 @@ pub struct ServerConfig {
     /// Where agents of other hosts dial in (mutual TLS); default: the API's address with port
     /// 0 (any free port; agents ask the API which one).
     pub agent_listen: SocketAddr,
+    /// Whether `shipgate server` reloads the config file by itself when it changes.
+    pub watch_config: bool,
 }
 
 /// How many hosts of an environment start a new release at once (`rollout.batch`).
@@ -435,6 +437,7 @@ struct RawServer {
     isolation: Option<Spanned<String>>,
     data_plane: Option<Spanned<String>>,
     agent_listen: Option<Spanned<String>>,
+    watch_config: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -680,6 +683,7 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
     ServerConfig {
         listen,
         agent_listen,
+        watch_config: raw.watch_config.unwrap_or(true),
         data_dir,
         database,
         max_artifact_size: max_artifact_size.unwrap_or(ByteSize(512 << 20)),

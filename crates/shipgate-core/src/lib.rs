@@ -17,6 +17,7 @@ pub mod mask;
 pub mod names;
 pub mod parity;
 pub mod promotion;
+pub mod reload;
 pub mod secret;
 pub mod size;
 pub mod template;

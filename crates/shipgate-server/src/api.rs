@@ -70,6 +70,7 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         GET "/tokens" => list_tokens,
         GET "/hosts" => list_hosts,
         POST "/hosts" => add_host,
+        POST "/reload" => reload,
         DELETE "/hosts/{name}" => remove_host,
         DELETE "/tokens/{name}" => revoke_token,
     ]
@@ -716,6 +717,29 @@ async fn list_hosts(State(state): State<AppState>, caller: Caller) -> ApiResult<
         });
     }
     Ok(Json(all))
+}
+
+async fn reload(State(state): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::Reload, None)?;
+    use crate::reload::{NotReloaded, Reload};
+    match state.reloader.reload(&state.engine).await {
+        Ok(Reload::Unchanged) => Ok(Json(shipgate_api::answers::Reloaded {
+            changes: Vec::new(),
+            reloading: false,
+        })),
+        Ok(Reload::Applying(changes)) => Ok(Json(shipgate_api::answers::Reloaded {
+            changes,
+            reloading: true,
+        })),
+        Err(NotReloaded::Invalid(problems)) => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid config",
+            format!("the config file is invalid; the running config stays:\n{problems}"),
+        )),
+        Err(NotReloaded::Refused(why)) => {
+            Err(Problem::new(StatusCode::CONFLICT, "not reloaded", why))
+        }
+    }
 }
 
 async fn add_host(

@@ -9,6 +9,7 @@ mod data_dir;
 mod extract;
 mod openapi;
 mod problem;
+pub mod reload;
 mod ui;
 
 use std::future::Future;
@@ -39,6 +40,8 @@ struct AppState {
     placement: Arc<shipgate_agent::Placement>,
     /// The CA that issues their certificates.
     ca: Arc<shipgate_agent::tls::Ca>,
+    /// Reloads the config file.
+    reloader: Arc<reload::Reloader>,
 }
 
 /// Which agents may connect: those whose certificate fingerprint a joined host pinned.
@@ -84,7 +87,17 @@ pub struct Server {
     pub addr: std::net::SocketAddr,
     /// The engine (for the demo and benchmarks running in the same process).
     pub engine: Arc<Engine>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<Ended>>,
+    reloader: Arc<reload::Reloader>,
+}
+
+/// How a server ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Its shutdown future resolved.
+    Stopped,
+    /// A reload was decided: start again on the config file (the data plane kept serving).
+    Reload,
 }
 
 impl Server {
@@ -94,6 +107,44 @@ impl Server {
         config: Arc<Config>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Server> {
+        Self::start_reloadable(config, None, shutdown).await
+    }
+
+    /// [`Server::start`] for a config read from a file by `loader`, watched at `path`: it can
+    /// be reloaded ([`Server::reload`], `POST /api/v1/reload`, or the file changing).
+    pub async fn start_from_file(
+        config: Arc<Config>,
+        loader: reload::Loader,
+        path: std::path::PathBuf,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Server> {
+        let watch = config.server.watch_config;
+        let server = Self::start_reloadable(config, Some(loader), shutdown).await?;
+        if watch {
+            server.reloader.watch(Arc::clone(&server.engine), path);
+        }
+        Ok(server)
+    }
+
+    /// Validates the config file and applies what changed (see [`reload`]).
+    pub async fn reload(&self) -> Result<reload::Reload, reload::NotReloaded> {
+        self.reloader.reload(&self.engine).await
+    }
+
+    /// A handle that reloads this server from another task (a signal handler).
+    pub fn reload_handle(&self) -> reload::Handle {
+        reload::Handle {
+            reloader: Arc::clone(&self.reloader),
+            engine: Arc::clone(&self.engine),
+        }
+    }
+
+    async fn start_reloadable(
+        config: Arc<Config>,
+        loader: Option<reload::Loader>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Server> {
+        let reloader = reload::Reloader::new(loader);
         let data_dir = config.server.data_dir.clone();
         let lock = data_dir::DataDirLock::take(&data_dir)?;
         let store: Arc<dyn Store> = Arc::new(
@@ -177,6 +228,7 @@ impl Server {
             hosts,
             placement,
             ca,
+            reloader: Arc::clone(&reloader),
         });
         let supervisor = agent.map(|(client, exe)| {
             tokio::spawn(supervise_agent(
@@ -188,9 +240,14 @@ impl Server {
             ))
         });
         let engine_to_stop = Arc::clone(&engine);
+        let reloading = Arc::clone(&reloader);
+        let reload_flag = Arc::clone(&reloader);
         let task = tokio::spawn(async move {
             let signal = async move {
-                shutdown.await;
+                tokio::select! {
+                    () = shutdown => {}
+                    () = reloading.decided() => {}
+                }
                 let _ = stop.send(true);
             };
             axum::serve(listener, app)
@@ -200,24 +257,37 @@ impl Server {
             if let Some(supervisor) = supervisor {
                 supervisor.abort();
             }
-            match data_plane {
-                DataPlane::Server => engine_to_stop.shutdown().await,
-                // The agent keeps serving: the next server takes it over.
-                DataPlane::Agent => tracing::info!(
-                    "the local agent keeps serving the environments; stop it with SIGTERM (its pid is in agent.pid)"
-                ),
-            }
+            let ended = if reload_flag.asked() {
+                tracing::info!(
+                    "reloading: starting again on the new config; the agent keeps serving"
+                );
+                Ended::Reload
+            } else {
+                match data_plane {
+                    DataPlane::Server => engine_to_stop.shutdown().await,
+                    // The agent keeps serving: the next server takes it over.
+                    DataPlane::Agent => tracing::info!(
+                        "the local agent keeps serving the environments; stop it with SIGTERM (its pid is in agent.pid)"
+                    ),
+                }
+                Ended::Stopped
+            };
             // Held until every instance has stopped: only then may another server take over.
             drop(lock);
-            Ok(())
+            Ok(ended)
         });
         tracing::info!("shipgate API listening on http://{addr}");
-        Ok(Server { addr, engine, task })
+        Ok(Server {
+            addr,
+            engine,
+            task,
+            reloader,
+        })
     }
 
-    /// Waits until the server has stopped (after its shutdown future resolved) and every
-    /// instance has been stopped.
-    pub async fn wait(self) -> anyhow::Result<()> {
+    /// Waits until the server has stopped (after its shutdown future resolved, and every
+    /// instance has been stopped, or after a reload was decided).
+    pub async fn wait(self) -> anyhow::Result<Ended> {
         self.task.await.context("the server task panicked")?
     }
 }

@@ -4,7 +4,7 @@
 
 use shipgate_api::answers::{
     AgentEndpoint, CreatedHost, CreatedRelease, CreatedToken, DataCheck, DecisionRecorded, Joined,
-    LogChunk, Problem,
+    LogChunk, Problem, Reloaded,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
@@ -59,6 +59,7 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::list_tokens,
         declared::list_hosts,
         declared::add_host,
+        declared::reload,
         declared::remove_host,
         declared::join_host,
         declared::agent_endpoint,
@@ -425,6 +426,15 @@ mod declared {
             (status = 200, description = "hosts", body = Vec<HostView>),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn list_hosts() {}
+
+    /// Reload the config file (admin limited to no environment): validated first, its changes
+    /// listed, then applied by a fresh start of the server on it while the data plane keeps
+    /// serving. Refused (409) while a promotion deploys or verifies, 422 when the file is invalid.
+    #[utoipa::path(post, path = "/api/v1/reload", operation_id = "reload",
+        responses(
+            (status = 200, description = "what changed, and whether it is being applied", body = Reloaded),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn reload() {}
 
     /// Add a host (admin limited to no environment); its one-time join token is returned once.
     #[utoipa::path(post, path = "/api/v1/hosts", operation_id = "addHost", request_body = HostRequest,

@@ -55,6 +55,10 @@ pub enum Command {
     Validate,
     /// Run the API, router and supervisor.
     Server,
+    /// Make the running server take up the changed config file: it is validated first (an
+    /// invalid one changes nothing), each change is listed, and the server starts again on it
+    /// while the agent keeps serving (no request drops). SIGHUP, or saving the file, does the same.
+    Reload,
     /// A guided tour on a built-in sample app.
     Demo {
         /// End after the tour instead of serving until Ctrl-C.

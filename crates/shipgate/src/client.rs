@@ -251,7 +251,17 @@ impl Client {
 /// server and the admin token in its data dir.
 pub fn connect(global: &crate::cli::Global) -> anyhow::Result<Client> {
     let config = if global.config.exists() {
-        crate::config_file::load(&global.config)?.ok()
+        match crate::config_file::load(&global.config)? {
+            Ok(c) => Some(c),
+            Err(_) if global.server.is_some() && global.token.is_some() => None,
+            Err(invalid) => {
+                let first = invalid.0.lines().next().unwrap_or_default().to_owned();
+                bail!(
+                    "{} is invalid, so the server and token cannot be read from it: {first}\n(see every problem with `shipgate validate`; or pass --server and --token)",
+                    global.config.display()
+                );
+            }
+        }
     } else {
         None
     };

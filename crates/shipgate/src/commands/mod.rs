@@ -40,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init => init(&g.config),
         Command::Validate => validate(&g.config, out),
         Command::Server => server(&g.config).await,
+        Command::Reload => reload(g, out).await,
         Command::Demo { exit } => crate::demo::run(exit, out).await,
         Command::Release(ReleaseCommand::Create {
             app,
@@ -302,6 +303,23 @@ fn validate(path: &Path, out: Printer) -> anyhow::Result<ExitCode> {
     }
 }
 
+async fn reload(g: &Global, out: Printer) -> anyhow::Result<ExitCode> {
+    let client = crate::client::connect(g)?;
+    let answer: shipgate_api::answers::Reloaded = client.post("/reload", &json!({})).await?;
+    out.print(&answer, |a| {
+        if a.changes.is_empty() {
+            "the config file says what runs already: nothing to reload\n".to_owned()
+        } else {
+            let mut text = "reloading; the environments keep serving:\n".to_owned();
+            for c in &a.changes {
+                text.push_str(&format!("  {c}\n"));
+            }
+            text
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn server(path: &Path) -> anyhow::Result<ExitCode> {
     let config = match config_file::load(path)? {
         Ok((c, _)) => c,
@@ -317,9 +335,61 @@ async fn server(path: &Path) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let server = shipgate_server::Server::start(Arc::new(config), shutdown_signal()).await?;
-    eprintln!("shipgate serving its API on http://{}", server.addr);
-    server.wait().await?;
+    let file = std::path::absolute(path)?;
+    let loader: shipgate_server::reload::Loader = {
+        let file = file.clone();
+        Arc::new(move || match config_file::load(&file) {
+            Ok(Ok((c, _))) => Ok(c),
+            Ok(Err(invalid)) => Err(invalid.0),
+            Err(e) => Err(format!("{e:#}")),
+        })
+    };
+    let data_dir = config.server.data_dir.clone();
+    let server =
+        shipgate_server::Server::start_from_file(Arc::new(config), loader, file, shutdown_signal())
+            .await?;
+    let dashboard = {
+        let mut addr = server.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr
+    };
+    eprintln!(
+        "shipgate serving its API and dashboard on http://{dashboard} (admin token in {}); reload the config with `shipgate reload` or SIGHUP, or just save it",
+        data_dir.join(shipgate_server::ADMIN_TOKEN_FILE).display()
+    );
+    let on_hangup = server.reload_handle();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match on_hangup.reload().await {
+                Ok(shipgate_server::reload::Reload::Unchanged) => {
+                    tracing::info!("SIGHUP: the config file is unchanged")
+                }
+                Ok(shipgate_server::reload::Reload::Applying(_)) => return,
+                Err(shipgate_server::reload::NotReloaded::Invalid(problems)) => tracing::error!(
+                    "SIGHUP: the config file is invalid; the running config stays:\n{problems}"
+                ),
+                Err(shipgate_server::reload::NotReloaded::Refused(why)) => {
+                    tracing::warn!("SIGHUP: not reloaded: {why}")
+                }
+            }
+        }
+    });
+    let ended = server.wait().await?;
+    if ended == shipgate_server::Ended::Reload {
+        // The same process, started again on the new file: the agent kept serving meanwhile.
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().context("locating this shipgate binary")?;
+        let err = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        anyhow::bail!("could not start again on the new config: {err}");
+    }
     eprintln!("shipgate stopped");
     Ok(ExitCode::SUCCESS)
 }

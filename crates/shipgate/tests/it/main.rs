@@ -18,6 +18,7 @@ mod hosts;
 mod isolation;
 mod netns;
 mod parity;
+mod reload;
 mod restart;
 mod standby;
 mod supervision;

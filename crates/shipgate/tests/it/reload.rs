@@ -1,0 +1,144 @@
+//! Reloading the config with the server running: `shipgate reload`, SIGHUP, and the file saved.
+//! The new file is validated first; a valid one is applied by the server starting again on it
+//! (the same process) while the agent keeps serving: no request fails, no instance restarts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::helpers::{env_status, four_envs, free_port, load, spawn_server, text, wait_for};
+
+/// Whether `status` lists `env`, asked with the server and token given (the config file may
+/// be invalid on purpose).
+fn has_env(s: &crate::helpers::TestServer, env: &str) -> bool {
+    let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
+    let api = s.api();
+    let out = s.cli(&[
+        "--server",
+        &api,
+        "--token",
+        admin.trim(),
+        "status",
+        "web",
+        "--output",
+        "json",
+    ]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v[0]["environments"].as_array().cloned())
+        .is_some_and(|envs| envs.iter().any(|e| e["env"] == env))
+}
+
+#[test]
+fn reload_applies_a_new_environment_and_vars_under_load_and_refuses_an_invalid_file() {
+    let mut s = spawn_server(&four_envs("watch_config = false"));
+    s.register("1.0.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
+    let before = env_status(&s.json(&["status", "web"]), "development");
+    let server_pid = s.pid();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(
+        format!("{}/version", s.url("development")),
+        Arc::clone(&stop),
+    );
+
+    // A new environment, and a changed variable of a live one.
+    let qa = free_port();
+    let text_now = s.config_text().to_owned();
+    let changed =
+        text_now.replacen(
+            "[environments.development]\n",
+            "[environments.development]\nvars = { GREETING = \"hello\" }\n",
+            1,
+        ) + &format!("\n[environments.qa]\nafter = \"development\"\nlisten = \"127.0.0.1:{qa}\"\n");
+    s.rewrite_config(&changed);
+    let said = s.ok(&["reload"]);
+    assert!(said.contains("environment qa is new"), "{said}");
+    assert!(
+        said.contains(
+            "environment development: vars GREETING changed; they take effect at its next deploy"
+        ),
+        "{said}"
+    );
+    wait_for("the reloaded server to know qa", || {
+        crate::helpers::http_get(&format!("{}/healthz", s.api()), None)
+            .is_some_and(|r| r.status == 200 && r.body == "ok\n")
+            && has_env(&s, "qa")
+    });
+    assert_eq!(s.pid(), server_pid, "the same process, started again");
+    // qa's router is bound: it answers (nothing is live there yet).
+    assert!(crate::helpers::http_get(&format!("http://127.0.0.1:{qa}/"), None).is_some());
+
+    // An invalid file changes nothing, and says why.
+    s.rewrite_config(&(changed.clone() + "\n[environments.qa2]\nlisten = \"nowhere\"\n"));
+    let refused = s.cli(&["reload"]);
+    assert_ne!(refused.status.code(), Some(0));
+    let why = text(&refused);
+    assert!(
+        why.contains("is invalid") && why.contains("nowhere"),
+        "{why}"
+    );
+    // Asked with the server and token given, the server validates it and keeps what runs.
+    let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
+    let api = s.api();
+    let refused = s.cli(&["--server", &api, "--token", admin.trim(), "reload"]);
+    assert_ne!(refused.status.code(), Some(0));
+    let why = text(&refused);
+    assert!(
+        why.contains("the running config stays") && why.contains("nowhere"),
+        "{why}"
+    );
+    assert!(has_env(&s, "qa") && !has_env(&s, "qa2"));
+
+    // SIGHUP does the same as `shipgate reload`: qa goes.
+    s.rewrite_config(&text_now);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server_pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_for("qa to be gone after SIGHUP", || {
+        crate::helpers::http_get(&format!("{}/healthz", s.api()), None).is_some()
+            && !has_env(&s, "qa")
+    });
+
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed) = traffic.join().unwrap();
+    eprintln!(
+        "reload: {answered} requests through two reloads and a refused one, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(answered > 50, "{answered}");
+    let after = env_status(&s.json(&["status", "web"]), "development");
+    assert_eq!(
+        after["instance"]["pid"], before["instance"]["pid"],
+        "no instance restarted: {after}"
+    );
+    assert!(
+        s.log().contains("reload: environment qa is new"),
+        "{}",
+        s.log()
+    );
+}
+
+#[test]
+fn a_saved_config_file_is_taken_up_by_itself() {
+    let mut s = spawn_server(&four_envs(""));
+    let uat = free_port();
+    let changed = s.config_text().to_owned()
+        + &format!("\n[environments.uat]\nafter = \"staging\"\nlisten = \"127.0.0.1:{uat}\"\n");
+    s.rewrite_config(&changed);
+    wait_for("the saved file to be taken up", || {
+        crate::helpers::http_get(&format!("{}/healthz", s.api()), None).is_some()
+            && has_env(&s, "uat")
+    });
+    // An invalid save is said in the log, and changes nothing.
+    s.rewrite_config(&(changed + "\n[server.nonsense]\n"));
+    wait_for("the invalid file to be reported", || {
+        s.log()
+            .contains("changed but is invalid; the running config stays")
+    });
+    assert!(has_env(&s, "uat"));
+}
