@@ -324,6 +324,17 @@ pub struct WatchRule {
     pub min_requests: u64,
     /// What too little traffic means.
     pub inconclusive: Inconclusive,
+    /// Requests shipgate sends itself during the watch, so a quiet environment is judged too.
+    pub traffic: Option<WatchTraffic>,
+}
+
+/// `verify.watch_traffic = { path = "/", rps = 5 }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchTraffic {
+    /// The path requested (GET), on every address of the environment.
+    pub path: String,
+    /// Requests per second, in all.
+    pub rps: f64,
 }
 
 impl WatchRule {
@@ -514,8 +525,16 @@ struct RawVerify {
     max_p99: Option<Spanned<String>>,
     min_requests: Option<Spanned<u64>>,
     inconclusive: Option<Spanned<String>>,
+    watch_traffic: Option<Spanned<RawWatchTraffic>>,
     #[serde(default)]
     http: Vec<RawHttpCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatchTraffic {
+    path: Option<String>,
+    rps: f64,
 }
 
 #[derive(Deserialize)]
@@ -1287,6 +1306,7 @@ fn watch_rule(raw: &RawVerify, problems: &mut Problems) -> Option<WatchRule> {
             raw.max_p99.as_ref().map(Spanned::span),
             raw.min_requests.as_ref().map(Spanned::span),
             raw.inconclusive.as_ref().map(Spanned::span),
+            raw.watch_traffic.as_ref().map(Spanned::span),
         ];
         if let Some(span) = thresholds.into_iter().flatten().next() {
             problems.add(
@@ -1325,10 +1345,27 @@ fn watch_rule(raw: &RawVerify, problems: &mut Problems) -> Option<WatchRule> {
                 .to_owned(),
         );
     }
+    // A quiet environment is not a failed release: by default it waits for a person.
     let inconclusive = match &raw.inconclusive {
         Some(i) => problems.parse(i, Inconclusive::parse)?,
-        None => Inconclusive::Fail,
+        None => Inconclusive::Hold,
     };
+    let traffic = raw.watch_traffic.as_ref().and_then(|t| {
+        let w = t.get_ref();
+        let path = w.path.clone().unwrap_or_else(|| "/".to_owned());
+        if !(w.rps > 0.0 && w.rps <= 1000.0) || !path.starts_with('/') {
+            problems.add(
+                t.span(),
+                format!(
+                    "`verify.watch_traffic` needs a path starting with `/` and 0 < rps ≤ 1000 (got {path:?}, {})",
+                    w.rps
+                ),
+                "for example verify.watch_traffic = { path = \"/\", rps = 5 }".to_owned(),
+            );
+            return None;
+        }
+        Some(WatchTraffic { path, rps: w.rps })
+    });
     Some(WatchRule {
         watch: duration,
         max_error_rate: raw.max_error_rate.as_ref().map(|r| *r.get_ref()),
@@ -1338,6 +1375,7 @@ fn watch_rule(raw: &RawVerify, problems: &mut Problems) -> Option<WatchRule> {
             .as_ref()
             .map_or(WatchRule::DEFAULT_MIN_REQUESTS, |m| *m.get_ref()),
         inconclusive,
+        traffic,
     })
 }
 
@@ -1595,7 +1633,8 @@ listen = "127.0.0.1:8104"
 # verify.max_error_rate = 0.01     # above it: automatic rollback
 # verify.max_p99 = "500ms"         # above it: automatic rollback
 # verify.min_requests = 10         # fewer during the watch is inconclusive...
-# verify.inconclusive = "fail"     # ...and then "fail" rolls back, "pass" accepts, "hold" waits for shipgate approve/reject
+# verify.inconclusive = "hold"     # ...and then "hold" (the default) waits for shipgate approve/reject, "fail" rolls back, "pass" accepts
+# verify.watch_traffic = { path = "/", rps = 5 }   # shipgate's own requests during the watch, so a quiet environment is judged
 "#;
 
 #[cfg(test)]

@@ -31,6 +31,21 @@ impl Engine {
         let env = p.env.as_str();
         let before = Counters::of(&self.driver.router_metrics(env).await, app, &label);
         let started_at = self.clock.now();
+        // Stopped when the watch ends, however it ends (the guard aborts it on drop).
+        let _traffic = rule.traffic.as_ref().map(|t| {
+            let listen = self
+                .config
+                .environment(&p.env)
+                .map(|e| e.listen)
+                .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+            let urls: Vec<String> = self
+                .driver
+                .endpoints(env, listen)
+                .iter()
+                .map(|a| format!("http://{a}{}", t.path))
+                .collect();
+            AbortOnDrop(tokio::spawn(send_traffic(urls, t.rps)))
+        });
         let deadline = crate::clock::after(self.clock.now(), rule.watch.as_std());
         loop {
             let next = crate::clock::after(self.clock.now(), LOOK_EVERY).min(deadline);
@@ -103,5 +118,44 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `verify.watch_traffic`: GETs to the environment's addresses, `rps` a second in all, taking
+/// the addresses in turn, until aborted. Their answers count in the router like any request.
+async fn send_traffic(urls: Vec<String>, rps: f64) {
+    if urls.is_empty() {
+        return;
+    }
+    let Ok(client) = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+    else {
+        return;
+    };
+    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rps));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for url in urls.iter().cycle() {
+        every.tick().await;
+        let client = client.clone();
+        let url = url.clone();
+        // Each on its own, so a slow answer does not lower the rate.
+        tokio::spawn(async move {
+            let _ = client
+                .get(&url)
+                .header("user-agent", "shipgate-watch")
+                .send()
+                .await;
+        });
     }
 }

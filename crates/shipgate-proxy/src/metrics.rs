@@ -155,7 +155,7 @@ pub struct LatencyBucket {
 /// The last minute of one release, for `status` and for gates watching a switch.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowSummary {
-    /// Responses per second over the minute, or over the time since counting started if shorter.
+    /// Responses per second over the last minute: the responses of the last 60 s, divided by 60.
     pub requests_per_second: f64,
     /// The share of responses that were 5xx, from 0 to 1; 0 when there were none.
     pub error_rate: f64,

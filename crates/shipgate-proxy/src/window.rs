@@ -80,12 +80,10 @@ impl LastMinute {
                 *total += u64::from(count);
             }
         }
-        // The window spans from the start of its oldest second (or the start of counting, if
-        // later) to now; a rate over less than a second would overstate a single request.
-        let elapsed = now.saturating_duration_since(self.started).as_secs_f64();
-        let span = (elapsed - oldest as f64).max(1.0);
+        // Over the whole minute, however recently counting started: 4 requests in the first
+        // second are 4 a minute, not 4 a second.
         WindowSummary {
-            requests_per_second: requests as f64 / span,
+            requests_per_second: requests as f64 / SECONDS as f64,
             error_rate: if requests == 0 {
                 0.0
             } else {
@@ -172,7 +170,7 @@ mod tests {
         assert_eq!(both.requests, 15);
         assert!((both.error_rate - 5.0 / 15.0).abs() < 1e-9, "{both:?}");
         assert!(
-            (both.requests_per_second - 15.0 / 30.0).abs() < 1e-9,
+            (both.requests_per_second - 15.0 / 60.0).abs() < 1e-9,
             "{both:?}"
         );
 
@@ -192,6 +190,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn four_requests_in_the_first_second_are_four_a_minute() {
+        let mut window = LastMinute::new(Instant::now());
+        for _ in 0..4 {
+            window.record(Instant::now(), ms(1), false);
+        }
+        let at_once = window.summary(Instant::now());
+        assert!(
+            (at_once.requests_per_second - 4.0 / 60.0).abs() < 1e-9,
+            "{at_once:?}"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let later = window.summary(Instant::now());
+        assert_eq!(later.requests_per_second, at_once.requests_per_second);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_reused_slot_forgets_its_old_second() {
         let mut window = LastMinute::new(Instant::now());
         window.record(Instant::now(), ms(1), false);
@@ -200,7 +214,7 @@ mod tests {
         window.record(Instant::now(), ms(1), false);
         let summary = window.summary(Instant::now());
         assert_eq!(summary.requests, 1);
-        assert!((summary.requests_per_second - 1.0 / 59.0).abs() < 1e-9);
+        assert!((summary.requests_per_second - 1.0 / 60.0).abs() < 1e-9);
     }
 
     #[tokio::test(start_paused = true)]

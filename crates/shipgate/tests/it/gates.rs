@@ -402,3 +402,39 @@ fn auto_promotion_follows_verification_and_still_waits_on_requirements() {
     });
     assert_eq!(s.version("production").as_deref(), Some("1.0.0"));
 }
+
+#[test]
+fn a_quiet_watch_holds_by_default_and_watch_traffic_makes_it_conclusive() {
+    // Nobody sends production a request: by default the release waits for a person.
+    let s = spawn_server(&watched("verify.watch = \"1s\""));
+    s.register("1.0.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "production"]);
+    wait_for("the quiet watch to hold", || {
+        s.waits("production")
+            .first()
+            .is_some_and(|w| w.starts_with("a person to decide: only "))
+    });
+    assert_eq!(state_of(&s, "production"), "verifying");
+    drop(s);
+
+    // With its own traffic, the same quiet environment is judged and passes.
+    let s = spawn_server(&watched(
+        "verify.watch = \"2s\"\nverify.min_requests = 10\nverify.watch_traffic = { path = \"/version\", rps = 20 }",
+    ));
+    s.register("1.0.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+    let latest = s.latest("production");
+    assert_eq!(latest["state"], "succeeded", "{latest}");
+    let watch = latest["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "watch")
+        .cloned()
+        .unwrap();
+    assert_eq!(watch["passed"], true, "{watch}");
+    assert!(
+        !watch["output"].as_str().unwrap_or("").contains("only "),
+        "judged on its own traffic: {watch}"
+    );
+}
