@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub agent_listen: SocketAddr,
     /// Whether `shipgate server` reloads the config file by itself when it changes.
     pub watch_config: bool,
+    /// The folder of the config file (`${CONFIG_DIR}`; relative paths are resolved against it).
+    pub config_dir: PathBuf,
 }
 
 /// How many hosts of an environment start a new release at once (`rollout.batch`).
@@ -703,6 +705,7 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         listen,
         agent_listen,
         watch_config: raw.watch_config.unwrap_or(true),
+        config_dir: base_dir.to_path_buf(),
         data_dir,
         database,
         max_artifact_size: max_artifact_size.unwrap_or(ByteSize(512 << 20)),

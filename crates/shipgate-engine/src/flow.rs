@@ -470,6 +470,16 @@ impl Engine {
                 "DATA_DIR".to_owned(),
                 self.app_data_dir(app, env).display().to_string(),
             ),
+            (
+                "RELEASE_DIR".to_owned(),
+                shipgate_core::Digest::parse(digest)
+                    .map(|d| self.artifacts.release_dir(&d).display().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "CONFIG_DIR".to_owned(),
+                self.config.server.config_dir.display().to_string(),
+            ),
         ])
     }
 

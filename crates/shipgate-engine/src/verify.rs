@@ -43,7 +43,14 @@ impl Engine {
             let run = self
                 .run_recorded_test(p, n, &command, &exported, timeout)
                 .await?;
-            let output = format!("$ {command}\n{}\n{}", run.output, run.verdict);
+            let dir = self.artifacts.release_dir(&p.digest);
+            let output = format!(
+                "$ {command}\n(run in the release directory {}; the config's folder is ${{CONFIG_DIR}} = {})\n{}\n{}",
+                dir.display(),
+                self.config.server.config_dir.display(),
+                run.output,
+                run.verdict
+            );
             self.gate(p, &format!("test: {test}"), run.passed, output, started_at)
                 .await?;
             if !run.passed {

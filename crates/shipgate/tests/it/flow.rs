@@ -214,3 +214,49 @@ fn an_instance_whose_port_was_taken_before_it_bound_it_is_started_again() {
     assert!(once.exists(), "the first start failed as arranged");
     assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
 }
+
+#[test]
+fn tests_find_the_config_folder_and_the_release_and_a_failure_says_where_it_ran() {
+    let s = spawn_server(&crate::helpers::four_envs_with(
+        "isolation = \"none\"",
+        &[(
+            "development",
+            "verify.tests = [\"sh ${CONFIG_DIR}/check.sh ${RELEASE_DIR}\", \"./smoke.sh-missing\"]",
+        )],
+    ));
+    // A script next to shipgate.toml, given the release's folder.
+    std::fs::write(
+        s.dir.path().join("check.sh"),
+        "test -f \"$1/VERSION\" && echo \"release at $1\"\n",
+    )
+    .unwrap();
+    s.register("1.0.0", &[]);
+    let out = s.cli(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
+    assert_ne!(out.status.code(), Some(0), "the second test fails");
+    let latest = s.latest("development");
+    let gates = latest["gates"].as_array().unwrap();
+    let first = gates
+        .iter()
+        .find(|g| g["name"].as_str().unwrap_or("").contains("check.sh"))
+        .unwrap();
+    assert_eq!(first["passed"], true, "{first}");
+    assert!(
+        first["output"].as_str().unwrap().contains("release at /"),
+        "{first}"
+    );
+    let second = gates
+        .iter()
+        .find(|g| {
+            g["name"]
+                .as_str()
+                .unwrap_or("")
+                .contains("smoke.sh-missing")
+        })
+        .unwrap();
+    assert_eq!(second["passed"], false, "{second}");
+    let said = second["output"].as_str().unwrap();
+    assert!(
+        said.contains("run in the release directory ") && said.contains("${CONFIG_DIR} = "),
+        "{said}"
+    );
+}
