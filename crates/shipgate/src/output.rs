@@ -1,5 +1,5 @@
 //! All terminal output goes through [`Printer`]: text for people, JSON for scripts, progress
-//! only on a terminal.
+//! on stderr (plain timestamped lines when it is not a terminal).
 
 use std::io::IsTerminal;
 
@@ -44,10 +44,19 @@ impl Printer {
         }
     }
 
-    /// A progress line on stderr, only on a terminal and only in text mode.
+    /// A progress line on stderr, in text mode: indented on a terminal; on anything else (a CI
+    /// log) one plain line per change, with the time, so a long wait is not silent.
     pub fn progress(&self, line: &str) {
-        if self.progress && !self.json {
+        if self.json {
+            return;
+        }
+        if self.progress {
             eprintln!("  {line}");
+        } else {
+            eprintln!(
+                "{} {line}",
+                jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ")
+            );
         }
     }
 }

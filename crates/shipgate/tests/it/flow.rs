@@ -260,3 +260,26 @@ fn tests_find_the_config_folder_and_the_release_and_a_failure_says_where_it_ran(
         "{said}"
     );
 }
+
+#[test]
+fn promote_wait_prints_a_line_per_change_when_not_on_a_terminal() {
+    let s = spawn_server(&four_envs(""));
+    s.register("1.0.0", &[]);
+    // The test's stderr is a pipe, as in CI.
+    let out = s.cli(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", crate::helpers::text(&out));
+    let progress = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = progress.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("web@1.0.0 → development: succeeded")),
+        "{progress}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.len() > 20 && l.as_bytes()[4] == b'-'),
+        "each line starts with its time: {progress}"
+    );
+}
