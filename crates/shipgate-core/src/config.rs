@@ -1589,7 +1589,7 @@ pub const EXAMPLE: &str = r#"# shipgate.toml: how releases of your apps move fro
 # Reference: see the README's "Config reference". Check this file with `shipgate validate`.
 
 [server]
-listen = "127.0.0.1:7300"          # API (and, later, the dashboard)
+listen = "127.0.0.1:7300"          # the API and the dashboard
 data_dir = ".shipgate"             # database, artifacts, logs and the admin token
 # database = "sqlite://.shipgate/shipgate.db"   # the default; PostgreSQL comes later
 # max_artifact_size = "512MiB"     # largest release artifact accepted

@@ -55,6 +55,13 @@ pub enum Command {
     Validate,
     /// Run the API, router and supervisor.
     Server,
+    /// Print a shell completion script: `shipgate completions bash > /etc/bash_completion.d/shipgate`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `shipgate man | man -l -`.
+    Man,
     /// Make the running server take up the changed config file: it is validated first (an
     /// invalid one changes nothing), each change is listed, and the server starts again on it
     /// while the agent keeps serving (no request drops). SIGHUP, or saving the file, does the same.

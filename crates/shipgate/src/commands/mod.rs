@@ -41,6 +41,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate => validate(&g.config, out),
         Command::Server => server(&g.config).await,
         Command::Reload => reload(g, out).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "shipgate", &mut text);
+            Ok(print_all(&text))
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut text)
+                .context("writing the manual page")?;
+            Ok(print_all(&text))
+        }
         Command::Demo { exit } => crate::demo::run(exit, out).await,
         Command::Release(ReleaseCommand::Create {
             app,
@@ -277,6 +291,28 @@ fn init(path: &Path) -> anyhow::Result<ExitCode> {
         "wrote {}; check it with `shipgate validate`, then start the server with `shipgate server`",
         path.display()
     );
+    // The data dir holds the admin token and the database: never committed.
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let ignore = folder.map_or_else(
+        || Path::new(".gitignore").to_path_buf(),
+        |f| f.join(".gitignore"),
+    );
+    let listed = std::fs::read_to_string(&ignore).unwrap_or_default();
+    if !listed
+        .lines()
+        .any(|l| matches!(l.trim(), ".shipgate" | ".shipgate/" | "/.shipgate/"))
+    {
+        let mut text = listed.clone();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str("# shipgate's data dir: its database and the admin token\n.shipgate/\n");
+        std::fs::write(&ignore, text).with_context(|| format!("writing {}", ignore.display()))?;
+        println!(
+            "added .shipgate/ to {} (it holds the admin token)",
+            ignore.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -300,6 +336,18 @@ fn validate(path: &Path, out: Printer) -> anyhow::Result<ExitCode> {
             eprint!("{}", invalid.0);
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that stops early (`| head`) is not an error.
+fn print_all(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
     }
 }
 
@@ -334,6 +382,7 @@ async fn server(path: &Path) -> anyhow::Result<ExitCode> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let file = std::path::absolute(path)?;
     let loader: shipgate_server::reload::Loader = {
@@ -466,6 +515,7 @@ async fn agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let identity = match shipgate_agent::tls::Identity::load(data_dir) {
         Ok(identity) => identity,

@@ -167,6 +167,13 @@ fn init_never_overwrites() {
         "the example written by init is valid: {}",
         text(&out)
     );
+    // The data dir (admin token, database) is kept out of git, once.
+    let ignore = fs::read_to_string(empty.path().join(".gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == ".shipgate/"), "{ignore}");
+    fs::remove_file(empty.path().join("shipgate.toml")).unwrap();
+    assert!(run(&["init"]).status.success());
+    let again = fs::read_to_string(empty.path().join(".gitignore")).unwrap();
+    assert_eq!(again, ignore, "not added twice");
 }
 
 /// A .tar.gz holding a harmless VERSION file, then whatever `add` appends.
@@ -359,4 +366,30 @@ fn malformed_names_on_the_command_line_are_usage_errors() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn completions_and_the_manual_page_are_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = command(dir.path())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", text(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("promote") && script.contains("reload"),
+            "{shell}"
+        );
+    }
+    let out = command(dir.path()).arg("man").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH shipgate 1"), "{page}");
+    let bad = command(dir.path())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
 }
