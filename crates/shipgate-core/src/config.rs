@@ -1356,7 +1356,7 @@ fn watch_rule(raw: &RawVerify, problems: &mut Problems) -> Option<WatchRule> {
     let traffic = raw.watch_traffic.as_ref().and_then(|t| {
         let w = t.get_ref();
         let path = w.path.clone().unwrap_or_else(|| "/".to_owned());
-        if !(w.rps > 0.0 && w.rps <= 1000.0) || !path.starts_with('/') {
+        if !(w.rps > 0.0 && w.rps <= 1000.0 && path.starts_with('/')) {
             problems.add(
                 t.span(),
                 format!(

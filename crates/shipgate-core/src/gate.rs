@@ -731,6 +731,7 @@ mod tests {
             max_p99: Some(Duration::parse("500ms").unwrap()),
             min_requests: 20,
             inconclusive: Inconclusive::Fail,
+            traffic: None,
         };
         let f = |requests, errors, p99| WatchFigures {
             requests,
