@@ -116,12 +116,38 @@ pub(crate) async fn require_token(
     let Some(presented) = presented else {
         return Problem::new(StatusCode::UNAUTHORIZED, "token required", "send `Authorization: Bearer <token>`; a local server's admin token is in its data dir (admin.token), and the shipgate command finds it by itself").into_response();
     };
-    match state.engine.store().token_by_hash(&hash_token(presented)).await {
+    match state
+        .engine
+        .store()
+        .token_by_hash(&hash_token(presented))
+        .await
+    {
         Ok(Some(record)) => {
             request.extensions_mut().insert::<TokenRecord>(record);
             next.run(request).await
         }
-        Ok(None) => Problem::new(StatusCode::UNAUTHORIZED, "unknown token", "this token is not known to the server or was revoked; use the admin token in the server's data dir (admin.token)").into_response(),
+        Ok(None) => {
+            let revoked = state
+                .engine
+                .store()
+                .revoked_token_by_hash(&hash_token(presented))
+                .await
+                .ok()
+                .flatten();
+            match revoked {
+                Some(t) => Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "revoked token",
+                    format!(
+                        "this token (`{}`) was revoked at {}; ask an admin for a new one (shipgate token create)",
+                        t.name,
+                        t.revoked_at.map(|r| r.to_string()).unwrap_or_default()
+                    ),
+                )
+                .into_response(),
+                None => Problem::new(StatusCode::UNAUTHORIZED, "unknown token", "this token is not known to the server; use the admin token in the server's data dir (admin.token), or one an admin made for you").into_response(),
+            }
+        }
         Err(e) => Problem::from(e).into_response(),
     }
 }

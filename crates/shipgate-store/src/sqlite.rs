@@ -1337,6 +1337,15 @@ impl Store for SqliteStore {
         row.map(|row| token_from(&row)).transpose()
     }
 
+    async fn revoked_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query("SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE hash = ? AND revoked_at IS NOT NULL")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a token"))?;
+        row.map(|row| token_from(&row)).transpose()
+    }
+
     async fn tokens(&self) -> Result<Vec<TokenRecord>> {
         sqlx::query("SELECT id, name, role, envs, created_at, revoked_at FROM tokens ORDER BY id")
             .fetch_all(&self.pool)

@@ -86,6 +86,11 @@ pub(super) async fn decide(
         verdict,
         ..
     } = &body;
+    // What it waits on now that this decision is in.
+    let now: Option<shipgate_api::status::HistoryEntry> = client
+        .get(&format!("/promotions/{}", answer.promotion.id), &[])
+        .await
+        .ok();
     out.print(&answer, |a| {
         let mut text = format!(
             "{} {} {release} into {env} (promotion {})",
@@ -95,11 +100,24 @@ pub(super) async fn decide(
         );
         if *verdict == Verdict::Reject {
             text.push_str("; it will not deploy");
+            return text;
         }
-        text.push_str(&format!(
-            "\n  see what it waits on: shipgate status {}",
-            a.promotion.app
-        ));
+        let follow = format!("shipgate history {} --env {env}", a.promotion.app);
+        match &now {
+            Some(p) if !p.waiting_on.is_empty() => {
+                let waits: Vec<&str> = p.waiting_on.iter().map(|w| w.message.as_str()).collect();
+                text.push_str(&format!("\n  it still waits on: {}", waits.join("; ")));
+            }
+            Some(p) if p.promotion.state.is_terminal() => {
+                text.push_str(&format!(
+                    "\n  it is {} now; see {follow}",
+                    p.promotion.state
+                ));
+            }
+            _ => text.push_str(&format!(
+                "\n  it waits on nothing more and deploys now; follow it with {follow}"
+            )),
+        }
         text
     });
     Ok(ExitCode::SUCCESS)

@@ -381,10 +381,15 @@ fn scoped_tokens_see_only_their_environments_and_revoked_tokens_stop_working() {
     assert!(!listed.to_string().contains(&token));
 
     s.ok(&["token", "revoke", "dev-viewer"]);
-    let (status, content_type, _) = request(&s, "GET", "/api/v1/status", &token, None);
+    let (status, content_type, body) = request(&s, "GET", "/api/v1/status", &token, None);
     assert_eq!(
         (status, content_type.as_str()),
         (401, "application/problem+json")
+    );
+    // Told it was revoked, not sent to the admin token.
+    assert!(
+        body.contains("this token (`dev-viewer`) was revoked at") && !body.contains("admin.token"),
+        "{body}"
     );
     let again = s.refused(&["token", "create", "dev-viewer", "--role", "viewer"]);
     assert!(

@@ -62,7 +62,7 @@ fn approvals_come_from_distinct_people_never_the_requester() {
         "{deployer}"
     );
 
-    s.ok_as(
+    let first = s.ok_as(
         &alice,
         &[
             "approve",
@@ -72,6 +72,10 @@ fn approvals_come_from_distinct_people_never_the_requester() {
             "--comment",
             "looks good",
         ],
+    );
+    assert!(
+        first.contains("it still waits on: 1 of 2 approvals (alice)"),
+        "{first}"
     );
     wait_for("one approval to count", || {
         s.waits("production") == ["1 of 2 approvals (alice) from the role approver"]
@@ -90,7 +94,12 @@ fn approvals_come_from_distinct_people_never_the_requester() {
         "nothing deployed before the approvals"
     );
 
-    s.ok_as(&bob, &["approve", "web@1.0.0", "--env", "production"]);
+    let last = s.ok_as(&bob, &["approve", "web@1.0.0", "--env", "production"]);
+    assert!(
+        last.contains("it waits on nothing more and deploys now")
+            || last.contains("it is succeeded now"),
+        "the last approval does not send anyone to see what it waits on: {last}"
+    );
     wait_for("production to be verified", || {
         state_of(&s, "production") == "succeeded"
     });
