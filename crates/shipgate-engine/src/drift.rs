@@ -17,7 +17,12 @@ impl Engine {
     /// Checks every live release now; records an event for each slot whose drift changed.
     pub async fn scan_drift(&self) -> Result<Vec<DriftReport>, EngineError> {
         let mut reports = Vec::new();
-        for live in self.store.live(None).await? {
+        // In the config's order: apps as written, environments along the pipeline.
+        let mut lives = self.store.live(None).await?;
+        let app_at = |a: &AppName| self.config.apps.iter().position(|x| &x.name == a);
+        let env_at = |e: &EnvName| self.config.environments.iter().position(|x| &x.name == e);
+        lives.sort_by_key(|l| (app_at(&l.app), env_at(&l.env)));
+        for live in lives {
             if self.config.app(&live.app).is_none() || self.config.environment(&live.env).is_none()
             {
                 continue;

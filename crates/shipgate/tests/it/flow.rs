@@ -31,6 +31,15 @@ fn a_release_walks_all_the_way_to_production() {
         );
     }
     assert!(s.ok(&["audit", "--verify"]).contains("hash chain verified"));
+    // Drift is reported along the pipeline, not alphabetically.
+    let drift = s.json(&["drift", "web"]);
+    let order: Vec<&str> = drift
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["env"].as_str())
+        .collect();
+    assert_eq!(order, ENVS, "{drift}");
 }
 
 #[test]
