@@ -103,7 +103,12 @@ pub(super) async fn drift(
         if reports.is_empty() {
             text.push_str("nothing is live, so nothing can drift\n");
         } else if drifted {
-            text.push_str("heal one: shipgate drift APP --env ENV --heal\n");
+            for r in reports.iter().filter(|r| !r.drift.is_empty()) {
+                text.push_str(&format!(
+                    "heal {}@{} in {}: shipgate drift {} --env {} --heal\n",
+                    r.app, r.version, r.env, r.app, r.env
+                ));
+            }
         }
         text
     });

@@ -185,6 +185,11 @@ fn a_changed_file_in_a_live_release_is_found_by_the_scan_and_healed() {
         "{shown}"
     );
     assert!(
+        shown
+            .contains("heal web@1.0.0 in development: shipgate drift web --env development --heal"),
+        "the hint names the exact command: {shown}"
+    );
+    assert!(
         shown.contains("release directory added: notes.txt"),
         "{shown}"
     );
