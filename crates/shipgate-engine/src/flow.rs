@@ -278,20 +278,10 @@ impl Engine {
         let instance = match self.start_instance(&promotion, &slot).await {
             Ok(i) => i,
             Err(message) => {
-                self.gate(&promotion, "deploy", false, message.clone(), started_at)
-                    .await?;
-                let mut t = self.step(
-                    &promotion,
-                    PromotionState::Deploying,
-                    PromotionState::Failed,
-                    format!(
-                        "{release} did not start in {}; {} keeps what it had",
-                        promotion.env, promotion.env
-                    ),
-                );
-                t.reason = Some(first_line(&message));
-                self.store.transition(t).await?;
-                return Ok(());
+                let what = format!("{release} did not start in {}", promotion.env);
+                return self
+                    .fail_deploy(&promotion, "deploy", message, started_at, what)
+                    .await;
             }
         };
         // On hosts: where it runs on each of them.
@@ -323,20 +313,10 @@ impl Engine {
             self.set_live_instance(slot.clone(), previous_instance);
             self.stop_instance(&instance.id, None).await;
             let message = format!("the switch to instance {} failed: {e}", instance.id);
-            self.gate(&promotion, "switch", false, message.clone(), started_at)
-                .await?;
-            let mut t = self.step(
-                &promotion,
-                PromotionState::Deploying,
-                PromotionState::Failed,
-                format!(
-                    "{release} could not be switched to in {}; {} keeps what it had",
-                    promotion.env, promotion.env
-                ),
-            );
-            t.reason = Some(first_line(&message));
-            self.store.transition(t).await?;
-            return Ok(());
+            let what = format!("{release} could not be switched to in {}", promotion.env);
+            return self
+                .fail_deploy(&promotion, "switch", message, started_at, what)
+                .await;
         }
         let mut t = self.step(
             &promotion,
@@ -497,6 +477,29 @@ impl Engine {
             exported.insert(format!("SHIPGATE_{k}"), v.clone());
         }
         exported
+    }
+
+    /// Ends a deploying promotion as failed at its gate `gate`: the environment keeps what it
+    /// had.
+    async fn fail_deploy(
+        &self,
+        promotion: &Promotion,
+        gate: &str,
+        message: String,
+        started_at: jiff::Timestamp,
+        what: String,
+    ) -> Result<(), EngineError> {
+        self.gate(promotion, gate, false, message.clone(), started_at)
+            .await?;
+        let mut t = self.step(
+            promotion,
+            PromotionState::Deploying,
+            PromotionState::Failed,
+            format!("{what}; {} keeps what it had", promotion.env),
+        );
+        t.reason = Some(first_line(&message));
+        self.store.transition(t).await?;
+        Ok(())
     }
 
     /// Starts an instance of the promotion's release; on failure returns the message to record.

@@ -267,6 +267,21 @@ pub fn load(
     })
 }
 
+/// Stops the load of [`load`] and asserts it ran (more than 50 answers) with not one failure;
+/// prints `what` with the figures. Returns how many were answered.
+pub fn load_ended_without_failures(
+    stop: &std::sync::atomic::AtomicBool,
+    traffic: std::thread::JoinHandle<(usize, Vec<String>)>,
+    what: &str,
+) -> usize {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, failed) = traffic.join().unwrap();
+    eprintln!("{what}: {answered} requests, {} failed", failed.len());
+    assert!(failed.is_empty(), "{what}: {failed:?}");
+    assert!(answered > 50, "{what}: the load ran ({answered})");
+    answered
+}
+
 /// Writes `config_toml` to `<tempdir>/shipgate.toml`, starts `shipgate server -c` on it (stderr
 /// to `<tempdir>/server.log`) and waits until `/healthz` answers.
 pub fn spawn_server(config_toml: &str) -> TestServer {
