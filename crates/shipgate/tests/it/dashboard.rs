@@ -384,6 +384,14 @@ fn the_board_pages_fifty_apps_and_the_rollback_button_rolls_back() {
     let (status, _, page) = raw(&s, "GET", "/apps/web/environments/development", &auth, "");
     assert_eq!(status, 200);
     assert!(page.contains("Roll back to the previous release"));
+    assert!(
+        page.contains("<link rel=\"icon\" href=\"data:image/svg+xml,"),
+        "a favicon"
+    );
+    assert!(
+        page.contains("<td class=\"small at\">"),
+        "times kept on one line"
+    );
     let form = format!("csrf={}", csrf_of(&page));
     let (status, head, _) = raw(
         &s,
