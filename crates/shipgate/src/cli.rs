@@ -137,7 +137,8 @@ pub enum Command {
     /// Staging data from production, masked (see [apps.APP.data]).
     #[command(subcommand)]
     Data(DataCommand),
-    /// Compare an app in two environments; exit 1 on any unexpected difference.
+    /// Compare an app in two environments; exit 1 on an unexpected difference in its settings
+    /// (releases and gates too with --strict).
     Diff {
         /// The app.
         app: AppName,
@@ -145,6 +146,11 @@ pub enum Command {
         env_a: EnvName,
         /// The second environment (production, say).
         env_b: EnvName,
+        /// Exit 1 on any unexpected difference, the releases and the gate settings (`require.*`,
+        /// `verify.*`) included; by default those are shown in sections of their own and do not
+        /// count, since staging ahead of production with gates of its own is the normal state.
+        #[arg(long)]
+        strict: bool,
     },
     /// Check live releases against what was recorded; exit 1 if any drifted.
     Drift {

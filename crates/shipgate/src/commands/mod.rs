@@ -131,9 +131,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data(DataCommand::Check { app, env }) => {
             data_check(g, out, app.as_str(), env.as_str()).await
         }
-        Command::Diff { app, env_a, env_b } => {
-            diff(g, out, app.as_str(), env_a.as_str(), env_b.as_str()).await
-        }
+        Command::Diff {
+            app,
+            env_a,
+            env_b,
+            strict,
+        } => diff(g, out, app.as_str(), env_a.as_str(), env_b.as_str(), strict).await,
         Command::Drift { app, env, heal } => match (app, env, heal) {
             (Some(app), Some(env), true) => drift_heal(g, out, app.as_str(), env.as_str()).await,
             (None, _, true) => Err(anyhow::anyhow!(crate::client::Refused::local(

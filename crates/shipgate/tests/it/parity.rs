@@ -64,7 +64,10 @@ fn diff_classes_every_item_and_never_prints_a_secret() {
         region.contains("UNEXPECTED") && region.contains("eu") && region.contains("us"),
         "{shown}"
     );
-    assert!(shown.contains("unexpected differences:"), "{shown}");
+    assert!(
+        shown.contains("unexpected differences in the settings:"),
+        "{shown}"
+    );
 
     let json = s.cli(&["diff", "web", "staging", "production", "--output", "json"]);
     assert_eq!(json.status.code(), Some(1));
@@ -219,4 +222,31 @@ fn a_changed_file_in_a_live_release_is_found_by_the_scan_and_healed() {
             .iter()
             .any(|e| e["kind"] == "environment.drift_cleared")
     });
+}
+
+#[test]
+fn staging_ahead_of_production_is_the_normal_state_unless_strict() {
+    let s = spawn_server(&four_envs_with(
+        "",
+        &[(
+            "staging",
+            "mirrors = \"production\"\ndiffers = [\"listen\"]",
+        )],
+    ));
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "production");
+    let digest = s.register("1.1.0", &[]);
+    s.walk("1.1.0", "staging");
+    let out = s.cli(&["diff", "web", "staging", "production"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("\nreleases:\n"), "{shown}");
+    assert!(shown.contains("--strict counts them"), "{shown}");
+    let hex = digest.trim_start_matches("sha256:");
+    assert!(
+        shown.contains(&format!("sha256:{}", &hex[..12])) && !shown.contains(hex),
+        "digests are shortened: {shown}"
+    );
+    let strict = s.cli(&["diff", "web", "staging", "production", "--strict"]);
+    assert_eq!(strict.status.code(), Some(1), "{}", text(&strict));
 }
