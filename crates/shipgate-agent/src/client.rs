@@ -167,7 +167,8 @@ impl AgentClient {
         body: Bytes,
     ) -> Result<Resp, String> {
         let mut headers = headers.to_vec();
-        if !READS.contains(&path) {
+        let command = !READS.contains(&path);
+        if command {
             headers.push((crate::serve::COMMAND_HEADER, command_id()));
         }
         // A host whose connection dropped mid-request is asked again, with the same command
@@ -179,7 +180,8 @@ impl AgentClient {
                 .await;
             match tried {
                 Ok(answer) => break answer,
-                Err(e) if matches!(self.transport, Transport::Host { .. }) => {
+                // Only a command is asked again: a read that fails says so at once.
+                Err(e) if command && matches!(self.transport, Transport::Host { .. }) => {
                     // Counted from the first failure: a long start that loses its connection
                     // at its end is still asked again.
                     let until =

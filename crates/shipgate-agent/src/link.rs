@@ -18,9 +18,9 @@ use tokio::sync::broadcast;
 use crate::tls::{Identity, fingerprint};
 
 /// How often each side pings the other, and how long an unanswered ping may wait: a host that
-/// stops answering is unreachable within about 5 s.
-const PING_EVERY: Duration = Duration::from_secs(2);
-const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// stops answering is unreachable within about 3 s.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest a TLS handshake may take.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Pause before an agent dials again after losing the server.

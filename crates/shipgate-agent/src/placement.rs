@@ -44,6 +44,9 @@ pub struct EnvPlacement {
     pub front: Option<SocketAddr>,
 }
 
+/// How long `host list` waits for a host to say who it is.
+const HELLO_WITHIN: Duration = Duration::from_secs(2);
+
 /// How often the fronts' lists of hosts are brought up to date.
 const FRONT_EVERY: Duration = Duration::from_millis(500);
 
@@ -222,14 +225,17 @@ impl Placement {
         if !self.hosts.is_connected(host) {
             return None;
         }
-        match self.clients.get(host) {
-            Some(client) => client.hello().await.ok(),
+        let client = match self.clients.get(host) {
+            Some(client) => Arc::clone(client),
             // Joined, but no environment of this config is placed on it yet.
-            None => AgentClient::host_once(Arc::clone(&self.hosts), host)
-                .hello()
-                .await
-                .ok(),
-        }
+            None => AgentClient::host_once(Arc::clone(&self.hosts), host),
+        };
+        // A host that does not answer at once counts as not answering (the connection's own
+        // pings take a few seconds more to give up on it).
+        tokio::time::timeout(HELLO_WITHIN, client.hello())
+            .await
+            .ok()?
+            .ok()
     }
 
     fn pass_on_events(self: &Arc<Self>) {

@@ -705,7 +705,9 @@ async fn list_hosts(State(state): State<AppState>, caller: Caller) -> ApiResult<
             } else {
                 "not joined".into()
             },
-            connected: link.is_some_and(|l| l.connected) && hello.is_some(),
+            // The connection decides (its pings notice a silent host within seconds), so that
+            // what `host list` says is what a promotion finds.
+            connected: link.is_some_and(|l| l.connected),
             since: link
                 .map(|l| l.since)
                 .or(record.joined_at)
