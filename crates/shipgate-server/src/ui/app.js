@@ -7,6 +7,9 @@
   if (!main || !window.EventSource || !window.fetch) return;
   let timer = null;
   let busy = false;
+  // An event that arrives while a refresh is in flight asks for one more after it: the page
+  // must end on the last state, not on the one before it.
+  let again = false;
 
   const typing = () => {
     const el = document.activeElement;
@@ -14,7 +17,7 @@
   };
 
   const refresh = async () => {
-    if (busy) return;
+    if (busy) { again = true; return; }
     if (typing()) { timer = setTimeout(refresh, 1000); return; }
     busy = true;
     try {
@@ -32,6 +35,7 @@
       }
     } finally {
       busy = false;
+      if (again) { again = false; timer = setTimeout(refresh, 150); }
     }
   };
 
