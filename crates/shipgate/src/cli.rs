@@ -76,7 +76,10 @@ pub enum Command {
     #[command(subcommand)]
     Release(ReleaseCommand),
     /// Put a release into an environment.
-    #[command(alias = "deploy")]
+    #[command(
+        alias = "deploy",
+        after_help = "Examples:\n  shipgate promote web@1.4.2 --to staging --wait\n  shipgate promote web@1.4.2 --to production --override \"hotfix, approved by the on-call lead\""
+    )]
     Promote {
         /// APP@VERSION
         release: ReleaseRef,
@@ -164,6 +167,9 @@ pub enum Command {
         heal: bool,
     },
     /// Return an environment to the release it had before.
+    #[command(
+        after_help = "Examples:\n  shipgate rollback web --env production --wait\n  shipgate rollback web --env production --to 1.4.0"
+    )]
     Rollback {
         /// The app.
         app: AppName,
@@ -236,6 +242,9 @@ pub enum Command {
     /// starts the one on its own machine itself; on another host, join once with `--server URL
     /// --join TOKEN --name NAME` (the token from `shipgate host add NAME`), and from then on
     /// `shipgate agent --data-dir DIR` dials the server with the certificate it got.
+    #[command(
+        after_help = "Examples:\n  shipgate agent --server http://shipgate.example:7300 --join sg_... --name web-1 --ca-fingerprint 3f2a...\n  shipgate agent --data-dir /var/lib/shipgate-agent\n  shipgate agent --stop"
+    )]
     Agent {
         /// Where the agent keeps its socket, pid, lock, and on another host its certificate,
         /// releases, logs and instance data (default: the config's `data_dir` on the server's
@@ -276,7 +285,10 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
     /// Pack (a directory) or take (a .tar/.tar.gz) an artifact, hash it and register it.
-    #[command(disable_version_flag = true)]
+    #[command(
+        disable_version_flag = true,
+        after_help = "Examples:\n  shipgate release create web --version 1.4.2 --artifact ./build\n  shipgate release create web --version 1.4.2 --artifact web.tar.gz --commit $(git rev-parse HEAD)"
+    )]
     Create {
         /// The app.
         app: AppName,

@@ -393,3 +393,21 @@ fn completions_and_the_manual_page_are_printed() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
 }
+
+#[test]
+fn help_shows_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [
+        &["promote", "--help"][..],
+        &["rollback", "--help"],
+        &["release", "create", "--help"],
+        &["agent", "--help"],
+    ] {
+        let out = command_in(dir.path(), command);
+        assert!(out.contains("Examples:\n  shipgate "), "{command:?}: {out}");
+    }
+}
+
+fn command_in(dir: &Path, args: &[&str]) -> String {
+    text(&command(dir).args(args).output().unwrap())
+}
