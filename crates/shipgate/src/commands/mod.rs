@@ -380,13 +380,7 @@ async fn server(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
     let file = std::path::absolute(path)?;
     let loader: shipgate_server::reload::Loader = {
         let file = file.clone();
@@ -512,7 +506,9 @@ async fn join_and_run(
     agent(data_dir).await
 }
 
-async fn agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
+/// Logs of the long-running commands (server, agent) to stderr: `RUST_LOG`, or info; colour
+/// only on a terminal.
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -520,6 +516,10 @@ async fn agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+async fn agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    init_logging();
     let identity = match shipgate_agent::tls::Identity::load(data_dir) {
         Ok(identity) => identity,
         Err(e) => {
