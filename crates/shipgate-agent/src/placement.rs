@@ -172,10 +172,10 @@ impl Placement {
     /// Keeps each front's list of hosts to those connected, on the local data plane (which
     /// holds the front, as it holds the routers, so that it outlives the server).
     fn keep_fronts(self: &Arc<Self>) {
-        let fronted: Vec<(String, SocketAddr, u16, Vec<String>)> = self
+        let fronted: Vec<(String, SocketAddr, u16)> = self
             .envs
             .iter()
-            .filter_map(|(e, p)| Some((e.clone(), p.front?, p.port, p.hosts.clone())))
+            .filter_map(|(e, p)| Some((e.clone(), p.front?, p.port)))
             .collect();
         if fronted.is_empty() {
             return;
@@ -187,13 +187,9 @@ impl Placement {
                 let Some(placement) = weak.upgrade() else {
                     return;
                 };
-                for (env, front, port, hosts) in &fronted {
-                    let backends: Vec<SocketAddr> = hosts
-                        .iter()
-                        .filter(|h| placement.hosts.is_connected(h))
-                        .filter_map(|h| placement.hosts.peer(h))
-                        .map(|ip| SocketAddr::new(ip, *port))
-                        .collect();
+                for (env, front, port) in &fronted {
+                    let listen = SocketAddr::from(([0, 0, 0, 0], *port));
+                    let backends = placement.endpoints(env, listen);
                     // With no host connected (a server that just started, or a network that
                     // failed on this side) the front keeps the hosts it had: they may well
                     // still serve, and an empty front would refuse everyone.
