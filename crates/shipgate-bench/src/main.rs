@@ -14,6 +14,7 @@ mod netns;
 mod promote;
 mod router;
 mod sandbox;
+mod wrk;
 
 use std::process::ExitCode;
 
@@ -84,6 +85,19 @@ enum BenchCommand {
         /// agent process, the default of `shipgate server`).
         #[arg(long, default_value = "server", value_parser = ["server", "agent"])]
         data_plane: String,
+        /// The backends of the throughput part: `sample` (the sample app's axum server) and
+        /// `minimal` (a responder that costs almost nothing per request, so the proxies' own cost
+        /// is measured).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "sample,minimal"
+        )]
+        backend: Vec<router::Backend>,
+        /// The load clients of the throughput part: `builtin` (this process) and `wrk` (Debian's).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "builtin,wrk")]
+        client: Vec<router::LoadClient>,
     },
 }
 
@@ -111,6 +125,8 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             connections,
             client_threads,
             data_plane,
+            backend,
+            client,
         } => {
             router::run(router::Options {
                 agent: data_plane == "agent",
@@ -120,6 +136,8 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
                 load_duration,
                 connections,
                 client_threads,
+                backends: backend,
+                clients: client,
             })
             .await
         }

@@ -25,14 +25,17 @@ use shipgate_api::status::AppStatus;
 use shipgate_core::PromotionState;
 
 use crate::load::{self, Conn, Load, Report};
+use crate::wrk::{self, Figures};
 use shipgate::client::Client;
-use shipgate::demo::{SampleServer, free_port, sample_release};
+use shipgate::demo::{SampleServer, SampleSetup, free_port, minimal_release, sample_release};
 use shipgate::output::table;
 
 const APP: &str = "web";
 const ENV: &str = "development";
 const OLD: &str = "1.0.0";
 const NEW: &str = "1.1.0";
+/// The release of the minimal responder, promoted for part 3's minimal backend.
+const MINIMAL: &str = "1.2.0";
 /// Longest wait for the address to serve a version, or for a port to open.
 const PATIENCE: Duration = Duration::from_secs(15);
 /// Discarded run before each measured throughput run.
@@ -56,6 +59,10 @@ pub struct Options {
     /// Run the instances and the router in a local agent process, as `shipgate server` does by
     /// default, instead of in the benchmark's own process.
     pub agent: bool,
+    /// The backends of part 3, in order.
+    pub backends: Vec<Backend>,
+    /// The load clients of part 3, in order.
+    pub clients: Vec<LoadClient>,
 }
 
 fn ms(d: Duration) -> String {
@@ -69,14 +76,12 @@ fn verdict(met: bool) -> &'static str {
 pub async fn run(o: Options) -> anyhow::Result<ExitCode> {
     let ports = [free_port(0)?, free_port(0)?, free_port(0)?, free_port(0)?];
     let env_addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
-    let sample = SampleServer::start_on(
-        "shipgate-bench-router-",
-        free_port(0)?,
-        ports,
-        false,
-        o.agent,
-    )
-    .await?;
+    let setup = SampleSetup {
+        agent: o.agent,
+        ..SampleSetup::default()
+    };
+    let sample =
+        SampleServer::start_with("shipgate-bench-router-", free_port(0)?, ports, setup).await?;
     println!(
         "data plane: {}",
         if o.agent {
@@ -109,9 +114,12 @@ async fn all_parts(
     env_addr: SocketAddr,
 ) -> anyhow::Result<()> {
     let client = &sample.client;
-    for version in [OLD, NEW] {
+    for version in [OLD, NEW, MINIMAL] {
         let dir = sample.work.path().join(format!("{APP}-{version}"));
-        sample_release(&dir, version, false)?;
+        match version {
+            MINIMAL => minimal_release(&dir, version)?,
+            _ => sample_release(&dir, version, false)?,
+        }
         shipgate::commands::upload(client, APP, version, &dir, None, None).await?;
     }
     promote(client, OLD).await?;
@@ -437,172 +445,276 @@ async fn rollback_time(
     Ok(())
 }
 
-/// Part 3: the same backend process directly, through the router and through nginx.
+/// The backend of part 3: the release live in the environment while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The sample app's own server (axum), web@1.0.0.
+    Sample,
+    /// The sample app's minimal responder, which costs almost nothing per request, so that the
+    /// proxies' own cost is what gets measured: web@1.2.0, promoted for it.
+    Minimal,
+}
+
+/// The load client of part 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadClient {
+    /// The benchmark's own client ([`crate::load`]), in this process.
+    Builtin,
+    /// Debian's `wrk`, a process of its own.
+    Wrk,
+}
+
+/// One line of part 3's summary.
+struct Verdict {
+    backend: Backend,
+    client: String,
+    throughput: f64,
+    p99: f64,
+}
+
+/// Part 3: the same backend process directly, through the router and through nginx, for each
+/// backend and each client.
 async fn throughput(
     o: &Options,
     client: &Client,
     rt: &tokio::runtime::Handle,
     env_addr: SocketAddr,
 ) -> anyhow::Result<()> {
+    let wrk = wrk::find();
+    let mut verdicts = Vec::new();
+    for (n, backend) in o.backends.iter().enumerate() {
+        if *backend == Backend::Minimal {
+            promote(client, MINIMAL).await?;
+            wait_serves(rt, env_addr, MINIMAL).await?;
+        } else {
+            wait_serves(rt, env_addr, OLD).await?;
+        }
+        let part = format!("3{}", char::from(b'a' + u8::try_from(n).unwrap_or(25)));
+        let nginx = match find_nginx() {
+            None => Err(
+                "nginx is not installed: install it with `apt-get install -y nginx` (Debian) to compare; the nginx row is skipped"
+                    .to_owned(),
+            ),
+            Some(exe) => Nginx::start(&exe, live_port(client).await?)
+                .await
+                .map_err(|e| format!("nginx did not start ({e:#}); the nginx row is skipped")),
+        };
+        for load_client in &o.clients {
+            let label = match (load_client, &wrk) {
+                (LoadClient::Builtin, _) => "the built-in client".to_owned(),
+                (LoadClient::Wrk, Some(exe)) => wrk::version(exe),
+                (LoadClient::Wrk, None) => {
+                    println!(
+                        "{part}. wrk is not installed: install it with `apt-get install -y wrk` (Debian); its runs are skipped\n"
+                    );
+                    continue;
+                }
+            };
+            let run = Run {
+                o,
+                rt,
+                client: *load_client,
+                wrk: wrk.as_deref(),
+            };
+            let verdict =
+                one_comparison(&run, client, &part, *backend, &label, env_addr, &nginx).await?;
+            verdicts.extend(verdict);
+        }
+        if let Ok(nginx) = nginx {
+            nginx.stop().await;
+        }
+    }
+    if !verdicts.is_empty() {
+        let rows: Vec<Vec<String>> = verdicts
+            .iter()
+            .map(|v| {
+                vec![
+                    format!("{:?}", v.backend).to_lowercase(),
+                    v.client.clone(),
+                    format!("{:.2}", v.throughput),
+                    format!("{:.2}", v.p99),
+                    verdict(v.throughput >= 1.0 && v.p99 <= 1.1).to_owned(),
+                ]
+            })
+            .collect();
+        println!("Summary of part 3: router / nginx (targets: throughput ≥ 1.0, p99 ≤ 1.1)");
+        let head = ["backend", "client", "throughput", "p99", "both targets"];
+        print!("{}", table(&head, &rows));
+    }
+    Ok(())
+}
+
+/// How part 3 loads a target.
+struct Run<'a> {
+    o: &'a Options,
+    rt: &'a tokio::runtime::Handle,
+    client: LoadClient,
+    wrk: Option<&'a Path>,
+}
+
+impl Run<'_> {
+    /// A discarded warm-up, then `duration` of load on `addr`.
+    async fn measure(&self, addr: SocketAddr, duration: Duration) -> anyhow::Result<Figures> {
+        let o = self.o;
+        match (self.client, self.wrk) {
+            (LoadClient::Wrk, Some(exe)) => {
+                wrk::run(exe, addr, o.client_threads, o.connections, WARM_UP).await?;
+                wrk::run(exe, addr, o.client_threads, o.connections, duration).await
+            }
+            _ => {
+                Load::run_for(self.rt, addr, "/", o.connections, WARM_UP).await?;
+                let report = Load::run_for(self.rt, addr, "/", o.connections, duration).await?;
+                if report.failed > 0 {
+                    print_failures(&report);
+                }
+                Ok(Figures::from(report))
+            }
+        }
+    }
+}
+
+/// The port of the instance serving the environment now.
+async fn live_port(client: &Client) -> anyhow::Result<u16> {
     let status: Vec<AppStatus> = client.get("/status", &[("app", APP.to_owned())]).await?;
     let env = status
         .iter()
         .flat_map(|a| &a.environments)
         .find(|e| e.env.as_str() == ENV)
         .context("the status has no development environment")?;
-    let port = env
-        .instance
+    env.instance
         .as_ref()
         .map(|i| i.port)
-        .context("the status shows no instance serving development")?;
-    let live = env
-        .live
-        .as_ref()
-        .map_or("?".to_owned(), |l| l.version.to_string());
-    let backend = SocketAddr::from(([127, 0, 0, 1], port));
+        .context("the status shows no instance serving development")
+}
 
-    let measure = |addr: SocketAddr, duration: Duration| async move {
-        Load::run_for(rt, addr, "/", o.connections, WARM_UP).await?;
-        Load::run_for(rt, addr, "/", o.connections, duration).await
-    };
+/// One backend with one client: directly, then router and nginx taking turns. The verdict is
+/// None when nginx is missing.
+async fn one_comparison(
+    run: &Run<'_>,
+    client: &Client,
+    part: &str,
+    backend: Backend,
+    label: &str,
+    env_addr: SocketAddr,
+    nginx: &Result<Nginx, String>,
+) -> anyhow::Result<Option<Verdict>> {
+    let o = run.o;
+    let port = live_port(client).await?;
+    let backend_addr = SocketAddr::from(([127, 0, 0, 1], port));
     eprintln!(
-        "  running part 3 ({:.0} s each, after {:.0} s of warm-up)…",
+        "  running part {part} ({backend:?} backend, {label}: {:.0} s each, after {:.0} s of warm-up)…",
         o.load_duration.as_secs_f64(),
         WARM_UP.as_secs_f64()
     );
-    let direct = measure(backend, o.load_duration).await?;
-    let nginx = match find_nginx() {
-        None => Err(
-            "nginx is not installed: install it with `apt-get install -y nginx` (Debian) to compare; the nginx row is skipped"
-                .to_owned(),
-        ),
-        Some(exe) => Nginx::start(&exe, port)
-            .await
-            .map_err(|e| format!("nginx did not start ({e:#}); the nginx row is skipped")),
-    };
+    let direct = run.measure(backend_addr, o.load_duration).await?;
     // Router and nginx take turns, router–nginx–nginx–router, each half the time: whatever drifts
     // during the run (caches, the CPU's clock, the backend warming up) weighs on both alike.
     let half = o.load_duration / 2;
-    let router_first = measure(env_addr, half).await?;
+    let router_first = run.measure(env_addr, half).await?;
     let nginx = match nginx {
-        Err(why) => Err(why),
+        Err(why) => Err(why.clone()),
         Ok(nginx) => {
-            let measured = async {
-                let first = measure(nginx.addr, half).await?;
-                let second = measure(nginx.addr, half).await?;
-                anyhow::Ok(first.merge(second))
-            }
-            .await;
-            let (label, addr) = (nginx.version.clone(), nginx.addr);
-            nginx.stop().await;
-            Ok((label, addr, measured?))
+            let first = run.measure(nginx.addr, half).await?;
+            let second = run.measure(nginx.addr, half).await?;
+            Ok((nginx.version.clone(), nginx.addr, first.merge(second)))
         }
     };
-    let router = router_first.merge(measure(env_addr, half).await?);
+    let router = router_first.merge(run.measure(env_addr, half).await?);
 
+    let what = match backend {
+        Backend::Sample => format!("the sample app (web@{OLD}, axum)"),
+        Backend::Minimal => format!("the minimal responder (web@{MINIMAL})"),
+    };
     println!(
-        "3. Throughput and latency: one sample-app process (web@{live}, port {port}) hit directly, through shipgate's router and through nginx"
+        "{part}. Throughput and latency, {label}: {what}, port {port}, hit directly, through shipgate's router and through nginx"
     );
     println!(
-        "   same client for each: {} keep-alive connections, GET /, {:.0} s warm-up (not counted) then {:.0} s (router and nginx: two halves, in the order router, nginx, nginx, router)",
+        "   {} keep-alive connections on {} client thread(s), GET /, {:.0} s warm-up (not counted) then {:.0} s (router and nginx: two halves, in the order router, nginx, nginx, router)",
         o.connections,
+        o.client_threads,
         WARM_UP.as_secs_f64(),
         o.load_duration.as_secs_f64()
     );
-    let row = |name: &str, addr: SocketAddr, r: &Report| {
+    let row = |name: &str, addr: SocketAddr, f: &Figures| {
         vec![
             name.to_owned(),
             addr.to_string(),
-            format!("{:.0}", r.per_second()),
-            ms(r.latency(0.5)),
-            ms(r.latency(0.99)),
-            format!("{} / {}", r.failed, r.sent),
-            r.reconnects.to_string(),
+            format!("{:.0}", f.per_second()),
+            ms(f.p50),
+            ms(f.p99),
+            format!("{} / {}", f.failed, f.requests),
+            f.reconnects.map_or("-".into(), |n| n.to_string()),
         ]
     };
     let mut rows = vec![
-        row("backend directly (the limit)", backend, &direct),
+        row("backend directly (the limit)", backend_addr, &direct),
         row("shipgate router", env_addr, &router),
     ];
-    if let Ok((label, addr, r)) = &nginx {
+    if let Ok((version, addr, f)) = &nginx {
         rows.push(row(
-            &format!("{label} (proxy_pass, keepalive 64)"),
+            &format!("{version} (proxy_pass, keepalive 64)"),
             *addr,
-            r,
+            f,
         ));
     }
-    print!(
-        "{}",
-        table(
-            &[
-                "target",
-                "address",
-                "requests/s",
-                "p50",
-                "p99",
-                "failed/sent",
-                "reconnects"
-            ],
-            &rows
-        )
-    );
-    for (name, r) in [("backend", &direct), ("router", &router)]
-        .into_iter()
-        .chain(nginx.as_ref().ok().map(|(_, _, r)| ("nginx", r)))
-    {
-        if r.failed > 0 {
-            println!("   {name}:");
-            print_failures(r);
+    let head = [
+        "target",
+        "address",
+        "requests/s",
+        "p50",
+        "p99",
+        "failed/requests",
+        "reconnects",
+    ];
+    print!("{}", table(&head, &rows));
+    let ratio = |a: f64, b: f64| a / b.max(f64::EPSILON);
+    let Ok((_, _, n)) = &nginx else {
+        if let Err(why) = &nginx {
+            println!("   {why}\n");
         }
-    }
-    match &nginx {
-        Err(why) => println!("   {why}"),
-        Ok((_, _, n)) => {
-            let tput = router.per_second() / n.per_second().max(f64::EPSILON);
-            let p99 = router.latency(0.99).as_secs_f64()
-                / n.latency(0.99).as_secs_f64().max(f64::EPSILON);
-            let rows = vec![
-                vec![
-                    "throughput router / nginx".into(),
-                    format!("{tput:.2}"),
-                    format!("≥ 1.0  {}", verdict(tput >= 1.0)),
-                ],
-                vec![
-                    "p99 router / nginx".into(),
-                    format!("{p99:.2}"),
-                    format!("≤ 1.1  {}", verdict(p99 <= 1.1)),
-                ],
-                vec![
-                    "p50 router / nginx".into(),
-                    format!(
-                        "{:.2}",
-                        router.latency(0.5).as_secs_f64()
-                            / n.latency(0.5).as_secs_f64().max(f64::EPSILON)
-                    ),
-                    String::new(),
-                ],
-                vec![
-                    "throughput router / backend directly".into(),
-                    format!(
-                        "{:.2}",
-                        router.per_second() / direct.per_second().max(f64::EPSILON)
-                    ),
-                    String::new(),
-                ],
-                vec![
-                    "throughput nginx / backend directly".into(),
-                    format!(
-                        "{:.2}",
-                        n.per_second() / direct.per_second().max(f64::EPSILON)
-                    ),
-                    String::new(),
-                ],
-            ];
-            println!();
-            print!("{}", table(&["ratio", "value", "target"], &rows));
-        }
-    }
-    Ok(())
+        return Ok(None);
+    };
+    let tput = ratio(router.per_second(), n.per_second());
+    let p99 = ratio(router.p99.as_secs_f64(), n.p99.as_secs_f64());
+    let rows = vec![
+        vec![
+            "throughput router / nginx".into(),
+            format!("{tput:.2}"),
+            format!("≥ 1.0  {}", verdict(tput >= 1.0)),
+        ],
+        vec![
+            "p99 router / nginx".into(),
+            format!("{p99:.2}"),
+            format!("≤ 1.1  {}", verdict(p99 <= 1.1)),
+        ],
+        vec![
+            "p50 router / nginx".into(),
+            format!(
+                "{:.2}",
+                ratio(router.p50.as_secs_f64(), n.p50.as_secs_f64())
+            ),
+            String::new(),
+        ],
+        vec![
+            "throughput router / backend directly".into(),
+            format!("{:.2}", ratio(router.per_second(), direct.per_second())),
+            String::new(),
+        ],
+        vec![
+            "throughput nginx / backend directly".into(),
+            format!("{:.2}", ratio(n.per_second(), direct.per_second())),
+            String::new(),
+        ],
+    ];
+    println!();
+    print!("{}", table(&["ratio", "value", "target"], &rows));
+    println!();
+    Ok(Some(Verdict {
+        backend,
+        client: label.to_owned(),
+        throughput: tput,
+        p99,
+    }))
 }
 
 /// nginx on `PATH`, or where Debian puts it (root's PATH has /usr/sbin, other users' often not).

@@ -57,6 +57,26 @@ pub fn sample_release(dir: &Path, version: &str, buggy: bool) -> anyhow::Result<
     Ok(())
 }
 
+/// Writes a sample app release directory whose app answers from its minimal responder, which
+/// costs almost nothing per request (see [`crate::sample::serve_minimal`]).
+pub fn minimal_release(dir: &Path, version: &str) -> anyhow::Result<()> {
+    sample_release(dir, version, false)?;
+    std::fs::write(
+        dir.join(crate::sample::MINIMAL),
+        "answer from the minimal responder\n",
+    )?;
+    Ok(())
+}
+
+/// How a [`SampleServer`] differs from the demo's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleSetup {
+    /// Run the smoke test in testing.
+    pub verify_testing: bool,
+    /// The data plane in a local agent process (`data_plane = "agent"`).
+    pub agent: bool,
+}
+
 /// A server on the sample app's config, in its own temporary folder, for the demo and the
 /// benchmarks.
 pub struct SampleServer {
@@ -78,17 +98,20 @@ impl SampleServer {
         env_ports: [u16; 4],
         verify_testing: bool,
     ) -> anyhow::Result<Self> {
-        Self::start_on(prefix, api_port, env_ports, verify_testing, false).await
+        let setup = SampleSetup {
+            verify_testing,
+            ..SampleSetup::default()
+        };
+        Self::start_with(prefix, api_port, env_ports, setup).await
     }
 
-    /// As [`SampleServer::start`], with the data plane in a local agent when `agent` is true
-    /// (stopped by [`SampleServer::stop`]).
-    pub async fn start_on(
+    /// As [`SampleServer::start`], set up as `setup` says (a local agent is stopped by
+    /// [`SampleServer::stop`]).
+    pub async fn start_with(
         prefix: &str,
         api_port: u16,
         env_ports: [u16; 4],
-        verify_testing: bool,
-        agent: bool,
+        setup: SampleSetup,
     ) -> anyhow::Result<Self> {
         let work = tempfile::Builder::new()
             .prefix(prefix)
@@ -96,8 +119,8 @@ impl SampleServer {
             .context("creating a temporary folder")?;
         let exe = crate::shipgate_exe()?;
         let config_path = work.path().join("shipgate.toml");
-        let mut src = demo_config(&exe, api_port, env_ports, verify_testing);
-        if agent {
+        let mut src = demo_config(&exe, api_port, env_ports, setup.verify_testing);
+        if setup.agent {
             src = src.replace("data_plane = \"server\"", "data_plane = \"agent\"");
         }
         std::fs::write(&config_path, &src)?;
