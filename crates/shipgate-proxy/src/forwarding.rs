@@ -1,7 +1,7 @@
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,7 +30,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that describe one connection, not the message, so they never cross the router.
-const HOP_BY_HOP: [HeaderName; 7] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 7] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -60,12 +60,12 @@ pub(crate) struct Route {
 }
 
 /// Why a request has nowhere to go.
-struct Unroutable {
+pub(crate) struct Unroutable {
     /// The app the request is for, if the router could tell.
-    app: Option<String>,
+    pub(crate) app: Option<String>,
     /// The problem's title.
-    title: &'static str,
-    detail: String,
+    pub(crate) title: &'static str,
+    pub(crate) detail: String,
 }
 
 /// What the connections of one router work with: its routes, the request metrics and the
@@ -79,6 +79,9 @@ pub(crate) struct Gateway {
     /// Nanoseconds to wait for an upstream's response head; 0 waits as long as it takes.
     request_timeout: Arc<AtomicU64>,
     client: Client<HttpConnector, RequestBody>,
+    /// Upstream connections of the router's own HTTP/1.1 path that no client holds now, oldest
+    /// first (see [`crate::fast`]).
+    idle: Mutex<VecDeque<(SocketAddr, tokio::net::TcpStream)>>,
 }
 
 fn upstream_client() -> Client<HttpConnector, RequestBody> {
@@ -97,6 +100,7 @@ impl Gateway {
             metrics: Arc::default(),
             request_timeout: Arc::default(),
             client: upstream_client(),
+            idle: Mutex::default(),
         }
     }
 
@@ -108,7 +112,32 @@ impl Gateway {
             metrics: Arc::clone(&self.metrics),
             request_timeout: Arc::clone(&self.request_timeout),
             client: upstream_client(),
+            idle: Mutex::default(),
         }
+    }
+
+    /// Keeps an idle upstream connection for a later client; the oldest goes past
+    /// [`crate::fast::MAX_IDLE`].
+    pub(crate) fn park(&self, addr: SocketAddr, stream: tokio::net::TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() >= crate::fast::MAX_IDLE {
+            idle.pop_front();
+        }
+        idle.push_back((addr, stream));
+    }
+
+    /// The newest idle connection to `addr` that its end has not closed.
+    pub(crate) fn unpark(&self, addr: SocketAddr) -> Option<tokio::net::TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(at) = idle.iter().rposition(|(a, _)| *a == addr) {
+            let (_, stream) = idle.remove(at)?;
+            let mut byte = [0u8; 1];
+            match stream.try_read(&mut byte) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(stream),
+                _ => {}
+            }
+        }
+        None
     }
 
     pub(crate) fn set_request_timeout(&self, timeout: Option<Duration>) {
@@ -206,11 +235,7 @@ impl Gateway {
                 Ok(result) => result,
                 Err(_elapsed) => {
                     tracing::warn!(%env, upstream = label, ?timeout, "upstream timed out");
-                    let detail = format!(
-                        "environment `{env}` got no response head from `{label}` at {addr} within the \
-                         request timeout of {timeout:?}; the upstream may be overloaded or stuck \
-                         (see its log), or the timeout too short (`request_timeout` of the environment)"
-                    );
+                    let detail = timeout_detail(env, label, addr, timeout);
                     let title = "upstream timed out";
                     return Err(problem(StatusCode::GATEWAY_TIMEOUT, title, detail));
                 }
@@ -228,9 +253,14 @@ impl Gateway {
     /// The route for a request: the app its Host (or HTTP/2 authority) first label names, else the
     /// default app. The error says why there is none.
     fn route(&self, req: &Request<Incoming>) -> Result<Route, Unroutable> {
+        self.route_host(host_of(req))
+    }
+
+    /// The route for a request for `host`: the app its first label names, else the default app.
+    pub(crate) fn route_host(&self, host: Option<&str>) -> Result<Route, Unroutable> {
         let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
         // A Host naming a known app reaches that app or nothing: never another app's answer.
-        let named = host_of(req).and_then(app_label);
+        let named = host.and_then(app_label);
         let app = named
             .and_then(|label| {
                 let known = routes.known_apps.iter().chain(routes.apps.keys());
@@ -410,15 +440,29 @@ fn empty_body() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-/// An RFC 9457 problem document.
-fn problem(status: StatusCode, title: &str, detail: String) -> Response<ProxyBody> {
-    let document = serde_json::json!({
+/// What a request that timed out is told.
+pub(crate) fn timeout_detail(env: &str, label: &str, addr: SocketAddr, timeout: Duration) -> String {
+    format!(
+        "environment `{env}` got no response head from `{label}` at {addr} within the \
+         request timeout of {timeout:?}; the upstream may be overloaded or stuck \
+         (see its log), or the timeout too short (`request_timeout` of the environment)"
+    )
+}
+
+/// An RFC 9457 problem document's JSON.
+pub(crate) fn problem_document(status: StatusCode, title: &str, detail: &str) -> String {
+    serde_json::json!({
         "type": "about:blank",
         "title": title,
         "status": status.as_u16(),
         "detail": detail,
-    });
-    let body = Full::new(Bytes::from(document.to_string()));
+    })
+    .to_string()
+}
+
+/// An RFC 9457 problem document.
+fn problem(status: StatusCode, title: &str, detail: String) -> Response<ProxyBody> {
+    let body = Full::new(Bytes::from(problem_document(status, title, &detail)));
     let mut response = Response::new(body.map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
     let problem_json = HeaderValue::from_static("application/problem+json");

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod fast;
 mod forwarding;
 mod front;
 mod metrics;

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::ProxyError;
+use crate::fast::{self, Served};
 use crate::forwarding::{Gateway, Route};
 use crate::metrics::{ReleaseMetrics, UpstreamMetrics};
 use crate::upstream::Upstream;
@@ -280,7 +281,8 @@ async fn accept(
 }
 
 /// Serves one client connection, HTTP/1.1 or h2c, until it closes, or until the router stops and
-/// its current requests are answered.
+/// its current requests are answered: on the router's own HTTP/1.1 path while it can, and from
+/// the first request that needs more, on hyper's.
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -291,6 +293,10 @@ async fn serve(
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
     }
+    let stream = match fast::serve(stream, peer, &gateway, &mut stopping).await {
+        Served::Done => return,
+        Served::Handoff(stream) => stream,
+    };
     let service = service_fn(move |req| {
         let gateway = gateway.clone();
         async move { Ok::<_, Infallible>(gateway.forward(peer.ip(), req).await) }
