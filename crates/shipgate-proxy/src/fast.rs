@@ -70,7 +70,8 @@ pub(crate) async fn serve(
     loop {
         // The next request's head, whole, with its length.
         let head_len = loop {
-            let h2 = !buf.is_empty() && (buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&buf));
+            let h2 =
+                !buf.is_empty() && (buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&buf));
             if h2 && buf.len() >= H2_PREFACE.len() {
                 return handoff(client, buf, upstream, gateway);
             }
@@ -115,7 +116,14 @@ pub(crate) async fn serve(
             }
         };
         buf.advance(head_len);
-        let exchanged = exchange(&mut client, &mut buf, &mut upstream, gateway, plan, received);
+        let exchanged = exchange(
+            &mut client,
+            &mut buf,
+            &mut upstream,
+            gateway,
+            plan,
+            received,
+        );
         match exchanged.await {
             Ok(Next::KeepAlive) if !stopping.has_changed().unwrap_or(true) => {}
             _ => {
@@ -334,8 +342,9 @@ async fn exchange(
                 Failed::Problem(status, title, detail) => (status, title, detail),
                 Failed::Upstream(cause) => {
                     tracing::warn!(%env, upstream = label, "forwarding failed: {cause}");
-                    let detail =
-                        format!("environment `{env}` got no response from `{label}` at {addr}: {cause}");
+                    let detail = format!(
+                        "environment `{env}` got no response from `{label}` at {addr}: {cause}"
+                    );
                     (StatusCode::BAD_GATEWAY, "upstream unavailable", detail)
                 }
             };
@@ -725,11 +734,16 @@ impl Chunks {
             *self = match *self {
                 Chunks::Done => break,
                 Chunks::Data(n) => {
-                    let take = usize::try_from(n).map_or(bytes.len() - i, |n| n.min(bytes.len() - i));
+                    let take =
+                        usize::try_from(n).map_or(bytes.len() - i, |n| n.min(bytes.len() - i));
                     i += take;
                     data += take as u64;
                     let left = n - take as u64;
-                    if left == 0 { Chunks::DataCr } else { Chunks::Data(left) }
+                    if left == 0 {
+                        Chunks::DataCr
+                    } else {
+                        Chunks::Data(left)
+                    }
                 }
                 Chunks::SizeStart => {
                     i += 1;
@@ -823,7 +837,9 @@ fn is_hop_by_hop(name: &str, named: &[&[u8]]) -> bool {
     crate::forwarding::HOP_BY_HOP
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h.as_str()))
-        || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+        || named
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -918,7 +934,13 @@ mod tests {
 
     #[test]
     fn broken_chunk_framing_is_refused() {
-        for bad in [&b"x\r\n"[..], b"3\r\nabcX", b"3\n", b"FFFFFFFFFFFFFFFFF\r\n", b"0\r\nab\rX"] {
+        for bad in [
+            &b"x\r\n"[..],
+            b"3\r\nabcX",
+            b"3\n",
+            b"FFFFFFFFFFFFFFFFF\r\n",
+            b"0\r\nab\rX",
+        ] {
             assert_eq!(scan_all(bad, 1).map(|_| ()), Err(()), "{bad:?}");
         }
     }
@@ -926,7 +948,14 @@ mod tests {
     #[test]
     fn content_length_is_digits_only() {
         assert_eq!(parse_length(b"42"), Some(42));
-        for bad in [&b""[..], b"+1", b"-1", b"1 2", b"0x10", b"99999999999999999999999"] {
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1 2",
+            b"0x10",
+            b"99999999999999999999999",
+        ] {
             assert_eq!(parse_length(bad), None);
         }
     }

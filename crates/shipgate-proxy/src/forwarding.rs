@@ -441,7 +441,12 @@ fn empty_body() -> ProxyBody {
 }
 
 /// What a request that timed out is told.
-pub(crate) fn timeout_detail(env: &str, label: &str, addr: SocketAddr, timeout: Duration) -> String {
+pub(crate) fn timeout_detail(
+    env: &str,
+    label: &str,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> String {
     format!(
         "environment `{env}` got no response head from `{label}` at {addr} within the \
          request timeout of {timeout:?}; the upstream may be overloaded or stuck \

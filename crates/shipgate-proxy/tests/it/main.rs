@@ -5,6 +5,7 @@ mod forwarding;
 mod helpers;
 mod http2;
 mod metrics;
+mod own_path;
 mod shutdown;
 mod switching;
 mod timeout;
