@@ -465,6 +465,9 @@ async fn send_request(
         return Ok(None);
     }
     let resend = (up.reused && remaining == 0).then_some(out);
+    if remaining == 0 {
+        return Ok(resend);
+    }
     let mut chunk = vec![0u8; READ_SIZE];
     while remaining > 0 {
         let want = usize::try_from(remaining).map_or(READ_SIZE, |n| n.min(READ_SIZE));
