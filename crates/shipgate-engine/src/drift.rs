@@ -8,10 +8,14 @@ pub use shipgate_api::parity::DriftReport;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+
 use shipgate_core::{AppName, EnvName, PromotionKind, ReleaseRef};
 use shipgate_store::{LiveRelease, NewEvent, Promotion};
 
 use crate::{Engine, EngineError, SYSTEM, Slot, locked};
+
+/// The gate a heal records on its redeploy: what was put back, and where the drifted files went.
+pub const HEAL_GATE: &str = "heal";
 
 impl Engine {
     /// Checks every live release now; records an event for each slot whose drift changed.
@@ -232,16 +236,25 @@ impl Engine {
         }
         // Only a changed release directory is unpacked again; any other drift (the process,
         // the router, variables) is healed by the redeploy alone.
+        let started_at = self.clock.now();
+        let mut restored = None;
         if drift.iter().any(|d| d.starts_with("release directory")) {
             let artifacts = self.artifacts.clone();
             let digest = live.digest.clone();
-            tokio::task::spawn_blocking(move || artifacts.restore_release_dir(&digest))
+            let aside = tokio::task::spawn_blocking(move || artifacts.restore_release_dir(&digest))
                 .await
                 .map_err(|e| {
                     EngineError::Artifact(shipgate_store::artifact::ArtifactError::Unreadable(
                         e.to_string(),
                     ))
                 })??;
+            restored = Some(match aside {
+                Some(aside) => format!(
+                    "the release directory was put back from the artifact; what had drifted in it was moved to {} (delete it when you have looked)",
+                    aside.display()
+                ),
+                None => "the release directory was missing; it was unpacked again from the artifact".to_owned(),
+            });
         }
         let release = self
             .registered(&ReleaseRef {
@@ -249,7 +262,13 @@ impl Engine {
                 version: live.version.clone(),
             })
             .await?;
-        self.request(release, env, PromotionKind::Redeploy, actor, None)
-            .await
+        let promotion = self
+            .request(release, env, PromotionKind::Redeploy, actor, None)
+            .await?;
+        let output = restored.unwrap_or_else(|| {
+            format!("only the running side drifted ({}); the release directory is as recorded", drift.join("; "))
+        });
+        self.gate(&promotion, HEAL_GATE, true, output, started_at).await?;
+        Ok(promotion)
     }
 }

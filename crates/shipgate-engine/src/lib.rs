@@ -24,7 +24,7 @@ mod watch;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use data::{DataMessage, MASK_KEY_FILE};
-pub use drift::DriftReport;
+pub use drift::{DriftReport, HEAL_GATE};
 pub use error::EngineError;
 pub use parity::Diff;
 pub use report::{

@@ -278,7 +278,7 @@ impl ArtifactStore {
             Err(e) => return Err(io_err(format!("moving the release into {}", dir.display()))(e)),
         }
         make_read_only(&dir).map_err(io_err("making the release read-only"))?;
-        Ok(dir)
+        Ok(Some(aside))
     }
 }
 
@@ -379,7 +379,9 @@ impl ArtifactStore {
     /// itself stays (so instances of other environments running from it keep their working
     /// directory), and each of its entries is swapped for the fresh copy by a rename. What was
     /// there is moved aside into `tmp/`, so processes holding those files open keep them.
-    pub fn restore_release_dir(&self, digest: &Digest) -> Result<PathBuf, ArtifactError> {
+    /// Returns the folder the drifted entries were moved to (None if the release directory was
+    /// missing altogether).
+    pub fn restore_release_dir(&self, digest: &Digest) -> Result<Option<PathBuf>, ArtifactError> {
         use std::os::unix::fs::PermissionsExt;
         let dir = self.release_dir(digest);
         let staging = self.unpacked(&self.archive_path(digest))?;
@@ -387,7 +389,7 @@ impl ArtifactStore {
             fs::rename(staging.path(), &dir)
                 .map_err(io_err(format!("moving the release into {}", dir.display())))?;
             make_read_only(&dir).map_err(io_err("making the release read-only"))?;
-            return Ok(dir);
+            return Ok(None);
         }
         // Moving entries in and out of a folder needs write permission on it.
         let mut perm = fs::metadata(&dir)
@@ -415,7 +417,7 @@ impl ArtifactStore {
                 .map_err(io_err(format!("putting back {}", dir.join(name).display())))?;
         }
         make_read_only(&dir).map_err(io_err("making the release read-only"))?;
-        Ok(dir)
+        Ok(Some(aside))
     }
 }
 

@@ -45,6 +45,10 @@ pub(super) async fn finish_promotion(
         if let Some(reason) = &d.promotion.reason {
             text.push_str(&format!("\n  reason: {reason}"));
         }
+        // A heal says what it put back and where the drifted files went.
+        if let Some(heal) = d.gates.iter().find(|g| g.name == "heal") {
+            text.push_str(&format!("\n  heal: {}", heal.output.trim()));
+        }
         if let Some(failed) = d.gates.iter().find(|g| !g.passed) {
             text.push_str(&format!("\n  {} output:\n", failed.name));
             let lines: Vec<&str> = failed.output.lines().rev().take(20).collect();
