@@ -8,7 +8,6 @@ pub use shipgate_api::parity::DriftReport;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-
 use shipgate_core::{AppName, EnvName, PromotionKind, ReleaseRef};
 use shipgate_store::{LiveRelease, NewEvent, Promotion};
 
@@ -253,7 +252,10 @@ impl Engine {
                     "the release directory was put back from the artifact; what had drifted in it was moved to {} (delete it when you have looked)",
                     aside.display()
                 ),
-                None => "the release directory was missing; it was unpacked again from the artifact".to_owned(),
+                None => {
+                    "the release directory was missing; it was unpacked again from the artifact"
+                        .to_owned()
+                }
             });
         }
         let release = self
@@ -266,9 +268,13 @@ impl Engine {
             .request(release, env, PromotionKind::Redeploy, actor, None)
             .await?;
         let output = restored.unwrap_or_else(|| {
-            format!("only the running side drifted ({}); the release directory is as recorded", drift.join("; "))
+            format!(
+                "only the running side drifted ({}); the release directory is as recorded",
+                drift.join("; ")
+            )
         });
-        self.gate(&promotion, HEAL_GATE, true, output, started_at).await?;
+        self.gate(&promotion, HEAL_GATE, true, output, started_at)
+            .await?;
         Ok(promotion)
     }
 }

@@ -278,7 +278,7 @@ impl ArtifactStore {
             Err(e) => return Err(io_err(format!("moving the release into {}", dir.display()))(e)),
         }
         make_read_only(&dir).map_err(io_err("making the release read-only"))?;
-        Ok(Some(aside))
+        Ok(dir)
     }
 }
 

@@ -218,7 +218,10 @@ fn a_changed_file_in_a_live_release_is_found_by_the_scan_and_healed() {
         .unwrap_or_else(|| panic!("the heal names the folder: {healed}"));
     let aside = std::path::Path::new(aside);
     assert!(aside.join("notes.txt").exists(), "{healed}");
-    assert_ne!(fs::read_to_string(aside.join("server.py")).unwrap(), original);
+    assert_ne!(
+        fs::read_to_string(aside.join("server.py")).unwrap(),
+        original
+    );
     assert_eq!(fs::read_to_string(dir.join("server.py")).unwrap(), original);
     assert!(!dir.join("notes.txt").exists());
     assert_eq!(s.latest("development")["kind"], "redeploy");
