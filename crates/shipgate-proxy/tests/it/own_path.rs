@@ -129,6 +129,15 @@ impl Raw {
     }
 }
 
+/// A router for app `web`, routed to `backend` as web@1, and a raw client connection to it.
+async fn web_on(backend: SocketAddr) -> (shipgate_proxy::Router, Raw) {
+    let router = router().await;
+    router.set_apps(&["web"]);
+    router.switch("web", Some(Upstream::new(backend, "web@1")));
+    let client = Raw::open(router.local_addr()).await;
+    (router, client)
+}
+
 /// A backend answering `/fixed` with a Content-Length body, `/chunked` with a chunked one, and
 /// any other path with `E METHOD URI for=X-FORWARDED-FOR body=BODY` (status 201).
 async fn framings() -> SocketAddr {
@@ -166,10 +175,7 @@ async fn framings() -> SocketAddr {
 
 #[tokio::test]
 async fn one_connection_carries_pipelined_requests_of_every_framing() {
-    let router = router().await;
-    router.set_apps(&["web"]);
-    router.switch("web", Some(Upstream::new(framings().await, "web@1")));
-    let mut client = Raw::open(router.local_addr()).await;
+    let (router, mut client) = web_on(framings().await).await;
     let big = "x".repeat(300_000);
     // Five requests in one write: the router must answer them in order, each framed right.
     let requests = format!(
@@ -246,10 +252,7 @@ async fn raw_backend(answer: &'static [u8], close_after: bool) -> SocketAddr {
 
 #[tokio::test]
 async fn hop_by_hop_headers_go_no_further_either_way() {
-    let router = router().await;
-    router.set_apps(&["web"]);
-    router.switch("web", Some(Upstream::new(echo("E").await, "web@1")));
-    let mut client = Raw::open(router.local_addr()).await;
+    let (router, mut client) = web_on(echo("E").await).await;
     client
         .write(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: keep-alive, x-secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-Forwarded-For: 192.0.2.1\r\n\r\n")
         .await;
@@ -277,14 +280,8 @@ async fn hop_by_hop_headers_go_no_further_either_way() {
 
 #[tokio::test]
 async fn a_body_without_a_length_is_passed_on_until_the_upstream_closes() {
-    let router = router().await;
-    router.set_apps(&["web"]);
     let answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it, then the end";
-    router.switch(
-        "web",
-        Some(Upstream::new(raw_backend(answer, true).await, "web@1")),
-    );
-    let mut client = Raw::open(router.local_addr()).await;
+    let (_router, mut client) = web_on(raw_backend(answer, true).await).await;
     client.write(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n").await;
     let reply = client.answer(false).await;
     assert_eq!(reply.text(), "all of it, then the end");
@@ -297,13 +294,7 @@ async fn an_upstream_that_closes_its_idle_connections_fails_no_request() {
     // Closes each connection right after its answer, without saying so (as an upstream whose
     // keep-alive timeout ran out would): the router must notice, or send again, not answer 502.
     let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsure";
-    let router = router().await;
-    router.set_apps(&["web"]);
-    router.switch(
-        "web",
-        Some(Upstream::new(raw_backend(answer, true).await, "web@1")),
-    );
-    let mut client = Raw::open(router.local_addr()).await;
+    let (router, mut client) = web_on(raw_backend(answer, true).await).await;
     for i in 0..20 {
         client.write(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n").await;
         let reply = client.answer(false).await;
@@ -342,10 +333,7 @@ async fn requests_on_one_connection_follow_a_switch() {
 
 #[tokio::test]
 async fn what_the_own_path_does_not_take_goes_to_hyper_on_the_same_connection() {
-    let router = router().await;
-    router.set_apps(&["web"]);
-    router.switch("web", Some(Upstream::new(echo("E").await, "web@1")));
-    let mut client = Raw::open(router.local_addr()).await;
+    let (router, mut client) = web_on(echo("E").await).await;
     client
         .write(b"GET /first HTTP/1.1\r\nHost: web\r\n\r\n")
         .await;
