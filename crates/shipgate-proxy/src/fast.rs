@@ -379,6 +379,9 @@ async fn exchange(
     }
     if !response.reusable || framing == Framing::UntilClose {
         *upstream = None;
+    } else {
+        // Kept for the next request, which may find it closed by the upstream meanwhile.
+        up.reused = true;
     }
     Ok(if keep_client {
         Next::KeepAlive
