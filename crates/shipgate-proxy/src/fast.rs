@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::forwarding::{Gateway, Route, Unroutable, problem_document};
 use crate::metrics::{NO_RELEASE, ReleaseMetrics};
+use crate::upstream::InFlight;
 
 /// The largest request or response head read; a larger one gets 431 (request) or 502 (response).
 const MAX_HEAD: usize = 64 * 1024;
@@ -336,6 +337,8 @@ async fn exchange(
     let response = match answer {
         Ok(response) => response,
         Err(failed) => {
+            // Nothing is in flight on the upstream any more once the client is answered.
+            drop(in_flight);
             *upstream = None;
             let (status, title, detail) = match failed {
                 Failed::Client => return Ok(Next::Close),
@@ -368,10 +371,9 @@ async fn exchange(
     }
     out.extend_from_slice(b"\r\n");
     metrics.record_response(status, received);
-    let copied = copy_body(up, client, framing, out).await;
-    drop(in_flight);
+    let copied = copy_body(up, client, framing, out, &metrics, in_flight).await;
     match copied {
-        Ok(bytes) => metrics.add_response_bytes(bytes),
+        Ok(()) => {}
         Err(()) => {
             *upstream = None;
             return Ok(Next::Close);
@@ -656,7 +658,10 @@ async fn copy_body(
     client: &mut TcpStream,
     framing: Framing,
     mut out: Vec<u8>,
-) -> Result<u64, ()> {
+    metrics: &ReleaseMetrics,
+    in_flight: InFlight,
+) -> Result<(), ()> {
+    let mut in_flight = Some(in_flight);
     let mut body = 0u64;
     let mut remaining = match framing {
         Framing::Length(n) => n,
@@ -688,15 +693,23 @@ async fn copy_body(
                 false
             }
         };
+        // Counted, and the upstream's part ended, before the client can see the bytes.
+        metrics.add_response_bytes(std::mem::take(&mut body));
+        if done {
+            in_flight = None;
+        }
         if !out.is_empty() {
             client.write_all(&out).await.map_err(|_| ())?;
             out.clear();
         }
         if done {
-            return Ok(body);
+            return Ok(());
         }
         match up.stream.read_buf(&mut up.buf).await {
-            Ok(0) if framing == Framing::UntilClose => return Ok(body),
+            Ok(0) if framing == Framing::UntilClose => {
+                drop(in_flight);
+                return Ok(());
+            }
             Ok(0) | Err(_) => return Err(()),
             Ok(_) => {}
         }
