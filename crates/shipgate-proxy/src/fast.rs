@@ -70,7 +70,7 @@ pub(crate) async fn serve(
     let forwarded_for = peer.ip().to_string();
     loop {
         // The next request's head, whole, with its length.
-        let head_len = loop {
+        let (head_len, received, plan) = loop {
             let h2 =
                 !buf.is_empty() && (buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&buf));
             if h2 && buf.len() >= H2_PREFACE.len() {
@@ -80,7 +80,10 @@ pub(crate) async fn serve(
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&buf) {
-                    Ok(httparse::Status::Complete(n)) => break n,
+                    Ok(httparse::Status::Complete(n)) => {
+                        let received = Instant::now();
+                        break (n, received, plan_request(&req, &forwarded_for, gateway));
+                    }
                     Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
                     // Too large or malformed: hyper answers it as it answers any bad request.
                     _ => return handoff(client, buf, upstream, gateway),
@@ -98,13 +101,6 @@ pub(crate) async fn serve(
                 park(gateway, upstream);
                 return Served::Done;
             }
-        };
-        let received = Instant::now();
-        let plan = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            let _ = req.parse(&buf);
-            plan_request(&req, &forwarded_for, gateway)
         };
         let plan = match plan {
             Plan::General => return handoff(client, buf, upstream, gateway),
@@ -141,15 +137,16 @@ async fn idle_closed(upstream: Option<&UpstreamConn>) {
         return std::future::pending().await;
     };
     loop {
-        if up.stream.readable().await.is_err() {
+        if up.stream.readable().await.is_err() || !is_open(&up.stream) {
             return;
         }
-        let mut byte = [0u8; 1];
-        match up.stream.try_read(&mut byte) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            _ => return,
-        }
     }
+}
+
+/// Whether an idle upstream connection is still open: nothing to read, and no end of stream.
+pub(crate) fn is_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 fn handoff(

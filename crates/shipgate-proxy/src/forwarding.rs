@@ -131,10 +131,8 @@ impl Gateway {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(at) = idle.iter().rposition(|(a, _)| *a == addr) {
             let (_, stream) = idle.remove(at)?;
-            let mut byte = [0u8; 1];
-            match stream.try_read(&mut byte) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(stream),
-                _ => {}
+            if crate::fast::is_open(&stream) {
+                return Some(stream);
             }
         }
         None
