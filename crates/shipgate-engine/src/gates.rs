@@ -24,7 +24,7 @@ impl Engine {
     pub fn waiting_on(&self, promotion_id: shipgate_core::PromotionId) -> Vec<Wait> {
         locked(&self.waiting)
             .get(&promotion_id)
-            .cloned()
+            .map(|(waits, _)| waits.clone())
             .unwrap_or_default()
     }
 
@@ -33,8 +33,41 @@ impl Engine {
         if waits.is_empty() {
             waiting.remove(&promotion_id);
         } else {
-            waiting.insert(promotion_id, waits);
+            waiting.insert(promotion_id, (waits, 0));
         }
+    }
+
+    /// Sets what a pending promotion waits on, worked out from `decided` decisions, unless what is
+    /// there already was worked out from more: a look that began before an approval landed must
+    /// not put back the approval it no longer waits on.
+    fn set_entry_waits(
+        &self,
+        promotion_id: shipgate_core::PromotionId,
+        waits: Vec<Wait>,
+        decided: usize,
+    ) {
+        let mut waiting = locked(&self.waiting);
+        if waiting
+            .get(&promotion_id)
+            .is_some_and(|(_, seen)| *seen > decided)
+        {
+            return;
+        }
+        waiting.insert(promotion_id, (waits, decided));
+    }
+
+    /// Works out again what a pending promotion waits on, so an answer given right after a
+    /// decision already counts it.
+    async fn refresh_entry_waits(&self, p: &Promotion) -> Result<(), EngineError> {
+        let Some(env) = self.config.environment(&p.env) else {
+            return Ok(());
+        };
+        let decisions = self.store.decisions(p.id, Stage::Entry).await?;
+        let decided = decisions.len();
+        let facts = self.entry_facts(p, env.after.as_ref(), decisions).await?;
+        let waits = gate::waiting_on(&env.require, &facts.borrowed());
+        self.set_entry_waits(p.id, waits, decided);
+        Ok(())
     }
 
     /// Waits until the promotion's requirements hold (true) or it ended while waiting (false):
@@ -67,6 +100,7 @@ impl Engine {
                 return Ok(false);
             }
             let decisions = self.store.decisions(p.id, Stage::Entry).await?;
+            let decided = decisions.len();
             if let Some(rejection) = decisions.iter().find(|d| d.verdict == Verdict::Reject) {
                 let why = format!(
                     "rejected by {}: {}",
@@ -84,7 +118,7 @@ impl Engine {
                 break facts;
             }
             let next = waits.iter().filter_map(Wait::until).min();
-            self.set_waiting(p.id, waits);
+            self.set_entry_waits(p.id, waits, decided);
             let sleep = next
                 .and_then(|t| Duration::try_from(t.duration_since(self.clock.now())).ok())
                 .map_or(RECHECK, |d| (d + Duration::from_millis(5)).min(RECHECK));
@@ -289,6 +323,9 @@ impl Engine {
                 comment,
             })
             .await?;
+        if stage == Stage::Entry && verdict == Verdict::Approve {
+            self.refresh_entry_waits(&promotion).await?;
+        }
         Ok((promotion, decision))
     }
 

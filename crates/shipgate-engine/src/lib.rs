@@ -76,8 +76,9 @@ pub struct Engine {
     standby: Mutex<HashMap<Slot, standby::Standby>>,
     /// Slots whose live instance crash-looped and is no longer restarted, with why.
     unhealthy: Mutex<HashMap<Slot, String>>,
-    /// What each waiting promotion waits on (pending ones, and verifying ones held for a person).
-    waiting: Mutex<HashMap<shipgate_core::PromotionId, Vec<shipgate_core::gate::Wait>>>,
+    /// What each waiting promotion waits on (pending ones, and verifying ones held for a person),
+    /// with how many decisions on it that was worked out from.
+    waiting: Mutex<HashMap<shipgate_core::PromotionId, (Vec<shipgate_core::gate::Wait>, usize)>>,
     /// The last hour of each slot's traffic, for charts.
     traffic: Mutex<HashMap<Slot, traffic::History>>,
     /// What the last drift scan found, for slots that drifted.
