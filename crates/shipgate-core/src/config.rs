@@ -589,10 +589,13 @@ impl Config {
     /// Parses and validates a config file's text. Relative paths are resolved against
     /// `base_dir` (the folder of the file).
     pub fn parse(src: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(src).map_err(|e| ConfigError {
-            problems: vec![toml_problem(&e, src)],
-        })?;
-        let mut problems = Problems::default();
+        let (raw, unreadable) = read_raw(src);
+        let Some(raw) = raw else {
+            return Err(ConfigError {
+                problems: unreadable,
+            });
+        };
+        let mut problems = Problems(unreadable);
         let server = server(raw.server, base_dir, &mut problems);
         let apps = apps(raw.apps, base_dir, &mut problems);
         let environments = environments(raw.environments, &server, &mut problems);
@@ -1535,6 +1538,43 @@ fn closest<'a>(word: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a s
         .map(|(_, k)| k)
 }
 
+/// The most problems of the file's form (unknown keys, wrong types) reported in one go.
+const MAX_FORM_PROBLEMS: usize = 50;
+
+/// Reads the file into its raw form, going on past each `key = value` line that cannot be
+/// read (an unknown key, a value of the wrong type) so that all of them are reported at once:
+/// such a line is read again as a comment, which keeps every position in the file. It stops
+/// at a problem it cannot step over (a syntax error, a table header, a value over several
+/// lines), and a key found missing only because a bad line was stepped over is not reported.
+fn read_raw(src: &str) -> (Option<RawConfig>, Vec<ConfigProblem>) {
+    let mut text = src.to_owned();
+    let mut found = Vec::new();
+    while found.len() < MAX_FORM_PROBLEMS {
+        let e = match toml::from_str::<RawConfig>(&text) {
+            Ok(raw) => return (Some(raw), found),
+            Err(e) => e,
+        };
+        if e.message().starts_with("missing field") && !found.is_empty() {
+            break;
+        }
+        found.push(toml_problem(&e, src));
+        let Some(start) = e.span().map(|s| text.floor_char_boundary(s.start)) else {
+            break;
+        };
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        let line = &text[line_start..line_end];
+        let one_line_key = !line.trim_start().starts_with(['[', '#'])
+            && line.as_bytes().first().is_some_and(u8::is_ascii)
+            && toml::from_str::<toml::Table>(line).is_ok_and(|t| !t.is_empty());
+        if !one_line_key {
+            break;
+        }
+        text.replace_range(line_start..line_start + 1, "#");
+    }
+    (None, found)
+}
+
 /// Turns a TOML/serde error into a problem, adding the closest key for unknown keys.
 fn toml_problem(e: &toml::de::Error, src: &str) -> ConfigProblem {
     let span = e.span().unwrap_or(0..0);
@@ -1731,6 +1771,31 @@ mod tests {
         shipgate.toml:5:1: unknown key `lisen`
           help: did you mean `listen`?
         ");
+    }
+
+    #[test]
+    fn every_unreadable_key_is_reported_at_once_with_the_other_problems() {
+        let src = format!(
+            "[server]\nlisen = \"127.0.0.1:7300\"\n{BASE}helth = \"/\"\n[environments.dev]\nlisten = \"127.0.0.1:8101\"\nstandby = 5\nverify.watch = \"1 minute\"\n[environments.prod]\nafter = \"dve\"\nlisten = \"127.0.0.1:8102\"\n"
+        );
+        insta::assert_snapshot!(errors(&src), @r#"
+        shipgate.toml:2:1: unknown key `lisen`
+          help: did you mean `listen`?
+        shipgate.toml:5:1: unknown key `helth`
+          help: did you mean `health`?
+        shipgate.toml:8:11: invalid type: integer `5`, expected a string
+        shipgate.toml:9:16: `1 minute` is not a duration: write a number and a unit (ms, s, m, h, d), for example "30s", "10m" or "1h30m"
+        shipgate.toml:11:9: `after = "dve"` names no environment
+          help: did you mean `dev`?
+        "#);
+    }
+
+    #[test]
+    fn a_key_missing_only_because_its_line_was_unreadable_is_not_reported() {
+        let src = "[apps.web]\nrun = 5\n[environments.dev]\nlisten = \"127.0.0.1:8101\"\n";
+        let errors = errors(src);
+        assert!(errors.starts_with("shipgate.toml:2:7: "), "{errors}");
+        assert!(!errors.contains("missing key `run`"), "{errors}");
     }
 
     #[test]
