@@ -1,7 +1,7 @@
 //! What `status`, `history` and one promotion look like on the wire.
 
 use serde::{Deserialize, Serialize};
-use shipgate_core::gate::{Decision, Freeze, Wait};
+use shipgate_core::gate::{Decision, Freeze, Wait, WatchCheck, WatchFigures};
 use shipgate_core::{AppName, EnvName, Version};
 use utoipa::ToSchema;
 
@@ -31,7 +31,10 @@ pub struct EnvironmentStatus {
     pub in_progress: Vec<PromotionView>,
     /// The freezes in force here (its own and the one of every environment).
     pub frozen: Vec<Freeze>,
-    /// The replaced release still running for an instant rollback, if any.
+    /// The release `shipgate rollback` would go back to, if there is one.
+    pub rollback_to: Option<Version>,
+    /// The replaced release still running for an instant rollback, if any: always the one a
+    /// rollback would go to.
     pub standby: Option<StandbyView>,
     /// Why the environment is unhealthy (its instance crash-looped), if it is.
     pub unhealthy: Option<String>,
@@ -110,6 +113,8 @@ pub struct HistoryEntry {
     pub waiting_on: Vec<WaitView>,
     /// Approvals and rejections recorded for it.
     pub decisions: Vec<Decision>,
+    /// Its watch, while one is under way.
+    pub watch: Option<WatchView>,
 }
 
 /// A promotion in progress with what it waits on.
@@ -120,6 +125,24 @@ pub struct PromotionView {
     pub promotion: Promotion,
     /// What it waits on; empty once it deploys.
     pub waiting_on: Vec<WaitView>,
+    /// Its watch, while one is under way.
+    pub watch: Option<WatchView>,
+}
+
+/// A watch under way (`verify.watch`): when it ends, and the figures so far against each
+/// threshold.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct WatchView {
+    /// When it began (the switch).
+    pub started_at: jiff::Timestamp,
+    /// When it ends.
+    pub ends_at: jiff::Timestamp,
+    /// What the router counted for the new release so far.
+    pub figures: WatchFigures,
+    /// Each threshold against the figures so far.
+    pub checks: Vec<WatchCheck>,
+    /// The same in a sentence.
+    pub message: String,
 }
 
 /// One thing a promotion waits on, with a sentence for people.

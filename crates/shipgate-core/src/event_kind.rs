@@ -90,6 +90,14 @@ impl EventKind {
         (Self::DataRefreshFailed, "data.refresh_failed"),
     ];
 
+    /// Every kind, in a stable order (by family).
+    pub fn all() -> Vec<EventKind> {
+        let mut kinds: Vec<EventKind> = Self::NAMED.iter().map(|(k, _)| *k).collect();
+        kinds.extend(PromotionState::ALL.map(Self::Promotion));
+        kinds.sort_by_key(|k| (k.family(), k.to_string()));
+        kinds
+    }
+
     /// The family: the part before the dot (`promotion`, `environment`, ...).
     pub fn family(&self) -> &'static str {
         match self {
@@ -159,9 +167,7 @@ mod tests {
 
     #[test]
     fn every_kind_reads_back_from_its_name() {
-        let mut kinds: Vec<EventKind> = EventKind::NAMED.iter().map(|(k, _)| *k).collect();
-        kinds.extend(PromotionState::ALL.map(EventKind::Promotion));
-        for kind in kinds {
+        for kind in EventKind::all() {
             let name = kind.to_string();
             assert_ne!(name, "unknown", "{kind:?}");
             assert_eq!(EventKind::parse(&name), Some(kind), "{name}");

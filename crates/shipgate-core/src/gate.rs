@@ -167,7 +167,7 @@ impl fmt::Display for Wait {
             } => {
                 write!(f, "{have} of {need} approvals")?;
                 if !approvers.is_empty() {
-                    write!(f, " ({})", approvers.join(", "))?;
+                    write!(f, " (approved by {})", approvers.join(", "))?;
                 }
                 if let Some(role) = role {
                     write!(f, " from the role {role}")?;
@@ -404,7 +404,8 @@ pub fn check_decision(
 }
 
 /// What the router counted for the new release since the switch.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct WatchFigures {
     /// Responses.
     pub requests: u64,
@@ -439,6 +440,69 @@ impl fmt::Display for WatchFigures {
         }
         Ok(())
     }
+}
+
+/// One threshold of a watch against what was measured so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct WatchCheck {
+    /// The setting (`verify.max_error_rate`).
+    pub setting: String,
+    /// Its value.
+    pub limit: String,
+    /// What was measured so far.
+    pub measured: String,
+    /// Whether the measurement is within it so far (for `verify.min_requests`: reached).
+    pub within: bool,
+}
+
+impl fmt::Display for WatchCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = match (self.within, self.setting.as_str()) {
+            (true, _) => "ok",
+            (false, "verify.min_requests") => "not yet",
+            (false, _) => "OVER",
+        };
+        write!(
+            f,
+            "{} {} ({} {}: {verdict})",
+            self.setting.trim_start_matches("verify."),
+            self.measured,
+            self.setting,
+            self.limit
+        )
+    }
+}
+
+/// Each threshold of `rule` against the figures measured so far: the requests against
+/// `verify.min_requests`, then the error rate and the p99 against their maximums when set.
+pub fn watch_checks(rule: &WatchRule, figures: &WatchFigures) -> Vec<WatchCheck> {
+    let mut checks = vec![WatchCheck {
+        setting: "verify.min_requests".into(),
+        limit: rule.min_requests.to_string(),
+        measured: figures.requests.to_string(),
+        within: figures.requests >= rule.min_requests,
+    }];
+    if let Some(max) = rule.max_error_rate {
+        checks.push(WatchCheck {
+            setting: "verify.max_error_rate".into(),
+            limit: max.to_string(),
+            measured: format!("{:.4}", figures.error_rate()),
+            within: figures.error_rate() <= max,
+        });
+    }
+    if let Some(max) = rule.max_p99 {
+        let max_ms = max.as_std().as_secs_f64() * 1000.0;
+        checks.push(WatchCheck {
+            setting: "verify.max_p99".into(),
+            limit: max.to_string(),
+            measured: figures
+                .p99_ms
+                .map_or("-".to_owned(), |p| format!("{p:.1}ms")),
+            within: figures.p99_ms.is_none_or(|p| p <= max_ms),
+        });
+    }
+    checks
 }
 
 /// What to do when too few requests arrived during the watch to judge the release.
@@ -574,7 +638,7 @@ mod tests {
         assert_eq!(waits.len(), 1);
         assert_eq!(
             waits[0].to_string(),
-            "1 of 2 approvals (alice) from the role approver"
+            "1 of 2 approvals (approved by alice) from the role approver"
         );
         let ds = [
             decision("alice", Role::Approver, Verdict::Approve),

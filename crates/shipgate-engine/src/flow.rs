@@ -120,6 +120,35 @@ impl Engine {
                 "nothing of {app} is live in {env}, so there is nothing to roll back"
             )));
         };
+        let target = match self.rollback_target(app, env, &live, to).await? {
+            Ok(target) => target,
+            Err(msg) => return Err(EngineError::NothingToRollBack(msg)),
+        };
+        let release = self
+            .registered(&ReleaseRef {
+                app: app.clone(),
+                version: target.version.clone(),
+            })
+            .await?;
+        if let Some(done) = self
+            .switch_back(&(app.clone(), env.clone()), &release, &live, actor)
+            .await?
+        {
+            return Ok(done);
+        }
+        self.request(release, env, PromotionKind::Rollback, actor, None)
+            .await
+    }
+
+    /// The promotion `rollback` goes back to in `env` from `live`: the release of `to`, or
+    /// else the newest one verified there before the live one; `Err` says why there is none.
+    pub(crate) async fn rollback_target(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        live: &LiveRelease,
+        to: Option<&Version>,
+    ) -> Result<Result<Promotion, String>, EngineError> {
         let history = self
             .store
             .promotions(PromotionFilter {
@@ -155,22 +184,9 @@ impl Engine {
                     live.version
                 ),
             };
-            return Err(EngineError::NothingToRollBack(msg));
+            return Ok(Err(msg));
         };
-        let release = self
-            .registered(&ReleaseRef {
-                app: app.clone(),
-                version: target.version.clone(),
-            })
-            .await?;
-        if let Some(done) = self
-            .switch_back(&(app.clone(), env.clone()), &release, &live, actor)
-            .await?
-        {
-            return Ok(done);
-        }
-        self.request(release, env, PromotionKind::Rollback, actor, None)
-            .await
+        Ok(Ok(target.clone()))
     }
 
     pub(crate) async fn registered(&self, release: &ReleaseRef) -> Result<Release, EngineError> {

@@ -79,6 +79,8 @@ pub struct Engine {
     /// What each waiting promotion waits on (pending ones, and verifying ones held for a person),
     /// with how many decisions on it that was worked out from.
     waiting: Mutex<HashMap<shipgate_core::PromotionId, (Vec<shipgate_core::gate::Wait>, usize)>>,
+    /// Each watch under way, by promotion, as last looked at.
+    watching: Mutex<HashMap<shipgate_core::PromotionId, shipgate_api::status::WatchView>>,
     /// The last hour of each slot's traffic, for charts.
     traffic: Mutex<HashMap<Slot, traffic::History>>,
     /// What the last drift scan found, for slots that drifted.
@@ -153,6 +155,7 @@ impl Engine {
             standby: Mutex::default(),
             unhealthy: Mutex::default(),
             waiting: Mutex::default(),
+            watching: Mutex::default(),
             traffic: Mutex::default(),
             drift: Mutex::default(),
             boot: jiff::Timestamp::now().as_millisecond(),

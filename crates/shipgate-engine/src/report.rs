@@ -84,6 +84,15 @@ impl Engine {
                     }),
                     None => None,
                 };
+                let live_here = live.iter().find(|l| l.app == a.name && l.env == e.name);
+                let rollback_to = match live_here {
+                    Some(l) => self
+                        .rollback_target(&a.name, &e.name, l, None)
+                        .await?
+                        .ok()
+                        .map(|p| p.version),
+                    None => None,
+                };
                 environments.push(EnvironmentStatus {
                     env: e.name.clone(),
                     url: self.env_url(&e.name),
@@ -102,6 +111,7 @@ impl Engine {
                                 .into_iter()
                                 .map(WaitView::from)
                                 .collect(),
+                            watch: self.watch_of(p.id),
                         })
                         .collect(),
                     frozen: freezes
@@ -109,11 +119,15 @@ impl Engine {
                         .filter(|f| f.env.as_ref().is_none_or(|x| x == &e.name))
                         .cloned()
                         .collect(),
-                    standby: self.standby_of(&slot).map(|s| StandbyView {
-                        version: s.live.version,
-                        instance_id: s.instance.id,
-                        until: s.until,
-                    }),
+                    standby: self
+                        .standby_of(&slot)
+                        .filter(|s| rollback_to.as_ref() == Some(&s.live.version))
+                        .map(|s| StandbyView {
+                            version: s.live.version,
+                            instance_id: s.instance.id,
+                            until: s.until,
+                        }),
+                    rollback_to,
                     unhealthy: crate::locked(&self.unhealthy).get(&slot).cloned(),
                     drift: self.drift_of_slot(&a.name, &e.name),
                     isolation: self.isolation_view(&a.name, &e.name),
@@ -182,6 +196,7 @@ impl Engine {
                 .into_iter()
                 .map(WaitView::from)
                 .collect(),
+            watch: self.watch_of(promotion.id),
             promotion,
             gates,
             decisions,

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use shipgate_core::gate::{Inconclusive, Stage, WatchVerdict, judge};
+use jiff::Timestamp;
+use shipgate_api::status::WatchView;
+use shipgate_core::PromotionId;
+use shipgate_core::config::WatchRule;
+use shipgate_core::gate::{Inconclusive, Stage, WatchFigures, WatchVerdict, judge, watch_checks};
 use shipgate_store::Promotion;
 
 use crate::traffic::Counters;
@@ -47,11 +51,17 @@ impl Engine {
             AbortOnDrop(tokio::spawn(send_traffic(urls, t.rps)))
         });
         let deadline = crate::clock::after(self.clock.now(), rule.watch.as_std());
+        let progress = Progress {
+            engine: self,
+            id: p.id,
+        };
+        progress.show(&rule, started_at, deadline, &WatchFigures::default());
         loop {
             let next = crate::clock::after(self.clock.now(), LOOK_EVERY).min(deadline);
             self.clock.sleep_until(next).await;
             let figures =
                 Counters::of(&self.driver.router_metrics(env).await, app, &label).since(&before);
+            progress.show(&rule, started_at, deadline, &figures);
             let decisions = self.store.decisions(p.id, Stage::Watch).await?;
             if let Some(rejection) = decisions
                 .iter()
@@ -108,6 +118,7 @@ impl Engine {
                             Ok(Some(why))
                         }
                         Inconclusive::Hold => {
+                            drop(progress);
                             let output = format!(
                                 "{why}; held for a person (verify.inconclusive = \"hold\")"
                             );
@@ -118,6 +129,51 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+impl Engine {
+    /// The watch under way for a promotion, if one is.
+    pub fn watch_of(&self, id: PromotionId) -> Option<WatchView> {
+        crate::locked(&self.watching).get(&id).cloned()
+    }
+}
+
+/// A watch's figures so far, shown in `status` while it runs; gone when it ends, however.
+struct Progress<'a> {
+    engine: &'a Engine,
+    id: PromotionId,
+}
+
+impl Progress<'_> {
+    fn show(
+        &self,
+        rule: &WatchRule,
+        started_at: Timestamp,
+        ends_at: Timestamp,
+        figures: &WatchFigures,
+    ) {
+        let checks = watch_checks(rule, figures);
+        let each: Vec<String> = checks.iter().map(ToString::to_string).collect();
+        let message = format!(
+            "watch ends at {}: {}",
+            ends_at.strftime("%H:%M:%S UTC"),
+            each.join(", ")
+        );
+        let view = WatchView {
+            started_at,
+            ends_at,
+            figures: *figures,
+            checks,
+            message,
+        };
+        crate::locked(&self.engine.watching).insert(self.id, view);
+    }
+}
+
+impl Drop for Progress<'_> {
+    fn drop(&mut self) {
+        crate::locked(&self.engine.watching).remove(&self.id);
     }
 }
 

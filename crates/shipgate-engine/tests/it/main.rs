@@ -390,3 +390,121 @@ async fn a_switch_that_fails_fails_the_promotion_and_stops_its_instance() {
     );
     f.engine.shutdown().await;
 }
+
+/// Production's status for web.
+async fn production(f: &Fixture) -> shipgate_engine::EnvironmentStatus {
+    let web = shipgate_core::AppName::parse("web").unwrap();
+    f.engine
+        .status_of(&[web])
+        .await
+        .unwrap()
+        .remove(0)
+        .environments
+        .into_iter()
+        .find(|e| e.env.as_str() == "production")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_shows_when_it_ends_and_its_figures_so_far_and_the_standby_is_where_a_rollback_goes()
+ {
+    let f = start(
+        "verify.watch = \"2m\"\nverify.max_error_rate = 0.05\nverify.min_requests = 5\nverify.inconclusive = \"pass\"",
+    )
+    .await;
+    for version in ["1.0.0", "1.1.0"] {
+        let release = f.verified_in_development(version, &[]).await;
+        let prod = f.promote(&release, "production").await;
+        f.reaches(prod, PromotionState::Verifying).await;
+        f.clock.advance(2 * MINUTE);
+        f.reaches(prod, PromotionState::Succeeded).await;
+    }
+    let before = production(&f).await;
+    assert_eq!(
+        before.rollback_to.as_ref().map(|v| v.as_str()),
+        Some("1.0.0")
+    );
+    assert_eq!(
+        before.standby.as_ref().map(|s| s.version.as_str()),
+        Some("1.0.0")
+    );
+
+    let release = f.verified_in_development("1.2.0", &[]).await;
+    let prod = f.promote(&release, "production").await;
+    f.reaches(prod, PromotionState::Verifying).await;
+    f.settle().await;
+    let watching = production(&f).await;
+    let watch = watching.in_progress[0]
+        .watch
+        .clone()
+        .expect("a watch under way");
+    assert_eq!(
+        watch.ends_at.duration_since(watch.started_at).as_secs(),
+        120
+    );
+    let settings: Vec<(&str, bool)> = watch
+        .checks
+        .iter()
+        .map(|c| (c.setting.as_str(), c.within))
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            ("verify.min_requests", false),
+            ("verify.max_error_rate", true)
+        ],
+        "{watch:?}"
+    );
+    assert!(
+        watch.message.starts_with("watch ends at "),
+        "{}",
+        watch.message
+    );
+    assert!(
+        watch
+            .message
+            .contains("min_requests 0 (verify.min_requests 5: not yet)"),
+        "{}",
+        watch.message
+    );
+    // During the watch a rollback (and the watch's own failure) goes back to 1.1.0, so the
+    // standby of 1.0.0 is not shown as if it were where it would go.
+    assert_eq!(
+        watching.rollback_to.as_ref().map(|v| v.as_str()),
+        Some("1.1.0")
+    );
+    assert_eq!(watching.standby, None, "{:?}", watching.standby);
+
+    for _ in 0..6 {
+        assert_eq!(get(f.router("production")).unwrap().0, 200);
+    }
+    f.clock.advance(Duration::from_secs(1));
+    f.settle().await;
+    let watch = production(&f).await.in_progress[0].watch.clone().unwrap();
+    assert_eq!(watch.figures.requests, 6, "{watch:?}");
+    assert!(watch.checks.iter().all(|c| c.within), "{watch:?}");
+
+    f.clock.advance(2 * MINUTE);
+    f.reaches(prod, PromotionState::Succeeded).await;
+    let after = production(&f).await;
+    assert!(after.in_progress.is_empty());
+    assert_eq!(
+        after.rollback_to.as_ref().map(|v| v.as_str()),
+        Some("1.1.0")
+    );
+    assert_eq!(
+        after.standby.as_ref().map(|s| s.version.as_str()),
+        Some("1.1.0")
+    );
+    let entry = f.engine.promotion(prod).await.unwrap();
+    assert_eq!(entry.watch, None, "the watch is over");
+    let gate = entry.gates.iter().find(|g| g.name == "watch").unwrap();
+    assert!(gate.passed);
+    assert!(
+        gate.output
+            .starts_with("watched for 2m: 6 requests, 0 errors"),
+        "{}",
+        gate.output
+    );
+    f.engine.shutdown().await;
+}

@@ -204,6 +204,10 @@ pub(crate) fn routes() -> Router<AppState> {
             "/apps/{app}/environments/{env}/rollback",
             post(pages::rollback),
         )
+        .route(
+            "/apps/{app}/environments/{env}/promote",
+            post(pages::promote),
+        )
         .route("/audit", get(pages::audit))
         .route("/audit.jsonl", get(pages::audit_export))
         .route("/ui/events", get(pages::live))

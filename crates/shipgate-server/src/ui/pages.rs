@@ -269,6 +269,8 @@ pub(crate) struct Pending {
     pub link: String,
     pub state: Badge,
     pub waits: Vec<String>,
+    /// The watch under way, in a sentence (empty when none).
+    pub watch: String,
 }
 
 pub(crate) struct Cell {
@@ -350,6 +352,11 @@ fn cell(app: &str, e: &EnvironmentStatus) -> Cell {
                 link: release_link(app, p.promotion.version.as_str()),
                 state: Badge::of_state(p.promotion.state),
                 waits: p.waiting_on.iter().map(|w| w.message.clone()).collect(),
+                watch: p
+                    .watch
+                    .as_ref()
+                    .map(|w| w.message.clone())
+                    .unwrap_or_default(),
             })
             .collect(),
         standby: e
@@ -453,6 +460,11 @@ pub(crate) struct PromotionBlock {
     pub requested_by: String,
     pub created: String,
     pub reason: String,
+    /// For a failed promotion: what the environment runs since (`production is on web@1.1.0,
+    /// as before this promotion`).
+    pub back_on: String,
+    /// The watch under way, in a sentence (empty when none).
+    pub watch: String,
     pub gates: Vec<GateView>,
     pub decisions: Vec<String>,
     pub waits: Vec<String>,
@@ -518,6 +530,20 @@ fn block(state: &AppState, viewer: &Viewer, entry: &HistoryEntry) -> PromotionBl
         requested_by: p.requested_by.clone(),
         created: short_time(&p.created_at),
         reason: p.reason.clone().unwrap_or_default(),
+        back_on: match (p.state, &p.previous_version) {
+            (PromotionState::Failed, Some(v)) => {
+                format!("{} is on {}@{v}, as before this promotion", p.env, p.app)
+            }
+            (PromotionState::Failed, None) => {
+                format!("nothing is live in {}, as before this promotion", p.env)
+            }
+            _ => String::new(),
+        },
+        watch: entry
+            .watch
+            .as_ref()
+            .map(|w| w.message.clone())
+            .unwrap_or_default(),
         gates: entry
             .gates
             .iter()
@@ -696,6 +722,13 @@ struct EnvironmentPage {
     frozen: String,
     can_rollback: bool,
     rollback_action: String,
+    /// Earlier releases verified here that a rollback may go to, the default first.
+    rollback_choices: Vec<String>,
+    /// Whether the viewer may promote the live release on, and to which environments (the
+    /// next ones in the flow first).
+    can_promote: bool,
+    promote_action: String,
+    promote_choices: Vec<String>,
     chart: String,
     log: String,
     history: Vec<HistoryRow>,
@@ -765,6 +798,30 @@ pub(crate) async fn environment(
         })
         .collect();
     let c = cell(app.as_str(), &e);
+    let mut rollback_choices: Vec<String> = e.rollback_to.iter().map(ToString::to_string).collect();
+    for h in history.iter().filter(|h| {
+        h.promotion.state == PromotionState::Succeeded
+            && e.live
+                .as_ref()
+                .is_some_and(|l| l.version != h.promotion.version)
+    }) {
+        let v = h.promotion.version.to_string();
+        if !rollback_choices.contains(&v) {
+            rollback_choices.push(v);
+        }
+    }
+    let config = engine.config();
+    let (next, others): (Vec<_>, Vec<_>) = config
+        .environments
+        .iter()
+        .filter(|x| x.name != env)
+        .partition(|x| x.after.as_ref() == Some(&env));
+    let promote_choices: Vec<String> = next
+        .iter()
+        .chain(&others)
+        .filter(|x| viewer.caller.allow(Action::Promote, Some(&x.name)).is_ok())
+        .map(|x| x.name.to_string())
+        .collect();
     let page = EnvironmentPage {
         layout: Layout::new(&viewer, format!("{app} in {env}"), "board"),
         url: e.url.clone(),
@@ -775,6 +832,10 @@ pub(crate) async fn environment(
             .unwrap_or_default(),
         can_rollback: e.live.is_some() && viewer.caller.allow(Action::Rollback, Some(&env)).is_ok(),
         rollback_action: format!("{}/rollback", environment_link(app.as_str(), env.as_str())),
+        rollback_choices,
+        can_promote: e.live.is_some() && !promote_choices.is_empty(),
+        promote_action: format!("{}/promote", environment_link(app.as_str(), env.as_str())),
+        promote_choices,
         chart: chart::svg(&engine.traffic_history(&app, &env)),
         log,
         history: history
@@ -804,23 +865,85 @@ pub(crate) async fn environment(
     Ok(html(&page))
 }
 
+/// The rollback form: the release to go back to (the default one when absent).
+#[derive(Deserialize)]
+pub(crate) struct RollbackForm {
+    csrf: String,
+    to: Option<String>,
+}
+
 pub(crate) async fn rollback(
     State(state): State<AppState>,
     viewer: Viewer,
     Path((app, env)): Path<(String, String)>,
-    Form(f): Form<CsrfForm>,
+    Form(f): Form<RollbackForm>,
 ) -> Page {
     viewer.check_csrf(&f.csrf)?;
     let app = configured_app(&state, &app)?;
     let env =
         EnvName::parse(&env).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))?;
     allow(&viewer, Action::Rollback, Some(&env))?;
+    let to =
+        f.to.as_deref()
+            .filter(|v| !v.is_empty())
+            .map(Version::parse)
+            .transpose()
+            .map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))?;
     state
         .engine
-        .rollback(&app, &env, None, viewer.caller.name())
+        .rollback(&app, &env, to.as_ref(), viewer.caller.name())
         .await
         .map_err(|e| from_problem(e.into()))?;
     Ok(Redirect::to(&environment_link(app.as_str(), env.as_str())).into_response())
+}
+
+/// The promote form: the environment the release live here goes to.
+#[derive(Deserialize)]
+pub(crate) struct PromoteForm {
+    csrf: String,
+    to: String,
+}
+
+/// Promotes the release live in `env` to the chosen environment, then shows that one.
+pub(crate) async fn promote(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((app, env)): Path<(String, String)>,
+    Form(f): Form<PromoteForm>,
+) -> Page {
+    viewer.check_csrf(&f.csrf)?;
+    let app = configured_app(&state, &app)?;
+    let env =
+        EnvName::parse(&env).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))?;
+    let to =
+        EnvName::parse(&f.to).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))?;
+    allow(&viewer, Action::Promote, Some(&to))?;
+    let live = state
+        .engine
+        .store()
+        .live(Some(&app))
+        .await
+        .map_err(|e| from_problem(e.into()))?
+        .into_iter()
+        .find(|l| l.env == env)
+        .ok_or_else(|| {
+            error_page(
+                StatusCode::CONFLICT,
+                &format!(
+                    "nothing of {app} is live in {env}, so there is nothing to promote from it"
+                ),
+            )
+        })?;
+    let release = ReleaseRef {
+        app: app.clone(),
+        version: live.version,
+    };
+    state
+        .engine
+        .promote(&release, &to, viewer.caller.name(), None)
+        .await
+        .map_err(|e| from_problem(e.into()))?;
+    Ok(Redirect::to(&environment_link(app.as_str(), to.as_str())).into_response())
 }
 
 // ------------------------------------------------------------------------------------ audit --
@@ -846,6 +969,12 @@ struct AuditPage {
     events: Vec<EventRow>,
     older: String,
     export: String,
+    /// The values each filter offers: configured apps and environments, the users with a
+    /// token (and `system`), event families then kinds.
+    apps: Vec<String>,
+    envs: Vec<String>,
+    actors: Vec<String>,
+    kinds: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -931,6 +1060,24 @@ pub(crate) async fn audit(
     events.retain(|e| viewer.caller.sees(e.env.as_deref()));
     let query = q.query();
     let sep = if query.is_empty() { "" } else { "&" };
+    let config = state.engine.config();
+    let mut actors: Vec<String> = state
+        .engine
+        .store()
+        .tokens()
+        .await
+        .map_err(|e| from_problem(e.into()))?
+        .into_iter()
+        .map(|t| t.name)
+        .chain(["system".to_owned(), "admin".to_owned()])
+        .chain(AuditQuery::cleaned(&q.actor))
+        .collect();
+    actors.sort();
+    actors.dedup();
+    let all = shipgate_core::EventKind::all();
+    let mut kinds: Vec<String> = all.iter().map(|k| k.family().to_owned()).collect();
+    kinds.dedup();
+    kinds.extend(all.iter().map(ToString::to_string));
     let page = AuditPage {
         layout: Layout::new(&viewer, "Audit log", "audit"),
         older: match oldest {
@@ -939,6 +1086,15 @@ pub(crate) async fn audit(
         },
         export: format!("/audit.jsonl?{query}"),
         events: events.into_iter().map(row).collect(),
+        apps: config.apps.iter().map(|a| a.name.to_string()).collect(),
+        envs: config
+            .environments
+            .iter()
+            .filter(|e| viewer.caller.sees(Some(e.name.as_str())))
+            .map(|e| e.name.to_string())
+            .collect(),
+        actors,
+        kinds,
         app: AuditQuery::cleaned(&q.app).unwrap_or_default(),
         env: AuditQuery::cleaned(&q.env).unwrap_or_default(),
         actor: AuditQuery::cleaned(&q.actor).unwrap_or_default(),

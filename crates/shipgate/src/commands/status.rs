@@ -80,9 +80,12 @@ pub fn render_status(apps: &[AppStatus]) -> String {
                 health(e),
                 e.url.clone(),
                 traffic(e.traffic.as_ref()),
-                match &e.standby {
-                    None => "-".to_owned(),
-                    Some(sb) => format!("{} until {}", sb.version, sb.until.strftime("%H:%M:%S")),
+                match (&e.standby, &e.rollback_to) {
+                    (Some(sb), _) => {
+                        format!("{} until {}", sb.version, sb.until.strftime("%H:%M:%S"))
+                    }
+                    (None, Some(v)) => format!("- (rollback redeploys {v})"),
+                    (None, None) => "-".to_owned(),
                 },
                 if progress.is_empty() {
                     "-".into()
@@ -178,6 +181,7 @@ fn render_isolation(apps: &[AppStatus]) -> String {
 /// What each waiting promotion waits on, and the freezes in force, below the status table.
 fn render_waits(apps: &[AppStatus]) -> String {
     let mut waits = String::new();
+    let mut watches = String::new();
     let mut freezes: Vec<String> = Vec::new();
     for a in apps {
         for e in &a.environments {
@@ -203,9 +207,23 @@ fn render_waits(apps: &[AppStatus]) -> String {
                     waits.push_str(&format!("    - {}\n", w.message));
                 }
             }
+            for (p, w) in e
+                .in_progress
+                .iter()
+                .filter_map(|p| p.watch.as_ref().map(|w| (p, w)))
+            {
+                watches.push_str(&format!(
+                    "  {}@{} in {} (promotion {}): {}\n",
+                    a.app, p.promotion.version, e.env, p.promotion.id, w.message
+                ));
+            }
         }
     }
     let mut text = String::new();
+    if !watches.is_empty() {
+        text.push_str("\nwatching:\n");
+        text.push_str(&watches);
+    }
     if !waits.is_empty() {
         text.push_str("\nwaiting:\n");
         text.push_str(&waits);
@@ -249,6 +267,9 @@ pub(super) async fn history(
             for w in &entry.waiting_on {
                 text.push_str(&format!("    waits on: {}\n", w.message));
             }
+            if let Some(w) = &entry.watch {
+                text.push_str(&format!("    watching: {}\n", w.message));
+            }
             for d in &entry.decisions {
                 let comment = d
                     .comment
@@ -264,7 +285,8 @@ pub(super) async fn history(
             for gate in &entry.gates {
                 let mark = if gate.passed { "passed" } else { "FAILED" };
                 text.push_str(&format!("    {mark}  {}\n", gate.name));
-                if !gate.passed {
+                // A failure says why; a passed watch says what it measured.
+                if !gate.passed || gate.name == "watch" {
                     for line in gate.output.lines() {
                         text.push_str(&format!("        {line}\n"));
                     }

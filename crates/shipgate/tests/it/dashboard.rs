@@ -162,8 +162,8 @@ fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
         "the log tail: {log}"
     );
     assert!(
-        !main.contains("Roll back to the previous release"),
-        "alice may not roll back"
+        !main.contains("Roll back") && !main.contains("Promote 1.1.0"),
+        "alice may neither roll back nor promote: {main}"
     );
     save(&b, &dir, "environment.png");
 
@@ -172,6 +172,34 @@ fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
         b.text("table.events")
             .contains("alice approved web@1.0.0 into production: checked the notes")
     );
+
+    // On a 420 px screen nothing runs off the side: wide tables scroll inside themselves.
+    b.resize(420, 900);
+    for page in [
+        "/",
+        "/apps/web/environments/development",
+        "/apps/web/releases/1.0.0",
+        "/audit",
+    ] {
+        b.goto(&format!("{}{page}", s.api()));
+        let (page_width, screen) = (
+            b.run(
+                "return document.documentElement.scrollWidth;",
+                serde_json::json!([]),
+            ),
+            b.run("return window.innerWidth;", serde_json::json!([])),
+        );
+        let wide = b.run(
+            "return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > window.innerWidth).slice(-5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right)).join(', ');",
+            serde_json::json!([]),
+        );
+        assert!(
+            page_width.as_i64() <= screen.as_i64(),
+            "{page} is {page_width} px wide on a {screen} px screen: {wide}"
+        );
+    }
+    save(&b, &dir, "narrow-audit.png");
+    b.resize(1400, 1000);
 
     b.click("header button.link");
     wait_for("the sign-in page after signing out", || {
@@ -347,7 +375,7 @@ fn scoped_viewers_see_their_environments_and_the_audit_exports_json_lines() {
 }
 
 #[test]
-fn the_board_pages_fifty_apps_and_the_rollback_button_rolls_back() {
+fn the_board_pages_fifty_apps_and_the_buttons_promote_and_roll_back_to_a_chosen_release() {
     let mut config = four_envs_with("", &[]);
     let app = "[apps.web]\nrun = \"python3 server.py --port ${PORT}\"\nhealth = \"/healthz\"\n";
     let many: String = (0..119)
@@ -357,8 +385,16 @@ fn the_board_pages_fifty_apps_and_the_rollback_button_rolls_back() {
     let s = spawn_server(&config);
     s.register("1.0.0", &[]);
     s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
-    s.register("1.1.0", &[]);
-    s.ok(&["promote", "web@1.1.0", "--to", "development", "--wait"]);
+    for version in ["1.1.0", "1.2.0"] {
+        s.register(version, &[]);
+        s.ok(&[
+            "promote",
+            &format!("web@{version}"),
+            "--to",
+            "development",
+            "--wait",
+        ]);
+    }
     let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
     let cookie = sign_in(&s, admin.trim());
     let auth = [("Cookie", cookie.as_str())];
@@ -383,7 +419,29 @@ fn the_board_pages_fifty_apps_and_the_rollback_button_rolls_back() {
 
     let (status, _, page) = raw(&s, "GET", "/apps/web/environments/development", &auth, "");
     assert_eq!(status, 200);
-    assert!(page.contains("Roll back to the previous release"));
+    let choices = |page: &str, select: &str| -> Vec<String> {
+        let from = page.find(&format!("id=\"{select}\"")).unwrap();
+        let to = from + page[from..].find("</select>").unwrap();
+        page[from..to]
+            .split("<option value=\"")
+            .skip(1)
+            .map(|o| o.split('"').next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        choices(&page, "rollback-to"),
+        ["1.1.0", "1.0.0"],
+        "the release a rollback goes to by default comes first"
+    );
+    assert_eq!(
+        choices(&page, "promote-to")[0],
+        "testing",
+        "the next environment comes first"
+    );
+    assert!(
+        page.contains("<dt>Rollback goes to</dt><dd>1.1.0</dd>"),
+        "{page}"
+    );
     assert!(
         page.contains("<link rel=\"icon\" href=\"data:image/svg+xml,"),
         "a favicon"
@@ -392,7 +450,7 @@ fn the_board_pages_fifty_apps_and_the_rollback_button_rolls_back() {
         page.contains("<td class=\"small at\">"),
         "times kept on one line"
     );
-    let form = format!("csrf={}", csrf_of(&page));
+    let form = format!("csrf={}&to=1.0.0", csrf_of(&page));
     let (status, head, _) = raw(
         &s,
         "POST",
@@ -401,11 +459,30 @@ fn the_board_pages_fifty_apps_and_the_rollback_button_rolls_back() {
         &form,
     );
     assert_eq!(status, 303, "{head}");
-    wait_for("development back on 1.0.0", || {
+    wait_for("development back on the chosen 1.0.0", || {
         s.version("development").as_deref() == Some("1.0.0")
     });
     let latest = s.latest("development");
     assert_eq!(latest["kind"], "rollback");
+    assert_eq!(latest["previous_version"], "1.2.0");
+
+    let form = format!("csrf={}&to=testing", csrf_of(&page));
+    let (status, head, _) = raw(
+        &s,
+        "POST",
+        "/apps/web/environments/development/promote",
+        &auth,
+        &form,
+    );
+    assert_eq!(status, 303, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("location: /apps/web/environments/testing"),
+        "{head}"
+    );
+    wait_for("testing running what development runs", || {
+        s.version("testing").as_deref() == Some("1.0.0")
+    });
     assert!(
         latest["requested_by"]
             .as_str()

@@ -74,15 +74,15 @@ fn approvals_come_from_distinct_people_never_the_requester() {
         ],
     );
     assert!(
-        first.contains("it still waits on: 1 of 2 approvals (alice)"),
+        first.contains("it still waits on: 1 of 2 approvals (approved by alice)"),
         "{first}"
     );
     wait_for("one approval to count", || {
-        s.waits("production") == ["1 of 2 approvals (alice) from the role approver"]
+        s.waits("production") == ["1 of 2 approvals (approved by alice) from the role approver"]
     });
     let text = s.ok(&["status", "web"]);
     assert!(
-        text.contains("waits on:\n    - 1 of 2 approvals (alice)"),
+        text.contains("waits on:\n    - 1 of 2 approvals (approved by alice)"),
         "{text}"
     );
     let twice = s.refused_as(&alice, &["approve", "web@1.0.0", "--env", "production"]);
