@@ -22,6 +22,12 @@ pub fn after(now: Timestamp, d: std::time::Duration) -> Timestamp {
     now.checked_add(d).unwrap_or(Timestamp::MAX)
 }
 
+/// `now - d`, saturating instead of overflowing.
+pub fn before(now: Timestamp, d: std::time::Duration) -> Timestamp {
+    let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
+    now.checked_sub(d).unwrap_or(Timestamp::MIN)
+}
+
 /// The real time of the machine; waits through tokio's timer.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

@@ -1,11 +1,10 @@
 //! Request counters of each app in each environment: cumulative [`Counters`] read off the
 //! routers, and a sampled history of the last hour for charts.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use shipgate_core::gate::WatchFigures;
 use shipgate_proxy::{LATENCY_BUCKETS_MS, UpstreamMetrics};
 
@@ -13,29 +12,15 @@ use crate::{Engine, Slot, locked};
 
 /// How often the traffic history takes a sample.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-/// Samples kept: one hour.
-const KEPT: usize = 360;
+/// How long samples are kept (in the store, so the chart's hour survives a restart).
+const KEPT: Duration = Duration::from_secs(3600);
 
-/// What one app answered in one environment during one sample period.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct TrafficSample {
-    /// End of the period.
-    pub at: jiff::Timestamp,
-    /// Length of the period in seconds.
-    pub seconds: f64,
-    /// Responses.
-    pub requests: u64,
-    /// 5xx responses.
-    pub errors: u64,
-    /// Estimated 99th percentile latency, if there were responses.
-    pub p99_ms: Option<f64>,
-}
+pub use shipgate_store::TrafficSample;
 
-/// The samples of one slot and the counters they are taken against.
+/// The counters a slot's next sample is taken against, and when they were read.
 #[derive(Default)]
 pub(crate) struct History {
     last: Option<(jiff::Timestamp, Counters)>,
-    samples: VecDeque<TrafficSample>,
 }
 
 /// Cumulative counters of one release at one moment.
@@ -118,17 +103,24 @@ impl Counters {
 }
 
 impl Engine {
-    /// Samples every router every [`SAMPLE_EVERY`] while the engine lives.
+    /// Samples every router every [`SAMPLE_EVERY`] of the engine's clock while the engine lives.
     pub(crate) fn sample_traffic(self: &Arc<Self>) {
         let engine = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SAMPLE_EVERY);
             loop {
-                tick.tick().await;
-                let Some(engine) = engine.upgrade() else {
-                    return;
+                let next = {
+                    let Some(engine) = engine.upgrade() else {
+                        return;
+                    };
+                    let now = engine.clock.now();
+                    engine.take_sample(now).await;
+                    (
+                        Arc::clone(&engine.clock),
+                        crate::clock::after(now, SAMPLE_EVERY),
+                    )
                 };
-                engine.take_sample(engine.clock.now()).await;
+                // Holds only the clock while it sleeps, so the engine can go.
+                next.0.sleep_until(next.1).await;
             }
         });
     }
@@ -145,36 +137,43 @@ impl Engine {
                     .add(&Counters::from_metrics(&m));
             }
         }
-        let mut history = locked(&self.traffic);
-        for (slot, now_counters) in all {
-            let h = history.entry(slot).or_default();
-            if let Some((then, before)) = &h.last {
-                let figures = now_counters.since(before);
-                h.samples.push_back(TrafficSample {
-                    at: now,
-                    seconds: now.duration_since(*then).as_secs_f64(),
-                    requests: figures.requests,
-                    errors: figures.errors,
-                    p99_ms: figures.p99_ms,
-                });
-                while h.samples.len() > KEPT {
-                    h.samples.pop_front();
+        let mut samples = Vec::new();
+        {
+            let mut history = locked(&self.traffic);
+            for (slot, now_counters) in all {
+                let h = history.entry(slot.clone()).or_default();
+                if let Some((then, before)) = &h.last {
+                    let figures = now_counters.since(before);
+                    samples.push((
+                        slot.0,
+                        slot.1,
+                        TrafficSample {
+                            at: now,
+                            seconds: now.duration_since(*then).as_secs_f64(),
+                            requests: figures.requests,
+                            errors: figures.errors,
+                            p99_ms: figures.p99_ms,
+                        },
+                    ));
                 }
+                h.last = Some((now, now_counters));
             }
-            h.last = Some((now, now_counters));
+        }
+        let forget_before = crate::clock::before(now, KEPT);
+        if let Err(e) = self.store.record_traffic(&samples, forget_before).await {
+            tracing::warn!("the traffic history could not be recorded: {e}");
         }
     }
 
-    /// The last hour of an app's traffic in an environment, oldest first.
-    pub fn traffic_history(
+    /// The last hour of an app's traffic in an environment, oldest first, as the store keeps
+    /// it (so it spans restarts).
+    pub async fn traffic_history(
         &self,
         app: &shipgate_core::AppName,
         env: &shipgate_core::EnvName,
-    ) -> Vec<TrafficSample> {
-        locked(&self.traffic)
-            .get(&(app.clone(), env.clone()))
-            .map(|h| h.samples.iter().copied().collect())
-            .unwrap_or_default()
+    ) -> Result<Vec<TrafficSample>, crate::EngineError> {
+        let since = crate::clock::before(self.clock.now(), KEPT);
+        Ok(self.store.traffic(app, env, since).await?)
     }
 }
 

@@ -187,6 +187,21 @@ pub trait Store: Send + Sync {
     async fn hosts(&self) -> Result<Vec<HostRecord>>;
     /// Removes host `name` (its certificate is no longer accepted), with its event.
     async fn remove_host(&self, name: &str, actor: &str) -> Result<HostRecord>;
+
+    /// Keeps one sample period of traffic for each of these slots, and forgets every sample
+    /// older than `forget_before`.
+    async fn record_traffic(
+        &self,
+        samples: &[(AppName, EnvName, TrafficSample)],
+        forget_before: jiff::Timestamp,
+    ) -> Result<()>;
+    /// The traffic samples of an app in an environment since `since`, oldest first.
+    async fn traffic(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        since: jiff::Timestamp,
+    ) -> Result<Vec<TrafficSample>>;
 }
 
 /// Re-computes the audit chain over `events` (all of them, oldest first).

@@ -245,3 +245,18 @@ pub struct NewToken {
     /// Hex sha256 of the secret.
     pub hash: String,
 }
+
+/// What one app answered in one environment during one sample period of the traffic history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrafficSample {
+    /// End of the period.
+    pub at: jiff::Timestamp,
+    /// Length of the period in seconds.
+    pub seconds: f64,
+    /// Responses.
+    pub requests: u64,
+    /// 5xx responses.
+    pub errors: u64,
+    /// Estimated 99th percentile latency, if there were responses.
+    pub p99_ms: Option<f64>,
+}

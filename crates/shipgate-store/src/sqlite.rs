@@ -98,6 +98,14 @@ CREATE TABLE hosts (
     joined_at TEXT, removed_at TEXT
 );
 "#,
+    r#"
+CREATE TABLE traffic_samples (
+    app TEXT NOT NULL, env TEXT NOT NULL, at_ms INTEGER NOT NULL, seconds REAL NOT NULL,
+    requests INTEGER NOT NULL, errors INTEGER NOT NULL, p99_ms REAL,
+    PRIMARY KEY (app, env, at_ms)
+);
+CREATE INDEX traffic_samples_at ON traffic_samples (at_ms);
+"#,
 ];
 
 const HOST_COLUMNS: &str = "name, fingerprint, added_at, joined_at, removed_at";
@@ -1499,6 +1507,65 @@ impl Store for SqliteStore {
             .iter()
             .map(host_from)
             .collect()
+    }
+
+    async fn record_traffic(
+        &self,
+        samples: &[(AppName, EnvName, TrafficSample)],
+        forget_before: Timestamp,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (app, env, sample) in samples {
+            sqlx::query(
+                "INSERT OR REPLACE INTO traffic_samples (app, env, at_ms, seconds, requests, errors, p99_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(app.as_str())
+            .bind(env.as_str())
+            .bind(sample.at.as_millisecond())
+            .bind(sample.seconds)
+            .bind(i64::try_from(sample.requests).unwrap_or(i64::MAX))
+            .bind(i64::try_from(sample.errors).unwrap_or(i64::MAX))
+            .bind(sample.p99_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("recording traffic"))?;
+        }
+        sqlx::query("DELETE FROM traffic_samples WHERE at_ms < ?")
+            .bind(forget_before.as_millisecond())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("forgetting old traffic"))?;
+        tx.commit().await.map_err(db("committing traffic"))
+    }
+
+    async fn traffic(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        since: Timestamp,
+    ) -> Result<Vec<TrafficSample>> {
+        sqlx::query(
+            "SELECT at_ms, seconds, requests, errors, p99_ms FROM traffic_samples WHERE app = ? AND env = ? AND at_ms >= ? ORDER BY at_ms",
+        )
+        .bind(app.as_str())
+        .bind(env.as_str())
+        .bind(since.as_millisecond())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading traffic"))?
+        .iter()
+        .map(|row| {
+            let at_ms: i64 = get(row, "at_ms")?;
+            Ok(TrafficSample {
+                at: Timestamp::from_millisecond(at_ms)
+                    .map_err(|e| StoreError::Corrupt(format!("traffic time {at_ms}: {e}")))?,
+                seconds: get(row, "seconds")?,
+                requests: u64::try_from(get::<i64>(row, "requests")?).unwrap_or(0),
+                errors: u64::try_from(get::<i64>(row, "errors")?).unwrap_or(0),
+                p99_ms: get(row, "p99_ms")?,
+            })
+        })
+        .collect()
     }
 
     async fn remove_host(&self, name: &str, actor: &str) -> Result<HostRecord> {

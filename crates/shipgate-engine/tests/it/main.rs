@@ -508,3 +508,62 @@ async fn a_watch_shows_when_it_ends_and_its_figures_so_far_and_the_standby_is_wh
     );
     f.engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_traffic_history_is_kept_in_the_store_through_a_restart_and_for_an_hour() {
+    let f = start("").await;
+    f.verified_in_development("1.0.0", &[]).await;
+    let (web, dev) = (
+        shipgate_core::AppName::parse("web").unwrap(),
+        EnvName::parse("development").unwrap(),
+    );
+    // One request so the router counts web at all, a sample to count from, then five.
+    assert_eq!(get(f.router("development")).unwrap().0, 200);
+    f.clock.advance(shipgate_engine::SAMPLE_EVERY);
+    f.settle().await;
+    for _ in 0..5 {
+        assert_eq!(get(f.router("development")).unwrap().0, 200);
+    }
+    f.clock.advance(shipgate_engine::SAMPLE_EVERY);
+    f.settle().await;
+    let before = f.engine.traffic_history(&web, &dev).await.unwrap();
+    let five = *before.last().unwrap();
+    assert_eq!(five.requests, 5, "{before:?}");
+    assert_eq!(five.seconds, 10.0);
+
+    // A new engine on the same store, a few minutes later: the samples are still there.
+    f.engine.shutdown().await;
+    let config = Arc::new(f.engine.config().clone());
+    let store = Arc::clone(f.engine.store());
+    use shipgate_engine::Clock;
+    let clock = Arc::new(ManualClock::new(
+        f.clock.now() + jiff::SignedDuration::from_mins(5),
+    ));
+    let engine = Engine::start(
+        config,
+        Arc::clone(&store),
+        Arc::new(ProcessDriver::new()) as Arc<dyn shipgate_engine::Driver>,
+        Arc::clone(&clock) as Arc<dyn shipgate_engine::Clock>,
+    )
+    .await
+    .unwrap();
+    let after = engine.traffic_history(&web, &dev).await.unwrap();
+    assert!(after.contains(&five), "{after:?}");
+
+    // An hour on, the chart no longer shows them, and the store has forgotten them.
+    clock.advance(61 * MINUTE);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !engine
+            .traffic_history(&web, &dev)
+            .await
+            .unwrap()
+            .contains(&five)
+    );
+    let kept = store
+        .traffic(&web, &dev, jiff::Timestamp::MIN)
+        .await
+        .unwrap();
+    assert!(!kept.contains(&five), "{kept:?}");
+    engine.shutdown().await;
+}

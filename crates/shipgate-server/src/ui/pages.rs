@@ -797,6 +797,10 @@ pub(crate) async fn environment(
             )
         })
         .collect();
+    let chart_samples = engine
+        .traffic_history(&app, &env)
+        .await
+        .map_err(|e| from_problem(e.into()))?;
     let c = cell(app.as_str(), &e);
     let mut rollback_choices: Vec<String> = e.rollback_to.iter().map(ToString::to_string).collect();
     for h in history.iter().filter(|h| {
@@ -836,7 +840,7 @@ pub(crate) async fn environment(
         can_promote: e.live.is_some() && !promote_choices.is_empty(),
         promote_action: format!("{}/promote", environment_link(app.as_str(), env.as_str())),
         promote_choices,
-        chart: chart::svg(&engine.traffic_history(&app, &env)),
+        chart: chart::svg(&chart_samples),
         log,
         history: history
             .iter()
