@@ -113,3 +113,52 @@ pub struct Problem {
     /// What happened and what to do next, for a person.
     pub detail: String,
 }
+
+/// `POST /api/v1/gc`: what retention removed (or, with `dry_run`, would remove).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GcReport {
+    /// Whether this only says what would go.
+    pub dry_run: bool,
+    /// The releases whose artifact and directory go (their record stays).
+    pub releases: Vec<PrunedRelease>,
+    /// The log files that go.
+    pub logs: Vec<PrunedLog>,
+    /// Releases older than the newest `retention.releases` that stay, and why.
+    pub kept: Vec<KeptRelease>,
+    /// The bytes freed (or that would be).
+    pub freed_bytes: u64,
+}
+
+/// A release retention removes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PrunedRelease {
+    /// The app.
+    pub app: shipgate_core::AppName,
+    /// The version.
+    pub version: shipgate_core::Version,
+    /// Its digest.
+    pub digest: shipgate_core::Digest,
+    /// The bytes its artifact and directory take.
+    pub bytes: u64,
+}
+
+/// A log file retention removes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PrunedLog {
+    /// Its path.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// An old release retention keeps.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeptRelease {
+    /// The app.
+    pub app: shipgate_core::AppName,
+    /// The version.
+    pub version: shipgate_core::Version,
+    /// Why it stays (`live in production`, `standby in staging`, `where a rollback of
+    /// production goes`, `promotion in progress`).
+    pub why: Vec<String>,
+}

@@ -252,3 +252,12 @@ pub struct FreezeQuery {
     #[param(value_type = Option<EnvName>)]
     pub env: Option<String>,
 }
+
+/// `POST /api/v1/gc`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// Only say what would go.
+    #[serde(default)]
+    pub dry_run: bool,
+}

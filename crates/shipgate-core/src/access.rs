@@ -73,6 +73,8 @@ pub enum Action {
     ManageHosts,
     /// Reload the server's config file.
     Reload,
+    /// Remove what retention no longer keeps (`shipgate gc`).
+    CollectGarbage,
 }
 
 impl Action {
@@ -88,6 +90,7 @@ impl Action {
             Self::ManageTokens => "manage tokens",
             Self::ManageHosts => "add or remove hosts",
             Self::Reload => "reload the config",
+            Self::CollectGarbage => "remove old releases and logs",
         }
     }
 
@@ -99,9 +102,11 @@ impl Action {
                 &[Role::Deployer, Role::Admin]
             }
             Self::Approve | Self::Freeze => &[Role::Approver, Role::Admin],
-            Self::Override | Self::ManageTokens | Self::ManageHosts | Self::Reload => {
-                &[Role::Admin]
-            }
+            Self::Override
+            | Self::ManageTokens
+            | Self::ManageHosts
+            | Self::Reload
+            | Self::CollectGarbage => &[Role::Admin],
         }
     }
 }

@@ -53,6 +53,27 @@ pub struct ServerConfig {
     pub watch_config: bool,
     /// The folder of the config file (`${CONFIG_DIR}`; relative paths are resolved against it).
     pub config_dir: PathBuf,
+    /// What is kept of old releases and logs (`retention = { releases = 20, logs = "14d" }`).
+    pub retention: Retention,
+}
+
+/// `server.retention`: how much of the past is kept on disk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    /// The newest releases of each app whose artifact and release directory are kept; older
+    /// ones go, unless live, a standby, or where a rollback would go. Their record stays.
+    pub releases: usize,
+    /// Instance logs not written for this long go (never the log of a running instance).
+    pub logs: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            releases: 20,
+            logs: Duration::from_std(std::time::Duration::from_secs(14 * 86_400)),
+        }
+    }
 }
 
 /// How many hosts of an environment start a new release at once (`rollout.batch`).
@@ -451,6 +472,14 @@ struct RawServer {
     data_plane: Option<Spanned<String>>,
     agent_listen: Option<Spanned<String>>,
     watch_config: Option<bool>,
+    retention: Option<RawRetention>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    releases: Option<Spanned<i64>>,
+    logs: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -704,7 +733,9 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         None => None,
     }
     .unwrap_or(SocketAddr::new(listen.ip(), 0));
+    let retention = retention(raw.retention.as_ref(), problems);
     ServerConfig {
+        retention,
         listen,
         agent_listen,
         watch_config: raw.watch_config.unwrap_or(true),
@@ -726,6 +757,39 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
             .and_then(|d| problems.parse(d, DataPlane::parse))
             .unwrap_or_default(),
     }
+}
+
+/// Checks `server.retention`; a value out of range is a problem at its position.
+fn retention(raw: Option<&RawRetention>, problems: &mut Problems) -> Retention {
+    let mut out = Retention::default();
+    let Some(raw) = raw else {
+        return out;
+    };
+    if let Some(n) = &raw.releases {
+        match usize::try_from(*n.get_ref()) {
+            Ok(n) if n > 0 => out.releases = n,
+            _ => problems.add(
+                n.span(),
+                format!(
+                    "`retention.releases` must be at least 1, not {}",
+                    n.get_ref()
+                ),
+                "write how many of each app's newest releases to keep on disk, for example retention = { releases = 20 }".to_owned(),
+            ),
+        }
+    }
+    if let Some(logs) = &raw.logs {
+        match problems.parse(logs, Duration::parse) {
+            Some(d) if d.as_std().is_zero() => problems.add(
+                logs.span(),
+                "`retention.logs` must be longer than 0s",
+                "write how long a log not written to is kept, for example retention = { logs = \"14d\" }".to_owned(),
+            ),
+            Some(d) => out.logs = d,
+            None => {}
+        }
+    }
+    out
 }
 
 /// Checks `limits = { ... }`; a value out of range is a problem at its position.
@@ -1636,6 +1700,7 @@ data_dir = ".shipgate"             # database, artifacts, logs and the admin tok
 # max_unpacked_size = "4GiB"       # largest total size an artifact may unpack to
 # max_files = 100000               # most entries an artifact may hold
 # drift_scan = "1m"                # how often live releases are checked for drift ("0s": only on demand)
+# retention = { releases = 20, logs = "14d" }   # per app: older artifacts and idle logs go (shipgate gc --dry-run)
 
 [apps.web]
 run = "./web --port ${PORT}"       # started inside the unpacked release directory
@@ -1710,7 +1775,8 @@ mod tests {
             .replace("\n# mirrors", "\nmirrors")
             .replace("\n# differs", "\ndiffers")
             .replace("\n# facts", "\nfacts")
-            .replace("\n# drift_scan", "\ndrift_scan");
+            .replace("\n# drift_scan", "\ndrift_scan")
+            .replace("\n# retention", "\nretention");
         let c = Config::parse(&src, Path::new("/p")).unwrap();
         let prod = c
             .environment(&EnvName::parse("production").unwrap())
@@ -1787,6 +1853,25 @@ mod tests {
         shipgate.toml:9:16: `1 minute` is not a duration: write a number and a unit (ms, s, m, h, d), for example "30s", "10m" or "1h30m"
         shipgate.toml:11:9: `after = "dve"` names no environment
           help: did you mean `dev`?
+        "#);
+    }
+
+    #[test]
+    fn retention_is_checked_at_its_position() {
+        let ok = format!(
+            "[server]\nretention = {{ releases = 3, logs = \"2d\" }}\n{BASE}[environments.dev]\nlisten = \"127.0.0.1:8101\"\n"
+        );
+        let c = Config::parse(&ok, Path::new("/p")).unwrap();
+        assert_eq!(c.server.retention.releases, 3);
+        assert_eq!(c.server.retention.logs.as_std().as_secs(), 2 * 86_400);
+        let bad = ok
+            .replace("releases = 3", "releases = 0")
+            .replace("\"2d\"", "\"0s\"");
+        insta::assert_snapshot!(errors(&bad), @r#"
+        shipgate.toml:2:26: `retention.releases` must be at least 1, not 0
+          help: write how many of each app's newest releases to keep on disk, for example retention = { releases = 20 }
+        shipgate.toml:2:36: `retention.logs` must be longer than 0s
+          help: write how long a log not written to is kept, for example retention = { logs = "14d" }
         "#);
     }
 

@@ -20,6 +20,8 @@ pub enum EventKind {
     Rejected,
     /// A release was registered (`release.created`).
     ReleaseCreated,
+    /// Retention removed a release's artifact and directory; its record stays (`release.pruned`).
+    ReleasePruned,
     /// A promotion was asked for (`promotion.requested`).
     PromotionRequested,
     /// A promotion reached this state (`promotion.deploying`, `promotion.succeeded`, ...).
@@ -63,12 +65,13 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 24] = [
+    const NAMED: [(EventKind, &'static str); 25] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
         (Self::Rejected, "approval.rejected"),
         (Self::ReleaseCreated, "release.created"),
+        (Self::ReleasePruned, "release.pruned"),
         (Self::PromotionRequested, "promotion.requested"),
         (Self::PromotionOverride, "promotion.override"),
         (Self::PromotionAutoRefused, "promotion.auto_refused"),
@@ -103,7 +106,7 @@ impl EventKind {
         match self {
             Self::GatePassed | Self::GateFailed => "gate",
             Self::Approved | Self::Rejected => "approval",
-            Self::ReleaseCreated => "release",
+            Self::ReleaseCreated | Self::ReleasePruned => "release",
             Self::PromotionRequested
             | Self::Promotion(_)
             | Self::PromotionOverride

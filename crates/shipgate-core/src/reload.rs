@@ -25,6 +25,7 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
                 s.data_plane,
                 s.agent_listen,
                 s.watch_config,
+                s.retention,
             )
         )
     };

@@ -31,6 +31,18 @@ pub enum EngineError {
         /// The version.
         version: String,
     },
+    /// Retention removed the release's artifact; its record stays.
+    #[error(
+        "{release}'s artifact was removed by retention (server.retention.releases); register the same file again to bring it back: shipgate release create {app} --version {version} --artifact PATH"
+    )]
+    Pruned {
+        /// `app@version`.
+        release: String,
+        /// The app.
+        app: String,
+        /// The version.
+        version: String,
+    },
     /// No such promotion.
     #[error("promotion {0} does not exist")]
     NoSuchPromotion(shipgate_core::PromotionId),

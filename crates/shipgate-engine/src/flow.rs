@@ -44,6 +44,8 @@ impl Engine {
         }
         if let Some(existing) = self.store.release(&app, &version).await? {
             if existing.digest == artifact.digest {
+                // The same file again: stored anew if retention had removed it.
+                self.artifacts.store(artifact).await?;
                 return Ok((existing, false));
             }
             return Err(StoreError::ReleaseConflict {
@@ -193,14 +195,23 @@ impl Engine {
         if self.config.app(&release.app).is_none() {
             return Err(EngineError::UnknownApp(release.app.to_string()));
         }
-        self.store
+        let registered = self
+            .store
             .release(&release.app, &release.version)
             .await?
             .ok_or_else(|| EngineError::NotRegistered {
                 release: release.to_string(),
                 app: release.app.to_string(),
                 version: release.version.to_string(),
-            })
+            })?;
+        if !self.artifacts.has(&registered.digest) {
+            return Err(EngineError::Pruned {
+                release: release.to_string(),
+                app: release.app.to_string(),
+                version: release.version.to_string(),
+            });
+        }
+        Ok(registered)
     }
 
     pub(crate) async fn request(

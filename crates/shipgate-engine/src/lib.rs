@@ -17,6 +17,7 @@ mod isolation;
 mod parity;
 mod reconcile;
 mod report;
+mod retention;
 mod standby;
 mod traffic;
 mod verify;
@@ -166,6 +167,8 @@ impl Engine {
         engine.sample_traffic();
         engine.scan_drift_periodically();
         engine.reconcile().await?;
+        // After reconciling: what runs (and its standbys) is known, so retention spares it.
+        engine.collect_garbage_periodically();
         Ok(engine)
     }
 

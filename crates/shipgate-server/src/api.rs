@@ -71,6 +71,7 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         GET "/hosts" => list_hosts,
         POST "/hosts" => add_host,
         POST "/reload" => reload,
+        POST "/gc" => gc,
         DELETE "/hosts/{name}" => remove_host,
         DELETE "/tokens/{name}" => revoke_token,
     ]
@@ -742,6 +743,15 @@ async fn reload(State(state): State<AppState>, caller: Caller) -> ApiResult<impl
             Err(Problem::new(StatusCode::CONFLICT, "not reloaded", why))
         }
     }
+}
+
+async fn gc(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<shipgate_api::requests::GcRequest>,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::CollectGarbage, None)?;
+    Ok(Json(state.engine.gc(req.dry_run, caller.name()).await?))
 }
 
 async fn add_host(

@@ -3,16 +3,16 @@
 //! the routes served, and schemathesis checks the server against it.
 
 use shipgate_api::answers::{
-    AgentEndpoint, CreatedHost, CreatedRelease, CreatedToken, DataCheck, DecisionRecorded, Joined,
-    LogChunk, Problem, Reloaded,
+    AgentEndpoint, CreatedHost, CreatedRelease, CreatedToken, DataCheck, DecisionRecorded,
+    GcReport, Joined, LogChunk, Problem, Reloaded,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
 use shipgate_api::records::{AuditReport, Event, HostRecord, Promotion, Release, TokenRecord};
 use shipgate_api::requests::{
     AppEnv, AppQuery, DataRefreshRequest, DecisionRequest, DiffQuery, EventsQuery, FreezeQuery,
-    FreezeRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery, PromoteRequest, ReleaseQuery,
-    RollbackRequest, TokenRequest,
+    FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery, PromoteRequest,
+    ReleaseQuery, RollbackRequest, TokenRequest,
 };
 use shipgate_api::status::{AppStatus, HistoryEntry, HostView};
 use shipgate_core::gate::Freeze;
@@ -60,6 +60,7 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::list_hosts,
         declared::add_host,
         declared::reload,
+        declared::gc,
         declared::remove_host,
         declared::join_host,
         declared::agent_endpoint,
@@ -435,6 +436,15 @@ mod declared {
             (status = 200, description = "what changed, and whether it is being applied", body = Reloaded),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn reload() {}
+
+    /// Remove what `server.retention` no longer keeps (admin limited to no environment): old
+    /// releases' artifacts and directories (never one live, a standby, where a rollback goes,
+    /// or in a promotion in progress; records stay) and idle logs. `dry_run` only says what.
+    #[utoipa::path(post, path = "/api/v1/gc", operation_id = "collectGarbage", request_body = GcRequest,
+        responses(
+            (status = 200, description = "what went (or would go), and what stayed and why", body = GcReport),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn gc() {}
 
     /// Add a host (admin limited to no environment); its one-time join token is returned once.
     #[utoipa::path(post, path = "/api/v1/hosts", operation_id = "addHost", request_body = HostRequest,

@@ -217,6 +217,44 @@ impl ArtifactStore {
             .join(format!("{}.tar", digest.hex()))
     }
 
+    /// Whether the artifact of `digest` is on disk (retention may have removed it).
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.archive_path(digest).exists()
+    }
+
+    /// The bytes the artifact of `digest` and its release directory take on disk.
+    pub fn size_on_disk(&self, digest: &Digest) -> u64 {
+        let archive = fs::metadata(self.archive_path(digest)).map_or(0, |m| m.len());
+        archive + dir_size(&self.release_dir(digest))
+    }
+
+    /// Removes the artifact of `digest` and its release directory (retention); the bytes freed.
+    /// Its record stays: registering the same file again brings it back.
+    pub fn remove(&self, digest: &Digest) -> Result<u64, ArtifactError> {
+        use std::os::unix::fs::PermissionsExt;
+        let freed = self.size_on_disk(digest);
+        let dir = self.release_dir(digest);
+        if dir.exists() {
+            // Read-only by design: made writable again only to be removed.
+            let aside = tempfile::Builder::new()
+                .prefix("pruned-")
+                .tempdir_in(self.root.join("tmp"))
+                .map_err(io_err("making room to remove a release"))?;
+            let target = aside.path().join("release");
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+                .and_then(|()| fs::rename(&dir, &target))
+                .map_err(io_err(format!("moving {} aside", dir.display())))?;
+            make_writable(&target).map_err(io_err("making a removed release writable"))?;
+            drop(aside);
+        }
+        match fs::remove_file(self.archive_path(digest)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing an artifact")(e)),
+        }
+        Ok(freed)
+    }
+
     /// Starts receiving an upload of at most `limit` bytes that unpacks within `unpack`.
     pub async fn upload(
         &self,
@@ -681,6 +719,33 @@ fn normalized(path: &Path) -> Option<PathBuf> {
 
 /// Makes a release folder read-only for everyone. Its top folder (made 0700 as a temp dir) is
 /// made 0555, so that the environments' own users, whose sandboxes see it, may enter it.
+/// The bytes of the files under `dir` (0 when it is missing).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn make_writable(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            make_writable(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn make_read_only(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     make_entries_read_only(dir)?;

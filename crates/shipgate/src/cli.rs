@@ -66,6 +66,18 @@ pub enum Command {
     /// invalid one changes nothing), each change is listed, and the server starts again on it
     /// while the agent keeps serving (no request drops). SIGHUP, or saving the file, does the same.
     Reload,
+    /// Remove what `server.retention` no longer keeps: artifacts and directories of each app's
+    /// releases older than the newest `releases` (never one live, a standby, where a rollback
+    /// goes, or in a promotion in progress; records stay), and logs idle for `logs`. The server
+    /// also does it every hour.
+    #[command(
+        after_help = "Examples:\n  shipgate gc --dry-run    # what would go, and what stays and why\n  shipgate gc"
+    )]
+    Gc {
+        /// Only say what would go.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// A guided tour on a built-in sample app.
     Demo {
         /// End after the tour instead of serving until Ctrl-C.

@@ -41,6 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate => validate(&g.config, out),
         Command::Server => server(&g.config).await,
         Command::Reload => reload(g, out).await,
+        Command::Gc { dry_run } => gc(g, out, dry_run).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut text = Vec::new();
@@ -367,6 +368,54 @@ async fn reload(g: &Global, out: Printer) -> anyhow::Result<ExitCode> {
             }
             text
         }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn gc(g: &Global, out: Printer, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let client = crate::client::connect(g)?;
+    let r: shipgate_api::answers::GcReport =
+        client.post("/gc", &json!({ "dry_run": dry_run })).await?;
+    out.print(&r, |r| {
+        let (goes, went) = if r.dry_run {
+            ("would go", "would be freed")
+        } else {
+            ("went", "freed")
+        };
+        let mut text = String::new();
+        for p in &r.releases {
+            text.push_str(&format!(
+                "{goes}: {}@{} ({}, {})\n",
+                p.app,
+                p.version,
+                p.digest.short(),
+                shipgate_core::ByteSize(p.bytes)
+            ));
+        }
+        for l in &r.logs {
+            text.push_str(&format!(
+                "{goes}: {} ({})\n",
+                l.path,
+                shipgate_core::ByteSize(l.bytes)
+            ));
+        }
+        for k in &r.kept {
+            text.push_str(&format!(
+                "kept: {}@{} ({})\n",
+                k.app,
+                k.version,
+                k.why.join(", ")
+            ));
+        }
+        if r.releases.is_empty() && r.logs.is_empty() {
+            text.push_str("nothing to remove: retention keeps everything on disk\n");
+        } else {
+            text.push_str(&format!(
+                "{} {went}\n",
+                shipgate_core::ByteSize(r.freed_bytes)
+            ));
+        }
+        text
     });
     Ok(ExitCode::SUCCESS)
 }

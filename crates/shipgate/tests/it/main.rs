@@ -20,5 +20,6 @@ mod netns;
 mod parity;
 mod reload;
 mod restart;
+mod retention;
 mod standby;
 mod supervision;
