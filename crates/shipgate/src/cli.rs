@@ -50,21 +50,39 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a commented shipgate.toml (never overwrites).
+    #[command(
+        after_help = "Examples:\n  shipgate init            # writes shipgate.toml here, and .shipgate/ to .gitignore\n  shipgate validate"
+    )]
     Init,
     /// Check the config; errors point at file:line:column.
+    #[command(
+        after_help = "Examples:\n  shipgate validate\n  shipgate -c deploy/shipgate.toml validate"
+    )]
     Validate,
     /// Run the API, router and supervisor.
+    #[command(
+        after_help = "Examples:\n  shipgate server\n  shipgate -c /etc/shipgate/shipgate.toml server"
+    )]
     Server,
     /// Print a shell completion script: `shipgate completions bash > /etc/bash_completion.d/shipgate`.
+    #[command(
+        after_help = "Examples:\n  shipgate completions bash > /etc/bash_completion.d/shipgate\n  shipgate completions zsh > \"${fpath[1]}/_shipgate\"\n  shipgate completions fish > ~/.config/fish/completions/shipgate.fish"
+    )]
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
     /// Print the manual page (roff): `shipgate man | man -l -`.
+    #[command(
+        after_help = "Examples:\n  shipgate man | man -l -\n  shipgate man > /usr/local/share/man/man1/shipgate.1"
+    )]
     Man,
     /// Make the running server take up the changed config file: it is validated first (an
     /// invalid one changes nothing), each change is listed, and the server starts again on it
     /// while the agent keeps serving (no request drops). SIGHUP, or saving the file, does the same.
+    #[command(
+        after_help = "Examples:\n  shipgate reload\n  kill -HUP $(pgrep -f \"shipgate server\")   # the same"
+    )]
     Reload,
     /// Remove what `server.retention` no longer keeps: artifacts and directories of each app's
     /// releases older than the newest `releases` (never one live, a standby, where a rollback
@@ -79,6 +97,9 @@ pub enum Command {
         dry_run: bool,
     },
     /// A guided tour on a built-in sample app.
+    #[command(
+        after_help = "Examples:\n  shipgate demo\n  shipgate demo --exit      # the tour, then stop"
+    )]
     Demo {
         /// End after the tour instead of serving until Ctrl-C.
         #[arg(long)]
@@ -107,6 +128,9 @@ pub enum Command {
         override_reason: Option<String>,
     },
     /// Approve a release's pending promotion into an environment (never your own).
+    #[command(
+        after_help = "Examples:\n  shipgate approve web@1.4.2 --env production --comment \"release notes checked\""
+    )]
     Approve {
         /// APP@VERSION
         release: ReleaseRef,
@@ -118,6 +142,9 @@ pub enum Command {
         comment: Option<String>,
     },
     /// Reject a release's pending promotion into an environment: it ends, failed.
+    #[command(
+        after_help = "Examples:\n  shipgate reject web@1.4.2 --env production --comment \"wait for the schema change\""
+    )]
     Reject {
         /// APP@VERSION
         release: ReleaseRef,
@@ -129,6 +156,9 @@ pub enum Command {
         comment: String,
     },
     /// Stop promotions into an environment (or all) until `shipgate unfreeze`.
+    #[command(
+        after_help = "Examples:\n  shipgate freeze --env production --reason \"incident 42\"\n  shipgate freeze --all --reason \"end-of-year freeze\""
+    )]
     Freeze {
         /// The environment.
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
@@ -141,6 +171,9 @@ pub enum Command {
         reason: String,
     },
     /// Lift a freeze (of one environment, or the one of every environment with --all).
+    #[command(
+        after_help = "Examples:\n  shipgate unfreeze --env production\n  shipgate unfreeze --all"
+    )]
     Unfreeze {
         /// The environment.
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
@@ -154,6 +187,9 @@ pub enum Command {
     Data(DataCommand),
     /// Compare an app in two environments; exit 1 on an unexpected difference in its settings
     /// (releases and gates too with --strict).
+    #[command(
+        after_help = "Examples:\n  shipgate diff web staging production\n  shipgate diff web staging production --strict   # releases and gates count too"
+    )]
     Diff {
         /// The app.
         app: AppName,
@@ -168,6 +204,9 @@ pub enum Command {
         strict: bool,
     },
     /// Check live releases against what was recorded; exit 1 if any drifted.
+    #[command(
+        after_help = "Examples:\n  shipgate drift\n  shipgate drift web --env production --heal"
+    )]
     Drift {
         /// Only this app.
         app: Option<AppName>,
@@ -196,11 +235,15 @@ pub enum Command {
         wait: bool,
     },
     /// What is live where, instance health, promotions in progress.
+    #[command(after_help = "Examples:\n  shipgate status\n  shipgate status web --output json")]
     Status {
         /// Only this app.
         app: Option<AppName>,
     },
     /// Promotions of an app with their gates.
+    #[command(
+        after_help = "Examples:\n  shipgate history web --env production\n  shipgate history web --limit 5 --output json"
+    )]
     History {
         /// The app.
         app: AppName,
@@ -212,6 +255,9 @@ pub enum Command {
         limit: i64,
     },
     /// Output of the instance serving an app in an environment.
+    #[command(
+        after_help = "Examples:\n  shipgate logs web --env staging --lines 50\n  shipgate logs web --env production -f"
+    )]
     Logs {
         /// The app.
         app: AppName,
@@ -230,6 +276,9 @@ pub enum Command {
         host: Option<String>,
     },
     /// The audit log of every change.
+    #[command(
+        after_help = "Examples:\n  shipgate audit --env production --limit 20\n  shipgate audit --verify"
+    )]
     Audit {
         /// Check the hash chain instead of listing.
         #[arg(long)]
@@ -327,6 +376,7 @@ pub enum ReleaseCommand {
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
     /// Replace an environment's data with another's, masked; the source is only read.
+    #[command(after_help = "Examples:\n  shipgate data refresh web --from production --to staging")]
     Refresh {
         /// The app.
         app: AppName,
@@ -338,6 +388,7 @@ pub enum DataCommand {
         to: EnvName,
     },
     /// The leak check: masked columns compared with the environment the data comes from.
+    #[command(after_help = "Examples:\n  shipgate data check web --env staging")]
     Check {
         /// The app.
         app: AppName,
@@ -353,17 +404,22 @@ pub enum HostCommand {
     /// Every host: connected, or since when not; its agent's pid, version and instances.
     List,
     /// Add a host; prints its one-time join token for `shipgate agent --join` (admin).
+    #[command(after_help = "Examples:\n  shipgate host add web-1")]
     Add {
         /// Its name, as `environments.X.hosts` names it.
         name: String,
     },
     /// Remove a host: its certificate is revoked and its agent cut off at once (admin).
+    #[command(after_help = "Examples:\n  shipgate host remove web-1")]
     Remove {
         /// The host.
         name: String,
     },
     /// Put an agent on a machine over SSH (OpenSSH's `ssh` and `scp`): add the host, copy this
     /// binary, write a start script, join and start the agent, and wait until it connects.
+    #[command(
+        after_help = "Examples:\n  shipgate host install web-1 --ssh root@web-1.example --identity ~/.ssh/id_ed25519"
+    )]
     Install {
         /// The host's name, as `environments.X.hosts` will name it.
         name: String,
@@ -389,6 +445,9 @@ pub enum HostCommand {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token; its secret is printed once and stored only as a hash.
+    #[command(
+        after_help = "Examples:\n  shipgate token create ci --role deployer\n  shipgate token create alice --role approver --env production"
+    )]
     Create {
         /// Who or what holds it (the actor in the audit log).
         name: String,
@@ -402,6 +461,7 @@ pub enum TokenCommand {
     /// Every token (never their secrets).
     List,
     /// Revoke a token: it stops working at once.
+    #[command(after_help = "Examples:\n  shipgate token revoke ci")]
     Revoke {
         /// The token's name.
         name: String,
@@ -415,5 +475,28 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    /// Every command a person runs shows examples in its `--help` (list commands need none).
+    #[test]
+    fn every_command_has_examples_in_its_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.has_subcommands() {
+                    walk(sub, &name, missing);
+                } else if sub.get_name() != "list"
+                    && !sub
+                        .get_after_help()
+                        .is_some_and(|h| h.to_string().starts_with("Examples:"))
+                {
+                    missing.push(name);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "shipgate", &mut missing);
+        missing.retain(|m| m != "shipgate help");
+        assert!(missing.is_empty(), "no examples in --help of: {missing:?}");
     }
 }
