@@ -179,6 +179,22 @@ pub struct Traffic {
     pub requests: u64,
 }
 
+impl Traffic {
+    /// The volume in words: `2 req, 0.03 req/s`; the rate keeps two significant digits, so a
+    /// quiet minute does not read as none.
+    pub fn volume(&self) -> String {
+        let r = self.requests_per_second;
+        let rate = if r >= 10.0 {
+            format!("{r:.0}")
+        } else if r >= 1.0 {
+            format!("{r:.1}")
+        } else {
+            format!("{r:.2}")
+        };
+        format!("{} req, {rate} req/s", self.requests)
+    }
+}
+
 /// A machine that runs instances and routers: today the server's own (`local`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct HostView {
@@ -199,4 +215,26 @@ pub struct HostView {
     /// The address it dialled in from (other hosts; none for `local`).
     #[serde(default)]
     pub address: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Traffic;
+
+    #[test]
+    fn a_quiet_minute_does_not_read_as_no_traffic() {
+        let t = |requests, requests_per_second| {
+            Traffic {
+                requests_per_second,
+                error_rate: 0.0,
+                p50_ms: None,
+                p99_ms: None,
+                requests,
+            }
+            .volume()
+        };
+        assert_eq!(t(2, 2.0 / 60.0), "2 req, 0.03 req/s");
+        assert_eq!(t(240, 4.0), "240 req, 4.0 req/s");
+        assert_eq!(t(3000, 50.0), "3000 req, 50 req/s");
+    }
 }

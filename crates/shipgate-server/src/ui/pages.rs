@@ -323,11 +323,7 @@ fn health(e: &EnvironmentStatus) -> Badge {
 
 fn traffic(e: &EnvironmentStatus) -> String {
     match &e.traffic {
-        Some(t) if t.requests > 0 => format!(
-            "{:.1} req/s · {:.1}% 5xx",
-            t.requests_per_second,
-            t.error_rate * 100.0
-        ),
+        Some(t) if t.requests > 0 => format!("{} · {:.1}% 5xx", t.volume(), t.error_rate * 100.0),
         _ => "no traffic".to_owned(),
     }
 }

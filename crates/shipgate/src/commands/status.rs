@@ -27,8 +27,8 @@ fn traffic(t: Option<&Traffic>) -> String {
     };
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.1}ms"));
     format!(
-        "{:.1} req/s, {:.1}% 5xx, p50 {} p99 {}",
-        t.requests_per_second,
+        "{}, {:.1}% 5xx, p50 {} p99 {}",
+        t.volume(),
         t.error_rate * 100.0,
         ms(t.p50_ms),
         ms(t.p99_ms)
