@@ -18,20 +18,27 @@ pub(crate) struct ApiPath<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Problem;
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let axum::Json(value) =
-            axum::Json::<T>::from_request(req, state)
-                .await
-                .map_err(|e| match e {
-                    axum::extract::rejection::JsonRejection::MissingJsonContentType(_) => {
-                        Problem::new(
-                            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                            "unsupported media type",
-                            "send the body as JSON with `Content-Type: application/json`",
-                        )
-                    }
-                    other => Problem::bad_request(other.body_text()),
-                })?;
-        Ok(Self(value))
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(|e| match e {
+                axum::extract::rejection::JsonRejection::MissingJsonContentType(_) => Problem::new(
+                    axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported media type",
+                    "send the body as JSON with `Content-Type: application/json`",
+                ),
+                other => Problem::bad_request(other.body_text()),
+            })?;
+        // Every body is an object: serde would also read a struct from an array.
+        if !value.is_object() {
+            return Err(Problem::bad_request(
+                "the body must be a JSON object (see /api/v1/openapi.json)",
+            ));
+        }
+        serde_json::from_value::<T>(value).map(Self).map_err(|e| {
+            Problem::bad_request(format!(
+                "Failed to deserialize the JSON body into the target type: {e}"
+            ))
+        })
     }
 }
 

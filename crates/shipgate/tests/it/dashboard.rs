@@ -200,6 +200,22 @@ fn sign_in_approve_on_the_release_page_and_watch_the_board_change() {
     }
     save(&b, &dir, "narrow-audit.png");
     b.resize(1400, 1000);
+    let signed_in = || {
+        b.run(
+            "return document.querySelector('header button.link') !== null;",
+            serde_json::json!([]),
+        ) == true
+    };
+    let since = std::time::Instant::now();
+    while !signed_in() {
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "no sign-out button on {}: {}",
+            b.url(),
+            b.text("body")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     b.click("header button.link");
     wait_for("the sign-in page after signing out", || {
