@@ -139,9 +139,22 @@ impl Browser {
         answer["value"].clone()
     }
 
-    /// Opens a URL and waits for the page to load.
+    /// Opens a URL and waits for the page to load. Chromium abandons a load when the machine's
+    /// network changes (other tests make namespaces and veths meanwhile) and shows its own error
+    /// page: the load is tried again then.
     pub fn goto(&self, url: &str) {
-        self.cmd("POST", "/url", Some(json!({ "url": url })));
+        for _ in 0..5 {
+            self.cmd("POST", "/url", Some(json!({ "url": url })));
+            let chromium_error = self.run(
+                "return document.getElementById('main-frame-error') !== null;",
+                json!([]),
+            );
+            if chromium_error != true {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{url} did not load: {}", self.text("body"));
     }
 
     /// The address of the page shown.
