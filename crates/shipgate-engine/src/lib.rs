@@ -86,7 +86,8 @@ pub struct Engine {
     traffic: Mutex<HashMap<Slot, traffic::History>>,
     /// What the last drift scan found, for slots that drifted.
     drift: Mutex<HashMap<Slot, Vec<String>>>,
-    /// Distinguishes instance ids across server starts.
+    /// Distinguishes instance ids across server starts (microseconds: two servers started in
+    /// the same millisecond, as parallel tests do, still differ).
     boot: i64,
     /// True from the start until every recorded live release has been started again.
     restoring: std::sync::atomic::AtomicBool,
@@ -159,7 +160,7 @@ impl Engine {
             watching: Mutex::default(),
             traffic: Mutex::default(),
             drift: Mutex::default(),
-            boot: jiff::Timestamp::now().as_millisecond(),
+            boot: jiff::Timestamp::now().as_microsecond(),
             restoring: std::sync::atomic::AtomicBool::new(true),
             isolation,
         });

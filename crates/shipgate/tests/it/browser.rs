@@ -143,7 +143,7 @@ impl Browser {
     /// network changes (other tests make namespaces and veths meanwhile) and shows its own error
     /// page: the load is tried again then.
     pub fn goto(&self, url: &str) {
-        for _ in 0..5 {
+        for _ in 0..40 {
             self.cmd("POST", "/url", Some(json!({ "url": url })));
             let chromium_error = self.run(
                 "return document.getElementById('main-frame-error') !== null;",
@@ -152,7 +152,7 @@ impl Browser {
             if chromium_error != true {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(250));
         }
         panic!("{url} did not load: {}", self.text("body"));
     }
