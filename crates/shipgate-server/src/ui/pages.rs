@@ -865,6 +865,11 @@ pub(crate) async fn environment(
     Ok(html(&page))
 }
 
+/// An environment named in a form or path; a bad name is a 400 page.
+fn env_param(name: &str) -> Result<EnvName, PageError> {
+    EnvName::parse(name).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))
+}
+
 /// The rollback form: the release to go back to (the default one when absent).
 #[derive(Deserialize)]
 pub(crate) struct RollbackForm {
@@ -880,8 +885,7 @@ pub(crate) async fn rollback(
 ) -> Page {
     viewer.check_csrf(&f.csrf)?;
     let app = configured_app(&state, &app)?;
-    let env =
-        EnvName::parse(&env).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))?;
+    let env = env_param(&env)?;
     allow(&viewer, Action::Rollback, Some(&env))?;
     let to =
         f.to.as_deref()
@@ -913,10 +917,8 @@ pub(crate) async fn promote(
 ) -> Page {
     viewer.check_csrf(&f.csrf)?;
     let app = configured_app(&state, &app)?;
-    let env =
-        EnvName::parse(&env).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))?;
-    let to =
-        EnvName::parse(&f.to).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))?;
+    let env = env_param(&env)?;
+    let to = env_param(&f.to)?;
     allow(&viewer, Action::Promote, Some(&to))?;
     let live = state
         .engine

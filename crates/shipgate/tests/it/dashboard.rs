@@ -403,13 +403,7 @@ fn the_board_pages_fifty_apps_and_the_buttons_promote_and_roll_back_to_a_chosen_
     s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
     for version in ["1.1.0", "1.2.0"] {
         s.register(version, &[]);
-        s.ok(&[
-            "promote",
-            &format!("web@{version}"),
-            "--to",
-            "development",
-            "--wait",
-        ]);
+        s.deploy(version, "development");
     }
     let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
     let cookie = sign_in(&s, admin.trim());

@@ -499,6 +499,11 @@ impl TestServer {
         ])
     }
 
+    /// Promotes `web@version` into `env` and waits until it succeeded.
+    pub fn deploy(&self, version: &str, env: &str) {
+        self.ok(&["promote", &format!("web@{version}"), "--to", env, "--wait"]);
+    }
+
     /// Promotes `web@version` with `--wait` through every environment up to `last`.
     pub fn walk(&self, version: &str, last: &str) {
         let release = format!("web@{version}");

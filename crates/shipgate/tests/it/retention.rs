@@ -37,13 +37,7 @@ fn gc_keeps_the_newest_and_whatever_runs_or_a_rollback_needs_and_a_pruned_releas
     s.walk("1.0.0", "production");
     for version in ["1.1.0", "1.2.0"] {
         s.register(version, &[]);
-        s.ok(&[
-            "promote",
-            &format!("web@{version}"),
-            "--to",
-            "development",
-            "--wait",
-        ]);
+        s.deploy(version, "development");
     }
     for version in ["1.3.0", "1.4.0"] {
         s.register(version, &[]);
