@@ -493,6 +493,35 @@ fn the_board_pages_fifty_apps_and_the_buttons_promote_and_roll_back_to_a_chosen_
     wait_for("testing running what development runs", || {
         s.version("testing").as_deref() == Some("1.0.0")
     });
+
+    // A release whose smoke test fails in testing: its page says where testing stays.
+    s.register("3.0.0", &[("BUG", "")]);
+    s.deploy("3.0.0", "development");
+    s.refused(&["promote", "web@3.0.0", "--to", "testing", "--wait"]);
+    let (_, _, page) = raw(&s, "GET", "/apps/web/releases/3.0.0", &auth, "");
+    assert!(
+        page.contains(
+            "<strong class=\"back-on\">testing is on web@1.0.0, as before this promotion</strong>"
+        ),
+        "{page}"
+    );
+
+    // The audit filters offer the values there are, the chosen one selected.
+    let (_, _, audit) = raw(&s, "GET", "/audit?env=testing&kind=promotion", &auth, "");
+    for option in [
+        "<option selected>testing</option>",
+        "<option selected>promotion</option>",
+        "<option>promotion.failed</option>",
+        "<option>release.pruned</option>",
+        "<option>svc-000</option>",
+        "<option>production</option>",
+    ] {
+        assert!(audit.contains(option), "{option} in the audit filters");
+    }
+    assert!(
+        !audit.contains("type=\"text\" name=\"kind\""),
+        "no free text"
+    );
     assert!(
         latest["requested_by"]
             .as_str()
