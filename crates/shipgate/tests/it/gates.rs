@@ -446,4 +446,10 @@ fn a_quiet_watch_holds_by_default_and_watch_traffic_makes_it_conclusive() {
         !watch["output"].as_str().unwrap_or("").contains("only "),
         "judged on its own traffic: {watch}"
     );
+    // `history` shows what a passed watch measured.
+    let text = s.ok(&["history", "web", "--env", "production"]);
+    assert!(
+        text.contains("passed  watch\n        watched for 2s: "),
+        "{text}"
+    );
 }
