@@ -169,6 +169,18 @@ impl Fixture {
         );
     }
 
+    /// Waits (real time) until the watch of promotion `id` has begun, so that moving the
+    /// clock counts against it.
+    async fn watching(&self, id: PromotionId) {
+        for _ in 0..600 {
+            if self.engine.watch_of(id).is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the watch of promotion {id} did not begin");
+    }
+
     /// Asserts that promotion `id` waits on something `is` recognizes.
     #[track_caller]
     fn waits_on(&self, id: PromotionId, is: impl Fn(&Wait) -> bool) {
@@ -210,7 +222,7 @@ async fn a_watch_lasts_its_time_on_the_engine_clock() {
     let release = f.verified_in_development("1.0.0", &[]).await;
 
     let prod = f.promote(&release, "production").await;
-    f.reaches(prod, PromotionState::Verifying).await;
+    f.watching(prod).await;
     f.clock.advance(MINUTE);
     f.settle().await;
     assert_eq!(
@@ -278,7 +290,7 @@ async fn a_release_over_the_error_rate_is_rolled_back_when_its_watch_ends_on_the
     .await;
     let good = f.verified_in_development("1.0.0", &[]).await;
     let prod = f.promote(&good, "production").await;
-    f.reaches(prod, PromotionState::Verifying).await;
+    f.watching(prod).await;
     f.clock.advance(10 * MINUTE);
     f.reaches(prod, PromotionState::Succeeded).await;
 
@@ -304,7 +316,7 @@ async fn a_release_over_the_error_rate_is_rolled_back_when_its_watch_ends_on_the
         })
     };
     let prod = f.promote(&bad, "production").await;
-    f.reaches(prod, PromotionState::Verifying).await;
+    f.watching(prod).await;
     while errors.load(Ordering::Relaxed) < 40 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -415,7 +427,7 @@ async fn a_watch_shows_when_it_ends_and_its_figures_so_far_and_the_standby_is_wh
     for version in ["1.0.0", "1.1.0"] {
         let release = f.verified_in_development(version, &[]).await;
         let prod = f.promote(&release, "production").await;
-        f.reaches(prod, PromotionState::Verifying).await;
+        f.watching(prod).await;
         f.clock.advance(2 * MINUTE);
         f.reaches(prod, PromotionState::Succeeded).await;
     }
@@ -431,8 +443,7 @@ async fn a_watch_shows_when_it_ends_and_its_figures_so_far_and_the_standby_is_wh
 
     let release = f.verified_in_development("1.2.0", &[]).await;
     let prod = f.promote(&release, "production").await;
-    f.reaches(prod, PromotionState::Verifying).await;
-    f.settle().await;
+    f.watching(prod).await;
     let watching = production(&f).await;
     let watch = watching.in_progress[0]
         .watch
