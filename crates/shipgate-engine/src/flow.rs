@@ -80,6 +80,7 @@ impl Engine {
         actor: &str,
         override_reason: Option<String>,
     ) -> Result<Promotion, EngineError> {
+        let _not_pruning = self.pruning.read().await;
         let registered = self.registered(release).await?;
         let after = self.config.environment(env).and_then(|e| e.after.clone());
         let standing = match &after {
@@ -116,6 +117,7 @@ impl Engine {
         if self.config.environment(env).is_none() {
             return Err(EngineError::UnknownEnvironment(env.to_string()));
         }
+        let _not_pruning = self.pruning.read().await;
         let live = self.live_record(app, env).await?;
         let Some(live) = live else {
             return Err(EngineError::NothingToRollBack(format!(

@@ -80,6 +80,10 @@ pub struct Engine {
     /// What each waiting promotion waits on (pending ones, and verifying ones held for a person),
     /// with how many decisions on it that was worked out from.
     waiting: Mutex<HashMap<shipgate_core::PromotionId, (Vec<shipgate_core::gate::Wait>, usize)>>,
+    /// Held (shared) while a promotion or rollback checks its release and is recorded, and
+    /// (alone) while retention decides and removes: a release is either recorded in a
+    /// promotion before retention looks, or found pruned and refused with what to do.
+    pruning: tokio::sync::RwLock<()>,
     /// Each watch under way, by promotion, as last looked at.
     watching: Mutex<HashMap<shipgate_core::PromotionId, shipgate_api::status::WatchView>>,
     /// The last hour of each slot's traffic, for charts.
@@ -158,6 +162,7 @@ impl Engine {
             unhealthy: Mutex::default(),
             waiting: Mutex::default(),
             watching: Mutex::default(),
+            pruning: tokio::sync::RwLock::new(()),
             traffic: Mutex::default(),
             drift: Mutex::default(),
             boot: jiff::Timestamp::now().as_microsecond(),

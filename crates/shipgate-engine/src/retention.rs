@@ -22,6 +22,12 @@ impl Engine {
     /// go). Each pruned release is an audit event by `actor`.
     pub async fn gc(&self, dry_run: bool, actor: &str) -> Result<GcReport, EngineError> {
         let keep = self.config.server.retention;
+        // No promotion is recorded meanwhile (a dry run changes nothing, so it needs no lock).
+        let _alone = if dry_run {
+            None
+        } else {
+            Some(self.pruning.write().await)
+        };
         let protected = self.protected_releases().await?;
         let mut report = GcReport {
             dry_run,
