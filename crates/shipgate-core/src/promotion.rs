@@ -44,6 +44,9 @@ impl PromotionState {
         Self::Superseded,
     ];
 
+    /// The states of a promotion not finished yet.
+    pub const UNFINISHED: [PromotionState; 3] = [Self::Pending, Self::Deploying, Self::Verifying];
+
     /// The name stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {

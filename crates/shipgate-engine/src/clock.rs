@@ -93,6 +93,29 @@ impl Clock for ManualClock {
     }
 }
 
+impl crate::Engine {
+    /// Runs `task` now, then every `period` of the engine's clock (counted from each start),
+    /// while the engine lives; between runs only the clock is held, so the engine can go.
+    pub(crate) fn every<F, Fut>(self: &std::sync::Arc<Self>, period: std::time::Duration, task: F)
+    where
+        F: Fn(std::sync::Arc<crate::Engine>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let engine = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                let clock = std::sync::Arc::clone(&engine.clock);
+                let next = after(clock.now(), period);
+                task(engine).await;
+                clock.sleep_until(next).await;
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

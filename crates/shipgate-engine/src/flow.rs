@@ -158,39 +158,10 @@ impl Engine {
             .promotions(PromotionFilter {
                 app: Some(app.clone()),
                 env: Some(env.clone()),
-                version: None,
-                apps: Vec::new(),
-                states: vec![PromotionState::Succeeded, PromotionState::RolledBack],
-                limit: None,
+                ..rollback_history(Vec::new())
             })
             .await?;
-        let candidate = |p: &&Promotion| match to {
-            Some(v) => &p.version == v,
-            None => p.id < live.promotion_id && p.version != live.version,
-        };
-        let target = history
-            .iter()
-            .filter(candidate)
-            .find(|p| p.state == PromotionState::Succeeded);
-        let Some(target) = target else {
-            // Tell apart "never there" from "there, but rolled back since".
-            let rolled_back = history.iter().find(candidate).map(|p| &p.version);
-            let msg = match (to, rolled_back) {
-                (Some(v), _) if *v == live.version => format!("{app}@{v} is already live in {env}"),
-                (_, Some(v)) => format!(
-                    "{app}@{v} was rolled back in {env}; to bring it back, promote it there again: shipgate promote {app}@{v} --to {env}"
-                ),
-                (Some(v), None) => format!(
-                    "{app}@{v} was never live in {env}; roll back only to a release that was (see: shipgate history {app} --env {env})"
-                ),
-                (None, None) => format!(
-                    "{env} has had no other verified release of {app} before {}; nothing to roll back to",
-                    live.version
-                ),
-            };
-            return Ok(Err(msg));
-        };
-        Ok(Ok(target.clone()))
+        Ok(rollback_choice(&history, live, to))
     }
 
     pub(crate) async fn registered(&self, release: &ReleaseRef) -> Result<Release, EngineError> {
@@ -249,11 +220,7 @@ impl Engine {
                 tracing::error!("promotion {promotion_id} stopped on an error: {e}");
                 let fail = Transition {
                     promotion_id,
-                    from: vec![
-                        PromotionState::Pending,
-                        PromotionState::Deploying,
-                        PromotionState::Verifying,
-                    ],
+                    from: PromotionState::UNFINISHED.to_vec(),
                     to: PromotionState::Failed,
                     reason: Some(e.to_string()),
                     live: LiveChange::Keep,
@@ -698,4 +665,53 @@ fn keep_tail(mut s: String) -> String {
         s = format!("[... {cut} bytes cut ...]\n{}", &s[cut..]);
     }
     s
+}
+
+/// The promotions a rollback may go back to, of these apps (all when empty), newest first.
+pub(crate) fn rollback_history(apps: Vec<AppName>) -> PromotionFilter {
+    PromotionFilter {
+        apps,
+        states: vec![PromotionState::Succeeded, PromotionState::RolledBack],
+        ..PromotionFilter::default()
+    }
+}
+
+/// [`Engine::rollback_target`] from `history` (as [`rollback_history`] lists it; other slots'
+/// promotions are passed over).
+pub(crate) fn rollback_choice(
+    history: &[Promotion],
+    live: &LiveRelease,
+    to: Option<&Version>,
+) -> Result<Promotion, String> {
+    let (app, env) = (&live.app, &live.env);
+    let candidate = |p: &&Promotion| {
+        &p.app == app
+            && &p.env == env
+            && match to {
+                Some(v) => &p.version == v,
+                None => p.id < live.promotion_id && p.version != live.version,
+            }
+    };
+    if let Some(target) = history
+        .iter()
+        .filter(candidate)
+        .find(|p| p.state == PromotionState::Succeeded)
+    {
+        return Ok(target.clone());
+    }
+    // Tell apart "never there" from "there, but rolled back since".
+    let rolled_back = history.iter().find(candidate).map(|p| &p.version);
+    Err(match (to, rolled_back) {
+        (Some(v), _) if *v == live.version => format!("{app}@{v} is already live in {env}"),
+        (_, Some(v)) => format!(
+            "{app}@{v} was rolled back in {env}; to bring it back, promote it there again: shipgate promote {app}@{v} --to {env}"
+        ),
+        (Some(v), None) => format!(
+            "{app}@{v} was never live in {env}; roll back only to a release that was (see: shipgate history {app} --env {env})"
+        ),
+        (None, None) => format!(
+            "{env} has had no other verified release of {app} before {}; nothing to roll back to",
+            live.version
+        ),
+    })
 }

@@ -34,14 +34,15 @@ impl Engine {
         let live = self.store.live_of(apps).await?;
         let unfinished = PromotionFilter {
             apps: apps.to_vec(),
-            states: vec![
-                PromotionState::Pending,
-                PromotionState::Deploying,
-                PromotionState::Verifying,
-            ],
+            states: PromotionState::UNFINISHED.to_vec(),
             ..Default::default()
         };
         let unfinished = self.store.promotions(unfinished).await?;
+        // Where each environment's rollback goes, from one read for all of them.
+        let verified = self
+            .store
+            .promotions(crate::flow::rollback_history(apps.to_vec()))
+            .await?;
         let freezes = self.store.freezes().await?;
         // One snapshot per router, not one per cell: a snapshot covers every release it saw.
         let mut traffic: HashMap<&EnvName, HashMap<String, shipgate_proxy::WindowSummary>> =
@@ -84,15 +85,11 @@ impl Engine {
                     }),
                     None => None,
                 };
-                let live_here = live.iter().find(|l| l.app == a.name && l.env == e.name);
-                let rollback_to = match live_here {
-                    Some(l) => self
-                        .rollback_target(&a.name, &e.name, l, None)
-                        .await?
-                        .ok()
-                        .map(|p| p.version),
-                    None => None,
-                };
+                let rollback_to = live
+                    .iter()
+                    .find(|l| l.app == a.name && l.env == e.name)
+                    .and_then(|l| crate::flow::rollback_choice(&verified, l, None).ok())
+                    .map(|p| p.version);
                 environments.push(EnvironmentStatus {
                     env: e.name.clone(),
                     url: self.env_url(&e.name),

@@ -67,12 +67,10 @@ impl Engine {
             if digests_kept.contains(&r.digest) {
                 continue;
             }
-            let bytes = if dry_run || removed.contains(&r.digest) {
-                if removed.contains(&r.digest) {
-                    0
-                } else {
-                    self.artifacts.size_on_disk(&r.digest)
-                }
+            let bytes = if removed.contains(&r.digest) {
+                0
+            } else if dry_run {
+                self.artifacts.size_on_disk(&r.digest)
             } else {
                 let artifacts = self.artifacts.clone();
                 let digest = r.digest.clone();
@@ -132,16 +130,17 @@ impl Engine {
                 .iter()
                 .position(|e| e.name == l.env)
         });
+        let verified = self
+            .store
+            .promotions(crate::flow::rollback_history(Vec::new()))
+            .await?;
         for live in live_now {
             add(
                 live.app.as_str(),
                 &live.version,
                 format!("live in {}", live.env),
             );
-            if let Ok(target) = self
-                .rollback_target(&live.app, &live.env, &live, None)
-                .await?
-            {
+            if let Ok(target) = crate::flow::rollback_choice(&verified, &live, None) {
                 add(
                     live.app.as_str(),
                     &target.version,
@@ -159,11 +158,7 @@ impl Engine {
         let unfinished = self
             .store
             .promotions(PromotionFilter {
-                states: vec![
-                    PromotionState::Pending,
-                    PromotionState::Deploying,
-                    PromotionState::Verifying,
-                ],
+                states: PromotionState::UNFINISHED.to_vec(),
                 ..PromotionFilter::default()
             })
             .await?;
@@ -216,28 +211,16 @@ impl Engine {
 
     /// Runs retention every [`GC_EVERY`] of the engine's clock while the engine lives.
     pub(crate) fn collect_garbage_periodically(self: &Arc<Self>) {
-        let engine = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let (clock, next) = {
-                    let Some(engine) = engine.upgrade() else {
-                        return;
-                    };
-                    match engine.gc(false, crate::SYSTEM).await {
-                        Ok(r) if !r.releases.is_empty() || !r.logs.is_empty() => tracing::info!(
-                            "retention removed {} releases and {} logs ({} bytes)",
-                            r.releases.len(),
-                            r.logs.len(),
-                            r.freed_bytes
-                        ),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("retention failed: {e}"),
-                    }
-                    let clock = Arc::clone(&engine.clock);
-                    let next = crate::clock::after(clock.now(), GC_EVERY);
-                    (clock, next)
-                };
-                clock.sleep_until(next).await;
+        self.every(GC_EVERY, |engine| async move {
+            match engine.gc(false, crate::SYSTEM).await {
+                Ok(r) if !r.releases.is_empty() || !r.logs.is_empty() => tracing::info!(
+                    "retention removed {} releases and {} logs ({} bytes)",
+                    r.releases.len(),
+                    r.logs.len(),
+                    r.freed_bytes
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("retention failed: {e}"),
             }
         });
     }

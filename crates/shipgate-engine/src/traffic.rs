@@ -105,23 +105,8 @@ impl Counters {
 impl Engine {
     /// Samples every router every [`SAMPLE_EVERY`] of the engine's clock while the engine lives.
     pub(crate) fn sample_traffic(self: &Arc<Self>) {
-        let engine = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let next = {
-                    let Some(engine) = engine.upgrade() else {
-                        return;
-                    };
-                    let now = engine.clock.now();
-                    engine.take_sample(now).await;
-                    (
-                        Arc::clone(&engine.clock),
-                        crate::clock::after(now, SAMPLE_EVERY),
-                    )
-                };
-                // Holds only the clock while it sleeps, so the engine can go.
-                next.0.sleep_until(next.1).await;
-            }
+        self.every(SAMPLE_EVERY, |engine| async move {
+            engine.take_sample(engine.clock.now()).await;
         });
     }
 
