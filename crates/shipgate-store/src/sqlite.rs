@@ -1514,6 +1514,9 @@ impl Store for SqliteStore {
         samples: &[(AppName, EnvName, TrafficSample)],
         forget_before: Timestamp,
     ) -> Result<()> {
+        // A writer like any other: one at a time, or a promotion's write that read first
+        // meets SQLITE_BUSY and its promotion is left unfinished.
+        let _w = self.write.lock().await;
         let mut tx = self.begin().await?;
         for (app, env, sample) in samples {
             sqlx::query(
