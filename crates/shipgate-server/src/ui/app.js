@@ -40,7 +40,13 @@
   };
 
   const events = new EventSource("/ui/events");
-  events.onopen = () => { if (badge) { badge.textContent = "● live"; badge.classList.add("on"); } };
+  // After a reconnect, what happened while the stream was down is not sent again: refresh once.
+  let opened = false;
+  events.onopen = () => {
+    if (badge) { badge.textContent = "● live"; badge.classList.add("on"); }
+    if (opened) { clearTimeout(timer); timer = setTimeout(refresh, 150); }
+    opened = true;
+  };
   events.onerror = () => { if (badge) { badge.textContent = "○ reconnecting"; badge.classList.remove("on"); } };
   events.onmessage = () => {
     clearTimeout(timer);
