@@ -11,7 +11,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use shipgate_core::config::{DataConfig, Unlisted};
 use shipgate_core::mask::{MaskKey, Transformer};
-use shipgate_mask::cluster::TempCluster;
+use shipgate_store::cluster::TempCluster;
 use sqlx::{Connection, PgConnection};
 
 const TABLE: &str = "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL UNIQUE,

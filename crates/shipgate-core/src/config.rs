@@ -32,8 +32,10 @@ pub struct ServerConfig {
     /// Database, artifacts, logs and the admin token live here (absolute, resolved against the
     /// config file's folder).
     pub data_dir: PathBuf,
-    /// The SQLite database file (default `data_dir/shipgate.db`; `database = "sqlite://PATH"`).
-    pub database: PathBuf,
+    /// The control plane's database: a SQLite file (default `data_dir/shipgate.db`;
+    /// `database = "sqlite://PATH"`) or PostgreSQL (`database = "postgres://..."`), which
+    /// several servers can share.
+    pub database: DataLocation,
     /// Largest artifact upload accepted.
     pub max_artifact_size: ByteSize,
     /// Largest total size of the files an artifact unpacks to (counted while it is read).
@@ -55,6 +57,9 @@ pub struct ServerConfig {
     pub config_dir: PathBuf,
     /// What is kept of old releases and logs (`retention = { releases = 20, logs = "14d" }`).
     pub retention: Retention,
+    /// How long the engine's lease lasts unless renewed (`lease = "5s"`): when the server
+    /// leading stops answering, another server on the same database takes over after it.
+    pub lease: Duration,
 }
 
 /// `server.retention`: how much of the past is kept on disk.
@@ -228,6 +233,29 @@ pub enum DataLocation {
     Sqlite(PathBuf),
     /// A PostgreSQL database (`postgres://user:password@host:port/db`).
     Postgres(String),
+}
+
+impl DataLocation {
+    /// A connection URL without its password, for messages.
+    pub fn redacted_url(url: &str) -> String {
+        match (url.split_once("://"), url.rsplit_once('@')) {
+            (Some((scheme, rest)), Some((_, host))) if rest.contains('@') => {
+                let user = rest.split([':', '@']).next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => url.to_owned(),
+        }
+    }
+}
+
+/// Where it is, for messages: the file, or the URL without its password.
+impl std::fmt::Display for DataLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataLocation::Sqlite(path) => write!(f, "{}", path.display()),
+            DataLocation::Postgres(url) => f.write_str(&Self::redacted_url(url)),
+        }
+    }
 }
 
 /// `unlisted = "refuse" | "keep"`.
@@ -473,6 +501,7 @@ struct RawServer {
     agent_listen: Option<Spanned<String>>,
     watch_config: Option<bool>,
     retention: Option<RawRetention>,
+    lease: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -685,22 +714,27 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         );
     }
     let database = match &raw.database {
-        None => data_dir.join("shipgate.db"),
-        Some(db) => match db
-            .get_ref()
-            .strip_prefix("sqlite://")
-            .or_else(|| db.get_ref().strip_prefix("sqlite:"))
-        {
-            Some(path) if !path.is_empty() => base_dir.join(path),
-            _ => {
-                problems.add(
-                    db.span(),
-                    format!("database `{}` is not supported by this version", db.get_ref()),
-                    "write \"sqlite://PATH\", or remove `database` to use shipgate.db in data_dir (PostgreSQL support comes later)".to_owned(),
-                );
-                data_dir.join("shipgate.db")
+        None => DataLocation::Sqlite(data_dir.join("shipgate.db")),
+        Some(db) => {
+            let location = db.get_ref();
+            let postgres =
+                location.starts_with("postgres://") || location.starts_with("postgresql://");
+            match location
+                .strip_prefix("sqlite://")
+                .or_else(|| location.strip_prefix("sqlite:"))
+            {
+                Some(path) if !path.is_empty() => DataLocation::Sqlite(base_dir.join(path)),
+                _ if postgres => DataLocation::Postgres(location.clone()),
+                _ => {
+                    problems.add(
+                        db.span(),
+                        format!("database `{location}` is neither SQLite nor PostgreSQL"),
+                        "write \"sqlite://PATH\" or \"postgres://USER:PASSWORD@HOST:PORT/DB\", or remove `database` to use shipgate.db in data_dir".to_owned(),
+                    );
+                    DataLocation::Sqlite(data_dir.join("shipgate.db"))
+                }
             }
-        },
+        }
     };
     let max_artifact_size = raw
         .max_artifact_size
@@ -734,8 +768,24 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
     }
     .unwrap_or(SocketAddr::new(listen.ip(), 0));
     let retention = retention(raw.retention.as_ref(), problems);
+    let lease = match &raw.lease {
+        Some(l) => problems.parse(l, Duration::parse).filter(|d| {
+            let ok = d.as_std() >= std::time::Duration::from_secs(1);
+            if !ok {
+                problems.add(
+                    l.span(),
+                    format!("`lease` must be at least 1s, not {}", l.get_ref()),
+                    "write how long a leader keeps the engine without renewing, for example lease = \"5s\"".to_owned(),
+                );
+            }
+            ok
+        }),
+        None => None,
+    }
+    .unwrap_or(Duration::from_std(std::time::Duration::from_secs(5)));
     ServerConfig {
         retention,
+        lease,
         listen,
         agent_listen,
         watch_config: raw.watch_config.unwrap_or(true),
@@ -1695,11 +1745,12 @@ pub const EXAMPLE: &str = r#"# shipgate.toml: how releases of your apps move fro
 [server]
 listen = "127.0.0.1:7300"          # the API and the dashboard
 data_dir = ".shipgate"             # database, artifacts, logs and the admin token
-# database = "sqlite://.shipgate/shipgate.db"   # the default; PostgreSQL comes later
+# database = "sqlite://.shipgate/shipgate.db"   # the default; or "postgres://USER@HOST/DB", shared by several servers
 # max_artifact_size = "512MiB"     # largest release artifact accepted
 # max_unpacked_size = "4GiB"       # largest total size an artifact may unpack to
 # max_files = 100000               # most entries an artifact may hold
 # drift_scan = "1m"                # how often live releases are checked for drift ("0s": only on demand)
+# lease = "5s"                      # several servers on one PostgreSQL: a new leader after this
 # retention = { releases = 20, logs = "14d" }   # per app: older artifacts and idle logs go (shipgate gc --dry-run)
 
 [apps.web]

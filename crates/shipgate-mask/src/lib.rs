@@ -10,7 +10,6 @@
 
 pub use shipgate_api::data::{ColumnLeaks, LeakReport, Progress, RefreshReport, TableReport};
 
-pub mod cluster;
 mod postgres;
 mod sqlite;
 

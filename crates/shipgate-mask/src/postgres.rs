@@ -46,15 +46,8 @@ async fn connect(url: &str) -> Result<PgConnection, MaskError> {
         .map_err(db(format!("connecting to {}", redact(url))))
 }
 
-/// A connection URL without its password, for messages.
 fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, rest)), Some((_, host))) if rest.contains('@') => {
-            let user = rest.split([':', '@']).next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        _ => url.to_owned(),
-    }
+    shipgate_core::config::DataLocation::redacted_url(url)
 }
 
 async fn tables(conn: &mut PgConnection) -> Result<Vec<PgTable>, MaskError> {

@@ -19,7 +19,7 @@ use anyhow::Context;
 use shipgate_core::Config;
 use shipgate_core::config::DataPlane;
 use shipgate_engine::Engine;
-use shipgate_store::{SqliteStore, Store};
+use shipgate_store::{SqlStore, Store};
 
 pub use auth::{ADMIN_TOKEN_FILE, generate_token, hash_token};
 
@@ -148,10 +148,10 @@ impl Server {
         let data_dir = config.server.data_dir.clone();
         let lock = data_dir::DataDirLock::take(&data_dir)?;
         let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&config.server.database)
+            SqlStore::open_at(&config.server.database)
                 .await
                 .with_context(|| {
-                    format!("opening the database {}", config.server.database.display())
+                    format!("opening the database {}", config.server.database)
                 })?,
         );
         auth::ensure_admin_token(store.as_ref(), &data_dir).await?;

@@ -217,6 +217,68 @@ impl ArtifactStore {
             .join(format!("{}.tar", digest.hex()))
     }
 
+    /// The archive file of the artifact of `digest` (there or not).
+    pub fn archive(&self, digest: &Digest) -> PathBuf {
+        self.archive_path(digest)
+    }
+
+    /// Brings the artifact of `digest` out of the database into the data dir when it is not
+    /// here (registered through another server), a chunk at a time, and checks that it hashes
+    /// to `digest` before it is used. Whether it is here now.
+    pub async fn fetch(
+        &self,
+        store: &dyn crate::Store,
+        digest: &Digest,
+    ) -> Result<bool, ArtifactError> {
+        if self.has(digest) {
+            return Ok(true);
+        }
+        if !store.keeps_artifacts() {
+            return Ok(false);
+        }
+        let unstored = |e: crate::StoreError| ArtifactError::Io {
+            context: format!("reading artifact {digest} from the database"),
+            source: io::Error::other(e.to_string()),
+        };
+        let Some(chunks) = store.artifact_chunks(digest).await.map_err(unstored)? else {
+            return Ok(false);
+        };
+        let temp = tempfile::Builder::new()
+            .prefix("fetch-")
+            .tempfile_in(self.root.join("tmp"))
+            .map_err(io_err("creating a file for a fetched artifact"))?
+            .into_temp_path();
+        let mut file = tokio::fs::File::create(&temp)
+            .await
+            .map_err(io_err("opening a fetched artifact"))?;
+        let (mut hasher, mut size) = (Sha256::new(), 0u64);
+        for seq in 0..chunks {
+            let bytes = store.artifact_chunk(digest, seq).await.map_err(unstored)?;
+            hasher.update(&bytes);
+            size += bytes.len() as u64;
+            file.write_all(&bytes)
+                .await
+                .map_err(io_err("writing a fetched artifact"))?;
+        }
+        file.flush()
+            .await
+            .map_err(io_err("writing a fetched artifact"))?;
+        drop(file);
+        let actual = Digest::from_sha256(&hasher.finalize().into());
+        if &actual != digest {
+            return Err(ArtifactError::Unreadable(format!(
+                "artifact {digest} in the database hashes to {actual}: it was changed there; register the release's file again"
+            )));
+        }
+        self.store(CheckedArtifact {
+            temp,
+            digest: digest.clone(),
+            size,
+        })
+        .await?;
+        Ok(true)
+    }
+
     /// Whether the artifact of `digest` is on disk (retention may have removed it).
     pub fn has(&self, digest: &Digest) -> bool {
         self.archive_path(digest).exists()

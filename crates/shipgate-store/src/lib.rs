@@ -4,15 +4,21 @@
 //!
 //! Every change of state is written in one transaction together with its event. This crate
 //! records decisions; it must not make them (the rules live in `shipgate-core`, the flow in
-//! `shipgate-engine`). [`Store`] is the boundary; [`SqliteStore`] its embedded implementation.
+//! `shipgate-engine`). [`Store`] is the boundary; [`SqlStore`] implements it on SQLite (embedded)
+//! and on PostgreSQL (several servers, one of them leading under the lease).
 #![forbid(unsafe_code)]
 
 pub mod artifact;
+pub mod cluster;
+mod copy;
 mod model;
-mod sqlite;
+mod schema;
+mod sql;
 
+pub use copy::{CopyReport, copy_store};
 pub use model::*;
-pub use sqlite::SqliteStore;
+pub use schema::Backend;
+pub use sql::SqlStore;
 
 use async_trait::async_trait;
 use shipgate_core::gate::{Decision, Freeze, Stage};
@@ -59,6 +65,16 @@ pub enum StoreError {
     /// A stored value no longer parses: the database was changed outside shipgate.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// A fenced store's lease has ended (another server may lead): nothing was written.
+    #[error(
+        "this server no longer holds the engine's lease (it held epoch {epoch} as {holder}); another server leads now, so nothing was written"
+    )]
+    Fenced {
+        /// Who held the lease.
+        holder: String,
+        /// The epoch it held.
+        epoch: i64,
+    },
     /// The database failed while doing `context`.
     #[error("database error while {context}: {source}")]
     Database {
@@ -73,8 +89,7 @@ pub enum StoreError {
 /// Result of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Everything shipgate keeps. Shaped so a PostgreSQL implementation can sit beside SQLite:
-/// plain data in, plain data out, one transaction per method.
+/// Everything shipgate keeps: plain data in, plain data out, one transaction per method.
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Registers a release. The same version with the same digest returns the existing release
@@ -202,6 +217,40 @@ pub trait Store: Send + Sync {
         env: &EnvName,
         since: jiff::Timestamp,
     ) -> Result<Vec<TrafficSample>>;
+
+    /// Takes the engine's lease for `length` if nobody holds it or its holder let it expire,
+    /// with a new epoch; `None` while another holder's lease runs. Judged by the database's
+    /// clock, in one compare-and-set.
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        address: &str,
+        length: std::time::Duration,
+    ) -> Result<Option<Lease>>;
+    /// Extends `lease` by `length` if it is still held (same epoch, not expired); `None` if it
+    /// was lost. A lease that expired is not renewed even if nobody took it: its holder must
+    /// acquire a new epoch, so that writes begun under the old one are refused.
+    async fn renew_lease(&self, lease: &Lease, length: std::time::Duration)
+    -> Result<Option<Lease>>;
+    /// Ends `lease` now (a clean stop), so another server takes over without waiting.
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+    /// The engine's lease as last taken (it may have expired).
+    async fn lease(&self) -> Result<Option<Lease>>;
+    /// This store, except that every write is refused with [`StoreError::Fenced`] unless
+    /// `lease` still holds when the write's transaction begins; the database checks it, and
+    /// the lease cannot change hands before that transaction ends.
+    fn fenced(&self, lease: Lease) -> std::sync::Arc<dyn Store>;
+
+    /// Whether artifacts live in the database (PostgreSQL, so that every server has every
+    /// artifact) rather than only in the data dir.
+    fn keeps_artifacts(&self) -> bool;
+    /// Stores the artifact file at `file` (already checked against `digest`) in chunks, read
+    /// and written one at a time; an artifact stored already is left as it is.
+    async fn put_artifact(&self, digest: &Digest, file: &std::path::Path) -> Result<()>;
+    /// How many chunks the stored artifact of `digest` has, if it is stored.
+    async fn artifact_chunks(&self, digest: &Digest) -> Result<Option<i64>>;
+    /// Chunk `seq` (from 0) of the stored artifact of `digest`.
+    async fn artifact_chunk(&self, digest: &Digest, seq: i64) -> Result<Vec<u8>>;
 }
 
 /// Re-computes the audit chain over `events` (all of them, oldest first).

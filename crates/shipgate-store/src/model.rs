@@ -260,3 +260,19 @@ pub struct TrafficSample {
     /// Estimated 99th percentile latency, if there were responses.
     pub p99_ms: Option<f64>,
 }
+
+/// The right to run the engine, held by one server at a time. Every write of the engine
+/// carries it (see [`crate::Store::fenced`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    /// The server holding it (its instance id).
+    pub holder: String,
+    /// Where that server's API answers.
+    pub address: String,
+    /// Raised each time the lease changes hands (or is taken again after it expired).
+    pub epoch: i64,
+    /// When its holder took it.
+    pub since: jiff::Timestamp,
+    /// When it ends unless renewed, by the database's clock.
+    pub expires_at: jiff::Timestamp,
+}

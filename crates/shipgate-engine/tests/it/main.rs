@@ -12,7 +12,7 @@ use shipgate_core::{Config, EnvName, PromotionId, PromotionState, ReleaseRef};
 use shipgate_engine::flow::ReleaseRequest;
 use shipgate_engine::{Engine, ManualClock, ProcessDriver};
 use shipgate_store::artifact::UnpackLimits;
-use shipgate_store::{SqliteStore, Store};
+use shipgate_store::{SqlStore, Store};
 
 /// An app that is not shipgate's own: healthy at `/healthz`; every other path answers 200 with
 /// its version, or 500 when the release holds a file named `BUG`.
@@ -59,7 +59,7 @@ async fn start(extra: &str) -> Fixture {
     );
     let config = Arc::new(Config::parse(&toml, dir.path()).unwrap());
     std::fs::create_dir_all(&config.server.data_dir).unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.server.database).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(SqlStore::open_at(&config.server.database).await.unwrap());
     let clock = Arc::new(ManualClock::new(jiff::Timestamp::now()));
     let driver = Arc::new(ProcessDriver::new());
     let engine = Engine::start(

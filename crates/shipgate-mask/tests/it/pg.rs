@@ -1,7 +1,7 @@
 //! The PostgreSQL cluster of the tests: the library's throwaway cluster with `shop` and
 //! `shop_staging`.
 
-use shipgate_mask::cluster::TempCluster;
+use shipgate_store::cluster::TempCluster;
 
 pub struct Postgres(TempCluster);
 

@@ -1,38 +1,76 @@
 //! A fresh store in a temporary directory, and the names and records the tests use.
 
-use std::path::PathBuf;
+
+use shipgate_core::config::DataLocation;
 
 use shipgate_core::{AppName, Digest, EnvName, PromotionKind, PromotionState, Version};
+use shipgate_store::cluster::TempCluster;
 use shipgate_store::{
-    Event, EventFilter, LiveChange, NewPromotion, NewRelease, Promotion, Release, SqliteStore,
-    Store, Transition,
+    Backend, Event, EventFilter, LiveChange, NewPromotion, NewRelease, Promotion, Release,
+    SqlStore, Store, Transition,
 };
-use sqlx::Connection;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AnyConnection, Connection};
 
-/// A store on its own SQLite file; the directory is removed when this is dropped.
+tokio::task_local! {
+    /// The backend the running test's stores are made on (see `on_both_backends!`).
+    pub static BACKEND: Backend;
+}
+
+/// A fresh database of the backend under test: a file in `dir`, or a database of its own in
+/// the PostgreSQL cluster this test process shares.
+pub async fn fresh_location(dir: &std::path::Path) -> DataLocation {
+    match BACKEND.try_with(|b| *b).unwrap_or(Backend::Sqlite) {
+        Backend::Sqlite => DataLocation::Sqlite(dir.join("shipgate.db")),
+        Backend::Postgres => {
+            let cluster = TempCluster::shared().unwrap();
+            DataLocation::Postgres(cluster.fresh_database("store").await.unwrap())
+        }
+    }
+}
+
+/// A store on a database of its own; the directory is removed when this is dropped.
 pub struct TestStore {
-    pub store: SqliteStore,
+    pub store: SqlStore,
+    pub location: DataLocation,
     pub dir: tempfile::TempDir,
 }
 
 impl TestStore {
     pub async fn open() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("shipgate.db"))
-            .await
-            .unwrap();
-        Self { store, dir }
+        let location = fresh_location(dir.path()).await;
+        let store = SqlStore::open_at(&location).await.unwrap();
+        Self {
+            store,
+            location,
+            dir,
+        }
     }
 
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("shipgate.db")
+    /// Opens the same database again, as a restarted server would.
+    pub async fn reopen(&mut self) {
+        self.store = SqlStore::open_at(&self.location).await.unwrap();
     }
 
-    /// A connection of its own to the same file, bypassing the store (as an intruder would).
-    pub async fn raw(&self) -> SqliteConnection {
-        let options = SqliteConnectOptions::new().filename(self.db_path());
-        SqliteConnection::connect_with(&options).await.unwrap()
+
+    /// A connection of its own to the same database, bypassing the store (as an intruder would).
+    pub async fn raw(&self) -> AnyConnection {
+        sqlx::any::install_default_drivers();
+        let url = match &self.location {
+            DataLocation::Sqlite(path) => format!("sqlite://{}", path.display()),
+            DataLocation::Postgres(url) => url.clone(),
+        };
+        AnyConnection::connect(&url).await.unwrap()
+    }
+
+    /// Drops the database's guard against `UPDATE` or `DELETE` of events (`what`), as an
+    /// intruder with the database's password could.
+    pub async fn drop_append_only_guard(&self, raw: &mut AnyConnection, what: &str) {
+        let sql = match self.store.backend() {
+            Backend::Sqlite => format!("DROP TRIGGER events_are_append_only_{what}"),
+            Backend::Postgres => "DROP TRIGGER events_are_append_only ON events".to_owned(),
+        };
+        sqlx::query(&sql).execute(raw).await.unwrap();
     }
 
     /// Every event, oldest first.

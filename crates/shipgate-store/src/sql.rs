@@ -1,7 +1,9 @@
-//! The embedded store: one SQLite file in WAL mode inside the data dir.
+//! The store in SQL, written once for SQLite (one file in WAL mode inside the data dir, the
+//! embedded default) and PostgreSQL (shared by several servers).
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,106 +13,43 @@ use shipgate_core::{
     AppName, Digest, EnvName, EventKind, InstanceId, PromotionId, PromotionKind, PromotionState,
     Standing, Version,
 };
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, Transaction};
-use tokio::sync::{Mutex, broadcast};
+use shipgate_core::config::DataLocation;
+use sqlx::AnyPool;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use tokio::sync::{Mutex, MutexGuard, broadcast};
 
+use crate::schema::{self, Backend};
 use crate::*;
 
-/// Schema changes, applied in order at start; never edit one that has shipped, add another.
-/// A migration that adds a column must come with the queries of that table naming their columns:
-/// sqlx-sqlite panics when a cached `SELECT *` meets a table whose column count changed.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE releases (
-    app TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
-    commit_sha TEXT, notes TEXT, created_by TEXT NOT NULL, created_at TEXT NOT NULL,
-    PRIMARY KEY (app, version)
-);
-CREATE TABLE promotions (
-    id INTEGER PRIMARY KEY, app TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL,
-    env TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL, requested_by TEXT NOT NULL,
-    previous_version TEXT, reason TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-    FOREIGN KEY (app, version) REFERENCES releases (app, version)
-);
-CREATE INDEX promotions_app_env ON promotions (app, env, id);
-CREATE INDEX promotions_state ON promotions (state);
-CREATE TABLE gates (
-    id INTEGER PRIMARY KEY, promotion_id INTEGER NOT NULL REFERENCES promotions (id),
-    name TEXT NOT NULL, passed INTEGER NOT NULL, output TEXT NOT NULL,
-    started_at TEXT NOT NULL, finished_at TEXT NOT NULL
-);
-CREATE INDEX gates_promotion ON gates (promotion_id);
-CREATE TABLE live (
-    app TEXT NOT NULL, env TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL,
-    promotion_id INTEGER NOT NULL REFERENCES promotions (id), since TEXT NOT NULL,
-    PRIMARY KEY (app, env)
-);
-CREATE TABLE instances (
-    id TEXT PRIMARY KEY, app TEXT NOT NULL, env TEXT NOT NULL, version TEXT NOT NULL,
-    promotion_id INTEGER NOT NULL, pid INTEGER, port INTEGER, state TEXT NOT NULL,
-    log_path TEXT NOT NULL, updated_at TEXT NOT NULL
-);
-CREATE TABLE events (
-    id INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, kind TEXT NOT NULL,
-    app TEXT, env TEXT, promotion_id INTEGER, message TEXT NOT NULL, data TEXT NOT NULL,
-    prev_hash TEXT NOT NULL, hash TEXT NOT NULL
-);
-CREATE INDEX events_app_env ON events (app, env);
-CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
-    BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
-CREATE TRIGGER events_are_append_only_delete BEFORE DELETE ON events
-    BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
-CREATE TABLE tokens (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
-    hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, revoked_at TEXT
-);
-"#,
-    r#"
-ALTER TABLE tokens ADD COLUMN envs TEXT NOT NULL DEFAULT '[]';
-"#,
-    r#"
-CREATE TABLE decisions (
-    id INTEGER PRIMARY KEY, promotion_id INTEGER NOT NULL REFERENCES promotions (id),
-    stage TEXT NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL, approve INTEGER NOT NULL,
-    comment TEXT, at TEXT NOT NULL, UNIQUE (promotion_id, stage, actor)
-);
-CREATE TABLE freezes (
-    id INTEGER PRIMARY KEY, env TEXT, reason TEXT NOT NULL, frozen_by TEXT NOT NULL,
-    frozen_at TEXT NOT NULL, lifted_by TEXT, lifted_at TEXT
-);
-CREATE TABLE overrides (
-    promotion_id INTEGER PRIMARY KEY REFERENCES promotions (id), actor TEXT NOT NULL,
-    reason TEXT NOT NULL, at TEXT NOT NULL
-);
-"#,
-    r#"
-CREATE INDEX promotions_app_version ON promotions (app, version, id);
-CREATE INDEX events_actor ON events (actor, id);
-CREATE INDEX events_kind ON events (kind, id);
-"#,
-    r#"
-CREATE TABLE hosts (
-    name TEXT PRIMARY KEY, token_hash TEXT, fingerprint TEXT UNIQUE, added_at TEXT NOT NULL,
-    joined_at TEXT, removed_at TEXT
-);
-"#,
-    r#"
-CREATE TABLE traffic_samples (
-    app TEXT NOT NULL, env TEXT NOT NULL, at_ms INTEGER NOT NULL, seconds REAL NOT NULL,
-    requests INTEGER NOT NULL, errors INTEGER NOT NULL, p99_ms REAL,
-    PRIMARY KEY (app, env, at_ms)
-);
-CREATE INDEX traffic_samples_at ON traffic_samples (at_ms);
-"#,
-];
+/// Artifacts are kept in the database in pieces of this size.
+const ARTIFACT_CHUNK: usize = 1 << 20;
+
+const LEASE_COLUMNS: &str = "holder, address, epoch, expires_ms, since";
+
+fn lease_from(row: &AnyRow) -> Result<Lease> {
+    let expires_ms: i64 = get(row, "expires_ms")?;
+    Ok(Lease {
+        holder: get(row, "holder")?,
+        address: get(row, "address")?,
+        epoch: get(row, "epoch")?,
+        since: get_time(row, "since")?,
+        expires_at: Timestamp::from_millisecond(expires_ms)
+            .map_err(|e| StoreError::Corrupt(format!("lease end {expires_ms}: {e}")))?,
+    })
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn now_text() -> String {
+    now().to_string()
+}
 
 const HOST_COLUMNS: &str = "name, fingerprint, added_at, joined_at, removed_at";
 
-fn host_from(row: &SqliteRow) -> Result<HostRecord> {
+fn host_from(row: &AnyRow) -> Result<HostRecord> {
     Ok(HostRecord {
         name: get(row, "name")?,
         fingerprint: get(row, "fingerprint")?,
@@ -120,8 +59,8 @@ fn host_from(row: &SqliteRow) -> Result<HostRecord> {
     })
 }
 
-async fn host_in(tx: &mut Transaction<'_, Sqlite>, name: &str) -> Result<Option<HostRecord>> {
-    sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE name = ?"))
+async fn host_in(tx: &mut Transaction<'static, Any>, name: &str) -> Result<Option<HostRecord>> {
+    sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE name = $1"))
         .bind(name)
         .fetch_optional(&mut **tx)
         .await
@@ -140,13 +79,37 @@ fn host_event(actor: &str, kind: EventKind, name: &str, message: String) -> NewE
     }
 }
 
-/// The SQLite implementation of [`Store`].
-pub struct SqliteStore {
-    pool: SqlitePool,
-    /// Serialises writers so the event chain has one tail; readers never wait on it.
+/// The SQL implementation of [`Store`], on SQLite or PostgreSQL. Cloning shares the pool;
+/// [`Store::fenced`] gives a clone whose writes hold only under a lease.
+#[derive(Clone)]
+pub struct SqlStore {
+    shared: Arc<Shared>,
+    /// Every write is refused unless this lease still holds.
+    fence: Option<Lease>,
+}
+
+pub struct Shared {
+    pool: AnyPool,
+    backend: Backend,
+    /// Serialises this process's writers; [`Backend::serialise_writers`] does it across servers.
     write: Mutex<()>,
     events: broadcast::Sender<Event>,
+    /// The id of the last event sent to subscribers (PostgreSQL: other servers append too).
+    tail: Mutex<i64>,
 }
+
+impl std::ops::Deref for SqlStore {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// How often a PostgreSQL store looks for events other servers appended.
+const TAIL_EVERY: Duration = Duration::from_millis(200);
+
+/// The one lease there is: the right to run the engine.
+const ENGINE_LEASE: &str = "engine";
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -164,98 +127,153 @@ fn parse<T, E: std::fmt::Display>(
     f(s).map_err(|e| StoreError::Corrupt(format!("{what} `{s}`: {e}")))
 }
 
-fn get_time(row: &SqliteRow, col: &str) -> Result<Timestamp> {
+fn get_time(row: &AnyRow, col: &str) -> Result<Timestamp> {
     parse("time", &get::<String>(row, col)?, str::parse::<Timestamp>)
 }
 
-fn get_time_opt(row: &SqliteRow, col: &str) -> Result<Option<Timestamp>> {
+fn get_time_opt(row: &AnyRow, col: &str) -> Result<Option<Timestamp>> {
     get::<Option<String>>(row, col)?
         .map(|t| parse("time", &t, str::parse::<Timestamp>))
         .transpose()
 }
 
-fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
-    row: &'r SqliteRow,
+fn get<'r, T: sqlx::Decode<'r, Any> + sqlx::Type<Any>>(
+    row: &'r AnyRow,
     col: &str,
 ) -> Result<T> {
     row.try_get(col).map_err(db("reading a row"))
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database file and applies pending migrations.
+impl SqlStore {
+    /// Opens (creating if needed) the SQLite file and applies pending migrations.
     pub async fn open(path: &Path) -> Result<Self> {
-        // SQLite gives its -wal and -shm files the mode of the database file: make that 0600
-        // before the first connection, so no other local user can read tokens' neighbours.
-        private_file(path).map_err(|e| StoreError::Database {
-            context: "making the database file private",
-            source: sqlx::Error::Io(e),
-        })?;
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(db("opening the database"))?;
-        migrate(&pool).await?;
+        Self::open_at(&DataLocation::Sqlite(path.to_owned())).await
+    }
+
+    /// Opens the store at `location` (a SQLite file or a PostgreSQL URL) and applies pending
+    /// migrations.
+    pub async fn open_at(location: &DataLocation) -> Result<Self> {
+        let (pool, backend) = schema::open(location).await?;
         let (events, _) = broadcast::channel(1024);
-        Ok(Self {
+        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events")
+            .fetch_one(&pool)
+            .await
+            .map_err(db("reading the event chain"))?;
+        let shared = Arc::new(Shared {
             pool,
+            backend,
             write: Mutex::new(()),
             events,
+            tail: Mutex::new(last),
+        });
+        if backend == Backend::Postgres {
+            let weak = Arc::downgrade(&shared);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(TAIL_EVERY).await;
+                    let Some(shared) = weak.upgrade() else { return };
+                    if let Err(e) = shared.send_new_events().await {
+                        tracing::warn!("could not read new events: {e}");
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            shared,
+            fence: None,
         })
     }
 
-    async fn begin(&self) -> Result<Transaction<'_, Sqlite>> {
-        self.pool
+    /// Which database this store writes to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Starts a writing transaction: this process's writers one at a time, every server's on
+    /// PostgreSQL, and, for a fenced store, only while its lease holds (checked by the database,
+    /// and the lease row stays locked until commit, so no server can take the lease over
+    /// between the check and the commit).
+    async fn begin(&self) -> Result<(MutexGuard<'_, ()>, Transaction<'static, Any>)> {
+        let guard = self.write.lock().await;
+        let mut tx = self
+            .pool
             .begin()
             .await
-            .map_err(db("starting a transaction"))
-    }
-
-    async fn commit(&self, tx: Transaction<'_, Sqlite>, events: Vec<Event>) -> Result<()> {
-        tx.commit().await.map_err(db("committing"))?;
-        for e in events {
-            // No subscriber is fine: the event is durable either way.
-            let _ = self.events.send(e);
+            .map_err(db("starting a transaction"))?;
+        if let Some(lock) = self.backend.serialise_writers() {
+            sqlx::query(lock)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("waiting for other writers"))?;
         }
-        Ok(())
+        if let Some(lease) = &self.fence {
+            let held = sqlx::query(&format!(
+                "UPDATE leases SET epoch = epoch WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_ms > {}",
+                self.backend.now_ms()
+            ))
+            .bind(ENGINE_LEASE)
+            .bind(&lease.holder)
+            .bind(lease.epoch)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("checking the lease"))?;
+            if held.rows_affected() == 0 {
+                tx.rollback().await.map_err(db("rolling back"))?;
+                return Err(StoreError::Fenced {
+                    holder: lease.holder.clone(),
+                    epoch: lease.epoch,
+                });
+            }
+        }
+        Ok((guard, tx))
+    }
+
+    async fn commit(&self, tx: Transaction<'static, Any>, events: Vec<Event>) -> Result<()> {
+        tx.commit().await.map_err(db("committing"))?;
+        match self.backend {
+            Backend::Sqlite => {
+                for e in events {
+                    // No subscriber is fine: the event is durable either way.
+                    let _ = self.events.send(e);
+                }
+                Ok(())
+            }
+            // Other servers append too: subscribers get every event once, in chain order.
+            Backend::Postgres => self.send_new_events().await,
+        }
     }
 }
 
-async fn migrate(pool: &SqlitePool) -> Result<()> {
-    sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
-        .execute(pool)
-        .await
-        .map_err(db("creating the migrations table"))?;
-    let applied: i64 =
-        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-            .fetch_one(pool)
-            .await
-            .map_err(db("reading the schema version"))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-        let mut tx = pool.begin().await.map_err(db("starting a migration"))?;
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("applying a migration"))?;
-        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
-            .bind(i as i64 + 1)
-            .bind(now().to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("recording a migration"))?;
-        tx.commit().await.map_err(db("committing a migration"))?;
+impl Shared {
+    /// Sends subscribers the events appended since the last one sent.
+    async fn send_new_events(&self) -> Result<()> {
+        let mut tail = self.tail.lock().await;
+        loop {
+            let rows = sqlx::query("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT 500")
+                .bind(*tail)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading new events"))?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            *tail = get(last, "id")?;
+            let more = rows.len() == 500;
+            for row in &rows {
+                let _ = self.events.send(event_from(row)?);
+            }
+            if !more {
+                return Ok(());
+            }
+        }
     }
-    Ok(())
 }
 
-async fn append(tx: &mut Transaction<'_, Sqlite>, e: NewEvent) -> Result<Event> {
+async fn append(tx: &mut Transaction<'static, Any>, e: NewEvent) -> Result<Event> {
     let last: Option<(i64, String)> =
         sqlx::query_as("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
             .fetch_optional(&mut **tx)
@@ -276,7 +294,7 @@ async fn append(tx: &mut Transaction<'_, Sqlite>, e: NewEvent) -> Result<Event> 
         hash: String::new(),
     };
     event.hash = event.compute_hash();
-    sqlx::query("INSERT INTO events (id, at, actor, kind, app, env, promotion_id, message, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO events (id, at, actor, kind, app, env, promotion_id, message, data, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
         .bind(event.id)
         .bind(event.at.to_string())
         .bind(&event.actor)
@@ -294,7 +312,7 @@ async fn append(tx: &mut Transaction<'_, Sqlite>, e: NewEvent) -> Result<Event> 
     Ok(event)
 }
 
-fn release_from(row: &SqliteRow) -> Result<Release> {
+fn release_from(row: &AnyRow) -> Result<Release> {
     Ok(Release {
         app: parse("app", &get::<String>(row, "app")?, AppName::parse)?,
         version: parse("version", &get::<String>(row, "version")?, Version::parse)?,
@@ -307,7 +325,7 @@ fn release_from(row: &SqliteRow) -> Result<Release> {
     })
 }
 
-fn promotion_from(row: &SqliteRow) -> Result<Promotion> {
+fn promotion_from(row: &AnyRow) -> Result<Promotion> {
     let state: String = get(row, "state")?;
     let kind: String = get(row, "kind")?;
     let previous: Option<String> = get(row, "previous_version")?;
@@ -331,7 +349,7 @@ fn promotion_from(row: &SqliteRow) -> Result<Promotion> {
     })
 }
 
-fn live_from(row: &SqliteRow) -> Result<LiveRelease> {
+fn live_from(row: &AnyRow) -> Result<LiveRelease> {
     Ok(LiveRelease {
         app: parse("app", &get::<String>(row, "app")?, AppName::parse)?,
         env: parse("environment", &get::<String>(row, "env")?, EnvName::parse)?,
@@ -342,7 +360,7 @@ fn live_from(row: &SqliteRow) -> Result<LiveRelease> {
     })
 }
 
-fn event_from(row: &SqliteRow) -> Result<Event> {
+fn event_from(row: &AnyRow) -> Result<Event> {
     let data: String = get(row, "data")?;
     Ok(Event {
         id: get(row, "id")?,
@@ -364,8 +382,8 @@ fn event_from(row: &SqliteRow) -> Result<Event> {
     })
 }
 
-async fn promotion_in(tx: &mut Transaction<'_, Sqlite>, id: PromotionId) -> Result<Promotion> {
-    let row = sqlx::query("SELECT * FROM promotions WHERE id = ?")
+async fn promotion_in(tx: &mut Transaction<'static, Any>, id: PromotionId) -> Result<Promotion> {
+    let row = sqlx::query("SELECT * FROM promotions WHERE id = $1")
         .bind(id.0)
         .fetch_optional(&mut **tx)
         .await
@@ -375,12 +393,12 @@ async fn promotion_in(tx: &mut Transaction<'_, Sqlite>, id: PromotionId) -> Resu
 }
 
 async fn set_state(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     id: PromotionId,
     state: PromotionState,
     reason: Option<&str>,
 ) -> Result<()> {
-    sqlx::query("UPDATE promotions SET state = ?, reason = COALESCE(?, reason), updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE promotions SET state = $1, reason = COALESCE($2, reason), updated_at = $3 WHERE id = $4")
         .bind(state.as_str())
         .bind(reason)
         .bind(now().to_string())
@@ -411,13 +429,13 @@ fn promotion_event(
 
 /// Records a new pending promotion and supersedes the pending ones of its app and environment.
 async fn insert_promotion(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     p: NewPromotion,
     actor: &str,
     events: &mut Vec<Event>,
 ) -> Result<Promotion> {
     let pending: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM promotions WHERE app = ? AND env = ? AND state = 'pending'",
+        "SELECT id FROM promotions WHERE app = $1 AND env = $2 AND state = 'pending'",
     )
     .bind(p.app.as_str())
     .bind(p.env.as_str())
@@ -425,7 +443,7 @@ async fn insert_promotion(
     .await
     .map_err(db("reading pending promotions"))?;
     let at = now();
-    let id: i64 = sqlx::query_scalar("INSERT INTO promotions (app, version, digest, env, kind, state, requested_by, previous_version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) RETURNING id")
+    let id: i64 = sqlx::query_scalar("INSERT INTO promotions (app, version, digest, env, kind, state, requested_by, previous_version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9) RETURNING id")
             .bind(p.app.as_str())
             .bind(p.version.as_str())
             .bind(p.digest.as_str())
@@ -441,7 +459,7 @@ async fn insert_promotion(
     let id = PromotionId(id);
     let promotion = promotion_in(tx, id).await?;
     if let Some(reason) = &p.override_reason {
-        sqlx::query("INSERT INTO overrides (promotion_id, actor, reason, at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO overrides (promotion_id, actor, reason, at) VALUES ($1, $2, $3, $4)")
             .bind(id.0)
             .bind(actor)
             .bind(reason)
@@ -509,8 +527,8 @@ async fn insert_promotion(
 }
 
 /// Records `promotion_id`'s release as live in its app and environment.
-async fn put_live(tx: &mut Transaction<'_, Sqlite>, l: &LiveRelease) -> Result<()> {
-    sqlx::query("INSERT OR REPLACE INTO live (app, env, version, digest, promotion_id, since) VALUES (?, ?, ?, ?, ?, ?)")
+async fn put_live(tx: &mut Transaction<'static, Any>, l: &LiveRelease) -> Result<()> {
+    sqlx::query("INSERT INTO live (app, env, version, digest, promotion_id, since) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (app, env) DO UPDATE SET version = excluded.version, digest = excluded.digest, promotion_id = excluded.promotion_id, since = excluded.since")
         .bind(l.app.as_str())
         .bind(l.env.as_str())
         .bind(l.version.as_str())
@@ -525,7 +543,7 @@ async fn put_live(tx: &mut Transaction<'_, Sqlite>, l: &LiveRelease) -> Result<(
 
 /// Marks the promotion that made a release live as rolled back by `by`.
 async fn mark_rolled_back(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     old: PromotionId,
     by: PromotionId,
     actor: &str,
@@ -553,11 +571,10 @@ async fn mark_rolled_back(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn insert_release(&self, r: NewRelease, actor: &str) -> Result<(Release, bool)> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
-        let existing = sqlx::query("SELECT * FROM releases WHERE app = ? AND version = ?")
+        let (_w, mut tx) = self.begin().await?;
+        let existing = sqlx::query("SELECT * FROM releases WHERE app = $1 AND version = $2")
             .bind(r.app.as_str())
             .bind(r.version.as_str())
             .fetch_optional(&mut *tx)
@@ -585,7 +602,7 @@ impl Store for SqliteStore {
             created_by: actor.to_owned(),
             created_at: now(),
         };
-        sqlx::query("INSERT INTO releases (app, version, digest, size, commit_sha, notes, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO releases (app, version, digest, size, commit_sha, notes, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(release.app.as_str())
             .bind(release.version.as_str())
             .bind(release.digest.as_str())
@@ -614,7 +631,7 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, app: &AppName, version: &Version) -> Result<Option<Release>> {
-        sqlx::query("SELECT * FROM releases WHERE app = ? AND version = ?")
+        sqlx::query("SELECT * FROM releases WHERE app = $1 AND version = $2")
             .bind(app.as_str())
             .bind(version.as_str())
             .fetch_optional(&self.pool)
@@ -625,7 +642,7 @@ impl Store for SqliteStore {
     }
 
     async fn releases(&self, app: Option<&AppName>) -> Result<Vec<Release>> {
-        sqlx::query("SELECT * FROM releases WHERE ?1 IS NULL OR app = ?1 ORDER BY created_at DESC, rowid DESC")
+        sqlx::query("SELECT * FROM releases WHERE $1 IS NULL OR app = $1 ORDER BY created_at DESC, rowid DESC")
             .bind(app.map(AppName::as_str))
             .fetch_all(&self.pool)
             .await
@@ -636,8 +653,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_promotion(&self, p: NewPromotion, actor: &str) -> Result<Promotion> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         let mut events = Vec::new();
         let promotion = insert_promotion(&mut tx, p, actor, &mut events).await?;
         self.commit(tx, events).await?;
@@ -651,15 +667,14 @@ impl Store for SqliteStore {
         gate: String,
         actor: &str,
     ) -> Result<Promotion> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         let mut events = Vec::new();
         let requested = insert_promotion(&mut tx, p, actor, &mut events).await?;
         let at = now();
         // Nothing was started or tested: the standby instance already ran this verified release.
         set_state(&mut tx, requested.id, PromotionState::Succeeded, None).await?;
         let done = promotion_in(&mut tx, requested.id).await?;
-        sqlx::query("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES (?, 'switch', 1, ?, ?, ?)")
+        sqlx::query("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES ($1, 'switch', 1, $2, $3, $4)")
             .bind(done.id.0)
             .bind(&gate)
             .bind(at.to_string())
@@ -700,8 +715,7 @@ impl Store for SqliteStore {
     }
 
     async fn transition(&self, t: Transition) -> Result<Promotion> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         let before = promotion_in(&mut tx, t.promotion_id).await?;
         if !t.from.contains(&before.state) || !before.state.can_become(t.to) {
             let expected: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
@@ -727,7 +741,7 @@ impl Store for SqliteStore {
                 put_live(&mut tx, &live).await?;
             }
             LiveChange::Restore(None) => {
-                sqlx::query("DELETE FROM live WHERE app = ? AND env = ?")
+                sqlx::query("DELETE FROM live WHERE app = $1 AND env = $2")
                     .bind(before.app.as_str())
                     .bind(before.env.as_str())
                     .execute(&mut *tx)
@@ -759,7 +773,7 @@ impl Store for SqliteStore {
     }
 
     async fn promotion(&self, id: PromotionId) -> Result<Option<Promotion>> {
-        sqlx::query("SELECT * FROM promotions WHERE id = ?")
+        sqlx::query("SELECT * FROM promotions WHERE id = $1")
             .bind(id.0)
             .fetch_optional(&self.pool)
             .await
@@ -770,7 +784,7 @@ impl Store for SqliteStore {
 
     async fn promotions(&self, f: PromotionFilter) -> Result<Vec<Promotion>> {
         // Only the conditions asked for are written, so SQLite can pick the index that serves
-        // them (`?1 IS NULL OR app = ?1` would scan the whole history). The states are our own
+        // them (`$1 IS NULL OR app = $1` would scan the whole history). The states are our own
         // fixed names, written in.
         let mut sql = "SELECT * FROM promotions WHERE 1 = 1".to_owned();
         let mut binds: Vec<&str> = Vec::new();
@@ -780,12 +794,12 @@ impl Store for SqliteStore {
             ("version", f.version.as_ref().map(Version::as_str)),
         ] {
             if let Some(value) = value {
-                sql.push_str(&format!(" AND {column} = ?"));
+                sql.push_str(&format!(" AND {column} = ${}", binds.len() + 1));
                 binds.push(value);
             }
         }
         if !f.apps.is_empty() {
-            sql.push_str(&format!(" AND app IN ({})", placeholders(f.apps.len())));
+            sql.push_str(&format!(" AND app IN ({})", placeholders(binds.len() + 1, f.apps.len())));
             binds.extend(f.apps.iter().map(AppName::as_str));
         }
         if !f.states.is_empty() {
@@ -798,13 +812,13 @@ impl Store for SqliteStore {
         }
         // `id + 0`: newest first without letting the order pick the rowid scan over the
         // index that serves the conditions.
-        sql.push_str(" ORDER BY id + 0 DESC LIMIT ?");
+        sql.push_str(&format!(" ORDER BY id + 0 DESC LIMIT ${}", binds.len() + 1));
         let mut query = sqlx::query(&sql);
         for value in binds {
             query = query.bind(value);
         }
         query
-            .bind(f.limit.unwrap_or(-1))
+            .bind(f.limit.unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(db("listing promotions"))?
@@ -815,7 +829,7 @@ impl Store for SqliteStore {
 
     async fn standing(&self, app: &AppName, version: &Version, env: &EnvName) -> Result<Standing> {
         let latest: Option<(String, String)> = sqlx::query_as(
-            "SELECT digest, state FROM promotions WHERE app = ? AND version = ? AND env = ?
+            "SELECT digest, state FROM promotions WHERE app = $1 AND version = $2 AND env = $3
              AND state IN ('succeeded', 'rolled_back') ORDER BY id DESC LIMIT 1",
         )
         .bind(app.as_str())
@@ -844,7 +858,7 @@ impl Store for SqliteStore {
         env: &EnvName,
     ) -> Result<Option<Timestamp>> {
         let latest: Option<(String, String)> = sqlx::query_as(
-            "SELECT state, updated_at FROM promotions WHERE app = ? AND version = ? AND env = ?
+            "SELECT state, updated_at FROM promotions WHERE app = $1 AND version = $2 AND env = $3
              AND state IN ('succeeded', 'rolled_back') ORDER BY id DESC LIMIT 1",
         )
         .bind(app.as_str())
@@ -860,8 +874,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_decision(&self, d: NewDecision) -> Result<Decision> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         let p = promotion_in(&mut tx, d.promotion_id).await?;
         let expected = match d.stage {
             Stage::Entry => PromotionState::Pending,
@@ -875,12 +888,12 @@ impl Store for SqliteStore {
             });
         }
         let at = jiff::Timestamp::now();
-        let inserted = sqlx::query("INSERT INTO decisions (promotion_id, stage, actor, role, approve, comment, at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+        let inserted = sqlx::query("INSERT INTO decisions (promotion_id, stage, actor, role, approve, comment, at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING")
             .bind(p.id.0)
             .bind(d.stage.as_str())
             .bind(&d.actor)
             .bind(d.role.as_str())
-            .bind(d.verdict == shipgate_core::Verdict::Approve)
+            .bind(i64::from(d.verdict == shipgate_core::Verdict::Approve))
             .bind(&d.comment)
             .bind(at.to_string())
             .execute(&mut *tx)
@@ -933,7 +946,7 @@ impl Store for SqliteStore {
     }
 
     async fn decisions(&self, promotion_id: PromotionId, stage: Stage) -> Result<Vec<Decision>> {
-        let rows = sqlx::query("SELECT actor, role, approve, comment, at FROM decisions WHERE promotion_id = ? AND stage = ? ORDER BY id")
+        let rows = sqlx::query("SELECT actor, role, approve, comment, at FROM decisions WHERE promotion_id = $1 AND stage = $2 ORDER BY id")
             .bind(promotion_id.0)
             .bind(stage.as_str())
             .fetch_all(&self.pool)
@@ -948,7 +961,7 @@ impl Store for SqliteStore {
                         &get::<String>(row, "role")?,
                         shipgate_core::Role::parse,
                     )?,
-                    verdict: if get::<bool>(row, "approve")? {
+                    verdict: if get::<i64>(row, "approve")? != 0 {
                         shipgate_core::Verdict::Approve
                     } else {
                         shipgate_core::Verdict::Reject
@@ -962,7 +975,7 @@ impl Store for SqliteStore {
 
     async fn override_of(&self, promotion_id: PromotionId) -> Result<Option<Override>> {
         let row: Option<(String, String, String)> =
-            sqlx::query_as("SELECT actor, reason, at FROM overrides WHERE promotion_id = ?")
+            sqlx::query_as("SELECT actor, reason, at FROM overrides WHERE promotion_id = $1")
                 .bind(promotion_id.0)
                 .fetch_optional(&self.pool)
                 .await
@@ -978,11 +991,10 @@ impl Store for SqliteStore {
     }
 
     async fn freeze(&self, env: Option<&EnvName>, reason: &str, actor: &str) -> Result<Freeze> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         let env_name = env.map(EnvName::as_str);
         let existing: Option<(String, String)> = sqlx::query_as(
-            "SELECT frozen_by, reason FROM freezes WHERE env IS ? AND lifted_at IS NULL",
+            "SELECT frozen_by, reason FROM freezes WHERE env IS NOT DISTINCT FROM $1 AND lifted_at IS NULL",
         )
         .bind(env_name)
         .fetch_optional(&mut *tx)
@@ -995,7 +1007,7 @@ impl Store for SqliteStore {
             )));
         }
         let since = jiff::Timestamp::now();
-        sqlx::query("INSERT INTO freezes (env, reason, frozen_by, frozen_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO freezes (env, reason, frozen_by, frozen_at) VALUES ($1, $2, $3, $4)")
             .bind(env_name)
             .bind(reason)
             .bind(actor)
@@ -1025,12 +1037,11 @@ impl Store for SqliteStore {
     }
 
     async fn unfreeze(&self, env: Option<&EnvName>, actor: &str) -> Result<Freeze> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         let env_name = env.map(EnvName::as_str);
         let scope = env_name.unwrap_or("every environment");
         let row: Option<(i64, String, String, String)> = sqlx::query_as(
-            "SELECT id, reason, frozen_by, frozen_at FROM freezes WHERE env IS ? AND lifted_at IS NULL",
+            "SELECT id, reason, frozen_by, frozen_at FROM freezes WHERE env IS NOT DISTINCT FROM $1 AND lifted_at IS NULL",
         )
         .bind(env_name)
         .fetch_optional(&mut *tx)
@@ -1039,7 +1050,7 @@ impl Store for SqliteStore {
         let Some((id, reason, by, since)) = row else {
             return Err(StoreError::NotFound(format!("a freeze of {scope}")));
         };
-        sqlx::query("UPDATE freezes SET lifted_by = ?, lifted_at = ? WHERE id = ?")
+        sqlx::query("UPDATE freezes SET lifted_by = $1, lifted_at = $2 WHERE id = $3")
             .bind(actor)
             .bind(now().to_string())
             .bind(id)
@@ -1089,13 +1100,12 @@ impl Store for SqliteStore {
     }
 
     async fn record_gate(&self, g: NewGate, actor: &str) -> Result<Gate> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         let finished_at = now();
-        let id: i64 = sqlx::query_scalar("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id")
+        let id: i64 = sqlx::query_scalar("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
             .bind(g.promotion_id.0)
             .bind(&g.name)
-            .bind(g.passed)
+            .bind(i64::from(g.passed))
             .bind(&g.output)
             .bind(g.started_at.to_string())
             .bind(finished_at.to_string())
@@ -1136,7 +1146,7 @@ impl Store for SqliteStore {
     }
 
     async fn gates(&self, promotion_id: PromotionId) -> Result<Vec<Gate>> {
-        let rows = sqlx::query("SELECT * FROM gates WHERE promotion_id = ? ORDER BY id")
+        let rows = sqlx::query("SELECT * FROM gates WHERE promotion_id = $1 ORDER BY id")
             .bind(promotion_id.0)
             .fetch_all(&self.pool)
             .await
@@ -1147,7 +1157,7 @@ impl Store for SqliteStore {
                     id: get(row, "id")?,
                     promotion_id: PromotionId(get(row, "promotion_id")?),
                     name: get(row, "name")?,
-                    passed: get(row, "passed")?,
+                    passed: get::<i64>(row, "passed")? != 0,
                     output: get(row, "output")?,
                     started_at: get_time(row, "started_at")?,
                     finished_at: get_time(row, "finished_at")?,
@@ -1159,7 +1169,7 @@ impl Store for SqliteStore {
     async fn live(&self, app: Option<&AppName>) -> Result<Vec<LiveRelease>> {
         let query = match app {
             Some(app) => {
-                sqlx::query("SELECT * FROM live WHERE app = ? ORDER BY app, env").bind(app.as_str())
+                sqlx::query("SELECT * FROM live WHERE app = $1 ORDER BY app, env").bind(app.as_str())
             }
             None => sqlx::query("SELECT * FROM live ORDER BY app, env"),
         };
@@ -1178,7 +1188,7 @@ impl Store for SqliteStore {
         }
         let sql = format!(
             "SELECT * FROM live WHERE app IN ({}) ORDER BY app, env",
-            placeholders(apps.len())
+            placeholders(1, apps.len())
         );
         let mut query = sqlx::query(&sql);
         for app in apps {
@@ -1194,8 +1204,8 @@ impl Store for SqliteStore {
     }
 
     async fn put_instance(&self, i: InstanceRecord) -> Result<()> {
-        let _w = self.write.lock().await;
-        sqlx::query("INSERT OR REPLACE INTO instances (id, app, env, version, promotion_id, pid, port, state, log_path, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        let (_w, mut tx) = self.begin().await?;
+        sqlx::query("INSERT INTO instances (id, app, env, version, promotion_id, pid, port, state, log_path, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO UPDATE SET app = excluded.app, env = excluded.env, version = excluded.version, promotion_id = excluded.promotion_id, pid = excluded.pid, port = excluded.port, state = excluded.state, log_path = excluded.log_path, updated_at = excluded.updated_at")
             .bind(i.id.as_str())
             .bind(i.app.as_str())
             .bind(i.env.as_str())
@@ -1206,21 +1216,21 @@ impl Store for SqliteStore {
             .bind(&i.state)
             .bind(&i.log_path)
             .bind(now().to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db("recording an instance"))?;
-        Ok(())
+        self.commit(tx, Vec::new()).await
     }
 
     async fn mark_instance_stopped(&self, id: &InstanceId) -> Result<()> {
-        let _w = self.write.lock().await;
-        sqlx::query("UPDATE instances SET state = 'stopped', updated_at = ? WHERE id = ?")
+        let (_w, mut tx) = self.begin().await?;
+        sqlx::query("UPDATE instances SET state = 'stopped', updated_at = $1 WHERE id = $2")
             .bind(now().to_string())
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db("recording a stopped instance"))?;
-        Ok(())
+        self.commit(tx, Vec::new()).await
     }
 
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>> {
@@ -1248,27 +1258,26 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, e: NewEvent) -> Result<Event> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         let event = append(&mut tx, e).await?;
         self.commit(tx, vec![event.clone()]).await?;
         Ok(event)
     }
 
     async fn events(&self, f: EventFilter) -> Result<Vec<Event>> {
-        const MATCHING: &str = "SELECT * FROM events WHERE id > ?1 AND (?2 IS NULL OR app = ?2) AND (?3 IS NULL OR env = ?3)
-            AND (?5 IS NULL OR actor = ?5) AND (?6 IS NULL OR kind = ?6 OR kind LIKE ?6 || '.%')
-            AND (?7 IS NULL OR id < ?7)";
+        const MATCHING: &str = "SELECT * FROM events WHERE id > $1 AND ($2 IS NULL OR app = $2) AND ($3 IS NULL OR env = $3)
+            AND ($5 IS NULL OR actor = $5) AND ($6 IS NULL OR kind = $6 OR kind LIKE $6 || '.%')
+            AND ($7 IS NULL OR id < $7)";
         let sql = if f.newest_first {
-            format!("{MATCHING} ORDER BY id DESC LIMIT ?4")
+            format!("{MATCHING} ORDER BY id DESC LIMIT $4")
         } else {
-            format!("{MATCHING} ORDER BY id LIMIT ?4")
+            format!("{MATCHING} ORDER BY id LIMIT $4")
         };
         sqlx::query(&sql)
             .bind(f.after)
             .bind(f.app)
             .bind(f.env)
-            .bind(f.limit.unwrap_or(-1))
+            .bind(f.limit.unwrap_or(i64::MAX))
             .bind(f.actor)
             .bind(f.kind)
             .bind(f.before)
@@ -1285,9 +1294,8 @@ impl Store for SqliteStore {
     }
 
     async fn insert_token(&self, t: NewToken, actor: &str) -> Result<TokenRecord> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
-        let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM tokens WHERE name = ?")
+        let (_w, mut tx) = self.begin().await?;
+        let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM tokens WHERE name = $1")
             .bind(&t.name)
             .fetch_optional(&mut *tx)
             .await
@@ -1297,7 +1305,7 @@ impl Store for SqliteStore {
         }
         let created_at = now();
         let envs: Vec<&str> = t.envs.iter().map(EnvName::as_str).collect();
-        let id: i64 = sqlx::query_scalar("INSERT INTO tokens (name, role, hash, created_at, envs) VALUES (?, ?, ?, ?, ?) RETURNING id")
+        let id: i64 = sqlx::query_scalar("INSERT INTO tokens (name, role, hash, created_at, envs) VALUES ($1, $2, $3, $4, $5) RETURNING id")
             .bind(&t.name)
             .bind(t.role.as_str())
             .bind(&t.hash)
@@ -1337,7 +1345,7 @@ impl Store for SqliteStore {
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE hash = ? AND revoked_at IS NULL")
+        let row = sqlx::query("SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE hash = $1 AND revoked_at IS NULL")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await
@@ -1346,7 +1354,7 @@ impl Store for SqliteStore {
     }
 
     async fn revoked_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE hash = ? AND revoked_at IS NOT NULL")
+        let row = sqlx::query("SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE hash = $1 AND revoked_at IS NOT NULL")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await
@@ -1365,8 +1373,7 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_token(&self, name: &str, actor: &str) -> Result<TokenRecord> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         let active: Vec<shipgate_core::Grant> = sqlx::query(
             "SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE revoked_at IS NULL",
         )
@@ -1380,7 +1387,7 @@ impl Store for SqliteStore {
             .map_err(|refusal| StoreError::Conflict(refusal.to_string()))?;
         let at = now();
         let revoked =
-            sqlx::query("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
                 .bind(at.to_string())
                 .bind(name)
                 .execute(&mut *tx)
@@ -1394,7 +1401,7 @@ impl Store for SqliteStore {
             )));
         }
         let row = sqlx::query(
-            "SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE name = ?",
+            "SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE name = $1",
         )
         .bind(name)
         .fetch_one(&mut *tx)
@@ -1427,7 +1434,7 @@ impl Store for SqliteStore {
         self.host_write(
             name,
             present,
-            "INSERT INTO hosts (name, token_hash, fingerprint, added_at, joined_at, removed_at) VALUES (?, ?, NULL, ?, NULL, NULL) \
+            "INSERT INTO hosts (name, token_hash, fingerprint, added_at, joined_at, removed_at) VALUES ($1, $2, NULL, $3, NULL, NULL) \
              ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash, fingerprint = NULL, added_at = excluded.added_at, joined_at = NULL, removed_at = NULL",
             &[Some(name.to_owned()), Some(token_hash.to_owned()), Some(at)],
             host_event(actor, EventKind::HostAdded, name, format!("host `{name}` added; it joins with its one-time token")),
@@ -1441,10 +1448,9 @@ impl Store for SqliteStore {
         token_hash: &str,
         fingerprint: &str,
     ) -> Result<HostRecord> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         let waiting: Option<String> = sqlx::query_scalar(
-            "SELECT token_hash FROM hosts WHERE name = ? AND removed_at IS NULL AND joined_at IS NULL",
+            "SELECT token_hash FROM hosts WHERE name = $1 AND removed_at IS NULL AND joined_at IS NULL",
         )
         .bind(name)
         .fetch_optional(&mut *tx)
@@ -1462,7 +1468,7 @@ impl Store for SqliteStore {
             )));
         }
         sqlx::query(
-            "UPDATE hosts SET token_hash = NULL, fingerprint = ?, joined_at = ? WHERE name = ?",
+            "UPDATE hosts SET token_hash = NULL, fingerprint = $1, joined_at = $2 WHERE name = $3",
         )
         .bind(fingerprint)
         .bind(now().to_string())
@@ -1489,7 +1495,7 @@ impl Store for SqliteStore {
 
     async fn host_by_fingerprint(&self, fingerprint: &str) -> Result<Option<HostRecord>> {
         sqlx::query(&format!(
-            "SELECT {HOST_COLUMNS} FROM hosts WHERE fingerprint = ? AND removed_at IS NULL"
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE fingerprint = $1 AND removed_at IS NULL"
         ))
         .bind(fingerprint)
         .fetch_optional(&self.pool)
@@ -1516,11 +1522,10 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         // A writer like any other: one at a time, or a promotion's write that read first
         // meets SQLITE_BUSY and its promotion is left unfinished.
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         for (app, env, sample) in samples {
             sqlx::query(
-                "INSERT OR REPLACE INTO traffic_samples (app, env, at_ms, seconds, requests, errors, p99_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO traffic_samples (app, env, at_ms, seconds, requests, errors, p99_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (app, env, at_ms) DO UPDATE SET seconds = excluded.seconds, requests = excluded.requests, errors = excluded.errors, p99_ms = excluded.p99_ms",
             )
             .bind(app.as_str())
             .bind(env.as_str())
@@ -1533,7 +1538,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db("recording traffic"))?;
         }
-        sqlx::query("DELETE FROM traffic_samples WHERE at_ms < ?")
+        sqlx::query("DELETE FROM traffic_samples WHERE at_ms < $1")
             .bind(forget_before.as_millisecond())
             .execute(&mut *tx)
             .await
@@ -1548,7 +1553,7 @@ impl Store for SqliteStore {
         since: Timestamp,
     ) -> Result<Vec<TrafficSample>> {
         sqlx::query(
-            "SELECT at_ms, seconds, requests, errors, p99_ms FROM traffic_samples WHERE app = ? AND env = ? AND at_ms >= ? ORDER BY at_ms",
+            "SELECT at_ms, seconds, requests, errors, p99_ms FROM traffic_samples WHERE app = $1 AND env = $2 AND at_ms >= $3 ORDER BY at_ms",
         )
         .bind(app.as_str())
         .bind(env.as_str())
@@ -1579,7 +1584,7 @@ impl Store for SqliteStore {
         self.host_write(
             name,
             present,
-            "UPDATE hosts SET removed_at = ?, token_hash = NULL WHERE name = ?",
+            "UPDATE hosts SET removed_at = $1, token_hash = NULL WHERE name = $2",
             &[Some(now().to_string()), Some(name.to_owned())],
             host_event(
                 actor,
@@ -1590,9 +1595,163 @@ impl Store for SqliteStore {
         )
         .await
     }
+
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        address: &str,
+        length: Duration,
+    ) -> Result<Option<Lease>> {
+        let _w = self.write.lock().await;
+        let now = self.backend.now_ms();
+        sqlx::query("INSERT INTO leases (name, holder, address, epoch, expires_ms, since) VALUES ($1, '', '', 0, 0, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(ENGINE_LEASE)
+            .bind(Timestamp::UNIX_EPOCH.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db("making the lease"))?;
+        sqlx::query(&format!(
+            "UPDATE leases SET holder = $2, address = $3, epoch = epoch + 1, expires_ms = {now} + $4, since = $5 \
+             WHERE name = $1 AND expires_ms <= {now} RETURNING {LEASE_COLUMNS}"
+        ))
+        .bind(ENGINE_LEASE)
+        .bind(holder)
+        .bind(address)
+        .bind(millis(length))
+        .bind(now_text())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("taking the lease"))?
+        .map(|row| lease_from(&row))
+        .transpose()
+    }
+
+    async fn renew_lease(&self, lease: &Lease, length: Duration) -> Result<Option<Lease>> {
+        let _w = self.write.lock().await;
+        let now = self.backend.now_ms();
+        sqlx::query(&format!(
+            "UPDATE leases SET expires_ms = {now} + $4 \
+             WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_ms > {now} RETURNING {LEASE_COLUMNS}"
+        ))
+        .bind(ENGINE_LEASE)
+        .bind(&lease.holder)
+        .bind(lease.epoch)
+        .bind(millis(length))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("renewing the lease"))?
+        .map(|row| lease_from(&row))
+        .transpose()
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let _w = self.write.lock().await;
+        sqlx::query("UPDATE leases SET expires_ms = 0 WHERE name = $1 AND holder = $2 AND epoch = $3")
+            .bind(ENGINE_LEASE)
+            .bind(&lease.holder)
+            .bind(lease.epoch)
+            .execute(&self.pool)
+            .await
+            .map_err(db("releasing the lease"))?;
+        Ok(())
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>> {
+        sqlx::query(&format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE name = $1 AND epoch > 0"
+        ))
+        .bind(ENGINE_LEASE)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading the lease"))?
+        .map(|row| lease_from(&row))
+        .transpose()
+    }
+
+    fn fenced(&self, lease: Lease) -> Arc<dyn Store> {
+        Arc::new(SqlStore {
+            shared: Arc::clone(&self.shared),
+            fence: Some(lease),
+        })
+    }
+
+    fn keeps_artifacts(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
+    async fn put_artifact(&self, digest: &Digest, file: &Path) -> Result<()> {
+        use tokio::io::AsyncReadExt;
+        if self.artifact_chunks(digest).await?.is_some() {
+            return Ok(());
+        }
+        let io = |e: std::io::Error| StoreError::Database {
+            context: "reading the artifact to store",
+            source: sqlx::Error::Io(e),
+        };
+        let mut reader = tokio::fs::File::open(file).await.map_err(io)?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let mut chunk = vec![0u8; ARTIFACT_CHUNK];
+        let (mut seq, mut size) = (0i64, 0i64);
+        loop {
+            let mut filled = 0;
+            while filled < chunk.len() {
+                let n = reader.read(&mut chunk[filled..]).await.map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 && seq > 0 {
+                break;
+            }
+            sqlx::query("INSERT INTO artifact_chunks (digest, seq, bytes) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(digest.as_str())
+                .bind(seq)
+                .bind(&chunk[..filled])
+                .execute(&mut *tx)
+                .await
+                .map_err(db("storing an artifact chunk"))?;
+            seq += 1;
+            size += filled as i64;
+            if filled < chunk.len() {
+                break;
+            }
+        }
+        // Written last: an artifact is there only when all of its chunks are.
+        sqlx::query("INSERT INTO artifacts (digest, size, chunks) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(digest.as_str())
+            .bind(size)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("storing an artifact"))?;
+        tx.commit().await.map_err(db("committing an artifact"))
+    }
+
+    async fn artifact_chunks(&self, digest: &Digest) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT chunks FROM artifacts WHERE digest = $1")
+            .bind(digest.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading an artifact"))
+    }
+
+    async fn artifact_chunk(&self, digest: &Digest, seq: i64) -> Result<Vec<u8>> {
+        sqlx::query_scalar("SELECT bytes FROM artifact_chunks WHERE digest = $1 AND seq = $2")
+            .bind(digest.as_str())
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading an artifact chunk"))?
+            .ok_or_else(|| StoreError::Corrupt(format!("chunk {seq} of artifact {digest} is missing")))
+    }
 }
 
-impl SqliteStore {
+impl SqlStore {
     async fn host_write(
         &self,
         name: &str,
@@ -1601,8 +1760,7 @@ impl SqliteStore {
         binds: &[Option<String>],
         event: NewEvent,
     ) -> Result<HostRecord> {
-        let _w = self.write.lock().await;
-        let mut tx = self.begin().await?;
+        let (_w, mut tx) = self.begin().await?;
         check(host_in(&mut tx, name).await?.as_ref())?;
         let mut q = sqlx::query(sql);
         for b in binds {
@@ -1618,32 +1776,15 @@ impl SqliteStore {
     }
 }
 
-/// Creates `path` (mode 0600) if missing and makes it and its -wal and -shm files 0600.
-fn private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(suffix);
-        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
-    Ok(())
+/// `$first, $first+1, ...` for an `IN` list of `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// `?, ?, ?` for an `IN` list of `n` values.
-fn placeholders(n: usize) -> String {
-    vec!["?"; n].join(", ")
-}
-
-fn token_from(row: &SqliteRow) -> Result<TokenRecord> {
+fn token_from(row: &AnyRow) -> Result<TokenRecord> {
     let role: String = get(row, "role")?;
     let envs: String = get(row, "envs")?;
     let envs: Vec<String> = serde_json::from_str(&envs)

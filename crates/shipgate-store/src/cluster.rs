@@ -1,6 +1,8 @@
 //! A throwaway PostgreSQL cluster for tests and benchmarks: `initdb` and `pg_ctl` from Debian's
 //! postgresql into a temp dir on a free loopback port (run as the `postgres` user when the caller
-//! is root, since PostgreSQL refuses to run as root), stopped when dropped.
+//! is root, since PostgreSQL refuses to run as root), stopped when dropped. One cluster can also
+//! be shared by every test of a process ([`TempCluster::shared`]): a watcher stops and removes
+//! it when that process ends, however it ends.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -140,6 +142,56 @@ impl TempCluster {
             .execute(&mut admin)
             .await?;
         Ok(())
+    }
+}
+
+impl TempCluster {
+    /// One cluster for every test of this process, each of which makes a database of its own
+    /// ([`TempCluster::fresh_database`]). A process that a `static` outlives runs no `Drop`, so
+    /// a small shell watches this process and stops and removes the cluster once it is gone.
+    pub fn shared() -> Result<&'static TempCluster, String> {
+        static SHARED: std::sync::OnceLock<Result<TempCluster, String>> =
+            std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let cluster = TempCluster::start()?;
+                let watch = format!(
+                    "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop}; rm -rf {dir}",
+                    pid = std::process::id(),
+                    stop = cluster.stop_command(),
+                    dir = cluster.dir.path().display(),
+                );
+                Command::new("sh")
+                    .args(["-c", &watch])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("starting the cluster's watcher: {e}"))?;
+                Ok(cluster)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Creates a database with a name not used before in this process; its URL.
+    pub async fn fresh_database(&self, prefix: &str) -> Result<String, sqlx::Error> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}_{n}");
+        self.create_database(&name, None).await?;
+        Ok(self.url(&name))
+    }
+
+    fn stop_command(&self) -> String {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.dir.path().join("data");
+        let stop = format!("{} -D {} -m immediate stop", pg_ctl.display(), data.display());
+        if is_root() {
+            format!("runuser -u postgres -- {stop}")
+        } else {
+            stop
+        }
     }
 }
 

@@ -1,0 +1,200 @@
+//! `shipgate store copy`: everything of one store into another, empty one (SQLite to
+//! PostgreSQL, typically), in one transaction on the target, artifacts included; the audit
+//! chain is verified on the target before it is called done.
+
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::schema::Backend;
+use crate::{EventFilter, Result, SqlStore, Store, StoreError, verify_chain};
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Int,
+    Real,
+}
+
+/// A column: its name, its kind, and whether it may be NULL (every value is read as optional;
+/// the flag documents the schema and keeps the lists comparable with it).
+type Column = (&'static str, Kind, bool);
+
+const T: Kind = Kind::Text;
+const I: Kind = Kind::Int;
+const R: Kind = Kind::Real;
+
+/// Every table, parents before children, each with its columns and the order rows are read in.
+const TABLES: &[(&str, &str, &[Column])] = &[
+    ("releases", "rowid", &[("app", T, false), ("version", T, false), ("digest", T, false), ("size", I, false), ("commit_sha", T, true), ("notes", T, true), ("created_by", T, false), ("created_at", T, false)]),
+    ("promotions", "id", &[("id", I, false), ("app", T, false), ("version", T, false), ("digest", T, false), ("env", T, false), ("kind", T, false), ("state", T, false), ("requested_by", T, false), ("previous_version", T, true), ("reason", T, true), ("created_at", T, false), ("updated_at", T, false)]),
+    ("gates", "id", &[("id", I, false), ("promotion_id", I, false), ("name", T, false), ("passed", I, false), ("output", T, false), ("started_at", T, false), ("finished_at", T, false)]),
+    ("live", "app, env", &[("app", T, false), ("env", T, false), ("version", T, false), ("digest", T, false), ("promotion_id", I, false), ("since", T, false)]),
+    ("instances", "id", &[("id", T, false), ("app", T, false), ("env", T, false), ("version", T, false), ("promotion_id", I, false), ("pid", I, true), ("port", I, true), ("state", T, false), ("log_path", T, false), ("updated_at", T, false)]),
+    ("events", "id", &[("id", I, false), ("at", T, false), ("actor", T, false), ("kind", T, false), ("app", T, true), ("env", T, true), ("promotion_id", I, true), ("message", T, false), ("data", T, false), ("prev_hash", T, false), ("hash", T, false)]),
+    ("tokens", "id", &[("id", I, false), ("name", T, false), ("role", T, false), ("hash", T, false), ("created_at", T, false), ("revoked_at", T, true), ("envs", T, false)]),
+    ("decisions", "id", &[("id", I, false), ("promotion_id", I, false), ("stage", T, false), ("actor", T, false), ("role", T, false), ("approve", I, false), ("comment", T, true), ("at", T, false)]),
+    ("freezes", "id", &[("id", I, false), ("env", T, true), ("reason", T, false), ("frozen_by", T, false), ("frozen_at", T, false), ("lifted_by", T, true), ("lifted_at", T, true)]),
+    ("overrides", "promotion_id", &[("promotion_id", I, false), ("actor", T, false), ("reason", T, false), ("at", T, false)]),
+    ("hosts", "name", &[("name", T, false), ("token_hash", T, true), ("fingerprint", T, true), ("added_at", T, false), ("joined_at", T, true), ("removed_at", T, true)]),
+    ("traffic_samples", "app, env, at_ms", &[("app", T, false), ("env", T, false), ("at_ms", I, false), ("seconds", R, false), ("requests", I, false), ("errors", I, false), ("p99_ms", R, true)]),
+];
+
+/// Identity columns whose next value PostgreSQL must be told after rows came with their ids.
+const IDENTITIES: &[(&str, &str)] = &[
+    ("releases", "rowid"),
+    ("promotions", "id"),
+    ("gates", "id"),
+    ("tokens", "id"),
+    ("decisions", "id"),
+    ("freezes", "id"),
+];
+
+/// What a copy did.
+#[derive(Debug, Default)]
+pub struct CopyReport {
+    /// Rows copied per table, in copy order.
+    pub rows: Vec<(&'static str, u64)>,
+    /// Artifacts copied, and their bytes.
+    pub artifacts: u64,
+    /// Bytes of those artifacts.
+    pub artifact_bytes: u64,
+    /// Releases whose artifact was in neither the source nor its data dir (pruned by retention).
+    pub artifacts_missing: Vec<String>,
+    /// Events whose chain was verified on the target.
+    pub events_verified: usize,
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { context, source }
+}
+
+/// Copies everything of `from` into `to`, which must be empty. `artifacts_dir` is the source's
+/// `data_dir/artifacts` folder, where a SQLite store keeps its artifacts.
+pub async fn copy_store(
+    from: &SqlStore,
+    to: &SqlStore,
+    artifacts_dir: Option<&Path>,
+) -> Result<CopyReport> {
+    for (table, _, _) in TABLES {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(to.pool())
+            .await
+            .map_err(db("checking that the target is empty"))?;
+        if n > 0 {
+            return Err(StoreError::Conflict(format!(
+                "the target is not empty: its table {table} has {n} rows; copy into a new, empty database (shipgate creates its tables)"
+            )));
+        }
+    }
+    let mut report = CopyReport::default();
+    copy_artifacts(from, to, artifacts_dir, &mut report).await?;
+    let mut tx = to.pool().begin().await.map_err(db("starting the copy"))?;
+    for (table, order, columns) in TABLES {
+        let names: Vec<&str> = columns.iter().map(|c| c.0).collect();
+        let params: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+        let insert = format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            names.join(", "),
+            params.join(", ")
+        );
+        let select = format!("SELECT {} FROM {table} ORDER BY {order}", names.join(", "));
+        let mut rows = sqlx::query(&select).fetch(from.pool());
+        let mut copied = 0u64;
+        while let Some(row) = rows.try_next().await.map_err(db("reading the source"))? {
+            bind_row(sqlx::query(&insert), &row, columns)?
+                .execute(&mut *tx)
+                .await
+                .map_err(db("writing the target"))?;
+            copied += 1;
+        }
+        report.rows.push((table, copied));
+    }
+    if to.backend() == Backend::Postgres {
+        for (table, column) in IDENTITIES {
+            sqlx::query(&format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)"
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(db("moving the target's id sequences on"))?;
+        }
+    }
+    tx.commit().await.map_err(db("committing the copy"))?;
+    let events = to
+        .events(EventFilter {
+            after: 0,
+            ..EventFilter::default()
+        })
+        .await?;
+    let audit = verify_chain(&events);
+    if let Some(problem) = audit.problem {
+        return Err(StoreError::Corrupt(format!(
+            "the copied audit chain does not verify on the target: {problem}"
+        )));
+    }
+    report.events_verified = audit.checked;
+    Ok(report)
+}
+
+fn bind_row<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    row: &AnyRow,
+    columns: &[Column],
+) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>> {
+    for (name, kind, _) in columns {
+        let read = db("reading a source row");
+        q = match kind {
+            Kind::Text => q.bind(row.try_get::<Option<String>, _>(*name).map_err(read)?),
+            Kind::Int => q.bind(row.try_get::<Option<i64>, _>(*name).map_err(read)?),
+            Kind::Real => q.bind(row.try_get::<Option<f64>, _>(*name).map_err(read)?),
+        };
+    }
+    Ok(q)
+}
+
+async fn copy_artifacts(
+    from: &SqlStore,
+    to: &SqlStore,
+    artifacts_dir: Option<&Path>,
+    report: &mut CopyReport,
+) -> Result<()> {
+    let digests: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT digest FROM releases ORDER BY digest")
+            .fetch_all(from.pool())
+            .await
+            .map_err(db("reading the releases"))?;
+    for digest in digests {
+        let digest = shipgate_core::Digest::parse(&digest)
+            .map_err(|e| StoreError::Corrupt(format!("digest `{digest}`: {e}")))?;
+        let file = artifacts_dir.map(|d| d.join(format!("{}.tar", digest.hex())));
+        if let Some(file) = file.filter(|f| f.exists()) {
+            report.artifact_bytes += std::fs::metadata(&file).map_or(0, |m| m.len());
+            to.put_artifact(&digest, &file).await?;
+        } else if let Some(chunks) = from.artifact_chunks(&digest).await? {
+            // From one database to another: through a temporary file, a chunk at a time.
+            let io = |e: std::io::Error| StoreError::Database {
+                context: "passing an artifact through a temporary file",
+                source: sqlx::Error::Io(e),
+            };
+            let temp = tempfile::NamedTempFile::new().map_err(io)?;
+            let mut file = tokio::fs::File::create(temp.path()).await.map_err(io)?;
+            for seq in 0..chunks {
+                let bytes = from.artifact_chunk(&digest, seq).await?;
+                report.artifact_bytes += bytes.len() as u64;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &bytes)
+                    .await
+                    .map_err(io)?;
+            }
+            tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(io)?;
+            to.put_artifact(&digest, temp.path()).await?;
+        } else {
+            report.artifacts_missing.push(digest.to_string());
+            continue;
+        }
+        report.artifacts += 1;
+    }
+    Ok(())
+}
