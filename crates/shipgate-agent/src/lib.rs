@@ -22,9 +22,9 @@ pub mod tls;
 
 pub use client::AgentClient;
 pub use link::Hosts;
-pub use placement::{EnvPlacement, Placement};
+pub use placement::{EnvPlacement, Placement, SharedKeep};
 pub use protocol::{AGENT_SOCKET, Hello, LogChunk, LogFrom};
-pub use serve::{AGENT_MARKER, Agent, serve};
+pub use serve::{AGENT_MARKER, Agent, STARTS_FILE, serve};
 
 pub use shipgate_deploy::Driver;
 

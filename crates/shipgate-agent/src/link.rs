@@ -295,6 +295,30 @@ pub async fn endpoint(http: &reqwest::Client, server: &str) -> Result<SocketAddr
         .ok_or_else(|| format!("cannot resolve {host}"))
 }
 
+/// The agent-protocol address of the first server of `servers` (one API address, or several
+/// comma-separated) that answers with one: only the server leading hands it out, the others
+/// stand by (503), so the agent finds the leader.
+async fn leader_endpoint(
+    http: &reqwest::Client,
+    servers: &str,
+) -> Result<(SocketAddr, tokio::net::TcpStream), String> {
+    let mut failed = Vec::new();
+    for server in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let found = match endpoint(http, server).await {
+            Ok(addr) => tokio::net::TcpStream::connect(addr)
+                .await
+                .map(|tcp| (addr, tcp))
+                .map_err(|e| format!("connecting to {addr}: {e}")),
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(found) => return Ok(found),
+            Err(e) => failed.push(e),
+        }
+    }
+    Err(failed.join("; "))
+}
+
 async fn dial_once(
     identity: &Identity,
     connector: &tokio_rustls::TlsConnector,
@@ -313,13 +337,7 @@ async fn dial_once(
     };
     let (addr, tcp) = match tried {
         Some(found) => found,
-        None => {
-            let addr = endpoint(http, &identity.server).await?;
-            let tcp = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connecting to {addr}: {e}"))?;
-            (addr, tcp)
-        }
+        None => leader_endpoint(http, &identity.server).await?,
     };
     *last = Some(addr);
     let _ = tcp.set_nodelay(true);

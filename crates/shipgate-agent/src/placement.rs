@@ -71,6 +71,16 @@ const PLACEMENT_FILE: &str = "placement.json";
 /// How long a stopped instance on a host may take to exit.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// Where a placement is also kept when several servers share one database: what the server
+/// that led before kept (read at start, preferred over the data dir's file), and how to keep
+/// each new snapshot there, so that the next leader knows what every host serves.
+pub struct SharedKeep {
+    /// The last snapshot kept there, if any.
+    pub kept: Option<Vec<u8>>,
+    /// Keeps a snapshot (in order; it may write later, off the caller's thread).
+    pub save: Box<dyn Fn(Vec<u8>) + Send + Sync>,
+}
+
 /// A [`Driver`] over the local data plane and the agents of other hosts.
 pub struct Placement {
     local: Arc<dyn Driver>,
@@ -88,6 +98,7 @@ pub struct Placement {
     reconciling: tokio::sync::Mutex<()>,
     /// One write of `placement.json` at a time, snapshot to rename.
     saving: Mutex<()>,
+    shared: Option<Box<dyn Fn(Vec<u8>) + Send + Sync>>,
     /// False when `placement.json` was there but unreadable: then nothing a host runs is
     /// stopped as unknown, since what is known was lost.
     trusted: bool,
@@ -125,6 +136,7 @@ impl Placement {
         hosts: Arc<Hosts>,
         envs: HashMap<String, EnvPlacement>,
         data_dir: &Path,
+        shared: Option<SharedKeep>,
     ) -> Arc<Placement> {
         let mut clients = BTreeMap::new();
         for p in envs.values() {
@@ -135,7 +147,15 @@ impl Placement {
             }
         }
         let path = data_dir.join(PLACEMENT_FILE);
-        let (kept, trusted): (Kept, bool) = match std::fs::read(&path) {
+        let (from_shared, save_shared) = match shared {
+            Some(SharedKeep { kept, save }) => (kept, Some(save)),
+            None => (None, None),
+        };
+        let read = match from_shared {
+            Some(bytes) => Ok(bytes),
+            None => std::fs::read(&path),
+        };
+        let (kept, trusted): (Kept, bool) = match read {
             Err(_) => (Kept::default(), true),
             Ok(bytes) => match serde_json::from_slice(&bytes) {
                 Ok(kept) => (kept, true),
@@ -161,6 +181,7 @@ impl Placement {
             routers: Mutex::default(),
             reconciling: tokio::sync::Mutex::new(()),
             saving: Mutex::new(()),
+            shared: save_shared,
             trusted,
         });
         placement.pass_on_events();
@@ -386,9 +407,17 @@ impl Placement {
         };
         let path = self.data_dir.join(PLACEMENT_FILE);
         let temp = path.with_extension("json.tmp");
-        let written = serde_json::to_vec_pretty(&kept)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| crate::write_private(&temp, &bytes))
+        let bytes = match serde_json::to_vec_pretty(&kept) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!("could not keep {}: {e}", path.display());
+                return;
+            }
+        };
+        if let Some(save) = &self.shared {
+            save(bytes.clone());
+        }
+        let written = crate::write_private(&temp, &bytes)
             .and_then(|()| std::fs::File::open(&temp)?.sync_all())
             .and_then(|()| std::fs::rename(&temp, &path));
         if let Err(e) = written {

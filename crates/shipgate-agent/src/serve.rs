@@ -290,8 +290,13 @@ async fn hello(State(agent): AgentState) -> Json<Hello> {
     })
 }
 
+/// The agent's own record of every start it was asked for, one JSON line each, so that anyone
+/// can check that no instance was started twice (through a server failover, say).
+pub const STARTS_FILE: &str = "starts.jsonl";
+
 async fn start(State(agent): AgentState, Json(mut req): Json<StartInstance>) -> Response {
     let id = req.instance_id.clone();
+    agent.record_start(&id);
     req.env.insert(
         AGENT_MARKER.to_owned(),
         agent.data_dir.display().to_string(),
@@ -322,6 +327,19 @@ async fn start(State(agent): AgentState, Json(mut req): Json<StartInstance>) -> 
 }
 
 impl Agent {
+    fn record_start(&self, id: &shipgate_core::InstanceId) {
+        use std::io::Write;
+        let line = serde_json::json!({ "instance_id": id, "at": jiff::Timestamp::now() });
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join(STARTS_FILE))
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = written {
+            tracing::warn!("could not record a start in {STARTS_FILE}: {e}");
+        }
+    }
+
     fn artifacts(&self) -> Result<&shipgate_store::artifact::ArtifactStore, String> {
         if let Some(a) = self.artifacts.get() {
             return Ok(a);

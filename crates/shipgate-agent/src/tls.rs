@@ -115,6 +115,23 @@ impl Ca {
         })
     }
 
+    /// The CA as PEM key and certificate, to be shared with other servers.
+    pub fn to_pem(&self) -> (String, String) {
+        (self.issuer.key().serialize_pem(), self.cert_pem.clone())
+    }
+
+    /// Makes `data_dir`'s CA the one given as PEM (another server's, shared through the
+    /// database), so that agents trust every server of one database alike.
+    pub fn adopt(data_dir: &Path, key_pem: &str, cert_pem: &str) -> Result<Ca, String> {
+        let key = KeyPair::from_pem(key_pem).map_err(tls_error("reading the shared CA key"))?;
+        write_private(&data_dir.join("ca.key"), key_pem)?;
+        write_private(&data_dir.join("ca.crt"), cert_pem)?;
+        Ok(Ca {
+            issuer: Issuer::new(ca_params(), key),
+            cert_pem: cert_pem.to_owned(),
+        })
+    }
+
     /// A client certificate for host `name`, for the public key it sent (hex of the raw P-256
     /// point). Returns its PEM and its fingerprint.
     pub fn issue_host(&self, name: &str, public_key_hex: &str) -> Result<(String, String), String> {

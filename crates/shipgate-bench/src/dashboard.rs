@@ -7,6 +7,7 @@
 //! The store is filled with plain SQL after the server started, so the server does not try to
 //! start 4,000 instances at start-up; the pages read it as they read any store.
 
+use shipgate_core::config::DataLocation;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,9 +46,14 @@ fn config(apps: usize) -> anyhow::Result<String> {
 
 /// 100,000 promotions: every version of every app through every environment, the newest one
 /// still waiting for production.
-async fn fill(database: &std::path::Path) -> anyhow::Result<usize> {
+async fn fill(database: &DataLocation) -> anyhow::Result<usize> {
     use sqlx::Connection;
-    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display()))
+    sqlx::any::install_default_drivers();
+    let url = match database {
+        DataLocation::Sqlite(path) => format!("sqlite://{}", path.display()),
+        DataLocation::Postgres(url) => url.clone(),
+    };
+    let mut db = sqlx::AnyConnection::connect(&url)
         .await
         .context("opening the benchmark's database")?;
     let mut tx = db.begin().await?;
@@ -58,7 +64,7 @@ async fn fill(database: &std::path::Path) -> anyhow::Result<usize> {
         for v in 0..VERSIONS {
             let version = format!("1.0.{v}");
             let digest = format!("sha256:{:064x}", a * VERSIONS + v);
-            sqlx::query("INSERT INTO releases (app, version, digest, size, commit_sha, notes, created_by, created_at) VALUES (?, ?, ?, 1000, NULL, NULL, 'ci', ?)")
+            sqlx::query("INSERT INTO releases (app, version, digest, size, commit_sha, notes, created_by, created_at) VALUES ($1, $2, $3, 1000, NULL, NULL, 'ci', $4)")
                 .bind(&app).bind(&version).bind(&digest).bind(&at)
                 .execute(&mut *tx).await?;
             for (e, env) in ENVS.iter().enumerate() {
@@ -68,16 +74,16 @@ async fn fill(database: &std::path::Path) -> anyhow::Result<usize> {
                     (false, _) if v % 7 == 3 && e == 1 => "failed",
                     _ => "succeeded",
                 };
-                let id: i64 = sqlx::query_scalar("INSERT INTO promotions (app, version, digest, env, kind, state, requested_by, previous_version, reason, created_at, updated_at) VALUES (?, ?, ?, ?, 'promote', ?, 'ci', NULL, NULL, ?, ?) RETURNING id")
+                let id: i64 = sqlx::query_scalar("INSERT INTO promotions (app, version, digest, env, kind, state, requested_by, previous_version, reason, created_at, updated_at) VALUES ($1, $2, $3, $4, 'promote', $5, 'ci', NULL, NULL, $6, $7) RETURNING id")
                     .bind(&app).bind(&version).bind(&digest).bind(env).bind(state).bind(&at).bind(&at)
                     .fetch_one(&mut *tx).await?;
-                sqlx::query("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES (?, 'deploy', ?, 'instance healthy on port 40000', ?, ?)")
-                    .bind(id).bind(state != "failed").bind(&at).bind(&at)
+                sqlx::query("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES ($1, 'deploy', $2, 'instance healthy on port 40000', $3, $4)")
+                    .bind(id).bind(i64::from(state != "failed")).bind(&at).bind(&at)
                     .execute(&mut *tx).await?;
                 promotions += 1;
                 let live_here = if e == 3 { v == VERSIONS - 2 } else { newest };
                 if live_here {
-                    sqlx::query("INSERT OR REPLACE INTO live (app, env, version, digest, promotion_id, since) VALUES (?, ?, ?, ?, ?, ?)")
+                    sqlx::query("INSERT INTO live (app, env, version, digest, promotion_id, since) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (app, env) DO UPDATE SET version = excluded.version, digest = excluded.digest, promotion_id = excluded.promotion_id, since = excluded.since")
                         .bind(&app).bind(env).bind(&version).bind(&digest).bind(id).bind(&at)
                         .execute(&mut *tx).await?;
                 }

@@ -236,6 +236,18 @@ pub enum DataLocation {
 }
 
 impl DataLocation {
+    /// `sqlite://PATH` (relative to `base_dir`) or `postgres://...`; `None` for anything else.
+    pub fn parse(location: &str, base_dir: &Path) -> Option<DataLocation> {
+        if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+            return Some(DataLocation::Postgres(location.to_owned()));
+        }
+        location
+            .strip_prefix("sqlite://")
+            .or_else(|| location.strip_prefix("sqlite:"))
+            .filter(|p| !p.is_empty())
+            .map(|p| DataLocation::Sqlite(base_dir.join(p)))
+    }
+
     /// A connection URL without its password, for messages.
     pub fn redacted_url(url: &str) -> String {
         match (url.split_once("://"), url.rsplit_once('@')) {
@@ -715,26 +727,14 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
     }
     let database = match &raw.database {
         None => DataLocation::Sqlite(data_dir.join("shipgate.db")),
-        Some(db) => {
-            let location = db.get_ref();
-            let postgres =
-                location.starts_with("postgres://") || location.starts_with("postgresql://");
-            match location
-                .strip_prefix("sqlite://")
-                .or_else(|| location.strip_prefix("sqlite:"))
-            {
-                Some(path) if !path.is_empty() => DataLocation::Sqlite(base_dir.join(path)),
-                _ if postgres => DataLocation::Postgres(location.clone()),
-                _ => {
-                    problems.add(
-                        db.span(),
-                        format!("database `{location}` is neither SQLite nor PostgreSQL"),
-                        "write \"sqlite://PATH\" or \"postgres://USER:PASSWORD@HOST:PORT/DB\", or remove `database` to use shipgate.db in data_dir".to_owned(),
-                    );
-                    DataLocation::Sqlite(data_dir.join("shipgate.db"))
-                }
-            }
-        }
+        Some(db) => DataLocation::parse(db.get_ref(), base_dir).unwrap_or_else(|| {
+            problems.add(
+                db.span(),
+                format!("database `{}` is neither SQLite nor PostgreSQL", db.get_ref()),
+                "write \"sqlite://PATH\" or \"postgres://USER:PASSWORD@HOST:PORT/DB\", or remove `database` to use shipgate.db in data_dir".to_owned(),
+            );
+            DataLocation::Sqlite(data_dir.join("shipgate.db"))
+        }),
     };
     let max_artifact_size = raw
         .max_artifact_size
@@ -953,18 +953,11 @@ fn data_config(
                     bad(format!("`{env}` in [data] is neither an environment nor a known key (unlisted, role, mask)"), None);
                     continue;
                 };
-                let path = location
-                    .strip_prefix("sqlite://")
-                    .or_else(|| location.strip_prefix("sqlite:"));
-                let postgres = location.starts_with("postgres://") || location.starts_with("postgresql://");
-                match path {
-                    Some(p) if !p.is_empty() => {
-                        data.locations.insert(env, DataLocation::Sqlite(base_dir.join(p)));
+                match DataLocation::parse(location, base_dir) {
+                    Some(l) => {
+                        data.locations.insert(env, l);
                     }
-                    _ if postgres => {
-                        data.locations.insert(env, DataLocation::Postgres(location.clone()));
-                    }
-                    _ => bad(
+                    None => bad(
                         format!("data location `{location}` of {env} is neither SQLite nor PostgreSQL"),
                         Some("write \"sqlite://PATH\" or \"postgres://USER:PASSWORD@HOST:PORT/DB\"".to_owned()),
                     ),

@@ -30,6 +30,17 @@ pub struct ReleaseRequest {
 }
 
 impl Engine {
+    /// Keeps the artifact of `digest` in the database too, when the database is shared by
+    /// several servers, so that whichever leads can deploy it.
+    async fn share_artifact(&self, digest: &shipgate_core::Digest) -> Result<(), EngineError> {
+        if self.store.keeps_artifacts() {
+            self.store
+                .put_artifact(digest, &self.artifacts.archive(digest))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Registers a release whose artifact has been received and checked. The same version with
     /// the same digest is a no-op (`false`); another digest is refused before anything is stored.
     pub async fn create_release(
@@ -46,6 +57,7 @@ impl Engine {
             if existing.digest == artifact.digest {
                 // The same file again: stored anew if retention had removed it.
                 self.artifacts.store(artifact).await?;
+                self.share_artifact(&existing.digest).await?;
                 return Ok((existing, false));
             }
             return Err(StoreError::ReleaseConflict {
@@ -58,6 +70,8 @@ impl Engine {
         }
         let (digest, size) = (artifact.digest.clone(), artifact.size as i64);
         self.artifacts.store(artifact).await?;
+        // Before the release is recorded: a release on record always has its artifact there.
+        self.share_artifact(&digest).await?;
         let new = NewRelease {
             app,
             version,
@@ -177,7 +191,11 @@ impl Engine {
                 app: release.app.to_string(),
                 version: release.version.to_string(),
             })?;
-        if !self.artifacts.has(&registered.digest) {
+        if !self
+            .artifacts
+            .fetch(self.store.as_ref(), &registered.digest)
+            .await?
+        {
             return Err(EngineError::Pruned {
                 release: release.to_string(),
                 app: release.app.to_string(),
@@ -530,6 +548,11 @@ impl Engine {
             .config
             .app(&p.app)
             .ok_or_else(|| format!("app `{}` is no longer in the config", p.app))?;
+        // Registered through another server of the same database: brought here first.
+        self.artifacts
+            .fetch(self.store.as_ref(), &p.digest)
+            .await
+            .map_err(|e| e.to_string())?;
         let id = InstanceId::instance(&p.app, &p.env, p.id, self.boot, attempt);
         let log_path = self.log_path(slot, &id);
         let vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str());

@@ -468,13 +468,18 @@ async fn status(
     Ok(Json(apps))
 }
 
-/// 200 as soon as the API answers; the body says whether the releases live before the last
-/// stop are still being started again.
-async fn healthz(State(state): State<AppState>) -> &'static str {
-    if state.engine.restoring() {
-        "ok: restoring the live releases\n"
+/// 200 as soon as the API answers; the first line says whether the releases live before the
+/// last stop are still being started again, the second which server leads and since when.
+async fn healthz(State(state): State<AppState>) -> String {
+    let first = if state.engine.restoring() {
+        "ok: restoring the live releases"
     } else {
-        "ok\n"
+        "ok"
+    };
+    let leader = state.leader.borrow().clone();
+    match leader {
+        Some(lease) => format!("{first}\nleader: {} (this server)\n", crate::lead::describe(&lease)),
+        None => format!("{first}\nleader: this server lost the engine's lease and is stopping\n"),
     }
 }
 

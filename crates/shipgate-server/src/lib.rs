@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod data_dir;
 mod extract;
+mod lead;
 mod openapi;
 mod problem;
 pub mod reload;
@@ -42,6 +43,8 @@ struct AppState {
     ca: Arc<shipgate_agent::tls::Ca>,
     /// Reloads the config file.
     reloader: Arc<reload::Reloader>,
+    /// The engine's lease as last renewed by this server (`None` once lost).
+    leader: tokio::sync::watch::Receiver<Option<shipgate_store::Lease>>,
 }
 
 /// Which agents may connect: those whose certificate fingerprint a joined host pinned.
@@ -158,6 +161,13 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(config.server.listen).await.with_context(|| {
             format!("cannot listen on {} for the API (is another shipgate running? change `listen` in [server])", config.server.listen)
         })?;
+        // Only the server holding the lease runs the engine; until then this one stands by.
+        let length = config.server.lease.as_std();
+        let (lease, listener) =
+            lead::take(&store, &lead::server_name(), listener, length).await?;
+        let leader = lead::keep(Arc::clone(&store), lease.clone(), length);
+        let unfenced = Arc::clone(&store);
+        let store = store.fenced(lease.clone());
         let addr = listener.local_addr().context("reading the API address")?;
         let data_plane = config.server.data_plane;
         let (driver, agent): (Arc<dyn shipgate_deploy::Driver>, _) = match data_plane {
@@ -173,9 +183,7 @@ impl Server {
                 )
             }
         };
-        let ca = Arc::new(
-            shipgate_agent::tls::Ca::load_or_create(&data_dir).map_err(anyhow::Error::msg)?,
-        );
+        let ca = Arc::new(shared_ca(unfenced.as_ref(), &data_dir).await?);
         let hosts = shipgate_agent::Hosts::listen(
             agent_listen(&config, &data_dir),
             ca.server_config().map_err(anyhow::Error::msg)?,
@@ -196,6 +204,7 @@ impl Server {
             Arc::clone(&hosts),
             placements(&config),
             &data_dir,
+            shared_placement(&store).await?,
         );
         wait_for_hosts(&hosts, &placement, store.as_ref()).await;
         let engine = Engine::start(
@@ -229,6 +238,7 @@ impl Server {
             placement,
             ca,
             reloader: Arc::clone(&reloader),
+            leader: leader.clone(),
         });
         let supervisor = agent.map(|(client, exe)| {
             tokio::spawn(supervise_agent(
@@ -242,11 +252,14 @@ impl Server {
         let engine_to_stop = Arc::clone(&engine);
         let reloading = Arc::clone(&reloader);
         let reload_flag = Arc::clone(&reloader);
+        let mut lost = leader.clone();
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let signal = async move {
                 tokio::select! {
                     () = shutdown => {}
                     () = reloading.decided() => {}
+                    _ = lost.wait_for(Option::is_none) => { let _ = lost_tx.send(()); }
                 }
                 let _ = stop.send(true);
             };
@@ -256,6 +269,15 @@ impl Server {
                 .context("serving the API")?;
             if let Some(supervisor) = supervisor {
                 supervisor.abort();
+            }
+            let mut lost_rx = lost_rx;
+            if lost_rx.try_recv().is_ok() {
+                // Fail-stop: the database refuses this server's writes already; what runs keeps
+                // running (an agent's instances) or is stopped with the process.
+                drop(lock);
+                anyhow::bail!(
+                    "this server lost the engine's lease and stopped; start it again to stand by (another server leads, see its /healthz)"
+                );
             }
             let ended = if reload_flag.asked() {
                 tracing::info!(
@@ -272,6 +294,11 @@ impl Server {
                 }
                 Ended::Stopped
             };
+            if ended == Ended::Stopped
+                && let Err(e) = unfenced.release_lease(&lease).await
+            {
+                tracing::warn!("could not hand the engine's lease back: {e}");
+            }
             // Held until every instance has stopped: only then may another server take over.
             drop(lock);
             Ok(ended)
@@ -295,6 +322,61 @@ impl Server {
 /// Where the port agents dial is kept, so that a restarted server listens on the same one
 /// and its agents find it again without asking the API.
 const AGENT_PORT_FILE: &str = "agent.port";
+
+/// On a database several servers share, what the hosts serve is kept there too, so the next
+/// leader reconciles hosts against it rather than against nothing (which would stop all).
+/// Snapshots are written in order by one task, through the fenced store: a deposed leader's
+/// are refused.
+async fn shared_placement(
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<Option<shipgate_agent::SharedKeep>> {
+    const NAME: &str = "placement";
+    if !store.keeps_artifacts() {
+        return Ok(None);
+    }
+    let kept = store.shared(NAME).await?.map(String::into_bytes);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = Arc::clone(store);
+    tokio::spawn(async move {
+        while let Some(mut bytes) = rx.recv().await {
+            while let Ok(newer) = rx.try_recv() {
+                bytes = newer;
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(e) = writer.put_shared(NAME, &text).await {
+                tracing::warn!("could not keep what the hosts serve in the database: {e}");
+            }
+        }
+    });
+    Ok(Some(shipgate_agent::SharedKeep {
+        kept,
+        save: Box::new(move |bytes| {
+            let _ = tx.send(bytes);
+        }),
+    }))
+}
+
+/// The CA agents trust: the data dir's, and on a database that several servers share, the
+/// one the first of them kept there, so an agent may dial any of them.
+async fn shared_ca(
+    store: &dyn Store,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<shipgate_agent::tls::Ca> {
+    use shipgate_agent::tls::Ca;
+    let ca = Ca::load_or_create(data_dir).map_err(anyhow::Error::msg)?;
+    if !store.keeps_artifacts() {
+        return Ok(ca);
+    }
+    let (key, cert) = ca.to_pem();
+    let mine = serde_json::json!({ "key": key, "cert": cert }).to_string();
+    let kept: serde_json::Value = serde_json::from_str(&store.share_once("agent-ca", &mine).await?)
+        .context("reading the CA the servers share")?;
+    match (kept["key"].as_str(), kept["cert"].as_str()) {
+        (Some(k), Some(c)) if c != cert => Ca::adopt(data_dir, k, c).map_err(anyhow::Error::msg),
+        (Some(_), Some(_)) => Ok(ca),
+        _ => anyhow::bail!("the CA the servers share is damaged in the database"),
+    }
+}
 
 /// `agent_listen`; with port 0 (the default), the port the last start used, if there was one.
 fn agent_listen(config: &Config, data_dir: &std::path::Path) -> std::net::SocketAddr {

@@ -102,6 +102,9 @@ impl From<EngineError> for Problem {
             EngineError::Store(StoreError::TokenExists(_)) => {
                 (StatusCode::CONFLICT, "token name taken")
             }
+            EngineError::Store(StoreError::Fenced { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "not the leader")
+            }
             EngineError::Store(_) | EngineError::DataPlane(_) | EngineError::CannotIsolate(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
             }

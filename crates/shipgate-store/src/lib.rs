@@ -218,8 +218,9 @@ pub trait Store: Send + Sync {
         since: jiff::Timestamp,
     ) -> Result<Vec<TrafficSample>>;
 
-    /// Takes the engine's lease for `length` if nobody holds it or its holder let it expire,
-    /// with a new epoch; `None` while another holder's lease runs. Judged by the database's
+    /// Takes the engine's lease for `length` if nobody holds it, its holder let it expire, or
+    /// `holder` holds it already (a server starting again in the same process), always with a
+    /// new epoch; `None` while another holder's lease runs. Judged by the database's
     /// clock, in one compare-and-set.
     async fn acquire_lease(
         &self,
@@ -240,6 +241,15 @@ pub trait Store: Send + Sync {
     /// `lease` still holds when the write's transaction begins; the database checks it, and
     /// the lease cannot change hands before that transaction ends.
     fn fenced(&self, lease: Lease) -> std::sync::Arc<dyn Store>;
+
+    /// Keeps `value` under `name` unless a value is kept there already, and returns the value
+    /// kept: the first server to ask decides (the CA that agents trust, shared by every server).
+    async fn share_once(&self, name: &str, value: &str) -> Result<String>;
+    /// Keeps `value` under `name` for every server (what the leader's data plane serves),
+    /// replacing what was there; a write like any other, so a fenced store refuses it.
+    async fn put_shared(&self, name: &str, value: &str) -> Result<()>;
+    /// What is kept under `name` for every server.
+    async fn shared(&self, name: &str) -> Result<Option<String>>;
 
     /// Whether artifacts live in the database (PostgreSQL, so that every server has every
     /// artifact) rather than only in the data dir.

@@ -259,6 +259,7 @@ CREATE TABLE artifact_chunks (
     digest TEXT NOT NULL, seq INTEGER NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY (digest, seq)
 );
 CREATE TABLE artifacts (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, chunks INTEGER NOT NULL);
+CREATE TABLE shared_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#,
 ];
 
@@ -350,4 +351,5 @@ CREATE TABLE artifact_chunks (
     digest TEXT NOT NULL, seq BIGINT NOT NULL, bytes BYTEA NOT NULL, PRIMARY KEY (digest, seq)
 );
 CREATE TABLE artifacts (digest TEXT PRIMARY KEY, size BIGINT NOT NULL, chunks BIGINT NOT NULL);
+CREATE TABLE shared_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#];

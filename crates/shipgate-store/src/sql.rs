@@ -1612,7 +1612,7 @@ impl Store for SqlStore {
             .map_err(db("making the lease"))?;
         sqlx::query(&format!(
             "UPDATE leases SET holder = $2, address = $3, epoch = epoch + 1, expires_ms = {now} + $4, since = $5 \
-             WHERE name = $1 AND expires_ms <= {now} RETURNING {LEASE_COLUMNS}"
+             WHERE name = $1 AND (expires_ms <= {now} OR holder = $2) RETURNING {LEASE_COLUMNS}"
         ))
         .bind(ENGINE_LEASE)
         .bind(holder)
@@ -1673,6 +1673,40 @@ impl Store for SqlStore {
             shared: Arc::clone(&self.shared),
             fence: Some(lease),
         })
+    }
+
+    async fn share_once(&self, name: &str, value: &str) -> Result<String> {
+        let _w = self.write.lock().await;
+        sqlx::query("INSERT INTO shared_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(db("sharing a secret"))?;
+        sqlx::query_scalar("SELECT value FROM shared_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading a shared secret"))
+    }
+
+    async fn put_shared(&self, name: &str, value: &str) -> Result<()> {
+        let (_w, mut tx) = self.begin().await?;
+        sqlx::query("INSERT INTO shared_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+            .bind(name)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("keeping shared state"))?;
+        self.commit(tx, Vec::new()).await
+    }
+
+    async fn shared(&self, name: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT value FROM shared_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading shared state"))
     }
 
     fn keeps_artifacts(&self) -> bool {

@@ -296,6 +296,9 @@ pub enum Command {
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The control plane's database.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// The machines that run instances and routers.
     #[command(subcommand)]
     Host(HostCommand),
@@ -395,6 +398,29 @@ pub enum DataCommand {
         /// The masked environment.
         #[arg(long)]
         env: EnvName,
+    },
+}
+
+/// `shipgate store ...`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy everything of one store into another, empty one (SQLite to PostgreSQL, to run
+    /// several servers): releases, promotions, gates, decisions, tokens, freezes, hosts,
+    /// traffic, artifacts and the audit chain, which is verified on the target. Stop the
+    /// server first; a target that is not empty is refused.
+    #[command(
+        after_help = "Examples:\n  shipgate store copy --from sqlite://.shipgate/shipgate.db --to postgres://shipgate@db.internal/shipgate"
+    )]
+    Copy {
+        /// The store to copy: sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB.
+        #[arg(long)]
+        from: String,
+        /// The store to fill: postgres://... (or sqlite://PATH); its tables are created.
+        #[arg(long)]
+        to: String,
+        /// Where the source keeps its artifacts (default: `artifacts/` beside a SQLite source).
+        #[arg(long, value_name = "DIR")]
+        artifacts: Option<std::path::PathBuf>,
     },
 }
 

@@ -63,48 +63,96 @@ impl Refused {
     }
 }
 
-/// Talks to one server with one token.
+/// Talks to a server with one token. Given several servers (`--server URL1,URL2`), it uses
+/// whichever answers: one that cannot be reached, or that stands by while another leads, is
+/// passed over, and the one that answered is asked first next time.
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    bases: Vec<String>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: String,
     http: reqwest::Client,
 }
 
 impl Client {
-    /// A client for `base` (e.g. `http://127.0.0.1:7300`).
-    pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+    /// A client for `bases`: one URL (e.g. `http://127.0.0.1:7300`) or several, comma-separated.
+    pub fn new(bases: &str, token: &str) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
             .context("building the HTTP client")?;
+        let bases: Vec<String> = bases
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        anyhow::ensure!(!bases.is_empty(), "--server names no server");
         Ok(Self {
-            base: base.trim_end_matches('/').to_owned(),
+            bases,
+            current: std::sync::Arc::default(),
             token: token.to_owned(),
             http,
         })
     }
 
-    /// The server's address, as the CLI reaches it.
+    /// The server's address, as the CLI reaches it (the one that answered last).
     pub fn base(&self) -> &str {
-        &self.base
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}/api/v1{path}", self.base)
+    fn url(base: &str, path: &str) -> String {
+        format!("{base}/api/v1{path}")
+    }
+
+    /// Sends the request `build` makes for a server's URL to the first server that takes it.
+    /// A request is sent on only when the previous server did not take it: it could not be
+    /// reached, or it answered 503 as a server standing by.
+    async fn answer(
+        &self,
+        build: impl Fn(&str) -> anyhow::Result<reqwest::RequestBuilder>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let first = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut passed = Vec::new();
+        for k in 0..self.bases.len() {
+            let i = (first + k) % self.bases.len();
+            let base = &self.bases[i];
+            let response = match build(base)?.bearer_auth(&self.token).send().await {
+                Ok(r) => r,
+                Err(e) if e.is_connect() => {
+                    passed.push(format!("{base} cannot be reached"));
+                    continue;
+                }
+                Err(e) => bail!("request to {base} failed: {e}"),
+            };
+            if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && self.bases.len() > 1
+            {
+                let body = response.bytes().await.unwrap_or_default();
+                let refused = Refused::from_answer(reqwest::StatusCode::SERVICE_UNAVAILABLE, &body);
+                passed.push(format!("{base}: {}", refused.detail));
+                continue;
+            }
+            self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+            return Ok(response);
+        }
+        if self.bases.len() == 1 {
+            bail!(
+                "cannot reach the shipgate server at {} (start it with `shipgate server`, or pass --server URL)",
+                self.bases[0]
+            );
+        }
+        bail!(
+            "no shipgate server took the request: {} (start one, or check --server)",
+            passed.join("; ")
+        )
     }
 
     async fn send<T: DeserializeOwned>(
         &self,
-        request: reqwest::RequestBuilder,
+        build: impl Fn(&str) -> anyhow::Result<reqwest::RequestBuilder>,
     ) -> anyhow::Result<T> {
-        let response = request.bearer_auth(&self.token).send().await.map_err(|e| {
-            if e.is_connect() {
-                anyhow::anyhow!("cannot reach the shipgate server at {} (start it with `shipgate server`, or pass --server URL)", self.base)
-            } else {
-                anyhow::anyhow!("request to {} failed: {e}", self.base)
-            }
-        })?;
+        let response = self.answer(build).await?;
         let status = response.status();
         let body = response
             .bytes()
@@ -127,7 +175,8 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
     ) -> anyhow::Result<T> {
-        self.send(self.http.get(self.url(path)).query(query)).await
+        self.send(|base| Ok(self.http.get(Self::url(base, path)).query(query)))
+            .await
     }
 
     /// POST a JSON body.
@@ -136,7 +185,8 @@ impl Client {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        self.send(self.http.post(self.url(path)).json(body)).await
+        self.send(|base| Ok(self.http.post(Self::url(base, path)).json(body)))
+            .await
     }
 
     /// POST a JSON body and hand each JSON line of the streamed answer to `each`.
@@ -148,13 +198,8 @@ impl Client {
     ) -> anyhow::Result<()> {
         use futures_util::StreamExt;
         let response = self
-            .http
-            .post(self.url(path))
-            .json(body)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("request to {} failed: {e}", self.base))?;
+            .answer(|base| Ok(self.http.post(Self::url(base, path)).json(body)))
+            .await?;
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.unwrap_or_default();
@@ -180,7 +225,8 @@ impl Client {
 
     /// DELETE a resource.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.delete(self.url(path))).await
+        self.send(|base| Ok(self.http.delete(Self::url(base, path))))
+            .await
     }
 
     /// Uploads an artifact file (already a .tar or .tar.gz) with its digest.
@@ -190,22 +236,21 @@ impl Client {
         query: &ReleaseQuery,
         file: &Path,
     ) -> anyhow::Result<CreatedRelease> {
-        let f = tokio::fs::File::open(file)
-            .await
-            .with_context(|| format!("opening {}", file.display()))?;
-        let len = f
-            .metadata()
-            .await
-            .context("reading the artifact size")?
-            .len();
-        let request = self
-            .http
-            .post(self.url(&format!("/apps/{app}/releases")))
-            .query(query)
-            .header(reqwest::header::CONTENT_LENGTH, len)
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(reqwest::Body::from(f));
-        self.send(request).await
+        let path = format!("/apps/{app}/releases");
+        // Opened for each server tried: a server passed over did not read any of it.
+        self.send(|base| {
+            let f = std::fs::File::open(file)
+                .with_context(|| format!("opening {}", file.display()))?;
+            let len = f.metadata().context("reading the artifact size")?.len();
+            Ok(self
+                .http
+                .post(Self::url(base, &path))
+                .query(query)
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(reqwest::Body::from(tokio::fs::File::from_std(f))))
+        })
+        .await
     }
 
     /// Asks for `release` (`app@version`) to enter `env`.

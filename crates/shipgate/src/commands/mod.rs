@@ -8,6 +8,7 @@ mod parity;
 mod promotion;
 mod release;
 mod status;
+mod store;
 
 pub use release::upload;
 pub use status::render_status;
@@ -57,6 +58,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(print_all(&text))
         }
         Command::Demo { exit } => crate::demo::run(exit, out).await,
+        Command::Store(crate::cli::StoreCommand::Copy {
+            from,
+            to,
+            artifacts,
+        }) => store::copy(out, &from, &to, artifacts).await,
         Command::Release(ReleaseCommand::Create {
             app,
             version,
@@ -504,17 +510,31 @@ async fn join_and_run(
     };
     std::fs::create_dir_all(data_dir).with_context(|| format!("making {}", data_dir.display()))?;
     let (key, public_key) = shipgate_agent::tls::Identity::new_key().map_err(anyhow::Error::msg)?;
-    let url = format!("{}/api/v1/hosts/join", server.trim_end_matches('/'));
-    let answer = reqwest::Client::new()
-        .post(&url)
-        .json(&shipgate_api::requests::JoinRequest {
-            name: name.to_owned(),
-            token: token.to_owned(),
-            public_key,
-        })
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
+    // Joined through whichever server leads (the others stand by with 503); every server of
+    // the list is kept, so the agent later dials whichever leads then.
+    let mut answer = None;
+    for base in server.split(',').map(|b| b.trim().trim_end_matches('/')) {
+        let url = format!("{base}/api/v1/hosts/join");
+        let sent = reqwest::Client::new()
+            .post(&url)
+            .json(&shipgate_api::requests::JoinRequest {
+                name: name.to_owned(),
+                token: token.to_owned(),
+                public_key: public_key.clone(),
+            })
+            .send()
+            .await;
+        match sent {
+            Ok(a) if a.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                answer = Some(a);
+                break;
+            }
+            Ok(_) => tracing::info!("{base} stands by; trying the next server"),
+            Err(e) => tracing::info!("POST {url}: {e}; trying the next server"),
+        }
+    }
+    let answer = answer
+        .with_context(|| format!("no server of {server} took the join (none answered, or all stand by)"))?;
     if !answer.status().is_success() {
         let status = answer.status();
         let body: serde_json::Value = answer.json().await.unwrap_or_default();

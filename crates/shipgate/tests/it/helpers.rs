@@ -309,7 +309,7 @@ pub fn spawn_server_after(config_toml: &str, before: impl FnOnce(&Path)) -> Test
 
 impl TestServer {
     fn start(&mut self) {
-        self.start_until(|r| r.body == "ok\n");
+        self.start_until(|r| r.body.starts_with("ok\n"));
     }
 
     /// Starts the server and waits until `/healthz` answers 200 with a body that `ready` accepts.

@@ -1,0 +1,165 @@
+//! Which server runs the engine. Every server on one database competes for the engine's lease
+//! (see `Store::acquire_lease`); the one holding it leads, renews it a few times per lease
+//! length, and hands the engine a store fenced by it, so that once the lease is lost, even
+//! while this process still believes it leads, the database accepts none of its writes. A
+//! server that cannot renew stops: the next leader reconciles from the store.
+//!
+//! While another server leads, this one stands by on its API address: `/healthz` answers 503
+//! naming the leader, and every other request 503 with a problem saying where to go, so a
+//! client given several servers moves on to the next.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use shipgate_store::{Lease, Store};
+use tokio::sync::watch;
+
+use crate::problem::Problem;
+
+/// This server's name in the lease: its host name and process id.
+pub(crate) fn server_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    format!("{host}/{}", std::process::id())
+}
+
+/// One line about who leads, for `/healthz` and the log.
+pub(crate) fn describe(lease: &Lease) -> String {
+    format!(
+        "{} at {} leads since {} (epoch {})",
+        lease.holder,
+        lease.address,
+        lease.since.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        lease.epoch
+    )
+}
+
+/// Takes the lease, standing by on `listener` while another server holds it. Returns the
+/// lease and the listener back (rebound on the same address).
+pub(crate) async fn take(
+    store: &Arc<dyn Store>,
+    me: &str,
+    listener: tokio::net::TcpListener,
+    length: Duration,
+) -> anyhow::Result<(Lease, tokio::net::TcpListener)> {
+    let addr = listener.local_addr()?;
+    let address = format!("http://{addr}");
+    if let Some(lease) = store.acquire_lease(me, &address, length).await? {
+        return Ok((lease, listener));
+    }
+    let (leader_tx, leader_rx) = watch::channel(store.lease().await?);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let standby = tokio::spawn(async move {
+        let app = standby_routes(leader_rx, length);
+        let stopped = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+    });
+    let mut said = None;
+    let lease = loop {
+        if let Some(lease) = store.acquire_lease(me, &address, length).await? {
+            break lease;
+        }
+        let leader = store.lease().await?;
+        if let Some(l) = &leader
+            && said.as_ref() != Some(&(l.holder.clone(), l.epoch))
+        {
+            tracing::info!(
+                "standing by: {}; this server takes over if that lease of {length:?} ends",
+                describe(l)
+            );
+            said = Some((l.holder.clone(), l.epoch));
+        }
+        let _ = leader_tx.send(leader);
+        tokio::time::sleep(length / 4).await;
+    };
+    let _ = stop_tx.send(true);
+    standby.await??;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("this server leads now: {}", describe(&lease));
+    Ok((lease, listener))
+}
+
+fn standby_routes(leader: watch::Receiver<Option<Lease>>, length: Duration) -> Router {
+    let said = move || {
+        let leader = leader.borrow().clone();
+        match leader {
+            Some(l) => format!(
+                "this server stands by: {}; send requests there (a client given every server with --server URL1,URL2 finds it); this server takes over if that lease of {}s ends",
+                describe(&l),
+                length.as_secs()
+            ),
+            None => "this server stands by until it takes the engine's lease".to_owned(),
+        }
+    };
+    let health = said.clone();
+    Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(move || async move {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("retry-after", "1")],
+                    format!("standby: {}\n", health()),
+                )
+            }),
+        )
+        .fallback(move || async move {
+            let mut response =
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not the leader", said())
+                    .into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            response
+        })
+}
+
+/// Renews `lease` every third of its length for as long as it holds. The receiver shows the
+/// lease as last renewed, and changes to `None` once it is lost.
+pub(crate) fn keep(
+    store: Arc<dyn Store>,
+    lease: Lease,
+    length: Duration,
+) -> watch::Receiver<Option<Lease>> {
+    let (tx, rx) = watch::channel(Some(lease.clone()));
+    tokio::spawn(async move {
+        let mut held = lease;
+        loop {
+            tokio::time::sleep(length / 3).await;
+            match store.renew_lease(&held, length).await {
+                Ok(Some(renewed)) => {
+                    held = renewed;
+                    let _ = tx.send(Some(held.clone()));
+                }
+                Ok(None) => {
+                    tracing::error!(
+                        "this server lost the engine's lease (epoch {}): another server may lead now, and the database refuses this one's writes; stopping",
+                        held.epoch
+                    );
+                    let _ = tx.send(None);
+                    return;
+                }
+                // The database may be back before the lease ends: try again until then.
+                Err(e) if jiff::Timestamp::now() < held.expires_at => {
+                    tracing::warn!("could not renew the engine's lease, trying again: {e}");
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "could not renew the engine's lease before it ended ({e}); stopping"
+                    );
+                    let _ = tx.send(None);
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}

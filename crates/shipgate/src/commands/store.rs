@@ -1,0 +1,97 @@
+//! `shipgate store copy`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde::Serialize;
+use shipgate_core::config::DataLocation;
+use shipgate_store::{SqlStore, copy_store};
+
+use crate::output::Printer;
+
+#[derive(Serialize)]
+struct Copied {
+    from: String,
+    to: String,
+    rows: Vec<(String, u64)>,
+    artifacts: u64,
+    artifact_bytes: u64,
+    artifacts_missing: Vec<String>,
+    events_verified: usize,
+}
+
+fn location(what: &str, s: &str) -> anyhow::Result<DataLocation> {
+    let here = std::env::current_dir().context("reading the current folder")?;
+    DataLocation::parse(s, &here).with_context(|| {
+        format!("--{what} `{s}` is neither sqlite://PATH nor postgres://USER:PASSWORD@HOST:PORT/DB")
+    })
+}
+
+pub(super) async fn copy(
+    out: Printer,
+    from: &str,
+    to: &str,
+    artifacts: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let (from, to) = (location("from", from)?, location("to", to)?);
+    anyhow::ensure!(from != to, "--from and --to are the same store ({from})");
+    if let DataLocation::Sqlite(path) = &from {
+        anyhow::ensure!(
+            path.exists(),
+            "there is no SQLite store at {} (check --from)",
+            path.display()
+        );
+    }
+    let artifacts = artifacts.or_else(|| match &from {
+        DataLocation::Sqlite(path) => path.parent().map(|dir| dir.join("artifacts")),
+        DataLocation::Postgres(_) => None,
+    });
+    let source = SqlStore::open_at(&from)
+        .await
+        .with_context(|| format!("opening the source {from}"))?;
+    let target = SqlStore::open_at(&to)
+        .await
+        .with_context(|| format!("opening the target {to}"))?;
+    let report = copy_store(&source, &target, artifacts.as_deref())
+        .await
+        .with_context(|| format!("copying {from} into {to}; the target is left as it was"))?;
+    let copied = Copied {
+        from: from.to_string(),
+        to: to.to_string(),
+        rows: report
+            .rows
+            .iter()
+            .map(|(t, n)| ((*t).to_owned(), *n))
+            .collect(),
+        artifacts: report.artifacts,
+        artifact_bytes: report.artifact_bytes,
+        artifacts_missing: report.artifacts_missing.clone(),
+        events_verified: report.events_verified,
+    };
+    out.print(&copied, |c| {
+        let rows: Vec<String> = c
+            .rows
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
+        let mut text = format!(
+            "copied {} into {}: {}\nartifacts: {} ({} bytes)\naudit chain: {} events, verified on the target\n",
+            c.from,
+            c.to,
+            rows.join(", "),
+            c.artifacts,
+            c.artifact_bytes,
+            c.events_verified
+        );
+        if !c.artifacts_missing.is_empty() {
+            text.push_str(&format!(
+                "not copied, no longer stored (pruned by retention): {}\n",
+                c.artifacts_missing.join(", ")
+            ));
+        }
+        text
+    });
+    Ok(ExitCode::SUCCESS)
+}
