@@ -62,10 +62,12 @@ pub enum EventKind {
     DataRefreshed,
     /// A data refresh failed and changed nothing (`data.refresh_failed`).
     DataRefreshFailed,
+    /// A server took the engine's lease and runs the engine from now on (`server.leading`).
+    ServerLeading,
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 25] = [
+    const NAMED: [(EventKind, &'static str); 26] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -91,6 +93,7 @@ impl EventKind {
         (Self::HostRemoved, "host.removed"),
         (Self::DataRefreshed, "data.refreshed"),
         (Self::DataRefreshFailed, "data.refresh_failed"),
+        (Self::ServerLeading, "server.leading"),
     ];
 
     /// Every kind, in a stable order (by family).
@@ -121,6 +124,7 @@ impl EventKind {
             Self::TokenCreated | Self::TokenRevoked => "token",
             Self::HostAdded | Self::HostJoined | Self::HostRemoved => "host",
             Self::DataRefreshed | Self::DataRefreshFailed => "data",
+            Self::ServerLeading => "server",
         }
     }
 

@@ -478,7 +478,10 @@ async fn healthz(State(state): State<AppState>) -> String {
     };
     let leader = state.leader.borrow().clone();
     match leader {
-        Some(lease) => format!("{first}\nleader: {} (this server)\n", crate::lead::describe(&lease)),
+        Some(lease) => format!(
+            "{first}\nleader: {} (this server)\n",
+            crate::lead::describe(&lease)
+        ),
         None => format!("{first}\nleader: this server lost the engine's lease and is stopping\n"),
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! While another server leads, this one stands by on its API address: `/healthz` answers 503
 //! naming the leader, and every other request 503 with a problem saying where to go, so a
-//! client given several servers moves on to the next.
+//! client given several servers moves on to the next. [`Switch`] changes what the address
+//! answers without closing it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,33 +39,54 @@ pub(crate) fn describe(lease: &Lease) -> String {
     )
 }
 
-/// Takes the lease, standing by on `listener` while another server holds it. Returns the
-/// lease and the listener back (rebound on the same address).
+/// What the API address answers: the standby's routes, then the starting server's, then the
+/// whole API. One listener and one `axum::serve` throughout, so nobody is refused in between.
+#[derive(Clone)]
+pub(crate) struct Switch(Arc<std::sync::RwLock<Router>>);
+
+impl Switch {
+    pub(crate) fn new(first: Router) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(first)))
+    }
+
+    pub(crate) fn set(&self, router: Router) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = router;
+    }
+
+    /// The service to serve: each request goes to the router set at the time.
+    pub(crate) fn app(&self) -> Router {
+        let switch = self.clone();
+        Router::new().fallback_service(tower::service_fn(move |request: axum::extract::Request| {
+            let router = switch
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            async move { tower::ServiceExt::oneshot(router, request).await }
+        }))
+    }
+}
+
+/// Takes the lease for this server (its API at `address`), standing by meanwhile: `switch`
+/// answers as a standby that names the leader until then.
 pub(crate) async fn take(
     store: &Arc<dyn Store>,
     me: &str,
-    listener: tokio::net::TcpListener,
+    address: &str,
+    switch: &Switch,
     length: Duration,
-) -> anyhow::Result<(Lease, tokio::net::TcpListener)> {
-    let addr = listener.local_addr()?;
-    let address = format!("http://{addr}");
-    if let Some(lease) = store.acquire_lease(me, &address, length).await? {
-        return Ok((lease, listener));
+) -> anyhow::Result<Lease> {
+    if let Some(lease) = store.acquire_lease(me, address, length).await? {
+        return Ok(lease);
     }
     let (leader_tx, leader_rx) = watch::channel(store.lease().await?);
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let standby = tokio::spawn(async move {
-        let app = standby_routes(leader_rx, length);
-        let stopped = async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-    });
+    switch.set(standby_routes(leader_rx, length));
     let mut said = None;
     let lease = loop {
-        if let Some(lease) = store.acquire_lease(me, &address, length).await? {
+        if let Some(lease) = store.acquire_lease(me, address, length).await? {
             break lease;
         }
         let leader = store.lease().await?;
@@ -80,11 +102,17 @@ pub(crate) async fn take(
         let _ = leader_tx.send(leader);
         tokio::time::sleep(length / 4).await;
     };
-    let _ = stop_tx.send(true);
-    standby.await??;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("this server leads now: {}", describe(&lease));
-    Ok((lease, listener))
+    Ok(lease)
+}
+
+fn unavailable(detail: String) -> axum::response::Response {
+    let mut response =
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not the leader", detail).into_response();
+    response
+        .headers_mut()
+        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    response
 }
 
 fn standby_routes(leader: watch::Receiver<Option<Lease>>, length: Duration) -> Router {
@@ -111,14 +139,34 @@ fn standby_routes(leader: watch::Receiver<Option<Lease>>, length: Duration) -> R
                 )
             }),
         )
-        .fallback(move || async move {
-            let mut response =
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not the leader", said())
-                    .into_response();
-            response
-                .headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
-            response
+        .fallback(move || async move { unavailable(said()) })
+}
+
+/// While a server that took the lease starts its engine (and waits for its hosts to connect),
+/// agents may already ask where to dial; everything else waits for the API.
+pub(crate) fn starting_routes(agent_port: Option<u16>) -> Router {
+    let router = match agent_port {
+        Some(agent_port) => Router::new().route(
+            "/api/v1/hosts/endpoint",
+            axum::routing::get(move || async move {
+                axum::Json(shipgate_api::answers::AgentEndpoint { agent_port })
+            }),
+        ),
+        None => Router::new(),
+    };
+    router
+        .route(
+            "/healthz",
+            axum::routing::get(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("retry-after", "1")],
+                    "starting: this server is starting its engine\n",
+                )
+            }),
+        )
+        .fallback(|| async {
+            unavailable("this server is starting its engine; try again in a moment".to_owned())
         })
 }
 

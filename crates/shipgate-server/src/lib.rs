@@ -153,22 +153,40 @@ impl Server {
         let store: Arc<dyn Store> = Arc::new(
             SqlStore::open_at(&config.server.database)
                 .await
-                .with_context(|| {
-                    format!("opening the database {}", config.server.database)
-                })?,
+                .with_context(|| format!("opening the database {}", config.server.database))?,
         );
         auth::ensure_admin_token(store.as_ref(), &data_dir).await?;
         let listener = tokio::net::TcpListener::bind(config.server.listen).await.with_context(|| {
             format!("cannot listen on {} for the API (is another shipgate running? change `listen` in [server])", config.server.listen)
         })?;
+        let addr = listener.local_addr().context("reading the API address")?;
+        // The address answers from now on: as a standby, then a starting server, then the API.
+        let switch = lead::Switch::new(lead::starting_routes(None));
+        let (serve_stop, mut serve_stopping) = tokio::sync::watch::channel(false);
+        let serving = Serving(Some(tokio::spawn(
+            axum::serve(listener, switch.app())
+                .with_graceful_shutdown(async move {
+                    let _ = serve_stopping.wait_for(|stop| *stop).await;
+                })
+                .into_future(),
+        )));
         // Only the server holding the lease runs the engine; until then this one stands by.
         let length = config.server.lease.as_std();
-        let (lease, listener) =
-            lead::take(&store, &lead::server_name(), listener, length).await?;
+        let address = format!("http://{addr}");
+        let lease = lead::take(&store, &lead::server_name(), &address, &switch, length).await?;
+        switch.set(lead::starting_routes(None));
         let leader = lead::keep(Arc::clone(&store), lease.clone(), length);
         let unfenced = Arc::clone(&store);
         let store = store.fenced(lease.clone());
-        let addr = listener.local_addr().context("reading the API address")?;
+        store
+            .append_event(shipgate_store::NewEvent {
+                actor: lease.holder.clone(),
+                kind: shipgate_core::EventKind::ServerLeading,
+                message: format!("{} at {} took the engine's lease (epoch {})", lease.holder, lease.address, lease.epoch),
+                data: serde_json::json!({ "server": lease.holder, "address": lease.address, "epoch": lease.epoch }),
+                ..shipgate_store::NewEvent::about_nothing()
+            })
+            .await?;
         let data_plane = config.server.data_plane;
         let (driver, agent): (Arc<dyn shipgate_deploy::Driver>, _) = match data_plane {
             DataPlane::Server => (Arc::new(shipgate_engine::ProcessDriver::new()), None),
@@ -192,6 +210,7 @@ impl Server {
         .await
         .map_err(anyhow::Error::msg)?;
         tracing::info!("agents of other hosts dial port {}", hosts.port);
+        switch.set(lead::starting_routes(Some(hosts.port)));
         let kept = shipgate_agent::write_private(
             &data_dir.join(AGENT_PORT_FILE),
             hosts.port.to_string().as_bytes(),
@@ -263,10 +282,10 @@ impl Server {
                 }
                 let _ = stop.send(true);
             };
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-                .context("serving the API")?;
+            switch.set(app);
+            signal.await;
+            let _ = serve_stop.send(true);
+            serving.ended().await?;
             if let Some(supervisor) = supervisor {
                 supervisor.abort();
             }
@@ -322,6 +341,29 @@ impl Server {
 /// Where the port agents dial is kept, so that a restarted server listens on the same one
 /// and its agents find it again without asking the API.
 const AGENT_PORT_FILE: &str = "agent.port";
+
+/// The task serving the API address; stopped if the server does not get as far as serving.
+struct Serving(Option<tokio::task::JoinHandle<std::io::Result<()>>>);
+
+impl Serving {
+    async fn ended(mut self) -> anyhow::Result<()> {
+        match self.0.take() {
+            Some(task) => task
+                .await
+                .context("the API task panicked")?
+                .context("serving the API"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
 
 /// On a database several servers share, what the hosts serve is kept there too, so the next
 /// leader reconciles hosts against it rather than against nothing (which would stop all).

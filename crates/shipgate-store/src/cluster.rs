@@ -186,7 +186,11 @@ impl TempCluster {
     fn stop_command(&self) -> String {
         let pg_ctl = self.bin.join("pg_ctl");
         let data = self.dir.path().join("data");
-        let stop = format!("{} -D {} -m immediate stop", pg_ctl.display(), data.display());
+        let stop = format!(
+            "{} -D {} -m immediate stop",
+            pg_ctl.display(),
+            data.display()
+        );
         if is_root() {
             format!("runuser -u postgres -- {stop}")
         } else {

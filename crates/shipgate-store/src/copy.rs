@@ -28,18 +28,171 @@ const R: Kind = Kind::Real;
 
 /// Every table, parents before children, each with its columns and the order rows are read in.
 const TABLES: &[(&str, &str, &[Column])] = &[
-    ("releases", "rowid", &[("app", T, false), ("version", T, false), ("digest", T, false), ("size", I, false), ("commit_sha", T, true), ("notes", T, true), ("created_by", T, false), ("created_at", T, false)]),
-    ("promotions", "id", &[("id", I, false), ("app", T, false), ("version", T, false), ("digest", T, false), ("env", T, false), ("kind", T, false), ("state", T, false), ("requested_by", T, false), ("previous_version", T, true), ("reason", T, true), ("created_at", T, false), ("updated_at", T, false)]),
-    ("gates", "id", &[("id", I, false), ("promotion_id", I, false), ("name", T, false), ("passed", I, false), ("output", T, false), ("started_at", T, false), ("finished_at", T, false)]),
-    ("live", "app, env", &[("app", T, false), ("env", T, false), ("version", T, false), ("digest", T, false), ("promotion_id", I, false), ("since", T, false)]),
-    ("instances", "id", &[("id", T, false), ("app", T, false), ("env", T, false), ("version", T, false), ("promotion_id", I, false), ("pid", I, true), ("port", I, true), ("state", T, false), ("log_path", T, false), ("updated_at", T, false)]),
-    ("events", "id", &[("id", I, false), ("at", T, false), ("actor", T, false), ("kind", T, false), ("app", T, true), ("env", T, true), ("promotion_id", I, true), ("message", T, false), ("data", T, false), ("prev_hash", T, false), ("hash", T, false)]),
-    ("tokens", "id", &[("id", I, false), ("name", T, false), ("role", T, false), ("hash", T, false), ("created_at", T, false), ("revoked_at", T, true), ("envs", T, false)]),
-    ("decisions", "id", &[("id", I, false), ("promotion_id", I, false), ("stage", T, false), ("actor", T, false), ("role", T, false), ("approve", I, false), ("comment", T, true), ("at", T, false)]),
-    ("freezes", "id", &[("id", I, false), ("env", T, true), ("reason", T, false), ("frozen_by", T, false), ("frozen_at", T, false), ("lifted_by", T, true), ("lifted_at", T, true)]),
-    ("overrides", "promotion_id", &[("promotion_id", I, false), ("actor", T, false), ("reason", T, false), ("at", T, false)]),
-    ("hosts", "name", &[("name", T, false), ("token_hash", T, true), ("fingerprint", T, true), ("added_at", T, false), ("joined_at", T, true), ("removed_at", T, true)]),
-    ("traffic_samples", "app, env, at_ms", &[("app", T, false), ("env", T, false), ("at_ms", I, false), ("seconds", R, false), ("requests", I, false), ("errors", I, false), ("p99_ms", R, true)]),
+    (
+        "releases",
+        "rowid",
+        &[
+            ("app", T, false),
+            ("version", T, false),
+            ("digest", T, false),
+            ("size", I, false),
+            ("commit_sha", T, true),
+            ("notes", T, true),
+            ("created_by", T, false),
+            ("created_at", T, false),
+        ],
+    ),
+    (
+        "promotions",
+        "id",
+        &[
+            ("id", I, false),
+            ("app", T, false),
+            ("version", T, false),
+            ("digest", T, false),
+            ("env", T, false),
+            ("kind", T, false),
+            ("state", T, false),
+            ("requested_by", T, false),
+            ("previous_version", T, true),
+            ("reason", T, true),
+            ("created_at", T, false),
+            ("updated_at", T, false),
+        ],
+    ),
+    (
+        "gates",
+        "id",
+        &[
+            ("id", I, false),
+            ("promotion_id", I, false),
+            ("name", T, false),
+            ("passed", I, false),
+            ("output", T, false),
+            ("started_at", T, false),
+            ("finished_at", T, false),
+        ],
+    ),
+    (
+        "live",
+        "app, env",
+        &[
+            ("app", T, false),
+            ("env", T, false),
+            ("version", T, false),
+            ("digest", T, false),
+            ("promotion_id", I, false),
+            ("since", T, false),
+        ],
+    ),
+    (
+        "instances",
+        "id",
+        &[
+            ("id", T, false),
+            ("app", T, false),
+            ("env", T, false),
+            ("version", T, false),
+            ("promotion_id", I, false),
+            ("pid", I, true),
+            ("port", I, true),
+            ("state", T, false),
+            ("log_path", T, false),
+            ("updated_at", T, false),
+        ],
+    ),
+    (
+        "events",
+        "id",
+        &[
+            ("id", I, false),
+            ("at", T, false),
+            ("actor", T, false),
+            ("kind", T, false),
+            ("app", T, true),
+            ("env", T, true),
+            ("promotion_id", I, true),
+            ("message", T, false),
+            ("data", T, false),
+            ("prev_hash", T, false),
+            ("hash", T, false),
+        ],
+    ),
+    (
+        "tokens",
+        "id",
+        &[
+            ("id", I, false),
+            ("name", T, false),
+            ("role", T, false),
+            ("hash", T, false),
+            ("created_at", T, false),
+            ("revoked_at", T, true),
+            ("envs", T, false),
+        ],
+    ),
+    (
+        "decisions",
+        "id",
+        &[
+            ("id", I, false),
+            ("promotion_id", I, false),
+            ("stage", T, false),
+            ("actor", T, false),
+            ("role", T, false),
+            ("approve", I, false),
+            ("comment", T, true),
+            ("at", T, false),
+        ],
+    ),
+    (
+        "freezes",
+        "id",
+        &[
+            ("id", I, false),
+            ("env", T, true),
+            ("reason", T, false),
+            ("frozen_by", T, false),
+            ("frozen_at", T, false),
+            ("lifted_by", T, true),
+            ("lifted_at", T, true),
+        ],
+    ),
+    (
+        "overrides",
+        "promotion_id",
+        &[
+            ("promotion_id", I, false),
+            ("actor", T, false),
+            ("reason", T, false),
+            ("at", T, false),
+        ],
+    ),
+    (
+        "hosts",
+        "name",
+        &[
+            ("name", T, false),
+            ("token_hash", T, true),
+            ("fingerprint", T, true),
+            ("added_at", T, false),
+            ("joined_at", T, true),
+            ("removed_at", T, true),
+        ],
+    ),
+    (
+        "traffic_samples",
+        "app, env, at_ms",
+        &[
+            ("app", T, false),
+            ("env", T, false),
+            ("at_ms", I, false),
+            ("seconds", R, false),
+            ("requests", I, false),
+            ("errors", I, false),
+            ("p99_ms", R, true),
+        ],
+    ),
 ];
 
 /// Identity columns whose next value PostgreSQL must be told after rows came with their ids.
@@ -188,7 +341,9 @@ async fn copy_artifacts(
                     .await
                     .map_err(io)?;
             }
-            tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(io)?;
+            tokio::io::AsyncWriteExt::flush(&mut file)
+                .await
+                .map_err(io)?;
             to.put_artifact(&digest, temp.path()).await?;
         } else {
             report.artifacts_missing.push(digest.to_string());

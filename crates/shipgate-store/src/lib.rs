@@ -231,8 +231,11 @@ pub trait Store: Send + Sync {
     /// Extends `lease` by `length` if it is still held (same epoch, not expired); `None` if it
     /// was lost. A lease that expired is not renewed even if nobody took it: its holder must
     /// acquire a new epoch, so that writes begun under the old one are refused.
-    async fn renew_lease(&self, lease: &Lease, length: std::time::Duration)
-    -> Result<Option<Lease>>;
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        length: std::time::Duration,
+    ) -> Result<Option<Lease>>;
     /// Ends `lease` now (a clean stop), so another server takes over without waiting.
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
     /// The engine's lease as last taken (it may have expired).

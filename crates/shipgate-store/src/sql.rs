@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
+use shipgate_core::config::DataLocation;
 use shipgate_core::gate::{Decision, Freeze, Stage};
 use shipgate_core::{
     AppName, Digest, EnvName, EventKind, InstanceId, PromotionId, PromotionKind, PromotionState,
     Standing, Version,
 };
-use shipgate_core::config::DataLocation;
 use sqlx::AnyPool;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -137,10 +137,7 @@ fn get_time_opt(row: &AnyRow, col: &str) -> Result<Option<Timestamp>> {
         .transpose()
 }
 
-fn get<'r, T: sqlx::Decode<'r, Any> + sqlx::Type<Any>>(
-    row: &'r AnyRow,
-    col: &str,
-) -> Result<T> {
+fn get<'r, T: sqlx::Decode<'r, Any> + sqlx::Type<Any>>(row: &'r AnyRow, col: &str) -> Result<T> {
     row.try_get(col).map_err(db("reading a row"))
 }
 
@@ -459,14 +456,16 @@ async fn insert_promotion(
     let id = PromotionId(id);
     let promotion = promotion_in(tx, id).await?;
     if let Some(reason) = &p.override_reason {
-        sqlx::query("INSERT INTO overrides (promotion_id, actor, reason, at) VALUES ($1, $2, $3, $4)")
-            .bind(id.0)
-            .bind(actor)
-            .bind(reason)
-            .bind(at.to_string())
-            .execute(&mut **tx)
-            .await
-            .map_err(db("recording an override"))?;
+        sqlx::query(
+            "INSERT INTO overrides (promotion_id, actor, reason, at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id.0)
+        .bind(actor)
+        .bind(reason)
+        .bind(at.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(db("recording an override"))?;
         let message = format!(
             "{actor} overrode deploy windows and freezes for {}@{} into {}: {reason}",
             p.app, p.version, p.env
@@ -799,7 +798,10 @@ impl Store for SqlStore {
             }
         }
         if !f.apps.is_empty() {
-            sql.push_str(&format!(" AND app IN ({})", placeholders(binds.len() + 1, f.apps.len())));
+            sql.push_str(&format!(
+                " AND app IN ({})",
+                placeholders(binds.len() + 1, f.apps.len())
+            ));
             binds.extend(f.apps.iter().map(AppName::as_str));
         }
         if !f.states.is_empty() {
@@ -1007,14 +1009,16 @@ impl Store for SqlStore {
             )));
         }
         let since = jiff::Timestamp::now();
-        sqlx::query("INSERT INTO freezes (env, reason, frozen_by, frozen_at) VALUES ($1, $2, $3, $4)")
-            .bind(env_name)
-            .bind(reason)
-            .bind(actor)
-            .bind(since.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("recording a freeze"))?;
+        sqlx::query(
+            "INSERT INTO freezes (env, reason, frozen_by, frozen_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(env_name)
+        .bind(reason)
+        .bind(actor)
+        .bind(since.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording a freeze"))?;
         let event = append(
             &mut tx,
             NewEvent {
@@ -1168,9 +1172,8 @@ impl Store for SqlStore {
 
     async fn live(&self, app: Option<&AppName>) -> Result<Vec<LiveRelease>> {
         let query = match app {
-            Some(app) => {
-                sqlx::query("SELECT * FROM live WHERE app = $1 ORDER BY app, env").bind(app.as_str())
-            }
+            Some(app) => sqlx::query("SELECT * FROM live WHERE app = $1 ORDER BY app, env")
+                .bind(app.as_str()),
             None => sqlx::query("SELECT * FROM live ORDER BY app, env"),
         };
         query
@@ -1646,13 +1649,15 @@ impl Store for SqlStore {
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         let _w = self.write.lock().await;
-        sqlx::query("UPDATE leases SET expires_ms = 0 WHERE name = $1 AND holder = $2 AND epoch = $3")
-            .bind(ENGINE_LEASE)
-            .bind(&lease.holder)
-            .bind(lease.epoch)
-            .execute(&self.pool)
-            .await
-            .map_err(db("releasing the lease"))?;
+        sqlx::query(
+            "UPDATE leases SET expires_ms = 0 WHERE name = $1 AND holder = $2 AND epoch = $3",
+        )
+        .bind(ENGINE_LEASE)
+        .bind(&lease.holder)
+        .bind(lease.epoch)
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing the lease"))?;
         Ok(())
     }
 
@@ -1781,7 +1786,9 @@ impl Store for SqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading an artifact chunk"))?
-            .ok_or_else(|| StoreError::Corrupt(format!("chunk {seq} of artifact {digest} is missing")))
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("chunk {seq} of artifact {digest} is missing"))
+            })
     }
 }
 

@@ -125,8 +125,7 @@ impl Client {
                 }
                 Err(e) => bail!("request to {base} failed: {e}"),
             };
-            if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
-                && self.bases.len() > 1
+            if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && self.bases.len() > 1
             {
                 let body = response.bytes().await.unwrap_or_default();
                 let refused = Refused::from_answer(reqwest::StatusCode::SERVICE_UNAVAILABLE, &body);
@@ -239,8 +238,8 @@ impl Client {
         let path = format!("/apps/{app}/releases");
         // Opened for each server tried: a server passed over did not read any of it.
         self.send(|base| {
-            let f = std::fs::File::open(file)
-                .with_context(|| format!("opening {}", file.display()))?;
+            let f =
+                std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
             let len = f.metadata().context("reading the artifact size")?.len();
             Ok(self
                 .http

@@ -23,7 +23,9 @@ fn archive_of(path: &std::path::Path, size: usize) -> Digest {
     header.set_size(data.len() as u64);
     header.set_mode(0o644);
     header.set_cksum();
-    builder.append_data(&mut header, "blob.bin", data.as_slice()).unwrap();
+    builder
+        .append_data(&mut header, "blob.bin", data.as_slice())
+        .unwrap();
     builder.finish().unwrap();
     digest_file(path).unwrap()
 }
@@ -81,6 +83,9 @@ async fn a_chunk_changed_in_the_database_is_refused_by_its_digest() {
     let elsewhere = tempfile::tempdir().unwrap();
     let artifacts = ArtifactStore::open(elsewhere.path()).unwrap();
     let refused = artifacts.fetch(&t.store, &digest).await.unwrap_err();
-    assert!(refused.to_string().contains("was changed there"), "{refused}");
+    assert!(
+        refused.to_string().contains("was changed there"),
+        "{refused}"
+    );
     assert!(!artifacts.has(&digest), "nothing damaged is kept");
 }

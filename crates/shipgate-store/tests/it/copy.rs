@@ -6,16 +6,21 @@ use shipgate_core::config::DataLocation;
 use shipgate_core::{PromotionState, Version};
 use shipgate_store::cluster::TempCluster;
 use shipgate_store::{
-    EventFilter, NewPromotion, PromotionFilter, SqlStore, Store, copy_store,
-    verify_chain,
+    EventFilter, NewPromotion, PromotionFilter, SqlStore, Store, copy_store, verify_chain,
 };
 
 use crate::event_log::store_with_history;
 use crate::fixtures::{app, env_of};
 
 async fn empty_postgres() -> SqlStore {
-    let url = TempCluster::shared().unwrap().fresh_database("copy").await.unwrap();
-    SqlStore::open_at(&DataLocation::Postgres(url)).await.unwrap()
+    let url = TempCluster::shared()
+        .unwrap()
+        .fresh_database("copy")
+        .await
+        .unwrap();
+    SqlStore::open_at(&DataLocation::Postgres(url))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -24,26 +29,51 @@ async fn everything_is_copied_and_the_chain_verifies_on_the_target() {
     let artifacts = source.dir.path().join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let first = source.store.releases(None).await.unwrap().pop().unwrap();
-    std::fs::write(artifacts.join(format!("{}.tar", first.digest.hex())), b"archive bytes").unwrap();
+    std::fs::write(
+        artifacts.join(format!("{}.tar", first.digest.hex())),
+        b"archive bytes",
+    )
+    .unwrap();
     source.store.freeze(None, "copying", "alice").await.unwrap();
     let target = empty_postgres().await;
 
-    let report = copy_store(&source.store, &target, Some(&artifacts)).await.unwrap();
+    let report = copy_store(&source.store, &target, Some(&artifacts))
+        .await
+        .unwrap();
 
     let all = EventFilter::default();
-    assert_eq!(target.events(all.clone()).await.unwrap(), source.store.events(all).await.unwrap());
+    assert_eq!(
+        target.events(all.clone()).await.unwrap(),
+        source.store.events(all).await.unwrap()
+    );
     assert_eq!(report.events_verified, 10);
-    assert_eq!(target.releases(None).await.unwrap(), source.store.releases(None).await.unwrap());
+    assert_eq!(
+        target.releases(None).await.unwrap(),
+        source.store.releases(None).await.unwrap()
+    );
     let every = PromotionFilter::default();
     assert_eq!(
         target.promotions(every.clone()).await.unwrap(),
         source.store.promotions(every).await.unwrap()
     );
-    assert_eq!(target.live(None).await.unwrap(), source.store.live(None).await.unwrap());
-    assert_eq!(target.freezes().await.unwrap(), source.store.freezes().await.unwrap());
+    assert_eq!(
+        target.live(None).await.unwrap(),
+        source.store.live(None).await.unwrap()
+    );
+    assert_eq!(
+        target.freezes().await.unwrap(),
+        source.store.freezes().await.unwrap()
+    );
     assert_eq!((report.artifacts, report.artifact_bytes), (1, 13));
-    assert_eq!(report.artifacts_missing.len(), 1, "the other release's file was not there");
-    assert_eq!(target.artifact_chunks(&first.digest).await.unwrap(), Some(1));
+    assert_eq!(
+        report.artifacts_missing.len(),
+        1,
+        "the other release's file was not there"
+    );
+    assert_eq!(
+        target.artifact_chunks(&first.digest).await.unwrap(),
+        Some(1)
+    );
 
     // The target goes on where the source stopped: next ids, the chain unbroken.
     let next = target
@@ -73,6 +103,12 @@ async fn a_target_that_is_not_empty_is_refused_and_left_as_it_was() {
     let target = empty_postgres().await;
     target.freeze(None, "already used", "bob").await.unwrap();
     let refused = copy_store(&source.store, &target, None).await.unwrap_err();
-    assert!(refused.to_string().contains("the target is not empty"), "{refused}");
-    assert_eq!(target.events(EventFilter::default()).await.unwrap().len(), 1);
+    assert!(
+        refused.to_string().contains("the target is not empty"),
+        "{refused}"
+    );
+    assert_eq!(
+        target.events(EventFilter::default()).await.unwrap().len(),
+        1
+    );
 }

@@ -1,6 +1,5 @@
 //! A fresh store in a temporary directory, and the names and records the tests use.
 
-
 use shipgate_core::config::DataLocation;
 
 use shipgate_core::{AppName, Digest, EnvName, PromotionKind, PromotionState, Version};
@@ -51,7 +50,6 @@ impl TestStore {
     pub async fn reopen(&mut self) {
         self.store = SqlStore::open_at(&self.location).await.unwrap();
     }
-
 
     /// A connection of its own to the same database, bypassing the store (as an intruder would).
     pub async fn raw(&self) -> AnyConnection {

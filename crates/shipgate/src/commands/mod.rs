@@ -533,8 +533,9 @@ async fn join_and_run(
             Err(e) => tracing::info!("POST {url}: {e}; trying the next server"),
         }
     }
-    let answer = answer
-        .with_context(|| format!("no server of {server} took the join (none answered, or all stand by)"))?;
+    let answer = answer.with_context(|| {
+        format!("no server of {server} took the join (none answered, or all stand by)")
+    })?;
     if !answer.status().is_success() {
         let status = answer.status();
         let body: serde_json::Value = answer.json().await.unwrap_or_default();

@@ -307,6 +307,37 @@ pub fn spawn_server_after(config_toml: &str, before: impl FnOnce(&Path)) -> Test
     server
 }
 
+/// A database of its own in the PostgreSQL cluster this test process shares (started with
+/// initdb/pg_ctl on first use, stopped when the process ends); its URL.
+pub fn postgres_database(prefix: &str) -> String {
+    let cluster = shipgate_store::cluster::TempCluster::shared().unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(cluster.fresh_database(prefix))
+        .unwrap()
+}
+
+/// [`spawn_server`] for a server that is to stand by while another leads: returns once its
+/// `/healthz` says so (503, `standby: ...`).
+pub fn spawn_standby(config_toml: &str) -> TestServer {
+    let dir = tempfile::Builder::new()
+        .prefix("shipgate-it-")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("shipgate.toml");
+    fs::write(&config, config_toml).unwrap();
+    let mut server = TestServer {
+        dir,
+        config,
+        config_text: config_toml.to_owned(),
+        child: None,
+    };
+    server.start_when(|r| r.status == 503 && r.body.starts_with("standby:"));
+    server
+}
+
 impl TestServer {
     fn start(&mut self) {
         self.start_until(|r| r.body.starts_with("ok\n"));
@@ -314,6 +345,16 @@ impl TestServer {
 
     /// Starts the server and waits until `/healthz` answers 200 with a body that `ready` accepts.
     fn start_until(&mut self, ready: impl Fn(&Reply) -> bool) {
+        self.start_when(|r| r.status == 200 && ready(r));
+    }
+
+    /// Whether the server process has exited, and how.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// Starts the server and waits until `/healthz` answers as `ready` accepts.
+    fn start_when(&mut self, ready: impl Fn(&Reply) -> bool) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -330,7 +371,7 @@ impl TestServer {
         self.child = Some(child);
         let health = format!("{}/healthz", self.api());
         let deadline = Instant::now() + PATIENCE;
-        while http_get(&health, None).is_none_or(|r| r.status != 200 || !ready(&r)) {
+        while http_get(&health, None).is_none_or(|r| !ready(&r)) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "the server exited ({status}) before answering:\n{}",

@@ -21,5 +21,6 @@ mod parity;
 mod reload;
 mod restart;
 mod retention;
+mod servers;
 mod standby;
 mod supervision;

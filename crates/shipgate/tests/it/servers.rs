@@ -1,0 +1,183 @@
+//! Several servers on one PostgreSQL database (a cluster the test starts with initdb/pg_ctl):
+//! one leads and runs the engine, the others stand by and take over when its lease ends; a
+//! leader that lost its lease has none of its writes accepted.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::helpers::{
+    TestServer, free_port, http_get, postgres_database, spawn_server, spawn_standby, text, wait_for,
+};
+
+/// The config of one server of `database`: its own API port and environment port (servers on
+/// one machine without hosts each serve the environment on an address of their own).
+fn server_config(database: &str, lease: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"data\"\ndatabase = \"{database}\"\nlease = \"{lease}\"\ndata_plane = \"server\"\nisolation = \"none\"\n\n[apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n\n[environments.development]\nlisten = \"127.0.0.1:{}\"\n",
+        free_port(),
+        free_port()
+    )
+}
+
+/// Runs the CLI of `s` against every server of `servers`, whichever leads.
+fn cli_any(s: &TestServer, servers: &str, token: &str, args: &[&str]) -> std::process::Output {
+    s.cli(&[&["--server", servers, "--token", token], args].concat())
+}
+
+fn json_any(s: &TestServer, servers: &str, token: &str, args: &[&str]) -> Value {
+    let out = cli_any(s, servers, token, &[&["--output", "json"], args].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn admin_token(s: &TestServer) -> String {
+    std::fs::read_to_string(s.data_dir().join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// The events of promotion `id`, oldest first.
+fn events_of(s: &TestServer, servers: &str, token: &str, id: i64) -> Vec<Value> {
+    let all = json_any(s, servers, token, &["audit", "--limit", "1000"]);
+    let mut events: Vec<Value> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["promotion_id"] == id)
+        .cloned()
+        .collect();
+    events.sort_by_key(|e| e["id"].as_i64());
+    events
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_has_none_of_its_writes_accepted() {
+    let database = postgres_database("fencing");
+    let mut a = spawn_server(&server_config(&database, "2s"));
+    let b = spawn_standby(&server_config(&database, "2s"));
+    let health = http_get(&format!("{}/healthz", b.api()), None).unwrap();
+    assert!(
+        health.body.contains(&format!("{} leads since", a.api())),
+        "the standby names the leader: {}",
+        health.body
+    );
+    let servers = format!("{},{}", a.api(), b.api());
+    let token = admin_token(&a);
+
+    // A deploy held midway: its instance listens only once the gate file exists.
+    a.register("1.0.0", &[("SLOW", "open-gate")]);
+    let asked = json_any(
+        &a,
+        &servers,
+        &token,
+        &["promote", "web@1.0.0", "--to", "development"],
+    );
+    let id = asked["id"].as_i64().unwrap();
+    wait_for("the promotion to deploy", || {
+        json_any(
+            &a,
+            &servers,
+            &token,
+            &["history", "web", "--env", "development"],
+        )[0]["state"]
+            == "deploying"
+    });
+
+    kill(Pid::from_raw(a.pid() as i32), Signal::SIGSTOP).unwrap();
+    let paused = Instant::now();
+    wait_for("the standby to take over", || {
+        http_get(&format!("{}/healthz", b.api()), None).is_some_and(|r| r.status == 200)
+    });
+    eprintln!(
+        "fencing: the standby led {:?} after the leader paused",
+        paused.elapsed()
+    );
+    let b_token = admin_token(&b);
+    wait_for("the new leader to end the interrupted promotion", || {
+        json_any(
+            &b,
+            &b.api(),
+            &b_token,
+            &["history", "web", "--env", "development"],
+        )[0]["state"]
+            == "failed"
+    });
+    let ended = events_of(&b, &b.api(), &b_token, id);
+
+    // The old leader wakes up believing it leads; its deploy can now go on.
+    std::fs::create_dir_all(a.app_data("development")).unwrap();
+    std::fs::write(a.app_data("development").join("open-gate"), "").unwrap();
+    // And a write is waiting for it on its own address, sent before it wakes.
+    let late_write = {
+        let (api, token, dir) = (a.api(), token.clone(), a.dir.path().to_owned());
+        std::thread::spawn(move || {
+            crate::helpers::command(&dir)
+                .args(["--server", &api, "--token", &token])
+                .args(["freeze", "--env", "development", "--reason", "written late"])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    kill(Pid::from_raw(a.pid() as i32), Signal::SIGCONT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = a.exited() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not stop:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "it stops with an error: {status}");
+    let log = a.log();
+    assert!(log.contains("lost the engine's lease"), "{log}");
+
+    let late = late_write.join().unwrap();
+    assert!(
+        !late.status.success(),
+        "the late write was refused: {}",
+        text(&late)
+    );
+    eprintln!("fencing: the late write got: {}", text(&late).trim());
+
+    // Nothing it tried after waking up was recorded: no freeze, the promotion ends as the new
+    // leader ended it, and the chain holds.
+    let status = json_any(&b, &b.api(), &b_token, &["status"]);
+    assert!(
+        !status.to_string().contains("written late"),
+        "the late freeze was not recorded: {status}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(events_of(&b, &b.api(), &b_token, id), ended);
+    let last = ended.last().unwrap();
+    assert_eq!(last["kind"], "promotion.failed", "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("the server stopped while this promotion was deploying"),
+        "{last}"
+    );
+    let leading: Vec<Value> = json_any(&b, &b.api(), &b_token, &["audit", "--limit", "1000"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "server.leading")
+        .cloned()
+        .collect();
+    assert_eq!(
+        leading.len(),
+        2,
+        "each lease taken is in the audit log: {leading:?}"
+    );
+    let verified = b.cli_as(&b_token, &["audit", "--verify"]);
+    assert!(verified.status.success(), "{}", text(&verified));
+}
