@@ -19,19 +19,25 @@ use crate::helpers::{
 use crate::netns::Hosts;
 
 /// The agents of the hosts, stopped (with their instances) when dropped.
-struct Agents<'a> {
+pub(crate) struct Agents<'a> {
     hosts: &'a Hosts,
     server: String,
-    dirs: Vec<PathBuf>,
+    pub(crate) dirs: Vec<PathBuf>,
     running: Vec<Option<Child>>,
 }
 
 impl<'a> Agents<'a> {
     /// Adds `web-1` … `web-N` and joins an agent on each host.
     fn join(hosts: &'a Hosts, s: &TestServer) -> Agents<'a> {
+        Self::join_servers(hosts, s, &s.api())
+    }
+
+    /// [`Agents::join`] through `s`, with agents that know every server of `servers` (one API
+    /// address or several, comma-separated) and dial whichever leads.
+    pub(crate) fn join_servers(hosts: &'a Hosts, s: &TestServer, servers: &str) -> Agents<'a> {
         let mut agents = Agents {
             hosts,
-            server: s.api(),
+            server: servers.to_owned(),
             dirs: Vec::new(),
             running: Vec::new(),
         };
@@ -86,7 +92,7 @@ impl<'a> Agents<'a> {
             .unwrap()
     }
 
-    fn wait_connected(&self, s: &TestServer, which: &[usize]) {
+    pub(crate) fn wait_connected(&self, s: &TestServer, which: &[usize]) {
         wait_for("the hosts' agents to connect", || {
             let list = s.json(&["host", "list"]);
             which.iter().all(|n| host(&list, *n)["connected"] == true)
@@ -129,7 +135,7 @@ impl Drop for Agents<'_> {
 }
 
 /// Host `n` (web-N) in `host list`.
-fn host(list: &Value, n: usize) -> Value {
+pub(crate) fn host(list: &Value, n: usize) -> Value {
     let name = format!("web-{n}");
     list.as_array()
         .and_then(|l| l.iter().find(|h| h["name"] == name.as_str()))

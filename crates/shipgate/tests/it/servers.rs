@@ -181,3 +181,124 @@ fn a_leader_paused_past_its_lease_has_none_of_its_writes_accepted() {
     let verified = b.cli_as(&b_token, &["audit", "--verify"]);
     assert!(verified.status.success(), "{}", text(&verified));
 }
+
+/// Every instance id in a host agent's own record of the starts it was asked for, with how
+/// many times each was asked.
+fn starts_recorded(agent_dir: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    let text = std::fs::read_to_string(agent_dir.join("starts.jsonl")).unwrap_or_default();
+    for line in text.lines() {
+        let start: Value = serde_json::from_str(line).unwrap();
+        *seen
+            .entry(start["instance_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    seen
+}
+
+#[test]
+fn the_standby_takes_over_a_deploy_from_a_leader_killed_9_while_the_hosts_keep_serving() {
+    if !crate::helpers::root_or_skip("servers") {
+        return;
+    }
+    let hosts = crate::netns::Hosts::make(2);
+    let database = postgres_database("failover");
+    let port = free_port();
+    let config = || {
+        format!(
+            "[server]\nlisten = \"{}:{}\"\ndata_dir = \"data\"\ndatabase = \"{database}\"\n\n[apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n\n[environments.staging]\nlisten = \"0.0.0.0:{port}\"\nhosts = [\"web-1\", \"web-2\"]\n",
+            hosts.root_addr,
+            free_port()
+        )
+    };
+    let mut a = spawn_server(&config());
+    let b = spawn_standby(&config());
+    let servers = format!("{},{}", a.api(), b.api());
+    let agents = crate::fleet::Agents::join_servers(&hosts, &a, &servers);
+
+    a.register("1.0.0", &[]);
+    a.deploy("1.0.0", "staging");
+    let urls: Vec<String> = hosts
+        .hosts
+        .iter()
+        .map(|(_, addr)| {
+            hosts.assert_routed(addr);
+            format!("http://{addr}:{port}/version")
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic: Vec<_> = urls
+        .iter()
+        .map(|u| crate::helpers::load(u.clone(), std::sync::Arc::clone(&stop)))
+        .collect();
+
+    // 1.1.0 is held midway through its deploy when the leader dies.
+    a.register("1.1.0", &[("SLOW", "never")]);
+    let token = admin_token(&a);
+    let asked = json_any(
+        &a,
+        &servers,
+        &token,
+        &["promote", "web@1.1.0", "--to", "staging"],
+    );
+    let id = asked["id"].as_i64().unwrap();
+    wait_for("1.1.0 to deploy", || {
+        a.latest("staging")["state"] == "deploying"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    a.kill9();
+    let killed = Instant::now();
+    wait_for("the standby to take over", || {
+        http_get(&format!("{}/healthz", b.api()), None).is_some_and(|r| r.status == 200)
+    });
+    let took_over = killed.elapsed();
+    eprintln!("failover: the standby leads {took_over:?} after the leader's kill -9");
+    assert!(took_over < Duration::from_secs(10), "{took_over:?}");
+
+    // It ends the promotion it found deploying, with a reason, and the hosts dial it.
+    let b_token = admin_token(&b);
+    wait_for("the promotion to end", || {
+        let last = b.latest("staging");
+        last["id"] == id && last["state"] == "failed"
+    });
+    eprintln!(
+        "failover: the promotion that was deploying ended {:?} after the kill",
+        killed.elapsed()
+    );
+    let last = b.latest("staging");
+    assert!(
+        last["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the server stopped while this promotion was deploying")),
+        "{last}"
+    );
+    agents.wait_connected(&b, &[1, 2]);
+    std::thread::sleep(Duration::from_millis(500));
+    for (n, t) in traffic.into_iter().enumerate() {
+        if n == 0 {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        crate::helpers::load_ended_without_failures(
+            &stop,
+            t,
+            &format!("failover: host {} through the leader's kill -9", n + 1),
+        );
+    }
+    let versions: Vec<Option<String>> = urls
+        .iter()
+        .map(|u| http_get(u, None).map(|r| r.body.trim().to_owned()))
+        .collect();
+    assert_eq!(versions, vec![Some("1.0.0".to_owned()); 2]);
+
+    // Each agent was asked once per instance, by whichever server led.
+    for dir in &agents.dirs {
+        let starts = starts_recorded(dir);
+        assert!(!starts.is_empty(), "{} records its starts", dir.display());
+        eprintln!("failover: {} was asked to start {starts:?}", dir.display());
+        let twice: Vec<_> = starts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "started more than once: {twice:?}");
+    }
+    let verified = b.cli_as(&b_token, &["audit", "--verify"]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    drop(agents);
+}
