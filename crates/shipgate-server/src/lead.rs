@@ -115,19 +115,76 @@ fn unavailable(detail: String) -> axum::response::Response {
     response
 }
 
+/// Marks a request a standby passed on, so that it is never passed on twice.
+const FORWARDED: &str = "x-shipgate-forwarded-by";
+
+type Forwarder = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    axum::body::Body,
+>;
+
+/// Passes `request` on to the leader at `leader` (`http://HOST:PORT`) and streams its answer
+/// back: the API, the dashboard and its event stream alike.
+async fn forward(
+    client: &Forwarder,
+    leader: &str,
+    request: axum::extract::Request,
+) -> Result<axum::response::Response, String> {
+    let (mut parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", axum::http::uri::PathAndQuery::as_str);
+    parts.uri = format!("{leader}{path}")
+        .parse()
+        .map_err(|e| format!("the leader's address {leader}: {e}"))?;
+    for hop in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    ] {
+        parts.headers.remove(hop);
+    }
+    parts
+        .headers
+        .insert(FORWARDED, axum::http::HeaderValue::from_static("standby"));
+    // Whatever the client spoke, the leader is asked in HTTP/1.1.
+    parts.version = axum::http::Version::HTTP_11;
+    let answer = client
+        .request(axum::http::Request::from_parts(parts, body))
+        .await
+        .map_err(|e| format!("the leader at {leader} does not answer ({e})"))?;
+    Ok(answer.map(axum::body::Body::new))
+}
+
+/// A standby answers like the leader: it passes every request on to it. Only `/healthz` is its
+/// own (503, naming the leader, so that a load balancer prefers the leader), and where agents
+/// dial is not passed on (an agent must find the leader itself, by its own address).
 fn standby_routes(leader: watch::Receiver<Option<Lease>>, length: Duration) -> Router {
-    let said = move || {
-        let leader = leader.borrow().clone();
-        match leader {
-            Some(l) => format!(
-                "this server stands by: {}; send requests there (a client given every server with --server URL1,URL2 finds it); this server takes over if that lease of {}s ends",
-                describe(&l),
-                length.as_secs()
-            ),
-            None => "this server stands by until it takes the engine's lease".to_owned(),
+    let said = {
+        let leader = leader.clone();
+        move || {
+            let leader = leader.borrow().clone();
+            match leader {
+                Some(l) => format!(
+                    "this server stands by: {}, and passes requests on to it; this server takes over if that lease of {}s ends",
+                    describe(&l),
+                    length.as_secs()
+                ),
+                None => "this server stands by until it takes the engine's lease".to_owned(),
+            }
         }
     };
     let health = said.clone();
+    let endpoint = said.clone();
+    let client: Forwarder =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
     Router::new()
         .route(
             "/healthz",
@@ -139,7 +196,24 @@ fn standby_routes(leader: watch::Receiver<Option<Lease>>, length: Duration) -> R
                 )
             }),
         )
-        .fallback(move || async move { unavailable(said()) })
+        .route(
+            "/api/v1/hosts/endpoint",
+            axum::routing::get(move || async move { unavailable(endpoint()) }),
+        )
+        .fallback(move |request: axum::extract::Request| {
+            let (client, said) = (client.clone(), said.clone());
+            let leader = leader.borrow().clone();
+            async move {
+                let Some(leader) = leader.filter(|_| !request.headers().contains_key(FORWARDED))
+                else {
+                    return unavailable(said());
+                };
+                match forward(&client, &leader.address, request).await {
+                    Ok(answer) => answer,
+                    Err(e) => unavailable(format!("{e}; {}", said())),
+                }
+            }
+        })
 }
 
 /// While a server that took the lease starts its engine (and waits for its hosts to connect),

@@ -68,6 +68,12 @@ fn a_leader_paused_past_its_lease_has_none_of_its_writes_accepted() {
     let servers = format!("{},{}", a.api(), b.api());
     let token = admin_token(&a);
 
+    // The standby serves the dashboard too, passing it on to the leader.
+    let cookie = crate::dashboard::sign_in(&b, &token);
+    let (code, _, page) = crate::dashboard::raw(&b, "GET", "/", &[("Cookie", cookie.as_str())], "");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("development"), "{page}");
+
     // A deploy held midway: its instance listens only once the gate file exists.
     a.register("1.0.0", &[("SLOW", "open-gate")]);
     let asked = json_any(
@@ -216,8 +222,32 @@ fn the_standby_takes_over_a_deploy_from_a_leader_killed_9_while_the_hosts_keep_s
     let servers = format!("{},{}", a.api(), b.api());
     let agents = crate::fleet::Agents::join_servers(&hosts, &a, &servers);
 
-    a.register("1.0.0", &[]);
-    a.deploy("1.0.0", "staging");
+    // A release registered and promoted through the standby: it passes both on to the
+    // leader, and `--wait` waits there too.
+    let token = admin_token(&a);
+    let dir = a.app_release("1.0.0", &[]);
+    json_any(
+        &a,
+        &b.api(),
+        &token,
+        &[
+            "release",
+            "create",
+            "web",
+            "--version",
+            "1.0.0",
+            "--artifact",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let waited = cli_any(
+        &a,
+        &b.api(),
+        &token,
+        &["promote", "web@1.0.0", "--to", "staging", "--wait"],
+    );
+    assert!(waited.status.success(), "{}", text(&waited));
+    assert!(text(&waited).contains("succeeded"), "{}", text(&waited));
     let urls: Vec<String> = hosts
         .hosts
         .iter()
@@ -234,7 +264,6 @@ fn the_standby_takes_over_a_deploy_from_a_leader_killed_9_while_the_hosts_keep_s
 
     // 1.1.0 is held midway through its deploy when the leader dies.
     a.register("1.1.0", &[("SLOW", "never")]);
-    let token = admin_token(&a);
     let asked = json_any(
         &a,
         &servers,
