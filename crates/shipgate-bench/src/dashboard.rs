@@ -124,13 +124,28 @@ async fn median_ms(
     Ok((times[times.len() / 2].as_secs_f64() * 1000.0, size))
 }
 
-/// Runs the benchmark and prints its figures.
-pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
-    let runs = runs.max(1);
+/// What one run of the benchmark measured.
+struct Measured {
+    promotions: usize,
+    filled_in: Duration,
+    /// `GET /healthz`, ms.
+    anchor: f64,
+    /// Each page: its name, its median in ms, its size in bytes, and its target in ms.
+    pages: Vec<(&'static str, f64, usize, f64)>,
+}
+
+/// Fills a server's store (`database`, or the SQLite file when None) and times its pages.
+async fn measure(runs: usize, database: Option<&str>) -> anyhow::Result<Measured> {
     let work = tempfile::Builder::new()
         .prefix("shipgate-bench-dashboard-")
         .tempdir()?;
-    let src = config(APPS)?;
+    let mut src = config(APPS)?;
+    if let Some(url) = database {
+        src = src.replace(
+            "data_dir = \"data\"\n",
+            &format!("data_dir = \"data\"\ndatabase = \"{url}\"\n"),
+        );
+    }
     let config = shipgate_core::Config::parse(&src, work.path())
         .map_err(|e| anyhow::anyhow!("{}", e.render("shipgate.toml", &src)))?;
     let database = config.server.database.clone();
@@ -165,12 +180,6 @@ pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
         .and_then(|v| v.split(';').next())
         .context("signing in gave no session cookie")?
         .to_owned();
-
-    println!(
-        "dashboard at scale: {APPS} apps × {} environments, {promotions} promotions (filled in {:.1} s), median of {runs}",
-        ENVS.len(),
-        filled_in.as_secs_f64()
-    );
     let (anchor, _) = median_ms(&http, &format!("{base}/healthz"), &cookie, runs).await?;
     let pages = [
         (
@@ -190,21 +199,53 @@ pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
             20.0,
         ),
     ];
-    println!("  {:<44} {:>9}   {:>8}", "page", "median", "size");
-    println!(
-        "  {:<44} {:>6.2} ms",
-        "anchor: GET /healthz (round trip only)", anchor
-    );
+    let mut timed = Vec::new();
     for (name, url, target) in pages {
         let (ms, size) = median_ms(&http, &url, &cookie, runs).await?;
-        let verdict = if ms < target { "meets" } else { "MISSES" };
-        println!(
-            "  {name:<44} {ms:>6.2} ms   {:>5} KB   {verdict} the {target:.0} ms target ({:.1}× the round trip)",
-            size / 1024,
-            ms / anchor.max(1e-6)
-        );
+        timed.push((name, ms, size, target));
     }
     let _ = stop.send(());
     server.wait().await?;
+    Ok(Measured {
+        promotions,
+        filled_in,
+        anchor,
+        pages: timed,
+    })
+}
+
+/// Runs the benchmark on the SQLite store and on PostgreSQL (a cluster started for the run)
+/// and prints their figures side by side.
+pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
+    let runs = runs.max(1);
+    let cluster = shipgate_store::cluster::TempCluster::start().map_err(anyhow::Error::msg)?;
+    let url = cluster.fresh_database("bench_dashboard").await?;
+    let sqlite = measure(runs, None).await?;
+    let postgres = measure(runs, Some(&url)).await?;
+    println!(
+        "dashboard at scale: {APPS} apps × {} environments, {} promotions (filled in {:.1} s on SQLite, {:.1} s on PostgreSQL), median of {runs}",
+        ENVS.len(),
+        sqlite.promotions,
+        sqlite.filled_in.as_secs_f64(),
+        postgres.filled_in.as_secs_f64()
+    );
+    println!(
+        "  {:<44} {:>10} {:>12}   {:>7}",
+        "page", "SQLite", "PostgreSQL", "size"
+    );
+    println!(
+        "  {:<44} {:>7.2} ms {:>9.2} ms",
+        "anchor: GET /healthz (round trip only)", sqlite.anchor, postgres.anchor
+    );
+    for ((name, lite, size, target), (_, pg, _, _)) in sqlite.pages.iter().zip(&postgres.pages) {
+        let verdict = |ms: f64| if ms < *target { "meets" } else { "MISSES" };
+        println!(
+            "  {name:<44} {lite:>7.2} ms {pg:>9.2} ms   {:>4} KB   {} / {} the {target:.0} ms target (PostgreSQL/SQLite {:.2}×)",
+            size / 1024,
+            verdict(*lite),
+            verdict(*pg),
+            pg / lite.max(1e-6)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,13 +3,14 @@
 //! For each run: from the promote API call until the environment's address answers with the
 //! new version. The anchor, measured in the same run: the sample app's own time from spawn to
 //! its first 2xx health answer, polled every millisecond. Overhead = the difference of medians.
+//! Measured on the embedded SQLite store and on PostgreSQL, side by side.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use shipgate::demo::{SampleServer, free_port, sample_release};
+use shipgate::demo::{SampleServer, SampleSetup, free_port, sample_release};
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
@@ -55,10 +56,15 @@ async fn app_ready_time(
     Ok(took)
 }
 
-pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
-    let runs = runs.max(1);
+/// Medians of `runs` promotions on a sample server whose store is `database` (None: the
+/// SQLite file): promote → the new version answers, and the app's own start.
+async fn measure(runs: usize, database: Option<String>) -> anyhow::Result<(Duration, Duration)> {
     let ports = [free_port(0)?, free_port(0)?, free_port(0)?, free_port(0)?];
-    let sample = SampleServer::start("shipgate-bench-", free_port(0)?, ports, false).await?;
+    let setup = SampleSetup {
+        database,
+        ..SampleSetup::default()
+    };
+    let sample = SampleServer::start_with("shipgate-bench-", free_port(0)?, ports, setup).await?;
     let (work, client) = (&sample.work, &sample.client);
     let exe = shipgate::shipgate_exe()?;
     let http = reqwest::Client::builder().no_proxy().build()?;
@@ -89,21 +95,35 @@ pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
             app_ready.push(ready);
         }
     }
-    let total = median(&mut totals);
-    let own = median(&mut app_ready);
-    println!("promotion overhead, median of {runs} runs (sample app, one environment, no tests)");
-    println!(
-        "  promote → new version answers on the environment address: {:8.2} ms",
-        ms(total)
-    );
-    println!(
-        "  anchor: the app's own spawn → first 2xx health answer:    {:8.2} ms",
-        ms(own)
-    );
-    println!(
-        "  shipgate's own overhead (difference):                     {:8.2} ms  (target < 50 ms)",
-        ms(total.saturating_sub(own))
-    );
     sample.stop().await?;
+    Ok((median(&mut totals), median(&mut app_ready)))
+}
+
+/// The same promotions on the embedded SQLite store and on PostgreSQL (a cluster started for
+/// the run with initdb/pg_ctl), side by side.
+pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
+    let runs = runs.max(1);
+    let cluster = shipgate_store::cluster::TempCluster::start().map_err(anyhow::Error::msg)?;
+    let url = cluster.fresh_database("bench_promote").await?;
+    let sqlite = measure(runs, None).await?;
+    let postgres = measure(runs, Some(url)).await?;
+    println!("promotion overhead, median of {runs} runs (sample app, one environment, no tests)");
+    println!("  {:<58} {:>10} {:>12}", "", "SQLite", "PostgreSQL");
+    let row = |what: &str, f: fn((Duration, Duration)) -> Duration| {
+        println!(
+            "  {what:<58} {:>7.2} ms {:>9.2} ms",
+            ms(f(sqlite)),
+            ms(f(postgres))
+        );
+    };
+    row("promote → new version answers on the environment address", |m| m.0);
+    row("anchor: the app's own spawn → first 2xx health answer", |m| m.1);
+    row("shipgate's own overhead (difference, target < 50 ms)", |m| {
+        m.0.saturating_sub(m.1)
+    });
+    println!(
+        "  PostgreSQL / SQLite, shipgate's own overhead: {:.2}×",
+        ms(postgres.0.saturating_sub(postgres.1)) / ms(sqlite.0.saturating_sub(sqlite.1)).max(1e-6)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -69,12 +69,14 @@ pub fn minimal_release(dir: &Path, version: &str) -> anyhow::Result<()> {
 }
 
 /// How a [`SampleServer`] differs from the demo's.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SampleSetup {
     /// Run the smoke test in testing.
     pub verify_testing: bool,
     /// The data plane in a local agent process (`data_plane = "agent"`).
     pub agent: bool,
+    /// `server.database` (default: the SQLite file in the data dir).
+    pub database: Option<String>,
 }
 
 /// A server on the sample app's config, in its own temporary folder, for the demo and the
@@ -122,6 +124,12 @@ impl SampleServer {
         let mut src = demo_config(&exe, api_port, env_ports, setup.verify_testing);
         if setup.agent {
             src = src.replace("data_plane = \"server\"", "data_plane = \"agent\"");
+        }
+        if let Some(database) = &setup.database {
+            src = src.replace(
+                "data_dir = \"data\"\n",
+                &format!("data_dir = \"data\"\ndatabase = \"{database}\"\n"),
+            );
         }
         std::fs::write(&config_path, &src)?;
         let config = shipgate_core::Config::parse(&src, work.path()).map_err(|e| {
