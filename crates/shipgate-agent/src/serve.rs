@@ -330,9 +330,11 @@ impl Agent {
     fn record_start(&self, id: &shipgate_core::InstanceId) {
         use std::io::Write;
         let line = serde_json::json!({ "instance_id": id, "at": jiff::Timestamp::now() });
+        use std::os::unix::fs::OpenOptionsExt;
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(self.data_dir.join(STARTS_FILE))
             .and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = written {

@@ -217,6 +217,21 @@ pub struct HostView {
     pub address: Option<String>,
 }
 
+/// Which server runs the engine: the holder of the engine's lease.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct LeaderView {
+    /// The server holding the lease (its host name and process id).
+    pub server: String,
+    /// Where its API answers.
+    pub address: String,
+    /// Since when it leads.
+    pub since: jiff::Timestamp,
+    /// The lease's epoch: raised each time the lease changes hands.
+    pub epoch: i64,
+    /// When the lease ends unless renewed (the database's clock).
+    pub expires_at: jiff::Timestamp,
+}
+
 #[cfg(test)]
 mod tests {
     use super::Traffic;

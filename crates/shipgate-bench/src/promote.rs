@@ -116,11 +116,18 @@ pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
             ms(f(postgres))
         );
     };
-    row("promote → new version answers on the environment address", |m| m.0);
-    row("anchor: the app's own spawn → first 2xx health answer", |m| m.1);
-    row("shipgate's own overhead (difference, target < 50 ms)", |m| {
-        m.0.saturating_sub(m.1)
-    });
+    row(
+        "promote → new version answers on the environment address",
+        |m| m.0,
+    );
+    row(
+        "anchor: the app's own spawn → first 2xx health answer",
+        |m| m.1,
+    );
+    row(
+        "shipgate's own overhead (difference, target < 50 ms)",
+        |m| m.0.saturating_sub(m.1),
+    );
     println!(
         "  PostgreSQL / SQLite, shipgate's own overhead: {:.2}×",
         ms(postgres.0.saturating_sub(postgres.1)) / ms(sqlite.0.saturating_sub(sqlite.1)).max(1e-6)

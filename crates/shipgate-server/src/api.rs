@@ -69,6 +69,7 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         POST "/tokens" => create_token,
         GET "/tokens" => list_tokens,
         GET "/hosts" => list_hosts,
+        GET "/leader" => leader,
         POST "/hosts" => add_host,
         POST "/reload" => reload,
         POST "/gc" => gc,
@@ -684,6 +685,25 @@ async fn create_token(
             record,
         }),
     ))
+}
+
+/// The server that runs the engine (this one: a standby passes the request on to the leader).
+async fn leader(State(state): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::Read, None)?;
+    let lease = state.leader.borrow().clone().ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not the leader",
+            "this server lost the engine's lease and is stopping; ask another server",
+        )
+    })?;
+    Ok(Json(shipgate_api::status::LeaderView {
+        server: lease.holder,
+        address: lease.address,
+        since: lease.since,
+        epoch: lease.epoch,
+        expires_at: lease.expires_at,
+    }))
 }
 
 async fn list_hosts(State(state): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {

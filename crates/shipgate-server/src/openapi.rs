@@ -14,7 +14,7 @@ use shipgate_api::requests::{
     FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery, PromoteRequest,
     ReleaseQuery, RollbackRequest, TokenRequest,
 };
-use shipgate_api::status::{AppStatus, HistoryEntry, HostView};
+use shipgate_api::status::{AppStatus, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
 use utoipa::openapi::link::{Link, LinkBuilder};
 use utoipa::openapi::path::Operation;
@@ -58,6 +58,7 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::create_token,
         declared::list_tokens,
         declared::list_hosts,
+        declared::leader,
         declared::add_host,
         declared::reload,
         declared::gc,
@@ -427,6 +428,14 @@ mod declared {
             (status = 200, description = "hosts", body = Vec<HostView>),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn list_hosts() {}
+
+    /// The server that runs the engine: the holder of the engine's lease, since when, and its
+    /// epoch. Any server answers it (a standby passes it on to the leader).
+    #[utoipa::path(get, path = "/api/v1/leader", operation_id = "leader",
+        responses(
+            (status = 200, description = "the leader", body = LeaderView),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn leader() {}
 
     /// Reload the config file (admin limited to no environment): validated first, its changes
     /// listed, then applied by a fresh start of the server on it while the data plane keeps

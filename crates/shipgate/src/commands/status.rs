@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use shipgate_api::status::{AppStatus, EnvironmentStatus, HistoryEntry, Traffic};
+use shipgate_api::status::{AppStatus, EnvironmentStatus, HistoryEntry, LeaderView, Traffic};
 
 use crate::cli::Global;
 use crate::client::connect;
@@ -16,7 +16,22 @@ pub(super) async fn status(
     let client = connect(g)?;
     let query = super::app_query(app);
     let apps: Vec<AppStatus> = client.get("/status", &query).await?;
-    out.print(&apps, |apps| render_status(apps));
+    // Which server leads, for people (the JSON stays the list of apps; `GET /api/v1/leader`).
+    let leader: Option<LeaderView> = client.get("/leader", &[]).await.ok();
+    out.print(&apps, |apps| {
+        let mut text = String::new();
+        if let Some(l) = &leader {
+            text.push_str(&format!(
+                "leader: {} at {} since {} (epoch {})\n\n",
+                l.server,
+                l.address,
+                l.since.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                l.epoch
+            ));
+        }
+        text.push_str(&render_status(apps));
+        text
+    });
     Ok(ExitCode::SUCCESS)
 }
 

@@ -74,6 +74,13 @@ fn a_leader_paused_past_its_lease_has_none_of_its_writes_accepted() {
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("development"), "{page}");
 
+    // `status` through either says which server leads, and since when.
+    let status = text(&cli_any(&a, &b.api(), &token, &["status"]));
+    assert!(
+        status.starts_with("leader: ") && status.contains(&format!("at {} since", a.api())),
+        "{status}"
+    );
+
     // A deploy held midway: its instance listens only once the gate file exists.
     a.register("1.0.0", &[("SLOW", "open-gate")]);
     let asked = json_any(
