@@ -95,6 +95,12 @@ pub struct Server {
 }
 
 /// How a server ended.
+/// The server was asked to stop while it stood by for another server's lease: it never ran
+/// the engine, so there is nothing to stop.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped while standing by (another server leads)")]
+pub struct StoppedStandingBy;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
     /// Its shutdown future resolved.
@@ -173,7 +179,12 @@ impl Server {
         // Only the server holding the lease runs the engine; until then this one stands by.
         let length = config.server.lease.as_std();
         let address = format!("http://{addr}");
-        let lease = lead::take(&store, &lead::server_name(), &address, &switch, length).await?;
+        let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+        let me = lead::server_name();
+        let lease = tokio::select! {
+            lease = lead::take(&store, &me, &address, &switch, length) => lease?,
+            () = shutdown.clone() => return Err(StoppedStandingBy.into()),
+        };
         switch.set(lead::starting_routes(None));
         let leader = lead::keep(Arc::clone(&store), lease.clone(), length);
         let unfenced = Arc::clone(&store);

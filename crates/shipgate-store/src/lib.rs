@@ -228,9 +228,9 @@ pub trait Store: Send + Sync {
         address: &str,
         length: std::time::Duration,
     ) -> Result<Option<Lease>>;
-    /// Extends `lease` by `length` if it is still held (same epoch, not expired); `None` if it
-    /// was lost. A lease that expired is not renewed even if nobody took it: its holder must
-    /// acquire a new epoch, so that writes begun under the old one are refused.
+    /// Extends `lease` by `length` if nobody took it over (its epoch is still the current one,
+    /// even if it ran out meanwhile: a renewal held up behind a long write is not a lost lease);
+    /// `None` if it was lost.
     async fn renew_lease(
         &self,
         lease: &Lease,
@@ -240,9 +240,9 @@ pub trait Store: Send + Sync {
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
     /// The engine's lease as last taken (it may have expired).
     async fn lease(&self) -> Result<Option<Lease>>;
-    /// This store, except that every write is refused with [`StoreError::Fenced`] unless
-    /// `lease` still holds when the write's transaction begins; the database checks it, and
-    /// the lease cannot change hands before that transaction ends.
+    /// This store, except that every write is refused with [`StoreError::Fenced`] once another
+    /// server took `lease` over (its epoch moved on); the database checks it as the write's
+    /// transaction begins, and the lease cannot change hands before that transaction ends.
     fn fenced(&self, lease: Lease) -> std::sync::Arc<dyn Store>;
 
     /// Keeps `value` under `name` unless a value is kept there already, and returns the value

@@ -191,9 +191,9 @@ impl SqlStore {
     }
 
     /// Starts a writing transaction: this process's writers one at a time, every server's on
-    /// PostgreSQL, and, for a fenced store, only while its lease holds (checked by the database,
-    /// and the lease row stays locked until commit, so no server can take the lease over
-    /// between the check and the commit).
+    /// PostgreSQL, and, for a fenced store, only while nobody took its lease over (its epoch is
+    /// the current one: checked by the database, and the lease row stays locked until commit,
+    /// so no server can take the lease over between the check and the commit).
     async fn begin(&self) -> Result<(MutexGuard<'_, ()>, Transaction<'static, Any>)> {
         let guard = self.write.lock().await;
         let mut tx = self
@@ -208,10 +208,9 @@ impl SqlStore {
                 .map_err(db("waiting for other writers"))?;
         }
         if let Some(lease) = &self.fence {
-            let held = sqlx::query(&format!(
-                "UPDATE leases SET epoch = epoch WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_ms > {}",
-                self.backend.now_ms()
-            ))
+            let held = sqlx::query(
+                "UPDATE leases SET epoch = epoch WHERE name = $1 AND holder = $2 AND epoch = $3",
+            )
             .bind(ENGINE_LEASE)
             .bind(&lease.holder)
             .bind(lease.epoch)
@@ -1634,7 +1633,7 @@ impl Store for SqlStore {
         let now = self.backend.now_ms();
         sqlx::query(&format!(
             "UPDATE leases SET expires_ms = {now} + $4 \
-             WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_ms > {now} RETURNING {LEASE_COLUMNS}"
+             WHERE name = $1 AND holder = $2 AND epoch = $3 RETURNING {LEASE_COLUMNS}"
         ))
         .bind(ENGINE_LEASE)
         .bind(&lease.holder)

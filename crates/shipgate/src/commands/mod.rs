@@ -446,9 +446,21 @@ async fn server(path: &Path) -> anyhow::Result<ExitCode> {
         })
     };
     let data_dir = config.server.data_dir.clone();
-    let server =
-        shipgate_server::Server::start_from_file(Arc::new(config), loader, file, shutdown_signal())
-            .await?;
+    let server = match shipgate_server::Server::start_from_file(
+        Arc::new(config),
+        loader,
+        file,
+        shutdown_signal(),
+    )
+    .await
+    {
+        Ok(server) => server,
+        Err(e) if e.is::<shipgate_server::StoppedStandingBy>() => {
+            eprintln!("shipgate stopped; it stood by and never led");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    };
     let dashboard = {
         let mut addr = server.addr;
         if addr.ip().is_unspecified() {

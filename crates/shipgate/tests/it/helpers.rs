@@ -290,18 +290,7 @@ pub fn spawn_server(config_toml: &str) -> TestServer {
 
 /// [`spawn_server`], running `before` with the temp dir (config written, server not started).
 pub fn spawn_server_after(config_toml: &str, before: impl FnOnce(&Path)) -> TestServer {
-    let dir = tempfile::Builder::new()
-        .prefix("shipgate-it-")
-        .tempdir()
-        .unwrap();
-    let config = dir.path().join("shipgate.toml");
-    fs::write(&config, config_toml).unwrap();
-    let mut server = TestServer {
-        dir,
-        config,
-        config_text: config_toml.to_owned(),
-        child: None,
-    };
+    let mut server = TestServer::unstarted(config_toml);
     before(server.dir.path());
     server.start();
     server
@@ -322,23 +311,28 @@ pub fn postgres_database(prefix: &str) -> String {
 /// [`spawn_server`] for a server that is to stand by while another leads: returns once its
 /// `/healthz` says so (503, `standby: ...`).
 pub fn spawn_standby(config_toml: &str) -> TestServer {
-    let dir = tempfile::Builder::new()
-        .prefix("shipgate-it-")
-        .tempdir()
-        .unwrap();
-    let config = dir.path().join("shipgate.toml");
-    fs::write(&config, config_toml).unwrap();
-    let mut server = TestServer {
-        dir,
-        config,
-        config_text: config_toml.to_owned(),
-        child: None,
-    };
+    let mut server = TestServer::unstarted(config_toml);
     server.start_when(|r| r.status == 503 && r.body.starts_with("standby:"));
     server
 }
 
 impl TestServer {
+    /// Its temp dir with `config_toml` written there; not started.
+    fn unstarted(config_toml: &str) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("shipgate-it-")
+            .tempdir()
+            .unwrap();
+        let config = dir.path().join("shipgate.toml");
+        fs::write(&config, config_toml).unwrap();
+        TestServer {
+            dir,
+            config,
+            config_text: config_toml.to_owned(),
+            child: None,
+        }
+    }
+
     fn start(&mut self) {
         self.start_until(|r| r.body.starts_with("ok\n"));
     }

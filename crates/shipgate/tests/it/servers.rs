@@ -193,6 +193,11 @@ fn a_leader_paused_past_its_lease_has_none_of_its_writes_accepted() {
     );
     let verified = b.cli_as(&b_token, &["audit", "--verify"]);
     assert!(verified.status.success(), "{}", text(&verified));
+
+    // A standby asked to stop stops at once, and cleanly: it never ran anything.
+    let mut c = spawn_standby(&server_config(&database, "2s"));
+    let stopped = c.terminate();
+    assert!(stopped.success(), "{stopped}:\n{}", c.log());
 }
 
 /// Every instance id in a host agent's own record of the starts it was asked for, with how
