@@ -39,10 +39,7 @@ impl Engine {
         };
         let unfinished = self.store.promotions(unfinished).await?;
         // Where each environment's rollback goes, from one read for all of them.
-        let verified = self
-            .store
-            .promotions(crate::flow::rollback_history(apps.to_vec()))
-            .await?;
+        let targets = self.store.rollback_targets(apps).await?;
         let freezes = self.store.freezes().await?;
         // One snapshot per router, not one per cell: a snapshot covers every release it saw.
         let mut traffic: HashMap<&EnvName, HashMap<String, shipgate_proxy::WindowSummary>> =
@@ -85,11 +82,10 @@ impl Engine {
                     }),
                     None => None,
                 };
-                let rollback_to = live
+                let rollback_to = targets
                     .iter()
-                    .find(|l| l.app == a.name && l.env == e.name)
-                    .and_then(|l| crate::flow::rollback_choice(&verified, l, None).ok())
-                    .map(|p| p.version);
+                    .find(|p| p.app == a.name && p.env == e.name)
+                    .map(|p| p.version.clone());
                 environments.push(EnvironmentStatus {
                     env: e.name.clone(),
                     url: self.env_url(&e.name),

@@ -120,6 +120,10 @@ pub trait Store: Send + Sync {
     async fn promotion(&self, id: PromotionId) -> Result<Option<Promotion>>;
     /// Promotions matching the filter, newest first.
     async fn promotions(&self, filter: PromotionFilter) -> Result<Vec<Promotion>>;
+    /// Where a rollback of each live release of these apps goes by default: in its app and
+    /// environment, the newest promotion that succeeded before the live one with another
+    /// version (none where there is no such promotion). At most one per live release.
+    async fn rollback_targets(&self, apps: &[AppName]) -> Result<Vec<Promotion>>;
     /// Where `app@version` stands in `env`: by its latest promotion there that succeeded (and
     /// maybe was rolled back since).
     async fn standing(&self, app: &AppName, version: &Version, env: &EnvName) -> Result<Standing>;

@@ -809,7 +809,15 @@ impl Store for SqlStore {
                 .iter()
                 .map(|s| format!("'{}'", s.as_str()))
                 .collect();
-            sql.push_str(&format!(" AND state IN ({})", names.join(", ")));
+            // With an app given, its index is the one to use: nearly every promotion is
+            // `succeeded`, and without statistics SQLite would rather walk the state index over
+            // all of them. `state || ''` is the same value, just not an indexed column.
+            let state = if f.app.is_some() || !f.apps.is_empty() {
+                "(state || '')"
+            } else {
+                "state"
+            };
+            sql.push_str(&format!(" AND {state} IN ({})", names.join(", ")));
         }
         // `id + 0`: newest first without letting the order pick the rowid scan over the
         // index that serves the conditions.
@@ -823,6 +831,31 @@ impl Store for SqlStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db("listing promotions"))?
+            .iter()
+            .map(promotion_from)
+            .collect()
+    }
+
+    async fn rollback_targets(&self, apps: &[AppName]) -> Result<Vec<Promotion>> {
+        if apps.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One walk down the (app, env, id) index per live release, from the live promotion.
+        let sql = format!(
+            "SELECT p.* FROM live l JOIN promotions p ON p.id = (
+                SELECT MAX(q.id) FROM promotions q WHERE q.app = l.app AND q.env = l.env
+                AND q.id < l.promotion_id AND q.version <> l.version AND q.state = 'succeeded')
+             WHERE l.app IN ({}) ORDER BY p.id DESC",
+            placeholders(1, apps.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for app in apps {
+            query = query.bind(app.as_str());
+        }
+        query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading where rollbacks go"))?
             .iter()
             .map(promotion_from)
             .collect()

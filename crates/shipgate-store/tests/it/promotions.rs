@@ -361,4 +361,29 @@ on_both_backends! {
             "a rolled-back release no longer counts as verified there"
         );
     }
+
+    async fn a_rollback_goes_to_the_newest_other_release_that_succeeded_before_the_live_one() {
+        let t = TestStore::open().await;
+        for (n, v) in ["1.0.0", "1.1.0", "1.2.0"].iter().enumerate() {
+            t.register(v, &digest(n as u8 + 1)).await;
+        }
+        assert_eq!(t.store.rollback_targets(&[app()]).await.unwrap(), Vec::new(), "nothing live");
+        let first = t.request("1.0.0", &digest(1), "development").await;
+        let first = t.succeed(&first).await;
+        assert_eq!(t.store.rollback_targets(&[app()]).await.unwrap(), Vec::new(), "nothing before");
+        // 1.1.0 failed, 1.0.0 again (same version: no target), then 1.2.0 went live.
+        let failed = t.request("1.1.0", &digest(2), "development").await;
+        t.step(&failed, PromotionState::Deploying, LiveChange::Keep).await;
+        t.step(&failed, PromotionState::Failed, LiveChange::Keep).await;
+        let again = t.request("1.0.0", &digest(1), "development").await;
+        let again = t.succeed(&again).await;
+        let newest = t.request("1.2.0", &digest(3), "development").await;
+        t.succeed(&newest).await;
+        let targets = t.store.rollback_targets(&[app()]).await.unwrap();
+        assert_eq!(targets, vec![again.clone()], "not the failed one, the newest that succeeded");
+        assert_ne!(targets[0].id, first.id);
+        // Another app's name asks for nothing of this one.
+        let other = shipgate_core::AppName::parse("api").unwrap();
+        assert_eq!(t.store.rollback_targets(&[other]).await.unwrap(), Vec::new());
+    }
 }
