@@ -91,6 +91,12 @@ async fn fill(database: &DataLocation) -> anyhow::Result<usize> {
         }
     }
     tx.commit().await?;
+    if matches!(database, DataLocation::Postgres(_)) {
+        // PostgreSQL plans by its statistics, which autovacuum gathers within a minute of a
+        // bulk load like this one; gathered now, so the pages are timed on the plans a running
+        // server has.
+        sqlx::query("ANALYZE").execute(&mut db).await?;
+    }
     Ok(promotions)
 }
 
