@@ -74,7 +74,7 @@ pub(super) async fn copy(
             .rows
             .iter()
             .filter(|(_, n)| *n > 0)
-            .map(|(t, n)| format!("{n} {t}"))
+            .map(|(t, n)| format!("{t} {n}"))
             .collect();
         let mut text = format!(
             "copied {} into {}: {}\nartifacts: {} ({} bytes)\naudit chain: {} events, verified on the target\n",
