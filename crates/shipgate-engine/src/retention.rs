@@ -57,7 +57,9 @@ impl Engine {
                         version: r.version.clone(),
                         why,
                     });
-                } else if self.artifacts.has(&r.digest) {
+                } else if self.artifacts.has(&r.digest)
+                    || self.store.artifact_chunks(&r.digest).await?.is_some()
+                {
                     candidates.push(r.clone());
                 }
             }
@@ -74,12 +76,15 @@ impl Engine {
             } else {
                 let artifacts = self.artifacts.clone();
                 let digest = r.digest.clone();
-                tokio::task::spawn_blocking(move || artifacts.remove(&digest))
+                let freed = tokio::task::spawn_blocking(move || artifacts.remove(&digest))
                     .await
                     .map_err(|e| shipgate_store::artifact::ArtifactError::Io {
                         context: "removing a release".into(),
                         source: std::io::Error::other(e),
-                    })??
+                    })??;
+                // Shared by several servers: gone from the database too.
+                self.store.remove_artifact(&r.digest).await?;
+                freed
             };
             if !dry_run {
                 self.store

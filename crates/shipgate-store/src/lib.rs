@@ -264,6 +264,8 @@ pub trait Store: Send + Sync {
     /// Stores the artifact file at `file` (already checked against `digest`) in chunks, read
     /// and written one at a time; an artifact stored already is left as it is.
     async fn put_artifact(&self, digest: &Digest, file: &std::path::Path) -> Result<()>;
+    /// Removes the stored artifact of `digest` (retention), its chunks with it.
+    async fn remove_artifact(&self, digest: &Digest) -> Result<()>;
     /// How many chunks the stored artifact of `digest` has, if it is stored.
     async fn artifact_chunks(&self, digest: &Digest) -> Result<Option<i64>>;
     /// Chunk `seq` (from 0) of the stored artifact of `digest`.

@@ -1803,6 +1803,22 @@ impl Store for SqlStore {
         tx.commit().await.map_err(db("committing an artifact"))
     }
 
+    async fn remove_artifact(&self, digest: &Digest) -> Result<()> {
+        let (_w, mut tx) = self.begin().await?;
+        // The record first: from then on the artifact is not there, whatever chunks remain.
+        for sql in [
+            "DELETE FROM artifacts WHERE digest = $1",
+            "DELETE FROM artifact_chunks WHERE digest = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(digest.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db("removing an artifact"))?;
+        }
+        self.commit(tx, Vec::new()).await
+    }
+
     async fn artifact_chunks(&self, digest: &Digest) -> Result<Option<i64>> {
         sqlx::query_scalar("SELECT chunks FROM artifacts WHERE digest = $1")
             .bind(digest.as_str())

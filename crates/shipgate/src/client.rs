@@ -63,6 +63,10 @@ impl Refused {
     }
 }
 
+/// How long a client given several servers keeps trying when none takes a request: longer
+/// than a lease (5 s by default) and a new leader's start.
+const FAILOVER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Talks to a server with one token. Given several servers (`--server URL1,URL2`), it uses
 /// whichever answers: one that cannot be reached, or that stands by while another leads, is
 /// passed over, and the one that answered is asked first next time.
@@ -107,44 +111,60 @@ impl Client {
 
     /// Sends the request `build` makes for a server's URL to the first server that takes it.
     /// A request is sent on only when the previous server did not take it: it could not be
-    /// reached, or it answered 503 as a server standing by.
+    /// reached, or it answered 503 as a server standing by (or starting). Given several
+    /// servers, a request that none took is tried again for up to [`FAILOVER`]: one of them
+    /// takes the engine over within its lease, so a command (and `--wait`) rides out a failover.
     async fn answer(
         &self,
         build: impl Fn(&str) -> anyhow::Result<reqwest::RequestBuilder>,
     ) -> anyhow::Result<reqwest::Response> {
-        let first = self.current.load(std::sync::atomic::Ordering::Relaxed);
-        let mut passed = Vec::new();
-        for k in 0..self.bases.len() {
-            let i = (first + k) % self.bases.len();
-            let base = &self.bases[i];
-            let response = match build(base)?.bearer_auth(&self.token).send().await {
-                Ok(r) => r,
-                Err(e) if e.is_connect() => {
-                    passed.push(format!("{base} cannot be reached"));
+        let patience = if self.bases.len() > 1 {
+            FAILOVER
+        } else {
+            std::time::Duration::ZERO
+        };
+        let started = std::time::Instant::now();
+        loop {
+            let first = self.current.load(std::sync::atomic::Ordering::Relaxed);
+            let mut passed = Vec::new();
+            for k in 0..self.bases.len() {
+                let i = (first + k) % self.bases.len();
+                let base = &self.bases[i];
+                let response = match build(base)?.bearer_auth(&self.token).send().await {
+                    Ok(r) => r,
+                    Err(e) if e.is_connect() => {
+                        passed.push(format!("{base} cannot be reached"));
+                        continue;
+                    }
+                    Err(e) => bail!("request to {base} failed: {e}"),
+                };
+                if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    && self.bases.len() > 1
+                {
+                    let body = response.bytes().await.unwrap_or_default();
+                    let refused =
+                        Refused::from_answer(reqwest::StatusCode::SERVICE_UNAVAILABLE, &body);
+                    passed.push(format!("{base}: {}", refused.detail));
                     continue;
                 }
-                Err(e) => bail!("request to {base} failed: {e}"),
-            };
-            if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && self.bases.len() > 1
-            {
-                let body = response.bytes().await.unwrap_or_default();
-                let refused = Refused::from_answer(reqwest::StatusCode::SERVICE_UNAVAILABLE, &body);
-                passed.push(format!("{base}: {}", refused.detail));
-                continue;
+                self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                return Ok(response);
             }
-            self.current.store(i, std::sync::atomic::Ordering::Relaxed);
-            return Ok(response);
+            if self.bases.len() == 1 {
+                bail!(
+                    "cannot reach the shipgate server at {} (start it with `shipgate server`, or pass --server URL)",
+                    self.bases[0]
+                );
+            }
+            if started.elapsed() >= patience {
+                bail!(
+                    "no shipgate server took the request within {}s: {} (start one, or check --server)",
+                    patience.as_secs(),
+                    passed.join("; ")
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
-        if self.bases.len() == 1 {
-            bail!(
-                "cannot reach the shipgate server at {} (start it with `shipgate server`, or pass --server URL)",
-                self.bases[0]
-            );
-        }
-        bail!(
-            "no shipgate server took the request: {} (start one, or check --server)",
-            passed.join("; ")
-        )
     }
 
     async fn send<T: DeserializeOwned>(

@@ -45,6 +45,8 @@ on_both_backends! {
         }
         assert!(back == std::fs::read(&file).unwrap(), "the same bytes come back");
         assert_eq!(t.store.keeps_artifacts(), t.store.backend() == shipgate_store::Backend::Postgres);
+        t.store.remove_artifact(&digest).await.unwrap();
+        assert_eq!(t.store.artifact_chunks(&digest).await.unwrap(), None, "retention removed it");
     }
 
     async fn another_servers_data_dir_gets_the_artifact_from_the_database() {

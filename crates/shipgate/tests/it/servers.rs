@@ -275,17 +275,22 @@ fn the_standby_takes_over_a_deploy_from_a_leader_killed_9_while_the_hosts_keep_s
         .collect();
 
     // 1.1.0 is held midway through its deploy when the leader dies.
+    // Asked with --wait through every server: the command rides out the failover.
     a.register("1.1.0", &[("SLOW", "never")]);
-    let asked = json_any(
-        &a,
-        &servers,
-        &token,
-        &["promote", "web@1.1.0", "--to", "staging"],
-    );
-    let id = asked["id"].as_i64().unwrap();
+    let waiting = {
+        let (dir, servers, token) = (a.dir.path().to_owned(), servers.clone(), token.clone());
+        std::thread::spawn(move || {
+            crate::helpers::command(&dir)
+                .args(["--server", &servers, "--token", &token])
+                .args(["promote", "web@1.1.0", "--to", "staging", "--wait"])
+                .output()
+                .unwrap()
+        })
+    };
     wait_for("1.1.0 to deploy", || {
         a.latest("staging")["state"] == "deploying"
     });
+    let id = a.latest("staging")["id"].as_i64().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     a.kill9();
     let killed = Instant::now();
@@ -312,6 +317,13 @@ fn the_standby_takes_over_a_deploy_from_a_leader_killed_9_while_the_hosts_keep_s
             .as_str()
             .is_some_and(|r| r.contains("the server stopped while this promotion was deploying")),
         "{last}"
+    );
+    let waited = waiting.join().unwrap();
+    assert!(
+        !waited.status.success()
+            && text(&waited).contains("the server stopped while this promotion was deploying"),
+        "--wait saw the promotion end through the failover: {}",
+        text(&waited)
     );
     agents.wait_connected(&b, &[1, 2]);
     std::thread::sleep(Duration::from_millis(500));
