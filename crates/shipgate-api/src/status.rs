@@ -220,7 +220,7 @@ pub struct HostView {
 /// Which server runs the engine: the holder of the engine's lease.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct LeaderView {
-    /// The server holding the lease (its host name and process id).
+    /// The server holding the lease (its host name and data dir).
     pub server: String,
     /// Where its API answers.
     pub address: String,

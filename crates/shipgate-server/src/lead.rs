@@ -20,12 +20,15 @@ use tokio::sync::watch;
 
 use crate::problem::Problem;
 
-/// This server's name in the lease: its host name and process id.
-pub(crate) fn server_name() -> String {
+/// This server's name in the lease: its host name and data dir. No two running servers share
+/// one (the data dir is locked while a server runs), and a server started again on the same
+/// data dir, after a kill -9 say, takes its lease back at once instead of waiting it out: the
+/// process that held it is gone, or the lock would not have been given.
+pub(crate) fn server_name(data_dir: &std::path::Path) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned());
-    format!("{host}/{}", std::process::id())
+    format!("{host}:{}", data_dir.display())
 }
 
 /// One line about who leads, for `/healthz` and the log.

@@ -180,7 +180,7 @@ impl Server {
         let length = config.server.lease.as_std();
         let address = format!("http://{addr}");
         let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
-        let me = lead::server_name();
+        let me = lead::server_name(&data_dir);
         let lease = tokio::select! {
             lease = lead::take(&store, &me, &address, &switch, length) => lease?,
             () = shutdown.clone() => return Err(StoppedStandingBy.into()),

@@ -265,7 +265,7 @@ pub struct TrafficSample {
 /// carries it (see [`crate::Store::fenced`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lease {
-    /// The server holding it (its instance id).
+    /// The server holding it (its host name and data dir).
     pub holder: String,
     /// Where that server's API answers.
     pub address: String,
