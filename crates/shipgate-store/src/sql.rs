@@ -848,11 +848,7 @@ impl Store for SqlStore {
              WHERE l.app IN ({}) ORDER BY p.id DESC",
             placeholders(1, apps.len())
         );
-        let mut query = sqlx::query(&sql);
-        for app in apps {
-            query = query.bind(app.as_str());
-        }
-        query
+        with_apps(&sql, apps)
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading where rollbacks go"))?
@@ -1225,11 +1221,7 @@ impl Store for SqlStore {
             "SELECT * FROM live WHERE app IN ({}) ORDER BY app, env",
             placeholders(1, apps.len())
         );
-        let mut query = sqlx::query(&sql);
-        for app in apps {
-            query = query.bind(app.as_str());
-        }
-        query
+        with_apps(&sql, apps)
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading live releases"))?
@@ -1863,6 +1855,15 @@ impl SqlStore {
         self.commit(tx, vec![event]).await?;
         Ok(host)
     }
+}
+
+/// `sql` with each of `apps` bound in order (its `IN` list made by [`placeholders`]).
+fn with_apps<'q>(
+    sql: &'q str,
+    apps: &'q [AppName],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    apps.iter()
+        .fold(sqlx::query(sql), |q, a| q.bind(a.as_str()))
 }
 
 /// `$first, $first+1, ...` for an `IN` list of `n` values.
