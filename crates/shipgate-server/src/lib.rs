@@ -376,6 +376,9 @@ impl Drop for Serving {
     }
 }
 
+/// Where the CA agents trust is kept for every server of a shared database.
+pub const AGENT_CA: &str = "agent-ca";
+
 /// On a database several servers share, what the hosts serve is kept there too, so the next
 /// leader reconciles hosts against it rather than against nothing (which would stop all).
 /// Snapshots are written in order by one task, through the fenced store: a deposed leader's
@@ -422,7 +425,7 @@ async fn shared_ca(
     }
     let (key, cert) = ca.to_pem();
     let mine = serde_json::json!({ "key": key, "cert": cert }).to_string();
-    let kept: serde_json::Value = serde_json::from_str(&store.share_once("agent-ca", &mine).await?)
+    let kept: serde_json::Value = serde_json::from_str(&store.share_once(AGENT_CA, &mine).await?)
         .context("reading the CA the servers share")?;
     match (kept["key"].as_str(), kept["cert"].as_str()) {
         (Some(k), Some(c)) if c != cert => Ca::adopt(data_dir, k, c).map_err(anyhow::Error::msg),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde::Serialize;
 use shipgate_core::config::DataLocation;
-use shipgate_store::{SqlStore, copy_store};
+use shipgate_store::{SqlStore, Store, copy_store};
 
 use crate::output::Printer;
 
@@ -19,6 +19,8 @@ struct Copied {
     artifact_bytes: u64,
     artifacts_missing: Vec<String>,
     events_verified: usize,
+    /// Whether the agents' CA went along (their certificates stay valid on every server).
+    agent_ca: bool,
 }
 
 fn location(what: &str, s: &str) -> anyhow::Result<DataLocation> {
@@ -56,6 +58,23 @@ pub(super) async fn copy(
     let report = copy_store(&source, &target, artifacts.as_deref())
         .await
         .with_context(|| format!("copying {from} into {to}; the target is left as it was"))?;
+    // The hosts' agents trust the CA of the source server's data dir: every server of the
+    // target takes that one, not a new one of its own.
+    let ca = match &from {
+        DataLocation::Sqlite(path) => path.parent().and_then(|dir| {
+            let key = std::fs::read_to_string(dir.join("ca.key")).ok()?;
+            let cert = std::fs::read_to_string(dir.join("ca.crt")).ok()?;
+            Some(serde_json::json!({ "key": key, "cert": cert }).to_string())
+        }),
+        DataLocation::Postgres(_) => source.shared(shipgate_server::AGENT_CA).await?,
+    };
+    let ca_kept = match ca {
+        Some(ca) => {
+            target.share_once(shipgate_server::AGENT_CA, &ca).await?;
+            true
+        }
+        None => false,
+    };
     let copied = Copied {
         from: from.to_string(),
         to: to.to_string(),
@@ -68,6 +87,7 @@ pub(super) async fn copy(
         artifact_bytes: report.artifact_bytes,
         artifacts_missing: report.artifacts_missing.clone(),
         events_verified: report.events_verified,
+        agent_ca: ca_kept,
     };
     out.print(&copied, |c| {
         let rows: Vec<String> = c
@@ -85,6 +105,9 @@ pub(super) async fn copy(
             c.artifact_bytes,
             c.events_verified
         );
+        if c.agent_ca {
+            text.push_str("agents' CA: kept for every server of the target\n");
+        }
         if !c.artifacts_missing.is_empty() {
             text.push_str(&format!(
                 "not copied, no longer stored (pruned by retention): {}\n",

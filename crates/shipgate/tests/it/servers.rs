@@ -355,3 +355,66 @@ fn the_standby_takes_over_a_deploy_from_a_leader_killed_9_while_the_hosts_keep_s
     assert!(verified.status.success(), "{}", text(&verified));
     drop(agents);
 }
+
+#[test]
+fn store_copy_moves_a_sqlite_store_to_postgres_and_the_server_goes_on_there() {
+    let mut s = spawn_server(&crate::helpers::four_envs(""));
+    s.register("1.0.0", &[]);
+    s.deploy("1.0.0", "development");
+    let history = s.json(&["history", "web"]);
+    let ca = std::fs::read_to_string(s.data_dir().join("ca.crt")).unwrap();
+    s.terminate();
+
+    let database = postgres_database("copy_cli");
+    let copy = |s: &TestServer| {
+        s.cli(&[
+            "store",
+            "copy",
+            "--from",
+            "sqlite://data/shipgate.db",
+            "--to",
+            &database,
+        ])
+    };
+    let copied = copy(&s);
+    assert!(copied.status.success(), "{}", text(&copied));
+    let said = text(&copied);
+    assert!(
+        said.contains("releases 1, promotions 1")
+            && said.contains("artifacts: 1")
+            && said.contains("verified on the target")
+            && said.contains("agents' CA: kept"),
+        "{said}"
+    );
+    let again = copy(&s);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("the target is not empty"),
+        "{}",
+        text(&again)
+    );
+
+    // The same server on PostgreSQL: everything is there, and the chain goes on.
+    let on_postgres = s.config_text().replace(
+        "data_dir = \"data\"\n",
+        &format!("data_dir = \"data\"\ndatabase = \"{database}\"\n"),
+    );
+    s.rewrite_config(&on_postgres);
+    std::fs::rename(
+        s.data_dir().join("shipgate.db"),
+        s.data_dir().join("old.db"),
+    )
+    .unwrap();
+    s.restart();
+    assert_eq!(s.json(&["history", "web"]), history);
+    assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
+    s.register("1.1.0", &[]);
+    s.deploy("1.1.0", "development");
+    assert_eq!(s.version("development").as_deref(), Some("1.1.0"));
+    let verified = s.cli(&["audit", "--verify"]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert_eq!(
+        std::fs::read_to_string(s.data_dir().join("ca.crt")).unwrap(),
+        ca
+    );
+}
