@@ -226,6 +226,11 @@ impl AgentClient {
         for (name, value) in headers {
             request = request.header(*name, value);
         }
+        if let Transport::Host { hosts, .. } = &self.transport
+            && hosts.epoch() > 0
+        {
+            request = request.header(crate::serve::EPOCH_HEADER, hosts.epoch());
+        }
         let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
         let answer = match &self.transport {
             Transport::Unix(socket) => {

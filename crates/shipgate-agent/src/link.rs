@@ -62,9 +62,22 @@ pub struct Hosts {
     connected: broadcast::Sender<String>,
     /// The port agents dial.
     pub port: u16,
+    /// The epoch of the engine's lease this server commands the hosts under (0: none yet).
+    epoch: std::sync::atomic::AtomicI64,
 }
 
 impl Hosts {
+    /// Every request to a host carries `epoch` from now on (the lease this server leads under):
+    /// an agent that was commanded under a newer one refuses it.
+    pub fn set_epoch(&self, epoch: i64) {
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(crate) fn epoch(&self) -> i64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Accepts agents on `addr` with `tls`, keeping those `check` knows.
     pub async fn listen(
         addr: SocketAddr,
@@ -80,6 +93,7 @@ impl Hosts {
             links: Mutex::default(),
             connected,
             port,
+            epoch: std::sync::atomic::AtomicI64::new(0),
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let weak = Arc::downgrade(&hosts);

@@ -60,6 +60,8 @@ pub struct Agent {
     /// is never sent one).
     artifacts: OnceLock<shipgate_store::artifact::ArtifactStore>,
     commands: Mutex<Commands>,
+    /// The newest lease epoch a server commanded this agent under.
+    leader_epoch: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Default)]
@@ -84,6 +86,7 @@ impl Agent {
             }),
             arrived: Notify::new(),
             running: Mutex::default(),
+            leader_epoch: std::sync::atomic::AtomicI64::new(0),
         });
         let mut events = agent.driver.subscribe();
         let recorder = Arc::downgrade(&agent);
@@ -184,7 +187,47 @@ pub(crate) fn routes(agent: Arc<Agent>) -> Router {
             Arc::clone(&agent),
             once_per_command,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&agent),
+            newest_leader_only,
+        ))
         .with_state(agent)
+}
+
+/// The epoch of the engine's lease a server sends with each request to a host.
+pub const EPOCH_HEADER: &str = "x-shipgate-epoch";
+
+/// A host obeys the newest leader only: once asked under an epoch, it refuses every request
+/// sent under an older one (a server that lost its lease and does not know it yet), so two
+/// servers can never both command it. Requests without an epoch (the server's own local
+/// agent) are not fenced.
+async fn newest_leader_only(
+    State(agent): AgentState,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let epoch = request
+        .headers()
+        .get(EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    if let Some(epoch) = epoch {
+        let newest = agent
+            .leader_epoch
+            .fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+        if epoch < newest {
+            return (
+                StatusCode::CONFLICT,
+                Json(Failed {
+                    error: format!(
+                        "this host is commanded by a newer leader (epoch {newest}); a request under epoch {epoch} is refused"
+                    ),
+                }),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Runs each command (a request with a command id) once: to its end even when the connection
@@ -503,4 +546,48 @@ async fn close_routers(State(agent): AgentState) -> Response {
 
 async fn retain_routers(State(agent): AgentState, Json(envs): Json<Vec<String>>) -> Response {
     Json(agent.driver.retain_routers(&envs).await).into_response()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    async fn hello(router: &Router, epoch: Option<i64>) -> StatusCode {
+        let mut request = axum::http::Request::post("/v1/hello")
+            .header(axum::http::header::CONTENT_TYPE, "application/json");
+        if let Some(epoch) = epoch {
+            request = request.header(EPOCH_HEADER, epoch);
+        }
+        let request = request.body(axum::body::Body::from("{}")).unwrap();
+        tower::ServiceExt::oneshot(router.clone(), request)
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn a_host_refuses_a_server_whose_lease_a_newer_one_took() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver: Arc<dyn shipgate_deploy::Driver> =
+            Arc::new(shipgate_deploy::ProcessDriver::new());
+        let router = routes(Agent::new(driver, dir.path()));
+        assert_eq!(hello(&router, Some(1)).await, StatusCode::OK);
+        assert_eq!(
+            hello(&router, Some(2)).await,
+            StatusCode::OK,
+            "a newer leader"
+        );
+        assert_eq!(
+            hello(&router, Some(1)).await,
+            StatusCode::CONFLICT,
+            "the old one is refused"
+        );
+        assert_eq!(hello(&router, Some(2)).await, StatusCode::OK);
+        assert_eq!(
+            hello(&router, None).await,
+            StatusCode::OK,
+            "the local agent's server"
+        );
+    }
 }

@@ -220,6 +220,7 @@ impl Server {
         )
         .await
         .map_err(anyhow::Error::msg)?;
+        hosts.set_epoch(lease.epoch);
         tracing::info!("agents of other hosts dial port {}", hosts.port);
         switch.set(lead::starting_routes(Some(hosts.port)));
         let kept = shipgate_agent::write_private(

@@ -130,10 +130,21 @@ impl Client {
             for k in 0..self.bases.len() {
                 let i = (first + k) % self.bases.len();
                 let base = &self.bases[i];
-                let response = match build(base)?.bearer_auth(&self.token).send().await {
+                let request = build(base)?
+                    .bearer_auth(&self.token)
+                    .build()
+                    .with_context(|| format!("making a request to {base}"))?;
+                // A read cut off mid-way (its server died) is asked again; a write only when
+                // it never reached the server.
+                let rereadable = request.method() == reqwest::Method::GET;
+                let response = match self.http.execute(request).await {
                     Ok(r) => r,
                     Err(e) if e.is_connect() => {
                         passed.push(format!("{base} cannot be reached"));
+                        continue;
+                    }
+                    Err(e) if rereadable && self.bases.len() > 1 => {
+                        passed.push(format!("{base} broke off: {e}"));
                         continue;
                     }
                     Err(e) => bail!("request to {base} failed: {e}"),
