@@ -23,6 +23,7 @@ use shipgate_engine::Engine;
 use shipgate_store::{SqlStore, Store};
 
 pub use auth::{ADMIN_TOKEN_FILE, generate_token, hash_token};
+pub use data_dir::{DataDirLock, LOCK_FILE};
 
 /// Shared by every handler.
 #[derive(Clone)]

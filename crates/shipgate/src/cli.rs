@@ -406,8 +406,8 @@ pub enum DataCommand {
 pub enum StoreCommand {
     /// Copy everything of one store into another, empty one (SQLite to PostgreSQL, to run
     /// several servers): releases, promotions, gates, decisions, tokens, freezes, hosts,
-    /// traffic, artifacts and the audit chain, which is verified on the target. Stop the
-    /// server first; a target that is not empty is refused.
+    /// traffic, artifacts and the audit chain, which is verified on the target. Refused for
+    /// the store of a server still running, and for a target that is not empty.
     #[command(
         after_help = "Examples:\n  shipgate store copy --from sqlite://.shipgate/shipgate.db --to postgres://shipgate@db.internal/shipgate"
     )]

@@ -45,6 +45,18 @@ pub(super) async fn copy(
             path.display()
         );
     }
+    // A server still running on the source would write what the copy misses: its data dir
+    // is locked for the copy, which refuses while a server holds it.
+    let _source_locked = match &from {
+        DataLocation::Sqlite(path) => match path.parent() {
+            Some(dir) if dir.join(shipgate_server::LOCK_FILE).exists() => Some(
+                shipgate_server::DataDirLock::take(dir)
+                    .context("the store of a running server is not copied")?,
+            ),
+            _ => None,
+        },
+        DataLocation::Postgres(_) => None,
+    };
     let artifacts = artifacts.or_else(|| match &from {
         DataLocation::Sqlite(path) => path.parent().map(|dir| dir.join("artifacts")),
         DataLocation::Postgres(_) => None,
