@@ -33,7 +33,7 @@ impl Engine {
     /// Keeps the artifact of `digest` in the database too, when the database is shared by
     /// several servers, so that whichever leads can deploy it.
     async fn share_artifact(&self, digest: &shipgate_core::Digest) -> Result<(), EngineError> {
-        if self.store.keeps_artifacts() {
+        if self.store.is_shared() {
             self.store
                 .put_artifact(digest, &self.artifacts.archive(digest))
                 .await?;

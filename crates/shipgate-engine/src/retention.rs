@@ -58,7 +58,8 @@ impl Engine {
                         why,
                     });
                 } else if self.artifacts.has(&r.digest)
-                    || self.store.artifact_chunks(&r.digest).await?.is_some()
+                    || (self.store.is_shared()
+                        && self.store.artifact_chunks(&r.digest).await?.is_some())
                 {
                     candidates.push(r.clone());
                 }
@@ -83,7 +84,9 @@ impl Engine {
                         source: std::io::Error::other(e),
                     })??;
                 // Shared by several servers: gone from the database too.
-                self.store.remove_artifact(&r.digest).await?;
+                if self.store.is_shared() {
+                    self.store.remove_artifact(&r.digest).await?;
+                }
                 freed
             };
             if !dry_run {

@@ -5,9 +5,9 @@
 //! server that cannot renew stops: the next leader reconciles from the store.
 //!
 //! While another server leads, this one stands by on its API address: `/healthz` answers 503
-//! naming the leader, and every other request 503 with a problem saying where to go, so a
-//! client given several servers moves on to the next. [`Switch`] changes what the address
-//! answers without closing it.
+//! naming the leader, and every other request is passed on to the leader (503, saying where
+//! to go, while the leader does not answer, so a client given several servers moves on to the
+//! next). [`Switch`] changes what the address answers without closing it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,15 +247,16 @@ pub(crate) fn starting_routes(agent_port: Option<u16>) -> Router {
         })
 }
 
-/// Renews `lease` every third of its length for as long as it holds. The receiver shows the
-/// lease as last renewed, and changes to `None` once it is lost.
+/// Renews `lease` every third of its length for as long as it holds, until the returned task
+/// is aborted (the server stopped). The receiver shows the lease as last renewed, and changes
+/// to `None` once it is lost.
 pub(crate) fn keep(
     store: Arc<dyn Store>,
     lease: Lease,
     length: Duration,
-) -> watch::Receiver<Option<Lease>> {
+) -> (watch::Receiver<Option<Lease>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Some(lease.clone()));
-    tokio::spawn(async move {
+    let renewing = tokio::spawn(async move {
         let mut held = lease;
         loop {
             tokio::time::sleep(length / 3).await;
@@ -286,5 +287,5 @@ pub(crate) fn keep(
             }
         }
     });
-    rx
+    (rx, renewing)
 }

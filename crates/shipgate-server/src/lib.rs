@@ -95,13 +95,13 @@ pub struct Server {
     reloader: Arc<reload::Reloader>,
 }
 
-/// How a server ended.
 /// The server was asked to stop while it stood by for another server's lease: it never ran
 /// the engine, so there is nothing to stop.
 #[derive(Debug, thiserror::Error)]
 #[error("stopped while standing by (another server leads)")]
 pub struct StoppedStandingBy;
 
+/// How a server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
     /// Its shutdown future resolved.
@@ -170,7 +170,7 @@ impl Server {
         // The address answers from now on: as a standby, then a starting server, then the API.
         let switch = lead::Switch::new(lead::starting_routes(None));
         let (serve_stop, mut serve_stopping) = tokio::sync::watch::channel(false);
-        let serving = Serving(Some(tokio::spawn(
+        let serving = Owned(Some(tokio::spawn(
             axum::serve(listener, switch.app())
                 .with_graceful_shutdown(async move {
                     let _ = serve_stopping.wait_for(|stop| *stop).await;
@@ -187,7 +187,8 @@ impl Server {
             () = shutdown.clone() => return Err(StoppedStandingBy.into()),
         };
         switch.set(lead::starting_routes(None));
-        let leader = lead::keep(Arc::clone(&store), lease.clone(), length);
+        let (leader, renewing) = lead::keep(Arc::clone(&store), lease.clone(), length);
+        let renewing = Owned(Some(renewing));
         let unfenced = Arc::clone(&store);
         let store = store.fenced(lease.clone());
         store
@@ -298,7 +299,7 @@ impl Server {
             switch.set(app);
             signal.await;
             let _ = serve_stop.send(true);
-            serving.ended().await?;
+            serving.ended().await?.context("serving the API")?;
             if let Some(supervisor) = supervisor {
                 supervisor.abort();
             }
@@ -326,6 +327,8 @@ impl Server {
                 }
                 Ended::Stopped
             };
+            // No renewal after this: a lease handed back stays handed back.
+            drop(renewing);
             if ended == Ended::Stopped
                 && let Err(e) = unfenced.release_lease(&lease).await
             {
@@ -355,22 +358,20 @@ impl Server {
 /// and its agents find it again without asking the API.
 const AGENT_PORT_FILE: &str = "agent.port";
 
-/// The task serving the API address; stopped if the server does not get as far as serving.
-struct Serving(Option<tokio::task::JoinHandle<std::io::Result<()>>>);
+/// A task of the server's that must not outlive it: aborted when dropped (a start that fails
+/// half-way, or a server that stopped) unless waited for with [`Owned::ended`].
+struct Owned<T>(Option<tokio::task::JoinHandle<T>>);
 
-impl Serving {
-    async fn ended(mut self) -> anyhow::Result<()> {
+impl<T> Owned<T> {
+    async fn ended(mut self) -> anyhow::Result<T> {
         match self.0.take() {
-            Some(task) => task
-                .await
-                .context("the API task panicked")?
-                .context("serving the API"),
-            None => Ok(()),
+            Some(task) => task.await.context("a task of the server panicked"),
+            None => anyhow::bail!("the task was already waited for"),
         }
     }
 }
 
-impl Drop for Serving {
+impl<T> Drop for Owned<T> {
     fn drop(&mut self) {
         if let Some(task) = self.0.take() {
             task.abort();
@@ -381,6 +382,11 @@ impl Drop for Serving {
 /// Where the CA agents trust is kept for every server of a shared database.
 pub const AGENT_CA: &str = "agent-ca";
 
+/// The CA of `key` and `cert` (PEM) as it is kept under [`AGENT_CA`].
+pub fn ca_to_share(key: &str, cert: &str) -> String {
+    serde_json::json!({ "key": key, "cert": cert }).to_string()
+}
+
 /// On a database several servers share, what the hosts serve is kept there too, so the next
 /// leader reconciles hosts against it rather than against nothing (which would stop all).
 /// Snapshots are written in order by one task, through the fenced store: a deposed leader's
@@ -389,7 +395,7 @@ async fn shared_placement(
     store: &Arc<dyn Store>,
 ) -> anyhow::Result<Option<shipgate_agent::SharedKeep>> {
     const NAME: &str = "placement";
-    if !store.keeps_artifacts() {
+    if !store.is_shared() {
         return Ok(None);
     }
     let kept = store.shared(NAME).await?.map(String::into_bytes);
@@ -422,13 +428,16 @@ async fn shared_ca(
 ) -> anyhow::Result<shipgate_agent::tls::Ca> {
     use shipgate_agent::tls::Ca;
     let ca = Ca::load_or_create(data_dir).map_err(anyhow::Error::msg)?;
-    if !store.keeps_artifacts() {
+    if !store.is_shared() {
         return Ok(ca);
     }
     let (key, cert) = ca.to_pem();
-    let mine = serde_json::json!({ "key": key, "cert": cert }).to_string();
-    let kept: serde_json::Value = serde_json::from_str(&store.share_once(AGENT_CA, &mine).await?)
-        .context("reading the CA the servers share")?;
+    let kept: serde_json::Value = serde_json::from_str(
+        &store
+            .share_once(AGENT_CA, &ca_to_share(&key, &cert))
+            .await?,
+    )
+    .context("reading the CA the servers share")?;
     match (kept["key"].as_str(), kept["cert"].as_str()) {
         (Some(k), Some(c)) if c != cert => Ca::adopt(data_dir, k, c).map_err(anyhow::Error::msg),
         (Some(_), Some(_)) => Ok(ca),

@@ -233,7 +233,7 @@ impl ArtifactStore {
         if self.has(digest) {
             return Ok(true);
         }
-        if !store.keeps_artifacts() {
+        if !store.is_shared() {
             return Ok(false);
         }
         let unstored = |e: crate::StoreError| ArtifactError::Io {

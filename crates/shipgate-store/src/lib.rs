@@ -258,9 +258,9 @@ pub trait Store: Send + Sync {
     /// What is kept under `name` for every server.
     async fn shared(&self, name: &str) -> Result<Option<String>>;
 
-    /// Whether artifacts live in the database (PostgreSQL, so that every server has every
-    /// artifact) rather than only in the data dir.
-    fn keeps_artifacts(&self) -> bool;
+    /// Whether several servers can share this store (PostgreSQL): then the artifacts, the
+    /// agents' CA and what the hosts serve are kept in it too, for whichever server leads.
+    fn is_shared(&self) -> bool;
     /// Stores the artifact file at `file` (already checked against `digest`) in chunks, read
     /// and written one at a time; an artifact stored already is left as it is.
     async fn put_artifact(&self, digest: &Digest, file: &std::path::Path) -> Result<()>;

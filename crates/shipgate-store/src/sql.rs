@@ -84,7 +84,7 @@ fn host_event(actor: &str, kind: EventKind, name: &str, message: String) -> NewE
 #[derive(Clone)]
 pub struct SqlStore {
     shared: Arc<Shared>,
-    /// Every write is refused unless this lease still holds.
+    /// Every write is refused once another server took this lease over.
     fence: Option<Lease>,
 }
 
@@ -1738,7 +1738,7 @@ impl Store for SqlStore {
             .map_err(db("reading shared state"))
     }
 
-    fn keeps_artifacts(&self) -> bool {
+    fn is_shared(&self) -> bool {
         self.backend == Backend::Postgres
     }
 

@@ -44,7 +44,7 @@ on_both_backends! {
             back.extend(t.store.artifact_chunk(&digest, seq).await.unwrap());
         }
         assert!(back == std::fs::read(&file).unwrap(), "the same bytes come back");
-        assert_eq!(t.store.keeps_artifacts(), t.store.backend() == shipgate_store::Backend::Postgres);
+        assert_eq!(t.store.is_shared(), t.store.backend() == shipgate_store::Backend::Postgres);
         t.store.remove_artifact(&digest).await.unwrap();
         assert_eq!(t.store.artifact_chunks(&digest).await.unwrap(), None, "retention removed it");
     }
@@ -58,7 +58,7 @@ on_both_backends! {
         let artifacts = ArtifactStore::open(elsewhere.path()).unwrap();
         let fetched = artifacts.fetch(&t.store, &digest).await.unwrap();
         // SQLite is one server's: its artifacts live in its data dir, never fetched.
-        assert_eq!(fetched, t.store.keeps_artifacts());
+        assert_eq!(fetched, t.store.is_shared());
         if fetched {
             assert!(artifacts.has(&digest));
             let unpacked = artifacts.release_dir(&digest).join("blob.bin");

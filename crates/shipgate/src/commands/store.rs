@@ -76,7 +76,7 @@ pub(super) async fn copy(
         DataLocation::Sqlite(path) => path.parent().and_then(|dir| {
             let key = std::fs::read_to_string(dir.join("ca.key")).ok()?;
             let cert = std::fs::read_to_string(dir.join("ca.crt")).ok()?;
-            Some(serde_json::json!({ "key": key, "cert": cert }).to_string())
+            Some(shipgate_server::ca_to_share(&key, &cert))
         }),
         DataLocation::Postgres(_) => source.shared(shipgate_server::AGENT_CA).await?,
     };

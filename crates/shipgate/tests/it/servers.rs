@@ -27,6 +27,20 @@ fn cli_any(s: &TestServer, servers: &str, token: &str, args: &[&str]) -> std::pr
     s.cli(&[&["--server", servers, "--token", token], args].concat())
 }
 
+/// [`cli_any`] on a thread of its own, for a command that waits while the test goes on.
+fn cli_any_meanwhile(
+    s: &TestServer,
+    servers: &str,
+    token: &str,
+    args: &[&str],
+) -> std::thread::JoinHandle<std::process::Output> {
+    let mut command = crate::helpers::command(s.dir.path());
+    command
+        .args(["--server", servers, "--token", token])
+        .args(args);
+    std::thread::spawn(move || command.output().unwrap())
+}
+
 fn json_any(s: &TestServer, servers: &str, token: &str, args: &[&str]) -> Value {
     let out = cli_any(s, servers, token, &[&["--output", "json"], args].concat());
     assert!(out.status.success(), "{}", text(&out));
@@ -125,16 +139,12 @@ fn a_leader_paused_past_its_lease_has_none_of_its_writes_accepted() {
     std::fs::create_dir_all(a.app_data("development")).unwrap();
     std::fs::write(a.app_data("development").join("open-gate"), "").unwrap();
     // And a write is waiting for it on its own address, sent before it wakes.
-    let late_write = {
-        let (api, token, dir) = (a.api(), token.clone(), a.dir.path().to_owned());
-        std::thread::spawn(move || {
-            crate::helpers::command(&dir)
-                .args(["--server", &api, "--token", &token])
-                .args(["freeze", "--env", "development", "--reason", "written late"])
-                .output()
-                .unwrap()
-        })
-    };
+    let late_write = cli_any_meanwhile(
+        &a,
+        &a.api(),
+        &token,
+        &["freeze", "--env", "development", "--reason", "written late"],
+    );
     std::thread::sleep(Duration::from_millis(200));
     kill(Pid::from_raw(a.pid() as i32), Signal::SIGCONT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -277,16 +287,12 @@ fn the_standby_takes_over_a_deploy_from_a_leader_killed_9_while_the_hosts_keep_s
     // 1.1.0 is held midway through its deploy when the leader dies.
     // Asked with --wait through every server: the command rides out the failover.
     a.register("1.1.0", &[("SLOW", "never")]);
-    let waiting = {
-        let (dir, servers, token) = (a.dir.path().to_owned(), servers.clone(), token.clone());
-        std::thread::spawn(move || {
-            crate::helpers::command(&dir)
-                .args(["--server", &servers, "--token", &token])
-                .args(["promote", "web@1.1.0", "--to", "staging", "--wait"])
-                .output()
-                .unwrap()
-        })
-    };
+    let waiting = cli_any_meanwhile(
+        &a,
+        &servers,
+        &token,
+        &["promote", "web@1.1.0", "--to", "staging", "--wait"],
+    );
     wait_for("1.1.0 to deploy", || {
         a.latest("staging")["state"] == "deploying"
     });
@@ -430,4 +436,18 @@ fn store_copy_moves_a_sqlite_store_to_postgres_and_the_server_goes_on_there() {
         std::fs::read_to_string(s.data_dir().join("ca.crt")).unwrap(),
         ca
     );
+}
+
+#[test]
+fn a_leader_that_stops_cleanly_hands_its_lease_over_at_once() {
+    // A lease longer than the test waits (40 s against 30): only a lease handed back lets B
+    // lead in time (it looks every quarter of the lease).
+    let database = postgres_database("handover");
+    let mut a = spawn_server(&server_config(&database, "40s"));
+    let b = spawn_standby(&server_config(&database, "40s"));
+    let stopped = a.terminate();
+    assert!(stopped.success(), "{stopped}:\n{}", a.log());
+    wait_for("the standby to take the lease handed back", || {
+        http_get(&format!("{}/healthz", b.api()), None).is_some_and(|r| r.status == 200)
+    });
 }
