@@ -370,21 +370,6 @@ fn store_copy_moves_a_sqlite_store_to_postgres_and_the_server_goes_on_there() {
     let history = s.json(&["history", "web"]);
     let ca = std::fs::read_to_string(s.data_dir().join("ca.crt")).unwrap();
     let database = postgres_database("copy_cli");
-    let running = s.cli(&[
-        "store",
-        "copy",
-        "--from",
-        "sqlite://data/shipgate.db",
-        "--to",
-        &database,
-    ]);
-    assert!(
-        !running.status.success() && text(&running).contains("stop it first"),
-        "a running server's store is not copied: {}",
-        text(&running)
-    );
-    s.terminate();
-
     let copy = |s: &TestServer| {
         s.cli(&[
             "store",
@@ -395,6 +380,14 @@ fn store_copy_moves_a_sqlite_store_to_postgres_and_the_server_goes_on_there() {
             &database,
         ])
     };
+    let running = copy(&s);
+    assert!(
+        !running.status.success() && text(&running).contains("stop it first"),
+        "a running server's store is not copied: {}",
+        text(&running)
+    );
+    s.terminate();
+
     let copied = copy(&s);
     assert!(copied.status.success(), "{}", text(&copied));
     let said = text(&copied);
