@@ -169,6 +169,32 @@ pub struct HostRecord {
     pub removed_at: Option<Timestamp>,
 }
 
+/// An on-demand environment as stored: made from a template for a requester, on a port of
+/// the template's range, until it expires.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct OnDemandRecord {
+    /// Its name (`pr-123`).
+    pub name: EnvName,
+    /// The template it was made from.
+    pub template: EnvName,
+    /// Who asked for it (the token's name).
+    pub requester: String,
+    /// Its router's port, in the template's `listen_range`.
+    pub port: u16,
+    /// Where it is in its life.
+    pub state: shipgate_core::on_demand::OnDemandState,
+    /// How long it lives after its last use (or its creation), in seconds.
+    pub ttl_secs: u64,
+    /// When it was asked for.
+    pub created_at: Timestamp,
+    /// When the reaper deletes it, unless it is used or extended.
+    pub expires_at: Timestamp,
+    /// The releases asked for (`web@1.4.2-pr123`); none: those live in the template's `from`.
+    pub releases: Vec<shipgate_core::ReleaseRef>,
+    /// What making it found: each seed, deploy and test, or why it failed.
+    pub outcome: Option<String>,
+}
+
 /// An API token as stored: only its hash.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct TokenRecord {
@@ -178,8 +204,8 @@ pub struct TokenRecord {
     pub name: String,
     /// Its role.
     pub role: shipgate_core::Role,
-    /// The environments it is limited to; empty: all.
-    pub envs: Vec<EnvName>,
+    /// The environments it is limited to (a name, or a prefix and `*`); empty: all.
+    pub envs: Vec<shipgate_core::EnvScope>,
     /// When it was made.
     pub created_at: Timestamp,
     /// When it was revoked, if it was.

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::EnvName;
+use crate::{EnvName, EnvScope};
 
 /// What a token's holder is trusted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -75,6 +75,8 @@ pub enum Action {
     Reload,
     /// Remove what retention no longer keeps (`shipgate gc`).
     CollectGarbage,
+    /// Create, extend or delete an on-demand environment.
+    OnDemand,
 }
 
 impl Action {
@@ -91,6 +93,7 @@ impl Action {
             Self::ManageHosts => "add or remove hosts",
             Self::Reload => "reload the config",
             Self::CollectGarbage => "remove old releases and logs",
+            Self::OnDemand => "create, extend or delete on-demand environments",
         }
     }
 
@@ -98,7 +101,7 @@ impl Action {
     fn roles(self) -> &'static [Role] {
         match self {
             Self::Read => &Role::ALL,
-            Self::RegisterRelease | Self::Promote | Self::Rollback => {
+            Self::RegisterRelease | Self::Promote | Self::Rollback | Self::OnDemand => {
                 &[Role::Deployer, Role::Admin]
             }
             Self::Approve | Self::Freeze => &[Role::Approver, Role::Admin],
@@ -119,7 +122,7 @@ pub struct Grant {
     /// Its role.
     pub role: Role,
     /// The environments it may act on; empty means every one.
-    pub envs: Vec<EnvName>,
+    pub envs: Vec<EnvScope>,
 }
 
 /// Why a request was refused, with whom to ask.
@@ -177,8 +180,8 @@ impl Grant {
             });
         }
         match env {
-            Some(env) if scoped && !self.envs.contains(env) => {
-                let scope: Vec<&str> = self.envs.iter().map(EnvName::as_str).collect();
+            Some(env) if scoped && !self.envs.iter().any(|s| s.covers(env)) => {
+                let scope: Vec<&str> = self.envs.iter().map(EnvScope::as_str).collect();
                 Err(Denied::Scope {
                     name: self.name.clone(),
                     scope: scope.join(", "),
@@ -235,7 +238,7 @@ mod tests {
         Grant {
             name: "t".into(),
             role,
-            envs: envs.iter().map(|e| EnvName::parse(e).unwrap()).collect(),
+            envs: envs.iter().map(|e| EnvScope::parse(e).unwrap()).collect(),
         }
     }
 
@@ -291,6 +294,30 @@ mod tests {
         for role in Role::ALL {
             assert_eq!(Role::parse(role.as_str()), Ok(role));
         }
+    }
+
+    #[test]
+    fn a_prefix_scope_covers_the_environments_named_so_and_no_other() {
+        let previews = grant(Role::Deployer, &["preview-*"]);
+        let pr = EnvName::parse("preview-123").unwrap();
+        let staging = EnvName::parse("staging").unwrap();
+        assert!(previews.check(Action::OnDemand, Some(&pr)).is_ok());
+        assert!(previews.check(Action::Promote, Some(&pr)).is_ok());
+        assert_eq!(
+            previews
+                .check(Action::OnDemand, Some(&staging))
+                .unwrap_err()
+                .to_string(),
+            "token `t` is limited to preview-*; it may not act on staging"
+        );
+        assert!(
+            grant(Role::Viewer, &["preview-*"])
+                .check(Action::OnDemand, Some(&pr))
+                .is_err()
+        );
+        assert!(EnvScope::parse("*").is_err());
+        assert!(EnvScope::parse("pre*view").is_err());
+        assert_eq!(EnvScope::parse("staging").unwrap().env(), Some(staging));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::gate::Inconclusive;
+use crate::on_demand::{PortRange, TemplateConfig, TtlFrom};
 use crate::window::DeployWindow;
 use crate::{AppName, ByteSize, Duration, EnvName, Role};
 
@@ -21,7 +22,10 @@ pub struct Config {
     /// `[apps.*]`, in file order.
     pub apps: Vec<AppConfig>,
     /// `[environments.*]`, each after the one it names in `after` (file order otherwise).
+    /// A running server adds its on-demand environments here, after the configured ones.
     pub environments: Vec<EnvironmentConfig>,
+    /// `[templates.*]`: how on-demand environments are made, in file order.
+    pub templates: Vec<TemplateConfig>,
 }
 
 /// `[server]`: where the API listens and where state is kept.
@@ -340,6 +344,8 @@ pub struct EnvironmentConfig {
     pub hosts_required: usize,
     /// An address on the server's machine that spreads connections over its hosts' routers.
     pub front: Option<SocketAddr>,
+    /// For an on-demand environment, the template it was made from (None: configured).
+    pub template: Option<EnvName>,
 }
 
 /// `require.*` of an environment: what a promotion waits on before it deploys.
@@ -496,6 +502,34 @@ struct RawConfig {
     apps: BTreeMap<Spanned<String>, RawApp>,
     #[serde(default)]
     environments: BTreeMap<Spanned<String>, RawEnvironment>,
+    #[serde(default)]
+    templates: BTreeMap<Spanned<String>, RawTemplate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    from: Spanned<String>,
+    ttl: Option<Spanned<String>>,
+    ttl_from: Option<Spanned<String>>,
+    max: Option<Spanned<i64>>,
+    max_per_requester: Option<Spanned<i64>>,
+    listen_range: Spanned<String>,
+    listen: Option<Spanned<String>>,
+    host_suffix: Option<Spanned<String>>,
+    data: Option<RawTemplateData>,
+    #[serde(default)]
+    vars: BTreeMap<Spanned<String>, Spanned<String>>,
+    limits: Option<RawLimits>,
+    hosts: Option<Vec<Spanned<String>>>,
+    verify: Option<RawVerify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplateData {
+    from: Spanned<String>,
+    masked: Spanned<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -669,6 +703,7 @@ impl Config {
         let server = server(raw.server, base_dir, &mut problems);
         let apps = apps(raw.apps, base_dir, &mut problems);
         let environments = environments(raw.environments, &server, &mut problems);
+        let templates = templates(raw.templates, &environments, &server, &mut problems);
         if apps.is_empty() {
             problems.add(0..0, "the config defines no app", "add one, for example:\n[apps.web]\nrun = \"./web --port ${PORT}\"\nhealth = \"/healthz\"".to_owned());
         }
@@ -690,7 +725,13 @@ impl Config {
             server,
             apps,
             environments,
+            templates,
         })
+    }
+
+    /// The template of that name.
+    pub fn template(&self, name: &EnvName) -> Option<&TemplateConfig> {
+        self.templates.iter().find(|t| &t.name == name)
     }
 
     /// The app of that name.
@@ -1148,13 +1189,7 @@ fn environments(
                     "auto-promotion takes releases verified in the environment named by `after`: add `after` or remove `auto`".to_owned(),
                 );
         }
-        let watch = watch_rule(&env.verify, problems);
-        let http = http_checks(&env.verify.http, problems);
-        let timeout = env
-            .verify
-            .timeout
-            .as_ref()
-            .and_then(|t| problems.parse(t, Duration::parse));
+        let verify = verify(&env.verify, problems);
         let duration = |key: &Option<Spanned<String>>, problems: &mut Problems| {
             key.as_ref()
                 .and_then(|d| problems.parse(d, Duration::parse))
@@ -1191,12 +1226,7 @@ fn environments(
                 after,
                 listen,
                 vars: env_vars(&env.vars, problems),
-                verify: VerifyConfig {
-                    tests: env.verify.tests.clone(),
-                    timeout,
-                    http,
-                    watch,
-                },
+                verify,
                 standby,
                 drain,
                 request_timeout,
@@ -1215,6 +1245,7 @@ fn environments(
                 batch: placement.1,
                 hosts_required: placement.2,
                 front,
+                template: None,
             });
         }
     }
@@ -1232,6 +1263,177 @@ fn environments(
         return envs;
     }
     order(envs)
+}
+
+/// `verify.*` of an environment or a template.
+fn verify(raw: &RawVerify, problems: &mut Problems) -> VerifyConfig {
+    VerifyConfig {
+        tests: raw.tests.clone(),
+        timeout: raw
+            .timeout
+            .as_ref()
+            .and_then(|t| problems.parse(t, Duration::parse)),
+        http: http_checks(&raw.http, problems),
+        watch: watch_rule(raw, problems),
+    }
+}
+
+/// `[templates.*]`, checked against the environments they copy and the addresses in use.
+fn templates(
+    raw: BTreeMap<Spanned<String>, RawTemplate>,
+    envs: &[EnvironmentConfig],
+    server: &ServerConfig,
+    problems: &mut Problems,
+) -> Vec<TemplateConfig> {
+    let mut raw: Vec<_> = raw.into_iter().collect();
+    raw.sort_by_key(|(name, _)| name.span().start);
+    let names: Vec<&str> = envs.iter().map(|e| e.name.as_str()).collect();
+    let mut taken: Vec<(SocketAddr, String)> = envs
+        .iter()
+        .map(|e| (e.listen, format!("environment `{}`", e.name)))
+        .chain(envs.iter().filter_map(|e| Some((e.front?, format!("the front of `{}`", e.name)))))
+        .chain([(server.listen, "the server (`[server] listen`)".to_owned())])
+        .collect();
+    let mut ranges: Vec<(PortRange, String)> = Vec::new();
+    let mut out = Vec::new();
+    for (name, t) in &raw {
+        let template_name = problems.parse(name, |s| EnvName::parse(s).map_err(|e| e.0));
+        let known = |key: &Spanned<String>, what: &str, problems: &mut Problems| {
+            if names.contains(&key.get_ref().as_str()) {
+                return problems.parse(key, |s| EnvName::parse(s).map_err(|e| e.0));
+            }
+            let help = match closest(key.get_ref(), names.iter().copied()) {
+                Some(c) => format!("did you mean `{c}`?"),
+                None => format!("name one of: {}", names.join(", ")),
+            };
+            problems.add(
+                key.span(),
+                format!("`{what} = \"{}\"` of template `{}` names no environment", key.get_ref(), name.get_ref()),
+                help,
+            );
+            None
+        };
+        let from = known(&t.from, "from", problems);
+        let data_from = t.data.as_ref().and_then(|d| {
+            if !*d.masked.get_ref() {
+                problems.add(
+                    d.masked.span(),
+                    format!("template `{}` would seed its environments with unmasked data", name.get_ref()),
+                    "on-demand environments get masked data only: write masked = true (the app's [apps.NAME.data.mask] rules apply), or remove `data`".to_owned(),
+                );
+            }
+            known(&d.from, "data.from", problems)
+        });
+        let ttl = t
+            .ttl
+            .as_ref()
+            .and_then(|d| problems.parse(d, positive_duration("ttl")))
+            .unwrap_or(Duration::from_std(std::time::Duration::from_secs(48 * 3600)));
+        let ttl_from = t
+            .ttl_from
+            .as_ref()
+            .and_then(|f| problems.parse(f, TtlFrom::parse))
+            .unwrap_or(TtlFrom::LastUse);
+        let count = |key: &Option<Spanned<i64>>, what: &str, problems: &mut Problems| {
+            let n = key.as_ref()?;
+            let value = usize::try_from(*n.get_ref()).ok().filter(|n| *n > 0);
+            if value.is_none() {
+                problems.add(
+                    n.span(),
+                    format!("`{what}` must be at least 1, not {}", n.get_ref()),
+                    format!("write how many environments may exist at once, for example {what} = 3"),
+                );
+            }
+            value
+        };
+        let max = count(&t.max, "max", problems).unwrap_or(10);
+        let max_per_requester = count(&t.max_per_requester, "max_per_requester", problems);
+        let listen_range = problems.parse(&t.listen_range, PortRange::parse);
+        if let Some(range) = listen_range {
+            if let Some((a, owner)) = taken.iter().find(|(a, _)| range.holds(*a)) {
+                problems.add(
+                    t.listen_range.span(),
+                    format!("the range {range} of template `{}` holds {a}, which {owner} uses", name.get_ref()),
+                    "give on-demand environments a range of ports nothing else listens on".to_owned(),
+                );
+            }
+            if let Some((other, owner)) = ranges.iter().find(|(r, _)| {
+                r.first <= range.last && range.first <= r.last && (r.ip == range.ip || r.ip.is_unspecified() || range.ip.is_unspecified())
+            }) {
+                problems.add(
+                    t.listen_range.span(),
+                    format!("the range {range} of template `{}` overlaps {other} of {owner}", name.get_ref()),
+                    "give each template a range of its own".to_owned(),
+                );
+            }
+            if max > range.len() {
+                problems.add(
+                    t.listen_range.span(),
+                    format!("template `{}` allows {max} environments but its range {range} has {} ports", name.get_ref(), range.len()),
+                    "widen the range or lower `max`: each environment needs a port".to_owned(),
+                );
+            }
+            ranges.push((range, format!("template `{}`", name.get_ref())));
+        }
+        let listen = t.listen.as_ref().and_then(|l| {
+            let addr = problems.parse(l, parse_address)?;
+            let in_range = ranges.iter().find(|(r, _)| r.holds(addr));
+            if let Some((_, owner)) = taken.iter().find(|(a, _)| same_socket(*a, addr)) {
+                problems.add(l.span(), format!("template `{}` listens on {addr}, which {owner} already uses", name.get_ref()), "give it an address of its own".to_owned());
+            } else if let Some((_, owner)) = in_range {
+                problems.add(l.span(), format!("template `{}` listens on {addr}, inside the range of {owner}", name.get_ref()), "give it an address outside every `listen_range`".to_owned());
+            }
+            taken.push((addr, format!("template `{}`", name.get_ref())));
+            Some(addr)
+        });
+        let host_suffix = t.host_suffix.as_ref().and_then(|h| {
+            let suffix = h.get_ref().to_ascii_lowercase();
+            let valid = suffix.starts_with('.')
+                && suffix.len() > 1
+                && suffix[1..].split('.').all(|label| {
+                    !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !valid {
+                problems.add(h.span(), format!("`host_suffix = \"{}\"` is not the end of a host name", h.get_ref()), "start it with a dot, for example host_suffix = \".preview.localhost\"".to_owned());
+                return None;
+            }
+            if t.listen.is_none() {
+                problems.add(h.span(), format!("`host_suffix` on template `{}`, which has no `listen`", name.get_ref()), "host names are served on the template's own address: add listen = \"127.0.0.1:9000\"".to_owned());
+            }
+            Some(suffix)
+        });
+        let hosts = t.hosts.as_ref().map(|hosts| {
+            hosts.iter().filter_map(|h| match EnvName::parse(h.get_ref()) {
+                Ok(_) => Some(h.get_ref().clone()),
+                Err(e) => {
+                    problems.add(h.span(), format!("host name `{}`: {}", h.get_ref(), e.0), None);
+                    None
+                }
+            }).collect()
+        });
+        let verify = t.verify.as_ref().map(|v| verify(v, problems));
+        let vars = env_vars(&t.vars, problems);
+        let limits = limits(t.limits.as_ref(), problems);
+        if let (Some(name), Some(from), Some(listen_range)) = (template_name, from, listen_range) {
+            out.push(TemplateConfig {
+                name,
+                from,
+                ttl,
+                ttl_from,
+                max,
+                max_per_requester,
+                listen_range,
+                listen,
+                host_suffix,
+                data_from,
+                vars,
+                limits,
+                hosts,
+                verify,
+            });
+        }
+    }
+    out
 }
 
 /// `hosts`, `rollout.batch` and `hosts_required` of one environment.

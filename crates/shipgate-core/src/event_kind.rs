@@ -64,10 +64,22 @@ pub enum EventKind {
     DataRefreshFailed,
     /// A server took the engine's lease and runs the engine from now on (`server.leading`).
     ServerLeading,
+    /// An on-demand environment was made from a template (`environment.created`).
+    EnvironmentCreated,
+    /// An on-demand environment has its data and releases and passed its tests
+    /// (`environment.ready`).
+    EnvironmentReady,
+    /// Making an on-demand environment failed; it is deleted (`environment.create_failed`).
+    EnvironmentCreateFailed,
+    /// An on-demand environment was given more time (`environment.extended`).
+    EnvironmentExtended,
+    /// An on-demand environment and everything of it was removed, by a person or its TTL
+    /// (`environment.deleted`).
+    EnvironmentDeleted,
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 26] = [
+    const NAMED: [(EventKind, &'static str); 31] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -94,6 +106,11 @@ impl EventKind {
         (Self::DataRefreshed, "data.refreshed"),
         (Self::DataRefreshFailed, "data.refresh_failed"),
         (Self::ServerLeading, "server.leading"),
+        (Self::EnvironmentCreated, "environment.created"),
+        (Self::EnvironmentReady, "environment.ready"),
+        (Self::EnvironmentCreateFailed, "environment.create_failed"),
+        (Self::EnvironmentExtended, "environment.extended"),
+        (Self::EnvironmentDeleted, "environment.deleted"),
     ];
 
     /// Every kind, in a stable order (by family).
@@ -119,7 +136,12 @@ impl EventKind {
             | Self::EnvironmentUnfrozen
             | Self::EnvironmentDrifted
             | Self::EnvironmentDriftCleared
-            | Self::EnvironmentUnhealthy => "environment",
+            | Self::EnvironmentUnhealthy
+            | Self::EnvironmentCreated
+            | Self::EnvironmentReady
+            | Self::EnvironmentCreateFailed
+            | Self::EnvironmentExtended
+            | Self::EnvironmentDeleted => "environment",
             Self::InstanceCrashed | Self::InstanceRestarted | Self::InstanceGaveUp => "instance",
             Self::TokenCreated | Self::TokenRevoked => "token",
             Self::HostAdded | Self::HostJoined | Self::HostRemoved => "host",

@@ -15,6 +15,7 @@ pub mod event_kind;
 pub mod gate;
 pub mod mask;
 pub mod names;
+pub mod on_demand;
 pub mod parity;
 pub mod promotion;
 pub mod reload;
@@ -32,7 +33,7 @@ pub use duration::Duration;
 pub use event_kind::EventKind;
 pub use gate::Verdict;
 pub use names::{
-    AppName, Digest, EnvName, InstanceId, NameError, PromotionId, ReleaseRef, Version,
+    AppName, Digest, EnvName, EnvScope, InstanceId, NameError, PromotionId, ReleaseRef, Version,
 };
 pub use promotion::{EntryRefusal, PromotionKind, PromotionState, Standing};
 pub use size::ByteSize;

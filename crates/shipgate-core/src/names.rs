@@ -133,6 +133,46 @@ identifier!(
     "environment"
 );
 
+string_schema!(
+    EnvScope,
+    "^[a-z0-9][a-z0-9_-]{0,62}\\*?$",
+    "an environment a token is limited to, or a prefix followed by `*` (`preview-*`) for every environment whose name starts with it"
+);
+
+/// An environment a token is limited to: a name, or a prefix and `*` (`preview-*`), which
+/// covers every environment named so, on-demand ones included.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EnvScope(String);
+
+impl EnvScope {
+    /// Parses `NAME` or `PREFIX*`.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        let name = s.strip_suffix('*').unwrap_or(s);
+        check_identifier("environment", name).map_err(|_| {
+            NameError(format!(
+                "`{s}` is not an environment or a prefix of one: write a name (staging) or a prefix followed by `*` (preview-*)"
+            ))
+        })?;
+        Ok(Self(s.to_owned()))
+    }
+    /// The scope as typed.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// Whether it covers `env`.
+    pub fn covers(&self, env: &EnvName) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => env.as_str().starts_with(prefix),
+            None => self.0 == env.as_str(),
+        }
+    }
+    /// The environment it names, unless it is a prefix.
+    pub fn env(&self) -> Option<EnvName> {
+        EnvName::parse(&self.0).ok()
+    }
+}
+text_impls!(EnvScope);
+
 /// A release version as registered (`1.4.2`, `2026.11.22-3`, `v7+build.5`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version(String);
@@ -295,6 +335,19 @@ impl std::borrow::Borrow<str> for InstanceId {
 impl fmt::Display for ReleaseRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.app, self.version)
+    }
+}
+
+impl Serialize for ReleaseRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReleaseRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 

@@ -21,12 +21,12 @@ use crate::{Engine, EngineError};
 pub const MASK_KEY_FILE: &str = "mask.key";
 
 impl Engine {
-    fn data_of(&self, app: &AppName) -> Result<&DataConfig, EngineError> {
-        let config = self
-            .config
+    fn data_of(&self, app: &AppName) -> Result<DataConfig, EngineError> {
+        let config = self.config();
+        let config = config
             .app(app)
             .ok_or_else(|| EngineError::UnknownApp(app.to_string()))?;
-        config.data.as_ref().ok_or_else(|| {
+        config.data.clone().ok_or_else(|| {
             EngineError::DataRefused(format!(
                 "app {app} has no [apps.{app}.data] section saying where its data lives"
             ))
@@ -47,7 +47,7 @@ impl Engine {
 
     /// The project's masking key, made on first use (32 random bytes, mode 0600).
     fn mask_key(&self) -> Result<MaskKey, EngineError> {
-        let path = self.config.server.data_dir.join(MASK_KEY_FILE);
+        let path = self.config().server.data_dir.join(MASK_KEY_FILE);
         let failed = |e: std::io::Error| {
             EngineError::DataRefused(format!("the masking key {}: {e}", path.display()))
         };
@@ -88,7 +88,7 @@ impl Engine {
         to: &EnvName,
         grant: &Grant,
     ) -> Result<mpsc::UnboundedReceiver<DataMessage>, EngineError> {
-        let data = self.data_of(app)?.clone();
+        let data = self.data_of(app)?;
         if grant.role != Role::Admin && grant.role != data.role {
             return Err(EngineError::DataRefused(format!(
                 "token `{}` has the role {}; refreshing data needs the role {} (or admin)",
@@ -100,6 +100,19 @@ impl Engine {
                 "data flows only towards earlier environments: {to} does not come before {from} (refresh staging from production, never the other way)"
             )));
         }
+        self.copy_masked(app, from, to, &grant.name)
+    }
+
+    /// Copies `app`'s data from `from` into `to` with its masking rules, on a thread of its
+    /// own, recording the outcome as an event by `actor`; the caller checked that it may.
+    pub(crate) fn copy_masked(
+        self: &Arc<Self>,
+        app: &AppName,
+        from: &EnvName,
+        to: &EnvName,
+        actor: &str,
+    ) -> Result<mpsc::UnboundedReceiver<DataMessage>, EngineError> {
+        let data = self.data_of(app)?;
         let (source, target) = (
             Self::location(&data, app, from)?,
             Self::location(&data, app, to)?,
@@ -107,7 +120,7 @@ impl Engine {
         let key = self.mask_key()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let engine = Arc::clone(self);
-        let (app, from, to, actor) = (app.clone(), from.clone(), to.clone(), grant.name.clone());
+        let (app, from, to, actor) = (app.clone(), from.clone(), to.clone(), actor.to_owned());
         // The copy holds database connections across awaits that are not `Send`: it gets a
         // thread and a runtime of its own.
         std::thread::spawn(move || {
@@ -175,9 +188,9 @@ impl Engine {
         app: &AppName,
         env: &EnvName,
     ) -> Result<(EnvName, LeakReport), EngineError> {
-        let data = self.data_of(app)?.clone();
+        let data = self.data_of(app)?;
         let from = self
-            .config
+            .config()
             .environments
             .iter()
             .rev()
@@ -226,12 +239,13 @@ impl Engine {
 
     /// Whether `a` comes before `b` in the flow (`b` is reached from `a` by `after`).
     fn comes_before(&self, a: &EnvName, b: &EnvName) -> bool {
-        let mut at = self.config.environment(b).and_then(|e| e.after.as_ref());
+        let config = self.config();
+        let mut at = config.environment(b).and_then(|e| e.after.as_ref());
         while let Some(env) = at {
             if env == a {
                 return true;
             }
-            at = self.config.environment(env).and_then(|e| e.after.as_ref());
+            at = config.environment(env).and_then(|e| e.after.as_ref());
         }
         false
     }

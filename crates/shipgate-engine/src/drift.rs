@@ -22,11 +22,11 @@ impl Engine {
         let mut reports = Vec::new();
         // In the config's order: apps as written, environments along the pipeline.
         let mut lives = self.store.live(None).await?;
-        let app_at = |a: &AppName| self.config.apps.iter().position(|x| &x.name == a);
-        let env_at = |e: &EnvName| self.config.environments.iter().position(|x| &x.name == e);
+        let app_at = |a: &AppName| self.config().apps.iter().position(|x| &x.name == a);
+        let env_at = |e: &EnvName| self.config().environments.iter().position(|x| &x.name == e);
         lives.sort_by_key(|l| (app_at(&l.app), env_at(&l.env)));
         for live in lives {
-            if self.config.app(&live.app).is_none() || self.config.environment(&live.env).is_none()
+            if self.config().app(&live.app).is_none() || self.config().environment(&live.env).is_none()
             {
                 continue;
             }
@@ -142,6 +142,7 @@ impl Engine {
 
     /// The running process's variables and folder against those it was started with.
     fn process_drift(&self, live: &LiveRelease, pid: u32) -> Vec<String> {
+        let config = self.config();
         let mut drift = Vec::new();
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             return drift;
@@ -156,8 +157,7 @@ impl Engine {
             .collect();
         let vars = self.template_vars(&live.app, &live.env, &live.version, live.digest.as_str());
         let expected = self.exported_env(&live.env, &vars);
-        let secrets: Vec<&String> = self
-            .config
+        let secrets: Vec<&String> = config
             .environment(&live.env)
             .map(|e| e.secrets.iter().collect())
             .unwrap_or_default();
@@ -194,7 +194,7 @@ impl Engine {
 
     /// Scans every `drift_scan` while the engine lives.
     pub(crate) fn scan_drift_periodically(self: &Arc<Self>) {
-        let Some(every) = self.config.server.drift_scan else {
+        let Some(every) = self.config().server.drift_scan else {
             return;
         };
         let engine = Arc::downgrade(self);

@@ -52,6 +52,12 @@ pub enum EngineError {
     /// A data refresh or check may not happen as asked.
     #[error("{0}")]
     DataRefused(String),
+    /// An on-demand environment may not be made, extended or deleted as asked.
+    #[error("{0}")]
+    OnDemand(String),
+    /// A template's quota is used up: who holds the slots, until when.
+    #[error("{0}")]
+    Quota(String),
     /// Nothing waits for the decision asked for.
     #[error("{0}")]
     NothingToDecide(String),

@@ -50,7 +50,7 @@ impl Engine {
         actor: &str,
     ) -> Result<(Release, bool), EngineError> {
         let ReleaseRef { app, version } = req.release;
-        if self.config.app(&app).is_none() {
+        if self.config().app(&app).is_none() {
             return Err(EngineError::UnknownApp(app.to_string()));
         }
         if let Some(existing) = self.store.release(&app, &version).await? {
@@ -96,7 +96,7 @@ impl Engine {
     ) -> Result<Promotion, EngineError> {
         let _not_pruning = self.pruning.read().await;
         let registered = self.registered(release).await?;
-        let after = self.config.environment(env).and_then(|e| e.after.clone());
+        let after = self.config().environment(env).and_then(|e| e.after.clone());
         let standing = match &after {
             Some(after) => {
                 self.store
@@ -105,7 +105,7 @@ impl Engine {
             }
             None => Standing::Unverified,
         };
-        check_entry(&self.config, release, &registered.digest, env, |_| standing)?;
+        check_entry(&self.config(), release, &registered.digest, env, |_| standing)?;
         self.request(
             registered,
             env,
@@ -125,10 +125,10 @@ impl Engine {
         to: Option<&Version>,
         actor: &str,
     ) -> Result<Promotion, EngineError> {
-        if self.config.app(app).is_none() {
+        if self.config().app(app).is_none() {
             return Err(EngineError::UnknownApp(app.to_string()));
         }
-        if self.config.environment(env).is_none() {
+        if self.config().environment(env).is_none() {
             return Err(EngineError::UnknownEnvironment(env.to_string()));
         }
         let _not_pruning = self.pruning.read().await;
@@ -179,7 +179,7 @@ impl Engine {
     }
 
     pub(crate) async fn registered(&self, release: &ReleaseRef) -> Result<Release, EngineError> {
-        if self.config.app(&release.app).is_none() {
+        if self.config().app(&release.app).is_none() {
             return Err(EngineError::UnknownApp(release.app.to_string()));
         }
         let registered = self
@@ -382,6 +382,7 @@ impl Engine {
             t.roll_back_promotion = previous_live.as_ref().map(|l| l.promotion_id);
         }
         let succeeded = self.store.transition(t).await?;
+        self.used_by_deploy(&succeeded.env).await;
         if succeeded.kind == PromotionKind::Promote {
             self.auto_promote(&succeeded).await;
         }
@@ -439,7 +440,7 @@ impl Engine {
 
     /// What replaces the secret values of `env` in any text stored or shown.
     pub fn redactor(&self, env: &EnvName) -> shipgate_core::secret::Redactor {
-        self.config
+        self.config()
             .environment(env)
             .map(shipgate_core::secret::Redactor::of)
             .unwrap_or_default()
@@ -454,7 +455,17 @@ impl Engine {
         digest: &str,
     ) -> BTreeMap<String, String> {
         let url = self.env_url(env);
-        BTreeMap::from([
+        let data_url = self
+            .config()
+            .app(app)
+            .and_then(|a| a.data.as_ref()?.locations.get(env).cloned())
+            .map(|l| match l {
+                shipgate_core::config::DataLocation::Sqlite(path) => {
+                    format!("sqlite://{}", path.display())
+                }
+                shipgate_core::config::DataLocation::Postgres(url) => url,
+            });
+        let mut vars = BTreeMap::from([
             ("APP".to_owned(), app.to_string()),
             ("ENV".to_owned(), env.to_string()),
             ("VERSION".to_owned(), version.to_string()),
@@ -472,9 +483,13 @@ impl Engine {
             ),
             (
                 "CONFIG_DIR".to_owned(),
-                self.config.server.config_dir.display().to_string(),
+                self.config().server.config_dir.display().to_string(),
             ),
-        ])
+        ]);
+        if let Some(data_url) = data_url {
+            vars.insert("DATA_URL".to_owned(), data_url);
+        }
+        vars
     }
 
     pub(crate) fn exported_env(
@@ -483,7 +498,7 @@ impl Engine {
         vars: &BTreeMap<String, String>,
     ) -> BTreeMap<String, String> {
         let mut exported: BTreeMap<String, String> = self
-            .config
+            .config()
             .environment(env)
             .map(|e| e.vars.clone())
             .unwrap_or_default();
@@ -544,8 +559,8 @@ impl Engine {
         slot: &Slot,
         attempt: &str,
     ) -> Result<LiveInstance, String> {
-        let app = self
-            .config
+        let config = self.config();
+        let app = config
             .app(&p.app)
             .ok_or_else(|| format!("app `{}` is no longer in the config", p.app))?;
         // Registered through another server of the same database: brought here first.

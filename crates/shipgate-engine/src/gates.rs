@@ -59,7 +59,8 @@ impl Engine {
     /// Works out again what a pending promotion waits on, so an answer given right after a
     /// decision already counts it.
     async fn refresh_entry_waits(&self, p: &Promotion) -> Result<(), EngineError> {
-        let Some(env) = self.config.environment(&p.env) else {
+        let config = self.config();
+        let Some(env) = config.environment(&p.env) else {
             return Ok(());
         };
         let decisions = self.store.decisions(p.id, Stage::Entry).await?;
@@ -73,7 +74,8 @@ impl Engine {
     /// Waits until the promotion's requirements hold (true) or it ended while waiting (false):
     /// superseded, rejected, or no longer allowed in by the entry rule.
     pub(crate) async fn await_requirements(&self, p: &Promotion) -> Result<bool, EngineError> {
-        let Some(env) = self.config.environment(&p.env) else {
+        let config = self.config();
+        let Some(env) = config.environment(&p.env) else {
             return Ok(true);
         };
         let mut events = self.store.subscribe();
@@ -93,7 +95,7 @@ impl Engine {
                 version: p.version.clone(),
             };
             if let Err(refusal) =
-                check_entry(&self.config, &release, &p.digest, &p.env, |_| standing)
+                check_entry(&config, &release, &p.digest, &p.env, |_| standing)
             {
                 self.end_pending(p, format!("no longer allowed in: {refusal}"))
                     .await?;
@@ -151,7 +153,7 @@ impl Engine {
             .collect();
         let overridden = self.store.override_of(p.id).await?;
         let parity = match self
-            .config
+            .config()
             .environment(&p.env)
             .and_then(|e| e.require.parity.clone())
         {
@@ -179,7 +181,8 @@ impl Engine {
         facts: &OwnedFacts,
         started_at: Timestamp,
     ) -> Result<(), EngineError> {
-        let Some(env) = self.config.environment(&p.env) else {
+        let config = self.config();
+        let Some(env) = config.environment(&p.env) else {
             return Ok(());
         };
         let req = &env.require;
@@ -257,7 +260,8 @@ impl Engine {
         verdict: Verdict,
         comment: Option<String>,
     ) -> Result<(Promotion, Decision), EngineError> {
-        let Some(env_config) = self.config.environment(env) else {
+        let config = self.config();
+        let Some(env_config) = config.environment(env) else {
             return Err(EngineError::UnknownEnvironment(env.to_string()));
         };
         let open = PromotionFilter {
@@ -336,7 +340,7 @@ impl Engine {
         reason: &str,
         actor: &str,
     ) -> Result<Freeze, EngineError> {
-        if let Some(env) = env.filter(|e| self.config.environment(e).is_none()) {
+        if let Some(env) = env.filter(|e| self.config().environment(e).is_none()) {
             return Err(EngineError::UnknownEnvironment(env.to_string()));
         }
         Ok(self.store.freeze(env, reason, actor).await?)
@@ -353,12 +357,12 @@ impl Engine {
 
     /// After `p` succeeded, promotes its release into every `auto = true` environment after it.
     pub(crate) async fn auto_promote(self: &Arc<Self>, p: &Promotion) {
+        let config = self.config();
         let release = ReleaseRef {
             app: p.app.clone(),
             version: p.version.clone(),
         };
-        let next = self
-            .config
+        let next = config
             .environments
             .iter()
             .filter(|e| e.auto && e.after.as_ref() == Some(&p.env));

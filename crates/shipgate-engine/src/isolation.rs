@@ -98,7 +98,7 @@ pub(crate) fn cgroups() -> Result<&'static str, String> {
 impl Engine {
     /// The sandbox instances of `app` in `env` run in, if that environment is sandboxed.
     pub(crate) fn sandbox_for(&self, app: &AppName, env: &EnvName) -> Option<Sandbox> {
-        match self.isolation.get(env)? {
+        match self.confinement(env)? {
             Confinement::Unisolated(_) => None,
             Confinement::Sandboxed { .. } => Some(Sandbox {
                 user: env_user(env),
@@ -108,9 +108,20 @@ impl Engine {
         }
     }
 
+    /// How `env` is confined: as decided at start, or for an on-demand environment, as the
+    /// environment its template copies.
+    fn confinement(&self, env: &EnvName) -> Option<&Confinement> {
+        if let Some(c) = self.isolation.get(env) {
+            return Some(c);
+        }
+        let config = self.config();
+        let template = config.environment(env)?.template.as_ref()?;
+        self.isolation.get(&config.template(template)?.from)
+    }
+
     /// The folder that `${DATA_DIR}` names for `app` in `env`: kept across releases.
     pub(crate) fn app_data_dir(&self, app: &AppName, env: &EnvName) -> PathBuf {
-        self.config
+        self.config()
             .server
             .data_dir
             .join("data")
@@ -119,8 +130,9 @@ impl Engine {
     }
 
     fn limits_of(&self, app: &AppName, env: &EnvName) -> Option<Limits> {
-        let app = self.config.app(app)?;
-        let env = self.config.environment(env)?;
+        let config = self.config();
+        let app = config.app(app)?;
+        let env = config.environment(env)?;
         Some(app.limits.overridden_by(env.limits))
     }
 
@@ -131,7 +143,7 @@ impl Engine {
         env: &EnvName,
     ) -> shipgate_api::status::IsolationView {
         let limits = self.limits_of(app, env).unwrap_or_default();
-        match self.isolation.get(env) {
+        match self.confinement(env) {
             Some(Confinement::Sandboxed { cgroups }) => shipgate_api::status::IsolationView {
                 sandboxed: true,
                 detail: match (limits_text(&limits), cgroups) {

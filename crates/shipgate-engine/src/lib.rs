@@ -14,6 +14,7 @@ mod error;
 pub mod flow;
 mod gates;
 mod isolation;
+pub mod on_demand;
 mod parity;
 mod reconcile;
 mod report;
@@ -65,7 +66,9 @@ type Slot = (AppName, EnvName);
 
 /// Runs promotions against one config, store, driver and set of routers.
 pub struct Engine {
-    config: Arc<Config>,
+    /// The config file's, with the on-demand environments there are now after the configured
+    /// ones; replaced whole when one is created or deleted.
+    config: std::sync::RwLock<Arc<Config>>,
     store: Arc<dyn Store>,
     artifacts: ArtifactStore,
     driver: Arc<dyn Driver>,
@@ -97,6 +100,10 @@ pub struct Engine {
     restoring: std::sync::atomic::AtomicBool,
     /// How each environment's instances are confined.
     isolation: HashMap<EnvName, isolation::Confinement>,
+    /// Held while an on-demand environment's quota and port are decided and recorded.
+    on_demand_lock: tokio::sync::Mutex<()>,
+    /// Which on-demand environments are being made here, and their use.
+    on_demand_tracking: Mutex<on_demand::Tracking>,
 }
 
 /// Binds every environment's router (or updates it where the data plane already has it), and
@@ -149,9 +156,11 @@ impl Engine {
         for said in isolation::warnings(&config, &isolation) {
             tracing::warn!("{said}");
         }
+        // The on-demand environments there are, as the store has them, after the configured.
+        let config = Arc::new(on_demand::with_rows(&config, &store.on_demand().await?));
         bind_routers(&config, driver.as_ref()).await?;
         let engine = Arc::new(Engine {
-            config,
+            config: std::sync::RwLock::new(config),
             store,
             artifacts,
             driver,
@@ -168,6 +177,8 @@ impl Engine {
             boot: jiff::Timestamp::now().as_microsecond(),
             restoring: std::sync::atomic::AtomicBool::new(true),
             isolation,
+            on_demand_lock: tokio::sync::Mutex::new(()),
+            on_demand_tracking: Mutex::default(),
         });
         engine.record_driver_events();
         engine.sample_traffic();
@@ -175,6 +186,7 @@ impl Engine {
         engine.reconcile().await?;
         // After reconciling: what runs (and its standbys) is known, so retention spares it.
         engine.collect_garbage_periodically();
+        engine.reap_periodically();
         Ok(engine)
     }
 
@@ -183,9 +195,14 @@ impl Engine {
         self.restoring.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The config this engine runs.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The config this engine runs now, on-demand environments included.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Runs `config` from now on.
+    fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }
 
     /// The store.
@@ -201,7 +218,7 @@ impl Engine {
     /// Request metrics of every environment's router, in flow order.
     pub async fn request_metrics(&self) -> Vec<(String, Vec<shipgate_proxy::UpstreamMetrics>)> {
         let mut all = Vec::new();
-        for e in &self.config.environments {
+        for e in &self.config().environments {
             all.push((
                 e.name.to_string(),
                 self.driver.router_metrics(e.name.as_str()).await,
@@ -217,7 +234,7 @@ impl Engine {
         let mut draining = Vec::new();
         for (env, routed) in self.driver.close_routers().await {
             let grace = self
-                .config
+                .config()
                 .environments
                 .iter()
                 .find(|e| e.name.as_str() == env)
@@ -259,7 +276,7 @@ impl Engine {
     }
 
     fn log_path(&self, slot: &Slot, instance_id: &InstanceId) -> PathBuf {
-        self.config
+        self.config()
             .server
             .data_dir
             .join("logs")
@@ -271,7 +288,8 @@ impl Engine {
     /// Where `env` is reached (`${URL}`, `status`): its front, or the first of its hosts, or
     /// its `listen` on this machine.
     fn env_url(&self, env: &EnvName) -> String {
-        let Some(e) = self.config.environment(env) else {
+        let config = self.config();
+        let Some(e) = config.environment(env) else {
             return String::new();
         };
         if let Some(front) = e.front {
@@ -288,7 +306,7 @@ impl Engine {
 
     /// How long requests in flight on a replaced instance of `env` may take to finish.
     fn drain_grace(&self, env: &EnvName) -> Duration {
-        self.config
+        self.config()
             .environment(env)
             .map_or(STOP_GRACE, |e| e.drain.as_std())
     }

@@ -18,12 +18,12 @@ const FACT_TIMEOUT: Duration = Duration::from_secs(30);
 impl Engine {
     /// Compares `app` in `a` and `b`, running its facts in both.
     pub async fn diff(&self, app: &AppName, a: &EnvName, b: &EnvName) -> Result<Diff, EngineError> {
-        let app_config = self
-            .config
+        let config = self.config();
+        let app_config = config
             .app(app)
             .ok_or_else(|| EngineError::UnknownApp(app.to_string()))?;
         let env_of = |e: &EnvName| {
-            self.config
+            config
                 .environment(e)
                 .ok_or_else(|| EngineError::UnknownEnvironment(e.to_string()))
         };
@@ -45,7 +45,7 @@ impl Engine {
     async fn observe(&self, app: &AppName, env: &EnvName) -> Result<Observed, EngineError> {
         let live = self.live_record(app, env).await?;
         let declared = self
-            .config
+            .config()
             .app(app)
             .map(|a| a.facts.clone())
             .unwrap_or_default();
@@ -65,7 +65,7 @@ impl Engine {
                         self.app_data_dir(app, env).display().to_string(),
                     ),
                 ]);
-                (vars, self.config.server.data_dir.clone())
+                (vars, self.config().server.data_dir.clone())
             }
         };
         if let Some(i) = self.live_instance(&(app.clone(), env.clone())) {

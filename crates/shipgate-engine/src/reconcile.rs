@@ -70,7 +70,7 @@ impl Engine {
         self.restoring
             .store(true, std::sync::atomic::Ordering::Release);
         tracing::warn!("the data plane was restarted: restoring every live release");
-        crate::bind_routers(&self.config, self.driver.as_ref()).await?;
+        crate::bind_routers(&self.config(), self.driver.as_ref()).await?;
         crate::locked(&self.live).clear();
         crate::locked(&self.standby).clear();
         for old in self.store.running_instances().await? {
@@ -164,7 +164,7 @@ impl Engine {
     ) -> Result<Vec<InstanceRecord>, EngineError> {
         let mut starts = tokio::task::JoinSet::new();
         for live in self.store.live(None).await? {
-            if self.config.app(&live.app).is_none() || self.config.environment(&live.env).is_none()
+            if self.config().app(&live.app).is_none() || self.config().environment(&live.env).is_none()
             {
                 continue;
             }

@@ -16,11 +16,11 @@ use crate::{Engine, EngineError};
 impl Engine {
     /// What is live where, with the instances and unfinished promotions.
     pub async fn status(&self, app: Option<&AppName>) -> Result<Vec<AppStatus>, EngineError> {
-        if let Some(app) = app.filter(|a| self.config.app(a).is_none()) {
+        if let Some(app) = app.filter(|a| self.config().app(a).is_none()) {
             return Err(EngineError::UnknownApp(app.to_string()));
         }
         let apps: Vec<AppName> = self
-            .config
+            .config()
             .apps
             .iter()
             .filter(|a| app.is_none_or(|x| x == &a.name))
@@ -31,6 +31,7 @@ impl Engine {
 
     /// [`Self::status`] of these apps (of the config), in the order given.
     pub async fn status_of(&self, apps: &[AppName]) -> Result<Vec<AppStatus>, EngineError> {
+        let config = self.config();
         let live = self.store.live_of(apps).await?;
         let unfinished = PromotionFilter {
             apps: apps.to_vec(),
@@ -44,7 +45,7 @@ impl Engine {
         // One snapshot per router, not one per cell: a snapshot covers every release it saw.
         let mut traffic: HashMap<&EnvName, HashMap<String, shipgate_proxy::WindowSummary>> =
             HashMap::new();
-        for env in self.config.environments.iter().map(|e| &e.name) {
+        for env in config.environments.iter().map(|e| &e.name) {
             let live = self
                 .driver
                 .router_metrics(env.as_str())
@@ -56,9 +57,9 @@ impl Engine {
             traffic.insert(env, live);
         }
         let mut out = Vec::new();
-        for a in apps.iter().filter_map(|a| self.config.app(a)) {
+        for a in apps.iter().filter_map(|a| config.app(a)) {
             let mut environments = Vec::new();
-            for e in &self.config.environments {
+            for e in &config.environments {
                 let slot = (a.name.clone(), e.name.clone());
                 let instance = match self.live_instance(&slot) {
                     Some(i) => self.driver.status(&i.id).await.map(|s| InstanceView {
@@ -216,7 +217,7 @@ impl Engine {
             return Some(i.log_path);
         }
         let dir = self
-            .config
+            .config()
             .server
             .data_dir
             .join("logs")

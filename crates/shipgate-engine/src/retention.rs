@@ -21,7 +21,7 @@ impl Engine {
     /// Removes what `server.retention` no longer keeps (with `dry_run`, only says what would
     /// go). Each pruned release is an audit event by `actor`.
     pub async fn gc(&self, dry_run: bool, actor: &str) -> Result<GcReport, EngineError> {
-        let keep = self.config.server.retention;
+        let keep = self.config().server.retention;
         // No promotion is recorded meanwhile (a dry run changes nothing, so it needs no lock).
         let _alone = if dry_run {
             None
@@ -41,7 +41,7 @@ impl Engine {
         // versions or apps is stored once).
         let mut digests_kept: HashSet<Digest> = HashSet::new();
         let mut candidates = Vec::new();
-        for app in &self.config.apps {
+        for app in &self.config().apps {
             // Newest first.
             for (i, r) in all.iter().filter(|r| r.app == app.name).enumerate() {
                 let why = protected
@@ -133,7 +133,7 @@ impl Engine {
         let mut live_now = self.store.live(None).await?;
         // In pipeline order, as people read the environments.
         live_now.sort_by_key(|l| {
-            self.config
+            self.config()
                 .environments
                 .iter()
                 .position(|e| e.name == l.env)
@@ -190,7 +190,7 @@ impl Engine {
         for (slot, s) in locked(&self.standby).iter() {
             running.insert(self.log_path(slot, &s.instance.id));
         }
-        let root = self.config.server.data_dir.join("logs");
+        let root = self.config().server.data_dir.join("logs");
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             let cutoff = SystemTime::now()

@@ -24,7 +24,7 @@ impl Engine {
     /// replaces is retired.
     pub(crate) fn keep_warm(self: &Arc<Self>, slot: Slot, old: LiveInstance, live: LiveRelease) {
         let keep = self
-            .config
+            .config()
             .environment(&slot.1)
             .map(|e| e.standby.as_std())
             .unwrap_or_default();

@@ -112,7 +112,7 @@ impl Engine {
 
     async fn take_sample(&self, now: jiff::Timestamp) {
         let mut all: HashMap<Slot, Counters> = HashMap::new();
-        for env in self.config.environments.iter().map(|e| &e.name) {
+        for env in self.config().environments.iter().map(|e| &e.name) {
             for m in self.driver.router_metrics(env.as_str()).await {
                 let Ok(app) = shipgate_core::AppName::parse(&m.app) else {
                     continue;

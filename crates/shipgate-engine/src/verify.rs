@@ -27,7 +27,8 @@ impl Engine {
         p: &Promotion,
         instance_port: u16,
     ) -> Result<Option<String>, EngineError> {
-        let Some(env) = self.config.environment(&p.env) else {
+        let config = self.config();
+        let Some(env) = config.environment(&p.env) else {
             return Ok(None);
         };
         let timeout = env
@@ -47,7 +48,7 @@ impl Engine {
             let output = format!(
                 "$ {command}\n(run in the release directory {}; the config's folder is ${{CONFIG_DIR}} = {})\n{}\n{}",
                 dir.display(),
-                self.config.server.config_dir.display(),
+                config.server.config_dir.display(),
                 run.output,
                 run.verdict
             );

@@ -24,7 +24,7 @@ impl Engine {
         instance: &LiveInstance,
     ) -> Result<Option<String>, EngineError> {
         let Some(rule) = self
-            .config
+            .config()
             .environment(&p.env)
             .and_then(|e| e.verify.watch.clone())
         else {
@@ -38,7 +38,7 @@ impl Engine {
         // Stopped when the watch ends, however it ends (the guard aborts it on drop).
         let _traffic = rule.traffic.as_ref().map(|t| {
             let listen = self
-                .config
+                .config()
                 .environment(&p.env)
                 .map(|e| e.listen)
                 .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));

@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 use shipgate_core::config::{DataConfig, Unlisted};
 use shipgate_core::mask::{MaskKey, Transformer, looks_personal};
 
-pub use postgres::{check_postgres, refresh_postgres};
+pub use postgres::{
+    check_postgres, create_database, databases_marked, drop_database, refresh_postgres,
+};
 pub use sqlite::{check_sqlite, refresh_sqlite};
 
 /// Why a refresh or a check did not happen, or failed.

@@ -555,3 +555,60 @@ mod tests {
         );
     }
 }
+
+/// The server part of `url` (everything before its database) and its database.
+fn split_database(url: &str) -> Result<(&str, &str), MaskError> {
+    let (server, rest) = url
+        .rsplit_once('/')
+        .ok_or_else(|| MaskError::Unsupported(format!("`{}` names no database", redact(url))))?;
+    Ok((server, rest.split('?').next().unwrap_or(rest)))
+}
+
+/// A connection to the `postgres` database of the server `url` is on: databases are made
+/// and dropped from there.
+async fn maintenance(url: &str) -> Result<PgConnection, MaskError> {
+    let (server, _) = split_database(url)?;
+    connect(&format!("{server}/postgres")).await
+}
+
+/// Makes the database `url` names, unless it exists.
+pub async fn create_database(url: &str) -> Result<(), MaskError> {
+    let (_, name) = split_database(url)?;
+    let mut conn = maintenance(url).await?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(db(format!("looking for the database {name}")))?;
+    if exists.is_none() {
+        sqlx::raw_sql(&format!("CREATE DATABASE {}", ident(name)))
+            .execute(&mut conn)
+            .await
+            .map_err(db(format!("creating the database {name}")))?;
+    }
+    Ok(())
+}
+
+/// Drops the database `url` names, with whatever is still connected to it.
+pub async fn drop_database(url: &str) -> Result<(), MaskError> {
+    let (_, name) = split_database(url)?;
+    let mut conn = maintenance(url).await?;
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)))
+        .execute(&mut conn)
+        .await
+        .map_err(db(format!("dropping the database {name}")))?;
+    Ok(())
+}
+
+/// The databases on the server of `url` whose names contain `mark`, each as a URL like `url`.
+pub async fn databases_marked(url: &str, mark: &str) -> Result<Vec<String>, MaskError> {
+    let (server, _) = split_database(url)?;
+    let mut conn = maintenance(url).await?;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE strpos(datname, $1) > 0")
+            .bind(mark)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(db("listing databases".to_owned()))?;
+    Ok(names.into_iter().map(|n| format!("{server}/{n}")).collect())
+}

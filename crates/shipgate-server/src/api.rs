@@ -651,10 +651,13 @@ async fn create_token(
         .envs
         .iter()
         .map(|e| {
-            let env = parse("environment", e, EnvName::parse)?;
-            match state.engine.config().environment(&env) {
-                Some(_) => Ok(env),
-                None => Err(shipgate_engine::EngineError::UnknownEnvironment(e.clone()).into()),
+            let scope = parse("environment", e, shipgate_core::EnvScope::parse)?;
+            // A prefix may cover environments made later (on demand); a name must exist.
+            match scope.env() {
+                Some(env) if state.engine.config().environment(&env).is_none() => {
+                    Err(shipgate_engine::EngineError::UnknownEnvironment(e.clone()).into())
+                }
+                _ => Ok(scope),
             }
         })
         .collect::<ApiResult<Vec<_>>>()?;

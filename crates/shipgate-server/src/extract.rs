@@ -108,7 +108,8 @@ impl Caller {
     /// Whether records of `env` (None: of no environment) are in the token's scope.
     pub(crate) fn sees(&self, env: Option<&str>) -> bool {
         match env {
-            Some(env) if !self.0.envs.is_empty() => self.0.envs.iter().any(|e| e.as_str() == env),
+            Some(env) if !self.0.envs.is_empty() => shipgate_core::EnvName::parse(env)
+                .is_ok_and(|env| self.0.envs.iter().any(|s| s.covers(&env))),
             _ => true,
         }
     }

@@ -72,6 +72,8 @@ impl From<EngineError> for Problem {
             EngineError::NothingToHeal(_) => (StatusCode::CONFLICT, "nothing to heal"),
             EngineError::NothingToDecide(_) => (StatusCode::CONFLICT, "nothing to decide"),
             EngineError::DataRefused(_) => (StatusCode::CONFLICT, "data refresh refused"),
+            EngineError::OnDemand(_) => (StatusCode::CONFLICT, "on-demand environment refused"),
+            EngineError::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "quota used up"),
             EngineError::Decision(d) => match d {
                 DecisionRefusal::OwnPromotion { .. } | DecisionRefusal::WrongRole { .. } => {
                     (StatusCode::FORBIDDEN, "decision refused")

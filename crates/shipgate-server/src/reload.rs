@@ -92,7 +92,8 @@ impl Reloader {
             ));
         };
         let new = loader().map_err(NotReloaded::Invalid)?;
-        let old = engine.config();
+        // On-demand environments come from the store, not the file: they carry over.
+        let old = &engine.config().configured();
         if let Some(why) = shipgate_core::reload::refused(old, &new) {
             return Err(NotReloaded::Refused(why));
         }

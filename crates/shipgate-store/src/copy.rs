@@ -175,6 +175,22 @@ const TABLES: &[(&str, &str, &[Column])] = &[
         ],
     ),
     (
+        "on_demand",
+        "name",
+        &[
+            ("name", T),
+            ("template", T),
+            ("requester", T),
+            ("port", I),
+            ("state", T),
+            ("ttl_secs", I),
+            ("created_at", T),
+            ("expires_at", T),
+            ("releases", T),
+            ("outcome", T),
+        ],
+    ),
+    (
         "traffic_samples",
         "app, env, at_ms",
         &[

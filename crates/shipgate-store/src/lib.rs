@@ -270,6 +270,18 @@ pub trait Store: Send + Sync {
     async fn artifact_chunks(&self, digest: &Digest) -> Result<Option<i64>>;
     /// Chunk `seq` (from 0) of the stored artifact of `digest`.
     async fn artifact_chunk(&self, digest: &Digest, seq: i64) -> Result<Vec<u8>>;
+
+    /// Records a new on-demand environment with its event; refused with
+    /// [`StoreError::Conflict`] if its name or port is taken.
+    async fn insert_on_demand(&self, env: OnDemandRecord, event: NewEvent)
+    -> Result<OnDemandRecord>;
+    /// Writes an on-demand environment's state, TTL, expiry and outcome (with `event`, if any).
+    async fn update_on_demand(&self, env: &OnDemandRecord, event: Option<NewEvent>) -> Result<()>;
+    /// Removes an on-demand environment, what is live in it and its instances' running marks,
+    /// with `event`, in one transaction.
+    async fn delete_on_demand(&self, env: &EnvName, event: NewEvent) -> Result<()>;
+    /// Every on-demand environment, oldest first.
+    async fn on_demand(&self) -> Result<Vec<OnDemandRecord>>;
 }
 
 /// Re-computes the audit chain over `events` (all of them, oldest first).

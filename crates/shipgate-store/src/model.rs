@@ -2,7 +2,8 @@
 //! (`shipgate-api`), re-exported here.
 
 pub use shipgate_api::records::{
-    AuditReport, Event, Gate, HostRecord, LiveRelease, Promotion, Release, TokenRecord,
+    AuditReport, Event, Gate, HostRecord, LiveRelease, OnDemandRecord, Promotion, Release,
+    TokenRecord,
 };
 
 use serde::{Deserialize, Serialize};
@@ -241,7 +242,7 @@ pub struct NewToken {
     /// Its role.
     pub role: shipgate_core::Role,
     /// The environments it is limited to; empty: all.
-    pub envs: Vec<EnvName>,
+    pub envs: Vec<shipgate_core::EnvScope>,
     /// Hex sha256 of the secret.
     pub hash: String,
 }

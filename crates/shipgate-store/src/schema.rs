@@ -261,6 +261,13 @@ CREATE TABLE artifact_chunks (
 CREATE TABLE artifacts (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, chunks INTEGER NOT NULL);
 CREATE TABLE shared_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#,
+    r#"
+CREATE TABLE on_demand (
+    name TEXT PRIMARY KEY, template TEXT NOT NULL, requester TEXT NOT NULL,
+    port INTEGER NOT NULL UNIQUE, state TEXT NOT NULL, ttl_secs INTEGER NOT NULL,
+    created_at TEXT NOT NULL, expires_at TEXT NOT NULL, releases TEXT NOT NULL, outcome TEXT
+);
+"#,
 ];
 
 /// PostgreSQL's schema: its first migration is SQLite's first seven at once. Integers are
@@ -352,4 +359,10 @@ CREATE TABLE artifact_chunks (
 );
 CREATE TABLE artifacts (digest TEXT PRIMARY KEY, size BIGINT NOT NULL, chunks BIGINT NOT NULL);
 CREATE TABLE shared_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"#, r#"
+CREATE TABLE on_demand (
+    name TEXT PRIMARY KEY, template TEXT NOT NULL, requester TEXT NOT NULL,
+    port BIGINT NOT NULL UNIQUE, state TEXT NOT NULL, ttl_secs BIGINT NOT NULL,
+    created_at TEXT NOT NULL, expires_at TEXT NOT NULL, releases TEXT NOT NULL, outcome TEXT
+);
 "#];

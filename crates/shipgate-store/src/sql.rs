@@ -19,6 +19,8 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 
+mod on_demand;
+
 use crate::schema::{self, Backend};
 use crate::*;
 
@@ -1331,7 +1333,7 @@ impl Store for SqlStore {
             return Err(StoreError::TokenExists(t.name));
         }
         let created_at = now();
-        let envs: Vec<&str> = t.envs.iter().map(EnvName::as_str).collect();
+        let envs: Vec<&str> = t.envs.iter().map(shipgate_core::EnvScope::as_str).collect();
         let id: i64 = sqlx::query_scalar("INSERT INTO tokens (name, role, hash, created_at, envs) VALUES ($1, $2, $3, $4, $5) RETURNING id")
             .bind(&t.name)
             .bind(t.role.as_str())
@@ -1830,6 +1832,26 @@ impl Store for SqlStore {
                 StoreError::Corrupt(format!("chunk {seq} of artifact {digest} is missing"))
             })
     }
+
+    async fn insert_on_demand(
+        &self,
+        env: OnDemandRecord,
+        event: NewEvent,
+    ) -> Result<OnDemandRecord> {
+        SqlStore::insert_on_demand(self, env, event).await
+    }
+
+    async fn update_on_demand(&self, env: &OnDemandRecord, event: Option<NewEvent>) -> Result<()> {
+        SqlStore::update_on_demand(self, env, event).await
+    }
+
+    async fn delete_on_demand(&self, env: &EnvName, event: NewEvent) -> Result<()> {
+        SqlStore::delete_on_demand(self, env, event).await
+    }
+
+    async fn on_demand(&self) -> Result<Vec<OnDemandRecord>> {
+        self.all_on_demand().await
+    }
 }
 
 impl SqlStore {
@@ -1885,7 +1907,7 @@ fn token_from(row: &AnyRow) -> Result<TokenRecord> {
         role: parse("role", &role, shipgate_core::Role::parse)?,
         envs: envs
             .iter()
-            .map(|e| parse("environment", e, EnvName::parse))
+            .map(|e| parse("environment", e, shipgate_core::EnvScope::parse))
             .collect::<Result<_>>()?,
         created_at: get_time(row, "created_at")?,
         revoked_at: get_time_opt(row, "revoked_at")?,

@@ -99,7 +99,7 @@ impl Layout {
         let role = if grant.envs.is_empty() {
             grant.role.to_string()
         } else {
-            let envs: Vec<&str> = grant.envs.iter().map(EnvName::as_str).collect();
+            let envs: Vec<&str> = grant.envs.iter().map(shipgate_core::EnvScope::as_str).collect();
             format!("{} ({})", grant.role, envs.join(", "))
         };
         Self {
