@@ -162,3 +162,19 @@ pub struct KeptRelease {
     /// production goes`, `promotion in progress`).
     pub why: Vec<String>,
 }
+
+/// An on-demand environment as `env list`, `env create` and the dashboard show it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OnDemandView {
+    /// The record: template, requester, port, state, expiry, releases asked for, outcome.
+    #[serde(flatten)]
+    pub record: crate::records::OnDemandRecord,
+    /// Its own address (`http://127.0.0.1:9100`).
+    pub url: String,
+    /// Where it is reached by name on the template's address, if the template names them.
+    pub named_url: Option<String>,
+    /// What is live in it now (`web@1.4.2-pr123`).
+    pub live: Vec<shipgate_core::ReleaseRef>,
+    /// Seconds until it expires (0 once due).
+    pub expires_in_secs: u64,
+}

@@ -261,3 +261,28 @@ pub struct GcRequest {
     #[serde(default)]
     pub dry_run: bool,
 }
+
+/// `POST /api/v1/envs`: make an on-demand environment from a template.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OnDemandRequest {
+    /// Its name (`pr-123`).
+    #[schema(value_type = EnvName)]
+    pub name: String,
+    /// The template (`[templates.NAME]`).
+    #[schema(value_type = EnvName)]
+    pub template: String,
+    /// The releases to deploy into it, one per app; none: those live in the template's `from`.
+    #[serde(default)]
+    #[schema(value_type = Vec<ReleaseRef>)]
+    pub releases: Vec<String>,
+    /// Its TTL instead of the template's (`24h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// `POST /api/v1/envs/{name}/extend`: more time for an on-demand environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExtendRequest {
+    /// It expires this long from now, and this is its TTL from now on (`24h`).
+    pub ttl: String,
+}

@@ -75,6 +75,11 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         POST "/gc" => gc,
         DELETE "/hosts/{name}" => remove_host,
         DELETE "/tokens/{name}" => revoke_token,
+        POST "/envs" => crate::on_demand::create,
+        GET "/envs" => crate::on_demand::list,
+        GET "/envs/{name}" => crate::on_demand::show,
+        POST "/envs/{name}/extend" => crate::on_demand::extend,
+        DELETE "/envs/{name}" => crate::on_demand::delete,
     ]
 }
 

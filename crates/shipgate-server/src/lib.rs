@@ -10,6 +10,7 @@ mod extract;
 mod lead;
 mod openapi;
 mod problem;
+mod on_demand;
 pub mod reload;
 mod ui;
 

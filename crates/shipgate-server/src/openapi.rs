@@ -4,7 +4,7 @@
 
 use shipgate_api::answers::{
     AgentEndpoint, CreatedHost, CreatedRelease, CreatedToken, DataCheck, DecisionRecorded,
-    GcReport, Joined, LogChunk, Problem, Reloaded,
+    GcReport, Joined, LogChunk, OnDemandView, Problem, Reloaded,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
@@ -12,7 +12,7 @@ use shipgate_api::records::{AuditReport, Event, HostRecord, Promotion, Release, 
 use shipgate_api::requests::{
     AppEnv, AppQuery, DataRefreshRequest, DecisionRequest, DiffQuery, EventsQuery, FreezeQuery,
     FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery, PromoteRequest,
-    ReleaseQuery, RollbackRequest, TokenRequest,
+    ReleaseQuery, RollbackRequest, TokenRequest, OnDemandRequest, ExtendRequest,
 };
 use shipgate_api::status::{AppStatus, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
@@ -66,6 +66,11 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::join_host,
         declared::agent_endpoint,
         declared::revoke_token,
+        declared::create_env,
+        declared::list_envs,
+        declared::show_env,
+        declared::extend_env,
+        declared::delete_env,
     ),
     components(schemas(Problem)),
     security(("bearer" = [])),
@@ -493,4 +498,47 @@ mod declared {
             (status = 200, description = "revoked", body = TokenRecord),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn revoke_token() {}
+
+    /// Make an on-demand environment from a template (deployer or admin, within the token's
+    /// scope): refused with who holds the slots when the template's quota is used up (429).
+    /// It answers at once, `creating`; its data, releases and tests follow, and `GET
+    /// /api/v1/envs/{name}` says when it is `ready` or `failed`.
+    #[utoipa::path(post, path = "/api/v1/envs", operation_id = "createEnv", request_body = OnDemandRequest,
+        responses(
+            (status = 201, description = "being made", body = OnDemandView,
+                headers(("Location" = String, description = "the environment's path"))),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn create_env() {}
+
+    /// Every on-demand environment in the token's scope, oldest first.
+    #[utoipa::path(get, path = "/api/v1/envs", operation_id = "listEnvs",
+        responses(
+            (status = 200, description = "on-demand environments", body = Vec<OnDemandView>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_envs() {}
+
+    /// One on-demand environment.
+    #[utoipa::path(get, path = "/api/v1/envs/{name}", operation_id = "showEnv",
+        params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,62}$", description = "the environment")),
+        responses(
+            (status = 200, description = "the environment", body = OnDemandView),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn show_env() {}
+
+    /// Give an on-demand environment until `ttl` from now (deployer or admin).
+    #[utoipa::path(post, path = "/api/v1/envs/{name}/extend", operation_id = "extendEnv", request_body = ExtendRequest,
+        params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,62}$", description = "the environment")),
+        responses(
+            (status = 200, description = "extended", body = OnDemandView),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn extend_env() {}
+
+    /// Delete an on-demand environment and everything of it (deployer or admin): its
+    /// instances, router, data and folders. Answers with what it was.
+    #[utoipa::path(delete, path = "/api/v1/envs/{name}", operation_id = "deleteEnv",
+        params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,62}$", description = "the environment")),
+        responses(
+            (status = 200, description = "deleted", body = OnDemandView),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn delete_env() {}
 }

@@ -302,6 +302,10 @@ pub enum Command {
     /// The machines that run instances and routers.
     #[command(subcommand)]
     Host(HostCommand),
+    /// On-demand environments: made from a template, tested on arrival, gone when their time
+    /// is up.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Runs the data plane of this machine (instances and routers) for the server. The server
     /// starts the one on its own machine itself; on another host, join once with `--server URL
     /// --join TOKEN --name NAME` (the token from `shipgate host add NAME`), and from then on
@@ -421,6 +425,51 @@ pub enum StoreCommand {
         /// Where the source keeps its artifacts (default: `artifacts/` beside a SQLite source).
         #[arg(long, value_name = "DIR")]
         artifacts: Option<std::path::PathBuf>,
+    },
+}
+
+/// `shipgate env ...`.
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Make an environment from a template: seed its data (masked), deploy the releases (or
+    /// those live in the template's `from`), run its verification, and print its URL. Exits 0
+    /// only when everything passed (deployer or admin).
+    #[command(
+        after_help = "Examples:\n  shipgate env create pr-123 --template preview --release web@1.4.2-pr123\n  shipgate env create uat-acme --template preview --ttl 72h --output json"
+    )]
+    Create {
+        /// Its name (`pr-123`).
+        name: EnvName,
+        /// The template (`[templates.NAME]` in the config).
+        #[arg(long)]
+        template: EnvName,
+        /// A release to deploy into it (repeat it, one per app).
+        #[arg(long = "release")]
+        releases: Vec<ReleaseRef>,
+        /// Its TTL instead of the template's (`24h`).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Answer at once, while it is still being made.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Every on-demand environment: template, requester, state, URL and time left.
+    List,
+    /// Give an environment until TTL from now (deployer or admin).
+    #[command(after_help = "Examples:\n  shipgate env extend pr-123 --ttl 24h")]
+    Extend {
+        /// The environment.
+        name: EnvName,
+        /// How long from now.
+        #[arg(long)]
+        ttl: String,
+    },
+    /// Delete an environment and everything of it: instances, router, data, folders (deployer
+    /// or admin).
+    #[command(after_help = "Examples:\n  shipgate env delete pr-123")]
+    Delete {
+        /// The environment.
+        name: EnvName,
     },
 }
 

@@ -4,6 +4,7 @@
 mod audit;
 mod data;
 mod install;
+mod on_demand;
 mod parity;
 mod promotion;
 mod release;
@@ -179,6 +180,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Token(command) => token(g, out, command).await,
+        Command::Env(command) => on_demand::run(g, out, command).await,
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,
         Command::Host(crate::cli::HostCommand::Add { name }) => add_host(g, out, &name).await,
         Command::Host(crate::cli::HostCommand::Remove { name }) => remove_host(g, out, &name).await,
