@@ -52,7 +52,7 @@ pub const SYSTEM: &str = "shipgate";
 
 /// How long a stopped instance may take to exit before it is killed, and how long requests in
 /// flight on a replaced instance may take to finish.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The instance currently serving an app in an environment.
 #[derive(Clone)]

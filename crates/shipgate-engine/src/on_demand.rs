@@ -423,11 +423,20 @@ impl Engine {
         } else {
             locations
         };
+        let drain = config
+            .environment(name)
+            .map_or(crate::STOP_GRACE, |e| e.drain.as_std());
         self.set_config(config.without(name));
+        // No new request from now on; those in flight finish (within `drain`) first.
+        let envs: Vec<String> = self.config().environments.iter().map(|e| e.name.to_string()).collect();
+        self.driver.retain_routers(&envs).await;
         let mut stopped = 0;
         let slots: Vec<crate::Slot> = config.apps.iter().map(|a| (a.name.clone(), name.clone())).collect();
         for slot in &slots {
             if let Some(live) = self.set_live_instance(slot.clone(), None) {
+                if !self.driver.drain(&live.id, drain).await {
+                    tracing::warn!("requests were still in flight on {} when `drain` ran out; stopping anyway", live.id);
+                }
                 self.stop_instance(&live.id, None).await;
                 stopped += 1;
             }
@@ -446,8 +455,6 @@ impl Engine {
                 stopped += 1;
             }
         }
-        let envs: Vec<String> = self.config().environments.iter().map(|e| e.name.to_string()).collect();
-        self.driver.retain_routers(&envs).await;
         for l in &locations {
             if let DataLocation::Postgres(url) = l {
                 let url = url.clone();

@@ -121,7 +121,7 @@ fn unavailable(detail: String) -> axum::response::Response {
 /// Marks a request a standby passed on, so that it is never passed on twice.
 const FORWARDED: &str = "x-shipgate-forwarded-by";
 
-type Forwarder = hyper_util::client::legacy::Client<
+pub(crate) type Forwarder = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     axum::body::Body,
 >;
@@ -133,14 +133,30 @@ async fn forward(
     leader: &str,
     request: axum::extract::Request,
 ) -> Result<axum::response::Response, String> {
+    let mut request = request;
+    request
+        .headers_mut()
+        .insert(FORWARDED, axum::http::HeaderValue::from_static("standby"));
+    pass_on(client, leader, request)
+        .await
+        .map_err(|e| format!("the leader at {leader} does not answer ({e})"))
+}
+
+/// Sends `request` to `to` (`http://HOST:PORT`) without its hop-by-hop headers, and streams
+/// the answer back.
+pub(crate) async fn pass_on(
+    client: &Forwarder,
+    to: &str,
+    request: axum::extract::Request,
+) -> Result<axum::response::Response, String> {
     let (mut parts, body) = request.into_parts();
     let path = parts
         .uri
         .path_and_query()
         .map_or("/", axum::http::uri::PathAndQuery::as_str);
-    parts.uri = format!("{leader}{path}")
+    parts.uri = format!("{to}{path}")
         .parse()
-        .map_err(|e| format!("the leader's address {leader}: {e}"))?;
+        .map_err(|e| format!("the address {to}: {e}"))?;
     for hop in [
         "connection",
         "keep-alive",
@@ -153,15 +169,12 @@ async fn forward(
     ] {
         parts.headers.remove(hop);
     }
-    parts
-        .headers
-        .insert(FORWARDED, axum::http::HeaderValue::from_static("standby"));
     // Whatever the client spoke, the leader is asked in HTTP/1.1.
     parts.version = axum::http::Version::HTTP_11;
     let answer = client
         .request(axum::http::Request::from_parts(parts, body))
         .await
-        .map_err(|e| format!("the leader at {leader} does not answer ({e})"))?;
+        .map_err(|e| e.to_string())?;
     Ok(answer.map(axum::body::Body::new))
 }
 

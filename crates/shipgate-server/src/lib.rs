@@ -10,6 +10,7 @@ mod extract;
 mod lead;
 mod openapi;
 mod problem;
+mod host_names;
 mod on_demand;
 pub mod reload;
 mod ui;
@@ -248,6 +249,11 @@ impl Server {
             Arc::new(shipgate_engine::SystemClock),
         )
         .await?;
+        let named: Vec<Owned<()>> = host_names::serve(&engine)
+            .await?
+            .into_iter()
+            .map(|t| Owned(Some(t)))
+            .collect();
         let local_host = Arc::new(std::sync::Mutex::new(shipgate_api::status::HostView {
             name: "local".into(),
             data_plane: match data_plane {
@@ -328,6 +334,7 @@ impl Server {
                 }
                 Ended::Stopped
             };
+            drop(named);
             // No renewal after this: a lease handed back stays handed back.
             drop(renewing);
             if ended == Ended::Stopped

@@ -529,9 +529,11 @@ pub enum TokenCommand {
         /// viewer, deployer, approver or admin.
         #[arg(long, value_parser = shipgate_core::Role::parse)]
         role: shipgate_core::Role,
-        /// Limit it to these environments (repeat the flag); default: all.
+        /// Limit it to these environments (repeat the flag), each a name or a prefix and `*`
+        /// (`pr-*`: every environment whose name starts with `pr-`, on-demand ones included);
+        /// default: all.
         #[arg(long = "env")]
-        envs: Vec<EnvName>,
+        envs: Vec<shipgate_core::EnvScope>,
     },
     /// Every token (never their secrets).
     List,

@@ -578,3 +578,90 @@ async fn the_traffic_history_is_kept_in_the_store_through_a_restart_and_for_an_h
     assert!(!kept.contains(&five), "{kept:?}");
     engine.shutdown().await;
 }
+
+/// A `preview` template over development with a TTL of an hour, on one port.
+fn preview(ttl_from: &str) -> String {
+    let port = free_port();
+    format!(
+        "[templates.preview]\nfrom = \"development\"\nttl = \"1h\"\nttl_from = \"{ttl_from}\"\nmax = 1\nlisten_range = \"127.0.0.1:{port}-{port}\"\n"
+    )
+}
+
+async fn ready(f: &Fixture, name: &EnvName) -> shipgate_store::OnDemandRecord {
+    for _ in 0..600 {
+        let r = f.engine.on_demand_env(name).await.unwrap();
+        if r.state != shipgate_core::on_demand::OnDemandState::Creating {
+            assert_eq!(r.state, shipgate_core::on_demand::OnDemandState::Ready, "{r:?}");
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} is still being made after 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_environment_expires_on_the_engine_clock_unless_requests_keep_it() {
+    let f = start(&preview("last_use")).await;
+    let release = f.register_with("1.0.0", &[]).await;
+    let name = EnvName::parse("pr-1").unwrap();
+    let asked = shipgate_engine::on_demand::NewOnDemand {
+        name: name.clone(),
+        template: EnvName::parse("preview").unwrap(),
+        releases: vec![release],
+        ttl: None,
+    };
+    f.engine.create_on_demand(asked, "alice").await.unwrap();
+    let made = ready(&f, &name).await;
+    let created = made.expires_at;
+    // The first pass only notes the router's count.
+    assert!(f.engine.reap().await.unwrap().is_empty());
+    f.clock.advance(50 * MINUTE);
+    assert!(f.engine.reap().await.unwrap().is_empty(), "50 minutes in: kept");
+    assert_eq!(get(f.router("pr-1")).unwrap().0, 200);
+    f.clock.advance(5 * MINUTE);
+    assert!(f.engine.reap().await.unwrap().is_empty());
+    let used = f.engine.on_demand_env(&name).await.unwrap().expires_at;
+    assert_eq!(
+        used.duration_since(created).as_secs(),
+        55 * 60,
+        "a request pushed the expiry back to an hour after the pass that saw it"
+    );
+    f.clock.advance(59 * MINUTE);
+    assert!(f.engine.reap().await.unwrap().is_empty(), "the pushed expiry holds");
+    f.clock.advance(2 * MINUTE);
+    assert_eq!(f.engine.reap().await.unwrap(), vec![name.clone()]);
+    assert!(f.engine.on_demand().await.unwrap().is_empty());
+    assert!(f.engine.config().environment(&name).is_none());
+    let events = f
+        .engine
+        .store()
+        .events(shipgate_store::EventFilter::default())
+        .await
+        .unwrap();
+    let deleted = events
+        .iter()
+        .find(|e| e.kind == shipgate_core::EventKind::EnvironmentDeleted)
+        .unwrap();
+    assert_eq!(deleted.actor, "ttl");
+    assert!(deleted.message.contains("pr-1 expired and was deleted"), "{}", deleted.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_environment_counted_from_creation_expires_however_it_is_used() {
+    let f = start(&preview("creation")).await;
+    let release = f.register_with("1.0.0", &[]).await;
+    let name = EnvName::parse("uat-1").unwrap();
+    let asked = shipgate_engine::on_demand::NewOnDemand {
+        name: name.clone(),
+        template: EnvName::parse("preview").unwrap(),
+        releases: vec![release.clone()],
+        ttl: None,
+    };
+    f.engine.create_on_demand(asked, "alice").await.unwrap();
+    let made = ready(&f, &name).await;
+    let again = f.promote(&release, "uat-1").await;
+    f.reaches(again, PromotionState::Succeeded).await;
+    assert_eq!(f.engine.on_demand_env(&name).await.unwrap().expires_at, made.expires_at);
+    f.clock.advance(61 * MINUTE);
+    assert_eq!(f.engine.reap().await.unwrap(), vec![name]);
+}

@@ -9,7 +9,7 @@ use sha2::Digest as _;
 use crate::helpers::{four_envs_with, spawn_server, text};
 
 /// A production SQLite database made with Python's sqlite3 (not shipgate's own code).
-fn production_db(path: &Path) {
+pub(crate) fn production_db(path: &Path) {
     let script = format!(
         "import sqlite3\ndb = sqlite3.connect({path:?})\ndb.executescript('''CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE NOT NULL, full_name TEXT, plan TEXT);''')\ndb.executemany('INSERT INTO users VALUES (?, ?, ?, ?)', [(i, f'user{{i}}@corp.example', f'Real Name {{i}}', 'pro') for i in range(200)])\ndb.commit()\n",
         path = path.display().to_string()

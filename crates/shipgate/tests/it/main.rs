@@ -17,6 +17,7 @@ mod helpers;
 mod hosts;
 mod isolation;
 mod netns;
+mod on_demand;
 mod parity;
 mod reload;
 mod restart;

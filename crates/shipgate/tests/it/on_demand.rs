@@ -1,0 +1,309 @@
+//! On-demand environments through the command line: made from a template with masked data,
+//! tested on arrival, reached by port and by name, held to their quotas, and deleted without
+//! a trace (no process, port, folder or database left, as `ps`'s `/proc`, `ss` and the file
+//! system see it), also when the server is killed midway.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::data::production_db;
+use crate::helpers::{TestServer, four_envs_with, free_port, spawn_server, text, wait_for};
+
+/// `n` consecutive loopback ports that are free now.
+fn free_range(n: u16) -> u16 {
+    loop {
+        let first = free_port();
+        if first > 65_000 - n {
+            continue;
+        }
+        let all_free =
+            (first..first + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return first;
+        }
+    }
+}
+
+/// The fixture flow with staging testing each arrival, production data in SQLite, and a
+/// `preview` template over staging; `template` adds lines to the template.
+fn previews(template: &str) -> String {
+    let first = free_range(25);
+    let config = four_envs_with("", &[("staging", "verify.tests = [\"sh smoke.sh ${URL}\"]")])
+        .replace(
+            "health = \"/healthz\"\n",
+            "health = \"/healthz\"\n\n[apps.web.data]\nproduction = \"sqlite://production.db\"\n\n[apps.web.data.mask.users]\nemail = \"email\"\nfull_name = \"name\"\n",
+        );
+    format!(
+        "{config}\n[templates.preview]\nfrom = \"staging\"\nttl = \"48h\"\nlisten_range = \"127.0.0.1:{first}-{}\"\nlisten = \"127.0.0.1:{}\"\nhost_suffix = \".preview.localhost\"\ndata = {{ from = \"production\", masked = true }}\n{template}\n",
+        first + 24,
+        free_port()
+    )
+}
+
+fn started(config: &str) -> TestServer {
+    let s = spawn_server(config);
+    production_db(&s.dir.path().join("production.db"));
+    s
+}
+
+/// The processes whose environment says they belong to `env`.
+fn processes_of(env: &str) -> Vec<i32> {
+    let marker = format!("SHIPGATE_ENV={env}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// What `ss` says listens on `port`.
+fn listening_on(port: u16) -> String {
+    let out = Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Nothing of `env` remains: no process, no listener on its port, no folder.
+fn gone_without_a_trace(s: &TestServer, env: &str, port: u16) {
+    wait_for(&format!("the processes of {env} to end"), || {
+        processes_of(env).is_empty()
+    });
+    assert_eq!(listening_on(port), "", "port {port} of {env} is still open");
+    let data = s.data_dir();
+    for left in [
+        data.join("on-demand").join(env),
+        data.join("data").join(env),
+        data.join("logs").join("web").join(env),
+    ] {
+        assert!(!left.exists(), "{} is left", left.display());
+    }
+}
+
+/// GET `path` at `addr` with `Host: host`; the status and body.
+fn get_named(addr: &str, host: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+/// How many rows of `db`'s users hold an email of production's.
+fn real_emails_in(db: &Path, production: &Path) -> (i64, i64) {
+    let script = format!(
+        "import sqlite3\ndb = sqlite3.connect({db:?})\ndb.execute('ATTACH DATABASE ? AS p', ({production:?},))\nprint(db.execute('SELECT count(*) FROM users').fetchone()[0], db.execute('SELECT count(*) FROM users u JOIN p.users r ON u.email = r.email').fetchone()[0])\n",
+        db = db.display().to_string(),
+        production = production.display().to_string()
+    );
+    let out = Command::new("python3").arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut n = t.split_whitespace().map(|n| n.parse::<i64>().unwrap());
+    (n.next().unwrap(), n.next().unwrap())
+}
+
+fn create(s: &TestServer, name: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["env", "create", name, "--template", "preview", "--output", "json"];
+    args.extend_from_slice(extra);
+    let out = s.cli(&args);
+    assert!(out.status.success(), "env create {name}: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn twenty_environments_from_one_template_are_made_tested_reached_and_removed_without_a_trace() {
+    let s = started(&previews("max = 25"));
+    s.register("1.0.0", &[]);
+    let names: Vec<String> = (1..=20).map(|i| format!("pr-{i}")).collect();
+    let made: Vec<Value> = std::thread::scope(|scope| {
+        let batches: Vec<_> = names
+            .chunks(5)
+            .map(|batch| {
+                let s = &s;
+                scope.spawn(move || {
+                    batch
+                        .iter()
+                        .map(|n| create(s, n, &["--release", "web@1.0.0"]))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        batches.into_iter().flat_map(|b| b.join().unwrap()).collect()
+    });
+    let named_at = s
+        .config_text()
+        .lines()
+        .skip_while(|l| !l.starts_with("[templates.preview]"))
+        .find_map(|l| l.strip_prefix("listen = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned();
+    let production = s.dir.path().join("production.db");
+    let mut ports = std::collections::HashSet::new();
+    for env in &made {
+        let name = env["name"].as_str().unwrap();
+        assert_eq!(env["state"], "ready", "{env}");
+        let outcome = env["outcome"].as_str().unwrap();
+        assert!(outcome.contains("web data seeded from production, masked: 200 rows"), "{outcome}");
+        assert!(outcome.contains("web@1.0.0 deployed and verified"), "{outcome}");
+        assert!(outcome.contains("smoke.sh ${URL} passed"), "{outcome}");
+        let port = u16::try_from(env["port"].as_u64().unwrap()).unwrap();
+        assert!(ports.insert(port), "port {port} given twice");
+        let url = env["url"].as_str().unwrap();
+        let version = s.get(&format!("{url}/version")).unwrap();
+        assert_eq!((version.status, version.body.trim()), (200, "1.0.0"));
+        let (status, body) = get_named(&named_at, &format!("{name}.preview.localhost"), "/version");
+        assert_eq!((status, body.trim()), (200, "1.0.0"), "by name");
+        let db = s.data_dir().join("on-demand").join(name).join("web.db");
+        assert_eq!(real_emails_in(&db, &production), (200, 0), "masked data in {name}");
+    }
+    let (status, body) = get_named(&named_at, "pr-99.preview.localhost", "/");
+    assert_eq!(status, 404);
+    assert!(body.contains("no environment of template preview is named"), "{body}");
+    let list = s.json(&["env", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 20);
+    let listed = s.ok(&["env", "list"]);
+    assert!(listed.contains("pr-20") && listed.contains("left"), "{listed}");
+
+    // A newer release goes in as into any environment, and proves nothing for the main path.
+    s.register("1.1.0", &[]);
+    s.ok(&["promote", "web@1.1.0", "--to", "pr-1", "--wait"]);
+    let refused = s.refused(&["promote", "web@1.1.0", "--to", "production"]);
+    assert!(refused.contains("not verified in staging"), "{refused}");
+
+    std::thread::scope(|scope| {
+        for batch in made.chunks(5) {
+            let s = &s;
+            scope.spawn(move || {
+                for env in batch {
+                    let name = env["name"].as_str().unwrap();
+                    let said = s.ok(&["env", "delete", name]);
+                    assert!(said.contains(&format!("{name} deleted")), "{said}");
+                    let port = u16::try_from(env["port"].as_u64().unwrap()).unwrap();
+                    gone_without_a_trace(s, name, port);
+                }
+            });
+        }
+    });
+    assert_eq!(s.json(&["env", "list"]), serde_json::json!([]));
+    let audit = s.ok(&["audit", "--env", "pr-7"]);
+    assert!(audit.contains("environment.deleted") && audit.contains("deleted pr-7"), "{audit}");
+}
+
+#[test]
+fn quotas_say_who_holds_the_slots_and_until_when_and_scopes_cover_prefixes() {
+    let s = started(&previews("max = 3\nmax_per_requester = 1"));
+    let bot = s.token("pr-bot", "deployer", &["pr-*"]);
+    let carol = s.token("carol", "deployer", &[]);
+    let dave = s.token("dave", "deployer", &[]);
+    s.ok_as(&bot, &["env", "create", "pr-1", "--template", "preview"]);
+    let outside = s.refused_as(&bot, &["env", "create", "uat-1", "--template", "preview"]);
+    assert!(outside.contains("limited to pr-*; it may not act on uat-1"), "{outside}");
+    let staging = s.refused_as(&bot, &["env", "delete", "staging"]);
+    assert!(staging.contains("limited to pr-*"), "{staging}");
+    let again = s.refused_as(&bot, &["env", "create", "pr-2", "--template", "preview"]);
+    assert!(
+        again.contains("pr-bot already holds 1 environments of template preview, as many as one requester may (max_per_requester = 1): pr-1 (expires "),
+        "{again}"
+    );
+    s.ok_as(&carol, &["env", "create", "pr-2", "--template", "preview"]);
+    s.ok(&["env", "create", "pr-3", "--template", "preview", "--ttl", "2h"]);
+    let full = s.refused_as(&dave, &["env", "create", "pr-4", "--template", "preview"]);
+    assert!(
+        full.contains("template preview allows 3 environments at once and all 3 exist: pr-3 (held by admin-"),
+        "{full}"
+    );
+    assert!(full.contains("pr-1 (held by pr-bot") && full.contains("pr-2 (held by carol"), "{full}");
+    assert!(full.contains("delete one (shipgate env delete NAME) or wait until one expires"), "{full}");
+    let viewer = s.token("v", "viewer", &[]);
+    let denied = s.refused_as(&viewer, &["env", "delete", "pr-1"]);
+    assert!(denied.contains("may not create, extend or delete on-demand environments"), "{denied}");
+    let extended = s.ok_as(&bot, &["env", "extend", "pr-1", "--ttl", "72h"]);
+    assert!(extended.contains("pr-1 expires") && extended.contains("2d 23h left"), "{extended}");
+    s.ok_as(&bot, &["env", "delete", "pr-1"]);
+    s.ok_as(&dave, &["env", "create", "pr-4", "--template", "preview"]);
+    let configured = s.refused(&["env", "create", "staging", "--template", "preview"]);
+    assert!(configured.contains("`staging` is an environment of the config"), "{configured}");
+}
+
+/// The on-demand environment `name` as `env list` has it, if it exists.
+fn listed(s: &TestServer, name: &str) -> Option<Value> {
+    s.json(&["env", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .cloned()
+}
+
+#[test]
+fn a_server_killed_mid_create_or_mid_delete_finishes_the_job_after_a_restart() {
+    let mut s = started(&previews("max = 5").replace(
+        "verify.tests = [\"sh smoke.sh ${URL}\"]\n",
+        "verify.tests = [\"sh smoke.sh ${URL}\"]\ndrain = \"60s\"\n",
+    ));
+    s.register("1.0.0", &[]);
+    // Held before listening: the creation is cut off while it deploys.
+    let held = s.app_release("2.0.0-held", &[("SLOW", "never")]);
+    s.register_dir("2.0.0-held", &held);
+    let mut creating = crate::helpers::command(s.dir.path());
+    creating.args(["env", "create", "pr-held", "--template", "preview", "--release", "web@2.0.0-held"]);
+    let mut creating = creating.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    wait_for("the held instance to start", || !processes_of("pr-held").is_empty());
+    let port = u16::try_from(listed(&s, "pr-held").unwrap()["port"].as_u64().unwrap()).unwrap();
+    s.kill9();
+    let _ = creating.wait();
+    s.restart();
+    wait_for("the cut-off creation to be deleted", || listed(&s, "pr-held").is_none());
+    gone_without_a_trace(&s, "pr-held", port);
+    let audit = s.ok(&["audit", "--env", "pr-held"]);
+    assert!(audit.contains("its creation or deletion had been cut off"), "{audit}");
+
+    // A request in flight holds the deletion (it drains first), and the server is killed then.
+    let env = create(&s, "pr-busy", &["--release", "web@1.0.0"]);
+    let port = u16::try_from(env["port"].as_u64().unwrap()).unwrap();
+    let url = env["url"].as_str().unwrap().to_owned();
+    let in_flight = std::thread::spawn(move || crate::helpers::http_get(&format!("{url}/slow?ms=20000"), None));
+    wait_for("the slow request to be in flight", || !processes_of("pr-busy").is_empty());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut deleting = crate::helpers::command(s.dir.path());
+    deleting.args(["env", "delete", "pr-busy"]);
+    let mut deleting = deleting
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the deletion to begin", || {
+        listed(&s, "pr-busy").is_some_and(|e| e["state"] == "deleting")
+    });
+    s.kill9();
+    let _ = deleting.wait();
+    assert!(!processes_of("pr-busy").is_empty(), "the instance outlived the server");
+    s.restart();
+    wait_for("the cut-off deletion to be finished", || listed(&s, "pr-busy").is_none());
+    gone_without_a_trace(&s, "pr-busy", port);
+    let _ = in_flight.join();
+}
