@@ -1291,7 +1291,10 @@ fn templates(
     let mut taken: Vec<(SocketAddr, String)> = envs
         .iter()
         .map(|e| (e.listen, format!("environment `{}`", e.name)))
-        .chain(envs.iter().filter_map(|e| Some((e.front?, format!("the front of `{}`", e.name)))))
+        .chain(
+            envs.iter()
+                .filter_map(|e| Some((e.front?, format!("the front of `{}`", e.name)))),
+        )
         .chain([(server.listen, "the server (`[server] listen`)".to_owned())])
         .collect();
     let mut ranges: Vec<(PortRange, String)> = Vec::new();
@@ -1308,7 +1311,11 @@ fn templates(
             };
             problems.add(
                 key.span(),
-                format!("`{what} = \"{}\"` of template `{}` names no environment", key.get_ref(), name.get_ref()),
+                format!(
+                    "`{what} = \"{}\"` of template `{}` names no environment",
+                    key.get_ref(),
+                    name.get_ref()
+                ),
                 help,
             );
             None
@@ -1328,7 +1335,9 @@ fn templates(
             .ttl
             .as_ref()
             .and_then(|d| problems.parse(d, positive_duration("ttl")))
-            .unwrap_or(Duration::from_std(std::time::Duration::from_secs(48 * 3600)));
+            .unwrap_or(Duration::from_std(std::time::Duration::from_secs(
+                48 * 3600,
+            )));
         let ttl_from = t
             .ttl_from
             .as_ref()
@@ -1341,7 +1350,9 @@ fn templates(
                 problems.add(
                     n.span(),
                     format!("`{what}` must be at least 1, not {}", n.get_ref()),
-                    format!("write how many environments may exist at once, for example {what} = 3"),
+                    format!(
+                        "write how many environments may exist at once, for example {what} = 3"
+                    ),
                 );
             }
             value
@@ -1353,16 +1364,25 @@ fn templates(
             if let Some((a, owner)) = taken.iter().find(|(a, _)| range.holds(*a)) {
                 problems.add(
                     t.listen_range.span(),
-                    format!("the range {range} of template `{}` holds {a}, which {owner} uses", name.get_ref()),
-                    "give on-demand environments a range of ports nothing else listens on".to_owned(),
+                    format!(
+                        "the range {range} of template `{}` holds {a}, which {owner} uses",
+                        name.get_ref()
+                    ),
+                    "give on-demand environments a range of ports nothing else listens on"
+                        .to_owned(),
                 );
             }
             if let Some((other, owner)) = ranges.iter().find(|(r, _)| {
-                r.first <= range.last && range.first <= r.last && (r.ip == range.ip || r.ip.is_unspecified() || range.ip.is_unspecified())
+                r.first <= range.last
+                    && range.first <= r.last
+                    && (r.ip == range.ip || r.ip.is_unspecified() || range.ip.is_unspecified())
             }) {
                 problems.add(
                     t.listen_range.span(),
-                    format!("the range {range} of template `{}` overlaps {other} of {owner}", name.get_ref()),
+                    format!(
+                        "the range {range} of template `{}` overlaps {other} of {owner}",
+                        name.get_ref()
+                    ),
                     "give each template a range of its own".to_owned(),
                 );
             }
@@ -1379,9 +1399,23 @@ fn templates(
             let addr = problems.parse(l, parse_address)?;
             let in_range = ranges.iter().find(|(r, _)| r.holds(addr));
             if let Some((_, owner)) = taken.iter().find(|(a, _)| same_socket(*a, addr)) {
-                problems.add(l.span(), format!("template `{}` listens on {addr}, which {owner} already uses", name.get_ref()), "give it an address of its own".to_owned());
+                problems.add(
+                    l.span(),
+                    format!(
+                        "template `{}` listens on {addr}, which {owner} already uses",
+                        name.get_ref()
+                    ),
+                    "give it an address of its own".to_owned(),
+                );
             } else if let Some((_, owner)) = in_range {
-                problems.add(l.span(), format!("template `{}` listens on {addr}, inside the range of {owner}", name.get_ref()), "give it an address outside every `listen_range`".to_owned());
+                problems.add(
+                    l.span(),
+                    format!(
+                        "template `{}` listens on {addr}, inside the range of {owner}",
+                        name.get_ref()
+                    ),
+                    "give it an address outside every `listen_range`".to_owned(),
+                );
             }
             taken.push((addr, format!("template `{}`", name.get_ref())));
             Some(addr)
@@ -1403,13 +1437,20 @@ fn templates(
             Some(suffix)
         });
         let hosts = t.hosts.as_ref().map(|hosts| {
-            hosts.iter().filter_map(|h| match EnvName::parse(h.get_ref()) {
-                Ok(_) => Some(h.get_ref().clone()),
-                Err(e) => {
-                    problems.add(h.span(), format!("host name `{}`: {}", h.get_ref(), e.0), None);
-                    None
-                }
-            }).collect()
+            hosts
+                .iter()
+                .filter_map(|h| match EnvName::parse(h.get_ref()) {
+                    Ok(_) => Some(h.get_ref().clone()),
+                    Err(e) => {
+                        problems.add(
+                            h.span(),
+                            format!("host name `{}`: {}", h.get_ref(), e.0),
+                            None,
+                        );
+                        None
+                    }
+                })
+                .collect()
         });
         let verify = t.verify.as_ref().map(|v| verify(v, problems));
         let vars = env_vars(&t.vars, problems);

@@ -140,12 +140,7 @@ impl PortRange {
 
 impl std::fmt::Display for PortRange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}-{}",
-            SocketAddr::new(self.ip, self.first),
-            self.last
-        )
+        write!(f, "{}-{}", SocketAddr::new(self.ip, self.first), self.last)
     }
 }
 
@@ -292,7 +287,11 @@ impl Config {
     /// where each app's data lives in it.
     pub fn with_on_demand(&self, env: EnvironmentConfig) -> Config {
         let mut c = self.without(&env.name);
-        let template = env.template.as_ref().and_then(|t| self.template(t)).cloned();
+        let template = env
+            .template
+            .as_ref()
+            .and_then(|t| self.template(t))
+            .cloned();
         if let Some(template) = template {
             let names: Vec<AppName> = c.apps.iter().map(|a| a.name.clone()).collect();
             for name in names {
@@ -518,7 +517,10 @@ mod tests {
             t.host_name(&pr).as_deref(),
             Some("pr-123.preview.localhost")
         );
-        assert_eq!(t.env_of_host("pr-123.preview.localhost:9000"), Some(pr.clone()));
+        assert_eq!(
+            t.env_of_host("pr-123.preview.localhost:9000"),
+            Some(pr.clone())
+        );
         assert_eq!(t.env_of_host("PR-123.preview.localhost"), Some(pr));
         assert_eq!(t.env_of_host("preview.localhost"), None);
         assert_eq!(t.env_of_host("pr-1.other.localhost"), None);

@@ -26,7 +26,8 @@ impl Engine {
         let env_at = |e: &EnvName| self.config().environments.iter().position(|x| &x.name == e);
         lives.sort_by_key(|l| (app_at(&l.app), env_at(&l.env)));
         for live in lives {
-            if self.config().app(&live.app).is_none() || self.config().environment(&live.env).is_none()
+            if self.config().app(&live.app).is_none()
+                || self.config().environment(&live.env).is_none()
             {
                 continue;
             }

@@ -105,7 +105,9 @@ impl Engine {
             }
             None => Standing::Unverified,
         };
-        check_entry(&self.config(), release, &registered.digest, env, |_| standing)?;
+        check_entry(&self.config(), release, &registered.digest, env, |_| {
+            standing
+        })?;
         self.request(
             registered,
             env,

@@ -94,9 +94,7 @@ impl Engine {
                 app: p.app.clone(),
                 version: p.version.clone(),
             };
-            if let Err(refusal) =
-                check_entry(&config, &release, &p.digest, &p.env, |_| standing)
-            {
+            if let Err(refusal) = check_entry(&config, &release, &p.digest, &p.env, |_| standing) {
                 self.end_pending(p, format!("no longer allowed in: {refusal}"))
                     .await?;
                 return Ok(false);

@@ -102,6 +102,8 @@ pub struct Engine {
     isolation: HashMap<EnvName, isolation::Confinement>,
     /// Held while an on-demand environment's quota and port are decided and recorded.
     on_demand_lock: tokio::sync::Mutex<()>,
+    /// Held by a reaper pass.
+    reaping: tokio::sync::Mutex<()>,
     /// Which on-demand environments are being made here, and their use.
     on_demand_tracking: Mutex<on_demand::Tracking>,
 }
@@ -178,6 +180,7 @@ impl Engine {
             restoring: std::sync::atomic::AtomicBool::new(true),
             isolation,
             on_demand_lock: tokio::sync::Mutex::new(()),
+            reaping: tokio::sync::Mutex::new(()),
             on_demand_tracking: Mutex::default(),
         });
         engine.record_driver_events();
@@ -200,9 +203,11 @@ impl Engine {
         Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Runs `config` from now on.
-    fn set_config(&self, config: Config) {
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    /// Runs the config `change` makes of the current one from now on; changes go one at a
+    /// time, so none is lost.
+    fn change_config(&self, change: impl FnOnce(&Config) -> Config) {
+        let mut config = self.config.write().unwrap_or_else(|e| e.into_inner());
+        *config = Arc::new(change(&config));
     }
 
     /// The store.

@@ -46,7 +46,13 @@ pub(crate) struct Tracking {
     used: HashMap<EnvName, (u64, Timestamp)>,
 }
 
-fn event(actor: &str, kind: EventKind, env: &EnvName, message: String, data: serde_json::Value) -> NewEvent {
+fn event(
+    actor: &str,
+    kind: EventKind,
+    env: &EnvName,
+    message: String,
+    data: serde_json::Value,
+) -> NewEvent {
     NewEvent {
         actor: actor.to_owned(),
         kind,
@@ -67,11 +73,26 @@ fn refused(message: impl Into<String>) -> EngineError {
 pub(crate) fn with_rows(config: &Config, rows: &[OnDemandRecord]) -> Config {
     let mut config = config.clone();
     for r in rows {
+        if configured(&config, &r.name) {
+            tracing::error!(
+                "on-demand environment {} has the name of an environment of the config now; it is left alone (rename the configured one to get it back, or remove its row)",
+                r.name
+            );
+            continue;
+        }
         if let Some(env) = materialize(&config, r) {
             config = config.with_on_demand(env);
         }
     }
     config
+}
+
+/// Whether `name` is an environment of the config file (not one made on demand).
+fn configured(config: &Config, name: &EnvName) -> bool {
+    config
+        .environments
+        .iter()
+        .any(|e| &e.name == name && e.template.is_none())
 }
 
 fn materialize(config: &Config, r: &OnDemandRecord) -> Option<shipgate_core::EnvironmentConfig> {
@@ -94,9 +115,7 @@ impl Engine {
             .await?
             .into_iter()
             .find(|r| &r.name == name)
-            .ok_or_else(|| {
-                refused_missing(name)
-            })
+            .ok_or_else(|| refused_missing(name))
     }
 
     /// Where on-demand environment `name` is reached: its own address, and its host name on
@@ -105,7 +124,11 @@ impl Engine {
         let config = self.config();
         let own = self.env_url(&r.name);
         let named = config.template(&r.template).and_then(|t| {
-            Some(format!("http://{}:{}", t.host_name(&r.name)?, t.listen?.port()))
+            Some(format!(
+                "http://{}:{}",
+                t.host_name(&r.name)?,
+                t.listen?.port()
+            ))
         });
         (own, named)
     }
@@ -123,12 +146,19 @@ impl Engine {
         let Some(template) = config.template(&req.template).cloned() else {
             let known: Vec<&str> = config.templates.iter().map(|t| t.name.as_str()).collect();
             return Err(refused(if known.is_empty() {
-                format!("there is no template `{}`: the config has no [templates.NAME] section", req.template)
+                format!(
+                    "there is no template `{}`: the config has no [templates.NAME] section",
+                    req.template
+                )
             } else {
-                format!("there is no template `{}`; the config has: {}", req.template, known.join(", "))
+                format!(
+                    "there is no template `{}`; the config has: {}",
+                    req.template,
+                    known.join(", ")
+                )
             }));
         };
-        if config.environments.iter().any(|e| e.name == req.name && e.template.is_none()) {
+        if configured(&config, &req.name) {
             return Err(refused(format!(
                 "`{}` is an environment of the config; give the on-demand environment another name (pr-123, preview-alice)",
                 req.name
@@ -163,7 +193,8 @@ impl Engine {
                     expires_at: r.expires_at,
                 })
                 .collect();
-            on_demand::admit(&template, requester, &holders).map_err(|q| EngineError::Quota(q.to_string()))?;
+            on_demand::admit(&template, requester, &holders)
+                .map_err(|q| EngineError::Quota(q.to_string()))?;
             let port = free_port(&template, &rows)?;
             let now = self.clock.now();
             let record = OnDemandRecord {
@@ -178,7 +209,9 @@ impl Engine {
                 releases: req.releases.clone(),
                 outcome: None,
             };
-            locked(&self.on_demand_tracking).creating.insert(req.name.clone());
+            locked(&self.on_demand_tracking)
+                .creating
+                .insert(req.name.clone());
             let message = format!(
                 "{requester} made {} from template {} on port {port}; it expires {} unless used",
                 req.name,
@@ -188,7 +221,16 @@ impl Engine {
             let data = serde_json::to_value(&record).unwrap_or_default();
             match self
                 .store
-                .insert_on_demand(record, event(requester, EventKind::EnvironmentCreated, &req.name, message, data))
+                .insert_on_demand(
+                    record,
+                    event(
+                        requester,
+                        EventKind::EnvironmentCreated,
+                        &req.name,
+                        message,
+                        data,
+                    ),
+                )
                 .await
             {
                 Ok(r) => r,
@@ -215,7 +257,7 @@ impl Engine {
             apps: config.apps.iter().map(|a| a.name.to_string()).collect(),
             request_timeout: env.request_timeout.map(|t| t.as_std()),
         };
-        self.set_config(config.with_on_demand(env));
+        self.change_config(|now| now.with_on_demand(env));
         self.driver
             .bind_router(spec)
             .await
@@ -264,7 +306,11 @@ impl Engine {
         }
     }
 
-    async fn make(self: &Arc<Self>, r: &OnDemandRecord, said: &mut Vec<String>) -> Result<(), String> {
+    async fn make(
+        self: &Arc<Self>,
+        r: &OnDemandRecord,
+        said: &mut Vec<String>,
+    ) -> Result<(), String> {
         self.add_to_config(r).await?;
         let config = self.config();
         let template = config
@@ -282,7 +328,10 @@ impl Engine {
                     .seed(&app.name, from, &r.name, &r.requester)
                     .await
                     .map_err(|e| format!("seeding {} data from {from} failed: {e}", app.name))?;
-                said.push(format!("{} data seeded from {from}, masked: {rows} rows", app.name));
+                said.push(format!(
+                    "{} data seeded from {from}, masked: {rows} rows",
+                    app.name
+                ));
             }
         }
         let releases = if r.releases.is_empty() {
@@ -292,13 +341,19 @@ impl Engine {
                 .map_err(|e| e.to_string())?
                 .into_iter()
                 .filter(|l| l.env == template.from)
-                .map(|l| ReleaseRef { app: l.app, version: l.version })
+                .map(|l| ReleaseRef {
+                    app: l.app,
+                    version: l.version,
+                })
                 .collect()
         } else {
             r.releases.clone()
         };
         if releases.is_empty() {
-            said.push(format!("no release asked for, and none is live in {}", template.from));
+            said.push(format!(
+                "no release asked for, and none is live in {}",
+                template.from
+            ));
         }
         for release in releases {
             let p = self
@@ -306,7 +361,11 @@ impl Engine {
                 .await
                 .map_err(|e| format!("{release} was refused: {e}"))?;
             let done = loop {
-                let now = self.store.promotion(p.id).await.map_err(|e| e.to_string())?;
+                let now = self
+                    .store
+                    .promotion(p.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 match now {
                     Some(p) if p.state.is_terminal() => break p,
                     Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -332,14 +391,25 @@ impl Engine {
                     done.reason.unwrap_or_default()
                 ));
             }
-            said.push(format!("{release} deployed and verified (promotion #{}){tests}", done.id));
+            said.push(format!(
+                "{release} deployed and verified (promotion #{}){tests}",
+                done.id
+            ));
         }
         Ok(())
     }
 
     /// Copies `from`'s data of `app` into `to`, masked; the rows copied.
-    async fn seed(self: &Arc<Self>, app: &shipgate_core::AppName, from: &EnvName, to: &EnvName, actor: &str) -> Result<u64, String> {
-        let mut progress = self.copy_masked(app, from, to, actor).map_err(|e| e.to_string())?;
+    async fn seed(
+        self: &Arc<Self>,
+        app: &shipgate_core::AppName,
+        from: &EnvName,
+        to: &EnvName,
+        actor: &str,
+    ) -> Result<u64, String> {
+        let mut progress = self
+            .copy_masked(app, from, to, actor)
+            .map_err(|e| e.to_string())?;
         while let Some(m) = progress.recv().await {
             match m {
                 crate::DataMessage::Done(report) => {
@@ -371,7 +441,16 @@ impl Engine {
         );
         let data = serde_json::json!({ "ttl_secs": r.ttl_secs, "expires_at": r.expires_at });
         self.store
-            .update_on_demand(&r, Some(event(actor, EventKind::EnvironmentExtended, name, message, data)))
+            .update_on_demand(
+                &r,
+                Some(event(
+                    actor,
+                    EventKind::EnvironmentExtended,
+                    name,
+                    message,
+                    data,
+                )),
+            )
             .await?;
         Ok(r)
     }
@@ -387,11 +466,22 @@ impl Engine {
         let gone = self.tear_down(&r).await;
         let message = match actor {
             TTL => format!("{name} expired and was deleted ({gone})"),
-            SYSTEM => format!("{name} was deleted: its creation or deletion had been cut off ({gone})"),
+            SYSTEM => {
+                format!("{name} was deleted: its creation or deletion had been cut off ({gone})")
+            }
             _ => format!("{actor} deleted {name} ({gone})"),
         };
         self.store
-            .delete_on_demand(name, event(actor, EventKind::EnvironmentDeleted, name, message, serde_json::json!({ "template": r.template, "requester": r.requester })))
+            .delete_on_demand(
+                name,
+                event(
+                    actor,
+                    EventKind::EnvironmentDeleted,
+                    name,
+                    message,
+                    serde_json::json!({ "template": r.template, "requester": r.requester }),
+                ),
+            )
             .await?;
         locked(&self.on_demand_tracking).used.remove(name);
         Ok(())
@@ -426,16 +516,28 @@ impl Engine {
         let drain = config
             .environment(name)
             .map_or(crate::STOP_GRACE, |e| e.drain.as_std());
-        self.set_config(config.without(name));
+        self.change_config(|now| now.without(name));
         // No new request from now on; those in flight finish (within `drain`) first.
-        let envs: Vec<String> = self.config().environments.iter().map(|e| e.name.to_string()).collect();
+        let envs: Vec<String> = self
+            .config()
+            .environments
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect();
         self.driver.retain_routers(&envs).await;
         let mut stopped = 0;
-        let slots: Vec<crate::Slot> = config.apps.iter().map(|a| (a.name.clone(), name.clone())).collect();
+        let slots: Vec<crate::Slot> = config
+            .apps
+            .iter()
+            .map(|a| (a.name.clone(), name.clone()))
+            .collect();
         for slot in &slots {
             if let Some(live) = self.set_live_instance(slot.clone(), None) {
                 if !self.driver.drain(&live.id, drain).await {
-                    tracing::warn!("requests were still in flight on {} when `drain` ran out; stopping anyway", live.id);
+                    tracing::warn!(
+                        "requests were still in flight on {} when `drain` ran out; stopping anyway",
+                        live.id
+                    );
                 }
                 self.stop_instance(&live.id, None).await;
                 stopped += 1;
@@ -458,7 +560,9 @@ impl Engine {
         for l in &locations {
             if let DataLocation::Postgres(url) = l {
                 let url = url.clone();
-                if let Some(Err(e)) = apart(move || async move { shipgate_mask::drop_database(&url).await }).await {
+                if let Some(Err(e)) =
+                    apart(move || async move { shipgate_mask::drop_database(&url).await }).await
+                {
                     tracing::warn!("could not drop {l} of {name}: {e}");
                 }
             }
@@ -468,7 +572,12 @@ impl Engine {
             data_dir.join(on_demand::DATA_FOLDER).join(name.as_str()),
             data_dir.join("data").join(name.as_str()),
         ];
-        folders.extend(config.apps.iter().map(|a| data_dir.join("logs").join(a.name.as_str()).join(name.as_str())));
+        folders.extend(config.apps.iter().map(|a| {
+            data_dir
+                .join("logs")
+                .join(a.name.as_str())
+                .join(name.as_str())
+        }));
         for f in &folders {
             remove_folder(f);
         }
@@ -481,7 +590,11 @@ impl Engine {
 
     /// A deploy into `env` succeeded: if it is on demand, its expiry moves back.
     pub(crate) async fn used_by_deploy(&self, env: &EnvName) {
-        if self.config().environment(env).is_none_or(|e| e.template.is_none()) {
+        if self
+            .config()
+            .environment(env)
+            .is_none_or(|e| e.template.is_none())
+        {
             return;
         }
         if let Err(e) = self.push_expiry_back(env).await {
@@ -496,7 +609,8 @@ impl Engine {
             return Ok(());
         };
         let ttl = shipgate_core::Duration::from_std(Duration::from_secs(r.ttl_secs));
-        let expires = on_demand::expiry_after_use(template.ttl_from, ttl, self.clock.now(), r.expires_at);
+        let expires =
+            on_demand::expiry_after_use(template.ttl_from, ttl, self.clock.now(), r.expires_at);
         if expires != r.expires_at && r.state != OnDemandState::Deleting {
             r.expires_at = expires;
             self.store.update_on_demand(&r, None).await?;
@@ -509,13 +623,19 @@ impl Engine {
     /// through (at most once a [`USE_REFRESH`]), and removes leftovers no row owns. Returns
     /// the environments it deleted.
     pub async fn reap(&self) -> Result<Vec<EnvName>, EngineError> {
+        let _one_pass_at_a_time = self.reaping.lock().await;
         let now = self.clock.now();
         let rows = self.store.on_demand().await?;
         let mut deleted = Vec::new();
-        for r in &rows {
+        let config = self.config();
+        // One the config file took the name of is never torn down: its folders are the
+        // configured environment's now.
+        for r in rows.iter().filter(|r| !configured(&config, &r.name)) {
             let cut_off = match r.state {
                 OnDemandState::Deleting => true,
-                OnDemandState::Creating => !locked(&self.on_demand_tracking).creating.contains(&r.name),
+                OnDemandState::Creating => {
+                    !locked(&self.on_demand_tracking).creating.contains(&r.name)
+                }
                 _ => false,
             };
             let actor = if cut_off {
@@ -550,7 +670,10 @@ impl Engine {
             .sum();
         let due = {
             let mut tracking = locked(&self.on_demand_tracking);
-            let seen = tracking.used.entry(r.name.clone()).or_insert((requests, now));
+            let seen = tracking
+                .used
+                .entry(r.name.clone())
+                .or_insert((requests, now));
             let refresh = jiff::SignedDuration::try_from(USE_REFRESH).unwrap_or_default();
             let due = requests > seen.0 && now.duration_since(seen.1) >= refresh;
             if due {
@@ -578,7 +701,10 @@ impl Engine {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if !owned.contains(&name) {
-                    tracing::info!("removing {}, left by an on-demand environment that is gone", e.path().display());
+                    tracing::info!(
+                        "removing {}, left by an on-demand environment that is gone",
+                        e.path().display()
+                    );
                     remove_folder(&e.path());
                 }
             }
@@ -598,7 +724,9 @@ impl Engine {
             .iter()
             .flat_map(|a| a.data.iter().flat_map(|d| d.locations.values()))
             .filter_map(|l| match l {
-                DataLocation::Postgres(url) => Some(url.split('?').next().unwrap_or(url).to_owned()),
+                DataLocation::Postgres(url) => {
+                    Some(url.split('?').next().unwrap_or(url).to_owned())
+                }
                 DataLocation::Sqlite(_) => None,
             })
             .collect();
@@ -615,8 +743,13 @@ impl Engine {
                 if owned_dbs.contains(&db) || !seen.insert(db.clone()) {
                     continue;
                 }
-                tracing::info!("dropping {}, left by an on-demand environment that is gone", DataLocation::redacted_url(&db));
-                if let Some(Err(e)) = apart(move || async move { shipgate_mask::drop_database(&db).await }).await {
+                tracing::info!(
+                    "dropping {}, left by an on-demand environment that is gone",
+                    DataLocation::redacted_url(&db)
+                );
+                if let Some(Err(e)) =
+                    apart(move || async move { shipgate_mask::drop_database(&db).await }).await
+                {
                     tracing::warn!("could not drop a leftover database: {e}");
                 }
             }
@@ -629,7 +762,9 @@ impl Engine {
         tokio::spawn(async move {
             loop {
                 {
-                    let Some(engine) = engine.upgrade() else { return };
+                    let Some(engine) = engine.upgrade() else {
+                        return;
+                    };
                     if !engine.restoring()
                         && let Err(e) = engine.reap().await
                     {
@@ -669,14 +804,20 @@ fn free_port(template: &TemplateConfig, rows: &[OnDemandRecord]) -> Result<u16, 
 async fn prepare(target: &DataLocation) -> Result<(), String> {
     match target {
         DataLocation::Sqlite(path) => match path.parent() {
-            Some(dir) => std::fs::create_dir_all(dir).map_err(|e| format!("making {}: {e}", dir.display())),
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("making {}: {e}", dir.display()))
+            }
             None => Ok(()),
         },
         DataLocation::Postgres(url) => {
             let url = url.clone();
             apart(move || async move { shipgate_mask::create_database(&url).await })
                 .await
-                .unwrap_or_else(|| Err(shipgate_mask::MaskError::Unsupported("the database could not be made".into())))
+                .unwrap_or_else(|| {
+                    Err(shipgate_mask::MaskError::Unsupported(
+                        "the database could not be made".into(),
+                    ))
+                })
                 .map_err(|e| e.to_string())
         }
     }

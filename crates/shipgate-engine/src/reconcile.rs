@@ -164,7 +164,8 @@ impl Engine {
     ) -> Result<Vec<InstanceRecord>, EngineError> {
         let mut starts = tokio::task::JoinSet::new();
         for live in self.store.live(None).await? {
-            if self.config().app(&live.app).is_none() || self.config().environment(&live.env).is_none()
+            if self.config().app(&live.app).is_none()
+                || self.config().environment(&live.env).is_none()
             {
                 continue;
             }

@@ -535,27 +535,6 @@ pub async fn check_postgres(
     leak_check(&mut src, &mut dst, &schema, &rules, "public").await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_text_fields_round_trip() {
-        for v in ["plain", "tab\there", "line\nbreak", "back\\slash", ""] {
-            let mut out = Vec::new();
-            encode(Some(v), &mut out);
-            assert_eq!(decode(&out).as_deref(), Some(v));
-        }
-        let mut out = Vec::new();
-        encode(None, &mut out);
-        assert_eq!(decode(&out), None);
-        assert_eq!(
-            redact("postgres://app:secret@db:5432/shop"),
-            "postgres://app:***@db:5432/shop"
-        );
-    }
-}
-
 /// The server part of `url` (everything before its database) and its database.
 fn split_database(url: &str) -> Result<(&str, &str), MaskError> {
     let (server, rest) = url
@@ -593,10 +572,13 @@ pub async fn create_database(url: &str) -> Result<(), MaskError> {
 pub async fn drop_database(url: &str) -> Result<(), MaskError> {
     let (_, name) = split_database(url)?;
     let mut conn = maintenance(url).await?;
-    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)))
-        .execute(&mut conn)
-        .await
-        .map_err(db(format!("dropping the database {name}")))?;
+    sqlx::raw_sql(&format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        ident(name)
+    ))
+    .execute(&mut conn)
+    .await
+    .map_err(db(format!("dropping the database {name}")))?;
     Ok(())
 }
 
@@ -611,4 +593,25 @@ pub async fn databases_marked(url: &str, mark: &str) -> Result<Vec<String>, Mask
             .await
             .map_err(db("listing databases".to_owned()))?;
     Ok(names.into_iter().map(|n| format!("{server}/{n}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_fields_round_trip() {
+        for v in ["plain", "tab\there", "line\nbreak", "back\\slash", ""] {
+            let mut out = Vec::new();
+            encode(Some(v), &mut out);
+            assert_eq!(decode(&out).as_deref(), Some(v));
+        }
+        let mut out = Vec::new();
+        encode(None, &mut out);
+        assert_eq!(decode(&out), None);
+        assert_eq!(
+            redact("postgres://app:secret@db:5432/shop"),
+            "postgres://app:***@db:5432/shop"
+        );
+    }
 }

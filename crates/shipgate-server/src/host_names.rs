@@ -12,10 +12,19 @@ use shipgate_engine::Engine;
 use crate::lead::{Forwarder, pass_on};
 
 /// Serves every template that names its environments, until the returned tasks are dropped.
-pub(crate) async fn serve(engine: &Arc<Engine>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+pub(crate) async fn serve(
+    engine: &Arc<Engine>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
-    for template in engine.config().templates.iter().filter(|t| t.host_suffix.is_some()) {
-        let Some(listen) = template.listen else { continue };
+    for template in engine
+        .config()
+        .templates
+        .iter()
+        .filter(|t| t.host_suffix.is_some())
+    {
+        let Some(listen) = template.listen else {
+            continue;
+        };
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             anyhow::anyhow!("template {} cannot listen on {listen} for its host names: {e}; change its `listen`", template.name)
         })?;
@@ -24,7 +33,8 @@ pub(crate) async fn serve(engine: &Arc<Engine>) -> anyhow::Result<Vec<tokio::tas
                 .build_http();
         let (engine, template) = (Arc::clone(engine), template.clone());
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-            let (engine, template, client) = (Arc::clone(&engine), template.clone(), client.clone());
+            let (engine, template, client) =
+                (Arc::clone(&engine), template.clone(), client.clone());
             async move { answer(&engine, &template, &client, request).await }
         });
         tasks.push(tokio::spawn(async move {
@@ -60,10 +70,17 @@ async fn answer(
             .filter(|e| e.template.as_ref() == Some(&template.name))
             .filter_map(|e| template.host_name(&e.name))
             .collect();
-        let there = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+        let there = if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        };
         return (
             StatusCode::NOT_FOUND,
-            format!("no environment of template {} is named `{host}`; there are: {there}\n", template.name),
+            format!(
+                "no environment of template {} is named `{host}`; there are: {there}\n",
+                template.name
+            ),
         )
             .into_response();
     };

@@ -7,11 +7,11 @@ mod api;
 mod auth;
 mod data_dir;
 mod extract;
+mod host_names;
 mod lead;
+mod on_demand;
 mod openapi;
 mod problem;
-mod host_names;
-mod on_demand;
 pub mod reload;
 mod ui;
 

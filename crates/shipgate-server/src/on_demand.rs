@@ -26,7 +26,11 @@ fn ttl(s: &str) -> ApiResult<shipgate_core::Duration> {
     shipgate_core::Duration::parse(s)
         .ok()
         .filter(|d| !d.as_std().is_zero())
-        .ok_or_else(|| Problem::bad_request(format!("ttl: `{s}` is not a duration above 0; write one such as \"24h\" or \"90m\"")))
+        .ok_or_else(|| {
+            Problem::bad_request(format!(
+                "ttl: `{s}` is not a duration above 0; write one such as \"24h\" or \"90m\""
+            ))
+        })
 }
 
 /// How `r` is shown, with what is live in it and the time left.
@@ -40,7 +44,10 @@ pub(crate) async fn view(state: &AppState, r: OnDemandRecord) -> ApiResult<OnDem
         .map_err(shipgate_engine::EngineError::from)?
         .into_iter()
         .filter(|l| l.env == r.name)
-        .map(|l| ReleaseRef { app: l.app, version: l.version })
+        .map(|l| ReleaseRef {
+            app: l.app,
+            version: l.version,
+        })
         .collect();
     let left = r.expires_at.duration_since(jiff::Timestamp::now());
     Ok(OnDemandView {
@@ -69,13 +76,28 @@ pub(crate) async fn create(
     let ttl = req.ttl.as_deref().map(ttl).transpose()?;
     let record = state
         .engine
-        .create_on_demand(NewOnDemand { name: env, template, releases, ttl }, caller.name())
+        .create_on_demand(
+            NewOnDemand {
+                name: env,
+                template,
+                releases,
+                ttl,
+            },
+            caller.name(),
+        )
         .await?;
     let location = format!("/api/v1/envs/{}", record.name);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view(&state, record).await?)))
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view(&state, record).await?),
+    ))
 }
 
-pub(crate) async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<impl IntoResponse> {
     caller.allow(Action::Read, None)?;
     let mut out = Vec::new();
     for r in state.engine.on_demand().await? {
@@ -105,7 +127,10 @@ pub(crate) async fn extend(
 ) -> ApiResult<impl IntoResponse> {
     let env = name(&env)?;
     caller.allow(Action::OnDemand, Some(&env))?;
-    let r = state.engine.extend_on_demand(&env, ttl(&req.ttl)?, caller.name()).await?;
+    let r = state
+        .engine
+        .extend_on_demand(&env, ttl(&req.ttl)?, caller.name())
+        .await?;
     Ok(Json(view(&state, r).await?))
 }
 

@@ -10,9 +10,9 @@ use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
 use shipgate_api::records::{AuditReport, Event, HostRecord, Promotion, Release, TokenRecord};
 use shipgate_api::requests::{
-    AppEnv, AppQuery, DataRefreshRequest, DecisionRequest, DiffQuery, EventsQuery, FreezeQuery,
-    FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery, PromoteRequest,
-    ReleaseQuery, RollbackRequest, TokenRequest, OnDemandRequest, ExtendRequest,
+    AppEnv, AppQuery, DataRefreshRequest, DecisionRequest, DiffQuery, EventsQuery, ExtendRequest,
+    FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery,
+    OnDemandRequest, PromoteRequest, ReleaseQuery, RollbackRequest, TokenRequest,
 };
 use shipgate_api::status::{AppStatus, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;

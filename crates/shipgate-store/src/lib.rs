@@ -273,8 +273,11 @@ pub trait Store: Send + Sync {
 
     /// Records a new on-demand environment with its event; refused with
     /// [`StoreError::Conflict`] if its name or port is taken.
-    async fn insert_on_demand(&self, env: OnDemandRecord, event: NewEvent)
-    -> Result<OnDemandRecord>;
+    async fn insert_on_demand(
+        &self,
+        env: OnDemandRecord,
+        event: NewEvent,
+    ) -> Result<OnDemandRecord>;
     /// Writes an on-demand environment's state, TTL, expiry and outcome (with `event`, if any).
     async fn update_on_demand(&self, env: &OnDemandRecord, event: Option<NewEvent>) -> Result<()>;
     /// Removes an on-demand environment, what is live in it and its instances' running marks,

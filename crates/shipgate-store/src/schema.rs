@@ -273,7 +273,8 @@ CREATE TABLE on_demand (
 /// PostgreSQL's schema: its first migration is SQLite's first seven at once. Integers are
 /// BIGINT (what the store binds), ids are identities that `store copy` may set, and `releases`
 /// has a `rowid` like SQLite's, which orders releases registered within one clock tick.
-pub(crate) const POSTGRES: &[&str] = &[r#"
+pub(crate) const POSTGRES: &[&str] = &[
+    r#"
 CREATE TABLE releases (
     app TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL, size BIGINT NOT NULL,
     commit_sha TEXT, notes TEXT, created_by TEXT NOT NULL, created_at TEXT NOT NULL,
@@ -359,10 +360,12 @@ CREATE TABLE artifact_chunks (
 );
 CREATE TABLE artifacts (digest TEXT PRIMARY KEY, size BIGINT NOT NULL, chunks BIGINT NOT NULL);
 CREATE TABLE shared_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"#, r#"
+"#,
+    r#"
 CREATE TABLE on_demand (
     name TEXT PRIMARY KEY, template TEXT NOT NULL, requester TEXT NOT NULL,
     port BIGINT NOT NULL UNIQUE, state TEXT NOT NULL, ttl_secs BIGINT NOT NULL,
     created_at TEXT NOT NULL, expires_at TEXT NOT NULL, releases TEXT NOT NULL, outcome TEXT
 );
-"#];
+"#,
+];

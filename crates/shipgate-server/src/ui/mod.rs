@@ -7,6 +7,7 @@
 //! signs its sessions out at once.
 
 mod chart;
+mod on_demand;
 mod pages;
 
 use std::collections::HashMap;
@@ -208,6 +209,7 @@ pub(crate) fn routes() -> Router<AppState> {
             "/apps/{app}/environments/{env}/promote",
             post(pages::promote),
         )
+        .route("/envs/{name}/delete", post(on_demand::delete))
         .route("/audit", get(pages::audit))
         .route("/audit.jsonl", get(pages::audit_export))
         .route("/ui/events", get(pages::live))

@@ -20,7 +20,7 @@ pub(crate) const APPS_PER_PAGE: usize = 50;
 /// Events per audit page.
 const EVENTS_PER_PAGE: i64 = 100;
 
-type Page = Result<Response, PageError>;
+pub(crate) type Page = Result<Response, PageError>;
 
 /// Why a page is not shown: an error page with its status, or a trip to the sign-in page.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ pub(crate) struct Badge {
 }
 
 impl Badge {
-    fn new(class: &'static str, symbol: &'static str, label: impl Into<String>) -> Self {
+    pub(crate) fn new(class: &'static str, symbol: &'static str, label: impl Into<String>) -> Self {
         Self {
             class,
             symbol,
@@ -99,7 +99,11 @@ impl Layout {
         let role = if grant.envs.is_empty() {
             grant.role.to_string()
         } else {
-            let envs: Vec<&str> = grant.envs.iter().map(shipgate_core::EnvScope::as_str).collect();
+            let envs: Vec<&str> = grant
+                .envs
+                .iter()
+                .map(shipgate_core::EnvScope::as_str)
+                .collect();
             format!("{} ({})", grant.role, envs.join(", "))
         };
         Self {
@@ -124,7 +128,7 @@ pub(crate) fn error_page(status: StatusCode, message: &str) -> PageError {
     PageError::Refused(status, message.to_owned())
 }
 
-fn from_problem(p: Problem) -> PageError {
+pub(crate) fn from_problem(p: Problem) -> PageError {
     error_page(p.status(), p.detail())
 }
 
@@ -139,7 +143,11 @@ fn html(t: &impl Template) -> Response {
     }
 }
 
-fn allow(viewer: &Viewer, action: Action, env: Option<&EnvName>) -> Result<(), PageError> {
+pub(crate) fn allow(
+    viewer: &Viewer,
+    action: Action,
+    env: Option<&EnvName>,
+) -> Result<(), PageError> {
     viewer.caller.allow(action, env).map_err(from_problem)
 }
 
@@ -245,7 +253,7 @@ pub(crate) async fn sign_in(State(state): State<AppState>, Form(f): Form<SignInF
 
 #[derive(Deserialize)]
 pub(crate) struct CsrfForm {
-    csrf: String,
+    pub(crate) csrf: String,
 }
 
 pub(crate) async fn sign_out(
@@ -302,6 +310,7 @@ struct BoardPage {
     matching: usize,
     prev: String,
     next: String,
+    on_demand: Vec<super::on_demand::OnDemandRow>,
 }
 
 #[derive(Deserialize)]
@@ -396,10 +405,16 @@ pub(crate) async fn board(
         .await
         .map_err(|e| from_problem(e.into()))?;
     let caller = &viewer.caller;
+    // The main path; on-demand environments are listed apart.
+    let main_path = |env: &EnvName| {
+        config
+            .environment(env)
+            .is_some_and(|e| e.template.is_none())
+    };
     let envs: Vec<String> = config
         .environments
         .iter()
-        .filter(|e| caller.sees(Some(e.name.as_str())))
+        .filter(|e| e.template.is_none() && caller.sees(Some(e.name.as_str())))
         .map(|e| e.name.to_string())
         .collect();
     let rows = statuses
@@ -409,13 +424,15 @@ pub(crate) async fn board(
             cells: a
                 .environments
                 .iter()
-                .filter(|e| caller.sees(Some(e.env.as_str())))
+                .filter(|e| main_path(&e.env) && caller.sees(Some(e.env.as_str())))
                 .map(|e| cell(a.app.as_str(), e))
                 .collect(),
         })
         .collect();
     let link = |p: usize| format!("/?app={}&page={p}", query_escape(&filter));
+    let on_demand = super::on_demand::rows(&state, &viewer).await?;
     let board = BoardPage {
+        on_demand,
         layout: Layout::new(&viewer, "Board", "board"),
         envs,
         rows,

@@ -47,14 +47,13 @@ impl SqlStore {
         event: NewEvent,
     ) -> Result<OnDemandRecord> {
         let (_w, mut tx) = self.begin().await?;
-        let clash: Option<(String, i64)> = sqlx::query_as(
-            "SELECT name, port FROM on_demand WHERE name = $1 OR port = $2 LIMIT 1",
-        )
-        .bind(r.name.as_str())
-        .bind(i64::from(r.port))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db("reading on-demand environments"))?;
+        let clash: Option<(String, i64)> =
+            sqlx::query_as("SELECT name, port FROM on_demand WHERE name = $1 OR port = $2 LIMIT 1")
+                .bind(r.name.as_str())
+                .bind(i64::from(r.port))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading on-demand environments"))?;
         if let Some((name, port)) = clash {
             tx.rollback().await.map_err(db("rolling back"))?;
             return Err(StoreError::Conflict(if name == r.name.as_str() {

@@ -40,7 +40,13 @@ pub(super) async fn run(g: &Global, out: Printer, command: EnvCommand) -> anyhow
             while !no_wait && env.record.state == OnDemandState::Creating {
                 tokio::time::sleep(POLL).await;
                 env = client.get(&path, &[]).await?;
-                let lines: Vec<&str> = env.record.outcome.as_deref().unwrap_or("").lines().collect();
+                let lines: Vec<&str> = env
+                    .record
+                    .outcome
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .collect();
                 for line in lines.iter().skip(said) {
                     out.progress(line);
                 }
@@ -70,7 +76,11 @@ pub(super) async fn run(g: &Global, out: Printer, command: EnvCommand) -> anyhow
                     e.record.name
                 ),
             });
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         EnvCommand::List => {
             let envs: Vec<OnDemandView> = client.get("/envs", &[]).await?;

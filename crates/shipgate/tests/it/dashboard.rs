@@ -272,7 +272,7 @@ pub(crate) fn sign_in(s: &TestServer, token: &str) -> String {
     cookie.split(';').next().unwrap().to_owned()
 }
 
-fn csrf_of(page: &str) -> String {
+pub(crate) fn csrf_of(page: &str) -> String {
     let at = page
         .find("name=\"csrf\" value=\"")
         .expect("a form with a CSRF token")

@@ -107,7 +107,11 @@ fn get_named(addr: &str, host: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
     (status, body)
 }
 
@@ -118,7 +122,11 @@ fn real_emails_in(db: &Path, production: &Path) -> (i64, i64) {
         db = db.display().to_string(),
         production = production.display().to_string()
     );
-    let out = Command::new("python3").arg("-c").arg(script).output().unwrap();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let t = String::from_utf8_lossy(&out.stdout).to_string();
     let mut n = t.split_whitespace().map(|n| n.parse::<i64>().unwrap());
@@ -126,7 +134,15 @@ fn real_emails_in(db: &Path, production: &Path) -> (i64, i64) {
 }
 
 fn create(s: &TestServer, name: &str, extra: &[&str]) -> Value {
-    let mut args = vec!["env", "create", name, "--template", "preview", "--output", "json"];
+    let mut args = vec![
+        "env",
+        "create",
+        name,
+        "--template",
+        "preview",
+        "--output",
+        "json",
+    ];
     args.extend_from_slice(extra);
     let out = s.cli(&args);
     assert!(out.status.success(), "env create {name}: {}", text(&out));
@@ -151,7 +167,10 @@ fn twenty_environments_from_one_template_are_made_tested_reached_and_removed_wit
                 })
             })
             .collect();
-        batches.into_iter().flat_map(|b| b.join().unwrap()).collect()
+        batches
+            .into_iter()
+            .flat_map(|b| b.join().unwrap())
+            .collect()
     });
     let named_at = s
         .config_text()
@@ -167,8 +186,14 @@ fn twenty_environments_from_one_template_are_made_tested_reached_and_removed_wit
         let name = env["name"].as_str().unwrap();
         assert_eq!(env["state"], "ready", "{env}");
         let outcome = env["outcome"].as_str().unwrap();
-        assert!(outcome.contains("web data seeded from production, masked: 200 rows"), "{outcome}");
-        assert!(outcome.contains("web@1.0.0 deployed and verified"), "{outcome}");
+        assert!(
+            outcome.contains("web data seeded from production, masked: 200 rows"),
+            "{outcome}"
+        );
+        assert!(
+            outcome.contains("web@1.0.0 deployed and verified"),
+            "{outcome}"
+        );
         assert!(outcome.contains("smoke.sh ${URL} passed"), "{outcome}");
         let port = u16::try_from(env["port"].as_u64().unwrap()).unwrap();
         assert!(ports.insert(port), "port {port} given twice");
@@ -178,15 +203,25 @@ fn twenty_environments_from_one_template_are_made_tested_reached_and_removed_wit
         let (status, body) = get_named(&named_at, &format!("{name}.preview.localhost"), "/version");
         assert_eq!((status, body.trim()), (200, "1.0.0"), "by name");
         let db = s.data_dir().join("on-demand").join(name).join("web.db");
-        assert_eq!(real_emails_in(&db, &production), (200, 0), "masked data in {name}");
+        assert_eq!(
+            real_emails_in(&db, &production),
+            (200, 0),
+            "masked data in {name}"
+        );
     }
     let (status, body) = get_named(&named_at, "pr-99.preview.localhost", "/");
     assert_eq!(status, 404);
-    assert!(body.contains("no environment of template preview is named"), "{body}");
+    assert!(
+        body.contains("no environment of template preview is named"),
+        "{body}"
+    );
     let list = s.json(&["env", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 20);
     let listed = s.ok(&["env", "list"]);
-    assert!(listed.contains("pr-20") && listed.contains("left"), "{listed}");
+    assert!(
+        listed.contains("pr-20") && listed.contains("left"),
+        "{listed}"
+    );
 
     // A newer release goes in as into any environment, and proves nothing for the main path.
     s.register("1.1.0", &[]);
@@ -210,7 +245,10 @@ fn twenty_environments_from_one_template_are_made_tested_reached_and_removed_wit
     });
     assert_eq!(s.json(&["env", "list"]), serde_json::json!([]));
     let audit = s.ok(&["audit", "--env", "pr-7"]);
-    assert!(audit.contains("environment.deleted") && audit.contains("deleted pr-7"), "{audit}");
+    assert!(
+        audit.contains("environment.deleted") && audit.contains("deleted pr-7"),
+        "{audit}"
+    );
 }
 
 #[test]
@@ -221,7 +259,10 @@ fn quotas_say_who_holds_the_slots_and_until_when_and_scopes_cover_prefixes() {
     let dave = s.token("dave", "deployer", &[]);
     s.ok_as(&bot, &["env", "create", "pr-1", "--template", "preview"]);
     let outside = s.refused_as(&bot, &["env", "create", "uat-1", "--template", "preview"]);
-    assert!(outside.contains("limited to pr-*; it may not act on uat-1"), "{outside}");
+    assert!(
+        outside.contains("limited to pr-*; it may not act on uat-1"),
+        "{outside}"
+    );
     let staging = s.refused_as(&bot, &["env", "delete", "staging"]);
     assert!(staging.contains("limited to pr-*"), "{staging}");
     let again = s.refused_as(&bot, &["env", "create", "pr-2", "--template", "preview"]);
@@ -230,23 +271,86 @@ fn quotas_say_who_holds_the_slots_and_until_when_and_scopes_cover_prefixes() {
         "{again}"
     );
     s.ok_as(&carol, &["env", "create", "pr-2", "--template", "preview"]);
-    s.ok(&["env", "create", "pr-3", "--template", "preview", "--ttl", "2h"]);
+    s.ok(&[
+        "env",
+        "create",
+        "pr-3",
+        "--template",
+        "preview",
+        "--ttl",
+        "2h",
+    ]);
     let full = s.refused_as(&dave, &["env", "create", "pr-4", "--template", "preview"]);
     assert!(
-        full.contains("template preview allows 3 environments at once and all 3 exist: pr-3 (held by admin-"),
+        full.contains(
+            "template preview allows 3 environments at once and all 3 exist: pr-3 (held by admin-"
+        ),
         "{full}"
     );
-    assert!(full.contains("pr-1 (held by pr-bot") && full.contains("pr-2 (held by carol"), "{full}");
-    assert!(full.contains("delete one (shipgate env delete NAME) or wait until one expires"), "{full}");
+    assert!(
+        full.contains("pr-1 (held by pr-bot") && full.contains("pr-2 (held by carol"),
+        "{full}"
+    );
+    assert!(
+        full.contains("delete one (shipgate env delete NAME) or wait until one expires"),
+        "{full}"
+    );
     let viewer = s.token("v", "viewer", &[]);
     let denied = s.refused_as(&viewer, &["env", "delete", "pr-1"]);
-    assert!(denied.contains("may not create, extend or delete on-demand environments"), "{denied}");
+    assert!(
+        denied.contains("may not create, extend or delete on-demand environments"),
+        "{denied}"
+    );
     let extended = s.ok_as(&bot, &["env", "extend", "pr-1", "--ttl", "72h"]);
-    assert!(extended.contains("pr-1 expires") && extended.contains("2d 23h left"), "{extended}");
+    assert!(
+        extended.contains("pr-1 expires") && extended.contains("2d 23h left"),
+        "{extended}"
+    );
     s.ok_as(&bot, &["env", "delete", "pr-1"]);
     s.ok_as(&dave, &["env", "create", "pr-4", "--template", "preview"]);
     let configured = s.refused(&["env", "create", "staging", "--template", "preview"]);
-    assert!(configured.contains("`staging` is an environment of the config"), "{configured}");
+    assert!(
+        configured.contains("`staging` is an environment of the config"),
+        "{configured}"
+    );
+
+    // The dashboard lists them apart from the main path; Delete is there for who may.
+    let seen = crate::dashboard::sign_in(&s, &viewer);
+    let (status, _, board) =
+        crate::dashboard::raw(&s, "GET", "/", &[("Cookie", seen.as_str())], "");
+    assert_eq!(status, 200);
+    assert!(board.contains("On-demand environments"), "{board}");
+    assert!(
+        board.contains("<th scope=\"row\">pr-2</th>") && board.contains(">carol<"),
+        "{board}"
+    );
+    assert!(
+        !board.contains("<th scope=\"col\">pr-2</th>"),
+        "not a column of the main path"
+    );
+    assert!(
+        !board.contains(">Delete<"),
+        "a viewer gets no Delete button"
+    );
+    let deployer = crate::dashboard::sign_in(&s, &carol);
+    let auth = [("Cookie", deployer.as_str())];
+    let (_, _, board) = crate::dashboard::raw(&s, "GET", "/", &auth, "");
+    assert!(
+        board.contains(">Delete<") && board.contains("left"),
+        "{board}"
+    );
+    let csrf = crate::dashboard::csrf_of(&board);
+    let (status, head, _) = crate::dashboard::raw(
+        &s,
+        "POST",
+        "/envs/pr-2/delete",
+        &auth,
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(status, 303, "{head}");
+    assert!(listed(&s, "pr-2").is_none(), "deleted from the dashboard");
+    let audit = s.ok(&["audit", "--env", "pr-2"]);
+    assert!(audit.contains("carol deleted pr-2"), "{audit}");
 }
 
 /// The on-demand environment `name` as `env list` has it, if it exists.
@@ -270,24 +374,46 @@ fn a_server_killed_mid_create_or_mid_delete_finishes_the_job_after_a_restart() {
     let held = s.app_release("2.0.0-held", &[("SLOW", "never")]);
     s.register_dir("2.0.0-held", &held);
     let mut creating = crate::helpers::command(s.dir.path());
-    creating.args(["env", "create", "pr-held", "--template", "preview", "--release", "web@2.0.0-held"]);
-    let mut creating = creating.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    wait_for("the held instance to start", || !processes_of("pr-held").is_empty());
+    creating.args([
+        "env",
+        "create",
+        "pr-held",
+        "--template",
+        "preview",
+        "--release",
+        "web@2.0.0-held",
+    ]);
+    let mut creating = creating
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the held instance to start", || {
+        !processes_of("pr-held").is_empty()
+    });
     let port = u16::try_from(listed(&s, "pr-held").unwrap()["port"].as_u64().unwrap()).unwrap();
     s.kill9();
     let _ = creating.wait();
     s.restart();
-    wait_for("the cut-off creation to be deleted", || listed(&s, "pr-held").is_none());
+    wait_for("the cut-off creation to be deleted", || {
+        listed(&s, "pr-held").is_none()
+    });
     gone_without_a_trace(&s, "pr-held", port);
     let audit = s.ok(&["audit", "--env", "pr-held"]);
-    assert!(audit.contains("its creation or deletion had been cut off"), "{audit}");
+    assert!(
+        audit.contains("its creation or deletion had been cut off"),
+        "{audit}"
+    );
 
     // A request in flight holds the deletion (it drains first), and the server is killed then.
     let env = create(&s, "pr-busy", &["--release", "web@1.0.0"]);
     let port = u16::try_from(env["port"].as_u64().unwrap()).unwrap();
     let url = env["url"].as_str().unwrap().to_owned();
-    let in_flight = std::thread::spawn(move || crate::helpers::http_get(&format!("{url}/slow?ms=20000"), None));
-    wait_for("the slow request to be in flight", || !processes_of("pr-busy").is_empty());
+    let in_flight =
+        std::thread::spawn(move || crate::helpers::http_get(&format!("{url}/slow?ms=20000"), None));
+    wait_for("the slow request to be in flight", || {
+        !processes_of("pr-busy").is_empty()
+    });
     std::thread::sleep(std::time::Duration::from_millis(300));
     let mut deleting = crate::helpers::command(s.dir.path());
     deleting.args(["env", "delete", "pr-busy"]);
@@ -301,9 +427,14 @@ fn a_server_killed_mid_create_or_mid_delete_finishes_the_job_after_a_restart() {
     });
     s.kill9();
     let _ = deleting.wait();
-    assert!(!processes_of("pr-busy").is_empty(), "the instance outlived the server");
+    assert!(
+        !processes_of("pr-busy").is_empty(),
+        "the instance outlived the server"
+    );
     s.restart();
-    wait_for("the cut-off deletion to be finished", || listed(&s, "pr-busy").is_none());
+    wait_for("the cut-off deletion to be finished", || {
+        listed(&s, "pr-busy").is_none()
+    });
     gone_without_a_trace(&s, "pr-busy", port);
     let _ = in_flight.join();
 }
