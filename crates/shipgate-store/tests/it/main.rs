@@ -37,6 +37,7 @@ mod event_log;
 mod fixtures;
 mod gates;
 mod lease;
+mod on_demand;
 mod promotions;
 mod releases;
 mod reopen;
