@@ -2044,6 +2044,52 @@ mod tests {
 
     const BASE: &str = "[apps.web]\nrun = \"./web\"\n";
 
+    const FLOW: &str = "[apps.web]\nrun = \"./web\"\n[apps.web.data]\nproduction = \"sqlite://p.db\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\n[environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:8104\"\n";
+
+    #[test]
+    fn templates_copy_an_environment_of_the_config_and_are_checked_against_it() {
+        let ok = format!(
+            "{FLOW}[templates.preview]\nfrom = \"staging\"\nttl = \"24h\"\nmax = 3\nmax_per_requester = 1\nlisten_range = \"127.0.0.1:9100-9102\"\nlisten = \"127.0.0.1:9000\"\nhost_suffix = \".Preview.localhost\"\ndata = {{ from = \"production\", masked = true }}\nvars = {{ FEATURE = \"on\" }}\n"
+        );
+        let c = Config::parse(&ok, Path::new("/p")).unwrap();
+        let t = c.template(&EnvName::parse("preview").unwrap()).unwrap();
+        assert_eq!((t.max, t.max_per_requester, t.ttl.as_std().as_secs()), (3, Some(1), 86_400));
+        assert_eq!(t.host_suffix.as_deref(), Some(".preview.localhost"));
+        let pr = EnvName::parse("pr-1").unwrap();
+        let env = t.environment(
+            c.environment(&t.from).unwrap(),
+            pr.clone(),
+            "127.0.0.1:9100".parse().unwrap(),
+        );
+        assert_eq!((env.after.clone(), env.template.clone()), (None, Some(t.name.clone())));
+        assert_eq!(env.vars["FEATURE"], "on");
+        let with = c.with_on_demand(env);
+        let location = with.apps[0].data.as_ref().unwrap().locations[&pr].clone();
+        assert_eq!(
+            location,
+            DataLocation::Sqlite(PathBuf::from("/p/.shipgate/on-demand/pr-1/web.db"))
+        );
+        assert_eq!(with.configured().environments.len(), 2);
+        assert!(with.without(&pr).environment(&pr).is_none());
+
+        let bad = format!(
+            "{FLOW}[templates.preview]\nfrom = \"stagin\"\nlisten_range = \"127.0.0.1:8100-8110\"\nhost_suffix = \"preview\"\ndata = {{ from = \"production\", masked = false }}\n[templates.other]\nfrom = \"staging\"\nmax = 20\nlisten_range = \"127.0.0.1:8105-8110\"\nhost_suffix = \".other.localhost\"\n"
+        );
+        let said = errors(&bad);
+        for expected in [
+            "`from = \"stagin\"` of template `preview` names no environment",
+            "did you mean `staging`?",
+            "the range 127.0.0.1:8100-8110 of template `preview` holds 127.0.0.1:8103, which environment `staging` uses",
+            "`host_suffix = \"preview\"` is not the end of a host name",
+            "template `preview` would seed its environments with unmasked data",
+            "overlaps 127.0.0.1:8100-8110 of template `preview`",
+            "template `other` allows 20 environments but its range 127.0.0.1:8105-8110 has 6 ports",
+            "`host_suffix` on template `other`, which has no `listen`",
+        ] {
+            assert!(said.contains(expected), "{expected}\nnot in:\n{said}");
+        }
+    }
+
     #[test]
     fn example_is_valid_and_ordered() {
         let c = Config::parse(EXAMPLE, Path::new("/p")).unwrap();
