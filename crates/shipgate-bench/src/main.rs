@@ -11,6 +11,7 @@ mod mask;
 #[path = "../../shipgate/tests/it/netns.rs"]
 #[allow(dead_code)]
 mod netns;
+mod on_demand;
 mod promote;
 mod router;
 mod sandbox;
@@ -54,6 +55,16 @@ enum BenchCommand {
         /// Promotions measured into each.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+    },
+    /// On-demand environments: env create → first 2xx and → ready (tests apart), against the
+    /// app's own start; and how many idle previews fit in 1 GiB.
+    OnDemand {
+        /// Environments made and timed, one after another.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Idle previews made at once for the memory figure.
+        #[arg(long, default_value_t = 20)]
+        idle: usize,
     },
     /// shipgate's own overhead of a promotion, against the app's own time to become healthy.
     Promote {
@@ -113,6 +124,7 @@ fn main() -> ExitCode {
 async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Promote { runs } => promote::run(runs).await,
+        BenchCommand::OnDemand { runs, idle } => on_demand::run(runs, idle).await,
         BenchCommand::Hosts { runs } => hosts::run(runs).await,
         BenchCommand::Dashboard { runs } => dashboard::run(runs).await,
         BenchCommand::Mask { rows } => mask::run(rows).await,

@@ -12,16 +12,16 @@ use anyhow::Context;
 
 use shipgate::demo::{SampleServer, SampleSetup, free_port, sample_release};
 
-fn median(v: &mut [Duration]) -> Duration {
+pub(crate) fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn answers(http: &reqwest::Client, url: &str, want: Option<&str>) -> bool {
+pub(crate) async fn answers(http: &reqwest::Client, url: &str, want: Option<&str>) -> bool {
     match http.get(url).send().await {
         Ok(r) if r.status().is_success() => match want {
             Some(w) => r.text().await.map(|t| t.trim() == w).unwrap_or(false),
@@ -32,7 +32,7 @@ async fn answers(http: &reqwest::Client, url: &str, want: Option<&str>) -> bool 
 }
 
 /// The app's own readiness: spawn the sample app and poll /healthz every millisecond.
-async fn app_ready_time(
+pub(crate) async fn app_ready_time(
     exe: &std::path::Path,
     dir: &std::path::Path,
     http: &reqwest::Client,

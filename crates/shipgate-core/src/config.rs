@@ -2053,7 +2053,10 @@ mod tests {
         );
         let c = Config::parse(&ok, Path::new("/p")).unwrap();
         let t = c.template(&EnvName::parse("preview").unwrap()).unwrap();
-        assert_eq!((t.max, t.max_per_requester, t.ttl.as_std().as_secs()), (3, Some(1), 86_400));
+        assert_eq!(
+            (t.max, t.max_per_requester, t.ttl.as_std().as_secs()),
+            (3, Some(1), 86_400)
+        );
         assert_eq!(t.host_suffix.as_deref(), Some(".preview.localhost"));
         let pr = EnvName::parse("pr-1").unwrap();
         let env = t.environment(
@@ -2061,7 +2064,10 @@ mod tests {
             pr.clone(),
             "127.0.0.1:9100".parse().unwrap(),
         );
-        assert_eq!((env.after.clone(), env.template.clone()), (None, Some(t.name.clone())));
+        assert_eq!(
+            (env.after.clone(), env.template.clone()),
+            (None, Some(t.name.clone()))
+        );
         assert_eq!(env.vars["FEATURE"], "on");
         let with = c.with_on_demand(env);
         let location = with.apps[0].data.as_ref().unwrap().locations[&pr].clone();

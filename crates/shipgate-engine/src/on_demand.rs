@@ -240,9 +240,11 @@ impl Engine {
                 }
             }
         };
+        // In the config and listening before the answer: its URL works from now on.
+        let bound = self.add_to_config(&record).await;
         let engine = Arc::clone(self);
         let made = record.clone();
-        tokio::spawn(async move { engine.arrive(made).await });
+        tokio::spawn(async move { engine.arrive(made, bound).await });
         Ok(record)
     }
 
@@ -265,9 +267,12 @@ impl Engine {
     }
 
     /// Seeds, deploys and tests a new environment, and records how that went.
-    async fn arrive(self: Arc<Self>, mut r: OnDemandRecord) {
+    async fn arrive(self: Arc<Self>, mut r: OnDemandRecord, bound: Result<(), String>) {
         let mut said = Vec::new();
-        let outcome = self.make(&r, &mut said).await;
+        let outcome = match bound {
+            Ok(()) => self.make(&r, &mut said).await,
+            Err(why) => Err(why),
+        };
         locked(&self.on_demand_tracking).creating.remove(&r.name);
         // Deleted meanwhile: nothing to record.
         let Ok(now) = self.on_demand_env(&r.name).await else {
@@ -368,7 +373,7 @@ impl Engine {
                     .map_err(|e| e.to_string())?;
                 match now {
                     Some(p) if p.state.is_terminal() => break p,
-                    Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                     None => return Err(format!("promotion {} of {release} vanished", p.id)),
                 }
             };

@@ -77,6 +77,8 @@ pub struct SampleSetup {
     pub agent: bool,
     /// `server.database` (default: the SQLite file in the data dir).
     pub database: Option<String>,
+    /// More config, appended to the file (a `[templates.NAME]` section, ...).
+    pub extra: String,
 }
 
 /// A server on the sample app's config, in its own temporary folder, for the demo and the
@@ -131,6 +133,7 @@ impl SampleServer {
                 &format!("data_dir = \"data\"\ndatabase = \"{database}\"\n"),
             );
         }
+        src.push_str(&setup.extra);
         std::fs::write(&config_path, &src)?;
         let config = shipgate_core::Config::parse(&src, work.path()).map_err(|e| {
             anyhow::anyhow!(
