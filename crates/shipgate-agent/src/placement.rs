@@ -86,7 +86,8 @@ pub struct Placement {
     local: Arc<dyn Driver>,
     hosts: Arc<Hosts>,
     clients: BTreeMap<String, Arc<AgentClient>>,
-    envs: HashMap<String, EnvPlacement>,
+    /// Where each hosted environment runs: those of the config, and those made on demand.
+    envs: std::sync::RwLock<HashMap<String, EnvPlacement>>,
     data_dir: PathBuf,
     events: broadcast::Sender<DriverEvent>,
     /// The requests of the instances started on hosts (server-side paths), by instance.
@@ -173,7 +174,7 @@ impl Placement {
             local,
             hosts,
             clients,
-            envs,
+            envs: std::sync::RwLock::new(envs),
             data_dir: data_dir.to_path_buf(),
             events,
             started: Mutex::new(kept.started),
@@ -195,6 +196,8 @@ impl Placement {
     fn keep_fronts(self: &Arc<Self>) {
         let fronted: Vec<(String, SocketAddr, u16)> = self
             .envs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter_map(|(e, p)| Some((e.clone(), p.front?, p.port)))
             .collect();
@@ -318,6 +321,8 @@ impl Placement {
         };
         let envs: Vec<String> = self
             .envs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter(|(_, p)| p.hosts.iter().any(|h| h == host))
             .map(|(e, _)| e.clone())
@@ -425,8 +430,12 @@ impl Placement {
         }
     }
 
-    fn placed(&self, env: &str) -> Option<&EnvPlacement> {
-        self.envs.get(env)
+    fn placed(&self, env: &str) -> Option<EnvPlacement> {
+        self.envs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(env)
+            .cloned()
     }
 
     /// The environment an instance belongs to, if it is one of a hosted environment.
@@ -609,7 +618,7 @@ impl Placement {
 impl Driver for Placement {
     async fn start(&self, req: StartInstance) -> Result<InstanceStarted, DriverError> {
         let env = req.template_vars.get("ENV").cloned().unwrap_or_default();
-        let Some(p) = self.placed(&env).cloned() else {
+        let Some(p) = self.placed(&env) else {
             return self.local.start(req).await;
         };
         let up = self.enough(&env, &p)?;
@@ -736,7 +745,7 @@ impl Driver for Placement {
     }
 
     async fn bind_router(&self, spec: RouterSpec) -> Result<(), DriverError> {
-        let Some(p) = self.placed(&spec.env).cloned() else {
+        let Some(p) = self.placed(&spec.env) else {
             return self.local.bind_router(spec).await;
         };
         lock(&self.routers).insert(spec.env.clone(), spec.clone());
@@ -762,7 +771,7 @@ impl Driver for Placement {
         app: &str,
         to: Option<RouteTarget>,
     ) -> Result<Option<RouteTarget>, DriverError> {
-        let Some(p) = self.placed(env).cloned() else {
+        let Some(p) = self.placed(env) else {
             return self.local.switch(env, app, to).await;
         };
         let up = self.enough(env, &p)?;
@@ -839,7 +848,7 @@ impl Driver for Placement {
         let Some(p) = self.placed(env) else {
             return self.local.routed(env, app).await;
         };
-        for h in self.reachable(p).0 {
+        for h in self.reachable(&p).0 {
             if let Some(r) = self.clients[&h].routed(env, app).await {
                 return Some(r);
             }
@@ -851,16 +860,13 @@ impl Driver for Placement {
         let Some(p) = self.placed(env) else {
             return self.local.set_starting(env, app, label).await;
         };
-        for h in self.reachable(p).0 {
+        for h in self.reachable(&p).0 {
             self.clients[&h].set_starting(env, app, label).await;
         }
     }
 
     async fn drain(&self, instance: &InstanceId, grace: Duration) -> bool {
-        let Some(p) = self
-            .env_of_instance(instance)
-            .and_then(|e| self.placed(&e).cloned())
-        else {
+        let Some(p) = self.env_of_instance(instance).and_then(|e| self.placed(&e)) else {
             return self.local.drain(instance, grace).await;
         };
         let drains = self
@@ -879,7 +885,7 @@ impl Driver for Placement {
             return self.local.router_metrics(env).await;
         };
         let mut merged: Vec<UpstreamMetrics> = Vec::new();
-        for h in self.reachable(p).0 {
+        for h in self.reachable(&p).0 {
             for m in self.clients[&h].router_metrics(env).await {
                 match merged
                     .iter_mut()
@@ -910,8 +916,10 @@ impl Driver for Placement {
             }
             let mine: Vec<String> = self
                 .envs
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
                 .iter()
-                .filter(|(_, p)| p.hosts.contains(h))
+                .filter(|(e, p)| p.hosts.contains(h) && envs.contains(e))
                 .map(|(e, _)| e.clone())
                 .collect();
             closed.extend(
@@ -927,6 +935,40 @@ impl Driver for Placement {
 
     fn endpoints(&self, env: &str, listen: SocketAddr) -> Vec<SocketAddr> {
         Placement::endpoints(self, env, listen)
+    }
+
+    fn place(&self, env: &str, hosts: &[String], batch: usize, required: usize, port: u16) {
+        let known: Vec<String> = hosts
+            .iter()
+            .filter(|h| self.clients.contains_key(*h))
+            .cloned()
+            .collect();
+        if known.len() < hosts.len() {
+            tracing::warn!(
+                "{env} names hosts no environment of the config uses; it runs on those that are: {known:?}"
+            );
+        }
+        let placed = EnvPlacement {
+            required: required.min(known.len()),
+            hosts: known,
+            batch,
+            port,
+            front: None,
+        };
+        self.envs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(env.to_owned(), placed);
+    }
+
+    fn unplace(&self, env: &str) {
+        self.envs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(env);
+        lock(&self.served).remove(env);
+        lock(&self.routers).remove(env);
+        self.save();
     }
 
     async fn read_log(
@@ -945,7 +987,7 @@ impl Driver for Placement {
                     p.hosts.join(", ")
                 )));
             }
-            None => self.reachable(p).0,
+            None => self.reachable(&p).0,
         };
         let mut last = format!("none of the hosts {} answers", p.hosts.join(", "));
         for h in candidates {

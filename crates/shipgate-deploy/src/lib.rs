@@ -88,6 +88,18 @@ pub trait Driver: Send + Sync {
     /// the ones it closed.
     async fn retain_routers(&self, envs: &[String]) -> Vec<String>;
 
+    /// From now on, runs `env` (made at run time: on demand) on `hosts`, `batch` at a time, at
+    /// least `required` of them taking part, its router on `port` of each. A driver of one
+    /// machine has no hosts and ignores it.
+    fn place(&self, env: &str, hosts: &[String], batch: usize, required: usize, port: u16) {
+        let _ = (env, hosts, batch, required, port);
+    }
+
+    /// Forgets where `env` runs (it was deleted); after its routers were closed.
+    fn unplace(&self, env: &str) {
+        let _ = env;
+    }
+
     /// The addresses `env`, whose router listens at `listen`, answers at: `listen` itself on
     /// this machine, or that port on each host of an environment placed on hosts.
     fn endpoints(&self, env: &str, listen: SocketAddr) -> Vec<SocketAddr> {

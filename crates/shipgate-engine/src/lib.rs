@@ -160,6 +160,9 @@ impl Engine {
         }
         // The on-demand environments there are, as the store has them, after the configured.
         let config = Arc::new(on_demand::with_rows(&config, &store.on_demand().await?));
+        for env in &config.environments {
+            on_demand::place(driver.as_ref(), env);
+        }
         bind_routers(&config, driver.as_ref()).await?;
         let engine = Arc::new(Engine {
             config: std::sync::RwLock::new(config),

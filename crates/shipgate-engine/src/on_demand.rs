@@ -87,6 +87,20 @@ pub(crate) fn with_rows(config: &Config, rows: &[OnDemandRecord]) -> Config {
     config
 }
 
+/// Tells the data plane which hosts an on-demand environment runs on (those of the
+/// environment its template copies), if any.
+pub(crate) fn place(driver: &dyn shipgate_deploy::Driver, env: &shipgate_core::EnvironmentConfig) {
+    if env.template.is_some() && !env.hosts.is_empty() {
+        driver.place(
+            env.name.as_str(),
+            &env.hosts,
+            env.batch.size(env.hosts.len()),
+            env.hosts_required,
+            env.listen.port(),
+        );
+    }
+}
+
 /// Whether `name` is an environment of the config file (not one made on demand).
 fn configured(config: &Config, name: &EnvName) -> bool {
     config
@@ -259,6 +273,7 @@ impl Engine {
             apps: config.apps.iter().map(|a| a.name.to_string()).collect(),
             request_timeout: env.request_timeout.map(|t| t.as_std()),
         };
+        place(self.driver.as_ref(), &env);
         self.change_config(|now| now.with_on_demand(env));
         self.driver
             .bind_router(spec)
@@ -586,6 +601,7 @@ impl Engine {
         for f in &folders {
             remove_folder(f);
         }
+        self.driver.unplace(name.as_str());
         format!(
             "{stopped} instances stopped, port {} freed, {} databases and its folders removed",
             r.port,

@@ -769,3 +769,49 @@ fn a_join_that_is_sent_another_ca_is_refused_and_saves_nothing() {
         "{added}"
     );
 }
+
+#[test]
+fn an_on_demand_environment_runs_on_the_hosts_of_the_one_it_copies_and_leaves_nothing_there() {
+    let Some((hosts, port)) = make_hosts(3) else {
+        return;
+    };
+    let first = free_port();
+    let template = format!(
+        "isolation = \"none\"\n\n[templates.preview]\nfrom = \"production\"\nmax = 2\nlisten_range = \"0.0.0.0:{first}-{}\"\n",
+        first + 1
+    );
+    let s = spawn_server(&config(&hosts, port, &template));
+    let agents = Agents::join(&hosts, &s);
+    s.register("1.0.0", &[]);
+    let made = s.json(&[
+        "env",
+        "create",
+        "pr-1",
+        "--template",
+        "preview",
+        "--release",
+        "web@1.0.0",
+    ]);
+    assert_eq!(made["state"], "ready", "{made}");
+    let preview = urls(&hosts, first);
+    assert_eq!(
+        versions(&preview),
+        vec![Some("1.0.0".to_owned()); 3],
+        "on every host"
+    );
+    for answer in versions(&urls(&hosts, port)) {
+        assert!(
+            answer.unwrap_or_default().contains("no live release"),
+            "production untouched"
+        );
+    }
+    s.ok(&["env", "delete", "pr-1"]);
+    wait_for("the hosts to stop serving pr-1", || {
+        versions(&preview).iter().all(Option::is_none)
+    });
+    for dir in &agents.dirs {
+        let left: Vec<_> = crate::helpers::processes_in(&dir.join("releases"));
+        assert!(left.is_empty(), "instances left on a host: {left:?}");
+    }
+    drop(agents);
+}
