@@ -730,16 +730,8 @@ impl Engine {
                 }
             }
         }
-        let mut servers: Vec<String> = Vec::new();
-        for app in &config.apps {
-            for l in app.data.iter().flat_map(|d| d.locations.values()) {
-                if let DataLocation::Postgres(url) = l
-                    && !servers.contains(url)
-                {
-                    servers.push(url.clone());
-                }
-            }
-        }
+        // Only databases named after one of this config's own: `shop__od_pr_1` is a preview of
+        // `shop`; another installation's on the same server are not ours to drop.
         let owned_dbs: HashSet<String> = config
             .apps
             .iter()
@@ -751,17 +743,34 @@ impl Engine {
                 DataLocation::Sqlite(_) => None,
             })
             .collect();
-        let mut seen = HashSet::new();
-        for url in servers {
-            let Some(Ok(found)) = apart(move || async move {
-                shipgate_mask::databases_marked(&url, on_demand::DATABASE_MARK).await
-            })
-            .await
+        let mut sources: Vec<String> = Vec::new();
+        for app in &config.configured().apps {
+            for l in app.data.iter().flat_map(|d| d.locations.values()) {
+                if let DataLocation::Postgres(url) = l
+                    && !sources.contains(url)
+                {
+                    sources.push(url.clone());
+                }
+            }
+        }
+        for url in sources {
+            let Some(db) = url
+                .split('?')
+                .next()
+                .and_then(|u| u.rsplit_once('/'))
+                .map(|(_, db)| db.to_owned())
+            else {
+                continue;
+            };
+            let prefix = format!("{db}{}", on_demand::DATABASE_MARK);
+            let Some(Ok(found)) =
+                apart(move || async move { shipgate_mask::databases_named(&url, &prefix).await })
+                    .await
             else {
                 continue;
             };
             for db in found {
-                if owned_dbs.contains(&db) || !seen.insert(db.clone()) {
+                if owned_dbs.contains(&db) {
                     continue;
                 }
                 tracing::info!(

@@ -19,7 +19,7 @@ use shipgate_core::config::{DataConfig, Unlisted};
 use shipgate_core::mask::{MaskKey, Transformer, looks_personal};
 
 pub use postgres::{
-    check_postgres, create_database, databases_marked, drop_database, refresh_postgres,
+    check_postgres, create_database, databases_named, drop_database, refresh_postgres,
 };
 pub use sqlite::{check_sqlite, refresh_sqlite};
 

@@ -582,13 +582,14 @@ pub async fn drop_database(url: &str) -> Result<(), MaskError> {
     Ok(())
 }
 
-/// The databases on the server of `url` whose names contain `mark`, each as a URL like `url`.
-pub async fn databases_marked(url: &str, mark: &str) -> Result<Vec<String>, MaskError> {
+/// The databases on the server of `url` whose names start with `prefix`, each as a URL like
+/// `url`.
+pub async fn databases_named(url: &str, prefix: &str) -> Result<Vec<String>, MaskError> {
     let (server, _) = split_database(url)?;
     let mut conn = maintenance(url).await?;
     let names: Vec<String> =
-        sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE strpos(datname, $1) > 0")
-            .bind(mark)
+        sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE strpos(datname, $1) = 1")
+            .bind(prefix)
             .fetch_all(&mut conn)
             .await
             .map_err(db("listing databases".to_owned()))?;

@@ -27,9 +27,13 @@ fn ttl(s: &str) -> ApiResult<shipgate_core::Duration> {
         .ok()
         .filter(|d| !d.as_std().is_zero())
         .ok_or_else(|| {
-            Problem::bad_request(format!(
-                "ttl: `{s}` is not a duration above 0; write one such as \"24h\" or \"90m\""
-            ))
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid ttl",
+                format!(
+                    "ttl: `{s}` is not a duration above 0; write one such as \"24h\" or \"90m\""
+                ),
+            )
         })
 }
 

@@ -438,3 +438,74 @@ fn a_server_killed_mid_create_or_mid_delete_finishes_the_job_after_a_restart() {
     gone_without_a_trace(&s, "pr-busy", port);
     let _ = in_flight.join();
 }
+
+/// Runs `sql` with the cluster's own `psql` against `url`; its output, trimmed.
+fn psql(url: &str, sql: &str) -> String {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("bin/psql"))
+        .find(|p| p.exists())
+        .expect("PostgreSQL's psql");
+    let out = Command::new(bin)
+        .args([url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{sql}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_preview_on_postgresql_gets_a_database_of_its_own_dropped_with_it_and_leftovers_go_too() {
+    let production = crate::helpers::postgres_database("od_prod");
+    psql(
+        &production,
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, full_name text); INSERT INTO users SELECT i, 'user' || i || '@corp.example', 'Real Name ' || i FROM generate_series(1, 100) i",
+    );
+    let config = previews("max = 3").replace(
+        "production = \"sqlite://production.db\"",
+        &format!("production = \"{production}\""),
+    );
+    let s = spawn_server(&config);
+    s.register("1.0.0", &[]);
+    let env = create(&s, "pr-pg", &["--release", "web@1.0.0"]);
+    assert!(
+        env["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("masked: 100 rows"),
+        "{env}"
+    );
+    let (server, db) = production.rsplit_once('/').unwrap();
+    let own = format!("{server}/{db}__od_pr_pg");
+    assert_eq!(psql(&own, "SELECT count(*) FROM users"), "100");
+    assert_eq!(
+        psql(
+            &own,
+            "SELECT count(*) FROM users WHERE email IN (SELECT 'user' || i || '@corp.example' FROM generate_series(1, 100) i)"
+        ),
+        "0",
+        "no real email in the preview"
+    );
+    let databases = |name: &str| {
+        psql(
+            &production,
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+        )
+    };
+    s.ok(&["env", "delete", "pr-pg"]);
+    assert_eq!(
+        databases(&format!("{db}__od_pr_pg")),
+        "0",
+        "dropped with it"
+    );
+    // A database a crash left (no row owns it) is dropped by the next reaper pass; one of
+    // another database's previews on the same server is not this server's to drop.
+    psql(&production, &format!("CREATE DATABASE {db}__od_ghost"));
+    psql(&production, "CREATE DATABASE someone_else__od_pr_9");
+    wait_for("the leftover database to be dropped", || {
+        databases(&format!("{db}__od_ghost")) == "0"
+    });
+    assert_eq!(databases("someone_else__od_pr_9"), "1");
+    psql(&production, "DROP DATABASE someone_else__od_pr_9");
+}
