@@ -602,10 +602,20 @@ impl Engine {
             remove_folder(f);
         }
         self.driver.unplace(name.as_str());
+        let databases = locations.len();
         format!(
-            "{stopped} instances stopped, port {} freed, {} databases and its folders removed",
+            "{stopped} {} stopped, port {} freed, {databases} {} and its folders removed",
+            if stopped == 1 {
+                "instance"
+            } else {
+                "instances"
+            },
             r.port,
-            locations.len()
+            if databases == 1 {
+                "database"
+            } else {
+                "databases"
+            },
         )
     }
 

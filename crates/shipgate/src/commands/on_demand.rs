@@ -55,12 +55,12 @@ pub(super) async fn run(g: &Global, out: Printer, command: EnvCommand) -> anyhow
             let ok = env.record.state == OnDemandState::Ready
                 || (no_wait && env.record.state == OnDemandState::Creating);
             out.print(&env, |e| match e.record.state {
+                // Each step of its making was said on the way.
                 OnDemandState::Ready => format!(
-                    "{} is ready: {}{}\n{}\nexpires {} unless used (shipgate env extend {} --ttl 24h)\n",
+                    "{} is ready: {}{}\nexpires {} unless used (shipgate env extend {} --ttl 24h)\n",
                     e.record.name,
                     e.url,
                     e.named_url.as_ref().map(|u| format!(" (also {u})")).unwrap_or_default(),
-                    e.record.outcome.as_deref().unwrap_or(""),
                     e.record.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
                     e.record.name
                 ),
