@@ -178,3 +178,17 @@ pub struct OnDemandView {
     /// Seconds until it expires (0 once due).
     pub expires_in_secs: u64,
 }
+
+impl OnDemandView {
+    /// The time left, for people: `2d 3h`, `5h 20m`, `40m`, or `due`.
+    pub fn time_left(&self) -> String {
+        let secs = self.expires_in_secs;
+        let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+        match (d, h, m) {
+            (0, 0, 0) => "due".into(),
+            (0, 0, m) => format!("{m}m"),
+            (0, h, m) => format!("{h}h {m}m"),
+            (d, h, _) => format!("{d}d {h}h"),
+        }
+    }
+}

@@ -22,28 +22,26 @@ use crate::promote::{answers, app_ready_time, median, ms};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
-/// Kilobytes of PSS of `pid` (0 if it is gone).
-fn pss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+/// The kilobytes a `/proc` file gives for `key` (`Pss:`, `VmRSS:`), 0 if it has none.
+fn kib(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|t| {
             t.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
+                .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
 }
 
+/// Kilobytes of PSS of `pid` (0 if it is gone).
+fn pss_kib(pid: i32) -> u64 {
+    kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
 /// Kilobytes of resident memory of this process.
 fn own_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    kib("/proc/self/status", "VmRSS:")
 }
 
 /// The processes whose environment says they belong to `env`.

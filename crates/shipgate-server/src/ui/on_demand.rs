@@ -36,17 +36,6 @@ fn badge(state: OnDemandState) -> Badge {
     }
 }
 
-/// `2d 3h`, `40m`, `due`.
-fn left(secs: u64) -> String {
-    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
-    match (d, h, m) {
-        (0, 0, 0) => "due".into(),
-        (0, 0, m) => format!("{m}m"),
-        (0, h, m) => format!("{h}h {m}m"),
-        (d, h, _) => format!("{d}d {h}h"),
-    }
-}
-
 /// The on-demand environments `viewer` sees, oldest first.
 pub(crate) async fn rows(
     state: &AppState,
@@ -71,7 +60,9 @@ pub(crate) async fn rows(
             .await
             .map_err(from_problem)?;
         let live: Vec<String> = view.live.iter().map(ToString::to_string).collect();
+        let left = view.time_left();
         rows.push(OnDemandRow {
+            left,
             delete: format!("/envs/{}/delete", view.record.name),
             name: view.record.name.to_string(),
             template: view.record.template.to_string(),
@@ -85,7 +76,6 @@ pub(crate) async fn rows(
             url: view.url,
             named_url: view.named_url.unwrap_or_default(),
             outcome: view.record.outcome.unwrap_or_default(),
-            left: left(view.expires_in_secs),
             can_delete,
         });
     }

@@ -102,7 +102,7 @@ pub(super) async fn run(g: &Global, out: Printer, command: EnvCommand) -> anyhow
                             format!(
                                 "{} ({})",
                                 e.record.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
-                                left(e.expires_in_secs)
+                                left(e)
                             ),
                         ]
                     })
@@ -123,7 +123,7 @@ pub(super) async fn run(g: &Global, out: Printer, command: EnvCommand) -> anyhow
                     "{} expires {} ({}) unless used\n",
                     e.record.name,
                     e.record.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
-                    left(e.expires_in_secs)
+                    left(e)
                 )
             });
             Ok(ExitCode::SUCCESS)
@@ -142,12 +142,9 @@ pub(super) async fn run(g: &Global, out: Printer, command: EnvCommand) -> anyhow
 }
 
 /// `2d 3h left`, `40m left`, `due`.
-fn left(secs: u64) -> String {
-    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
-    match (d, h, m) {
-        (0, 0, 0) => "due".into(),
-        (0, 0, m) => format!("{m}m left"),
-        (0, h, m) => format!("{h}h {m}m left"),
-        (d, h, _) => format!("{d}d {h}h left"),
+fn left(e: &OnDemandView) -> String {
+    match e.time_left().as_str() {
+        "due" => "due".into(),
+        t => format!("{t} left"),
     }
 }

@@ -14,12 +14,7 @@ pub(crate) fn production_db(path: &Path) {
         "import sqlite3\ndb = sqlite3.connect({path:?})\ndb.executescript('''CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE NOT NULL, full_name TEXT, plan TEXT);''')\ndb.executemany('INSERT INTO users VALUES (?, ?, ?, ?)', [(i, f'user{{i}}@corp.example', f'Real Name {{i}}', 'pro') for i in range(200)])\ndb.commit()\n",
         path = path.display().to_string()
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    crate::helpers::python(&script);
 }
 
 fn sha(path: &Path) -> Vec<u8> {

@@ -679,3 +679,14 @@ pub fn command(dir: &Path) -> Command {
         .env_remove("RUST_LOG");
     c
 }
+
+/// Runs a Python 3 script (not shipgate's code, to check its work from outside); its output.
+pub fn python(script: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

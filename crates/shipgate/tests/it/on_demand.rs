@@ -122,13 +122,7 @@ fn real_emails_in(db: &Path, production: &Path) -> (i64, i64) {
         db = db.display().to_string(),
         production = production.display().to_string()
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    let t = crate::helpers::python(&script);
     let mut n = t.split_whitespace().map(|n| n.parse::<i64>().unwrap());
     (n.next().unwrap(), n.next().unwrap())
 }
