@@ -83,9 +83,10 @@ pub struct TokenRequest {
     /// Its role.
     #[schema(value_type = Role)]
     pub role: String,
-    /// The environments it is limited to; empty or absent: all.
+    /// The environments it is limited to, each a name or a prefix and `*` (`pr-*`); empty or
+    /// absent: all.
     #[serde(default)]
-    #[schema(value_type = Vec<EnvName>)]
+    #[schema(value_type = Vec<shipgate_core::EnvScope>)]
     pub envs: Vec<String>,
 }
 

@@ -239,7 +239,9 @@ async fn promote(
     if let Some(reason) = &b.override_reason {
         caller.allow(Action::Override, Some(&env))?;
         if reason.trim().is_empty() {
-            return Err(Problem::bad_request(
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no reason",
                 "an override needs a reason, recorded in the audit log (--override \"hotfix for incident 42\")",
             ));
         }
