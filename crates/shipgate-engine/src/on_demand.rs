@@ -288,12 +288,17 @@ impl Engine {
             Ok(()) => self.make(&r, &mut said).await,
             Err(why) => Err(why),
         };
-        locked(&self.on_demand_tracking).creating.remove(&r.name);
+        // No reaper pass in between: one that read the row `creating` must not find it
+        // missing from those being made before its new state is written.
+        let _not_reaping = self.reaping.lock().await;
+        let done = || locked(&self.on_demand_tracking).creating.remove(&r.name);
         // Deleted meanwhile: nothing to record.
         let Ok(now) = self.on_demand_env(&r.name).await else {
+            done();
             return;
         };
         if now.state != OnDemandState::Creating {
+            done();
             return;
         }
         let (own, _) = self.on_demand_urls(&r);
@@ -319,11 +324,16 @@ impl Engine {
         let data = serde_json::json!({ "state": r.state, "outcome": r.outcome });
         if let Err(e) = self
             .store
-            .update_on_demand(&r, Some(event(SYSTEM, kind, &r.name, message, data)))
+            .update_on_demand(
+                &r,
+                OnDemandState::Creating,
+                Some(event(SYSTEM, kind, &r.name, message, data)),
+            )
             .await
         {
             tracing::error!("could not record how making {} went: {e}", r.name);
         }
+        done();
     }
 
     async fn make(
@@ -460,9 +470,11 @@ impl Engine {
             r.expires_at.strftime("%Y-%m-%d %H:%M UTC")
         );
         let data = serde_json::json!({ "ttl_secs": r.ttl_secs, "expires_at": r.expires_at });
+        let state = r.state;
         self.store
             .update_on_demand(
                 &r,
+                state,
                 Some(event(
                     actor,
                     EventKind::EnvironmentExtended,
@@ -478,12 +490,17 @@ impl Engine {
     /// Deletes `name` and everything of it: its instances, router, data and folders, then its
     /// row, with an event naming `actor` (`ttl` when its time ran out).
     pub async fn delete_on_demand(&self, name: &EnvName, actor: &str) -> Result<(), EngineError> {
-        let mut r = self.on_demand_env(name).await?;
-        if r.state != OnDemandState::Deleting {
-            r.state = OnDemandState::Deleting;
-            self.store.update_on_demand(&r, None).await?;
+        let r = self.on_demand_env(name).await?;
+        if !self.store.begin_deleting(name, None).await? {
+            return Err(refused_missing(name));
         }
-        let gone = self.tear_down(&r).await;
+        self.finish_deleting(&r, actor).await
+    }
+
+    /// Tears down `r`, already marked `deleting`, and removes its row with the event.
+    async fn finish_deleting(&self, r: &OnDemandRecord, actor: &str) -> Result<(), EngineError> {
+        let name = &r.name;
+        let gone = self.tear_down(r).await;
         let message = match actor {
             TTL => format!("{name} expired and was deleted ({gone})"),
             SYSTEM => {
@@ -634,7 +651,7 @@ impl Engine {
     }
 
     async fn push_expiry_back(&self, env: &EnvName) -> Result<(), EngineError> {
-        let mut r = self.on_demand_env(env).await?;
+        let r = self.on_demand_env(env).await?;
         let config = self.config();
         let Some(template) = config.template(&r.template) else {
             return Ok(());
@@ -643,8 +660,7 @@ impl Engine {
         let expires =
             on_demand::expiry_after_use(template.ttl_from, ttl, self.clock.now(), r.expires_at);
         if expires != r.expires_at && r.state != OnDemandState::Deleting {
-            r.expires_at = expires;
-            self.store.update_on_demand(&r, None).await?;
+            self.store.touch_on_demand(env, expires).await?;
         }
         Ok(())
     }
@@ -677,7 +693,21 @@ impl Engine {
                 self.count_requests(r, now).await;
                 continue;
             };
-            match self.delete_on_demand(&r.name, actor).await {
+            // The row as read a moment ago: deleted only if it is still so (a creation that
+            // ended, an expiry pushed back meanwhile, and it stays).
+            let unless_changed = match r.state {
+                OnDemandState::Deleting => None,
+                state => Some((state, r.expires_at)),
+            };
+            match self.store.begin_deleting(&r.name, unless_changed).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!("could not delete {}: {e}", r.name);
+                    continue;
+                }
+            }
+            match self.finish_deleting(r, actor).await {
                 Ok(()) => deleted.push(r.name.clone()),
                 Err(e) => tracing::error!("could not delete {}: {e}", r.name),
             }

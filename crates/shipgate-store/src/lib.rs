@@ -278,8 +278,23 @@ pub trait Store: Send + Sync {
         env: OnDemandRecord,
         event: NewEvent,
     ) -> Result<OnDemandRecord>;
-    /// Writes an on-demand environment's state, TTL, expiry and outcome (with `event`, if any).
-    async fn update_on_demand(&self, env: &OnDemandRecord, event: Option<NewEvent>) -> Result<()>;
+    /// Writes an on-demand environment's state, TTL, expiry and outcome (with `event`, if any),
+    /// if it is still in state `from`; refused with [`StoreError::Conflict`] otherwise.
+    async fn update_on_demand(
+        &self,
+        env: &OnDemandRecord,
+        from: shipgate_core::on_demand::OnDemandState,
+        event: Option<NewEvent>,
+    ) -> Result<()>;
+    /// Moves an on-demand environment's expiry, unless it is being deleted.
+    async fn touch_on_demand(&self, env: &EnvName, expires_at: jiff::Timestamp) -> Result<()>;
+    /// Marks an on-demand environment `deleting`: any time, or only if it is still in that
+    /// state with that expiry (a reaper that read it a moment ago); whether it did.
+    async fn begin_deleting(
+        &self,
+        env: &EnvName,
+        unless_changed: Option<(shipgate_core::on_demand::OnDemandState, jiff::Timestamp)>,
+    ) -> Result<bool>;
     /// Removes an on-demand environment, what is live in it and its instances' running marks,
     /// with `event`, in one transaction.
     async fn delete_on_demand(&self, env: &EnvName, event: NewEvent) -> Result<()>;

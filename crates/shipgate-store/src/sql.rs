@@ -1841,8 +1841,25 @@ impl Store for SqlStore {
         SqlStore::insert_on_demand(self, env, event).await
     }
 
-    async fn update_on_demand(&self, env: &OnDemandRecord, event: Option<NewEvent>) -> Result<()> {
-        SqlStore::update_on_demand(self, env, event).await
+    async fn update_on_demand(
+        &self,
+        env: &OnDemandRecord,
+        from: shipgate_core::on_demand::OnDemandState,
+        event: Option<NewEvent>,
+    ) -> Result<()> {
+        SqlStore::update_on_demand(self, env, from, event).await
+    }
+
+    async fn touch_on_demand(&self, env: &EnvName, expires_at: Timestamp) -> Result<()> {
+        SqlStore::touch_on_demand(self, env, expires_at).await
+    }
+
+    async fn begin_deleting(
+        &self,
+        env: &EnvName,
+        unless_changed: Option<(shipgate_core::on_demand::OnDemandState, Timestamp)>,
+    ) -> Result<bool> {
+        SqlStore::begin_deleting(self, env, unless_changed).await
     }
 
     async fn delete_on_demand(&self, env: &EnvName, event: NewEvent) -> Result<()> {

@@ -2,6 +2,7 @@
 //! removed together with what the store holds of the environment (its live releases and
 //! instances), so a deleted environment is never restored.
 
+use jiff::Timestamp;
 use shipgate_core::on_demand::OnDemandState;
 use shipgate_core::{EnvName, ReleaseRef};
 
@@ -88,24 +89,26 @@ impl SqlStore {
     pub(super) async fn update_on_demand(
         &self,
         r: &OnDemandRecord,
+        from: OnDemandState,
         event: Option<NewEvent>,
     ) -> Result<()> {
         let (_w, mut tx) = self.begin().await?;
         let changed = sqlx::query(
-            "UPDATE on_demand SET state = $1, ttl_secs = $2, expires_at = $3, outcome = $4 WHERE name = $5",
+            "UPDATE on_demand SET state = $1, ttl_secs = $2, expires_at = $3, outcome = $4 WHERE name = $5 AND state = $6",
         )
         .bind(r.state.as_str())
         .bind(ttl(r))
         .bind(r.expires_at.to_string())
         .bind(r.outcome.clone())
         .bind(r.name.as_str())
+        .bind(from.as_str())
         .execute(&mut *tx)
         .await
         .map_err(db("updating an on-demand environment"))?;
         if changed.rows_affected() == 0 {
             tx.rollback().await.map_err(db("rolling back"))?;
-            return Err(StoreError::NotFound(format!(
-                "an on-demand environment `{}`",
+            return Err(StoreError::Conflict(format!(
+                "on-demand environment `{}` is gone or no longer {from} (shipgate env list shows where it is)",
                 r.name
             )));
         }
@@ -114,6 +117,46 @@ impl SqlStore {
             events.push(append(&mut tx, e).await?);
         }
         self.commit(tx, events).await
+    }
+
+    pub(super) async fn touch_on_demand(
+        &self,
+        name: &EnvName,
+        expires_at: Timestamp,
+    ) -> Result<()> {
+        let (_w, mut tx) = self.begin().await?;
+        sqlx::query("UPDATE on_demand SET expires_at = $1 WHERE name = $2 AND state <> 'deleting'")
+            .bind(expires_at.to_string())
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("pushing an expiry back"))?;
+        self.commit(tx, Vec::new()).await
+    }
+
+    pub(super) async fn begin_deleting(
+        &self,
+        name: &EnvName,
+        unless_changed: Option<(OnDemandState, Timestamp)>,
+    ) -> Result<bool> {
+        let (_w, mut tx) = self.begin().await?;
+        let changed = match unless_changed {
+            None => sqlx::query("UPDATE on_demand SET state = 'deleting' WHERE name = $1")
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await,
+            Some((state, expires_at)) => sqlx::query(
+                "UPDATE on_demand SET state = 'deleting' WHERE name = $1 AND state = $2 AND expires_at = $3",
+            )
+            .bind(name.as_str())
+            .bind(state.as_str())
+            .bind(expires_at.to_string())
+            .execute(&mut *tx)
+            .await,
+        }
+        .map_err(db("marking an on-demand environment deleting"))?;
+        self.commit(tx, Vec::new()).await?;
+        Ok(changed.rows_affected() > 0)
     }
 
     pub(super) async fn delete_on_demand(&self, name: &EnvName, event: NewEvent) -> Result<()> {

@@ -46,12 +46,17 @@ on_both_backends! {
         let mut ready = made.clone();
         ready.state = OnDemandState::Ready;
         ready.outcome = Some("web@1.0.0 deployed and verified".into());
-        t.store.update_on_demand(&ready, Some(event(EventKind::EnvironmentReady, "pr-1"))).await.unwrap();
+        t.store.update_on_demand(&ready, OnDemandState::Creating, Some(event(EventKind::EnvironmentReady, "pr-1"))).await.unwrap();
+        let stale = t.store.update_on_demand(&ready, OnDemandState::Creating, None).await.unwrap_err();
+        assert!(matches!(&stale, StoreError::Conflict(m) if m.contains("no longer creating")), "{stale}");
+        assert!(!t.store.begin_deleting(&env_of("pr-1"), Some((OnDemandState::Creating, made.expires_at))).await.unwrap(), "a reaper that read it creating leaves it");
+        let later = made.expires_at + jiff::SignedDuration::from_hours(2);
+        t.store.touch_on_demand(&env_of("pr-1"), later).await.unwrap();
         let rows = t.store.on_demand().await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].state, OnDemandState::Ready);
         assert_eq!(rows[0].releases, made.releases);
-        assert_eq!(rows[0].expires_at.as_second(), made.expires_at.as_second());
+        assert_eq!(rows[0].expires_at.as_second(), later.as_second());
 
         t.register("1.0.0", &digest(1)).await;
         let p = t.request("1.0.0", &digest(1), "pr-1").await;
@@ -62,7 +67,8 @@ on_both_backends! {
         assert!(t.store.live(None).await.unwrap().is_empty(), "nothing stays live in it");
         let kinds: Vec<EventKind> = t.events().await.iter().map(|e| e.kind).collect();
         assert!(kinds.contains(&EventKind::EnvironmentCreated) && kinds.contains(&EventKind::EnvironmentReady) && kinds.contains(&EventKind::EnvironmentDeleted), "{kinds:?}");
-        let gone = t.store.update_on_demand(&ready, None).await.unwrap_err();
-        assert!(matches!(gone, StoreError::NotFound(_)));
+        let gone = t.store.update_on_demand(&ready, OnDemandState::Ready, None).await.unwrap_err();
+        assert!(matches!(gone, StoreError::Conflict(_)));
+        assert!(!t.store.begin_deleting(&env_of("pr-1"), None).await.unwrap(), "gone");
     }
 }

@@ -139,7 +139,16 @@ fn create(s: &TestServer, name: &str, extra: &[&str]) -> Value {
     ];
     args.extend_from_slice(extra);
     let out = s.cli(&args);
-    assert!(out.status.success(), "env create {name}: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "env create {name}: {}\nLOG:\n{}",
+        text(&out),
+        s.log()
+            .lines()
+            .filter(|l| !l.contains(" INFO "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
