@@ -6,7 +6,7 @@ use std::process::Command;
 
 use sha2::Digest as _;
 
-use crate::helpers::{four_envs_with, spawn_server, text};
+use crate::helpers::{four_envs_with, spawn_server};
 
 /// A production SQLite database made with Python's sqlite3 (not shipgate's own code).
 pub(crate) fn production_db(path: &Path) {
@@ -144,12 +144,7 @@ fn a_refresh_killed_with_the_server_leaves_staging_as_it_was() {
         "import sqlite3\ndb = sqlite3.connect({:?})\ndb.execute('CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE NOT NULL, full_name TEXT, plan TEXT)')\ndb.executemany('INSERT INTO users VALUES (?, ?, ?, ?)', ((i, f'user{{i}}@corp.example', f'Real Name {{i}}', 'pro') for i in range(300000)))\ndb.commit()\n",
         production.display().to_string()
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    crate::helpers::python(&script);
     std::fs::write(&staging, b"staging before").unwrap();
 
     let mut refresh = crate::helpers::command(s.dir.path())
