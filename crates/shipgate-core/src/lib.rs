@@ -12,6 +12,7 @@ pub mod audit;
 pub mod config;
 pub mod duration;
 pub mod event_kind;
+pub mod flag;
 pub mod gate;
 pub mod mask;
 pub mod names;
