@@ -49,6 +49,10 @@ impl Backend {
     }
 }
 
+/// How long a PostgreSQL session of the store may sit idle inside a transaction (none of its
+/// transactions waits between statements).
+const IDLE_IN_TRANSACTION: &str = "SET idle_in_transaction_session_timeout = '10s'";
+
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Database { context, source }
 }
@@ -62,6 +66,17 @@ pub(crate) async fn open(location: &DataLocation) -> Result<(AnyPool, Backend)> 
             AnyPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(10))
+                // A server stopped (SIGSTOP, a frozen VM) inside a transaction would hold the
+                // writers' lock and the lease row for ever, and no standby could take over:
+                // PostgreSQL ends such a session, and its transaction, after this long.
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query(IDLE_IN_TRANSACTION)
+                            .execute(conn)
+                            .await
+                            .map(|_| ())
+                    })
+                })
                 .connect(url)
                 .await
                 .map_err(db("connecting to PostgreSQL"))?,
