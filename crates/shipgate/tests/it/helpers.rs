@@ -18,20 +18,35 @@ pub const ENVS: [&str; 4] = ["development", "testing", "staging", "production"];
 const FIXTURE_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/app");
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A loopback port that was free a moment ago and that no other test of this run was given:
-/// the kernel may hand the same free port out twice in a row.
+/// The ports handed to tests of this run: the kernel may hand the same free port out twice in a
+/// row, and a port handed out is not bound until its server starts.
+static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A loopback port that was free a moment ago and that no other test of this run was given.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    free_range(1)
+}
+
+/// The first of `n` consecutive loopback ports that are free now and that no other test of
+/// this run was given (nor one of them).
+pub fn free_range(n: u16) -> u16 {
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
+        let first = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        if first > 65_000 - n {
+            continue;
+        }
         let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+        let ports = first..first + n;
+        let usable = ports.clone().all(|p| {
+            !given.contains(&p) && (n == 1 || TcpListener::bind(("127.0.0.1", p)).is_ok())
+        });
+        if usable {
+            given.extend(ports);
+            return first;
         }
     }
 }

@@ -10,22 +10,9 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::data::production_db;
-use crate::helpers::{TestServer, four_envs_with, free_port, spawn_server, text, wait_for};
-
-/// `n` consecutive loopback ports that are free now.
-fn free_range(n: u16) -> u16 {
-    loop {
-        let first = free_port();
-        if first > 65_000 - n {
-            continue;
-        }
-        let all_free =
-            (first..first + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
-            return first;
-        }
-    }
-}
+use crate::helpers::{
+    TestServer, four_envs_with, free_port, free_range, spawn_server, text, wait_for,
+};
 
 /// The fixture flow with staging testing each arrival, production data in SQLite, and a
 /// `preview` template over staging; `template` adds lines to the template.
