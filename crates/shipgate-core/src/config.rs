@@ -215,6 +215,8 @@ pub struct AppConfig {
     pub data: Option<DataConfig>,
     /// Resource limits of each instance (an environment's own win).
     pub limits: Limits,
+    /// `[apps.NAME.flags.KEY]`: its feature flags by key.
+    pub flags: BTreeMap<String, crate::flag::FlagConfig>,
 }
 
 /// `[apps.NAME.data]`.
@@ -582,6 +584,18 @@ struct RawApp {
     facts: BTreeMap<String, String>,
     data: Option<Spanned<toml::Table>>,
     limits: Option<RawLimits>,
+    #[serde(default)]
+    flags: BTreeMap<Spanned<String>, RawFlag>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlag {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    default: Spanned<toml::Value>,
+    variants: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    description: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1066,6 +1080,7 @@ fn apps(
                     .and_then(|d| data_config(d, base_dir, problems)),
                 facts: app.facts,
                 limits: limits(app.limits.as_ref(), problems),
+                flags: flags(app.flags, problems),
                 health,
                 health_timeout: health_timeout
                     .unwrap_or(Duration::from_std(std::time::Duration::from_secs(30))),
@@ -1073,6 +1088,110 @@ fn apps(
         }
     }
     apps
+}
+
+/// `[apps.NAME.flags.KEY]`: each flag's type, variants (a boolean flag has `on` and `off`
+/// unless it declares its own) and default, whose variant is the one with that value (or a
+/// variant `default` added for it).
+fn flags(
+    raw: BTreeMap<Spanned<String>, RawFlag>,
+    problems: &mut Problems,
+) -> BTreeMap<String, crate::flag::FlagConfig> {
+    use crate::flag::{FlagConfig, FlagType};
+    let json = |v: &toml::Value| serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+    let mut flags = BTreeMap::new();
+    for (key, flag) in raw {
+        let key_ok = !key.get_ref().is_empty()
+            && key.get_ref().len() <= 128
+            && key
+                .get_ref()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !key_ok {
+            problems.add(
+                key.span(),
+                format!(
+                    "flag key `{}` is not 1 to 128 letters, digits, `-`, `_` or `.`",
+                    key.get_ref()
+                ),
+                None,
+            );
+            continue;
+        }
+        let Some(kind) = problems.parse(&flag.kind, FlagType::parse) else {
+            continue;
+        };
+        let mut variants: BTreeMap<String, serde_json::Value> = match &flag.variants {
+            Some(v) => v
+                .get_ref()
+                .iter()
+                .map(|(k, v)| (k.clone(), json(v)))
+                .collect(),
+            None if kind == FlagType::Boolean => [
+                ("on".to_owned(), serde_json::Value::Bool(true)),
+                ("off".to_owned(), serde_json::Value::Bool(false)),
+            ]
+            .into_iter()
+            .collect(),
+            None => BTreeMap::new(),
+        };
+        let span = flag
+            .variants
+            .as_ref()
+            .map_or(flag.kind.span(), Spanned::span);
+        if let Some((name, _)) = variants.iter().find(|(_, v)| !kind.holds(v)) {
+            problems.add(
+                span.clone(),
+                format!(
+                    "variant `{name}` of flag `{}` is not a {}",
+                    key.get_ref(),
+                    kind.as_str()
+                ),
+                None,
+            );
+            continue;
+        }
+        let default = json(flag.default.get_ref());
+        if !kind.holds(&default) {
+            problems.add(
+                flag.default.span(),
+                format!(
+                    "the default of flag `{}` is not a {}",
+                    key.get_ref(),
+                    kind.as_str()
+                ),
+                None,
+            );
+            continue;
+        }
+        let default_variant = match variants.iter().find(|(_, v)| **v == default) {
+            Some((name, _)) => name.clone(),
+            None => {
+                variants.insert("default".to_owned(), default);
+                "default".to_owned()
+            }
+        };
+        if variants.len() < 2 {
+            problems.add(
+                span,
+                format!("flag `{}` has no variant to turn on besides its default", key.get_ref()),
+                "declare its variants, for example variants = { blue = \"blue\", green = \"green\" }"
+                    .to_owned(),
+            );
+            continue;
+        }
+        flags.insert(
+            key.get_ref().clone(),
+            FlagConfig {
+                key: key.into_inner(),
+                kind,
+                description: flag.description,
+                variants,
+                default_variant,
+            },
+        );
+    }
+    flags
 }
 
 fn environments(
@@ -2094,6 +2213,30 @@ mod tests {
         ] {
             assert!(said.contains(expected), "{expected}\nnot in:\n{said}");
         }
+    }
+
+    #[test]
+    fn flags_are_typed_with_variants_and_a_default_and_bad_ones_point_at_their_key() {
+        let ok = format!(
+            "{FLOW}[apps.web.flags.new-checkout]\ntype = \"boolean\"\ndefault = false\n[apps.web.flags.theme]\ntype = \"string\"\ndefault = \"light\"\nvariants = {{ light = \"light\", dark = \"dark\" }}\n[apps.web.flags.limit]\ntype = \"number\"\ndefault = 10\nvariants = {{ high = 100 }}\n"
+        );
+        let c = Config::parse(&ok, Path::new("/p")).unwrap();
+        let flags = &c.apps[0].flags;
+        assert_eq!(flags["new-checkout"].default_variant, "off");
+        assert_eq!(flags["new-checkout"].on_variant(), Some("on"));
+        assert_eq!(flags["theme"].default_variant, "light");
+        assert_eq!(flags["limit"].default_variant, "default");
+        assert_eq!(flags["limit"].on_variant(), Some("high"));
+        let bad = errors(&format!(
+            "{FLOW}[apps.web.flags.a]\ntype = \"boolean\"\ndefault = \"yes\"\n[apps.web.flags.b]\ntype = \"colour\"\ndefault = 1\n[apps.web.flags.c]\ntype = \"string\"\ndefault = \"x\"\n[apps.web.flags.d]\ntype = \"boolean\"\ndefault = true\nvarients = 1\n"
+        ));
+        assert!(
+            bad.contains("the default of flag `a` is not a boolean"),
+            "{bad}"
+        );
+        assert!(bad.contains("flag type `colour` is not one of"), "{bad}");
+        assert!(bad.contains("flag `c` has no variant to turn on"), "{bad}");
+        assert!(bad.contains("varients"), "{bad}");
     }
 
     #[test]
