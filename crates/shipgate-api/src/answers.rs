@@ -192,3 +192,36 @@ impl OnDemandView {
         }
     }
 }
+
+/// A declared flag and its state in one environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FlagView {
+    /// The app that declares it.
+    pub app: AppName,
+    /// Its key.
+    pub flag: String,
+    /// The environment.
+    pub env: EnvName,
+    /// The type of its values.
+    pub kind: shipgate_core::flag::FlagType,
+    /// What it is for.
+    pub description: Option<String>,
+    /// Its variants and their values.
+    #[schema(value_type = Object)]
+    pub variants: serde_json::Value,
+    /// The variant served when it is off or no rule matches.
+    pub default_variant: String,
+    /// Its state there (off when never set).
+    pub state: shipgate_core::flag::FlagState,
+    /// The state as text (`off`, `on (on)`, `rules: 10% on / 90% off`).
+    pub summary: String,
+}
+
+/// `POST /api/v1/flag-keys`: the key, shown this once (only its hash is stored).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedFlagKey {
+    /// The key to send as `X-API-Key` (or `Authorization: Bearer ...`) to `/ofrep/v1/`.
+    pub key: String,
+    /// The key as stored.
+    pub record: crate::records::FlagKeyRecord,
+}

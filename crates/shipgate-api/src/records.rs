@@ -222,3 +222,38 @@ impl TokenRecord {
         }
     }
 }
+
+/// A feature flag's state in one environment, as last set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct FlagRecord {
+    /// The environment.
+    pub env: EnvName,
+    /// The app that declares the flag.
+    pub app: AppName,
+    /// The flag's key.
+    pub flag: String,
+    /// Its state there.
+    pub state: shipgate_core::flag::FlagState,
+    /// When it was set.
+    #[schema(value_type = String)]
+    pub changed_at: Timestamp,
+    /// Who set it.
+    pub changed_by: String,
+}
+
+/// A client key for OFREP: it selects one environment's flags. Only its hash is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct FlagKeyRecord {
+    /// Its name (unique).
+    pub name: String,
+    /// The environment it selects.
+    pub env: EnvName,
+    /// When it was made.
+    #[schema(value_type = String)]
+    pub created_at: Timestamp,
+    /// Who made it.
+    pub created_by: String,
+    /// When it was revoked, if it was.
+    #[schema(value_type = Option<String>)]
+    pub revoked_at: Option<Timestamp>,
+}

@@ -287,3 +287,38 @@ pub struct ExtendRequest {
     /// It expires this long from now, and this is its TTL from now on (`24h`).
     pub ttl: String,
 }
+
+/// `POST /api/v1/flags`: set a flag's state in one environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetFlagRequest {
+    /// The app that declares the flag.
+    #[schema(value_type = AppName)]
+    pub app: String,
+    /// The flag's key.
+    pub flag: String,
+    /// The environment.
+    #[schema(value_type = EnvName)]
+    pub env: String,
+    /// The new state.
+    pub state: shipgate_core::flag::FlagState,
+}
+
+/// `POST /api/v1/flag-keys`: make an OFREP client key that selects one environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlagKeyRequest {
+    /// Its name (1 to 64 letters, digits, `-`, `_`, `.` or `@`).
+    pub name: String,
+    /// The environment whose flags it evaluates.
+    #[schema(value_type = EnvName)]
+    pub env: String,
+}
+
+/// `GET /api/v1/flags?env=`: one environment's flags (every environment's without it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+pub struct FlagsQuery {
+    /// The environment.
+    #[param(value_type = Option<EnvName>)]
+    pub env: Option<String>,
+}

@@ -1032,7 +1032,18 @@ fn apps(
     let mut raw: Vec<_> = raw.into_iter().collect();
     raw.sort_by_key(|(name, _)| name.span().start);
     let mut apps = Vec::new();
+    // OFREP asks for a flag by key alone: one key, one app.
+    let mut flag_owners: BTreeMap<String, String> = BTreeMap::new();
     for (name, app) in raw {
+        for key in app.flags.keys() {
+            if let Some(owner) = flag_owners.insert(key.get_ref().clone(), name.get_ref().clone()) {
+                problems.add(
+                    key.span(),
+                    format!("flag `{}` is declared by app `{owner}` already", key.get_ref()),
+                    "flag keys are unique across apps, since clients ask for a flag by key; rename one, for example to `{app}-{key}`".to_owned(),
+                );
+            }
+        }
         let parsed_name = problems.parse(&name, |s| AppName::parse(s).map_err(|e| e.0));
         let health = app
             .health

@@ -76,10 +76,16 @@ pub enum EventKind {
     /// An on-demand environment and everything of it was removed, by a person or its TTL
     /// (`environment.deleted`).
     EnvironmentDeleted,
+    /// A feature flag's state in an environment changed (`flag.changed`).
+    FlagChanged,
+    /// A flag client key was made for an environment (`flag_key.created`).
+    FlagKeyCreated,
+    /// A flag client key was revoked (`flag_key.revoked`).
+    FlagKeyRevoked,
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 31] = [
+    const NAMED: [(EventKind, &'static str); 34] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -111,6 +117,9 @@ impl EventKind {
         (Self::EnvironmentCreateFailed, "environment.create_failed"),
         (Self::EnvironmentExtended, "environment.extended"),
         (Self::EnvironmentDeleted, "environment.deleted"),
+        (Self::FlagChanged, "flag.changed"),
+        (Self::FlagKeyCreated, "flag_key.created"),
+        (Self::FlagKeyRevoked, "flag_key.revoked"),
     ];
 
     /// Every kind, in a stable order (by family).
@@ -147,6 +156,8 @@ impl EventKind {
             Self::HostAdded | Self::HostJoined | Self::HostRemoved => "host",
             Self::DataRefreshed | Self::DataRefreshFailed => "data",
             Self::ServerLeading => "server",
+            Self::FlagChanged => "flag",
+            Self::FlagKeyCreated | Self::FlagKeyRevoked => "flag_key",
         }
     }
 

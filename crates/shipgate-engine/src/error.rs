@@ -58,6 +58,12 @@ pub enum EngineError {
     /// A template's quota is used up: who holds the slots, until when.
     #[error("{0}")]
     Quota(String),
+    /// No app declares the flag asked for.
+    #[error("{0}")]
+    UnknownFlag(String),
+    /// A flag change or flag key was refused as asked.
+    #[error("{0}")]
+    Flag(String),
     /// Nothing waits for the decision asked for.
     #[error("{0}")]
     NothingToDecide(String),

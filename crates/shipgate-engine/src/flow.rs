@@ -491,6 +491,10 @@ impl Engine {
         if let Some(data_url) = data_url {
             vars.insert("DATA_URL".to_owned(), data_url);
         }
+        if let Some(api) = self.api_url() {
+            vars.insert("OFREP_URL".to_owned(), api);
+            vars.insert("OFREP_KEY".to_owned(), self.instance_flag_key(env));
+        }
         vars
     }
 

@@ -11,6 +11,7 @@ pub mod clock;
 mod data;
 mod drift;
 mod error;
+pub mod flags;
 pub mod flow;
 mod gates;
 mod isolation;
@@ -66,6 +67,8 @@ type Slot = (AppName, EnvName);
 
 /// Runs promotions against one config, store, driver and set of routers.
 pub struct Engine {
+    /// What each environment's instance flag key is derived from (kept in the store).
+    flag_secret: String,
     /// The config file's, with the on-demand environments there are now after the configured
     /// ones; replaced whole when one is created or deleted.
     config: std::sync::RwLock<Arc<Config>>,
@@ -164,7 +167,9 @@ impl Engine {
             on_demand::place(driver.as_ref(), env);
         }
         bind_routers(&config, driver.as_ref()).await?;
+        let flag_secret = flags::instance_secret(store.as_ref()).await?;
         let engine = Arc::new(Engine {
+            flag_secret,
             config: std::sync::RwLock::new(config),
             store,
             artifacts,

@@ -80,6 +80,11 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         GET "/envs/{name}" => crate::on_demand::show,
         POST "/envs/{name}/extend" => crate::on_demand::extend,
         DELETE "/envs/{name}" => crate::on_demand::delete,
+        GET "/flags" => crate::flags::list,
+        POST "/flags" => crate::flags::set,
+        POST "/flag-keys" => crate::flags::create_key,
+        GET "/flag-keys" => crate::flags::list_keys,
+        DELETE "/flag-keys/{name}" => crate::flags::revoke_key,
     ]
 }
 
@@ -111,6 +116,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
         .merge(metrics)
+        .merge(crate::flags::ofrep_routes())
         .merge(crate::ui::routes())
         .with_state(state)
 }

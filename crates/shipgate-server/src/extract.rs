@@ -90,6 +90,11 @@ impl Caller {
         &self.0.name
     }
 
+    /// The token's role and scope.
+    pub(crate) fn grant(&self) -> &shipgate_core::Grant {
+        &self.0
+    }
+
     /// Refuses with 403 unless the token may do `action` (on `env`).
     pub(crate) fn allow(
         &self,

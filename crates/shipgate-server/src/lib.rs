@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod data_dir;
 mod extract;
+mod flags;
 mod host_names;
 mod lead;
 mod on_demand;

@@ -3,16 +3,19 @@
 //! the routes served, and schemathesis checks the server against it.
 
 use shipgate_api::answers::{
-    AgentEndpoint, CreatedHost, CreatedRelease, CreatedToken, DataCheck, DecisionRecorded,
-    GcReport, Joined, LogChunk, OnDemandView, Problem, Reloaded,
+    AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
+    DecisionRecorded, FlagView, GcReport, Joined, LogChunk, OnDemandView, Problem, Reloaded,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
-use shipgate_api::records::{AuditReport, Event, HostRecord, Promotion, Release, TokenRecord};
+use shipgate_api::records::{
+    AuditReport, Event, FlagKeyRecord, HostRecord, Promotion, Release, TokenRecord,
+};
 use shipgate_api::requests::{
     AppEnv, AppQuery, DataRefreshRequest, DecisionRequest, DiffQuery, EventsQuery, ExtendRequest,
-    FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery,
-    OnDemandRequest, PromoteRequest, ReleaseQuery, RollbackRequest, TokenRequest,
+    FlagKeyRequest, FlagsQuery, FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest,
+    JoinRequest, LogsQuery, OnDemandRequest, PromoteRequest, ReleaseQuery, RollbackRequest,
+    SetFlagRequest, TokenRequest,
 };
 use shipgate_api::status::{AppStatus, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
@@ -71,6 +74,11 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::show_env,
         declared::extend_env,
         declared::delete_env,
+        declared::list_flags,
+        declared::set_flag,
+        declared::create_flag_key,
+        declared::list_flag_keys,
+        declared::revoke_flag_key,
     ),
     components(schemas(Problem)),
     security(("bearer" = [])),
@@ -541,4 +549,42 @@ mod declared {
             (status = 200, description = "deleted", body = OnDemandView),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn delete_env() {}
+
+    /// Each declared flag's state in each environment the token sees (or in `env`).
+    #[utoipa::path(get, path = "/api/v1/flags", operation_id = "listFlags", params(FlagsQuery),
+        responses(
+            (status = 200, description = "flags", body = Vec<FlagView>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_flags() {}
+
+    /// Set a flag's state in one environment (deployer of it, or admin), with an audit event;
+    /// in an environment that requires approvals only `off` is accepted (422 otherwise).
+    #[utoipa::path(post, path = "/api/v1/flags", operation_id = "setFlag", request_body = SetFlagRequest,
+        responses(
+            (status = 200, description = "set", body = FlagView),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn set_flag() {}
+
+    /// Make an OFREP client key for one environment (admin); the key is in this answer only.
+    #[utoipa::path(post, path = "/api/v1/flag-keys", operation_id = "createFlagKey", request_body = FlagKeyRequest,
+        responses(
+            (status = 201, description = "made", body = CreatedFlagKey,
+                headers(("Location" = String, description = "the key's path"))),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn create_flag_key() {}
+
+    /// Every flag client key, revoked ones included (never the keys themselves; admin).
+    #[utoipa::path(get, path = "/api/v1/flag-keys", operation_id = "listFlagKeys",
+        responses(
+            (status = 200, description = "flag keys", body = Vec<FlagKeyRecord>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_flag_keys() {}
+
+    /// Revoke a flag client key (admin): OFREP answers 401 to it from now on.
+    #[utoipa::path(delete, path = "/api/v1/flag-keys/{name}", operation_id = "revokeFlagKey",
+        params(("name" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "the key's name")),
+        responses(
+            (status = 200, description = "revoked", body = FlagKeyRecord),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn revoke_flag_key() {}
 }

@@ -73,6 +73,8 @@ impl From<EngineError> for Problem {
             EngineError::NothingToDecide(_) => (StatusCode::CONFLICT, "nothing to decide"),
             EngineError::DataRefused(_) => (StatusCode::CONFLICT, "data refresh refused"),
             EngineError::OnDemand(_) => (StatusCode::CONFLICT, "on-demand environment refused"),
+            EngineError::UnknownFlag(_) => (StatusCode::NOT_FOUND, "no such flag"),
+            EngineError::Flag(_) => (StatusCode::UNPROCESSABLE_ENTITY, "flag change refused"),
             EngineError::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "quota used up"),
             EngineError::Decision(d) => match d {
                 DecisionRefusal::OwnPromotion { .. } | DecisionRefusal::WrongRole { .. } => {

@@ -191,6 +191,30 @@ const TABLES: &[(&str, &str, &[Column])] = &[
         ],
     ),
     (
+        "flag_states",
+        "env",
+        &[
+            ("env", T),
+            ("app", T),
+            ("flag", T),
+            ("state", T),
+            ("changed_at", T),
+            ("changed_by", T),
+        ],
+    ),
+    (
+        "flag_keys",
+        "name",
+        &[
+            ("name", T),
+            ("env", T),
+            ("hash", T),
+            ("created_at", T),
+            ("created_by", T),
+            ("revoked_at", T),
+        ],
+    ),
+    (
         "traffic_samples",
         "app, env, at_ms",
         &[

@@ -300,6 +300,37 @@ pub trait Store: Send + Sync {
     async fn delete_on_demand(&self, env: &EnvName, event: NewEvent) -> Result<()>;
     /// Every on-demand environment, oldest first.
     async fn on_demand(&self) -> Result<Vec<OnDemandRecord>>;
+
+    /// Sets flags of `app` in `env` at once, with the event that announces the change.
+    async fn set_flags(
+        &self,
+        env: &EnvName,
+        app: &AppName,
+        states: &[(String, shipgate_core::flag::FlagState)],
+        actor: &str,
+        event: NewEvent,
+    ) -> Result<()>;
+
+    /// The flag states set in `env` (every environment's with None); unset flags are off.
+    async fn flags(&self, env: Option<&EnvName>) -> Result<Vec<FlagRecord>>;
+
+    /// Records a flag client key for `env` by the hash of its secret.
+    async fn insert_flag_key(
+        &self,
+        name: &str,
+        env: &EnvName,
+        hash: &str,
+        event: NewEvent,
+    ) -> Result<FlagKeyRecord>;
+
+    /// The active flag key with this hash.
+    async fn flag_key_by_hash(&self, hash: &str) -> Result<Option<FlagKeyRecord>>;
+
+    /// Every flag key, revoked ones too.
+    async fn flag_keys(&self) -> Result<Vec<FlagKeyRecord>>;
+
+    /// Revokes the active flag key `name`, with its event.
+    async fn revoke_flag_key(&self, name: &str, event: NewEvent) -> Result<FlagKeyRecord>;
 }
 
 /// Re-computes the audit chain over `events` (all of them, oldest first).

@@ -2,8 +2,8 @@
 //! (`shipgate-api`), re-exported here.
 
 pub use shipgate_api::records::{
-    AuditReport, Event, Gate, HostRecord, LiveRelease, OnDemandRecord, Promotion, Release,
-    TokenRecord,
+    AuditReport, Event, FlagKeyRecord, FlagRecord, Gate, HostRecord, LiveRelease, OnDemandRecord,
+    Promotion, Release, TokenRecord,
 };
 
 use serde::{Deserialize, Serialize};

@@ -283,6 +283,16 @@ CREATE TABLE on_demand (
     created_at TEXT NOT NULL, expires_at TEXT NOT NULL, releases TEXT NOT NULL, outcome TEXT
 );
 "#,
+    r#"
+CREATE TABLE flag_states (
+    env TEXT NOT NULL, app TEXT NOT NULL, flag TEXT NOT NULL, state TEXT NOT NULL,
+    changed_at TEXT NOT NULL, changed_by TEXT NOT NULL, PRIMARY KEY (env, app, flag)
+);
+CREATE TABLE flag_keys (
+    name TEXT PRIMARY KEY, env TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL, created_by TEXT NOT NULL, revoked_at TEXT
+);
+"#,
 ];
 
 /// PostgreSQL's schema: its first migration is SQLite's first seven at once. Integers are
@@ -381,6 +391,16 @@ CREATE TABLE on_demand (
     name TEXT PRIMARY KEY, template TEXT NOT NULL, requester TEXT NOT NULL,
     port BIGINT NOT NULL UNIQUE, state TEXT NOT NULL, ttl_secs BIGINT NOT NULL,
     created_at TEXT NOT NULL, expires_at TEXT NOT NULL, releases TEXT NOT NULL, outcome TEXT
+);
+"#,
+    r#"
+CREATE TABLE flag_states (
+    env TEXT NOT NULL, app TEXT NOT NULL, flag TEXT NOT NULL, state TEXT NOT NULL,
+    changed_at TEXT NOT NULL, changed_by TEXT NOT NULL, PRIMARY KEY (env, app, flag)
+);
+CREATE TABLE flag_keys (
+    name TEXT PRIMARY KEY, env TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL, created_by TEXT NOT NULL, revoked_at TEXT
 );
 "#,
 ];

@@ -19,6 +19,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 
+mod flags;
 mod on_demand;
 
 use crate::schema::{self, Backend};
@@ -1868,6 +1869,43 @@ impl Store for SqlStore {
 
     async fn on_demand(&self) -> Result<Vec<OnDemandRecord>> {
         self.all_on_demand().await
+    }
+
+    async fn set_flags(
+        &self,
+        env: &EnvName,
+        app: &AppName,
+        states: &[(String, shipgate_core::flag::FlagState)],
+        actor: &str,
+        event: NewEvent,
+    ) -> Result<()> {
+        SqlStore::set_flags(self, env, app, states, actor, event).await
+    }
+
+    async fn flags(&self, env: Option<&EnvName>) -> Result<Vec<FlagRecord>> {
+        SqlStore::flags(self, env).await
+    }
+
+    async fn insert_flag_key(
+        &self,
+        name: &str,
+        env: &EnvName,
+        hash: &str,
+        event: NewEvent,
+    ) -> Result<FlagKeyRecord> {
+        SqlStore::insert_flag_key(self, name, env, hash, event).await
+    }
+
+    async fn flag_key_by_hash(&self, hash: &str) -> Result<Option<FlagKeyRecord>> {
+        SqlStore::flag_key_by_hash(self, hash).await
+    }
+
+    async fn flag_keys(&self) -> Result<Vec<FlagKeyRecord>> {
+        SqlStore::flag_keys(self).await
+    }
+
+    async fn revoke_flag_key(&self, name: &str, event: NewEvent) -> Result<FlagKeyRecord> {
+        SqlStore::revoke_flag_key(self, name, event).await
     }
 }
 

@@ -306,6 +306,10 @@ pub enum Command {
     /// is up.
     #[command(subcommand)]
     Env(EnvCommand),
+    /// Feature flags per environment, changed at run time and served over OFREP at
+    /// /ofrep/v1/.
+    #[command(subcommand)]
+    Flag(FlagCommand),
     /// Runs the data plane of this machine (instances and routers) for the server. The server
     /// starts the one on its own machine itself; on another host, join once with `--server URL
     /// --join TOKEN --name NAME` (the token from `shipgate host add NAME`), and from then on
@@ -470,6 +474,93 @@ pub enum EnvCommand {
     Delete {
         /// The environment.
         name: EnvName,
+    },
+}
+
+/// `shipgate flag ...`.
+#[derive(Debug, Subcommand)]
+pub enum FlagCommand {
+    /// Give a flag rules in one environment: attribute conditions in order, then an optional
+    /// sticky rollout by targeting key (deployer of the environment).
+    #[command(
+        after_help = "Examples:\n  shipgate flag set web new-checkout --env production --rollout 10%\n  shipgate flag set web new-checkout --env staging --rule 'plan in [\"pro\",\"team\"] -> on' --rollout 25%\n  shipgate flag set web theme --env staging --rule 'version semver \">=2.0.0\" -> dark'"
+    )]
+    Set {
+        /// The app that declares the flag.
+        app: AppName,
+        /// The flag's key.
+        flag: String,
+        /// The environment.
+        #[arg(long)]
+        env: EnvName,
+        /// `ATTRIBUTE OP VALUE -> VARIANT`, OP one of ==, in, semver, regex, >, >=, <, <= (repeat
+        /// it; the first that matches decides).
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+        /// Serve this share of targeting keys the `--variant` (sticky: murmur3 of flag key and
+        /// targeting key), the rest the default.
+        #[arg(long)]
+        rollout: Option<String>,
+        /// The variant a rollout serves (`on` for a boolean flag).
+        #[arg(long)]
+        variant: Option<String>,
+    },
+    /// Serve one variant to everyone (`on` for a boolean flag).
+    #[command(after_help = "Examples:\n  shipgate flag on web new-checkout --env staging")]
+    On {
+        /// The app.
+        app: AppName,
+        /// The flag's key.
+        flag: String,
+        /// The environment.
+        #[arg(long)]
+        env: EnvName,
+        /// The variant to serve.
+        #[arg(long)]
+        variant: Option<String>,
+    },
+    /// The kill switch: serve the default to everyone, at once (it never waits for approvals).
+    #[command(after_help = "Examples:\n  shipgate flag off web new-checkout --env production")]
+    Off {
+        /// The app.
+        app: AppName,
+        /// The flag's key.
+        flag: String,
+        /// The environment.
+        #[arg(long)]
+        env: EnvName,
+    },
+    /// Each declared flag's state in each environment (or in one).
+    Show {
+        /// Only this flag.
+        flag: Option<String>,
+        /// Only this environment.
+        #[arg(long)]
+        env: Option<EnvName>,
+    },
+    /// OFREP client keys: each selects one environment's flags.
+    #[command(subcommand)]
+    Key(FlagKeyCommand),
+}
+
+/// `shipgate flag key ...`.
+#[derive(Debug, Subcommand)]
+pub enum FlagKeyCommand {
+    /// Make a client key for an environment; it is printed once, only its hash is kept (admin).
+    #[command(after_help = "Examples:\n  shipgate flag key create web-frontend --env production")]
+    Create {
+        /// Its name.
+        name: String,
+        /// The environment whose flags it evaluates.
+        #[arg(long)]
+        env: EnvName,
+    },
+    /// Every client key, revoked ones too (admin).
+    List,
+    /// Revoke a client key: OFREP answers 401 to it from now on (admin).
+    Revoke {
+        /// Its name.
+        name: String,
     },
 }
 

@@ -3,6 +3,7 @@
 
 mod audit;
 mod data;
+mod flags;
 mod install;
 mod on_demand;
 mod parity;
@@ -181,6 +182,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(command) => token(g, out, command).await,
         Command::Env(command) => on_demand::run(g, out, command).await,
+        Command::Flag(command) => flags::run(g, out, command).await,
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,
         Command::Host(crate::cli::HostCommand::Add { name }) => add_host(g, out, &name).await,
         Command::Host(crate::cli::HostCommand::Remove { name }) => remove_host(g, out, &name).await,

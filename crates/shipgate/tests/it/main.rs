@@ -9,6 +9,7 @@ mod browser;
 mod dashboard;
 mod data;
 mod demo;
+mod flags;
 mod fleet;
 mod flow;
 mod gates;

@@ -1,0 +1,275 @@
+//! Feature flags at run time: each environment's state of each declared flag, changed by a
+//! deployer of that environment with an audit event, evaluated for OFREP clients, and the
+//! client keys that select an environment (one of them made for the instances themselves).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use sha2::Digest as _;
+use shipgate_core::flag::{self, EvalError, Evaluation, FlagConfig, FlagState};
+use shipgate_core::{AppName, EnvName, EventKind, Grant};
+use shipgate_store::{FlagKeyRecord, NewEvent};
+
+use crate::{Engine, EngineError};
+
+/// The shared secret from which each environment's instance key is derived.
+const INSTANCE_SECRET: &str = "flags.instance_secret";
+/// How a flag key starts: `sgf_` for keys people make, `sgfi_ENV_` for the instances'.
+const KEY_PREFIX: &str = "sgf_";
+const INSTANCE_PREFIX: &str = "sgfi_";
+
+/// One flag of an environment, as evaluated by OFREP.
+pub struct Flags {
+    /// The environment.
+    pub env: EnvName,
+    /// Every declared flag with the app that declares it and its state there (off when
+    /// never set).
+    pub flags: BTreeMap<String, (AppName, FlagConfig, FlagState)>,
+}
+
+impl Flags {
+    /// Evaluates `key` for `context`; None when no app declares it.
+    pub fn evaluate(
+        &self,
+        key: &str,
+        context: &Map<String, Value>,
+    ) -> Option<Result<Evaluation, EvalError>> {
+        let (_, config, state) = self.flags.get(key)?;
+        Some(flag::evaluate(config, state, context))
+    }
+
+    /// A tag that changes whenever a flag or its declaration does (the bulk answer's ETag).
+    pub fn etag(&self) -> String {
+        let mut hash = sha2::Sha256::new();
+        for (key, (_, config, state)) in &self.flags {
+            hash.update(key.as_bytes());
+            hash.update(serde_json::to_string(&config.variants).unwrap_or_default());
+            hash.update(config.default_variant.as_bytes());
+            hash.update(serde_json::to_string(state).unwrap_or_default());
+            hash.update([0]);
+        }
+        format!("\"{}\"", &hex::encode(hash.finalize())[..32])
+    }
+}
+
+/// The hex sha256 under which a flag key is stored.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+fn random_hex(bytes: usize) -> Result<String, EngineError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)
+        .map_err(|e| EngineError::DataPlane(format!("no randomness for a flag key: {e}")))?;
+    Ok(hex::encode(buf))
+}
+
+impl Engine {
+    /// The flags every app declares, by key, with the app. Keys are unique across apps (the
+    /// config refuses one declared twice).
+    fn declared_flags(&self) -> BTreeMap<String, (AppName, FlagConfig)> {
+        self.config()
+            .apps
+            .iter()
+            .flat_map(|a| {
+                a.flags
+                    .values()
+                    .map(|f| (f.key.clone(), (a.name.clone(), f.clone())))
+            })
+            .collect()
+    }
+
+    /// Every declared flag of `env` with its state there.
+    pub async fn flags_of(&self, env: &EnvName) -> Result<Flags, EngineError> {
+        let mut set: BTreeMap<String, FlagState> = self
+            .store
+            .flags(Some(env))
+            .await?
+            .into_iter()
+            .map(|r| (r.flag, r.state))
+            .collect();
+        let flags = self
+            .declared_flags()
+            .into_iter()
+            .map(|(key, (app, config))| {
+                let state = set.remove(&key).unwrap_or_default();
+                (key, (app, config, state))
+            })
+            .collect();
+        Ok(Flags {
+            env: env.clone(),
+            flags,
+        })
+    }
+
+    /// Sets `flag` of `app` in `env` to `state`, as `grant` (the caller checked that it may change `env`), with a
+    /// `flag.changed` event. Turning a flag off never waits; any other change in an
+    /// environment that requires approvals is refused, since flag changes cannot wait for
+    /// approvals yet.
+    pub async fn set_flag(
+        &self,
+        grant: &Grant,
+        env: &EnvName,
+        app: &AppName,
+        key: &str,
+        state: FlagState,
+    ) -> Result<FlagState, EngineError> {
+        let config = self.config();
+        let Some(env_config) = config.environment(env) else {
+            return Err(EngineError::UnknownEnvironment(env.to_string()));
+        };
+        let Some(app_config) = config.app(app) else {
+            return Err(EngineError::UnknownApp(app.to_string()));
+        };
+        let Some(declared) = app_config.flags.get(key) else {
+            return Err(EngineError::UnknownFlag(format!(
+                "app `{app}` declares no flag `{key}`; declare it first ([apps.{app}.flags.{key}] with type and default){}",
+                if app_config.flags.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; its flags are {}",
+                        app_config
+                            .flags
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            )));
+        };
+        flag::check(declared, &state).map_err(EngineError::Flag)?;
+        if state != FlagState::Off
+            && let Some(rule) = &env_config.require.approvals
+        {
+            return Err(EngineError::Flag(format!(
+                "{env} requires {} approvals, and flag changes cannot wait for approvals yet, so only `shipgate flag off` (which never waits) changes flags there",
+                rule.count
+            )));
+        }
+        let before = self
+            .flags_of(env)
+            .await?
+            .flags
+            .remove(key)
+            .map(|(_, _, s)| s)
+            .unwrap_or_default();
+        let event = NewEvent {
+            actor: grant.name.clone(),
+            kind: EventKind::FlagChanged,
+            app: Some(app.to_string()),
+            env: Some(env.to_string()),
+            promotion_id: None,
+            message: format!("flag {app}/{key} in {env}: {before} -> {state}"),
+            data: serde_json::json!({ "flag": key, "from": before, "to": state }),
+        };
+        self.store
+            .set_flags(
+                env,
+                app,
+                &[(key.to_owned(), state.clone())],
+                &grant.name,
+                event,
+            )
+            .await?;
+        Ok(state)
+    }
+
+    /// Makes a flag client key for `env`; the key is in the answer and nowhere else.
+    pub async fn create_flag_key(
+        &self,
+        grant: &Grant,
+        name: &str,
+        env: &EnvName,
+    ) -> Result<(FlagKeyRecord, String), EngineError> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
+        if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+            return Err(EngineError::Flag(
+                "a flag key name is 1 to 64 letters, digits, `-`, `_`, `.` or `@`, for example `web-frontend`".into(),
+            ));
+        }
+        if self.config().environment(env).is_none() {
+            return Err(EngineError::UnknownEnvironment(env.to_string()));
+        }
+        let key = format!("{KEY_PREFIX}{}", random_hex(24)?);
+        let event = NewEvent {
+            actor: grant.name.clone(),
+            kind: EventKind::FlagKeyCreated,
+            app: None,
+            env: Some(env.to_string()),
+            promotion_id: None,
+            message: format!("flag key {name} for {env} created"),
+            data: serde_json::json!({ "name": name }),
+        };
+        let record = self
+            .store
+            .insert_flag_key(name, env, &hash_key(&key), event)
+            .await?;
+        Ok((record, key))
+    }
+
+    /// Revokes the flag key `name`.
+    pub async fn revoke_flag_key(
+        &self,
+        grant: &Grant,
+        name: &str,
+    ) -> Result<FlagKeyRecord, EngineError> {
+        let event = NewEvent {
+            actor: grant.name.clone(),
+            kind: EventKind::FlagKeyRevoked,
+            app: None,
+            env: None,
+            promotion_id: None,
+            message: format!("flag key {name} revoked"),
+            data: serde_json::json!({ "name": name }),
+        };
+        Ok(self.store.revoke_flag_key(name, event).await?)
+    }
+
+    /// The environment a flag client key selects: a key made with `flag key create`, or one
+    /// of the instances' own keys.
+    pub async fn env_of_flag_key(&self, key: &str) -> Result<Option<EnvName>, EngineError> {
+        if let Some(rest) = key.strip_prefix(INSTANCE_PREFIX)
+            && let Some((env, _)) = rest.split_once('_')
+            && let Ok(env) = EnvName::parse(env)
+        {
+            let expected = self.instance_flag_key(&env);
+            let same: bool =
+                subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), key.as_bytes()).into();
+            return Ok(same.then_some(env));
+        }
+        Ok(self
+            .store
+            .flag_key_by_hash(&hash_key(key))
+            .await?
+            .map(|r| r.env))
+    }
+
+    /// Where instances reach the OFREP server (`SHIPGATE_OFREP_URL`): the API's address, on
+    /// loopback when it listens on every address; None while its port is not fixed.
+    pub(crate) fn api_url(&self) -> Option<String> {
+        let mut at = self.config().server.listen;
+        if at.port() == 0 {
+            return None;
+        }
+        if at.ip().is_unspecified() {
+            at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Some(format!("http://{at}"))
+    }
+
+    /// The key `env`'s instances get as `SHIPGATE_OFREP_KEY`: derived from a secret the store
+    /// keeps, so every server (and every restart) gives the same one.
+    pub(crate) fn instance_flag_key(&self, env: &EnvName) -> String {
+        let mac = sha2::Sha256::digest(format!("{}:{env}", self.flag_secret).as_bytes());
+        format!("{INSTANCE_PREFIX}{env}_{}", &hex::encode(mac)[..40])
+    }
+}
+
+/// The secret instance keys are derived from: made by the first server, kept in the store.
+pub(crate) async fn instance_secret(
+    store: &dyn shipgate_store::Store,
+) -> Result<String, EngineError> {
+    Ok(store.share_once(INSTANCE_SECRET, &random_hex(32)?).await?)
+}

@@ -1,0 +1,325 @@
+//! Feature flags over HTTP: `/api/v1/flags` and `/api/v1/flag-keys` for people and CI (API
+//! tokens, roles and scopes), and the OFREP server at `/ofrep/v1/` for OpenFeature clients,
+//! which send a flag client key (`X-API-Key` or `Authorization: Bearer`) that selects one
+//! environment: single and bulk evaluation (with `ETag` / `If-None-Match`), and change events
+//! over SSE (`refetchEvaluation`).
+
+use std::convert::Infallible;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{Stream, StreamExt};
+use serde_json::{Map, Value, json};
+use shipgate_api::answers::{CreatedFlagKey, FlagView};
+use shipgate_api::requests::{FlagKeyRequest, FlagsQuery, SetFlagRequest};
+use shipgate_core::{Action, AppName, EnvName, EventKind};
+
+use shipgate_engine::flags::Flags;
+
+use crate::AppState;
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use crate::problem::Problem;
+
+type ApiResult<T> = Result<T, Problem>;
+
+fn env_name(s: &str) -> ApiResult<EnvName> {
+    EnvName::parse(s).map_err(|e| Problem::bad_request(format!("environment: {e}")))
+}
+
+fn views(flags: Flags) -> Vec<FlagView> {
+    flags
+        .flags
+        .into_iter()
+        .map(|(key, (app, config, state))| FlagView {
+            app,
+            flag: key,
+            env: flags.env.clone(),
+            kind: config.kind,
+            description: config.description.clone(),
+            variants: serde_json::to_value(&config.variants).unwrap_or(Value::Null),
+            default_variant: config.default_variant.clone(),
+            summary: state.to_string(),
+            state,
+        })
+        .collect()
+}
+
+/// `GET /api/v1/flags`: each declared flag's state in each environment the token sees.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<FlagsQuery>,
+) -> ApiResult<Json<Vec<FlagView>>> {
+    caller.allow(Action::Read, None)?;
+    let config = state.engine.config();
+    let envs: Vec<EnvName> = match &q.env {
+        Some(e) => {
+            let env = env_name(e)?;
+            caller.allow(Action::Read, Some(&env))?;
+            if config.environment(&env).is_none() {
+                return Err(shipgate_engine::EngineError::UnknownEnvironment(e.clone()).into());
+            }
+            vec![env]
+        }
+        None => config.environments.iter().map(|e| e.name.clone()).collect(),
+    };
+    let mut all = Vec::new();
+    for env in envs.into_iter().filter(|e| caller.sees(Some(e.as_str()))) {
+        all.extend(views(state.engine.flags_of(&env).await?));
+    }
+    Ok(Json(all))
+}
+
+/// `POST /api/v1/flags`: set one flag's state in one environment (deployer of it, or admin).
+pub(crate) async fn set(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<SetFlagRequest>,
+) -> ApiResult<Json<FlagView>> {
+    let env = env_name(&req.env)?;
+    caller.allow(Action::Promote, Some(&env))?;
+    let app = AppName::parse(&req.app).map_err(|e| Problem::bad_request(format!("app: {e}")))?;
+    let grant = caller.grant();
+    state
+        .engine
+        .set_flag(grant, &env, &app, &req.flag, req.state)
+        .await?;
+    let view = views(state.engine.flags_of(&env).await?)
+        .into_iter()
+        .find(|v| v.flag == req.flag)
+        .ok_or_else(|| Problem::bad_request("the flag is no longer declared"))?;
+    Ok(Json(view))
+}
+
+/// `POST /api/v1/flag-keys`: make a client key for one environment (admin).
+pub(crate) async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<FlagKeyRequest>,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::ManageTokens, None)?;
+    let env = env_name(&req.env)?;
+    let (record, key) = state
+        .engine
+        .create_flag_key(caller.grant(), &req.name, &env)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        [(
+            header::LOCATION,
+            format!("/api/v1/flag-keys/{}", record.name),
+        )],
+        Json(CreatedFlagKey { key, record }),
+    ))
+}
+
+/// `GET /api/v1/flag-keys`: every flag key, revoked ones too (admin).
+pub(crate) async fn list_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::ManageTokens, None)?;
+    Ok(Json(
+        state
+            .engine
+            .store()
+            .flag_keys()
+            .await
+            .map_err(shipgate_engine::EngineError::from)?,
+    ))
+}
+
+/// `DELETE /api/v1/flag-keys/{name}`: revoke a flag key (admin); clients using it get 401.
+pub(crate) async fn revoke_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    caller.allow(Action::ManageTokens, None)?;
+    Ok(Json(
+        state.engine.revoke_flag_key(caller.grant(), &name).await?,
+    ))
+}
+
+/// The OFREP routes, which take flag client keys rather than API tokens.
+pub(crate) fn ofrep_routes() -> Router<AppState> {
+    Router::new()
+        .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
+        .route("/ofrep/v1/evaluate/flags", post(evaluate_all))
+        .route("/ofrep/v1/events", get(events))
+}
+
+fn unauthorized() -> Response {
+    StatusCode::UNAUTHORIZED.into_response()
+}
+
+/// The environment the request's flag key selects, or the answer to give.
+async fn client_env(state: &AppState, headers: &HeaderMap) -> Result<EnvName, Response> {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let key = text(header::HeaderName::from_static("x-api-key"))
+        .or_else(|| text(header::AUTHORIZATION).and_then(|a| a.strip_prefix("Bearer ")))
+        .map(str::trim)
+        .ok_or_else(unauthorized)?;
+    match state.engine.env_of_flag_key(key).await {
+        Ok(Some(env)) if state.engine.config().environment(&env).is_some() => Ok(env),
+        Ok(_) => Err(unauthorized()),
+        Err(e) => Err(Problem::from(e).into_response()),
+    }
+}
+
+/// The evaluation context of an OFREP request body (`{"context": {...}}`), or the 400.
+fn context(body: &[u8], key: Option<&str>) -> Result<Map<String, Value>, Response> {
+    let parse_error = |details: String| {
+        let mut answer = json!({ "errorCode": "PARSE_ERROR", "errorDetails": details });
+        if let Some(key) = key {
+            answer["key"] = json!(key);
+        }
+        (StatusCode::BAD_REQUEST, Json(answer)).into_response()
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| parse_error(format!("the body is not JSON: {e}")))?;
+    match value.get("context") {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(c)) => Ok(c.clone()),
+        Some(_) => Err(parse_error("`context` must be an object".into())),
+    }
+}
+
+/// One flag's OFREP answer: the evaluation, or its error with the status it goes with.
+fn answer(flags: &Flags, key: &str, ctx: &Map<String, Value>) -> (StatusCode, Value) {
+    match flags.evaluate(key, ctx) {
+        None => (
+            StatusCode::NOT_FOUND,
+            json!({ "key": key, "errorCode": "FLAG_NOT_FOUND", "errorDetails": format!("no app declares flag `{key}`") }),
+        ),
+        Some(Ok(e)) => (
+            StatusCode::OK,
+            json!({ "key": key, "value": e.value, "reason": e.reason, "variant": e.variant, "metadata": { "environment": flags.env.as_str() } }),
+        ),
+        Some(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            json!({ "key": key, "errorCode": e.code(), "errorDetails": e.to_string() }),
+        ),
+    }
+}
+
+async fn evaluate_one(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let env = match client_env(&state, &headers).await {
+        Ok(env) => env,
+        Err(r) => return r,
+    };
+    let ctx = match context(&body, Some(&key)) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match state.engine.flags_of(&env).await {
+        Ok(flags) => {
+            let (status, body) = answer(&flags, &key, &ctx);
+            (status, Json(body)).into_response()
+        }
+        Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+async fn evaluate_all(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let env = match client_env(&state, &headers).await {
+        Ok(env) => env,
+        Err(r) => return r,
+    };
+    let ctx = match context(&body, None) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let flags = match state.engine.flags_of(&env).await {
+        Ok(flags) => flags,
+        Err(e) => return Problem::from(e).into_response(),
+    };
+    // What a client was served depends on its context as much as on the flags.
+    let etag = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(flags.etag());
+        h.update(serde_json::to_string(&ctx).unwrap_or_default());
+        format!("\"{}\"", &hex::encode(h.finalize())[..32])
+    };
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    let answers: Vec<Value> = flags
+        .flags
+        .keys()
+        .map(|key| answer(&flags, key, &ctx).1)
+        .collect();
+    let body = json!({
+        "flags": answers,
+        "eventStreams": [{ "type": "sse", "url": format!("{}/ofrep/v1/events", base_url(&headers)) }],
+    });
+    ([(header::ETAG, etag)], Json(body)).into_response()
+}
+
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}")
+}
+
+/// `GET /ofrep/v1/events`: a `refetchEvaluation` message each time a flag of the key's
+/// environment changes (the event-stream ADR of the OFREP protocol).
+async fn events(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let env = match client_env(&state, &headers).await {
+        Ok(env) => env,
+        Err(r) => return r,
+    };
+    sse(&state, env).into_response()
+}
+
+fn sse(
+    state: &AppState,
+    env: EnvName,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<>> {
+    let events = tokio_stream::wrappers::BroadcastStream::new(state.engine.store().subscribe());
+    let stream = events.filter_map(move |e| {
+        let env = env.clone();
+        async move {
+            let e = e.ok().filter(|e| {
+                e.kind == EventKind::FlagChanged && e.env.as_deref() == Some(env.as_str())
+            })?;
+            let data = json!({
+                "type": "refetchEvaluation",
+                "etag": format!("\"{}\"", e.hash),
+                "lastModified": e.at.as_second(),
+            });
+            Some(Ok(SseEvent::default()
+                .id(e.id.to_string())
+                .event("message")
+                .data(data.to_string())))
+        }
+    });
+    let mut stopping = state.stopping.clone();
+    let stream = stream.take_until(async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

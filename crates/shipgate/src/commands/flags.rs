@@ -1,0 +1,209 @@
+//! `shipgate flag set|on|off|show` and `shipgate flag key create|list|revoke`: feature flags
+//! per environment and the OFREP client keys that read them.
+
+use std::process::ExitCode;
+
+use shipgate_api::answers::{CreatedFlagKey, FlagView};
+use shipgate_api::records::FlagKeyRecord;
+use shipgate_api::requests::{FlagKeyRequest, SetFlagRequest};
+use shipgate_core::flag::{FlagState, parse_percent, parse_rule};
+use shipgate_core::{AppName, EnvName};
+
+use crate::cli::{FlagCommand, FlagKeyCommand, Global};
+use crate::client::{Client, connect};
+use crate::output::{Printer, table};
+
+pub(super) async fn run(
+    g: &Global,
+    out: Printer,
+    command: FlagCommand,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    match command {
+        FlagCommand::Set {
+            app,
+            flag,
+            env,
+            rules,
+            rollout,
+            variant,
+        } => {
+            let rules = rules
+                .iter()
+                .map(|r| parse_rule(r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let rollout = rollout
+                .as_deref()
+                .map(parse_percent)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            if rules.is_empty() && rollout.is_none() {
+                anyhow::bail!(
+                    "give --rule or --rollout (or use shipgate flag on / flag off), for example: shipgate flag set {app} {flag} --env {env} --rollout 10%"
+                );
+            }
+            let mut state = FlagState::Rules { rules };
+            if let Some(percent) = rollout {
+                let declared = declared(&client, &flag, &env).await?;
+                let on = on_variant(&declared, variant.as_deref())?;
+                let FlagState::Rules { rules } = state else {
+                    unreachable!("made as rules above")
+                };
+                let config = shipgate_core::flag::FlagConfig {
+                    key: flag.clone(),
+                    kind: declared.kind,
+                    description: None,
+                    variants: Default::default(),
+                    default_variant: declared.default_variant.clone(),
+                };
+                state = shipgate_core::flag::with_rollout(&config, rules, Some((percent, &on)));
+            }
+            set(&client, &out, app, flag, env, state).await
+        }
+        FlagCommand::On {
+            app,
+            flag,
+            env,
+            variant,
+        } => {
+            let declared = declared(&client, &flag, &env).await?;
+            let variant = on_variant(&declared, variant.as_deref())?;
+            set(&client, &out, app, flag, env, FlagState::On { variant }).await
+        }
+        FlagCommand::Off { app, flag, env } => {
+            set(&client, &out, app, flag, env, FlagState::Off).await
+        }
+        FlagCommand::Show { flag, env } => {
+            let query: Vec<(&str, String)> = env.iter().map(|e| ("env", e.to_string())).collect();
+            let mut flags: Vec<FlagView> = client.get("/flags", &query).await?;
+            if let Some(f) = &flag {
+                flags.retain(|v| &v.flag == f);
+                if flags.is_empty() {
+                    anyhow::bail!("no app declares flag `{f}` (shipgate flag show lists them)");
+                }
+            }
+            out.print(&flags, |flags| {
+                if flags.is_empty() {
+                    return "no flag is declared ([apps.APP.flags.KEY] in the config declares one)\n".into();
+                }
+                let rows: Vec<Vec<String>> = flags
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.app.to_string(),
+                            v.flag.clone(),
+                            v.kind.as_str().to_owned(),
+                            v.env.to_string(),
+                            v.summary.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["APP", "FLAG", "TYPE", "ENV", "STATE"], &rows)
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        FlagCommand::Key(FlagKeyCommand::Create { name, env }) => {
+            let req = FlagKeyRequest {
+                name,
+                env: env.to_string(),
+            };
+            let created: CreatedFlagKey = client.post("/flag-keys", &req).await?;
+            out.print(&created, |c| {
+                format!(
+                    "{}\n(flag key `{}` for {}: send it as X-API-Key to /ofrep/v1/; it is shown this once)\n",
+                    c.key, c.record.name, c.record.env
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        FlagCommand::Key(FlagKeyCommand::List) => {
+            let keys: Vec<FlagKeyRecord> = client.get("/flag-keys", &[]).await?;
+            out.print(&keys, |keys| {
+                let rows: Vec<Vec<String>> = keys
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.name.clone(),
+                            k.env.to_string(),
+                            k.created_by.clone(),
+                            k.created_at.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+                            k.revoked_at
+                                .map(|r| format!("revoked {}", r.strftime("%Y-%m-%d %H:%M UTC")))
+                                .unwrap_or_else(|| "active".into()),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "ENV", "BY", "CREATED", "STATE"], &rows)
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        FlagCommand::Key(FlagKeyCommand::Revoke { name }) => {
+            let key: FlagKeyRecord = client.delete(&format!("/flag-keys/{name}")).await?;
+            out.print(&key, |k| {
+                format!("flag key `{}` for {} revoked\n", k.name, k.env)
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The flag as `env` has it, to learn its type and variants.
+async fn declared(client: &Client, flag: &str, env: &EnvName) -> anyhow::Result<FlagView> {
+    let flags: Vec<FlagView> = client.get("/flags", &[("env", env.to_string())]).await?;
+    flags.into_iter().find(|v| v.flag == flag).ok_or_else(|| {
+        anyhow::anyhow!("no app declares flag `{flag}` (shipgate flag show lists them)")
+    })
+}
+
+/// The variant to turn on: the one named, or the flag's only one besides its default.
+fn on_variant(flag: &FlagView, named: Option<&str>) -> anyhow::Result<String> {
+    if let Some(v) = named {
+        return Ok(v.to_owned());
+    }
+    let variants: Vec<&String> = flag
+        .variants
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    if variants.iter().any(|v| *v == "on") {
+        return Ok("on".into());
+    }
+    let others: Vec<&&String> = variants
+        .iter()
+        .filter(|v| ***v != flag.default_variant)
+        .collect();
+    match others.as_slice() {
+        [only] => Ok((**only).clone()),
+        _ => anyhow::bail!(
+            "flag `{}` has several variants besides its default ({}); name one with --variant",
+            flag.flag,
+            others
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+async fn set(
+    client: &Client,
+    out: &Printer,
+    app: AppName,
+    flag: String,
+    env: EnvName,
+    state: FlagState,
+) -> anyhow::Result<ExitCode> {
+    let req = SetFlagRequest {
+        app: app.to_string(),
+        flag,
+        env: env.to_string(),
+        state,
+    };
+    let view: FlagView = client.post("/flags", &req).await?;
+    out.print(&view, |v| {
+        format!("{}/{} in {}: {}\n", v.app, v.flag, v.env, v.summary)
+    });
+    Ok(ExitCode::SUCCESS)
+}

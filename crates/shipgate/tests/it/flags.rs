@@ -1,0 +1,363 @@
+//! Feature flags through the command line and OFREP: declared in the config, set per
+//! environment at run time, evaluated by the real OpenFeature Python SDK with its OFREP
+//! provider (PyPI, unchanged), by the instances themselves with the key they are given, in bulk
+//! with ETag / 304, and announced over SSE; client keys select an environment and stop working
+//! once revoked; roles and scopes apply.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{TestServer, four_envs_with, spawn_server, text};
+
+const FLAGS: &str = r#"
+[apps.web.flags.new-checkout]
+type = "boolean"
+default = false
+description = "the one-page checkout"
+
+[apps.web.flags.theme]
+type = "string"
+default = "light"
+variants = { light = "light", dark = "dark" }
+
+[apps.web.flags.limit]
+type = "number"
+default = 10
+variants = { high = 100 }
+
+[apps.web.flags.ratio]
+type = "number"
+default = 0.5
+variants = { high = 0.9 }
+
+[apps.web.flags.layout]
+type = "object"
+default = { columns = 2 }
+variants = { wide = { columns = 3, sidebar = true } }
+"#;
+
+fn started() -> TestServer {
+    let config = four_envs_with("", &[("production", "require.approvals = 1")]).replace(
+        "health = \"/healthz\"\n",
+        &format!("health = \"/healthz\"\n{FLAGS}"),
+    );
+    spawn_server(&config)
+}
+
+/// A Python with the OpenFeature SDK and its OFREP provider from PyPI, in a venv under target/.
+fn sdk_python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/openfeature-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let made = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", text(&made));
+        let pip = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(["openfeature-sdk", "openfeature-provider-ofrep==0.3.0"])
+            .output()
+            .unwrap();
+        assert!(pip.status.success(), "pip install: {}", text(&pip));
+    }
+    python
+}
+
+/// `POST path` to the API address with an OFREP key and extra headers: status, headers, body.
+fn ofrep(
+    s: &TestServer,
+    path: &str,
+    key: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let host = s.api().trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {host}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+    })
+}
+
+#[test]
+fn the_openfeature_sdk_evaluates_every_type_a_rule_and_a_rollout_set_at_run_time() {
+    let s = started();
+    let key = s.json(&["flag", "key", "create", "web-staging", "--env", "staging"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.ok(&[
+        "flag",
+        "set",
+        "web",
+        "new-checkout",
+        "--env",
+        "staging",
+        "--rule",
+        r#"plan in ["pro","team"] -> on"#,
+    ]);
+    s.ok(&[
+        "flag",
+        "on",
+        "web",
+        "theme",
+        "--env",
+        "staging",
+        "--variant",
+        "dark",
+    ]);
+    s.ok(&[
+        "flag",
+        "set",
+        "web",
+        "limit",
+        "--env",
+        "staging",
+        "--rollout",
+        "30%",
+    ]);
+    s.ok(&["flag", "on", "web", "ratio", "--env", "staging"]);
+    s.ok(&["flag", "on", "web", "layout", "--env", "staging"]);
+    let shown = s.ok(&["flag", "show", "--env", "staging"]);
+    assert!(shown.contains("rules: 30% high / 70% default"), "{shown}");
+    let script = format!(
+        r#"
+import json
+from openfeature import api
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.contrib.provider.ofrep import OFREPProvider
+
+api.set_provider(OFREPProvider("{api}", headers_factory=lambda: {{"X-API-Key": "{key}"}}))
+client = api.get_client()
+pro = EvaluationContext(targeting_key="user-1", attributes={{"plan": "pro"}})
+free = EvaluationContext(targeting_key="user-1", attributes={{"plan": "free"}})
+out = {{}}
+d = client.get_boolean_details("new-checkout", False, pro)
+out["pro"] = [d.value, d.variant, str(d.reason)]
+d = client.get_boolean_details("new-checkout", True, free)
+out["free"] = [d.value, d.variant, str(d.reason)]
+out["theme"] = client.get_string_value("theme", "?", pro)
+out["ratio"] = client.get_float_value("ratio", 0.0, pro)
+out["layout"] = client.get_object_value("layout", {{}}, pro)
+out["limits"] = [client.get_integer_value("limit", 0, EvaluationContext(targeting_key=f"user-{{i}}")) for i in range(1000)]
+again = [client.get_integer_value("limit", 0, EvaluationContext(targeting_key=f"user-{{i}}")) for i in range(1000)]
+out["sticky"] = again == out["limits"]
+d = client.get_integer_details("limit", 7, EvaluationContext())
+out["no_key"] = [d.value, str(d.error_code)]
+d = client.get_boolean_details("nonexistent", True, pro)
+out["missing"] = [d.value, str(d.error_code)]
+print(json.dumps(out))
+"#,
+        api = s.api()
+    );
+    let out = Command::new(sdk_python())
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        got["pro"],
+        serde_json::json!([true, "on", "TARGETING_MATCH"]),
+        "{got}"
+    );
+    assert_eq!(
+        got["free"],
+        serde_json::json!([false, "off", "DEFAULT"]),
+        "{got}"
+    );
+    assert_eq!(got["theme"], "dark");
+    assert_eq!(got["ratio"], 0.9);
+    assert_eq!(
+        got["layout"],
+        serde_json::json!({"columns": 3, "sidebar": true})
+    );
+    let limits = got["limits"].as_array().unwrap();
+    let high = limits.iter().filter(|v| **v == 100).count();
+    assert!(limits.iter().all(|v| *v == 100 || *v == 10), "{got}");
+    assert!((250..=350).contains(&high), "{high} of 1000 keys at 30%");
+    assert_eq!(got["sticky"], true);
+    assert_eq!(
+        got["no_key"],
+        serde_json::json!([7, "TARGETING_KEY_MISSING"])
+    );
+    assert_eq!(got["missing"], serde_json::json!([true, "FLAG_NOT_FOUND"]));
+
+    // Production is another environment: its flags are its own, and the key selects staging.
+    let prod = s.json(&["flag", "show", "theme", "--env", "production"]);
+    assert_eq!(prod[0]["summary"], "off");
+}
+
+#[test]
+fn bulk_answers_304_to_a_matching_etag_sse_sees_the_kill_switch_and_keys_and_roles_hold() {
+    let s = started();
+    let key = s.json(&["flag", "key", "create", "k1", "--env", "testing"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = r#"{"context":{"targetingKey":"user-9"}}"#;
+    let (status, head, first) = ofrep(&s, "/ofrep/v1/evaluate/flags", &key, "", body);
+    assert_eq!(status, 200, "{head}{first}");
+    let etag = header(&head, "etag").unwrap();
+    let doc: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(doc["flags"].as_array().unwrap().len(), 5, "{doc}");
+    assert_eq!(doc["eventStreams"][0]["type"], "sse");
+    let (status, _, _) = ofrep(
+        &s,
+        "/ofrep/v1/evaluate/flags",
+        &key,
+        &format!("If-None-Match: {etag}\r\n"),
+        body,
+    );
+    assert_eq!(status, 304);
+
+    // An SSE client of testing's flags, then the kill switch after turning a flag on.
+    s.ok(&["flag", "on", "web", "new-checkout", "--env", "testing"]);
+    let (status, _, _) = ofrep(
+        &s,
+        "/ofrep/v1/evaluate/flags",
+        &key,
+        &format!("If-None-Match: {etag}\r\n"),
+        body,
+    );
+    assert_eq!(status, 200, "a changed flag changes the ETag");
+    let host = s.api().trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET /ofrep/v1/events HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("200"), "{line}");
+    while line.trim() != "" {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    s.ok(&["flag", "off", "web", "new-checkout", "--env", "testing"]);
+    let mut seen = String::new();
+    while !seen.contains("refetchEvaluation") {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the stream ended: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    let (_, _, one) = ofrep(&s, "/ofrep/v1/evaluate/flags/new-checkout", &key, "", body);
+    let one: Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(
+        (one["value"].clone(), one["reason"].clone()),
+        (Value::Bool(false), "DISABLED".into())
+    );
+
+    // Keys: a wrong one and a revoked one get 401; a bad body is PARSE_ERROR.
+    assert_eq!(
+        ofrep(&s, "/ofrep/v1/evaluate/flags/theme", "sgf_wrong", "", body).0,
+        401
+    );
+    let (status, _, bad) = ofrep(&s, "/ofrep/v1/evaluate/flags/theme", &key, "", "{nope");
+    assert_eq!(status, 400);
+    assert!(bad.contains("PARSE_ERROR"), "{bad}");
+    s.ok(&["flag", "key", "revoke", "k1"]);
+    assert_eq!(
+        ofrep(&s, "/ofrep/v1/evaluate/flags/theme", &key, "", body).0,
+        401
+    );
+    assert!(s.ok(&["flag", "key", "list"]).contains("revoked"));
+
+    // Roles, scopes, approvals and declarations.
+    let viewer = s.token("ro", "viewer", &[]);
+    assert!(
+        s.refused_as(&viewer, &["flag", "on", "web", "theme", "--env", "testing"])
+            .contains("viewer")
+    );
+    let dev = s.token("dev", "deployer", &["development"]);
+    s.ok_as(
+        &dev,
+        &["flag", "on", "web", "theme", "--env", "development"],
+    );
+    let scoped = s.refused_as(&dev, &["flag", "on", "web", "theme", "--env", "testing"]);
+    assert!(scoped.contains("development"), "{scoped}");
+    let approvals = s.refused(&["flag", "on", "web", "theme", "--env", "production"]);
+    assert!(approvals.contains("requires 1 approvals"), "{approvals}");
+    s.ok(&["flag", "off", "web", "theme", "--env", "production"]);
+    let unknown = s.refused(&["flag", "on", "web", "colour", "--env", "testing"]);
+    assert!(
+        unknown.contains("no app declares flag `colour`"),
+        "{unknown}"
+    );
+    let bad_variant = s.refused(&[
+        "flag",
+        "on",
+        "web",
+        "theme",
+        "--env",
+        "testing",
+        "--variant",
+        "blue",
+    ]);
+    assert!(
+        bad_variant.contains("has no variant `blue`"),
+        "{bad_variant}"
+    );
+    let audit = s.ok(&["audit", "--env", "testing"]);
+    assert!(
+        audit.contains("flag web/new-checkout in testing: on (on) -> off"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn an_instance_reads_its_environments_flags_with_the_key_it_is_given() {
+    let s = started();
+    s.register("1.0.0", &[]);
+    s.deploy("1.0.0", "development");
+    s.ok(&[
+        "flag",
+        "on",
+        "web",
+        "theme",
+        "--env",
+        "development",
+        "--variant",
+        "dark",
+    ]);
+    let reply = s
+        .get(&format!("{}/flag?key=theme&user=u1", s.url("development")))
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        (answer["value"].clone(), answer["reason"].clone()),
+        ("dark".into(), "STATIC".into())
+    );
+}
