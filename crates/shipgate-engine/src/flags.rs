@@ -10,6 +10,10 @@ use shipgate_core::flag::{self, EvalError, Evaluation, FlagConfig, FlagState};
 use shipgate_core::{AppName, EnvName, EventKind, Grant};
 use shipgate_store::{FlagKeyRecord, NewEvent};
 
+use shipgate_core::config::WatchRule;
+use shipgate_core::gate::{WatchFigures, WatchVerdict, judge};
+
+use crate::traffic::Counters;
 use crate::{Engine, EngineError};
 
 /// The shared secret from which each environment's instance key is derived.
@@ -18,7 +22,21 @@ const INSTANCE_SECRET: &str = "flags.instance_secret";
 const KEY_PREFIX: &str = "sgf_";
 const INSTANCE_PREFIX: &str = "sgfi_";
 
-/// One flag of an environment, as evaluated by OFREP.
+/// The actor of a revert by the watch.
+const WATCH: &str = "watch";
+/// How often the figures are looked at while a flag change is watched.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A flag change being watched.
+struct Change {
+    env: EnvName,
+    app: AppName,
+    key: String,
+    before: FlagState,
+    after: FlagState,
+}
+
+/// Every flag of an environment, as evaluated by OFREP.
 pub struct Flags {
     /// The environment.
     pub env: EnvName,
@@ -107,7 +125,7 @@ impl Engine {
     /// environment that requires approvals is refused, since flag changes cannot wait for
     /// approvals yet.
     pub async fn set_flag(
-        &self,
+        self: &std::sync::Arc<Self>,
         grant: &Grant,
         env: &EnvName,
         app: &AppName,
@@ -173,7 +191,90 @@ impl Engine {
                 event,
             )
             .await?;
+        if state != FlagState::Off
+            && let Some(rule) = env_config.verify.watch.clone()
+        {
+            let engine = self.clone();
+            let change = Change {
+                env: env.clone(),
+                app: app.clone(),
+                key: key.to_owned(),
+                before,
+                after: state.clone(),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = engine.watch_flag(&rule, change).await {
+                    tracing::warn!("watching a flag change: {e}");
+                }
+            });
+        }
         Ok(state)
+    }
+
+    /// Watches a flag change as a release is watched: the router's figures for the app's live
+    /// release since the change, judged by `verify.watch`'s thresholds. A breach puts the
+    /// previous state back (actor `watch`), unless someone changed the flag meanwhile.
+    async fn watch_flag(&self, rule: &WatchRule, change: Change) -> Result<(), EngineError> {
+        let slot = (change.app.clone(), change.env.clone());
+        let Some(instance) = self.live_instance(&slot) else {
+            return Ok(());
+        };
+        let (app, env) = (change.app.as_str(), change.env.as_str());
+        let label = instance.target.label.clone();
+        let before = Counters::of(&self.driver.router_metrics(env).await, app, &label);
+        let deadline = crate::clock::after(self.clock.now(), rule.watch.as_std());
+        loop {
+            let next = crate::clock::after(self.clock.now(), LOOK_EVERY).min(deadline);
+            self.clock.sleep_until(next).await;
+            let figures =
+                Counters::of(&self.driver.router_metrics(env).await, app, &label).since(&before);
+            let ended = self.clock.now() >= deadline;
+            match judge(rule, &figures, ended) {
+                WatchVerdict::Continue => continue,
+                WatchVerdict::Breach(why) => return self.revert_flag(change, why, figures).await,
+                WatchVerdict::Pass(_) | WatchVerdict::Inconclusive(_) => return Ok(()),
+            }
+        }
+    }
+
+    async fn revert_flag(
+        &self,
+        change: Change,
+        why: String,
+        figures: WatchFigures,
+    ) -> Result<(), EngineError> {
+        let now = self
+            .flags_of(&change.env)
+            .await?
+            .flags
+            .remove(&change.key)
+            .map(|(_, _, s)| s)
+            .unwrap_or_default();
+        if now != change.after {
+            return Ok(());
+        }
+        let Change {
+            env,
+            app,
+            key,
+            before,
+            after,
+        } = change;
+        let event = NewEvent {
+            actor: WATCH.to_owned(),
+            kind: EventKind::FlagChanged,
+            app: Some(app.to_string()),
+            env: Some(env.to_string()),
+            promotion_id: None,
+            message: format!(
+                "flag {app}/{key} in {env} reverted by the watch: {after} -> {before}: {why} (measured since the change: {figures})"
+            ),
+            data: serde_json::json!({ "flag": key, "from": after, "to": before, "reverted": why }),
+        };
+        self.store
+            .set_flags(&env, &app, &[(key, before)], WATCH, event)
+            .await?;
+        Ok(())
     }
 
     /// Makes a flag client key for `env`; the key is in the answer and nowhere else.

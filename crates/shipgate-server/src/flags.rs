@@ -153,12 +153,25 @@ pub(crate) fn ofrep_routes() -> Router<AppState> {
         .route("/ofrep/v1/events", get(events))
 }
 
-fn unauthorized() -> Response {
-    StatusCode::UNAUTHORIZED.into_response()
+/// What OFREP answers instead of an evaluation: a status and, for 400 and 404, OFREP's error
+/// body (401 has none).
+struct Refusal(StatusCode, Option<Value>);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self.1 {
+            Some(body) => (self.0, Json(body)).into_response(),
+            None => self.0.into_response(),
+        }
+    }
+}
+
+fn unauthorized() -> Refusal {
+    Refusal(StatusCode::UNAUTHORIZED, None)
 }
 
 /// The environment the request's flag key selects, or the answer to give.
-async fn client_env(state: &AppState, headers: &HeaderMap) -> Result<EnvName, Response> {
+async fn client_env(state: &AppState, headers: &HeaderMap) -> Result<EnvName, Refusal> {
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let key = text(header::HeaderName::from_static("x-api-key"))
         .or_else(|| text(header::AUTHORIZATION).and_then(|a| a.strip_prefix("Bearer ")))
@@ -167,18 +180,24 @@ async fn client_env(state: &AppState, headers: &HeaderMap) -> Result<EnvName, Re
     match state.engine.env_of_flag_key(key).await {
         Ok(Some(env)) if state.engine.config().environment(&env).is_some() => Ok(env),
         Ok(_) => Err(unauthorized()),
-        Err(e) => Err(Problem::from(e).into_response()),
+        Err(e) => {
+            tracing::warn!("checking a flag key: {e}");
+            Err(Refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some(json!({ "errorDetails": e.to_string() })),
+            ))
+        }
     }
 }
 
 /// The evaluation context of an OFREP request body (`{"context": {...}}`), or the 400.
-fn context(body: &[u8], key: Option<&str>) -> Result<Map<String, Value>, Response> {
+fn context(body: &[u8], key: Option<&str>) -> Result<Map<String, Value>, Refusal> {
     let parse_error = |details: String| {
         let mut answer = json!({ "errorCode": "PARSE_ERROR", "errorDetails": details });
         if let Some(key) = key {
             answer["key"] = json!(key);
         }
-        (StatusCode::BAD_REQUEST, Json(answer)).into_response()
+        Refusal(StatusCode::BAD_REQUEST, Some(answer))
     };
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
@@ -218,11 +237,11 @@ async fn evaluate_one(
 ) -> Response {
     let env = match client_env(&state, &headers).await {
         Ok(env) => env,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let ctx = match context(&body, Some(&key)) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state.engine.flags_of(&env).await {
         Ok(flags) => {
@@ -240,11 +259,11 @@ async fn evaluate_all(
 ) -> Response {
     let env = match client_env(&state, &headers).await {
         Ok(env) => env,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let ctx = match context(&body, None) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let flags = match state.engine.flags_of(&env).await {
         Ok(flags) => flags,
@@ -290,7 +309,7 @@ fn base_url(headers: &HeaderMap) -> String {
 async fn events(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let env = match client_env(&state, &headers).await {
         Ok(env) => env,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     sse(&state, env).into_response()
 }

@@ -361,3 +361,48 @@ fn an_instance_reads_its_environments_flags_with_the_key_it_is_given() {
         ("dark".into(), "STATIC".into())
     );
 }
+
+#[test]
+fn a_flag_that_breaks_the_app_under_load_is_reverted_by_the_watch() {
+    let config = four_envs_with(
+        "",
+        &[(
+            "development",
+            "verify.watch = \"3s\"\nverify.max_error_rate = 0.05\nverify.min_requests = 20\nverify.inconclusive = \"pass\"",
+        )],
+    )
+    .replace(
+        "health = \"/healthz\"\n",
+        "health = \"/healthz\"\n[apps.web.flags.broken-page]\ntype = \"boolean\"\ndefault = false\n",
+    );
+    let s = spawn_server(&config);
+    s.register("1.0.0", &[("BUG_FLAG", "broken-page")]);
+    // The release's own watch (no traffic yet: inconclusive, passed) ends before the flag
+    // changes.
+    s.deploy("1.0.0", "development");
+    let url = format!("{}/", s.url("development"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, stop) = (url.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 20_000 {
+                let _ = crate::helpers::http_get(&url, None);
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    s.ok(&["flag", "on", "web", "broken-page", "--env", "development"]);
+    crate::helpers::wait_for("the watch to turn the flag back off", || {
+        s.json(&["flag", "show", "broken-page", "--env", "development"])[0]["summary"] == "off"
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    let audit = s.ok(&["audit", "--env", "development"]);
+    assert!(
+        audit.contains("reverted by the watch: on (on) -> off: error rate"),
+        "{audit}"
+    );
+    assert_eq!(s.get(&url).unwrap().status, 200);
+}
