@@ -225,3 +225,29 @@ pub struct CreatedFlagKey {
     /// The key as stored.
     pub record: crate::records::FlagKeyRecord,
 }
+
+/// One flag whose state a flag promotion changes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FlagChange {
+    /// The flag's key.
+    pub flag: String,
+    /// Its state in the target before.
+    pub before: shipgate_core::flag::FlagState,
+    /// Its state there after (the source's).
+    pub after: shipgate_core::flag::FlagState,
+}
+
+/// `POST /api/v1/flags/promote`: what changed (or would, with `dry_run`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FlagPromotion {
+    /// The app.
+    pub app: AppName,
+    /// The source environment.
+    pub from: EnvName,
+    /// The target environment.
+    pub to: EnvName,
+    /// Each flag that differs; empty when the target has the source's states already.
+    pub changes: Vec<FlagChange>,
+    /// Whether the changes were applied (false for a dry run or when nothing differs).
+    pub applied: bool,
+}

@@ -322,3 +322,24 @@ pub struct FlagsQuery {
     #[param(value_type = Option<EnvName>)]
     pub env: Option<String>,
 }
+
+/// `POST /api/v1/flags/promote`: give `to` the flag states `from` has, as one change.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlagPromoteRequest {
+    /// The app whose flags are promoted.
+    #[schema(value_type = AppName)]
+    pub app: String,
+    /// Where the states come from.
+    #[schema(value_type = EnvName)]
+    pub from: String,
+    /// Where they go.
+    #[schema(value_type = EnvName)]
+    pub to: String,
+    /// Only this flag.
+    #[serde(default)]
+    pub flag: Option<String>,
+    /// Only say what would change.
+    #[serde(default)]
+    pub dry_run: bool,
+}

@@ -55,11 +55,13 @@ pub struct Observed {
     pub live: Option<(Version, Digest)>,
     /// Each fact's output (or why it has none), by name.
     pub facts: BTreeMap<String, String>,
+    /// Each declared flag's state there (`off`, `on (on)`, `rules: ...`), by key.
+    pub flags: BTreeMap<String, String>,
 }
 
 /// The prefixes a `differs` entry may name.
-const FAMILIES: [&str; 9] = [
-    "release", "run", "health", "listen", "vars", "require", "verify", "facts", "settings",
+const FAMILIES: [&str; 10] = [
+    "release", "run", "health", "listen", "vars", "require", "verify", "facts", "settings", "flags",
 ];
 
 /// Checks a `differs` entry: a known item or family, optionally ending in `.*`.
@@ -182,6 +184,9 @@ fn settings(app: &AppConfig, env: &EnvironmentConfig, seen: &Observed) -> BTreeM
     if let Some(t) = env.request_timeout {
         put("settings.request_timeout", t.to_string());
     }
+    for (k, v) in &seen.flags {
+        put(&format!("flags.{k}"), v.clone());
+    }
     for (k, v) in &seen.facts {
         put(&format!("facts.{k}"), v.clone());
     }
@@ -279,10 +284,12 @@ mod tests {
         let a = Observed {
             live: Some((Version::parse("1.1.0").unwrap(), digest.clone())),
             facts: BTreeMap::from([("runtime".to_owned(), "Python 3.11.7".to_owned())]),
+            flags: BTreeMap::new(),
         };
         let b = Observed {
             live: Some((Version::parse("1.1.0").unwrap(), digest)),
             facts: BTreeMap::from([("runtime".to_owned(), "Python 3.9.2".to_owned())]),
+            flags: BTreeMap::new(),
         };
         let items = diff(&c, &a, &b);
         assert_eq!(class_of(&items, "release.version").class, ItemClass::Same);

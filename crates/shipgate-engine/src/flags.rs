@@ -191,24 +191,120 @@ impl Engine {
                 event,
             )
             .await?;
-        if state != FlagState::Off
-            && let Some(rule) = env_config.verify.watch.clone()
-        {
-            let engine = self.clone();
-            let change = Change {
+        self.watch_later(
+            env_config.verify.watch.clone(),
+            Change {
                 env: env.clone(),
                 app: app.clone(),
                 key: key.to_owned(),
                 before,
                 after: state.clone(),
-            };
-            tokio::spawn(async move {
-                if let Err(e) = engine.watch_flag(&rule, change).await {
-                    tracing::warn!("watching a flag change: {e}");
-                }
-            });
-        }
+            },
+        );
         Ok(state)
+    }
+
+    /// Gives `to` the states of `app`'s flags (or of `only`) that `from` has, as one change
+    /// with one event; each change is watched as `flag set` is. Answers what differed.
+    pub async fn promote_flags(
+        self: &std::sync::Arc<Self>,
+        grant: &Grant,
+        app: &AppName,
+        from: &EnvName,
+        to: &EnvName,
+        only: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Vec<(String, FlagState, FlagState)>, EngineError> {
+        let config = self.config();
+        for env in [from, to] {
+            if config.environment(env).is_none() {
+                return Err(EngineError::UnknownEnvironment(env.to_string()));
+            }
+        }
+        let Some(to_config) = config.environment(to) else {
+            return Err(EngineError::UnknownEnvironment(to.to_string()));
+        };
+        if let Some(key) = only
+            && !config.app(app).is_some_and(|a| a.flags.contains_key(key))
+        {
+            return Err(EngineError::UnknownFlag(format!(
+                "app `{app}` declares no flag `{key}`"
+            )));
+        }
+        let source = self.flags_of(from).await?.flags;
+        let mut target = self.flags_of(to).await?.flags;
+        let changes: Vec<(String, FlagState, FlagState)> = source
+            .into_iter()
+            .filter(|(key, (owner, _, _))| owner == app && only.is_none_or(|k| k == key))
+            .filter_map(|(key, (_, _, after))| {
+                let before = target.remove(&key).map(|(_, _, s)| s).unwrap_or_default();
+                (before != after).then_some((key, before, after))
+            })
+            .collect();
+        if dry_run || changes.is_empty() {
+            return Ok(changes);
+        }
+        if let Some(rule) = &to_config.require.approvals
+            && changes.iter().any(|(_, _, after)| *after != FlagState::Off)
+        {
+            return Err(EngineError::Flag(format!(
+                "{to} requires {} approvals, and flag changes cannot wait for approvals yet, so only `shipgate flag off` (which never waits) changes flags there",
+                rule.count
+            )));
+        }
+        let described: Vec<String> = changes
+            .iter()
+            .map(|(key, before, after)| format!("{key}: {before} -> {after}"))
+            .collect();
+        let event = NewEvent {
+            actor: grant.name.clone(),
+            kind: EventKind::FlagChanged,
+            app: Some(app.to_string()),
+            env: Some(to.to_string()),
+            promotion_id: None,
+            message: format!(
+                "flags of {app} promoted from {from} to {to}: {}",
+                described.join("; ")
+            ),
+            data: serde_json::json!({
+                "from_env": from.as_str(),
+                "changes": changes.iter().map(|(k, b, a)| serde_json::json!({ "flag": k, "from": b, "to": a })).collect::<Vec<_>>(),
+            }),
+        };
+        let states: Vec<(String, FlagState)> = changes
+            .iter()
+            .map(|(k, _, a)| (k.clone(), a.clone()))
+            .collect();
+        self.store
+            .set_flags(to, app, &states, &grant.name, event)
+            .await?;
+        for (key, before, after) in &changes {
+            self.watch_later(
+                to_config.verify.watch.clone(),
+                Change {
+                    env: to.clone(),
+                    app: app.clone(),
+                    key: key.clone(),
+                    before: before.clone(),
+                    after: after.clone(),
+                },
+            );
+        }
+        Ok(changes)
+    }
+
+    /// Watches `change` in the background when its environment has `verify.watch` and the
+    /// change turns something on.
+    fn watch_later(self: &std::sync::Arc<Self>, rule: Option<WatchRule>, change: Change) {
+        let Some(rule) = rule.filter(|_| change.after != FlagState::Off) else {
+            return;
+        };
+        let engine = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = engine.watch_flag(&rule, change).await {
+                tracing::warn!("watching a flag change: {e}");
+            }
+        });
     }
 
     /// Watches a flag change as a release is watched: the router's figures for the app's live

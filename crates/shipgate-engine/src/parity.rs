@@ -89,9 +89,18 @@ impl Engine {
             };
             facts.insert(name, redactor.redact(&value));
         }
+        let flags = self
+            .flags_of(env)
+            .await?
+            .flags
+            .into_iter()
+            .filter(|(_, (owner, _, _))| owner == app)
+            .map(|(key, (_, _, state))| (key, state.to_string()))
+            .collect();
         Ok(Observed {
             live: live.map(|l| (l.version, l.digest)),
             facts,
+            flags,
         })
     }
 }

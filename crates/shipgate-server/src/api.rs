@@ -82,6 +82,7 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         DELETE "/envs/{name}" => crate::on_demand::delete,
         GET "/flags" => crate::flags::list,
         POST "/flags" => crate::flags::set,
+        POST "/flags/promote" => crate::flags::promote,
         POST "/flag-keys" => crate::flags::create_key,
         GET "/flag-keys" => crate::flags::list_keys,
         DELETE "/flag-keys/{name}" => crate::flags::revoke_key,

@@ -14,8 +14,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use serde_json::{Map, Value, json};
-use shipgate_api::answers::{CreatedFlagKey, FlagView};
-use shipgate_api::requests::{FlagKeyRequest, FlagsQuery, SetFlagRequest};
+use shipgate_api::answers::{CreatedFlagKey, FlagChange, FlagPromotion, FlagView};
+use shipgate_api::requests::{FlagKeyRequest, FlagPromoteRequest, FlagsQuery, SetFlagRequest};
 use shipgate_core::{Action, AppName, EnvName, EventKind};
 
 use shipgate_engine::flags::Flags;
@@ -93,6 +93,46 @@ pub(crate) async fn set(
         .find(|v| v.flag == req.flag)
         .ok_or_else(|| Problem::bad_request("the flag is no longer declared"))?;
     Ok(Json(view))
+}
+
+/// `POST /api/v1/flags/promote`: give one environment another's flag states of an app, as one
+/// change (deployer of the target, or admin).
+pub(crate) async fn promote(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<FlagPromoteRequest>,
+) -> ApiResult<Json<FlagPromotion>> {
+    let (from, to) = (env_name(&req.from)?, env_name(&req.to)?);
+    caller.allow(Action::Read, Some(&from))?;
+    if !req.dry_run {
+        caller.allow(Action::Promote, Some(&to))?;
+    }
+    let app = AppName::parse(&req.app).map_err(|e| Problem::bad_request(format!("app: {e}")))?;
+    let changes = state
+        .engine
+        .promote_flags(
+            caller.grant(),
+            &app,
+            &from,
+            &to,
+            req.flag.as_deref(),
+            req.dry_run,
+        )
+        .await?;
+    Ok(Json(FlagPromotion {
+        applied: !req.dry_run && !changes.is_empty(),
+        app,
+        from,
+        to,
+        changes: changes
+            .into_iter()
+            .map(|(flag, before, after)| FlagChange {
+                flag,
+                before,
+                after,
+            })
+            .collect(),
+    }))
 }
 
 /// `POST /api/v1/flag-keys`: make a client key for one environment (admin).

@@ -4,7 +4,8 @@
 
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
-    DecisionRecorded, FlagView, GcReport, Joined, LogChunk, OnDemandView, Problem, Reloaded,
+    DecisionRecorded, FlagPromotion, FlagView, GcReport, Joined, LogChunk, OnDemandView, Problem,
+    Reloaded,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
@@ -13,9 +14,9 @@ use shipgate_api::records::{
 };
 use shipgate_api::requests::{
     AppEnv, AppQuery, DataRefreshRequest, DecisionRequest, DiffQuery, EventsQuery, ExtendRequest,
-    FlagKeyRequest, FlagsQuery, FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest,
-    JoinRequest, LogsQuery, OnDemandRequest, PromoteRequest, ReleaseQuery, RollbackRequest,
-    SetFlagRequest, TokenRequest,
+    FlagKeyRequest, FlagPromoteRequest, FlagsQuery, FreezeQuery, FreezeRequest, GcRequest,
+    HistoryQuery, HostRequest, JoinRequest, LogsQuery, OnDemandRequest, PromoteRequest,
+    ReleaseQuery, RollbackRequest, SetFlagRequest, TokenRequest,
 };
 use shipgate_api::status::{AppStatus, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
@@ -76,6 +77,7 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::delete_env,
         declared::list_flags,
         declared::set_flag,
+        declared::promote_flags,
         declared::create_flag_key,
         declared::list_flag_keys,
         declared::revoke_flag_key,
@@ -564,6 +566,15 @@ mod declared {
             (status = 200, description = "set", body = FlagView),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn set_flag() {}
+
+    /// Give the target environment the source's states of an app's flags (or of one), as one
+    /// change with one audit event (deployer of the target, or admin); `dry_run` only says
+    /// what differs.
+    #[utoipa::path(post, path = "/api/v1/flags/promote", operation_id = "promoteFlags", request_body = FlagPromoteRequest,
+        responses(
+            (status = 200, description = "what differed, and whether it was applied", body = FlagPromotion),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn promote_flags() {}
 
     /// Make an OFREP client key for one environment (admin); the key is in this answer only.
     #[utoipa::path(post, path = "/api/v1/flag-keys", operation_id = "createFlagKey", request_body = FlagKeyRequest,

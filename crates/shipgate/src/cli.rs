@@ -530,6 +530,27 @@ pub enum FlagCommand {
         #[arg(long)]
         env: EnvName,
     },
+    /// Give an environment another's flag states of an app (or of one flag), as one change:
+    /// the difference is printed first, then applied (deployer of the target).
+    #[command(
+        after_help = "Examples:\n  shipgate flag promote web --from staging --to production\n  shipgate flag promote web --from staging --to production --flag new-checkout --dry-run"
+    )]
+    Promote {
+        /// The app.
+        app: AppName,
+        /// Where the states come from.
+        #[arg(long)]
+        from: EnvName,
+        /// Where they go.
+        #[arg(long)]
+        to: EnvName,
+        /// Only this flag.
+        #[arg(long)]
+        flag: Option<String>,
+        /// Only print the difference.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Each declared flag's state in each environment (or in one).
     Show {
         /// Only this flag.

@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use shipgate_api::answers::{CreatedFlagKey, FlagView};
+use shipgate_api::answers::{CreatedFlagKey, FlagPromotion, FlagView};
 use shipgate_api::records::FlagKeyRecord;
-use shipgate_api::requests::{FlagKeyRequest, SetFlagRequest};
+use shipgate_api::requests::{FlagKeyRequest, FlagPromoteRequest, SetFlagRequest};
 use shipgate_core::flag::{FlagState, parse_percent, parse_rule};
 use shipgate_core::{AppName, EnvName};
 
@@ -103,6 +103,31 @@ pub(super) async fn run(
             });
             Ok(ExitCode::SUCCESS)
         }
+        FlagCommand::Promote {
+            app,
+            from,
+            to,
+            flag,
+            dry_run,
+        } => {
+            let mut req = FlagPromoteRequest {
+                app: app.to_string(),
+                from: from.to_string(),
+                to: to.to_string(),
+                flag,
+                dry_run: true,
+            };
+            let seen: FlagPromotion = client.post("/flags/promote", &req).await?;
+            if seen.changes.is_empty() || dry_run {
+                out.print(&seen, describe);
+                return Ok(ExitCode::SUCCESS);
+            }
+            out.progress(describe(&seen).trim_end());
+            req.dry_run = false;
+            let done: FlagPromotion = client.post("/flags/promote", &req).await?;
+            out.print(&done, describe);
+            Ok(ExitCode::SUCCESS)
+        }
         FlagCommand::Key(FlagKeyCommand::Create { name, env }) => {
             let req = FlagKeyRequest {
                 name,
@@ -146,6 +171,29 @@ pub(super) async fn run(
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn describe(p: &FlagPromotion) -> String {
+    if p.changes.is_empty() {
+        return format!(
+            "{} has {}'s flag states of {} already\n",
+            p.to, p.from, p.app
+        );
+    }
+    let lines: Vec<String> = p
+        .changes
+        .iter()
+        .map(|c| format!("  {}: {} -> {}\n", c.flag, c.before, c.after))
+        .collect();
+    let head = if p.applied {
+        format!("{} now has {}'s flag states of {}:", p.to, p.from, p.app)
+    } else {
+        format!(
+            "flags of {} that differ between {} and {}:",
+            p.app, p.from, p.to
+        )
+    };
+    format!("{head}\n{}", lines.concat())
 }
 
 /// The flag as `env` has it, to learn its type and variants.

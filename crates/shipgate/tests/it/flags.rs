@@ -213,6 +213,61 @@ print(json.dumps(out))
     // Production is another environment: its flags are its own, and the key selects staging.
     let prod = s.json(&["flag", "show", "theme", "--env", "production"]);
     assert_eq!(prod[0]["summary"], "off");
+
+    // Promoting flag state: the difference first, then one change; diff shows flags.
+    let diff = s.cli(&["diff", "web", "staging", "testing"]);
+    assert!(text(&diff).contains("flags.theme"), "{}", text(&diff));
+    let dry = s.ok(&[
+        "flag",
+        "promote",
+        "web",
+        "--from",
+        "staging",
+        "--to",
+        "testing",
+        "--dry-run",
+    ]);
+    assert!(dry.contains("theme: off -> on (dark)"), "{dry}");
+    assert_eq!(
+        s.json(&["flag", "show", "theme", "--env", "testing"])[0]["summary"],
+        "off"
+    );
+    let done = s.cli(&[
+        "flag", "promote", "web", "--from", "staging", "--to", "testing",
+    ]);
+    assert!(
+        text(&done).contains("testing now has staging's flag states of web"),
+        "{}",
+        text(&done)
+    );
+    for flag in ["theme", "new-checkout", "limit", "ratio", "layout"] {
+        let a = s.json(&["flag", "show", flag, "--env", "staging"])[0]["state"].clone();
+        let b = s.json(&["flag", "show", flag, "--env", "testing"])[0]["state"].clone();
+        assert_eq!(a, b, "{flag}");
+    }
+    let again = s.ok(&[
+        "flag", "promote", "web", "--from", "staging", "--to", "testing",
+    ]);
+    assert!(again.contains("already"), "{again}");
+    let audit = s.ok(&["audit", "--env", "testing"]);
+    assert_eq!(
+        audit
+            .matches("flags of web promoted from staging to testing")
+            .count(),
+        1,
+        "{audit}"
+    );
+    // Production requires approvals: a promotion that turns flags on is refused there.
+    let refused = s.refused(&[
+        "flag",
+        "promote",
+        "web",
+        "--from",
+        "staging",
+        "--to",
+        "production",
+    ]);
+    assert!(refused.contains("requires 1 approvals"), "{refused}");
 }
 
 #[test]
