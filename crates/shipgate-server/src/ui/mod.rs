@@ -7,6 +7,7 @@
 //! signs its sessions out at once.
 
 mod chart;
+mod flags;
 mod on_demand;
 mod pages;
 
@@ -208,6 +209,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/apps/{app}/environments/{env}/promote",
             post(pages::promote),
+        )
+        .route(
+            "/apps/{app}/environments/{env}/flags/{key}",
+            post(flags::set),
         )
         .route("/envs/{name}/delete", post(on_demand::delete))
         .route("/audit", get(pages::audit))

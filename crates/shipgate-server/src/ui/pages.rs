@@ -174,7 +174,7 @@ fn release_link(app: &str, version: &str) -> String {
     format!("/apps/{app}/releases/{}", query_escape(version))
 }
 
-fn environment_link(app: &str, env: &str) -> String {
+pub(crate) fn environment_link(app: &str, env: &str) -> String {
     format!("/apps/{app}/environments/{env}")
 }
 
@@ -748,6 +748,10 @@ struct EnvironmentPage {
     pending: Vec<Pending>,
     /// For an environment on hosts: the live instance on each (`web-1: pid 12, healthy`).
     hosts: Vec<String>,
+    /// The app's flags and their state here.
+    flags: Vec<super::flags::FlagRow>,
+    /// Whether the viewer may turn them on and off here.
+    can_flag: bool,
 }
 
 pub(crate) async fn environment(
@@ -878,6 +882,8 @@ pub(crate) async fn environment(
         frozen: c.frozen,
         pending: c.pending,
         hosts,
+        flags: super::flags::rows(&state, &app, &env).await?,
+        can_flag: viewer.caller.allow(Action::Promote, Some(&env)).is_ok(),
     };
     Ok(html(&page))
 }

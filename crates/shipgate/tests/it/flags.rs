@@ -461,3 +461,47 @@ fn a_flag_that_breaks_the_app_under_load_is_reverted_by_the_watch() {
     );
     assert_eq!(s.get(&url).unwrap().status, 200);
 }
+
+#[test]
+fn the_environment_page_shows_flags_and_its_off_button_is_the_kill_switch() {
+    use crate::dashboard::{csrf_of, raw, sign_in};
+    let s = started();
+    s.ok(&["flag", "on", "web", "new-checkout", "--env", "staging"]);
+    let admin = std::fs::read_to_string(s.dir.path().join("data/admin.token")).unwrap();
+    let cookie = sign_in(&s, admin.trim());
+    let auth = [("Cookie", cookie.as_str())];
+    let (status, _, page) = raw(&s, "GET", "/apps/web/environments/staging", &auth, "");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<code>new-checkout</code>") && page.contains("on (on)"),
+        "{page}"
+    );
+    assert!(page.contains("id=\"flag-off-new-checkout\""), "{page}");
+    let form = format!("csrf={}&to=off", csrf_of(&page));
+    let (status, head, _) = raw(
+        &s,
+        "POST",
+        "/apps/web/environments/staging/flags/new-checkout",
+        &auth,
+        &form,
+    );
+    assert_eq!(status, 303, "{head}");
+    assert_eq!(
+        s.json(&["flag", "show", "new-checkout", "--env", "staging"])[0]["summary"],
+        "off"
+    );
+    // A viewer sees the flags and no buttons.
+    let viewer = s.token("look", "viewer", &[]);
+    let cookie = sign_in(&s, &viewer);
+    let (_, _, page) = raw(
+        &s,
+        "GET",
+        "/apps/web/environments/staging",
+        &[("Cookie", cookie.as_str())],
+        "",
+    );
+    assert!(
+        page.contains("<code>new-checkout</code>") && !page.contains("flag-off-"),
+        "{page}"
+    );
+}
