@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod dashboard;
+mod flags;
 mod hosts;
 mod load;
 mod mask;
@@ -31,6 +32,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// OFREP evaluation, single and bulk, with 350 flags, against Unleash Edge (offline).
+    Flags,
     /// A masked PostgreSQL refresh against a plain COPY and pganonymize 0.13.
     Mask {
         /// Rows of the users table.
@@ -128,6 +131,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Hosts { runs } => hosts::run(runs).await,
         BenchCommand::Dashboard { runs } => dashboard::run(runs).await,
         BenchCommand::Mask { rows } => mask::run(rows).await,
+        BenchCommand::Flags => flags::run().await,
         BenchCommand::Sandbox { runs } => sandbox::run(runs).await,
         BenchCommand::Router {
             duration,

@@ -101,14 +101,31 @@ pub async fn run(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
+    run_on(exe, &format!("http://{addr}/"), None, threads, connections, duration).await
+}
+
+/// [`run`] on any URL, with a Lua `script` (`-s`) that sets the method, headers and body.
+pub async fn run_on(
+    exe: &Path,
+    url: &str,
+    script: Option<&Path>,
+    threads: usize,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
     let secs = duration.as_secs().max(1);
     let threads = threads.clamp(1, connections.max(1));
-    let out = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command
         .arg(format!("-t{threads}"))
         .arg(format!("-c{connections}"))
         .arg(format!("-d{secs}s"))
-        .arg("--latency")
-        .arg(format!("http://{addr}/"))
+        .arg("--latency");
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let out = command
+        .arg(url)
         .stdin(std::process::Stdio::null())
         .output()
         .await
