@@ -36,7 +36,9 @@ fn config() -> anyhow::Result<String> {
 }
 
 fn script(dir: &Path, name: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<PathBuf> {
-    let mut lua = format!("wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n");
+    let mut lua = format!(
+        "wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+    );
     for (k, v) in headers {
         lua.push_str(&format!("wrk.headers[\"{k}\"] = \"{v}\"\n"));
     }
@@ -46,8 +48,21 @@ fn script(dir: &Path, name: &str, headers: &[(&str, &str)], body: &str) -> anyho
 }
 
 async fn load(exe: &Path, url: &str, script: Option<&Path>) -> anyhow::Result<Figures> {
-    let f = wrk::run_on(exe, url, script, THREADS, CONNECTIONS, Duration::from_secs(SECONDS)).await?;
-    anyhow::ensure!(f.failed == 0, "{url}: {} of {} requests failed", f.failed, f.requests);
+    let f = wrk::run_on(
+        exe,
+        url,
+        script,
+        THREADS,
+        CONNECTIONS,
+        Duration::from_secs(SECONDS),
+    )
+    .await?;
+    anyhow::ensure!(
+        f.failed == 0,
+        "{url}: {} of {} requests failed",
+        f.failed,
+        f.requests
+    );
     Ok(f)
 }
 
@@ -72,7 +87,11 @@ async fn shipgate(exe: &Path, dir: &Path) -> anyhow::Result<(Figures, Figures)> 
             .json(&serde_json::json!({ "app": "web", "flag": format!("flag-{i:03}"), "env": "production", "state": state }))
             .send()
             .await?;
-        anyhow::ensure!(answer.status().is_success(), "setting flag {i}: {}", answer.text().await?);
+        anyhow::ensure!(
+            answer.status().is_success(),
+            "setting flag {i}: {}",
+            answer.text().await?
+        );
     }
     let key: serde_json::Value = http
         .post(format!("{base}/api/v1/flag-keys"))
@@ -85,7 +104,12 @@ async fn shipgate(exe: &Path, dir: &Path) -> anyhow::Result<(Figures, Figures)> 
     let key = key["key"].as_str().context("no flag key made")?.to_owned();
     let body = r#"{"context":{"targetingKey":"user-42"}}"#;
     let s = script(dir, "shipgate.lua", &[("X-API-Key", &key)], body)?;
-    let single = load(exe, &format!("{base}/ofrep/v1/evaluate/flags/flag-123"), Some(&s)).await?;
+    let single = load(
+        exe,
+        &format!("{base}/ofrep/v1/evaluate/flags/flag-123"),
+        Some(&s),
+    )
+    .await?;
     let bulk = load(exe, &format!("{base}/ofrep/v1/evaluate/flags"), Some(&s)).await?;
     Ok((single, bulk))
 }
@@ -95,9 +119,19 @@ fn unleash_edge() -> anyhow::Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-tools");
     let exe = root.join("bin/unleash-edge");
     if !exe.exists() {
-        eprintln!("installing unleash-edge {UNLEASH_EDGE} into {} (cargo install, once; a long build)", root.display());
+        eprintln!(
+            "installing unleash-edge {UNLEASH_EDGE} into {} (cargo install, once; a long build)",
+            root.display()
+        );
         let status = std::process::Command::new("cargo")
-            .args(["install", "unleash-edge", "--locked", "--version", UNLEASH_EDGE, "--root"])
+            .args([
+                "install",
+                "unleash-edge",
+                "--locked",
+                "--version",
+                UNLEASH_EDGE,
+                "--root",
+            ])
             .arg(&root)
             .status()?;
         anyhow::ensure!(status.success(), "cargo install unleash-edge failed");
@@ -116,11 +150,22 @@ async fn anchor(exe: &Path, dir: &Path) -> anyhow::Result<(Figures, Figures)> {
         })
         .collect();
     let bootstrap = dir.join("features.json");
-    std::fs::write(&bootstrap, serde_json::json!({ "version": 2, "features": features, "segments": [], "query": null }).to_string())?;
+    std::fs::write(
+        &bootstrap,
+        serde_json::json!({ "version": 2, "features": features, "segments": [], "query": null })
+            .to_string(),
+    )?;
     let port = shipgate::demo::free_port(0)?;
     let frontend = "*:development.bench-frontend";
     let mut child = tokio::process::Command::new(&edge)
-        .args(["--port", &port.to_string(), "--interface", "127.0.0.1", "offline", "-b"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--interface",
+            "127.0.0.1",
+            "offline",
+            "-b",
+        ])
         .arg(&bootstrap)
         .args(["-c", "*:development.bench-client", "-f", frontend])
         .stdout(std::process::Stdio::null())
@@ -132,7 +177,12 @@ async fn anchor(exe: &Path, dir: &Path) -> anyhow::Result<(Figures, Figures)> {
     let http = reqwest::Client::builder().no_proxy().build()?;
     let mut ready = false;
     for _ in 0..200 {
-        if http.get(format!("{base}/internal-backstage/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if http
+            .get(format!("{base}/internal-backstage/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             ready = true;
             break;
         }
@@ -142,8 +192,16 @@ async fn anchor(exe: &Path, dir: &Path) -> anyhow::Result<(Figures, Figures)> {
     let body = r#"{"context":{"userId":"user-42"}}"#;
     let s = script(dir, "edge.lua", &[("Authorization", frontend)], body)?;
     let get = dir.join("edge-get.lua");
-    std::fs::write(&get, format!("wrk.headers[\"Authorization\"] = \"{frontend}\"\n"))?;
-    let single = load(exe, &format!("{base}/api/frontend/features/flag-123?userId=user-42"), Some(&get)).await?;
+    std::fs::write(
+        &get,
+        format!("wrk.headers[\"Authorization\"] = \"{frontend}\"\n"),
+    )?;
+    let single = load(
+        exe,
+        &format!("{base}/api/frontend/features/flag-123?userId=user-42"),
+        Some(&get),
+    )
+    .await?;
     let bulk = load(exe, &format!("{base}/api/frontend/all"), Some(&s)).await?;
     let _ = child.kill().await;
     Ok((single, bulk))
@@ -160,16 +218,43 @@ fn row(what: &str, f: &Figures) -> String {
 
 pub async fn run() -> anyhow::Result<ExitCode> {
     let exe = wrk::find().context("wrk is not installed (apt-get install wrk)")?;
-    let dir = tempfile::Builder::new().prefix("shipgate-bench-flags-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("shipgate-bench-flags-")
+        .tempdir()?;
     let (single, bulk) = shipgate(&exe, dir.path()).await?;
-    println!("{} flags, each a sticky 10% rollout; {} with {THREADS} threads and {CONNECTIONS} connections for {SECONDS} s each", FLAGS, wrk::version(&exe));
+    println!(
+        "{} flags, each a sticky 10% rollout; {} with {THREADS} threads and {CONNECTIONS} connections for {SECONDS} s each",
+        FLAGS,
+        wrk::version(&exe)
+    );
     println!("| evaluation | req/s | p50 ms | p99 ms |\n|---|---|---|---|");
-    println!("{}", row("shipgate OFREP single (POST /ofrep/v1/evaluate/flags/flag-123)", &single));
-    println!("{}", row("shipgate OFREP bulk, 350 flags (POST /ofrep/v1/evaluate/flags)", &bulk));
+    println!(
+        "{}",
+        row(
+            "shipgate OFREP single (POST /ofrep/v1/evaluate/flags/flag-123)",
+            &single
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "shipgate OFREP bulk, 350 flags (POST /ofrep/v1/evaluate/flags)",
+            &bulk
+        )
+    );
     match anchor(&exe, dir.path()).await {
         Ok((edge_single, edge_bulk)) => {
-            println!("{}", row("Unleash Edge single (GET /api/frontend/features/flag-123)", &edge_single));
-            println!("{}", row("Unleash Edge all 350 (POST /api/frontend/all)", &edge_bulk));
+            println!(
+                "{}",
+                row(
+                    "Unleash Edge single (GET /api/frontend/features/flag-123)",
+                    &edge_single
+                )
+            );
+            println!(
+                "{}",
+                row("Unleash Edge all 350 (POST /api/frontend/all)", &edge_bulk)
+            );
             println!(
                 "ratio shipgate/Unleash Edge, req/s: single {:.2}, bulk {:.2}",
                 single.per_second() / edge_single.per_second(),

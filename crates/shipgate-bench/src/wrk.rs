@@ -101,7 +101,15 @@ pub async fn run(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
-    run_on(exe, &format!("http://{addr}/"), None, threads, connections, duration).await
+    run_on(
+        exe,
+        &format!("http://{addr}/"),
+        None,
+        threads,
+        connections,
+        duration,
+    )
+    .await
 }
 
 /// [`run`] on any URL, with a Lua `script` (`-s`) that sets the method, headers and body.
