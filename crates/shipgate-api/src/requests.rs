@@ -309,6 +309,7 @@ pub struct SetFlagRequest {
 #[serde(deny_unknown_fields)]
 pub struct FlagKeyRequest {
     /// Its name (1 to 64 letters, digits, `-`, `_`, `.` or `@`).
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
     /// The environment whose flags it evaluates.
     #[schema(value_type = EnvName)]
@@ -317,6 +318,7 @@ pub struct FlagKeyRequest {
 
 /// `GET /api/v1/flags?env=`: one environment's flags (every environment's without it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FlagsQuery {
     /// The environment.
     #[param(value_type = Option<EnvName>)]

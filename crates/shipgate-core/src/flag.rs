@@ -141,7 +141,25 @@ pub struct Weighted {
     /// The variant.
     pub variant: String,
     /// Its weight; shares are weight over the sum of weights.
+    #[serde(deserialize_with = "whole_number")]
     pub weight: u32,
+}
+
+/// A u32 written as a JSON integer or as a float without a fraction (`10.0`), which JSON
+/// Schema counts as an integer too.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+            .map(|f| f as u64)
+    });
+    whole.and_then(|w| u32::try_from(w).ok()).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "a weight is a whole number from 0 to {}, not {n}",
+            u32::MAX
+        ))
+    })
 }
 
 /// An attribute condition: `attribute op value`.
@@ -495,11 +513,16 @@ impl fmt::Display for Rule {
         match &self.variant {
             Some(v) => write!(f, "{v}"),
             None => {
-                let total: u32 = self.split.iter().map(|w| w.weight).sum::<u32>().max(1);
+                let total: u64 = self
+                    .split
+                    .iter()
+                    .map(|w| u64::from(w.weight))
+                    .sum::<u64>()
+                    .max(1);
                 let parts: Vec<String> = self
                     .split
                     .iter()
-                    .map(|w| format!("{}% {}", w.weight * 100 / total, w.variant))
+                    .map(|w| format!("{}% {}", u64::from(w.weight) * 100 / total, w.variant))
                     .collect();
                 write!(f, "{}", parts.join(" / "))
             }
@@ -676,6 +699,13 @@ mod tests {
         assert!(parse_percent("101%").is_err());
         let text = serde_json::to_string(&state).unwrap();
         assert_eq!(serde_json::from_str::<FlagState>(&text).unwrap(), state);
+        let floats = text.replace("10}", "10.0}");
+        assert_eq!(
+            serde_json::from_str::<FlagState>(&floats).unwrap(),
+            state,
+            "{floats}"
+        );
+        assert!(serde_json::from_str::<FlagState>(&text.replace("10}", "10.5}")).is_err());
         assert_eq!(state.to_string(), "rules: 10% on / 90% off");
     }
 

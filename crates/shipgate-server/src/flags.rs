@@ -30,6 +30,10 @@ fn env_name(s: &str) -> ApiResult<EnvName> {
     EnvName::parse(s).map_err(|e| Problem::bad_request(format!("environment: {e}")))
 }
 
+fn app_name(s: &str) -> ApiResult<AppName> {
+    AppName::parse(s).map_err(|e| Problem::bad_request(format!("app: {e}")))
+}
+
 fn views(flags: Flags) -> Vec<FlagView> {
     flags
         .flags
@@ -82,7 +86,7 @@ pub(crate) async fn set(
 ) -> ApiResult<Json<FlagView>> {
     let env = env_name(&req.env)?;
     caller.allow(Action::Promote, Some(&env))?;
-    let app = AppName::parse(&req.app).map_err(|e| Problem::bad_request(format!("app: {e}")))?;
+    let app = app_name(&req.app)?;
     let grant = caller.grant();
     state
         .engine
@@ -107,7 +111,7 @@ pub(crate) async fn promote(
     if !req.dry_run {
         caller.allow(Action::Promote, Some(&to))?;
     }
-    let app = AppName::parse(&req.app).map_err(|e| Problem::bad_request(format!("app: {e}")))?;
+    let app = app_name(&req.app)?;
     let changes = state
         .engine
         .promote_flags(

@@ -552,6 +552,9 @@ pub enum FlagCommand {
         dry_run: bool,
     },
     /// Each declared flag's state in each environment (or in one).
+    #[command(
+        after_help = "Examples:\n  shipgate flag show\n  shipgate flag show new-checkout --env production --output json"
+    )]
     Show {
         /// Only this flag.
         flag: Option<String>,
@@ -579,6 +582,7 @@ pub enum FlagKeyCommand {
     /// Every client key, revoked ones too (admin).
     List,
     /// Revoke a client key: OFREP answers 401 to it from now on (admin).
+    #[command(after_help = "Examples:\n  shipgate flag key revoke web-frontend")]
     Revoke {
         /// Its name.
         name: String,

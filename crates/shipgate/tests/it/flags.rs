@@ -71,6 +71,14 @@ fn sdk_python() -> PathBuf {
     python
 }
 
+/// A new flag client key `name` for `env`.
+fn flag_key(s: &TestServer, name: &str, env: &str) -> String {
+    s.json(&["flag", "key", "create", name, "--env", env])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// `POST path` to the API address with an OFREP key and extra headers: status, headers, body.
 fn ofrep(
     s: &TestServer,
@@ -108,10 +116,7 @@ fn header(head: &str, name: &str) -> Option<String> {
 #[test]
 fn the_openfeature_sdk_evaluates_every_type_a_rule_and_a_rollout_set_at_run_time() {
     let s = started();
-    let key = s.json(&["flag", "key", "create", "web-staging", "--env", "staging"])["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = flag_key(&s, "web-staging", "staging");
     s.ok(&[
         "flag",
         "set",
@@ -273,10 +278,7 @@ print(json.dumps(out))
 #[test]
 fn bulk_answers_304_to_a_matching_etag_sse_sees_the_kill_switch_and_keys_and_roles_hold() {
     let s = started();
-    let key = s.json(&["flag", "key", "create", "k1", "--env", "testing"])["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = flag_key(&s, "k1", "testing");
     let body = r#"{"context":{"targetingKey":"user-9"}}"#;
     let (status, head, first) = ofrep(&s, "/ofrep/v1/evaluate/flags", &key, "", body);
     assert_eq!(status, 200, "{head}{first}");
