@@ -13,6 +13,10 @@ use shipgate_store::{FlagKeyRecord, NewEvent};
 use shipgate_core::config::WatchRule;
 use shipgate_core::gate::{WatchFigures, WatchVerdict, judge};
 
+use std::sync::Arc;
+
+use shipgate_core::Config;
+
 use crate::traffic::Counters;
 use crate::{Engine, EngineError};
 
@@ -34,6 +38,16 @@ struct Change {
     key: String,
     before: FlagState,
     after: FlagState,
+}
+
+/// Each environment's flags as last read, with the config they were read under, and keys
+/// already checked. Any flag change (here or, through the event log, on another server) drops
+/// it; `generation` counts the drops, so a read that began before one is not kept.
+#[derive(Default)]
+pub(crate) struct Cache {
+    generation: u64,
+    envs: std::collections::HashMap<EnvName, (Arc<Config>, Arc<Flags>)>,
+    keys: std::collections::HashMap<String, EnvName>,
 }
 
 /// Every flag of an environment, as evaluated by OFREP.
@@ -95,6 +109,61 @@ impl Engine {
                     .map(|f| (f.key.clone(), (a.name.clone(), f.clone())))
             })
             .collect()
+    }
+
+    /// Every declared flag of `env` with its state there, from the cache when nothing changed
+    /// since it was read.
+    pub async fn cached_flags(&self, env: &EnvName) -> Result<Arc<Flags>, EngineError> {
+        let config = self.config();
+        let generation = {
+            let cache = crate::locked(&self.flag_cache);
+            if let Some((seen, flags)) = cache.envs.get(env)
+                && Arc::ptr_eq(seen, &config)
+            {
+                return Ok(flags.clone());
+            }
+            cache.generation
+        };
+        let flags = Arc::new(self.flags_of(env).await?);
+        let mut cache = crate::locked(&self.flag_cache);
+        if cache.generation == generation {
+            cache.envs.insert(env.clone(), (config, flags.clone()));
+        }
+        Ok(flags)
+    }
+
+    /// Drops what the cache holds, after a change of flags or keys.
+    fn forget_flags(&self) {
+        let mut cache = crate::locked(&self.flag_cache);
+        cache.generation += 1;
+        cache.envs.clear();
+        cache.keys.clear();
+    }
+
+    /// Drops the cache on every flag and key event, this server's or another's.
+    pub(crate) fn forget_flags_on_change(self: &Arc<Self>) {
+        let mut events = self.store.subscribe();
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let changed = match events.recv().await {
+                    Ok(e) => matches!(
+                        e.kind,
+                        EventKind::FlagChanged
+                            | EventKind::FlagKeyCreated
+                            | EventKind::FlagKeyRevoked
+                    ),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                if changed {
+                    engine.forget_flags();
+                }
+            }
+        });
     }
 
     /// Every declared flag of `env` with its state there.
@@ -191,6 +260,7 @@ impl Engine {
                 event,
             )
             .await?;
+        self.forget_flags();
         self.watch_later(
             env_config.verify.watch.clone(),
             Change {
@@ -278,6 +348,7 @@ impl Engine {
         self.store
             .set_flags(to, app, &states, &grant.name, event)
             .await?;
+        self.forget_flags();
         for (key, before, after) in &changes {
             self.watch_later(
                 to_config.verify.watch.clone(),
@@ -370,6 +441,7 @@ impl Engine {
         self.store
             .set_flags(&env, &app, &[(key, before)], WATCH, event)
             .await?;
+        self.forget_flags();
         Ok(())
     }
 
@@ -421,7 +493,9 @@ impl Engine {
             message: format!("flag key {name} revoked"),
             data: serde_json::json!({ "name": name }),
         };
-        Ok(self.store.revoke_flag_key(name, event).await?)
+        let revoked = self.store.revoke_flag_key(name, event).await?;
+        self.forget_flags();
+        Ok(revoked)
     }
 
     /// The environment a flag client key selects: a key made with `flag key create`, or one
@@ -436,11 +510,22 @@ impl Engine {
                 subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), key.as_bytes()).into();
             return Ok(same.then_some(env));
         }
-        Ok(self
-            .store
-            .flag_key_by_hash(&hash_key(key))
-            .await?
-            .map(|r| r.env))
+        let hash = hash_key(key);
+        let generation = {
+            let cache = crate::locked(&self.flag_cache);
+            if let Some(env) = cache.keys.get(&hash) {
+                return Ok(Some(env.clone()));
+            }
+            cache.generation
+        };
+        let env = self.store.flag_key_by_hash(&hash).await?.map(|r| r.env);
+        let mut cache = crate::locked(&self.flag_cache);
+        if let Some(env) = &env
+            && cache.generation == generation
+        {
+            cache.keys.insert(hash, env.clone());
+        }
+        Ok(env)
     }
 
     /// Where instances reach the OFREP server (`SHIPGATE_OFREP_URL`): the API's address, on

@@ -109,6 +109,8 @@ pub struct Engine {
     reaping: tokio::sync::Mutex<()>,
     /// Which on-demand environments are being made here, and their use.
     on_demand_tracking: Mutex<on_demand::Tracking>,
+    /// Each environment's flags as last read, for OFREP; dropped on every flag change.
+    flag_cache: Mutex<flags::Cache>,
 }
 
 /// Binds every environment's router (or updates it where the data plane already has it), and
@@ -190,6 +192,7 @@ impl Engine {
             on_demand_lock: tokio::sync::Mutex::new(()),
             reaping: tokio::sync::Mutex::new(()),
             on_demand_tracking: Mutex::default(),
+            flag_cache: Mutex::default(),
         });
         engine.record_driver_events();
         engine.sample_traffic();
@@ -198,6 +201,7 @@ impl Engine {
         // After reconciling: what runs (and its standbys) is known, so retention spares it.
         engine.collect_garbage_periodically();
         engine.reap_periodically();
+        engine.forget_flags_on_change();
         Ok(engine)
     }
 

@@ -287,7 +287,7 @@ async fn evaluate_one(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    match state.engine.flags_of(&env).await {
+    match state.engine.cached_flags(&env).await {
         Ok(flags) => {
             let (status, body) = answer(&flags, &key, &ctx);
             (status, Json(body)).into_response()
@@ -309,7 +309,7 @@ async fn evaluate_all(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    let flags = match state.engine.flags_of(&env).await {
+    let flags = match state.engine.cached_flags(&env).await {
         Ok(flags) => flags,
         Err(e) => return Problem::from(e).into_response(),
     };
