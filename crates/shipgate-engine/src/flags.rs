@@ -57,6 +57,8 @@ pub struct Flags {
     /// Every declared flag with the app that declares it and its state there (off when
     /// never set).
     pub flags: BTreeMap<String, (AppName, FlagConfig, FlagState)>,
+    /// [`Flags::etag`], worked out once.
+    etag: std::sync::OnceLock<String>,
 }
 
 impl Flags {
@@ -71,7 +73,11 @@ impl Flags {
     }
 
     /// A tag that changes whenever a flag or its declaration does (the bulk answer's ETag).
-    pub fn etag(&self) -> String {
+    pub fn etag(&self) -> &str {
+        self.etag.get_or_init(|| self.work_out_etag())
+    }
+
+    fn work_out_etag(&self) -> String {
         let mut hash = sha2::Sha256::new();
         for (key, (_, config, state)) in &self.flags {
             hash.update(key.as_bytes());
@@ -186,6 +192,7 @@ impl Engine {
         Ok(Flags {
             env: env.clone(),
             flags,
+            etag: std::sync::OnceLock::new(),
         })
     }
 
