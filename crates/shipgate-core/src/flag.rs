@@ -531,9 +531,9 @@ impl fmt::Display for Rule {
 }
 
 /// A state for `flag set`: the given rules in order, then, with a rollout, `percent`% of
-/// targeting keys to `on` and the rest to the default.
+/// targeting keys to `on` and the rest to the flag's default variant.
 pub fn with_rollout(
-    flag: &FlagConfig,
+    default_variant: &str,
     mut rules: Vec<Rule>,
     rollout_to: Option<(u32, &str)>,
 ) -> FlagState {
@@ -541,7 +541,7 @@ pub fn with_rollout(
         rules.push(Rule {
             when: None,
             variant: None,
-            split: rollout(percent, on, &flag.default_variant)
+            split: rollout(percent, on, default_variant)
                 .into_iter()
                 .map(|(variant, weight)| Weighted { variant, weight })
                 .collect(),
@@ -637,7 +637,7 @@ mod tests {
             "age > 29.5 -> on",
             "plan == pro -> on",
         ] {
-            let state = with_rollout(&flag, vec![parse_rule(rule).unwrap()], None);
+            let state = with_rollout(&flag.default_variant, vec![parse_rule(rule).unwrap()], None);
             check(&flag, &state).unwrap();
             let e = evaluate(&flag, &state, &ctx).unwrap();
             assert_eq!(
@@ -652,7 +652,7 @@ mod tests {
             r#"version semver "<2" -> on"#,
             "missing == 1 -> on",
         ] {
-            let state = with_rollout(&flag, vec![parse_rule(rule).unwrap()], None);
+            let state = with_rollout(&flag.default_variant, vec![parse_rule(rule).unwrap()], None);
             let e = evaluate(&flag, &state, &ctx).unwrap();
             assert_eq!(
                 (e.variant.as_str(), e.reason),
@@ -665,7 +665,7 @@ mod tests {
     #[test]
     fn a_rollout_needs_a_targeting_key_and_bad_states_are_refused() {
         let flag = checkout();
-        let state = with_rollout(&flag, vec![], Some((10, "on")));
+        let state = with_rollout(&flag.default_variant, vec![], Some((10, "on")));
         assert_eq!(
             evaluate(&flag, &state, &context("{}")).unwrap_err().code(),
             "TARGETING_KEY_MISSING"

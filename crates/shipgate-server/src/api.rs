@@ -615,20 +615,33 @@ pub(crate) fn live_events(
     caller: Caller,
     named: bool,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<>> {
-    let caller = std::sync::Arc::new(caller);
+    events_as_sse(state, move |e| {
+        if !caller.sees(e.env.as_deref()) {
+            return None;
+        }
+        let event = SseEvent::default().id(e.id.to_string());
+        let event = if named {
+            event.event(e.kind.to_string())
+        } else {
+            event
+        };
+        Some(event.data(serde_json::to_string(e).ok()?))
+    })
+}
+
+/// Each new audit event that `to_sse` makes a server-sent event of, until the server stops.
+pub(crate) fn events_as_sse<F>(
+    state: &AppState,
+    to_sse: F,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<F>>
+where
+    F: Fn(&shipgate_store::Event) -> Option<SseEvent> + Send + Sync + 'static,
+{
+    let to_sse = std::sync::Arc::new(to_sse);
     let events = tokio_stream::wrappers::BroadcastStream::new(state.engine.store().subscribe());
     let stream = events.filter_map(move |e| {
-        let caller = caller.clone();
-        async move {
-            let e = e.ok().filter(|e| caller.sees(e.env.as_deref()))?;
-            let event = SseEvent::default().id(e.id.to_string());
-            let event = if named {
-                event.event(e.kind.to_string())
-            } else {
-                event
-            };
-            Some(Ok(event.data(serde_json::to_string(&e).ok()?)))
-        }
+        let to_sse = to_sse.clone();
+        async move { e.ok().and_then(|e| to_sse(&e)).map(Ok) }
     });
     let mut stopping = state.stopping.clone();
     let stream = stream.take_until(async move {

@@ -8,11 +8,11 @@ use std::convert::Infallible;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use serde_json::{Map, Value, json};
 use shipgate_api::answers::{CreatedFlagKey, FlagChange, FlagPromotion, FlagView};
 use shipgate_api::requests::{FlagKeyRequest, FlagPromoteRequest, FlagsQuery, SetFlagRequest};
@@ -362,27 +362,20 @@ fn sse(
     state: &AppState,
     env: EnvName,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<>> {
-    let events = tokio_stream::wrappers::BroadcastStream::new(state.engine.store().subscribe());
-    let stream = events.filter_map(move |e| {
-        let env = env.clone();
-        async move {
-            let e = e.ok().filter(|e| {
-                e.kind == EventKind::FlagChanged && e.env.as_deref() == Some(env.as_str())
-            })?;
-            let data = json!({
-                "type": "refetchEvaluation",
-                "etag": format!("\"{}\"", e.hash),
-                "lastModified": e.at.as_second(),
-            });
-            Some(Ok(SseEvent::default()
+    crate::api::events_as_sse(state, move |e| {
+        if e.kind != EventKind::FlagChanged || e.env.as_deref() != Some(env.as_str()) {
+            return None;
+        }
+        let data = json!({
+            "type": "refetchEvaluation",
+            "etag": format!("\"{}\"", e.hash),
+            "lastModified": e.at.as_second(),
+        });
+        Some(
+            SseEvent::default()
                 .id(e.id.to_string())
                 .event("message")
-                .data(data.to_string())))
-        }
-    });
-    let mut stopping = state.stopping.clone();
-    let stream = stream.take_until(async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+                .data(data.to_string()),
+        )
+    })
 }

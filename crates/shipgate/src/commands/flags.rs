@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use shipgate_api::answers::{CreatedFlagKey, FlagPromotion, FlagView};
 use shipgate_api::records::FlagKeyRecord;
 use shipgate_api::requests::{FlagKeyRequest, FlagPromoteRequest, SetFlagRequest};
-use shipgate_core::flag::{FlagState, parse_percent, parse_rule};
+use shipgate_core::flag::{FlagState, parse_percent, parse_rule, with_rollout};
 use shipgate_core::{AppName, EnvName};
 
 use crate::cli::{FlagCommand, FlagKeyCommand, Global};
@@ -43,22 +43,14 @@ pub(super) async fn run(
                     "give --rule or --rollout (or use shipgate flag on / flag off), for example: shipgate flag set {app} {flag} --env {env} --rollout 10%"
                 );
             }
-            let mut state = FlagState::Rules { rules };
-            if let Some(percent) = rollout {
-                let declared = declared(&client, &flag, &env).await?;
-                let on = on_variant(&declared, variant.as_deref())?;
-                let FlagState::Rules { rules } = state else {
-                    unreachable!("made as rules above")
-                };
-                let config = shipgate_core::flag::FlagConfig {
-                    key: flag.clone(),
-                    kind: declared.kind,
-                    description: None,
-                    variants: Default::default(),
-                    default_variant: declared.default_variant.clone(),
-                };
-                state = shipgate_core::flag::with_rollout(&config, rules, Some((percent, &on)));
-            }
+            let state = match rollout {
+                Some(percent) => {
+                    let declared = declared(&client, &flag, &env).await?;
+                    let on = on_variant(&declared, variant.as_deref())?;
+                    with_rollout(&declared.default_variant, rules, Some((percent, &on)))
+                }
+                None => FlagState::Rules { rules },
+            };
             set(&client, &out, app, flag, env, state).await
         }
         FlagCommand::On {
