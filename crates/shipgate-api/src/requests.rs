@@ -6,6 +6,13 @@ use serde::{Deserialize, Serialize};
 use shipgate_core::{AppName, EnvName, ReleaseRef, Role, Verdict, Version};
 use utoipa::{IntoParams, ToSchema};
 
+/// The pattern of text that must not be blank (written out in each `#[schema]`, which takes
+/// only a literal; a test holds them to this one): a character that is not white space in
+/// Unicode's sense, which is what the server's `trim` removes. ECMA-262's `\S` would let
+/// U+0085 (NEL) through, which Rust counts as white space.
+pub const NOT_BLANK: &str =
+    "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+
 /// `POST /api/v1/promotions`: put a release into an environment.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PromoteRequest {
@@ -18,7 +25,9 @@ pub struct PromoteRequest {
     /// Admin only: a reason to lift deploy windows and freezes for this promotion, recorded in
     /// the audit log.
     #[serde(rename = "override", default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "\\S")]
+    #[schema(
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub override_reason: Option<String>,
 }
 
@@ -35,7 +44,9 @@ pub struct DecisionRequest {
     pub verdict: Verdict,
     /// Why, in words (not blank).
     #[serde(default)]
-    #[schema(pattern = "\\S")]
+    #[schema(
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub comment: Option<String>,
 }
 
@@ -98,7 +109,9 @@ pub struct FreezeRequest {
     #[schema(value_type = Option<EnvName>)]
     pub env: Option<String>,
     /// Why, in words (not blank).
-    #[schema(pattern = "\\S")]
+    #[schema(
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub reason: String,
 }
 
@@ -344,4 +357,37 @@ pub struct FlagPromoteRequest {
     /// Only say what would change.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::PartialSchema;
+
+    #[test]
+    fn the_not_blank_pattern_refuses_exactly_what_trim_removes() {
+        let pattern = regex_lite::Regex::new(NOT_BLANK).unwrap();
+        for c in (0..=0x3100).filter_map(char::from_u32) {
+            let text = c.to_string();
+            assert_eq!(
+                pattern.is_match(&text),
+                !text.trim().is_empty(),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+    }
+
+    #[test]
+    fn every_text_that_must_not_be_blank_declares_the_pattern() {
+        for schema in [
+            PromoteRequest::schema(),
+            DecisionRequest::schema(),
+            FreezeRequest::schema(),
+        ] {
+            let json = serde_json::to_string(&schema).unwrap();
+            let pattern = serde_json::to_string(NOT_BLANK).unwrap();
+            assert!(json.contains(&pattern), "{json}");
+        }
+    }
 }
