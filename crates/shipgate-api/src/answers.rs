@@ -7,7 +7,7 @@ use shipgate_core::{AppName, EnvName};
 use utoipa::ToSchema;
 
 use crate::data::ColumnLeaks;
-use crate::records::{Promotion, Release, TokenRecord};
+use crate::records::{FlagChange, FlagChangeRecord, Promotion, Release, TokenRecord};
 
 /// `POST /api/v1/apps/{app}/releases`: 201 when registered now, 200 when it already was.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -226,17 +226,6 @@ pub struct CreatedFlagKey {
     pub record: crate::records::FlagKeyRecord,
 }
 
-/// One flag whose state a flag promotion changes.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct FlagChange {
-    /// The flag's key.
-    pub flag: String,
-    /// Its state in the target before.
-    pub before: shipgate_core::flag::FlagState,
-    /// Its state there after (the source's).
-    pub after: shipgate_core::flag::FlagState,
-}
-
 /// `POST /api/v1/flags/promote`: what changed (or would, with `dry_run`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FlagPromotion {
@@ -248,6 +237,10 @@ pub struct FlagPromotion {
     pub to: EnvName,
     /// Each flag that differs; empty when the target has the source's states already.
     pub changes: Vec<FlagChange>,
-    /// Whether the changes were applied (false for a dry run or when nothing differs).
+    /// Whether the changes were applied (false for a dry run, when nothing differs, and when
+    /// they wait for approvals).
     pub applied: bool,
+    /// The change waiting for approvals, when the target requires them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<FlagChangeRecord>,
 }

@@ -257,3 +257,78 @@ pub struct FlagKeyRecord {
     #[schema(value_type = Option<String>)]
     pub revoked_at: Option<Timestamp>,
 }
+
+/// One flag whose state a change sets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct FlagChange {
+    /// The flag's key.
+    pub flag: String,
+    /// Its state in the environment before.
+    pub before: shipgate_core::flag::FlagState,
+    /// Its state there after.
+    pub after: shipgate_core::flag::FlagState,
+}
+
+/// Where a flag change that waits for approvals stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagChangeStatus {
+    /// Waiting for approvals.
+    Pending,
+    /// Approved and applied.
+    Applied,
+    /// Rejected by an approver.
+    Rejected,
+    /// Overtaken by a kill switch (`flag off`) of one of its flags before it was approved.
+    Superseded,
+}
+
+impl FlagChangeStatus {
+    /// As stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    /// The status stored as `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Applied,
+            Self::Rejected,
+            Self::Superseded,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// A change of flag states asked for in an environment that requires approvals: it is applied,
+/// as one change, once enough approvers said yes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct FlagChangeRecord {
+    /// Its number (`shipgate flag approve ID`).
+    pub id: i64,
+    /// The environment.
+    pub env: EnvName,
+    /// The app whose flags change.
+    pub app: AppName,
+    /// Each flag it sets; `before` is the state when it was asked for.
+    pub changes: Vec<FlagChange>,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// When.
+    #[schema(value_type = String)]
+    pub requested_at: Timestamp,
+    /// The approvals and rejections so far, oldest first.
+    pub decisions: Vec<shipgate_core::gate::Decision>,
+    /// Where it stands.
+    pub status: FlagChangeStatus,
+    /// When it stopped pending (applied, rejected or superseded).
+    #[schema(value_type = Option<String>)]
+    pub closed_at: Option<Timestamp>,
+}

@@ -359,6 +359,32 @@ pub struct FlagPromoteRequest {
     pub dry_run: bool,
 }
 
+/// `GET /api/v1/flag-changes?env=&all=`: flag changes waiting for approvals.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FlagChangesQuery {
+    /// Only this environment's.
+    #[param(value_type = Option<EnvName>)]
+    pub env: Option<String>,
+    /// Decided ones too (applied, rejected, superseded), not only those waiting.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `POST /api/v1/flag-changes/{id}/decisions`: approve or reject a waiting flag change.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlagDecisionRequest {
+    /// Approve or reject; a rejection needs a comment.
+    pub verdict: Verdict,
+    /// Why, in words (not blank).
+    #[serde(default)]
+    #[schema(
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
+    pub comment: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +410,7 @@ mod tests {
             PromoteRequest::schema(),
             DecisionRequest::schema(),
             FreezeRequest::schema(),
+            FlagDecisionRequest::schema(),
         ] {
             let json = serde_json::to_string(&schema).unwrap();
             let pattern = serde_json::to_string(NOT_BLANK).unwrap();

@@ -86,7 +86,7 @@ impl Action {
             Self::RegisterRelease => "register releases",
             Self::Promote => "promote",
             Self::Rollback => "roll back",
-            Self::Approve => "approve or reject promotions",
+            Self::Approve => "approve or reject promotions and flag changes",
             Self::Freeze => "freeze or unfreeze environments",
             Self::Override => "override deploy windows and freezes",
             Self::ManageTokens => "manage tokens",

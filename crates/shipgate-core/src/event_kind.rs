@@ -78,6 +78,13 @@ pub enum EventKind {
     EnvironmentDeleted,
     /// A feature flag's state in an environment changed (`flag.changed`).
     FlagChanged,
+    /// A flag change was asked for where approvals are required, and waits
+    /// (`flag.change_requested`).
+    FlagChangeRequested,
+    /// A waiting flag change was approved by one approver (`flag.change_approved`).
+    FlagChangeApproved,
+    /// A waiting flag change was rejected (`flag.change_rejected`).
+    FlagChangeRejected,
     /// A flag client key was made for an environment (`flag_key.created`).
     FlagKeyCreated,
     /// A flag client key was revoked (`flag_key.revoked`).
@@ -85,7 +92,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 34] = [
+    const NAMED: [(EventKind, &'static str); 37] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -118,6 +125,9 @@ impl EventKind {
         (Self::EnvironmentExtended, "environment.extended"),
         (Self::EnvironmentDeleted, "environment.deleted"),
         (Self::FlagChanged, "flag.changed"),
+        (Self::FlagChangeRequested, "flag.change_requested"),
+        (Self::FlagChangeApproved, "flag.change_approved"),
+        (Self::FlagChangeRejected, "flag.change_rejected"),
         (Self::FlagKeyCreated, "flag_key.created"),
         (Self::FlagKeyRevoked, "flag_key.revoked"),
     ];
@@ -156,7 +166,10 @@ impl EventKind {
             Self::HostAdded | Self::HostJoined | Self::HostRemoved => "host",
             Self::DataRefreshed | Self::DataRefreshFailed => "data",
             Self::ServerLeading => "server",
-            Self::FlagChanged => "flag",
+            Self::FlagChanged
+            | Self::FlagChangeRequested
+            | Self::FlagChangeApproved
+            | Self::FlagChangeRejected => "flag",
             Self::FlagKeyCreated | Self::FlagKeyRevoked => "flag_key",
         }
     }

@@ -311,17 +311,21 @@ pub fn counted_approvers(rule: &ApprovalRule, decisions: &[Decision]) -> Vec<Str
 pub enum DecisionRefusal {
     /// Nobody may approve what they asked for.
     #[error(
-        "{actor} asked for this promotion, so {actor} may not approve it; another approver must (requester and approver are always different people)"
+        "{actor} asked for this {subject}, so {actor} may not approve it; another approver must (requester and approver are always different people)"
     )]
     OwnPromotion {
         /// The requester.
         actor: String,
+        /// What they asked for (`promotion`, `flag change`).
+        subject: &'static str,
     },
     /// One person counts once.
-    #[error("{actor} has already decided on this promotion ({verdict}); each person decides once")]
+    #[error("{actor} has already decided on this {subject} ({verdict}); each person decides once")]
     AlreadyDecided {
         /// Who.
         actor: String,
+        /// What was decided on (`promotion`, `flag change`).
+        subject: &'static str,
         /// What they said.
         verdict: &'static str,
     },
@@ -347,6 +351,8 @@ pub enum DecisionRefusal {
 /// A person's approval or rejection, before it is recorded.
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionAsk<'a> {
+    /// What is decided on, in words: `promotion`, `flag change`.
+    pub subject: &'static str,
     /// Before the deploy or on a held watch.
     pub stage: Stage,
     /// Who asked for the promotion.
@@ -368,6 +374,7 @@ pub fn check_decision(
     earlier: &[Decision],
 ) -> Result<(), DecisionRefusal> {
     let DecisionAsk {
+        subject,
         stage,
         requested_by,
         grant,
@@ -380,11 +387,13 @@ pub fn check_decision(
     if verdict == Verdict::Approve && grant.name == requested_by {
         return Err(DecisionRefusal::OwnPromotion {
             actor: grant.name.clone(),
+            subject,
         });
     }
     if let Some(d) = earlier.iter().find(|d| d.actor == grant.name) {
         return Err(DecisionRefusal::AlreadyDecided {
             actor: grant.name.clone(),
+            subject,
             verdict: d.verdict.past(),
         });
     }
@@ -660,6 +669,7 @@ mod tests {
             comment: Option<&'a str>,
         ) -> DecisionAsk<'a> {
             DecisionAsk {
+                subject: "promotion",
                 stage: Stage::Entry,
                 requested_by: "carol",
                 grant,
@@ -674,7 +684,8 @@ mod tests {
         assert_eq!(
             check(&carol, Verdict::Approve, None, &[]),
             Err(DecisionRefusal::OwnPromotion {
-                actor: "carol".into()
+                actor: "carol".into(),
+                subject: "promotion",
             })
         );
         let alice = grant("alice", Role::Approver);

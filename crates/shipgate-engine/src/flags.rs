@@ -6,9 +6,13 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use sha2::Digest as _;
+use shipgate_core::Verdict;
 use shipgate_core::flag::{self, EvalError, Evaluation, FlagConfig, FlagState};
+use shipgate_core::gate::{Decision, DecisionAsk, Stage, check_decision, counted_approvers};
 use shipgate_core::{AppName, EnvName, EventKind, Grant};
-use shipgate_store::{FlagKeyRecord, NewEvent};
+use shipgate_store::{
+    FlagChange, FlagChangeRecord, FlagChangeStatus, FlagDecision, FlagKeyRecord, NewEvent,
+};
 
 use shipgate_core::config::WatchRule;
 use shipgate_core::gate::{WatchFigures, WatchVerdict, judge};
@@ -88,6 +92,24 @@ impl Flags {
         }
         format!("\"{}\"", &hex::encode(hash.finalize())[..32])
     }
+}
+
+/// What a flag change came to.
+#[derive(Debug, Clone)]
+pub enum FlagOutcome {
+    /// It is in force (or, for a dry run, nothing was asked).
+    Applied,
+    /// It waits for approvals.
+    Waiting(FlagChangeRecord),
+}
+
+/// `key: before -> after; ...`.
+fn describe(changes: &[FlagChange]) -> String {
+    changes
+        .iter()
+        .map(|c| format!("{}: {} -> {}", c.flag, c.before, c.after))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The hex sha256 under which a flag key is stored.
@@ -196,22 +218,21 @@ impl Engine {
         })
     }
 
-    /// Sets `flag` of `app` in `env` to `state`, as `grant` (the caller checked that it may change `env`), with a
-    /// `flag.changed` event. Turning a flag off never waits; any other change in an
-    /// environment that requires approvals is refused, since flag changes cannot wait for
-    /// approvals yet.
+    /// Sets `flag` of `app` in `env` to `state`, as `grant` (the caller checked that it may
+    /// change `env`), with a `flag.changed` event; see [`Engine::change_flags`] for what
+    /// waits.
     pub async fn set_flag(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         grant: &Grant,
         env: &EnvName,
         app: &AppName,
         key: &str,
         state: FlagState,
-    ) -> Result<FlagState, EngineError> {
+    ) -> Result<FlagOutcome, EngineError> {
         let config = self.config();
-        let Some(env_config) = config.environment(env) else {
+        if config.environment(env).is_none() {
             return Err(EngineError::UnknownEnvironment(env.to_string()));
-        };
+        }
         let Some(app_config) = config.app(app) else {
             return Err(EngineError::UnknownApp(app.to_string()));
         };
@@ -234,73 +255,47 @@ impl Engine {
             )));
         };
         flag::check(declared, &state).map_err(EngineError::Flag)?;
-        if state != FlagState::Off
-            && let Some(rule) = &env_config.require.approvals
-        {
-            return Err(EngineError::Flag(format!(
-                "{env} requires {} approvals, and flag changes cannot wait for approvals yet, so only `shipgate flag off` (which never waits) changes flags there",
-                rule.count
-            )));
-        }
-        let before = self
-            .flags_of(env)
-            .await?
-            .flags
-            .remove(key)
-            .map(|(_, _, s)| s)
-            .unwrap_or_default();
-        let event = NewEvent {
-            actor: grant.name.clone(),
-            kind: EventKind::FlagChanged,
-            app: Some(app.to_string()),
-            env: Some(env.to_string()),
-            promotion_id: None,
-            message: format!("flag {app}/{key} in {env}: {before} -> {state}"),
-            data: serde_json::json!({ "flag": key, "from": before, "to": state }),
+        let before = self.flag_state(env, key).await?;
+        let message = format!("flag {app}/{key} in {env}: {before} -> {state}");
+        let change = FlagChange {
+            flag: key.to_owned(),
+            before,
+            after: state,
         };
-        self.store
-            .set_flags(
-                env,
-                app,
-                &[(key.to_owned(), state.clone())],
-                &grant.name,
-                event,
-            )
-            .await?;
-        self.forget_flags();
-        self.watch_later(
-            env_config.verify.watch.clone(),
-            Change {
-                env: env.clone(),
-                app: app.clone(),
-                key: key.to_owned(),
-                before,
-                after: state.clone(),
-            },
-        );
-        Ok(state)
+        self.change_flags(grant, env, app, vec![change], message)
+            .await
+    }
+
+    /// The state of flag `key` in `env` (off when never set).
+    async fn flag_state(&self, env: &EnvName, key: &str) -> Result<FlagState, EngineError> {
+        Ok(self
+            .store
+            .flags(Some(env))
+            .await?
+            .into_iter()
+            .find(|r| r.flag == key)
+            .map(|r| r.state)
+            .unwrap_or_default())
     }
 
     /// Gives `to` the states of `app`'s flags (or of `only`) that `from` has, as one change
-    /// with one event; each change is watched as `flag set` is. Answers what differed.
+    /// with one event; each change is watched as `flag set` is. Answers what differed, and
+    /// the change waiting for approvals when `to` requires them.
     pub async fn promote_flags(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         grant: &Grant,
         app: &AppName,
         from: &EnvName,
         to: &EnvName,
         only: Option<&str>,
         dry_run: bool,
-    ) -> Result<Vec<(String, FlagState, FlagState)>, EngineError> {
+    ) -> Result<(Vec<FlagChange>, FlagOutcome), EngineError> {
         let config = self.config();
         for env in [from, to] {
             if config.environment(env).is_none() {
                 return Err(EngineError::UnknownEnvironment(env.to_string()));
             }
         }
-        let Some(to_config) = config.environment(to) else {
-            return Err(EngineError::UnknownEnvironment(to.to_string()));
-        };
         if let Some(key) = only
             && !config.app(app).is_some_and(|a| a.flags.contains_key(key))
         {
@@ -310,70 +305,277 @@ impl Engine {
         }
         let source = self.flags_of(from).await?.flags;
         let mut target = self.flags_of(to).await?.flags;
-        let changes: Vec<(String, FlagState, FlagState)> = source
+        let changes: Vec<FlagChange> = source
             .into_iter()
             .filter(|(key, (owner, _, _))| owner == app && only.is_none_or(|k| k == key))
-            .filter_map(|(key, (_, _, after))| {
-                let before = target.remove(&key).map(|(_, _, s)| s).unwrap_or_default();
-                (before != after).then_some((key, before, after))
+            .filter_map(|(flag, (_, _, after))| {
+                let before = target.remove(&flag).map(|(_, _, s)| s).unwrap_or_default();
+                (before != after).then_some(FlagChange {
+                    flag,
+                    before,
+                    after,
+                })
             })
             .collect();
         if dry_run || changes.is_empty() {
-            return Ok(changes);
+            return Ok((changes, FlagOutcome::Applied));
         }
-        if let Some(rule) = &to_config.require.approvals
-            && changes.iter().any(|(_, _, after)| *after != FlagState::Off)
-        {
-            return Err(EngineError::Flag(format!(
-                "{to} requires {} approvals, and flag changes cannot wait for approvals yet, so only `shipgate flag off` (which never waits) changes flags there",
-                rule.count
-            )));
-        }
-        let described: Vec<String> = changes
-            .iter()
-            .map(|(key, before, after)| format!("{key}: {before} -> {after}"))
-            .collect();
-        let event = NewEvent {
+        let message = format!(
+            "flags of {app} promoted from {from} to {to}: {}",
+            describe(&changes)
+        );
+        let outcome = self
+            .change_flags(grant, to, app, changes.clone(), message)
+            .await?;
+        Ok((changes, outcome))
+    }
+
+    /// Applies `changes` of `app`'s flags in `env` as one change with one event, and watches
+    /// each under `verify.watch`. Where `env` requires approvals, a change that turns
+    /// anything on is recorded as waiting instead (`flag approve` applies it); turning flags
+    /// off never waits, and overtakes the waiting changes of those flags.
+    async fn change_flags(
+        self: &Arc<Self>,
+        grant: &Grant,
+        env: &EnvName,
+        app: &AppName,
+        changes: Vec<FlagChange>,
+        message: String,
+    ) -> Result<FlagOutcome, EngineError> {
+        let config = self.config();
+        let Some(env_config) = config.environment(env) else {
+            return Err(EngineError::UnknownEnvironment(env.to_string()));
+        };
+        let data = serde_json::json!({ "changes": changes });
+        let event = |kind, message| NewEvent {
             actor: grant.name.clone(),
-            kind: EventKind::FlagChanged,
+            kind,
             app: Some(app.to_string()),
-            env: Some(to.to_string()),
+            env: Some(env.to_string()),
             promotion_id: None,
-            message: format!(
-                "flags of {app} promoted from {from} to {to}: {}",
-                described.join("; ")
-            ),
-            data: serde_json::json!({
-                "from_env": from.as_str(),
-                "changes": changes.iter().map(|(k, b, a)| serde_json::json!({ "flag": k, "from": b, "to": a })).collect::<Vec<_>>(),
-            }),
+            message,
+            data: data.clone(),
+        };
+        if let Some(rule) = &env_config.require.approvals
+            && changes.iter().any(|c| c.after != FlagState::Off)
+        {
+            let waits = format!(
+                "{message}; waits for {} approval{} (shipgate flag approve)",
+                rule.count,
+                if rule.count == 1 { "" } else { "s" }
+            );
+            let record = self
+                .store
+                .request_flag_change(
+                    env,
+                    app,
+                    &changes,
+                    event(EventKind::FlagChangeRequested, waits),
+                )
+                .await?;
+            return Ok(FlagOutcome::Waiting(record));
+        }
+        let turned_off: Vec<&str> = changes
+            .iter()
+            .filter(|c| c.after == FlagState::Off)
+            .map(|c| c.flag.as_str())
+            .collect();
+        let supersede: Vec<i64> = if turned_off.is_empty() {
+            Vec::new()
+        } else {
+            self.store
+                .flag_changes(Some(env), true)
+                .await?
+                .into_iter()
+                .filter(|r| {
+                    r.app == *app
+                        && r.changes
+                            .iter()
+                            .any(|c| turned_off.contains(&c.flag.as_str()))
+                })
+                .map(|r| r.id)
+                .collect()
+        };
+        let message = if supersede.is_empty() {
+            message
+        } else {
+            let ids: Vec<String> = supersede.iter().map(|id| format!("#{id}")).collect();
+            format!("{message}; overtakes the waiting change {}", ids.join(", "))
         };
         let states: Vec<(String, FlagState)> = changes
             .iter()
-            .map(|(k, _, a)| (k.clone(), a.clone()))
+            .map(|c| (c.flag.clone(), c.after.clone()))
             .collect();
         self.store
-            .set_flags(to, app, &states, &grant.name, event)
+            .set_flags(
+                env,
+                app,
+                &states,
+                &grant.name,
+                &supersede,
+                event(EventKind::FlagChanged, message),
+            )
             .await?;
         self.forget_flags();
-        for (key, before, after) in &changes {
+        self.watch_changes(env_config.verify.watch.clone(), env, app, changes);
+        Ok(FlagOutcome::Applied)
+    }
+
+    /// Approves or rejects the waiting flag change `id`, under the same rules as a promotion's
+    /// approvals (never the requester, each person once, the rule's role); the approval that
+    /// completes the count applies it, and the applied change is watched.
+    pub async fn decide_flag_change(
+        self: &Arc<Self>,
+        grant: &Grant,
+        id: i64,
+        verdict: Verdict,
+        comment: Option<&str>,
+    ) -> Result<FlagChangeRecord, EngineError> {
+        let Some(record) = self.store.flag_change(id).await? else {
+            return Err(EngineError::UnknownFlag(format!(
+                "there is no flag change #{id} (shipgate flag changes --all lists them)"
+            )));
+        };
+        if record.status != FlagChangeStatus::Pending {
+            return Err(EngineError::Flag(format!(
+                "flag change #{id} is {} already; there is nothing left to decide",
+                record.status.as_str()
+            )));
+        }
+        let config = self.config();
+        let Some(env_config) = config.environment(&record.env) else {
+            return Err(EngineError::UnknownEnvironment(record.env.to_string()));
+        };
+        let rule = env_config.require.approvals.clone();
+        let ask = DecisionAsk {
+            subject: "flag change",
+            stage: Stage::Entry,
+            requested_by: &record.requested_by,
+            grant,
+            verdict,
+            comment,
+        };
+        check_decision(rule.as_ref(), &record.env, &ask, &record.decisions)?;
+        let decision = Decision {
+            actor: grant.name.clone(),
+            role: grant.role,
+            verdict,
+            comment: comment.map(str::to_owned),
+            at: self.clock.now(),
+        };
+        let mut all = record.decisions.clone();
+        all.push(decision.clone());
+        let approvers = rule
+            .as_ref()
+            .map_or(1, |r| counted_approvers(r, &all).len());
+        let needed = rule.as_ref().map_or(1, |r| r.count as usize);
+        let close = match verdict {
+            Verdict::Reject => Some(FlagChangeStatus::Rejected),
+            Verdict::Approve => (approvers >= needed).then_some(FlagChangeStatus::Applied),
+        };
+        let (app, env) = (&record.app, &record.env);
+        if close == Some(FlagChangeStatus::Applied) {
+            let declared = config.app(app).map(|a| &a.flags);
+            for c in &record.changes {
+                let Some(flag_config) = declared.and_then(|d| d.get(&c.flag)) else {
+                    return Err(EngineError::Flag(format!(
+                        "flag change #{id} sets {app}/{}, which the config no longer declares; reject it",
+                        c.flag
+                    )));
+                };
+                flag::check(flag_config, &c.after).map_err(|e| {
+                    EngineError::Flag(format!(
+                        "flag change #{id} no longer fits the config ({e}); reject it"
+                    ))
+                })?;
+            }
+        }
+        let said = comment.map(|c| format!(": {c}")).unwrap_or_default();
+        let mut events = vec![NewEvent {
+            actor: grant.name.clone(),
+            kind: match verdict {
+                Verdict::Approve => EventKind::FlagChangeApproved,
+                Verdict::Reject => EventKind::FlagChangeRejected,
+            },
+            app: Some(app.to_string()),
+            env: Some(env.to_string()),
+            promotion_id: None,
+            message: format!(
+                "flag change #{id} of {app} in {env} {} by {} ({approvers} of {needed} approvals){said}",
+                verdict.past(),
+                grant.name
+            ),
+            data: serde_json::json!({ "change": id, "verdict": verdict }),
+        }];
+        // What the flags are just before the change is applied, for the watch to go back to.
+        let mut applied = record.changes.clone();
+        if close == Some(FlagChangeStatus::Applied) {
+            let now = self.store.flags(Some(env)).await?;
+            for c in &mut applied {
+                c.before = now
+                    .iter()
+                    .find(|r| r.flag == c.flag)
+                    .map(|r| r.state.clone())
+                    .unwrap_or_default();
+            }
+            events.push(NewEvent {
+                actor: grant.name.clone(),
+                kind: EventKind::FlagChanged,
+                app: Some(app.to_string()),
+                env: Some(env.to_string()),
+                promotion_id: None,
+                message: format!(
+                    "flags of {app} in {env} changed as change #{id} asked by {} and approved: {}",
+                    record.requested_by,
+                    describe(&applied)
+                ),
+                data: serde_json::json!({ "change": id, "changes": applied }),
+            });
+        }
+        let decided = self
+            .store
+            .decide_flag_change(
+                FlagDecision {
+                    id,
+                    decided_before: record.decisions.len(),
+                    decision,
+                    close,
+                },
+                events,
+            )
+            .await?;
+        if decided.status == FlagChangeStatus::Applied {
+            self.forget_flags();
+            self.watch_changes(env_config.verify.watch.clone(), env, app, applied);
+        }
+        Ok(decided)
+    }
+
+    /// Watches each of `changes` in the background, as [`Engine::watch_later`].
+    fn watch_changes(
+        self: &Arc<Self>,
+        rule: Option<WatchRule>,
+        env: &EnvName,
+        app: &AppName,
+        changes: Vec<FlagChange>,
+    ) {
+        for c in changes {
             self.watch_later(
-                to_config.verify.watch.clone(),
+                rule.clone(),
                 Change {
-                    env: to.clone(),
+                    env: env.clone(),
                     app: app.clone(),
-                    key: key.clone(),
-                    before: before.clone(),
-                    after: after.clone(),
+                    key: c.flag,
+                    before: c.before,
+                    after: c.after,
                 },
             );
         }
-        Ok(changes)
     }
 
     /// Watches `change` in the background when its environment has `verify.watch` and the
     /// change turns something on.
-    fn watch_later(self: &std::sync::Arc<Self>, rule: Option<WatchRule>, change: Change) {
+    fn watch_later(self: &Arc<Self>, rule: Option<WatchRule>, change: Change) {
         let Some(rule) = rule.filter(|_| change.after != FlagState::Off) else {
             return;
         };
@@ -446,7 +648,7 @@ impl Engine {
             data: serde_json::json!({ "flag": key, "from": after, "to": before, "reverted": why }),
         };
         self.store
-            .set_flags(&env, &app, &[(key, before)], WATCH, event)
+            .set_flags(&env, &app, &[(key, before)], WATCH, &[], event)
             .await?;
         self.forget_flags();
         Ok(())

@@ -307,6 +307,7 @@ impl Engine {
         }
         let earlier = self.store.decisions(promotion.id, stage).await?;
         let ask = DecisionAsk {
+            subject: "promotion",
             stage,
             requested_by: &promotion.requested_by,
             grant,

@@ -83,6 +83,8 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         GET "/flags" => crate::flags::list,
         POST "/flags" => crate::flags::set,
         POST "/flags/promote" => crate::flags::promote,
+        GET "/flag-changes" => crate::flags::list_changes,
+        POST "/flag-changes/{id}/decisions" => crate::flags::decide_change,
         POST "/flag-keys" => crate::flags::create_key,
         GET "/flag-keys" => crate::flags::list_keys,
         DELETE "/flag-keys/{name}" => crate::flags::revoke_key,

@@ -14,11 +14,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde_json::{Map, Value, json};
-use shipgate_api::answers::{CreatedFlagKey, FlagChange, FlagPromotion, FlagView};
-use shipgate_api::requests::{FlagKeyRequest, FlagPromoteRequest, FlagsQuery, SetFlagRequest};
+use shipgate_api::answers::{CreatedFlagKey, FlagPromotion, FlagView};
+use shipgate_api::records::FlagChangeRecord;
+use shipgate_api::requests::{
+    FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery,
+    SetFlagRequest,
+};
 use shipgate_core::{Action, AppName, EnvName, EventKind};
 
-use shipgate_engine::flags::Flags;
+use shipgate_engine::flags::{FlagOutcome, Flags};
 
 use crate::AppState;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
@@ -78,25 +82,40 @@ pub(crate) async fn list(
     Ok(Json(all))
 }
 
-/// `POST /api/v1/flags`: set one flag's state in one environment (deployer of it, or admin).
+/// `POST /api/v1/flags`: set one flag's state in one environment (deployer of it, or admin):
+/// 200 with the flag as it is now, or 202 with the change when it waits for approvals.
 pub(crate) async fn set(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<SetFlagRequest>,
-) -> ApiResult<Json<FlagView>> {
+) -> ApiResult<Response> {
     let env = env_name(&req.env)?;
     caller.allow(Action::Promote, Some(&env))?;
     let app = app_name(&req.app)?;
-    let grant = caller.grant();
-    state
+    let outcome = state
         .engine
-        .set_flag(grant, &env, &app, &req.flag, req.state)
+        .set_flag(caller.grant(), &env, &app, &req.flag, req.state)
         .await?;
+    if let FlagOutcome::Waiting(change) = outcome {
+        return Ok((
+            StatusCode::ACCEPTED,
+            [change_location(&change)],
+            Json(change),
+        )
+            .into_response());
+    }
     let view = views(state.engine.flags_of(&env).await?)
         .into_iter()
         .find(|v| v.flag == req.flag)
         .ok_or_else(|| Problem::bad_request("the flag is no longer declared"))?;
-    Ok(Json(view))
+    Ok(Json(view).into_response())
+}
+
+fn change_location(change: &FlagChangeRecord) -> (header::HeaderName, String) {
+    (
+        header::LOCATION,
+        format!("/api/v1/flag-changes/{}", change.id),
+    )
 }
 
 /// `POST /api/v1/flags/promote`: give one environment another's flag states of an app, as one
@@ -112,7 +131,7 @@ pub(crate) async fn promote(
         caller.allow(Action::Promote, Some(&to))?;
     }
     let app = app_name(&req.app)?;
-    let changes = state
+    let (changes, outcome) = state
         .engine
         .promote_flags(
             caller.grant(),
@@ -123,20 +142,73 @@ pub(crate) async fn promote(
             req.dry_run,
         )
         .await?;
+    let waiting = match outcome {
+        FlagOutcome::Waiting(change) => Some(change),
+        FlagOutcome::Applied => None,
+    };
     Ok(Json(FlagPromotion {
-        applied: !req.dry_run && !changes.is_empty(),
+        applied: !req.dry_run && !changes.is_empty() && waiting.is_none(),
         app,
         from,
         to,
-        changes: changes
-            .into_iter()
-            .map(|(flag, before, after)| FlagChange {
-                flag,
-                before,
-                after,
-            })
-            .collect(),
+        changes,
+        waiting,
     }))
+}
+
+/// `GET /api/v1/flag-changes`: the flag changes waiting for approvals (every one with `all`)
+/// in the environments the token sees.
+pub(crate) async fn list_changes(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<FlagChangesQuery>,
+) -> ApiResult<Json<Vec<FlagChangeRecord>>> {
+    caller.allow(Action::Read, None)?;
+    let env = q.env.as_deref().map(env_name).transpose()?;
+    if let Some(env) = &env {
+        caller.allow(Action::Read, Some(env))?;
+    }
+    let changes = state
+        .engine
+        .store()
+        .flag_changes(env.as_ref(), !q.all)
+        .await
+        .map_err(shipgate_engine::EngineError::from)?;
+    Ok(Json(
+        changes
+            .into_iter()
+            .filter(|c| caller.sees(Some(c.env.as_str())))
+            .collect(),
+    ))
+}
+
+/// `POST /api/v1/flag-changes/{id}/decisions`: approve or reject a waiting flag change
+/// (approver of its environment, or admin); the approval that completes the count applies it.
+pub(crate) async fn decide_change(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<FlagDecisionRequest>,
+) -> ApiResult<Json<FlagChangeRecord>> {
+    let env = state
+        .engine
+        .store()
+        .flag_change(id)
+        .await
+        .map_err(shipgate_engine::EngineError::from)?
+        .map(|c| c.env);
+    caller.allow(Action::Approve, env.as_ref())?;
+    let comment = req
+        .comment
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    Ok(Json(
+        state
+            .engine
+            .decide_flag_change(caller.grant(), id, req.verdict, comment)
+            .await?,
+    ))
 }
 
 /// `POST /api/v1/flag-keys`: make a client key for one environment (admin).

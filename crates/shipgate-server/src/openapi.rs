@@ -10,13 +10,14 @@ use shipgate_api::answers::{
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
 use shipgate_api::records::{
-    AuditReport, Event, FlagKeyRecord, HostRecord, Promotion, Release, TokenRecord,
+    AuditReport, Event, FlagChangeRecord, FlagKeyRecord, HostRecord, Promotion, Release,
+    TokenRecord,
 };
 use shipgate_api::requests::{
     AppEnv, AppQuery, DataRefreshRequest, DecisionRequest, DiffQuery, EventsQuery, ExtendRequest,
-    FlagKeyRequest, FlagPromoteRequest, FlagsQuery, FreezeQuery, FreezeRequest, GcRequest,
-    HistoryQuery, HostRequest, JoinRequest, LogsQuery, OnDemandRequest, PromoteRequest,
-    ReleaseQuery, RollbackRequest, SetFlagRequest, TokenRequest,
+    FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery,
+    FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery,
+    OnDemandRequest, PromoteRequest, ReleaseQuery, RollbackRequest, SetFlagRequest, TokenRequest,
 };
 use shipgate_api::status::{AppStatus, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
@@ -78,6 +79,8 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::list_flags,
         declared::set_flag,
         declared::promote_flags,
+        declared::list_flag_changes,
+        declared::decide_flag_change,
         declared::create_flag_key,
         declared::list_flag_keys,
         declared::revoke_flag_key,
@@ -560,10 +563,13 @@ mod declared {
     fn list_flags() {}
 
     /// Set a flag's state in one environment (deployer of it, or admin), with an audit event;
-    /// in an environment that requires approvals only `off` is accepted (422 otherwise).
+    /// in an environment that requires approvals, a change that turns anything on waits for
+    /// them (202); `off` never waits.
     #[utoipa::path(post, path = "/api/v1/flags", operation_id = "setFlag", request_body = SetFlagRequest,
         responses(
             (status = 200, description = "set", body = FlagView),
+            (status = 202, description = "waiting for approvals", body = FlagChangeRecord,
+                headers(("Location" = String, description = "the change's path"))),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn set_flag() {}
 
@@ -575,6 +581,24 @@ mod declared {
             (status = 200, description = "what differed, and whether it was applied", body = FlagPromotion),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn promote_flags() {}
+
+    /// The flag changes waiting for approvals (every one with `all`) in the environments the
+    /// token sees, oldest first.
+    #[utoipa::path(get, path = "/api/v1/flag-changes", operation_id = "listFlagChanges", params(FlagChangesQuery),
+        responses(
+            (status = 200, description = "flag changes", body = Vec<FlagChangeRecord>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_flag_changes() {}
+
+    /// Approve or reject a waiting flag change (approver of its environment, or admin; never
+    /// the requester); the approval that completes the count applies it.
+    #[utoipa::path(post, path = "/api/v1/flag-changes/{id}/decisions", operation_id = "decideFlagChange",
+        request_body = FlagDecisionRequest,
+        params(("id" = i64, Path, description = "the change's number")),
+        responses(
+            (status = 200, description = "the change after the decision", body = FlagChangeRecord),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn decide_flag_change() {}
 
     /// Make an OFREP client key for one environment (admin); the key is in this answer only.
     #[utoipa::path(post, path = "/api/v1/flag-keys", operation_id = "createFlagKey", request_body = FlagKeyRequest,

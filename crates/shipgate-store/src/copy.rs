@@ -215,6 +215,21 @@ const TABLES: &[(&str, &str, &[Column])] = &[
         ],
     ),
     (
+        "flag_changes",
+        "id",
+        &[
+            ("id", I),
+            ("env", T),
+            ("app", T),
+            ("changes", T),
+            ("requested_by", T),
+            ("requested_at", T),
+            ("decisions", T),
+            ("status", T),
+            ("closed_at", T),
+        ],
+    ),
+    (
         "traffic_samples",
         "app, env, at_ms",
         &[
@@ -237,6 +252,7 @@ const IDENTITIES: &[(&str, &str)] = &[
     ("tokens", "id"),
     ("decisions", "id"),
     ("freezes", "id"),
+    ("flag_changes", "id"),
 ];
 
 /// What a copy did.

@@ -308,8 +308,38 @@ pub trait Store: Send + Sync {
         app: &AppName,
         states: &[(String, shipgate_core::flag::FlagState)],
         actor: &str,
+        supersede: &[i64],
         event: NewEvent,
     ) -> Result<()>;
+
+    /// Records a flag change that waits for approvals, with its event.
+    async fn request_flag_change(
+        &self,
+        env: &EnvName,
+        app: &AppName,
+        changes: &[FlagChange],
+        event: NewEvent,
+    ) -> Result<FlagChangeRecord>;
+
+    /// The flag changes asked for in `env` (every environment's with None), pending ones
+    /// alone with `pending_only`, oldest first.
+    async fn flag_changes(
+        &self,
+        env: Option<&EnvName>,
+        pending_only: bool,
+    ) -> Result<Vec<FlagChangeRecord>>;
+
+    /// One flag change.
+    async fn flag_change(&self, id: i64) -> Result<Option<FlagChangeRecord>>;
+
+    /// Adds a decision to a pending flag change, closing it as told (applying its states when
+    /// it closes as applied), with `events`, in one transaction. Refused (Conflict) when the
+    /// change is no longer pending or got another decision since it was read.
+    async fn decide_flag_change(
+        &self,
+        decide: FlagDecision,
+        events: Vec<NewEvent>,
+    ) -> Result<FlagChangeRecord>;
 
     /// The flag states set in `env` (every environment's with None); unset flags are off.
     async fn flags(&self, env: Option<&EnvName>) -> Result<Vec<FlagRecord>>;

@@ -2,8 +2,8 @@
 //! (`shipgate-api`), re-exported here.
 
 pub use shipgate_api::records::{
-    AuditReport, Event, FlagKeyRecord, FlagRecord, Gate, HostRecord, LiveRelease, OnDemandRecord,
-    Promotion, Release, TokenRecord,
+    AuditReport, Event, FlagChange, FlagChangeRecord, FlagChangeStatus, FlagKeyRecord, FlagRecord,
+    Gate, HostRecord, LiveRelease, OnDemandRecord, Promotion, Release, TokenRecord,
 };
 
 use serde::{Deserialize, Serialize};
@@ -276,4 +276,17 @@ pub struct Lease {
     pub since: jiff::Timestamp,
     /// When it ends unless renewed, by the database's clock.
     pub expires_at: jiff::Timestamp,
+}
+
+/// A decision on a pending flag change, as the engine judged it.
+#[derive(Debug, Clone)]
+pub struct FlagDecision {
+    /// The change.
+    pub id: i64,
+    /// How many decisions it had when the engine read it; another one since refuses this one.
+    pub decided_before: usize,
+    /// The decision to add.
+    pub decision: shipgate_core::gate::Decision,
+    /// The status to close it with (applied, rejected), or None to leave it pending.
+    pub close: Option<FlagChangeStatus>,
 }

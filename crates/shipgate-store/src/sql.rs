@@ -1877,9 +1877,40 @@ impl Store for SqlStore {
         app: &AppName,
         states: &[(String, shipgate_core::flag::FlagState)],
         actor: &str,
+        supersede: &[i64],
         event: NewEvent,
     ) -> Result<()> {
-        SqlStore::set_flags(self, env, app, states, actor, event).await
+        SqlStore::set_flags(self, env, app, states, actor, supersede, event).await
+    }
+
+    async fn request_flag_change(
+        &self,
+        env: &EnvName,
+        app: &AppName,
+        changes: &[FlagChange],
+        event: NewEvent,
+    ) -> Result<FlagChangeRecord> {
+        SqlStore::request_flag_change(self, env, app, changes, event).await
+    }
+
+    async fn flag_changes(
+        &self,
+        env: Option<&EnvName>,
+        pending_only: bool,
+    ) -> Result<Vec<FlagChangeRecord>> {
+        SqlStore::flag_changes(self, env, pending_only).await
+    }
+
+    async fn flag_change(&self, id: i64) -> Result<Option<FlagChangeRecord>> {
+        SqlStore::flag_change(self, id).await
+    }
+
+    async fn decide_flag_change(
+        &self,
+        decide: FlagDecision,
+        events: Vec<NewEvent>,
+    ) -> Result<FlagChangeRecord> {
+        SqlStore::decide_flag_change(self, decide, events).await
     }
 
     async fn flags(&self, env: Option<&EnvName>) -> Result<Vec<FlagRecord>> {

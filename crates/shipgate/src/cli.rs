@@ -562,6 +562,40 @@ pub enum FlagCommand {
         #[arg(long)]
         env: Option<EnvName>,
     },
+    /// Flag changes waiting for approvals (in environments with `require.approvals`), or
+    /// every one with --all.
+    #[command(
+        after_help = "Examples:\n  shipgate flag changes\n  shipgate flag changes --env production --all --output json"
+    )]
+    Changes {
+        /// Only this environment's.
+        #[arg(long)]
+        env: Option<EnvName>,
+        /// Decided ones too (applied, rejected, superseded).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve a waiting flag change (approver of its environment, or admin; never the one
+    /// who asked); the approval that completes the count applies it.
+    #[command(
+        after_help = "Examples:\n  shipgate flag approve 3\n  shipgate flag approve 3 --comment 'checked with support'"
+    )]
+    Approve {
+        /// The change's number (shipgate flag changes).
+        id: i64,
+        /// Why, in words.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a waiting flag change; it is never applied.
+    #[command(after_help = "Examples:\n  shipgate flag reject 3 --comment 'not during the sale'")]
+    Reject {
+        /// The change's number (shipgate flag changes).
+        id: i64,
+        /// Why (required).
+        #[arg(long)]
+        comment: String,
+    },
     /// OFREP client keys: each selects one environment's flags.
     #[command(subcommand)]
     Key(FlagKeyCommand),

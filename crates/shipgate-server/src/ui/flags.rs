@@ -55,6 +55,97 @@ pub(crate) async fn rows(
         .collect())
 }
 
+/// A flag change of the app waiting for approvals in the environment.
+pub(crate) struct ChangeRow {
+    pub id: i64,
+    pub what: String,
+    pub by: String,
+    pub approvals: String,
+    pub action: String,
+}
+
+/// The flag changes of `app` waiting in `env`.
+pub(crate) async fn waiting(
+    state: &AppState,
+    app: &AppName,
+    env: &EnvName,
+) -> Result<Vec<ChangeRow>, PageError> {
+    let needed = state
+        .engine
+        .config()
+        .environment(env)
+        .and_then(|e| e.require.approvals.clone());
+    let changes = state
+        .engine
+        .store()
+        .flag_changes(Some(env), true)
+        .await
+        .map_err(|e| from_problem(shipgate_engine::EngineError::from(e).into()))?;
+    Ok(changes
+        .into_iter()
+        .filter(|c| c.app == *app)
+        .map(|c| ChangeRow {
+            what: c
+                .changes
+                .iter()
+                .map(|f| format!("{}: {} -> {}", f.flag, f.before, f.after))
+                .collect::<Vec<_>>()
+                .join("; "),
+            approvals: match &needed {
+                Some(rule) => format!(
+                    "{} of {}",
+                    shipgate_core::gate::counted_approvers(rule, &c.decisions).len(),
+                    rule.count
+                ),
+                None => "none needed now".to_owned(),
+            },
+            action: format!(
+                "{}/flag-changes/{}",
+                environment_link(app.as_str(), env.as_str()),
+                c.id
+            ),
+            by: c.requested_by,
+            id: c.id,
+        })
+        .collect())
+}
+
+/// The Approve and Reject buttons of a waiting flag change.
+#[derive(Deserialize)]
+pub(crate) struct DecisionForm {
+    csrf: String,
+    verdict: String,
+    comment: Option<String>,
+}
+
+pub(crate) async fn decide(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((app, env, id)): Path<(String, String, i64)>,
+    Form(f): Form<DecisionForm>,
+) -> Page {
+    viewer.check_csrf(&f.csrf)?;
+    let bad = |e: String| error_page(axum::http::StatusCode::BAD_REQUEST, &e);
+    let env = EnvName::parse(&env).map_err(|e| bad(e.to_string()))?;
+    allow(&viewer, Action::Approve, Some(&env))?;
+    let verdict = match f.verdict.as_str() {
+        "approve" => shipgate_core::Verdict::Approve,
+        "reject" => shipgate_core::Verdict::Reject,
+        other => return Err(bad(format!("`{other}` is neither approve nor reject"))),
+    };
+    let comment = f
+        .comment
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    state
+        .engine
+        .decide_flag_change(&viewer.caller.0, id, verdict, comment)
+        .await
+        .map_err(|e| from_problem(e.into()))?;
+    Ok(Redirect::to(&environment_link(&app, env.as_str())).into_response())
+}
+
 /// The On and Off buttons.
 #[derive(Deserialize)]
 pub(crate) struct FlagForm {

@@ -214,6 +214,10 @@ pub(crate) fn routes() -> Router<AppState> {
             "/apps/{app}/environments/{env}/flags/{key}",
             post(flags::set),
         )
+        .route(
+            "/apps/{app}/environments/{env}/flag-changes/{id}",
+            post(flags::decide),
+        )
         .route("/envs/{name}/delete", post(on_demand::delete))
         .route("/audit", get(pages::audit))
         .route("/audit.jsonl", get(pages::audit_export))

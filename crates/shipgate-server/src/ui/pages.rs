@@ -752,6 +752,10 @@ struct EnvironmentPage {
     flags: Vec<super::flags::FlagRow>,
     /// Whether the viewer may turn them on and off here.
     can_flag: bool,
+    /// The app's flag changes waiting for approvals here.
+    flag_changes: Vec<super::flags::ChangeRow>,
+    /// Whether the viewer may approve or reject them.
+    can_approve: bool,
 }
 
 pub(crate) async fn environment(
@@ -884,6 +888,8 @@ pub(crate) async fn environment(
         hosts,
         flags: super::flags::rows(&state, &app, &env).await?,
         can_flag: viewer.caller.allow(Action::Promote, Some(&env)).is_ok(),
+        flag_changes: super::flags::waiting(&state, &app, &env).await?,
+        can_approve: viewer.caller.allow(Action::Approve, Some(&env)).is_ok(),
     };
     Ok(html(&page))
 }

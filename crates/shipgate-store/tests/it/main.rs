@@ -35,6 +35,7 @@ mod artifacts_in_db;
 mod copy;
 mod event_log;
 mod fixtures;
+mod flags;
 mod gates;
 mod lease;
 mod on_demand;

@@ -1,13 +1,16 @@
-//! `shipgate flag set|on|off|show` and `shipgate flag key create|list|revoke`: feature flags
-//! per environment and the OFREP client keys that read them.
+//! `shipgate flag set|on|off|show|promote`, `flag changes|approve|reject` (changes waiting for
+//! approvals) and `shipgate flag key create|list|revoke`: feature flags per environment and
+//! the OFREP client keys that read them.
 
 use std::process::ExitCode;
 
 use shipgate_api::answers::{CreatedFlagKey, FlagPromotion, FlagView};
-use shipgate_api::records::FlagKeyRecord;
-use shipgate_api::requests::{FlagKeyRequest, FlagPromoteRequest, SetFlagRequest};
+use shipgate_api::records::{FlagChangeRecord, FlagChangeStatus, FlagKeyRecord};
+use shipgate_api::requests::{
+    FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, SetFlagRequest,
+};
 use shipgate_core::flag::{FlagState, parse_percent, parse_rule, with_rollout};
-use shipgate_core::{AppName, EnvName};
+use shipgate_core::{AppName, EnvName, Verdict};
 
 use crate::cli::{FlagCommand, FlagKeyCommand, Global};
 use crate::client::{Client, connect};
@@ -120,6 +123,52 @@ pub(super) async fn run(
             out.print(&done, describe);
             Ok(ExitCode::SUCCESS)
         }
+        FlagCommand::Changes { env, all } => {
+            let mut query: Vec<(&str, String)> =
+                env.iter().map(|e| ("env", e.to_string())).collect();
+            if all {
+                query.push(("all", "true".into()));
+            }
+            let changes: Vec<FlagChangeRecord> = client.get("/flag-changes", &query).await?;
+            out.print(&changes, |changes| {
+                if changes.is_empty() {
+                    return "no flag change waits for approvals\n".into();
+                }
+                let rows: Vec<Vec<String>> = changes
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            format!("#{}", c.id),
+                            c.app.to_string(),
+                            c.env.to_string(),
+                            c.status.as_str().to_owned(),
+                            c.requested_by.clone(),
+                            decided(c),
+                            changed(c),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID",
+                        "APP",
+                        "ENV",
+                        "STATUS",
+                        "ASKED BY",
+                        "DECISIONS",
+                        "CHANGE",
+                    ],
+                    &rows,
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        FlagCommand::Approve { id, comment } => {
+            decide(&client, &out, id, Verdict::Approve, comment).await
+        }
+        FlagCommand::Reject { id, comment } => {
+            decide(&client, &out, id, Verdict::Reject, Some(comment)).await
+        }
         FlagCommand::Key(FlagKeyCommand::Create { name, env }) => {
             let req = FlagKeyRequest {
                 name,
@@ -177,6 +226,9 @@ fn describe(p: &FlagPromotion) -> String {
         .iter()
         .map(|c| format!("  {}: {} -> {}\n", c.flag, c.before, c.after))
         .collect();
+    if let Some(change) = &p.waiting {
+        return waits(change);
+    }
     let head = if p.applied {
         format!("{} now has {}'s flag states of {}:", p.to, p.from, p.app)
     } else {
@@ -241,9 +293,85 @@ async fn set(
         env: env.to_string(),
         state,
     };
-    let view: FlagView = client.post("/flags", &req).await?;
-    out.print(&view, |v| {
-        format!("{}/{} in {}: {}\n", v.app, v.flag, v.env, v.summary)
+    match client.post("/flags", &req).await? {
+        SetAnswer::Waiting(change) => out.print(&change, waits),
+        SetAnswer::Set(view) => out.print(&view, |v| {
+            format!("{}/{} in {}: {}\n", v.app, v.flag, v.env, v.summary)
+        }),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `POST /flags` answers: the flag as it is now, or the change waiting for approvals.
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+enum SetAnswer {
+    Waiting(FlagChangeRecord),
+    Set(FlagView),
+}
+
+/// A change that waits, and what to run next.
+fn waits(c: &FlagChangeRecord) -> String {
+    format!(
+        "flag change #{id} of {app} in {env} waits for approvals ({change}): shipgate flag approve {id}\n",
+        id = c.id,
+        app = c.app,
+        env = c.env,
+        change = changed(c)
+    )
+}
+
+/// `flag: before -> after; ...`.
+fn changed(c: &FlagChangeRecord) -> String {
+    c.changes
+        .iter()
+        .map(|f| format!("{}: {} -> {}", f.flag, f.before, f.after))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `dana approved, lee rejected: too early`.
+fn decided(c: &FlagChangeRecord) -> String {
+    if c.decisions.is_empty() {
+        return "-".into();
+    }
+    c.decisions
+        .iter()
+        .map(|d| match &d.comment {
+            Some(why) => format!("{} {}: {why}", d.actor, d.verdict.past()),
+            None => format!("{} {}", d.actor, d.verdict.past()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn decide(
+    client: &Client,
+    out: &Printer,
+    id: i64,
+    verdict: Verdict,
+    comment: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let req = FlagDecisionRequest { verdict, comment };
+    let change: FlagChangeRecord = client
+        .post(&format!("/flag-changes/{id}/decisions"), &req)
+        .await?;
+    out.print(&change, |c| match c.status {
+        FlagChangeStatus::Applied => format!(
+            "flag change #{} approved and applied in {}: {}\n",
+            c.id,
+            c.env,
+            changed(c)
+        ),
+        FlagChangeStatus::Rejected => {
+            format!("flag change #{} rejected; it is not applied\n", c.id)
+        }
+        _ => format!(
+            "flag change #{} {}; it still waits for approvals ({})\n",
+            c.id,
+            verdict.past(),
+            decided(c)
+        ),
     });
     Ok(ExitCode::SUCCESS)
 }

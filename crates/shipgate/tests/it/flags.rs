@@ -262,17 +262,176 @@ print(json.dumps(out))
         1,
         "{audit}"
     );
-    // Production requires approvals: a promotion that turns flags on is refused there.
-    let refused = s.refused(&[
-        "flag",
-        "promote",
-        "web",
-        "--from",
-        "staging",
-        "--to",
-        "production",
-    ]);
-    assert!(refused.contains("requires 1 approvals"), "{refused}");
+    // Production requires approvals: flag changes wait there (next test).
+}
+
+/// The audit messages of `kind`.
+fn messages(s: &TestServer, kind: &str) -> Vec<String> {
+    s.json(&["audit", "--limit", "1000"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn summary(s: &TestServer, flag: &str, env: &str) -> String {
+    s.json(&["flag", "show", flag, "--env", env])[0]["summary"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn where_approvals_are_required_flag_changes_wait_for_them_and_the_kill_switch_never_does() {
+    let s = started();
+    let dana = s.token("dana", "admin", &[]);
+    let carol = s.token("carol", "deployer", &[]);
+    let alice = s.token("alice", "approver", &[]);
+    let bob = s.token("bob", "approver", &[]);
+    let key = flag_key(&s, "web-production", "production");
+    let theme = |s: &TestServer| {
+        let (_, _, body) = ofrep(
+            s,
+            "/ofrep/v1/evaluate/flags/theme",
+            &key,
+            "",
+            r#"{"context":{"targetingKey":"u1"}}"#,
+        );
+        serde_json::from_str::<Value>(&body).unwrap()["value"].clone()
+    };
+
+    // Turning a flag on waits; nothing is served differently meanwhile.
+    let asked = s.ok_as(
+        &dana,
+        &[
+            "flag",
+            "on",
+            "web",
+            "theme",
+            "--env",
+            "production",
+            "--variant",
+            "dark",
+        ],
+    );
+    assert!(
+        asked.contains("flag change #1 of web in production waits for approvals (theme: off -> on (dark)): shipgate flag approve 1"),
+        "{asked}"
+    );
+    assert_eq!(summary(&s, "theme", "production"), "off");
+    assert_eq!(theme(&s), "light");
+    let listed = s.ok(&["flag", "changes"]);
+    assert!(
+        listed.contains("#1") && listed.contains("pending"),
+        "{listed}"
+    );
+
+    // The rules of promotion approvals: never the requester, never a deployer.
+    let own = s.refused_as(&dana, &["flag", "approve", "1"]);
+    assert!(
+        own.contains("dana asked for this flag change, so dana may not approve it"),
+        "{own}"
+    );
+    let deployer = s.refused_as(&carol, &["flag", "approve", "1"]);
+    assert!(
+        deployer.contains("has the role deployer, which may not approve"),
+        "{deployer}"
+    );
+    let done = s.ok_as(&alice, &["flag", "approve", "1", "--comment", "checked"]);
+    assert!(
+        done.contains("flag change #1 approved and applied in production: theme: off -> on (dark)"),
+        "{done}"
+    );
+    assert_eq!(summary(&s, "theme", "production"), "on (dark)");
+    assert_eq!(theme(&s), "dark");
+    let again = s.refused_as(&bob, &["flag", "approve", "1"]);
+    assert!(again.contains("is applied already"), "{again}");
+
+    // A kill switch never waits, and overtakes what waits for the same flag.
+    let rollout = s.ok_as(
+        &carol,
+        &[
+            "flag",
+            "set",
+            "web",
+            "limit",
+            "--env",
+            "production",
+            "--rollout",
+            "10%",
+        ],
+    );
+    assert!(rollout.contains("flag change #2"), "{rollout}");
+    let off = s.ok_as(
+        &dana,
+        &["flag", "off", "web", "theme", "--env", "production"],
+    );
+    assert!(off.contains("web/theme in production: off"), "{off}");
+    assert_eq!(theme(&s), "light");
+    s.ok_as(
+        &dana,
+        &["flag", "off", "web", "limit", "--env", "production"],
+    );
+    let all = s.json(&["flag", "changes", "--all"]);
+    assert_eq!(all[1]["id"], 2);
+    assert_eq!(all[1]["status"], "superseded", "{all}");
+    let late = s.refused_as(&alice, &["flag", "approve", "2"]);
+    assert!(late.contains("is superseded already"), "{late}");
+    assert_eq!(summary(&s, "limit", "production"), "off");
+
+    // A rejection needs a comment and applies nothing.
+    s.ok_as(
+        &dana,
+        &["flag", "on", "web", "ratio", "--env", "production"],
+    );
+    let bare = s.cli_as(&alice, &["flag", "reject", "3"]);
+    assert!(!bare.status.success());
+    let rejected = s.ok_as(
+        &alice,
+        &["flag", "reject", "3", "--comment", "not in the sale"],
+    );
+    assert!(rejected.contains("flag change #3 rejected"), "{rejected}");
+    assert_eq!(summary(&s, "ratio", "production"), "off");
+
+    // A flag promotion into production waits as one change, and applies as one.
+    s.ok(&["flag", "on", "web", "new-checkout", "--env", "staging"]);
+    let promoted = s.ok_as(
+        &dana,
+        &[
+            "flag",
+            "promote",
+            "web",
+            "--from",
+            "staging",
+            "--to",
+            "production",
+        ],
+    );
+    assert!(promoted.contains("flag change #4"), "{promoted}");
+    assert_eq!(summary(&s, "new-checkout", "production"), "off");
+    s.ok_as(&bob, &["flag", "approve", "4"]);
+    assert_eq!(summary(&s, "new-checkout", "production"), "on (on)");
+    assert!(s.ok(&["flag", "changes"]).contains("no flag change waits"));
+
+    // Every step is in the audit log.
+    assert_eq!(messages(&s, "flag.change_requested").len(), 4);
+    let approved = messages(&s, "flag.change_approved");
+    assert!(
+        approved[0].contains(
+            "flag change #1 of web in production approved by alice (1 of 1 approvals): checked"
+        ),
+        "{approved:?}"
+    );
+    assert_eq!(messages(&s, "flag.change_rejected").len(), 1);
+    let changed = messages(&s, "flag.changed");
+    assert!(
+        changed
+            .iter()
+            .any(|m| m.contains("overtakes the waiting change #2")),
+        "{changed:?}"
+    );
 }
 
 #[test]
@@ -364,8 +523,6 @@ fn bulk_answers_304_to_a_matching_etag_sse_sees_the_kill_switch_and_keys_and_rol
     );
     let scoped = s.refused_as(&dev, &["flag", "on", "web", "theme", "--env", "testing"]);
     assert!(scoped.contains("development"), "{scoped}");
-    let approvals = s.refused(&["flag", "on", "web", "theme", "--env", "production"]);
-    assert!(approvals.contains("requires 1 approvals"), "{approvals}");
     s.ok(&["flag", "off", "web", "theme", "--env", "production"]);
     let unknown = s.refused(&["flag", "on", "web", "colour", "--env", "testing"]);
     assert!(
