@@ -66,8 +66,59 @@ async fn load(exe: &Path, url: &str, script: Option<&Path>) -> anyhow::Result<Fi
     Ok(f)
 }
 
-/// shipgate's figures: single, bulk.
-async fn shipgate(exe: &Path, dir: &Path) -> anyhow::Result<(Figures, Figures)> {
+/// How long a kill switch takes to reach an OFREP SSE client: from sending `flag off` (and
+/// then back on) through the API to the `refetchEvaluation` event, `KILLS` times each.
+async fn kill_switch(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    key: &str,
+) -> anyhow::Result<Vec<Duration>> {
+    use futures_util::StreamExt;
+    let mut events = http
+        .get(format!("{base}/ofrep/v1/events"))
+        .header("X-API-Key", key)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes_stream();
+    let mut seen = String::new();
+    let mut took = Vec::new();
+    for i in 0..KILLS * 2 {
+        let state = if i % 2 == 0 {
+            serde_json::json!({ "state": "off" })
+        } else {
+            serde_json::json!({ "state": "on", "variant": "on" })
+        };
+        let sent = std::time::Instant::now();
+        let answer = http
+            .post(format!("{base}/api/v1/flags"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "app": "web", "flag": "flag-000", "env": "production", "state": state }))
+            .send()
+            .await?;
+        anyhow::ensure!(answer.status().is_success(), "{}", answer.text().await?);
+        loop {
+            if let Some(at) = seen.find("refetchEvaluation") {
+                seen.drain(..at + "refetchEvaluation".len());
+                break;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .context("no refetchEvaluation within 10 s of a flag change")?
+                .context("the event stream ended")??;
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        took.push(sent.elapsed());
+    }
+    took.sort();
+    Ok(took)
+}
+
+const KILLS: usize = 20;
+
+/// shipgate's figures: single, bulk, and the kill switch's times to an SSE client (sorted).
+async fn shipgate(exe: &Path, dir: &Path) -> anyhow::Result<(Figures, Figures, Vec<Duration>)> {
     let src = config()?;
     let config = shipgate_core::Config::parse(&src, dir)
         .map_err(|e| anyhow::anyhow!("{}", e.render("shipgate.toml", &src)))?;
@@ -111,7 +162,8 @@ async fn shipgate(exe: &Path, dir: &Path) -> anyhow::Result<(Figures, Figures)> 
     )
     .await?;
     let bulk = load(exe, &format!("{base}/ofrep/v1/evaluate/flags"), Some(&s)).await?;
-    Ok((single, bulk))
+    let kills = kill_switch(&http, &base, token.trim(), &key).await?;
+    Ok((single, bulk, kills))
 }
 
 /// Unleash Edge on the machine: installed into `target/bench-tools` when missing.
@@ -221,7 +273,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let dir = tempfile::Builder::new()
         .prefix("shipgate-bench-flags-")
         .tempdir()?;
-    let (single, bulk) = shipgate(&exe, dir.path()).await?;
+    let (single, bulk, kills) = shipgate(&exe, dir.path()).await?;
     println!(
         "{} flags, each a sticky 10% rollout; {} with {THREADS} threads and {CONNECTIONS} connections for {SECONDS} s each",
         FLAGS,
@@ -263,5 +315,12 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         }
         Err(e) => println!("Unleash Edge was not measured: {e:#}"),
     }
+    let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "kill switch to an OFREP SSE client (API call sent -> refetchEvaluation received), {} changes: median {:.1} ms, max {:.1} ms (target: within 1000 ms)",
+        kills.len(),
+        ms(&kills[kills.len() / 2]),
+        ms(&kills[kills.len() - 1])
+    );
     Ok(ExitCode::SUCCESS)
 }
