@@ -731,6 +731,35 @@ fn the_environment_page_shows_flags_and_its_off_button_is_the_kill_switch() {
         s.json(&["flag", "show", "new-checkout", "--env", "staging"])[0]["summary"],
         "off"
     );
+    // Production requires approvals: a deployer's change waits there, and the page's Approve
+    // button applies it.
+    let dana = s.token("dana", "deployer", &[]);
+    s.ok_as(
+        &dana,
+        &["flag", "on", "web", "new-checkout", "--env", "production"],
+    );
+    let (_, _, page) = raw(&s, "GET", "/apps/web/environments/production", &auth, "");
+    assert!(
+        page.contains("Flag changes waiting for approval")
+            && page.contains("new-checkout: off -&#62; on (on)")
+            && page.contains("id=\"flag-change-approve-1\""),
+        "{page}"
+    );
+    let form = format!("csrf={}&verdict=approve&comment=", csrf_of(&page));
+    let (status, head, _) = raw(
+        &s,
+        "POST",
+        "/apps/web/environments/production/flag-changes/1",
+        &auth,
+        &form,
+    );
+    assert_eq!(status, 303, "{head}");
+    assert_eq!(summary(&s, "new-checkout", "production"), "on (on)");
+    let (_, _, page) = raw(&s, "GET", "/apps/web/environments/production", &auth, "");
+    assert!(
+        !page.contains("Flag changes waiting for approval"),
+        "{page}"
+    );
     // A viewer sees the flags and no buttons.
     let viewer = s.token("look", "viewer", &[]);
     let cookie = sign_in(&s, &viewer);
