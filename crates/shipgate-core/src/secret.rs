@@ -1,9 +1,30 @@
 //! Secret values never leave shipgate in clear: every text that is stored or shown (test output,
 //! facts, gate output) passes through a [`Redactor`] first, which replaces each known secret
-//! value with `[secret NAME]`.
+//! value with `[secret NAME]`. Secrets shipgate makes (tokens, keys) are random hex, and are
+//! stored only as [`hash`].
 
 use crate::config::EnvironmentConfig;
 use crate::parity::is_secret;
+
+/// `bytes` random bytes in hex, from the operating system's generator.
+pub fn random_hex(bytes: usize) -> Result<String, String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| format!("no randomness available: {e}"))?;
+    Ok(hex::encode(buf))
+}
+
+/// The hex sha256 under which a secret (a token, a key) is stored; the secret itself never is.
+pub fn hash(secret: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+/// Whether `name` may name a token or a key: 1 to 64 letters, digits, `-`, `_`, `.` or `@`
+/// (what the API's schemas declare as `^[A-Za-z0-9._@-]{1,64}$`).
+pub fn is_credential_name(name: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
+    !name.is_empty() && name.len() <= 64 && name.chars().all(allowed)
+}
 
 /// Values shorter than this are not replaced: a one- or two-letter value would blank out
 /// ordinary words everywhere, and is no secret worth the name.

@@ -112,16 +112,8 @@ fn describe(changes: &[FlagChange]) -> String {
         .join("; ")
 }
 
-/// The hex sha256 under which a flag key is stored.
-pub fn hash_key(key: &str) -> String {
-    hex::encode(sha2::Sha256::digest(key.as_bytes()))
-}
-
 fn random_hex(bytes: usize) -> Result<String, EngineError> {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf)
-        .map_err(|e| EngineError::DataPlane(format!("no randomness for a flag key: {e}")))?;
-    Ok(hex::encode(buf))
+    shipgate_core::secret::random_hex(bytes).map_err(EngineError::DataPlane)
 }
 
 impl Engine {
@@ -661,8 +653,7 @@ impl Engine {
         name: &str,
         env: &EnvName,
     ) -> Result<(FlagKeyRecord, String), EngineError> {
-        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
-        if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+        if !shipgate_core::secret::is_credential_name(name) {
             return Err(EngineError::Flag(
                 "a flag key name is 1 to 64 letters, digits, `-`, `_`, `.` or `@`, for example `web-frontend`".into(),
             ));
@@ -682,7 +673,7 @@ impl Engine {
         };
         let record = self
             .store
-            .insert_flag_key(name, env, &hash_key(&key), event)
+            .insert_flag_key(name, env, &shipgate_core::secret::hash(&key), event)
             .await?;
         Ok((record, key))
     }
@@ -719,7 +710,7 @@ impl Engine {
                 subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), key.as_bytes()).into();
             return Ok(same.then_some(env));
         }
-        let hash = hash_key(key);
+        let hash = shipgate_core::secret::hash(key);
         let generation = {
             let cache = crate::locked(&self.flag_cache);
             if let Some(env) = cache.keys.get(&hash) {

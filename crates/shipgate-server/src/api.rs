@@ -669,8 +669,7 @@ async fn create_token(
 ) -> ApiResult<impl IntoResponse> {
     caller.allow(Action::ManageTokens, None)?;
     let name = b.name.as_str();
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
-    if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+    if !shipgate_core::secret::is_credential_name(name) {
         return Err(Problem::bad_request(
             "a token name is 1 to 64 letters, digits, `-`, `_`, `.` or `@`, for example `ci-deploy`",
         ));

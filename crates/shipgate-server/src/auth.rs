@@ -9,7 +9,6 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 use shipgate_store::{NewToken, Store, TokenRecord};
 
 use crate::AppState;
@@ -20,14 +19,13 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// A new random token: `sg_` and 64 hex digits.
 pub fn generate_token() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
-    Ok(format!("sg_{}", hex::encode(bytes)))
+    let hex = shipgate_core::secret::random_hex(32).map_err(anyhow::Error::msg)?;
+    Ok(format!("sg_{hex}"))
 }
 
 /// The hex sha256 under which a token is stored; the token itself never is.
 pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    shipgate_core::secret::hash(token)
 }
 
 /// Writes the admin token on first start and makes sure the store knows its hash. A token in

@@ -347,17 +347,6 @@ print(json.dumps(out))
     // Production requires approvals: flag changes wait there (next test).
 }
 
-/// The audit messages of `kind`.
-fn messages(s: &TestServer, kind: &str) -> Vec<String> {
-    s.json(&["audit", "--limit", "1000"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn summary(s: &TestServer, flag: &str, env: &str) -> String {
     s.json(&["flag", "show", flag, "--env", env])[0]["summary"]
         .as_str()
@@ -498,16 +487,16 @@ fn where_approvals_are_required_flag_changes_wait_for_them_and_the_kill_switch_n
     assert!(s.ok(&["flag", "changes"]).contains("no flag change waits"));
 
     // Every step is in the audit log.
-    assert_eq!(messages(&s, "flag.change_requested").len(), 4);
-    let approved = messages(&s, "flag.change_approved");
+    assert_eq!(s.messages_of("flag.change_requested").len(), 4);
+    let approved = s.messages_of("flag.change_approved");
     assert!(
         approved[0].contains(
             "flag change #1 of web in production approved by alice (1 of 1 approvals): checked"
         ),
         "{approved:?}"
     );
-    assert_eq!(messages(&s, "flag.change_rejected").len(), 1);
-    let changed = messages(&s, "flag.changed");
+    assert_eq!(s.messages_of("flag.change_rejected").len(), 1);
+    let changed = s.messages_of("flag.changed");
     assert!(
         changed
             .iter()

@@ -21,16 +21,6 @@ fn gate_names(p: &Value) -> Vec<String> {
         .collect()
 }
 
-fn event_messages(s: &TestServer, kind: &str) -> Vec<String> {
-    s.json(&["audit", "--limit", "1000"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn approvals_come_from_distinct_people_never_the_requester() {
     let s = spawn_server(&four_envs_with(
@@ -157,13 +147,13 @@ fn approvals_come_from_distinct_people_never_the_requester() {
     let p = s.latest("production");
     assert_eq!(p["reason"], "rejected by bob: not on a Friday");
     assert_eq!(s.version("production").as_deref(), Some("1.0.0"));
-    let approved = event_messages(&s, "approval.approved");
+    let approved = s.messages_of("approval.approved");
     assert!(
         approved.contains(&"alice approved web@1.0.0 into production: looks good".to_owned()),
         "{approved:?}"
     );
     assert_eq!(
-        event_messages(&s, "approval.rejected"),
+        s.messages_of("approval.rejected"),
         ["bob rejected web@1.1.0 into production: not on a Friday"]
     );
 }
@@ -231,7 +221,7 @@ fn freezes_and_deploy_windows_hold_promotions_and_an_admin_override_is_audited()
     assert_eq!(s.version("production").as_deref(), Some("1.0.0"));
     let p = s.latest("production");
     assert!(gate_names(&p).contains(&"override".to_owned()), "{p}");
-    let overrides = event_messages(&s, "promotion.override");
+    let overrides = s.messages_of("promotion.override");
     assert_eq!(overrides.len(), 1, "{overrides:?}");
     assert!(overrides[0].ends_with("overrode deploy windows and freezes for web@1.0.0 into production: hotfix for incident 42"), "{overrides:?}");
 

@@ -485,6 +485,17 @@ impl TestServer {
     }
 
     /// Runs a command with `--output json` that must exit 0; returns its document.
+    /// The messages of the audit events of `kind`, oldest first.
+    pub fn messages_of(&self, kind: &str) -> Vec<String> {
+        self.json(&["audit", "--limit", "1000"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .map(|e| e["message"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.ok(&[args, &["--output", "json"]].concat());
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
