@@ -323,6 +323,9 @@ pub struct EnvironmentConfig {
     pub drain: Duration,
     /// Longest wait for an instance's response head before the router answers 504.
     pub request_timeout: Option<Duration>,
+    /// `chaos.allow` and `chaos.max_duration`: whether faults may be injected here, and for
+    /// how long at most.
+    pub chaos: crate::chaos::ChaosRules,
     /// What a promotion must have before it may deploy here.
     pub require: Requirements,
     /// A release verified in `after` is promoted here as soon as its requirements hold.
@@ -632,6 +635,15 @@ struct RawEnvironment {
     rollout: Option<RawRollout>,
     hosts_required: Option<Spanned<i64>>,
     front: Option<Spanned<String>>,
+    chaos: Option<RawChaos>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChaos {
+    #[serde(default)]
+    allow: bool,
+    max_duration: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1329,6 +1341,14 @@ fn environments(
         let drain = duration(&env.drain, problems)
             .unwrap_or(Duration::from_std(EnvironmentConfig::DEFAULT_DRAIN));
         let request_timeout = duration(&env.request_timeout, problems);
+        let chaos = crate::chaos::ChaosRules {
+            allow: env.chaos.as_ref().is_some_and(|c| c.allow),
+            max_duration: env
+                .chaos
+                .as_ref()
+                .and_then(|c| duration(&c.max_duration, problems))
+                .map_or(crate::chaos::DEFAULT_MAX_DURATION, |d| d.as_std()),
+        };
         let placement = hosts(env, name, problems);
         let front = env.front.as_ref().and_then(|f| {
             if placement.0.is_empty() {
@@ -1376,6 +1396,7 @@ fn environments(
                 hosts_required: placement.2,
                 front,
                 template: None,
+                chaos,
             });
         }
     }

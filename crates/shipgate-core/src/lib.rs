@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod chaos;
 pub mod config;
 pub mod duration;
 pub mod event_kind;

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::faults::{FAULTED, Injected};
 use crate::forwarding::{Gateway, Route, Unroutable, problem_document};
 use crate::metrics::{NO_RELEASE, ReleaseMetrics};
 use crate::upstream::InFlight;
@@ -105,8 +106,7 @@ pub(crate) async fn serve(
         let plan = match plan {
             Plan::General => return handoff(client, buf, upstream, gateway),
             Plan::Forward(plan) => plan,
-            Plan::Refuse(metrics, Unroutable { title, detail, .. }) => {
-                let status = StatusCode::SERVICE_UNAVAILABLE;
+            Plan::Refuse(metrics, status, Unroutable { title, detail, .. }) => {
                 let _ = refuse(&mut client, &metrics, received, status, title, &detail).await;
                 park(gateway, upstream);
                 return Served::Done;
@@ -175,8 +175,8 @@ fn park(gateway: &Gateway, upstream: Option<UpstreamConn>) {
 enum Plan {
     /// Forward it, as planned.
     Forward(Forward),
-    /// Answer why it has nowhere to go, and close.
-    Refuse(Arc<ReleaseMetrics>, Unroutable),
+    /// Answer why it has nowhere to go (or the status a fault injects), and close.
+    Refuse(Arc<ReleaseMetrics>, StatusCode, Unroutable),
     /// It needs the general path.
     General,
 }
@@ -192,6 +192,8 @@ struct Forward {
     head_method: bool,
     /// The client asked to close the connection after this exchange.
     close: bool,
+    /// How long a fault holds it before it is forwarded.
+    delay: Option<std::time::Duration>,
 }
 
 /// Reads the request head and decides what to do with it; writes the upstream's head.
@@ -249,7 +251,33 @@ fn plan_request(req: &httparse::Request<'_, '_>, forwarded_for: &str, gateway: &
         Err(unroutable) => {
             let app = unroutable.app.as_deref().unwrap_or(NO_RELEASE);
             let metrics = gateway.metrics.release(app, NO_RELEASE);
-            return Plan::Refuse(metrics, unroutable);
+            return Plan::Refuse(metrics, StatusCode::SERVICE_UNAVAILABLE, unroutable);
+        }
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let (route, delay) = match gateway.faults.decide(&route.metrics.app, path, header) {
+        None => (route, None),
+        Some(injected) => {
+            let app = route.metrics.app.clone();
+            let metrics = gateway.metrics.release(&app, FAULTED);
+            match injected {
+                Injected::Abort(status) => {
+                    let detail = format!("shipgate chaos: injected {status} in `{}`", gateway.env);
+                    let title = "injected fault";
+                    let why = Unroutable {
+                        app: Some(app),
+                        title,
+                        detail,
+                    };
+                    return Plan::Refuse(metrics, status, why);
+                }
+                Injected::Delay(delay) => (Route { metrics, ..route }, Some(delay)),
+            }
         }
     };
     let mut head = Vec::with_capacity(256 + req.headers.len() * 32);
@@ -283,6 +311,7 @@ fn plan_request(req: &httparse::Request<'_, '_>, forwarded_for: &str, gateway: &
         body: body.unwrap_or(0),
         head_method: method == "HEAD",
         close,
+        delay,
     })
 }
 
@@ -305,6 +334,9 @@ async fn exchange(
         upstream: target,
         metrics,
     } = plan.route;
+    if let Some(delay) = plan.delay {
+        tokio::time::sleep(delay).await;
+    }
     let in_flight = target.start_request();
     let (env, label, addr) = (&gateway.env, target.label(), target.addr());
     let to_head = async {

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::faults::{FAULTED, FaultTable, Injected};
 use crate::metrics::{MetricsRegistry, NO_RELEASE, ReleaseMetrics};
 use crate::tunnel::Tunnel;
 use crate::upstream::{InFlight, Upstream};
@@ -76,6 +77,8 @@ pub(crate) struct Gateway {
     pub(crate) env: String,
     pub(crate) routes: Arc<RwLock<RouteTable>>,
     pub(crate) metrics: Arc<MetricsRegistry>,
+    /// The HTTP faults in force.
+    pub(crate) faults: Arc<FaultTable>,
     /// Nanoseconds to wait for an upstream's response head; 0 waits as long as it takes.
     request_timeout: Arc<AtomicU64>,
     client: Client<HttpConnector, RequestBody>,
@@ -98,6 +101,7 @@ impl Gateway {
             env,
             routes: Arc::default(),
             metrics: Arc::default(),
+            faults: Arc::default(),
             request_timeout: Arc::default(),
             client: upstream_client(),
             idle: Mutex::default(),
@@ -110,6 +114,7 @@ impl Gateway {
             env: self.env.clone(),
             routes: Arc::clone(&self.routes),
             metrics: Arc::clone(&self.metrics),
+            faults: Arc::clone(&self.faults),
             request_timeout: Arc::clone(&self.request_timeout),
             client: upstream_client(),
             idle: Mutex::default(),
@@ -162,7 +167,34 @@ impl Gateway {
     ) -> Response<ProxyBody> {
         let received = Instant::now();
         match self.route(&req) {
-            Ok(route) => self.exchange(client_ip, req, route, received).await,
+            Ok(route) => {
+                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let headers = req.headers();
+                let header = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
+                match self.faults.decide(&route.metrics.app, target, header) {
+                    None => self.exchange(client_ip, req, route, received).await,
+                    Some(injected) => {
+                        let faulted = self.metrics.release(&route.metrics.app, FAULTED);
+                        if let Injected::Abort(status) = injected {
+                            let detail =
+                                format!("shipgate chaos: injected {status} in `{}`", self.env);
+                            return answered(
+                                &faulted,
+                                received,
+                                problem(status, "injected fault", detail),
+                            );
+                        }
+                        if let Injected::Delay(delay) = injected {
+                            tokio::time::sleep(delay).await;
+                        }
+                        let route = Route {
+                            metrics: faulted,
+                            ..route
+                        };
+                        self.exchange(client_ip, req, route, received).await
+                    }
+                }
+            }
             Err(Unroutable { app, title, detail }) => {
                 let app = app.as_deref().unwrap_or(NO_RELEASE);
                 let metrics = self.metrics.release(app, NO_RELEASE);

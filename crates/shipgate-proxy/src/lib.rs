@@ -4,11 +4,13 @@
 //! old upstream has drained, and counts what each release answered ([`Router::metrics`],
 //! [`render_prometheus`]). It must not decide which release is live (the engine calls
 //! [`Router::switch`]), must not judge the metrics it counts (gates do), and must not touch the
-//! database.
+//! database. It also injects the HTTP faults it is given ([`Router::set_faults`]), each until
+//! its end, counting what they touched apart ([`FAULTED`]).
 #![forbid(unsafe_code)]
 
 mod body;
 mod fast;
+mod faults;
 mod forwarding;
 mod front;
 mod metrics;
@@ -20,6 +22,7 @@ mod window;
 
 use std::net::SocketAddr;
 
+pub use faults::FAULTED;
 pub use front::Front;
 pub use metrics::{
     LATENCY_BUCKETS_MS, LatencyBucket, LatencyHistogram, NO_RELEASE, StatusClasses,

@@ -169,7 +169,7 @@ pub struct WindowSummary {
 
 /// The live counters of one release; shared by the routes and bodies that record into it.
 pub(crate) struct ReleaseMetrics {
-    app: String,
+    pub(crate) app: String,
     label: String,
     request_bytes: AtomicU64,
     response_bytes: AtomicU64,

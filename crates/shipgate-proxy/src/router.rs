@@ -139,6 +139,16 @@ impl Router {
         self.gateway.set_request_timeout(timeout);
     }
 
+    /// Replaces the HTTP faults in force. Each applies until its `until_ms` by itself.
+    pub fn set_faults(&self, faults: Vec<shipgate_core::chaos::HttpFault>) {
+        self.gateway.faults.set(faults);
+    }
+
+    /// The HTTP faults in force (those whose end has passed included, until replaced).
+    pub fn faults(&self) -> Vec<shipgate_core::chaos::HttpFault> {
+        self.gateway.faults.list()
+    }
+
     /// The request timeout in force (see [`Router::set_request_timeout`]).
     pub fn request_timeout(&self) -> Option<Duration> {
         self.gateway.request_timeout()

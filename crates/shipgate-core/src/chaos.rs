@@ -1,0 +1,332 @@
+//! Chaos: faults injected on purpose. An HTTP fault rule of an environment's router (abort with
+//! a status, or delay) for one app, a share of its requests, optionally a path pattern and a
+//! header, and always an end: a fault is never open-ended. What the rules mean and how an
+//! injection is checked live here; the router applies them, the engine records them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AppName, EnvName};
+
+/// The longest a fault may last where `chaos.max_duration` does not say.
+pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(3600);
+/// The longest delay a fault may add.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// One HTTP fault rule, as the router applies it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct HttpFault {
+    /// Its number, as the store records it.
+    pub id: i64,
+    /// The app whose requests it touches.
+    pub app: String,
+    /// What it does.
+    pub action: FaultAction,
+    /// The share of matching requests it touches, 0 to 100.
+    pub percent: f64,
+    /// Only requests whose path (without the query) matches; `*` stands for any run of
+    /// characters (`/api/*`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Only requests with this header and value (`["x-chaos", "1"]`); the name in any case.
+    #[serde(default)]
+    pub header: Option<(String, String)>,
+    /// When it ends, in milliseconds since the Unix epoch: the router stops applying it then
+    /// by itself.
+    pub until_ms: i64,
+}
+
+/// What a fault does to a request it touches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FaultAction {
+    /// Answer this status at once; the app never sees the request.
+    Abort {
+        /// The status (`503`).
+        status: u16,
+    },
+    /// Wait this long, give or take up to `jitter_ms` uniformly, then forward the request.
+    Delay {
+        /// The delay.
+        delay_ms: u64,
+        /// The most it varies either way.
+        jitter_ms: u64,
+    },
+}
+
+impl std::fmt::Display for HttpFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.action {
+            FaultAction::Abort { status } => write!(f, "abort {status}")?,
+            FaultAction::Delay {
+                delay_ms,
+                jitter_ms: 0,
+            } => write!(f, "delay {delay_ms}ms")?,
+            FaultAction::Delay {
+                delay_ms,
+                jitter_ms,
+            } => write!(f, "delay {delay_ms}ms ±{jitter_ms}ms")?,
+        }
+        write!(f, " for {}% of {}", self.percent, self.app)?;
+        if let Some(path) = &self.path {
+            write!(f, " on {path}")?;
+        }
+        if let Some((name, value)) = &self.header {
+            write!(f, " with {name}: {value}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A fault asked for, before it is checked and given its number and end.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultAsk<'a> {
+    /// The environment.
+    pub env: &'a EnvName,
+    /// The app.
+    pub app: &'a AppName,
+    /// What it does.
+    pub action: FaultAction,
+    /// The share of requests, 0 to 100.
+    pub percent: f64,
+    /// A path pattern.
+    pub path: Option<&'a str>,
+    /// A header, as `name: value`.
+    pub header: Option<&'a str>,
+    /// How long.
+    pub duration: Duration,
+}
+
+/// The environment's chaos settings as they bear on an injection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChaosRules {
+    /// `chaos.allow`.
+    pub allow: bool,
+    /// `chaos.max_duration`.
+    pub max_duration: Duration,
+}
+
+/// Checks `ask` against the environment's rules; answers the header split into name and
+/// value, or why it is refused, in words that say what to do.
+pub fn check(ask: &FaultAsk<'_>, rules: ChaosRules) -> Result<Option<(String, String)>, String> {
+    let env = ask.env;
+    if !rules.allow {
+        return Err(format!(
+            "environment `{env}` does not allow chaos; set `chaos.allow = true` in [environments.{env}] first"
+        ));
+    }
+    if ask.duration.is_zero() {
+        return Err("a fault needs a duration (--duration 5m)".into());
+    }
+    if ask.duration > rules.max_duration {
+        return Err(format!(
+            "{} is longer than {env} allows for a fault ({}; `chaos.max_duration`)",
+            crate::duration::Duration::from_std(ask.duration),
+            crate::duration::Duration::from_std(rules.max_duration)
+        ));
+    }
+    if !(ask.percent > 0.0 && ask.percent <= 100.0) {
+        return Err(format!(
+            "--percent is above 0 and at most 100, not {}",
+            ask.percent
+        ));
+    }
+    match ask.action {
+        FaultAction::Abort { status } if !(400..=599).contains(&status) => {
+            return Err(format!(
+                "--abort takes an error status from 400 to 599, not {status}"
+            ));
+        }
+        FaultAction::Delay {
+            delay_ms,
+            jitter_ms,
+        } => {
+            if delay_ms == 0 || delay_ms > MAX_DELAY.as_millis() as u64 {
+                return Err(format!(
+                    "--delay is above 0 and at most {}s",
+                    MAX_DELAY.as_secs()
+                ));
+            }
+            if jitter_ms > delay_ms {
+                return Err(format!(
+                    "--jitter ({jitter_ms}ms) may not be more than the delay ({delay_ms}ms)"
+                ));
+            }
+        }
+        FaultAction::Abort { .. } => {}
+    }
+    if let Some(path) = ask.path
+        && !path.starts_with('/')
+        && !path.starts_with('*')
+    {
+        return Err(format!(
+            "--path is a path pattern starting with `/` or `*` (`/api/*`), not `{path}`"
+        ));
+    }
+    ask.header.map(parse_header).transpose()
+}
+
+/// Whether faults in `env` need an admin: it ends the main path (no environment comes after
+/// it), which is where production is.
+pub fn needs_admin(config: &crate::Config, env: &EnvName) -> bool {
+    config
+        .environment(env)
+        .is_some_and(|e| e.template.is_none())
+        && !config
+            .environments
+            .iter()
+            .any(|e| e.after.as_ref() == Some(env))
+}
+
+/// `name: value` as a header to match.
+pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    let Some((name, value)) = s.split_once(':') else {
+        return Err(format!(
+            "--header is `name: value` (`x-chaos: 1`), not `{s}`"
+        ));
+    };
+    let name = name.trim();
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!("`{name}` is not a header name"));
+    }
+    Ok((name.to_ascii_lowercase(), value.trim().to_owned()))
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_their_pattern_only() {
+        assert!(glob("/api/*", "/api/orders"));
+        assert!(glob("/api/*", "/api/"));
+        assert!(!glob("/api/*", "/apix"));
+        assert!(glob("*.json", "/a/b.json"));
+        assert!(glob("/a/*/c", "/a/b/c"));
+        assert!(!glob("/a/*/c", "/a/b/d"));
+        assert!(glob("/exact", "/exact"));
+        assert!(!glob("/exact", "/exact/more"));
+        assert!(glob("*", "/anything"));
+    }
+
+    #[test]
+    fn injections_are_checked_against_the_environment() {
+        let env = EnvName::parse("staging").unwrap();
+        let app = AppName::parse("web").unwrap();
+        let ask = FaultAsk {
+            env: &env,
+            app: &app,
+            action: FaultAction::Abort { status: 503 },
+            percent: 10.0,
+            path: Some("/api/*"),
+            header: Some("X-Chaos: 1"),
+            duration: Duration::from_secs(300),
+        };
+        let allowed = ChaosRules {
+            allow: true,
+            max_duration: DEFAULT_MAX_DURATION,
+        };
+        assert_eq!(
+            check(&ask, allowed),
+            Ok(Some(("x-chaos".into(), "1".into())))
+        );
+        let refused = |ask: FaultAsk<'_>, rules: ChaosRules| check(&ask, rules).unwrap_err();
+        assert!(
+            refused(
+                ask.clone(),
+                ChaosRules {
+                    allow: false,
+                    ..allowed
+                }
+            )
+            .contains("chaos.allow = true")
+        );
+        assert!(
+            refused(
+                FaultAsk {
+                    duration: Duration::from_secs(7200),
+                    ..ask.clone()
+                },
+                allowed
+            )
+            .contains("longer than staging allows")
+        );
+        assert!(
+            refused(
+                FaultAsk {
+                    percent: 0.0,
+                    ..ask.clone()
+                },
+                allowed
+            )
+            .contains("--percent")
+        );
+        assert!(
+            refused(
+                FaultAsk {
+                    action: FaultAction::Abort { status: 200 },
+                    ..ask.clone()
+                },
+                allowed
+            )
+            .contains("400 to 599")
+        );
+        assert!(
+            refused(
+                FaultAsk {
+                    action: FaultAction::Delay {
+                        delay_ms: 100,
+                        jitter_ms: 200
+                    },
+                    ..ask.clone()
+                },
+                allowed
+            )
+            .contains("--jitter")
+        );
+        assert!(
+            refused(
+                FaultAsk {
+                    header: Some("nocolon"),
+                    ..ask.clone()
+                },
+                allowed
+            )
+            .contains("name: value")
+        );
+        assert!(
+            refused(
+                FaultAsk {
+                    path: Some("api"),
+                    ..ask
+                },
+                allowed
+            )
+            .contains("--path")
+        );
+    }
+}
