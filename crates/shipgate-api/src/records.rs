@@ -332,3 +332,29 @@ pub struct FlagChangeRecord {
     #[schema(value_type = Option<String>)]
     pub closed_at: Option<Timestamp>,
 }
+
+/// A chaos fault injected into an environment's router, with its end.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct FaultRecord {
+    /// Its number (`shipgate chaos clear ID`).
+    pub id: i64,
+    /// The environment.
+    pub env: EnvName,
+    /// The app whose requests it touches.
+    pub app: AppName,
+    /// The rule the router applies.
+    pub fault: shipgate_core::chaos::HttpFault,
+    /// Who injected it.
+    pub created_by: String,
+    /// When.
+    #[schema(value_type = String)]
+    pub created_at: Timestamp,
+    /// When it ends by itself.
+    #[schema(value_type = String)]
+    pub ends_at: Timestamp,
+    /// When it ended, if it has.
+    #[schema(value_type = Option<String>)]
+    pub ended_at: Option<Timestamp>,
+    /// Who ended it: a person, or `duration` when its time ran out.
+    pub ended_by: Option<String>,
+}

@@ -385,6 +385,55 @@ pub struct FlagDecisionRequest {
     pub comment: Option<String>,
 }
 
+/// `POST /api/v1/chaos`: inject an HTTP fault into an environment's router for a while.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosRequest {
+    /// The environment (`chaos.allow = true` there; an admin at the end of the flow).
+    #[schema(value_type = EnvName)]
+    pub env: String,
+    /// The app whose requests it touches.
+    #[schema(value_type = AppName)]
+    pub app: String,
+    /// Answer this status (400 to 599) instead of the app. Either this or `delay`.
+    #[serde(default)]
+    pub abort: Option<u16>,
+    /// Hold each request this long before forwarding it (`300ms`). Either this or `abort`.
+    #[serde(default)]
+    pub delay: Option<String>,
+    /// With `delay`: the most it varies either way (`100ms`).
+    #[serde(default)]
+    pub jitter: Option<String>,
+    /// The share of requests touched, above 0 and at most 100 (default 100).
+    #[serde(default)]
+    pub percent: Option<f64>,
+    /// Only requests whose path matches (`/api/*`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Only requests with this header (`x-chaos: 1`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// How long it lasts (`5m`); required, at most the environment's `chaos.max_duration`.
+    pub duration: String,
+}
+
+/// `GET /api/v1/chaos` and `DELETE /api/v1/chaos`: which faults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChaosQuery {
+    /// Only this environment's.
+    #[param(value_type = Option<EnvName>)]
+    pub env: Option<String>,
+    /// Only this app's.
+    #[param(value_type = Option<AppName>)]
+    pub app: Option<String>,
+    /// Only the fault with this number.
+    pub id: Option<i64>,
+    /// With `GET`: ended ones too.
+    #[serde(default)]
+    pub all: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,12 +87,16 @@ pub enum EventKind {
     FlagChangeRejected,
     /// A flag client key was made for an environment (`flag_key.created`).
     FlagKeyCreated,
+    /// A chaos fault was injected into an environment's router (`chaos.injected`).
+    ChaosInjected,
+    /// A chaos fault ended: cleared by a person, or its duration ran out (`chaos.ended`).
+    ChaosEnded,
     /// A flag client key was revoked (`flag_key.revoked`).
     FlagKeyRevoked,
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 37] = [
+    const NAMED: [(EventKind, &'static str); 39] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -129,6 +133,8 @@ impl EventKind {
         (Self::FlagChangeApproved, "flag.change_approved"),
         (Self::FlagChangeRejected, "flag.change_rejected"),
         (Self::FlagKeyCreated, "flag_key.created"),
+        (Self::ChaosInjected, "chaos.injected"),
+        (Self::ChaosEnded, "chaos.ended"),
         (Self::FlagKeyRevoked, "flag_key.revoked"),
     ];
 
@@ -171,6 +177,7 @@ impl EventKind {
             | Self::FlagChangeApproved
             | Self::FlagChangeRejected => "flag",
             Self::FlagKeyCreated | Self::FlagKeyRevoked => "flag_key",
+            Self::ChaosInjected | Self::ChaosEnded => "chaos",
         }
     }
 

@@ -152,7 +152,7 @@ pub struct HostInstance {
 }
 
 /// An environment's router: where it listens and what it serves.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RouterSpec {
     /// The environment.
     pub env: String,
@@ -162,6 +162,9 @@ pub struct RouterSpec {
     pub apps: Vec<String>,
     /// Longest wait for an instance's response head before the router answers 504.
     pub request_timeout: Option<Duration>,
+    /// The HTTP faults in force there (chaos), each until its end.
+    #[serde(default)]
+    pub faults: Vec<shipgate_core::chaos::HttpFault>,
 }
 
 /// The instance a router sends an app's traffic to.

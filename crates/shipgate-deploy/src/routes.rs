@@ -64,6 +64,7 @@ impl Routes {
         };
         router.set_apps(&spec.apps);
         router.set_request_timeout(spec.request_timeout);
+        router.set_faults(spec.faults);
         Ok(())
     }
 

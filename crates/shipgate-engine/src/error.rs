@@ -64,6 +64,16 @@ pub enum EngineError {
     /// A flag change or flag key was refused as asked.
     #[error("{0}")]
     Flag(String),
+    /// A fault injection was refused: the environment does not allow chaos, or the fault is
+    /// malformed.
+    #[error("{0}")]
+    Chaos(String),
+    /// Faults at the end of the flow (production) need an admin.
+    #[error("{0}")]
+    ChaosForbidden(String),
+    /// No such fault.
+    #[error("{0}")]
+    UnknownFault(String),
     /// Nothing waits for the decision asked for.
     #[error("{0}")]
     NothingToDecide(String),

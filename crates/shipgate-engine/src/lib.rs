@@ -7,6 +7,7 @@
 //! (that is `shipgate-server`) nor hold rules of its own about which release may enter where.
 #![forbid(unsafe_code)]
 
+pub mod chaos;
 pub mod clock;
 mod data;
 mod drift;
@@ -43,7 +44,7 @@ use std::time::Duration;
 
 use shipgate_core::{AppName, Config, EnvName, InstanceId};
 pub use shipgate_deploy::{Driver, ProcessDriver};
-use shipgate_deploy::{DriverEvent, RouteTarget, RouterSpec};
+use shipgate_deploy::{DriverEvent, RouteTarget};
 
 use shipgate_store::Store;
 use shipgate_store::artifact::ArtifactStore;
@@ -115,15 +116,16 @@ pub struct Engine {
 
 /// Binds every environment's router (or updates it where the data plane already has it), and
 /// closes those of environments the config no longer has.
-async fn bind_routers(config: &Config, driver: &dyn Driver) -> Result<(), EngineError> {
+async fn bind_routers(
+    config: &Config,
+    driver: &dyn Driver,
+    store: &dyn Store,
+) -> Result<(), EngineError> {
+    let mut faults = chaos::active(store).await?;
     for env in &config.environments {
+        let here = faults.remove(env.name.as_str()).unwrap_or_default();
         driver
-            .bind_router(RouterSpec {
-                env: env.name.to_string(),
-                listen: env.listen,
-                apps: config.apps.iter().map(|a| a.name.to_string()).collect(),
-                request_timeout: env.request_timeout.map(|t| t.as_std()),
-            })
+            .bind_router(chaos::router_spec(config, env, here))
             .await
             .map_err(|e| EngineError::DataPlane(e.to_string()))?;
     }
@@ -168,7 +170,7 @@ impl Engine {
         for env in &config.environments {
             on_demand::place(driver.as_ref(), env);
         }
-        bind_routers(&config, driver.as_ref()).await?;
+        bind_routers(&config, driver.as_ref(), store.as_ref()).await?;
         let flag_secret = flags::instance_secret(store.as_ref()).await?;
         let engine = Arc::new(Engine {
             flag_secret,
@@ -202,6 +204,7 @@ impl Engine {
         engine.collect_garbage_periodically();
         engine.reap_periodically();
         engine.forget_flags_on_change();
+        engine.resume_faults().await?;
         Ok(engine)
     }
 

@@ -11,7 +11,6 @@ use jiff::Timestamp;
 use shipgate_core::config::DataLocation;
 use shipgate_core::on_demand::{self, Holder, OnDemandState, TemplateConfig};
 use shipgate_core::{Config, EnvName, EventKind, PromotionState, ReleaseRef};
-use shipgate_deploy::RouterSpec;
 use shipgate_store::{NewEvent, OnDemandRecord};
 
 use crate::{Engine, EngineError, SYSTEM, locked};
@@ -267,12 +266,7 @@ impl Engine {
         let config = self.config();
         let env = materialize(&config, r)
             .ok_or_else(|| format!("template {} is no longer in the config", r.template))?;
-        let spec = RouterSpec {
-            env: env.name.to_string(),
-            listen: env.listen,
-            apps: config.apps.iter().map(|a| a.name.to_string()).collect(),
-            request_timeout: env.request_timeout.map(|t| t.as_std()),
-        };
+        let spec = crate::chaos::router_spec(&config, &env, Vec::new());
         place(self.driver.as_ref(), &env);
         self.change_config(|now| now.with_on_demand(env));
         self.driver

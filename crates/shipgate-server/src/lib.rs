@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod chaos;
 mod data_dir;
 mod extract;
 mod flags;

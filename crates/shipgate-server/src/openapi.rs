@@ -10,14 +10,15 @@ use shipgate_api::answers::{
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
 use shipgate_api::records::{
-    AuditReport, Event, FlagChangeRecord, FlagKeyRecord, HostRecord, Promotion, Release,
-    TokenRecord,
+    AuditReport, Event, FaultRecord, FlagChangeRecord, FlagKeyRecord, HostRecord, Promotion,
+    Release, TokenRecord,
 };
 use shipgate_api::requests::{
-    AppEnv, AppQuery, DataRefreshRequest, DecisionRequest, DiffQuery, EventsQuery, ExtendRequest,
-    FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery,
-    FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery,
-    OnDemandRequest, PromoteRequest, ReleaseQuery, RollbackRequest, SetFlagRequest, TokenRequest,
+    AppEnv, AppQuery, ChaosQuery, ChaosRequest, DataRefreshRequest, DecisionRequest, DiffQuery,
+    EventsQuery, ExtendRequest, FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest,
+    FlagPromoteRequest, FlagsQuery, FreezeQuery, FreezeRequest, GcRequest, HistoryQuery,
+    HostRequest, JoinRequest, LogsQuery, OnDemandRequest, PromoteRequest, ReleaseQuery,
+    RollbackRequest, SetFlagRequest, TokenRequest,
 };
 use shipgate_api::status::{AppStatus, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
@@ -80,6 +81,9 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::set_flag,
         declared::promote_flags,
         declared::list_flag_changes,
+        declared::inject_fault,
+        declared::list_faults,
+        declared::clear_faults,
         declared::decide_flag_change,
         declared::create_flag_key,
         declared::list_flag_keys,
@@ -589,6 +593,29 @@ mod declared {
             (status = 200, description = "flag changes", body = Vec<FlagChangeRecord>),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn list_flag_changes() {}
+
+    /// Inject an HTTP fault into an environment's router for a while (deployer of it; an
+    /// admin at the end of the flow; only where `chaos.allow = true`), with an audit event. It
+    /// ends by itself at its duration.
+    #[utoipa::path(post, path = "/api/v1/chaos", operation_id = "injectFault", request_body = ChaosRequest,
+        responses(
+            (status = 201, description = "injected", body = FaultRecord),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn inject_fault() {}
+
+    /// The faults in force (every one with `all`) in the environments the token sees.
+    #[utoipa::path(get, path = "/api/v1/chaos", operation_id = "listFaults", params(ChaosQuery),
+        responses(
+            (status = 200, description = "faults", body = Vec<FaultRecord>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_faults() {}
+
+    /// End the faults in force that match before their end (deployer of their environment).
+    #[utoipa::path(delete, path = "/api/v1/chaos", operation_id = "clearFaults", params(ChaosQuery),
+        responses(
+            (status = 200, description = "the faults ended", body = Vec<FaultRecord>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn clear_faults() {}
 
     /// Approve or reject a waiting flag change (approver of its environment, or admin; never
     /// the requester); the approval that completes the count applies it.

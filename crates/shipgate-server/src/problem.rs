@@ -75,6 +75,9 @@ impl From<EngineError> for Problem {
             EngineError::OnDemand(_) => (StatusCode::CONFLICT, "on-demand environment refused"),
             EngineError::UnknownFlag(_) => (StatusCode::NOT_FOUND, "no such flag"),
             EngineError::Flag(_) => (StatusCode::UNPROCESSABLE_ENTITY, "flag change refused"),
+            EngineError::Chaos(_) => (StatusCode::UNPROCESSABLE_ENTITY, "fault refused"),
+            EngineError::ChaosForbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            EngineError::UnknownFault(_) => (StatusCode::NOT_FOUND, "no such fault"),
             EngineError::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "quota used up"),
             EngineError::Decision(d) => match d {
                 DecisionRefusal::OwnPromotion { .. } | DecisionRefusal::WrongRole { .. } => {

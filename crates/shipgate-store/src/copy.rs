@@ -230,6 +230,21 @@ const TABLES: &[(&str, &str, &[Column])] = &[
         ],
     ),
     (
+        "chaos_faults",
+        "id",
+        &[
+            ("id", I),
+            ("env", T),
+            ("app", T),
+            ("fault", T),
+            ("created_by", T),
+            ("created_at", T),
+            ("ends_at", T),
+            ("ended_at", T),
+            ("ended_by", T),
+        ],
+    ),
+    (
         "traffic_samples",
         "app, env, at_ms",
         &[
@@ -253,6 +268,7 @@ const IDENTITIES: &[(&str, &str)] = &[
     ("decisions", "id"),
     ("freezes", "id"),
     ("flag_changes", "id"),
+    ("chaos_faults", "id"),
 ];
 
 /// What a copy did.

@@ -361,6 +361,25 @@ pub trait Store: Send + Sync {
 
     /// Revokes the active flag key `name`, with its event.
     async fn revoke_flag_key(&self, name: &str, event: NewEvent) -> Result<FlagKeyRecord>;
+
+    /// Records a chaos fault of `app` in `env` ending at `ends_at`, with its event; the
+    /// record's fault carries its number.
+    async fn insert_fault(
+        &self,
+        env: &EnvName,
+        app: &AppName,
+        fault: &shipgate_core::chaos::HttpFault,
+        ends_at: jiff::Timestamp,
+        event: NewEvent,
+    ) -> Result<FaultRecord>;
+
+    /// The chaos faults of `env` (every environment's with None), those not ended alone with
+    /// `active_only`, oldest first.
+    async fn faults(&self, env: Option<&EnvName>, active_only: bool) -> Result<Vec<FaultRecord>>;
+
+    /// Ends those of the faults named in `events` that have not ended, by `by`, each with its
+    /// event, in one transaction; answers those it ended.
+    async fn end_faults(&self, by: &str, events: Vec<(i64, NewEvent)>) -> Result<Vec<FaultRecord>>;
 }
 
 /// Re-computes the audit chain over `events` (all of them, oldest first).

@@ -2,8 +2,8 @@
 //! (`shipgate-api`), re-exported here.
 
 pub use shipgate_api::records::{
-    AuditReport, Event, FlagChange, FlagChangeRecord, FlagChangeStatus, FlagKeyRecord, FlagRecord,
-    Gate, HostRecord, LiveRelease, OnDemandRecord, Promotion, Release, TokenRecord,
+    AuditReport, Event, FaultRecord, FlagChange, FlagChangeRecord, FlagChangeStatus, FlagKeyRecord,
+    FlagRecord, Gate, HostRecord, LiveRelease, OnDemandRecord, Promotion, Release, TokenRecord,
 };
 
 use serde::{Deserialize, Serialize};

@@ -19,6 +19,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 
+mod chaos;
 mod flags;
 mod on_demand;
 
@@ -1937,6 +1938,25 @@ impl Store for SqlStore {
 
     async fn revoke_flag_key(&self, name: &str, event: NewEvent) -> Result<FlagKeyRecord> {
         SqlStore::revoke_flag_key(self, name, event).await
+    }
+
+    async fn insert_fault(
+        &self,
+        env: &EnvName,
+        app: &AppName,
+        fault: &shipgate_core::chaos::HttpFault,
+        ends_at: jiff::Timestamp,
+        event: NewEvent,
+    ) -> Result<FaultRecord> {
+        SqlStore::insert_fault(self, env, app, fault, ends_at, event).await
+    }
+
+    async fn faults(&self, env: Option<&EnvName>, active_only: bool) -> Result<Vec<FaultRecord>> {
+        SqlStore::faults(self, env, active_only).await
+    }
+
+    async fn end_faults(&self, by: &str, events: Vec<(i64, NewEvent)>) -> Result<Vec<FaultRecord>> {
+        SqlStore::end_faults(self, by, events).await
     }
 }
 

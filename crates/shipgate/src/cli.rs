@@ -310,6 +310,9 @@ pub enum Command {
     /// /ofrep/v1/.
     #[command(subcommand)]
     Flag(FlagCommand),
+    /// Faults injected on purpose into an environment's router, always for a while.
+    #[command(subcommand)]
+    Chaos(ChaosCommand),
     /// Runs the data plane of this machine (instances and routers) for the server. The server
     /// starts the one on its own machine itself; on another host, join once with `--server URL
     /// --join TOKEN --name NAME` (the token from `shipgate host add NAME`), and from then on
@@ -599,6 +602,72 @@ pub enum FlagCommand {
     /// OFREP client keys: each selects one environment's flags.
     #[command(subcommand)]
     Key(FlagKeyCommand),
+}
+
+/// `shipgate chaos ...`.
+#[derive(Debug, Subcommand)]
+pub enum ChaosCommand {
+    /// Inject an HTTP fault into an environment's router: an abort (a status instead of the
+    /// app) or a delay, for a share of an app's requests, until --duration ends it by itself.
+    /// Only where `chaos.allow = true`; at the end of the flow (production) an admin only.
+    #[command(
+        after_help = "Examples:\n  shipgate chaos inject --env staging --app web --abort 503 --percent 10 --duration 5m\n  shipgate chaos inject --env staging --app web --delay 300ms --jitter 100ms --percent 25 --path '/api/*' --duration 10m\n  shipgate chaos inject --env staging --app web --abort 500 --header 'x-chaos: 1' --duration 1h"
+    )]
+    Inject {
+        /// The environment.
+        #[arg(long)]
+        env: EnvName,
+        /// The app whose requests it touches.
+        #[arg(long)]
+        app: AppName,
+        /// Answer this status (400 to 599) instead of the app.
+        #[arg(long, conflicts_with = "delay", required_unless_present = "delay")]
+        abort: Option<u16>,
+        /// Hold each request this long before forwarding it (`300ms`).
+        #[arg(long)]
+        delay: Option<String>,
+        /// With --delay: the most it varies either way (`100ms`).
+        #[arg(long, requires = "delay")]
+        jitter: Option<String>,
+        /// The share of requests touched, above 0 and at most 100.
+        #[arg(long, default_value_t = 100.0)]
+        percent: f64,
+        /// Only requests whose path matches; `*` stands for anything (`/api/*`).
+        #[arg(long)]
+        path: Option<String>,
+        /// Only requests with this header and value (`x-chaos: 1`).
+        #[arg(long)]
+        header: Option<String>,
+        /// How long it lasts (`5m`), at most the environment's `chaos.max_duration`.
+        #[arg(long)]
+        duration: String,
+    },
+    /// The faults in force, with their end (ended ones too with --all).
+    #[command(
+        after_help = "Examples:\n  shipgate chaos list\n  shipgate chaos list --env staging --all --output json"
+    )]
+    List {
+        /// Only this environment's.
+        #[arg(long)]
+        env: Option<EnvName>,
+        /// Ended ones too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// End faults before their time: one by number, or those of an environment or app.
+    #[command(
+        after_help = "Examples:\n  shipgate chaos clear 3\n  shipgate chaos clear --env staging\n  shipgate chaos clear --env staging --app web"
+    )]
+    Clear {
+        /// The fault's number (shipgate chaos list).
+        id: Option<i64>,
+        /// Those of this environment.
+        #[arg(long)]
+        env: Option<EnvName>,
+        /// Those of this app.
+        #[arg(long)]
+        app: Option<AppName>,
+    },
 }
 
 /// `shipgate flag key ...`.

@@ -255,7 +255,16 @@ impl Client {
 
     /// DELETE a resource.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(|base| Ok(self.http.delete(Self::url(base, path))))
+        self.delete_with(path, &[]).await
+    }
+
+    /// DELETE with a query string.
+    pub async fn delete_with<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        self.send(|base| Ok(self.http.delete(Self::url(base, path)).query(query)))
             .await
     }
 

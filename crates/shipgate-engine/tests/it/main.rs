@@ -684,3 +684,110 @@ async fn an_on_demand_environment_counted_from_creation_expires_however_it_is_us
     f.engine.reap().await.unwrap();
     assert!(f.engine.on_demand_env(&name).await.is_err(), "deleted");
 }
+
+fn admin() -> shipgate_core::Grant {
+    shipgate_core::Grant {
+        name: "ops".into(),
+        role: shipgate_core::Role::Admin,
+        envs: Vec::new(),
+    }
+}
+
+fn abort_all<'a>(
+    env: &'a EnvName,
+    app: &'a shipgate_core::AppName,
+    percent: f64,
+    minutes: u32,
+) -> shipgate_core::chaos::FaultAsk<'a> {
+    shipgate_core::chaos::FaultAsk {
+        env,
+        app,
+        action: shipgate_core::chaos::FaultAction::Abort { status: 503 },
+        percent,
+        path: None,
+        header: None,
+        duration: MINUTE * minutes,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_ends_at_its_duration_on_the_engine_clock_and_a_watch_never_counts_it() {
+    let f = start(
+        "chaos.allow = true\nverify.watch = \"10m\"\nverify.max_error_rate = 0.01\nverify.min_requests = 20\nverify.inconclusive = \"pass\"",
+    )
+    .await;
+    let prod = EnvName::parse("production").unwrap();
+    let web = shipgate_core::AppName::parse("web").unwrap();
+    let good = f.verified_in_development("1.0.0", &[]).await;
+    let first = f.promote(&good, "production").await;
+    f.watching(first).await;
+    f.clock.advance(10 * MINUTE);
+    f.reaches(first, PromotionState::Succeeded).await;
+    let addr = f.router("production");
+
+    // Every request aborted for 5 minutes of the engine's clock.
+    let fault = f
+        .engine
+        .inject_fault(&admin(), abort_all(&prod, &web, 100.0, 5))
+        .await
+        .unwrap();
+    let (status, body) = get(addr).unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("injected 503"), "{body}");
+    f.clock.advance(4 * MINUTE);
+    f.settle().await;
+    assert_eq!(get(addr).unwrap().0, 503, "4 of 5 minutes");
+    f.clock.advance(MINUTE);
+    f.settle().await;
+    assert_eq!(get(addr), Some((200, "app 1.0.0".to_owned())));
+    let ended = f.engine.store().faults(None, false).await.unwrap();
+    assert_eq!(ended[0].id, fault.id);
+    assert_eq!(ended[0].ended_by.as_deref(), Some("duration"));
+    assert!(
+        f.engine
+            .store()
+            .faults(None, true)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // With half the requests aborted on purpose, a healthy release's watch still passes: what
+    // the fault touched is counted apart from the release's own answers.
+    f.engine
+        .inject_fault(&admin(), abort_all(&prod, &web, 50.0, 30))
+        .await
+        .unwrap();
+    let next = f.verified_in_development("1.1.0", &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let aborted = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, aborted) = (Arc::clone(&stop), Arc::clone(&aborted));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if get(addr).is_some_and(|(status, _)| status == 503) {
+                    aborted.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let second = f.promote(&next, "production").await;
+    f.watching(second).await;
+    while aborted.load(Ordering::Relaxed) < 40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f.clock.advance(10 * MINUTE);
+    f.reaches(second, PromotionState::Succeeded).await;
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let cleared = f
+        .engine
+        .clear_faults(&admin(), Some(&prod), None, None)
+        .await
+        .unwrap();
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(cleared[0].ended_by.as_deref(), Some("ops"));
+    assert_eq!(get(addr), Some((200, "app 1.1.0".to_owned())));
+    f.engine.shutdown().await;
+}

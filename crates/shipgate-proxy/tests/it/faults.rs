@@ -90,7 +90,10 @@ async fn an_abort_touches_its_share_of_2000_requests_and_is_counted_apart() {
 
     router.set_faults(Vec::new());
     for _ in 0..50 {
-        assert_eq!(get(&router, "localhost", "/").await.status, StatusCode::CREATED);
+        assert_eq!(
+            get(&router, "localhost", "/").await.status,
+            StatusCode::CREATED
+        );
     }
 }
 
@@ -134,7 +137,10 @@ async fn a_delay_holds_each_request_at_least_its_delay_less_its_jitter() {
     router.set_faults(vec![fault(delay, 100.0)]);
     for _ in 0..20 {
         let started = Instant::now();
-        assert_eq!(get(&router, "localhost", "/").await.status, StatusCode::CREATED);
+        assert_eq!(
+            get(&router, "localhost", "/").await.status,
+            StatusCode::CREATED
+        );
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(200), "{took:?}");
     }
@@ -145,5 +151,8 @@ async fn a_delay_holds_each_request_at_least_its_delay_less_its_jitter() {
     let mut ended = fault(ABORT, 100.0);
     ended.until_ms = 1;
     router.set_faults(vec![ended]);
-    assert_eq!(get(&router, "localhost", "/").await.status, StatusCode::CREATED);
+    assert_eq!(
+        get(&router, "localhost", "/").await.status,
+        StatusCode::CREATED
+    );
 }

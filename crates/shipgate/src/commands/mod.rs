@@ -2,6 +2,7 @@
 //! server is read through the wire types of `shipgate-api`.
 
 mod audit;
+mod chaos;
 mod data;
 mod flags;
 mod install;
@@ -183,6 +184,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(command) => token(g, out, command).await,
         Command::Env(command) => on_demand::run(g, out, command).await,
         Command::Flag(command) => flags::run(g, out, command).await,
+        Command::Chaos(command) => chaos::run(g, out, command).await,
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,
         Command::Host(crate::cli::HostCommand::Add { name }) => add_host(g, out, &name).await,
         Command::Host(crate::cli::HostCommand::Remove { name }) => remove_host(g, out, &name).await,

@@ -1,0 +1,249 @@
+//! Chaos at run time: HTTP faults injected into an environment's router, each recorded with
+//! its end, given to the data plane (which also ends it by itself at that time), and ended by
+//! the engine when its duration runs out, on the engine's clock. A fault whose end passed while
+//! no server ran is ended, with an event saying so, as soon as one starts: a fault is never
+//! forgotten on, and never outlives a restart unnoticed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use shipgate_core::chaos::{self, FaultAsk, HttpFault};
+use shipgate_core::{AppName, Config, EnvName, EventKind, Grant, Role};
+use shipgate_deploy::RouterSpec;
+use shipgate_store::{FaultRecord, NewEvent};
+
+use crate::{Engine, EngineError};
+
+/// Who ends a fault whose duration ran out.
+pub const DURATION: &str = "duration";
+
+/// An environment's router as the config and the faults in force there make it.
+pub(crate) fn router_spec(
+    config: &Config,
+    env: &shipgate_core::EnvironmentConfig,
+    faults: Vec<HttpFault>,
+) -> RouterSpec {
+    RouterSpec {
+        env: env.name.to_string(),
+        listen: env.listen,
+        apps: config.apps.iter().map(|a| a.name.to_string()).collect(),
+        request_timeout: env.request_timeout.map(|t| t.as_std()),
+        faults,
+    }
+}
+
+/// The faults in force, by environment.
+pub(crate) async fn active(
+    store: &dyn shipgate_store::Store,
+) -> Result<HashMap<String, Vec<HttpFault>>, EngineError> {
+    let mut by_env: HashMap<String, Vec<HttpFault>> = HashMap::new();
+    for r in store.faults(None, true).await? {
+        by_env.entry(r.env.to_string()).or_default().push(r.fault);
+    }
+    Ok(by_env)
+}
+
+fn event(actor: &str, kind: EventKind, r: &FaultRecord, message: String) -> NewEvent {
+    NewEvent {
+        actor: actor.to_owned(),
+        kind,
+        app: Some(r.app.to_string()),
+        env: Some(r.env.to_string()),
+        promotion_id: None,
+        message,
+        data: serde_json::json!({ "fault": r.fault, "ends_at": r.ends_at.to_string() }),
+    }
+}
+
+impl Engine {
+    /// Injects a fault into `ask.env`'s router for `ask.duration`, as `grant` (the caller
+    /// checked that it may change the environment). Refused where `chaos.allow` is not set,
+    /// beyond `chaos.max_duration`, and at the end of the flow (production) without an admin.
+    pub async fn inject_fault(
+        self: &Arc<Self>,
+        grant: &Grant,
+        ask: FaultAsk<'_>,
+    ) -> Result<FaultRecord, EngineError> {
+        let config = self.config();
+        let Some(env_config) = config.environment(ask.env) else {
+            return Err(EngineError::UnknownEnvironment(ask.env.to_string()));
+        };
+        if config.app(ask.app).is_none() {
+            return Err(EngineError::UnknownApp(ask.app.to_string()));
+        }
+        let header = chaos::check(&ask, env_config.chaos).map_err(EngineError::Chaos)?;
+        if chaos::needs_admin(&config, ask.env) && grant.role != Role::Admin {
+            return Err(EngineError::ChaosForbidden(format!(
+                "{env} ends the flow (it is production), so faults there need an admin; token `{}` has the role {}",
+                grant.name,
+                grant.role,
+                env = ask.env
+            )));
+        }
+        let ends_at = crate::clock::after(self.clock.now(), ask.duration);
+        let fault = HttpFault {
+            id: 0,
+            app: ask.app.to_string(),
+            action: ask.action.clone(),
+            percent: ask.percent,
+            path: ask.path.map(str::to_owned),
+            header,
+            until_ms: ends_at.as_millisecond(),
+        };
+        let lasts = shipgate_core::Duration::from_std(ask.duration);
+        let new = NewEvent {
+            actor: grant.name.clone(),
+            kind: EventKind::ChaosInjected,
+            app: Some(ask.app.to_string()),
+            env: Some(ask.env.to_string()),
+            promotion_id: None,
+            message: format!(
+                "chaos in {}: {fault} for {lasts}, until {}",
+                ask.env,
+                ends_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            data: serde_json::json!({ "fault": fault, "ends_at": ends_at.to_string() }),
+        };
+        let record = self
+            .store
+            .insert_fault(ask.env, ask.app, &fault, ends_at, new)
+            .await?;
+        self.push_faults(ask.env).await?;
+        self.end_later(record.ends_at);
+        Ok(record)
+    }
+
+    /// Ends the faults in force that match: of `env`, of `app`, or the one numbered `id`
+    /// (every one with none of them), as `grant`. Answers those it ended.
+    pub async fn clear_faults(
+        &self,
+        grant: &Grant,
+        env: Option<&EnvName>,
+        app: Option<&AppName>,
+        id: Option<i64>,
+    ) -> Result<Vec<FaultRecord>, EngineError> {
+        let matching: Vec<FaultRecord> = self
+            .store
+            .faults(env, true)
+            .await?
+            .into_iter()
+            .filter(|r| app.is_none_or(|a| r.app == *a) && id.is_none_or(|i| r.id == i))
+            .filter(|r| {
+                grant
+                    .check(shipgate_core::Action::Promote, Some(&r.env))
+                    .is_ok()
+            })
+            .collect();
+        if let Some(id) = id
+            && matching.is_empty()
+        {
+            return Err(EngineError::UnknownFault(format!(
+                "no fault #{id} is in force where token `{}` may act (shipgate chaos list shows them)",
+                grant.name
+            )));
+        }
+        let events = matching
+            .iter()
+            .map(|r| {
+                let said = format!(
+                    "chaos fault #{} in {} ended by {}: {}",
+                    r.id, r.env, grant.name, r.fault
+                );
+                (r.id, event(&grant.name, EventKind::ChaosEnded, r, said))
+            })
+            .collect();
+        let ended = self.store.end_faults(&grant.name, events).await?;
+        self.push_faults_of(&ended).await?;
+        Ok(ended)
+    }
+
+    /// Ends every fault whose end has passed on the engine's clock, as [`DURATION`]; one that
+    /// should have ended more than a few seconds ago (no server ran then) says so.
+    pub(crate) async fn end_due_faults(&self) -> Result<Vec<FaultRecord>, EngineError> {
+        let now = self.clock.now();
+        let late_after = jiff::SignedDuration::from_secs(5);
+        let events = self
+            .store
+            .faults(None, true)
+            .await?
+            .into_iter()
+            .filter(|r| r.ends_at <= now)
+            .map(|r| {
+                let at = r.ends_at.strftime("%Y-%m-%d %H:%M:%S UTC");
+                let late = if now.duration_since(r.ends_at) > late_after {
+                    format!(
+                        " (no server ran then; ended when this one started at {})",
+                        now.strftime("%H:%M:%S UTC")
+                    )
+                } else {
+                    String::new()
+                };
+                let said = format!(
+                    "chaos fault #{} in {} ended: its duration ran out at {at}{late}: {}",
+                    r.id, r.env, r.fault
+                );
+                (r.id, event(DURATION, EventKind::ChaosEnded, &r, said))
+            })
+            .collect::<Vec<_>>();
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ended = self.store.end_faults(DURATION, events).await?;
+        self.push_faults_of(&ended).await?;
+        Ok(ended)
+    }
+
+    /// At start: ends what ran out meanwhile, and waits for the end of what is still in force.
+    pub(crate) async fn resume_faults(self: &Arc<Self>) -> Result<(), EngineError> {
+        self.end_due_faults().await?;
+        for r in self.store.faults(None, true).await? {
+            self.end_later(r.ends_at);
+        }
+        Ok(())
+    }
+
+    /// Ends what is due at `at`, in the background.
+    fn end_later(self: &Arc<Self>, at: jiff::Timestamp) {
+        let engine = Arc::downgrade(self);
+        let clock = self.clock.clone();
+        tokio::spawn(async move {
+            clock.sleep_until(at).await;
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            if let Err(e) = engine.end_due_faults().await {
+                tracing::warn!("ending chaos faults: {e}");
+            }
+        });
+    }
+
+    /// Gives the routers of the environments of `ended` the faults still in force there.
+    async fn push_faults_of(&self, ended: &[FaultRecord]) -> Result<(), EngineError> {
+        let mut envs: Vec<&EnvName> = ended.iter().map(|r| &r.env).collect();
+        envs.sort();
+        envs.dedup();
+        for env in envs {
+            self.push_faults(env).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives `env`'s router the faults in force there.
+    async fn push_faults(&self, env: &EnvName) -> Result<(), EngineError> {
+        let config = self.config();
+        let Some(env_config) = config.environment(env) else {
+            return Ok(());
+        };
+        let faults = self
+            .store
+            .faults(Some(env), true)
+            .await?
+            .into_iter()
+            .map(|r| r.fault)
+            .collect();
+        self.driver
+            .bind_router(router_spec(&config, env_config, faults))
+            .await
+            .map_err(|e| EngineError::DataPlane(e.to_string()))
+    }
+}

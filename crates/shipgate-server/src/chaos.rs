@@ -1,0 +1,119 @@
+//! `/api/v1/chaos`: HTTP faults injected into an environment's router (deployer of it, and an
+//! admin at the end of the flow), listed, and cleared before their end.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use shipgate_api::requests::{ChaosQuery, ChaosRequest};
+use shipgate_core::chaos::{FaultAction, FaultAsk};
+use shipgate_core::{Action, AppName, EnvName};
+use shipgate_store::FaultRecord;
+
+use crate::AppState;
+use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::problem::Problem;
+
+type ApiResult<T> = Result<T, Problem>;
+
+fn refused(detail: String) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "fault refused", detail)
+}
+
+fn env_name(s: &str) -> ApiResult<EnvName> {
+    EnvName::parse(s).map_err(|e| Problem::bad_request(format!("environment: {e}")))
+}
+
+fn app_name(s: &str) -> ApiResult<AppName> {
+    AppName::parse(s).map_err(|e| Problem::bad_request(format!("app: {e}")))
+}
+
+fn millis(what: &str, s: &str) -> ApiResult<u64> {
+    shipgate_core::Duration::parse(s)
+        .map(|d| d.as_std().as_millis() as u64)
+        .map_err(|e| refused(format!("{what}: {e}")))
+}
+
+/// `POST /api/v1/chaos`.
+pub(crate) async fn inject(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<ChaosRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let env = env_name(&req.env)?;
+    caller.allow(Action::Promote, Some(&env))?;
+    let app = app_name(&req.app)?;
+    let action = match (req.abort, req.delay.as_deref()) {
+        (Some(status), None) if req.jitter.is_none() => FaultAction::Abort { status },
+        (None, Some(delay)) => FaultAction::Delay {
+            delay_ms: millis("delay", delay)?,
+            jitter_ms: req
+                .jitter
+                .as_deref()
+                .map(|j| millis("jitter", j))
+                .transpose()?
+                .unwrap_or(0),
+        },
+        _ => {
+            return Err(refused(
+                "give either abort (a status, --abort 503) or delay (--delay 300ms, with an optional --jitter)".into(),
+            ));
+        }
+    };
+    let duration = shipgate_core::Duration::parse(&req.duration)
+        .map_err(|e| refused(format!("duration: {e} (--duration 5m)")))?;
+    let ask = FaultAsk {
+        env: &env,
+        app: &app,
+        action,
+        percent: req.percent.unwrap_or(100.0),
+        path: req.path.as_deref(),
+        header: req.header.as_deref(),
+        duration: duration.as_std(),
+    };
+    let record = state.engine.inject_fault(caller.grant(), ask).await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+/// `GET /api/v1/chaos`: the faults in force (every one with `all`) where the token sees.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ChaosQuery>,
+) -> ApiResult<Json<Vec<FaultRecord>>> {
+    caller.allow(Action::Read, None)?;
+    let env = q.env.as_deref().map(env_name).transpose()?;
+    let app = q.app.as_deref().map(app_name).transpose()?;
+    let faults = state
+        .engine
+        .store()
+        .faults(env.as_ref(), !q.all)
+        .await
+        .map_err(shipgate_engine::EngineError::from)?;
+    Ok(Json(
+        faults
+            .into_iter()
+            .filter(|f| caller.sees(Some(f.env.as_str())))
+            .filter(|f| app.as_ref().is_none_or(|a| f.app == *a))
+            .filter(|f| q.id.is_none_or(|id| f.id == id))
+            .collect(),
+    ))
+}
+
+/// `DELETE /api/v1/chaos`: end the faults in force that match, before their end (deployer of
+/// their environment).
+pub(crate) async fn clear(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ChaosQuery>,
+) -> ApiResult<Json<Vec<FaultRecord>>> {
+    let env = q.env.as_deref().map(env_name).transpose()?;
+    caller.allow(Action::Promote, env.as_ref())?;
+    let app = q.app.as_deref().map(app_name).transpose()?;
+    Ok(Json(
+        state
+            .engine
+            .clear_faults(caller.grant(), env.as_ref(), app.as_ref(), q.id)
+            .await?,
+    ))
+}
