@@ -44,6 +44,9 @@ pub struct EnvironmentStatus {
     pub drift: Vec<String>,
     /// How its instances are confined.
     pub isolation: IsolationView,
+    /// The chaos faults in force on the app here, each with its end.
+    #[serde(default)]
+    pub faults: Vec<crate::records::FaultRecord>,
 }
 
 /// The warm standby of an app in an environment.

@@ -42,6 +42,7 @@ impl Engine {
         // Where each environment's rollback goes, from one read for all of them.
         let targets = self.store.rollback_targets(apps).await?;
         let freezes = self.store.freezes().await?;
+        let faults = self.store.faults(None, true).await?;
         // One snapshot per router, not one per cell: a snapshot covers every release it saw.
         let mut traffic: HashMap<&EnvName, HashMap<String, shipgate_proxy::WindowSummary>> =
             HashMap::new();
@@ -125,6 +126,11 @@ impl Engine {
                     unhealthy: crate::locked(&self.unhealthy).get(&slot).cloned(),
                     drift: self.drift_of_slot(&a.name, &e.name),
                     isolation: self.isolation_view(&a.name, &e.name),
+                    faults: faults
+                        .iter()
+                        .filter(|f| f.app == a.name && f.env == e.name)
+                        .cloned()
+                        .collect(),
                     traffic: traffic
                         .get(&e.name)
                         .and_then(|t| t.get(a.name.as_str()))

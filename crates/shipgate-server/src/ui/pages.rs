@@ -756,6 +756,8 @@ struct EnvironmentPage {
     flag_changes: Vec<super::flags::ChangeRow>,
     /// Whether the viewer may approve or reject them.
     can_approve: bool,
+    /// The chaos faults in force on the app here, as lines.
+    faults: Vec<String>,
 }
 
 pub(crate) async fn environment(
@@ -890,6 +892,25 @@ pub(crate) async fn environment(
         can_flag: viewer.caller.allow(Action::Promote, Some(&env)).is_ok(),
         flag_changes: super::flags::waiting(&state, &app, &env).await?,
         can_approve: viewer.caller.allow(Action::Approve, Some(&env)).is_ok(),
+        faults: state
+            .engine
+            .store()
+            .faults(Some(&env), true)
+            .await
+            .map_err(|e| from_problem(shipgate_engine::EngineError::from(e).into()))?
+            .into_iter()
+            .filter(|f| f.app == app)
+            .map(|f| {
+                format!(
+                    "#{}: {} until {} (injected by {}; shipgate chaos clear {} ends it)",
+                    f.id,
+                    f.fault,
+                    short_time(&f.ends_at),
+                    f.created_by,
+                    f.id
+                )
+            })
+            .collect(),
     };
     Ok(html(&page))
 }

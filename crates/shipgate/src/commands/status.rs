@@ -198,8 +198,19 @@ fn render_waits(apps: &[AppStatus]) -> String {
     let mut waits = String::new();
     let mut watches = String::new();
     let mut freezes: Vec<String> = Vec::new();
+    let mut faults = String::new();
     for a in apps {
         for e in &a.environments {
+            for f in &e.faults {
+                faults.push_str(&format!(
+                    "  #{} in {}: {} until {} (by {})\n",
+                    f.id,
+                    f.env,
+                    f.fault,
+                    f.ends_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                    f.created_by
+                ));
+            }
             for f in &e.frozen {
                 let scope = f
                     .env
@@ -246,6 +257,10 @@ fn render_waits(apps: &[AppStatus]) -> String {
     if !freezes.is_empty() {
         text.push_str("\nfrozen:\n");
         text.push_str(&freezes.concat());
+    }
+    if !faults.is_empty() {
+        text.push_str("\nchaos (faults injected on purpose; shipgate chaos clear ID ends one):\n");
+        text.push_str(&faults);
     }
     text
 }
