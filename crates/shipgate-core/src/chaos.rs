@@ -330,3 +330,128 @@ mod tests {
         );
     }
 }
+
+/// Which way a toxic acts on a TCP proxy's connections: on what the client sends
+/// (`upstream`) or on what it receives (`downstream`), as Toxiproxy names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Client to dependency.
+    Upstream,
+    /// Dependency to client.
+    Downstream,
+}
+
+impl Stream {
+    /// As Toxiproxy writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upstream => "upstream",
+            Self::Downstream => "downstream",
+        }
+    }
+}
+
+fn downstream() -> Stream {
+    Stream::Downstream
+}
+
+fn full() -> f64 {
+    1.0
+}
+
+/// A toxic of a TCP proxy, in Toxiproxy's own JSON shape: `{name, type, stream, toxicity,
+/// attributes}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct Toxic {
+    /// Its name in its proxy (`latency_downstream` unless given).
+    #[serde(default)]
+    pub name: String,
+    /// `latency`, `bandwidth`, `slow_close`, `timeout`, `reset_peer`, `slicer` or
+    /// `limit_data`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Which way it acts (default downstream).
+    #[serde(default = "downstream")]
+    pub stream: Stream,
+    /// The share of connections it acts on, 0 to 1 (default 1).
+    #[serde(default = "full")]
+    pub toxicity: f64,
+    /// Its parameters, as Toxiproxy names them (`latency` and `jitter` in ms, `rate` in KB/s,
+    /// `delay`, `timeout`, `average_size`, `size_variation`, `bytes`).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(value_type = Object))]
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The toxic types and the attributes each takes.
+pub const TOXICS: &[(&str, &[&str])] = &[
+    ("latency", &["latency", "jitter"]),
+    ("bandwidth", &["rate"]),
+    ("slow_close", &["delay"]),
+    ("timeout", &["timeout"]),
+    ("reset_peer", &["timeout"]),
+    ("slicer", &["average_size", "size_variation", "delay"]),
+    ("limit_data", &["bytes"]),
+];
+
+impl Toxic {
+    /// Checks the toxic and fills in its default name; the error says what to write.
+    pub fn checked(mut self) -> Result<Self, String> {
+        let Some((_, known)) = TOXICS.iter().find(|(t, _)| *t == self.kind) else {
+            let kinds: Vec<&str> = TOXICS.iter().map(|(t, _)| *t).collect();
+            return Err(format!(
+                "unknown toxic type `{}`; it is one of {}",
+                self.kind,
+                kinds.join(", ")
+            ));
+        };
+        if !(0.0..=1.0).contains(&self.toxicity) {
+            return Err(format!("toxicity is from 0 to 1, not {}", self.toxicity));
+        }
+        for (key, value) in &self.attributes {
+            if !known.contains(&key.as_str()) {
+                return Err(format!(
+                    "a {} toxic takes {}, not `{key}`",
+                    self.kind,
+                    known.join(", ")
+                ));
+            }
+            if value.as_u64().is_none() {
+                return Err(format!(
+                    "attribute `{key}` of a {} toxic is a whole number of at least 0, not {value}",
+                    self.kind
+                ));
+            }
+        }
+        if self.name.is_empty() {
+            self.name = format!("{}_{}", self.kind, self.stream.as_str());
+        }
+        Ok(self)
+    }
+
+    /// Attribute `key` (0 when absent).
+    pub fn attribute(&self, key: &str) -> u64 {
+        self.attributes
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A TCP proxy between an app and one of its dependencies, as the data plane runs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DependencyProxy {
+    /// `ENV.NAME` (`staging.db`).
+    pub name: String,
+    /// Where the app connects.
+    pub listen: std::net::SocketAddr,
+    /// Where the dependency is (`host:port`).
+    pub upstream: String,
+    /// False: the proxy is down (no listener, every connection closed).
+    pub enabled: bool,
+    /// Its toxics, in the order they were added.
+    pub toxics: Vec<Toxic>,
+}

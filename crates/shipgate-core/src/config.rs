@@ -55,6 +55,10 @@ pub struct ServerConfig {
     /// Where agents of other hosts dial in (mutual TLS); default: the API's address with port
     /// 0 (any free port; agents ask the API which one).
     pub agent_listen: SocketAddr,
+    /// Where the Toxiproxy-compatible API of the dependency proxies listens (no token, as
+    /// Toxiproxy takes none; loopback unless told otherwise), when an environment has
+    /// `dependencies`.
+    pub toxiproxy_listen: SocketAddr,
     /// Whether `shipgate server` reloads the config file by itself when it changes.
     pub watch_config: bool,
     /// The folder of the config file (`${CONFIG_DIR}`; relative paths are resolved against it).
@@ -326,6 +330,9 @@ pub struct EnvironmentConfig {
     /// `chaos.allow` and `chaos.max_duration`: whether faults may be injected here, and for
     /// how long at most.
     pub chaos: crate::chaos::ChaosRules,
+    /// `dependencies.NAME`: TCP proxies between the apps here and what they depend on, where
+    /// toxics act (Toxiproxy's), driven through the Toxiproxy-compatible API as `ENV.NAME`.
+    pub dependencies: Vec<Dependency>,
     /// What a promotion must have before it may deploy here.
     pub require: Requirements,
     /// A release verified in `after` is promoted here as soon as its requirements hold.
@@ -383,6 +390,17 @@ pub struct ApprovalRule {
     pub count: u32,
     /// Only approvals from tokens of this role (or admin) count.
     pub role: Option<Role>,
+}
+
+/// A TCP proxy in front of a dependency of an environment's apps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    /// Its name (`db`); the proxy is `ENV.NAME`.
+    pub name: String,
+    /// Where the apps connect (their vars point here).
+    pub listen: SocketAddr,
+    /// Where the dependency is, `HOST:PORT`.
+    pub upstream: String,
 }
 
 /// `verify.watch` and its thresholds: the router's figures for the new release after the switch.
@@ -550,6 +568,7 @@ struct RawServer {
     isolation: Option<Spanned<String>>,
     data_plane: Option<Spanned<String>>,
     agent_listen: Option<Spanned<String>>,
+    toxiproxy_listen: Option<Spanned<String>>,
     watch_config: Option<bool>,
     retention: Option<RawRetention>,
     lease: Option<Spanned<String>>,
@@ -636,6 +655,15 @@ struct RawEnvironment {
     hosts_required: Option<Spanned<i64>>,
     front: Option<Spanned<String>>,
     chaos: Option<RawChaos>,
+    #[serde(default)]
+    dependencies: BTreeMap<Spanned<String>, RawDependency>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDependency {
+    listen: Spanned<String>,
+    upstream: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -834,6 +862,11 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         None => None,
     }
     .unwrap_or(SocketAddr::new(listen.ip(), 0));
+    let toxiproxy_listen = match &raw.toxiproxy_listen {
+        Some(a) => problems.parse(a, parse_address),
+        None => None,
+    }
+    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8474)));
     let retention = retention(raw.retention.as_ref(), problems);
     let lease = match &raw.lease {
         Some(l) => problems.parse(l, Duration::parse).filter(|d| {
@@ -855,6 +888,7 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         lease,
         listen,
         agent_listen,
+        toxiproxy_listen,
         watch_config: raw.watch_config.unwrap_or(true),
         config_dir: base_dir.to_path_buf(),
         data_dir,
@@ -1349,6 +1383,54 @@ fn environments(
                 .and_then(|c| duration(&c.max_duration, problems))
                 .map_or(crate::chaos::DEFAULT_MAX_DURATION, |d| d.as_std()),
         };
+        let mut dependencies = Vec::new();
+        for (dep, raw) in &env.dependencies {
+            let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+            if dep.get_ref().is_empty() || !dep.get_ref().chars().all(ok) {
+                problems.add(
+                    dep.span(),
+                    format!("`{}` is not a dependency name", dep.get_ref()),
+                    "name it with lowercase letters, digits and `-` (`db`, `cache`)".to_owned(),
+                );
+                continue;
+            }
+            let Some(at) = problems.parse(&raw.listen, parse_address) else {
+                continue;
+            };
+            if let Some((_, owner)) = addresses.iter().find(|(a, _)| same_socket(*a, at)) {
+                problems.add(
+                    raw.listen.span(),
+                    format!(
+                        "dependency `{}` of `{}` listens on {at}, which {owner} already uses",
+                        dep.get_ref(),
+                        name.get_ref()
+                    ),
+                    "give each dependency proxy an address of its own".to_owned(),
+                );
+            }
+            addresses.push((
+                at,
+                format!(
+                    "dependency `{}` of environment `{}`",
+                    dep.get_ref(),
+                    name.get_ref()
+                ),
+            ));
+            if !raw.upstream.get_ref().contains(':') {
+                problems.add(
+                    raw.upstream.span(),
+                    format!("`{}` is not HOST:PORT", raw.upstream.get_ref()),
+                    "write where the dependency listens, for example upstream = \"127.0.0.1:5432\""
+                        .to_owned(),
+                );
+                continue;
+            }
+            dependencies.push(Dependency {
+                name: dep.get_ref().clone(),
+                listen: at,
+                upstream: raw.upstream.get_ref().clone(),
+            });
+        }
         let placement = hosts(env, name, problems);
         let front = env.front.as_ref().and_then(|f| {
             if placement.0.is_empty() {
@@ -1397,6 +1479,7 @@ fn environments(
                 front,
                 template: None,
                 chaos,
+                dependencies,
             });
         }
     }

@@ -162,6 +162,9 @@ impl TemplateConfig {
         env.mirrors = None;
         env.front = None;
         env.listen = listen;
+        // Its dependency proxies' addresses are the base's own: it connects to the
+        // dependencies through the base's proxies, or directly, as its vars say.
+        env.dependencies.clear();
         // Soak is time spent in the environment before: a leaf has none.
         env.require.soak = None;
         env.vars.extend(self.vars.clone());

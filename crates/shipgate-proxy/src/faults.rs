@@ -107,7 +107,7 @@ fn seed() -> u64 {
 
 /// A uniform number in [0, 1) from this thread's xorshift64* generator: dice for faults, not
 /// for secrets.
-fn roll() -> f64 {
+pub(crate) fn roll() -> f64 {
     STATE.with(|s| {
         let mut x = s.get();
         x ^= x >> 12;

@@ -16,6 +16,7 @@ mod front;
 mod metrics;
 mod prometheus;
 mod router;
+mod tcp;
 mod tunnel;
 mod upstream;
 mod window;
@@ -30,6 +31,7 @@ pub use metrics::{
 };
 pub use prometheus::render_prometheus;
 pub use router::Router;
+pub use tcp::TcpProxy;
 pub use upstream::Upstream;
 
 /// Why a router could not start.

@@ -9,5 +9,6 @@ mod metrics;
 mod own_path;
 mod shutdown;
 mod switching;
+mod tcp;
 mod timeout;
 mod upgrade;
