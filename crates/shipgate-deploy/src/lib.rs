@@ -165,6 +165,9 @@ pub struct RouterSpec {
     /// The HTTP faults in force there (chaos), each until its end.
     #[serde(default)]
     pub faults: Vec<shipgate_core::chaos::HttpFault>,
+    /// The TCP fault proxies in front of its dependencies, with their toxics.
+    #[serde(default)]
+    pub dependencies: Vec<shipgate_core::chaos::DependencyProxy>,
 }
 
 /// The instance a router sends an app's traffic to.

@@ -19,6 +19,8 @@ pub(crate) struct Routes {
     upstreams: std::sync::Mutex<HashMap<InstanceId, (RouteTarget, Upstream)>>,
     /// The fronts of environments on several hosts.
     fronts: Mutex<HashMap<String, shipgate_proxy::Front>>,
+    /// The TCP fault proxies of each environment, by their name (`staging.db`).
+    dependencies: Mutex<HashMap<String, HashMap<String, shipgate_proxy::TcpProxy>>>,
 }
 
 impl Routes {
@@ -65,6 +67,41 @@ impl Routes {
         router.set_apps(&spec.apps);
         router.set_request_timeout(spec.request_timeout);
         router.set_faults(spec.faults);
+        drop(routers);
+        self.proxies(&spec.env, spec.dependencies).await
+    }
+
+    /// Runs exactly these dependency proxies for `env`, each as its spec says.
+    async fn proxies(
+        &self,
+        env: &str,
+        specs: Vec<shipgate_core::chaos::DependencyProxy>,
+    ) -> Result<(), DriverError> {
+        let mut all = self.dependencies.lock().await;
+        let running = all.entry(env.to_owned()).or_default();
+        running.retain(|name, p| {
+            specs
+                .iter()
+                .any(|s| &s.name == name && s.listen == p.spec().listen)
+        });
+        for spec in specs {
+            let failed = |e: std::io::Error| {
+                DriverError::Router(format!(
+                    "dependency proxy {} cannot listen on {}: {e}; change `listen` of [environments.{env}.dependencies]",
+                    spec.name, spec.listen
+                ))
+            };
+            match running.get(&spec.name) {
+                Some(p) if p.spec() == spec => {}
+                Some(p) => p.set(spec.clone()).await.map_err(failed)?,
+                None => {
+                    let started = shipgate_proxy::TcpProxy::start(spec.clone())
+                        .await
+                        .map_err(failed)?;
+                    running.insert(spec.name.clone(), started);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -173,6 +210,7 @@ impl Routes {
         for (env, router) in &gone {
             tracing::info!(%env, "closing the router of an environment no longer in the config");
             router.shutdown().await;
+            self.dependencies.lock().await.remove(env);
         }
         gone.into_iter().map(|(e, _)| e).collect()
     }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shipgate_core::chaos::{self, FaultAsk, HttpFault};
+use shipgate_core::chaos::{self, DependencyProxy, FaultAsk, HttpFault, Toxic};
 use shipgate_core::{AppName, Config, EnvName, EventKind, Grant, Role};
 use shipgate_deploy::RouterSpec;
 use shipgate_store::{FaultRecord, NewEvent};
@@ -17,11 +17,24 @@ use crate::{Engine, EngineError};
 /// Who ends a fault whose duration ran out.
 pub const DURATION: &str = "duration";
 
-/// An environment's router as the config and the faults in force there make it.
+/// What was done to one dependency proxy through the Toxiproxy API: whether it is up, and
+/// its toxics. Kept in memory: a server that starts gives every proxy none, up.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProxyState {
+    down: bool,
+    toxics: Vec<Toxic>,
+}
+
+/// The dependency proxies' states, by name (`staging.db`).
+pub(crate) type Proxies = HashMap<String, ProxyState>;
+
+/// An environment's router as the config, the faults in force there and its dependency
+/// proxies' states make it.
 pub(crate) fn router_spec(
     config: &Config,
     env: &shipgate_core::EnvironmentConfig,
     faults: Vec<HttpFault>,
+    proxies: &Proxies,
 ) -> RouterSpec {
     RouterSpec {
         env: env.name.to_string(),
@@ -29,7 +42,35 @@ pub(crate) fn router_spec(
         apps: config.apps.iter().map(|a| a.name.to_string()).collect(),
         request_timeout: env.request_timeout.map(|t| t.as_std()),
         faults,
+        dependencies: env
+            .dependencies
+            .iter()
+            .map(|d| {
+                let name = format!("{}.{}", env.name, d.name);
+                let state = proxies.get(&name).cloned().unwrap_or_default();
+                DependencyProxy {
+                    name,
+                    listen: d.listen,
+                    upstream: d.upstream.clone(),
+                    enabled: !state.down,
+                    toxics: state.toxics,
+                }
+            })
+            .collect(),
     }
+}
+
+/// Why a call of the Toxiproxy API was refused: its status and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyRefusal {
+    /// 400, 404 or 409, as Toxiproxy answers.
+    pub status: u16,
+    /// What to do.
+    pub message: String,
+}
+
+fn refusal(status: u16, message: String) -> ProxyRefusal {
+    ProxyRefusal { status, message }
 }
 
 /// The faults in force, by environment.
@@ -241,9 +282,102 @@ impl Engine {
             .into_iter()
             .map(|r| r.fault)
             .collect();
+        let proxies = crate::locked(&self.proxies).clone();
         self.driver
-            .bind_router(router_spec(&config, env_config, faults))
+            .bind_router(router_spec(&config, env_config, faults, &proxies))
             .await
             .map_err(|e| EngineError::DataPlane(e.to_string()))
     }
+
+    /// Every dependency proxy, as the Toxiproxy API shows them.
+    pub fn dependency_proxies(&self) -> Vec<DependencyProxy> {
+        let config = self.config();
+        let proxies = crate::locked(&self.proxies).clone();
+        config
+            .environments
+            .iter()
+            .flat_map(|e| router_spec(&config, e, Vec::new(), &proxies).dependencies)
+            .collect()
+    }
+
+    /// The dependency proxy `name`.
+    pub fn dependency_proxy(&self, name: &str) -> Result<DependencyProxy, ProxyRefusal> {
+        self.dependency_proxies()
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = self.dependency_proxies().into_iter().map(|p| p.name).collect();
+                refusal(
+                    404,
+                    format!(
+                        "proxy not found: `{name}`; proxies are ENV.NAME from [environments.ENV.dependencies.NAME] ({})",
+                        if names.is_empty() { "none is declared".to_owned() } else { names.join(", ") }
+                    ),
+                )
+            })
+    }
+
+    /// Changes the proxy `name` through `change`, gives its environment's data plane the new
+    /// state, and records `said` (what changed) as an audit event by `actor`.
+    pub async fn change_proxy(
+        &self,
+        name: &str,
+        actor: &str,
+        change: impl FnOnce(&mut DependencyProxy) -> Result<(EventKind, String), ProxyRefusal>,
+    ) -> Result<DependencyProxy, ProxyRefusal> {
+        let mut proxy = self.dependency_proxy(name)?;
+        let (kind, said) = change(&mut proxy)?;
+        let env_name = name.split('.').next().unwrap_or_default().to_owned();
+        crate::locked(&self.proxies).insert(
+            name.to_owned(),
+            ProxyState {
+                down: !proxy.enabled,
+                toxics: proxy.toxics.clone(),
+            },
+        );
+        let internal = |e: EngineError| refusal(500, e.to_string());
+        let env = EnvName::parse(&env_name).map_err(|e| refusal(500, e.to_string()))?;
+        self.push_faults(&env).await.map_err(internal)?;
+        let event = NewEvent {
+            actor: actor.to_owned(),
+            kind,
+            app: None,
+            env: Some(env_name),
+            promotion_id: None,
+            message: format!("dependency proxy {name}: {said}"),
+            data: serde_json::json!({ "proxy": name, "enabled": proxy.enabled, "toxics": proxy.toxics }),
+        };
+        self.store
+            .append_event(event)
+            .await
+            .map_err(|e| internal(e.into()))?;
+        Ok(proxy)
+    }
+
+    /// Every proxy up and without toxics again (`POST /reset`), recorded once per proxy that
+    /// had something to undo.
+    pub async fn reset_proxies(&self, actor: &str) -> Result<(), ProxyRefusal> {
+        for p in self.dependency_proxies() {
+            if p.enabled && p.toxics.is_empty() {
+                continue;
+            }
+            self.change_proxy(&p.name, actor, |p| {
+                p.enabled = true;
+                p.toxics.clear();
+                Ok((
+                    EventKind::ChaosEnded,
+                    "reset: up, without toxics".to_owned(),
+                ))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A toxic as sent to the Toxiproxy API, checked; a 400 says what is wrong.
+pub fn toxic_from(json: serde_json::Value) -> Result<Toxic, ProxyRefusal> {
+    let toxic: Toxic =
+        serde_json::from_value(json).map_err(|e| refusal(400, format!("bad toxic: {e}")))?;
+    toxic.checked().map_err(|e| refusal(400, e))
 }

@@ -112,6 +112,8 @@ pub struct Engine {
     on_demand_tracking: Mutex<on_demand::Tracking>,
     /// Each environment's flags as last read, for OFREP; dropped on every flag change.
     flag_cache: Mutex<flags::Cache>,
+    /// What the Toxiproxy API did to the dependency proxies.
+    proxies: Mutex<chaos::Proxies>,
 }
 
 /// Binds every environment's router (or updates it where the data plane already has it), and
@@ -120,12 +122,13 @@ async fn bind_routers(
     config: &Config,
     driver: &dyn Driver,
     store: &dyn Store,
+    proxies: &chaos::Proxies,
 ) -> Result<(), EngineError> {
     let mut faults = chaos::active(store).await?;
     for env in &config.environments {
         let here = faults.remove(env.name.as_str()).unwrap_or_default();
         driver
-            .bind_router(chaos::router_spec(config, env, here))
+            .bind_router(chaos::router_spec(config, env, here, proxies))
             .await
             .map_err(|e| EngineError::DataPlane(e.to_string()))?;
     }
@@ -170,7 +173,13 @@ impl Engine {
         for env in &config.environments {
             on_demand::place(driver.as_ref(), env);
         }
-        bind_routers(&config, driver.as_ref(), store.as_ref()).await?;
+        bind_routers(
+            &config,
+            driver.as_ref(),
+            store.as_ref(),
+            &chaos::Proxies::new(),
+        )
+        .await?;
         let flag_secret = flags::instance_secret(store.as_ref()).await?;
         let engine = Arc::new(Engine {
             flag_secret,
@@ -195,6 +204,7 @@ impl Engine {
             reaping: tokio::sync::Mutex::new(()),
             on_demand_tracking: Mutex::default(),
             flag_cache: Mutex::default(),
+            proxies: Mutex::default(),
         });
         engine.record_driver_events();
         engine.sample_traffic();

@@ -266,7 +266,8 @@ impl Engine {
         let config = self.config();
         let env = materialize(&config, r)
             .ok_or_else(|| format!("template {} is no longer in the config", r.template))?;
-        let spec = crate::chaos::router_spec(&config, &env, Vec::new());
+        let spec =
+            crate::chaos::router_spec(&config, &env, Vec::new(), &crate::chaos::Proxies::new());
         place(self.driver.as_ref(), &env);
         self.change_config(|now| now.with_on_demand(env));
         self.driver

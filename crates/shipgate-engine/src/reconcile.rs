@@ -70,7 +70,14 @@ impl Engine {
         self.restoring
             .store(true, std::sync::atomic::Ordering::Release);
         tracing::warn!("the data plane was restarted: restoring every live release");
-        crate::bind_routers(&self.config(), self.driver.as_ref(), self.store.as_ref()).await?;
+        let proxies = crate::locked(&self.proxies).clone();
+        crate::bind_routers(
+            &self.config(),
+            self.driver.as_ref(),
+            self.store.as_ref(),
+            &proxies,
+        )
+        .await?;
         crate::locked(&self.live).clear();
         crate::locked(&self.standby).clear();
         for old in self.store.running_instances().await? {

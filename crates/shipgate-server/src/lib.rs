@@ -15,6 +15,7 @@ mod on_demand;
 mod openapi;
 mod problem;
 pub mod reload;
+mod toxiproxy;
 mod ui;
 
 use std::future::Future;
@@ -251,6 +252,7 @@ impl Server {
             Arc::new(shipgate_engine::SystemClock),
         )
         .await?;
+        let toxiproxy = Owned(toxiproxy::serve(&engine).await?);
         let named: Vec<Owned<()>> = host_names::serve(&engine)
             .await?
             .into_iter()
@@ -337,6 +339,7 @@ impl Server {
                 Ended::Stopped
             };
             drop(named);
+            drop(toxiproxy);
             // No renewal after this: a lease handed back stays handed back.
             drop(renewing);
             if ended == Ended::Stopped

@@ -211,3 +211,129 @@ fn faults_are_injected_where_allowed_shown_everywhere_and_never_forgotten_on() {
     let injected = s.messages_of("chaos.injected");
     assert_eq!(injected.len(), 2, "{injected:?}");
 }
+
+/// A `psql` query through `port` (the dependency proxy): whether it worked, and how long it
+/// took.
+fn psql(port: u16, database: &str) -> (bool, Duration) {
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("psql")
+        .arg(format!(
+            "postgres://postgres@127.0.0.1:{port}/{database}?connect_timeout=5"
+        ))
+        .args(["-tAc", "select 41 + 1"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    (
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "42",
+        took,
+    )
+}
+
+#[test]
+fn toxiproxy_python_drives_the_dependency_proxies_and_a_postgres_client_feels_each_toxic() {
+    let url = crate::helpers::postgres_database("toxic");
+    let (rest, database) = url.rsplit_once('/').unwrap();
+    let pg_port: u16 = rest.rsplit_once(':').unwrap().1.parse().unwrap();
+    let (proxy_port, api_port) = (crate::helpers::free_port(), crate::helpers::free_port());
+    let s = spawn_server(&four_envs_with(
+        &format!("toxiproxy_listen = \"127.0.0.1:{api_port}\""),
+        &[(
+            "staging",
+            &format!(
+                "dependencies.db = {{ listen = \"127.0.0.1:{proxy_port}\", upstream = \"127.0.0.1:{pg_port}\" }}"
+            ),
+        )],
+    ));
+    let (ok, _) = psql(proxy_port, database);
+    assert!(ok, "psql through the proxy without toxics");
+
+    let python = crate::helpers::python_venv("toxiproxy-venv", &["toxiproxy-python==0.1.1"]);
+    let drive = |script: &str| {
+        let script = format!(
+            "import json, requests\nbase = 'http://127.0.0.1:{api_port}'\nfrom toxiproxy import Toxiproxy\nt = Toxiproxy()\nt.update_api_consumer('127.0.0.1', {api_port})\np = t.get_proxy('staging.db')\n{script}"
+        );
+        let out = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let seen = drive(
+        "print(json.dumps({'running': t.running(), 'version': t.version().decode(), 'listen': p.listen, 'upstream': p.upstream, 'enabled': p.enabled, 'names': list(t.proxies())}))",
+    );
+    let seen: serde_json::Value = serde_json::from_str(seen.trim()).unwrap();
+    assert_eq!(seen["running"], true);
+    assert_eq!(seen["listen"], format!("127.0.0.1:{proxy_port}"));
+    assert_eq!(seen["upstream"], format!("127.0.0.1:{pg_port}"));
+    assert_eq!(seen["names"], serde_json::json!(["staging.db"]));
+
+    // Latency on what PostgreSQL answers: the query's round trips each wait 300 ms.
+    drive(
+        "p.add_toxic(type='latency', attributes={'latency': 300, 'jitter': 0})\nprint(list(p.toxics()))",
+    );
+    let (ok, took) = psql(proxy_port, database);
+    assert!(ok);
+    assert!(took >= Duration::from_millis(600), "{took:?}");
+    drive("p.destroy_toxic('latency_downstream')");
+
+    // limit_data cuts the connection before the answer; reset_peer resets it; down refuses.
+    drive("p.add_toxic(type='limit_data', name='cut', attributes={'bytes': 20})");
+    assert!(!psql(proxy_port, database).0, "limit_data");
+    drive(
+        "p.destroy_toxic('cut')\np.add_toxic(type='reset_peer', stream='upstream', attributes={'timeout': 0})",
+    );
+    assert!(!psql(proxy_port, database).0, "reset_peer");
+    drive("t.reset()");
+    assert!(psql(proxy_port, database).0, "after reset");
+    drive("p.disable()");
+    assert!(!psql(proxy_port, database).0, "down");
+    drive("p.enable()");
+    assert!(psql(proxy_port, database).0, "up again");
+
+    // A proxy not in the config is refused with the reason; a toxic twice is a conflict.
+    let refused = drive(
+        "r = requests.post(base + '/proxies', json={'name': 'x', 'listen': '127.0.0.1:0', 'upstream': '127.0.0.1:1'})\nprint(r.status_code, r.json()['error'])",
+    );
+    assert!(
+        refused.starts_with("400 shipgate's proxies come from the config"),
+        "{refused}"
+    );
+    let twice = drive(
+        "p.add_toxic(type='bandwidth', attributes={'rate': 100})\ntry:\n  p.add_toxic(type='bandwidth', attributes={'rate': 100})\n  print('added twice')\nexcept Exception as e:\n  print(type(e).__name__)",
+    );
+    assert_eq!(twice.trim(), "ProxyExists");
+    let bad = drive(
+        "r = requests.post(base + '/proxies/staging.db/toxics', json={'type': 'latency', 'attributes': {'latncy': 5}})\nprint(r.status_code, r.json()['error'])",
+    );
+    assert!(
+        bad.starts_with("400 a latency toxic takes latency, jitter, not `latncy`"),
+        "{bad}"
+    );
+
+    // Every change went to the audit log, by the API.
+    let injected = s.messages_of("chaos.injected");
+    assert!(
+        injected.iter().any(|m| m.contains("dependency proxy staging.db: toxic latency_downstream added (latency downstream, toxicity 1")),
+        "{injected:?}"
+    );
+    assert!(
+        injected.iter().any(|m| m.contains("staging.db: down")),
+        "{injected:?}"
+    );
+    let ended = s.messages_of("chaos.ended");
+    assert!(
+        ended
+            .iter()
+            .any(|m| m.contains("toxic latency_downstream removed")),
+        "{ended:?}"
+    );
+    assert!(
+        ended
+            .iter()
+            .any(|m| m.contains("reset: up, without toxics")),
+        "{ended:?}"
+    );
+}

@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -51,24 +51,10 @@ fn started() -> TestServer {
 
 /// A Python with the OpenFeature SDK and its OFREP provider from PyPI, in a venv under target/.
 fn sdk_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/openfeature-venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        let made = Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "{}", text(&made));
-        let pip = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(["openfeature-sdk", "openfeature-provider-ofrep==0.3.0"])
-            .output()
-            .unwrap();
-        assert!(pip.status.success(), "pip install: {}", text(&pip));
-    }
-    python
+    crate::helpers::python_venv(
+        "openfeature-venv",
+        &["openfeature-sdk", "openfeature-provider-ofrep==0.3.0"],
+    )
 }
 
 /// A new flag client key `name` for `env`.

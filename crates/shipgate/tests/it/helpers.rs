@@ -707,6 +707,33 @@ pub fn command(dir: &Path) -> Command {
 }
 
 /// Runs a Python 3 script (not shipgate's code, to check its work from outside); its output.
+/// A Python in a venv under target/`name` with `packages` installed from PyPI (once: the
+/// venv stays for later runs).
+pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target")
+        .join(name);
+    let python = venv.join("bin/python");
+    let done = venv.join(".installed");
+    if !done.exists() {
+        let made = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", text(&made));
+        let pip = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages)
+            .output()
+            .unwrap();
+        assert!(pip.status.success(), "pip install: {}", text(&pip));
+        fs::write(&done, packages.join("\n")).unwrap();
+    }
+    python
+}
+
 pub fn python(script: &str) -> String {
     let out = Command::new("python3")
         .arg("-c")
