@@ -244,3 +244,15 @@ pub struct FlagPromotion {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<FlagChangeRecord>,
 }
+
+/// `GET /api/v1/probe/traffic`: the figures, and whether they are within the limits asked.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrafficProbe {
+    /// True when every limit asked holds.
+    pub within: bool,
+    /// The router's figures for the app's live release over the last minute (what the fault
+    /// rules touched is counted apart and not in them); None before any traffic.
+    pub traffic: Option<crate::status::Traffic>,
+    /// Each limit that does not hold, in words.
+    pub beyond: Vec<String>,
+}

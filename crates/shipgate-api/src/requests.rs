@@ -434,6 +434,23 @@ pub struct ChaosQuery {
     pub all: bool,
 }
 
+/// `GET /api/v1/probe/traffic`: whether an app's traffic through its environment's router
+/// over the last minute is within limits (a probe for experiments: 200 within, 503 not).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TrafficProbeQuery {
+    /// The environment.
+    #[param(value_type = EnvName)]
+    pub env: String,
+    /// The app.
+    #[param(value_type = AppName)]
+    pub app: String,
+    /// The highest share of 5xx answers, 0 to 1.
+    pub max_error_rate: Option<f64>,
+    /// The highest p99 latency, in milliseconds.
+    pub max_p99_ms: Option<f64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

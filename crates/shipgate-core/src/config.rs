@@ -463,6 +463,9 @@ pub struct VerifyConfig {
     pub http: Vec<HttpCheck>,
     /// The watch after the switch, if any.
     pub watch: Option<WatchRule>,
+    /// `verify.experiments`: Chaos Toolkit experiment files (relative to the config's folder)
+    /// run after the switch; a deviation fails the promotion.
+    pub experiments: Vec<String>,
 }
 
 impl VerifyConfig {
@@ -688,6 +691,8 @@ struct RawVerify {
     watch_traffic: Option<Spanned<RawWatchTraffic>>,
     #[serde(default)]
     http: Vec<RawHttpCheck>,
+    #[serde(default)]
+    experiments: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -1509,6 +1514,7 @@ fn verify(raw: &RawVerify, problems: &mut Problems) -> VerifyConfig {
             .and_then(|t| problems.parse(t, Duration::parse)),
         http: http_checks(&raw.http, problems),
         watch: watch_rule(raw, problems),
+        experiments: raw.experiments.clone(),
     }
 }
 

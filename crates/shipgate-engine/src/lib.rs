@@ -12,6 +12,7 @@ pub mod clock;
 mod data;
 mod drift;
 mod error;
+pub mod experiment;
 pub mod flags;
 pub mod flow;
 mod gates;

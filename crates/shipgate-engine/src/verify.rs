@@ -82,7 +82,36 @@ impl Engine {
                 return Ok(Some(format!("{name} failed: {}", first_line(&output))));
             }
         }
+        if !env.verify.experiments.is_empty() {
+            let mut offered = vars.clone();
+            offered.extend(exported.clone());
+            offered.extend(self.experiment_vars(&p.env));
+            return self.run_experiments(p, &offered).await;
+        }
         Ok(None)
+    }
+
+    /// What an experiment's `{"type": "env"}` values may name besides the release's own
+    /// variables: where shipgate's API is and a token for it (the admin token of the data
+    /// dir, for `POST /api/v1/chaos`), and where its Toxiproxy API is.
+    pub fn experiment_vars(
+        &self,
+        env: &shipgate_core::EnvName,
+    ) -> std::collections::BTreeMap<String, String> {
+        let config = self.config();
+        let mut vars = std::collections::BTreeMap::new();
+        if let Some(api) = self.api_url() {
+            vars.insert("SHIPGATE_API".to_owned(), api);
+        }
+        // The file shipgate-server writes the admin token to (its ADMIN_TOKEN_FILE).
+        if let Ok(token) = std::fs::read_to_string(config.server.data_dir.join("admin.token")) {
+            vars.insert("SHIPGATE_TOKEN".to_owned(), token.trim().to_owned());
+        }
+        let toxiproxy = config.server.toxiproxy_listen;
+        vars.insert("TOXIPROXY_HOST".to_owned(), toxiproxy.ip().to_string());
+        vars.insert("TOXIPROXY_PORT".to_owned(), toxiproxy.port().to_string());
+        vars.insert("SHIPGATE_URL".to_owned(), self.env_url(env));
+        vars
     }
 }
 

@@ -87,6 +87,7 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         POST "/chaos" => crate::chaos::inject,
         GET "/chaos" => crate::chaos::list,
         DELETE "/chaos" => crate::chaos::clear,
+        GET "/probe/traffic" => crate::chaos::probe_traffic,
         POST "/flag-changes/{id}/decisions" => crate::flags::decide_change,
         POST "/flag-keys" => crate::flags::create_key,
         GET "/flag-keys" => crate::flags::list_keys,

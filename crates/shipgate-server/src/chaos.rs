@@ -5,7 +5,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use shipgate_api::requests::{ChaosQuery, ChaosRequest};
+use shipgate_api::answers::TrafficProbe;
+use shipgate_api::requests::{ChaosQuery, ChaosRequest, TrafficProbeQuery};
 use shipgate_core::chaos::{FaultAction, FaultAsk};
 use shipgate_core::{Action, AppName, EnvName};
 use shipgate_store::FaultRecord;
@@ -115,5 +116,51 @@ pub(crate) async fn clear(
             .engine
             .clear_faults(caller.grant(), env.as_ref(), app.as_ref(), q.id)
             .await?,
+    ))
+}
+
+/// `GET /api/v1/probe/traffic`: 200 when the app's traffic in the environment is within the
+/// limits asked, 503 when not (for experiments' probes, whose tolerance is 200).
+pub(crate) async fn probe_traffic(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<TrafficProbeQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let env = env_name(&q.env)?;
+    caller.allow(Action::Read, Some(&env))?;
+    let app = app_name(&q.app)?;
+    let apps = state.engine.status(Some(&app)).await?;
+    let Some(cell) = apps
+        .into_iter()
+        .flat_map(|a| a.environments)
+        .find(|e| e.env == env)
+    else {
+        return Err(shipgate_engine::EngineError::UnknownEnvironment(q.env.clone()).into());
+    };
+    let traffic = cell.traffic;
+    let mut beyond = Vec::new();
+    if let (Some(max), Some(t)) = (q.max_error_rate, &traffic)
+        && t.error_rate > max
+    {
+        beyond.push(format!("error rate {:.4} is above {max}", t.error_rate));
+    }
+    if let (Some(max), Some(p99)) = (q.max_p99_ms, traffic.as_ref().and_then(|t| t.p99_ms))
+        && p99 > max
+    {
+        beyond.push(format!("p99 {p99:.1}ms is above {max}ms"));
+    }
+    let within = beyond.is_empty();
+    let status = if within {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((
+        status,
+        Json(TrafficProbe {
+            within,
+            traffic,
+            beyond,
+        }),
     ))
 }

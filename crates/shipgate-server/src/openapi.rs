@@ -5,7 +5,7 @@
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
     DecisionRecorded, FlagPromotion, FlagView, GcReport, Joined, LogChunk, OnDemandView, Problem,
-    Reloaded,
+    Reloaded, TrafficProbe,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
@@ -18,7 +18,7 @@ use shipgate_api::requests::{
     EventsQuery, ExtendRequest, FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest,
     FlagPromoteRequest, FlagsQuery, FreezeQuery, FreezeRequest, GcRequest, HistoryQuery,
     HostRequest, JoinRequest, LogsQuery, OnDemandRequest, PromoteRequest, ReleaseQuery,
-    RollbackRequest, SetFlagRequest, TokenRequest,
+    RollbackRequest, SetFlagRequest, TokenRequest, TrafficProbeQuery,
 };
 use shipgate_api::status::{AppStatus, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
@@ -84,6 +84,7 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::inject_fault,
         declared::list_faults,
         declared::clear_faults,
+        declared::probe_traffic,
         declared::decide_flag_change,
         declared::create_flag_key,
         declared::list_flag_keys,
@@ -616,6 +617,15 @@ mod declared {
             (status = 200, description = "the faults ended", body = Vec<FaultRecord>),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn clear_faults() {}
+
+    /// Whether an app's traffic through its environment's router over the last minute is
+    /// within the limits asked: 200 within, 503 not (a probe for experiments).
+    #[utoipa::path(get, path = "/api/v1/probe/traffic", operation_id = "probeTraffic", params(TrafficProbeQuery),
+        responses(
+            (status = 200, description = "within the limits", body = TrafficProbe),
+            (status = 503, description = "beyond a limit", body = TrafficProbe),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn probe_traffic() {}
 
     /// Approve or reject a waiting flag change (approver of its environment, or admin; never
     /// the requester); the approval that completes the count applies it.

@@ -337,3 +337,148 @@ fn toxiproxy_python_drives_the_dependency_proxies_and_a_postgres_client_feels_ea
         "{ended:?}"
     );
 }
+
+/// A TCP service that answers each line with `pong`.
+fn pong_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if conn.write_all(b"pong\n").is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The experiment of the README: the page that reads the database must answer while the
+/// database is a second slow.
+const DB_SLOW: &str = r#"{
+  "version": "1.0.0",
+  "title": "web survives a database that answers a second late",
+  "description": "The page that reads the database still answers while every answer of the database comes a second late.",
+  "configuration": {
+    "app_url": {"type": "env", "key": "SHIPGATE_URL"},
+    "toxiproxy_host": {"type": "env", "key": "TOXIPROXY_HOST"},
+    "toxiproxy_port": {"type": "env", "key": "TOXIPROXY_PORT"}
+  },
+  "steady-state-hypothesis": {
+    "title": "the page that reads the database answers",
+    "probes": [
+      {"type": "probe", "name": "db-page", "tolerance": 200,
+       "provider": {"type": "http", "url": "${app_url}/db", "timeout": 10}}
+    ]
+  },
+  "method": [
+    {"type": "action", "name": "slow-db",
+     "provider": {"type": "python", "module": "chaostoxi.toxic.actions", "func": "create_latency_toxic",
+                  "arguments": {"for_proxy": "staging.db", "toxic_name": "slow-db", "latency": 1000}},
+     "pauses": {"after": 0.5}}
+  ],
+  "rollbacks": [
+    {"type": "action", "name": "fast-db",
+     "provider": {"type": "python", "module": "chaostoxi.toxic.actions", "func": "delete_toxic",
+                  "arguments": {"for_proxy": "staging.db", "toxic_name": "slow-db"}}}
+  ]
+}"#;
+
+#[test]
+fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_chaos_run_agrees() {
+    let db = pong_server();
+    let (proxy_port, api_port) = (crate::helpers::free_port(), crate::helpers::free_port());
+    let s = spawn_server(&four_envs_with(
+        &format!("toxiproxy_listen = \"127.0.0.1:{api_port}\""),
+        &[(
+            "staging",
+            &format!(
+                "vars = {{ DB_ADDR = \"127.0.0.1:{proxy_port}\" }}\nverify.experiments = [\"chaos/db-slow.json\"]\ndependencies.db = {{ listen = \"127.0.0.1:{proxy_port}\", upstream = \"127.0.0.1:{db}\" }}"
+            ),
+        )],
+    ));
+    std::fs::create_dir_all(s.dir.path().join("chaos")).unwrap();
+    std::fs::write(s.dir.path().join("chaos/db-slow.json"), DB_SLOW).unwrap();
+
+    // A release that waits for its database passes the experiment.
+    s.register("1.0.0", &[("PATIENT", "")]);
+    s.walk("1.0.0", "staging");
+    let history = s.json(&["history", "web", "--env", "staging"]);
+    let gate = history[0]["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "experiment: chaos/db-slow.json")
+        .unwrap()
+        .clone();
+    assert_eq!(gate["passed"], true, "{gate}");
+    let output = gate["output"].as_str().unwrap();
+    for line in [
+        "steady state before: the page that reads the database answers",
+        "probe db-page: 200 db answered pong",
+        "action slow-db: 0 chaostoxi.toxic.actions.create_latency_toxic done",
+        "steady state after:",
+        "action fast-db: 0 chaostoxi.toxic.actions.delete_toxic done",
+        "the steady state held",
+    ] {
+        assert!(output.contains(line), "{line}\n{output}");
+    }
+
+    // One that gives up after half a second does not: the promotion fails and staging goes
+    // back; the rollback ran all the same.
+    s.register("2.0.0", &[]);
+    s.walk("2.0.0", "testing");
+    let failed = s.cli(&["promote", "web@2.0.0", "--to", "staging", "--wait"]);
+    assert!(!failed.status.success());
+    let said = text(&failed);
+    assert!(
+        said.contains("experiment `chaos/db-slow.json` failed: the steady state deviated after the method: probe `db-page` gave 503"),
+        "{said}"
+    );
+    assert_eq!(s.version("staging").as_deref(), Some("1.0.0"));
+    let proxy = crate::helpers::http_get(
+        &format!("http://127.0.0.1:{api_port}/proxies/staging.db"),
+        None,
+    )
+    .unwrap();
+    assert!(proxy.body.contains("\"toxics\":[]"), "{}", proxy.body);
+
+    // The same file under the real `chaos run` of chaostoolkit with chaostoolkit-toxiproxy,
+    // against staging as it is now (1.0.0): the steady state holds.
+    let python = crate::helpers::python_venv(
+        "chaostoolkit-venv",
+        &["chaostoolkit==1.19.0", "chaostoolkit-toxiproxy==0.3.1"],
+    );
+    let chaos = python.parent().unwrap().join("chaos");
+    let journal = s.dir.path().join("journal.json");
+    let run = std::process::Command::new(&chaos)
+        .current_dir(s.dir.path())
+        .args(["--no-version-check", "run", "--journal-path"])
+        .arg(&journal)
+        .arg("chaos/db-slow.json")
+        .env("SHIPGATE_URL", s.url("staging"))
+        .env("TOXIPROXY_HOST", "127.0.0.1")
+        .env("TOXIPROXY_PORT", api_port.to_string())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+    let journal: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
+    assert_eq!(journal["status"], "completed", "{journal}");
+    assert_eq!(journal["deviated"], false, "{journal}");
+    let injected = s.messages_of("chaos.injected");
+    assert!(
+        injected
+            .iter()
+            .any(|m| m.contains("toxic slow-db added (latency downstream")),
+        "chaos run drove shipgate's proxy through its Toxiproxy API: {injected:?}"
+    );
+}

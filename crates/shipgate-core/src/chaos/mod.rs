@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod experiment;
+
 use crate::{AppName, EnvName};
 
 /// The longest a fault may last where `chaos.max_duration` does not say.
