@@ -238,7 +238,7 @@ pub fn variables(
                 .get("key")
                 .and_then(Value::as_str)
                 .and_then(env)
-                .or_else(|| o.get("default").and_then(|d| resolve_literal(d))),
+                .or_else(|| o.get("default").and_then(resolve_literal)),
             _ => None,
         }
     };
