@@ -3,6 +3,7 @@
 //! the shipped binary; it starts the sample app through the `shipgate` binary beside it.
 #![forbid(unsafe_code)]
 
+mod chaos;
 mod dashboard;
 mod flags;
 mod hosts;
@@ -34,6 +35,9 @@ struct Cli {
 enum BenchCommand {
     /// OFREP evaluation, single and bulk, with 350 flags, against Unleash Edge (offline).
     Flags,
+    /// What chaos costs with nothing injected: the TCP fault proxy against a direct connection
+    /// and socat, and the router with a 0% fault rule against none.
+    Chaos,
     /// A masked PostgreSQL refresh against a plain COPY and pganonymize 0.13.
     Mask {
         /// Rows of the users table.
@@ -132,6 +136,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Dashboard { runs } => dashboard::run(runs).await,
         BenchCommand::Mask { rows } => mask::run(rows).await,
         BenchCommand::Flags => flags::run().await,
+        BenchCommand::Chaos => chaos::run().await,
         BenchCommand::Sandbox { runs } => sandbox::run(runs).await,
         BenchCommand::Router {
             duration,
