@@ -20,6 +20,9 @@ use shipgate_store::Promotion;
 
 use crate::{Engine, EngineError};
 
+/// How much of an activity's output its line in the gate's output shows.
+const SHOWN: usize = 100;
+
 /// The longest an activity waits when its file does not say.
 const ACTIVITY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -370,7 +373,11 @@ fn shown(o: &Outcome) -> String {
     if let Some(e) = &o.error {
         return format!("error: {e}");
     }
-    let output: String = o.output.trim().chars().take(300).collect();
+    let trimmed = o.output.trim();
+    let mut output: String = trimmed.chars().take(SHOWN).collect();
+    if trimmed.chars().count() > SHOWN {
+        output.push('…');
+    }
     match o.status {
         Some(s) => format!("{s} {output}"),
         None => output,

@@ -370,7 +370,11 @@ const DB_SLOW: &str = r#"{
   "configuration": {
     "app_url": {"type": "env", "key": "SHIPGATE_URL"},
     "toxiproxy_host": {"type": "env", "key": "TOXIPROXY_HOST"},
-    "toxiproxy_port": {"type": "env", "key": "TOXIPROXY_PORT"}
+    "toxiproxy_port": {"type": "env", "key": "TOXIPROXY_PORT"},
+    "api": {"type": "env", "key": "SHIPGATE_API"}
+  },
+  "secrets": {
+    "shipgate": {"token": {"type": "env", "key": "SHIPGATE_TOKEN"}}
   },
   "steady-state-hypothesis": {
     "title": "the page that reads the database answers",
@@ -383,12 +387,19 @@ const DB_SLOW: &str = r#"{
     {"type": "action", "name": "slow-db",
      "provider": {"type": "python", "module": "chaostoxi.toxic.actions", "func": "create_latency_toxic",
                   "arguments": {"for_proxy": "staging.db", "toxic_name": "slow-db", "latency": 1000}},
-     "pauses": {"after": 0.5}}
+     "pauses": {"after": 0.5}},
+    {"type": "action", "name": "failing-exports",
+     "provider": {"type": "http", "method": "POST", "url": "${api}/api/v1/chaos",
+                  "headers": {"Authorization": "Bearer ${token}", "Content-Type": "application/json"},
+                  "arguments": {"env": "staging", "app": "web", "abort": 503, "path": "/exports/*", "duration": "2m"}}}
   ],
   "rollbacks": [
     {"type": "action", "name": "fast-db",
      "provider": {"type": "python", "module": "chaostoxi.toxic.actions", "func": "delete_toxic",
-                  "arguments": {"for_proxy": "staging.db", "toxic_name": "slow-db"}}}
+                  "arguments": {"for_proxy": "staging.db", "toxic_name": "slow-db"}}},
+    {"type": "action", "name": "no-faults",
+     "provider": {"type": "http", "method": "DELETE", "url": "${api}/api/v1/chaos",
+                  "headers": {"Authorization": "Bearer ${token}"}}}
   ]
 }"#;
 
@@ -401,7 +412,7 @@ fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_
         &[(
             "staging",
             &format!(
-                "vars = {{ DB_ADDR = \"127.0.0.1:{proxy_port}\" }}\nverify.experiments = [\"chaos/db-slow.json\"]\ndependencies.db = {{ listen = \"127.0.0.1:{proxy_port}\", upstream = \"127.0.0.1:{db}\" }}"
+                "chaos.allow = true\nvars = {{ DB_ADDR = \"127.0.0.1:{proxy_port}\" }}\nverify.experiments = [\"chaos/db-slow.json\"]\ndependencies.db = {{ listen = \"127.0.0.1:{proxy_port}\", upstream = \"127.0.0.1:{db}\" }}"
             ),
         )],
     ));
@@ -426,7 +437,9 @@ fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_
         "probe db-page: 200 db answered pong",
         "action slow-db: 0 chaostoxi.toxic.actions.create_latency_toxic done",
         "steady state after:",
+        "action failing-exports: 201 ",
         "action fast-db: 0 chaostoxi.toxic.actions.delete_toxic done",
+        "action no-faults: 200 ",
         "the steady state held",
     ] {
         assert!(output.contains(line), "{line}\n{output}");
@@ -467,6 +480,13 @@ fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_
         .env("SHIPGATE_URL", s.url("staging"))
         .env("TOXIPROXY_HOST", "127.0.0.1")
         .env("TOXIPROXY_PORT", api_port.to_string())
+        .env("SHIPGATE_API", s.api())
+        .env(
+            "SHIPGATE_TOKEN",
+            std::fs::read_to_string(s.data_dir().join("admin.token"))
+                .unwrap()
+                .trim(),
+        )
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", text(&run));
