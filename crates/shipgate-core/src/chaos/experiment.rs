@@ -188,24 +188,7 @@ pub fn within(tolerance: &Value, outcome: &Outcome) -> bool {
 
 /// `text` with each `${name}` replaced from `vars` (unknown names stay as written).
 pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("${") {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 2..];
-        match after.find('}') {
-            Some(end) if vars.contains_key(&after[..end]) => {
-                out.push_str(&vars[&after[..end]]);
-                rest = &after[end + 1..];
-            }
-            _ => {
-                out.push_str("${");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+    crate::template::expand(text, vars)
 }
 
 /// `value` with `${name}` replaced in every string inside it.

@@ -7,6 +7,20 @@ use std::time::Duration;
 
 use crate::helpers::{four_envs_with, spawn_server, text};
 
+/// Every request to web in staging aborted with 503 for 5 minutes.
+const ABORT_STAGING: &[&str] = &[
+    "chaos",
+    "inject",
+    "--env",
+    "staging",
+    "--app",
+    "web",
+    "--abort",
+    "503",
+    "--duration",
+    "5m",
+];
+
 #[test]
 fn faults_are_injected_where_allowed_shown_everywhere_and_never_forgotten_on() {
     let mut s = spawn_server(&four_envs_with(
@@ -82,39 +96,11 @@ fn faults_are_injected_where_allowed_shown_everywhere_and_never_forgotten_on() {
         production.contains("faults there need an admin"),
         "{production}"
     );
-    let viewer = s.refused_as(
-        &look,
-        &[
-            "chaos",
-            "inject",
-            "--env",
-            "staging",
-            "--app",
-            "web",
-            "--abort",
-            "503",
-            "--duration",
-            "5m",
-        ],
-    );
+    let viewer = s.refused_as(&look, ABORT_STAGING);
     assert!(viewer.contains("viewer"), "{viewer}");
 
     // A deployer injects into staging: every request to web there is aborted.
-    let made = s.ok_as(
-        &dana,
-        &[
-            "chaos",
-            "inject",
-            "--env",
-            "staging",
-            "--app",
-            "web",
-            "--abort",
-            "503",
-            "--duration",
-            "5m",
-        ],
-    );
+    let made = s.ok_as(&dana, ABORT_STAGING);
     assert!(
         made.contains("fault #1 in staging: abort 503 for 100% of web until"),
         "{made}"
