@@ -397,6 +397,7 @@ pub struct ChaosRequest {
     pub app: String,
     /// Answer this status (400 to 599) instead of the app. Either this or `delay`.
     #[serde(default)]
+    #[schema(minimum = 400, maximum = 599)]
     pub abort: Option<u16>,
     /// Hold each request this long before forwarding it (`300ms`). Either this or `abort`.
     #[serde(default)]
@@ -406,6 +407,7 @@ pub struct ChaosRequest {
     pub jitter: Option<String>,
     /// The share of requests touched, above 0 and at most 100 (default 100).
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 100)]
     pub percent: Option<f64>,
     /// Only requests whose path matches (`/api/*`).
     #[serde(default)]
