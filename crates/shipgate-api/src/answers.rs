@@ -256,3 +256,33 @@ pub struct TrafficProbe {
     /// Each limit that does not hold, in words.
     pub beyond: Vec<String>,
 }
+
+/// `GET /api/v1/notify`: one notification target and how its deliveries stand.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotifyTargetView {
+    /// Its name.
+    pub name: String,
+    /// Where it is sent, without its path (which may hold a secret, as Slack's do).
+    pub url: String,
+    /// `cloudevents` or `slack`.
+    pub format: String,
+    /// The event kinds it takes.
+    pub events: Vec<String>,
+    /// Whether its bodies are signed.
+    pub signed: bool,
+    /// Deliveries the receiver took.
+    pub delivered: u64,
+    /// Deliveries still being tried.
+    pub pending: u64,
+    /// Deliveries given up on (the dead-letter list).
+    pub dead: u64,
+}
+
+/// `GET /api/v1/notify`: every target, and the dead-letter list with each delivery's attempts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotifyView {
+    /// The targets of the config.
+    pub targets: Vec<NotifyTargetView>,
+    /// Deliveries given up on, newest first.
+    pub dead: Vec<crate::records::Delivery>,
+}

@@ -358,3 +358,75 @@ pub struct FaultRecord {
     /// Who ended it: a person, or `duration` when its time ran out.
     pub ended_by: Option<String>,
 }
+
+/// Where a notification's delivery stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Not delivered yet; tried again at `next_at`.
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Every attempt failed: on the dead-letter list until `shipgate notify retry`.
+    Dead,
+}
+
+impl DeliveryStatus {
+    /// As stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+        }
+    }
+
+    /// The status stored as `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivered, Self::Dead]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// One event on its way to one notification target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Delivery {
+    /// Its number (`shipgate notify retry ID`).
+    pub id: i64,
+    /// The target (`[notify.NAME]`).
+    pub target: String,
+    /// The audit event it announces.
+    pub event_id: i64,
+    /// The `webhook-id` it is sent with, the same on every attempt (receivers deduplicate by it).
+    pub webhook_id: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it is tried next (while pending).
+    #[schema(value_type = String)]
+    pub next_at: Timestamp,
+    /// What the last failed attempt said.
+    pub last_error: Option<String>,
+    /// When it was made.
+    #[schema(value_type = String)]
+    pub created_at: Timestamp,
+    /// When the receiver took it.
+    #[schema(value_type = Option<String>)]
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct DeliveryAttempt {
+    /// When.
+    #[schema(value_type = String)]
+    pub at: Timestamp,
+    /// The receiver's status, when it answered.
+    pub status: Option<u16>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// How long it took.
+    pub took_ms: i64,
+}

@@ -453,6 +453,26 @@ pub struct TrafficProbeQuery {
     pub max_p99_ms: Option<f64>,
 }
 
+/// `POST /api/v1/notify/retry`: send dead deliveries again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyRetryRequest {
+    /// The deliveries (`shipgate notify list` numbers them); empty with `all`.
+    #[serde(default)]
+    pub ids: Vec<i64>,
+    /// Every dead delivery.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `POST /api/v1/notify/test`: send a test event to one target.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyTestRequest {
+    /// The target (`[notify.NAME]`).
+    pub target: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

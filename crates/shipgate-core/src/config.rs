@@ -26,6 +26,8 @@ pub struct Config {
     pub environments: Vec<EnvironmentConfig>,
     /// `[templates.*]`: how on-demand environments are made, in file order.
     pub templates: Vec<TemplateConfig>,
+    /// `[notify.NAME]`: where events are sent.
+    pub notify: Vec<crate::notify::Target>,
 }
 
 /// `[server]`: where the API listens and where state is kept.
@@ -530,6 +532,23 @@ struct RawConfig {
     environments: BTreeMap<Spanned<String>, RawEnvironment>,
     #[serde(default)]
     templates: BTreeMap<Spanned<String>, RawTemplate>,
+    #[serde(default)]
+    notify: BTreeMap<Spanned<String>, RawNotify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    url: Spanned<String>,
+    events: Vec<Spanned<String>>,
+    #[serde(default)]
+    envs: Vec<String>,
+    #[serde(default)]
+    apps: Vec<String>,
+    format: Option<Spanned<String>>,
+    secret: Option<Spanned<String>>,
+    secret_env: Option<String>,
+    max_attempts: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -763,6 +782,7 @@ impl Config {
         let apps = apps(raw.apps, base_dir, &mut problems);
         let environments = environments(raw.environments, &server, &mut problems);
         let templates = templates(raw.templates, &environments, &server, &mut problems);
+        let notify = notify_targets(&raw.notify, &mut problems);
         if apps.is_empty() {
             problems.add(0..0, "the config defines no app", "add one, for example:\n[apps.web]\nrun = \"./web --port ${PORT}\"\nhealth = \"/healthz\"".to_owned());
         }
@@ -785,6 +805,7 @@ impl Config {
             apps,
             environments,
             templates,
+            notify,
         })
     }
 
@@ -1516,6 +1537,80 @@ fn verify(raw: &RawVerify, problems: &mut Problems) -> VerifyConfig {
         watch: watch_rule(raw, problems),
         experiments: raw.experiments.clone(),
     }
+}
+
+/// `[notify.*]`: each target's URL, events, filters, format, secret and attempts.
+fn notify_targets(
+    raw: &BTreeMap<Spanned<String>, RawNotify>,
+    problems: &mut Problems,
+) -> Vec<crate::notify::Target> {
+    let mut targets = Vec::new();
+    for (name, t) in raw {
+        let url = t.url.get_ref();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            problems.add(
+                t.url.span(),
+                format!("`{url}` is not an http:// or https:// URL"),
+                "write where events are POSTed, for example url = \"https://hooks.example.com/shipgate\"".to_owned(),
+            );
+        }
+        if t.events.is_empty() {
+            problems.add(
+                name.span(),
+                format!("[notify.{}] names no events", name.get_ref()),
+                "write events = [\"promotion.failed\", \"environment.*\"] (or [\"*\"] for all)"
+                    .to_owned(),
+            );
+        }
+        for e in &t.events {
+            let family = e.get_ref().strip_suffix(".*").unwrap_or(e.get_ref());
+            let known = e.get_ref() == "*"
+                || crate::EventKind::all()
+                    .iter()
+                    .any(|k| k.to_string() == *e.get_ref() || k.family() == family);
+            if !known {
+                problems.add(
+                    e.span(),
+                    format!("`{}` is not an event kind shipgate records", e.get_ref()),
+                    "write a kind such as \"promotion.failed\", a family such as \"environment.*\", or \"*\"".to_owned(),
+                );
+            }
+        }
+        let format = t
+            .format
+            .as_ref()
+            .and_then(|f| problems.parse(f, crate::notify::Format::parse))
+            .unwrap_or(crate::notify::Format::CloudEvents);
+        if let Some(secret) = &t.secret
+            && !secret.get_ref().starts_with("whsec_")
+        {
+            problems.add(
+                secret.span(),
+                "a signing secret is `whsec_` and base64".to_owned(),
+                "write secret = \"whsec_...\" (or secret_env = \"VARIABLE\" to read it from the environment)".to_owned(),
+            );
+        }
+        let max_attempts = match &t.max_attempts {
+            Some(n) if !(1..=100).contains(n.get_ref()) => {
+                problems.add(n.span(), "max_attempts is from 1 to 100".to_owned(), None);
+                crate::notify::DEFAULT_MAX_ATTEMPTS
+            }
+            Some(n) => *n.get_ref() as u32,
+            None => crate::notify::DEFAULT_MAX_ATTEMPTS,
+        };
+        targets.push(crate::notify::Target {
+            name: name.get_ref().clone(),
+            url: url.clone(),
+            events: t.events.iter().map(|e| e.get_ref().clone()).collect(),
+            envs: t.envs.clone(),
+            apps: t.apps.clone(),
+            format,
+            secret: t.secret.as_ref().map(|s| s.get_ref().clone()),
+            secret_env: t.secret_env.clone(),
+            max_attempts,
+        });
+    }
+    targets
 }
 
 /// `[templates.*]`, checked against the environments they copy and the addresses in use.

@@ -87,6 +87,10 @@ pub enum EventKind {
     FlagChangeRejected,
     /// A flag client key was made for an environment (`flag_key.created`).
     FlagKeyCreated,
+    /// A test notification was asked for one target (`notify.test`).
+    NotifyTest,
+    /// Dead deliveries were put back to be sent again (`notify.retried`).
+    NotifyRetried,
     /// A chaos fault was injected into an environment's router (`chaos.injected`).
     ChaosInjected,
     /// A chaos fault ended: cleared by a person, or its duration ran out (`chaos.ended`).
@@ -96,7 +100,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 39] = [
+    const NAMED: [(EventKind, &'static str); 41] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -133,6 +137,8 @@ impl EventKind {
         (Self::FlagChangeApproved, "flag.change_approved"),
         (Self::FlagChangeRejected, "flag.change_rejected"),
         (Self::FlagKeyCreated, "flag_key.created"),
+        (Self::NotifyTest, "notify.test"),
+        (Self::NotifyRetried, "notify.retried"),
         (Self::ChaosInjected, "chaos.injected"),
         (Self::ChaosEnded, "chaos.ended"),
         (Self::FlagKeyRevoked, "flag_key.revoked"),
@@ -178,6 +184,7 @@ impl EventKind {
             | Self::FlagChangeRejected => "flag",
             Self::FlagKeyCreated | Self::FlagKeyRevoked => "flag_key",
             Self::ChaosInjected | Self::ChaosEnded => "chaos",
+            Self::NotifyTest | Self::NotifyRetried => "notify",
         }
     }
 

@@ -17,6 +17,7 @@ pub mod flag;
 pub mod gate;
 pub mod mask;
 pub mod names;
+pub mod notify;
 pub mod on_demand;
 pub mod parity;
 pub mod promotion;

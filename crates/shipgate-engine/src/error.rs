@@ -74,6 +74,9 @@ pub enum EngineError {
     /// No such fault.
     #[error("{0}")]
     UnknownFault(String),
+    /// No such notification target.
+    #[error("{0}")]
+    UnknownTarget(String),
     /// Nothing waits for the decision asked for.
     #[error("{0}")]
     NothingToDecide(String),

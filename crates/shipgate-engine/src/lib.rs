@@ -17,6 +17,7 @@ pub mod flags;
 pub mod flow;
 mod gates;
 mod isolation;
+pub mod notify;
 pub mod on_demand;
 mod parity;
 mod reconcile;
@@ -216,6 +217,7 @@ impl Engine {
         engine.reap_periodically();
         engine.forget_flags_on_change();
         engine.resume_faults().await?;
+        engine.deliver_periodically();
         Ok(engine)
     }
 

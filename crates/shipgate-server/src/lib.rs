@@ -11,6 +11,7 @@ mod extract;
 mod flags;
 mod host_names;
 mod lead;
+mod notify;
 mod on_demand;
 mod openapi;
 mod problem;

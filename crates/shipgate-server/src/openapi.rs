@@ -4,21 +4,21 @@
 
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
-    DecisionRecorded, FlagPromotion, FlagView, GcReport, Joined, LogChunk, OnDemandView, Problem,
-    Reloaded, TrafficProbe,
+    DecisionRecorded, FlagPromotion, FlagView, GcReport, Joined, LogChunk, NotifyView,
+    OnDemandView, Problem, Reloaded, TrafficProbe,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
 use shipgate_api::records::{
-    AuditReport, Event, FaultRecord, FlagChangeRecord, FlagKeyRecord, HostRecord, Promotion,
-    Release, TokenRecord,
+    AuditReport, Delivery, Event, FaultRecord, FlagChangeRecord, FlagKeyRecord, HostRecord,
+    Promotion, Release, TokenRecord,
 };
 use shipgate_api::requests::{
     AppEnv, AppQuery, ChaosQuery, ChaosRequest, DataRefreshRequest, DecisionRequest, DiffQuery,
     EventsQuery, ExtendRequest, FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest,
     FlagPromoteRequest, FlagsQuery, FreezeQuery, FreezeRequest, GcRequest, HistoryQuery,
-    HostRequest, JoinRequest, LogsQuery, OnDemandRequest, PromoteRequest, ReleaseQuery,
-    RollbackRequest, SetFlagRequest, TokenRequest, TrafficProbeQuery,
+    HostRequest, JoinRequest, LogsQuery, NotifyRetryRequest, NotifyTestRequest, OnDemandRequest,
+    PromoteRequest, ReleaseQuery, RollbackRequest, SetFlagRequest, TokenRequest, TrafficProbeQuery,
 };
 use shipgate_api::status::{AppStatus, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
@@ -85,6 +85,9 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::list_faults,
         declared::clear_faults,
         declared::probe_traffic,
+        declared::list_notify,
+        declared::retry_notify,
+        declared::test_notify,
         declared::decide_flag_change,
         declared::create_flag_key,
         declared::list_flag_keys,
@@ -626,6 +629,27 @@ mod declared {
             (status = 503, description = "beyond a limit", body = TrafficProbe),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn probe_traffic() {}
+
+    /// Every notification target with how its deliveries stand, and the dead-letter list.
+    #[utoipa::path(get, path = "/api/v1/notify", operation_id = "listNotify",
+        responses(
+            (status = 200, description = "targets and dead letters", body = NotifyView),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_notify() {}
+
+    /// Send dead deliveries again (admin), with an audit event.
+    #[utoipa::path(post, path = "/api/v1/notify/retry", operation_id = "retryNotify", request_body = NotifyRetryRequest,
+        responses(
+            (status = 200, description = "the deliveries put back", body = Vec<Delivery>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn retry_notify() {}
+
+    /// Send a `notify.test` event to one target (admin).
+    #[utoipa::path(post, path = "/api/v1/notify/test", operation_id = "testNotify", request_body = NotifyTestRequest,
+        responses(
+            (status = 202, description = "the test event, on its way", body = Object),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn test_notify() {}
 
     /// Approve or reject a waiting flag change (approver of its environment, or admin; never
     /// the requester); the approval that completes the count applies it.

@@ -78,6 +78,7 @@ impl From<EngineError> for Problem {
             EngineError::Chaos(_) => (StatusCode::UNPROCESSABLE_ENTITY, "fault refused"),
             EngineError::ChaosForbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             EngineError::UnknownFault(_) => (StatusCode::NOT_FOUND, "no such fault"),
+            EngineError::UnknownTarget(_) => (StatusCode::NOT_FOUND, "no such notification target"),
             EngineError::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "quota used up"),
             EngineError::Decision(d) => match d {
                 DecisionRefusal::OwnPromotion { .. } | DecisionRefusal::WrongRole { .. } => {

@@ -244,6 +244,35 @@ const TABLES: &[(&str, &str, &[Column])] = &[
             ("ended_by", T),
         ],
     ),
+    ("outbox", "event_id", &[("event_id", I)]),
+    (
+        "deliveries",
+        "id",
+        &[
+            ("id", I),
+            ("target", T),
+            ("event_id", I),
+            ("webhook_id", T),
+            ("status", T),
+            ("attempts", I),
+            ("next_at", T),
+            ("last_error", T),
+            ("created_at", T),
+            ("delivered_at", T),
+        ],
+    ),
+    (
+        "delivery_attempts",
+        "delivery_id, attempt",
+        &[
+            ("delivery_id", I),
+            ("attempt", I),
+            ("at", T),
+            ("status", I),
+            ("error", T),
+            ("took_ms", I),
+        ],
+    ),
     (
         "traffic_samples",
         "app, env, at_ms",
@@ -269,6 +298,7 @@ const IDENTITIES: &[(&str, &str)] = &[
     ("freezes", "id"),
     ("flag_changes", "id"),
     ("chaos_faults", "id"),
+    ("deliveries", "id"),
 ];
 
 /// What a copy did.

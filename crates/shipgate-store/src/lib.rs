@@ -362,6 +362,38 @@ pub trait Store: Send + Sync {
     /// Revokes the active flag key `name`, with its event.
     async fn revoke_flag_key(&self, name: &str, event: NewEvent) -> Result<FlagKeyRecord>;
 
+    /// The events whose outbox row has not been fanned out yet, oldest first.
+    async fn pending_outbox(&self, limit: i64) -> Result<Vec<Event>>;
+
+    /// Records `deliveries` (once per target and event) and removes the outbox rows of
+    /// `event_ids`, in one transaction.
+    async fn fan_out(&self, event_ids: &[i64], deliveries: Vec<NewDelivery>) -> Result<()>;
+
+    /// Pending deliveries due at `now`, soonest first.
+    async fn due_deliveries(&self, now: jiff::Timestamp, limit: i64) -> Result<Vec<Delivery>>;
+
+    /// Records an attempt of delivery `id` and what it leaves the delivery as.
+    async fn record_attempt(
+        &self,
+        id: i64,
+        attempt: DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<()>;
+
+    /// Deliveries (of one status, or all), newest first.
+    async fn deliveries(&self, status: Option<DeliveryStatus>, limit: i64)
+    -> Result<Vec<Delivery>>;
+
+    /// Every attempt of delivery `id`, in order.
+    async fn delivery_attempts(&self, id: i64) -> Result<Vec<DeliveryAttempt>>;
+
+    /// Puts the dead deliveries `ids` back to pending with no attempts, with `event`;
+    /// answers those it put back.
+    async fn retry_deliveries(&self, ids: &[i64], event: NewEvent) -> Result<Vec<Delivery>>;
+
+    /// One event of the log.
+    async fn event(&self, id: i64) -> Result<Option<Event>>;
+
     /// Records a chaos fault of `app` in `env` ending at `ends_at`, with its event; the
     /// record's fault carries its number.
     async fn insert_fault(

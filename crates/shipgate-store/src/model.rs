@@ -2,8 +2,9 @@
 //! (`shipgate-api`), re-exported here.
 
 pub use shipgate_api::records::{
-    AuditReport, Event, FaultRecord, FlagChange, FlagChangeRecord, FlagChangeStatus, FlagKeyRecord,
-    FlagRecord, Gate, HostRecord, LiveRelease, OnDemandRecord, Promotion, Release, TokenRecord,
+    AuditReport, Delivery, DeliveryAttempt, DeliveryStatus, Event, FaultRecord, FlagChange,
+    FlagChangeRecord, FlagChangeStatus, FlagKeyRecord, FlagRecord, Gate, HostRecord, LiveRelease,
+    OnDemandRecord, Promotion, Release, TokenRecord,
 };
 
 use serde::{Deserialize, Serialize};
@@ -289,4 +290,29 @@ pub struct FlagDecision {
     pub decision: shipgate_core::gate::Decision,
     /// The status to close it with (applied, rejected), or None to leave it pending.
     pub close: Option<FlagChangeStatus>,
+}
+
+/// A delivery to make: one event to one target.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// The target's name.
+    pub target: String,
+    /// The event.
+    pub event_id: i64,
+    /// Its `webhook-id`.
+    pub webhook_id: String,
+}
+
+/// How an attempt leaves its delivery.
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptOutcome {
+    /// Delivered.
+    Delivered,
+    /// Tried again then.
+    Retry {
+        /// When.
+        next_at: jiff::Timestamp,
+    },
+    /// Given up: on the dead-letter list.
+    Dead,
 }

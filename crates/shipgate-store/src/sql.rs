@@ -21,6 +21,7 @@ use tokio::sync::{Mutex, MutexGuard, broadcast};
 
 mod chaos;
 mod flags;
+mod notify;
 mod on_demand;
 
 use crate::schema::{self, Backend};
@@ -309,6 +310,14 @@ async fn append(tx: &mut Transaction<'static, Any>, e: NewEvent) -> Result<Event
         .execute(&mut **tx)
         .await
         .map_err(db("appending an event"))?;
+    // Its outbox row, in the same transaction: the sender fans it out to the notification
+    // targets that want it, so no event is announced that was not written, nor written and
+    // never announced.
+    sqlx::query("INSERT INTO outbox (event_id) VALUES ($1)")
+        .bind(event.id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("writing the outbox"))?;
     Ok(event)
 }
 
@@ -1938,6 +1947,52 @@ impl Store for SqlStore {
 
     async fn revoke_flag_key(&self, name: &str, event: NewEvent) -> Result<FlagKeyRecord> {
         SqlStore::revoke_flag_key(self, name, event).await
+    }
+
+    async fn pending_outbox(&self, limit: i64) -> Result<Vec<Event>> {
+        SqlStore::pending_outbox(self, limit).await
+    }
+
+    async fn fan_out(&self, event_ids: &[i64], deliveries: Vec<NewDelivery>) -> Result<()> {
+        SqlStore::fan_out(self, event_ids, deliveries).await
+    }
+
+    async fn due_deliveries(&self, now: jiff::Timestamp, limit: i64) -> Result<Vec<Delivery>> {
+        SqlStore::due_deliveries(self, now, limit).await
+    }
+
+    async fn record_attempt(
+        &self,
+        id: i64,
+        attempt: DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<()> {
+        SqlStore::record_attempt(self, id, attempt, outcome).await
+    }
+
+    async fn deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: i64,
+    ) -> Result<Vec<Delivery>> {
+        SqlStore::deliveries(self, status, limit).await
+    }
+
+    async fn delivery_attempts(&self, id: i64) -> Result<Vec<DeliveryAttempt>> {
+        SqlStore::delivery_attempts(self, id).await
+    }
+
+    async fn retry_deliveries(&self, ids: &[i64], event: NewEvent) -> Result<Vec<Delivery>> {
+        SqlStore::retry_deliveries(self, ids, event).await
+    }
+
+    async fn event(&self, id: i64) -> Result<Option<Event>> {
+        let row = sqlx::query("SELECT * FROM events WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading an event"))?;
+        row.as_ref().map(event_from).transpose()
     }
 
     async fn insert_fault(

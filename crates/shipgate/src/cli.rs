@@ -313,6 +313,9 @@ pub enum Command {
     /// Faults injected on purpose into an environment's router, always for a while.
     #[command(subcommand)]
     Chaos(ChaosCommand),
+    /// Notifications: the targets of `[notify.NAME]`, their dead letters, a test event.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Runs the data plane of this machine (instances and routers) for the server. The server
     /// starts the one on its own machine itself; on another host, join once with `--server URL
     /// --join TOKEN --name NAME` (the token from `shipgate host add NAME`), and from then on
@@ -602,6 +605,34 @@ pub enum FlagCommand {
     /// OFREP client keys: each selects one environment's flags.
     #[command(subcommand)]
     Key(FlagKeyCommand),
+}
+
+/// `shipgate notify ...`.
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Every target with how its deliveries stand, and the dead-letter list with each
+    /// delivery's last error.
+    #[command(
+        after_help = "Examples:\n  shipgate notify list\n  shipgate notify list --output json"
+    )]
+    List,
+    /// Send dead deliveries again (admin): by number, or every one with --all.
+    #[command(
+        after_help = "Examples:\n  shipgate notify retry 12 13\n  shipgate notify retry --all"
+    )]
+    Retry {
+        /// The deliveries (shipgate notify list numbers them).
+        ids: Vec<i64>,
+        /// Every dead delivery.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Send a test event (`notify.test`) to one target (admin), signed and retried like any.
+    #[command(after_help = "Examples:\n  shipgate notify test ops")]
+    Test {
+        /// The target (`[notify.NAME]`).
+        name: String,
+    },
 }
 
 /// `shipgate chaos ...`.

@@ -6,6 +6,7 @@ mod chaos;
 mod data;
 mod flags;
 mod install;
+mod notify;
 mod on_demand;
 mod parity;
 mod promotion;
@@ -185,6 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Env(command) => on_demand::run(g, out, command).await,
         Command::Flag(command) => flags::run(g, out, command).await,
         Command::Chaos(command) => chaos::run(g, out, command).await,
+        Command::Notify(command) => notify::run(g, out, command).await,
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,
         Command::Host(crate::cli::HostCommand::Add { name }) => add_host(g, out, &name).await,
         Command::Host(crate::cli::HostCommand::Remove { name }) => remove_host(g, out, &name).await,

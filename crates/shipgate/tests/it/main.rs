@@ -19,6 +19,7 @@ mod helpers;
 mod hosts;
 mod isolation;
 mod netns;
+mod notify;
 mod on_demand;
 mod parity;
 mod reload;
