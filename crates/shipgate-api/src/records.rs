@@ -21,6 +21,10 @@ pub struct Release {
     pub size: i64,
     /// Source commit, if given.
     pub commit: Option<String>,
+    /// When that commit was made, if known (`--commit-time`, or git's for `--commit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub commit_time: Option<Timestamp>,
     /// Free text, if given.
     pub notes: Option<String>,
     /// Who registered it.

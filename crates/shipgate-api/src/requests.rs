@@ -156,6 +156,8 @@ pub struct ReleaseQuery {
     pub digest: String,
     /// Source commit.
     pub commit: Option<String>,
+    /// When that commit was made (RFC 3339).
+    pub commit_time: Option<String>,
     /// Free text.
     pub notes: Option<String>,
 }

@@ -151,7 +151,7 @@ pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
         let version = format!("1.0.{i}");
         let dir = work.path().join("src").join(&version);
         sample_release(&dir, &version, false)?;
-        shipgate::commands::upload(&client, "web", &version, &dir, None, None).await?;
+        shipgate::commands::upload(&client, "web", &version, &dir, Default::default()).await?;
         let l = timed_promotion(&client, &http, &version, "local", &local_urls).await?;
         let f = timed_promotion(&client, &http, &version, "fleet", &fleet_urls).await?;
         if i > 0 {

@@ -104,7 +104,7 @@ pub async fn run(runs: usize, idle: usize) -> anyhow::Result<ExitCode> {
     let sample = SampleServer::start_with("shipgate-bench-", free_port(0)?, ports, setup).await?;
     let dir = sample.work.path().join("1.0.0");
     sample_release(&dir, "1.0.0", false)?;
-    shipgate::commands::upload(&sample.client, "web", "1.0.0", &dir, None, None).await?;
+    shipgate::commands::upload(&sample.client, "web", "1.0.0", &dir, Default::default()).await?;
     let exe = shipgate::shipgate_exe()?;
     let http = reqwest::Client::builder().no_proxy().build()?;
 

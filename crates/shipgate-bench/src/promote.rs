@@ -76,7 +76,7 @@ async fn measure(runs: usize, database: Option<String>) -> anyhow::Result<(Durat
         let version = format!("1.0.{i}");
         let dir = work.path().join(&version);
         sample_release(&dir, &version, false)?;
-        shipgate::commands::upload(client, "web", &version, &dir, None, None).await?;
+        shipgate::commands::upload(client, "web", &version, &dir, Default::default()).await?;
         let started = Instant::now();
         let p = client
             .promote(&format!("web@{version}"), "development")

@@ -120,7 +120,7 @@ async fn all_parts(
             MINIMAL => minimal_release(&dir, version)?,
             _ => sample_release(&dir, version, false)?,
         }
-        shipgate::commands::upload(client, APP, version, &dir, None, None).await?;
+        shipgate::commands::upload(client, APP, version, &dir, Default::default()).await?;
     }
     promote(client, OLD).await?;
     wait_serves(rt, env_addr, OLD).await?;

@@ -25,6 +25,8 @@ pub struct ReleaseRequest {
     pub release: ReleaseRef,
     /// Source commit.
     pub commit: Option<String>,
+    /// When that commit was made.
+    pub commit_time: Option<jiff::Timestamp>,
     /// Free text.
     pub notes: Option<String>,
 }
@@ -78,6 +80,7 @@ impl Engine {
             digest,
             size,
             commit: req.commit,
+            commit_time: req.commit_time,
             notes: req.notes,
         };
         Ok(self.store.insert_release(new, actor).await?)

@@ -217,10 +217,24 @@ async fn create_release(
             return Err(e.into());
         }
     }
+    let commit_time = q
+        .commit_time
+        .as_deref()
+        .map(|t| {
+            t.parse::<jiff::Timestamp>().map_err(|e| {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid commit time",
+                    format!("commit_time: `{t}` is not an RFC 3339 time: {e}"),
+                )
+            })
+        })
+        .transpose()?;
     let checked = upload.finish(&claimed).await?;
     let request = ReleaseRequest {
         release: ReleaseRef { app, version },
         commit: q.commit,
+        commit_time,
         notes: q.notes,
     };
     let (release, created) = engine

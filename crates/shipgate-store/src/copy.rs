@@ -36,6 +36,7 @@ const TABLES: &[(&str, &str, &[Column])] = &[
             ("digest", T),
             ("size", I),
             ("commit_sha", T),
+            ("commit_time", T),
             ("notes", T),
             ("created_by", T),
             ("created_at", T),

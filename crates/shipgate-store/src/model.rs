@@ -25,6 +25,8 @@ pub struct NewRelease {
     pub size: i64,
     /// Source commit.
     pub commit: Option<String>,
+    /// When that commit was made (lead time for changes counts from it).
+    pub commit_time: Option<jiff::Timestamp>,
     /// Free text.
     pub notes: Option<String>,
 }

@@ -284,6 +284,7 @@ CREATE TABLE on_demand (
 );
 "#,
     r#"
+ALTER TABLE releases ADD COLUMN commit_time TEXT;
 CREATE TABLE flag_states (
     env TEXT NOT NULL, app TEXT NOT NULL, flag TEXT NOT NULL, state TEXT NOT NULL,
     changed_at TEXT NOT NULL, changed_by TEXT NOT NULL, PRIMARY KEY (env, app, flag)
@@ -415,6 +416,7 @@ CREATE TABLE on_demand (
 );
 "#,
     r#"
+ALTER TABLE releases ADD COLUMN commit_time TEXT;
 CREATE TABLE flag_states (
     env TEXT NOT NULL, app TEXT NOT NULL, flag TEXT NOT NULL, state TEXT NOT NULL,
     changed_at TEXT NOT NULL, changed_by TEXT NOT NULL, PRIMARY KEY (env, app, flag)

@@ -328,6 +328,7 @@ fn release_from(row: &AnyRow) -> Result<Release> {
         digest: parse("digest", &get::<String>(row, "digest")?, Digest::parse)?,
         size: get(row, "size")?,
         commit: get(row, "commit_sha")?,
+        commit_time: get_time_opt(row, "commit_time")?,
         notes: get(row, "notes")?,
         created_by: get(row, "created_by")?,
         created_at: get_time(row, "created_at")?,
@@ -609,11 +610,12 @@ impl Store for SqlStore {
             digest: r.digest,
             size: r.size,
             commit: r.commit,
+            commit_time: r.commit_time,
             notes: r.notes,
             created_by: actor.to_owned(),
             created_at: now(),
         };
-        sqlx::query("INSERT INTO releases (app, version, digest, size, commit_sha, notes, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        sqlx::query("INSERT INTO releases (app, version, digest, size, commit_sha, notes, created_by, created_at, commit_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(release.app.as_str())
             .bind(release.version.as_str())
             .bind(release.digest.as_str())
@@ -622,6 +624,7 @@ impl Store for SqlStore {
             .bind(&release.notes)
             .bind(&release.created_by)
             .bind(release.created_at.to_string())
+            .bind(release.commit_time.map(|t| t.to_string()))
             .execute(&mut *tx)
             .await
             .map_err(db("inserting a release"))?;

@@ -365,7 +365,7 @@ pub enum ReleaseCommand {
     /// Pack (a directory) or take (a .tar/.tar.gz) an artifact, hash it and register it.
     #[command(
         disable_version_flag = true,
-        after_help = "Examples:\n  shipgate release create web --version 1.4.2 --artifact ./build\n  shipgate release create web --version 1.4.2 --artifact web.tar.gz --commit $(git rev-parse HEAD)"
+        after_help = "Examples:\n  shipgate release create web --version 1.4.2 --artifact ./build\n  shipgate release create web --version 1.4.2 --artifact web.tar.gz --commit $(git rev-parse HEAD)\n  shipgate release create web --version 1.4.3 --artifact ./build --commit-time 2026-12-01T09:30:00Z"
     )]
     Create {
         /// The app.
@@ -379,6 +379,10 @@ pub enum ReleaseCommand {
         /// Source commit.
         #[arg(long)]
         commit: Option<String>,
+        /// When that commit was made (RFC 3339); read from git when --commit is given inside
+        /// a repository. DORA's lead time counts from it.
+        #[arg(long)]
+        commit_time: Option<String>,
         /// Free text.
         #[arg(long)]
         notes: Option<String>,

@@ -211,12 +211,14 @@ pub async fn run(exit: bool, out: Printer) -> anyhow::Result<ExitCode> {
             "web",
             version,
             &dir,
-            None,
-            Some(if buggy {
-                "adds a bug the smoke test catches".into()
-            } else {
-                "first release".into()
-            }),
+            crate::commands::Source {
+                notes: Some(if buggy {
+                    "adds a bug the smoke test catches".into()
+                } else {
+                    "first release".into()
+                }),
+                ..Default::default()
+            },
         )
         .await?;
         say(format!("registered web@{version}  {}", r.release.digest));

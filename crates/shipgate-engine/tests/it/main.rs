@@ -109,6 +109,7 @@ impl Fixture {
         let request = ReleaseRequest {
             release: release.clone(),
             commit: None,
+            commit_time: None,
             notes: None,
         };
         self.engine

@@ -156,6 +156,7 @@ pub fn new_release(version: &str, digest: &Digest) -> NewRelease {
         digest: digest.clone(),
         size: 1234,
         commit: Some("0123abc".into()),
+        commit_time: None,
         notes: None,
     }
 }

@@ -14,7 +14,7 @@ mod release;
 mod status;
 mod store;
 
-pub use release::upload;
+pub use release::{Source, upload};
 pub use status::render_status;
 
 use std::path::Path;
@@ -72,18 +72,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             version,
             artifact,
             commit,
+            commit_time,
             notes,
         }) => {
-            release_create(
-                g,
-                out,
-                app.as_str(),
-                version.as_str(),
-                &artifact,
+            let source = release::Source {
                 commit,
+                commit_time,
                 notes,
-            )
-            .await
+            };
+            release_create(g, out, app.as_str(), version.as_str(), &artifact, source).await
         }
         Command::Release(ReleaseCommand::List { app }) => {
             release_list(g, out, app.map(|a| a.to_string())).await

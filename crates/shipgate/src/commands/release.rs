@@ -51,25 +51,57 @@ impl ArtifactFile {
     }
 }
 
+/// Where a release comes from: its commit, when that was made, and free text.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    /// The commit.
+    pub commit: Option<String>,
+    /// When it was made (RFC 3339); read from git for `commit` when not given.
+    pub commit_time: Option<String>,
+    /// Free text.
+    pub notes: Option<String>,
+}
+
+/// The commit time of `commit` in the git repository of the current folder, if it is one.
+fn git_commit_time(commit: &str) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["show", "-s", "--format=%cI", commit])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+}
+
 /// Registers a release with the server; shared by the command, the demo and the benchmarks.
 pub async fn upload(
     client: &Client,
     app: &str,
     version: &str,
     artifact: &Path,
-    commit: Option<String>,
-    notes: Option<String>,
+    source: Source,
 ) -> anyhow::Result<CreatedRelease> {
     AppName::parse(app).map_err(|e| anyhow::anyhow!(e.0))?;
     Version::parse(version).map_err(|e| anyhow::anyhow!(e.0))?;
+    let commit_time = match (&source.commit_time, &source.commit) {
+        (Some(t), _) => {
+            let at: jiff::Timestamp = t.parse().map_err(|e| {
+                anyhow::anyhow!("--commit-time `{t}` is not an RFC 3339 time such as 2026-12-01T09:30:00Z: {e}")
+            })?;
+            Some(at.to_string())
+        }
+        (None, Some(commit)) => git_commit_time(commit),
+        (None, None) => None,
+    };
     let file = ArtifactFile::prepare(artifact)?;
     let digest = shipgate_store::artifact::digest_file(file.path())
         .with_context(|| format!("hashing {}", artifact.display()))?;
     let query = ReleaseQuery {
         version: version.to_owned(),
         digest: digest.to_string(),
-        commit,
-        notes,
+        commit: source.commit,
+        commit_time,
+        notes: source.notes,
     };
     client.upload_release(app, &query, file.path()).await
 }
@@ -80,11 +112,10 @@ pub(super) async fn release_create(
     app: &str,
     version: &str,
     artifact: &Path,
-    commit: Option<String>,
-    notes: Option<String>,
+    source: Source,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
-    let answer = upload(&client, app, version, artifact, commit, notes).await?;
+    let answer = upload(&client, app, version, artifact, source).await?;
     out.print(&answer, |a| {
         let r = &a.release;
         if a.created {
