@@ -286,3 +286,17 @@ pub struct NotifyView {
     /// Deliveries given up on, newest first.
     pub dead: Vec<crate::records::Delivery>,
 }
+
+/// `GET /api/v1/dora`: the four metrics of each app and environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DoraView {
+    /// The window in days up to `at`.
+    pub days: u32,
+    /// When they were worked out.
+    #[schema(value_type = String)]
+    pub at: jiff::Timestamp,
+    /// The environment at the end of the flow (production), where the metrics are DORA's own.
+    pub production: Option<EnvName>,
+    /// Per app and environment.
+    pub figures: Vec<shipgate_core::dora::Figures>,
+}

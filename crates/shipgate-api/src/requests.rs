@@ -475,6 +475,18 @@ pub struct NotifyTestRequest {
     pub target: String,
 }
 
+/// `GET /api/v1/dora?app=&days=`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DoraQuery {
+    /// Only this app.
+    #[param(value_type = Option<AppName>)]
+    pub app: Option<String>,
+    /// The window in days up to now (1 to 365; default 30).
+    #[param(minimum = 1, maximum = 365)]
+    pub days: Option<u32>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ pub mod access;
 pub mod audit;
 pub mod chaos;
 pub mod config;
+pub mod dora;
 pub mod duration;
 pub mod event_kind;
 pub mod flag;

@@ -89,6 +89,7 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         DELETE "/chaos" => crate::chaos::clear,
         GET "/probe/traffic" => crate::chaos::probe_traffic,
         GET "/notify" => crate::notify::list,
+        GET "/dora" => crate::dora::dora,
         POST "/notify/retry" => crate::notify::retry,
         POST "/notify/test" => crate::notify::test,
         POST "/flag-changes/{id}/decisions" => crate::flags::decide_change,

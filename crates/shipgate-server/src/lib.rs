@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod chaos;
 mod data_dir;
+mod dora;
 mod extract;
 mod flags;
 mod host_names;

@@ -4,7 +4,7 @@
 
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
-    DecisionRecorded, FlagPromotion, FlagView, GcReport, Joined, LogChunk, NotifyView,
+    DecisionRecorded, DoraView, FlagPromotion, FlagView, GcReport, Joined, LogChunk, NotifyView,
     OnDemandView, Problem, Reloaded, TrafficProbe,
 };
 use shipgate_api::data::DataMessage;
@@ -15,7 +15,7 @@ use shipgate_api::records::{
 };
 use shipgate_api::requests::{
     AppEnv, AppQuery, ChaosQuery, ChaosRequest, DataRefreshRequest, DecisionRequest, DiffQuery,
-    EventsQuery, ExtendRequest, FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest,
+    DoraQuery, EventsQuery, ExtendRequest, FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest,
     FlagPromoteRequest, FlagsQuery, FreezeQuery, FreezeRequest, GcRequest, HistoryQuery,
     HostRequest, JoinRequest, LogsQuery, NotifyRetryRequest, NotifyTestRequest, OnDemandRequest,
     PromoteRequest, ReleaseQuery, RollbackRequest, SetFlagRequest, TokenRequest, TrafficProbeQuery,
@@ -86,6 +86,7 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::clear_faults,
         declared::probe_traffic,
         declared::list_notify,
+        declared::dora,
         declared::retry_notify,
         declared::test_notify,
         declared::decide_flag_change,
@@ -636,6 +637,14 @@ mod declared {
             (status = 200, description = "targets and dead letters", body = NotifyView),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn list_notify() {}
+
+    /// The four DORA metrics of each app and environment over a window (default 30 days),
+    /// from shipgate's own history, with the Four Keys buckets and a series per day.
+    #[utoipa::path(get, path = "/api/v1/dora", operation_id = "dora", params(DoraQuery),
+        responses(
+            (status = 200, description = "the metrics", body = DoraView),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn dora() {}
 
     /// Send dead deliveries again (admin), with an audit event.
     #[utoipa::path(post, path = "/api/v1/notify/retry", operation_id = "retryNotify", request_body = NotifyRetryRequest,

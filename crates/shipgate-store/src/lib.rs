@@ -362,6 +362,18 @@ pub trait Store: Send + Sync {
     /// Revokes the active flag key `name`, with its event.
     async fn revoke_flag_key(&self, name: &str, event: NewEvent) -> Result<FlagKeyRecord>;
 
+    /// Every promotion that reached its state after `since` (of `app`, or every app), with its
+    /// release's commit time: what DORA's metrics are worked out from.
+    async fn dora_changes(
+        &self,
+        since: jiff::Timestamp,
+        app: Option<&AppName>,
+    ) -> Result<Vec<shipgate_core::dora::Change>>;
+
+    /// How many promotions reached their state after `since`: a plain count of the same rows
+    /// `dora_changes` reads (the benchmark's anchor).
+    async fn count_promotions_since(&self, since: jiff::Timestamp) -> Result<i64>;
+
     /// The events whose outbox row has not been fanned out yet, oldest first.
     async fn pending_outbox(&self, limit: i64) -> Result<Vec<Event>>;
 

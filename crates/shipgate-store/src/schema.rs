@@ -285,6 +285,7 @@ CREATE TABLE on_demand (
 "#,
     r#"
 ALTER TABLE releases ADD COLUMN commit_time TEXT;
+CREATE INDEX promotions_updated ON promotions (updated_at);
 CREATE TABLE flag_states (
     env TEXT NOT NULL, app TEXT NOT NULL, flag TEXT NOT NULL, state TEXT NOT NULL,
     changed_at TEXT NOT NULL, changed_by TEXT NOT NULL, PRIMARY KEY (env, app, flag)
@@ -417,6 +418,7 @@ CREATE TABLE on_demand (
 "#,
     r#"
 ALTER TABLE releases ADD COLUMN commit_time TEXT;
+CREATE INDEX promotions_updated ON promotions (updated_at);
 CREATE TABLE flag_states (
     env TEXT NOT NULL, app TEXT NOT NULL, flag TEXT NOT NULL, state TEXT NOT NULL,
     changed_at TEXT NOT NULL, changed_by TEXT NOT NULL, PRIMARY KEY (env, app, flag)

@@ -1952,6 +1952,48 @@ impl Store for SqlStore {
         SqlStore::revoke_flag_key(self, name, event).await
     }
 
+    async fn dora_changes(
+        &self,
+        since: jiff::Timestamp,
+        app: Option<&AppName>,
+    ) -> Result<Vec<shipgate_core::dora::Change>> {
+        let rows = sqlx::query(
+            "SELECT p.app, p.env, p.kind, p.state, p.created_at, p.updated_at, r.commit_time FROM promotions p \
+             LEFT JOIN releases r ON r.app = p.app AND r.version = p.version \
+             WHERE p.updated_at > $1 AND ($2 IS NULL OR p.app = $2)",
+        )
+        .bind(since.to_string())
+        .bind(app.map(|a| a.as_str().to_owned()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading promotions for DORA"))?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = get(row, "kind")?;
+                let state: String = get(row, "state")?;
+                Ok(shipgate_core::dora::Change {
+                    app: get(row, "app")?,
+                    env: get(row, "env")?,
+                    kind: PromotionKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("promotion kind `{kind}`")))?,
+                    state: PromotionState::parse(&state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("promotion state `{state}`")))?,
+                    requested_at: get_time(row, "created_at")?,
+                    finished_at: get_time(row, "updated_at")?,
+                    commit_time: get_time_opt(row, "commit_time")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn count_promotions_since(&self, since: jiff::Timestamp) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM promotions WHERE updated_at > $1")
+            .bind(since.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting promotions"))
+    }
+
     async fn pending_outbox(&self, limit: i64) -> Result<Vec<Event>> {
         SqlStore::pending_outbox(self, limit).await
     }

@@ -316,6 +316,18 @@ pub enum Command {
     /// Notifications: the targets of `[notify.NAME]`, their dead letters, a test event.
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// DORA metrics from shipgate's own history: deployment frequency, lead time for changes,
+    /// change failure rate and time to restore, per app and environment.
+    #[command(
+        after_help = "Examples:\n  shipgate dora\n  shipgate dora web --days 90\n  shipgate dora --days 7 --output json"
+    )]
+    Dora {
+        /// Only this app.
+        app: Option<AppName>,
+        /// The window, in days up to now (1 to 365).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
     /// Runs the data plane of this machine (instances and routers) for the server. The server
     /// starts the one on its own machine itself; on another host, join once with `--server URL
     /// --join TOKEN --name NAME` (the token from `shipgate host add NAME`), and from then on

@@ -7,6 +7,7 @@
 //! signs its sessions out at once.
 
 mod chart;
+mod dora;
 mod flags;
 mod on_demand;
 mod pages;
@@ -220,6 +221,7 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/envs/{name}/delete", post(on_demand::delete))
         .route("/audit", get(pages::audit))
+        .route("/dora", get(dora::page))
         .route("/audit.jsonl", get(pages::audit_export))
         .route("/ui/events", get(pages::live))
         .route(

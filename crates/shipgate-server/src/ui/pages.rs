@@ -94,7 +94,7 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    fn new(viewer: &Viewer, title: impl Into<String>, tab: &'static str) -> Self {
+    pub(crate) fn new(viewer: &Viewer, title: impl Into<String>, tab: &'static str) -> Self {
         let grant = &viewer.caller.0;
         let role = if grant.envs.is_empty() {
             grant.role.to_string()
@@ -132,7 +132,7 @@ pub(crate) fn from_problem(p: Problem) -> PageError {
     error_page(p.status(), p.detail())
 }
 
-fn html(t: &impl Template) -> Response {
+pub(crate) fn html(t: &impl Template) -> Response {
     match t.render() {
         Ok(body) => Html(body).into_response(),
         Err(e) => (

@@ -184,6 +184,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Flag(command) => flags::run(g, out, command).await,
         Command::Chaos(command) => chaos::run(g, out, command).await,
         Command::Notify(command) => notify::run(g, out, command).await,
+        Command::Dora { app, days } => notify::dora(g, out, app, days).await,
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,
         Command::Host(crate::cli::HostCommand::Add { name }) => add_host(g, out, &name).await,
         Command::Host(crate::cli::HostCommand::Remove { name }) => remove_host(g, out, &name).await,

@@ -1,8 +1,9 @@
-//! `shipgate notify list|retry|test`: notification targets, their dead letters, a test event.
+//! `shipgate notify list|retry|test`: notification targets, their dead letters, a test event;
+//! and `shipgate dora`: the DORA metrics those events and promotions add up to.
 
 use std::process::ExitCode;
 
-use shipgate_api::answers::NotifyView;
+use shipgate_api::answers::{DoraView, NotifyView};
 use shipgate_api::records::Delivery;
 use shipgate_api::requests::{NotifyRetryRequest, NotifyTestRequest};
 
@@ -86,5 +87,68 @@ pub(super) async fn run(
             });
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn took(secs: Option<f64>, bucket: Option<&str>) -> String {
+    match (secs, bucket) {
+        (Some(s), Some(b)) if s < 3600.0 => format!("{:.0} min ({b})", s / 60.0),
+        (Some(s), Some(b)) if s < 86_400.0 => format!("{:.1} h ({b})", s / 3600.0),
+        (Some(s), Some(b)) => format!("{:.1} d ({b})", s / 86_400.0),
+        _ => "-".into(),
+    }
+}
+
+pub(super) async fn dora(
+    g: &Global,
+    out: Printer,
+    app: Option<shipgate_core::AppName>,
+    days: u32,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let mut query = vec![("days", days.to_string())];
+    query.extend(app.map(|a| ("app", a.to_string())));
+    let view: DoraView = client.get("/dora", &query).await?;
+    out.print(&view, |v| {
+        if v.figures.is_empty() {
+            return format!("no promotion finished in the last {} days\n", v.days);
+        }
+        let rows: Vec<Vec<String>> = v
+            .figures
+            .iter()
+            .map(|f| {
+                let production = v.production.as_ref().is_some_and(|p| p.as_str() == f.env);
+                vec![
+                    f.app.clone(),
+                    if production {
+                        format!("{} (production)", f.env)
+                    } else {
+                        f.env.clone()
+                    },
+                    format!("{:.2}/day ({})", f.per_day, f.frequency),
+                    took(f.lead_time_secs, f.lead_time.as_deref()),
+                    f.change_failure_rate.map_or("-".into(), |r| {
+                        format!("{:.0}% ({}/{})", r * 100.0, f.failed_changes, f.changes)
+                    }),
+                    took(f.restore_secs, f.restore.as_deref()),
+                ]
+            })
+            .collect();
+        format!(
+            "DORA metrics over the last {} days\n{}",
+            v.days,
+            table(
+                &[
+                    "APP",
+                    "ENV",
+                    "DEPLOYMENT FREQUENCY",
+                    "LEAD TIME",
+                    "CHANGE FAILURE RATE",
+                    "TIME TO RESTORE"
+                ],
+                &rows
+            )
+        )
+    });
     Ok(ExitCode::SUCCESS)
 }

@@ -86,7 +86,9 @@ pub async fn upload(
     let commit_time = match (&source.commit_time, &source.commit) {
         (Some(t), _) => {
             let at: jiff::Timestamp = t.parse().map_err(|e| {
-                anyhow::anyhow!("--commit-time `{t}` is not an RFC 3339 time such as 2026-12-01T09:30:00Z: {e}")
+                anyhow::anyhow!(
+                    "--commit-time `{t}` is not an RFC 3339 time such as 2026-12-01T09:30:00Z: {e}"
+                )
             })?;
             Some(at.to_string())
         }

@@ -242,3 +242,93 @@ fn killed_between_the_write_and_the_send_it_delivers_after_its_restart_and_dead_
     );
     assert_eq!(s.messages_of("notify.retried").len(), 1);
 }
+
+#[test]
+fn dora_counts_what_was_promoted_failed_and_restored() {
+    let s = spawn_server(&four_envs(""));
+    let now = jiff::Timestamp::now();
+    for (version, hours) in [("1.0.0", 2), ("1.1.0", 1)] {
+        let dir = s.app_release(version, &[]);
+        let commit_time = now - jiff::SignedDuration::from_hours(hours);
+        s.ok(&[
+            "release",
+            "create",
+            "web",
+            "--version",
+            version,
+            "--artifact",
+            dir.to_str().unwrap(),
+            "--commit-time",
+            &commit_time.to_string(),
+        ]);
+        s.walk(version, "production");
+    }
+    // 1.1.0 is rolled back by hand: a failed change, restored by the rollback.
+    s.ok(&["rollback", "web", "--env", "production", "--wait"]);
+    let refused = s.cli(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "9.0.0",
+        "--artifact",
+        ".",
+        "--commit-time",
+        "yesterday",
+    ]);
+    assert!(crate::helpers::text(&refused).contains("is not an RFC 3339 time"));
+
+    let view = s.json(&["dora", "--days", "7"]);
+    assert_eq!(view["production"], "production");
+    let of = |env: &str| {
+        view["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["env"] == env)
+            .unwrap()
+            .clone()
+    };
+    let prod = of("production");
+    assert_eq!(prod["deployments"], 2, "{prod}");
+    assert_eq!(prod["changes"], 2);
+    assert_eq!(prod["failed_changes"], 1);
+    assert_eq!(prod["change_failure_rate"], 0.5);
+    assert_eq!(prod["frequency"], "weekly");
+    // Lead times about 2 h and 1 h: the median about 1.5 h.
+    let lead = prod["lead_time_secs"].as_f64().unwrap();
+    assert!((5400.0..5700.0).contains(&lead), "{lead}");
+    assert_eq!(prod["lead_time"], "under a day");
+    assert_eq!(prod["unrestored"], 0);
+    assert!(prod["restore_secs"].as_f64().unwrap() < 600.0, "{prod}");
+    let testing = of("testing");
+    assert_eq!(
+        (
+            testing["deployments"].as_u64(),
+            testing["failed_changes"].as_u64()
+        ),
+        (Some(2), Some(0))
+    );
+    let text = s.ok(&["dora"]);
+    assert!(
+        text.contains("production (production)") && text.contains("50% (1/2)"),
+        "{text}"
+    );
+
+    let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
+    let cookie = crate::dashboard::sign_in(&s, admin.trim());
+    let (status, _, page) = crate::dashboard::raw(
+        &s,
+        "GET",
+        "/dora?days=7",
+        &[("Cookie", cookie.as_str())],
+        "",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("DORA metrics, last 7 days")
+            && page.contains("50% (1 of 2)")
+            && page.contains("<svg class=\"dora\""),
+        "{page}"
+    );
+}

@@ -1,0 +1,73 @@
+//! DORA metrics from shipgate's own history: `GET /api/v1/dora` and the dashboard's `/dora`
+//! page, with a chart of each environment's deployments and failures per day.
+
+use axum::Json;
+use axum::extract::State;
+use shipgate_api::answers::DoraView;
+use shipgate_api::requests::DoraQuery;
+use shipgate_core::{Action, AppName};
+
+use crate::AppState;
+use crate::extract::{ApiQuery, Caller};
+use crate::problem::Problem;
+
+/// The window when none is asked for.
+pub(crate) const DEFAULT_DAYS: u32 = 30;
+
+/// The metrics `caller` may see.
+pub(crate) async fn view(
+    state: &AppState,
+    caller: &Caller,
+    app: Option<&AppName>,
+    days: u32,
+) -> Result<DoraView, Problem> {
+    let config = state.engine.config();
+    let at = jiff::Timestamp::now();
+    let since = at
+        .checked_sub(jiff::SignedDuration::from_secs(i64::from(days) * 86_400))
+        .unwrap_or(jiff::Timestamp::MIN);
+    let changes = state
+        .engine
+        .store()
+        .dora_changes(since, app)
+        .await
+        .map_err(|e| Problem::from(shipgate_engine::EngineError::from(e)))?;
+    let figures = shipgate_core::dora::figures(&changes, at, days)
+        .into_iter()
+        .filter(|f| caller.sees(Some(&f.env)))
+        .collect();
+    let production = config
+        .environments
+        .iter()
+        .map(|e| e.name.clone())
+        .find(|e| shipgate_core::chaos::needs_admin(&config, e));
+    Ok(DoraView {
+        days,
+        at,
+        production,
+        figures,
+    })
+}
+
+/// `GET /api/v1/dora`.
+pub(crate) async fn dora(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<DoraQuery>,
+) -> Result<Json<DoraView>, Problem> {
+    caller.allow(Action::Read, None)?;
+    let app = q
+        .app
+        .as_deref()
+        .map(|a| AppName::parse(a).map_err(|e| Problem::bad_request(format!("app: {e}"))))
+        .transpose()?;
+    let days = q.days.unwrap_or(DEFAULT_DAYS);
+    if !(1..=365).contains(&days) {
+        return Err(Problem::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid window",
+            format!("days is from 1 to 365, not {days}"),
+        ));
+    }
+    Ok(Json(view(&state, &caller, app.as_ref(), days).await?))
+}
