@@ -47,6 +47,9 @@ pub struct EnvironmentStatus {
     /// The chaos faults in force on the app here, each with its end.
     #[serde(default)]
     pub faults: Vec<crate::records::FaultRecord>,
+    /// The alerts firing for the app here: `high-errors: error_rate > 0.05 for 2m`.
+    #[serde(default)]
+    pub alerts: Vec<String>,
 }
 
 /// The warm standby of an app in an environment.

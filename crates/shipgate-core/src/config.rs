@@ -28,6 +28,8 @@ pub struct Config {
     pub templates: Vec<TemplateConfig>,
     /// `[notify.NAME]`: where events are sent.
     pub notify: Vec<crate::notify::Target>,
+    /// `[alerts.NAME]`: conditions on live figures that fire and resolve.
+    pub alerts: Vec<crate::alert::AlertRule>,
 }
 
 /// `[server]`: where the API listens and where state is kept.
@@ -534,6 +536,16 @@ struct RawConfig {
     templates: BTreeMap<Spanned<String>, RawTemplate>,
     #[serde(default)]
     notify: BTreeMap<Spanned<String>, RawNotify>,
+    #[serde(default)]
+    alerts: BTreeMap<Spanned<String>, RawAlert>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlert {
+    env: Spanned<String>,
+    app: Option<Spanned<String>>,
+    when: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -783,6 +795,47 @@ impl Config {
         let environments = environments(raw.environments, &server, &mut problems);
         let templates = templates(raw.templates, &environments, &server, &mut problems);
         let notify = notify_targets(&raw.notify, &mut problems);
+        let mut alerts = Vec::new();
+        for (name, a) in &raw.alerts {
+            let env = problems.parse(&a.env, |e| EnvName::parse(e).map_err(|e| e.to_string()));
+            if let Some(env) = &env
+                && !environments.iter().any(|e| e.name == *env)
+            {
+                problems.add(
+                    a.env.span(),
+                    format!(
+                        "alert `{}` watches environment `{env}`, which the config does not have",
+                        name.get_ref()
+                    ),
+                    "name one of the config's environments".to_owned(),
+                );
+            }
+            let app = a.app.as_ref().and_then(|x| {
+                let app = problems.parse(x, |s| AppName::parse(s).map_err(|e| e.to_string()))?;
+                if !apps.iter().any(|c| c.name == app) {
+                    problems.add(
+                        x.span(),
+                        format!(
+                            "alert `{}` watches app `{app}`, which the config does not have",
+                            name.get_ref()
+                        ),
+                        None,
+                    );
+                }
+                Some(app)
+            });
+            let condition = problems.parse(&a.when, crate::alert::Condition::parse);
+            if let (Some(env), Some((condition, hold))) = (env, condition) {
+                alerts.push(crate::alert::AlertRule {
+                    name: name.get_ref().clone(),
+                    env,
+                    app,
+                    condition,
+                    hold,
+                    when: a.when.get_ref().clone(),
+                });
+            }
+        }
         if apps.is_empty() {
             problems.add(0..0, "the config defines no app", "add one, for example:\n[apps.web]\nrun = \"./web --port ${PORT}\"\nhealth = \"/healthz\"".to_owned());
         }
@@ -806,6 +859,7 @@ impl Config {
             environments,
             templates,
             notify,
+            alerts,
         })
     }
 

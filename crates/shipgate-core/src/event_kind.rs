@@ -87,6 +87,10 @@ pub enum EventKind {
     FlagChangeRejected,
     /// A flag client key was made for an environment (`flag_key.created`).
     FlagKeyCreated,
+    /// An alert's condition has held for its time (`alert.firing`).
+    AlertFiring,
+    /// A firing alert's condition no longer holds (`alert.resolved`).
+    AlertResolved,
     /// A test notification was asked for one target (`notify.test`).
     NotifyTest,
     /// Dead deliveries were put back to be sent again (`notify.retried`).
@@ -100,7 +104,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 41] = [
+    const NAMED: [(EventKind, &'static str); 43] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -137,6 +141,8 @@ impl EventKind {
         (Self::FlagChangeApproved, "flag.change_approved"),
         (Self::FlagChangeRejected, "flag.change_rejected"),
         (Self::FlagKeyCreated, "flag_key.created"),
+        (Self::AlertFiring, "alert.firing"),
+        (Self::AlertResolved, "alert.resolved"),
         (Self::NotifyTest, "notify.test"),
         (Self::NotifyRetried, "notify.retried"),
         (Self::ChaosInjected, "chaos.injected"),
@@ -185,6 +191,7 @@ impl EventKind {
             Self::FlagKeyCreated | Self::FlagKeyRevoked => "flag_key",
             Self::ChaosInjected | Self::ChaosEnded => "chaos",
             Self::NotifyTest | Self::NotifyRetried => "notify",
+            Self::AlertFiring | Self::AlertResolved => "alert",
         }
     }
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod alert;
 pub mod audit;
 pub mod chaos;
 pub mod config;

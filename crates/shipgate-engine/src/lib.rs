@@ -7,6 +7,7 @@
 //! (that is `shipgate-server`) nor hold rules of its own about which release may enter where.
 #![forbid(unsafe_code)]
 
+mod alerts;
 pub mod chaos;
 pub mod clock;
 mod data;
@@ -116,6 +117,8 @@ pub struct Engine {
     flag_cache: Mutex<flags::Cache>,
     /// What the Toxiproxy API did to the dependency proxies.
     proxies: Mutex<chaos::Proxies>,
+    /// Where each alert stands for each app.
+    alerts: Mutex<alerts::Alerts>,
 }
 
 /// Binds every environment's router (or updates it where the data plane already has it), and
@@ -207,6 +210,7 @@ impl Engine {
             on_demand_tracking: Mutex::default(),
             flag_cache: Mutex::default(),
             proxies: Mutex::default(),
+            alerts: Mutex::default(),
         });
         engine.record_driver_events();
         engine.sample_traffic();
@@ -218,6 +222,7 @@ impl Engine {
         engine.forget_flags_on_change();
         engine.resume_faults().await?;
         engine.deliver_periodically();
+        engine.judge_alerts_periodically();
         Ok(engine)
     }
 

@@ -43,6 +43,7 @@ impl Engine {
         let targets = self.store.rollback_targets(apps).await?;
         let freezes = self.store.freezes().await?;
         let faults = self.store.faults(None, true).await?;
+        let firing = self.firing_alerts();
         // One snapshot per router, not one per cell: a snapshot covers every release it saw.
         let mut traffic: HashMap<&EnvName, HashMap<String, shipgate_proxy::WindowSummary>> =
             HashMap::new();
@@ -126,6 +127,11 @@ impl Engine {
                     unhealthy: crate::locked(&self.unhealthy).get(&slot).cloned(),
                     drift: self.drift_of_slot(&a.name, &e.name),
                     isolation: self.isolation_view(&a.name, &e.name),
+                    alerts: firing
+                        .iter()
+                        .filter(|(_, app, env, _)| *app == a.name && *env == e.name)
+                        .map(|(name, _, _, when)| format!("{name}: {when}"))
+                        .collect(),
                     faults: faults
                         .iter()
                         .filter(|f| f.app == a.name && f.env == e.name)

@@ -792,3 +792,152 @@ async fn a_fault_ends_at_its_duration_on_the_engine_clock_and_a_watch_never_coun
     assert_eq!(get(addr), Some((200, "app 1.1.0".to_owned())));
     f.engine.shutdown().await;
 }
+
+/// An HTTP receiver on a port of its own: every request body it gets, answered 204.
+fn receiver() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = Arc::clone(&got);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut data = Vec::new();
+            let mut buf = [0u8; 8192];
+            // Read the head, then the body by its length.
+            let (head_end, length) = loop {
+                let n = conn.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break (None, 0);
+                }
+                data.extend_from_slice(&buf[..n]);
+                if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&data[..at]).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break (Some(at + 4), length);
+                }
+            };
+            let Some(start) = head_end else { continue };
+            while data.len() < start + length {
+                let n = conn.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+            }
+            keep.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&data[start..]).into_owned());
+            let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_fires_once_after_its_time_resolves_once_and_reaches_a_notification() {
+    let (hook, received) = receiver();
+    let f = start(&format!(
+        "\n[alerts.high-errors]\nenv = \"production\"\nwhen = \"error_rate > 0.05 for 2m\"\n\n[notify.ops]\nurl = \"http://127.0.0.1:{hook}/\"\nevents = [\"alert.*\"]\n"
+    ))
+    .await;
+    let good = f.verified_in_development("1.0.0", &[]).await;
+    let first = f.promote(&good, "production").await;
+    f.reaches(first, PromotionState::Succeeded).await;
+    let bad = f.verified_in_development("2.0.0", &["BUG"]).await;
+    let second = f.promote(&bad, "production").await;
+    f.reaches(second, PromotionState::Succeeded).await;
+
+    let addr = f.router("production");
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, errors) = (Arc::clone(&stop), Arc::clone(&errors));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if get(addr).is_some_and(|(status, _)| status == 500) {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    while errors.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let count = |kind: &'static str| {
+        let store = f.engine.store().clone();
+        async move {
+            store
+                .events(shipgate_store::EventFilter {
+                    kind: Some(kind.into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    f.engine.judge_alerts().await.unwrap();
+    f.clock.advance(MINUTE);
+    f.engine.judge_alerts().await.unwrap();
+    assert!(count("alert.firing").await.is_empty(), "1 of 2 minutes");
+    f.clock.advance(MINUTE);
+    f.engine.judge_alerts().await.unwrap();
+    f.clock.advance(MINUTE);
+    f.engine.judge_alerts().await.unwrap();
+    let firing = count("alert.firing").await;
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    assert!(
+        firing[0]
+            .message
+            .starts_with("alert high-errors firing for web in production: `error_rate > 0.05 for 2m` (error rate 1.0000"),
+        "{}",
+        firing[0].message
+    );
+    assert_eq!(f.engine.firing_alerts().len(), 1);
+
+    // Back on the good release, the live release's figures are clean: resolved, once.
+    let back = f
+        .engine
+        .rollback(
+            &shipgate_core::AppName::parse("web").unwrap(),
+            &EnvName::parse("production").unwrap(),
+            None,
+            "ops",
+        )
+        .await
+        .unwrap();
+    f.reaches(back.id, PromotionState::Succeeded).await;
+    f.settle().await;
+    f.engine.judge_alerts().await.unwrap();
+    f.clock.advance(MINUTE);
+    f.engine.judge_alerts().await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(count("alert.resolved").await.len(), 1);
+    assert_eq!(count("alert.firing").await.len(), 1);
+    assert!(f.engine.firing_alerts().is_empty());
+
+    // Both reached the notification target.
+    for _ in 0..200 {
+        let got = received.lock().unwrap().clone();
+        if got.iter().any(|b| b.contains("dev.shipgate.alert.firing"))
+            && got
+                .iter()
+                .any(|b| b.contains("dev.shipgate.alert.resolved"))
+        {
+            f.engine.shutdown().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the notifications did not arrive: {:?}",
+        received.lock().unwrap()
+    );
+}

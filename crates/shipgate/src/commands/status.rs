@@ -199,8 +199,12 @@ fn render_waits(apps: &[AppStatus]) -> String {
     let mut watches = String::new();
     let mut freezes: Vec<String> = Vec::new();
     let mut faults = String::new();
+    let mut alerts = String::new();
     for a in apps {
         for e in &a.environments {
+            for alert in &e.alerts {
+                alerts.push_str(&format!("  {alert} ({} in {})\n", a.app, e.env));
+            }
             for f in &e.faults {
                 faults.push_str(&format!(
                     "  #{} in {}: {} until {} (by {})\n",
@@ -257,6 +261,10 @@ fn render_waits(apps: &[AppStatus]) -> String {
     if !freezes.is_empty() {
         text.push_str("\nfrozen:\n");
         text.push_str(&freezes.concat());
+    }
+    if !alerts.is_empty() {
+        text.push_str("\nalerts firing:\n");
+        text.push_str(&alerts);
     }
     if !faults.is_empty() {
         text.push_str("\nchaos (faults injected on purpose; shipgate chaos clear ID ends one):\n");
