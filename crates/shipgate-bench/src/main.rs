@@ -5,6 +5,7 @@
 
 mod chaos;
 mod dashboard;
+mod dora;
 mod flags;
 mod hosts;
 mod load;
@@ -35,6 +36,8 @@ struct Cli {
 enum BenchCommand {
     /// OFREP evaluation, single and bulk, with 350 flags, against Unleash Edge (offline).
     Flags,
+    /// DORA metrics over 1,000,000 promotions against a plain count of the same rows.
+    Dora,
     /// What chaos costs with nothing injected: the TCP fault proxy against a direct connection
     /// and socat, and the router with a 0% fault rule against none.
     Chaos,
@@ -137,6 +140,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Mask { rows } => mask::run(rows).await,
         BenchCommand::Flags => flags::run().await,
         BenchCommand::Chaos => chaos::run().await,
+        BenchCommand::Dora => dora::run().await,
         BenchCommand::Sandbox { runs } => sandbox::run(runs).await,
         BenchCommand::Router {
             duration,

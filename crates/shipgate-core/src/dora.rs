@@ -91,6 +91,20 @@ pub struct Figures {
 
 const DAY: i64 = 86_400;
 
+/// A duration in seconds with its bucket, for people: `25 s`, `12 min`, `1.6 h`, `3.2 days`.
+pub fn human(secs: Option<f64>, bucket: Option<&str>) -> String {
+    let (Some(s), Some(b)) = (secs, bucket) else {
+        return "-".into();
+    };
+    let amount = match s {
+        s if s < 60.0 => format!("{s:.0} s"),
+        s if s < 3600.0 => format!("{:.0} min", s / 60.0),
+        s if s < DAY as f64 => format!("{:.1} h", s / 3600.0),
+        s => format!("{:.1} days", s / DAY as f64),
+    };
+    format!("{amount} ({b})")
+}
+
 fn bucket(secs: f64) -> String {
     match secs {
         s if s < DAY as f64 => "under a day",

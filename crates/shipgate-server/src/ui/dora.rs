@@ -38,14 +38,7 @@ struct DoraPage {
     rows: Vec<Row>,
 }
 
-fn duration(secs: Option<f64>, bucket: Option<&str>) -> String {
-    match (secs, bucket) {
-        (Some(s), Some(b)) if s < 3600.0 => format!("{:.0} min ({b})", s / 60.0),
-        (Some(s), Some(b)) if s < 86_400.0 => format!("{:.1} h ({b})", s / 3600.0),
-        (Some(s), Some(b)) => format!("{:.1} days ({b})", s / 86_400.0),
-        _ => "-".into(),
-    }
-}
+use shipgate_core::dora::human as duration;
 
 /// Bars of deployments per day, failures drawn over them in red.
 fn chart(f: &Figures) -> String {

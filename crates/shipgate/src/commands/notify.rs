@@ -90,14 +90,7 @@ pub(super) async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-fn took(secs: Option<f64>, bucket: Option<&str>) -> String {
-    match (secs, bucket) {
-        (Some(s), Some(b)) if s < 3600.0 => format!("{:.0} min ({b})", s / 60.0),
-        (Some(s), Some(b)) if s < 86_400.0 => format!("{:.1} h ({b})", s / 3600.0),
-        (Some(s), Some(b)) => format!("{:.1} d ({b})", s / 86_400.0),
-        _ => "-".into(),
-    }
-}
+use shipgate_core::dora::human as took;
 
 pub(super) async fn dora(
     g: &Global,
