@@ -65,8 +65,10 @@ impl Engine {
         }
     }
 
-    /// One look at every alert.
+    /// One look at every alert. One look at a time; a transition is kept only once its event
+    /// is written, so a failed write is tried again at the next look rather than lost.
     pub async fn judge_alerts(&self) -> Result<(), EngineError> {
+        let _one = self.judging.lock().await;
         let config = self.config();
         let now = self.clock.now();
         for rule in &config.alerts {
@@ -77,12 +79,16 @@ impl Engine {
             for app in apps {
                 let seen = self.observe_live(&app, &rule.env).await;
                 let holds = rule.condition.holds(&seen);
-                let transition = {
-                    let mut alerts = crate::locked(&self.alerts);
-                    let state = alerts.entry((rule.name.clone(), app.clone())).or_default();
-                    state.step(now, holds, rule.hold)
+                let key = (rule.name.clone(), app.clone());
+                let mut state = crate::locked(&self.alerts)
+                    .get(&key)
+                    .copied()
+                    .unwrap_or_default();
+                let transition = state.step(now, holds, rule.hold);
+                let Some(t) = transition else {
+                    crate::locked(&self.alerts).insert(key, state);
+                    continue;
                 };
-                let Some(t) = transition else { continue };
                 let measured = rule.condition.measured(&seen);
                 let (kind, message) = match t {
                     Transition::Firing => (
@@ -111,6 +117,7 @@ impl Engine {
                         data: serde_json::json!({ "alert": rule.name, "when": rule.when, "measured": measured }),
                     })
                     .await?;
+                crate::locked(&self.alerts).insert(key, state);
             }
         }
         Ok(())

@@ -119,6 +119,8 @@ pub struct Engine {
     proxies: Mutex<chaos::Proxies>,
     /// Where each alert stands for each app.
     alerts: Mutex<alerts::Alerts>,
+    /// Held by a look at the alerts.
+    judging: tokio::sync::Mutex<()>,
 }
 
 /// Binds every environment's router (or updates it where the data plane already has it), and
@@ -211,6 +213,7 @@ impl Engine {
             flag_cache: Mutex::default(),
             proxies: Mutex::default(),
             alerts: Mutex::default(),
+            judging: tokio::sync::Mutex::new(()),
         });
         engine.record_driver_events();
         engine.sample_traffic();

@@ -686,6 +686,48 @@ async fn an_on_demand_environment_counted_from_creation_expires_however_it_is_us
     assert!(f.engine.on_demand_env(&name).await.is_err(), "deleted");
 }
 
+/// Constant GETs on an address, counting the answers of one status.
+struct Load {
+    stop: Arc<AtomicBool>,
+    counted: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn on(addr: std::net::SocketAddr, status: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counted = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, counted) = (Arc::clone(&stop), Arc::clone(&counted));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if get(addr).is_some_and(|(s, _)| s == status) {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        Load {
+            stop,
+            counted,
+            thread,
+        }
+    }
+
+    /// Waits (real time) until `n` answers of the status came.
+    async fn until(&self, n: usize) {
+        while self.counted.load(Ordering::Relaxed) < n {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}
+
 fn admin() -> shipgate_core::Grant {
     shipgate_core::Grant {
         name: "ops".into(),
@@ -760,28 +802,13 @@ async fn a_fault_ends_at_its_duration_on_the_engine_clock_and_a_watch_never_coun
         .await
         .unwrap();
     let next = f.verified_in_development("1.1.0", &[]).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let aborted = Arc::new(AtomicUsize::new(0));
-    let load = {
-        let (stop, aborted) = (Arc::clone(&stop), Arc::clone(&aborted));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if get(addr).is_some_and(|(status, _)| status == 503) {
-                    aborted.fetch_add(1, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let load = Load::on(addr, 503);
     let second = f.promote(&next, "production").await;
     f.watching(second).await;
-    while aborted.load(Ordering::Relaxed) < 40 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    load.until(40).await;
     f.clock.advance(10 * MINUTE);
     f.reaches(second, PromotionState::Succeeded).await;
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    load.stop();
     let cleared = f
         .engine
         .clear_faults(&admin(), Some(&prod), None, None)
@@ -854,22 +881,8 @@ async fn an_alert_fires_once_after_its_time_resolves_once_and_reaches_a_notifica
     f.reaches(second, PromotionState::Succeeded).await;
 
     let addr = f.router("production");
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let load = {
-        let (stop, errors) = (Arc::clone(&stop), Arc::clone(&errors));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if get(addr).is_some_and(|(status, _)| status == 500) {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
-    while errors.load(Ordering::Relaxed) < 20 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let load = Load::on(addr, 500);
+    load.until(20).await;
     let count = |kind: &'static str| {
         let store = f.engine.store().clone();
         async move {
@@ -917,8 +930,7 @@ async fn an_alert_fires_once_after_its_time_resolves_once_and_reaches_a_notifica
     f.engine.judge_alerts().await.unwrap();
     f.clock.advance(MINUTE);
     f.engine.judge_alerts().await.unwrap();
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    load.stop();
     assert_eq!(count("alert.resolved").await.len(), 1);
     assert_eq!(count("alert.firing").await.len(), 1);
     assert!(f.engine.firing_alerts().is_empty());
