@@ -398,7 +398,7 @@ pub struct ChaosRequest {
     #[schema(value_type = AppName)]
     pub app: String,
     /// Answer this status (400 to 599) instead of the app. Either this or `delay`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::optional_u16")]
     #[schema(minimum = 400, maximum = 599)]
     pub abort: Option<u16>,
     /// Hold each request this long before forwarding it (`300ms`). Either this or `abort`.
@@ -460,7 +460,7 @@ pub struct TrafficProbeQuery {
 #[serde(deny_unknown_fields)]
 pub struct NotifyRetryRequest {
     /// The deliveries (`shipgate notify list` numbers them); empty with `all`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::list_i64")]
     pub ids: Vec<i64>,
     /// Every dead delivery.
     #[serde(default)]
@@ -485,6 +485,41 @@ pub struct DoraQuery {
     /// The window in days up to now (1 to 365; default 30).
     #[param(minimum = 1, maximum = 365)]
     pub days: Option<u32>,
+}
+
+/// Whole numbers as JSON writes them: an integer, or a float without a fraction (`418.0`),
+/// which JSON Schema counts as an integer too.
+mod whole {
+    use serde::Deserialize;
+
+    fn whole<E: serde::de::Error>(n: &serde_json::Number) -> Result<i64, E> {
+        n.as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| E::custom(format!("{n} is not a whole number")))
+    }
+
+    pub(super) fn optional_u16<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<u16>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| {
+                let w = whole(&n)?;
+                u16::try_from(w)
+                    .map_err(|_| serde::de::Error::custom(format!("{n} is out of range")))
+            })
+            .transpose()
+    }
+
+    pub(super) fn list_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+        Vec::<serde_json::Number>::deserialize(d)?
+            .iter()
+            .map(whole)
+            .collect()
+    }
 }
 
 #[cfg(test)]

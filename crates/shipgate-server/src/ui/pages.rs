@@ -758,6 +758,8 @@ struct EnvironmentPage {
     can_approve: bool,
     /// The chaos faults in force on the app here, as lines.
     faults: Vec<String>,
+    /// The alerts firing for the app here, as lines.
+    alerts: Vec<String>,
 }
 
 pub(crate) async fn environment(
@@ -892,6 +894,13 @@ pub(crate) async fn environment(
         can_flag: viewer.caller.allow(Action::Promote, Some(&env)).is_ok(),
         flag_changes: super::flags::waiting(&state, &app, &env).await?,
         can_approve: viewer.caller.allow(Action::Approve, Some(&env)).is_ok(),
+        alerts: state
+            .engine
+            .firing_alerts()
+            .into_iter()
+            .filter(|(_, a, e, _)| *a == app && *e == env)
+            .map(|(name, _, _, when)| format!("{name}: {when}"))
+            .collect(),
         faults: state
             .engine
             .store()

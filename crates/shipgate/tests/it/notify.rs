@@ -332,3 +332,48 @@ fn dora_counts_what_was_promoted_failed_and_restored() {
         "{page}"
     );
 }
+
+#[test]
+fn a_firing_alert_shows_in_status_and_on_the_environment_page() {
+    let s = spawn_server(&format!(
+        "{}\n[alerts.errors]\nenv = \"development\"\nwhen = \"error_rate > 0.05\"\n",
+        four_envs("")
+    ));
+    s.register("1.0.0", &[("BUG", "")]);
+    s.deploy("1.0.0", "development");
+    let url = format!("{}/", s.url("development"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for _ in 0..20 {
+            let _ = s.get(&url);
+        }
+        let status = s.ok(&["status"]);
+        if status.contains("alerts firing:") {
+            assert!(
+                status.contains("errors: error_rate > 0.05 (web in development)"),
+                "{status}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alert did not fire: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let firing = s.messages_of("alert.firing");
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
+    let cookie = crate::dashboard::sign_in(&s, admin.trim());
+    let (_, _, page) = crate::dashboard::raw(
+        &s,
+        "GET",
+        "/apps/web/environments/development",
+        &[("Cookie", cookie.as_str())],
+        "",
+    );
+    assert!(
+        page.contains("Alerts firing") && page.contains("errors: error_rate &#62; 0.05"),
+        "{page}"
+    );
+}
