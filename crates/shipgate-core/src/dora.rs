@@ -8,7 +8,7 @@
 //!   (`rolled_back`), or were rolled back by hand (a `rollback` succeeded before the next
 //!   promotion), over all finished promotions;
 //! - time to restore: from the request of such a change to the next succeeded promotion of any
-//!   kind there (the median).
+//!   kind there, and from an alert firing there to its resolving (the median).
 //!
 //! Each per app and environment over a window of days, with the Four Keys buckets.
 
@@ -37,6 +37,20 @@ pub struct Change {
     pub finished_at: Timestamp,
     /// When its release's commit was made, if known.
     pub commit_time: Option<Timestamp>,
+}
+
+/// A firing alert: from when it fired to when it resolved (still open without an end). Time to
+/// restore counts it like a failed change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incident {
+    /// The app.
+    pub app: String,
+    /// The environment.
+    pub env: String,
+    /// When the alert fired.
+    pub started: Timestamp,
+    /// When it resolved.
+    pub ended: Option<Timestamp>,
 }
 
 /// One day of the series.
@@ -153,6 +167,17 @@ fn finished(state: PromotionState) -> bool {
 /// The metrics of each app and environment over the `days` up to `now`. `changes` may come in
 /// any order and may hold promotions from before the window (they settle what followed them).
 pub fn figures(changes: &[Change], now: Timestamp, days: u32) -> Vec<Figures> {
+    figures_with(changes, &[], now, days)
+}
+
+/// [`figures`], with firing alerts counted in the time to restore: each that fired in the
+/// window adds its firing-to-resolved time (or, still firing, one unrestored).
+pub fn figures_with(
+    changes: &[Change],
+    incidents: &[Incident],
+    now: Timestamp,
+    days: u32,
+) -> Vec<Figures> {
     let since = now
         .checked_sub(SignedDuration::from_secs(i64::from(days) * DAY))
         .unwrap_or(Timestamp::MIN);
@@ -219,6 +244,15 @@ pub fn figures(changes: &[Change], now: Timestamp, days: u32) -> Vec<Figures> {
                         None => unrestored += 1,
                     }
                 }
+            }
+        }
+        for i in incidents
+            .iter()
+            .filter(|i| i.app == app && i.env == env && i.started > since && i.started <= now)
+        {
+            match i.ended {
+                Some(end) => restores.push(end.duration_since(i.started).as_secs_f64().max(0.0)),
+                None => unrestored += 1,
             }
         }
         let per_day = deployments as f64 / f64::from(days.max(1));
@@ -372,6 +406,33 @@ mod tests {
             (2, 3, 3)
         );
         assert_eq!(prod.frequency, "weekly");
+    }
+
+    #[test]
+    fn firing_alerts_count_in_the_time_to_restore() {
+        use PromotionKind::Promote;
+        use PromotionState::Succeeded;
+        let history = vec![change(Promote, Succeeded, "2026-11-30T10:00:00Z", None)];
+        let incidents = vec![
+            Incident {
+                app: "web".into(),
+                env: "production".into(),
+                started: at("2026-11-30T11:00:00Z"),
+                ended: Some(at("2026-11-30T11:20:00Z")),
+            },
+            Incident {
+                app: "web".into(),
+                env: "production".into(),
+                started: at("2026-11-30T12:00:00Z"),
+                ended: None,
+            },
+        ];
+        let prod = figures_with(&history, &incidents, at("2026-12-01T00:00:00Z"), 7)
+            .pop()
+            .unwrap();
+        assert_eq!(prod.restore_secs, Some(1200.0));
+        assert_eq!(prod.unrestored, 1);
+        assert_eq!(prod.failed_changes, 0, "an alert is not a change");
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub(crate) async fn view(
         .dora_changes(since, app)
         .await
         .map_err(|e| Problem::from(shipgate_engine::EngineError::from(e)))?;
-    let figures = shipgate_core::dora::figures(&changes, at, days)
+    let incidents = incidents(state, since).await?;
+    let figures = shipgate_core::dora::figures_with(&changes, &incidents, at, days)
         .into_iter()
         .filter(|f| caller.sees(Some(&f.env)))
         .collect();
@@ -47,6 +48,49 @@ pub(crate) async fn view(
         production,
         figures,
     })
+}
+
+/// The alerts that fired since `since`, each paired with its resolving (by alert, app and
+/// environment, in order).
+async fn incidents(
+    state: &AppState,
+    since: jiff::Timestamp,
+) -> Result<Vec<shipgate_core::dora::Incident>, Problem> {
+    let store = state.engine.store();
+    let read = |kind: &'static str| async move {
+        store
+            .events(shipgate_store::EventFilter {
+                kind: Some(kind.into()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Problem::from(shipgate_engine::EngineError::from(e)))
+    };
+    let (fired, resolved) = (read("alert.firing").await?, read("alert.resolved").await?);
+    let key = |e: &shipgate_store::Event| {
+        (
+            e.data
+                .get("alert")
+                .and_then(|a| a.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            e.app.clone().unwrap_or_default(),
+            e.env.clone().unwrap_or_default(),
+        )
+    };
+    Ok(fired
+        .iter()
+        .filter(|f| f.at > since)
+        .map(|f| shipgate_core::dora::Incident {
+            app: f.app.clone().unwrap_or_default(),
+            env: f.env.clone().unwrap_or_default(),
+            started: f.at,
+            ended: resolved
+                .iter()
+                .find(|r| r.id > f.id && key(r) == key(f))
+                .map(|r| r.at),
+        })
+        .collect())
 }
 
 /// `GET /api/v1/dora`.

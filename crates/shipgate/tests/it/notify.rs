@@ -363,6 +363,20 @@ fn a_firing_alert_shows_in_status_and_on_the_environment_page() {
     }
     let firing = s.messages_of("alert.firing");
     assert_eq!(firing.len(), 1, "{firing:?}");
+    // DORA's time to restore counts the firing alert: still open, so unrestored.
+    let dora = s.json(&["dora", "--days", "1"]);
+    let dev = dora["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["env"] == "development")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (dev["failed_changes"].as_u64(), dev["unrestored"].as_u64()),
+        (Some(0), Some(1)),
+        "{dev}"
+    );
     let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
     let cookie = crate::dashboard::sign_in(&s, admin.trim());
     let (_, _, page) = crate::dashboard::raw(
