@@ -157,7 +157,7 @@ async fn openapi(caller: Caller) -> ApiResult<impl IntoResponse> {
 
 /// An app name from a request that the config knows.
 fn configured_app(state: &AppState, s: &str) -> ApiResult<AppName> {
-    let app = parse("app", s, AppName::parse)?;
+    let app = app_name(s)?;
     if state.engine.config().app(&app).is_none() {
         return Err(shipgate_engine::EngineError::UnknownApp(app.to_string()).into());
     }
@@ -173,7 +173,17 @@ fn optional<T>(
     s.map(|s| parse(what, s, f)).transpose()
 }
 
-fn parse<T>(
+/// An environment's name from a request, refused (400) with what is wrong.
+pub(crate) fn env_name(s: &str) -> ApiResult<EnvName> {
+    parse("environment", s, EnvName::parse)
+}
+
+/// An app's name from a request, refused (400) with what is wrong.
+pub(crate) fn app_name(s: &str) -> ApiResult<AppName> {
+    parse("app", s, AppName::parse)
+}
+
+pub(crate) fn parse<T>(
     what: &str,
     s: &str,
     f: impl FnOnce(&str) -> Result<T, shipgate_core::NameError>,

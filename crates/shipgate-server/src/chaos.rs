@@ -7,11 +7,12 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use shipgate_api::answers::TrafficProbe;
 use shipgate_api::requests::{ChaosQuery, ChaosRequest, TrafficProbeQuery};
+use shipgate_core::Action;
 use shipgate_core::chaos::{FaultAction, FaultAsk};
-use shipgate_core::{Action, AppName, EnvName};
 use shipgate_store::FaultRecord;
 
 use crate::AppState;
+use crate::api::{app_name, env_name};
 use crate::extract::{ApiJson, ApiQuery, Caller};
 use crate::problem::Problem;
 
@@ -19,14 +20,6 @@ type ApiResult<T> = Result<T, Problem>;
 
 fn refused(detail: String) -> Problem {
     Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "fault refused", detail)
-}
-
-fn env_name(s: &str) -> ApiResult<EnvName> {
-    EnvName::parse(s).map_err(|e| Problem::bad_request(format!("environment: {e}")))
-}
-
-fn app_name(s: &str) -> ApiResult<AppName> {
-    AppName::parse(s).map_err(|e| Problem::bad_request(format!("app: {e}")))
 }
 
 fn millis(what: &str, s: &str) -> ApiResult<u64> {

@@ -100,11 +100,7 @@ pub(crate) async fn dora(
     ApiQuery(q): ApiQuery<DoraQuery>,
 ) -> Result<Json<DoraView>, Problem> {
     caller.allow(Action::Read, None)?;
-    let app = q
-        .app
-        .as_deref()
-        .map(|a| AppName::parse(a).map_err(|e| Problem::bad_request(format!("app: {e}"))))
-        .transpose()?;
+    let app = q.app.as_deref().map(crate::api::app_name).transpose()?;
     let days = q.days.unwrap_or(DEFAULT_DAYS);
     if !(1..=365).contains(&days) {
         return Err(Problem::new(

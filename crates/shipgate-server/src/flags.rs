@@ -20,23 +20,16 @@ use shipgate_api::requests::{
     FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery,
     SetFlagRequest,
 };
-use shipgate_core::{Action, AppName, EnvName, EventKind};
+use shipgate_core::{Action, EnvName, EventKind};
 
 use shipgate_engine::flags::{FlagOutcome, Flags};
 
 use crate::AppState;
+use crate::api::{app_name, env_name};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use crate::problem::Problem;
 
 type ApiResult<T> = Result<T, Problem>;
-
-fn env_name(s: &str) -> ApiResult<EnvName> {
-    EnvName::parse(s).map_err(|e| Problem::bad_request(format!("environment: {e}")))
-}
-
-fn app_name(s: &str) -> ApiResult<AppName> {
-    AppName::parse(s).map_err(|e| Problem::bad_request(format!("app: {e}")))
-}
 
 fn views(flags: Flags) -> Vec<FlagView> {
     flags
@@ -351,21 +344,33 @@ async fn evaluate_one(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let env = match client_env(&state, &headers).await {
-        Ok(env) => env,
-        Err(r) => return r.into_response(),
-    };
-    let ctx = match context(&body, Some(&key)) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    match state.engine.cached_flags(&env).await {
-        Ok(flags) => {
+    match opening(&state, &headers, &body, Some(&key)).await {
+        Ok((flags, ctx)) => {
             let (status, body) = answer(&flags, &key, &ctx);
             (status, Json(body)).into_response()
         }
-        Err(e) => Problem::from(e).into_response(),
+        Err(r) => r,
     }
+}
+
+/// What both evaluations start with: the environment the client key selects, the evaluation
+/// context of the body, and that environment's flags; or the answer that refuses the request.
+async fn opening(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    key: Option<&str>,
+) -> Result<(std::sync::Arc<Flags>, Map<String, Value>), Response> {
+    let env = client_env(state, headers)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let ctx = context(body, key).map_err(IntoResponse::into_response)?;
+    let flags = state
+        .engine
+        .cached_flags(&env)
+        .await
+        .map_err(|e| Problem::from(e).into_response())?;
+    Ok((flags, ctx))
 }
 
 async fn evaluate_all(
@@ -373,17 +378,9 @@ async fn evaluate_all(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let env = match client_env(&state, &headers).await {
-        Ok(env) => env,
-        Err(r) => return r.into_response(),
-    };
-    let ctx = match context(&body, None) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let flags = match state.engine.cached_flags(&env).await {
-        Ok(flags) => flags,
-        Err(e) => return Problem::from(e).into_response(),
+    let (flags, ctx) = match opening(&state, &headers, &body, None).await {
+        Ok(opened) => opened,
+        Err(r) => return r,
     };
     // What a client was served depends on its context as much as on the flags.
     let etag = {

@@ -18,10 +18,6 @@ use crate::problem::Problem;
 
 type ApiResult<T> = Result<T, Problem>;
 
-fn name(s: &str) -> ApiResult<EnvName> {
-    EnvName::parse(s).map_err(|e| Problem::bad_request(format!("environment: {e}")))
-}
-
 fn ttl(s: &str) -> ApiResult<shipgate_core::Duration> {
     shipgate_core::Duration::parse(s)
         .ok()
@@ -68,7 +64,7 @@ pub(crate) async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<OnDemandRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let env = name(&req.name)?;
+    let env = crate::api::env_name(&req.name)?;
     caller.allow(Action::OnDemand, Some(&env))?;
     let template = EnvName::parse(&req.template)
         .map_err(|e| Problem::bad_request(format!("template: {e}")))?;
@@ -117,7 +113,7 @@ pub(crate) async fn show(
     caller: Caller,
     ApiPath(env): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let env = name(&env)?;
+    let env = crate::api::env_name(&env)?;
     caller.allow(Action::Read, Some(&env))?;
     let r = state.engine.on_demand_env(&env).await?;
     Ok(Json(view(&state, r).await?))
@@ -129,7 +125,7 @@ pub(crate) async fn extend(
     ApiPath(env): ApiPath<String>,
     ApiJson(req): ApiJson<ExtendRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let env = name(&env)?;
+    let env = crate::api::env_name(&env)?;
     caller.allow(Action::OnDemand, Some(&env))?;
     let r = state
         .engine
@@ -143,7 +139,7 @@ pub(crate) async fn delete(
     caller: Caller,
     ApiPath(env): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let env = name(&env)?;
+    let env = crate::api::env_name(&env)?;
     caller.allow(Action::OnDemand, Some(&env))?;
     let before = view(&state, state.engine.on_demand_env(&env).await?).await?;
     state.engine.delete_on_demand(&env, caller.name()).await?;
