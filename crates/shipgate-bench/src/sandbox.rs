@@ -76,6 +76,7 @@ pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
                     user: "sg-bench".into(),
                     data_dir: dir.path().join("data"),
                     limits,
+                    network: None,
                 }),
             };
             let started = driver

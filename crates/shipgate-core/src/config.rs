@@ -337,6 +337,9 @@ pub struct EnvironmentConfig {
     /// `dependencies.NAME`: TCP proxies between the apps here and what they depend on, where
     /// toxics act (Toxiproxy's), driven through the Toxiproxy-compatible API as `ENV.NAME`.
     pub dependencies: Vec<Dependency>,
+    /// `network.egress` and `network.allow`: what its processes may reach besides its own
+    /// router, dependency proxies and shipgate's API.
+    pub network: crate::network::NetworkRules,
     /// What a promotion must have before it may deploy here.
     pub require: Requirements,
     /// A release verified in `after` is promoted here as soon as its requirements hold.
@@ -691,6 +694,15 @@ struct RawEnvironment {
     chaos: Option<RawChaos>,
     #[serde(default)]
     dependencies: BTreeMap<Spanned<String>, RawDependency>,
+    network: Option<RawNetwork>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    egress: Option<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1463,6 +1475,20 @@ fn environments(
                 .and_then(|c| duration(&c.max_duration, problems))
                 .map_or(crate::chaos::DEFAULT_MAX_DURATION, |d| d.as_std()),
         };
+        let network = crate::network::NetworkRules {
+            closed: env
+                .network
+                .as_ref()
+                .and_then(|n| n.egress.as_ref())
+                .and_then(|e| problems.parse(e, crate::network::NetworkRules::parse_egress))
+                .unwrap_or(false),
+            allow: env
+                .network
+                .iter()
+                .flat_map(|n| &n.allow)
+                .filter_map(|a| problems.parse(a, parse_address))
+                .collect(),
+        };
         let mut dependencies = Vec::new();
         for (dep, raw) in &env.dependencies {
             let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
@@ -1560,6 +1586,7 @@ fn environments(
                 template: None,
                 chaos,
                 dependencies,
+                network,
             });
         }
     }

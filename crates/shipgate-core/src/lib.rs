@@ -19,6 +19,7 @@ pub mod flag;
 pub mod gate;
 pub mod mask;
 pub mod names;
+pub mod network;
 pub mod notify;
 pub mod on_demand;
 pub mod parity;

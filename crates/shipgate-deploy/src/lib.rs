@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 mod log_file;
+pub mod network;
 mod process;
 mod routes;
 pub mod sandbox;

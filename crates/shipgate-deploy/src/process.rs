@@ -295,7 +295,7 @@ impl Shared {
         inst: Arc<Instance>,
         outcome: oneshot::Sender<Result<InstanceStarted, DriverError>>,
     ) {
-        let confined = match self.confine(&inst.req) {
+        let confined = match self.confine(&inst.req, inst.port) {
             Ok(confined) => confined,
             Err(reason) => {
                 self.forget(&inst);
@@ -328,18 +328,29 @@ impl Shared {
                 let _ = outcome.send(Err(err));
             }
         }
-        if let Some(cgroup) = confined.and_then(|c| c.cgroup.as_ref()) {
-            cgroup.remove();
+        if let Some(c) = confined {
+            if let Some(cgroup) = &c.cgroup {
+                cgroup.remove();
+            }
+            if c.sandbox.network.is_some() {
+                crate::network::forget_instance(Some(c.account), inst.port);
+            }
         }
     }
 
-    /// Makes what the sandbox of `req` needs: its user, its data directory and its cgroup.
-    fn confine(&self, req: &StartInstance) -> Result<Option<Confined>, String> {
+    /// Makes what the sandbox of `req` needs: its user, its data directory, its network fence
+    /// (which lets its environment reach `port`, and other machines only through the router)
+    /// and its cgroup.
+    fn confine(&self, req: &StartInstance, port: u16) -> Result<Option<Confined>, String> {
         let Some(sandbox) = &req.sandbox else {
             return Ok(None);
         };
         let account = sandbox::ensure_user(&sandbox.user)?;
         sandbox::prepare_data_dir(&sandbox.data_dir, account)?;
+        if let Some(reach) = &sandbox.network {
+            crate::network::fence(account, reach, &[port])?;
+            crate::network::admit_instance(port)?;
+        }
         let cgroup = if sandbox.limits.any() {
             let hierarchy = self
                 .cgroups
@@ -399,6 +410,8 @@ impl Shared {
         match confined {
             None => process.arg("-c").arg(&command),
             Some(c) => process
+                .env_clear()
+                .envs(sandbox::BASE_ENV)
                 .arg("-c")
                 .arg(JOIN_CGROUP)
                 .arg("sh")

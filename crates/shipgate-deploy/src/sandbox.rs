@@ -20,7 +20,21 @@ pub struct Sandbox {
     pub data_dir: PathBuf,
     /// Its resource limits.
     pub limits: Limits,
+    /// What its processes may reach on the network; None: the network is not fenced.
+    #[serde(default)]
+    pub network: Option<crate::network::Reach>,
 }
+
+/// The only variables a sandboxed process starts with, before its environment's own: nothing
+/// of the server's environment (its tokens, its secrets) reaches it.
+pub const BASE_ENV: [(&str, &str); 3] = [
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/tmp"),
+    ("LANG", "C.UTF-8"),
+];
 
 /// The system folders an instance sees, read-only, where they exist.
 const SYSTEM: [&str; 8] = [
@@ -183,7 +197,8 @@ pub fn command_line(
 }
 
 /// The command line (`bwrap …`) that runs `sh -c command` in `sandbox` from `release_dir`,
-/// after making its user and data directory. Its limits are left out: they need a cgroup, which
+/// after making its user and data directory and putting its network fence in place; start it
+/// with a cleared environment ([`BASE_ENV`] and the environment's own variables). Its limits are left out: they need a cgroup, which
 /// only the driver's instances get; a verification test or a fact runs under the test timeout.
 pub fn wrapped(
     release_dir: &Path,
@@ -192,6 +207,9 @@ pub fn wrapped(
 ) -> Result<Vec<OsString>, String> {
     let account = ensure_user(&sandbox.user)?;
     prepare_data_dir(&sandbox.data_dir, account)?;
+    if let Some(reach) = &sandbox.network {
+        crate::network::fence(account, reach, &[])?;
+    }
     let mut args = vec![OsString::from("bwrap")];
     args.extend(command_line(
         release_dir,

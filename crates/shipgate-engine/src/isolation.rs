@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use shipgate_core::config::{Isolation, Limits};
 use shipgate_core::{AppName, Config, EnvName};
+use shipgate_deploy::network::Reach;
 use shipgate_deploy::{Hierarchy, Sandbox};
 
 use crate::{Engine, EngineError};
@@ -17,6 +18,8 @@ pub(crate) enum Confinement {
     Sandboxed {
         /// `v1` or `v2`, or why no limit can be enforced.
         cgroups: Result<&'static str, String>,
+        /// Whether its network is fenced (nftables), or why it cannot be.
+        network: Result<(), String>,
     },
     /// Its instances run as the server's own child processes, for this reason.
     Unisolated(String),
@@ -29,6 +32,7 @@ pub(crate) fn decide(
     config: &Config,
     cannot_sandbox: Option<String>,
     cgroups: Result<&'static str, String>,
+    network: Result<(), String>,
 ) -> Result<HashMap<EnvName, Confinement>, EngineError> {
     let mut decided = HashMap::new();
     for env in &config.environments {
@@ -44,11 +48,22 @@ pub(crate) fn decide(
                     env.name
                 )));
             }
+            (Isolation::Sandbox, None) if network.is_err() => {
+                return Err(EngineError::CannotIsolate(format!(
+                    "environment `{}` has isolation = \"sandbox\", but its network cannot be \
+                     fenced: {}; install nftables, or set isolation = \"auto\"",
+                    env.name,
+                    network.clone().err().unwrap_or_default()
+                )));
+            }
             (_, None) => Confinement::Sandboxed {
                 cgroups: cgroups.clone(),
+                network: network.clone(),
             },
         };
-        if let Confinement::Sandboxed { cgroups: Err(why) } = &confinement
+        if let Confinement::Sandboxed {
+            cgroups: Err(why), ..
+        } = &confinement
             && let Some(app) = config
                 .apps
                 .iter()
@@ -85,6 +100,12 @@ pub(crate) fn warnings(config: &Config, decided: &HashMap<EnvName, Confinement>)
                 }
                 Some(said)
             }
+            Confinement::Sandboxed {
+                network: Err(why), ..
+            } => Some(format!(
+                "environment `{}` runs in a sandbox, but its network is not fenced: {why}; its processes can reach every port of this machine",
+                env.name
+            )),
             Confinement::Sandboxed { .. } => None,
         })
         .collect()
@@ -100,11 +121,30 @@ impl Engine {
     pub(crate) fn sandbox_for(&self, app: &AppName, env: &EnvName) -> Option<Sandbox> {
         match self.confinement(env)? {
             Confinement::Unisolated(_) => None,
-            Confinement::Sandboxed { .. } => Some(Sandbox {
+            Confinement::Sandboxed { network, .. } => Some(Sandbox {
                 user: env_user(env),
                 data_dir: self.app_data_dir(app, env),
                 limits: self.limits_of(app, env).unwrap_or_default(),
+                network: network.is_ok().then(|| self.reach_of(env)),
             }),
+        }
+    }
+
+    /// What the processes of `env` may reach (see [`shipgate_core::network`]).
+    fn reach_of(&self, env: &EnvName) -> Reach {
+        let config = self.config();
+        let mut api = config.server.listen;
+        if api.ip().is_unspecified() {
+            api.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let Some(env_config) = config.environment(env) else {
+            return Reach::default();
+        };
+        let agents = config.server.agent_listen.port();
+        Reach {
+            local_ports: shipgate_core::network::local_ports(&config, env_config, api),
+            egress: !env_config.network.closed,
+            denied_ports: std::collections::BTreeSet::from_iter((agents != 0).then_some(agents)),
         }
     }
 
@@ -144,16 +184,25 @@ impl Engine {
     ) -> shipgate_api::status::IsolationView {
         let limits = self.limits_of(app, env).unwrap_or_default();
         match self.confinement(env) {
-            Some(Confinement::Sandboxed { cgroups }) => shipgate_api::status::IsolationView {
-                sandboxed: true,
-                detail: match (limits_text(&limits), cgroups) {
-                    (None, _) => format!("sandbox as user {}, no limits", env_user(env)),
-                    (Some(l), Ok(version)) => {
-                        format!("sandbox as user {}, {l} (cgroup {version})", env_user(env))
-                    }
-                    (Some(l), Err(_)) => format!("sandbox as user {}, {l}", env_user(env)),
-                },
-            },
+            Some(Confinement::Sandboxed { cgroups, network }) => {
+                shipgate_api::status::IsolationView {
+                    sandboxed: true,
+                    detail: format!(
+                        "{}, {}",
+                        match (limits_text(&limits), cgroups) {
+                            (None, _) => format!("sandbox as user {}, no limits", env_user(env)),
+                            (Some(l), Ok(version)) => {
+                                format!("sandbox as user {}, {l} (cgroup {version})", env_user(env))
+                            }
+                            (Some(l), Err(_)) => format!("sandbox as user {}, {l}", env_user(env)),
+                        },
+                        match network {
+                            Ok(()) => "network fenced",
+                            Err(_) => "network not fenced",
+                        }
+                    ),
+                }
+            }
             Some(Confinement::Unisolated(why)) => shipgate_api::status::IsolationView {
                 sandboxed: false,
                 detail: format!("unisolated: {why}"),
@@ -208,14 +257,23 @@ mod tests {
     #[test]
     fn auto_sandboxes_where_it_can_and_says_why_not_where_it_cannot() {
         let c = config("");
-        let can = decide(&c, None, Ok("v1")).unwrap();
+        let can = decide(&c, None, Ok("v1"), Ok(())).unwrap();
         assert_eq!(
             can[&staging()],
-            Confinement::Sandboxed { cgroups: Ok("v1") }
+            Confinement::Sandboxed {
+                cgroups: Ok("v1"),
+                network: Ok(())
+            }
         );
         assert!(warnings(&c, &can).is_empty());
 
-        let cannot = decide(&c, Some("the server does not run as root".into()), Ok("v1")).unwrap();
+        let cannot = decide(
+            &c,
+            Some("the server does not run as root".into()),
+            Ok("v1"),
+            Ok(()),
+        )
+        .unwrap();
         let said = warnings(&c, &cannot);
         assert_eq!(said.len(), 1);
         assert!(
@@ -229,7 +287,13 @@ mod tests {
     #[test]
     fn sandbox_is_refused_at_start_where_none_can_be_made() {
         let c = config("isolation = \"sandbox\"");
-        let e = decide(&c, Some("`bwrap` is not installed".into()), Ok("v2")).unwrap_err();
+        let e = decide(
+            &c,
+            Some("`bwrap` is not installed".into()),
+            Ok("v2"),
+            Ok(()),
+        )
+        .unwrap_err();
         assert!(
             e.to_string().contains(
                 "environment `staging` has isolation = \"sandbox\", but `bwrap` is not installed"
@@ -241,7 +305,7 @@ mod tests {
     #[test]
     fn limits_without_cgroups_are_refused_in_a_sandbox() {
         let c = config("");
-        let e = decide(&c, None, Err("no cgroup hierarchy".into())).unwrap_err();
+        let e = decide(&c, None, Err("no cgroup hierarchy".into()), Ok(())).unwrap_err();
         assert!(
             e.to_string()
                 .contains("has limits, but no cgroup hierarchy"),
@@ -252,7 +316,7 @@ mod tests {
     #[test]
     fn none_stays_unisolated_even_where_a_sandbox_could_be_made() {
         let c = config("isolation = \"none\"");
-        let d = decide(&c, None, Ok("v1")).unwrap();
+        let d = decide(&c, None, Ok("v1"), Ok(())).unwrap();
         assert!(matches!(d[&staging()], Confinement::Unisolated(_)));
     }
 

@@ -171,6 +171,7 @@ impl Engine {
             &config,
             shipgate_deploy::sandbox::unavailable(),
             isolation::cgroups(),
+            shipgate_deploy::network::unavailable().map_or(Ok(()), Err),
         )?;
         for said in isolation::warnings(&config, &isolation) {
             tracing::warn!("{said}");

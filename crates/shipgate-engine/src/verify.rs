@@ -202,7 +202,10 @@ pub(crate) async fn run_test(
         Some(sandbox) => match shipgate_deploy::sandbox::wrapped(dir, sandbox, command) {
             Ok(args) => {
                 let mut bwrap = tokio::process::Command::new(&args[0]);
-                bwrap.args(&args[1..]);
+                bwrap
+                    .args(&args[1..])
+                    .env_clear()
+                    .envs(shipgate_deploy::sandbox::BASE_ENV);
                 bwrap
             }
             Err(why) => {
