@@ -257,6 +257,24 @@ pub struct TrafficProbe {
     pub beyond: Vec<String>,
 }
 
+/// `GET /api/v1/chaos/proxies`: one change in force on a dependency proxy, made through the
+/// Toxiproxy API or an experiment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProxyFaultView {
+    /// The proxy (`staging.db`).
+    pub proxy: String,
+    /// Its environment.
+    #[schema(value_type = String)]
+    pub env: EnvName,
+    /// The toxic; None: the proxy is down.
+    pub toxic: Option<shipgate_core::chaos::Toxic>,
+    /// The token (or experiment) that made it.
+    pub created_by: String,
+    /// When it ends by itself (`chaos.max_duration` after it was made).
+    #[schema(value_type = String)]
+    pub ends_at: jiff::Timestamp,
+}
+
 /// `GET /api/v1/notify`: one notification target and how its deliveries stand.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NotifyTargetView {

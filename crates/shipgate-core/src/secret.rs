@@ -64,7 +64,9 @@ impl Redactor {
         Self { secrets }
     }
 
-    /// `text` with every secret value replaced by `[secret NAME]`.
+    /// `text` with every secret value replaced by `[secret NAME]`, and every credential
+    /// shipgate mints (API, join and experiment tokens, OFREP keys) by `[secret token]`,
+    /// whether or not this environment knows its value.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
         for (name, value) in &self.secrets {
@@ -72,8 +74,49 @@ impl Redactor {
                 out = out.replace(value.as_str(), &format!("[secret {name}]"));
             }
         }
-        out
+        minted(&out)
     }
+}
+
+/// `text` with each credential shipgate mints replaced by `[secret token]`.
+fn minted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("sg") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let boundary = before
+            .chars()
+            .last()
+            .is_none_or(|c| !c.is_ascii_alphanumeric());
+        let len = from
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .unwrap_or(from.len());
+        if boundary && is_minted(&from[..len]) {
+            out.push_str("[secret token]");
+            rest = &from[len..];
+        } else {
+            out.push_str("sg");
+            rest = &from[2..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `word` is a credential as shipgate mints them: `sg_` and 64 hex digits (API and
+/// join tokens), `sgf_` and 48 (OFREP keys), `sgfi_ENV_` and 40 (instance OFREP keys).
+fn is_minted(word: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() >= n && s.chars().all(|c| c.is_ascii_hexdigit());
+    if let Some(h) = word.strip_prefix("sg_") {
+        return hex(h, 64);
+    }
+    if let Some(h) = word.strip_prefix("sgf_") {
+        return hex(h, 48);
+    }
+    word.strip_prefix("sgfi_")
+        .and_then(|r| r.rsplit_once('_'))
+        .is_some_and(|(_, h)| hex(h, 40))
 }
 
 /// The password of `scheme://user:password@host...`, if the value has one.
@@ -88,6 +131,23 @@ fn url_password(v: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_credential_shipgate_mints_is_masked_whoever_holds_it() {
+        let token = format!("sg_{}", "a1".repeat(32));
+        let key = format!("sgf_{}", "0f".repeat(24));
+        let instance = format!("sgfi_pr-7_{}", "9".repeat(40));
+        let text = format!("SHIPGATE_TOKEN={token}\nkey {key}, {instance}.\nBearer {token}");
+        let shown = Redactor::default().redact(&text);
+        assert_eq!(
+            shown,
+            "SHIPGATE_TOKEN=[secret token]\nkey [secret token], [secret token].\nBearer [secret token]"
+        );
+        // Words that merely start the same way stay.
+        for plain in ["sg_short", "msg_0123", "sgfi_env_xyz", "sg-staging"] {
+            assert_eq!(Redactor::default().redact(plain), plain);
+        }
+    }
 
     fn env(lines: &str) -> EnvironmentConfig {
         let src = format!(

@@ -17,12 +17,33 @@ use crate::{Engine, EngineError};
 /// Who ends a fault whose duration ran out.
 pub const DURATION: &str = "duration";
 
-/// What was done to one dependency proxy through the Toxiproxy API: whether it is up, and
-/// its toxics. Kept in memory: a server that starts gives every proxy none, up.
+/// What was done to one dependency proxy through the Toxiproxy API or an experiment: whether
+/// it is down, and its toxics, each with who made it and when it ends by itself. Kept in
+/// memory: a server that starts gives every proxy none, up.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ProxyState {
-    down: bool,
-    toxics: Vec<Toxic>,
+    down: Option<Held>,
+    toxics: Vec<(Toxic, Held)>,
+}
+
+/// Who made one change to a proxy (a toxic, or taking it down), and when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The token (or experiment) that made it.
+    pub by: String,
+    /// When it ends by itself: `chaos.max_duration` after it was made.
+    pub until: jiff::Timestamp,
+}
+
+/// One change in force on a dependency proxy, as `shipgate chaos list` shows it.
+#[derive(Debug, Clone)]
+pub struct ProxyFault {
+    /// The proxy (`staging.db`).
+    pub proxy: String,
+    /// Its toxic, or None: the proxy is down.
+    pub toxic: Option<Toxic>,
+    /// Who made it and until when.
+    pub held: Held,
 }
 
 /// The dependency proxies' states, by name (`staging.db`).
@@ -52,8 +73,8 @@ pub(crate) fn router_spec(
                     name,
                     listen: d.listen,
                     upstream: d.upstream.clone(),
-                    enabled: !state.down,
-                    toxics: state.toxics,
+                    enabled: state.down.is_none(),
+                    toxics: state.toxics.into_iter().map(|(t, _)| t).collect(),
                 }
             })
             .collect(),
@@ -317,32 +338,72 @@ impl Engine {
             })
     }
 
-    /// Changes the proxy `name` through `change`, gives its environment's data plane the new
-    /// state, and records `said` (what changed) as an audit event by `actor`.
+    /// Changes the proxy `name` through `change` as `grant` (which must be allowed to fault its
+    /// environment: [`chaos::may_fault`]), gives its environment's data plane the new state,
+    /// and records `said` (what changed) as an audit event by the grant. Every toxic added and
+    /// a proxy taken down end by themselves after the environment's `chaos.max_duration`.
     pub async fn change_proxy(
         &self,
         name: &str,
-        actor: &str,
+        grant: &Grant,
         change: impl FnOnce(&mut DependencyProxy) -> Result<(EventKind, String), ProxyRefusal>,
     ) -> Result<DependencyProxy, ProxyRefusal> {
         let mut proxy = self.dependency_proxy(name)?;
+        let env = proxy_env(name)?;
+        let config = self.config();
+        chaos::may_fault(&config, &env, grant).map_err(|e| refusal(403, e))?;
+        let max = config
+            .environment(&env)
+            .map_or(chaos::DEFAULT_MAX_DURATION, |e| e.chaos.max_duration);
         let (kind, said) = change(&mut proxy)?;
-        let env_name = name.split('.').next().unwrap_or_default().to_owned();
-        crate::locked(&self.proxies).insert(
-            name.to_owned(),
-            ProxyState {
-                down: !proxy.enabled,
-                toxics: proxy.toxics.clone(),
-            },
-        );
+        let held = Held {
+            by: grant.name.clone(),
+            until: crate::clock::after(self.clock.now(), max),
+        };
+        {
+            let mut proxies = crate::locked(&self.proxies);
+            let before = proxies.get(name).cloned().unwrap_or_default();
+            // What stays as it was keeps its maker and its end; what is new or changed is held
+            // by this grant from now.
+            let kept = |t: &Toxic| {
+                before
+                    .toxics
+                    .iter()
+                    .find(|(old, _)| old == t)
+                    .map(|(_, h)| h.clone())
+            };
+            let state = ProxyState {
+                down: (!proxy.enabled).then(|| before.down.clone().unwrap_or(held.clone())),
+                toxics: proxy
+                    .toxics
+                    .iter()
+                    .map(|t| (t.clone(), kept(t).unwrap_or(held.clone())))
+                    .collect(),
+            };
+            proxies.insert(name.to_owned(), state);
+        }
+        self.apply_proxy_change(&env, name, &proxy, &grant.name, kind, said)
+            .await?;
+        Ok(proxy)
+    }
+
+    /// Gives `env`'s data plane its proxies as they are now and records what changed.
+    async fn apply_proxy_change(
+        &self,
+        env: &EnvName,
+        name: &str,
+        proxy: &DependencyProxy,
+        actor: &str,
+        kind: EventKind,
+        said: String,
+    ) -> Result<(), ProxyRefusal> {
         let internal = |e: EngineError| refusal(500, e.to_string());
-        let env = EnvName::parse(&env_name).map_err(|e| refusal(500, e.to_string()))?;
-        self.push_faults(&env).await.map_err(internal)?;
+        self.push_faults(env).await.map_err(internal)?;
         let event = NewEvent {
             actor: actor.to_owned(),
             kind,
             app: None,
-            env: Some(env_name),
+            env: Some(env.to_string()),
             promotion_id: None,
             message: format!("dependency proxy {name}: {said}"),
             data: serde_json::json!({ "proxy": name, "enabled": proxy.enabled, "toxics": proxy.toxics }),
@@ -351,17 +412,20 @@ impl Engine {
             .append_event(event)
             .await
             .map_err(|e| internal(e.into()))?;
-        Ok(proxy)
+        Ok(())
     }
 
-    /// Every proxy up and without toxics again (`POST /reset`), recorded once per proxy that
-    /// had something to undo.
-    pub async fn reset_proxies(&self, actor: &str) -> Result<(), ProxyRefusal> {
+    /// Every proxy that `grant` may fault up and without toxics again (`POST /reset`),
+    /// recorded once per proxy that had something to undo.
+    pub async fn reset_proxies(&self, grant: &Grant) -> Result<(), ProxyRefusal> {
+        let config = self.config();
         for p in self.dependency_proxies() {
-            if p.enabled && p.toxics.is_empty() {
+            let allowed =
+                proxy_env(&p.name).is_ok_and(|env| chaos::may_fault(&config, &env, grant).is_ok());
+            if (p.enabled && p.toxics.is_empty()) || !allowed {
                 continue;
             }
-            self.change_proxy(&p.name, actor, |p| {
+            self.change_proxy(&p.name, grant, |p| {
                 p.enabled = true;
                 p.toxics.clear();
                 Ok((
@@ -373,6 +437,89 @@ impl Engine {
         }
         Ok(())
     }
+
+    /// The toxics and downed proxies in force, with who made them and until when.
+    pub fn proxy_faults(&self) -> Vec<ProxyFault> {
+        let proxies = crate::locked(&self.proxies).clone();
+        let mut all: Vec<ProxyFault> = proxies
+            .into_iter()
+            .flat_map(|(proxy, state)| {
+                let down = state.down.map(|held| ProxyFault {
+                    proxy: proxy.clone(),
+                    toxic: None,
+                    held,
+                });
+                let toxics = state.toxics.into_iter().map(move |(t, held)| ProxyFault {
+                    proxy: proxy.clone(),
+                    toxic: Some(t),
+                    held,
+                });
+                down.into_iter().chain(toxics).collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.proxy, a.held.until).cmp(&(&b.proxy, b.held.until)));
+        all
+    }
+
+    /// Ends what is due on the proxies, every second on the engine's clock, in the background.
+    pub(crate) fn end_toxics_periodically(self: &Arc<Self>) {
+        let engine = Arc::downgrade(self);
+        let clock = self.clock.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = crate::clock::after(clock.now(), std::time::Duration::from_secs(1));
+                clock.sleep_until(next).await;
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                engine.end_due_toxics().await;
+            }
+        });
+    }
+
+    /// Removes every toxic, and brings up every proxy, whose end has passed, as [`DURATION`].
+    pub(crate) async fn end_due_toxics(&self) {
+        let now = self.clock.now();
+        let mut ended = Vec::new();
+        {
+            let mut proxies = crate::locked(&self.proxies);
+            for (name, state) in proxies.iter_mut() {
+                let mut gone: Vec<String> = Vec::new();
+                if state.down.as_ref().is_some_and(|h| h.until <= now) {
+                    state.down = None;
+                    gone.push("down".to_owned());
+                }
+                state.toxics.retain(|(t, h)| {
+                    let due = h.until <= now;
+                    if due {
+                        gone.push(format!("toxic {}", t.name));
+                    }
+                    !due
+                });
+                if !gone.is_empty() {
+                    ended.push((name.clone(), gone.join(", ")));
+                }
+            }
+        }
+        for (name, gone) in ended {
+            let (Ok(env), Ok(proxy)) = (proxy_env(&name), self.dependency_proxy(&name)) else {
+                continue;
+            };
+            let said = format!("{gone} ended: its duration ran out (`chaos.max_duration`)");
+            if let Err(r) = self
+                .apply_proxy_change(&env, &name, &proxy, DURATION, EventKind::ChaosEnded, said)
+                .await
+            {
+                tracing::warn!("ending the toxics of {name}: {}", r.message);
+            }
+        }
+    }
+}
+
+/// The environment of the proxy `ENV.NAME`.
+fn proxy_env(name: &str) -> Result<EnvName, ProxyRefusal> {
+    let env = name.split('.').next().unwrap_or_default();
+    EnvName::parse(env).map_err(|e| refusal(404, format!("proxy not found: `{name}` ({e})")))
 }
 
 /// A toxic as sent to the Toxiproxy API, checked; a 400 says what is wrong.

@@ -36,6 +36,19 @@ pub struct ExperimentRun {
     pub log: String,
 }
 
+/// A token minted for one run of an environment's experiments.
+struct RunToken {
+    name: String,
+    secret: String,
+}
+
+/// One experiment's run: the promotion it verifies, and what it may do (its own
+/// environment's proxies).
+struct Trial<'a> {
+    p: &'a Promotion,
+    grant: shipgate_core::Grant,
+}
+
 impl Engine {
     /// Runs the experiments of `p`'s environment, each recorded as a gate; answers why one
     /// failed, or None.
@@ -48,29 +61,66 @@ impl Engine {
         let Some(env) = config.environment(&p.env) else {
             return Ok(None);
         };
+        // A token for shipgate's API (`POST /api/v1/chaos`): a deployer of this environment
+        // only, for this run only.
+        let token = self.mint_run_token(p).await?;
+        let mut offered = offered.clone();
+        offered.insert("SHIPGATE_TOKEN".to_owned(), token.secret.clone());
+        let mut outcome = None;
         for file in &env.verify.experiments {
             let started_at = self.clock.now();
             let path = config.server.config_dir.join(file);
-            let run = self.run_experiment(&path, offered).await;
+            let run = self.run_experiment(&path, &offered, p).await;
             let name = format!("experiment: {file}");
-            self.gate(p, &name, run.passed, run.log.clone(), started_at)
-                .await?;
+            let recorded = self
+                .gate(p, &name, run.passed, run.log.clone(), started_at)
+                .await;
+            if let Err(e) = recorded {
+                outcome = Some(Err(e));
+                break;
+            }
             if !run.passed {
-                return Ok(Some(format!(
+                outcome = Some(Ok(Some(format!(
                     "experiment `{file}` failed: {}",
                     run.reason.unwrap_or_default()
-                )));
+                ))));
+                break;
             }
         }
-        Ok(None)
+        self.store.revoke_token(&token.name, crate::SYSTEM).await?;
+        outcome.unwrap_or(Ok(None))
     }
 
-    /// Runs one experiment file with `offered` as what `{"type": "env"}` values resolve to
-    /// first (then the process's environment).
+    /// A token that is a deployer of `p`'s environment only, for one run of its experiments.
+    async fn mint_run_token(&self, p: &Promotion) -> Result<RunToken, EngineError> {
+        let hex = shipgate_core::secret::random_hex(32).map_err(EngineError::DataPlane)?;
+        let secret = format!("sg_{hex}");
+        let name = format!("experiment-{}-{}-{}", p.env, p.id, &hex[..6]);
+        let scope = shipgate_core::EnvScope::parse(p.env.as_str())
+            .map_err(|e| EngineError::DataPlane(e.to_string()))?;
+        self.store
+            .insert_token(
+                shipgate_store::NewToken {
+                    name: name.clone(),
+                    role: shipgate_core::Role::Deployer,
+                    envs: vec![scope],
+                    hash: shipgate_core::secret::hash(&secret),
+                },
+                crate::SYSTEM,
+            )
+            .await?;
+        Ok(RunToken { name, secret })
+    }
+
+    /// Runs one experiment file of promotion `p` with `offered` as what `{"type": "env"}`
+    /// values resolve to first (then the server's environment). Its processes run in the
+    /// environment's sandbox from the release directory; its toxics act on the environment's
+    /// own proxies only.
     pub async fn run_experiment(
         &self,
         path: &Path,
         offered: &BTreeMap<String, String>,
+        p: &Promotion,
     ) -> ExperimentRun {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -83,15 +133,25 @@ impl Engine {
         let lookup = |k: &str| offered.get(k).cloned().or_else(|| std::env::var(k).ok());
         let mut vars = offered.clone();
         vars.extend(experiment::variables(&experiment, &lookup));
-        let actor = format!(
-            "experiment {}",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        );
+        let trial = Trial {
+            p,
+            grant: shipgate_core::Grant {
+                name: format!(
+                    "experiment {}",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                ),
+                // The config's own experiment (an admin wrote it), held to its environment.
+                role: shipgate_core::Role::Admin,
+                envs: shipgate_core::EnvScope::parse(p.env.as_str())
+                    .into_iter()
+                    .collect(),
+            },
+        };
         let mut log = format!("experiment: {}\n", experiment.title);
         let mut reason = None;
         if let Some(h) = &experiment.hypothesis {
             log.push_str(&format!("steady state before: {}\n", h.title));
-            reason = self.hypothesis(h, &vars, &actor, &mut log).await;
+            reason = self.hypothesis(h, &vars, &trial, &mut log).await;
             if let Some(why) = &mut reason {
                 *why = format!("the steady state did not hold before the method: {why}");
             }
@@ -99,19 +159,19 @@ impl Engine {
         if reason.is_none() {
             log.push_str("method:\n");
             for a in &experiment.method {
-                self.activity(a, &vars, &actor, &mut log).await;
+                self.activity(a, &vars, &trial, &mut log).await;
             }
             if let Some(h) = &experiment.hypothesis {
                 log.push_str(&format!("steady state after: {}\n", h.title));
                 reason = self
-                    .hypothesis(h, &vars, &actor, &mut log)
+                    .hypothesis(h, &vars, &trial, &mut log)
                     .await
                     .map(|why| format!("the steady state deviated after the method: {why}"));
             }
         }
         log.push_str("rollbacks:\n");
         for a in &experiment.rollbacks {
-            self.activity(a, &vars, &actor, &mut log).await;
+            self.activity(a, &vars, &trial, &mut log).await;
         }
         log.push_str(match &reason {
             None => "the steady state held\n",
@@ -129,11 +189,11 @@ impl Engine {
         &self,
         h: &experiment::Hypothesis,
         vars: &BTreeMap<String, String>,
-        actor: &str,
+        trial: &Trial<'_>,
         log: &mut String,
     ) -> Option<String> {
         for probe in &h.probes {
-            let outcome = self.activity(probe, vars, actor, log).await;
+            let outcome = self.activity(probe, vars, trial, log).await;
             let tolerance = probe.tolerance.clone().unwrap_or(Value::Bool(true));
             let ok = experiment::within(&tolerance, &outcome);
             log.push_str(&format!(
@@ -156,7 +216,7 @@ impl Engine {
         &self,
         a: &Activity,
         vars: &BTreeMap<String, String>,
-        actor: &str,
+        trial: &Trial<'_>,
         log: &mut String,
     ) -> Outcome {
         let pauses = a.pauses.clone().unwrap_or_default();
@@ -197,15 +257,32 @@ impl Engine {
                         .collect(),
                     _ => Vec::new(),
                 };
-                let dir = self.config().server.config_dir.clone();
-                process(
-                    &substitute(path, vars),
-                    &args,
+                let command: Vec<String> = std::iter::once(substitute(path, vars))
+                    .chain(args)
+                    .map(|a| quoted(&a))
+                    .collect();
+                let dir = self.artifacts.release_dir(&trial.p.digest);
+                let sandbox = self.sandbox_for(&trial.p.app, &trial.p.env);
+                let run = crate::verify::run_test(
+                    &format!("exec {}", command.join(" ")),
                     &dir,
                     vars,
                     seconds(*timeout),
+                    sandbox.as_ref(),
                 )
-                .await
+                .await;
+                let code = if run.passed {
+                    Some(0)
+                } else {
+                    run.verdict
+                        .strip_prefix("exited with code ")
+                        .and_then(|c| c.parse::<i64>().ok())
+                };
+                Outcome {
+                    status: code,
+                    output: run.output,
+                    error: code.is_none().then_some(run.verdict),
+                }
             }
             Provider::Python {
                 module,
@@ -216,7 +293,7 @@ impl Engine {
                     .iter()
                     .map(|(k, v)| (k.clone(), substitute_json(v, vars)))
                     .collect();
-                self.python(module, func, &arguments, actor).await
+                self.python(module, func, &arguments, trial).await
             }
         };
         log.push_str(&format!("  {} {}: {}\n", a.kind, a.name, shown(&outcome)));
@@ -230,7 +307,7 @@ impl Engine {
         module: &str,
         func: &str,
         args: &BTreeMap<String, Value>,
-        actor: &str,
+        trial: &Trial<'_>,
     ) -> Outcome {
         let text = |k: &str| {
             args.get(k)
@@ -300,7 +377,7 @@ impl Engine {
                 Err(e) => return error(e),
             };
             let said = format!("toxic {} added by the experiment", t.name);
-            self.change_proxy(&proxy, actor, move |p| {
+            self.change_proxy(&proxy, &trial.grant, move |p| {
                 p.toxics.retain(|x| x.name != t.name);
                 p.toxics.push(t);
                 Ok((EventKind::ChaosInjected, said))
@@ -311,7 +388,7 @@ impl Engine {
             match (module, func) {
                 ("chaostoxi.toxic.actions", "delete_toxic") => {
                     let name = text("toxic_name");
-                    self.change_proxy(&proxy, actor, move |p| {
+                    self.change_proxy(&proxy, &trial.grant, move |p| {
                         p.toxics.retain(|x| x.name != name);
                         Ok((
                             EventKind::ChaosEnded,
@@ -323,7 +400,7 @@ impl Engine {
                 }
                 ("chaostoxi.proxy.actions", "disable_proxy" | "enable_proxy") => {
                     let up = func == "enable_proxy";
-                    self.change_proxy(&proxy, actor, move |p| {
+                    self.change_proxy(&proxy, &trial.grant, move |p| {
                         p.enabled = up;
                         Ok(if up {
                             (EventKind::ChaosEnded, "up (the experiment)".to_owned())
@@ -334,7 +411,7 @@ impl Engine {
                     .await
                     .map(|_| ())
                 }
-                ("chaostoxi.proxy.actions", "reset") => self.reset_proxies(actor).await,
+                ("chaostoxi.proxy.actions", "reset") => self.reset_proxies(&trial.grant).await,
                 _ => {
                     return error(format!(
                         "shipgate runs http and process providers and the functions of chaostoolkit-toxiproxy; `{module}.{func}` is none of them"
@@ -452,31 +529,7 @@ async fn http(
     }
 }
 
-async fn process(
-    program: &str,
-    args: &[String],
-    dir: &Path,
-    vars: &BTreeMap<String, String>,
-    timeout: Duration,
-) -> Outcome {
-    let mut command = tokio::process::Command::new(program);
-    command
-        .args(args)
-        .current_dir(dir)
-        .envs(vars)
-        .kill_on_drop(true)
-        .stdin(std::process::Stdio::null());
-    match tokio::time::timeout(timeout, command.output()).await {
-        Ok(Ok(out)) => Outcome {
-            status: Some(i64::from(out.status.code().unwrap_or(-1))),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            error: None,
-        },
-        Ok(Err(e)) => error(format!("{program}: {e}")),
-        Err(_) => error(format!("{program} did not end within {timeout:?}")),
-    }
+/// `s` as one word for `sh`.
+fn quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }

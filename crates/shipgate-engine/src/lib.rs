@@ -227,6 +227,7 @@ impl Engine {
         engine.resume_faults().await?;
         engine.deliver_periodically();
         engine.judge_alerts_periodically();
+        engine.end_toxics_periodically();
         Ok(engine)
     }
 

@@ -92,8 +92,8 @@ impl Engine {
     }
 
     /// What an experiment's `{"type": "env"}` values may name besides the release's own
-    /// variables: where shipgate's API is and a token for it (the admin token of the data
-    /// dir, for `POST /api/v1/chaos`), and where its Toxiproxy API is.
+    /// variables: where shipgate's API is (its token, `SHIPGATE_TOKEN`, is minted for each
+    /// run), and where its Toxiproxy API is.
     pub fn experiment_vars(
         &self,
         env: &shipgate_core::EnvName,
@@ -102,10 +102,6 @@ impl Engine {
         let mut vars = std::collections::BTreeMap::new();
         if let Some(api) = self.api_url() {
             vars.insert("SHIPGATE_API".to_owned(), api);
-        }
-        // The file shipgate-server writes the admin token to (its ADMIN_TOKEN_FILE).
-        if let Ok(token) = std::fs::read_to_string(config.server.data_dir.join("admin.token")) {
-            vars.insert("SHIPGATE_TOKEN".to_owned(), token.trim().to_owned());
         }
         let toxiproxy = config.server.toxiproxy_listen;
         vars.insert("TOXIPROXY_HOST".to_owned(), toxiproxy.ip().to_string());

@@ -87,6 +87,7 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         POST "/chaos" => crate::chaos::inject,
         GET "/chaos" => crate::chaos::list,
         DELETE "/chaos" => crate::chaos::clear,
+        GET "/chaos/proxies" => crate::chaos::proxies,
         GET "/probe/traffic" => crate::chaos::probe_traffic,
         GET "/notify" => crate::notify::list,
         GET "/dora" => crate::dora::dora,

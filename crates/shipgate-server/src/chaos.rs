@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use shipgate_api::answers::TrafficProbe;
+use shipgate_api::answers::{ProxyFaultView, TrafficProbe};
 use shipgate_api::requests::{ChaosQuery, ChaosRequest, TrafficProbeQuery};
 use shipgate_core::Action;
 use shipgate_core::chaos::{FaultAction, FaultAsk};
@@ -90,6 +90,32 @@ pub(crate) async fn list(
             .filter(|f| caller.sees(Some(f.env.as_str())))
             .filter(|f| app.as_ref().is_none_or(|a| f.app == *a))
             .filter(|f| q.id.is_none_or(|id| f.id == id))
+            .collect(),
+    ))
+}
+
+/// `GET /api/v1/chaos/proxies`: the toxics and downed dependency proxies in force, where the
+/// token sees.
+pub(crate) async fn proxies(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<ProxyFaultView>>> {
+    caller.allow(Action::Read, None)?;
+    Ok(Json(
+        state
+            .engine
+            .proxy_faults()
+            .into_iter()
+            .filter_map(|f| {
+                let env = env_name(f.proxy.split('.').next().unwrap_or_default()).ok()?;
+                caller.sees(Some(env.as_str())).then(|| ProxyFaultView {
+                    proxy: f.proxy,
+                    env,
+                    toxic: f.toxic,
+                    created_by: f.held.by,
+                    ends_at: f.held.until,
+                })
+            })
             .collect(),
     ))
 }

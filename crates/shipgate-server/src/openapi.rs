@@ -5,7 +5,7 @@
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
     DecisionRecorded, DoraView, FlagPromotion, FlagView, GcReport, Joined, LogChunk, NotifyView,
-    OnDemandView, Problem, Reloaded, TrafficProbe,
+    OnDemandView, Problem, ProxyFaultView, Reloaded, TrafficProbe,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
@@ -85,6 +85,7 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::list_faults,
         declared::clear_faults,
         declared::probe_traffic,
+        declared::list_proxy_faults,
         declared::list_notify,
         declared::dora,
         declared::retry_notify,
@@ -630,6 +631,14 @@ mod declared {
             (status = 503, description = "beyond a limit", body = TrafficProbe),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn probe_traffic() {}
+
+    /// The toxics and downed dependency proxies in force (made through the Toxiproxy API or an
+    /// experiment), with who made each and when it ends, in the environments the token sees.
+    #[utoipa::path(get, path = "/api/v1/chaos/proxies", operation_id = "listProxyFaults",
+        responses(
+            (status = 200, description = "toxics and downed proxies", body = Vec<ProxyFaultView>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_proxy_faults() {}
 
     /// Every notification target with how its deliveries stand, and the dead-letter list.
     #[utoipa::path(get, path = "/api/v1/notify", operation_id = "listNotify",

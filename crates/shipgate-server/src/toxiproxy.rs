@@ -4,25 +4,39 @@
 //! `GET /version`, `POST /reset`, `GET /proxies`, `GET|POST /proxies/{name}`,
 //! `GET|POST /proxies/{name}/toxics`, `GET|POST|DELETE /proxies/{name}/toxics/{toxic}`.
 //! Proxies come from the config (`[environments.ENV.dependencies.NAME]`, named `ENV.NAME`), so
-//! creating or deleting one is refused with a message saying so. Like Toxiproxy it takes no
-//! token, which is why it listens on loopback unless told otherwise; every change through it
-//! is still an audit event, by `toxiproxy-api`.
+//! creating or deleting one is refused with a message saying so.
+//!
+//! Unlike Toxiproxy it is guarded, since its proxies stand before production's dependencies:
+//! - every call needs a token: `Authorization: Bearer TOKEN`, or HTTP Basic with the token as
+//!   the password, which is how the Toxiproxy clients (plain `requests`) can send one: a netrc
+//!   entry (`machine 127.0.0.1 login shipgate password TOKEN`) or `shipgate:TOKEN@` in the URL;
+//! - a change needs a deployer of the proxy's environment where `chaos.allow` is set, and an
+//!   admin at the end of the flow ([`shipgate_core::chaos::may_fault`]); a token sees only the
+//!   proxies of its environments;
+//! - the `Host` header must name the API's own address, so a web page cannot drive it through
+//!   a DNS name that points at loopback;
+//! - every toxic, and a proxy taken down, ends by itself after `chaos.max_duration`, is recorded
+//!   with the token that made it, and shows in `shipgate chaos list`.
+//!
+//! No environment's process can reach it: the network fence keeps its port out of every
+//! environment's reach.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use base64::Engine as _;
 use serde_json::{Value, json};
 use shipgate_core::EventKind;
 use shipgate_core::chaos::DependencyProxy;
+use shipgate_core::{Action, EnvName, Grant};
 use shipgate_engine::Engine;
 use shipgate_engine::chaos::{ProxyRefusal, toxic_from};
 
-/// The actor of changes made through this API.
-const ACTOR: &str = "toxiproxy-api";
 /// The Toxiproxy version whose API this follows.
 const VERSION: &str = "2.12.0";
 
@@ -66,7 +80,7 @@ pub(crate) async fn serve(
         )
     })?;
     tracing::info!("Toxiproxy API of the dependency proxies on http://{at}");
-    let app = routes().with_state(Arc::clone(engine));
+    let app = routes(engine).with_state(Arc::clone(engine));
     Ok(Some(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!("the Toxiproxy API stopped: {e}");
@@ -74,7 +88,104 @@ pub(crate) async fn serve(
     })))
 }
 
-fn routes() -> Router<Arc<Engine>> {
+/// Lets a call through only with `Host` naming this API and a known token, whose grant goes
+/// along to the handler.
+async fn guard(State(engine): Engine_, mut request: Request, next: Next) -> Response {
+    let listen = engine.config().server.toxiproxy_listen;
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !own_host(host, listen) {
+        return problem(ProxyRefusal {
+            status: 421,
+            message: format!(
+                "this Toxiproxy API answers only as {listen}, not as `{host}`; call it at http://{listen}"
+            ),
+        });
+    }
+    let Some(token) = presented(request.headers()) else {
+        let mut refused = problem(ProxyRefusal {
+            status: 401,
+            message: "a token is required: send `Authorization: Bearer TOKEN`, or HTTP Basic with the token as the password (a netrc line `machine 127.0.0.1 login shipgate password TOKEN`, or http://shipgate:TOKEN@HOST:PORT); shipgate token create NAME --role deployer --env ENV makes one".into(),
+        });
+        refused.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"shipgate toxiproxy\""),
+        );
+        return refused;
+    };
+    match engine
+        .store()
+        .token_by_hash(&shipgate_core::secret::hash(&token))
+        .await
+    {
+        Ok(Some(record)) => {
+            request.extensions_mut().insert(record.grant());
+            next.run(request).await
+        }
+        Ok(None) => problem(ProxyRefusal {
+            status: 401,
+            message: "this token is not known to the server (or was revoked); ask an admin for one (shipgate token create)".into(),
+        }),
+        Err(e) => problem(ProxyRefusal {
+            status: 500,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Whether `host` (a `Host` header) names `listen`: its own address, or `localhost` on it
+/// when it listens on loopback.
+fn own_host(host: &str, listen: std::net::SocketAddr) -> bool {
+    if host == listen.to_string() {
+        return true;
+    }
+    let port = listen.port();
+    listen.ip().is_loopback()
+        && [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ]
+        .iter()
+        .any(|h| h == host)
+}
+
+/// The token of `Authorization: Bearer TOKEN` or `Basic base64(user:TOKEN)` (the password; the
+/// user name when there is no password).
+fn presented(headers: &header::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(token.trim().to_owned());
+    }
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':').unwrap_or((&text, ""));
+    let token = if password.is_empty() { user } else { password };
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+/// Refuses with 403 unless `grant` may read the environment of the proxy `name`.
+fn may_read(grant: &Grant, name: &str) -> Result<(), ProxyRefusal> {
+    let env =
+        EnvName::parse(name.split('.').next().unwrap_or_default()).map_err(|e| ProxyRefusal {
+            status: 404,
+            message: format!("proxy not found: `{name}` ({e})"),
+        })?;
+    grant
+        .check(Action::Read, Some(&env))
+        .map_err(|d| ProxyRefusal {
+            status: 403,
+            message: d.to_string(),
+        })
+}
+
+fn routes(engine: &Arc<Engine>) -> Router<Arc<Engine>> {
     Router::new()
         .route("/version", get(version))
         .route("/reset", post(reset))
@@ -89,23 +200,30 @@ fn routes() -> Router<Arc<Engine>> {
             "/proxies/{proxy}/toxics/{toxic}",
             get(toxic).post(update_toxic).delete(remove_toxic),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(engine),
+            guard,
+        ))
 }
 
 async fn version() -> impl IntoResponse {
     VERSION
 }
 
-async fn reset(State(engine): Engine_) -> Response {
-    match engine.reset_proxies(ACTOR).await {
+type Caller = Extension<Grant>;
+
+async fn reset(State(engine): Engine_, Extension(grant): Caller) -> Response {
+    match engine.reset_proxies(&grant).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(r) => problem(r),
     }
 }
 
-async fn proxies(State(engine): Engine_) -> Response {
+async fn proxies(State(engine): Engine_, Extension(grant): Caller) -> Response {
     let all: serde_json::Map<String, Value> = engine
         .dependency_proxies()
         .iter()
+        .filter(|p| may_read(&grant, &p.name).is_ok())
         .map(|p| (p.name.clone(), shown(p)))
         .collect();
     Json(all).into_response()
@@ -142,7 +260,14 @@ async fn delete_proxy(State(engine): Engine_, Path(name): Path<String>) -> Respo
     })
 }
 
-async fn proxy(State(engine): Engine_, Path(name): Path<String>) -> Response {
+async fn proxy(
+    State(engine): Engine_,
+    Extension(grant): Caller,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = may_read(&grant, &name) {
+        return problem(r);
+    }
     match engine.dependency_proxy(&name) {
         Ok(p) => Json(shown(&p)).into_response(),
         Err(r) => problem(r),
@@ -153,12 +278,13 @@ async fn proxy(State(engine): Engine_, Path(name): Path<String>) -> Response {
 /// from the config.
 async fn update_proxy(
     State(engine): Engine_,
+    Extension(grant): Caller,
     Path(name): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
     let enabled = body.get("enabled").and_then(Value::as_bool);
     let changed = engine
-        .change_proxy(&name, ACTOR, |p| {
+        .change_proxy(&name, &grant, |p| {
             for (key, now) in [
                 ("listen", p.listen.to_string()),
                 ("upstream", p.upstream.clone()),
@@ -194,7 +320,14 @@ async fn update_proxy(
     }
 }
 
-async fn toxics(State(engine): Engine_, Path(name): Path<String>) -> Response {
+async fn toxics(
+    State(engine): Engine_,
+    Extension(grant): Caller,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = may_read(&grant, &name) {
+        return problem(r);
+    }
     match engine.dependency_proxy(&name) {
         Ok(p) => Json(p.toxics).into_response(),
         Err(r) => problem(r),
@@ -203,6 +336,7 @@ async fn toxics(State(engine): Engine_, Path(name): Path<String>) -> Response {
 
 async fn add_toxic(
     State(engine): Engine_,
+    Extension(grant): Caller,
     Path(name): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
@@ -212,7 +346,7 @@ async fn add_toxic(
     };
     let added = toxic.clone();
     let changed = engine
-        .change_proxy(&name, ACTOR, move |p| {
+        .change_proxy(&name, &grant, move |p| {
             if p.toxics.iter().any(|t| t.name == toxic.name) {
                 return Err(ProxyRefusal {
                     status: 409,
@@ -237,7 +371,14 @@ async fn add_toxic(
     }
 }
 
-async fn toxic(State(engine): Engine_, Path((name, toxic)): Path<(String, String)>) -> Response {
+async fn toxic(
+    State(engine): Engine_,
+    Extension(grant): Caller,
+    Path((name, toxic)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = may_read(&grant, &name) {
+        return problem(r);
+    }
     match engine.dependency_proxy(&name) {
         Ok(p) => match p.toxics.into_iter().find(|t| t.name == toxic) {
             Some(t) => Json(t).into_response(),
@@ -253,12 +394,13 @@ async fn toxic(State(engine): Engine_, Path((name, toxic)): Path<(String, String
 /// Changes a toxic's attributes or toxicity (what the body names; the rest stays).
 async fn update_toxic(
     State(engine): Engine_,
+    Extension(grant): Caller,
     Path((name, toxic)): Path<(String, String)>,
     Json(body): Json<Value>,
 ) -> Response {
     let mut updated = None;
     let changed = engine
-        .change_proxy(&name, ACTOR, |p| {
+        .change_proxy(&name, &grant, |p| {
             let Some(at) = p.toxics.iter().position(|t| t.name == toxic) else {
                 return Err(ProxyRefusal {
                     status: 404,
@@ -298,10 +440,11 @@ async fn update_toxic(
 
 async fn remove_toxic(
     State(engine): Engine_,
+    Extension(grant): Caller,
     Path((name, toxic)): Path<(String, String)>,
 ) -> Response {
     let changed = engine
-        .change_proxy(&name, ACTOR, |p| {
+        .change_proxy(&name, &grant, |p| {
             let before = p.toxics.len();
             p.toxics.retain(|t| t.name != toxic);
             if p.toxics.len() == before {

@@ -183,6 +183,34 @@ pub fn needs_admin(config: &crate::Config, env: &EnvName) -> bool {
             .any(|e| e.after.as_ref() == Some(env))
 }
 
+/// Whether `grant` may inject faults into `env`, HTTP faults or the toxics of its dependency
+/// proxies: a deployer of it, where `chaos.allow` is set there, and an admin at the end of the
+/// flow (production). The refusal says what to do.
+pub fn may_fault(
+    config: &crate::Config,
+    env: &EnvName,
+    grant: &crate::Grant,
+) -> Result<(), String> {
+    grant
+        .check(crate::Action::Promote, Some(env))
+        .map_err(|d| d.to_string())?;
+    let Some(env_config) = config.environment(env) else {
+        return Err(format!("there is no environment `{env}`"));
+    };
+    if !env_config.chaos.allow {
+        return Err(format!(
+            "environment `{env}` does not allow chaos; set `chaos.allow = true` in [environments.{env}] first"
+        ));
+    }
+    if needs_admin(config, env) && grant.role != crate::Role::Admin {
+        return Err(format!(
+            "{env} ends the flow (it is production), so faults there need an admin; token `{}` has the role {}",
+            grant.name, grant.role
+        ));
+    }
+    Ok(())
+}
+
 /// `name: value` as a header to match.
 pub fn parse_header(s: &str) -> Result<(String, String), String> {
     let Some((name, value)) = s.split_once(':') else {

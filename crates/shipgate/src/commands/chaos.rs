@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use shipgate_api::answers::ProxyFaultView;
 use shipgate_api::records::FaultRecord;
 use shipgate_api::requests::ChaosRequest;
 
@@ -12,6 +13,37 @@ use crate::output::{Printer, table};
 
 fn when(t: &jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// What `chaos list` shows: the HTTP faults, and the toxics and downed dependency proxies.
+#[derive(serde::Serialize)]
+struct Listing {
+    faults: Vec<FaultRecord>,
+    proxies: Vec<ProxyFaultView>,
+}
+
+fn proxy_rows(toxics: &[ProxyFaultView]) -> String {
+    let rows: Vec<Vec<String>> = toxics
+        .iter()
+        .map(|t| {
+            vec![
+                t.proxy.clone(),
+                match &t.toxic {
+                    Some(x) => format!(
+                        "toxic {} ({} {}, {})",
+                        x.name,
+                        x.kind,
+                        x.stream.as_str(),
+                        serde_json::Value::Object(x.attributes.clone())
+                    ),
+                    None => "down".to_owned(),
+                },
+                t.created_by.clone(),
+                format!("until {}", when(&t.ends_at)),
+            ]
+        })
+        .collect();
+    table(&["PROXY", "TOXIC", "BY", "END"], &rows)
 }
 
 fn rows(faults: &[FaultRecord]) -> String {
@@ -84,7 +116,20 @@ pub(super) async fn run(
                 query.push(("all", "true".into()));
             }
             let faults: Vec<FaultRecord> = client.get("/chaos", &query).await?;
-            out.print(&faults, |f| rows(f));
+            let mut toxics: Vec<ProxyFaultView> = client.get("/chaos/proxies", &[]).await?;
+            toxics.retain(|t| env.as_ref().is_none_or(|e| t.env == *e));
+            let listing = Listing {
+                faults,
+                proxies: toxics,
+            };
+            out.print(&listing, |l| {
+                let mut said = rows(&l.faults);
+                if !l.proxies.is_empty() {
+                    said.push('\n');
+                    said.push_str(&proxy_rows(&l.proxies));
+                }
+                said
+            });
         }
         ChaosCommand::Clear { id, env, app } => {
             if id.is_none() && env.is_none() && app.is_none() {

@@ -192,8 +192,8 @@ fn faults_are_injected_where_allowed_shown_everywhere_and_never_forgotten_on() {
     );
     assert!(s.ok(&["chaos", "list"]).contains("no fault is in force"));
     let all = s.json(&["chaos", "list", "--all"]);
-    assert_eq!(all.as_array().unwrap().len(), 2);
-    assert_eq!(all[1]["ended_by"], "duration");
+    assert_eq!(all["faults"].as_array().unwrap().len(), 2);
+    assert_eq!(all["faults"][1]["ended_by"], "duration");
     let injected = s.messages_of("chaos.injected");
     assert_eq!(injected.len(), 2, "{injected:?}");
 }
@@ -222,31 +222,106 @@ fn toxiproxy_python_drives_the_dependency_proxies_and_a_postgres_client_feels_ea
     let (rest, database) = url.rsplit_once('/').unwrap();
     let pg_port: u16 = rest.rsplit_once(':').unwrap().1.parse().unwrap();
     let (proxy_port, api_port) = (crate::helpers::free_port(), crate::helpers::free_port());
+    let production_proxy = crate::helpers::free_port();
     let s = spawn_server(&four_envs_with(
         &format!("toxiproxy_listen = \"127.0.0.1:{api_port}\""),
-        &[(
-            "staging",
-            &format!(
-                "dependencies.db = {{ listen = \"127.0.0.1:{proxy_port}\", upstream = \"127.0.0.1:{pg_port}\" }}"
+        &[
+            (
+                "staging",
+                &format!(
+                    "chaos = {{ allow = true, max_duration = \"5s\" }}\ndependencies.db = {{ listen = \"127.0.0.1:{proxy_port}\", upstream = \"127.0.0.1:{pg_port}\" }}"
+                ),
             ),
-        )],
+            (
+                "production",
+                &format!(
+                    "dependencies.db = {{ listen = \"127.0.0.1:{production_proxy}\", upstream = \"127.0.0.1:{pg_port}\" }}"
+                ),
+            ),
+        ],
     ));
     let (ok, _) = psql(proxy_port, database);
     assert!(ok, "psql through the proxy without toxics");
 
+    // The client sends its token the one way it can: HTTP Basic from a netrc entry.
+    let deployer = s.token("chaos-staging", "deployer", &["staging"]);
+    let netrc = s.dir.path().join("netrc");
     let python = crate::helpers::python_venv("toxiproxy-venv", &["toxiproxy-python==0.1.1"]);
-    let drive = |script: &str| {
+    let drive_as = |token: &str, proxy: &str, script: &str| {
+        std::fs::write(
+            &netrc,
+            format!("machine 127.0.0.1 login shipgate password {token}\n"),
+        )
+        .unwrap();
         let script = format!(
-            "import json, requests\nbase = 'http://127.0.0.1:{api_port}'\nfrom toxiproxy import Toxiproxy\nt = Toxiproxy()\nt.update_api_consumer('127.0.0.1', {api_port})\np = t.get_proxy('staging.db')\n{script}"
+            "import json, requests\nbase = 'http://127.0.0.1:{api_port}'\nfrom toxiproxy import Toxiproxy\nt = Toxiproxy()\nt.update_api_consumer('127.0.0.1', {api_port})\np = t.get_proxy('{proxy}')\n{script}"
         );
         let out = std::process::Command::new(&python)
             .arg("-c")
             .arg(&script)
+            .env("NETRC", &netrc)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let drive = |script: &str| drive_as(&deployer, "staging.db", script);
+    let admin = s.admin_token();
+
+    // Without a token, with a name that is not the API's own, and beyond the token's rights:
+    // refused, and production's database never feels a thing.
+    let status_of = |req: &str| {
+        let answer = crate::helpers::raw_http(&format!("127.0.0.1:{api_port}"), req);
+        answer.lines().next().unwrap_or_default().to_owned()
+    };
+    let body = r#"{"type":"latency","attributes":{"latency":1500}}"#;
+    let post = |host: &str, auth: &str| {
+        format!(
+            "POST /proxies/production.db/toxics HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let own = format!("127.0.0.1:{api_port}");
+    assert!(status_of(&post(&own, "")).contains(" 401 "), "no token");
+    assert!(
+        status_of(&post(
+            "attacker.example",
+            &format!("Authorization: Bearer {admin}\r\nOrigin: http://attacker.example\r\n")
+        ))
+        .contains(" 421 "),
+        "another Host"
+    );
+    assert!(
+        status_of(&post(
+            &own,
+            &format!("Authorization: Bearer {deployer}\r\n")
+        ))
+        .contains(" 403 "),
+        "a staging deployer on production"
+    );
+    let refused = status_of(&post(&own, &format!("Authorization: Bearer {admin}\r\n")));
+    assert!(
+        refused.contains(" 403 "),
+        "production has no chaos.allow: {refused}"
+    );
+    let listed = drive_as(&admin, "production.db", "print(list(p.toxics()))");
+    assert_eq!(listed.trim(), "[]");
+    let viewer = s.token("watcher", "viewer", &[]);
+    let seen = drive_as(
+        &viewer,
+        "staging.db",
+        "r = requests.post(base + '/proxies/staging.db/toxics', json={'type': 'latency', 'attributes': {'latency': 5}})\nprint(r.status_code, r.json()['error'])",
+    );
+    assert!(
+        seen.starts_with("403 token `watcher` has the role viewer"),
+        "{seen}"
+    );
+    let names = drive_as(&deployer, "staging.db", "print(list(t.proxies()))");
+    assert_eq!(
+        names.trim(),
+        "['staging.db']",
+        "a staging token sees staging's proxies only"
+    );
     let seen = drive(
         "print(json.dumps({'running': t.running(), 'version': t.version().decode(), 'listen': p.listen, 'upstream': p.upstream, 'enabled': p.enabled, 'names': list(t.proxies())}))",
     );
@@ -256,14 +331,35 @@ fn toxiproxy_python_drives_the_dependency_proxies_and_a_postgres_client_feels_ea
     assert_eq!(seen["upstream"], format!("127.0.0.1:{pg_port}"));
     assert_eq!(seen["names"], serde_json::json!(["staging.db"]));
 
-    // Latency on what PostgreSQL answers: the query's round trips each wait 300 ms.
+    // Latency on what PostgreSQL answers: the query's round trips each wait 300 ms. The toxic
+    // is listed with who made it and its end, and ends by itself at staging's max_duration.
     drive(
         "p.add_toxic(type='latency', attributes={'latency': 300, 'jitter': 0})\nprint(list(p.toxics()))",
     );
     let (ok, took) = psql(proxy_port, database);
     assert!(ok);
     assert!(took >= Duration::from_millis(600), "{took:?}");
-    drive("p.destroy_toxic('latency_downstream')");
+    let listed = s.json(&["chaos", "list"]);
+    assert_eq!(listed["proxies"][0]["proxy"], "staging.db", "{listed}");
+    assert_eq!(
+        listed["proxies"][0]["created_by"], "chaos-staging",
+        "{listed}"
+    );
+    assert!(
+        s.ok(&["chaos", "list"])
+            .contains("toxic latency_downstream (latency downstream")
+    );
+    crate::helpers::wait_for("the toxic to end at chaos.max_duration", || {
+        s.json(&["chaos", "list"])["proxies"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    assert!(
+        s.messages_of("chaos.ended")
+            .iter()
+            .any(|m| m.contains("toxic latency_downstream ended: its duration ran out")),
+    );
+    assert!(psql(proxy_port, database).0);
 
     // limit_data cuts the connection before the answer; reset_peer resets it; down refuses.
     drive("p.add_toxic(type='limit_data', name='cut', attributes={'bytes': 20})");
@@ -299,7 +395,7 @@ fn toxiproxy_python_drives_the_dependency_proxies_and_a_postgres_client_feels_ea
         "{bad}"
     );
 
-    // Every change went to the audit log, by the API.
+    // Every change went to the audit log, by the token that made it.
     let injected = s.messages_of("chaos.injected");
     assert!(
         injected.iter().any(|m| m.contains("dependency proxy staging.db: toxic latency_downstream added (latency downstream, toxicity 1")),
@@ -311,9 +407,7 @@ fn toxiproxy_python_drives_the_dependency_proxies_and_a_postgres_client_feels_ea
     );
     let ended = s.messages_of("chaos.ended");
     assert!(
-        ended
-            .iter()
-            .any(|m| m.contains("toxic latency_downstream removed")),
+        ended.iter().any(|m| m.contains("toxic cut removed")),
         "{ended:?}"
     );
     assert!(
@@ -418,6 +512,23 @@ fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_
         .clone();
     assert_eq!(gate["passed"], true, "{gate}");
     let output = gate["output"].as_str().unwrap();
+    // Its token was a staging deployer's, for that run only, and is gone now.
+    let tokens = s.json(&["token", "list"]);
+    let minted: Vec<&serde_json::Value> = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("experiment-staging-")
+        })
+        .collect();
+    assert_eq!(minted.len(), 1, "{tokens}");
+    assert_eq!(minted[0]["role"], "deployer");
+    assert_eq!(minted[0]["envs"], serde_json::json!(["staging"]));
+    assert!(!minted[0]["revoked_at"].is_null(), "{tokens}");
     for line in [
         "steady state before: the page that reads the database answers",
         "probe db-page: 200 db answered pong",
@@ -445,7 +556,7 @@ fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_
     assert_eq!(s.version("staging").as_deref(), Some("1.0.0"));
     let proxy = crate::helpers::http_get(
         &format!("http://127.0.0.1:{api_port}/proxies/staging.db"),
-        None,
+        Some(&s.admin_token()),
     )
     .unwrap();
     assert!(proxy.body.contains("\"toxics\":[]"), "{}", proxy.body);
@@ -458,6 +569,14 @@ fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_
     );
     let chaos = python.parent().unwrap().join("chaos");
     let journal = s.dir.path().join("journal.json");
+    // chaostoolkit-toxiproxy sends no header of its own: its token comes from a netrc entry.
+    let deployer = s.token("chaos-run", "deployer", &["staging"]);
+    let netrc = s.dir.path().join("netrc");
+    std::fs::write(
+        &netrc,
+        format!("machine 127.0.0.1 login shipgate password {deployer}\n"),
+    )
+    .unwrap();
     let run = std::process::Command::new(&chaos)
         .current_dir(s.dir.path())
         .args(["--no-version-check", "run", "--journal-path"])
@@ -467,12 +586,8 @@ fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_
         .env("TOXIPROXY_HOST", "127.0.0.1")
         .env("TOXIPROXY_PORT", api_port.to_string())
         .env("SHIPGATE_API", s.api())
-        .env(
-            "SHIPGATE_TOKEN",
-            std::fs::read_to_string(s.data_dir().join("admin.token"))
-                .unwrap()
-                .trim(),
-        )
+        .env("SHIPGATE_TOKEN", &deployer)
+        .env("NETRC", &netrc)
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", text(&run));

@@ -155,6 +155,18 @@ pub fn http_get(url: &str, token: Option<&str>) -> Option<Reply> {
     })
 }
 
+/// Sends `request` as it is to `addr` and answers all that came back ("" if nothing listens).
+pub fn raw_http(addr: &str, request: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let _ = stream.write_all(request.as_bytes());
+    let mut raw = String::new();
+    let _ = stream.read_to_string(&mut raw);
+    raw
+}
+
 /// The stdout of a command that must have exited 0.
 fn succeeded(out: Output, args: &[&str]) -> String {
     assert_eq!(
@@ -431,6 +443,14 @@ impl TestServer {
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// The admin token of the server's data dir.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     /// Creates a token; returns its secret.
