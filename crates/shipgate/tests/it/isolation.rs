@@ -188,3 +188,135 @@ fn a_staging_instance_sees_nothing_of_production_or_shipgate_and_is_held_to_its_
         "{text}"
     );
 }
+
+/// Tries each of `addrs` from inside the sandbox with the release's connect.py.
+fn connect_line(expect: &str, addrs: &[String]) -> String {
+    format!("python3 connect.py --expect {expect} {}", addrs.join(" "))
+}
+
+/// The attacker suite: from inside a staging instance, a staging verify test and a staging
+/// experiment, reach for production and for shipgate itself over the network. Every attempt is
+/// refused, the token the experiment was given shows as `[secret token]`, and production
+/// answers throughout.
+#[test]
+fn nothing_staging_runs_reaches_production_or_shipgate_over_the_network() {
+    if !root_or_skip("the network fence") {
+        return;
+    }
+    let (api, toxiproxy) = (free_port(), free_port());
+    let (staging, production) = (free_port(), free_port());
+    let (staging_db, production_db) = (free_port(), free_port());
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    let at = |p: u16| format!("127.0.0.1:{p}");
+    let forbidden = [at(production), at(production_db), at(toxiproxy)];
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{api}\"\ndata_dir = \"data\"\ntoxiproxy_listen = \"127.0.0.1:{toxiproxy}\"\n\n\
+         [apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n\n\
+         [environments.staging]\nlisten = \"127.0.0.1:{staging}\"\n\
+         chaos.allow = true\n\
+         dependencies.db = {{ listen = \"127.0.0.1:{staging_db}\", upstream = \"127.0.0.1:{upstream_port}\" }}\n\
+         verify.tests = [\"{}\", \"{}\"]\n\
+         verify.experiments = [\"attack.json\"]\n\n\
+         [environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:{production}\"\n\
+         vars.DB_PASSWORD = \"{PRODUCTION_SECRET}\"\n\
+         dependencies.db = {{ listen = \"127.0.0.1:{production_db}\", upstream = \"127.0.0.1:{upstream_port}\" }}\n",
+        connect_line("refused", &forbidden),
+        connect_line("connected", &[at(staging), at(staging_db), at(api)]),
+    );
+    let attack = serde_json::json!({
+        "version": "1.0.0",
+        "title": "staging reaches for production",
+        "description": "An experiment shipped with a staging release, run by shipgate as a gate.",
+        "steady-state-hypothesis": {
+            "title": "production and shipgate are out of reach",
+            "probes": [{
+                "type": "probe", "name": "fenced", "tolerance": 0,
+                "provider": {"type": "process", "path": "python3",
+                             "arguments": ["connect.py", "--expect", "refused",
+                                           forbidden[0], forbidden[1], forbidden[2]]}
+            }]
+        },
+        "method": [{
+            "type": "action", "name": "show-token",
+            "provider": {"type": "process", "path": "sh",
+                         "arguments": ["-c", "echo uid=$(id -u) token=$SHIPGATE_TOKEN"]}
+        }, {
+            "type": "action", "name": "production-toxic",
+            "provider": {"type": "python", "module": "chaostoxi.toxic.actions",
+                         "func": "create_latency_toxic",
+                         "arguments": {"for_proxy": "production.db", "toxic_name": "slow", "latency": 1500}}
+        }]
+    });
+    let s = spawn_server(&config);
+    std::fs::write(
+        s.dir.path().join("attack.json"),
+        serde_json::to_string_pretty(&attack).unwrap(),
+    )
+    .unwrap();
+    let src = s.dir.path().join("probe");
+    fs::create_dir_all(&src).unwrap();
+    for file in ["server.py", "connect.py"] {
+        fs::copy(Path::new(PROBE_APP).join(file), src.join(file)).unwrap();
+    }
+    s.register_dir("1.0.0", &src);
+    s.ok(&["promote", "web@1.0.0", "--to", "staging", "--wait"]);
+    s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+
+    // The verify tests and the experiment passed: every forbidden address was refused from
+    // inside the sandbox, and staging's own router, proxy and the API were reached.
+    let history = s.json(&["history", "web", "--env", "staging"]);
+    let gates = history[0]["gates"].as_array().unwrap();
+    for gate in gates {
+        assert_eq!(gate["passed"], true, "{gate}");
+    }
+    let experiment = gates
+        .iter()
+        .find(|g| g["name"] == "experiment: attack.json")
+        .unwrap();
+    let output = experiment["output"].as_str().unwrap();
+    assert!(output.contains("token=[secret token]"), "{output}");
+    assert!(!output.contains("sg_"), "{output}");
+    assert!(!output.contains("uid=0 "), "{output}");
+    assert!(
+        output.contains("production-toxic") && output.contains("may not act on production"),
+        "an experiment of staging cannot touch production's proxy: {output}"
+    );
+    assert!(
+        s.json(&["chaos", "list"])["proxies"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    );
+
+    // From inside the staging instance: production's instance, proxy and router, and the
+    // Toxiproxy API are refused; its own router and proxy answer.
+    let status = s.json(&["status", "web"]);
+    let production_port = env_status(&status, "production")["instance"]["port"]
+        .as_u64()
+        .unwrap();
+    let probe = |addr: &str| {
+        s.get(&format!("{}/connect?addr={addr}", s.url("staging")))
+            .map(|r| r.body.trim().to_owned())
+            .unwrap_or_default()
+    };
+    for addr in forbidden.iter().chain([&at(production_port as u16)]) {
+        let said = probe(addr);
+        assert!(said.starts_with("refused"), "{addr}: {said}");
+    }
+    for addr in [at(staging), at(staging_db), at(api)] {
+        assert_eq!(probe(&addr), "connected", "{addr}");
+    }
+    // Production answered throughout, and its dependency saw no toxic.
+    assert_eq!(
+        s.get(&format!("{}/healthz", s.url("production")))
+            .map(|r| r.status),
+        Some(200)
+    );
+    let proxy = crate::helpers::http_get(
+        &format!("http://127.0.0.1:{toxiproxy}/proxies/production.db"),
+        Some(&s.admin_token()),
+    )
+    .unwrap();
+    assert!(proxy.body.contains("\"toxics\":[]"), "{}", proxy.body);
+    drop(upstream);
+}
