@@ -75,6 +75,25 @@ impl Target {
     }
 }
 
+/// `scheme://host:port/…` of a target's URL, as it is shown or stored anywhere: its path and
+/// query may be a secret (Slack's are), and so may a `user:password@`.
+pub fn shown_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}/…")
+}
+
+/// `text` (an error from a delivery) with each of `urls` replaced by its [`shown_url`].
+pub fn without_urls<'a>(text: &str, urls: impl IntoIterator<Item = &'a str>) -> String {
+    let mut urls: Vec<&str> = urls.into_iter().collect();
+    // A URL that another one starts with must not leave the other's tail behind.
+    urls.sort_by_key(|u| std::cmp::Reverse(u.len()));
+    urls.into_iter().fold(text.to_owned(), |out, url| {
+        out.replace(url, &shown_url(url))
+    })
+}
+
 /// Whether `kind` matches `pattern`: exactly, `family.*`, or `*`.
 pub fn matches_kind(pattern: &str, kind: &str) -> bool {
     match pattern.strip_suffix(".*") {
@@ -158,6 +177,17 @@ pub fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_url_is_shown_without_its_path_query_or_password() {
+        let url = "https://bot:pw@hooks.example.com:8443/services/T0PSECRET?k=v";
+        assert_eq!(shown_url(url), "https://hooks.example.com:8443/…");
+        let error = format!("POST {url}: connection refused ({url})");
+        assert_eq!(
+            without_urls(&error, [url]),
+            "POST https://hooks.example.com:8443/…: connection refused (https://hooks.example.com:8443/…)"
+        );
+    }
 
     #[test]
     fn patterns_pick_the_events_a_target_wants() {

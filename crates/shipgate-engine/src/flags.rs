@@ -730,7 +730,7 @@ impl Engine {
 
     /// Where instances reach the OFREP server (`SHIPGATE_OFREP_URL`): the API's address, on
     /// loopback when it listens on every address; None while its port is not fixed.
-    pub(crate) fn api_url(&self) -> Option<String> {
+    pub fn api_url(&self) -> Option<String> {
         let mut at = self.config().server.listen;
         if at.port() == 0 {
             return None;

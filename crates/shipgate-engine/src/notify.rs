@@ -185,11 +185,13 @@ impl Engine {
             let signature = notify::sign(&secret, &d.webhook_id, timestamp, &body.text)?;
             req = req.header("webhook-signature", signature);
         }
-        let answer = req
-            .body(body.text)
-            .send()
-            .await
-            .map_err(|e| format!("POST {}: {e}", target.url))?;
+        let answer = req.body(body.text).send().await.map_err(|e| {
+            format!(
+                "POST {}: {}",
+                shipgate_core::notify::shown_url(&target.url),
+                e.without_url()
+            )
+        })?;
         Ok(answer.status().as_u16())
     }
 

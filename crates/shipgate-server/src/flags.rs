@@ -120,9 +120,15 @@ pub(crate) async fn promote(
 ) -> ApiResult<Json<FlagPromotion>> {
     let (from, to) = (env_name(&req.from)?, env_name(&req.to)?);
     caller.allow(Action::Read, Some(&from))?;
-    if !req.dry_run {
-        caller.allow(Action::Promote, Some(&to))?;
-    }
+    // A dry run shows the target's flag states, so it needs the right to read them.
+    caller.allow(
+        if req.dry_run {
+            Action::Read
+        } else {
+            Action::Promote
+        },
+        Some(&to),
+    )?;
     let app = app_name(&req.app)?;
     let (changes, outcome) = state
         .engine
@@ -404,17 +410,18 @@ async fn evaluate_all(
         .collect();
     let body = json!({
         "flags": answers,
-        "eventStreams": [{ "type": "sse", "url": format!("{}/ofrep/v1/events", base_url(&headers)) }],
+        "eventStreams": [{ "type": "sse", "url": format!("{}/ofrep/v1/events", base_url(&state)) }],
     });
     ([(header::ETAG, etag)], Json(body)).into_response()
 }
 
-fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    format!("http://{host}")
+/// The API's address from the config, never from the request's `Host` (which a client, or a
+/// page through DNS rebinding, chooses): clients send their key to this URL.
+fn base_url(state: &AppState) -> String {
+    state
+        .engine
+        .api_url()
+        .unwrap_or_else(|| format!("http://{}", state.engine.config().server.listen))
 }
 
 /// `GET /ofrep/v1/events`: a `refetchEvaluation` message each time a flag of the key's

@@ -23,13 +23,6 @@ fn store_error(e: shipgate_store::StoreError) -> Problem {
     shipgate_engine::EngineError::from(e).into()
 }
 
-/// `http://host:port/…` of a URL: its path may be a secret (Slack's is).
-fn without_path(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let host = rest.split('/').next().unwrap_or(rest);
-    format!("{scheme}://{host}/…")
-}
-
 /// `GET /api/v1/notify`.
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -54,7 +47,7 @@ pub(crate) async fn list(
         .iter()
         .map(|t| NotifyTargetView {
             name: t.name.clone(),
-            url: without_path(&t.url),
+            url: shipgate_core::notify::shown_url(&t.url),
             format: t.format.as_str().to_owned(),
             events: t.events.clone(),
             signed: t.secret.is_some() || t.secret_env.is_some(),
@@ -63,9 +56,19 @@ pub(crate) async fn list(
             dead: count(&t.name, DeliveryStatus::Dead),
         })
         .collect();
+    // A delivery carries any environment's event: only a token limited to no environment sees
+    // them, and never a target's full URL (rows written before it was hidden at send time).
+    let config = state.engine.config();
+    let urls: Vec<&str> = config.notify.iter().map(|t| t.url.as_str()).collect();
     let dead = all
         .into_iter()
-        .filter(|d| d.status == DeliveryStatus::Dead)
+        .filter(|d| d.status == DeliveryStatus::Dead && caller.grant().envs.is_empty())
+        .map(|mut d| {
+            d.last_error = d
+                .last_error
+                .map(|e| shipgate_core::notify::without_urls(&e, urls.iter().copied()));
+            d
+        })
         .collect();
     Ok(Json(NotifyView { targets, dead }))
 }
