@@ -51,7 +51,8 @@ pub fn unavailable() -> Option<String> {
 }
 
 /// Puts `account`'s fence in place as `reach` says, adding `own_ports` (its instances' ports)
-/// to what it may reach. Idempotent: asked again, it changes only what differs.
+/// to what it may reach and marking them as instances' (reached from other machines only
+/// through their router). Idempotent: asked again, it changes only what differs.
 pub fn fence(account: Account, reach: &Reach, own_ports: &[u16]) -> Result<(), String> {
     let uid = account.uid;
     let mut script = skeleton();
@@ -84,18 +85,14 @@ pub fn fence(account: Account, reach: &Reach, own_ports: &[u16]) -> Result<(), S
             owned(&ports)
         ));
     }
+    if !own_ports.is_empty() {
+        script.push_str(&format!(
+            "add element {TABLE} instances {{ {} }}\n",
+            owned(&own_ports.iter().copied().collect())
+        ));
+    }
     script.push_str(&format!(
         "add element {TABLE} users {{ {uid} : jump env_{uid} }}\n"
-    ));
-    run(&script)
-}
-
-/// Marks `port` as an instance's: reached from other machines only through its router.
-pub fn admit_instance(port: u16) -> Result<(), String> {
-    let mut script = skeleton();
-    script.push_str(&format!(
-        "add element {TABLE} instances {{ {} }}\n",
-        owned(&BTreeSet::from([port]))
     ));
     run(&script)
 }
@@ -191,27 +188,23 @@ fn run(script: &str) -> Result<(), String> {
         .map_err(|e| format!("could not open the nftables lock: {e}"))?;
     lock.lock()
         .map_err(|e| format!("could not take the nftables lock: {e}"))?;
-    let mut full = String::new();
-    if !hooks_written() {
-        full.push_str(&skeleton());
-        full.push_str(&hooks());
-    } else if let Ok(out) = Command::new("nft")
+    // One listing tells both whether the hooks' rules are there and what gone processes left.
+    let listing = Command::new("nft")
         .args(["-j", "list", "table", "inet", "shipgate"])
         .output()
-    {
-        full.push_str(&orphans(&String::from_utf8_lossy(&out.stdout)));
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut full = String::new();
+    if listing.contains("\"vmap\"") {
+        full.push_str(&orphans(&listing));
+    } else {
+        full.push_str(&skeleton());
+        full.push_str(&hooks());
     }
     full.push_str(script);
     let result = nft(&full);
     drop(lock);
     result
-}
-
-fn hooks_written() -> bool {
-    Command::new("nft")
-        .args(["list", "chain", "inet", "shipgate", "output"])
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("vmap"))
 }
 
 fn nft(script: &str) -> Result<(), String> {

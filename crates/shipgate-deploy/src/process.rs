@@ -349,7 +349,6 @@ impl Shared {
         sandbox::prepare_data_dir(&sandbox.data_dir, account)?;
         if let Some(reach) = &sandbox.network {
             crate::network::fence(account, reach, &[port])?;
-            crate::network::admit_instance(port)?;
         }
         let cgroup = if sandbox.limits.any() {
             let hierarchy = self
