@@ -108,7 +108,7 @@ pub(crate) async fn proxies(
             .into_iter()
             .filter_map(|f| {
                 let env = env_name(f.proxy.split('.').next().unwrap_or_default()).ok()?;
-                caller.sees(Some(env.as_str())).then(|| ProxyFaultView {
+                caller.sees(Some(env.as_str())).then_some(ProxyFaultView {
                     proxy: f.proxy,
                     env,
                     toxic: f.toxic,
