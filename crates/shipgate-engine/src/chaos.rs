@@ -40,6 +40,8 @@ pub struct Held {
 pub struct ProxyFault {
     /// The proxy (`staging.db`).
     pub proxy: String,
+    /// Its environment.
+    pub env: EnvName,
     /// Its toxic, or None: the proxy is down.
     pub toxic: Option<Toxic>,
     /// Who made it and until when.
@@ -321,6 +323,24 @@ impl Engine {
             .collect()
     }
 
+    /// The dependency proxies of the environments `grant` may read.
+    pub fn readable_proxies(&self, grant: &Grant) -> Vec<DependencyProxy> {
+        self.dependency_proxies()
+            .into_iter()
+            .filter(|p| may_read(grant, &p.name).is_ok())
+            .collect()
+    }
+
+    /// The dependency proxy `name`, if `grant` may read its environment (403 if not).
+    pub fn readable_proxy(
+        &self,
+        name: &str,
+        grant: &Grant,
+    ) -> Result<DependencyProxy, ProxyRefusal> {
+        may_read(grant, name)?;
+        self.dependency_proxy(name)
+    }
+
     /// The dependency proxy `name`.
     pub fn dependency_proxy(&self, name: &str) -> Result<DependencyProxy, ProxyRefusal> {
         self.dependency_proxies()
@@ -443,14 +463,17 @@ impl Engine {
         let proxies = crate::locked(&self.proxies).clone();
         let mut all: Vec<ProxyFault> = proxies
             .into_iter()
-            .flat_map(|(proxy, state)| {
+            .filter_map(|(proxy, state)| Some((proxy_env(&proxy).ok()?, proxy, state)))
+            .flat_map(|(env, proxy, state)| {
                 let down = state.down.map(|held| ProxyFault {
                     proxy: proxy.clone(),
+                    env: env.clone(),
                     toxic: None,
                     held,
                 });
                 let toxics = state.toxics.into_iter().map(move |(t, held)| ProxyFault {
                     proxy: proxy.clone(),
+                    env: env.clone(),
                     toxic: Some(t),
                     held,
                 });
@@ -514,6 +537,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// Refuses with 403 unless `grant` may read the environment of the proxy `name`.
+fn may_read(grant: &Grant, name: &str) -> Result<(), ProxyRefusal> {
+    let env = proxy_env(name)?;
+    grant
+        .check(shipgate_core::Action::Read, Some(&env))
+        .map_err(|d| refusal(403, d.to_string()))
 }
 
 /// The environment of the proxy `ENV.NAME`.

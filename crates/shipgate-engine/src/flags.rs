@@ -731,14 +731,18 @@ impl Engine {
     /// Where instances reach the OFREP server (`SHIPGATE_OFREP_URL`): the API's address, on
     /// loopback when it listens on every address; None while its port is not fixed.
     pub fn api_url(&self) -> Option<String> {
+        let at = self.api_addr();
+        (at.port() != 0).then(|| format!("http://{at}"))
+    }
+
+    /// The API's address as this machine's processes reach it: on loopback when it listens on
+    /// every address.
+    pub(crate) fn api_addr(&self) -> std::net::SocketAddr {
         let mut at = self.config().server.listen;
-        if at.port() == 0 {
-            return None;
-        }
         if at.ip().is_unspecified() {
             at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        Some(format!("http://{at}"))
+        at
     }
 
     /// The key `env`'s instances get as `SHIPGATE_OFREP_KEY`: derived from a secret the store

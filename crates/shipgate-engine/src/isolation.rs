@@ -133,10 +133,7 @@ impl Engine {
     /// What the processes of `env` may reach (see [`shipgate_core::network`]).
     fn reach_of(&self, env: &EnvName) -> Reach {
         let config = self.config();
-        let mut api = config.server.listen;
-        if api.ip().is_unspecified() {
-            api.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
+        let api = self.api_addr();
         let Some(env_config) = config.environment(env) else {
             return Reach::default();
         };

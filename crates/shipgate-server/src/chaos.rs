@@ -106,15 +106,13 @@ pub(crate) async fn proxies(
             .engine
             .proxy_faults()
             .into_iter()
-            .filter_map(|f| {
-                let env = env_name(f.proxy.split('.').next().unwrap_or_default()).ok()?;
-                caller.sees(Some(env.as_str())).then_some(ProxyFaultView {
-                    proxy: f.proxy,
-                    env,
-                    toxic: f.toxic,
-                    created_by: f.held.by,
-                    ends_at: f.held.until,
-                })
+            .filter(|f| caller.sees(Some(f.env.as_str())))
+            .map(|f| ProxyFaultView {
+                proxy: f.proxy,
+                env: f.env,
+                toxic: f.toxic,
+                created_by: f.held.by,
+                ends_at: f.held.until,
             })
             .collect(),
     ))

@@ -32,8 +32,8 @@ use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use shipgate_core::EventKind;
+use shipgate_core::Grant;
 use shipgate_core::chaos::DependencyProxy;
-use shipgate_core::{Action, EnvName, Grant};
 use shipgate_engine::Engine;
 use shipgate_engine::chaos::{ProxyRefusal, toxic_from};
 
@@ -170,21 +170,6 @@ fn presented(headers: &header::HeaderMap) -> Option<String> {
     (!token.is_empty()).then(|| token.to_owned())
 }
 
-/// Refuses with 403 unless `grant` may read the environment of the proxy `name`.
-fn may_read(grant: &Grant, name: &str) -> Result<(), ProxyRefusal> {
-    let env =
-        EnvName::parse(name.split('.').next().unwrap_or_default()).map_err(|e| ProxyRefusal {
-            status: 404,
-            message: format!("proxy not found: `{name}` ({e})"),
-        })?;
-    grant
-        .check(Action::Read, Some(&env))
-        .map_err(|d| ProxyRefusal {
-            status: 403,
-            message: d.to_string(),
-        })
-}
-
 fn routes(engine: &Arc<Engine>) -> Router<Arc<Engine>> {
     Router::new()
         .route("/version", get(version))
@@ -221,9 +206,8 @@ async fn reset(State(engine): Engine_, Extension(grant): Caller) -> Response {
 
 async fn proxies(State(engine): Engine_, Extension(grant): Caller) -> Response {
     let all: serde_json::Map<String, Value> = engine
-        .dependency_proxies()
+        .readable_proxies(&grant)
         .iter()
-        .filter(|p| may_read(&grant, &p.name).is_ok())
         .map(|p| (p.name.clone(), shown(p)))
         .collect();
     Json(all).into_response()
@@ -265,10 +249,7 @@ async fn proxy(
     Extension(grant): Caller,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = may_read(&grant, &name) {
-        return problem(r);
-    }
-    match engine.dependency_proxy(&name) {
+    match engine.readable_proxy(&name, &grant) {
         Ok(p) => Json(shown(&p)).into_response(),
         Err(r) => problem(r),
     }
@@ -325,10 +306,7 @@ async fn toxics(
     Extension(grant): Caller,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = may_read(&grant, &name) {
-        return problem(r);
-    }
-    match engine.dependency_proxy(&name) {
+    match engine.readable_proxy(&name, &grant) {
         Ok(p) => Json(p.toxics).into_response(),
         Err(r) => problem(r),
     }
@@ -376,10 +354,7 @@ async fn toxic(
     Extension(grant): Caller,
     Path((name, toxic)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = may_read(&grant, &name) {
-        return problem(r);
-    }
-    match engine.dependency_proxy(&name) {
+    match engine.readable_proxy(&name, &grant) {
         Ok(p) => match p.toxics.into_iter().find(|t| t.name == toxic) {
             Some(t) => Json(t).into_response(),
             None => problem(ProxyRefusal {
