@@ -580,6 +580,8 @@ struct RawTemplate {
     data: Option<RawTemplateData>,
     #[serde(default)]
     vars: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    secrets: Vec<Spanned<String>>,
     limits: Option<RawLimits>,
     hosts: Option<Vec<Spanned<String>>>,
     verify: Option<RawVerify>,
@@ -1870,6 +1872,24 @@ fn templates(
         });
         let verify = t.verify.as_ref().map(|v| verify(v, problems));
         let vars = env_vars(&t.vars, problems);
+        let base = from
+            .as_ref()
+            .and_then(|f| envs.iter().find(|e| e.name == *f));
+        for secret in &t.secrets {
+            if base.is_some_and(|b| !b.vars.contains_key(secret.get_ref())) {
+                problems.add(
+                    secret.span(),
+                    format!(
+                        "`secrets` of template `{}` names `{}`, which is no variable of `{}`",
+                        name.get_ref(),
+                        secret.get_ref(),
+                        t.from.get_ref()
+                    ),
+                    "name variables of the environment the template copies, or give the template a value of its own in `vars`".to_owned(),
+                );
+            }
+        }
+        let secrets = t.secrets.iter().map(|s| s.get_ref().clone()).collect();
         let limits = limits(t.limits.as_ref(), problems);
         if let (Some(name), Some(from), Some(listen_range)) = (template_name, from, listen_range) {
             out.push(TemplateConfig {
@@ -1884,6 +1904,7 @@ fn templates(
                 host_suffix,
                 data_from,
                 vars,
+                secrets,
                 limits,
                 hosts,
                 verify,
@@ -2461,6 +2482,40 @@ mod tests {
     const BASE: &str = "[apps.web]\nrun = \"./web\"\n";
 
     const FLOW: &str = "[apps.web]\nrun = \"./web\"\n[apps.web.data]\nproduction = \"sqlite://p.db\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\n[environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:8104\"\n";
+
+    #[test]
+    fn a_template_copies_no_secret_of_its_environment_unless_it_names_it() {
+        let flow = "[apps.web]\nrun = \"./web\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\nsecrets = [\"API_SEED\"]\nvars = { DB_PASSWORD = \"staging-pw\", STRIPE_KEY = \"sk_staging\", API_SEED = \"s33d\", DATABASE_URL = \"postgres://app:pw@db/app\", LOG_LEVEL = \"debug\" }\n";
+        let preview = |extra: &str| {
+            let c = Config::parse(
+                &format!("{flow}[templates.preview]\nfrom = \"staging\"\nlisten_range = \"127.0.0.1:9100-9109\"\n{extra}"),
+                Path::new("/p"),
+            )
+            .unwrap();
+            let t = c
+                .template(&EnvName::parse("preview").unwrap())
+                .unwrap()
+                .clone();
+            let env = t.environment(
+                c.environment(&t.from).unwrap(),
+                EnvName::parse("pr-1").unwrap(),
+                "127.0.0.1:9100".parse().unwrap(),
+            );
+            env.vars.into_keys().collect::<Vec<_>>()
+        };
+        assert_eq!(preview(""), ["LOG_LEVEL"]);
+        assert_eq!(
+            preview("secrets = [\"STRIPE_KEY\"]\nvars = { DB_PASSWORD = \"preview-pw\" }\n"),
+            ["DB_PASSWORD", "LOG_LEVEL", "STRIPE_KEY"]
+        );
+        let said = errors(&format!(
+            "{flow}[templates.preview]\nfrom = \"staging\"\nlisten_range = \"127.0.0.1:9100-9109\"\nsecrets = [\"DB_PASWORD\"]\n"
+        ));
+        assert!(
+            said.contains("`secrets` of template `preview` names `DB_PASWORD`, which is no variable of `staging`"),
+            "{said}"
+        );
+    }
 
     #[test]
     fn templates_copy_an_environment_of_the_config_and_are_checked_against_it() {

@@ -47,6 +47,9 @@ pub struct TemplateConfig {
     pub data_from: Option<EnvName>,
     /// Variables over those of `from`.
     pub vars: BTreeMap<String, String>,
+    /// `secrets`: the secret variables of `from` its environments get too (default none: a
+    /// preview never holds a staging password unless the template says so).
+    pub secrets: Vec<String>,
     /// Limits over those of `from`.
     pub limits: Limits,
     /// Hosts instead of those of `from` (None: those of `from`).
@@ -167,6 +170,12 @@ impl TemplateConfig {
         env.dependencies.clear();
         // Soak is time spent in the environment before: a leaf has none.
         env.require.soak = None;
+        // No secret of the base comes along unless the template names it.
+        let declared: Vec<&String> = base.secrets.iter().collect();
+        env.vars.retain(|name, value| {
+            self.secrets.contains(name)
+                || !crate::parity::is_secret(name, &[Some(value)], &declared)
+        });
         env.vars.extend(self.vars.clone());
         env.limits = base.limits.overridden_by(self.limits);
         if let Some(hosts) = &self.hosts {
@@ -444,6 +453,7 @@ mod tests {
 
     fn template(max: usize, per: Option<usize>) -> TemplateConfig {
         TemplateConfig {
+            secrets: Vec::new(),
             name: EnvName::parse("preview").unwrap(),
             from: EnvName::parse("staging").unwrap(),
             ttl: Duration::parse("48h").unwrap(),
