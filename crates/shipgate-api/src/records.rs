@@ -210,6 +210,9 @@ pub struct TokenRecord {
     pub role: shipgate_core::Role,
     /// The environments it is limited to (a name, or a prefix and `*`); empty: all.
     pub envs: Vec<shipgate_core::EnvScope>,
+    /// The person it belongs to, when not the one its name says (`token create --person`).
+    #[serde(default)]
+    pub person: Option<String>,
     /// When it was made.
     pub created_at: Timestamp,
     /// When it was revoked, if it was.
@@ -223,6 +226,7 @@ impl TokenRecord {
             name: self.name.clone(),
             role: self.role,
             envs: self.envs.clone(),
+            person: self.person.clone(),
         }
     }
 }

@@ -99,6 +99,11 @@ pub struct TokenRequest {
     #[serde(default)]
     #[schema(value_type = Vec<shipgate_core::EnvScope>)]
     pub envs: Vec<String>,
+    /// The person it belongs to, when not the one its name says (`alice` for `alice-ci`): one
+    /// person's tokens count as one approver, and never approve what that person caused.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
+    pub person: Option<String>,
 }
 
 /// `POST /api/v1/freezes`: stop promotions into one environment, or into all of them.

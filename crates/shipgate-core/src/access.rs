@@ -123,6 +123,9 @@ pub struct Grant {
     pub role: Role,
     /// The environments it may act on; empty means every one.
     pub envs: Vec<EnvScope>,
+    /// The person it belongs to, when not the one its name says.
+    #[serde(default)]
+    pub person: Option<String>,
 }
 
 /// Why a request was refused, with whom to ask.
@@ -155,6 +158,11 @@ pub enum Denied {
 }
 
 impl Grant {
+    /// The person behind the token: its `person`, or its name.
+    pub fn person(&self) -> &str {
+        self.person.as_deref().unwrap_or(&self.name)
+    }
+
     /// Whether the token may do `action`, on `env` when the action concerns one. Managing tokens
     /// needs an admin token limited to no environment, so no scoped token can widen itself;
     /// freezing every environment at once needs a token limited to none.
@@ -239,6 +247,7 @@ mod tests {
             name: "t".into(),
             role,
             envs: envs.iter().map(|e| EnvScope::parse(e).unwrap()).collect(),
+            person: None,
         }
     }
 

@@ -65,7 +65,7 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Decision {
-    /// Who decided (the token's name).
+    /// Who decided: the person of the token (its name unless it names another person).
     pub actor: String,
     /// The role of their token when they decided.
     pub role: Role,
@@ -319,6 +319,16 @@ pub enum DecisionRefusal {
         /// What they asked for (`promotion`, `flag change`).
         subject: &'static str,
     },
+    /// Nobody may approve what an automatic promotion took on from them.
+    #[error(
+        "{actor} caused this {subject} (shipgate asked for it automatically after {actor}'s promotion into the environment before), so {actor} may not approve it; another approver must"
+    )]
+    CausedPromotion {
+        /// The person behind it.
+        actor: String,
+        /// What they caused (`promotion`).
+        subject: &'static str,
+    },
     /// One person counts once.
     #[error("{actor} has already decided on this {subject} ({verdict}); each person decides once")]
     AlreadyDecided {
@@ -355,8 +365,12 @@ pub struct DecisionAsk<'a> {
     pub subject: &'static str,
     /// Before the deploy or on a held watch.
     pub stage: Stage,
-    /// Who asked for the promotion.
+    /// The person who asked for it (the person of the token that asked; `shipgate` for an
+    /// automatic promotion).
     pub requested_by: &'a str,
+    /// For an automatic promotion, the people who caused it: those behind the promotion into
+    /// the environment before, and so on back to a person.
+    pub caused_by: &'a [String],
     /// Who decides.
     pub grant: &'a Grant,
     /// Approve or reject.
@@ -377,22 +391,31 @@ pub fn check_decision(
         subject,
         stage,
         requested_by,
+        caused_by,
         grant,
         verdict,
         comment,
     } = *ask;
+    let person = grant.person();
     if verdict == Verdict::Reject && comment.is_none_or(|c| c.trim().is_empty()) {
         return Err(DecisionRefusal::RejectionWithoutComment);
     }
-    if verdict == Verdict::Approve && grant.name == requested_by {
+    if verdict == Verdict::Approve && person == requested_by {
         return Err(DecisionRefusal::OwnPromotion {
-            actor: grant.name.clone(),
+            actor: person.to_owned(),
             subject,
         });
     }
-    if let Some(d) = earlier.iter().find(|d| d.actor == grant.name) {
+    if verdict == Verdict::Approve && caused_by.iter().any(|c| c == person) {
+        return Err(DecisionRefusal::CausedPromotion {
+            actor: person.to_owned(),
+            subject,
+        });
+    }
+    // Decisions are recorded under the person, so one person's tokens count once.
+    if let Some(d) = earlier.iter().find(|d| d.actor == person) {
         return Err(DecisionRefusal::AlreadyDecided {
-            actor: grant.name.clone(),
+            actor: person.to_owned(),
             subject,
             verdict: d.verdict.past(),
         });
@@ -625,6 +648,7 @@ mod tests {
             name: name.into(),
             role,
             envs: vec![],
+            person: None,
         }
     }
 
@@ -672,6 +696,7 @@ mod tests {
                 subject: "promotion",
                 stage: Stage::Entry,
                 requested_by: "carol",
+                caused_by: &[],
                 grant,
                 verdict,
                 comment,
@@ -713,6 +738,49 @@ mod tests {
             &[],
         );
         assert!(matches!(err, Err(DecisionRefusal::WrongRole { .. })));
+    }
+
+    #[test]
+    fn a_person_never_approves_what_they_caused_nor_twice_through_another_token() {
+        let env = EnvName::parse("production").unwrap();
+        let rule = ApprovalRule {
+            count: 2,
+            role: None,
+        };
+        // shipgate asked for it after erin's promotion into staging.
+        let caused_by = ["erin".to_owned()];
+        let ask = |grant| DecisionAsk {
+            subject: "promotion",
+            stage: Stage::Entry,
+            requested_by: "shipgate",
+            caused_by: &caused_by,
+            grant,
+            verdict: Verdict::Approve,
+            comment: None,
+        };
+        let erin_ci = Grant {
+            person: Some("erin".into()),
+            ..grant("erin-ci", Role::Admin)
+        };
+        assert_eq!(
+            check_decision(Some(&rule), &env, &ask(&erin_ci), &[]),
+            Err(DecisionRefusal::CausedPromotion {
+                actor: "erin".into(),
+                subject: "promotion",
+            })
+        );
+        let frank = grant("frank", Role::Approver);
+        assert!(check_decision(Some(&rule), &env, &ask(&frank), &[]).is_ok());
+        // frank's second token is still frank: decisions are recorded under the person.
+        let frank_laptop = Grant {
+            person: Some("frank".into()),
+            ..grant("frank-laptop", Role::Approver)
+        };
+        let earlier = [decision("frank", Role::Approver, Verdict::Approve)];
+        assert!(matches!(
+            check_decision(Some(&rule), &env, &ask(&frank_laptop), &earlier),
+            Err(DecisionRefusal::AlreadyDecided { .. })
+        ));
     }
 
     #[test]

@@ -105,6 +105,7 @@ impl Engine {
                     role: shipgate_core::Role::Deployer,
                     envs: vec![scope],
                     hash: shipgate_core::secret::hash(&secret),
+                    person: None,
                 },
                 crate::SYSTEM,
             )
@@ -145,6 +146,7 @@ impl Engine {
                 envs: shipgate_core::EnvScope::parse(p.env.as_str())
                     .into_iter()
                     .collect(),
+                person: None,
             },
         };
         let mut log = format!("experiment: {}\n", experiment.title);

@@ -439,17 +439,19 @@ impl Engine {
             return Err(EngineError::UnknownEnvironment(record.env.to_string()));
         };
         let rule = env_config.require.approvals.clone();
+        let requested_by = (self.persons().await?)(&record.requested_by);
         let ask = DecisionAsk {
             subject: "flag change",
             stage: Stage::Entry,
-            requested_by: &record.requested_by,
+            requested_by: &requested_by,
+            caused_by: &[],
             grant,
             verdict,
             comment,
         };
         check_decision(rule.as_ref(), &record.env, &ask, &record.decisions)?;
         let decision = Decision {
-            actor: grant.name.clone(),
+            actor: grant.person().to_owned(),
             role: grant.role,
             verdict,
             comment: comment.map(str::to_owned),

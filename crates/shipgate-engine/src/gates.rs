@@ -306,10 +306,12 @@ impl Engine {
             )));
         }
         let earlier = self.store.decisions(promotion.id, stage).await?;
+        let (requested_by, caused_by) = self.people_behind(&promotion).await?;
         let ask = DecisionAsk {
             subject: "promotion",
             stage,
-            requested_by: &promotion.requested_by,
+            requested_by: &requested_by,
+            caused_by: &caused_by,
             grant,
             verdict,
             comment: comment.as_deref(),
@@ -320,7 +322,7 @@ impl Engine {
             .record_decision(NewDecision {
                 promotion_id: promotion.id,
                 stage,
-                actor: grant.name.clone(),
+                actor: grant.person().to_owned(),
                 role: grant.role,
                 verdict,
                 comment,
@@ -330,6 +332,61 @@ impl Engine {
             self.refresh_entry_waits(&promotion).await?;
         }
         Ok((promotion, decision))
+    }
+
+    /// The person who asked for `p` (`shipgate` for an automatic promotion) and, for an
+    /// automatic one, the people who caused it: who asked for the promotion of the same release
+    /// into the environment before, back through automatic ones to a person. Derived from the
+    /// history, so nothing about it can be forgotten or stored wrong.
+    pub(crate) async fn people_behind(
+        &self,
+        p: &Promotion,
+    ) -> Result<(String, Vec<String>), EngineError> {
+        let persons = self.persons().await?;
+        let requested_by = persons(&p.requested_by);
+        let config = self.config();
+        let mut caused_by = Vec::new();
+        let mut at = p.clone();
+        while at.requested_by == SYSTEM {
+            let Some(after) = config.environment(&at.env).and_then(|e| e.after.clone()) else {
+                break;
+            };
+            let before = PromotionFilter {
+                app: Some(at.app.clone()),
+                env: Some(after),
+                version: Some(at.version.clone()),
+                apps: Vec::new(),
+                states: vec![PromotionState::Succeeded],
+                limit: None,
+            };
+            let Some(before) = self
+                .store
+                .promotions(before)
+                .await?
+                .into_iter()
+                .filter(|b| b.id < at.id && b.kind == PromotionKind::Promote)
+                .max_by_key(|b| b.id)
+            else {
+                break;
+            };
+            if before.requested_by != SYSTEM {
+                caused_by.push(persons(&before.requested_by));
+            }
+            at = before;
+        }
+        Ok((requested_by, caused_by))
+    }
+
+    /// The person behind each token name (its `person`, or the name itself).
+    pub(crate) async fn persons(&self) -> Result<impl Fn(&str) -> String, EngineError> {
+        let tokens = self.store.tokens().await?;
+        Ok(move |name: &str| {
+            tokens
+                .iter()
+                .find(|t| t.name == name)
+                .and_then(|t| t.person.clone())
+                .unwrap_or_else(|| name.to_owned())
+        })
     }
 
     /// Freezes one environment or all of them: pending promotions there wait until it is lifted.

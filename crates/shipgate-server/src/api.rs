@@ -707,6 +707,20 @@ async fn create_token(
             "a token name is 1 to 64 letters, digits, `-`, `_`, `.` or `@`, for example `ci-deploy`",
         ));
     }
+    let person = b.person.as_deref().map(str::trim).filter(|p| !p.is_empty());
+    if let Some(p) = person
+        && !shipgate_core::secret::is_credential_name(p)
+    {
+        return Err(Problem::bad_request(
+            "a person is 1 to 64 letters, digits, `-`, `_`, `.` or `@`, for example `alice@example.com`",
+        ));
+    }
+    // shipgate's own actor requests automatic promotions: no token may pass for it.
+    if [Some(name), person].contains(&Some(SYSTEM)) {
+        return Err(Problem::bad_request(format!(
+            "`{SYSTEM}` is the name of shipgate's own actions; give the token another name or person"
+        )));
+    }
     let role = shipgate_core::Role::parse(&b.role).map_err(Problem::bad_request)?;
     let envs = b
         .envs
@@ -734,6 +748,7 @@ async fn create_token(
         role,
         envs,
         hash: crate::auth::hash_token(&secret),
+        person: person.map(str::to_owned),
     };
     let record = state
         .engine

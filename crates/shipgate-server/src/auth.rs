@@ -70,6 +70,7 @@ pub(crate) async fn ensure_admin_token(store: &dyn Store, data_dir: &Path) -> an
                 role: shipgate_core::Role::Admin,
                 envs: Vec::new(),
                 hash,
+                person: None,
             },
             crate::api::SYSTEM,
         )

@@ -81,9 +81,9 @@ impl From<EngineError> for Problem {
             EngineError::UnknownTarget(_) => (StatusCode::NOT_FOUND, "no such notification target"),
             EngineError::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "quota used up"),
             EngineError::Decision(d) => match d {
-                DecisionRefusal::OwnPromotion { .. } | DecisionRefusal::WrongRole { .. } => {
-                    (StatusCode::FORBIDDEN, "decision refused")
-                }
+                DecisionRefusal::OwnPromotion { .. }
+                | DecisionRefusal::CausedPromotion { .. }
+                | DecisionRefusal::WrongRole { .. } => (StatusCode::FORBIDDEN, "decision refused"),
                 DecisionRefusal::AlreadyDecided { .. } => (StatusCode::CONFLICT, "already decided"),
                 DecisionRefusal::RejectionWithoutComment => {
                     (StatusCode::BAD_REQUEST, "comment missing")

@@ -129,6 +129,7 @@ const TABLES: &[(&str, &str, &[Column])] = &[
             ("created_at", T),
             ("revoked_at", T),
             ("envs", T),
+            ("person", T),
         ],
     ),
     (

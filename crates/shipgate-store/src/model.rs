@@ -248,6 +248,9 @@ pub struct NewToken {
     pub envs: Vec<shipgate_core::EnvScope>,
     /// Hex sha256 of the secret.
     pub hash: String,
+    /// The person it belongs to, when not the one its name says: one person's tokens count
+    /// as one approver, and never approve what that person caused.
+    pub person: Option<String>,
 }
 
 /// What one app answered in one environment during one sample period of the traffic history.

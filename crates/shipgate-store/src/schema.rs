@@ -316,6 +316,9 @@ CREATE TABLE delivery_attempts (
     took_ms INTEGER NOT NULL, PRIMARY KEY (delivery_id, attempt)
 );
 "#,
+    r#"
+ALTER TABLE tokens ADD COLUMN person TEXT;
+"#,
 ];
 
 /// PostgreSQL's schema: its first migration is SQLite's first seven at once. Integers are
@@ -448,5 +451,8 @@ CREATE TABLE delivery_attempts (
     delivery_id BIGINT NOT NULL, attempt BIGINT NOT NULL, at TEXT NOT NULL, status BIGINT, error TEXT,
     took_ms BIGINT NOT NULL, PRIMARY KEY (delivery_id, attempt)
 );
+"#,
+    r#"
+ALTER TABLE tokens ADD COLUMN person TEXT;
 "#,
 ];

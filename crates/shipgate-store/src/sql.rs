@@ -1348,12 +1348,13 @@ impl Store for SqlStore {
         }
         let created_at = now();
         let envs: Vec<&str> = t.envs.iter().map(shipgate_core::EnvScope::as_str).collect();
-        let id: i64 = sqlx::query_scalar("INSERT INTO tokens (name, role, hash, created_at, envs) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+        let id: i64 = sqlx::query_scalar("INSERT INTO tokens (name, role, hash, created_at, envs, person) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
             .bind(&t.name)
             .bind(t.role.as_str())
             .bind(&t.hash)
             .bind(created_at.to_string())
             .bind(serde_json::to_string(&envs).unwrap_or_else(|_| "[]".into()))
+            .bind(t.person.clone())
             .fetch_one(&mut *tx)
             .await
             .map_err(db("storing a token"))?;
@@ -1382,13 +1383,14 @@ impl Store for SqlStore {
             name: t.name,
             role: t.role,
             envs: t.envs,
+            person: t.person,
             created_at,
             revoked_at: None,
         })
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE hash = $1 AND revoked_at IS NULL")
+        let row = sqlx::query("SELECT id, name, role, envs, person, created_at, revoked_at FROM tokens WHERE hash = $1 AND revoked_at IS NULL")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await
@@ -1397,7 +1399,7 @@ impl Store for SqlStore {
     }
 
     async fn revoked_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE hash = $1 AND revoked_at IS NOT NULL")
+        let row = sqlx::query("SELECT id, name, role, envs, person, created_at, revoked_at FROM tokens WHERE hash = $1 AND revoked_at IS NOT NULL")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await
@@ -1406,19 +1408,21 @@ impl Store for SqlStore {
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        sqlx::query("SELECT id, name, role, envs, created_at, revoked_at FROM tokens ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("listing tokens"))?
-            .iter()
-            .map(token_from)
-            .collect()
+        sqlx::query(
+            "SELECT id, name, role, envs, person, created_at, revoked_at FROM tokens ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing tokens"))?
+        .iter()
+        .map(token_from)
+        .collect()
     }
 
     async fn revoke_token(&self, name: &str, actor: &str) -> Result<TokenRecord> {
         let (_w, mut tx) = self.begin().await?;
         let active: Vec<shipgate_core::Grant> = sqlx::query(
-            "SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE revoked_at IS NULL",
+            "SELECT id, name, role, envs, person, created_at, revoked_at FROM tokens WHERE revoked_at IS NULL",
         )
         .fetch_all(&mut *tx)
         .await
@@ -1444,7 +1448,7 @@ impl Store for SqlStore {
             )));
         }
         let row = sqlx::query(
-            "SELECT id, name, role, envs, created_at, revoked_at FROM tokens WHERE name = $1",
+            "SELECT id, name, role, envs, person, created_at, revoked_at FROM tokens WHERE name = $1",
         )
         .bind(name)
         .fetch_one(&mut *tx)
@@ -2115,6 +2119,7 @@ fn token_from(row: &AnyRow) -> Result<TokenRecord> {
             .iter()
             .map(|e| parse("environment", e, shipgate_core::EnvScope::parse))
             .collect::<Result<_>>()?,
+        person: get(row, "person")?,
         created_at: get_time(row, "created_at")?,
         revoked_at: get_time_opt(row, "revoked_at")?,
     })

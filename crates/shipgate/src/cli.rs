@@ -787,7 +787,7 @@ pub enum HostCommand {
 pub enum TokenCommand {
     /// Create a token; its secret is printed once and stored only as a hash.
     #[command(
-        after_help = "Examples:\n  shipgate token create ci --role deployer\n  shipgate token create alice --role approver --env production"
+        after_help = "Examples:\n  shipgate token create ci --role deployer\n  shipgate token create alice --role approver --env production\n  shipgate token create alice-ci --role deployer --person alice"
     )]
     Create {
         /// Who or what holds it (the actor in the audit log).
@@ -800,6 +800,11 @@ pub enum TokenCommand {
         /// default: all.
         #[arg(long = "env")]
         envs: Vec<shipgate_core::EnvScope>,
+        /// The person it belongs to, when not the one its name says (`--person alice` for
+        /// `alice-laptop`): one person's tokens count as one approver, and never approve what
+        /// that person caused.
+        #[arg(long)]
+        person: Option<String>,
     },
     /// Every token (never their secrets).
     List,

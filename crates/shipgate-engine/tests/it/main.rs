@@ -733,6 +733,7 @@ fn admin() -> shipgate_core::Grant {
         name: "ops".into(),
         role: shipgate_core::Role::Admin,
         envs: Vec::new(),
+        person: None,
     }
 }
 

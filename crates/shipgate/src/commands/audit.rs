@@ -190,11 +190,17 @@ pub(super) async fn token(
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
     match command {
-        TokenCommand::Create { name, role, envs } => {
+        TokenCommand::Create {
+            name,
+            role,
+            envs,
+            person,
+        } => {
             let body = TokenRequest {
                 name,
                 role: role.to_string(),
                 envs: envs.iter().map(ToString::to_string).collect(),
+                person,
             };
             let created: CreatedToken = client.post("/tokens", &body).await?;
             out.print(&created, |c| {

@@ -443,3 +443,75 @@ fn a_quiet_watch_holds_by_default_and_watch_traffic_makes_it_conclusive() {
         "{text}"
     );
 }
+
+/// An automatic promotion is caused by whoever promoted the release into the environment
+/// before: that person approves it with none of their tokens, and one person's two tokens
+/// count as one approver.
+#[test]
+fn the_person_behind_an_automatic_promotion_never_approves_it_with_any_of_their_tokens() {
+    let s = spawn_server(&four_envs_with(
+        "",
+        &[("production", "auto = true\nrequire.approvals = 2")],
+    ));
+    let erin = s.token("erin", "deployer", &[]);
+    let erin_admin = s.json(&[
+        "token",
+        "create",
+        "erin-admin",
+        "--role",
+        "admin",
+        "--person",
+        "erin",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let frank = s.token("frank", "approver", &[]);
+    let frank_laptop = s.json(&[
+        "token",
+        "create",
+        "frank-laptop",
+        "--role",
+        "approver",
+        "--person",
+        "frank",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "testing");
+    s.ok_as(
+        &erin,
+        &["promote", "web@1.0.0", "--to", "staging", "--wait"],
+    );
+    wait_for("shipgate to ask for production by itself", || {
+        s.waits("production") == ["0 of 2 approvals"]
+    });
+    assert_eq!(s.latest("production")["requested_by"], "shipgate");
+
+    let caused = s.refused_as(
+        &erin_admin,
+        &["approve", "web@1.0.0", "--env", "production"],
+    );
+    assert!(
+        caused.contains("erin caused this promotion")
+            && caused.contains("so erin may not approve it"),
+        "{caused}"
+    );
+    s.ok_as(&frank, &["approve", "web@1.0.0", "--env", "production"]);
+    let twice = s.refused_as(
+        &frank_laptop,
+        &["approve", "web@1.0.0", "--env", "production"],
+    );
+    assert!(twice.contains("frank has already decided"), "{twice}");
+    assert_eq!(
+        s.waits("production"),
+        ["1 of 2 approvals (approved by frank)"]
+    );
+    let shipgate = s.refused(&["token", "create", "shipgate", "--role", "admin"]);
+    assert!(
+        shipgate.contains("is the name of shipgate's own actions"),
+        "{shipgate}"
+    );
+}
