@@ -6,6 +6,7 @@
 mod chaos;
 mod dashboard;
 mod dora;
+mod fence;
 mod flags;
 mod hosts;
 mod load;
@@ -58,6 +59,19 @@ enum BenchCommand {
         /// Starts measured of each kind.
         #[arg(long, default_value_t = 20)]
         runs: usize,
+    },
+    /// Router -> instance throughput and p99 with the network fence against none, in a network
+    /// namespace of its own (as root, with wrk).
+    Fence {
+        /// Measured rounds of each (one more warms up).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Length of each wrk run, in seconds.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Already in the namespace of its own (how the command runs itself again).
+        #[arg(long, hide = true)]
+        inner: bool,
     },
     /// A promotion into an environment on 3 hosts (network namespaces, as root) against the
     /// same promotion on the server's own machine.
@@ -142,6 +156,11 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Chaos => chaos::run().await,
         BenchCommand::Dora => dora::run().await,
         BenchCommand::Sandbox { runs } => sandbox::run(runs).await,
+        BenchCommand::Fence {
+            rounds,
+            seconds,
+            inner,
+        } => fence::run(rounds, seconds, inner).await,
         BenchCommand::Router {
             duration,
             cycles,

@@ -27,15 +27,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
-    if let Some(why) = shipgate_deploy::sandbox::unavailable() {
-        bail!("the sandbox benchmark needs what sandboxed instances need: {why}");
-    }
-    let runs = runs.max(1);
-    let dir = tempfile::tempdir()?;
-    // The release: the shipgate binary (its hidden sample-app command), read-only for all, as
-    // a release directory is.
-    let release = dir.path().join("release");
+/// A release directory under `dir` holding the shipgate binary (its hidden sample-app
+/// command), read-only for all, as a release directory is; `dir` made reachable by a sandbox's
+/// user.
+pub(crate) fn sample_release(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let release = dir.join("release");
     std::fs::create_dir_all(&release)?;
     let exe = shipgate::shipgate_exe().context("finding the shipgate binary")?;
     std::fs::copy(&exe, release.join("shipgate")).context("copying the shipgate binary")?;
@@ -44,7 +40,17 @@ pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
         std::fs::Permissions::from_mode(0o555),
     )?;
     std::fs::set_permissions(&release, std::fs::Permissions::from_mode(0o555))?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(release)
+}
+
+pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
+    if let Some(why) = shipgate_deploy::sandbox::unavailable() {
+        bail!("the sandbox benchmark needs what sandboxed instances need: {why}");
+    }
+    let runs = runs.max(1);
+    let dir = tempfile::tempdir()?;
+    let release = sample_release(dir.path())?;
 
     let driver = ProcessDriver::new();
     let limits = Limits {

@@ -707,7 +707,8 @@ async fn create_token(
             "a token name is 1 to 64 letters, digits, `-`, `_`, `.` or `@`, for example `ci-deploy`",
         ));
     }
-    let person = b.person.as_deref().map(str::trim).filter(|p| !p.is_empty());
+    // Checked as the schema declares it: an empty person is refused, not taken for none.
+    let person = b.person.as_deref();
     if let Some(p) = person
         && !shipgate_core::secret::is_credential_name(p)
     {

@@ -815,3 +815,62 @@ fn an_on_demand_environment_runs_on_the_hosts_of_the_one_it_copies_and_leaves_no
     }
     drop(agents);
 }
+
+/// The attacker suite across hosts: staging on web-1, production on web-2, production's
+/// instance listening on every address of its host. From inside staging's instance on web-1,
+/// production's instance on web-2 is out of reach (only its router is reached from other
+/// machines); from the test's own namespace too.
+#[test]
+fn a_staging_instance_on_one_host_cannot_reach_production_instances_on_another() {
+    let Some((hosts, staging_port)) = make_hosts(2) else {
+        return;
+    };
+    let production_port = free_port();
+    let s = spawn_server(&format!(
+        "[server]\nlisten = \"{}:{}\"\ndata_dir = \"data\"\n\n\
+         [apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n\n\
+         [environments.staging]\nlisten = \"0.0.0.0:{staging_port}\"\nhosts = [\"web-1\"]\n\n\
+         [environments.production]\nafter = \"staging\"\nlisten = \"0.0.0.0:{production_port}\"\n\
+         hosts = [\"web-2\"]\nvars.BIND = \"0.0.0.0\"\n",
+        hosts.root_addr,
+        free_port()
+    ));
+    let _agents = Agents::join(&hosts, &s);
+    let src = s.dir.path().join("probe");
+    std::fs::create_dir_all(&src).unwrap();
+    let probe_app = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/probe");
+    for file in ["server.py", "connect.py"] {
+        std::fs::copy(Path::new(probe_app).join(file), src.join(file)).unwrap();
+    }
+    s.register_dir("1.0.0", &src);
+    s.ok(&["promote", "web@1.0.0", "--to", "staging", "--wait"]);
+    s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+
+    let (host1, host2) = (&hosts.hosts[0].1, &hosts.hosts[1].1);
+    hosts.assert_routed(host1);
+    hosts.assert_routed(host2);
+    let production = env_status(&s.json(&["status", "web"]), "production");
+    let instance_port = production["instance"]["hosts"][0]["port"].as_u64().unwrap();
+    let instance = format!("{host2}:{instance_port}");
+
+    // Production's router on web-2 answers other machines; its instance does not.
+    let router = http_get(&format!("http://{host2}:{production_port}/healthz"), None);
+    assert_eq!(router.map(|r| r.status), Some(200));
+    assert!(
+        std::net::TcpStream::connect_timeout(&instance.parse().unwrap(), Duration::from_secs(2))
+            .is_err(),
+        "production's instance answered the root namespace at {instance}"
+    );
+    // From inside staging's instance on web-1: refused, while its own router answers.
+    let probe = |addr: &str| {
+        http_get(
+            &format!("http://{host1}:{staging_port}/connect?addr={addr}"),
+            None,
+        )
+        .map(|r| r.body.trim().to_owned())
+        .unwrap_or_default()
+    };
+    let said = probe(&instance);
+    assert!(said.starts_with("refused"), "{instance}: {said}");
+    assert_eq!(probe(&format!("{host1}:{staging_port}")), "connected");
+}
