@@ -41,7 +41,8 @@ impl Engine {
 
     /// The live release of `app` in `env` and the output of each of its facts there. Facts
     /// describe the environment (runtime, schema, flags): they run in the live release's
-    /// directory, or in the data dir while nothing is live there yet.
+    /// directory, or in the app's data dir there while nothing is live yet; always in the
+    /// environment's sandbox, as every process shipgate starts for an environment.
     async fn observe(&self, app: &AppName, env: &EnvName) -> Result<Observed, EngineError> {
         let live = self.live_record(app, env).await?;
         let declared = self
@@ -65,7 +66,11 @@ impl Engine {
                         self.app_data_dir(app, env).display().to_string(),
                     ),
                 ]);
-                (vars, self.config().server.data_dir.clone())
+                let dir = self.app_data_dir(app, env);
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    EngineError::DataPlane(format!("making {}: {e}", dir.display()))
+                })?;
+                (vars, dir)
             }
         };
         if let Some(i) = self.live_instance(&(app.clone(), env.clone())) {
@@ -73,9 +78,7 @@ impl Engine {
         }
         let exported = self.exported_env(env, &vars);
         let redactor = self.redactor(env);
-        // In the live release, a fact runs in the sandbox its instances run in (it may execute
-        // the release's files); with nothing live it runs only the operator's own command.
-        let sandbox = live.as_ref().and_then(|_| self.sandbox_for(app, env));
+        let sandbox = self.sandbox_for(app, env);
         let mut facts = BTreeMap::new();
         for (name, command) in declared {
             let command = expand(&command, &vars);

@@ -212,7 +212,8 @@ fn nothing_staging_runs_reaches_production_or_shipgate_over_the_network() {
     let forbidden = [at(production), at(production_db), at(toxiproxy)];
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{api}\"\ndata_dir = \"data\"\ntoxiproxy_listen = \"127.0.0.1:{toxiproxy}\"\n\n\
-         [apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n\n\
+         [apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n\
+         facts = {{ uid = \"id -u\", home = \"pwd\" }}\n\n\
          [environments.staging]\nlisten = \"127.0.0.1:{staging}\"\n\
          chaos.allow = true\n\
          dependencies.db = {{ listen = \"127.0.0.1:{staging_db}\", upstream = \"127.0.0.1:{upstream_port}\" }}\n\
@@ -259,6 +260,31 @@ fn nothing_staging_runs_reaches_production_or_shipgate_over_the_network() {
     for file in ["server.py", "connect.py"] {
         fs::copy(Path::new(PROBE_APP).join(file), src.join(file)).unwrap();
     }
+    // Facts, while nothing is live yet, run in the sandbox too: as sg-staging, in its data dir.
+    // (The two differ, as their users and folders do: `diff` exits 1 and prints them.)
+    let out = s.cli(&["--output", "json", "diff", "web", "staging", "production"]);
+    let diff: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fact = |key: &str| {
+        diff["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["key"] == key)
+            .unwrap_or_else(|| panic!("no {key} in {diff}"))["a"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        fact("facts.uid"),
+        uid_of("sg-staging").to_string(),
+        "{diff}"
+    );
+    assert_eq!(
+        fact("facts.home"),
+        s.app_data("staging").display().to_string()
+    );
+
     s.register_dir("1.0.0", &src);
     s.ok(&["promote", "web@1.0.0", "--to", "staging", "--wait"]);
     s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
