@@ -46,9 +46,78 @@ pub fn local_ports(config: &Config, env: &EnvironmentConfig, api: SocketAddr) ->
     ports
 }
 
+/// Whether `url`, which shipgate itself calls on behalf of a process of `env` (an experiment's
+/// HTTP probe or action), is within that environment's reach: on this machine (loopback) only
+/// a port of [`local_ports`], elsewhere only with egress open. The refusal says why.
+pub fn may_reach_url(
+    config: &Config,
+    env: &EnvironmentConfig,
+    api: SocketAddr,
+    url: &str,
+) -> Result<(), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("`{url}` is not an http:// or https:// URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p.parse::<u16>().ok()),
+        _ => (authority, None),
+    };
+    let port = port.unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    if local {
+        if local_ports(config, env, api).contains(&port) {
+            return Ok(());
+        }
+        return Err(format!(
+            "{host}:{port} is not within the reach of environment `{}` (on this machine it reaches its router, its dependency proxies, the API and `network.allow`)",
+            env.name
+        ));
+    }
+    if env.network.closed {
+        return Err(format!(
+            "environment `{}` has network.egress = \"none\": {host}:{port} is beyond its reach",
+            env.name
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shipgate_calls_for_an_environment_only_what_it_could_reach_itself() {
+        let config = Config::parse(
+            "[server]\nlisten = \"127.0.0.1:7300\"\n\
+             [apps.web]\nrun = \"./web\"\n\
+             [environments.staging]\nlisten = \"127.0.0.1:8103\"\nnetwork = { egress = \"none\" }\n",
+            std::path::Path::new("/srv"),
+        )
+        .unwrap();
+        let staging = &config.environments[0];
+        let api = config.server.listen;
+        let reach = |url: &str| may_reach_url(&config, staging, api, url);
+        assert_eq!(reach("http://127.0.0.1:8103/db"), Ok(()));
+        assert_eq!(reach("http://localhost:7300/api/v1/chaos"), Ok(()));
+        assert_eq!(reach("http://user:pw@[::1]:8103/"), Ok(()));
+        for beyond in [
+            "http://127.0.0.1:8104/",
+            "http://127.0.0.2:8474/proxies",
+            "http://0.0.0.0:22/",
+            "http://localhost/",
+            "https://example.com/",
+        ] {
+            assert!(reach(beyond).is_err(), "{beyond}");
+        }
+        assert!(reach("ftp:/x").is_err());
+    }
 
     #[test]
     fn an_environment_reaches_its_router_its_proxies_the_api_and_what_it_allows_only() {

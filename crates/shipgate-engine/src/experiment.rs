@@ -232,19 +232,29 @@ impl Engine {
                 timeout,
             } => {
                 let url = substitute(url, vars);
+                // shipgate makes the call, but only where the environment could itself.
+                let config = self.config();
+                let reach = config.environment(&trial.p.env).map(|env| {
+                    shipgate_core::network::may_reach_url(&config, env, self.api_addr(), &url)
+                });
                 let headers = headers
                     .iter()
                     .map(|(k, v)| (k.clone(), substitute(v, vars)))
                     .collect();
                 let arguments = arguments.as_ref().map(|x| substitute_json(x, vars));
-                http(
-                    &url,
-                    method.as_deref(),
-                    &headers,
-                    arguments,
-                    seconds(*timeout),
-                )
-                .await
+                match reach {
+                    Some(Err(why)) => error(why),
+                    _ => {
+                        http(
+                            &url,
+                            method.as_deref(),
+                            &headers,
+                            arguments,
+                            seconds(*timeout),
+                        )
+                        .await
+                    }
+                }
             }
             Provider::Process {
                 path,

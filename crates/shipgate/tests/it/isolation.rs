@@ -243,6 +243,9 @@ fn nothing_staging_runs_reaches_production_or_shipgate_over_the_network() {
             "provider": {"type": "process", "path": "sh",
                          "arguments": ["-c", "echo uid=$(id -u) token=$SHIPGATE_TOKEN"]}
         }, {
+            "type": "action", "name": "production-http",
+            "provider": {"type": "http", "url": format!("http://127.0.0.1:{production}/healthz")}
+        }, {
             "type": "action", "name": "production-toxic",
             "provider": {"type": "python", "module": "chaostoxi.toxic.actions",
                          "func": "create_latency_toxic",
@@ -304,6 +307,12 @@ fn nothing_staging_runs_reaches_production_or_shipgate_over_the_network() {
     assert!(output.contains("token=[secret token]"), "{output}");
     assert!(!output.contains("sg_"), "{output}");
     assert!(!output.contains("uid=0 "), "{output}");
+    assert!(
+        output.contains(&format!(
+            "action production-http: error: 127.0.0.1:{production} is not within the reach of environment `staging`"
+        )),
+        "shipgate makes no call for staging that staging could not make: {output}"
+    );
     assert!(
         output.contains("production-toxic") && output.contains("may not act on production"),
         "an experiment of staging cannot touch production's proxy: {output}"
