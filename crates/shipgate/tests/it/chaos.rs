@@ -441,7 +441,7 @@ fn pong_server() -> u16 {
     port
 }
 
-/// The experiment of the README: the page that reads the database must answer while the
+/// The experiment of docs/chaos.md: the page that reads the database must answer while the
 /// database is a second slow.
 const DB_SLOW: &str = r#"{
   "version": "1.0.0",
