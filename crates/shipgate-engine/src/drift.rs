@@ -156,7 +156,14 @@ impl Engine {
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
             })
             .collect();
-        let vars = self.template_vars(&live.app, &live.env, &live.version, live.digest.as_str());
+        // Without its OFREP key, which each deploy gets anew (and a rollback keeps).
+        let vars = self.template_vars(
+            &live.app,
+            &live.env,
+            &live.version,
+            live.digest.as_str(),
+            None,
+        );
         let expected = self.exported_env(&live.env, &vars);
         let secrets: Vec<&String> = config
             .environment(&live.env)

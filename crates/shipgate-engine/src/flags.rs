@@ -701,17 +701,8 @@ impl Engine {
     }
 
     /// The environment a flag client key selects: a key made with `flag key create`, or one
-    /// of the instances' own keys.
+    /// of the instances' own keys (recorded at their deploy, so revoked like any).
     pub async fn env_of_flag_key(&self, key: &str) -> Result<Option<EnvName>, EngineError> {
-        if let Some(rest) = key.strip_prefix(INSTANCE_PREFIX)
-            && let Some((env, _)) = rest.split_once('_')
-            && let Ok(env) = EnvName::parse(env)
-        {
-            let expected = self.instance_flag_key(&env);
-            let same: bool =
-                subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), key.as_bytes()).into();
-            return Ok(same.then_some(env));
-        }
         let hash = shipgate_core::secret::hash(key);
         let generation = {
             let cache = crate::locked(&self.flag_cache);
@@ -747,11 +738,76 @@ impl Engine {
         at
     }
 
-    /// The key `env`'s instances get as `SHIPGATE_OFREP_KEY`: derived from a secret the store
-    /// keeps, so every server (and every restart) gives the same one.
-    pub(crate) fn instance_flag_key(&self, env: &EnvName) -> String {
-        let mac = sha2::Sha256::digest(format!("{}:{env}", self.flag_secret).as_bytes());
+    /// The key the instances and tests of promotion `id` of `app` in `env` get as
+    /// `SHIPGATE_OFREP_KEY`: derived from a secret the store keeps, so every server (and every
+    /// restart) gives the same one, and another for every deploy. It works while its record
+    /// ([`Engine::rotate_instance_key`]) is not revoked.
+    pub(crate) fn instance_flag_key(
+        &self,
+        env: &EnvName,
+        app: &AppName,
+        id: shipgate_core::PromotionId,
+    ) -> String {
+        let mac = sha2::Sha256::digest(format!("{}:{env}:{app}:{id}", self.flag_secret).as_bytes());
         format!("{INSTANCE_PREFIX}{env}_{}", &hex::encode(mac)[..40])
+    }
+
+    /// Records the instance key of promotion `p` as a flag key of its environment
+    /// (`instance-ENV-APP-ID`: listed by `flag key list`, revoked by `flag key revoke`), and
+    /// revokes those of the app's earlier deploys there whose instances no longer run: every
+    /// deploy rotates the key, while a standby kept for a rollback keeps its own.
+    pub(crate) async fn rotate_instance_key(
+        &self,
+        p: &shipgate_store::Promotion,
+    ) -> Result<(), EngineError> {
+        let prefix = format!("instance-{}-{}-", p.env, p.app);
+        let name = format!("{prefix}{}", p.id);
+        let keys = self.store.flag_keys().await?;
+        if !keys.iter().any(|k| k.name == name) {
+            let event = NewEvent {
+                actor: crate::SYSTEM.into(),
+                kind: EventKind::FlagKeyCreated,
+                app: Some(p.app.to_string()),
+                env: Some(p.env.to_string()),
+                promotion_id: Some(p.id),
+                message: format!(
+                    "flag key {name} for {} created for the instances of {}@{}",
+                    p.env, p.app, p.version
+                ),
+                data: serde_json::json!({ "name": name }),
+            };
+            let key = self.instance_flag_key(&p.env, &p.app, p.id);
+            self.store
+                .insert_flag_key(&name, &p.env, &shipgate_core::secret::hash(&key), event)
+                .await?;
+        }
+        let running: Vec<String> = self
+            .store
+            .running_instances()
+            .await?
+            .into_iter()
+            .filter(|i| i.app == p.app && i.env == p.env)
+            .map(|i| format!("{prefix}{}", i.promotion_id))
+            .collect();
+        for old in keys.iter().filter(|k| {
+            k.revoked_at.is_none()
+                && k.name.starts_with(&prefix)
+                && k.name != name
+                && !running.contains(&k.name)
+        }) {
+            let event = NewEvent {
+                actor: crate::SYSTEM.into(),
+                kind: EventKind::FlagKeyRevoked,
+                app: Some(p.app.to_string()),
+                env: Some(p.env.to_string()),
+                promotion_id: Some(p.id),
+                message: format!("flag key {} revoked: {name} replaces it", old.name),
+                data: serde_json::json!({ "name": old.name }),
+            };
+            self.store.revoke_flag_key(&old.name, event).await?;
+        }
+        self.forget_flags();
+        Ok(())
     }
 }
 

@@ -458,6 +458,7 @@ impl Engine {
         env: &EnvName,
         version: &Version,
         digest: &str,
+        promotion: Option<shipgate_core::PromotionId>,
     ) -> BTreeMap<String, String> {
         let url = self.env_url(env);
         let data_url = self
@@ -496,7 +497,9 @@ impl Engine {
         }
         if let Some(api) = self.api_url() {
             vars.insert("OFREP_URL".to_owned(), api);
-            vars.insert("OFREP_KEY".to_owned(), self.instance_flag_key(env));
+            if let Some(id) = promotion {
+                vars.insert("OFREP_KEY".to_owned(), self.instance_flag_key(env, app, id));
+            }
         }
         vars
     }
@@ -579,7 +582,10 @@ impl Engine {
             .map_err(|e| e.to_string())?;
         let id = InstanceId::instance(&p.app, &p.env, p.id, self.boot, attempt);
         let log_path = self.log_path(slot, &id);
-        let vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str());
+        self.rotate_instance_key(p)
+            .await
+            .map_err(|e| format!("could not record its OFREP key: {e}"))?;
+        let vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str(), Some(p.id));
         let sandbox = self.sandbox_for(&p.app, &p.env);
         if sandbox.is_none() {
             // Unisolated: the server makes the data dir (a sandbox's own is made by the driver).

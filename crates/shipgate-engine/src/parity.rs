@@ -52,7 +52,7 @@ impl Engine {
             .unwrap_or_default();
         let (mut vars, dir) = match &live {
             Some(l) => (
-                self.template_vars(app, env, &l.version, l.digest.as_str()),
+                self.template_vars(app, env, &l.version, l.digest.as_str(), None),
                 self.artifacts.release_dir(&l.digest),
             ),
             None => {

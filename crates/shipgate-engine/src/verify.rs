@@ -35,7 +35,8 @@ impl Engine {
             .verify
             .timeout
             .map_or(VerifyConfig::DEFAULT_TIMEOUT, |t| t.as_std());
-        let mut vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str());
+        let mut vars =
+            self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str(), Some(p.id));
         vars.insert("PORT".to_owned(), instance_port.to_string());
         let exported = self.exported_env(&p.env, &vars);
         for (n, test) in env.verify.tests.iter().enumerate() {

@@ -631,6 +631,49 @@ fn an_instance_reads_its_environments_flags_with_the_key_it_is_given() {
         (answer["value"].clone(), answer["reason"].clone()),
         ("dark".into(), "STATIC".into())
     );
+
+    // The key is listed as a flag key of its own, and every deploy gets another: a deploy
+    // revokes those whose instances no longer run (the live one's and the standby's stay, for
+    // a rollback).
+    let keys = |s: &crate::helpers::TestServer| -> Vec<(String, bool)> {
+        s.json(&["flag", "key", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["name"].as_str().unwrap().to_owned(),
+                    k["revoked_at"].is_null(),
+                )
+            })
+            .collect()
+    };
+    let first = keys(&s);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].0.starts_with("instance-development-web-"),
+        "{first:?}"
+    );
+    for version in ["1.1.0", "1.2.0", "1.3.0"] {
+        s.register(version, &[]);
+        s.deploy(version, "development");
+    }
+    let later = keys(&s);
+    assert_eq!(later.len(), 4, "{later:?}");
+    assert_eq!(
+        later.iter().map(|(_, active)| *active).collect::<Vec<_>>(),
+        [false, true, true, true],
+        "1.0.0's instance stopped when 1.2.0 went live, so 1.3.0's deploy revoked its key: {later:?}"
+    );
+    let flag = || {
+        s.get(&format!("{}/flag?key=theme&user=u1", s.url("development")))
+            .unwrap()
+    };
+    assert_eq!(flag().status, 200);
+    // Revoked by hand, the live instance's key stops working at once.
+    s.ok(&["flag", "key", "revoke", &later[3].0]);
+    let refused = flag();
+    assert_ne!(refused.status, 200, "{}", refused.body);
 }
 
 #[test]
