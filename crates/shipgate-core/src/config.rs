@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// Toxiproxy takes none; loopback unless told otherwise), when an environment has
     /// `dependencies`.
     pub toxiproxy_listen: SocketAddr,
+    /// `public_url`: the API's address as clients reach it (`https://shipgate.example.com`),
+    /// which links it gives out (OFREP's event stream) are built from; None: `listen`.
+    pub public_url: Option<String>,
     /// Whether `shipgate server` reloads the config file by itself when it changes.
     pub watch_config: bool,
     /// The folder of the config file (`${CONFIG_DIR}`; relative paths are resolved against it).
@@ -608,6 +611,7 @@ struct RawServer {
     data_plane: Option<Spanned<String>>,
     agent_listen: Option<Spanned<String>>,
     toxiproxy_listen: Option<Spanned<String>>,
+    public_url: Option<Spanned<String>>,
     watch_config: Option<bool>,
     retention: Option<RawRetention>,
     lease: Option<Spanned<String>>,
@@ -977,12 +981,24 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         None => None,
     }
     .unwrap_or(Duration::from_std(std::time::Duration::from_secs(5)));
+    let public_url = raw.public_url.as_ref().and_then(|u| {
+        problems.parse(u, |s| {
+            let ok = (s.starts_with("http://") || s.starts_with("https://"))
+                && s.split_once("://").is_some_and(|(_, rest)| !rest.is_empty() && !rest.contains(char::is_whitespace));
+            if ok {
+                Ok(s.trim_end_matches('/').to_owned())
+            } else {
+                Err(format!("public_url is the API's address as clients reach it, http:// or https:// (\"https://shipgate.example.com\"), not \"{s}\""))
+            }
+        })
+    });
     ServerConfig {
         retention,
         lease,
         listen,
         agent_listen,
         toxiproxy_listen,
+        public_url,
         watch_config: raw.watch_config.unwrap_or(true),
         config_dir: base_dir.to_path_buf(),
         data_dir,
@@ -2482,6 +2498,36 @@ mod tests {
     const BASE: &str = "[apps.web]\nrun = \"./web\"\n";
 
     const FLOW: &str = "[apps.web]\nrun = \"./web\"\n[apps.web.data]\nproduction = \"sqlite://p.db\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\n[environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:8104\"\n";
+
+    #[test]
+    fn public_url_is_an_http_address_without_its_trailing_slash() {
+        let with = |url: &str| {
+            Config::parse(
+                &format!(
+                    "[server]\npublic_url = \"{url}\"\n[apps.web]\nrun = \"./web\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\n"
+                ),
+                Path::new("/p"),
+            )
+        };
+        assert_eq!(
+            with("https://shipgate.example.com/")
+                .unwrap()
+                .server
+                .public_url
+                .as_deref(),
+            Some("https://shipgate.example.com")
+        );
+        let said = errors(
+            "[server]\npublic_url = \"shipgate.example.com\"\n[apps.web]\nrun = \"./web\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\n",
+        );
+        assert!(
+            said.contains(
+                "public_url is the API's address as clients reach it, http:// or https://"
+            ),
+            "{said}"
+        );
+        assert!(with("ftp://x").is_err());
+    }
 
     #[test]
     fn a_template_copies_no_secret_of_its_environment_unless_it_names_it() {

@@ -415,13 +415,17 @@ async fn evaluate_all(
     ([(header::ETAG, etag)], Json(body)).into_response()
 }
 
-/// The API's address from the config, never from the request's `Host` (which a client, or a
-/// page through DNS rebinding, chooses): clients send their key to this URL.
+/// The API's address from the config (`public_url`, else `listen`), never from the request's
+/// `Host` (which a client, or a page through DNS rebinding, chooses): clients send their key to
+/// this URL.
 fn base_url(state: &AppState) -> String {
-    state
-        .engine
-        .api_url()
-        .unwrap_or_else(|| format!("http://{}", state.engine.config().server.listen))
+    let config = state.engine.config();
+    config.server.public_url.clone().unwrap_or_else(|| {
+        state
+            .engine
+            .api_url()
+            .unwrap_or_else(|| format!("http://{}", config.server.listen))
+    })
 }
 
 /// `GET /ofrep/v1/events`: a `refetchEvaluation` message each time a flag of the key's

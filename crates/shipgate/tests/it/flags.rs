@@ -502,6 +502,24 @@ fn bulk_answers_304_to_a_matching_etag_sse_sees_the_kill_switch_and_keys_and_rol
     let doc: Value = serde_json::from_str(&first).unwrap();
     assert_eq!(doc["flags"].as_array().unwrap().len(), 5, "{doc}");
     assert_eq!(doc["eventStreams"][0]["type"], "sse");
+    assert_eq!(
+        doc["eventStreams"][0]["url"],
+        format!("{}/ofrep/v1/events", s.api())
+    );
+    // Whatever `Host` a client (or a page through DNS rebinding) sends, the stream it is sent
+    // to, with its key, is the configured API's.
+    let forged = crate::helpers::raw_http(
+        s.api().trim_start_matches("http://"),
+        &format!(
+            "POST /ofrep/v1/evaluate/flags HTTP/1.0\r\nHost: attacker.example\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(!forged.contains("attacker.example"), "{forged}");
+    assert!(
+        forged.contains(&format!("{}/ofrep/v1/events", s.api())),
+        "{forged}"
+    );
     let (status, _, _) = ofrep(
         &s,
         "/ofrep/v1/evaluate/flags",
