@@ -8,7 +8,6 @@
 //! fenced as an environment's is. The instance and the router stay the same process
 //! throughout: only the rules differ. Needs root, bubblewrap, nftables, unshare and wrk.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,8 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use shipgate_deploy::network::{self, Reach};
 use shipgate_deploy::{
-    CrashLoopPolicy, Driver, InstanceId, ProcessDriver, RouteTarget, RouterSpec, Sandbox,
-    StartInstance, StopInstance,
+    Driver, InstanceId, ProcessDriver, RouteTarget, RouterSpec, Sandbox, StopInstance,
 };
 
 use crate::wrk::{self, Figures};
@@ -69,19 +67,12 @@ async fn measure(rounds: usize, seconds: u64) -> anyhow::Result<ExitCode> {
     };
     let id = InstanceId::recorded("bench-fence".to_owned());
     let started = driver
-        .start(StartInstance {
-            instance_id: id.clone(),
-            release_dir: release,
-            command: "exec ./shipgate sample-app --port ${PORT}".into(),
-            template_vars: BTreeMap::new(),
-            env: BTreeMap::new(),
-            health_path: "/healthz".into(),
-            health_timeout: Duration::from_secs(30),
-            log_path: dir.path().join("bench-fence.log"),
-            port: None,
-            crash_loop: CrashLoopPolicy::default(),
-            sandbox: Some(sandbox.clone()),
-        })
+        .start(crate::sandbox::sample_start(
+            &id,
+            &release,
+            dir.path(),
+            Some(sandbox.clone()),
+        ))
         .await
         .context("starting the sample app in its sandbox")?;
     let listen = SocketAddr::from(([127, 0, 0, 1], shipgate::demo::free_port(0)?));

@@ -44,6 +44,28 @@ pub(crate) fn sample_release(dir: &std::path::Path) -> anyhow::Result<std::path:
     Ok(release)
 }
 
+/// The start of the sample app of `release` as instance `id`, logging under `dir`.
+pub(crate) fn sample_start(
+    id: &InstanceId,
+    release: &std::path::Path,
+    dir: &std::path::Path,
+    sandbox: Option<Sandbox>,
+) -> StartInstance {
+    StartInstance {
+        instance_id: id.clone(),
+        release_dir: release.to_path_buf(),
+        command: "exec ./shipgate sample-app --port ${PORT}".into(),
+        template_vars: BTreeMap::new(),
+        env: BTreeMap::new(),
+        health_path: "/healthz".into(),
+        health_timeout: Duration::from_secs(30),
+        log_path: dir.join("logs").join(format!("{id}.log")),
+        port: None,
+        crash_loop: CrashLoopPolicy::default(),
+        sandbox,
+    }
+}
+
 pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
     if let Some(why) = shipgate_deploy::sandbox::unavailable() {
         bail!("the sandbox benchmark needs what sandboxed instances need: {why}");
@@ -86,24 +108,17 @@ pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
     for run in 0..=runs {
         for (k, (_, sandbox_limits, network)) in kinds.iter().enumerate() {
             let id = InstanceId::recorded(format!("bench-sandbox-{k}-{run}"));
-            let req = StartInstance {
-                instance_id: id.clone(),
-                release_dir: release.clone(),
-                command: "exec ./shipgate sample-app --port ${PORT}".into(),
-                template_vars: BTreeMap::new(),
-                env: BTreeMap::new(),
-                health_path: "/healthz".into(),
-                health_timeout: Duration::from_secs(30),
-                log_path: dir.path().join("logs").join(format!("{id}.log")),
-                port: None,
-                crash_loop: CrashLoopPolicy::default(),
-                sandbox: sandbox_limits.map(|limits| Sandbox {
+            let req = sample_start(
+                &id,
+                &release,
+                dir.path(),
+                sandbox_limits.map(|limits| Sandbox {
                     user: "sg-bench".into(),
                     data_dir: dir.path().join("data"),
                     limits,
                     network: network.cloned(),
                 }),
-            };
+            );
             let asked = std::time::Instant::now();
             driver
                 .start(req)

@@ -268,12 +268,7 @@ fn nothing_staging_runs_reaches_production_or_shipgate_over_the_network() {
     let out = s.cli(&["--output", "json", "diff", "web", "staging", "production"]);
     let diff: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let fact = |key: &str| {
-        diff["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["key"] == key)
-            .unwrap_or_else(|| panic!("no {key} in {diff}"))["a"]
+        crate::parity::item(&diff, key)["a"]
             .as_str()
             .unwrap_or_default()
             .to_owned()

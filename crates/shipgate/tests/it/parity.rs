@@ -9,16 +9,18 @@ use serde_json::Value;
 
 use crate::helpers::{four_envs_with, spawn_server, text, wait_for};
 
-fn class_of(diff: &Value, key: &str) -> String {
+/// The item `key` of a `diff` answer.
+pub(crate) fn item<'a>(diff: &'a Value, key: &str) -> &'a Value {
     diff["items"]
         .as_array()
         .unwrap()
         .iter()
         .find(|i| i["key"] == key)
-        .unwrap_or_else(|| panic!("no {key} in {diff}"))["class"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+        .unwrap_or_else(|| panic!("no {key} in {diff}"))
+}
+
+fn class_of(diff: &Value, key: &str) -> String {
+    item(diff, key)["class"].as_str().unwrap().to_owned()
 }
 
 #[test]
