@@ -30,6 +30,19 @@ pub struct Config {
     pub notify: Vec<crate::notify::Target>,
     /// `[alerts.NAME]`: conditions on live figures that fire and resolve.
     pub alerts: Vec<crate::alert::AlertRule>,
+    /// Every key of the file with its value as written, so a reload can name what changed.
+    pub written: Written,
+}
+
+/// The keys and values of a config file as written (comments and layout aside). Its `Debug`
+/// is empty: the parsed fields say what the config means.
+#[derive(Clone, Default, PartialEq)]
+pub struct Written(pub toml::Table);
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
 }
 
 /// `[server]`: where the API listens and where state is kept.
@@ -878,6 +891,7 @@ impl Config {
             templates,
             notify,
             alerts,
+            written: Written(toml::from_str(src).unwrap_or_default()),
         })
     }
 
@@ -2429,7 +2443,7 @@ fn toml_problem(e: &toml::de::Error, src: &str) -> ConfigProblem {
 
 /// The commented example written by `shipgate init`; it must parse as a valid config.
 pub const EXAMPLE: &str = r#"# shipgate.toml: how releases of your apps move from development to production.
-# Reference: see the README's "Config reference". Check this file with `shipgate validate`.
+# Reference: every key is in shipgate's docs/config.md. Check this file with `shipgate validate`.
 
 [server]
 listen = "127.0.0.1:7300"          # the API and the dashboard

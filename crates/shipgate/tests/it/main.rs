@@ -10,6 +10,7 @@ mod chaos;
 mod dashboard;
 mod data;
 mod demo;
+mod docs;
 mod flags;
 mod fleet;
 mod flow;

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use crate::helpers::{env_status, four_envs, free_port, load, spawn_server, text, wait_for};
+use crate::helpers::{
+    env_status, four_envs, four_envs_with, free_port, load, spawn_server, text, wait_for,
+};
 
 /// Whether `status` lists `env`, asked with the server and token given (the config file may
 /// be invalid on purpose).
@@ -56,7 +58,7 @@ fn reload_applies_a_new_environment_and_vars_under_load_and_refuses_an_invalid_f
     assert!(said.contains("environment qa is new"), "{said}");
     assert!(
         said.contains(
-            "environment development: vars GREETING changed; they take effect at its next deploy"
+            "environments.development.vars.GREETING is set; it takes effect at the environment's next deploy"
         ),
         "{said}"
     );
@@ -138,4 +140,72 @@ fn a_saved_config_file_is_taken_up_by_itself() {
             .contains("changed but is invalid; the running config stays")
     });
     assert!(has_env(&s, "uat"));
+}
+
+/// Reloads `s` and waits until the new start answers; what the reload said.
+fn reloaded(s: &mut crate::helpers::TestServer, config: &str) -> String {
+    s.rewrite_config(config);
+    let said = s.ok(&["reload"]);
+    wait_for("the reloaded server to answer", || {
+        crate::helpers::http_get(&format!("{}/healthz", s.api()), None)
+            .is_some_and(|r| r.status == 200 && r.body.starts_with("ok\n"))
+            && s.cli(&["status"]).status.success()
+    });
+    said
+}
+
+#[test]
+fn a_reload_applies_chaos_rules_templates_notify_and_alerts() {
+    let mut s = spawn_server(&four_envs_with(
+        "watch_config = false",
+        &[("staging", "chaos.allow = true")],
+    ));
+    s.register("1.0.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
+    let fault = [
+        "chaos", "inject", "--env", "staging", "--app", "web", "--abort", "503", "--duration",
+        "1m",
+    ];
+    s.ok(&fault);
+    s.ok(&["chaos", "clear", "1"]);
+
+    // Turning chaos off is applied: faults are refused at once.
+    let text_now = s.config_text().to_owned();
+    let off = text_now.replace("chaos.allow = true", "chaos.allow = false");
+    let said = reloaded(&mut s, &off);
+    assert!(
+        said.contains("environments.staging.chaos.allow changed: true → false"),
+        "{said}"
+    );
+    let refused = s.refused(&fault);
+    assert!(refused.contains("set `chaos.allow = true`"), "{refused}");
+
+    // New templates, notify targets and alerts are named and applied.
+    let (first, sink) = (free_port(), free_port());
+    let more = format!(
+        "{off}\n[templates.preview]\nfrom = \"staging\"\nlisten_range = \"127.0.0.1:{first}-{}\"\nmax = 2\n\n[notify.ops]\nurl = \"http://127.0.0.1:{sink}/hook\"\nevents = [\"promotion.*\"]\n\n[alerts.quiet]\nenv = \"development\"\nwhen = \"rps < 1000\"\n",
+        first + 3
+    );
+    let refused = s.refused(&["env", "create", "pr-1", "--template", "preview"]);
+    assert!(refused.contains("preview"), "{refused}");
+    let said = reloaded(&mut s, &more);
+    for named in [
+        "templates.preview is new",
+        "notify.ops is new",
+        "alerts.quiet is new",
+    ] {
+        assert!(said.contains(named), "{named}: {said}");
+    }
+    s.ok(&["env", "create", "pr-1", "--template", "preview"]);
+    assert_eq!(s.json(&["notify", "list"])["targets"][0]["name"], "ops");
+    wait_for("the new alert to fire", || {
+        s.ok(&["status"]).contains("alerts firing")
+    });
+
+    // Nothing changed: said so, and nothing restarts.
+    let pid = s.pid();
+    s.rewrite_config(&more);
+    let same = s.ok(&["reload"]);
+    assert!(same.contains("nothing to reload"), "{same}");
+    assert_eq!(s.pid(), pid);
 }
