@@ -55,6 +55,8 @@ impl Engine {
         if self.config().app(&app).is_none() {
             return Err(EngineError::UnknownApp(app.to_string()));
         }
+        // Until the release is recorded, retention would take its artifact for an orphan.
+        let _not_pruning = self.pruning.read().await;
         if let Some(existing) = self.store.release(&app, &version).await? {
             if existing.digest == artifact.digest {
                 // The same file again: stored anew if retention had removed it.
@@ -136,6 +138,9 @@ impl Engine {
         if self.config().environment(env).is_none() {
             return Err(EngineError::UnknownEnvironment(env.to_string()));
         }
+        if let Some(done) = self.end_in_flight(app, env, to, actor).await? {
+            return Ok(done);
+        }
         let _not_pruning = self.pruning.read().await;
         let live = self.live_record(app, env).await?;
         let Some(live) = live else {
@@ -161,6 +166,51 @@ impl Engine {
         }
         self.request(release, env, PromotionKind::Rollback, actor, None)
             .await
+    }
+
+    /// A rollback while a promotion deploys or is verified in `env` ends that promotion now,
+    /// which puts back what was live before it. When that is where the rollback goes, it is
+    /// recorded as done (a switch back); otherwise (`to` another release) the rollback goes on
+    /// from there.
+    async fn end_in_flight(
+        self: &Arc<Self>,
+        app: &AppName,
+        env: &EnvName,
+        to: Option<&Version>,
+        actor: &str,
+    ) -> Result<Option<Promotion>, EngineError> {
+        let Some(running) = self.in_flight(app, env).await? else {
+            return Ok(None);
+        };
+        let why = format!("rolled back by {actor}");
+        if !self.stop(running.id, &why) {
+            return Ok(None);
+        }
+        let ended = self.ended(running.id).await?;
+        let by_this =
+            ended.state == PromotionState::Failed && ended.reason.as_deref() == Some(&why);
+        if !by_this || to.is_some_and(|v| running.previous_version.as_ref() != Some(v)) {
+            return Ok(None);
+        }
+        let Some(back) = self.live_record(app, env).await? else {
+            return Ok(Some(ended));
+        };
+        let new = NewPromotion {
+            app: back.app.clone(),
+            version: back.version.clone(),
+            digest: back.digest.clone(),
+            env: env.clone(),
+            kind: PromotionKind::Rollback,
+            previous_version: Some(running.version.clone()),
+            override_reason: None,
+        };
+        let gate = format!(
+            "ended promotion {} of {}@{} in flight; {}@{} serves {env} again",
+            running.id, running.app, running.version, back.app, back.version
+        );
+        Ok(Some(
+            self.store.switch_back(new, running.id, gate, actor).await?,
+        ))
     }
 
     /// The promotion `rollback` goes back to in `env` from `live`: the release of `to`, or
@@ -267,6 +317,7 @@ impl Engine {
             .await?
             .ok_or(EngineError::NoSuchPromotion(promotion_id))?;
         let slot: Slot = (promotion.app.clone(), promotion.env.clone());
+        let mut stop = self.stop_signal(promotion_id);
         // Requirements are waited on before the slot is taken: a rollback or a newer promotion
         // must never queue behind an approval.
         if promotion.kind == PromotionKind::Promote
@@ -277,6 +328,11 @@ impl Engine {
         }
         let lock = self.slot_lock(&slot);
         let _held = lock.lock().await;
+        // Rejected or rolled back while it waited for its turn: it never deploys.
+        if let Some(why) = stop.asked() {
+            self.end_pending(&promotion, why).await?;
+            return Ok(());
+        }
         let release = format!("{}@{}", promotion.app, promotion.version);
         let deploying = self
             .store
@@ -294,7 +350,38 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         let started_at = self.clock.now();
-        let instance = match self.start_instance(&promotion, &slot).await {
+        let started = {
+            let start = self.start_instance(&promotion, &slot);
+            tokio::pin!(start);
+            tokio::select! {
+                biased;
+                why = stop.asked_later() => {
+                    // Ended before its switch: the environment keeps what it has, and the
+                    // instance goes once it is up.
+                    let keeps = self
+                        .live_record(&promotion.app, &promotion.env)
+                        .await?
+                        .map_or("nothing".to_owned(), |l| format!("{}@{}", l.app, l.version));
+                    let mut t = self.step(
+                        &promotion,
+                        PromotionState::Deploying,
+                        PromotionState::Failed,
+                        format!(
+                            "{release} was stopped before its switch in {}: {why}; {} stays on {keeps}",
+                            promotion.env, promotion.env
+                        ),
+                    );
+                    t.reason = Some(why);
+                    self.store.transition(t).await?;
+                    if let Ok(instance) = start.await {
+                        self.stop_instance(&instance.id, None).await;
+                    }
+                    return Ok(());
+                }
+                started = &mut start => started,
+            }
+        };
+        let instance = match started {
             Ok(i) => i,
             Err(message) => {
                 let what = format!("{release} did not start in {}", promotion.env);
@@ -346,16 +433,27 @@ impl Engine {
         t.live = LiveChange::Promoted;
         let promotion = self.store.transition(t).await?;
 
-        let failure = match promotion.kind {
-            PromotionKind::Promote => {
-                match self.verify(&promotion, instance.target.addr.port()).await? {
-                    Some(failure) => Some(failure),
-                    None => self.watch(&promotion, &instance).await?,
+        let judged = async {
+            match promotion.kind {
+                PromotionKind::Promote => {
+                    match self.verify(&promotion, instance.target.addr.port()).await? {
+                        Some(failure) => Ok(Some(failure)),
+                        None => self.watch(&promotion, &instance).await,
+                    }
                 }
+                // Both go back to a release verified here before.
+                PromotionKind::Rollback | PromotionKind::Redeploy => Ok(None),
             }
-            // Both go back to a release verified here before.
-            PromotionKind::Rollback | PromotionKind::Redeploy => None,
         };
+        // A rollback or a rejection ends the verification at once (its tests are killed).
+        let (failure, stopped) = tokio::select! {
+            biased;
+            why = stop.asked_later() => (Some(why), true),
+            judged = judged => (judged?, false),
+        };
+        if stopped {
+            self.revoke_run_tokens(&promotion).await;
+        }
         if let Some(reason) = failure {
             self.route(&slot, previous_instance.as_ref()).await?;
             self.set_live_instance(slot.clone(), previous_instance);
@@ -366,15 +464,28 @@ impl Engine {
                 &promotion,
                 PromotionState::Verifying,
                 PromotionState::Failed,
-                format!(
-                    "{release} failed verification in {}: {reason}; {} is back on {back}",
-                    promotion.env, promotion.env
-                ),
+                if stopped {
+                    format!(
+                        "{release} was ended in {} during its verification: {reason}; {} is back on {back}",
+                        promotion.env, promotion.env
+                    )
+                } else {
+                    format!(
+                        "{release} failed verification in {}: {reason}; {} is back on {back}",
+                        promotion.env, promotion.env
+                    )
+                },
             );
             t.reason = Some(reason);
             t.live = LiveChange::Restore(previous_live);
             self.store.transition(t).await?;
-            self.retire(&instance, self.drain_grace(&slot.1)).await;
+            if stopped {
+                // Out of the slot at once, so what asked for it goes on; the drain goes on
+                // meanwhile.
+                self.retire_later(slot, instance);
+            } else {
+                self.retire(&instance, self.drain_grace(&slot.1)).await;
+            }
             return Ok(());
         }
         let mut t = self.step(
@@ -384,7 +495,11 @@ impl Engine {
             format!("{release} is verified in {}", promotion.env),
         );
         if promotion.kind == PromotionKind::Rollback {
-            t.roll_back_promotion = previous_live.as_ref().map(|l| l.promotion_id);
+            // The release it went back to was not rolled back when it was live already.
+            t.roll_back_promotion = previous_live
+                .as_ref()
+                .filter(|l| l.digest != promotion.digest)
+                .map(|l| l.promotion_id);
         }
         let succeeded = self.store.transition(t).await?;
         self.used_by_deploy(&succeeded.env).await;

@@ -233,7 +233,11 @@ impl Engine {
     }
 
     /// Ends a pending promotion as failed, with why.
-    async fn end_pending(&self, p: &Promotion, reason: String) -> Result<(), EngineError> {
+    pub(crate) async fn end_pending(
+        &self,
+        p: &Promotion,
+        reason: String,
+    ) -> Result<(), EngineError> {
         self.set_waiting(p.id, vec![]);
         let mut t = self.step(
             p,
@@ -267,7 +271,11 @@ impl Engine {
             env: Some(env.clone()),
             version: None,
             apps: Vec::new(),
-            states: vec![PromotionState::Pending, PromotionState::Verifying],
+            states: vec![
+                PromotionState::Pending,
+                PromotionState::Deploying,
+                PromotionState::Verifying,
+            ],
             limit: None,
         };
         let promotion = self
@@ -284,7 +292,7 @@ impl Engine {
         let (promotion, stage) = match promotion {
             Some(p) if p.state == PromotionState::Pending => (p, Stage::Entry),
             Some(p) if held(&p) => (p, Stage::Watch),
-            // A rejection while it is verified rolls it back at the watch's next look.
+            // A rejection while it deploys or is verified ends it at once.
             Some(p) if verdict == Verdict::Reject => (p, Stage::Watch),
             Some(_) => {
                 return Err(EngineError::NothingToDecide(format!(
@@ -330,6 +338,13 @@ impl Engine {
             .await?;
         if stage == Stage::Entry && verdict == Verdict::Approve {
             self.refresh_entry_waits(&promotion).await?;
+        }
+        if verdict == Verdict::Reject {
+            let why = match decision.comment.as_deref() {
+                Some(c) if !c.is_empty() => format!("rejected by {}: {c}", decision.actor),
+                _ => format!("rejected by {}", decision.actor),
+            };
+            self.stop(promotion.id, &why);
         }
         Ok((promotion, decision))
     }

@@ -25,6 +25,7 @@ mod reconcile;
 mod report;
 mod retention;
 mod standby;
+mod stop;
 mod traffic;
 mod verify;
 mod watch;
@@ -94,6 +95,8 @@ pub struct Engine {
     /// (alone) while retention decides and removes: a release is either recorded in a
     /// promotion before retention looks, or found pruned and refused with what to do.
     pruning: tokio::sync::RwLock<()>,
+    /// The end a person asked of each promotion running here.
+    stops: stop::Stops,
     /// Each watch under way, by promotion, as last looked at.
     watching: Mutex<HashMap<shipgate_core::PromotionId, shipgate_api::status::WatchView>>,
     /// The last hour of each slot's traffic, for charts.
@@ -201,6 +204,7 @@ impl Engine {
             standby: Mutex::default(),
             unhealthy: Mutex::default(),
             waiting: Mutex::default(),
+            stops: Mutex::default(),
             watching: Mutex::default(),
             pruning: tokio::sync::RwLock::new(()),
             traffic: Mutex::default(),

@@ -1,16 +1,17 @@
 //! `server.retention`: old artifacts, release directories and idle logs go, per app, never one
 //! that is live, a standby, where a rollback would go, or part of a promotion in progress.
 //! Records stay: history is never rewritten, and registering the same file again brings a
-//! pruned release back.
+//! pruned release back. Artifacts that no release refers to go too.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use shipgate_api::answers::{GcReport, KeptRelease, PrunedLog, PrunedRelease};
+use shipgate_api::answers::{GcReport, KeptRelease, OrphanArtifact, PrunedLog, PrunedRelease};
 use shipgate_core::{Digest, PromotionState, Version};
-use shipgate_store::{NewEvent, PromotionFilter};
+use shipgate_store::artifact::ArtifactError;
+use shipgate_store::{NewEvent, PromotionFilter, Release};
 
 use crate::{Engine, EngineError, locked};
 
@@ -34,6 +35,7 @@ impl Engine {
             releases: Vec::new(),
             logs: Vec::new(),
             kept: Vec::new(),
+            orphans: Vec::new(),
             freed_bytes: 0,
         };
         let all = self.store.releases(None).await?;
@@ -114,6 +116,8 @@ impl Engine {
                 bytes,
             });
         }
+        report.orphans = self.prune_orphans(&all, dry_run).await?;
+        report.freed_bytes += report.orphans.iter().map(|o| o.bytes).sum::<u64>();
         report.logs = self.prune_logs(keep.logs.as_std(), dry_run).await;
         report.freed_bytes += report.logs.iter().map(|l| l.bytes).sum::<u64>();
         Ok(report)
@@ -180,6 +184,37 @@ impl Engine {
         Ok(why)
     }
 
+    /// The artifacts of the data dir that none of `releases` refers to, removed unless
+    /// `dry_run`. The caller holds `pruning` for writing, so no release being registered is
+    /// among them. Their copies in a shared database stay: another server may be registering
+    /// the same file right now, and a database copy without a release is only bytes.
+    async fn prune_orphans(
+        &self,
+        releases: &[Release],
+        dry_run: bool,
+    ) -> Result<Vec<OrphanArtifact>, EngineError> {
+        let referenced: HashSet<&Digest> = releases.iter().map(|r| &r.digest).collect();
+        let artifacts = self.artifacts.clone();
+        let on_disk = blocking("listing the artifacts", move || artifacts.on_disk()).await?;
+        let mut orphans = Vec::new();
+        for digest in on_disk.into_iter().filter(|d| !referenced.contains(d)) {
+            let bytes = if dry_run {
+                self.artifacts.size_on_disk(&digest)
+            } else {
+                let (artifacts, digest) = (self.artifacts.clone(), digest.clone());
+                blocking("removing an artifact", move || artifacts.remove(&digest)).await?
+            };
+            orphans.push(OrphanArtifact { digest, bytes });
+        }
+        if !dry_run && !orphans.is_empty() {
+            tracing::info!(
+                "retention removed {} artifacts that no release refers to",
+                orphans.len()
+            );
+        }
+        Ok(orphans)
+    }
+
     /// Log files under `data_dir/logs` not written for `idle`, except those of instances that
     /// run (live or standby).
     async fn prune_logs(&self, idle: Duration, dry_run: bool) -> Vec<PrunedLog> {
@@ -232,6 +267,20 @@ impl Engine {
             }
         });
     }
+}
+
+/// Runs `f`, which touches the disk, off the async threads.
+async fn blocking<T: Send + 'static>(
+    doing: &str,
+    f: impl FnOnce() -> Result<T, ArtifactError> + Send + 'static,
+) -> Result<T, EngineError> {
+    let done = tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ArtifactError::Io {
+            context: doing.to_owned(),
+            source: std::io::Error::other(e),
+        })??;
+    Ok(done)
 }
 
 fn idle_logs(

@@ -234,6 +234,9 @@ pub(crate) async fn run_test(
         }
     };
     let pid = child.id();
+    // However the test ends, its own children (which share its process group) end with it:
+    // on a timeout, and when its promotion is ended and this run is dropped.
+    let _group = KillGroupOnDrop(pid.and_then(|p| i32::try_from(p).ok()));
     let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
     let collect = async {
         let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -272,19 +275,24 @@ pub(crate) async fn run_test(
                 verdict,
             }
         }
-        Err(_) => {
-            // The test's own children share its process group; stop them all.
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            TestRun {
-                passed: false,
-                output: String::new(),
-                verdict: format!("did not finish within {timeout:?} and was killed"),
-            }
+        Err(_) => TestRun {
+            passed: false,
+            output: String::new(),
+            verdict: format!("did not finish within {timeout:?} and was killed"),
+        },
+    }
+}
+
+/// Kills a process group when dropped.
+struct KillGroupOnDrop(Option<i32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

@@ -922,14 +922,16 @@ impl Store for SqlStore {
     async fn record_decision(&self, d: NewDecision) -> Result<Decision> {
         let (_w, mut tx) = self.begin().await?;
         let p = promotion_in(&mut tx, d.promotion_id).await?;
-        let expected = match d.stage {
-            Stage::Entry => PromotionState::Pending,
-            Stage::Watch => PromotionState::Verifying,
+        // After entry, a decision is taken while it deploys (a rejection) or is verified.
+        let expected: &[PromotionState] = match d.stage {
+            Stage::Entry => &[PromotionState::Pending],
+            Stage::Watch => &[PromotionState::Deploying, PromotionState::Verifying],
         };
-        if p.state != expected {
+        if !expected.contains(&p.state) {
+            let expected: Vec<&str> = expected.iter().map(|s| s.as_str()).collect();
             return Err(StoreError::StateConflict {
                 id: p.id,
-                expected: expected.to_string(),
+                expected: expected.join(" or "),
                 actual: p.state,
             });
         }

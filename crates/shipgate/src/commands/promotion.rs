@@ -90,11 +90,26 @@ pub(super) async fn decide(
         verdict,
         ..
     } = &body;
-    // What it waits on now that this decision is in.
-    let now: Option<shipgate_api::status::HistoryEntry> = client
-        .get(&format!("/promotions/{}", answer.promotion.id), &[])
-        .await
-        .ok();
+    // What it waits on now that this decision is in; a rejection of a promotion under way
+    // ends it at once, so that end is waited for and said.
+    let mut now: Option<shipgate_api::status::HistoryEntry>;
+    let mut tries = 0;
+    loop {
+        now = client
+            .get(&format!("/promotions/{}", answer.promotion.id), &[])
+            .await
+            .ok();
+        let under_way = *verdict == Verdict::Reject
+            && answer.promotion.state != PromotionState::Pending
+            && now
+                .as_ref()
+                .is_some_and(|p| !p.promotion.state.is_terminal());
+        tries += 1;
+        if !under_way || tries > 300 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     out.print(&answer, |a| {
         let mut text = format!(
             "{} {} {release} into {env} (promotion {})",
@@ -103,7 +118,21 @@ pub(super) async fn decide(
             a.promotion.id
         );
         if *verdict == Verdict::Reject {
-            text.push_str("; it will not deploy");
+            match &now {
+                _ if a.promotion.state == PromotionState::Pending => {
+                    text.push_str("; it will not deploy");
+                }
+                Some(p) if p.promotion.state.is_terminal() => text.push_str(&format!(
+                    "; it was {} and is {} now: {}",
+                    a.promotion.state,
+                    p.promotion.state,
+                    p.promotion.reason.as_deref().unwrap_or("")
+                )),
+                _ => text.push_str(&format!(
+                    "; it was {} and is being ended; follow it with shipgate history {} --env {env}",
+                    a.promotion.state, a.promotion.app
+                )),
+            }
             return text;
         }
         let follow = format!("shipgate history {} --env {env}", a.promotion.app);

@@ -15,6 +15,7 @@ mod flags;
 mod fleet;
 mod flow;
 mod gates;
+mod getting_out;
 mod hardening;
 mod helpers;
 mod hosts;

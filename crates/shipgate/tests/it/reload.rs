@@ -163,7 +163,15 @@ fn a_reload_applies_chaos_rules_templates_notify_and_alerts() {
     s.register("1.0.0", &[]);
     s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
     let fault = [
-        "chaos", "inject", "--env", "staging", "--app", "web", "--abort", "503", "--duration",
+        "chaos",
+        "inject",
+        "--env",
+        "staging",
+        "--app",
+        "web",
+        "--abort",
+        "503",
+        "--duration",
         "1m",
     ];
     s.ok(&fault);
