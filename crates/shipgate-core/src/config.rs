@@ -754,7 +754,7 @@ struct RawVerify {
     #[serde(default)]
     http: Vec<RawHttpCheck>,
     #[serde(default)]
-    experiments: Vec<String>,
+    experiments: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -975,7 +975,17 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
     }
     .unwrap_or(SocketAddr::new(listen.ip(), 0));
     let toxiproxy_listen = match &raw.toxiproxy_listen {
-        Some(a) => problems.parse(a, parse_address),
+        Some(a) => problems.parse(a, parse_address).filter(|at| {
+            let ok = at.ip().is_loopback();
+            if !ok {
+                problems.add(
+                    a.span(),
+                    format!("`toxiproxy_listen = \"{at}\"` is off loopback: other machines could reach the API that breaks dependencies"),
+                    "keep it on 127.0.0.1 (any port); chaos tools run on the server's machine, or reach it through `shipgate chaos`".to_owned(),
+                );
+            }
+            ok
+        }),
         None => None,
     }
     .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8474)));
@@ -1384,10 +1394,26 @@ fn environments(
     raw.sort_by_key(|(name, _)| name.span().start);
     let names: Vec<String> = raw.iter().map(|(n, _)| n.get_ref().clone()).collect();
     let mut envs = Vec::new();
-    let mut addresses: Vec<(SocketAddr, String)> =
-        vec![(server.listen, "the server (`[server] listen`)".to_owned())];
+    // Each address in use, the machines it is bound on, and by what: addresses clash only on
+    // the same machine.
+    let mut addresses: Vec<(SocketAddr, Vec<String>, String)> = vec![(
+        server.listen,
+        vec![SERVER_MACHINE.to_owned()],
+        "the server (`[server] listen`)".to_owned(),
+    )];
+    let taken = |addresses: &[(SocketAddr, Vec<String>, String)], at: SocketAddr, on: &[String]| {
+        addresses
+            .iter()
+            .find(|(a, m, _)| same_socket(*a, at) && m.iter().any(|m| on.contains(m)))
+            .map(|(_, _, owner)| owner.clone())
+    };
     for (name, env) in &raw {
         let parsed_name = problems.parse(name, |s| EnvName::parse(s).map_err(|e| e.0));
+        let machines: Vec<String> = if env.hosts.is_empty() {
+            vec![SERVER_MACHINE.to_owned()]
+        } else {
+            env.hosts.iter().map(|h| h.get_ref().clone()).collect()
+        };
         let after = env.after.as_ref().and_then(|after| {
             if after.get_ref() == name.get_ref() {
                 problems.add(
@@ -1430,7 +1456,7 @@ fn environments(
             );
         }
         if let Some(addr) = listen {
-            if let Some((_, owner)) = addresses.iter().find(|(a, _)| same_socket(*a, addr)) {
+            if let Some(owner) = taken(&addresses, addr, &machines) {
                 problems.add(
                     env.listen.span(),
                     format!(
@@ -1440,7 +1466,11 @@ fn environments(
                     "give every environment its own address".to_owned(),
                 );
             }
-            addresses.push((addr, format!("environment `{}`", name.get_ref())));
+            addresses.push((
+                addr,
+                machines.clone(),
+                format!("environment `{}`", name.get_ref()),
+            ));
         }
         let mut require = requirements(&env.require, name, env.after.is_some(), problems);
         let known_env = |key: &Spanned<String>, what: &str, problems: &mut Problems| {
@@ -1489,7 +1519,7 @@ fn environments(
                     "auto-promotion takes releases verified in the environment named by `after`: add `after` or remove `auto`".to_owned(),
                 );
         }
-        let verify = verify(&env.verify, problems);
+        let verify = verify(&env.verify, &server.config_dir, problems);
         let duration = |key: &Option<Spanned<String>>, problems: &mut Problems| {
             key.as_ref()
                 .and_then(|d| problems.parse(d, Duration::parse))
@@ -1504,8 +1534,19 @@ fn environments(
             max_duration: env
                 .chaos
                 .as_ref()
-                .and_then(|c| duration(&c.max_duration, problems))
-                .map_or(crate::chaos::DEFAULT_MAX_DURATION, |d| d.as_std()),
+                .and_then(|c| Some((c.max_duration.as_ref()?, duration(&c.max_duration, problems)?)))
+                .filter(|(at, d)| {
+                    let ok = d.as_std() <= crate::chaos::LONGEST_MAX_DURATION;
+                    if !ok {
+                        problems.add(
+                            at.span(),
+                            format!("`chaos.max_duration = \"{}\"` is longer than a fault may ever last (7d)", at.get_ref()),
+                            "a fault must end by itself: write at most \"7d\", for example chaos.max_duration = \"1h\"".to_owned(),
+                        );
+                    }
+                    ok
+                })
+                .map_or(crate::chaos::DEFAULT_MAX_DURATION, |(_, d)| d.as_std()),
         };
         let network = crate::network::NetworkRules {
             closed: env
@@ -1535,7 +1576,7 @@ fn environments(
             let Some(at) = problems.parse(&raw.listen, parse_address) else {
                 continue;
             };
-            if let Some((_, owner)) = addresses.iter().find(|(a, _)| same_socket(*a, at)) {
+            if let Some(owner) = taken(&addresses, at, &machines) {
                 problems.add(
                     raw.listen.span(),
                     format!(
@@ -1548,6 +1589,7 @@ fn environments(
             }
             addresses.push((
                 at,
+                machines.clone(),
                 format!(
                     "dependency `{}` of environment `{}`",
                     dep.get_ref(),
@@ -1560,6 +1602,18 @@ fn environments(
                     format!("`{}` is not HOST:PORT", raw.upstream.get_ref()),
                     "write where the dependency listens, for example upstream = \"127.0.0.1:5432\""
                         .to_owned(),
+                );
+                continue;
+            }
+            if parse_address(raw.upstream.get_ref()).is_ok_and(|up| same_socket(up, at)) {
+                problems.add(
+                    raw.upstream.span(),
+                    format!(
+                        "dependency `{}` of `{}` proxies {at} to itself",
+                        dep.get_ref(),
+                        name.get_ref()
+                    ),
+                    "`listen` is where the apps connect and `upstream` where the dependency really is: they must differ".to_owned(),
                 );
                 continue;
             }
@@ -1580,14 +1634,19 @@ fn environments(
                 return None;
             }
             let addr = problems.parse(f, parse_address)?;
-            if let Some((_, owner)) = addresses.iter().find(|(a, _)| same_socket(*a, addr)) {
+            let server_machine = [SERVER_MACHINE.to_owned()];
+            if let Some(owner) = taken(&addresses, addr, &server_machine) {
                 problems.add(
                     f.span(),
                     format!("the front of `{}` is at {addr}, which {owner} already uses", name.get_ref()),
                     "give the front an address of its own".to_owned(),
                 );
             }
-            addresses.push((addr, format!("the front of environment `{}`", name.get_ref())));
+            addresses.push((
+                addr,
+                server_machine.to_vec(),
+                format!("the front of environment `{}`", name.get_ref()),
+            ));
             Some(addr)
         });
         if let (Some(name), Some(listen)) = (parsed_name, listen) {
@@ -1639,7 +1698,31 @@ fn environments(
 }
 
 /// `verify.*` of an environment or a template.
-fn verify(raw: &RawVerify, problems: &mut Problems) -> VerifyConfig {
+fn verify(raw: &RawVerify, config_dir: &Path, problems: &mut Problems) -> VerifyConfig {
+    for file in &raw.experiments {
+        let at = Path::new(file.get_ref());
+        let inside = at.is_relative()
+            && at
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            problems.add(
+                file.span(),
+                format!("experiment `{}` is not a file inside the config's folder", file.get_ref()),
+                "name the experiment by its path relative to the config file's folder, for example \"chaos/db-slow.json\"".to_owned(),
+            );
+        } else if !config_dir.join(at).is_file() {
+            problems.add(
+                file.span(),
+                format!(
+                    "experiment `{}` is not there: {} is no file",
+                    file.get_ref(),
+                    config_dir.join(at).display()
+                ),
+                "write the Chaos Toolkit experiment there, or correct the path (relative to the config file's folder)".to_owned(),
+            );
+        }
+    }
     VerifyConfig {
         tests: raw.tests.clone(),
         timeout: raw
@@ -1648,7 +1731,11 @@ fn verify(raw: &RawVerify, problems: &mut Problems) -> VerifyConfig {
             .and_then(|t| problems.parse(t, Duration::parse)),
         http: http_checks(&raw.http, problems),
         watch: watch_rule(raw, problems),
-        experiments: raw.experiments.clone(),
+        experiments: raw
+            .experiments
+            .iter()
+            .map(|e| e.get_ref().clone())
+            .collect(),
     }
 }
 
@@ -1665,6 +1752,12 @@ fn notify_targets(
                 t.url.span(),
                 format!("`{url}` is not an http:// or https:// URL"),
                 "write where events are POSTed, for example url = \"https://hooks.example.com/shipgate\"".to_owned(),
+            );
+        } else if let Some(ip) = url_ip(url).filter(|ip| is_link_local(*ip)) {
+            problems.add(
+                t.url.span(),
+                format!("`{url}` is on a link-local address ({ip}): that is where clouds serve instance metadata and credentials, never a webhook"),
+                "write the receiver's own address or host name".to_owned(),
             );
         }
         if t.events.is_empty() {
@@ -1900,7 +1993,10 @@ fn templates(
                 })
                 .collect()
         });
-        let verify = t.verify.as_ref().map(|v| verify(v, problems));
+        let verify = t
+            .verify
+            .as_ref()
+            .map(|v| verify(v, &server.config_dir, problems));
         let vars = env_vars(&t.vars, problems);
         let base = from
             .as_ref()
@@ -2246,6 +2342,28 @@ fn http_checks(raw: &[RawHttpCheck], problems: &mut Problems) -> Vec<HttpCheck> 
     checks
 }
 
+/// The IP address a URL names as its host, if it names one (not a host name).
+fn url_ip(url: &str) -> Option<std::net::IpAddr> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split(']').next()?.parse().ok();
+    }
+    host.split(':').next()?.parse().ok()
+}
+
+/// Whether `ip` is link-local (169.254.0.0/16, fe80::/10).
+fn is_link_local(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// The server's own machine, among host names (which are never empty).
+const SERVER_MACHINE: &str = "";
+
 /// Whether two addresses would collide; port 0 (any free port) never does.
 fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
@@ -2512,6 +2630,109 @@ mod tests {
     const BASE: &str = "[apps.web]\nrun = \"./web\"\n";
 
     const FLOW: &str = "[apps.web]\nrun = \"./web\"\n[apps.web.data]\nproduction = \"sqlite://p.db\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\n[environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:8104\"\n";
+
+    #[test]
+    fn addresses_clash_only_on_the_same_machine() {
+        let on = |dev: &str, prod: &str| {
+            Config::parse(
+                &format!(
+                    "{BASE}[environments.development]\nlisten = \"0.0.0.0:8080\"\n{dev}\n[environments.production]\nlisten = \"0.0.0.0:8080\"\n{prod}\n"
+                ),
+                Path::new("/p"),
+            )
+        };
+        assert!(on("hosts = [\"h1\"]", "hosts = [\"h2\"]").is_ok());
+        let shared = on("hosts = [\"h1\"]", "hosts = [\"h2\", \"h1\"]").unwrap_err();
+        assert!(
+            shared.problems[0]
+                .message
+                .contains("listens on 0.0.0.0:8080, which environment `development` already uses"),
+            "{shared:?}"
+        );
+        // Without hosts, both run on the server's machine.
+        assert!(on("", "").is_err());
+        assert!(on("", "hosts = [\"h2\"]").is_ok());
+    }
+
+    #[test]
+    fn risky_values_are_refused_with_what_to_do() {
+        let dir = std::env::temp_dir().join(format!("shipgate-risky-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("chaos")).unwrap();
+        std::fs::write(dir.join("chaos/ok.json"), "{}").unwrap();
+        let refused = |server: &str, env: &str, rest: &str| {
+            let src = format!(
+                "[server]\n{server}\n{BASE}[environments.staging]\nlisten = \"127.0.0.1:8103\"\n{env}\n{rest}"
+            );
+            match Config::parse(&src, &dir) {
+                Ok(_) => String::new(),
+                Err(e) => e.render("shipgate.toml", &src),
+            }
+        };
+        for (server, env, rest, said) in [
+            (
+                "toxiproxy_listen = \"0.0.0.0:8474\"",
+                "",
+                "",
+                "is off loopback",
+            ),
+            (
+                "",
+                "chaos.max_duration = \"1000000d\"",
+                "",
+                "longer than a fault may ever last",
+            ),
+            (
+                "",
+                "verify.experiments = [\"missing.json\"]",
+                "",
+                "is not there",
+            ),
+            (
+                "",
+                "verify.experiments = [\"/etc/shadow\"]",
+                "",
+                "not a file inside the config's folder",
+            ),
+            (
+                "",
+                "verify.experiments = [\"../x.json\"]",
+                "",
+                "not a file inside the config's folder",
+            ),
+            (
+                "",
+                "dependencies.db = { listen = \"127.0.0.1:15432\", upstream = \"127.0.0.1:15432\" }",
+                "",
+                "proxies 127.0.0.1:15432 to itself",
+            ),
+            (
+                "",
+                "",
+                "[notify.x]\nurl = \"http://169.254.169.254/latest/meta-data\"\nevents = [\"*\"]\n",
+                "link-local address (169.254.169.254)",
+            ),
+            (
+                "",
+                "",
+                "[notify.x]\nurl = \"http://[fe80::1]:80/\"\nevents = [\"*\"]\n",
+                "link-local address (fe80::1)",
+            ),
+        ] {
+            let problems = refused(server, env, rest);
+            assert!(problems.contains(said), "{server} {env} {rest}: {problems}");
+            assert!(problems.contains("help:"), "{problems}");
+        }
+        for (server, env) in [
+            (
+                "toxiproxy_listen = \"127.0.0.1:18474\"",
+                "chaos.max_duration = \"7d\"",
+            ),
+            ("", "verify.experiments = [\"chaos/ok.json\"]"),
+        ] {
+            assert_eq!(refused(server, env, ""), "", "{server} {env}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn public_url_is_an_http_address_without_its_trailing_slash() {
@@ -2918,9 +3139,11 @@ mod tests {
         assert_eq!(ok.environments[0].hosts_required, 2);
         assert!(parse("rollout = { batch = 0 }\n").is_err());
         assert!(parse("hosts_required = 4\n").is_err());
+        // The front is on the server's machine, the routers on the hosts: no clash.
+        assert!(parse("front = \"0.0.0.0:8080\"\n").is_ok());
         assert!(
-            parse("front = \"0.0.0.0:8080\"\n").is_err(),
-            "the front may not take the hosts' address"
+            parse("front = \"127.0.0.1:7300\"\n").is_err(),
+            "the front may not take the API's address"
         );
     }
 }

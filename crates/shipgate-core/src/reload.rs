@@ -42,9 +42,7 @@ fn compare_tables(path: &mut Vec<String>, old: &Table, new: &Table, out: &mut Ve
         if !new.contains_key(key) {
             path.push(key.clone());
             match before {
-                Value::Table(t) if path.len() != 2 => {
-                    compare_tables(path, t, &Table::new(), out)
-                }
+                Value::Table(t) if path.len() != 2 => compare_tables(path, t, &Table::new(), out),
                 _ => out.push(removed(path, before)),
             }
             path.pop();
@@ -123,7 +121,9 @@ fn effect(path: &[String]) -> &'static str {
         [family, _, what, ..] if family == "apps" && what != "flags" => {
             "; running instances keep the old, the next deploy uses the new"
         }
-        [family, _, what, ..] if family == "environments" && (what == "vars" || what == "limits") => {
+        [family, _, what, ..]
+            if family == "environments" && (what == "vars" || what == "limits") =>
+        {
             "; it takes effect at the environment's next deploy"
         }
         _ => "",
@@ -134,9 +134,11 @@ fn effect(path: &[String]) -> &'static str {
 fn shown(path: &[String], value: &Value) -> Option<String> {
     let secret = path.iter().any(|p| {
         let p = p.to_ascii_lowercase();
-        ["vars", "secret", "url", "database", "data", "password", "token"]
-            .iter()
-            .any(|s| p == *s || p.ends_with(&format!("_{s}")))
+        [
+            "vars", "secret", "url", "database", "data", "password", "token",
+        ]
+        .iter()
+        .any(|s| p == *s || p.ends_with(&format!("_{s}")))
     });
     let text = match value {
         Value::Table(_) => return None,
@@ -223,8 +225,22 @@ mod tests {
     /// Values to try in place of `value`, the likeliest valid first.
     fn other_values(value: &Value) -> Vec<Value> {
         const WORDS: &[&str] = &[
-            "sandbox", "none", "server", "keep", "hash", "admin", "pass", "creation", "slack",
-            "cloudevents", "development", "production", "staging", "api", "h3", "promotion.failed",
+            "sandbox",
+            "none",
+            "server",
+            "keep",
+            "hash",
+            "admin",
+            "pass",
+            "creation",
+            "slack",
+            "cloudevents",
+            "development",
+            "production",
+            "staging",
+            "api",
+            "h3",
+            "promotion.failed",
         ];
         match value {
             Value::Boolean(b) => vec![Value::Boolean(!b)],
@@ -268,7 +284,10 @@ mod tests {
         let mut out = table.clone();
         let mut at = &mut out;
         for k in &path[..path.len() - 1] {
-            at = at.get_mut(k).and_then(Value::as_table_mut).expect("a table");
+            at = at
+                .get_mut(k)
+                .and_then(Value::as_table_mut)
+                .expect("a table");
         }
         at.insert(path[path.len() - 1].clone(), value);
         out
@@ -281,8 +300,12 @@ mod tests {
             let _ = std::fs::write(dir.path().join("experiments").join(f), "{}");
         }
         let src = include_str!("../../../docs/shipgate.reference.toml");
-        let config = Config::parse(src, dir.path())
-            .unwrap_or_else(|e| panic!("the reference config is invalid:\n{}", e.render("reference", src)));
+        let config = Config::parse(src, dir.path()).unwrap_or_else(|e| {
+            panic!(
+                "the reference config is invalid:\n{}",
+                e.render("reference", src)
+            )
+        });
         (dir, config)
     }
 
@@ -297,15 +320,23 @@ mod tests {
     fn a_reload_names_a_change_of_any_key_of_the_reference_config() {
         let (dir, config) = reference();
         let mut keys = Vec::new();
-        leaves(&mut Vec::new(), &Value::Table(config.written.0.clone()), &mut keys);
+        leaves(
+            &mut Vec::new(),
+            &Value::Table(config.written.0.clone()),
+            &mut keys,
+        );
         assert!(keys.len() > 100, "{} keys", keys.len());
         let mut unchangeable = Vec::new();
         for (path, value) in &keys {
             let name = key(path);
-            let changed = other_values(value).into_iter().filter(|o| o != value).find_map(|other| {
-                let text = toml::to_string(&with(&config.written.0, path, other)).expect("toml");
-                Config::parse(&text, dir.path()).ok()
-            });
+            let changed = other_values(value)
+                .into_iter()
+                .filter(|o| o != value)
+                .find_map(|other| {
+                    let text =
+                        toml::to_string(&with(&config.written.0, path, other)).expect("toml");
+                    Config::parse(&text, dir.path()).ok()
+                });
             let Some(changed) = changed else {
                 unchangeable.push(name);
                 continue;
@@ -323,12 +354,17 @@ mod tests {
                 let mut t = config.written.0.clone();
                 let mut at = &mut t;
                 for k in &path[..path.len() - 1] {
-                    at = at.get_mut(k).and_then(Value::as_table_mut).expect("a table");
+                    at = at
+                        .get_mut(k)
+                        .and_then(Value::as_table_mut)
+                        .expect("a table");
                 }
                 at.remove(&path[path.len() - 1]);
                 t
             };
-            if let Ok(without) = Config::parse(&toml::to_string(&removed).expect("toml"), dir.path()) {
+            if let Ok(without) =
+                Config::parse(&toml::to_string(&removed).expect("toml"), dir.path())
+            {
                 let said = changes(&config, &without);
                 assert!(
                     said.iter().any(|l| l.starts_with(&name)),
@@ -346,7 +382,11 @@ mod tests {
     fn the_reference_config_sets_every_key_of_the_config_reference() {
         let (_dir, config) = reference();
         let mut keys = Vec::new();
-        leaves(&mut Vec::new(), &Value::Table(config.written.0.clone()), &mut keys);
+        leaves(
+            &mut Vec::new(),
+            &Value::Table(config.written.0.clone()),
+            &mut keys,
+        );
         let written: Vec<Vec<String>> = keys.into_iter().map(|(p, _)| p).collect();
         let doc = include_str!("../../../docs/config.md");
         let placeholders = ["NAME", "KEY", "ENV", "DEP", "TABLE", "COLUMN"];
@@ -355,13 +395,18 @@ mod tests {
             let cell = line.split('|').nth(1).unwrap_or_default();
             for documented in cell.split('`').skip(1).step_by(2) {
                 let documented = documented.trim_start_matches('.');
-                if documented.contains(' ') || !documented.contains('.') && !documented.contains("NAME") {
+                if documented.contains(' ')
+                    || !documented.contains('.') && !documented.contains("NAME")
+                {
                     continue;
                 }
                 let parts: Vec<&str> = documented.split('.').collect();
                 let known = written.iter().any(|w| {
                     w.len() >= parts.len()
-                        && parts.iter().zip(w).all(|(d, k)| placeholders.contains(d) || d == k)
+                        && parts
+                            .iter()
+                            .zip(w)
+                            .all(|(d, k)| placeholders.contains(d) || d == k)
                 });
                 if !known {
                     missing.push(documented.to_owned());

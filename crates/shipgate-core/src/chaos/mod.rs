@@ -13,6 +13,8 @@ use crate::{AppName, EnvName};
 
 /// The longest a fault may last where `chaos.max_duration` does not say.
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(3600);
+/// The longest `chaos.max_duration` may be: every fault ends by itself.
+pub const LONGEST_MAX_DURATION: Duration = Duration::from_secs(7 * 86_400);
 /// The longest delay a fault may add.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
 

@@ -487,7 +487,7 @@ const DB_SLOW: &str = r#"{
 fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_chaos_run_agrees() {
     let db = pong_server();
     let (proxy_port, api_port) = (crate::helpers::free_port(), crate::helpers::free_port());
-    let s = spawn_server(&four_envs_with(
+    let s = crate::helpers::spawn_server_after(&four_envs_with(
         &format!("toxiproxy_listen = \"127.0.0.1:{api_port}\""),
         &[(
             "staging",
@@ -495,9 +495,10 @@ fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_
                 "chaos.allow = true\nvars = {{ DB_ADDR = \"127.0.0.1:{proxy_port}\" }}\nverify.experiments = [\"chaos/db-slow.json\"]\ndependencies.db = {{ listen = \"127.0.0.1:{proxy_port}\", upstream = \"127.0.0.1:{db}\" }}"
             ),
         )],
-    ));
-    std::fs::create_dir_all(s.dir.path().join("chaos")).unwrap();
-    std::fs::write(s.dir.path().join("chaos/db-slow.json"), DB_SLOW).unwrap();
+    ), |dir| {
+        std::fs::create_dir_all(dir.join("chaos")).unwrap();
+        std::fs::write(dir.join("chaos/db-slow.json"), DB_SLOW).unwrap();
+    });
 
     // A release that waits for its database passes the experiment.
     s.register("1.0.0", &[("PATIENT", "")]);

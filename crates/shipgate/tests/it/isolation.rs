@@ -252,12 +252,13 @@ fn nothing_staging_runs_reaches_production_or_shipgate_over_the_network() {
                          "arguments": {"for_proxy": "production.db", "toxic_name": "slow", "latency": 1500}}
         }]
     });
-    let s = spawn_server(&config);
-    std::fs::write(
-        s.dir.path().join("attack.json"),
-        serde_json::to_string_pretty(&attack).unwrap(),
-    )
-    .unwrap();
+    let s = crate::helpers::spawn_server_after(&config, |dir| {
+        std::fs::write(
+            dir.join("attack.json"),
+            serde_json::to_string_pretty(&attack).unwrap(),
+        )
+        .unwrap();
+    });
     let src = s.dir.path().join("probe");
     fs::create_dir_all(&src).unwrap();
     for file in ["server.py", "connect.py"] {
