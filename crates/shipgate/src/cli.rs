@@ -344,8 +344,9 @@ pub enum Command {
         /// Join the server (`--server URL`, its API address) with this one-time token.
         #[arg(long, requires = "name")]
         join: Option<String>,
-        /// The host's name, as `shipgate host add` named it.
-        #[arg(long, requires = "join")]
+        /// The host's name, as `shipgate host add` named it (on a restart, checked against
+        /// the name it joined as).
+        #[arg(long)]
         name: Option<String>,
         /// The SHA-256 of the server's CA certificate, as `shipgate host add` prints it: the
         /// join is refused unless the CA it is sent has it.

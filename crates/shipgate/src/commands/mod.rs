@@ -212,14 +212,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             ca_fingerprint,
         } => {
-            if let (Some(token), Some(name)) = (join, name) {
+            if let (Some(token), Some(name)) = (join, &name) {
                 let data_dir = data_dir.unwrap_or_else(|| "/var/lib/shipgate-agent".into());
                 let ca = ca_fingerprint.as_deref();
                 return join_and_run(g, &data_dir, &token, &name, ca).await;
             }
             let data_dir = match data_dir {
                 Some(d) => d,
-                None if !g.config.exists() => "/var/lib/shipgate-agent".into(),
+                None if !g.config.exists() || name.is_some() => "/var/lib/shipgate-agent".into(),
                 None => match config_file::load(&g.config)? {
                     Ok((c, _)) => c.server.data_dir,
                     Err(invalid) => {
@@ -231,6 +231,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if stop {
                 stop_agent(&data_dir).await
+            } else if let Some(name) = name {
+                // The join command again, without the token: a restart of that host's agent.
+                match joined_as(&data_dir, &name, g.server.as_deref()) {
+                    Ok(()) => agent(&data_dir).await,
+                    Err(why) => {
+                        eprintln!("error: {why}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
             } else {
                 agent(&data_dir).await
             }
@@ -411,6 +420,13 @@ async fn gc(g: &Global, out: Printer, dry_run: bool) -> anyhow::Result<ExitCode>
                 shipgate_core::ByteSize(l.bytes)
             ));
         }
+        for o in &r.orphans {
+            text.push_str(&format!(
+                "{goes}: artifact {} ({}), which no release refers to\n",
+                o.digest.short(),
+                shipgate_core::ByteSize(o.bytes)
+            ));
+        }
         for k in &r.kept {
             text.push_str(&format!(
                 "kept: {}@{} ({})\n",
@@ -419,7 +435,14 @@ async fn gc(g: &Global, out: Printer, dry_run: bool) -> anyhow::Result<ExitCode>
                 k.why.join(", ")
             ));
         }
-        if r.releases.is_empty() && r.logs.is_empty() {
+        if !r.orphans.is_empty() {
+            let (n, s) = (r.orphans.len(), if r.orphans.len() == 1 { "" } else { "s" });
+            let removed = if r.dry_run { "would remove" } else { "removed" };
+            text.push_str(&format!(
+                "{removed} {n} artifact{s} that no release refers to\n"
+            ));
+        }
+        if r.releases.is_empty() && r.logs.is_empty() && r.orphans.is_empty() {
             text.push_str("nothing to remove: retention keeps everything on disk\n");
         } else {
             text.push_str(&format!(
@@ -592,6 +615,41 @@ async fn join_and_run(
         data_dir.display()
     );
     agent(data_dir).await
+}
+
+/// Whether the agent of `data_dir` joined as host `name` of `server` (when given); why not.
+fn joined_as(data_dir: &Path, name: &str, server: Option<&str>) -> Result<(), String> {
+    let identity = shipgate_agent::tls::Identity::load(data_dir)?.ok_or_else(|| {
+        format!(
+            "{} holds no host that joined a server: join first with the command `shipgate host add {name}` printed (it has --join TOKEN), or give the --data-dir it joined with",
+            data_dir.display()
+        )
+    })?;
+    if identity.name != name {
+        return Err(format!(
+            "the agent of {} joined as host {}, not {name}: start it with --name {} (or join {name} with its own --data-dir)",
+            data_dir.display(),
+            identity.name,
+            identity.name
+        ));
+    }
+    let servers = |list: &str| -> Vec<String> {
+        let mut all: Vec<String> = list
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_owned())
+            .collect();
+        all.sort();
+        all
+    };
+    if let Some(server) = server
+        && servers(server) != servers(&identity.server)
+    {
+        return Err(format!(
+            "host {name} joined {}, not {server}: to move it, remove it there (shipgate host remove {name}) and join the new server with a token of its own into an empty --data-dir",
+            identity.server
+        ));
+    }
+    Ok(())
 }
 
 /// Logs of the long-running commands (server, agent) to stderr: `RUST_LOG`, or info; colour

@@ -107,10 +107,19 @@ impl<'a> Agents<'a> {
         child.wait().unwrap();
     }
 
-    /// Starts host `n`'s agent again from its data dir (its certificate is kept there).
+    /// Starts host `n`'s agent again from its data dir (its certificate is kept there), as
+    /// its join command without the token.
     fn restart(&mut self, n: usize) {
         assert!(self.running[n - 1].is_none());
-        self.running[n - 1] = Some(self.spawn(n, &[]));
+        let (server, name) = (self.server.clone(), format!("web-{n}"));
+        self.running[n - 1] = Some(self.spawn(n, &["--server", &server, "--name", &name]));
+    }
+
+    /// What host `n`'s agent says when started with `extra`, and it exits.
+    fn refused(&self, n: usize, extra: &[&str]) -> String {
+        let out = self.spawn(n, extra).wait_with_output().unwrap();
+        assert!(!out.status.success());
+        self.log(n)
     }
 
     fn log(&self, n: usize) -> String {
@@ -421,6 +430,17 @@ fn an_agent_killed_mid_promotion_fails_it_naming_the_host_and_comes_back_to_the_
     let said = text(&refused);
     assert!(said.contains("web-2"), "{said}");
 
+    // Started again as it joined, but naming another host or server: refused, saying why.
+    let wrong_name = agents.refused(2, &["--server", &s.api(), "--name", "web-9"]);
+    assert!(
+        wrong_name.contains("joined as host web-2, not web-9: start it with --name web-2"),
+        "{wrong_name}"
+    );
+    let wrong_server = agents.refused(2, &["--server", "http://127.0.0.1:1", "--name", "web-2"]);
+    assert!(
+        wrong_server.contains(&format!("host web-2 joined {}, not http://127.0.0.1:1", s.api())),
+        "{wrong_server}"
+    );
     // The restarted agent reuses its certificate and is given the live release again.
     agents.restart(2);
     agents.wait_connected(&s, &[2]);
