@@ -125,6 +125,10 @@ pub struct GcReport {
     pub logs: Vec<PrunedLog>,
     /// Releases older than the newest `retention.releases` that stay, and why.
     pub kept: Vec<KeptRelease>,
+    /// Artifacts in the data dir that no release refers to (an upload whose unpacking failed
+    /// could leave one), which go whatever `retention` keeps.
+    #[serde(default)]
+    pub orphans: Vec<OrphanArtifact>,
     /// The bytes freed (or that would be).
     pub freed_bytes: u64,
 }
@@ -139,6 +143,15 @@ pub struct PrunedRelease {
     /// Its digest.
     pub digest: shipgate_core::Digest,
     /// The bytes its artifact and directory take.
+    pub bytes: u64,
+}
+
+/// An artifact in the data dir that no release refers to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrphanArtifact {
+    /// Its digest.
+    pub digest: shipgate_core::Digest,
+    /// The bytes it and its release directory take.
     pub bytes: u64,
 }
 

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::State;
 use axum::http::Method;
 use axum::http::{StatusCode, header};
@@ -19,7 +19,7 @@ use shipgate_api::requests::{
 };
 use shipgate_core::{Action, AppName, Digest, EnvName, ReleaseRef, Version};
 use shipgate_engine::flow::ReleaseRequest;
-use shipgate_store::artifact::UnpackLimits;
+use shipgate_store::artifact::{ArtifactError, UnpackLimits};
 use shipgate_store::{EventFilter, NewToken, verify_chain};
 
 use crate::AppState;
@@ -32,8 +32,11 @@ pub(crate) const SYSTEM: &str = shipgate_engine::SYSTEM;
 
 type ApiResult<T> = Result<T, Problem>;
 
-/// How much of a refused upload is read and dropped so the refusal reaches the client.
-const DRAIN_LIMIT: u64 = 1 << 30;
+/// After an upload is refused for its size, how long and how much of the rest of its body is
+/// still read and dropped. The answer goes out at once; reading on a little keeps a client that
+/// is still sending from meeting a reset connection before it reads the answer.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+const LINGER_BYTES: u64 = 64 << 20;
 
 /// The endpoints under `/api/v1`: method, path and handler, in one place, so the OpenAPI
 /// document can be checked against them.
@@ -197,6 +200,7 @@ async fn create_release(
     caller: Caller,
     ApiPath(app): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReleaseQuery>,
+    headers: axum::http::HeaderMap,
     // Read as a raw stream: axum's 2 MB default body limit does not apply, `max_artifact_size` does.
     body: Body,
 ) -> ApiResult<impl IntoResponse> {
@@ -205,28 +209,27 @@ async fn create_release(
     let version = parse("version", &q.version, Version::parse)?;
     let claimed = parse("digest", &q.digest, Digest::parse)?;
     let engine = &state.engine;
+    let limit = engine.config().server.max_artifact_size;
+    let mut stream = body.into_data_stream();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit.0) {
+        return Err(refused_for_size(stream, ArtifactError::TooLarge { limit }));
+    }
     let mut upload = engine
         .artifacts()
-        .upload(
-            engine.config().server.max_artifact_size,
-            UnpackLimits::of(&engine.config().server),
-        )
+        .upload(limit, UnpackLimits::of(&engine.config().server))
         .await?;
-    let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| Problem::bad_request(format!("the upload was cut off: {e}")))?;
         if let Err(e) = upload.write(&chunk).await {
-            // Read (and drop) the rest first: answering mid-upload resets the connection and the
-            // client would see a network error instead of this message.
-            let mut left = DRAIN_LIMIT;
-            while let Some(Ok(chunk)) = stream.next().await {
-                left = left.saturating_sub(chunk.len() as u64);
-                if left == 0 {
-                    break;
-                }
-            }
-            return Err(e.into());
+            return Err(match e {
+                ArtifactError::TooLarge { .. } => refused_for_size(stream, e),
+                other => other.into(),
+            });
         }
     }
     let commit_time = q
@@ -258,6 +261,26 @@ async fn create_release(
         StatusCode::OK
     };
     Ok((status, Json(CreatedRelease { release, created })))
+}
+
+/// The answer to an upload over `max_artifact_size`, given as soon as the limit is passed. The
+/// rest of the body is read and dropped after it, in the background, for [`LINGER`] or
+/// [`LINGER_BYTES`] at most; if more is left then, the connection closes unread.
+fn refused_for_size(mut rest: BodyDataStream, e: ArtifactError) -> Problem {
+    tokio::spawn(async move {
+        let drain = async {
+            let mut left = LINGER_BYTES;
+            while let Some(Ok(chunk)) = rest.next().await {
+                left = left.saturating_sub(chunk.len() as u64);
+                if left == 0 {
+                    break;
+                }
+            }
+        };
+        // By then the client has read the answer; what it still sends is not waited for.
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
+    e.into()
 }
 
 async fn list_releases(

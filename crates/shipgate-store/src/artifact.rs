@@ -3,15 +3,22 @@
 //!
 //! An upload is written to a temporary file while it is hashed, its digest compared with the
 //! claimed one, and every entry checked (no absolute path, no `..`, no link leading outside,
-//! nothing but files, folders and links) before anything is stored or extracted.
+//! nothing but files, folders and links, no path twice or nested too deep, every entry whole)
+//! before anything is stored or extracted. An artifact whose unpacking fails is not kept.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Seek, Write};
-use std::path::{Component, Path, PathBuf};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 use shipgate_core::{ByteSize, Digest};
 use tokio::io::AsyncWriteExt;
+
+mod archive;
+
+pub use archive::{MAX_DEPTH, check_archive};
+use archive::{normalized, open_archive};
 
 /// Why an artifact was refused or could not be stored.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +47,17 @@ pub enum ArtifactError {
         /// The entry's path as written in the archive.
         entry: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// The archive ends before an entry does, or has data after its end: an entry claims more
+    /// bytes than it holds, and unpacking it would silently cut or drop files.
+    #[error(
+        "the artifact is refused, nothing was extracted: it is cut short or damaged at entry `{entry}`, which {reason}; pack the folder again and upload the whole file"
+    )]
+    CutShort {
+        /// The entry where the archive stops making sense, as written in the archive.
+        entry: String,
+        /// What is wrong there.
         reason: String,
     },
     /// It would unpack to more bytes or more entries than the server allows.
@@ -293,28 +311,52 @@ impl ArtifactStore {
     /// Removes the artifact of `digest` and its release directory (retention); the bytes freed.
     /// Its record stays: registering the same file again brings it back.
     pub fn remove(&self, digest: &Digest) -> Result<u64, ArtifactError> {
-        use std::os::unix::fs::PermissionsExt;
         let freed = self.size_on_disk(digest);
-        let dir = self.release_dir(digest);
-        if dir.exists() {
-            // Read-only by design: made writable again only to be removed.
-            let aside = tempfile::Builder::new()
-                .prefix("pruned-")
-                .tempdir_in(self.root.join("tmp"))
-                .map_err(io_err("making room to remove a release"))?;
-            let target = aside.path().join("release");
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
-                .and_then(|()| fs::rename(&dir, &target))
-                .map_err(io_err(format!("moving {} aside", dir.display())))?;
-            make_writable(&target).map_err(io_err("making a removed release writable"))?;
-            drop(aside);
-        }
+        self.remove_release_dir(&self.release_dir(digest))?;
         match fs::remove_file(self.archive_path(digest)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("removing an artifact")(e)),
         }
         Ok(freed)
+    }
+
+    /// Removes a release directory, if it is there.
+    fn remove_release_dir(&self, dir: &Path) -> Result<(), ArtifactError> {
+        use std::os::unix::fs::PermissionsExt;
+        if !dir.exists() {
+            return Ok(());
+        }
+        // Read-only by design: made writable again only to be removed.
+        let aside = tempfile::Builder::new()
+            .prefix("pruned-")
+            .tempdir_in(self.root.join("tmp"))
+            .map_err(io_err("making room to remove a release"))?;
+        let target = aside.path().join("release");
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+            .and_then(|()| fs::rename(dir, &target))
+            .map_err(io_err(format!("moving {} aside", dir.display())))?;
+        make_writable(&target).map_err(io_err("making a removed release writable"))?;
+        drop(aside);
+        Ok(())
+    }
+
+    /// The digests of the artifacts and release directories in the data dir, whatever refers
+    /// to them. Names that are no digest (nothing shipgate wrote) are left out.
+    pub fn on_disk(&self) -> Result<BTreeSet<Digest>, ArtifactError> {
+        let mut digests = BTreeSet::new();
+        for (sub, suffix) in [("artifacts", ".tar"), ("releases", "")] {
+            let dir = self.root.join(sub);
+            for entry in fs::read_dir(&dir).map_err(io_err(format!("reading {}", dir.display())))? {
+                let entry = entry.map_err(io_err(format!("reading {}", dir.display())))?;
+                let name = entry.file_name();
+                let hex = name.to_str().and_then(|n| n.strip_suffix(suffix));
+                if let Some(digest) = hex.and_then(|h| Digest::parse(&format!("sha256:{h}")).ok()) {
+                    digests.insert(digest);
+                }
+            }
+        }
+        Ok(digests)
     }
 
     /// Starts receiving an upload of at most `limit` bytes that unpacks within `unpack`.
@@ -356,7 +398,8 @@ impl ArtifactStore {
     fn store_blocking(&self, artifact: CheckedArtifact) -> Result<PathBuf, ArtifactError> {
         let dir = self.release_dir(&artifact.digest);
         let archive = self.archive_path(&artifact.digest);
-        if !archive.exists() {
+        let stored_now = !archive.exists();
+        if stored_now {
             artifact
                 .temp
                 .persist(&archive)
@@ -368,17 +411,42 @@ impl ArtifactStore {
         if dir.exists() {
             return Ok(dir);
         }
-        let staging = self.unpacked(&archive)?;
+        let unpacked = self.unpack_into(&archive, &dir);
+        // An artifact that could not be unpacked (a full disk) goes with its failure: no release
+        // is recorded for it, so nothing would ever refer to it or remove it. Unless another
+        // upload of the same content unpacked it meanwhile.
+        if unpacked.is_err()
+            && stored_now
+            && !dir.exists()
+            && let Err(e) = fs::remove_file(&archive)
+        {
+            tracing::warn!("could not remove {}: {e}", archive.display());
+        }
+        unpacked
+    }
+
+    /// Unpacks `archive` as the read-only release directory `dir`; on failure nothing of it is
+    /// left in `dir`.
+    fn unpack_into(&self, archive: &Path, dir: &Path) -> Result<PathBuf, ArtifactError> {
+        let staging = self.unpacked(archive)?;
         // Renamed while still writable (moving a folder needs write permission on it), made
         // read-only in place after.
-        match fs::rename(staging.path(), &dir) {
+        match fs::rename(staging.path(), dir) {
             Ok(()) => {}
             // Another upload of the same content got there first: theirs is the same bytes.
-            Err(_) if dir.exists() => return Ok(dir),
+            Err(_) if dir.exists() => return Ok(dir.to_owned()),
             Err(e) => return Err(io_err(format!("moving the release into {}", dir.display()))(e)),
         }
-        make_read_only(&dir).map_err(io_err("making the release read-only"))?;
-        Ok(dir)
+        if let Err(e) = make_read_only(dir) {
+            if let Err(e) = self.remove_release_dir(dir) {
+                tracing::warn!(
+                    "could not remove the partial release {}: {e}",
+                    dir.display()
+                );
+            }
+            return Err(io_err("making the release read-only")(e));
+        }
+        Ok(dir.to_owned())
     }
 }
 
@@ -536,8 +604,13 @@ impl ArtifactStore {
         tar.set_unpack_xattrs(false);
         tar.set_preserve_ownerships(false);
         tar.set_preserve_mtime(false);
-        tar.unpack(staging.path())
-            .map_err(io_err("unpacking the artifact"))?;
+        if let Err(e) = tar.unpack(staging.path()) {
+            // A folder unpacked read-only would keep what is in it from being removed with it.
+            if let Err(e) = make_writable(staging.path()) {
+                tracing::warn!("could not make {} writable: {e}", staging.path().display());
+            }
+            return Err(io_err("unpacking the artifact")(e));
+        }
         Ok(staging)
     }
 }
@@ -588,195 +661,6 @@ impl Upload {
             size: self.size,
         })
     }
-}
-
-fn open_archive(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, ArtifactError> {
-    let mut file = File::open(path).map_err(io_err("opening the artifact"))?;
-    let mut magic = [0u8; 2];
-    let n = file
-        .read(&mut magic)
-        .map_err(io_err("reading the artifact"))?;
-    file.rewind().map_err(io_err("reading the artifact"))?;
-    let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
-        Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
-    } else {
-        Box::new(BufReader::new(file))
-    };
-    Ok(tar::Archive::new(reader))
-}
-
-/// Refuses archives whose entries could land outside the release directory, that unpack past
-/// `limits`, that hold a name too long for the file system, or whose gzip stream is cut short
-/// or fails its checksum.
-pub fn check_archive(path: &Path, limits: UnpackLimits) -> Result<(), ArtifactError> {
-    let entries = read_entries(path, limits)?;
-    if entries.is_empty() {
-        return Err(ArtifactError::Unreadable("it holds no file".into()));
-    }
-    let links: Vec<&Path> = entries
-        .iter()
-        .filter(|e| e.kind == tar::EntryType::Symlink)
-        .map(|e| e.inside.as_path())
-        .collect();
-    for entry in &entries {
-        let unsafe_entry = |reason: String| ArtifactError::UnsafeEntry {
-            entry: entry.path.display().to_string(),
-            reason,
-        };
-        if let Some(link) = through_link(&entry.inside, &links) {
-            return Err(unsafe_entry(format!(
-                "is written through the link `{}`",
-                link.display()
-            )));
-        }
-        let Some(target) = &entry.target else {
-            continue;
-        };
-        // A link is judged by the path it names, taken step by step: it may not climb above the
-        // release, and may not pass through another link (whose own target could lead anywhere).
-        let from = match entry.kind {
-            tar::EntryType::Symlink => entry.inside.parent().unwrap_or(Path::new("")).to_owned(),
-            _ => PathBuf::new(),
-        };
-        let mut at = from;
-        for c in target.components() {
-            match c {
-                Component::Normal(p) => at.push(p),
-                Component::CurDir => {}
-                Component::ParentDir if at.pop() => {}
-                _ => {
-                    let kind = if entry.kind == tar::EntryType::Link {
-                        "hard link"
-                    } else {
-                        "link"
-                    };
-                    return Err(unsafe_entry(format!(
-                        "is a {kind} to `{}`, outside the release",
-                        target.display()
-                    )));
-                }
-            }
-            if links.contains(&at.as_path()) {
-                return Err(unsafe_entry(format!(
-                    "is a link to `{}`, which passes through the link `{}` and could lead outside the release",
-                    target.display(),
-                    at.display()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One archive entry as far as safety goes.
-struct EntryInfo {
-    /// As written in the archive.
-    path: PathBuf,
-    /// Normalized, inside the release.
-    inside: PathBuf,
-    kind: tar::EntryType,
-    /// Link target (symbolic or hard).
-    target: Option<PathBuf>,
-}
-
-/// The longest name of one path component, and of a whole path, that Linux file systems take.
-const NAME_MAX: usize = 255;
-const PATH_MAX: usize = 4095;
-
-/// Reads every entry, refusing paths outside the release, kinds other than files, folders and
-/// links, names too long to create, and more bytes or entries than `limits` allow; then reads
-/// the compressed stream to its end, so a missing or wrong gzip trailer is refused too.
-fn read_entries(path: &Path, limits: UnpackLimits) -> Result<Vec<EntryInfo>, ArtifactError> {
-    let unreadable = |e: io::Error| ArtifactError::Unreadable(e.to_string());
-    let mut tar = open_archive(path)?;
-    let mut out = Vec::new();
-    let mut unpacked_size: u64 = 0;
-    for entry in tar.entries().map_err(unreadable)? {
-        let entry = entry.map_err(unreadable)?;
-        let path = entry.path().map_err(unreadable)?.into_owned();
-        let unsafe_entry = |reason: &str| ArtifactError::UnsafeEntry {
-            entry: path.display().to_string(),
-            reason: reason.to_owned(),
-        };
-        let inside = normalized(&path)
-            .ok_or_else(|| unsafe_entry("has an absolute path or climbs out with `..`"))?;
-        let too_long = inside.as_os_str().len() > PATH_MAX
-            || inside.components().any(|c| c.as_os_str().len() > NAME_MAX);
-        if too_long {
-            return Err(unsafe_entry(&format!(
-                "has a name longer than the file system allows ({NAME_MAX} bytes a name, {PATH_MAX} a path)"
-            )));
-        }
-        unpacked_size = unpacked_size.saturating_add(entry.size());
-        if unpacked_size > limits.max_size.0 {
-            return Err(ArtifactError::UnpacksTooLarge {
-                limit: limits.max_size.to_string(),
-                key: "max_unpacked_size",
-            });
-        }
-        if out.len() as u64 >= limits.max_files {
-            return Err(ArtifactError::UnpacksTooLarge {
-                limit: format!("{} entries", limits.max_files),
-                key: "max_files",
-            });
-        }
-        let kind = entry.header().entry_type();
-        let target = match kind {
-            tar::EntryType::Regular | tar::EntryType::Directory | tar::EntryType::GNUSparse => None,
-            tar::EntryType::Symlink | tar::EntryType::Link => Some(
-                entry
-                    .link_name()
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| unsafe_entry("is a link without a target"))?
-                    .into_owned(),
-            ),
-            other => {
-                return Err(unsafe_entry(&format!(
-                    "is a {other:?} entry; only files, folders and links are allowed"
-                )));
-            }
-        };
-        out.push(EntryInfo {
-            path,
-            inside,
-            kind,
-            target,
-        });
-    }
-    // The tar ends before the gzip trailer (CRC and length), which is checked only when read.
-    io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(|e| {
-        ArtifactError::Unreadable(format!(
-            "its compressed stream is damaged or cut short ({e}); upload it again"
-        ))
-    })?;
-    Ok(out)
-}
-
-/// The link among `links` that `path` would be written through, if any.
-fn through_link<'a>(path: &Path, links: &[&'a Path]) -> Option<&'a Path> {
-    links
-        .iter()
-        .find(|l| path.starts_with(l) && path != **l)
-        .copied()
-}
-
-/// The path with `.` removed, or None if it is absolute or climbs above its root.
-fn normalized(path: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
 }
 
 /// Makes a release folder read-only for everyone. Its top folder (made 0700 as a temp dir) is
@@ -858,15 +742,5 @@ mod tests {
         let mut z = Vec::new();
         pack_dir(b.path(), &mut z).unwrap();
         assert_ne!(x, z);
-    }
-
-    #[test]
-    fn normalized_refuses_escapes() {
-        assert_eq!(
-            normalized(Path::new("a/./b/../c")),
-            Some(PathBuf::from("a/c"))
-        );
-        assert_eq!(normalized(Path::new("a/../../c")), None);
-        assert_eq!(normalized(Path::new("/etc/passwd")), None);
     }
 }

@@ -282,3 +282,165 @@ fn defect_3_a_name_too_long_for_the_file_system_is_refused() {
         other => panic!("expected the long name to be refused, got {other:?}"),
     }
 }
+
+/// The plain tar of `entries` without its end-of-archive marker (two zero blocks), so that
+/// more can be appended by hand.
+fn without_end(entries: &[Entry]) -> Vec<u8> {
+    let mut bytes = tar(entries);
+    assert!(
+        bytes.ends_with(&[0; 1024]),
+        "a tar ends with two zero blocks"
+    );
+    bytes.truncate(bytes.len() - 1024);
+    bytes
+}
+
+/// `bytes` with one more file entry `name` whose header claims `claimed` bytes, followed by
+/// `data` padded to a block, then by `end` (the end-of-archive marker or nothing).
+fn with_last_entry(
+    mut bytes: Vec<u8>,
+    name: &str,
+    claimed: u64,
+    data: &[u8],
+    end: &[u8],
+) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path(name).unwrap();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_size(claimed);
+    header.set_cksum();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    bytes.resize(bytes.len().next_multiple_of(512), 0);
+    bytes.extend_from_slice(end);
+    bytes
+}
+
+/// Asserts the archive is refused as cut short at `entry`, plain and compressed, before
+/// anything is extracted.
+#[track_caller]
+fn assert_cut_short(archive: &[u8], entry: &str) {
+    for (what, bytes) in [("plain", archive.to_vec()), ("gzip", gzip(archive))] {
+        let err = match check_archive(file(&bytes).path(), ROOMY) {
+            Err(err) => err,
+            Ok(()) => panic!("{what}: an archive cut short in `{entry}` was accepted"),
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains("nothing was extracted")
+                && message.contains("cut short")
+                && message.contains(&format!("`{entry}`")),
+            "{what}: {message}"
+        );
+    }
+}
+
+#[test]
+fn issue_29_a_last_entry_claiming_more_bytes_than_the_archive_holds_is_refused() {
+    let head = without_end(&ordinary());
+    // The file stops in the middle of the entry's data.
+    assert_cut_short(
+        &with_last_entry(head.clone(), "last.bin", 1000, b"ten bytes!", &[]),
+        "last.bin",
+    );
+    // The entry claims more than is there, and the end-of-archive marker fills the rest:
+    // only the missing marker tells.
+    assert_cut_short(
+        &with_last_entry(head.clone(), "last.bin", 1000, b"ten bytes!", &[0; 1024]),
+        "last.bin",
+    );
+    assert_cut_short(
+        &with_last_entry(head.clone(), "last.bin", 1500, b"ten bytes!", &[0; 1024]),
+        "last.bin",
+    );
+    // Claiming what is there is fine, with or without the padding GNU tar adds.
+    check_archive(
+        file(&with_last_entry(
+            head.clone(),
+            "last.bin",
+            10,
+            b"ten bytes!",
+            &[0; 1024],
+        ))
+        .path(),
+        ROOMY,
+    )
+    .unwrap();
+    check_archive(
+        file(&with_last_entry(
+            head,
+            "last.bin",
+            10,
+            b"ten bytes!",
+            &[0; 10240],
+        ))
+        .path(),
+        ROOMY,
+    )
+    .unwrap();
+}
+
+#[test]
+fn issue_29_an_archive_without_its_end_marker_is_refused() {
+    // Every entry whole, but the file stops where the next header or the end marker belongs.
+    assert_cut_short(&without_end(&ordinary()), "index.html");
+}
+
+#[test]
+fn issue_29_the_same_path_twice_is_refused() {
+    let mut twice = ordinary();
+    twice.push(Entry("VERSION", Kind::File(b"2.0.0\n")));
+    assert_refused(&twice, "VERSION", "appears twice");
+    // Spelt differently, the same place.
+    let mut twice = ordinary();
+    twice.push(Entry("./bin//web", Kind::File(b"#!/bin/sh\necho other\n")));
+    assert_refused(&twice, "./bin//web", "appears twice");
+    assert_refused(
+        &[Entry("a/", Kind::Dir), Entry("a", Kind::File(b"a"))],
+        "a",
+        "appears twice",
+    );
+}
+
+/// An archive holding one file `depth` folders deep (each folder named `d`).
+fn deep(depth: usize) -> Vec<u8> {
+    let path = format!("{}f", "d/".repeat(depth));
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(1);
+    header.set_mode(0o644);
+    builder.append_data(&mut header, &path, &b"x"[..]).unwrap();
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn issue_29_a_path_deeper_than_64_components_is_refused() {
+    // 64 components: 63 folders and the file.
+    check_archive(file(&deep(63)).path(), ROOMY).unwrap();
+    for depth in [64, 2000] {
+        match check_archive(file(&deep(depth)).path(), ROOMY) {
+            Err(ArtifactError::UnsafeEntry { reason, .. }) => {
+                assert!(
+                    reason.contains(&format!("{} path components", depth + 1))
+                        && reason.contains("at most 64"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a path {depth} folders deep to be refused, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn issue_29_data_after_the_end_of_the_archive_is_refused() {
+    // Two archives joined: unpacking stops at the first one's end and drops the second's files.
+    let mut joined = tar(&ordinary());
+    joined.extend(tar(&[Entry("dropped", Kind::File(b"never unpacked"))]));
+    assert_cut_short(&joined, "index.html");
+    // Zeros after the end are padding (GNU tar fills its last 10 KiB record with them).
+    let mut padded = tar(&ordinary());
+    padded.extend([0; 8192]);
+    check_archive(file(&padded).path(), ROOMY).unwrap();
+}

@@ -366,3 +366,78 @@ async fn defect_3_a_name_too_long_leaves_no_partial_directory() {
     assert!(matches!(err, ArtifactError::UnsafeEntry { .. }), "{err:?}");
     data.assert_nothing_stored();
 }
+
+#[tokio::test]
+async fn issue_29_cut_short_duplicate_and_deep_archives_are_refused_and_leave_nothing() {
+    let data = DataDir::new();
+    let mut cut = tar(&ordinary());
+    cut.truncate(cut.len() - 1024);
+    let mut twice = ordinary();
+    twice.push(Entry("VERSION", Kind::File(b"2.0.0\n")));
+    let mut deep = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(1);
+    header.set_mode(0o644);
+    deep.append_data(&mut header, format!("{}f", "d/".repeat(2000)), &b"x"[..])
+        .unwrap();
+    for (what, archive) in [
+        ("cut short", gzip(&cut)),
+        ("a path twice", gzip(&tar(&twice))),
+        ("2,000 folders deep", gzip(&deep.into_inner().unwrap())),
+    ] {
+        let refused = data.upload(&archive, &digest_of(&archive)).await;
+        assert!(refused.is_err(), "{what}: accepted");
+        data.assert_nothing_stored();
+    }
+}
+
+#[tokio::test]
+async fn issue_29_an_upload_whose_unpack_fails_keeps_nothing() {
+    let data = DataDir::new();
+    // Where the release would be moved cannot be written (a full disk fails the same way,
+    // only later); even root cannot make a folder inside a file.
+    let releases = data.dir.path().join("releases");
+    fs::remove_dir(&releases).unwrap();
+    fs::write(&releases, b"not a folder").unwrap();
+    let archive = gzip(&tar(&ordinary()));
+    let digest = digest_of(&archive);
+    let err = data.upload(&archive, &digest).await.unwrap_err();
+    assert!(matches!(err, ArtifactError::Io { .. }), "{err:?}");
+    assert_eq!(
+        data.list("artifacts"),
+        Vec::<String>::new(),
+        "the artifact was not kept"
+    );
+    data.assert_nothing_left();
+    assert!(!data.artifacts.has(&digest));
+
+    // Once there is room, the same upload goes through.
+    fs::remove_file(&releases).unwrap();
+    fs::create_dir(&releases).unwrap();
+    let dir = data.upload(&archive, &digest).await.unwrap();
+    assert_eq!(fs::read_to_string(dir.join("VERSION")).unwrap(), "1.0.0\n");
+}
+
+#[tokio::test]
+async fn issue_29_the_artifacts_on_disk_are_listed_by_digest() {
+    let data = DataDir::new();
+    let archive = tar(&ordinary());
+    let stored = digest_of(&archive);
+    data.upload(&archive, &stored).await.unwrap();
+    // A release directory whose artifact is gone, and names shipgate never writes.
+    let left = digest(9);
+    fs::create_dir(data.dir.path().join("releases").join(left.hex())).unwrap();
+    fs::write(data.dir.path().join("artifacts/notes.txt"), "mine").unwrap();
+    fs::write(
+        data.dir.path().join("artifacts").join(left.hex()),
+        "no .tar",
+    )
+    .unwrap();
+    let on_disk: Vec<_> = data.artifacts.on_disk().unwrap().into_iter().collect();
+    let mut expected = vec![stored.clone(), left.clone()];
+    expected.sort();
+    assert_eq!(on_disk, expected);
+
+    data.artifacts.remove(&left).unwrap();
+    assert_eq!(data.artifacts.on_disk().unwrap().len(), 1);
+}

@@ -215,7 +215,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let (Some(token), Some(name)) = (join, &name) {
                 let data_dir = data_dir.unwrap_or_else(|| "/var/lib/shipgate-agent".into());
                 let ca = ca_fingerprint.as_deref();
-                return join_and_run(g, &data_dir, &token, &name, ca).await;
+                return join_and_run(g, &data_dir, &token, name, ca).await;
             }
             let data_dir = match data_dir {
                 Some(d) => d,

@@ -3,8 +3,12 @@
 //! artifact over the size limit, an API call without a token.
 
 use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use flate2::Compression;
@@ -12,7 +16,7 @@ use flate2::write::GzEncoder;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{TestServer, command, four_envs, http_get, spawn_server, text};
+use crate::helpers::{Reply, TestServer, command, four_envs, http_get, spawn_server, text};
 
 const VALID: &str = r#"[server]
 listen = "127.0.0.1:7300"
@@ -293,8 +297,9 @@ fn the_same_version_with_other_content_is_refused_naming_both_digests() {
     );
 }
 
-// The server reads the rest of a refused upload before answering, so the client always sees
-// the 413 message and never a reset connection; several tries catch a regression.
+// The server answers as soon as the declared length passes the limit, and reads on a little
+// after answering, so the client always sees the 413 message and never a reset connection;
+// several tries catch a regression.
 #[test]
 fn an_artifact_over_the_size_limit_is_refused() {
     let s = spawn_server(&four_envs("max_artifact_size = \"1KiB\""));
@@ -410,4 +415,227 @@ fn help_shows_examples() {
 
 fn command_in(dir: &Path, args: &[&str]) -> String {
     text(&command(dir).args(args).output().unwrap())
+}
+
+/// The head of a `POST` of an artifact to `s` for web@1.0.0, claiming `digest`; `framing` is
+/// the `Content-Length` or `Transfer-Encoding` line.
+fn upload_head(s: &TestServer, digest: &str, framing: &str) -> String {
+    let addr = s.api().trim_start_matches("http://").to_owned();
+    format!(
+        "POST /api/v1/apps/web/releases?version=1.0.0&digest={digest} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/octet-stream\r\n{framing}\r\n\r\n",
+        s.admin_token()
+    )
+}
+
+fn connect(s: &TestServer) -> TcpStream {
+    let stream = TcpStream::connect(s.api().trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+}
+
+/// Reads one answer with a `Content-Length` body, and no more, from `stream`.
+fn read_reply(stream: &mut TcpStream) -> Reply {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (head, body_at) = loop {
+        let n = stream.read(&mut buf).expect("the server answers");
+        assert!(n > 0, "the server closed without answering");
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (String::from_utf8_lossy(&raw[..at]).into_owned(), at + 4);
+        }
+    };
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+    };
+    let length: usize = header("content-length").unwrap().parse().unwrap();
+    while raw.len() < body_at + length {
+        let n = stream.read(&mut buf).expect("the server answers");
+        assert!(n > 0, "the answer was cut off");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    Reply {
+        status: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        content_type: header("content-type").unwrap_or_default(),
+        body: String::from_utf8_lossy(&raw[body_at..body_at + length]).into_owned(),
+    }
+}
+
+/// Asserts `reply` is a problem+json of `status` whose detail contains `says`.
+#[track_caller]
+fn assert_problem(reply: &Reply, status: u16, says: &str) {
+    assert_eq!(
+        (reply.status, reply.content_type.as_str()),
+        (status, "application/problem+json"),
+        "{reply:?}"
+    );
+    let problem: Value = serde_json::from_str(&reply.body).unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains(says), "`{detail}` should say `{says}`");
+}
+
+#[test]
+fn issue_29_a_chunked_upload_over_the_limit_is_answered_before_it_ends() {
+    let s = spawn_server(&four_envs("max_artifact_size = \"1KiB\""));
+    let mut stream = connect(&s);
+    let digest = format!("sha256:{}", "0".repeat(64));
+    stream
+        .write_all(upload_head(&s, &digest, "Transfer-Encoding: chunked").as_bytes())
+        .unwrap();
+    // The limit, then 200 times as much, a KiB every 10 ms; `ending` is set before the last
+    // chunk goes, so a server that reads to the end can only answer after it is set.
+    let ending = Arc::new(AtomicBool::new(false));
+    let mut sending = stream.try_clone().unwrap();
+    let writer = std::thread::spawn({
+        let ending = ending.clone();
+        move || {
+            let chunk = [b"400\r\n".as_slice(), &[b'x'; 1024], b"\r\n"].concat();
+            for _ in 0..=200 {
+                if sending.write_all(&chunk).is_err() {
+                    // The server closed the connection: it has stopped reading.
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            ending.store(true, Ordering::SeqCst);
+            let _ = sending.write_all(b"0\r\n\r\n");
+        }
+    });
+    let reply = read_reply(&mut stream);
+    assert!(
+        !ending.load(Ordering::SeqCst),
+        "the 413 came only after the whole body was sent: {reply:?}"
+    );
+    assert_problem(
+        &reply,
+        413,
+        "the artifact is larger than the server's limit of 1KiB (raise `max_artifact_size` in [server] if this is expected)",
+    );
+    drop(stream);
+    writer.join().unwrap();
+    assert_nothing_written(&s);
+}
+
+#[test]
+fn issue_29_a_declared_length_over_the_limit_is_answered_before_the_body() {
+    let s = spawn_server(&four_envs("max_artifact_size = \"1KiB\""));
+    let mut stream = connect(&s);
+    let digest = format!("sha256:{}", "0".repeat(64));
+    // Only the head: the answer cannot wait for a body that is not coming.
+    stream
+        .write_all(upload_head(&s, &digest, "Content-Length: 10485760").as_bytes())
+        .unwrap();
+    assert_problem(&read_reply(&mut stream), 413, "max_artifact_size");
+    assert_nothing_written(&s);
+}
+
+/// A tar holding VERSION, then what `add` appends by hand (raw blocks), then `end`.
+fn raw_tar(add: impl FnOnce(&mut Vec<u8>), end: &[u8]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(6);
+    header.set_mode(0o644);
+    tar.append_data(&mut header, "VERSION", &b"1.0.0\n"[..])
+        .unwrap();
+    let mut bytes = tar.into_inner().unwrap();
+    bytes.truncate(bytes.len() - 1024);
+    add(&mut bytes);
+    bytes.extend_from_slice(end);
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// A file entry `name` claiming `claimed` bytes and holding `data`, padded to a block.
+fn entry(bytes: &mut Vec<u8>, name: &str, claimed: u64, data: &[u8]) {
+    let mut header = tar::Header::new_gnu();
+    header.set_path(name).unwrap();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_size(claimed);
+    header.set_cksum();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    bytes.resize(bytes.len().next_multiple_of(512), 0);
+}
+
+#[test]
+fn issue_29_cut_short_duplicate_and_deep_archives_get_422_and_leave_nothing() {
+    let s = spawn_server(&four_envs(""));
+    let deep = format!("{}f", "d/".repeat(2000));
+    let cases = [
+        (
+            "the last entry claims more than the file holds",
+            raw_tar(|t| entry(t, "last.bin", 1000, b"ten bytes!"), &[0; 1024]),
+            "is cut short",
+        ),
+        (
+            "the same path twice",
+            raw_tar(|t| entry(t, "VERSION", 6, b"2.0.0\n"), &[0; 1024]),
+            "entry `VERSION` appears twice",
+        ),
+        (
+            "2,000 folders deep",
+            raw_tar(
+                |t| {
+                    let mut b = tar::Builder::new(std::mem::take(t));
+                    let mut header = tar::Header::new_gnu();
+                    header.set_size(1);
+                    header.set_mode(0o644);
+                    b.append_data(&mut header, &deep, &b"x"[..]).unwrap();
+                    *t = b.into_inner().unwrap();
+                    t.truncate(t.len() - 1024);
+                },
+                &[0; 1024],
+            ),
+            "2001 path components",
+        ),
+    ];
+    for (what, archive, says) in cases {
+        let digest = format!("sha256:{:x}", Sha256::digest(&archive));
+        let mut stream = connect(&s);
+        let head = upload_head(&s, &digest, &format!("Content-Length: {}", archive.len()));
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&archive).unwrap();
+        let reply = read_reply(&mut stream);
+        assert_problem(
+            &reply,
+            422,
+            "the artifact is refused, nothing was extracted",
+        );
+        assert_problem(&reply, 422, says);
+        assert_nothing_written(&s);
+        eprintln!("{what}: refused");
+    }
+}
+
+#[test]
+fn issue_29_an_upload_whose_unpack_fails_keeps_nothing() {
+    let s = spawn_server(&four_envs(""));
+    // The release cannot be moved into place (a full disk fails the same way, only earlier);
+    // even root cannot make a folder inside a file.
+    let releases = s.data_dir().join("releases");
+    fs::remove_dir(&releases).unwrap();
+    fs::write(&releases, "not a folder").unwrap();
+    let release = s.app_release("1.0.0", &[]);
+    let out = create(&s, "1.0.0", &release);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(s.json(&["release", "list"]), json!([]));
+    for sub in ["artifacts", "tmp"] {
+        assert_eq!(
+            listing(&s.data_dir().join(sub)),
+            Vec::<String>::new(),
+            "{sub}/ is empty"
+        );
+    }
+    fs::remove_file(&releases).unwrap();
+    fs::create_dir(&releases).unwrap();
+    let out = create(&s, "1.0.0", &release);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

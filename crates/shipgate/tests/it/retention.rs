@@ -154,3 +154,49 @@ fn gc_keeps_the_newest_and_whatever_runs_or_a_rollback_needs_and_a_pruned_releas
         "{denied}"
     );
 }
+
+#[test]
+fn issue_29_gc_removes_artifacts_no_release_refers_to() {
+    let s = spawn_server(&four_envs(""));
+    let kept = s.register("1.0.0", &[]);
+    // What an upload that failed while unpacking left behind before issue 29: its artifact and
+    // a partial release directory, and no release.
+    let hex = "ab".repeat(32);
+    let archive = s.data_dir().join("artifacts").join(format!("{hex}.tar"));
+    std::fs::write(&archive, vec![0u8; 5000]).unwrap();
+    let partial = s.data_dir().join("releases").join(&hex);
+    std::fs::create_dir_all(partial.join("bin")).unwrap();
+    std::fs::write(partial.join("bin/web"), "#!/bin/sh\n").unwrap();
+
+    let dry = s.json(&["gc", "--dry-run"]);
+    let orphans = dry["orphans"].as_array().unwrap();
+    assert_eq!(orphans.len(), 1, "{dry}");
+    assert_eq!(orphans[0]["digest"], format!("sha256:{hex}"));
+    assert!(orphans[0]["bytes"].as_u64().unwrap() >= 5000, "{dry}");
+    assert!(
+        archive.exists() && partial.exists(),
+        "a dry run removes nothing"
+    );
+    let text = s.ok(&["gc", "--dry-run"]);
+    assert!(
+        text.contains("would remove 1 artifact that no release refers to"),
+        "{text}"
+    );
+
+    let text = s.ok(&["gc"]);
+    assert!(
+        text.contains("removed 1 artifact that no release refers to"),
+        "{text}"
+    );
+    assert!(!archive.exists() && !partial.exists());
+    let kept_hex = kept.trim_start_matches("sha256:");
+    assert!(
+        s.data_dir()
+            .join("artifacts")
+            .join(format!("{kept_hex}.tar"))
+            .exists()
+            && s.data_dir().join("releases").join(kept_hex).is_dir(),
+        "the registered release stays"
+    );
+    assert!(s.ok(&["gc"]).contains("nothing to remove"));
+}
