@@ -388,6 +388,12 @@ impl Driver for AgentClient {
             .unwrap_or_default()
     }
 
+    async fn remove_gone_users(&self, keep: &[String]) -> Vec<String> {
+        self.call("/v1/remove_gone_users", &keep)
+            .await
+            .unwrap_or_default()
+    }
+
     async fn set_front(
         &self,
         env: &str,

@@ -933,6 +933,17 @@ impl Driver for Placement {
         closed
     }
 
+    async fn remove_gone_users(&self, keep: &[String]) -> Vec<String> {
+        let mut removed = self.local.remove_gone_users(keep).await;
+        for (h, client) in &self.clients {
+            if self.hosts.is_connected(h) {
+                let there = client.remove_gone_users(keep).await;
+                removed.extend(there.into_iter().map(|u| format!("{u} (host {h})")));
+            }
+        }
+        removed
+    }
+
     fn endpoints(&self, env: &str, listen: SocketAddr) -> Vec<SocketAddr> {
         Placement::endpoints(self, env, listen)
     }

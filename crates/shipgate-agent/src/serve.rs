@@ -176,6 +176,7 @@ pub(crate) fn routes(agent: Arc<Agent>) -> Router {
         .route("/v1/router_metrics", post(router_metrics))
         .route("/v1/close_routers", post(close_routers))
         .route("/v1/retain_routers", post(retain_routers))
+        .route("/v1/remove_gone_users", post(remove_gone_users))
         .route("/v1/has_release", post(has_release))
         .route(
             "/v1/release",
@@ -546,6 +547,10 @@ async fn close_routers(State(agent): AgentState) -> Response {
 
 async fn retain_routers(State(agent): AgentState, Json(envs): Json<Vec<String>>) -> Response {
     Json(agent.driver.retain_routers(&envs).await).into_response()
+}
+
+async fn remove_gone_users(State(agent): AgentState, Json(keep): Json<Vec<String>>) -> Response {
+    Json(agent.driver.remove_gone_users(&keep).await).into_response()
 }
 
 #[cfg(test)]

@@ -64,6 +64,7 @@ async fn measure(rounds: usize, seconds: u64) -> anyhow::Result<ExitCode> {
         data_dir: dir.path().join("data"),
         limits: Default::default(),
         network: None,
+        on_demand: false,
     };
     let id = InstanceId::recorded("bench-fence".to_owned());
     let started = driver
@@ -97,8 +98,7 @@ async fn measure(rounds: usize, seconds: u64) -> anyhow::Result<ExitCode> {
             }),
         )
         .await?;
-    let account =
-        shipgate_deploy::sandbox::ensure_user(&sandbox.user).map_err(anyhow::Error::msg)?;
+    let account = shipgate_deploy::sandbox::ensure_user(&sandbox).map_err(anyhow::Error::msg)?;
     // What an environment's instance is given: its router and the API, and its own port.
     let reach = Reach {
         local_ports: [listen.port(), 7300].into(),

@@ -117,6 +117,7 @@ pub async fn run(runs: usize) -> anyhow::Result<ExitCode> {
                     data_dir: dir.path().join("data"),
                     limits,
                     network: network.cloned(),
+                    on_demand: false,
                 }),
             );
             let asked = std::time::Instant::now();

@@ -89,6 +89,10 @@ pub trait Driver: Send + Sync {
     /// the ones it closed.
     async fn retain_routers(&self, envs: &[String]) -> Vec<String>;
 
+    /// Removes the Unix users of on-demand environments (`sg-NAME`) but those in `keep`, where
+    /// nothing runs as them any more; returns the ones it removed.
+    async fn remove_gone_users(&self, keep: &[String]) -> Vec<String>;
+
     /// From now on, runs `env` (made at run time: on demand) on `hosts`, `batch` at a time, at
     /// least `required` of them taking part, its router on `port` of each. A driver of one
     /// machine has no hosts and ignores it.

@@ -114,6 +114,20 @@ pub fn forget_instance(account: Option<Account>, port: u16) {
     }
 }
 
+/// Forgets an account's fence (its user was removed): its chain and the set of what it reached.
+pub fn forget_account(uid: u32) {
+    let script = format!(
+        "delete element {TABLE} users {{ {uid} }}\n\
+         delete chain {TABLE} env_{uid}\n\
+         delete set {TABLE} reach_{uid}\n"
+    );
+    for line in script.lines() {
+        if let Err(e) = run(line) {
+            tracing::debug!("{e}");
+        }
+    }
+}
+
 /// The table, its sets and its two hooks, made once; `add` leaves what exists alone.
 fn skeleton() -> String {
     format!(

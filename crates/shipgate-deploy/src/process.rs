@@ -247,6 +247,13 @@ impl Driver for ProcessDriver {
         self.shared.routes.retain(envs).await
     }
 
+    async fn remove_gone_users(&self, keep: &[String]) -> Vec<String> {
+        let keep = keep.to_vec();
+        tokio::task::spawn_blocking(move || sandbox::remove_gone_users(&keep))
+            .await
+            .unwrap_or_default()
+    }
+
     async fn set_front(
         &self,
         env: &str,
@@ -345,7 +352,7 @@ impl Shared {
         let Some(sandbox) = &req.sandbox else {
             return Ok(None);
         };
-        let account = sandbox::ensure_user(&sandbox.user)?;
+        let account = sandbox::ensure_user(sandbox)?;
         sandbox::prepare_data_dir(&sandbox.data_dir, account)?;
         if let Some(reach) = &sandbox.network {
             crate::network::fence(account, reach, &[port])?;

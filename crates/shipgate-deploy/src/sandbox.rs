@@ -23,6 +23,9 @@ pub struct Sandbox {
     /// What its processes may reach on the network; None: the network is not fenced.
     #[serde(default)]
     pub network: Option<crate::network::Reach>,
+    /// Whether its environment was made on demand: its user goes when the environment does.
+    #[serde(default)]
+    pub on_demand: bool,
 }
 
 /// The only variables a sandboxed process starts with, before its environment's own: nothing
@@ -50,12 +53,21 @@ pub struct Account {
     pub gid: u32,
 }
 
-/// The account `name`, made (a system user with its own group, no home, no login shell) if it
-/// does not exist yet.
-pub fn ensure_user(name: &str) -> Result<Account, String> {
+/// The comment of the users of environments made on demand (`sg-pr-123`): they go with them.
+const ON_DEMAND: &str = "shipgate on-demand environment";
+
+/// The account of `sandbox`'s environment, made (a system user with its own group, no home, no
+/// login shell) if it does not exist yet.
+pub fn ensure_user(sandbox: &Sandbox) -> Result<Account, String> {
+    let name = sandbox.user.as_str();
     if let Some(account) = lookup(name)? {
         return Ok(account);
     }
+    let comment = if sandbox.on_demand {
+        ON_DEMAND
+    } else {
+        "shipgate environment"
+    };
     let made = std::process::Command::new("useradd")
         .args([
             "--system",
@@ -66,7 +78,7 @@ pub fn ensure_user(name: &str) -> Result<Account, String> {
             "--shell",
             "/usr/sbin/nologin",
             "--comment",
-            "shipgate environment",
+            comment,
             name,
         ])
         .output()
@@ -79,6 +91,56 @@ pub fn ensure_user(name: &str) -> Result<Account, String> {
         ));
     }
     lookup(name)?.ok_or_else(|| format!("the user {name} was made but cannot be found"))
+}
+
+/// Removes the users made for on-demand environments (and their network fences) but those in
+/// `keep`, unless a process still runs as one; says which it removed. Nothing without root.
+pub fn remove_gone_users(keep: &[String]) -> Vec<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Vec::new();
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let mut removed = Vec::new();
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        let [name, _, uid, _, comment, ..] = fields[..] else {
+            continue;
+        };
+        let Ok(uid) = uid.parse::<u32>() else {
+            continue;
+        };
+        if comment != ON_DEMAND || keep.iter().any(|k| k == name) || runs_as(uid) {
+            continue;
+        }
+        match std::process::Command::new("userdel").arg(name).output() {
+            Ok(out) if out.status.success() => {
+                crate::network::forget_account(uid);
+                removed.push(name.to_owned());
+            }
+            Ok(out) => tracing::warn!(
+                "could not remove the user {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => tracing::warn!("could not run userdel for {name}: {e}"),
+        }
+    }
+    removed
+}
+
+/// Whether a process runs as `uid`.
+fn runs_as(uid: u32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        std::fs::read_to_string(p.path().join("status")).is_ok_and(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next())
+                .is_some_and(|real| real == uid.to_string())
+        })
+    })
 }
 
 fn lookup(name: &str) -> Result<Option<Account>, String> {
@@ -205,7 +267,7 @@ pub fn wrapped(
     sandbox: &Sandbox,
     command: &str,
 ) -> Result<Vec<OsString>, String> {
-    let account = ensure_user(&sandbox.user)?;
+    let account = ensure_user(sandbox)?;
     prepare_data_dir(&sandbox.data_dir, account)?;
     if let Some(reach) = &sandbox.network {
         crate::network::fence(account, reach, &[])?;

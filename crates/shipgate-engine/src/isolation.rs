@@ -126,6 +126,10 @@ impl Engine {
                 data_dir: self.app_data_dir(app, env),
                 limits: self.limits_of(app, env).unwrap_or_default(),
                 network: network.is_ok().then(|| self.reach_of(env)),
+                on_demand: self
+                    .config()
+                    .environment(env)
+                    .is_some_and(|e| e.template.is_some()),
             }),
         }
     }

@@ -151,7 +151,22 @@ async fn bind_routers(
     for gone in driver.retain_routers(&envs).await {
         tracing::info!("environment {gone} is no longer in the config: its router is closed");
     }
+    remove_gone_users(config, driver).await;
     Ok(())
+}
+
+/// Removes the Unix users of on-demand environments the config no longer has, on every machine.
+async fn remove_gone_users(config: &Config, driver: &dyn Driver) -> Vec<String> {
+    let keep: Vec<String> = config
+        .environments
+        .iter()
+        .map(|e| isolation::env_user(&e.name))
+        .collect();
+    let removed = driver.remove_gone_users(&keep).await;
+    for user in &removed {
+        tracing::info!("the user {user} of an environment that is gone was removed");
+    }
+    removed
 }
 
 /// Locks a std mutex, taking over from a panicked holder: the maps it guards stay valid.

@@ -613,10 +613,21 @@ impl Engine {
         for f in &folders {
             remove_folder(f);
         }
+        // Its Unix user, on every machine it ran on, once nothing runs as it.
+        let users = crate::remove_gone_users(&self.config(), self.driver.as_ref()).await;
+        let user = crate::isolation::env_user(name);
+        let user_gone = if users
+            .iter()
+            .any(|u| u.split(' ').next() == Some(user.as_str()))
+        {
+            format!(", user {user} removed")
+        } else {
+            String::new()
+        };
         self.driver.unplace(name.as_str());
         let databases = locations.len();
         format!(
-            "{stopped} {} stopped, port {} freed, {databases} {} and its folders removed",
+            "{stopped} {} stopped, port {} freed, {databases} {} and its folders removed{user_gone}",
             if stopped == 1 {
                 "instance"
             } else {

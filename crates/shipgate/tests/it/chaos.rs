@@ -487,18 +487,21 @@ const DB_SLOW: &str = r#"{
 fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_chaos_run_agrees() {
     let db = pong_server();
     let (proxy_port, api_port) = (crate::helpers::free_port(), crate::helpers::free_port());
-    let s = crate::helpers::spawn_server_after(&four_envs_with(
-        &format!("toxiproxy_listen = \"127.0.0.1:{api_port}\""),
-        &[(
-            "staging",
-            &format!(
-                "chaos.allow = true\nvars = {{ DB_ADDR = \"127.0.0.1:{proxy_port}\" }}\nverify.experiments = [\"chaos/db-slow.json\"]\ndependencies.db = {{ listen = \"127.0.0.1:{proxy_port}\", upstream = \"127.0.0.1:{db}\" }}"
-            ),
-        )],
-    ), |dir| {
-        std::fs::create_dir_all(dir.join("chaos")).unwrap();
-        std::fs::write(dir.join("chaos/db-slow.json"), DB_SLOW).unwrap();
-    });
+    let s = crate::helpers::spawn_server_after(
+        &four_envs_with(
+            &format!("toxiproxy_listen = \"127.0.0.1:{api_port}\""),
+            &[(
+                "staging",
+                &format!(
+                    "chaos.allow = true\nvars = {{ DB_ADDR = \"127.0.0.1:{proxy_port}\" }}\nverify.experiments = [\"chaos/db-slow.json\"]\ndependencies.db = {{ listen = \"127.0.0.1:{proxy_port}\", upstream = \"127.0.0.1:{db}\" }}"
+                ),
+            )],
+        ),
+        |dir| {
+            std::fs::create_dir_all(dir.join("chaos")).unwrap();
+            std::fs::write(dir.join("chaos/db-slow.json"), DB_SLOW).unwrap();
+        },
+    );
 
     // A release that waits for its database passes the experiment.
     s.register("1.0.0", &[("PATIENT", "")]);

@@ -438,7 +438,10 @@ fn an_agent_killed_mid_promotion_fails_it_naming_the_host_and_comes_back_to_the_
     );
     let wrong_server = agents.refused(2, &["--server", "http://127.0.0.1:1", "--name", "web-2"]);
     assert!(
-        wrong_server.contains(&format!("host web-2 joined {}, not http://127.0.0.1:1", s.api())),
+        wrong_server.contains(&format!(
+            "host web-2 joined {}, not http://127.0.0.1:1",
+            s.api()
+        )),
         "{wrong_server}"
     );
     // The restarted agent reuses its certificate and is given the live release again.

@@ -285,8 +285,7 @@ fn a_person_may_stop_a_watch_and_the_rejection_rolls_back_at_once() {
         .unwrap()
         .to_owned();
     assert!(
-        reason.starts_with("rejected by admin-")
-            && reason.ends_with(": wrong config"),
+        reason.starts_with("rejected by admin-") && reason.ends_with(": wrong config"),
         "{reason}"
     );
     assert_eq!(s.version("production"), None, "nothing was live before it");

@@ -499,3 +499,63 @@ fn a_preview_on_postgresql_gets_a_database_of_its_own_dropped_with_it_and_leftov
     assert_eq!(databases("someone_else__od_pr_9"), "1");
     psql(&production, "DROP DATABASE someone_else__od_pr_9");
 }
+
+/// Whether the system has the user `name`.
+fn has_user(name: &str) -> bool {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(':').next() == Some(name))
+}
+
+#[test]
+fn a_deleted_environment_takes_its_unix_user_along_and_a_start_removes_those_left_behind() {
+    if !crate::helpers::root_or_skip("on_demand::users") {
+        return;
+    }
+    // Left by an environment deleted while no server ran.
+    let tag = std::process::id() % 100_000;
+    let left = format!("sg-left-{tag}");
+    let made = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ])
+        .args(["--comment", "shipgate on-demand environment", &left])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let s = started(&previews(""));
+    wait_for("the user left behind to be removed at start", || {
+        !has_user(&left)
+    });
+
+    let name = format!("users-{tag}");
+    s.register("1.0.0", &[]);
+    s.ok(&[
+        "env",
+        "create",
+        &name,
+        "--template",
+        "preview",
+        "--release",
+        "web@1.0.0",
+    ]);
+    let user = format!("sg-{name}");
+    assert!(
+        has_user(&user),
+        "a sandboxed environment runs as a user of its own"
+    );
+    let said = s.ok(&["env", "delete", &name]);
+    assert!(said.contains(&format!("{name} deleted")), "{said}");
+    assert!(!has_user(&user), "{user} is left behind");
+    let audit = s.ok(&["audit", "--env", &name]);
+    assert!(audit.contains(&format!("user {user} removed")), "{audit}");
+    // A configured environment's user stays.
+    s.walk("1.0.0", "development");
+    let configured = s.cli(&["env", "delete", "development"]);
+    assert!(!configured.status.success());
+    assert!(has_user("sg-development"));
+}
