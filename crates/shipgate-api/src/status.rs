@@ -183,6 +183,10 @@ pub struct Traffic {
     pub p99_ms: Option<f64>,
     /// Responses in the window.
     pub requests: u64,
+    /// While chaos faults answered some of its requests: the share of 5xx among everything its
+    /// users met, the faults' answers included (what alerts judge); None otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate_with_faults: Option<f64>,
 }
 
 impl Traffic {
@@ -251,6 +255,7 @@ mod tests {
                 p50_ms: None,
                 p99_ms: None,
                 requests,
+                error_rate_with_faults: None,
             }
             .volume()
         };

@@ -1,6 +1,6 @@
 //! Alerts on live figures: every few seconds (on the engine's clock) each `[alerts.NAME]` is
-//! judged for each app it watches from the router's figures for the live release over the last
-//! minute and from shipgate's own health and drift findings. An alert fires once when its
+//! judged for each app it watches from the router's figures for what its users met over the
+//! last minute (the live release's responses and those a chaos fault answered instead) and from shipgate's own health and drift findings. An alert fires once when its
 //! condition has held for its time and resolves once when it stops holding; each is an event
 //! (`alert.firing`, `alert.resolved`), so it reaches notifications and the audit log, and
 //! `status` shows the alerts firing.
@@ -47,10 +47,9 @@ impl Engine {
     async fn observe_live(&self, app: &AppName, env: &EnvName) -> Observation {
         let slot = (app.clone(), env.clone());
         let metrics = self.driver.router_metrics(env.as_str()).await;
-        let live = metrics
-            .iter()
-            .find(|m| m.app == app.as_str() && m.live)
-            .map(|m| m.last_minute);
+        // What users met, injected faults included: a fault can test an alert. (The watch of
+        // a release judges its own responses only.)
+        let live = shipgate_proxy::users_saw(&metrics, app.as_str());
         let healthy = match self.live_instance(&slot) {
             Some(i) => self.driver.status(&i.id).await.is_some_and(|s| s.healthy),
             None => true,

@@ -45,16 +45,28 @@ impl Engine {
         let faults = self.store.faults(None, true).await?;
         let firing = self.firing_alerts();
         // One snapshot per router, not one per cell: a snapshot covers every release it saw.
-        let mut traffic: HashMap<&EnvName, HashMap<String, shipgate_proxy::WindowSummary>> =
-            HashMap::new();
+        // Per app: the live release's last minute, and what users met, faults included.
+        type Seen = (
+            shipgate_proxy::WindowSummary,
+            Option<shipgate_proxy::WindowSummary>,
+        );
+        let mut traffic: HashMap<&EnvName, HashMap<String, Seen>> = HashMap::new();
         for env in config.environments.iter().map(|e| &e.name) {
-            let live = self
-                .driver
-                .router_metrics(env.as_str())
-                .await
-                .into_iter()
+            let metrics = self.driver.router_metrics(env.as_str()).await;
+            let live = metrics
+                .iter()
                 .filter(|m| m.live)
-                .map(|m| (m.app, m.last_minute))
+                .map(|m| {
+                    let faulted = metrics.iter().any(|f| {
+                        f.app == m.app
+                            && f.label == shipgate_proxy::FAULTED
+                            && f.last_minute.requests > 0
+                    });
+                    let seen = faulted
+                        .then(|| shipgate_proxy::users_saw(&metrics, &m.app))
+                        .flatten();
+                    (m.app.clone(), (m.last_minute, seen))
+                })
                 .collect();
             traffic.insert(env, live);
         }
@@ -140,12 +152,13 @@ impl Engine {
                     traffic: traffic
                         .get(&e.name)
                         .and_then(|t| t.get(a.name.as_str()))
-                        .map(|w| Traffic {
+                        .map(|(w, seen)| Traffic {
                             requests_per_second: w.requests_per_second,
                             error_rate: w.error_rate,
                             p50_ms: w.p50_ms,
                             p99_ms: w.p99_ms,
                             requests: w.requests,
+                            error_rate_with_faults: seen.map(|s| s.error_rate),
                         }),
                 });
             }

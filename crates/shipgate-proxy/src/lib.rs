@@ -27,7 +27,7 @@ pub use faults::FAULTED;
 pub use front::Front;
 pub use metrics::{
     LATENCY_BUCKETS_MS, LatencyBucket, LatencyHistogram, NO_RELEASE, StatusClasses,
-    UpstreamMetrics, WindowSummary,
+    UpstreamMetrics, WindowSummary, users_saw,
 };
 pub use prometheus::render_prometheus;
 pub use router::Router;

@@ -167,6 +167,49 @@ pub struct WindowSummary {
     pub requests: u64,
 }
 
+impl WindowSummary {
+    /// The figures of both windows' responses together, as the users who sent them saw them
+    /// (percentiles: the worse of the two).
+    pub fn with(self, other: WindowSummary) -> WindowSummary {
+        let requests = self.requests + other.requests;
+        let errors =
+            self.error_rate * self.requests as f64 + other.error_rate * other.requests as f64;
+        let worse = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        WindowSummary {
+            requests_per_second: self.requests_per_second + other.requests_per_second,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                errors / requests as f64
+            },
+            p50_ms: worse(self.p50_ms, other.p50_ms),
+            p99_ms: worse(self.p99_ms, other.p99_ms),
+            requests,
+        }
+    }
+}
+
+/// What an app's users met in an environment over the last minute: its live release's
+/// responses, and those a chaos fault answered instead ([`crate::faults::FAULTED`]).
+pub fn users_saw(metrics: &[UpstreamMetrics], app: &str) -> Option<WindowSummary> {
+    let live = metrics
+        .iter()
+        .find(|m| m.app == app && m.live)
+        .map(|m| m.last_minute);
+    let faulted = metrics
+        .iter()
+        .find(|m| m.app == app && m.label == crate::faults::FAULTED)
+        .map(|m| m.last_minute)
+        .filter(|w| w.requests > 0);
+    match (live, faulted) {
+        (Some(l), Some(f)) => Some(l.with(f)),
+        (l, f) => l.or(f),
+    }
+}
+
 /// The live counters of one release; shared by the routes and bodies that record into it.
 pub(crate) struct ReleaseMetrics {
     pub(crate) app: String,

@@ -41,8 +41,12 @@ fn traffic(t: Option<&Traffic>) -> String {
         return "-".to_owned();
     };
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.1}ms"));
+    let faults = t
+        .error_rate_with_faults
+        .map(|r| format!(", {:.1}% with faults", r * 100.0))
+        .unwrap_or_default();
     format!(
-        "{}, {:.1}% 5xx, p50 {} p99 {}",
+        "{}, {:.1}% 5xx{faults}, p50 {} p99 {}",
         t.volume(),
         t.error_rate * 100.0,
         ms(t.p50_ms),

@@ -607,3 +607,56 @@ fn an_experiment_gate_fails_a_release_that_does_not_survive_a_slow_database_and_
         "chaos run drove shipgate's proxy through its Toxiproxy API: {injected:?}"
     );
 }
+
+#[test]
+fn an_injected_fault_counts_for_alerts_and_status_but_never_against_the_release() {
+    let config = four_envs_with("", &[("staging", "chaos.allow = true")])
+        + "\n[alerts.staging-errors]\nenv = \"staging\"\nwhen = \"error_rate > 0.2\"\n";
+    let s = spawn_server(&config);
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "staging");
+    s.ok(&[
+        "chaos",
+        "inject",
+        "--env",
+        "staging",
+        "--app",
+        "web",
+        "--abort",
+        "503",
+        "--percent",
+        "50",
+        "--duration",
+        "5m",
+    ]);
+    let url = format!("{}/version", s.url("staging"));
+    let failed = (0..200)
+        .filter(|_| crate::helpers::http_get(&url, None).is_none_or(|r| r.status != 200))
+        .count();
+    assert!((50..=150).contains(&failed), "{failed} of 200 aborted");
+
+    // The release answered every request it got; users met the faults' 503s too.
+    let status = s.ok(&["status", "web"]);
+    let staging = status
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("staging"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(staging.contains("0.0% 5xx, "), "{status}");
+    assert!(staging.contains("% with faults"), "{status}");
+    let with_faults = crate::helpers::env_status(&s.json(&["status", "web"]), "staging")["traffic"]
+        ["error_rate_with_faults"]
+        .as_f64()
+        .unwrap();
+    assert!((0.25..=0.75).contains(&with_faults), "{with_faults}");
+
+    // An alert judges what users met: the fault fires it.
+    crate::helpers::wait_for("the alert to fire on the injected errors", || {
+        s.ok(&["status"]).contains("alerts firing")
+    });
+    let fired = s.messages_of("alert.firing");
+    assert!(
+        fired.iter().any(|m| m.contains("staging-errors")),
+        "{fired:?}"
+    );
+}
