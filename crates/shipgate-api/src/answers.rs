@@ -188,17 +188,23 @@ pub struct OnDemandView {
     pub named_url: Option<String>,
     /// What is live in it now (`web@1.4.2-pr123`).
     pub live: Vec<shipgate_core::ReleaseRef>,
-    /// Seconds until it expires (0 once due).
+    /// Whole seconds until it expires, rounded up: 0 only once its expiry has passed.
     pub expires_in_secs: u64,
 }
 
 impl OnDemandView {
-    /// The time left, for people: `2d 3h`, `5h 20m`, `40m`, or `due`.
+    /// Whether its expiry has passed (it goes at the next sweep).
+    pub fn is_due(&self) -> bool {
+        self.expires_in_secs == 0
+    }
+
+    /// The time left, for people: `2d 3h`, `5h 20m`, `40m`, `59s`, or `due` once it has passed.
     pub fn time_left(&self) -> String {
         let secs = self.expires_in_secs;
         let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
         match (d, h, m) {
-            (0, 0, 0) => "due".into(),
+            _ if self.is_due() => "due".into(),
+            (0, 0, 0) => format!("{secs}s"),
             (0, 0, m) => format!("{m}m"),
             (0, h, m) => format!("{h}h {m}m"),
             (d, h, _) => format!("{d}d {h}h"),

@@ -50,8 +50,10 @@ pub(crate) async fn view(state: &AppState, r: OnDemandRecord) -> ApiResult<OnDem
         })
         .collect();
     let left = r.expires_at.duration_since(jiff::Timestamp::now());
+    // Rounded up, so 0 (shown as `due`) means the expiry has passed, not that under a second is left.
+    let whole_secs = left.as_secs() + i64::from(left.subsec_nanos() > 0);
     Ok(OnDemandView {
-        expires_in_secs: u64::try_from(left.as_secs()).unwrap_or(0),
+        expires_in_secs: u64::try_from(whole_secs).unwrap_or(0),
         record: r,
         url,
         named_url,

@@ -141,10 +141,11 @@ pub(super) async fn run(g: &Global, out: Printer, command: EnvCommand) -> anyhow
     }
 }
 
-/// `2d 3h left`, `40m left`, `due`.
+/// `2d 3h left`, `40m left`, `59s left`, or `due` once its expiry has passed.
 fn left(e: &OnDemandView) -> String {
-    match e.time_left().as_str() {
-        "due" => "due".into(),
-        t => format!("{t} left"),
+    if e.is_due() {
+        "due".into()
+    } else {
+        format!("{} left", e.time_left())
     }
 }

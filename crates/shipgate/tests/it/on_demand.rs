@@ -343,6 +343,26 @@ fn quotas_say_who_holds_the_slots_and_until_when_and_scopes_cover_prefixes() {
     assert!(audit.contains("carol deleted pr-2"), "{audit}");
 }
 
+#[test]
+fn a_preview_with_under_a_minute_left_shows_its_seconds_not_due() {
+    let s = started(&previews("max = 2"));
+    create(&s, "pr-1", &["--ttl", "59s"]);
+    let list = s.ok(&["env", "list"]);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("pr-1 "))
+        .unwrap_or_else(|| panic!("no pr-1 in:\n{list}"));
+    let left: u64 = row
+        .rsplit_once('(')
+        .and_then(|(_, l)| l.strip_suffix("s left)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not `(Ns left)`: {row}"));
+    assert!((1..=59).contains(&left), "{row}");
+    assert!(!row.contains("due"), "{row}");
+    let json = listed(&s, "pr-1").unwrap();
+    assert!(json["expires_in_secs"].as_u64().unwrap() >= 1, "{json}");
+}
+
 /// The on-demand environment `name` as `env list` has it, if it exists.
 fn listed(s: &TestServer, name: &str) -> Option<Value> {
     s.json(&["env", "list"])
