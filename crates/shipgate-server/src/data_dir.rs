@@ -31,6 +31,7 @@ impl DataDirLock {
         }
         std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("making the data dir {} private", data_dir.display()))?;
+        refuse_a_full_disk(data_dir)?;
         let path = data_dir.join(LOCK_FILE);
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -60,4 +61,25 @@ impl DataDirLock {
         writeln!(lock, "{}", std::process::id()).context("writing the lock file")?;
         Ok(Self { _lock: lock })
     }
+}
+
+/// Less free space than this where the data dir is, and the server does not start: the store
+/// could not record what it does.
+const LEAST_FREE: u64 = 8 << 20;
+
+/// Refuses, saying so, a data dir on a disk that is (nearly) full.
+fn refuse_a_full_disk(data_dir: &Path) -> anyhow::Result<()> {
+    let Ok(fs) = nix::sys::statvfs::statvfs(data_dir) else {
+        return Ok(());
+    };
+    let free = fs.blocks_available() as u64 * fs.fragment_size() as u64;
+    if free < LEAST_FREE {
+        bail!(
+            "the disk that holds the data dir {} is full ({} free, at least {} needed): free some space there (`shipgate gc` removes old releases once the server runs), then start again",
+            data_dir.display(),
+            shipgate_deploy::cgroup::bytes_text(free),
+            shipgate_deploy::cgroup::bytes_text(LEAST_FREE)
+        );
+    }
+    Ok(())
 }

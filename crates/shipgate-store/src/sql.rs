@@ -223,7 +223,24 @@ impl SqlStore {
             .await
             .map_err(db("checking the lease"))?;
             if held.rows_affected() == 0 {
+                let now: Option<i64> =
+                    sqlx::query_scalar("SELECT epoch FROM leases WHERE name = $1")
+                        .bind(ENGINE_LEASE)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db("reading the lease"))?;
                 tx.rollback().await.map_err(db("rolling back"))?;
+                // Nobody took it over: the database never kept this server's own lease.
+                if now.is_some_and(|now| now < lease.epoch) {
+                    return Err(StoreError::Database {
+                        context: "checking the lease",
+                        source: sqlx::Error::Protocol(format!(
+                            "the database did not keep the lease this server took (epoch {}, the database has {}): its writes are failing; is the disk full?",
+                            lease.epoch,
+                            now.unwrap_or_default()
+                        )),
+                    });
+                }
                 return Err(StoreError::Fenced {
                     holder: lease.holder.clone(),
                     epoch: lease.epoch,

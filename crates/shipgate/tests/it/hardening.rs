@@ -460,3 +460,45 @@ fn a_refused_command_prints_its_problem_json_on_stdout_with_output_json() {
         text(&out)
     );
 }
+
+#[test]
+fn a_server_on_a_full_disk_says_the_disk_is_full() {
+    if !crate::helpers::root_or_skip("hardening::full_disk") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n\n[apps.web]\nrun = \"x ${{PORT}}\"\n\n[environments.development]\nlisten = \"127.0.0.1:{}\"\n",
+        crate::helpers::free_port(),
+        disk.join("data").display(),
+        crate::helpers::free_port()
+    );
+    std::fs::write(dir.path().join("shipgate.toml"), config).unwrap();
+    let _ = std::fs::write(disk.join("filler"), vec![0u8; 8 << 20]);
+    let out = crate::helpers::command(dir.path())
+        .arg("server")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = crate::helpers::text(&out);
+    assert!(
+        said.contains("is full") && said.contains("free some space there"),
+        "{said}"
+    );
+    assert!(!said.contains("engine's lease"), "{said}");
+}
