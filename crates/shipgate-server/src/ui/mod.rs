@@ -219,7 +219,10 @@ pub(crate) fn routes() -> Router<AppState> {
             "/apps/{app}/environments/{env}/flag-changes/{id}",
             post(flags::decide),
         )
-        .route("/envs/{name}/delete", post(on_demand::delete))
+        .route(
+            "/envs/{name}/delete",
+            get(on_demand::ask_to_delete).post(on_demand::delete),
+        )
         .route("/audit", get(pages::audit))
         .route("/dora", get(dora::page))
         .route("/audit.jsonl", get(pages::audit_export))

@@ -1,15 +1,18 @@
 //! The board's list of on-demand environments, apart from the main path: template,
 //! requester, releases, URL, what their tests said and the time left, with a Delete button for
-//! those who may.
+//! those who may, which asks before it deletes.
 
+use askama::Template;
 use axum::Form;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
+use serde::Deserialize;
 use shipgate_core::on_demand::OnDemandState;
 use shipgate_core::{Action, EnvName};
 
 use super::Viewer;
-use super::pages::{Badge, CsrfForm, Page, allow, error_page, from_problem};
+use super::pages::{Badge, Layout, Page, PageError, allow, error_page, from_problem, html};
 use crate::AppState;
 
 /// One on-demand environment as the board lists it.
@@ -82,17 +85,79 @@ pub(crate) async fn rows(
     Ok(rows)
 }
 
-/// The Delete button: deletes the environment and goes back to the board.
+/// The question Delete asks first, naming the environment and what goes with it.
+#[derive(Template)]
+#[template(path = "delete_env.html")]
+struct DeletePage {
+    layout: Layout,
+    name: String,
+    template: String,
+    requester: String,
+    live: String,
+    port: u16,
+    action: String,
+}
+
+/// The environment the page is about, if the viewer may delete it.
+fn deletable(viewer: &Viewer, name: &str) -> Result<EnvName, PageError> {
+    let env =
+        EnvName::parse(name).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))?;
+    allow(viewer, Action::OnDemand, Some(&env))?;
+    Ok(env)
+}
+
+/// The board's Delete button: asks before anything is deleted.
+pub(crate) async fn ask_to_delete(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(name): Path<String>,
+) -> Page {
+    let env = deletable(&viewer, &name)?;
+    question(&state, &viewer, &env).await
+}
+
+async fn question(state: &AppState, viewer: &Viewer, env: &EnvName) -> Page {
+    let record = state
+        .engine
+        .on_demand_env(env)
+        .await
+        .map_err(|e| from_problem(e.into()))?;
+    let view = crate::on_demand::view(state, record)
+        .await
+        .map_err(from_problem)?;
+    let live: Vec<String> = view.live.iter().map(ToString::to_string).collect();
+    Ok(html(&DeletePage {
+        layout: Layout::new(viewer, format!("Delete {env}?"), "board"),
+        name: env.to_string(),
+        template: view.record.template.to_string(),
+        requester: view.record.requester.clone(),
+        live: live.join(", "),
+        port: view.record.port,
+        action: format!("/envs/{env}/delete"),
+    }))
+}
+
+/// The form of the question: `confirm` names the environment the viewer agreed to delete.
+#[derive(Deserialize)]
+pub(crate) struct DeleteForm {
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// The question's answer: deletes the environment it named and goes back to the board. A post
+/// that does not name it (a form from before the question was asked) gets the question.
 pub(crate) async fn delete(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(name): Path<String>,
-    Form(f): Form<CsrfForm>,
+    Form(f): Form<DeleteForm>,
 ) -> Page {
     viewer.check_csrf(&f.csrf)?;
-    let env = EnvName::parse(&name)
-        .map_err(|e| error_page(axum::http::StatusCode::BAD_REQUEST, &e.to_string()))?;
-    allow(&viewer, Action::OnDemand, Some(&env))?;
+    let env = deletable(&viewer, &name)?;
+    if f.confirm != env.as_str() {
+        return question(&state, &viewer, &env).await;
+    }
     state
         .engine
         .delete_on_demand(&env, &viewer.caller.0.name)

@@ -292,8 +292,10 @@ fn quotas_say_who_holds_the_slots_and_until_when_and_scopes_cover_prefixes() {
         "{denied}"
     );
     let extended = s.ok_as(&bot, &["env", "extend", "pr-1", "--ttl", "72h"]);
+    // Seconds left are rounded up: 2d 23h only if a second went by between the two.
     assert!(
-        extended.contains("pr-1 expires") && extended.contains("2d 23h left"),
+        extended.contains("pr-1 expires")
+            && (extended.contains("(3d 0h left)") || extended.contains("(2d 23h left)")),
         "{extended}"
     );
     s.ok_as(&bot, &["env", "delete", "pr-1"]);
@@ -330,12 +332,25 @@ fn quotas_say_who_holds_the_slots_and_until_when_and_scopes_cover_prefixes() {
         "{board}"
     );
     let csrf = crate::dashboard::csrf_of(&board);
-    let (status, head, _) = crate::dashboard::raw(
+    let (status, _, asked) = crate::dashboard::raw(
         &s,
         "POST",
         "/envs/pr-2/delete",
         &auth,
         &format!("csrf={csrf}"),
+    );
+    assert_eq!(status, 200, "{asked}");
+    assert!(
+        asked.contains("Delete pr-2?"),
+        "a post that names nothing is asked: {asked}"
+    );
+    assert!(listed(&s, "pr-2").is_some(), "asked, not deleted");
+    let (status, head, _) = crate::dashboard::raw(
+        &s,
+        "POST",
+        "/envs/pr-2/delete",
+        &auth,
+        &format!("csrf={csrf}&confirm=pr-2"),
     );
     assert_eq!(status, 303, "{head}");
     assert!(listed(&s, "pr-2").is_none(), "deleted from the dashboard");
@@ -361,6 +376,53 @@ fn a_preview_with_under_a_minute_left_shows_its_seconds_not_due() {
     assert!(!row.contains("due"), "{row}");
     let json = listed(&s, "pr-1").unwrap();
     assert!(json["expires_in_secs"].as_u64().unwrap() >= 1, "{json}");
+}
+
+#[test]
+fn the_dashboard_asks_before_deleting_an_on_demand_environment_and_names_it() {
+    let s = started(&previews("max = 2"));
+    create(&s, "pr-1", &[]);
+    let carol = s.token("carol", "deployer", &[]);
+    let b = crate::browser::Browser::start();
+    b.goto(&format!("{}/", s.api()));
+    b.type_into("#token", &carol);
+    b.click("#sign-in");
+    wait_for("the board after signing in", || {
+        b.url() == format!("{}/", s.api())
+    });
+    let delete = "tr[data-env=pr-1] button.danger";
+
+    // Delete asks first, naming the environment; Cancel keeps it.
+    b.click(delete);
+    wait_for("the question before deleting pr-1", || {
+        b.text("main").contains("Delete pr-1?")
+    });
+    let question = b.text("main");
+    assert!(
+        question.contains("pr-1") && question.contains("cannot be undone"),
+        "{question}"
+    );
+    assert!(listed(&s, "pr-1").is_some(), "asked, not deleted yet");
+    b.click("#delete-cancel");
+    wait_for("the board after cancelling", || {
+        b.url() == format!("{}/", s.api())
+    });
+    assert!(listed(&s, "pr-1").is_some(), "cancelled: pr-1 stays");
+    assert!(b.text("table.on-demand").contains("pr-1"));
+
+    // Confirmed, it goes.
+    b.click(delete);
+    wait_for("the question before deleting pr-1", || {
+        b.text("main").contains("Delete pr-1?")
+    });
+    b.click("#delete-confirm");
+    wait_for("the board after deleting", || {
+        b.url() == format!("{}/", s.api())
+    });
+    assert!(listed(&s, "pr-1").is_none(), "deleted once confirmed");
+    assert!(!b.text("main").contains("pr-1"), "{}", b.text("main"));
+    let audit = s.ok(&["audit", "--env", "pr-1"]);
+    assert!(audit.contains("carol deleted pr-1"), "{audit}");
 }
 
 /// The on-demand environment `name` as `env list` has it, if it exists.
