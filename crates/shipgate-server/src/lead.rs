@@ -45,30 +45,68 @@ pub(crate) fn describe(lease: &Lease) -> String {
 /// What the API address answers: the standby's routes, then the starting server's, then the
 /// whole API. One listener and one `axum::serve` throughout, so nobody is refused in between.
 #[derive(Clone)]
-pub(crate) struct Switch(Arc<std::sync::RwLock<Router>>);
+pub(crate) struct Switch {
+    router: Arc<std::sync::RwLock<Router>>,
+    /// True while the server starts its engine: requests wait for it rather than get a 503.
+    starting: Arc<watch::Sender<bool>>,
+}
+
+/// How long a request waits for a starting server (a reload takes well under a second).
+const HOLD_WHILE_STARTING: Duration = Duration::from_secs(15);
 
 impl Switch {
-    pub(crate) fn new(first: Router) -> Self {
-        Self(Arc::new(std::sync::RwLock::new(first)))
+    /// A switch that answers with `first`, a server starting its engine.
+    pub(crate) fn starting(first: Router) -> Self {
+        Self {
+            router: Arc::new(std::sync::RwLock::new(first)),
+            starting: Arc::new(watch::Sender::new(true)),
+        }
     }
 
-    pub(crate) fn set(&self, router: Router) {
+    fn put(&self, router: Router, starting: bool) {
         *self
-            .0
+            .router
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = router;
+        self.starting.send_replace(starting);
+    }
+
+    /// Answers with `router` from now on.
+    pub(crate) fn set(&self, router: Router) {
+        self.put(router, false);
+    }
+
+    /// Answers with `router` (a server starting its engine), but only to requests that waited
+    /// [`HOLD_WHILE_STARTING`] in vain for the next router (and `/healthz` and agents asking
+    /// for their endpoint, at once).
+    pub(crate) fn set_starting(&self, router: Router) {
+        self.put(router, true);
     }
 
     /// The service to serve: each request goes to the router set at the time.
     pub(crate) fn app(&self) -> Router {
-        let switch = self.clone();
+        let router = Arc::clone(&self.router);
+        let starting = Arc::clone(&self.starting);
         Router::new().fallback_service(tower::service_fn(move |request: axum::extract::Request| {
-            let router = switch
-                .0
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            async move { tower::ServiceExt::oneshot(router, request).await }
+            let router = Arc::clone(&router);
+            let mut starting = starting.subscribe();
+            async move {
+                // Agents ask for their endpoint before the engine starts: never held.
+                let answered_at_once =
+                    ["/healthz", "/api/v1/hosts/endpoint"].contains(&request.uri().path());
+                if *starting.borrow_and_update() && !answered_at_once {
+                    let _ = tokio::time::timeout(
+                        HOLD_WHILE_STARTING,
+                        starting.wait_for(|starting| !*starting),
+                    )
+                    .await;
+                }
+                let router = router
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                tower::ServiceExt::oneshot(router, request).await
+            }
         }))
     }
 }

@@ -175,7 +175,7 @@ impl Server {
         })?;
         let addr = listener.local_addr().context("reading the API address")?;
         // The address answers from now on: as a standby, then a starting server, then the API.
-        let switch = lead::Switch::new(lead::starting_routes(None));
+        let switch = lead::Switch::starting(lead::starting_routes(None));
         let (serve_stop, mut serve_stopping) = tokio::sync::watch::channel(false);
         let serving = Owned(Some(tokio::spawn(
             axum::serve(listener, switch.app())
@@ -193,7 +193,7 @@ impl Server {
             lease = lead::take(&store, &me, &address, &switch, length) => lease?,
             () = shutdown.clone() => return Err(StoppedStandingBy.into()),
         };
-        switch.set(lead::starting_routes(None));
+        switch.set_starting(lead::starting_routes(None));
         let (leader, renewing) = lead::keep(Arc::clone(&store), lease.clone(), length);
         let renewing = Owned(Some(renewing));
         let unfenced = Arc::clone(&store);
@@ -231,7 +231,7 @@ impl Server {
         .map_err(anyhow::Error::msg)?;
         hosts.set_epoch(lease.epoch);
         tracing::info!("agents of other hosts dial port {}", hosts.port);
-        switch.set(lead::starting_routes(Some(hosts.port)));
+        switch.set_starting(lead::starting_routes(Some(hosts.port)));
         let kept = shipgate_agent::write_private(
             &data_dir.join(AGENT_PORT_FILE),
             hosts.port.to_string().as_bytes(),

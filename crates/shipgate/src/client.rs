@@ -67,6 +67,13 @@ impl Refused {
 /// than a lease (5 s by default) and a new leader's start.
 const FAILOVER: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long a client of one server keeps trying while it cannot connect: a server reloading
+/// its config starts again in the same process, and is away for a moment.
+const RESTARTING: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long a client keeps asking a server that answers it is starting its engine.
+const STARTING: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Talks to a server with one token. Given several servers (`--server URL1,URL2`), it uses
 /// whichever answers: one that cannot be reached, or that stands by while another leads, is
 /// passed over, and the one that answered is asked first next time.
@@ -124,7 +131,7 @@ impl Client {
             std::time::Duration::ZERO
         };
         let started = std::time::Instant::now();
-        loop {
+        'asking: loop {
             let first = self.current.load(std::sync::atomic::Ordering::Relaxed);
             let mut passed = Vec::new();
             for k in 0..self.bases.len() {
@@ -158,8 +165,24 @@ impl Client {
                     passed.push(format!("{base}: {}", refused.detail));
                     continue;
                 }
+                if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                    // A server that is starting (after a reload, say) did nothing with it.
+                    let body = response.bytes().await.unwrap_or_default();
+                    let refused =
+                        Refused::from_answer(reqwest::StatusCode::SERVICE_UNAVAILABLE, &body);
+                    if refused.detail.contains("is starting") && started.elapsed() < STARTING {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue 'asking;
+                    }
+                    return Err(refused.into());
+                }
                 self.current.store(i, std::sync::atomic::Ordering::Relaxed);
                 return Ok(response);
+            }
+            if self.bases.len() == 1 && started.elapsed() < RESTARTING.max(patience) {
+                // Not there for a moment (a reload), or starting: asked again.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
             }
             if self.bases.len() == 1 {
                 bail!(

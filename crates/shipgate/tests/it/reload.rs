@@ -53,8 +53,30 @@ fn reload_applies_a_new_environment_and_vars_under_load_and_refuses_an_invalid_f
             "[environments.development]\nvars = { GREETING = \"hello\" }\n",
             1,
         ) + &format!("\n[environments.qa]\nafter = \"development\"\nlisten = \"127.0.0.1:{qa}\"\n");
+    // The API is asked all along; a client of it waits through a reload, never told 503.
+    let api_load = {
+        let (url, token, stop) = (
+            format!("{}/api/v1/status", s.api()),
+            s.admin_token(),
+            Arc::clone(&stop),
+        );
+        std::thread::spawn(move || {
+            let (mut answered, mut refused, mut unavailable) = (0, 0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match crate::helpers::http_get(&url, Some(&token)) {
+                    Some(r) if r.status == 503 => unavailable += 1,
+                    Some(_) => answered += 1,
+                    None => refused += 1,
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            (answered, refused, unavailable)
+        })
+    };
     s.rewrite_config(&changed);
     let said = s.ok(&["reload"]);
+    // Right after it, the CLI reaches the server (it waits through the restart).
+    s.ok(&["status"]);
     assert!(said.contains("environment qa is new"), "{said}");
     assert!(
         said.contains(
@@ -109,6 +131,14 @@ fn reload_applies_a_new_environment_and_vars_under_load_and_refuses_an_invalid_f
         &stop,
         traffic,
         "reload: through two reloads and a refused one",
+    );
+    let (answered, refused, unavailable) = api_load.join().unwrap();
+    eprintln!(
+        "reload: the API answered {answered} requests through two reloads, refused {refused} connections (the restart's gap), answered 503 {unavailable} times"
+    );
+    assert_eq!(
+        unavailable, 0,
+        "a starting server holds requests, never 503"
     );
     let after = env_status(&s.json(&["status", "web"]), "development");
     assert_eq!(
