@@ -909,6 +909,30 @@ impl Config {
     pub fn environment(&self, name: &EnvName) -> Option<&EnvironmentConfig> {
         self.environments.iter().find(|e| &e.name == name)
     }
+
+    /// The environments right after `env` (those whose `after` names it): where a release
+    /// live in `env` goes on to. None after the last of the flow.
+    pub fn next_after<'a>(
+        &'a self,
+        env: &'a EnvName,
+    ) -> impl Iterator<Item = &'a EnvironmentConfig> + 'a {
+        self.environments
+            .iter()
+            .filter(move |e| e.after.as_ref() == Some(env))
+    }
+
+    /// Whether `earlier` is on the way into `env`: its `after`, the one before that, and so on.
+    pub fn comes_before(&self, earlier: &EnvName, env: &EnvName) -> bool {
+        // Ends: holding a Config proves `after` has no cycle.
+        let mut at = self.environment(env).and_then(|e| e.after.as_ref());
+        while let Some(before) = at {
+            if before == earlier {
+                return true;
+            }
+            at = self.environment(before).and_then(|e| e.after.as_ref());
+        }
+        false
+    }
 }
 
 fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerConfig {
@@ -2630,6 +2654,32 @@ mod tests {
     const BASE: &str = "[apps.web]\nrun = \"./web\"\n";
 
     const FLOW: &str = "[apps.web]\nrun = \"./web\"\n[apps.web.data]\nproduction = \"sqlite://p.db\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\n[environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:8104\"\n";
+
+    #[test]
+    fn the_flow_goes_on_to_the_environments_after_and_never_back() {
+        let config = Config::parse(
+            &format!(
+                "{BASE}[environments.staging]\nlisten = \"127.0.0.1:8103\"\n[environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:8104\"\n[environments.demo]\nafter = \"staging\"\nlisten = \"127.0.0.1:8105\"\n[environments.eu]\nafter = \"production\"\nlisten = \"127.0.0.1:8106\"\n"
+            ),
+            Path::new("/p"),
+        )
+        .unwrap();
+        let name = |s: &str| EnvName::parse(s).unwrap();
+        let next = |env: &str| -> Vec<String> {
+            config
+                .next_after(&name(env))
+                .map(|e| e.name.to_string())
+                .collect()
+        };
+        assert_eq!(next("staging"), ["production", "demo"]);
+        assert_eq!(next("production"), ["eu"]);
+        assert!(next("eu").is_empty() && next("demo").is_empty());
+        assert!(config.comes_before(&name("staging"), &name("eu")));
+        assert!(config.comes_before(&name("production"), &name("eu")));
+        assert!(!config.comes_before(&name("demo"), &name("eu")));
+        assert!(!config.comes_before(&name("eu"), &name("staging")));
+        assert!(!config.comes_before(&name("staging"), &name("staging")));
+    }
 
     #[test]
     fn addresses_clash_only_on_the_same_machine() {

@@ -737,8 +737,8 @@ struct EnvironmentPage {
     rollback_action: String,
     /// Earlier releases verified here that a rollback may go to, the default first.
     rollback_choices: Vec<String>,
-    /// Whether the viewer may promote the live release on, and to which environments (the
-    /// next ones in the flow first).
+    /// Whether the viewer may promote the live release on, and to which environments (those
+    /// right after this one in the flow; never back).
     can_promote: bool,
     promote_action: String,
     promote_choices: Vec<String>,
@@ -840,14 +840,8 @@ pub(crate) async fn environment(
         }
     }
     let config = engine.config();
-    let (next, others): (Vec<_>, Vec<_>) = config
-        .environments
-        .iter()
-        .filter(|x| x.name != env)
-        .partition(|x| x.after.as_ref() == Some(&env));
-    let promote_choices: Vec<String> = next
-        .iter()
-        .chain(&others)
+    let promote_choices: Vec<String> = config
+        .next_after(&env)
         .filter(|x| viewer.caller.allow(Action::Promote, Some(&x.name)).is_ok())
         .map(|x| x.name.to_string())
         .collect();
@@ -999,12 +993,43 @@ pub(crate) async fn promote(
         app: app.clone(),
         version: live.version,
     };
+    onward(&state.engine.config(), &env, &to, &release)?;
     state
         .engine
         .promote(&release, &to, viewer.caller.name(), None)
         .await
         .map_err(|e| from_problem(e.into()))?;
     Ok(Redirect::to(&environment_link(app.as_str(), to.as_str())).into_response())
+}
+
+/// Refuses a Promote form that names an environment not right after the page's: the page
+/// offers only those, and a form out of date or made by hand must not go back.
+fn onward(
+    config: &shipgate_core::Config,
+    from: &EnvName,
+    to: &EnvName,
+    release: &ReleaseRef,
+) -> Result<(), PageError> {
+    if config.next_after(from).any(|e| &e.name == to) {
+        return Ok(());
+    }
+    let onward: Vec<&str> = config.next_after(from).map(|e| e.name.as_str()).collect();
+    let relation = if config.comes_before(to, from) {
+        "comes before"
+    } else {
+        "does not come right after"
+    };
+    let offered = if onward.is_empty() {
+        format!("nothing comes after {from}")
+    } else {
+        format!("it goes on to {}", onward.join(" or "))
+    };
+    Err(error_page(
+        StatusCode::CONFLICT,
+        &format!(
+            "{to} {relation} {from}, and the {from} page promotes only onward ({offered}). To put {release} in {to} anyway, run: shipgate promote {release} --to {to}"
+        ),
+    ))
 }
 
 // ------------------------------------------------------------------------------------ audit --

@@ -529,3 +529,69 @@ fn the_board_pages_fifty_apps_and_the_buttons_promote_and_roll_back_to_a_chosen_
             .starts_with("admin-")
     );
 }
+
+/// The environments a page's Promote offers, in order (none without the form).
+fn promote_choices(page: &str) -> Vec<String> {
+    let Some(from) = page.find("id=\"promote-to\"") else {
+        return Vec::new();
+    };
+    let to = from + page[from..].find("</select>").unwrap();
+    page[from..to]
+        .split("<option value=\"")
+        .skip(1)
+        .map(|o| o.split('"').next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn an_environment_page_promotes_only_to_the_environments_after_it_never_back() {
+    let mut config = four_envs_with("", &[]);
+    config.push_str(&format!(
+        "\n[environments.demo]\nlisten = \"127.0.0.1:{}\"\nafter = \"staging\"\n",
+        crate::helpers::free_port()
+    ));
+    let s = spawn_server(&config);
+    s.register("1.0.0", &[]);
+    s.walk("1.0.0", "production");
+    let admin = std::fs::read_to_string(s.data_dir().join("admin.token")).unwrap();
+    let cookie = sign_in(&s, admin.trim());
+    let auth = [("Cookie", cookie.as_str())];
+
+    for (env, onward) in [
+        ("development", &["testing"][..]),
+        ("staging", &["production", "demo"][..]),
+        ("production", &[][..]),
+    ] {
+        let (status, _, page) = raw(
+            &s,
+            "GET",
+            &format!("/apps/web/environments/{env}"),
+            &auth,
+            "",
+        );
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(promote_choices(&page), onward, "Promote on the {env} page");
+    }
+    let (_, _, production) = raw(&s, "GET", "/apps/web/environments/production", &auth, "");
+    assert!(
+        !production.contains("id=\"promote-form\"") && !production.contains("Promote 1.0.0"),
+        "nothing comes after production: no Promote at all"
+    );
+
+    // A form that names an environment before it is refused, saying where to go instead.
+    let before = s.latest("development")["id"].clone();
+    let form = format!("csrf={}&to=development", csrf_of(&production));
+    let (status, _, refusal) = raw(
+        &s,
+        "POST",
+        "/apps/web/environments/production/promote",
+        &auth,
+        &form,
+    );
+    assert_eq!(status, 409, "{refusal}");
+    assert!(
+        refusal.contains("development comes before production"),
+        "{refusal}"
+    );
+    assert_eq!(s.latest("development")["id"], before, "nothing promoted");
+}
