@@ -42,6 +42,10 @@ pub struct EnvironmentStatus {
     pub traffic: Option<Traffic>,
     /// What the last drift scan found here (empty: matches its record).
     pub drift: Vec<String>,
+    /// Config changes (variables) made since the live release was deployed here, which the
+    /// next deploy takes up (`shipgate redeploy`); not drift.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undeployed: Vec<String>,
     /// How its instances are confined.
     pub isolation: IsolationView,
     /// The chaos faults in force on the app here, each with its end.

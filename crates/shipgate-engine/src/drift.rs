@@ -31,7 +31,13 @@ impl Engine {
             {
                 continue;
             }
-            let drift = self.drift_of(&live).await;
+            let (undeployed, drift) = split_undeployed(self.drift_of(&live).await);
+            let slot: Slot = (live.app.clone(), live.env.clone());
+            if undeployed.is_empty() {
+                locked(&self.undeployed).remove(&slot);
+            } else {
+                locked(&self.undeployed).insert(slot, undeployed);
+            }
             let report = DriftReport {
                 app: live.app.clone(),
                 env: live.env.clone(),
@@ -43,6 +49,14 @@ impl Engine {
             reports.push(report);
         }
         Ok(reports)
+    }
+
+    /// The config changes the last scan found not yet deployed in a slot (its variables).
+    pub fn undeployed_of_slot(&self, app: &AppName, env: &EnvName) -> Vec<String> {
+        locked(&self.undeployed)
+            .get(&(app.clone(), env.clone()))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The drift found by the last scan of a slot, if any.
@@ -234,10 +248,18 @@ impl Engine {
                 "nothing of {app} is live in {env}, so there is nothing to heal"
             ))
         })?;
-        let drift = self.drift_of(&live).await;
+        let (undeployed, drift) = split_undeployed(self.drift_of(&live).await);
         if drift.is_empty() {
+            let config = if undeployed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; its config changed and is not deployed yet ({}): shipgate redeploy {app} --env {env} deploys it through {env}'s gates",
+                    undeployed.join("; ")
+                )
+            };
             return Err(EngineError::NothingToHeal(format!(
-                "{app}@{} in {env} has not drifted: it runs as recorded, so there is nothing to heal (shipgate drift {app} shows what is checked)",
+                "{app}@{} in {env} has not drifted: it runs as recorded, so there is nothing to heal (shipgate drift {app} shows what is checked){config}",
                 live.version
             )));
         }
@@ -285,4 +307,10 @@ impl Engine {
             .await?;
         Ok(promotion)
     }
+}
+
+/// Splits what differs from the config into the variables the config changed since the
+/// instance started (a change not deployed yet, not drift) and the rest (drift).
+fn split_undeployed(found: Vec<String>) -> (Vec<String>, Vec<String>) {
+    found.into_iter().partition(|d| d.starts_with("variable "))
 }

@@ -103,6 +103,8 @@ pub struct Engine {
     traffic: Mutex<HashMap<Slot, traffic::History>>,
     /// What the last drift scan found, for slots that drifted.
     drift: Mutex<HashMap<Slot, Vec<String>>>,
+    /// The config changes the last drift scan found not deployed yet, by slot.
+    undeployed: Mutex<HashMap<Slot, Vec<String>>>,
     /// Distinguishes instance ids across server starts (microseconds: two servers started in
     /// the same millisecond, as parallel tests do, still differ).
     boot: i64,
@@ -220,6 +222,7 @@ impl Engine {
             unhealthy: Mutex::default(),
             waiting: Mutex::default(),
             stops: Mutex::default(),
+            undeployed: Mutex::default(),
             watching: Mutex::default(),
             pruning: tokio::sync::RwLock::new(()),
             traffic: Mutex::default(),

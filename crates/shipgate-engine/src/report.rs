@@ -138,6 +138,7 @@ impl Engine {
                     rollback_to,
                     unhealthy: crate::locked(&self.unhealthy).get(&slot).cloned(),
                     drift: self.drift_of_slot(&a.name, &e.name),
+                    undeployed: self.undeployed_of_slot(&a.name, &e.name),
                     isolation: self.isolation_view(&a.name, &e.name),
                     alerts: firing
                         .iter()

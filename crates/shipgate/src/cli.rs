@@ -217,6 +217,19 @@ pub enum Command {
         #[arg(long, requires = "env")]
         heal: bool,
     },
+    /// Deploy the live release of an environment again with the config as it is now (its
+    /// changed variables), through that environment's gates.
+    #[command(after_help = "Examples:\n  shipgate redeploy web --env staging --wait")]
+    Redeploy {
+        /// The app.
+        app: AppName,
+        /// The environment.
+        #[arg(long)]
+        env: EnvName,
+        /// Wait until it is done.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Return an environment to the release it had before.
     #[command(
         after_help = "Examples:\n  shipgate rollback web --env production --wait\n  shipgate rollback web --env production --to 1.4.0"

@@ -33,7 +33,7 @@ use crate::output::Printer;
 use audit::{add_host, audit, hosts, logs, remove_host, token};
 use data::{data_check, data_refresh};
 use parity::{diff, drift, drift_heal};
-use promotion::{decide, freeze, promote, rollback};
+use promotion::{decide, freeze, promote, redeploy, rollback};
 use release::{release_create, release_list};
 use status::{history, status};
 
@@ -131,6 +131,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 wait,
             )
             .await
+        }
+        Command::Redeploy { app, env, wait } => {
+            redeploy(g, out, app.as_str(), env.as_str(), wait).await
         }
         Command::Status { app } => status(g, out, app.map(|a| a.to_string())).await,
         Command::Data(DataCommand::Refresh { app, from, to }) => {

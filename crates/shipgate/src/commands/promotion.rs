@@ -202,6 +202,38 @@ pub(super) async fn freeze(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `redeploy`: the live release promoted again into its environment, so the current config
+/// goes live through that environment's gates.
+pub(super) async fn redeploy(
+    g: &Global,
+    out: Printer,
+    app: &str,
+    env: &str,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let status: Vec<shipgate_api::status::AppStatus> =
+        client.get("/status", &[("app", app.to_owned())]).await?;
+    let live = status
+        .iter()
+        .flat_map(|a| &a.environments)
+        .find(|e| e.env.as_str() == env)
+        .and_then(|e| e.live.as_ref())
+        .map(|l| l.version.to_string());
+    let Some(version) = live else {
+        anyhow::bail!(
+            "nothing of {app} is live in {env}, so there is nothing to redeploy: promote a release there (shipgate promote {app}@VERSION --to {env})"
+        );
+    };
+    let body = PromoteRequest {
+        release: format!("{app}@{version}"),
+        env: env.to_owned(),
+        override_reason: None,
+    };
+    let promotion: Promotion = client.post("/promotions", &body).await?;
+    finish_promotion(&client, out, promotion, wait).await
+}
+
 pub(super) async fn rollback(
     g: &Global,
     out: Printer,

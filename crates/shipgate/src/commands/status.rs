@@ -55,12 +55,18 @@ fn traffic(t: Option<&Traffic>) -> String {
 }
 
 /// How the instance of an environment is doing, in a few words.
-fn health(e: &EnvironmentStatus) -> String {
+fn health(app: &str, e: &EnvironmentStatus) -> String {
     if e.unhealthy.is_some() {
         return "CRASH-LOOPING (see shipgate audit)".to_owned();
     }
     if !e.drift.is_empty() {
         return "DRIFTED (see shipgate drift)".to_owned();
+    }
+    if !e.undeployed.is_empty() {
+        return format!(
+            "config changed, not deployed (shipgate redeploy {app} --env {})",
+            e.env
+        );
     }
     match (&e.instance, &e.live) {
         (None, None) => "-".to_owned(),
@@ -96,7 +102,7 @@ pub fn render_status(apps: &[AppStatus]) -> String {
                 e.live
                     .as_ref()
                     .map_or("-".to_owned(), |l| l.version.to_string()),
-                health(e),
+                health(a.app.as_str(), e),
                 e.url.clone(),
                 traffic(e.traffic.as_ref()),
                 match (&e.standby, &e.rollback_to) {

@@ -247,3 +247,50 @@ fn a_reload_applies_chaos_rules_templates_notify_and_alerts() {
     assert!(same.contains("nothing to reload"), "{same}");
     assert_eq!(s.pid(), pid);
 }
+
+/// The variables of the live instance of web in `env`, as its process has them.
+fn running_vars(s: &crate::helpers::TestServer, env: &str) -> String {
+    let pid = env_status(&s.json(&["status", "web"]), env)["instance"]["pid"]
+        .as_u64()
+        .unwrap();
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned()
+}
+
+#[test]
+fn a_changed_variable_is_a_change_not_deployed_and_redeploy_takes_it_live() {
+    let mut s = spawn_server(&four_envs("watch_config = false\ndrift_scan = \"1s\""));
+    s.register("1.0.0", &[]);
+    s.deploy("1.0.0", "development");
+    let changed = s.config_text().replacen(
+        "[environments.development]\n",
+        "[environments.development]\nvars = { GREETING = \"hello\" }\n",
+        1,
+    );
+    reloaded(&mut s, &changed);
+    wait_for("the scan to see the change", || {
+        s.ok(&["status", "web"])
+            .contains("config changed, not deployed (shipgate redeploy web --env development)")
+    });
+    let status = s.ok(&["status", "web"]);
+    assert!(!status.contains("DRIFTED"), "{status}");
+    // Not drift: `drift` passes, and heal says what to run instead.
+    assert!(s.cli(&["drift"]).status.success());
+    let heal = s.refused(&["drift", "web", "--env", "development", "--heal"]);
+    assert!(
+        heal.contains("shipgate redeploy web --env development"),
+        "{heal}"
+    );
+    assert!(!running_vars(&s, "development").contains("GREETING=hello"));
+
+    let said = s.ok(&["redeploy", "web", "--env", "development", "--wait"]);
+    assert!(said.contains("web@1.0.0"), "{said}");
+    assert!(running_vars(&s, "development").contains("GREETING=hello"));
+    wait_for("the change to be live", || {
+        !s.ok(&["status", "web"]).contains("config changed")
+    });
+    let nothing = s.refused(&["redeploy", "web", "--env", "staging"]);
+    assert!(
+        nothing.contains("nothing of web is live in staging"),
+        "{nothing}"
+    );
+}
