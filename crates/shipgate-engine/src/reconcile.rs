@@ -177,10 +177,17 @@ impl Engine {
                 continue;
             }
             let slot = (live.app.clone(), live.env.clone());
-            if let Some(at) = adopted
+            // The instance of the promotion that made it live, or else one of the same release
+            // there: after a rollback to a warm standby, the rollback's promotion is live and
+            // the standby's instance (started by an earlier promotion) serves it.
+            let same_release = |i: &InstanceRecord| {
+                i.app == live.app && i.env == live.env && i.version == live.version
+            };
+            let at = adopted
                 .iter()
                 .position(|i| i.promotion_id == live.promotion_id && i.env == live.env)
-            {
+                .or_else(|| adopted.iter().position(same_release));
+            if let Some(at) = at {
                 let record = adopted.remove(at);
                 if let Some(instance) = adopted_instance(&record) {
                     tracing::info!(

@@ -16,7 +16,7 @@ fn kill9(pid: &Value) {
 
 #[test]
 fn rollback_to_the_warm_standby_is_a_switch() {
-    let s = spawn_server(&four_envs(""));
+    let mut s = spawn_server(&four_envs(""));
     for version in ["1.0.0", "1.1.0"] {
         s.register(version, &[]);
         s.walk(version, "development");
@@ -50,6 +50,16 @@ fn rollback_to_the_warm_standby_is_a_switch() {
     assert_eq!(history[1]["version"], json!("1.1.0"));
     assert_eq!(history[1]["state"], json!("rolled_back"));
     s.ok(&["audit", "--verify"]);
+
+    // A restart of the server adopts the instance that serves since the rollback (started by
+    // an earlier promotion than the rollback's): the same pid, not a new one.
+    let pid = development["instance"]["pid"].clone();
+    s.kill9();
+    s.restart_answering();
+    wait_for("the restarted server to restore", || !s.restoring());
+    let after = env_status(&s.json(&["status"]), "development");
+    assert_eq!(after["instance"]["pid"], pid, "{after}");
+    assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
 }
 
 #[test]
