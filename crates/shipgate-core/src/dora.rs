@@ -164,10 +164,58 @@ fn finished(state: PromotionState) -> bool {
     )
 }
 
+/// The environments that exist now, whose metrics are shown: those of the config, each app in
+/// each even without promotions, and the on-demand ones. A deleted on-demand environment is
+/// left out, and so is the history of an earlier one of the same name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scope {
+    /// The configured apps (only the one asked for, if one was).
+    pub apps: Vec<String>,
+    /// The configured environments.
+    pub envs: Vec<String>,
+    /// The on-demand environments that exist, each with when it was made.
+    pub on_demand: BTreeMap<String, Timestamp>,
+}
+
+impl Scope {
+    /// Whether something asked for in `env` at `at` happened in an environment that exists.
+    fn holds(&self, env: &str, at: Timestamp) -> bool {
+        self.envs.iter().any(|e| e == env)
+            || self.on_demand.get(env).is_some_and(|made| at >= *made)
+    }
+}
+
 /// The metrics of each app and environment over the `days` up to `now`. `changes` may come in
 /// any order and may hold promotions from before the window (they settle what followed them).
 pub fn figures(changes: &[Change], now: Timestamp, days: u32) -> Vec<Figures> {
     figures_with(changes, &[], now, days)
+}
+
+/// [`figures_with`] for the environments of `scope` alone: each configured app in each
+/// configured environment (even without promotions), and what happened in the on-demand ones
+/// that exist since they were made.
+pub fn figures_in(
+    scope: &Scope,
+    changes: &[Change],
+    incidents: &[Incident],
+    now: Timestamp,
+    days: u32,
+) -> Vec<Figures> {
+    let changes: Vec<&Change> = changes
+        .iter()
+        .filter(|c| scope.holds(&c.env, c.requested_at))
+        .collect();
+    let incidents: Vec<&Incident> = incidents
+        .iter()
+        .filter(|i| scope.holds(&i.env, i.started))
+        .collect();
+    let configured = scope.apps.iter().flat_map(|app| {
+        scope
+            .envs
+            .iter()
+            .map(move |env| (app.as_str(), env.as_str()))
+    });
+    compute(configured, &changes, &incidents, now, days)
 }
 
 /// [`figures`], with firing alerts counted in the time to restore: each that fired in the
@@ -178,10 +226,26 @@ pub fn figures_with(
     now: Timestamp,
     days: u32,
 ) -> Vec<Figures> {
+    let changes: Vec<&Change> = changes.iter().collect();
+    let incidents: Vec<&Incident> = incidents.iter().collect();
+    compute(std::iter::empty(), &changes, &incidents, now, days)
+}
+
+/// The figures of every app and environment of `changes`, and of each in `shown` too.
+fn compute<'a>(
+    shown: impl Iterator<Item = (&'a str, &'a str)>,
+    changes: &[&'a Change],
+    incidents: &[&Incident],
+    now: Timestamp,
+    days: u32,
+) -> Vec<Figures> {
     let since = now
         .checked_sub(SignedDuration::from_secs(i64::from(days) * DAY))
         .unwrap_or(Timestamp::MIN);
     let mut slots: BTreeMap<(&str, &str), Vec<&Change>> = BTreeMap::new();
+    for slot in shown {
+        slots.entry(slot).or_default();
+    }
     for c in changes {
         slots
             .entry((c.app.as_str(), c.env.as_str()))
@@ -443,5 +507,50 @@ mod tests {
         assert_eq!(frequency(0.01), "fewer than monthly");
         assert_eq!(bucket(3600.0), "under a day");
         assert_eq!(bucket(40.0 * 86400.0), "over a month");
+    }
+
+    #[test]
+    fn only_environments_that_exist_are_shown_the_configured_ones_even_without_promotions() {
+        use PromotionKind::Promote;
+        use PromotionState::Succeeded;
+        let in_env = |env: &str, finished: &str| Change {
+            env: env.into(),
+            ..change(Promote, Succeeded, finished, None)
+        };
+        let changes = vec![
+            in_env("production", "2026-03-09T10:00:00Z"),
+            // Deleted since.
+            in_env("pr-1", "2026-03-09T11:00:00Z"),
+            // An earlier pr-2, deleted before this one was made.
+            in_env("pr-2", "2026-03-09T12:00:00Z"),
+            in_env("pr-2", "2026-03-09T14:00:00Z"),
+        ];
+        let scope = Scope {
+            apps: vec!["web".into(), "api".into()],
+            envs: vec!["staging".into(), "production".into()],
+            on_demand: BTreeMap::from([("pr-2".into(), at("2026-03-09T13:00:00Z"))]),
+        };
+        let incidents = [Incident {
+            app: "web".into(),
+            env: "pr-1".into(),
+            started: at("2026-03-09T11:30:00Z"),
+            ended: None,
+        }];
+        let shown: Vec<(String, String, u64, u64)> =
+            figures_in(&scope, &changes, &incidents, at("2026-03-10T00:00:00Z"), 7)
+                .into_iter()
+                .map(|f| (f.app, f.env, f.deployments, f.unrestored))
+                .collect();
+        let row = |app: &str, env: &str, n: u64| (app.to_owned(), env.to_owned(), n, 0);
+        assert_eq!(
+            shown,
+            [
+                row("api", "production", 0),
+                row("api", "staging", 0),
+                row("web", "pr-2", 1),
+                row("web", "production", 1),
+                row("web", "staging", 0),
+            ]
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! DORA metrics from shipgate's own history: `GET /api/v1/dora` and the dashboard's `/dora`
-//! page, with a chart of each environment's deployments and failures per day.
+//! page, with a chart of each environment's deployments and failures per day. They cover the
+//! environments that exist: each configured one, and the on-demand ones not deleted.
 
 use axum::Json;
 use axum::extract::State;
 use shipgate_api::answers::DoraView;
 use shipgate_api::requests::DoraQuery;
+use shipgate_core::dora::Scope;
 use shipgate_core::{Action, AppName};
 
 use crate::AppState;
@@ -33,7 +35,31 @@ pub(crate) async fn view(
         .await
         .map_err(|e| Problem::from(shipgate_engine::EngineError::from(e)))?;
     let incidents = incidents(state, since).await?;
-    let figures = shipgate_core::dora::figures_with(&changes, &incidents, at, days)
+    let on_demand = state
+        .engine
+        .on_demand()
+        .await
+        .map_err(Problem::from)?
+        .into_iter()
+        .map(|r| (r.name.to_string(), r.created_at))
+        .collect();
+    let scope = Scope {
+        apps: config
+            .apps
+            .iter()
+            .filter(|a| app.is_none_or(|asked| &a.name == asked))
+            .map(|a| a.name.to_string())
+            .collect(),
+        // The live config holds the on-demand environments too (made from a template).
+        envs: config
+            .environments
+            .iter()
+            .filter(|e| e.template.is_none())
+            .map(|e| e.name.to_string())
+            .collect(),
+        on_demand,
+    };
+    let figures = shipgate_core::dora::figures_in(&scope, &changes, &incidents, at, days)
         .into_iter()
         .filter(|f| caller.sees(Some(&f.env)))
         .collect();

@@ -425,6 +425,50 @@ fn the_dashboard_asks_before_deleting_an_on_demand_environment_and_names_it() {
     assert!(audit.contains("carol deleted pr-1"), "{audit}");
 }
 
+#[test]
+fn dora_leaves_out_deleted_previews_and_keeps_configured_environments_without_promotions() {
+    let s = started(&previews("max = 3"));
+    s.register("1.0.0", &[]);
+    create(&s, "pr-1", &["--release", "web@1.0.0"]);
+    create(&s, "pr-2", &["--release", "web@1.0.0"]);
+    s.ok(&["env", "delete", "pr-1"]);
+    let figures = |s: &TestServer| -> Vec<(String, u64)> {
+        s.json(&["dora"])["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["env"].as_str().unwrap().to_owned(),
+                    f["deployments"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let shown = figures(&s);
+    let deployments = |shown: &[(String, u64)], env: &str| {
+        shown
+            .iter()
+            .find(|(e, _)| e == env)
+            .map(|(_, n)| *n)
+            .unwrap_or_else(|| panic!("no {env} in DORA: {shown:?}"))
+    };
+    assert!(
+        !shown.iter().any(|(e, _)| e == "pr-1"),
+        "pr-1 is gone: {shown:?}"
+    );
+    assert_eq!(deployments(&shown, "pr-2"), 1);
+    for env in crate::helpers::ENVS {
+        assert_eq!(deployments(&shown, env), 0, "configured, nothing promoted");
+    }
+    let text = s.ok(&["dora"]);
+    assert!(!text.contains("pr-1") && text.contains("pr-2"), "{text}");
+
+    // A new pr-1 starts afresh: the deleted one's deployment is not its.
+    create(&s, "pr-1", &["--release", "web@1.0.0"]);
+    assert_eq!(deployments(&figures(&s), "pr-1"), 1);
+}
+
 /// The on-demand environment `name` as `env list` has it, if it exists.
 fn listed(s: &TestServer, name: &str) -> Option<Value> {
     s.json(&["env", "list"])
