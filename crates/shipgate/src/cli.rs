@@ -406,7 +406,8 @@ pub enum ReleaseCommand {
         #[arg(long)]
         commit: Option<String>,
         /// When that commit was made (RFC 3339); read from git when --commit is given inside
-        /// a repository. DORA's lead time counts from it.
+        /// a repository (a warning says so when git cannot tell it). DORA's lead time counts
+        /// from it.
         #[arg(long)]
         commit_time: Option<String>,
         /// Free text.

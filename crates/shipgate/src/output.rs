@@ -44,6 +44,12 @@ impl Printer {
         }
     }
 
+    /// A warning on stderr, in both modes (JSON goes to stdout): something worked, but not all
+    /// of it, and the line says what to do.
+    pub fn warn(&self, line: &str) {
+        eprintln!("warning: {line}");
+    }
+
     /// A progress line on stderr, in text mode: indented on a terminal; on anything else (a CI
     /// log) one plain line per change, with the time, so a long wait is not silent.
     pub fn progress(&self, line: &str) {

@@ -56,24 +56,112 @@ impl ArtifactFile {
 pub struct Source {
     /// The commit.
     pub commit: Option<String>,
-    /// When it was made (RFC 3339); read from git for `commit` when not given.
+    /// When it was made (RFC 3339); `release create` reads it from git for `commit` when not
+    /// given ([`Source::with_git_time`]).
     pub commit_time: Option<String>,
     /// Free text.
     pub notes: Option<String>,
 }
 
-/// The commit time of `commit` in the git repository of the current folder, if it is one.
-fn git_commit_time(commit: &str) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["show", "-s", "--format=%cI", commit])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8(out.stdout).ok()?;
-    (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+impl Source {
+    /// This source with its commit's time read from git when a commit is named without one,
+    /// and why git could not tell it, if it could not.
+    pub fn with_git_time(mut self) -> (Self, Option<UnknownCommitTime>) {
+        let (None, Some(commit)) = (&self.commit_time, &self.commit) else {
+            return (self, None);
+        };
+        match git_commit_time(commit) {
+            Ok(at) => {
+                self.commit_time = Some(at);
+                (self, None)
+            }
+            Err(why) => (self, Some(why)),
+        }
+    }
+}
+
+/// Why git could not tell when a release's commit was made: DORA's lead time, which counts
+/// from it, is then not computed for that release.
+#[derive(Debug, thiserror::Error)]
+pub enum UnknownCommitTime {
+    /// `git` could not be run at all.
+    #[error("git could not be run to read the time of commit {commit} ({error})")]
+    NoGit {
+        /// The commit named.
+        commit: String,
+        /// Why it could not be run.
+        error: String,
+    },
+    /// The current folder is in no git repository.
+    #[error("the time of commit {commit} is unknown: {dir} is not inside a git repository")]
+    NotARepository {
+        /// The commit named.
+        commit: String,
+        /// The current folder.
+        dir: String,
+    },
+    /// The repository has no such commit.
+    #[error("the time of commit {commit} is unknown: git does not know commit {commit} in {dir}")]
+    UnknownCommit {
+        /// The commit named.
+        commit: String,
+        /// The current folder.
+        dir: String,
+    },
+}
+
+impl UnknownCommitTime {
+    /// The commit named.
+    pub fn commit(&self) -> &str {
+        match self {
+            Self::NoGit { commit, .. }
+            | Self::NotARepository { commit, .. }
+            | Self::UnknownCommit { commit, .. } => commit,
+        }
+    }
+
+    /// The warning `release create` gives: what is lost, and the two ways to keep it.
+    pub fn warning(&self) -> String {
+        format!(
+            "{self}, so lead time will not be computed for this release (DORA counts it from the \
+             commit's time). To keep it, run it inside the repository that holds the commit, or \
+             pass the commit's time with --commit-time (`git show -s --format=%cI {}` prints it)",
+            self.commit()
+        )
+    }
+}
+
+/// The commit time of `commit` in the git repository of the current folder.
+fn git_commit_time(commit: &str) -> Result<String, UnknownCommitTime> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+    };
+    let shown = git(&["show", "-s", "--format=%cI", "--end-of-options", commit]).map_err(|e| {
+        UnknownCommitTime::NoGit {
+            commit: commit.to_owned(),
+            error: e.to_string(),
+        }
+    })?;
+    let text = String::from_utf8_lossy(&shown.stdout).trim().to_owned();
+    if shown.status.success() && !text.is_empty() {
+        return Ok(text);
+    }
+    let dir = std::env::current_dir()
+        .map_or_else(|_| "the current folder".into(), |d| d.display().to_string());
+    let in_repository = git(&["rev-parse", "--git-dir"]).is_ok_and(|o| o.status.success());
+    let commit = commit.to_owned();
+    Err(if in_repository {
+        UnknownCommitTime::UnknownCommit { commit, dir }
+    } else {
+        UnknownCommitTime::NotARepository { commit, dir }
+    })
 }
 
 /// Registers a release with the server; shared by the command, the demo and the benchmarks.
+/// The commit's time is sent as given (see [`Source::with_git_time`]).
 pub async fn upload(
     client: &Client,
     app: &str,
@@ -83,8 +171,8 @@ pub async fn upload(
 ) -> anyhow::Result<CreatedRelease> {
     AppName::parse(app).map_err(|e| anyhow::anyhow!(e.0))?;
     Version::parse(version).map_err(|e| anyhow::anyhow!(e.0))?;
-    let commit_time = match (&source.commit_time, &source.commit) {
-        (Some(t), _) => {
+    let commit_time = match &source.commit_time {
+        Some(t) => {
             let at: jiff::Timestamp = t.parse().map_err(|e| {
                 anyhow::anyhow!(
                     "--commit-time `{t}` is not an RFC 3339 time such as 2026-12-01T09:30:00Z: {e}"
@@ -92,8 +180,7 @@ pub async fn upload(
             })?;
             Some(at.to_string())
         }
-        (None, Some(commit)) => git_commit_time(commit),
-        (None, None) => None,
+        None => None,
     };
     let file = ArtifactFile::prepare(artifact)?;
     let digest = shipgate_store::artifact::digest_file(file.path())
@@ -117,6 +204,10 @@ pub(super) async fn release_create(
     source: Source,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
+    let (source, unknown) = source.with_git_time();
+    if let Some(unknown) = unknown {
+        out.warn(&unknown.warning());
+    }
     let answer = upload(&client, app, version, artifact, source).await?;
     out.print(&answer, |a| {
         let r = &a.release;

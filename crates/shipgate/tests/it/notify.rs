@@ -334,6 +334,92 @@ fn dora_counts_what_was_promoted_failed_and_restored() {
 }
 
 #[test]
+fn a_commit_whose_time_git_cannot_tell_is_warned_about_at_release_create() {
+    let s = spawn_server(&four_envs(""));
+    let create = |version: &str, extra: &[&str]| {
+        let dir = s.app_release(version, &[]);
+        let mut args = vec![
+            "release",
+            "create",
+            "web",
+            "--version",
+            version,
+            "--artifact",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = s.cli(&args);
+        assert!(out.status.success(), "{}", crate::helpers::text(&out));
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let says_what_to_do = |warning: &str, commit: &str| {
+        assert!(
+            warning.contains("warning: ")
+                && warning.contains("lead time will not be computed for this release")
+                && warning.contains("run it inside the repository")
+                && warning.contains("--commit-time")
+                && warning.contains(&format!("git show -s --format=%cI {commit}")),
+            "{warning}"
+        );
+    };
+    let commit_time = |version: &str| {
+        s.json(&["release", "list", "web"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == version)
+            .unwrap()["commit_time"]
+            .clone()
+    };
+
+    // The tests' folder is no git repository.
+    let outside = create("1.0.0", &["--commit", "4f2a9c1"]);
+    says_what_to_do(&outside, "4f2a9c1");
+    assert!(
+        outside.contains("is not inside a git repository"),
+        "{outside}"
+    );
+    assert!(commit_time("1.0.0").is_null());
+
+    // Inside one, a commit git does not know; then one it knows, and a time given: no warning.
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(s.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            crate::helpers::text(&out)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "first"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let unknown = create("1.1.0", &["--commit", "deadbeef"]);
+    says_what_to_do(&unknown, "deadbeef");
+    assert!(
+        unknown.contains("git does not know commit deadbeef"),
+        "{unknown}"
+    );
+    assert!(!create("1.2.0", &["--commit", &head]).contains("warning"));
+    assert!(!commit_time("1.2.0").is_null(), "read from git");
+    let given = create(
+        "1.3.0",
+        &[
+            "--commit",
+            "4f2a9c1",
+            "--commit-time",
+            "2026-12-01T09:30:00Z",
+        ],
+    );
+    assert!(!given.contains("warning"), "{given}");
+}
+
+#[test]
 fn a_firing_alert_shows_in_status_and_on_the_environment_page() {
     let s = spawn_server(&format!(
         "{}\n[alerts.errors]\nenv = \"development\"\nwhen = \"error_rate > 0.05\"\n",
