@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+pub mod handover;
 pub mod link;
 pub mod local;
 pub mod placement;

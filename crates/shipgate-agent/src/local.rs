@@ -22,7 +22,14 @@ pub struct AgentFiles {
     pub lock: PathBuf,
     /// What it logs, when the server started it.
     pub log: PathBuf,
+    /// Where it hands out its routers' listening sockets ([`crate::handover`]).
+    pub listeners: PathBuf,
+    /// What it runs (instances, routes), for the agent that takes over after it dies.
+    pub kept: PathBuf,
 }
+
+/// Set on an agent started with listening sockets to take over on its standard input.
+const HANDOVER: &str = "SHIPGATE_HANDOVER";
 
 impl AgentFiles {
     /// The files of the agent of `data_dir`.
@@ -32,6 +39,8 @@ impl AgentFiles {
             pid: data_dir.join("agent.pid"),
             lock: data_dir.join("agent.lock"),
             log: data_dir.join("agent.log"),
+            listeners: data_dir.join("agent-listeners.sock"),
+            kept: data_dir.join("agent-state.json"),
         }
     }
 }
@@ -73,8 +82,22 @@ pub async fn run(
             std::io::Write::write_all(&mut f, std::process::id().to_string().as_bytes())
         })
         .map_err(|e| format!("could not write {}: {e}", files.pid.display()))?;
-    stop_orphans(data_dir);
+    if std::env::var_os(HANDOVER).is_some() {
+        match take_over_listeners() {
+            Ok(listeners) => {
+                tracing::info!("took over {} listening sockets", listeners.len());
+                driver.inherit_listeners(listeners);
+            }
+            Err(e) => tracing::warn!("could not take over the listening sockets: {e}"),
+        }
+    }
+    // What the agent before this one ran and still runs is adopted; anything else it left is
+    // stopped.
+    let adopted = driver.adopt().await;
+    stop_orphans(data_dir, &adopted);
     let agent = Agent::new(Arc::clone(&driver), data_dir);
+    agent.adopted(adopted.into_iter().map(|(id, _)| id));
+    hand_out_listeners(&files.listeners, Arc::clone(&driver));
     if let Some(identity) = identity {
         let agent = Arc::clone(&agent);
         tokio::spawn(async move {
@@ -100,10 +123,58 @@ pub async fn run(
     Ok(())
 }
 
-/// Kills what an earlier agent of `data_dir` left running when it was killed (`kill -9`): the
-/// processes marked with [`crate::AGENT_MARKER`] for this data dir. Its routers died with it,
-/// so nothing reaches them; the server starts what should run again.
-fn stop_orphans(data_dir: &Path) {
+/// The listening sockets handed over on standard input ([`crate::handover`]).
+fn take_over_listeners() -> std::io::Result<Vec<(std::net::SocketAddr, std::net::TcpListener)>> {
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let stream = std::os::unix::net::UnixStream::from(stdin);
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    crate::handover::receive(&stream)
+}
+
+/// Hands a handle to each router's listening socket to whoever connects at `path` (the server,
+/// which keeps them while this agent is replaced).
+fn hand_out_listeners(path: &Path, driver: Arc<dyn crate::Driver>) {
+    let _ = std::fs::remove_file(path);
+    let listener = match tokio::net::UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(
+                "cannot hand out listening sockets at {}: {e}",
+                path.display()
+            );
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let listeners = driver.listeners().await;
+            let sent = stream.into_std().and_then(|s| {
+                s.set_nonblocking(false)?;
+                Ok(s)
+            });
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = sent.and_then(|s| crate::handover::send(&s, &listeners)) {
+                    tracing::warn!("could not hand out the listening sockets: {e}");
+                }
+            });
+        }
+    });
+}
+
+/// Handles to the listening sockets of the agent of `data_dir`'s routers.
+pub fn listeners_of(
+    data_dir: &Path,
+) -> std::io::Result<Vec<(std::net::SocketAddr, std::net::TcpListener)>> {
+    let stream = std::os::unix::net::UnixStream::connect(AgentFiles::of(data_dir).listeners)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    crate::handover::receive(&stream)
+}
+
+/// Kills what an earlier agent of `data_dir` left running when it was killed (`kill -9`) and
+/// that was not adopted: the processes marked with [`crate::AGENT_MARKER`] for this data dir
+/// outside the process groups of `adopted`.
+fn stop_orphans(data_dir: &Path, adopted: &[(shipgate_deploy::InstanceId, u32)]) {
     let marker = format!("{}={}", crate::AGENT_MARKER, data_dir.display());
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
@@ -124,7 +195,11 @@ fn stop_orphans(data_dir: &Path) {
         }
         let pid = nix::unistd::Pid::from_raw(pid);
         let group = nix::unistd::getpgid(Some(pid)).unwrap_or(pid);
-        if group == nix::unistd::getpgrp() {
+        if group == nix::unistd::getpgrp()
+            || adopted
+                .iter()
+                .any(|(_, p)| i32::try_from(*p) == Ok(group.as_raw()))
+        {
             continue;
         }
         tracing::warn!("stopping process group {group}, left running by an earlier agent");
@@ -164,6 +239,16 @@ pub fn agent_exe() -> Result<PathBuf, String> {
 /// The agent of `data_dir`: the one running there, or one started now as `exe agent
 /// --data-dir DATA_DIR`, in a process group of its own so that it outlives the server.
 pub async fn connect_or_start(exe: &Path, data_dir: &Path) -> Result<Arc<AgentClient>, String> {
+    connect_or_start_with(exe, data_dir, &[]).await
+}
+
+/// [`connect_or_start`], handing `listeners` (kept from an agent that died) to the agent it
+/// starts.
+pub async fn connect_or_start_with(
+    exe: &Path,
+    data_dir: &Path,
+    listeners: &[(std::net::SocketAddr, std::net::TcpListener)],
+) -> Result<Arc<AgentClient>, String> {
     let files = AgentFiles::of(data_dir);
     if let Ok(client) = AgentClient::connect(&files.socket).await {
         let hello = client.hello().await?;
@@ -184,11 +269,20 @@ pub async fn connect_or_start(exe: &Path, data_dir: &Path) -> Result<Arc<AgentCl
     let log_err = log
         .try_clone()
         .map_err(|e| format!("could not share {}: {e}", files.log.display()))?;
-    let mut child = std::process::Command::new(exe)
-        .arg("agent")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdin(std::process::Stdio::null())
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| format!("could not make a socket pair for the hand-over: {e}"))?;
+    let mut command = std::process::Command::new(exe);
+    command.arg("agent").arg("--data-dir").arg(data_dir);
+    if listeners.is_empty() {
+        command.stdin(std::process::Stdio::null());
+    } else {
+        command
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                theirs,
+            )))
+            .env(HANDOVER, "1");
+    }
+    let mut child = command
         .stdout(log)
         .stderr(log_err)
         .process_group(0)
@@ -196,6 +290,17 @@ pub async fn connect_or_start(exe: &Path, data_dir: &Path) -> Result<Arc<AgentCl
         .map_err(|e| format!("could not start the local agent ({}): {e}", exe.display()))?;
     use std::os::unix::process::CommandExt as _;
     let pid = child.id();
+    if !listeners.is_empty() {
+        match crate::handover::send(&ours, listeners) {
+            Ok(()) => tracing::info!(
+                pid,
+                "handed {} listening sockets to the new agent",
+                listeners.len()
+            ),
+            Err(e) => tracing::warn!("could not hand the listening sockets over: {e}"),
+        }
+    }
+    drop(ours);
     // Reaped here if it stops while this server runs (after that, by whoever adopts it).
     std::thread::spawn(move || {
         let _ = child.wait();

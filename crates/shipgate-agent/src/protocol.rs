@@ -20,6 +20,9 @@ pub struct Hello {
     /// Its data dir (where a host's agent keeps releases, logs and instance data).
     #[serde(default)]
     pub data_dir: std::path::PathBuf,
+    /// The addresses its routers listen on.
+    #[serde(default)]
+    pub listeners: Vec<std::net::SocketAddr>,
 }
 
 /// `POST /v1/has_release`: whether the agent has a release unpacked (its directory if so).

@@ -132,6 +132,11 @@ impl Agent {
         }
     }
 
+    /// Counts `adopted` (instances an earlier agent started) among those it runs.
+    pub fn adopted(&self, adopted: impl IntoIterator<Item = InstanceId>) {
+        self.running().extend(adopted);
+    }
+
     fn running(&self) -> std::sync::MutexGuard<'_, Vec<InstanceId>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -326,11 +331,19 @@ async fn hello(State(agent): AgentState) -> Json<Hello> {
         }
     }
     agent.running().retain(|id| instances.contains(id));
+    let listeners = agent
+        .driver
+        .listeners()
+        .await
+        .into_iter()
+        .map(|(addr, _)| addr)
+        .collect();
     Json(Hello {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         instances,
         data_dir: agent.data_dir.clone(),
+        listeners,
     })
 }
 

@@ -89,6 +89,25 @@ pub trait Driver: Send + Sync {
     /// the ones it closed.
     async fn retain_routers(&self, envs: &[String]) -> Vec<String>;
 
+    /// Adopts what an earlier process of this data plane ran and kept (its instances, still
+    /// running, and the routes to them); answers them with their pids. Nothing for a driver
+    /// that keeps nothing.
+    async fn adopt(&self) -> Vec<(InstanceId, u32)> {
+        Vec::new()
+    }
+
+    /// Takes over the listening sockets of an earlier process of this data plane: routers bound
+    /// at their addresses serve on them (and the connections queued there meanwhile).
+    fn inherit_listeners(&self, listeners: Vec<(SocketAddr, std::net::TcpListener)>) {
+        drop(listeners);
+    }
+
+    /// Each router's address and a handle to its listening socket, for a process that keeps
+    /// them while this one is replaced.
+    async fn listeners(&self) -> Vec<(SocketAddr, std::net::TcpListener)> {
+        Vec::new()
+    }
+
     /// Removes the Unix users of on-demand environments (`sg-NAME`) but those in `keep`, where
     /// nothing runs as them any more; returns the ones it removed.
     async fn remove_gone_users(&self, keep: &[String]) -> Vec<String>;

@@ -47,6 +47,25 @@ struct Shared {
     /// Where limits are enforced, or why they cannot be.
     cgroups: Result<Hierarchy, String>,
     routes: Routes,
+    /// Where what runs is kept (its instances and routes), so that a process that takes over
+    /// after this one died adopts them; None: nothing is kept.
+    kept: Option<std::path::PathBuf>,
+}
+
+/// What a data plane keeps on disk of what it runs, for the process that takes over.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Kept {
+    instances: Vec<KeptInstance>,
+    routes: Vec<(String, String, RouteTarget)>,
+}
+
+/// A running instance, as kept.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptInstance {
+    req: StartInstance,
+    port: u16,
+    pid: u32,
+    restarts: u32,
 }
 
 /// A sandboxed instance's account, data directory and cgroup, made once for all its starts.
@@ -95,9 +114,32 @@ struct Live {
 /// Where the caller that created an instance learns how its first start went.
 type FirstStart = oneshot::Receiver<Result<InstanceStarted, DriverError>>;
 
+/// An instance's process: a child of this one, or one adopted from an earlier process.
+enum Process {
+    Child(Child),
+    /// Not a child: watched through `/proc`, and its exit status is not known.
+    Adopted(u32),
+}
+
+impl Process {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Process::Child(child) => child.wait().await,
+            Process::Adopted(pid) => {
+                while is_running(*pid).await {
+                    sleep(LEFTOVER_POLL).await;
+                }
+                Err(std::io::Error::other(
+                    "it exited (adopted from an earlier agent, so its exit status is unknown)",
+                ))
+            }
+        }
+    }
+}
+
 /// A process that answered its health check.
 struct Healthy {
-    child: Child,
+    child: Process,
     pid: u32,
     ready_after: Duration,
     /// Its cgroup's OOM kills before it started.
@@ -105,6 +147,16 @@ struct Healthy {
 }
 
 impl ProcessDriver {
+    /// A driver with no instances that keeps what it runs in `kept` (an agent's data dir), so
+    /// that the process that takes over after this one dies adopts it ([`Driver::adopt`]).
+    pub fn keeping(kept: std::path::PathBuf) -> Self {
+        let mut driver = Self::new();
+        if let Some(shared) = Arc::get_mut(&mut driver.shared) {
+            shared.kept = Some(kept);
+        }
+        driver
+    }
+
     /// A driver with no instances.
     pub fn new() -> Self {
         let http = reqwest::Client::builder()
@@ -120,6 +172,7 @@ impl ProcessDriver {
                 http,
                 cgroups: Hierarchy::detect(),
                 routes: Routes::default(),
+                kept: None,
             }),
         }
     }
@@ -220,7 +273,21 @@ impl Driver for ProcessDriver {
         app: &str,
         to: Option<RouteTarget>,
     ) -> Result<Option<RouteTarget>, DriverError> {
-        self.shared.routes.switch(env, app, to).await
+        let before = self.shared.routes.switch(env, app, to).await;
+        self.shared.keep().await;
+        before
+    }
+
+    async fn adopt(&self) -> Vec<(InstanceId, u32)> {
+        self.shared.adopt().await
+    }
+
+    fn inherit_listeners(&self, listeners: Vec<(SocketAddr, std::net::TcpListener)>) {
+        self.shared.routes.inherit(listeners);
+    }
+
+    async fn listeners(&self) -> Vec<(SocketAddr, std::net::TcpListener)> {
+        self.shared.routes.listeners().await
     }
 
     async fn routed(&self, env: &str, app: &str) -> Option<RouteTarget> {
@@ -324,10 +391,12 @@ impl Shared {
                     ready_after: first.ready_after,
                 };
                 inst.phase.send_replace(Phase::Running(started.clone()));
+                self.keep().await;
                 // The caller may have gone away; the instance runs on regardless.
                 let _ = outcome.send(Ok(started));
                 self.supervise(&inst, first, confined).await;
                 self.forget(&inst);
+                self.keep().await;
             }
             Err(err) => {
                 // Forget first, so a caller retrying on this error starts afresh.
@@ -335,14 +404,118 @@ impl Shared {
                 let _ = outcome.send(Err(err));
             }
         }
-        if let Some(c) = confined {
-            if let Some(cgroup) = &c.cgroup {
-                cgroup.remove();
-            }
-            if c.sandbox.network.is_some() {
-                crate::network::forget_instance(Some(c.account), inst.port);
+        unconfine(confined, inst.port);
+    }
+
+    /// Supervises an instance an earlier process started (from its pid on), as if started here.
+    async fn keep_adopted(
+        self: Arc<Self>,
+        inst: Arc<Instance>,
+        confined: Option<Confined>,
+        pid: u32,
+    ) {
+        let first = Healthy {
+            child: Process::Adopted(pid),
+            pid,
+            ready_after: Duration::ZERO,
+            oom_before: oom_kills(confined.as_ref()),
+        };
+        self.supervise(&inst, first, confined.as_ref()).await;
+        self.forget(&inst);
+        self.keep().await;
+        unconfine(confined.as_ref(), inst.port);
+    }
+
+    /// Writes what runs (instances, routes) where the process that takes over finds it.
+    async fn keep(&self) {
+        let Some(path) = &self.kept else { return };
+        let instances: Vec<Arc<Instance>> = lock(&self.instances).values().cloned().collect();
+        let mut kept = Kept {
+            routes: self.routes.table().await,
+            ..Kept::default()
+        };
+        for inst in instances {
+            let running = matches!(&*inst.phase.borrow(), Phase::Running(_));
+            let live = lock(&inst.live).clone();
+            if let (true, Some(pid)) = (running, live.pid) {
+                kept.instances.push(KeptInstance {
+                    req: inst.req.clone(),
+                    port: inst.port,
+                    pid,
+                    restarts: live.restarts,
+                });
             }
         }
+        let written = serde_json::to_vec(&kept)
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                let partial = path.with_extension("partial");
+                std::fs::write(&partial, json)?;
+                std::fs::rename(&partial, path)
+            });
+        if let Err(e) = written {
+            tracing::warn!("could not keep what runs in {}: {e}", path.display());
+        }
+    }
+
+    /// Adopts the instances an earlier process kept that still run (the same processes, by
+    /// their marker), and the routes to them; answers their pids.
+    async fn adopt(self: &Arc<Self>) -> Vec<(InstanceId, u32)> {
+        let Some(path) = &self.kept else {
+            return Vec::new();
+        };
+        let Some(kept) = std::fs::read(path)
+            .ok()
+            .and_then(|json| serde_json::from_slice::<Kept>(&json).ok())
+        else {
+            return Vec::new();
+        };
+        let mut adopted = Vec::new();
+        for k in kept.instances {
+            let id = k.req.instance_id.clone();
+            if !is_running(k.pid).await || !belongs_to(k.pid, &id).await {
+                continue;
+            }
+            let confined = match self.confine(&k.req, k.port) {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::warn!(instance_id = %id, "cannot adopt: {why}");
+                    continue;
+                }
+            };
+            let started = InstanceStarted {
+                instance_id: id.clone(),
+                pid: k.pid,
+                port: k.port,
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, k.port)),
+                ready_after: Duration::ZERO,
+            };
+            let inst = Arc::new(Instance {
+                req: k.req,
+                port: k.port,
+                stop: watch::Sender::new(None),
+                phase: watch::Sender::new(Phase::Running(started)),
+                live: Mutex::new(Live {
+                    pid: Some(k.pid),
+                    restarts: k.restarts,
+                    healthy: true,
+                    last_crash: None,
+                }),
+            });
+            lock(&self.instances).insert(id.clone(), inst.clone());
+            tracing::info!(instance_id = %id, pid = k.pid, port = k.port, "adopted a running instance");
+            tokio::spawn(Arc::clone(self).keep_adopted(inst, confined, k.pid));
+            adopted.push((id, k.pid));
+        }
+        let instances = lock(&self.instances);
+        let routes = kept
+            .routes
+            .into_iter()
+            .filter(|(_, _, t)| instances.contains_key(&t.instance_id))
+            .collect();
+        drop(instances);
+        self.routes.restore(routes);
+        adopted
     }
 
     /// Makes what the sandbox of `req` needs: its user, its data directory, its network fence
@@ -476,7 +649,7 @@ impl Shared {
             tokio::select! {
                 biased;
                 grace = stop_asked(&mut stop) => {
-                    terminate(&mut child, pid, grace).await;
+                    terminate_child(&mut child, pid, grace).await;
                     return Err(DriverError::Stopped { instance_id: id.clone() });
                 }
                 status = child.wait() => {
@@ -493,7 +666,7 @@ impl Shared {
                     Some(problem) => last_error = problem,
                 },
                 () = sleep_until(deadline) => {
-                    terminate(&mut child, pid, Duration::ZERO).await;
+                    terminate_child(&mut child, pid, Duration::ZERO).await;
                     return Err(DriverError::Unhealthy {
                         instance_id: id.clone(),
                         timeout: req.health_timeout,
@@ -507,7 +680,7 @@ impl Shared {
         inst.update_live(|live| live.healthy = true);
         tracing::info!(instance_id = %id, pid, port = inst.port, "instance is healthy");
         Ok(Healthy {
-            child,
+            child: Process::Child(child),
             pid,
             ready_after: spawned_at.elapsed(),
             oom_before,
@@ -586,6 +759,7 @@ impl Shared {
                             instance_id: id.clone(),
                             pid,
                         });
+                        self.keep().await;
                         break;
                     }
                     Err(DriverError::Stopped { .. }) => return,
@@ -631,8 +805,35 @@ async fn stop_asked(stop: &mut watch::Receiver<Option<Duration>>) -> Duration {
     }
 }
 
+/// Undoes what [`Shared::confine`] made for one instance (its cgroup, its port in the fence).
+fn unconfine(confined: Option<&Confined>, port: u16) {
+    if let Some(c) = confined {
+        if let Some(cgroup) = &c.cgroup {
+            cgroup.remove();
+        }
+        if c.sandbox.network.is_some() {
+            crate::network::forget_instance(Some(c.account), port);
+        }
+    }
+}
+
 /// SIGTERM to the group, SIGKILL after `grace`, then reaps the process.
-async fn terminate(child: &mut Child, pid: u32, grace: Duration) {
+async fn terminate(process: &mut Process, pid: u32, grace: Duration) {
+    match process {
+        Process::Child(child) => terminate_child(child, pid, grace).await,
+        Process::Adopted(pid) => {
+            signal_group(*pid, Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while is_running(*pid).await && Instant::now() < deadline {
+                sleep(LEFTOVER_POLL).await;
+            }
+            signal_group(*pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// [`terminate`] for a child.
+async fn terminate_child(child: &mut Child, pid: u32, grace: Duration) {
     signal_group(pid, Signal::SIGTERM);
     if timeout(grace, child.wait()).await.is_err() {
         tracing::warn!(

@@ -21,6 +21,16 @@ pub(crate) struct Routes {
     fronts: Mutex<HashMap<String, shipgate_proxy::Front>>,
     /// The TCP fault proxies of each environment, by their name (`staging.db`).
     dependencies: Mutex<HashMap<String, HashMap<String, shipgate_proxy::TcpProxy>>>,
+    /// Listening sockets an earlier process of this data plane bound, handed over: a router
+    /// bound at one of these addresses serves on it, and the connections queued there.
+    inherited: std::sync::Mutex<HashMap<std::net::SocketAddr, std::net::TcpListener>>,
+    /// Where each app's traffic went before this process took over (its instances adopted):
+    /// a router bound again starts with these routes.
+    restored: std::sync::Mutex<HashMap<(String, String), RouteTarget>>,
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Routes {
@@ -54,9 +64,28 @@ impl Routes {
         let router = match routers.get(&spec.env) {
             Some(r) if r.local_addr() == spec.listen => r.clone(),
             _ => {
-                let bound = Router::bind(spec.listen, spec.env.clone())
-                    .await
-                    .map_err(|e| DriverError::Router(e.to_string()))?;
+                let first: Vec<(String, RouteTarget)> = locked(&self.restored)
+                    .iter()
+                    .filter(|((env, _), _)| env == &spec.env)
+                    .map(|((_, app), target)| (app.clone(), target.clone()))
+                    .collect();
+                let first_routes = |router: &Router| {
+                    for (app, target) in &first {
+                        router.switch(app, Some(self.upstream_of(target)));
+                    }
+                };
+                let inherited = locked(&self.inherited).remove(&spec.listen);
+                let bound = match inherited {
+                    Some(listener) => {
+                        tracing::info!(env = %spec.env, listen = %spec.listen, "serving on the socket handed over");
+                        Router::serve(listener, spec.env.clone(), first_routes)
+                    }
+                    None => Router::bind(spec.listen, spec.env.clone())
+                        .await
+                        .inspect(|r| first_routes(r)),
+                }
+                .map_err(|e| DriverError::Router(e.to_string()))?;
+                locked(&self.restored).retain(|(env, _), _| env != &spec.env);
                 let bound = Arc::new(bound);
                 if let Some(old) = routers.insert(spec.env.clone(), bound.clone()) {
                     old.shutdown().await;
@@ -177,6 +206,49 @@ impl Routes {
             Some(u) => Router::drain(&u, grace).await,
             None => true,
         }
+    }
+
+    /// Takes over listening sockets handed over by an earlier process.
+    pub(crate) fn inherit(&self, listeners: Vec<(std::net::SocketAddr, std::net::TcpListener)>) {
+        locked(&self.inherited).extend(listeners);
+    }
+
+    /// Routes to set when their routers are bound again.
+    pub(crate) fn restore(&self, routes: Vec<(String, String, RouteTarget)>) {
+        let mut restored = locked(&self.restored);
+        for (env, app, target) in routes {
+            restored.insert((env, app), target);
+        }
+    }
+
+    /// Each router's address and a handle to its listening socket.
+    pub(crate) async fn listeners(&self) -> Vec<(std::net::SocketAddr, std::net::TcpListener)> {
+        self.routers
+            .lock()
+            .await
+            .values()
+            .filter_map(|r| Some((r.local_addr(), r.listening()?)))
+            .collect()
+    }
+
+    /// Where each app's traffic goes, by environment.
+    pub(crate) async fn table(&self) -> Vec<(String, String, RouteTarget)> {
+        let routers: Vec<(String, Arc<Router>)> = self
+            .routers
+            .lock()
+            .await
+            .iter()
+            .map(|(e, r)| (e.clone(), r.clone()))
+            .collect();
+        let mut table = Vec::new();
+        for (env, router) in routers {
+            for (app, upstream) in router.routed() {
+                if let Some(target) = self.target_of(&upstream) {
+                    table.push((env.clone(), app, target));
+                }
+            }
+        }
+        table
     }
 
     /// Forgets a stopped instance's upstream.

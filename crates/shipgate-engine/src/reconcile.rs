@@ -62,10 +62,10 @@ impl Engine {
         Ok(())
     }
 
-    /// The data plane lost everything it held (its agent died and a new one was started): binds
-    /// the routers again, stops what the old one left running (found by their markers), and
-    /// starts every recorded live release again. In-flight promotions fail on their own when
-    /// their instance or route is gone.
+    /// A new agent took over the data plane (the one before died): binds the routers again,
+    /// keeps the instances the new agent adopted (the same processes, live and warm standbys),
+    /// stops what it did not, and starts again every recorded live release that lost its
+    /// instance. In-flight promotions fail on their own when their instance or route is gone.
     pub async fn data_plane_restarted(self: &Arc<Self>) -> Result<(), EngineError> {
         self.restoring
             .store(true, std::sync::atomic::Ordering::Release);
@@ -80,16 +80,23 @@ impl Engine {
         .await?;
         crate::locked(&self.live).clear();
         crate::locked(&self.standby).clear();
+        let mut adopted = Vec::new();
         for old in self.store.running_instances().await? {
-            if self.driver.status(&old.id).await.is_none() {
-                let pid = old.pid.and_then(|p| u32::try_from(p).ok());
-                self.stop_instance(&old.id, pid).await;
+            let runs = self.driver.status(&old.id).await.is_some_and(|s| s.healthy);
+            if runs && !old.id.is_test() && old.port.is_some() {
+                adopted.push(old);
+                continue;
             }
+            let pid = old.pid.and_then(|p| u32::try_from(p).ok());
+            self.stop_instance(&old.id, pid).await;
         }
-        let restored = self.restore_live(Vec::new()).await;
+        let restored = match self.restore_live(adopted).await {
+            Ok(rest) => self.keep_adopted_standbys(rest).await,
+            Err(e) => Err(e),
+        };
         self.restoring
             .store(false, std::sync::atomic::Ordering::Release);
-        restored.map(|_| ())
+        restored
     }
 
     /// Starts every recorded live release again, then resumes the pending promotions.

@@ -30,6 +30,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub struct Router {
     local_addr: SocketAddr,
+    /// The listening socket, as a second handle to it: handed to a process that keeps it while
+    /// this one is replaced (dropped at shutdown, so a closed router's address is free).
+    listening: Mutex<Option<std::net::TcpListener>>,
     gateway: Arc<Gateway>,
     /// Signals the accept loop and every connection to stop; dropping it does the same.
     stop: watch::Sender<()>,
@@ -40,24 +43,64 @@ impl Router {
     /// Binds `addr` and starts serving in a background tokio task.
     pub async fn bind(addr: SocketAddr, env: impl Into<String>) -> Result<Router, ProxyError> {
         let env = env.into();
+        let listener = TcpListener::bind(addr)
+            .await
+            .and_then(|l| l.into_std())
+            .map_err(|source| ProxyError::Bind {
+                addr,
+                env: env.clone(),
+                source,
+            })?;
+        Router::serve(listener, env, |_| {})
+    }
+
+    /// Serves on `listener` (bound already: by an earlier process whose connections wait in its
+    /// queue), after `first` has set its first routes, so no queued request meets a router
+    /// without them.
+    pub fn serve(
+        listener: std::net::TcpListener,
+        env: impl Into<String>,
+        first: impl FnOnce(&Router),
+    ) -> Result<Router, ProxyError> {
+        let env = env.into();
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let bind_error = |source| ProxyError::Bind {
             addr,
             env: env.clone(),
             source,
         };
-        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
-        tracing::info!(%env, %local_addr, "router listening");
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let listening = listener.try_clone().map_err(bind_error)?;
+        let listener = TcpListener::from_std(listener).map_err(bind_error)?;
+        tracing::info!(%env, local_addr = %addr, "router listening");
         let gateway = Arc::new(Gateway::new(env.clone()));
         let (stop, stopping) = watch::channel(());
         let workers = start_workers(&gateway, &stopping).map_err(bind_error)?;
-        let accepting = tokio::spawn(accept(listener, workers, stopping, gateway.env.clone()));
-        Ok(Router {
-            local_addr,
+        let router = Router {
+            local_addr: addr,
+            listening: Mutex::new(Some(listening)),
             gateway,
             stop,
-            accepting: Mutex::new(Some(accepting)),
-        })
+            accepting: Mutex::new(None),
+        };
+        first(&router);
+        let accepting = tokio::spawn(accept(listener, workers, stopping, env));
+        *router
+            .accepting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(accepting);
+        Ok(router)
+    }
+
+    /// A handle to the listening socket, until the router is shut down.
+    pub fn listening(&self) -> Option<std::net::TcpListener> {
+        self.listening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|l| l.try_clone().ok())
     }
 
     /// The address the router listens on (useful when bound to port 0).
@@ -86,6 +129,20 @@ impl Router {
             None => routes.apps.remove(app),
         };
         previous.map(|route| route.upstream)
+    }
+
+    /// Every app routed, with its upstream.
+    pub fn routed(&self) -> Vec<(String, Upstream)> {
+        let routes = self
+            .gateway
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        routes
+            .apps
+            .iter()
+            .map(|(app, route)| (app.clone(), route.upstream.clone()))
+            .collect()
     }
 
     /// The upstream `app` is currently routed to.
@@ -189,6 +246,10 @@ impl Router {
     /// (WebSocket) are left to end with their upstream.
     pub async fn shutdown(&self) {
         self.stop.send_replace(());
+        self.listening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let accepting = self
             .accepting
             .lock()

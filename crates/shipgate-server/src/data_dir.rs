@@ -72,7 +72,7 @@ fn refuse_a_full_disk(data_dir: &Path) -> anyhow::Result<()> {
     let Ok(fs) = nix::sys::statvfs::statvfs(data_dir) else {
         return Ok(());
     };
-    let free = fs.blocks_available() as u64 * fs.fragment_size() as u64;
+    let free = fs.blocks_available().saturating_mul(fs.fragment_size());
     if free < LEAST_FREE {
         bail!(
             "the disk that holds the data dir {} is full ({} free, at least {} needed): free some space there (`shipgate gc` removes old releases once the server runs), then start again",

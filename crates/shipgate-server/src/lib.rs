@@ -518,7 +518,7 @@ async fn wait_for_hosts(
 }
 
 /// How often the server checks that its local agent answers.
-const AGENT_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+const AGENT_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Keeps the local agent running: one that stops answering is started again, and a new agent
 /// (whatever ended the last one) gets every live release back from the engine.
@@ -531,7 +531,22 @@ async fn supervise_agent(
 ) {
     let mut seen = client.hello().await;
     let mut known = seen.as_ref().ok().map(|h| h.pid);
+    // A handle to each of the agent's routers' listening sockets: when the agent dies, they
+    // stay open (connections wait in their queues) and go to the agent started next.
+    let mut kept: Vec<(std::net::SocketAddr, std::net::TcpListener)> = Vec::new();
     loop {
+        if let Ok(h) = &seen {
+            let mut now: Vec<std::net::SocketAddr> = h.listeners.clone();
+            let mut held: Vec<std::net::SocketAddr> = kept.iter().map(|(a, _)| *a).collect();
+            now.sort();
+            held.sort();
+            if now != held {
+                match shipgate_agent::local::listeners_of(&data_dir) {
+                    Ok(listeners) => kept = listeners,
+                    Err(e) => tracing::warn!("could not keep the agent's listening sockets: {e}"),
+                }
+            }
+        }
         {
             let mut host = local_host.lock().unwrap_or_else(|e| e.into_inner());
             if host.connected != seen.is_ok() {
@@ -561,7 +576,9 @@ async fn supervise_agent(
             }
             Err(e) => {
                 tracing::error!("the local agent does not answer ({e}); starting it again");
-                if let Err(e) = shipgate_agent::local::connect_or_start(&exe, &data_dir).await {
+                let started =
+                    shipgate_agent::local::connect_or_start_with(&exe, &data_dir, &kept).await;
+                if let Err(e) = started {
                     tracing::error!("could not start the local agent: {e}");
                 }
             }

@@ -679,7 +679,9 @@ async fn agent(data_dir: &Path) -> anyhow::Result<ExitCode> {
     if let Some(id) = &identity {
         eprintln!("agent of host {} for the server {}", id.name, id.server);
     }
-    let driver = Arc::new(shipgate_deploy::ProcessDriver::new());
+    // What it runs is kept, so an agent that takes over after this one dies adopts it.
+    let kept = shipgate_agent::local::AgentFiles::of(data_dir).kept;
+    let driver = Arc::new(shipgate_deploy::ProcessDriver::keeping(kept));
     match shipgate_agent::local::run(data_dir, driver, identity).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {

@@ -107,14 +107,22 @@ fn the_agent_keeps_serving_through_a_server_kill_9_and_restart_with_its_standby(
 }
 
 #[test]
-fn a_killed_agent_is_started_again_and_given_back_what_was_live() {
+fn a_killed_agent_is_replaced_by_one_that_adopts_what_runs_and_no_request_fails() {
     let s = spawn_server(&four_envs("data_plane = \"agent\""));
-    s.register("1.0.0", &[]);
-    s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
+    for version in ["1.0.0", "1.1.0"] {
+        s.register(version, &[]);
+        s.ok(&["promote", &format!("web@{version}"), "--to", "development", "--wait"]);
+    }
     let before = env_status(&s.json(&["status", "web"]), "development");
+    assert_eq!(before["standby"]["version"], "1.0.0", "{before}");
     let old_agent = s.agent_pid().unwrap();
-    let old_instance = before["instance"]["pid"].as_i64().unwrap();
 
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = crate::helpers::load(
+        format!("{}/version", s.url("development")),
+        std::sync::Arc::clone(&stop),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(old_agent),
         nix::sys::signal::Signal::SIGKILL,
@@ -123,22 +131,34 @@ fn a_killed_agent_is_started_again_and_given_back_what_was_live() {
     wait_for("a new agent", || {
         s.agent_pid().is_some_and(|pid| pid != old_agent)
     });
-    wait_for("development to serve 1.0.0 again", || {
-        s.version("development").as_deref() == Some("1.0.0")
+    wait_for("the new agent to be given the live releases", || {
+        !s.restoring() && s.log().contains("the local agent is a new one")
     });
-    let after = env_status(&s.json(&["status", "web"]), "development");
-    assert_eq!(after["instance"]["healthy"], true, "{after}");
-    assert_ne!(
-        after["instance"]["pid"].as_i64(),
-        Some(old_instance),
-        "{after}"
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Connections made while no agent ran waited in the sockets the server kept; only a
+    // request the killed agent was answering at that instant can be lost.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, failed) = traffic.join().unwrap();
+    eprintln!(
+        "agent: {answered} requests answered through a kill -9 of the agent and its replacement, {} failed",
+        failed.len()
     );
-    // The instance the dead agent left behind was found by its marker and stopped.
-    wait_for("the orphaned instance to be gone", || {
-        !std::path::Path::new(&format!("/proc/{old_instance}")).exists()
-    });
+    assert!(answered > 50, "the load ran ({answered})");
+    assert!(failed.len() <= 1, "{failed:?}");
+    // The same instances: the live one and the warm standby, with their pids.
+    let after = env_status(&s.json(&["status", "web"]), "development");
+    assert_eq!(after["instance"]["pid"], before["instance"]["pid"], "{after}");
+    assert_eq!(after["standby"]["instance_id"], before["standby"]["instance_id"], "{after}");
+    assert_eq!(s.version("development").as_deref(), Some("1.1.0"));
+    // A rollback is still a switch to the standby.
+    let rollback = s.json(&["rollback", "web", "--env", "development"]);
+    assert_eq!(rollback["state"], "succeeded", "{rollback}");
+    assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
     let said = s.log();
     assert!(said.contains("starting it again"), "{said}");
+    let agent_log = std::fs::read_to_string(s.data_dir().join("agent.log")).unwrap_or_default();
+    assert!(agent_log.contains("adopted a running instance"), "{agent_log}");
+    assert!(agent_log.contains("took over"), "{agent_log}");
 }
 
 /// One raw HTTP/1.1 POST to the agent's socket, with a command id; returns (status, body).
