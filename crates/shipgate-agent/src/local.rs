@@ -173,12 +173,13 @@ pub fn listeners_of(
 
 /// Kills what an earlier agent of `data_dir` left running when it was killed (`kill -9`) and
 /// that was not adopted: the processes marked with [`crate::AGENT_MARKER`] for this data dir
-/// outside the process groups of `adopted`.
+/// outside the process groups of `adopted`, and their cgroups.
 fn stop_orphans(data_dir: &Path, adopted: &[(shipgate_deploy::InstanceId, u32)]) {
     let marker = format!("{}={}", crate::AGENT_MARKER, data_dir.display());
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
+    let mut stopped: Vec<String> = Vec::new();
     for entry in procs.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -204,6 +205,30 @@ fn stop_orphans(data_dir: &Path, adopted: &[(shipgate_deploy::InstanceId, u32)])
         }
         tracing::warn!("stopping process group {group}, left running by an earlier agent");
         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let instance = environ.split(|b| *b == 0).find_map(|v| {
+            std::str::from_utf8(v)
+                .ok()?
+                .strip_prefix("SHIPGATE_INSTANCE=")
+                .map(str::to_owned)
+        });
+        stopped.extend(instance);
+    }
+    // Their cgroups go too, once their processes are gone.
+    stopped.sort();
+    stopped.dedup();
+    if let (false, Ok(hierarchy)) = (
+        stopped.is_empty(),
+        shipgate_deploy::cgroup::Hierarchy::detect(),
+    ) {
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                stopped.retain(|id| !hierarchy.remove_named(id));
+                if stopped.is_empty() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
     }
 }
 

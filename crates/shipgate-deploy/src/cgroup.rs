@@ -67,6 +67,20 @@ impl Hierarchy {
         }
     }
 
+    /// Removes the cgroup `name` (an instance id) if it exists and no process is in it; true
+    /// when it is gone.
+    pub fn remove_named(&self, name: &str) -> bool {
+        let dirs: Vec<PathBuf> = match self {
+            Self::V2(root) => vec![root.join(PARENT).join(name)],
+            Self::V1(root) => CONTROLLERS
+                .iter()
+                .map(|c| root.join(c).join(PARENT).join(name))
+                .collect(),
+        };
+        dirs.iter()
+            .all(|d| fs::remove_dir(d).is_ok() || !d.exists())
+    }
+
     /// Makes the cgroup `name` (an instance id) with these limits. An existing one of that name
     /// (left by a server that was killed) is reused and its limits rewritten.
     pub fn create(&self, name: &str, limits: &Limits) -> io::Result<Cgroup> {

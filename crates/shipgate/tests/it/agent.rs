@@ -111,7 +111,13 @@ fn a_killed_agent_is_replaced_by_one_that_adopts_what_runs_and_no_request_fails(
     let s = spawn_server(&four_envs("data_plane = \"agent\""));
     for version in ["1.0.0", "1.1.0"] {
         s.register(version, &[]);
-        s.ok(&["promote", &format!("web@{version}"), "--to", "development", "--wait"]);
+        s.ok(&[
+            "promote",
+            &format!("web@{version}"),
+            "--to",
+            "development",
+            "--wait",
+        ]);
     }
     let before = env_status(&s.json(&["status", "web"]), "development");
     assert_eq!(before["standby"]["version"], "1.0.0", "{before}");
@@ -147,8 +153,14 @@ fn a_killed_agent_is_replaced_by_one_that_adopts_what_runs_and_no_request_fails(
     assert!(failed.len() <= 1, "{failed:?}");
     // The same instances: the live one and the warm standby, with their pids.
     let after = env_status(&s.json(&["status", "web"]), "development");
-    assert_eq!(after["instance"]["pid"], before["instance"]["pid"], "{after}");
-    assert_eq!(after["standby"]["instance_id"], before["standby"]["instance_id"], "{after}");
+    assert_eq!(
+        after["instance"]["pid"], before["instance"]["pid"],
+        "{after}"
+    );
+    assert_eq!(
+        after["standby"]["instance_id"], before["standby"]["instance_id"],
+        "{after}"
+    );
     assert_eq!(s.version("development").as_deref(), Some("1.1.0"));
     // A rollback is still a switch to the standby.
     let rollback = s.json(&["rollback", "web", "--env", "development"]);
@@ -157,7 +169,10 @@ fn a_killed_agent_is_replaced_by_one_that_adopts_what_runs_and_no_request_fails(
     let said = s.log();
     assert!(said.contains("starting it again"), "{said}");
     let agent_log = std::fs::read_to_string(s.data_dir().join("agent.log")).unwrap_or_default();
-    assert!(agent_log.contains("adopted a running instance"), "{agent_log}");
+    assert!(
+        agent_log.contains("adopted a running instance"),
+        "{agent_log}"
+    );
     assert!(agent_log.contains("took over"), "{agent_log}");
 }
 
@@ -220,4 +235,37 @@ fn a_command_asked_twice_runs_once() {
     let stop = serde_json::json!({ "instance_id": "web-cmd-1", "pid": null, "grace": { "secs": 5, "nanos": 0 } });
     let (status, body) = post_command(&socket, "/v1/stop", "cmd-2", &stop.to_string());
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn what_a_killed_agent_left_and_nobody_adopts_goes_with_its_cgroup() {
+    if !crate::helpers::root_or_skip("agent::orphan_cgroups") {
+        return;
+    }
+    let s = spawn_server(&crate::helpers::four_envs_with(
+        "data_plane = \"agent\"\nisolation = \"sandbox\"",
+        &[("development", "limits = { memory = \"256MiB\" }")],
+    ));
+    s.register("1.0.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
+    let before = env_status(&s.json(&["status", "web"]), "development");
+    let id = before["instance"]["id"].as_str().unwrap().to_owned();
+    let hierarchy = shipgate_deploy::cgroup::Hierarchy::detect().unwrap();
+    let cgroup = match &hierarchy {
+        shipgate_deploy::cgroup::Hierarchy::V2(root) => root.join("shipgate").join(&id),
+        shipgate_deploy::cgroup::Hierarchy::V1(root) => root.join("memory/shipgate").join(&id),
+    };
+    assert!(cgroup.exists(), "{}", cgroup.display());
+    // Without what it kept, the next agent adopts nothing: it stops what the dead one left.
+    std::fs::remove_file(s.data_dir().join("agent-state.json")).unwrap();
+    let old_agent = s.agent_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("the orphan's cgroup to be removed", || !cgroup.exists());
+    wait_for("development to serve again", || {
+        s.version("development").as_deref() == Some("1.0.0")
+    });
 }
