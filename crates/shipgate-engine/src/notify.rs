@@ -4,7 +4,9 @@
 //! and backoff, every attempt recorded, and after `max_attempts` the dead-letter list that
 //! `shipgate notify list` shows and `notify retry` sends again. A server killed between the
 //! write and the send finds the outbox row or the delivery at its next start and sends it then.
-//! Receivers deduplicate by `webhook-id`, which stays the same across attempts.
+//! Receivers deduplicate by `webhook-id`, which stays the same across attempts. A target's
+//! deliveries go one at a time, in the order of their events: the next only once the one
+//! before was delivered or went to the dead letters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use crate::{Engine, EngineError};
 const LOOK_EVERY: Duration = Duration::from_millis(200);
 /// How long one POST may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Events fanned out per look.
+/// Events fanned out, and attempts made, per look.
 const BATCH: i64 = 200;
 
 impl Engine {
@@ -86,22 +88,39 @@ impl Engine {
             }
             self.store.fan_out(&ids, deliveries).await?;
         }
+        // Each target's first pending delivery alone may go: the next waits until it is
+        // delivered or dead, so a receiver that was down gets the events in order, not the new
+        // ones first while the old back off. What one settles lets the next go in this pass.
         let now = self.clock.now();
-        for d in self.store.due_deliveries(now, BATCH).await? {
-            let Some(target) = targets.iter().find(|t| t.name == d.target) else {
-                // The config no longer has it: kept as dead, so nothing is dropped unseen.
-                let attempt = DeliveryAttempt {
-                    at: now,
-                    status: None,
-                    error: Some(format!("target `{}` is no longer in the config", d.target)),
-                    took_ms: 0,
+        let mut attempts = 0;
+        while attempts < BATCH {
+            let due: Vec<Delivery> = self
+                .store
+                .first_pending_deliveries()
+                .await?
+                .into_iter()
+                .filter(|d| d.next_at <= now)
+                .collect();
+            if due.is_empty() {
+                break;
+            }
+            for d in due {
+                attempts += 1;
+                let Some(target) = targets.iter().find(|t| t.name == d.target) else {
+                    // The config no longer has it: kept as dead, so nothing is dropped unseen.
+                    let attempt = DeliveryAttempt {
+                        at: now,
+                        status: None,
+                        error: Some(format!("target `{}` is no longer in the config", d.target)),
+                        took_ms: 0,
+                    };
+                    self.store
+                        .record_attempt(d.id, attempt, AttemptOutcome::Dead)
+                        .await?;
+                    continue;
                 };
-                self.store
-                    .record_attempt(d.id, attempt, AttemptOutcome::Dead)
-                    .await?;
-                continue;
-            };
-            self.send(client, target, &d).await?;
+                self.send(client, target, &d).await?;
+            }
         }
         Ok(())
     }

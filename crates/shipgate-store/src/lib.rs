@@ -381,8 +381,10 @@ pub trait Store: Send + Sync {
     /// `event_ids`, in one transaction.
     async fn fan_out(&self, event_ids: &[i64], deliveries: Vec<NewDelivery>) -> Result<()>;
 
-    /// Pending deliveries due at `now`, soonest first.
-    async fn due_deliveries(&self, now: jiff::Timestamp, limit: i64) -> Result<Vec<Delivery>>;
+    /// Each target's first pending delivery (the one of its lowest event id), due or not, in
+    /// event order: a target's deliveries go one at a time, in the order their events
+    /// happened, the next once this one is delivered or dead.
+    async fn first_pending_deliveries(&self) -> Result<Vec<Delivery>>;
 
     /// Records an attempt of delivery `id` and what it leaves the delivery as.
     async fn record_attempt(

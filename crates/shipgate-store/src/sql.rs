@@ -2025,8 +2025,8 @@ impl Store for SqlStore {
         SqlStore::fan_out(self, event_ids, deliveries).await
     }
 
-    async fn due_deliveries(&self, now: jiff::Timestamp, limit: i64) -> Result<Vec<Delivery>> {
-        SqlStore::due_deliveries(self, now, limit).await
+    async fn first_pending_deliveries(&self) -> Result<Vec<Delivery>> {
+        SqlStore::first_pending_deliveries(self).await
     }
 
     async fn record_attempt(

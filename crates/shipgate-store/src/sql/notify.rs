@@ -67,13 +67,18 @@ impl SqlStore {
         self.commit(tx, Vec::new()).await
     }
 
-    pub(super) async fn due_deliveries(&self, now: Timestamp, limit: i64) -> Result<Vec<Delivery>> {
+    pub(super) async fn first_pending_deliveries(&self) -> Result<Vec<Delivery>> {
+        let columns: Vec<String> = DELIVERY_COLUMNS
+            .split(", ")
+            .map(|c| format!("d.{c}"))
+            .collect();
         sqlx::query(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = $1 AND next_at <= $2 ORDER BY next_at, id LIMIT $3"
+            "SELECT {} FROM deliveries d JOIN \
+             (SELECT target, MIN(event_id) AS first FROM deliveries WHERE status = $1 GROUP BY target) f \
+             ON d.target = f.target AND d.event_id = f.first ORDER BY d.event_id",
+            columns.join(", ")
         ))
         .bind(DeliveryStatus::Pending.as_str())
-        .bind(now.to_string())
-        .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading deliveries"))?

@@ -33,6 +33,7 @@ mod archive_checks;
 mod artifact_store;
 mod artifacts_in_db;
 mod copy;
+mod deliveries;
 mod event_log;
 mod fixtures;
 mod flags;

@@ -189,6 +189,47 @@ fn a_receiver_that_fails_half_its_requests_still_gets_every_event_signed() {
 }
 
 #[test]
+fn after_an_outage_a_receiver_gets_the_events_in_the_order_they_happened() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("received.jsonl");
+    let s = started(port, "max_attempts = 20");
+    let freeze_and_unfreeze = |times: usize| {
+        for i in 0..times {
+            s.ok(&[
+                "freeze",
+                "--env",
+                "staging",
+                "--reason",
+                &format!("freeze {i}"),
+            ]);
+            s.ok(&["unfreeze", "--env", "staging"]);
+        }
+    };
+    // The receiver is down: the first events fail and back off (1 s, 2 s, 4 s, …).
+    freeze_and_unfreeze(5);
+    std::thread::sleep(Duration::from_secs(6));
+    let _receiver = Receiver::start(port, &log, false);
+    // Back up: newer events are not let past the older ones still backing off.
+    freeze_and_unfreeze(3);
+    let ids = event_ids(&s, "environment.");
+    assert_eq!(ids.len(), 16);
+    let got = taken_all(&log, &ids);
+    let taken: Vec<i64> = got
+        .iter()
+        .filter(|r| r["failed"] == false)
+        .map(|r| r["body"]["data"]["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        taken.windows(2).all(|w| w[0] < w[1]),
+        "taken out of order: {taken:?}"
+    );
+    for r in &got {
+        assert_eq!(r["verified"], true, "{r}");
+    }
+}
+
+#[test]
 fn killed_between_the_write_and_the_send_it_delivers_after_its_restart_and_dead_letters_go_again() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
