@@ -3,6 +3,7 @@
 //! the shipped binary; it starts the sample app through the `shipgate` binary beside it.
 #![forbid(unsafe_code)]
 
+mod agent_kill;
 mod chaos;
 mod dashboard;
 mod dora;
@@ -35,6 +36,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Requests lost when the local agent is killed under load (its replacement takes over the
+    /// sockets and adopts the instance), against nginx losing a worker.
+    AgentKill {
+        /// Kills of each.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Keep-alive connections of the load client.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+    },
     /// OFREP evaluation, single and bulk, with 350 flags, against Unleash Edge (offline).
     Flags,
     /// DORA metrics over 1,000,000 promotions against a plain count of the same rows.
@@ -148,6 +159,7 @@ fn main() -> ExitCode {
 async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Promote { runs } => promote::run(runs).await,
+        BenchCommand::AgentKill { runs, connections } => agent_kill::run(runs, connections).await,
         BenchCommand::OnDemand { runs, idle } => on_demand::run(runs, idle).await,
         BenchCommand::Hosts { runs } => hosts::run(runs).await,
         BenchCommand::Dashboard { runs } => dashboard::run(runs).await,

@@ -30,9 +30,9 @@ use shipgate::client::Client;
 use shipgate::demo::{SampleServer, SampleSetup, free_port, minimal_release, sample_release};
 use shipgate::output::table;
 
-const APP: &str = "web";
-const ENV: &str = "development";
-const OLD: &str = "1.0.0";
+pub(crate) const APP: &str = "web";
+pub(crate) const ENV: &str = "development";
+pub(crate) const OLD: &str = "1.0.0";
 const NEW: &str = "1.1.0";
 /// The release of the minimal responder, promoted for part 3's minimal backend.
 const MINIMAL: &str = "1.2.0";
@@ -140,7 +140,7 @@ async fn all_parts(
 }
 
 /// Promotes `version` into the environment and waits until it has succeeded.
-async fn promote(client: &Client, version: &str) -> anyhow::Result<Duration> {
+pub(crate) async fn promote(client: &Client, version: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let p = client.promote(&format!("{APP}@{version}"), ENV).await?;
     let done = client.wait_promotion(p.id, |_| {}).await?.promotion;
@@ -180,7 +180,7 @@ async fn rollback(client: &Client) -> anyhow::Result<(Duration, bool)> {
 }
 
 /// Polls `/version` on a fresh connection until it answers `version`.
-async fn wait_serves(
+pub(crate) async fn wait_serves(
     rt: &tokio::runtime::Handle,
     addr: SocketAddr,
     version: &str,
@@ -574,7 +574,7 @@ impl Run<'_> {
 }
 
 /// The port of the instance serving the environment now.
-async fn live_port(client: &Client) -> anyhow::Result<u16> {
+pub(crate) async fn live_port(client: &Client) -> anyhow::Result<u16> {
     let status: Vec<AppStatus> = client.get("/status", &[("app", APP.to_owned())]).await?;
     let env = status
         .iter()
@@ -718,7 +718,7 @@ async fn one_comparison(
 }
 
 /// nginx on `PATH`, or where Debian puts it (root's PATH has /usr/sbin, other users' often not).
-fn find_nginx() -> Option<PathBuf> {
+pub(crate) fn find_nginx() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"].map(PathBuf::from))
@@ -727,15 +727,15 @@ fn find_nginx() -> Option<PathBuf> {
 }
 
 /// nginx in front of the backend, with its config, pid file and logs in a temporary folder.
-struct Nginx {
+pub(crate) struct Nginx {
     child: tokio::process::Child,
-    addr: SocketAddr,
-    version: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) version: String,
     _dir: tempfile::TempDir,
 }
 
 impl Nginx {
-    async fn start(exe: &Path, backend_port: u16) -> anyhow::Result<Self> {
+    pub(crate) async fn start(exe: &Path, backend_port: u16) -> anyhow::Result<Self> {
         let version = std::process::Command::new(exe)
             .arg("-v")
             .output()
@@ -824,6 +824,11 @@ http {{
         }
     }
 
+    /// The master's pid.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGTERM to the master (a fast shutdown: it stops its workers).
     fn terminate(&self) {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
@@ -835,7 +840,7 @@ http {{
     }
 
     /// Stops nginx and waits for its master to exit; the folder goes with `self`.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.terminate();
         if tokio::time::timeout(PATIENCE, self.child.wait())
             .await
