@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod answers;
+pub mod constraints;
 pub mod data;
 pub mod parity;
 pub mod records;

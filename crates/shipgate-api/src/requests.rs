@@ -69,7 +69,7 @@ pub struct RollbackRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HostRequest {
     /// Its name, as `environments.X.hosts` names it.
-    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    #[schema(value_type = shipgate_core::HostName)]
     pub name: String,
 }
 
@@ -77,11 +77,13 @@ pub struct HostRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JoinRequest {
     /// The host it joins as.
+    #[schema(value_type = shipgate_core::HostName)]
     pub name: String,
     /// The token `shipgate host add` printed.
     pub token: String,
-    /// Its public key: the hex of an uncompressed P-256 point (its private key never leaves
-    /// the host).
+    /// Its public key: the hex of an uncompressed P-256 point, `04` then x and y (its private
+    /// key never leaves the host).
+    #[schema(pattern = "^04[0-9a-fA-F]{128}$")]
     pub public_key: String,
 }
 
@@ -296,15 +298,17 @@ pub struct OnDemandRequest {
     #[serde(default)]
     #[schema(value_type = Vec<ReleaseRef>)]
     pub releases: Vec<String>,
-    /// Its TTL instead of the template's (`24h`).
+    /// Its TTL instead of the template's (`24h`), above 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(?=.*[1-9])([0-9]{1,9}(ms|s|m|h|d))+$")]
     pub ttl: Option<String>,
 }
 
 /// `POST /api/v1/envs/{name}/extend`: more time for an on-demand environment.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExtendRequest {
-    /// It expires this long from now, and this is its TTL from now on (`24h`).
+    /// It expires this long from now, and this is its TTL from now on (`24h`), above 0.
+    #[schema(pattern = "^(?=.*[1-9])([0-9]{1,9}(ms|s|m|h|d))+$")]
     pub ttl: String,
 }
 
@@ -392,7 +396,9 @@ pub struct FlagDecisionRequest {
     pub comment: Option<String>,
 }
 
-/// `POST /api/v1/chaos`: inject an HTTP fault into an environment's router for a while.
+/// `POST /api/v1/chaos`: inject an HTTP fault into an environment's router for a while: one
+/// of `abort` and `delay`, and `jitter` only with `delay` (the document says so in `oneOf` and
+/// `dependentRequired`, from [`crate::constraints`]).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChaosRequest {
@@ -404,25 +410,33 @@ pub struct ChaosRequest {
     pub app: String,
     /// Answer this status (400 to 599) instead of the app. Either this or `delay`.
     #[serde(default, deserialize_with = "whole::optional_u16")]
-    #[schema(minimum = 400, maximum = 599)]
+    #[schema(minimum = 400, maximum = 599, nullable = false)]
     pub abort: Option<u16>,
-    /// Hold each request this long before forwarding it (`300ms`). Either this or `abort`.
+    /// Hold each request this long before forwarding it (`300ms`), above 0 and at most 60s.
+    /// Either this or `abort`.
     #[serde(default)]
+    #[schema(nullable = false, pattern = "^(?=.*[1-9])([0-9]{1,9}(ms|s|m|h|d))+$")]
     pub delay: Option<String>,
-    /// With `delay`: the most it varies either way (`100ms`).
+    /// With `delay`: the most it varies either way (`100ms`), at most the delay.
     #[serde(default)]
+    #[schema(nullable = false, pattern = "^([0-9]{1,9}(ms|s|m|h|d))+$")]
     pub jitter: Option<String>,
     /// The share of requests touched, above 0 and at most 100 (default 100).
     #[serde(default)]
     #[schema(exclusive_minimum = 0, maximum = 100)]
     pub percent: Option<f64>,
-    /// Only requests whose path matches (`/api/*`).
+    /// Only requests whose path matches (`/api/*`): a pattern starting with `/` or `*`.
     #[serde(default)]
+    #[schema(pattern = "^[/*]")]
     pub path: Option<String>,
-    /// Only requests with this header (`x-chaos: 1`).
+    /// Only requests with this header (`x-chaos: 1`): `NAME: VALUE`.
     #[serde(default)]
+    #[schema(
+        pattern = "^[\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*[!#$%&'*+.^_`|~0-9A-Za-z-]+[\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*:"
+    )]
     pub header: Option<String>,
-    /// How long it lasts (`5m`); required, at most the environment's `chaos.max_duration`.
+    /// How long it lasts (`5m`), above 0 and at most the environment's `chaos.max_duration`.
+    #[schema(pattern = "^(?=.*[1-9])([0-9]{1,9}(ms|s|m|h|d))+$")]
     pub duration: String,
 }
 
@@ -460,16 +474,45 @@ pub struct TrafficProbeQuery {
     pub max_p99_ms: Option<f64>,
 }
 
-/// `POST /api/v1/notify/retry`: send dead deliveries again.
+/// `POST /api/v1/notify/retry`: send dead deliveries again: some (`ids`) or every one
+/// (`all`), never both (the document says so in `oneOf`, from [`crate::constraints`]).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyRetryRequest {
-    /// The deliveries (`shipgate notify list` numbers them); empty with `all`.
+    /// The deliveries (`shipgate notify list` numbers them); empty or absent with `all`.
     #[serde(default, deserialize_with = "whole::list_i64")]
     pub ids: Vec<i64>,
-    /// Every dead delivery.
+    /// Every dead delivery (none dead: nothing is sent, and the answer is empty).
     #[serde(default)]
     pub all: bool,
+}
+
+/// The dead deliveries a [`NotifyRetryRequest`] asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadDeliveries {
+    /// Every one on the dead-letter list.
+    All,
+    /// These, by number (at least one).
+    These(Vec<i64>),
+}
+
+impl NotifyRetryRequest {
+    /// Which deliveries it asks for; refused, saying what to send instead, when it names none
+    /// or both some and all.
+    pub fn deliveries(&self) -> Result<DeadDeliveries, String> {
+        match (self.all, self.ids.is_empty()) {
+            (true, true) => Ok(DeadDeliveries::All),
+            (false, false) => Ok(DeadDeliveries::These(self.ids.clone())),
+            (false, true) => Err(
+                "name dead deliveries (shipgate notify list shows them) or ask for all of them"
+                    .to_owned(),
+            ),
+            (true, false) => Err(
+                "ask for all dead deliveries or name some (`ids`), not both: `all` already covers them"
+                    .to_owned(),
+            ),
+        }
+    }
 }
 
 /// `POST /api/v1/notify/test`: send a test event to one target.
@@ -558,5 +601,69 @@ mod tests {
             let pattern = serde_json::to_string(NOT_BLANK).unwrap();
             assert!(json.contains(&pattern), "{json}");
         }
+    }
+
+    /// The durations' patterns, written out in each `#[schema]`, are the ones of
+    /// `shipgate_core::duration`, which a test there holds to `Duration::parse`.
+    #[test]
+    fn every_duration_declares_the_pattern_parse_accepts() {
+        use shipgate_core::duration::{DURATION_PATTERN, NONZERO_DURATION_PATTERN};
+        let patterns = |schema: utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>| {
+            let json = serde_json::to_value(schema).unwrap();
+            json["properties"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v["pattern"].as_str()?.to_owned())))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let chaos = patterns(ChaosRequest::schema());
+        assert_eq!(chaos["duration"], NONZERO_DURATION_PATTERN);
+        assert_eq!(chaos["delay"], NONZERO_DURATION_PATTERN);
+        assert_eq!(chaos["jitter"], DURATION_PATTERN);
+        assert_eq!(
+            patterns(OnDemandRequest::schema())["ttl"],
+            NONZERO_DURATION_PATTERN
+        );
+        assert_eq!(
+            patterns(ExtendRequest::schema())["ttl"],
+            NONZERO_DURATION_PATTERN
+        );
+    }
+
+    /// The header's pattern, checked against the parser on the characters around its edges.
+    #[test]
+    fn the_header_pattern_accepts_what_the_parser_accepts() {
+        let json = serde_json::to_value(ChaosRequest::schema()).unwrap();
+        let pattern = json["properties"]["header"]["pattern"].as_str().unwrap();
+        let pattern = regex_lite::Regex::new(pattern).unwrap();
+        let parts = [
+            "", " ", "\u{85}", "\u{3000}", "x-chaos", "a b", ":", "é", "1", "\t",
+        ];
+        for a in parts {
+            for b in parts {
+                for c in parts {
+                    let text = format!("{a}{b}{c}: 1");
+                    assert_eq!(
+                        pattern.is_match(&text),
+                        shipgate_core::chaos::parse_header(&text).is_ok(),
+                        "{text:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_retry_names_some_deliveries_or_all_of_them() {
+        let retry = |ids: Vec<i64>, all| NotifyRetryRequest { ids, all }.deliveries();
+        assert_eq!(retry(vec![], true), Ok(DeadDeliveries::All));
+        assert_eq!(retry(vec![3], false), Ok(DeadDeliveries::These(vec![3])));
+        assert!(
+            retry(vec![], false)
+                .unwrap_err()
+                .contains("name dead deliveries")
+        );
+        assert!(retry(vec![3], true).unwrap_err().contains("not both"));
     }
 }

@@ -2,12 +2,20 @@
 
 use std::fmt;
 
+/// What [`Duration::parse`] accepts (around white space it trims), for the API's schemas: one or
+/// more parts, each a number of 1 to 9 digits and a unit.
+pub const DURATION_PATTERN: &str = "^([0-9]{1,9}(ms|s|m|h|d))+$";
+
+/// [`DURATION_PATTERN`] above zero: some number in it is not 0.
+pub const NONZERO_DURATION_PATTERN: &str = "^(?=.*[1-9])([0-9]{1,9}(ms|s|m|h|d))+$";
+
 /// A length of time parsed from text such as `1h30m`; the type is the proof it was well formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(std::time::Duration);
 
 impl Duration {
-    /// Parses one or more `<number><unit>` parts, units `ms`, `s`, `m`, `h`, `d`.
+    /// Parses one or more `<number><unit>` parts, numbers of at most 9 digits (no sum of them
+    /// can overflow), units `ms`, `s`, `m`, `h`, `d`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
@@ -24,6 +32,11 @@ impl Duration {
             if digits == 0 {
                 return Err(bad());
             }
+            if digits > 9 {
+                return Err(format!(
+                    "`{s}` is not a duration: its numbers have at most 9 digits; use a larger unit (\"90d\", not \"7776000000ms\")"
+                ));
+            }
             let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
             rest = &rest[digits..];
             let unit_len = rest
@@ -37,7 +50,10 @@ impl Duration {
                 "d" => 86_400_000,
                 _ => return Err(bad()),
             };
-            total += std::time::Duration::from_millis(n.checked_mul(millis).ok_or_else(bad)?);
+            // At most 999_999_999 times 86_400_000: far below u64::MAX.
+            total = total
+                .checked_add(std::time::Duration::from_millis(n * millis))
+                .ok_or_else(bad)?;
             rest = &rest[unit_len..];
         }
         Ok(Self(total))
@@ -78,8 +94,48 @@ mod tests {
         assert_eq!(Duration::parse("1h30m").unwrap().as_std().as_secs(), 5400);
         assert_eq!(Duration::parse("250ms").unwrap().as_std().as_millis(), 250);
         assert_eq!(Duration::parse("10m").unwrap().to_string(), "10m");
-        for bad in ["", "10", "m", "10 minutes", "-1s", "1.5s"] {
+        for bad in ["", "10", "m", "10 minutes", "-1s", "1.5s", "1234567890s"] {
             assert!(Duration::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Duration::parse(" 999999999d ").is_ok());
+    }
+
+    /// The patterns, without the lookahead regex-lite lacks, against `parse` on the text
+    /// around each part's edge cases.
+    #[test]
+    fn the_patterns_accept_what_parse_accepts() {
+        let any = regex_lite::Regex::new(DURATION_PATTERN).unwrap();
+        let above_zero = NONZERO_DURATION_PATTERN.replace("(?=.*[1-9])", "");
+        assert_ne!(above_zero, NONZERO_DURATION_PATTERN);
+        let above_zero = regex_lite::Regex::new(&above_zero).unwrap();
+        let numbers = [
+            "",
+            "0",
+            "00",
+            "1",
+            "000000001",
+            "999999999",
+            "0000000000",
+            "1234567890",
+        ];
+        let units = ["", "ms", "s", "m", "h", "d", "x", "sm"];
+        for n in numbers {
+            for unit in units {
+                for text in [
+                    format!("{n}{unit}"),
+                    format!("1h{n}{unit}"),
+                    format!("{n}{unit}0s"),
+                ] {
+                    let parsed = Duration::parse(&text);
+                    assert_eq!(any.is_match(&text), parsed.is_ok(), "`{text}`");
+                    let nonzero = text.contains(|c: char| ('1'..='9').contains(&c));
+                    assert_eq!(
+                        above_zero.is_match(&text) && nonzero,
+                        parsed.is_ok_and(|d| !d.as_std().is_zero()),
+                        "`{text}`"
+                    );
+                }
+            }
         }
     }
 }

@@ -112,7 +112,8 @@ pub enum FlagState {
     },
     /// The first rule that matches decides; none matching serves the default (reason DEFAULT).
     Rules {
-        /// In order.
+        /// In order; at least one.
+        #[cfg_attr(feature = "schema", schema(min_items = 1))]
         rules: Vec<Rule>,
     },
 }
@@ -142,6 +143,10 @@ pub struct Weighted {
     pub variant: String,
     /// Its weight; shares are weight over the sum of weights.
     #[serde(deserialize_with = "whole_number")]
+    #[cfg_attr(
+        feature = "schema",
+        schema(format = "uint32", maximum = 4294967295_u64)
+    )]
     pub weight: u32,
 }
 
@@ -162,6 +167,22 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error>
     })
 }
 
+/// What `semver::VersionReq::parse` accepts (a `semver` condition's range), for the API's
+/// schemas: `*` alone, or 1 to 32 comparators separated by commas, each an optional operator
+/// and a version whose minor and patch may be left out or wildcards; spaces only where the
+/// parser skips them, no leading zeros, numbers that fit in 64 bits.
+pub const SEMVER_RANGE_PATTERN: &str = concat!(
+    "^ *([*xX] *|",
+    "(=|>=?|<=?|~|\\^)? *(0|[1-9][0-9]{0,18})",
+    "(\\.([*xX](\\.[*xX])?|(0|[1-9][0-9]{0,18})(\\.([*xX]|(0|[1-9][0-9]{0,18})",
+    "(-(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*))*)?",
+    "(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?))?))? *",
+    "(, *(=|>=?|<=?|~|\\^)? *(0|[1-9][0-9]{0,18})",
+    "(\\.([*xX](\\.[*xX])?|(0|[1-9][0-9]{0,18})(\\.([*xX]|(0|[1-9][0-9]{0,18})",
+    "(-(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*))*)?",
+    "(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?))?))? *){0,31})$"
+);
+
 /// An attribute condition: `attribute op value`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,7 +193,7 @@ pub struct Condition {
     /// How it is compared.
     pub op: Op,
     /// With what: a JSON value (a list for `in`, a range for `semver`, a pattern for `regex`).
-    #[cfg_attr(feature = "schema", schema(value_type = Object))]
+    #[cfg_attr(feature = "schema", schema(value_type = Value))]
     pub value: Value,
 }
 
@@ -371,52 +392,75 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Checks that `state` names only variants `flag` declares and that every rule can be
-/// judged; the message says what to change.
-pub fn check(flag: &FlagConfig, state: &FlagState) -> Result<(), String> {
-    let known = |v: &str| -> Result<(), String> {
-        if flag.variants.contains_key(v) {
-            Ok(())
-        } else {
-            Err(format!(
-                "flag `{}` has no variant `{v}`; its variants are {}",
-                flag.key,
-                flag.variants.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        }
+/// Why [`check`] refused a state, in words that say what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlagRefusal {
+    /// The state is not well formed: no rules, a rule with both or neither of a variant and a
+    /// split, a split of zero weights, a condition its comparison cannot judge. The API
+    /// document states each of these, so a client can tell without asking.
+    #[error("{0}")]
+    Malformed(String),
+    /// The state is well formed but names a variant the flag does not declare: which variants
+    /// exist is the config's to say.
+    #[error("flag `{flag}` has no variant `{variant}`; its variants are {variants}")]
+    UnknownVariant {
+        /// The flag's key.
+        flag: String,
+        /// The variant named.
+        variant: String,
+        /// Those it declares, comma separated.
+        variants: String,
+    },
+}
+
+/// Checks that `state` is well formed and names only variants `flag` declares.
+pub fn check(flag: &FlagConfig, state: &FlagState) -> Result<(), FlagRefusal> {
+    well_formed(state).map_err(FlagRefusal::Malformed)?;
+    let named: Vec<&str> = match state {
+        FlagState::Off => Vec::new(),
+        FlagState::On { variant } => vec![variant],
+        FlagState::Rules { rules } => rules
+            .iter()
+            .flat_map(|r| r.variant.iter().chain(r.split.iter().map(|w| &w.variant)))
+            .map(String::as_str)
+            .collect(),
     };
-    match state {
-        FlagState::Off => Ok(()),
-        FlagState::On { variant } => known(variant),
-        FlagState::Rules { rules } => {
-            if rules.is_empty() {
-                return Err("rules need at least one rule (or set the flag on or off)".into());
+    match named.into_iter().find(|v| !flag.variants.contains_key(*v)) {
+        Some(variant) => Err(FlagRefusal::UnknownVariant {
+            flag: flag.key.clone(),
+            variant: variant.to_owned(),
+            variants: flag.variants.keys().cloned().collect::<Vec<_>>().join(", "),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks that every rule of `state` can be judged, whatever the flag.
+fn well_formed(state: &FlagState) -> Result<(), String> {
+    let FlagState::Rules { rules } = state else {
+        return Ok(());
+    };
+    if rules.is_empty() {
+        return Err("rules need at least one rule (or set the flag on or off)".into());
+    }
+    for rule in rules {
+        match (&rule.variant, rule.split.is_empty()) {
+            (Some(_), true) => {}
+            (None, false) if rule.split.iter().all(|w| w.weight == 0) => {
+                return Err("a split needs a weight above 0".into());
             }
-            for rule in rules {
-                match (&rule.variant, rule.split.is_empty()) {
-                    (Some(v), true) => known(v)?,
-                    (None, false) => {
-                        for w in &rule.split {
-                            known(&w.variant)?;
-                        }
-                        if rule.split.iter().all(|w| w.weight == 0) {
-                            return Err("a split needs a weight above 0".into());
-                        }
-                    }
-                    _ => {
-                        return Err(
-                            "a rule serves either one `variant` or a `split`, not both or neither"
-                                .into(),
-                        );
-                    }
-                }
-                if let Some(c) = &rule.when {
-                    check_condition(c)?;
-                }
+            (None, false) => {}
+            _ => {
+                return Err(
+                    "a rule serves either one `variant` or a `split`, not both or neither".into(),
+                );
             }
-            Ok(())
+        }
+        if let Some(c) = &rule.when {
+            check_condition(c)?;
         }
     }
+    Ok(())
 }
 
 fn check_condition(c: &Condition) -> Result<(), String> {
@@ -682,6 +726,7 @@ mod tests {
         assert!(
             check(&flag, &wrong)
                 .unwrap_err()
+                .to_string()
                 .contains("variants are off, on")
         );
         assert!(
@@ -755,5 +800,78 @@ mod tests {
         assert_eq!(split("a", "x", &rollout(0, "on", "off")), Some("off"));
         assert_eq!(split("a", "x", &rollout(100, "on", "off")), Some("on"));
         assert_eq!(split("a", "x", &[]), None);
+    }
+
+    mod semver_range {
+        use super::super::SEMVER_RANGE_PATTERN;
+        use proptest::prelude::*;
+
+        fn pieces() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "0",
+                "1",
+                "01",
+                "12",
+                "9999999999999999999",
+                "18446744073709551616",
+                ".",
+                ",",
+                " ",
+                "*",
+                "x",
+                "X",
+                ">=",
+                ">",
+                "<=",
+                "<",
+                "=",
+                "~",
+                "^",
+                "-",
+                "+",
+                "a",
+                "rc",
+                "-1",
+                "\t",
+                "_",
+            ]);
+            prop::collection::vec(piece, 0..14).prop_map(|pieces| pieces.concat())
+        }
+
+        proptest! {
+            /// The range pattern the API document states accepts exactly what the parser
+            /// accepts, on text made of the pieces ranges are made of and on any text.
+            #[test]
+            fn agrees_with_the_parser(text in prop_oneof![pieces(), "\\PC{0,12}"]) {
+                let pattern = regex_lite::Regex::new(SEMVER_RANGE_PATTERN).unwrap();
+                prop_assert_eq!(
+                    pattern.is_match(&text),
+                    semver::VersionReq::parse(&text).is_ok(),
+                    "{:?}",
+                    text
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_semver_range_pattern_takes_ranges_people_write() {
+        let pattern = regex_lite::Regex::new(SEMVER_RANGE_PATTERN).unwrap();
+        for range in [
+            ">=2.0.0, <3",
+            "^1.2",
+            "~1.2.3-rc.1+build.5",
+            "*",
+            " 1.x",
+            "=1.2.*",
+            ">= 1 , < 2",
+        ] {
+            assert!(pattern.is_match(range), "{range}");
+            assert!(semver::VersionReq::parse(range).is_ok(), "{range}");
+        }
+        let many = vec!["1"; 33].join(",");
+        assert!(!pattern.is_match(&many) && semver::VersionReq::parse(&many).is_err());
+        let most = vec!["1"; 32].join(",");
+        assert!(pattern.is_match(&most) && semver::VersionReq::parse(&most).is_ok());
     }
 }

@@ -39,7 +39,8 @@ pub use duration::Duration;
 pub use event_kind::EventKind;
 pub use gate::Verdict;
 pub use names::{
-    AppName, Digest, EnvName, EnvScope, InstanceId, NameError, PromotionId, ReleaseRef, Version,
+    AppName, Digest, EnvName, EnvScope, HostName, InstanceId, NameError, PromotionId, ReleaseRef,
+    Version,
 };
 pub use promotion::{EntryRefusal, PromotionKind, PromotionState, Standing};
 pub use size::ByteSize;

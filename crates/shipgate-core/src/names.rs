@@ -133,6 +133,41 @@ identifier!(
     "environment"
 );
 
+/// What [`HostName::parse`] accepts.
+pub const HOST_NAME_PATTERN: &str = "^(?!local$)[a-z0-9][a-z0-9-]{0,62}$";
+
+string_schema!(
+    HostName,
+    HOST_NAME_PATTERN,
+    "a host agents join as: 1 to 63 lowercase letters, digits and `-`, starting with a letter or digit, and not `local`"
+);
+
+/// The name of a host an agent joins as (`shipgate host add web-1`): a DNS label, since it
+/// goes into the host's certificate, and never `local`, which names the server's own machine.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostName(String);
+
+impl HostName {
+    /// Parses a host's name.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        let label = s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !label || s == "local" {
+            return Err(NameError(format!(
+                "`{s}` cannot name a host: use 1 to 63 lowercase letters, digits and `-`, starting with a letter or digit (`local` is the server's own machine)"
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    /// The name as typed.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+text_impls!(HostName);
+
 string_schema!(
     EnvScope,
     "^[a-z0-9][a-z0-9_-]{0,62}\\*?$",
@@ -371,6 +406,10 @@ mod tests {
         assert!(Version::parse("1.4.2").is_ok());
         assert!(Version::parse("1/2").is_err());
         assert!(Version::parse("..").is_err());
+        assert!(HostName::parse("web-1").is_ok());
+        for bad in ["local", "web_1", "-web", "", "Web"] {
+            assert!(HostName::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -397,6 +436,11 @@ mod tests {
             let version = regex_lite::Regex::new(VERSION_PATTERN).unwrap();
             prop_assert_eq!(identifier.is_match(&s), AppName::parse(&s).is_ok());
             prop_assert_eq!(version.is_match(&s), Version::parse(&s).is_ok());
+            // regex-lite has no lookahead: the pattern without `(?!local$)`, and `local` apart.
+            let label = HOST_NAME_PATTERN.replace("(?!local$)", "");
+            prop_assert_ne!(&label, HOST_NAME_PATTERN);
+            let label = regex_lite::Regex::new(&label).unwrap();
+            prop_assert_eq!(label.is_match(&s) && s != "local", HostName::parse(&s).is_ok());
         }
 
         #[test]

@@ -135,7 +135,10 @@ impl Engine {
         if config.app(ask.app).is_none() {
             return Err(EngineError::UnknownApp(ask.app.to_string()));
         }
-        let header = chaos::check(&ask, env_config.chaos).map_err(EngineError::Chaos)?;
+        let header = chaos::check(&ask, env_config.chaos).map_err(|e| match e {
+            chaos::FaultRefusal::NotAllowed(why) => EngineError::ChaosNotAllowed(why),
+            chaos::FaultRefusal::Malformed(why) => EngineError::Chaos(why),
+        })?;
         if chaos::needs_admin(&config, ask.env) && grant.role != Role::Admin {
             return Err(EngineError::ChaosForbidden(format!(
                 "{env} ends the flow (it is production), so faults there need an admin; token `{}` has the role {}",

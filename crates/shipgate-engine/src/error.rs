@@ -61,13 +61,18 @@ pub enum EngineError {
     /// No app declares the flag asked for.
     #[error("{0}")]
     UnknownFlag(String),
+    /// A flag state names a variant its flag does not declare.
+    #[error("{0}")]
+    UnknownVariant(String),
     /// A flag change or flag key was refused as asked.
     #[error("{0}")]
     Flag(String),
-    /// A fault injection was refused: the environment does not allow chaos, or the fault is
-    /// malformed.
+    /// A fault injection was refused: the fault is malformed.
     #[error("{0}")]
     Chaos(String),
+    /// The environment's `chaos` rules refuse a fault: not allowed there, or too long.
+    #[error("{0}")]
+    ChaosNotAllowed(String),
     /// Faults at the end of the flow (production) need an admin.
     #[error("{0}")]
     ChaosForbidden(String),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use sha2::Digest as _;
 use shipgate_core::Verdict;
-use shipgate_core::flag::{self, EvalError, Evaluation, FlagConfig, FlagState};
+use shipgate_core::flag::{self, EvalError, Evaluation, FlagConfig, FlagRefusal, FlagState};
 use shipgate_core::gate::{Decision, DecisionAsk, Stage, check_decision, counted_approvers};
 use shipgate_core::{AppName, EnvName, EventKind, Grant};
 use shipgate_store::{
@@ -246,7 +246,12 @@ impl Engine {
                 }
             )));
         };
-        flag::check(declared, &state).map_err(EngineError::Flag)?;
+        flag::check(declared, &state).map_err(|e| match e {
+            FlagRefusal::Malformed(why) => EngineError::Flag(why),
+            unknown @ FlagRefusal::UnknownVariant { .. } => {
+                EngineError::UnknownVariant(unknown.to_string())
+            }
+        })?;
         let before = self.flag_state(env, key).await?;
         let message = format!("flag {app}/{key} in {env}: {before} -> {state}");
         let change = FlagChange {
@@ -429,7 +434,7 @@ impl Engine {
             )));
         };
         if record.status != FlagChangeStatus::Pending {
-            return Err(EngineError::Flag(format!(
+            return Err(EngineError::NothingToDecide(format!(
                 "flag change #{id} is {} already; there is nothing left to decide",
                 record.status.as_str()
             )));

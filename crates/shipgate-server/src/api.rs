@@ -891,22 +891,17 @@ async fn add_host(
     ApiJson(req): ApiJson<shipgate_api::requests::HostRequest>,
 ) -> ApiResult<impl IntoResponse> {
     caller.allow(Action::ManageHosts, None)?;
-    if req.name == "local" || EnvName::parse(&req.name).is_err() {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid host name",
-            format!(
-                "`{}` cannot name a host: use 1 to 63 lowercase letters, digits and `-`, starting with a letter or digit (`local` is the server's own machine)",
-                req.name
-            ),
-        ));
-    }
+    let name = host_name(&req.name)?;
     let token = crate::auth::generate_token()
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "no token", e.to_string()))?;
     let record = state
         .engine
         .store()
-        .add_host(&req.name, &crate::auth::hash_token(&token), caller.name())
+        .add_host(
+            name.as_str(),
+            &crate::auth::hash_token(&token),
+            caller.name(),
+        )
         .await?;
     let location = format!("/api/v1/hosts/{}", record.name);
     Ok((
@@ -936,19 +931,25 @@ async fn remove_host(
     Ok(Json(record))
 }
 
+fn host_name(s: &str) -> ApiResult<shipgate_core::HostName> {
+    shipgate_core::HostName::parse(s)
+        .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid host name", e.0))
+}
+
 async fn join_host(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<shipgate_api::requests::JoinRequest>,
 ) -> ApiResult<impl IntoResponse> {
+    let name = host_name(&req.name)?;
     let (certificate, fingerprint) = state
         .ca
-        .issue_host(&req.name, &req.public_key)
+        .issue_host(name.as_str(), &req.public_key)
         .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid join", e))?;
     state
         .engine
         .store()
         .join_host(
-            &req.name,
+            name.as_str(),
             &crate::auth::hash_token(req.token.trim()),
             &fingerprint,
         )

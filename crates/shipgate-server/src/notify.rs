@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use shipgate_api::answers::{NotifyTargetView, NotifyView};
-use shipgate_api::requests::{NotifyRetryRequest, NotifyTestRequest};
+use shipgate_api::requests::{DeadDeliveries, NotifyRetryRequest, NotifyTestRequest};
 use shipgate_core::{Action, EventKind};
 use shipgate_store::{Delivery, DeliveryStatus, NewEvent};
 
@@ -80,24 +80,23 @@ pub(crate) async fn retry(
     ApiJson(req): ApiJson<NotifyRetryRequest>,
 ) -> ApiResult<Json<Vec<Delivery>>> {
     caller.allow(Action::ManageTokens, None)?;
+    let which = req
+        .deliveries()
+        .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid retry", e))?;
     let store = state.engine.store();
-    let ids: Vec<i64> = if req.all {
-        store
+    let ids: Vec<i64> = match which {
+        DeadDeliveries::These(ids) => ids,
+        DeadDeliveries::All => store
             .deliveries(Some(DeliveryStatus::Dead), COUNTED)
             .await
             .map_err(store_error)?
             .into_iter()
             .map(|d| d.id)
-            .collect()
-    } else {
-        req.ids.clone()
+            .collect(),
     };
+    // Every dead delivery, when there is none, is nothing to do rather than a mistake.
     if ids.is_empty() {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "nothing to retry",
-            "name dead deliveries (shipgate notify list shows them) or ask for all of them",
-        ));
+        return Ok(Json(Vec::new()));
     }
     let event = NewEvent {
         actor: caller.name().to_owned(),

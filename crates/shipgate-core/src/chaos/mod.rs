@@ -113,25 +113,48 @@ pub struct ChaosRules {
     pub max_duration: Duration,
 }
 
+/// Why [`check`] refused a fault, in words that say what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultRefusal {
+    /// The environment's `chaos` rules refuse it: chaos is not allowed there, or the fault
+    /// lasts longer than they allow. What is allowed where is the config's to say.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// The fault itself cannot be: no duration, a share, status, delay, jitter, path or
+    /// header out of its bounds.
+    #[error("{0}")]
+    Malformed(String),
+}
+
 /// Checks `ask` against the environment's rules; answers the header split into name and
-/// value, or why it is refused, in words that say what to do.
-pub fn check(ask: &FaultAsk<'_>, rules: ChaosRules) -> Result<Option<(String, String)>, String> {
+/// value, or why it is refused.
+pub fn check(
+    ask: &FaultAsk<'_>,
+    rules: ChaosRules,
+) -> Result<Option<(String, String)>, FaultRefusal> {
     let env = ask.env;
     if !rules.allow {
-        return Err(format!(
+        return Err(FaultRefusal::NotAllowed(format!(
             "environment `{env}` does not allow chaos; set `chaos.allow = true` in [environments.{env}] first"
-        ));
+        )));
     }
     if ask.duration.is_zero() {
-        return Err("a fault needs a duration (--duration 5m)".into());
+        return Err(FaultRefusal::Malformed(
+            "a fault needs a duration (--duration 5m)".into(),
+        ));
     }
     if ask.duration > rules.max_duration {
-        return Err(format!(
+        return Err(FaultRefusal::NotAllowed(format!(
             "{} is longer than {env} allows for a fault ({}; `chaos.max_duration`)",
             crate::duration::Duration::from_std(ask.duration),
             crate::duration::Duration::from_std(rules.max_duration)
-        ));
+        )));
     }
+    check_fault(ask).map_err(FaultRefusal::Malformed)
+}
+
+/// What [`check`] asks of the fault itself, whatever the environment.
+fn check_fault(ask: &FaultAsk<'_>) -> Result<Option<(String, String)>, String> {
     if !(ask.percent > 0.0 && ask.percent <= 100.0) {
         return Err(format!(
             "--percent is above 0 and at most 100, not {}",
@@ -286,7 +309,15 @@ mod tests {
             check(&ask, allowed),
             Ok(Some(("x-chaos".into(), "1".into())))
         );
-        let refused = |ask: FaultAsk<'_>, rules: ChaosRules| check(&ask, rules).unwrap_err();
+        let refused = |ask: FaultAsk<'_>, rules: ChaosRules| {
+            let refusal = check(&ask, rules).unwrap_err();
+            let malformed = matches!(refusal, FaultRefusal::Malformed(_));
+            // The environment's rules (allow, max_duration) are the config's; the rest the fault's.
+            let by_config = refusal.to_string().contains("chaos.allow")
+                || refusal.to_string().contains("longer than");
+            assert_eq!(malformed, !by_config, "{refusal}");
+            refusal.to_string()
+        };
         assert!(
             refused(
                 ask.clone(),

@@ -64,6 +64,9 @@ pub(super) async fn run(
             let req = NotifyRetryRequest { ids, all };
             let again: Vec<Delivery> = client.post("/notify/retry", &req).await?;
             out.print(&again, |again| {
+                if again.is_empty() {
+                    return "no delivery is dead: nothing was sent again\n".to_owned();
+                }
                 again
                     .iter()
                     .map(|d| format!("delivery #{} to {} is sent again\n", d.id, d.target))
