@@ -136,7 +136,13 @@ fn take_over_listeners() -> std::io::Result<Vec<(std::net::SocketAddr, std::net:
 /// which keeps them while this agent is replaced).
 fn hand_out_listeners(path: &Path, driver: Arc<dyn crate::Driver>) {
     let _ = std::fs::remove_file(path);
-    let listener = match tokio::net::UnixListener::bind(path) {
+    use std::os::unix::fs::PermissionsExt;
+    let bound = tokio::net::UnixListener::bind(path).and_then(|l| {
+        // Only the agent's user (the server's) may take the sockets.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(l)
+    });
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(

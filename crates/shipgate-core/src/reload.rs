@@ -280,7 +280,8 @@ mod tests {
         }
     }
 
-    fn with(table: &Table, path: &[String], value: Value) -> Table {
+    /// `table` with the key at `path` set to `value`, or removed (None).
+    fn with(table: &Table, path: &[String], value: Option<Value>) -> Table {
         let mut out = table.clone();
         let mut at = &mut out;
         for k in &path[..path.len() - 1] {
@@ -289,7 +290,11 @@ mod tests {
                 .and_then(Value::as_table_mut)
                 .expect("a table");
         }
-        at.insert(path[path.len() - 1].clone(), value);
+        let key = path[path.len() - 1].clone();
+        match value {
+            Some(v) => at.insert(key, v),
+            None => at.remove(&key),
+        };
         out
     }
 
@@ -334,7 +339,7 @@ mod tests {
                 .filter(|o| o != value)
                 .find_map(|other| {
                     let text =
-                        toml::to_string(&with(&config.written.0, path, other)).expect("toml");
+                        toml::to_string(&with(&config.written.0, path, Some(other))).expect("toml");
                     Config::parse(&text, dir.path()).ok()
                 });
             let Some(changed) = changed else {
@@ -350,18 +355,7 @@ mod tests {
                 refused(&config, &changed).is_none() || name.starts_with("server.data"),
                 "{name}"
             );
-            let removed = {
-                let mut t = config.written.0.clone();
-                let mut at = &mut t;
-                for k in &path[..path.len() - 1] {
-                    at = at
-                        .get_mut(k)
-                        .and_then(Value::as_table_mut)
-                        .expect("a table");
-                }
-                at.remove(&path[path.len() - 1]);
-                t
-            };
+            let removed = with(&config.written.0, path, None);
             if let Ok(without) =
                 Config::parse(&toml::to_string(&removed).expect("toml"), dir.path())
             {

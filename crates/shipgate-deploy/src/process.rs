@@ -449,8 +449,17 @@ impl Shared {
         let written = serde_json::to_vec(&kept)
             .map_err(std::io::Error::other)
             .and_then(|json| {
+                // It holds the instances' variables, secrets among them: the agent's user only.
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
                 let partial = path.with_extension("partial");
-                std::fs::write(&partial, json)?;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&partial)?
+                    .write_all(&json)?;
                 std::fs::rename(&partial, path)
             });
         if let Err(e) = written {

@@ -208,6 +208,16 @@ impl Routes {
         }
     }
 
+    /// Every router, by environment.
+    async fn all(&self) -> Vec<(String, Arc<Router>)> {
+        self.routers
+            .lock()
+            .await
+            .iter()
+            .map(|(e, r)| (e.clone(), r.clone()))
+            .collect()
+    }
+
     /// Takes over listening sockets handed over by an earlier process.
     pub(crate) fn inherit(&self, listeners: Vec<(std::net::SocketAddr, std::net::TcpListener)>) {
         locked(&self.inherited).extend(listeners);
@@ -233,15 +243,8 @@ impl Routes {
 
     /// Where each app's traffic goes, by environment.
     pub(crate) async fn table(&self) -> Vec<(String, String, RouteTarget)> {
-        let routers: Vec<(String, Arc<Router>)> = self
-            .routers
-            .lock()
-            .await
-            .iter()
-            .map(|(e, r)| (e.clone(), r.clone()))
-            .collect();
         let mut table = Vec::new();
-        for (env, router) in routers {
+        for (env, router) in self.all().await {
             for (app, upstream) in router.routed() {
                 if let Some(target) = self.target_of(&upstream) {
                     table.push((env.clone(), app, target));
@@ -289,15 +292,8 @@ impl Routes {
 
     /// Stops every router accepting; returns, per environment, the instances they routed to.
     pub(crate) async fn close(&self) -> Vec<(String, Vec<InstanceId>)> {
-        let routers: Vec<(String, Arc<Router>)> = self
-            .routers
-            .lock()
-            .await
-            .iter()
-            .map(|(e, r)| (e.clone(), r.clone()))
-            .collect();
         let mut closed = Vec::new();
-        for (env, router) in routers {
+        for (env, router) in self.all().await {
             let routed: Vec<InstanceId> = router
                 .upstreams()
                 .iter()

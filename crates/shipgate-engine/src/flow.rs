@@ -356,27 +356,32 @@ impl Engine {
             tokio::select! {
                 biased;
                 why = stop.asked_later() => {
-                    // Ended before its switch: the environment keeps what it has, and the
-                    // instance goes once it is up.
-                    let keeps = self
-                        .live_record(&promotion.app, &promotion.env)
-                        .await?
-                        .map_or("nothing".to_owned(), |l| format!("{}@{}", l.app, l.version));
-                    let mut t = self.step(
-                        &promotion,
-                        PromotionState::Deploying,
-                        PromotionState::Failed,
-                        format!(
-                            "{release} was stopped before its switch in {}: {why}; {} stays on {keeps}",
-                            promotion.env, promotion.env
-                        ),
-                    );
-                    t.reason = Some(why);
-                    self.store.transition(t).await?;
-                    if let Ok(instance) = start.await {
+                    // Ended before its switch: the environment keeps what it has. The start
+                    // goes on alongside (it may hold the store mid-write), and its instance is
+                    // stopped once it is up.
+                    let ended = async {
+                        let keeps = self
+                            .live_record(&promotion.app, &promotion.env)
+                            .await?
+                            .map_or("nothing".to_owned(), |l| format!("{}@{}", l.app, l.version));
+                        let mut t = self.step(
+                            &promotion,
+                            PromotionState::Deploying,
+                            PromotionState::Failed,
+                            format!(
+                                "{release} was stopped before its switch in {}: {why}; {} stays on {keeps}",
+                                promotion.env, promotion.env
+                            ),
+                        );
+                        t.reason = Some(why);
+                        self.store.transition(t).await?;
+                        Ok::<(), EngineError>(())
+                    };
+                    let (ended, started) = tokio::join!(ended, start.as_mut());
+                    if let Ok(instance) = started {
                         self.stop_instance(&instance.id, None).await;
                     }
-                    return Ok(());
+                    return ended;
                 }
                 started = &mut start => started,
             }

@@ -31,16 +31,7 @@ impl Engine {
         // outlived it (an agent), the driver still runs them: a healthy instance of a release is
         // adopted, without a restart. Any other (a test, an unhealthy one, one left by a
         // server's own process) is stopped.
-        let mut adopted = Vec::new();
-        for old in self.store.running_instances().await? {
-            let runs = self.driver.status(&old.id).await.is_some_and(|s| s.healthy);
-            if runs && !old.id.is_test() && old.port.is_some() {
-                adopted.push(old);
-                continue;
-            }
-            let pid = old.pid.and_then(|p| u32::try_from(p).ok());
-            self.stop_instance(&old.id, pid).await;
-        }
+        let adopted = self.adopt_running().await?;
         let in_flight = PromotionFilter {
             states: vec![PromotionState::Deploying, PromotionState::Verifying],
             ..Default::default()
@@ -80,6 +71,19 @@ impl Engine {
         .await?;
         crate::locked(&self.live).clear();
         crate::locked(&self.standby).clear();
+        let adopted = self.adopt_running().await?;
+        let restored = match self.restore_live(adopted).await {
+            Ok(rest) => self.keep_adopted_standbys(rest).await,
+            Err(e) => Err(e),
+        };
+        self.restoring
+            .store(false, std::sync::atomic::Ordering::Release);
+        restored
+    }
+
+    /// The recorded instances the data plane still runs healthy (tests aside), to be adopted;
+    /// every other recorded instance is stopped.
+    async fn adopt_running(&self) -> Result<Vec<InstanceRecord>, EngineError> {
         let mut adopted = Vec::new();
         for old in self.store.running_instances().await? {
             let runs = self.driver.status(&old.id).await.is_some_and(|s| s.healthy);
@@ -90,13 +94,7 @@ impl Engine {
             let pid = old.pid.and_then(|p| u32::try_from(p).ok());
             self.stop_instance(&old.id, pid).await;
         }
-        let restored = match self.restore_live(adopted).await {
-            Ok(rest) => self.keep_adopted_standbys(rest).await,
-            Err(e) => Err(e),
-        };
-        self.restoring
-            .store(false, std::sync::atomic::Ordering::Release);
-        restored
+        Ok(adopted)
     }
 
     /// Starts every recorded live release again, then resumes the pending promotions.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::helpers::{four_envs_with, spawn_server, text};
 
 /// Every request to web in staging aborted with 503 for 5 minutes.
-const ABORT_STAGING: &[&str] = &[
+pub(crate) const ABORT_STAGING: &[&str] = &[
     "chaos",
     "inject",
     "--env",
@@ -615,20 +615,7 @@ fn an_injected_fault_counts_for_alerts_and_status_but_never_against_the_release(
     let s = spawn_server(&config);
     s.register("1.0.0", &[]);
     s.walk("1.0.0", "staging");
-    s.ok(&[
-        "chaos",
-        "inject",
-        "--env",
-        "staging",
-        "--app",
-        "web",
-        "--abort",
-        "503",
-        "--percent",
-        "50",
-        "--duration",
-        "5m",
-    ]);
+    s.ok(&[ABORT_STAGING, &["--percent", "50"]].concat());
     let url = format!("{}/version", s.url("staging"));
     let failed = (0..200)
         .filter(|_| crate::helpers::http_get(&url, None).is_none_or(|r| r.status != 200))

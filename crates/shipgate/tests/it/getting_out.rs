@@ -90,23 +90,19 @@ fn a_rejection_during_the_tests_or_the_deploy_ends_the_promotion_and_says_so() {
     s.register("1.2.0", &[("SLOW", "go")]);
     s.deploy("1.0.0", "development");
     let serving = s.instance_processes().len();
+    let reject = |release: &str, why: &str| {
+        s.ok_as(
+            &rita,
+            &["reject", release, "--env", "development", "--comment", why],
+        )
+    };
 
     // During the tests: ended, and development is back on 1.0.0.
     s.ok(&["promote", "web@1.1.0", "--to", "development"]);
     wait_for("1.1.0's tests to run", || {
         latest_state(&s, "development") == "verifying"
     });
-    let said = s.ok_as(
-        &rita,
-        &[
-            "reject",
-            "web@1.1.0",
-            "--env",
-            "development",
-            "--comment",
-            "checkout is broken",
-        ],
-    );
+    let said = reject("web@1.1.0", "checkout is broken");
     assert!(!said.contains("it will not deploy"), "{said}");
     assert!(
         said.contains("it was verifying and is failed now: rejected by rita: checkout is broken"),
@@ -128,17 +124,7 @@ fn a_rejection_during_the_tests_or_the_deploy_ends_the_promotion_and_says_so() {
     wait_for("1.2.0 to deploy", || {
         latest_state(&s, "development") == "deploying"
     });
-    let said = s.ok_as(
-        &rita,
-        &[
-            "reject",
-            "web@1.2.0",
-            "--env",
-            "development",
-            "--comment",
-            "wrong build",
-        ],
-    );
+    let said = reject("web@1.2.0", "wrong build");
     assert!(
         said.contains("it was deploying and is failed now: rejected by rita: wrong build"),
         "{said}"
@@ -162,16 +148,6 @@ fn a_rejection_during_the_tests_or_the_deploy_ends_the_promotion_and_says_so() {
     // A rejection of a pending promotion still says it will not deploy.
     s.ok(&["freeze", "--env", "development", "--reason", "hold"]);
     s.ok(&["promote", "web@1.1.0", "--to", "development"]);
-    let said = s.ok_as(
-        &rita,
-        &[
-            "reject",
-            "web@1.1.0",
-            "--env",
-            "development",
-            "--comment",
-            "not now",
-        ],
-    );
+    let said = reject("web@1.1.0", "not now");
     assert!(said.contains("it will not deploy"), "{said}");
 }

@@ -192,19 +192,8 @@ fn a_reload_applies_chaos_rules_templates_notify_and_alerts() {
     ));
     s.register("1.0.0", &[]);
     s.ok(&["promote", "web@1.0.0", "--to", "development", "--wait"]);
-    let fault = [
-        "chaos",
-        "inject",
-        "--env",
-        "staging",
-        "--app",
-        "web",
-        "--abort",
-        "503",
-        "--duration",
-        "1m",
-    ];
-    s.ok(&fault);
+    let fault = crate::chaos::ABORT_STAGING;
+    s.ok(fault);
     s.ok(&["chaos", "clear", "1"]);
 
     // Turning chaos off is applied: faults are refused at once.
@@ -215,7 +204,7 @@ fn a_reload_applies_chaos_rules_templates_notify_and_alerts() {
         said.contains("environments.staging.chaos.allow changed: true → false"),
         "{said}"
     );
-    let refused = s.refused(&fault);
+    let refused = s.refused(fault);
     assert!(refused.contains("set `chaos.allow = true`"), "{refused}");
 
     // New templates, notify targets and alerts are named and applied.
