@@ -10,6 +10,7 @@
 pub mod access;
 pub mod alert;
 pub mod audit;
+pub mod canary;
 pub mod chaos;
 pub mod config;
 pub mod dora;
