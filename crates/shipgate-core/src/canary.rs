@@ -295,6 +295,140 @@ fn erfc(x: f64) -> f64 {
     if x >= 0.0 { r } else { 2.0 - r }
 }
 
+/// One step of a rollout (`steps = ["5%", "pause", "mirror 10%", "50%"]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Step {
+    /// This share of the requests (percent, above 0 and below 100) goes to the canary.
+    Weight(f64),
+    /// Waits for `shipgate canary resume`, at the weight before it.
+    Pause,
+    /// Copies of this share of the idempotent requests go to the canary; users meet only the
+    /// stable release.
+    Mirror(f64),
+}
+
+impl Step {
+    /// Parses a step as the config writes it; says what is wrong otherwise.
+    pub fn parse(s: &str) -> Result<Step, String> {
+        let percent = |t: &str| -> Result<f64, String> {
+            let n: f64 = t
+                .trim()
+                .strip_suffix('%')
+                .ok_or_else(|| format!("`{s}`: write a share as a percent, like \"5%\""))?
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{s}`: write a share as a percent, like \"5%\""))?;
+            if n > 0.0 && n < 100.0 {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "`{s}`: a step's share is above 0% and below 100% (100% comes after the last step)"
+                ))
+            }
+        };
+        match s.trim() {
+            "pause" => Ok(Step::Pause),
+            t => match t.strip_prefix("mirror ") {
+                Some(rest) => percent(rest).map(Step::Mirror),
+                None => percent(t).map(Step::Weight),
+            },
+        }
+    }
+
+    /// Whether the step's end is judged (a pause is not).
+    pub fn judged(self) -> bool {
+        !matches!(self, Step::Pause)
+    }
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stage {
+    /// At step `n` (0-based) of the steps.
+    At(usize),
+    /// Held at step `n`: its judgement was inconclusive, or it is a pause.
+    Held(usize),
+    /// Every step passed: the canary takes every request.
+    Completed,
+    /// Ended: the canary takes no request.
+    Aborted,
+}
+
+/// What a step's outcome (or a person) does to a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// The step's judgement passed.
+    Passed,
+    /// The step's judgement failed, or someone aborted it.
+    Abort,
+    /// The step's judgement was inconclusive.
+    Inconclusive,
+    /// `shipgate canary resume` (a pause, or an inconclusive hold, goes on).
+    Resume,
+    /// `shipgate canary skip`: every request to the canary at once.
+    Skip,
+}
+
+/// The rollout's next stage after `mv` at `stage`, over `steps`.
+pub fn next(steps: &[Step], stage: Stage, mv: Move) -> Stage {
+    let after = |n: usize| {
+        if n + 1 >= steps.len() {
+            Stage::Completed
+        } else {
+            Stage::At(n + 1)
+        }
+    };
+    match (stage, mv) {
+        (Stage::Completed | Stage::Aborted, _) => stage,
+        (_, Move::Abort) => Stage::Aborted,
+        (_, Move::Skip) => Stage::Completed,
+        // A pause goes on only when a person resumes it.
+        (Stage::At(n), Move::Passed) if steps.get(n) != Some(&Step::Pause) => after(n),
+        (Stage::At(n), Move::Inconclusive) => Stage::Held(n),
+        (Stage::Held(n), Move::Resume | Move::Passed) => after(n),
+        (Stage::At(n), Move::Resume) if steps.get(n) == Some(&Step::Pause) => after(n),
+        (s, _) => s,
+    }
+}
+
+/// The share of users' requests the canary takes at `stage`, in percent: a pause or a mirror
+/// keeps the weight of the last weight step before it (0 before any).
+pub fn weight(steps: &[Step], stage: Stage) -> f64 {
+    let at = match stage {
+        Stage::Completed => return 100.0,
+        Stage::Aborted => return 0.0,
+        Stage::At(n) | Stage::Held(n) => n,
+    };
+    steps[..=at.min(steps.len().saturating_sub(1))]
+        .iter()
+        .rev()
+        .find_map(|s| match s {
+            Step::Weight(w) => Some(*w),
+            _ => None,
+        })
+        .unwrap_or(0.0)
+}
+
+/// Which side a request goes to at `weight` percent: a tester's `x-shipgate-canary: always`
+/// or `never` first, then the request's pin (its cookie or header value, hashed, so it stays
+/// on its side as the weight grows), or `roll` (a uniform draw in 0..1) when it has none.
+pub fn to_canary(weight: f64, asked: Option<&str>, pin: Option<&str>, roll: f64) -> bool {
+    match asked {
+        Some("always") => return true,
+        Some("never") => return false,
+        _ => {}
+    }
+    let point = match pin {
+        Some(p) => {
+            (murmur3::murmur3_32(&mut std::io::Cursor::new(p.as_bytes()), 0x5417_6a7e).unwrap_or(0)
+                as f64)
+                / (u32::MAX as f64 + 1.0)
+        }
+        None => roll,
+    };
+    point * 100.0 < weight
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,5 +570,72 @@ mod tests {
             judge(&Side::default(), &Side::default(), &RULES, 3),
             Decision::Inconclusive(..)
         ));
+    }
+
+    #[test]
+    fn steps_parse_as_the_config_writes_them_and_say_what_is_wrong() {
+        assert_eq!(Step::parse("5%"), Ok(Step::Weight(5.0)));
+        assert_eq!(Step::parse("pause"), Ok(Step::Pause));
+        assert_eq!(Step::parse("mirror 10%"), Ok(Step::Mirror(10.0)));
+        assert!(Step::parse("100%").unwrap_err().contains("below 100%"));
+        assert!(Step::parse("five").unwrap_err().contains("like \"5%\""));
+    }
+
+    #[test]
+    fn a_rollout_walks_its_steps_holds_when_unsure_and_ends_at_0_or_100() {
+        let steps = [
+            Step::Weight(5.0),
+            Step::Pause,
+            Step::Mirror(10.0),
+            Step::Weight(50.0),
+        ];
+        let mut stage = Stage::At(0);
+        assert_eq!(weight(&steps, stage), 5.0);
+        stage = next(&steps, stage, Move::Inconclusive);
+        assert_eq!(stage, Stage::Held(0));
+        assert_eq!(weight(&steps, stage), 5.0, "held at its weight");
+        stage = next(&steps, stage, Move::Passed);
+        assert_eq!(stage, Stage::At(1));
+        assert_eq!(
+            next(&steps, stage, Move::Passed),
+            Stage::At(1),
+            "a pause waits"
+        );
+        stage = next(&steps, stage, Move::Resume);
+        assert_eq!(
+            (stage, weight(&steps, stage)),
+            (Stage::At(2), 5.0),
+            "a mirror keeps 5%"
+        );
+        stage = next(&steps, next(&steps, stage, Move::Passed), Move::Passed);
+        assert_eq!(stage, Stage::Completed);
+        assert_eq!(weight(&steps, stage), 100.0);
+        assert_eq!(next(&steps, stage, Move::Abort), Stage::Completed);
+        assert_eq!(weight(&steps, next(&steps, Stage::At(3), Move::Abort)), 0.0);
+        assert_eq!(next(&steps, Stage::Held(1), Move::Skip), Stage::Completed);
+    }
+
+    #[test]
+    fn the_split_keeps_its_share_pins_clients_and_obeys_testers() {
+        let mut rng = Rng(0x5eed_0003);
+        let n = 10_000;
+        let share = (0..n)
+            .filter(|_| to_canary(5.0, None, None, rng.unit()))
+            .count();
+        assert!((450..=550).contains(&share), "{share} of {n} at 5%");
+        // A pinned client on the canary at 5% stays there at 25% and 50%.
+        let pinned: Vec<String> = (0..n).map(|i| format!("client-{i}")).collect();
+        let at = |w: f64| -> Vec<bool> {
+            pinned
+                .iter()
+                .map(|p| to_canary(w, None, Some(p), 0.0))
+                .collect()
+        };
+        let (five, half) = (at(5.0), at(50.0));
+        let pinned_share = five.iter().filter(|c| **c).count();
+        assert!((350..=650).contains(&pinned_share), "{pinned_share}");
+        assert!(five.iter().zip(&half).all(|(a, b)| !*a || *b));
+        assert!(to_canary(0.0, Some("always"), Some("x"), 0.0));
+        assert!(!to_canary(100.0, Some("never"), None, 0.0));
     }
 }
