@@ -246,6 +246,10 @@ fn plan_request(req: &httparse::Request<'_, '_>, forwarded_for: &str, gateway: &
     let Ok(host_str) = std::str::from_utf8(host) else {
         return Plan::General;
     };
+    // A canary's split is made on the general path.
+    if gateway.splits(Some(host_str)) {
+        return Plan::General;
+    }
     let route = match gateway.route_host(Some(host_str)) {
         Ok(route) => route,
         Err(unroutable) => {

@@ -51,7 +51,16 @@ pub(crate) struct RouteTable {
     /// Apps with no upstream yet whose release is being started (`web@1.2.0`), so a request
     /// meanwhile hears that rather than "no live release".
     pub(crate) starting: HashMap<String, String>,
+    /// Apps whose new release takes a share of the requests (a canary): its route and the share,
+    /// in percent.
+    pub(crate) canaries: HashMap<String, (Route, f64)>,
 }
+
+/// The header a tester chooses a side with (`always`: the canary, `never`: the stable release).
+pub const CANARY_HEADER: &str = "x-shipgate-canary";
+
+/// The cookie that pins a client to its side for a whole rollout.
+pub const CANARY_COOKIE: &str = "shipgate-canary";
 
 /// The live upstream of one app and the counters of its release.
 #[derive(Clone, Debug)]
@@ -283,11 +292,51 @@ impl Gateway {
     /// The route for a request: the app its Host (or HTTP/2 authority) first label names, else the
     /// default app. The error says why there is none.
     fn route(&self, req: &Request<Incoming>) -> Result<Route, Unroutable> {
-        self.route_host(host_of(req))
+        let (app, stable) = self.route_app(host_of(req))?;
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+        let Some((canary, weight)) = routes.canaries.get(&app) else {
+            return Ok(stable);
+        };
+        let asked = req
+            .headers()
+            .get(CANARY_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let pin = req
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(CANARY_COOKIE)?.strip_prefix('='));
+        if shipgate_core::canary::to_canary(*weight, asked, pin, crate::faults::roll()) {
+            Ok(canary.clone())
+        } else {
+            Ok(stable)
+        }
+    }
+
+    /// Whether the app `host` names (or the default app) has a canary: its requests take the
+    /// general path, where the split is made.
+    pub(crate) fn splits(&self, host: Option<&str>) -> bool {
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+        if routes.canaries.is_empty() {
+            return false;
+        }
+        drop(routes);
+        let Ok((app, _)) = self.route_app(host) else {
+            return false;
+        };
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+        routes.canaries.contains_key(&app)
     }
 
     /// The route for a request for `host`: the app its first label names, else the default app.
     pub(crate) fn route_host(&self, host: Option<&str>) -> Result<Route, Unroutable> {
+        self.route_app(host).map(|(_, route)| route)
+    }
+
+    /// [`Self::route_host`], with the app it is for.
+    fn route_app(&self, host: Option<&str>) -> Result<(String, Route), Unroutable> {
         let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
         // A Host naming a known app reaches that app or nothing: never another app's answer.
         let named = host.and_then(app_label);
@@ -302,7 +351,7 @@ impl Gateway {
         let env = &self.env;
         match app {
             Some(app) => match routes.apps.get(app) {
-                Some(route) => Ok(route.clone()),
+                Some(route) => Ok((app.to_owned(), route.clone())),
                 None if routes.starting.contains_key(app) => Err(Unroutable {
                     detail: format!(
                         "environment `{env}` is starting {}; try again in a moment",

@@ -131,6 +131,31 @@ impl Router {
         previous.map(|route| route.upstream)
     }
 
+    /// Sends `weight` percent of `app`'s requests to `canary` (None: none, every request to its
+    /// upstream); a tester's `x-shipgate-canary: always|never` and a client's `shipgate-canary`
+    /// cookie are honoured (see [`shipgate_core::canary::to_canary`]). Returns the canary before.
+    pub fn set_canary(&self, app: &str, canary: Option<(Upstream, f64)>) -> Option<Upstream> {
+        let route = canary.map(|(upstream, weight)| {
+            (
+                Route {
+                    metrics: self.gateway.metrics.release(app, upstream.label()),
+                    upstream,
+                },
+                weight,
+            )
+        });
+        let mut routes = self
+            .gateway
+            .routes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = match route {
+            Some(route) => routes.canaries.insert(app.to_owned(), route),
+            None => routes.canaries.remove(app),
+        };
+        previous.map(|(route, _)| route.upstream)
+    }
+
     /// Every app routed, with its upstream.
     pub fn routed(&self) -> Vec<(String, Upstream)> {
         let routes = self
