@@ -29,6 +29,14 @@ pub(super) async fn finish_promotion(
         out.print(&promotion, |p| match p.state {
             // A rollback to the warm standby is done by the time the server answers.
             PromotionState::Succeeded => format!("promotion {id} succeeded: {what}"),
+            // A rollback that ended the promotion in flight, with nothing live before it.
+            state if state.is_terminal() => format!(
+                "promotion {id} {state}: {what}{}",
+                p.reason
+                    .as_deref()
+                    .map(|r| format!("\n  reason: {r}"))
+                    .unwrap_or_default()
+            ),
             _ => format!(
                 "promotion {id} accepted: {what} (follow it: shipgate history {} --env {})",
                 p.app, p.env

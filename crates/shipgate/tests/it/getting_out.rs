@@ -151,3 +151,22 @@ fn a_rejection_during_the_tests_or_the_deploy_ends_the_promotion_and_says_so() {
     let said = reject("web@1.1.0", "not now");
     assert!(said.contains("it will not deploy"), "{said}");
 }
+
+#[test]
+fn a_rollback_of_the_first_release_ends_it_and_says_nothing_is_left() {
+    let s = spawn_server(&four_envs_with(
+        "",
+        &[("development", "verify.watch = \"10m\"")],
+    ));
+    s.register("1.0.0", &[]);
+    s.ok(&["promote", "web@1.0.0", "--to", "development"]);
+    wait_for("1.0.0 to be watched", || {
+        latest_state(&s, "development") == "verifying"
+    });
+    let said = s.ok(&["rollback", "web", "--env", "development"]);
+    assert!(
+        said.contains("failed: web@1.0.0 → development") && said.contains("rolled back by"),
+        "{said}"
+    );
+    assert_eq!(s.version("development"), None, "nothing was live before it");
+}
