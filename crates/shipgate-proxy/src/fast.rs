@@ -246,12 +246,10 @@ fn plan_request(req: &httparse::Request<'_, '_>, forwarded_for: &str, gateway: &
     let Ok(host_str) = std::str::from_utf8(host) else {
         return Plan::General;
     };
-    // A canary's split is made on the general path.
-    if gateway.splits(Some(host_str)) {
-        return Plan::General;
-    }
-    let route = match gateway.route_host(Some(host_str)) {
-        Ok(route) => route,
+    let route = match gateway.routes_for(Some(host_str)) {
+        // A canary's split is made on the general path.
+        Ok((_, Some(_))) => return Plan::General,
+        Ok((route, None)) => route,
         Err(unroutable) => {
             let app = unroutable.app.as_deref().unwrap_or(NO_RELEASE);
             let metrics = gateway.metrics.release(app, NO_RELEASE);

@@ -292,9 +292,8 @@ impl Gateway {
     /// The route for a request: the app its Host (or HTTP/2 authority) first label names, else the
     /// default app. The error says why there is none.
     fn route(&self, req: &Request<Incoming>) -> Result<Route, Unroutable> {
-        let (app, stable) = self.route_app(host_of(req))?;
-        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
-        let Some((canary, weight)) = routes.canaries.get(&app) else {
+        let (stable, canary) = self.routes_for(host_of(req))?;
+        let Some((canary, weight)) = canary else {
             return Ok(stable);
         };
         let asked = req
@@ -308,35 +307,20 @@ impl Gateway {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .find_map(|c| c.trim().strip_prefix(CANARY_COOKIE)?.strip_prefix('='));
-        if shipgate_core::canary::to_canary(*weight, asked, pin, crate::faults::roll()) {
-            Ok(canary.clone())
+        if shipgate_core::canary::to_canary(weight, asked, pin, crate::faults::roll()) {
+            Ok(canary)
         } else {
             Ok(stable)
         }
     }
 
-    /// Whether the app `host` names (or the default app) has a canary: its requests take the
-    /// general path, where the split is made.
-    pub(crate) fn splits(&self, host: Option<&str>) -> bool {
-        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
-        if routes.canaries.is_empty() {
-            return false;
-        }
-        drop(routes);
-        let Ok((app, _)) = self.route_app(host) else {
-            return false;
-        };
-        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
-        routes.canaries.contains_key(&app)
-    }
-
-    /// The route for a request for `host`: the app its first label names, else the default app.
-    pub(crate) fn route_host(&self, host: Option<&str>) -> Result<Route, Unroutable> {
-        self.route_app(host).map(|(_, route)| route)
-    }
-
-    /// [`Self::route_host`], with the app it is for.
-    fn route_app(&self, host: Option<&str>) -> Result<(String, Route), Unroutable> {
+    /// The route for a request for `host` (the app its first label names, else the default app)
+    /// and, when that app has a canary, the canary's route and share (in percent), read under one
+    /// lock. The error says why there is none.
+    pub(crate) fn routes_for(
+        &self,
+        host: Option<&str>,
+    ) -> Result<(Route, Option<(Route, f64)>), Unroutable> {
         let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
         // A Host naming a known app reaches that app or nothing: never another app's answer.
         let named = host.and_then(app_label);
@@ -351,7 +335,7 @@ impl Gateway {
         let env = &self.env;
         match app {
             Some(app) => match routes.apps.get(app) {
-                Some(route) => Ok((app.to_owned(), route.clone())),
+                Some(route) => Ok((route.clone(), routes.canaries.get(app).cloned())),
                 None if routes.starting.contains_key(app) => Err(Unroutable {
                     detail: format!(
                         "environment `{env}` is starting {}; try again in a moment",
