@@ -31,7 +31,7 @@ impl Engine {
             {
                 continue;
             }
-            let (undeployed, drift) = split_undeployed(self.drift_of(&live).await);
+            let Found { drift, undeployed } = self.drift_of(&live).await;
             let slot: Slot = (live.app.clone(), live.env.clone());
             if undeployed.is_empty() {
                 locked(&self.undeployed).remove(&slot);
@@ -116,8 +116,9 @@ impl Engine {
         Ok(())
     }
 
-    async fn drift_of(&self, live: &LiveRelease) -> Vec<String> {
-        let mut drift = Vec::new();
+    async fn drift_of(&self, live: &LiveRelease) -> Found {
+        let mut found = Found::default();
+        let drift = &mut found.drift;
         let artifacts = self.artifacts.clone();
         let digest = live.digest.clone();
         match tokio::task::spawn_blocking(move || artifacts.check_release_dir(&digest)).await {
@@ -143,25 +144,26 @@ impl Engine {
         }
         let Some(instance) = self.live_instance(&slot) else {
             drift.push(format!("no instance of {label} runs"));
-            return drift;
+            return found;
         };
         match self.driver.status(&instance.id).await {
-            Some(s) if s.healthy => drift.extend(self.process_drift(live, s.pid)),
+            Some(s) if s.healthy => self.process_drift(live, s.pid, &mut found),
             _ => drift.push(format!(
                 "instance {} of {label} is not running healthy",
                 instance.id
             )),
         }
-        drift
+        found
     }
 
-    /// The running process's variables and folder against those it was started with.
-    fn process_drift(&self, live: &LiveRelease, pid: u32) -> Vec<String> {
+    /// The running process's variables against the config's (a difference is a change not
+    /// deployed yet), and its folder against the release's (drift).
+    fn process_drift(&self, live: &LiveRelease, pid: u32, found: &mut Found) {
         let config = self.config();
-        let mut drift = Vec::new();
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            return drift;
+            return;
         };
+        let undeployed = &mut found.undeployed;
         let running: BTreeMap<String, String> = environ
             .split(|b| *b == 0)
             .filter_map(|kv| {
@@ -189,29 +191,30 @@ impl Engine {
                 Some(r) => {
                     let secret = shipgate_core::parity::is_secret(k, &[Some(r), Some(v)], &secrets);
                     if secret {
-                        drift.push(format!(
+                        undeployed.push(format!(
                             "variable {k} of the running instance differs from the recorded one"
                         ));
                     } else {
-                        drift.push(format!(
+                        undeployed.push(format!(
                             "variable {k} of the running instance is `{r}`, recorded `{v}`"
                         ));
                     }
                 }
-                None => drift.push(format!("variable {k} is missing from the running instance")),
+                None => {
+                    undeployed.push(format!("variable {k} is missing from the running instance"))
+                }
             }
         }
         let dir = self.artifacts.release_dir(&live.digest);
         if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd"))
             && cwd != dir
         {
-            drift.push(format!(
+            found.drift.push(format!(
                 "the running instance works in {}, not in the release directory {}",
                 cwd.display(),
                 dir.display()
             ));
         }
-        drift
     }
 
     /// Scans every `drift_scan` while the engine lives.
@@ -248,7 +251,7 @@ impl Engine {
                 "nothing of {app} is live in {env}, so there is nothing to heal"
             ))
         })?;
-        let (undeployed, drift) = split_undeployed(self.drift_of(&live).await);
+        let Found { drift, undeployed } = self.drift_of(&live).await;
         if drift.is_empty() {
             let config = if undeployed.is_empty() {
                 String::new()
@@ -309,8 +312,10 @@ impl Engine {
     }
 }
 
-/// Splits what differs from the config into the variables the config changed since the
-/// instance started (a change not deployed yet, not drift) and the rest (drift).
-fn split_undeployed(found: Vec<String>) -> (Vec<String>, Vec<String>) {
-    found.into_iter().partition(|d| d.starts_with("variable "))
+/// What differs from the record of a live release: drift, and the variables the config changed
+/// since its instance started (a change not deployed yet, not drift).
+#[derive(Default)]
+struct Found {
+    drift: Vec<String>,
+    undeployed: Vec<String>,
 }
