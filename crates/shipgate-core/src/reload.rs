@@ -222,6 +222,17 @@ mod tests {
         }
     }
 
+    /// Every key of `config`'s file that holds no table, with its value.
+    fn keys_of(config: &Config) -> Vec<(Vec<String>, Value)> {
+        let mut keys = Vec::new();
+        leaves(
+            &mut Vec::new(),
+            &Value::Table(config.written.0.clone()),
+            &mut keys,
+        );
+        keys
+    }
+
     /// Values to try in place of `value`, the likeliest valid first.
     fn other_values(value: &Value) -> Vec<Value> {
         const WORDS: &[&str] = &[
@@ -324,12 +335,7 @@ mod tests {
     #[test]
     fn a_reload_names_a_change_of_any_key_of_the_reference_config() {
         let (dir, config) = reference();
-        let mut keys = Vec::new();
-        leaves(
-            &mut Vec::new(),
-            &Value::Table(config.written.0.clone()),
-            &mut keys,
-        );
+        let keys = keys_of(&config);
         assert!(keys.len() > 100, "{} keys", keys.len());
         let mut unchangeable = Vec::new();
         for (path, value) in &keys {
@@ -375,12 +381,7 @@ mod tests {
     #[test]
     fn the_reference_config_sets_every_key_of_the_config_reference() {
         let (_dir, config) = reference();
-        let mut keys = Vec::new();
-        leaves(
-            &mut Vec::new(),
-            &Value::Table(config.written.0.clone()),
-            &mut keys,
-        );
+        let keys = keys_of(&config);
         let written: Vec<Vec<String>> = keys.into_iter().map(|(p, _)| p).collect();
         let doc = include_str!("../../../docs/config.md");
         let placeholders = ["NAME", "KEY", "ENV", "DEP", "TABLE", "COLUMN"];
