@@ -5,7 +5,7 @@
 //! never a pass, never a failure. Pure functions, tested on numbers (issue 30).
 
 /// What one side (the canary or the stable release) answered in a step's window.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Side {
     /// Responses.
     pub requests: u64,
@@ -338,6 +338,42 @@ impl Step {
     /// Whether the step's end is judged (a pause is not).
     pub fn judged(self) -> bool {
         !matches!(self, Step::Pause)
+    }
+}
+
+/// How a client is kept on one side for the whole rollout (`sticky`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sticky {
+    /// The `shipgate-canary` cookie, which the router gives a client that has none.
+    #[default]
+    Cookie,
+    /// The value of this request header (a user id, a session), hashed.
+    Header(String),
+    /// Each request is drawn on its own.
+    None,
+}
+
+impl Sticky {
+    /// Parses `"cookie"`, `"header:NAME"` or `"none"`; says what is wrong otherwise.
+    pub fn parse(s: &str) -> Result<Sticky, String> {
+        match s.trim() {
+            "cookie" => Ok(Sticky::Cookie),
+            "none" => Ok(Sticky::None),
+            t => match t.strip_prefix("header:").map(str::trim) {
+                Some(name)
+                    if !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
+                    Ok(Sticky::Header(name.to_ascii_lowercase()))
+                }
+                _ => Err(format!(
+                    "`{s}`: write \"cookie\", \"header:NAME\" (a request header such as \"header:x-user-id\") or \"none\""
+                )),
+            },
+        }
     }
 }
 

@@ -71,6 +71,28 @@ pub trait Driver: Send + Sync {
     /// Where the traffic of `app` in `env` goes now.
     async fn routed(&self, env: &str, app: &str) -> Option<RouteTarget>;
 
+    /// Gives `canary` its share of the requests of `app` in `env`, beside the app's route (None:
+    /// no canary; every request to the route). On several hosts every router applies it, or
+    /// none does: the hosts that did are put back and the error names the one that failed.
+    async fn set_canary(
+        &self,
+        env: &str,
+        app: &str,
+        canary: Option<CanaryRoute>,
+    ) -> Result<(), DriverError> {
+        let _ = (app, canary);
+        Err(DriverError::Router(format!(
+            "this data plane cannot split the requests of environment {env}"
+        )))
+    }
+
+    /// What the canary of `app` in `env` and its stable side answered in the canary's current
+    /// window (summed over the environment's hosts); None without a canary.
+    async fn canary_figures(&self, env: &str, app: &str) -> Option<CanaryFigures> {
+        let _ = (env, app);
+        None
+    }
+
     /// Until the next switch of `app` in `env`, its requests get 503 "starting LABEL".
     async fn set_starting(&self, env: &str, app: &str, label: &str);
 
@@ -204,6 +226,38 @@ pub struct RouteTarget {
     /// What it runs, as metrics and errors name it (`web@1.4.2`).
     pub label: String,
 }
+
+/// A canary's share of an app's requests, as every router of its environment applies it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CanaryRoute {
+    /// The canary's instance.
+    pub target: RouteTarget,
+    /// Its share, in percent (0 to 100). At 0 only testers who ask for it
+    /// (`x-shipgate-canary: always`) meet it.
+    pub weight: f64,
+    /// The share is mirrored: copies of that share of the GET and HEAD requests go to the canary,
+    /// whose answers are counted and thrown away; every user meets the stable release.
+    pub mirror: bool,
+    /// How a client is kept on its side.
+    pub sticky: shipgate_core::canary::Sticky,
+    /// The analysis window: the figures start afresh whenever it changes.
+    pub window: u64,
+}
+
+/// What both sides of a canary answered in one window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CanaryFigures {
+    /// The window counted ([`CanaryRoute::window`]).
+    pub window: u64,
+    /// The canary's answers, mirrored ones included; its latencies a bounded sample.
+    pub canary: shipgate_core::canary::Side,
+    /// The stable release's answers to the app's requests in the same window.
+    pub stable: shipgate_core::canary::Side,
+}
+
+/// Latencies kept per side of a canary's window: a uniform sample of its answers when there
+/// are more.
+pub const CANARY_SAMPLE: usize = 4096;
 
 /// A request to run one instance of a release.
 #[derive(Clone, Debug, Serialize, Deserialize)]
