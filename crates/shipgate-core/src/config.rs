@@ -381,6 +381,45 @@ pub struct EnvironmentConfig {
     pub front: Option<SocketAddr>,
     /// For an on-demand environment, the template it was made from (None: configured).
     pub template: Option<EnvName>,
+    /// `[environments.NAME.canary]`: a new release meets a share of the requests first.
+    pub canary: Option<CanaryConfig>,
+}
+
+/// `[environments.NAME.canary]`: a new release takes a growing share of the requests, step by
+/// step, each step judged against the stable release in the same window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryConfig {
+    /// The steps; after the last one the canary takes every request.
+    pub steps: Vec<crate::canary::Step>,
+    /// How long a step lasts: its analysis window.
+    pub step: Duration,
+    /// How a step is judged.
+    pub rules: crate::canary::Rules,
+    /// How a client is kept on its side.
+    pub sticky: crate::canary::Sticky,
+}
+
+impl CanaryConfig {
+    /// Default `steps`.
+    pub const DEFAULT_STEPS: [crate::canary::Step; 3] = [
+        crate::canary::Step::Weight(5.0),
+        crate::canary::Step::Weight(25.0),
+        crate::canary::Step::Weight(50.0),
+    ];
+    /// Default `step`.
+    pub const DEFAULT_STEP: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Default `min_requests`, `max_error_rate`, `max_latency_increase` and `confidence`.
+    pub const DEFAULT_RULES: crate::canary::Rules = crate::canary::Rules {
+        min_requests: 100,
+        max_error_rate: 0.01,
+        max_latency_increase: 0.25,
+        confidence: 0.98,
+    };
+
+    /// The number of steps whose end is judged.
+    pub fn judged_steps(&self) -> usize {
+        self.steps.iter().filter(|s| s.judged()).count()
+    }
 }
 
 /// `require.*` of an environment: what a promotion waits on before it deploys.
@@ -714,6 +753,19 @@ struct RawEnvironment {
     #[serde(default)]
     dependencies: BTreeMap<Spanned<String>, RawDependency>,
     network: Option<RawNetwork>,
+    canary: Option<Spanned<RawCanary>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    steps: Option<Vec<Spanned<String>>>,
+    step: Option<Spanned<String>>,
+    min_requests: Option<Spanned<i64>>,
+    max_error_rate: Option<Spanned<f64>>,
+    max_latency_increase: Option<Spanned<f64>>,
+    confidence: Option<Spanned<f64>>,
+    sticky: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1702,6 +1754,7 @@ fn environments(
                 chaos,
                 dependencies,
                 network,
+                canary: env.canary.as_ref().map(|c| canary(c, problems)),
             });
         }
     }
@@ -1719,6 +1772,107 @@ fn environments(
         return envs;
     }
     order(envs)
+}
+
+/// `[environments.NAME.canary]`, with its defaults.
+fn canary(raw: &Spanned<RawCanary>, problems: &mut Problems) -> CanaryConfig {
+    use crate::canary::Step;
+    let at = raw.span();
+    let raw = raw.get_ref();
+    let mut steps = Vec::new();
+    match &raw.steps {
+        None => steps.extend(CanaryConfig::DEFAULT_STEPS),
+        Some(written) if written.is_empty() || written.len() > 20 => problems.add(
+            at.clone(),
+            format!("`canary.steps` has {} steps", written.len()),
+            "write 1 to 20 steps, for example steps = [\"5%\", \"25%\", \"50%\"]".to_owned(),
+        ),
+        Some(written) => {
+            let mut share = 0.0;
+            for w in written {
+                let Some(step) = problems.parse(w, Step::parse) else {
+                    continue;
+                };
+                match step {
+                    Step::Weight(p) if p <= share => problems.add(
+                        w.span(),
+                        format!("step `{}` does not grow the canary's share ({share}% before it)", w.get_ref()),
+                        "each weight step is larger than the one before, so no pinned client goes back to the stable release".to_owned(),
+                    ),
+                    Step::Weight(p) => share = p,
+                    Step::Mirror(_) if share > 0.0 => problems.add(
+                        w.span(),
+                        format!("mirror step `{}` comes after the canary already serves {share}% of the users", w.get_ref()),
+                        "put mirror steps first: a mirror sends users only to the stable release".to_owned(),
+                    ),
+                    Step::Mirror(_) | Step::Pause => {}
+                }
+                steps.push(step);
+            }
+        }
+    }
+    let step = raw
+        .step
+        .as_ref()
+        .and_then(|d| Some((d, problems.parse(d, Duration::parse)?)))
+        .filter(|(d, step)| {
+            let ok = step.as_std() >= std::time::Duration::from_secs(1);
+            if !ok {
+                problems.add(
+                    d.span(),
+                    format!("`canary.step = \"{}\"` is shorter than a second", d.get_ref()),
+                    "a step is its analysis window: write at least \"1s\", for example step = \"1m\"".to_owned(),
+                );
+            }
+            ok
+        })
+        .map_or(Duration::from_std(CanaryConfig::DEFAULT_STEP), |(_, d)| d);
+    let defaults = CanaryConfig::DEFAULT_RULES;
+    let mut share = |key: &str, value: &Option<Spanned<f64>>, lo: f64, hi: f64, default: f64, example: &str| {
+        match value {
+            Some(v) if !(*v.get_ref() >= lo && *v.get_ref() < hi) => {
+                problems.add(
+                    v.span(),
+                    format!("`canary.{key} = {}` is out of range", v.get_ref()),
+                    format!("write a number from {lo} up to (not including) {hi}, for example {key} = {example}"),
+                );
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        }
+    };
+    let max_error_rate = share("max_error_rate", &raw.max_error_rate, 0.0, 1.0, defaults.max_error_rate, "0.01");
+    let max_latency_increase = share("max_latency_increase", &raw.max_latency_increase, 0.0, 100.0, defaults.max_latency_increase, "0.25");
+    let confidence = share("confidence", &raw.confidence, 0.5, 1.0, defaults.confidence, "0.98");
+    let min_requests = match &raw.min_requests {
+        Some(n) if !(1..=10_000_000).contains(n.get_ref()) => {
+            problems.add(
+                n.span(),
+                format!("`canary.min_requests = {}` is out of range", n.get_ref()),
+                "write how many requests each side needs in a step before it is judged, 1 or more, for example min_requests = 100".to_owned(),
+            );
+            defaults.min_requests
+        }
+        Some(n) => *n.get_ref() as u64,
+        None => defaults.min_requests,
+    };
+    let sticky = raw
+        .sticky
+        .as_ref()
+        .and_then(|s| problems.parse(s, crate::canary::Sticky::parse))
+        .unwrap_or_default();
+    CanaryConfig {
+        steps,
+        step,
+        rules: crate::canary::Rules {
+            min_requests,
+            max_error_rate,
+            max_latency_increase,
+            confidence,
+        },
+        sticky,
+    }
 }
 
 /// `verify.*` of an environment or a template.
@@ -2782,6 +2936,52 @@ mod tests {
             assert_eq!(refused(server, env, ""), "", "{server} {env}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_canary_is_read_with_its_defaults_and_bad_steps_are_refused() {
+        use crate::canary::{Step, Sticky};
+        let parse = |canary: &str| {
+            let src = format!(
+                "[apps.web]\nrun = \"./web\"\n[environments.production]\nlisten = \"127.0.0.1:8103\"\n[environments.production.canary]\n{canary}\n"
+            );
+            Config::parse(&src, Path::new("/p")).map_err(|e| e.render("shipgate.toml", &src))
+        };
+        let config = parse("").unwrap();
+        let c = config.environments[0].canary.clone().unwrap();
+        assert_eq!(c.steps, CanaryConfig::DEFAULT_STEPS);
+        assert_eq!(c.rules, CanaryConfig::DEFAULT_RULES);
+        assert_eq!(c.sticky, Sticky::Cookie);
+        assert_eq!(c.step.as_std(), CanaryConfig::DEFAULT_STEP);
+        let c = parse("steps = [\"mirror 10%\", \"5%\", \"pause\", \"50%\"]\nstep = \"30s\"\nsticky = \"header:X-User-Id\"\nmin_requests = 50")
+            .unwrap()
+            .environments[0]
+            .canary
+            .clone()
+            .unwrap();
+        assert_eq!(
+            c.steps,
+            [Step::Mirror(10.0), Step::Weight(5.0), Step::Pause, Step::Weight(50.0)]
+        );
+        assert_eq!(c.judged_steps(), 3);
+        assert_eq!(c.sticky, Sticky::Header("x-user-id".into()));
+        assert_eq!(c.rules.min_requests, 50);
+        for (bad, said) in [
+            ("steps = []", "has 0 steps"),
+            ("steps = [\"5\"]", "write a share as a percent"),
+            ("steps = [\"100%\"]", "below 100%"),
+            ("steps = [\"25%\", \"5%\"]", "does not grow the canary's share"),
+            ("steps = [\"5%\", \"mirror 10%\"]", "put mirror steps first"),
+            ("step = \"100ms\"", "shorter than a second"),
+            ("confidence = 1.0", "out of range"),
+            ("max_error_rate = -0.1", "out of range"),
+            ("min_requests = 0", "out of range"),
+            ("sticky = \"session\"", "header:NAME"),
+            ("stepz = \"1m\"", "did you mean `steps`"),
+        ] {
+            let problems = parse(bad).unwrap_err();
+            assert!(problems.contains(said), "{bad}: {problems}");
+        }
     }
 
     #[test]

@@ -165,6 +165,8 @@ impl TemplateConfig {
         env.mirrors = None;
         env.front = None;
         env.listen = listen;
+        // A preview serves its testers: a new release there takes every request at once.
+        env.canary = None;
         // Its dependency proxies' addresses are the base's own: it connects to the
         // dependencies through the base's proxies, or directly, as its vars say.
         env.dependencies.clear();

@@ -256,7 +256,9 @@ mod tests {
         match value {
             Value::Boolean(b) => vec![Value::Boolean(!b)],
             Value::Integer(i) => [i + 1, i - 1, i * 2].map(Value::Integer).to_vec(),
-            Value::Float(f) => [f / 2.0, f * 2.0].map(Value::Float).to_vec(),
+            Value::Float(f) => [f / 2.0, f * 2.0, (f + 1.0) / 2.0]
+                .map(Value::Float)
+                .to_vec(),
             Value::String(s) => {
                 let mut tries = Vec::new();
                 if let Some(end) = s.rfind(|c: char| c.is_ascii_digit()) {
