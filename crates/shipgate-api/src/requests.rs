@@ -122,6 +122,23 @@ pub struct FreezeRequest {
     pub reason: String,
 }
 
+/// `POST /api/v1/canary/skip`: the canary of an app in an environment takes every request at
+/// once (admin), with why.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CanarySkipRequest {
+    /// The app.
+    #[schema(value_type = AppName)]
+    pub app: String,
+    /// The environment.
+    #[schema(value_type = EnvName)]
+    pub env: String,
+    /// Why, in words (not blank); recorded in the step's gate and the audit log.
+    #[schema(
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
+    pub reason: String,
+}
+
 /// One app in one environment: the body of `POST /api/v1/drift/heal`, the query of
 /// `GET /api/v1/data/check`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, IntoParams)]

@@ -125,6 +125,9 @@ pub struct HistoryEntry {
     pub decisions: Vec<Decision>,
     /// Its watch, while one is under way.
     pub watch: Option<WatchView>,
+    /// Its canary rollout, while one is under way.
+    #[serde(default)]
+    pub canary: Option<CanaryView>,
 }
 
 /// A promotion in progress with what it waits on.
@@ -137,6 +140,71 @@ pub struct PromotionView {
     pub waiting_on: Vec<WaitView>,
     /// Its watch, while one is under way.
     pub watch: Option<WatchView>,
+    /// Its canary rollout, while one is under way.
+    #[serde(default)]
+    pub canary: Option<CanaryView>,
+}
+
+/// A canary rollout under way (`[environments.NAME.canary]`): where it stands, and both sides'
+/// figures in the current step's window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct CanaryView {
+    /// The promotion it belongs to.
+    pub promotion_id: shipgate_core::PromotionId,
+    /// The new release (`web@1.4.2`).
+    pub canary: String,
+    /// The release it is judged against, which serves the other requests.
+    pub stable: String,
+    /// The steps, as the config writes them.
+    pub steps: Vec<String>,
+    /// The current step, from 1.
+    pub step: usize,
+    /// The canary's share of the requests now, in percent.
+    pub weight: f64,
+    /// Whether the share is mirrored (users meet only the stable release).
+    pub mirror: bool,
+    /// Where it stands.
+    pub state: CanaryState,
+    /// When the current step began.
+    pub step_started_at: jiff::Timestamp,
+    /// When the current step is judged; None while paused or held.
+    pub step_ends_at: Option<jiff::Timestamp>,
+    /// The canary's figures in the current window.
+    pub canary_figures: SideFigures,
+    /// The stable release's figures in the same window.
+    pub stable_figures: SideFigures,
+    /// The last judgement, with its figures, or why it holds.
+    pub last: Option<String>,
+    /// Where it stands in a sentence.
+    pub message: String,
+}
+
+/// Where a canary rollout stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryState {
+    /// A step is under way; it is judged at its end.
+    Running,
+    /// A `pause` step: it waits for `shipgate canary resume`.
+    Paused,
+    /// Its judgement was inconclusive: too few requests. It holds at its weight and is judged
+    /// again as they arrive.
+    Held,
+}
+
+/// What one side of a canary answered in a window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct SideFigures {
+    /// Responses.
+    pub requests: u64,
+    /// 5xx responses among them.
+    pub errors: u64,
+    /// Their share, 0 to 1.
+    pub error_rate: f64,
+    /// Median latency to the response head, ms; None without responses.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency, ms; None without responses.
+    pub p99_ms: Option<f64>,
 }
 
 /// A watch under way (`verify.watch`): when it ends, and the figures so far against each

@@ -101,10 +101,18 @@ pub enum EventKind {
     ChaosEnded,
     /// A flag client key was revoked (`flag_key.revoked`).
     FlagKeyRevoked,
+    /// A canary rollout began a step (`canary.step`).
+    CanaryStep,
+    /// A canary step had too few requests to judge; the rollout holds (`canary.inconclusive`).
+    CanaryInconclusive,
+    /// A canary rollout ended before it took every request (`canary.aborted`).
+    CanaryAborted,
+    /// A canary rollout passed every step and takes every request (`canary.completed`).
+    CanaryCompleted,
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 43] = [
+    const NAMED: [(EventKind, &'static str); 47] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -148,6 +156,10 @@ impl EventKind {
         (Self::ChaosInjected, "chaos.injected"),
         (Self::ChaosEnded, "chaos.ended"),
         (Self::FlagKeyRevoked, "flag_key.revoked"),
+        (Self::CanaryStep, "canary.step"),
+        (Self::CanaryInconclusive, "canary.inconclusive"),
+        (Self::CanaryAborted, "canary.aborted"),
+        (Self::CanaryCompleted, "canary.completed"),
     ];
 
     /// Every kind, in a stable order (by family).
@@ -192,6 +204,10 @@ impl EventKind {
             Self::ChaosInjected | Self::ChaosEnded => "chaos",
             Self::NotifyTest | Self::NotifyRetried => "notify",
             Self::AlertFiring | Self::AlertResolved => "alert",
+            Self::CanaryStep
+            | Self::CanaryInconclusive
+            | Self::CanaryAborted
+            | Self::CanaryCompleted => "canary",
         }
     }
 

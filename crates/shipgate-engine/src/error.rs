@@ -88,6 +88,9 @@ pub enum EngineError {
     /// Rollback has nothing to go back to.
     #[error("{0}")]
     NothingToRollBack(String),
+    /// No canary is under way where one was asked about, or it cannot do what was asked.
+    #[error("{0}")]
+    NoCanary(String),
     /// A heal was asked for where nothing has drifted.
     #[error("{0}")]
     NothingToHeal(String),

@@ -417,6 +417,48 @@ impl Engine {
             .await?;
 
         let previous_live = self.live_record(&promotion.app, &promotion.env).await?;
+        // A canary meets a share of the requests first, where the environment has one and a
+        // release is live to judge it against.
+        let canary = self
+            .config()
+            .environment(&promotion.env)
+            .and_then(|e| e.canary.clone())
+            .filter(|_| promotion.kind == PromotionKind::Promote);
+        if let (Some(rules), Some(stable)) = (canary, self.live_instance(&slot)) {
+            let ended = self
+                .canary(&promotion, &slot, &instance, &stable, &rules, &mut stop)
+                .await;
+            let why = match ended {
+                Ok(None) => None,
+                Ok(Some(why)) => Some(why),
+                Err(e) => {
+                    let _ = self
+                        .driver
+                        .set_canary(promotion.env.as_str(), promotion.app.as_str(), None)
+                        .await;
+                    Some(format!("its canary stopped on an error: {e}"))
+                }
+            };
+            if let Some(why) = why {
+                let back_on = previous_live
+                    .as_ref()
+                    .map_or("nothing".to_owned(), |l| format!("{}@{}", l.app, l.version));
+                let mut t = self.step(
+                    &promotion,
+                    PromotionState::Deploying,
+                    PromotionState::Failed,
+                    format!(
+                        "{release} was ended in {}: {why}; {} stays on {back_on}",
+                        promotion.env, promotion.env
+                    ),
+                );
+                t.reason = Some(why.clone());
+                self.store.transition(t).await?;
+                self.canary_aborted(&promotion, &why, &back_on).await;
+                self.retire_later(slot, instance);
+                return Ok(());
+            }
+        }
         let previous_instance = self.set_live_instance(slot.clone(), Some(instance.clone()));
         if let Err(e) = self.route(&slot, Some(&instance)).await {
             // Nothing switched (a driver on several hosts switches back those it did): the
@@ -428,6 +470,14 @@ impl Engine {
             return self
                 .fail_deploy(&promotion, "switch", message, started_at, what)
                 .await;
+        }
+        // A canary that took every request is the route now: its split goes.
+        if let Err(e) = self
+            .driver
+            .set_canary(promotion.env.as_str(), promotion.app.as_str(), None)
+            .await
+        {
+            tracing::warn!("could not remove the canary split of {release}: {e}");
         }
         let mut t = self.step(
             &promotion,

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod alerts;
+mod canary;
 pub mod chaos;
 pub mod clock;
 mod data;
@@ -126,6 +127,8 @@ pub struct Engine {
     alerts: Mutex<alerts::Alerts>,
     /// Held by a look at the alerts.
     judging: tokio::sync::Mutex<()>,
+    /// Each canary rollout under way.
+    rollouts: Mutex<canary::Rollouts>,
 }
 
 /// Binds every environment's router (or updates it where the data plane already has it), and
@@ -237,6 +240,7 @@ impl Engine {
             proxies: Mutex::default(),
             alerts: Mutex::default(),
             judging: tokio::sync::Mutex::new(()),
+            rollouts: Mutex::default(),
         });
         engine.record_driver_events();
         engine.sample_traffic();

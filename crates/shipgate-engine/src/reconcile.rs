@@ -1,6 +1,7 @@
 //! Start-up after a stop of any kind, `kill -9` included: nothing stays in flight, every
 //! environment serves its recorded live release again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use shipgate_core::PromotionState;
@@ -31,13 +32,39 @@ impl Engine {
         // outlived it (an agent), the driver still runs them: a healthy instance of a release is
         // adopted, without a restart. Any other (a test, an unhealthy one, one left by a
         // server's own process) is stopped.
-        let adopted = self.adopt_running().await?;
         let in_flight = PromotionFilter {
             states: vec![PromotionState::Deploying, PromotionState::Verifying],
             ..Default::default()
         };
-        for p in self.store.promotions(in_flight).await? {
-            self.fail_interrupted(&p).await?;
+        let in_flight = self.store.promotions(in_flight).await?;
+        // A canary the routers still split for (they outlived the server) is ended first, so
+        // nobody meets an instance that is about to be stopped.
+        let mut canaries = HashMap::new();
+        for p in in_flight.iter().filter(|p| p.state == PromotionState::Deploying) {
+            if let Some(f) = self
+                .driver
+                .canary_figures(p.env.as_str(), p.app.as_str())
+                .await
+            {
+                if let Err(e) = self
+                    .driver
+                    .set_canary(p.env.as_str(), p.app.as_str(), None)
+                    .await
+                {
+                    tracing::error!("could not end the canary of {} in {}: {e}", p.app, p.env);
+                }
+                canaries.insert(p.id, f);
+            }
+        }
+        let adopted = self.adopt_running().await?;
+        for p in &in_flight {
+            let canary = canaries.get(&p.id);
+            let reason = self.fail_interrupted(p, canary).await?;
+            if canary.is_some() {
+                let back_on = reason.rsplit("; ").next().unwrap_or_default().to_owned();
+                self.canary_aborted(p, "the server stopped during its rollout", &back_on)
+                    .await;
+            }
         }
         // Restoring can take as long as the slowest instance takes to get healthy: the API
         // answers meanwhile, and each router says what it is starting.
@@ -118,7 +145,11 @@ impl Engine {
 
     /// A promotion cut off mid-way fails; a verifying one gives the environment back to the
     /// release verified there before it.
-    async fn fail_interrupted(&self, p: &Promotion) -> Result<(), EngineError> {
+    async fn fail_interrupted(
+        &self,
+        p: &Promotion,
+        canary: Option<&shipgate_deploy::CanaryFigures>,
+    ) -> Result<String, EngineError> {
         let live = if p.state == PromotionState::Verifying {
             let before = PromotionFilter {
                 app: Some(p.app.clone()),
@@ -150,10 +181,17 @@ impl Engine {
             LiveChange::Restore(None) => format!("{} is back to having nothing live", p.env),
             _ => format!("{} keeps what it had", p.env),
         };
-        let reason = format!(
-            "the server stopped while this promotion was {}; {back}",
-            p.state
-        );
+        let reason = match canary {
+            // The rollout is ended, not continued: its steps' figures were the old server's.
+            Some(f) => format!(
+                "the server stopped during its canary (step {}, {} canary requests and {} errors in that step so far); the restarted server ended the canary, which no longer takes any request; {back}",
+                f.window, f.canary.requests, f.canary.errors
+            ),
+            None => format!(
+                "the server stopped while this promotion was {}; {back}",
+                p.state
+            ),
+        };
         let t = Transition {
             promotion_id: p.id,
             from: vec![p.state],
@@ -165,7 +203,7 @@ impl Engine {
             roll_back_promotion: None,
         };
         self.store.transition(t).await?;
-        Ok(())
+        Ok(reason)
     }
 
     /// Starts every recorded live release (in parallel) and points its router at it.

@@ -97,6 +97,22 @@ impl Engine {
                     }),
                     None => None,
                 };
+                let mut in_progress = Vec::new();
+                for p in unfinished
+                    .iter()
+                    .filter(|p| p.app == a.name && p.env == e.name)
+                {
+                    in_progress.push(PromotionView {
+                        promotion: p.clone(),
+                        waiting_on: self
+                            .waiting_on(p.id)
+                            .into_iter()
+                            .map(WaitView::from)
+                            .collect(),
+                        watch: self.watch_of(p.id),
+                        canary: self.canary_of(p.id).await,
+                    });
+                }
                 let rollback_to = targets
                     .iter()
                     .find(|p| p.app == a.name && p.env == e.name)
@@ -109,19 +125,7 @@ impl Engine {
                         .find(|l| l.app == a.name && l.env == e.name)
                         .cloned(),
                     instance,
-                    in_progress: unfinished
-                        .iter()
-                        .filter(|p| p.app == a.name && p.env == e.name)
-                        .map(|p| PromotionView {
-                            promotion: p.clone(),
-                            waiting_on: self
-                                .waiting_on(p.id)
-                                .into_iter()
-                                .map(WaitView::from)
-                                .collect(),
-                            watch: self.watch_of(p.id),
-                        })
-                        .collect(),
+                    in_progress,
                     frozen: freezes
                         .iter()
                         .filter(|f| f.env.as_ref().is_none_or(|x| x == &e.name))
@@ -217,6 +221,7 @@ impl Engine {
                 .map(WaitView::from)
                 .collect(),
             watch: self.watch_of(promotion.id),
+            canary: self.canary_of(promotion.id).await,
             promotion,
             gates,
             decisions,

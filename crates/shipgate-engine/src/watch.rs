@@ -36,20 +36,7 @@ impl Engine {
         let before = Counters::of(&self.driver.router_metrics(env).await, app, &label);
         let started_at = self.clock.now();
         // Stopped when the watch ends, however it ends (the guard aborts it on drop).
-        let _traffic = rule.traffic.as_ref().map(|t| {
-            let listen = self
-                .config()
-                .environment(&p.env)
-                .map(|e| e.listen)
-                .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-            let urls: Vec<String> = self
-                .driver
-                .endpoints(env, listen)
-                .iter()
-                .map(|a| format!("http://{a}{}", t.path))
-                .collect();
-            AbortOnDrop(tokio::spawn(send_traffic(urls, t.rps)))
-        });
+        let _traffic = self.synthetic_traffic(&p.env);
         let deadline = crate::clock::after(self.clock.now(), rule.watch.as_std());
         let progress = Progress {
             engine: self,
@@ -178,7 +165,23 @@ impl Drop for Progress<'_> {
 }
 
 /// Aborts its task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Engine {
+    /// `verify.watch_traffic` of `env`, sent until the guard is dropped; None where it has none.
+    pub(crate) fn synthetic_traffic(&self, env: &shipgate_core::EnvName) -> Option<AbortOnDrop> {
+        let config = self.config();
+        let e = config.environment(env)?;
+        let t = e.verify.watch.as_ref()?.traffic.as_ref()?;
+        let urls: Vec<String> = self
+            .driver
+            .endpoints(env.as_str(), e.listen)
+            .iter()
+            .map(|a| format!("http://{a}{}", t.path))
+            .collect();
+        Some(AbortOnDrop(tokio::spawn(send_traffic(urls, t.rps))))
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

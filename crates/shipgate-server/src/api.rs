@@ -53,6 +53,10 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         POST "/promotions" => promote,
         GET "/promotions/{id}" => promotion,
         POST "/rollbacks" => rollback,
+        GET "/canary" => canary_status,
+        POST "/canary/resume" => canary_resume,
+        POST "/canary/skip" => canary_skip,
+        POST "/canary/abort" => canary_abort,
         POST "/approvals" => decide,
         GET "/diff" => diff,
         POST "/data/refresh" => refresh_data,
@@ -523,6 +527,71 @@ async fn rollback(
         StatusCode::ACCEPTED,
         [(header::LOCATION, promotion_location(promotion.id))],
         Json(promotion),
+    ))
+}
+
+async fn canary_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AppEnv>,
+) -> ApiResult<impl IntoResponse> {
+    let app = configured_app(&state, &q.app)?;
+    let env = parse("environment", &q.env, EnvName::parse)?;
+    caller.allow(Action::Read, Some(&env))?;
+    Ok(Json(state.engine.canary_status(&app, &env).await?))
+}
+
+/// A pause, or a step held for too few requests, goes on: a decision, as an approval is.
+async fn canary_resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(b): ApiJson<AppEnv>,
+) -> ApiResult<impl IntoResponse> {
+    let app = configured_app(&state, &b.app)?;
+    let env = parse("environment", &b.env, EnvName::parse)?;
+    caller.allow(Action::Approve, Some(&env))?;
+    Ok(Json(
+        state.engine.canary_resume(&app, &env, caller.name()).await?,
+    ))
+}
+
+/// Every request to the canary at once: it lifts the rollout's safety, as an override does.
+async fn canary_skip(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(b): ApiJson<shipgate_api::requests::CanarySkipRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let app = configured_app(&state, &b.app)?;
+    let env = parse("environment", &b.env, EnvName::parse)?;
+    caller.allow(Action::Override, Some(&env))?;
+    let reason = b.reason.trim();
+    if reason.is_empty() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reason required",
+            "say why the canary skips its steps: shipgate canary skip APP --env ENV --reason TEXT",
+        ));
+    }
+    Ok(Json(
+        state
+            .engine
+            .canary_skip(&app, &env, caller.name(), reason)
+            .await?,
+    ))
+}
+
+/// The canary takes no request from now on, on every host, and its promotion fails: getting
+/// out, as a rollback is.
+async fn canary_abort(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(b): ApiJson<AppEnv>,
+) -> ApiResult<impl IntoResponse> {
+    let app = configured_app(&state, &b.app)?;
+    let env = parse("environment", &b.env, EnvName::parse)?;
+    caller.allow(Action::Rollback, Some(&env))?;
+    Ok(Json(
+        state.engine.canary_abort(&app, &env, caller.name()).await?,
     ))
 }
 

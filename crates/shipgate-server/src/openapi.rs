@@ -14,13 +14,13 @@ use shipgate_api::records::{
     Promotion, Release, TokenRecord,
 };
 use shipgate_api::requests::{
-    AppEnv, AppQuery, ChaosQuery, ChaosRequest, DataRefreshRequest, DecisionRequest, DiffQuery,
+    AppEnv, AppQuery, CanarySkipRequest, ChaosQuery, ChaosRequest, DataRefreshRequest, DecisionRequest, DiffQuery,
     DoraQuery, EventsQuery, ExtendRequest, FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest,
     FlagPromoteRequest, FlagsQuery, FreezeQuery, FreezeRequest, GcRequest, HistoryQuery,
     HostRequest, JoinRequest, LogsQuery, NotifyRetryRequest, NotifyTestRequest, OnDemandRequest,
     PromoteRequest, ReleaseQuery, RollbackRequest, SetFlagRequest, TokenRequest, TrafficProbeQuery,
 };
-use shipgate_api::status::{AppStatus, HistoryEntry, HostView, LeaderView};
+use shipgate_api::status::{AppStatus, CanaryView, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
 use utoipa::openapi::link::{Link, LinkBuilder};
 use utoipa::openapi::path::Operation;
@@ -45,6 +45,10 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::promote,
         declared::promotion,
         declared::rollback,
+        declared::canary_status,
+        declared::canary_resume,
+        declared::canary_skip,
+        declared::canary_abort,
         declared::decide,
         declared::diff,
         declared::refresh_data,
@@ -330,6 +334,38 @@ mod declared {
                 headers(("Location" = String, description = "where the promotion can be read"))),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn rollback() {}
+
+    /// The canary rollout of an app in an environment: its step, weight, and both sides' figures
+    /// in the step's window.
+    #[utoipa::path(get, path = "/api/v1/canary", operation_id = "canaryStatus", params(AppEnv),
+        responses(
+            (status = 200, description = "the rollout", body = CanaryView),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn canary_status() {}
+
+    /// A paused canary step, or one held for too few requests, goes on to the next step
+    /// (approver or admin).
+    #[utoipa::path(post, path = "/api/v1/canary/resume", operation_id = "canaryResume", request_body = AppEnv,
+        responses(
+            (status = 200, description = "resumed", body = CanaryView),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn canary_resume() {}
+
+    /// The canary takes every request at once, and the release's `verify` follows (admin, with a
+    /// reason).
+    #[utoipa::path(post, path = "/api/v1/canary/skip", operation_id = "canarySkip", request_body = CanarySkipRequest,
+        responses(
+            (status = 200, description = "skipped", body = CanaryView),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn canary_skip() {}
+
+    /// The canary takes no request from now on, on every host, and its promotion fails
+    /// (deployer or admin); answers once it has.
+    #[utoipa::path(post, path = "/api/v1/canary/abort", operation_id = "canaryAbort", request_body = AppEnv,
+        responses(
+            (status = 200, description = "aborted: the promotion as it ended", body = Promotion),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn canary_abort() {}
 
     /// Approve or reject (with a comment) the pending promotion of a release into an environment,
     /// or the verifying one held after an inconclusive watch. Nobody approves their own promotion.

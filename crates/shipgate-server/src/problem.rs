@@ -68,6 +68,7 @@ impl From<EngineError> for Problem {
                 (StatusCode::NOT_FOUND, "not found")
             }
             EngineError::NothingToRollBack(_) => (StatusCode::CONFLICT, "nothing to roll back"),
+            EngineError::NoCanary(_) => (StatusCode::CONFLICT, "no canary"),
             EngineError::Pruned { .. } => (StatusCode::CONFLICT, "release pruned"),
             EngineError::NothingToHeal(_) => (StatusCode::CONFLICT, "nothing to heal"),
             EngineError::NothingToDecide(_) => (StatusCode::CONFLICT, "nothing to decide"),

@@ -326,6 +326,10 @@ pub enum Command {
     /// Faults injected on purpose into an environment's router, always for a while.
     #[command(subcommand)]
     Chaos(ChaosCommand),
+    /// A canary rollout under way (`[environments.NAME.canary]`): its step and figures, and
+    /// resume, abort or skip.
+    #[command(subcommand)]
+    Canary(CanaryCommand),
     /// Notifications: the targets of `[notify.NAME]`, their dead letters, a test event.
     #[command(subcommand)]
     Notify(NotifyCommand),
@@ -663,6 +667,56 @@ pub enum NotifyCommand {
     Test {
         /// The target (`[notify.NAME]`).
         name: String,
+    },
+}
+
+/// `shipgate canary ...`.
+#[derive(Debug, Subcommand)]
+pub enum CanaryCommand {
+    /// Where the rollout stands: its step, the canary's share, and both sides' figures in the
+    /// step's window.
+    #[command(
+        after_help = "Examples:\n  shipgate canary status web --env production\n  shipgate canary status web --env production --output json"
+    )]
+    Status {
+        /// The app.
+        app: AppName,
+        /// The environment.
+        #[arg(long)]
+        env: EnvName,
+    },
+    /// A `pause` step, or a step held for too few requests, goes on (approver or admin).
+    #[command(after_help = "Examples:\n  shipgate canary resume web --env production")]
+    Resume {
+        /// The app.
+        app: AppName,
+        /// The environment.
+        #[arg(long)]
+        env: EnvName,
+    },
+    /// The canary takes no request from now on, on every host, and its promotion fails
+    /// (deployer or admin).
+    #[command(after_help = "Examples:\n  shipgate canary abort web --env production")]
+    Abort {
+        /// The app.
+        app: AppName,
+        /// The environment.
+        #[arg(long)]
+        env: EnvName,
+    },
+    /// The canary takes every request at once, and the release's verify follows (admin).
+    #[command(
+        after_help = "Examples:\n  shipgate canary skip web --env production --reason \"hotfix for the checkout outage\""
+    )]
+    Skip {
+        /// The app.
+        app: AppName,
+        /// The environment.
+        #[arg(long)]
+        env: EnvName,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
     },
 }
 

@@ -2,6 +2,7 @@
 //! server is read through the wire types of `shipgate-api`.
 
 mod audit;
+mod canary;
 mod chaos;
 mod data;
 mod flags;
@@ -186,6 +187,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Env(command) => on_demand::run(g, out, command).await,
         Command::Flag(command) => flags::run(g, out, command).await,
         Command::Chaos(command) => chaos::run(g, out, command).await,
+        Command::Canary(command) => canary::run(g, out, command).await,
         Command::Notify(command) => notify::run(g, out, command).await,
         Command::Dora { app, days } => notify::dora(g, out, app, days).await,
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,

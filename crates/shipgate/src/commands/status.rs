@@ -207,6 +207,7 @@ fn render_isolation(apps: &[AppStatus]) -> String {
 fn render_waits(apps: &[AppStatus]) -> String {
     let mut waits = String::new();
     let mut watches = String::new();
+    let mut canaries = String::new();
     let mut freezes: Vec<String> = Vec::new();
     let mut faults = String::new();
     let mut alerts = String::new();
@@ -257,9 +258,32 @@ fn render_waits(apps: &[AppStatus]) -> String {
                     a.app, p.promotion.version, e.env, p.promotion.id, w.message
                 ));
             }
+            for (p, c) in e
+                .in_progress
+                .iter()
+                .filter_map(|p| p.canary.as_ref().map(|c| (p, c)))
+            {
+                canaries.push_str(&format!(
+                    "  {} in {} (promotion {}): {}; canary {} requests, {:.2}% errors; stable {} requests, {:.2}% errors (shipgate canary status {} --env {})\n",
+                    c.canary,
+                    e.env,
+                    p.promotion.id,
+                    c.message,
+                    c.canary_figures.requests,
+                    c.canary_figures.error_rate * 100.0,
+                    c.stable_figures.requests,
+                    c.stable_figures.error_rate * 100.0,
+                    a.app,
+                    e.env
+                ));
+            }
         }
     }
     let mut text = String::new();
+    if !canaries.is_empty() {
+        text.push_str("\ncanary:\n");
+        text.push_str(&canaries);
+    }
     if !watches.is_empty() {
         text.push_str("\nwatching:\n");
         text.push_str(&watches);
@@ -318,6 +342,9 @@ pub(super) async fn history(
             if let Some(w) = &entry.watch {
                 text.push_str(&format!("    watching: {}\n", w.message));
             }
+            if let Some(c) = &entry.canary {
+                text.push_str(&format!("    canary: {}\n", c.message));
+            }
             for d in &entry.decisions {
                 let comment = d
                     .comment
@@ -333,8 +360,8 @@ pub(super) async fn history(
             for gate in &entry.gates {
                 let mark = if gate.passed { "passed" } else { "FAILED" };
                 text.push_str(&format!("    {mark}  {}\n", gate.name));
-                // A failure says why; a passed watch says what it measured.
-                if !gate.passed || gate.name == "watch" {
+                // A failure says why; a passed watch or canary step says what it measured.
+                if !gate.passed || gate.name == "watch" || gate.name.starts_with("canary") {
                     for line in gate.output.lines() {
                         text.push_str(&format!("        {line}\n"));
                     }
