@@ -551,7 +551,10 @@ async fn canary_resume(
     let env = parse("environment", &b.env, EnvName::parse)?;
     caller.allow(Action::Approve, Some(&env))?;
     Ok(Json(
-        state.engine.canary_resume(&app, &env, caller.name()).await?,
+        state
+            .engine
+            .canary_resume(&app, &env, caller.name())
+            .await?,
     ))
 }
 
@@ -564,7 +567,19 @@ async fn canary_skip(
     let app = configured_app(&state, &b.app)?;
     let env = parse("environment", &b.env, EnvName::parse)?;
     caller.allow(Action::Override, Some(&env))?;
-    let reason = b.reason.trim();
+    let reason = skip_reason(&b.reason)?;
+    Ok(Json(
+        state
+            .engine
+            .canary_skip(&app, &env, caller.name(), reason)
+            .await?,
+    ))
+}
+
+/// The reason a canary skips its steps, which may not be blank (the API and the dashboard both
+/// ask for one).
+pub(crate) fn skip_reason(reason: &str) -> Result<&str, Problem> {
+    let reason = reason.trim();
     if reason.is_empty() {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -572,12 +587,7 @@ async fn canary_skip(
             "say why the canary skips its steps: shipgate canary skip APP --env ENV --reason TEXT",
         ));
     }
-    Ok(Json(
-        state
-            .engine
-            .canary_skip(&app, &env, caller.name(), reason)
-            .await?,
-    ))
+    Ok(reason)
 }
 
 /// The canary takes no request from now on, on every host, and its promotion fails: getting

@@ -39,6 +39,14 @@
     }
   };
 
+  // A canary's figures move between events: while a panel of them is shown, the page is also
+  // redrawn every few seconds, unless the viewer is in one of its fields.
+  setInterval(() => {
+    const el = document.activeElement;
+    const editing = el && main.contains(el) && ["INPUT", "TEXTAREA", "SELECT"].includes(el.tagName);
+    if (!document.hidden && !editing && main.querySelector("[data-live-figures]")) refresh();
+  }, 5000);
+
   const events = new EventSource("/ui/events");
   // After a reconnect, what happened while the stream was down is not sent again: refresh once.
   let opened = false;

@@ -6,6 +6,7 @@
 //! another site is refused. The session only remembers the token's hash, so revoking the token
 //! signs its sessions out at once.
 
+mod canary;
 mod chart;
 mod dora;
 mod flags;
@@ -210,6 +211,18 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/apps/{app}/environments/{env}/promote",
             post(pages::promote),
+        )
+        .route(
+            "/apps/{app}/environments/{env}/canary/resume",
+            post(canary::resume),
+        )
+        .route(
+            "/apps/{app}/environments/{env}/canary/skip",
+            post(canary::skip),
+        )
+        .route(
+            "/apps/{app}/environments/{env}/canary/abort",
+            get(canary::ask_to_abort).post(canary::abort),
         )
         .route(
             "/apps/{app}/environments/{env}/flags/{key}",

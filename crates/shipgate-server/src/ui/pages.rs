@@ -166,7 +166,7 @@ pub(crate) fn query_escape(s: &str) -> String {
 }
 
 /// `2026-12-01T19:45:12.123Z` as `2026-12-01 19:45:12`.
-fn short_time(t: &jiff::Timestamp) -> String {
+pub(crate) fn short_time(t: &jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 
@@ -279,6 +279,8 @@ pub(crate) struct Pending {
     pub waits: Vec<String>,
     /// The watch under way, in a sentence (empty when none).
     pub watch: String,
+    /// The canary rollout under way, in a sentence (empty when none).
+    pub canary: String,
 }
 
 pub(crate) struct Cell {
@@ -361,6 +363,11 @@ fn cell(app: &str, e: &EnvironmentStatus) -> Cell {
                     .watch
                     .as_ref()
                     .map(|w| w.message.clone())
+                    .unwrap_or_default(),
+                canary: p
+                    .canary
+                    .as_ref()
+                    .map(|c| c.message.clone())
                     .unwrap_or_default(),
             })
             .collect(),
@@ -478,6 +485,8 @@ pub(crate) struct PromotionBlock {
     pub back_on: String,
     /// The watch under way, in a sentence (empty when none).
     pub watch: String,
+    /// The canary rollout under way.
+    pub canary: Option<super::canary::CanaryPanel>,
     pub gates: Vec<GateView>,
     pub decisions: Vec<String>,
     pub waits: Vec<String>,
@@ -507,7 +516,7 @@ struct ReleasePage {
     action: String,
 }
 
-fn configured_app(state: &AppState, app: &str) -> Result<AppName, PageError> {
+pub(crate) fn configured_app(state: &AppState, app: &str) -> Result<AppName, PageError> {
     let name =
         AppName::parse(app).map_err(|e| error_page(StatusCode::NOT_FOUND, &format!("app: {e}")))?;
     if state.engine.config().app(&name).is_none() {
@@ -557,6 +566,10 @@ fn block(state: &AppState, viewer: &Viewer, entry: &HistoryEntry) -> PromotionBl
             .as_ref()
             .map(|w| w.message.clone())
             .unwrap_or_default(),
+        canary: entry
+            .canary
+            .as_ref()
+            .map(|c| super::canary::panel(viewer, &p.app, &p.env, c)),
         gates: entry
             .gates
             .iter()
@@ -746,6 +759,8 @@ struct EnvironmentPage {
     log: String,
     history: Vec<HistoryRow>,
     pending: Vec<Pending>,
+    /// The canary rollouts under way here (one at most), with the viewer's buttons.
+    canaries: Vec<super::canary::CanaryPanel>,
     /// For an environment on hosts: the live instance on each (`web-1: pid 12, healthy`).
     hosts: Vec<String>,
     /// The app's flags and their state here.
@@ -827,6 +842,12 @@ pub(crate) async fn environment(
         .await
         .map_err(|e| from_problem(e.into()))?;
     let c = cell(app.as_str(), &e);
+    let canaries = e
+        .in_progress
+        .iter()
+        .filter_map(|p| p.canary.as_ref())
+        .map(|v| super::canary::panel(&viewer, &app, &env, v))
+        .collect();
     let mut rollback_choices: Vec<String> = e.rollback_to.iter().map(ToString::to_string).collect();
     for h in history.iter().filter(|h| {
         h.promotion.state == PromotionState::Succeeded
@@ -883,6 +904,7 @@ pub(crate) async fn environment(
         standby: c.standby,
         frozen: c.frozen,
         pending: c.pending,
+        canaries,
         hosts,
         flags: super::flags::rows(&state, &app, &env).await?,
         can_flag: viewer.caller.allow(Action::Promote, Some(&env)).is_ok(),
@@ -919,7 +941,7 @@ pub(crate) async fn environment(
 }
 
 /// An environment named in a form or path; a bad name is a 400 page.
-fn env_param(name: &str) -> Result<EnvName, PageError> {
+pub(crate) fn env_param(name: &str) -> Result<EnvName, PageError> {
     EnvName::parse(name).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))
 }
 

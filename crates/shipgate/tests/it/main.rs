@@ -6,6 +6,7 @@ mod access;
 mod agent;
 mod bad_input;
 mod browser;
+mod canary_panel;
 mod chaos;
 mod dashboard;
 mod data;
