@@ -11,12 +11,14 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shipgate_deploy::{
-    Driver, DriverError, DriverEvent, InstanceId, InstanceStarted, InstanceStatus, RouteTarget,
-    RouterSpec, StartInstance, StopInstance, UpstreamMetrics,
+    CanaryFigures, CanaryRoute, Driver, DriverError, DriverEvent, InstanceId, InstanceStarted,
+    InstanceStatus, RouteTarget, RouterSpec, StartInstance, StopInstance, UpstreamMetrics,
 };
 use tokio::sync::broadcast;
 
-use crate::protocol::{Drain, Env, Events, EventsAfter, Failed, Grace, Hello, Slot, Switch};
+use crate::protocol::{
+    Drain, Env, Events, EventsAfter, Failed, Grace, Hello, SetCanary, Slot, Switch,
+};
 
 /// How long one wait for supervision events lasts before it is asked again.
 const EVENT_WAIT: Duration = Duration::from_secs(20);
@@ -264,12 +266,13 @@ impl AgentClient {
 /// The operations that carry no command id and are not remembered: those that only read or
 /// wait, and the release upload, which is keyed by its digest (and whose answer to a dropped
 /// upload is a failure, not to be repeated).
-const READS: [&str; 9] = [
+const READS: [&str; 10] = [
     "/v1/release",
     "/v1/hello",
     "/v1/events",
     "/v1/status",
     "/v1/routed",
+    "/v1/canary_figures",
     "/v1/router_metrics",
     "/v1/logs",
     "/v1/has_release",
@@ -346,6 +349,29 @@ impl Driver for AgentClient {
             label: String::new(),
         };
         self.call("/v1/routed", &s).await.ok().flatten()
+    }
+
+    async fn set_canary(
+        &self,
+        env: &str,
+        app: &str,
+        canary: Option<CanaryRoute>,
+    ) -> Result<(), DriverError> {
+        let s = SetCanary {
+            env: env.to_owned(),
+            app: app.to_owned(),
+            canary,
+        };
+        self.call("/v1/set_canary", &s).await.map_err(agent_error)
+    }
+
+    async fn canary_figures(&self, env: &str, app: &str) -> Option<CanaryFigures> {
+        let s = Slot {
+            env: env.to_owned(),
+            app: app.to_owned(),
+            label: String::new(),
+        };
+        self.call("/v1/canary_figures", &s).await.ok().flatten()
     }
 
     async fn set_starting(&self, env: &str, app: &str, label: &str) {

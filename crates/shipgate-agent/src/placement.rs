@@ -7,6 +7,7 @@
 //!   and the error names the host and its last log lines;
 //! - a switch checks first that every host has the instance healthy, then switches them all
 //!   (switching back those it did if one fails), so no host is left half-switched;
+//! - a canary's step is taken by every host at once, or by none (`placement/canary.rs`);
 //! - what each environment serves is kept in `placement.json`, so that a host that comes back
 //!   (or whose agent was started again) is given its environments' live releases before its
 //!   router serves them.
@@ -20,14 +21,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use shipgate_deploy::{
-    Driver, DriverError, DriverEvent, HostInstance, InstanceId, InstanceStarted, InstanceStatus,
-    RouteTarget, RouterSpec, StartInstance, StopInstance, UpstreamMetrics,
+    CanaryFigures, CanaryRoute, Driver, DriverError, DriverEvent, HostInstance, InstanceId,
+    InstanceStarted, InstanceStatus, RouteTarget, RouterSpec, StartInstance, StopInstance,
+    UpstreamMetrics,
 };
 use tokio::sync::broadcast;
 
 use crate::AgentClient;
 use crate::link::Hosts;
 use crate::protocol::{HasRelease, Hello, LogChunk, LogFrom};
+
+mod canary;
 
 /// How an environment is spread over hosts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +99,10 @@ pub struct Placement {
     /// What each hosted environment's apps serve, by environment and app.
     served: Mutex<BTreeMap<String, BTreeMap<String, Served>>>,
     routers: Mutex<HashMap<String, RouterSpec>>,
+    /// The canary each host of an environment applies, by environment and app, then host (with
+    /// the host's own address of the canary's instance): what a step that fails on one host
+    /// puts back on the others.
+    canaries: Mutex<HashMap<(String, String), BTreeMap<String, CanaryRoute>>>,
     /// One reconciliation of a host at a time.
     reconciling: tokio::sync::Mutex<()>,
     /// One write of `placement.json` at a time, snapshot to rename.
@@ -180,6 +188,7 @@ impl Placement {
             started: Mutex::new(kept.started),
             served: Mutex::new(kept.served),
             routers: Mutex::default(),
+            canaries: Mutex::default(),
             reconciling: tokio::sync::Mutex::new(()),
             saving: Mutex::new(()),
             shared: save_shared,
@@ -565,37 +574,37 @@ impl Placement {
     ) -> Result<Vec<(String, RouteTarget)>, DriverError> {
         let mut out = Vec::new();
         for h in hosts {
-            let client = &self.clients[h];
-            match client.status(&to.instance_id).await {
-                Some(s) if s.healthy => out.push((
-                    h.clone(),
-                    RouteTarget {
-                        addr: SocketAddr::from(([127, 0, 0, 1], s.port)),
-                        ..to.clone()
-                    },
-                )),
-                Some(_) => {
-                    return Err(on_host(h, format!("{} is not healthy", to.instance_id)));
-                }
-                None => {
-                    // A host that connected after the start began: it is given the instance
-                    // now, so that it switches with the others.
-                    let req = lock(&self.started).get(&to.instance_id).cloned();
-                    let Some(req) = req else {
-                        return Err(on_host(h, format!("{} is not running", to.instance_id)));
-                    };
-                    let started = self.start_on(h, req).await.map_err(|e| on_host(h, e))?;
-                    out.push((
-                        h.clone(),
-                        RouteTarget {
-                            addr: started.addr,
-                            ..to.clone()
-                        },
-                    ));
-                }
-            }
+            out.push((h.clone(), self.target_on(h, to).await?));
         }
         Ok(out)
+    }
+
+    /// The instance's address on host `h`, if it runs healthy there.
+    async fn target_on(&self, h: &str, to: &RouteTarget) -> Result<RouteTarget, DriverError> {
+        let client = self
+            .clients
+            .get(h)
+            .ok_or_else(|| on_host(h, "not a host of this config"))?;
+        match client.status(&to.instance_id).await {
+            Some(s) if s.healthy => Ok(RouteTarget {
+                addr: SocketAddr::from(([127, 0, 0, 1], s.port)),
+                ..to.clone()
+            }),
+            Some(_) => Err(on_host(h, format!("{} is not healthy", to.instance_id))),
+            None => {
+                // A host that connected after the start began: it is given the instance now,
+                // so that it switches with the others.
+                let req = lock(&self.started).get(&to.instance_id).cloned();
+                let Some(req) = req else {
+                    return Err(on_host(h, format!("{} is not running", to.instance_id)));
+                };
+                let started = self.start_on(h, req).await.map_err(|e| on_host(h, e))?;
+                Ok(RouteTarget {
+                    addr: started.addr,
+                    ..to.clone()
+                })
+            }
+        }
     }
 
     /// The addresses an environment answers at: its hosts' addresses with its port, or its
@@ -856,6 +865,25 @@ impl Driver for Placement {
         None
     }
 
+    async fn set_canary(
+        &self,
+        env: &str,
+        app: &str,
+        canary: Option<CanaryRoute>,
+    ) -> Result<(), DriverError> {
+        match self.placed(env) {
+            None => self.local.set_canary(env, app, canary).await,
+            Some(p) => self.set_canary_on_hosts(&p, env, app, canary).await,
+        }
+    }
+
+    async fn canary_figures(&self, env: &str, app: &str) -> Option<CanaryFigures> {
+        match self.placed(env) {
+            None => self.local.canary_figures(env, app).await,
+            Some(p) => self.canary_figures_of_hosts(&p, env, app).await,
+        }
+    }
+
     async fn set_starting(&self, env: &str, app: &str, label: &str) {
         let Some(p) = self.placed(env) else {
             return self.local.set_starting(env, app, label).await;
@@ -979,6 +1007,7 @@ impl Driver for Placement {
             .remove(env);
         lock(&self.served).remove(env);
         lock(&self.routers).remove(env);
+        lock(&self.canaries).retain(|(e, _), _| e != env);
         self.save();
     }
 

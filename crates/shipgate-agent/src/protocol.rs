@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shipgate_deploy::{DriverEvent, InstanceId, RouteTarget};
+use shipgate_deploy::{CanaryRoute, DriverEvent, InstanceId, RouteTarget};
 
 /// The socket's file name in the agent's data dir.
 pub const AGENT_SOCKET: &str = "agent.sock";
@@ -59,7 +59,16 @@ pub(crate) struct Switch {
     pub to: Option<RouteTarget>,
 }
 
-/// `POST /v1/routed` and `POST /v1/set_starting` (without a label for `routed`).
+/// `POST /v1/set_canary`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SetCanary {
+    pub env: String,
+    pub app: String,
+    pub canary: Option<CanaryRoute>,
+}
+
+/// `POST /v1/routed`, `POST /v1/canary_figures` and `POST /v1/set_starting` (without a label
+/// but for `set_starting`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Slot {
     pub env: String,

@@ -14,8 +14,8 @@ use shipgate_deploy::{Driver, DriverEvent, InstanceId, RouterSpec, StartInstance
 use tokio::sync::Notify;
 
 use crate::protocol::{
-    Drain, Env, Events, EventsAfter, Failed, Grace, HasRelease, Hello, LogChunk, LogFrom, SetFront,
-    Slot, Switch,
+    Drain, Env, Events, EventsAfter, Failed, Grace, HasRelease, Hello, LogChunk, LogFrom,
+    SetCanary, SetFront, Slot, Switch,
 };
 
 /// The header that carries the id the server chose for a command.
@@ -176,6 +176,8 @@ pub(crate) fn routes(agent: Arc<Agent>) -> Router {
         .route("/v1/bind_router", post(bind_router))
         .route("/v1/switch", post(switch))
         .route("/v1/routed", post(routed))
+        .route("/v1/set_canary", post(set_canary))
+        .route("/v1/canary_figures", post(canary_figures))
         .route("/v1/set_starting", post(set_starting))
         .route("/v1/drain", post(drain))
         .route("/v1/router_metrics", post(router_metrics))
@@ -539,6 +541,17 @@ async fn switch(State(agent): AgentState, Json(s): Json<Switch>) -> Response {
 
 async fn routed(State(agent): AgentState, Json(s): Json<Slot>) -> Response {
     Json(agent.driver.routed(&s.env, &s.app).await).into_response()
+}
+
+async fn set_canary(State(agent): AgentState, Json(s): Json<SetCanary>) -> Response {
+    match agent.driver.set_canary(&s.env, &s.app, s.canary).await {
+        Ok(()) => Json(()).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn canary_figures(State(agent): AgentState, Json(s): Json<Slot>) -> Response {
+    Json(agent.driver.canary_figures(&s.env, &s.app).await).into_response()
 }
 
 async fn set_starting(State(agent): AgentState, Json(s): Json<Slot>) -> Json<()> {

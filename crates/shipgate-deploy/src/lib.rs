@@ -23,6 +23,9 @@ pub use sandbox::Sandbox;
 use serde::{Deserialize, Serialize};
 pub use shipgate_core::InstanceId;
 pub use shipgate_proxy::UpstreamMetrics;
+/// What both sides of a canary answered in one window ([`CanaryRoute::window`]), and how many
+/// latencies each side keeps at most.
+pub use shipgate_proxy::{CANARY_SAMPLE, CanaryFigures};
 
 pub use log_file::{read_log, tail_lines};
 pub use process::ProcessDriver;
@@ -72,26 +75,20 @@ pub trait Driver: Send + Sync {
     async fn routed(&self, env: &str, app: &str) -> Option<RouteTarget>;
 
     /// Gives `canary` its share of the requests of `app` in `env`, beside the app's route (None:
-    /// no canary; every request to the route). On several hosts every router applies it, or
-    /// none does: the hosts that did are put back and the error names the one that failed.
+    /// no canary; every request to the route, and the figures are forgotten). A canary with the
+    /// same `window` as the one in force keeps counting its figures; another window starts both
+    /// sides at zero. On several hosts every router applies it, or none does: the hosts that did
+    /// are put back and the error names the one that failed. Asked twice, it does the work once.
     async fn set_canary(
         &self,
         env: &str,
         app: &str,
         canary: Option<CanaryRoute>,
-    ) -> Result<(), DriverError> {
-        let _ = (app, canary);
-        Err(DriverError::Router(format!(
-            "this data plane cannot split the requests of environment {env}"
-        )))
-    }
+    ) -> Result<(), DriverError>;
 
     /// What the canary of `app` in `env` and its stable side answered in the canary's current
     /// window (summed over the environment's hosts); None without a canary.
-    async fn canary_figures(&self, env: &str, app: &str) -> Option<CanaryFigures> {
-        let _ = (env, app);
-        None
-    }
+    async fn canary_figures(&self, env: &str, app: &str) -> Option<CanaryFigures>;
 
     /// Until the next switch of `app` in `env`, its requests get 503 "starting LABEL".
     async fn set_starting(&self, env: &str, app: &str, label: &str);
@@ -243,21 +240,6 @@ pub struct CanaryRoute {
     /// The analysis window: the figures start afresh whenever it changes.
     pub window: u64,
 }
-
-/// What both sides of a canary answered in one window.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct CanaryFigures {
-    /// The window counted ([`CanaryRoute::window`]).
-    pub window: u64,
-    /// The canary's answers, mirrored ones included; its latencies a bounded sample.
-    pub canary: shipgate_core::canary::Side,
-    /// The stable release's answers to the app's requests in the same window.
-    pub stable: shipgate_core::canary::Side,
-}
-
-/// Latencies kept per side of a canary's window: a uniform sample of its answers when there
-/// are more.
-pub const CANARY_SAMPLE: usize = 4096;
 
 /// A request to run one instance of a release.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -20,8 +20,8 @@ use crate::log_file::{error_tail, open_append, write_marker};
 use crate::routes::Routes;
 use crate::sandbox::{self, Account, Sandbox};
 use crate::{
-    Driver, DriverError, DriverEvent, InstanceId, InstanceStarted, InstanceStatus, RouteTarget,
-    RouterSpec, StartInstance, StopInstance, UpstreamMetrics,
+    CanaryFigures, CanaryRoute, Driver, DriverError, DriverEvent, InstanceId, InstanceStarted,
+    InstanceStatus, RouteTarget, RouterSpec, StartInstance, StopInstance, UpstreamMetrics,
 };
 
 /// One health request may take this long before it counts as a failed probe.
@@ -57,6 +57,9 @@ struct Shared {
 struct Kept {
     instances: Vec<KeptInstance>,
     routes: Vec<(String, String, RouteTarget)>,
+    /// The canaries set, so the routers of the process that takes over keep the split.
+    #[serde(default)]
+    canaries: Vec<(String, String, CanaryRoute)>,
 }
 
 /// A running instance, as kept.
@@ -278,6 +281,21 @@ impl Driver for ProcessDriver {
         before
     }
 
+    async fn set_canary(
+        &self,
+        env: &str,
+        app: &str,
+        canary: Option<CanaryRoute>,
+    ) -> Result<(), DriverError> {
+        let set = self.shared.routes.set_canary(env, app, canary).await;
+        self.shared.keep().await;
+        set
+    }
+
+    async fn canary_figures(&self, env: &str, app: &str) -> Option<CanaryFigures> {
+        self.shared.routes.canary_figures(env, app).await
+    }
+
     async fn adopt(&self) -> Vec<(InstanceId, u32)> {
         self.shared.adopt().await
     }
@@ -432,6 +450,7 @@ impl Shared {
         let instances: Vec<Arc<Instance>> = lock(&self.instances).values().cloned().collect();
         let mut kept = Kept {
             routes: self.routes.table().await,
+            canaries: self.routes.canaries().await,
             ..Kept::default()
         };
         for inst in instances {
@@ -522,8 +541,13 @@ impl Shared {
             .into_iter()
             .filter(|(_, _, t)| instances.contains_key(&t.instance_id))
             .collect();
+        let canaries = kept
+            .canaries
+            .into_iter()
+            .filter(|(_, _, c)| instances.contains_key(&c.target.instance_id))
+            .collect();
         drop(instances);
-        self.routes.restore(routes);
+        self.routes.restore(routes, canaries);
         adopted
     }
 

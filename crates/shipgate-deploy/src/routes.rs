@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shipgate_proxy::{Router, Upstream, UpstreamMetrics};
+use shipgate_proxy::{Canary, CanaryFigures, Router, Upstream, UpstreamMetrics};
 use tokio::sync::Mutex;
 
-use crate::{DriverError, InstanceId, RouteTarget, RouterSpec};
+use crate::{CanaryRoute, DriverError, InstanceId, RouteTarget, RouterSpec};
 
 /// Every router of this driver, and the upstream of every instance they were sent to.
 #[derive(Default)]
@@ -27,6 +27,8 @@ pub(crate) struct Routes {
     /// Where each app's traffic went before this process took over (its instances adopted):
     /// a router bound again starts with these routes.
     restored: std::sync::Mutex<HashMap<(String, String), RouteTarget>>,
+    /// The canaries set before this process took over, likewise.
+    restored_canaries: std::sync::Mutex<HashMap<(String, String), CanaryRoute>>,
 }
 
 fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -69,9 +71,17 @@ impl Routes {
                     .filter(|((env, _), _)| env == &spec.env)
                     .map(|((_, app), target)| (app.clone(), target.clone()))
                     .collect();
+                let canaries: Vec<(String, CanaryRoute)> = locked(&self.restored_canaries)
+                    .iter()
+                    .filter(|((env, _), _)| env == &spec.env)
+                    .map(|((_, app), canary)| (app.clone(), canary.clone()))
+                    .collect();
                 let first_routes = |router: &Router| {
                     for (app, target) in &first {
                         router.switch(app, Some(self.upstream_of(target)));
+                    }
+                    for (app, canary) in &canaries {
+                        router.set_canary(app, Some(self.canary_of(canary.clone())));
                     }
                 };
                 let inherited = locked(&self.inherited).remove(&spec.listen);
@@ -86,6 +96,7 @@ impl Routes {
                 }
                 .map_err(|e| DriverError::Router(e.to_string()))?;
                 locked(&self.restored).retain(|(env, _), _| env != &spec.env);
+                locked(&self.restored_canaries).retain(|(env, _), _| env != &spec.env);
                 let bound = Arc::new(bound);
                 if let Some(old) = routers.insert(spec.env.clone(), bound.clone()) {
                     old.shutdown().await;
@@ -160,6 +171,18 @@ impl Routes {
             .clone()
     }
 
+    /// The router's description of a canary, on the upstream kept for its instance (so that
+    /// draining it counts the requests the split sends it).
+    fn canary_of(&self, canary: CanaryRoute) -> Canary {
+        Canary {
+            upstream: self.upstream_of(&canary.target),
+            weight: canary.weight,
+            mirror: canary.mirror,
+            sticky: canary.sticky,
+            window: canary.window,
+        }
+    }
+
     fn target_of(&self, upstream: &Upstream) -> Option<RouteTarget> {
         let upstreams = self
             .upstreams
@@ -182,6 +205,29 @@ impl Routes {
         Ok(router
             .switch(app, upstream)
             .and_then(|previous| self.target_of(&previous)))
+    }
+
+    pub(crate) async fn set_canary(
+        &self,
+        env: &str,
+        app: &str,
+        canary: Option<CanaryRoute>,
+    ) -> Result<(), DriverError> {
+        if let Some(c) = &canary
+            && !(0.0..=100.0).contains(&c.weight)
+        {
+            return Err(DriverError::Router(format!(
+                "a canary's weight is a percent from 0 to 100, not {} ({app} in {env})",
+                c.weight
+            )));
+        }
+        let router = self.router(env).await?;
+        router.set_canary(app, canary.map(|c| self.canary_of(c)));
+        Ok(())
+    }
+
+    pub(crate) async fn canary_figures(&self, env: &str, app: &str) -> Option<CanaryFigures> {
+        self.router(env).await.ok()?.canary_figures(app)
     }
 
     pub(crate) async fn routed(&self, env: &str, app: &str) -> Option<RouteTarget> {
@@ -223,11 +269,19 @@ impl Routes {
         locked(&self.inherited).extend(listeners);
     }
 
-    /// Routes to set when their routers are bound again.
-    pub(crate) fn restore(&self, routes: Vec<(String, String, RouteTarget)>) {
+    /// Routes and canaries to set when their routers are bound again.
+    pub(crate) fn restore(
+        &self,
+        routes: Vec<(String, String, RouteTarget)>,
+        canaries: Vec<(String, String, CanaryRoute)>,
+    ) {
         let mut restored = locked(&self.restored);
         for (env, app, target) in routes {
             restored.insert((env, app), target);
+        }
+        let mut restored = locked(&self.restored_canaries);
+        for (env, app, canary) in canaries {
+            restored.insert((env, app), canary);
         }
     }
 
@@ -248,6 +302,26 @@ impl Routes {
             for (app, upstream) in router.routed() {
                 if let Some(target) = self.target_of(&upstream) {
                     table.push((env.clone(), app, target));
+                }
+            }
+        }
+        table
+    }
+
+    /// Every canary, by environment and app, on the instances this driver knows.
+    pub(crate) async fn canaries(&self) -> Vec<(String, String, CanaryRoute)> {
+        let mut table = Vec::new();
+        for (env, router) in self.all().await {
+            for (app, canary) in router.canaries() {
+                if let Some(target) = self.target_of(&canary.upstream) {
+                    let route = CanaryRoute {
+                        target,
+                        weight: canary.weight,
+                        mirror: canary.mirror,
+                        sticky: canary.sticky,
+                        window: canary.window,
+                    };
+                    table.push((env.clone(), app, route));
                 }
             }
         }
@@ -294,10 +368,12 @@ impl Routes {
     pub(crate) async fn close(&self) -> Vec<(String, Vec<InstanceId>)> {
         let mut closed = Vec::new();
         for (env, router) in self.all().await {
+            let canaries = router.canaries().into_iter().map(|(_, c)| c.upstream);
             let routed: Vec<InstanceId> = router
                 .upstreams()
-                .iter()
-                .filter_map(|u| self.target_of(u))
+                .into_iter()
+                .chain(canaries)
+                .filter_map(|u| self.target_of(&u))
                 .map(|t| t.instance_id)
                 .collect();
             router.shutdown().await;

@@ -3,8 +3,9 @@
 //! them the way nginx does, with far less work per request than a general HTTP library: the
 //! head is parsed once (httparse), the upstream's head is copied with the hop-by-hop headers
 //! left out, and the bodies are copied as they are, chunked ones included. Each client
-//! connection keeps its upstream connection for as long as the route does not change, and a
-//! worker keeps idle upstream connections for the next client.
+//! connection keeps its upstream connection for as long as the route does not change (and, while
+//! a canary splits its app's requests, one to the other side too), and a worker keeps idle
+//! upstream connections for the next client.
 //!
 //! Anything else (h2c, an upgrade, a chunked request body, `Expect: 100-continue`, HTTP/1.0, an
 //! absolute target) is handed, with the bytes already read, to hyper's server and the general
@@ -24,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::canary::NewPin;
 use crate::faults::{FAULTED, Injected};
 use crate::forwarding::{Gateway, Route, Unroutable, problem_document};
 use crate::metrics::{NO_RELEASE, ReleaseMetrics};
@@ -68,6 +70,9 @@ pub(crate) async fn serve(
 ) -> Served {
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut upstream: Option<UpstreamConn> = None;
+    // The connection to the other upstream of a canary's split, kept beside the current one
+    // while the client's requests go to this one.
+    let mut spare: Option<UpstreamConn> = None;
     let forwarded_for = peer.ip().to_string();
     loop {
         // The next request's head, whole, with its length.
@@ -75,7 +80,7 @@ pub(crate) async fn serve(
             let h2 =
                 !buf.is_empty() && (buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&buf));
             if h2 && buf.len() >= H2_PREFACE.len() {
-                return handoff(client, buf, upstream, gateway);
+                return handoff(client, buf, [upstream, spare], gateway);
             }
             if !h2 {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -87,7 +92,7 @@ pub(crate) async fn serve(
                     }
                     Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
                     // Too large or malformed: hyper answers it as it answers any bad request.
-                    _ => return handoff(client, buf, upstream, gateway),
+                    _ => return handoff(client, buf, [upstream, spare], gateway),
                 }
             }
             let read = tokio::select! {
@@ -99,32 +104,27 @@ pub(crate) async fn serve(
                 _ = stopping.changed() => return Served::Done,
             };
             if !matches!(read, Ok(n) if n > 0) {
-                park(gateway, upstream);
+                park(gateway, [upstream, spare]);
                 return Served::Done;
             }
         };
         let plan = match plan {
-            Plan::General => return handoff(client, buf, upstream, gateway),
+            Plan::General => return handoff(client, buf, [upstream, spare], gateway),
             Plan::Forward(plan) => plan,
             Plan::Refuse(metrics, status, Unroutable { title, detail, .. }) => {
-                let _ = refuse(&mut client, &metrics, received, status, title, &detail).await;
-                park(gateway, upstream);
+                let refused = refuse(&mut client, &metrics, received, status, title, &detail, b"");
+                let _ = refused.await;
+                park(gateway, [upstream, spare]);
                 return Served::Done;
             }
         };
         buf.advance(head_len);
-        let exchanged = exchange(
-            &mut client,
-            &mut buf,
-            &mut upstream,
-            gateway,
-            plan,
-            received,
-        );
+        let upstreams = (&mut upstream, &mut spare);
+        let exchanged = exchange(&mut client, &mut buf, upstreams, gateway, plan, received);
         match exchanged.await {
             Ok(Next::KeepAlive) if !stopping.has_changed().unwrap_or(true) => {}
             _ => {
-                park(gateway, upstream);
+                park(gateway, [upstream, spare]);
                 return Served::Done;
             }
         }
@@ -152,22 +152,22 @@ pub(crate) fn is_open(stream: &TcpStream) -> bool {
 fn handoff(
     client: TcpStream,
     buf: BytesMut,
-    upstream: Option<UpstreamConn>,
+    upstreams: [Option<UpstreamConn>; 2],
     gateway: &Gateway,
 ) -> Served {
-    park(gateway, upstream);
+    park(gateway, upstreams);
     Served::Handoff(Prefixed {
         prefix: buf,
         inner: client,
     })
 }
 
-/// Keeps a reusable upstream connection for the worker's next client.
-fn park(gateway: &Gateway, upstream: Option<UpstreamConn>) {
-    if let Some(up) = upstream
-        && up.buf.is_empty()
-    {
-        gateway.park(up.addr, up.stream);
+/// Keeps reusable upstream connections for the worker's next clients.
+fn park<const N: usize>(gateway: &Gateway, upstreams: [Option<UpstreamConn>; N]) {
+    for up in upstreams.into_iter().flatten() {
+        if up.buf.is_empty() {
+            gateway.park(up.addr, up.stream);
+        }
     }
 }
 
@@ -194,6 +194,8 @@ struct Forward {
     close: bool,
     /// How long a fault holds it before it is forwarded.
     delay: Option<std::time::Duration>,
+    /// The pin of a canary's cookie, for a client that has none yet.
+    cookie: Option<NewPin>,
 }
 
 /// Reads the request head and decides what to do with it; writes the upstream's head.
@@ -246,10 +248,19 @@ fn plan_request(req: &httparse::Request<'_, '_>, forwarded_for: &str, gateway: &
     let Ok(host_str) = std::str::from_utf8(host) else {
         return Plan::General;
     };
-    let route = match gateway.routes_for(Some(host_str)) {
-        // A canary's split is made on the general path.
-        Ok((_, Some(_))) => return Plan::General,
-        Ok((route, None)) => route,
+    let (route, cookie) = match gateway.routes_for(Some(host_str)) {
+        Ok((route, None)) => (route, None),
+        // A mirror's copies are sent from the general path.
+        Ok((_, Some(split))) if split.mirror => return Plan::General,
+        Ok((stable, Some(split))) => {
+            let named = |name| {
+                let headers = req.headers.iter();
+                let named = move |h: &&httparse::Header<'_>| h.name.eq_ignore_ascii_case(name);
+                headers.filter(named).map(|h| h.value)
+            };
+            let choice = split.choose(stable, false, named);
+            (choice.route, choice.cookie)
+        }
         Err(unroutable) => {
             let app = unroutable.app.as_deref().unwrap_or(NO_RELEASE);
             let metrics = gateway.metrics.release(app, NO_RELEASE);
@@ -314,6 +325,7 @@ fn plan_request(req: &httparse::Request<'_, '_>, forwarded_for: &str, gateway: &
         head_method: method == "HEAD",
         close,
         delay,
+        cookie,
     })
 }
 
@@ -327,15 +339,13 @@ enum Next {
 async fn exchange(
     client: &mut TcpStream,
     buf: &mut BytesMut,
-    upstream: &mut Option<UpstreamConn>,
+    (upstream, spare): (&mut Option<UpstreamConn>, &mut Option<UpstreamConn>),
     gateway: &Gateway,
     plan: Forward,
     received: Instant,
 ) -> io::Result<Next> {
-    let Route {
-        upstream: target,
-        metrics,
-    } = plan.route;
+    let route = plan.route;
+    let (target, metrics) = (&route.upstream, &route.metrics);
     if let Some(delay) = plan.delay {
         tokio::time::sleep(delay).await;
     }
@@ -346,7 +356,8 @@ async fn exchange(
             head: plan.head,
             body: plan.body,
         };
-        let resend = send_request(upstream, gateway, addr, request, buf, client).await?;
+        let upstreams = (&mut *upstream, &mut *spare);
+        let resend = send_request(upstreams, gateway, addr, request, buf, client).await?;
         metrics.add_request_bytes(plan.body);
         let up = upstream.as_mut().ok_or(Failed::Client)?;
         read_response_head(up, resend, client).await
@@ -382,7 +393,23 @@ async fn exchange(
                     (StatusCode::BAD_GATEWAY, "upstream unavailable", detail)
                 }
             };
-            refuse(client, &metrics, received, status, title, &detail).await?;
+            if let Some(side) = &route.side {
+                side.record(status, received.elapsed());
+            }
+            let mut set_cookie = Vec::new();
+            if let Some(pin) = plan.cookie {
+                pin.push_header(&mut set_cookie);
+            }
+            let refused = refuse(
+                client,
+                metrics,
+                received,
+                status,
+                title,
+                &detail,
+                &set_cookie,
+            );
+            refused.await?;
             return Ok(Next::Close);
         }
     };
@@ -400,9 +427,12 @@ async fn exchange(
     if !keep_client {
         out.extend_from_slice(b"connection: close\r\n");
     }
+    if let Some(pin) = plan.cookie {
+        pin.push_header(&mut out);
+    }
     out.extend_from_slice(b"\r\n");
-    metrics.record_response(status, received);
-    let copied = copy_body(up, client, framing, out, &metrics, in_flight).await;
+    route.record_response(status, received);
+    let copied = copy_body(up, client, framing, out, metrics, in_flight).await;
     match copied {
         Ok(()) => {}
         Err(()) => {
@@ -423,8 +453,8 @@ async fn exchange(
     })
 }
 
-/// Answers a problem the router found itself; the connection is then closed, since the request
-/// body, if any, was not read.
+/// Answers a problem the router found itself, with the `extra` header lines; the connection is
+/// then closed, since the request body, if any, was not read.
 async fn refuse(
     client: &mut TcpStream,
     metrics: &ReleaseMetrics,
@@ -432,25 +462,27 @@ async fn refuse(
     status: StatusCode,
     title: &str,
     detail: &str,
+    extra: &[u8],
 ) -> io::Result<()> {
-    let (response, body) = problem_response(status, title, detail);
+    let (response, body) = problem_response(status, title, detail, extra);
     metrics.record_response(status, received);
     metrics.add_response_bytes(body);
     client.write_all(&response).await
 }
 
-/// A problem document as a whole HTTP/1.1 response that closes the connection, with the length
-/// of its body.
-fn problem_response(status: StatusCode, title: &str, detail: &str) -> (Vec<u8>, u64) {
+/// A problem document as a whole HTTP/1.1 response that closes the connection, with the `extra`
+/// header lines, and the length of its body.
+fn problem_response(status: StatusCode, title: &str, detail: &str, extra: &[u8]) -> (Vec<u8>, u64) {
     let body = problem_document(status, title, detail);
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
     let len = body.len() as u64;
-    ([head.into_bytes(), body.into_bytes()].concat(), len)
+    let response = [head.as_bytes(), extra, b"\r\n", body.as_bytes()].concat();
+    (response, len)
 }
 
 /// The request as it goes to the upstream.
@@ -461,11 +493,11 @@ struct Outgoing {
 }
 
 /// Sends the head and body of a request to `addr`, on the connection kept from the last request
-/// if it goes there too, else on an idle or a new one. Returns the bytes sent if they may be sent
-/// again on a new connection (the connection was reused and the whole request was sent at once),
-/// should the reused one turn out to be closed.
+/// (or the spare) if it goes there too, else on an idle or a new one. Returns the bytes sent if
+/// they may be sent again on a new connection (the connection was reused and the whole request
+/// was sent at once), should the reused one turn out to be closed.
 async fn send_request(
-    upstream: &mut Option<UpstreamConn>,
+    (upstream, spare): (&mut Option<UpstreamConn>, &mut Option<UpstreamConn>),
     gateway: &Gateway,
     addr: SocketAddr,
     request: Outgoing,
@@ -473,7 +505,15 @@ async fn send_request(
     client: &mut TcpStream,
 ) -> Result<Option<Vec<u8>>, Failed> {
     if upstream.as_ref().is_some_and(|up| up.addr != addr) {
-        *upstream = None;
+        // Another upstream this time (the other side of a canary's split, or a switch): the
+        // connection kept waits as the spare, for a later request to its own upstream, and is
+        // never used for this one; the spare takes over if it goes where this one does.
+        let kept = upstream.take().filter(|up| up.buf.is_empty());
+        let other = std::mem::replace(spare, kept);
+        match other {
+            Some(up) if up.addr == addr && is_open(&up.stream) => *upstream = Some(up),
+            other => park(gateway, [other]),
+        }
     }
     if upstream.is_none() {
         *upstream = Some(match gateway.unpark(addr) {

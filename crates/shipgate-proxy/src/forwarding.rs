@@ -5,9 +5,13 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_TYPE, HOST, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Incoming};
@@ -18,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::canary::{Mirrors, NewPin, SideFigures, Split};
 use crate::faults::{FAULTED, FaultTable, Injected};
 use crate::metrics::{MetricsRegistry, NO_RELEASE, ReleaseMetrics};
 use crate::tunnel::Tunnel;
@@ -51,22 +56,28 @@ pub(crate) struct RouteTable {
     /// Apps with no upstream yet whose release is being started (`web@1.2.0`), so a request
     /// meanwhile hears that rather than "no live release".
     pub(crate) starting: HashMap<String, String>,
-    /// Apps whose new release takes a share of the requests (a canary): its route and the share,
-    /// in percent.
-    pub(crate) canaries: HashMap<String, (Route, f64)>,
+    /// Apps whose new release takes a share of the requests (a canary).
+    pub(crate) canaries: HashMap<String, Arc<Split>>,
 }
-
-/// The header a tester chooses a side with (`always`: the canary, `never`: the stable release).
-pub const CANARY_HEADER: &str = "x-shipgate-canary";
-
-/// The cookie that pins a client to its side for a whole rollout.
-pub const CANARY_COOKIE: &str = "shipgate-canary";
 
 /// The live upstream of one app and the counters of its release.
 #[derive(Clone, Debug)]
 pub(crate) struct Route {
     pub(crate) upstream: Upstream,
     pub(crate) metrics: Arc<ReleaseMetrics>,
+    /// The side of a canary's window this route's answers count on too, while the app has one.
+    pub(crate) side: Option<Arc<SideFigures>>,
+}
+
+impl Route {
+    /// Counts a response head with `status` going out now, for a request received at
+    /// `received`: for its release, and on its side of a canary's window.
+    pub(crate) fn record_response(&self, status: StatusCode, received: Instant) {
+        let latency = self.metrics.record_response(status, received);
+        if let Some(side) = &self.side {
+            side.record(status, latency);
+        }
+    }
 }
 
 /// Why a request has nowhere to go.
@@ -91,12 +102,20 @@ pub(crate) struct Gateway {
     /// Nanoseconds to wait for an upstream's response head; 0 waits as long as it takes.
     request_timeout: Arc<AtomicU64>,
     client: Client<HttpConnector, RequestBody>,
+    /// The client copies of requests go to a canary with (a mirror step).
+    pub(crate) mirror_client: Client<HttpConnector, Empty<Bytes>>,
+    /// Mirrored requests in flight, over every worker.
+    pub(crate) mirrors: Arc<Mirrors>,
     /// Upstream connections of the router's own HTTP/1.1 path that no client holds now, oldest
     /// first (see [`crate::fast`]).
     idle: Mutex<VecDeque<(SocketAddr, tokio::net::TcpStream)>>,
 }
 
-fn upstream_client() -> Client<HttpConnector, RequestBody> {
+fn upstream_client<B>() -> Client<HttpConnector, B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
@@ -113,6 +132,8 @@ impl Gateway {
             faults: Arc::default(),
             request_timeout: Arc::default(),
             client: upstream_client(),
+            mirror_client: upstream_client(),
+            mirrors: Arc::default(),
             idle: Mutex::default(),
         }
     }
@@ -126,6 +147,8 @@ impl Gateway {
             faults: Arc::clone(&self.faults),
             request_timeout: Arc::clone(&self.request_timeout),
             client: upstream_client(),
+            mirror_client: upstream_client(),
+            mirrors: Arc::clone(&self.mirrors),
             idle: Mutex::default(),
         }
     }
@@ -175,42 +198,85 @@ impl Gateway {
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let received = Instant::now();
-        match self.route(&req) {
-            Ok(route) => {
-                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                let headers = req.headers();
-                let header = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
-                match self.faults.decide(&route.metrics.app, target, header) {
-                    None => self.exchange(client_ip, req, route, received).await,
-                    Some(injected) => {
-                        let faulted = self.metrics.release(&route.metrics.app, FAULTED);
-                        if let Injected::Abort(status) = injected {
-                            let detail =
-                                format!("shipgate chaos: injected {status} in `{}`", self.env);
-                            return answered(
-                                &faulted,
-                                received,
-                                problem(status, "injected fault", detail),
-                            );
-                        }
-                        if let Injected::Delay(delay) = injected {
-                            tokio::time::sleep(delay).await;
-                        }
-                        let route = Route {
-                            metrics: faulted,
-                            ..route
-                        };
-                        self.exchange(client_ip, req, route, received).await
+        let (response, cookie) = self.forward_to_side(client_ip, req, received).await;
+        let mut response = response;
+        if let Some(pin) = cookie
+            && let Ok(value) = HeaderValue::try_from(pin.set_cookie())
+        {
+            response.headers_mut().append(SET_COOKIE, value);
+        }
+        response
+    }
+
+    /// Forwards `req` to the side of its app's canary it goes to, if the app has one; with the
+    /// pin a client without one is given.
+    async fn forward_to_side(
+        &self,
+        client_ip: IpAddr,
+        req: Request<Incoming>,
+        received: Instant,
+    ) -> (Response<ProxyBody>, Option<NewPin>) {
+        let routed = self
+            .routes_for(host_of(&req))
+            .map(|(stable, split)| match split {
+                None => (stable, None),
+                Some(split) => {
+                    let idempotent = matches!(*req.method(), Method::GET | Method::HEAD);
+                    let headers = req.headers();
+                    let header =
+                        |name: &str| headers.get_all(name).into_iter().map(HeaderValue::as_bytes);
+                    let choice = split.choose(stable, idempotent, header);
+                    if choice.mirror {
+                        self.mirror(req.method(), req.uri(), req.headers(), &split);
                     }
+                    (choice.route, choice.cookie)
                 }
-            }
+            });
+        match routed {
+            Ok((route, cookie)) => (
+                self.forward_on(client_ip, req, route, received).await,
+                cookie,
+            ),
             Err(Unroutable { app, title, detail }) => {
                 let app = app.as_deref().unwrap_or(NO_RELEASE);
                 let metrics = self.metrics.release(app, NO_RELEASE);
                 let response = problem(StatusCode::SERVICE_UNAVAILABLE, title, detail);
-                answered(&metrics, received, response)
+                (answered(&metrics, received, response), None)
             }
         }
+    }
+
+    /// Forwards `req` on `route`, unless a fault in force answers it or holds it first.
+    async fn forward_on(
+        &self,
+        client_ip: IpAddr,
+        req: Request<Incoming>,
+        route: Route,
+        received: Instant,
+    ) -> Response<ProxyBody> {
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let headers = req.headers();
+        let header = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
+        let Some(injected) = self.faults.decide(&route.metrics.app, target, header) else {
+            return self.exchange(client_ip, req, route, received).await;
+        };
+        let faulted = self.metrics.release(&route.metrics.app, FAULTED);
+        if let Injected::Abort(status) = injected {
+            let detail = format!("shipgate chaos: injected {status} in `{}`", self.env);
+            return answered(
+                &faulted,
+                received,
+                problem(status, "injected fault", detail),
+            );
+        }
+        if let Injected::Delay(delay) = injected {
+            tokio::time::sleep(delay).await;
+        }
+        let route = Route {
+            metrics: faulted,
+            ..route
+        };
+        self.exchange(client_ip, req, route, received).await
     }
 
     /// Sends `req` to the upstream of `route` and turns its answer into the client's.
@@ -221,10 +287,10 @@ impl Gateway {
         route: Route,
         received: Instant,
     ) -> Response<ProxyBody> {
-        let Route { upstream, metrics } = route;
+        let upstream = &route.upstream;
         let protocol = upgrade_protocol(&req);
         let client_upgrade = protocol.is_some().then(|| hyper::upgrade::on(&mut req));
-        let req = match upstream_request(req, &upstream, client_ip, protocol, &metrics) {
+        let req = match upstream_request(req, upstream, client_ip, protocol, &route.metrics) {
             Ok(req) => req,
             Err(err) => {
                 let detail = format!(
@@ -232,13 +298,13 @@ impl Gateway {
                     upstream.label()
                 );
                 let response = problem(StatusCode::BAD_REQUEST, "bad request target", detail);
-                return answered(&metrics, received, response);
+                return answered_on(&route, received, response);
             }
         };
         let in_flight = upstream.start_request();
-        let mut response = match self.dispatch(req, &upstream).await {
+        let mut response = match self.dispatch(req, upstream).await {
             Ok(response) => response,
-            Err(problem) => return answered(&metrics, received, problem),
+            Err(problem) => return answered_on(&route, received, problem),
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client) = client_upgrade else {
@@ -247,14 +313,14 @@ impl Gateway {
                     upstream.label()
                 );
                 let response = problem(StatusCode::BAD_GATEWAY, "unexpected upgrade", detail);
-                return answered(&metrics, received, response);
+                return answered_on(&route, received, response);
             };
-            metrics.record_response(response.status(), received);
-            return open_tunnel(client, response, in_flight, metrics);
+            route.record_response(response.status(), received);
+            return open_tunnel(client, response, in_flight, route.metrics);
         }
         strip_hop_by_hop(response.headers_mut());
-        metrics.record_response(response.status(), received);
-        response.map(|body| ResponseBody::new(body, metrics, in_flight).boxed_unsync())
+        route.record_response(response.status(), received);
+        response.map(|body| ResponseBody::new(body, route.metrics, in_flight).boxed_unsync())
     }
 
     /// Sends `req` to `upstream` and waits for the response head, within the request timeout if
@@ -289,38 +355,13 @@ impl Gateway {
         })
     }
 
-    /// The route for a request: the app its Host (or HTTP/2 authority) first label names, else the
-    /// default app. The error says why there is none.
-    fn route(&self, req: &Request<Incoming>) -> Result<Route, Unroutable> {
-        let (stable, canary) = self.routes_for(host_of(req))?;
-        let Some((canary, weight)) = canary else {
-            return Ok(stable);
-        };
-        let asked = req
-            .headers()
-            .get(CANARY_HEADER)
-            .and_then(|v| v.to_str().ok());
-        let pin = req
-            .headers()
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix(CANARY_COOKIE)?.strip_prefix('='));
-        if shipgate_core::canary::to_canary(weight, asked, pin, crate::faults::roll()) {
-            Ok(canary)
-        } else {
-            Ok(stable)
-        }
-    }
-
     /// The route for a request for `host` (the app its first label names, else the default app)
-    /// and, when that app has a canary, the canary's route and share (in percent), read under one
-    /// lock. The error says why there is none.
+    /// and, when that app has a canary, the canary, read under one lock. The error says why
+    /// there is none.
     pub(crate) fn routes_for(
         &self,
         host: Option<&str>,
-    ) -> Result<(Route, Option<(Route, f64)>), Unroutable> {
+    ) -> Result<(Route, Option<Arc<Split>>), Unroutable> {
         let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
         // A Host naming a known app reaches that app or nothing: never another app's answer.
         let named = host.and_then(app_label);
@@ -411,6 +452,19 @@ fn open_tunnel(
     Response::from_parts(parts, empty_body())
 }
 
+/// Counts a response the router made itself for `route` (on its side of a canary's window
+/// too) and hands it on.
+fn answered_on(
+    route: &Route,
+    received: Instant,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    if let Some(side) = &route.side {
+        side.record(response.status(), received.elapsed());
+    }
+    answered(&route.metrics, received, response)
+}
+
 /// Counts a response the router made itself and hands it on.
 fn answered(
     metrics: &ReleaseMetrics,
@@ -480,7 +534,7 @@ fn upstream_request(
 }
 
 /// Removes the hop-by-hop headers, including those the Connection header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.contains_key(CONNECTION) {
         for name in &HOP_BY_HOP {
             headers.remove(name);

@@ -5,10 +5,13 @@
 //! [`render_prometheus`]). It must not decide which release is live (the engine calls
 //! [`Router::switch`]), must not judge the metrics it counts (gates do), and must not touch the
 //! database. It also injects the HTTP faults it is given ([`Router::set_faults`]), each until
-//! its end, counting what they touched apart ([`FAULTED`]).
+//! its end, counting what they touched apart ([`FAULTED`]), and gives a canary the share of an
+//! app's requests it is told ([`Router::set_canary`]), counting both sides of the split in the
+//! canary's window ([`Router::canary_figures`]) without judging them.
 #![forbid(unsafe_code)]
 
 mod body;
+mod canary;
 mod fast;
 mod faults;
 mod forwarding;
@@ -23,6 +26,7 @@ mod window;
 
 use std::net::SocketAddr;
 
+pub use canary::{CANARY_COOKIE, CANARY_HEADER, CANARY_SAMPLE, Canary, CanaryFigures};
 pub use faults::FAULTED;
 pub use front::Front;
 pub use metrics::{

@@ -250,8 +250,9 @@ impl ReleaseMetrics {
         &self.label
     }
 
-    /// Counts a response head with `status` going out now, for a request received at `received`.
-    pub(crate) fn record_response(&self, status: StatusCode, received: Instant) {
+    /// Counts a response head with `status` going out now, for a request received at `received`;
+    /// returns its latency.
+    pub(crate) fn record_response(&self, status: StatusCode, received: Instant) -> Duration {
         let now = Instant::now();
         let latency = now.saturating_duration_since(received);
         let ms = latency.as_secs_f64() * 1000.0;
@@ -265,6 +266,7 @@ impl ReleaseMetrics {
         answered.count += 1;
         let error = status.is_server_error() || status.as_u16() > 599;
         answered.last_minute.record(now, latency, error);
+        latency
     }
 
     pub(crate) fn add_request_bytes(&self, bytes: u64) {

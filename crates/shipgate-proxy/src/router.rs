@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::ProxyError;
+use crate::canary::{Canary, CanaryFigures, Split};
 use crate::fast::{self, Served};
 use crate::forwarding::{Gateway, Route};
 use crate::metrics::{ReleaseMetrics, UpstreamMetrics};
@@ -117,6 +118,7 @@ impl Router {
         let route = upstream.map(|upstream| Route {
             metrics: self.gateway.metrics.release(app, upstream.label()),
             upstream,
+            side: None,
         });
         let mut routes = self
             .gateway
@@ -131,29 +133,72 @@ impl Router {
         previous.map(|route| route.upstream)
     }
 
-    /// Sends `weight` percent of `app`'s requests to `canary` (None: none, every request to its
-    /// upstream); a tester's `x-shipgate-canary: always|never` and a client's `shipgate-canary`
-    /// cookie are honoured (see [`shipgate_core::canary::to_canary`]). Returns the canary before.
-    pub fn set_canary(&self, app: &str, canary: Option<(Upstream, f64)>) -> Option<Upstream> {
-        let route = canary.map(|(upstream, weight)| {
-            (
-                Route {
-                    metrics: self.gateway.metrics.release(app, upstream.label()),
-                    upstream,
-                },
-                weight,
-            )
-        });
+    /// Gives `canary` its share of `app`'s requests (None: no canary, every request to the app's
+    /// upstream, and its figures are forgotten); returns the canary before. A tester's
+    /// `x-shipgate-canary: always|never` is honoured at any weight, and a client keeps its side
+    /// by its pin (see [`shipgate_core::canary::to_canary`] and [`Canary::sticky`]). A canary
+    /// with the same `window` as the one before keeps its figures; another window starts both
+    /// sides at zero.
+    pub fn set_canary(&self, app: &str, canary: Option<Canary>) -> Option<Canary> {
+        if let Some(c) = &canary {
+            let (to, weight, mirror) = (c.upstream.label(), c.weight, c.mirror);
+            tracing::info!(env = %self.gateway.env, app, to, weight, mirror, window = c.window, "setting a canary");
+        }
         let mut routes = self
             .gateway
             .routes
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let previous = match route {
-            Some(route) => routes.canaries.insert(app.to_owned(), route),
-            None => routes.canaries.remove(app),
+        let before = routes.canaries.get(app).cloned();
+        let previous = before.as_ref().map(|split| split.describe());
+        match canary {
+            Some(canary) => {
+                let split = Split::new(app, canary, &self.gateway, before.as_deref());
+                routes.canaries.insert(app.to_owned(), Arc::new(split));
+            }
+            None => {
+                routes.canaries.remove(app);
+            }
+        }
+        previous
+    }
+
+    /// The canary of `app`, as it was set.
+    pub fn canary(&self, app: &str) -> Option<Canary> {
+        let routes = self
+            .gateway
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        routes.canaries.get(app).map(|split| split.describe())
+    }
+
+    /// Every app with a canary, and its canary.
+    pub fn canaries(&self) -> Vec<(String, Canary)> {
+        let routes = self
+            .gateway
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        routes
+            .canaries
+            .iter()
+            .map(|(app, split)| (app.clone(), split.describe()))
+            .collect()
+    }
+
+    /// What the canary of `app` and its stable side answered in the canary's current window;
+    /// None without a canary.
+    pub fn canary_figures(&self, app: &str) -> Option<CanaryFigures> {
+        let split = {
+            let routes = self
+                .gateway
+                .routes
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            routes.canaries.get(app).cloned()
         };
-        previous.map(|(route, _)| route.upstream)
+        split.map(|split| split.figures())
     }
 
     /// Every app routed, with its upstream.

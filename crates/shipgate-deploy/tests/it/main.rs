@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod canary;
+
 use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::path::Path;

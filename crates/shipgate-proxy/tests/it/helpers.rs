@@ -3,6 +3,7 @@ use std::error::Error;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
@@ -14,7 +15,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use shipgate_proxy::Router;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// A router for environment `test` on a free port.
@@ -140,5 +142,137 @@ impl Body for Chunks {
         self.0
             .poll_recv(cx)
             .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+/// One client connection, written to and read from by hand.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+/// A response as it arrived: status, headers (names in lowercase) and the body, de-chunked.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let found = self.headers.iter().find(|(n, _)| n == name);
+        found.map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Raw {
+    pub async fn open(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("the router answered within 10 s")
+            .unwrap();
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Reads one response; `head_request` says it answers a HEAD (so it has no body).
+    pub async fn answer(&mut self, head_request: bool) -> Answer {
+        let end = loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            assert!(self.fill().await > 0, "the connection closed before a head");
+        };
+        let head = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+        self.buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect();
+        let mut answer = Answer {
+            status: status.parse().unwrap(),
+            headers,
+            body: Vec::new(),
+        };
+        if head_request {
+            return answer;
+        }
+        if let Some(n) = answer.header("content-length") {
+            let n: usize = n.parse().unwrap();
+            while self.buf.len() < n {
+                assert!(self.fill().await > 0, "the body was cut");
+            }
+            answer.body = self.buf.drain(..n).collect();
+        } else if answer.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.fill().await > 0, "the chunked body was cut");
+                };
+                let line = String::from_utf8(self.buf[..line_end].to_vec()).unwrap();
+                let size = usize::from_str_radix(line.split(';').next().unwrap(), 16).unwrap();
+                while self.buf.len() < line_end + 2 + size + 2 {
+                    assert!(self.fill().await > 0, "the chunk was cut");
+                }
+                answer
+                    .body
+                    .extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                self.buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            while self.fill().await > 0 {}
+            answer.body = std::mem::take(&mut self.buf);
+        }
+        answer
+    }
+
+    /// Whether the router closed the connection (nothing more arrives).
+    pub async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && self.fill().await == 0
+    }
+}
+
+impl Raw {
+    /// Sends `METHOD PATH` with Host `web` and these extra headers, and reads the answer; a
+    /// connection the router closed after its last answer is opened again first.
+    pub async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: web\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        self.write(request.as_bytes()).await;
+        let answer = self.answer(method == "HEAD").await;
+        if answer.header("connection") == Some("close") {
+            let addr = self.stream.peer_addr().unwrap();
+            *self = Raw::open(addr).await;
+        }
+        answer
     }
 }
