@@ -103,6 +103,9 @@ pub struct Placement {
     /// the host's own address of the canary's instance): what a step that fails on one host
     /// puts back on the others.
     canaries: Mutex<HashMap<(String, String), BTreeMap<String, CanaryRoute>>>,
+    /// The canaries (environment, app) ended while a host of theirs was away, by host: its
+    /// router still splits for them, so they are ended there when it connects again.
+    ended_away: Mutex<HashMap<String, std::collections::BTreeSet<(String, String)>>>,
     /// One reconciliation of a host at a time.
     reconciling: tokio::sync::Mutex<()>,
     /// One write of `placement.json` at a time, snapshot to rename.
@@ -189,6 +192,7 @@ impl Placement {
             served: Mutex::new(kept.served),
             routers: Mutex::default(),
             canaries: Mutex::default(),
+            ended_away: Mutex::default(),
             reconciling: tokio::sync::Mutex::new(()),
             saving: Mutex::new(()),
             shared: save_shared,
@@ -382,6 +386,21 @@ impl Placement {
                     "host {host}: could not bind the router of {}: {e}",
                     spec.env
                 );
+            }
+        }
+        // A canary ended while it was away (an abort, a restarted server ending a rollout):
+        // its router would still send a share to an instance that is stopped below.
+        let ended = lock(&self.ended_away).remove(host).unwrap_or_default();
+        for (env, app) in ended {
+            tracing::info!(
+                "host {host}: ending the canary of {app} in {env}, ended while it was away"
+            );
+            if let Err(e) = client.set_canary(&env, &app, None).await {
+                tracing::warn!("host {host}: could not end the canary of {app} in {env}: {e}");
+                lock(&self.ended_away)
+                    .entry(host.to_owned())
+                    .or_default()
+                    .insert((env, app));
             }
         }
         for (env, app, target) in targets {

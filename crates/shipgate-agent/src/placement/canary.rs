@@ -12,7 +12,8 @@ impl Placement {
     /// Applies `canary` on every connected host of `env` at once, or on none: a host that does
     /// not run the canary's instance healthy refuses it before any host takes it, and if one
     /// fails to take it, the hosts that did get the canary they had back (the router takes up
-    /// the figures of that window again). The error names the host.
+    /// the figures of that window again). The error names the host. Ending a canary (`None`)
+    /// needs no number of hosts: the hosts away end it when they connect again.
     pub(super) async fn set_canary_on_hosts(
         &self,
         p: &EnvPlacement,
@@ -20,8 +21,20 @@ impl Placement {
         app: &str,
         canary: Option<CanaryRoute>,
     ) -> Result<(), DriverError> {
-        let up = self.enough(env, p)?;
         let key = (env.to_owned(), app.to_owned());
+        let up = match &canary {
+            // Ending a canary is never refused for want of hosts: those that answer end it
+            // now, the others when they connect again (`reconcile_host`).
+            None => {
+                let (up, away) = self.reachable(p);
+                let mut ended_away = lock(&self.ended_away);
+                for h in away {
+                    ended_away.entry(h).or_default().insert(key.clone());
+                }
+                up
+            }
+            Some(_) => self.enough(env, p)?,
+        };
         let before = lock(&self.canaries).get(&key).cloned().unwrap_or_default();
         // First each host's own address of the canary's instance (none to ask for when it
         // applies that instance already, as an abort does): a host that does not run it
