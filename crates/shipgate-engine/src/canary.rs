@@ -125,12 +125,21 @@ impl Engine {
             let ends = match (step, held) {
                 (Step::Pause, _) => None,
                 (_, false) => Some(crate::clock::after(started, rules.step.as_std())),
-                (_, true) => Some(crate::clock::after(started, RECHECK.min(rules.step.as_std()))),
+                (_, true) => Some(crate::clock::after(
+                    started,
+                    RECHECK.min(rules.step.as_std()),
+                )),
             };
             if !held {
                 let what = match step {
-                    Step::Pause => format!("paused at {weight}%: resume with shipgate canary resume {} --env {}", p.app, p.env),
-                    Step::Mirror(m) => format!("mirroring {m}% of GET and HEAD requests (users meet only {})", stable.target.label),
+                    Step::Pause => format!(
+                        "paused at {weight}%: resume with shipgate canary resume {} --env {}",
+                        p.app, p.env
+                    ),
+                    Step::Mirror(m) => format!(
+                        "mirroring {m}% of GET and HEAD requests (users meet only {})",
+                        stable.target.label
+                    ),
                     Step::Weight(w) => format!("{w}% of requests"),
                 };
                 self.event(p, EventKind::CanaryStep, format!(
@@ -170,7 +179,11 @@ impl Engine {
             };
             match asked {
                 Some(Control::Skip(actor, reason)) => {
-                    let gate = format!("skipped by {actor} at step {} of {}: {reason}", n + 1, steps.len());
+                    let gate = format!(
+                        "skipped by {actor} at step {} of {}: {reason}",
+                        n + 1,
+                        steps.len()
+                    );
                     self.gate(p, "canary", true, gate.clone(), started).await?;
                     last = format!(" ({gate})");
                     stage = next(steps, stage, Move::Skip);
@@ -179,7 +192,14 @@ impl Engine {
                 Some(Control::Resume(actor)) => {
                     if matches!(step, Step::Pause) || held {
                         last = format!(" (resumed by {actor})");
-                        self.gate(p, &format!("canary step {}", n + 1), true, format!("resumed by {actor}"), started).await?;
+                        self.gate(
+                            p,
+                            &format!("canary step {}", n + 1),
+                            true,
+                            format!("resumed by {actor}"),
+                            started,
+                        )
+                        .await?;
                         stage = next(steps, stage, Move::Resume);
                     }
                     continue;
@@ -215,13 +235,22 @@ impl Engine {
                     )));
                 }
                 Decision::Inconclusive(f, why) => {
+                    // Recorded as an event; the step's gate is its judgement, once it comes.
                     if !held {
-                        let said = format!("inconclusive: {why}; holding at {share}%; {}", describe(&f));
-                        self.gate(p, &name, true, said.clone(), started).await?;
-                        self.event(p, EventKind::CanaryInconclusive, format!(
-                            "{} canary in {} holds at step {} of {}: {why}",
-                            instance.target.label, p.env, n + 1, steps.len()
-                        ), serde_json::json!({ "step": n + 1, "weight": share, "why": why })).await;
+                        self.event(
+                            p,
+                            EventKind::CanaryInconclusive,
+                            format!(
+                                "{} canary in {} holds at step {} of {} ({share}%): {why}; {}",
+                                instance.target.label,
+                                p.env,
+                                n + 1,
+                                steps.len(),
+                                describe(&f)
+                            ),
+                            serde_json::json!({ "step": n + 1, "weight": share, "why": why }),
+                        )
+                        .await;
                     }
                     self.show_rollout(slot, |v| v.last = Some(format!("step {}: {why}", n + 1)));
                     stage = next(steps, stage, Move::Inconclusive);
@@ -256,7 +285,13 @@ impl Engine {
         .await;
     }
 
-    async fn event(&self, p: &Promotion, kind: EventKind, message: String, data: serde_json::Value) {
+    async fn event(
+        &self,
+        p: &Promotion,
+        kind: EventKind,
+        message: String,
+        data: serde_json::Value,
+    ) {
         let event = NewEvent {
             actor: SYSTEM.into(),
             kind,
@@ -284,7 +319,11 @@ impl Engine {
             .iter()
             .find(|(_, r)| r.view.promotion_id == id)
             .map(|(s, r)| (s.clone(), r.view.clone()))?;
-        if let Some(f) = self.driver.canary_figures(slot.1.as_str(), slot.0.as_str()).await {
+        if let Some(f) = self
+            .driver
+            .canary_figures(slot.1.as_str(), slot.0.as_str())
+            .await
+        {
             view.canary_figures = side(&f.canary);
             view.stable_figures = side(&f.stable);
         }
@@ -292,7 +331,11 @@ impl Engine {
     }
 
     /// The rollout of `app` in `env` now; refused with what to do when there is none.
-    pub async fn canary_status(&self, app: &AppName, env: &EnvName) -> Result<CanaryView, EngineError> {
+    pub async fn canary_status(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<CanaryView, EngineError> {
         self.known(app, env)?;
         let id = locked(&self.rollouts)
             .get(&(app.clone(), env.clone()))
@@ -304,7 +347,12 @@ impl Engine {
     }
 
     /// `canary resume`: a pause, or a step held for too few requests, goes on to the next step.
-    pub async fn canary_resume(&self, app: &AppName, env: &EnvName, actor: &str) -> Result<CanaryView, EngineError> {
+    pub async fn canary_resume(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        actor: &str,
+    ) -> Result<CanaryView, EngineError> {
         let view = self.canary_status(app, env).await?;
         if view.state == CanaryState::Running {
             return Err(EngineError::NoCanary(format!(
@@ -318,7 +366,13 @@ impl Engine {
     }
 
     /// `canary skip`: the canary takes every request at once, its `verify` follows.
-    pub async fn canary_skip(&self, app: &AppName, env: &EnvName, actor: &str, reason: &str) -> Result<CanaryView, EngineError> {
+    pub async fn canary_skip(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        actor: &str,
+        reason: &str,
+    ) -> Result<CanaryView, EngineError> {
         let view = self.canary_status(app, env).await?;
         self.tell(app, env, Control::Skip(actor.to_owned(), reason.to_owned()))?;
         Ok(view)
@@ -326,7 +380,12 @@ impl Engine {
 
     /// `canary abort`: the canary's share goes to 0% now, on every host, and its promotion
     /// fails; returns the promotion as it ended.
-    pub async fn canary_abort(&self, app: &AppName, env: &EnvName, actor: &str) -> Result<Promotion, EngineError> {
+    pub async fn canary_abort(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        actor: &str,
+    ) -> Result<Promotion, EngineError> {
         let view = self.canary_status(app, env).await?;
         let why = format!("aborted by {actor}");
         if !self.stop(view.promotion_id, &why) {
@@ -337,7 +396,9 @@ impl Engine {
 
     fn tell(&self, app: &AppName, env: &EnvName, c: Control) -> Result<(), EngineError> {
         let rollouts = locked(&self.rollouts);
-        let r = rollouts.get(&(app.clone(), env.clone())).ok_or_else(|| no_canary(app, env))?;
+        let r = rollouts
+            .get(&(app.clone(), env.clone()))
+            .ok_or_else(|| no_canary(app, env))?;
         r.control.send(c).map_err(|_| no_canary(app, env))
     }
 
@@ -392,11 +453,11 @@ fn side(s: &Side) -> SideFigures {
     }
 }
 
-/// Every figure of a judgement, in one line.
+/// Every figure of a judgement, in one line: both sides, then the tests that were run.
 pub(crate) fn describe(f: &Figures) -> String {
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} ms"));
-    format!(
-        "canary {} requests, {:.2}% errors, p50 {}, p99 {}; stable {} requests, {:.2}% errors, p50 {}, p99 {}; Fisher p = {:.3e}, ceiling p = {:.3e}, Mann-Whitney U = {:.0}, p = {:.3e}; each test fails below {:.2e}",
+    let mut said = format!(
+        "canary {} requests, {:.2}% errors, p50 {}, p99 {}; stable {} requests, {:.2}% errors, p50 {}, p99 {}",
         f.requests.0,
         f.error_rates.0 * 100.0,
         ms(f.p50_ms.0),
@@ -405,20 +466,34 @@ pub(crate) fn describe(f: &Figures) -> String {
         f.error_rates.1 * 100.0,
         ms(f.p50_ms.1),
         ms(f.p99_ms.1),
-        f.p_errors,
-        f.p_ceiling,
-        f.u,
-        f.p_latency,
-        f.alpha
-    )
+    );
+    // Mann-Whitney runs with the comparison of the sides; untested figures stay at p = 1.
+    if f.u > 0.0 || f.p_latency < 1.0 {
+        said.push_str(&format!(
+            "; Fisher p = {:.3e}, ceiling p = {:.3e}, Mann-Whitney U = {:.0}, p = {:.3e}",
+            f.p_errors, f.p_ceiling, f.u, f.p_latency
+        ));
+    } else if f.p_ceiling < 1.0 {
+        said.push_str(&format!("; ceiling p = {:.3e}", f.p_ceiling));
+    }
+    said.push_str(&format!("; each test fails below {:.2e}", f.alpha));
+    said
 }
 
 fn sentence(v: &CanaryView) -> String {
-    let at = format!("step {} of {} ({})", v.step, v.steps.len(), v.steps.get(v.step - 1).map_or("", String::as_str));
+    let at = format!(
+        "step {} of {} ({})",
+        v.step,
+        v.steps.len(),
+        v.steps.get(v.step - 1).map_or("", String::as_str)
+    );
     match v.state {
         CanaryState::Running if v.mirror => format!("{} is mirrored, {at}", v.canary),
         CanaryState::Running => format!("{} takes {}% of requests, {at}", v.canary, v.weight),
-        CanaryState::Paused => format!("{} holds at {}%, {at}: waiting for shipgate canary resume", v.canary, v.weight),
+        CanaryState::Paused => format!(
+            "{} holds at {}%, {at}: waiting for shipgate canary resume",
+            v.canary, v.weight
+        ),
         CanaryState::Held => format!(
             "{} holds at {}%, {at}: {}",
             v.canary,
@@ -427,4 +502,3 @@ fn sentence(v: &CanaryView) -> String {
         ),
     }
 }
-

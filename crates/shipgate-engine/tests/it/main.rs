@@ -14,6 +14,8 @@ use shipgate_engine::{Engine, ManualClock, ProcessDriver};
 use shipgate_store::artifact::UnpackLimits;
 use shipgate_store::{SqlStore, Store};
 
+mod canary;
+
 /// An app that is not shipgate's own: healthy at `/healthz`; every other path answers 200 with
 /// its version, or 500 when the release holds a file named `BUG`.
 const APP: &str = r#"
@@ -81,9 +83,14 @@ async fn start(extra: &str) -> Fixture {
 impl Fixture {
     /// Registers `web@version` with these extra files in it.
     async fn register_with(&self, version: &str, files: &[&str]) -> ReleaseRef {
+        self.register_source(version, APP, files).await
+    }
+
+    /// Registers `web@version` whose `app.py` is `app`, with these extra (empty) files in it.
+    async fn register_source(&self, version: &str, app: &str, files: &[&str]) -> ReleaseRef {
         let src = self.dir.path().join(format!("src-{version}"));
         std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("app.py"), APP).unwrap();
+        std::fs::write(src.join("app.py"), app).unwrap();
         std::fs::write(src.join("VERSION"), version).unwrap();
         for file in files {
             std::fs::write(src.join(file), "").unwrap();
