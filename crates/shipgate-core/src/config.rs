@@ -1828,7 +1828,12 @@ fn canary(raw: &Spanned<RawCanary>, problems: &mut Problems) -> CanaryConfig {
         })
         .map_or(Duration::from_std(CanaryConfig::DEFAULT_STEP), |(_, d)| d);
     let defaults = CanaryConfig::DEFAULT_RULES;
-    let mut share = |key: &str, value: &Option<Spanned<f64>>, lo: f64, hi: f64, default: f64, example: &str| {
+    let mut share = |key: &str,
+                     value: &Option<Spanned<f64>>,
+                     lo: f64,
+                     hi: f64,
+                     default: f64,
+                     example: &str| {
         match value {
             Some(v) if !(*v.get_ref() >= lo && *v.get_ref() < hi) => {
                 problems.add(
@@ -1842,9 +1847,30 @@ fn canary(raw: &Spanned<RawCanary>, problems: &mut Problems) -> CanaryConfig {
             None => default,
         }
     };
-    let max_error_rate = share("max_error_rate", &raw.max_error_rate, 0.0, 1.0, defaults.max_error_rate, "0.01");
-    let max_latency_increase = share("max_latency_increase", &raw.max_latency_increase, 0.0, 100.0, defaults.max_latency_increase, "0.25");
-    let confidence = share("confidence", &raw.confidence, 0.5, 1.0, defaults.confidence, "0.98");
+    let max_error_rate = share(
+        "max_error_rate",
+        &raw.max_error_rate,
+        0.0,
+        1.0,
+        defaults.max_error_rate,
+        "0.01",
+    );
+    let max_latency_increase = share(
+        "max_latency_increase",
+        &raw.max_latency_increase,
+        0.0,
+        100.0,
+        defaults.max_latency_increase,
+        "0.25",
+    );
+    let confidence = share(
+        "confidence",
+        &raw.confidence,
+        0.5,
+        1.0,
+        defaults.confidence,
+        "0.98",
+    );
     let min_requests = match &raw.min_requests {
         Some(n) if !(1..=10_000_000).contains(n.get_ref()) => {
             problems.add(
@@ -2961,7 +2987,12 @@ mod tests {
             .unwrap();
         assert_eq!(
             c.steps,
-            [Step::Mirror(10.0), Step::Weight(5.0), Step::Pause, Step::Weight(50.0)]
+            [
+                Step::Mirror(10.0),
+                Step::Weight(5.0),
+                Step::Pause,
+                Step::Weight(50.0)
+            ]
         );
         assert_eq!(c.judged_steps(), 3);
         assert_eq!(c.sticky, Sticky::Header("x-user-id".into()));
@@ -2970,7 +3001,10 @@ mod tests {
             ("steps = []", "has 0 steps"),
             ("steps = [\"5\"]", "write a share as a percent"),
             ("steps = [\"100%\"]", "below 100%"),
-            ("steps = [\"25%\", \"5%\"]", "does not grow the canary's share"),
+            (
+                "steps = [\"25%\", \"5%\"]",
+                "does not grow the canary's share",
+            ),
             ("steps = [\"5%\", \"mirror 10%\"]", "put mirror steps first"),
             ("step = \"100ms\"", "shorter than a second"),
             ("confidence = 1.0", "out of range"),

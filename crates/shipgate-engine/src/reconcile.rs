@@ -40,7 +40,10 @@ impl Engine {
         // A canary the routers still split for (they outlived the server) is ended first, so
         // nobody meets an instance that is about to be stopped.
         let mut canaries = HashMap::new();
-        for p in in_flight.iter().filter(|p| p.state == PromotionState::Deploying) {
+        for p in in_flight
+            .iter()
+            .filter(|p| p.state == PromotionState::Deploying)
+        {
             if let Some(f) = self
                 .driver
                 .canary_figures(p.env.as_str(), p.app.as_str())
