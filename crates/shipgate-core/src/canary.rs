@@ -75,6 +75,10 @@ pub enum Decision {
     Inconclusive(Figures, String),
 }
 
+/// A canary's p50 or p99 is slower only when it exceeds the stable side's by more than this
+/// many milliseconds, besides `max_latency_increase`.
+pub const LATENCY_FLOOR_MS: f64 = 1.0;
+
 /// Judges one step of a rollout that has `steps` judged steps in all: each of its three tests
 /// (errors against the stable side, errors against the ceiling, latency) is held to a share of
 /// `1 - confidence`, so that a canary as good as the stable release fails at most that often
@@ -156,8 +160,10 @@ pub fn judge(canary: &Side, stable: &Side, rules: &Rules, steps: usize) -> Decis
         );
         return Decision::Fail(figures, why);
     }
+    // Slower by the share allowed, and by more than the floor: a tenth of a millisecond more
+    // on a sub-millisecond answer is noise, whatever its ratio.
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        (Some(a), Some(b)) if b > 0.0 && a - b > LATENCY_FLOOR_MS => Some(a / b),
         _ => None,
     };
     let limit = 1.0 + rules.max_latency_increase;
@@ -522,6 +528,24 @@ mod tests {
                 "{n} {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_sub_millisecond_difference_is_never_slower() {
+        let rules = Rules {
+            min_requests: 100,
+            max_error_rate: 0.01,
+            max_latency_increase: 0.25,
+            confidence: 0.98,
+        };
+        let side = |ms: f64| Side {
+            requests: 2000,
+            errors: 0,
+            latencies_ms: vec![ms; 2000],
+        };
+        // 0.5 ms against 0.3 ms: 1.67×, certain, and still under a millisecond apart.
+        assert!(matches!(judge(&side(0.5), &side(0.3), &rules, 3), Decision::Pass(_)));
+        assert!(matches!(judge(&side(3.0), &side(1.0), &rules, 3), Decision::Fail(..)));
     }
 
     #[test]
