@@ -187,8 +187,9 @@ impl Engine {
             return Ok(None);
         }
         let ended = self.ended(running.id).await?;
-        let by_this =
-            ended.state == PromotionState::Failed && ended.reason.as_deref() == Some(&why);
+        // Its reason starts with why (a canary adds the step it was at).
+        let by_this = ended.state == PromotionState::Failed
+            && ended.reason.as_deref().is_some_and(|r| r.starts_with(&why));
         if !by_this || to.is_some_and(|v| running.previous_version.as_ref() != Some(v)) {
             return Ok(None);
         }

@@ -413,3 +413,53 @@ async fn a_mirror_step_judges_the_canary_without_a_user_meeting_it() {
     assert!(reason.contains("at step 1 of 2 (mirror 50%)"), "{reason}");
     f.engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_or_a_rollback_during_a_canary_ends_it_at_once() {
+    let f = with_stable("steps = [\"50%\"]\nstep = \"10m\"").await;
+    let addr = f.router("production");
+    // A rejection.
+    let second = f.canary_release("2.0.0", &[]).await;
+    let prod = f.promote(&second, "production").await;
+    f.canary_at(1, CanaryState::Running).await;
+    f.engine
+        .decide(
+            &second,
+            &production(),
+            &super::admin(),
+            shipgate_core::gate::Verdict::Reject,
+            Some("not today".into()),
+        )
+        .await
+        .unwrap();
+    f.reaches(prod, PromotionState::Failed).await;
+    let (canary, failed) = tokio::task::spawn_blocking(move || load(addr, 200))
+        .await
+        .unwrap();
+    assert_eq!((canary, failed), (0, 0));
+    // A rollback: production is back on what it had, at once.
+    let third = f.canary_release("3.0.0", &[]).await;
+    let prod = f.promote(&third, "production").await;
+    f.canary_at(1, CanaryState::Running).await;
+    let back = f
+        .engine
+        .rollback(&web(), &production(), None, "alice")
+        .await
+        .unwrap();
+    assert_eq!(back.state, PromotionState::Succeeded, "{back:?}");
+    let ended = f.engine.store().promotion(prod).await.unwrap().unwrap();
+    assert_eq!(ended.state, PromotionState::Failed);
+    assert!(
+        ended
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("rolled back by alice"),
+        "{ended:?}"
+    );
+    let mut client = Client::new(addr);
+    client.extra = "x-shipgate-canary: always\r\n".into();
+    assert!(client.get().1.contains("1.0.0"));
+    assert_eq!(f.events_of(EventKind::CanaryAborted).await.len(), 2);
+    f.engine.shutdown().await;
+}
