@@ -1,6 +1,6 @@
 //! Alerts on live figures: `[alerts.NAME] env = "production", when = "error_rate > 0.05 for
 //! 2m"`. A condition is a figure of the router (`error_rate`, `p99`, `rps`) compared with a
-//! threshold, or a state of shipgate's (`unhealthy`, `crash_loop`, `drifted`), held for a while
+//! threshold, or a state of shipgate's (`unhealthy`, `crash_loop`, `drifted`, `canary_held`), held for a while
 //! (`for 2m`; at once without). An alert fires once when its condition has held that long, and
 //! resolves once when it no longer holds.
 
@@ -23,6 +23,8 @@ pub enum Condition {
     CrashLoop,
     /// The live release no longer matches its record.
     Drifted,
+    /// A canary rollout holds: a step too quiet to judge, or a pause waiting for a person.
+    CanaryHeld,
 }
 
 /// An alert as the config declares it.
@@ -57,13 +59,15 @@ pub struct Observation {
     pub crash_loop: bool,
     /// It drifted.
     pub drifted: bool,
+    /// A canary rollout of it holds (inconclusive or paused).
+    pub canary_held: bool,
 }
 
 impl Condition {
     /// Reads `when`: `error_rate > 0.05`, `p99 > 800ms`, `rps < 1`, `unhealthy`, `crash_loop`,
-    /// `drifted`, each with an optional `for 2m`.
+    /// `drifted`, `canary_held`, each with an optional `for 2m`.
     pub fn parse(when: &str) -> Result<(Condition, std::time::Duration), String> {
-        let help = "write `error_rate > 0.05 for 2m`, `p99 > 800ms`, `rps < 1 for 5m`, `unhealthy`, `crash_loop` or `drifted`";
+        let help = "write `error_rate > 0.05 for 2m`, `p99 > 800ms`, `rps < 1 for 5m`, `unhealthy`, `crash_loop`, `drifted` or `canary_held for 10m`";
         let (what, hold) = match when.split_once(" for ") {
             Some((what, d)) => (what.trim(), Duration::parse(d.trim())?.as_std()),
             None => (when.trim(), std::time::Duration::ZERO),
@@ -79,6 +83,7 @@ impl Condition {
             ["unhealthy"] => Condition::Unhealthy,
             ["crash_loop"] => Condition::CrashLoop,
             ["drifted"] => Condition::Drifted,
+            ["canary_held"] => Condition::CanaryHeld,
             ["error_rate", ">", n] => Condition::ErrorRateAbove(number(n)?),
             ["p99", ">", d] => {
                 Condition::P99Above(Duration::parse(d)?.as_std().as_secs_f64() * 1000.0)
@@ -98,6 +103,7 @@ impl Condition {
             Condition::Unhealthy => o.unhealthy,
             Condition::CrashLoop => o.crash_loop,
             Condition::Drifted => o.drifted,
+            Condition::CanaryHeld => o.canary_held,
         }
     }
 
@@ -113,6 +119,7 @@ impl Condition {
             Condition::Unhealthy => format!("unhealthy: {}", o.unhealthy),
             Condition::CrashLoop => format!("crash-looped: {}", o.crash_loop),
             Condition::Drifted => format!("drifted: {}", o.drifted),
+            Condition::CanaryHeld => format!("canary held: {}", o.canary_held),
         }
     }
 }
@@ -178,6 +185,10 @@ mod tests {
         assert_eq!(
             Condition::parse("crash_loop").unwrap().0,
             Condition::CrashLoop
+        );
+        assert_eq!(
+            Condition::parse("canary_held for 10m").unwrap(),
+            (Condition::CanaryHeld, std::time::Duration::from_secs(600))
         );
         assert!(
             Condition::parse("errors > 5")

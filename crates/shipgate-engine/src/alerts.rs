@@ -61,6 +61,7 @@ impl Engine {
             unhealthy: !healthy,
             crash_loop: crate::locked(&self.unhealthy).contains_key(&slot),
             drifted: !self.drift_of_slot(app, env).is_empty(),
+            canary_held: self.canary_held(&slot),
         }
     }
 

@@ -313,6 +313,13 @@ impl Engine {
         }
     }
 
+    /// Whether the rollout of a slot holds (a step too quiet to judge, or a pause).
+    pub(crate) fn canary_held(&self, slot: &Slot) -> bool {
+        locked(&self.rollouts)
+            .get(slot)
+            .is_some_and(|r| r.view.state != CanaryState::Running)
+    }
+
     /// The rollout of promotion `id`, with both sides' figures of its window now.
     pub(crate) async fn canary_of(&self, id: PromotionId) -> Option<CanaryView> {
         let (slot, mut view) = locked(&self.rollouts)

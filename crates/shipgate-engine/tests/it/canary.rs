@@ -306,7 +306,10 @@ async fn a_canary_failing_half_its_requests_at_5_percent_aborts_at_the_end_of_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_traffic_holds_a_step_as_inconclusive_and_it_goes_on_once_traffic_arrives() {
-    let f = with_stable("steps = [\"20%\", \"50%\"]\nstep = \"1m\"\nmin_requests = 50").await;
+    let f = with_stable(
+        "steps = [\"20%\", \"50%\"]\nstep = \"1m\"\nmin_requests = 50\n[alerts.held]\nenv = \"production\"\nwhen = \"canary_held\"",
+    )
+    .await;
     let addr = f.router("production");
     let good = f.canary_release("2.0.0", &[]).await;
     let prod = f.promote(&good, "production").await;
@@ -320,6 +323,10 @@ async fn no_traffic_holds_a_step_as_inconclusive_and_it_goes_on_once_traffic_arr
     );
     assert_eq!(f.state(prod).await, PromotionState::Deploying);
     assert_eq!(f.events_of(EventKind::CanaryInconclusive).await.len(), 1);
+    // An alert pages on it.
+    f.engine.judge_alerts().await.unwrap();
+    let firing = f.engine.firing_alerts();
+    assert!(firing.iter().any(|(name, ..)| name == "held"), "{firing:?}");
     // Held again and again, never passed nor failed, while nothing comes.
     f.clock.advance(MINUTE);
     f.settle().await;
