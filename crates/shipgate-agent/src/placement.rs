@@ -6,7 +6,11 @@
 //!   of them is healthy does it succeed; if any fails, the new instances are stopped everywhere
 //!   and the error names the host and its last log lines;
 //! - a switch checks first that every host has the instance healthy, then switches them all
-//!   (switching back those it did if one fails), so no host is left half-switched;
+//!   (switching back those it did if one fails), so no host is left half-switched; a switch
+//!   to what the environment serves already (a restarted server restoring it) goes to the
+//!   hosts that answer, however few: `hosts_required` is for promotions;
+//! - an instance's status is its health on the hosts that answer, with the others named
+//!   unreachable, so a restarted server keeps (adopts) what still serves users;
 //! - a canary's step is taken by every host at once, or by none (`placement/canary.rs`);
 //! - what each environment serves is kept in `placement.json`, so that a host that comes back
 //!   (or whose agent was started again) is given its environments' live releases before its
@@ -486,6 +490,17 @@ impl Placement {
             .partition(|h| self.hosts.is_connected(h))
     }
 
+    /// Whether `to` is the instance kept as what `app` in `env` serves (what a host that
+    /// connects again is given).
+    fn serves(&self, env: &str, app: &str, to: Option<&RouteTarget>) -> bool {
+        to.is_some_and(|t| {
+            lock(&self.served)
+                .get(env)
+                .and_then(|apps| apps.get(app))
+                .is_some_and(|s| s.target.instance_id == t.instance_id)
+        })
+    }
+
     fn enough(&self, env: &str, p: &EnvPlacement) -> Result<Vec<String>, DriverError> {
         let (up, down) = self.reachable(p);
         if up.len() < p.required {
@@ -730,8 +745,10 @@ impl Driver for Placement {
             }
         };
         let mut each = Vec::new();
+        let mut unreachable = Vec::new();
         for h in &hosts {
             if !self.hosts.is_connected(h) {
+                unreachable.push(h.clone());
                 continue;
             }
             if let Some(s) = self.clients[h].status(instance_id).await {
@@ -739,12 +756,11 @@ impl Driver for Placement {
             }
         }
         let (_, first) = each.first()?.clone();
-        let required = self
-            .env_of_instance(instance_id)
-            .and_then(|e| self.placed(&e).map(|p| p.required))
-            .unwrap_or(1);
+        // Healthy wherever it is seen: fewer hosts than `hosts_required` refuse a start or a
+        // switch, but they do not make what still serves on the others unhealthy (a restarted
+        // server would stop it there).
         Some(InstanceStatus {
-            healthy: each.len() >= required && each.iter().all(|(_, s)| s.healthy),
+            healthy: each.iter().all(|(_, s)| s.healthy),
             restarts: each.iter().map(|(_, s)| s.restarts).sum(),
             last_crash: each
                 .iter()
@@ -759,6 +775,7 @@ impl Driver for Placement {
                     restarts: s.restarts,
                 })
                 .collect(),
+            unreachable,
             ..first
         })
     }
@@ -802,7 +819,14 @@ impl Driver for Placement {
         let Some(p) = self.placed(env) else {
             return self.local.switch(env, app, to).await;
         };
-        let up = self.enough(env, &p)?;
+        let up = match self.enough(env, &p) {
+            Ok(up) => up,
+            // Pointing the hosts that answer at what the environment serves already (a
+            // restarted server restoring its live release) is no promotion: it is never
+            // refused for want of hosts, and the others get it when they connect again.
+            Err(_) if self.serves(env, app, to.as_ref()) => self.reachable(&p).0,
+            Err(e) => return Err(e),
+        };
         let targets: Vec<(String, Option<RouteTarget>)> = match &to {
             Some(t) => self
                 .targets_on(&up, t)

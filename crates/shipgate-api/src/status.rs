@@ -85,6 +85,10 @@ pub struct InstanceView {
     /// For an environment placed on hosts: the instance on each host that answers.
     #[serde(default)]
     pub hosts: Vec<HostInstanceView>,
+    /// For an environment placed on hosts: those not connected now. Each is given the
+    /// environment's live release when it connects again.
+    #[serde(default)]
+    pub unreachable: Vec<String>,
 }
 
 /// An instance of an environment placed on hosts, on one of them.

@@ -327,7 +327,9 @@ pub struct InstanceStatus {
     pub port: u16,
     /// How many times it was restarted after a crash.
     pub restarts: u32,
-    /// Whether the current process passed its health check and has not exited since.
+    /// Whether the current process passed its health check and has not exited since; on
+    /// hosts, on every host that answers (how many hosts a promotion needs is not its
+    /// health: a start and a switch check that).
     pub healthy: bool,
     /// How the last crash ended, if it crashed (`out of memory (limit 512MiB)`, `signal 9`).
     pub last_crash: Option<String>,
@@ -335,6 +337,10 @@ pub struct InstanceStatus {
     /// server's own machine).
     #[serde(default)]
     pub hosts: Vec<HostInstance>,
+    /// The hosts of its environment that are not connected now: what they run is unknown
+    /// until they connect again.
+    #[serde(default)]
+    pub unreachable: Vec<String>,
 }
 
 /// Something that happened to a running instance without anyone asking.

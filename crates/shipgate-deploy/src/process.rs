@@ -249,6 +249,7 @@ impl Driver for ProcessDriver {
             healthy: live.healthy,
             last_crash: live.last_crash,
             hosts: Vec::new(),
+            unreachable: Vec::new(),
         })
     }
 

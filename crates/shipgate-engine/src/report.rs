@@ -94,6 +94,7 @@ impl Engine {
                                 restarts: h.restarts,
                             })
                             .collect(),
+                        unreachable: s.unreachable,
                     }),
                     None => None,
                 };

@@ -824,6 +824,7 @@ pub(crate) async fn environment(
         },
     };
     let log = engine.redactor(&env).redact(&log);
+    let away = |h: &String| format!("{h}: unreachable, given the live release when it connects");
     let hosts = e
         .instance
         .iter()
@@ -836,6 +837,7 @@ pub(crate) async fn environment(
                 if h.healthy { "healthy" } else { "unhealthy" }
             )
         })
+        .chain(e.instance.iter().flat_map(|i| &i.unreachable).map(away))
         .collect();
     let chart_samples = engine
         .traffic_history(&app, &env)

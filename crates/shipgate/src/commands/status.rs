@@ -153,6 +153,10 @@ fn render_hosts(apps: &[AppStatus]) -> String {
             let Some(i) = e.instance.as_ref().filter(|i| !i.hosts.is_empty()) else {
                 continue;
             };
+            let given = e.live.as_ref().map_or_else(
+                || "its live release".to_owned(),
+                |l| format!("{}@{}", a.app, l.version),
+            );
             let each: Vec<String> = i
                 .hosts
                 .iter()
@@ -169,6 +173,9 @@ fn render_hosts(apps: &[AppStatus]) -> String {
                         }
                     )
                 })
+                .chain(i.unreachable.iter().map(|h| {
+                    format!("{h} UNREACHABLE (it is given {given} when it connects again)")
+                }))
                 .collect();
             text.push_str(&format!("  {} in {}: {}\n", a.app, e.env, each.join(", ")));
         }

@@ -16,6 +16,7 @@ mod demo;
 mod docs;
 mod flags;
 mod fleet;
+mod fleet_restart;
 mod flow;
 mod gates;
 mod getting_out;
