@@ -75,9 +75,16 @@ pub enum Decision {
     Inconclusive(Figures, String),
 }
 
-/// A canary's p50 or p99 is slower only when it exceeds the stable side's by more than this
-/// many milliseconds, besides `max_latency_increase`.
+/// A canary's p50 is slower only when it exceeds the stable side's by more than this many
+/// milliseconds, besides `max_latency_increase`: a process that gets 5% of the requests answers
+/// a little slower than one that gets 95% (its caches are colder), whatever its release.
 pub const LATENCY_FLOOR_MS: f64 = 1.0;
+/// The same for the p99, whose tail varies more with that load.
+pub const P99_FLOOR_MS: f64 = 5.0;
+
+/// The p99 of each side is compared once both have this many latencies in the step (ten of
+/// them above it).
+pub const P99_MIN_SAMPLES: usize = 1000;
 
 /// Judges one step of a rollout that has `steps` judged steps in all: each of its three tests
 /// (errors against the stable side, errors against the ceiling, latency) is held to a share of
@@ -162,14 +169,23 @@ pub fn judge(canary: &Side, stable: &Side, rules: &Rules, steps: usize) -> Decis
     }
     // Slower by the share allowed, and by more than the floor: a tenth of a millisecond more
     // on a sub-millisecond answer is noise, whatever its ratio.
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 && a - b > LATENCY_FLOOR_MS => Some(a / b),
+    let ratio = |a: Option<f64>, b: Option<f64>, floor: f64| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 && a - b > floor => Some(a / b),
         _ => None,
     };
     let limit = 1.0 + rules.max_latency_increase;
     let slower = [
-        ("p50", ratio(figures.p50_ms.0, figures.p50_ms.1)),
-        ("p99", ratio(figures.p99_ms.0, figures.p99_ms.1)),
+        (
+            "p50",
+            ratio(figures.p50_ms.0, figures.p50_ms.1, LATENCY_FLOOR_MS),
+        ),
+        (
+            "p99",
+            // A p99 of fewer latencies rests on a handful of requests (a cold connection, one
+            // scheduling hiccup of a process that gets 5% of the traffic): not judged.
+            ratio(figures.p99_ms.0, figures.p99_ms.1, P99_FLOOR_MS)
+                .filter(|_| c.len().min(s.len()) >= P99_MIN_SAMPLES),
+        ),
     ]
     .into_iter()
     .find_map(|(q, r)| r.filter(|r| *r > limit).map(|r| (q, r)));
@@ -543,9 +559,24 @@ mod tests {
             errors: 0,
             latencies_ms: vec![ms; 2000],
         };
+        // A p99 ten times the stable one, on 500 requests: five slow ones, not judged.
+        let mut few = side(0.5);
+        few.requests = 500;
+        few.latencies_ms = vec![0.5; 495];
+        few.latencies_ms.extend([10.0; 5]);
+        assert!(matches!(
+            judge(&few, &side(0.5), &rules, 3),
+            Decision::Pass(_)
+        ));
         // 0.5 ms against 0.3 ms: 1.67×, certain, and still under a millisecond apart.
-        assert!(matches!(judge(&side(0.5), &side(0.3), &rules, 3), Decision::Pass(_)));
-        assert!(matches!(judge(&side(3.0), &side(1.0), &rules, 3), Decision::Fail(..)));
+        assert!(matches!(
+            judge(&side(0.5), &side(0.3), &rules, 3),
+            Decision::Pass(_)
+        ));
+        assert!(matches!(
+            judge(&side(3.0), &side(1.0), &rules, 3),
+            Decision::Fail(..)
+        ));
     }
 
     #[test]

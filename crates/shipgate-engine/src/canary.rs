@@ -76,7 +76,8 @@ impl Engine {
             last: None,
             message: String::new(),
         };
-        locked(&self.rollouts).insert(slot.clone(), Rollout { view, control: tx });
+        // Shown once its first share is set.
+        let mut first = Some(Rollout { view, control: tx });
         let _shown = Shown { engine: self, slot };
         let _traffic = self.synthetic_traffic(&p.env);
         let mut stage = Stage::At(0);
@@ -147,7 +148,8 @@ impl Engine {
                     instance.target.label, p.env, n + 1, steps.len()
                 ), serde_json::json!({ "step": n + 1, "steps": steps.len(), "weight": share, "mirror": mirror })).await;
             }
-            self.show_rollout(slot, |v| {
+            // Shown, the first time, with its share set: never before.
+            self.show_rollout(slot, first.take(), |v| {
                 v.step = n + 1;
                 v.weight = if mirror { 0.0 } else { share };
                 v.mirror = mirror;
@@ -219,7 +221,9 @@ impl Engine {
                     let said = format!("passed: {}", describe(&f));
                     self.gate(p, &name, true, said.clone(), started).await?;
                     last = format!("; step {} {said}", n + 1);
-                    self.show_rollout(slot, |v| v.last = Some(format!("step {} {said}", n + 1)));
+                    self.show_rollout(slot, None, |v| {
+                        v.last = Some(format!("step {} {said}", n + 1))
+                    });
                     stage = next(steps, stage, Move::Passed);
                 }
                 Decision::Fail(f, why) => {
@@ -252,7 +256,9 @@ impl Engine {
                         )
                         .await;
                     }
-                    self.show_rollout(slot, |v| v.last = Some(format!("step {}: {why}", n + 1)));
+                    self.show_rollout(slot, None, |v| {
+                        v.last = Some(format!("step {}: {why}", n + 1))
+                    });
                     stage = next(steps, stage, Move::Inconclusive);
                 }
             }
@@ -306,8 +312,17 @@ impl Engine {
         }
     }
 
-    fn show_rollout(&self, slot: &Slot, change: impl FnOnce(&mut CanaryView)) {
-        if let Some(r) = locked(&self.rollouts).get_mut(slot) {
+    fn show_rollout(
+        &self,
+        slot: &Slot,
+        first: Option<Rollout>,
+        change: impl FnOnce(&mut CanaryView),
+    ) {
+        let mut rollouts = locked(&self.rollouts);
+        if let Some(r) = first {
+            rollouts.insert(slot.clone(), r);
+        }
+        if let Some(r) = rollouts.get_mut(slot) {
             change(&mut r.view);
             r.view.message = sentence(&r.view);
         }

@@ -454,8 +454,9 @@ impl Engine {
                     ),
                 );
                 t.reason = Some(why.clone());
-                self.store.transition(t).await?;
+                // Recorded before the promotion's end, so whoever sees it failed finds why.
                 self.canary_aborted(&promotion, &why, &back_on).await;
+                self.store.transition(t).await?;
                 self.retire_later(slot, instance);
                 return Ok(());
             }
