@@ -363,8 +363,8 @@ impl Engine {
                     let ended = async {
                         let keeps = self
                             .live_record(&promotion.app, &promotion.env)
-                            .await?
-                            .map_or("nothing".to_owned(), |l| format!("{}@{}", l.app, l.version));
+                            .await?;
+                        let keeps = live_name(keeps.as_ref());
                         let mut t = self.step(
                             &promotion,
                             PromotionState::Deploying,
@@ -441,9 +441,7 @@ impl Engine {
                 }
             };
             if let Some(why) = why {
-                let back_on = previous_live
-                    .as_ref()
-                    .map_or("nothing".to_owned(), |l| format!("{}@{}", l.app, l.version));
+                let back_on = live_name(previous_live.as_ref());
                 let mut t = self.step(
                     &promotion,
                     PromotionState::Deploying,
@@ -514,9 +512,7 @@ impl Engine {
         if let Some(reason) = failure {
             self.route(&slot, previous_instance.as_ref()).await?;
             self.set_live_instance(slot.clone(), previous_instance);
-            let back = previous_live
-                .as_ref()
-                .map_or("nothing".to_owned(), |l| format!("{}@{}", l.app, l.version));
+            let back = live_name(previous_live.as_ref());
             let mut t = self.step(
                 &promotion,
                 PromotionState::Verifying,
@@ -867,6 +863,11 @@ impl Engine {
             .into_iter()
             .find(|l| &l.env == env))
     }
+}
+
+/// What is live, as events say it: `web@1.4.2`, or `nothing`.
+fn live_name(live: Option<&LiveRelease>) -> String {
+    live.map_or("nothing".to_owned(), |l| format!("{}@{}", l.app, l.version))
 }
 
 /// Whether a failed start's output says the app could not bind its address.

@@ -172,6 +172,14 @@ fn configured_app(state: &AppState, s: &str) -> ApiResult<AppName> {
     Ok(app)
 }
 
+/// An app of the config and an environment named in a request.
+fn app_in_env(state: &AppState, app: &str, env: &str) -> ApiResult<(AppName, EnvName)> {
+    Ok((
+        configured_app(state, app)?,
+        parse("environment", env, EnvName::parse)?,
+    ))
+}
+
 /// An optional query parameter, parsed when present.
 fn optional<T>(
     what: &str,
@@ -429,8 +437,7 @@ async fn check_data(
     caller: Caller,
     ApiQuery(q): ApiQuery<AppEnv>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = configured_app(&state, &q.app)?;
-    let env = parse("environment", &q.env, EnvName::parse)?;
+    let (app, env) = app_in_env(&state, &q.app, &q.env)?;
     caller.allow(Action::Read, Some(&env))?;
     let (from, report) = state.engine.check_data(&app, &env).await?;
     Ok(Json(DataCheck {
@@ -448,8 +455,7 @@ async fn heal(
     caller: Caller,
     ApiJson(b): ApiJson<AppEnv>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = configured_app(&state, &b.app)?;
-    let env = parse("environment", &b.env, EnvName::parse)?;
+    let (app, env) = app_in_env(&state, &b.app, &b.env)?;
     caller.allow(Action::Rollback, Some(&env))?;
     let promotion = state.engine.heal(&app, &env, caller.name()).await?;
     Ok((
@@ -535,8 +541,7 @@ async fn canary_status(
     caller: Caller,
     ApiQuery(q): ApiQuery<AppEnv>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = configured_app(&state, &q.app)?;
-    let env = parse("environment", &q.env, EnvName::parse)?;
+    let (app, env) = app_in_env(&state, &q.app, &q.env)?;
     caller.allow(Action::Read, Some(&env))?;
     Ok(Json(state.engine.canary_status(&app, &env).await?))
 }
@@ -547,8 +552,7 @@ async fn canary_resume(
     caller: Caller,
     ApiJson(b): ApiJson<AppEnv>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = configured_app(&state, &b.app)?;
-    let env = parse("environment", &b.env, EnvName::parse)?;
+    let (app, env) = app_in_env(&state, &b.app, &b.env)?;
     caller.allow(Action::Approve, Some(&env))?;
     Ok(Json(
         state
@@ -564,8 +568,7 @@ async fn canary_skip(
     caller: Caller,
     ApiJson(b): ApiJson<shipgate_api::requests::CanarySkipRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = configured_app(&state, &b.app)?;
-    let env = parse("environment", &b.env, EnvName::parse)?;
+    let (app, env) = app_in_env(&state, &b.app, &b.env)?;
     caller.allow(Action::Override, Some(&env))?;
     let reason = skip_reason(&b.reason)?;
     Ok(Json(
@@ -597,8 +600,7 @@ async fn canary_abort(
     caller: Caller,
     ApiJson(b): ApiJson<AppEnv>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = configured_app(&state, &b.app)?;
-    let env = parse("environment", &b.env, EnvName::parse)?;
+    let (app, env) = app_in_env(&state, &b.app, &b.env)?;
     caller.allow(Action::Rollback, Some(&env))?;
     Ok(Json(
         state.engine.canary_abort(&app, &env, caller.name()).await?,
@@ -683,8 +685,7 @@ async fn logs(
     caller: Caller,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let app = configured_app(&state, &q.app)?;
-    let env = parse("environment", &q.env, EnvName::parse)?;
+    let (app, env) = app_in_env(&state, &q.app, &q.env)?;
     caller.allow(Action::Read, Some(&env))?;
     let lines = within("lines", q.lines.unwrap_or(100), 1, 100_000)? as usize;
     let unreadable =

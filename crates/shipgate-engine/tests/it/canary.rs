@@ -132,6 +132,19 @@ impl Fixture {
         release
     }
 
+    /// Registers `web@version` (with these marker files), verified in development, and promotes
+    /// it to production, whose canary is then at its first step.
+    async fn rolling_out(
+        &self,
+        version: &str,
+        files: &[&str],
+    ) -> (shipgate_core::ReleaseRef, shipgate_core::PromotionId) {
+        let release = self.canary_release(version, files).await;
+        let prod = self.promote(&release, "production").await;
+        self.canary_at(1, CanaryState::Running).await;
+        (release, prod)
+    }
+
     /// Waits (real time) until the canary of web in production stands at `step` in `state`.
     async fn canary_at(&self, step: usize, state: CanaryState) -> shipgate_api::status::CanaryView {
         for _ in 0..600 {
@@ -283,9 +296,7 @@ async fn a_healthy_canary_goes_5_25_50_then_100_and_pinned_clients_never_go_back
 async fn a_canary_failing_half_its_requests_at_5_percent_aborts_at_the_end_of_its_first_step() {
     let f = with_stable("steps = [\"5%\", \"50%\"]\nstep = \"1m\"\nmin_requests = 100").await;
     let addr = f.router("production");
-    let bad = f.canary_release("2.0.0", &["HALF"]).await;
-    let prod = f.promote(&bad, "production").await;
-    f.canary_at(1, CanaryState::Running).await;
+    let (_, prod) = f.rolling_out("2.0.0", &["HALF"]).await;
     // Constant load through the whole first step.
     let (canary, failed) = tokio::task::spawn_blocking(move || load(addr, 4_000))
         .await
@@ -349,9 +360,7 @@ async fn no_traffic_holds_a_step_as_inconclusive_and_it_goes_on_once_traffic_arr
     )
     .await;
     let addr = f.router("production");
-    let good = f.canary_release("2.0.0", &[]).await;
-    let prod = f.promote(&good, "production").await;
-    f.canary_at(1, CanaryState::Running).await;
+    let (_, prod) = f.rolling_out("2.0.0", &[]).await;
     f.clock.advance(MINUTE);
     let held = f.canary_at(1, CanaryState::Held).await;
     assert!(
@@ -385,9 +394,7 @@ async fn no_traffic_holds_a_step_as_inconclusive_and_it_goes_on_once_traffic_arr
 async fn an_abort_during_a_step_ends_the_canary_before_it_answers() {
     let f = with_stable("steps = [\"50%\"]\nstep = \"10m\"").await;
     let addr = f.router("production");
-    let good = f.canary_release("2.0.0", &[]).await;
-    let prod = f.promote(&good, "production").await;
-    f.canary_at(1, CanaryState::Running).await;
+    f.rolling_out("2.0.0", &[]).await;
     // Testers choose their side at any weight.
     let mut tester = Client::new(addr);
     tester.extra = "x-shipgate-canary: always\r\n".into();
@@ -417,7 +424,6 @@ async fn an_abort_during_a_step_ends_the_canary_before_it_answers() {
         .await
         .unwrap();
     assert_eq!((canary, failed), (0, 0));
-    let _ = prod;
     f.engine.shutdown().await;
 }
 
@@ -426,8 +432,7 @@ async fn a_mirror_step_judges_the_canary_without_a_user_meeting_it() {
     let f =
         with_stable("steps = [\"mirror 50%\", \"50%\"]\nstep = \"1m\"\nmin_requests = 100").await;
     let addr = f.router("production");
-    let broken = f.canary_release("2.0.0", &["BUG"]).await;
-    let prod = f.promote(&broken, "production").await;
+    let (_, prod) = f.rolling_out("2.0.0", &["BUG"]).await;
     let v = f.canary_at(1, CanaryState::Running).await;
     assert!(v.mirror);
     let (canary, failed) = tokio::task::spawn_blocking(move || load(addr, 1_000))
@@ -464,9 +469,7 @@ async fn a_rejection_or_a_rollback_during_a_canary_ends_it_at_once() {
     let f = with_stable("steps = [\"50%\"]\nstep = \"10m\"").await;
     let addr = f.router("production");
     // A rejection.
-    let second = f.canary_release("2.0.0", &[]).await;
-    let prod = f.promote(&second, "production").await;
-    f.canary_at(1, CanaryState::Running).await;
+    let (second, prod) = f.rolling_out("2.0.0", &[]).await;
     f.engine
         .decide(
             &second,
@@ -483,9 +486,7 @@ async fn a_rejection_or_a_rollback_during_a_canary_ends_it_at_once() {
         .unwrap();
     assert_eq!((canary, failed), (0, 0));
     // A rollback: production is back on what it had, at once.
-    let third = f.canary_release("3.0.0", &[]).await;
-    let prod = f.promote(&third, "production").await;
-    f.canary_at(1, CanaryState::Running).await;
+    let (_, prod) = f.rolling_out("3.0.0", &[]).await;
     let back = f
         .engine
         .rollback(&web(), &production(), None, "alice")
