@@ -14,11 +14,12 @@ use shipgate_api::records::{
     Promotion, Release, TokenRecord,
 };
 use shipgate_api::requests::{
-    AppEnv, AppQuery, CanarySkipRequest, ChaosQuery, ChaosRequest, DataRefreshRequest, DecisionRequest, DiffQuery,
-    DoraQuery, EventsQuery, ExtendRequest, FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest,
-    FlagPromoteRequest, FlagsQuery, FreezeQuery, FreezeRequest, GcRequest, HistoryQuery,
-    HostRequest, JoinRequest, LogsQuery, NotifyRetryRequest, NotifyTestRequest, OnDemandRequest,
-    PromoteRequest, ReleaseQuery, RollbackRequest, SetFlagRequest, TokenRequest, TrafficProbeQuery,
+    AppEnv, AppQuery, CanarySkipRequest, ChaosQuery, ChaosRequest, DataRefreshRequest,
+    DecisionRequest, DiffQuery, DoraQuery, EventsQuery, ExtendRequest, FlagChangesQuery,
+    FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery, FreezeQuery,
+    FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery,
+    NotifyRetryRequest, NotifyTestRequest, OnDemandRequest, PromoteRequest, ReleaseQuery,
+    RollbackRequest, SetFlagRequest, TokenRequest, TrafficProbeQuery,
 };
 use shipgate_api::status::{AppStatus, CanaryView, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
