@@ -3,10 +3,13 @@
 //! the shipped binary; it starts the sample app through the `shipgate` binary beside it.
 #![forbid(unsafe_code)]
 
+mod abort;
 mod agent_kill;
+mod canary;
 mod chaos;
 mod dashboard;
 mod dora;
+mod exposure;
 mod fence;
 mod flags;
 mod hosts;
@@ -20,6 +23,7 @@ mod on_demand;
 mod promote;
 mod router;
 mod sandbox;
+mod traffic;
 mod wrk;
 
 use std::process::ExitCode;
@@ -45,6 +49,37 @@ enum BenchCommand {
         /// Keep-alive connections of the load client.
         #[arg(long, default_value_t = 8)]
         connections: usize,
+    },
+    /// Canary rollouts: the router's throughput and p99 with a 5% split against none, the time
+    /// from `canary abort` until no request reaches the canary, and the requests a broken
+    /// release fails as a canary against all at once with a watch.
+    Canary {
+        /// The parts to run, in order.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "split,abort,exposure"
+        )]
+        part: Vec<canary::Part>,
+        /// Part 1: rounds of the router's configurations taking turns (medians are compared).
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+        /// Part 1: length of each wrk run, after 1 s of warm-up.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        load_duration: std::time::Duration,
+        /// Part 1: wrk's keep-alive connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Part 2: aborts timed.
+        #[arg(long, default_value_t = 20)]
+        aborts: usize,
+        /// Part 2: keep-alive connections of the load on production.
+        #[arg(long, default_value_t = 2)]
+        abort_connections: usize,
+        /// Part 3: requests per second on production.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
     },
     /// OFREP evaluation, single and bulk, with 350 flags, against Unleash Edge (offline).
     Flags,
@@ -164,6 +199,26 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Hosts { runs } => hosts::run(runs).await,
         BenchCommand::Dashboard { runs } => dashboard::run(runs).await,
         BenchCommand::Mask { rows } => mask::run(rows).await,
+        BenchCommand::Canary {
+            part,
+            rounds,
+            load_duration,
+            connections,
+            aborts,
+            abort_connections,
+            rate,
+        } => {
+            canary::run(canary::Options {
+                parts: part,
+                rounds,
+                load_duration,
+                connections,
+                aborts,
+                abort_connections,
+                rate,
+            })
+            .await
+        }
         BenchCommand::Flags => flags::run().await,
         BenchCommand::Chaos => chaos::run().await,
         BenchCommand::Dora => dora::run().await,
