@@ -86,6 +86,31 @@ pub const P99_FLOOR_MS: f64 = 5.0;
 /// them above it).
 pub const P99_MIN_SAMPLES: usize = 1000;
 
+/// How much stricter a look during a step is than the judgement at its end: a step is looked at
+/// about once a second, and those looks together must not make a good canary fail more often.
+pub const INTERIM_STRICTNESS: f64 = 100.0;
+
+/// A look during a step, before its end: a failure only, of the canary's errors (against its
+/// ceiling, or against the stable side), at a hundredth of the step's alpha. A canary failing
+/// half its requests is stopped within a second or two of meeting its first users, instead of
+/// at the end of its step; anything short of that waits for the step's judgement.
+pub fn interim(canary: &Side, stable: &Side, rules: &Rules, steps: usize) -> Option<(Figures, String)> {
+    if canary.errors == 0 {
+        return None;
+    }
+    // Its own ceiling is judged on any number of requests, the comparison with the stable side
+    // on as many as the end of the step needs; latency is left to the step's end.
+    let strict = Rules {
+        confidence: 1.0 - (1.0 - rules.confidence) / INTERIM_STRICTNESS,
+        max_latency_increase: f64::INFINITY,
+        ..*rules
+    };
+    match judge(canary, stable, &strict, steps) {
+        Decision::Fail(f, why) => Some((f, why)),
+        _ => None,
+    }
+}
+
 /// Judges one step of a rollout that has `steps` judged steps in all: each of its three tests
 /// (errors against the stable side, errors against the ceiling, latency) is held to a share of
 /// `1 - confidence`, so that a canary as good as the stable release fails at most that often
@@ -577,6 +602,48 @@ mod tests {
             judge(&side(3.0), &side(1.0), &rules, 3),
             Decision::Fail(..)
         ));
+    }
+
+    #[test]
+    fn a_look_during_a_step_fails_only_a_canary_that_errs_beyond_doubt() {
+        let rules = Rules {
+            min_requests: 100,
+            max_error_rate: 0.01,
+            max_latency_increase: 0.25,
+            confidence: 0.98,
+        };
+        let side = |requests: u64, errors: u64, ms: f64| Side {
+            requests,
+            errors,
+            latencies_ms: vec![ms; requests as usize],
+        };
+        let stable = side(200, 0, 1.0);
+        // Five failures in its first ten requests: stopped at once.
+        let (_, why) = interim(&side(10, 5, 1.0), &stable, &rules, 3).unwrap();
+        assert!(why.contains("above its ceiling"), "{why}");
+        // One failure in ten, or a slow canary: left to the end of the step.
+        assert_eq!(interim(&side(10, 1, 1.0), &stable, &rules, 3), None);
+        assert_eq!(interim(&side(2000, 0, 50.0), &side(2000, 0, 1.0), &rules, 3), None);
+        // A canary as good as the stable side, looked at 20 times in each of three steps of 200
+        // rollouts, still fails at most 2% of them.
+        let mut rng = Rng(7);
+        let failed = (0..200)
+            .filter(|_| {
+                let (mut c, mut s) = (side(0, 0, 1.0), side(0, 0, 1.0));
+                (0..60).any(|_| {
+                    for _ in 0..5 {
+                        c.requests += 1;
+                        c.errors += u64::from(rng.unit() < 0.005);
+                    }
+                    for _ in 0..95 {
+                        s.requests += 1;
+                        s.errors += u64::from(rng.unit() < 0.005);
+                    }
+                    interim(&c, &s, &rules, 3).is_some()
+                })
+            })
+            .count();
+        assert!(failed <= 4, "{failed} of 200 good canaries failed a look");
     }
 
     #[test]

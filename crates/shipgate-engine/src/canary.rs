@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shipgate_api::status::{CanaryState, CanaryView, SideFigures};
-use shipgate_core::canary::{Decision, Figures, Move, Side, Stage, Step, judge, next, quantile};
+use shipgate_core::canary::{
+    Decision, Figures, Move, Side, Stage, Step, interim, judge, next, quantile,
+};
 use shipgate_core::config::CanaryConfig;
 use shipgate_core::{AppName, EnvName, EventKind, PromotionId};
 use shipgate_deploy::CanaryRoute;
@@ -21,6 +23,8 @@ use crate::{Engine, EngineError, LiveInstance, SYSTEM, Slot, locked};
 
 /// How often a held step (too few requests) is judged again, at most.
 const RECHECK: Duration = Duration::from_secs(5);
+/// How often a step is looked at before its end, for a canary that errs beyond doubt.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// What a person asks of a rollout under way.
 #[derive(Debug)]
@@ -163,21 +167,54 @@ impl Engine {
                 }
                 v.step_ends_at = ends;
             });
-            // The step's end, a person, or the end of the promotion, whichever comes first.
-            let sleep = async {
-                match ends {
-                    Some(at) => self.clock.sleep_until(at).await,
-                    None => std::future::pending().await,
+            // The step's end, a person, or the end of the promotion, whichever comes first;
+            // meanwhile a look every second stops a canary that errs beyond doubt.
+            let asked = loop {
+                let now = self.clock.now();
+                let look = crate::clock::after(now, LOOK_EVERY);
+                let end = async {
+                    match ends {
+                        Some(at) => self.clock.sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    why = stop.asked_later() => {
+                        self.end_canary(p, slot).await;
+                        return Ok(Some(format!("{why}, at step {} of {} ({})", n + 1, steps.len(), step_name(&step))));
+                    }
+                    c = control.recv() => break c,
+                    () = end => break None,
+                    () = self.clock.sleep_until(look) => {}
                 }
-            };
-            let asked = tokio::select! {
-                biased;
-                why = stop.asked_later() => {
+                let figures = self
+                    .driver
+                    .canary_figures(p.env.as_str(), p.app.as_str())
+                    .await
+                    .filter(|f| f.window == window)
+                    .unwrap_or_default();
+                if let Some((f, why)) =
+                    interim(&figures.canary, &figures.stable, &rules.rules, judged)
+                {
+                    // Nobody more meets it, before anything is written.
                     self.end_canary(p, slot).await;
-                    return Ok(Some(format!("{why}, at step {} of {} ({})", n + 1, steps.len(), step_name(&step))));
+                    let took = self.clock.now().duration_since(started);
+                    let said = format!(
+                        "failed {:.1} s into the step: {why}; {}",
+                        took.as_secs_f64(),
+                        describe(&f)
+                    );
+                    let name = format!("canary step {} ({})", n + 1, step_name(&step));
+                    self.gate(p, &name, false, said, started).await?;
+                    return Ok(Some(format!(
+                        "its canary failed at step {} of {} ({}), {:.1} s in: {why}",
+                        n + 1,
+                        steps.len(),
+                        step_name(&step),
+                        took.as_secs_f64()
+                    )));
                 }
-                c = control.recv() => c,
-                () = sleep => None,
             };
             match asked {
                 Some(Control::Skip(actor, reason)) => {

@@ -509,3 +509,31 @@ async fn a_rejection_or_a_rollback_during_a_canary_ends_it_at_once() {
     assert_eq!(f.events_of(EventKind::CanaryAborted).await.len(), 2);
     f.engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_look_a_second_into_a_step_stops_a_canary_that_errs_beyond_doubt() {
+    let f = with_stable("steps = [\"5%\", \"50%\"]\nstep = \"1m\"\nmin_requests = 100").await;
+    let addr = f.router("production");
+    let (_, prod) = f.rolling_out("2.0.0", &["HALF"]).await;
+    let (canary, failed) = tokio::task::spawn_blocking(move || load(addr, 400))
+        .await
+        .unwrap();
+    println!("{failed} of 400 failed, {canary} met the canary");
+    // One second of the step, not its minute.
+    f.clock.advance(Duration::from_secs(1));
+    f.reaches(prod, PromotionState::Failed).await;
+    let reason = f
+        .engine
+        .store()
+        .promotion(prod)
+        .await
+        .unwrap()
+        .unwrap()
+        .reason
+        .unwrap();
+    assert!(
+        reason.contains("at step 1 of 2 (5%), 1.0 s in") && reason.contains("above its ceiling"),
+        "{reason}"
+    );
+    f.engine.shutdown().await;
+}
