@@ -94,7 +94,12 @@ pub const INTERIM_STRICTNESS: f64 = 100.0;
 /// ceiling, or against the stable side), at a hundredth of the step's alpha. A canary failing
 /// half its requests is stopped within a second or two of meeting its first users, instead of
 /// at the end of its step; anything short of that waits for the step's judgement.
-pub fn interim(canary: &Side, stable: &Side, rules: &Rules, steps: usize) -> Option<(Figures, String)> {
+pub fn interim(
+    canary: &Side,
+    stable: &Side,
+    rules: &Rules,
+    steps: usize,
+) -> Option<(Figures, String)> {
     if canary.errors == 0 {
         return None;
     }
@@ -623,7 +628,10 @@ mod tests {
         assert!(why.contains("above its ceiling"), "{why}");
         // One failure in ten, or a slow canary: left to the end of the step.
         assert_eq!(interim(&side(10, 1, 1.0), &stable, &rules, 3), None);
-        assert_eq!(interim(&side(2000, 0, 50.0), &side(2000, 0, 1.0), &rules, 3), None);
+        assert_eq!(
+            interim(&side(2000, 0, 50.0), &side(2000, 0, 1.0), &rules, 3),
+            None
+        );
         // A canary as good as the stable side, looked at 20 times in each of three steps of 200
         // rollouts, still fails at most 2% of them.
         let mut rng = Rng(7);

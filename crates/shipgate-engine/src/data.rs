@@ -55,14 +55,23 @@ impl Engine {
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes)
                 .map_err(|e| failed(std::io::Error::other(e.to_string())))?;
+            // Written whole beside it, then linked into place: two refreshes making the key at
+            // once both end up with the one that was linked first, and none reads half a key.
+            let written = path.with_extension(format!("key.{}", hex::encode(&bytes[..8])));
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)
+                .open(&written)
                 .map_err(failed)?;
             writeln!(file, "{}", hex::encode(bytes)).map_err(failed)?;
             file.sync_all().map_err(failed)?;
+            let linked = std::fs::hard_link(&written, &path);
+            let _ = std::fs::remove_file(&written);
+            match linked {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(failed(e)),
+                _ => {}
+            }
         }
         let text = std::fs::read_to_string(&path).map_err(failed)?;
         let bytes = hex::decode(text.trim())
