@@ -593,6 +593,14 @@ mod tests {
     use utoipa::PartialSchema;
 
     #[test]
+    fn a_whole_number_written_with_a_decimal_point_is_whole() {
+        // Read exactly (serde_json's float_roundtrip): schemathesis sent this one.
+        let r: NotifyRetryRequest =
+            serde_json::from_str(r#"{"ids": [2094209689864899.0, 915900.0, 360]}"#).unwrap();
+        assert_eq!(r.ids, [2094209689864899, 915900, 360]);
+    }
+
+    #[test]
     fn the_not_blank_pattern_refuses_exactly_what_trim_removes() {
         let pattern = regex_lite::Regex::new(NOT_BLANK).unwrap();
         for c in (0..=0x3100).filter_map(char::from_u32) {
