@@ -18,6 +18,7 @@ pub mod duration;
 pub mod event_kind;
 pub mod flag;
 pub mod gate;
+pub mod image;
 pub mod mask;
 pub mod names;
 pub mod network;

@@ -1,0 +1,260 @@
+//! Where an OCI image registered as a release comes from (issue 31): the references
+//! `shipgate release create web --version 1.4.2 --image REF` takes, in the transports skopeo and
+//! podman use. Only the reference is read here; fetching and unpacking are the store's.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// An image reference, as `--image` takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// `oci-archive:PATH[:REF]`: a tar of an OCI image layout.
+    OciArchive {
+        /// The tar file.
+        path: PathBuf,
+        /// The image in it, by its `org.opencontainers.image.ref.name` (the only one without).
+        name: Option<String>,
+    },
+    /// `oci:DIR[:REF]`: an OCI image layout directory.
+    OciDir {
+        /// The layout's directory.
+        path: PathBuf,
+        /// The image in it, by its `org.opencontainers.image.ref.name` (the only one without).
+        name: Option<String>,
+    },
+    /// `docker-archive:PATH[:NAME:TAG]`: what `docker save` writes.
+    DockerArchive {
+        /// The tar file.
+        path: PathBuf,
+        /// The image in it, by `NAME:TAG` (the only one without).
+        name: Option<String>,
+    },
+    /// `HOST[:PORT]/NAME[:TAG]` or `HOST[:PORT]/NAME@sha256:HEX`: an image in a registry (also
+    /// written `docker://...`).
+    Registry {
+        /// `HOST` or `HOST:PORT`.
+        host: String,
+        /// The repository (`team/web`).
+        name: String,
+        /// The tag or the digest asked for.
+        at: RegistryAt,
+    },
+}
+
+/// Which image of a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryAt {
+    /// A tag: resolved to a digest once, when the release is made.
+    Tag(String),
+    /// A manifest digest (`sha256:` and 64 hex digits).
+    Digest(String),
+}
+
+impl ImageRef {
+    /// Reads a reference; the error says what to write instead.
+    pub fn parse(s: &str) -> Result<ImageRef, String> {
+        let hint = "write oci-archive:PATH, oci:DIR, docker-archive:PATH, or a registry's HOST[:PORT]/NAME:TAG (or NAME@sha256:DIGEST)";
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(format!("the image reference is empty; {hint}"));
+        }
+        let local = |rest: &str, what: &str| -> Result<(PathBuf, Option<String>), String> {
+            // The reference after the path, when the part after the last ':' names no folder.
+            let (path, name) = match rest.rsplit_once(':') {
+                Some((p, n)) if !p.is_empty() && !n.is_empty() && !n.contains('/') => {
+                    (p, Some(n.to_owned()))
+                }
+                _ => (rest, None),
+            };
+            if path.is_empty() {
+                return Err(format!("`{s}` names no {what}; {hint}"));
+            }
+            Ok((PathBuf::from(path), name))
+        };
+        if let Some(rest) = s.strip_prefix("oci-archive:") {
+            let (path, name) = local(rest, "file")?;
+            return Ok(ImageRef::OciArchive { path, name });
+        }
+        if let Some(rest) = s.strip_prefix("docker-archive:") {
+            // NAME:TAG after the path: the path is what comes before the first ':'.
+            let (path, name) = match rest.split_once(':') {
+                Some((p, n)) if !p.is_empty() && !n.is_empty() => (p, Some(n.to_owned())),
+                _ => (rest, None),
+            };
+            if path.is_empty() {
+                return Err(format!("`{s}` names no file; {hint}"));
+            }
+            return Ok(ImageRef::DockerArchive {
+                path: PathBuf::from(path),
+                name,
+            });
+        }
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (path, name) = local(rest, "folder")?;
+            return Ok(ImageRef::OciDir { path, name });
+        }
+        let remote = s.strip_prefix("docker://").unwrap_or(s);
+        if remote.contains("://") || remote.starts_with('/') || remote.starts_with('.') {
+            return Err(format!("`{s}` is not an image reference; {hint}"));
+        }
+        let Some((host, path)) = remote.split_once('/') else {
+            return Err(format!(
+                "`{s}` names no registry: shipgate never guesses one (no docker.io by default); {hint}"
+            ));
+        };
+        let host_ok = !host.is_empty()
+            && (host.contains('.') || host.contains(':') || host == "localhost")
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+        if !host_ok {
+            return Err(format!(
+                "`{host}` in `{s}` is not a registry's host: write it whole (registry.example.com/team/web:1.4.2, or 127.0.0.1:5000/web:1.4.2); {hint}"
+            ));
+        }
+        let (name, at) = if let Some((name, digest)) = path.split_once('@') {
+            let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "`{digest}` in `{s}` is not a digest: write sha256: and 64 hex digits"
+                ));
+            }
+            (name, RegistryAt::Digest(digest.to_ascii_lowercase()))
+        } else {
+            match path.rsplit_once(':') {
+                Some((name, tag)) => {
+                    let tag_ok = !tag.is_empty()
+                        && tag.len() <= 128
+                        && tag
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                    if !tag_ok {
+                        return Err(format!("`{tag}` in `{s}` is not a tag"));
+                    }
+                    (name, RegistryAt::Tag(tag.to_owned()))
+                }
+                None => {
+                    return Err(format!(
+                        "`{s}` names no tag or digest: a release is one image, so write NAME:TAG or NAME@sha256:DIGEST (no `latest` is assumed)"
+                    ));
+                }
+            }
+        };
+        let name_ok = !name.is_empty()
+            && name.split('/').all(|part| {
+                !part.is_empty()
+                    && part.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+            });
+        if !name_ok {
+            return Err(format!(
+                "`{name}` in `{s}` is not a repository name: lowercase letters, digits, `.`, `_`, `-`, parts joined by `/`"
+            ));
+        }
+        Ok(ImageRef::Registry {
+            host: host.to_owned(),
+            name: name.to_owned(),
+            at,
+        })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let with =
+            |f: &mut fmt::Formatter<'_>, kind: &str, path: &PathBuf, name: &Option<String>| {
+                write!(f, "{kind}:{}", path.display())?;
+                match name {
+                    Some(n) => write!(f, ":{n}"),
+                    None => Ok(()),
+                }
+            };
+        match self {
+            ImageRef::OciArchive { path, name } => with(f, "oci-archive", path, name),
+            ImageRef::OciDir { path, name } => with(f, "oci", path, name),
+            ImageRef::DockerArchive { path, name } => with(f, "docker-archive", path, name),
+            ImageRef::Registry { host, name, at } => match at {
+                RegistryAt::Tag(t) => write!(f, "{host}/{name}:{t}"),
+                RegistryAt::Digest(d) => write!(f, "{host}/{name}@{d}"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_transport_reads_and_writes_back() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for (written, want) in [
+            (
+                "oci-archive:/tmp/web.tar".to_owned(),
+                ImageRef::OciArchive {
+                    path: "/tmp/web.tar".into(),
+                    name: None,
+                },
+            ),
+            (
+                "oci:./layout:1.4.2".to_owned(),
+                ImageRef::OciDir {
+                    path: "./layout".into(),
+                    name: Some("1.4.2".into()),
+                },
+            ),
+            (
+                "docker-archive:web.tar:team/web:1.4.2".to_owned(),
+                ImageRef::DockerArchive {
+                    path: "web.tar".into(),
+                    name: Some("team/web:1.4.2".into()),
+                },
+            ),
+            (
+                "127.0.0.1:5000/team/web:1.4.2".to_owned(),
+                ImageRef::Registry {
+                    host: "127.0.0.1:5000".into(),
+                    name: "team/web".into(),
+                    at: RegistryAt::Tag("1.4.2".into()),
+                },
+            ),
+            (
+                format!("registry.example.com/web@{digest}"),
+                ImageRef::Registry {
+                    host: "registry.example.com".into(),
+                    name: "web".into(),
+                    at: RegistryAt::Digest(digest.clone()),
+                },
+            ),
+        ] {
+            let got = ImageRef::parse(&written).unwrap();
+            assert_eq!(got, want, "{written}");
+            assert_eq!(got.to_string(), written);
+        }
+        assert_eq!(
+            ImageRef::parse("docker://localhost/web:1")
+                .unwrap()
+                .to_string(),
+            "localhost/web:1"
+        );
+    }
+
+    #[test]
+    fn a_reference_that_would_be_guessed_is_refused_with_what_to_write() {
+        for (bad, said) in [
+            ("", "empty"),
+            ("web:1.4.2", "names no registry"),
+            ("nginx/nginx:1", "is not a registry's host"),
+            ("localhost/web", "names no tag or digest"),
+            ("localhost/web@sha256:12", "is not a digest"),
+            ("localhost/Web:1", "is not a repository name"),
+            ("localhost/web:a b", "is not a tag"),
+            ("oci-archive:", "names no file"),
+            ("http://localhost/web:1", "is not an image reference"),
+        ] {
+            let err = ImageRef::parse(bad).unwrap_err();
+            assert!(err.contains(said), "{bad}: {err}");
+        }
+    }
+}
