@@ -258,3 +258,185 @@ mod tests {
         }
     }
 }
+
+/// One blob an index or a manifest points at.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    /// What it is (`application/vnd.oci.image.manifest.v1+json`, a layer's type, ...).
+    pub media_type: String,
+    /// `sha256:` and 64 hex digits.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// For a manifest in an index: the platform it is for.
+    #[serde(default)]
+    pub platform: Option<Platform>,
+    /// Annotations (`org.opencontainers.image.ref.name`).
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// The platform of one manifest of a multi-platform index.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Platform {
+    /// `amd64`, `arm64`, ...
+    pub architecture: String,
+    /// `linux`.
+    pub os: String,
+    /// `v8` for arm64, ...
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+/// An image index (`index.json` of a layout, or a registry's manifest list).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Index {
+    /// The manifests (or nested indexes) it lists.
+    pub manifests: Vec<Descriptor>,
+}
+
+/// Manifest media types shipgate reads: OCI's and Docker's schema 2.
+pub const MANIFEST_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// Index media types: OCI's and Docker's manifest list.
+pub const INDEX_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// This machine's platform as OCI names it (`amd64`, `arm64`, ...).
+pub fn this_platform() -> Platform {
+    let architecture = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    };
+    Platform {
+        architecture: architecture.to_owned(),
+        os: std::env::consts::OS.to_owned(),
+        variant: None,
+    }
+}
+
+impl Index {
+    /// The manifest of `platform` in this index, chosen by `name`
+    /// (`org.opencontainers.image.ref.name`) first when given. A single manifest without a
+    /// platform is taken as it is; the error lists what the index holds.
+    pub fn choose(&self, name: Option<&str>, platform: &Platform) -> Result<&Descriptor, String> {
+        let named: Vec<&Descriptor> = self
+            .manifests
+            .iter()
+            .filter(|d| {
+                name.is_none_or(|n| {
+                    d.annotations
+                        .get("org.opencontainers.image.ref.name")
+                        .map(String::as_str)
+                        == Some(n)
+                })
+            })
+            .collect();
+        let listed = || {
+            self.manifests
+                .iter()
+                .map(|d| {
+                    let p = d.platform.as_ref().map_or("any platform".to_owned(), |p| {
+                        format!("{}/{}", p.os, p.architecture)
+                    });
+                    match d.annotations.get("org.opencontainers.image.ref.name") {
+                        Some(n) => format!("{n} ({p})"),
+                        None => p,
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if named.is_empty() {
+            return Err(match name {
+                Some(n) => format!("the image has no `{n}`; it holds: {}", listed()),
+                None => "the image's index lists no manifest".to_owned(),
+            });
+        }
+        let fits = |d: &&Descriptor| match &d.platform {
+            Some(p) => p.os == platform.os && p.architecture == platform.architecture,
+            None => true,
+        };
+        let fitting: Vec<&Descriptor> = named.iter().copied().filter(fits).collect();
+        match fitting.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!(
+                "the image has no manifest for {}/{}, this machine's platform; it holds: {}",
+                platform.os,
+                platform.architecture,
+                listed()
+            )),
+            [first, ..] if fitting.iter().all(|d| d.digest == first.digest) => Ok(first),
+            _ => Err(format!(
+                "the image holds several manifests for {}/{}: name one (oci-archive:PATH:NAME); it holds: {}",
+                platform.os,
+                platform.architecture,
+                listed()
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    fn index(json: &str) -> Index {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const MULTI: &str = r#"{"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:aa", "size": 10,
+         "platform": {"architecture": "amd64", "os": "linux"}},
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:bb", "size": 10,
+         "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}}]}"#;
+
+    #[test]
+    fn a_multi_platform_index_resolves_to_the_platform_asked() {
+        let i = index(MULTI);
+        let amd64 = Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+        };
+        assert_eq!(i.choose(None, &amd64).unwrap().digest, "sha256:aa");
+        let riscv = Platform {
+            architecture: "riscv64".into(),
+            ..amd64.clone()
+        };
+        let err = i.choose(None, &riscv).unwrap_err();
+        assert!(
+            err.contains("no manifest for linux/riscv64") && err.contains("linux/arm64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_layout_picks_its_image_by_name_and_says_what_it_holds() {
+        let i = index(
+            r#"{"manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:aa", "size": 1,
+             "annotations": {"org.opencontainers.image.ref.name": "1.4.2"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:bb", "size": 1,
+             "annotations": {"org.opencontainers.image.ref.name": "1.4.3"}}]}"#,
+        );
+        let here = this_platform();
+        assert_eq!(i.choose(Some("1.4.3"), &here).unwrap().digest, "sha256:bb");
+        let err = i.choose(None, &here).unwrap_err();
+        assert!(err.contains("name one") && err.contains("1.4.2"), "{err}");
+        let err = i.choose(Some("2.0"), &here).unwrap_err();
+        assert!(err.contains("has no `2.0`"), "{err}");
+    }
+}
