@@ -440,3 +440,320 @@ mod index_tests {
         assert!(err.contains("has no `2.0`"), "{err}");
     }
 }
+
+/// How an image says it runs: the `config` of its image config (Docker's and OCI's names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunConfig {
+    /// What runs first.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// Its arguments (or the command, without an entrypoint).
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// `NAME=value` lines.
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    /// Where it starts.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// `uid`, `uid:gid`, `name` or `name:group`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `8080/tcp` and the like.
+    #[serde(default)]
+    pub exposed_ports: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+}
+
+/// An image config (the blob a manifest's `config` points at), as far as running it needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ImageConfig {
+    /// `amd64`, ...
+    pub architecture: String,
+    /// `linux`.
+    pub os: String,
+    /// How it runs.
+    #[serde(default)]
+    pub config: RunConfig,
+}
+
+/// What shipgate adds to an image to run it as an instance.
+#[derive(Debug, Clone)]
+pub struct Instance<'a> {
+    /// Its variables (`PORT`, the environment's `vars` and secrets, `SHIPGATE_*`); they win over
+    /// the image's own `Env`.
+    pub env: &'a std::collections::BTreeMap<String, String>,
+    /// The environment's data folder on the host, mounted at [`DATA_MOUNT`], the one writable
+    /// place that outlives the instance.
+    pub data_dir: &'a std::path::Path,
+    /// The user and group it runs as, resolved ([`resolve_user`]).
+    pub user: (u32, u32),
+    /// The network namespace it joins (the environment's), if any; a new one otherwise.
+    pub netns: Option<&'a std::path::Path>,
+    /// Its host name.
+    pub hostname: &'a str,
+}
+
+/// Where an instance of an image finds its data folder (`DATA_DIR`).
+pub const DATA_MOUNT: &str = "/data";
+
+/// The OCI runtime `config.json` that runs `image` as `instance` with runc: its own mount, pid,
+/// IPC and UTS namespaces, a read-only root, no capabilities, `no_new_privs`, and the data
+/// folder as its one writable mount that outlives it (`/tmp` is a small tmpfs). The error says
+/// what the image lacks.
+pub fn runtime_config(
+    image: &ImageConfig,
+    instance: &Instance<'_>,
+) -> Result<serde_json::Value, String> {
+    if image.os != "linux" {
+        return Err(format!("the image is for {}, not linux", image.os));
+    }
+    let c = &image.config;
+    let args: Vec<String> = c
+        .entrypoint
+        .iter()
+        .flatten()
+        .chain(c.cmd.iter().flatten())
+        .cloned()
+        .collect();
+    if args.is_empty() {
+        return Err("the image says nothing to run: it has neither Entrypoint nor Cmd".to_owned());
+    }
+    let cwd = c
+        .working_dir
+        .as_deref()
+        .filter(|w| !w.is_empty())
+        .unwrap_or("/");
+    if !cwd.starts_with('/') {
+        return Err(format!(
+            "the image's WorkingDir `{cwd}` is not an absolute path"
+        ));
+    }
+    let mut env: Vec<(String, String)> = Vec::new();
+    for line in c.env.iter().flatten() {
+        let (k, v) = line.split_once('=').unwrap_or((line.as_str(), ""));
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push((
+            "PATH".to_owned(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        ));
+    }
+    let ours = instance
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain([("DATA_DIR".to_owned(), DATA_MOUNT.to_owned())]);
+    for (k, v) in ours {
+        env.retain(|(name, _)| *name != k);
+        env.push((k, v));
+    }
+    let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut namespaces = vec![
+        serde_json::json!({"type": "pid"}),
+        serde_json::json!({"type": "ipc"}),
+        serde_json::json!({"type": "uts"}),
+        serde_json::json!({"type": "mount"}),
+    ];
+    namespaces.push(match instance.netns {
+        Some(path) => serde_json::json!({"type": "network", "path": path.display().to_string()}),
+        None => serde_json::json!({"type": "network"}),
+    });
+    let none: [&str; 0] = [];
+    Ok(serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": instance.user.0, "gid": instance.user.1},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {
+                "bounding": none, "effective": none, "inheritable": none,
+                "permitted": none, "ambient": none
+            },
+            "noNewPrivileges": true,
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536}]
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": instance.hostname,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": DATA_MOUNT, "type": "bind",
+             "source": instance.data_dir.display().to_string(),
+             "options": ["rbind", "rw", "nosuid", "nodev"]}
+        ],
+        "linux": {
+            "namespaces": namespaces,
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                "/proc/scsi"
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            ]
+        }
+    }))
+}
+
+/// The uid and gid of an image's `User` (`1000`, `1000:1000`, `app`, `app:staff`, empty for
+/// root), names looked up in the image's own `/etc/passwd` and `/etc/group` texts.
+pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<(u32, u32), String> {
+    let user = user.trim();
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let find = |text: &str, name: &str, field: usize| -> Option<u32> {
+        text.lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.first() == Some(&name))
+            .and_then(|f| f.get(field)?.parse().ok())
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(uid) => (uid, None),
+        Err(_) => (
+            find(passwd, u, 2).ok_or_else(|| {
+                format!("the image's User `{u}` is not in its /etc/passwd; write a number instead")
+            })?,
+            find(passwd, u, 3),
+        ),
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => find(group, g, 2).ok_or_else(|| {
+                format!("the image's group `{g}` is not in its /etc/group; write a number instead")
+            })?,
+        },
+        // A user by number without a group runs in group 0, as runc and Docker do.
+        None => primary.unwrap_or(0),
+    };
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::*;
+
+    fn image(json: &str) -> ImageConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn an_image_runs_read_only_without_capabilities_with_our_variables_over_its_own() {
+        let i = image(
+            r#"{"architecture": "amd64", "os": "linux", "config": {
+                "Entrypoint": ["/usr/bin/web"], "Cmd": ["--serve"],
+                "Env": ["PATH=/usr/bin", "PORT=80", "MODE=image"], "WorkingDir": "/app",
+                "User": "1000:1000", "ExposedPorts": {"80/tcp": {}}}}"#,
+        );
+        let env = std::collections::BTreeMap::from([
+            ("PORT".to_owned(), "8080".to_owned()),
+            ("SHIPGATE_ENV".to_owned(), "staging".to_owned()),
+        ]);
+        let inst = Instance {
+            env: &env,
+            data_dir: std::path::Path::new("/var/lib/shipgate/data/staging/web"),
+            user: (1000, 1000),
+            netns: Some(std::path::Path::new("/run/netns/sg-staging")),
+            hostname: "web-staging",
+        };
+        let spec = runtime_config(&i, &inst).unwrap();
+        assert_eq!(
+            spec["process"]["args"],
+            serde_json::json!(["/usr/bin/web", "--serve"])
+        );
+        assert_eq!(spec["process"]["cwd"], "/app");
+        let env: Vec<&str> = spec["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            env.contains(&"PORT=8080") && !env.contains(&"PORT=80"),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&"MODE=image") && env.contains(&"DATA_DIR=/data"),
+            "{env:?}"
+        );
+        assert!(env.contains(&"PATH=/usr/bin"), "{env:?}");
+        assert_eq!(spec["root"]["readonly"], true);
+        assert_eq!(spec["process"]["noNewPrivileges"], true);
+        assert_eq!(
+            spec["process"]["capabilities"]["bounding"],
+            serde_json::json!([])
+        );
+        let writable: Vec<&str> = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["type"] == "bind")
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        assert_eq!(writable, ["/data"]);
+        let ns = &spec["linux"]["namespaces"];
+        assert!(
+            ns.as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "network" && n["path"] == "/run/netns/sg-staging")
+        );
+    }
+
+    #[test]
+    fn an_image_that_says_nothing_to_run_is_refused() {
+        let i = image(r#"{"architecture": "amd64", "os": "linux", "config": {}}"#);
+        let env = std::collections::BTreeMap::new();
+        let inst = Instance {
+            env: &env,
+            data_dir: std::path::Path::new("/d"),
+            user: (0, 0),
+            netns: None,
+            hostname: "h",
+        };
+        assert!(
+            runtime_config(&i, &inst)
+                .unwrap_err()
+                .contains("neither Entrypoint nor Cmd")
+        );
+        let w = image(r#"{"architecture": "amd64", "os": "windows", "config": {"Cmd": ["x"]}}"#);
+        assert!(runtime_config(&w, &inst).unwrap_err().contains("not linux"));
+    }
+
+    #[test]
+    fn a_user_by_name_is_looked_up_in_the_image() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\napp:x:1001:1002::/home/app:/bin/sh\n";
+        let group = "root:x:0:\nstaff:x:50:\n";
+        assert_eq!(resolve_user("", passwd, group), Ok((0, 0)));
+        assert_eq!(resolve_user("app", passwd, group), Ok((1001, 1002)));
+        assert_eq!(resolve_user("app:staff", passwd, group), Ok((1001, 50)));
+        assert_eq!(resolve_user("1000", passwd, group), Ok((1000, 0)));
+        assert_eq!(resolve_user("1000:1000", passwd, group), Ok((1000, 1000)));
+        assert!(
+            resolve_user("nobody", passwd, group)
+                .unwrap_err()
+                .contains("not in its /etc/passwd")
+        );
+    }
+}
