@@ -574,8 +574,7 @@ pub fn runtime_config(
                 "bounding": none, "effective": none, "inheritable": none,
                 "permitted": none, "ambient": none
             },
-            "noNewPrivileges": true,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536}]
+            "noNewPrivileges": true
         },
         "root": {"path": "rootfs", "readonly": true},
         "hostname": instance.hostname,

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod canary;
+mod runc;
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
