@@ -102,6 +102,8 @@ impl Engine {
                 Stage::Held(n) => (n, true),
             };
             let step = steps[n];
+            let at = format!("step {} of {} ({})", n + 1, steps.len(), step_name(&step));
+            let name = format!("canary step {} ({})", n + 1, step_name(&step));
             if !held {
                 window += 1;
             }
@@ -182,37 +184,21 @@ impl Engine {
                     biased;
                     why = stop.asked_later() => {
                         self.end_canary(p, slot).await;
-                        return Ok(Some(format!("{why}, at step {} of {} ({})", n + 1, steps.len(), step_name(&step))));
+                        return Ok(Some(format!("{why}, at {at}")));
                     }
                     c = control.recv() => break c,
                     () = end => break None,
                     () = self.clock.sleep_until(look) => {}
                 }
-                let figures = self
-                    .driver
-                    .canary_figures(p.env.as_str(), p.app.as_str())
-                    .await
-                    .filter(|f| f.window == window)
-                    .unwrap_or_default();
+                let figures = self.window_figures(p, window).await;
                 if let Some((f, why)) =
                     interim(&figures.canary, &figures.stable, &rules.rules, judged)
                 {
-                    // Nobody more meets it, before anything is written.
-                    self.end_canary(p, slot).await;
-                    let took = self.clock.now().duration_since(started);
-                    let said = format!(
-                        "failed {:.1} s into the step: {why}; {}",
-                        took.as_secs_f64(),
-                        describe(&f)
-                    );
-                    let name = format!("canary step {} ({})", n + 1, step_name(&step));
-                    self.gate(p, &name, false, said, started).await?;
+                    let took = self.clock.now().duration_since(started).as_secs_f64();
+                    let said = format!("failed {took:.1} s into the step: {why}; {}", describe(&f));
+                    self.fail_step(p, slot, &name, said, started).await?;
                     return Ok(Some(format!(
-                        "its canary failed at step {} of {} ({}), {:.1} s in: {why}",
-                        n + 1,
-                        steps.len(),
-                        step_name(&step),
-                        took.as_secs_f64()
+                        "its canary failed at {at}, {took:.1} s in: {why}"
                     )));
                 }
             };
@@ -246,13 +232,7 @@ impl Engine {
                 None if matches!(step, Step::Pause) => continue,
                 None => {}
             }
-            let figures = self
-                .driver
-                .canary_figures(p.env.as_str(), p.app.as_str())
-                .await
-                .filter(|f| f.window == window)
-                .unwrap_or_default();
-            let name = format!("canary step {} ({})", n + 1, step_name(&step));
+            let figures = self.window_figures(p, window).await;
             match judge(&figures.canary, &figures.stable, &rules.rules, judged) {
                 Decision::Pass(f) => {
                     let said = format!("passed: {}", describe(&f));
@@ -264,16 +244,9 @@ impl Engine {
                     stage = next(steps, stage, Move::Passed);
                 }
                 Decision::Fail(f, why) => {
-                    // Nobody more meets it, before anything is written.
-                    self.end_canary(p, slot).await;
                     let said = format!("failed: {why}; {}", describe(&f));
-                    self.gate(p, &name, false, said, started).await?;
-                    return Ok(Some(format!(
-                        "its canary failed at step {} of {} ({}): {why}",
-                        n + 1,
-                        steps.len(),
-                        step_name(&step)
-                    )));
+                    self.fail_step(p, slot, &name, said, started).await?;
+                    return Ok(Some(format!("its canary failed at {at}: {why}")));
                 }
                 Decision::Inconclusive(f, why) => {
                     // Recorded as an event; the step's gate is its judgement, once it comes.
@@ -300,6 +273,29 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// What both sides answered in `window` (empty when the data plane has moved on or has
+    /// none).
+    async fn window_figures(&self, p: &Promotion, window: u64) -> shipgate_deploy::CanaryFigures {
+        self.driver
+            .canary_figures(p.env.as_str(), p.app.as_str())
+            .await
+            .filter(|f| f.window == window)
+            .unwrap_or_default()
+    }
+
+    /// A failed step: nobody more meets the canary, before its gate is written.
+    async fn fail_step(
+        &self,
+        p: &Promotion,
+        slot: &Slot,
+        name: &str,
+        said: String,
+        started: jiff::Timestamp,
+    ) -> Result<(), EngineError> {
+        self.end_canary(p, slot).await;
+        self.gate(p, name, false, said, started).await
     }
 
     /// Puts the canary's share of `p`'s app to 0% on every host, and says so.

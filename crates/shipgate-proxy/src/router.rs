@@ -1,6 +1,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::ProxyError;
 use crate::canary::{Canary, CanaryFigures, Split};
 use crate::fast::{self, Served};
-use crate::forwarding::{Gateway, Route};
+use crate::forwarding::{Gateway, Route, RouteTable};
 use crate::metrics::{ReleaseMetrics, UpstreamMetrics};
 use crate::upstream::Upstream;
 
@@ -95,6 +95,22 @@ impl Router {
         Ok(router)
     }
 
+    /// The routes, to read (a poisoned lock is taken as it is: they are replaced whole).
+    fn read_routes(&self) -> RwLockReadGuard<'_, RouteTable> {
+        self.gateway
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The routes, to change.
+    fn write_routes(&self) -> RwLockWriteGuard<'_, RouteTable> {
+        self.gateway
+            .routes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A handle to the listening socket, until the router is shut down.
     pub fn listening(&self) -> Option<std::net::TcpListener> {
         self.listening
@@ -120,11 +136,7 @@ impl Router {
             upstream,
             side: None,
         });
-        let mut routes = self
-            .gateway
-            .routes
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut routes = self.write_routes();
         routes.starting.remove(app);
         let previous = match route {
             Some(route) => routes.apps.insert(app.to_owned(), route),
@@ -144,11 +156,7 @@ impl Router {
             let (to, weight, mirror) = (c.upstream.label(), c.weight, c.mirror);
             tracing::info!(env = %self.gateway.env, app, to, weight, mirror, window = c.window, "setting a canary");
         }
-        let mut routes = self
-            .gateway
-            .routes
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut routes = self.write_routes();
         let before = routes.canaries.get(app).cloned();
         let previous = before.as_ref().map(|split| split.describe());
         match canary {
@@ -165,21 +173,13 @@ impl Router {
 
     /// The canary of `app`, as it was set.
     pub fn canary(&self, app: &str) -> Option<Canary> {
-        let routes = self
-            .gateway
-            .routes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let routes = self.read_routes();
         routes.canaries.get(app).map(|split| split.describe())
     }
 
     /// Every app with a canary, and its canary.
     pub fn canaries(&self) -> Vec<(String, Canary)> {
-        let routes = self
-            .gateway
-            .routes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let routes = self.read_routes();
         routes
             .canaries
             .iter()
@@ -190,24 +190,14 @@ impl Router {
     /// What the canary of `app` and its stable side answered in the canary's current window;
     /// None without a canary.
     pub fn canary_figures(&self, app: &str) -> Option<CanaryFigures> {
-        let split = {
-            let routes = self
-                .gateway
-                .routes
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            routes.canaries.get(app).cloned()
-        };
+        // Counted outside the lock: the guard goes at the end of the statement.
+        let split = self.read_routes().canaries.get(app).cloned();
         split.map(|split| split.figures())
     }
 
     /// Every app routed, with its upstream.
     pub fn routed(&self) -> Vec<(String, Upstream)> {
-        let routes = self
-            .gateway
-            .routes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let routes = self.read_routes();
         routes
             .apps
             .iter()
@@ -217,43 +207,27 @@ impl Router {
 
     /// The upstream `app` is currently routed to.
     pub fn current(&self, app: &str) -> Option<Upstream> {
-        let routes = self
-            .gateway
-            .routes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let routes = self.read_routes();
         routes.apps.get(app).map(|route| route.upstream.clone())
     }
 
     /// Says that `label` (`web@1.2.0`) of `app` is being started here, until the next
     /// [`Router::switch`] of that app: requests meanwhile get 503 "starting web@1.2.0".
     pub fn set_starting(&self, app: &str, label: &str) {
-        let mut routes = self
-            .gateway
-            .routes
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut routes = self.write_routes();
         routes.starting.insert(app.to_owned(), label.to_owned());
     }
 
     /// The upstream of every app routed here now.
     pub fn upstreams(&self) -> Vec<Upstream> {
-        let routes = self
-            .gateway
-            .routes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let routes = self.read_routes();
         routes.apps.values().map(|r| r.upstream.clone()).collect()
     }
 
     /// Names the apps of the config. A request whose Host names one of them reaches that app
     /// (503 if it is not live here); any other request reaches the first.
     pub fn set_apps<S: AsRef<str>>(&self, apps: &[S]) {
-        let mut routes = self
-            .gateway
-            .routes
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut routes = self.write_routes();
         routes.known_apps = apps.iter().map(|a| a.as_ref().to_owned()).collect();
         routes.default_app = routes.known_apps.first().cloned();
     }
@@ -285,11 +259,7 @@ impl Router {
     /// started (live or not), grouped by app; render them with [`crate::render_prometheus`].
     pub fn metrics(&self) -> Vec<UpstreamMetrics> {
         let live: Vec<Arc<ReleaseMetrics>> = {
-            let routes = self
-                .gateway
-                .routes
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
+            let routes = self.read_routes();
             let live = routes.apps.values();
             live.map(|route| route.metrics.clone()).collect()
         };
