@@ -132,6 +132,14 @@ impl Fixture {
         release
     }
 
+    /// Why promotion `id` ended.
+    async fn reason(&self, id: shipgate_core::PromotionId) -> String {
+        let p = self.engine.store().promotion(id).await.unwrap().unwrap();
+        let state = p.state;
+        p.reason
+            .unwrap_or_else(|| panic!("promotion {id} ({state}) has no reason"))
+    }
+
     /// Registers `web@version` (with these marker files), verified in development, and promotes
     /// it to production, whose canary is then at its first step.
     async fn rolling_out(
@@ -303,8 +311,7 @@ async fn a_canary_failing_half_its_requests_at_5_percent_aborts_at_the_end_of_it
         .unwrap();
     f.clock.advance(MINUTE);
     f.reaches(prod, PromotionState::Failed).await;
-    let p = f.engine.store().promotion(prod).await.unwrap().unwrap();
-    let reason = p.reason.unwrap();
+    let reason = f.reason(prod).await;
     assert!(
         reason.contains("its canary failed at step 1 of 2 (5%)"),
         "{reason}"
@@ -451,15 +458,7 @@ async fn a_mirror_step_judges_the_canary_without_a_user_meeting_it() {
     );
     f.clock.advance(MINUTE);
     f.reaches(prod, PromotionState::Failed).await;
-    let reason = f
-        .engine
-        .store()
-        .promotion(prod)
-        .await
-        .unwrap()
-        .unwrap()
-        .reason
-        .unwrap();
+    let reason = f.reason(prod).await;
     assert!(reason.contains("at step 1 of 2 (mirror 50%)"), "{reason}");
     f.engine.shutdown().await;
 }
@@ -522,15 +521,7 @@ async fn a_look_a_second_into_a_step_stops_a_canary_that_errs_beyond_doubt() {
     // One second of the step, not its minute.
     f.clock.advance(Duration::from_secs(1));
     f.reaches(prod, PromotionState::Failed).await;
-    let reason = f
-        .engine
-        .store()
-        .promotion(prod)
-        .await
-        .unwrap()
-        .unwrap()
-        .reason
-        .unwrap();
+    let reason = f.reason(prod).await;
     assert!(
         reason.contains("at step 1 of 2 (5%), 1.0 s in") && reason.contains("above its ceiling"),
         "{reason}"

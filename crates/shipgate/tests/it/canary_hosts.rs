@@ -14,7 +14,7 @@ use crate::helpers::{TestServer, free_port, raw_http, root_or_skip, spawn_server
 use crate::netns::Hosts;
 
 /// The pinned clients asked at each step (`shipgate-canary=user-0` … `user-199`).
-const PINS: usize = 200;
+pub(crate) const PINS: usize = 200;
 
 /// Production's canary held at each step: a pause waits for a person, and a weight step
 /// (judged after 1 s) always holds, for it never has a million requests.
@@ -35,7 +35,7 @@ fn config(hosts: &Hosts, port: u16, canary: &str, extra: &str) -> String {
 }
 
 /// The version `addr` answers to `GET /version` with `headers` (each ending in CRLF).
-fn version(addr: &str, headers: &str) -> String {
+pub(crate) fn version(addr: &str, headers: &str) -> String {
     let answer = raw_http(
         addr,
         &format!("GET /version HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n"),
@@ -50,8 +50,8 @@ fn version(addr: &str, headers: &str) -> String {
     body.trim().to_owned()
 }
 
-/// The pins (0 … PINS-1) that host `addr`'s router sends to web@2.0.0, the canary.
-fn canary_pins(addr: &str) -> Vec<usize> {
+/// The pins (0 … PINS-1) that the router at `addr` sends to web@2.0.0, the canary.
+pub(crate) fn canary_pins(addr: &str) -> Vec<usize> {
     (0..PINS)
         .filter(|n| {
             match version(addr, &format!("Cookie: shipgate-canary=user-{n}\r\n")).as_str() {

@@ -2,42 +2,12 @@
 //! plane): the agent's router keeps the split while the server is down, and the restarted
 //! server ends the rollout and says so.
 
-use crate::helpers::{
-    TestServer, env_status, free_port, processes_in, raw_http, spawn_server, wait_for,
-};
+use crate::canary_hosts::{PINS, canary_pins, version};
+use crate::helpers::{TestServer, env_status, free_port, processes_in, spawn_server, wait_for};
 
-/// The pinned clients asked (`shipgate-canary=user-0` … `user-199`).
-const PINS: usize = 200;
-
-/// The version production answers to `GET /version` with `headers` (each ending in CRLF).
-fn version(s: &TestServer, headers: &str) -> String {
-    let url = s.url("production");
-    let addr = url.strip_prefix("http://").unwrap();
-    let answer = raw_http(
-        addr,
-        &format!("GET /version HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n"),
-    );
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no answer from {addr}: {answer:?}"));
-    assert!(
-        head.split_whitespace().nth(1) == Some("200"),
-        "{addr}: {answer}"
-    );
-    body.trim().to_owned()
-}
-
-/// The pins production sends to web@2.0.0, the canary.
-fn canary_pins(s: &TestServer) -> Vec<usize> {
-    (0..PINS)
-        .filter(
-            |n| match version(s, &format!("Cookie: shipgate-canary=user-{n}\r\n")).as_str() {
-                "2.0.0" => true,
-                "1.0.0" => false,
-                other => panic!("production answered {other:?} to user-{n}"),
-            },
-        )
-        .collect()
+/// Production's router address, as `canary_hosts`' helpers take it.
+fn production(s: &TestServer) -> String {
+    s.url("production").trim_start_matches("http://").to_owned()
 }
 
 #[test]
@@ -67,7 +37,7 @@ fn a_server_killed_mid_canary_leaves_the_split_to_the_agent_and_ends_the_rollout
     let expected: Vec<usize> = (0..PINS)
         .filter(|n| shipgate_core::canary::to_canary(40.0, None, Some(&format!("user-{n}")), 0.0))
         .collect();
-    let before = canary_pins(&s);
+    let before = canary_pins(&production(&s));
     assert_eq!(before, expected, "the pins 40% gives");
     eprintln!(
         "canary at 40%: {} of {PINS} pins on web@2.0.0",
@@ -82,9 +52,19 @@ fn a_server_killed_mid_canary_leaves_the_split_to_the_agent_and_ends_the_rollout
 
     // The server is gone; the agent's router keeps the split, pins and testers' header alike.
     s.kill9();
-    assert_eq!(canary_pins(&s), before, "while the server is down");
-    assert_eq!(version(&s, "x-shipgate-canary: always\r\n"), "2.0.0");
-    assert_eq!(version(&s, "x-shipgate-canary: never\r\n"), "1.0.0");
+    assert_eq!(
+        canary_pins(&production(&s)),
+        before,
+        "while the server is down"
+    );
+    assert_eq!(
+        version(&production(&s), "x-shipgate-canary: always\r\n"),
+        "2.0.0"
+    );
+    assert_eq!(
+        version(&production(&s), "x-shipgate-canary: never\r\n"),
+        "1.0.0"
+    );
 
     // The restarted server ends the rollout, and says which it did and why.
     s.restart();
@@ -110,8 +90,15 @@ fn a_server_killed_mid_canary_leaves_the_split_to_the_agent_and_ends_the_rollout
     );
 
     // From now on nobody meets the canary, a tester neither; production serves 1.0.0.
-    assert_eq!(canary_pins(&s), Vec::<usize>::new(), "after the restart");
-    assert_eq!(version(&s, "x-shipgate-canary: always\r\n"), "1.0.0");
+    assert_eq!(
+        canary_pins(&production(&s)),
+        Vec::<usize>::new(),
+        "after the restart"
+    );
+    assert_eq!(
+        version(&production(&s), "x-shipgate-canary: always\r\n"),
+        "1.0.0"
+    );
     assert_eq!(s.version("production").as_deref(), Some("1.0.0"));
     let status = s.json(&["status", "web"]);
     let production = env_status(&status, "production");
