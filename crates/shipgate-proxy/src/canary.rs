@@ -325,7 +325,7 @@ impl SideFigures {
     /// Counts one response head with `status`, `latency` after its request was received.
     pub(crate) fn record(&self, status: StatusCode, latency: Duration) {
         let ms = latency.as_secs_f64() * 1000.0;
-        let error = status.is_server_error() || status.as_u16() > 599;
+        let error = crate::metrics::is_error(status);
         let mut side = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         side.requests += 1;
         side.errors += u64::from(error);

@@ -210,6 +210,11 @@ pub fn users_saw(metrics: &[UpstreamMetrics], app: &str) -> Option<WindowSummary
     }
 }
 
+/// Whether a response counts as an error: a 5xx, or a status past 599 (an upstream's own).
+pub(crate) fn is_error(status: StatusCode) -> bool {
+    status.is_server_error() || status.as_u16() > 599
+}
+
 /// The live counters of one release; shared by the routes and bodies that record into it.
 pub(crate) struct ReleaseMetrics {
     pub(crate) app: String,
@@ -264,7 +269,7 @@ impl ReleaseMetrics {
         }
         answered.sum += latency;
         answered.count += 1;
-        let error = status.is_server_error() || status.as_u16() > 599;
+        let error = is_error(status);
         answered.last_minute.record(now, latency, error);
         latency
     }
