@@ -866,7 +866,7 @@ impl Engine {
 }
 
 /// What is live, as events say it: `web@1.4.2`, or `nothing`.
-fn live_name(live: Option<&LiveRelease>) -> String {
+pub(crate) fn live_name(live: Option<&LiveRelease>) -> String {
     live.map_or("nothing".to_owned(), |l| format!("{}@{}", l.app, l.version))
 }
 

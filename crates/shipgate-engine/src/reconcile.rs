@@ -62,9 +62,11 @@ impl Engine {
         let adopted = self.adopt_running().await?;
         for p in &in_flight {
             let canary = canaries.get(&p.id);
-            let reason = self.fail_interrupted(p, canary).await?;
+            self.fail_interrupted(p, canary).await?;
             if canary.is_some() {
-                let back_on = reason.rsplit("; ").next().unwrap_or_default().to_owned();
+                // A canary ends before its switch: the environment stays on what is live.
+                let live = self.live_record(&p.app, &p.env).await?;
+                let back_on = crate::flow::live_name(live.as_ref());
                 self.canary_aborted(p, "the server stopped during its rollout", &back_on)
                     .await;
             }
@@ -152,7 +154,7 @@ impl Engine {
         &self,
         p: &Promotion,
         canary: Option<&shipgate_deploy::CanaryFigures>,
-    ) -> Result<String, EngineError> {
+    ) -> Result<(), EngineError> {
         let live = if p.state == PromotionState::Verifying {
             let before = PromotionFilter {
                 app: Some(p.app.clone()),
@@ -199,14 +201,14 @@ impl Engine {
             promotion_id: p.id,
             from: vec![p.state],
             to: PromotionState::Failed,
-            reason: Some(reason.clone()),
+            message: format!("{}@{} in {}: {reason}", p.app, p.version, p.env),
+            reason: Some(reason),
             live,
             actor: SYSTEM.into(),
-            message: format!("{}@{} in {}: {reason}", p.app, p.version, p.env),
             roll_back_promotion: None,
         };
         self.store.transition(t).await?;
-        Ok(reason)
+        Ok(())
     }
 
     /// Starts every recorded live release (in parallel) and points its router at it.

@@ -85,7 +85,8 @@ fn a_server_killed_mid_canary_leaves_the_split_to_the_agent_and_ends_the_rollout
     let aborted = s.messages_of("canary.aborted");
     assert_eq!(aborted.len(), 1, "{aborted:?}");
     assert!(
-        aborted[0].contains("web@2.0.0 canary aborted in production: the server stopped"),
+        aborted[0].contains("web@2.0.0 canary aborted in production: the server stopped")
+            && aborted[0].ends_with("production stays on web@1.0.0"),
         "{aborted:?}"
     );
 
