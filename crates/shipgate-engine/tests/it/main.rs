@@ -52,12 +52,16 @@ struct Fixture {
 /// An engine for web in development → production, `production` holding `extra` lines.
 async fn start(extra: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
+    // Two free ports, never the same one twice (each is free only until it is bound).
+    let development = free_port();
+    let production = std::iter::repeat_with(free_port)
+        .find(|p| *p != development)
+        .unwrap();
     let toml = format!(
         "[server]\ndata_dir = \"data\"\n[apps.web]\nrun = \"python3 app.py ${{PORT}}\"\nhealth = \"/healthz\"\n\
          [environments.development]\nlisten = \"127.0.0.1:{}\"\n\
          [environments.production]\nafter = \"development\"\nlisten = \"127.0.0.1:{}\"\n{extra}\n",
-        free_port(),
-        free_port()
+        development, production
     );
     let config = Arc::new(Config::parse(&toml, dir.path()).unwrap());
     std::fs::create_dir_all(&config.server.data_dir).unwrap();
