@@ -786,33 +786,67 @@ impl Engine {
                 .insert_flag_key(&name, &p.env, &shipgate_core::secret::hash(&key), event)
                 .await?;
         }
+        self.revoke_unused_instance_keys(&p.app, &p.env, &format!("{name} replaces it"), |k| {
+            k != name
+        })
+        .await?;
+        self.forget_flags();
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Revokes the instance keys of `app` in `env` that `which` picks and whose instances no
+    /// longer run, saying `why`.
+    async fn revoke_unused_instance_keys(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        why: &str,
+        which: impl Fn(&str) -> bool,
+    ) -> Result<(), EngineError> {
+        let prefix = format!("instance-{env}-{app}-");
         let running: Vec<String> = self
             .store
             .running_instances()
             .await?
             .into_iter()
-            .filter(|i| i.app == p.app && i.env == p.env)
+            .filter(|i| &i.app == app && &i.env == env)
             .map(|i| format!("{prefix}{}", i.promotion_id))
             .collect();
-        for old in keys.iter().filter(|k| {
+        for old in self.store.flag_keys().await?.iter().filter(|k| {
             k.revoked_at.is_none()
                 && k.name.starts_with(&prefix)
-                && k.name != name
+                && which(&k.name)
                 && !running.contains(&k.name)
         }) {
             let event = NewEvent {
                 actor: crate::SYSTEM.into(),
                 kind: EventKind::FlagKeyRevoked,
-                app: Some(p.app.to_string()),
-                env: Some(p.env.to_string()),
-                promotion_id: Some(p.id),
-                message: format!("flag key {} revoked: {name} replaces it", old.name),
+                app: Some(app.to_string()),
+                env: Some(env.to_string()),
+                promotion_id: None,
+                message: format!("flag key {} revoked: {why}", old.name),
                 data: serde_json::json!({ "name": old.name }),
             };
             self.store.revoke_flag_key(&old.name, event).await?;
         }
         self.forget_flags();
         Ok(())
+    }
+
+    /// After instance `r` was retired: its promotion's key goes too, unless another instance of
+    /// that promotion still runs (on another host, or the same release restarted).
+    pub(crate) async fn revoke_retired_instance_key(&self, r: &shipgate_store::InstanceRecord) {
+        let name = format!("instance-{}-{}-{}", r.env, r.app, r.promotion_id);
+        if let Err(e) = self
+            .revoke_unused_instance_keys(&r.app, &r.env, "its instances were stopped", |k| {
+                k == name
+            })
+            .await
+        {
+            tracing::warn!("could not revoke flag key {name}: {e}");
+        }
     }
 }
 

@@ -811,9 +811,19 @@ impl Engine {
     }
 
     /// Lets requests in flight on a replaced instance finish (up to `grace`), then stops it.
+    /// Its OFREP key is revoked once no instance of its promotion runs.
     pub(crate) async fn retire(&self, instance: &LiveInstance, grace: std::time::Duration) {
+        let record = self
+            .store
+            .running_instances()
+            .await
+            .ok()
+            .and_then(|all| all.into_iter().find(|r| r.id == instance.id));
         self.driver.drain(&instance.id, grace).await;
         self.stop_instance(&instance.id, None).await;
+        if let Some(record) = record {
+            self.revoke_retired_instance_key(&record).await;
+        }
     }
 
     /// Sends the slot's traffic to `to` (None: nothing is live).

@@ -650,9 +650,9 @@ fn an_instance_reads_its_environments_flags_with_the_key_it_is_given() {
         ("dark".into(), "STATIC".into())
     );
 
-    // The key is listed as a flag key of its own, and every deploy gets another: a deploy
-    // revokes those whose instances no longer run (the live one's and the standby's stay, for
-    // a rollback).
+    // The key is listed as a flag key of its own, and every deploy gets another: a retired
+    // instance's key is revoked with it (the live one's and the standby's stay, for a
+    // rollback).
     let keys = |s: &crate::helpers::TestServer| -> Vec<(String, bool)> {
         s.json(&["flag", "key", "list"])
             .as_array()
@@ -676,13 +676,14 @@ fn an_instance_reads_its_environments_flags_with_the_key_it_is_given() {
         s.register(version, &[]);
         s.deploy(version, "development");
     }
-    let later = keys(&s);
+    // 1.0.0's instance stopped when 1.2.0 went live, 1.1.0's when 1.3.0 did (a standby is
+    // retired in the background, once its requests have drained).
+    let mut later = keys(&s);
+    crate::helpers::wait_for("the retired instances' keys to be revoked", || {
+        later = keys(&s);
+        later.iter().map(|(_, active)| *active).collect::<Vec<_>>() == [false, false, true, true]
+    });
     assert_eq!(later.len(), 4, "{later:?}");
-    assert_eq!(
-        later.iter().map(|(_, active)| *active).collect::<Vec<_>>(),
-        [false, true, true, true],
-        "1.0.0's instance stopped when 1.2.0 went live, so 1.3.0's deploy revoked its key: {later:?}"
-    );
     let flag = || {
         s.get(&format!("{}/flag?key=theme&user=u1", s.url("development")))
             .unwrap()
