@@ -27,6 +27,7 @@ pub mod on_demand;
 pub mod parity;
 pub mod promotion;
 pub mod reload;
+pub mod seccomp;
 pub mod secret;
 pub mod size;
 pub mod template;
