@@ -63,6 +63,7 @@ pub(crate) fn sample_start(
         port: None,
         crash_loop: CrashLoopPolicy::default(),
         sandbox,
+        image: None,
     }
 }
 

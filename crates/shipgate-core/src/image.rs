@@ -488,7 +488,7 @@ pub struct Instance<'a> {
     pub data_dir: &'a std::path::Path,
     /// The user and group it runs as, resolved ([`resolve_user`]).
     pub user: (u32, u32),
-    /// The network namespace it joins (the environment's), if any; a new one otherwise.
+    /// The network namespace it joins, if any; the machine's otherwise (fenced by its user).
     pub netns: Option<&'a std::path::Path>,
     /// Its host name.
     pub hostname: &'a str,
@@ -557,10 +557,11 @@ pub fn runtime_config(
         serde_json::json!({"type": "uts"}),
         serde_json::json!({"type": "mount"}),
     ];
-    namespaces.push(match instance.netns {
-        Some(path) => serde_json::json!({"type": "network", "path": path.display().to_string()}),
-        None => serde_json::json!({"type": "network"}),
-    });
+    // Without one, it stays in the machine's network, where the environment's fence (by its
+    // user) decides what it reaches and the router reaches it on loopback.
+    if let Some(path) = instance.netns {
+        namespaces.push(serde_json::json!({"type": "network", "path": path.display().to_string()}));
+    }
     let none: [&str; 0] = [];
     Ok(serde_json::json!({
         "ociVersion": "1.0.2",

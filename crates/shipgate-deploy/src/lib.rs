@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cgroup;
+pub mod image;
 mod log_file;
 pub mod network;
 mod process;
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cgroup::{Hierarchy, Limits};
+pub use image::ImageRun;
 pub use sandbox::Sandbox;
 use serde::{Deserialize, Serialize};
 pub use shipgate_core::InstanceId;
@@ -269,6 +271,10 @@ pub struct StartInstance {
     pub crash_loop: CrashLoopPolicy,
     /// How it is confined; `None`: an ordinary child process of the driver's own user.
     pub sandbox: Option<Sandbox>,
+    /// For an image release: run by runc from its bundle, in place of `command` (which is
+    /// ignored; the app's `run`, if any, is in [`ImageRun::command`]).
+    #[serde(default)]
+    pub image: Option<ImageRun>,
 }
 
 /// More than `crashes` crashes within `within` and the driver stops restarting an instance

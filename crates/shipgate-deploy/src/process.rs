@@ -424,6 +424,7 @@ impl Shared {
             }
         }
         unconfine(confined, inst.port);
+        forget_container(&inst.req);
     }
 
     /// Supervises an instance an earlier process started (from its pid on), as if started here.
@@ -443,6 +444,7 @@ impl Shared {
         self.forget(&inst);
         self.keep().await;
         unconfine(confined.as_ref(), inst.port);
+        forget_container(&inst.req);
     }
 
     /// Writes what runs (instances, routes) where the process that takes over finds it.
@@ -620,9 +622,44 @@ impl Shared {
         let oom_before = oom_kills(confined);
         let spawned_at = Instant::now();
         let mut process = Command::new("sh");
-        match confined {
-            None => process.arg("-c").arg(&command),
-            Some(c) => process
+        match (confined, &req.image) {
+            (_, Some(run)) => {
+                let mut env = req.env.clone();
+                env.insert("PORT".into(), port.clone());
+                env.insert("SHIPGATE_PORT".into(), port.clone());
+                env.insert("SHIPGATE_INSTANCE".into(), id.to_string());
+                let cgroup = confined
+                    .and_then(|c| c.cgroup.as_ref())
+                    .map(|_| format!("/shipgate/{id}"));
+                let runc = crate::image::prepare(
+                    run,
+                    id,
+                    &env,
+                    confined.map(|c| c.account),
+                    confined.map_or(run.data_dir.as_path(), |c| c.sandbox.data_dir.as_path()),
+                    cgroup.as_deref(),
+                )
+                .map_err(|reason| DriverError::Sandbox {
+                    instance_id: id.clone(),
+                    reason,
+                })?;
+                process
+                    .env_clear()
+                    .envs(sandbox::BASE_ENV)
+                    .arg("-c")
+                    .arg(JOIN_CGROUP)
+                    .arg("sh")
+                    .args(
+                        confined
+                            .and_then(|c| c.cgroup.as_ref())
+                            .iter()
+                            .flat_map(|c| c.procs_files()),
+                    )
+                    .arg("--")
+                    .args(runc)
+            }
+            (None, None) => process.arg("-c").arg(&command),
+            (Some(c), None) => process
                 .env_clear()
                 .envs(sandbox::BASE_ENV)
                 .arg("-c")
@@ -848,6 +885,14 @@ fn unconfine(confined: Option<&Confined>, port: u16) {
         if c.sandbox.network.is_some() {
             crate::network::forget_instance(Some(c.account), port);
         }
+    }
+}
+
+/// For an image's instance: what runc keeps of its container, and its bundle.
+fn forget_container(req: &StartInstance) {
+    if let Some(run) = &req.image {
+        crate::image::remove_container(&req.instance_id);
+        let _ = std::fs::remove_dir_all(&run.bundle);
     }
 }
 

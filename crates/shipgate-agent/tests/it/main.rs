@@ -190,5 +190,6 @@ fn instance(id: &str, dir: &Path) -> StartInstance {
         port: None,
         crash_loop: shipgate_deploy::CrashLoopPolicy::default(),
         sandbox: None,
+        image: None,
     }
 }

@@ -39,6 +39,7 @@ fn request(dir: &TempDir, instance_id: &str, command: &str) -> StartInstance {
         port: None,
         crash_loop: shipgate_deploy::CrashLoopPolicy::default(),
         sandbox: None,
+        image: None,
     }
 }
 
