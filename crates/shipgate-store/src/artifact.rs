@@ -20,6 +20,12 @@ mod archive;
 pub use archive::{MAX_DEPTH, check_archive};
 use archive::{normalized, open_archive};
 
+mod image;
+mod layout;
+mod rootfs;
+pub use image::{ImageRecord, ImageRefusal, ImportedImage, LayerRecord};
+pub use layout::{MAX_METADATA, RunConfigJson, write_layout};
+
 /// Why an artifact was refused or could not be stored.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -73,6 +79,9 @@ pub enum ArtifactError {
     /// Not a tar or tar.gz archive.
     #[error("the artifact is not a readable .tar or .tar.gz archive: {0}")]
     Unreadable(String),
+    /// An OCI image refused: the refusal says why and what to do.
+    #[error(transparent)]
+    Image(#[from] ImageRefusal),
     /// A file-system operation failed.
     #[error("{context}: {source}")]
     Io {

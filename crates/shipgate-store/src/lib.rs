@@ -15,6 +15,9 @@ mod model;
 mod schema;
 mod sql;
 
+pub use artifact::{
+    ImageRecord, ImageRefusal, ImportedImage, LayerRecord, RunConfigJson, write_layout,
+};
 pub use copy::{CopyReport, copy_store};
 pub use model::*;
 pub use schema::Backend;
