@@ -184,6 +184,11 @@ pub struct ReleaseQuery {
     pub commit_time: Option<String>,
     /// Free text.
     pub notes: Option<String>,
+    /// The body is an OCI image layout (a tar, as `oci-archive:` is) taken from this reference
+    /// (`oci-archive:PATH`, `oci:DIR`, `docker-archive:PATH`, `HOST[:PORT]/NAME:TAG`,
+    /// `HOST[:PORT]/NAME@sha256:…`): the release is that image, its digest the manifest's.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// An optional app filter.

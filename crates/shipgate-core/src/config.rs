@@ -30,6 +30,8 @@ pub struct Config {
     pub notify: Vec<crate::notify::Target>,
     /// `[alerts.NAME]`: conditions on live figures that fire and resolve.
     pub alerts: Vec<crate::alert::AlertRule>,
+    /// How image registries are reached (`[registries."HOST[:PORT]"]`), by host.
+    pub registries: BTreeMap<String, RegistryConfig>,
     /// Every key of the file with its value as written, so a reload can name what changed.
     pub written: Written,
 }
@@ -224,7 +226,9 @@ impl Limits {
 pub struct AppConfig {
     /// The app's name.
     pub name: AppName,
-    /// Shell command started inside the unpacked release directory.
+    /// Shell command started inside the unpacked release directory. Empty when not set, which
+    /// only an image release may be (it runs the image's own Entrypoint and Cmd); for an image,
+    /// a set `run` replaces them, run by the image's `/bin/sh -c`.
     pub run: String,
     /// HTTP path that answers 2xx once an instance is ready.
     pub health: String,
@@ -596,6 +600,18 @@ struct RawConfig {
     notify: BTreeMap<Spanned<String>, RawNotify>,
     #[serde(default)]
     alerts: BTreeMap<Spanned<String>, RawAlert>,
+    #[serde(default)]
+    registries: BTreeMap<Spanned<String>, RawRegistry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    username: Option<String>,
+    password_env: Option<Spanned<String>>,
+    ca_file: Option<String>,
+    #[serde(default)]
+    insecure: bool,
 }
 
 #[derive(Deserialize)]
@@ -693,7 +709,8 @@ struct RawLimits {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApp {
-    run: Spanned<String>,
+    #[serde(default)]
+    run: Option<Spanned<String>>,
     health: Option<Spanned<String>>,
     health_timeout: Option<Spanned<String>>,
     crash_loop: Option<RawCrashLoop>,
@@ -919,6 +936,7 @@ impl Config {
                 });
             }
         }
+        let registries = registries(raw.registries, base_dir, &mut problems);
         if apps.is_empty() {
             problems.add(0..0, "the config defines no app", "add one, for example:\n[apps.web]\nrun = \"./web --port ${PORT}\"\nhealth = \"/healthz\"".to_owned());
         }
@@ -943,6 +961,7 @@ impl Config {
             templates,
             notify,
             alerts,
+            registries,
             written: Written(toml::from_str(src).unwrap_or_default()),
         })
     }
@@ -1315,9 +1334,11 @@ fn apps(
                 None,
             );
         }
-        if app.run.get_ref().trim().is_empty() {
+        if let Some(run) = &app.run
+            && run.get_ref().trim().is_empty()
+        {
             problems.add(
-                app.run.span(),
+                run.span(),
                 format!("`run` of app `{}` is empty", name.get_ref()),
                 "give the command that starts the app, for example \"./web --port ${PORT}\""
                     .to_owned(),
@@ -1339,7 +1360,7 @@ fn apps(
         if let Some(name) = parsed_name {
             apps.push(AppConfig {
                 name,
-                run: app.run.into_inner(),
+                run: app.run.map(Spanned::into_inner).unwrap_or_default(),
                 crash_loop,
                 data: app
                     .data
@@ -3430,4 +3451,68 @@ mod tests {
             "the front may not take the API's address"
         );
     }
+}
+
+/// How shipgate reaches one image registry when `release create --image HOST/NAME:TAG` pulls from
+/// it. The password is read from the server's environment at each pull: never stored, never
+/// shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// The user name for basic auth, if it needs one.
+    pub username: Option<String>,
+    /// The variable of the server's environment that holds the password.
+    pub password_env: Option<String>,
+    /// A CA certificate (PEM) its TLS certificate is checked against, beside the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Plain HTTP, or TLS without checking the certificate; only for a registry on loopback.
+    pub insecure: bool,
+}
+
+fn registries(
+    raw: BTreeMap<Spanned<String>, RawRegistry>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> BTreeMap<String, RegistryConfig> {
+    let mut out = BTreeMap::new();
+    for (host, r) in raw {
+        let name = host.get_ref().clone();
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if !valid {
+            problems.add(
+                host.span(),
+                format!("registry `{name}` is not a host name with an optional port"),
+                "write it as the image references do, for example [registries.\"registry.example.com:5000\"]".to_owned(),
+            );
+            continue;
+        }
+        if r.username.is_some() != r.password_env.is_some() {
+            problems.add(
+                host.span(),
+                format!("registry `{name}` needs both `username` and `password_env`, or neither"),
+                "set password_env to the name of the variable that holds the password".to_owned(),
+            );
+        }
+        let loopback =
+            name.starts_with("127.") || name.starts_with("localhost") || name.starts_with("[::1]");
+        if r.insecure && !loopback {
+            problems.add(
+                host.span(),
+                format!("registry `{name}` is `insecure`, which is only allowed on loopback (127.0.0.1, localhost)"),
+                "give its CA with ca_file instead".to_owned(),
+            );
+        }
+        out.insert(
+            name,
+            RegistryConfig {
+                username: r.username,
+                password_env: r.password_env.map(Spanned::into_inner),
+                ca_file: r.ca_file.map(|f| base_dir.join(f)),
+                insecure: r.insecure,
+            },
+        );
+    }
+    out
 }

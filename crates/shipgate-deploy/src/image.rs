@@ -71,7 +71,16 @@ pub fn prepare(
         // The environment's fence is by its user: what runs there runs as it.
         Some(a) => (a.uid, a.gid),
         None => {
-            let read = |f: &str| std::fs::read_to_string(run.rootfs.join(f)).unwrap_or_default();
+            // An image's files may be links to anywhere: only a plain file of the image is read.
+            // An image's files may be links to anywhere: only a file inside the image is read.
+            let root = std::fs::canonicalize(&run.rootfs).unwrap_or_else(|_| run.rootfs.clone());
+            let read = |f: &str| {
+                std::fs::canonicalize(run.rootfs.join(f))
+                    .ok()
+                    .filter(|p| p.starts_with(&root))
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .unwrap_or_default()
+            };
             match resolve_user(
                 image.config.user.as_deref().unwrap_or(""),
                 &read("etc/passwd"),
@@ -85,7 +94,11 @@ pub fn prepare(
     if account.is_none() {
         // Unsandboxed, the data folder is made by the server: given to the user it runs as.
         std::os::unix::fs::chown(data_dir, Some(user.0), Some(user.1)).map_err(|e| {
-            format!("could not give {} to uid {}: {e}", data_dir.display(), user.0)
+            format!(
+                "could not give {} to uid {}: {e}",
+                data_dir.display(),
+                user.0
+            )
         })?;
     }
     let hostname = container_id(id);
@@ -120,7 +133,12 @@ pub fn prepare(
             .open(run.bundle.join("config.json"))?;
         std::io::Write::write_all(&mut f, spec.to_string().as_bytes())
     })();
-    written.map_err(|e| format!("could not write its bundle in {}: {e}", run.bundle.display()))?;
+    written.map_err(|e| {
+        format!(
+            "could not write its bundle in {}: {e}",
+            run.bundle.display()
+        )
+    })?;
     // What an earlier run of this instance left with runc (a crash, a killed runc).
     remove_container(id);
     Ok(vec![

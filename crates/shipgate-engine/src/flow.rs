@@ -761,6 +761,13 @@ impl Engine {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("could not make the data directory {}: {e}", dir.display()))?;
         }
+        let image = self.image_run(&p.app, &p.env, &p.digest, &id).await?;
+        if image.is_none() && app.run.trim().is_empty() {
+            return Err(format!(
+                "app `{}` has no `run`, which only an image release may leave out: set `run` in [apps.{}], or register the release with --image",
+                p.app, p.app
+            ));
+        }
         let req = StartInstance {
             instance_id: id.clone(),
             release_dir: self.artifacts.release_dir(&p.digest),
@@ -776,6 +783,7 @@ impl Engine {
                 within: app.crash_loop.within.as_std(),
             },
             sandbox,
+            image,
         };
         // Recorded before it is spawned, so a server killed during the health wait finds it
         // (by its SHIPGATE_INSTANCE marker) and stops it after the restart.

@@ -18,6 +18,7 @@ pub mod experiment;
 pub mod flags;
 pub mod flow;
 mod gates;
+pub mod image;
 mod isolation;
 pub mod notify;
 pub mod on_demand;

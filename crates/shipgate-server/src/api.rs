@@ -19,8 +19,9 @@ use shipgate_api::requests::{
 };
 use shipgate_core::{Action, AppName, Digest, EnvName, ReleaseRef, Version};
 use shipgate_engine::flow::ReleaseRequest;
+use shipgate_engine::image::ImageSource;
 use shipgate_store::artifact::{ArtifactError, UnpackLimits};
-use shipgate_store::{EventFilter, NewToken, verify_chain};
+use shipgate_store::{EventFilter, NewToken, Release, verify_chain};
 
 use crate::AppState;
 use crate::auth::require_token;
@@ -227,6 +228,49 @@ async fn create_release(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let commit_time = q
+        .commit_time
+        .as_deref()
+        .map(|t| {
+            t.parse::<jiff::Timestamp>().map_err(|e| {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid commit time",
+                    format!("commit_time: `{t}` is not an RFC 3339 time: {e}"),
+                )
+            })
+        })
+        .transpose()?;
+    let request = ReleaseRequest {
+        release: ReleaseRef { app, version },
+        commit: q.commit,
+        commit_time,
+        notes: q.notes,
+    };
+    let reference = match &q.image {
+        Some(r) => Some(shipgate_core::image::ImageRef::parse(r).map_err(|e| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid image reference",
+                format!("image: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    if let Some(registry @ shipgate_core::image::ImageRef::Registry { .. }) = &reference {
+        // Pulled by the server, with the credentials its config names: nothing to upload.
+        if declared.is_some_and(|length| length > 0) {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "a registry's image is pulled by the server",
+                "send no body with a registry reference; the server pulls it".to_owned(),
+            ));
+        }
+        let (release, created) = engine
+            .create_image_release(request, ImageSource::Pull(registry.clone()), caller.name())
+            .await?;
+        return Ok(created_answer(release, created));
+    }
     if declared.is_some_and(|length| length > limit.0) {
         return Err(refused_for_size(stream, ArtifactError::TooLarge { limit }));
     }
@@ -244,35 +288,34 @@ async fn create_release(
             });
         }
     }
-    let commit_time = q
-        .commit_time
-        .as_deref()
-        .map(|t| {
-            t.parse::<jiff::Timestamp>().map_err(|e| {
-                Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid commit time",
-                    format!("commit_time: `{t}` is not an RFC 3339 time: {e}"),
-                )
-            })
-        })
-        .transpose()?;
     let checked = upload.finish(&claimed).await?;
-    let request = ReleaseRequest {
-        release: ReleaseRef { app, version },
-        commit: q.commit,
-        commit_time,
-        notes: q.notes,
+    let (release, created) = match reference {
+        Some(reference) => {
+            engine
+                .create_image_release(
+                    request,
+                    ImageSource::Upload(checked, reference),
+                    caller.name(),
+                )
+                .await?
+        }
+        None => {
+            engine
+                .create_release(request, checked, caller.name())
+                .await?
+        }
     };
-    let (release, created) = engine
-        .create_release(request, checked, caller.name())
-        .await?;
+    Ok(created_answer(release, created))
+}
+
+/// 201 with a release registered now, 200 with one that was already.
+fn created_answer(release: Release, created: bool) -> (StatusCode, Json<CreatedRelease>) {
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(CreatedRelease { release, created })))
+    (status, Json(CreatedRelease { release, created }))
 }
 
 /// The answer to an upload over `max_artifact_size`, given as soon as the limit is passed. The

@@ -16,6 +16,8 @@ use shipgate_core::{ByteSize, Digest};
 use tokio::io::AsyncWriteExt;
 
 mod archive;
+mod pull;
+pub use pull::{PULLED, pulled_layout};
 
 pub use archive::{MAX_DEPTH, check_archive};
 use archive::{normalized, open_archive};
@@ -96,6 +98,15 @@ pub enum ArtifactError {
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ArtifactError {
     let context = context.into();
     move |source| ArtifactError::Io { context, source }
+}
+
+/// Packs an OCI image layout folder as a plain tar at `out` (an `oci-archive:`): its blobs are
+/// compressed already, so not again.
+pub fn pack_layout(layout: &Path, out: &Path) -> io::Result<()> {
+    let mut tar = tar::Builder::new(io::BufWriter::new(File::create(out)?));
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", layout)?;
+    tar.into_inner()?.flush()
 }
 
 /// Packs a directory as a gzip-compressed tar whose bytes depend only on the files' paths,
@@ -306,9 +317,10 @@ impl ArtifactStore {
         Ok(true)
     }
 
-    /// Whether the artifact of `digest` is on disk (retention may have removed it).
+    /// Whether the artifact of `digest` is on disk (retention may have removed it): its archive,
+    /// or for an image its manifest among the stored layers.
     pub fn has(&self, digest: &Digest) -> bool {
-        self.archive_path(digest).exists()
+        self.archive_path(digest).exists() || self.layer_path(digest).is_file()
     }
 
     /// The bytes the artifact of `digest` and its release directory take on disk.
@@ -600,6 +612,21 @@ impl ArtifactStore {
 
 impl ArtifactStore {
     /// An archive unpacked into a fresh folder of `tmp/` (removed when dropped).
+    /// Unpacks a checked upload into a folder of `tmp/` that goes when it is dropped (an image
+    /// layout, whose blobs are then stored by digest); the upload itself is not kept.
+    pub async fn unpack_upload(
+        &self,
+        artifact: CheckedArtifact,
+    ) -> Result<tempfile::TempDir, ArtifactError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.unpacked(&artifact.temp))
+            .await
+            .map_err(|e| ArtifactError::Io {
+                context: "unpacking the image".into(),
+                source: io::Error::other(e),
+            })?
+    }
+
     fn unpacked(&self, archive: &Path) -> Result<tempfile::TempDir, ArtifactError> {
         let staging = tempfile::Builder::new()
             .prefix("unpack-")

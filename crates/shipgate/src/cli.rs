@@ -392,10 +392,11 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
-    /// Pack (a directory) or take (a .tar/.tar.gz) an artifact, hash it and register it.
+    /// Pack (a directory) or take (a .tar/.tar.gz) an artifact, or take an OCI image, and
+    /// register it.
     #[command(
         disable_version_flag = true,
-        after_help = "Examples:\n  shipgate release create web --version 1.4.2 --artifact ./build\n  shipgate release create web --version 1.4.2 --artifact web.tar.gz --commit $(git rev-parse HEAD)\n  shipgate release create web --version 1.4.3 --artifact ./build --commit-time 2026-12-01T09:30:00Z"
+        after_help = "Examples:\n  shipgate release create web --version 1.4.2 --artifact ./build\n  shipgate release create web --version 1.4.2 --artifact web.tar.gz --commit $(git rev-parse HEAD)\n  shipgate release create web --version 1.4.3 --artifact ./build --commit-time 2026-12-01T09:30:00Z\n  shipgate release create web --version 1.5.0 --image oci-archive:web.tar\n  shipgate release create web --version 1.5.1 --image registry.example.com/team/web:1.5.1"
     )]
     Create {
         /// The app.
@@ -404,8 +405,13 @@ pub enum ReleaseCommand {
         #[arg(long)]
         version: Version,
         /// A directory, .tar or .tar.gz.
+        #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+        artifact: Option<PathBuf>,
+        /// An OCI image: oci-archive:PATH, oci:DIR, docker-archive:PATH, or a registry's
+        /// HOST[:PORT]/NAME:TAG or HOST[:PORT]/NAME@sha256:DIGEST (pulled by the server, the tag
+        /// resolved once). The release's digest is the image manifest's.
         #[arg(long)]
-        artifact: PathBuf,
+        image: Option<String>,
         /// Source commit.
         #[arg(long)]
         commit: Option<String>,

@@ -72,6 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             app,
             version,
             artifact,
+            image,
             commit,
             commit_time,
             notes,
@@ -81,7 +82,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commit_time,
                 notes,
             };
-            release_create(g, out, app.as_str(), version.as_str(), &artifact, source).await
+            let from = match (artifact, image) {
+                (_, Some(image)) => release::From::Image(image),
+                (Some(artifact), None) => release::From::Artifact(artifact),
+                (None, None) => anyhow::bail!("give --artifact DIR or --image REF"),
+            };
+            release_create(g, out, app.as_str(), version.as_str(), &from, source).await
         }
         Command::Release(ReleaseCommand::List { app }) => {
             release_list(g, out, app.map(|a| a.to_string())).await

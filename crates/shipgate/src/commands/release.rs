@@ -51,6 +51,14 @@ impl ArtifactFile {
     }
 }
 
+/// What a release is made of: an artifact (a folder or an archive) or an image.
+pub enum From {
+    /// `--artifact`.
+    Artifact(std::path::PathBuf),
+    /// `--image`.
+    Image(String),
+}
+
 /// Where a release comes from: its commit, when that was made, and free text.
 #[derive(Debug, Clone, Default)]
 pub struct Source {
@@ -160,6 +168,19 @@ fn git_commit_time(commit: &str) -> Result<String, UnknownCommitTime> {
     })
 }
 
+/// `--commit-time` as the server takes it, refused with an example when it is not RFC 3339.
+fn checked_commit_time(t: Option<&str>) -> anyhow::Result<Option<String>> {
+    t.map(|t| {
+        let at: jiff::Timestamp = t.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "--commit-time `{t}` is not an RFC 3339 time such as 2026-12-01T09:30:00Z: {e}"
+            )
+        })?;
+        Ok(at.to_string())
+    })
+    .transpose()
+}
+
 /// Registers a release with the server; shared by the command, the demo and the benchmarks.
 /// The commit's time is sent as given (see [`Source::with_git_time`]).
 pub async fn upload(
@@ -171,17 +192,7 @@ pub async fn upload(
 ) -> anyhow::Result<CreatedRelease> {
     AppName::parse(app).map_err(|e| anyhow::anyhow!(e.0))?;
     Version::parse(version).map_err(|e| anyhow::anyhow!(e.0))?;
-    let commit_time = match &source.commit_time {
-        Some(t) => {
-            let at: jiff::Timestamp = t.parse().map_err(|e| {
-                anyhow::anyhow!(
-                    "--commit-time `{t}` is not an RFC 3339 time such as 2026-12-01T09:30:00Z: {e}"
-                )
-            })?;
-            Some(at.to_string())
-        }
-        None => None,
-    };
+    let commit_time = checked_commit_time(source.commit_time.as_deref())?;
     let file = ArtifactFile::prepare(artifact)?;
     let digest = shipgate_store::artifact::digest_file(file.path())
         .with_context(|| format!("hashing {}", artifact.display()))?;
@@ -191,8 +202,86 @@ pub async fn upload(
         commit: source.commit,
         commit_time,
         notes: source.notes,
+        image: None,
     };
     client.upload_release(app, &query, file.path()).await
+}
+
+/// Registers an image release: an `oci-archive:` is uploaded as it is, an `oci:` folder packed,
+/// a `docker-archive:` turned into an OCI layout by skopeo first; a registry's image is pulled
+/// by the server (with the credentials its config names), so nothing is uploaded.
+pub async fn upload_image(
+    client: &Client,
+    app: &str,
+    version: &str,
+    reference: &str,
+    source: Source,
+) -> anyhow::Result<CreatedRelease> {
+    use shipgate_core::image::ImageRef;
+    AppName::parse(app).map_err(|e| anyhow::anyhow!(e.0))?;
+    Version::parse(version).map_err(|e| anyhow::anyhow!(e.0))?;
+    let parsed = ImageRef::parse(reference).map_err(|e| anyhow::anyhow!("--image: {e}"))?;
+    let work = tempfile::tempdir().context("creating a temporary folder")?;
+    let body = match &parsed {
+        ImageRef::OciArchive { path, .. } => {
+            anyhow::ensure!(
+                path.is_file(),
+                "--image: {} is not a file (an oci-archive is a tar of an OCI layout)",
+                path.display()
+            );
+            path.clone()
+        }
+        ImageRef::OciDir { path, .. } => {
+            anyhow::ensure!(
+                path.join("index.json").is_file(),
+                "--image: {} is not an OCI layout (it has no index.json)",
+                path.display()
+            );
+            let tar = work.path().join("layout.tar");
+            shipgate_store::artifact::pack_layout(path, &tar)
+                .with_context(|| format!("packing {}", path.display()))?;
+            tar
+        }
+        ImageRef::DockerArchive { path, name } => {
+            let layout = work.path().join("layout");
+            let from = match name {
+                Some(n) => format!("docker-archive:{}:{n}", path.display()),
+                None => format!("docker-archive:{}", path.display()),
+            };
+            let out = std::process::Command::new("skopeo")
+                .args(["copy", "--quiet", &from])
+                .arg(format!("oci:{}:image", layout.display()))
+                .stdin(std::process::Stdio::null())
+                .output()
+                .context("running skopeo to read the docker archive (apt-get install -y skopeo)")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "--image: skopeo could not read {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            let tar = work.path().join("layout.tar");
+            shipgate_store::artifact::pack_layout(&layout, &tar)
+                .with_context(|| format!("packing {}", layout.display()))?;
+            tar
+        }
+        ImageRef::Registry { .. } => {
+            let empty = work.path().join("empty");
+            std::fs::write(&empty, b"").context("writing an empty body")?;
+            empty
+        }
+    };
+    let digest = shipgate_store::artifact::digest_file(&body)
+        .with_context(|| format!("hashing {}", body.display()))?;
+    let query = ReleaseQuery {
+        version: version.to_owned(),
+        digest: digest.to_string(),
+        commit: source.commit,
+        commit_time: checked_commit_time(source.commit_time.as_deref())?,
+        notes: source.notes,
+        image: Some(reference.to_owned()),
+    };
+    client.upload_release(app, &query, &body).await
 }
 
 pub(super) async fn release_create(
@@ -200,7 +289,7 @@ pub(super) async fn release_create(
     out: Printer,
     app: &str,
     version: &str,
-    artifact: &Path,
+    from: &From,
     source: Source,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(g)?;
@@ -208,7 +297,10 @@ pub(super) async fn release_create(
     if let Some(unknown) = unknown {
         out.warn(&unknown.warning());
     }
-    let answer = upload(&client, app, version, artifact, source).await?;
+    let answer = match from {
+        From::Artifact(artifact) => upload(&client, app, version, artifact, source).await?,
+        From::Image(reference) => upload_image(&client, app, version, reference, source).await?,
+    };
     out.print(&answer, |a| {
         let r = &a.release;
         if a.created {

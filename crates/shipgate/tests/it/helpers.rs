@@ -258,6 +258,8 @@ pub struct TestServer {
     pub config: PathBuf,
     config_text: String,
     child: Option<Child>,
+    /// Variables the server process is started with, beside the test's own.
+    env: Vec<(String, String)>,
 }
 
 /// Root is needed to switch users and make namespaces and cgroups. Without it the test cannot
@@ -315,6 +317,17 @@ pub fn spawn_server(config_toml: &str) -> TestServer {
     spawn_server_after(config_toml, |_| {})
 }
 
+/// [`spawn_server`] with variables `env` in the server's environment.
+pub fn spawn_server_with_env(config_toml: &str, env: &[(&str, &str)]) -> TestServer {
+    let mut server = TestServer::unstarted(config_toml);
+    server.env = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    server.start();
+    server
+}
+
 /// [`spawn_server`], running `before` with the temp dir (config written, server not started).
 pub fn spawn_server_after(config_toml: &str, before: impl FnOnce(&Path)) -> TestServer {
     let mut server = TestServer::unstarted(config_toml);
@@ -357,6 +370,7 @@ impl TestServer {
             config,
             config_text: config_toml.to_owned(),
             child: None,
+            env: Vec::new(),
         }
     }
 
@@ -382,6 +396,7 @@ impl TestServer {
             .open(self.dir.path().join("server.log"))
             .unwrap();
         let child = command(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["server", "-c"])
             .arg(&self.config)
             .stdin(Stdio::null())

@@ -1,0 +1,368 @@
+//! Image releases (issue 31): OCI images built here with umoci from busybox-static, FROM
+//! scratch, registered from a layout folder, an archive and a registry, promoted through four
+//! environments and run by runc: the image's userland, read-only, not root, its data kept.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::helpers::{
+    TestServer, free_port, root_or_skip, spawn_server, spawn_server_with_env, wait_for,
+};
+
+/// The start script: busybox's httpd on `$PORT`, ended cleanly by SIGTERM (as pid 1 it would
+/// ignore it otherwise).
+const START: &str = "#!/bin/sh\n\
+    busybox httpd -f -p 127.0.0.1:$PORT -h /www &\n\
+    pid=$!\n\
+    trap 'kill $pid; exit 0' TERM\n\
+    wait $pid\n";
+
+/// What the app says of where it runs, from inside (a CGI script of httpd).
+const INFO: &str = "#!/bin/sh\n\
+    echo 'Content-Type: text/plain'\n\
+    echo\n\
+    echo \"uid=$(busybox id -u)\"\n\
+    if [ -e /usr ]; then echo usr=present; else echo usr=absent; fi\n\
+    if busybox touch /bin/written 2>/dev/null; then echo root=writable; else echo root=read-only; fi\n\
+    echo \"busybox=$(busybox --help | busybox head -n 1 | busybox cut -d' ' -f1)\"\n\
+    echo \"count=$(busybox cat $DATA_DIR/count 2>/dev/null || echo 0)\"\n\
+    echo \"$(( $(busybox cat $DATA_DIR/count 2>/dev/null || echo 0) + 1 ))\" > $DATA_DIR/count\n\
+    echo \"data_dir=$DATA_DIR\"\n\
+    echo \"greeting=$GREETING\"\n";
+
+/// Skips (never passes) where images cannot be built or run here.
+fn runnable(test: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    for tool in ["umoci", "runc", "skopeo"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            eprintln!("SKIPPED {test}: {tool} is not installed (apt-get install -y {tool})");
+            return false;
+        }
+    }
+    if !Path::new("/usr/bin/busybox").exists() {
+        eprintln!("SKIPPED {test}: busybox-static is not installed");
+        return false;
+    }
+    true
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn umoci(args: &[&str]) {
+    run(Command::new("umoci").args(args));
+}
+
+fn write_exec(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// An OCI layout at `dir/layout` holding `base` (busybox and the start script, one layer) and
+/// one image per version, each `base` plus a layer of its own with its page.
+pub fn build_images(dir: &Path, versions: &[&str]) -> PathBuf {
+    let layout = dir.join("layout");
+    let l = layout.to_str().unwrap();
+    umoci(&["init", "--layout", l]);
+    umoci(&["new", "--image", &format!("{l}:base")]);
+    let bundle = dir.join("bundle-base");
+    let b = bundle.to_str().unwrap();
+    umoci(&["unpack", "--image", &format!("{l}:base"), b]);
+    let root = bundle.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/usr/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    write_exec(&root.join("bin/start"), START);
+    for d in ["etc", "tmp", "data", "proc", "dev", "sys"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    umoci(&["repack", "--image", &format!("{l}:base"), b]);
+    umoci(&[
+        "config",
+        "--image",
+        &format!("{l}:base"),
+        "--config.entrypoint",
+        "/bin/start",
+        "--config.env",
+        "GREETING=from-the-image",
+        "--config.exposedports",
+        "8080/tcp",
+    ]);
+    for v in versions {
+        let bundle = dir.join(format!("bundle-{v}"));
+        let b = bundle.to_str().unwrap();
+        umoci(&["unpack", "--image", &format!("{l}:base"), b]);
+        let root = bundle.join("rootfs");
+        std::fs::create_dir_all(root.join("www")).unwrap();
+        std::fs::write(root.join("www/index.html"), format!("{v}\n")).unwrap();
+        std::fs::write(root.join("www/version"), format!("{v}\n")).unwrap();
+        write_exec(&root.join("www/cgi-bin/info"), INFO);
+        umoci(&["repack", "--image", &format!("{l}:{v}"), b]);
+    }
+    layout
+}
+
+fn config(extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"data\"\n\n\
+         [apps.web]\nhealth = \"/\"\n\n\
+         [environments.development]\nlisten = \"127.0.0.1:{}\"\n\n\
+         [environments.testing]\nafter = \"development\"\nlisten = \"127.0.0.1:{}\"\n\n\
+         [environments.staging]\nafter = \"testing\"\nlisten = \"127.0.0.1:{}\"\n\
+         limits = {{ memory = \"64MiB\", pids = 64 }}\nvars.GREETING = \"from-staging\"\n\n\
+         [environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:{}\"\n{extra}",
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port()
+    )
+}
+
+/// What the instance's `/cgi-bin/info` says, as `key=value` lines.
+fn info(s: &TestServer, env: &str) -> std::collections::BTreeMap<String, String> {
+    let reply = s
+        .get(&format!("{}/cgi-bin/info", s.url(env)))
+        .unwrap_or_else(|| panic!("no answer from {env}"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply
+        .body
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn layers_stored(s: &TestServer) -> usize {
+    std::fs::read_dir(s.data_dir().join("layers/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_image_walks_four_environments_and_runs_its_own_userland_read_only_and_not_as_root() {
+    if !runnable("images") {
+        return;
+    }
+    let s = spawn_server(&config(""));
+    let layout = build_images(s.dir.path(), &["1.0.0", "1.1.0"]);
+    let l = layout.display();
+    let created = s.ok(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "1.0.0",
+        "--image",
+        &format!("oci:{l}:1.0.0"),
+    ]);
+    assert!(
+        created.contains("registered web@1.0.0 (sha256:"),
+        "{created}"
+    );
+    // The digest is the manifest's, as the layout names it.
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "1.0.0")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(created.contains(&manifest), "{created} names {manifest}");
+    let after_one = layers_stored(&s);
+
+    s.walk("1.0.0", "production");
+    for env in ["development", "testing", "staging", "production"] {
+        assert_eq!(s.version(env).as_deref(), Some("1.0.0"), "{env}");
+    }
+    let seen = info(&s, "staging");
+    assert_eq!(
+        seen["usr"], "absent",
+        "the host's /usr is not there: {seen:?}"
+    );
+    assert_eq!(seen["busybox"], "BusyBox", "{seen:?}");
+    assert_eq!(seen["root"], "read-only", "{seen:?}");
+    assert_ne!(seen["uid"], "0", "{seen:?}");
+    assert_eq!(seen["data_dir"], "/data", "{seen:?}");
+    // The environment's vars win over the image's Env; where none is set, the image's stays.
+    assert_eq!(seen["greeting"], "from-staging", "{seen:?}");
+    assert_eq!(info(&s, "production")["greeting"], "from-the-image");
+
+    // The second version shares the base layer: only its own layer (and its config and
+    // manifest) are new.
+    s.ok(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "1.1.0",
+        "--image",
+        &format!("oci:{l}:1.1.0"),
+    ]);
+    assert_eq!(
+        layers_stored(&s),
+        after_one + 3,
+        "one layer, one config and one manifest are new; the base layer is stored once"
+    );
+    // The same version with another image is refused, and nothing changes.
+    let again = s.refused(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "1.0.0",
+        "--image",
+        &format!("oci:{l}:1.1.0"),
+    ]);
+    assert!(again.contains("1.0.0"), "{again}");
+
+    // The data folder is kept across releases: the count goes on.
+    let before = info(&s, "staging")["count"].parse::<u32>().unwrap();
+    s.deploy("1.1.0", "development");
+    s.ok(&["promote", "web@1.1.0", "--to", "testing", "--wait"]);
+    s.ok(&["promote", "web@1.1.0", "--to", "staging", "--wait"]);
+    assert_eq!(s.version("staging").as_deref(), Some("1.1.0"));
+    let after = info(&s, "staging")["count"].parse::<u32>().unwrap();
+    assert_eq!(after, before + 1, "the data folder outlived the release");
+}
+
+#[test]
+fn an_image_archive_and_a_registry_with_basic_auth_give_the_same_digest_and_bad_images_are_refused()
+{
+    if !runnable("images") {
+        return;
+    }
+    let registry = Registry::start();
+    let s = spawn_server_with_env(
+        &config(&format!(
+            "\n[registries.\"{}\"]\nusername = \"ci\"\npassword_env = \"TEST_REGISTRY_PASSWORD\"\ninsecure = true\n",
+            registry.host
+        )),
+        &[("TEST_REGISTRY_PASSWORD", "s3cret")],
+    );
+    let layout = build_images(s.dir.path(), &["1.0.0"]);
+    let l = layout.display();
+    let archive = s.dir.path().join("web.tar");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{l}:1.0.0"))
+        .arg(format!("oci-archive:{}", archive.display())));
+    let from_archive = s.json(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "1.0.0",
+        "--image",
+        &format!("oci-archive:{}", archive.display()),
+    ]);
+    run(Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "ci:s3cret",
+        ])
+        .arg(format!("oci:{l}:1.0.0"))
+        .arg(format!("docker://{}/team/web:1.0.0", registry.host)));
+    let from_registry = s.json(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "2.0.0",
+        "--image",
+        &format!("{}/team/web:1.0.0", registry.host),
+    ]);
+    assert_eq!(
+        from_archive["release"]["digest"], from_registry["release"]["digest"],
+        "the same manifest from an archive and from a registry"
+    );
+    // Registered, the release never needs the registry again.
+    drop(registry);
+    s.deploy("2.0.0", "development");
+    // (The same image as 1.0.0: its page says 1.0.0.)
+    assert_eq!(info(&s, "development")["usr"], "absent");
+    // A registry that is not there is a clear error.
+    let down = s.refused(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "3.0.0",
+        "--image",
+        &format!("127.0.0.1:{}/team/web:1.0.0", free_port()),
+    ]);
+    assert!(down.contains("could not pull"), "{down}");
+}
+
+/// Debian's docker-registry on loopback with basic auth (htpasswd), stopped when dropped.
+struct Registry {
+    host: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let htpasswd = dir.path().join("htpasswd");
+        run(Command::new("htpasswd")
+            .args(["-Bbc"])
+            .arg(&htpasswd)
+            .args(["ci", "s3cret"]));
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                dir.path().join("storage").display(),
+                htpasswd.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let host = format!("127.0.0.1:{port}");
+        wait_for("the registry to answer", || {
+            std::net::TcpStream::connect(&host).is_ok()
+        });
+        Registry {
+            host,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
