@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::helpers::{
-    TestServer, free_port, root_or_skip, spawn_server, spawn_server_with_env, wait_for,
+    TestServer, free_port, load, load_ended_without_failures, root_or_skip, spawn_server,
+    spawn_server_with_env, wait_for,
 };
 
 /// The start script: busybox's httpd on `$PORT`, ended cleanly by SIGTERM (as pid 1 it would
@@ -365,4 +366,158 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[test]
+fn image_releases_switch_and_roll_back_without_a_failed_request() {
+    if !runnable("images") {
+        return;
+    }
+    let s = spawn_server(&config(""));
+    let layout = build_images(s.dir.path(), &["1.0.0", "1.1.0"]);
+    for v in ["1.0.0", "1.1.0"] {
+        s.ok(&[
+            "release",
+            "create",
+            "web",
+            "--version",
+            v,
+            "--image",
+            &format!("oci:{}:{v}", layout.display()),
+        ]);
+    }
+    s.deploy("1.0.0", "development");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = load(format!("{}/version", s.url("development")), stop.clone());
+    wait_for("load on 1.0.0", || s.version("development").is_some());
+    // Long enough around the changes for the load to be a real one (not a timing check).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    s.deploy("1.1.0", "development");
+    assert_eq!(s.version("development").as_deref(), Some("1.1.0"));
+    let started = std::time::Instant::now();
+    s.ok(&["rollback", "web", "--env", "development", "--wait"]);
+    let took = started.elapsed();
+    assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let answered = load_ended_without_failures(
+        &stop,
+        traffic,
+        "an image switched and rolled back under load",
+    );
+    eprintln!(
+        "image rollback to the warm standby: {} ms for `shipgate rollback --wait` ({answered} requests, 0 failed)",
+        took.as_millis()
+    );
+}
+
+/// A layout of `dir` whose image 1.0.0 is then broken by `spoil` (given the layout and its
+/// manifest's JSON, as a file path); the release it would make is refused and nothing is kept.
+fn refused_image(s: &TestServer, name: &str, spoil: impl FnOnce(&Path, &Path)) -> String {
+    let dir = s.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let layout = build_images(&dir, &["1.0.0"]);
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "1.0.0")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    spoil(&layout, &layout.join("blobs/sha256").join(manifest));
+    let before = layers_stored(s);
+    let said = s.refused(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "9.9.9",
+        "--image",
+        &format!("oci:{}:1.0.0", layout.display()),
+    ]);
+    assert!(
+        s.json(&["release", "list"]).as_array().unwrap().is_empty(),
+        "{name}: no release is recorded"
+    );
+    assert!(
+        layers_stored(s) <= before + 2,
+        "{name}: at most the verified layers that came before the fault are kept"
+    );
+    said
+}
+
+#[test]
+fn a_damaged_image_another_platform_or_a_huge_manifest_is_refused_with_nothing_recorded() {
+    if !runnable("images") {
+        return;
+    }
+    let s = spawn_server(&config(""));
+    // A layer whose bytes are not those of its digest.
+    let damaged = refused_image(&s, "damaged", |layout, manifest| {
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+        let layer = m["layers"][1]["digest"].as_str().unwrap();
+        let path = layout
+            .join("blobs/sha256")
+            .join(layer.trim_start_matches("sha256:"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(path, bytes).unwrap();
+    });
+    assert!(damaged.contains("copy it again"), "{damaged}");
+    // An image for another platform: its config says s390x (the manifest is rewritten to
+    // point at the changed config, so only the platform is wrong).
+    let foreign = refused_image(&s, "foreign", |layout, manifest| {
+        let mut m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+        let blobs = layout.join("blobs/sha256");
+        let config_digest = m["config"]["digest"].as_str().unwrap().to_owned();
+        let config_path = blobs.join(config_digest.trim_start_matches("sha256:"));
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+        c["architecture"] = "s390x".into();
+        let bytes = serde_json::to_vec(&c).unwrap();
+        let hex = sha256_hex(&bytes);
+        std::fs::write(blobs.join(&hex), &bytes).unwrap();
+        m["config"]["digest"] = format!("sha256:{hex}").into();
+        m["config"]["size"] = bytes.len().into();
+        rewrite_manifest(layout, manifest, &m);
+    });
+    assert!(foreign.contains("s390x"), "{foreign}");
+    // A manifest of 5 MiB.
+    let huge = refused_image(&s, "huge", |layout, manifest| {
+        let mut m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+        m["annotations"] = serde_json::json!({"padding": "x".repeat(5 << 20)});
+        rewrite_manifest(layout, manifest, &m);
+    });
+    assert!(huge.contains("MiB"), "{huge}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Writes manifest `m` as a new blob and points the layout's index at it (tag 1.0.0).
+fn rewrite_manifest(layout: &Path, old: &Path, m: &serde_json::Value) {
+    let bytes = serde_json::to_vec(m).unwrap();
+    let hex = sha256_hex(&bytes);
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).unwrap();
+    let old_hex = old.file_name().unwrap().to_str().unwrap();
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    for d in index["manifests"].as_array_mut().unwrap() {
+        if d["digest"] == format!("sha256:{old_hex}") {
+            d["digest"] = format!("sha256:{hex}").into();
+            d["size"] = bytes.len().into();
+        }
+    }
+    std::fs::write(index_path, serde_json::to_vec(&index).unwrap()).unwrap();
 }
