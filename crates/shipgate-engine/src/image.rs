@@ -63,10 +63,14 @@ impl Engine {
         };
         let limits = UnpackLimits::of(&self.config().server);
         let artifacts = self.artifacts.clone();
+        // Unpacked now, so a layer that cannot be (a whiteout out of the root, a device) is
+        // refused before the release exists, and its first start does not wait for it.
         let image = tokio::task::spawn_blocking(move || {
             let imported = artifacts.import_layout(&layout, name.as_deref(), limits);
             drop(work);
-            imported
+            let imported = imported?;
+            artifacts.unpack_image(&imported, limits)?;
+            Ok::<_, ArtifactError>(imported)
         })
         .await
         .map_err(|e| ArtifactError::Unreadable(format!("reading the image failed: {e}")))??;

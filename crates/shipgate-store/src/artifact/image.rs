@@ -127,6 +127,19 @@ pub enum ImageRefusal {
         /// The digest as written.
         digest: String,
     },
+    /// A blob sent to this store by digest (a host's agent receiving it from its server) whose
+    /// bytes hash to another digest.
+    #[error(
+        "blob {digest} was damaged in transit: the {size} bytes received hash to {actual}; it was refused and nothing was kept (the server sends it again at the next start)"
+    )]
+    DamagedInTransit {
+        /// The digest it was sent as.
+        digest: Digest,
+        /// The digest of what arrived.
+        actual: Digest,
+        /// How many bytes arrived.
+        size: u64,
+    },
     /// A layer compressed with zstd.
     #[error(
         "layer {digest} is compressed with zstd, which shipgate does not unpack: copy the image with gzip layers (`skopeo copy --dest-compress-format gzip`)"
@@ -180,6 +193,8 @@ pub struct ImportedImage {
     pub config: ImageConfig,
     /// The digest of the image config's bytes.
     pub config_digest: Digest,
+    /// How many bytes the image config has.
+    pub config_size: u64,
     /// The layers, lowest first.
     pub layers: Vec<Descriptor>,
     /// The layers' sizes together (compressed, as kept).

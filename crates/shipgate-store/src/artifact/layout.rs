@@ -395,6 +395,7 @@ impl ArtifactStore {
         Ok(ImportedImage {
             digest: image.digest,
             manifest: image.manifest_bytes,
+            config_size: image.config_bytes.len() as u64,
             config: image.config,
             config_digest: image.config_digest,
             layers: image.manifest.layers,
@@ -434,6 +435,7 @@ impl ArtifactStore {
         Ok(Some(ImportedImage {
             digest: digest.clone(),
             manifest: manifest_bytes,
+            config_size: config_bytes.len() as u64,
             config,
             config_digest,
             layers: manifest.layers,
@@ -444,7 +446,7 @@ impl ArtifactStore {
 
     /// Whether the store holds the blob of `digest` whole: `size` bytes hashing to it. A kept
     /// blob that no longer does is warned about, and replaced by the caller.
-    fn holds_whole(&self, digest: &Digest, size: u64) -> Result<bool, ArtifactError> {
+    pub(super) fn holds_whole(&self, digest: &Digest, size: u64) -> Result<bool, ArtifactError> {
         let path = self.layer_path(digest);
         match fs::symlink_metadata(&path) {
             Ok(m) if m.is_file() && m.len() == size => {}
@@ -514,7 +516,7 @@ impl ArtifactStore {
         self.keep_blob(temp, digest)
     }
 
-    fn blob_temp(&self) -> Result<tempfile::NamedTempFile, ArtifactError> {
+    pub(super) fn blob_temp(&self) -> Result<tempfile::NamedTempFile, ArtifactError> {
         tempfile::Builder::new()
             .prefix("blob-")
             .tempfile_in(self.root.join("tmp"))
@@ -522,7 +524,7 @@ impl ArtifactStore {
     }
 
     /// Moves a verified blob into its place, read-only.
-    fn keep_blob(
+    pub(super) fn keep_blob(
         &self,
         temp: tempfile::NamedTempFile,
         digest: &Digest,

@@ -521,3 +521,74 @@ fn rewrite_manifest(layout: &Path, old: &Path, m: &serde_json::Value) {
     }
     std::fs::write(index_path, serde_json::to_vec(&index).unwrap()).unwrap();
 }
+
+/// A gzip'd layer tar holding `entries`: (path, a symlink's target or a file's text).
+fn layer(entries: &[(&str, Result<&str, &str>)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (path, what) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o755);
+        match what {
+            Ok(text) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(text.len() as u64);
+                tar.append_data(&mut h, path, text.as_bytes()).unwrap();
+            }
+            Err(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                tar.append_link(&mut h, path, target).unwrap();
+            }
+        }
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn a_whiteout_that_escapes_the_rootfs_is_refused_when_the_release_is_made() {
+    if !runnable("images") {
+        return;
+    }
+    let s = spawn_server(&config(""));
+    let layout = s.dir.path().join("escape");
+    let run = shipgate_store::RunConfigJson {
+        cmd: Some(vec!["/bin/start".into()]),
+        ..Default::default()
+    };
+    shipgate_store::write_layout(
+        &layout,
+        None,
+        &[
+            layer(&[("bin/start", Ok("#!/bin/sh\n")), ("up", Err("/"))]),
+            // Removes the host's /etc, if it were followed.
+            layer(&[("up/.wh.etc", Ok(""))]),
+        ],
+        run,
+        "1.0.0",
+    )
+    .unwrap();
+    let said = s.refused(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "1.0.0",
+        "--image",
+        &format!("oci:{}:1.0.0", layout.display()),
+    ]);
+    assert!(
+        said.contains("escapes the rootfs") || said.contains("through the link"),
+        "{said}"
+    );
+    eprintln!("{said}");
+    assert!(Path::new("/etc/passwd").exists());
+    assert!(
+        s.json(&["release", "list"]).as_array().unwrap().is_empty(),
+        "no release is recorded"
+    );
+    let releases = std::fs::read_dir(s.data_dir().join("releases"))
+        .unwrap()
+        .count();
+    assert_eq!(releases, 0, "no rootfs is left");
+}
