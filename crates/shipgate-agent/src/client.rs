@@ -264,10 +264,12 @@ impl AgentClient {
 }
 
 /// The operations that carry no command id and are not remembered: those that only read or
-/// wait, and the release upload, which is keyed by its digest (and whose answer to a dropped
-/// upload is a failure, not to be repeated).
-const READS: [&str; 10] = [
+/// wait, and the release and blob uploads, which are keyed by their digest (and whose answer to
+/// a dropped upload is a failure, not to be repeated).
+const READS: [&str; 12] = [
     "/v1/release",
+    "/v1/blob",
+    "/v1/lacks_blobs",
     "/v1/hello",
     "/v1/events",
     "/v1/status",

@@ -25,7 +25,7 @@ pub use client::AgentClient;
 pub use link::Hosts;
 pub use placement::{EnvPlacement, Placement, SharedKeep};
 pub use protocol::{AGENT_SOCKET, Hello, LogChunk, LogFrom};
-pub use serve::{AGENT_MARKER, Agent, STARTS_FILE, serve};
+pub use serve::{AGENT_MARKER, Agent, BLOBS_FILE, STARTS_FILE, serve};
 
 pub use shipgate_deploy::Driver;
 

@@ -36,6 +36,7 @@ use crate::link::Hosts;
 use crate::protocol::{HasRelease, Hello, LogChunk, LogFrom};
 
 mod canary;
+mod image;
 
 /// How an environment is spread over hosts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +113,8 @@ pub struct Placement {
     ended_away: Mutex<HashMap<String, std::collections::BTreeSet<(String, String)>>>,
     /// One reconciliation of a host at a time.
     reconciling: tokio::sync::Mutex<()>,
+    /// One sending of image blobs to each host at a time, by host.
+    sending: BTreeMap<String, tokio::sync::Mutex<()>>,
     /// One write of `placement.json` at a time, snapshot to rename.
     saving: Mutex<()>,
     shared: Option<Box<dyn Fn(Vec<u8>) + Send + Sync>>,
@@ -132,6 +135,16 @@ fn on_host(host: &str, e: impl std::fmt::Display) -> DriverError {
 fn rebase(path: &Path, from: &Path, to: &Path) -> PathBuf {
     path.strip_prefix(from)
         .map_or_else(|_| path.to_path_buf(), |rest| to.join(rest))
+}
+
+/// The digest of the release unpacked in `release_dir` (its folder is named by it).
+fn release_digest(release_dir: &Path) -> Result<shipgate_core::Digest, String> {
+    let hex = release_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("the release directory has no name")?;
+    shipgate_core::Digest::parse(&format!("sha256:{hex}"))
+        .map_err(|e| format!("the release directory's digest: {e:?}"))
 }
 
 fn rebase_text(text: &str, from: &Path, to: &Path) -> String {
@@ -185,6 +198,10 @@ impl Placement {
             },
         };
         let (events, _) = broadcast::channel(256);
+        let sending = clients
+            .keys()
+            .map(|h| (h.clone(), tokio::sync::Mutex::new(())))
+            .collect();
         let placement = Arc::new(Placement {
             local,
             hosts,
@@ -198,6 +215,7 @@ impl Placement {
             canaries: Mutex::default(),
             ended_away: Mutex::default(),
             reconciling: tokio::sync::Mutex::new(()),
+            sending,
             saving: Mutex::new(()),
             shared: save_shared,
             trusted,
@@ -533,12 +551,8 @@ impl Placement {
         client: &AgentClient,
         release_dir: &Path,
     ) -> Result<PathBuf, String> {
-        let hex = release_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or("the release directory has no name")?;
-        let digest = shipgate_core::Digest::parse(&format!("sha256:{hex}"))
-            .map_err(|e| format!("the release directory's digest: {e:?}"))?;
+        let digest = release_digest(release_dir)?;
+        let hex = digest.hex();
         let has: Option<PathBuf> = client
             .call(
                 "/v1/has_release",
@@ -571,7 +585,15 @@ impl Placement {
         let hello = client.hello().await?;
         let there = hello.data_dir;
         let mut req = req;
-        req.release_dir = self.ensure_release(client, &req.release_dir).await?;
+        match req.image.as_mut() {
+            Some(run) => {
+                let digest = release_digest(&req.release_dir)?;
+                let image = self.ensure_image(host, client, &digest).await?;
+                image::on_host_paths(run, &image, &self.data_dir, &there);
+                req.release_dir = image.release_dir;
+            }
+            None => req.release_dir = self.ensure_release(client, &req.release_dir).await?,
+        }
         req.log_path = rebase(&req.log_path, &self.data_dir, &there);
         if let Some(s) = req.sandbox.as_mut() {
             s.data_dir = rebase(&s.data_dir, &self.data_dir, &there);

@@ -31,6 +31,35 @@ pub(crate) struct HasRelease {
     pub digest: shipgate_core::Digest,
 }
 
+/// `POST /v1/lacks_blobs`: which of an image's blobs (manifest, config, layers) the host does
+/// not hold with their size; answered with those, in the order asked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct LacksBlobs {
+    pub blobs: Vec<shipgate_store::artifact::Blob>,
+}
+
+/// The answer to `POST /v1/blob` (its body the blob's bytes, its digest in the digest header):
+/// the blob as received, and whether it was new to the host.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct BlobReceived {
+    pub blob: shipgate_store::artifact::Blob,
+    pub receipt: shipgate_store::artifact::BlobReceipt,
+}
+
+/// `POST /v1/image_rootfs`: the host's rootfs of an image whose blobs it holds, unpacked now
+/// if it is not yet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ImageRootfs {
+    pub digest: shipgate_core::Digest,
+}
+
+/// The answer to `/v1/image_rootfs`: the image release's directory on the host, and its rootfs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct HostImage {
+    pub release_dir: std::path::PathBuf,
+    pub rootfs: std::path::PathBuf,
+}
+
 /// `POST /v1/logs`: a log read with a cursor.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LogFrom {

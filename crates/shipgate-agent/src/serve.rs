@@ -14,8 +14,8 @@ use shipgate_deploy::{Driver, DriverEvent, InstanceId, RouterSpec, StartInstance
 use tokio::sync::Notify;
 
 use crate::protocol::{
-    Drain, Env, Events, EventsAfter, Failed, Grace, HasRelease, Hello, LogChunk, LogFrom,
-    SetCanary, SetFront, Slot, Switch,
+    BlobReceived, Drain, Env, Events, EventsAfter, Failed, Grace, HasRelease, Hello, HostImage,
+    ImageRootfs, LacksBlobs, LogChunk, LogFrom, SetCanary, SetFront, Slot, Switch,
 };
 
 /// The header that carries the id the server chose for a command.
@@ -37,7 +37,8 @@ struct Answer {
     body: bytes::Bytes,
 }
 
-/// The header that names the digest of a release sent to `/v1/release`.
+/// The header that names the digest of a release sent to `/v1/release`, or of a blob sent to
+/// `/v1/blob`.
 pub(crate) const DIGEST_HEADER: &str = "x-shipgate-digest";
 /// The environment variable that marks every instance with the data dir of its agent, so that
 /// an agent started after a `kill -9` of the last one finds what it left running.
@@ -189,6 +190,12 @@ pub(crate) fn routes(agent: Arc<Agent>) -> Router {
             "/v1/release",
             post(receive_release).layer(axum::extract::DefaultBodyLimit::disable()),
         )
+        .route("/v1/lacks_blobs", post(lacks_blobs))
+        .route(
+            "/v1/blob",
+            post(receive_blob).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/v1/image_rootfs", post(image_rootfs))
         .route("/v1/logs", post(logs))
         .route("/v1/set_front", post(set_front))
         .layer(axum::middleware::from_fn_with_state(
@@ -385,19 +392,39 @@ async fn start(State(agent): AgentState, Json(mut req): Json<StartInstance>) -> 
     }
 }
 
+/// The agent's own record of every image blob it was sent, one JSON line each (its digest,
+/// size, whether it was new here, when), so that anyone can check that a host is sent each
+/// layer once.
+pub const BLOBS_FILE: &str = "blobs.jsonl";
+
 impl Agent {
     fn record_start(&self, id: &shipgate_core::InstanceId) {
-        use std::io::Write;
         let line = serde_json::json!({ "instance_id": id, "at": jiff::Timestamp::now() });
+        self.append_record(STARTS_FILE, &line);
+    }
+
+    fn record_blob(&self, received: &BlobReceived) {
+        let line = serde_json::json!({
+            "digest": received.blob.digest,
+            "size": received.blob.size,
+            "receipt": received.receipt,
+            "at": jiff::Timestamp::now(),
+        });
+        self.append_record(BLOBS_FILE, &line);
+    }
+
+    /// Appends `line` to the record `file` of the data dir (0600).
+    fn append_record(&self, file: &str, line: &serde_json::Value) {
+        use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
-            .open(self.data_dir.join(STARTS_FILE))
+            .open(self.data_dir.join(file))
             .and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = written {
-            tracing::warn!("could not record a start in {STARTS_FILE}: {e}");
+            tracing::warn!("could not record {line} in {file}: {e}");
         }
     }
 
@@ -461,6 +488,98 @@ async fn receive_release(
     match received.await {
         Ok(dir) => Json(dir).into_response(),
         Err(e) => failed(e),
+    }
+}
+
+/// Which of the blobs asked about this host lacks.
+async fn lacks_blobs(State(agent): AgentState, Json(q): Json<LacksBlobs>) -> Response {
+    match agent.artifacts() {
+        Ok(artifacts) => Json(artifacts.lacking(&q.blobs)).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// One blob of an image sent by the server, named by the digest header: written to `tmp/`
+/// while it is hashed, and kept in `layers/sha256` only if its bytes are that digest's. A
+/// blob held already is answered as such (a repeat does no harm).
+async fn receive_blob(
+    State(agent): AgentState,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    use futures_util::StreamExt;
+    let digest = match headers
+        .get(DIGEST_HEADER)
+        .and_then(|d| d.to_str().ok())
+        .map(shipgate_core::Digest::parse)
+    {
+        Some(Ok(d)) => d,
+        _ => return failed(format!("a blob needs a valid {DIGEST_HEADER} header")),
+    };
+    let artifacts = match agent.artifacts() {
+        Ok(a) => a,
+        Err(e) => return failed(e),
+    };
+    let received = async {
+        let mut upload = artifacts.receive_blob(&digest).map_err(|e| e.to_string())?;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("receiving blob {digest}: {e}"))?;
+            upload.write(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        upload.finish().await.map_err(|e| e.to_string())
+    };
+    match received.await {
+        Ok((blob, receipt)) => {
+            let received = BlobReceived { blob, receipt };
+            agent.record_blob(&received);
+            Json(received).into_response()
+        }
+        Err(e) => {
+            tracing::warn!("{e}");
+            failed(e)
+        }
+    }
+}
+
+/// The rootfs of an image whose blobs this host holds, unpacked from them now if it is not yet
+/// (each layer checked against its digest again as it is read).
+async fn image_rootfs(State(agent): AgentState, Json(q): Json<ImageRootfs>) -> Response {
+    let artifacts = match agent.artifacts() {
+        Ok(a) => a.clone(),
+        Err(e) => return failed(e),
+    };
+    // The server asks only for an image it unpacked itself, under its configured limits, from
+    // these very blobs (checked by digest): the same rootfs cannot pass them here.
+    let limits = shipgate_store::artifact::UnpackLimits {
+        max_size: shipgate_core::ByteSize(u64::MAX / 2),
+        max_files: u64::MAX / 2,
+    };
+    let digest = q.digest.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let release_dir = artifacts.release_dir(&digest);
+        artifacts.image_rootfs(&digest, limits).map(|found| {
+            found.map(|(_, rootfs)| HostImage {
+                release_dir,
+                rootfs,
+            })
+        })
+    })
+    .await;
+    match built {
+        Ok(Ok(Some(image))) => Json(image).into_response(),
+        Ok(Ok(None)) => failed(format!(
+            "this host holds no image {}: its blobs are sent before its rootfs is asked for",
+            q.digest
+        )),
+        Ok(Err(e)) => failed(format!(
+            "unpacking the image {} on this host: {e}",
+            q.digest
+        )),
+        Err(e) => failed(format!(
+            "unpacking the image {} on this host failed: {e}",
+            q.digest
+        )),
     }
 }
 
@@ -595,6 +714,110 @@ mod tests {
             .await
             .unwrap()
             .status()
+    }
+
+    async fn post(
+        router: &Router,
+        path: &str,
+        digest: Option<&shipgate_core::Digest>,
+        body: Vec<u8>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = axum::http::Request::post(path).header(
+            axum::http::header::CONTENT_TYPE,
+            if digest.is_some() {
+                "application/octet-stream"
+            } else {
+                "application/json"
+            },
+        );
+        if let Some(d) = digest {
+            request = request.header(DIGEST_HEADER, d.to_string());
+        }
+        let answer = tower::ServiceExt::oneshot(
+            router.clone(),
+            request.body(axum::body::Body::from(body)).unwrap(),
+        )
+        .await
+        .unwrap();
+        let status = answer.status();
+        let bytes = axum::body::to_bytes(answer.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_blob_sent_with_wrong_bytes_is_refused_and_a_right_one_is_kept_once() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let driver: Arc<dyn shipgate_deploy::Driver> =
+            Arc::new(shipgate_deploy::ProcessDriver::new());
+        let router = routes(Agent::new(driver, dir.path()));
+        let layer = b"the bytes of a layer".to_vec();
+        let digest = shipgate_core::Digest::from_sha256(&sha2::Sha256::digest(&layer).into());
+        let blob = shipgate_store::artifact::Blob {
+            digest: digest.clone(),
+            size: layer.len() as u64,
+        };
+        let lacks = |router: Router| {
+            let asked =
+                serde_json::to_vec(&serde_json::json!({ "blobs": [blob.clone()] })).unwrap();
+            async move { post(&router, "/v1/lacks_blobs", None, asked).await }
+        };
+        assert_eq!(lacks(router.clone()).await.1.as_array().unwrap().len(), 1);
+
+        let mut damaged = layer.clone();
+        damaged[3] ^= 0xff;
+        let (status, said) = post(&router, "/v1/blob", Some(&digest), damaged).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{said}");
+        let error = said["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("blob {digest} was damaged in transit"))
+                && error.contains("nothing was kept"),
+            "{error}"
+        );
+        let layers = dir.path().join("layers/sha256");
+        assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 0);
+        assert!(
+            !dir.path().join(BLOBS_FILE).exists(),
+            "a refusal is no receipt"
+        );
+
+        let (status, said) = post(&router, "/v1/blob", Some(&digest), layer.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{said}");
+        assert_eq!(said["receipt"], "stored");
+        assert_eq!(
+            std::fs::read(layers.join(digest.hex())).unwrap(),
+            layer,
+            "kept by its digest"
+        );
+        assert!(lacks(router.clone()).await.1.as_array().unwrap().is_empty());
+        // Sent again (a repeat after a lost answer): held already, nothing changes.
+        let (status, said) = post(&router, "/v1/blob", Some(&digest), layer.clone()).await;
+        assert_eq!(
+            (status, said["receipt"].as_str()),
+            (StatusCode::OK, Some("already_held"))
+        );
+        let receipts = std::fs::read_to_string(dir.path().join(BLOBS_FILE)).unwrap();
+        assert_eq!(receipts.lines().count(), 2, "{receipts}");
+
+        // Without a digest, nothing is received.
+        let (status, said) = post(&router, "/v1/blob", None, layer).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{said}");
+        // A rootfs of an image the host holds nothing of is refused, saying why.
+        let unknown = shipgate_core::Digest::from_sha256(&sha2::Sha256::digest(b"no image").into());
+        let (status, said) = post(
+            &router,
+            "/v1/image_rootfs",
+            None,
+            serde_json::to_vec(&serde_json::json!({ "digest": unknown })).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{said}");
+        assert!(
+            said["error"].as_str().unwrap().contains("holds no image"),
+            "{said}"
+        );
     }
 
     #[tokio::test]

@@ -57,11 +57,15 @@ pub struct Observed {
     pub facts: BTreeMap<String, String>,
     /// Each declared flag's state there (`off`, `on (on)`, `rules: ...`), by key.
     pub flags: BTreeMap<String, String>,
+    /// For an image release: its manifest digest and how its config runs it (`digest`,
+    /// `platform`, `user`, `entrypoint`, `cmd`, `workdir`, `ports`, `env.NAME`), by key.
+    pub image: BTreeMap<String, String>,
 }
 
 /// The prefixes a `differs` entry may name.
-const FAMILIES: [&str; 10] = [
-    "release", "run", "health", "listen", "vars", "require", "verify", "facts", "settings", "flags",
+const FAMILIES: [&str; 11] = [
+    "release", "run", "health", "listen", "vars", "require", "verify", "facts", "settings",
+    "flags", "image",
 ];
 
 /// Checks a `differs` entry: a known item or family, optionally ending in `.*`.
@@ -190,6 +194,42 @@ fn settings(app: &AppConfig, env: &EnvironmentConfig, seen: &Observed) -> BTreeM
     for (k, v) in &seen.facts {
         put(&format!("facts.{k}"), v.clone());
     }
+    for (k, v) in &seen.image {
+        put(&format!("image.{k}"), v.clone());
+    }
+    out
+}
+
+/// What [`Observed::image`] holds for an image of manifest `digest` and `config`.
+pub fn image_items(digest: &str, config: &crate::image::ImageConfig) -> BTreeMap<String, String> {
+    let c = &config.config;
+    let list = |v: &Option<Vec<String>>| v.as_ref().map(|v| v.join(" "));
+    let mut out = BTreeMap::from([
+        ("digest".to_owned(), digest.to_owned()),
+        (
+            "platform".to_owned(),
+            format!("{}/{}", config.os, config.architecture),
+        ),
+    ]);
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            out.insert(k.to_owned(), v);
+        }
+    };
+    put("user", c.user.clone().filter(|u| !u.is_empty()));
+    put("entrypoint", list(&c.entrypoint));
+    put("cmd", list(&c.cmd));
+    put("workdir", c.working_dir.clone().filter(|w| !w.is_empty()));
+    put(
+        "ports",
+        c.exposed_ports
+            .as_ref()
+            .map(|p| p.keys().cloned().collect::<Vec<_>>().join(" ")),
+    );
+    for line in c.env.iter().flatten() {
+        let (k, v) = line.split_once('=').unwrap_or((line.as_str(), ""));
+        put(&format!("env.{k}"), Some(v.to_owned()));
+    }
     out
 }
 
@@ -220,13 +260,15 @@ pub fn compare(
                 (None, Some(_)) => ItemClass::OnlyInB,
                 _ => ItemClass::Unexpected,
             };
-            let secret = key.strip_prefix("vars.").is_some_and(|name| {
-                is_secret(
-                    name,
-                    &[va.map(String::as_str), vb.map(String::as_str)],
-                    &secrets,
-                )
-            });
+            let secret = (key.strip_prefix("vars."))
+                .or_else(|| key.strip_prefix("image.env."))
+                .is_some_and(|name| {
+                    is_secret(
+                        name,
+                        &[va.map(String::as_str), vb.map(String::as_str)],
+                        &secrets,
+                    )
+                });
             DiffItem {
                 key: key.clone(),
                 class,
@@ -275,6 +317,39 @@ mod tests {
     }
 
     #[test]
+    fn two_images_differ_by_digest_user_entrypoint_and_env_with_secrets_hidden() {
+        let c = config("", "");
+        let image =
+            |json: &str| -> crate::image::ImageConfig { serde_json::from_str(json).unwrap() };
+        let observed = |digest: &str, config: &str| Observed {
+            image: image_items(digest, &image(config)),
+            ..Observed::default()
+        };
+        let a = observed(
+            "sha256:aa",
+            r#"{"architecture": "amd64", "os": "linux", "config": {"User": "app",
+                "Entrypoint": ["/bin/web"], "Env": ["MODE=fast", "API_TOKEN=one"],
+                "ExposedPorts": {"8080/tcp": {}}}}"#,
+        );
+        let b = observed(
+            "sha256:bb",
+            r#"{"architecture": "amd64", "os": "linux", "config": {"User": "root",
+                "Entrypoint": ["/bin/web", "--debug"], "Env": ["MODE=fast", "API_TOKEN=two"],
+                "ExposedPorts": {"8080/tcp": {}}}}"#,
+        );
+        let items = diff(&c, &a, &b);
+        for key in ["image.digest", "image.user", "image.entrypoint"] {
+            assert_eq!(class_of(&items, key).class, ItemClass::Unexpected, "{key}");
+        }
+        for key in ["image.env.MODE", "image.ports", "image.platform"] {
+            assert_eq!(class_of(&items, key).class, ItemClass::Same, "{key}");
+        }
+        let token = class_of(&items, "image.env.API_TOKEN");
+        assert!(token.secret && token.a.is_none() && token.b.is_none());
+        assert_eq!(token.class, ItemClass::Unexpected);
+    }
+
+    #[test]
     fn each_kind_of_item_is_classed() {
         let c = config(
             "mirrors = \"production\"\ndiffers = [\"listen\", \"vars.LOG_LEVEL\", \"require.*\"]\nvars = { LOG_LEVEL = \"debug\", REGION = \"eu\", ONLY_STAGING = \"1\" }",
@@ -285,11 +360,13 @@ mod tests {
             live: Some((Version::parse("1.1.0").unwrap(), digest.clone())),
             facts: BTreeMap::from([("runtime".to_owned(), "Python 3.11.7".to_owned())]),
             flags: BTreeMap::new(),
+            image: BTreeMap::new(),
         };
         let b = Observed {
             live: Some((Version::parse("1.1.0").unwrap(), digest)),
             facts: BTreeMap::from([("runtime".to_owned(), "Python 3.9.2".to_owned())]),
             flags: BTreeMap::new(),
+            image: BTreeMap::new(),
         };
         let items = diff(&c, &a, &b);
         assert_eq!(class_of(&items, "release.version").class, ItemClass::Same);

@@ -100,10 +100,22 @@ impl Engine {
             .filter(|(_, (owner, _, _))| owner == app)
             .map(|(key, (_, _, state))| (key, state.to_string()))
             .collect();
+        let image = match &live {
+            Some(l) => self
+                .artifacts
+                .image_record(&l.digest)
+                .ok()
+                .flatten()
+                .and_then(|r| r.image_config().ok())
+                .map(|c| shipgate_core::parity::image_items(l.digest.as_str(), &c))
+                .unwrap_or_default(),
+            None => BTreeMap::new(),
+        };
         Ok(Observed {
             live: live.map(|l| (l.version, l.digest)),
             facts,
             flags,
+            image,
         })
     }
 }

@@ -22,9 +22,11 @@ pub use pull::{PULLED, pulled_layout};
 pub use archive::{MAX_DEPTH, check_archive};
 use archive::{normalized, open_archive};
 
+mod blob;
 mod image;
 mod layout;
 mod rootfs;
+pub use blob::{Blob, BlobReceipt, BlobUpload};
 pub use image::{ImageRecord, ImageRefusal, ImportedImage, LayerRecord};
 pub use layout::{MAX_METADATA, RunConfigJson, write_layout};
 
@@ -242,6 +244,14 @@ impl ArtifactStore {
         Ok(Self {
             root: data_dir.to_owned(),
         })
+    }
+
+    /// The store in `data_dir` as another [`ArtifactStore::open`] keeps it, for reading what it
+    /// holds (an image's blobs, to send them to a host): nothing is made or emptied.
+    pub fn reader(data_dir: &Path) -> Self {
+        Self {
+            root: data_dir.to_owned(),
+        }
     }
 
     /// The unpacked, read-only directory of an artifact.

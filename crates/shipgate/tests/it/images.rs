@@ -242,6 +242,24 @@ fn an_image_walks_four_environments_and_runs_its_own_userland_read_only_and_not_
     assert_eq!(s.version("staging").as_deref(), Some("1.1.0"));
     let after = info(&s, "staging")["count"].parse::<u32>().unwrap();
     assert_eq!(after, before + 1, "the data folder outlived the release");
+
+    // Parity sees the images: staging runs 1.1.0's, production 1.0.0's; their configs match.
+    // (It exits 1: the digests differ.)
+    let out = s.cli(&["diff", "web", "staging", "production", "--output", "json"]);
+    let diff: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let item = |key: &str| {
+        diff["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {key} in {diff}"))
+    };
+    assert_eq!(item("image.digest")["class"], "unexpected", "{diff}");
+    assert_eq!(item("image.entrypoint")["class"], "same", "{diff}");
+    assert_eq!(item("image.entrypoint")["a"], "/bin/start", "{diff}");
+    assert_eq!(item("image.env.GREETING")["class"], "same", "{diff}");
 }
 
 #[test]
