@@ -18,6 +18,47 @@ pub struct CreatedRelease {
     pub created: bool,
 }
 
+/// `GET /api/v1/apps/{app}/releases/{version}`: a release and, for an image, what it holds.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseDetail {
+    /// The release on record.
+    pub release: Release,
+    /// Its image, for an image release.
+    pub image: Option<ImageSummary>,
+}
+
+/// An image release's image, as `release show` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageSummary {
+    /// `os/architecture`.
+    pub platform: String,
+    /// The image config's digest.
+    pub config_digest: String,
+    /// The layers, lowest first.
+    pub layers: Vec<ImageLayer>,
+    /// The layers' sizes together, in bytes (as stored: compressed).
+    pub size: u64,
+    /// The user it names (empty: root, which shipgate never runs it as).
+    pub user: String,
+    /// What it runs: Entrypoint then Cmd.
+    pub command: Vec<String>,
+    /// Where it starts.
+    pub workdir: String,
+    /// The ports it says it listens on (`8080/tcp`).
+    pub exposed_ports: Vec<String>,
+}
+
+/// One layer of an image.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageLayer {
+    /// `sha256:` and 64 hex digits.
+    pub digest: String,
+    /// Bytes as stored.
+    pub size: u64,
+    /// Its media type.
+    pub media_type: String,
+}
+
 /// `POST /api/v1/approvals`: the decision and the promotion it is about.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DecisionRecorded {

@@ -98,6 +98,57 @@ impl Engine {
         Ok(self.store.insert_release(new, actor).await?)
     }
 
+    /// `release show`: the release and, for an image, its layers and how it runs.
+    pub async fn release_detail(
+        &self,
+        release: &ReleaseRef,
+    ) -> Result<shipgate_api::answers::ReleaseDetail, EngineError> {
+        use shipgate_api::answers::{ImageLayer, ImageSummary, ReleaseDetail};
+        let found = self.registered(release).await?;
+        let image = self.artifacts.image_record(&found.digest)?;
+        let image = match image {
+            None => None,
+            Some(r) => {
+                let config = r
+                    .image_config()
+                    .map_err(|e| ArtifactError::Unreadable(format!("its image config: {e}")))?;
+                let c = &config.config;
+                Some(ImageSummary {
+                    platform: format!("{}/{}", config.os, config.architecture),
+                    config_digest: r.config_digest.to_string(),
+                    layers: r
+                        .layers
+                        .iter()
+                        .map(|l| ImageLayer {
+                            digest: l.digest.to_string(),
+                            size: l.size,
+                            media_type: l.media_type.clone(),
+                        })
+                        .collect(),
+                    size: r.size,
+                    user: c.user.clone().unwrap_or_default(),
+                    command: c
+                        .entrypoint
+                        .iter()
+                        .flatten()
+                        .chain(c.cmd.iter().flatten())
+                        .cloned()
+                        .collect(),
+                    workdir: c.working_dir.clone().unwrap_or_default(),
+                    exposed_ports: c
+                        .exposed_ports
+                        .as_ref()
+                        .map(|p| p.keys().cloned().collect())
+                        .unwrap_or_default(),
+                })
+            }
+        };
+        Ok(ReleaseDetail {
+            release: found,
+            image,
+        })
+    }
+
     /// How instance `id` of release `digest` of `app` in `env` runs if the release is an image:
     /// its root unpacked from the stored layers (once, shared by its instances), a bundle of its
     /// own. None for a directory release.

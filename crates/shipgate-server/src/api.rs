@@ -51,6 +51,7 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     endpoints![
         POST "/apps/{app}/releases" => create_release,
         GET "/releases" => list_releases,
+        GET "/apps/{app}/releases/{version}" => show_release,
         POST "/promotions" => promote,
         GET "/promotions/{id}" => promotion,
         POST "/rollbacks" => rollback,
@@ -336,6 +337,22 @@ fn refused_for_size(mut rest: BodyDataStream, e: ArtifactError) -> Problem {
         let _ = tokio::time::timeout(LINGER, drain).await;
     });
     e.into()
+}
+
+async fn show_release(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((app, version)): ApiPath<(String, String)>,
+) -> ApiResult<Json<shipgate_api::answers::ReleaseDetail>> {
+    caller.allow(Action::Read, None)?;
+    let app = configured_app(&state, &app)?;
+    let version = parse("version", &version, Version::parse)?;
+    Ok(Json(
+        state
+            .engine
+            .release_detail(&ReleaseRef { app, version })
+            .await?,
+    ))
 }
 
 async fn list_releases(

@@ -5,7 +5,7 @@
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
     DecisionRecorded, DoraView, FlagPromotion, FlagView, GcReport, Joined, LogChunk, NotifyView,
-    OnDemandView, Problem, ProxyFaultView, Reloaded, TrafficProbe,
+    OnDemandView, Problem, ProxyFaultView, ReleaseDetail, Reloaded, TrafficProbe,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
@@ -43,6 +43,7 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::metrics,
         declared::create_release,
         declared::list_releases,
+        declared::show_release,
         declared::promote,
         declared::promotion,
         declared::rollback,
@@ -310,6 +311,15 @@ mod declared {
             (status = 200, description = "releases", body = Vec<Release>),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn list_releases() {}
+
+    /// One release and, for an image release, its layers, size, user, command and ports.
+    #[utoipa::path(get, path = "/api/v1/apps/{app}/releases/{version}", operation_id = "showRelease",
+        params(("app" = shipgate_core::AppName, Path, description = "the app"),
+               ("version" = shipgate_core::Version, Path, description = "the version")),
+        responses(
+            (status = 200, description = "the release", body = ReleaseDetail),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn show_release() {}
 
     /// Ask for a release to enter an environment: refused unless it is verified in the
     /// environment before; then pending until its requirements hold.

@@ -429,6 +429,13 @@ pub enum ReleaseCommand {
         /// Only this app.
         app: Option<AppName>,
     },
+    /// One release: its digest and source, and for an image its layers, size, user, command
+    /// and exposed ports.
+    #[command(after_help = "Examples:\n  shipgate release show web@1.4.2")]
+    Show {
+        /// `APP@VERSION`.
+        release: ReleaseRef,
+    },
 }
 
 #[derive(Debug, Subcommand)]

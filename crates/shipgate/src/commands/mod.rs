@@ -89,6 +89,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             release_create(g, out, app.as_str(), version.as_str(), &from, source).await
         }
+        Command::Release(ReleaseCommand::Show { release }) => {
+            release::release_show(g, out, &release).await
+        }
         Command::Release(ReleaseCommand::List { app }) => {
             release_list(g, out, app.map(|a| a.to_string())).await
         }

@@ -318,6 +318,84 @@ pub(super) async fn release_create(
     Ok(ExitCode::SUCCESS)
 }
 
+pub(super) async fn release_show(
+    g: &Global,
+    out: Printer,
+    release: &shipgate_core::ReleaseRef,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(g)?;
+    let detail: shipgate_api::answers::ReleaseDetail = client
+        .get(
+            &format!("/apps/{}/releases/{}", release.app, release.version),
+            &[],
+        )
+        .await?;
+    out.print(&detail, |d| {
+        let r = &d.release;
+        let mut lines = vec![
+            format!("{}@{}", r.app, r.version),
+            format!("digest   {}", r.digest),
+            format!("created  {} by {}", r.created_at, r.created_by),
+            format!("commit   {}", dash(r.commit.as_deref())),
+        ];
+        match &d.image {
+            None => lines.push(format!("artifact {} bytes (a directory release)", r.size)),
+            Some(i) => {
+                let user = if i.user.is_empty() {
+                    "root in the image (shipgate never runs it as root)"
+                } else {
+                    &i.user
+                };
+                lines.extend([
+                    format!(
+                        "image    {}, {} layers, {}",
+                        i.platform,
+                        i.layers.len(),
+                        size(i.size)
+                    ),
+                    format!("user     {user}"),
+                    format!("command  {}", i.command.join(" ")),
+                    format!(
+                        "workdir  {}",
+                        if i.workdir.is_empty() {
+                            "/"
+                        } else {
+                            &i.workdir
+                        }
+                    ),
+                    format!(
+                        "ports    {}",
+                        if i.exposed_ports.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            i.exposed_ports.join(" ")
+                        }
+                    ),
+                    String::new(),
+                ]);
+                let rows: Vec<Vec<String>> = i
+                    .layers
+                    .iter()
+                    .map(|l| vec![l.digest.clone(), size(l.size), l.media_type.clone()])
+                    .collect();
+                lines.push(table(&["LAYER", "SIZE", "TYPE"], &rows));
+            }
+        }
+        lines.join("\n")
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes as people read them: `1.2 MiB`.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30)),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20)),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
 pub(super) async fn release_list(
     g: &Global,
     out: Printer,

@@ -188,6 +188,17 @@ fn an_image_walks_four_environments_and_runs_its_own_userland_read_only_and_not_
         .to_owned();
     assert!(created.contains(&manifest), "{created} names {manifest}");
     let after_one = layers_stored(&s);
+    let shown = s.ok(&["release", "show", "web@1.0.0"]);
+    for said in [
+        "linux/amd64, 2 layers",
+        "command  /bin/start",
+        "ports    8080/tcp",
+        "user     root (shipgate runs it as the environment's user)",
+        "LAYER",
+    ] {
+        assert!(shown.contains(said), "{said} in {shown}");
+    }
+    eprintln!("{shown}");
 
     s.walk("1.0.0", "production");
     for env in ["development", "testing", "staging", "production"] {
