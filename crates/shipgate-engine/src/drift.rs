@@ -206,7 +206,26 @@ impl Engine {
             }
         }
         let dir = self.artifacts.release_dir(&live.digest);
-        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd"))
+        if self.artifacts.layer_path(&live.digest).is_file() {
+            // An image's instance is runc; the container, its child, has the image's rootfs as
+            // its root.
+            let rootfs = dir.join("rootfs");
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            let root = children
+                .split_whitespace()
+                .next()
+                .and_then(|child| std::fs::read_link(format!("/proc/{child}/root")).ok());
+            if let Some(root) = root
+                && root != rootfs
+            {
+                found.drift.push(format!(
+                    "the running instance's root is {}, not the image's {}",
+                    root.display(),
+                    rootfs.display()
+                ));
+            }
+        } else if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd"))
             && cwd != dir
         {
             found.drift.push(format!(

@@ -529,6 +529,11 @@ impl ArtifactStore {
     pub fn check_release_dir(&self, digest: &Digest) -> Result<Vec<String>, ArtifactError> {
         let unreadable = |e: io::Error| ArtifactError::Unreadable(e.to_string());
         let mut expected = std::collections::BTreeMap::new();
+        if let Some(fresh) = self.fresh_image(digest)? {
+            walk(fresh.path(), fresh.path(), &mut expected)
+                .map_err(io_err("reading the image's fresh copy"))?;
+            return self.compare_release_dir(digest, &expected);
+        }
         let mut tar = open_archive(&self.archive_path(digest))?;
         for entry in tar.entries().map_err(unreadable)? {
             let mut entry = entry.map_err(unreadable)?;
@@ -557,11 +562,20 @@ impl ArtifactStore {
             }
             expected.insert(inside, held);
         }
+        self.compare_release_dir(digest, &expected)
+    }
+
+    /// How the release directory of `digest` differs from `expected`, one line per path.
+    fn compare_release_dir(
+        &self,
+        digest: &Digest,
+        expected: &std::collections::BTreeMap<PathBuf, Held>,
+    ) -> Result<Vec<String>, ArtifactError> {
         let dir = self.release_dir(digest);
         let mut found = std::collections::BTreeMap::new();
         walk(&dir, &dir, &mut found).map_err(io_err(format!("reading {}", dir.display())))?;
         let mut drift = Vec::new();
-        for (path, held) in &expected {
+        for (path, held) in expected {
             match found.get(path) {
                 None => drift.push(format!("missing: {}", path.display())),
                 Some(f) if f != held => drift.push(format!("changed: {}", path.display())),
@@ -583,7 +597,10 @@ impl ArtifactStore {
     pub fn restore_release_dir(&self, digest: &Digest) -> Result<Option<PathBuf>, ArtifactError> {
         use std::os::unix::fs::PermissionsExt;
         let dir = self.release_dir(digest);
-        let staging = self.unpacked(&self.archive_path(digest))?;
+        let staging = match self.fresh_image(digest)? {
+            Some(image) => image,
+            None => self.unpacked(&self.archive_path(digest))?,
+        };
         if !dir.exists() {
             fs::rename(staging.path(), &dir)
                 .map_err(io_err(format!("moving the release into {}", dir.display())))?;
@@ -621,6 +638,26 @@ impl ArtifactStore {
 }
 
 impl ArtifactStore {
+    /// For an image release: its release directory built afresh from the stored layers in a
+    /// folder of `tmp/` (removed when dropped), as drift compares and heal puts back. None for
+    /// a directory release.
+    fn fresh_image(&self, digest: &Digest) -> Result<Option<tempfile::TempDir>, ArtifactError> {
+        let Some(image) = self.stored_image(digest)? else {
+            return Ok(None);
+        };
+        let staging = tempfile::Builder::new()
+            .prefix("image-")
+            .tempdir_in(self.root.join("tmp"))
+            .map_err(io_err("creating a folder for an image's rootfs"))?;
+        // It was within the limits when it was registered.
+        let limits = UnpackLimits {
+            max_size: ByteSize(u64::MAX / 2),
+            max_files: u64::MAX / 2,
+        };
+        self.build_image(staging.path(), &image, limits)?;
+        Ok(Some(staging))
+    }
+
     /// An archive unpacked into a fresh folder of `tmp/` (removed when dropped).
     /// Unpacks a checked upload into a folder of `tmp/` that goes when it is dropped (an image
     /// layout, whose blobs are then stored by digest); the upload itself is not kept.

@@ -305,7 +305,7 @@ impl ArtifactStore {
         Ok(dir)
     }
 
-    fn build_image(
+    pub(super) fn build_image(
         &self,
         staging: &Path,
         image: &ImportedImage,

@@ -621,3 +621,56 @@ fn a_whiteout_that_escapes_the_rootfs_is_refused_when_the_release_is_made() {
         .count();
     assert_eq!(releases, 0, "no rootfs is left");
 }
+
+#[test]
+fn an_image_changed_on_disk_is_drift_and_heal_puts_its_layers_back() {
+    if !runnable("images") {
+        return;
+    }
+    let s = spawn_server(&config(""));
+    let layout = build_images(s.dir.path(), &["1.0.0"]);
+    let created = s.json(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "1.0.0",
+        "--image",
+        &format!("oci:{}:1.0.0", layout.display()),
+    ]);
+    let digest = created["release"]["digest"].as_str().unwrap().to_owned();
+    s.deploy("1.0.0", "development");
+    let www = s
+        .data_dir()
+        .join("releases")
+        .join(digest.trim_start_matches("sha256:"))
+        .join("rootfs/www");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for path in [www.clone(), www.join("version")] {
+            let mut perm = std::fs::metadata(&path).unwrap().permissions();
+            perm.set_mode(perm.mode() | 0o200);
+            std::fs::set_permissions(&path, perm).unwrap();
+        }
+    }
+    std::fs::write(www.join("version"), "changed by hand\n").unwrap();
+    let drift = s.cli(&["drift", "web"]);
+    assert_ne!(drift.status.code(), Some(0));
+    let said = crate::helpers::text(&drift);
+    assert!(said.contains("rootfs/www/version"), "{said}");
+    s.ok(&["drift", "web", "--env", "development", "--heal"]);
+    assert_eq!(
+        std::fs::read_to_string(www.join("version")).unwrap(),
+        "1.0.0\n"
+    );
+    wait_for("the healed page", || {
+        s.version("development").as_deref() == Some("1.0.0")
+    });
+    let after = s.cli(&["drift", "web"]);
+    assert_eq!(
+        after.status.code(),
+        Some(0),
+        "{}",
+        crate::helpers::text(&after)
+    );
+}
