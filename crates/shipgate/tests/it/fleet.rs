@@ -24,6 +24,8 @@ pub(crate) struct Agents<'a> {
     server: String,
     pub(crate) dirs: Vec<PathBuf>,
     running: Vec<Option<Child>>,
+    /// Whether each agent runs as on a machine of its own ([`Hosts::command_as_machine`]).
+    machines: bool,
 }
 
 impl<'a> Agents<'a> {
@@ -35,11 +37,22 @@ impl<'a> Agents<'a> {
     /// [`Agents::join`] through `s`, with agents that know every server of `servers` (one API
     /// address or several, comma-separated) and dial whichever leads.
     pub(crate) fn join_servers(hosts: &'a Hosts, s: &TestServer, servers: &str) -> Agents<'a> {
+        Self::join_with(hosts, s, servers, false)
+    }
+
+    /// [`Agents::join`] with each agent run as on a machine of its own (a `/run/runc` of its
+    /// own, and the machine's cgroups): what image instances need.
+    pub(crate) fn join_machines(hosts: &'a Hosts, s: &TestServer) -> Agents<'a> {
+        Self::join_with(hosts, s, &s.api(), true)
+    }
+
+    fn join_with(hosts: &'a Hosts, s: &TestServer, servers: &str, machines: bool) -> Agents<'a> {
         let mut agents = Agents {
             hosts,
             server: servers.to_owned(),
             dirs: Vec::new(),
             running: Vec::new(),
+            machines,
         };
         for n in 1..=hosts.hosts.len() {
             hosts.assert_routed_from(n, &hosts.root_addr);
@@ -77,8 +90,12 @@ impl<'a> Agents<'a> {
             .append(true)
             .open(dir.with_extension("log"))
             .unwrap();
-        self.hosts
-            .command_in(n, Path::new(BIN))
+        let mut command = if self.machines {
+            self.hosts.command_as_machine(n, Path::new(BIN))
+        } else {
+            self.hosts.command_in(n, Path::new(BIN))
+        };
+        command
             .arg("agent")
             .arg("--data-dir")
             .arg(dir)

@@ -147,6 +147,26 @@ impl Hosts {
         }
     }
 
+    /// A command run on host `n` (1-based) as on a machine of its own: in its network namespace,
+    /// with the machine's `/sys` (its cgroups, which runc needs, and `ip netns exec` hides), and a
+    /// `/run/runc` of its own (a mount namespace of the command's, gone with it), so that the
+    /// runc containers of image instances, named by instance as on every host, do not meet
+    /// another host's.
+    pub fn command_as_machine(&self, n: usize, program: &std::path::Path) -> Command {
+        let (ns, _) = &self.hosts[n - 1];
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}"))
+            .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
+            .args([
+                "sh",
+                "-c",
+                "mkdir -p /run/runc && mount -t tmpfs -o mode=0700 runc /run/runc && exec \"$@\"",
+                "sh",
+            ])
+            .arg(program);
+        c
+    }
+
     /// A command run inside host `n`'s namespace (1-based).
     pub fn command_in(&self, n: usize, program: &std::path::Path) -> Command {
         let (ns, _) = &self.hosts[n - 1];
