@@ -115,6 +115,12 @@ pub fn pack_layout(layout: &Path, out: &Path) -> io::Result<()> {
 /// contents, executable bits and link targets: entries sorted, times, owners and other mode
 /// bits fixed.
 pub fn pack_dir(dir: &Path, out: impl Write) -> io::Result<()> {
+    pack_dir_under(dir, Path::new(""), out)
+}
+
+/// [`pack_dir`] with every path under the folder `under` (`app`: an image layer that puts the
+/// directory at `/app`).
+pub fn pack_dir_under(dir: &Path, under: &Path, out: impl Write) -> io::Result<()> {
     let mut paths = Vec::new();
     collect(dir, Path::new(""), &mut paths)?;
     paths.sort();
@@ -123,8 +129,17 @@ pub fn pack_dir(dir: &Path, out: impl Write) -> io::Result<()> {
         .write(out, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
+    if !under.as_os_str().is_empty() {
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        tar.append_data(&mut header, under, io::empty())?;
+    }
     for rel in paths {
         let full = dir.join(&rel);
+        let rel = under.join(&rel);
         let meta = fs::symlink_metadata(&full)?;
         let mut header = tar::Header::new_gnu();
         header.set_mtime(0);

@@ -396,7 +396,7 @@ pub enum ReleaseCommand {
     /// register it.
     #[command(
         disable_version_flag = true,
-        after_help = "Examples:\n  shipgate release create web --version 1.4.2 --artifact ./build\n  shipgate release create web --version 1.4.2 --artifact web.tar.gz --commit $(git rev-parse HEAD)\n  shipgate release create web --version 1.4.3 --artifact ./build --commit-time 2026-12-01T09:30:00Z\n  shipgate release create web --version 1.5.0 --image oci-archive:web.tar\n  shipgate release create web --version 1.5.1 --image registry.example.com/team/web:1.5.1"
+        after_help = "Examples:\n  shipgate release create web --version 1.4.2 --artifact ./build\n  shipgate release create web --version 1.4.2 --artifact web.tar.gz --commit $(git rev-parse HEAD)\n  shipgate release create web --version 1.4.3 --artifact ./build --commit-time 2026-12-01T09:30:00Z\n  shipgate release create web --version 1.5.0 --image oci-archive:web.tar\n  shipgate release create web --version 1.5.1 --image registry.example.com/team/web:1.5.1\n  shipgate release create web --version 1.5.2 --artifact ./build --base oci-archive:python-3.12.tar"
     )]
     Create {
         /// The app.
@@ -407,6 +407,10 @@ pub enum ReleaseCommand {
         /// A directory, .tar or .tar.gz.
         #[arg(long, required_unless_present = "image", conflicts_with = "image")]
         artifact: Option<PathBuf>,
+        /// With --artifact DIR: make an image of DIR on this base image (any --image
+        /// reference), at /app, its working directory. For teams without an image build yet.
+        #[arg(long, requires = "artifact")]
+        base: Option<String>,
         /// An OCI image: oci-archive:PATH, oci:DIR, docker-archive:PATH, or a registry's
         /// HOST[:PORT]/NAME:TAG or HOST[:PORT]/NAME@sha256:DIGEST (pulled by the server, the tag
         /// resolved once). The release's digest is the image manifest's.

@@ -73,6 +73,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             version,
             artifact,
             image,
+            base,
             commit,
             commit_time,
             notes,
@@ -82,10 +83,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commit_time,
                 notes,
             };
-            let from = match (artifact, image) {
-                (_, Some(image)) => release::From::Image(image),
-                (Some(artifact), None) => release::From::Artifact(artifact),
-                (None, None) => anyhow::bail!("give --artifact DIR or --image REF"),
+            let from = match (artifact, image, base) {
+                (_, Some(image), _) => release::From::Image(image),
+                (Some(artifact), None, Some(base)) => release::From::OnBase { artifact, base },
+                (Some(artifact), None, None) => release::From::Artifact(artifact),
+                (None, None, _) => anyhow::bail!("give --artifact DIR or --image REF"),
             };
             release_create(g, out, app.as_str(), version.as_str(), &from, source).await
         }

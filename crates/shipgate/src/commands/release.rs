@@ -57,6 +57,56 @@ pub enum From {
     Artifact(std::path::PathBuf),
     /// `--image`.
     Image(String),
+    /// `--artifact DIR --base IMAGE`: the folder as a layer on the image, at `/app`.
+    OnBase {
+        /// The folder.
+        artifact: std::path::PathBuf,
+        /// The base image's reference.
+        base: String,
+    },
+}
+
+/// Where `--base` puts the artifact's folder in the image, and where its `run` starts.
+const APP_DIR: &str = "app";
+
+/// An OCI layout in `work` of `base` (any reference skopeo reads; a registry's as
+/// `docker://`) with the folder `dir` added as one layer at `/app`, its working directory;
+/// `run` of the app (or the base's command) starts there.
+fn pack_onto_base(dir: &Path, base: &str, work: &Path) -> anyhow::Result<std::path::PathBuf> {
+    use shipgate_core::image::ImageRef;
+    anyhow::ensure!(
+        dir.is_dir(),
+        "--artifact {} must be a folder with --base",
+        dir.display()
+    );
+    let parsed = ImageRef::parse(base).map_err(|e| anyhow::anyhow!("--base: {e}"))?;
+    let source = match &parsed {
+        ImageRef::Registry { .. } if !base.starts_with("docker://") => format!("docker://{base}"),
+        _ => base.to_owned(),
+    };
+    let base_layout = work.join("base");
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", &source])
+        .arg(format!("oci:{}:base", base_layout.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running skopeo to read the base image (apt-get install -y skopeo)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "--base: skopeo could not read {base}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let mut layer = Vec::new();
+    shipgate_store::artifact::pack_dir_under(dir, Path::new(APP_DIR), &mut layer)
+        .with_context(|| format!("packing {}", dir.display()))?;
+    let layout = work.join("layout");
+    let run = shipgate_store::RunConfigJson {
+        working_dir: Some(format!("/{APP_DIR}")),
+        ..Default::default()
+    };
+    shipgate_store::write_layout(&layout, Some(&base_layout), &[layer], run, "release")
+        .context("writing the image")?;
+    Ok(layout)
 }
 
 /// Where a release comes from: its commit, when that was made, and free text.
@@ -300,6 +350,12 @@ pub(super) async fn release_create(
     let answer = match from {
         From::Artifact(artifact) => upload(&client, app, version, artifact, source).await?,
         From::Image(reference) => upload_image(&client, app, version, reference, source).await?,
+        From::OnBase { artifact, base } => {
+            let work = tempfile::tempdir().context("creating a temporary folder")?;
+            let layout = pack_onto_base(artifact, base, work.path())?;
+            let reference = format!("oci:{}:release", layout.display());
+            upload_image(&client, app, version, &reference, source).await?
+        }
     };
     out.print(&answer, |a| {
         let r = &a.release;

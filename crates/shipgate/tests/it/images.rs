@@ -674,3 +674,41 @@ fn an_image_changed_on_disk_is_drift_and_heal_puts_its_layers_back() {
         crate::helpers::text(&after)
     );
 }
+
+#[test]
+fn a_folder_packed_onto_a_base_image_runs_with_the_apps_run_in_app() {
+    if !runnable("images") {
+        return;
+    }
+    let run = "busybox httpd -f -p 127.0.0.1:${PORT} -h /app/www & p=$!; trap 'kill $p; exit 0' TERM; wait $p";
+    let s = spawn_server(&config("").replace(
+        "[apps.web]\nhealth = \"/\"\n",
+        &format!(
+            "[apps.web]\nhealth = \"/\"\nrun = \"{}\"\n",
+            run.replace('"', "\\\"")
+        ),
+    ));
+    let layout = build_images(s.dir.path(), &[]);
+    let build = s.dir.path().join("build");
+    std::fs::create_dir_all(build.join("www")).unwrap();
+    std::fs::write(build.join("www/version"), "3.0.0\n").unwrap();
+    std::fs::write(build.join("www/index.html"), "ok\n").unwrap();
+    s.ok(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "3.0.0",
+        "--artifact",
+        build.to_str().unwrap(),
+        "--base",
+        &format!("oci:{}:base", layout.display()),
+    ]);
+    let shown = s.ok(&["release", "show", "web@3.0.0"]);
+    assert!(
+        shown.contains("2 layers") && shown.contains("workdir  /app"),
+        "{shown}"
+    );
+    s.deploy("3.0.0", "development");
+    assert_eq!(s.version("development").as_deref(), Some("3.0.0"));
+}
