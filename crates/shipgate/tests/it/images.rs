@@ -31,6 +31,13 @@ const INFO: &str = "#!/bin/sh\n\
     echo \"data_dir=$DATA_DIR\"\n\
     echo \"greeting=$GREETING\"\n";
 
+/// Tries `?addr=HOST:PORT` from inside (a CGI script of httpd): `connected` or `refused`.
+const CONNECT: &str = "#!/bin/sh\n\
+    echo 'Content-Type: text/plain'\n\
+    echo\n\
+    addr=${QUERY_STRING#addr=}\n\
+    if busybox nc -w 1 ${addr%:*} ${addr##*:} </dev/null >/dev/null 2>&1; then echo connected; else echo refused; fi\n";
+
 /// Skips (never passes) where images cannot be built or run here.
 fn runnable(test: &str) -> bool {
     if !root_or_skip(test) {
@@ -111,6 +118,7 @@ pub fn build_images(dir: &Path, versions: &[&str]) -> PathBuf {
         std::fs::write(root.join("www/index.html"), format!("{v}\n")).unwrap();
         std::fs::write(root.join("www/version"), format!("{v}\n")).unwrap();
         write_exec(&root.join("www/cgi-bin/info"), INFO);
+        write_exec(&root.join("www/cgi-bin/connect"), CONNECT);
         umoci(&["repack", "--image", &format!("{l}:{v}"), b]);
     }
     layout
@@ -711,4 +719,61 @@ fn a_folder_packed_onto_a_base_image_runs_with_the_apps_run_in_app() {
     );
     s.deploy("3.0.0", "development");
     assert_eq!(s.version("development").as_deref(), Some("3.0.0"));
+}
+
+#[test]
+fn an_image_in_staging_reaches_nothing_of_production_or_shipgate() {
+    if !runnable("images") {
+        return;
+    }
+    let (api, toxiproxy, staging, production) =
+        (free_port(), free_port(), free_port(), free_port());
+    let s = spawn_server(&format!(
+        "[server]\nlisten = \"127.0.0.1:{api}\"\ndata_dir = \"data\"\ntoxiproxy_listen = \"127.0.0.1:{toxiproxy}\"\n\n\
+         [apps.web]\nhealth = \"/\"\n\n\
+         [environments.staging]\nlisten = \"127.0.0.1:{staging}\"\n\n\
+         [environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:{production}\"\n"
+    ));
+    let layout = build_images(s.dir.path(), &["1.0.0"]);
+    s.ok(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "1.0.0",
+        "--image",
+        &format!("oci:{}:1.0.0", layout.display()),
+    ]);
+    s.ok(&["promote", "web@1.0.0", "--to", "staging", "--wait"]);
+    s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
+    let status = s.json(&["status", "web"]);
+    let instance_port = |env: &str| {
+        crate::helpers::env_status(&status, env)["instance"]["port"]
+            .as_u64()
+            .unwrap()
+    };
+    let from_staging = |addr: String| {
+        let r = s
+            .get(&format!("{}/cgi-bin/connect?addr={addr}", s.url("staging")))
+            .unwrap();
+        (addr, r.body.trim().to_owned())
+    };
+    // (Both listen: production's router and instance answer the test itself.)
+    for port in [production as u64, instance_port("production")] {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port as u16)).is_ok());
+        let (addr, said) = from_staging(format!("127.0.0.1:{port}"));
+        assert_eq!(said, "refused", "{addr} from inside staging's image");
+    }
+    for port in [staging as u64, api as u64] {
+        let (addr, said) = from_staging(format!("127.0.0.1:{port}"));
+        assert_eq!(
+            said, "connected",
+            "{addr} from inside staging's image (the probe works)"
+        );
+    }
+    assert_eq!(
+        info(&s, "production")["usr"],
+        "absent",
+        "production answers throughout"
+    );
 }
