@@ -117,6 +117,22 @@ impl Engine {
             });
         }
         report.orphans = self.prune_orphans(&all, dry_run).await?;
+        // Image layers no image still on disk uses (a layer shared with a kept one stays).
+        let kept: std::collections::BTreeSet<Digest> = all
+            .iter()
+            .map(|r| r.digest.clone())
+            .filter(|d| !removed.contains(d))
+            .collect();
+        let artifacts = self.artifacts.clone();
+        let layers = blocking("pruning image layers", move || {
+            artifacts.prune_layers(&kept, dry_run)
+        })
+        .await?;
+        report.orphans.extend(
+            layers
+                .into_iter()
+                .map(|(digest, bytes)| OrphanArtifact { digest, bytes }),
+        );
         report.freed_bytes += report.orphans.iter().map(|o| o.bytes).sum::<u64>();
         report.logs = self.prune_logs(keep.logs.as_std(), dry_run).await;
         report.freed_bytes += report.logs.iter().map(|l| l.bytes).sum::<u64>();

@@ -359,12 +359,58 @@ impl ArtifactStore {
     pub fn remove(&self, digest: &Digest) -> Result<u64, ArtifactError> {
         let freed = self.size_on_disk(digest);
         self.remove_release_dir(&self.release_dir(digest))?;
-        match fs::remove_file(self.archive_path(digest)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("removing an artifact")(e)),
+        // An image's manifest goes too; its layers go with [`ArtifactStore::prune_layers`] once
+        // no image kept refers to them.
+        for file in [self.archive_path(digest), self.layer_path(digest)] {
+            match fs::remove_file(file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing an artifact")(e)),
+            }
         }
         Ok(freed)
+    }
+
+    /// Removes (unless `dry_run`) the stored blobs (layers, configs, manifests) that no image
+    /// among `kept` (release digests) refers to; each with its size.
+    pub fn prune_layers(
+        &self,
+        kept: &BTreeSet<Digest>,
+        dry_run: bool,
+    ) -> Result<Vec<(Digest, u64)>, ArtifactError> {
+        let dir = self.root.join("layers").join("sha256");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut referenced: BTreeSet<Digest> = BTreeSet::new();
+        for digest in kept {
+            if let Some(image) = self.stored_image(digest)? {
+                referenced.insert(image.digest.clone());
+                referenced.insert(image.config_digest.clone());
+                for layer in &image.layers {
+                    if let Ok(d) = Digest::parse(&layer.digest) {
+                        referenced.insert(d);
+                    }
+                }
+            }
+        }
+        let mut pruned = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("listing the layers"))?;
+            let name = entry.file_name();
+            let Ok(digest) = Digest::parse(&format!("sha256:{}", name.to_string_lossy())) else {
+                continue;
+            };
+            if referenced.contains(&digest) {
+                continue;
+            }
+            let bytes = entry.metadata().map_or(0, |m| m.len());
+            if !dry_run {
+                fs::remove_file(entry.path()).map_err(io_err("removing a layer"))?;
+            }
+            pruned.push((digest, bytes));
+        }
+        Ok(pruned)
     }
 
     /// Removes a release directory, if it is there.

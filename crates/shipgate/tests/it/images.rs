@@ -777,3 +777,46 @@ fn an_image_in_staging_reaches_nothing_of_production_or_shipgate() {
         "production answers throughout"
     );
 }
+
+#[test]
+fn retention_removes_the_layers_no_kept_image_uses_and_keeps_a_shared_base() {
+    if !runnable("images") {
+        return;
+    }
+    let s = spawn_server(&config("").replace(
+        "data_dir = \"data\"\n",
+        "data_dir = \"data\"\nretention = { releases = 1 }\n",
+    ));
+    let layout = build_images(s.dir.path(), &["1.0.0", "1.1.0", "1.2.0"]);
+    for v in ["1.0.0", "1.1.0", "1.2.0"] {
+        s.ok(&[
+            "release",
+            "create",
+            "web",
+            "--version",
+            v,
+            "--image",
+            &format!("oci:{}:{v}", layout.display()),
+        ]);
+    }
+    // One base layer, and a layer, a config and a manifest of each version.
+    assert_eq!(layers_stored(&s), 10);
+    s.deploy("1.2.0", "development");
+    let report = s.json(&["gc"]);
+    assert_eq!(report["releases"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(layers_stored(&s), 4, "{report}");
+    // What is kept still runs: 1.2.0 starts again from its layers.
+    s.ok(&["redeploy", "web", "--env", "development", "--wait"]);
+    assert_eq!(s.version("development").as_deref(), Some("1.2.0"));
+    // A pruned image comes back by registering it again.
+    s.ok(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "1.0.0",
+        "--image",
+        &format!("oci:{}:1.0.0", layout.display()),
+    ]);
+    assert_eq!(layers_stored(&s), 7);
+}
