@@ -2883,6 +2883,34 @@ mod tests {
     }
 
     #[test]
+    fn registries_need_both_credentials_and_plain_http_only_on_loopback() {
+        let env = "[environments.staging]\nlisten = \"127.0.0.1:8103\"\n";
+        let ok = Config::parse(
+            &format!("{BASE}{env}[registries.\"registry.example.com:5000\"]\nusername = \"ci\"\npassword_env = \"PW\"\nca_file = \"ca.pem\"\n[registries.\"127.0.0.1:5001\"]\ninsecure = true\n"),
+            Path::new("/p"),
+        )
+        .unwrap();
+        let r = &ok.registries["registry.example.com:5000"];
+        assert_eq!(r.ca_file.as_deref(), Some(Path::new("/p/ca.pem")));
+        assert!(ok.registries["127.0.0.1:5001"].insecure);
+        let half = errors(&format!(
+            "{BASE}{env}[registries.\"r.example.com\"]\nusername = \"ci\"\n"
+        ));
+        assert!(
+            half.contains("needs both `username` and `password_env`"),
+            "{half}"
+        );
+        let plain = errors(&format!(
+            "{BASE}{env}[registries.\"r.example.com\"]\ninsecure = true\n"
+        ));
+        assert!(plain.contains("only allowed on loopback"), "{plain}");
+        let unknown = errors(&format!(
+            "{BASE}{env}[registries.\"r.example.com\"]\npassword = \"x\"\n"
+        ));
+        assert!(unknown.contains("password"), "{unknown}");
+    }
+
+    #[test]
     fn addresses_clash_only_on_the_same_machine() {
         let on = |dev: &str, prod: &str| {
             Config::parse(

@@ -386,7 +386,7 @@ mod tests {
         let keys = keys_of(&config);
         let written: Vec<Vec<String>> = keys.into_iter().map(|(p, _)| p).collect();
         let doc = include_str!("../../../docs/config.md");
-        let placeholders = ["NAME", "KEY", "ENV", "DEP", "TABLE", "COLUMN"];
+        let placeholders = ["NAME", "KEY", "ENV", "DEP", "TABLE", "COLUMN", "HOST"];
         let mut missing = Vec::new();
         for line in doc.lines().filter(|l| l.starts_with("| `")) {
             let cell = line.split('|').nth(1).unwrap_or_default();
