@@ -202,10 +202,11 @@ fn stop_orphans(data_dir: &Path, adopted: &[(shipgate_deploy::InstanceId, u32)])
         }
         let pid = nix::unistd::Pid::from_raw(pid);
         let group = nix::unistd::getpgid(Some(pid)).unwrap_or(pid);
+        let adopted_pid = |p: i32| adopted.iter().any(|(_, a)| i32::try_from(*a) == Ok(p));
+        // An image's container runs in a session of its own under its adopted runc.
         if group == nix::unistd::getpgrp()
-            || adopted
-                .iter()
-                .any(|(_, p)| i32::try_from(*p) == Ok(group.as_raw()))
+            || adopted_pid(group.as_raw())
+            || ancestors(pid.as_raw()).any(adopted_pid)
         {
             continue;
         }
@@ -236,6 +237,18 @@ fn stop_orphans(data_dir: &Path, adopted: &[(shipgate_deploy::InstanceId, u32)])
             }
         });
     }
+}
+
+/// The parents of process `pid`, nearest first, up to (not including) pid 1.
+fn ancestors(pid: i32) -> impl Iterator<Item = i32> {
+    std::iter::successors(Some(pid), |p| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+        let after = stat.rsplit_once(')')?.1;
+        let ppid: i32 = after.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid > 1).then_some(ppid)
+    })
+    .skip(1)
 }
 
 async fn stop_signal() {

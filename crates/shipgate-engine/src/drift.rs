@@ -210,18 +210,18 @@ impl Engine {
             // An image's instance is runc; the container, its child, has the image's rootfs as
             // its root.
             let rootfs = dir.join("rootfs");
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default();
-            let root = children
-                .split_whitespace()
-                .next()
-                .and_then(|child| std::fs::read_link(format!("/proc/{child}/root")).ok());
+            // (Its root reads as `/` from its own namespace: compared as a folder, by device
+            // and inode.)
+            use std::os::unix::fs::MetadataExt;
+            let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+            let root = first_child(pid)
+                .and_then(|child| std::fs::metadata(format!("/proc/{child}/root")).ok())
+                .map(id);
             if let Some(root) = root
-                && root != rootfs
+                && std::fs::metadata(&rootfs).ok().map(id) != Some(root)
             {
                 found.drift.push(format!(
-                    "the running instance's root is {}, not the image's {}",
-                    root.display(),
+                    "the running instance's root is not the image's {} (it was changed or put back since it started)",
                     rootfs.display()
                 ));
             }
@@ -337,4 +337,18 @@ impl Engine {
 struct Found {
     drift: Vec<String>,
     undeployed: Vec<String>,
+}
+
+/// A child of process `pid` (any of its threads may have started it), if it has one.
+fn first_child(pid: u32) -> Option<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .next()
 }

@@ -647,7 +647,7 @@ fn an_image_changed_on_disk_is_drift_and_heal_puts_its_layers_back() {
         &format!("oci:{}:1.0.0", layout.display()),
     ]);
     let digest = created["release"]["digest"].as_str().unwrap().to_owned();
-    s.deploy("1.0.0", "development");
+    s.walk("1.0.0", "testing");
     let www = s
         .data_dir()
         .join("releases")
@@ -671,6 +671,15 @@ fn an_image_changed_on_disk_is_drift_and_heal_puts_its_layers_back() {
         std::fs::read_to_string(www.join("version")).unwrap(),
         "1.0.0\n"
     );
+    // Testing runs the same image from the same folder: its container still has the root that
+    // heal put aside, which drift sees; healing testing starts it on the put-back root.
+    let testing = s.cli(&["drift", "web"]);
+    let said = crate::helpers::text(&testing);
+    assert!(
+        said.contains("the running instance's root is not the image's"),
+        "{said}"
+    );
+    s.ok(&["drift", "web", "--env", "testing", "--heal"]);
     wait_for("the healed page", || {
         s.version("development").as_deref() == Some("1.0.0")
     });
@@ -819,4 +828,70 @@ fn retention_removes_the_layers_no_kept_image_uses_and_keeps_a_shared_base() {
         &format!("oci:{}:1.0.0", layout.display()),
     ]);
     assert_eq!(layers_stored(&s), 7);
+}
+
+#[test]
+fn an_image_instance_is_restarted_after_a_crash_and_adopted_by_a_new_agent() {
+    if !runnable("images") {
+        return;
+    }
+    let s = spawn_server(&config("").replace(
+        "data_dir = \"data\"\n",
+        "data_dir = \"data\"\ndata_plane = \"agent\"\n",
+    ));
+    let layout = build_images(s.dir.path(), &["1.0.0"]);
+    s.ok(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        "1.0.0",
+        "--image",
+        &format!("oci:{}:1.0.0", layout.display()),
+    ]);
+    s.deploy("1.0.0", "development");
+    let status = || crate::helpers::env_status(&s.json(&["status", "web"]), "development");
+    let runc_pid = status()["instance"]["pid"].as_i64().unwrap();
+    // The container's first process, runc's child, dies: runc ends, and the instance starts
+    // again.
+    // (Any of runc's threads may have started it.)
+    let child: i32 = std::fs::read_dir(format!("/proc/{runc_pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .find_map(|c| c.split_whitespace().next().map(|p| p.parse().unwrap()))
+        .expect("runc has a child: the container");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("a restart after the crash", || {
+        let st = status();
+        st["instance"]["restarts"] == 1 && st["instance"]["pid"].as_i64() != Some(runc_pid)
+    });
+    wait_for("the restarted instance to answer", || {
+        s.version("development").as_deref() == Some("1.0.0")
+    });
+    // A new agent adopts it: same pid, still answering.
+    let pid = status()["instance"]["pid"].clone();
+    let old_agent = s.agent_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("a new agent", || {
+        s.agent_pid().is_some_and(|p| p != old_agent)
+    });
+    wait_for("the new agent to be given the live releases", || {
+        !s.restoring() && s.log().contains("the local agent is a new one")
+    });
+    assert_eq!(
+        status()["instance"]["pid"],
+        pid,
+        "adopted, not started again: {}",
+        s.log()
+    );
+    assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
 }
