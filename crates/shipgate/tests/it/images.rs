@@ -201,7 +201,7 @@ fn an_image_walks_four_environments_and_runs_its_own_userland_read_only_and_not_
         "linux/amd64, 2 layers",
         "command  /bin/start",
         "ports    8080/tcp",
-        "user     root (shipgate runs it as the environment's user)",
+        "user     root in the image (shipgate never runs it as root)",
         "LAYER",
     ] {
         assert!(shown.contains(said), "{said} in {shown}");
@@ -221,6 +221,23 @@ fn an_image_walks_four_environments_and_runs_its_own_userland_read_only_and_not_
     assert_eq!(seen["root"], "read-only", "{seen:?}");
     assert_ne!(seen["uid"], "0", "{seen:?}");
     assert_eq!(seen["data_dir"], "/data", "{seen:?}");
+    // staging's limits hold the container: it is in the instance's cgroup.
+    let status = s.json(&["status", "web"]);
+    let runc_pid = crate::helpers::env_status(&status, "staging")["instance"]["pid"]
+        .as_i64()
+        .unwrap();
+    let child = std::fs::read_dir(format!("/proc/{runc_pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .find_map(|c| c.split_whitespace().next().map(str::to_owned))
+        .expect("runc has a child: the container");
+    let cgroups = std::fs::read_to_string(format!("/proc/{child}/cgroup")).unwrap();
+    let memory = cgroups
+        .lines()
+        .find(|l| l.contains("memory"))
+        .unwrap_or_default();
+    assert!(memory.contains("/shipgate/web-staging-"), "{cgroups}");
     // The environment's vars win over the image's Env; where none is set, the image's stays.
     assert_eq!(seen["greeting"], "from-staging", "{seen:?}");
     assert_eq!(info(&s, "production")["greeting"], "from-the-image");
