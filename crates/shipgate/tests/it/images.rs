@@ -299,16 +299,17 @@ fn an_image_walks_four_environments_and_runs_its_own_userland_read_only_and_not_
 }
 
 #[test]
-fn an_image_archive_and_a_registry_with_basic_auth_give_the_same_digest_and_bad_images_are_refused()
-{
+fn an_image_archive_and_a_tls_registry_with_basic_auth_give_the_same_digest_and_a_registry_down_is_a_clear_error()
+ {
     if !runnable("images") {
         return;
     }
     let registry = Registry::start();
     let s = spawn_server_with_env(
         &config(&format!(
-            "\n[registries.\"{}\"]\nusername = \"ci\"\npassword_env = \"TEST_REGISTRY_PASSWORD\"\ninsecure = true\n",
-            registry.host
+            "\n[registries.\"{}\"]\nusername = \"ci\"\npassword_env = \"TEST_REGISTRY_PASSWORD\"\nca_file = \"{}\"\n",
+            registry.host,
+            registry.cert.display()
         )),
         &[("TEST_REGISTRY_PASSWORD", "s3cret")],
     );
@@ -319,6 +320,9 @@ fn an_image_archive_and_a_registry_with_basic_auth_give_the_same_digest_and_bad_
         .args(["copy", "--quiet"])
         .arg(format!("oci:{l}:1.0.0"))
         .arg(format!("oci-archive:{}", archive.display())));
+    let certs = s.dir.path().join("registry-certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&registry.cert, certs.join("ca.crt")).unwrap();
     let from_archive = s.json(&[
         "release",
         "create",
@@ -329,13 +333,9 @@ fn an_image_archive_and_a_registry_with_basic_auth_give_the_same_digest_and_bad_
         &format!("oci-archive:{}", archive.display()),
     ]);
     run(Command::new("skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            "ci:s3cret",
-        ])
+        .args(["copy", "--quiet", "--dest-creds", "ci:s3cret"])
+        .arg("--dest-cert-dir")
+        .arg(&certs)
         .arg(format!("oci:{l}:1.0.0"))
         .arg(format!("docker://{}/team/web:1.0.0", registry.host)));
     let from_registry = s.json(&[
@@ -372,6 +372,8 @@ fn an_image_archive_and_a_registry_with_basic_auth_give_the_same_digest_and_bad_
 /// Debian's docker-registry on loopback with basic auth (htpasswd), stopped when dropped.
 struct Registry {
     host: String,
+    /// Its certificate (self-signed): the CA to trust it by.
+    cert: PathBuf,
     child: std::process::Child,
     _dir: tempfile::TempDir,
 }
@@ -385,13 +387,32 @@ impl Registry {
             .args(["-Bbc"])
             .arg(&htpasswd)
             .args(["ci", "s3cret"]));
+        // TLS with a certificate of its own, which the config gives as `ca_file`.
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        run(Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert));
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {}\n    key: {}\n\
+                 auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
                 dir.path().join("storage").display(),
+                cert.display(),
+                key.display(),
                 htpasswd.display()
             ),
         )
@@ -409,6 +430,7 @@ impl Registry {
         });
         Registry {
             host,
+            cert,
             child,
             _dir: dir,
         }
