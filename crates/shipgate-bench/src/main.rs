@@ -13,6 +13,9 @@ mod exposure;
 mod fence;
 mod flags;
 mod hosts;
+mod image;
+mod image_create;
+mod image_fixture;
 mod load;
 mod mask;
 /// The test hosts of the integration tests (network namespaces on a bridge of their own), shared.
@@ -126,6 +129,29 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Image releases (issue 31): spawn → first 2xx of the same image under shipgate (runc)
+    /// and `podman run` (runc), and as a directory release; `release create` of a 100 MiB
+    /// image against `skopeo copy`; the disk of ten releases sharing a 90 MiB base layer
+    /// against ten copies. As root, with runc, podman, skopeo and busybox-static.
+    Image {
+        /// The parts to run, in order.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "start,create,disk"
+        )]
+        part: Vec<image::Part>,
+        /// Part 1: starts measured of each kind (one more warms up).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Part 2: rounds of `release create` and `skopeo copy` in turns (one more warms up).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Part 3: releases sharing the base layer.
+        #[arg(long, default_value_t = 10)]
+        releases: usize,
+    },
     /// On-demand environments: env create → first 2xx and → ready (tests apart), against the
     /// app's own start; and how many idle previews fit in 1 GiB.
     OnDemand {
@@ -197,6 +223,20 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::AgentKill { runs, connections } => agent_kill::run(runs, connections).await,
         BenchCommand::OnDemand { runs, idle } => on_demand::run(runs, idle).await,
         BenchCommand::Hosts { runs } => hosts::run(runs).await,
+        BenchCommand::Image {
+            part,
+            runs,
+            rounds,
+            releases,
+        } => {
+            image::run(image::Options {
+                parts: part,
+                runs,
+                rounds,
+                releases,
+            })
+            .await
+        }
         BenchCommand::Dashboard { runs } => dashboard::run(runs).await,
         BenchCommand::Mask { rows } => mask::run(rows).await,
         BenchCommand::Canary {
