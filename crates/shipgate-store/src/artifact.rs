@@ -410,6 +410,28 @@ impl ArtifactStore {
             }
             pruned.push((digest, bytes));
         }
+        // The content of rootfs files no rootfs links to any more.
+        if let Ok(files) = fs::read_dir(self.root.join("layers").join("files")) {
+            use std::os::unix::fs::MetadataExt;
+            for entry in files.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.nlink() > 1 {
+                    continue;
+                }
+                let hex = entry
+                    .file_name()
+                    .to_string_lossy()
+                    .chars()
+                    .take(64)
+                    .collect::<String>();
+                if !dry_run {
+                    fs::remove_file(entry.path()).map_err(io_err("removing a rootfs file"))?;
+                }
+                if let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) {
+                    pruned.push((digest, meta.len()));
+                }
+            }
+        }
         Ok(pruned)
     }
 

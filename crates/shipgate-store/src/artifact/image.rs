@@ -323,7 +323,8 @@ impl ArtifactStore {
                 size: desc.size,
             });
         }
-        let mut rootfs = Rootfs::new(staging.join("rootfs"), limits)?;
+        let mut rootfs = Rootfs::new(staging.join("rootfs"), limits)?
+            .sharing_files(self.root.join("layers").join("files"))?;
         for layer in &layers {
             rootfs.apply(&self.layer_path(&layer.digest), layer)?;
         }

@@ -24,6 +24,9 @@ const WHITEOUT: &str = ".wh.";
 /// A rootfs being built from layers.
 pub(super) struct Rootfs {
     root: PathBuf,
+    /// Where the content of regular files is kept once for every rootfs (`layers/files`): a
+    /// file of the same bytes, mode and time is a hard link to it.
+    files: Option<PathBuf>,
     limits: UnpackLimits,
     size: u64,
     entries: u64,
@@ -73,11 +76,20 @@ impl Rootfs {
             .map_err(io_err("creating the rootfs"))?;
         Ok(Self {
             root,
+            files: None,
             limits,
             size: 0,
             entries: 0,
             real_dirs: HashSet::new(),
         })
+    }
+
+    /// Shares the content of this rootfs's regular files through `dir` (made if missing): see
+    /// [`Rootfs::files`].
+    pub(super) fn sharing_files(mut self, dir: PathBuf) -> Result<Self, ArtifactError> {
+        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        self.files = Some(dir);
+        Ok(self)
     }
 
     /// Applies the layer kept at `path`, checking it against its digest as it is read. Any
@@ -398,10 +410,15 @@ impl Rootfs {
                     .mode(0o600)
                     .open(&full)?;
                 let claimed = entry.size();
-                let mut out = io::BufWriter::with_capacity(128 << 10, &mut file);
-                let present = io::copy(entry, &mut out)?;
-                out.flush()?;
-                drop(out);
+                let (present, hash) = {
+                    let mut out = HashingWriter {
+                        inner: io::BufWriter::with_capacity(128 << 10, &mut file),
+                        hasher: Sha256::new(),
+                    };
+                    let present = io::copy(entry, &mut out)?;
+                    out.inner.flush()?;
+                    (present, out.hasher.clone().finalize())
+                };
                 if present < claimed {
                     return Err(Refusal::Said(format!(
                         "claims {claimed} bytes while the layer ends after {present} of them: the layer is cut short; rebuild the image"
@@ -412,6 +429,14 @@ impl Rootfs {
                 // source), and the rootfs is read-only: a cache found stale stays stale.
                 let mtime = entry.header().mtime().unwrap_or(0);
                 file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime))?;
+                drop(file);
+                if let Some(files) = &self.files {
+                    share(
+                        files,
+                        &full,
+                        &format!("{}-{mode:o}-{mtime}", hex::encode(hash)),
+                    )?;
+                }
             }
         }
         Ok(())
@@ -562,4 +587,48 @@ impl Refusal {
             Refusal::Io(e) => io_err("unpacking a layer of the image")(e),
         }
     }
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Makes the file just written at `full` one with the kept file `key` (`SHA256-MODE-MTIME`) of
+/// `files`: a hard link to it when it is there and still holds those bytes, else kept there as
+/// it. A kept file changed since (by a hand in a release folder: the same inode) is replaced.
+fn share(files: &Path, full: &Path, key: &str) -> io::Result<()> {
+    let kept = files.join(key);
+    let intact = match fs::File::open(&kept) {
+        Ok(mut f) => {
+            let mut hasher = Sha256::new();
+            io::copy(&mut f, &mut hasher)?;
+            key.starts_with(&hex::encode(hasher.finalize()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    if intact {
+        fs::remove_file(full)?;
+        return fs::hard_link(&kept, full);
+    }
+    match fs::remove_file(&kept) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    fs::hard_link(full, &kept)
 }

@@ -258,6 +258,18 @@ fn an_image_walks_four_environments_and_runs_its_own_userland_read_only_and_not_
         after_one + 3,
         "one layer, one config and one manifest are new; the base layer is stored once"
     );
+    // Unpacked, the base's files are one on disk too: both roots link the same busybox.
+    let busyboxes: Vec<(u64, u64)> = std::fs::read_dir(s.data_dir().join("releases"))
+        .unwrap()
+        .flatten()
+        .map(|r| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(r.path().join("rootfs/bin/busybox")).unwrap();
+            (m.dev(), m.ino())
+        })
+        .collect();
+    assert_eq!(busyboxes.len(), 2);
+    assert_eq!(busyboxes[0], busyboxes[1], "one busybox for both releases");
     // The same version with another image is refused, and nothing changes.
     let again = s.refused(&[
         "release",
