@@ -21,7 +21,8 @@ use shipgate_store::artifact::ArtifactStore;
 
 use crate::image::LIMITS;
 use crate::image_fixture::{
-    add_image, archive, busybox_layer, disk_usage, mib, random_layer, run_tool, version_layer,
+    add_image, archive, busybox_layer, disk_usage, disk_usage_of, mib, random_layer, run_tool,
+    version_layer,
 };
 use crate::promote::{median, ms};
 
@@ -258,7 +259,9 @@ pub(crate) async fn disk(releases: usize) -> anyhow::Result<()> {
             .image_rootfs(digest, LIMITS)?
             .context("the store lost a release it registered")?;
     }
-    let rootfs = disk_usage(&data.join("releases"))?;
+    // Counted with the layers, each file once: a rootfs's files are hard links to the copies
+    // kept in layers/files.
+    let rootfs = disk_usage_of(&[data.join("layers"), data.join("releases")])? - layers;
     server.stop().await?;
 
     let copies = dir.path().join("copies");
@@ -305,9 +308,12 @@ pub(crate) async fn disk(releases: usize) -> anyhow::Result<()> {
             &format!("{releases} skopeo copy into {releases} OCI layouts (the anchor)"),
             copied,
         ),
-        row("shipgate: layers/ (each layer once, shared)", layers),
         row(
-            &format!("shipgate: layers/ + the {releases} rootfs release create unpacks"),
+            "shipgate: layers/ (each layer once, and its files unpacked once)",
+            layers,
+        ),
+        row(
+            &format!("shipgate: layers/ + the {releases} rootfs (hard links to those files)"),
             layers + rootfs,
         ),
         row(

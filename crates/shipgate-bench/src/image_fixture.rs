@@ -170,6 +170,11 @@ pub(crate) fn archive(layout: &Path, tag: &str, archive: &Path) -> anyhow::Resul
 /// The bytes the files under `path` take on disk (allocated blocks, as `du` counts them), each
 /// file once however many hard links it has; 0 if there is nothing there.
 pub(crate) fn disk_usage(path: &Path) -> io::Result<u64> {
+    disk_usage_of(std::slice::from_ref(&path.to_owned()))
+}
+
+/// [`disk_usage`] of several folders together: a file linked from two of them counts once.
+pub(crate) fn disk_usage_of(paths: &[std::path::PathBuf]) -> io::Result<u64> {
     fn walk(path: &Path, seen: &mut HashSet<(u64, u64)>) -> io::Result<u64> {
         let meta = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
@@ -188,7 +193,12 @@ pub(crate) fn disk_usage(path: &Path) -> io::Result<u64> {
         }
         Ok(total)
     }
-    walk(path, &mut HashSet::new())
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for path in paths {
+        total += walk(path, &mut seen)?;
+    }
+    Ok(total)
 }
 
 /// `bytes` in MiB, for the tables.
