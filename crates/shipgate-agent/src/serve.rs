@@ -448,6 +448,34 @@ async fn has_release(State(agent): AgentState, Json(h): Json<HasRelease>) -> Res
     }
 }
 
+/// The digest header of a `what` the server sends, and this agent's store; else the answer.
+fn digest_and_store<'a>(
+    agent: &'a Agent,
+    headers: &axum::http::HeaderMap,
+    what: &str,
+) -> Result<
+    (
+        shipgate_core::Digest,
+        &'a shipgate_store::artifact::ArtifactStore,
+    ),
+    Box<Response>,
+> {
+    let digest = match headers
+        .get(DIGEST_HEADER)
+        .and_then(|d| d.to_str().ok())
+        .map(shipgate_core::Digest::parse)
+    {
+        Some(Ok(d)) => d,
+        _ => {
+            return Err(Box::new(failed(format!(
+                "a {what} needs a valid {DIGEST_HEADER} header"
+            ))));
+        }
+    };
+    let artifacts = agent.artifacts().map_err(|e| Box::new(failed(e)))?;
+    Ok((digest, artifacts))
+}
+
 /// A release archive sent by the server: checked and unpacked exactly as an upload to the
 /// server is (its digest, size and entry limits, read-only), into this agent's data dir.
 async fn receive_release(
@@ -456,17 +484,9 @@ async fn receive_release(
     body: axum::body::Body,
 ) -> Response {
     use futures_util::StreamExt;
-    let digest = match headers
-        .get(DIGEST_HEADER)
-        .and_then(|d| d.to_str().ok())
-        .map(shipgate_core::Digest::parse)
-    {
-        Some(Ok(d)) => d,
-        _ => return failed(format!("a release needs a valid {DIGEST_HEADER} header")),
-    };
-    let artifacts = match agent.artifacts() {
-        Ok(a) => a,
-        Err(e) => return failed(e),
+    let (digest, artifacts) = match digest_and_store(&agent, &headers, "release") {
+        Ok(both) => both,
+        Err(answer) => return *answer,
     };
     let limits = shipgate_store::artifact::UnpackLimits {
         max_size: shipgate_core::ByteSize(u64::MAX / 2),
@@ -508,17 +528,9 @@ async fn receive_blob(
     body: axum::body::Body,
 ) -> Response {
     use futures_util::StreamExt;
-    let digest = match headers
-        .get(DIGEST_HEADER)
-        .and_then(|d| d.to_str().ok())
-        .map(shipgate_core::Digest::parse)
-    {
-        Some(Ok(d)) => d,
-        _ => return failed(format!("a blob needs a valid {DIGEST_HEADER} header")),
-    };
-    let artifacts = match agent.artifacts() {
-        Ok(a) => a,
-        Err(e) => return failed(e),
+    let (digest, artifacts) = match digest_and_store(&agent, &headers, "blob") {
+        Ok(both) => both,
+        Err(answer) => return *answer,
     };
     let received = async {
         let mut upload = artifacts.receive_blob(&digest).map_err(|e| e.to_string())?;

@@ -57,20 +57,11 @@ impl Engine {
         }
         // Until the release is recorded, retention would take its artifact for an orphan.
         let _not_pruning = self.pruning.read().await;
-        if let Some(existing) = self.store.release(&app, &version).await? {
-            if existing.digest == artifact.digest {
-                // The same file again: stored anew if retention had removed it.
-                self.artifacts.store(artifact).await?;
-                self.share_artifact(&existing.digest).await?;
-                return Ok((existing, false));
-            }
-            return Err(StoreError::ReleaseConflict {
-                app,
-                version,
-                existing: existing.digest,
-                offered: artifact.digest,
-            }
-            .into());
+        if let Some(existing) = self.registered_as(&app, &version, &artifact.digest).await? {
+            // The same file again: stored anew if retention had removed it.
+            self.artifacts.store(artifact).await?;
+            self.share_artifact(&existing.digest).await?;
+            return Ok((existing, false));
         }
         let (digest, size) = (artifact.digest.clone(), artifact.size as i64);
         self.artifacts.store(artifact).await?;
@@ -86,6 +77,27 @@ impl Engine {
             notes: req.notes,
         };
         Ok(self.store.insert_release(new, actor).await?)
+    }
+
+    /// `app@version` as registered with `digest` already (None: not registered); refused when
+    /// it is registered with another digest, as releases are immutable.
+    pub(crate) async fn registered_as(
+        &self,
+        app: &AppName,
+        version: &Version,
+        digest: &shipgate_core::Digest,
+    ) -> Result<Option<Release>, EngineError> {
+        match self.store.release(app, version).await? {
+            Some(existing) if &existing.digest == digest => Ok(Some(existing)),
+            Some(existing) => Err(StoreError::ReleaseConflict {
+                app: app.clone(),
+                version: version.clone(),
+                existing: existing.digest,
+                offered: digest.clone(),
+            }
+            .into()),
+            None => Ok(None),
+        }
     }
 
     /// Asks for `release` to enter `env`. Refused unless it is verified (same digest) in the

@@ -5,7 +5,7 @@ use shipgate_core::image::ImageRef;
 use shipgate_core::{AppName, EnvName, InstanceId, ReleaseRef};
 use shipgate_deploy::ImageRun;
 use shipgate_store::artifact::{ArtifactError, CheckedArtifact, UnpackLimits};
-use shipgate_store::{NewRelease, Release, StoreError};
+use shipgate_store::{NewRelease, Release};
 
 use crate::flow::ReleaseRequest;
 use crate::{Engine, EngineError};
@@ -74,17 +74,8 @@ impl Engine {
         })
         .await
         .map_err(|e| ArtifactError::Unreadable(format!("reading the image failed: {e}")))??;
-        if let Some(existing) = self.store.release(&app, &version).await? {
-            if existing.digest == image.digest {
-                return Ok((existing, false));
-            }
-            return Err(StoreError::ReleaseConflict {
-                app,
-                version,
-                existing: existing.digest,
-                offered: image.digest,
-            }
-            .into());
+        if let Some(existing) = self.registered_as(&app, &version, &image.digest).await? {
+            return Ok((existing, false));
         }
         let new = NewRelease {
             app,

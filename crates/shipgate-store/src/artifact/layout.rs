@@ -485,36 +485,15 @@ impl ArtifactStore {
         // A layout the store unpacked itself (an upload, a pull) gives its blobs up: checked,
         // then moved, not copied. Only a plain file is moved (a link stays where it is).
         let own = layout.blob_path(digest);
-        if layout.dir.starts_with(self.root.join("tmp"))
-            && fs::symlink_metadata(&own).is_ok_and(|m| m.file_type().is_file())
-        {
-            let file = layout.open_blob(digest)?;
-            let (mut hasher, mut read) = (Sha256::new(), 0u64);
-            let mut reader =
-                io::BufReader::with_capacity(256 << 10, file.take(size.saturating_add(1)));
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_err(format!("reading layer {digest}"))(e)),
-                };
-                hasher.update(&buf[..n]);
-                read += n as u64;
-            }
-            let actual = Digest::from_sha256(&hasher.finalize().into());
-            check_blob(digest, size, read, &actual)?;
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&own, fs::Permissions::from_mode(0o444))
-                .map_err(io_err("making a layer read-only"))?;
-            fs::rename(&own, self.layer_path(digest))
-                .map_err(io_err(format!("storing layer {digest}")))?;
-            return Ok(true);
-        }
+        let movable = layout.dir.starts_with(self.root.join("tmp"))
+            && fs::symlink_metadata(&own).is_ok_and(|m| m.file_type().is_file());
         let source = layout.open_blob(digest)?;
-        let mut temp = self.blob_temp()?;
-        let (mut hasher, mut copied) = (Sha256::new(), 0u64);
+        let mut temp = if movable {
+            None
+        } else {
+            Some(self.blob_temp()?)
+        };
+        let (mut hasher, mut read) = (Sha256::new(), 0u64);
         let mut reader = source.take(size.saturating_add(1));
         let mut buf = vec![0u8; 256 << 10];
         loop {
@@ -525,13 +504,24 @@ impl ArtifactStore {
                 Err(e) => return Err(io_err(format!("reading layer {digest}"))(e)),
             };
             hasher.update(&buf[..n]);
-            copied += n as u64;
-            temp.write_all(&buf[..n])
-                .map_err(io_err(format!("copying layer {digest}")))?;
+            read += n as u64;
+            if let Some(temp) = temp.as_mut() {
+                temp.write_all(&buf[..n])
+                    .map_err(io_err(format!("copying layer {digest}")))?;
+            }
         }
         let actual = Digest::from_sha256(&hasher.finalize().into());
-        check_blob(digest, size, copied, &actual)?;
-        self.keep_blob(temp, digest)?;
+        check_blob(digest, size, read, &actual)?;
+        match temp {
+            Some(temp) => self.keep_blob(temp, digest)?,
+            None => {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&own, fs::Permissions::from_mode(0o444))
+                    .map_err(io_err("making a layer read-only"))?;
+                fs::rename(&own, self.layer_path(digest))
+                    .map_err(io_err(format!("storing layer {digest}")))?;
+            }
+        }
         Ok(true)
     }
 

@@ -7,32 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
 use crate::fleet::Agents;
-use crate::helpers::{TestServer, free_port, http_get, root_or_skip, spawn_server};
-use crate::images::build_images;
+use crate::helpers::{TestServer, free_port, http_get, spawn_server};
+use crate::images::{build_images, register_image, runnable};
 use crate::netns::Hosts;
-
-/// Skips (never passes) where images cannot be built or run here.
-fn runnable(test: &str) -> bool {
-    if !root_or_skip(test) {
-        return false;
-    }
-    for tool in ["umoci", "runc", "skopeo"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            eprintln!("SKIPPED {test}: {tool} is not installed (apt-get install -y {tool})");
-            return false;
-        }
-    }
-    if !Path::new("/usr/bin/busybox").exists() {
-        eprintln!("SKIPPED {test}: busybox-static is not installed");
-        return false;
-    }
-    true
-}
 
 /// Testing, then production, both on web-1, web-2 and web-3, each on a port of its own there.
 fn config(hosts: &Hosts, testing: u16, production: u16) -> String {
@@ -117,15 +98,7 @@ fn pages(hosts: &Hosts, port: u16) -> Vec<Option<String>> {
 }
 
 fn register(s: &TestServer, layout: &Path, version: &str) {
-    s.ok(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        version,
-        "--image",
-        &format!("oci:{}:{version}", layout.display()),
-    ]);
+    register_image(s, version, &format!("oci:{}:{version}", layout.display()));
 }
 
 #[test]

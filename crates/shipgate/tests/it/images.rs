@@ -39,7 +39,7 @@ const CONNECT: &str = "#!/bin/sh\n\
     if busybox nc -w 1 ${addr%:*} ${addr##*:} </dev/null >/dev/null 2>&1; then echo connected; else echo refused; fi\n";
 
 /// Skips (never passes) where images cannot be built or run here.
-fn runnable(test: &str) -> bool {
+pub fn runnable(test: &str) -> bool {
     if !root_or_skip(test) {
         return false;
     }
@@ -169,31 +169,13 @@ fn an_image_walks_four_environments_and_runs_its_own_userland_read_only_and_not_
     let s = spawn_server(&config(""));
     let layout = build_images(s.dir.path(), &["1.0.0", "1.1.0"]);
     let l = layout.display();
-    let created = s.ok(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "1.0.0",
-        "--image",
-        &format!("oci:{l}:1.0.0"),
-    ]);
+    let created = register_image(&s, "1.0.0", &format!("oci:{l}:1.0.0"));
     assert!(
         created.contains("registered web@1.0.0 (sha256:"),
         "{created}"
     );
     // The digest is the manifest's, as the layout names it.
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
-    let manifest = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "1.0.0")
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let manifest = manifest_digest(&layout, "1.0.0");
     assert!(created.contains(&manifest), "{created} names {manifest}");
     let after_one = layers_stored(&s);
     let shown = s.ok(&["release", "show", "web@1.0.0"]);
@@ -244,15 +226,7 @@ fn an_image_walks_four_environments_and_runs_its_own_userland_read_only_and_not_
 
     // The second version shares the base layer: only its own layer (and its config and
     // manifest) are new.
-    s.ok(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "1.1.0",
-        "--image",
-        &format!("oci:{l}:1.1.0"),
-    ]);
+    register_image(&s, "1.1.0", &format!("oci:{l}:1.1.0"));
     assert_eq!(
         layers_stored(&s),
         after_one + 3,
@@ -271,15 +245,7 @@ fn an_image_walks_four_environments_and_runs_its_own_userland_read_only_and_not_
     assert_eq!(busyboxes.len(), 2);
     assert_eq!(busyboxes[0], busyboxes[1], "one busybox for both releases");
     // The same version with another image is refused, and nothing changes.
-    let again = s.refused(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "1.0.0",
-        "--image",
-        &format!("oci:{l}:1.1.0"),
-    ]);
+    let again = image_refused(&s, "1.0.0", &format!("oci:{l}:1.1.0"));
     assert!(again.contains("1.0.0"), "{again}");
 
     // The data folder is kept across releases: the count goes on.
@@ -335,30 +301,16 @@ fn an_image_archive_and_a_tls_registry_with_basic_auth_give_the_same_digest_and_
     let certs = s.dir.path().join("registry-certs");
     std::fs::create_dir_all(&certs).unwrap();
     std::fs::copy(&registry.cert, certs.join("ca.crt")).unwrap();
-    let from_archive = s.json(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "1.0.0",
-        "--image",
-        &format!("oci-archive:{}", archive.display()),
-    ]);
+    let from_archive =
+        register_image_json(&s, "1.0.0", &format!("oci-archive:{}", archive.display()));
     run(Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-creds", "ci:s3cret"])
         .arg("--dest-cert-dir")
         .arg(&certs)
         .arg(format!("oci:{l}:1.0.0"))
         .arg(format!("docker://{}/team/web:1.0.0", registry.host)));
-    let from_registry = s.json(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "2.0.0",
-        "--image",
-        &format!("{}/team/web:1.0.0", registry.host),
-    ]);
+    let from_registry =
+        register_image_json(&s, "2.0.0", &format!("{}/team/web:1.0.0", registry.host));
     assert_eq!(
         from_archive["release"]["digest"], from_registry["release"]["digest"],
         "the same manifest from an archive and from a registry"
@@ -369,15 +321,11 @@ fn an_image_archive_and_a_tls_registry_with_basic_auth_give_the_same_digest_and_
     // (The same image as 1.0.0: its page says 1.0.0.)
     assert_eq!(info(&s, "development")["usr"], "absent");
     // A registry that is not there is a clear error.
-    let down = s.refused(&[
-        "release",
-        "create",
-        "web",
-        "--version",
+    let down = image_refused(
+        &s,
         "3.0.0",
-        "--image",
         &format!("127.0.0.1:{}/team/web:1.0.0", free_port()),
-    ]);
+    );
     assert!(down.contains("could not pull"), "{down}");
 }
 
@@ -464,15 +412,7 @@ fn image_releases_switch_and_roll_back_without_a_failed_request() {
     let s = spawn_server(&config(""));
     let layout = build_images(s.dir.path(), &["1.0.0", "1.1.0"]);
     for v in ["1.0.0", "1.1.0"] {
-        s.ok(&[
-            "release",
-            "create",
-            "web",
-            "--version",
-            v,
-            "--image",
-            &format!("oci:{}:{v}", layout.display()),
-        ]);
+        register_image(&s, v, &format!("oci:{}:{v}", layout.display()));
     }
     s.deploy("1.0.0", "development");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -504,29 +444,12 @@ fn refused_image(s: &TestServer, name: &str, spoil: impl FnOnce(&Path, &Path)) -
     let dir = s.dir.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let layout = build_images(&dir, &["1.0.0"]);
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
-    let manifest = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "1.0.0")
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
+    let manifest = manifest_digest(&layout, "1.0.0")
         .trim_start_matches("sha256:")
         .to_owned();
     spoil(&layout, &layout.join("blobs/sha256").join(manifest));
     let before = layers_stored(s);
-    let said = s.refused(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "9.9.9",
-        "--image",
-        &format!("oci:{}:1.0.0", layout.display()),
-    ]);
+    let said = image_refused(s, "9.9.9", &format!("oci:{}:1.0.0", layout.display()));
     assert!(
         s.json(&["release", "list"]).as_array().unwrap().is_empty(),
         "{name}: no release is recorded"
@@ -656,15 +579,7 @@ fn a_whiteout_that_escapes_the_rootfs_is_refused_when_the_release_is_made() {
         "1.0.0",
     )
     .unwrap();
-    let said = s.refused(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "1.0.0",
-        "--image",
-        &format!("oci:{}:1.0.0", layout.display()),
-    ]);
+    let said = image_refused(&s, "1.0.0", &format!("oci:{}:1.0.0", layout.display()));
     assert!(
         said.contains("escapes the rootfs") || said.contains("through the link"),
         "{said}"
@@ -688,15 +603,7 @@ fn an_image_changed_on_disk_is_drift_and_heal_puts_its_layers_back() {
     }
     let s = spawn_server(&config(""));
     let layout = build_images(s.dir.path(), &["1.0.0"]);
-    let created = s.json(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "1.0.0",
-        "--image",
-        &format!("oci:{}:1.0.0", layout.display()),
-    ]);
+    let created = register_image_json(&s, "1.0.0", &format!("oci:{}:1.0.0", layout.display()));
     let digest = created["release"]["digest"].as_str().unwrap().to_owned();
     s.walk("1.0.0", "testing");
     let www = s
@@ -795,15 +702,7 @@ fn an_image_in_staging_reaches_nothing_of_production_or_shipgate() {
          [environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:{production}\"\n"
     ));
     let layout = build_images(s.dir.path(), &["1.0.0"]);
-    s.ok(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "1.0.0",
-        "--image",
-        &format!("oci:{}:1.0.0", layout.display()),
-    ]);
+    register_image(&s, "1.0.0", &format!("oci:{}:1.0.0", layout.display()));
     s.ok(&["promote", "web@1.0.0", "--to", "staging", "--wait"]);
     s.ok(&["promote", "web@1.0.0", "--to", "production", "--wait"]);
     let status = s.json(&["status", "web"]);
@@ -849,15 +748,7 @@ fn retention_removes_the_layers_no_kept_image_uses_and_keeps_a_shared_base() {
     ));
     let layout = build_images(s.dir.path(), &["1.0.0", "1.1.0", "1.2.0"]);
     for v in ["1.0.0", "1.1.0", "1.2.0"] {
-        s.ok(&[
-            "release",
-            "create",
-            "web",
-            "--version",
-            v,
-            "--image",
-            &format!("oci:{}:{v}", layout.display()),
-        ]);
+        register_image(&s, v, &format!("oci:{}:{v}", layout.display()));
     }
     // One base layer, and a layer, a config and a manifest of each version.
     assert_eq!(layers_stored(&s), 10);
@@ -869,15 +760,7 @@ fn retention_removes_the_layers_no_kept_image_uses_and_keeps_a_shared_base() {
     s.ok(&["redeploy", "web", "--env", "development", "--wait"]);
     assert_eq!(s.version("development").as_deref(), Some("1.2.0"));
     // A pruned image comes back by registering it again.
-    s.ok(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "1.0.0",
-        "--image",
-        &format!("oci:{}:1.0.0", layout.display()),
-    ]);
+    register_image(&s, "1.0.0", &format!("oci:{}:1.0.0", layout.display()));
     assert_eq!(layers_stored(&s), 7);
 }
 
@@ -891,15 +774,7 @@ fn an_image_instance_is_restarted_after_a_crash_and_adopted_by_a_new_agent() {
         "data_dir = \"data\"\ndata_plane = \"agent\"\n",
     ));
     let layout = build_images(s.dir.path(), &["1.0.0"]);
-    s.ok(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        "1.0.0",
-        "--image",
-        &format!("oci:{}:1.0.0", layout.display()),
-    ]);
+    register_image(&s, "1.0.0", &format!("oci:{}:1.0.0", layout.display()));
     s.deploy("1.0.0", "development");
     let status = || crate::helpers::env_status(&s.json(&["status", "web"]), "development");
     let runc_pid = status()["instance"]["pid"].as_i64().unwrap();
@@ -945,4 +820,58 @@ fn an_image_instance_is_restarted_after_a_crash_and_adopted_by_a_new_agent() {
         s.log()
     );
     assert_eq!(s.version("development").as_deref(), Some("1.0.0"));
+}
+
+/// `release create web --version VERSION --image REFERENCE`, which must succeed; its output.
+pub fn register_image(s: &TestServer, version: &str, reference: &str) -> String {
+    s.ok(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        version,
+        "--image",
+        reference,
+    ])
+}
+
+/// [`register_image`], its answer as JSON.
+fn register_image_json(s: &TestServer, version: &str, reference: &str) -> serde_json::Value {
+    s.json(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        version,
+        "--image",
+        reference,
+    ])
+}
+
+/// [`register_image`], which must be refused; what it said.
+fn image_refused(s: &TestServer, version: &str, reference: &str) -> String {
+    s.refused(&[
+        "release",
+        "create",
+        "web",
+        "--version",
+        version,
+        "--image",
+        reference,
+    ])
+}
+
+/// The manifest digest the layout's index gives the image tagged `tag`.
+fn manifest_digest(layout: &Path, tag: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no {tag} in {index}"))["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
