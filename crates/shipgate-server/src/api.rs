@@ -289,7 +289,11 @@ async fn create_release(
             });
         }
     }
-    let checked = upload.finish(&claimed).await?;
+    let checked = if reference.is_some() {
+        upload.finish_transient(&claimed).await?
+    } else {
+        upload.finish(&claimed).await?
+    };
     let (release, created) = match reference {
         Some(reference) => {
             engine

@@ -796,15 +796,34 @@ impl Upload {
     }
 
     /// Ends the upload: compares digests and checks every entry.
-    pub async fn finish(mut self, claimed: &Digest) -> Result<CheckedArtifact, ArtifactError> {
+    pub async fn finish(self, claimed: &Digest) -> Result<CheckedArtifact, ArtifactError> {
+        self.finish_as(claimed, true).await
+    }
+
+    /// [`Upload::finish`] for an upload that is read and dropped (an image layout: what is
+    /// kept are its blobs, synced as they are stored), so not synced to disk itself.
+    pub async fn finish_transient(
+        self,
+        claimed: &Digest,
+    ) -> Result<CheckedArtifact, ArtifactError> {
+        self.finish_as(claimed, false).await
+    }
+
+    async fn finish_as(
+        mut self,
+        claimed: &Digest,
+        durable: bool,
+    ) -> Result<CheckedArtifact, ArtifactError> {
         self.file
             .flush()
             .await
             .map_err(io_err("writing the upload"))?;
-        self.file
-            .sync_all()
-            .await
-            .map_err(io_err("syncing the upload"))?;
+        if durable {
+            self.file
+                .sync_all()
+                .await
+                .map_err(io_err("syncing the upload"))?;
+        }
         let actual = Digest::from_sha256(&self.hasher.finalize().into());
         if &actual != claimed {
             return Err(ArtifactError::DigestMismatch {

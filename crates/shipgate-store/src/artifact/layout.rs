@@ -516,6 +516,10 @@ impl ArtifactStore {
             Some(temp) => self.keep_blob(temp, digest)?,
             None => {
                 use std::os::unix::fs::PermissionsExt;
+                // Kept from now on: on disk before the release that needs it is recorded.
+                File::open(&own)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err(format!("syncing layer {digest}")))?;
                 fs::set_permissions(&own, fs::Permissions::from_mode(0o444))
                     .map_err(io_err("making a layer read-only"))?;
                 fs::rename(&own, self.layer_path(digest))
@@ -550,6 +554,10 @@ impl ArtifactStore {
         digest: &Digest,
     ) -> Result<(), ArtifactError> {
         use std::os::unix::fs::PermissionsExt;
+        // Kept from now on: on disk before the release that needs it is recorded.
+        temp.as_file()
+            .sync_all()
+            .map_err(io_err(format!("syncing blob {digest}")))?;
         temp.as_file()
             .set_permissions(fs::Permissions::from_mode(0o444))
             .map_err(io_err("making a layer read-only"))?;
