@@ -29,6 +29,14 @@ pub struct PromoteRequest {
         pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
     )]
     pub override_reason: Option<String>,
+    /// A hotfix, for this reason (an incident): the release need only be verified in the
+    /// environment's hotfix `from`, and the requirements its lane names are skipped (approvals
+    /// never). Needs the lane's role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
+    pub hotfix: Option<String>,
 }
 
 /// `POST /api/v1/approvals`: approve or reject the promotion of a release into an environment.

@@ -387,7 +387,25 @@ pub struct EnvironmentConfig {
     pub template: Option<EnvName>,
     /// `[environments.NAME.canary]`: a new release meets a share of the requests first.
     pub canary: Option<CanaryConfig>,
+    /// `[environments.NAME.hotfix]`: a lane for a fix that cannot wait for the whole flow.
+    pub hotfix: Option<HotfixConfig>,
 }
+
+/// `[environments.NAME.hotfix]`: `shipgate promote --hotfix --reason TEXT` may bring a release
+/// verified in `from` straight here, whatever lies between, skipping the requirements in
+/// `skip` (never approvals), when asked by someone with `role` (or an admin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotfixConfig {
+    /// Where a hotfix must still be verified first (its tests, its watch).
+    pub from: EnvName,
+    /// The requirements a hotfix skips: `require.soak`, `require.window`, `require.parity`.
+    pub skip: Vec<String>,
+    /// Who may call a hotfix (an admin always may).
+    pub role: Role,
+}
+
+/// The requirements a hotfix may skip; approvals are never among them.
+pub const HOTFIX_SKIPPABLE: [&str; 3] = ["require.soak", "require.window", "require.parity"];
 
 /// `[environments.NAME.canary]`: a new release takes a growing share of the requests, step by
 /// step, each step judged against the stable release in the same window.
@@ -771,6 +789,16 @@ struct RawEnvironment {
     dependencies: BTreeMap<Spanned<String>, RawDependency>,
     network: Option<RawNetwork>,
     canary: Option<Spanned<RawCanary>>,
+    hotfix: Option<Spanned<RawHotfix>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHotfix {
+    from: Spanned<String>,
+    #[serde(default)]
+    skip: Vec<Spanned<String>>,
+    role: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1776,7 +1804,48 @@ fn environments(
                 dependencies,
                 network,
                 canary: env.canary.as_ref().map(|c| canary(c, problems)),
+                hotfix: env.hotfix.as_ref().and_then(|h| hotfix(h, problems)),
             });
+        }
+    }
+    // A hotfix's `from` must be on the way into its environment.
+    for (name, env) in &raw {
+        let (Some(h), Some(lane)) = (
+            env.hotfix.as_ref(),
+            envs.iter()
+                .find(|e| e.name.as_str() == name.get_ref())
+                .and_then(|e| e.hotfix.as_ref()),
+        ) else {
+            continue;
+        };
+        let mut at = envs
+            .iter()
+            .find(|e| e.name.as_str() == name.get_ref())
+            .and_then(|e| e.after.clone());
+        let mut seen = 0;
+        let on_the_way = loop {
+            match at {
+                Some(before) if before == lane.from => break true,
+                Some(before) if seen < envs.len() => {
+                    seen += 1;
+                    at = envs
+                        .iter()
+                        .find(|e| e.name == before)
+                        .and_then(|e| e.after.clone());
+                }
+                _ => break false,
+            }
+        };
+        if !on_the_way {
+            problems.add(
+                h.get_ref().from.span(),
+                format!(
+                    "the hotfix lane of `{}` comes from `{}`, which is not on the way into it",
+                    name.get_ref(),
+                    lane.from
+                ),
+                "name an environment its `after` chain passes through, such as staging".to_owned(),
+            );
         }
     }
     if let Some(cycle) = find_cycle(&envs) {
@@ -1793,6 +1862,41 @@ fn environments(
         return envs;
     }
     order(envs)
+}
+
+/// `[environments.NAME.hotfix]`: the role defaults to admin; approvals are never skipped.
+fn hotfix(raw: &Spanned<RawHotfix>, problems: &mut Problems) -> Option<HotfixConfig> {
+    let h = raw.get_ref();
+    let from = problems.parse(&h.from, |s| EnvName::parse(s).map_err(|e| e.to_string()));
+    let mut skip = Vec::new();
+    for key in &h.skip {
+        let k = key.get_ref();
+        if HOTFIX_SKIPPABLE.contains(&k.as_str()) {
+            skip.push(k.clone());
+        } else if k == "require.approvals" {
+            problems.add(
+                key.span(),
+                "a hotfix never skips `require.approvals`".to_owned(),
+                "approvals still hold for a hotfix; the people of the rule may give them at once"
+                    .to_owned(),
+            );
+        } else {
+            problems.add(
+                key.span(),
+                format!("`{k}` is not a requirement a hotfix may skip"),
+                format!("write one of {}", HOTFIX_SKIPPABLE.join(", ")),
+            );
+        }
+    }
+    let role = match &h.role {
+        Some(r) => problems.parse(r, Role::parse)?,
+        None => Role::Admin,
+    };
+    Some(HotfixConfig {
+        from: from?,
+        skip,
+        role,
+    })
 }
 
 /// `[environments.NAME.canary]`, with its defaults.
@@ -2880,6 +2984,40 @@ mod tests {
         assert!(!config.comes_before(&name("demo"), &name("eu")));
         assert!(!config.comes_before(&name("eu"), &name("staging")));
         assert!(!config.comes_before(&name("staging"), &name("staging")));
+    }
+
+    #[test]
+    fn a_hotfix_lane_comes_from_an_environment_on_the_way_and_never_skips_approvals() {
+        let lane = |hotfix: &str| {
+            format!(
+                "{BASE}[environments.development]\nlisten = \"127.0.0.1:8101\"\n[environments.staging]\nafter = \"development\"\nlisten = \"127.0.0.1:8103\"\n[environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:8104\"\n[environments.production.hotfix]\n{hotfix}\n[environments.demo]\nlisten = \"127.0.0.1:8105\"\n"
+            )
+        };
+        let ok = Config::parse(
+            &lane("from = \"development\"\nskip = [\"require.soak\", \"require.window\"]"),
+            Path::new("/p"),
+        )
+        .unwrap();
+        let production = ok
+            .environment(&EnvName::parse("production").unwrap())
+            .unwrap();
+        let h = production.hotfix.as_ref().unwrap();
+        assert_eq!(
+            (h.from.as_str(), h.role, h.skip.len()),
+            ("development", Role::Admin, 2)
+        );
+        let elsewhere = errors(&lane("from = \"demo\""));
+        assert!(elsewhere.contains("not on the way into it"), "{elsewhere}");
+        let approvals = errors(&lane("from = \"staging\"\nskip = [\"require.approvals\"]"));
+        assert!(
+            approvals.contains("never skips `require.approvals`"),
+            "{approvals}"
+        );
+        let unknown = errors(&lane("from = \"staging\"\nskip = [\"verify.tests\"]"));
+        assert!(
+            unknown.contains("not a requirement a hotfix may skip"),
+            "{unknown}"
+        );
     }
 
     #[test]

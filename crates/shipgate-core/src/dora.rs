@@ -264,14 +264,14 @@ fn compute<'a>(
         let mut unrestored = 0;
         let mut series: BTreeMap<String, (u64, u64, Vec<f64>)> = BTreeMap::new();
         for (i, c) in list.iter().enumerate() {
-            if c.kind != PromotionKind::Promote || !finished(c.state) {
+            if !c.kind.is_forward() || !finished(c.state) {
                 continue;
             }
             let later = &list[i + 1..];
             // Rolled back by hand: a rollback succeeded before the next promotion.
             let by_hand = later
                 .iter()
-                .take_while(|n| n.kind != PromotionKind::Promote)
+                .take_while(|n| !n.kind.is_forward())
                 .find(|n| n.kind == PromotionKind::Rollback && n.state == PromotionState::Succeeded)
                 .filter(|_| c.state == PromotionState::Succeeded);
             let failed = c.state != PromotionState::Succeeded || by_hand.is_some();

@@ -106,6 +106,9 @@ pub enum PromotionKind {
     Rollback,
     /// `shipgate drift --heal`: start the recorded live release again from its artifact.
     Redeploy,
+    /// `shipgate promote --hotfix`: verified in the environment's hotfix `from` only, and some
+    /// requirements skipped (`[environments.NAME.hotfix]`); approvals never.
+    Hotfix,
 }
 
 impl PromotionKind {
@@ -115,11 +118,19 @@ impl PromotionKind {
             Self::Promote => "promote",
             Self::Rollback => "rollback",
             Self::Redeploy => "redeploy",
+            Self::Hotfix => "hotfix",
         }
     }
+
+    /// Whether it brings a release forward into an environment (a promotion or a hotfix), as
+    /// opposed to going back or starting the same one again.
+    pub fn is_forward(self) -> bool {
+        matches!(self, Self::Promote | Self::Hotfix)
+    }
+
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Promote, Self::Rollback, Self::Redeploy]
+        [Self::Promote, Self::Rollback, Self::Redeploy, Self::Hotfix]
             .into_iter()
             .find(|k| k.as_str() == s)
     }
@@ -149,6 +160,11 @@ pub enum EntryRefusal {
         /// The environment it must pass first.
         after: EnvName,
     },
+    /// A hotfix into an environment that has no hotfix lane.
+    #[error(
+        "environment `{0}` takes no hotfix: add [environments.{0}.hotfix] with `from`, `skip` and `role` to the config, or promote the release through the flow"
+    )]
+    NoHotfixLane(String),
     /// The release passed the environment before, which was then rolled back away from it.
     #[error(
         "{release} was rolled back in {after}, so it may not go further (promote it there again first: shipgate promote {release} --to {after})"
@@ -222,6 +238,31 @@ pub fn check_entry(
         },
     };
     Err(refusal)
+}
+
+/// Decides whether `release` may enter `env` as a hotfix: `env` has a hotfix lane and the
+/// release is verified (this digest) in the lane's `from`, whatever lies between.
+pub fn check_hotfix_entry(
+    config: &Config,
+    release: &ReleaseRef,
+    digest: &Digest,
+    env: &EnvName,
+    standing: impl FnOnce(&EnvName) -> Standing,
+) -> Result<(), EntryRefusal> {
+    check_entry(config, release, digest, env, |_| Standing::Unverified).or_else(|e| match e {
+        EntryRefusal::NotVerifiedBefore { .. } | EntryRefusal::RolledBackBefore { .. } => Ok(()),
+        other => Err(other),
+    })?;
+    let Some(lane) = config.environment(env).and_then(|e| e.hotfix.as_ref()) else {
+        return Err(EntryRefusal::NoHotfixLane(env.to_string()));
+    };
+    match standing(&lane.from) {
+        Standing::Verified(d) if &d == digest => Ok(()),
+        _ => Err(EntryRefusal::NotVerifiedBefore {
+            release: release.clone(),
+            after: lane.from.clone(),
+        }),
+    }
 }
 
 #[cfg(test)]

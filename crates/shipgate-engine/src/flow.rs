@@ -135,6 +135,49 @@ impl Engine {
         .await
     }
 
+    /// Asks for `release` to enter `env` as a hotfix, for `reason` (an incident): it must be
+    /// verified in the environment's hotfix `from` (whatever lies between), and skips the
+    /// requirements the lane names, never approvals. Who may ask is checked by the caller.
+    pub async fn hotfix(
+        self: &Arc<Self>,
+        release: &ReleaseRef,
+        env: &EnvName,
+        actor: &str,
+        reason: String,
+    ) -> Result<Promotion, EngineError> {
+        let _not_pruning = self.pruning.read().await;
+        let registered = self.registered(release).await?;
+        let config = self.config();
+        let from = config
+            .environment(env)
+            .and_then(|e| e.hotfix.as_ref())
+            .map(|h| h.from.clone());
+        let standing = match &from {
+            Some(from) => {
+                self.store
+                    .standing(&release.app, &release.version, from)
+                    .await?
+            }
+            None => Standing::Unverified,
+        };
+        shipgate_core::promotion::check_hotfix_entry(
+            &config,
+            release,
+            &registered.digest,
+            env,
+            |_| standing,
+        )?;
+        self.request_as(
+            registered,
+            env,
+            PromotionKind::Hotfix,
+            actor,
+            None,
+            Some(reason),
+        )
+        .await
+    }
+
     /// Returns `env` to the release that was live before the current one (or to `to`, which
     /// must have been live there). Goes through the normal deploy path, without re-running tests.
     pub async fn rollback(
@@ -216,6 +259,7 @@ impl Engine {
             kind: PromotionKind::Rollback,
             previous_version: Some(running.version.clone()),
             override_reason: None,
+            hotfix_reason: None,
         };
         let gate = format!(
             "ended promotion {} of {}@{} in flight; {}@{} serves {env} again",
@@ -281,6 +325,20 @@ impl Engine {
         actor: &str,
         override_reason: Option<String>,
     ) -> Result<Promotion, EngineError> {
+        self.request_as(release, env, kind, actor, override_reason, None)
+            .await
+    }
+
+    /// [`Engine::request`], for a hotfix with its reason.
+    async fn request_as(
+        self: &Arc<Self>,
+        release: Release,
+        env: &EnvName,
+        kind: PromotionKind,
+        actor: &str,
+        override_reason: Option<String>,
+        hotfix_reason: Option<String>,
+    ) -> Result<Promotion, EngineError> {
         let previous_version = self
             .live_record(&release.app, env)
             .await?
@@ -293,6 +351,7 @@ impl Engine {
             kind,
             previous_version,
             override_reason,
+            hotfix_reason,
         };
         let promotion = self.store.create_promotion(new, actor).await?;
         self.spawn_run(promotion.id);
@@ -333,7 +392,7 @@ impl Engine {
         let mut stop = self.stop_signal(promotion_id);
         // Requirements are waited on before the slot is taken: a rollback or a newer promotion
         // must never queue behind an approval.
-        if promotion.kind == PromotionKind::Promote
+        if promotion.kind.is_forward()
             && promotion.state == PromotionState::Pending
             && !self.await_requirements(&promotion).await?
         {
@@ -436,7 +495,7 @@ impl Engine {
             .config()
             .environment(&promotion.env)
             .and_then(|e| e.canary.clone())
-            .filter(|_| promotion.kind == PromotionKind::Promote);
+            .filter(|_| promotion.kind.is_forward());
         if let (Some(rules), Some(stable)) = (canary, self.live_instance(&slot)) {
             let ended = self
                 .canary(&promotion, &slot, &instance, &stable, &rules, &mut stop)
@@ -502,7 +561,7 @@ impl Engine {
 
         let judged = async {
             match promotion.kind {
-                PromotionKind::Promote => {
+                PromotionKind::Promote | PromotionKind::Hotfix => {
                     match self.verify(&promotion, instance.target.addr.port()).await? {
                         Some(failure) => Ok(Some(failure)),
                         None => self.watch(&promotion, &instance).await,
@@ -568,7 +627,7 @@ impl Engine {
         }
         let succeeded = self.store.transition(t).await?;
         self.used_by_deploy(&succeeded.env).await;
-        if succeeded.kind == PromotionKind::Promote {
+        if succeeded.kind.is_forward() {
             self.auto_promote(&succeeded).await;
         }
         let Some(old) = previous_instance else {
@@ -576,7 +635,7 @@ impl Engine {
         };
         // A replaced release that still runs stays warm for an instant rollback; a rolled-back
         // or crashed one does not.
-        let warm = promotion.kind == PromotionKind::Promote
+        let warm = promotion.kind.is_forward()
             && self.driver.status(&old.id).await.is_some_and(|s| s.healthy);
         match previous_live {
             Some(live) if warm => self.keep_warm(slot, old, live),

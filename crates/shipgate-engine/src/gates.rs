@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use shipgate_core::config::{EnvironmentConfig, Requirements};
 use shipgate_core::gate::{
     self, Decision, DecisionAsk, EntryFacts, Freeze, Stage, Wait, check_decision,
 };
 use shipgate_core::promotion::check_entry;
-use shipgate_core::{EnvName, Grant, PromotionKind, PromotionState, ReleaseRef, Standing, Verdict};
+use shipgate_core::{EnvName, Grant, PromotionState, ReleaseRef, Standing, Verdict};
 use shipgate_store::{Event, NewDecision, Promotion, PromotionFilter};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -65,8 +66,8 @@ impl Engine {
         };
         let decisions = self.store.decisions(p.id, Stage::Entry).await?;
         let decided = decisions.len();
-        let facts = self.entry_facts(p, env.after.as_ref(), decisions).await?;
-        let waits = gate::waiting_on(&env.require, &facts.borrowed());
+        let facts = self.entry_facts(p, entered_from(env, p), decisions).await?;
+        let waits = gate::waiting_on(&requirements_of(env, p), &facts.borrowed());
         self.set_entry_waits(p.id, waits, decided);
         Ok(())
     }
@@ -86,15 +87,26 @@ impl Engine {
                 self.set_waiting(p.id, vec![]);
                 return Ok(false);
             }
-            let standing = match &env.after {
-                Some(after) => self.store.standing(&p.app, &p.version, after).await?,
+            let standing = match entered_from(env, p) {
+                Some(before) => self.store.standing(&p.app, &p.version, before).await?,
                 None => Standing::Unverified,
             };
             let release = ReleaseRef {
                 app: p.app.clone(),
                 version: p.version.clone(),
             };
-            if let Err(refusal) = check_entry(&config, &release, &p.digest, &p.env, |_| standing) {
+            let entry = if p.kind == shipgate_core::PromotionKind::Hotfix {
+                shipgate_core::promotion::check_hotfix_entry(
+                    &config,
+                    &release,
+                    &p.digest,
+                    &p.env,
+                    |_| standing,
+                )
+            } else {
+                check_entry(&config, &release, &p.digest, &p.env, |_| standing)
+            };
+            if let Err(refusal) = entry {
                 self.end_pending(p, format!("no longer allowed in: {refusal}"))
                     .await?;
                 return Ok(false);
@@ -112,8 +124,8 @@ impl Engine {
                 self.end_pending(p, why).await?;
                 return Ok(false);
             }
-            let facts = self.entry_facts(p, env.after.as_ref(), decisions).await?;
-            let waits = gate::waiting_on(&env.require, &facts.borrowed());
+            let facts = self.entry_facts(p, entered_from(env, p), decisions).await?;
+            let waits = gate::waiting_on(&requirements_of(env, p), &facts.borrowed());
             if waits.is_empty() {
                 break facts;
             }
@@ -153,7 +165,7 @@ impl Engine {
         let parity = match self
             .config()
             .environment(&p.env)
-            .and_then(|e| e.require.parity.clone())
+            .and_then(|e| requirements_of(e, p).parity)
         {
             Some(with) => {
                 let diff = self.diff(&p.app, &with, &p.env).await?;
@@ -183,7 +195,7 @@ impl Engine {
         let Some(env) = config.environment(&p.env) else {
             return Ok(());
         };
-        let req = &env.require;
+        let req = &requirements_of(env, p);
         if let Some(rule) = &req.approvals {
             let approvers = gate::counted_approvers(rule, &facts.decisions);
             let comments: Vec<String> = facts
@@ -283,7 +295,7 @@ impl Engine {
             .promotions(open)
             .await?
             .into_iter()
-            .find(|p| p.version == release.version && p.kind == PromotionKind::Promote);
+            .find(|p| p.version == release.version && p.kind.is_forward());
         let held = |p: &Promotion| {
             self.waiting_on(p.id)
                 .iter()
@@ -379,7 +391,7 @@ impl Engine {
                 .promotions(before)
                 .await?
                 .into_iter()
-                .filter(|b| b.id < at.id && b.kind == PromotionKind::Promote)
+                .filter(|b| b.id < at.id && b.kind.is_forward())
                 .max_by_key(|b| b.id)
             else {
                 break;
@@ -489,6 +501,31 @@ impl Engine {
 }
 
 /// The waits as one line.
+/// The environment `p` must have been verified in to enter its own: the lane's `from` for a
+/// hotfix, else `after`.
+fn entered_from<'a>(env: &'a EnvironmentConfig, p: &Promotion) -> Option<&'a EnvName> {
+    match (&env.hotfix, p.kind) {
+        (Some(lane), shipgate_core::PromotionKind::Hotfix) => Some(&lane.from),
+        _ => env.after.as_ref(),
+    }
+}
+
+/// What `p` must wait for to enter `env`: `require`, less what a hotfix lane skips.
+fn requirements_of(env: &EnvironmentConfig, p: &Promotion) -> Requirements {
+    let mut req = env.require.clone();
+    if let (Some(lane), shipgate_core::PromotionKind::Hotfix) = (&env.hotfix, p.kind) {
+        for skipped in &lane.skip {
+            match skipped.as_str() {
+                "require.soak" => req.soak = None,
+                "require.window" => req.windows.clear(),
+                "require.parity" => req.parity = None,
+                _ => {}
+            }
+        }
+    }
+    req
+}
+
 pub(crate) fn describe(waits: &[Wait]) -> String {
     if waits.is_empty() {
         return "nothing".to_owned();

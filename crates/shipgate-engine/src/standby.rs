@@ -127,6 +127,7 @@ impl Engine {
             kind: PromotionKind::Rollback,
             previous_version: Some(current.version.clone()),
             override_reason: None,
+            hotfix_reason: None,
         };
         let gate = format!(
             "switched traffic back to standby instance {} of {}@{}",

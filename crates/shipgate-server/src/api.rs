@@ -387,10 +387,54 @@ async fn promote(
             ));
         }
     }
-    let promotion = state
-        .engine
-        .promote(&release, &env, caller.name(), b.override_reason)
-        .await?;
+    let promotion = match b.hotfix {
+        Some(reason) => {
+            if b.override_reason.is_some() {
+                return Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "a hotfix or an override",
+                    "a hotfix skips what its lane names; do not add an override to it",
+                ));
+            }
+            if reason.trim().is_empty() {
+                return Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "no reason",
+                    "a hotfix needs a reason, recorded in the audit log (--hotfix --reason \"INC-2291 checkout 500s\")",
+                ));
+            }
+            let lane = state
+                .engine
+                .config()
+                .environment(&env)
+                .and_then(|e| e.hotfix.clone());
+            if let Some(lane) = lane
+                && caller.grant().role != lane.role
+                && caller.grant().role != shipgate_core::Role::Admin
+            {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "a hotfix into {env} needs the role {} (or admin); {} is a {}: ask someone who has it",
+                        lane.role.as_str(),
+                        caller.name(),
+                        caller.grant().role.as_str()
+                    ),
+                ));
+            }
+            state
+                .engine
+                .hotfix(&release, &env, caller.name(), reason)
+                .await?
+        }
+        None => {
+            state
+                .engine
+                .promote(&release, &env, caller.name(), b.override_reason)
+                .await?
+        }
+    };
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, promotion_location(promotion.id))],

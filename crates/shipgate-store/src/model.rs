@@ -48,6 +48,8 @@ pub struct NewPromotion {
     pub previous_version: Option<Version>,
     /// An admin lifts deploy windows and freezes for this promotion, for this reason.
     pub override_reason: Option<String>,
+    /// A hotfix's reason (its incident), said by its request's event.
+    pub hotfix_reason: Option<String>,
 }
 
 /// An approval or rejection about to be recorded.

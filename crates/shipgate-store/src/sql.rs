@@ -531,14 +531,17 @@ async fn insert_promotion(
             .await?,
         );
     }
-    let message = format!(
+    let mut message = format!(
         "{actor} asked to {} {}@{} in {}",
         p.kind.as_str(),
         p.app,
         p.version,
         p.env
     );
-    let data = serde_json::json!({ "version": p.version, "digest": p.digest, "kind": p.kind, "previous_version": p.previous_version });
+    if let Some(reason) = &p.hotfix_reason {
+        message.push_str(&format!(": {reason}"));
+    }
+    let data = serde_json::json!({ "version": p.version, "digest": p.digest, "kind": p.kind, "previous_version": p.previous_version, "reason": p.hotfix_reason });
     events.push(
         append(
             tx,

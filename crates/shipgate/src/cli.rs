@@ -111,7 +111,7 @@ pub enum Command {
     /// Put a release into an environment.
     #[command(
         alias = "deploy",
-        after_help = "Examples:\n  shipgate promote web@1.4.2 --to staging --wait\n  shipgate promote web@1.4.2 --to production --override \"hotfix, approved by the on-call lead\""
+        after_help = "Examples:\n  shipgate promote web@1.4.2 --to staging --wait\n  shipgate promote web@1.4.2 --to production --override \"approved by the on-call lead\"\n  shipgate promote web@1.4.3 --to production --hotfix --reason \"INC-2291 checkout 500s\""
     )]
     Promote {
         /// APP@VERSION
@@ -126,6 +126,14 @@ pub enum Command {
         /// (recorded in the audit log). Approvals and soak still apply.
         #[arg(long = "override", value_name = "REASON")]
         override_reason: Option<String>,
+        /// A hotfix, through the environment's hotfix lane ([environments.NAME.hotfix]): the
+        /// release need only be verified in the lane's `from`, and the requirements it names
+        /// are skipped; approvals still hold. Needs --reason and the lane's role.
+        #[arg(long, requires = "reason", conflicts_with = "override_reason")]
+        hotfix: bool,
+        /// Why the hotfix (an incident), recorded with it in the audit log.
+        #[arg(long, requires = "hotfix", value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Approve a release's pending promotion into an environment (never your own).
     #[command(

@@ -322,6 +322,7 @@ impl Client {
             release: release.to_owned(),
             env: env.to_owned(),
             override_reason: None,
+            hotfix: None,
         };
         self.post("/promotions", &body).await
     }

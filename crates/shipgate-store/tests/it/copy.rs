@@ -86,6 +86,7 @@ async fn everything_is_copied_and_the_chain_verifies_on_the_target() {
                 kind: shipgate_core::PromotionKind::Promote,
                 previous_version: None,
                 override_reason: None,
+                hotfix_reason: None,
             },
             "ci",
         )

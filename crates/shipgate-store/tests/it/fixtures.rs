@@ -108,6 +108,7 @@ impl TestStore {
             kind,
             previous_version: None,
             override_reason: None,
+            hotfix_reason: None,
         };
         self.store.create_promotion(new, "alice").await.unwrap()
     }

@@ -102,11 +102,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             wait,
             override_reason,
+            hotfix,
+            reason,
         } => {
             let body = PromoteRequest {
                 release: release.to_string(),
                 env: to.to_string(),
                 override_reason,
+                hotfix: reason.filter(|_| hotfix),
             };
             promote(g, out, body, wait).await
         }

@@ -237,6 +237,7 @@ pub(super) async fn redeploy(
         release: format!("{app}@{version}"),
         env: env.to_owned(),
         override_reason: None,
+        hotfix: None,
     };
     let promotion: Promotion = client.post("/promotions", &body).await?;
     finish_promotion(&client, out, promotion, wait).await

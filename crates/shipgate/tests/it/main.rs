@@ -23,6 +23,7 @@ mod getting_out;
 mod hardening;
 mod helpers;
 mod hosts;
+mod hotfix;
 mod image_hosts;
 mod images;
 mod isolation;
