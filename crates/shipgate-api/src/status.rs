@@ -54,6 +54,21 @@ pub struct EnvironmentStatus {
     /// The alerts firing for the app here: `high-errors: error_rate > 0.05 for 2m`.
     #[serde(default)]
     pub alerts: Vec<String>,
+    /// A later environment runs a release that came there by hotfix and was never verified
+    /// here: what it runs and the command that brings this environment up to date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind: Option<Behind>,
+}
+
+/// An environment a hotfix went past.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Behind {
+    /// The later environment the hotfix went into.
+    pub env: EnvName,
+    /// The release it runs.
+    pub version: Version,
+    /// The promotion that brings this environment up to date.
+    pub command: String,
 }
 
 /// The warm standby of an app in an environment.

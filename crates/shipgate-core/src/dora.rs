@@ -500,6 +500,22 @@ mod tests {
     }
 
     #[test]
+    fn a_hotfix_is_a_change_and_restores_the_failure_it_fixes() {
+        use PromotionKind::{Hotfix, Promote};
+        use PromotionState::{Failed, Succeeded};
+        let history = vec![
+            change(Promote, Failed, "2026-11-30T10:00:00Z", None),
+            change(Hotfix, Succeeded, "2026-11-30T10:25:00Z", None),
+        ];
+        let prod = figures_with(&history, &[], at("2026-12-01T00:00:00Z"), 7)
+            .pop()
+            .unwrap();
+        assert_eq!((prod.deployments, prod.failed_changes), (1, 1));
+        assert_eq!(prod.restore_secs, Some(1500.0), "restored by the hotfix");
+        assert_eq!(prod.unrestored, 0);
+    }
+
+    #[test]
     fn buckets_follow_four_keys() {
         assert_eq!(frequency(3.0), "daily");
         assert_eq!(frequency(0.2), "weekly");

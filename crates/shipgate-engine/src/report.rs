@@ -8,7 +8,7 @@ pub use shipgate_api::status::{
     WaitView,
 };
 use shipgate_core::gate::Stage;
-use shipgate_core::{AppName, EnvName, PromotionState};
+use shipgate_core::{AppName, EnvName, PromotionState, Standing};
 use shipgate_store::{Promotion, PromotionFilter};
 
 use crate::{Engine, EngineError};
@@ -73,7 +73,35 @@ impl Engine {
         let mut out = Vec::new();
         for a in apps.iter().filter_map(|a| config.app(a)) {
             let mut environments = Vec::new();
+            // Where a hotfix went live: the environments before it that never verified it are
+            // behind.
+            let mut hotfixed = Vec::new();
+            for l in live.iter().filter(|l| l.app == a.name) {
+                let by_hotfix = self
+                    .store
+                    .promotion(l.promotion_id)
+                    .await?
+                    .is_some_and(|p| p.kind == shipgate_core::PromotionKind::Hotfix);
+                if by_hotfix {
+                    hotfixed.push(l.clone());
+                }
+            }
             for e in &config.environments {
+                let mut behind = None;
+                for l in hotfixed.iter().filter(|l| config.comes_before(&e.name, &l.env)) {
+                    let here = self.store.standing(&a.name, &l.version, &e.name).await?;
+                    if !matches!(here, Standing::Verified(d) if d == l.digest) {
+                        behind = Some(shipgate_api::status::Behind {
+                            env: l.env.clone(),
+                            version: l.version.clone(),
+                            command: format!(
+                                "shipgate promote {}@{} --to {}",
+                                a.name, l.version, e.name
+                            ),
+                        });
+                        break;
+                    }
+                }
                 let slot = (a.name.clone(), e.name.clone());
                 let instance = match self.live_instance(&slot) {
                     Some(i) => self.driver.status(&i.id).await.map(|s| InstanceView {
@@ -150,6 +178,7 @@ impl Engine {
                         .filter(|(_, app, env, _)| *app == a.name && *env == e.name)
                         .map(|(name, _, _, when)| format!("{name}: {when}"))
                         .collect(),
+                    behind,
                     faults: faults
                         .iter()
                         .filter(|f| f.app == a.name && f.env == e.name)

@@ -140,9 +140,30 @@ pub fn render_status(apps: &[AppStatus]) -> String {
         &rows,
     );
     text.push_str(&render_isolation(apps));
+    text.push_str(&render_behind(apps));
     text.push_str(&render_hosts(apps));
     text.push_str(&render_waits(apps));
     text
+}
+
+/// The environments a hotfix went past, each with the promotion that brings it up to date.
+fn render_behind(apps: &[AppStatus]) -> String {
+    let mut text = String::new();
+    for a in apps {
+        for e in &a.environments {
+            if let Some(b) = &e.behind {
+                text.push_str(&format!(
+                    "  {} in {} is behind {} ({}@{} came there by hotfix): {}\n",
+                    a.app, e.env, b.env, a.app, b.version, b.command
+                ));
+            }
+        }
+    }
+    if text.is_empty() {
+        text
+    } else {
+        format!("\nbehind a hotfix:\n{text}")
+    }
 }
 
 /// For environments on hosts, the live instance on each host, below the status table.

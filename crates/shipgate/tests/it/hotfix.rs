@@ -2,7 +2,7 @@
 //! production, skipping what the lane names (here the soak), never the approvals; refused
 //! without the role, without a reason, from outside `from`, and where no lane is.
 
-use crate::helpers::{four_envs_with, spawn_server, wait_for};
+use crate::helpers::{env_status, four_envs_with, spawn_server, wait_for};
 
 #[test]
 fn a_hotfix_skips_the_soak_but_never_the_approvals_and_each_refusal_says_what_to_do() {
@@ -83,6 +83,31 @@ fn a_hotfix_skips_the_soak_but_never_the_approvals_and_each_refusal_says_what_to
     });
     let latest = s.latest("production");
     assert_eq!(latest["kind"], "hotfix", "{latest}");
+    // Testing and staging were gone past: status says so, with the command; development, the
+    // lane's `from`, verified it.
+    let status = s.json(&["status", "web"]);
+    for env in ["testing", "staging"] {
+        assert_eq!(
+            env_status(&status, env)["behind"]["command"],
+            format!("shipgate promote web@1.0.0 --to {env}"),
+            "{status}"
+        );
+    }
+    assert!(env_status(&status, "development")["behind"].is_null());
+    let table = s.ok(&["status", "web"]);
+    assert!(
+        table.contains(
+            "web in staging is behind production (web@1.0.0 came there by hotfix): shipgate promote web@1.0.0 --to staging"
+        ),
+        "{table}"
+    );
+    // The normal promotions make the flow whole again.
+    s.ok(&["promote", "web@1.0.0", "--to", "testing", "--wait"]);
+    s.ok(&["promote", "web@1.0.0", "--to", "staging", "--wait"]);
+    let status = s.json(&["status", "web"]);
+    for env in ["testing", "staging"] {
+        assert!(env_status(&status, env)["behind"].is_null(), "{status}");
+    }
     let audit = s.ok(&["audit", "--env", "production"]);
     assert!(
         audit.contains("asked to hotfix web@1.0.0 in production: INC-2291 checkout 500s"),
