@@ -58,6 +58,9 @@ pub struct EnvironmentStatus {
     /// here: what it runs and the command that brings this environment up to date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behind: Option<Behind>,
+    /// The live release came here by hotfix (`shipgate promote --hotfix`).
+    #[serde(default)]
+    pub live_by_hotfix: bool,
 }
 
 /// An environment a hotfix went past.

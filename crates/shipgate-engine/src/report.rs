@@ -179,6 +179,7 @@ impl Engine {
                         .map(|(name, _, _, when)| format!("{name}: {when}"))
                         .collect(),
                     behind,
+                    live_by_hotfix: hotfixed.iter().any(|l| l.env == e.name),
                     faults: faults
                         .iter()
                         .filter(|f| f.app == a.name && f.env == e.name)

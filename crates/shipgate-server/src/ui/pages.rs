@@ -293,6 +293,10 @@ pub(crate) struct Cell {
     pub pending: Vec<Pending>,
     pub standby: String,
     pub frozen: String,
+    /// `hotfix` when the live release came by hotfix.
+    pub hotfix: bool,
+    /// `behind production` when a hotfix went past this environment.
+    pub behind: String,
 }
 
 pub(crate) struct BoardRow {
@@ -349,6 +353,12 @@ fn cell(app: &str, e: &EnvironmentStatus) -> Cell {
             .map(|v| release_link(app, v))
             .unwrap_or_default(),
         live: live.unwrap_or_default(),
+        hotfix: e.live_by_hotfix,
+        behind: e
+            .behind
+            .as_ref()
+            .map(|b| format!("behind {}: {}", b.env, b.command))
+            .unwrap_or_default(),
         health: health(e),
         traffic: traffic(e),
         pending: e

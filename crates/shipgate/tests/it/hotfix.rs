@@ -101,6 +101,16 @@ fn a_hotfix_skips_the_soak_but_never_the_approvals_and_each_refusal_says_what_to
         ),
         "{table}"
     );
+    // The board shows it: a hotfix badge on production, staging behind it.
+    let cookie = crate::dashboard::sign_in(&s, s.admin_token().trim());
+    let (code, _, board) =
+        crate::dashboard::raw(&s, "GET", "/", &[("Cookie", cookie.as_str())], "");
+    assert_eq!(code, 200);
+    assert!(board.contains("⚡</span> hotfix"), "{board}");
+    assert!(
+        board.contains("behind production: shipgate promote web@1.0.0 --to staging"),
+        "{board}"
+    );
     // The normal promotions make the flow whole again.
     s.ok(&["promote", "web@1.0.0", "--to", "testing", "--wait"]);
     s.ok(&["promote", "web@1.0.0", "--to", "staging", "--wait"]);
