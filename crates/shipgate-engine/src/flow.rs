@@ -114,14 +114,7 @@ impl Engine {
         let _not_pruning = self.pruning.read().await;
         let registered = self.registered(release).await?;
         let after = self.config().environment(env).and_then(|e| e.after.clone());
-        let standing = match &after {
-            Some(after) => {
-                self.store
-                    .standing(&release.app, &release.version, after)
-                    .await?
-            }
-            None => Standing::Unverified,
-        };
+        let standing = self.standing_in(release, after.as_ref()).await?;
         check_entry(&self.config(), release, &registered.digest, env, |_| {
             standing
         })?;
@@ -133,6 +126,22 @@ impl Engine {
             override_reason,
         )
         .await
+    }
+
+    /// Where `release` stands in `env` (None: it need not have passed anywhere).
+    async fn standing_in(
+        &self,
+        release: &ReleaseRef,
+        env: Option<&EnvName>,
+    ) -> Result<Standing, EngineError> {
+        Ok(match env {
+            Some(env) => {
+                self.store
+                    .standing(&release.app, &release.version, env)
+                    .await?
+            }
+            None => Standing::Unverified,
+        })
     }
 
     /// Asks for `release` to enter `env` as a hotfix, for `reason` (an incident): it must be
@@ -152,14 +161,7 @@ impl Engine {
             .environment(env)
             .and_then(|e| e.hotfix.as_ref())
             .map(|h| h.from.clone());
-        let standing = match &from {
-            Some(from) => {
-                self.store
-                    .standing(&release.app, &release.version, from)
-                    .await?
-            }
-            None => Standing::Unverified,
-        };
+        let standing = self.standing_in(release, from.as_ref()).await?;
         shipgate_core::promotion::check_hotfix_entry(
             &config,
             release,
