@@ -88,7 +88,10 @@ impl Engine {
             }
             for e in &config.environments {
                 let mut behind = None;
-                for l in hotfixed.iter().filter(|l| config.comes_before(&e.name, &l.env)) {
+                for l in hotfixed
+                    .iter()
+                    .filter(|l| config.comes_before(&e.name, &l.env))
+                {
                     let here = self.store.standing(&a.name, &l.version, &e.name).await?;
                     if !matches!(here, Standing::Verified(d) if d == l.digest) {
                         behind = Some(shipgate_api::status::Behind {
