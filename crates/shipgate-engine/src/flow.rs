@@ -146,13 +146,15 @@ impl Engine {
 
     /// Asks for `release` to enter `env` as a hotfix, for `reason` (an incident): it must be
     /// verified in the environment's hotfix `from` (whatever lies between), and skips the
-    /// requirements the lane names, never approvals. Who may ask is checked by the caller.
+    /// requirements the lane names, never approvals. Who may ask is checked by the caller; an
+    /// `override_reason` lifts windows and freezes as for [`Engine::promote`].
     pub async fn hotfix(
         self: &Arc<Self>,
         release: &ReleaseRef,
         env: &EnvName,
         actor: &str,
         reason: String,
+        override_reason: Option<String>,
     ) -> Result<Promotion, EngineError> {
         let _not_pruning = self.pruning.read().await;
         let registered = self.registered(release).await?;
@@ -174,7 +176,7 @@ impl Engine {
             env,
             PromotionKind::Hotfix,
             actor,
-            None,
+            override_reason,
             Some(reason),
         )
         .await

@@ -389,13 +389,6 @@ async fn promote(
     }
     let promotion = match b.hotfix {
         Some(reason) => {
-            if b.override_reason.is_some() {
-                return Err(Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "a hotfix or an override",
-                    "a hotfix skips what its lane names; do not add an override to it",
-                ));
-            }
             if reason.trim().is_empty() {
                 return Err(Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -423,9 +416,10 @@ async fn promote(
                     ),
                 ));
             }
+            // An admin's override may come with it (a hotfix during a freeze).
             state
                 .engine
-                .hotfix(&release, &env, caller.name(), reason)
+                .hotfix(&release, &env, caller.name(), reason, b.override_reason)
                 .await?
         }
         None => {
@@ -1217,7 +1211,7 @@ mod tests {
         );
         assert_eq!(
             doc["components"]["schemas"]["PromotionKind"]["enum"],
-            serde_json::json!(["promote", "rollback", "redeploy"]),
+            serde_json::json!(["promote", "rollback", "redeploy", "hotfix"]),
             "every promotion kind is stated"
         );
     }

@@ -129,7 +129,7 @@ pub enum Command {
         /// A hotfix, through the environment's hotfix lane ([environments.NAME.hotfix]): the
         /// release need only be verified in the lane's `from`, and the requirements it names
         /// are skipped; approvals still hold. Needs --reason and the lane's role.
-        #[arg(long, requires = "reason", conflicts_with = "override_reason")]
+        #[arg(long, requires = "reason")]
         hotfix: bool,
         /// Why the hotfix (an incident), recorded with it in the audit log.
         #[arg(long, requires = "hotfix", value_name = "TEXT")]
