@@ -22,8 +22,15 @@ pub(super) async fn finish_promotion(
 ) -> anyhow::Result<ExitCode> {
     let id = promotion.id;
     let what = format!(
-        "{}@{} → {}",
-        promotion.app, promotion.version, promotion.env
+        "{}@{} → {}{}",
+        promotion.app,
+        promotion.version,
+        promotion.env,
+        if promotion.kind == shipgate_core::PromotionKind::Hotfix {
+            " (a hotfix)"
+        } else {
+            ""
+        }
     );
     if !wait {
         out.print(&promotion, |p| match p.state {

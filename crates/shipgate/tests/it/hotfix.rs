@@ -59,7 +59,7 @@ fn a_hotfix_skips_the_soak_but_never_the_approvals_and_each_refusal_says_what_to
     assert!(flow.contains("not verified in staging"), "{flow}");
 
     // Allowed: it waits for the approval only (the soak is skipped), then goes live.
-    s.ok(&[
+    let accepted = s.ok(&[
         "promote",
         "web@1.0.0",
         "--to",
@@ -68,6 +68,10 @@ fn a_hotfix_skips_the_soak_but_never_the_approvals_and_each_refusal_says_what_to
         "--reason",
         "INC-2291 checkout 500s",
     ]);
+    assert!(
+        accepted.contains("web@1.0.0 → production (a hotfix)"),
+        "{accepted}"
+    );
     wait_for("the hotfix to wait for its approval", || {
         !s.waits("production").is_empty()
     });
