@@ -177,13 +177,19 @@ impl Engine {
 }
 
 /// The default seccomp profile of podman, as runc reads it. An image never runs without it.
+/// Read and converted once (a failure is tried again at the next start: the package may be
+/// installed meanwhile).
 fn seccomp() -> Result<Option<serde_json::Value>, String> {
+    static CONVERTED: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    if let Some(done) = CONVERTED.get() {
+        return Ok(Some(done.clone()));
+    }
     let profile = std::fs::read_to_string(SECCOMP_PROFILE).map_err(|e| {
         format!(
             "it is an image, and images run with podman's default seccomp profile, which cannot be read at {SECCOMP_PROFILE} ({e}): apt-get install -y podman, which brings it"
         )
     })?;
-    shipgate_core::seccomp::oci_seccomp(&profile, std::env::consts::ARCH)
-        .map(Some)
-        .map_err(|e| format!("the seccomp profile {SECCOMP_PROFILE} cannot be used: {e}"))
+    let converted = shipgate_core::seccomp::oci_seccomp(&profile, std::env::consts::ARCH)
+        .map_err(|e| format!("the seccomp profile {SECCOMP_PROFILE} cannot be used: {e}"))?;
+    Ok(Some(CONVERTED.get_or_init(|| converted).clone()))
 }

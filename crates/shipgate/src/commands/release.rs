@@ -69,6 +69,23 @@ pub enum From {
 /// Where `--base` puts the artifact's folder in the image, and where its `run` starts.
 const APP_DIR: &str = "app";
 
+/// Copies the image `from` (any reference skopeo reads) into a new OCI layout at `layout`,
+/// tagged `tag`; errors name the `option` it came from.
+fn skopeo_to_layout(from: &str, layout: &Path, tag: &str, option: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", from])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running skopeo to read {from} (apt-get install -y skopeo)"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{option}: skopeo could not read {from}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
 /// An OCI layout in `work` of `base` (any reference skopeo reads; a registry's as
 /// `docker://`) with the folder `dir` added as one layer at `/app`, its working directory;
 /// `run` of the app (or the base's command) starts there.
@@ -85,17 +102,7 @@ fn pack_onto_base(dir: &Path, base: &str, work: &Path) -> anyhow::Result<std::pa
         _ => base.to_owned(),
     };
     let base_layout = work.join("base");
-    let out = std::process::Command::new("skopeo")
-        .args(["copy", "--quiet", &source])
-        .arg(format!("oci:{}:base", base_layout.display()))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("running skopeo to read the base image (apt-get install -y skopeo)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "--base: skopeo could not read {base}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    skopeo_to_layout(&source, &base_layout, "base", "--base")?;
     let mut layer = Vec::new();
     shipgate_store::artifact::pack_dir_under(dir, Path::new(APP_DIR), &mut layer)
         .with_context(|| format!("packing {}", dir.display()))?;
@@ -240,21 +247,40 @@ pub async fn upload(
     artifact: &Path,
     source: Source,
 ) -> anyhow::Result<CreatedRelease> {
+    check_names(app, version)?;
+    let file = ArtifactFile::prepare(artifact)?;
+    send(client, app, version, file.path(), source, None).await
+}
+
+/// The app and version of a release to register, refused before anything is read or sent.
+fn check_names(app: &str, version: &str) -> anyhow::Result<()> {
     AppName::parse(app).map_err(|e| anyhow::anyhow!(e.0))?;
     Version::parse(version).map_err(|e| anyhow::anyhow!(e.0))?;
+    Ok(())
+}
+
+/// Uploads `body` (an artifact, or an image layout's tar when `image` names where it came
+/// from) with its digest and `source`.
+async fn send(
+    client: &Client,
+    app: &str,
+    version: &str,
+    body: &Path,
+    source: Source,
+    image: Option<String>,
+) -> anyhow::Result<CreatedRelease> {
     let commit_time = checked_commit_time(source.commit_time.as_deref())?;
-    let file = ArtifactFile::prepare(artifact)?;
-    let digest = shipgate_store::artifact::digest_file(file.path())
-        .with_context(|| format!("hashing {}", artifact.display()))?;
+    let digest = shipgate_store::artifact::digest_file(body)
+        .with_context(|| format!("hashing {}", body.display()))?;
     let query = ReleaseQuery {
         version: version.to_owned(),
         digest: digest.to_string(),
         commit: source.commit,
         commit_time,
         notes: source.notes,
-        image: None,
+        image,
     };
-    client.upload_release(app, &query, file.path()).await
+    client.upload_release(app, &query, body).await
 }
 
 /// Registers an image release: an `oci-archive:` is uploaded as it is, an `oci:` folder packed,
@@ -268,8 +294,7 @@ pub async fn upload_image(
     source: Source,
 ) -> anyhow::Result<CreatedRelease> {
     use shipgate_core::image::ImageRef;
-    AppName::parse(app).map_err(|e| anyhow::anyhow!(e.0))?;
-    Version::parse(version).map_err(|e| anyhow::anyhow!(e.0))?;
+    check_names(app, version)?;
     let parsed = ImageRef::parse(reference).map_err(|e| anyhow::anyhow!("--image: {e}"))?;
     let work = tempfile::tempdir().context("creating a temporary folder")?;
     let body = match &parsed {
@@ -298,18 +323,7 @@ pub async fn upload_image(
                 Some(n) => format!("docker-archive:{}:{n}", path.display()),
                 None => format!("docker-archive:{}", path.display()),
             };
-            let out = std::process::Command::new("skopeo")
-                .args(["copy", "--quiet", &from])
-                .arg(format!("oci:{}:image", layout.display()))
-                .stdin(std::process::Stdio::null())
-                .output()
-                .context("running skopeo to read the docker archive (apt-get install -y skopeo)")?;
-            anyhow::ensure!(
-                out.status.success(),
-                "--image: skopeo could not read {}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            skopeo_to_layout(&from, &layout, "image", "--image")?;
             let tar = work.path().join("layout.tar");
             shipgate_store::artifact::pack_layout(&layout, &tar)
                 .with_context(|| format!("packing {}", layout.display()))?;
@@ -321,17 +335,15 @@ pub async fn upload_image(
             empty
         }
     };
-    let digest = shipgate_store::artifact::digest_file(&body)
-        .with_context(|| format!("hashing {}", body.display()))?;
-    let query = ReleaseQuery {
-        version: version.to_owned(),
-        digest: digest.to_string(),
-        commit: source.commit,
-        commit_time: checked_commit_time(source.commit_time.as_deref())?,
-        notes: source.notes,
-        image: Some(reference.to_owned()),
-    };
-    client.upload_release(app, &query, &body).await
+    send(
+        client,
+        app,
+        version,
+        &body,
+        source,
+        Some(reference.to_owned()),
+    )
+    .await
 }
 
 pub(super) async fn release_create(

@@ -125,8 +125,19 @@ pub fn build_images(dir: &Path, versions: &[&str]) -> PathBuf {
 }
 
 fn config(extra: &str) -> String {
+    config_of("", extra)
+}
+
+/// [`config`] with `server` lines in `[server]`.
+fn config_with_server(server: &str) -> String {
+    config_of(server, "")
+}
+
+/// Four environments (staging with limits and a variable), `server` lines in `[server]` and
+/// `extra` at the end.
+fn config_of(server: &str, extra: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"data\"\n\n\
+        "[server]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"data\"\n{server}\n\
          [apps.web]\nhealth = \"/\"\n\n\
          [environments.development]\nlisten = \"127.0.0.1:{}\"\n\n\
          [environments.testing]\nafter = \"development\"\nlisten = \"127.0.0.1:{}\"\n\n\
@@ -742,10 +753,7 @@ fn retention_removes_the_layers_no_kept_image_uses_and_keeps_a_shared_base() {
     if !runnable("images") {
         return;
     }
-    let s = spawn_server(&config("").replace(
-        "data_dir = \"data\"\n",
-        "data_dir = \"data\"\nretention = { releases = 1 }\n",
-    ));
+    let s = spawn_server(&config_with_server("retention = { releases = 1 }\n"));
     let layout = build_images(s.dir.path(), &["1.0.0", "1.1.0", "1.2.0"]);
     for v in ["1.0.0", "1.1.0", "1.2.0"] {
         register_image(&s, v, &format!("oci:{}:{v}", layout.display()));
@@ -769,10 +777,7 @@ fn an_image_instance_is_restarted_after_a_crash_and_adopted_by_a_new_agent() {
     if !runnable("images") {
         return;
     }
-    let s = spawn_server(&config("").replace(
-        "data_dir = \"data\"\n",
-        "data_dir = \"data\"\ndata_plane = \"agent\"\n",
-    ));
+    let s = spawn_server(&config_with_server("data_plane = \"agent\"\n"));
     let layout = build_images(s.dir.path(), &["1.0.0"]);
     register_image(&s, "1.0.0", &format!("oci:{}:1.0.0", layout.display()));
     s.deploy("1.0.0", "development");
