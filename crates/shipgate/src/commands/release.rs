@@ -247,29 +247,30 @@ pub async fn upload(
     artifact: &Path,
     source: Source,
 ) -> anyhow::Result<CreatedRelease> {
-    check_names(app, version)?;
+    let commit_time = check_request(app, version, &source)?;
     let file = ArtifactFile::prepare(artifact)?;
-    send(client, app, version, file.path(), source, None).await
+    send(client, app, version, file.path(), source, commit_time, None).await
 }
 
-/// The app and version of a release to register, refused before anything is read or sent.
-fn check_names(app: &str, version: &str) -> anyhow::Result<()> {
+/// The app, version and commit time of a release to register, refused before anything is read
+/// or sent; the commit time as the server takes it.
+fn check_request(app: &str, version: &str, source: &Source) -> anyhow::Result<Option<String>> {
     AppName::parse(app).map_err(|e| anyhow::anyhow!(e.0))?;
     Version::parse(version).map_err(|e| anyhow::anyhow!(e.0))?;
-    Ok(())
+    checked_commit_time(source.commit_time.as_deref())
 }
 
 /// Uploads `body` (an artifact, or an image layout's tar when `image` names where it came
-/// from) with its digest and `source`.
+/// from) with its digest, `source` and its checked `commit_time`.
 async fn send(
     client: &Client,
     app: &str,
     version: &str,
     body: &Path,
     source: Source,
+    commit_time: Option<String>,
     image: Option<String>,
 ) -> anyhow::Result<CreatedRelease> {
-    let commit_time = checked_commit_time(source.commit_time.as_deref())?;
     let digest = shipgate_store::artifact::digest_file(body)
         .with_context(|| format!("hashing {}", body.display()))?;
     let query = ReleaseQuery {
@@ -294,7 +295,7 @@ pub async fn upload_image(
     source: Source,
 ) -> anyhow::Result<CreatedRelease> {
     use shipgate_core::image::ImageRef;
-    check_names(app, version)?;
+    let commit_time = check_request(app, version, &source)?;
     let parsed = ImageRef::parse(reference).map_err(|e| anyhow::anyhow!("--image: {e}"))?;
     let work = tempfile::tempdir().context("creating a temporary folder")?;
     let body = match &parsed {
@@ -341,6 +342,7 @@ pub async fn upload_image(
         version,
         &body,
         source,
+        commit_time,
         Some(reference.to_owned()),
     )
     .await
