@@ -27,6 +27,43 @@ pub struct ReleaseDetail {
     pub image: Option<ImageSummary>,
 }
 
+/// `GET /api/v1/signoffs` and `POST /api/v1/signoffs`: a release's user acceptance sign-off
+/// in one environment, as a tester needs it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SignoffStatus {
+    /// The promotion signed off (its latest into the environment with a sign-off).
+    pub promotion: Promotion,
+    /// `open` while it waits, `complete` once every scenario passed, `failed` after a fail,
+    /// `ended` when it stopped otherwise (rejected, rolled back, the server restarted mid-way
+    /// is not one: it carries on).
+    pub outcome: String,
+    /// Where it stands, in words.
+    pub progress: String,
+    /// The role that may sign (an admin always may).
+    pub role: shipgate_core::Role,
+    /// Where the environment answers: what the testers open.
+    pub url: String,
+    /// When it began to wait for sign-off.
+    pub requested_at: jiff::Timestamp,
+    /// Each scenario with its passes and fails, in the config's order.
+    pub scenarios: Vec<ScenarioStatus>,
+    /// The release last signed off in this environment, if one was.
+    pub since: Option<String>,
+    /// The releases registered after it, up to this one (its commit and notes): what changed.
+    pub changes: Vec<Release>,
+    /// Who asked for the promotion (they may not sign it).
+    pub requested_by: String,
+}
+
+/// One scenario of a sign-off.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScenarioStatus {
+    /// As the config names it.
+    pub name: String,
+    /// Its passes and fails, oldest first.
+    pub entries: Vec<shipgate_core::signoff::SignoffEntry>,
+}
+
 /// An image release's image, as `release show` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ImageSummary {

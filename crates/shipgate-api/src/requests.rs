@@ -58,6 +58,30 @@ pub struct DecisionRequest {
     pub comment: Option<String>,
 }
 
+/// `POST /api/v1/signoffs`: pass or fail one scenario of a release's user acceptance sign-off.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignoffRequest {
+    /// The release.
+    #[schema(value_type = ReleaseRef)]
+    pub release: String,
+    /// The environment that signs it off.
+    #[schema(value_type = EnvName)]
+    pub env: String,
+    /// The scenario, as the config names it.
+    #[schema(min_length = 1, max_length = 200)]
+    pub scenario: String,
+    /// Pass or fail; a fail needs a note.
+    pub verdict: shipgate_core::signoff::SignoffVerdict,
+    /// What was seen, in words (not blank).
+    #[serde(default)]
+    #[schema(
+        max_length = 2000,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
+    pub note: Option<String>,
+}
+
 /// `POST /api/v1/rollbacks`: return an environment to an earlier release.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RollbackRequest {

@@ -17,13 +17,22 @@ pub enum Role {
     Deployer,
     /// A viewer who may also approve or reject promotions.
     Approver,
+    /// A viewer who may also sign off a release's scenarios in user acceptance
+    /// (`[environments.NAME.signoff]`).
+    Tester,
     /// Everything, including tokens (when not limited to environments).
     Admin,
 }
 
 impl Role {
     /// Every role, least trusted first.
-    pub const ALL: [Role; 4] = [Self::Viewer, Self::Deployer, Self::Approver, Self::Admin];
+    pub const ALL: [Role; 5] = [
+        Self::Viewer,
+        Self::Deployer,
+        Self::Approver,
+        Self::Tester,
+        Self::Admin,
+    ];
 
     /// The name stored and typed.
     pub fn as_str(self) -> &'static str {
@@ -31,6 +40,7 @@ impl Role {
             Self::Viewer => "viewer",
             Self::Deployer => "deployer",
             Self::Approver => "approver",
+            Self::Tester => "tester",
             Self::Admin => "admin",
         }
     }
@@ -40,7 +50,7 @@ impl Role {
         Self::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is not a role: use viewer, deployer, approver or admin"))
+            .ok_or_else(|| format!("`{s}` is not a role: use viewer, deployer, approver, tester or admin"))
     }
 }
 

@@ -389,7 +389,23 @@ pub struct EnvironmentConfig {
     pub canary: Option<CanaryConfig>,
     /// `[environments.NAME.hotfix]`: a lane for a fix that cannot wait for the whole flow.
     pub hotfix: Option<HotfixConfig>,
+    /// `[environments.NAME.signoff]`: a verified release waits for testers to pass each
+    /// scenario before it counts as verified here.
+    pub signoff: Option<SignoffConfig>,
 }
+
+/// `[environments.NAME.signoff]`: user acceptance. After its verification a release waits in
+/// `signing_off` until someone with `role` passed every scenario; one fail ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignoffConfig {
+    /// Who may sign (an admin always may).
+    pub role: Role,
+    /// What the testers walk through, each passed or failed on its own.
+    pub scenarios: Vec<String>,
+}
+
+/// The longest scenario name: a line on a page, not a test plan.
+pub const SCENARIO_MAX: usize = 200;
 
 /// `[environments.NAME.hotfix]`: `shipgate promote --hotfix --reason TEXT` may bring a release
 /// verified in `from` straight here, whatever lies between, skipping the requirements in
@@ -405,7 +421,12 @@ pub struct HotfixConfig {
 }
 
 /// The requirements a hotfix may skip; approvals are never among them.
-pub const HOTFIX_SKIPPABLE: [&str; 3] = ["require.soak", "require.window", "require.parity"];
+pub const HOTFIX_SKIPPABLE: [&str; 4] = [
+    "require.soak",
+    "require.window",
+    "require.parity",
+    "require.signoff",
+];
 
 /// `[environments.NAME.canary]`: a new release takes a growing share of the requests, step by
 /// step, each step judged against the stable release in the same window.
@@ -455,6 +476,8 @@ pub struct Requirements {
     pub windows: Vec<DeployWindow>,
     /// `require.parity`: no unexpected difference with this environment but the release.
     pub parity: Option<EnvName>,
+    /// `require.signoff`: the very digest completed the user acceptance sign-off there.
+    pub signoff: Option<EnvName>,
 }
 
 impl Requirements {
@@ -464,6 +487,7 @@ impl Requirements {
             && self.soak.is_none()
             && self.windows.is_empty()
             && self.parity.is_none()
+            && self.signoff.is_none()
     }
 }
 
@@ -790,6 +814,14 @@ struct RawEnvironment {
     network: Option<RawNetwork>,
     canary: Option<Spanned<RawCanary>>,
     hotfix: Option<Spanned<RawHotfix>>,
+    signoff: Option<Spanned<RawSignoff>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignoff {
+    role: Option<Spanned<String>>,
+    scenarios: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -876,6 +908,7 @@ struct RawRequire {
     soak: Option<Spanned<String>>,
     window: Option<Spanned<toml::Value>>,
     parity: Option<Spanned<toml::Value>>,
+    signoff: Option<Spanned<String>>,
 }
 
 /// Collects problems while a raw config is turned into a [`Config`].
@@ -1625,6 +1658,20 @@ fn environments(
                 None => problems.add(p.span(), "`require.parity` names an environment, for example require.parity = \"staging\"", None),
             }
         }
+        if let Some(with) = &env.require.signoff {
+            require.signoff = known_env(with, "require.signoff", problems);
+            let signs_off = raw
+                .iter()
+                .find(|(n, _)| n.get_ref() == with.get_ref())
+                .is_some_and(|(_, e)| e.signoff.is_some());
+            if require.signoff.is_some() && !signs_off {
+                problems.add(
+                    with.span(),
+                    format!("`require.signoff = \"{}\"` names an environment with no sign-off", with.get_ref()),
+                    format!("add [environments.{}.signoff] with its scenarios", with.get_ref()),
+                );
+            }
+        }
         let mirrors = env
             .mirrors
             .as_ref()
@@ -1805,6 +1852,7 @@ fn environments(
                 network,
                 canary: env.canary.as_ref().map(|c| canary(c, problems)),
                 hotfix: env.hotfix.as_ref().and_then(|h| hotfix(h, problems)),
+                signoff: env.signoff.as_ref().and_then(|s| signoff(s, problems)),
             });
         }
     }
@@ -1862,6 +1910,54 @@ fn environments(
         return envs;
     }
     order(envs)
+}
+
+/// `[environments.NAME.signoff]`: the role defaults to tester; the scenarios are named, distinct
+/// and at least one.
+fn signoff(raw: &Spanned<RawSignoff>, problems: &mut Problems) -> Option<SignoffConfig> {
+    let s = raw.get_ref();
+    let role = match &s.role {
+        Some(r) => match problems.parse(r, Role::parse)? {
+            Role::Viewer => {
+                problems.add(
+                    r.span(),
+                    "a viewer changes nothing, so it may not sign off",
+                    "write role = \"tester\" (the default), or another role that may act".to_owned(),
+                );
+                return None;
+            }
+            role => role,
+        },
+        None => Role::Tester,
+    };
+    let mut scenarios: Vec<String> = Vec::new();
+    for scenario in s.scenarios.get_ref() {
+        let name = scenario.get_ref().trim();
+        if name.is_empty() || name.chars().count() > SCENARIO_MAX || name.chars().any(char::is_control) {
+            problems.add(
+                scenario.span(),
+                format!("a scenario is one line of 1 to {SCENARIO_MAX} characters"),
+                "name what the tester walks through, for example \"checkout with a saved card\"".to_owned(),
+            );
+        } else if scenarios.iter().any(|n| n == name) {
+            problems.add(
+                scenario.span(),
+                format!("the scenario `{name}` is listed twice"),
+                "each scenario is passed once per person: list it once".to_owned(),
+            );
+        } else {
+            scenarios.push(name.to_owned());
+        }
+    }
+    if s.scenarios.get_ref().is_empty() {
+        problems.add(
+            s.scenarios.span(),
+            "`signoff.scenarios` is empty, so there would be nothing to sign off",
+            "list what the testers walk through, for example scenarios = [\"checkout with a saved card\"]".to_owned(),
+        );
+        return None;
+    }
+    Some(SignoffConfig { role, scenarios })
 }
 
 /// `[environments.NAME.hotfix]`: the role defaults to admin; approvals are never skipped.

@@ -37,6 +37,9 @@ pub struct Change {
     pub finished_at: Timestamp,
     /// When its release's commit was made, if known.
     pub commit_time: Option<Timestamp>,
+    /// How long its release waited for user acceptance sign-off (`signing_off`) before this
+    /// change finished, here or in an environment before, in seconds (None: it never did).
+    pub signoff_secs: Option<f64>,
 }
 
 /// A firing alert: from when it fired to when it resolved (still open without an end). Time to
@@ -87,6 +90,14 @@ pub struct Figures {
     pub lead_time_secs: Option<f64>,
     /// `under a day`, `under a week`, `under a month` or `over a month`.
     pub lead_time: Option<String>,
+    /// Of the lead time of those deployments, the share their releases spent waiting for
+    /// user acceptance sign-off (0 to 1; None without a lead time).
+    #[serde(default)]
+    pub signoff_share: Option<f64>,
+    /// The median time those deployments' releases waited for sign-off, in seconds (those
+    /// that waited).
+    #[serde(default)]
+    pub signoff_secs: Option<f64>,
     /// Finished promotions in the window.
     pub changes: u64,
     /// Of them, failed or rolled back.
@@ -258,6 +269,8 @@ fn compute<'a>(
         let in_window = |c: &Change| c.finished_at > since && c.finished_at <= now;
         let mut deployments = 0;
         let mut leads = Vec::new();
+        let mut signoffs = Vec::new();
+        let mut signoff_total = 0.0;
         let mut changes_n = 0;
         let mut failed_n = 0;
         let mut restores = Vec::new();
@@ -289,7 +302,10 @@ fn compute<'a>(
                         let lead = c.finished_at.duration_since(commit).as_secs_f64().max(0.0);
                         leads.push(lead);
                         day.2.push(lead);
+                        // Never more than the lead time it is a share of.
+                        signoff_total += c.signoff_secs.unwrap_or(0.0).min(lead);
                     }
+                    signoffs.extend(c.signoff_secs);
                 }
                 if failed {
                     failed_n += 1;
@@ -320,6 +336,14 @@ fn compute<'a>(
             }
         }
         let per_day = deployments as f64 / f64::from(days.max(1));
+        let lead_total: f64 = leads.iter().sum();
+        let signoff_share = (!leads.is_empty()).then(|| {
+            if lead_total > 0.0 {
+                signoff_total / lead_total
+            } else {
+                0.0
+            }
+        });
         let lead = median(leads);
         let restore = median(restores);
         let series = (0..days)
@@ -347,6 +371,8 @@ fn compute<'a>(
             frequency: frequency(per_day),
             lead_time_secs: lead,
             lead_time: lead.map(bucket),
+            signoff_share,
+            signoff_secs: median(signoffs),
             changes: changes_n,
             failed_changes: failed_n,
             change_failure_rate: (changes_n > 0).then(|| failed_n as f64 / changes_n as f64),
@@ -381,7 +407,35 @@ mod tests {
             requested_at: at(finished),
             finished_at: at(finished),
             commit_time: commit.map(at),
+            signoff_secs: None,
         }
+    }
+
+    #[test]
+    fn time_waiting_for_signoff_is_its_own_share_of_the_lead_time() {
+        use PromotionKind::Promote;
+        use PromotionState::Succeeded;
+        // Lead 10 h, of which 4 h waiting for sign-off; lead 2 h with none.
+        let signed = Change {
+            signoff_secs: Some(4.0 * 3600.0),
+            ..change(
+                Promote,
+                Succeeded,
+                "2026-11-30T20:00:00Z",
+                Some("2026-11-30T10:00:00Z"),
+            )
+        };
+        let unsigned = change(
+            Promote,
+            Succeeded,
+            "2026-11-29T12:00:00Z",
+            Some("2026-11-29T10:00:00Z"),
+        );
+        let f = &figures(&[signed, unsigned.clone()], at("2026-12-01T00:00:00Z"), 30)[0];
+        assert!((f.signoff_share.unwrap() - 4.0 / 12.0).abs() < 1e-12);
+        assert_eq!(f.signoff_secs, Some(4.0 * 3600.0));
+        let f = &figures(&[unsigned], at("2026-12-01T00:00:00Z"), 30)[0];
+        assert_eq!((f.signoff_share, f.signoff_secs), (Some(0.0), None));
     }
 
     #[test]

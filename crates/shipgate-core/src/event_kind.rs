@@ -109,10 +109,18 @@ pub enum EventKind {
     CanaryAborted,
     /// A canary rollout passed every step and takes every request (`canary.completed`).
     CanaryCompleted,
+    /// A verified release waits for its user acceptance scenarios (`signoff.requested`).
+    SignoffRequested,
+    /// A tester passed one scenario (`signoff.passed`).
+    SignoffPassed,
+    /// A tester failed one scenario; the promotion fails (`signoff.failed`).
+    SignoffFailed,
+    /// Every scenario passed; the release is verified (`signoff.completed`).
+    SignoffCompleted,
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 47] = [
+    const NAMED: [(EventKind, &'static str); 51] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -160,6 +168,10 @@ impl EventKind {
         (Self::CanaryInconclusive, "canary.inconclusive"),
         (Self::CanaryAborted, "canary.aborted"),
         (Self::CanaryCompleted, "canary.completed"),
+        (Self::SignoffRequested, "signoff.requested"),
+        (Self::SignoffPassed, "signoff.passed"),
+        (Self::SignoffFailed, "signoff.failed"),
+        (Self::SignoffCompleted, "signoff.completed"),
     ];
 
     /// Every kind, in a stable order (by family).
@@ -208,6 +220,10 @@ impl EventKind {
             | Self::CanaryInconclusive
             | Self::CanaryAborted
             | Self::CanaryCompleted => "canary",
+            Self::SignoffRequested
+            | Self::SignoffPassed
+            | Self::SignoffFailed
+            | Self::SignoffCompleted => "signoff",
         }
     }
 

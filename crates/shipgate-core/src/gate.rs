@@ -137,6 +137,13 @@ pub enum Wait {
         /// When it is compared again (facts can change without an event).
         recheck: Timestamp,
     },
+    /// `require.signoff`: the release's user acceptance in that environment is not complete.
+    Signoff {
+        /// The environment that signs it off.
+        env: EnvName,
+        /// Where it stands there, with the command that moves it on.
+        progress: String,
+    },
     /// The watch after the switch was inconclusive; a person approves or rejects.
     Decision {
         /// What the watch saw.
@@ -203,6 +210,7 @@ impl fmt::Display for Wait {
                 differences.len(),
                 differences.join(", ")
             ),
+            Self::Signoff { env, progress } => write!(f, "sign-off in {env}: {progress}"),
             Self::Decision { watched } => write!(
                 f,
                 "a person to decide: {watched} (shipgate approve or shipgate reject)"
@@ -226,6 +234,9 @@ pub struct EntryFacts<'a> {
     pub overridden: bool,
     /// With `require.parity`: the environment named and its unexpected differences now.
     pub parity: Option<(&'a EnvName, Vec<String>)>,
+    /// With `require.signoff`: the environment named and, until the release's sign-off there
+    /// is complete, where it stands.
+    pub signoff: Option<(&'a EnvName, Option<String>)>,
     /// Now.
     pub now: Timestamp,
 }
@@ -255,6 +266,13 @@ pub fn waiting_on(req: &Requirements, facts: &EntryFacts<'_>) -> Vec<Wait> {
                 });
             }
         }
+    }
+    // Not lifted by an override: the business's word is not a window.
+    if let Some((env, Some(progress))) = &facts.signoff {
+        waits.push(Wait::Signoff {
+            env: (*env).clone(),
+            progress: progress.clone(),
+        });
     }
     if !facts.overridden {
         if let Some(WindowState::Closed { opens }) =
@@ -639,6 +657,7 @@ mod tests {
             freezes,
             overridden: false,
             parity: None,
+            signoff: None,
             now: at(now),
         }
     }
@@ -838,6 +857,32 @@ mod tests {
         assert_eq!(waits[0].until(), None);
         f.overridden = true;
         f.now = at("2026-12-05T12:00:00Z");
+        assert!(waiting_on(&req, &f).is_empty());
+    }
+
+    #[test]
+    fn a_signoff_elsewhere_is_waited_for_even_with_an_override() {
+        let uat = EnvName::parse("uat").unwrap();
+        let req = Requirements {
+            signoff: Some(uat.clone()),
+            ..Default::default()
+        };
+        let mut f = facts(&[], &[], "2026-12-01T10:00:00Z");
+        f.signoff = Some((&uat, Some("1 of 3 scenarios passed".into())));
+        f.overridden = true;
+        let waits = waiting_on(&req, &f);
+        assert_eq!(
+            waits,
+            vec![Wait::Signoff {
+                env: uat.clone(),
+                progress: "1 of 3 scenarios passed".into()
+            }]
+        );
+        assert_eq!(
+            waits[0].to_string(),
+            "sign-off in uat: 1 of 3 scenarios passed"
+        );
+        f.signoff = Some((&uat, None));
         assert!(waiting_on(&req, &f).is_empty());
     }
 

@@ -29,6 +29,7 @@ pub mod promotion;
 pub mod reload;
 pub mod seccomp;
 pub mod secret;
+pub mod signoff;
 pub mod size;
 pub mod template;
 pub mod window;

@@ -167,6 +167,10 @@ impl TemplateConfig {
         env.listen = listen;
         // A preview serves its testers: a new release there takes every request at once.
         env.canary = None;
+        // Nothing is promoted on from a preview, so nobody signs it off, and it needs no
+        // sign-off elsewhere to be entered.
+        env.signoff = None;
+        env.require.signoff = None;
         // Its dependency proxies' addresses are the base's own: it connects to the
         // dependencies through the base's proxies, or directly, as its vars say.
         env.dependencies.clear();

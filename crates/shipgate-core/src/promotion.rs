@@ -19,6 +19,9 @@ pub enum PromotionState {
     Deploying,
     /// Traffic has moved to the release and its verification is running.
     Verifying,
+    /// The release is live and verified; it waits for every scenario of the environment's
+    /// user acceptance to be passed by a tester (`[environments.NAME.signoff]`).
+    SigningOff,
     /// The release is live and verified in the environment.
     Succeeded,
     /// Deploy or verification failed; the environment kept (or went back to) what it had.
@@ -33,10 +36,11 @@ pub enum PromotionState {
 
 impl PromotionState {
     /// Every state, in flow order.
-    pub const ALL: [PromotionState; 8] = [
+    pub const ALL: [PromotionState; 9] = [
         Self::Pending,
         Self::Deploying,
         Self::Verifying,
+        Self::SigningOff,
         Self::Succeeded,
         Self::Failed,
         Self::RolledBack,
@@ -45,7 +49,12 @@ impl PromotionState {
     ];
 
     /// The states of a promotion not finished yet.
-    pub const UNFINISHED: [PromotionState; 3] = [Self::Pending, Self::Deploying, Self::Verifying];
+    pub const UNFINISHED: [PromotionState; 4] = [
+        Self::Pending,
+        Self::Deploying,
+        Self::Verifying,
+        Self::SigningOff,
+    ];
 
     /// The name stored and shown.
     pub fn as_str(self) -> &'static str {
@@ -53,6 +62,7 @@ impl PromotionState {
             Self::Pending => "pending",
             Self::Deploying => "deploying",
             Self::Verifying => "verifying",
+            Self::SigningOff => "signing_off",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::RolledBack => "rolled_back",
@@ -68,12 +78,15 @@ impl PromotionState {
 
     /// True once nothing more will happen to the promotion by itself.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Pending | Self::Deploying | Self::Verifying)
+        !matches!(
+            self,
+            Self::Pending | Self::Deploying | Self::Verifying | Self::SigningOff
+        )
     }
 
     /// True while the promotion holds its environment (at most one per app and environment).
     pub fn is_in_flight(self) -> bool {
-        matches!(self, Self::Deploying | Self::Verifying)
+        matches!(self, Self::Deploying | Self::Verifying | Self::SigningOff)
     }
 
     /// Whether a promotion in this state may move to `next`.
@@ -83,7 +96,8 @@ impl PromotionState {
             (self, next),
             (Pending, Deploying | Failed | Cancelled | Superseded)
                 | (Deploying, Verifying | Failed)
-                | (Verifying, Succeeded | Failed)
+                | (Verifying, SigningOff | Succeeded | Failed)
+                | (SigningOff, Succeeded | Failed)
                 | (Succeeded, RolledBack)
         )
     }

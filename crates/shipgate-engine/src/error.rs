@@ -85,6 +85,12 @@ pub enum EngineError {
     /// Nothing waits for the decision asked for.
     #[error("{0}")]
     NothingToDecide(String),
+    /// No sign-off of that release in that environment is under way or on record.
+    #[error("{0}")]
+    NoSignoff(String),
+    /// A pass or fail was refused as asked.
+    #[error(transparent)]
+    Signoff(#[from] shipgate_core::signoff::SignoffRefusal),
     /// Rollback has nothing to go back to.
     #[error("{0}")]
     NothingToRollBack(String),

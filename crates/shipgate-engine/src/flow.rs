@@ -576,11 +576,31 @@ impl Engine {
             }
         };
         // A rollback or a rejection ends the verification at once (its tests are killed).
-        let (failure, stopped) = tokio::select! {
+        let (mut failure, mut stopped) = tokio::select! {
             biased;
             why = stop.asked_later() => (Some(why), true),
             judged = judged => (judged?, false),
         };
+        // Verified: where testers sign off, it waits for them, live, the release before it
+        // still running to go back to.
+        let signoff = self
+            .config()
+            .environment(&promotion.env)
+            .and_then(|e| e.signoff.clone())
+            .filter(|_| promotion.kind.is_forward());
+        let promotion = match signoff {
+            Some(rules) if failure.is_none() => {
+                let signing = self.request_signoff(&promotion, &rules).await?;
+                (failure, stopped) = tokio::select! {
+                    biased;
+                    why = stop.asked_later() => (Some(why), true),
+                    judged = self.await_signoff(&signing) => (judged?, false),
+                };
+                signing
+            }
+            _ => promotion,
+        };
+        let signing_off = promotion.state == PromotionState::SigningOff;
         if stopped {
             self.revoke_run_tokens(&promotion).await;
         }
@@ -590,12 +610,19 @@ impl Engine {
             let back = live_name(previous_live.as_ref());
             let mut t = self.step(
                 &promotion,
-                PromotionState::Verifying,
+                promotion.state,
                 PromotionState::Failed,
-                if stopped {
+                if signing_off && !stopped {
                     format!(
-                        "{release} was ended in {} during its verification: {reason}; {} is back on {back}",
+                        "{release} was not signed off in {}: {reason}; {} is back on {back}",
                         promotion.env, promotion.env
+                    )
+                } else if stopped {
+                    format!(
+                        "{release} was ended in {} during its {}: {reason}; {} is back on {back}",
+                        promotion.env,
+                        if signing_off { "sign-off" } else { "verification" },
+                        promotion.env
                     )
                 } else {
                     format!(
@@ -618,9 +645,13 @@ impl Engine {
         }
         let mut t = self.step(
             &promotion,
-            PromotionState::Verifying,
+            promotion.state,
             PromotionState::Succeeded,
-            format!("{release} is verified in {}", promotion.env),
+            if signing_off {
+                format!("{release} is signed off and verified in {}", promotion.env)
+            } else {
+                format!("{release} is verified in {}", promotion.env)
+            },
         );
         if promotion.kind == PromotionKind::Rollback {
             // The release it went back to was not rolled back when it was live already.

@@ -162,6 +162,17 @@ impl Engine {
             .filter(|f| f.env.as_ref().is_none_or(|e| e == &p.env))
             .collect();
         let overridden = self.store.override_of(p.id).await?;
+        let signoff = match self
+            .config()
+            .environment(&p.env)
+            .and_then(|e| requirements_of(e, p).signoff)
+        {
+            Some(there) => {
+                let progress = self.signoff_progress(p, &there).await?;
+                Some((there, progress))
+            }
+            None => None,
+        };
         let parity = match self
             .config()
             .environment(&p.env)
@@ -175,6 +186,7 @@ impl Engine {
         };
         Ok(OwnedFacts {
             parity,
+            signoff,
             after: after.cloned(),
             verified_before_at,
             decisions,
@@ -228,6 +240,10 @@ impl Engine {
                 if left.is_empty() { "" } else { " (overridden)" }
             );
             self.gate(p, "parity", true, output, started_at).await?;
+        }
+        if let Some((there, None)) = &facts.signoff {
+            let output = format!("{}@{} is signed off in {there}", p.app, p.version);
+            self.gate(p, "signoff", true, output, started_at).await?;
         }
         if let Some(o) = &facts.overridden {
             let output = format!(
@@ -283,11 +299,7 @@ impl Engine {
             env: Some(env.clone()),
             version: None,
             apps: Vec::new(),
-            states: vec![
-                PromotionState::Pending,
-                PromotionState::Deploying,
-                PromotionState::Verifying,
-            ],
+            states: PromotionState::UNFINISHED.to_vec(),
             limit: None,
         };
         let promotion = self
@@ -306,6 +318,11 @@ impl Engine {
             Some(p) if held(&p) => (p, Stage::Watch),
             // A rejection while it deploys or is verified ends it at once.
             Some(p) if verdict == Verdict::Reject => (p, Stage::Watch),
+            Some(p) if p.state == PromotionState::SigningOff => {
+                return Err(EngineError::NothingToDecide(format!(
+                    "{release} waits in {env} for its testers' sign-off, not for an approval (shipgate signoff status {release} --env {env}); reject it to roll back now (shipgate reject {release} --env {env} --comment WHY)"
+                )));
+            }
             Some(_) => {
                 return Err(EngineError::NothingToDecide(format!(
                     "{release} is being verified in {env} and passes or fails by itself; reject it to roll back now (shipgate reject {release} --env {env} --comment WHY)"
@@ -519,6 +536,7 @@ fn requirements_of(env: &EnvironmentConfig, p: &Promotion) -> Requirements {
                 "require.soak" => req.soak = None,
                 "require.window" => req.windows.clear(),
                 "require.parity" => req.parity = None,
+                "require.signoff" => req.signoff = None,
                 _ => {}
             }
         }
@@ -561,7 +579,8 @@ fn relevant(e: &Event, p: &Promotion) -> bool {
             | EventKind::Rejected
             | EventKind::EnvironmentFrozen
             | EventKind::EnvironmentUnfrozen
-    ) || (e.kind.family() == "promotion" && e.app.as_deref() == Some(p.app.as_str()))
+    ) || (matches!(e.kind.family(), "promotion" | "signoff")
+        && e.app.as_deref() == Some(p.app.as_str()))
 }
 
 /// [`EntryFacts`] with owned parts, so they can be kept after the wait.
@@ -572,6 +591,7 @@ struct OwnedFacts {
     freezes: Vec<Freeze>,
     overridden: Option<shipgate_store::Override>,
     parity: Option<(EnvName, Vec<String>)>,
+    signoff: Option<(EnvName, Option<String>)>,
     now: Timestamp,
 }
 
@@ -584,6 +604,7 @@ impl OwnedFacts {
             freezes: &self.freezes,
             overridden: self.overridden.is_some(),
             parity: self.parity.as_ref().map(|(e, d)| (e, d.clone())),
+            signoff: self.signoff.as_ref().map(|(e, s)| (e, s.clone())),
             now: self.now,
         }
     }

@@ -26,6 +26,7 @@ mod parity;
 mod reconcile;
 mod report;
 mod retention;
+mod signoff;
 mod standby;
 mod stop;
 mod traffic;

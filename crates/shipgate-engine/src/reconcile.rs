@@ -7,7 +7,7 @@ use std::sync::Arc;
 use shipgate_core::PromotionState;
 use shipgate_deploy::RouteTarget;
 use shipgate_store::{
-    InstanceRecord, LiveChange, LiveRelease, NewEvent, Promotion, PromotionFilter, Transition,
+    InstanceRecord, LiveChange, LiveRelease, Promotion, PromotionFilter, Transition,
 };
 
 use crate::{Engine, EngineError, LiveInstance, SYSTEM};
@@ -136,6 +136,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let adopted = self.restore_live(adopted).await?;
         self.keep_adopted_standbys(adopted).await?;
+        self.resume_signoffs().await?;
         let pending = PromotionFilter {
             states: vec![PromotionState::Pending],
             ..Default::default()
@@ -156,28 +157,7 @@ impl Engine {
         canary: Option<&shipgate_deploy::CanaryFigures>,
     ) -> Result<(), EngineError> {
         let live = if p.state == PromotionState::Verifying {
-            let before = PromotionFilter {
-                app: Some(p.app.clone()),
-                env: Some(p.env.clone()),
-                version: None,
-                apps: Vec::new(),
-                states: vec![PromotionState::Succeeded],
-                limit: None,
-            };
-            let previous = self
-                .store
-                .promotions(before)
-                .await?
-                .into_iter()
-                .find(|q| q.id < p.id);
-            LiveChange::Restore(previous.map(|q| LiveRelease {
-                app: q.app,
-                env: q.env,
-                version: q.version,
-                digest: q.digest,
-                promotion_id: q.id,
-                since: q.updated_at,
-            }))
+            LiveChange::Restore(self.live_before(p).await?)
         } else {
             LiveChange::Keep
         };
@@ -209,6 +189,32 @@ impl Engine {
         };
         self.store.transition(t).await?;
         Ok(())
+    }
+
+    /// The release verified in `p`'s environment before `p`, as its live record.
+    pub(crate) async fn live_before(&self, p: &Promotion) -> Result<Option<LiveRelease>, EngineError> {
+        let before = PromotionFilter {
+            app: Some(p.app.clone()),
+            env: Some(p.env.clone()),
+            version: None,
+            apps: Vec::new(),
+            states: vec![PromotionState::Succeeded],
+            limit: None,
+        };
+        let previous = self
+            .store
+            .promotions(before)
+            .await?
+            .into_iter()
+            .find(|q| q.id < p.id);
+        Ok(previous.map(|q| LiveRelease {
+            app: q.app,
+            env: q.env,
+            version: q.version,
+            digest: q.digest,
+            promotion_id: q.id,
+            since: q.updated_at,
+        }))
     }
 
     /// Starts every recorded live release (in parallel) and points its router at it.
@@ -260,19 +266,7 @@ impl Engine {
         while let Some(done) = starts.join_next().await {
             let Ok((live, result)) = done else { continue };
             if let Err(message) = result {
-                let event = NewEvent {
-                    actor: SYSTEM.into(),
-                    kind: shipgate_core::EventKind::EnvironmentUnavailable,
-                    app: Some(live.app.to_string()),
-                    env: Some(live.env.to_string()),
-                    promotion_id: Some(live.promotion_id),
-                    message: format!(
-                        "{}@{} could not be started again in {}: {message}",
-                        live.app, live.version, live.env
-                    ),
-                    data: serde_json::json!({ "version": live.version }),
-                };
-                self.store.append_event(event).await?;
+                self.unavailable(&live, &message).await?;
             }
         }
         Ok(adopted)

@@ -83,7 +83,11 @@ impl Engine {
         let running = PromotionFilter {
             app: Some(app.clone()),
             env: Some(env.clone()),
-            states: vec![PromotionState::Deploying, PromotionState::Verifying],
+            states: vec![
+                PromotionState::Deploying,
+                PromotionState::Verifying,
+                PromotionState::SigningOff,
+            ],
             ..Default::default()
         };
         Ok(self

@@ -92,6 +92,19 @@ impl From<EngineError> for Problem {
                     (StatusCode::BAD_REQUEST, "comment missing")
                 }
             },
+            EngineError::Signoff(refusal) => {
+                use shipgate_core::signoff::SignoffRefusal as R;
+                match refusal {
+                    R::WrongRole { .. } | R::OwnPromotion(_) => {
+                        (StatusCode::FORBIDDEN, "sign-off refused")
+                    }
+                    R::AlreadySigned { .. } => (StatusCode::CONFLICT, "already signed"),
+                    R::UnknownScenario { .. } | R::FailWithoutNote => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "sign-off refused")
+                    }
+                }
+            }
+            EngineError::NoSignoff(_) => (StatusCode::CONFLICT, "nothing to sign off"),
             EngineError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
             EngineError::Artifact(a) => match a {
                 ArtifactError::TooLarge { .. } => {

@@ -248,6 +248,31 @@ const TABLES: &[(&str, &str, &[Column])] = &[
     ),
     ("outbox", "event_id", &[("event_id", I)]),
     (
+        "signoff_requests",
+        "promotion_id",
+        &[
+            ("promotion_id", I),
+            ("role", T),
+            ("scenarios", T),
+            ("requested_at", T),
+            ("ended_at", T),
+        ],
+    ),
+    (
+        "signoffs",
+        "id",
+        &[
+            ("id", I),
+            ("promotion_id", I),
+            ("scenario", T),
+            ("person", T),
+            ("token", T),
+            ("pass", I),
+            ("note", T),
+            ("at", T),
+        ],
+    ),
+    (
         "deliveries",
         "id",
         &[
@@ -301,6 +326,7 @@ const IDENTITIES: &[(&str, &str)] = &[
     ("flag_changes", "id"),
     ("chaos_faults", "id"),
     ("deliveries", "id"),
+    ("signoffs", "id"),
 ];
 
 /// What a copy did.

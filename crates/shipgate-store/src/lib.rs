@@ -143,6 +143,22 @@ pub trait Store: Send + Sync {
     /// [`StoreError::StateConflict`] unless the promotion is `pending` (entry stage) or
     /// `verifying` (watch stage), and with [`StoreError::Conflict`] if that person already decided.
     async fn record_decision(&self, decision: NewDecision) -> Result<Decision>;
+    /// Moves a `verifying` promotion to `signing_off` and records what its sign-off asks, with
+    /// both events (`promotion.signing_off`, `signoff.requested`); refused with
+    /// [`StoreError::StateConflict`] unless it is `verifying`.
+    async fn request_signoff(&self, request: NewSignoffRequest) -> Result<Promotion>;
+    /// Records one pass or fail with its event (`signoff.passed`, `signoff.failed`). Refused
+    /// with [`StoreError::StateConflict`] unless the promotion is `signing_off`, and with
+    /// [`StoreError::Conflict`] if that person already signed that scenario.
+    async fn record_signoff(
+        &self,
+        signoff: NewSignoff,
+    ) -> Result<shipgate_core::signoff::SignoffEntry>;
+    /// The sign-off sheet of a promotion, if it was asked for one.
+    async fn signoff_sheet(
+        &self,
+        promotion_id: PromotionId,
+    ) -> Result<Option<shipgate_core::signoff::SignoffSheet>>;
     /// The decisions of one stage of a promotion, oldest first.
     async fn decisions(&self, promotion_id: PromotionId, stage: Stage) -> Result<Vec<Decision>>;
     /// The override of a promotion, if an admin gave one.

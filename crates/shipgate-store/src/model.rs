@@ -69,6 +69,30 @@ pub struct NewDecision {
     pub comment: Option<String>,
 }
 
+/// A verified promotion about to wait for its user acceptance sign-off.
+#[derive(Debug, Clone)]
+pub struct NewSignoffRequest {
+    /// The promotion, `verifying`.
+    pub promotion_id: PromotionId,
+    /// Who may sign (an admin always may).
+    pub role: shipgate_core::Role,
+    /// What is signed, each on its own.
+    pub scenarios: Vec<String>,
+    /// Who asks (the engine).
+    pub actor: String,
+    /// The message of its `promotion.signing_off` event.
+    pub message: String,
+}
+
+/// A pass or fail about to be recorded (its time is the store's).
+#[derive(Debug, Clone)]
+pub struct NewSignoff {
+    /// The promotion, `signing_off`.
+    pub promotion_id: PromotionId,
+    /// What was signed.
+    pub entry: shipgate_core::signoff::SignoffEntry,
+}
+
 /// An admin's override of a promotion's windows and freezes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Override {

@@ -23,6 +23,7 @@ mod chaos;
 mod flags;
 mod notify;
 mod on_demand;
+mod signoff;
 
 use crate::schema::{self, Backend};
 use crate::*;
@@ -760,6 +761,9 @@ impl Store for SqlStore {
             });
         }
         set_state(&mut tx, t.promotion_id, t.to, t.reason.as_deref()).await?;
+        if before.state == PromotionState::SigningOff {
+            signoff::end_signoff(&mut tx, t.promotion_id).await?;
+        }
         let mut events = Vec::new();
         match &t.live {
             LiveChange::Keep => {}
@@ -945,7 +949,11 @@ impl Store for SqlStore {
         // After entry, a decision is taken while it deploys (a rejection) or is verified.
         let expected: &[PromotionState] = match d.stage {
             Stage::Entry => &[PromotionState::Pending],
-            Stage::Watch => &[PromotionState::Deploying, PromotionState::Verifying],
+            Stage::Watch => &[
+                PromotionState::Deploying,
+                PromotionState::Verifying,
+                PromotionState::SigningOff,
+            ],
         };
         if !expected.contains(&p.state) {
             let expected: Vec<&str> = expected.iter().map(|s| s.as_str()).collect();
@@ -1011,6 +1019,21 @@ impl Store for SqlStore {
             comment: d.comment,
             at,
         })
+    }
+
+    async fn request_signoff(&self, r: NewSignoffRequest) -> Result<Promotion> {
+        SqlStore::request_signoff(self, r).await
+    }
+
+    async fn record_signoff(&self, s: NewSignoff) -> Result<shipgate_core::signoff::SignoffEntry> {
+        SqlStore::record_signoff(self, s).await
+    }
+
+    async fn signoff_sheet(
+        &self,
+        promotion_id: PromotionId,
+    ) -> Result<Option<shipgate_core::signoff::SignoffSheet>> {
+        SqlStore::signoff_sheet(self, promotion_id).await
     }
 
     async fn decisions(&self, promotion_id: PromotionId, stage: Stage) -> Result<Vec<Decision>> {
@@ -1984,7 +2007,7 @@ impl Store for SqlStore {
         app: Option<&AppName>,
     ) -> Result<Vec<shipgate_core::dora::Change>> {
         let rows = sqlx::query(
-            "SELECT p.app, p.env, p.kind, p.state, p.created_at, p.updated_at, r.commit_time FROM promotions p \
+            "SELECT p.app, p.env, p.kind, p.state, p.created_at, p.updated_at, p.version, r.commit_time FROM promotions p \
              LEFT JOIN releases r ON r.app = p.app AND r.version = p.version \
              WHERE p.updated_at > $1 AND ($2 IS NULL OR p.app = $2)",
         )
@@ -1993,6 +2016,7 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading promotions for DORA"))?;
+        let waits = self.signoff_waits(app).await?;
         rows.iter()
             .map(|row| {
                 let kind: String = get(row, "kind")?;
@@ -2007,6 +2031,12 @@ impl Store for SqlStore {
                     requested_at: get_time(row, "created_at")?,
                     finished_at: get_time(row, "updated_at")?,
                     commit_time: get_time_opt(row, "commit_time")?,
+                    signoff_secs: signoff::waited(
+                        &waits,
+                        &get::<String>(row, "app")?,
+                        &get::<String>(row, "version")?,
+                        get_time(row, "updated_at")?,
+                    ),
                 })
             })
             .collect()

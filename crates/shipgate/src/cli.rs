@@ -886,7 +886,7 @@ pub enum TokenCommand {
     Create {
         /// Who or what holds it (the actor in the audit log).
         name: String,
-        /// viewer, deployer, approver or admin.
+        /// viewer, deployer, approver, tester or admin.
         #[arg(long, value_parser = shipgate_core::Role::parse)]
         role: shipgate_core::Role,
         /// Limit it to these environments (repeat the flag), each a name or a prefix and `*`
