@@ -82,6 +82,20 @@ pub struct SignoffRequest {
     pub note: Option<String>,
 }
 
+/// `GET /api/v1/signoffs`: a release's sign-off in one environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SignoffQuery {
+    /// The release, `app@version`.
+    #[schema(value_type = ReleaseRef)]
+    #[param(value_type = ReleaseRef)]
+    pub release: String,
+    /// The environment that signs it off.
+    #[schema(value_type = EnvName)]
+    #[param(value_type = EnvName)]
+    pub env: String,
+}
+
 /// `POST /api/v1/rollbacks`: return an environment to an earlier release.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RollbackRequest {

@@ -50,7 +50,9 @@ impl Role {
         Self::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is not a role: use viewer, deployer, approver, tester or admin"))
+            .ok_or_else(|| {
+                format!("`{s}` is not a role: use viewer, deployer, approver, tester or admin")
+            })
     }
 }
 

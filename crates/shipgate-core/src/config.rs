@@ -1667,8 +1667,14 @@ fn environments(
             if require.signoff.is_some() && !signs_off {
                 problems.add(
                     with.span(),
-                    format!("`require.signoff = \"{}\"` names an environment with no sign-off", with.get_ref()),
-                    format!("add [environments.{}.signoff] with its scenarios", with.get_ref()),
+                    format!(
+                        "`require.signoff = \"{}\"` names an environment with no sign-off",
+                        with.get_ref()
+                    ),
+                    format!(
+                        "add [environments.{}.signoff] with its scenarios",
+                        with.get_ref()
+                    ),
                 );
             }
         }
@@ -1922,7 +1928,8 @@ fn signoff(raw: &Spanned<RawSignoff>, problems: &mut Problems) -> Option<Signoff
                 problems.add(
                     r.span(),
                     "a viewer changes nothing, so it may not sign off",
-                    "write role = \"tester\" (the default), or another role that may act".to_owned(),
+                    "write role = \"tester\" (the default), or another role that may act"
+                        .to_owned(),
                 );
                 return None;
             }
@@ -1933,11 +1940,15 @@ fn signoff(raw: &Spanned<RawSignoff>, problems: &mut Problems) -> Option<Signoff
     let mut scenarios: Vec<String> = Vec::new();
     for scenario in s.scenarios.get_ref() {
         let name = scenario.get_ref().trim();
-        if name.is_empty() || name.chars().count() > SCENARIO_MAX || name.chars().any(char::is_control) {
+        if name.is_empty()
+            || name.chars().count() > SCENARIO_MAX
+            || name.chars().any(char::is_control)
+        {
             problems.add(
                 scenario.span(),
                 format!("a scenario is one line of 1 to {SCENARIO_MAX} characters"),
-                "name what the tester walks through, for example \"checkout with a saved card\"".to_owned(),
+                "name what the tester walks through, for example \"checkout with a saved card\""
+                    .to_owned(),
             );
         } else if scenarios.iter().any(|n| n == name) {
             problems.add(

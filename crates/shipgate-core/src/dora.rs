@@ -130,6 +130,20 @@ pub fn human(secs: Option<f64>, bucket: Option<&str>) -> String {
     format!("{amount} ({b})")
 }
 
+/// The share of the lead time spent waiting for sign-off, with the median wait:
+/// `34% (12 min (median wait))`, or `-` without a lead time.
+pub fn signoff_share(f: &Figures) -> String {
+    match (f.signoff_share, f.signoff_secs) {
+        (Some(share), Some(secs)) => format!(
+            "{:.0}% ({})",
+            share * 100.0,
+            human(Some(secs), Some("median wait"))
+        ),
+        (Some(share), None) => format!("{:.0}%", share * 100.0),
+        _ => "-".into(),
+    }
+}
+
 fn bucket(secs: f64) -> String {
     match secs {
         s if s < DAY as f64 => "under a day",

@@ -175,7 +175,9 @@ pub enum SignoffRefusal {
     )]
     OwnPromotion(String),
     /// A person signs each scenario once.
-    #[error("{person} already signed `{scenario}` ({verdict} at {at}); each person signs a scenario once")]
+    #[error(
+        "{person} already signed `{scenario}` ({verdict} at {at}); each person signs a scenario once"
+    )]
     AlreadySigned {
         /// Who.
         person: String,
@@ -267,9 +269,14 @@ mod tests {
     #[test]
     fn a_sheet_completes_with_a_pass_for_each_scenario_and_fails_on_one_fail() {
         let mut s = sheet();
-        assert_eq!(s.outcome(), Outcome::Open(vec!["checkout", "invoice PDF opens"]));
-        s.entries.push(entry("checkout", "tess", SignoffVerdict::Pass));
-        s.entries.push(entry("checkout", "tom", SignoffVerdict::Pass));
+        assert_eq!(
+            s.outcome(),
+            Outcome::Open(vec!["checkout", "invoice PDF opens"])
+        );
+        s.entries
+            .push(entry("checkout", "tess", SignoffVerdict::Pass));
+        s.entries
+            .push(entry("checkout", "tom", SignoffVerdict::Pass));
         assert_eq!(s.outcome(), Outcome::Open(vec!["invoice PDF opens"]));
         assert_eq!(
             s.progress(),
@@ -278,14 +285,16 @@ mod tests {
         s.entries
             .push(entry("invoice PDF opens", "tom", SignoffVerdict::Pass));
         assert_eq!(s.outcome(), Outcome::Complete);
-        s.entries.push(entry("checkout", "ann", SignoffVerdict::Fail));
+        s.entries
+            .push(entry("checkout", "ann", SignoffVerdict::Fail));
         assert!(matches!(s.outcome(), Outcome::Failed(e) if e.by == "ann"));
     }
 
     #[test]
     fn each_refusal_says_what_to_do() {
         let mut s = sheet();
-        s.entries.push(entry("checkout", "tess", SignoffVerdict::Pass));
+        s.entries
+            .push(entry("checkout", "tess", SignoffVerdict::Pass));
         let tess = grant("tess", Role::Tester);
         let requested_by = vec!["dev".to_owned()];
         let ask = |g, scenario, verdict, note| SignoffAsk {
@@ -300,7 +309,9 @@ mod tests {
             refused(ask(&tess, "login", SignoffVerdict::Pass, None))
                 .contains("name one of: \"checkout\", \"invoice PDF opens\"")
         );
-        assert!(refused(ask(&tess, "checkout", SignoffVerdict::Fail, Some(" "))).contains("--note"));
+        assert!(
+            refused(ask(&tess, "checkout", SignoffVerdict::Fail, Some(" "))).contains("--note")
+        );
         assert!(refused(ask(&tess, "checkout", SignoffVerdict::Pass, None)).contains("once"));
         let deployer = grant("dan", Role::Deployer);
         assert!(
@@ -311,11 +322,25 @@ mod tests {
             person: Some("dev".into()),
             ..grant("dev-laptop", Role::Admin)
         };
-        assert!(refused(ask(&dev, "checkout", SignoffVerdict::Pass, None)).contains("someone else"));
+        assert!(
+            refused(ask(&dev, "checkout", SignoffVerdict::Pass, None)).contains("someone else")
+        );
         // Another scenario, another person, an admin: each may.
-        assert!(check(&s, &ask(&tess, "invoice PDF opens", SignoffVerdict::Pass, None)).is_ok());
+        assert!(
+            check(
+                &s,
+                &ask(&tess, "invoice PDF opens", SignoffVerdict::Pass, None)
+            )
+            .is_ok()
+        );
         let tom = grant("tom", Role::Tester);
-        assert!(check(&s, &ask(&tom, "checkout", SignoffVerdict::Fail, Some("500"))).is_ok());
+        assert!(
+            check(
+                &s,
+                &ask(&tom, "checkout", SignoffVerdict::Fail, Some("500"))
+            )
+            .is_ok()
+        );
         let admin = grant("root", Role::Admin);
         assert!(check(&s, &ask(&admin, "checkout", SignoffVerdict::Pass, None)).is_ok());
     }

@@ -596,6 +596,7 @@ impl Engine {
                     why = stop.asked_later() => (Some(why), true),
                     judged = self.await_signoff(&signing) => (judged?, false),
                 };
+                self.set_waiting(signing.id, vec![]);
                 signing
             }
             _ => promotion,
@@ -621,7 +622,11 @@ impl Engine {
                     format!(
                         "{release} was ended in {} during its {}: {reason}; {} is back on {back}",
                         promotion.env,
-                        if signing_off { "sign-off" } else { "verification" },
+                        if signing_off {
+                            "sign-off"
+                        } else {
+                            "verification"
+                        },
                         promotion.env
                     )
                 } else {

@@ -192,7 +192,10 @@ impl Engine {
     }
 
     /// The release verified in `p`'s environment before `p`, as its live record.
-    pub(crate) async fn live_before(&self, p: &Promotion) -> Result<Option<LiveRelease>, EngineError> {
+    pub(crate) async fn live_before(
+        &self,
+        p: &Promotion,
+    ) -> Result<Option<LiveRelease>, EngineError> {
         let before = PromotionFilter {
             app: Some(p.app.clone()),
             env: Some(p.env.clone()),

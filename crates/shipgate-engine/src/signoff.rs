@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use shipgate_api::answers::{ScenarioStatus, SignoffStatus};
 use shipgate_core::config::SignoffConfig;
+use shipgate_core::gate::Wait;
 use shipgate_core::signoff::{
     self, Outcome, SignoffAsk, SignoffEntry, SignoffSheet, SignoffVerdict,
 };
@@ -46,12 +47,27 @@ impl Engine {
     pub(crate) async fn await_signoff(&self, p: &Promotion) -> Result<Option<String>, EngineError> {
         let mut events = self.store.subscribe();
         loop {
-            let sheet = self
-                .store
-                .signoff_sheet(p.id)
-                .await?
-                .ok_or_else(|| EngineError::NoSignoff(format!("promotion {} has no sign-off", p.id)))?;
-            match sheet.outcome() {
+            let sheet = self.store.signoff_sheet(p.id).await?.ok_or_else(|| {
+                EngineError::NoSignoff(format!("promotion {} has no sign-off", p.id))
+            })?;
+            let outcome = sheet.outcome();
+            self.set_waiting(
+                p.id,
+                match outcome {
+                    Outcome::Open(_) => vec![Wait::Signoff {
+                        env: p.env.clone(),
+                        progress: format!(
+                            "{} (shipgate signoff {}@{} --env {} --scenario NAME --pass, or the dashboard)",
+                            sheet.progress(),
+                            p.app,
+                            p.version,
+                            p.env
+                        ),
+                    }],
+                    _ => vec![],
+                },
+            );
+            match outcome {
                 Outcome::Failed(fail) => {
                     let why = format!(
                         "`{}` failed its sign-off by {}: {}",
@@ -127,6 +143,7 @@ impl Engine {
             why = stop.asked_later() => Some(why),
             judged = self.await_signoff(p) => judged?,
         };
+        self.set_waiting(p.id, vec![]);
         let release = format!("{}@{}", p.app, p.version);
         let Some(reason) = failure else {
             let t = self.step(
@@ -147,7 +164,10 @@ impl Engine {
             p,
             PromotionState::SigningOff,
             PromotionState::Failed,
-            format!("{release} was not signed off in {}: {reason}; {} is back on {back}", p.env, p.env),
+            format!(
+                "{release} was not signed off in {}: {reason}; {} is back on {back}",
+                p.env, p.env
+            ),
         );
         t.reason = Some(reason);
         t.live = LiveChange::Restore(previous.clone());
@@ -268,7 +288,10 @@ impl Engine {
             })
             .await?;
         let mut since = None;
-        for e in earlier.into_iter().filter(|e| e.id < p.id && e.version != p.version) {
+        for e in earlier
+            .into_iter()
+            .filter(|e| e.id < p.id && e.version != p.version)
+        {
             let complete = self
                 .store
                 .signoff_sheet(e.id)
@@ -395,7 +418,10 @@ impl Engine {
             .await?;
         there.retain(|q| q.kind.is_forward() && q.digest == p.digest);
         there.sort_by_key(|q| std::cmp::Reverse(q.id));
-        for q in there.iter().filter(|q| q.state == PromotionState::Succeeded) {
+        for q in there
+            .iter()
+            .filter(|q| q.state == PromotionState::Succeeded)
+        {
             if self
                 .store
                 .signoff_sheet(q.id)
@@ -407,7 +433,9 @@ impl Engine {
         }
         let status = format!("shipgate signoff status {release} --env {env}");
         Ok(Some(match there.first() {
-            None => format!("{release} was not promoted there yet (shipgate promote {release} --to {env})"),
+            None => format!(
+                "{release} was not promoted there yet (shipgate promote {release} --to {env})"
+            ),
             Some(q) if q.state == PromotionState::SigningOff => {
                 match self.store.signoff_sheet(q.id).await? {
                     Some(sheet) => format!("{} ({status})", sheet.progress()),
@@ -415,7 +443,10 @@ impl Engine {
                 }
             }
             Some(q) if !q.state.is_terminal() => {
-                format!("{release} is {} there; its sign-off begins once it is verified", q.state)
+                format!(
+                    "{release} is {} there; its sign-off begins once it is verified",
+                    q.state
+                )
             }
             Some(q) => format!(
                 "its promotion there ended {} without a completed sign-off ({status}); promote it there again",
@@ -458,7 +489,10 @@ fn sheet_lines(sheet: &SignoffSheet) -> String {
             e.scenario,
             e.by,
             e.at,
-            e.note.as_deref().map(|n| format!(": {n}")).unwrap_or_default()
+            e.note
+                .as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
         ));
     }
     out

@@ -60,6 +60,8 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         POST "/canary/skip" => canary_skip,
         POST "/canary/abort" => canary_abort,
         POST "/approvals" => decide,
+        GET "/signoffs" => signoff_status,
+        POST "/signoffs" => sign_off,
         GET "/diff" => diff,
         POST "/data/refresh" => refresh_data,
         GET "/data/check" => check_data,
@@ -462,6 +464,42 @@ async fn decide(
             decision,
         }),
     ))
+}
+
+/// A release's user acceptance sign-off in one environment.
+async fn signoff_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<shipgate_api::requests::SignoffQuery>,
+) -> ApiResult<Json<shipgate_api::answers::SignoffStatus>> {
+    let release = parse("release", &q.release, ReleaseRef::parse)?;
+    let env = parse("environment", &q.env, EnvName::parse)?;
+    caller.allow(Action::Read, Some(&env))?;
+    configured_app(&state, release.app.as_str())?;
+    Ok(Json(state.engine.signoff_status(&release, &env).await?))
+}
+
+/// A tester passes or fails one scenario. The role is the environment's sign-off role (or
+/// admin), checked with the sheet; a token must reach the environment.
+async fn sign_off(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(b): ApiJson<shipgate_api::requests::SignoffRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let release = parse("release", &b.release, ReleaseRef::parse)?;
+    let env = parse("environment", &b.env, EnvName::parse)?;
+    caller.allow(Action::Read, Some(&env))?;
+    configured_app(&state, release.app.as_str())?;
+    if b.note.as_ref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(Problem::bad_request(
+            "a note says what you saw in words; leave it out rather than send it blank",
+        ));
+    }
+    let status = state
+        .engine
+        .sign_off(&release, &env, &caller.0, &b.scenario, b.verdict, b.note)
+        .await?;
+    Ok((StatusCode::CREATED, Json(status)))
 }
 
 /// Compares an app in two environments (runs the app's facts in both).

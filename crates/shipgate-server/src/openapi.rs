@@ -5,7 +5,7 @@
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
     DecisionRecorded, DoraView, FlagPromotion, FlagView, GcReport, Joined, LogChunk, NotifyView,
-    OnDemandView, Problem, ProxyFaultView, ReleaseDetail, Reloaded, TrafficProbe,
+    OnDemandView, Problem, ProxyFaultView, ReleaseDetail, Reloaded, SignoffStatus, TrafficProbe,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
@@ -19,7 +19,7 @@ use shipgate_api::requests::{
     FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery, FreezeQuery,
     FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery,
     NotifyRetryRequest, NotifyTestRequest, OnDemandRequest, PromoteRequest, ReleaseQuery,
-    RollbackRequest, SetFlagRequest, TokenRequest, TrafficProbeQuery,
+    RollbackRequest, SetFlagRequest, SignoffQuery, SignoffRequest, TokenRequest, TrafficProbeQuery,
 };
 use shipgate_api::status::{AppStatus, CanaryView, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
@@ -36,7 +36,7 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
     info(
         title = "shipgate API",
         version = "1",
-        description = "Releases, promotions through environments, rollbacks, status, history, logs and the audit log. Every call but /healthz needs `Authorization: Bearer TOKEN` (a local server's admin token is in its data dir, admin.token). Errors are application/problem+json (RFC 9457) whose `detail` says what to do next. Roles: viewer reads; deployer also registers releases, promotes and rolls back; approver also approves; admin does everything, and manages tokens when limited to no environment. A token limited to environments is refused (403) anything about another environment."
+        description = "Releases, promotions through environments, rollbacks, status, history, logs and the audit log. Every call but /healthz needs `Authorization: Bearer TOKEN` (a local server's admin token is in its data dir, admin.token). Errors are application/problem+json (RFC 9457) whose `detail` says what to do next. Roles: viewer reads; deployer also registers releases, promotes and rolls back; approver also approves; tester also signs off scenarios of user acceptance; admin does everything, and manages tokens when limited to no environment. A token limited to environments is refused (403) anything about another environment."
     ),
     paths(
         declared::healthz,
@@ -52,6 +52,8 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::canary_skip,
         declared::canary_abort,
         declared::decide,
+        declared::signoff_status,
+        declared::sign_off,
         declared::diff,
         declared::refresh_data,
         declared::check_data,
@@ -385,6 +387,23 @@ mod declared {
             (status = 201, description = "recorded", body = DecisionRecorded),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn decide() {}
+
+    /// A release's user acceptance sign-off in one environment: each scenario with its passes
+    /// and fails, the environment's URL, and what changed since the release signed off before.
+    #[utoipa::path(get, path = "/api/v1/signoffs", operation_id = "signoffStatus", params(SignoffQuery),
+        responses(
+            (status = 200, description = "the sign-off", body = SignoffStatus),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn signoff_status() {}
+
+    /// Pass or fail (with a note) one scenario of the sign-off a verified release waits for
+    /// (the environment's sign-off role, tester by default, or admin). Each person signs a
+    /// scenario once, and never one of a promotion they asked for; one fail ends the promotion.
+    #[utoipa::path(post, path = "/api/v1/signoffs", operation_id = "signOff", request_body = SignoffRequest,
+        responses(
+            (status = 201, description = "recorded: the sign-off as it stands", body = SignoffStatus),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn sign_off() {}
 
     /// Compare an app in two environments; each item same, expected, unexpected, only_in_a or
     /// only_in_b. Secret values are never returned.

@@ -338,6 +338,14 @@ pub enum Command {
     /// resume, abort or skip.
     #[command(subcommand)]
     Canary(CanaryCommand),
+    /// User acceptance: pass or fail one scenario of a release waiting for its sign-off
+    /// (`[environments.NAME.signoff]`), or see where its sign-off stands.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true,
+        after_help = "Examples:\n  shipgate signoff web@1.4.2 --env uat --scenario \"invoice PDF opens\" --pass\n  shipgate signoff web@1.4.2 --env uat --scenario \"invoice PDF opens\" --fail --note \"the PDF is blank\"\n  shipgate signoff status web@1.4.2 --env uat"
+    )]
+    Signoff(SignoffArgs),
     /// Notifications: the targets of `[notify.NAME]`, their dead letters, a test event.
     #[command(subcommand)]
     Notify(NotifyCommand),
@@ -692,6 +700,48 @@ pub enum NotifyCommand {
     Test {
         /// The target (`[notify.NAME]`).
         name: String,
+    },
+}
+
+/// `shipgate signoff APP@VERSION --env ENV --scenario NAME --pass|--fail [--note TEXT]`, or
+/// `shipgate signoff status APP@VERSION --env ENV`.
+#[derive(Debug, Args)]
+pub struct SignoffArgs {
+    /// `status`: where the sign-off stands.
+    #[command(subcommand)]
+    pub command: Option<SignoffCommand>,
+    /// APP@VERSION
+    #[arg(required = true)]
+    pub release: Option<ReleaseRef>,
+    /// The environment that signs it off.
+    #[arg(long, required = true)]
+    pub env: Option<EnvName>,
+    /// The scenario, as the config names it.
+    #[arg(long, required = true)]
+    pub scenario: Option<String>,
+    /// It works the way it should.
+    #[arg(long, conflicts_with = "fail", required_unless_present = "fail")]
+    pub pass: bool,
+    /// It does not: the promotion fails and the environment goes back (needs --note).
+    #[arg(long, requires = "note")]
+    pub fail: bool,
+    /// What you saw, in words.
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+}
+
+/// `shipgate signoff status ...`.
+#[derive(Debug, Subcommand)]
+pub enum SignoffCommand {
+    /// Each scenario with who passed or failed it, the environment's URL, and what changed
+    /// since the release signed off there before.
+    #[command(after_help = "Examples:\n  shipgate signoff status web@1.4.2 --env uat")]
+    Status {
+        /// APP@VERSION
+        release: ReleaseRef,
+        /// The environment that signs it off.
+        #[arg(long)]
+        env: EnvName,
     },
 }
 

@@ -24,6 +24,7 @@ pub(crate) struct Row {
     pub production: bool,
     pub frequency: String,
     pub lead_time: String,
+    pub signoff: String,
     pub failure_rate: String,
     pub restore: String,
     pub chart: String,
@@ -95,6 +96,7 @@ pub(crate) async fn page(
                 .is_some_and(|p| p.as_str() == f.env),
             frequency: format!("{:.2}/day ({})", f.per_day, f.frequency),
             lead_time: duration(f.lead_time_secs, f.lead_time.as_deref()),
+            signoff: shipgate_core::dora::signoff_share(f),
             failure_rate: f.change_failure_rate.map_or("-".into(), |r| {
                 format!("{:.0}% ({} of {})", r * 100.0, f.failed_changes, f.changes)
             }),

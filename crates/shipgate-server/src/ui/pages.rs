@@ -68,7 +68,7 @@ impl Badge {
         let (class, symbol) = match state {
             Succeeded => ("ok", "●"),
             Failed | RolledBack => ("bad", "▲"),
-            Pending => ("wait", "◆"),
+            Pending | SigningOff => ("wait", "◆"),
             Deploying | Verifying => ("run", "▶"),
             Cancelled | Superseded => ("idle", "○"),
         };

@@ -40,7 +40,11 @@ async fn sheet_in(
         .map_err(db("reading sign-offs"))?;
     Ok(Some(SignoffSheet {
         promotion_id,
-        role: parse("role", &get::<String>(&row, "role")?, shipgate_core::Role::parse)?,
+        role: parse(
+            "role",
+            &get::<String>(&row, "role")?,
+            shipgate_core::Role::parse,
+        )?,
         scenarios: serde_json::from_str(&get::<String>(&row, "scenarios")?)
             .map_err(|e| StoreError::Corrupt(format!("sign-off scenarios: {e}")))?,
         requested_at: get_time(&row, "requested_at")?,
@@ -223,7 +227,12 @@ pub(super) async fn end_signoff(
 }
 
 /// The seconds `app`@`version` waited for sign-off before `until`, over all its promotions.
-pub(super) fn waited(waits: &[SignoffWait], app: &str, version: &str, until: Timestamp) -> Option<f64> {
+pub(super) fn waited(
+    waits: &[SignoffWait],
+    app: &str,
+    version: &str,
+    until: Timestamp,
+) -> Option<f64> {
     let mine: Vec<f64> = waits
         .iter()
         .filter(|w| w.app == app && w.version == version && w.from < until)

@@ -12,6 +12,7 @@ mod on_demand;
 mod parity;
 mod promotion;
 mod release;
+mod signoff;
 mod status;
 mod store;
 
@@ -202,6 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Flag(command) => flags::run(g, out, command).await,
         Command::Chaos(command) => chaos::run(g, out, command).await,
         Command::Canary(command) => canary::run(g, out, command).await,
+        Command::Signoff(args) => signoff::run(g, out, args).await,
         Command::Notify(command) => notify::run(g, out, command).await,
         Command::Dora { app, days } => notify::dora(g, out, app, days).await,
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,

@@ -123,6 +123,7 @@ pub(super) async fn dora(
                     },
                     format!("{:.2}/day ({})", f.per_day, f.frequency),
                     took(f.lead_time_secs, f.lead_time.as_deref()),
+                    shipgate_core::dora::signoff_share(f),
                     f.change_failure_rate.map_or("-".into(), |r| {
                         format!("{:.0}% ({}/{})", r * 100.0, f.failed_changes, f.changes)
                     }),
@@ -139,6 +140,7 @@ pub(super) async fn dora(
                     "ENV",
                     "DEPLOYMENT FREQUENCY",
                     "LEAD TIME",
+                    "OF IT SIGN-OFF",
                     "CHANGE FAILURE RATE",
                     "TIME TO RESTORE"
                 ],

@@ -35,5 +35,6 @@ mod reload;
 mod restart;
 mod retention;
 mod servers;
+mod signoff;
 mod standby;
 mod supervision;
