@@ -1,6 +1,7 @@
 //! Alerts on live figures: `[alerts.NAME] env = "production", when = "error_rate > 0.05 for
 //! 2m"`. A condition is a figure of the router (`error_rate`, `p99`, `rps`) compared with a
-//! threshold, or a state of shipgate's (`unhealthy`, `crash_loop`, `drifted`, `canary_held`), held for a while
+//! threshold, or a state of shipgate's (`unhealthy`, `crash_loop`, `drifted`, `canary_held`,
+//! `signing_off`), held for a while
 //! (`for 2m`; at once without). An alert fires once when its condition has held that long, and
 //! resolves once when it no longer holds.
 
@@ -25,6 +26,8 @@ pub enum Condition {
     Drifted,
     /// A canary rollout holds: a step too quiet to judge, or a pause waiting for a person.
     CanaryHeld,
+    /// A release waits for its testers' sign-off (`[environments.NAME.signoff]`).
+    SigningOff,
 }
 
 /// An alert as the config declares it.
@@ -61,13 +64,15 @@ pub struct Observation {
     pub drifted: bool,
     /// A canary rollout of it holds (inconclusive or paused).
     pub canary_held: bool,
+    /// A release of it waits for sign-off.
+    pub signing_off: bool,
 }
 
 impl Condition {
     /// Reads `when`: `error_rate > 0.05`, `p99 > 800ms`, `rps < 1`, `unhealthy`, `crash_loop`,
-    /// `drifted`, `canary_held`, each with an optional `for 2m`.
+    /// `drifted`, `canary_held`, `signing_off`, each with an optional `for 2m`.
     pub fn parse(when: &str) -> Result<(Condition, std::time::Duration), String> {
-        let help = "write `error_rate > 0.05 for 2m`, `p99 > 800ms`, `rps < 1 for 5m`, `unhealthy`, `crash_loop`, `drifted` or `canary_held for 10m`";
+        let help = "write `error_rate > 0.05 for 2m`, `p99 > 800ms`, `rps < 1 for 5m`, `unhealthy`, `crash_loop`, `drifted`, `canary_held for 10m` or `signing_off for 24h`";
         let (what, hold) = match when.split_once(" for ") {
             Some((what, d)) => (what.trim(), Duration::parse(d.trim())?.as_std()),
             None => (when.trim(), std::time::Duration::ZERO),
@@ -84,6 +89,7 @@ impl Condition {
             ["crash_loop"] => Condition::CrashLoop,
             ["drifted"] => Condition::Drifted,
             ["canary_held"] => Condition::CanaryHeld,
+            ["signing_off"] => Condition::SigningOff,
             ["error_rate", ">", n] => Condition::ErrorRateAbove(number(n)?),
             ["p99", ">", d] => {
                 Condition::P99Above(Duration::parse(d)?.as_std().as_secs_f64() * 1000.0)
@@ -104,6 +110,7 @@ impl Condition {
             Condition::CrashLoop => o.crash_loop,
             Condition::Drifted => o.drifted,
             Condition::CanaryHeld => o.canary_held,
+            Condition::SigningOff => o.signing_off,
         }
     }
 
@@ -120,6 +127,7 @@ impl Condition {
             Condition::CrashLoop => format!("crash-looped: {}", o.crash_loop),
             Condition::Drifted => format!("drifted: {}", o.drifted),
             Condition::CanaryHeld => format!("canary held: {}", o.canary_held),
+            Condition::SigningOff => format!("waiting for sign-off: {}", o.signing_off),
         }
     }
 }
@@ -185,6 +193,17 @@ mod tests {
         assert_eq!(
             Condition::parse("crash_loop").unwrap().0,
             Condition::CrashLoop
+        );
+        assert_eq!(
+            Condition::parse("canary_held for 10m").unwrap(),
+            (Condition::CanaryHeld, std::time::Duration::from_secs(600))
+        );
+        assert_eq!(
+            Condition::parse("signing_off for 24h").unwrap(),
+            (
+                Condition::SigningOff,
+                std::time::Duration::from_secs(86_400)
+            )
         );
         assert_eq!(
             Condition::parse("canary_held for 10m").unwrap(),

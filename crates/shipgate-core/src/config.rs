@@ -3068,6 +3068,63 @@ mod tests {
     const FLOW: &str = "[apps.web]\nrun = \"./web\"\n[apps.web.data]\nproduction = \"sqlite://p.db\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\n[environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:8104\"\n";
 
     #[test]
+    fn a_signoff_lists_distinct_scenarios_and_require_signoff_names_an_environment_with_one() {
+        let with = |uat: &str, production: &str| {
+            format!(
+                "{BASE}[environments.staging]\nlisten = \"127.0.0.1:8103\"\n[environments.uat]\nafter = \"staging\"\nlisten = \"127.0.0.1:8105\"\n{uat}\n[environments.production]\nafter = \"staging\"\nlisten = \"127.0.0.1:8104\"\n{production}\n"
+            )
+        };
+        let config = Config::parse(
+            &with(
+                "[environments.uat.signoff]\nscenarios = [\"checkout\", \" invoice \"]",
+                "require.signoff = \"uat\"",
+            ),
+            Path::new("/p"),
+        )
+        .unwrap();
+        let uat = config.environment(&EnvName::parse("uat").unwrap()).unwrap();
+        let signoff = uat.signoff.as_ref().unwrap();
+        assert_eq!(signoff.role, Role::Tester);
+        assert_eq!(signoff.scenarios, ["checkout", "invoice"]);
+        let production = config
+            .environment(&EnvName::parse("production").unwrap())
+            .unwrap();
+        assert_eq!(production.require.signoff.as_ref().unwrap().as_str(), "uat");
+        for (uat, production, said) in [
+            ("[environments.uat.signoff]\nscenarios = []", "", "is empty"),
+            (
+                "[environments.uat.signoff]\nscenarios = [\"a\", \"a\"]",
+                "",
+                "listed twice",
+            ),
+            (
+                "[environments.uat.signoff]\nscenarios = [\" \"]",
+                "",
+                "1 to 200 characters",
+            ),
+            (
+                "[environments.uat.signoff]\nrole = \"viewer\"\nscenarios = [\"a\"]",
+                "",
+                "may not sign off",
+            ),
+            (
+                "[environments.uat.signoff]\nscenarios = [\"a\"]\nwho = 1",
+                "",
+                "unknown key `who`",
+            ),
+            (
+                "",
+                "require.signoff = \"uat\"",
+                "names an environment with no sign-off",
+            ),
+            ("", "require.signoff = \"qa\"", "names no other environment"),
+        ] {
+            let e = errors(&with(uat, production));
+            assert!(e.contains(said), "{said}: {e}");
+        }
+    }
+
+    #[test]
     fn the_flow_goes_on_to_the_environments_after_and_never_back() {
         let config = Config::parse(
             &format!(

@@ -330,11 +330,13 @@ mod tests {
     /// Keys a valid config cannot change alone: another key must change with them.
     /// (`masked = false` is refused: a template's data is always masked. A hotfix lane's
     /// `from` must be on the way into its environment, so production's `after` and the lane's
-    /// `from` (staging, the only environment before it) change together.)
+    /// `from` (staging, the only environment before it) change together. `require.signoff`
+    /// names an environment with a sign-off, and staging is the only one.)
     const CHANGED_ONLY_WITH_OTHERS: &[&str] = &[
         "apps.web.flags.new-checkout.type",
         "environments.production.after",
         "environments.production.hotfix.from",
+        "environments.production.require.signoff",
         "templates.preview.data.masked",
     ];
 

@@ -54,7 +54,22 @@ impl Engine {
             Some(i) => self.driver.status(&i.id).await.is_some_and(|s| s.healthy),
             None => true,
         };
+        let waiting = shipgate_store::PromotionFilter {
+            app: Some(app.clone()),
+            env: Some(env.clone()),
+            states: vec![shipgate_core::PromotionState::SigningOff],
+            limit: Some(1),
+            ..Default::default()
+        };
+        let signing_off = match self.store.promotions(waiting).await {
+            Ok(p) => !p.is_empty(),
+            Err(e) => {
+                tracing::warn!("alerts: could not read the sign-offs of {app} in {env}: {e}");
+                false
+            }
+        };
         Observation {
+            signing_off,
             error_rate: live.map_or(0.0, |w| w.error_rate),
             p99_ms: live.and_then(|w| w.p99_ms),
             rps: live.map_or(0.0, |w| w.requests_per_second),

@@ -10,7 +10,7 @@ use crate::helpers::{TestServer, four_envs_with, spawn_server, wait_for};
 fn uat_server() -> TestServer {
     let mut config = four_envs_with("", &[("production", "require.signoff = \"uat\"")]);
     config.push_str(&format!(
-        "\n[environments.uat]\nlisten = \"127.0.0.1:{}\"\nafter = \"staging\"\n[environments.uat.signoff]\nscenarios = [\"checkout with a saved card\", \"invoice PDF opens\"]\n",
+        "\n[environments.uat]\nlisten = \"127.0.0.1:{}\"\nafter = \"staging\"\n[environments.uat.signoff]\nscenarios = [\"checkout with a saved card\", \"invoice PDF opens\"]\n\n[alerts.uat-waits]\nenv = \"uat\"\nwhen = \"signing_off\"\n",
         crate::helpers::free_port()
     ));
     spawn_server(&config)
@@ -122,6 +122,10 @@ fn a_release_waits_for_each_scenario_production_needs_that_sign_off_and_one_fail
     assert_eq!(no_note.status.code(), Some(2), "a usage error");
     assert!(crate::helpers::text(&no_note).contains("--note"));
 
+    // An alert can watch a release waiting for its sign-off.
+    wait_for("the alert on a release waiting for sign-off", || {
+        !s.messages_of("alert.firing").is_empty()
+    });
     // One pass each; a person signs a scenario once.
     let said = sign(
         &s,
@@ -153,6 +157,9 @@ fn a_release_waits_for_each_scenario_production_needs_that_sign_off_and_one_fail
     assert!(gates.contains("web@1.0.0 is signed off in uat"), "{gates}");
     let gates = s.latest("uat")["gates"].to_string();
     assert!(gates.contains("all 2 scenarios passed"), "{gates}");
+    wait_for("the alert to resolve once nothing waits", || {
+        !s.messages_of("alert.resolved").is_empty()
+    });
     let status = s.json(&["signoff", "status", "web@1.0.0", "--env", "uat"]);
     assert_eq!(status["outcome"], "complete", "{status}");
     assert_eq!(status["scenarios"][0]["entries"][0]["by"], "tess");
