@@ -43,4 +43,5 @@ mod on_demand;
 mod promotions;
 mod releases;
 mod reopen;
+mod signoffs;
 mod tar_entries;
