@@ -403,7 +403,16 @@ impl Engine {
             return Ok(());
         }
         let lock = self.slot_lock(&slot);
-        let _held = lock.lock().await;
+        let _held = match lock.try_lock() {
+            Ok(held) => held,
+            Err(_) => {
+                // A release before it may wait for its sign-off here for days: say so.
+                self.say_signoff_holds(&promotion).await?;
+                let held = lock.lock().await;
+                self.set_waiting(promotion.id, vec![]);
+                held
+            }
+        };
         // Rejected or rolled back while it waited for its turn: it never deploys.
         if let Some(why) = stop.asked() {
             self.end_pending(&promotion, why).await?;

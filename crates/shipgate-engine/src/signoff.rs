@@ -209,6 +209,31 @@ impl Engine {
         Ok(())
     }
 
+    /// When `p` waits for its turn behind a release that waits for its sign-off in the same
+    /// environment, says so as what `p` waits on.
+    pub(crate) async fn say_signoff_holds(&self, p: &Promotion) -> Result<(), EngineError> {
+        let signing = PromotionFilter {
+            app: Some(p.app.clone()),
+            env: Some(p.env.clone()),
+            states: vec![PromotionState::SigningOff],
+            ..Default::default()
+        };
+        if let Some(q) = self.store.promotions(signing).await?.first() {
+            let before = format!("{}@{}", q.app, q.version);
+            self.set_waiting(
+                p.id,
+                vec![Wait::Signoff {
+                    env: p.env.clone(),
+                    progress: format!(
+                        "{before} waits for its sign-off here first; pass or fail its scenarios (shipgate signoff status {before} --env {}), or end it: shipgate reject {before} --env {} --comment WHY",
+                        p.env, p.env
+                    ),
+                }],
+            );
+        }
+        Ok(())
+    }
+
     /// Records a tester's pass or fail of one scenario of `release`'s sign-off in `env`.
     pub async fn sign_off(
         &self,

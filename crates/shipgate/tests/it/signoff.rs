@@ -241,8 +241,9 @@ fn a_release_waits_for_each_scenario_production_needs_that_sign_off_and_one_fail
 #[test]
 fn a_server_killed_between_two_signoffs_loses_none_and_a_fail_after_it_still_puts_uat_back() {
     let mut s = uat_server();
-    s.register("1.0.0", &[]);
-    s.register("1.1.0", &[]);
+    for version in ["1.0.0", "1.1.0", "1.2.0"] {
+        s.register(version, &[]);
+    }
     let tess = s.token("tess", "tester", &[]);
     let tom = s.token("tom", "tester", &[]);
     s.walk("1.0.0", "staging");
@@ -286,12 +287,45 @@ fn a_server_killed_between_two_signoffs_loses_none_and_a_fail_after_it_still_put
         s.version("uat").as_deref() == Some("1.0.0")
     });
     assert_eq!(s.latest("uat")["state"], "failed");
-    // Nothing waits any more.
-    assert_eq!(
-        s.json(&["status", "web"])
-            .to_string()
-            .matches("signing_off")
-            .count(),
-        0
+
+    // A newer release waits for its turn behind one that waits for sign-off, and says so; a
+    // rejection ends a sign-off at once.
+    s.walk("1.2.0", "staging");
+    s.ok(&["promote", "web@1.1.0", "--to", "uat"]);
+    wait_for("1.1.0 to wait for its sign-off again", || {
+        s.latest("uat")["state"] == "signing_off"
+    });
+    s.ok(&["promote", "web@1.2.0", "--to", "uat"]);
+    wait_for("1.2.0 to say what it waits behind", || {
+        s.waits("uat").iter().any(|w| {
+            w.contains("web@1.1.0 waits for its sign-off here first")
+                && w.contains("shipgate reject web@1.1.0 --env uat")
+        })
+    });
+    let approver = s.token("ann", "approver", &[]);
+    s.ok_as(
+        &approver,
+        &[
+            "reject",
+            "web@1.1.0",
+            "--env",
+            "uat",
+            "--comment",
+            "1.2.0 replaces it",
+        ],
+    );
+    wait_for("1.2.0 to wait for its own sign-off", || {
+        let latest = s.latest("uat");
+        latest["version"] == "1.2.0" && latest["state"] == "signing_off"
+    });
+    assert_eq!(s.version("uat").as_deref(), Some("1.2.0"));
+    let ended = s.json(&["signoff", "status", "web@1.1.0", "--env", "uat"]);
+    assert_eq!(ended["outcome"], "ended", "{ended}");
+    assert!(
+        ended["progress"]
+            .as_str()
+            .unwrap()
+            .contains("rejected by ann: 1.2.0 replaces it"),
+        "{ended}"
     );
 }
