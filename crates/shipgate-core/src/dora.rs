@@ -131,15 +131,22 @@ pub fn human(secs: Option<f64>, bucket: Option<&str>) -> String {
 }
 
 /// The share of the lead time spent waiting for sign-off, with the median wait:
-/// `34% (12 min (median wait))`, or `-` without a lead time.
+/// `34% (median wait 12 min)`, or `-` without a lead time.
 pub fn signoff_share(f: &Figures) -> String {
+    let percent = |share: f64| match share * 100.0 {
+        p if p > 0.0 && p < 10.0 => format!("{p:.1}%"),
+        p => format!("{p:.0}%"),
+    };
     match (f.signoff_share, f.signoff_secs) {
-        (Some(share), Some(secs)) => format!(
-            "{:.0}% ({})",
-            share * 100.0,
-            human(Some(secs), Some("median wait"))
-        ),
-        (Some(share), None) => format!("{:.0}%", share * 100.0),
+        (Some(share), Some(secs)) => {
+            let wait = human(Some(secs), Some(""));
+            format!(
+                "{} (median wait {})",
+                percent(share),
+                wait.trim_end_matches(" ()")
+            )
+        }
+        (Some(share), None) => percent(share),
         _ => "-".into(),
     }
 }

@@ -63,11 +63,18 @@ pub(crate) async fn view(
         .into_iter()
         .filter(|f| caller.sees(Some(&f.env)))
         .collect();
-    let production = config
+    // The end of the flow; where a UAT environment is a leaf beside it, the one testers do
+    // not sign off in.
+    let ends: Vec<_> = config
         .environments
         .iter()
-        .map(|e| e.name.clone())
-        .find(|e| shipgate_core::chaos::needs_admin(&config, e));
+        .filter(|e| shipgate_core::chaos::needs_admin(&config, &e.name))
+        .collect();
+    let production = ends
+        .iter()
+        .find(|e| e.signoff.is_none())
+        .or(ends.first())
+        .map(|e| e.name.clone());
     Ok(DoraView {
         days,
         at,
