@@ -245,6 +245,34 @@ pub struct AppConfig {
     pub limits: Limits,
     /// `[apps.NAME.flags.KEY]`: its feature flags by key.
     pub flags: BTreeMap<String, crate::flag::FlagConfig>,
+    /// `[apps.NAME.backup]`: backups of its data, each proven by a restore drill.
+    pub backup: Option<BackupConfig>,
+    /// `migrate`: run from the release, in the environment's sandbox with `${DATA_URL}`, before
+    /// the switch (after the backup); a failure fails the promotion before traffic moves.
+    pub migrate: Option<String>,
+    /// `migrate_check`: run before `migrate`; a non-zero exit means the release's schema is not
+    /// compatible with the running release (expand and contract take two releases).
+    pub migrate_check: Option<String>,
+}
+
+/// `[apps.NAME.backup]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupConfig {
+    /// The environments whose data is backed up (each declared in `[apps.NAME.data]`).
+    pub envs: Vec<EnvName>,
+    /// How often a backup is taken by itself (none: only on demand and before promotions).
+    pub every: Option<Duration>,
+    /// How many restorable backups to keep per environment.
+    pub keep: Option<u32>,
+    /// How long to keep a backup.
+    pub keep_for: Option<Duration>,
+    /// Take a fresh backup before each promotion's switch into those environments.
+    pub before_promotion: bool,
+    /// Queries run in the restore drill's scratch database; each must succeed (their answers
+    /// are recorded beside the row counts).
+    pub verify: Vec<String>,
+    /// Parallel jobs of `pg_dump` and `pg_restore`.
+    pub jobs: u32,
 }
 
 /// `[apps.NAME.data]`.
@@ -392,6 +420,8 @@ pub struct EnvironmentConfig {
     /// `[environments.NAME.signoff]`: a verified release waits for testers to pass each
     /// scenario before it counts as verified here.
     pub signoff: Option<SignoffConfig>,
+    /// `parity.schema`: `require.parity` compares the apps' database schemas too.
+    pub parity_schema: bool,
 }
 
 /// `[environments.NAME.signoff]`: user acceptance. After its verification a release waits in
@@ -478,6 +508,8 @@ pub struct Requirements {
     pub parity: Option<EnvName>,
     /// `require.signoff`: the very digest completed the user acceptance sign-off there.
     pub signoff: Option<EnvName>,
+    /// `require.backup_within`: a restorable backup of each app's data here at most this old.
+    pub backup_within: Option<Duration>,
 }
 
 impl Requirements {
@@ -488,6 +520,7 @@ impl Requirements {
             && self.windows.is_empty()
             && self.parity.is_none()
             && self.signoff.is_none()
+            && self.backup_within.is_none()
     }
 }
 
@@ -762,6 +795,28 @@ struct RawApp {
     limits: Option<RawLimits>,
     #[serde(default)]
     flags: BTreeMap<Spanned<String>, RawFlag>,
+    backup: Option<Spanned<RawBackup>>,
+    migrate: Option<Spanned<String>>,
+    migrate_check: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    envs: Spanned<Vec<Spanned<String>>>,
+    every: Option<Spanned<String>>,
+    keep: Option<Spanned<i64>>,
+    keep_for: Option<Spanned<String>>,
+    before_promotion: Option<bool>,
+    #[serde(default)]
+    verify: Vec<String>,
+    jobs: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParity {
+    schema: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -815,6 +870,7 @@ struct RawEnvironment {
     canary: Option<Spanned<RawCanary>>,
     hotfix: Option<Spanned<RawHotfix>>,
     signoff: Option<Spanned<RawSignoff>>,
+    parity: Option<RawParity>,
 }
 
 #[derive(Deserialize)]
@@ -909,6 +965,7 @@ struct RawRequire {
     window: Option<Spanned<toml::Value>>,
     parity: Option<Spanned<toml::Value>>,
     signoff: Option<Spanned<String>>,
+    backup_within: Option<Spanned<String>>,
 }
 
 /// Collects problems while a raw config is turned into a [`Config`].
@@ -1418,15 +1475,46 @@ fn apps(
             },
             None => CrashLoop::default(),
         };
+        let data = app
+            .data
+            .as_ref()
+            .and_then(|d| data_config(d, base_dir, problems));
+        let backup = app
+            .backup
+            .as_ref()
+            .and_then(|b| backup(b, data.as_ref(), name.get_ref(), problems));
+        for command in [&app.migrate, &app.migrate_check].into_iter().flatten() {
+            if command.get_ref().trim().is_empty() {
+                problems.add(
+                    command.span(),
+                    format!("a migration command of app `{}` is empty", name.get_ref()),
+                    "give the command, run from the release, for example \"./migrate up\""
+                        .to_owned(),
+                );
+            }
+        }
+        if let (Some(m), None) = (&app.migrate, &data) {
+            problems.add(
+                m.span(),
+                format!(
+                    "`migrate` of app `{}` has no database to migrate",
+                    name.get_ref()
+                ),
+                format!(
+                    "declare where each environment's data lives in [apps.{}.data]",
+                    name.get_ref()
+                ),
+            );
+        }
         if let Some(name) = parsed_name {
             apps.push(AppConfig {
                 name,
+                backup,
+                migrate: app.migrate.map(Spanned::into_inner),
+                migrate_check: app.migrate_check.map(Spanned::into_inner),
                 run: app.run.map(Spanned::into_inner).unwrap_or_default(),
                 crash_loop,
-                data: app
-                    .data
-                    .as_ref()
-                    .and_then(|d| data_config(d, base_dir, problems)),
+                data,
                 facts: app.facts,
                 limits: limits(app.limits.as_ref(), problems),
                 flags: flags(app.flags, problems),
@@ -1437,6 +1525,86 @@ fn apps(
         }
     }
     apps
+}
+
+/// `[apps.NAME.backup]`: its environments have data declared; `jobs` defaults to 2.
+fn backup(
+    raw: &Spanned<RawBackup>,
+    data: Option<&DataConfig>,
+    app: &str,
+    problems: &mut Problems,
+) -> Option<BackupConfig> {
+    let b = raw.get_ref();
+    let mut envs = Vec::new();
+    for env in b.envs.get_ref() {
+        let Some(name) = problems.parse(env, |s| EnvName::parse(s).map_err(|e| e.0)) else {
+            continue;
+        };
+        if data.is_none_or(|d| !d.locations.contains_key(&name)) {
+            problems.add(
+                env.span(),
+                format!("app `{app}` has no data declared in `{name}` to back up"),
+                format!("add {name} = \"postgres://…\" or \"sqlite://…\" to [apps.{app}.data]"),
+            );
+            continue;
+        }
+        envs.push(name);
+    }
+    if b.envs.get_ref().is_empty() {
+        problems.add(
+            b.envs.span(),
+            "`backup.envs` is empty, so nothing would be backed up",
+            "name the environments whose data is kept, for example envs = [\"production\"]"
+                .to_owned(),
+        );
+    }
+    let every = b
+        .every
+        .as_ref()
+        .and_then(|e| problems.parse(e, positive_duration("backup.every")));
+    if let (Some(e), Some(every)) = (&b.every, every)
+        && every.as_std() < std::time::Duration::from_secs(60)
+    {
+        problems.add(
+            e.span(),
+            "`backup.every` is under a minute",
+            "back up at most once a minute, for example every = \"6h\"".to_owned(),
+        );
+    }
+    let keep = match &b.keep {
+        Some(k) if !(1..=10_000).contains(k.get_ref()) => {
+            problems.add(k.span(), "`backup.keep` is from 1 to 10000", None);
+            None
+        }
+        Some(k) => Some(*k.get_ref() as u32),
+        None => None,
+    };
+    let keep_for = b
+        .keep_for
+        .as_ref()
+        .and_then(|k| problems.parse(k, positive_duration("backup.keep_for")));
+    let jobs = match &b.jobs {
+        Some(j) if !(1..=32).contains(j.get_ref()) => {
+            problems.add(j.span(), "`backup.jobs` is from 1 to 32", None);
+            2
+        }
+        Some(j) => *j.get_ref() as u32,
+        None => 2,
+    };
+    for query in &b.verify {
+        if query.trim().is_empty() {
+            problems.add(raw.span(), "a `backup.verify` query is empty", "write a query that checks the restored data, for example \"SELECT count(*) FROM orders\"".to_owned());
+        }
+    }
+    Some(BackupConfig {
+        envs,
+        every,
+        keep,
+        keep_for,
+        before_promotion: b.before_promotion.unwrap_or(false),
+        verify: b.verify.clone(),
+        jobs,
+    })
 }
 
 /// `[apps.NAME.flags.KEY]`: each flag's type, variants (a boolean flag has `on` and `off`
@@ -1859,6 +2027,7 @@ fn environments(
                 canary: env.canary.as_ref().map(|c| canary(c, problems)),
                 hotfix: env.hotfix.as_ref().and_then(|h| hotfix(h, problems)),
                 signoff: env.signoff.as_ref().and_then(|s| signoff(s, problems)),
+                parity_schema: env.parity.as_ref().and_then(|p| p.schema).unwrap_or(false),
             });
         }
     }
@@ -2568,6 +2737,9 @@ fn requirements(
     let mut req = Requirements::default();
     if let Some(a) = &raw.approvals {
         req.approvals = approval_rule(a, problems);
+    }
+    if let Some(within) = &raw.backup_within {
+        req.backup_within = problems.parse(within, positive_duration("require.backup_within"));
     }
     if let Some(soak) = &raw.soak {
         req.soak = problems.parse(soak, Duration::parse);

@@ -171,6 +171,8 @@ impl TemplateConfig {
         // sign-off elsewhere to be entered.
         env.signoff = None;
         env.require.signoff = None;
+        // Its data is a copy made for it: nothing to keep.
+        env.require.backup_within = None;
         // Its dependency proxies' addresses are the base's own: it connects to the
         // dependencies through the base's proxies, or directly, as its vars say.
         env.dependencies.clear();
