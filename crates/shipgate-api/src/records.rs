@@ -367,6 +367,49 @@ pub struct FaultRecord {
     pub ended_by: Option<String>,
 }
 
+/// A backup of one app's data in one environment, with what its restore drill proved.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct BackupRecord {
+    /// Its number (`shipgate backup show ID`).
+    pub id: i64,
+    /// The app.
+    pub app: AppName,
+    /// The environment whose data it holds.
+    pub env: EnvName,
+    /// `running`, `taken`, `restorable`, `not_restorable`, `failed` or `interrupted`.
+    pub state: String,
+    /// Why it was taken: `schedule`, `promotion N`, or the person who asked.
+    pub reason: String,
+    /// `postgres` (pg_dump directory format) or `sqlite`.
+    pub kind: String,
+    /// The database it came from, password masked.
+    pub source: String,
+    /// sha256 over its files, once taken: where it lives under the data dir.
+    pub checksum: Option<String>,
+    /// Bytes, once taken.
+    pub size: Option<i64>,
+    /// How long taking it took, in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// Rows of each table at its snapshot.
+    pub counts: std::collections::BTreeMap<String, i64>,
+    /// What its restore drill found, once run.
+    pub drill: Option<serde_json::Value>,
+    /// Why it failed or is not restorable.
+    pub error: Option<String>,
+    /// When it was started.
+    #[schema(value_type = String)]
+    pub created_at: Timestamp,
+    /// When it was taken or failed.
+    #[schema(value_type = Option<String>)]
+    pub finished_at: Option<Timestamp>,
+    /// When its drill ended.
+    #[schema(value_type = Option<String>)]
+    pub drilled_at: Option<Timestamp>,
+    /// When retention removed its files (its record stays).
+    #[schema(value_type = Option<String>)]
+    pub pruned_at: Option<Timestamp>,
+}
+
 /// Where a notification's delivery stands.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]

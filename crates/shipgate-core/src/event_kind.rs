@@ -117,10 +117,28 @@ pub enum EventKind {
     SignoffFailed,
     /// Every scenario passed; the release is verified (`signoff.completed`).
     SignoffCompleted,
+    /// A backup of an environment's data was taken (`backup.taken`).
+    BackupTaken,
+    /// A backup could not be taken (`backup.failed`).
+    BackupFailed,
+    /// A backup's restore drill proved it restorable (`backup.restorable`).
+    BackupRestorable,
+    /// A backup's restore drill found it not restorable (`backup.not_restorable`).
+    BackupNotRestorable,
+    /// A backup was restored into its environment (`backup.restored`).
+    BackupRestored,
+    /// Retention removed a backup's files (`backup.pruned`).
+    BackupPruned,
+    /// The server stopped during a backup, drill or restore (`backup.interrupted`).
+    BackupInterrupted,
+    /// A release's migration ran before its switch (`migration.passed`).
+    MigrationPassed,
+    /// A release's migration (or its check) failed; nothing switched (`migration.failed`).
+    MigrationFailed,
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 51] = [
+    const NAMED: [(EventKind, &'static str); 60] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -172,6 +190,15 @@ impl EventKind {
         (Self::SignoffPassed, "signoff.passed"),
         (Self::SignoffFailed, "signoff.failed"),
         (Self::SignoffCompleted, "signoff.completed"),
+        (Self::BackupTaken, "backup.taken"),
+        (Self::BackupFailed, "backup.failed"),
+        (Self::BackupRestorable, "backup.restorable"),
+        (Self::BackupNotRestorable, "backup.not_restorable"),
+        (Self::BackupRestored, "backup.restored"),
+        (Self::BackupPruned, "backup.pruned"),
+        (Self::BackupInterrupted, "backup.interrupted"),
+        (Self::MigrationPassed, "migration.passed"),
+        (Self::MigrationFailed, "migration.failed"),
     ];
 
     /// Every kind, in a stable order (by family).
@@ -224,6 +251,14 @@ impl EventKind {
             | Self::SignoffPassed
             | Self::SignoffFailed
             | Self::SignoffCompleted => "signoff",
+            Self::BackupTaken
+            | Self::BackupFailed
+            | Self::BackupRestorable
+            | Self::BackupNotRestorable
+            | Self::BackupRestored
+            | Self::BackupPruned
+            | Self::BackupInterrupted => "backup",
+            Self::MigrationPassed | Self::MigrationFailed => "migration",
         }
     }
 

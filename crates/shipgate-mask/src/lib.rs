@@ -1,4 +1,5 @@
-//! Staging data refreshed from production with personal data masked. It reads the source in one
+//! An environment's data: backups proven by restoring them (`backup`), and staging data
+//! refreshed from production with personal data masked. It reads the source in one
 //! consistent snapshot (a read transaction), writes the schema and the masked rows into a fresh
 //! file beside the target, checks that no masked value leaked, and only then swaps the file in:
 //! a refresh that fails or is killed leaves the target's previous data as it was. The source is
@@ -10,6 +11,7 @@
 
 pub use shipgate_api::data::{ColumnLeaks, LeakReport, Progress, RefreshReport, TableReport};
 
+pub mod backup;
 mod postgres;
 mod sqlite;
 

@@ -259,6 +259,29 @@ const TABLES: &[(&str, &str, &[Column])] = &[
         ],
     ),
     (
+        "backups",
+        "id",
+        &[
+            ("id", I),
+            ("app", T),
+            ("env", T),
+            ("state", T),
+            ("reason", T),
+            ("kind", T),
+            ("source", T),
+            ("checksum", T),
+            ("size", I),
+            ("duration_ms", I),
+            ("counts", T),
+            ("drill", T),
+            ("error", T),
+            ("created_at", T),
+            ("finished_at", T),
+            ("drilled_at", T),
+            ("pruned_at", T),
+        ],
+    ),
+    (
         "signoffs",
         "id",
         &[
@@ -327,6 +350,7 @@ const IDENTITIES: &[(&str, &str)] = &[
     ("chaos_faults", "id"),
     ("deliveries", "id"),
     ("signoffs", "id"),
+    ("backups", "id"),
 ];
 
 /// What a copy did.

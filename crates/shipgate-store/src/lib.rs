@@ -159,6 +159,17 @@ pub trait Store: Send + Sync {
         &self,
         promotion_id: PromotionId,
     ) -> Result<Option<shipgate_core::signoff::SignoffSheet>>;
+    /// Records a backup as `running`, before its files are written.
+    async fn start_backup(&self, backup: NewBackup) -> Result<BackupRecord>;
+    /// Moves a backup on (taken, failed, interrupted, drilled, pruned) with its event; refused
+    /// with [`StoreError::Conflict`] when it is not in the state that step follows.
+    async fn finish_backup(&self, id: i64, end: BackupEnd, event: NewEvent) -> Result<BackupRecord>;
+    /// Backups, newest first, of one app and environment or all.
+    async fn backups(
+        &self,
+        app: Option<&AppName>,
+        env: Option<&EnvName>,
+    ) -> Result<Vec<BackupRecord>>;
     /// The decisions of one stage of a promotion, oldest first.
     async fn decisions(&self, promotion_id: PromotionId, stage: Stage) -> Result<Vec<Decision>>;
     /// The override of a promotion, if an admin gave one.

@@ -2,7 +2,7 @@
 //! (`shipgate-api`), re-exported here.
 
 pub use shipgate_api::records::{
-    AuditReport, Delivery, DeliveryAttempt, DeliveryStatus, Event, FaultRecord, FlagChange,
+    AuditReport, BackupRecord, Delivery, DeliveryAttempt, DeliveryStatus, Event, FaultRecord, FlagChange,
     FlagChangeRecord, FlagChangeStatus, FlagKeyRecord, FlagRecord, Gate, HostRecord, LiveRelease,
     OnDemandRecord, Promotion, Release, TokenRecord,
 };
@@ -67,6 +67,52 @@ pub struct NewDecision {
     pub verdict: shipgate_core::Verdict,
     /// Why.
     pub comment: Option<String>,
+}
+
+/// A backup about to be taken (recorded `running` first).
+#[derive(Debug, Clone)]
+pub struct NewBackup {
+    /// The app.
+    pub app: AppName,
+    /// The environment whose data it holds.
+    pub env: EnvName,
+    /// Why: `schedule`, `promotion N`, or the person who asked.
+    pub reason: String,
+    /// `postgres` or `sqlite`.
+    pub kind: String,
+    /// The database, password masked.
+    pub source: String,
+}
+
+/// How a backup moves on.
+#[derive(Debug, Clone)]
+pub enum BackupEnd {
+    /// Its files are written and checked in.
+    Taken {
+        /// sha256 over its files.
+        checksum: String,
+        /// Bytes.
+        size: i64,
+        /// How long it took.
+        duration_ms: i64,
+        /// Rows of each table at its snapshot.
+        counts: std::collections::BTreeMap<String, i64>,
+    },
+    /// It could not be taken.
+    Failed(String),
+    /// The server stopped while it was taken.
+    Interrupted(String),
+    /// Its restore drill ran.
+    Drilled {
+        /// Whether it restored with matching counts and its queries passed.
+        restorable: bool,
+        /// What the drill found.
+        drill: serde_json::Value,
+        /// Why not, when not.
+        error: Option<String>,
+    },
+    /// Retention removed its files.
+    Pruned,
 }
 
 /// A verified promotion about to wait for its user acceptance sign-off.

@@ -19,6 +19,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 
+mod backup;
 mod chaos;
 mod flags;
 mod notify;
@@ -1019,6 +1020,22 @@ impl Store for SqlStore {
             comment: d.comment,
             at,
         })
+    }
+
+    async fn start_backup(&self, b: NewBackup) -> Result<BackupRecord> {
+        SqlStore::start_backup(self, b).await
+    }
+
+    async fn finish_backup(&self, id: i64, end: BackupEnd, event: NewEvent) -> Result<BackupRecord> {
+        SqlStore::finish_backup(self, id, end, event).await
+    }
+
+    async fn backups(
+        &self,
+        app: Option<&AppName>,
+        env: Option<&EnvName>,
+    ) -> Result<Vec<BackupRecord>> {
+        SqlStore::backups(self, app, env).await
     }
 
     async fn request_signoff(&self, r: NewSignoffRequest) -> Result<Promotion> {
