@@ -60,13 +60,20 @@ pub struct Observed {
     /// For an image release: its manifest digest and how its config runs it (`digest`,
     /// `platform`, `user`, `entrypoint`, `cmd`, `workdir`, `ports`, `env.NAME`), by key.
     pub image: BTreeMap<String, String>,
+    /// The app's database schema there, one line per thing (`schema.orders.column.note` →
+    /// `text NOT NULL`), or why it could not be read. None when the app's data is not declared
+    /// in both environments compared.
+    pub schema: Option<Result<BTreeMap<String, String>, String>>,
 }
 
 /// The prefixes a `differs` entry may name.
-const FAMILIES: [&str; 11] = [
+const FAMILIES: [&str; 12] = [
     "release", "run", "health", "listen", "vars", "require", "verify", "facts", "settings",
-    "flags", "image",
+    "flags", "image", "schema",
 ];
+
+/// The item that stands for both schemas when either could not be read.
+const SCHEMA_UNREAD: &str = "schema";
 
 /// Checks a `differs` entry: a known item or family, optionally ending in `.*`.
 pub fn check_key(key: &str) -> Result<(), String> {
@@ -241,7 +248,10 @@ pub fn compare(
     a: (&EnvironmentConfig, &Observed),
     b: (&EnvironmentConfig, &Observed),
 ) -> Vec<DiffItem> {
-    let (sa, sb) = (settings(app, a.0, a.1), settings(app, b.0, b.1));
+    let (mut sa, mut sb) = (settings(app, a.0, a.1), settings(app, b.0, b.1));
+    let (qa, qb) = schema_lines(&a.1.schema, &b.1.schema);
+    sa.extend(qa);
+    sb.extend(qb);
     let meant: BTreeSet<&str> =
         a.0.differs
             .iter()
@@ -254,7 +264,8 @@ pub fn compare(
         .map(|key| {
             let (va, vb) = (sa.get(key), sb.get(key));
             let class = match (va, vb) {
-                (Some(x), Some(y)) if x == y => ItemClass::Same,
+                // An unread schema is never the same as another, even with the same error.
+                (Some(x), Some(y)) if x == y && key != SCHEMA_UNREAD => ItemClass::Same,
                 _ if declared(key, &meant) => ItemClass::Expected,
                 (Some(_), None) => ItemClass::OnlyInA,
                 (None, Some(_)) => ItemClass::OnlyInB,
@@ -278,6 +289,56 @@ pub fn compare(
             }
         })
         .collect()
+}
+
+/// The schema lines of both sides. A table on one side only is one item: its columns, indexes
+/// and constraints are left out rather than repeated as differences of their own. When either
+/// side could not be read, one `schema` item says why instead of every line of the other side.
+fn schema_lines(
+    a: &Option<Result<BTreeMap<String, String>, String>>,
+    b: &Option<Result<BTreeMap<String, String>, String>>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let under_a_lone_parent =
+        |key: &str, mine: &BTreeMap<String, String>, theirs: &BTreeMap<String, String>| {
+            key.match_indices('.')
+                .skip(1)
+                .map(|(i, _)| &key[..i])
+                .any(|parent| mine.contains_key(parent) && !theirs.contains_key(parent))
+        };
+    let kept = |mine: &BTreeMap<String, String>, theirs: &BTreeMap<String, String>| {
+        mine.iter()
+            .filter(|(k, _)| !under_a_lone_parent(k, mine, theirs))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let summary = |side: &Option<Result<BTreeMap<String, String>, String>>| {
+        let value = match side {
+            Some(Ok(lines)) => {
+                let tables = lines.values().filter(|v| v.starts_with("table")).count();
+                format!("read ({tables} tables)")
+            }
+            Some(Err(e)) => format!("unreadable: {e}"),
+            None => return BTreeMap::new(),
+        };
+        BTreeMap::from([(SCHEMA_UNREAD.to_owned(), value)])
+    };
+    match (a, b) {
+        (Some(Ok(x)), Some(Ok(y))) => (kept(x, y), kept(y, x)),
+        _ => (summary(a), summary(b)),
+    }
+}
+
+/// Whether `key` is a line of a database schema (or the item saying one could not be read).
+pub fn is_schema(key: &str) -> bool {
+    key == SCHEMA_UNREAD || key.starts_with("schema.")
+}
+
+/// What a promotion's parity gate waits on: [`blocking`], without the schema's items unless
+/// the entering environment counts them (`parity.schema = true`).
+pub fn blocking_entry(items: &[DiffItem], counts_schema: bool) -> Vec<String> {
+    let mut keys = blocking(items);
+    keys.retain(|k| counts_schema || !is_schema(k));
+    keys
 }
 
 /// The unexpected differences a parity gate waits on: all but the release being promoted and
@@ -361,12 +422,14 @@ mod tests {
             facts: BTreeMap::from([("runtime".to_owned(), "Python 3.11.7".to_owned())]),
             flags: BTreeMap::new(),
             image: BTreeMap::new(),
+            schema: None,
         };
         let b = Observed {
             live: Some((Version::parse("1.1.0").unwrap(), digest)),
             facts: BTreeMap::from([("runtime".to_owned(), "Python 3.9.2".to_owned())]),
             flags: BTreeMap::new(),
             image: BTreeMap::new(),
+            schema: None,
         };
         let items = diff(&c, &a, &b);
         assert_eq!(class_of(&items, "release.version").class, ItemClass::Same);
@@ -401,6 +464,113 @@ mod tests {
                 "vars.ONLY_STAGING",
                 "vars.REGION"
             ]
+        );
+    }
+
+    fn schema(lines: &[(&str, &str)]) -> Observed {
+        Observed {
+            schema: Some(Ok(lines
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect())),
+            ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn each_schema_difference_is_one_item_and_a_table_on_one_side_only_is_one() {
+        let orders = [
+            ("schema.orders", "table"),
+            ("schema.orders.column.id", "bigint NOT NULL"),
+            ("schema.orders.constraint.orders_pkey", "PRIMARY KEY (id)"),
+            ("schema.enum.order_status", "new, paid"),
+        ];
+        let staging = schema(
+            &[
+                &orders[..],
+                &[
+                    (
+                        "schema.orders.column.note",
+                        "text NOT NULL DEFAULT ''::text",
+                    ),
+                    ("schema.refunds", "table"),
+                    ("schema.refunds.column.id", "bigint"),
+                    ("schema.refunds.index.refunds_id_idx", "CREATE INDEX ..."),
+                ],
+            ]
+            .concat(),
+        );
+        let mut production = schema(&orders);
+        if let Some(Ok(lines)) = &mut production.schema {
+            lines.insert(
+                "schema.enum.order_status".into(),
+                "new, paid, shipped".into(),
+            );
+        }
+        let c = config("differs = [\"listen\"]", "parity.schema = true");
+        let items = diff(&c, &staging, &production);
+        let differing: Vec<(&str, ItemClass)> = items
+            .iter()
+            .filter(|i| is_schema(&i.key) && i.class != ItemClass::Same)
+            .map(|i| (i.key.as_str(), i.class))
+            .collect();
+        assert_eq!(
+            differing,
+            [
+                ("schema.enum.order_status", ItemClass::Unexpected),
+                ("schema.orders.column.note", ItemClass::OnlyInA),
+                ("schema.refunds", ItemClass::OnlyInA),
+            ]
+        );
+        assert_eq!(
+            class_of(&items, "schema.orders.column.id").class,
+            ItemClass::Same
+        );
+        assert_eq!(blocking_entry(&items, false), Vec::<String>::new());
+        assert_eq!(blocking_entry(&items, true).len(), 3);
+
+        let declared = config(
+            "differs = [\"listen\", \"schema.orders.*\", \"schema.refunds\", \"schema.enum.order_status\"]",
+            "",
+        );
+        let items = diff(&declared, &staging, &production);
+        assert!(blocking(&items).is_empty(), "{items:#?}");
+        assert_eq!(
+            class_of(&items, "schema.orders.column.note").class,
+            ItemClass::Expected
+        );
+        let everything = config("differs = [\"listen\", \"schema.*\"]", "");
+        assert!(blocking(&diff(&everything, &staging, &production)).is_empty());
+        assert!(check_key("schema.orders.*").is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_schema_is_one_item_never_the_same() {
+        let c = config("", "");
+        let fine = schema(&[("schema.orders", "table")]);
+        let broken = Observed {
+            schema: Some(Err(
+                "connecting to postgres://app:***@db/shop: refused".into()
+            )),
+            ..Observed::default()
+        };
+        let items = diff(&c, &fine, &broken);
+        let item = class_of(&items, "schema");
+        assert_eq!(item.class, ItemClass::Unexpected);
+        assert_eq!(item.a.as_deref(), Some("read (1 tables)"));
+        assert!(
+            item.b
+                .as_deref()
+                .unwrap()
+                .starts_with("unreadable: connecting")
+        );
+        assert!(!items.iter().any(|i| i.key == "schema.orders"));
+        let both = diff(&c, &broken, &broken);
+        assert_eq!(class_of(&both, "schema").class, ItemClass::Unexpected);
+        assert!(
+            diff(&c, &Observed::default(), &Observed::default())
+                .iter()
+                .all(|i| !is_schema(&i.key))
         );
     }
 

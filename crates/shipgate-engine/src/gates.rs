@@ -179,8 +179,13 @@ impl Engine {
             .and_then(|e| requirements_of(e, p).parity)
         {
             Some(with) => {
+                let counts_schema = self
+                    .config()
+                    .environment(&p.env)
+                    .is_some_and(|e| e.parity_schema);
                 let diff = self.diff(&p.app, &with, &p.env).await?;
-                Some((with, shipgate_core::parity::blocking(&diff.items)))
+                let left = shipgate_core::parity::blocking_entry(&diff.items, counts_schema);
+                Some((with, left))
             }
             None => None,
         };

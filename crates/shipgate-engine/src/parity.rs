@@ -116,6 +116,7 @@ impl Engine {
             facts,
             flags,
             image,
+            schema: None,
         })
     }
 }
