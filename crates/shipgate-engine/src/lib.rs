@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod alerts;
+mod backup;
 mod canary;
 pub mod chaos;
 pub mod clock;
@@ -247,6 +248,7 @@ impl Engine {
         engine.record_driver_events();
         engine.sample_traffic();
         engine.scan_drift_periodically();
+        engine.interrupted_backups().await?;
         engine.reconcile().await?;
         // After reconciling: what runs (and its standbys) is known, so retention spares it.
         engine.collect_garbage_periodically();
@@ -256,6 +258,7 @@ impl Engine {
         engine.deliver_periodically();
         engine.judge_alerts_periodically();
         engine.end_toxics_periodically();
+        engine.back_up_periodically();
         Ok(engine)
     }
 

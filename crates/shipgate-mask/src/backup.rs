@@ -194,73 +194,11 @@ pub async fn drill(
         took_ms: 0,
         error: None,
     };
-    let result = async {
-        let (now, _) = checksum(dir)?;
-        if now != checksum_then {
-            return Err(MaskError::Unsupported(format!(
-                "its files changed since it was taken (checksum {} then, {} now)",
-                short(checksum_then),
-                short(&now)
-            )));
-        }
-        match location {
-            DataLocation::Sqlite(_) => {
-                let scratch = tempfile::Builder::new()
-                    .prefix("shipgate-drill-")
-                    .tempdir()
-                    .map_err(io("making the drill's scratch folder"))?;
-                let file = scratch.path().join(SQLITE_FILE);
-                std::fs::copy(dir.join(SQLITE_FILE), &file)
-                    .map_err(io("copying the backup into scratch"))?;
-                let mut conn = open_sqlite(&file, false).await?;
-                let check: String = sqlx::query_scalar("PRAGMA integrity_check")
-                    .fetch_one(&mut conn)
-                    .await
-                    .map_err(db("checking the restored file"))?;
-                if check != "ok" {
-                    return Err(MaskError::Unsupported(format!(
-                        "the restored file fails SQLite's integrity check: {check}"
-                    )));
-                }
-                let restored = sqlite_counts(&mut conn).await?;
-                drill.tables = compare(counts, &restored);
-                for q in verify {
-                    drill.queries.push(answer_sqlite(&mut conn, q).await);
-                }
-                Ok(())
-            }
-            DataLocation::Postgres(url) => {
-                let (server, _) = url.rsplit_once('/').ok_or_else(|| {
-                    MaskError::Unsupported("the database URL names no database".into())
-                })?;
-                let scratch = format!("{server}/{scratch_name}");
-                crate::drop_database(&scratch).await?;
-                crate::create_database(&scratch).await?;
-                let restored = async {
-                    let mut conn = PgConnection::connect(&scratch)
-                        .await
-                        .map_err(db("connecting to the drill's scratch database"))?;
-                    let bin = pg_bin(&mut conn).await?;
-                    pg_restore(&bin, &dir.join("dump"), &scratch, jobs, false).await?;
-                    let restored = pg_counts(&mut conn).await?;
-                    let mut answers = Vec::new();
-                    for q in verify {
-                        answers.push(answer_pg(&mut conn, q).await);
-                    }
-                    conn.close().await.ok();
-                    Ok::<_, MaskError>((restored, answers))
-                }
-                .await;
-                let dropped = crate::drop_database(&scratch).await;
-                let (restored, answers) = restored?;
-                dropped?;
-                drill.tables = compare(counts, &restored);
-                drill.queries = answers;
-                Ok(())
-            }
-        }
-    }
-    .await;
+    let result = restore_to_scratch(location, dir, checksum_then, verify, jobs, scratch_name).await;
+    let result = result.map(|(restored, answers)| {
+        drill.tables = compare(counts, &restored);
+        drill.queries = answers;
+    });
     drill.took_ms = started.elapsed().as_millis() as u64;
     let mismatched: Vec<String> = drill
         .tables
@@ -292,6 +230,87 @@ pub async fn drill(
     drill
 }
 
+type Restored = (BTreeMap<String, i64>, Vec<QueryAnswer>);
+
+/// The drill's restore into scratch: the rows of each table there, and the queries' answers.
+async fn restore_to_scratch(
+    location: &DataLocation,
+    dir: &Path,
+    checksum_then: &str,
+    verify: &[String],
+    jobs: u32,
+    scratch_name: &str,
+) -> Result<Restored, MaskError> {
+    let (now, _) = checksum(dir)?;
+    if now != checksum_then {
+        return Err(MaskError::Unsupported(format!(
+            "its files changed since it was taken (checksum {} then, {} now)",
+            short(checksum_then),
+            short(&now)
+        )));
+    }
+    match location {
+        DataLocation::Sqlite(_) => {
+            let scratch = tempfile::Builder::new()
+                .prefix("shipgate-drill-")
+                .tempdir()
+                .map_err(io("making the drill's scratch folder"))?;
+            let file = scratch.path().join(SQLITE_FILE);
+            std::fs::copy(dir.join(SQLITE_FILE), &file)
+                .map_err(io("copying the backup into scratch"))?;
+            let mut conn = open_sqlite(&file, false).await?;
+            let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(db("checking the restored file"))?;
+            if check != "ok" {
+                return Err(MaskError::Unsupported(format!(
+                    "the restored file fails SQLite's integrity check: {check}"
+                )));
+            }
+            let restored = sqlite_counts(&mut conn).await?;
+            let mut answers = Vec::new();
+            for q in verify {
+                answers.push(answer_sqlite(&mut conn, q).await);
+            }
+            Ok((restored, answers))
+        }
+        DataLocation::Postgres(url) => {
+            let (server, _) = url.rsplit_once('/').ok_or_else(|| {
+                MaskError::Unsupported("the database URL names no database".into())
+            })?;
+            let scratch = format!("{server}/{scratch_name}");
+            crate::drop_database(&scratch).await?;
+            crate::create_database(&scratch).await?;
+            let restored = restore_pg_scratch(&scratch, dir, verify, jobs).await;
+            let dropped = crate::drop_database(&scratch).await;
+            let restored = restored?;
+            dropped?;
+            Ok(restored)
+        }
+    }
+}
+
+async fn restore_pg_scratch(
+    scratch: &str,
+    dir: &Path,
+    verify: &[String],
+    jobs: u32,
+) -> Result<Restored, MaskError> {
+    let mut conn = PgConnection::connect(scratch)
+        .await
+        .map_err(db("connecting to the drill's scratch database"))?;
+    let bin = pg_bin(&mut conn).await?;
+    pg_restore(&bin, &dir.join("dump"), scratch, jobs, false).await?;
+    let restored = pg_counts(&mut conn).await?;
+    let mut answers = Vec::new();
+    for q in verify {
+        answers.push(answer_pg(&mut conn, q).await);
+    }
+    conn.close().await.ok();
+    Ok((restored, answers))
+}
+
 /// Replaces the data of `location` with the backup in `dir`: in one transaction, so a failure
 /// or a kill leaves it as it was.
 pub async fn restore(location: &DataLocation, dir: &Path, jobs: u32) -> Result<(), MaskError> {
@@ -311,21 +330,21 @@ pub async fn restore(location: &DataLocation, dir: &Path, jobs: u32) -> Result<(
             .fetch_all(&mut *tx)
             .await
             .map_err(db("reading the live schema"))?;
-            for (kind, name) in live.iter().filter(|(k, _)| k != "table") {
-                sqlx::raw_sql(&format!(
-                    "DROP {} IF EXISTS main.{}",
-                    kind.to_uppercase(),
-                    quote(name)
-                ))
-                .execute(&mut *tx)
-                .await
-                .map_err(db(format!("dropping {name}")))?;
-            }
-            for (_, name) in live.iter().filter(|(k, _)| k == "table") {
-                sqlx::raw_sql(&format!("DROP TABLE IF EXISTS main.{}", quote(name)))
+            // Views and triggers first, then the tables they name.
+            for table_pass in [false, true] {
+                for (kind, name) in &live {
+                    if (kind == "table") != table_pass {
+                        continue;
+                    }
+                    sqlx::raw_sql(&format!(
+                        "DROP {} IF EXISTS main.{}",
+                        kind.to_uppercase(),
+                        quote(name)
+                    ))
                     .execute(&mut *tx)
                     .await
                     .map_err(db(format!("dropping {name}")))?;
+                }
             }
             let wanted: Vec<(String, String, String)> = sqlx::query_as(
                 "SELECT type, name, sql FROM backup.sqlite_master WHERE name NOT LIKE 'sqlite_%' AND sql IS NOT NULL ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END",
