@@ -1,11 +1,13 @@
 //! `shipgate diff` and `require.parity`: the facts of each environment gathered (the config's
-//! `facts` commands run in the live release), then compared by `shipgate_core::parity`.
+//! `facts` commands run in the live release) and, where the app's data is declared in both,
+//! the schemas of their databases read, then compared by `shipgate_core::parity`.
 
 pub use shipgate_api::parity::Diff;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use shipgate_core::config::DataLocation;
 use shipgate_core::parity::{Observed, compare};
 use shipgate_core::template::expand;
 use shipgate_core::{AppName, EnvName};
@@ -14,6 +16,20 @@ use crate::{Engine, EngineError};
 
 /// How long one fact command may run.
 const FACT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long reading one database's schema may take, connecting included.
+const SCHEMA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The schema of the database at `location`, or why it could not be read (which becomes an
+/// item of the diff rather than failing it).
+async fn schema_at(location: &DataLocation) -> Result<BTreeMap<String, String>, String> {
+    match tokio::time::timeout(SCHEMA_TIMEOUT, shipgate_mask::schema::schema_of(location)).await {
+        Ok(read) => read.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "{location} did not answer within {}s",
+            SCHEMA_TIMEOUT.as_secs()
+        )),
+    }
+}
 
 impl Engine {
     /// Compares `app` in `a` and `b`, running its facts in both.
@@ -28,8 +44,21 @@ impl Engine {
                 .ok_or_else(|| EngineError::UnknownEnvironment(e.to_string()))
         };
         let (ea, eb) = (env_of(a)?, env_of(b)?);
-        let (oa, ob) = tokio::join!(self.observe(app, a), self.observe(app, b));
-        let items = compare(app_config, (ea, &oa?), (eb, &ob?));
+        // Schemas are compared only where the app's data is declared in both.
+        let data = app_config.data.as_ref();
+        let locations = data.and_then(|d| Some((d.locations.get(a)?, d.locations.get(b)?)));
+        let schemas = async {
+            match locations {
+                Some((la, lb)) => Some(tokio::join!(schema_at(la), schema_at(lb))),
+                None => None,
+            }
+        };
+        let (oa, ob, schemas) = tokio::join!(self.observe(app, a), self.observe(app, b), schemas);
+        let (mut oa, mut ob) = (oa?, ob?);
+        if let Some((sa, sb)) = schemas {
+            (oa.schema, ob.schema) = (Some(sa), Some(sb));
+        }
+        let items = compare(app_config, (ea, &oa), (eb, &ob));
         Ok(Diff {
             unexpected: items.iter().any(|i| i.class.is_unexpected()),
             app: app.clone(),

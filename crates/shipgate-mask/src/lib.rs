@@ -1,5 +1,6 @@
-//! An environment's data: backups proven by restoring them (`backup`), and staging data
-//! refreshed from production with personal data masked. It reads the source in one
+//! An environment's data: backups proven by restoring them (`backup`), its schema read as one
+//! line per thing for parity (`schema`), and staging data refreshed from production with
+//! personal data masked. It reads the source in one
 //! consistent snapshot (a read transaction), writes the schema and the masked rows into a fresh
 //! file beside the target, checks that no masked value leaked, and only then swaps the file in:
 //! a refresh that fails or is killed leaves the target's previous data as it was. The source is
@@ -13,6 +14,7 @@ pub use shipgate_api::data::{ColumnLeaks, LeakReport, Progress, RefreshReport, T
 
 pub mod backup;
 mod postgres;
+pub mod schema;
 mod sqlite;
 
 use std::collections::BTreeMap;

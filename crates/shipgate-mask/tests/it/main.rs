@@ -338,6 +338,7 @@ async fn the_leak_check_catches_a_weak_rule_and_keeps_the_previous_data() {
 }
 
 mod pg;
+mod schema;
 
 mod postgres {
     use shipgate_core::mask::Transformer;
