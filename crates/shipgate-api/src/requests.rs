@@ -82,6 +82,45 @@ pub struct SignoffRequest {
     pub note: Option<String>,
 }
 
+/// `POST /api/v1/backups`: take a backup of an app's data in an environment, then its drill.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// The app.
+    #[schema(value_type = AppName)]
+    pub app: String,
+    /// The environment whose data is backed up.
+    #[schema(value_type = EnvName)]
+    pub env: String,
+}
+
+/// `POST /api/v1/backups/{id}/restore`: replace the environment's data with a backup.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// Why, in words: recorded in the audit log.
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
+    pub reason: String,
+}
+
+/// `GET /api/v1/backups`: the backups of an app, or of one environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BackupsQuery {
+    /// The app.
+    #[schema(value_type = Option<AppName>)]
+    #[param(value_type = Option<AppName>)]
+    pub app: Option<String>,
+    /// The environment.
+    #[schema(value_type = Option<EnvName>)]
+    #[param(value_type = Option<EnvName>)]
+    pub env: Option<String>,
+}
+
 /// `GET /api/v1/signoffs`: a release's sign-off in one environment.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -89,6 +89,10 @@ pub enum Action {
     CollectGarbage,
     /// Create, extend or delete an on-demand environment.
     OnDemand,
+    /// Take a backup of an environment's data (and its drill).
+    TakeBackup,
+    /// Replace an environment's data with a backup.
+    RestoreBackup,
 }
 
 impl Action {
@@ -106,6 +110,8 @@ impl Action {
             Self::Reload => "reload the config",
             Self::CollectGarbage => "remove old releases and logs",
             Self::OnDemand => "create, extend or delete on-demand environments",
+            Self::TakeBackup => "take backups",
+            Self::RestoreBackup => "restore backups",
         }
     }
 
@@ -113,7 +119,11 @@ impl Action {
     fn roles(self) -> &'static [Role] {
         match self {
             Self::Read => &Role::ALL,
-            Self::RegisterRelease | Self::Promote | Self::Rollback | Self::OnDemand => {
+            Self::RegisterRelease
+            | Self::Promote
+            | Self::Rollback
+            | Self::OnDemand
+            | Self::TakeBackup => {
                 &[Role::Deployer, Role::Admin]
             }
             Self::Approve | Self::Freeze => &[Role::Approver, Role::Admin],
@@ -121,7 +131,8 @@ impl Action {
             | Self::ManageTokens
             | Self::ManageHosts
             | Self::Reload
-            | Self::CollectGarbage => &[Role::Admin],
+            | Self::CollectGarbage
+            | Self::RestoreBackup => &[Role::Admin],
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Alerts on live figures: `[alerts.NAME] env = "production", when = "error_rate > 0.05 for
 //! 2m"`. A condition is a figure of the router (`error_rate`, `p99`, `rps`) compared with a
 //! threshold, or a state of shipgate's (`unhealthy`, `crash_loop`, `drifted`, `canary_held`,
-//! `signing_off`), held for a while
+//! `signing_off`), or the age of the newest restorable backup (`backup_age > 26h`), held for a
+//! while
 //! (`for 2m`; at once without). An alert fires once when its condition has held that long, and
 //! resolves once when it no longer holds.
 
@@ -28,6 +29,9 @@ pub enum Condition {
     CanaryHeld,
     /// A release waits for its testers' sign-off (`[environments.NAME.signoff]`).
     SigningOff,
+    /// The newest restorable backup of its data is older than this many seconds, or there is
+    /// none (`backup_age > 26h`).
+    BackupAgeAbove(f64),
 }
 
 /// An alert as the config declares it.
@@ -66,13 +70,16 @@ pub struct Observation {
     pub canary_held: bool,
     /// A release of it waits for sign-off.
     pub signing_off: bool,
+    /// How old its newest restorable backup is, in seconds: None without data there, infinite
+    /// when there is no restorable backup.
+    pub backup_age_secs: Option<f64>,
 }
 
 impl Condition {
     /// Reads `when`: `error_rate > 0.05`, `p99 > 800ms`, `rps < 1`, `unhealthy`, `crash_loop`,
     /// `drifted`, `canary_held`, `signing_off`, each with an optional `for 2m`.
     pub fn parse(when: &str) -> Result<(Condition, std::time::Duration), String> {
-        let help = "write `error_rate > 0.05 for 2m`, `p99 > 800ms`, `rps < 1 for 5m`, `unhealthy`, `crash_loop`, `drifted`, `canary_held for 10m` or `signing_off for 24h`";
+        let help = "write `error_rate > 0.05 for 2m`, `p99 > 800ms`, `rps < 1 for 5m`, `unhealthy`, `crash_loop`, `drifted`, `canary_held for 10m`, `signing_off for 24h` or `backup_age > 26h`";
         let (what, hold) = match when.split_once(" for ") {
             Some((what, d)) => (what.trim(), Duration::parse(d.trim())?.as_std()),
             None => (when.trim(), std::time::Duration::ZERO),
@@ -95,6 +102,9 @@ impl Condition {
                 Condition::P99Above(Duration::parse(d)?.as_std().as_secs_f64() * 1000.0)
             }
             ["rps", "<", n] => Condition::RpsBelow(number(n)?),
+            ["backup_age", ">", d] => {
+                Condition::BackupAgeAbove(Duration::parse(d)?.as_std().as_secs_f64())
+            }
             _ => return Err(format!("`{when}` is not an alert condition; {help}")),
         };
         Ok((condition, hold))
@@ -111,6 +121,7 @@ impl Condition {
             Condition::Drifted => o.drifted,
             Condition::CanaryHeld => o.canary_held,
             Condition::SigningOff => o.signing_off,
+            Condition::BackupAgeAbove(max) => o.backup_age_secs.is_some_and(|a| a > *max),
         }
     }
 
@@ -128,6 +139,11 @@ impl Condition {
             Condition::Drifted => format!("drifted: {}", o.drifted),
             Condition::CanaryHeld => format!("canary held: {}", o.canary_held),
             Condition::SigningOff => format!("waiting for sign-off: {}", o.signing_off),
+            Condition::BackupAgeAbove(_) => match o.backup_age_secs {
+                Some(a) if a.is_finite() => format!("newest restorable backup {:.0} s old", a),
+                Some(_) => "no restorable backup".into(),
+                None => "no data here".into(),
+            },
         }
     }
 }
@@ -198,6 +214,16 @@ mod tests {
             Condition::parse("canary_held for 10m").unwrap(),
             (Condition::CanaryHeld, std::time::Duration::from_secs(600))
         );
+        assert_eq!(
+            Condition::parse("backup_age > 26h").unwrap().0,
+            Condition::BackupAgeAbove(26.0 * 3600.0)
+        );
+        let none = Observation {
+            backup_age_secs: Some(f64::INFINITY),
+            ..Default::default()
+        };
+        assert!(Condition::BackupAgeAbove(60.0).holds(&none));
+        assert!(!Condition::BackupAgeAbove(60.0).holds(&Observation::default()));
         assert_eq!(
             Condition::parse("signing_off for 24h").unwrap(),
             (

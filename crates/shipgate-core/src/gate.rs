@@ -144,6 +144,11 @@ pub enum Wait {
         /// Where it stands there, with the command that moves it on.
         progress: String,
     },
+    /// `require.backup_within`: no restorable backup of the app's data here is that recent.
+    Backup {
+        /// What is missing, with the command that takes one.
+        missing: String,
+    },
     /// The watch after the switch was inconclusive; a person approves or rejects.
     Decision {
         /// What the watch saw.
@@ -211,6 +216,7 @@ impl fmt::Display for Wait {
                 differences.join(", ")
             ),
             Self::Signoff { env, progress } => write!(f, "sign-off in {env}: {progress}"),
+            Self::Backup { missing } => write!(f, "a backup: {missing}"),
             Self::Decision { watched } => write!(
                 f,
                 "a person to decide: {watched} (shipgate approve or shipgate reject)"
@@ -237,6 +243,9 @@ pub struct EntryFacts<'a> {
     /// With `require.signoff`: the environment named and, until the release's sign-off there
     /// is complete, where it stands.
     pub signoff: Option<(&'a EnvName, Option<String>)>,
+    /// With `require.backup_within`: what is missing, until a recent enough restorable backup
+    /// is there.
+    pub backup: Option<String>,
     /// Now.
     pub now: Timestamp,
 }
@@ -267,7 +276,13 @@ pub fn waiting_on(req: &Requirements, facts: &EntryFacts<'_>) -> Vec<Wait> {
             }
         }
     }
-    // Not lifted by an override: the business's word is not a window.
+    // Neither is lifted by an override: the business's word and the data's safety are not
+    // windows.
+    if let Some(missing) = &facts.backup {
+        waits.push(Wait::Backup {
+            missing: missing.clone(),
+        });
+    }
     if let Some((env, Some(progress))) = &facts.signoff {
         waits.push(Wait::Signoff {
             env: (*env).clone(),
@@ -658,6 +673,7 @@ mod tests {
             overridden: false,
             parity: None,
             signoff: None,
+            backup: None,
             now: at(now),
         }
     }

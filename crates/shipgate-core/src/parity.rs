@@ -315,7 +315,8 @@ fn schema_lines(
         let value = match side {
             Some(Ok(lines)) => {
                 let tables = lines.values().filter(|v| v.starts_with("table")).count();
-                format!("read ({tables} tables)")
+                let s = if tables == 1 { "" } else { "s" };
+                format!("read ({tables} table{s})")
             }
             Some(Err(e)) => format!("unreadable: {e}"),
             None => return BTreeMap::new(),
@@ -557,7 +558,7 @@ mod tests {
         let items = diff(&c, &fine, &broken);
         let item = class_of(&items, "schema");
         assert_eq!(item.class, ItemClass::Unexpected);
-        assert_eq!(item.a.as_deref(), Some("read (1 tables)"));
+        assert_eq!(item.a.as_deref(), Some("read (1 table)"));
         assert!(
             item.b
                 .as_deref()

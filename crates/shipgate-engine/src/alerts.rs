@@ -68,8 +68,23 @@ impl Engine {
                 false
             }
         };
+        let has_data = self
+            .config()
+            .app(app)
+            .and_then(|a| a.data.as_ref())
+            .is_some_and(|d| d.locations.contains_key(env));
+        let backup_age_secs = if has_data {
+            Some(
+                self.backup_age(app, env)
+                    .await
+                    .map_or(f64::INFINITY, |d| d.as_secs_f64()),
+            )
+        } else {
+            None
+        };
         Observation {
             signing_off,
+            backup_age_secs,
             error_rate: live.map_or(0.0, |w| w.error_rate),
             p99_ms: live.and_then(|w| w.p99_ms),
             rps: live.map_or(0.0, |w| w.requests_per_second),

@@ -102,10 +102,16 @@ impl Engine {
                 .map_err(|e| shipgate_mask::MaskError::Unsupported(e.to_string()))??;
             let (checksum, size) = data::checksum(&tmp)?;
             let dest = self.backups_dir().join("sha256").join(&checksum);
-            if dest.exists() {
-                // The same bytes were kept already: one copy serves both.
+            // The same bytes kept already (and still intact) serve both; a copy that changed
+            // since is replaced.
+            let intact = dest.exists()
+                && data::checksum(&dest).is_ok_and(|(now, _)| now == checksum);
+            if intact {
                 std::fs::remove_dir_all(&tmp).ok();
             } else {
+                if dest.exists() {
+                    std::fs::remove_dir_all(&dest).ok();
+                }
                 std::fs::create_dir_all(self.backups_dir().join("sha256")).map_err(|e| {
                     shipgate_mask::MaskError::Io {
                         context: "making the backups folder".into(),
@@ -437,6 +443,38 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// With `require.backup_within`: what `p` still misses to enter, or None. An app without
+    /// data there needs none; where `before_promotion` is set, the promotion takes its own
+    /// before the switch, so nothing is waited for here.
+    pub(crate) async fn backup_missing(
+        &self,
+        p: &shipgate_store::Promotion,
+        within: Duration,
+    ) -> Result<Option<String>, EngineError> {
+        let Ok((_, settings)) = self.backup_plan(&p.app, &p.env) else {
+            return Ok(None);
+        };
+        if settings.before_promotion && settings.envs.contains(&p.env) {
+            return Ok(None);
+        }
+        let newest = self.newest_restorable(&p.app, &p.env).await?;
+        if newest
+            .as_ref()
+            .is_some_and(|b| fresh_enough(b, within, self.clock.now()))
+        {
+            return Ok(None);
+        }
+        let within = shipgate_core::Duration::from_std(within);
+        let newest = match newest {
+            Some(b) => format!("the newest, backup {}, was taken at {}", b.id, b.created_at),
+            None => "there is none".to_owned(),
+        };
+        Ok(Some(format!(
+            "no restorable backup of {} in {} taken within {within} ({newest}); take one: shipgate backup create {} --env {}",
+            p.app, p.env, p.app, p.env
+        )))
     }
 
     /// How old the newest restorable backup of `app` in `env` is (None: there is none).

@@ -435,6 +435,21 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         let started_at = self.clock.now();
+        // The data first: its backup and migration, before anything starts or switches. A
+        // migration is never cut short (a rollback asked meanwhile waits for its end).
+        if promotion.kind.is_forward()
+            && let Some(stopped) = self.before_switch(&promotion).await?
+        {
+            return self
+                .fail_deploy(
+                    &promotion,
+                    stopped.gate,
+                    stopped.output,
+                    started_at,
+                    stopped.what,
+                )
+                .await;
+        }
         let started = {
             let start = self.start_instance(&promotion, &slot);
             tokio::pin!(start);

@@ -189,9 +189,18 @@ impl Engine {
             }
             None => None,
         };
+        let backup = match self
+            .config()
+            .environment(&p.env)
+            .and_then(|e| e.require.backup_within)
+        {
+            Some(within) => self.backup_missing(p, within.as_std()).await?,
+            None => None,
+        };
         Ok(OwnedFacts {
             parity,
             signoff,
+            backup,
             after: after.cloned(),
             verified_before_at,
             decisions,
@@ -584,7 +593,7 @@ fn relevant(e: &Event, p: &Promotion) -> bool {
             | EventKind::Rejected
             | EventKind::EnvironmentFrozen
             | EventKind::EnvironmentUnfrozen
-    ) || (matches!(e.kind.family(), "promotion" | "signoff")
+    ) || (matches!(e.kind.family(), "promotion" | "signoff" | "backup")
         && e.app.as_deref() == Some(p.app.as_str()))
 }
 
@@ -597,6 +606,7 @@ struct OwnedFacts {
     overridden: Option<shipgate_store::Override>,
     parity: Option<(EnvName, Vec<String>)>,
     signoff: Option<(EnvName, Option<String>)>,
+    backup: Option<String>,
     now: Timestamp,
 }
 
@@ -610,6 +620,7 @@ impl OwnedFacts {
             overridden: self.overridden.is_some(),
             parity: self.parity.as_ref().map(|(e, d)| (e, d.clone())),
             signoff: self.signoff.as_ref().map(|(e, s)| (e, s.clone())),
+            backup: self.backup.clone(),
             now: self.now,
         }
     }

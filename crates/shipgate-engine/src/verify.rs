@@ -116,7 +116,7 @@ impl Engine {
     /// Runs one test command recorded as an instance of the promotion (state `starting`, marked
     /// `SHIPGATE_INSTANCE=<id>` like every instance), so a server killed while it runs finds
     /// its process group at the next start and stops it with the instances it left.
-    async fn run_recorded_test(
+    pub(crate) async fn run_recorded_test(
         &self,
         p: &Promotion,
         n: usize,

@@ -504,15 +504,10 @@ async fn answer_sqlite(conn: &mut SqliteConnection, q: &str) -> QueryAnswer {
 }
 
 async fn answer_pg(conn: &mut PgConnection, q: &str) -> QueryAnswer {
-    // As text, whatever its type.
-    let wrapped = format!("SELECT (q.*)::text FROM ({q}) q LIMIT 1");
-    match sqlx::query_scalar::<_, String>(&wrapped)
-        .fetch_optional(&mut *conn)
-        .await
-    {
-        Ok(answer) => QueryAnswer {
+    match sqlx::query(q).fetch_optional(&mut *conn).await {
+        Ok(row) => QueryAnswer {
             query: q.to_owned(),
-            answer,
+            answer: row.and_then(|r| pg_first_value(&r)),
             error: None,
         },
         Err(e) => QueryAnswer {
@@ -521,6 +516,22 @@ async fn answer_pg(conn: &mut PgConnection, q: &str) -> QueryAnswer {
             error: Some(e.to_string()),
         },
     }
+}
+
+fn pg_first_value(row: &sqlx::postgres::PgRow) -> Option<String> {
+    if let Ok(v) = row.try_get::<i64, _>(0) {
+        return Some(v.to_string());
+    }
+    if let Ok(v) = row.try_get::<i32, _>(0) {
+        return Some(v.to_string());
+    }
+    if let Ok(v) = row.try_get::<f64, _>(0) {
+        return Some(v.to_string());
+    }
+    if let Ok(v) = row.try_get::<bool, _>(0) {
+        return Some(v.to_string());
+    }
+    row.try_get::<String, _>(0).ok()
 }
 
 fn first_value(row: &sqlx::sqlite::SqliteRow) -> Option<String> {

@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod backup;
 mod chaos;
 mod data_dir;
 mod dora;

@@ -10,16 +10,16 @@ use shipgate_api::answers::{
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
 use shipgate_api::records::{
-    AuditReport, Delivery, Event, FaultRecord, FlagChangeRecord, FlagKeyRecord, HostRecord,
+    AuditReport, BackupRecord, Delivery, Event, FaultRecord, FlagChangeRecord, FlagKeyRecord, HostRecord,
     Promotion, Release, TokenRecord,
 };
 use shipgate_api::requests::{
-    AppEnv, AppQuery, CanarySkipRequest, ChaosQuery, ChaosRequest, DataRefreshRequest,
+    AppEnv, AppQuery, BackupRequest, BackupsQuery, CanarySkipRequest, ChaosQuery, ChaosRequest, DataRefreshRequest,
     DecisionRequest, DiffQuery, DoraQuery, EventsQuery, ExtendRequest, FlagChangesQuery,
     FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery, FreezeQuery,
     FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery,
     NotifyRetryRequest, NotifyTestRequest, OnDemandRequest, PromoteRequest, ReleaseQuery,
-    RollbackRequest, SetFlagRequest, SignoffQuery, SignoffRequest, TokenRequest, TrafficProbeQuery,
+    RestoreRequest, RollbackRequest, SetFlagRequest, SignoffQuery, SignoffRequest, TokenRequest, TrafficProbeQuery,
 };
 use shipgate_api::status::{AppStatus, CanaryView, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;
@@ -54,6 +54,11 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::decide,
         declared::signoff_status,
         declared::sign_off,
+        declared::create_backup,
+        declared::list_backups,
+        declared::show_backup,
+        declared::restore_backup,
+        declared::drill_backup,
         declared::diff,
         declared::refresh_data,
         declared::check_data,
@@ -404,6 +409,48 @@ mod declared {
             (status = 201, description = "recorded: the sign-off as it stands", body = SignoffStatus),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn sign_off() {}
+
+    /// Take a backup of an app's data in an environment (deployer or admin), then prove it by a
+    /// restore drill into scratch; answers once both are done (`state` restorable,
+    /// not_restorable or failed).
+    #[utoipa::path(post, path = "/api/v1/backups", operation_id = "createBackup", request_body = BackupRequest,
+        responses(
+            (status = 201, description = "taken and drilled", body = BackupRecord),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn create_backup() {}
+
+    /// The backups, newest first, of an app or of one environment.
+    #[utoipa::path(get, path = "/api/v1/backups", operation_id = "listBackups", params(BackupsQuery),
+        responses(
+            (status = 200, description = "the backups", body = Vec<BackupRecord>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_backups() {}
+
+    /// One backup, with its drill's figures.
+    #[utoipa::path(get, path = "/api/v1/backups/{id}", operation_id = "showBackup",
+        params(("id" = i64, Path, description = "the backup's number")),
+        responses(
+            (status = 200, description = "the backup", body = BackupRecord),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn show_backup() {}
+
+    /// Replace the environment's data with a restorable backup (admin, with a reason); refused
+    /// while a promotion is in flight there. Audited.
+    #[utoipa::path(post, path = "/api/v1/backups/{id}/restore", operation_id = "restoreBackup",
+        params(("id" = i64, Path, description = "the backup's number")), request_body = RestoreRequest,
+        responses(
+            (status = 200, description = "restored", body = BackupRecord),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn restore_backup() {}
+
+    /// Prove a backup again by restoring it into scratch (deployer or admin): its checksum,
+    /// every table's rows against its snapshot, and the app's `verify` queries.
+    #[utoipa::path(post, path = "/api/v1/backups/{id}/drill", operation_id = "drillBackup",
+        params(("id" = i64, Path, description = "the backup's number")),
+        responses(
+            (status = 200, description = "drilled: restorable or not_restorable", body = BackupRecord),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn drill_backup() {}
 
     /// Compare an app in two environments; each item same, expected, unexpected, only_in_a or
     /// only_in_b. Secret values are never returned.

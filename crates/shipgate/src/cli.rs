@@ -338,6 +338,10 @@ pub enum Command {
     /// resume, abort or skip.
     #[command(subcommand)]
     Canary(CanaryCommand),
+    /// Backups of an environment's data, each proven by a restore drill: take one, list them,
+    /// show one, restore one (admin, with a reason).
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// User acceptance: pass or fail one scenario of a release waiting for its sign-off
     /// (`[environments.NAME.signoff]`), or see where its sign-off stands.
     #[command(
@@ -700,6 +704,60 @@ pub enum NotifyCommand {
     Test {
         /// The target (`[notify.NAME]`).
         name: String,
+    },
+}
+
+/// `shipgate backup ...`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a backup of an app's data in an environment, then prove it by restoring it into
+    /// scratch (its drill); answers once both are done.
+    #[command(after_help = "Examples:\n  shipgate backup create web --env production")]
+    Create {
+        /// The app.
+        app: AppName,
+        /// The environment whose data is backed up.
+        #[arg(long)]
+        env: EnvName,
+    },
+    /// The backups of an app, newest first, with what their drills found.
+    #[command(after_help = "Examples:\n  shipgate backup list web --env production")]
+    List {
+        /// The app.
+        app: AppName,
+        /// Only this environment.
+        #[arg(long)]
+        env: Option<EnvName>,
+    },
+    /// Prove a backup again: restore it into scratch and compare (its drill).
+    #[command(after_help = "Examples:\n  shipgate backup drill 12")]
+    Drill {
+        /// The backup's number.
+        id: i64,
+    },
+    /// One backup: its source, checksum, counts and drill.
+    #[command(after_help = "Examples:\n  shipgate backup show 12")]
+    Show {
+        /// The backup's number.
+        id: i64,
+    },
+    /// Replace an environment's data with a restorable backup (admin; refused while a
+    /// promotion is in flight there). Audited with the reason.
+    #[command(
+        after_help = "Examples:\n  shipgate backup restore web --env production --reason \"undo the 1.4.3 migration\"\n  shipgate backup restore web --env production --id 12 --reason \"INC-2291\""
+    )]
+    Restore {
+        /// The app.
+        app: AppName,
+        /// The environment whose data is replaced.
+        #[arg(long)]
+        env: EnvName,
+        /// Which backup (default: the newest restorable one).
+        #[arg(long)]
+        id: Option<i64>,
+        /// Why, recorded in the audit log.
+        #[arg(long)]
+        reason: String,
     },
 }
 

@@ -2,6 +2,7 @@
 //! server is read through the wire types of `shipgate-api`.
 
 mod audit;
+mod backup;
 mod canary;
 mod chaos;
 mod data;
@@ -204,6 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chaos(command) => chaos::run(g, out, command).await,
         Command::Canary(command) => canary::run(g, out, command).await,
         Command::Signoff(args) => signoff::run(g, out, args).await,
+        Command::Backup(command) => backup::run(g, out, command).await,
         Command::Notify(command) => notify::run(g, out, command).await,
         Command::Dora { app, days } => notify::dora(g, out, app, days).await,
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,

@@ -264,6 +264,40 @@ pub(super) async fn rollback(
         env: env.to_owned(),
         to,
     };
+    // What is live now: if its promotion migrated the database, a switch does not undo that.
+    let query = [
+        ("app", app.to_owned()),
+        ("env", env.to_owned()),
+        ("limit", "5".to_owned()),
+    ];
+    let recent: Vec<shipgate_api::status::HistoryEntry> =
+        client.get("/history", &query).await.unwrap_or_default();
+    let migrated = recent
+        .iter()
+        .find(|h| h.promotion.state == PromotionState::Succeeded)
+        .filter(|h| h.gates.iter().any(|g| g.name == "migrate" && g.passed))
+        .map(|h| h.promotion.clone());
     let promotion: Promotion = client.post("/rollbacks", &body).await?;
+    if let Some(m) = migrated {
+        let query = [("app", app.to_owned()), ("env", env.to_owned())];
+        let backups: Vec<shipgate_api::records::BackupRecord> =
+            client.get("/backups", &query).await.unwrap_or_default();
+        let before = backups
+            .iter()
+            .find(|b| b.reason == format!("before promotion {}", m.id) && b.state == "restorable");
+        let restore = match before {
+            Some(b) => format!(
+                "the backup taken just before it is backup {}; to bring the data back too, as a second step: shipgate backup restore {app} --env {env} --id {} --reason TEXT",
+                b.id, b.id
+            ),
+            None => format!(
+                "no backup was taken just before it (see: shipgate backup list {app} --env {env})"
+            ),
+        };
+        eprintln!(
+            "note: the database was not rolled back: {}@{} (promotion {}) migrated it, and a switch of traffic does not undo that; {restore}",
+            m.app, m.version, m.id
+        );
+    }
     finish_promotion(&client, out, promotion, wait).await
 }

@@ -460,6 +460,11 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The folder of the config file (relative paths of the config are taken there).
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
     /// The admin token of the server's data dir.
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.data_dir().join("admin.token"))

@@ -4,6 +4,7 @@
 
 mod access;
 mod agent;
+mod backups;
 mod bad_input;
 mod browser;
 mod canary_hosts;
@@ -34,7 +35,9 @@ mod parity;
 mod reload;
 mod restart;
 mod retention;
+mod schema_parity;
 mod servers;
 mod signoff;
+mod signoff_page;
 mod standby;
 mod supervision;
