@@ -104,8 +104,8 @@ impl Engine {
             let dest = self.backups_dir().join("sha256").join(&checksum);
             // The same bytes kept already (and still intact) serve both; a copy that changed
             // since is replaced.
-            let intact = dest.exists()
-                && data::checksum(&dest).is_ok_and(|(now, _)| now == checksum);
+            let intact =
+                dest.exists() && data::checksum(&dest).is_ok_and(|(now, _)| now == checksum);
             if intact {
                 std::fs::remove_dir_all(&tmp).ok();
             } else {
@@ -431,12 +431,17 @@ impl Engine {
                 continue;
             };
             for env in &settings.envs {
-                let newest = self.store.backups(Some(&app.name), Some(env)).await?;
-                let due = newest.first().is_none_or(|b| {
-                    b.created_at
-                        .checked_add(every.as_std())
-                        .is_ok_and(|at| at <= now)
-                });
+                let all = self.store.backups(Some(&app.name), Some(env)).await?;
+                let older = |b: &BackupRecord, d: Duration| {
+                    b.created_at.checked_add(d).is_ok_and(|at| at <= now)
+                };
+                // Due `every` after the last one taken; one that failed is tried again after
+                // five minutes (or `every`, if shorter), not at each look.
+                let taken = all.iter().find(|b| b.checksum.is_some());
+                let tried = all.first();
+                let retry = every.as_std().min(Duration::from_secs(300));
+                let due = taken.is_none_or(|b| older(b, every.as_std()))
+                    && tried.is_none_or(|b| b.checksum.is_some() || older(b, retry));
                 if due {
                     self.take_backup(&app.name, env, "schedule").await?;
                 }

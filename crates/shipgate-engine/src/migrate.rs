@@ -28,6 +28,43 @@ pub(crate) struct Stopped {
 }
 
 impl Engine {
+    /// For a promotion cut off while deploying: when it was in its migration, what that means
+    /// for the data (the migration may have run partly) and the backup taken before it.
+    pub(crate) async fn interrupted_migration(
+        &self,
+        p: &Promotion,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(migrate) = self.config().app(&p.app).and_then(|a| a.migrate.clone()) else {
+            return Ok(None);
+        };
+        if p.state != shipgate_core::PromotionState::Deploying {
+            return Ok(None);
+        }
+        let gates = self.store.gates(p.id).await?;
+        if gates
+            .iter()
+            .any(|g| g.name == "migrate" || g.name == "deploy")
+        {
+            return Ok(None);
+        }
+        let before = self
+            .store
+            .backups(Some(&p.app), Some(&p.env))
+            .await?
+            .into_iter()
+            .find(|b| b.reason == format!("before promotion {}", p.id) && b.state == "restorable");
+        let backup = match before {
+            Some(b) => format!(
+                "; the backup taken just before it is backup {} (shipgate backup restore {} --env {} --id {} --reason TEXT)",
+                b.id, p.app, p.env, b.id
+            ),
+            None => String::new(),
+        };
+        Ok(Some(format!(
+            "during its migration (`{migrate}`), which may have changed the database partly; nothing was switched{backup}"
+        )))
+    }
+
     /// The backup, the check and the migration `p` makes before its switch; None when all
     /// passed (or there were none).
     pub(crate) async fn before_switch(
@@ -58,7 +95,10 @@ impl Engine {
                         b.error.as_deref().unwrap_or(""),
                         b.id
                     ),
-                    what: format!("{release} was not switched to in {}: no restorable backup before it", p.env),
+                    what: format!(
+                        "{release} was not switched to in {}: no restorable backup before it",
+                        p.env
+                    ),
                 }));
             }
             let output = format!(
@@ -80,7 +120,8 @@ impl Engine {
         ] {
             let Some(command) = command else { continue };
             let started = self.clock.now();
-            let vars = self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str(), Some(p.id));
+            let vars =
+                self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str(), Some(p.id));
             let exported = self.exported_env(&p.env, &vars);
             let command = shipgate_core::template::expand(command, &vars);
             let ran = self
@@ -90,7 +131,10 @@ impl Engine {
             let (kind, message) = if ran.passed {
                 (
                     EventKind::MigrationPassed,
-                    format!("{gate} of {release} passed in {}: `{command}` {}", p.env, ran.verdict),
+                    format!(
+                        "{gate} of {release} passed in {}: `{command}` {}",
+                        p.env, ran.verdict
+                    ),
                 )
             } else {
                 (
@@ -119,13 +163,12 @@ impl Engine {
                         p.env, ran.verdict
                     )
                 } else {
-                    format!("{release}'s migration failed in {} before its switch", p.env)
+                    format!(
+                        "{release}'s migration failed in {} before its switch",
+                        p.env
+                    )
                 };
-                return Ok(Some(Stopped {
-                    gate,
-                    output,
-                    what,
-                }));
+                return Ok(Some(Stopped { gate, output, what }));
             }
             self.gate(p, gate, true, output, started).await?;
         }

@@ -172,10 +172,13 @@ impl Engine {
                 "the server stopped during its canary (step {}, {} canary requests and {} errors in that step so far); the restarted server ended the canary, which no longer takes any request; {back}",
                 f.window, f.canary.requests, f.canary.errors
             ),
-            None => format!(
-                "the server stopped while this promotion was {}; {back}",
-                p.state
-            ),
+            None => match self.interrupted_migration(p).await? {
+                Some(what) => format!("the server stopped {what}; {back}"),
+                None => format!(
+                    "the server stopped while this promotion was {}; {back}",
+                    p.state
+                ),
+            },
         };
         let t = Transition {
             promotion_id: p.id,

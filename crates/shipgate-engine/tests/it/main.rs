@@ -965,3 +965,87 @@ async fn an_alert_fires_once_after_its_time_resolves_once_and_reaches_a_notifica
         received.lock().unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_are_taken_every_hour_on_the_engine_clock_and_retention_keeps_two() {
+    let f = start(
+        "\n[apps.web.data]\nproduction = \"sqlite://p.db\"\n[apps.web.backup]\nenvs = [\"production\"]\nevery = \"1h\"\nkeep = 2\n",
+    )
+    .await;
+    let app = shipgate_core::AppName::parse("web").unwrap();
+    let env = EnvName::parse("production").unwrap();
+    let backups = || async {
+        f.engine
+            .store()
+            .backups(Some(&app), Some(&env))
+            .await
+            .unwrap()
+    };
+    // The file does not exist yet: the first look's backup fails, and is not tried again at
+    // each look.
+    wait_until(|| async { !backups().await.is_empty() }).await;
+    assert_eq!(backups().await[0].state, "failed");
+    let db = f.dir.path().join("p.db");
+    std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3\ndb = sqlite3.connect({:?})\ndb.execute('CREATE TABLE t (x)')\ndb.executemany('INSERT INTO t VALUES (?)', [(i,) for i in range(10)])\ndb.commit()",
+            db.display().to_string()
+        ))
+        .status()
+        .unwrap();
+    f.clock.advance(std::time::Duration::from_secs(60));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        backups().await.len(),
+        1,
+        "a failed backup waits five minutes"
+    );
+    for hour in 1..=3 {
+        f.clock.advance(std::time::Duration::from_secs(3600));
+        wait_until(|| async {
+            backups()
+                .await
+                .iter()
+                .filter(|b| b.state == "restorable")
+                .count()
+                >= hour
+        })
+        .await;
+    }
+    let all = backups().await;
+    let restorable: Vec<_> = all.iter().filter(|b| b.state == "restorable").collect();
+    assert_eq!(restorable.len(), 3, "{all:?}");
+    assert_eq!(restorable[0].counts["t"], 10);
+    // Keep 2: the oldest of the three is pruned, its record kept.
+    wait_until(|| async {
+        backups()
+            .await
+            .iter()
+            .filter(|b| b.pruned_at.is_some())
+            .count()
+            == 1
+    })
+    .await;
+    let pruned = backups()
+        .await
+        .into_iter()
+        .find(|b| b.pruned_at.is_some())
+        .unwrap();
+    assert_eq!(pruned.id, restorable[2].id);
+}
+
+/// Polls `done` every 50 ms for up to 30 s.
+async fn wait_until<F, Fut>(mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting");
+}

@@ -398,7 +398,7 @@ fn kill_9_during_a_backup_and_a_migration_leaves_nothing_half_recorded_and_the_n
         latest["reason"]
             .as_str()
             .unwrap()
-            .contains("the server stopped while this promotion was deploying"),
+            .contains("the server stopped during its migration (`python3 migrate.py ${DATA_URL}`), which may have changed the database partly; nothing was switched"),
         "{latest}"
     );
     assert_eq!(s.version("production").as_deref(), Some("1.0.0"));
