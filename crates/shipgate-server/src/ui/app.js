@@ -27,7 +27,14 @@
       const fresh = doc.querySelector("main[data-live]");
       if (fresh) {
         const open = [...main.querySelectorAll("details[open] summary")].map((s) => s.textContent);
+        // What answered the viewer's last form (a refusal drawn in place) is not in a fresh
+        // copy of the page: it stays until they leave it.
+        const kept = [...main.querySelectorAll("[data-keep][id]")].map((e) => [e.id, e.innerHTML]);
         main.innerHTML = fresh.innerHTML;
+        kept.forEach(([id, html]) => {
+          const e = document.getElementById(id);
+          if (e && !e.innerHTML.trim()) e.innerHTML = html;
+        });
         main.querySelectorAll("details summary").forEach((s) => {
           if (open.includes(s.textContent)) s.parentElement.open = true;
         });

@@ -12,6 +12,7 @@ mod dora;
 mod flags;
 mod on_demand;
 mod pages;
+mod signoff;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -202,6 +203,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/apps/{app}/releases/{version}/decisions",
             post(pages::decide),
+        )
+        .route(
+            "/apps/{app}/releases/{version}/signoff/{env}",
+            get(signoff::page).post(signoff::sign),
         )
         .route("/apps/{app}/environments/{env}", get(pages::environment))
         .route(

@@ -170,8 +170,13 @@ pub(crate) fn short_time(t: &jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-fn release_link(app: &str, version: &str) -> String {
+pub(crate) fn release_link(app: &str, version: &str) -> String {
     format!("/apps/{app}/releases/{}", query_escape(version))
+}
+
+/// The sign-off sheet of `app@version` in `env`.
+pub(crate) fn signoff_link(app: &str, version: &str, env: &str) -> String {
+    format!("{}/signoff/{env}", release_link(app, version))
 }
 
 pub(crate) fn environment_link(app: &str, env: &str) -> String {
@@ -281,6 +286,8 @@ pub(crate) struct Pending {
     pub watch: String,
     /// The canary rollout under way, in a sentence (empty when none).
     pub canary: String,
+    /// Its sign-off sheet, while it waits for testers (empty otherwise).
+    pub signoff: String,
 }
 
 pub(crate) struct Cell {
@@ -379,6 +386,11 @@ fn cell(app: &str, e: &EnvironmentStatus) -> Cell {
                     .as_ref()
                     .map(|c| c.message.clone())
                     .unwrap_or_default(),
+                signoff: if p.promotion.state == PromotionState::SigningOff {
+                    signoff_link(app, p.promotion.version.as_str(), e.env.as_str())
+                } else {
+                    String::new()
+                },
             })
             .collect(),
         standby: e
@@ -497,6 +509,8 @@ pub(crate) struct PromotionBlock {
     pub watch: String,
     /// The canary rollout under way.
     pub canary: Option<super::canary::CanaryPanel>,
+    /// Its sign-off sheet, when the environment takes one (empty otherwise).
+    pub signoff: String,
     pub gates: Vec<GateView>,
     pub decisions: Vec<String>,
     pub waits: Vec<String>,
@@ -580,6 +594,17 @@ fn block(state: &AppState, viewer: &Viewer, entry: &HistoryEntry) -> PromotionBl
             .canary
             .as_ref()
             .map(|c| super::canary::panel(viewer, &p.app, &p.env, c)),
+        signoff: if p.kind.is_forward()
+            && state
+                .engine
+                .config()
+                .environment(&p.env)
+                .is_some_and(|e| e.signoff.is_some())
+        {
+            signoff_link(p.app.as_str(), p.version.as_str(), p.env.as_str())
+        } else {
+            String::new()
+        },
         gates: entry
             .gates
             .iter()
