@@ -17,6 +17,7 @@ mod image;
 mod image_create;
 mod image_fixture;
 mod load;
+mod backup;
 mod mask;
 /// The test hosts of the integration tests (network namespaces on a bridge of their own), shared.
 #[path = "../../shipgate/tests/it/netns.rs"]
@@ -26,6 +27,7 @@ mod on_demand;
 mod promote;
 mod router;
 mod sandbox;
+mod schema;
 mod traffic;
 mod wrk;
 
@@ -96,6 +98,26 @@ enum BenchCommand {
         /// Rows of the users table.
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
+    },
+    /// A backup and its restore drill of 1,000,000 rows against plain `pg_dump -Fd` (same jobs)
+    /// and `pg_restore` into a fresh database plus the same counts.
+    Backup {
+        /// Rows of the users table.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Alternated rounds (the medians are printed).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Parallel jobs of pg_dump and pg_restore, on both sides.
+        #[arg(long, default_value_t = 2)]
+        jobs: u32,
+    },
+    /// Schema parity of two PostgreSQL databases of 200 tables (one column differs), against
+    /// `pg_dump --schema-only` of both.
+    Schema {
+        /// Diffs timed (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
     /// The dashboard at scale: 1,000 apps × 4 environments and 100,000 promotions.
     Dashboard {
@@ -239,6 +261,8 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         }
         BenchCommand::Dashboard { runs } => dashboard::run(runs).await,
         BenchCommand::Mask { rows } => mask::run(rows).await,
+        BenchCommand::Backup { rows, rounds, jobs } => backup::run(rows, rounds, jobs).await,
+        BenchCommand::Schema { runs } => schema::run(runs).await,
         BenchCommand::Canary {
             part,
             rounds,
