@@ -5,6 +5,7 @@
 
 mod abort;
 mod agent_kill;
+mod backup;
 mod canary;
 mod chaos;
 mod dashboard;
@@ -17,7 +18,6 @@ mod image;
 mod image_create;
 mod image_fixture;
 mod load;
-mod backup;
 mod mask;
 /// The test hosts of the integration tests (network namespaces on a bridge of their own), shared.
 #[path = "../../shipgate/tests/it/netns.rs"]

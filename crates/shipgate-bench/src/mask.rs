@@ -14,7 +14,8 @@ use shipgate_core::mask::{MaskKey, Transformer};
 use shipgate_store::cluster::TempCluster;
 use sqlx::{Connection, PgConnection};
 
-pub(crate) const TABLE: &str = "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL UNIQUE,
+pub(crate) const TABLE: &str =
+    "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL UNIQUE,
     full_name text NOT NULL, phone text, birth_date date, address text, notes text)";
 
 /// Peak resident memory of this process so far, in MiB.

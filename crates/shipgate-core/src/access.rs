@@ -123,9 +123,7 @@ impl Action {
             | Self::Promote
             | Self::Rollback
             | Self::OnDemand
-            | Self::TakeBackup => {
-                &[Role::Deployer, Role::Admin]
-            }
+            | Self::TakeBackup => &[Role::Deployer, Role::Admin],
             Self::Approve | Self::Freeze => &[Role::Approver, Role::Admin],
             Self::Override
             | Self::ManageTokens

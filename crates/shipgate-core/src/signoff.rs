@@ -155,7 +155,9 @@ pub enum SignoffRefusal {
         known: String,
     },
     /// A fail says what was seen.
-    #[error("a fail needs a note saying what you saw (on the command line: --note \"the PDF is blank\")")]
+    #[error(
+        "a fail needs a note saying what you saw (on the command line: --note \"the PDF is blank\")"
+    )]
     FailWithoutNote,
     /// The token's role may not sign here.
     #[error(

@@ -10,16 +10,17 @@ use shipgate_api::answers::{
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
 use shipgate_api::records::{
-    AuditReport, BackupRecord, Delivery, Event, FaultRecord, FlagChangeRecord, FlagKeyRecord, HostRecord,
-    Promotion, Release, TokenRecord,
+    AuditReport, BackupRecord, Delivery, Event, FaultRecord, FlagChangeRecord, FlagKeyRecord,
+    HostRecord, Promotion, Release, TokenRecord,
 };
 use shipgate_api::requests::{
-    AppEnv, AppQuery, BackupRequest, BackupsQuery, CanarySkipRequest, ChaosQuery, ChaosRequest, DataRefreshRequest,
-    DecisionRequest, DiffQuery, DoraQuery, EventsQuery, ExtendRequest, FlagChangesQuery,
-    FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery, FreezeQuery,
-    FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery,
+    AppEnv, AppQuery, BackupRequest, BackupsQuery, CanarySkipRequest, ChaosQuery, ChaosRequest,
+    DataRefreshRequest, DecisionRequest, DiffQuery, DoraQuery, EventsQuery, ExtendRequest,
+    FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery,
+    FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery,
     NotifyRetryRequest, NotifyTestRequest, OnDemandRequest, PromoteRequest, ReleaseQuery,
-    RestoreRequest, RollbackRequest, SetFlagRequest, SignoffQuery, SignoffRequest, TokenRequest, TrafficProbeQuery,
+    RestoreRequest, RollbackRequest, SetFlagRequest, SignoffQuery, SignoffRequest, TokenRequest,
+    TrafficProbeQuery,
 };
 use shipgate_api::status::{AppStatus, CanaryView, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;

@@ -163,7 +163,8 @@ pub trait Store: Send + Sync {
     async fn start_backup(&self, backup: NewBackup) -> Result<BackupRecord>;
     /// Moves a backup on (taken, failed, interrupted, drilled, pruned) with its event; refused
     /// with [`StoreError::Conflict`] when it is not in the state that step follows.
-    async fn finish_backup(&self, id: i64, end: BackupEnd, event: NewEvent) -> Result<BackupRecord>;
+    async fn finish_backup(&self, id: i64, end: BackupEnd, event: NewEvent)
+    -> Result<BackupRecord>;
     /// Backups, newest first, of one app and environment or all.
     async fn backups(
         &self,

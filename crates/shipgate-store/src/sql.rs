@@ -1026,7 +1026,12 @@ impl Store for SqlStore {
         SqlStore::start_backup(self, b).await
     }
 
-    async fn finish_backup(&self, id: i64, end: BackupEnd, event: NewEvent) -> Result<BackupRecord> {
+    async fn finish_backup(
+        &self,
+        id: i64,
+        end: BackupEnd,
+        event: NewEvent,
+    ) -> Result<BackupRecord> {
         SqlStore::finish_backup(self, id, end, event).await
     }
 

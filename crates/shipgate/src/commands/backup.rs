@@ -45,8 +45,9 @@ pub(super) async fn run(
                                 b.state.clone()
                             },
                             b.created_at.to_string(),
-                            b.size
-                                .map_or("-".into(), |s| shipgate_core::ByteSize(s as u64).to_string()),
+                            b.size.map_or("-".into(), |s| {
+                                shipgate_core::ByteSize(s as u64).to_string()
+                            }),
                             b.counts.values().sum::<i64>().to_string(),
                             b.reason.clone(),
                         ]
@@ -93,7 +94,10 @@ pub(super) async fn run(
                 }
             };
             let b: BackupRecord = client
-                .post(&format!("/backups/{id}/restore"), &RestoreRequest { reason })
+                .post(
+                    &format!("/backups/{id}/restore"),
+                    &RestoreRequest { reason },
+                )
                 .await?;
             out.print(&b, |b| {
                 format!(
@@ -131,7 +135,10 @@ fn describe(b: &BackupRecord) -> String {
         text.push_str(&format!("\n  pruned by retention at {p}"));
     }
     text.push('\n');
-    let drilled = b.drill.as_ref().and_then(|d| d["tables"].as_array().cloned());
+    let drilled = b
+        .drill
+        .as_ref()
+        .and_then(|d| d["tables"].as_array().cloned());
     let rows: Vec<Vec<String>> = b
         .counts
         .iter()
@@ -147,7 +154,10 @@ fn describe(b: &BackupRecord) -> String {
             vec![t.clone(), n.to_string(), restored]
         })
         .collect();
-    text.push_str(&table(&["TABLE", "ROWS AT SNAPSHOT", "RESTORED IN DRILL"], &rows));
+    text.push_str(&table(
+        &["TABLE", "ROWS AT SNAPSHOT", "RESTORED IN DRILL"],
+        &rows,
+    ));
     if let Some(queries) = b.drill.as_ref().and_then(|d| d["queries"].as_array()) {
         for q in queries {
             text.push_str(&format!(
