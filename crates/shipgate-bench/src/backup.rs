@@ -39,22 +39,7 @@ pub async fn run(rows: u64, rounds: usize, jobs: u32) -> anyhow::Result<ExitCode
     let url = cluster.url("shop");
     let mut shop = PgConnection::connect(&url).await?;
     let t = Instant::now();
-    sqlx::raw_sql(&format!(
-        "{};
-         INSERT INTO users SELECT i, 'customer' || i || '@mail.example', 'First' || (i % 997) || ' Last' || (i % 1009),
-           '+33 6 ' || lpad((i % 100000000)::text, 8, '0'), date '1950-01-01' + (i % 20000),
-           i || ' rue de la Paix, 750' || lpad((i % 20)::text, 2, '0') || ' Paris',
-           'called on ' || i || ', prefers email, VIP since ' || (2000 + i % 24)
-           FROM generate_series(1, {rows}) i",
-        crate::mask::TABLE
-    ))
-    .execute(&mut shop)
-    .await
-    .context("filling the source table")?;
-    sqlx::raw_sql("VACUUM ANALYZE users")
-        .execute(&mut shop)
-        .await
-        .context("vacuuming the source table")?;
+    crate::mask::fill_users(&mut shop, rows).await?;
     drop(shop);
     println!(
         "backup and restore drill of {rows} users, PostgreSQL 15 on port {}, {jobs} jobs, {rounds} alternated rounds (filled in {:.1} s)",

@@ -14,8 +14,7 @@ use shipgate_core::mask::{MaskKey, Transformer};
 use shipgate_store::cluster::TempCluster;
 use sqlx::{Connection, PgConnection};
 
-pub(crate) const TABLE: &str =
-    "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL UNIQUE,
+const TABLE: &str = "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL UNIQUE,
     full_name text NOT NULL, phone text, birth_date date, address text, notes text)";
 
 /// Peak resident memory of this process so far, in MiB.
@@ -89,14 +88,8 @@ async fn plain_copy(from: &str, to: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the benchmark on `rows` users.
-pub async fn run(rows: u64) -> anyhow::Result<ExitCode> {
-    let cluster = TempCluster::start().map_err(|e| anyhow::anyhow!(e))?;
-    for db in ["shop", "shop_copy", "shop_staging"] {
-        cluster.create_database(db, None).await?;
-    }
-    let mut shop = PgConnection::connect(&cluster.url("shop")).await?;
-    let t = Instant::now();
+/// Makes the `users` table with `rows` realistic rows, analysed.
+pub(crate) async fn fill_users(shop: &mut PgConnection, rows: u64) -> anyhow::Result<()> {
     sqlx::raw_sql(&format!(
         "{TABLE};
          INSERT INTO users SELECT i, 'customer' || i || '@mail.example', 'First' || (i % 997) || ' Last' || (i % 1009),
@@ -105,13 +98,25 @@ pub async fn run(rows: u64) -> anyhow::Result<ExitCode> {
            'called on ' || i || ', prefers email, VIP since ' || (2000 + i % 24)
            FROM generate_series(1, {rows}) i"
     ))
-    .execute(&mut shop)
+    .execute(&mut *shop)
     .await
     .context("filling the source table")?;
     sqlx::raw_sql("VACUUM ANALYZE users")
-        .execute(&mut shop)
+        .execute(&mut *shop)
         .await
         .context("vacuuming the source table")?;
+    Ok(())
+}
+
+/// Runs the benchmark on `rows` users.
+pub async fn run(rows: u64) -> anyhow::Result<ExitCode> {
+    let cluster = TempCluster::start().map_err(|e| anyhow::anyhow!(e))?;
+    for db in ["shop", "shop_copy", "shop_staging"] {
+        cluster.create_database(db, None).await?;
+    }
+    let mut shop = PgConnection::connect(&cluster.url("shop")).await?;
+    let t = Instant::now();
+    fill_users(&mut shop, rows).await?;
     drop(shop);
     println!(
         "masked refresh of {rows} users (id, email, full name, phone, birth date, address, notes), PostgreSQL {} → same cluster, filled in {:.1} s",

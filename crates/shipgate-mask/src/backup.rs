@@ -489,32 +489,24 @@ fn compare(then: &BTreeMap<String, i64>, restored: &BTreeMap<String, i64>) -> Ve
 }
 
 async fn answer_sqlite(conn: &mut SqliteConnection, q: &str) -> QueryAnswer {
-    match sqlx::query(q).fetch_optional(&mut *conn).await {
-        Ok(row) => QueryAnswer {
-            query: q.to_owned(),
-            answer: row.and_then(|r| first_value(&r)),
-            error: None,
-        },
-        Err(e) => QueryAnswer {
-            query: q.to_owned(),
-            answer: None,
-            error: Some(e.to_string()),
-        },
-    }
+    let row = sqlx::query(q).fetch_optional(&mut *conn).await;
+    answered(q, row.map(|r| r.and_then(|r| first_value(&r))))
 }
 
 async fn answer_pg(conn: &mut PgConnection, q: &str) -> QueryAnswer {
-    match sqlx::query(q).fetch_optional(&mut *conn).await {
-        Ok(row) => QueryAnswer {
-            query: q.to_owned(),
-            answer: row.and_then(|r| pg_first_value(&r)),
-            error: None,
-        },
-        Err(e) => QueryAnswer {
-            query: q.to_owned(),
-            answer: None,
-            error: Some(e.to_string()),
-        },
+    let row = sqlx::query(q).fetch_optional(&mut *conn).await;
+    answered(q, row.map(|r| r.and_then(|r| pg_first_value(&r))))
+}
+
+fn answered(query: &str, value: Result<Option<String>, sqlx::Error>) -> QueryAnswer {
+    let (answer, error) = match value {
+        Ok(answer) => (answer, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    QueryAnswer {
+        query: query.to_owned(),
+        answer,
+        error,
     }
 }
 

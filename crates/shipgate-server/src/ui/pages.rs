@@ -812,13 +812,9 @@ struct EnvironmentPage {
     alerts: Vec<String>,
 }
 
-pub(crate) async fn environment(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path((app, env)): Path<(String, String)>,
-) -> Page {
-    let app = configured_app(&state, &app)?;
-    let env = EnvName::parse(&env)
+/// An environment of the config named in a page's path, or the page that says it is not.
+pub(crate) fn configured_env(state: &AppState, env: &str) -> Result<EnvName, PageError> {
+    EnvName::parse(env)
         .ok()
         .filter(|e| state.engine.config().environment(e).is_some())
         .ok_or_else(|| {
@@ -826,7 +822,16 @@ pub(crate) async fn environment(
                 StatusCode::NOT_FOUND,
                 &format!("environment `{env}` is not in the config"),
             )
-        })?;
+        })
+}
+
+pub(crate) async fn environment(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((app, env)): Path<(String, String)>,
+) -> Page {
+    let app = configured_app(&state, &app)?;
+    let env = configured_env(&state, &env)?;
     allow(&viewer, Action::Read, Some(&env))?;
     let engine = &state.engine;
     let status = engine

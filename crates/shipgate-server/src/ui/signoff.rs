@@ -108,15 +108,7 @@ fn target(
     let app = configured_app(state, app)?;
     let version = Version::parse(version)
         .map_err(|e| error_page(StatusCode::NOT_FOUND, &format!("version: {e}")))?;
-    let env = EnvName::parse(env)
-        .ok()
-        .filter(|e| state.engine.config().environment(e).is_some())
-        .ok_or_else(|| {
-            error_page(
-                StatusCode::NOT_FOUND,
-                &format!("environment `{env}` is not in the config"),
-            )
-        })?;
+    let env = super::pages::configured_env(state, env)?;
     allow(viewer, Action::Read, Some(&env))?;
     Ok(Target {
         release: ReleaseRef { app, version },

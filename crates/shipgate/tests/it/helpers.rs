@@ -600,6 +600,27 @@ impl TestServer {
         ])
     }
 
+    /// Registers a fixture app release with a commit (`c` and the version's digits), notes
+    /// (`notes of VERSION`) and the commit's time.
+    pub fn register_noted(&self, version: &str, commit_time: &str) {
+        let dir = self.app_release(version, &[]);
+        self.ok(&[
+            "release",
+            "create",
+            "web",
+            "--version",
+            version,
+            "--artifact",
+            dir.to_str().unwrap(),
+            "--commit",
+            &format!("c{}", version.replace('.', "")),
+            "--notes",
+            &format!("notes of {version}"),
+            "--commit-time",
+            commit_time,
+        ]);
+    }
+
     /// Promotes `web@version` into `env` and waits until it succeeded.
     pub fn deploy(&self, version: &str, env: &str) {
         self.ok(&["promote", &format!("web@{version}"), "--to", env, "--wait"]);

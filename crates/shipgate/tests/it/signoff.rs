@@ -51,22 +51,7 @@ fn a_release_waits_for_each_scenario_production_needs_that_sign_off_and_one_fail
         ("1.0.0", "2026-12-01T08:00:00Z"),
         ("1.1.0", "2026-12-01T09:00:00Z"),
     ] {
-        let dir = s.app_release(version, &[]);
-        s.ok(&[
-            "release",
-            "create",
-            "web",
-            "--version",
-            version,
-            "--artifact",
-            dir.to_str().unwrap(),
-            "--commit",
-            &format!("c{}", version.replace('.', "")),
-            "--notes",
-            &format!("notes of {version}"),
-            "--commit-time",
-            commit_time,
-        ]);
+        s.register_noted(version, commit_time);
     }
     s.walk("1.0.0", "staging");
     // Production waits for the sign-off, with where it stands and the command.

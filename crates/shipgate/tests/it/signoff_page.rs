@@ -23,26 +23,6 @@ fn staging_with_signoff() -> TestServer {
     ))
 }
 
-/// Registers web@version with a commit and notes.
-fn register(s: &TestServer, version: &str, hour: u8) {
-    let dir = s.app_release(version, &[]);
-    s.ok(&[
-        "release",
-        "create",
-        "web",
-        "--version",
-        version,
-        "--artifact",
-        dir.to_str().unwrap(),
-        "--commit",
-        &format!("c{}", version.replace('.', "")),
-        "--notes",
-        &format!("notes of {version}"),
-        "--commit-time",
-        &format!("2026-12-01T{hour:02}:00:00Z"),
-    ]);
-}
-
 /// Walks web@version to testing, promotes it into staging and waits for its sign-off.
 fn into_signoff(s: &TestServer, version: &str) {
     s.walk(version, "testing");
@@ -152,9 +132,9 @@ fn a_tester_signs_off_on_the_dashboard_and_a_fail_with_a_note_puts_staging_back(
     let tess = s.token("tess", "tester", &[]);
     let tom = s.token("tom", "tester", &[]);
     let vera = s.token("vera", "viewer", &[]);
-    register(&s, "1.0.0", 8);
-    register(&s, "1.1.0", 9);
-    register(&s, "1.2.0", 10);
+    s.register_noted("1.0.0", "2026-12-01T08:00:00Z");
+    s.register_noted("1.1.0", "2026-12-01T09:00:00Z");
+    s.register_noted("1.2.0", "2026-12-01T10:00:00Z");
 
     // Before the release arrives, the sheet says so and what comes; an environment without a
     // sign-off says it takes none.
