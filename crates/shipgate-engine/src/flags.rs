@@ -829,7 +829,11 @@ impl Engine {
                 message: format!("flag key {} revoked: {why}", old.name),
                 data: serde_json::json!({ "name": old.name }),
             };
-            self.store.revoke_flag_key(&old.name, event).await?;
+            match self.store.revoke_flag_key(&old.name, event).await {
+                // Revoked meanwhile by the other path (a retire and a deploy both look).
+                Ok(_) | Err(shipgate_store::StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         self.forget_flags();
         Ok(())

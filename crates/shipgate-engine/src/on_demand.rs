@@ -613,13 +613,23 @@ impl Engine {
         for f in &folders {
             remove_folder(f);
         }
-        // Its Unix user, on every machine it ran on, once nothing runs as it.
-        let users = crate::remove_gone_users(&self.config(), self.driver.as_ref()).await;
+        // Its Unix user, on every machine it ran on, once nothing runs as it: the processes
+        // just stopped may take a moment to be gone, so it is tried again for a while. Another
+        // server on this machine may remove it first; gone is gone, whoever removed it.
         let user = crate::isolation::env_user(name);
-        let user_gone = if users
+        let existed = local_user_exists(&user);
+        let mut users = Vec::new();
+        for _ in 0..50 {
+            users.extend(crate::remove_gone_users(&self.config(), self.driver.as_ref()).await);
+            if !local_user_exists(&user) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let removed_here = users
             .iter()
-            .any(|u| u.split(' ').next() == Some(user.as_str()))
-        {
+            .any(|u| u.split(' ').next() == Some(user.as_str()));
+        let user_gone = if removed_here || (existed && !local_user_exists(&user)) {
             format!(", user {user} removed")
         } else {
             String::new()
@@ -950,4 +960,10 @@ where
         }
     });
     rx.await.ok()
+}
+
+/// Whether this machine has a user named `name`.
+fn local_user_exists(name: &str) -> bool {
+    std::fs::read_to_string("/etc/passwd")
+        .is_ok_and(|p| p.lines().any(|l| l.split(':').next() == Some(name)))
 }
