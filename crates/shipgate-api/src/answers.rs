@@ -55,6 +55,15 @@ pub struct SignoffStatus {
     pub requested_by: String,
 }
 
+/// `POST /api/v1/load`: the run and its report as the gate shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoadReport {
+    /// The run, with its figures and verdict.
+    pub run: crate::records::LoadRun,
+    /// Each figure beside the previous release's, and the verdict, in words.
+    pub report: String,
+}
+
 /// One scenario of a sign-off.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ScenarioStatus {

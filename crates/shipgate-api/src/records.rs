@@ -410,6 +410,34 @@ pub struct BackupRecord {
     pub pruned_at: Option<Timestamp>,
 }
 
+/// One run of a load test: a promotion's `verify.load` gate, a baseline, or a run on demand.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct LoadRun {
+    /// Its number.
+    pub id: i64,
+    /// The app.
+    pub app: AppName,
+    /// The environment.
+    pub env: EnvName,
+    /// The release that served it.
+    pub version: String,
+    /// The promotion whose gate it was.
+    pub promotion_id: Option<i64>,
+    /// `gate`, `baseline` or `run`.
+    pub kind: String,
+    /// What makes two runs comparable (rate, durations, mix, connections).
+    pub fingerprint: String,
+    /// `pass`, `fail` or `inconclusive`, with why.
+    pub verdict: shipgate_core::load::LoadVerdict,
+    /// What it measured.
+    pub figures: shipgate_core::load::LoadFigures,
+    /// The run it was compared with, if any.
+    pub compared_with: Option<i64>,
+    /// When it ended.
+    #[schema(value_type = String)]
+    pub at: Timestamp,
+}
+
 /// Where a notification's delivery stands.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -121,6 +121,29 @@ pub struct BackupsQuery {
     pub env: Option<String>,
 }
 
+/// `POST /api/v1/load`: a load test against what an environment serves now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadRequestBody {
+    /// The app.
+    #[schema(value_type = AppName)]
+    pub app: String,
+    /// The environment.
+    #[schema(value_type = EnvName)]
+    pub env: String,
+    /// Requests per second (default: the environment's `verify.load`, else 100).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub rate: Option<u32>,
+    /// How long (`10s`; default: the gate's, else 10 s).
+    #[serde(default)]
+    pub duration: Option<String>,
+    /// Seed the gate's baseline: the environment's `verify.load` exactly, recorded as the
+    /// figures the next release is compared with.
+    #[serde(default)]
+    pub baseline: bool,
+}
+
 /// `GET /api/v1/signoffs`: a release's sign-off in one environment.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -422,6 +422,9 @@ pub struct EnvironmentConfig {
     pub signoff: Option<SignoffConfig>,
     /// `parity.schema`: `require.parity` compares the apps' database schemas too.
     pub parity_schema: bool,
+    /// `load.allow`: `shipgate load run` may send load here (at the end of the flow, an admin's
+    /// only, and only with this).
+    pub load_allow: bool,
 }
 
 /// `[environments.NAME.signoff]`: user acceptance. After its verification a release waits in
@@ -607,6 +610,9 @@ pub struct VerifyConfig {
     /// `verify.experiments`: Chaos Toolkit experiment files (relative to the config's folder)
     /// run after the switch; a deviation fails the promotion.
     pub experiments: Vec<String>,
+    /// `[environments.NAME.verify.load]`: a load test after the switch, judged against
+    /// ceilings and the release it replaces.
+    pub load: Option<crate::load::LoadConfig>,
 }
 
 impl VerifyConfig {
@@ -871,6 +877,7 @@ struct RawEnvironment {
     hotfix: Option<Spanned<RawHotfix>>,
     signoff: Option<Spanned<RawSignoff>>,
     parity: Option<RawParity>,
+    load: Option<RawLoadAccess>,
 }
 
 #[derive(Deserialize)]
@@ -940,6 +947,38 @@ struct RawVerify {
     http: Vec<RawHttpCheck>,
     #[serde(default)]
     experiments: Vec<Spanned<String>>,
+    load: Option<Spanned<RawLoad>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoad {
+    rate: Spanned<i64>,
+    duration: Spanned<String>,
+    warmup: Option<Spanned<String>>,
+    requests: Spanned<Vec<RawLoadRequest>>,
+    max_error_rate: Option<Spanned<f64>>,
+    max_p99: Option<Spanned<String>>,
+    compare: Option<Spanned<String>>,
+    max_regression: Option<Spanned<f64>>,
+    connections: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoadRequest {
+    method: Option<String>,
+    path: Spanned<String>,
+    body: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    weight: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoadAccess {
+    allow: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -2028,6 +2067,7 @@ fn environments(
                 hotfix: env.hotfix.as_ref().and_then(|h| hotfix(h, problems)),
                 signoff: env.signoff.as_ref().and_then(|s| signoff(s, problems)),
                 parity_schema: env.parity.as_ref().and_then(|p| p.schema).unwrap_or(false),
+                load_allow: env.load.as_ref().and_then(|l| l.allow).unwrap_or(false),
             });
         }
     }
@@ -2341,7 +2381,86 @@ fn verify(raw: &RawVerify, config_dir: &Path, problems: &mut Problems) -> Verify
             .iter()
             .map(|e| e.get_ref().clone())
             .collect(),
+        load: raw.load.as_ref().and_then(|l| load(l, problems)),
     }
+}
+
+/// `verify.load`, with its defaults: warmup 5 s, max_error_rate 0.001, compare "previous",
+/// max_regression 0.15, 64 connections.
+fn load(raw: &Spanned<RawLoad>, problems: &mut Problems) -> Option<crate::load::LoadConfig> {
+    let l = raw.get_ref();
+    let rate = *l.rate.get_ref();
+    if !(1..=1_000_000).contains(&rate) {
+        problems.add(l.rate.span(), "`verify.load.rate` is from 1 to 1000000 requests per second", None);
+    }
+    let duration = problems.parse(&l.duration, positive_duration("verify.load.duration"));
+    let warmup = match &l.warmup {
+        Some(w) => problems.parse(w, Duration::parse),
+        None => Some(Duration::from_std(std::time::Duration::from_secs(5))),
+    };
+    let mut requests = Vec::new();
+    for r in l.requests.get_ref() {
+        let method = r.method.clone().unwrap_or_else(|| "GET".to_owned()).to_ascii_uppercase();
+        if !r.path.get_ref().starts_with('/') {
+            problems.add(r.path.span(), format!("request path `{}` must start with `/`", r.path.get_ref()), None);
+        }
+        if !matches!(method.as_str(), "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") {
+            problems.add(r.path.span(), format!("`{method}` is not an HTTP method shipgate sends"), "write GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS".to_owned());
+        }
+        requests.push(crate::load::LoadRequest {
+            method,
+            path: r.path.get_ref().clone(),
+            body: r.body.clone(),
+            headers: r.headers.clone(),
+            weight: r.weight.unwrap_or(1).max(1),
+        });
+    }
+    if requests.is_empty() {
+        problems.add(
+            l.requests.span(),
+            "`verify.load.requests` is empty, so there is nothing to send",
+            "list the requests, for example requests = [{ path = \"/\" }]".to_owned(),
+        );
+    }
+    let ratio = |v: &Option<Spanned<f64>>, what: &str, default: f64, problems: &mut Problems| match v {
+        Some(x) if !(0.0..=10.0).contains(x.get_ref()) => {
+            problems.add(x.span(), format!("`verify.load.{what}` is a share from 0 to 10"), None);
+            default
+        }
+        Some(x) => *x.get_ref(),
+        None => default,
+    };
+    let max_error_rate = ratio(&l.max_error_rate, "max_error_rate", 0.001, problems);
+    let max_regression = ratio(&l.max_regression, "max_regression", 0.15, problems);
+    let max_p99 = l.max_p99.as_ref().and_then(|m| problems.parse(m, positive_duration("verify.load.max_p99")));
+    let compare_previous = match &l.compare {
+        None => true,
+        Some(c) if c.get_ref() == "previous" => true,
+        Some(c) if c.get_ref() == "none" => false,
+        Some(c) => {
+            problems.add(c.span(), format!("`compare = \"{}\"` is not known", c.get_ref()), "write \"previous\" (the release this one replaces) or \"none\"".to_owned());
+            true
+        }
+    };
+    let connections = match &l.connections {
+        Some(c) if !(1..=10_000).contains(c.get_ref()) => {
+            problems.add(c.span(), "`verify.load.connections` is from 1 to 10000", None);
+            64
+        }
+        Some(c) => *c.get_ref() as u32,
+        None => 64,
+    };
+    Some(crate::load::LoadConfig {
+        rate: rate.clamp(1, 1_000_000) as u32,
+        duration: duration?.as_std(),
+        warmup: warmup?.as_std(),
+        requests,
+        max_error_rate,
+        max_p99: max_p99.map(|d| d.as_std()),
+        compare_previous,
+        max_regression,
+        connections,
+    })
 }
 
 /// `[notify.*]`: each target's URL, events, filters, format, secret and attempts.

@@ -135,10 +135,12 @@ pub enum EventKind {
     MigrationPassed,
     /// A release's migration (or its check) failed; nothing switched (`migration.failed`).
     MigrationFailed,
+    /// A load test ran: a baseline or a run on demand (`load.ran`; a gate's is a gate event).
+    LoadRan,
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 60] = [
+    const NAMED: [(EventKind, &'static str); 61] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -199,6 +201,7 @@ impl EventKind {
         (Self::BackupInterrupted, "backup.interrupted"),
         (Self::MigrationPassed, "migration.passed"),
         (Self::MigrationFailed, "migration.failed"),
+        (Self::LoadRan, "load.ran"),
     ];
 
     /// Every kind, in a stable order (by family).
@@ -259,6 +262,7 @@ impl EventKind {
             | Self::BackupPruned
             | Self::BackupInterrupted => "backup",
             Self::MigrationPassed | Self::MigrationFailed => "migration",
+            Self::LoadRan => "load",
         }
     }
 

@@ -19,6 +19,7 @@ pub mod event_kind;
 pub mod flag;
 pub mod gate;
 pub mod image;
+pub mod load;
 pub mod mask;
 pub mod names;
 pub mod network;

@@ -21,6 +21,7 @@ pub mod flow;
 mod gates;
 pub mod image;
 mod isolation;
+pub mod load;
 mod migrate;
 pub mod notify;
 pub mod on_demand;

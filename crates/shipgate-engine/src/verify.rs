@@ -83,6 +83,11 @@ impl Engine {
                 return Ok(Some(format!("{name} failed: {}", first_line(&output))));
             }
         }
+        if let Some(load) = &env.verify.load
+            && let Some(failure) = self.load_gate(p, load).await?
+        {
+            return Ok(Some(failure));
+        }
         if !env.verify.experiments.is_empty() {
             let mut offered = vars.clone();
             offered.extend(exported.clone());

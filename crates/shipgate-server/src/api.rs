@@ -66,6 +66,8 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         GET "/backups/{id}" => crate::backup::show,
         POST "/backups/{id}/restore" => crate::backup::restore,
         POST "/backups/{id}/drill" => crate::backup::drill,
+        POST "/load" => crate::load::run,
+        GET "/load" => crate::load::list,
         POST "/signoffs" => sign_off,
         GET "/diff" => diff,
         POST "/data/refresh" => refresh_data,

@@ -13,6 +13,7 @@ mod extract;
 mod flags;
 mod host_names;
 mod lead;
+mod load;
 mod notify;
 mod on_demand;
 mod openapi;

@@ -5,19 +5,19 @@
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
     DecisionRecorded, DoraView, FlagPromotion, FlagView, GcReport, Joined, LogChunk, NotifyView,
-    OnDemandView, Problem, ProxyFaultView, ReleaseDetail, Reloaded, SignoffStatus, TrafficProbe,
+    LoadReport, OnDemandView, Problem, ProxyFaultView, ReleaseDetail, Reloaded, SignoffStatus, TrafficProbe,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
 use shipgate_api::records::{
-    AuditReport, BackupRecord, Delivery, Event, FaultRecord, FlagChangeRecord, FlagKeyRecord,
+    AuditReport, BackupRecord, Delivery, LoadRun, Event, FaultRecord, FlagChangeRecord, FlagKeyRecord,
     HostRecord, Promotion, Release, TokenRecord,
 };
 use shipgate_api::requests::{
     AppEnv, AppQuery, BackupRequest, BackupsQuery, CanarySkipRequest, ChaosQuery, ChaosRequest,
     DataRefreshRequest, DecisionRequest, DiffQuery, DoraQuery, EventsQuery, ExtendRequest,
     FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery,
-    FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LogsQuery,
+    FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LoadRequestBody, LogsQuery,
     NotifyRetryRequest, NotifyTestRequest, OnDemandRequest, PromoteRequest, ReleaseQuery,
     RestoreRequest, RollbackRequest, SetFlagRequest, SignoffQuery, SignoffRequest, TokenRequest,
     TrafficProbeQuery,
@@ -60,6 +60,8 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::show_backup,
         declared::restore_backup,
         declared::drill_backup,
+        declared::load_run,
+        declared::load_runs,
         declared::diff,
         declared::refresh_data,
         declared::check_data,
@@ -452,6 +454,22 @@ mod declared {
             (status = 200, description = "drilled: restorable or not_restorable", body = BackupRecord),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn drill_backup() {}
+
+    /// A load test at a constant arrival rate against what the environment serves now (a
+    /// deployer of it; at the end of the flow an admin, with `load.allow`); answers once it
+    /// ended, with the figures beside the previous release's. `baseline` seeds the gate's.
+    #[utoipa::path(post, path = "/api/v1/load", operation_id = "loadRun", request_body = LoadRequestBody,
+        responses(
+            (status = 201, description = "the run", body = LoadReport),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn load_run() {}
+
+    /// The load test runs of an app in an environment, newest first.
+    #[utoipa::path(get, path = "/api/v1/load", operation_id = "loadRuns", params(AppEnv),
+        responses(
+            (status = 200, description = "the runs", body = Vec<LoadRun>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn load_runs() {}
 
     /// Compare an app in two environments; each item same, expected, unexpected, only_in_a or
     /// only_in_b. Secret values are never returned.

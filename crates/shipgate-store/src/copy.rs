@@ -282,6 +282,23 @@ const TABLES: &[(&str, &str, &[Column])] = &[
         ],
     ),
     (
+        "load_runs",
+        "id",
+        &[
+            ("id", I),
+            ("app", T),
+            ("env", T),
+            ("version", T),
+            ("promotion_id", I),
+            ("kind", T),
+            ("fingerprint", T),
+            ("verdict", T),
+            ("figures", T),
+            ("compared_with", I),
+            ("at", T),
+        ],
+    ),
+    (
         "signoffs",
         "id",
         &[
@@ -351,6 +368,7 @@ const IDENTITIES: &[(&str, &str)] = &[
     ("deliveries", "id"),
     ("signoffs", "id"),
     ("backups", "id"),
+    ("load_runs", "id"),
 ];
 
 /// What a copy did.

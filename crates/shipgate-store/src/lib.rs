@@ -159,6 +159,10 @@ pub trait Store: Send + Sync {
         &self,
         promotion_id: PromotionId,
     ) -> Result<Option<shipgate_core::signoff::SignoffSheet>>;
+    /// Records a load test run with its event.
+    async fn record_load_run(&self, run: NewLoadRun, event: NewEvent) -> Result<LoadRun>;
+    /// The load test runs of `app` in `env`, newest first.
+    async fn load_runs(&self, app: &AppName, env: &EnvName) -> Result<Vec<LoadRun>>;
     /// Records a backup as `running`, before its files are written.
     async fn start_backup(&self, backup: NewBackup) -> Result<BackupRecord>;
     /// Moves a backup on (taken, failed, interrupted, drilled, pruned) with its event; refused

@@ -2,7 +2,7 @@
 //! (`shipgate-api`), re-exported here.
 
 pub use shipgate_api::records::{
-    AuditReport, BackupRecord, Delivery, DeliveryAttempt, DeliveryStatus, Event, FaultRecord,
+    AuditReport, BackupRecord, LoadRun, Delivery, DeliveryAttempt, DeliveryStatus, Event, FaultRecord,
     FlagChange, FlagChangeRecord, FlagChangeStatus, FlagKeyRecord, FlagRecord, Gate, HostRecord,
     LiveRelease, OnDemandRecord, Promotion, Release, TokenRecord,
 };
@@ -67,6 +67,29 @@ pub struct NewDecision {
     pub verdict: shipgate_core::Verdict,
     /// Why.
     pub comment: Option<String>,
+}
+
+/// A load test run about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewLoadRun {
+    /// The app.
+    pub app: AppName,
+    /// The environment.
+    pub env: EnvName,
+    /// The release that served it.
+    pub version: String,
+    /// The promotion whose gate it was.
+    pub promotion_id: Option<PromotionId>,
+    /// `gate`, `baseline` or `run`.
+    pub kind: String,
+    /// Its config's fingerprint.
+    pub fingerprint: String,
+    /// Its verdict.
+    pub verdict: shipgate_core::load::LoadVerdict,
+    /// Its figures.
+    pub figures: shipgate_core::load::LoadFigures,
+    /// The run it was compared with.
+    pub compared_with: Option<i64>,
 }
 
 /// A backup about to be taken (recorded `running` first).

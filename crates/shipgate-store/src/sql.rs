@@ -21,6 +21,7 @@ use tokio::sync::{Mutex, MutexGuard, broadcast};
 
 mod backup;
 mod chaos;
+mod load;
 mod flags;
 mod notify;
 mod on_demand;
@@ -1020,6 +1021,14 @@ impl Store for SqlStore {
             comment: d.comment,
             at,
         })
+    }
+
+    async fn record_load_run(&self, run: NewLoadRun, event: NewEvent) -> Result<LoadRun> {
+        SqlStore::record_load_run(self, run, event).await
+    }
+
+    async fn load_runs(&self, app: &AppName, env: &EnvName) -> Result<Vec<LoadRun>> {
+        SqlStore::load_runs(self, app, env).await
     }
 
     async fn start_backup(&self, b: NewBackup) -> Result<BackupRecord> {

@@ -338,6 +338,10 @@ pub enum Command {
     /// resume, abort or skip.
     #[command(subcommand)]
     Canary(CanaryCommand),
+    /// Load tests at a constant arrival rate: a run on demand, or the baseline the
+    /// environment's `verify.load` gate compares the next release with.
+    #[command(subcommand)]
+    Load(LoadCommand),
     /// Backups of an environment's data, each proven by a restore drill: take one, list them,
     /// show one, restore one (admin, with a reason).
     #[command(subcommand)]
@@ -704,6 +708,39 @@ pub enum NotifyCommand {
     Test {
         /// The target (`[notify.NAME]`).
         name: String,
+    },
+}
+
+/// `shipgate load ...`.
+#[derive(Debug, Subcommand)]
+pub enum LoadCommand {
+    /// Send load to what an environment serves now, as the `verify.load` gate does (its mix,
+    /// or `GET /`), and show the figures. At the end of the flow: an admin, with `load.allow`.
+    #[command(
+        after_help = "Examples:\n  shipgate load run web --env staging --rate 200 --duration 10s"
+    )]
+    Run {
+        /// The app.
+        app: AppName,
+        /// The environment.
+        #[arg(long)]
+        env: EnvName,
+        /// Requests per second.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// How long (`10s`).
+        #[arg(long)]
+        duration: Option<String>,
+    },
+    /// Run the environment's `verify.load` against what is live now, and keep its figures as
+    /// those the next release is compared with.
+    #[command(after_help = "Examples:\n  shipgate load baseline web --env staging")]
+    Baseline {
+        /// The app.
+        app: AppName,
+        /// The environment.
+        #[arg(long)]
+        env: EnvName,
     },
 }
 

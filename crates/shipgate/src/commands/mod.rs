@@ -206,6 +206,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Canary(command) => canary::run(g, out, command).await,
         Command::Signoff(args) => signoff::run(g, out, args).await,
         Command::Backup(command) => backup::run(g, out, command).await,
+        Command::Load(command) => load(g, out, command).await,
         Command::Notify(command) => notify::run(g, out, command).await,
         Command::Dora { app, days } => notify::dora(g, out, app, days).await,
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,
@@ -743,4 +744,41 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// `shipgate load run|baseline`: exits 1 unless the run passed.
+async fn load(
+    g: &Global,
+    out: Printer,
+    command: crate::cli::LoadCommand,
+) -> anyhow::Result<ExitCode> {
+    use crate::cli::LoadCommand;
+    let client = crate::client::connect(g)?;
+    let body = match command {
+        LoadCommand::Run {
+            app,
+            env,
+            rate,
+            duration,
+        } => shipgate_api::requests::LoadRequestBody {
+            app: app.to_string(),
+            env: env.to_string(),
+            rate,
+            duration,
+            baseline: false,
+        },
+        LoadCommand::Baseline { app, env } => shipgate_api::requests::LoadRequestBody {
+            app: app.to_string(),
+            env: env.to_string(),
+            rate: None,
+            duration: None,
+            baseline: true,
+        },
+    };
+    let answer: shipgate_api::answers::LoadReport = client.post("/load", &body).await?;
+    out.print(&answer, |a| a.report.clone());
+    Ok(match answer.run.verdict {
+        shipgate_core::load::LoadVerdict::Pass(_) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
 }
