@@ -27,6 +27,7 @@ mod hosts;
 mod hotfix;
 mod image_hosts;
 mod images;
+mod load_gate;
 mod isolation;
 mod netns;
 mod notify;
