@@ -2391,7 +2391,11 @@ fn load(raw: &Spanned<RawLoad>, problems: &mut Problems) -> Option<crate::load::
     let l = raw.get_ref();
     let rate = *l.rate.get_ref();
     if !(1..=1_000_000).contains(&rate) {
-        problems.add(l.rate.span(), "`verify.load.rate` is from 1 to 1000000 requests per second", None);
+        problems.add(
+            l.rate.span(),
+            "`verify.load.rate` is from 1 to 1000000 requests per second",
+            None,
+        );
     }
     let duration = problems.parse(&l.duration, positive_duration("verify.load.duration"));
     let warmup = match &l.warmup {
@@ -2400,12 +2404,27 @@ fn load(raw: &Spanned<RawLoad>, problems: &mut Problems) -> Option<crate::load::
     };
     let mut requests = Vec::new();
     for r in l.requests.get_ref() {
-        let method = r.method.clone().unwrap_or_else(|| "GET".to_owned()).to_ascii_uppercase();
+        let method = r
+            .method
+            .clone()
+            .unwrap_or_else(|| "GET".to_owned())
+            .to_ascii_uppercase();
         if !r.path.get_ref().starts_with('/') {
-            problems.add(r.path.span(), format!("request path `{}` must start with `/`", r.path.get_ref()), None);
+            problems.add(
+                r.path.span(),
+                format!("request path `{}` must start with `/`", r.path.get_ref()),
+                None,
+            );
         }
-        if !matches!(method.as_str(), "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") {
-            problems.add(r.path.span(), format!("`{method}` is not an HTTP method shipgate sends"), "write GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS".to_owned());
+        if !matches!(
+            method.as_str(),
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+        ) {
+            problems.add(
+                r.path.span(),
+                format!("`{method}` is not an HTTP method shipgate sends"),
+                "write GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS".to_owned(),
+            );
         }
         requests.push(crate::load::LoadRequest {
             method,
@@ -2422,29 +2441,45 @@ fn load(raw: &Spanned<RawLoad>, problems: &mut Problems) -> Option<crate::load::
             "list the requests, for example requests = [{ path = \"/\" }]".to_owned(),
         );
     }
-    let ratio = |v: &Option<Spanned<f64>>, what: &str, default: f64, problems: &mut Problems| match v {
-        Some(x) if !(0.0..=10.0).contains(x.get_ref()) => {
-            problems.add(x.span(), format!("`verify.load.{what}` is a share from 0 to 10"), None);
-            default
-        }
-        Some(x) => *x.get_ref(),
-        None => default,
-    };
+    let ratio =
+        |v: &Option<Spanned<f64>>, what: &str, default: f64, problems: &mut Problems| match v {
+            Some(x) if !(0.0..=10.0).contains(x.get_ref()) => {
+                problems.add(
+                    x.span(),
+                    format!("`verify.load.{what}` is a share from 0 to 10"),
+                    None,
+                );
+                default
+            }
+            Some(x) => *x.get_ref(),
+            None => default,
+        };
     let max_error_rate = ratio(&l.max_error_rate, "max_error_rate", 0.001, problems);
     let max_regression = ratio(&l.max_regression, "max_regression", 0.15, problems);
-    let max_p99 = l.max_p99.as_ref().and_then(|m| problems.parse(m, positive_duration("verify.load.max_p99")));
+    let max_p99 = l
+        .max_p99
+        .as_ref()
+        .and_then(|m| problems.parse(m, positive_duration("verify.load.max_p99")));
     let compare_previous = match &l.compare {
         None => true,
         Some(c) if c.get_ref() == "previous" => true,
         Some(c) if c.get_ref() == "none" => false,
         Some(c) => {
-            problems.add(c.span(), format!("`compare = \"{}\"` is not known", c.get_ref()), "write \"previous\" (the release this one replaces) or \"none\"".to_owned());
+            problems.add(
+                c.span(),
+                format!("`compare = \"{}\"` is not known", c.get_ref()),
+                "write \"previous\" (the release this one replaces) or \"none\"".to_owned(),
+            );
             true
         }
     };
     let connections = match &l.connections {
         Some(c) if !(1..=10_000).contains(c.get_ref()) => {
-            problems.add(c.span(), "`verify.load.connections` is from 1 to 10000", None);
+            problems.add(
+                c.span(),
+                "`verify.load.connections` is from 1 to 10000",
+                None,
+            );
             64
         }
         Some(c) => *c.get_ref() as u32,
@@ -3411,6 +3446,59 @@ mod tests {
             ("", "require.signoff = \"qa\"", "names no other environment"),
         ] {
             let e = errors(&with(uat, production));
+            assert!(e.contains(said), "{said}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_load_gate_is_read_with_its_defaults_and_bad_values_are_refused() {
+        let with = |load: &str| {
+            format!(
+                "{BASE}[environments.staging]\nlisten = \"127.0.0.1:8103\"\n[environments.staging.verify.load]\n{load}\n"
+            )
+        };
+        let config = Config::parse(
+            &with("rate = 500\nduration = \"30s\"\nrequests = [{ path = \"/\" }, { method = \"post\", path = \"/api/orders\", weight = 2 }]"),
+            Path::new("/p"),
+        )
+        .unwrap();
+        let staging = config
+            .environment(&EnvName::parse("staging").unwrap())
+            .unwrap();
+        let load = staging.verify.load.as_ref().unwrap();
+        assert_eq!((load.rate, load.connections), (500, 64));
+        assert_eq!(load.warmup, std::time::Duration::from_secs(5));
+        assert_eq!((load.max_error_rate, load.max_regression), (0.001, 0.15));
+        assert!(load.compare_previous);
+        assert_eq!(load.requests[1].label(), "POST /api/orders");
+        assert_eq!(load.requests[1].weight, 2);
+        for (lines, said) in [
+            (
+                "rate = 0\nduration = \"1s\"\nrequests = [{ path = \"/\" }]",
+                "from 1 to 1000000",
+            ),
+            (
+                "rate = 10\nduration = \"1s\"\nrequests = []",
+                "nothing to send",
+            ),
+            (
+                "rate = 10\nduration = \"1s\"\nrequests = [{ path = \"x\" }]",
+                "must start with `/`",
+            ),
+            (
+                "rate = 10\nduration = \"1s\"\nrequests = [{ path = \"/\", method = \"BREW\" }]",
+                "not an HTTP method",
+            ),
+            (
+                "rate = 10\nduration = \"1s\"\ncompare = \"last\"\nrequests = [{ path = \"/\" }]",
+                "\"previous\"",
+            ),
+            (
+                "rate = 10\nduration = \"1s\"\nrps = 3\nrequests = [{ path = \"/\" }]",
+                "unknown key `rps`",
+            ),
+        ] {
+            let e = errors(&with(lines));
             assert!(e.contains(said), "{said}: {e}");
         }
     }
