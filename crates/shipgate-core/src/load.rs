@@ -149,7 +149,11 @@ pub fn judge(now: &LoadFigures, previous: Option<&LoadFigures>, cfg: &LoadConfig
             })
             .map(|(label, (sent, failed))| format!("; {label}: {failed} of {sent} failed"))
             .unwrap_or_default();
-        let kinds: Vec<String> = now.errors.iter().map(|(k, n)| format!("{n}× {k}")).collect();
+        let kinds: Vec<String> = now
+            .errors
+            .iter()
+            .map(|(k, n)| format!("{n}× {k}"))
+            .collect();
         failures.push(format!(
             "error rate {:.3}% is over max_error_rate {:.3}% ({}){worst}",
             rate * 100.0,
@@ -166,13 +170,17 @@ pub fn judge(now: &LoadFigures, previous: Option<&LoadFigures>, cfg: &LoadConfig
             max.as_secs_f64() * 1000.0
         ));
     }
-    let mut compared = "no previous figures with this config: judged on the ceilings only".to_owned();
+    let mut compared =
+        "no previous figures with this config: judged on the ceilings only".to_owned();
     if let Some(prev) = previous {
         compared = format!(
             "against the previous release: p50 {:.1} vs {:.1} ms, p99 {:.1} vs {:.1} ms",
             now.p50_ms, prev.p50_ms, now.p99_ms, prev.p99_ms
         );
-        for (what, a, b) in [("p50", now.p50_ms, prev.p50_ms), ("p99", now.p99_ms, prev.p99_ms)] {
+        for (what, a, b) in [
+            ("p50", now.p50_ms, prev.p50_ms),
+            ("p99", now.p99_ms, prev.p99_ms),
+        ] {
             if a - b > REGRESSION_FLOOR_MS && a > b * (1.0 + cfg.max_regression) {
                 failures.push(format!(
                     "{what} {a:.1} ms is {:.0}% worse than the previous release's {b:.1} ms (max_regression {:.0}%)",
@@ -239,13 +247,22 @@ mod tests {
         let slow = figures(30.0, 60.0);
         match judge(&slow, Some(&prev), &cfg()) {
             LoadVerdict::Fail(why) => {
-                assert!(why.contains("p99 60.0 ms is 200% worse than the previous release's 20.0 ms"), "{why}")
+                assert!(
+                    why.contains("p99 60.0 ms is 200% worse than the previous release's 20.0 ms"),
+                    "{why}"
+                )
             }
             v => panic!("{v:?}"),
         }
-        assert!(matches!(judge(&figures(10.5, 21.0), Some(&prev), &cfg()), LoadVerdict::Pass(_)));
+        assert!(matches!(
+            judge(&figures(10.5, 21.0), Some(&prev), &cfg()),
+            LoadVerdict::Pass(_)
+        ));
         // Under the floor: a millisecond is not a regression.
-        assert!(matches!(judge(&figures(1.0, 2.0), Some(&figures(0.5, 1.0)), &cfg()), LoadVerdict::Pass(_)));
+        assert!(matches!(
+            judge(&figures(1.0, 2.0), Some(&figures(0.5, 1.0)), &cfg()),
+            LoadVerdict::Pass(_)
+        ));
     }
 
     #[test]
@@ -255,12 +272,17 @@ mod tests {
         f.by_request.insert("POST /api/orders".into(), (200, 10));
         f.by_request.insert("GET /".into(), (800, 0));
         match judge(&f, None, &cfg()) {
-            LoadVerdict::Fail(why) => assert!(why.contains("POST /api/orders: 10 of 200 failed"), "{why}"),
+            LoadVerdict::Fail(why) => {
+                assert!(why.contains("POST /api/orders: 10 of 200 failed"), "{why}")
+            }
             v => panic!("{v:?}"),
         }
         let mut short = figures(10.0, 20.0);
         short.achieved_rate = 50.0;
-        assert!(matches!(judge(&short, None, &cfg()), LoadVerdict::Inconclusive(_)));
+        assert!(matches!(
+            judge(&short, None, &cfg()),
+            LoadVerdict::Inconclusive(_)
+        ));
         // A failure stands even at the lower rate.
         short.p99_ms = 500.0;
         assert!(matches!(judge(&short, None, &cfg()), LoadVerdict::Fail(_)));
