@@ -190,8 +190,11 @@ impl TemplateConfig {
             env.hosts.clone_from(hosts);
             env.hosts_required = env.hosts.len();
         }
-        if let Some(verify) = &self.verify {
-            env.verify = verify.clone();
+        match &self.verify {
+            Some(verify) => env.verify = verify.clone(),
+            // A preview is for its testers: no load test of the base's unless the template
+            // asks for one.
+            None => env.verify.load = None,
         }
         env
     }
