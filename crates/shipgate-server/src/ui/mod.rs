@@ -10,6 +10,7 @@ mod canary;
 mod chart;
 mod dora;
 mod flags;
+mod load;
 mod on_demand;
 mod pages;
 mod signoff;

@@ -509,6 +509,8 @@ pub(crate) struct PromotionBlock {
     pub watch: String,
     /// The canary rollout under way.
     pub canary: Option<super::canary::CanaryPanel>,
+    /// Its load gate's run, beside the run it was compared with.
+    pub load: Option<super::load::LoadPanel>,
     /// Its sign-off sheet, when the environment takes one (empty otherwise).
     pub signoff: String,
     pub gates: Vec<GateView>,
@@ -552,7 +554,12 @@ pub(crate) fn configured_app(state: &AppState, app: &str) -> Result<AppName, Pag
     Ok(name)
 }
 
-fn block(state: &AppState, viewer: &Viewer, entry: &HistoryEntry) -> PromotionBlock {
+fn block(
+    state: &AppState,
+    viewer: &Viewer,
+    entry: &HistoryEntry,
+    load: Option<super::load::LoadPanel>,
+) -> PromotionBlock {
     let p = &entry.promotion;
     let waits = waits_of(state, p.id);
     let held = state
@@ -594,6 +601,7 @@ fn block(state: &AppState, viewer: &Viewer, entry: &HistoryEntry) -> PromotionBl
             .canary
             .as_ref()
             .map(|c| super::canary::panel(viewer, &p.app, &p.env, c)),
+        load,
         signoff: if p.kind.is_forward()
             && state
                 .engine
@@ -703,7 +711,13 @@ pub(crate) async fn release(
             }
         })
         .collect();
-    let promotions = entries.iter().map(|e| block(&state, &viewer, e)).collect();
+    let mut loads = super::load::panels(store.as_ref(), &entries)
+        .await
+        .map_err(|e| from_problem(e.into()))?;
+    let promotions = entries
+        .iter()
+        .map(|e| block(&state, &viewer, e, loads.remove(&e.promotion.id)))
+        .collect();
     let page = ReleasePage {
         layout: Layout::new(&viewer, format!("{app}@{version}"), "board"),
         action: format!("{}/decisions", release_link(app.as_str(), version.as_str())),

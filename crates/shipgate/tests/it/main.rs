@@ -28,6 +28,7 @@ mod hotfix;
 mod image_hosts;
 mod images;
 mod load_gate;
+mod load_panel;
 mod isolation;
 mod netns;
 mod notify;
