@@ -18,6 +18,7 @@ mod image;
 mod image_create;
 mod image_fixture;
 mod load;
+mod load_gate;
 mod mask;
 /// The test hosts of the integration tests (network namespaces on a bridge of their own), shared.
 #[path = "../../shipgate/tests/it/netns.rs"]
@@ -93,6 +94,23 @@ enum BenchCommand {
     /// What chaos costs with nothing injected: the TCP fault proxy against a direct connection
     /// and socat, and the router with a 0% fault rule against none.
     Chaos,
+    /// The load gate's generator (issue 34): the highest constant rate it holds against wrk's
+    /// closed-loop throughput on the same nginx, and its p99 at a modest rate against one
+    /// request at a time.
+    Load {
+        /// Connections of wrk and of the generator.
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        /// Worker threads of the generator's tokio runtime (wrk runs with one thread).
+        #[arg(long, default_value_t = 1)]
+        client_threads: usize,
+        /// Part 2: the constant rate, requests per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u32,
+        /// Part 2: the measured window, after 1 s of warmup.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+    },
     /// A masked PostgreSQL refresh against a plain COPY and pganonymize 0.13.
     Mask {
         /// Rows of the users table.
@@ -280,6 +298,20 @@ async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
                 aborts,
                 abort_connections,
                 rate,
+            })
+            .await
+        }
+        BenchCommand::Load {
+            connections,
+            client_threads,
+            rate,
+            duration,
+        } => {
+            load_gate::run(load_gate::Options {
+                connections,
+                client_threads,
+                rate,
+                duration,
             })
             .await
         }
