@@ -448,7 +448,7 @@ fn summary(o: &Options, c: &Ceiling, v: &Overhead) {
         v.direct_p50.as_secs_f64() * 1000.0
     );
     println!(
-        "   the difference is what the schedule adds: a send waits for the timer tick after its intended time (tokio's timers have 1 ms granularity) and counts from the intended time, and sends of the {} connections that fall due in one tick reach nginx's one worker together",
+        "   the difference is what the schedule adds: the sends of the {} connections that fall due in one timer tick (tokio's timers have 1 ms granularity) reach nginx's one worker together; a send on a free connection counts from when it was sent, so the tick's own lag is not counted",
         o.connections
     );
 }

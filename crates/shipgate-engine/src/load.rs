@@ -1,9 +1,10 @@
 //! The load generator of `verify.load` and `shipgate load`: a constant arrival rate (an open
 //! model), as wrk2 does it. Each of `connections` keeps one HTTP/1.1 connection and owns every
 //! `connections`-th request of the schedule; a request is sent at its intended time, or at once
-//! when its connection frees up later, and its latency is counted from the intended time. So a
-//! stall of the app shows in the figures instead of pausing the generator (coordinated
-//! omission). Nothing is ever sent before its time, so the rate is never exceeded. Latencies go
+//! when its connection frees up later. When its connection was still busy, its latency counts
+//! from the intended time, so a stall of the app shows in the figures instead of pausing the
+//! generator (coordinated omission); when it was free, from the send, so the timer's own lag is
+//! not counted as the app's (a send more than 10 ms late is counted `sent_late` instead). Nothing is ever sent before its time, so the rate is never exceeded. Latencies go
 //! into an HDR histogram (microseconds, 3 significant digits).
 
 use std::collections::BTreeMap;
@@ -124,7 +125,11 @@ pub async fn generate(addr: SocketAddr, host: &str, cfg: &LoadConfig) -> LoadFig
                 let outcome = send(&mut sender, addr, &host, request).await;
                 let done = Instant::now();
                 if counted {
-                    let micros = done.duration_since(intended).as_micros() as u64;
+                    // From the intended time when the connection was still busy (the app's
+                    // time), else from the send: the timer's own lag (up to a millisecond)
+                    // is not the app's, and a larger one is counted late above.
+                    let from = if free_in_time { now } else { intended };
+                    let micros = done.duration_since(from).as_micros() as u64;
                     let _ = tally.latencies.record(micros.max(1));
                     match outcome {
                         Ok(status) if status < 500 => tally.answered += 1,
@@ -258,17 +263,12 @@ impl Engine {
         fingerprint: &str,
         version: &str,
     ) -> Result<Option<LoadRun>, EngineError> {
-        Ok(self
-            .store
-            .load_runs(app, env)
-            .await?
-            .into_iter()
-            .find(|r| {
-                r.fingerprint == fingerprint
-                    && r.version != version
-                    && (r.kind == "baseline"
-                        || (r.kind == "gate" && matches!(r.verdict, LoadVerdict::Pass(_))))
-            }))
+        Ok(self.store.load_runs(app, env).await?.into_iter().find(|r| {
+            r.fingerprint == fingerprint
+                && r.version != version
+                && (r.kind == "baseline"
+                    || (r.kind == "gate" && matches!(r.verdict, LoadVerdict::Pass(_))))
+        }))
     }
 
     /// Runs `cfg` against what `env` serves now and judges it; records the run.
@@ -401,16 +401,20 @@ impl Engine {
                 cfg.duration = d;
             }
         }
-        let live = self
-            .live_record(app, env)
-            .await?
-            .ok_or_else(|| EngineError::NothingToRollBack(format!("nothing of {app} is live in {env} to load")))?;
+        let live = self.live_record(app, env).await?.ok_or_else(|| {
+            EngineError::NothingToRollBack(format!("nothing of {app} is live in {env} to load"))
+        })?;
         let kind = if baseline { "baseline" } else { "run" };
         let run = self
             .measure(app, env, live.version.as_str(), None, kind, &cfg)
             .await?;
         let previous = match run.compared_with {
-            Some(id) => self.store.load_runs(app, env).await?.into_iter().find(|r| r.id == id),
+            Some(id) => self
+                .store
+                .load_runs(app, env)
+                .await?
+                .into_iter()
+                .find(|r| r.id == id),
             None => None,
         };
         let text = report(&run, previous.as_ref(), &cfg);
@@ -452,7 +456,10 @@ pub fn report(run: &LoadRun, previous: Option<&LoadRun>, cfg: &LoadConfig) -> St
         head
     ));
     let row = |name: &str, now: String, then: Option<String>| {
-        format!("{name:<10} {now:>16} {:>28}\n", then.unwrap_or_else(|| "-".into()))
+        format!(
+            "{name:<10} {now:>16} {:>28}\n",
+            then.unwrap_or_else(|| "-".into())
+        )
     };
     for (name, now, then) in [
         ("p50", f.p50_ms, previous.map(|p| p.figures.p50_ms)),
@@ -460,13 +467,21 @@ pub fn report(run: &LoadRun, previous: Option<&LoadRun>, cfg: &LoadConfig) -> St
         ("p99", f.p99_ms, previous.map(|p| p.figures.p99_ms)),
         ("max", f.max_ms, previous.map(|p| p.figures.max_ms)),
     ] {
-        out.push_str(&row(name, format!("{now:.1} ms"), then.map(|t| format!("{t:.1} ms"))));
+        out.push_str(&row(
+            name,
+            format!("{now:.1} ms"),
+            then.map(|t| format!("{t:.1} ms")),
+        ));
     }
     let errors = |f: &LoadFigures| {
         let n: u64 = f.errors.values().sum();
         format!("{n} ({:.3}%)", f.error_rate() * 100.0)
     };
-    out.push_str(&row("errors", errors(f), previous.map(|p| errors(&p.figures))));
+    out.push_str(&row(
+        "errors",
+        errors(f),
+        previous.map(|p| errors(&p.figures)),
+    ));
     for (status, n) in &f.errors {
         out.push_str(&format!("  {n}× {status}\n"));
     }

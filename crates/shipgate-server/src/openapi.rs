@@ -4,23 +4,24 @@
 
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
-    DecisionRecorded, DoraView, FlagPromotion, FlagView, GcReport, Joined, LogChunk, NotifyView,
-    LoadReport, OnDemandView, Problem, ProxyFaultView, ReleaseDetail, Reloaded, SignoffStatus, TrafficProbe,
+    DecisionRecorded, DoraView, FlagPromotion, FlagView, GcReport, Joined, LoadReport, LogChunk,
+    NotifyView, OnDemandView, Problem, ProxyFaultView, ReleaseDetail, Reloaded, SignoffStatus,
+    TrafficProbe,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
 use shipgate_api::records::{
-    AuditReport, BackupRecord, Delivery, LoadRun, Event, FaultRecord, FlagChangeRecord, FlagKeyRecord,
-    HostRecord, Promotion, Release, TokenRecord,
+    AuditReport, BackupRecord, Delivery, Event, FaultRecord, FlagChangeRecord, FlagKeyRecord,
+    HostRecord, LoadRun, Promotion, Release, TokenRecord,
 };
 use shipgate_api::requests::{
     AppEnv, AppQuery, BackupRequest, BackupsQuery, CanarySkipRequest, ChaosQuery, ChaosRequest,
     DataRefreshRequest, DecisionRequest, DiffQuery, DoraQuery, EventsQuery, ExtendRequest,
     FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery,
-    FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LoadRequestBody, LogsQuery,
-    NotifyRetryRequest, NotifyTestRequest, OnDemandRequest, PromoteRequest, ReleaseQuery,
-    RestoreRequest, RollbackRequest, SetFlagRequest, SignoffQuery, SignoffRequest, TokenRequest,
-    TrafficProbeQuery,
+    FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LoadRequestBody,
+    LogsQuery, NotifyRetryRequest, NotifyTestRequest, OnDemandRequest, PromoteRequest,
+    ReleaseQuery, RestoreRequest, RollbackRequest, SetFlagRequest, SignoffQuery, SignoffRequest,
+    TokenRequest, TrafficProbeQuery,
 };
 use shipgate_api::status::{AppStatus, CanaryView, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;

@@ -2,9 +2,9 @@
 //! (`shipgate-api`), re-exported here.
 
 pub use shipgate_api::records::{
-    AuditReport, BackupRecord, LoadRun, Delivery, DeliveryAttempt, DeliveryStatus, Event, FaultRecord,
+    AuditReport, BackupRecord, Delivery, DeliveryAttempt, DeliveryStatus, Event, FaultRecord,
     FlagChange, FlagChangeRecord, FlagChangeStatus, FlagKeyRecord, FlagRecord, Gate, HostRecord,
-    LiveRelease, OnDemandRecord, Promotion, Release, TokenRecord,
+    LiveRelease, LoadRun, OnDemandRecord, Promotion, Release, TokenRecord,
 };
 
 use serde::{Deserialize, Serialize};

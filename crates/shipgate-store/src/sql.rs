@@ -21,8 +21,8 @@ use tokio::sync::{Mutex, MutexGuard, broadcast};
 
 mod backup;
 mod chaos;
-mod load;
 mod flags;
+mod load;
 mod notify;
 mod on_demand;
 mod signoff;
