@@ -41,8 +41,6 @@ const TARGET: f64 = 0.8;
 const NGINX_WORKERS: u32 = 1;
 /// Requests of the direct measurement sent first and not counted.
 const DIRECT_WARMUP: usize = 5_000;
-/// How long nginx may take to listen or to stop.
-const PATIENCE: Duration = Duration::from_secs(10);
 
 /// What `shipgate-bench load` is asked to do.
 pub struct Options {
@@ -67,7 +65,10 @@ pub async fn run(o: Options) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the generator's runtime")?;
-    let backend = StaticNginx::start(&nginx_exe, NGINX_WORKERS).await?;
+    let backend = crate::router::Nginx::start_with(&nginx_exe, &NGINX_WORKERS.to_string(), |addr| {
+        format!("server {{\n        listen {addr};\n        location / {{\n            return 200 \"ok\\n\";\n        }}\n    }}")
+    })
+    .await?;
     // Ctrl-C or SIGTERM ends the run with nginx stopped, not left behind.
     let result = tokio::select! {
         r = both_parts(&o, &backend, &wrk_exe, client.handle()) => r,
@@ -80,7 +81,7 @@ pub async fn run(o: Options) -> anyhow::Result<ExitCode> {
 
 async fn both_parts(
     o: &Options,
-    backend: &StaticNginx,
+    backend: &crate::router::Nginx,
     wrk_exe: &Path,
     client: &tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
@@ -451,125 +452,4 @@ fn summary(o: &Options, c: &Ceiling, v: &Overhead) {
         "   the difference is what the schedule adds: the sends of the {} connections that fall due in one timer tick (tokio's timers have 1 ms granularity) reach nginx's one worker together; a send on a free connection counts from when it was sent, so the tick's own lag is not counted",
         o.connections
     );
-}
-
-/// nginx answering every request with `200 ok`, its config, pid file and logs in a temporary
-/// folder, nothing of the system's nginx touched.
-struct StaticNginx {
-    child: tokio::process::Child,
-    addr: SocketAddr,
-    version: String,
-    _dir: tempfile::TempDir,
-}
-
-impl StaticNginx {
-    async fn start(exe: &Path, workers: u32) -> anyhow::Result<Self> {
-        let version = std::process::Command::new(exe)
-            .arg("-v")
-            .output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stderr)
-                    .trim()
-                    .strip_prefix("nginx version: ")
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "nginx".into());
-        let dir = tempfile::Builder::new()
-            .prefix("shipgate-bench-load-nginx-")
-            .tempdir()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], shipgate::demo::free_port(0)?));
-        let d = dir.path().display();
-        // Keep-alive connections are not closed after 1000 requests (nginx's default): neither
-        // client would otherwise reconnect in the middle of a run.
-        let conf = format!(
-            "worker_processes {workers};
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen {addr};
-        location / {{
-            return 200 \"ok\\n\";
-        }}
-    }}
-}}
-"
-        );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).context("writing nginx's config")?;
-        let error_log = dir.path().join("error.log");
-        let child = tokio::process::Command::new(exe)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(&error_log)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        let mut nginx = Self {
-            child,
-            addr,
-            version,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = nginx.child.try_wait()? {
-                let log = std::fs::read_to_string(&error_log).unwrap_or_default();
-                bail!("nginx exited with {status}: {}", log.trim());
-            }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(nginx);
-            }
-            if Instant::now() > deadline {
-                nginx.stop().await;
-                bail!("nginx did not listen on {addr} within {PATIENCE:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// SIGTERM to the master (a fast shutdown: it stops its workers).
-    fn terminate(&self) {
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-
-    /// Stops nginx and waits for its master to exit; the folder goes with `self`.
-    async fn stop(mut self) {
-        self.terminate();
-        if tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-impl Drop for StaticNginx {
-    /// On an early return: SIGTERM rather than a kill, which would leave the workers running.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.terminate();
-        }
-    }
 }

@@ -736,6 +736,33 @@ pub(crate) struct Nginx {
 
 impl Nginx {
     pub(crate) async fn start(exe: &Path, backend_port: u16) -> anyhow::Result<Self> {
+        Self::start_with(exe, "auto", |addr| {
+            format!(
+                "upstream b {{
+        server 127.0.0.1:{backend_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://b;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}"
+            )
+        })
+        .await
+    }
+
+    /// nginx with `workers` worker processes and the `http` blocks `blocks` writes for the
+    /// address it listens on.
+    pub(crate) async fn start_with(
+        exe: &Path,
+        workers: &str,
+        blocks: impl FnOnce(SocketAddr) -> String,
+    ) -> anyhow::Result<Self> {
         let version = std::process::Command::new(exe)
             .arg("-v")
             .output()
@@ -753,15 +780,16 @@ impl Nginx {
         let port = free_port(0)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let d = dir.path().display();
+        let blocks = blocks(addr);
         // As given in issue 3, plus: pid file and temp paths inside the folder (nothing of the
         // system's nginx is touched), and keep-alive connections not closed after 1000 requests
-        // (nginx's default), since the router closes none either.
+        // (nginx's default), since neither the router nor the load generator closes any.
         let conf = format!(
-            "worker_processes auto;
+            "worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
-events {{}}
+events {{ worker_connections 1024; }}
 http {{
     access_log off;
     keepalive_requests 1000000;
@@ -770,19 +798,7 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    upstream b {{
-        server 127.0.0.1:{backend_port};
-        keepalive 64;
-        keepalive_requests 1000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://b;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-        }}
-    }}
+    {blocks}
 }}
 "
         );
