@@ -53,6 +53,28 @@ pub struct LoadConfig {
 }
 
 impl LoadConfig {
+    /// `GET /` at `rate` for `duration` after a second of warmup, on 64 connections, judged on
+    /// errors alone: a run on demand where no gate is configured.
+    pub fn get_root(rate: u32, duration: std::time::Duration) -> LoadConfig {
+        LoadConfig {
+            rate,
+            duration,
+            warmup: std::time::Duration::from_secs(1),
+            requests: vec![LoadRequest {
+                method: "GET".into(),
+                path: "/".into(),
+                body: None,
+                headers: BTreeMap::new(),
+                weight: 1,
+            }],
+            max_error_rate: 0.001,
+            max_p99: None,
+            compare_previous: false,
+            max_regression: 0.15,
+            connections: 64,
+        }
+    }
+
     /// What makes two runs comparable: the rate, durations, mix and connections. A change of a
     /// ceiling does not change it.
     pub fn fingerprint(&self) -> String {
@@ -208,21 +230,10 @@ mod tests {
 
     fn cfg() -> LoadConfig {
         LoadConfig {
-            rate: 100,
-            duration: std::time::Duration::from_secs(10),
-            warmup: std::time::Duration::from_secs(1),
-            requests: vec![LoadRequest {
-                method: "GET".into(),
-                path: "/".into(),
-                body: None,
-                headers: BTreeMap::new(),
-                weight: 1,
-            }],
-            max_error_rate: 0.001,
             max_p99: Some(std::time::Duration::from_millis(150)),
             compare_previous: true,
-            max_regression: 0.15,
             connections: 16,
+            ..LoadConfig::get_root(100, std::time::Duration::from_secs(10))
         }
     }
 

@@ -375,23 +375,7 @@ impl Engine {
                     "{env} has no [environments.{env}.verify.load], so there is no gate to seed a baseline for"
                 )));
             }
-            (None, false) => LoadConfig {
-                rate: 100,
-                duration: Duration::from_secs(10),
-                warmup: Duration::from_secs(1),
-                requests: vec![LoadRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    body: None,
-                    headers: BTreeMap::new(),
-                    weight: 1,
-                }],
-                max_error_rate: 0.001,
-                max_p99: None,
-                compare_previous: false,
-                max_regression: 0.15,
-                connections: 64,
-            },
+            (None, false) => LoadConfig::get_root(100, Duration::from_secs(10)),
         };
         if !baseline {
             if let Some(r) = rate {

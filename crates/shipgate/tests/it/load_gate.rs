@@ -19,14 +19,14 @@ fn server(staging: &str, production: &str) -> TestServer {
 }
 
 /// Registers web@version running the load app, with these files beside it.
-fn release(s: &TestServer, version: &str, files: &[(&str, &str)]) {
+pub(crate) fn release(s: &TestServer, version: &str, files: &[(&str, &str)]) {
     let mut all = vec![("server.py", LOAD_APP)];
     all.extend_from_slice(files);
     let dir = s.app_release(version, &all);
     s.register_dir(version, &dir);
 }
 
-fn gate_output(s: &TestServer) -> String {
+pub(crate) fn gate_output(s: &TestServer) -> String {
     let latest = s.latest("staging");
     latest["gates"]
         .as_array()

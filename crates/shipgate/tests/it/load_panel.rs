@@ -4,32 +4,10 @@
 //! distributions drawn in one SVG.
 
 use crate::dashboard::{raw, sign_in};
-use crate::helpers::{TestServer, four_envs_with, spawn_server, text};
+use crate::helpers::{four_envs_with, spawn_server, text};
+use crate::load_gate::{gate_output, release};
 
-const LOAD_APP: &str = include_str!("../fixtures/loadapp/server.py");
-
-/// Staging's gate, kept short: 100 req/s of GETs for 2 s after a 1 s warmup.
 const GATE: &str = "[environments.staging.verify.load]\nrate = 100\nduration = \"2s\"\nwarmup = \"1s\"\nconnections = 8\nmax_error_rate = 0.001\nmax_p99 = \"1s\"\nmax_regression = 0.5\nrequests = [\n  { method = \"GET\", path = \"/\", weight = 1 },\n]";
-
-/// Registers web@version running the load app, with these files beside it.
-fn release(s: &TestServer, version: &str, files: &[(&str, &str)]) {
-    let mut all = vec![("server.py", LOAD_APP)];
-    all.extend_from_slice(files);
-    let dir = s.app_release(version, &all);
-    s.register_dir(version, &dir);
-}
-
-/// The gate's text report of staging's latest promotion.
-fn gate_output(s: &TestServer) -> String {
-    let latest = s.latest("staging");
-    latest["gates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == "load")
-        .map(|g| g["output"].as_str().unwrap().to_owned())
-        .unwrap_or_else(|| panic!("no load gate: {latest}"))
-}
 
 /// The report's `p99` row: this release's figure and the previous one's (`15.4 ms`).
 fn p99s(report: &str) -> (String, String) {
