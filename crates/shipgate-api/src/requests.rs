@@ -131,12 +131,14 @@ pub struct LoadRequestBody {
     /// The environment.
     #[schema(value_type = EnvName)]
     pub env: String,
-    /// Requests per second (default: the environment's `verify.load`, else 100).
+    /// Requests per second (default: the environment's `verify.load`, else 100). An integer;
+    /// read as a number, so `200.0` is 200 as JSON Schema has it.
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 1000000)]
-    pub rate: Option<u32>,
-    /// How long (`10s`; default: the gate's, else 10 s).
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000000)]
+    pub rate: Option<f64>,
+    /// How long (`10s`; default: the gate's, else 10 s), at most an hour.
     #[serde(default)]
+    #[schema(pattern = "^(?=.*[1-9])([0-9]{1,9}(ms|s|m|h|d))+$")]
     pub duration: Option<String>,
     /// Seed the gate's baseline: the environment's `verify.load` exactly, recorded as the
     /// figures the next release is compared with.

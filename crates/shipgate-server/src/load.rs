@@ -27,22 +27,36 @@ pub(crate) async fn run(
     caller.allow(Action::Promote, Some(&env))?;
     let app = app_name(&b.app)?;
     let duration = match b.duration.as_deref() {
-        Some(d) => Some(
-            shipgate_core::Duration::parse(d)
-                .ok()
-                .map(|d| d.as_std())
-                .filter(|d| !d.is_zero() && d.as_secs() <= 3600)
-                .ok_or_else(|| {
-                    Problem::bad_request(format!(
-                        "duration: `{d}` is not a duration from 1s to 1h (10s, 2m)"
-                    ))
-                })?,
-        ),
+        Some(d) => {
+            let parsed = shipgate_core::Duration::parse(d).map_err(|e| {
+                Problem::bad_request(format!("duration: `{d}` is not a duration (10s, 2m): {e}"))
+            })?;
+            let d = parsed.as_std();
+            if d.is_zero() || d.as_secs() > 3600 {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "load refused",
+                    format!(
+                        "a load run lasts from 1 ms to 1 h, not {parsed}; for longer, run it again"
+                    ),
+                ));
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    let rate = match b.rate {
+        Some(r) if r.fract() == 0.0 && (1.0..=1_000_000.0).contains(&r) => Some(r as u32),
+        Some(r) => {
+            return Err(Problem::bad_request(format!(
+                "rate: {r} is not a whole number of requests per second from 1 to 1000000"
+            )));
+        }
         None => None,
     };
     let (run, report) = state
         .engine
-        .load_run(&app, &env, caller.grant(), b.rate, duration, b.baseline)
+        .load_run(&app, &env, caller.grant(), rate, duration, b.baseline)
         .await?;
     Ok((StatusCode::CREATED, Json(LoadReport { run, report })))
 }

@@ -763,7 +763,7 @@ async fn load(
         } => shipgate_api::requests::LoadRequestBody {
             app: app.to_string(),
             env: env.to_string(),
-            rate,
+            rate: rate.map(f64::from),
             duration,
             baseline: false,
         },
