@@ -254,8 +254,11 @@ fn a_migration_that_fails_halfway_fails_the_promotion_before_the_switch_and_prod
         format!("{}/version", s.url("production")),
         Arc::clone(&stop),
     );
+    // Long enough around the promotion for the load to count (a busy machine answers slower).
+    std::thread::sleep(std::time::Duration::from_secs(2));
     let out = s.cli(&["promote", "web@1.1.0", "--to", "production", "--wait"]);
     assert_eq!(out.status.code(), Some(1), "{}", crate::helpers::text(&out));
+    std::thread::sleep(std::time::Duration::from_secs(1));
     let answered = load_ended_without_failures(&stop, traffic, "a failed migration");
     assert!(answered > 50);
     let latest = s.latest("production");
