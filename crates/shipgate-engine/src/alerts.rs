@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shipgate_core::alert::{AlertState, Observation, Transition};
+use shipgate_core::alert::{AlertState, Condition, Observation, Transition};
 use shipgate_core::{AppName, EnvName, EventKind};
 use shipgate_store::NewEvent;
 
@@ -43,8 +43,14 @@ impl Engine {
         });
     }
 
-    /// What `app` in `env` looks like now.
-    async fn observe_live(&self, app: &AppName, env: &EnvName) -> Observation {
+    /// What `app` in `env` looks like now, as far as `condition` needs: the figures that cost a
+    /// read of the store (sign-offs, backups) are read only for the conditions on them.
+    async fn observe_live(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        condition: &Condition,
+    ) -> Observation {
         let slot = (app.clone(), env.clone());
         let metrics = self.driver.router_metrics(env.as_str()).await;
         // What users met, injected faults included: a fault can test an alert. (The watch of
@@ -54,33 +60,10 @@ impl Engine {
             Some(i) => self.driver.status(&i.id).await.is_some_and(|s| s.healthy),
             None => true,
         };
-        let waiting = shipgate_store::PromotionFilter {
-            app: Some(app.clone()),
-            env: Some(env.clone()),
-            states: vec![shipgate_core::PromotionState::SigningOff],
-            limit: Some(1),
-            ..Default::default()
-        };
-        let signing_off = match self.store.promotions(waiting).await {
-            Ok(p) => !p.is_empty(),
-            Err(e) => {
-                tracing::warn!("alerts: could not read the sign-offs of {app} in {env}: {e}");
-                false
-            }
-        };
-        let has_data = self
-            .config()
-            .app(app)
-            .and_then(|a| a.data.as_ref())
-            .is_some_and(|d| d.locations.contains_key(env));
-        let backup_age_secs = if has_data {
-            Some(
-                self.backup_age(app, env)
-                    .await
-                    .map_or(f64::INFINITY, |d| d.as_secs_f64()),
-            )
-        } else {
-            None
+        let signing_off = *condition == Condition::SigningOff && self.signing_off(app, env).await;
+        let backup_age_secs = match condition {
+            Condition::BackupAgeAbove(_) => self.backup_age_secs(app, env).await,
+            _ => None,
         };
         Observation {
             signing_off,
@@ -95,6 +78,42 @@ impl Engine {
         }
     }
 
+    /// Whether a release of `app` waits for its sign-off in `env`.
+    async fn signing_off(&self, app: &AppName, env: &EnvName) -> bool {
+        let waiting = shipgate_store::PromotionFilter {
+            app: Some(app.clone()),
+            env: Some(env.clone()),
+            states: vec![shipgate_core::PromotionState::SigningOff],
+            limit: Some(1),
+            ..Default::default()
+        };
+        match self.store.promotions(waiting).await {
+            Ok(p) => !p.is_empty(),
+            Err(e) => {
+                tracing::warn!("alerts: could not read the sign-offs of {app} in {env}: {e}");
+                false
+            }
+        }
+    }
+
+    /// How old the newest restorable backup of `app`'s data in `env` is, in seconds: None
+    /// without data there, infinite without a restorable backup.
+    async fn backup_age_secs(&self, app: &AppName, env: &EnvName) -> Option<f64> {
+        let has_data = self
+            .config()
+            .app(app)
+            .and_then(|a| a.data.as_ref())
+            .is_some_and(|d| d.locations.contains_key(env));
+        if !has_data {
+            return None;
+        }
+        Some(
+            self.backup_age(app, env)
+                .await
+                .map_or(f64::INFINITY, |d| d.as_secs_f64()),
+        )
+    }
+
     /// One look at every alert. One look at a time; a transition is kept only once its event
     /// is written, so a failed write is tried again at the next look rather than lost.
     pub async fn judge_alerts(&self) -> Result<(), EngineError> {
@@ -107,7 +126,7 @@ impl Engine {
                 None => config.apps.iter().map(|a| a.name.clone()).collect(),
             };
             for app in apps {
-                let seen = self.observe_live(&app, &rule.env).await;
+                let seen = self.observe_live(&app, &rule.env, &rule.condition).await;
                 let holds = rule.condition.holds(&seen);
                 let key = (rule.name.clone(), app.clone());
                 let mut state = crate::locked(&self.alerts)
