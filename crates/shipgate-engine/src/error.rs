@@ -85,6 +85,12 @@ pub enum EngineError {
     /// Nothing waits for the decision asked for.
     #[error("{0}")]
     NothingToDecide(String),
+    /// A load test may not run as asked (nothing live, no gate to seed a baseline for).
+    #[error("{0}")]
+    LoadRefused(String),
+    /// A load test at the end of the flow without an admin and `load.allow`.
+    #[error("{0}")]
+    LoadForbidden(String),
     /// No sign-off of that release in that environment is under way or on record.
     #[error("{0}")]
     NoSignoff(String),

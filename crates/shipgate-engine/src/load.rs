@@ -250,7 +250,7 @@ impl Engine {
         let host = url.trim_start_matches("http://").to_owned();
         let addr = host
             .parse::<SocketAddr>()
-            .map_err(|e| EngineError::DataRefused(format!("{env} answers at {url}: {e}")))?;
+            .map_err(|e| EngineError::LoadRefused(format!("{env} answers at {url}: {e}")))?;
         Ok((addr, host))
     }
 
@@ -364,14 +364,14 @@ impl Engine {
         if shipgate_core::chaos::needs_admin(&config, env)
             && (!env_config.load_allow || grant.role != Role::Admin)
         {
-            return Err(EngineError::ChaosForbidden(format!(
+            return Err(EngineError::LoadForbidden(format!(
                 "{env} is at the end of the flow: load is sent there only by an admin, and only with [environments.{env}.load] allow = true in the config"
             )));
         }
         let mut cfg = match (&env_config.verify.load, baseline) {
             (Some(c), _) => c.clone(),
             (None, true) => {
-                return Err(EngineError::DataRefused(format!(
+                return Err(EngineError::LoadRefused(format!(
                     "{env} has no [environments.{env}.verify.load], so there is no gate to seed a baseline for"
                 )));
             }
@@ -386,7 +386,7 @@ impl Engine {
             }
         }
         let live = self.live_record(app, env).await?.ok_or_else(|| {
-            EngineError::NothingToRollBack(format!("nothing of {app} is live in {env} to load"))
+            EngineError::LoadRefused(format!("nothing of {app} is live in {env} to load"))
         })?;
         let kind = if baseline { "baseline" } else { "run" };
         let run = self

@@ -105,6 +105,8 @@ impl From<EngineError> for Problem {
                 }
             }
             EngineError::NoSignoff(_) => (StatusCode::CONFLICT, "nothing to sign off"),
+            EngineError::LoadRefused(_) => (StatusCode::CONFLICT, "load refused"),
+            EngineError::LoadForbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             EngineError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
             EngineError::Artifact(a) => match a {
                 ArtifactError::TooLarge { .. } => {
