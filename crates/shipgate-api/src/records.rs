@@ -227,6 +227,7 @@ impl TokenRecord {
             role: self.role,
             envs: self.envs.clone(),
             person: self.person.clone(),
+            also: Vec::new(),
         }
     }
 }

@@ -147,6 +147,29 @@ pub struct Grant {
     /// The person it belongs to, when not the one its name says.
     #[serde(default)]
     pub person: Option<String>,
+    /// Further roles of the same holder, each with its environments: a person signed in through
+    /// the identity provider has one for each of their groups that maps to a role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<Binding>,
+}
+
+/// One role, limited to some environments (none: all of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The role.
+    pub role: Role,
+    /// The environments it holds in; empty means every one.
+    pub envs: Vec<EnvScope>,
+}
+
+impl Binding {
+    /// Whether it holds in `env` (with no environment: only when it holds in every one).
+    pub fn covers(&self, env: Option<&EnvName>) -> bool {
+        match env {
+            Some(env) => self.envs.is_empty() || self.envs.iter().any(|s| s.covers(env)),
+            None => self.envs.is_empty(),
+        }
+    }
 }
 
 /// Why a request was refused, with whom to ask.
@@ -184,10 +207,60 @@ impl Grant {
         self.person.as_deref().unwrap_or(&self.name)
     }
 
-    /// Whether the token may do `action`, on `env` when the action concerns one. Managing tokens
-    /// needs an admin token limited to no environment, so no scoped token can widen itself;
-    /// freezing every environment at once needs a token limited to none.
+    /// Every role it holds, the first one first.
+    pub fn bindings(&self) -> impl Iterator<Item = Binding> + '_ {
+        std::iter::once(Binding {
+            role: self.role,
+            envs: self.envs.clone(),
+        })
+        .chain(self.also.iter().cloned())
+    }
+
+    /// Whether it holds `role` in `env` (with no environment: in every one).
+    pub fn has_role(&self, role: Role, env: Option<&EnvName>) -> bool {
+        self.bindings().any(|b| b.role == role && b.covers(env))
+    }
+
+    /// The grant as one of its roles: the first that may do `action` on `env`, else the first
+    /// that holds in `env`, else itself. What is recorded (an approval's role, a flag change's)
+    /// is the role that acted.
+    pub fn acting(&self, action: Action, env: Option<&EnvName>) -> Grant {
+        if self.also.is_empty() {
+            return self.clone();
+        }
+        let as_one = |b: Binding| Grant {
+            role: b.role,
+            envs: b.envs,
+            also: Vec::new(),
+            ..self.clone()
+        };
+        self.bindings()
+            .map(as_one)
+            .find(|g| g.check(action, env).is_ok())
+            .or_else(|| self.bindings().find(|b| b.covers(env)).map(as_one))
+            .unwrap_or_else(|| self.clone())
+    }
+
+    /// Whether records of `env` are in its scope (any of its roles).
+    pub fn sees(&self, env: &EnvName) -> bool {
+        self.bindings().any(|b| b.covers(Some(env)))
+    }
+
+    /// Whether the token may do `action`, on `env` when the action concerns one (with any of
+    /// its roles). Managing tokens needs an admin token limited to no environment, so no scoped
+    /// token can widen itself; freezing every environment at once needs a token limited to none.
     pub fn check(&self, action: Action, env: Option<&EnvName>) -> Result<(), Denied> {
+        let first = self.check_one(action, env);
+        if first.is_ok() || self.also.is_empty() {
+            return first;
+        }
+        if self.acting(action, env).check_one(action, env).is_ok() {
+            return Ok(());
+        }
+        first
+    }
+
+    fn check_one(&self, action: Action, env: Option<&EnvName>) -> Result<(), Denied> {
         let scoped = !self.envs.is_empty();
         let unscoped_only = matches!(
             action,
@@ -269,6 +342,7 @@ mod tests {
             role,
             envs: envs.iter().map(|e| EnvScope::parse(e).unwrap()).collect(),
             person: None,
+            also: Vec::new(),
         }
     }
 
@@ -348,6 +422,36 @@ mod tests {
         assert!(EnvScope::parse("*").is_err());
         assert!(EnvScope::parse("pre*view").is_err());
         assert_eq!(EnvScope::parse("staging").unwrap().env(), Some(staging));
+    }
+
+    #[test]
+    fn a_person_with_several_roles_acts_with_the_one_that_holds_where_they_act() {
+        let dev = EnvName::parse("development").unwrap();
+        let prod = EnvName::parse("production").unwrap();
+        let uat = EnvName::parse("uat").unwrap();
+        let person = Grant {
+            also: vec![Binding {
+                role: Role::Approver,
+                envs: vec![EnvScope::parse("production").unwrap()],
+            }],
+            ..grant(Role::Deployer, &["development"])
+        };
+        assert!(person.check(Action::Promote, Some(&dev)).is_ok());
+        assert!(person.check(Action::Approve, Some(&prod)).is_ok());
+        assert!(person.check(Action::Promote, Some(&prod)).is_err());
+        assert!(person.check(Action::Approve, Some(&dev)).is_err());
+        assert!(person.check(Action::Read, Some(&uat)).is_err());
+        assert_eq!(
+            person.acting(Action::Approve, Some(&prod)).role,
+            Role::Approver
+        );
+        assert_eq!(
+            person.acting(Action::Promote, Some(&dev)).role,
+            Role::Deployer
+        );
+        assert!(person.has_role(Role::Approver, Some(&prod)));
+        assert!(!person.has_role(Role::Approver, Some(&dev)));
+        assert!(person.sees(&prod) && person.sees(&dev) && !person.sees(&uat));
     }
 
     #[test]

@@ -32,8 +32,28 @@ pub struct Config {
     pub alerts: Vec<crate::alert::AlertRule>,
     /// How image registries are reached (`[registries."HOST[:PORT]"]`), by host.
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// `[secrets]`: who may set secrets besides admins.
+    pub secrets: SecretsPolicy,
     /// Every key of the file with its value as written, so a reload can name what changed.
     pub written: Written,
+}
+
+/// `[secrets]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecretsPolicy {
+    /// `deployers_write`: a deployer of an environment may set and remove its secrets (else
+    /// only admins may).
+    pub deployers_write: bool,
+}
+
+/// `vars.NAME = { secret = "SECRET" }`: a variable whose value is a secret kept in the store
+/// (or in the environment's `secrets_file`), sealed, of environment `env`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretRef {
+    /// The environment whose secret it is (a preview's come from the environment it copies).
+    pub env: EnvName,
+    /// The secret's name.
+    pub name: String,
 }
 
 /// The keys and values of a config file as written (comments and layout aside). Its `Debug`
@@ -90,6 +110,11 @@ pub struct ServerConfig {
     /// How long the engine's lease lasts unless renewed (`lease = "5s"`): when the server
     /// leading stops answering, another server on the same database takes over after it.
     pub lease: Duration,
+    /// `[server.oidc]`: the identity provider people sign in through; None: tokens only.
+    pub oidc: Option<crate::sso::OidcConfig>,
+    /// `secrets_key_env`: the environment variable holding the key secrets are sealed with;
+    /// None: the key file in `data_dir` (made at first start).
+    pub secrets_key_env: Option<String>,
 }
 
 /// `server.retention`: how much of the past is kept on disk.
@@ -371,6 +396,11 @@ pub struct EnvironmentConfig {
     pub listen: SocketAddr,
     /// Environment variables of every instance here.
     pub vars: BTreeMap<String, String>,
+    /// Variables whose values are secrets (`vars.NAME = { secret = "SECRET" }`), by variable.
+    pub secret_vars: BTreeMap<String, SecretRef>,
+    /// `secrets_file`: a file of `NAME=value` lines encrypted with age for the server's
+    /// recipient, whose values become this environment's secrets at start and at reload.
+    pub secrets_file: Option<PathBuf>,
     /// What a release must pass after the switch.
     pub verify: VerifyConfig,
     /// How long the replaced release keeps running after a switch, so a rollback is instant.
@@ -683,6 +713,15 @@ struct RawConfig {
     alerts: BTreeMap<Spanned<String>, RawAlert>,
     #[serde(default)]
     registries: BTreeMap<Spanned<String>, RawRegistry>,
+    #[serde(default)]
+    secrets: RawSecretsPolicy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSecretsPolicy {
+    #[serde(default)]
+    deployers_write: bool,
 }
 
 #[derive(Deserialize)]
@@ -731,7 +770,7 @@ struct RawTemplate {
     host_suffix: Option<Spanned<String>>,
     data: Option<RawTemplateData>,
     #[serde(default)]
-    vars: BTreeMap<Spanned<String>, Spanned<String>>,
+    vars: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
     #[serde(default)]
     secrets: Vec<Spanned<String>>,
     limits: Option<RawLimits>,
@@ -764,6 +803,8 @@ struct RawServer {
     watch_config: Option<bool>,
     retention: Option<RawRetention>,
     lease: Option<Spanned<String>>,
+    oidc: Option<Spanned<crate::sso::RawOidc>>,
+    secrets_key_env: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -848,7 +889,8 @@ struct RawEnvironment {
     after: Option<Spanned<String>>,
     listen: Spanned<String>,
     #[serde(default)]
-    vars: BTreeMap<Spanned<String>, Spanned<String>>,
+    vars: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    secrets_file: Option<Spanned<String>>,
     #[serde(default)]
     verify: RawVerify,
     #[serde(default)]
@@ -1009,10 +1051,10 @@ struct RawRequire {
 
 /// Collects problems while a raw config is turned into a [`Config`].
 #[derive(Default)]
-struct Problems(Vec<ConfigProblem>);
+pub(crate) struct Problems(Vec<ConfigProblem>);
 
 impl Problems {
-    fn add(
+    pub(crate) fn add(
         &mut self,
         span: Range<usize>,
         message: impl Into<String>,
@@ -1025,7 +1067,7 @@ impl Problems {
         });
     }
 
-    fn parse<T>(
+    pub(crate) fn parse<T>(
         &mut self,
         value: &Spanned<String>,
         parse: impl FnOnce(&str) -> Result<T, String>,
@@ -1119,6 +1161,9 @@ impl Config {
             notify,
             alerts,
             registries,
+            secrets: SecretsPolicy {
+                deployers_write: raw.secrets.deployers_write,
+            },
             written: Written(toml::from_str(src).unwrap_or_default()),
         })
     }
@@ -1257,6 +1302,19 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         None => None,
     }
     .unwrap_or(Duration::from_std(std::time::Duration::from_secs(5)));
+    let oidc = raw
+        .oidc
+        .as_ref()
+        .and_then(|o| crate::sso::oidc(o, problems));
+    let secrets_key_env = raw.secrets_key_env.as_ref().and_then(|e| {
+        problems.parse(e, |s| {
+            if is_variable_name(s) {
+                Ok(s.to_owned())
+            } else {
+                Err(format!("`secrets_key_env = \"{s}\"` names no environment variable: write the variable's name (SHIPGATE_SECRETS_KEY), never the key"))
+            }
+        })
+    });
     let public_url = raw.public_url.as_ref().and_then(|u| {
         problems.parse(u, |s| {
             let ok = (s.starts_with("http://") || s.starts_with("https://"))
@@ -1269,6 +1327,8 @@ fn server(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> ServerCon
         })
     });
     ServerConfig {
+        oidc,
+        secrets_key_env,
         retention,
         lease,
         listen,
@@ -2034,12 +2094,26 @@ fn environments(
             ));
             Some(addr)
         });
+        let (vars, secret_vars) = env_vars(&env.vars, parsed_name.as_ref(), problems);
+        let secrets_file = env.secrets_file.as_ref().map(|f| {
+            let path = server.config_dir.join(f.get_ref());
+            if !path.is_file() {
+                problems.add(
+                    f.span(),
+                    format!("secrets_file `{}` is not a file ({})", f.get_ref(), path.display()),
+                    "encrypt NAME=value lines for the server's recipient: age -r \"$(shipgate secret recipient)\" -o FILE, relative to the config file's folder".to_owned(),
+                );
+            }
+            path
+        });
         if let (Some(name), Some(listen)) = (parsed_name, listen) {
             envs.push(EnvironmentConfig {
                 name,
                 after,
                 listen,
-                vars: env_vars(&env.vars, problems),
+                vars,
+                secret_vars,
+                secrets_file,
                 verify,
                 standby,
                 drain,
@@ -2756,12 +2830,15 @@ fn templates(
             .verify
             .as_ref()
             .map(|v| verify(v, &server.config_dir, problems));
-        let vars = env_vars(&t.vars, problems);
+        let (vars, secret_vars) = env_vars(&t.vars, from.as_ref(), problems);
         let base = from
             .as_ref()
             .and_then(|f| envs.iter().find(|e| e.name == *f));
         for secret in &t.secrets {
-            if base.is_some_and(|b| !b.vars.contains_key(secret.get_ref())) {
+            if base.is_some_and(|b| {
+                !b.vars.contains_key(secret.get_ref())
+                    && !b.secret_vars.contains_key(secret.get_ref())
+            }) {
                 problems.add(
                     secret.span(),
                     format!(
@@ -2789,6 +2866,7 @@ fn templates(
                 host_suffix,
                 data_from,
                 vars,
+                secret_vars,
                 secrets,
                 limits,
                 hosts,
@@ -3172,38 +3250,69 @@ fn order(mut envs: Vec<EnvironmentConfig>) -> Vec<EnvironmentConfig> {
     ordered
 }
 
+/// Whether `name` is a name a shell can export: `[A-Za-z_][A-Za-z0-9_]*`.
+pub(crate) fn is_variable_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// An environment's `vars`: names a shell can export (`[A-Za-z_][A-Za-z0-9_]*`) and values
-/// without NUL, which no process environment can hold.
+/// without NUL, which no process environment can hold; or `{ secret = "NAME" }`, a secret of
+/// environment `secrets_of` (returned apart, by variable).
 fn env_vars(
-    raw: &BTreeMap<Spanned<String>, Spanned<String>>,
+    raw: &BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    secrets_of: Option<&EnvName>,
     problems: &mut Problems,
-) -> BTreeMap<String, String> {
+) -> (BTreeMap<String, String>, BTreeMap<String, SecretRef>) {
     let mut vars = BTreeMap::new();
+    let mut secret_vars = BTreeMap::new();
     for (name, value) in raw {
         let n = name.get_ref();
-        let valid_name = n
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid_name {
+        if !is_variable_name(n) {
             problems.add(
                 name.span(),
                 format!("`{n}` is not a variable name"),
                 "use letters, digits and `_`, not starting with a digit, for example LOG_LEVEL"
                     .to_owned(),
             );
-        } else if value.get_ref().contains('\0') {
-            problems.add(
+            continue;
+        }
+        match value.get_ref() {
+            toml::Value::String(v) if v.contains('\0') => problems.add(
                 value.span(),
                 format!("the value of `{n}` holds a NUL character, which no process environment can carry"),
                 "remove the \\u0000 from the value".to_owned(),
-            );
-        } else {
-            vars.insert(n.clone(), value.get_ref().clone());
+            ),
+            toml::Value::String(v) => {
+                vars.insert(n.clone(), v.clone());
+            }
+            toml::Value::Table(t)
+                if t.len() == 1
+                    && t.get("secret")
+                        .and_then(|s| s.as_str())
+                        .is_some_and(is_variable_name) =>
+            {
+                let secret = t.get("secret").and_then(|s| s.as_str()).unwrap_or_default();
+                if let Some(env) = secrets_of {
+                    secret_vars.insert(
+                        n.clone(),
+                        SecretRef {
+                            env: env.clone(),
+                            name: secret.to_owned(),
+                        },
+                    );
+                }
+            }
+            _ => problems.add(
+                value.span(),
+                format!("the value of `{n}` is neither text nor a secret"),
+                format!("write {n} = \"VALUE\", or {n} = {{ secret = \"NAME\" }} for a secret set with `shipgate secret set ENV NAME` (letters, digits and `_`)"),
+            ),
         }
     }
-    vars
+    (vars, secret_vars)
 }
 
 /// Parses a duration that a timeout or threshold is set to: zero would fail or pass everything.

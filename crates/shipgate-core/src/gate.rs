@@ -684,6 +684,7 @@ mod tests {
             role,
             envs: vec![],
             person: None,
+            also: Vec::new(),
         }
     }
 
@@ -795,6 +796,7 @@ mod tests {
         };
         let erin_ci = Grant {
             person: Some("erin".into()),
+            also: Vec::new(),
             ..grant("erin-ci", Role::Admin)
         };
         assert_eq!(
@@ -809,6 +811,7 @@ mod tests {
         // frank's second token is still frank: decisions are recorded under the person.
         let frank_laptop = Grant {
             person: Some("frank".into()),
+            also: Vec::new(),
             ..grant("frank-laptop", Role::Approver)
         };
         let earlier = [decision("frank", Role::Approver, Verdict::Approve)];

@@ -32,10 +32,11 @@ pub mod seccomp;
 pub mod secret;
 pub mod signoff;
 pub mod size;
+pub mod sso;
 pub mod template;
 pub mod window;
 
-pub use access::{Action, Denied, Grant, Role};
+pub use access::{Action, Binding, Denied, Grant, Role};
 pub use config::{
     AppConfig, ApprovalRule, Config, ConfigError, ConfigProblem, CrashLoop, EnvironmentConfig,
     HttpCheck, Requirements, ServerConfig, WatchRule,

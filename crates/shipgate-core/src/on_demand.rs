@@ -47,6 +47,8 @@ pub struct TemplateConfig {
     pub data_from: Option<EnvName>,
     /// Variables over those of `from`.
     pub vars: BTreeMap<String, String>,
+    /// Its own variables that are secrets of `from` (`{ secret = "NAME" }`).
+    pub secret_vars: BTreeMap<String, crate::config::SecretRef>,
     /// `secrets`: the secret variables of `from` its environments get too (default none: a
     /// preview never holds a staging password unless the template says so).
     pub secrets: Vec<String>,
@@ -185,6 +187,11 @@ impl TemplateConfig {
                 || !crate::parity::is_secret(name, &[Some(value)], &declared)
         });
         env.vars.extend(self.vars.clone());
+        // Secrets too: only those the template names (still the base's), and its own.
+        env.secret_vars
+            .retain(|name, _| self.secrets.contains(name));
+        env.secret_vars.extend(self.secret_vars.clone());
+        env.secrets_file = None;
         env.limits = base.limits.overridden_by(self.limits);
         if let Some(hosts) = &self.hosts {
             env.hosts.clone_from(hosts);
@@ -476,6 +483,7 @@ mod tests {
             host_suffix: Some(".preview.localhost".into()),
             data_from: None,
             vars: BTreeMap::new(),
+            secret_vars: BTreeMap::new(),
             limits: Limits::default(),
             hosts: None,
             verify: None,

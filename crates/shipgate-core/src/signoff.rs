@@ -244,6 +244,7 @@ mod tests {
             role,
             envs: vec![],
             person: None,
+            also: Vec::new(),
         }
     }
 
@@ -322,6 +323,7 @@ mod tests {
         );
         let dev = Grant {
             person: Some("dev".into()),
+            also: Vec::new(),
             ..grant("dev-laptop", Role::Admin)
         };
         assert!(

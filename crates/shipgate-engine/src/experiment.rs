@@ -147,6 +147,7 @@ impl Engine {
                     .into_iter()
                     .collect(),
                 person: None,
+                also: Vec::new(),
             },
         };
         let mut log = format!("experiment: {}\n", experiment.title);

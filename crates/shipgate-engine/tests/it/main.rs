@@ -745,6 +745,7 @@ fn admin() -> shipgate_core::Grant {
         role: shipgate_core::Role::Admin,
         envs: Vec::new(),
         person: None,
+        also: Vec::new(),
     }
 }
 
