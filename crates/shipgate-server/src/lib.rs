@@ -15,6 +15,7 @@ mod host_names;
 mod lead;
 mod load;
 mod notify;
+mod oidc;
 mod on_demand;
 mod openapi;
 mod problem;

@@ -1,0 +1,3 @@
+//! Single sign-on through an OpenID Connect provider.
+
+pub(crate) mod jwt;
