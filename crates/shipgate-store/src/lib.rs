@@ -8,11 +8,13 @@
 //! and on PostgreSQL (several servers, one of them leading under the lease).
 #![forbid(unsafe_code)]
 
+pub mod age;
 pub mod artifact;
 pub mod cluster;
 mod copy;
 mod model;
 mod schema;
+pub mod seal;
 mod sql;
 
 pub use artifact::{
