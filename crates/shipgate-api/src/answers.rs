@@ -424,3 +424,40 @@ pub struct DoraView {
     /// Per app and environment.
     pub figures: Vec<shipgate_core::dora::Figures>,
 }
+
+/// One secret of an environment: its newest version, never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretInfo {
+    /// The environment.
+    pub env: EnvName,
+    /// Its name.
+    pub name: String,
+    /// Its newest version (a removal is a version too).
+    pub version: i64,
+    /// Who set that version.
+    pub set_by: String,
+    /// When.
+    pub set_at: jiff::Timestamp,
+    /// `shipgate secret set`, `shipgate secret rm` or `secrets_file FILE`.
+    pub source: String,
+    /// The variables of the environment that are this secret.
+    pub used_by: Vec<String>,
+    /// Whether this version removed it.
+    pub removed: bool,
+}
+
+/// `PUT /api/v1/secrets/{env}/{name}`: the version set, and the promotions `deploy` asked for.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretSet {
+    /// The version set.
+    pub secret: SecretInfo,
+    /// The redeploys of the live releases that use it (with `deploy`).
+    pub promotions: Vec<Promotion>,
+}
+
+/// `GET /api/v1/secrets-recipient`: the age recipient `secrets_file`s are encrypted for.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretsRecipient {
+    /// `age1...`: `age -r RECIPIENT -o secrets.production.age secrets.production`.
+    pub recipient: String,
+}

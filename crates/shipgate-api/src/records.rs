@@ -217,6 +217,9 @@ pub struct TokenRecord {
     pub created_at: Timestamp,
     /// When it was revoked, if it was.
     pub revoked_at: Option<Timestamp>,
+    /// When it stops working (`token create --expires`); none: when revoked.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
 }
 
 impl TokenRecord {

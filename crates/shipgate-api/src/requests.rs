@@ -807,3 +807,24 @@ mod tests {
         assert!(retry(vec![3], true).unwrap_err().contains("not both"));
     }
 }
+
+/// `PUT /api/v1/secrets/{env}/{name}`: a new version of a secret. The value is never returned.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSetRequest {
+    /// The value (text without NUL).
+    #[schema(min_length = 1, max_length = 65536, pattern = "^[^\\u0000]+$")]
+    pub value: String,
+    /// Roll the live releases whose variables use it, through the environment's gates.
+    #[serde(default)]
+    pub deploy: bool,
+}
+
+impl std::fmt::Debug for SecretSetRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSetRequest")
+            .field("value", &"[secret]")
+            .field("deploy", &self.deploy)
+            .finish()
+    }
+}

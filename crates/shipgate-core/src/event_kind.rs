@@ -52,6 +52,14 @@ pub enum EventKind {
     TokenCreated,
     /// A token was revoked (`token.revoked`).
     TokenRevoked,
+    /// A secret got a new version (`secret.set`).
+    SecretSet,
+    /// A secret was removed; its versions stay for rollbacks (`secret.removed`).
+    SecretRemoved,
+    /// A person signed in through the identity provider (`session.signed_in`).
+    SignedIn,
+    /// A session ended: signed out, or refused at a refresh (`session.ended`).
+    SessionEnded,
     /// A host was added, with a join token (`host.added`).
     HostAdded,
     /// A host's agent joined and was issued its certificate (`host.joined`).
@@ -140,7 +148,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    const NAMED: [(EventKind, &'static str); 61] = [
+    const NAMED: [(EventKind, &'static str); 65] = [
         (Self::GatePassed, "gate.passed"),
         (Self::GateFailed, "gate.failed"),
         (Self::Approved, "approval.approved"),
@@ -202,6 +210,10 @@ impl EventKind {
         (Self::MigrationPassed, "migration.passed"),
         (Self::MigrationFailed, "migration.failed"),
         (Self::LoadRan, "load.ran"),
+        (Self::SecretSet, "secret.set"),
+        (Self::SecretRemoved, "secret.removed"),
+        (Self::SignedIn, "session.signed_in"),
+        (Self::SessionEnded, "session.ended"),
     ];
 
     /// Every kind, in a stable order (by family).
@@ -235,6 +247,8 @@ impl EventKind {
             | Self::EnvironmentDeleted => "environment",
             Self::InstanceCrashed | Self::InstanceRestarted | Self::InstanceGaveUp => "instance",
             Self::TokenCreated | Self::TokenRevoked => "token",
+            Self::SecretSet | Self::SecretRemoved => "secret",
+            Self::SignedIn | Self::SessionEnded => "session",
             Self::HostAdded | Self::HostJoined | Self::HostRemoved => "host",
             Self::DataRefreshed | Self::DataRefreshFailed => "data",
             Self::ServerLeading => "server",

@@ -64,6 +64,11 @@ impl Redactor {
         Self { secrets }
     }
 
+    /// This redactor and these `(name, value)` pairs too.
+    pub fn with(self, more: Vec<(String, String)>) -> Self {
+        Self::new(self.secrets.into_iter().chain(more).collect())
+    }
+
     /// `text` with every secret value replaced by `[secret NAME]`, and every credential
     /// shipgate mints (API, join and experiment tokens, OFREP keys) by `[secret token]`,
     /// whether or not this environment knows its value.

@@ -43,7 +43,7 @@ impl OidcConfig {
     pub fn bindings(&self, groups: &[String]) -> Vec<Binding> {
         let mut out: Vec<Binding> = Vec::new();
         for line in &self.roles {
-            if groups.iter().any(|g| *g == line.group) && !out.contains(&line.binding) {
+            if groups.contains(&line.group) && !out.contains(&line.binding) {
                 out.push(line.binding.clone());
             }
         }

@@ -142,6 +142,10 @@ impl Engine {
                 "the router serves nothing, not the recorded {label}"
             )),
         }
+        found
+            .undeployed
+            .extend(self.undeployed_secrets(live.promotion_id).await);
+        let drift = &mut found.drift;
         let Some(instance) = self.live_instance(&slot) else {
             drift.push(format!("no instance of {label} runs"));
             return found;

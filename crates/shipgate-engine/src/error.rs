@@ -91,6 +91,18 @@ pub enum EngineError {
     /// A load test at the end of the flow without an admin and `load.allow`.
     #[error("{0}")]
     LoadForbidden(String),
+    /// The secrets key or a `secrets_file` cannot be used (the server refuses to start).
+    #[error("{0}")]
+    Secrets(String),
+    /// Setting or removing a secret without the role for it.
+    #[error("{0}")]
+    SecretsForbidden(String),
+    /// A secret refused as asked (its name, an empty value).
+    #[error("{0}")]
+    SecretRefused(String),
+    /// No such secret.
+    #[error("{0}")]
+    NoSuchSecret(String),
     /// No sign-off of that release in that environment is under way or on record.
     #[error("{0}")]
     NoSignoff(String),

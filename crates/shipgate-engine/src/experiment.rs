@@ -106,6 +106,7 @@ impl Engine {
                     envs: vec![scope],
                     hash: shipgate_core::secret::hash(&secret),
                     person: None,
+                    expires_at: None,
                 },
                 crate::SYSTEM,
             )

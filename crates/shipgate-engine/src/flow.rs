@@ -748,10 +748,21 @@ impl Engine {
 
     /// What replaces the secret values of `env` in any text stored or shown.
     pub fn redactor(&self, env: &EnvName) -> shipgate_core::secret::Redactor {
-        self.config()
+        let config = self.config();
+        let mut redactor = config
             .environment(env)
             .map(shipgate_core::secret::Redactor::of)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let mut known = self.vault.known(env);
+        if let Some(e) = config.environment(env) {
+            for r in e.secret_vars.values().filter(|r| r.env != *env) {
+                known.extend(self.vault.known(&r.env));
+            }
+        }
+        if !known.is_empty() {
+            redactor = redactor.with(known);
+        }
+        redactor
     }
 
     /// The variables offered to `run` and `verify.tests` (`${URL}` ...), also exported as `SHIPGATE_*`.
@@ -903,11 +914,13 @@ impl Engine {
                 p.app, p.app
             ));
         }
+        let mut env = self.exported_env(&p.env, &vars);
+        env.extend(self.secret_env(p).await?);
         let req = StartInstance {
             instance_id: id.clone(),
             release_dir: self.artifacts.release_dir(&p.digest),
             command: app.run.clone(),
-            env: self.exported_env(&p.env, &vars),
+            env,
             template_vars: vars,
             health_path: app.health.clone(),
             health_timeout: app.health_timeout.as_std(),

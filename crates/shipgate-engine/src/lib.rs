@@ -29,6 +29,7 @@ mod parity;
 mod reconcile;
 mod report;
 mod retention;
+pub mod secrets;
 mod signoff;
 mod standby;
 mod stop;
@@ -134,6 +135,8 @@ pub struct Engine {
     judging: tokio::sync::Mutex<()>,
     /// Each canary rollout under way.
     rollouts: Mutex<canary::Rollouts>,
+    /// The key secrets are sealed with, and the age identity of `secrets_file`s.
+    vault: Arc<secrets::Vault>,
 }
 
 /// Binds every environment's router (or updates it where the data plane already has it), and
@@ -217,7 +220,9 @@ impl Engine {
         )
         .await?;
         let flag_secret = flags::instance_secret(store.as_ref()).await?;
+        let vault = Arc::new(secrets::Vault::open(&config, store.as_ref()).await?);
         let engine = Arc::new(Engine {
+            vault,
             flag_secret,
             config: std::sync::RwLock::new(config),
             store,
@@ -251,6 +256,9 @@ impl Engine {
         engine.sample_traffic();
         engine.scan_drift_periodically();
         engine.interrupted_backups().await?;
+        for said in engine.import_secrets_files().await? {
+            tracing::info!("{said}");
+        }
         engine.reconcile().await?;
         // After reconciling: what runs (and its standbys) is known, so retention spares it.
         engine.collect_garbage_periodically();

@@ -68,6 +68,10 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         POST "/backups/{id}/drill" => crate::backup::drill,
         POST "/load" => crate::load::run,
         GET "/load" => crate::load::list,
+        PUT "/secrets/{env}/{name}" => crate::secrets::set,
+        DELETE "/secrets/{env}/{name}" => crate::secrets::remove,
+        GET "/secrets/{env}" => crate::secrets::list,
+        GET "/secrets-recipient" => crate::secrets::recipient,
         POST "/signoffs" => sign_off,
         GET "/diff" => diff,
         POST "/data/refresh" => refresh_data,
@@ -1000,6 +1004,7 @@ async fn create_token(
         envs,
         hash: crate::auth::hash_token(&secret),
         person: person.map(str::to_owned),
+        expires_at: None,
     };
     let record = state
         .engine

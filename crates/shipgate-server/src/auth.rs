@@ -71,6 +71,7 @@ pub(crate) async fn ensure_admin_token(store: &dyn Store, data_dir: &Path) -> an
                 envs: Vec::new(),
                 hash,
                 person: None,
+                expires_at: None,
             },
             crate::api::SYSTEM,
         )

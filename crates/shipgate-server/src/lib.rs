@@ -20,6 +20,7 @@ mod on_demand;
 mod openapi;
 mod problem;
 pub mod reload;
+mod secrets;
 mod toxiproxy;
 mod ui;
 

@@ -5,7 +5,8 @@
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
     DecisionRecorded, DoraView, FlagPromotion, FlagView, GcReport, Joined, LoadReport, LogChunk,
-    NotifyView, OnDemandView, Problem, ProxyFaultView, ReleaseDetail, Reloaded, SignoffStatus,
+    NotifyView, OnDemandView, Problem, ProxyFaultView, ReleaseDetail, Reloaded, SecretInfo, SecretSet,
+    SecretsRecipient, SignoffStatus,
     TrafficProbe,
 };
 use shipgate_api::data::DataMessage;
@@ -20,7 +21,7 @@ use shipgate_api::requests::{
     FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery,
     FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LoadRequestBody,
     LogsQuery, NotifyRetryRequest, NotifyTestRequest, OnDemandRequest, PromoteRequest,
-    ReleaseQuery, RestoreRequest, RollbackRequest, SetFlagRequest, SignoffQuery, SignoffRequest,
+    ReleaseQuery, RestoreRequest, RollbackRequest, SecretSetRequest, SetFlagRequest, SignoffQuery, SignoffRequest,
     TokenRequest, TrafficProbeQuery,
 };
 use shipgate_api::status::{AppStatus, CanaryView, HistoryEntry, HostView, LeaderView};
@@ -63,6 +64,10 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::drill_backup,
         declared::load_run,
         declared::load_runs,
+        declared::set_secret,
+        declared::remove_secret,
+        declared::list_secrets,
+        declared::secrets_recipient,
         declared::diff,
         declared::refresh_data,
         declared::check_data,
@@ -464,6 +469,44 @@ mod declared {
             (status = 201, description = "the run", body = LoadReport),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn load_run() {}
+
+    /// Set a new version of a secret of an environment (admin; a deployer of it with
+    /// `[secrets] deployers_write`). The value goes in the body and is never returned; with
+    /// `deploy`, the live releases that use it are promoted again through the environment's
+    /// gates. Audited (name and version only).
+    #[utoipa::path(put, path = "/api/v1/secrets/{env}/{name}", operation_id = "setSecret",
+        params(("env" = shipgate_core::EnvName, Path, description = "the environment"),
+            ("name" = String, Path, description = "the secret's name", pattern = "^[A-Za-z_][A-Za-z0-9_]{0,127}$")),
+        request_body = SecretSetRequest,
+        responses(
+            (status = 200, description = "the version set", body = SecretSet),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn set_secret() {}
+
+    /// Remove a secret (who may set it): its versions stay for rollbacks; the next deploy of a
+    /// release that uses it fails until it is set again.
+    #[utoipa::path(delete, path = "/api/v1/secrets/{env}/{name}", operation_id = "removeSecret",
+        params(("env" = shipgate_core::EnvName, Path, description = "the environment"),
+            ("name" = String, Path, description = "the secret's name", pattern = "^[A-Za-z_][A-Za-z0-9_]{0,127}$")),
+        responses(
+            (status = 200, description = "the removal, as a version", body = SecretInfo),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn remove_secret() {}
+
+    /// The secrets of an environment: names and versions, never values.
+    #[utoipa::path(get, path = "/api/v1/secrets/{env}", operation_id = "listSecrets",
+        params(("env" = shipgate_core::EnvName, Path, description = "the environment")),
+        responses(
+            (status = 200, description = "its secrets", body = Vec<SecretInfo>),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn list_secrets() {}
+
+    /// The age recipient that `secrets_file`s are encrypted for.
+    #[utoipa::path(get, path = "/api/v1/secrets-recipient", operation_id = "secretsRecipient",
+        responses(
+            (status = 200, description = "the recipient", body = SecretsRecipient),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn secrets_recipient() {}
 
     /// The load test runs of an app in an environment, newest first.
     #[utoipa::path(get, path = "/api/v1/load", operation_id = "loadRuns", params(AppEnv),

@@ -107,6 +107,9 @@ impl From<EngineError> for Problem {
             EngineError::NoSignoff(_) => (StatusCode::CONFLICT, "nothing to sign off"),
             EngineError::LoadRefused(_) => (StatusCode::CONFLICT, "load refused"),
             EngineError::LoadForbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            EngineError::SecretsForbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            EngineError::SecretRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "secret refused"),
+            EngineError::NoSuchSecret(_) => (StatusCode::NOT_FOUND, "no such secret"),
             EngineError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
             EngineError::Artifact(a) => match a {
                 ArtifactError::TooLarge { .. } => {
@@ -131,7 +134,10 @@ impl From<EngineError> for Problem {
             EngineError::Store(StoreError::Fenced { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "not the leader")
             }
-            EngineError::Store(_) | EngineError::DataPlane(_) | EngineError::CannotIsolate(_) => {
+            EngineError::Store(_)
+            | EngineError::DataPlane(_)
+            | EngineError::CannotIsolate(_)
+            | EngineError::Secrets(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
             }
         };

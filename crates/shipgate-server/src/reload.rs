@@ -99,6 +99,14 @@ impl Reloader {
         }
         let changes = shipgate_core::reload::changes(old, &new);
         if changes.is_empty() {
+            // A secrets_file may have changed under the same name: read again.
+            let imported = engine
+                .import_secrets_files()
+                .await
+                .map_err(|e| NotReloaded::Refused(e.to_string()))?;
+            for line in &imported {
+                tracing::info!("reload: {line}");
+            }
             return Ok(Reload::Unchanged);
         }
         if old.server.data_plane == DataPlane::Server {

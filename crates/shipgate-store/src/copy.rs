@@ -130,6 +130,7 @@ const TABLES: &[(&str, &str, &[Column])] = &[
             ("revoked_at", T),
             ("envs", T),
             ("person", T),
+            ("expires_at", T),
         ],
     ),
     (
@@ -296,6 +297,32 @@ const TABLES: &[(&str, &str, &[Column])] = &[
             ("figures", T),
             ("compared_with", I),
             ("at", T),
+        ],
+    ),
+    ("secrets_key", "id", &[("id", T), ("created_at", T)]),
+    (
+        "secrets",
+        "env, name, version",
+        &[
+            ("env", T),
+            ("name", T),
+            ("version", I),
+            ("sealed", T),
+            ("key_id", T),
+            ("source", T),
+            ("set_by", T),
+            ("set_at", T),
+        ],
+    ),
+    (
+        "deployed_secrets",
+        "promotion_id, var",
+        &[
+            ("promotion_id", I),
+            ("var", T),
+            ("env", T),
+            ("name", T),
+            ("version", I),
         ],
     ),
     (

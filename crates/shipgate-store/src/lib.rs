@@ -165,6 +165,46 @@ pub trait Store: Send + Sync {
     async fn record_load_run(&self, run: NewLoadRun, event: NewEvent) -> Result<LoadRun>;
     /// The load test runs of `app` in `env`, newest first.
     async fn load_runs(&self, app: &AppName, env: &EnvName) -> Result<Vec<LoadRun>>;
+    /// The id of the key the store's secrets are sealed with: the one recorded first, or `id`
+    /// when none was (recorded now).
+    async fn claim_secrets_key(&self, id: &str) -> Result<String>;
+    /// The id of the key the store's secrets are sealed with, once one was claimed.
+    async fn secrets_key_id(&self) -> Result<Option<String>>;
+    /// Records the next version of a secret (a removal when it has no value), with its event.
+    async fn set_secret(&self, secret: NewSecret, actor: &str) -> Result<SecretVersion>;
+    /// Every version of every secret of `env`, by name then version.
+    async fn secrets(&self, env: &EnvName) -> Result<Vec<SecretVersion>>;
+    /// Records which secret versions a promotion's instances got (replacing what it had).
+    async fn record_deployed_secrets(
+        &self,
+        promotion: PromotionId,
+        secrets: &[DeployedSecret],
+    ) -> Result<()>;
+    /// The secret versions a promotion's instances got.
+    async fn deployed_secrets(&self, promotion: PromotionId) -> Result<Vec<DeployedSecret>>;
+    /// Keeps a new session (and the sign-in's event).
+    async fn insert_session(&self, session: &SessionRecord, event: Option<NewEvent>) -> Result<()>;
+    /// The session whose id hashes to `id_hash`, unless it ended.
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>>;
+    /// A session's roles and provider tokens after a refresh at the provider.
+    async fn refresh_session(
+        &self,
+        id_hash: &str,
+        grant: &shipgate_core::Grant,
+        sealed_refresh: Option<&[u8]>,
+        idp_expires_at: Option<jiff::Timestamp>,
+    ) -> Result<()>;
+    /// Ends a session (and records why, when there is an event).
+    async fn end_session(&self, id_hash: &str, event: Option<NewEvent>) -> Result<()>;
+    /// Keeps a sign-in under way at the identity provider until `expires_at`.
+    async fn insert_sign_in(
+        &self,
+        state_hash: &str,
+        payload: &str,
+        expires_at: jiff::Timestamp,
+    ) -> Result<()>;
+    /// Takes a sign-in under way (once: a second take finds nothing), unless it expired.
+    async fn take_sign_in(&self, state_hash: &str) -> Result<Option<String>>;
     /// Records a backup as `running`, before its files are written.
     async fn start_backup(&self, backup: NewBackup) -> Result<BackupRecord>;
     /// Moves a backup on (taken, failed, interrupted, drilled, pruned) with its event; refused

@@ -346,6 +346,8 @@ pub struct NewToken {
     /// The person it belongs to, when not the one its name says: one person's tokens count
     /// as one approver, and never approve what that person caused.
     pub person: Option<String>,
+    /// When it stops working; None: when revoked.
+    pub expires_at: Option<jiff::Timestamp>,
 }
 
 /// What one app answered in one environment during one sample period of the traffic history.
@@ -415,4 +417,80 @@ pub enum AttemptOutcome {
     },
     /// Given up: on the dead-letter list.
     Dead,
+}
+
+/// A new version of a secret (or its removal: no value).
+#[derive(Debug, Clone)]
+pub struct NewSecret {
+    /// The environment it belongs to.
+    pub env: EnvName,
+    /// Its name.
+    pub name: String,
+    /// The value sealed with the secrets key; None: removed.
+    pub sealed: Option<Vec<u8>>,
+    /// The id of the key it is sealed with.
+    pub key_id: String,
+    /// Where it came from (`shipgate secret set`, `secrets_file FILE`).
+    pub source: String,
+}
+
+/// One version of a secret as kept: its value only sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretVersion {
+    /// The environment it belongs to.
+    pub env: EnvName,
+    /// Its name.
+    pub name: String,
+    /// Its version, from 1.
+    pub version: i64,
+    /// The sealed value; None: this version removed the secret.
+    pub sealed: Option<Vec<u8>>,
+    /// The id of the key it is sealed with.
+    pub key_id: String,
+    /// Where it came from.
+    pub source: String,
+    /// Who set it.
+    pub set_by: String,
+    /// When.
+    pub set_at: jiff::Timestamp,
+}
+
+/// A secret version one promotion's instances got, as the variable `var`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployedSecret {
+    /// The variable.
+    pub var: String,
+    /// The environment the secret belongs to.
+    pub env: EnvName,
+    /// The secret.
+    pub name: String,
+    /// Its version.
+    pub version: i64,
+}
+
+/// A signed-in browser or command line: a token pasted on the dashboard (`token`), or a
+/// person signed in through the identity provider (`oidc`). Only the hash of its id is kept.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// sha256 of the session's id (the cookie, or the CLI's token).
+    pub id_hash: String,
+    /// `token`, `oidc` or `cli`.
+    pub kind: String,
+    /// The hash of the pasted token (a `token` session), which must stay unrevoked.
+    pub token_hash: Option<String>,
+    /// What the session may do: a person's roles, read from their groups at sign-in and at
+    /// each refresh.
+    pub grant: shipgate_core::Grant,
+    /// The person's email, if the provider gave one.
+    pub email: Option<String>,
+    /// The provider's refresh token, sealed with the secrets key.
+    pub sealed_refresh: Option<Vec<u8>>,
+    /// When the provider's ID token ends: the roles are read again then.
+    pub idp_expires_at: Option<jiff::Timestamp>,
+    /// The CSRF token of the dashboard's forms.
+    pub csrf: String,
+    /// When it began.
+    pub created_at: jiff::Timestamp,
+    /// When it ends at the latest.
+    pub expires_at: jiff::Timestamp,
 }

@@ -347,6 +347,24 @@ CREATE TABLE load_runs (
 );
 CREATE INDEX load_runs_app_env ON load_runs (app, env, id);
 "#,
+    r#"
+CREATE TABLE secrets_key (id TEXT PRIMARY KEY, created_at TEXT NOT NULL);
+CREATE TABLE secrets (
+    env TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, sealed TEXT, key_id TEXT NOT NULL,
+    source TEXT NOT NULL, set_by TEXT NOT NULL, set_at TEXT NOT NULL, PRIMARY KEY (env, name, version)
+);
+CREATE TABLE deployed_secrets (
+    promotion_id INTEGER NOT NULL, var TEXT NOT NULL, env TEXT NOT NULL, name TEXT NOT NULL,
+    version INTEGER NOT NULL, PRIMARY KEY (promotion_id, var)
+);
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY, kind TEXT NOT NULL, token_hash TEXT, grant_json TEXT NOT NULL,
+    email TEXT, sealed_refresh TEXT, idp_expires_at TEXT, csrf TEXT NOT NULL,
+    created_at TEXT NOT NULL, expires_at TEXT NOT NULL
+);
+CREATE TABLE sign_ins (state_hash TEXT PRIMARY KEY, payload TEXT NOT NULL, expires_at TEXT NOT NULL);
+ALTER TABLE tokens ADD COLUMN expires_at TEXT;
+"#,
 ];
 
 /// PostgreSQL's schema: its first migration is SQLite's first seven at once. Integers are
@@ -511,5 +529,23 @@ CREATE TABLE load_runs (
     verdict TEXT NOT NULL, figures TEXT NOT NULL, compared_with BIGINT, at TEXT NOT NULL
 );
 CREATE INDEX load_runs_app_env ON load_runs (app, env, id);
+"#,
+    r#"
+CREATE TABLE secrets_key (id TEXT PRIMARY KEY, created_at TEXT NOT NULL);
+CREATE TABLE secrets (
+    env TEXT NOT NULL, name TEXT NOT NULL, version BIGINT NOT NULL, sealed TEXT, key_id TEXT NOT NULL,
+    source TEXT NOT NULL, set_by TEXT NOT NULL, set_at TEXT NOT NULL, PRIMARY KEY (env, name, version)
+);
+CREATE TABLE deployed_secrets (
+    promotion_id BIGINT NOT NULL, var TEXT NOT NULL, env TEXT NOT NULL, name TEXT NOT NULL,
+    version BIGINT NOT NULL, PRIMARY KEY (promotion_id, var)
+);
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY, kind TEXT NOT NULL, token_hash TEXT, grant_json TEXT NOT NULL,
+    email TEXT, sealed_refresh TEXT, idp_expires_at TEXT, csrf TEXT NOT NULL,
+    created_at TEXT NOT NULL, expires_at TEXT NOT NULL
+);
+CREATE TABLE sign_ins (state_hash TEXT PRIMARY KEY, payload TEXT NOT NULL, expires_at TEXT NOT NULL);
+ALTER TABLE tokens ADD COLUMN expires_at TEXT;
 "#,
 ];

@@ -25,6 +25,7 @@ mod flags;
 mod load;
 mod notify;
 mod on_demand;
+mod secrets;
 mod signoff;
 
 use crate::schema::{self, Backend};
@@ -1031,6 +1032,72 @@ impl Store for SqlStore {
         SqlStore::load_runs(self, app, env).await
     }
 
+    async fn claim_secrets_key(&self, id: &str) -> Result<String> {
+        SqlStore::claim_secrets_key(self, id).await
+    }
+
+    async fn secrets_key_id(&self) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT id FROM secrets_key ORDER BY created_at LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading the secrets key's id"))
+    }
+
+    async fn set_secret(&self, secret: NewSecret, actor: &str) -> Result<SecretVersion> {
+        SqlStore::set_secret(self, secret, actor).await
+    }
+
+    async fn secrets(&self, env: &EnvName) -> Result<Vec<SecretVersion>> {
+        SqlStore::secrets(self, env).await
+    }
+
+    async fn record_deployed_secrets(
+        &self,
+        promotion: PromotionId,
+        secrets: &[DeployedSecret],
+    ) -> Result<()> {
+        SqlStore::record_deployed_secrets(self, promotion, secrets).await
+    }
+
+    async fn deployed_secrets(&self, promotion: PromotionId) -> Result<Vec<DeployedSecret>> {
+        SqlStore::deployed_secrets(self, promotion).await
+    }
+
+    async fn insert_session(&self, session: &SessionRecord, event: Option<NewEvent>) -> Result<()> {
+        SqlStore::insert_session(self, session, event).await
+    }
+
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>> {
+        SqlStore::session(self, id_hash).await
+    }
+
+    async fn refresh_session(
+        &self,
+        id_hash: &str,
+        grant: &shipgate_core::Grant,
+        sealed_refresh: Option<&[u8]>,
+        idp_expires_at: Option<Timestamp>,
+    ) -> Result<()> {
+        SqlStore::refresh_session(self, id_hash, grant, sealed_refresh, idp_expires_at).await
+    }
+
+    async fn end_session(&self, id_hash: &str, event: Option<NewEvent>) -> Result<()> {
+        SqlStore::end_session(self, id_hash, event).await
+    }
+
+    async fn insert_sign_in(
+        &self,
+        state_hash: &str,
+        payload: &str,
+        expires_at: Timestamp,
+    ) -> Result<()> {
+        SqlStore::insert_sign_in(self, state_hash, payload, expires_at).await
+    }
+
+    async fn take_sign_in(&self, state_hash: &str) -> Result<Option<String>> {
+        SqlStore::take_sign_in(self, state_hash).await
+    }
+
     async fn start_backup(&self, b: NewBackup) -> Result<BackupRecord> {
         SqlStore::start_backup(self, b).await
     }
@@ -1424,13 +1491,14 @@ impl Store for SqlStore {
         }
         let created_at = now();
         let envs: Vec<&str> = t.envs.iter().map(shipgate_core::EnvScope::as_str).collect();
-        let id: i64 = sqlx::query_scalar("INSERT INTO tokens (name, role, hash, created_at, envs, person) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
+        let id: i64 = sqlx::query_scalar("INSERT INTO tokens (name, role, hash, created_at, envs, person, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id")
             .bind(&t.name)
             .bind(t.role.as_str())
             .bind(&t.hash)
             .bind(created_at.to_string())
             .bind(serde_json::to_string(&envs).unwrap_or_else(|_| "[]".into()))
             .bind(t.person.clone())
+            .bind(t.expires_at.map(|e| e.to_string()))
             .fetch_one(&mut *tx)
             .await
             .map_err(db("storing a token"))?;
@@ -1462,11 +1530,12 @@ impl Store for SqlStore {
             person: t.person,
             created_at,
             revoked_at: None,
+            expires_at: t.expires_at,
         })
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT id, name, role, envs, person, created_at, revoked_at FROM tokens WHERE hash = $1 AND revoked_at IS NULL")
+        let row = sqlx::query("SELECT id, name, role, envs, person, created_at, revoked_at, expires_at FROM tokens WHERE hash = $1 AND revoked_at IS NULL")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await
@@ -1475,7 +1544,7 @@ impl Store for SqlStore {
     }
 
     async fn revoked_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT id, name, role, envs, person, created_at, revoked_at FROM tokens WHERE hash = $1 AND revoked_at IS NOT NULL")
+        let row = sqlx::query("SELECT id, name, role, envs, person, created_at, revoked_at, expires_at FROM tokens WHERE hash = $1 AND revoked_at IS NOT NULL")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await
@@ -1485,7 +1554,7 @@ impl Store for SqlStore {
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>> {
         sqlx::query(
-            "SELECT id, name, role, envs, person, created_at, revoked_at FROM tokens ORDER BY id",
+            "SELECT id, name, role, envs, person, created_at, revoked_at, expires_at FROM tokens ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
@@ -1498,7 +1567,7 @@ impl Store for SqlStore {
     async fn revoke_token(&self, name: &str, actor: &str) -> Result<TokenRecord> {
         let (_w, mut tx) = self.begin().await?;
         let active: Vec<shipgate_core::Grant> = sqlx::query(
-            "SELECT id, name, role, envs, person, created_at, revoked_at FROM tokens WHERE revoked_at IS NULL",
+            "SELECT id, name, role, envs, person, created_at, revoked_at, expires_at FROM tokens WHERE revoked_at IS NULL",
         )
         .fetch_all(&mut *tx)
         .await
@@ -1524,7 +1593,7 @@ impl Store for SqlStore {
             )));
         }
         let row = sqlx::query(
-            "SELECT id, name, role, envs, person, created_at, revoked_at FROM tokens WHERE name = $1",
+            "SELECT id, name, role, envs, person, created_at, revoked_at, expires_at FROM tokens WHERE name = $1",
         )
         .bind(name)
         .fetch_one(&mut *tx)
@@ -2205,5 +2274,6 @@ fn token_from(row: &AnyRow) -> Result<TokenRecord> {
         person: get(row, "person")?,
         created_at: get_time(row, "created_at")?,
         revoked_at: get_time_opt(row, "revoked_at")?,
+        expires_at: get_time_opt(row, "expires_at")?,
     })
 }

@@ -342,6 +342,11 @@ pub enum Command {
     /// environment's `verify.load` gate compares the next release with.
     #[command(subcommand)]
     Load(LoadCommand),
+    /// Secrets of an environment, sealed in the store and versioned: set one (the value from
+    /// stdin, never from the command line), list them (names and versions, never values),
+    /// remove one, or print the recipient `secrets_file`s are encrypted for.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Backups of an environment's data, each proven by a restore drill: take one, list them,
     /// show one, restore one (admin, with a reason).
     #[command(subcommand)]
@@ -742,6 +747,46 @@ pub enum LoadCommand {
         #[arg(long)]
         env: EnvName,
     },
+}
+
+/// `shipgate secret ...`.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Set a new version of a secret; the value is read from stdin (one trailing newline is
+    /// dropped). It reaches instances at their next deploy; `--deploy` does that now, through
+    /// the environment's gates.
+    #[command(
+        after_help = "Examples:\n  printf %s \"$PW\" | shipgate secret set production DB_PASSWORD\n  shipgate secret set production DB_PASSWORD --deploy < new-password.txt"
+    )]
+    Set {
+        /// The environment.
+        env: EnvName,
+        /// The secret's name (what `vars.X = { secret = \"NAME\" }` names).
+        name: String,
+        /// Roll the live releases that use it now.
+        #[arg(long)]
+        deploy: bool,
+    },
+    /// The secrets of an environment: names, versions, who set them, which variables use them.
+    #[command(after_help = "Examples:\n  shipgate secret list production")]
+    List {
+        /// The environment.
+        env: EnvName,
+    },
+    /// Remove a secret: its versions stay for rollbacks; the next deploy that needs it fails
+    /// until it is set again.
+    #[command(after_help = "Examples:\n  shipgate secret rm production OLD_API_KEY")]
+    Rm {
+        /// The environment.
+        env: EnvName,
+        /// The secret's name.
+        name: String,
+    },
+    /// Print the age recipient to encrypt a `secrets_file` for.
+    #[command(
+        after_help = "Examples:\n  age -r \"$(shipgate secret recipient)\" -o secrets.production.age secrets.production"
+    )]
+    Recipient,
 }
 
 /// `shipgate backup ...`.

@@ -242,6 +242,16 @@ impl Client {
             .await
     }
 
+    /// PUT a JSON body.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(|base| Ok(self.http.put(Self::url(base, path)).json(body)))
+            .await
+    }
+
     /// POST a JSON body and hand each JSON line of the streamed answer to `each`.
     pub async fn post_lines<B: Serialize, T: DeserializeOwned>(
         &self,

@@ -207,6 +207,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Signoff(args) => signoff::run(g, out, args).await,
         Command::Backup(command) => backup::run(g, out, command).await,
         Command::Load(command) => load(g, out, command).await,
+        Command::Secret(command) => secret(g, out, command).await,
         Command::Notify(command) => notify::run(g, out, command).await,
         Command::Dora { app, days } => notify::dora(g, out, app, days).await,
         Command::Host(crate::cli::HostCommand::List) => hosts(g, out).await,
@@ -781,4 +782,98 @@ async fn load(
         shipgate_core::load::LoadVerdict::Pass(_) => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
+}
+
+/// `shipgate secret set|list|rm|recipient`: values only from stdin, never shown.
+async fn secret(
+    g: &Global,
+    out: Printer,
+    command: crate::cli::SecretCommand,
+) -> anyhow::Result<ExitCode> {
+    use crate::cli::SecretCommand;
+    use shipgate_api::answers::{SecretInfo, SecretSet, SecretsRecipient};
+    let client = crate::client::connect(g)?;
+    match command {
+        SecretCommand::Set { env, name, deploy } => {
+            use std::io::{IsTerminal, Read};
+            if std::io::stdin().is_terminal() {
+                eprintln!("type the value of {name}, then Enter and Ctrl-D:");
+            }
+            let mut value = String::new();
+            std::io::stdin()
+                .read_to_string(&mut value)
+                .context("reading the value from stdin")?;
+            if let Some(v) = value.strip_suffix('\n') {
+                value = v.strip_suffix('\r').unwrap_or(v).to_owned();
+            }
+            if value.is_empty() {
+                anyhow::bail!(
+                    "no value on stdin: send it there, e.g. `printf %s \"$VALUE\" | shipgate secret set {env} {name}`"
+                );
+            }
+            let body = shipgate_api::requests::SecretSetRequest { value, deploy };
+            let set: SecretSet = client.put(&format!("/secrets/{env}/{name}"), &body).await?;
+            out.print(&set, |s| {
+                let mut text = format!(
+                    "secret {} of {} is now version {}",
+                    s.secret.name, s.secret.env, s.secret.version
+                );
+                if s.secret.used_by.is_empty() {
+                    text.push_str(&format!(
+                        "; no variable of {} uses it yet (vars.NAME = {{ secret = \"{}\" }})",
+                        s.secret.env, s.secret.name
+                    ));
+                } else if s.promotions.is_empty() {
+                    text.push_str(&format!(
+                        "; it reaches {} at the next deploy (shipgate redeploy APP --env {}, or set it with --deploy)",
+                        s.secret.used_by.join(", "),
+                        s.secret.env
+                    ));
+                }
+                for p in &s.promotions {
+                    text.push_str(&format!(
+                        "\npromotion #{} redeploys {}@{} into {} (shipgate status {})",
+                        p.id, p.app, p.version, p.env, p.app
+                    ));
+                }
+                text
+            });
+        }
+        SecretCommand::List { env } => {
+            let list: Vec<SecretInfo> = client.get(&format!("/secrets/{env}"), &[]).await?;
+            out.print(&list, |list| {
+                if list.is_empty() {
+                    return format!("{env} has no secrets (shipgate secret set {env} NAME)");
+                }
+                list.iter()
+                    .map(|s| {
+                        let used = if s.used_by.is_empty() {
+                            "unused".to_owned()
+                        } else {
+                            format!("used by {}", s.used_by.join(", "))
+                        };
+                        format!(
+                            "{}  version {}  set by {} at {} ({})  {used}",
+                            s.name, s.version, s.set_by, s.set_at, s.source
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        SecretCommand::Rm { env, name } => {
+            let removed: SecretInfo = client.delete(&format!("/secrets/{env}/{name}")).await?;
+            out.print(&removed, |s| {
+                format!(
+                    "secret {} of {} removed (version {}); running instances keep it until their next deploy",
+                    s.name, s.env, s.version
+                )
+            });
+        }
+        SecretCommand::Recipient => {
+            let r: SecretsRecipient = client.get("/secrets-recipient", &[]).await?;
+            out.print(&r, |r| r.recipient.clone());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
