@@ -32,6 +32,7 @@ mod load_gate;
 mod load_panel;
 mod netns;
 mod notify;
+mod oidc_provider;
 mod on_demand;
 mod parity;
 mod reload;
