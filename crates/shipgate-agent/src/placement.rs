@@ -458,7 +458,12 @@ impl Placement {
         let _one = lock(&self.saving);
         let kept = Kept {
             served: lock(&self.served).clone(),
-            started: lock(&self.started).clone(),
+            // Without secrets' values: a host that comes back is given the request again by a
+            // deploy, not from this file.
+            started: lock(&self.started)
+                .iter()
+                .map(|(id, req)| (id.clone(), req.for_disk()))
+                .collect(),
         };
         let path = self.data_dir.join(PLACEMENT_FILE);
         let temp = path.with_extension("json.tmp");

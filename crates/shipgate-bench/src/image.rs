@@ -292,6 +292,7 @@ impl Setup {
             crash_loop: CrashLoopPolicy::default(),
             sandbox: None,
             image: None,
+            secret_names: Vec::new(),
         }
     }
 

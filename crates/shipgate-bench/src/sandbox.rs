@@ -64,6 +64,7 @@ pub(crate) fn sample_start(
         crash_loop: CrashLoopPolicy::default(),
         sandbox,
         image: None,
+        secret_names: Vec::new(),
     }
 }
 

@@ -275,6 +275,41 @@ pub struct StartInstance {
     /// ignored; the app's `run`, if any, is in [`ImageRun::command`]).
     #[serde(default)]
     pub image: Option<ImageRun>,
+    /// The variables of `env` whose values are secrets: never written to disk with the
+    /// request (see [`StartInstance::for_disk`]).
+    #[serde(default)]
+    pub secret_names: Vec<String>,
+}
+
+impl StartInstance {
+    /// The request as it may be kept on disk: without the values of its secrets. An instance
+    /// adopted from it gets them back from the running process's own environment
+    /// ([`StartInstance::with_secrets_of`]).
+    pub fn for_disk(&self) -> StartInstance {
+        let mut kept = self.clone();
+        kept.env.retain(|k, _| !self.secret_names.contains(k));
+        kept
+    }
+
+    /// Puts back the secrets [`StartInstance::for_disk`] left out, from process `pid`'s
+    /// environment (the instance they were started with).
+    pub fn with_secrets_of(mut self, pid: u32) -> StartInstance {
+        if self.secret_names.is_empty() {
+            return self;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            return self;
+        };
+        for kv in environ.split(|b| *b == 0) {
+            let kv = String::from_utf8_lossy(kv);
+            if let Some((k, v)) = kv.split_once('=')
+                && self.secret_names.iter().any(|n| n == k)
+            {
+                self.env.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        self
+    }
 }
 
 /// More than `crashes` crashes within `within` and the driver stops restarting an instance

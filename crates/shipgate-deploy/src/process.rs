@@ -461,7 +461,7 @@ impl Shared {
             let live = lock(&inst.live).clone();
             if let (true, Some(pid)) = (running, live.pid) {
                 kept.instances.push(KeptInstance {
-                    req: inst.req.clone(),
+                    req: inst.req.for_disk(),
                     port: inst.port,
                     pid,
                     restarts: live.restarts,
@@ -522,7 +522,7 @@ impl Shared {
                 ready_after: Duration::ZERO,
             };
             let inst = Arc::new(Instance {
-                req: k.req,
+                req: k.req.with_secrets_of(k.pid),
                 port: k.port,
                 stop: watch::Sender::new(None),
                 phase: watch::Sender::new(Phase::Running(started)),

@@ -915,7 +915,9 @@ impl Engine {
             ));
         }
         let mut env = self.exported_env(&p.env, &vars);
-        env.extend(self.secret_env(p).await?);
+        let secrets = self.secret_env(p).await?;
+        let secret_names = secrets.keys().cloned().collect();
+        env.extend(secrets);
         let req = StartInstance {
             instance_id: id.clone(),
             release_dir: self.artifacts.release_dir(&p.digest),
@@ -932,6 +934,7 @@ impl Engine {
             },
             sandbox,
             image,
+            secret_names,
         };
         // Recorded before it is spawned, so a server killed during the health wait finds it
         // (by its SHIPGATE_INSTANCE marker) and stops it after the restart.

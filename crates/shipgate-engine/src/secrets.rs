@@ -12,10 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use shipgate_core::config::{Config, SecretRef};
-use shipgate_core::{EnvName, Grant, PromotionKind, PromotionState, Role};
+use shipgate_core::{EnvName, Grant, PromotionKind, Role};
 use shipgate_store::age::{AgeIdentity, parse_env_file};
 use shipgate_store::seal::{KeySource, SecretsKey};
-use shipgate_store::{DeployedSecret, NewSecret, Promotion, PromotionFilter, SecretVersion, Store};
+use shipgate_store::{DeployedSecret, NewSecret, Promotion, SecretVersion, Store};
 
 use crate::{Engine, EngineError, locked};
 
@@ -135,6 +135,27 @@ impl Engine {
         self.vault().age.recipient()
     }
 
+    /// Seals a token the server keeps for later (a provider's refresh token) with the secrets
+    /// key, bound to `purpose` (what it is, and whose): a sealed value moved to another purpose
+    /// does not open. Claims the key in the store first, as a secret's first write does.
+    pub async fn seal_token(&self, purpose: &str, plain: &str) -> Result<Vec<u8>, EngineError> {
+        let key_id = self.store.claim_secrets_key(&self.vault().key.id()).await?;
+        if key_id != self.vault().key.id() {
+            return Err(EngineError::Secrets(format!(
+                "the store's secrets are sealed with key {key_id}, not this server's {}",
+                self.vault().key.id()
+            )));
+        }
+        Ok(self.vault().key.seal(plain.as_bytes(), purpose.as_bytes()))
+    }
+
+    /// Opens what [`Engine::seal_token`] sealed for `purpose`; `None` when it does not open
+    /// (another key, another purpose, or altered).
+    pub fn open_token(&self, purpose: &str, sealed: &[u8]) -> Option<String> {
+        let plain = self.vault().key.open(sealed, purpose.as_bytes()).ok()?;
+        String::from_utf8(plain).ok()
+    }
+
     /// Who may write the secrets of `env`: admins, and its deployers when
     /// `secrets.deployers_write`.
     fn may_write_secrets(&self, grant: &Grant, env: &EnvName) -> Result<(), EngineError> {
@@ -170,12 +191,22 @@ impl Engine {
         if value.is_empty() || value.contains('\0') {
             return Err(EngineError::SecretRefused(format!(
                 "the value of {name} is {}: send the value on stdin (shipgate secret set {env} {name} < FILE)",
-                if value.is_empty() { "empty" } else { "holding a NUL character, which no process environment can carry" }
+                if value.is_empty() {
+                    "empty"
+                } else {
+                    "holding a NUL character, which no process environment can carry"
+                }
             )));
         }
         self.may_write_secrets(grant, env)?;
         let set = self
-            .write_secret(env, name, Some(value), "shipgate secret set", grant.person())
+            .write_secret(
+                env,
+                name,
+                Some(value),
+                "shipgate secret set",
+                grant.person(),
+            )
             .await?;
         let promotions = if deploy {
             self.deploy_secret(env, name, grant).await?
@@ -196,7 +227,10 @@ impl Engine {
         self.known_env(env)?;
         self.may_write_secrets(grant, env)?;
         let versions = self.store.secrets(env).await?;
-        if newest(&versions).get(name).is_none_or(|v| v.sealed.is_none()) {
+        if newest(&versions)
+            .get(name)
+            .is_none_or(|v| v.sealed.is_none())
+        {
             return Err(EngineError::NoSuchSecret(format!(
                 "{env} has no secret {name} (shipgate secret list {env} lists them)"
             )));
@@ -278,7 +312,12 @@ impl Engine {
             };
             grant
                 .check(shipgate_core::Action::Promote, Some(env))
-                .map_err(|d| EngineError::SecretsForbidden(format!("{d}; the secret was set, deploy it with shipgate redeploy {} --env {env}", app.name)))?;
+                .map_err(|d| {
+                    EngineError::SecretsForbidden(format!(
+                        "{d}; the secret was set, deploy it with shipgate redeploy {} --env {env}",
+                        app.name
+                    ))
+                })?;
             let release = self
                 .registered(&shipgate_core::ReleaseRef {
                     app: app.name.clone(),
@@ -345,20 +384,18 @@ impl Engine {
         let read = |e: shipgate_store::StoreError| format!("could not read its secrets: {e}");
         let mut pinned = self.store.deployed_secrets(p.id).await.map_err(read)?;
         if pinned.is_empty() && p.kind == PromotionKind::Rollback {
-            let back_to = self
-                .store
-                .promotions(PromotionFilter {
-                    app: Some(p.app.clone()),
-                    env: Some(p.env.clone()),
-                    ..PromotionFilter::default()
-                })
-                .await
-                .map_err(read)?
-                .into_iter()
-                .filter(|q| q.id.0 < p.id.0 && q.version == p.version && q.state != PromotionState::Failed)
-                .max_by_key(|q| q.id.0);
-            if let Some(q) = back_to {
-                pinned = self.store.deployed_secrets(q.id).await.map_err(read)?;
+            // The promotion the rollback returns to, as the rollback chose it (what is live is
+            // still the release it replaces).
+            if let Ok(Some(live)) = self.live_record(&p.app, &p.env).await
+                && let Ok(Ok(back_to)) = self
+                    .rollback_target(&p.app, &p.env, &live, Some(&p.version))
+                    .await
+            {
+                pinned = self
+                    .store
+                    .deployed_secrets(back_to.id)
+                    .await
+                    .map_err(read)?;
             }
         }
         let mut by_env: HashMap<EnvName, Vec<SecretVersion>> = HashMap::new();
@@ -366,13 +403,20 @@ impl Engine {
         let mut deployed = Vec::new();
         for (var, r) in &refs {
             if !by_env.contains_key(&r.env) {
-                by_env.insert(r.env.clone(), self.store.secrets(&r.env).await.map_err(read)?);
+                by_env.insert(
+                    r.env.clone(),
+                    self.store.secrets(&r.env).await.map_err(read)?,
+                );
             }
             let versions = &by_env[&r.env];
             let want = pinned
                 .iter()
                 .find(|d| d.var == *var && d.env == r.env && d.name == r.name)
-                .and_then(|d| versions.iter().find(|v| v.name == r.name && v.version == d.version));
+                .and_then(|d| {
+                    versions
+                        .iter()
+                        .find(|v| v.name == r.name && v.version == d.version)
+                });
             let chosen = match want {
                 Some(v) => Some(v),
                 None => newest(versions).get(&r.name).copied(),
@@ -412,10 +456,14 @@ impl Engine {
         let mut by_env: HashMap<EnvName, Vec<SecretVersion>> = HashMap::new();
         for d in deployed {
             if !by_env.contains_key(&d.env) {
-                let Ok(v) = self.store.secrets(&d.env).await else { continue };
+                let Ok(v) = self.store.secrets(&d.env).await else {
+                    continue;
+                };
                 by_env.insert(d.env.clone(), v);
             }
-            let newest = newest(&by_env[&d.env]).get(&d.name).map(|v| (v.version, v.sealed.is_some()));
+            let newest = newest(&by_env[&d.env])
+                .get(&d.name)
+                .map(|v| (v.version, v.sealed.is_some()));
             match newest {
                 Some((version, true)) if version != d.version => out.push(format!(
                     "secret {} of {} is at version {version}, the running instance has version {}",
@@ -437,12 +485,18 @@ impl Engine {
         let config = self.config();
         let mut said = Vec::new();
         for env in &config.environments {
-            let Some(path) = &env.secrets_file else { continue };
+            let Some(path) = &env.secrets_file else {
+                continue;
+            };
             let data = std::fs::read(path).map_err(|e| {
                 EngineError::Secrets(format!("reading secrets_file {}: {e}", path.display()))
             })?;
             let plain = self.vault().age.decrypt(&data).map_err(|e| {
-                EngineError::Secrets(format!("secrets_file {} of {}: {e}", path.display(), env.name))
+                EngineError::Secrets(format!(
+                    "secrets_file {} of {}: {e}",
+                    path.display(),
+                    env.name
+                ))
             })?;
             let text = String::from_utf8(plain).map_err(|_| {
                 EngineError::Secrets(format!(
@@ -457,17 +511,31 @@ impl Engine {
             let newest = newest(&versions);
             for (name, value) in lines {
                 let same = match newest.get(&name) {
-                    Some(v) => self.vault().open_version(v).map_err(EngineError::Secrets)?.as_deref() == Some(value.as_str()),
+                    Some(v) => {
+                        self.vault()
+                            .open_version(v)
+                            .map_err(EngineError::Secrets)?
+                            .as_deref()
+                            == Some(value.as_str())
+                    }
                     None => false,
                 };
                 if same {
                     continue;
                 }
-                let source = format!("secrets_file {}", path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+                let source = format!(
+                    "secrets_file {}",
+                    path.file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                );
                 let set = self
                     .write_secret(&env.name, &name, Some(&value), &source, crate::SYSTEM)
                     .await?;
-                said.push(format!("secret {name} of {} is now version {} ({source})", env.name, set.version));
+                said.push(format!(
+                    "secret {name} of {} is now version {} ({source})",
+                    env.name, set.version
+                ));
             }
         }
         Ok(said)

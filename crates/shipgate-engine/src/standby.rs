@@ -139,6 +139,18 @@ impl Engine {
             .await
         {
             Ok(promotion) => {
+                // The standby runs with the secrets its own promotion got: so does this one.
+                if let Ok(secrets) = self.store.deployed_secrets(standby.live.promotion_id).await
+                    && let Err(e) = self
+                        .store
+                        .record_deployed_secrets(promotion.id, &secrets)
+                        .await
+                {
+                    tracing::warn!(
+                        "could not record the secrets' versions of #{}: {e}",
+                        promotion.id
+                    );
+                }
                 if let Some(replaced) = replaced {
                     self.retire_later(slot.clone(), replaced);
                 }

@@ -191,5 +191,6 @@ fn instance(id: &str, dir: &Path) -> StartInstance {
         crash_loop: shipgate_deploy::CrashLoopPolicy::default(),
         sandbox: None,
         image: None,
+        secret_names: Vec::new(),
     }
 }

@@ -40,6 +40,7 @@ fn request(dir: &TempDir, instance_id: &str, command: &str) -> StartInstance {
         crash_loop: shipgate_deploy::CrashLoopPolicy::default(),
         sandbox: None,
         image: None,
+        secret_names: Vec::new(),
     }
 }
 

@@ -39,6 +39,7 @@ mod reload;
 mod restart;
 mod retention;
 mod schema_parity;
+mod secrets;
 mod servers;
 mod signoff;
 mod signoff_page;
