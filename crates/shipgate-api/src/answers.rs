@@ -461,3 +461,25 @@ pub struct SecretsRecipient {
     /// `age1...`: `age -r RECIPIENT -o secrets.production.age secrets.production`.
     pub recipient: String,
 }
+
+/// `POST /api/v1/auth/login`: where to send the person to sign in at the identity provider.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginStarted {
+    /// The provider's authorization address for this sign-in (it comes back to the
+    /// `redirect_uri` asked for, with `code` and `state`).
+    pub authorize_url: String,
+}
+
+/// `POST /api/v1/auth/token`: a session for the CLI, after a sign-in at the provider.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionToken {
+    /// The session's secret (`sgs_` and hex), sent as `Authorization: Bearer ...`; shown once.
+    pub token: String,
+    /// When the session ends at the latest (the person's groups are read again before then).
+    #[schema(value_type = String)]
+    pub expires_at: jiff::Timestamp,
+    /// The person signed in, as the audit log names them.
+    pub name: String,
+    /// Their roles, each with the environments it holds in ("deployer (development)").
+    pub roles: Vec<String>,
+}

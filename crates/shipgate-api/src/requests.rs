@@ -828,3 +828,20 @@ impl std::fmt::Debug for SecretSetRequest {
             .finish()
     }
 }
+
+/// `POST /api/v1/auth/login`: start a sign-in at the identity provider for the CLI.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// Where the provider sends the browser back: a loopback address of the CLI's machine,
+    /// `http://127.0.0.1:PORT/...` or `http://localhost:PORT/...`.
+    pub redirect_uri: String,
+}
+
+/// `POST /api/v1/auth/token`: trade what the provider sent back for a session.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenExchangeRequest {
+    /// The `code` the provider sent back.
+    pub code: String,
+    /// The `state` it sent back with it.
+    pub state: String,
+}

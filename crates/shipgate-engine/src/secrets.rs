@@ -479,6 +479,45 @@ impl Engine {
         out
     }
 
+    /// Each secret variable of `env`: its secret's newest version, when and by whom it was
+    /// set, and the version the live release (promotion `live`) got; never a value.
+    pub(crate) async fn secret_versions(
+        &self,
+        env: &EnvName,
+        live: Option<shipgate_core::PromotionId>,
+    ) -> BTreeMap<String, String> {
+        let config = self.config();
+        let Some(e) = config.environment(env) else {
+            return BTreeMap::new();
+        };
+        let deployed = match live {
+            Some(id) => self.store.deployed_secrets(id).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut by_env: HashMap<EnvName, Vec<SecretVersion>> = HashMap::new();
+        let mut out = BTreeMap::new();
+        for (var, r) in &e.secret_vars {
+            if !by_env.contains_key(&r.env) {
+                let versions = self.store.secrets(&r.env).await.unwrap_or_default();
+                by_env.insert(r.env.clone(), versions);
+            }
+            let newest = newest(&by_env[&r.env]).get(&r.name).copied();
+            let mut line = match newest {
+                Some(v) if v.sealed.is_some() => format!(
+                    "{} version {} (set {} by {})",
+                    r.name, v.version, v.set_at, v.set_by
+                ),
+                Some(v) => format!("{} removed (version {})", r.name, v.version),
+                None => format!("{} not set", r.name),
+            };
+            if let Some(d) = deployed.iter().find(|d| d.var == *var) {
+                line.push_str(&format!("; the live release has version {}", d.version));
+            }
+            out.insert(var.clone(), line);
+        }
+        out
+    }
+
     /// Reads each environment's `secrets_file` (age, for the server's recipient): a name whose
     /// value differs from its newest version becomes a new version. At start and at reload.
     pub async fn import_secrets_files(&self) -> Result<Vec<String>, EngineError> {

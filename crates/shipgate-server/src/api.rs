@@ -122,6 +122,14 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     ]
 }
 
+/// The endpoints under `/api/v1` that need no token: signing in is how one gets one.
+fn open_endpoints() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    endpoints![
+        POST "/auth/login" => crate::oidc::cli::login,
+        POST "/auth/token" => crate::oidc::cli::token,
+    ]
+}
+
 /// The OpenAPI 3.1 document describing [`endpoints`], `/healthz` and `/metrics`, derived from
 /// the wire types once.
 static OPENAPI: std::sync::LazyLock<String> = std::sync::LazyLock::new(crate::openapi::document);
@@ -132,7 +140,12 @@ pub(crate) fn routes(state: AppState) -> Router {
         .fold(Router::new(), |router, (_, path, handler)| {
             router.route(path, handler)
         })
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let api = open_endpoints()
+        .into_iter()
+        .fold(api, |router, (_, path, handler)| {
+            router.route(path, handler)
+        })
         // An agent joining has its one-time token, not an API token; where to dial is no secret.
         .route("/hosts/join", axum::routing::post(join_host))
         .route("/hosts/endpoint", get(agent_endpoint))
@@ -1237,6 +1250,7 @@ mod tests {
             .collect();
         let mut served: Vec<String> = endpoints()
             .iter()
+            .chain(open_endpoints().iter())
             .map(|(m, p, _)| format!("{m} /api/v1{p}"))
             .chain([
                 "GET /healthz".to_owned(),

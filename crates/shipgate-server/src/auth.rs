@@ -13,6 +13,7 @@ use shipgate_store::{NewToken, Store, TokenRecord};
 
 use crate::AppState;
 use crate::problem::Problem;
+use crate::session::Found;
 
 /// The admin token's file inside the data dir (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -101,7 +102,8 @@ fn write_admin_token(path: &Path, token: &str) -> anyhow::Result<()> {
         .with_context(|| format!("writing the admin token to {}", path.display()))
 }
 
-/// Lets a request through only with a known bearer token; the token's record goes along.
+/// Lets a request through only with a known bearer token (an API token, or a CLI session's):
+/// its grant goes along, and an API token's record too.
 pub(crate) async fn require_token(
     State(state): State<AppState>,
     mut request: Request,
@@ -116,6 +118,27 @@ pub(crate) async fn require_token(
     let Some(presented) = presented else {
         return Problem::new(StatusCode::UNAUTHORIZED, "token required", "send `Authorization: Bearer <token>`; a local server's admin token is in its data dir (admin.token), and the shipgate command finds it by itself").into_response();
     };
+    if presented.starts_with(crate::session::CLI_PREFIX) {
+        return match crate::session::current(&state, presented).await {
+            Ok(Found::Live(session)) if session.kind == "cli" => {
+                request.extensions_mut().insert(session.grant);
+                next.run(request).await
+            }
+            Ok(Found::Live(_) | Found::Unknown) => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unknown session",
+                "this session is not known to the server, or it ended; sign in again (shipgate login)",
+            )
+            .into_response(),
+            Ok(Found::Ended(why)) => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "session ended",
+                format!("{why} (shipgate login)"),
+            )
+            .into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
     match state
         .engine
         .store()
@@ -123,6 +146,7 @@ pub(crate) async fn require_token(
         .await
     {
         Ok(Some(record)) => {
+            request.extensions_mut().insert(record.grant());
             request.extensions_mut().insert::<TokenRecord>(record);
             next.run(request).await
         }

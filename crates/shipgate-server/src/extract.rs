@@ -69,10 +69,10 @@ pub(crate) struct Caller(pub shipgate_core::Grant);
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
-        // The auth layer puts the token there before any handler runs.
-        let token = parts
+        // The auth layer puts the token's (or the session's) grant there before any handler runs.
+        let grant = parts
             .extensions
-            .get::<shipgate_store::TokenRecord>()
+            .get::<shipgate_core::Grant>()
             .ok_or_else(|| {
                 Problem::new(
                     axum::http::StatusCode::UNAUTHORIZED,
@@ -80,7 +80,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                     "send `Authorization: Bearer <token>`",
                 )
             })?;
-        Ok(Self(token.grant()))
+        Ok(Self(grant.clone()))
     }
 }
 
@@ -113,9 +113,12 @@ impl Caller {
     /// Whether records of `env` (None: of no environment) are in the token's scope.
     pub(crate) fn sees(&self, env: Option<&str>) -> bool {
         match env {
-            Some(env) if !self.0.envs.is_empty() => shipgate_core::EnvName::parse(env)
-                .is_ok_and(|env| self.0.envs.iter().any(|s| s.covers(&env))),
-            _ => true,
+            Some(env) => {
+                shipgate_core::EnvName::parse(env).is_ok_and(|env| self.0.sees(&env))
+                    // A name that is no environment is seen only by a grant of every one.
+                    || self.0.bindings().any(|b| b.envs.is_empty())
+            }
+            None => true,
         }
     }
 }

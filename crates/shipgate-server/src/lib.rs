@@ -21,6 +21,7 @@ mod openapi;
 mod problem;
 pub mod reload;
 mod secrets;
+mod session;
 mod toxiproxy;
 mod ui;
 
@@ -43,8 +44,8 @@ struct AppState {
     /// Turns true when the server begins to stop; endless responses (the event stream) end then,
     /// or the graceful shutdown would wait on them forever.
     stopping: tokio::sync::watch::Receiver<bool>,
-    /// Signed-in dashboard sessions.
-    sessions: Arc<ui::Sessions>,
+    /// The identity provider of `[server.oidc]`, if any.
+    oidc: Option<Arc<oidc::Provider>>,
     /// The server's own machine, as the agent supervisor last saw it.
     local_host: Arc<std::sync::Mutex<shipgate_api::status::HostView>>,
     /// The agents of other hosts connected now.
@@ -279,10 +280,17 @@ impl Server {
             address: None,
         }));
         let (stop, stopping) = tokio::sync::watch::channel(false);
+        let oidc = match engine.config().server.oidc.clone() {
+            Some(config) => Some(Arc::new(
+                oidc::Provider::new(config, Arc::clone(engine.store()))
+                    .context("building the HTTP client for the identity provider")?,
+            )),
+            None => None,
+        };
         let app = api::routes(AppState {
             engine: Arc::clone(&engine),
             stopping,
-            sessions: Arc::default(),
+            oidc,
             local_host: Arc::clone(&local_host),
             hosts,
             placement,

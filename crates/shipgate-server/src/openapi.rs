@@ -5,7 +5,7 @@
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
     DecisionRecorded, DoraView, FlagPromotion, FlagView, GcReport, Joined, LoadReport, LogChunk,
-    NotifyView, OnDemandView, Problem, ProxyFaultView, ReleaseDetail, Reloaded, SecretInfo, SecretSet,
+    LoginStarted, NotifyView, OnDemandView, SessionToken, Problem, ProxyFaultView, ReleaseDetail, Reloaded, SecretInfo, SecretSet,
     SecretsRecipient, SignoffStatus,
     TrafficProbe,
 };
@@ -20,7 +20,7 @@ use shipgate_api::requests::{
     DataRefreshRequest, DecisionRequest, DiffQuery, DoraQuery, EventsQuery, ExtendRequest,
     FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery,
     FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LoadRequestBody,
-    LogsQuery, NotifyRetryRequest, NotifyTestRequest, OnDemandRequest, PromoteRequest,
+    LoginRequest, LogsQuery, NotifyRetryRequest, TokenExchangeRequest, NotifyTestRequest, OnDemandRequest, PromoteRequest,
     ReleaseQuery, RestoreRequest, RollbackRequest, SecretSetRequest, SetFlagRequest, SignoffQuery, SignoffRequest,
     TokenRequest, TrafficProbeQuery,
 };
@@ -92,6 +92,8 @@ const ANY_ERROR: &str = "refused or failed: `detail` says what to do next";
         declared::gc,
         declared::remove_host,
         declared::join_host,
+        declared::auth_login,
+        declared::auth_token,
         declared::agent_endpoint,
         declared::revoke_token,
         declared::create_env,
@@ -695,6 +697,23 @@ mod declared {
             (status = 200, description = "joined", body = Joined),
             (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
     fn join_host() {}
+
+    /// Starts a sign-in at the identity provider for the CLI (no token: this is how one gets a
+    /// session). 404 when the server has no `[server.oidc]`; 422 for a redirect that is not a
+    /// loopback address.
+    #[utoipa::path(post, path = "/api/v1/auth/login", operation_id = "authLogin", request_body = LoginRequest, security(()),
+        responses(
+            (status = 200, description = "where to sign in", body = LoginStarted),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn auth_login() {}
+
+    /// Trades the code and state the provider sent back for a CLI session (`sgs_...`, sent as
+    /// a bearer token). The state works once.
+    #[utoipa::path(post, path = "/api/v1/auth/token", operation_id = "authToken", request_body = TokenExchangeRequest, security(()),
+        responses(
+            (status = 200, description = "signed in", body = SessionToken),
+            (status = "default", description = ANY_ERROR, body = Problem, content_type = "application/problem+json")))]
+    fn auth_token() {}
 
     /// The port agents dial (mutual TLS), on the address of this API.
     #[utoipa::path(get, path = "/api/v1/hosts/endpoint", operation_id = "agentEndpoint", security(()),

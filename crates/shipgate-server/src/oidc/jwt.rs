@@ -2,8 +2,6 @@
 //! published keys (the JWKS), and its claims against this sign-in (issuer, client, time, nonce).
 //! Also reading group claims and computing the PKCE challenge. Everything here is pure: the
 //! caller fetches the key set and passes the time in.
-// Used by the sign-in flow (next commit).
-#![allow(dead_code)]
 
 use base64::Engine as _;
 use base64::alphabet;
@@ -264,6 +262,7 @@ impl Jwks {
 
     /// Whether a token naming `kid` would find its key here; for a token without a `kid`,
     /// whether the set holds exactly one key. When not, the provider may have rotated its keys.
+    #[cfg(test)]
     pub(crate) fn has(&self, kid: Option<&str>) -> bool {
         match kid {
             Some(kid) => self.keys.iter().any(|key| key.kid.as_deref() == Some(kid)),

@@ -1,10 +1,11 @@
 //! The dashboard: server-rendered pages (askama) with their CSS and a little script embedded in
 //! the binary. Readable without JavaScript; with it, pages follow the event stream.
 //!
-//! Sign-in trades a pasted token for a session cookie (`HttpOnly`, `SameSite=Strict`); every
-//! form that changes state carries the session's CSRF token, and a request whose `Origin` is
-//! another site is refused. The session only remembers the token's hash, so revoking the token
-//! signs its sessions out at once.
+//! Sign-in trades a pasted token, or a sign-in at the identity provider (`/auth/login`), for a
+//! session cookie (`HttpOnly`, `SameSite=Strict`) naming a session in the store (see
+//! [`crate::session`]); every form that changes state carries the session's CSRF token, and a
+//! request whose `Origin` is another site is refused. A token's session only remembers the
+//! token's hash, so revoking the token signs its sessions out at once.
 
 mod canary;
 mod chart;
@@ -14,10 +15,6 @@ mod load;
 mod on_demand;
 mod pages;
 mod signoff;
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::FromRequestParts;
@@ -29,64 +26,19 @@ use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::extract::Caller;
+use crate::session::Found;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "shipgate_session";
-/// How long a sign-in lasts.
-const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 const STYLE: &str = include_str!("style.css");
 const SCRIPT: &str = include_str!("app.js");
 
-/// Signed-in browsers: session id → the token's hash and the session's CSRF token.
-#[derive(Default)]
-pub(crate) struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-}
-
-#[derive(Clone)]
-struct Session {
-    token_hash: String,
-    csrf: String,
-    expires: Instant,
-}
-
-impl Sessions {
-    fn create(&self, token_hash: String) -> anyhow::Result<(String, String)> {
-        let id = crate::auth::generate_token()?;
-        let csrf = crate::auth::generate_token()?;
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        map.retain(|_, s| s.expires > now);
-        map.insert(
-            id.clone(),
-            Session {
-                token_hash,
-                csrf: csrf.clone(),
-                expires: now + SESSION_TTL,
-            },
-        );
-        Ok((id, csrf))
-    }
-
-    fn get(&self, id: &str) -> Option<Session> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(id).filter(|s| s.expires > Instant::now()).cloned()
-    }
-
-    fn remove(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-    }
-}
-
-/// A signed-in browser: the token's grant and the session's CSRF token.
+/// A signed-in browser: its session's grant (as it holds now) and CSRF token.
 pub(crate) struct Viewer {
     caller: Caller,
     csrf: String,
-    session: String,
+    session: shipgate_store::SessionRecord,
 }
 
 impl Viewer {
@@ -150,29 +102,23 @@ impl FromRequestParts<AppState> for Viewer {
         let Some(id) = session_id(&parts.headers) else {
             return Err(sign_in());
         };
-        let Some(session) = state.sessions.get(&id) else {
-            return Err(sign_in());
-        };
-        match state
-            .engine
-            .store()
-            .token_by_hash(&session.token_hash)
-            .await
-        {
-            Ok(Some(record)) => Ok(Viewer {
-                caller: Caller(record.grant()),
-                csrf: session.csrf,
-                session: id,
+        match crate::session::current(state, &id).await {
+            Ok(Found::Live(session)) => Ok(Viewer {
+                caller: Caller(session.grant.clone()),
+                csrf: session.csrf.clone(),
+                session,
             }),
-            // Revoked since: the session ends with it.
-            Ok(None) => {
-                state.sessions.remove(&id);
-                Err(sign_in())
-            }
-            Err(e) => Err(pages::error_page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &e.to_string(),
-            )),
+            Ok(Found::Unknown) => Err(sign_in()),
+            Ok(Found::Ended(why)) => Err(pages::PageError::SessionEnded {
+                next: parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned(),
+                message: why,
+                oidc: state.oidc.is_some(),
+            }),
+            Err(e) => Err(pages::from_problem(e)),
         }
     }
 }
@@ -200,6 +146,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/", get(pages::board))
         .route("/sign-in", get(pages::sign_in_form).post(pages::sign_in))
         .route("/sign-out", post(pages::sign_out))
+        .route("/auth/login", get(pages::oidc_login))
+        .route("/auth/callback", get(pages::oidc_callback))
         .route("/apps/{app}/releases/{version}", get(pages::release))
         .route(
             "/apps/{app}/releases/{version}/decisions",

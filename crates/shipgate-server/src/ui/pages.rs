@@ -29,6 +29,16 @@ pub(crate) enum PageError {
     Refused(StatusCode, String),
     /// Not signed in: go here.
     SignIn(String),
+    /// The session ended just now (its token revoked, or refused at the identity provider):
+    /// the sign-in page, saying why.
+    SessionEnded {
+        /// The page asked for.
+        next: String,
+        /// Why it ended.
+        message: String,
+        /// Whether the server signs in through an identity provider.
+        oidc: bool,
+    },
 }
 
 impl IntoResponse for PageError {
@@ -42,6 +52,16 @@ impl IntoResponse for PageError {
                 (status, html(&page)).into_response()
             }
             Self::SignIn(to) => Redirect::to(&to).into_response(),
+            Self::SessionEnded {
+                next,
+                message,
+                oidc,
+            } => {
+                let mut page = SignInPage::answer(StatusCode::UNAUTHORIZED, &next, &message, oidc);
+                page.headers_mut()
+                    .insert(header::SET_COOKIE, super::session_cookie("", 0));
+                page
+            }
         }
     }
 }
@@ -96,16 +116,7 @@ pub(crate) struct Layout {
 impl Layout {
     pub(crate) fn new(viewer: &Viewer, title: impl Into<String>, tab: &'static str) -> Self {
         let grant = &viewer.caller.0;
-        let role = if grant.envs.is_empty() {
-            grant.role.to_string()
-        } else {
-            let envs: Vec<&str> = grant
-                .envs
-                .iter()
-                .map(shipgate_core::EnvScope::as_str)
-                .collect();
-            format!("{} ({})", grant.role, envs.join(", "))
-        };
+        let role = crate::session::roles(grant).join(", ");
         Self {
             title: title.into(),
             user: grant.name.clone(),
@@ -199,6 +210,24 @@ fn waits_of(state: &AppState, id: shipgate_core::PromotionId) -> Vec<String> {
 struct SignInPage {
     next: String,
     error: String,
+    /// Whether the server signs in through an identity provider too.
+    oidc: bool,
+    /// The way to it, coming back to `next`.
+    login: String,
+}
+
+impl SignInPage {
+    /// The sign-in page answered with `status`, saying `error` (empty: nothing went wrong).
+    pub(crate) fn answer(status: StatusCode, next: &str, error: &str, oidc: bool) -> Response {
+        let next = safe_next(Some(next));
+        let page = SignInPage {
+            login: format!("/auth/login?next={}", query_escape(&next)),
+            next,
+            error: error.to_owned(),
+            oidc,
+        };
+        (status, html(&page)).into_response()
+    }
 }
 
 #[derive(Deserialize)]
@@ -214,11 +243,16 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-pub(crate) async fn sign_in_form(Query(q): Query<NextQuery>) -> Response {
-    html(&SignInPage {
-        next: safe_next(q.next.as_deref()),
-        error: String::new(),
-    })
+pub(crate) async fn sign_in_form(
+    State(state): State<AppState>,
+    Query(q): Query<NextQuery>,
+) -> Response {
+    SignInPage::answer(
+        StatusCode::OK,
+        q.next.as_deref().unwrap_or("/"),
+        "",
+        state.oidc.is_some(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -227,33 +261,126 @@ pub(crate) struct SignInForm {
     next: Option<String>,
 }
 
+/// The cookie of a new session, and the way on to `next`.
+fn signed_in(id: &str, next: &str) -> Response {
+    let max_age = crate::session::SESSION_TTL.as_secs().unsigned_abs();
+    (
+        [(header::SET_COOKIE, session_cookie(id, max_age))],
+        Redirect::to(next),
+    )
+        .into_response()
+}
+
 pub(crate) async fn sign_in(State(state): State<AppState>, Form(f): Form<SignInForm>) -> Response {
     let next = safe_next(f.next.as_deref());
     let hash = crate::auth::hash_token(f.token.trim());
-    let refused = |error: &str| {
-        let page = SignInPage {
-            next: next.clone(),
-            error: error.to_owned(),
-        };
-        (StatusCode::UNAUTHORIZED, html(&page)).into_response()
-    };
     match state.engine.store().token_by_hash(&hash).await {
-        Ok(Some(_)) => match state.sessions.create(hash) {
-            Ok((id, _)) => (
-                [(
-                    header::SET_COOKIE,
-                    session_cookie(&id, super::SESSION_TTL.as_secs()),
-                )],
-                Redirect::to(&next),
-            )
-                .into_response(),
-            Err(e) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()).into_response(),
-        },
-        Ok(None) => refused(
+        Ok(Some(token)) => {
+            match crate::session::start_for_token(&state, hash, token.grant()).await {
+                Ok(started) => signed_in(&started.id, &next),
+                Err(e) => from_problem(e).into_response(),
+            }
+        }
+        Ok(None) => SignInPage::answer(
+            StatusCode::UNAUTHORIZED,
+            &next,
             "This token is not known to the server or was revoked. Paste a token made with `shipgate token create`, or the admin token in the server's data dir.",
+            state.oidc.is_some(),
         ),
         Err(e) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()).into_response(),
     }
+}
+
+/// `GET /auth/login?next=`: off to the identity provider.
+pub(crate) async fn oidc_login(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Page {
+    let Some(provider) = &state.oidc else {
+        return Err(error_page(
+            StatusCode::NOT_FOUND,
+            &crate::oidc::SignInError::Unconfigured.to_string(),
+        ));
+    };
+    let redirect_uri = format!("{}/auth/callback", own_address(&state));
+    let next = safe_next(q.next.as_deref());
+    let (url, _) = provider
+        .authorize_url(&redirect_uri, &next, crate::oidc::Via::Dashboard)
+        .await
+        .map_err(|e| error_page(e.status(), &e.to_string()))?;
+    Ok(Redirect::to(&url).into_response())
+}
+
+/// Where browsers reach this server: `public_url`, else the address its API is bound to
+/// (this machine's loopback when it listens on every address).
+pub(crate) fn own_address(state: &AppState) -> String {
+    let config = state.engine.config();
+    if let Some(url) = &config.server.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    // `listen` may ask for port 0: the port bound is in the lease this server holds.
+    let bound = state
+        .leader
+        .borrow()
+        .as_ref()
+        .and_then(|lease| lease.address.strip_prefix("http://")?.parse().ok());
+    let mut addr: std::net::SocketAddr = bound.unwrap_or(config.server.listen);
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// `GET /auth/callback?code&state`: back from the identity provider.
+pub(crate) async fn oidc_callback(
+    State(state): State<AppState>,
+    Query(q): Query<CallbackQuery>,
+) -> Page {
+    let Some(provider) = &state.oidc else {
+        return Err(error_page(
+            StatusCode::NOT_FOUND,
+            &crate::oidc::SignInError::Unconfigured.to_string(),
+        ));
+    };
+    if let Some(error) = &q.error {
+        let description = q
+            .error_description
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "the identity provider did not sign you in: {error}{description}; sign in again"
+            ),
+        ));
+    }
+    let (Some(code), Some(sign_in)) = (&q.code, &q.state) else {
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "this address lacks the code and state the identity provider sends back; sign in again",
+        ));
+    };
+    let refused = |e: crate::oidc::SignInError| error_page(e.status(), &e.to_string());
+    let finished = provider
+        .finish(code, sign_in, crate::oidc::Via::Dashboard)
+        .await
+        .map_err(refused)?;
+    let grant = provider.grant(&finished.person).map_err(refused)?;
+    let started = crate::session::start_for_person(
+        &state,
+        crate::session::Kind::Oidc,
+        &finished.person,
+        grant,
+    )
+    .await
+    .map_err(from_problem)?;
+    Ok(signed_in(&started.id, &safe_next(Some(&finished.next))))
 }
 
 #[derive(Deserialize)]
@@ -267,7 +394,9 @@ pub(crate) async fn sign_out(
     Form(f): Form<CsrfForm>,
 ) -> Page {
     viewer.check_csrf(&f.csrf)?;
-    state.sessions.remove(&viewer.session);
+    crate::session::end_with_event(&state, &viewer.session, "signed out")
+        .await
+        .map_err(from_problem)?;
     Ok((
         [(header::SET_COOKIE, session_cookie("", 0))],
         Redirect::to("/sign-in"),
