@@ -64,12 +64,15 @@ pub struct Observed {
     /// `text NOT NULL`), or why it could not be read. None when the app's data is not declared
     /// in both environments compared.
     pub schema: Option<Result<BTreeMap<String, String>, String>>,
+    /// Each variable that is a secret: its name and versions, never its value
+    /// (`DB_PASSWORD version 3 (set ... by ...); the live release has version 2`), by variable.
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// The prefixes a `differs` entry may name.
-const FAMILIES: [&str; 12] = [
+const FAMILIES: [&str; 13] = [
     "release", "run", "health", "listen", "vars", "require", "verify", "facts", "settings",
-    "flags", "image", "schema",
+    "flags", "image", "schema", "secrets",
 ];
 
 /// The item that stands for both schemas when either could not be read.
@@ -135,6 +138,9 @@ fn settings(app: &AppConfig, env: &EnvironmentConfig, seen: &Observed) -> BTreeM
     put("listen", env.listen.to_string());
     for (k, v) in &env.vars {
         put(&format!("vars.{k}"), v.clone());
+    }
+    for (k, v) in &seen.secrets {
+        put(&format!("secrets.{k}"), v.clone());
     }
     let r = &env.require;
     if let Some(a) = &r.approvals {
@@ -267,6 +273,8 @@ pub fn compare(
                 // An unread schema is never the same as another, even with the same error.
                 (Some(x), Some(y)) if x == y && key != SCHEMA_UNREAD => ItemClass::Same,
                 _ if declared(key, &meant) => ItemClass::Expected,
+                // Each environment has secrets of its own: their versions differ as meant.
+                (Some(_), Some(_)) if key.starts_with("secrets.") => ItemClass::Expected,
                 (Some(_), None) => ItemClass::OnlyInA,
                 (None, Some(_)) => ItemClass::OnlyInB,
                 _ => ItemClass::Unexpected,
@@ -424,6 +432,7 @@ mod tests {
             flags: BTreeMap::new(),
             image: BTreeMap::new(),
             schema: None,
+            secrets: BTreeMap::new(),
         };
         let b = Observed {
             live: Some((Version::parse("1.1.0").unwrap(), digest)),
@@ -431,6 +440,7 @@ mod tests {
             flags: BTreeMap::new(),
             image: BTreeMap::new(),
             schema: None,
+            secrets: BTreeMap::new(),
         };
         let items = diff(&c, &a, &b);
         assert_eq!(class_of(&items, "release.version").class, ItemClass::Same);

@@ -140,12 +140,16 @@ impl Engine {
                 .unwrap_or_default(),
             None => BTreeMap::new(),
         };
+        let secrets = self
+            .secret_versions(env, live.as_ref().map(|l| l.promotion_id))
+            .await;
         Ok(Observed {
             live: live.map(|l| (l.version, l.digest)),
             facts,
             flags,
             image,
             schema: None,
+            secrets,
         })
     }
 }

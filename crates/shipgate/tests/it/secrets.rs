@@ -159,6 +159,22 @@ fn a_secret_set_by_stdin_reaches_its_instances_only_and_a_rollback_gets_the_old_
         instance_hash(&s, "production", "DB_PASSWORD") == Some(sha256(&v1))
     });
 
+    // diff says production's secret changed since its release was deployed: names and
+    // versions only.
+    let diff = s.json(&["diff", "web", "staging", "production"]);
+    let item = diff["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["key"] == "secrets.DB_PASSWORD")
+        .unwrap_or_else(|| panic!("{diff}"))
+        .clone();
+    let b = item["b"].as_str().unwrap();
+    assert!(
+        b.starts_with("DB_PASSWORD version 3") && b.ends_with("the live release has version 1"),
+        "{item}"
+    );
+
     // A restart starts the live instance with the versions it had.
     s.kill9();
     s.restart();
