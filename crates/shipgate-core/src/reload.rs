@@ -252,6 +252,7 @@ mod tests {
             "api",
             "h3",
             "promotion.failed",
+            "viewer",
         ];
         match value {
             Value::Boolean(b) => vec![Value::Boolean(!b)],
@@ -316,6 +317,9 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("experiments")).expect("folder");
         for f in ["db-latency.json", "db-latency.jsonx", "db-latency.json/x"] {
             let _ = std::fs::write(dir.path().join("experiments").join(f), "{}");
+        }
+        for f in ["secrets.development.age", "secrets.development.agex"] {
+            std::fs::write(dir.path().join(f), "").expect("file");
         }
         let src = include_str!("../../../docs/shipgate.reference.toml");
         let config = Config::parse(src, dir.path()).unwrap_or_else(|e| {
