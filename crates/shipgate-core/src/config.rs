@@ -3889,8 +3889,8 @@ mod tests {
 
     #[test]
     fn a_template_copies_no_secret_of_its_environment_unless_it_names_it() {
-        let flow = "[apps.web]\nrun = \"./web\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\nsecrets = [\"API_SEED\"]\nvars = { DB_PASSWORD = \"staging-pw\", STRIPE_KEY = \"sk_staging\", API_SEED = \"s33d\", DATABASE_URL = \"postgres://app:pw@db/app\", LOG_LEVEL = \"debug\" }\n";
-        let preview = |extra: &str| {
+        let flow = "[apps.web]\nrun = \"./web\"\n[environments.staging]\nlisten = \"127.0.0.1:8103\"\nsecrets = [\"API_SEED\"]\nvars = { DB_PASSWORD = \"staging-pw\", STRIPE_KEY = \"sk_staging\", API_SEED = \"s33d\", DATABASE_URL = \"postgres://app:pw@db/app\", LOG_LEVEL = \"debug\", MAIL_KEY = { secret = \"MAIL_KEY\" }, SMS_KEY = { secret = \"SMS_KEY\" } }\n";
+        let preview_env = |extra: &str| {
             let c = Config::parse(
                 &format!("{flow}[templates.preview]\nfrom = \"staging\"\nlisten_range = \"127.0.0.1:9100-9109\"\n{extra}"),
                 Path::new("/p"),
@@ -3900,14 +3900,28 @@ mod tests {
                 .template(&EnvName::parse("preview").unwrap())
                 .unwrap()
                 .clone();
-            let env = t.environment(
+            t.environment(
                 c.environment(&t.from).unwrap(),
                 EnvName::parse("pr-1").unwrap(),
                 "127.0.0.1:9100".parse().unwrap(),
-            );
-            env.vars.into_keys().collect::<Vec<_>>()
+            )
         };
+        let preview = |extra: &str| preview_env(extra).vars.into_keys().collect::<Vec<_>>();
         assert_eq!(preview(""), ["LOG_LEVEL"]);
+        // Sealed secrets too: none unless named, and those named stay staging's.
+        assert!(preview_env("").secret_vars.is_empty());
+        let named = preview_env("secrets = [\"SMS_KEY\"]\n").secret_vars;
+        let staging = EnvName::parse("staging").unwrap();
+        assert_eq!(
+            named.into_iter().collect::<Vec<_>>(),
+            [(
+                "SMS_KEY".to_owned(),
+                SecretRef {
+                    env: staging,
+                    name: "SMS_KEY".into()
+                }
+            )]
+        );
         assert_eq!(
             preview("secrets = [\"STRIPE_KEY\"]\nvars = { DB_PASSWORD = \"preview-pw\" }\n"),
             ["DB_PASSWORD", "LOG_LEVEL", "STRIPE_KEY"]
