@@ -121,7 +121,7 @@ pub(crate) async fn require_token(
     if presented.starts_with(crate::session::CLI_PREFIX) {
         return match crate::session::current(&state, presented).await {
             Ok(Found::Live(session)) if session.kind == "cli" => {
-                request.extensions_mut().insert(session.grant);
+                request.extensions_mut().insert(session.grant.clone());
                 next.run(request).await
             }
             Ok(Found::Live(_) | Found::Unknown) => Problem::new(

@@ -54,7 +54,7 @@ impl From<Via> for Kind {
 /// A session looked up by its id.
 pub(crate) enum Found {
     /// It holds; its grant is the one of now.
-    Live(SessionRecord),
+    Live(Box<SessionRecord>),
     /// No such session (never, signed out, or past its end).
     Unknown,
     /// It ended just now, for the reason given.
@@ -199,7 +199,7 @@ pub(crate) async fn current(state: &AppState, id: &str) -> Result<Found, Problem
         return match token {
             Some(token) => {
                 session.grant = token.grant();
-                Ok(Found::Live(session))
+                Ok(Found::Live(Box::new(session)))
             }
             None => {
                 store.end_session(&id_hash, None).await?;
@@ -216,7 +216,7 @@ pub(crate) async fn current(state: &AppState, id: &str) -> Result<Found, Problem
     {
         return refresh(state, session).await;
     }
-    Ok(Found::Live(session))
+    Ok(Found::Live(Box::new(session)))
 }
 
 /// Reads the person's groups again at the provider; ends the session when that is refused or
@@ -237,7 +237,7 @@ async fn refresh(state: &AppState, session: SessionRecord) -> Result<Found, Prob
         .idp_expires_at
         .is_none_or(|at| at > Timestamp::now())
     {
-        return Ok(Found::Live(session));
+        return Ok(Found::Live(Box::new(session)));
     }
     let purpose = refresh_purpose(&session.id_hash);
     let refresh_token = session
@@ -277,12 +277,12 @@ async fn refresh(state: &AppState, session: SessionRecord) -> Result<Found, Prob
             Some(person.expires_at),
         )
         .await?;
-    Ok(Found::Live(SessionRecord {
+    Ok(Found::Live(Box::new(SessionRecord {
         grant,
         sealed_refresh: sealed,
         idp_expires_at: Some(person.expires_at),
         ..session
-    }))
+    })))
 }
 
 /// Ends `session` for `why`, recorded in the audit log.

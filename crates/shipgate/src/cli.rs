@@ -255,6 +255,16 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Sign in at the server's identity provider ([server.oidc]) through the browser; the
+    /// session is kept for that server in ~/.config/shipgate/credentials.json.
+    #[command(
+        after_help = "Examples:\n  shipgate login --server https://shipgate.example.com\n  shipgate login --no-browser   # only print the address to open"
+    )]
+    Login {
+        /// Only print the address to open; do not ask the desktop to open it.
+        #[arg(long)]
+        no_browser: bool,
+    },
     /// What is live where, instance health, promotions in progress.
     #[command(after_help = "Examples:\n  shipgate status\n  shipgate status web --output json")]
     Status {

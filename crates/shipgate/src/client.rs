@@ -366,27 +366,62 @@ impl Client {
     }
 }
 
-/// The server URL and token a command uses: flags, then environment, then the config's own
-/// server and the admin token in its data dir.
+/// The server URL and token a command uses: flags, then environment, then what `shipgate
+/// login` stored for that server (unless it expired), then the config's own server and the
+/// admin token in its data dir.
 pub fn connect(global: &crate::cli::Global) -> anyhow::Result<Client> {
-    let config = if global.config.exists() {
-        match crate::config_file::load(&global.config)? {
-            Ok(c) => Some(c),
-            Err(_) if global.server.is_some() && global.token.is_some() => None,
-            Err(invalid) => {
-                let first = invalid.0.lines().next().unwrap_or_default().to_owned();
-                bail!(
-                    "{} is invalid, so the server and token cannot be read from it: {first}\n(see every problem with `shipgate validate`; or pass --server and --token)",
-                    global.config.display()
-                );
-            }
+    let config = read_config(global)?;
+    let server = server_url(global, config.as_ref());
+    let given = global
+        .token
+        .clone()
+        .or_else(|| crate::credentials::token_for(&server));
+    let token = match (given, &config) {
+        (Some(t), _) => t,
+        (None, Some(c)) => {
+            let path = c.server.data_dir.join(shipgate_server::ADMIN_TOKEN_FILE);
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("no token given and none readable at {} (start the server once to create it, pass --token, or sign in with shipgate login)", path.display()))?
+                .trim()
+                .to_owned()
         }
-    } else {
-        None
+        (None, None) => bail!(
+            "no token: pass --token or set SHIPGATE_TOKEN, sign in with `shipgate login` (or run in the folder of the server's shipgate.toml)"
+        ),
     };
-    let server = match (&global.server, &config) {
+    Client::new(&server, &token)
+}
+
+/// A client of the server a command would use, with no token (for signing in).
+pub fn connect_without_token(global: &crate::cli::Global) -> anyhow::Result<Client> {
+    let config = read_config(global)?;
+    Client::new(&server_url(global, config.as_ref()), "")
+}
+
+/// The config file, when there is one (`None` when it is invalid but not needed).
+fn read_config(global: &crate::cli::Global) -> anyhow::Result<Option<shipgate_core::Config>> {
+    if !global.config.exists() {
+        return Ok(None);
+    }
+    match crate::config_file::load(&global.config)? {
+        Ok((c, _)) => Ok(Some(c)),
+        Err(_) if global.server.is_some() && global.token.is_some() => Ok(None),
+        Err(invalid) => {
+            let first = invalid.0.lines().next().unwrap_or_default().to_owned();
+            bail!(
+                "{} is invalid, so the server and token cannot be read from it: {first}\n(see every problem with `shipgate validate`; or pass --server and --token)",
+                global.config.display()
+            );
+        }
+    }
+}
+
+/// `--server`, else the config's `listen` (on loopback when it listens everywhere), else the
+/// default address; as written, without a trailing slash.
+pub fn server_url(global: &crate::cli::Global, config: Option<&shipgate_core::Config>) -> String {
+    let server = match (&global.server, config) {
         (Some(s), _) => s.clone(),
-        (None, Some((c, _))) => {
+        (None, Some(c)) => {
             let mut addr = c.server.listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -395,20 +430,7 @@ pub fn connect(global: &crate::cli::Global) -> anyhow::Result<Client> {
         }
         (None, None) => "http://127.0.0.1:7300".to_owned(),
     };
-    let token = match (&global.token, &config) {
-        (Some(t), _) => t.clone(),
-        (None, Some((c, _))) => {
-            let path = c.server.data_dir.join(shipgate_server::ADMIN_TOKEN_FILE);
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("no token given and none readable at {} (start the server once to create it, or pass --token)", path.display()))?
-                .trim()
-                .to_owned()
-        }
-        (None, None) => bail!(
-            "no token: pass --token or set SHIPGATE_TOKEN (or run in the folder of the server's shipgate.toml)"
-        ),
-    };
-    Client::new(&server, &token)
+    server.trim().trim_end_matches('/').to_owned()
 }
 
 /// A file as a request body, read 1 MiB at a time (a body made of the file itself reads 4 KiB

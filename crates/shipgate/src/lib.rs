@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config_file;
+pub mod credentials;
 pub mod demo;
 pub mod output;
 pub mod sample;

@@ -106,7 +106,7 @@ impl FromRequestParts<AppState> for Viewer {
             Ok(Found::Live(session)) => Ok(Viewer {
                 caller: Caller(session.grant.clone()),
                 csrf: session.csrf.clone(),
-                session,
+                session: *session,
             }),
             Ok(Found::Unknown) => Err(sign_in()),
             Ok(Found::Ended(why)) => Err(pages::PageError::SessionEnded {

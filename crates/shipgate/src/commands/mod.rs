@@ -8,6 +8,7 @@ mod chaos;
 mod data;
 mod flags;
 mod install;
+mod login;
 mod notify;
 mod on_demand;
 mod parity;
@@ -153,6 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             redeploy(g, out, app.as_str(), env.as_str(), wait).await
         }
         Command::Status { app } => status(g, out, app.map(|a| a.to_string())).await,
+        Command::Login { no_browser } => login::login(g, out, !no_browser).await,
         Command::Data(DataCommand::Refresh { app, from, to }) => {
             data_refresh(g, out, app.as_str(), from.as_str(), to.as_str()).await
         }

@@ -43,5 +43,6 @@ mod secrets;
 mod servers;
 mod signoff;
 mod signoff_page;
+mod sso;
 mod standby;
 mod supervision;
