@@ -103,12 +103,13 @@ impl FromRequestParts<AppState> for Viewer {
             return Err(sign_in());
         };
         match crate::session::current(state, &id).await {
-            Ok(Found::Live(session)) => Ok(Viewer {
+            // A CLI session's token is not a cookie.
+            Ok(Found::Live(session)) if session.kind != "cli" => Ok(Viewer {
                 caller: Caller(session.grant.clone()),
                 csrf: session.csrf.clone(),
                 session: *session,
             }),
-            Ok(Found::Unknown) => Err(sign_in()),
+            Ok(Found::Live(_) | Found::Unknown) => Err(sign_in()),
             Ok(Found::Ended(why)) => Err(pages::PageError::SessionEnded {
                 next: parts
                     .uri

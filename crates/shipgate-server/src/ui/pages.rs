@@ -3,7 +3,7 @@
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use shipgate_core::gate::Wait;
@@ -380,7 +380,31 @@ pub(crate) async fn oidc_callback(
     )
     .await
     .map_err(from_problem)?;
-    Ok(signed_in(&started.id, &safe_next(Some(&finished.next))))
+    // A page that moves on, not a redirect: the browser came here from the provider's site, and
+    // a redirect would carry on that cross-site navigation, on which it withholds the new
+    // SameSite=Strict cookie. A navigation this page starts is same-site, and carries it.
+    let page = SignedInPage {
+        next: safe_next(Some(&finished.next)),
+        name: started.record.grant.name.clone(),
+    };
+    let max_age = crate::session::SESSION_TTL.as_secs().unsigned_abs();
+    Ok((
+        [
+            (header::SET_COOKIE, session_cookie(&started.id, max_age)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        html(&page),
+    )
+        .into_response())
+}
+
+#[derive(Template)]
+#[template(path = "signed_in.html")]
+struct SignedInPage {
+    /// Where to go on.
+    next: String,
+    /// Who signed in.
+    name: String,
 }
 
 #[derive(Deserialize)]

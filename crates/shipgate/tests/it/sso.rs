@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestServer, command, four_envs, spawn_server_with_env, text};
+use crate::browser::Browser;
+use crate::helpers::{TestServer, command, four_envs, spawn_server_with_env, text, wait_for};
 use crate::oidc_provider::{OidcProvider, person};
 
 const SECRET_ENV: &str = "SHIPGATE_IT_OIDC_SECRET";
@@ -101,10 +102,12 @@ async fn to_provider_and_back(
 async fn dashboard_sign_in(http: &reqwest::Client, api: &str, provider: &OidcProvider) -> String {
     let callback = to_provider_and_back(http, api, provider).await;
     let answer = http.get(&callback).send().await.unwrap();
-    assert!(answer.status().is_redirection(), "{}", answer.status());
-    assert_eq!(location(&answer), "/audit");
+    assert_eq!(answer.status().as_u16(), 200);
     let cookie = answer.headers()["set-cookie"].to_str().unwrap();
-    cookie.split(';').next().unwrap().to_owned()
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let body = answer.text().await.unwrap();
+    assert!(body.contains("url=/audit"), "it moves on to next: {body}");
+    cookie
 }
 
 /// A page of the dashboard with `cookie`: its status and body.
@@ -293,7 +296,7 @@ fn the_dashboard_signs_in_at_the_provider_and_refuses_what_it_must() {
 
         let callback = to_provider_and_back(&http, &api, &provider).await;
         let answer = http.get(&callback).send().await.unwrap();
-        assert!(answer.status().is_redirection(), "{}", answer.status());
+        assert_eq!(answer.status().as_u16(), 200);
         let cookie = answer.headers()["set-cookie"].to_str().unwrap();
         assert!(cookie.contains("HttpOnly"), "{cookie}");
         let cookie = cookie.split(';').next().unwrap().to_owned();
@@ -403,6 +406,15 @@ fn groups_are_read_again_when_the_id_token_expires() {
     provider.set(control.clone());
     let server = start(&provider);
     let api = server.api();
+    let home = tempfile::tempdir().unwrap();
+    let (child, url, said) = start_login(&server, home.path());
+    runtime().block_on(async {
+        let http = browser();
+        let callback = location(&http.get(&url).send().await.unwrap());
+        http.get(&callback).send().await.unwrap();
+    });
+    let out = finished(child, said);
+    assert!(out.status.success(), "{}", text(&out));
     runtime().block_on(async {
         let http = browser();
         let cookie = dashboard_sign_in(&http, &api, &provider).await;
@@ -442,9 +454,83 @@ fn groups_are_read_again_when_the_id_token_expires() {
             "the session ended"
         );
     });
+    // The CLI's session is read again too, at its next request after the ID token expired.
+    let status = as_person(&server, home.path())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!status.status.success(), "{}", text(&status));
+    assert!(
+        text(&status).contains("none of your groups (marketing)"),
+        "{}",
+        text(&status)
+    );
+    let again = as_person(&server, home.path())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(
+        text(&again).contains("sign in again (shipgate login)"),
+        "{}",
+        text(&again)
+    );
     let ended = server.messages_of("session.ended");
     assert!(
         ended.iter().any(|m| m.contains("ada@example.com")),
         "{ended:?}"
     );
+}
+
+#[test]
+fn a_browser_comes_back_from_the_provider_signed_in_on_the_page_it_asked_for() {
+    let provider = OidcProvider::start();
+    provider.set(ada(&["developers"]));
+    let server = start(&provider);
+    let b = Browser::start();
+    // Started on another site (localhost) than the one the provider sends the browser back to
+    // (127.0.0.1), as after following a link from elsewhere: the SameSite=Strict cookie set at
+    // the callback must still reach the page asked for.
+    let elsewhere = server.api().replace("127.0.0.1", "localhost");
+    b.goto(&format!("{elsewhere}/sign-in?next=/audit"));
+    b.click("#sign-in-oidc");
+    wait_for("the audit page, signed in as Ada", || {
+        b.url().ends_with("/audit") && b.text("body").contains("ada@example.com")
+    });
+}
+
+#[test]
+fn a_pasted_token_session_is_kept_in_the_store_and_ends_with_its_token() {
+    let mut server = crate::helpers::spawn_server(&four_envs(""));
+    let token = server.token("reader", "viewer", &[]);
+    let api = server.api();
+    let http = browser();
+    let rt = runtime();
+    let cookie = rt.block_on(async {
+        let (_, sign_in) = page(&http, &format!("{api}/sign-in"), "").await;
+        assert!(!sign_in.contains("identity provider"), "{sign_in}");
+        let answer = http
+            .post(format!("{api}/sign-in"))
+            .form(&[("token", token.as_str()), ("next", "/audit")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(location(&answer), "/audit");
+        let cookie = answer.headers()["set-cookie"].to_str().unwrap();
+        cookie.split(';').next().unwrap().to_owned()
+    });
+    server.kill9();
+    server.restart_answering();
+    // A new client: the old one's kept connection went with the server.
+    let http = browser();
+    rt.block_on(async {
+        let (status, board) = page(&http, &format!("{api}/"), &cookie).await;
+        assert_eq!(status, 200, "{board}");
+        assert!(board.contains("reader"), "{board}");
+    });
+    server.ok(&["token", "revoke", "reader"]);
+    rt.block_on(async {
+        let (status, body) = page(&http, &format!("{api}/"), &cookie).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("was revoked"), "{body}");
+    });
 }
