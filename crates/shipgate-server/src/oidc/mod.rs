@@ -22,7 +22,7 @@ use crate::problem::Problem;
 
 /// How long a sign-in may take at the provider.
 const SIGN_IN_TTL: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
-/// The key set is fetched again for an unknown key at most this often, so a token naming a key
+/// The key set is fetched again for an unknown key at most this often, so tokens naming a key
 /// that does not exist cannot make the server hammer the provider.
 const JWKS_REFETCH: Duration = Duration::from_secs(10);
 /// Clock skew allowed between the provider and this server.
@@ -183,7 +183,8 @@ pub(crate) struct Provider {
     /// refresh token twice (a provider that rotates them would refuse the second).
     pub(crate) refreshing: tokio::sync::Mutex<()>,
     discovery: tokio::sync::Mutex<Option<Discovery>>,
-    keys: tokio::sync::Mutex<Option<(jwt::Jwks, Instant)>>,
+    /// The key set, and when it was last fetched again for a key it lacked.
+    keys: tokio::sync::Mutex<Option<(jwt::Jwks, Option<Instant>)>>,
 }
 
 impl Provider {
@@ -436,20 +437,21 @@ impl Provider {
             leeway_secs: LEEWAY_SECS,
         };
         let mut keys = self.keys.lock().await;
-        let (set, fetched) = match keys.take() {
+        let (set, refetched) = match keys.take() {
             Some(kept) => kept,
-            None => (self.fetch_keys(&discovery).await?, Instant::now()),
+            None => (self.fetch_keys(&discovery).await?, None),
         };
         let first = jwt::verify(id_token, &set, &expect);
-        let (set, fetched, checked) = match first {
-            Err(jwt::JwtError::UnknownKey(_)) if fetched.elapsed() >= JWKS_REFETCH => {
+        let may_refetch = refetched.is_none_or(|at: Instant| at.elapsed() >= JWKS_REFETCH);
+        let (set, refetched, checked) = match first {
+            Err(jwt::JwtError::UnknownKey(_)) if may_refetch => {
                 let set = self.fetch_keys(&discovery).await?;
                 let checked = jwt::verify(id_token, &set, &expect);
-                (set, Instant::now(), checked)
+                (set, Some(Instant::now()), checked)
             }
-            other => (set, fetched, other),
+            other => (set, refetched, other),
         };
-        *keys = Some((set, fetched));
+        *keys = Some((set, refetched));
         Ok(checked?)
     }
 

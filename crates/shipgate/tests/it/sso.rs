@@ -305,6 +305,13 @@ fn the_dashboard_signs_in_at_the_provider_and_refuses_what_it_must() {
         assert!(board.contains("ada@example.com"), "{board}");
         assert!(board.contains("deployer (development)"), "{board}");
 
+        // The provider rotates its key: the key set is fetched again for the new one.
+        let mut rotated = ada(&["developers"]);
+        rotated["rotate_key"] = json!(1);
+        provider.set(rotated);
+        let again = dashboard_sign_in(&http, &api, &provider).await;
+        assert_eq!(page(&http, &format!("{api}/"), &again).await.0, 200);
+
         let replayed = http.get(&callback).send().await.unwrap();
         assert_eq!(replayed.status().as_u16(), 400);
         assert!(
