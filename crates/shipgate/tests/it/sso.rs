@@ -541,3 +541,62 @@ fn a_pasted_token_session_is_kept_in_the_store_and_ends_with_its_token() {
         assert!(body.contains("was revoked"), "{body}");
     });
 }
+
+/// A person never approves their own promotion, whether they asked with a token made for them
+/// (`--person SUB`) or signed in: the provider's `sub` is the person.
+#[test]
+fn a_person_signed_in_never_approves_what_their_own_token_promoted() {
+    let provider = OidcProvider::start();
+    let config = crate::helpers::four_envs_with(
+        &format!(
+            "[server.oidc]\nissuer = \"{}\"\nclient_id = \"shipgate\"\nclient_secret_env = \"{SECRET_ENV}\"\n[server.oidc.roles]\n\"release-managers\" = {{ role = \"approver\", envs = [\"production\"] }}\n",
+            provider.issuer()
+        ),
+        &[("production", "require.approvals = 1")],
+    );
+    let server = spawn_server_with_env(&config, &[(SECRET_ENV, SECRET)]);
+    let ada_ci = server.json(&[
+        "token", "create", "ada-ci", "--role", "deployer", "--person", "ada-sub",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.register("1.0.0", &[]);
+    server.walk("1.0.0", "staging");
+    server.ok_as(&ada_ci, &["promote", "web@1.0.0", "--to", "production"]);
+
+    let login = |control: Value| {
+        provider.set(control);
+        let home = tempfile::tempdir().unwrap();
+        let (child, url, said) = start_login(&server, home.path());
+        runtime().block_on(async {
+            let http = browser();
+            let callback = location(&http.get(&url).send().await.unwrap());
+            http.get(&callback).send().await.unwrap();
+        });
+        let out = finished(child, said);
+        assert!(out.status.success(), "{}", text(&out));
+        home
+    };
+    let ada_home = login(ada(&["release-managers"]));
+    let mut bob = person("bob-sub", "bob@example.com", "Bob", &["release-managers"]);
+    bob["client_id"] = json!("shipgate");
+    bob["client_secret"] = json!(SECRET);
+    let bob_home = login(bob);
+
+    let approve = |home: &Path| {
+        as_person(&server, home)
+            .args(["approve", "web@1.0.0", "--env", "production"])
+            .output()
+            .unwrap()
+    };
+    let own = approve(ada_home.path());
+    assert!(!own.status.success(), "{}", text(&own));
+    assert!(
+        text(&own).contains("asked for this promotion, so ada-sub may not approve it"),
+        "{}",
+        text(&own)
+    );
+    let other = approve(bob_home.path());
+    assert!(other.status.success(), "{}", text(&other));
+}
