@@ -307,29 +307,9 @@ impl Provider {
         Ok(person)
     }
 
-    /// The grant of `person`: their roles from their groups, the first in `role`, the others in
-    /// `also`; refused when no group maps to one.
+    /// The grant of `person` under this provider's `[server.oidc.roles]` (see [`grant_of`]).
     pub(crate) fn grant(&self, person: &Person) -> Result<Grant, SignInError> {
-        let mut bindings = self.config.bindings(&person.groups).into_iter();
-        let Some(first) = bindings.next() else {
-            let groups = if person.groups.is_empty() {
-                "none".to_owned()
-            } else {
-                person.groups.join(", ")
-            };
-            return Err(SignInError::Unmapped {
-                who: person.display().to_owned(),
-                groups,
-                mapped: self.config.mapped_groups().join(", "),
-            });
-        };
-        Ok(Grant {
-            name: person.display().to_owned(),
-            role: first.role,
-            envs: first.envs,
-            person: Some(person.sub.clone()),
-            also: bindings.collect(),
-        })
+        grant_of(&self.config, person)
     }
 
     /// Posts `form` to the token endpoint as this client.
@@ -508,6 +488,31 @@ impl Provider {
     }
 }
 
+/// The grant of `person`: their roles from their groups, the first in `role`, the others in
+/// `also`, their `sub` as the person; refused when no group maps to one.
+fn grant_of(config: &OidcConfig, person: &Person) -> Result<Grant, SignInError> {
+    let mut bindings = config.bindings(&person.groups).into_iter();
+    let Some(first) = bindings.next() else {
+        let groups = if person.groups.is_empty() {
+            "none".to_owned()
+        } else {
+            person.groups.join(", ")
+        };
+        return Err(SignInError::Unmapped {
+            who: person.display().to_owned(),
+            groups,
+            mapped: config.mapped_groups().join(", "),
+        });
+    };
+    Ok(Grant {
+        name: person.display().to_owned(),
+        role: first.role,
+        envs: first.envs,
+        person: Some(person.sub.clone()),
+        also: bindings.collect(),
+    })
+}
+
 /// `application/x-www-form-urlencoded` encoding of one value.
 fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -521,4 +526,78 @@ fn form_encode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config() -> OidcConfig {
+        let src = "[server.oidc]\nissuer = \"https://id.example.com\"\nclient_id = \"shipgate\"\n[server.oidc.roles]\n\"platform\" = \"admin\"\n\"developers\" = { role = \"deployer\", envs = [\"development\"] }\n[apps.web]\nrun = \"./web\"\n[environments.development]\nlisten = \"127.0.0.1:8101\"\n";
+        shipgate_core::Config::parse(src, Path::new("/tmp"))
+            .unwrap()
+            .server
+            .oidc
+            .unwrap()
+    }
+
+    fn ada(groups: &[&str], email: Option<&str>) -> Person {
+        Person {
+            sub: "ada-sub".to_owned(),
+            name: Some("Ada Lovelace".to_owned()),
+            email: email.map(str::to_owned),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            refresh_token: None,
+            expires_at: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_person_gets_every_role_of_their_groups_and_is_their_sub() {
+        let grant = grant_of(
+            &config(),
+            &ada(
+                &["developers", "platform", "other"],
+                Some("ada@example.com"),
+            ),
+        )
+        .unwrap();
+        assert_eq!(grant.name, "ada@example.com");
+        assert_eq!(grant.person(), "ada-sub");
+        assert_eq!(
+            crate::session::roles(&grant),
+            ["deployer (development)", "admin"]
+        );
+        let without_email = grant_of(&config(), &ada(&["platform"], None)).unwrap();
+        assert_eq!(without_email.name, "Ada Lovelace");
+    }
+
+    #[test]
+    fn a_person_without_a_mapped_group_is_told_which_groups_would_do() {
+        let refused = grant_of(
+            &config(),
+            &ada(&["marketing", "sales"], Some("ada@example.com")),
+        )
+        .unwrap_err();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            refused.to_string(),
+            "you signed in as ada@example.com, but none of your groups (marketing, sales) maps to \
+             a role in shipgate; ask an admin to map one in [server.oidc.roles] (mapped: \
+             developers, platform)"
+        );
+        let none = grant_of(&config(), &ada(&[], Some("ada@example.com"))).unwrap_err();
+        assert!(
+            none.to_string().contains("none of your groups (none)"),
+            "{none}"
+        );
+    }
+
+    #[test]
+    fn client_credentials_are_form_encoded_before_basic() {
+        assert_eq!(form_encode("shipgate"), "shipgate");
+        assert_eq!(form_encode("a b:c/é"), "a+b%3Ac%2F%C3%A9");
+    }
 }
