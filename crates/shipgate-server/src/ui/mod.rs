@@ -14,6 +14,7 @@ mod flags;
 mod load;
 mod on_demand;
 mod pages;
+mod sign_in;
 mod signoff;
 
 use axum::Router;
@@ -145,10 +146,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(pages::board))
-        .route("/sign-in", get(pages::sign_in_form).post(pages::sign_in))
-        .route("/sign-out", post(pages::sign_out))
-        .route("/auth/login", get(pages::oidc_login))
-        .route("/auth/callback", get(pages::oidc_callback))
+        .route(
+            "/sign-in",
+            get(sign_in::sign_in_form).post(sign_in::sign_in),
+        )
+        .route("/sign-out", post(sign_in::sign_out))
+        .route("/auth/login", get(sign_in::oidc_login))
+        .route("/auth/callback", get(sign_in::oidc_callback))
         .route("/apps/{app}/releases/{version}", get(pages::release))
         .route(
             "/apps/{app}/releases/{version}/decisions",

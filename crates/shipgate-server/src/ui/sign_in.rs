@@ -1,0 +1,233 @@
+//! Signing in to the dashboard: by a pasted token, or at the identity provider of
+//! `[server.oidc]` (`/auth/login`, then `/auth/callback`); and signing out. The sessions
+//! themselves are [`crate::session`]'s.
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::pages::{CsrfForm, Page, error_page, from_problem, html, query_escape};
+use super::{Viewer, session_cookie};
+use crate::AppState;
+
+/// The sign-in page.
+#[derive(Template)]
+#[template(path = "sign_in.html")]
+pub(crate) struct SignInPage {
+    next: String,
+    error: String,
+    /// Whether the server signs in through an identity provider too.
+    oidc: bool,
+    /// The way to it, coming back to `next`.
+    login: String,
+}
+
+impl SignInPage {
+    /// The sign-in page answered with `status`, saying `error` (empty: nothing went wrong).
+    pub(crate) fn answer(status: StatusCode, next: &str, error: &str, oidc: bool) -> Response {
+        let next = safe_next(Some(next));
+        let page = SignInPage {
+            login: format!("/auth/login?next={}", query_escape(&next)),
+            next,
+            error: error.to_owned(),
+            oidc,
+        };
+        (status, html(&page)).into_response()
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NextQuery {
+    next: Option<String>,
+}
+
+/// Only a path of this site, so a sign-in link cannot send anyone elsewhere.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
+pub(crate) async fn sign_in_form(
+    State(state): State<AppState>,
+    Query(q): Query<NextQuery>,
+) -> Response {
+    SignInPage::answer(
+        StatusCode::OK,
+        q.next.as_deref().unwrap_or("/"),
+        "",
+        state.oidc.is_some(),
+    )
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SignInForm {
+    token: String,
+    next: Option<String>,
+}
+
+/// The cookie of a new session, and the way on to `next`.
+fn signed_in(id: &str, next: &str) -> Response {
+    let max_age = crate::session::SESSION_TTL.as_secs().unsigned_abs();
+    (
+        [(header::SET_COOKIE, session_cookie(id, max_age))],
+        Redirect::to(next),
+    )
+        .into_response()
+}
+
+pub(crate) async fn sign_in(State(state): State<AppState>, Form(f): Form<SignInForm>) -> Response {
+    let next = safe_next(f.next.as_deref());
+    let hash = crate::auth::hash_token(f.token.trim());
+    match state.engine.store().token_by_hash(&hash).await {
+        Ok(Some(token)) => {
+            match crate::session::start_for_token(&state, hash, token.grant()).await {
+                Ok(started) => signed_in(&started.id, &next),
+                Err(e) => from_problem(e).into_response(),
+            }
+        }
+        Ok(None) => SignInPage::answer(
+            StatusCode::UNAUTHORIZED,
+            &next,
+            "This token is not known to the server or was revoked. Paste a token made with `shipgate token create`, or the admin token in the server's data dir.",
+            state.oidc.is_some(),
+        ),
+        Err(e) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()).into_response(),
+    }
+}
+
+/// `GET /auth/login?next=`: off to the identity provider.
+pub(crate) async fn oidc_login(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Page {
+    let Some(provider) = &state.oidc else {
+        return Err(error_page(
+            StatusCode::NOT_FOUND,
+            &crate::oidc::SignInError::Unconfigured.to_string(),
+        ));
+    };
+    let redirect_uri = format!("{}/auth/callback", own_address(&state));
+    let next = safe_next(q.next.as_deref());
+    let (url, _) = provider
+        .authorize_url(&redirect_uri, &next, crate::oidc::Via::Dashboard)
+        .await
+        .map_err(|e| error_page(e.status(), &e.to_string()))?;
+    Ok(Redirect::to(&url).into_response())
+}
+
+/// Where browsers reach this server: `public_url`, else the address its API is bound to
+/// (this machine's loopback when it listens on every address).
+pub(crate) fn own_address(state: &AppState) -> String {
+    let config = state.engine.config();
+    if let Some(url) = &config.server.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    // `listen` may ask for port 0: the port bound is in the lease this server holds.
+    let bound = state
+        .leader
+        .borrow()
+        .as_ref()
+        .and_then(|lease| lease.address.strip_prefix("http://")?.parse().ok());
+    let mut addr: std::net::SocketAddr = bound.unwrap_or(config.server.listen);
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// `GET /auth/callback?code&state`: back from the identity provider.
+pub(crate) async fn oidc_callback(
+    State(state): State<AppState>,
+    Query(q): Query<CallbackQuery>,
+) -> Page {
+    let Some(provider) = &state.oidc else {
+        return Err(error_page(
+            StatusCode::NOT_FOUND,
+            &crate::oidc::SignInError::Unconfigured.to_string(),
+        ));
+    };
+    if let Some(error) = &q.error {
+        let description = q
+            .error_description
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "the identity provider did not sign you in: {error}{description}; sign in again"
+            ),
+        ));
+    }
+    let (Some(code), Some(sign_in)) = (&q.code, &q.state) else {
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "this address lacks the code and state the identity provider sends back; sign in again",
+        ));
+    };
+    let refused = |e: crate::oidc::SignInError| error_page(e.status(), &e.to_string());
+    let finished = provider
+        .finish(code, sign_in, crate::oidc::Via::Dashboard)
+        .await
+        .map_err(refused)?;
+    let grant = provider.grant(&finished.person).map_err(refused)?;
+    let started = crate::session::start_for_person(
+        &state,
+        crate::session::Kind::Oidc,
+        &finished.person,
+        grant,
+    )
+    .await
+    .map_err(from_problem)?;
+    // A page that moves on, not a redirect: the browser came here from the provider's site, and
+    // a redirect would carry on that cross-site navigation, on which it withholds the new
+    // SameSite=Strict cookie. A navigation this page starts is same-site, and carries it.
+    let page = SignedInPage {
+        next: safe_next(Some(&finished.next)),
+        name: started.record.grant.name.clone(),
+    };
+    let max_age = crate::session::SESSION_TTL.as_secs().unsigned_abs();
+    Ok((
+        [
+            (header::SET_COOKIE, session_cookie(&started.id, max_age)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        html(&page),
+    )
+        .into_response())
+}
+
+#[derive(Template)]
+#[template(path = "signed_in.html")]
+struct SignedInPage {
+    /// Where to go on.
+    next: String,
+    /// Who signed in.
+    name: String,
+}
+
+pub(crate) async fn sign_out(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Form(f): Form<CsrfForm>,
+) -> Page {
+    viewer.check_csrf(&f.csrf)?;
+    crate::session::end_with_event(&state, &viewer.session, "signed out")
+        .await
+        .map_err(from_problem)?;
+    Ok((
+        [(header::SET_COOKIE, session_cookie("", 0))],
+        Redirect::to("/sign-in"),
+    )
+        .into_response())
+}
