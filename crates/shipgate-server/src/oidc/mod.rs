@@ -39,7 +39,8 @@ pub(crate) enum SignInError {
     /// The callback's state is not one this server gave out, or it was used already.
     #[error("this sign-in was already used or has expired; sign in again")]
     UnknownState,
-    /// The provider could not be reached or answered something unreadable.
+    /// The provider could not be reached or answered something unreadable (or, rarer, this
+    /// server had no randomness for the sign-in's secrets): nothing was refused, try again.
     #[error("{0}")]
     Unreachable(String),
     /// The provider refused (the code, the client, or the refresh token).
@@ -215,9 +216,7 @@ impl Provider {
         via: Via,
     ) -> Result<(String, String), SignInError> {
         let discovery = self.discovery().await?;
-        let random = || {
-            shipgate_core::secret::random_hex(32).map_err(|e| SignInError::Unreachable(e.clone()))
-        };
+        let random = || shipgate_core::secret::random_hex(32).map_err(SignInError::Unreachable);
         let state = random()?;
         let pending = Pending {
             via,
