@@ -216,6 +216,10 @@ pub struct TokenRequest {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub person: Option<String>,
+    /// How long it works (`90d`, at most ten years); absent: until revoked.
+    #[serde(default)]
+    #[schema(pattern = "^(?=.*[1-9])([0-9]{1,9}(ms|s|m|h|d))+$")]
+    pub expires: Option<String>,
 }
 
 /// `POST /api/v1/freezes`: stop promotions into one environment, or into all of them.

@@ -990,6 +990,24 @@ async fn create_token(
         )));
     }
     let role = shipgate_core::Role::parse(&b.role).map_err(Problem::bad_request)?;
+    let expires_at = match b.expires.as_deref() {
+        None => None,
+        Some(d) => {
+            let parsed = shipgate_core::Duration::parse(d).map_err(|e| {
+                Problem::bad_request(format!("expires: `{d}` is not a duration (90d, 12h): {e}"))
+            })?;
+            let secs = parsed.as_std().as_secs();
+            if secs == 0 || secs > 10 * 366 * 86_400 {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "token refused",
+                    format!("a token works from 1 s to ten years, not {parsed}; for longer, leave `expires` out (it then works until revoked)"),
+                ));
+            }
+            let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+            Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs))
+        }
+    };
     let envs = b
         .envs
         .iter()
@@ -1017,7 +1035,7 @@ async fn create_token(
         envs,
         hash: crate::auth::hash_token(&secret),
         person: person.map(str::to_owned),
-        expires_at: None,
+        expires_at,
     };
     let record = state
         .engine

@@ -159,6 +159,16 @@ pub(crate) async fn require_token(
                 .ok()
                 .flatten();
             match revoked {
+                Some(t) if t.revoked_at.is_none() => Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "expired token",
+                    format!(
+                        "this token (`{}`) expired at {}; ask an admin for a new one (shipgate token create --expires)",
+                        t.name,
+                        t.expires_at.map(|r| r.to_string()).unwrap_or_default()
+                    ),
+                )
+                .into_response(),
                 Some(t) => Problem::new(
                     StatusCode::UNAUTHORIZED,
                     "revoked token",

@@ -258,7 +258,8 @@ pub trait Store: Send + Sync {
     async fn insert_token(&self, token: NewToken, actor: &str) -> Result<TokenRecord>;
     /// The token whose sha256 hash is `hash`, unless revoked.
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
-    /// The revoked token whose sha256 hash is `hash`, if it is one (so a refusal can say so).
+    /// The token whose sha256 hash is `hash` if it no longer works, revoked or expired (so a
+    /// refusal can say which).
     async fn revoked_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
     /// Every token, revoked ones included, oldest first.
     async fn tokens(&self) -> Result<Vec<TokenRecord>>;

@@ -1540,16 +1540,22 @@ impl Store for SqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading a token"))?;
-        row.map(|row| token_from(&row)).transpose()
+        // An expired token works no more than a revoked one.
+        Ok(row
+            .map(|row| token_from(&row))
+            .transpose()?
+            .filter(|t| t.expires_at.is_none_or(|e| e > now())))
     }
 
     async fn revoked_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT id, name, role, envs, person, created_at, revoked_at, expires_at FROM tokens WHERE hash = $1 AND revoked_at IS NOT NULL")
+        let row = sqlx::query("SELECT id, name, role, envs, person, created_at, revoked_at, expires_at FROM tokens WHERE hash = $1")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading a token"))?;
-        row.map(|row| token_from(&row)).transpose()
+        Ok(row.map(|row| token_from(&row)).transpose()?.filter(|t| {
+            t.revoked_at.is_some() || t.expires_at.is_some_and(|e| e <= now())
+        }))
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>> {

@@ -1081,7 +1081,7 @@ pub enum HostCommand {
 pub enum TokenCommand {
     /// Create a token; its secret is printed once and stored only as a hash.
     #[command(
-        after_help = "Examples:\n  shipgate token create ci --role deployer\n  shipgate token create alice --role approver --env production\n  shipgate token create alice-ci --role deployer --person alice"
+        after_help = "Examples:\n  shipgate token create ci --role deployer\n  shipgate token create alice --role approver --env production\n  shipgate token create alice-ci --role deployer --person alice --expires 90d"
     )]
     Create {
         /// Who or what holds it (the actor in the audit log).
@@ -1099,6 +1099,10 @@ pub enum TokenCommand {
         /// that person caused.
         #[arg(long)]
         person: Option<String>,
+        /// How long it works (`90d`, `12h`); default: until revoked. Tokens for robots (CI)
+        /// should expire.
+        #[arg(long)]
+        expires: Option<String>,
     },
     /// Every token (never their secrets).
     List,

@@ -195,12 +195,14 @@ pub(super) async fn token(
             role,
             envs,
             person,
+            expires,
         } => {
             let body = TokenRequest {
                 name,
                 role: role.to_string(),
                 envs: envs.iter().map(ToString::to_string).collect(),
                 person,
+                expires,
             };
             let created: CreatedToken = client.post("/tokens", &body).await?;
             out.print(&created, |c| {
@@ -219,9 +221,13 @@ pub(super) async fn token(
                 let rows: Vec<Vec<String>> = tokens
                     .iter()
                     .map(|t| {
-                        let state = match &t.revoked_at {
-                            None => "active".to_owned(),
-                            Some(at) => format!("revoked {at}"),
+                        let state = match (&t.revoked_at, &t.expires_at) {
+                            (Some(at), _) => format!("revoked {at}"),
+                            (None, Some(e)) if *e <= jiff::Timestamp::now() => {
+                                format!("expired {e}")
+                            }
+                            (None, Some(e)) => format!("active until {e}"),
+                            (None, None) => "active".to_owned(),
                         };
                         vec![
                             t.name.clone(),

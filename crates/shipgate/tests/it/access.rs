@@ -410,3 +410,43 @@ fn scoped_tokens_see_only_their_environments_and_revoked_tokens_stop_working() {
         "the admin token, then ours"
     );
 }
+
+#[test]
+fn a_token_made_to_expire_stops_working_then_and_says_so() {
+    let s = spawn_server(&four_envs(""));
+    let out = s.ok(&[
+        "token",
+        "create",
+        "ci",
+        "--role",
+        "viewer",
+        "--person",
+        "team-ci",
+        "--expires",
+        "2s",
+    ]);
+    let token = out.lines().next().unwrap().trim().to_owned();
+    s.ok_as(&token, &["status"]);
+    let listed = s.ok(&["token", "list"]);
+    assert!(listed.contains("active until"), "{listed}");
+    crate::helpers::wait_for("the token to expire", || {
+        !s.cli_as(&token, &["status"]).status.success()
+    });
+    let refused = s.refused_as(&token, &["status"]);
+    assert!(
+        refused.contains("expired at") && refused.contains("shipgate token create"),
+        "{refused}"
+    );
+    assert!(s.ok(&["token", "list"]).contains("expired "));
+    // Ten years at most: longer is refused with what to do.
+    let refused = s.refused(&[
+        "token",
+        "create",
+        "x",
+        "--role",
+        "viewer",
+        "--expires",
+        "4000d",
+    ]);
+    assert!(refused.contains("leave `expires` out"), "{refused}");
+}
