@@ -351,7 +351,16 @@ pub fn postgres_database(prefix: &str) -> String {
 /// [`spawn_server`] for a server that is to stand by while another leads: returns once its
 /// `/healthz` says so (503, `standby: ...`).
 pub fn spawn_standby(config_toml: &str) -> TestServer {
+    spawn_standby_with_env(config_toml, &[])
+}
+
+/// [`spawn_standby`] with variables `env` in the server's environment.
+pub fn spawn_standby_with_env(config_toml: &str, env: &[(&str, &str)]) -> TestServer {
     let mut server = TestServer::unstarted(config_toml);
+    server.env = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     server.start_when(|r| r.status == 503 && r.body.starts_with("standby:"));
     server
 }

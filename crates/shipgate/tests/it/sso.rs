@@ -406,6 +406,47 @@ fn a_session_outlives_a_restart() {
 }
 
 #[test]
+fn servers_on_one_postgresql_database_share_sessions() {
+    let provider = OidcProvider::start();
+    provider.set(ada(&["platform"]));
+    let database = crate::helpers::postgres_database("sso");
+    let key = "5a".repeat(32);
+    let config = || {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"data\"\ndatabase = \"{database}\"\nlease = \"2s\"\ndata_plane = \"server\"\nisolation = \"none\"\nsecrets_key_env = \"SHIPGATE_IT_SECRETS_KEY\"\n[server.oidc]\nissuer = \"{}\"\nclient_id = \"shipgate\"\nclient_secret_env = \"{SECRET_ENV}\"\n[server.oidc.roles]\n\"platform\" = \"admin\"\n\n[apps.web]\nrun = \"python3 server.py --port ${{PORT}}\"\nhealth = \"/healthz\"\n\n[environments.development]\nlisten = \"127.0.0.1:{}\"\n",
+            crate::helpers::free_port(),
+            provider.issuer(),
+            crate::helpers::free_port()
+        )
+    };
+    let env = [
+        (SECRET_ENV, SECRET),
+        ("SHIPGATE_IT_SECRETS_KEY", key.as_str()),
+    ];
+    let mut a = spawn_server_with_env(&config(), &env);
+    let b = crate::helpers::spawn_standby_with_env(&config(), &env);
+    let cookie = runtime().block_on(async {
+        let http = browser();
+        let cookie = dashboard_sign_in(&http, &a.api(), &provider).await;
+        let (status, _) = page(&http, &format!("{}/", a.api()), &cookie).await;
+        assert_eq!(status, 200);
+        cookie
+    });
+    // The server that signed Ada in is gone; the one that takes over knows her session (and
+    // opens its sealed refresh token with the key they share).
+    a.kill9();
+    let api = b.api();
+    wait_for("the standby to lead", || {
+        crate::helpers::http_get(&format!("{api}/healthz"), None).is_some_and(|r| r.status == 200)
+    });
+    runtime().block_on(async {
+        let (status, board) = page(&browser(), &format!("{api}/"), &cookie).await;
+        assert_eq!(status, 200, "{board}");
+        assert!(board.contains("ada@example.com"), "{board}");
+    });
+}
+
+#[test]
 fn groups_are_read_again_when_the_id_token_expires() {
     let provider = OidcProvider::start();
     let mut control = ada(&["developers"]);
