@@ -1001,7 +1001,9 @@ async fn create_token(
                 return Err(Problem::new(
                     StatusCode::CONFLICT,
                     "token refused",
-                    format!("a token works from 1 s to ten years, not {parsed}; for longer, leave `expires` out (it then works until revoked)"),
+                    format!(
+                        "a token works from 1 s to ten years, not {parsed}; for longer, leave `expires` out (it then works until revoked)"
+                    ),
                 ));
             }
             let secs = i64::try_from(secs).unwrap_or(i64::MAX);

@@ -5,9 +5,8 @@
 use shipgate_api::answers::{
     AgentEndpoint, CreatedFlagKey, CreatedHost, CreatedRelease, CreatedToken, DataCheck,
     DecisionRecorded, DoraView, FlagPromotion, FlagView, GcReport, Joined, LoadReport, LogChunk,
-    LoginStarted, NotifyView, OnDemandView, SessionToken, Problem, ProxyFaultView, ReleaseDetail, Reloaded, SecretInfo, SecretSet,
-    SecretsRecipient, SignoffStatus,
-    TrafficProbe,
+    LoginStarted, NotifyView, OnDemandView, Problem, ProxyFaultView, ReleaseDetail, Reloaded,
+    SecretInfo, SecretSet, SecretsRecipient, SessionToken, SignoffStatus, TrafficProbe,
 };
 use shipgate_api::data::DataMessage;
 use shipgate_api::parity::{Diff, DriftReport};
@@ -20,9 +19,10 @@ use shipgate_api::requests::{
     DataRefreshRequest, DecisionRequest, DiffQuery, DoraQuery, EventsQuery, ExtendRequest,
     FlagChangesQuery, FlagDecisionRequest, FlagKeyRequest, FlagPromoteRequest, FlagsQuery,
     FreezeQuery, FreezeRequest, GcRequest, HistoryQuery, HostRequest, JoinRequest, LoadRequestBody,
-    LoginRequest, LogsQuery, NotifyRetryRequest, TokenExchangeRequest, NotifyTestRequest, OnDemandRequest, PromoteRequest,
-    ReleaseQuery, RestoreRequest, RollbackRequest, SecretSetRequest, SetFlagRequest, SignoffQuery, SignoffRequest,
-    TokenRequest, TrafficProbeQuery,
+    LoginRequest, LogsQuery, NotifyRetryRequest, NotifyTestRequest, OnDemandRequest,
+    PromoteRequest, ReleaseQuery, RestoreRequest, RollbackRequest, SecretSetRequest,
+    SetFlagRequest, SignoffQuery, SignoffRequest, TokenExchangeRequest, TokenRequest,
+    TrafficProbeQuery,
 };
 use shipgate_api::status::{AppStatus, CanaryView, HistoryEntry, HostView, LeaderView};
 use shipgate_core::gate::Freeze;

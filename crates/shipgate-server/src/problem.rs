@@ -137,9 +137,7 @@ impl From<EngineError> for Problem {
             EngineError::Store(_)
             | EngineError::DataPlane(_)
             | EngineError::CannotIsolate(_)
-            | EngineError::Secrets(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-            }
+            | EngineError::Secrets(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
         };
         if status.is_server_error() {
             tracing::error!("{detail}");

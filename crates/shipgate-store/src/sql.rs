@@ -1553,9 +1553,10 @@ impl Store for SqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading a token"))?;
-        Ok(row.map(|row| token_from(&row)).transpose()?.filter(|t| {
-            t.revoked_at.is_some() || t.expires_at.is_some_and(|e| e <= now())
-        }))
+        Ok(row
+            .map(|row| token_from(&row))
+            .transpose()?
+            .filter(|t| t.revoked_at.is_some() || t.expires_at.is_some_and(|e| e <= now())))
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>> {

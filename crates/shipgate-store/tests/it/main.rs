@@ -42,7 +42,7 @@ mod lease;
 mod on_demand;
 mod promotions;
 mod releases;
-mod secrets;
 mod reopen;
+mod secrets;
 mod signoffs;
 mod tar_entries;
