@@ -165,12 +165,9 @@ fn group_role(
     problems: &mut Problems,
 ) -> Option<Binding> {
     let help = "write \"GROUP\" = \"ROLE\" or \"GROUP\" = { role = \"ROLE\", envs = [\"ENV\", \"PREFIX-*\"] }, with a role of viewer, deployer, approver, tester or admin";
-    let (role, envs) = match value.get_ref() {
-        toml::Value::String(role) => (role.as_str(), Vec::new()),
-        toml::Value::Table(t)
-            if t.keys().all(|k| k == "role" || k == "envs") && t.contains_key("role") =>
-        {
-            let role = t.get("role").and_then(|r| r.as_str());
+    let written = match value.get_ref() {
+        toml::Value::String(role) => Some((role.as_str(), Vec::new())),
+        toml::Value::Table(t) if t.keys().all(|k| k == "role" || k == "envs") => {
             let envs = match t.get("envs") {
                 None => Some(Vec::new()),
                 Some(toml::Value::Array(a)) => a
@@ -179,26 +176,17 @@ fn group_role(
                     .collect::<Option<Vec<_>>>(),
                 Some(_) => None,
             };
-            match (role, envs) {
-                (Some(role), Some(envs)) => (role, envs),
-                _ => {
-                    problems.add(
-                        value.span(),
-                        format!("the role of group `{group}` is not written right"),
-                        help.to_owned(),
-                    );
-                    return None;
-                }
-            }
+            t.get("role").and_then(|r| r.as_str()).zip(envs)
         }
-        _ => {
-            problems.add(
-                value.span(),
-                format!("the role of group `{group}` is not written right"),
-                help.to_owned(),
-            );
-            return None;
-        }
+        _ => None,
+    };
+    let Some((role, envs)) = written else {
+        problems.add(
+            value.span(),
+            format!("the role of group `{group}` is not written right"),
+            help.to_owned(),
+        );
+        return None;
     };
     let role = match Role::parse(role) {
         Ok(r) => r,

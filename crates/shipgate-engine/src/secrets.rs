@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use shipgate_api::answers::SecretInfo;
 use shipgate_core::config::{Config, SecretRef};
 use shipgate_core::{EnvName, Grant, PromotionKind, Role};
 use shipgate_store::age::{AgeIdentity, parse_env_file};
@@ -26,23 +27,6 @@ pub(crate) struct Vault {
     source: KeySource,
     age: AgeIdentity,
     opened: Mutex<HashMap<EnvName, BTreeMap<String, String>>>,
-}
-
-/// One secret as `secret list` shows it: never its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretSummary {
-    /// Its name.
-    pub name: String,
-    /// Its newest version.
-    pub version: i64,
-    /// Who set that version, when, and from where.
-    pub set_by: String,
-    /// When.
-    pub set_at: jiff::Timestamp,
-    /// `shipgate secret set` or the `secrets_file`.
-    pub source: String,
-    /// The variables that use it, by app-independent name.
-    pub used_by: Vec<String>,
 }
 
 fn aad(env: &EnvName, name: &str, version: i64) -> Vec<u8> {
@@ -333,30 +317,40 @@ impl Engine {
     }
 
     /// The secrets of `env`, newest version of each, never a value.
-    pub async fn secret_list(&self, env: &EnvName) -> Result<Vec<SecretSummary>, EngineError> {
+    pub async fn secret_list(&self, env: &EnvName) -> Result<Vec<SecretInfo>, EngineError> {
         self.known_env(env)?;
-        let config = self.config();
-        let vars: Vec<(&String, &SecretRef)> = config
-            .environment(env)
-            .map(|e| e.secret_vars.iter().collect())
-            .unwrap_or_default();
         let versions = self.store.secrets(env).await?;
         Ok(newest(&versions)
             .into_values()
             .filter(|v| v.sealed.is_some())
-            .map(|v| SecretSummary {
-                name: v.name.clone(),
-                version: v.version,
-                set_by: v.set_by.clone(),
-                set_at: v.set_at,
-                source: v.source.clone(),
-                used_by: vars
-                    .iter()
-                    .filter(|(_, r)| r.env == *env && r.name == v.name)
-                    .map(|(var, _)| (*var).clone())
-                    .collect(),
-            })
+            .map(|v| self.secret_info(v))
             .collect())
+    }
+
+    /// A version of a secret as the API shows it: name, version, who, when, from where, and
+    /// the variables of its environment that use it; never its value.
+    pub fn secret_info(&self, v: &SecretVersion) -> SecretInfo {
+        let config = self.config();
+        let used_by = config
+            .environment(&v.env)
+            .map(|e| {
+                e.secret_vars
+                    .iter()
+                    .filter(|(_, r)| r.env == v.env && r.name == v.name)
+                    .map(|(var, _)| var.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        SecretInfo {
+            env: v.env.clone(),
+            name: v.name.clone(),
+            version: v.version,
+            set_by: v.set_by.clone(),
+            set_at: v.set_at,
+            source: v.source.clone(),
+            used_by,
+            removed: v.sealed.is_none(),
+        }
     }
 
     fn known_env(&self, env: &EnvName) -> Result<(), EngineError> {

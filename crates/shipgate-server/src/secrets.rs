@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use shipgate_api::answers::{SecretInfo, SecretSet, SecretsRecipient};
 use shipgate_api::requests::SecretSetRequest;
-use shipgate_core::{Action, EnvName};
+use shipgate_core::Action;
 
 use crate::AppState;
 use crate::api::env_name;
@@ -14,19 +14,6 @@ use crate::extract::{ApiJson, ApiPath, Caller};
 use crate::problem::Problem;
 
 type ApiResult<T> = Result<T, Problem>;
-
-fn info(env: &EnvName, v: &shipgate_store::SecretVersion, used_by: Vec<String>) -> SecretInfo {
-    SecretInfo {
-        env: env.clone(),
-        name: v.name.clone(),
-        version: v.version,
-        set_by: v.set_by.clone(),
-        set_at: v.set_at,
-        source: v.source.clone(),
-        used_by,
-        removed: v.sealed.is_none(),
-    }
-}
 
 /// `PUT /api/v1/secrets/{env}/{name}`.
 pub(crate) async fn set(
@@ -41,9 +28,8 @@ pub(crate) async fn set(
         .engine
         .set_secret(&env, &name, &body.value, caller.grant(), body.deploy)
         .await?;
-    let used_by = used_by(&state, &env, &name);
     Ok(Json(SecretSet {
-        secret: info(&env, &version, used_by),
+        secret: state.engine.secret_info(&version),
         promotions,
     }))
 }
@@ -60,8 +46,7 @@ pub(crate) async fn remove(
         .engine
         .remove_secret(&env, &name, caller.grant())
         .await?;
-    let used_by = used_by(&state, &env, &name);
-    Ok(Json(info(&env, &version, used_by)))
+    Ok(Json(state.engine.secret_info(&version)))
 }
 
 /// `GET /api/v1/secrets/{env}`.
@@ -72,21 +57,7 @@ pub(crate) async fn list(
 ) -> ApiResult<Json<Vec<SecretInfo>>> {
     let env = env_name(&env)?;
     caller.allow(Action::Read, Some(&env))?;
-    let list = state.engine.secret_list(&env).await?;
-    Ok(Json(
-        list.into_iter()
-            .map(|s| SecretInfo {
-                env: env.clone(),
-                name: s.name,
-                version: s.version,
-                set_by: s.set_by,
-                set_at: s.set_at,
-                source: s.source,
-                used_by: s.used_by,
-                removed: false,
-            })
-            .collect(),
-    ))
+    Ok(Json(state.engine.secret_list(&env).await?))
 }
 
 /// `GET /api/v1/secrets-recipient`.
@@ -97,19 +68,4 @@ pub(crate) async fn recipient(
     Json(SecretsRecipient {
         recipient: state.engine.secrets_recipient(),
     })
-}
-
-fn used_by(state: &AppState, env: &EnvName, name: &str) -> Vec<String> {
-    state
-        .engine
-        .config()
-        .environment(env)
-        .map(|e| {
-            e.secret_vars
-                .iter()
-                .filter(|(_, r)| r.env == *env && r.name == name)
-                .map(|(v, _)| v.clone())
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -3,8 +3,7 @@
 //! by its owner only.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -60,17 +59,6 @@ pub fn keep(server: &str, stored: Stored) -> anyhow::Result<PathBuf> {
     let mut all = read();
     all.insert(server.to_owned(), stored);
     let json = serde_json::to_vec_pretty(&all).context("writing the credentials")?;
-    let fresh = path.with_extension(format!("json.{}.new", std::process::id()));
-    let _ = std::fs::remove_file(&fresh);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&fresh)
-        .with_context(|| format!("writing {}", fresh.display()))?;
-    file.write_all(&json)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", fresh.display()))?;
-    std::fs::rename(&fresh, &path).with_context(|| format!("writing {}", path.display()))?;
+    shipgate_server::write_private(&path, &json)?;
     Ok(path)
 }

@@ -196,6 +196,20 @@ fn finished(mut child: Child, said: mpsc::Receiver<String>) -> Output {
     out
 }
 
+/// A home where `shipgate login` signed in at the provider as its control file says.
+fn logged_in(server: &TestServer) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let (child, url, said) = start_login(server, home.path());
+    runtime().block_on(async {
+        let http = browser();
+        let callback = location(&http.get(&url).send().await.unwrap());
+        http.get(&callback).send().await.unwrap();
+    });
+    let out = finished(child, said);
+    assert!(out.status.success(), "{}", text(&out));
+    home
+}
+
 #[test]
 fn shipgate_login_keeps_a_session_whose_roles_come_from_the_groups() {
     let provider = OidcProvider::start();
@@ -398,8 +412,13 @@ fn a_session_outlives_a_restart() {
     });
     server.kill9();
     server.restart_answering();
+    assert_ada_signed_in(&api, &cookie);
+}
+
+/// The board of the server at `api`, with `cookie`, shows Ada signed in.
+fn assert_ada_signed_in(api: &str, cookie: &str) {
     runtime().block_on(async {
-        let (status, board) = page(&browser(), &format!("{api}/"), &cookie).await;
+        let (status, board) = page(&browser(), &format!("{api}/"), cookie).await;
         assert_eq!(status, 200, "{board}");
         assert!(board.contains("ada@example.com"), "{board}");
     });
@@ -439,11 +458,7 @@ fn servers_on_one_postgresql_database_share_sessions() {
     wait_for("the standby to lead", || {
         crate::helpers::http_get(&format!("{api}/healthz"), None).is_some_and(|r| r.status == 200)
     });
-    runtime().block_on(async {
-        let (status, board) = page(&browser(), &format!("{api}/"), &cookie).await;
-        assert_eq!(status, 200, "{board}");
-        assert!(board.contains("ada@example.com"), "{board}");
-    });
+    assert_ada_signed_in(&api, &cookie);
 }
 
 #[test]
@@ -454,15 +469,7 @@ fn groups_are_read_again_when_the_id_token_expires() {
     provider.set(control.clone());
     let server = start(&provider);
     let api = server.api();
-    let home = tempfile::tempdir().unwrap();
-    let (child, url, said) = start_login(&server, home.path());
-    runtime().block_on(async {
-        let http = browser();
-        let callback = location(&http.get(&url).send().await.unwrap());
-        http.get(&callback).send().await.unwrap();
-    });
-    let out = finished(child, said);
-    assert!(out.status.success(), "{}", text(&out));
+    let home = logged_in(&server);
     runtime().block_on(async {
         let http = browser();
         let cookie = dashboard_sign_in(&http, &api, &provider).await;
@@ -608,16 +615,7 @@ fn a_person_signed_in_never_approves_what_their_own_token_promoted() {
 
     let login = |control: Value| {
         provider.set(control);
-        let home = tempfile::tempdir().unwrap();
-        let (child, url, said) = start_login(&server, home.path());
-        runtime().block_on(async {
-            let http = browser();
-            let callback = location(&http.get(&url).send().await.unwrap());
-            http.get(&callback).send().await.unwrap();
-        });
-        let out = finished(child, said);
-        assert!(out.status.success(), "{}", text(&out));
-        home
+        logged_in(&server)
     };
     let ada_home = login(ada(&["release-managers"]));
     let mut bob = person("bob-sub", "bob@example.com", "Bob", &["release-managers"]);
