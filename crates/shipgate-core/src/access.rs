@@ -228,17 +228,43 @@ impl Grant {
         if self.also.is_empty() {
             return self.clone();
         }
-        let as_one = |b: Binding| Grant {
+        self.bindings()
+            .map(|b| self.as_one(b))
+            .find(|g| g.check(action, env).is_ok())
+            .or_else(|| {
+                self.bindings()
+                    .find(|b| b.covers(env))
+                    .map(|b| self.as_one(b))
+            })
+            .unwrap_or_else(|| self.clone())
+    }
+
+    /// The grant as its role in `env`: the first of `prefer` it holds there, else any role it
+    /// holds there, else itself. Where a rule asks for a role (a sign-off's, a hotfix lane's,
+    /// an approval's, an admin for production's faults), a person with several roles is judged
+    /// by the one they hold in that environment, never by a role held elsewhere.
+    pub fn in_env(&self, env: &EnvName, prefer: &[Role]) -> Grant {
+        if self.also.is_empty() {
+            return self.clone();
+        }
+        prefer
+            .iter()
+            .find_map(|r| {
+                self.bindings()
+                    .find(|b| b.role == *r && b.covers(Some(env)))
+            })
+            .or_else(|| self.bindings().find(|b| b.covers(Some(env))))
+            .map(|b| self.as_one(b))
+            .unwrap_or_else(|| self.clone())
+    }
+
+    fn as_one(&self, b: Binding) -> Grant {
+        Grant {
             role: b.role,
             envs: b.envs,
             also: Vec::new(),
             ..self.clone()
-        };
-        self.bindings()
-            .map(as_one)
-            .find(|g| g.check(action, env).is_ok())
-            .or_else(|| self.bindings().find(|b| b.covers(env)).map(as_one))
-            .unwrap_or_else(|| self.clone())
+        }
     }
 
     /// Whether records of `env` are in its scope (any of its roles).
@@ -445,6 +471,8 @@ mod tests {
             person.acting(Action::Approve, Some(&prod)).role,
             Role::Approver
         );
+        assert_eq!(person.in_env(&prod, &[Role::Admin]).role, Role::Approver);
+        assert_eq!(person.in_env(&dev, &[Role::Approver]).role, Role::Deployer);
         assert_eq!(
             person.acting(Action::Promote, Some(&dev)).role,
             Role::Deployer

@@ -139,6 +139,7 @@ impl Engine {
             chaos::FaultRefusal::NotAllowed(why) => EngineError::ChaosNotAllowed(why),
             chaos::FaultRefusal::Malformed(why) => EngineError::Chaos(why),
         })?;
+        let grant = &grant.in_env(ask.env, &[Role::Admin]);
         if chaos::needs_admin(&config, ask.env) && grant.role != Role::Admin {
             return Err(EngineError::ChaosForbidden(format!(
                 "{env} ends the flow (it is production), so faults there need an admin; token `{}` has the role {}",

@@ -98,7 +98,8 @@ impl Engine {
         grant: &Grant,
     ) -> Result<mpsc::UnboundedReceiver<DataMessage>, EngineError> {
         let data = self.data_of(app)?;
-        if grant.role != Role::Admin && grant.role != data.role {
+        let holds = |role| grant.has_role(role, Some(from)) && grant.has_role(role, Some(to));
+        if !holds(Role::Admin) && !holds(data.role) {
             return Err(EngineError::DataRefused(format!(
                 "token `{}` has the role {}; refreshing data needs the role {} (or admin)",
                 grant.name, grant.role, data.role

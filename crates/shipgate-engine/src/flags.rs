@@ -445,6 +445,13 @@ impl Engine {
         };
         let rule = env_config.require.approvals.clone();
         let requested_by = (self.persons().await?)(&record.requested_by);
+        let wanted = rule
+            .as_ref()
+            .and_then(|r| r.role)
+            .unwrap_or(shipgate_core::Role::Approver);
+        let grant = &self
+            .as_person(&grant.in_env(&record.env, &[wanted, shipgate_core::Role::Admin]))
+            .await?;
         let ask = DecisionAsk {
             subject: "flag change",
             stage: Stage::Entry,

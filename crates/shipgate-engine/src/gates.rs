@@ -358,6 +358,12 @@ impl Engine {
         }
         let earlier = self.store.decisions(promotion.id, stage).await?;
         let (requested_by, caused_by) = self.people_behind(&promotion).await?;
+        let wanted = rule
+            .and_then(|r| r.role)
+            .unwrap_or(shipgate_core::Role::Approver);
+        let grant = &self
+            .as_person(&grant.in_env(env, &[wanted, shipgate_core::Role::Admin]))
+            .await?;
         let ask = DecisionAsk {
             subject: "promotion",
             stage,
@@ -435,15 +441,32 @@ impl Engine {
         Ok((requested_by, caused_by))
     }
 
-    /// The person behind each token name (its `person`, or the name itself).
+    /// The person behind each actor name: a token's `person` (or its name), then whoever
+    /// signed in at the identity provider under that name or email (their subject).
     pub(crate) async fn persons(&self) -> Result<impl Fn(&str) -> String, EngineError> {
         let tokens = self.store.tokens().await?;
+        let people: std::collections::HashMap<String, String> =
+            self.store.people().await?.into_iter().collect();
         Ok(move |name: &str| {
-            tokens
+            let named = tokens
                 .iter()
                 .find(|t| t.name == name)
                 .and_then(|t| t.person.clone())
-                .unwrap_or_else(|| name.to_owned())
+                .unwrap_or_else(|| name.to_owned());
+            people.get(&named).cloned().unwrap_or(named)
+        })
+    }
+
+    /// `grant` as the person behind it (see [`Engine::persons`]): a token whose `person` is
+    /// the email someone signs in with is that person.
+    pub(crate) async fn as_person(
+        &self,
+        grant: &shipgate_core::Grant,
+    ) -> Result<shipgate_core::Grant, EngineError> {
+        let person = (self.persons().await?)(grant.person());
+        Ok(shipgate_core::Grant {
+            person: Some(person),
+            ..grant.clone()
         })
     }
 

@@ -362,7 +362,7 @@ impl Engine {
             .environment(env)
             .ok_or_else(|| EngineError::UnknownEnvironment(env.to_string()))?;
         if shipgate_core::chaos::needs_admin(&config, env)
-            && (!env_config.load_allow || grant.role != Role::Admin)
+            && (!env_config.load_allow || !grant.has_role(Role::Admin, Some(env)))
         {
             return Err(EngineError::LoadForbidden(format!(
                 "{env} is at the end of the flow: load is sent there only by an admin, and only with [environments.{env}.load] allow = true in the config"

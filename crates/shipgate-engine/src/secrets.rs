@@ -255,6 +255,7 @@ impl Engine {
                 NewSecret {
                     env: env.clone(),
                     name: name.to_owned(),
+                    version,
                     sealed,
                     key_id,
                     source: source.to_owned(),
@@ -262,13 +263,6 @@ impl Engine {
                 actor,
             )
             .await?;
-        if set.version != version {
-            // Another server set it at the same moment: its version is sealed under another
-            // number, so this one is unreadable. Said plainly rather than kept.
-            return Err(EngineError::Secrets(format!(
-                "secret {name} of {env} was set by someone else at the same moment; set it again"
-            )));
-        }
         Ok(set)
     }
 
@@ -377,6 +371,17 @@ impl Engine {
         }
         let read = |e: shipgate_store::StoreError| format!("could not read its secrets: {e}");
         let mut pinned = self.store.deployed_secrets(p.id).await.map_err(read)?;
+        // Healing puts the live release back as recorded: with the secrets it had.
+        if pinned.is_empty()
+            && p.kind == PromotionKind::Redeploy
+            && let Ok(Some(live)) = self.live_record(&p.app, &p.env).await
+        {
+            pinned = self
+                .store
+                .deployed_secrets(live.promotion_id)
+                .await
+                .map_err(read)?;
+        }
         if pinned.is_empty() && p.kind == PromotionKind::Rollback {
             // The promotion the rollback returns to, as the rollback chose it (what is live is
             // still the release it replaces).

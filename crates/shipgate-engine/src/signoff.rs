@@ -260,6 +260,9 @@ impl Engine {
         people.extend(caused_by);
         let scenario = scenario.trim();
         let note = note.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+        let grant = &self
+            .as_person(&grant.in_env(env, &[sheet.role, shipgate_core::Role::Admin]))
+            .await?;
         let ask = SignoffAsk {
             grant,
             scenario,

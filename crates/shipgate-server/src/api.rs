@@ -428,8 +428,10 @@ async fn promote(
                 .environment(&env)
                 .and_then(|e| e.hotfix.clone());
             if let Some(lane) = lane
-                && caller.grant().role != lane.role
-                && caller.grant().role != shipgate_core::Role::Admin
+                && !caller.grant().has_role(lane.role, Some(&env))
+                && !caller
+                    .grant()
+                    .has_role(shipgate_core::Role::Admin, Some(&env))
             {
                 return Err(Problem::new(
                     StatusCode::FORBIDDEN,
@@ -572,7 +574,8 @@ async fn refresh_data(
         .app(&app)
         .and_then(|a| a.data.as_ref())
         .map_or(shipgate_core::Role::Admin, |d| d.role);
-    if caller.0.role != shipgate_core::Role::Admin && caller.0.role != needed {
+    let holds = |role| caller.0.has_role(role, Some(&from)) && caller.0.has_role(role, Some(&to));
+    if !holds(shipgate_core::Role::Admin) && !holds(needed) {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -315,6 +315,11 @@ const TABLES: &[(&str, &str, &[Column])] = &[
         ],
     ),
     (
+        "people",
+        "name",
+        &[("name", T), ("person", T), ("seen_at", T)],
+    ),
+    (
         "deployed_secrets",
         "promotion_id, var",
         &[

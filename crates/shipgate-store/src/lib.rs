@@ -184,6 +184,9 @@ pub trait Store: Send + Sync {
     async fn deployed_secrets(&self, promotion: PromotionId) -> Result<Vec<DeployedSecret>>;
     /// Keeps a new session (and the sign-in's event).
     async fn insert_session(&self, session: &SessionRecord, event: Option<NewEvent>) -> Result<()>;
+    /// Who signed in under each name: `(name, person)` (the provider's subject), kept from
+    /// every sign-in.
+    async fn people(&self) -> Result<Vec<(String, String)>>;
     /// The session whose id hashes to `id_hash`, unless it ended.
     async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>>;
     /// A session's roles and provider tokens after a refresh at the provider.

@@ -426,6 +426,9 @@ pub struct NewSecret {
     pub env: EnvName,
     /// Its name.
     pub name: String,
+    /// The version it is to be (sealed under that number): the newest one plus one, or it is
+    /// refused as a conflict, nothing written.
+    pub version: i64,
     /// The value sealed with the secrets key; None: removed.
     pub sealed: Option<Vec<u8>>,
     /// The id of the key it is sealed with.

@@ -363,6 +363,7 @@ CREATE TABLE sessions (
     created_at TEXT NOT NULL, expires_at TEXT NOT NULL
 );
 CREATE TABLE sign_ins (state_hash TEXT PRIMARY KEY, payload TEXT NOT NULL, expires_at TEXT NOT NULL);
+CREATE TABLE people (name TEXT PRIMARY KEY, person TEXT NOT NULL, seen_at TEXT NOT NULL);
 ALTER TABLE tokens ADD COLUMN expires_at TEXT;
 "#,
 ];
@@ -546,6 +547,7 @@ CREATE TABLE sessions (
     created_at TEXT NOT NULL, expires_at TEXT NOT NULL
 );
 CREATE TABLE sign_ins (state_hash TEXT PRIMARY KEY, payload TEXT NOT NULL, expires_at TEXT NOT NULL);
+CREATE TABLE people (name TEXT PRIMARY KEY, person TEXT NOT NULL, seen_at TEXT NOT NULL);
 ALTER TABLE tokens ADD COLUMN expires_at TEXT;
 "#,
 ];

@@ -1067,6 +1067,10 @@ impl Store for SqlStore {
         SqlStore::insert_session(self, session, event).await
     }
 
+    async fn people(&self) -> Result<Vec<(String, String)>> {
+        SqlStore::people(self).await
+    }
+
     async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>> {
         SqlStore::session(self, id_hash).await
     }
@@ -1580,8 +1584,13 @@ impl Store for SqlStore {
         .await
         .map_err(db("reading tokens"))?
         .iter()
-        .map(|row| token_from(row).map(|t| t.grant()))
-        .collect::<Result<_>>()?;
+        .map(token_from)
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        // An expired admin token is no admin: it does not keep the last working one.
+        .filter(|t| t.name == name || t.expires_at.is_none_or(|e| e > now()))
+        .map(|t| t.grant())
+        .collect();
         shipgate_core::access::may_revoke(&active, name, actor)
             .map_err(|refusal| StoreError::Conflict(refusal.to_string()))?;
         let at = now();

@@ -227,6 +227,7 @@ pub fn may_fault(
             "environment `{env}` does not allow chaos; set `chaos.allow = true` in [environments.{env}] first"
         ));
     }
+    let grant = &grant.in_env(env, &[crate::Role::Admin]);
     if needs_admin(config, env) && grant.role != crate::Role::Admin {
         return Err(format!(
             "{env} ends the flow (it is production), so faults there need an admin; token `{}` has the role {}",

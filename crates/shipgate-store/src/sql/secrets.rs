@@ -77,6 +77,15 @@ impl SqlStore {
                 .await
                 .map_err(db("reading a secret's versions"))?;
         let version = last.unwrap_or(0) + 1;
+        if version != s.version {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::Conflict(format!(
+                "secret {} of {} got version {} from someone else at the same moment; set it again",
+                s.name,
+                s.env,
+                version - 1
+            )));
+        }
         let removed = s.sealed.is_none();
         sqlx::query(
             "INSERT INTO secrets (env, name, version, sealed, key_id, source, set_by, set_at) \
@@ -217,6 +226,20 @@ impl SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(db("storing a session"))?;
+        // Who a signed-in person is, by the name they act under, kept for good: a promotion
+        // they asked for stays theirs after the session ended.
+        if let Some(person) = s.grant.person.as_ref().filter(|p| **p != s.grant.name) {
+            sqlx::query(
+                "INSERT INTO people (name, person, seen_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET person = excluded.person, seen_at = excluded.seen_at",
+            )
+            .bind(&s.grant.name)
+            .bind(person)
+            .bind(now().to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("recording who signed in"))?;
+        }
         // Sessions that ended long ago go (their events stay).
         sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
             .bind(now().to_string())
@@ -228,6 +251,16 @@ impl SqlStore {
             None => Vec::new(),
         };
         self.commit(tx, events).await
+    }
+
+    pub(super) async fn people(&self) -> Result<Vec<(String, String)>> {
+        sqlx::query("SELECT name, person FROM people")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading people"))?
+            .iter()
+            .map(|row| Ok((get(row, "name")?, get(row, "person")?)))
+            .collect()
     }
 
     pub(super) async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>> {

@@ -20,16 +20,32 @@ on_both_backends! {
         assert_eq!(t.store.claim_secrets_key(&key.id()).await.unwrap(), key.id());
         // The first key claimed stays the store's.
         assert_eq!(t.store.claim_secrets_key("other").await.unwrap(), key.id());
-        let new = |sealed: Option<Vec<u8>>| NewSecret {
+        let new = |version: i64, sealed: Option<Vec<u8>>| NewSecret {
             env: production(),
             name: "DB_PASSWORD".into(),
+            version,
             sealed,
             key_id: key.id(),
             source: "shipgate secret set".into(),
         };
-        let one = t.store.set_secret(new(Some(key.seal(b"hunter2-one", b"1"))), "ann").await.unwrap();
-        let two = t.store.set_secret(new(Some(key.seal(b"hunter2-two", b"2"))), "ann").await.unwrap();
-        let gone = t.store.set_secret(new(None), "bob").await.unwrap();
+        let one = t
+            .store
+            .set_secret(new(1, Some(key.seal(b"hunter2-one", b"1"))), "ann")
+            .await
+            .unwrap();
+        let two = t
+            .store
+            .set_secret(new(2, Some(key.seal(b"hunter2-two", b"2"))), "ann")
+            .await
+            .unwrap();
+        // Two writers at once: the second, sealed under a number already taken, is refused whole.
+        let late = t
+            .store
+            .set_secret(new(2, Some(key.seal(b"hunter2-late", b"2"))), "cy")
+            .await
+            .unwrap_err();
+        assert!(matches!(late, shipgate_store::StoreError::Conflict(_)), "{late}");
+        let gone = t.store.set_secret(new(3, None), "bob").await.unwrap();
         assert_eq!((one.version, two.version, gone.version), (1, 2, 3));
         let all = t.store.secrets(&production()).await.unwrap();
         assert_eq!(all.len(), 3);
