@@ -44,13 +44,26 @@ pub(crate) struct NextQuery {
     next: Option<String>,
 }
 
-/// Only a path of this site, so a sign-in link cannot send anyone elsewhere.
+/// Only a path of this site, so a sign-in link cannot send anyone elsewhere (browsers drop
+/// tabs and newlines from addresses, so `/\t/evil.example` would be `//evil.example`).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.chars().any(char::is_control) =>
+        {
+            n.to_owned()
+        }
         _ => "/".to_owned(),
     }
 }
+
+/// The cookie that ties a sign-in at the provider to the browser that started it: the hash
+/// of its `state`, sent back only to `/auth/callback`. Without it, a callback address someone
+/// else started (their own sign-in) would sign this browser in as them.
+const SIGN_IN_COOKIE: &str = "shipgate_sign_in";
 
 pub(crate) async fn sign_in_form(
     State(state): State<AppState>,
@@ -101,20 +114,48 @@ pub(crate) async fn sign_in(State(state): State<AppState>, Form(f): Form<SignInF
 }
 
 /// `GET /auth/login?next=`: off to the identity provider.
-pub(crate) async fn oidc_login(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Page {
+pub(crate) async fn oidc_login(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Page {
     let Some(provider) = &state.oidc else {
         return Err(error_page(
             StatusCode::NOT_FOUND,
             &crate::oidc::SignInError::Unconfigured.to_string(),
         ));
     };
-    let redirect_uri = format!("{}/auth/callback", own_address(&state));
+    let own = own_address(&state);
     let next = safe_next(q.next.as_deref());
-    let (url, _) = provider
+    // The provider comes back to this server's own address: the sign-in starts there too, so
+    // the cookie that ties it to this browser is one the browser sends back.
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let own_host = own
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next());
+    if host.is_some() && host != own_host {
+        return Ok(
+            Redirect::to(&format!("{own}/auth/login?next={}", query_escape(&next))).into_response(),
+        );
+    }
+    let redirect_uri = format!("{own}/auth/callback");
+    let (url, sign_in) = provider
         .authorize_url(&redirect_uri, &next, crate::oidc::Via::Dashboard)
         .await
         .map_err(|e| error_page(e.status(), &e.to_string()))?;
-    Ok(Redirect::to(&url).into_response())
+    // Lax: the browser comes back to the callback from the provider's site, by a top-level GET.
+    let tie = format!(
+        "{SIGN_IN_COOKIE}={}; HttpOnly; SameSite=Lax; Path=/auth/callback; Max-Age=600",
+        shipgate_core::secret::hash(&sign_in)
+    );
+    Ok((
+        [(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&tie).unwrap_or_else(|_| HeaderValue::from_static("")),
+        )],
+        Redirect::to(&url),
+    )
+        .into_response())
 }
 
 /// Where browsers reach this server: `public_url`, else the address its API is bound to
@@ -148,6 +189,7 @@ pub(crate) struct CallbackQuery {
 /// `GET /auth/callback?code&state`: back from the identity provider.
 pub(crate) async fn oidc_callback(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Page {
     let Some(provider) = &state.oidc else {
@@ -175,6 +217,12 @@ pub(crate) async fn oidc_callback(
             "this address lacks the code and state the identity provider sends back; sign in again",
         ));
     };
+    if super::cookie(&headers, SIGN_IN_COOKIE) != Some(shipgate_core::secret::hash(sign_in)) {
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "this sign-in was not started in this browser (or its cookie was refused); sign in again from here",
+        ));
+    }
     let refused = |e: crate::oidc::SignInError| error_page(e.status(), &e.to_string());
     let finished = provider
         .finish(code, sign_in, crate::oidc::Via::Dashboard)
@@ -197,11 +245,18 @@ pub(crate) async fn oidc_callback(
         name: started.record.grant.name.clone(),
     };
     let max_age = crate::session::SESSION_TTL.as_secs().unsigned_abs();
+    // Appended, not inserted: the session's cookie, and the sign-in's tie cleared.
     Ok((
-        [
+        axum::response::AppendHeaders([
             (header::SET_COOKIE, session_cookie(&started.id, max_age)),
+            (
+                header::SET_COOKIE,
+                HeaderValue::from_static(
+                    "shipgate_sign_in=; HttpOnly; SameSite=Lax; Path=/auth/callback; Max-Age=0",
+                ),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
+        ]),
         html(&page),
     )
         .into_response())

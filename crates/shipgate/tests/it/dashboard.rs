@@ -331,11 +331,13 @@ fn forms_need_the_session_csrf_token_and_cross_site_posts_are_refused() {
         s.latest("production")["state"] == "succeeded"
     });
 
-    // Revoking the token ends its sessions at once.
+    // Revoking the token ends its sessions at once: the sign-in page says why, and the
+    // cookie goes.
     s.ok(&["token", "revoke", "alice"]);
-    let (status, head, _) = raw(&s, "GET", "/", &auth, "");
-    assert_eq!(status, 303);
-    assert!(head.contains("location: /sign-in"), "{head}");
+    let (status, head, body) = raw(&s, "GET", "/", &auth, "");
+    assert_eq!(status, 401, "{head}");
+    assert!(body.contains("was revoked; sign in again"), "{body}");
+    assert!(head.contains("shipgate_session=;"), "{head}");
 }
 
 #[test]

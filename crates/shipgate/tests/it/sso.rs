@@ -68,19 +68,40 @@ fn location(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
-/// Goes to the provider from the server's `/auth/login`; the callback address the provider
-/// sends the browser back to.
+/// A way back from the provider: the callback address, and the cookie `/auth/login` gave the
+/// browser that started it.
+struct Callback {
+    url: String,
+    cookie: String,
+}
+
+impl Callback {
+    /// The browser that started the sign-in follows it back.
+    async fn follow(&self, http: &reqwest::Client) -> reqwest::Response {
+        http.get(&self.url)
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Goes to the provider from the server's `/auth/login`; the way the provider sends the
+/// browser back.
 async fn to_provider_and_back(
     http: &reqwest::Client,
     api: &str,
     provider: &OidcProvider,
-) -> String {
+) -> Callback {
     let login = http
         .get(format!("{api}/auth/login?next=/audit"))
         .send()
         .await
         .unwrap();
     assert!(login.status().is_redirection(), "{}", login.status());
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("SameSite=Lax"), "{cookie}");
+    let cookie = cookie.split(';').next().unwrap().to_owned();
     let authorize = location(&login);
     assert!(authorize.starts_with(&provider.issuer()), "{authorize}");
     let back = http.get(&authorize).send().await.unwrap();
@@ -90,18 +111,15 @@ async fn to_provider_and_back(
         back.status(),
         provider.log()
     );
-    let callback = location(&back);
-    assert!(
-        callback.starts_with(&format!("{api}/auth/callback?")),
-        "{callback}"
-    );
-    callback
+    let url = location(&back);
+    assert!(url.starts_with(&format!("{api}/auth/callback?")), "{url}");
+    Callback { url, cookie }
 }
 
 /// The whole dashboard sign-in; the session cookie (`name=value`).
 async fn dashboard_sign_in(http: &reqwest::Client, api: &str, provider: &OidcProvider) -> String {
     let callback = to_provider_and_back(http, api, provider).await;
-    let answer = http.get(&callback).send().await.unwrap();
+    let answer = callback.follow(http).await;
     assert_eq!(answer.status().as_u16(), 200);
     let cookie = answer.headers()["set-cookie"].to_str().unwrap();
     let cookie = cookie.split(';').next().unwrap().to_owned();
@@ -123,7 +141,7 @@ async fn refused_sign_in(
     provider: &OidcProvider,
 ) -> (u16, String) {
     let callback = to_provider_and_back(http, api, provider).await;
-    let answer = http.get(&callback).send().await.unwrap();
+    let answer = callback.follow(http).await;
     assert!(
         answer.headers().get("set-cookie").is_none(),
         "a refused sign-in sets no cookie"
@@ -309,7 +327,17 @@ fn the_dashboard_signs_in_at_the_provider_and_refuses_what_it_must() {
         );
 
         let callback = to_provider_and_back(&http, &api, &provider).await;
-        let answer = http.get(&callback).send().await.unwrap();
+        // Another browser (one without the cookie of this sign-in) is refused it.
+        let elsewhere = http.get(&callback.url).send().await.unwrap();
+        assert_eq!(elsewhere.status().as_u16(), 400);
+        assert!(
+            elsewhere
+                .text()
+                .await
+                .unwrap()
+                .contains("was not started in this browser")
+        );
+        let answer = callback.follow(&http).await;
         assert_eq!(answer.status().as_u16(), 200);
         let cookie = answer.headers()["set-cookie"].to_str().unwrap();
         assert!(cookie.contains("HttpOnly"), "{cookie}");
@@ -326,7 +354,7 @@ fn the_dashboard_signs_in_at_the_provider_and_refuses_what_it_must() {
         let again = dashboard_sign_in(&http, &api, &provider).await;
         assert_eq!(page(&http, &format!("{api}/"), &again).await.0, 200);
 
-        let replayed = http.get(&callback).send().await.unwrap();
+        let replayed = callback.follow(&http).await;
         assert_eq!(replayed.status().as_u16(), 400);
         assert!(
             replayed
@@ -637,5 +665,64 @@ fn a_person_signed_in_never_approves_what_their_own_token_promoted() {
         text(&own)
     );
     let other = approve(bob_home.path());
+    assert!(other.status.success(), "{}", text(&other));
+}
+
+#[test]
+fn a_person_never_approves_what_they_promoted_signed_in_whichever_credential_approves() {
+    let provider = OidcProvider::start();
+    let config = crate::helpers::four_envs_with(
+        &format!(
+            "[server.oidc]\nissuer = \"{}\"\nclient_id = \"shipgate\"\nclient_secret_env = \"{SECRET_ENV}\"\n[server.oidc.roles]\n\"release-managers\" = {{ role = \"approver\", envs = [\"production\"] }}\n\"deployers\" = \"deployer\"\n",
+            provider.issuer()
+        ),
+        &[("production", "require.approvals = 1")],
+    );
+    let server = spawn_server_with_env(&config, &[(SECRET_ENV, SECRET)]);
+    // Ada's laptop token names her by the email she signs in with.
+    let ada_laptop = server.json(&[
+        "token",
+        "create",
+        "ada-laptop",
+        "--role",
+        "approver",
+        "--person",
+        "ada@example.com",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.register("1.0.0", &[]);
+    server.walk("1.0.0", "staging");
+    // Ada is a deployer everywhere and an approver of production: she promotes signed in.
+    provider.set(ada(&["deployers", "release-managers"]));
+    let ada_home = logged_in(&server);
+    let promoted = as_person(&server, ada_home.path())
+        .args(["promote", "web@1.0.0", "--to", "production"])
+        .output()
+        .unwrap();
+    assert!(promoted.status.success(), "{}", text(&promoted));
+    let approve = |cmd: &mut Command| {
+        cmd.args(["approve", "web@1.0.0", "--env", "production"])
+            .output()
+            .unwrap()
+    };
+    for own in [
+        approve(&mut as_person(&server, ada_home.path())),
+        approve(as_person(&server, ada_home.path()).args(["--token", &ada_laptop])),
+    ] {
+        assert!(!own.status.success(), "{}", text(&own));
+        assert!(
+            text(&own).contains("asked for this promotion"),
+            "{}",
+            text(&own)
+        );
+    }
+    let mut bob = person("bob-sub", "bob@example.com", "Bob", &["release-managers"]);
+    bob["client_id"] = json!("shipgate");
+    bob["client_secret"] = json!(SECRET);
+    provider.set(bob);
+    let bob_home = logged_in(&server);
+    let other = approve(&mut as_person(&server, bob_home.path()));
     assert!(other.status.success(), "{}", text(&other));
 }
