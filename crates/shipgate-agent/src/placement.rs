@@ -386,6 +386,13 @@ impl Placement {
             if routed.as_ref().map(|r| &r.instance_id) == Some(&s.target.instance_id) {
                 continue;
             }
+            if s.start.lacks_secrets() {
+                tracing::warn!(
+                    "host {host}: {} needs secrets, which are not kept on disk and this server has not had since it started; a deploy gives the host its instance again (shipgate redeploy {app} --env {env})",
+                    s.target.label
+                );
+                continue;
+            }
             tracing::info!(
                 "host {host}: bringing {env} to {} before its router serves it",
                 s.target.label
@@ -457,7 +464,23 @@ impl Placement {
     fn save(&self) {
         let _one = lock(&self.saving);
         let kept = Kept {
-            served: lock(&self.served).clone(),
+            // Without secrets' values (see `started`).
+            served: lock(&self.served)
+                .iter()
+                .map(|(env, apps)| {
+                    let apps = apps
+                        .iter()
+                        .map(|(app, s)| {
+                            let kept = Served {
+                                target: s.target.clone(),
+                                start: s.start.for_disk(),
+                            };
+                            (app.clone(), kept)
+                        })
+                        .collect();
+                    (env.clone(), apps)
+                })
+                .collect(),
             // Without secrets' values: a host that comes back is given the request again by a
             // deploy, not from this file.
             started: lock(&self.started)
@@ -656,7 +679,7 @@ impl Placement {
                 // A host that connected after the start began: it is given the instance now,
                 // so that it switches with the others.
                 let req = lock(&self.started).get(&to.instance_id).cloned();
-                let Some(req) = req else {
+                let Some(req) = req.filter(|r| !r.lacks_secrets()) else {
                     return Err(on_host(h, format!("{} is not running", to.instance_id)));
                 };
                 let started = self.start_on(h, req).await.map_err(|e| on_host(h, e))?;

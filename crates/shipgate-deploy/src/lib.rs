@@ -291,6 +291,12 @@ impl StartInstance {
         kept
     }
 
+    /// Whether it names secrets whose values it lacks (read back from disk, where they are
+    /// never kept): starting it would start an instance without them.
+    pub fn lacks_secrets(&self) -> bool {
+        self.secret_names.iter().any(|n| !self.env.contains_key(n))
+    }
+
     /// Puts back the secrets [`StartInstance::for_disk`] left out, from process `pid`'s
     /// environment (the instance they were started with).
     pub fn with_secrets_of(mut self, pid: u32) -> StartInstance {

@@ -521,8 +521,15 @@ impl Shared {
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, k.port)),
                 ready_after: Duration::ZERO,
             };
+            let req = k.req.with_secrets_of(k.pid);
+            if req.lacks_secrets() {
+                tracing::warn!(
+                    instance_id = %id,
+                    "adopted without its secrets (its process environment could not be read): a restart after a crash would start it without them; deploy it again"
+                );
+            }
             let inst = Arc::new(Instance {
-                req: k.req.with_secrets_of(k.pid),
+                req,
                 port: k.port,
                 stop: watch::Sender::new(None),
                 phase: watch::Sender::new(Phase::Running(started)),
