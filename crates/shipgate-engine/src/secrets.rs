@@ -155,7 +155,7 @@ impl Engine {
             "an admin (deployers too with `[secrets] deployers_write = true`)"
         };
         Err(EngineError::SecretsForbidden(format!(
-            "`{}` may not set or remove the secrets of {env}: that takes {who}",
+            "token `{}` may not set or remove the secrets of {env}: that takes {who}",
             grant.name
         )))
     }

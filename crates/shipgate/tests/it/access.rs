@@ -294,6 +294,27 @@ fn every_endpoint_checks_role_and_environment_scope() {
                     true,
                 ),
                 ("GET", "/metrics".into(), None, Needs::Read, true),
+                (
+                    "GET",
+                    format!("/api/v1/secrets/{env}"),
+                    None,
+                    Needs::Read,
+                    in_scope,
+                ),
+                (
+                    "PUT",
+                    format!("/api/v1/secrets/{env}/API_KEY"),
+                    Some(json!({ "value": format!("value-{n}") })),
+                    Needs::Override,
+                    in_scope,
+                ),
+                (
+                    "DELETE",
+                    format!("/api/v1/secrets/{env}/NO_SUCH_KEY"),
+                    None,
+                    Needs::Override,
+                    in_scope,
+                ),
             ];
             for (method, path, body, needs, env_ok) in endpoints {
                 let (status, content_type, text) = request(&s, method, &path, token, body.as_ref());
@@ -319,7 +340,7 @@ fn every_endpoint_checks_role_and_environment_scope() {
             }
         }
     }
-    assert_eq!(checked, 5 * 2 * 28);
+    assert_eq!(checked, 5 * 2 * 31);
 }
 
 #[test]

@@ -303,3 +303,38 @@ fn wrong_key_start(s: &crate::helpers::TestServer) -> String {
     assert!(!out.status.success());
     text(&out)
 }
+
+#[test]
+fn with_deployers_write_a_deployer_sets_the_secrets_of_their_environments_only() {
+    let mut config = four_envs_with("watch_config = false", &[]);
+    config.push_str("\n[secrets]\ndeployers_write = true\n");
+    let s = crate::helpers::spawn_server(&config);
+    let dev = s.token("dev-ci", "deployer", &["development"]);
+    let viewer = s.token("reader", "viewer", &[]);
+    let out = s.cli_with_stdin(
+        &["--token", &dev, "secret", "set", "development", "API_KEY"],
+        "dev-key-1234",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for (token, env, says) in [
+        (&dev, "production", "limited to development"),
+        (
+            &viewer,
+            "development",
+            "an admin, or a deployer of this environment",
+        ),
+    ] {
+        let out = s.cli_with_stdin(
+            &["--token", token, "secret", "set", env, "API_KEY"],
+            "x-1234",
+        );
+        assert!(!out.status.success());
+        assert!(text(&out).contains(says), "{}", text(&out));
+    }
+    let listed = s.ok_as(&viewer, &["secret", "list", "development"]);
+    assert!(
+        listed.contains("API_KEY  version 1  set by dev-ci"),
+        "{listed}"
+    );
+    assert!(!listed.contains("dev-key-1234"));
+}
