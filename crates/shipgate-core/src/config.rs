@@ -1092,6 +1092,9 @@ impl Config {
         let server = server(raw.server, base_dir, &mut problems);
         let apps = apps(raw.apps, base_dir, &mut problems);
         let environments = environments(raw.environments, &server, &mut problems);
+        if let Some(oidc) = &server.oidc {
+            crate::sso::check_role_envs(oidc, &environments, &mut problems);
+        }
         let templates = templates(raw.templates, &environments, &server, &mut problems);
         let notify = notify_targets(&raw.notify, &mut problems);
         let mut alerts = Vec::new();

@@ -36,6 +36,8 @@ pub struct GroupRole {
     pub group: String,
     /// The role its members get, and where.
     pub binding: Binding,
+    /// Where it is written in the config file.
+    pub span: std::ops::Range<usize>,
 }
 
 impl OidcConfig {
@@ -138,6 +140,7 @@ pub(crate) fn oidc(raw: &Spanned<RawOidc>, problems: &mut Problems) -> Option<Oi
             roles.push(GroupRole {
                 group: group.get_ref().clone(),
                 binding,
+                span: value.span(),
             });
         }
     }
@@ -156,6 +159,31 @@ pub(crate) fn oidc(raw: &Spanned<RawOidc>, problems: &mut Problems) -> Option<Oi
         groups_claim,
         roles,
     })
+}
+
+/// Refuses a role mapped to an environment the config does not have (a prefix, `preview-*`,
+/// may name on-demand environments still to come).
+pub(crate) fn check_role_envs(
+    oidc: &OidcConfig,
+    envs: &[crate::config::EnvironmentConfig],
+    problems: &mut Problems,
+) {
+    for line in &oidc.roles {
+        for scope in &line.binding.envs {
+            if let Some(env) = scope.env()
+                && !envs.iter().any(|e| e.name == env)
+            {
+                problems.add(
+                    line.span.clone(),
+                    format!(
+                        "group `{}` is given the role {} in `{env}`, which the config does not have",
+                        line.group, line.binding.role
+                    ),
+                    "name one of the config's environments, or a prefix with `*` for on-demand ones (\"preview-*\")".to_owned(),
+                );
+            }
+        }
+    }
 }
 
 /// `"group" = "role"` or `"group" = { role = "...", envs = [...] }`.
@@ -302,6 +330,13 @@ mod tests {
         refused(
             "issuer = \"https://id\"\nclient_id = \"s\"\n[server.oidc.roles]\n\"qa\" = { role = \"tester\", env = [\"uat\"] }\n",
             "the role of group `qa` is not written right",
+        );
+        refused(
+            "issuer = \"https://id\"\nclient_id = \"s\"\n[server.oidc.roles]\n\"qa\" = { role = \"tester\", envs = [\"prodution\"] }\n",
+            "in `prodution`, which the config does not have",
+        );
+        assert!(
+            parse("issuer = \"https://id\"\nclient_id = \"s\"\n[server.oidc.roles]\n\"qa\" = { role = \"tester\", envs = [\"pr-*\", \"production\"] }\n").is_ok()
         );
         refused(
             &format!("issuer = \"https://id\"\nclient_id = \"s\"\nclaims = 1\n{roles}"),
