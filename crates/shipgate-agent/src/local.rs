@@ -317,6 +317,9 @@ pub async fn connect_or_start_with(
         .map_err(|e| format!("could not make a socket pair for the hand-over: {e}"))?;
     let mut command = std::process::Command::new(exe);
     command.arg("agent").arg("--data-dir").arg(data_dir);
+    for hidden in shipgate_deploy::hidden_from_children() {
+        command.env_remove(hidden);
+    }
     if listeners.is_empty() {
         command.stdin(std::process::Stdio::null());
     } else {

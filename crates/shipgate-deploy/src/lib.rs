@@ -507,3 +507,23 @@ impl DriverError {
         }
     }
 }
+
+/// Variables of this process's own environment that no process it starts may inherit.
+static HIDDEN: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Names variables of the server's environment that no process it starts inherits (the
+/// secrets key's, the identity provider's client secret's): instances, tests and the local
+/// agent get everything else of it when they are not isolated, never these.
+pub fn hide_from_children(names: impl IntoIterator<Item = String>) {
+    let mut hidden = HIDDEN.write().unwrap_or_else(|e| e.into_inner());
+    for name in names {
+        if !hidden.contains(&name) {
+            hidden.push(name);
+        }
+    }
+}
+
+/// The variables [`hide_from_children`] named.
+pub fn hidden_from_children() -> Vec<String> {
+    HIDDEN.read().unwrap_or_else(|e| e.into_inner()).clone()
+}

@@ -665,7 +665,12 @@ impl Shared {
                     .arg("--")
                     .args(runc)
             }
-            (None, None) => process.arg("-c").arg(&command),
+            (None, None) => {
+                for hidden in crate::hidden_from_children() {
+                    process.env_remove(hidden);
+                }
+                process.arg("-c").arg(&command)
+            }
             (Some(c), None) => process
                 .env_clear()
                 .envs(sandbox::BASE_ENV)

@@ -198,6 +198,9 @@ pub(crate) async fn run_test(
     let mut process = match sandbox {
         None => {
             let mut sh = tokio::process::Command::new("sh");
+            for hidden in shipgate_deploy::hidden_from_children() {
+                sh.env_remove(hidden);
+            }
             sh.arg("-c").arg(command);
             sh
         }

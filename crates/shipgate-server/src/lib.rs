@@ -212,6 +212,16 @@ impl Server {
                 ..shipgate_store::NewEvent::about_nothing()
             })
             .await?;
+        // The secrets key and the client secret stay the server's own.
+        shipgate_deploy::hide_from_children(
+            config.server.secrets_key_env.iter().cloned().chain(
+                config
+                    .server
+                    .oidc
+                    .iter()
+                    .filter_map(|o| o.client_secret_env.clone()),
+            ),
+        );
         let data_plane = config.server.data_plane;
         let (driver, agent): (Arc<dyn shipgate_deploy::Driver>, _) = match data_plane {
             DataPlane::Server => (Arc::new(shipgate_engine::ProcessDriver::new()), None),

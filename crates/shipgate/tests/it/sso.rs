@@ -472,6 +472,23 @@ fn servers_on_one_postgresql_database_share_sessions() {
     ];
     let mut a = spawn_server_with_env(&config(), &env);
     let b = crate::helpers::spawn_standby_with_env(&config(), &env);
+    // Unisolated, an instance inherits the server's environment, but never the secrets key or
+    // the client secret.
+    a.register("1.0.0", &[]);
+    a.deploy("1.0.0", "development");
+    for hidden in ["SHIPGATE_IT_SECRETS_KEY", SECRET_ENV] {
+        let reply = a
+            .get(&format!("{}/envhash?name={hidden}", a.url("development")))
+            .unwrap();
+        assert_eq!(reply.status, 404, "{hidden} reached the instance");
+    }
+    let inherited = a
+        .get(&format!("{}/envhash?name=PATH", a.url("development")))
+        .unwrap();
+    assert_eq!(
+        inherited.status, 200,
+        "the rest of the environment is inherited"
+    );
     let cookie = runtime().block_on(async {
         let http = browser();
         let cookie = dashboard_sign_in(&http, &a.api(), &provider).await;
