@@ -252,6 +252,13 @@ async fn refresh(state: &AppState, session: SessionRecord) -> Result<Found, Prob
     let person = match provider.refresh(&refresh_token).await {
         Ok(person) => person,
         Err(e) if e.ends_session() => {
+            // Another server of the database may have spent this refresh token a moment ago
+            // (the lock above is this server's): what it got back is in the store.
+            if let Some(renewed) = store.session(&session.id_hash).await?
+                && renewed.idp_expires_at.is_some_and(|at| at > Timestamp::now())
+            {
+                return Ok(Found::Live(Box::new(renewed)));
+            }
             let why = format!("your roles could not be read again at the identity provider: {e}");
             return end(state, &session, &why).await;
         }
