@@ -122,7 +122,22 @@ impl Engine {
             let started = self.clock.now();
             let vars =
                 self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str(), Some(p.id));
-            let exported = self.exported_env(&p.env, &vars);
+            let mut exported = self.exported_env(&p.env, &vars);
+            // The migration gets the secrets the release's instances will get (its database's
+            // password, say): the versions are recorded now, and the instance gets the same.
+            match self.secret_env(p).await {
+                Ok(secrets) => exported.extend(secrets),
+                Err(why) => {
+                    return Ok(Some(Stopped {
+                        gate,
+                        output: why,
+                        what: format!(
+                            "{release} was not switched to in {}: a secret is missing",
+                            p.env
+                        ),
+                    }));
+                }
+            }
             let command = shipgate_core::template::expand(command, &vars);
             let ran = self
                 .run_recorded_test(p, run - 1, &command, &exported, MIGRATE_TIMEOUT)

@@ -38,7 +38,12 @@ impl Engine {
         let mut vars =
             self.template_vars(&p.app, &p.env, &p.version, p.digest.as_str(), Some(p.id));
         vars.insert("PORT".to_owned(), instance_port.to_string());
-        let exported = self.exported_env(&p.env, &vars);
+        let mut exported = self.exported_env(&p.env, &vars);
+        // The tests get the secrets the instance got.
+        match self.secret_env(p).await {
+            Ok(secrets) => exported.extend(secrets),
+            Err(why) => return Ok(Some(why)),
+        }
         for (n, test) in env.verify.tests.iter().enumerate() {
             let command = expand(test, &vars);
             let started_at = self.clock.now();

@@ -255,7 +255,9 @@ async fn refresh(state: &AppState, session: SessionRecord) -> Result<Found, Prob
             // Another server of the database may have spent this refresh token a moment ago
             // (the lock above is this server's): what it got back is in the store.
             if let Some(renewed) = store.session(&session.id_hash).await?
-                && renewed.idp_expires_at.is_some_and(|at| at > Timestamp::now())
+                && renewed
+                    .idp_expires_at
+                    .is_some_and(|at| at > Timestamp::now())
             {
                 return Ok(Found::Live(Box::new(renewed)));
             }

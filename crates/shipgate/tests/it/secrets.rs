@@ -61,7 +61,8 @@ fn a_secret_set_by_stdin_reaches_its_instances_only_and_a_rollback_gets_the_old_
         age.is_ok_and(|o| o.status.success()),
         "install age (apt-get install age)"
     );
-    let prod_vars = "vars = { DB_PASSWORD = { secret = \"DB_PASSWORD\" }, LOG_LEVEL = \"info\" }";
+    // Its tests get the secret too (and print it: their output is masked).
+    let prod_vars = "vars = { DB_PASSWORD = { secret = \"DB_PASSWORD\" }, LOG_LEVEL = \"info\" }\nverify.tests = [\"printenv DB_PASSWORD\"]";
     let mut s = crate::helpers::spawn_server(&four_envs_with(
         "watch_config = false\ndrift_scan = \"1s\"",
         &[("production", prod_vars)],
@@ -117,6 +118,8 @@ fn a_secret_set_by_stdin_reaches_its_instances_only_and_a_rollback_gets_the_old_
         instance_hash(&s, "production", "DB_PASSWORD"),
         Some(sha256(&v1))
     );
+    let tested = s.latest("production")["gates"].to_string();
+    assert!(tested.contains("[secret DB_PASSWORD]"), "{tested}");
     assert_eq!(
         instance_hash(&s, "staging", "DB_PASSWORD"),
         None,
