@@ -269,8 +269,12 @@ impl Engine {
             "ended promotion {} of {}@{} in flight; {}@{} serves {env} again",
             running.id, running.app, running.version, back.app, back.version
         );
+        // What serves again runs with the secrets it was started with.
+        let secrets = self.store.deployed_secrets(back.promotion_id).await?;
         Ok(Some(
-            self.store.switch_back(new, running.id, gate, actor).await?,
+            self.store
+                .switch_back(new, running.id, gate, &secrets, actor)
+                .await?,
         ))
     }
 

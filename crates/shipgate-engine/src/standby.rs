@@ -115,6 +115,11 @@ impl Engine {
         {
             return Ok(None);
         }
+        // The standby runs with the secrets its own promotion got: so does the switch back.
+        let secrets = self
+            .store
+            .deployed_secrets(standby.live.promotion_id)
+            .await?;
         self.route(slot, Some(&standby.instance)).await?;
         let replaced = self.set_live_instance(slot.clone(), Some(standby.instance.clone()));
         locked(&self.standby).remove(slot);
@@ -135,22 +140,10 @@ impl Engine {
         );
         match self
             .store
-            .switch_back(new, current.promotion_id, gate, actor)
+            .switch_back(new, current.promotion_id, gate, &secrets, actor)
             .await
         {
             Ok(promotion) => {
-                // The standby runs with the secrets its own promotion got: so does this one.
-                if let Ok(secrets) = self.store.deployed_secrets(standby.live.promotion_id).await
-                    && let Err(e) = self
-                        .store
-                        .record_deployed_secrets(promotion.id, &secrets)
-                        .await
-                {
-                    tracing::warn!(
-                        "could not record the secrets' versions of #{}: {e}",
-                        promotion.id
-                    );
-                }
                 if let Some(replaced) = replaced {
                     self.retire_later(slot.clone(), replaced);
                 }

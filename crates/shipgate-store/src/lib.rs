@@ -116,6 +116,7 @@ pub trait Store: Send + Sync {
         promotion: NewPromotion,
         replaced: PromotionId,
         gate: String,
+        secrets: &[DeployedSecret],
         actor: &str,
     ) -> Result<Promotion>;
     /// Moves a promotion from one of `from` to `to`, applies `live`, and appends the event, all

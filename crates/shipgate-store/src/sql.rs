@@ -703,6 +703,7 @@ impl Store for SqlStore {
         p: NewPromotion,
         replaced: PromotionId,
         gate: String,
+        secrets: &[DeployedSecret],
         actor: &str,
     ) -> Result<Promotion> {
         let (_w, mut tx) = self.begin().await?;
@@ -711,6 +712,8 @@ impl Store for SqlStore {
         let at = now();
         // Nothing was started or tested: the standby instance already ran this verified release.
         set_state(&mut tx, requested.id, PromotionState::Succeeded, None).await?;
+        // With the secrets that instance was started with.
+        secrets::insert_deployed(&mut tx, requested.id, secrets).await?;
         let done = promotion_in(&mut tx, requested.id).await?;
         sqlx::query("INSERT INTO gates (promotion_id, name, passed, output, started_at, finished_at) VALUES ($1, 'switch', 1, $2, $3, $4)")
             .bind(done.id.0)

@@ -161,24 +161,7 @@ impl SqlStore {
         secrets: &[DeployedSecret],
     ) -> Result<()> {
         let (_w, mut tx) = self.begin().await?;
-        sqlx::query("DELETE FROM deployed_secrets WHERE promotion_id = $1")
-            .bind(promotion.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("recording a deploy's secrets"))?;
-        for d in secrets {
-            sqlx::query(
-                "INSERT INTO deployed_secrets (promotion_id, var, env, name, version) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(promotion.0)
-            .bind(&d.var)
-            .bind(d.env.as_str())
-            .bind(&d.name)
-            .bind(d.version)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("recording a deploy's secrets"))?;
-        }
+        insert_deployed(&mut tx, promotion, secrets).await?;
         self.commit(tx, Vec::new()).await
     }
 
@@ -349,6 +332,33 @@ impl SqlStore {
         }
         Ok(Some(get(&row, "payload")?))
     }
+}
+
+/// Records which secret versions promotion `promotion`'s instances got (replacing what it had).
+pub(super) async fn insert_deployed(
+    tx: &mut Transaction<'static, Any>,
+    promotion: PromotionId,
+    secrets: &[DeployedSecret],
+) -> Result<()> {
+    sqlx::query("DELETE FROM deployed_secrets WHERE promotion_id = $1")
+        .bind(promotion.0)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("recording a deploy's secrets"))?;
+    for d in secrets {
+        sqlx::query(
+            "INSERT INTO deployed_secrets (promotion_id, var, env, name, version) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(promotion.0)
+        .bind(&d.var)
+        .bind(d.env.as_str())
+        .bind(&d.name)
+        .bind(d.version)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("recording a deploy's secrets"))?;
+    }
+    Ok(())
 }
 
 fn grant_json(grant: &shipgate_core::Grant) -> Result<String> {
