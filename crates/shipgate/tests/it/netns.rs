@@ -36,7 +36,9 @@ impl Hosts {
         let nth = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
         let subnet = format!("169.254.{}", 100 + (pid * 7 + nth) % 150);
-        let tag = format!("{:04}{}", pid % 10_000, nth % 10);
+        // Two digits of the count: with one, the 11th set of hosts of a process took the names
+        // of the 1st while it was still up ("File exists").
+        let tag = format!("{:04}{:02}", pid % 10_000, nth % 100);
         let mut made = Hosts {
             tag: tag.clone(),
             root_addr: format!("{subnet}.1"),
