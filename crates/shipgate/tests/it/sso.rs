@@ -635,67 +635,70 @@ fn a_pasted_token_session_is_kept_in_the_store_and_ends_with_its_token() {
     });
 }
 
-/// A person never approves their own promotion, whether they asked with a token made for them
-/// (`--person SUB`) or signed in: the provider's `sub` is the person.
-#[test]
-fn a_person_signed_in_never_approves_what_their_own_token_promoted() {
-    let provider = OidcProvider::start();
+/// A server whose production needs one approval, with release managers approving there (and
+/// `roles` more), and a release waiting in staging.
+fn approvals_server(provider: &OidcProvider, roles: &str) -> TestServer {
     let config = crate::helpers::four_envs_with(
         &format!(
-            "[server.oidc]\nissuer = \"{}\"\nclient_id = \"shipgate\"\nclient_secret_env = \"{SECRET_ENV}\"\n[server.oidc.roles]\n\"release-managers\" = {{ role = \"approver\", envs = [\"production\"] }}\n",
+            "[server.oidc]\nissuer = \"{}\"\nclient_id = \"shipgate\"\nclient_secret_env = \"{SECRET_ENV}\"\n[server.oidc.roles]\n\"release-managers\" = {{ role = \"approver\", envs = [\"production\"] }}\n{roles}",
             provider.issuer()
         ),
         &[("production", "require.approvals = 1")],
     );
     let server = spawn_server_with_env(&config, &[(SECRET_ENV, SECRET)]);
+    server.register("1.0.0", &[]);
+    server.walk("1.0.0", "staging");
+    server
+}
+
+/// Bob, a release manager, signed in with `shipgate login`: his home.
+fn bob_logged_in(provider: &OidcProvider, server: &TestServer) -> tempfile::TempDir {
+    let mut bob = person("bob-sub", "bob@example.com", "Bob", &["release-managers"]);
+    bob["client_id"] = json!("shipgate");
+    bob["client_secret"] = json!(SECRET);
+    provider.set(bob);
+    logged_in(server)
+}
+
+/// `shipgate approve web@1.0.0 --env production` as `cmd` says.
+fn approve(cmd: &mut Command) -> Output {
+    cmd.args(["approve", "web@1.0.0", "--env", "production"])
+        .output()
+        .unwrap()
+}
+
+/// A person never approves their own promotion, whether they asked with a token made for them
+/// (`--person SUB`) or signed in: the provider's `sub` is the person.
+#[test]
+fn a_person_signed_in_never_approves_what_their_own_token_promoted() {
+    let provider = OidcProvider::start();
+    let server = approvals_server(&provider, "");
     let ada_ci = server.json(&[
         "token", "create", "ada-ci", "--role", "deployer", "--person", "ada-sub",
     ])["token"]
         .as_str()
         .unwrap()
         .to_owned();
-    server.register("1.0.0", &[]);
-    server.walk("1.0.0", "staging");
     server.ok_as(&ada_ci, &["promote", "web@1.0.0", "--to", "production"]);
 
-    let login = |control: Value| {
-        provider.set(control);
-        logged_in(&server)
-    };
-    let ada_home = login(ada(&["release-managers"]));
-    let mut bob = person("bob-sub", "bob@example.com", "Bob", &["release-managers"]);
-    bob["client_id"] = json!("shipgate");
-    bob["client_secret"] = json!(SECRET);
-    let bob_home = login(bob);
-
-    let approve = |home: &Path| {
-        as_person(&server, home)
-            .args(["approve", "web@1.0.0", "--env", "production"])
-            .output()
-            .unwrap()
-    };
-    let own = approve(ada_home.path());
+    provider.set(ada(&["release-managers"]));
+    let ada_home = logged_in(&server);
+    let bob_home = bob_logged_in(&provider, &server);
+    let own = approve(&mut as_person(&server, ada_home.path()));
     assert!(!own.status.success(), "{}", text(&own));
     assert!(
         text(&own).contains("asked for this promotion, so ada-sub may not approve it"),
         "{}",
         text(&own)
     );
-    let other = approve(bob_home.path());
+    let other = approve(&mut as_person(&server, bob_home.path()));
     assert!(other.status.success(), "{}", text(&other));
 }
 
 #[test]
 fn a_person_never_approves_what_they_promoted_signed_in_whichever_credential_approves() {
     let provider = OidcProvider::start();
-    let config = crate::helpers::four_envs_with(
-        &format!(
-            "[server.oidc]\nissuer = \"{}\"\nclient_id = \"shipgate\"\nclient_secret_env = \"{SECRET_ENV}\"\n[server.oidc.roles]\n\"release-managers\" = {{ role = \"approver\", envs = [\"production\"] }}\n\"deployers\" = \"deployer\"\n",
-            provider.issuer()
-        ),
-        &[("production", "require.approvals = 1")],
-    );
-    let server = spawn_server_with_env(&config, &[(SECRET_ENV, SECRET)]);
+    let server = approvals_server(&provider, "\"deployers\" = \"deployer\"\n");
     // Ada's laptop token names her by the email she signs in with.
     let ada_laptop = server.json(&[
         "token",
@@ -709,8 +712,6 @@ fn a_person_never_approves_what_they_promoted_signed_in_whichever_credential_app
         .as_str()
         .unwrap()
         .to_owned();
-    server.register("1.0.0", &[]);
-    server.walk("1.0.0", "staging");
     // Ada is a deployer everywhere and an approver of production: she promotes signed in.
     provider.set(ada(&["deployers", "release-managers"]));
     let ada_home = logged_in(&server);
@@ -719,11 +720,6 @@ fn a_person_never_approves_what_they_promoted_signed_in_whichever_credential_app
         .output()
         .unwrap();
     assert!(promoted.status.success(), "{}", text(&promoted));
-    let approve = |cmd: &mut Command| {
-        cmd.args(["approve", "web@1.0.0", "--env", "production"])
-            .output()
-            .unwrap()
-    };
     for own in [
         approve(&mut as_person(&server, ada_home.path())),
         approve(as_person(&server, ada_home.path()).args(["--token", &ada_laptop])),
@@ -735,11 +731,7 @@ fn a_person_never_approves_what_they_promoted_signed_in_whichever_credential_app
             text(&own)
         );
     }
-    let mut bob = person("bob-sub", "bob@example.com", "Bob", &["release-managers"]);
-    bob["client_id"] = json!("shipgate");
-    bob["client_secret"] = json!(SECRET);
-    provider.set(bob);
-    let bob_home = logged_in(&server);
+    let bob_home = bob_logged_in(&provider, &server);
     let other = approve(&mut as_person(&server, bob_home.path()));
     assert!(other.status.success(), "{}", text(&other));
 }
