@@ -761,6 +761,11 @@ impl Shared {
             }
         }
         inst.update_live(|live| live.healthy = true);
+        // runc read the bundle's config.json when it made the container: it holds the
+        // instance's variables, secrets among them, so it goes now (each start writes it anew).
+        if let Some(run) = &req.image {
+            let _ = std::fs::remove_file(run.bundle.join("config.json"));
+        }
         tracing::info!(instance_id = %id, pid, port = inst.port, "instance is healthy");
         Ok(Healthy {
             child: Process::Child(child),

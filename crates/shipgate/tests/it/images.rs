@@ -214,6 +214,16 @@ fn an_image_walks_four_environments_and_runs_its_own_userland_read_only_and_not_
     assert_eq!(seen["root"], "read-only", "{seen:?}");
     assert_ne!(seen["uid"], "0", "{seen:?}");
     assert_eq!(seen["data_dir"], "/data", "{seen:?}");
+    // The bundles' config.json, which holds the instances' variables (secrets among them), is
+    // gone once runc has made each container.
+    let bundles = s.data_dir().join("bundles");
+    let kept: Vec<_> = std::fs::read_dir(&bundles)
+        .unwrap()
+        .flatten()
+        .map(|b| b.path().join("config.json"))
+        .filter(|c| c.exists())
+        .collect();
+    assert!(kept.is_empty(), "{kept:?}");
     // staging's limits hold the container: it is in the instance's cgroup.
     let status = s.json(&["status", "web"]);
     let runc_pid = crate::helpers::env_status(&status, "staging")["instance"]["pid"]
