@@ -44,3 +44,15 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(bytes)
 }
+
+/// [`write_private`] whole or not at all: a file beside `path` (`temp`), synced, then renamed
+/// over it, so a crash leaves the old contents or the new ones, never half of them.
+pub fn replace_private(
+    path: &std::path::Path,
+    temp: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    write_private(temp, bytes)?;
+    std::fs::File::open(temp)?.sync_all()?;
+    std::fs::rename(temp, path)
+}

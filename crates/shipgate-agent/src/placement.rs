@@ -500,10 +500,7 @@ impl Placement {
         if let Some(save) = &self.shared {
             save(bytes.clone());
         }
-        let written = crate::write_private(&temp, &bytes)
-            .and_then(|()| std::fs::File::open(&temp)?.sync_all())
-            .and_then(|()| std::fs::rename(&temp, &path));
-        if let Err(e) = written {
+        if let Err(e) = crate::replace_private(&path, &temp, &bytes) {
             tracing::warn!("could not keep {}: {e}", path.display());
         }
     }

@@ -3254,7 +3254,7 @@ fn order(mut envs: Vec<EnvironmentConfig>) -> Vec<EnvironmentConfig> {
 }
 
 /// Whether `name` is a name a shell can export: `[A-Za-z_][A-Za-z0-9_]*`.
-pub(crate) fn is_variable_name(name: &str) -> bool {
+pub fn is_variable_name(name: &str) -> bool {
     name.chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')

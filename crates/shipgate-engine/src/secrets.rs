@@ -397,16 +397,13 @@ impl Engine {
                     .map_err(read)?;
             }
         }
-        let mut by_env: HashMap<EnvName, Vec<SecretVersion>> = HashMap::new();
+        let by_env = self
+            .versions_of(refs.values().map(|r| &r.env))
+            .await
+            .map_err(read)?;
         let mut out = BTreeMap::new();
         let mut deployed = Vec::new();
         for (var, r) in &refs {
-            if !by_env.contains_key(&r.env) {
-                by_env.insert(
-                    r.env.clone(),
-                    self.store.secrets(&r.env).await.map_err(read)?,
-                );
-            }
             let versions = &by_env[&r.env];
             let want = pinned
                 .iter()
@@ -445,21 +442,31 @@ impl Engine {
         Ok(out)
     }
 
+    /// Every version of the secrets of each of `envs`, each environment read once.
+    async fn versions_of(
+        &self,
+        envs: impl Iterator<Item = &EnvName>,
+    ) -> Result<HashMap<EnvName, Vec<SecretVersion>>, shipgate_store::StoreError> {
+        let mut by_env = HashMap::new();
+        for env in envs {
+            if !by_env.contains_key(env) {
+                by_env.insert(env.clone(), self.store.secrets(env).await?);
+            }
+        }
+        Ok(by_env)
+    }
+
     /// The secrets whose newest version is not the one promotion `id`'s instances got, as
     /// "not deployed" lines (name and versions only).
     pub(crate) async fn undeployed_secrets(&self, id: shipgate_core::PromotionId) -> Vec<String> {
         let Ok(deployed) = self.store.deployed_secrets(id).await else {
             return Vec::new();
         };
+        let Ok(by_env) = self.versions_of(deployed.iter().map(|d| &d.env)).await else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
-        let mut by_env: HashMap<EnvName, Vec<SecretVersion>> = HashMap::new();
         for d in deployed {
-            if !by_env.contains_key(&d.env) {
-                let Ok(v) = self.store.secrets(&d.env).await else {
-                    continue;
-                };
-                by_env.insert(d.env.clone(), v);
-            }
             let newest = newest(&by_env[&d.env])
                 .get(&d.name)
                 .map(|v| (v.version, v.sealed.is_some()));
@@ -493,14 +500,14 @@ impl Engine {
             Some(id) => self.store.deployed_secrets(id).await.unwrap_or_default(),
             None => Vec::new(),
         };
-        let mut by_env: HashMap<EnvName, Vec<SecretVersion>> = HashMap::new();
+        let by_env = self
+            .versions_of(e.secret_vars.values().map(|r| &r.env))
+            .await
+            .unwrap_or_default();
         let mut out = BTreeMap::new();
         for (var, r) in &e.secret_vars {
-            if !by_env.contains_key(&r.env) {
-                let versions = self.store.secrets(&r.env).await.unwrap_or_default();
-                by_env.insert(r.env.clone(), versions);
-            }
-            let newest = newest(&by_env[&r.env]).get(&r.name).copied();
+            let versions = by_env.get(&r.env).map_or(&[][..], Vec::as_slice);
+            let newest = newest(versions).get(&r.name).copied();
             let mut line = match newest {
                 Some(v) if v.sealed.is_some() => format!(
                     "{} version {} (set {} by {})",
@@ -582,13 +589,7 @@ impl Engine {
 
 /// A secret's name: what a variable may be called.
 fn check_name(name: &str) -> Result<(), EngineError> {
-    let ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
+    if name.len() <= 128 && shipgate_core::config::is_variable_name(name) {
         Ok(())
     } else {
         Err(EngineError::SecretRefused(format!(

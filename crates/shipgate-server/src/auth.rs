@@ -1,7 +1,5 @@
 //! Bearer tokens: the admin token written at first start, and the check every API call passes.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::Context;
@@ -87,25 +85,9 @@ fn admin_token_name(hash: &str) -> String {
 
 /// Replaces the admin token file at once, so a crash leaves either the old token or the new one.
 fn write_admin_token(path: &Path, token: &str) -> anyhow::Result<()> {
-    write_private(path, format!("{token}\n").as_bytes())
+    let fresh = path.with_extension("token.new");
+    shipgate_agent::replace_private(path, &fresh, format!("{token}\n").as_bytes())
         .with_context(|| format!("writing the admin token to {}", path.display()))
-}
-
-/// Writes `bytes` to `path` as a new file of mode 0600 (synced) renamed over the old one, so a
-/// crash leaves one or the other whole and nobody else can read it at any moment.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let fresh = path.with_extension(format!("{}.new", std::process::id()));
-    let _ = std::fs::remove_file(&fresh);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&fresh)
-        .with_context(|| format!("writing {}", fresh.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", fresh.display()))?;
-    std::fs::rename(&fresh, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Lets a request through only with a known bearer token (an API token, or a CLI session's):

@@ -34,7 +34,7 @@ use shipgate_core::config::DataPlane;
 use shipgate_engine::Engine;
 use shipgate_store::{SqlStore, Store};
 
-pub use auth::{ADMIN_TOKEN_FILE, generate_token, hash_token, write_private};
+pub use auth::{ADMIN_TOKEN_FILE, generate_token, hash_token};
 pub use data_dir::{DataDirLock, LOCK_FILE};
 
 /// Shared by every handler.

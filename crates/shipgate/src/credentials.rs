@@ -59,6 +59,8 @@ pub fn keep(server: &str, stored: Stored) -> anyhow::Result<PathBuf> {
     let mut all = read();
     all.insert(server.to_owned(), stored);
     let json = serde_json::to_vec_pretty(&all).context("writing the credentials")?;
-    shipgate_server::write_private(&path, &json)?;
+    let fresh = path.with_extension(format!("json.{}.new", std::process::id()));
+    shipgate_agent::replace_private(&path, &fresh, &json)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }

@@ -124,7 +124,7 @@ fn ago(seconds: f64) -> String {
     }
 }
 
-fn pretty(v: f64) -> String {
+pub(super) fn pretty(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {

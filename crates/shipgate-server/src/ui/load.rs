@@ -310,13 +310,12 @@ fn svg(curves: &[Curve<'_>]) -> String {
     out
 }
 
+/// A tick's value: whole without decimals, else as the traffic chart writes numbers.
 fn pretty(v: f64) -> String {
-    if v >= 100.0 || v == v.trunc() {
+    if v == v.trunc() {
         format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
     } else {
-        format!("{v:.2}")
+        super::chart::pretty(v)
     }
 }
 

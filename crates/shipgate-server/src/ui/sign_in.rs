@@ -113,18 +113,23 @@ pub(crate) async fn sign_in(State(state): State<AppState>, Form(f): Form<SignInF
     }
 }
 
+/// The identity provider the dashboard signs in through; 404 without `[server.oidc]`.
+fn provider_of(state: &AppState) -> Result<&crate::oidc::Provider, super::pages::PageError> {
+    state.oidc.as_deref().ok_or_else(|| {
+        error_page(
+            StatusCode::NOT_FOUND,
+            &crate::oidc::SignInError::Unconfigured.to_string(),
+        )
+    })
+}
+
 /// `GET /auth/login?next=`: off to the identity provider.
 pub(crate) async fn oidc_login(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     Query(q): Query<NextQuery>,
 ) -> Page {
-    let Some(provider) = &state.oidc else {
-        return Err(error_page(
-            StatusCode::NOT_FOUND,
-            &crate::oidc::SignInError::Unconfigured.to_string(),
-        ));
-    };
+    let provider = provider_of(&state)?;
     let own = own_address(&state);
     let next = safe_next(q.next.as_deref());
     // The provider comes back to this server's own address: the sign-in starts there too, so
@@ -192,12 +197,7 @@ pub(crate) async fn oidc_callback(
     headers: axum::http::HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Page {
-    let Some(provider) = &state.oidc else {
-        return Err(error_page(
-            StatusCode::NOT_FOUND,
-            &crate::oidc::SignInError::Unconfigured.to_string(),
-        ));
-    };
+    let provider = provider_of(&state)?;
     if let Some(error) = &q.error {
         let description = q
             .error_description
